@@ -1,0 +1,197 @@
+/* p11mk keystore: LMDB storage, sealed record format, master keys, epochs.
+ *
+ * This layer knows nothing about PKCS#11 sessions or attributes: it stores
+ * opaque plaintext blobs for "tokens" and "objects", seals every one of them
+ * with AES-256-GCM under a key derived from the master key of the epoch it is
+ * written in, and maintains keyed attribute indexes (attribute "types" are
+ * opaque 32-bit numbers here).
+ *
+ * Errors are KS_* codes (negative), every code has a string (ks_strerror).
+ * Functions that can fail for a reason a person must act on also fill a
+ * caller-supplied ks_err buffer with a full sentence.
+ */
+#ifndef P11MK_KS_H
+#define P11MK_KS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KS_API __attribute__((visibility("hidden")))
+
+/* ---- errors ------------------------------------------------------------ */
+enum {
+    KS_OK = 0,
+    KS_ENOTFOUND = -1,   /* no such record / token */
+    KS_EIO = -2,         /* filesystem or LMDB failure */
+    KS_ECORRUPT = -3,    /* record failed authentication or is malformed */
+    KS_EWRONGKEY = -4,   /* master key's check value does not match the keystore */
+    KS_ENOMEM = -5,
+    KS_EPERM = -6,       /* key file / directory permissions refused */
+    KS_EINVAL = -7,      /* bad argument */
+    KS_ECONFIG = -8,     /* malformed configuration */
+    KS_EEXIST = -9,      /* already exists */
+    KS_EVERSION = -10,   /* unsupported keystore format version */
+    KS_ENOKEY = -11,     /* the key for a record's epoch is not available */
+    KS_EROFS = -12,      /* keystore is read-only */
+    KS_EBUSY = -13,      /* locked by another process */
+};
+KS_API const char *ks_strerror(int err);
+
+/* A human-readable explanation filled on failure (may be empty). */
+typedef struct {
+    char msg[512];
+} ks_err;
+KS_API void ks_err_set(ks_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- logging (used by every layer) ------------------------------------- */
+enum { KS_LOG_ERROR = 0, KS_LOG_WARN = 1, KS_LOG_INFO = 2, KS_LOG_DEBUG = 3 };
+/* dest: NULL or "syslog" -> syslog(3); "stderr"; otherwise a file path (appended). */
+KS_API void ks_log_setup(const char *dest, int level, const char *ident);
+KS_API void ks_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown */
+
+/* ---- configuration ----------------------------------------------------- */
+/* Lookup order: $P11MK_CONF, else $XDG_CONFIG_HOME/p11mk/p11mk.conf (or
+ * ~/.config/p11mk/p11mk.conf), else /etc/p11mk/p11mk.conf, else embedded
+ * defaults. File format: "key = value" lines, '#' comments, blank lines.
+ * Keys: keystore (directory), master_key ("default" or a key file path),
+ *       log (syslog | stderr | /path/file), log_level (error|warn|info|debug),
+ *       key_file_mode (octal, most permissive mode accepted for key files, default 0600).
+ * Unknown keys and malformed lines are errors naming file, line and key. */
+typedef struct {
+    char *source;        /* config file used, or NULL for embedded defaults */
+    char *keystore;      /* keystore directory */
+    char *master_key;    /* "default" or a path */
+    char *log;           /* NULL -> syslog for the module, stderr for admin */
+    int log_level;       /* KS_LOG_* */
+    unsigned key_file_mode; /* default 0600 */
+} ks_config;
+
+KS_API int ks_config_load(ks_config *cfg, ks_err *err);
+KS_API int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err);
+KS_API void ks_config_defaults(ks_config *cfg); /* embedded defaults only */
+KS_API void ks_config_free(ks_config *cfg);
+/* Default per-user keystore dir: $XDG_DATA_HOME/p11mk or ~/.local/share/p11mk */
+KS_API char *ks_default_keystore_dir(void);
+
+/* ---- master key -------------------------------------------------------- */
+#define KS_MK_LEN 32
+#define KS_KCV_LEN 8
+typedef struct {
+    uint8_t key[KS_MK_LEN];
+    bool is_default;      /* the embedded, well-known key */
+    char source[256];     /* "default" or key file path, for messages */
+} ks_mkey;
+
+/* Load the master key named by cfg->master_key. Key files: exactly 32 raw
+ * bytes; refused (KS_EPERM) if their mode grants more than key_file_mode. */
+KS_API int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err);
+KS_API void ks_mkey_default(ks_mkey *mk);
+/* Create a new random key file (mode 0600, O_EXCL). */
+KS_API int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err);
+/* Key check value: identifies a master key without revealing it. */
+KS_API void ks_mkey_kcv(const ks_mkey *mk, uint8_t kcv[KS_KCV_LEN]);
+KS_API void ks_kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1]);
+KS_API void ks_mkey_clear(ks_mkey *mk); /* OPENSSL_cleanse */
+
+/* ---- store ------------------------------------------------------------- */
+typedef struct ks_store ks_store;
+
+enum {
+    KS_OPEN_CREATE = 1u << 0,   /* create the keystore if the directory has none */
+    KS_OPEN_RDONLY = 1u << 1,
+};
+
+/* Open (or share) the keystore in `dir`: one LMDB environment per keystore
+ * per process, reference counted and keyed by the directory's dev/inode.
+ * Opening checks the format version and that `mk`'s KCV matches the KCV of
+ * the keystore's current epoch (KS_EWRONGKEY naming both KCVs otherwise).
+ * It never reads object records. After fork(), the child's first ks_open
+ * opens a fresh environment (the parent's handle is abandoned, not closed). */
+KS_API int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err);
+KS_API void ks_close(ks_store *st);
+
+typedef struct {
+    uint32_t format_version;
+    uint8_t keystore_id[16];
+    uint32_t epoch;              /* current epoch */
+    uint8_t kcv[KS_KCV_LEN];     /* KCV of the current epoch's key */
+    uint64_t map_size;
+    uint64_t n_tokens;
+    uint64_t n_objects;          /* all tokens */
+} ks_info;
+KS_API int ks_get_info(ks_store *st, ks_info *info);
+KS_API const char *ks_path(ks_store *st);
+/* Cheap (no LMDB write, no crypto) current epoch of the keystore. */
+KS_API uint32_t ks_epoch(ks_store *st);
+
+/* ---- transactions ------------------------------------------------------ */
+typedef struct ks_txn ks_txn;
+
+/* Read transaction: never blocks writers, never fsyncs. */
+KS_API int ks_read_begin(ks_store *st, ks_txn **txn);
+KS_API void ks_read_end(ks_txn *txn);
+
+/* Write: runs fn inside one write transaction and commits it. If LMDB
+ * reports the map full, the transaction is aborted, the map grown and fn
+ * run again (fn must therefore be repeatable: no side effects outside the
+ * txn until ks_write returns KS_OK). fn returns KS_OK to commit; any other
+ * value aborts and is returned. */
+typedef int (*ks_write_fn)(ks_txn *txn, void *arg);
+KS_API int ks_write(ks_store *st, ks_write_fn fn, void *arg);
+
+/* ---- tokens ------------------------------------------------------------ */
+/* Token ids are small integers > 0. The blob is sealed and bound to
+ * (keystore id, token id, epoch). */
+KS_API int ks_token_new_id(ks_txn *txn, uint32_t *token_id);
+KS_API int ks_token_put(ks_txn *txn, uint32_t token_id, const uint8_t *blob, size_t len);
+/* *blob is malloc'd; caller must cleanse+free (ks_buf_free). */
+KS_API int ks_token_get(ks_txn *txn, uint32_t token_id, uint8_t **blob, size_t *len);
+/* Delete a token with all its objects and index entries. */
+KS_API int ks_token_del(ks_txn *txn, uint32_t token_id);
+/* Ascending token ids; *ids malloc'd. */
+KS_API int ks_token_list(ks_txn *txn, uint32_t **ids, size_t *n);
+KS_API int ks_token_count_objects(ks_txn *txn, uint32_t token_id, uint64_t *n);
+
+/* ---- objects ----------------------------------------------------------- */
+/* Object ids are unique per keystore, > 0, never reused. */
+KS_API int ks_obj_new_id(ks_txn *txn, uint64_t *oid);
+/* Seal and store. AAD binds keystore id, token id, object id, epoch. */
+KS_API int ks_obj_put(ks_txn *txn, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len);
+/* Unseal. *blob malloc'd (ks_buf_free). KS_ECORRUPT on authentication failure. */
+KS_API int ks_obj_get(ks_txn *txn, uint32_t token_id, uint64_t oid, uint8_t **blob, size_t *len);
+/* A record's stamp changes on every write (it is the GCM tag + epoch). It is
+ * read without unsealing: caches compare stamps to know a cached unsealed
+ * copy is still the stored one. */
+typedef struct {
+    uint32_t epoch;
+    uint8_t tag[16];
+} ks_stamp;
+KS_API int ks_obj_stamp(ks_txn *txn, uint32_t token_id, uint64_t oid, ks_stamp *stamp);
+KS_API int ks_obj_del(ks_txn *txn, uint32_t token_id, uint64_t oid);
+/* Call cb for every object id of a token, ascending; cb returns non-zero to stop
+ * (that value is returned). */
+typedef int (*ks_oid_cb)(uint64_t oid, void *arg);
+KS_API int ks_obj_foreach(ks_txn *txn, uint32_t token_id, ks_oid_cb cb, void *arg);
+
+/* ---- indexes ----------------------------------------------------------- */
+/* Keyed (HMAC) index of (token, attribute type, value) -> object ids. The
+ * HMAC key is random per keystore and stored sealed, so index keys reveal
+ * nothing about labels or ids. Lookups may return false positives only in
+ * theory (truncated MAC); callers re-check the attribute on the object. */
+KS_API int ks_idx_add(ks_txn *txn, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid);
+KS_API int ks_idx_del(ks_txn *txn, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid);
+KS_API int ks_idx_lookup(ks_txn *txn, uint32_t token_id, uint32_t attr, const void *val, size_t len,
+                         ks_oid_cb cb, void *arg);
+
+KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

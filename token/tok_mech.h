@@ -1,0 +1,98 @@
+/* p11mk token layer: mechanisms on OpenSSL 3 EVP.
+ *
+ * Key generation fills key material into attribute sets built by
+ * tok_policy; operations run on a tok_key (an unsealed key parsed into
+ * OpenSSL form once and cached by the token layer, keyed by record stamp
+ * and epoch).
+ *
+ * Size-query protocol: every function with (out, outlen) follows PKCS#11:
+ * out == NULL -> *outlen = needed (or an upper bound where the spec allows),
+ * CKR_OK; *outlen too small -> *outlen = needed, CKR_BUFFER_TOO_SMALL. In
+ * both cases the operation is unchanged and can be called again. The caller
+ * (pkcs11 layer) ends the operation on any other return. */
+#ifndef P11MK_TOK_MECH_H
+#define P11MK_TOK_MECH_H
+
+#include "token/tok_attr.h"
+
+/* ---- mechanism table --------------------------------------------------- */
+/* Fill list (NULL -> count only). Returns number of mechanisms. */
+TOK_API CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap);
+/* CKR_OK or CKR_MECHANISM_INVALID. Key sizes in bits for RSA/EC, bytes for
+ * AES/generic secret (as the spec says). */
+TOK_API CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info);
+
+/* ---- key generation ---------------------------------------------------- */
+/* Which object class / key type a generation mechanism produces. */
+TOK_API CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);       /* secret keys */
+TOK_API CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);   /* key pairs */
+
+/* Secret key: reads CKA_VALUE_LEN from key (required for AES (16/24/32) and
+ * generic secret (1..512 bytes); CKR_TEMPLATE_INCOMPLETE if absent,
+ * CKR_ATTRIBUTE_VALUE_INVALID / CKR_KEY_SIZE_RANGE if bad) and adds CKA_VALUE. */
+TOK_API CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key);
+
+/* Key pair: reads CKA_MODULUS_BITS (+ optional CKA_PUBLIC_EXPONENT) or
+ * CKA_EC_PARAMS from pub; adds to pub: RSA CKA_MODULUS, CKA_PUBLIC_EXPONENT,
+ * CKA_MODULUS_BITS; EC CKA_EC_POINT (DER OCTET STRING); both
+ * CKA_PUBLIC_KEY_INFO (DER SubjectPublicKeyInfo). Adds to priv: RSA
+ * CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT, CKA_PRIME_1/2,
+ * CKA_EXPONENT_1/2, CKA_COEFFICIENT; EC CKA_EC_PARAMS, CKA_VALUE, and
+ * CKA_EC_POINT; both CKA_PUBLIC_KEY_INFO. */
+TOK_API CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub, tok_attrs *priv);
+
+/* Check key material attributes of an imported object (C_CreateObject) and
+ * complete derivable ones (CKA_VALUE_LEN for secrets, CKA_MODULUS_BITS for RSA
+ * public keys, CKA_PUBLIC_KEY_INFO, EC point for EC private keys).
+ * CKR_TEMPLATE_INCOMPLETE / CKR_ATTRIBUTE_VALUE_INVALID / CKR_OK. */
+TOK_API CK_RV tok_mech_complete_import(tok_attrs *obj);
+
+/* ---- keys -------------------------------------------------------------- */
+typedef struct tok_key tok_key; /* immutable after creation; refcounted, thread-safe refs */
+/* Parse an object's attributes into a key usable by operations.
+ * CKR_KEY_TYPE_INCONSISTENT if the object is not a key, CKR_GENERAL_ERROR if
+ * the material is malformed. */
+TOK_API CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out);
+TOK_API tok_key *tok_key_ref(tok_key *k);
+TOK_API void tok_key_unref(tok_key *k); /* frees + cleanses at 0 */
+
+/* ---- operations -------------------------------------------------------- */
+typedef enum {
+    TOK_OP_ENCRYPT = 1,
+    TOK_OP_DECRYPT,
+    TOK_OP_SIGN,
+    TOK_OP_VERIFY,
+    TOK_OP_DIGEST,
+} tok_op_kind;
+
+typedef struct tok_op tok_op;
+
+/* Start an operation. key is NULL for DIGEST. Checks: mechanism known and
+ * allowed for kind (CKR_MECHANISM_INVALID), parameters
+ * (CKR_MECHANISM_PARAM_INVALID), key type and size for the mechanism
+ * (CKR_KEY_TYPE_INCONSISTENT, CKR_KEY_SIZE_RANGE), key usage attribute
+ * (CKA_ENCRYPT/DECRYPT/SIGN/VERIFY -> CKR_KEY_FUNCTION_NOT_PERMITTED).
+ * `key_attrs` are the key object's attributes (for usage flags); the op
+ * takes its own reference on key. */
+TOK_API CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key,
+                          const tok_attrs *key_attrs, tok_op **out);
+TOK_API void tok_op_free(tok_op *op);
+TOK_API tok_op_kind tok_op_get_kind(const tok_op *op);
+
+/* Single-part: C_Encrypt, C_Decrypt, C_Sign, C_Digest. Must not have been
+ * given update() calls (caller enforces CKR_OPERATION_ACTIVE). */
+TOK_API CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
+/* Multi-part update: for ENCRYPT/DECRYPT produces output (size-query
+ * protocol applies); for SIGN/VERIFY/DIGEST out/outlen are NULL. */
+TOK_API CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
+/* Final: C_EncryptFinal/C_DecryptFinal/C_SignFinal/C_DigestFinal. */
+TOK_API CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen);
+/* Verify: single-part (C_Verify) and final (C_VerifyFinal).
+ * CKR_SIGNATURE_INVALID / CKR_SIGNATURE_LEN_RANGE / CKR_OK. */
+TOK_API CK_RV tok_op_verify(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t *sig, CK_ULONG siglen);
+TOK_API CK_RV tok_op_verify_final(tok_op *op, const uint8_t *sig, CK_ULONG siglen);
+
+/* Random */
+TOK_API CK_RV tok_random(uint8_t *out, CK_ULONG len);
+
+#endif
