@@ -1,1 +1,281 @@
-/* placeholder: being written */
+/* p11mk-admin: init and status. */
+#include "admin/admin.h"
+#include "keystore/ks.h"
+#include "token/tok_token.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- init ------------------------------------------------------------------ */
+
+static int mkdir_parents(const char *path)
+{
+    char tmp[PATH_MAX];
+    size_t n = strlen(path);
+
+    if (n >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return 0;
+}
+
+static char *user_config_path(void)
+{
+    const char *env = getenv("P11MK_CONF"), *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    char *p = NULL;
+
+    if (env && *env)
+        return strdup(env);
+    if (xdg && *xdg)
+        return asprintf(&p, "%s/p11mk/p11mk.conf", xdg) < 0 ? NULL : p;
+    if (home && *home)
+        return asprintf(&p, "%s/.config/p11mk/p11mk.conf", home) < 0 ? NULL : p;
+    return NULL;
+}
+
+/* With no configuration file in use, record the new key file in the
+ * per-user one so the module and later commands find it. */
+static void record_key_in_config(const ks_config *cfg, const char *keyfile)
+{
+    char *path;
+    FILE *f;
+    int fd;
+
+    if (cfg->source) {
+        printf("Next: set \"master_key = %s\" in %s so the module uses the new key.\n", keyfile, cfg->source);
+        return;
+    }
+    path = user_config_path();
+    if (!path || mkdir_parents(path) != 0 || (fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
+        !(f = fdopen(fd, "w"))) {
+        printf("Next: create a configuration file with\n  keystore = %s\n  master_key = %s\n", cfg->keystore,
+               keyfile);
+        free(path);
+        return;
+    }
+    fprintf(f, "# written by p11mk-admin init\nkeystore = %s\nmaster_key = %s\n", cfg->keystore, keyfile);
+    fclose(f);
+    printf("Wrote configuration %s (keystore and master_key).\n", path);
+    free(path);
+}
+
+static int open_exit_code(int rc)
+{
+    switch (rc) {
+    case KS_EWRONGKEY: return EXIT_KEY;
+    case KS_ECONFIG: return EXIT_CONFIG;
+    default: return EXIT_KEYSTORE;
+    }
+}
+
+int admin_init(const admin_opts *o)
+{
+    ks_config cfg;
+    ks_mkey mk;
+    ks_err err = {{0}};
+    ks_store *st = NULL;
+    char keyfile[PATH_MAX] = "";
+    int rc;
+
+    if (ks_config_load(&cfg, &err) != KS_OK) {
+        admin_error("%s", err.msg);
+        return EXIT_CONFIG;
+    }
+    if (o->generate_key) {
+        rc = ks_mkey_generate_file(o->generate_key, &mk, &err);
+        if (rc != KS_OK) {
+            admin_error("cannot create key file %s: %s", o->generate_key, err.msg[0] ? err.msg : ks_strerror(rc));
+            ks_config_free(&cfg);
+            return EXIT_KEY;
+        }
+        if (!realpath(o->generate_key, keyfile))
+            snprintf(keyfile, sizeof(keyfile), "%s", o->generate_key);
+    } else if ((rc = ks_mkey_load(&cfg, &mk, &err)) != KS_OK) {
+        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
+        ks_config_free(&cfg);
+        return EXIT_KEY;
+    }
+    rc = ks_open(cfg.keystore, &mk, 0, &st, &err);
+    if (rc == KS_OK || rc == KS_EWRONGKEY) {
+        admin_error("a keystore already exists in %s; nothing was changed (see 'p11mk-admin status')",
+                    cfg.keystore);
+        if (st)
+            ks_close(st);
+        if (o->generate_key)
+            unlink(o->generate_key);
+        rc = EXIT_FAILED;
+        goto out;
+    }
+    err.msg[0] = 0;
+    rc = ks_open(cfg.keystore, &mk, KS_OPEN_CREATE, &st, &err);
+    if (rc != KS_OK) {
+        admin_error("cannot create keystore in %s: %s", cfg.keystore, err.msg[0] ? err.msg : ks_strerror(rc));
+        if (o->generate_key)
+            unlink(o->generate_key);
+        rc = open_exit_code(rc);
+        goto out;
+    }
+    ks_close(st);
+    printf("Created keystore %s sealed under the %s master key.\n", cfg.keystore,
+           o->generate_key ? "new" : (mk.is_default ? "built-in default" : "configured"));
+    if (o->generate_key)
+        record_key_in_config(&cfg, keyfile);
+    else if (mk.is_default)
+        printf("Warning: the built-in default master key is the same on every install. Use\n"
+               "'p11mk-admin init --generate-key FILE' for a keystore under a key of your own.\n");
+    rc = EXIT_OK;
+out:
+    ks_mkey_clear(&mk);
+    ks_config_free(&cfg);
+    return rc;
+}
+
+/* ---- status ------------------------------------------------------------------ */
+
+typedef struct {
+    CK_SLOT_ID id;
+    char label[33];
+    uint64_t objects;
+    CK_FLAGS flags;
+} token_row;
+
+static void trim_label(const CK_UTF8CHAR in[32], char out[33])
+{
+    int n = 32;
+
+    memcpy(out, in, 32);
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = 0;
+}
+
+static const char *pin_state(CK_FLAGS f)
+{
+    if (!(f & CKF_USER_PIN_INITIALIZED))
+        return "not set";
+    if (f & CKF_USER_PIN_LOCKED)
+        return "locked";
+    if (f & CKF_USER_PIN_FINAL_TRY)
+        return "final try";
+    if (f & CKF_USER_PIN_COUNT_LOW)
+        return "count low";
+    return "ok";
+}
+
+static size_t collect_tokens(tok_ctx *ctx, token_row **rows)
+{
+    CK_SLOT_ID *ids = NULL;
+    CK_ULONG n = 0;
+    size_t k = 0;
+    ks_txn *txn = NULL;
+
+    *rows = NULL;
+    if (tok_slot_list(ctx, &ids, &n) != CKR_OK || n == 0)
+        return 0;
+    *rows = calloc(n, sizeof(**rows));
+    if (*rows && ks_read_begin(tok_ctx_store(ctx), &txn) == KS_OK) {
+        for (CK_ULONG i = 0; i + 1 < n; i++) { /* the last slot is the free one */
+            CK_TOKEN_INFO ti;
+            token_row *r = &(*rows)[k];
+
+            if (tok_token_info(ctx, ids[i], &ti) != CKR_OK)
+                continue;
+            r->id = ids[i];
+            r->flags = ti.flags;
+            trim_label(ti.label, r->label);
+            ks_token_count_objects(txn, (uint32_t)ids[i], &r->objects);
+            k++;
+        }
+        ks_read_end(txn);
+    }
+    free(ids);
+    return k;
+}
+
+static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const token_row *rows,
+                       size_t n)
+{
+    char kcv[2 * KS_KCV_LEN + 1];
+
+    ks_kcv_hex(info->kcv, kcv);
+    printf("{\n  \"keystore\": ");
+    admin_json_str(stdout, cfg->keystore);
+    printf(",\n  \"config\": ");
+    if (cfg->source)
+        admin_json_str(stdout, cfg->source);
+    else
+        printf("null");
+    printf(",\n  \"format_version\": %u,\n  \"master_key\": {\"source\": ", info->format_version);
+    admin_json_str(stdout, mk->is_default ? "default" : mk->source);
+    printf(", \"default\": %s, \"kcv\": \"%s\"},\n", mk->is_default ? "true" : "false", kcv);
+    printf("  \"epoch\": %u,\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [", info->epoch,
+           (unsigned long long)info->map_size, (unsigned long long)info->n_objects);
+    for (size_t i = 0; i < n; i++) {
+        printf("%s\n    {\"slot\": %lu, \"label\": ", i ? "," : "", (unsigned long)rows[i].id);
+        admin_json_str(stdout, rows[i].label);
+        printf(", \"objects\": %llu, \"user_pin\": \"%s\"}", (unsigned long long)rows[i].objects,
+               pin_state(rows[i].flags));
+    }
+    printf("%s]\n}\n", n ? "\n  " : "");
+}
+
+static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const token_row *rows,
+                       size_t n)
+{
+    char kcv[2 * KS_KCV_LEN + 1];
+
+    ks_kcv_hex(info->kcv, kcv);
+    printf("Keystore:        %s\n", cfg->keystore);
+    printf("Configuration:   %s\n", cfg->source ? cfg->source : "(built-in defaults)");
+    printf("Format version:  %u\n", info->format_version);
+    printf("Master key:      %s (KCV %s)\n", mk->is_default ? "default" : mk->source, kcv);
+    if (mk->is_default)
+        printf("  WARNING: the built-in default master key is the same on every install and\n"
+               "  protects nothing against someone who copies the keystore. Create a key\n"
+               "  file of your own: p11mk-admin init --generate-key FILE (new keystores).\n");
+    printf("Epoch:           %u\n", info->epoch);
+    printf("Map size:        %llu MiB\n", (unsigned long long)(info->map_size >> 20));
+    printf("Tokens:          %zu (%llu objects)\n", n, (unsigned long long)info->n_objects);
+    for (size_t i = 0; i < n; i++)
+        printf("  slot %-4lu %-32s %8llu objects  user PIN: %s\n", (unsigned long)rows[i].id, rows[i].label,
+               (unsigned long long)rows[i].objects, pin_state(rows[i].flags));
+}
+
+int admin_status(const admin_opts *o)
+{
+    tok_ctx *ctx = NULL;
+    token_row *rows = NULL;
+    ks_info info;
+    size_t n;
+
+    if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK) {
+        /* tok_ctx_open already logged the reason to stderr. */
+        return admin_exit_for_open_error(tok_ctx_error());
+    }
+    if (ks_get_info(tok_ctx_store(ctx), &info) != KS_OK) {
+        admin_error("cannot read keystore metadata in %s", tok_ctx_config(ctx)->keystore);
+        tok_ctx_close(ctx);
+        return EXIT_KEYSTORE;
+    }
+    n = collect_tokens(ctx, &rows);
+    if (o->json)
+        print_json(tok_ctx_config(ctx), tok_ctx_mkey(ctx), &info, rows, n);
+    else
+        print_text(tok_ctx_config(ctx), tok_ctx_mkey(ctx), &info, rows, n);
+    free(rows);
+    tok_ctx_close(ctx);
+    return EXIT_OK;
+}

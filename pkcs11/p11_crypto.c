@@ -1,1 +1,413 @@
-/* placeholder: being written */
+/* p11mk pkcs11 layer: cryptographic functions. Each keeps the PKCS#11
+ * operation life cycle (init / one-shot or update+final, termination
+ * rules, size queries); the work is done by token/tok_op. */
+#include "pkcs11/p11_internal.h"
+
+static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    P11_AUTO_ATTRS attrs = TOK_ATTRS_INIT;
+    tok_key *key = NULL;
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!pMechanism)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (s->op[kind])
+        rv = CKR_OPERATION_ACTIVE;
+    if (rv == CKR_OK && kind != TOK_OP_DIGEST)
+        rv = p11_object_key(s, hKey, &key, &attrs);
+    if (rv == CKR_OK)
+        rv = tok_op_init(kind, pMechanism, key, kind == TOK_OP_DIGEST ? NULL : &attrs, &s->op[kind]);
+    tok_key_unref(key);
+    p11_session_put(s);
+    return rv;
+}
+
+/* Take the session and its active operation of this kind. */
+static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **out)
+{
+    CK_RV rv = p11_session_get(hSession, out);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!(*out)->op[kind]) {
+        p11_session_put(*out);
+        return CKR_OPERATION_NOT_INITIALIZED;
+    }
+    return CKR_OK;
+}
+
+/* PKCS#11 5.2: a call that produces output terminates the operation unless
+ * it returned CKR_BUFFER_TOO_SMALL or only determined the output length. */
+static CK_RV op_done(p11_session *s, tok_op_kind kind, CK_RV rv, bool size_query)
+{
+    if (!(rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query)))
+        p11_op_end(s, kind);
+    p11_session_put(s);
+    return rv;
+}
+
+static CK_RV op_oneshot(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
+                        CK_ULONG_PTR outlen)
+{
+    p11_session *s;
+    CK_RV rv = op_get(hSession, kind, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((!in && inlen) || !outlen)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (s->op_multi[kind])
+        rv = CKR_OPERATION_ACTIVE;
+    else
+        rv = tok_op_oneshot(s->op[kind], in, inlen, out, outlen);
+    return op_done(s, kind, rv, out == NULL);
+}
+
+static CK_RV op_update(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
+                       CK_ULONG_PTR outlen, bool has_output)
+{
+    p11_session *s;
+    CK_RV rv = op_get(hSession, kind, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((!in && inlen) || (has_output && !outlen)) {
+        rv = CKR_ARGUMENTS_BAD;
+    } else {
+        s->op_multi[kind] = true;
+        rv = tok_op_update(s->op[kind], in, inlen, has_output ? out : NULL, has_output ? outlen : NULL);
+    }
+    if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL)
+        p11_op_end(s, kind);
+    p11_session_put(s);
+    return rv;
+}
+
+static CK_RV op_final(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+    p11_session *s;
+    CK_RV rv = op_get(hSession, kind, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = outlen ? tok_op_final(s->op[kind], out, outlen) : CKR_ARGUMENTS_BAD;
+    return op_done(s, kind, rv, out == NULL);
+}
+
+/* ---- encrypt / decrypt ------------------------------------------------------ */
+
+CK_RV C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, TOK_OP_ENCRYPT, pMechanism, hKey);
+}
+
+CK_RV C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData,
+                CK_ULONG_PTR pulEncryptedDataLen)
+{
+    return op_oneshot(hSession, TOK_OP_ENCRYPT, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen);
+}
+
+CK_RV C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
+                      CK_ULONG_PTR pulEncryptedPartLen)
+{
+    return op_update(hSession, TOK_OP_ENCRYPT, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen, true);
+}
+
+CK_RV C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart, CK_ULONG_PTR pulLastEncryptedPartLen)
+{
+    return op_final(hSession, TOK_OP_ENCRYPT, pLastEncryptedPart, pulLastEncryptedPartLen);
+}
+
+CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, TOK_OP_DECRYPT, pMechanism, hKey);
+}
+
+CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData,
+                CK_ULONG_PTR pulDataLen)
+{
+    return op_oneshot(hSession, TOK_OP_DECRYPT, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen);
+}
+
+CK_RV C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen,
+                      CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
+{
+    return op_update(hSession, TOK_OP_DECRYPT, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen, true);
+}
+
+CK_RV C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart, CK_ULONG_PTR pulLastPartLen)
+{
+    return op_final(hSession, TOK_OP_DECRYPT, pLastPart, pulLastPartLen);
+}
+
+/* ---- digest ------------------------------------------------------------------ */
+
+CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
+{
+    return op_init(hSession, TOK_OP_DIGEST, pMechanism, CK_INVALID_HANDLE);
+}
+
+CK_RV C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
+               CK_ULONG_PTR pulDigestLen)
+{
+    return op_oneshot(hSession, TOK_OP_DIGEST, pData, ulDataLen, pDigest, pulDigestLen);
+}
+
+CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+    return op_update(hSession, TOK_OP_DIGEST, pPart, ulPartLen, NULL, NULL, false);
+}
+
+CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
+{
+    p11_session *s;
+    CK_RV rv = op_get(hSession, TOK_OP_DIGEST, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    /* Digesting key values is offered with the full mechanism set. */
+    p11_op_end(s, TOK_OP_DIGEST);
+    p11_session_put(s);
+    return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)
+{
+    return op_final(hSession, TOK_OP_DIGEST, pDigest, pulDigestLen);
+}
+
+/* ---- sign / verify ------------------------------------------------------------ */
+
+CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, TOK_OP_SIGN, pMechanism, hKey);
+}
+
+CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+             CK_ULONG_PTR pulSignatureLen)
+{
+    return op_oneshot(hSession, TOK_OP_SIGN, pData, ulDataLen, pSignature, pulSignatureLen);
+}
+
+CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+    return op_update(hSession, TOK_OP_SIGN, pPart, ulPartLen, NULL, NULL, false);
+}
+
+CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+    return op_final(hSession, TOK_OP_SIGN, pSignature, pulSignatureLen);
+}
+
+CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, TOK_OP_VERIFY, pMechanism, hKey);
+}
+
+CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+               CK_ULONG ulSignatureLen)
+{
+    p11_session *s;
+    CK_RV rv = op_get(hSession, TOK_OP_VERIFY, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((!pData && ulDataLen) || (!pSignature && ulSignatureLen))
+        rv = CKR_ARGUMENTS_BAD;
+    else if (s->op_multi[TOK_OP_VERIFY])
+        rv = CKR_OPERATION_ACTIVE;
+    else
+        rv = tok_op_verify(s->op[TOK_OP_VERIFY], pData, ulDataLen, pSignature, ulSignatureLen);
+    return op_done(s, TOK_OP_VERIFY, rv, false);
+}
+
+CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+    return op_update(hSession, TOK_OP_VERIFY, pPart, ulPartLen, NULL, NULL, false);
+}
+
+CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen)
+{
+    p11_session *s;
+    CK_RV rv = op_get(hSession, TOK_OP_VERIFY, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = (!pSignature && ulSignatureLen) ? CKR_ARGUMENTS_BAD
+                                          : tok_op_verify_final(s->op[TOK_OP_VERIFY], pSignature, ulSignatureLen);
+    return op_done(s, TOK_OP_VERIFY, rv, false);
+}
+
+/* Recovery mechanisms are not offered by any mechanism of this token. */
+static CK_RV no_mechanism(CK_SESSION_HANDLE hSession, const void *mech)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return mech ? CKR_MECHANISM_INVALID : CKR_ARGUMENTS_BAD;
+}
+
+static CK_RV no_operation(CK_SESSION_HANDLE hSession)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return CKR_OPERATION_NOT_INITIALIZED;
+}
+
+CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return no_mechanism(hSession, pMechanism);
+}
+
+CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+                    CK_ULONG_PTR pulSignatureLen)
+{
+    return no_operation(hSession);
+}
+
+CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return no_mechanism(hSession, pMechanism);
+}
+
+CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen, CK_BYTE_PTR pData,
+                      CK_ULONG_PTR pulDataLen)
+{
+    return no_operation(hSession);
+}
+
+/* Dual-function operations: not offered (no CKF_DUAL_CRYPTO_OPERATIONS). */
+CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
+                            CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
+{
+    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen,
+                            CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
+{
+    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
+                          CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
+{
+    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen,
+                            CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
+{
+    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+/* ---- key management ------------------------------------------------------------ */
+
+CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate,
+                    CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+    P11_AUTO_ATTRS key = TOK_ATTRS_INIT;
+    CK_KEY_TYPE ktype = 0;
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!pMechanism || !phKey || (!pTemplate && ulCount))
+        rv = CKR_ARGUMENTS_BAD;
+    if (rv == CKR_OK)
+        rv = tok_mech_keygen_type(pMechanism->mechanism, &ktype);
+    if (rv == CKR_OK)
+        rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, ktype, pMechanism->mechanism, pTemplate, ulCount,
+                              &key);
+    if (rv == CKR_OK) /* refuse before the (possibly slow) generation */
+        rv = p11_write_allowed(s, tok_obj_is_token(&key), tok_obj_is_private(&key));
+    if (rv == CKR_OK)
+        rv = tok_mech_generate_key(pMechanism, &key);
+    if (rv == CKR_OK)
+        rv = tok_policy_finish(TOK_BUILD_GENERATE, &key);
+    if (rv == CKR_OK)
+        rv = p11_object_add(s, &key, phKey);
+    p11_session_put(s);
+    return rv;
+}
+
+CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pPublicKeyTemplate,
+                        CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE_PTR pPrivateKeyTemplate,
+                        CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey,
+                        CK_OBJECT_HANDLE_PTR phPrivateKey)
+{
+    P11_AUTO_ATTRS pub = TOK_ATTRS_INIT;
+    P11_AUTO_ATTRS priv = TOK_ATTRS_INIT;
+    CK_KEY_TYPE ktype = 0;
+    CK_MECHANISM_TYPE m;
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!pMechanism || !phPublicKey || !phPrivateKey || (!pPublicKeyTemplate && ulPublicKeyAttributeCount) ||
+        (!pPrivateKeyTemplate && ulPrivateKeyAttributeCount))
+        rv = CKR_ARGUMENTS_BAD;
+    m = rv == CKR_OK ? pMechanism->mechanism : 0;
+    if (rv == CKR_OK)
+        rv = tok_mech_keypairgen_type(m, &ktype);
+    if (rv == CKR_OK)
+        rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_PUBLIC_KEY, ktype, m, pPublicKeyTemplate,
+                              ulPublicKeyAttributeCount, &pub);
+    if (rv == CKR_OK)
+        rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, ktype, m, pPrivateKeyTemplate,
+                              ulPrivateKeyAttributeCount, &priv);
+    if (rv == CKR_OK)
+        rv = p11_write_allowed(s, tok_obj_is_token(&pub), tok_obj_is_private(&pub));
+    if (rv == CKR_OK)
+        rv = p11_write_allowed(s, tok_obj_is_token(&priv), tok_obj_is_private(&priv));
+    if (rv == CKR_OK)
+        rv = tok_mech_generate_keypair(pMechanism, &pub, &priv);
+    if (rv == CKR_OK)
+        rv = tok_policy_finish(TOK_BUILD_GENERATE, &pub);
+    if (rv == CKR_OK)
+        rv = tok_policy_finish(TOK_BUILD_GENERATE, &priv);
+    if (rv == CKR_OK)
+        rv = p11_object_add(s, &pub, phPublicKey);
+    if (rv == CKR_OK) {
+        rv = p11_object_add(s, &priv, phPrivateKey);
+        if (rv != CKR_OK) {
+            /* Do not leave half a pair behind. */
+            p11_session_put(s);
+            C_DestroyObject(hSession, *phPublicKey);
+            return rv;
+        }
+    }
+    p11_session_put(s);
+    return rv;
+}
+
+CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
+                CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
+{
+    return no_mechanism(hSession, pMechanism); /* no wrapping mechanism in this token yet */
+}
+
+CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hUnwrappingKey,
+                  CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
+                  CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+    return no_mechanism(hSession, pMechanism);
+}
+
+CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hBaseKey,
+                  CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+    return no_mechanism(hSession, pMechanism);
+}

@@ -1,1 +1,133 @@
-/* placeholder: being written */
+/* p11mk pkcs11 layer: the exported entry points (function lists and the
+ * PKCS#11 3.0 interfaces). Only the three functions below are exported. */
+#include "pkcs11/p11_internal.h"
+
+P11_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
+P11_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+P11_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+
+/* 3.0 functions not declared by p11-kit 0.24's header. */
+CK_RV C_LoginUser(CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG);
+CK_RV C_SessionCancel(CK_SESSION_HANDLE, CK_FLAGS);
+
+#define V240_FUNCTIONS                                                                                            \
+    C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo,          \
+        C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_InitPIN, C_SetPIN, C_OpenSession, C_CloseSession,   \
+        C_CloseAllSessions, C_GetSessionInfo, C_GetOperationState, C_SetOperationState, C_Login, C_Logout,          \
+        C_CreateObject, C_CopyObject, C_DestroyObject, C_GetObjectSize, C_GetAttributeValue, C_SetAttributeValue,  \
+        C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal, C_EncryptInit, C_Encrypt, C_EncryptUpdate,           \
+        C_EncryptFinal, C_DecryptInit, C_Decrypt, C_DecryptUpdate, C_DecryptFinal, C_DigestInit, C_Digest,         \
+        C_DigestUpdate, C_DigestKey, C_DigestFinal, C_SignInit, C_Sign, C_SignUpdate, C_SignFinal,                 \
+        C_SignRecoverInit, C_SignRecover, C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal,                   \
+        C_VerifyRecoverInit, C_VerifyRecover, C_DigestEncryptUpdate, C_DecryptDigestUpdate, C_SignEncryptUpdate,   \
+        C_DecryptVerifyUpdate, C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey, C_DeriveKey,              \
+        C_SeedRandom, C_GenerateRandom, C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent
+
+static CK_FUNCTION_LIST list_v240 = {{2, 40}, V240_FUNCTIONS};
+
+/* ---- PKCS#11 3.0 message-based functions: not offered ---------------------- */
+static CK_RV msg_unsupported(CK_SESSION_HANDLE h)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(h, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+static CK_RV msg_init(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return msg_unsupported(h); }
+static CK_RV msg_final(CK_SESSION_HANDLE h) { return msg_unsupported(h); }
+static CK_RV msg_crypt(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR a, CK_ULONG al, CK_BYTE_PTR i,
+                       CK_ULONG il, CK_BYTE_PTR o, CK_ULONG_PTR ol)
+{
+    return msg_unsupported(h);
+}
+static CK_RV msg_begin(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR a, CK_ULONG al)
+{
+    return msg_unsupported(h);
+}
+static CK_RV msg_next(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR i, CK_ULONG il, CK_BYTE_PTR o,
+                      CK_ULONG_PTR ol, CK_FLAGS f)
+{
+    return msg_unsupported(h);
+}
+static CK_RV msg_sign(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s,
+                      CK_ULONG_PTR sl)
+{
+    return msg_unsupported(h);
+}
+static CK_RV msg_sign_begin(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl) { return msg_unsupported(h); }
+static CK_RV msg_verify(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s,
+                        CK_ULONG sl)
+{
+    return msg_unsupported(h);
+}
+
+static CK_FUNCTION_LIST_3_0 list_v30 = {
+    {3, 0},
+    V240_FUNCTIONS,
+    C_GetInterfaceList,
+    C_GetInterface,
+    C_LoginUser,
+    C_SessionCancel,
+    msg_init, msg_crypt, msg_begin, msg_next, msg_final,            /* encrypt */
+    msg_init, msg_crypt, msg_begin, msg_next, msg_final,            /* decrypt */
+    msg_init, msg_sign, msg_sign_begin, msg_sign, msg_final,         /* sign */
+    msg_init, msg_verify, msg_sign_begin, msg_verify, msg_final,     /* verify */
+};
+
+static CK_UTF8CHAR iface_name[] = "PKCS 11";
+static CK_INTERFACE interfaces[] = {
+    {iface_name, &list_v30, CKF_INTERFACE_FORK_SAFE},
+    {iface_name, &list_v240, CKF_INTERFACE_FORK_SAFE},
+};
+#define N_INTERFACES (sizeof(interfaces) / sizeof(interfaces[0]))
+
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+{
+    return_val_if_fail(ppFunctionList != NULL, CKR_ARGUMENTS_BAD);
+    *ppFunctionList = &list_v240;
+    return CKR_OK;
+}
+
+CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
+{
+    return_val_if_fail(pulCount != NULL, CKR_ARGUMENTS_BAD);
+    if (!pInterfacesList) {
+        *pulCount = N_INTERFACES;
+        return CKR_OK;
+    }
+    if (*pulCount < N_INTERFACES) {
+        *pulCount = N_INTERFACES;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    memcpy(pInterfacesList, interfaces, sizeof(interfaces));
+    *pulCount = N_INTERFACES;
+    return CKR_OK;
+}
+
+static CK_VERSION iface_version(const CK_INTERFACE *i) { return *(const CK_VERSION *)i->pFunctionList; }
+
+CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion, CK_INTERFACE_PTR_PTR ppInterface,
+                     CK_FLAGS flags)
+{
+    return_val_if_fail(ppInterface != NULL, CKR_ARGUMENTS_BAD);
+    /* Interfaces are listed newest first: the first match is the default. */
+    for (size_t k = 0; k < N_INTERFACES; k++) {
+        CK_INTERFACE *i = &interfaces[k];
+        CK_VERSION v = iface_version(i);
+
+        if (pInterfaceName && strcmp((const char *)pInterfaceName, (const char *)i->pInterfaceName) != 0)
+            continue;
+        if (pVersion && (pVersion->major != v.major || pVersion->minor != v.minor))
+            continue;
+        if ((i->flags & flags) != flags)
+            continue;
+        *ppInterface = i;
+        return CKR_OK;
+    }
+    return CKR_ARGUMENTS_BAD;
+}

@@ -1,1 +1,434 @@
-/* placeholder: being written */
+/* p11mk pkcs11 layer: session table and login state. */
+#include "pkcs11/p11_internal.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    CK_SLOT_ID slot;
+    CK_USER_TYPE who;
+} p11_login;
+
+/* All protected by the global lock (p11_lock). Session counts are small
+ * (tens); a flat array keeps lookups cache-friendly. */
+static struct {
+    p11_session **v;
+    size_t n, cap;
+    CK_SESSION_HANDLE next;
+    p11_login *logins;
+    size_t nlogins;
+} t;
+
+void p11_sessions_init(void)
+{
+    memset(&t, 0, sizeof(t));
+    t.next = 1;
+}
+
+static void session_free(p11_session *s)
+{
+    for (int k = 0; k < P11_OP_SLOTS; k++)
+        tok_op_free(s->op[k]);
+    p11_find_end(&s->find);
+    p11_mutex_free(s->busy);
+    free(s);
+}
+
+void p11_sessions_free(bool orphaned)
+{
+    for (size_t i = 0; i < t.n; i++) {
+        if (orphaned) /* fork child: the busy mutex may be held by a parent thread */
+            t.v[i]->busy = NULL;
+        session_free(t.v[i]);
+    }
+    free(t.v);
+    free(t.logins);
+    memset(&t, 0, sizeof(t));
+}
+
+static p11_session *find_locked(CK_SESSION_HANDLE h)
+{
+    for (size_t i = 0; i < t.n; i++)
+        if (t.v[i]->h == h)
+            return t.v[i];
+    return NULL;
+}
+
+CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
+{
+    p11_session *s;
+
+    if (!p11_initialized())
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    p11_lock();
+    s = find_locked(h);
+    if (s)
+        s->refs++;
+    p11_unlock();
+    if (!s)
+        return CKR_SESSION_HANDLE_INVALID;
+    p11_mutex_lock(s->busy);
+    if (s->closed) {
+        p11_session_put(s);
+        return CKR_SESSION_HANDLE_INVALID;
+    }
+    *out = s;
+    return CKR_OK;
+}
+
+void p11_session_put(p11_session *s)
+{
+    bool last;
+
+    p11_mutex_unlock(s->busy);
+    p11_lock();
+    last = --s->refs == 0 && s->closed;
+    p11_unlock();
+    if (last)
+        session_free(s);
+}
+
+static p11_login *login_locked(CK_SLOT_ID slot)
+{
+    for (size_t i = 0; i < t.nlogins; i++)
+        if (t.logins[i].slot == slot)
+            return &t.logins[i];
+    return NULL;
+}
+
+CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
+{
+    CK_USER_TYPE who;
+    p11_login *l;
+
+    p11_lock();
+    l = login_locked(slot);
+    who = l ? l->who : P11_NOBODY;
+    p11_unlock();
+    return who;
+}
+
+static void logout_locked(CK_SLOT_ID slot)
+{
+    p11_login *l = login_locked(slot);
+
+    if (l)
+        *l = t.logins[--t.nlogins];
+}
+
+CK_STATE p11_session_state(const p11_session *s)
+{
+    CK_USER_TYPE who = p11_login_state(s->slot);
+    bool rw = s->flags & CKF_RW_SESSION;
+
+    if (who == CKU_SO)
+        return CKS_RW_SO_FUNCTIONS;
+    if (who == CKU_USER)
+        return rw ? CKS_RW_USER_FUNCTIONS : CKS_RO_USER_FUNCTIONS;
+    return rw ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION;
+}
+
+static CK_ULONG count_locked(CK_SLOT_ID slot, bool rw_only)
+{
+    CK_ULONG n = 0;
+
+    for (size_t i = 0; i < t.n; i++)
+        if (t.v[i]->slot == slot && (!rw_only || (t.v[i]->flags & CKF_RW_SESSION)))
+            n++;
+    return n;
+}
+
+CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only)
+{
+    CK_ULONG n;
+
+    p11_lock();
+    n = count_locked(slot, rw_only);
+    p11_unlock();
+    return n;
+}
+
+void p11_op_end(p11_session *s, tok_op_kind kind)
+{
+    tok_op_free(s->op[kind]);
+    s->op[kind] = NULL;
+    s->op_multi[kind] = false;
+}
+
+CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
+                    CK_SESSION_HANDLE_PTR phSession)
+{
+    p11_session *s;
+    CK_RV rv;
+
+    return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    return_val_if_fail(phSession != NULL, CKR_ARGUMENTS_BAD);
+    return_val_if_fail(flags & CKF_SERIAL_SESSION, CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+    rv = tok_slot_check(p11_tok(), slotID);
+    if (rv != CKR_OK)
+        return rv;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return CKR_HOST_MEMORY;
+    rv = p11_mutex_new(&s->busy);
+    if (rv != CKR_OK) {
+        free(s);
+        return rv;
+    }
+    s->slot = slotID;
+    s->flags = flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
+    p11_lock();
+    if (!(flags & CKF_RW_SESSION) && login_locked(slotID) && login_locked(slotID)->who == CKU_SO) {
+        rv = CKR_SESSION_READ_WRITE_SO_EXISTS;
+    } else if (t.n == t.cap) {
+        size_t cap = t.cap ? t.cap * 2 : 16;
+        p11_session **v = realloc(t.v, cap * sizeof(*v));
+
+        if (v) {
+            t.v = v;
+            t.cap = cap;
+        } else {
+            rv = CKR_HOST_MEMORY;
+        }
+    }
+    if (rv == CKR_OK) {
+        s->h = t.next++;
+        t.v[t.n++] = s;
+        *phSession = s->h;
+    }
+    p11_unlock();
+    if (rv != CKR_OK)
+        session_free(s);
+    return rv;
+}
+
+/* Unlink a session (global lock held) and free it when unused. Returns
+ * the session to free outside the lock, or NULL. */
+static p11_session *unlink_locked(size_t i)
+{
+    p11_session *s = t.v[i];
+
+    t.v[i] = t.v[--t.n];
+    s->closed = true;
+    if (count_locked(s->slot, false) == 0)
+        logout_locked(s->slot);
+    return s->refs == 0 ? s : NULL;
+}
+
+CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
+{
+    p11_session *s = NULL;
+    CK_SLOT_ID slot = 0;
+    bool found = false;
+
+    return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    p11_lock();
+    for (size_t i = 0; i < t.n; i++) {
+        if (t.v[i]->h == hSession) {
+            slot = t.v[i]->slot;
+            s = unlink_locked(i);
+            found = true;
+            break;
+        }
+    }
+    p11_unlock();
+    if (!found)
+        return CKR_SESSION_HANDLE_INVALID;
+    p11_sobjs_drop_session(hSession);
+    if (p11_session_count(slot, false) == 0)
+        p11_sobjs_drop_slot(slot);
+    if (s)
+        session_free(s);
+    return CKR_OK;
+}
+
+CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
+{
+    CK_RV rv;
+
+    return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    rv = tok_slot_check(p11_tok(), slotID);
+    if (rv != CKR_OK)
+        return rv;
+    for (;;) {
+        CK_SESSION_HANDLE h = 0;
+
+        p11_lock();
+        for (size_t i = 0; i < t.n && !h; i++)
+            if (t.v[i]->slot == slotID)
+                h = t.v[i]->h;
+        p11_unlock();
+        if (!h)
+            break;
+        C_CloseSession(h);
+    }
+    p11_sobjs_drop_slot(slotID);
+    return CKR_OK;
+}
+
+CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!pInfo) {
+        p11_session_put(s);
+        return CKR_ARGUMENTS_BAD;
+    }
+    pInfo->slotID = s->slot;
+    pInfo->state = p11_session_state(s);
+    pInfo->flags = s->flags;
+    pInfo->ulDeviceError = 0;
+    p11_session_put(s);
+    return CKR_OK;
+}
+
+static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+    p11_login *l;
+    CK_SLOT_ID slot;
+
+    if (rv != CKR_OK)
+        return rv;
+    slot = s->slot;
+    p11_session_put(s);
+    if (userType == CKU_CONTEXT_SPECIFIC)
+        return CKR_OPERATION_NOT_INITIALIZED; /* no CKA_ALWAYS_AUTHENTICATE keys yet */
+    if (userType != CKU_SO && userType != CKU_USER)
+        return CKR_USER_TYPE_INVALID;
+    if (!pPin && ulPinLen)
+        return CKR_ARGUMENTS_BAD;
+    p11_lock();
+    l = login_locked(slot);
+    if (l)
+        rv = l->who == userType ? CKR_USER_ALREADY_LOGGED_IN : CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
+    else if (userType == CKU_SO && count_locked(slot, false) != count_locked(slot, true))
+        rv = CKR_SESSION_READ_ONLY_EXISTS;
+    p11_unlock();
+    if (rv != CKR_OK)
+        return rv;
+    rv = tok_login_check(p11_tok(), slot, userType, pPin, ulPinLen);
+    if (rv != CKR_OK)
+        return rv;
+    p11_lock();
+    if (login_locked(slot)) {
+        rv = CKR_USER_ANOTHER_ALREADY_LOGGED_IN; /* lost a race with another thread */
+    } else {
+        p11_login *v = realloc(t.logins, (t.nlogins + 1) * sizeof(*v));
+
+        if (v) {
+            t.logins = v;
+            t.logins[t.nlogins++] = (p11_login){slot, userType};
+        } else {
+            rv = CKR_HOST_MEMORY;
+        }
+    }
+    p11_unlock();
+    return rv;
+}
+
+CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+    return login(hSession, userType, pPin, ulPinLen);
+}
+
+CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
+                  CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen);
+CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
+                  CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen)
+{
+    /* This token has no named users: a user name is not accepted. */
+    if (ulUsernameLen || pUsername)
+        return p11_initialized() ? CKR_ARGUMENTS_BAD : CKR_CRYPTOKI_NOT_INITIALIZED;
+    return login(hSession, userType, pPin, ulPinLen);
+}
+
+CK_RV C_Logout(CK_SESSION_HANDLE hSession)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+    CK_SLOT_ID slot;
+
+    if (rv != CKR_OK)
+        return rv;
+    slot = s->slot;
+    p11_session_put(s);
+    p11_lock();
+    if (login_locked(slot))
+        logout_locked(slot);
+    else
+        rv = CKR_USER_NOT_LOGGED_IN;
+    p11_unlock();
+    return rv;
+}
+
+CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags);
+CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
+{
+    static const struct {
+        CK_FLAGS flag;
+        tok_op_kind kind;
+    } map[] = {{CKF_ENCRYPT, TOK_OP_ENCRYPT}, {CKF_DECRYPT, TOK_OP_DECRYPT}, {CKF_SIGN, TOK_OP_SIGN},
+               {CKF_VERIFY, TOK_OP_VERIFY},   {CKF_DIGEST, TOK_OP_DIGEST}};
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (flags & map[i].flag)
+            p11_op_end(s, map[i].kind);
+    if (flags & CKF_FIND_OBJECTS)
+        p11_find_end(&s->find);
+    p11_session_put(s);
+    return CKR_OK;
+}
+
+CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
+                          CK_ULONG_PTR pulOperationStateLen)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return pulOperationStateLen ? CKR_FUNCTION_NOT_SUPPORTED : CKR_ARGUMENTS_BAD;
+}
+
+CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState, CK_ULONG ulOperationStateLen,
+                          CK_OBJECT_HANDLE hEncryptionKey, CK_OBJECT_HANDLE hAuthenticationKey)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return pOperationState ? CKR_FUNCTION_NOT_SUPPORTED : CKR_ARGUMENTS_BAD;
+}
+
+CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE hSession)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return CKR_FUNCTION_NOT_PARALLEL;
+}
+
+CK_RV C_CancelFunction(CK_SESSION_HANDLE hSession)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    p11_session_put(s);
+    return CKR_FUNCTION_NOT_PARALLEL;
+}

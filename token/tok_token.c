@@ -1,1 +1,847 @@
-/* placeholder: being written */
+/* p11mk token layer: tokens, PINs, token objects, key cache. */
+#include "token/tok_token.h"
+#include "token/tok_pin.h"
+#include "token/tok_policy.h"
+
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Token record fields, stored as a tok_attrs blob (vendor-defined types). */
+#define TOKR_LABEL      (CKA_VENDOR_DEFINED + 0x7101UL)
+#define TOKR_SO_PIN     (CKA_VENDOR_DEFINED + 0x7102UL)
+#define TOKR_USER_PIN   (CKA_VENDOR_DEFINED + 0x7103UL)
+#define TOKR_SO_FAILS   (CKA_VENDOR_DEFINED + 0x7104UL)
+#define TOKR_USER_FAILS (CKA_VENDOR_DEFINED + 0x7105UL)
+
+/* Failed logins before a PIN locks (the SO can re-set a locked user PIN). */
+#define TOK_MAX_PIN_TRIES 10UL
+
+#define CACHE_BUCKETS 1024u
+#define CACHE_MAX 8192u
+
+typedef struct cache_ent {
+    struct cache_ent *next;
+    CK_SLOT_ID slot;
+    uint64_t oid;
+    ks_stamp stamp;
+    tok_key *key;
+    tok_attrs attrs;
+} cache_ent;
+
+struct tok_ctx {
+    ks_config cfg;
+    ks_mkey mk;
+    ks_store *st;
+    uint8_t ksid[16];
+    pthread_mutex_t cache_lock;
+    cache_ent *cache[CACHE_BUCKETS];
+    size_t cache_n;
+    uint32_t cache_epoch;
+};
+
+static inline void txn_end(ks_txn **t)
+{
+    if (*t)
+        ks_read_end(*t);
+}
+#define AUTO_TXN ks_txn *__attribute__((cleanup(txn_end)))
+
+static inline void attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
+#define AUTO_ATTRS __attribute__((cleanup(attrs_cleanup))) tok_attrs
+
+static CK_RV ks_to_ckr(int err)
+{
+    switch (err) {
+    case KS_OK: return CKR_OK;
+    case KS_ENOTFOUND: return CKR_OBJECT_HANDLE_INVALID;
+    case KS_ENOMEM: return CKR_HOST_MEMORY;
+    case KS_ECORRUPT:
+    case KS_ENOKEY:
+    case KS_EWRONGKEY: return CKR_DEVICE_ERROR;
+    case KS_EROFS: return CKR_TOKEN_WRITE_PROTECTED;
+    default: return CKR_GENERAL_ERROR;
+    }
+}
+
+/* ---- context --------------------------------------------------------- */
+
+static __thread char open_error[600];
+
+const char *tok_ctx_error(void) { return open_error; }
+const ks_config *tok_ctx_config(tok_ctx *ctx) { return &ctx->cfg; }
+const ks_mkey *tok_ctx_mkey(tok_ctx *ctx) { return &ctx->mk; }
+
+CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
+{
+    const char *deflog = (flags & TOK_CTX_STDERR) ? "stderr" : NULL;
+    tok_ctx *ctx = calloc(1, sizeof(*ctx));
+    ks_err err = {{0}};
+    ks_info info;
+    int rc;
+
+    open_error[0] = 0;
+    if (!ctx)
+        return CKR_HOST_MEMORY;
+    pthread_mutex_init(&ctx->cache_lock, NULL);
+    rc = ks_config_load(&ctx->cfg, &err);
+    if (rc != KS_OK) {
+        ks_log_setup(deflog, KS_LOG_ERROR, "p11mk");
+        snprintf(open_error, sizeof(open_error), "configuration error: %s", err.msg);
+        ks_log(KS_LOG_ERROR, "%s", open_error);
+        goto fail;
+    }
+    ks_log_setup(ctx->cfg.log ? ctx->cfg.log : deflog, ctx->cfg.log_level, "p11mk");
+    rc = ks_mkey_load(&ctx->cfg, &ctx->mk, &err);
+    if (rc != KS_OK) {
+        snprintf(open_error, sizeof(open_error), "cannot load the master key: %s",
+                 err.msg[0] ? err.msg : ks_strerror(rc));
+        ks_log(KS_LOG_ERROR, "%s", open_error);
+        goto fail;
+    }
+    if (ctx->mk.is_default && !(flags & TOK_CTX_STDERR))
+        ks_log(KS_LOG_WARN, "keystore %s uses the built-in default master key, which is the same on "
+               "every install: set master_key to a key file (p11mk-admin init --generate-key FILE)",
+               ctx->cfg.keystore);
+    rc = ks_open(ctx->cfg.keystore, &ctx->mk, (flags & TOK_CTX_CREATE) ? KS_OPEN_CREATE : 0, &ctx->st, &err);
+    if (rc != KS_OK) {
+        snprintf(open_error, sizeof(open_error), "cannot open keystore: %s", err.msg[0] ? err.msg : ks_strerror(rc));
+        ks_log(KS_LOG_ERROR, "%s", open_error);
+        goto fail;
+    }
+    if (ks_get_info(ctx->st, &info) == KS_OK)
+        memcpy(ctx->ksid, info.keystore_id, sizeof(ctx->ksid));
+    *out = ctx;
+    return CKR_OK;
+fail:
+    tok_ctx_close(ctx);
+    return CKR_GENERAL_ERROR;
+}
+
+void tok_ctx_close(tok_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    tok_cache_flush(ctx);
+    if (ctx->st)
+        ks_close(ctx->st);
+    ks_mkey_clear(&ctx->mk);
+    ks_config_free(&ctx->cfg);
+    pthread_mutex_destroy(&ctx->cache_lock);
+    free(ctx);
+}
+
+ks_store *tok_ctx_store(tok_ctx *ctx) { return ctx->st; }
+
+/* ---- token records --------------------------------------------------- */
+
+static CK_RV token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
+{
+    AUTO_TXN txn = NULL;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (slot == 0 || slot > UINT32_MAX)
+        return CKR_SLOT_ID_INVALID;
+    rc = ks_read_begin(ctx->st, &txn);
+    if (rc != KS_OK)
+        return ks_to_ckr(rc);
+    rc = ks_token_get(txn, (uint32_t)slot, &blob, &len);
+    if (rc == KS_ENOTFOUND)
+        return CKR_SLOT_ID_INVALID;
+    if (rc != KS_OK) {
+        ks_log(KS_LOG_ERROR, "token %lu: record cannot be read (%s); restore the keystore from a backup",
+               (unsigned long)slot, ks_strerror(rc));
+        return CKR_DEVICE_ERROR;
+    }
+    rc = tok_attrs_parse(blob, len, rec);
+    ks_buf_free(blob, len);
+    if (rc != 0) {
+        ks_log(KS_LOG_ERROR, "token %lu: record is malformed", (unsigned long)slot);
+        return CKR_DEVICE_ERROR;
+    }
+    return CKR_OK;
+}
+
+static int token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (tok_attrs_serialize(rec, &blob, &len) != 0)
+        return KS_ENOMEM;
+    rc = ks_token_put(txn, id, blob, len);
+    ks_buf_free(blob, len);
+    return rc;
+}
+
+static CK_RV token_ids(tok_ctx *ctx, uint32_t **ids, size_t *n)
+{
+    AUTO_TXN txn = NULL;
+    int rc = ks_read_begin(ctx->st, &txn);
+
+    if (rc == KS_OK)
+        rc = ks_token_list(txn, ids, n);
+    return ks_to_ckr(rc);
+}
+
+CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n)
+{
+    uint32_t *tids = NULL;
+    size_t nt = 0;
+    CK_RV rv = token_ids(ctx, &tids, &nt);
+    CK_SLOT_ID *out;
+
+    if (rv != CKR_OK)
+        return rv;
+    out = calloc(nt + 1, sizeof(*out));
+    if (!out) {
+        free(tids);
+        return CKR_HOST_MEMORY;
+    }
+    for (size_t i = 0; i < nt; i++)
+        out[i] = tids[i];
+    out[nt] = nt ? (CK_SLOT_ID)tids[nt - 1] + 1 : 1; /* the free slot */
+    free(tids);
+    *ids = out;
+    *n = nt + 1;
+    return CKR_OK;
+}
+
+static CK_SLOT_ID free_slot_id(tok_ctx *ctx)
+{
+    CK_SLOT_ID *ids = NULL, id = 0;
+    CK_ULONG n = 0;
+
+    if (tok_slot_list(ctx, &ids, &n) == CKR_OK)
+        id = ids[n - 1];
+    free(ids);
+    return id;
+}
+
+CK_RV tok_slot_check(tok_ctx *ctx, CK_SLOT_ID slot)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = token_load(ctx, slot, &rec);
+
+    if (rv == CKR_SLOT_ID_INVALID && slot == free_slot_id(ctx))
+        return CKR_TOKEN_NOT_RECOGNIZED;
+    return rv;
+}
+
+static void pad_copy(CK_UTF8CHAR *dst, size_t dlen, const char *src)
+{
+    size_t n = strlen(src);
+
+    memset(dst, ' ', dlen);
+    memcpy(dst, src, n < dlen ? n : dlen);
+}
+
+CK_RV tok_slot_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_SLOT_INFO *info)
+{
+    CK_RV rv = tok_slot_check(ctx, slot);
+    char desc[64];
+
+    if (rv != CKR_OK && rv != CKR_TOKEN_NOT_RECOGNIZED)
+        return rv;
+    memset(info, 0, sizeof(*info));
+    snprintf(desc, sizeof(desc), "p11mk slot %lu", (unsigned long)slot);
+    pad_copy(info->slotDescription, sizeof(info->slotDescription), desc);
+    pad_copy(info->manufacturerID, sizeof(info->manufacturerID), "p11mk project");
+    info->flags = CKF_TOKEN_PRESENT;
+    info->hardwareVersion.major = 0;
+    info->firmwareVersion.major = 0;
+    info->firmwareVersion.minor = 1;
+    return CKR_OK;
+}
+
+static CK_FLAGS pin_flags(CK_ULONG fails, bool so)
+{
+    CK_FLAGS f = 0;
+
+    if (fails == 0)
+        return 0;
+    if (fails >= TOK_MAX_PIN_TRIES)
+        return so ? CKF_SO_PIN_LOCKED : CKF_USER_PIN_LOCKED;
+    f = so ? CKF_SO_PIN_COUNT_LOW : CKF_USER_PIN_COUNT_LOW;
+    if (fails == TOK_MAX_PIN_TRIES - 1)
+        f |= so ? CKF_SO_PIN_FINAL_TRY : CKF_USER_PIN_FINAL_TRY;
+    return f;
+}
+
+CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = token_load(ctx, slot, &rec);
+    const tok_attr *label;
+    CK_ULONG so_fails = 0, user_fails = 0;
+    char serial[17];
+
+    if (rv == CKR_SLOT_ID_INVALID && slot == free_slot_id(ctx))
+        rv = CKR_OK; /* the free slot: a present, uninitialized token */
+    if (rv != CKR_OK)
+        return rv;
+    memset(info, 0, sizeof(*info));
+    label = tok_attrs_find(&rec, TOKR_LABEL);
+    memset(info->label, ' ', sizeof(info->label));
+    if (label && label->len == sizeof(info->label))
+        memcpy(info->label, label->val, sizeof(info->label));
+    pad_copy(info->manufacturerID, sizeof(info->manufacturerID), "p11mk project");
+    pad_copy(info->model, sizeof(info->model), "p11mk soft token");
+    snprintf(serial, sizeof(serial), "%02x%02x%02x%02x%08lx", ctx->ksid[0], ctx->ksid[1], ctx->ksid[2],
+             ctx->ksid[3], (unsigned long)(slot & 0xffffffffUL));
+    memcpy(info->serialNumber, serial, sizeof(info->serialNumber));
+    info->flags = CKF_RNG | CKF_LOGIN_REQUIRED;
+    if (rec.n) {
+        info->flags |= CKF_TOKEN_INITIALIZED | CKF_RESTORE_KEY_NOT_NEEDED;
+        if (tok_attrs_find(&rec, TOKR_USER_PIN))
+            info->flags |= CKF_USER_PIN_INITIALIZED;
+        tok_attrs_get_ulong(&rec, TOKR_SO_FAILS, &so_fails);
+        tok_attrs_get_ulong(&rec, TOKR_USER_FAILS, &user_fails);
+        info->flags |= pin_flags(so_fails, true) | pin_flags(user_fails, false);
+    }
+    info->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+    info->ulSessionCount = CK_UNAVAILABLE_INFORMATION;
+    info->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+    info->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
+    info->ulMaxPinLen = TOK_PIN_MAX_LEN;
+    info->ulMinPinLen = TOK_PIN_MIN_LEN;
+    info->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+    info->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+    info->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+    info->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+    info->hardwareVersion.major = 0;
+    info->firmwareVersion.major = 0;
+    info->firmwareVersion.minor = 1;
+    return CKR_OK;
+}
+
+/* ---- PINs ------------------------------------------------------------- */
+
+static CK_RV pin_len_check(const uint8_t *pin, CK_ULONG len)
+{
+    if (!pin && len)
+        return CKR_ARGUMENTS_BAD;
+    if (len < TOK_PIN_MIN_LEN || len > TOK_PIN_MAX_LEN)
+        return CKR_PIN_LEN_RANGE;
+    return CKR_OK;
+}
+
+typedef struct {
+    uint32_t id;
+    CK_ATTRIBUTE_TYPE field; /* TOKR_SO_FAILS / TOKR_USER_FAILS */
+    bool success;
+    CK_ULONG fails_after;
+} fail_update;
+
+/* Read-modify-write of a failure counter inside one write transaction, so
+ * concurrent processes count every attempt. */
+static int fails_update_fn(ks_txn *txn, void *arg)
+{
+    fail_update *u = arg;
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    CK_ULONG fails = 0;
+    int rc = ks_token_get(txn, u->id, &blob, &len);
+
+    if (rc != KS_OK)
+        return rc;
+    rc = tok_attrs_parse(blob, len, &rec) == 0 ? KS_OK : KS_ECORRUPT;
+    ks_buf_free(blob, len);
+    if (rc != KS_OK)
+        return rc;
+    tok_attrs_get_ulong(&rec, u->field, &fails);
+    if (u->success && fails == 0) {
+        u->fails_after = 0;
+        return KS_EEXIST; /* nothing to write: abort the transaction */
+    }
+    fails = u->success ? 0 : (fails < TOK_MAX_PIN_TRIES ? fails + 1 : fails);
+    u->fails_after = fails;
+    if (tok_attrs_set_ulong(&rec, u->field, fails) != 0)
+        return KS_ENOMEM;
+    return token_put(txn, u->id, &rec);
+}
+
+static CK_RV record_attempt(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, bool success)
+{
+    fail_update u = {(uint32_t)slot, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, success, 0};
+    int rc = ks_write(ctx->st, fails_update_fn, &u);
+
+    if (rc != KS_OK && rc != KS_EEXIST)
+        return ks_to_ckr(rc);
+    if (!success && u.fails_after >= TOK_MAX_PIN_TRIES)
+        ks_log(KS_LOG_WARN, "token %lu: %s PIN locked after %lu failed attempts", (unsigned long)slot,
+               who == CKU_SO ? "SO" : "user", TOK_MAX_PIN_TRIES);
+    return CKR_OK;
+}
+
+/* Verify a PIN against the token record, counting the attempt. */
+static CK_RV pin_check(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *rec, CK_USER_TYPE who,
+                       const uint8_t *pin, CK_ULONG len)
+{
+    const tok_attr *h = tok_attrs_find(rec, who == CKU_SO ? TOKR_SO_PIN : TOKR_USER_PIN);
+    CK_ULONG fails = 0;
+    bool ok;
+    CK_RV rv;
+
+    if (!pin && len)
+        return CKR_ARGUMENTS_BAD;
+    if (!h || h->len != TOK_PIN_REC_LEN)
+        return who == CKU_SO ? CKR_DEVICE_ERROR : CKR_USER_PIN_NOT_INITIALIZED;
+    tok_attrs_get_ulong(rec, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, &fails);
+    if (fails >= TOK_MAX_PIN_TRIES)
+        return CKR_PIN_LOCKED;
+    ok = len <= TOK_PIN_MAX_LEN && tok_pin_verify(pin, len, h->val);
+    rv = record_attempt(ctx, slot, who, ok);
+    if (rv != CKR_OK)
+        return rv;
+    return ok ? CKR_OK : CKR_PIN_INCORRECT;
+}
+
+CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin, CK_ULONG len)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = token_load(ctx, slot, &rec);
+
+    if (rv != CKR_OK)
+        return rv;
+    return pin_check(ctx, slot, &rec, who, pin, len);
+}
+
+typedef struct {
+    uint32_t id;
+    const tok_attrs *rec;
+    bool wipe;
+} token_write;
+
+static int token_write_fn(ks_txn *txn, void *arg)
+{
+    token_write *w = arg;
+    int rc;
+
+    if (w->wipe) {
+        rc = ks_token_del(txn, w->id);
+        if (rc != KS_OK && rc != KS_ENOTFOUND)
+            return rc;
+    }
+    return token_put(txn, w->id, w->rec);
+}
+
+static CK_RV set_pin_field(tok_attrs *rec, CK_ATTRIBUTE_TYPE field, CK_ATTRIBUTE_TYPE fails_field,
+                           const uint8_t *pin, CK_ULONG len)
+{
+    uint8_t h[TOK_PIN_REC_LEN];
+    int rc;
+
+    if (tok_pin_hash(pin, len, h) != 0)
+        return CKR_GENERAL_ERROR;
+    rc = tok_attrs_set(rec, field, h, sizeof(h)) | tok_attrs_set_ulong(rec, fails_field, 0);
+    OPENSSL_cleanse(h, sizeof(h));
+    return rc == 0 ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_ULONG len, const uint8_t label[32])
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = pin_len_check(so_pin, len);
+    bool exists;
+    int rc;
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = token_load(ctx, slot, &rec);
+    exists = rv == CKR_OK;
+    if (!exists) {
+        if (rv != CKR_SLOT_ID_INVALID || slot != free_slot_id(ctx))
+            return rv;
+    } else {
+        rv = pin_check(ctx, slot, &rec, CKU_SO, so_pin, len);
+        if (rv != CKR_OK)
+            return rv;
+        tok_attrs_free(&rec);
+    }
+    rv = set_pin_field(&rec, TOKR_SO_PIN, TOKR_SO_FAILS, so_pin, len);
+    if (rv != CKR_OK)
+        return rv;
+    if (tok_attrs_set(&rec, TOKR_LABEL, label, 32) != 0)
+        return CKR_HOST_MEMORY;
+    tok_cache_flush(ctx);
+    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, exists});
+    if (rc != KS_OK)
+        return ks_to_ckr(rc);
+    ks_log(KS_LOG_INFO, "token %lu %s", (unsigned long)slot, exists ? "re-initialized" : "initialized");
+    return CKR_OK;
+}
+
+CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = pin_len_check(pin, len);
+    int rc;
+
+    if (rv == CKR_OK)
+        rv = token_load(ctx, slot, &rec);
+    if (rv == CKR_OK)
+        rv = set_pin_field(&rec, TOKR_USER_PIN, TOKR_USER_FAILS, pin, len);
+    if (rv != CKR_OK)
+        return rv;
+    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
+    return ks_to_ckr(rc);
+}
+
+CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *old, CK_ULONG oldlen,
+                  const uint8_t *pin, CK_ULONG len)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = pin_len_check(pin, len);
+    int rc;
+
+    if (rv == CKR_OK)
+        rv = token_load(ctx, slot, &rec);
+    if (rv == CKR_OK)
+        rv = pin_check(ctx, slot, &rec, who, old, oldlen);
+    if (rv != CKR_OK)
+        return rv;
+    /* Reload: pin_check rewrote the record's counter. */
+    tok_attrs_free(&rec);
+    rv = token_load(ctx, slot, &rec);
+    if (rv == CKR_OK)
+        rv = set_pin_field(&rec, who == CKU_SO ? TOKR_SO_PIN : TOKR_USER_PIN,
+                           who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, pin, len);
+    if (rv != CKR_OK)
+        return rv;
+    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
+    return ks_to_ckr(rc);
+}
+
+/* ---- token objects ---------------------------------------------------- */
+
+/* Attributes with a keystore index, most selective first. */
+static const CK_ATTRIBUTE_TYPE indexed[] = {CKA_ID, CKA_LABEL, CKA_CLASS};
+
+static int index_all(ks_txn *txn, uint32_t tid, uint64_t oid, const tok_attrs *obj, bool add)
+{
+    for (size_t i = 0; i < sizeof(indexed) / sizeof(indexed[0]); i++) {
+        const tok_attr *a = tok_attrs_find(obj, indexed[i]);
+        int rc;
+
+        if (!a)
+            continue;
+        rc = add ? ks_idx_add(txn, tid, (uint32_t)a->type, a->val, a->len, oid)
+                 : ks_idx_del(txn, tid, (uint32_t)a->type, a->val, a->len, oid);
+        if (rc != KS_OK && !(rc == KS_ENOTFOUND && !add))
+            return rc;
+    }
+    return KS_OK;
+}
+
+typedef struct {
+    uint32_t tid;
+    uint64_t oid;
+    const tok_attrs *old, *obj;
+    bool create, destroy;
+} obj_write;
+
+static int obj_write_fn(ks_txn *txn, void *arg)
+{
+    obj_write *w = arg;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (w->create) {
+        rc = ks_obj_new_id(txn, &w->oid);
+        if (rc != KS_OK)
+            return rc;
+    }
+    if (w->old && (rc = index_all(txn, w->tid, w->oid, w->old, false)) != KS_OK)
+        return rc;
+    if (w->destroy)
+        return ks_obj_del(txn, w->tid, w->oid);
+    if (tok_attrs_serialize(w->obj, &blob, &len) != 0)
+        return KS_ENOMEM;
+    rc = ks_obj_put(txn, w->tid, w->oid, blob, len);
+    ks_buf_free(blob, len);
+    if (rc != KS_OK)
+        return rc;
+    return index_all(txn, w->tid, w->oid, w->obj, true);
+}
+
+static CK_RV obj_commit(tok_ctx *ctx, obj_write *w)
+{
+    int rc = ks_write(ctx->st, obj_write_fn, w);
+
+    if (rc == KS_ENOTFOUND)
+        return CKR_OBJECT_HANDLE_INVALID;
+    if (rc != KS_OK)
+        ks_log(KS_LOG_ERROR, "token %u object %llu: write failed: %s", w->tid, (unsigned long long)w->oid,
+               ks_strerror(rc));
+    return ks_to_ckr(rc);
+}
+
+CK_RV tok_obj_store(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *obj, uint64_t *oid)
+{
+    obj_write w = {.tid = (uint32_t)slot, .obj = obj, .create = true};
+    CK_RV rv = obj_commit(ctx, &w);
+
+    if (rv == CKR_OK)
+        *oid = w.oid;
+    return rv;
+}
+
+static void cache_drop(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid);
+
+CK_RV tok_obj_replace(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const tok_attrs *old, const tok_attrs *updated)
+{
+    cache_drop(ctx, slot, oid);
+    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)slot, .oid = oid, .old = old, .obj = updated});
+}
+
+CK_RV tok_obj_destroy(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid)
+{
+    AUTO_ATTRS old = TOK_ATTRS_INIT;
+    CK_RV rv = tok_obj_read(ctx, slot, oid, &old);
+
+    if (rv != CKR_OK)
+        return rv;
+    cache_drop(ctx, slot, oid);
+    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)slot, .oid = oid, .old = &old, .destroy = true});
+}
+
+static CK_RV obj_read_txn(ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (slot == 0 || slot > UINT32_MAX || oid == 0)
+        return CKR_OBJECT_HANDLE_INVALID;
+    rc = ks_obj_get(txn, (uint32_t)slot, oid, &blob, &len);
+    if (rc == KS_ENOTFOUND)
+        return CKR_OBJECT_HANDLE_INVALID;
+    if (rc != KS_OK) {
+        ks_log(KS_LOG_ERROR, "token %lu object %llu cannot be unsealed (%s): the record was altered or "
+               "its key is unavailable; other objects are unaffected. Delete the object or restore a backup",
+               (unsigned long)slot, (unsigned long long)oid, ks_strerror(rc));
+        return CKR_DEVICE_ERROR;
+    }
+    rc = tok_attrs_parse(blob, len, out);
+    ks_buf_free(blob, len);
+    if (rc != 0) {
+        ks_log(KS_LOG_ERROR, "token %lu object %llu: malformed attribute record", (unsigned long)slot,
+               (unsigned long long)oid);
+        return CKR_DEVICE_ERROR;
+    }
+    return CKR_OK;
+}
+
+CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out)
+{
+    AUTO_TXN txn = NULL;
+    int rc = ks_read_begin(ctx->st, &txn);
+
+    if (rc != KS_OK)
+        return ks_to_ckr(rc);
+    return obj_read_txn(txn, slot, oid, out);
+}
+
+typedef struct {
+    uint64_t *v;
+    size_t n, cap;
+} oid_vec;
+
+static int oid_push(uint64_t oid, void *arg)
+{
+    oid_vec *vec = arg;
+
+    if (vec->n == vec->cap) {
+        size_t cap = vec->cap ? vec->cap * 2 : 64;
+        uint64_t *v = realloc(vec->v, cap * sizeof(*v));
+
+        if (!v)
+            return KS_ENOMEM;
+        vec->v = v;
+        vec->cap = cap;
+    }
+    vec->v[vec->n++] = oid;
+    return 0;
+}
+
+CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t **oids,
+                         size_t *count)
+{
+    AUTO_TXN txn = NULL;
+    oid_vec vec = {0};
+    const CK_ATTRIBUTE *key = NULL;
+    int rc;
+
+    for (size_t i = 0; i < sizeof(indexed) / sizeof(indexed[0]) && !key; i++)
+        for (CK_ULONG j = 0; j < n; j++)
+            if (tmpl[j].type == indexed[i] && (tmpl[j].pValue || !tmpl[j].ulValueLen)) {
+                key = &tmpl[j];
+                break;
+            }
+    rc = ks_read_begin(ctx->st, &txn);
+    if (rc == KS_OK)
+        rc = key ? ks_idx_lookup(txn, (uint32_t)slot, (uint32_t)key->type, key->pValue, key->ulValueLen,
+                                 oid_push, &vec)
+                 : ks_obj_foreach(txn, (uint32_t)slot, oid_push, &vec);
+    if (rc == KS_ENOTFOUND)
+        rc = KS_OK;
+    if (rc != KS_OK) {
+        free(vec.v);
+        return ks_to_ckr(rc);
+    }
+    *oids = vec.v;
+    *count = vec.n;
+    return CKR_OK;
+}
+
+/* ---- key cache ---------------------------------------------------------
+ * Unsealed, parsed keys keyed by (token, object id). An entry is valid
+ * while the stored record's stamp (GCM tag + epoch) is unchanged, so a
+ * write by any process, a rewrap and an epoch change all miss the cache. */
+
+static unsigned cache_bucket(CK_SLOT_ID slot, uint64_t oid)
+{
+    uint64_t h = (oid ^ ((uint64_t)slot << 40)) * 0x9E3779B97F4A7C15ull;
+
+    return (unsigned)(h >> 54) % CACHE_BUCKETS;
+}
+
+static void cache_ent_free(cache_ent *e)
+{
+    tok_key_unref(e->key);
+    tok_attrs_free(&e->attrs);
+    free(e);
+}
+
+static void cache_flush_locked(tok_ctx *ctx)
+{
+    for (unsigned b = 0; b < CACHE_BUCKETS; b++) {
+        cache_ent *e = ctx->cache[b];
+
+        while (e) {
+            cache_ent *next = e->next;
+
+            cache_ent_free(e);
+            e = next;
+        }
+        ctx->cache[b] = NULL;
+    }
+    ctx->cache_n = 0;
+}
+
+void tok_cache_flush(tok_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->cache_lock);
+    cache_flush_locked(ctx);
+    pthread_mutex_unlock(&ctx->cache_lock);
+}
+
+static void cache_drop(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid)
+{
+    unsigned b = cache_bucket(slot, oid);
+
+    pthread_mutex_lock(&ctx->cache_lock);
+    for (cache_ent **pp = &ctx->cache[b]; *pp; pp = &(*pp)->next) {
+        cache_ent *e = *pp;
+
+        if (e->slot == slot && e->oid == oid) {
+            *pp = e->next;
+            cache_ent_free(e);
+            ctx->cache_n--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ctx->cache_lock);
+}
+
+/* On a hit, hands out a key reference and an attribute copy. */
+static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, uint32_t epoch,
+                      tok_key **key, tok_attrs *attrs)
+{
+    unsigned b = cache_bucket(slot, oid);
+    bool hit = false;
+
+    pthread_mutex_lock(&ctx->cache_lock);
+    if (ctx->cache_epoch != epoch) {
+        /* The keystore moved to another epoch: retire everything unsealed
+         * under the old one. */
+        cache_flush_locked(ctx);
+        ctx->cache_epoch = epoch;
+    }
+    for (cache_ent *e = ctx->cache[b]; e; e = e->next) {
+        if (e->slot != slot || e->oid != oid)
+            continue;
+        if (e->stamp.epoch == st->epoch && CRYPTO_memcmp(e->stamp.tag, st->tag, sizeof(st->tag)) == 0 &&
+            tok_attrs_copy(attrs, &e->attrs) == 0) {
+            *key = tok_key_ref(e->key);
+            hit = true;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&ctx->cache_lock);
+    return hit;
+}
+
+static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, tok_key *key,
+                      const tok_attrs *attrs)
+{
+    unsigned b = cache_bucket(slot, oid);
+    cache_ent *e = calloc(1, sizeof(*e));
+
+    if (!e)
+        return;
+    if (tok_attrs_copy(&e->attrs, attrs) != 0) {
+        free(e);
+        return;
+    }
+    e->slot = slot;
+    e->oid = oid;
+    e->stamp = *st;
+    e->key = tok_key_ref(key);
+    cache_drop(ctx, slot, oid);
+    pthread_mutex_lock(&ctx->cache_lock);
+    if (ctx->cache_n >= CACHE_MAX)
+        cache_flush_locked(ctx);
+    e->next = ctx->cache[b];
+    ctx->cache[b] = e;
+    ctx->cache_n++;
+    pthread_mutex_unlock(&ctx->cache_lock);
+}
+
+CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, tok_attrs *attrs)
+{
+    AUTO_TXN txn = NULL;
+    ks_stamp st;
+    CK_RV rv;
+    int rc;
+
+    if (slot == 0 || slot > UINT32_MAX || oid == 0)
+        return CKR_OBJECT_HANDLE_INVALID;
+    rc = ks_read_begin(ctx->st, &txn);
+    if (rc == KS_OK)
+        rc = ks_obj_stamp(txn, (uint32_t)slot, oid, &st);
+    if (rc == KS_ENOTFOUND)
+        return CKR_OBJECT_HANDLE_INVALID;
+    if (rc != KS_OK)
+        return ks_to_ckr(rc);
+    if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key, attrs))
+        return CKR_OK;
+    rv = obj_read_txn(txn, slot, oid, attrs);
+    if (rv != CKR_OK)
+        return rv;
+    rv = tok_key_from_attrs(attrs, key);
+    if (rv != CKR_OK) {
+        tok_attrs_free(attrs);
+        return rv;
+    }
+    cache_put(ctx, slot, oid, &st, *key, attrs);
+    return CKR_OK;
+}

@@ -1,0 +1,102 @@
+/* p11mk pkcs11 layer: the C ABI. Entry points check arguments and session
+ * state, then call the token layer. Nothing here touches LMDB. */
+#ifndef P11MK_P11_INTERNAL_H
+#define P11MK_P11_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "pkcs11/p11_v3.h"
+#include "token/tok_attr.h"
+#include "token/tok_mech.h"
+#include "token/tok_policy.h"
+#include "token/tok_token.h"
+
+#define P11_API __attribute__((visibility("hidden")))
+#define P11_EXPORT __attribute__((visibility("default")))
+
+/* p11-kit style guards at the API edge. */
+#define return_val_if_fail(expr, val) \
+    do {                              \
+        if (!(expr))                  \
+            return (val);             \
+    } while (0)
+
+/* ---- locking ------------------------------------------------------------ */
+typedef struct p11_mutex p11_mutex;
+P11_API CK_RV p11_locking_setup(const CK_C_INITIALIZE_ARGS *args);
+P11_API CK_RV p11_mutex_new(p11_mutex **m);
+P11_API void p11_mutex_free(p11_mutex *m);
+P11_API void p11_mutex_lock(p11_mutex *m);
+P11_API void p11_mutex_unlock(p11_mutex *m);
+
+/* ---- sessions ------------------------------------------------------------ */
+#define P11_OP_SLOTS 6 /* indexed by tok_op_kind (1..5) */
+
+/* Session object handles have the top bit set; token object handles are
+ * keystore object ids (stable across processes and rotations). */
+#define P11_SOBJ_BIT ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))
+
+typedef struct p11_find {
+    bool active;
+    CK_ATTRIBUTE *tmpl; /* deep copy */
+    CK_ULONG n;
+    CK_OBJECT_HANDLE *sobjs; /* session objects matched at init */
+    size_t nsobjs, sobj_pos;
+    uint64_t *cands; /* token object candidates, checked lazily */
+    size_t ncands, cand_pos;
+} p11_find;
+
+typedef struct p11_session {
+    CK_SESSION_HANDLE h;
+    CK_SLOT_ID slot;
+    CK_FLAGS flags;
+    int refs;     /* protected by the global lock */
+    bool closed;
+    p11_mutex *busy; /* serializes operations on this session */
+    tok_op *op[P11_OP_SLOTS];
+    bool op_multi[P11_OP_SLOTS]; /* an update() was made */
+    p11_find find;
+} p11_session;
+
+/* Is the module initialized in this process? Checks the pid too: after
+ * fork() the child must call C_Initialize again. */
+P11_API bool p11_initialized(void);
+P11_API tok_ctx *p11_tok(void);
+P11_API void p11_lock(void);
+P11_API void p11_unlock(void);
+
+/* Find the session, take a reference and its busy lock. */
+P11_API CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **s);
+P11_API void p11_session_put(p11_session *s);
+P11_API CK_STATE p11_session_state(const p11_session *s);
+/* The login state of a slot: (CK_USER_TYPE)-1 when nobody is logged in. */
+#define P11_NOBODY ((CK_USER_TYPE)-1)
+P11_API CK_USER_TYPE p11_login_state(CK_SLOT_ID slot);
+P11_API void p11_sessions_init(void);
+P11_API void p11_sessions_free(bool orphaned);
+P11_API CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only);
+P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
+
+/* ---- objects ------------------------------------------------------------- */
+/* A copy of an object's attributes, if it exists and this session may see it
+ * (private objects need a logged-in user): CKR_OBJECT_HANDLE_INVALID else. */
+P11_API CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out);
+/* Key and attributes for an operation; handle errors mapped to CKR_KEY_HANDLE_INVALID. */
+P11_API CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs);
+/* Store a new object (token or session, per its CKA_TOKEN) after checking
+ * the session may create it. */
+P11_API CK_RV p11_object_add(p11_session *s, tok_attrs *obj, CK_OBJECT_HANDLE *h);
+P11_API void p11_sobjs_drop_session(CK_SESSION_HANDLE h);
+P11_API void p11_sobjs_drop_slot(CK_SLOT_ID slot);
+P11_API void p11_sobjs_free_all(void);
+P11_API void p11_find_end(p11_find *f);
+/* May this session create/modify an object with these token/private flags? */
+P11_API CK_RV p11_write_allowed(p11_session *s, bool token, bool priv);
+
+static inline void p11_attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
+#define P11_AUTO_ATTRS __attribute__((cleanup(p11_attrs_cleanup))) tok_attrs
+
+#endif

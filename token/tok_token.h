@@ -1,0 +1,76 @@
+/* p11mk token layer: tokens (slots), PINs, token objects in the keystore and
+ * the in-memory key cache. Knows PKCS#11 semantics, not sessions or handles
+ * (those live in pkcs11/). */
+#ifndef P11MK_TOK_TOKEN_H
+#define P11MK_TOK_TOKEN_H
+
+#include "keystore/ks.h"
+#include "token/tok_attr.h"
+#include "token/tok_mech.h"
+
+typedef struct tok_ctx tok_ctx;
+
+/* Load configuration, set up logging, load the master key and open (or
+ * create) the keystore. Every failure is logged with the reason and what
+ * to do; returns CKR_GENERAL_ERROR (config/keystore) or CKR_HOST_MEMORY. */
+enum {
+    TOK_CTX_CREATE = 1u << 0, /* create the keystore if missing (the module does) */
+    TOK_CTX_STDERR = 1u << 1, /* log to stderr unless the config names a log */
+};
+TOK_API CK_RV tok_ctx_open(unsigned flags, tok_ctx **out);
+/* Why the last tok_ctx_open failed (one sentence, for admin output). */
+TOK_API const char *tok_ctx_error(void);
+TOK_API const ks_config *tok_ctx_config(tok_ctx *ctx);
+TOK_API const ks_mkey *tok_ctx_mkey(tok_ctx *ctx);
+TOK_API void tok_ctx_close(tok_ctx *ctx);
+TOK_API ks_store *tok_ctx_store(tok_ctx *ctx);
+
+/* ---- slots and tokens ---------------------------------------------------- */
+/* Slot ids are token ids; the free slot (for C_InitToken) has the id the
+ * next token will get and is listed last. */
+TOK_API CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n);
+/* CKR_OK if slot names an initialized token, CKR_TOKEN_NOT_RECOGNIZED for the
+ * free slot, CKR_SLOT_ID_INVALID otherwise. */
+TOK_API CK_RV tok_slot_check(tok_ctx *ctx, CK_SLOT_ID slot);
+TOK_API CK_RV tok_slot_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_SLOT_INFO *info);
+TOK_API CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info);
+
+/* C_InitToken: on the free slot creates the token; on a token verifies the
+ * SO PIN (lock-out counted) and wipes its objects. label: 32 bytes, blank padded. */
+TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_ULONG len,
+                             const uint8_t label[32]);
+/* C_InitPIN (the caller checked the SO is logged in). */
+TOK_API CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len);
+/* C_SetPIN for CKU_SO or CKU_USER: verifies old (counted), sets new. */
+TOK_API CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *old,
+                          CK_ULONG oldlen, const uint8_t *pin, CK_ULONG len);
+/* C_Login PIN check with the persisted failure counter: CKR_OK,
+ * CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_USER_PIN_NOT_INITIALIZED. */
+TOK_API CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin,
+                              CK_ULONG len);
+
+/* ---- token objects ------------------------------------------------------- */
+/* Object handles of token objects are their keystore object ids. */
+TOK_API CK_RV tok_obj_store(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *obj, uint64_t *oid);
+/* CKR_OBJECT_HANDLE_INVALID when absent; CKR_DEVICE_ERROR (and a log line
+ * naming the object) when the record fails authentication. */
+TOK_API CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out);
+TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const tok_attrs *old,
+                              const tok_attrs *updated);
+TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid);
+/* A key object's parsed key and attributes, from the key cache when the
+ * stored record has not changed since it was cached (stamp compare, no
+ * unsealing), else unsealed and parsed. *attrs is a copy (caller frees). */
+TOK_API CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, tok_attrs *attrs);
+
+/* Candidate object ids for a find template: from an index when the template
+ * has CKA_ID, CKA_LABEL or CKA_CLASS (the most selective first), otherwise
+ * every object id of the token (keys only; nothing unsealed). Candidates
+ * must still be matched (tok_obj_read + tok_attrs_match). */
+TOK_API CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                                 uint64_t **oids, size_t *count);
+
+/* Drop cached unsealed keys (all, or those of one token). */
+TOK_API void tok_cache_flush(tok_ctx *ctx);
+
+#endif
