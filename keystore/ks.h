@@ -44,7 +44,7 @@ KS_API const char *ks_strerror(int err);
 
 /* A human-readable explanation filled on failure (may be empty). */
 typedef struct {
-    char msg[512];
+    char msg[1024];
 } ks_err;
 KS_API void ks_err_set(ks_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

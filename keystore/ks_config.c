@@ -1,1 +1,237 @@
-/* placeholder: being written */
+/* p11mk keystore: configuration lookup and parsing.
+ *
+ * One format for module and admin: "key = value" lines, '#' comments.
+ * Errors name the file, the line and the key; there is never a silent
+ * fallback to defaults once a config file has been chosen. */
+#include "keystore/ks.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
+#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode"
+
+static const char *home_dir(void)
+{
+    const char *h = getenv("HOME");
+    if (h && *h)
+        return h;
+    struct passwd *pw = getpwuid(getuid());
+    return pw ? pw->pw_dir : "/";
+}
+
+static char *join(const char *a, const char *b)
+{
+    char *s = NULL;
+    if (asprintf(&s, "%s/%s", a, b) < 0)
+        return NULL;
+    return s;
+}
+
+char *ks_default_keystore_dir(void)
+{
+    const char *x = getenv("XDG_DATA_HOME");
+    char *base, *dir;
+    if (x && x[0] == '/')
+        return join(x, "p11mk");
+    base = join(home_dir(), ".local/share");
+    if (!base)
+        return NULL;
+    dir = join(base, "p11mk");
+    free(base);
+    return dir;
+}
+
+static char *user_config_path(void)
+{
+    const char *x = getenv("XDG_CONFIG_HOME");
+    char *base, *p;
+    if (x && x[0] == '/')
+        return join(x, "p11mk/p11mk.conf");
+    base = join(home_dir(), ".config");
+    if (!base)
+        return NULL;
+    p = join(base, "p11mk/p11mk.conf");
+    free(base);
+    return p;
+}
+
+void ks_config_free(ks_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->source);
+    free(cfg->keystore);
+    free(cfg->master_key);
+    free(cfg->log);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+void ks_config_defaults(ks_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->keystore = ks_default_keystore_dir();
+    cfg->master_key = strdup("default");
+    cfg->log = NULL;
+    cfg->log_level = KS_LOG_WARN;
+    cfg->key_file_mode = 0600;
+}
+
+static char *trim(char *s)
+{
+    char *e;
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* "~/x" -> $HOME/x; relative paths are relative to the config file's directory. */
+static char *resolve_path(const char *val, const char *conf)
+{
+    if (val[0] == '~' && val[1] == '/')
+        return join(home_dir(), val + 2);
+    if (val[0] == '/')
+        return strdup(val);
+    const char *slash = strrchr(conf, '/');
+    if (!slash)
+        return strdup(val);
+    char *dir = strndup(conf, (size_t)(slash - conf));
+    char *p = dir ? join(*dir ? dir : "/", val) : NULL;
+    free(dir);
+    return p;
+}
+
+static int set_str(char **dst, char *v)
+{
+    if (!v)
+        return KS_ENOMEM;
+    free(*dst);
+    *dst = v;
+    return KS_OK;
+}
+
+static int apply(ks_config *cfg, const char *path, int line, const char *key, const char *val, ks_err *err)
+{
+    if (!*val) {
+        ks_err_set(err, "%s:%d: key '%s' has an empty value", path, line, key);
+        return KS_ECONFIG;
+    }
+    if (strcmp(key, "keystore") == 0)
+        return set_str(&cfg->keystore, resolve_path(val, path));
+    if (strcmp(key, "master_key") == 0)
+        return set_str(&cfg->master_key, strcmp(val, "default") == 0 ? strdup(val) : resolve_path(val, path));
+    if (strcmp(key, "log") == 0) {
+        if (strcmp(val, "syslog") == 0 || strcmp(val, "stderr") == 0)
+            return set_str(&cfg->log, strdup(val));
+        return set_str(&cfg->log, resolve_path(val, path));
+    }
+    if (strcmp(key, "log_level") == 0) {
+        int l = ks_log_level_parse(val);
+        if (l < 0) {
+            ks_err_set(err, "%s:%d: log_level '%s' is not one of error, warn, info, debug", path, line, val);
+            return KS_ECONFIG;
+        }
+        cfg->log_level = l;
+        return KS_OK;
+    }
+    if (strcmp(key, "key_file_mode") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long m = strtoul(val, &end, 8);
+        if (errno || *end || m > 0777 || (m & 0400) == 0) {
+            ks_err_set(err, "%s:%d: key_file_mode '%s' must be an octal mode such as 0600 or 0640", path, line,
+                       val);
+            return KS_ECONFIG;
+        }
+        cfg->key_file_mode = (unsigned)m;
+        return KS_OK;
+    }
+    ks_err_set(err, "%s:%d: unknown key '%s' (known keys: " KNOWN_KEYS ")", path, line, key);
+    return KS_ECONFIG;
+}
+
+int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
+{
+    FILE *f;
+    char buf[4096];
+    int lineno = 0, rc = KS_OK;
+
+    ks_config_defaults(cfg);
+    if (!cfg->keystore || !cfg->master_key) {
+        ks_config_free(cfg);
+        return KS_ENOMEM;
+    }
+    f = fopen(path, "re");
+    if (!f) {
+        ks_err_set(err, "cannot read configuration file %s: %s", path, strerror(errno));
+        ks_config_free(cfg);
+        return KS_ECONFIG;
+    }
+    cfg->source = strdup(path);
+    while (rc == KS_OK && fgets(buf, sizeof(buf), f)) {
+        lineno++;
+        size_t l = strlen(buf);
+        if (l == sizeof(buf) - 1 && buf[l - 1] != '\n') {
+            ks_err_set(err, "%s:%d: line too long", path, lineno);
+            rc = KS_ECONFIG;
+            break;
+        }
+        char *hash = strchr(buf, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(buf);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            ks_err_set(err, "%s:%d: expected 'key = value', got '%.60s'", path, lineno, s);
+            rc = KS_ECONFIG;
+            break;
+        }
+        *eq = '\0';
+        rc = apply(cfg, path, lineno, trim(s), trim(eq + 1), err);
+    }
+    if (rc == KS_OK && ferror(f)) {
+        ks_err_set(err, "error reading %s", path);
+        rc = KS_ECONFIG;
+    }
+    fclose(f);
+    if (rc == KS_OK && !cfg->source)
+        rc = KS_ENOMEM;
+    if (rc != KS_OK)
+        ks_config_free(cfg);
+    return rc;
+}
+
+int ks_config_load(ks_config *cfg, ks_err *err)
+{
+    const char *env = getenv("P11MK_CONF");
+    char *user;
+    int rc;
+
+    if (env && *env)
+        return ks_config_load_file(cfg, env, err);
+    user = user_config_path();
+    if (user && access(user, F_OK) == 0) {
+        rc = ks_config_load_file(cfg, user, err);
+        free(user);
+        return rc;
+    }
+    free(user);
+    if (access(SYSTEM_CONF, F_OK) == 0)
+        return ks_config_load_file(cfg, SYSTEM_CONF, err);
+    ks_config_defaults(cfg);
+    if (!cfg->keystore || !cfg->master_key) {
+        ks_config_free(cfg);
+        return KS_ENOMEM;
+    }
+    return KS_OK;
+}

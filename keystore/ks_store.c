@@ -1,1 +1,1011 @@
-/* placeholder: being written */
+/* p11mk keystore: the LMDB environment, transactions, tokens, objects and
+ * keyed attribute indexes.
+ *
+ * Layout (named databases of one environment per keystore directory):
+ *   meta     "format" BE32, "ksid" 16 bytes, "epoch" BE32,
+ *            "kcv" BE32(epoch) -> 8 bytes, "idxkey" sealed, "next_oid" BE64
+ *   tokens   token(BE32)            -> sealed token record
+ *   objects  token(BE32) oid(BE64)  -> sealed object record
+ *   index    token(BE32) mac(16)    -> oid(BE64) (DUPSORT|DUPFIXED)
+ *
+ * Every transaction holds the read side of `resize`; growing the map (which
+ * LMDB allows only with no transaction active in the process) takes the
+ * write side. Several processes share the files; LMDB's lock file
+ * serializes writers and MDB_MAP_RESIZED tells us another process grew it. */
+#include "keystore/ks_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
+
+#define MAP_INIT_DEFAULT (32ull << 20)
+#define MAP_STEP_MAX (1ull << 30)
+#define MAX_READERS 1022
+#define IDX_MAC_LEN 16
+#define IDX_KEY_LEN (4 + IDX_MAC_LEN)
+
+struct ks_store {
+    ks_store *next;
+    int refs;
+    dev_t dev;
+    ino_t ino;
+    char *path;
+    MDB_env *env;
+    MDB_dbi db_meta, db_tok, db_obj, db_idx;
+    pthread_rwlock_t resize;
+    bool rdonly;
+    uint32_t format;
+    uint8_t ksid[KS_KSID_LEN];
+    uint32_t epoch;
+    uint8_t kcv[KS_KCV_LEN];
+    uint8_t reckey[32];
+    EVP_MAC_CTX *idx_mac; /* HMAC-SHA256 keyed with the index key; duplicated per use */
+};
+
+struct ks_txn {
+    ks_store *st;
+    MDB_txn *txn;
+    bool write;
+    bool map_full;
+};
+
+/* ---- registry: one environment per keystore per process ----------------- */
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static ks_store *registry;
+static pid_t registry_pid;
+
+static int lmdb_err(int rc)
+{
+    switch (rc) {
+    case MDB_SUCCESS: return KS_OK;
+    case MDB_NOTFOUND: return KS_ENOTFOUND;
+    case ENOMEM: return KS_ENOMEM;
+    case EACCES:
+    case EPERM: return KS_EPERM;
+    case EROFS: return KS_EROFS;
+    case MDB_VERSION_MISMATCH:
+    case MDB_INVALID: return KS_EVERSION;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND: return KS_ECORRUPT;
+    default: return KS_EIO;
+    }
+}
+
+static void store_free(ks_store *st)
+{
+    if (!st)
+        return;
+    if (st->env)
+        mdb_env_close(st->env);
+    EVP_MAC_CTX_free(st->idx_mac);
+    pthread_rwlock_destroy(&st->resize);
+    free(st->path);
+    OPENSSL_cleanse(st, sizeof(*st));
+    free(st);
+}
+
+/* ---- map size ------------------------------------------------------------ */
+
+static uint64_t map_init_size(void)
+{
+    const char *e = getenv("P11MK_MAPSIZE_INIT");
+    if (e && *e) {
+        char *end;
+        unsigned long long v = strtoull(e, &end, 10);
+        if (!*end && v >= (1ull << 16))
+            return v;
+    }
+    return MAP_INIT_DEFAULT;
+}
+
+/* Another process grew the map: adopt its size. */
+static void adopt_resize(ks_store *st)
+{
+    pthread_rwlock_wrlock(&st->resize);
+    mdb_env_set_mapsize(st->env, 0);
+    pthread_rwlock_unlock(&st->resize);
+}
+
+static int grow_map(ks_store *st)
+{
+    MDB_envinfo info;
+    int rc;
+    pthread_rwlock_wrlock(&st->resize);
+    mdb_env_info(st->env, &info);
+    uint64_t cur = info.me_mapsize;
+    uint64_t step = cur < MAP_STEP_MAX ? cur : MAP_STEP_MAX;
+    rc = mdb_env_set_mapsize(st->env, (size_t)(cur + step));
+    pthread_rwlock_unlock(&st->resize);
+    if (rc != MDB_SUCCESS) {
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot grow the map to %llu bytes: %s", st->path,
+               (unsigned long long)(cur + step), mdb_strerror(rc));
+        return KS_EIO;
+    }
+    ks_log(KS_LOG_DEBUG, "keystore %s: map grown to %llu bytes", st->path, (unsigned long long)(cur + step));
+    return KS_OK;
+}
+
+/* Begin an LMDB transaction with the resize lock held (read side). */
+static int txn_begin(ks_store *st, unsigned flags, MDB_txn **out)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        pthread_rwlock_rdlock(&st->resize);
+        int rc = mdb_txn_begin(st->env, NULL, flags, out);
+        if (rc == MDB_SUCCESS)
+            return KS_OK;
+        pthread_rwlock_unlock(&st->resize);
+        if (rc == MDB_MAP_RESIZED) {
+            adopt_resize(st);
+            continue;
+        }
+        if (rc == MDB_READERS_FULL) {
+            int dead = 0;
+            mdb_reader_check(st->env, &dead);
+            if (dead > 0)
+                continue;
+        }
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", st->path, mdb_strerror(rc));
+        return lmdb_err(rc);
+    }
+    return KS_EIO;
+}
+
+/* ---- meta helpers -------------------------------------------------------- */
+
+static int meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v)
+{
+    uint8_t kb[32];
+    size_t kl = strlen(key);
+    if (kl + slen > sizeof(kb))
+        return KS_EINVAL;
+    memcpy(kb, key, kl);
+    if (slen)
+        memcpy(kb + kl, suffix, slen);
+    MDB_val k = {kl + slen, kb};
+    return lmdb_err(mdb_get(t, st->db_meta, &k, v));
+}
+
+static int meta_put(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, const void *val,
+                    size_t vlen)
+{
+    uint8_t kb[32];
+    size_t kl = strlen(key);
+    if (kl + slen > sizeof(kb))
+        return KS_EINVAL;
+    memcpy(kb, key, kl);
+    if (slen)
+        memcpy(kb + kl, suffix, slen);
+    MDB_val k = {kl + slen, kb}, v = {vlen, (void *)val};
+    int rc = mdb_put(t, st->db_meta, &k, &v, 0);
+    return rc == MDB_MAP_FULL ? MDB_MAP_FULL : lmdb_err(rc);
+}
+
+/* ---- opening ------------------------------------------------------------- */
+
+static int open_dbs(ks_store *st, MDB_txn *t, unsigned flags)
+{
+    int rc;
+    if ((rc = mdb_dbi_open(t, "meta", flags, &st->db_meta)) ||
+        (rc = mdb_dbi_open(t, "tokens", flags, &st->db_tok)) ||
+        (rc = mdb_dbi_open(t, "objects", flags, &st->db_obj)) ||
+        (rc = mdb_dbi_open(t, "index", flags | MDB_DUPSORT | MDB_DUPFIXED, &st->db_idx)))
+        return rc;
+    return MDB_SUCCESS;
+}
+
+/* Create the metadata of a new keystore (inside a write txn). */
+static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
+{
+    uint8_t ksid[KS_KSID_LEN], be[8], kcv[KS_KCV_LEN], idxkey[32], reckey[32];
+    uint8_t *rec = NULL;
+    size_t reclen = 0;
+    int rc;
+    MDB_val v;
+
+    if (meta_get(t, st, "format", NULL, 0, &v) == KS_OK)
+        return KS_OK; /* another process created it first */
+    if (RAND_bytes(ksid, sizeof(ksid)) != 1 || RAND_bytes(idxkey, sizeof(idxkey)) != 1)
+        return KS_EIO;
+    ks_mkey_kcv(mk, kcv);
+    rc = ks_rec_key(mk, ksid, 1, reckey);
+    if (rc == KS_OK)
+        rc = ks_rec_seal(reckey, ksid, KS_KIND_META, 1, 0, 0, idxkey, sizeof(idxkey), &rec, &reclen);
+    OPENSSL_cleanse(idxkey, sizeof(idxkey));
+    OPENSSL_cleanse(reckey, sizeof(reckey));
+    if (rc != KS_OK)
+        return rc;
+    ks_be32(be, KS_FORMAT_VERSION);
+    if (!(rc = meta_put(t, st, "format", NULL, 0, be, 4)) && !(rc = meta_put(t, st, "ksid", NULL, 0, ksid, 16))) {
+        ks_be32(be, 1);
+        if (!(rc = meta_put(t, st, "epoch", NULL, 0, be, 4)) && !(rc = meta_put(t, st, "kcv", be, 4, kcv, 8)) &&
+            !(rc = meta_put(t, st, "idxkey", NULL, 0, rec, reclen))) {
+            ks_be64(be, 1);
+            rc = meta_put(t, st, "next_oid", NULL, 0, be, 8);
+        }
+    }
+    ks_buf_free(rec, reclen);
+    return rc;
+}
+
+/* Read and check the metadata; derive the keys. */
+static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
+{
+    MDB_val v;
+    uint8_t be[4], kcv[KS_KCV_LEN], *idxkey = NULL;
+    size_t idxlen = 0;
+    uint32_t rec_epoch;
+    int rc;
+
+    if (meta_get(t, st, "format", NULL, 0, &v) != KS_OK || v.mv_size != 4) {
+        ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
+        return KS_ENOTFOUND;
+    }
+    st->format = ks_get_be32(v.mv_data);
+    if (st->format != KS_FORMAT_VERSION) {
+        ks_err_set(err, "keystore %s has format version %u; this p11mk (%s) reads version %u: use the p11mk "
+                        "release that wrote it", st->path, st->format, P11MK_VERSION, KS_FORMAT_VERSION);
+        return KS_EVERSION;
+    }
+    if (meta_get(t, st, "ksid", NULL, 0, &v) != KS_OK || v.mv_size != KS_KSID_LEN)
+        goto corrupt;
+    memcpy(st->ksid, v.mv_data, KS_KSID_LEN);
+    if (meta_get(t, st, "epoch", NULL, 0, &v) != KS_OK || v.mv_size != 4)
+        goto corrupt;
+    st->epoch = ks_get_be32(v.mv_data);
+    ks_be32(be, st->epoch);
+    if (meta_get(t, st, "kcv", be, 4, &v) != KS_OK || v.mv_size != KS_KCV_LEN)
+        goto corrupt;
+    memcpy(st->kcv, v.mv_data, KS_KCV_LEN);
+    ks_mkey_kcv(mk, kcv);
+    if (CRYPTO_memcmp(kcv, st->kcv, KS_KCV_LEN) != 0) {
+        char want[2 * KS_KCV_LEN + 1], have[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(st->kcv, want);
+        ks_kcv_hex(kcv, have);
+        ks_err_set(err, "keystore %s is sealed under a master key with check value %s (epoch %u), but the "
+                        "configured master key (%s) has check value %s. Either (1) configure here the master key "
+                        "with check value %s, (2) on the host that has that key, change it to this host's key, "
+                        "or (3) there, move the keystore through the default key and open that copy here.",
+                   st->path, want, st->epoch, mk->source, have, want);
+        return KS_EWRONGKEY;
+    }
+    rc = ks_rec_key(mk, st->ksid, st->epoch, st->reckey);
+    if (rc != KS_OK)
+        return rc;
+    if (meta_get(t, st, "idxkey", NULL, 0, &v) != KS_OK ||
+        ks_rec_header(v.mv_data, v.mv_size, NULL, &rec_epoch) != KS_OK || rec_epoch != st->epoch ||
+        ks_rec_open(st->reckey, st->ksid, KS_KIND_META, 0, 0, v.mv_data, v.mv_size, &idxkey, &idxlen) != KS_OK ||
+        idxlen != 32) {
+        ks_buf_free(idxkey, idxlen);
+        goto corrupt;
+    }
+    EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    st->idx_mac = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
+    EVP_MAC_free(hmac);
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    rc = st->idx_mac && EVP_MAC_init(st->idx_mac, idxkey, idxlen, params) ? KS_OK : KS_EIO;
+    ks_buf_free(idxkey, idxlen);
+    return rc;
+corrupt:
+    ks_err_set(err, "keystore %s: its metadata failed authentication or is damaged; restore it from a backup",
+               st->path);
+    return KS_ECORRUPT;
+}
+
+static int mkdir_p(const char *path)
+{
+    char *p = strdup(path);
+    int rc = 0;
+    if (!p)
+        return -1;
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            rc = -1;
+        *s = '/';
+    }
+    if (mkdir(p, 0700) != 0 && errno != EEXIST)
+        rc = -1;
+    else
+        rc = 0;
+    free(p);
+    return rc;
+}
+
+static int env_open(ks_store *st, unsigned flags, ks_err *err)
+{
+    int rc;
+    unsigned mflags = MDB_NOTLS;
+
+    for (int pass = 0; pass < 2; pass++) {
+        if ((rc = mdb_env_create(&st->env)) != MDB_SUCCESS)
+            break;
+        mdb_env_set_maxdbs(st->env, 8);
+        mdb_env_set_maxreaders(st->env, MAX_READERS);
+        mdb_env_set_mapsize(st->env, (size_t)map_init_size());
+        rc = mdb_env_open(st->env, st->path, mflags | (st->rdonly ? MDB_RDONLY : 0), 0600);
+        if (rc == MDB_SUCCESS)
+            break;
+        mdb_env_close(st->env);
+        st->env = NULL;
+        /* A directory we may read but not write: serve it read-only. */
+        if (pass == 0 && !st->rdonly && (rc == EACCES || rc == EROFS) && !(flags & KS_OPEN_CREATE)) {
+            st->rdonly = true;
+            continue;
+        }
+        if (pass == 0 && !st->rdonly && (rc == EACCES || rc == EROFS) && (flags & KS_OPEN_CREATE) &&
+            access(st->path, W_OK) != 0) {
+            char data[4096];
+            snprintf(data, sizeof(data), "%s/data.mdb", st->path);
+            if (access(data, R_OK) == 0) {
+                st->rdonly = true;
+                continue;
+            }
+        }
+        break;
+    }
+    if (rc != MDB_SUCCESS) {
+        ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
+                        "read and write it", st->path, mdb_strerror(rc));
+        return lmdb_err(rc);
+    }
+    if (st->rdonly)
+        ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", st->path);
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+    if (dead)
+        ks_log(KS_LOG_INFO, "keystore %s: cleared %d stale reader slot(s)", st->path, dead);
+    return KS_OK;
+}
+
+static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *err)
+{
+    MDB_txn *t;
+    int rc = env_open(st, flags, err);
+    if (rc != KS_OK)
+        return rc;
+
+    /* Common case: an existing keystore, opened in a read transaction. */
+    rc = txn_begin(st, MDB_RDONLY, &t);
+    if (rc != KS_OK)
+        return rc;
+    int mrc = open_dbs(st, t, 0);
+    if (mrc == MDB_SUCCESS) {
+        rc = load_meta(st, t, mk, err);
+        mdb_txn_commit(t); /* keeps the dbi handles */
+        pthread_rwlock_unlock(&st->resize);
+        if (rc != KS_ENOTFOUND || !(flags & KS_OPEN_CREATE) || st->rdonly)
+            return rc;
+    } else {
+        mdb_txn_abort(t);
+        pthread_rwlock_unlock(&st->resize);
+        if (mrc != MDB_NOTFOUND) {
+            ks_err_set(err, "cannot open keystore %s: %s", st->path, mdb_strerror(mrc));
+            return lmdb_err(mrc);
+        }
+        if (!(flags & KS_OPEN_CREATE) || st->rdonly) {
+            ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
+            return KS_ENOTFOUND;
+        }
+    }
+
+    /* New keystore. */
+    for (int attempt = 0; attempt < 4; attempt++) {
+        rc = txn_begin(st, 0, &t);
+        if (rc != KS_OK)
+            return rc;
+        mrc = open_dbs(st, t, MDB_CREATE);
+        rc = mrc ? lmdb_err(mrc) : init_meta(st, t, mk);
+        if (rc == KS_OK)
+            rc = lmdb_err(mdb_txn_commit(t));
+        else
+            mdb_txn_abort(t);
+        pthread_rwlock_unlock(&st->resize);
+        if (rc == KS_OK)
+            break;
+        if (rc != MDB_MAP_FULL)
+            break;
+        grow_map(st);
+    }
+    if (rc != KS_OK) {
+        ks_err_set(err, "cannot create keystore %s: %s", st->path, ks_strerror(rc));
+        return rc;
+    }
+    ks_log(KS_LOG_INFO, "created keystore %s", st->path);
+    rc = txn_begin(st, MDB_RDONLY, &t);
+    if (rc != KS_OK)
+        return rc;
+    rc = load_meta(st, t, mk, err);
+    mdb_txn_abort(t);
+    pthread_rwlock_unlock(&st->resize);
+    return rc;
+}
+
+int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err)
+{
+    struct stat sb;
+    ks_store *st;
+    int rc;
+
+    if (!dir || !*dir || !mk || !out)
+        return KS_EINVAL;
+    *out = NULL;
+    if (stat(dir, &sb) != 0) {
+        if (errno == ENOENT && (flags & KS_OPEN_CREATE)) {
+            if (mkdir_p(dir) != 0 || stat(dir, &sb) != 0) {
+                ks_err_set(err, "cannot create keystore directory %s: %s", dir, strerror(errno));
+                return errno == EACCES ? KS_EPERM : KS_EIO;
+            }
+        } else {
+            ks_err_set(err, "no keystore at %s (%s); create one with: p11mk-admin init", dir, strerror(errno));
+            return errno == EACCES ? KS_EPERM : KS_ENOTFOUND;
+        }
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        ks_err_set(err, "keystore path %s is not a directory", dir);
+        return KS_EINVAL;
+    }
+
+    pthread_mutex_lock(&reg_lock);
+    if (registry_pid != getpid()) {
+        /* After fork: the parent's environments must not be used nor closed
+         * here (LMDB forbids both); abandon them and open fresh ones. */
+        registry = NULL;
+        registry_pid = getpid();
+    }
+    for (st = registry; st; st = st->next) {
+        if (st->dev == sb.st_dev && st->ino == sb.st_ino) {
+            uint8_t kcv[KS_KCV_LEN];
+            ks_mkey_kcv(mk, kcv);
+            if (CRYPTO_memcmp(kcv, st->kcv, KS_KCV_LEN) != 0) {
+                pthread_mutex_unlock(&reg_lock);
+                ks_err_set(err, "keystore %s is already open in this process under another master key", dir);
+                return KS_EWRONGKEY;
+            }
+            st->refs++;
+            pthread_mutex_unlock(&reg_lock);
+            *out = st;
+            return KS_OK;
+        }
+    }
+    st = calloc(1, sizeof(*st));
+    if (!st || !(st->path = strdup(dir)) || pthread_rwlock_init(&st->resize, NULL) != 0) {
+        if (st)
+            free(st->path);
+        free(st);
+        pthread_mutex_unlock(&reg_lock);
+        return KS_ENOMEM;
+    }
+    st->refs = 1;
+    st->dev = sb.st_dev;
+    st->ino = sb.st_ino;
+    st->rdonly = (flags & KS_OPEN_RDONLY) != 0;
+    rc = store_setup(st, mk, flags, err);
+    if (rc != KS_OK) {
+        store_free(st);
+        pthread_mutex_unlock(&reg_lock);
+        return rc;
+    }
+    st->next = registry;
+    registry = st;
+    pthread_mutex_unlock(&reg_lock);
+    *out = st;
+    return KS_OK;
+}
+
+void ks_close(ks_store *st)
+{
+    if (!st)
+        return;
+    pthread_mutex_lock(&reg_lock);
+    if (registry_pid != getpid()) {
+        /* A handle inherited over fork: abandon it. */
+        pthread_mutex_unlock(&reg_lock);
+        return;
+    }
+    if (--st->refs > 0) {
+        pthread_mutex_unlock(&reg_lock);
+        return;
+    }
+    for (ks_store **pp = &registry; *pp; pp = &(*pp)->next) {
+        if (*pp == st) {
+            *pp = st->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+    store_free(st);
+}
+
+const char *ks_path(ks_store *st) { return st ? st->path : NULL; }
+
+uint32_t ks_epoch(ks_store *st) { return st ? st->epoch : 0; }
+
+int ks_get_info(ks_store *st, ks_info *info)
+{
+    MDB_envinfo ei;
+    MDB_stat ms;
+    MDB_txn *t;
+    int rc;
+
+    if (!st || !info)
+        return KS_EINVAL;
+    memset(info, 0, sizeof(*info));
+    info->format_version = st->format;
+    memcpy(info->keystore_id, st->ksid, KS_KSID_LEN);
+    info->epoch = st->epoch;
+    memcpy(info->kcv, st->kcv, KS_KCV_LEN);
+    rc = txn_begin(st, MDB_RDONLY, &t);
+    if (rc != KS_OK)
+        return rc;
+    mdb_env_info(st->env, &ei);
+    info->map_size = ei.me_mapsize;
+    if (mdb_stat(t, st->db_tok, &ms) == MDB_SUCCESS)
+        info->n_tokens = ms.ms_entries;
+    if (mdb_stat(t, st->db_obj, &ms) == MDB_SUCCESS)
+        info->n_objects = ms.ms_entries;
+    mdb_txn_abort(t);
+    pthread_rwlock_unlock(&st->resize);
+    return KS_OK;
+}
+
+/* ---- transactions -------------------------------------------------------- */
+
+int ks_read_begin(ks_store *st, ks_txn **out)
+{
+    ks_txn *x;
+    int rc;
+    if (!st || !out)
+        return KS_EINVAL;
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return KS_ENOMEM;
+    rc = txn_begin(st, MDB_RDONLY, &x->txn);
+    if (rc != KS_OK) {
+        free(x);
+        return rc;
+    }
+    x->st = st;
+    *out = x;
+    return KS_OK;
+}
+
+void ks_read_end(ks_txn *x)
+{
+    if (!x)
+        return;
+    mdb_txn_abort(x->txn);
+    pthread_rwlock_unlock(&x->st->resize);
+    free(x);
+}
+
+int ks_write(ks_store *st, ks_write_fn fn, void *arg)
+{
+    int rc = KS_EIO;
+    if (!st || !fn)
+        return KS_EINVAL;
+    if (st->rdonly)
+        return KS_EROFS;
+    for (int attempt = 0; attempt < 40; attempt++) {
+        ks_txn x = {.st = st, .write = true};
+        rc = txn_begin(st, 0, &x.txn);
+        if (rc != KS_OK)
+            return rc;
+        rc = fn(&x, arg);
+        if (rc == KS_OK && !x.map_full) {
+            int mrc = mdb_txn_commit(x.txn);
+            if (mrc == MDB_MAP_FULL)
+                x.map_full = true;
+            else
+                rc = lmdb_err(mrc);
+        } else {
+            mdb_txn_abort(x.txn);
+        }
+        pthread_rwlock_unlock(&st->resize);
+        if (!x.map_full)
+            return rc;
+        if ((rc = grow_map(st)) != KS_OK)
+            return rc;
+    }
+    return rc;
+}
+
+/* Mutations go through here so that MDB_MAP_FULL restarts the transaction. */
+static int wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags)
+{
+    if (!x->write)
+        return KS_EINVAL;
+    int rc = mdb_put(x->txn, db, k, v, flags);
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+        x->map_full = true;
+        return KS_EIO;
+    }
+    if (rc == MDB_KEYEXIST)
+        return KS_EEXIST;
+    return lmdb_err(rc);
+}
+
+static int wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v)
+{
+    if (!x->write)
+        return KS_EINVAL;
+    int rc = mdb_del(x->txn, db, k, v);
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+        x->map_full = true;
+        return KS_EIO;
+    }
+    return lmdb_err(rc);
+}
+
+static int cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags)
+{
+    int rc = mdb_cursor_del(c, flags);
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+        x->map_full = true;
+        return KS_EIO;
+    }
+    return lmdb_err(rc);
+}
+
+/* ---- sealed values ------------------------------------------------------- */
+
+static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t token, uint64_t oid,
+                    const uint8_t *blob, size_t len)
+{
+    ks_store *st = x->st;
+    uint8_t *rec;
+    size_t reclen;
+    int rc;
+
+    if (!blob && len)
+        return KS_EINVAL;
+    rc = ks_rec_seal(st->reckey, st->ksid, kind, st->epoch, token, oid, blob, len, &rec, &reclen);
+    if (rc != KS_OK)
+        return rc;
+    MDB_val v = {reclen, rec};
+    rc = wput(x, db, k, &v, 0);
+    free(rec); /* ciphertext: no need to cleanse */
+    return rc;
+}
+
+static int get_open(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t token, uint64_t oid, uint8_t **blob,
+                    size_t *len)
+{
+    ks_store *st = x->st;
+    MDB_val v;
+    uint32_t epoch;
+    int rc;
+
+    if (!blob || !len)
+        return KS_EINVAL;
+    rc = lmdb_err(mdb_get(x->txn, db, k, &v));
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &epoch);
+    if (rc != KS_OK)
+        return rc;
+    if (epoch != st->epoch)
+        return KS_ENOKEY;
+    return ks_rec_open(st->reckey, st->ksid, kind, token, oid, v.mv_data, v.mv_size, blob, len);
+}
+
+/* ---- tokens -------------------------------------------------------------- */
+
+int ks_token_new_id(ks_txn *x, uint32_t *token_id)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc;
+
+    if (!x || !token_id)
+        return KS_EINVAL;
+    if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) {
+        *token_id = 1;
+        return KS_OK;
+    }
+    if (rc != MDB_SUCCESS || k.mv_size != 4)
+        return rc ? lmdb_err(rc) : KS_ECORRUPT;
+    *token_id = ks_get_be32(k.mv_data) + 1;
+    return *token_id ? KS_OK : KS_EIO;
+}
+
+int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
+{
+    uint8_t kb[4];
+    if (!x || !token_id)
+        return KS_EINVAL;
+    ks_be32(kb, token_id);
+    MDB_val k = {4, kb};
+    return seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
+}
+
+int ks_token_get(ks_txn *x, uint32_t token_id, uint8_t **blob, size_t *len)
+{
+    uint8_t kb[4];
+    if (!x || !token_id)
+        return KS_EINVAL;
+    ks_be32(kb, token_id);
+    MDB_val k = {4, kb};
+    return get_open(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
+}
+
+/* Delete every key of db starting with the 4-byte token prefix. */
+static int del_prefix(ks_txn *x, MDB_dbi db, uint32_t token_id, bool dups)
+{
+    MDB_cursor *c;
+    uint8_t kb[4];
+    int rc;
+
+    ks_be32(kb, token_id);
+    if ((rc = mdb_cursor_open(x->txn, db, &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    MDB_val k = {4, kb}, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (rc == MDB_SUCCESS && k.mv_size >= 4 && memcmp(k.mv_data, kb, 4) == 0) {
+        int drc = cursor_del(x, c, dups ? MDB_NODUPDATA : 0);
+        if (drc != KS_OK) {
+            mdb_cursor_close(c);
+            return drc;
+        }
+        k.mv_size = 4;
+        k.mv_data = kb;
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? KS_OK : lmdb_err(rc);
+}
+
+int ks_token_del(ks_txn *x, uint32_t token_id)
+{
+    uint8_t kb[4];
+    int rc;
+    if (!x || !token_id)
+        return KS_EINVAL;
+    if ((rc = del_prefix(x, x->st->db_obj, token_id, false)) != KS_OK ||
+        (rc = del_prefix(x, x->st->db_idx, token_id, true)) != KS_OK)
+        return rc;
+    ks_be32(kb, token_id);
+    MDB_val k = {4, kb};
+    rc = wdel(x, x->st->db_tok, &k, NULL);
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
+}
+
+int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    MDB_stat ms;
+    uint32_t *out;
+    size_t cnt = 0;
+    int rc;
+
+    if (!x || !ids || !n)
+        return KS_EINVAL;
+    *ids = NULL;
+    *n = 0;
+    if ((rc = mdb_stat(x->txn, x->st->db_tok, &ms)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    out = calloc(ms.ms_entries ? ms.ms_entries : 1, sizeof(*out));
+    if (!out)
+        return KS_ENOMEM;
+    if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS) {
+        free(out);
+        return lmdb_err(rc);
+    }
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == MDB_SUCCESS && cnt < ms.ms_entries;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+        if (k.mv_size == 4)
+            out[cnt++] = ks_get_be32(k.mv_data);
+    mdb_cursor_close(c);
+    *ids = out;
+    *n = cnt;
+    return KS_OK;
+}
+
+/* ---- objects ------------------------------------------------------------- */
+
+static void obj_key(uint8_t kb[12], uint32_t token_id, uint64_t oid)
+{
+    ks_be32(kb, token_id);
+    ks_be64(kb + 4, oid);
+}
+
+int ks_obj_new_id(ks_txn *x, uint64_t *oid)
+{
+    MDB_val v;
+    uint8_t be[8];
+    int rc;
+    if (!x || !oid || !x->write)
+        return KS_EINVAL;
+    rc = meta_get(x->txn, x->st, "next_oid", NULL, 0, &v);
+    if (rc != KS_OK || v.mv_size != 8)
+        return rc == KS_OK ? KS_ECORRUPT : rc;
+    *oid = ks_get_be64(v.mv_data);
+    if (*oid == 0 || *oid >= (1ull << 62))
+        return KS_ECORRUPT;
+    ks_be64(be, *oid + 1);
+    MDB_val k = {8, (void *)"next_oid"}, nv = {8, be};
+    return wput(x, x->st->db_meta, &k, &nv, 0);
+}
+
+int ks_obj_put(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
+{
+    uint8_t kb[12];
+    if (!x || !token_id || !oid)
+        return KS_EINVAL;
+    obj_key(kb, token_id, oid);
+    MDB_val k = {12, kb};
+    return seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len);
+}
+
+int ks_obj_get(ks_txn *x, uint32_t token_id, uint64_t oid, uint8_t **blob, size_t *len)
+{
+    uint8_t kb[12];
+    if (!x || !token_id || !oid)
+        return KS_EINVAL;
+    obj_key(kb, token_id, oid);
+    MDB_val k = {12, kb};
+    return get_open(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len);
+}
+
+int ks_obj_stamp(ks_txn *x, uint32_t token_id, uint64_t oid, ks_stamp *stamp)
+{
+    uint8_t kb[12];
+    MDB_val v;
+    int rc;
+    if (!x || !token_id || !oid || !stamp)
+        return KS_EINVAL;
+    obj_key(kb, token_id, oid);
+    MDB_val k = {12, kb};
+    rc = lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v));
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &stamp->epoch);
+    if (rc != KS_OK)
+        return rc;
+    memcpy(stamp->tag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
+    return KS_OK;
+}
+
+int ks_obj_del(ks_txn *x, uint32_t token_id, uint64_t oid)
+{
+    uint8_t kb[12];
+    if (!x || !token_id || !oid)
+        return KS_EINVAL;
+    obj_key(kb, token_id, oid);
+    MDB_val k = {12, kb};
+    return wdel(x, x->st->db_obj, &k, NULL);
+}
+
+int ks_obj_foreach(ks_txn *x, uint32_t token_id, ks_oid_cb cb, void *arg)
+{
+    MDB_cursor *c;
+    uint8_t kb[12];
+    int rc, ret = KS_OK;
+
+    if (!x || !token_id || !cb)
+        return KS_EINVAL;
+    if ((rc = mdb_cursor_open(x->txn, x->st->db_obj, &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    obj_key(kb, token_id, 0);
+    MDB_val k = {12, kb}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12 || ks_get_be32(k.mv_data) != token_id)
+            break;
+        if ((ret = cb(ks_get_be64((const uint8_t *)k.mv_data + 4), arg)) != 0)
+            break;
+    }
+    mdb_cursor_close(c);
+    if (ret)
+        return ret;
+    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : lmdb_err(rc);
+}
+
+static int count_cb(uint64_t oid, void *arg)
+{
+    (void)oid;
+    (*(uint64_t *)arg)++;
+    return 0;
+}
+
+int ks_token_count_objects(ks_txn *x, uint32_t token_id, uint64_t *n)
+{
+    if (!n)
+        return KS_EINVAL;
+    *n = 0;
+    return ks_obj_foreach(x, token_id, count_cb, n);
+}
+
+/* ---- indexes ------------------------------------------------------------- */
+
+static int idx_key(ks_store *st, uint8_t kb[IDX_KEY_LEN], uint32_t token_id, uint32_t attr, const void *val,
+                   size_t len)
+{
+    uint8_t mac[32], be[4];
+    size_t maclen = 0;
+    EVP_MAC_CTX *c = EVP_MAC_CTX_dup(st->idx_mac);
+    int ok;
+
+    if (!c)
+        return KS_ENOMEM;
+    ks_be32(be, attr);
+    ok = EVP_MAC_update(c, be, 4) && (!len || EVP_MAC_update(c, val, len)) &&
+         EVP_MAC_final(c, mac, &maclen, sizeof(mac));
+    EVP_MAC_CTX_free(c);
+    if (!ok || maclen < IDX_MAC_LEN)
+        return KS_EIO;
+    ks_be32(kb, token_id);
+    memcpy(kb + 4, mac, IDX_MAC_LEN);
+    return KS_OK;
+}
+
+int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
+{
+    uint8_t kb[IDX_KEY_LEN], vb[8];
+    int rc;
+    if (!x || !token_id || (!val && len))
+        return KS_EINVAL;
+    if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
+        return rc;
+    ks_be64(vb, oid);
+    MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
+    rc = wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
+    return rc == KS_EEXIST ? KS_OK : rc;
+}
+
+int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
+{
+    uint8_t kb[IDX_KEY_LEN], vb[8];
+    int rc;
+    if (!x || !token_id || (!val && len))
+        return KS_EINVAL;
+    if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
+        return rc;
+    ks_be64(vb, oid);
+    MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
+    rc = wdel(x, x->st->db_idx, &k, &v);
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
+}
+
+int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, ks_oid_cb cb,
+                  void *arg)
+{
+    uint8_t kb[IDX_KEY_LEN];
+    MDB_cursor *c;
+    int rc, ret = 0;
+
+    if (!x || !token_id || !cb || (!val && len))
+        return KS_EINVAL;
+    if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
+        return rc;
+    if ((rc = mdb_cursor_open(x->txn, x->st->db_idx, &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    MDB_val k = {IDX_KEY_LEN, kb}, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET); rc == MDB_SUCCESS; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP)) {
+        if (v.mv_size != 8)
+            continue;
+        if ((ret = cb(ks_get_be64(v.mv_data), arg)) != 0)
+            break;
+    }
+    mdb_cursor_close(c);
+    if (ret)
+        return ret;
+    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : lmdb_err(rc);
+}

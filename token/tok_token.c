@@ -68,7 +68,7 @@ static CK_RV ks_to_ckr(int err)
 
 /* ---- context --------------------------------------------------------- */
 
-static __thread char open_error[600];
+static __thread char open_error[1200];
 
 const char *tok_ctx_error(void) { return open_error; }
 const ks_config *tok_ctx_config(tok_ctx *ctx) { return &ctx->cfg; }
