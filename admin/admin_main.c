@@ -68,7 +68,7 @@ int admin_exit_for_open_error(const char *msg)
 {
     if (strncmp(msg, "configuration error", 19) == 0)
         return EXIT_CONFIG;
-    if (strncmp(msg, "cannot load the master key", 26) == 0 || strstr(msg, "KCV"))
+    if (strncmp(msg, "cannot load the master key", 26) == 0 || strstr(msg, "check value"))
         return EXIT_KEY;
     return EXIT_KEYSTORE;
 }

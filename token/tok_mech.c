@@ -1,1 +1,245 @@
-/* placeholder: being written */
+/* p11mk token layer: the mechanism table, key generation and import checks
+ * on OpenSSL 3 EVP. */
+#include "token/tok_crypto.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#define EC_FLAGS (CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS)
+
+static const struct {
+    CK_MECHANISM_TYPE type;
+    CK_ULONG min, max;
+    CK_FLAGS flags;
+} mechs[] = {
+    {CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE},
+    {CKM_AES_CBC_PAD, 16, 32, CKF_ENCRYPT | CKF_DECRYPT},
+    {CKM_AES_GCM, 16, 32, CKF_ENCRYPT | CKF_DECRYPT},
+    {CKM_EC_KEY_PAIR_GEN, 256, 384, CKF_GENERATE_KEY_PAIR | EC_FLAGS},
+    {CKM_ECDSA, 256, 384, CKF_SIGN | CKF_VERIFY | EC_FLAGS},
+    {CKM_ECDSA_SHA256, 256, 384, CKF_SIGN | CKF_VERIFY | EC_FLAGS},
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR},
+    {CKM_RSA_PKCS, 1024, 8192, CKF_ENCRYPT | CKF_DECRYPT | CKF_SIGN | CKF_VERIFY},
+    {CKM_SHA256_RSA_PKCS, 1024, 8192, CKF_SIGN | CKF_VERIFY},
+    {CKM_SHA256, 0, 0, CKF_DIGEST},
+    {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE},
+    {CKM_SHA256_HMAC, 8, 4096, CKF_SIGN | CKF_VERIFY},
+};
+#define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
+
+CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap)
+{
+    for (CK_ULONG i = 0; list && i < N_MECHS && i < cap; i++)
+        list[i] = mechs[i].type;
+    return N_MECHS;
+}
+
+CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
+{
+    for (size_t i = 0; i < N_MECHS; i++) {
+        if (mechs[i].type != m)
+            continue;
+        if (info) {
+            info->ulMinKeySize = mechs[i].min;
+            info->ulMaxKeySize = mechs[i].max;
+            info->flags = mechs[i].flags;
+        }
+        return CKR_OK;
+    }
+    return CKR_MECHANISM_INVALID;
+}
+
+CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
+{
+    switch (m) {
+    case CKM_AES_KEY_GEN: *ktype = CKK_AES; return CKR_OK;
+    case CKM_GENERIC_SECRET_KEY_GEN: *ktype = CKK_GENERIC_SECRET; return CKR_OK;
+    default: return CKR_MECHANISM_INVALID;
+    }
+}
+
+CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
+{
+    switch (m) {
+    case CKM_RSA_PKCS_KEY_PAIR_GEN: *ktype = CKK_RSA; return CKR_OK;
+    case CKM_EC_KEY_PAIR_GEN: *ktype = CKK_EC; return CKR_OK;
+    default: return CKR_MECHANISM_INVALID;
+    }
+}
+
+CK_RV tok_random(uint8_t *out, CK_ULONG len)
+{
+    if (!out && len)
+        return CKR_ARGUMENTS_BAD;
+    while (len) {
+        int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
+        if (RAND_bytes(out, chunk) != 1)
+            return CKR_FUNCTION_FAILED;
+        out += chunk;
+        len -= (CK_ULONG)chunk;
+    }
+    return CKR_OK;
+}
+
+/* ---- secret keys --------------------------------------------------------- */
+
+CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
+{
+    CK_ULONG len;
+    uint8_t buf[512];
+    CK_RV rv;
+
+    if (!mech || !key)
+        return CKR_ARGUMENTS_BAD;
+    if (mech->pParameter || mech->ulParameterLen)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (!tok_attrs_get_ulong(key, CKA_VALUE_LEN, &len))
+        return CKR_TEMPLATE_INCOMPLETE;
+    switch (mech->mechanism) {
+    case CKM_AES_KEY_GEN:
+        if (len != 16 && len != 24 && len != 32)
+            return CKR_KEY_SIZE_RANGE;
+        break;
+    case CKM_GENERIC_SECRET_KEY_GEN:
+        if (len < 1 || len > sizeof(buf))
+            return CKR_KEY_SIZE_RANGE;
+        break;
+    default: return CKR_MECHANISM_INVALID;
+    }
+    rv = tok_random(buf, len);
+    if (rv == CKR_OK && tok_attrs_set(key, CKA_VALUE, buf, len) != 0)
+        rv = CKR_HOST_MEMORY;
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return rv;
+}
+
+/* ---- key pairs ----------------------------------------------------------- */
+
+static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
+{
+    CK_ULONG bits;
+    const tok_attr *e = tok_attrs_find(pub, CKA_PUBLIC_EXPONENT);
+    BIGNUM *bn = NULL;
+    EVP_PKEY_CTX *ctx;
+    CK_RV rv = CKR_FUNCTION_FAILED;
+
+    if (!tok_attrs_get_ulong(pub, CKA_MODULUS_BITS, &bits))
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (bits < 2048 || bits > 4096)
+        return CKR_KEY_SIZE_RANGE;
+    if (e && e->len) {
+        bn = BN_bin2bn(e->val, (int)e->len, NULL);
+        if (!bn)
+            return CKR_HOST_MEMORY;
+        if (!BN_is_odd(bn) || BN_num_bits(bn) < 2 || BN_num_bits(bn) > 64) {
+            BN_free(bn);
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        }
+    }
+    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    if (ctx && EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)bits) == 1 &&
+        (!bn || EVP_PKEY_CTX_set1_rsa_keygen_pubexp(ctx, bn) == 1) && EVP_PKEY_generate(ctx, out) == 1)
+        rv = CKR_OK;
+    EVP_PKEY_CTX_free(ctx);
+    BN_free(bn);
+    return rv;
+}
+
+static CK_RV gen_ec(const tok_attrs *pub, const tok_curve **curve, EVP_PKEY **out)
+{
+    const tok_attr *p = tok_attrs_find(pub, CKA_EC_PARAMS);
+    if (!p)
+        return CKR_TEMPLATE_INCOMPLETE;
+    *curve = tok_curve_from_params(p->val, p->len);
+    if (!*curve)
+        return CKR_CURVE_NOT_SUPPORTED;
+    *out = EVP_PKEY_Q_keygen(NULL, NULL, "EC", (*curve)->name);
+    return *out ? CKR_OK : CKR_FUNCTION_FAILED;
+}
+
+CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub, tok_attrs *priv)
+{
+    EVP_PKEY *pkey = NULL;
+    const tok_curve *curve = NULL;
+    CK_RV rv;
+
+    if (!mech || !pub || !priv)
+        return CKR_ARGUMENTS_BAD;
+    if (mech->pParameter || mech->ulParameterLen)
+        return CKR_MECHANISM_PARAM_INVALID;
+    switch (mech->mechanism) {
+    case CKM_RSA_PKCS_KEY_PAIR_GEN: rv = gen_rsa(pub, &pkey); break;
+    case CKM_EC_KEY_PAIR_GEN: rv = gen_ec(pub, &curve, &pkey); break;
+    default: return CKR_MECHANISM_INVALID;
+    }
+    if (rv == CKR_OK)
+        rv = tok_pkey_export(pkey, curve, pub, priv);
+    EVP_PKEY_free(pkey);
+    return rv;
+}
+
+/* ---- import (C_CreateObject) ------------------------------------------- */
+
+static CK_RV import_secret(tok_attrs *obj, CK_KEY_TYPE kt)
+{
+    const tok_attr *v = tok_attrs_find(obj, CKA_VALUE);
+    CK_ULONG want;
+
+    if (!v || !v->len)
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (kt == CKK_AES && v->len != 16 && v->len != 24 && v->len != 32)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want != v->len)
+        return CKR_TEMPLATE_INCONSISTENT;
+    return tok_attrs_set_ulong(obj, CKA_VALUE_LEN, v->len) == 0 ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+static CK_RV import_pkey(tok_attrs *obj, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
+{
+    tok_key *k = NULL;
+    CK_RV rv;
+    bool priv = cls == CKO_PRIVATE_KEY;
+
+    if (kt == CKK_RSA) {
+        if (!tok_attrs_find(obj, CKA_MODULUS) || !tok_attrs_find(obj, CKA_PUBLIC_EXPONENT) ||
+            (priv && !tok_attrs_find(obj, CKA_PRIVATE_EXPONENT)))
+            return CKR_TEMPLATE_INCOMPLETE;
+    } else {
+        const tok_attr *p = tok_attrs_find(obj, CKA_EC_PARAMS);
+        if (!p || (priv ? !tok_attrs_find(obj, CKA_VALUE) : !tok_attrs_find(obj, CKA_EC_POINT)))
+            return CKR_TEMPLATE_INCOMPLETE;
+        if (!tok_curve_from_params(p->val, p->len))
+            return CKR_CURVE_NOT_SUPPORTED;
+    }
+    if (priv && kt == CKK_EC && !tok_attrs_find(obj, CKA_EC_POINT) && tok_ec_complete_point(obj) != 0)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    rv = tok_key_from_attrs(obj, &k);
+    if (rv != CKR_OK)
+        return rv == CKR_GENERAL_ERROR ? CKR_ATTRIBUTE_VALUE_INVALID : rv;
+    rv = tok_pkey_export(k->pkey, k->curve, priv ? NULL : obj, priv ? obj : NULL);
+    tok_key_unref(k);
+    return rv;
+}
+
+CK_RV tok_mech_complete_import(tok_attrs *obj)
+{
+    CK_ULONG cls, kt;
+
+    if (!obj)
+        return CKR_ARGUMENTS_BAD;
+    if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls))
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (cls != CKO_SECRET_KEY && cls != CKO_PUBLIC_KEY && cls != CKO_PRIVATE_KEY)
+        return CKR_OK;
+    if (!tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (cls == CKO_SECRET_KEY)
+        return import_secret(obj, kt);
+    return import_pkey(obj, cls, kt);
+}

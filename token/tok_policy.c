@@ -1,1 +1,523 @@
-/* placeholder: being written */
+/* p11mk token layer: object templates and attribute policy.
+ *
+ * One table says, per attribute type, which objects may carry it and what
+ * callers may do with it; the functions below apply PKCS#11 v2.40 section 4
+ * rules with SoftHSMv2-like defaults. */
+#include "token/tok_policy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Which objects an attribute belongs to. */
+enum {
+    O_DATA = 1u << 0,
+    O_CERT = 1u << 1,
+    O_PUB = 1u << 2,
+    O_PRIV = 1u << 3,
+    O_SECRET = 1u << 4,
+    O_KEYS = O_PUB | O_PRIV | O_SECRET,
+    O_ALL = O_DATA | O_CERT | O_KEYS,
+};
+/* Key types an attribute is limited to (0: any). */
+enum { K_ANY = 0, K_RSA = 1, K_EC = 2, K_SECRET_VAL = 3 };
+
+/* What callers may do with it. */
+enum {
+    A_TOKEN_ONLY = 1u << 0,  /* set only by the token (READ_ONLY if given) */
+    A_MATERIAL = 1u << 1,    /* key material: never given to C_GenerateKey* */
+    A_GEN_INPUT = 1u << 2,   /* a C_GenerateKey* input despite being material */
+    A_MODIFY = 1u << 3,      /* C_SetAttributeValue may change it */
+    A_NOT_CREATE = 1u << 4,  /* computed by the token, not given to C_CreateObject */
+};
+
+typedef struct {
+    CK_ATTRIBUTE_TYPE type;
+    unsigned objs;
+    unsigned ktype;
+    unsigned flags;
+} attr_rule;
+
+static const attr_rule rules[] = {
+    /* common storage attributes */
+    {CKA_CLASS, O_ALL, K_ANY, 0},
+    {CKA_TOKEN, O_ALL, K_ANY, 0},
+    {CKA_PRIVATE, O_ALL, K_ANY, 0},
+    {CKA_MODIFIABLE, O_ALL, K_ANY, 0},
+    {CKA_COPYABLE, O_ALL, K_ANY, A_MODIFY},
+    {CKA_DESTROYABLE, O_ALL, K_ANY, A_MODIFY},
+    {CKA_LABEL, O_ALL, K_ANY, A_MODIFY},
+    /* data */
+    {CKA_APPLICATION, O_DATA, K_ANY, A_MODIFY},
+    {CKA_OBJECT_ID, O_DATA | O_CERT, K_ANY, A_MODIFY},
+    {CKA_VALUE, O_DATA | O_CERT, K_ANY, A_MODIFY},
+    /* certificates */
+    {CKA_CERTIFICATE_TYPE, O_CERT, K_ANY, 0},
+    {CKA_TRUSTED, O_CERT | O_PUB | O_SECRET, K_ANY, 0},
+    {CKA_CERTIFICATE_CATEGORY, O_CERT, K_ANY, 0},
+    {CKA_CHECK_VALUE, O_CERT | O_SECRET, K_ANY, 0},
+    {CKA_START_DATE, O_CERT | O_KEYS, K_ANY, A_MODIFY},
+    {CKA_END_DATE, O_CERT | O_KEYS, K_ANY, A_MODIFY},
+    {CKA_PUBLIC_KEY_INFO, O_CERT | O_PUB | O_PRIV, K_ANY, 0},
+    {CKA_SUBJECT, O_CERT | O_PUB | O_PRIV, K_ANY, A_MODIFY},
+    {CKA_ID, O_CERT | O_KEYS, K_ANY, A_MODIFY},
+    {CKA_ISSUER, O_CERT, K_ANY, A_MODIFY},
+    {CKA_SERIAL_NUMBER, O_CERT, K_ANY, A_MODIFY},
+    {CKA_URL, O_CERT, K_ANY, 0},
+    {CKA_HASH_OF_SUBJECT_PUBLIC_KEY, O_CERT, K_ANY, 0},
+    {CKA_HASH_OF_ISSUER_PUBLIC_KEY, O_CERT, K_ANY, 0},
+    {CKA_JAVA_MIDP_SECURITY_DOMAIN, O_CERT, K_ANY, 0},
+    {CKA_NAME_HASH_ALGORITHM, O_CERT, K_ANY, 0},
+    /* keys */
+    {CKA_KEY_TYPE, O_KEYS, K_ANY, 0},
+    {CKA_DERIVE, O_KEYS, K_ANY, A_MODIFY},
+    {CKA_LOCAL, O_KEYS, K_ANY, A_TOKEN_ONLY},
+    {CKA_KEY_GEN_MECHANISM, O_KEYS, K_ANY, A_TOKEN_ONLY},
+    {CKA_ALLOWED_MECHANISMS, O_KEYS, K_ANY, 0},
+    {CKA_ENCRYPT, O_PUB | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_VERIFY, O_PUB | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_VERIFY_RECOVER, O_PUB, K_ANY, A_MODIFY},
+    {CKA_WRAP, O_PUB | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_DECRYPT, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_SIGN, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_SIGN_RECOVER, O_PRIV, K_ANY, A_MODIFY},
+    {CKA_UNWRAP, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_SENSITIVE, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_EXTRACTABLE, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_ALWAYS_SENSITIVE, O_PRIV | O_SECRET, K_ANY, A_TOKEN_ONLY},
+    {CKA_NEVER_EXTRACTABLE, O_PRIV | O_SECRET, K_ANY, A_TOKEN_ONLY},
+    {CKA_WRAP_WITH_TRUSTED, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
+    {CKA_ALWAYS_AUTHENTICATE, O_PRIV, K_ANY, 0},
+    /* key material */
+    {CKA_MODULUS, O_PUB | O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_MODULUS_BITS, O_PUB, K_RSA, A_MATERIAL | A_GEN_INPUT | A_NOT_CREATE},
+    {CKA_PUBLIC_EXPONENT, O_PUB | O_PRIV, K_RSA, A_MATERIAL | A_GEN_INPUT},
+    {CKA_PRIVATE_EXPONENT, O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_PRIME_1, O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_PRIME_2, O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_EXPONENT_1, O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_EXPONENT_2, O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_COEFFICIENT, O_PRIV, K_RSA, A_MATERIAL},
+    {CKA_EC_PARAMS, O_PUB | O_PRIV, K_EC, A_MATERIAL | A_GEN_INPUT},
+    {CKA_EC_POINT, O_PUB | O_PRIV, K_EC, A_MATERIAL},
+    {CKA_VALUE_LEN, O_SECRET, K_SECRET_VAL, A_MATERIAL | A_GEN_INPUT},
+};
+
+/* CKA_VALUE is a data/cert attribute above; for keys it is material. */
+static const attr_rule key_value_rule = {CKA_VALUE, O_PRIV | O_SECRET, K_ANY, A_MATERIAL};
+
+static unsigned class_bit(CK_OBJECT_CLASS cls)
+{
+    switch (cls) {
+    case CKO_DATA: return O_DATA;
+    case CKO_CERTIFICATE: return O_CERT;
+    case CKO_PUBLIC_KEY: return O_PUB;
+    case CKO_PRIVATE_KEY: return O_PRIV;
+    case CKO_SECRET_KEY: return O_SECRET;
+    default: return 0;
+    }
+}
+
+static unsigned ktype_kind(CK_KEY_TYPE kt)
+{
+    switch (kt) {
+    case CKK_RSA: return K_RSA;
+    case CKK_EC: return K_EC;
+    case CKK_AES:
+    case CKK_GENERIC_SECRET:
+    case CKK_SHA256_HMAC: return K_SECRET_VAL;
+    default: return K_ANY;
+    }
+}
+
+static bool ktype_supported(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
+{
+    if (cls == CKO_SECRET_KEY)
+        return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC;
+    return kt == CKK_RSA || kt == CKK_EC;
+}
+
+/* The rule for an attribute on an object of this class and key type, or NULL. */
+static const attr_rule *rule_for(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_ATTRIBUTE_TYPE t)
+{
+    unsigned cb = class_bit(cls), kk = ktype_kind(kt);
+
+    if (t == CKA_VALUE && (cb & (O_PRIV | O_SECRET))) {
+        /* EC private keys and secret keys hold CKA_VALUE; RSA private keys do not. */
+        return (cb == O_SECRET || kk == K_EC) ? &key_value_rule : NULL;
+    }
+    for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {
+        const attr_rule *r = &rules[i];
+        if (r->type != t)
+            continue;
+        if (!(r->objs & cb))
+            return NULL;
+        if (r->ktype != K_ANY && r->ktype != kk)
+            return NULL;
+        return r;
+    }
+    return NULL;
+}
+
+static CK_RV check_value_len(const CK_ATTRIBUTE *a)
+{
+    if (!a->pValue && a->ulValueLen)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (tok_attr_is_bool(a->type) && (a->ulValueLen != sizeof(CK_BBOOL) || !a->pValue))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (tok_attr_is_ulong(a->type) && (a->ulValueLen != sizeof(CK_ULONG) || !a->pValue))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    return CKR_OK;
+}
+
+static bool tmpl_bool_val(const CK_ATTRIBUTE *a) { return *(const CK_BBOOL *)a->pValue != CK_FALSE; }
+static CK_ULONG tmpl_ulong_val(const CK_ATTRIBUTE *a) { return *(const CK_ULONG *)a->pValue; }
+
+static const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (tmpl[i].type == t)
+            return &tmpl[i];
+    return NULL;
+}
+
+CK_RV tok_tmpl_bool(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t, bool dflt, bool *out)
+{
+    const CK_ATTRIBUTE *a;
+
+    if (!out || (!tmpl && n))
+        return CKR_ARGUMENTS_BAD;
+    a = tmpl_find(tmpl, n, t);
+    if (!a) {
+        *out = dflt;
+        return CKR_OK;
+    }
+    if (!a->pValue || a->ulValueLen != sizeof(CK_BBOOL))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    *out = tmpl_bool_val(a);
+    return CKR_OK;
+}
+
+bool tok_obj_is_token(const tok_attrs *obj) { return tok_attrs_get_bool(obj, CKA_TOKEN, false); }
+bool tok_obj_is_private(const tok_attrs *obj) { return tok_attrs_get_bool(obj, CKA_PRIVATE, false); }
+
+CK_OBJECT_CLASS tok_obj_class(const tok_attrs *obj)
+{
+    CK_ULONG v;
+    return tok_attrs_get_ulong(obj, CKA_CLASS, &v) ? v : (CK_OBJECT_CLASS)-1;
+}
+
+/* ---- defaults ------------------------------------------------------------ */
+
+typedef struct {
+    CK_ATTRIBUTE_TYPE type;
+    unsigned objs;
+    int kind; /* 0 bool false, 1 bool true, 2 empty bytes, 3 ulong 0 */
+} dflt_rule;
+
+static const dflt_rule defaults[] = {
+    {CKA_TOKEN, O_ALL, 0},
+    {CKA_PRIVATE, O_DATA | O_CERT | O_PUB, 0},
+    {CKA_PRIVATE, O_PRIV | O_SECRET, 1},
+    {CKA_MODIFIABLE, O_ALL, 1},
+    {CKA_COPYABLE, O_ALL, 1},
+    {CKA_DESTROYABLE, O_ALL, 1},
+    {CKA_LABEL, O_ALL, 2},
+    {CKA_APPLICATION, O_DATA, 2},
+    {CKA_OBJECT_ID, O_DATA, 2},
+    {CKA_VALUE, O_DATA, 2},
+    {CKA_TRUSTED, O_CERT | O_PUB | O_SECRET, 0},
+    {CKA_CERTIFICATE_CATEGORY, O_CERT, 3},
+    {CKA_ID, O_CERT | O_KEYS, 2},
+    {CKA_ISSUER, O_CERT, 2},
+    {CKA_SERIAL_NUMBER, O_CERT, 2},
+    {CKA_START_DATE, O_CERT | O_KEYS, 2},
+    {CKA_END_DATE, O_CERT | O_KEYS, 2},
+    {CKA_DERIVE, O_KEYS, 0},
+    {CKA_SUBJECT, O_PUB | O_PRIV, 2},
+    {CKA_ENCRYPT, O_PUB | O_SECRET, 1},
+    {CKA_VERIFY, O_PUB | O_SECRET, 1},
+    {CKA_VERIFY_RECOVER, O_PUB, 1},
+    {CKA_WRAP, O_PUB | O_SECRET, 1},
+    {CKA_DECRYPT, O_PRIV | O_SECRET, 1},
+    {CKA_SIGN, O_PRIV | O_SECRET, 1},
+    {CKA_SIGN_RECOVER, O_PRIV, 1},
+    {CKA_UNWRAP, O_PRIV | O_SECRET, 1},
+    {CKA_SENSITIVE, O_PRIV | O_SECRET, 1},
+    {CKA_EXTRACTABLE, O_PRIV | O_SECRET, 0},
+    {CKA_WRAP_WITH_TRUSTED, O_PRIV | O_SECRET, 0},
+    {CKA_ALWAYS_AUTHENTICATE, O_PRIV, 0},
+};
+
+static int add_default(tok_attrs *out, const dflt_rule *d)
+{
+    if (tok_attrs_find(out, d->type))
+        return 0;
+    switch (d->kind) {
+    case 0: return tok_attrs_set_bool(out, d->type, false);
+    case 1: return tok_attrs_set_bool(out, d->type, true);
+    case 2: return tok_attrs_set(out, d->type, NULL, 0);
+    default: return tok_attrs_set_ulong(out, d->type, 0);
+    }
+}
+
+/* ---- build --------------------------------------------------------------- */
+
+CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech,
+                       const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out)
+{
+    const CK_ATTRIBUTE *a;
+    CK_RV rv;
+
+    if (!out || (!tmpl && n))
+        return CKR_ARGUMENTS_BAD;
+    tok_attrs_free(out);
+
+    /* Class and key type: from the mechanism, or from the template. */
+    a = tmpl_find(tmpl, n, CKA_CLASS);
+    if (a && (rv = check_value_len(a)) != CKR_OK)
+        return rv;
+    if (cls == TOK_CLASS_FROM_TEMPLATE) {
+        if (!a)
+            return CKR_TEMPLATE_INCOMPLETE;
+        cls = tmpl_ulong_val(a);
+    } else if (a && tmpl_ulong_val(a) != cls) {
+        return CKR_TEMPLATE_INCONSISTENT;
+    }
+    unsigned cb = class_bit(cls);
+    if (!cb)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (cb & O_KEYS) {
+        a = tmpl_find(tmpl, n, CKA_KEY_TYPE);
+        if (a && (rv = check_value_len(a)) != CKR_OK)
+            return rv;
+        if (ktype == TOK_KTYPE_FROM_TEMPLATE) {
+            if (!a)
+                return CKR_TEMPLATE_INCOMPLETE;
+            ktype = tmpl_ulong_val(a);
+        } else if (a && tmpl_ulong_val(a) != ktype) {
+            return CKR_TEMPLATE_INCONSISTENT;
+        }
+        if (!ktype_supported(cls, ktype))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+    }
+
+    for (CK_ULONG i = 0; i < n; i++) {
+        const CK_ATTRIBUTE *t = &tmpl[i];
+        const attr_rule *r = rule_for(cls, ktype, t->type);
+
+        if (!r)
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+        if ((rv = check_value_len(t)) != CKR_OK)
+            return rv;
+        if (r->flags & A_TOKEN_ONLY)
+            return CKR_ATTRIBUTE_READ_ONLY;
+        if (mode != TOK_BUILD_CREATE && (r->flags & A_MATERIAL) && !(r->flags & A_GEN_INPUT))
+            return CKR_ATTRIBUTE_READ_ONLY;
+        if (mode == TOK_BUILD_CREATE && (r->flags & A_NOT_CREATE))
+            return CKR_TEMPLATE_INCONSISTENT;
+        /* The same attribute twice with different values. */
+        const tok_attr *prev = tok_attrs_find(out, t->type);
+        if (prev && (prev->len != t->ulValueLen || (t->ulValueLen && memcmp(prev->val, t->pValue, t->ulValueLen))))
+            return CKR_TEMPLATE_INCONSISTENT;
+        if (t->type == CKA_CERTIFICATE_TYPE && tmpl_ulong_val(t) != CKC_X_509)
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if (t->type == CKA_CERTIFICATE_CATEGORY && tmpl_ulong_val(t) > 3)
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if (t->type == CKA_ALLOWED_MECHANISMS && t->ulValueLen % sizeof(CK_MECHANISM_TYPE))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if (t->type == CKA_TRUSTED && tmpl_bool_val(t))
+            return CKR_ATTRIBUTE_READ_ONLY; /* only the SO may mark trust */
+        if (tok_attrs_set(out, t->type, t->pValue, t->ulValueLen) != 0)
+            goto nomem;
+    }
+
+    if (tok_attrs_set_ulong(out, CKA_CLASS, cls) != 0)
+        goto nomem;
+    if ((cb & O_KEYS) && tok_attrs_set_ulong(out, CKA_KEY_TYPE, ktype) != 0)
+        goto nomem;
+    if (cb == O_CERT) {
+        if (!tok_attrs_find(out, CKA_CERTIFICATE_TYPE)) {
+            tok_attrs_free(out);
+            return CKR_TEMPLATE_INCOMPLETE;
+        }
+        if (!tok_attrs_find(out, CKA_SUBJECT) || !tok_attrs_find(out, CKA_VALUE)) {
+            tok_attrs_free(out);
+            return CKR_TEMPLATE_INCOMPLETE;
+        }
+    }
+    for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+        if ((defaults[i].objs & cb) && add_default(out, &defaults[i]) != 0)
+            goto nomem;
+    if (cb & O_KEYS) {
+        bool local = mode == TOK_BUILD_GENERATE;
+        if (tok_attrs_set_bool(out, CKA_LOCAL, local) != 0 ||
+            tok_attrs_set_ulong(out, CKA_KEY_GEN_MECHANISM, local ? mech : CK_UNAVAILABLE_INFORMATION) != 0 ||
+            (!tok_attrs_find(out, CKA_ALLOWED_MECHANISMS) && tok_attrs_set(out, CKA_ALLOWED_MECHANISMS, NULL, 0)))
+            goto nomem;
+    }
+    /* A sensitive, unextractable flag pair makes no sense for public objects;
+     * for private/secret keys extractable+sensitive is allowed (wrap only). */
+    return CKR_OK;
+nomem:
+    tok_attrs_free(out);
+    return CKR_HOST_MEMORY;
+}
+
+CK_RV tok_policy_finish(tok_build_mode mode, tok_attrs *obj)
+{
+    CK_OBJECT_CLASS cls = tok_obj_class(obj);
+    bool local = mode == TOK_BUILD_GENERATE;
+
+    if (cls != CKO_PRIVATE_KEY && cls != CKO_SECRET_KEY)
+        return CKR_OK;
+    if (tok_attrs_set_bool(obj, CKA_ALWAYS_SENSITIVE, local && tok_attrs_get_bool(obj, CKA_SENSITIVE, false)) != 0 ||
+        tok_attrs_set_bool(obj, CKA_NEVER_EXTRACTABLE, local && !tok_attrs_get_bool(obj, CKA_EXTRACTABLE, true)) != 0)
+        return CKR_HOST_MEMORY;
+    return CKR_OK;
+}
+
+/* ---- get ----------------------------------------------------------------- */
+
+static bool is_sensitive(const tok_attrs *obj, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t)
+{
+    if (!tok_attr_is_secret(cls, t))
+        return false;
+    return tok_attrs_get_bool(obj, CKA_SENSITIVE, true) || !tok_attrs_get_bool(obj, CKA_EXTRACTABLE, false);
+}
+
+CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_OBJECT_CLASS cls = tok_obj_class(obj);
+    CK_RV rv = CKR_OK;
+
+    if (!obj || (!tmpl && n))
+        return CKR_ARGUMENTS_BAD;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_ATTRIBUTE *t = &tmpl[i];
+        const tok_attr *a;
+
+        if (is_sensitive(obj, cls, t->type)) {
+            t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            rv = CKR_ATTRIBUTE_SENSITIVE;
+            continue;
+        }
+        a = tok_attrs_find(obj, t->type);
+        if (!a) {
+            t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL)
+                rv = CKR_ATTRIBUTE_TYPE_INVALID;
+            continue;
+        }
+        if (!t->pValue) {
+            t->ulValueLen = a->len;
+        } else if (t->ulValueLen >= a->len) {
+            if (a->len)
+                memcpy(t->pValue, a->val, a->len);
+            t->ulValueLen = a->len;
+        } else {
+            t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            if (rv == CKR_OK)
+                rv = CKR_BUFFER_TOO_SMALL;
+        }
+    }
+    return rv;
+}
+
+/* ---- set / copy ---------------------------------------------------------- */
+
+/* Flags that may only move one way. */
+static CK_RV one_way(const tok_attrs *obj, const CK_ATTRIBUTE *t)
+{
+    bool now, want = tmpl_bool_val(t);
+    switch (t->type) {
+    case CKA_SENSITIVE: /* FALSE -> TRUE */
+    case CKA_WRAP_WITH_TRUSTED:
+        now = tok_attrs_get_bool(obj, t->type, false);
+        return (now && !want) ? CKR_ATTRIBUTE_READ_ONLY : CKR_OK;
+    case CKA_EXTRACTABLE: /* TRUE -> FALSE */
+    case CKA_COPYABLE:
+        now = tok_attrs_get_bool(obj, t->type, true);
+        return (!now && want) ? CKR_ATTRIBUTE_READ_ONLY : CKR_OK;
+    default: return CKR_OK;
+    }
+}
+
+static CK_RV apply(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out, bool copy)
+{
+    CK_OBJECT_CLASS cls = tok_obj_class(obj);
+    CK_ULONG kt = (CK_ULONG)-1;
+    CK_RV rv;
+
+    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
+    if (!out || (!tmpl && n))
+        return CKR_ARGUMENTS_BAD;
+    for (CK_ULONG i = 0; i < n; i++) {
+        const CK_ATTRIBUTE *t = &tmpl[i];
+        const attr_rule *r = rule_for(cls, kt, t->type);
+        bool allowed;
+
+        if (!r)
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+        if ((rv = check_value_len(t)) != CKR_OK)
+            return rv;
+        if (copy) {
+            allowed = t->type == CKA_TOKEN || t->type == CKA_PRIVATE || t->type == CKA_MODIFIABLE ||
+                      t->type == CKA_DESTROYABLE || t->type == CKA_LABEL || t->type == CKA_ID ||
+                      t->type == CKA_SENSITIVE || t->type == CKA_EXTRACTABLE || t->type == CKA_COPYABLE;
+        } else {
+            allowed = (r->flags & A_MODIFY) != 0;
+            /* Key material and the value of certificates never change. */
+            if (t->type == CKA_VALUE && cls != CKO_DATA)
+                allowed = false;
+            if (t->type == CKA_OBJECT_ID && cls != CKO_DATA)
+                allowed = false;
+        }
+        if (!allowed) {
+            /* Setting an attribute to the value it already has is harmless. */
+            const tok_attr *cur = tok_attrs_find(obj, t->type);
+            if (cur && cur->len == t->ulValueLen && (!cur->len || memcmp(cur->val, t->pValue, cur->len) == 0) &&
+                !tok_attr_is_secret(cls, t->type))
+                continue;
+            return CKR_ATTRIBUTE_READ_ONLY;
+        }
+        if ((rv = one_way(obj, t)) != CKR_OK)
+            return rv;
+        if (tok_attrs_set(out, t->type, t->pValue, t->ulValueLen) != 0)
+            return CKR_HOST_MEMORY;
+    }
+    return CKR_OK;
+}
+
+CK_RV tok_policy_set(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out)
+{
+    CK_RV rv;
+
+    if (!obj || !out || (!tmpl && n))
+        return CKR_ARGUMENTS_BAD;
+    if (!tok_attrs_get_bool(obj, CKA_MODIFIABLE, true))
+        return CKR_ACTION_PROHIBITED;
+    tok_attrs_free(out);
+    if (tok_attrs_copy(out, obj) != 0)
+        return CKR_HOST_MEMORY;
+    rv = apply(obj, tmpl, n, out, false);
+    if (rv != CKR_OK)
+        tok_attrs_free(out);
+    return rv;
+}
+
+CK_RV tok_policy_copy(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out)
+{
+    CK_RV rv;
+
+    if (!obj || !out || (!tmpl && n))
+        return CKR_ARGUMENTS_BAD;
+    if (!tok_attrs_get_bool(obj, CKA_COPYABLE, true))
+        return CKR_ACTION_PROHIBITED;
+    tok_attrs_free(out);
+    if (tok_attrs_copy(out, obj) != 0)
+        return CKR_HOST_MEMORY;
+    rv = apply(obj, tmpl, n, out, true);
+    if (rv != CKR_OK)
+        tok_attrs_free(out);
+    return rv;
+}

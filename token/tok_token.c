@@ -93,7 +93,10 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
         ks_log(KS_LOG_ERROR, "%s", open_error);
         goto fail;
     }
-    ks_log_setup(ctx->cfg.log ? ctx->cfg.log : deflog, ctx->cfg.log_level, "p11mk");
+    /* The admin talks to a person: its messages go to stderr whatever the
+     * module's log destination is. */
+    ks_log_setup((flags & TOK_CTX_STDERR) ? "stderr" : ctx->cfg.log ? ctx->cfg.log : deflog, ctx->cfg.log_level,
+                 "p11mk");
     rc = ks_mkey_load(&ctx->cfg, &ctx->mk, &err);
     if (rc != KS_OK) {
         snprintf(open_error, sizeof(open_error), "cannot load the master key: %s",

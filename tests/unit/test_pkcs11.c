@@ -1,7 +1,1171 @@
-/* placeholder: being written */
+/* Unit tests of the pkcs11 layer: the built module loaded with dlopen, as an
+ * application would, in a temporary keystore. Covers the C ABI contract:
+ * NULL pointers, short buffers, invalid handles, session states, login and
+ * PIN lock-out, object and attribute semantics, find, the crypto operation
+ * life cycle and size queries, tampered records, wrong master keys, fork
+ * and threads. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-int main(void) { const struct CMUnitTest t[] = {}; return cmocka_run_group_tests(t, NULL, NULL); }
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+#include <p11-kit/pkcs11.h>
+
+#include "pkcs11/p11_v3.h"
+
+#define CK(call) assert_int_equal((call), CKR_OK)
+#define RV(want, call) assert_int_equal((call), (want))
+#define UL(x) ((CK_ULONG)(x))
+
+static void *dl;
+static CK_FUNCTION_LIST *f;
+static char tmp[64], conf[128], keystore[128], logfile[128];
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+static const char SO[] = "so-secret", PIN[] = "user-pin";
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+static void write_conf(const char *path, const char *extra)
+{
+    FILE *c = fopen(path, "w");
+    assert_non_null(c);
+    fprintf(c, "keystore = %s\nlog = %s\nlog_level = info\n%s", keystore, logfile, extra ? extra : "");
+    fclose(c);
+}
+
+static bool log_contains(const char *needle)
+{
+    char buf[1 << 16];
+    FILE *l = fopen(logfile, "r");
+    size_t n;
+    if (!l)
+        return false;
+    n = fread(buf, 1, sizeof(buf) - 1, l);
+    fclose(l);
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+static void pad32(CK_UTF8CHAR out[32], const char *s)
+{
+    memset(out, ' ', 32);
+    memcpy(out, s, strlen(s));
+}
+
+/* Slot of the token with this label, or the free slot when label is NULL. */
+static CK_SLOT_ID slot_of(const char *label)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+    CK_UTF8CHAR want[32];
+    CK(f->C_GetSlotList(CK_TRUE, slots, &n));
+    if (label)
+        pad32(want, label);
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        CK(f->C_GetTokenInfo(slots[i], &ti));
+        bool init = ti.flags & CKF_TOKEN_INITIALIZED;
+        if (!label && !init)
+            return slots[i];
+        if (label && init && memcmp(ti.label, want, 32) == 0)
+            return slots[i];
+    }
+    return (CK_SLOT_ID)-1;
+}
+
+static CK_SLOT_ID make_token(const char *label)
+{
+    CK_SLOT_ID s = slot_of(label);
+    CK_SESSION_HANDLE h;
+    CK_UTF8CHAR l[32];
+    if (s != (CK_SLOT_ID)-1)
+        return s;
+    s = slot_of(NULL);
+    assert_int_not_equal(s, (CK_SLOT_ID)-1);
+    pad32(l, label);
+    CK(f->C_InitToken(s, (CK_UTF8CHAR_PTR)SO, strlen(SO), l));
+    s = slot_of(label);
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h));
+    CK(f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
+    CK(f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    CK(f->C_Logout(h));
+    CK(f->C_CloseSession(h));
+    return s;
+}
+
+static CK_SESSION_HANDLE user_session(CK_SLOT_ID s, bool rw)
+{
+    CK_SESSION_HANDLE h;
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0), NULL, NULL, &h));
+    CK_RV rv = f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN));
+    assert_true(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+    return h;
+}
+
+static CK_OBJECT_HANDLE make_data(CK_SESSION_HANDLE h, const char *label, bool token, bool priv)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_OBJECT_HANDLE o;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, token ? &yes : &no, 1},
+        {CKA_PRIVATE, priv ? &yes : &no, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_VALUE, (void *)"value bytes", 11},
+    };
+    CK(f->C_CreateObject(h, t, 5, &o));
+    return o;
+}
+
+static CK_OBJECT_HANDLE make_aes(CK_SESSION_HANDLE h, const char *label, bool token)
+{
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ULONG len = 32;
+    CK_OBJECT_HANDLE k;
+    CK_ATTRIBUTE t[] = {
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+        {CKA_TOKEN, token ? &yes : &no, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ENCRYPT, &yes, 1},
+        {CKA_DECRYPT, &yes, 1},
+    };
+    CK(f->C_GenerateKey(h, &m, t, 5, &k));
+    return k;
+}
+
+static void make_ec(CK_SESSION_HANDLE h, const char *label, bool token, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_MECHANISM m = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE pt[] = {
+        {CKA_EC_PARAMS, (void *)p256, sizeof(p256)},
+        {CKA_TOKEN, token ? &yes : &no, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_VERIFY, &yes, 1},
+    };
+    CK_ATTRIBUTE kt[] = {
+        {CKA_TOKEN, token ? &yes : &no, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_SIGN, &yes, 1},
+        {CKA_SENSITIVE, &yes, 1},
+    };
+    CK(f->C_GenerateKeyPair(h, &m, pt, 4, kt, 4, pub, priv));
+}
+
+/* ---- fixtures ------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *mod = getenv("P11MK_MODULE");
+    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
+
+    if (!mod)
+        mod = "pkcs11/p11mk-pkcs11.so";
+    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-p11-XXXXXX");
+    if (!mkdtemp(tmp))
+        return -1;
+    snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
+    snprintf(keystore, sizeof(keystore), "%s/ks", tmp);
+    snprintf(logfile, sizeof(logfile), "%s/p11mk.log", tmp);
+    write_conf(conf, NULL);
+    setenv("P11MK_CONF", conf, 1);
+    dl = dlopen(mod, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        fprintf(stderr, "dlopen %s: %s\n", mod, dlerror());
+        return -1;
+    }
+    gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
+    if (!gfl || gfl(&f) != CKR_OK)
+        return -1;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    f->C_Finalize(NULL);
+    nftw(tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    CK_RV rv = f->C_Initialize(NULL);
+    return rv == CKR_OK ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    f->C_Finalize(NULL);
+    return 0;
+}
+
+/* ---- library ------------------------------------------------------------- */
+
+static void test_exports_only_three(void **state)
+{
+    (void)state;
+    assert_non_null(dlsym(dl, "C_GetFunctionList"));
+    assert_non_null(dlsym(dl, "C_GetInterfaceList"));
+    assert_non_null(dlsym(dl, "C_GetInterface"));
+    const char *hidden[] = {"C_Initialize", "C_Sign", "ks_open", "tok_ctx_open", "p11_lock", "tok_op_init"};
+    for (size_t i = 0; i < sizeof(hidden) / sizeof(hidden[0]); i++)
+        assert_null(dlsym(dl, hidden[i]));
+}
+
+static void test_not_initialized(void **state)
+{
+    (void)state;
+    CK_INFO info;
+    CK_ULONG n;
+    CK_SESSION_HANDLE h;
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_GetInfo(&info));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_GetSlotList(CK_FALSE, NULL, &n));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_OpenSession(1, CKF_SERIAL_SESSION, NULL, NULL, &h));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_CloseSession(1));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_Login(1, CKU_USER, (CK_UTF8CHAR_PTR)PIN, 8));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_FindObjectsInit(1, NULL, 0));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_GenerateRandom(1, (CK_BYTE_PTR)&n, sizeof(n)));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_Finalize(NULL));
+
+    /* Bad initialize arguments. */
+    CK_C_INITIALIZE_ARGS a;
+    memset(&a, 0, sizeof(a));
+    a.pReserved = &a;
+    RV(CKR_ARGUMENTS_BAD, f->C_Initialize(&a));
+    memset(&a, 0, sizeof(a));
+    a.CreateMutex = (CK_CREATEMUTEX)(void (*)(void))abort; /* only some callbacks given */
+    RV(CKR_ARGUMENTS_BAD, f->C_Initialize(&a));
+    memset(&a, 0, sizeof(a));
+    a.flags = CKF_OS_LOCKING_OK;
+    CK(f->C_Initialize(&a));
+    RV(CKR_CRYPTOKI_ALREADY_INITIALIZED, f->C_Initialize(NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_Finalize(&a));
+    CK(f->C_Finalize(NULL));
+}
+
+static void test_interfaces(void **state)
+{
+    (void)state;
+    CK_RV (*gil)(CK_INTERFACE_PTR, CK_ULONG_PTR) = (CK_RV(*)(CK_INTERFACE_PTR, CK_ULONG_PTR))dlsym(dl, "C_GetInterfaceList");
+    CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) =
+        (CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(dl, "C_GetInterface");
+    CK_INTERFACE list[4], *ip;
+    CK_ULONG n = 0;
+
+    RV(CKR_ARGUMENTS_BAD, gil(list, NULL));
+    CK(gil(NULL, &n));
+    assert_int_equal(n, 2);
+    n = 1;
+    RV(CKR_BUFFER_TOO_SMALL, gil(list, &n));
+    assert_int_equal(n, 2);
+    n = 4;
+    CK(gil(list, &n));
+    assert_string_equal((char *)list[0].pInterfaceName, "PKCS 11");
+
+    CK(gi((CK_UTF8CHAR_PTR) "PKCS 11", NULL, &ip, 0));
+    CK_VERSION *v = ip->pFunctionList;
+    assert_int_equal(v->major, 3);
+    assert_int_equal(v->minor, 0);
+    CK_VERSION want = {2, 40};
+    CK(gi((CK_UTF8CHAR_PTR) "PKCS 11", &want, &ip, 0));
+    v = ip->pFunctionList;
+    assert_int_equal(v->major, 2);
+    assert_int_equal(v->minor, 40);
+    RV(CKR_ARGUMENTS_BAD, gi((CK_UTF8CHAR_PTR) "Vendor X", NULL, &ip, 0));
+    RV(CKR_ARGUMENTS_BAD, gi(NULL, NULL, NULL, 0));
+
+    /* The 3.0 list works and its message functions say not supported. */
+    CK_FUNCTION_LIST_3_0 *f3;
+    CK(gi(NULL, NULL, &ip, 0));
+    f3 = ip->pFunctionList;
+    CK(f3->C_Initialize(NULL));
+    CK_SLOT_ID s = make_token("v3");
+    CK_SESSION_HANDLE h;
+    CK(f3->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &h));
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f3->C_MessageEncryptInit(h, NULL, 0));
+    CK(f3->C_LoginUser(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN), NULL, 0));
+    CK(f3->C_SessionCancel(h, CKF_FIND_OBJECTS));
+    CK(f3->C_Finalize(NULL));
+}
+
+static void test_info(void **state)
+{
+    (void)state;
+    CK_INFO info;
+    CK_SLOT_INFO si;
+    CK_TOKEN_INFO ti;
+    CK_SLOT_ID slots[8];
+    CK_ULONG n;
+
+    RV(CKR_ARGUMENTS_BAD, f->C_GetInfo(NULL));
+    CK(f->C_GetInfo(&info));
+    assert_int_equal(info.cryptokiVersion.major, 2);
+    assert_int_equal(info.cryptokiVersion.minor, 40);
+    assert_memory_equal(info.manufacturerID, "p11mk", 5);
+    assert_int_equal(info.flags, 0);
+
+    CK_SLOT_ID s = make_token("info");
+    RV(CKR_ARGUMENTS_BAD, f->C_GetSlotList(CK_FALSE, slots, NULL));
+    CK(f->C_GetSlotList(CK_FALSE, NULL, &n));
+    assert_true(n >= 2);
+    CK_ULONG all = n;
+    n = 1;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_GetSlotList(CK_FALSE, slots, &n));
+    assert_int_equal(n, all);
+    CK(f->C_GetSlotList(CK_FALSE, slots, &n));
+
+    RV(CKR_SLOT_ID_INVALID, f->C_GetSlotInfo(9999, &si));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetSlotInfo(s, NULL));
+    CK(f->C_GetSlotInfo(s, &si));
+    assert_true(si.flags & CKF_TOKEN_PRESENT);
+    assert_false(si.flags & CKF_HW_SLOT);
+
+    RV(CKR_SLOT_ID_INVALID, f->C_GetTokenInfo(9999, &ti));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetTokenInfo(s, NULL));
+    CK(f->C_GetTokenInfo(s, &ti));
+    CK_FLAGS want = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+    assert_int_equal(ti.flags & want, want);
+    assert_memory_equal(ti.manufacturerID, "p11mk", 5);
+    assert_int_not_equal(ti.serialNumber[0], ' ');
+    assert_int_not_equal(ti.model[0], ' ');
+    assert_int_equal(ti.ulMinPinLen, 4);
+    assert_int_equal(ti.ulMaxPinLen, 255);
+    assert_int_equal(ti.ulMaxSessionCount, CK_EFFECTIVELY_INFINITE);
+
+    /* The free slot's token is not initialized. */
+    CK(f->C_GetTokenInfo(slot_of(NULL), &ti));
+    assert_false(ti.flags & CKF_TOKEN_INITIALIZED);
+
+    /* Mechanisms. */
+    CK_MECHANISM_TYPE mechs[64];
+    CK_MECHANISM_INFO mi;
+    RV(CKR_ARGUMENTS_BAD, f->C_GetMechanismList(s, mechs, NULL));
+    CK(f->C_GetMechanismList(s, NULL, &n));
+    assert_true(n >= 12);
+    CK_ULONG nm = n;
+    n = 2;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_GetMechanismList(s, mechs, &n));
+    assert_int_equal(n, nm);
+    CK(f->C_GetMechanismList(s, mechs, &n));
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK(f->C_GetMechanismInfo(s, mechs[i], &mi));
+        assert_true(mi.ulMinKeySize <= mi.ulMaxKeySize);
+        assert_int_not_equal(mi.flags, 0);
+    }
+    RV(CKR_MECHANISM_INVALID, f->C_GetMechanismInfo(s, CKM_VENDOR_DEFINED + 77, &mi));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetMechanismInfo(s, CKM_SHA256, NULL));
+    RV(CKR_SLOT_ID_INVALID, f->C_GetMechanismInfo(9999, CKM_SHA256, &mi));
+    CK(f->C_GetMechanismInfo(s, CKM_EC_KEY_PAIR_GEN, &mi));
+    assert_int_equal(mi.ulMinKeySize, 256);
+    assert_int_equal(mi.ulMaxKeySize, 384);
+    assert_true(mi.flags & CKF_GENERATE_KEY_PAIR);
+    CK(f->C_GetMechanismInfo(s, CKM_RSA_PKCS_KEY_PAIR_GEN, &mi));
+    assert_int_equal(mi.ulMinKeySize, 2048);
+    assert_int_equal(mi.ulMaxKeySize, 4096);
+}
+
+/* ---- sessions and login -------------------------------------------------- */
+
+static void test_sessions(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("sess");
+    CK_SESSION_HANDLE ro, rw;
+    CK_SESSION_INFO si;
+
+    RV(CKR_ARGUMENTS_BAD, f->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, NULL));
+    RV(CKR_SESSION_PARALLEL_NOT_SUPPORTED, f->C_OpenSession(s, 0, NULL, NULL, &ro));
+    RV(CKR_SLOT_ID_INVALID, f->C_OpenSession(9999, CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    RV(CKR_TOKEN_NOT_RECOGNIZED, f->C_OpenSession(slot_of(NULL), CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw));
+    assert_int_not_equal(ro, rw);
+
+    RV(CKR_ARGUMENTS_BAD, f->C_GetSessionInfo(ro, NULL));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_GetSessionInfo(0, &si));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_GetSessionInfo(rw + 1000, &si));
+    CK(f->C_GetSessionInfo(ro, &si));
+    assert_int_equal(si.state, CKS_RO_PUBLIC_SESSION);
+    assert_int_equal(si.slotID, s);
+    CK(f->C_GetSessionInfo(rw, &si));
+    assert_int_equal(si.state, CKS_RW_PUBLIC_SESSION);
+    assert_true(si.flags & CKF_RW_SESSION);
+
+    /* Login errors. */
+    RV(CKR_USER_TYPE_INVALID, f->C_Login(ro, 77, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    RV(CKR_ARGUMENTS_BAD, f->C_Login(ro, CKU_USER, NULL, 4));
+    RV(CKR_PIN_INCORRECT, f->C_Login(ro, CKU_USER, (CK_UTF8CHAR_PTR) "wrong-pin", 9));
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_Logout(ro));
+    /* SO login with a R/O session open is refused. */
+    RV(CKR_SESSION_READ_ONLY_EXISTS, f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
+
+    CK(f->C_Login(ro, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    RV(CKR_USER_ALREADY_LOGGED_IN, f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    RV(CKR_USER_ANOTHER_ALREADY_LOGGED_IN, f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
+    CK(f->C_GetSessionInfo(ro, &si));
+    assert_int_equal(si.state, CKS_RO_USER_FUNCTIONS);
+    CK(f->C_GetSessionInfo(rw, &si));
+    assert_int_equal(si.state, CKS_RW_USER_FUNCTIONS);
+    CK(f->C_Logout(rw));
+    CK(f->C_GetSessionInfo(ro, &si));
+    assert_int_equal(si.state, CKS_RO_PUBLIC_SESSION);
+
+    CK(f->C_CloseSession(ro));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_CloseSession(ro));
+    CK(f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
+    CK(f->C_GetSessionInfo(rw, &si));
+    assert_int_equal(si.state, CKS_RW_SO_FUNCTIONS);
+    /* With the SO logged in, no R/O session may be opened. */
+    RV(CKR_SESSION_READ_WRITE_SO_EXISTS, f->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    RV(CKR_SLOT_ID_INVALID, f->C_CloseAllSessions(9999));
+    CK(f->C_CloseAllSessions(s));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_GetSessionInfo(rw, &si));
+    /* Closing the last session logs out. */
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    CK(f->C_GetSessionInfo(ro, &si));
+    assert_int_equal(si.state, CKS_RO_PUBLIC_SESSION);
+
+    /* Token-level functions and session state. */
+    RV(CKR_SESSION_EXISTS, f->C_InitToken(s, (CK_UTF8CHAR_PTR)SO, strlen(SO), (CK_UTF8CHAR_PTR) "x"));
+    RV(CKR_SESSION_READ_ONLY, f->C_SetPIN(ro, (CK_UTF8CHAR_PTR)PIN, strlen(PIN), (CK_UTF8CHAR_PTR) "new-pin", 7));
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_InitPIN(ro, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    CK_BYTE rnd[16];
+    RV(CKR_ARGUMENTS_BAD, f->C_GenerateRandom(ro, NULL, 16));
+    CK(f->C_GenerateRandom(ro, rnd, sizeof(rnd)));
+    RV(CKR_RANDOM_SEED_NOT_SUPPORTED, f->C_SeedRandom(ro, rnd, sizeof(rnd)));
+    RV(CKR_FUNCTION_NOT_PARALLEL, f->C_GetFunctionStatus(ro));
+    RV(CKR_FUNCTION_NOT_PARALLEL, f->C_CancelFunction(ro));
+    CK_ULONG len;
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_GetOperationState(ro, NULL, &len));
+    CK(f->C_CloseAllSessions(s));
+}
+
+static void test_pins(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("pins");
+    CK_SESSION_HANDLE h;
+    CK_TOKEN_INFO ti;
+
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h));
+    /* PIN length limits. */
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    RV(CKR_PIN_LEN_RANGE, f->C_SetPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN), (CK_UTF8CHAR_PTR) "123", 3));
+    RV(CKR_PIN_INCORRECT, f->C_SetPIN(h, (CK_UTF8CHAR_PTR) "not-it", 6, (CK_UTF8CHAR_PTR) "new-pin-1", 9));
+    CK(f->C_SetPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN), (CK_UTF8CHAR_PTR) "new-pin-1", 9));
+    CK(f->C_Logout(h));
+    RV(CKR_PIN_INCORRECT, f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "new-pin-1", 9));
+    CK(f->C_Logout(h));
+
+    /* Lock-out: counters persist and are reported. */
+    for (int i = 1; i <= 10; i++) {
+        CK_RV rv = f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "bad-pin", 7);
+        CK(f->C_GetTokenInfo(s, &ti));
+        if (i < 10) {
+            RV(CKR_PIN_INCORRECT, rv);
+            assert_true(ti.flags & CKF_USER_PIN_COUNT_LOW);
+            assert_int_equal(!!(ti.flags & CKF_USER_PIN_FINAL_TRY), i == 9);
+            assert_false(ti.flags & CKF_USER_PIN_LOCKED);
+        } else {
+            assert_true(rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED);
+            assert_true(ti.flags & CKF_USER_PIN_LOCKED);
+        }
+    }
+    RV(CKR_PIN_LOCKED, f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "new-pin-1", 9));
+    /* The lock survives a restart of the module. */
+    CK(f->C_Finalize(NULL));
+    CK(f->C_Initialize(NULL));
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h));
+    RV(CKR_PIN_LOCKED, f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "new-pin-1", 9));
+    /* The SO resets it. */
+    CK(f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
+    CK(f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    CK(f->C_Logout(h));
+    CK(f->C_GetTokenInfo(s, &ti));
+    assert_false(ti.flags & (CKF_USER_PIN_LOCKED | CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY));
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    /* A correct login resets the counter. */
+    CK(f->C_Logout(h));
+    RV(CKR_PIN_INCORRECT, f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "bad-pin", 7));
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    CK(f->C_GetTokenInfo(s, &ti));
+    assert_false(ti.flags & CKF_USER_PIN_COUNT_LOW);
+    CK(f->C_CloseAllSessions(s));
+}
+
+/* ---- objects and attributes ---------------------------------------------- */
+
+static void test_objects(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("objs");
+    CK_SESSION_HANDLE ro, rw = user_session(s, true);
+    CK_OBJECT_HANDLE d, p, k;
+    CK_OBJECT_CLASS cls = CKO_DATA;
+
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    /* Creation errors. */
+    CK_ATTRIBUTE noclass[] = {{CKA_LABEL, "x", 1}};
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_CreateObject(rw, noclass, 1, &d));
+    CK_ATTRIBUTE unknown[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_VENDOR_DEFINED + 5, "x", 1}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_CreateObject(rw, unknown, 2, &d));
+    CK_ATTRIBUTE badbool[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 4}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_CreateObject(rw, badbool, 2, &d));
+    RV(CKR_ARGUMENTS_BAD, f->C_CreateObject(rw, NULL, 1, &d));
+    RV(CKR_ARGUMENTS_BAD, f->C_CreateObject(rw, noclass, 1, NULL));
+    CK_ATTRIBUTE tokobj[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}};
+    RV(CKR_SESSION_READ_ONLY, f->C_CreateObject(ro, tokobj, 2, &d));
+
+    d = make_data(rw, "pub-data", true, false);
+    p = make_data(rw, "priv-data", true, true);
+    k = make_aes(rw, "secret", true);
+
+    /* Get attribute: every rule of C_GetAttributeValue. */
+    char label[64];
+    CK_BYTE value[64];
+    CK_ATTRIBUTE t[3] = {{CKA_LABEL, NULL, 0}, {CKA_VALUE, NULL, 0}, {CKA_CLASS, NULL, 0}};
+    CK(f->C_GetAttributeValue(rw, d, t, 3));
+    assert_int_equal(t[0].ulValueLen, 8);
+    assert_int_equal(t[1].ulValueLen, 11);
+    assert_int_equal(t[2].ulValueLen, sizeof(CK_OBJECT_CLASS));
+    t[0].pValue = label;
+    t[0].ulValueLen = 3; /* too short */
+    t[1].pValue = value;
+    t[1].ulValueLen = sizeof(value);
+    t[2].pValue = &cls;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_GetAttributeValue(rw, d, t, 3));
+    assert_int_equal(t[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_int_equal(t[1].ulValueLen, 11); /* the others are still filled */
+    assert_memory_equal(value, "value bytes", 11);
+    CK_ATTRIBUTE t2[] = {{CKA_MODULUS, NULL, 0}, {CKA_LABEL, label, sizeof(label)}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_GetAttributeValue(rw, d, t2, 2));
+    assert_int_equal(t2[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_int_equal(t2[1].ulValueLen, 8);
+    assert_memory_equal(label, "pub-data", 8);
+    /* Sensitive secret value. */
+    CK_ATTRIBUTE t3[] = {{CKA_VALUE, value, sizeof(value)}, {CKA_VALUE_LEN, NULL, 0}};
+    RV(CKR_ATTRIBUTE_SENSITIVE, f->C_GetAttributeValue(rw, k, t3, 2));
+    assert_int_equal(t3[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_int_equal(t3[1].ulValueLen, sizeof(CK_ULONG));
+    CK_BBOOL b;
+    CK_ATTRIBUTE t4[] = {{CKA_LOCAL, &b, 1}};
+    CK(f->C_GetAttributeValue(rw, k, t4, 1));
+    assert_true(b);
+    RV(CKR_ARGUMENTS_BAD, f->C_GetAttributeValue(rw, d, NULL, 1));
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_GetAttributeValue(rw, 0, t, 1));
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_GetAttributeValue(rw, 0x7fffff, t, 1));
+
+    /* Object size. */
+    CK_ULONG size;
+    RV(CKR_ARGUMENTS_BAD, f->C_GetObjectSize(rw, d, NULL));
+    CK(f->C_GetObjectSize(rw, d, &size));
+    assert_true(size > 19);
+
+    /* Set attribute rules. */
+    CK_ATTRIBUTE nl[] = {{CKA_LABEL, "renamed", 7}};
+    CK(f->C_SetAttributeValue(rw, d, nl, 1));
+    RV(CKR_SESSION_READ_ONLY, f->C_SetAttributeValue(ro, d, nl, 1));
+    CK_OBJECT_CLASS other = CKO_SECRET_KEY;
+    CK_ATTRIBUTE ncls[] = {{CKA_CLASS, &other, sizeof(other)}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_SetAttributeValue(rw, d, ncls, 1));
+    CK_ATTRIBUTE sens_off[] = {{CKA_SENSITIVE, &no, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_SetAttributeValue(rw, k, sens_off, 1));
+    CK_ATTRIBUTE ext_off[] = {{CKA_EXTRACTABLE, &no, 1}};
+    CK(f->C_SetAttributeValue(rw, k, ext_off, 1));
+    CK_ATTRIBUTE ext_on[] = {{CKA_EXTRACTABLE, &yes, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_SetAttributeValue(rw, k, ext_on, 1));
+    CK_ATTRIBUTE local[] = {{CKA_LOCAL, &no, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_SetAttributeValue(rw, k, local, 1));
+    CK_ATTRIBUTE lt[] = {{CKA_LABEL, label, sizeof(label)}};
+    CK(f->C_GetAttributeValue(ro, d, lt, 1));
+    assert_int_equal(lt[0].ulValueLen, 7);
+    assert_memory_equal(label, "renamed", 7);
+    /* CKA_ALWAYS_SENSITIVE / NEVER_EXTRACTABLE of a generated key. */
+    CK_BBOOL as, ne;
+    CK_ATTRIBUTE flags[] = {{CKA_ALWAYS_SENSITIVE, &as, 1}, {CKA_NEVER_EXTRACTABLE, &ne, 1}};
+    CK(f->C_GetAttributeValue(rw, k, flags, 2));
+    assert_true(as);
+
+    /* Copy. */
+    CK_OBJECT_HANDLE c;
+    CK_ATTRIBUTE cl[] = {{CKA_LABEL, "copy", 4}, {CKA_TOKEN, &no, 1}};
+    CK(f->C_CopyObject(rw, d, cl, 2, &c));
+    CK_ATTRIBUTE cv[] = {{CKA_VALUE, value, sizeof(value)}, {CKA_TOKEN, &b, 1}};
+    CK(f->C_GetAttributeValue(rw, c, cv, 2));
+    assert_int_equal(cv[0].ulValueLen, 11);
+    assert_false(b);
+    CK_ATTRIBUTE ccls[] = {{CKA_CLASS, &other, sizeof(other)}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CopyObject(rw, d, ccls, 1, &c));
+    RV(CKR_ARGUMENTS_BAD, f->C_CopyObject(rw, d, cl, 2, NULL));
+
+    /* Private objects: invisible after logout. */
+    CK(f->C_Logout(rw));
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_GetAttributeValue(ro, p, lt, 1));
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_DestroyObject(rw, p));
+    lt[0].ulValueLen = sizeof(label);
+    CK(f->C_GetAttributeValue(ro, d, lt, 1));
+    CK_ATTRIBUTE privobj[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_PRIVATE, &yes, 1}};
+    cls = CKO_DATA;
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_CreateObject(rw, privobj, 2, &c));
+    CK(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+
+    /* Destroy. */
+    RV(CKR_SESSION_READ_ONLY, f->C_DestroyObject(ro, d));
+    CK(f->C_DestroyObject(rw, d));
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_DestroyObject(rw, d));
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_GetAttributeValue(rw, d, lt, 1));
+    CK_ATTRIBUTE nodestroy[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_DESTROYABLE, &no, 1}};
+    CK(f->C_CreateObject(rw, nodestroy, 2, &c));
+    RV(CKR_ACTION_PROHIBITED, f->C_DestroyObject(rw, c));
+
+    /* Session objects vanish with their session. */
+    CK_SESSION_HANDLE tmp_s = user_session(s, false);
+    CK_OBJECT_HANDLE so = make_data(tmp_s, "session-obj", false, false);
+    lt[0].ulValueLen = sizeof(label);
+    CK(f->C_GetAttributeValue(rw, so, lt, 1)); /* visible from other sessions */
+    CK(f->C_CloseSession(tmp_s));
+    lt[0].ulValueLen = sizeof(label);
+    RV(CKR_OBJECT_HANDLE_INVALID, f->C_GetAttributeValue(rw, so, lt, 1));
+    CK(f->C_CloseAllSessions(s));
+}
+
+static CK_ULONG count_found(CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_OBJECT_HANDLE objs[8];
+    CK_ULONG got, total = 0;
+    CK(f->C_FindObjectsInit(h, t, n));
+    do {
+        CK(f->C_FindObjects(h, objs, 8, &got));
+        total += got;
+    } while (got == 8);
+    CK(f->C_FindObjectsFinal(h));
+    return total;
+}
+
+static void test_find(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("find");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_CLASS data = CKO_DATA, seckey = CKO_SECRET_KEY;
+    CK_OBJECT_HANDLE objs[4];
+    CK_ULONG n;
+
+    for (int i = 0; i < 20; i++) {
+        char l[16];
+        snprintf(l, sizeof(l), "item-%d", i % 5);
+        make_data(h, l, true, i % 2);
+    }
+    make_data(h, "item-0", false, false);
+    make_aes(h, "item-0", true);
+
+    CK_ATTRIBUTE byl[] = {{CKA_LABEL, "item-0", 6}};
+    assert_int_equal(count_found(h, byl, 1), 6);
+    CK_ATTRIBUTE bylc[] = {{CKA_LABEL, "item-0", 6}, {CKA_CLASS, &data, sizeof(data)}};
+    assert_int_equal(count_found(h, bylc, 2), 5);
+    CK_ATTRIBUTE bytok[] = {{CKA_LABEL, "item-0", 6}, {CKA_TOKEN, &no, 1}};
+    assert_int_equal(count_found(h, bytok, 2), 1);
+    CK_ATTRIBUTE bysk[] = {{CKA_CLASS, &seckey, sizeof(seckey)}};
+    assert_int_equal(count_found(h, bysk, 1), 1);
+    CK_ATTRIBUTE none[] = {{CKA_LABEL, "absent", 6}};
+    assert_int_equal(count_found(h, none, 1), 0);
+    assert_int_equal(count_found(h, NULL, 0), 22);
+
+    /* Private ones are not found without login. */
+    CK(f->C_Logout(h));
+    assert_int_equal(count_found(h, byl, 1), 3); /* 2 public token + 1 session */
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+
+    /* Life cycle errors. */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_FindObjects(h, objs, 4, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_FindObjectsFinal(h));
+    RV(CKR_ARGUMENTS_BAD, f->C_FindObjectsInit(h, NULL, 1));
+    CK(f->C_FindObjectsInit(h, byl, 1));
+    RV(CKR_OPERATION_ACTIVE, f->C_FindObjectsInit(h, byl, 1));
+    RV(CKR_ARGUMENTS_BAD, f->C_FindObjects(h, NULL, 4, &n));
+    RV(CKR_ARGUMENTS_BAD, f->C_FindObjects(h, objs, 4, NULL));
+    CK(f->C_FindObjects(h, objs, 4, &n));
+    assert_int_equal(n, 4);
+    CK(f->C_FindObjectsFinal(h));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_FindObjectsInit(h + 999, byl, 1));
+    CK(f->C_CloseAllSessions(s));
+}
+
+/* ---- crypto --------------------------------------------------------------- */
+
+static void test_crypto_lifecycle(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("crypto");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE k = make_aes(h, "aes", false), pub, priv;
+    CK_BYTE iv[16] = {1, 2, 3}, in[100], out[256], back[256];
+    CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, sizeof(iv)};
+    CK_ULONG len;
+
+    memset(in, 0x42, sizeof(in));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, sizeof(in), out, &len));
+    RV(CKR_ARGUMENTS_BAD, f->C_EncryptInit(h, NULL, k));
+    RV(CKR_KEY_HANDLE_INVALID, f->C_EncryptInit(h, &cbc, 0x12345));
+    CK_MECHANISM bogus = {CKM_VENDOR_DEFINED + 1, NULL, 0};
+    RV(CKR_MECHANISM_INVALID, f->C_EncryptInit(h, &bogus, k));
+    CK_MECHANISM badiv = {CKM_AES_CBC_PAD, iv, 8};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &badiv, k));
+
+    /* Size query, short buffer, then success: the operation stays active. */
+    CK(f->C_EncryptInit(h, &cbc, k));
+    RV(CKR_OPERATION_ACTIVE, f->C_EncryptInit(h, &cbc, k));
+    CK(f->C_Encrypt(h, in, sizeof(in), NULL, &len));
+    assert_int_equal(len, 112);
+    len = 10;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, in, sizeof(in), out, &len));
+    assert_int_equal(len, 112);
+    len = sizeof(out);
+    CK(f->C_Encrypt(h, in, sizeof(in), out, &len));
+    assert_int_equal(len, 112);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, sizeof(in), out, &len));
+    CK_ULONG ctlen = len;
+
+    /* Multi-part decrypt of the same. */
+    CK(f->C_DecryptInit(h, &cbc, k));
+    CK_ULONG part = sizeof(back), total = 0;
+    CK(f->C_DecryptUpdate(h, out, 50, back, &part));
+    total += part;
+    part = sizeof(back) - total;
+    CK(f->C_DecryptUpdate(h, out + 50, ctlen - 50, back + total, &part));
+    total += part;
+    part = sizeof(back) - total;
+    CK(f->C_DecryptFinal(h, back + total, &part));
+    total += part;
+    assert_int_equal(total, sizeof(in));
+    assert_memory_equal(back, in, sizeof(in));
+    /* A damaged last block: bad padding (or, rarely, valid padding by chance). */
+    CK(f->C_DecryptInit(h, &cbc, k));
+    out[ctlen - 1] ^= 0xff;
+    len = sizeof(back);
+    CK_RV rv = f->C_Decrypt(h, out, ctlen, back, &len);
+    assert_true(rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_OK); /* padding may by chance be valid */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptFinal(h, back, &len));
+    CK(f->C_DecryptInit(h, &cbc, k));
+    len = sizeof(back);
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_Decrypt(h, out, 17, back, &len));
+
+    /* Usage flags: an AES key without CKA_SIGN cannot sign. */
+    CK_MECHANISM hmac = {CKM_SHA256_HMAC, NULL, 0};
+    CK_MECHANISM ecdsa = {CKM_ECDSA_SHA256, NULL, 0};
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_SignInit(h, &ecdsa, k));
+
+    /* ECDSA: single and multi-part, verify, corrupted signature. */
+    make_ec(h, "ec", false, &pub, &priv);
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    CK(f->C_Sign(h, in, sizeof(in), NULL, &len));
+    assert_int_equal(len, 64);
+    len = 63;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_Sign(h, in, sizeof(in), out, &len));
+    len = sizeof(out);
+    CK(f->C_Sign(h, in, sizeof(in), out, &len));
+    assert_int_equal(len, 64);
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    CK(f->C_Verify(h, in, sizeof(in), out, len));
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    CK(f->C_VerifyUpdate(h, in, 30));
+    CK(f->C_VerifyUpdate(h, in + 30, sizeof(in) - 30));
+    CK(f->C_VerifyFinal(h, out, len));
+    out[5] ^= 1;
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    RV(CKR_SIGNATURE_INVALID, f->C_Verify(h, in, sizeof(in), out, len));
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    RV(CKR_SIGNATURE_LEN_RANGE, f->C_Verify(h, in, sizeof(in), out, 10));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_SignInit(h, &ecdsa, pub)); /* public key cannot sign */
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_SignInit(h, &hmac, priv));
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    CK(f->C_SignUpdate(h, in, 10));
+    RV(CKR_OPERATION_ACTIVE, f->C_Sign(h, in, sizeof(in), out, &len)); /* single-part after update */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignFinal(h, out, &len));
+
+    /* Digest known answer. */
+    static const CK_BYTE abc256[] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+                                     0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
+                                     0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestUpdate(h, in, 1));
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DigestUpdate(h, (CK_BYTE_PTR) "a", 1));
+    CK(f->C_DigestUpdate(h, (CK_BYTE_PTR) "bc", 2));
+    len = 16;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_DigestFinal(h, out, &len));
+    assert_int_equal(len, 32);
+    CK(f->C_DigestFinal(h, out, &len));
+    assert_memory_equal(out, abc256, 32);
+    CK(f->C_DigestInit(h, &sha));
+    len = sizeof(out);
+    CK(f->C_Digest(h, (CK_BYTE_PTR) "abc", 3, out, &len));
+    assert_memory_equal(out, abc256, 32);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestKey(h, k));
+    CK(f->C_DigestInit(h, &sha));
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_DigestKey(h, k)); /* arrives with the full mechanism set */
+
+    /* Operations are per session: another session has none active. */
+    CK_SESSION_HANDLE h2 = user_session(s, false);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignFinal(h2, out, &len));
+    /* Keys generated in RO sessions must be session objects. */
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ULONG klen = 16;
+    CK_ATTRIBUTE tt[] = {{CKA_VALUE_LEN, &klen, sizeof(klen)}, {CKA_TOKEN, &yes, 1}};
+    CK_OBJECT_HANDLE k2;
+    RV(CKR_SESSION_READ_ONLY, f->C_GenerateKey(h2, &gen, tt, 2, &k2));
+    klen = 15;
+    RV(CKR_KEY_SIZE_RANGE, f->C_GenerateKey(h, &gen, tt, 2, &k2));
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_GenerateKey(h, &gen, tt + 1, 1, &k2));
+    RV(CKR_ARGUMENTS_BAD, f->C_GenerateKey(h, &gen, tt, 2, NULL));
+    RV(CKR_MECHANISM_INVALID, f->C_GenerateKey(h, &sha, tt, 2, &k2));
+    RV(CKR_MECHANISM_INVALID, f->C_WrapKey(h, &cbc, k, k, NULL, &len));
+    CK(f->C_CloseAllSessions(s));
+}
+
+static void test_gcm_and_rsa(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("crypto2");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE k = make_aes(h, "gcm", true), pub, priv;
+    CK_BYTE iv[12] = {9}, aad[5] = "hdr!", in[33], out[128], back[128];
+    CK_GCM_PARAMS gp = {iv, sizeof(iv), 96, aad, sizeof(aad), 128};
+    CK_MECHANISM gcm = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ULONG len, blen;
+
+    memset(in, 7, sizeof(in));
+    CK(f->C_EncryptInit(h, &gcm, k));
+    len = sizeof(out);
+    CK(f->C_Encrypt(h, in, sizeof(in), out, &len));
+    assert_int_equal(len, sizeof(in) + 16);
+    CK(f->C_DecryptInit(h, &gcm, k));
+    blen = sizeof(back);
+    CK(f->C_Decrypt(h, out, len, back, &blen));
+    assert_int_equal(blen, sizeof(in));
+    assert_memory_equal(back, in, sizeof(in));
+    out[len - 1] ^= 1; /* tag */
+    CK(f->C_DecryptInit(h, &gcm, k));
+    blen = sizeof(back);
+    RV(CKR_ENCRYPTED_DATA_INVALID, f->C_Decrypt(h, out, len, back, &blen));
+    CK_GCM_PARAMS bad = gp;
+    bad.ulTagBits = 13;
+    CK_MECHANISM gcmbad = {CKM_AES_GCM, &bad, sizeof(bad)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &gcmbad, k));
+    CK_MECHANISM gcmnull = {CKM_AES_GCM, NULL, 0};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &gcmnull, k));
+
+    /* RSA 2048 key pair, PKCS#1 sign and encrypt. */
+    CK_MECHANISM rgen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ULONG bits = 2048;
+    CK_ATTRIBUTE pt[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_ENCRYPT, &yes, 1}, {CKA_VERIFY, &yes, 1}};
+    CK_ATTRIBUTE kt[] = {{CKA_DECRYPT, &yes, 1}, {CKA_SIGN, &yes, 1}};
+    CK(f->C_GenerateKeyPair(h, &rgen, pt, 3, kt, 2, &pub, &priv));
+    CK_BYTE mod[512];
+    CK_ATTRIBUTE mt[] = {{CKA_MODULUS, mod, sizeof(mod)}};
+    CK(f->C_GetAttributeValue(h, pub, mt, 1));
+    assert_int_equal(mt[0].ulValueLen, 256);
+    CK(f->C_GetAttributeValue(h, priv, mt, 1)); /* public parts of private keys are readable */
+    CK_ATTRIBUTE pe[] = {{CKA_PRIVATE_EXPONENT, mod, sizeof(mod)}};
+    RV(CKR_ATTRIBUTE_SENSITIVE, f->C_GetAttributeValue(h, priv, pe, 1));
+    CK_MECHANISM rs = {CKM_SHA256_RSA_PKCS, NULL, 0};
+    CK_BYTE sig[512];
+    CK_ULONG slen = sizeof(sig);
+    CK(f->C_SignInit(h, &rs, priv));
+    CK(f->C_Sign(h, in, sizeof(in), sig, &slen));
+    assert_int_equal(slen, 256);
+    CK(f->C_VerifyInit(h, &rs, pub));
+    CK(f->C_Verify(h, in, sizeof(in), sig, slen));
+    CK_MECHANISM rp = {CKM_RSA_PKCS, NULL, 0};
+    CK(f->C_EncryptInit(h, &rp, pub));
+    len = sizeof(out);
+    RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, in, sizeof(in), out, &len));
+    assert_int_equal(len, 256);
+    CK_BYTE big[256];
+    CK(f->C_Encrypt(h, in, sizeof(in), big, &len));
+    CK(f->C_DecryptInit(h, &rp, priv));
+    blen = sizeof(back);
+    CK(f->C_Decrypt(h, big, len, back, &blen));
+    assert_int_equal(blen, sizeof(in));
+    assert_memory_equal(back, in, sizeof(in));
+    CK(f->C_EncryptInit(h, &rp, pub));
+    len = sizeof(big);
+    RV(CKR_DATA_LEN_RANGE, f->C_Encrypt(h, big, 250, big, &len));
+    bits = 1024;
+    RV(CKR_KEY_SIZE_RANGE, f->C_GenerateKeyPair(h, &rgen, pt, 3, kt, 2, &pub, &priv));
+    CK(f->C_CloseAllSessions(s));
+}
+
+/* ---- keystore-level failures --------------------------------------------- */
+
+/* Find an object's keystore key (token BE32 | oid BE64) and flip a byte of its record. */
+static void tamper_record(CK_SLOT_ID slot, CK_OBJECT_HANDLE oid)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    uint8_t kb[12];
+    for (int i = 0; i < 4; i++)
+        kb[i] = (uint8_t)(slot >> (24 - 8 * i));
+    for (int i = 0; i < 8; i++)
+        kb[4 + i] = (uint8_t)((uint64_t)oid >> (56 - 8 * i));
+    MDB_val k = {12, kb}, v;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    assert_int_equal(mdb_env_open(env, keystore, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "objects", 0, &dbi), 0);
+    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+    uint8_t *copy = malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    copy[v.mv_size - 20] ^= 0x10;
+    MDB_val nv = {v.mv_size, copy};
+    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    free(copy);
+}
+
+static void test_tampered_record(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("tamper");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE a = make_data(h, "victim", true, false), b = make_data(h, "bystander", true, false);
+    CK_OBJECT_HANDLE kpub, kpriv;
+    make_ec(h, "victim-key", true, &kpub, &kpriv);
+    CK(f->C_Finalize(NULL)); /* LMDB must not be opened twice in one process */
+    tamper_record(s, a);
+    tamper_record(s, kpriv);
+    CK(f->C_Initialize(NULL));
+    h = user_session(s, true);
+    char label[32];
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, label, sizeof(label)}};
+    RV(CKR_DEVICE_ERROR, f->C_GetAttributeValue(h, a, t, 1));
+    char needle[64];
+    snprintf(needle, sizeof(needle), "object %lu", (unsigned long)a);
+    assert_true(log_contains(needle));
+    CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_RV rv = f->C_SignInit(h, &m, kpriv);
+    assert_true(rv == CKR_DEVICE_ERROR || rv == CKR_KEY_HANDLE_INVALID);
+    assert_int_equal(rv, CKR_DEVICE_ERROR);
+    /* Other objects still work, and new ones can be made. */
+    CK(f->C_GetAttributeValue(h, b, t, 1));
+    make_data(h, "after", true, false);
+    /* A find skips nothing silently: the damaged object is not returned as a match. */
+    CK_ATTRIBUTE byl[] = {{CKA_LABEL, "bystander", 9}};
+    assert_int_equal(count_found(h, byl, 1), 1);
+    CK(f->C_CloseAllSessions(s));
+}
+
+static void test_wrong_key_and_bad_config(void **state)
+{
+    (void)state;
+    char keyfile[160], conf2[160], line[256];
+    CK_INFO info;
+    CK(f->C_Initialize(NULL));
+    make_token("kcv"); /* the keystore exists under the default key */
+    CK(f->C_Finalize(NULL));
+
+    snprintf(keyfile, sizeof(keyfile), "%s/other.key", tmp);
+    int fd = open(keyfile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "0123456789abcdef0123456789abcdef", 32), 32);
+    close(fd);
+    snprintf(conf2, sizeof(conf2), "%s/wrong.conf", tmp);
+    snprintf(line, sizeof(line), "master_key = %s\n", keyfile);
+    write_conf(conf2, line);
+    setenv("P11MK_CONF", conf2, 1);
+    RV(CKR_GENERAL_ERROR, f->C_Initialize(NULL));
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED, f->C_GetInfo(&info));
+    assert_true(log_contains("check value"));
+    assert_true(log_contains(keyfile));
+
+    /* Loose key file permissions. */
+    chmod(keyfile, 0644);
+    RV(CKR_GENERAL_ERROR, f->C_Initialize(NULL));
+    assert_true(log_contains("chmod 600"));
+
+    /* Unknown configuration key. */
+    write_conf(conf2, "colour = blue\n");
+    RV(CKR_GENERAL_ERROR, f->C_Initialize(NULL));
+
+    /* A keystore directory that cannot be created. */
+    FILE *c = fopen(conf2, "w");
+    fprintf(c, "keystore = /proc/p11mk-cannot-exist\nlog = %s\n", logfile);
+    fclose(c);
+    RV(CKR_GENERAL_ERROR, f->C_Initialize(NULL));
+
+    setenv("P11MK_CONF", conf, 1);
+    CK(f->C_Initialize(NULL));
+    assert_int_not_equal(slot_of("kcv"), (CK_SLOT_ID)-1);
+    CK(f->C_Finalize(NULL));
+}
+
+static void test_fork(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("fork");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    make_data(h, "before-fork", true, false);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        CK_INFO info;
+        CK_SESSION_HANDLE ch;
+        int ok = f->C_GetInfo(&info) == CKR_CRYPTOKI_NOT_INITIALIZED;
+        ok = ok && f->C_Initialize(NULL) == CKR_OK;
+        ok = ok && f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &ch) == CKR_OK;
+        ok = ok && f->C_Login(ch, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) == CKR_OK;
+        CK_ATTRIBUTE t[] = {{CKA_LABEL, "before-fork", 11}};
+        CK_OBJECT_HANDLE o;
+        CK_ULONG n = 0;
+        ok = ok && f->C_FindObjectsInit(ch, t, 1) == CKR_OK && f->C_FindObjects(ch, &o, 1, &n) == CKR_OK && n == 1;
+        f->C_FindObjectsFinal(ch);
+        CK_OBJECT_CLASS cls = CKO_DATA;
+        CK_ATTRIBUTE d[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}, {CKA_LABEL, "from-child", 10}};
+        ok = ok && f->C_CreateObject(ch, d, 3, &o) == CKR_OK;
+        ok = ok && f->C_Finalize(NULL) == CKR_OK;
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* The parent is unaffected and sees the child's object. */
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, "from-child", 10}};
+    assert_int_equal(count_found(h, t, 1), 1);
+    CK(f->C_CloseAllSessions(s));
+}
+
+typedef struct {
+    CK_SLOT_ID slot;
+    CK_OBJECT_HANDLE priv, pub;
+    int failures;
+    int id;
+} thr_arg;
+
+static void *thr_main(void *p)
+{
+    thr_arg *a = p;
+    CK_SESSION_HANDLE h;
+    CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_BYTE sig[64];
+    CK_ULONG len;
+    if (f->C_OpenSession(a->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK) {
+        a->failures++;
+        return NULL;
+    }
+    for (int i = 0; i < 40; i++) {
+        len = sizeof(sig);
+        if (f->C_SignInit(h, &m, a->priv) != CKR_OK || f->C_Sign(h, (CK_BYTE_PTR) "msg", 3, sig, &len) != CKR_OK)
+            a->failures++;
+        if (f->C_VerifyInit(h, &m, a->pub) != CKR_OK || f->C_Verify(h, (CK_BYTE_PTR) "msg", 3, sig, len) != CKR_OK)
+            a->failures++;
+        if (i % 10 == 0) {
+            char l[32];
+            snprintf(l, sizeof(l), "thread-%d-%d", a->id, i);
+            CK_OBJECT_CLASS cls = CKO_DATA;
+            CK_OBJECT_HANDLE o;
+            CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}, {CKA_LABEL, l, strlen(l)}};
+            if (f->C_CreateObject(h, t, 3, &o) != CKR_OK)
+                a->failures++;
+        }
+    }
+    f->C_CloseSession(h);
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("threads");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE pub, priv;
+    make_ec(h, "shared", true, &pub, &priv);
+    pthread_t th[8];
+    thr_arg args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i] = (thr_arg){s, priv, pub, 0, i};
+        assert_int_equal(pthread_create(&th[i], NULL, thr_main, &args[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    assert_int_equal(count_found(h, t, 1), 32);
+    CK(f->C_CloseAllSessions(s));
+}
+
+static void test_reinit_token_wipes(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("wipe");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    make_data(h, "doomed", true, false);
+    CK(f->C_CloseAllSessions(s));
+    CK_UTF8CHAR l[32];
+    pad32(l, "wipe");
+    RV(CKR_PIN_INCORRECT, f->C_InitToken(s, (CK_UTF8CHAR_PTR) "wrong-so", 8, l));
+    RV(CKR_ARGUMENTS_BAD, f->C_InitToken(s, (CK_UTF8CHAR_PTR)SO, strlen(SO), NULL));
+    CK(f->C_InitToken(s, (CK_UTF8CHAR_PTR)SO, strlen(SO), l));
+    CK_TOKEN_INFO ti;
+    CK(f->C_GetTokenInfo(s, &ti));
+    assert_false(ti.flags & CKF_USER_PIN_INITIALIZED);
+    CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h));
+    CK(f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
+    CK(f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    CK(f->C_Logout(h));
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    assert_int_equal(count_found(h, NULL, 0), 0);
+    CK(f->C_CloseAllSessions(s));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exports_only_three),
+        cmocka_unit_test(test_not_initialized),
+        cmocka_unit_test(test_interfaces),
+        cmocka_unit_test_setup_teardown(test_info, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sessions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pins, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_objects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crypto_lifecycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gcm_and_rsa, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tampered_record, setup, teardown),
+        cmocka_unit_test(test_wrong_key_and_bad_config),
+        cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reinit_token_wipes, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,47 @@
+# Shared setup for the integration tests (sourced). Gives every test its own
+# temporary HOME, XDG dirs and keystore, and helpers to run the real tools.
+set -euo pipefail
+: "${P11MK_MODULE:?P11MK_MODULE must name the built p11mk-pkcs11.so}"
+: "${P11MK_ADMIN:?P11MK_ADMIN must name the built p11mk-admin}"
+
+T=$(mktemp -d /tmp/p11mk-it-XXXXXX)
+cleanup() { rc=$?; [ $rc -ne 0 ] && [ -f "$T/p11mk.log" ] && { echo "--- module log:"; tail -n 30 "$T/p11mk.log"; }; rm -rf "$T"; exit $rc; }
+trap cleanup EXIT
+export HOME=$T/home XDG_CONFIG_HOME=$T/home/.config XDG_DATA_HOME=$T/home/.local/share
+mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME"
+KS=$T/keystore
+CONF=$T/p11mk.conf
+cat > "$CONF" <<CONF
+keystore = $KS
+log = $T/p11mk.log
+log_level = info
+CONF
+export P11MK_CONF=$CONF
+cd "$T"
+
+MOD=$P11MK_MODULE
+ADMIN=$P11MK_ADMIN
+SO=so-pin-123 PIN=user-pin-1
+
+p11() { pkcs11-tool --module "$MOD" "$@"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*"; exit 77; }
+ok() { echo "ok - $*"; }
+need() { command -v "$1" >/dev/null 2>&1 || skip "$1 is not installed"; }
+
+# expect_rc N cmd...: the command must exit with status N.
+expect_rc() {
+    local want=$1; shift
+    set +e; "$@" >"$T/out" 2>&1; local got=$?; set -e
+    [ "$got" -eq "$want" ] || { cat "$T/out" >&2; fail "'$*' exited $got, expected $want"; }
+}
+# expect_out REGEX: the last expect_rc output matches.
+expect_out() { grep -Eq -- "$1" "$T/out" || { cat "$T/out" >&2; fail "output does not match '$1'"; }; }
+
+# init_token LABEL: initialize the free slot (listed last) and set the user PIN.
+init_token() {
+    local idx
+    idx=$(( $(p11 -L 2>/dev/null | grep -c '^Slot ') - 1 ))
+    p11 --init-token --slot-index "$idx" --label "$1" --so-pin $SO >/dev/null
+    p11 --token-label "$1" --login --login-type so --so-pin $SO --init-pin --new-pin $PIN >/dev/null
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# p11mk-admin: init, status (text and JSON), help, version, exit codes and
+# messages for bad configuration, wrong or exposed master keys, missing keystores.
+. "$P11MK_TESTLIB"
+
+expect_rc 0 "$ADMIN" --help
+expect_out "Exit codes"
+expect_rc 0 "$ADMIN" version
+expect_out "keystore format 1"
+expect_rc 2 "$ADMIN"
+expect_rc 2 "$ADMIN" frobnicate
+expect_out "unknown command 'frobnicate'"
+expect_rc 2 "$ADMIN" status --bogus
+ok "help, version, usage errors"
+
+# status before init: the keystore is missing -> 5 with the remedy.
+expect_rc 5 "$ADMIN" status
+expect_out "p11mk-admin init"
+ok "missing keystore"
+
+expect_rc 0 "$ADMIN" init
+[ -f "$KS/data.mdb" ] || fail "init did not create the keystore"
+[ "$(stat -c %a "$KS/data.mdb")" = 600 ] || fail "data.mdb is not mode 600"
+expect_rc 0 "$ADMIN" status
+expect_out "Keystore: +$KS"
+expect_out "default"
+expect_out "WARNING"
+expect_rc 0 "$ADMIN" status --json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["epoch"]==1, d; assert d["master_key"]["default"] is True, d' "$T/out" \
+    || fail "status --json is not the expected JSON"
+ok "init and status on the default key"
+
+# Tokens and object counts show up in status.
+init_token alpha
+p11 --token-label alpha --login --pin $PIN --keygen --key-type AES:32 --label k --id 01 >/dev/null
+expect_rc 0 "$ADMIN" status --json
+python3 - "$T/out" <<'PY' || fail "status --json does not list token alpha with 2 objects"
+import json, sys
+d = json.load(open(sys.argv[1]))
+t = [t for t in d["tokens"] if t["label"] == "alpha"]
+assert len(t) == 1 and t[0]["objects"] == 1, d
+PY
+ok "status lists tokens with object counts"
+
+# A key file keystore.
+KS2=$T/ks2
+cat > "$T/k.conf" <<CONF
+keystore = $KS2
+master_key = $T/master.key
+CONF
+P11MK_CONF=$T/k.conf expect_rc 4 "$ADMIN" status
+expect_out "master.key"
+P11MK_CONF=$T/k.conf expect_rc 0 "$ADMIN" init --generate-key "$T/master.key"
+[ "$(stat -c %a "$T/master.key")" = 600 ] || fail "key file is not mode 600"
+P11MK_CONF=$T/k.conf expect_rc 0 "$ADMIN" status
+expect_out "$T/master.key"
+if grep -q WARNING "$T/out"; then fail "a key-file keystore must not warn about the default key"; fi
+# init refuses to overwrite an existing key file.
+P11MK_CONF=$T/k.conf expect_rc 4 "$ADMIN" init --generate-key "$T/master.key"
+expect_out "refusing to overwrite"
+ok "init --generate-key"
+
+# Loose permissions on the key file: refused, with the fix.
+chmod 644 "$T/master.key"
+P11MK_CONF=$T/k.conf expect_rc 4 "$ADMIN" status
+expect_out "chmod 600"
+chmod 600 "$T/master.key"
+
+# The wrong key: both key check values named.
+head -c 32 /dev/urandom > "$T/other.key"; chmod 600 "$T/other.key"
+sed "s|$T/master.key|$T/other.key|" "$T/k.conf" > "$T/wrong.conf"
+P11MK_CONF=$T/wrong.conf expect_rc 4 "$ADMIN" status
+expect_out "check value [0-9a-f]{16}.*check value [0-9a-f]{16}"
+# Truncated key file.
+head -c 16 /dev/urandom > "$T/short.key"; chmod 600 "$T/short.key"
+sed "s|$T/master.key|$T/short.key|" "$T/k.conf" > "$T/short.conf"
+P11MK_CONF=$T/short.conf expect_rc 4 "$ADMIN" status
+expect_out "truncated"
+ok "key file permissions, wrong key, truncated key"
+
+# Configuration errors name file, line and key; the module refuses too.
+printf 'keystore = %s\nmaster-key = default\n' "$KS" > "$T/bad.conf"
+P11MK_CONF=$T/bad.conf expect_rc 3 "$ADMIN" status
+expect_out "bad.conf:2: unknown key 'master-key'"
+P11MK_CONF=$T/bad.conf expect_rc 1 pkcs11-tool --module "$MOD" -L
+P11MK_CONF=$T/nonexistent.conf expect_rc 3 "$ADMIN" status
+ok "configuration errors"

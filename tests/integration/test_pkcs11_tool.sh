@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# OpenSC pkcs11-tool against the built module: token and PIN life cycle, key
+# generation (EC, RSA, AES, generic secret), sign/verify, encrypt/decrypt,
+# objects listed, read and deleted, PIN lock-out.
+. "$P11MK_TESTLIB"
+need pkcs11-tool
+need openssl
+
+# The free slot.
+p11 -L > slots.txt
+grep -q "token state: *uninitialized" slots.txt || grep -q "uninitialized" slots.txt || fail "no free slot: $(cat slots.txt)"
+p11 -I | grep -q "p11mk" || fail "C_GetInfo does not name p11mk"
+ok "free slot listed"
+
+init_token first
+p11 -L > slots.txt
+grep -q "token label *: first" slots.txt || fail "token 'first' not listed"
+[ "$(grep -c '^Slot ' slots.txt)" -eq 2 ] || fail "expected the token's slot plus one free slot"
+grep -q "PIN initialized" slots.txt || fail "user PIN not reported as initialized"
+ok "init-token, init-pin"
+
+P=(--token-label first --login --pin $PIN)
+p11 "${P[@]}" --keypairgen --key-type EC:prime256v1 --label ec256 --id 01 >/dev/null
+p11 "${P[@]}" --keypairgen --key-type EC:secp384r1 --label ec384 --id 02 >/dev/null
+p11 "${P[@]}" --keypairgen --key-type rsa:2048 --label rsa2048 --id 03 >/dev/null
+p11 "${P[@]}" --keygen --key-type AES:32 --label aes256 --id 04 >/dev/null
+p11 "${P[@]}" --keygen --key-type GENERIC:32 --label hmac --id 05 >/dev/null
+p11 "${P[@]}" -O > objs.txt
+for l in ec256 ec384 rsa2048 aes256 hmac; do grep -q "label: *$l" objs.txt || fail "object $l missing"; done
+[ "$(grep -c '^Private Key Object' objs.txt)" -eq 3 ] || fail "expected 3 private keys"
+[ "$(grep -c '^Public Key Object' objs.txt)" -eq 3 ] || fail "expected 3 public keys"
+[ "$(grep -c '^Secret Key Object' objs.txt)" -eq 2 ] || fail "expected 2 secret keys"
+# Without login, private objects are invisible; public ones are not.
+p11 --token-label first -O > pub.txt
+grep -q "^Private Key Object" pub.txt && fail "private keys visible without login"
+grep -q "^Public Key Object" pub.txt || fail "public keys not visible without login"
+ok "key generation EC P-256/P-384, RSA-2048, AES-256, generic secret"
+
+echo "message to sign $RANDOM" > msg
+for spec in "01 ECDSA-SHA256 sha256" "02 ECDSA-SHA256 sha256" "03 SHA256-RSA-PKCS sha256"; do
+    set -- $spec
+    p11 "${P[@]}" --sign -m "$2" --id "$1" -f openssl -i msg -o sig.$1 >/dev/null
+    # (pkcs11-tool 0.23 exits 0 on a bad signature: read its verdict)
+    expect_rc 0 p11 "${P[@]}" --verify -m "$2" --id "$1" -f openssl -i msg --signature-file sig.$1
+    expect_out "Signature is valid"
+    # (pkcs11-tool 0.23 cannot export P-384 public keys: it fails with
+    # "cannot create EVP_PKEY" whatever the token; openssl checks the others)
+    if [ "$1" != 02 ]; then
+        p11 --token-label first --read-object --type pubkey --id "$1" -o pub.$1.der >/dev/null
+        openssl pkey -pubin -inform DER -in pub.$1.der -out pub.$1.pem
+        openssl dgst -"$3" -verify pub.$1.pem -signature sig.$1 msg >/dev/null || fail "openssl rejects signature of key $1"
+    fi
+    # A corrupted signature is refused.
+    cp sig.$1 bad.$1; printf '\x01' | dd of=bad.$1 bs=1 seek=10 conv=notrunc 2>/dev/null
+    if cmp -s sig.$1 bad.$1; then printf '\x02' | dd of=bad.$1 bs=1 seek=10 conv=notrunc 2>/dev/null; fi
+    set +e; p11 "${P[@]}" --verify -m "$2" --id "$1" -f openssl -i msg --signature-file bad.$1 >"$T/out" 2>&1; set -e
+    expect_out "Invalid signature"
+done
+# Raw ECDSA on a digest computed outside.
+openssl dgst -sha256 -binary msg > msg.sha256
+p11 "${P[@]}" --sign -m ECDSA --id 01 -i msg.sha256 -o raw.sig >/dev/null
+[ "$(stat -c %s raw.sig)" -eq 64 ] || fail "raw ECDSA P-256 signature is not 64 bytes"
+expect_rc 0 p11 "${P[@]}" --verify -m ECDSA --id 01 -i msg.sha256 --signature-file raw.sig
+expect_out "Signature is valid"
+# HMAC
+p11 "${P[@]}" --sign -m SHA256-HMAC --id 05 -i msg -o mac >/dev/null
+[ "$(stat -c %s mac)" -eq 32 ] || fail "HMAC-SHA256 is not 32 bytes"
+ok "sign/verify ECDSA, RSA PKCS#1, HMAC; openssl verifies; corrupted signatures refused"
+
+IV=00112233445566778899aabbccddeeff
+head -c 1000 /dev/urandom > plain
+p11 "${P[@]}" --encrypt -m AES-CBC-PAD --id 04 --iv $IV -i plain -o ct >/dev/null
+p11 "${P[@]}" --decrypt -m AES-CBC-PAD --id 04 --iv $IV -i ct -o back >/dev/null
+cmp plain back || fail "AES-CBC-PAD round trip"
+[ "$(stat -c %s ct)" -eq 1008 ] || fail "AES-CBC-PAD ciphertext length"
+head -c 100 plain > short
+openssl pkeyutl -encrypt -pubin -inkey pub.03.pem -in short -out short.rsa
+p11 "${P[@]}" --decrypt -m RSA-PKCS --id 03 -i short.rsa -o short.back >/dev/null
+cmp short short.back || fail "RSA-PKCS decrypt of an openssl ciphertext"
+ok "encrypt/decrypt AES-CBC-PAD and RSA-PKCS"
+
+# Sensitive keys do not leave the token.
+expect_rc 1 p11 "${P[@]}" --read-object --type secrkey --id 04 -o leak
+# Data objects and certificates.
+echo "some data" > data.bin
+p11 "${P[@]}" --write-object data.bin --type data --label blob --application-label app >/dev/null
+p11 "${P[@]}" --read-object --type data --label blob -o data.out >/dev/null
+cmp data.bin data.out || fail "data object round trip"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout /dev/null \
+    -subj /CN=p11mk-test -days 1 -outform DER -out cert.der 2>/dev/null
+p11 "${P[@]}" --write-object cert.der --type cert --label cert1 --id 06 >/dev/null
+p11 --token-label first --read-object --type cert --id 06 -o cert.out >/dev/null
+cmp cert.der cert.out || fail "certificate round trip"
+ok "data objects and certificates"
+
+# Delete objects.
+p11 "${P[@]}" --delete-object --type privkey --id 02 >/dev/null
+p11 "${P[@]}" --delete-object --type data --label blob >/dev/null
+p11 "${P[@]}" -O > objs.txt
+grep -q "label: *blob" objs.txt && fail "deleted data object still listed"
+[ "$(grep -c '^Private Key Object' objs.txt)" -eq 2 ] || fail "deleted private key still listed"
+ok "delete-object"
+
+# A second token in another slot; objects stay apart.
+init_token second
+p11 --token-label second --login --pin $PIN -O > objs2.txt
+grep -q "Object" objs2.txt && fail "a new token shows objects of another token"
+p11 -L | grep -q "token label *: second" || fail "second token not listed"
+ok "two tokens"
+
+# Change the user PIN, then lock it out with wrong PINs; the SO resets it.
+p11 --token-label second --login --pin $PIN --change-pin --new-pin newpin-1 >/dev/null
+expect_rc 1 p11 --token-label second --login --pin $PIN -O
+p11 --token-label second --login --pin newpin-1 -O >/dev/null
+for i in $(seq 1 10); do expect_rc 1 p11 --token-label second --login --pin wrong-pin -O; done
+p11 -L > slots.txt
+grep -A12 "token label *: second" slots.txt | grep -q "user PIN locked" || fail "user PIN not reported locked: $(cat slots.txt)"
+expect_rc 1 p11 --token-label second --login --pin newpin-1 -O
+expect_out "CKR_PIN_LOCKED"
+p11 --token-label second --login --login-type so --so-pin $SO --init-pin --new-pin fresh-pin >/dev/null
+p11 --token-label second --login --pin fresh-pin -O >/dev/null || fail "SO reset of a locked PIN"
+ok "change PIN, lock-out after 10 wrong PINs, SO reset"
+
+# Re-initializing a token wipes its objects.
+p11 --init-token --slot-index 0 --label first --so-pin $SO >/dev/null
+p11 --token-label first --login --login-type so --so-pin $SO --init-pin --new-pin $PIN >/dev/null
+p11 --token-label first --login --pin $PIN -O > objs.txt
+grep -q "Object" objs.txt && fail "re-initialized token kept objects"
+ok "re-init wipes the token"
+
+p11 --generate-random 64 -o rnd >/dev/null
+[ "$(stat -c %s rnd)" -eq 64 ] || fail "C_GenerateRandom"
+p11 -M > mechs.txt
+for m in AES-KEY-GEN AES-GCM AES-CBC-PAD ECDSA-KEY-PAIR-GEN ECDSA ECDSA-SHA256 RSA-PKCS-KEY-PAIR-GEN RSA-PKCS \
+         SHA256-RSA-PKCS SHA256 GENERIC-SECRET-KEY-GEN SHA256-HMAC; do
+    grep -q "^ *$m[ ,]" mechs.txt || grep -q "^ *$m\$" mechs.txt || fail "mechanism $m not listed"
+done
+ok "random, mechanism list"

@@ -1,0 +1,44 @@
+/* p11mk token layer internals shared by tok_key.c, tok_mech.c and tok_op.c:
+ * the parsed key and the supported curves. Not used outside token/. */
+#ifndef P11MK_TOK_CRYPTO_H
+#define P11MK_TOK_CRYPTO_H
+
+#include <stdatomic.h>
+
+#include <openssl/evp.h>
+
+#include "token/tok_mech.h"
+
+typedef struct {
+    const char *name;        /* OpenSSL group name */
+    const uint8_t *oid;      /* DER OBJECT IDENTIFIER (tag and length included) */
+    size_t oid_len;
+    const char *alias;       /* name inside a DER PrintableString form of CKA_EC_PARAMS */
+    size_t field_bytes;
+} tok_curve;
+
+struct tok_key {
+    atomic_int refs;
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE ktype;
+    EVP_PKEY *pkey;          /* RSA and EC keys */
+    uint8_t *secret;         /* AES and generic secret keys */
+    size_t secret_len;
+    size_t size_bytes;       /* RSA modulus / EC field size in bytes */
+    const tok_curve *curve;  /* EC */
+};
+
+/* The curve named by a CKA_EC_PARAMS value (OID or PrintableString), or NULL. */
+TOK_API const tok_curve *tok_curve_from_params(const uint8_t *p, size_t len);
+/* Strip a DER OCTET STRING around an EC point if there is one; NULL if malformed. */
+TOK_API const uint8_t *tok_ec_point_raw(const uint8_t *p, size_t len, const tok_curve *c, size_t *rawlen);
+/* DER SubjectPublicKeyInfo of pkey (malloc'd). */
+TOK_API int tok_pkey_spki(EVP_PKEY *pkey, uint8_t **out, size_t *len);
+/* Big-endian unsigned bytes of a BIGNUM parameter of pkey, set as attribute t. */
+TOK_API int tok_pkey_bn_attr(EVP_PKEY *pkey, const char *param, tok_attrs *a, CK_ATTRIBUTE_TYPE t, size_t pad);
+/* Compute CKA_EC_POINT of an EC private key object from CKA_EC_PARAMS and CKA_VALUE. */
+TOK_API int tok_ec_complete_point(tok_attrs *obj);
+/* Fill the public (and, with priv, the private) attributes of an RSA or EC key. */
+TOK_API CK_RV tok_pkey_export(EVP_PKEY *pkey, const tok_curve *curve, tok_attrs *pub, tok_attrs *priv);
+
+#endif
