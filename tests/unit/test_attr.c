@@ -1,7 +1,320 @@
-/* placeholder: being written */
+/* Unit tests for the token layer's attribute codec, PIN hashing and the
+ * object policy (templates, defaults, get/set/copy rules). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-int main(void) { const struct CMUnitTest t[] = {}; return cmocka_run_group_tests(t, NULL, NULL); }
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "token/tok_attr.h"
+#include "token/tok_pin.h"
+#include "token/tok_policy.h"
+
+#define RV(want, call) assert_int_equal((call), (want))
+
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+
+/* ---- codec --------------------------------------------------------------- */
+
+static void test_codec_roundtrip(void **state)
+{
+    (void)state;
+    tok_attrs a = TOK_ATTRS_INIT, b = TOK_ATTRS_INIT;
+    uint8_t *buf;
+    size_t len;
+
+    assert_int_equal(tok_attrs_set_ulong(&a, CKA_CLASS, CKO_DATA), 0);
+    assert_int_equal(tok_attrs_set_bool(&a, CKA_TOKEN, true), 0);
+    assert_int_equal(tok_attrs_set(&a, CKA_LABEL, "label", 5), 0);
+    assert_int_equal(tok_attrs_set(&a, CKA_VALUE, NULL, 0), 0);
+    assert_int_equal(tok_attrs_set(&a, CKA_LABEL, "relabel", 7), 0); /* replace, not append */
+    assert_int_equal(a.n, 4);
+
+    assert_int_equal(tok_attrs_serialize(&a, &buf, &len), 0);
+    assert_int_equal(tok_attrs_parse(buf, len, &b), 0);
+    assert_int_equal(b.n, 4);
+    CK_ULONG cls = 0;
+    assert_true(tok_attrs_get_ulong(&b, CKA_CLASS, &cls));
+    assert_int_equal(cls, CKO_DATA);
+    assert_true(tok_attrs_get_bool(&b, CKA_TOKEN, false));
+    const tok_attr *l = tok_attrs_find(&b, CKA_LABEL);
+    assert_non_null(l);
+    assert_int_equal(l->len, 7);
+    assert_memory_equal(l->val, "relabel", 7);
+    assert_int_equal(tok_attrs_find(&b, CKA_VALUE)->len, 0);
+
+    /* Every truncation and a bad version are rejected, never misread. */
+    for (size_t cut = 0; cut < len; cut++) {
+        tok_attrs c = TOK_ATTRS_INIT;
+        assert_int_equal(tok_attrs_parse(buf, cut, &c), -1);
+        tok_attrs_free(&c);
+    }
+    buf[0] ^= 0x7f;
+    tok_attrs c = TOK_ATTRS_INIT;
+    assert_int_equal(tok_attrs_parse(buf, len, &c), -1);
+    free(buf);
+
+    /* Match. */
+    CK_ULONG want = CKO_DATA;
+    CK_ATTRIBUTE m1[] = {{CKA_CLASS, &want, sizeof(want)}, {CKA_LABEL, "relabel", 7}};
+    CK_ATTRIBUTE m2[] = {{CKA_LABEL, "relabe", 6}};
+    CK_ATTRIBUTE m3[] = {{CKA_ID, "", 0}};
+    assert_true(tok_attrs_match(&b, m1, 2));
+    assert_true(tok_attrs_match(&b, NULL, 0));
+    assert_false(tok_attrs_match(&b, m2, 1));
+    assert_false(tok_attrs_match(&b, m3, 1)); /* absent attribute never matches */
+
+    tok_attrs_remove(&b, CKA_LABEL);
+    assert_null(tok_attrs_find(&b, CKA_LABEL));
+    tok_attrs_free(&a);
+    tok_attrs_free(&b);
+}
+
+/* ---- PINs ---------------------------------------------------------------- */
+
+static void test_pin_hash(void **state)
+{
+    (void)state;
+    uint8_t r1[TOK_PIN_REC_LEN], r2[TOK_PIN_REC_LEN];
+    assert_int_equal(tok_pin_hash((const uint8_t *)"1234", 4, r1), 0);
+    assert_int_equal(tok_pin_hash((const uint8_t *)"1234", 4, r2), 0);
+    assert_memory_not_equal(r1, r2, TOK_PIN_REC_LEN); /* salted */
+    assert_null(memmem(r1, sizeof(r1), "1234", 4));
+    assert_true(tok_pin_verify((const uint8_t *)"1234", 4, r1));
+    assert_true(tok_pin_verify((const uint8_t *)"1234", 4, r2));
+    assert_false(tok_pin_verify((const uint8_t *)"1235", 4, r1));
+    assert_false(tok_pin_verify((const uint8_t *)"123", 3, r1));
+    assert_false(tok_pin_verify(NULL, 4, r1));
+    /* Malformed records: unknown version, absurd cost parameters, flipped hash. */
+    uint8_t bad[TOK_PIN_REC_LEN];
+    memcpy(bad, r1, sizeof(bad));
+    bad[0] = 9;
+    assert_false(tok_pin_verify((const uint8_t *)"1234", 4, bad));
+    memcpy(bad, r1, sizeof(bad));
+    bad[1] = 40; /* N = 2^40 would exhaust memory: refused, not attempted */
+    assert_false(tok_pin_verify((const uint8_t *)"1234", 4, bad));
+    memcpy(bad, r1, sizeof(bad));
+    bad[TOK_PIN_REC_LEN - 1] ^= 1;
+    assert_false(tok_pin_verify((const uint8_t *)"1234", 4, bad));
+    assert_int_equal(tok_pin_hash(NULL, 4, r1), -1);
+}
+
+/* ---- policy: build ------------------------------------------------------- */
+
+static void test_build_defaults(void **state)
+{
+    (void)state;
+    tok_attrs o = TOK_ATTRS_INIT;
+    CK_OBJECT_CLASS data = CKO_DATA, sec = CKO_SECRET_KEY, priv = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE aes = CKK_AES, ec = CKK_EC;
+    CK_ULONG v;
+
+    CK_ATTRIBUTE d[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, "x", 1}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, d, 2, &o));
+    assert_false(tok_obj_is_token(&o));
+    assert_false(tok_obj_is_private(&o));
+    assert_true(tok_attrs_get_bool(&o, CKA_MODIFIABLE, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_DESTROYABLE, false));
+    assert_non_null(tok_attrs_find(&o, CKA_APPLICATION));
+    assert_int_equal(tok_obj_class(&o), CKO_DATA);
+
+    /* A generated secret key: defaults, local, mechanism recorded. */
+    CK_ULONG len = 32;
+    CK_ATTRIBUTE s[] = {{CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &yes, 1}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, CKK_AES, CKM_AES_KEY_GEN, s, 2, &o));
+    assert_true(tok_obj_is_token(&o));
+    assert_true(tok_obj_is_private(&o));
+    assert_true(tok_attrs_get_bool(&o, CKA_SENSITIVE, false));
+    assert_false(tok_attrs_get_bool(&o, CKA_EXTRACTABLE, true));
+    assert_true(tok_attrs_get_bool(&o, CKA_LOCAL, false));
+    assert_true(tok_attrs_get_ulong(&o, CKA_KEY_GEN_MECHANISM, &v));
+    assert_int_equal(v, CKM_AES_KEY_GEN);
+    assert_true(tok_attrs_get_ulong(&o, CKA_KEY_TYPE, &v));
+    assert_int_equal(v, CKK_AES);
+    RV(CKR_OK, tok_policy_finish(TOK_BUILD_GENERATE, &o));
+    assert_true(tok_attrs_get_bool(&o, CKA_ALWAYS_SENSITIVE, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_NEVER_EXTRACTABLE, false));
+
+    /* An imported private key is neither local nor "always sensitive". */
+    CK_ATTRIBUTE p[] = {{CKA_CLASS, &priv, sizeof(priv)}, {CKA_KEY_TYPE, &ec, sizeof(ec)}, {CKA_VALUE, "k", 1},
+                        {CKA_EC_PARAMS, "p", 1}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, p, 4, &o));
+    RV(CKR_OK, tok_policy_finish(TOK_BUILD_CREATE, &o));
+    assert_false(tok_attrs_get_bool(&o, CKA_LOCAL, true));
+    assert_false(tok_attrs_get_bool(&o, CKA_ALWAYS_SENSITIVE, true));
+    assert_true(tok_attrs_get_ulong(&o, CKA_KEY_GEN_MECHANISM, &v));
+    assert_int_equal(v, CK_UNAVAILABLE_INFORMATION);
+
+    /* The class implied by a mechanism and a disagreeing template. */
+    CK_ATTRIBUTE wrong[] = {{CKA_CLASS, &data, sizeof(data)}};
+    RV(CKR_TEMPLATE_INCONSISTENT, tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, CKK_AES, CKM_AES_KEY_GEN,
+                                                   wrong, 1, &o));
+    CK_ATTRIBUTE wrongkt[] = {{CKA_KEY_TYPE, &ec, sizeof(ec)}};
+    RV(CKR_TEMPLATE_INCONSISTENT, tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, CKK_AES, CKM_AES_KEY_GEN,
+                                                   wrongkt, 1, &o));
+    (void)sec;
+    (void)aes;
+    tok_attrs_free(&o);
+}
+
+static void test_build_errors(void **state)
+{
+    (void)state;
+    tok_attrs o = TOK_ATTRS_INIT;
+    CK_OBJECT_CLASS data = CKO_DATA, sec = CKO_SECRET_KEY, cert = CKO_CERTIFICATE, bogus = 0x4242;
+    CK_KEY_TYPE des = CKK_DES3;
+    CK_ULONG len = 16, x509 = CKC_X_509;
+#define CREATE(t, n) tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, n, &o)
+
+    CK_ATTRIBUTE noclass[] = {{CKA_LABEL, "x", 1}};
+    RV(CKR_TEMPLATE_INCOMPLETE, CREATE(noclass, 1));
+    CK_ATTRIBUTE badclass[] = {{CKA_CLASS, &bogus, sizeof(bogus)}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, CREATE(badclass, 1));
+    CK_ATTRIBUTE shortclass[] = {{CKA_CLASS, &data, 2}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, CREATE(shortclass, 1));
+    CK_ATTRIBUTE unknown[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_MODULUS, "m", 1}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, CREATE(unknown, 2));
+    CK_ATTRIBUTE vendor[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_VENDOR_DEFINED | 1, "m", 1}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, CREATE(vendor, 2));
+    CK_ATTRIBUTE badbool[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_TOKEN, &yes, 2}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, CREATE(badbool, 2));
+    CK_ATTRIBUTE nullval[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, NULL, 3}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, CREATE(nullval, 2));
+    CK_ATTRIBUTE dup[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_TOKEN, &yes, 1}, {CKA_TOKEN, &no, 1}};
+    RV(CKR_TEMPLATE_INCONSISTENT, CREATE(dup, 3));
+    CK_ATTRIBUTE nokt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_VALUE, "0123456789abcdef", 16}};
+    RV(CKR_TEMPLATE_INCOMPLETE, CREATE(nokt, 2));
+    CK_ATTRIBUTE badkt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &des, sizeof(des)}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, CREATE(badkt, 2));
+    CK_ATTRIBUTE local[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, "x", 1}};
+    RV(CKR_OK, CREATE(local, 2));
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ATTRIBUTE setlocal[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_LOCAL, &yes, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, CREATE(setlocal, 3));
+    CK_ATTRIBUTE certnosubj[] = {{CKA_CLASS, &cert, sizeof(cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+                                 {CKA_VALUE, "der", 3}};
+    RV(CKR_TEMPLATE_INCOMPLETE, CREATE(certnosubj, 3));
+    RV(CKR_ARGUMENTS_BAD, CREATE(NULL, 1));
+
+    /* Generation never takes key material from the caller. */
+    CK_ATTRIBUTE genval[] = {{CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_VALUE, "0123456789abcdef", 16}};
+    RV(CKR_ATTRIBUTE_READ_ONLY,
+       tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, CKK_AES, CKM_AES_KEY_GEN, genval, 2, &o));
+    /* ... and the token-only attributes are refused. */
+    CK_ATTRIBUTE genas[] = {{CKA_ALWAYS_SENSITIVE, &yes, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY,
+       tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, CKK_AES, CKM_AES_KEY_GEN, genas, 1, &o));
+#undef CREATE
+    tok_attrs_free(&o);
+}
+
+/* ---- policy: get / set / copy -------------------------------------------- */
+
+static void make_secret(tok_attrs *o, bool sensitive)
+{
+    CK_ULONG len = 16;
+    CK_ATTRIBUTE t[] = {{CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_SENSITIVE, sensitive ? &yes : &no, 1},
+                        {CKA_EXTRACTABLE, &yes, 1}, {CKA_LABEL, "key", 3}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, CKK_AES, CKM_AES_KEY_GEN, t, 4, o));
+    assert_int_equal(tok_attrs_set(o, CKA_VALUE, "0123456789abcdef", 16), 0);
+    RV(CKR_OK, tok_policy_finish(TOK_BUILD_GENERATE, o));
+}
+
+static void test_get(void **state)
+{
+    (void)state;
+    tok_attrs o = TOK_ATTRS_INIT;
+    uint8_t buf[64];
+    make_secret(&o, true);
+
+    CK_ATTRIBUTE t[] = {{CKA_VALUE, buf, sizeof(buf)}, {CKA_LABEL, NULL, 0}, {CKA_MODULUS, buf, sizeof(buf)}};
+    CK_RV rv = tok_policy_get(&o, t, 3);
+    assert_true(rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID);
+    assert_int_equal(t[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_int_equal(t[1].ulValueLen, 3); /* the others are still processed */
+    assert_int_equal(t[2].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+
+    CK_ATTRIBUTE small[] = {{CKA_LABEL, buf, 2}, {CKA_VALUE_LEN, buf + 8, sizeof(CK_ULONG)}};
+    RV(CKR_BUFFER_TOO_SMALL, tok_policy_get(&o, small, 2));
+    assert_int_equal(small[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_int_equal(small[1].ulValueLen, sizeof(CK_ULONG));
+
+    /* Extractable and not sensitive: the value is readable. */
+    tok_attrs_free(&o);
+    make_secret(&o, false);
+    CK_ATTRIBUTE v[] = {{CKA_VALUE, buf, sizeof(buf)}};
+    RV(CKR_OK, tok_policy_get(&o, v, 1));
+    assert_int_equal(v[0].ulValueLen, 16);
+    assert_memory_equal(buf, "0123456789abcdef", 16);
+    tok_attrs_free(&o);
+}
+
+static void test_set_and_copy(void **state)
+{
+    (void)state;
+    tok_attrs o = TOK_ATTRS_INIT, n = TOK_ATTRS_INIT;
+    CK_OBJECT_CLASS data = CKO_DATA;
+    make_secret(&o, false);
+
+    CK_ATTRIBUTE sens_on[] = {{CKA_SENSITIVE, &yes, 1}};
+    RV(CKR_OK, tok_policy_set(&o, sens_on, 1, &n));
+    assert_true(tok_attrs_get_bool(&n, CKA_SENSITIVE, false));
+    CK_ATTRIBUTE sens_off[] = {{CKA_SENSITIVE, &no, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&n, sens_off, 1, &o));
+    tok_attrs_free(&o);
+    make_secret(&o, false);
+    CK_ATTRIBUTE ext_off[] = {{CKA_EXTRACTABLE, &no, 1}};
+    RV(CKR_OK, tok_policy_set(&o, ext_off, 1, &n));
+    CK_ATTRIBUTE ext_on[] = {{CKA_EXTRACTABLE, &yes, 1}};
+    tok_attrs m = TOK_ATTRS_INIT;
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&n, ext_on, 1, &m));
+    CK_ATTRIBUTE cls[] = {{CKA_CLASS, &data, sizeof(data)}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&o, cls, 1, &n));
+    CK_ATTRIBUTE val[] = {{CKA_VALUE, "fedcba9876543210", 16}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&o, val, 1, &n));
+    CK_ATTRIBUTE unknown[] = {{CKA_MODULUS, "x", 1}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, tok_policy_set(&o, unknown, 1, &n));
+    CK_ATTRIBUTE lbl[] = {{CKA_LABEL, "renamed", 7}, {CKA_ID, "\x01", 1}, {CKA_ENCRYPT, &no, 1}};
+    RV(CKR_OK, tok_policy_set(&o, lbl, 3, &n));
+    assert_memory_equal(tok_attrs_find(&n, CKA_LABEL)->val, "renamed", 7);
+    assert_false(tok_attrs_get_bool(&n, CKA_ENCRYPT, true));
+
+    /* Not modifiable: nothing changes. */
+    assert_int_equal(tok_attrs_set_bool(&o, CKA_MODIFIABLE, false), 0);
+    RV(CKR_ACTION_PROHIBITED, tok_policy_set(&o, lbl, 1, &n));
+
+    /* Copy: only some attributes may change; not copyable is refused. */
+    CK_ATTRIBUTE cp[] = {{CKA_TOKEN, &yes, 1}, {CKA_LABEL, "copy", 4}};
+    RV(CKR_OK, tok_policy_copy(&o, cp, 2, &n));
+    assert_true(tok_obj_is_token(&n));
+    CK_ATTRIBUTE cpbad[] = {{CKA_ENCRYPT, &no, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_copy(&o, cpbad, 1, &n));
+    assert_int_equal(tok_attrs_set_bool(&o, CKA_COPYABLE, false), 0);
+    RV(CKR_ACTION_PROHIBITED, tok_policy_copy(&o, cp, 2, &n));
+
+    /* tok_tmpl_bool */
+    bool b;
+    CK_ATTRIBUTE tb[] = {{CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 4}};
+    RV(CKR_OK, tok_tmpl_bool(tb, 2, CKA_TOKEN, false, &b));
+    assert_true(b);
+    RV(CKR_OK, tok_tmpl_bool(tb, 2, CKA_MODIFIABLE, false, &b));
+    assert_false(b);
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, tok_tmpl_bool(tb, 2, CKA_PRIVATE, false, &b));
+
+    tok_attrs_free(&o);
+    tok_attrs_free(&n);
+    tok_attrs_free(&m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_codec_roundtrip), cmocka_unit_test(test_pin_hash),
+        cmocka_unit_test(test_build_defaults),  cmocka_unit_test(test_build_errors),
+        cmocka_unit_test(test_get),             cmocka_unit_test(test_set_and_copy),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
