@@ -956,31 +956,33 @@ static int idx_key(ks_store *st, uint8_t kb[IDX_KEY_LEN], uint32_t token_id, uin
     return KS_OK;
 }
 
+/* Key (token | MAC) and value (oid) of one index entry. */
+static int idx_entry(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid,
+                     uint8_t kb[IDX_KEY_LEN], uint8_t vb[8])
+{
+    if (!x || !token_id || (!val && len))
+        return KS_EINVAL;
+    ks_be64(vb, oid);
+    return idx_key(x->st, kb, token_id, attr, val, len);
+}
+
 int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
 {
     uint8_t kb[IDX_KEY_LEN], vb[8];
-    int rc;
-    if (!x || !token_id || (!val && len))
-        return KS_EINVAL;
-    if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
-        return rc;
-    ks_be64(vb, oid);
+    int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
-    rc = wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
+    if (rc == KS_OK)
+        rc = wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
     return rc == KS_EEXIST ? KS_OK : rc;
 }
 
 int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
 {
     uint8_t kb[IDX_KEY_LEN], vb[8];
-    int rc;
-    if (!x || !token_id || (!val && len))
-        return KS_EINVAL;
-    if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
-        return rc;
-    ks_be64(vb, oid);
+    int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
-    rc = wdel(x, x->st->db_idx, &k, &v);
+    if (rc == KS_OK)
+        rc = wdel(x, x->st->db_idx, &k, &v);
     return rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 

@@ -2,7 +2,7 @@
  *
  * Usage: bench_scale MODULE N
  * Uses the configuration in $P11MK_CONF (point it at a scratch keystore).
- * Creates a token holding N data objects (in batches, through the module),
+ * Creates a token holding N AES keys (in batches, through the module),
  * then prints: creation rate, C_Initialize time on the full keystore, the
  * time of a find by CKA_LABEL and by CKA_ID, and ECDSA sign latency. */
 #include <dlfcn.h>
@@ -70,15 +70,17 @@ static void setup_token(void)
 
 static void create_objects(CK_SESSION_HANDLE s, unsigned long n)
 {
-    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
     CK_BBOOL tru = CK_TRUE;
-    char label[32], id[16], value[64];
+    char label[32], id[16], value[32];
     double t0 = now();
 
     memset(value, 'v', sizeof(value));
     for (unsigned long i = 0; i < n; i++) {
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_KEY_TYPE, &kt, sizeof(kt)},
             {CKA_TOKEN, &tru, sizeof(tru)},
             {CKA_LABEL, label, (CK_ULONG)snprintf(label, sizeof(label), "obj-%lu", i)},
             {CKA_ID, id, (CK_ULONG)snprintf(id, sizeof(id), "%08lx", i)},
