@@ -127,6 +127,8 @@ typedef struct {
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
 KS_API const char *ks_path(ks_store *st);
+/* Opened read-only (by request, or because this user may not write it)? */
+KS_API bool ks_readonly(ks_store *st);
 /* Cheap (no LMDB write, no crypto) current epoch of the keystore. */
 KS_API uint32_t ks_epoch(ks_store *st);
 

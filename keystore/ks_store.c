@@ -534,6 +534,8 @@ const char *ks_path(ks_store *st) { return st ? st->path : NULL; }
 
 uint32_t ks_epoch(ks_store *st) { return st ? st->epoch : 0; }
 
+bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
+
 int ks_get_info(ks_store *st, ks_info *info)
 {
     MDB_envinfo ei;

@@ -166,6 +166,8 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
     rv = tok_slot_check(p11_tok(), slotID);
     if (rv != CKR_OK)
         return rv;
+    if ((flags & CKF_RW_SESSION) && tok_ctx_readonly(p11_tok()))
+        return CKR_TOKEN_WRITE_PROTECTED;
     s = calloc(1, sizeof(*s));
     if (!s)
         return CKR_HOST_MEMORY;

@@ -138,6 +138,8 @@ void tok_ctx_close(tok_ctx *ctx)
 
 ks_store *tok_ctx_store(tok_ctx *ctx) { return ctx->st; }
 
+bool tok_ctx_readonly(tok_ctx *ctx) { return ks_readonly(ctx->st); }
+
 /* ---- token records --------------------------------------------------- */
 
 static CK_RV token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
@@ -298,7 +300,7 @@ CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
     snprintf(serial, sizeof(serial), "%02x%02x%02x%02x%08lx", ctx->ksid[0], ctx->ksid[1], ctx->ksid[2],
              ctx->ksid[3], (unsigned long)(slot & 0xffffffffUL));
     memcpy(info->serialNumber, serial, sizeof(info->serialNumber));
-    info->flags = CKF_RNG | CKF_LOGIN_REQUIRED;
+    info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | (ks_readonly(ctx->st) ? CKF_WRITE_PROTECTED : 0);
     if (rec.n) {
         info->flags |= CKF_TOKEN_INITIALIZED | CKF_RESTORE_KEY_NOT_NEEDED;
         if (tok_attrs_find(&rec, TOKR_USER_PIN))
@@ -375,6 +377,12 @@ static CK_RV record_attempt(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, boo
     fail_update u = {(uint32_t)slot, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, success, 0};
     int rc = ks_write(ctx->st, fails_update_fn, &u);
 
+    if (rc == KS_EROFS) {
+        /* A read-only keystore cannot count attempts; whoever can read it
+         * could attack the PIN hashes offline anyway. */
+        ks_log(KS_LOG_DEBUG, "token %lu: PIN attempt not counted (read-only keystore)", (unsigned long)slot);
+        return CKR_OK;
+    }
     if (rc != KS_OK && rc != KS_EEXIST)
         return ks_to_ckr(rc);
     if (!success && u.fails_after >= TOK_MAX_PIN_TRIES)

@@ -24,6 +24,8 @@ TOK_API const ks_config *tok_ctx_config(tok_ctx *ctx);
 TOK_API const ks_mkey *tok_ctx_mkey(tok_ctx *ctx);
 TOK_API void tok_ctx_close(tok_ctx *ctx);
 TOK_API ks_store *tok_ctx_store(tok_ctx *ctx);
+/* The keystore cannot be written: tokens are write-protected. */
+TOK_API bool tok_ctx_readonly(tok_ctx *ctx);
 
 /* ---- slots and tokens ---------------------------------------------------- */
 /* Slot ids are token ids; the free slot (for C_InitToken) has the id the

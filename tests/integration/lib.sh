@@ -4,8 +4,31 @@ set -euo pipefail
 : "${P11MK_MODULE:?P11MK_MODULE must name the built p11mk-pkcs11.so}"
 : "${P11MK_ADMIN:?P11MK_ADMIN must name the built p11mk-admin}"
 
+# Tests that need an unprivileged user (p11-kit ignores per-user config for
+# root; root ignores file permissions) set P11MK_NONROOT=1 before sourcing
+# this file: as root they re-run themselves as nobody.
+if [ "${P11MK_NONROOT:-}" = 1 ] && [ "$(id -u)" -eq 0 ]; then
+    command -v setpriv >/dev/null || { echo "SKIP: running as root and setpriv is missing"; exit 77; }
+    # Copy what the test runs into a directory nobody can read (the build
+    # tree may live under /root).
+    src=$(cd "$(dirname "$P11MK_TESTLIB")/../.." && pwd)
+    D=$(mktemp -d /tmp/p11mk-nobody-XXXXXX)
+    mkdir -p "$D/tests/integration" "$D/p11-kit-module"
+    cp "$P11MK_TESTLIB" "$0" "$D/tests/integration/"
+    cp "$src/p11-kit-module/p11mk.module.in" "$D/p11-kit-module/"
+    cp "$P11MK_MODULE" "$P11MK_ADMIN" "$D/"
+    chmod -R a+rX "$D"
+    set +e
+    setpriv --reuid=65534 --regid=65534 --clear-groups env \
+        P11MK_MODULE="$D/$(basename "$P11MK_MODULE")" P11MK_ADMIN="$D/$(basename "$P11MK_ADMIN")" \
+        P11MK_TESTLIB="$D/tests/integration/lib.sh" bash "$D/tests/integration/$(basename "$0")"
+    rc=$?
+    rm -rf "$D"
+    exit $rc
+fi
+
 T=$(mktemp -d /tmp/p11mk-it-XXXXXX)
-cleanup() { rc=$?; [ $rc -ne 0 ] && [ -f "$T/p11mk.log" ] && { echo "--- module log:"; tail -n 30 "$T/p11mk.log"; }; rm -rf "$T"; exit $rc; }
+cleanup() { rc=$?; [ $rc -ne 0 ] && [ -f "$T/p11mk.log" ] && { echo "--- module log:"; tail -n 30 "$T/p11mk.log"; }; chmod -R u+rwX "$T" 2>/dev/null; rm -rf "$T"; exit $rc; }
 trap cleanup EXIT
 export HOME=$T/home XDG_CONFIG_HOME=$T/home/.config XDG_DATA_HOME=$T/home/.local/share
 mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME"

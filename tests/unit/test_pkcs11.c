@@ -1124,6 +1124,124 @@ static void test_threads(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* Every function that takes a session: a bad handle is CKR_SESSION_HANDLE_INVALID
+ * (the dual-function and recover calls, which this token does not offer,
+ * may say CKR_FUNCTION_NOT_SUPPORTED); NULL output pointers are
+ * CKR_ARGUMENTS_BAD; no call crashes. */
+static void test_every_entry_point(void **state)
+{
+    (void)state;
+    const CK_SESSION_HANDLE bad = 0xdead;
+    CK_BYTE buf[64];
+    CK_ULONG len = sizeof(buf), n;
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, buf, sizeof(buf)}};
+    CK_OBJECT_HANDLE o, o2;
+    CK_SESSION_INFO si;
+    struct {
+        const char *name;
+        CK_RV rv;
+        bool unsupported_ok;
+    } r[] = {
+        {"CloseSession", f->C_CloseSession(bad), false},
+        {"GetSessionInfo", f->C_GetSessionInfo(bad, &si), false},
+        {"GetOperationState", f->C_GetOperationState(bad, buf, &len), false},
+        {"SetOperationState", f->C_SetOperationState(bad, buf, len, 0, 0), false},
+        {"Login", f->C_Login(bad, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)), false},
+        {"Logout", f->C_Logout(bad), false},
+        {"InitPIN", f->C_InitPIN(bad, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)), false},
+        {"SetPIN", f->C_SetPIN(bad, (CK_UTF8CHAR_PTR)PIN, strlen(PIN), (CK_UTF8CHAR_PTR)PIN, strlen(PIN)), false},
+        {"CreateObject", f->C_CreateObject(bad, t, 1, &o), false},
+        {"CopyObject", f->C_CopyObject(bad, 1, t, 1, &o), false},
+        {"DestroyObject", f->C_DestroyObject(bad, 1), false},
+        {"GetObjectSize", f->C_GetObjectSize(bad, 1, &n), false},
+        {"GetAttributeValue", f->C_GetAttributeValue(bad, 1, t, 1), false},
+        {"SetAttributeValue", f->C_SetAttributeValue(bad, 1, t, 1), false},
+        {"FindObjectsInit", f->C_FindObjectsInit(bad, t, 1), false},
+        {"FindObjects", f->C_FindObjects(bad, &o, 1, &n), false},
+        {"FindObjectsFinal", f->C_FindObjectsFinal(bad), false},
+        {"EncryptInit", f->C_EncryptInit(bad, &sha, 1), false},
+        {"Encrypt", f->C_Encrypt(bad, buf, 1, buf, &len), false},
+        {"EncryptUpdate", f->C_EncryptUpdate(bad, buf, 1, buf, &len), false},
+        {"EncryptFinal", f->C_EncryptFinal(bad, buf, &len), false},
+        {"DecryptInit", f->C_DecryptInit(bad, &sha, 1), false},
+        {"Decrypt", f->C_Decrypt(bad, buf, 1, buf, &len), false},
+        {"DecryptUpdate", f->C_DecryptUpdate(bad, buf, 1, buf, &len), false},
+        {"DecryptFinal", f->C_DecryptFinal(bad, buf, &len), false},
+        {"DigestInit", f->C_DigestInit(bad, &sha), false},
+        {"Digest", f->C_Digest(bad, buf, 1, buf, &len), false},
+        {"DigestUpdate", f->C_DigestUpdate(bad, buf, 1), false},
+        {"DigestKey", f->C_DigestKey(bad, 1), false},
+        {"DigestFinal", f->C_DigestFinal(bad, buf, &len), false},
+        {"SignInit", f->C_SignInit(bad, &sha, 1), false},
+        {"Sign", f->C_Sign(bad, buf, 1, buf, &len), false},
+        {"SignUpdate", f->C_SignUpdate(bad, buf, 1), false},
+        {"SignFinal", f->C_SignFinal(bad, buf, &len), false},
+        {"SignRecoverInit", f->C_SignRecoverInit(bad, &sha, 1), true},
+        {"SignRecover", f->C_SignRecover(bad, buf, 1, buf, &len), true},
+        {"VerifyInit", f->C_VerifyInit(bad, &sha, 1), false},
+        {"Verify", f->C_Verify(bad, buf, 1, buf, 1), false},
+        {"VerifyUpdate", f->C_VerifyUpdate(bad, buf, 1), false},
+        {"VerifyFinal", f->C_VerifyFinal(bad, buf, 1), false},
+        {"VerifyRecoverInit", f->C_VerifyRecoverInit(bad, &sha, 1), true},
+        {"VerifyRecover", f->C_VerifyRecover(bad, buf, 1, buf, &len), true},
+        {"DigestEncryptUpdate", f->C_DigestEncryptUpdate(bad, buf, 1, buf, &len), true},
+        {"DecryptDigestUpdate", f->C_DecryptDigestUpdate(bad, buf, 1, buf, &len), true},
+        {"SignEncryptUpdate", f->C_SignEncryptUpdate(bad, buf, 1, buf, &len), true},
+        {"DecryptVerifyUpdate", f->C_DecryptVerifyUpdate(bad, buf, 1, buf, &len), true},
+        {"GenerateKey", f->C_GenerateKey(bad, &sha, t, 1, &o), false},
+        {"GenerateKeyPair", f->C_GenerateKeyPair(bad, &sha, t, 1, t, 1, &o, &o2), false},
+        {"WrapKey", f->C_WrapKey(bad, &sha, 1, 2, buf, &len), false},
+        {"UnwrapKey", f->C_UnwrapKey(bad, &sha, 1, buf, 1, t, 1, &o), false},
+        {"DeriveKey", f->C_DeriveKey(bad, &sha, 1, t, 1, &o), false},
+        {"SeedRandom", f->C_SeedRandom(bad, buf, 1), false},
+        {"GenerateRandom", f->C_GenerateRandom(bad, buf, 1), false},
+        {"GetFunctionStatus", f->C_GetFunctionStatus(bad), false},
+        {"CancelFunction", f->C_CancelFunction(bad), false},
+    };
+    for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
+        bool ok = r[i].rv == CKR_SESSION_HANDLE_INVALID ||
+                  (r[i].unsupported_ok && r[i].rv == CKR_FUNCTION_NOT_SUPPORTED);
+        if (!ok)
+            fail_msg("C_%s with a bad session handle returned 0x%lx", r[i].name, (unsigned long)r[i].rv);
+    }
+
+    /* NULL output pointers on a valid session. */
+    CK_SLOT_ID s = make_token("nulls");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE k = make_aes(h, "k", false), pub, priv;
+    make_ec(h, "ec", false, &pub, &priv);
+    CK_BYTE iv[16] = {0};
+    CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, 16}, ecdsa = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    RV(CKR_ARGUMENTS_BAD, f->C_GetSessionInfo(h, NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetObjectSize(h, k, NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_CopyObject(h, k, NULL, 0, NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_SetAttributeValue(h, k, NULL, 1));
+    RV(CKR_ARGUMENTS_BAD, f->C_GenerateKey(h, NULL, NULL, 0, &o));
+    RV(CKR_ARGUMENTS_BAD, f->C_GenerateKeyPair(h, &gen, NULL, 0, NULL, 0, NULL, &o2));
+    RV(CKR_ARGUMENTS_BAD, f->C_SignInit(h, NULL, priv));
+    RV(CKR_ARGUMENTS_BAD, f->C_DigestInit(h, NULL));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    RV(CKR_ARGUMENTS_BAD, f->C_Encrypt(h, buf, 16, buf, NULL));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    RV(CKR_ARGUMENTS_BAD, f->C_EncryptUpdate(h, NULL, 16, buf, &len));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    RV(CKR_ARGUMENTS_BAD, f->C_EncryptFinal(h, buf, NULL));
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    RV(CKR_ARGUMENTS_BAD, f->C_SignUpdate(h, NULL, 3));
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    RV(CKR_ARGUMENTS_BAD, f->C_Verify(h, buf, 3, NULL, 64));
+    CK(f->C_DigestInit(h, &sha));
+    RV(CKR_ARGUMENTS_BAD, f->C_Digest(h, buf, 3, buf, NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetMechanismList(s, NULL, NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetSlotList(CK_FALSE, NULL, NULL));
+    CK_SLOT_ID ev;
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_WaitForSlotEvent(0, &ev, NULL));
+    RV(CKR_ARGUMENTS_BAD, f->C_InitToken(s, NULL, 4, NULL));
+    CK(f->C_CloseAllSessions(s));
+}
+
 static void test_reinit_token_wipes(void **state)
 {
     (void)state;
@@ -1166,6 +1284,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reinit_token_wipes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_entry_point, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
