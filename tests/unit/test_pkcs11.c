@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <lmdb.h>
+#include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
 #include "pkcs11/p11_v3.h"
@@ -1266,6 +1267,52 @@ static void test_reinit_token_wipes(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* An application that uses the module directly and, in the same process,
+ * through p11-kit (as GnuTLS or p11-kit-proxy would load it): both see the
+ * same tokens, and p11-kit finalizing its use does not pull the keystore
+ * from under the direct user. */
+static void test_direct_and_p11kit(void **state)
+{
+    (void)state;
+    const char *mod = getenv("P11MK_MODULE");
+    CK_SLOT_ID s = make_token("shared-proc");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE pub, priv;
+    make_ec(h, "both", true, &pub, &priv);
+
+    CK_FUNCTION_LIST *kit = p11_kit_module_load(mod ? mod : "pkcs11/p11mk-pkcs11.so", 0);
+    assert_non_null(kit);
+    CK(p11_kit_module_initialize(kit));
+    CK_SLOT_ID slots[16];
+    CK_ULONG n = 16;
+    CK(kit->C_GetSlotList(CK_TRUE, slots, &n));
+    bool seen = false;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        CK(kit->C_GetTokenInfo(slots[i], &ti));
+        seen = seen || memcmp(ti.label, "shared-proc ", 12) == 0;
+    }
+    assert_true(seen);
+    /* Sign through p11-kit with the key made directly. */
+    CK_SESSION_HANDLE kh;
+    CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_BYTE sig[64];
+    CK_ULONG len = sizeof(sig);
+    CK(kit->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &kh));
+    CK_RV rv = kit->C_Login(kh, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN));
+    assert_true(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+    CK(kit->C_SignInit(kh, &m, priv));
+    CK(kit->C_Sign(kh, (CK_BYTE_PTR) "both", 4, sig, &len));
+    CK(kit->C_CloseSession(kh));
+    CK(p11_kit_module_finalize(kit));
+    p11_kit_module_release(kit);
+
+    /* The direct user carries on. */
+    CK(f->C_VerifyInit(h, &m, pub));
+    CK(f->C_Verify(h, (CK_BYTE_PTR) "both", 4, sig, len));
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1285,6 +1332,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reinit_token_wipes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_entry_point, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_direct_and_p11kit, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
