@@ -86,6 +86,7 @@ typedef struct {
     uint8_t key[KS_MK_LEN];
     bool is_default;      /* the embedded, well-known key */
     char source[256];     /* "default" or key file path, for messages */
+    unsigned file_mode;   /* most permissive mode accepted for the key file (0: 0600) */
 } ks_mkey;
 
 /* Load the master key named by cfg->master_key. Key files: exactly 32 raw
@@ -98,6 +99,32 @@ KS_API int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err);
 KS_API void ks_mkey_kcv(const ks_mkey *mk, uint8_t kcv[KS_KCV_LEN]);
 KS_API void ks_kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1]);
 KS_API void ks_mkey_clear(ks_mkey *mk); /* OPENSSL_cleanse */
+
+/* A master key typed by a person: scrypt (N=2^15, r=8, p=1) of the
+ * passphrase with a fixed, versioned domain salt, so the same passphrase
+ * gives the same key on every host. */
+#define KS_PASS_MIN 12
+KS_API int ks_mkey_from_passphrase(const char *pass, size_t len, ks_mkey *mk);
+/* A generated key: 32 random characters, turned into a key as a passphrase. */
+KS_API int ks_mkey_generate(ks_mkey *mk);
+
+/* ---- master-key registers (the key file) -------------------------------- */
+/* A key file holds the registers: CURRENT, optionally NEW (staged), and the
+ * retired keys (history, newest first). A file of exactly 32 raw bytes (the
+ * first format) is CURRENT alone. The keystore matches keys to epochs by
+ * their check values, so register roles only order them. */
+#define KS_REG_MAX_OLD 16
+typedef struct {
+    ks_mkey current;
+    bool has_new;
+    ks_mkey staged;
+    size_t n_old;
+    ks_mkey old[KS_REG_MAX_OLD];
+} ks_registers;
+KS_API int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r, ks_err *err);
+/* Atomic: temporary file (mode 0600), fsync, rename, fsync of the directory. */
+KS_API int ks_reg_save(const char *path, const ks_registers *r, ks_err *err);
+KS_API void ks_reg_clear(ks_registers *r);
 
 /* ---- store ------------------------------------------------------------- */
 typedef struct ks_store ks_store;
@@ -124,6 +151,9 @@ typedef struct {
     uint64_t map_size;
     uint64_t n_tokens;
     uint64_t n_objects;          /* all tokens */
+    int rot_state;               /* KS_ROT_* */
+    uint32_t new_epoch;          /* staged epoch, 0 when idle */
+    uint64_t generation;         /* bumps on every stage, commit and abort */
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
 KS_API const char *ks_path(ks_store *st);
@@ -192,6 +222,41 @@ KS_API int ks_idx_lookup(ks_txn *txn, uint32_t token_id, uint32_t attr, const vo
                          ks_oid_cb cb, void *arg);
 
 KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
+
+/* ---- master-key rotation ------------------------------------------------- */
+/* States of a keystore's rotation, kept (sealed) in its metadata:
+ *   IDLE      records are under CURRENT (epoch N)
+ *   STAGED    NEW (epoch N+1) is loaded: new and changed records use it
+ *   REWRAP    the rewrap is under way (a resume cursor is kept)
+ *   READY     no record is left under CURRENT: commit may run
+ *   ABORTING  NEW is being withdrawn: records go back to CURRENT
+ * Every step is one or more short write transactions; a crash at any point
+ * leaves a state from which the same step can simply be run again. */
+enum { KS_ROT_IDLE = 0, KS_ROT_STAGED, KS_ROT_REWRAP, KS_ROT_READY, KS_ROT_ABORTING };
+KS_API const char *ks_rot_state_name(int state);
+
+typedef struct {
+    uint64_t done;      /* records resealed by this call */
+    uint64_t remaining; /* records still to do (estimate while running) */
+} ks_rot_progress;
+/* Called after each batch; return non-zero to stop early (the work done so far stays). */
+typedef int (*ks_rot_cb)(const ks_rot_progress *p, void *arg);
+
+/* IDLE -> STAGED: newkey becomes the key of epoch N+1. */
+KS_API int ks_rot_stage(ks_store *st, const ks_mkey *newkey, ks_err *err);
+/* STAGED/REWRAP -> READY: reseal every record under NEW, `batch` records per
+ * transaction, resuming where an interrupted run stopped. */
+KS_API int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err);
+/* READY -> IDLE with epoch N+1 current; refuses while any record is under CURRENT. */
+KS_API int ks_rot_commit(ks_store *st, ks_err *err);
+/* STAGED/REWRAP/READY/ABORTING -> IDLE under epoch N: records resealed under NEW go back. */
+KS_API int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err);
+/* Records per epoch (cnt[i] for epochs[i]); up to n epochs, returns how many. */
+KS_API int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found);
+/* Check every record: it opens under its epoch's key; returns the number of
+ * failures and calls cb(kind, token, oid) for each. */
+typedef void (*ks_verify_cb)(char kind, uint32_t token, uint64_t oid, int err, void *arg);
+KS_API int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed);
 
 #ifdef __cplusplus
 }

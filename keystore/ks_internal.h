@@ -6,7 +6,10 @@
 
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/types.h>
+
+#include <openssl/evp.h>
 
 #define KS_FORMAT_VERSION 1u
 #define KS_KSID_LEN 16
@@ -18,6 +21,83 @@
 
 /* Record kinds (bound into the AAD, so a record of one kind never opens as another). */
 enum { KS_KIND_TOKEN = 'T', KS_KIND_OBJECT = 'O', KS_KIND_META = 'M' };
+
+
+/* The persistent rotation state (sealed in meta "state" under CURRENT). */
+typedef struct {
+    int state;            /* KS_ROT_* */
+    uint32_t cur, nxt;    /* epochs; nxt 0 when nothing is staged */
+    uint8_t cursor_db;    /* rewrap position: 0 meta, 1 tokens, 2 objects, 3 end */
+    uint8_t cursor_len;
+    uint8_t cursor[12];   /* last key done in cursor_db */
+} ks_rotstate;
+
+/* Keys and state for one generation of the metadata. Transactions hold a
+ * reference; a new generation replaces it and the old one is cleansed when
+ * its last transaction ends. */
+typedef struct ks_keyring {
+    atomic_int refs;
+    uint64_t gen;
+    ks_rotstate rs;
+    uint32_t write_epoch;
+    bool have_cur, have_nxt;
+    uint8_t cur_key[32], nxt_key[32];
+    uint8_t cur_kcv[KS_KCV_LEN];
+} ks_keyring;
+
+#define MAP_INIT_DEFAULT (32ull << 20)
+#define MAP_STEP_MAX (1ull << 30)
+#define MAX_READERS 1022
+#define IDX_MAC_LEN 16
+#define IDX_KEY_LEN (4 + IDX_MAC_LEN)
+
+struct ks_store {
+    ks_store *next;
+    int refs;
+    dev_t dev;
+    ino_t ino;
+    char *path;
+    MDB_env *env;
+    MDB_dbi db_meta, db_tok, db_obj, db_idx;
+    pthread_rwlock_t resize;
+    bool rdonly;
+    uint32_t format;
+    uint8_t ksid[KS_KSID_LEN];
+    EVP_MAC_CTX *idx_mac; /* HMAC-SHA256 keyed with the index key; duplicated per use */
+    /* Keys: the snapshot for the current generation, and the candidates
+     * (the registers of the key file, or the one key given to ks_open). */
+    pthread_mutex_t ring_lock;
+    ks_keyring *ring;
+    ks_mkey cand[KS_REG_MAX_OLD + 3];
+    size_t ncand;
+    char keysrc[256]; /* key file to reload the registers from ("" for none) */
+    unsigned keymode;
+    _Atomic uint32_t epoch_hint;
+};
+
+struct ks_txn {
+    ks_store *st;
+    MDB_txn *txn;
+    bool write;
+    bool map_full;
+    ks_keyring *ring; /* the keys valid for this transaction's snapshot */
+};
+
+/* ---- internal store API (ks_store.c) for ks_rotate.c ---- */
+KS_API int ks_meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v);
+KS_API int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen);
+KS_API int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen);
+KS_API int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
+KS_API int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v);
+KS_API const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch);
+/* Write the state (sealed under rs->cur's key) and bump the generation. */
+KS_API int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey[32], bool bump);
+KS_API int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs);
+KS_API int ks_begin_write(ks_store *st, ks_txn *x);
+KS_API int ks_end_write(ks_txn *x, int rc); /* commit if rc == KS_OK, else abort; returns the result */
+/* Find the key with this KCV among the candidates (reloading the key file once). */
+KS_API bool ks_find_key(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_LEN]);
+KS_API void ks_ring_invalidate(ks_store *st);
 
 /* HKDF-SHA256. 0 on success. */
 KS_API int ks_hkdf(const uint8_t *key, size_t keylen, const uint8_t *salt, size_t saltlen, const void *info,

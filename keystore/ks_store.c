@@ -28,37 +28,6 @@
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
-#define MAP_INIT_DEFAULT (32ull << 20)
-#define MAP_STEP_MAX (1ull << 30)
-#define MAX_READERS 1022
-#define IDX_MAC_LEN 16
-#define IDX_KEY_LEN (4 + IDX_MAC_LEN)
-
-struct ks_store {
-    ks_store *next;
-    int refs;
-    dev_t dev;
-    ino_t ino;
-    char *path;
-    MDB_env *env;
-    MDB_dbi db_meta, db_tok, db_obj, db_idx;
-    pthread_rwlock_t resize;
-    bool rdonly;
-    uint32_t format;
-    uint8_t ksid[KS_KSID_LEN];
-    uint32_t epoch;
-    uint8_t kcv[KS_KCV_LEN];
-    uint8_t reckey[32];
-    EVP_MAC_CTX *idx_mac; /* HMAC-SHA256 keyed with the index key; duplicated per use */
-};
-
-struct ks_txn {
-    ks_store *st;
-    MDB_txn *txn;
-    bool write;
-    bool map_full;
-};
-
 /* ---- registry: one environment per keystore per process ----------------- */
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -82,6 +51,8 @@ static int lmdb_err(int rc)
     }
 }
 
+static void ring_unref(ks_keyring *r);
+
 static void store_free(ks_store *st)
 {
     if (!st)
@@ -89,6 +60,8 @@ static void store_free(ks_store *st)
     if (st->env)
         mdb_env_close(st->env);
     EVP_MAC_CTX_free(st->idx_mac);
+    ring_unref(st->ring);
+    pthread_mutex_destroy(&st->ring_lock);
     pthread_rwlock_destroy(&st->resize);
     free(st->path);
     OPENSSL_cleanse(st, sizeof(*st));
@@ -163,32 +136,48 @@ static int txn_begin(ks_store *st, unsigned flags, MDB_txn **out)
 
 /* ---- meta helpers -------------------------------------------------------- */
 
-static int meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v)
+static int wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
+static int wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v);
+
+static int meta_key(uint8_t kb[32], const char *key, const void *suffix, size_t slen, MDB_val *k)
 {
-    uint8_t kb[32];
     size_t kl = strlen(key);
-    if (kl + slen > sizeof(kb))
+    if (kl + slen > 32)
         return KS_EINVAL;
     memcpy(kb, key, kl);
     if (slen)
         memcpy(kb + kl, suffix, slen);
-    MDB_val k = {kl + slen, kb};
+    k->mv_size = kl + slen;
+    k->mv_data = kb;
+    return KS_OK;
+}
+
+int ks_meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v)
+{
+    uint8_t kb[32];
+    MDB_val k;
+    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
+        return KS_EINVAL;
     return lmdb_err(mdb_get(t, st->db_meta, &k, v));
 }
 
-static int meta_put(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, const void *val,
-                    size_t vlen)
+int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen)
 {
     uint8_t kb[32];
-    size_t kl = strlen(key);
-    if (kl + slen > sizeof(kb))
+    MDB_val k, v = {vlen, (void *)val};
+    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
         return KS_EINVAL;
-    memcpy(kb, key, kl);
-    if (slen)
-        memcpy(kb + kl, suffix, slen);
-    MDB_val k = {kl + slen, kb}, v = {vlen, (void *)val};
-    int rc = mdb_put(t, st->db_meta, &k, &v, 0);
-    return rc == MDB_MAP_FULL ? MDB_MAP_FULL : lmdb_err(rc);
+    return wput(x, x->st->db_meta, &k, &v, 0);
+}
+
+int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen)
+{
+    uint8_t kb[32];
+    MDB_val k;
+    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
+        return KS_EINVAL;
+    int rc = wdel(x, x->st->db_meta, &k, NULL);
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
 /* ---- opening ------------------------------------------------------------- */
@@ -210,44 +199,245 @@ static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
     uint8_t ksid[KS_KSID_LEN], be[8], kcv[KS_KCV_LEN], idxkey[32], reckey[32];
     uint8_t *rec = NULL;
     size_t reclen = 0;
+    ks_txn x = {.st = st, .txn = t, .write = true};
+    ks_rotstate rs = {.state = KS_ROT_IDLE, .cur = 1};
     int rc;
     MDB_val v;
 
-    if (meta_get(t, st, "format", NULL, 0, &v) == KS_OK)
+    if (ks_meta_get(t, st, "format", NULL, 0, &v) == KS_OK)
         return KS_OK; /* another process created it first */
     if (RAND_bytes(ksid, sizeof(ksid)) != 1 || RAND_bytes(idxkey, sizeof(idxkey)) != 1)
         return KS_EIO;
+    memcpy(st->ksid, ksid, sizeof(ksid));
     ks_mkey_kcv(mk, kcv);
     rc = ks_rec_key(mk, ksid, 1, reckey);
     if (rc == KS_OK)
         rc = ks_rec_seal(reckey, ksid, KS_KIND_META, 1, 0, 0, idxkey, sizeof(idxkey), &rec, &reclen);
     OPENSSL_cleanse(idxkey, sizeof(idxkey));
-    OPENSSL_cleanse(reckey, sizeof(reckey));
     if (rc != KS_OK)
-        return rc;
+        goto out;
     ks_be32(be, KS_FORMAT_VERSION);
-    if (!(rc = meta_put(t, st, "format", NULL, 0, be, 4)) && !(rc = meta_put(t, st, "ksid", NULL, 0, ksid, 16))) {
+    if (!(rc = ks_meta_put(&x, "format", NULL, 0, be, 4)) && !(rc = ks_meta_put(&x, "ksid", NULL, 0, ksid, 16))) {
         ks_be32(be, 1);
-        if (!(rc = meta_put(t, st, "epoch", NULL, 0, be, 4)) && !(rc = meta_put(t, st, "kcv", be, 4, kcv, 8)) &&
-            !(rc = meta_put(t, st, "idxkey", NULL, 0, rec, reclen))) {
+        if (!(rc = ks_meta_put(&x, "epoch", NULL, 0, be, 4)) && !(rc = ks_meta_put(&x, "kcv", be, 4, kcv, 8)) &&
+            !(rc = ks_meta_put(&x, "idxkey", NULL, 0, rec, reclen))) {
             ks_be64(be, 1);
-            rc = meta_put(t, st, "next_oid", NULL, 0, be, 8);
+            if (!(rc = ks_meta_put(&x, "next_oid", NULL, 0, be, 8)))
+                rc = ks_state_store(&x, &rs, reckey, true);
         }
     }
+    if (x.map_full)
+        rc = MDB_MAP_FULL;
+out:
+    OPENSSL_cleanse(reckey, sizeof(reckey));
     ks_buf_free(rec, reclen);
     return rc;
+}
+
+/* ---- keys ---------------------------------------------------------------- */
+
+static void ring_unref(ks_keyring *r)
+{
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        OPENSSL_cleanse(r, sizeof(*r));
+        free(r);
+    }
+}
+
+const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
+{
+    if (r->have_cur && epoch == r->rs.cur)
+        return r->cur_key;
+    if (r->have_nxt && r->rs.nxt && epoch == r->rs.nxt)
+        return r->nxt_key;
+    return NULL;
+}
+
+static void cand_add(ks_store *st, const ks_mkey *mk)
+{
+    for (size_t i = 0; i < st->ncand; i++)
+        if (CRYPTO_memcmp(st->cand[i].key, mk->key, KS_MK_LEN) == 0)
+            return;
+    if (st->ncand < sizeof(st->cand) / sizeof(st->cand[0]))
+        st->cand[st->ncand++] = *mk;
+}
+
+/* Reload the candidates from the key file (the registers may have changed). */
+static int cand_reload(ks_store *st)
+{
+    ks_registers r;
+    ks_err e = {{0}};
+    int rc;
+    if (!st->keysrc[0])
+        return KS_ENOKEY;
+    rc = ks_reg_load(st->keysrc, st->keymode, &r, &e);
+    if (rc != KS_OK) {
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot reload the master keys: %s", st->path, e.msg);
+        return rc;
+    }
+    cand_add(st, &r.current);
+    if (r.has_new)
+        cand_add(st, &r.staged);
+    for (size_t i = 0; i < r.n_old; i++)
+        cand_add(st, &r.old[i]);
+    ks_reg_clear(&r);
+    return KS_OK;
+}
+
+bool ks_find_key(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_LEN])
+{
+    uint8_t k[KS_KCV_LEN];
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < st->ncand; i++) {
+            ks_mkey_kcv(&st->cand[i], k);
+            if (CRYPTO_memcmp(k, kcv, KS_KCV_LEN) == 0) {
+                memcpy(out, st->cand[i].key, KS_MK_LEN);
+                return true;
+            }
+        }
+        if (pass == 0 && cand_reload(st) != KS_OK)
+            break;
+    }
+    return false;
+}
+
+static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KCV_LEN], uint8_t key[32], bool *have)
+{
+    uint8_t be[4];
+    MDB_val v;
+    ks_mkey mk;
+    ks_be32(be, epoch);
+    if (ks_meta_get(t, st, "kcv", be, 4, &v) != KS_OK || v.mv_size != KS_KCV_LEN)
+        return KS_ECORRUPT;
+    memcpy(kcv, v.mv_data, KS_KCV_LEN);
+    memset(&mk, 0, sizeof(mk));
+    *have = ks_find_key(st, kcv, mk.key);
+    int rc = *have ? ks_rec_key(&mk, st->ksid, epoch, key) : KS_OK;
+    ks_mkey_clear(&mk);
+    return rc;
+}
+
+/* Build the keys for the metadata of this transaction's snapshot. */
+static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, ks_err *err)
+{
+    ks_keyring *r = calloc(1, sizeof(*r));
+    uint8_t nkcv[KS_KCV_LEN];
+    MDB_val v;
+    int rc;
+
+    if (!r)
+        return KS_ENOMEM;
+    atomic_init(&r->refs, 1);
+    r->gen = gen;
+    if (ks_meta_get(t, st, "epoch", NULL, 0, &v) != KS_OK || v.mv_size != 4) {
+        rc = KS_ECORRUPT;
+        goto fail;
+    }
+    r->rs.cur = ks_get_be32(v.mv_data);
+    rc = epoch_key(st, t, r->rs.cur, r->cur_kcv, r->cur_key, &r->have_cur);
+    if (rc != KS_OK)
+        goto fail;
+    if (!r->have_cur) {
+        char want[2 * KS_KCV_LEN + 1], have[2 * KS_KCV_LEN + 1] = "none";
+        uint8_t k[KS_KCV_LEN];
+        ks_kcv_hex(r->cur_kcv, want);
+        if (st->ncand) {
+            ks_mkey_kcv(&st->cand[0], k);
+            ks_kcv_hex(k, have);
+        }
+        ks_err_set(err, "keystore %s is sealed under a master key with check value %s (epoch %u), but the "
+                        "configured master key (%s) has check value %s. Either (1) configure here the master key "
+                        "with check value %s, (2) on the host that has that key, change it to this host's key, "
+                        "or (3) there, move the keystore through the default key and open that copy here.",
+                   st->path, want, r->rs.cur, st->ncand ? st->cand[0].source : "none", have, want);
+        rc = KS_EWRONGKEY;
+        goto fail;
+    }
+    rc = ks_state_load(t, st, r->rs.cur, r->cur_key, &r->rs);
+    if (rc != KS_OK) {
+        ks_err_set(err, "keystore %s: its rotation state failed authentication; restore the keystore from a "
+                        "backup", st->path);
+        goto fail;
+    }
+    if (r->rs.nxt) {
+        rc = epoch_key(st, t, r->rs.nxt, nkcv, r->nxt_key, &r->have_nxt);
+        if (rc != KS_OK)
+            goto fail;
+        if (!r->have_nxt) {
+            char hex[2 * KS_KCV_LEN + 1];
+            ks_kcv_hex(nkcv, hex);
+            ks_log(KS_LOG_ERROR, "keystore %s: the staged master key of epoch %u (check value %s) is not in %s; "
+                   "records under it cannot be used here until the key file holds it (or the rotation is "
+                   "aborted with: p11mk-admin abort)", st->path, r->rs.nxt, hex,
+                   st->keysrc[0] ? st->keysrc : "the configuration (built-in default key)");
+        }
+    }
+    bool to_new = r->rs.state == KS_ROT_STAGED || r->rs.state == KS_ROT_REWRAP || r->rs.state == KS_ROT_READY;
+    r->write_epoch = to_new && r->rs.nxt ? r->rs.nxt : r->rs.cur;
+    *out = r;
+    return KS_OK;
+fail:
+    ring_unref(r);
+    return rc;
+}
+
+/* Give the transaction the keys of its snapshot: cheap (one meta lookup)
+ * unless the generation changed since the last look. */
+static int ring_attach(ks_store *st, ks_txn *x)
+{
+    MDB_val v;
+    uint64_t gen = 0;
+    int rc = KS_OK;
+
+    if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+        gen = ks_get_be64(v.mv_data);
+    pthread_mutex_lock(&st->ring_lock);
+    if (st->ring && st->ring->gen == gen) {
+        x->ring = st->ring;
+        atomic_fetch_add(&x->ring->refs, 1);
+    } else {
+        ks_keyring *r = NULL;
+        ks_err e = {{0}};
+        rc = ring_build(st, x->txn, gen, &r, &e);
+        if (rc != KS_OK) {
+            ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, e.msg[0] ? e.msg : ks_strerror(rc));
+        } else if (!st->ring || gen > st->ring->gen) {
+            if (st->ring && st->ring->rs.cur != r->rs.cur)
+                ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u is now current", st->path, r->rs.cur);
+            ring_unref(st->ring);
+            st->ring = r;
+            atomic_store(&st->epoch_hint, r->rs.cur);
+            x->ring = r;
+            atomic_fetch_add(&r->refs, 1);
+        } else {
+            x->ring = r; /* an older snapshot: private keys for it */
+        }
+    }
+    pthread_mutex_unlock(&st->ring_lock);
+    return rc;
+}
+
+void ks_ring_invalidate(ks_store *st)
+{
+    pthread_mutex_lock(&st->ring_lock);
+    ring_unref(st->ring);
+    st->ring = NULL;
+    pthread_mutex_unlock(&st->ring_lock);
 }
 
 /* Read and check the metadata; derive the keys. */
 static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
 {
     MDB_val v;
-    uint8_t be[4], kcv[KS_KCV_LEN], *idxkey = NULL;
+    uint8_t *idxkey = NULL;
     size_t idxlen = 0;
     uint32_t rec_epoch;
+    uint64_t gen = 0;
+    ks_keyring *r = NULL;
+    const uint8_t *key;
     int rc;
 
-    if (meta_get(t, st, "format", NULL, 0, &v) != KS_OK || v.mv_size != 4) {
+    if (ks_meta_get(t, st, "format", NULL, 0, &v) != KS_OK || v.mv_size != 4) {
         ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
         return KS_ENOTFOUND;
     }
@@ -257,34 +447,32 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
                         "release that wrote it", st->path, st->format, P11MK_VERSION, KS_FORMAT_VERSION);
         return KS_EVERSION;
     }
-    if (meta_get(t, st, "ksid", NULL, 0, &v) != KS_OK || v.mv_size != KS_KSID_LEN)
+    if (ks_meta_get(t, st, "ksid", NULL, 0, &v) != KS_OK || v.mv_size != KS_KSID_LEN)
         goto corrupt;
     memcpy(st->ksid, v.mv_data, KS_KSID_LEN);
-    if (meta_get(t, st, "epoch", NULL, 0, &v) != KS_OK || v.mv_size != 4)
-        goto corrupt;
-    st->epoch = ks_get_be32(v.mv_data);
-    ks_be32(be, st->epoch);
-    if (meta_get(t, st, "kcv", be, 4, &v) != KS_OK || v.mv_size != KS_KCV_LEN)
-        goto corrupt;
-    memcpy(st->kcv, v.mv_data, KS_KCV_LEN);
-    ks_mkey_kcv(mk, kcv);
-    if (CRYPTO_memcmp(kcv, st->kcv, KS_KCV_LEN) != 0) {
-        char want[2 * KS_KCV_LEN + 1], have[2 * KS_KCV_LEN + 1];
-        ks_kcv_hex(st->kcv, want);
-        ks_kcv_hex(kcv, have);
-        ks_err_set(err, "keystore %s is sealed under a master key with check value %s (epoch %u), but the "
-                        "configured master key (%s) has check value %s. Either (1) configure here the master key "
-                        "with check value %s, (2) on the host that has that key, change it to this host's key, "
-                        "or (3) there, move the keystore through the default key and open that copy here.",
-                   st->path, want, st->epoch, mk->source, have, want);
-        return KS_EWRONGKEY;
+
+    /* Candidate keys: the registers of the key file, and the key given. */
+    if (mk->file_mode && !mk->is_default) {
+        snprintf(st->keysrc, sizeof(st->keysrc), "%s", mk->source);
+        st->keymode = mk->file_mode;
     }
-    rc = ks_rec_key(mk, st->ksid, st->epoch, st->reckey);
+    cand_add(st, mk);
+    if (ks_meta_get(t, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+        gen = ks_get_be64(v.mv_data);
+    pthread_mutex_lock(&st->ring_lock);
+    rc = ring_build(st, t, gen, &r, err);
+    if (rc == KS_OK) {
+        st->ring = r;
+        atomic_store(&st->epoch_hint, r->rs.cur);
+    }
+    pthread_mutex_unlock(&st->ring_lock);
     if (rc != KS_OK)
-        return rc;
-    if (meta_get(t, st, "idxkey", NULL, 0, &v) != KS_OK ||
-        ks_rec_header(v.mv_data, v.mv_size, NULL, &rec_epoch) != KS_OK || rec_epoch != st->epoch ||
-        ks_rec_open(st->reckey, st->ksid, KS_KIND_META, 0, 0, v.mv_data, v.mv_size, &idxkey, &idxlen) != KS_OK ||
+        return rc == KS_ECORRUPT && !err->msg[0] ? (ks_err_set(err, "keystore %s: its metadata is damaged; "
+                                                   "restore it from a backup", st->path), rc) : rc;
+
+    if (ks_meta_get(t, st, "idxkey", NULL, 0, &v) != KS_OK ||
+        ks_rec_header(v.mv_data, v.mv_size, NULL, &rec_epoch) != KS_OK || !(key = ks_ring_key(r, rec_epoch)) ||
+        ks_rec_open(key, st->ksid, KS_KIND_META, 0, 0, v.mv_data, v.mv_size, &idxkey, &idxlen) != KS_OK ||
         idxlen != 32) {
         ks_buf_free(idxkey, idxlen);
         goto corrupt;
@@ -419,6 +607,7 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
         if (rc != MDB_MAP_FULL)
             break;
         grow_map(st);
+        rc = KS_EIO;
     }
     if (rc != KS_OK) {
         ks_err_set(err, "cannot create keystore %s: %s", st->path, ks_strerror(rc));
@@ -468,9 +657,13 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     }
     for (st = registry; st; st = st->next) {
         if (st->dev == sb.st_dev && st->ino == sb.st_ino) {
-            uint8_t kcv[KS_KCV_LEN];
+            uint8_t kcv[KS_KCV_LEN], key[KS_MK_LEN];
             ks_mkey_kcv(mk, kcv);
-            if (CRYPTO_memcmp(kcv, st->kcv, KS_KCV_LEN) != 0) {
+            pthread_mutex_lock(&st->ring_lock);
+            bool known = ks_find_key(st, kcv, key);
+            pthread_mutex_unlock(&st->ring_lock);
+            OPENSSL_cleanse(key, sizeof(key));
+            if (!known) {
                 pthread_mutex_unlock(&reg_lock);
                 ks_err_set(err, "keystore %s is already open in this process under another master key", dir);
                 return KS_EWRONGKEY;
@@ -482,7 +675,8 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         }
     }
     st = calloc(1, sizeof(*st));
-    if (!st || !(st->path = strdup(dir)) || pthread_rwlock_init(&st->resize, NULL) != 0) {
+    if (!st || !(st->path = strdup(dir)) || pthread_rwlock_init(&st->resize, NULL) != 0 ||
+        pthread_mutex_init(&st->ring_lock, NULL) != 0) {
         if (st)
             free(st->path);
         free(st);
@@ -532,7 +726,7 @@ void ks_close(ks_store *st)
 
 const char *ks_path(ks_store *st) { return st ? st->path : NULL; }
 
-uint32_t ks_epoch(ks_store *st) { return st ? st->epoch : 0; }
+uint32_t ks_epoch(ks_store *st) { return st ? atomic_load(&st->epoch_hint) : 0; }
 
 bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
 
@@ -540,7 +734,7 @@ int ks_get_info(ks_store *st, ks_info *info)
 {
     MDB_envinfo ei;
     MDB_stat ms;
-    MDB_txn *t;
+    ks_txn *x;
     int rc;
 
     if (!st || !info)
@@ -548,19 +742,24 @@ int ks_get_info(ks_store *st, ks_info *info)
     memset(info, 0, sizeof(*info));
     info->format_version = st->format;
     memcpy(info->keystore_id, st->ksid, KS_KSID_LEN);
-    info->epoch = st->epoch;
-    memcpy(info->kcv, st->kcv, KS_KCV_LEN);
-    rc = txn_begin(st, MDB_RDONLY, &t);
+    rc = ks_read_begin(st, &x);
     if (rc != KS_OK)
         return rc;
+    ks_rotstate rs = x->ring->rs;
+    /* The state record itself: progress within a generation is not in the ring. */
+    ks_state_load(x->txn, st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    info->epoch = rs.cur;
+    info->new_epoch = rs.nxt;
+    info->rot_state = rs.state;
+    info->generation = x->ring->gen;
+    memcpy(info->kcv, x->ring->cur_kcv, KS_KCV_LEN);
     mdb_env_info(st->env, &ei);
     info->map_size = ei.me_mapsize;
-    if (mdb_stat(t, st->db_tok, &ms) == MDB_SUCCESS)
+    if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
         info->n_tokens = ms.ms_entries;
-    if (mdb_stat(t, st->db_obj, &ms) == MDB_SUCCESS)
+    if (mdb_stat(x->txn, st->db_obj, &ms) == MDB_SUCCESS)
         info->n_objects = ms.ms_entries;
-    mdb_txn_abort(t);
-    pthread_rwlock_unlock(&st->resize);
+    ks_read_end(x);
     return KS_OK;
 }
 
@@ -581,6 +780,13 @@ int ks_read_begin(ks_store *st, ks_txn **out)
         return rc;
     }
     x->st = st;
+    rc = ring_attach(st, x);
+    if (rc != KS_OK) {
+        mdb_txn_abort(x->txn);
+        pthread_rwlock_unlock(&st->resize);
+        free(x);
+        return rc;
+    }
     *out = x;
     return KS_OK;
 }
@@ -591,6 +797,7 @@ void ks_read_end(ks_txn *x)
         return;
     mdb_txn_abort(x->txn);
     pthread_rwlock_unlock(&x->st->resize);
+    ring_unref(x->ring);
     free(x);
 }
 
@@ -606,7 +813,9 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
         rc = txn_begin(st, 0, &x.txn);
         if (rc != KS_OK)
             return rc;
-        rc = fn(&x, arg);
+        rc = ring_attach(st, &x);
+        if (rc == KS_OK)
+            rc = fn(&x, arg);
         if (rc == KS_OK && !x.map_full) {
             int mrc = mdb_txn_commit(x.txn);
             if (mrc == MDB_MAP_FULL)
@@ -617,6 +826,7 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
             mdb_txn_abort(x.txn);
         }
         pthread_rwlock_unlock(&st->resize);
+        ring_unref(x.ring);
         if (!x.map_full)
             return rc;
         if ((rc = grow_map(st)) != KS_OK)
@@ -652,6 +862,18 @@ static int wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v)
     return lmdb_err(rc);
 }
 
+int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags) { return wput(x, db, k, v, flags); }
+
+int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v)
+{
+    int rc = mdb_cursor_put(c, k, v, MDB_CURRENT);
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+        x->map_full = true;
+        return KS_EIO;
+    }
+    return lmdb_err(rc);
+}
+
 static int cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags)
 {
     int rc = mdb_cursor_del(c, flags);
@@ -674,7 +896,10 @@ static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
 
     if (!blob && len)
         return KS_EINVAL;
-    rc = ks_rec_seal(st->reckey, st->ksid, kind, st->epoch, token, oid, blob, len, &rec, &reclen);
+    const uint8_t *key = ks_ring_key(x->ring, x->ring->write_epoch);
+    if (!key)
+        return KS_ENOKEY;
+    rc = ks_rec_seal(key, st->ksid, kind, x->ring->write_epoch, token, oid, blob, len, &rec, &reclen);
     if (rc != KS_OK)
         return rc;
     MDB_val v = {reclen, rec};
@@ -699,9 +924,10 @@ static int get_open(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
     rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &epoch);
     if (rc != KS_OK)
         return rc;
-    if (epoch != st->epoch)
+    const uint8_t *key = ks_ring_key(x->ring, epoch);
+    if (!key)
         return KS_ENOKEY;
-    return ks_rec_open(st->reckey, st->ksid, kind, token, oid, v.mv_data, v.mv_size, blob, len);
+    return ks_rec_open(key, st->ksid, kind, token, oid, v.mv_data, v.mv_size, blob, len);
 }
 
 /* ---- tokens -------------------------------------------------------------- */
@@ -836,7 +1062,7 @@ int ks_obj_new_id(ks_txn *x, uint64_t *oid)
     int rc;
     if (!x || !oid || !x->write)
         return KS_EINVAL;
-    rc = meta_get(x->txn, x->st, "next_oid", NULL, 0, &v);
+    rc = ks_meta_get(x->txn, x->st, "next_oid", NULL, 0, &v);
     if (rc != KS_OK || v.mv_size != 8)
         return rc == KS_OK ? KS_ECORRUPT : rc;
     *oid = ks_get_be64(v.mv_data);

@@ -1,0 +1,644 @@
+/* p11mk keystore: master-key rotation.
+ *
+ * The state machine (IDLE -> STAGED -> REWRAP -> READY -> IDLE, or back
+ * through ABORTING) lives in the metadata as a record sealed under the
+ * CURRENT key, next to a plain generation counter that every process checks
+ * at the start of each transaction. Each step is a series of short write
+ * transactions, each of which moves records and the resume cursor together,
+ * so an interrupted step is finished by running it again; processes keep
+ * reading and writing throughout (new records go under NEW as soon as a key
+ * is staged). Steps of different admin processes exclude each other with a
+ * lock file that names its holder. */
+#include "keystore/ks_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#define STATE_LEN 24
+#define STATE_OID 1
+enum { POS_META = 0, POS_TOKENS = 1, POS_OBJECTS = 2, POS_END = 3 };
+
+const char *ks_rot_state_name(int state)
+{
+    switch (state) {
+    case KS_ROT_IDLE: return "idle";
+    case KS_ROT_STAGED: return "staged";
+    case KS_ROT_REWRAP: return "rewrapping";
+    case KS_ROT_READY: return "ready to commit";
+    case KS_ROT_ABORTING: return "aborting";
+    default: return "unknown";
+    }
+}
+
+/* ---- the state record ------------------------------------------------- */
+
+int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs)
+{
+    MDB_val v;
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    uint32_t hepoch;
+    int rc;
+
+    memset(rs, 0, sizeof(*rs));
+    rs->state = KS_ROT_IDLE;
+    rs->cur = epoch;
+    if (ks_meta_get(t, st, "state", NULL, 0, &v) != KS_OK)
+        return KS_OK; /* keystores written before rotation existed */
+    if (ks_rec_header(v.mv_data, v.mv_size, NULL, &hepoch) != KS_OK || hepoch != epoch)
+        return KS_ECORRUPT;
+    rc = ks_rec_open(curkey, st->ksid, KS_KIND_META, 0, STATE_OID, v.mv_data, v.mv_size, &pt, &len);
+    if (rc != KS_OK)
+        return rc;
+    if (len != STATE_LEN || pt[0] != 1 || pt[1] > KS_ROT_ABORTING || ks_get_be32(pt + 2) != epoch ||
+        pt[10] > POS_END || pt[11] > sizeof(rs->cursor) || ((pt[1] == KS_ROT_IDLE) != (ks_get_be32(pt + 6) == 0))) {
+        ks_buf_free(pt, len);
+        return KS_ECORRUPT;
+    }
+    rs->state = pt[1];
+    rs->cur = ks_get_be32(pt + 2);
+    rs->nxt = ks_get_be32(pt + 6);
+    rs->cursor_db = pt[10];
+    rs->cursor_len = pt[11];
+    memcpy(rs->cursor, pt + 12, sizeof(rs->cursor));
+    ks_buf_free(pt, len);
+    return KS_OK;
+}
+
+int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey[32], bool bump)
+{
+    uint8_t pt[STATE_LEN] = {0}, *rec = NULL, be[8];
+    size_t reclen = 0;
+    MDB_val v;
+    int rc;
+
+    pt[0] = 1;
+    pt[1] = (uint8_t)rs->state;
+    ks_be32(pt + 2, rs->cur);
+    ks_be32(pt + 6, rs->nxt);
+    pt[10] = rs->cursor_db;
+    pt[11] = rs->cursor_len;
+    memcpy(pt + 12, rs->cursor, sizeof(rs->cursor));
+    rc = ks_rec_seal(curkey, x->st->ksid, KS_KIND_META, rs->cur, 0, STATE_OID, pt, sizeof(pt), &rec, &reclen);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_meta_put(x, "state", NULL, 0, rec, reclen);
+    free(rec);
+    if (rc != KS_OK || !bump)
+        return rc;
+    uint64_t gen = 0;
+    if (ks_meta_get(x->txn, x->st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+        gen = ks_get_be64(v.mv_data);
+    ks_be64(be, gen + 1);
+    return ks_meta_put(x, "gen", NULL, 0, be, 8);
+}
+
+/* ---- the step lock ----------------------------------------------------- */
+
+static int step_lock(ks_store *st, const char *step, ks_err *err)
+{
+    char path[4096], holder[256] = "";
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/rotation.lock", ks_path(st));
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        ks_err_set(err, "cannot open %s: %s", path, strerror(errno));
+        return KS_EIO;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        ks_err_set(err, "another rotation step is running on %s (%s); wait for it to finish, or stop it: it can "
+                        "be resumed later", ks_path(st), holder[0] ? holder : "holder unknown");
+        close(fd);
+        return KS_EBUSY;
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    char ts[32];
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int n = snprintf(holder, sizeof(holder), "pid %ld, %s, since %s\n", (long)getpid(), step, ts);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, holder, (size_t)n, 0) != n) {
+        /* The lock holds anyway; only the description is missing. */
+    }
+    return fd;
+}
+
+static void step_unlock(int fd)
+{
+    if (fd >= 0) {
+        if (ftruncate(fd, 0) != 0) {
+            /* nothing to do: the lock itself is released below */
+        }
+        close(fd);
+    }
+}
+
+/* ---- stage ----------------------------------------------------------------- */
+
+typedef struct {
+    const ks_mkey *key;
+    ks_err *err;
+    uint32_t epoch;
+} stage_arg;
+
+static int stage_fn(ks_txn *x, void *arg)
+{
+    stage_arg *a = arg;
+    ks_rotstate rs;
+    uint8_t kcv[KS_KCV_LEN], be[4];
+    int rc = ks_state_load(x->txn, x->st, x->ring->rs.cur, x->ring->cur_key, &rs);
+
+    if (rc != KS_OK)
+        return rc;
+    if (rs.state != KS_ROT_IDLE) {
+        ks_err_set(a->err, "a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' "
+                           "and 'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'", rs.nxt,
+                   ks_rot_state_name(rs.state));
+        return KS_EEXIST;
+    }
+    ks_mkey_kcv(a->key, kcv);
+    if (CRYPTO_memcmp(kcv, x->ring->cur_kcv, KS_KCV_LEN) == 0) {
+        ks_err_set(a->err, "the new master key is the current one; nothing to stage");
+        return KS_EINVAL;
+    }
+    rs.nxt = rs.cur + 1;
+    rs.state = KS_ROT_STAGED;
+    rs.cursor_db = POS_META;
+    rs.cursor_len = 0;
+    ks_be32(be, rs.nxt);
+    if ((rc = ks_meta_put(x, "kcv", be, 4, kcv, KS_KCV_LEN)) != KS_OK)
+        return rc;
+    a->epoch = rs.nxt;
+    return ks_state_store(x, &rs, x->ring->cur_key, true);
+}
+
+int ks_rot_stage(ks_store *st, const ks_mkey *newkey, ks_err *err)
+{
+    stage_arg a = {newkey, err, 0};
+    int rc, lk;
+
+    if (!st || !newkey)
+        return KS_EINVAL;
+    if ((lk = step_lock(st, "stage", err)) < 0)
+        return lk;
+    pthread_mutex_lock(&st->ring_lock);
+    /* Make the new key known to this process even before the key file says so. */
+    size_t max = sizeof(st->cand) / sizeof(st->cand[0]);
+    bool dup = false;
+    for (size_t i = 0; i < st->ncand; i++)
+        dup = dup || CRYPTO_memcmp(st->cand[i].key, newkey->key, KS_MK_LEN) == 0;
+    if (!dup && st->ncand < max)
+        st->cand[st->ncand++] = *newkey;
+    pthread_mutex_unlock(&st->ring_lock);
+    rc = ks_write(st, stage_fn, &a);
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "keystore %s: new master key staged as epoch %u", ks_path(st), a.epoch);
+    step_unlock(lk);
+    return rc;
+}
+
+/* ---- the reseal pass (rewrap and abort) ------------------------------ */
+
+typedef struct {
+    bool to_new;      /* rewrap: CURRENT -> NEW; abort: NEW -> CURRENT */
+    size_t batch;
+    uint64_t done;    /* resealed in this transaction */
+    uint64_t visited;
+    bool finished;
+    ks_err *err;
+} pass_arg;
+
+static int reseal_value(ks_txn *x, MDB_val *v, uint8_t kind, uint32_t token, uint64_t oid, uint32_t from_epoch,
+                        const uint8_t *from, uint32_t to_epoch, const uint8_t *to, uint8_t **out, size_t *outlen)
+{
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    int rc = ks_rec_open(from, x->st->ksid, kind, token, oid, v->mv_data, v->mv_size, &pt, &len);
+    (void)from_epoch;
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_rec_seal(to, x->st->ksid, kind, to_epoch, token, oid, pt, len, out, outlen);
+    ks_buf_free(pt, len);
+    return rc;
+}
+
+/* Walk one database from the cursor, resealing records under `from`. */
+static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t kind, uint32_t from_epoch,
+                   const uint8_t *from, uint32_t to_epoch, const uint8_t *to)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int mrc, rc = KS_OK;
+
+    if ((mrc = mdb_cursor_open(x->txn, db, &c)) != MDB_SUCCESS)
+        return KS_EIO;
+    if (rs->cursor_len) {
+        k.mv_size = rs->cursor_len;
+        k.mv_data = rs->cursor;
+        mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (mrc == MDB_SUCCESS && k.mv_size == rs->cursor_len && memcmp(k.mv_data, rs->cursor, k.mv_size) == 0)
+            mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    } else {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    }
+    for (; mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint32_t epoch, token;
+        uint64_t oid = 0;
+        if ((kind == KS_KIND_TOKEN && k.mv_size != 4) || (kind == KS_KIND_OBJECT && k.mv_size != 12)) {
+            rc = KS_ECORRUPT;
+            break;
+        }
+        token = ks_get_be32(k.mv_data);
+        if (kind == KS_KIND_OBJECT)
+            oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
+        if (ks_rec_header(v.mv_data, v.mv_size, NULL, &epoch) != KS_OK) {
+            rc = KS_ECORRUPT;
+            break;
+        }
+        if (epoch == from_epoch) {
+            uint8_t *rec = NULL;
+            size_t reclen = 0;
+            rc = reseal_value(x, &v, kind, token, oid, from_epoch, from, to_epoch, to, &rec, &reclen);
+            if (rc == KS_OK) {
+                MDB_val nv = {reclen, rec};
+                rc = ks_cursor_replace(x, c, &k, &nv);
+                free(rec);
+            }
+            if (rc != KS_OK) {
+                ks_err_set(a->err, "%s %u%s%llu cannot be resealed (%s); check it with 'p11mk-admin verify'",
+                           kind == KS_KIND_TOKEN ? "token" : "token", token, kind == KS_KIND_OBJECT ? " object " : "",
+                           kind == KS_KIND_OBJECT ? (unsigned long long)oid : 0ULL, ks_strerror(rc));
+                break;
+            }
+            a->done++;
+        }
+        a->visited++;
+        memcpy(rs->cursor, k.mv_data, k.mv_size);
+        rs->cursor_len = (uint8_t)k.mv_size;
+        if (a->visited >= a->batch)
+            break;
+    }
+    mdb_cursor_close(c);
+    if (rc != KS_OK)
+        return rc;
+    if (mrc == MDB_NOTFOUND) { /* this database is done */
+        rs->cursor_db++;
+        rs->cursor_len = 0;
+    } else if (mrc != MDB_SUCCESS) {
+        return KS_EIO;
+    }
+    return KS_OK;
+}
+
+static int pass_fn(ks_txn *x, void *arg)
+{
+    pass_arg *a = arg;
+    ks_keyring *r = x->ring;
+    ks_rotstate rs;
+    int rc = ks_state_load(x->txn, x->st, r->rs.cur, r->cur_key, &rs);
+
+    a->done = a->visited = 0;
+    a->finished = false;
+    if (rc != KS_OK)
+        return rc;
+    if (a->to_new) {
+        if (rs.state == KS_ROT_READY) {
+            a->finished = true;
+            return KS_OK;
+        }
+        if (rs.state != KS_ROT_STAGED && rs.state != KS_ROT_REWRAP) {
+            ks_err_set(a->err, rs.state == KS_ROT_IDLE ? "no new master key is staged; stage one first with "
+                                                         "'p11mk-admin stage'"
+                                                       : "the rotation is being aborted; run 'p11mk-admin abort' "
+                                                         "to finish that first");
+            return KS_EINVAL;
+        }
+    } else if (rs.state != KS_ROT_ABORTING) {
+        return KS_EINVAL;
+    }
+    if (!r->have_nxt) {
+        ks_err_set(a->err, "the staged master key (epoch %u) is not in the key file; restore the key file that "
+                           "holds it", rs.nxt);
+        return KS_ENOKEY;
+    }
+    uint32_t from_e = a->to_new ? rs.cur : rs.nxt, to_e = a->to_new ? rs.nxt : rs.cur;
+    const uint8_t *from = a->to_new ? r->cur_key : r->nxt_key, *to = a->to_new ? r->nxt_key : r->cur_key;
+
+    while (rs.cursor_db < POS_END && a->visited < a->batch) {
+        if (rs.cursor_db == POS_META) {
+            MDB_val v;
+            uint32_t e;
+            if (ks_meta_get(x->txn, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+                ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == from_e) {
+                uint8_t *rec = NULL;
+                size_t reclen = 0;
+                rc = reseal_value(x, &v, KS_KIND_META, 0, 0, from_e, from, to_e, to, &rec, &reclen);
+                if (rc == KS_OK)
+                    rc = ks_meta_put(x, "idxkey", NULL, 0, rec, reclen);
+                free(rec);
+                if (rc != KS_OK)
+                    return rc;
+                a->done++;
+            }
+            rs.cursor_db = POS_TOKENS;
+            rs.cursor_len = 0;
+        } else if (rs.cursor_db == POS_TOKENS) {
+            rc = pass_db(x, a, &rs, x->st->db_tok, KS_KIND_TOKEN, from_e, from, to_e, to);
+        } else {
+            rc = pass_db(x, a, &rs, x->st->db_obj, KS_KIND_OBJECT, from_e, from, to_e, to);
+        }
+        if (rc != KS_OK)
+            return rc;
+    }
+    if (rs.cursor_db >= POS_END) {
+        a->finished = true;
+        if (a->to_new) {
+            rs.state = KS_ROT_READY;
+        } else {
+            /* Nothing is left under NEW: withdraw it. */
+            uint8_t be[4];
+            ks_be32(be, rs.nxt);
+            if ((rc = ks_meta_del(x, "kcv", be, 4)) != KS_OK)
+                return rc;
+            rs.state = KS_ROT_IDLE;
+            rs.nxt = 0;
+            rs.cursor_db = POS_META;
+            rs.cursor_len = 0;
+            return ks_state_store(x, &rs, r->cur_key, true);
+        }
+    } else if (a->to_new) {
+        rs.state = KS_ROT_REWRAP;
+    }
+    return ks_state_store(x, &rs, r->cur_key, false);
+}
+
+static int run_pass(ks_store *st, bool to_new, size_t batch, ks_rot_cb cb, void *arg, ks_err *err)
+{
+    pass_arg a = {.to_new = to_new, .batch = batch ? batch : 2000, .err = err};
+    ks_rot_progress p = {0, 0};
+    uint32_t ep[4];
+    uint64_t cnt[4];
+    size_t nf = 0;
+    int rc;
+
+    /* An estimate of the work, for progress reports. */
+    if (cb && ks_rot_count(st, ep, cnt, 4, &nf) == KS_OK) {
+        ks_info info;
+        if (ks_get_info(st, &info) == KS_OK)
+            for (size_t i = 0; i < nf; i++)
+                if (ep[i] == (to_new ? info.epoch : info.new_epoch))
+                    p.remaining = cnt[i];
+    }
+    for (;;) {
+        rc = ks_write(st, pass_fn, &a);
+        if (rc != KS_OK)
+            return rc;
+        p.done += a.done;
+        p.remaining = p.remaining > a.done ? p.remaining - a.done : 0;
+        if (a.finished) {
+            p.remaining = 0;
+            if (cb)
+                cb(&p, arg);
+            return KS_OK;
+        }
+        if (cb && cb(&p, arg) != 0)
+            return KS_OK; /* stopped by the caller: resumable */
+    }
+}
+
+int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err)
+{
+    int rc, lk;
+    if (!st)
+        return KS_EINVAL;
+    if ((lk = step_lock(st, "rewrap", err)) < 0)
+        return lk;
+    rc = run_pass(st, true, batch, cb, arg, err);
+    step_unlock(lk);
+    return rc;
+}
+
+/* ---- abort ----------------------------------------------------------------- */
+
+static int abort_begin_fn(ks_txn *x, void *arg)
+{
+    ks_err *err = arg;
+    ks_rotstate rs;
+    int rc = ks_state_load(x->txn, x->st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    if (rc != KS_OK)
+        return rc;
+    if (rs.state == KS_ROT_IDLE) {
+        ks_err_set(err, "no rotation is under way; nothing to abort");
+        return KS_EINVAL;
+    }
+    if (rs.state == KS_ROT_ABORTING)
+        return KS_OK; /* resume */
+    rs.state = KS_ROT_ABORTING;
+    rs.cursor_db = POS_META;
+    rs.cursor_len = 0;
+    return ks_state_store(x, &rs, x->ring->cur_key, true);
+}
+
+int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err)
+{
+    int rc, lk;
+    if (!st)
+        return KS_EINVAL;
+    if ((lk = step_lock(st, "abort", err)) < 0)
+        return lk;
+    rc = ks_write(st, abort_begin_fn, err);
+    if (rc == KS_OK)
+        rc = run_pass(st, false, batch, cb, arg, err);
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "keystore %s: rotation aborted; every record is under the current key", ks_path(st));
+    step_unlock(lk);
+    return rc;
+}
+
+/* ---- commit ---------------------------------------------------------------- */
+
+typedef struct {
+    ks_err *err;
+    uint32_t epoch;
+} commit_arg;
+
+static int count_epoch(MDB_txn *t, MDB_dbi db, uint32_t epoch, uint64_t *n)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int mrc;
+    if (mdb_cursor_open(t, db, &c) != MDB_SUCCESS)
+        return KS_EIO;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint32_t e;
+        if (ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == epoch)
+            (*n)++;
+    }
+    mdb_cursor_close(c);
+    return mrc == MDB_NOTFOUND ? KS_OK : KS_EIO;
+}
+
+static int commit_fn(ks_txn *x, void *arg)
+{
+    commit_arg *a = arg;
+    ks_keyring *r = x->ring;
+    ks_rotstate rs;
+    uint64_t left = 0;
+    uint8_t be[4];
+    MDB_val v;
+    uint32_t e;
+    int rc = ks_state_load(x->txn, x->st, r->rs.cur, r->cur_key, &rs);
+
+    if (rc != KS_OK)
+        return rc;
+    if (rs.state == KS_ROT_IDLE) {
+        ks_err_set(a->err, "no new master key is staged; nothing to commit");
+        return KS_EINVAL;
+    }
+    if (rs.state == KS_ROT_ABORTING) {
+        ks_err_set(a->err, "the rotation is being aborted; finish with 'p11mk-admin abort'");
+        return KS_EINVAL;
+    }
+    if (!r->have_nxt) {
+        ks_err_set(a->err, "the staged master key (epoch %u) is not in the key file", rs.nxt);
+        return KS_ENOKEY;
+    }
+    /* Never trust the state alone: count what is still under CURRENT. */
+    if ((rc = count_epoch(x->txn, x->st->db_tok, rs.cur, &left)) != KS_OK ||
+        (rc = count_epoch(x->txn, x->st->db_obj, rs.cur, &left)) != KS_OK)
+        return rc;
+    if (ks_meta_get(x->txn, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+        ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == rs.cur)
+        left++;
+    if (left || rs.state != KS_ROT_READY) {
+        ks_err_set(a->err, "the rewrap is not finished: %llu record(s) are still under the current key (epoch "
+                           "%u); run 'p11mk-admin rewrap' first", (unsigned long long)left, rs.cur);
+        return KS_EBUSY;
+    }
+    uint32_t next = rs.nxt;
+    ks_be32(be, next);
+    if ((rc = ks_meta_put(x, "epoch", NULL, 0, be, 4)) != KS_OK)
+        return rc;
+    rs.state = KS_ROT_IDLE;
+    rs.cur = next;
+    rs.nxt = 0;
+    rs.cursor_db = POS_META;
+    rs.cursor_len = 0;
+    a->epoch = next;
+    return ks_state_store(x, &rs, r->nxt_key, true);
+}
+
+int ks_rot_commit(ks_store *st, ks_err *err)
+{
+    commit_arg a = {err, 0};
+    int rc, lk;
+    if (!st)
+        return KS_EINVAL;
+    if ((lk = step_lock(st, "commit", err)) < 0)
+        return lk;
+    rc = ks_write(st, commit_fn, &a);
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u committed", ks_path(st), a.epoch);
+    step_unlock(lk);
+    return rc;
+}
+
+/* ---- counts and verification ---------------------------------------------- */
+
+static void tally(uint32_t e, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found)
+{
+    for (size_t i = 0; i < *found; i++)
+        if (epochs[i] == e) {
+            cnt[i]++;
+            return;
+        }
+    if (*found < n) {
+        epochs[*found] = e;
+        cnt[(*found)++] = 1;
+    }
+}
+
+int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found)
+{
+    ks_txn *x;
+    MDB_dbi dbs[2];
+    int rc = ks_read_begin(st, &x);
+    *found = 0;
+    if (rc != KS_OK)
+        return rc;
+    dbs[0] = st->db_tok;
+    dbs[1] = st->db_obj;
+    for (int d = 0; d < 2; d++) {
+        MDB_cursor *c;
+        MDB_val k, v;
+        if (mdb_cursor_open(x->txn, dbs[d], &c) != MDB_SUCCESS) {
+            rc = KS_EIO;
+            break;
+        }
+        for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
+             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            uint32_t e;
+            if (ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK)
+                tally(e, epochs, cnt, n, found);
+        }
+        mdb_cursor_close(c);
+    }
+    ks_read_end(x);
+    return rc;
+}
+
+int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed)
+{
+    ks_txn *x;
+    MDB_dbi dbs[2];
+    int rc = ks_read_begin(st, &x);
+    *checked = *failed = 0;
+    if (rc != KS_OK)
+        return rc;
+    dbs[0] = st->db_tok;
+    dbs[1] = st->db_obj;
+    for (int d = 0; d < 2; d++) {
+        MDB_cursor *c;
+        MDB_val k, v;
+        if (mdb_cursor_open(x->txn, dbs[d], &c) != MDB_SUCCESS) {
+            rc = KS_EIO;
+            break;
+        }
+        for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
+             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            uint32_t e, token = k.mv_size >= 4 ? ks_get_be32(k.mv_data) : 0;
+            uint64_t oid = d == 1 && k.mv_size == 12 ? ks_get_be64((const uint8_t *)k.mv_data + 4) : 0;
+            uint8_t *pt = NULL;
+            size_t len = 0;
+            const uint8_t *key = NULL;
+            int err = ks_rec_header(v.mv_data, v.mv_size, NULL, &e);
+            if (err == KS_OK && !(key = ks_ring_key(x->ring, e)))
+                err = KS_ENOKEY;
+            if (err == KS_OK)
+                err = ks_rec_open(key, st->ksid, d ? KS_KIND_OBJECT : KS_KIND_TOKEN, token, oid, v.mv_data,
+                                  v.mv_size, &pt, &len);
+            ks_buf_free(pt, len);
+            (*checked)++;
+            if (err != KS_OK) {
+                (*failed)++;
+                if (cb)
+                    cb(d ? 'O' : 'T', token, oid, err, arg);
+            }
+        }
+        mdb_cursor_close(c);
+    }
+    ks_read_end(x);
+    return rc;
+}
