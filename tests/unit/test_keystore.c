@@ -14,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lmdb.h>
@@ -674,6 +676,388 @@ static void test_fork_child_reopens(void **state)
     assert_int_equal(found[0], 1);
 }
 
+/* ---- rotation -------------------------------------------------------------- */
+
+typedef struct {
+    char dir[256], keyfile[300];
+    ks_mkey k1, k2;
+    ks_store *st;
+    uint32_t tid;
+    uint64_t oids[64];
+    size_t n;
+} rot_fx;
+
+static ks_mkey key_from_file(const char *path)
+{
+    ks_config cfg;
+    ks_mkey mk;
+    ks_err err;
+    ks_config_defaults(&cfg);
+    free(cfg.master_key);
+    cfg.master_key = strdup(path);
+    assert_int_equal(ks_mkey_load(&cfg, &mk, &err), KS_OK);
+    ks_config_free(&cfg);
+    return mk;
+}
+
+static void save_regs(const char *path, const ks_mkey *cur, const ks_mkey *nxt, const ks_mkey *old)
+{
+    ks_registers r;
+    ks_err err;
+    memset(&r, 0, sizeof(r));
+    r.current = *cur;
+    if (nxt) {
+        r.has_new = true;
+        r.staged = *nxt;
+    }
+    if (old) {
+        r.n_old = 1;
+        r.old[0] = *old;
+    }
+    assert_int_equal(ks_reg_save(path, &r, &err), KS_OK);
+    ks_reg_clear(&r);
+}
+
+static int rot_setup(void **state)
+{
+    rot_fx *f = calloc(1, sizeof(*f));
+    ks_err err;
+    snprintf(f->dir, sizeof(f->dir), "/tmp/p11mk-rot-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->keyfile, sizeof(f->keyfile), "%s/master.key", f->dir);
+    assert_int_equal(ks_mkey_generate(&f->k1), KS_OK);
+    assert_int_equal(ks_mkey_generate(&f->k2), KS_OK);
+    save_regs(f->keyfile, &f->k1, NULL, NULL);
+    ks_mkey mk = key_from_file(f->keyfile);
+    char ksdir[300];
+    snprintf(ksdir, sizeof(ksdir), "%s/ks", f->dir);
+    assert_int_equal(ks_open(ksdir, &mk, KS_OPEN_CREATE, &f->st, &err), KS_OK);
+    put_arg a = {0, 0, "object-0", false};
+    assert_int_equal(ks_write(f->st, put_fn, &a), KS_OK);
+    f->tid = a.tid;
+    f->oids[f->n++] = a.oid;
+    for (int i = 1; i < 20; i++) {
+        char l[32];
+        snprintf(l, sizeof(l), "object-%d", i);
+        put_arg b = {f->tid, 0, l, false};
+        assert_int_equal(ks_write(f->st, put_fn, &b), KS_OK);
+        f->oids[f->n++] = b.oid;
+    }
+    *state = f;
+    return 0;
+}
+
+static int rot_teardown(void **state)
+{
+    rot_fx *f = *state;
+    ks_close(f->st);
+    rm_rf(f->dir);
+    free(f);
+    return 0;
+}
+
+static uint64_t count_at(ks_store *st, uint32_t epoch)
+{
+    uint32_t ep[8];
+    uint64_t cnt[8];
+    size_t nf;
+    assert_int_equal(ks_rot_count(st, ep, cnt, 8, &nf), KS_OK);
+    for (size_t i = 0; i < nf; i++)
+        if (ep[i] == epoch)
+            return cnt[i];
+    return 0;
+}
+
+static void all_readable(rot_fx *f, ks_store *st)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        int rc;
+        char *s = obj_str(st, f->tid, f->oids[i], &rc);
+        assert_int_equal(rc, KS_OK);
+        assert_non_null(strstr(s, "object-"));
+        free(s);
+    }
+}
+
+static int stop_after_first(const ks_rot_progress *p, void *arg)
+{
+    (void)p;
+    return ++*(int *)arg >= 1;
+}
+
+static void test_rotation_cycle(void **state)
+{
+    rot_fx *f = *state;
+    ks_err err = {{0}};
+    ks_info info;
+
+    /* The key file gains NEW first, then the keystore stages it. */
+    save_regs(f->keyfile, &f->k1, &f->k2, NULL);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    assert_int_equal(ks_get_info(f->st, &info), KS_OK);
+    assert_int_equal(info.rot_state, KS_ROT_STAGED);
+    assert_int_equal(info.epoch, 1);
+    assert_int_equal(info.new_epoch, 2);
+    err.msg[0] = 0;
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_EEXIST);
+    assert_non_null(strstr(err.msg, "already staged"));
+
+    /* Writes go under NEW at once. */
+    put_arg a = {f->tid, 0, "object-written-while-staged", false};
+    assert_int_equal(ks_write(f->st, put_fn, &a), KS_OK);
+    f->oids[f->n++] = a.oid;
+    assert_int_equal(count_at(f->st, 2), 1);
+    assert_int_equal(count_at(f->st, 1), 21); /* 20 objects + the token */
+
+    err.msg[0] = 0;
+    assert_int_equal(ks_rot_commit(f->st, &err), KS_EBUSY);
+    assert_non_null(strstr(err.msg, "rewrap"));
+
+    /* An interrupted rewrap resumes. */
+    int calls = 0;
+    assert_int_equal(ks_rot_rewrap(f->st, 5, stop_after_first, &calls, &err), KS_OK);
+    assert_int_equal(ks_get_info(f->st, &info), KS_OK);
+    assert_int_equal(info.rot_state, KS_ROT_REWRAP);
+    assert_true(count_at(f->st, 1) > 0);
+    all_readable(f, f->st);
+    assert_int_equal(ks_rot_rewrap(f->st, 5, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_get_info(f->st, &info), KS_OK);
+    assert_int_equal(info.rot_state, KS_ROT_READY);
+    assert_int_equal(count_at(f->st, 1), 0);
+    all_readable(f, f->st);
+
+    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    assert_int_equal(ks_get_info(f->st, &info), KS_OK);
+    assert_int_equal(info.epoch, 2);
+    assert_int_equal(info.rot_state, KS_ROT_IDLE);
+    assert_int_equal(ks_epoch(f->st), 2);
+    all_readable(f, f->st);
+    uint64_t checked, failed;
+    assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    assert_int_equal(checked, 22);
+    assert_int_equal(ks_rot_commit(f->st, &err), KS_EINVAL);
+    assert_int_equal(ks_rot_abort(f->st, 0, NULL, NULL, &err), KS_EINVAL);
+
+    /* The registers move on; the retired key alone opens nothing. */
+    save_regs(f->keyfile, &f->k2, NULL, &f->k1);
+    char ksdir[300];
+    snprintf(ksdir, sizeof(ksdir), "%s/ks", f->dir);
+    ks_close(f->st);
+    f->st = NULL;
+    ks_store *st;
+    assert_int_equal(ks_open(ksdir, &f->k1, 0, &st, &err), KS_EWRONGKEY);
+    ks_mkey mk = key_from_file(f->keyfile);
+    assert_int_equal(ks_open(ksdir, &mk, 0, &f->st, &err), KS_OK);
+    all_readable(f, f->st);
+    /* A crash between the keystore commit and the key file update: the old
+     * registers (CURRENT=k1, NEW=k2) still open the keystore. */
+    ks_close(f->st);
+    save_regs(f->keyfile, &f->k1, &f->k2, NULL);
+    mk = key_from_file(f->keyfile);
+    assert_int_equal(ks_open(ksdir, &mk, 0, &f->st, &err), KS_OK);
+    all_readable(f, f->st);
+}
+
+static void test_rotation_abort(void **state)
+{
+    rot_fx *f = *state;
+    ks_err err = {{0}};
+    ks_info info;
+
+    save_regs(f->keyfile, &f->k1, &f->k2, NULL);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    int calls = 0;
+    assert_int_equal(ks_rot_rewrap(f->st, 4, stop_after_first, &calls, &err), KS_OK);
+    put_arg a = {f->tid, 0, "object-new", false};
+    assert_int_equal(ks_write(f->st, put_fn, &a), KS_OK);
+    f->oids[f->n++] = a.oid;
+    assert_true(count_at(f->st, 2) > 1);
+    assert_int_equal(ks_rot_abort(f->st, 3, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_get_info(f->st, &info), KS_OK);
+    assert_int_equal(info.rot_state, KS_ROT_IDLE);
+    assert_int_equal(info.epoch, 1);
+    assert_int_equal(info.new_epoch, 0);
+    assert_int_equal(count_at(f->st, 2), 0);
+    all_readable(f, f->st);
+    /* New writes are under CURRENT again, and the same epoch can be staged anew. */
+    put_arg b = {f->tid, 0, "object-after-abort", false};
+    assert_int_equal(ks_write(f->st, put_fn, &b), KS_OK);
+    f->oids[f->n++] = b.oid;
+    assert_int_equal(count_at(f->st, 2), 0);
+    ks_mkey k3;
+    assert_int_equal(ks_mkey_generate(&k3), KS_OK);
+    save_regs(f->keyfile, &f->k1, &k3, NULL);
+    assert_int_equal(ks_rot_stage(f->st, &k3, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    all_readable(f, f->st);
+    /* Staging the current key is refused. */
+    assert_int_equal(ks_rot_stage(f->st, &k3, &err), KS_EINVAL);
+}
+
+/* Another process keeps writing and reading through the whole rotation and
+ * follows the epoch without reopening. */
+static void test_rotation_with_concurrent_process(void **state)
+{
+    rot_fx *f = *state;
+    ks_err err;
+    char ksdir[300];
+    int pipefd[2];
+    snprintf(ksdir, sizeof(ksdir), "%s/ks", f->dir);
+    save_regs(f->keyfile, &f->k1, &f->k2, NULL);
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pipefd[1]);
+        ks_store *st;
+        ks_mkey mk = key_from_file(f->keyfile);
+        if (ks_open(ksdir, &mk, 0, &st, &err) != KS_OK)
+            _exit(10);
+        int fails = 0, writes = 0;
+        uint32_t seen_epoch = ks_epoch(st);
+        char c;
+        fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+        while (read(pipefd[0], &c, 1) != 0) {
+            char l[48];
+            snprintf(l, sizeof(l), "object-child-%d", writes);
+            put_arg a = {f->tid, 0, l, false};
+            if (ks_write(st, put_fn, &a) != KS_OK)
+                fails++;
+            int rc;
+            char *s = obj_str(st, f->tid, a.oid, &rc);
+            if (rc != KS_OK || !s || strcmp(s, l) != 0)
+                fails++;
+            free(s);
+            s = obj_str(st, f->tid, f->oids[writes % f->n], &rc);
+            if (rc != KS_OK)
+                fails++;
+            free(s);
+            writes++;
+            seen_epoch = ks_epoch(st);
+        }
+        ks_close(st);
+        _exit(fails ? 1 : (seen_epoch == 2 && writes > 0 ? 0 : 2));
+    }
+    close(pipefd[0]);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 3, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    save_regs(f->keyfile, &f->k2, NULL, &f->k1);
+    usleep(50000);
+    close(pipefd[1]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    uint64_t checked, failed;
+    assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    assert_int_equal(count_at(f->st, 1), 0);
+}
+
+/* kill -9 in the middle of rewrap and abort, many times: running the step
+ * again always finishes it, and nothing is lost. */
+static void test_rotation_crash_resume(void **state)
+{
+    rot_fx *f = *state;
+    ks_err err;
+    char ksdir[300];
+    snprintf(ksdir, sizeof(ksdir), "%s/ks", f->dir);
+    /* More records so that a pass takes a while. */
+    for (int i = 0; i < 300; i++) {
+        put_arg a = {f->tid, 0, "object-bulk", false};
+        assert_int_equal(ks_write(f->st, put_fn, &a), KS_OK);
+    }
+    save_regs(f->keyfile, &f->k1, &f->k2, NULL);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    ks_close(f->st);
+    f->st = NULL;
+    srand((unsigned)time(NULL));
+    for (int round = 0; round < 12; round++) {
+        bool aborting = round == 6;
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            ks_store *st;
+            ks_mkey mk = key_from_file(f->keyfile);
+            if (ks_open(ksdir, &mk, 0, &st, &err) != KS_OK)
+                _exit(10);
+            int rc = aborting ? ks_rot_abort(st, 1, NULL, NULL, &err) : ks_rot_rewrap(st, 1, NULL, NULL, &err);
+            _exit(rc == KS_OK ? 0 : 1);
+        }
+        usleep((useconds_t)(rand() % 20000));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        if (aborting) { /* finish the abort, then stage again */
+            ks_store *st;
+            ks_mkey mk = key_from_file(f->keyfile);
+            assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
+            assert_int_equal(ks_rot_abort(st, 0, NULL, NULL, &err), KS_OK);
+            assert_int_equal(count_at(st, 2), 0);
+            assert_int_equal(ks_rot_stage(st, &f->k2, &err), KS_OK);
+            ks_close(st);
+        }
+    }
+    ks_mkey mk = key_from_file(f->keyfile);
+    assert_int_equal(ks_open(ksdir, &mk, 0, &f->st, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    uint64_t checked, failed;
+    assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    assert_int_equal(checked, 321);
+    all_readable(f, f->st);
+}
+
+static void test_registers_file(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/p11mk-reg-XXXXXX", path[300];
+    ks_mkey a, b, c;
+    ks_registers r;
+    ks_err err = {{0}};
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/regs", dir);
+    assert_int_equal(ks_mkey_generate(&a), KS_OK);
+    assert_int_equal(ks_mkey_generate(&b), KS_OK);
+    assert_memory_not_equal(a.key, b.key, KS_MK_LEN);
+    assert_int_equal(ks_mkey_from_passphrase("correct horse battery", 21, &c), KS_OK);
+    ks_mkey c2;
+    assert_int_equal(ks_mkey_from_passphrase("correct horse battery", 21, &c2), KS_OK);
+    assert_memory_equal(c.key, c2.key, KS_MK_LEN); /* deterministic across hosts */
+    save_regs(path, &a, &b, &c);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    assert_int_equal(ks_reg_load(path, 0600, &r, &err), KS_OK);
+    assert_memory_equal(r.current.key, a.key, KS_MK_LEN);
+    assert_true(r.has_new);
+    assert_memory_equal(r.staged.key, b.key, KS_MK_LEN);
+    assert_int_equal(r.n_old, 1);
+    assert_memory_equal(r.old[0].key, c.key, KS_MK_LEN);
+    ks_reg_clear(&r);
+    /* Truncated or edited files are refused with a clear message. */
+    int fd = open(path, O_RDWR);
+    off_t size = lseek(fd, 0, SEEK_END);
+    assert_int_equal(ftruncate(fd, size - 10), 0);
+    close(fd);
+    err.msg[0] = 0;
+    assert_int_equal(ks_reg_load(path, 0600, &r, &err), KS_EINVAL);
+    assert_non_null(strstr(err.msg, "damaged or truncated"));
+    save_regs(path, &a, NULL, NULL);
+    fd = open(path, O_RDWR);
+    char ch;
+    assert_int_equal(pread(fd, &ch, 1, 80), 1);
+    ch = ch == 'a' ? 'b' : 'a';
+    assert_int_equal(pwrite(fd, &ch, 1, 80), 1);
+    close(fd);
+    assert_int_equal(ks_reg_load(path, 0600, &r, &err), KS_EINVAL);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -689,6 +1073,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_readonly_store, setup, teardown),
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
+        cmocka_unit_test(test_registers_file),
+        cmocka_unit_test_setup_teardown(test_rotation_cycle, rot_setup, rot_teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_abort, rot_setup, rot_teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_with_concurrent_process, rot_setup, rot_teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_crash_resume, rot_setup, rot_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
