@@ -13,15 +13,30 @@ enum {
     EXIT_CONFIG = 3,   /* configuration file error */
     EXIT_KEY = 4,      /* master key missing, unreadable, refused or not matching the keystore */
     EXIT_KEYSTORE = 5, /* keystore missing, unreadable or damaged */
+    EXIT_STATE = 6,    /* the rotation state does not allow this step, or another step holds the lock */
 };
 
 typedef struct {
     bool json;
-    const char *generate_key; /* init --generate-key FILE */
+    bool quiet;
+    bool yes;                    /* answer yes to confirmations */
+    bool passphrase;             /* stage: ask for a passphrase (twice) */
+    const char *generate_key;    /* init --generate-key FILE */
+    const char *passphrase_file; /* read the new key's passphrase from FILE */
+    const char *key_file;        /* where to keep the registers when the keystore is on the default key */
+    size_t batch;                /* records per rewrap transaction (0: default) */
 } admin_opts;
 
 int admin_init(const admin_opts *o);
 int admin_status(const admin_opts *o);
+int admin_stage(const admin_opts *o);
+int admin_rewrap(const admin_opts *o);
+int admin_commit(const admin_opts *o);
+int admin_abort(const admin_opts *o);
+int admin_rotate(const admin_opts *o);
+int admin_set_master_key(const admin_opts *o);
+int admin_clear_history(const admin_opts *o);
+int admin_verify(const admin_opts *o);
 
 /* Print a JSON string literal (with quotes), escaping as RFC 8259 requires. */
 void admin_json_str(FILE *f, const char *s);

@@ -3,26 +3,51 @@
 
 #include <getopt.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char usage[] =
     "Usage: p11mk-admin [OPTIONS] COMMAND [ARGS]\n"
     "\n"
     "Administer a p11mk keystore: the LMDB store of a PKCS#11 software token whose\n"
-    "objects are sealed under a system master key.\n"
+    "objects are sealed under a system master key that can be changed while\n"
+    "applications keep running.\n"
     "\n"
-    "Commands:\n"
+    "Keystore:\n"
     "  init [--generate-key FILE]  create the keystore named by the configuration;\n"
     "                              with --generate-key, seal it under a new random\n"
-    "                              32-byte key file (mode 0600) instead of the default key\n"
-    "  status [--json]             keystore path, format, master key source, epoch,\n"
-    "                              tokens with labels and object counts\n"
-    "  version                     program and keystore format versions\n"
-    "  help                        this text\n"
+    "                              key file (mode 0600) instead of the default key\n"
+    "  status [--json]             keystore, format, master key source and check value,\n"
+    "                              epoch, rotation state, tokens with object counts\n"
+    "  verify                      open every record under its epoch's key; names\n"
+    "                              each failing object; non-zero exit on any problem\n"
+    "  version                     program, keystore format, algorithms\n"
+    "\n"
+    "Master key (the key file named by master_key holds the registers CURRENT,\n"
+    "NEW and the history of retired keys):\n"
+    "  set-master-key [--passphrase-file F] [--yes]\n"
+    "                              enter a new master key twice (no echo), confirm,\n"
+    "                              then stage + rewrap + commit\n"
+    "  rotate                      the same with a generated key, no questions\n"
+    "  stage [--generate | --passphrase | --passphrase-file F]\n"
+    "                              load NEW (epoch N+1); new and changed records use\n"
+    "                              it at once (default: --generate)\n"
+    "  rewrap [--batch N]          reseal every record from CURRENT to NEW while the\n"
+    "                              token stays in use; resumes after an interruption\n"
+    "  commit                      NEW becomes CURRENT (epoch N+1); refused until no\n"
+    "                              record is left under CURRENT\n"
+    "  abort                       discard NEW; records resealed under it go back\n"
+    "  clear-history [--yes]       destroy retired keys (copies sealed under them\n"
+    "                              become unreadable)\n"
     "\n"
     "Options:\n"
-    "  --json          machine-readable output (status)\n"
-    "  -h, --help      this text\n"
+    "  --json            machine-readable output (status, rewrap, rotate)\n"
+    "  -q, --quiet       no progress output\n"
+    "  -y, --yes         do not ask for confirmation\n"
+    "  --key-file FILE   where to keep the master keys when the keystore is still\n"
+    "                    on the built-in default key (default: master.key next to\n"
+    "                    the configuration file; the configuration is updated)\n"
+    "  -h, --help        this text\n"
     "\n"
     "Configuration: $P11MK_CONF, else ~/.config/p11mk/p11mk.conf, else\n"
     "/etc/p11mk/p11mk.conf, else built-in defaults (keystore in\n"
@@ -31,11 +56,13 @@ static const char usage[] =
     "\n"
     "Exit codes:\n"
     "  0  success\n"
-    "  1  the operation failed; nothing was changed\n"
-    "  2  bad command line\n"
+    "  1  the operation failed or was declined; nothing was changed\n"
+    "  2  bad command line (or a passphrase too short or too weak)\n"
     "  3  configuration file error\n"
-    "  4  master key missing, refused, or not the keystore's key\n"
-    "  5  keystore missing, unreadable or damaged\n";
+    "  4  master key missing, refused, damaged, or not the keystore's key\n"
+    "  5  keystore missing, unreadable or damaged (verify: records failed)\n"
+    "  6  the rotation state does not allow this step (stage twice, commit\n"
+    "     before the rewrap finished, abort when idle), or another step is running\n";
 
 void admin_error(const char *fmt, ...)
 {
@@ -73,40 +100,76 @@ int admin_exit_for_open_error(const char *msg)
     return EXIT_KEYSTORE;
 }
 
-int main(int argc, char **argv)
+static const struct {
+    const char *name;
+    int (*fn)(const admin_opts *o);
+} commands[] = {
+    {"init", admin_init},       {"status", admin_status},
+    {"verify", admin_verify},   {"stage", admin_stage},
+    {"rewrap", admin_rewrap},   {"commit", admin_commit},
+    {"abort", admin_abort},     {"rotate", admin_rotate},
+    {"set-master-key", admin_set_master_key}, {"clear-history", admin_clear_history},
+};
+
+static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *o)
 {
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"json", no_argument, NULL, 'j'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"yes", no_argument, NULL, 'y'},
+        {"generate", no_argument, NULL, 'G'},
+        {"passphrase", no_argument, NULL, 'P'},
         {"generate-key", required_argument, NULL, 'g'},
+        {"passphrase-file", required_argument, NULL, 'f'},
+        {"key-file", required_argument, NULL, 'k'},
+        {"batch", required_argument, NULL, 'b'},
         {NULL, 0, NULL, 0},
     };
-    admin_opts o = {0};
-    const char *cmd;
     int c;
-
-    while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': fputs(usage, stdout); return EXIT_OK;
-        case 'j': o.json = true; break;
-        case 'g': o.generate_key = optarg; break;
+        case 'h': fputs(usage, stdout); return EXIT_OK + 100;
+        case 'j': o->json = true; break;
+        case 'q': o->quiet = true; break;
+        case 'y': o->yes = true; break;
+        case 'G': o->passphrase = false; break;
+        case 'P': o->passphrase = true; break;
+        case 'g': o->generate_key = optarg; break;
+        case 'f': o->passphrase_file = optarg; break;
+        case 'k': o->key_file = optarg; break;
+        case 'b': {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (*end || v == 0 || v > 1000000) {
+                admin_error("--batch takes a number of records from 1 to 1000000");
+                return EXIT_USAGE;
+            }
+            o->batch = v;
+            break;
+        }
         default: fputs("Try 'p11mk-admin --help'.\n", stderr); return EXIT_USAGE;
         }
     }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    admin_opts o = {0};
+    const char *cmd;
+    int rc;
+
+    if ((rc = parse_opts(argc, argv, "+hqy", &o)) >= 0)
+        return rc >= 100 ? rc - 100 : rc;
     if (optind >= argc) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }
     cmd = argv[optind++];
     /* Options may also follow the command. */
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'h': fputs(usage, stdout); return EXIT_OK;
-        case 'j': o.json = true; break;
-        case 'g': o.generate_key = optarg; break;
-        default: fputs("Try 'p11mk-admin --help'.\n", stderr); return EXIT_USAGE;
-        }
-    }
+    if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
+        return rc >= 100 ? rc - 100 : rc;
     if (optind < argc) {
         admin_error("unexpected argument '%s'", argv[optind]);
         return EXIT_USAGE;
@@ -116,18 +179,17 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     if (strcmp(cmd, "version") == 0) {
-        printf("p11mk-admin %s\nkeystore format 1\nrecord sealing AES-256-GCM, keys HKDF-SHA256, PINs scrypt\n",
-               P11MK_VERSION);
+        printf("p11mk-admin %s\nkeystore format 1\nrecord sealing AES-256-GCM, keys HKDF-SHA256, PINs scrypt, "
+               "master key passphrases scrypt\n", P11MK_VERSION);
         return EXIT_OK;
     }
     if (o.generate_key && strcmp(cmd, "init") != 0) {
         admin_error("--generate-key is an option of 'init' only");
         return EXIT_USAGE;
     }
-    if (strcmp(cmd, "init") == 0)
-        return admin_init(&o);
-    if (strcmp(cmd, "status") == 0)
-        return admin_status(&o);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].fn(&o);
     admin_error("unknown command '%s'. Try 'p11mk-admin --help'.", cmd);
     return EXIT_USAGE;
 }

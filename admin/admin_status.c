@@ -205,8 +205,15 @@ static size_t collect_tokens(tok_ctx *ctx, token_row **rows)
     return k;
 }
 
-static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const token_row *rows,
-                       size_t n)
+typedef struct {
+    uint32_t epochs[8];
+    uint64_t counts[8];
+    size_t n;
+    size_t history;
+} rot_view;
+
+static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const rot_view *rot,
+                       const token_row *rows, size_t n)
 {
     char kcv[2 * KS_KCV_LEN + 1];
 
@@ -221,7 +228,12 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     printf(",\n  \"format_version\": %u,\n  \"master_key\": {\"source\": ", info->format_version);
     admin_json_str(stdout, mk->is_default ? "default" : mk->source);
     printf(", \"default\": %s, \"kcv\": \"%s\"},\n", mk->is_default ? "true" : "false", kcv);
-    printf("  \"epoch\": %u,\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [", info->epoch,
+    printf("  \"epoch\": %u,\n  \"rotation\": {\"state\": \"%s\", \"staged_epoch\": %u, \"history\": %zu, "
+           "\"records_per_epoch\": {", info->epoch, ks_rot_state_name(info->rot_state), info->new_epoch,
+           rot->history);
+    for (size_t i = 0; i < rot->n; i++)
+        printf("%s\"%u\": %llu", i ? ", " : "", rot->epochs[i], (unsigned long long)rot->counts[i]);
+    printf("}},\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [",
            (unsigned long long)info->map_size, (unsigned long long)info->n_objects);
     for (size_t i = 0; i < n; i++) {
         printf("%s\n    {\"slot\": %lu, \"label\": ", i ? "," : "", (unsigned long)rows[i].id);
@@ -232,8 +244,8 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     printf("%s]\n}\n", n ? "\n  " : "");
 }
 
-static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const token_row *rows,
-                       size_t n)
+static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const rot_view *rot,
+                       const token_row *rows, size_t n)
 {
     char kcv[2 * KS_KCV_LEN + 1];
 
@@ -247,6 +259,14 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
                "  protects nothing against someone who copies the keystore. Create a key\n"
                "  file of your own: p11mk-admin init --generate-key FILE (new keystores).\n");
     printf("Epoch:           %u\n", info->epoch);
+    printf("Rotation:        %s", ks_rot_state_name(info->rot_state));
+    if (info->new_epoch)
+        printf(" (new key staged as epoch %u)", info->new_epoch);
+    printf("\nHistory:         %zu retired key%s\n", rot->history, rot->history == 1 ? "" : "s");
+    printf("Records:        ");
+    for (size_t i = 0; i < rot->n; i++)
+        printf(" %llu under epoch %u%s", (unsigned long long)rot->counts[i], rot->epochs[i], i + 1 < rot->n ? "," : "");
+    printf("%s\n", rot->n ? "" : " none");
     printf("Map size:        %llu MiB\n", (unsigned long long)(info->map_size >> 20));
     printf("Tokens:          %zu (%llu objects)\n", n, (unsigned long long)info->n_objects);
     for (size_t i = 0; i < n; i++)
@@ -271,10 +291,20 @@ int admin_status(const admin_opts *o)
         return EXIT_KEYSTORE;
     }
     n = collect_tokens(ctx, &rows);
+    rot_view rot = {.n = 0};
+    ks_rot_count(tok_ctx_store(ctx), rot.epochs, rot.counts, 8, &rot.n);
+    const ks_config *cfg = tok_ctx_config(ctx);
+    if (cfg->master_key && strcmp(cfg->master_key, "default") != 0) {
+        ks_registers regs;
+        ks_err err;
+        if (ks_reg_load(cfg->master_key, cfg->key_file_mode, &regs, &err) == KS_OK)
+            rot.history = regs.n_old;
+        ks_reg_clear(&regs);
+    }
     if (o->json)
-        print_json(tok_ctx_config(ctx), tok_ctx_mkey(ctx), &info, rows, n);
+        print_json(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
     else
-        print_text(tok_ctx_config(ctx), tok_ctx_mkey(ctx), &info, rows, n);
+        print_text(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
     free(rows);
     tok_ctx_close(ctx);
     return EXIT_OK;

@@ -73,6 +73,7 @@ struct ks_store {
     char keysrc[256]; /* key file to reload the registers from ("" for none) */
     unsigned keymode;
     _Atomic uint32_t epoch_hint;
+    uint64_t failed_gen; /* generation + 1 whose keys could not be built (logged once) */
 };
 
 struct ks_txn {

@@ -15,6 +15,7 @@
 #include "keystore/ks_internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,12 +263,31 @@ static void cand_add(ks_store *st, const ks_mkey *mk)
         st->cand[st->ncand++] = *mk;
 }
 
+/* The configuration may have gained a key file since this process started
+ * (the first rotation of a keystore on the default key creates one). */
+static void keysrc_from_config(ks_store *st)
+{
+    ks_config cfg;
+    ks_err e = {{0}};
+    char a[PATH_MAX], b[PATH_MAX];
+    if (ks_config_load(&cfg, &e) != KS_OK)
+        return;
+    if (cfg.keystore && cfg.master_key && strcmp(cfg.master_key, "default") != 0 && realpath(cfg.keystore, a) &&
+        realpath(st->path, b) && strcmp(a, b) == 0 && strcmp(cfg.master_key, st->keysrc) != 0) {
+        snprintf(st->keysrc, sizeof(st->keysrc), "%s", cfg.master_key);
+        st->keymode = cfg.key_file_mode ? cfg.key_file_mode : 0600;
+        ks_log(KS_LOG_INFO, "keystore %s: master keys are now read from %s", st->path, st->keysrc);
+    }
+    ks_config_free(&cfg);
+}
+
 /* Reload the candidates from the key file (the registers may have changed). */
 static int cand_reload(ks_store *st)
 {
     ks_registers r;
     ks_err e = {{0}};
     int rc;
+    keysrc_from_config(st);
     if (!st->keysrc[0])
         return KS_ENOKEY;
     rc = ks_reg_load(st->keysrc, st->keymode, &r, &e);
@@ -400,7 +420,9 @@ static int ring_attach(ks_store *st, ks_txn *x)
         ks_err e = {{0}};
         rc = ring_build(st, x->txn, gen, &r, &e);
         if (rc != KS_OK) {
-            ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, e.msg[0] ? e.msg : ks_strerror(rc));
+            if (st->failed_gen != gen + 1) /* once per generation, not once per operation */
+                ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, e.msg[0] ? e.msg : ks_strerror(rc));
+            st->failed_gen = gen + 1;
         } else if (!st->ring || gen > st->ring->gen) {
             if (st->ring && st->ring->rs.cur != r->rs.cur)
                 ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u is now current", st->path, r->rs.cur);
@@ -452,7 +474,7 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
     memcpy(st->ksid, v.mv_data, KS_KSID_LEN);
 
     /* Candidate keys: the registers of the key file, and the key given. */
-    if (mk->file_mode && !mk->is_default) {
+    if (mk->file_mode) {
         snprintf(st->keysrc, sizeof(st->keysrc), "%s", mk->source);
         st->keymode = mk->file_mode;
     }

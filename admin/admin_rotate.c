@@ -1,0 +1,698 @@
+/* p11mk-admin: the master-key lifecycle: set-master-key, stage, rewrap,
+ * commit, abort, rotate, clear-history, verify.
+ *
+ * The key file (configuration "master_key") holds the registers; the
+ * keystore holds the epochs, the rotation state and the records. Order of
+ * writes, so that a crash anywhere leaves something the next run finishes:
+ *   stage:  key file gains NEW          -> keystore stages epoch N+1
+ *   commit: keystore makes N+1 current  -> key file moves NEW to CURRENT
+ *   abort:  keystore withdraws N+1      -> key file drops NEW
+ * The keystore finds keys by check value, so registers that lag one step
+ * behind still open it, and the next command repairs them. */
+#include "admin/admin.h"
+#include "keystore/ks.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+typedef struct {
+    ks_config cfg;
+    ks_mkey mk;
+    ks_store *st;
+    bool have_regs;
+    ks_registers regs;
+} rot_ctx;
+
+static void rot_close(rot_ctx *c)
+{
+    if (c->st)
+        ks_close(c->st);
+    c->st = NULL;
+    ks_mkey_clear(&c->mk);
+    ks_reg_clear(&c->regs);
+    ks_config_free(&c->cfg);
+}
+
+static int open_exit(int rc)
+{
+    switch (rc) {
+    case KS_EWRONGKEY:
+    case KS_ENOKEY:
+    case KS_EPERM: return EXIT_KEY;
+    case KS_ECONFIG: return EXIT_CONFIG;
+    default: return EXIT_KEYSTORE;
+    }
+}
+
+static bool is_default_source(const ks_config *cfg)
+{
+    return !cfg->master_key || strcmp(cfg->master_key, "default") == 0;
+}
+
+/* Replace (or add) "master_key = path" in a configuration file, atomically. */
+static int config_set_key(const char *conf, const char *keyfile)
+{
+    char tmp[PATH_MAX + 16], line[4096];
+    FILE *in = fopen(conf, "re"), *out;
+    bool done = false;
+    int fd;
+
+    snprintf(tmp, sizeof(tmp), "%s.tmp", conf);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || !(out = fdopen(fd, "w"))) {
+        if (in)
+            fclose(in);
+        return -1;
+    }
+    while (in && fgets(line, sizeof(line), in)) {
+        const char *p = line;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (strncmp(p, "master_key", 10) == 0 && (isspace((unsigned char)p[10]) || p[10] == '=')) {
+            if (!done)
+                fprintf(out, "master_key = %s\n", keyfile);
+            done = true;
+            continue;
+        }
+        fputs(line, out);
+    }
+    if (!done)
+        fprintf(out, "master_key = %s\n", keyfile);
+    if (in)
+        fclose(in);
+    if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
+        fclose(out);
+        unlink(tmp);
+        return -1;
+    }
+    fclose(out);
+    return rename(tmp, conf);
+}
+
+static int mkdirs_for(const char *file)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", file);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return 0;
+}
+
+/* A keystore on the built-in default key gets a key file before its first
+ * rotation: the registers need a home. */
+static int adopt_key_file(rot_ctx *c, const admin_opts *o)
+{
+    char keyfile[PATH_MAX], conf[PATH_MAX];
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    ks_registers r;
+    ks_err err = {{0}};
+
+    if (o->key_file) {
+        snprintf(keyfile, sizeof(keyfile), "%s", o->key_file);
+    } else if (c->cfg.source) {
+        const char *slash = strrchr(c->cfg.source, '/');
+        snprintf(keyfile, sizeof(keyfile), "%.*s/master.key", slash ? (int)(slash - c->cfg.source) : 1,
+                 slash ? c->cfg.source : ".");
+    } else if (xdg && *xdg) {
+        snprintf(keyfile, sizeof(keyfile), "%s/p11mk/master.key", xdg);
+    } else {
+        snprintf(keyfile, sizeof(keyfile), "%s/.config/p11mk/master.key", home && *home ? home : "/root");
+    }
+    if (access(keyfile, F_OK) == 0) {
+        admin_error("%s already exists; name another file with --key-file, or set \"master_key = %s\" in the "
+                    "configuration if it holds this keystore's keys", keyfile, keyfile);
+        return EXIT_KEY;
+    }
+    if (c->cfg.source) {
+        snprintf(conf, sizeof(conf), "%s", c->cfg.source);
+    } else if (xdg && *xdg) {
+        snprintf(conf, sizeof(conf), "%s/p11mk/p11mk.conf", xdg);
+    } else {
+        snprintf(conf, sizeof(conf), "%s/.config/p11mk/p11mk.conf", home && *home ? home : "/root");
+    }
+    memset(&r, 0, sizeof(r));
+    ks_mkey_default(&r.current); /* public: storing it costs nothing */
+    if (mkdirs_for(keyfile) != 0 || ks_reg_save(keyfile, &r, &err) != KS_OK) {
+        admin_error("cannot create key file %s: %s", keyfile, err.msg[0] ? err.msg : strerror(errno));
+        return EXIT_KEY;
+    }
+    if (!c->cfg.source) { /* no configuration yet: write one naming the keystore too */
+        FILE *f;
+        int fd;
+        if (mkdirs_for(conf) != 0 || (fd = open(conf, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
+            !(f = fdopen(fd, "w"))) {
+            admin_error("cannot create configuration %s: %s", conf, strerror(errno));
+            unlink(keyfile);
+            return EXIT_CONFIG;
+        }
+        fprintf(f, "# written by p11mk-admin\nkeystore = %s\nmaster_key = %s\n", c->cfg.keystore, keyfile);
+        fclose(f);
+    } else if (config_set_key(conf, keyfile) != 0) {
+        admin_error("cannot update configuration %s: %s", conf, strerror(errno));
+        unlink(keyfile);
+        return EXIT_CONFIG;
+    }
+    printf("The master keys are now kept in %s (configuration %s names it).\n", keyfile, conf);
+    return EXIT_OK;
+}
+
+static int rot_open(rot_ctx *c, const admin_opts *o, bool need_keyfile)
+{
+    ks_err err = {{0}};
+    int rc;
+
+    memset(c, 0, sizeof(*c));
+    if (ks_config_load(&c->cfg, &err) != KS_OK) {
+        admin_error("%s", err.msg);
+        return EXIT_CONFIG;
+    }
+    ks_log_setup("stderr", c->cfg.log_level, "p11mk-admin");
+    if (need_keyfile && is_default_source(&c->cfg)) {
+        if ((rc = adopt_key_file(c, o)) != EXIT_OK)
+            return rc;
+        ks_config_free(&c->cfg);
+        if (ks_config_load(&c->cfg, &err) != KS_OK) {
+            admin_error("%s", err.msg);
+            return EXIT_CONFIG;
+        }
+    }
+    if ((rc = ks_mkey_load(&c->cfg, &c->mk, &err)) != KS_OK) {
+        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
+        return EXIT_KEY;
+    }
+    if (!is_default_source(&c->cfg)) {
+        if ((rc = ks_reg_load(c->cfg.master_key, c->cfg.key_file_mode, &c->regs, &err)) != KS_OK) {
+            admin_error("%s", err.msg);
+            return EXIT_KEY;
+        }
+        c->have_regs = true;
+    }
+    if ((rc = ks_open(c->cfg.keystore, &c->mk, 0, &c->st, &err)) != KS_OK) {
+        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
+        return open_exit(rc);
+    }
+    return EXIT_OK;
+}
+
+static int save_regs(rot_ctx *c)
+{
+    ks_err err = {{0}};
+    if (ks_reg_save(c->cfg.master_key, &c->regs, &err) != KS_OK) {
+        admin_error("%s", err.msg);
+        return EXIT_KEY;
+    }
+    return EXIT_OK;
+}
+
+/* The registers after a commit: NEW is CURRENT, the old CURRENT heads the history. */
+static void regs_promote(ks_registers *r)
+{
+    if (!r->has_new)
+        return;
+    size_t n = r->n_old < KS_REG_MAX_OLD ? r->n_old : KS_REG_MAX_OLD - 1;
+    memmove(&r->old[1], &r->old[0], n * sizeof(r->old[0]));
+    r->old[0] = r->current;
+    r->n_old = n + 1;
+    r->current = r->staged;
+    r->has_new = false;
+    ks_mkey_clear(&r->staged);
+}
+
+/* Bring registers that lag behind the keystore up to date (after a crash). */
+static int regs_repair(rot_ctx *c, const ks_info *info)
+{
+    if (!c->have_regs)
+        return EXIT_OK;
+    uint8_t k[KS_KCV_LEN];
+    if (info->rot_state == KS_ROT_IDLE && c->regs.has_new) {
+        ks_mkey_kcv(&c->regs.staged, k);
+        if (CRYPTO_memcmp(k, info->kcv, KS_KCV_LEN) == 0) {
+            regs_promote(&c->regs);
+            printf("Repaired the key file: the committed key is now CURRENT there too.\n");
+        } else {
+            c->regs.has_new = false; /* a stage that never reached the keystore, or an aborted one */
+            ks_mkey_clear(&c->regs.staged);
+            printf("Repaired the key file: dropped a NEW key the keystore does not use.\n");
+        }
+        return save_regs(c);
+    }
+    return EXIT_OK;
+}
+
+/* ---- terminal input ----------------------------------------------------- */
+
+static FILE *tty_open(void) { return fopen("/dev/tty", "r+e"); }
+
+static int read_line(FILE *tty, const char *prompt, char *buf, size_t cap, bool echo)
+{
+    struct termios old, quiet;
+    bool restore = false;
+    fputs(prompt, tty);
+    fflush(tty);
+    if (!echo && tcgetattr(fileno(tty), &old) == 0) {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        restore = tcsetattr(fileno(tty), TCSAFLUSH, &quiet) == 0;
+    }
+    char *ok = fgets(buf, (int)cap, tty);
+    if (restore) {
+        tcsetattr(fileno(tty), TCSAFLUSH, &old);
+        fputc('\n', tty);
+    }
+    if (!ok)
+        return -1;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return 0;
+}
+
+static bool confirm(const admin_opts *o, const char *question)
+{
+    char ans[16];
+    FILE *tty;
+    if (o->yes)
+        return true;
+    if (!(tty = tty_open())) {
+        admin_error("no terminal to ask for confirmation; add --yes to proceed without asking");
+        return false;
+    }
+    bool yes = read_line(tty, question, ans, sizeof(ans), true) == 0 && (ans[0] == 'y' || ans[0] == 'Y');
+    fclose(tty);
+    return yes;
+}
+
+static const char *weak_reason(const char *p)
+{
+    size_t len = strlen(p);
+    int cls = 0, distinct = 0;
+    bool seen[256] = {false}, lower = false, upper = false, digit = false, other = false;
+    if (len < KS_PASS_MIN)
+        return "too short: use at least 12 characters";
+    for (const unsigned char *q = (const unsigned char *)p; *q; q++) {
+        if (!seen[*q])
+            distinct++;
+        seen[*q] = true;
+        lower |= islower(*q) != 0;
+        upper |= isupper(*q) != 0;
+        digit |= isdigit(*q) != 0;
+        other |= !isalnum(*q);
+    }
+    cls = lower + upper + digit + other;
+    if (distinct < 6 || cls < 2)
+        return "too weak: mix at least two kinds of characters (letters, digits, punctuation) and avoid repeats";
+    return NULL;
+}
+
+/* The new key: generated, from a passphrase file, or typed twice. */
+static int new_key(const admin_opts *o, ks_mkey *mk)
+{
+    char p1[512], p2[512];
+    const char *why;
+    int rc;
+
+    if (o->passphrase_file) {
+        FILE *f = fopen(o->passphrase_file, "re");
+        if (!f || !fgets(p1, sizeof(p1), f)) {
+            admin_error("cannot read a passphrase from %s: %s", o->passphrase_file, f ? "it is empty" : strerror(errno));
+            if (f)
+                fclose(f);
+            return EXIT_USAGE;
+        }
+        fclose(f);
+        p1[strcspn(p1, "\r\n")] = '\0';
+    } else if (o->passphrase) {
+        FILE *tty = tty_open();
+        if (!tty) {
+            admin_error("no terminal to read the new master key from; use --passphrase-file FILE or --generate");
+            return EXIT_USAGE;
+        }
+        if (read_line(tty, "New master key passphrase: ", p1, sizeof(p1), false) != 0 ||
+            read_line(tty, "Enter it again: ", p2, sizeof(p2), false) != 0) {
+            fclose(tty);
+            admin_error("no passphrase was entered; nothing was changed");
+            return EXIT_FAILED;
+        }
+        fclose(tty);
+        bool same = strlen(p1) == strlen(p2) && CRYPTO_memcmp(p1, p2, strlen(p1)) == 0;
+        OPENSSL_cleanse(p2, sizeof(p2));
+        if (!same) {
+            OPENSSL_cleanse(p1, sizeof(p1));
+            admin_error("the two entries differ; nothing was changed. Run the command again");
+            return EXIT_FAILED;
+        }
+    } else {
+        rc = ks_mkey_generate(mk);
+        return rc == KS_OK ? EXIT_OK : EXIT_FAILED;
+    }
+    if ((why = weak_reason(p1)) != NULL) {
+        OPENSSL_cleanse(p1, sizeof(p1));
+        admin_error("the passphrase is %s; nothing was changed", why);
+        return EXIT_USAGE;
+    }
+    rc = ks_mkey_from_passphrase(p1, strlen(p1), mk);
+    OPENSSL_cleanse(p1, sizeof(p1));
+    return rc == KS_OK ? EXIT_OK : EXIT_FAILED;
+}
+
+/* ---- steps ------------------------------------------------------------------ */
+
+static int step_exit(int rc)
+{
+    switch (rc) {
+    case KS_OK: return EXIT_OK;
+    case KS_EBUSY: return EXIT_STATE;
+    case KS_EEXIST:
+    case KS_EINVAL: return EXIT_STATE;
+    case KS_ENOKEY:
+    case KS_EWRONGKEY: return EXIT_KEY;
+    case KS_EROFS: return EXIT_KEYSTORE;
+    default: return EXIT_FAILED;
+    }
+}
+
+static int do_stage(rot_ctx *c, const ks_mkey *key)
+{
+    ks_err err = {{0}};
+    ks_info info;
+    int rc;
+
+    if (ks_get_info(c->st, &info) != KS_OK)
+        return EXIT_KEYSTORE;
+    if (info.rot_state != KS_ROT_IDLE) {
+        admin_error("a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' and "
+                    "'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'",
+                    info.new_epoch, ks_rot_state_name(info.rot_state));
+        return EXIT_STATE;
+    }
+    c->regs.has_new = true;
+    c->regs.staged = *key;
+    if ((rc = save_regs(c)) != EXIT_OK)
+        return rc;
+    rc = ks_rot_stage(c->st, key, &err);
+    if (rc != KS_OK) {
+        c->regs.has_new = false;
+        ks_mkey_clear(&c->regs.staged);
+        save_regs(c);
+        admin_error("%s; nothing was changed: the keystore stays usable under the current key",
+                    err.msg[0] ? err.msg : ks_strerror(rc));
+        return step_exit(rc);
+    }
+    uint8_t kcv[KS_KCV_LEN];
+    char hex[2 * KS_KCV_LEN + 1];
+    ks_mkey_kcv(key, kcv);
+    ks_kcv_hex(kcv, hex);
+    printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now on.\n",
+           info.epoch + 1, hex);
+    return EXIT_OK;
+}
+
+typedef struct {
+    const admin_opts *o;
+    double t0;
+    bool tty;
+} progress;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int progress_cb(const ks_rot_progress *p, void *arg)
+{
+    progress *pr = arg;
+    if (!pr->tty || pr->o->quiet || pr->o->json)
+        return 0;
+    double dt = now_s() - pr->t0, rate = dt > 0 ? (double)p->done / dt : 0;
+    uint64_t total = p->done + p->remaining;
+    int width = 30, fill = total ? (int)((double)p->done * width / (double)total) : width;
+    fprintf(stderr, "\r  [%.*s%*s] %llu/%llu records  %.0f/s  ETA %.0fs ", fill, "##############################",
+            width - fill, "", (unsigned long long)p->done, (unsigned long long)total, rate,
+            rate > 0 ? (double)p->remaining / rate : 0.0);
+    fflush(stderr);
+    return 0;
+}
+
+static int do_rewrap(rot_ctx *c, const admin_opts *o)
+{
+    ks_err err = {{0}};
+    progress pr = {o, now_s(), isatty(2) != 0};
+    ks_rot_progress last = {0, 0};
+    uint32_t ep[8];
+    uint64_t before[8];
+    size_t nf = 0;
+    ks_info info;
+    int rc;
+
+    if (ks_get_info(c->st, &info) != KS_OK)
+        return EXIT_KEYSTORE;
+    ks_rot_count(c->st, ep, before, 8, &nf);
+    rc = ks_rot_rewrap(c->st, o->batch, progress_cb, &pr, &err);
+    if (pr.tty && !o->quiet && !o->json)
+        fputc('\n', stderr);
+    if (rc != KS_OK) {
+        admin_error("%s; the keystore stays usable (records are read under either key); run 'p11mk-admin rewrap' "
+                    "again to resume", err.msg[0] ? err.msg : ks_strerror(rc));
+        return step_exit(rc);
+    }
+    double dt = now_s() - pr.t0;
+    for (size_t i = 0; i < nf; i++)
+        if (ep[i] == info.epoch)
+            last.done = before[i];
+    if (o->json)
+        printf("{\"step\": \"rewrap\", \"records\": %llu, \"seconds\": %.3f, \"rate\": %.0f}\n",
+               (unsigned long long)last.done, dt, dt > 0 ? (double)last.done / dt : 0.0);
+    else if (!o->quiet)
+        printf("Rewrapped %llu records in %.2f s (%.0f records/s). Ready to commit.\n",
+               (unsigned long long)last.done, dt, dt > 0 ? (double)last.done / dt : 0.0);
+    return EXIT_OK;
+}
+
+static int do_commit(rot_ctx *c, const admin_opts *o)
+{
+    ks_err err = {{0}};
+    ks_info info;
+    int rc = ks_rot_commit(c->st, &err);
+    if (rc != KS_OK) {
+        admin_error("%s; nothing was changed", err.msg[0] ? err.msg : ks_strerror(rc));
+        return step_exit(rc);
+    }
+    if (c->have_regs && c->regs.has_new)
+        regs_promote(&c->regs);
+    if ((rc = save_regs(c)) != EXIT_OK) {
+        admin_error("the keystore is committed, but the key file could not be updated; run 'p11mk-admin commit' "
+                    "again to repair it");
+        return rc;
+    }
+    ks_get_info(c->st, &info);
+    if (!o->quiet && !o->json)
+        printf("Committed: epoch %u is current. The previous key is kept in the history (%zu key%s); running "
+               "applications switch on their next operation.\n",
+               info.epoch, c->regs.n_old, c->regs.n_old == 1 ? "" : "s");
+    return EXIT_OK;
+}
+
+/* ---- commands ---------------------------------------------------------------- */
+
+int admin_stage(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_mkey key;
+    int rc = rot_open(&c, o, true);
+    if (rc == EXIT_OK)
+        rc = new_key(o, &key);
+    if (rc == EXIT_OK)
+        rc = do_stage(&c, &key);
+    ks_mkey_clear(&key);
+    rot_close(&c);
+    return rc;
+}
+
+int admin_rewrap(const admin_opts *o)
+{
+    rot_ctx c;
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK)
+        rc = do_rewrap(&c, o);
+    rot_close(&c);
+    return rc;
+}
+
+int admin_commit(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_info info;
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK && ks_get_info(c.st, &info) == KS_OK && info.rot_state == KS_ROT_IDLE && c.have_regs &&
+        c.regs.has_new) {
+        rc = regs_repair(&c, &info); /* a commit that crashed before the key file update */
+        rot_close(&c);
+        return rc;
+    }
+    if (rc == EXIT_OK)
+        rc = do_commit(&c, o);
+    rot_close(&c);
+    return rc;
+}
+
+int admin_abort(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_err err = {{0}};
+    progress pr = {o, now_s(), isatty(2) != 0};
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK) {
+        int krc = ks_rot_abort(c.st, o->batch, progress_cb, &pr, &err);
+        if (pr.tty && !o->quiet)
+            fputc('\n', stderr);
+        if (krc != KS_OK) {
+            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
+            rc = step_exit(krc);
+        } else {
+            if (c.have_regs) {
+                c.regs.has_new = false;
+                ks_mkey_clear(&c.regs.staged);
+                rc = save_regs(&c);
+            }
+            if (rc == EXIT_OK && !o->quiet)
+                printf("Aborted: every record is under the current key again; the staged key was discarded.\n");
+        }
+    }
+    rot_close(&c);
+    return rc;
+}
+
+static int stage_rewrap_commit(rot_ctx *c, const admin_opts *o, const ks_mkey *key)
+{
+    int rc = do_stage(c, key);
+    if (rc == EXIT_OK)
+        rc = do_rewrap(c, o);
+    if (rc == EXIT_OK)
+        rc = do_commit(c, o);
+    if (rc != EXIT_OK)
+        fprintf(stderr, "p11mk-admin: the keystore stays fully usable; finish with 'p11mk-admin rewrap' and "
+                        "'p11mk-admin commit', or undo with 'p11mk-admin abort'.\n");
+    return rc;
+}
+
+int admin_rotate(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_mkey key;
+    int rc = rot_open(&c, o, true);
+    if (rc == EXIT_OK)
+        rc = ks_mkey_generate(&key) == KS_OK ? EXIT_OK : EXIT_FAILED;
+    if (rc == EXIT_OK)
+        rc = stage_rewrap_commit(&c, o, &key);
+    ks_mkey_clear(&key);
+    rot_close(&c);
+    return rc;
+}
+
+int admin_set_master_key(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_mkey key;
+    admin_opts oo = *o;
+    ks_info info;
+    int rc;
+
+    if (!oo.passphrase_file)
+        oo.passphrase = true;
+    rc = rot_open(&c, &oo, true);
+    if (rc == EXIT_OK && ks_get_info(c.st, &info) == KS_OK && info.rot_state != KS_ROT_IDLE) {
+        admin_error("a rotation is already under way (%s); finish it with 'p11mk-admin rewrap' and "
+                    "'p11mk-admin commit', or undo it with 'p11mk-admin abort'", ks_rot_state_name(info.rot_state));
+        rc = EXIT_STATE;
+    }
+    if (rc == EXIT_OK)
+        rc = new_key(&oo, &key);
+    if (rc == EXIT_OK) {
+        printf("This replaces the master key of keystore %s (epoch %u -> %u): every record is resealed under the\n"
+               "new key while applications keep running, then the old key moves to the history.\n",
+               c.cfg.keystore, info.epoch, info.epoch + 1);
+        if (!confirm(o, "Continue? [y/N] ")) {
+            printf("Nothing was changed.\n");
+            rc = EXIT_FAILED;
+        } else {
+            rc = stage_rewrap_commit(&c, &oo, &key);
+        }
+    }
+    ks_mkey_clear(&key);
+    rot_close(&c);
+    return rc;
+}
+
+int admin_clear_history(const admin_opts *o)
+{
+    rot_ctx c;
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK && !c.have_regs) {
+        printf("The keystore uses the built-in default key: there is no history to clear.\n");
+    } else if (rc == EXIT_OK && c.regs.n_old == 0) {
+        printf("The history is empty.\n");
+    } else if (rc == EXIT_OK) {
+        printf("This destroys %zu retired master key%s: backups and copies sealed under %s can no longer be\n"
+               "opened.\n", c.regs.n_old, c.regs.n_old == 1 ? "" : "s", c.regs.n_old == 1 ? "it" : "them");
+        if (!confirm(o, "Destroy them? [y/N] ")) {
+            printf("Nothing was changed.\n");
+            rc = EXIT_FAILED;
+        } else {
+            for (size_t i = 0; i < c.regs.n_old; i++)
+                ks_mkey_clear(&c.regs.old[i]);
+            c.regs.n_old = 0;
+            rc = save_regs(&c);
+            if (rc == EXIT_OK)
+                printf("History cleared.\n");
+        }
+    }
+    rot_close(&c);
+    return rc;
+}
+
+static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, void *arg)
+{
+    (void)arg;
+    if (kind == 'T')
+        printf("  token %u: %s\n", token, ks_strerror(err));
+    else
+        printf("  token %u object %llu: %s\n", token, (unsigned long long)oid, ks_strerror(err));
+}
+
+int admin_verify(const admin_opts *o)
+{
+    rot_ctx c;
+    uint64_t checked = 0, failed = 0;
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK) {
+        int krc = ks_verify(c.st, verify_cb, NULL, &checked, &failed);
+        if (krc != KS_OK) {
+            admin_error("cannot read the keystore: %s", ks_strerror(krc));
+            rc = EXIT_KEYSTORE;
+        } else if (failed) {
+            printf("%llu of %llu records failed: restore the keystore from a backup, or delete the objects "
+                   "named above.\n", (unsigned long long)failed, (unsigned long long)checked);
+            rc = EXIT_KEYSTORE;
+        } else {
+            printf("Verified %llu records: each opens under the key of its epoch.\n", (unsigned long long)checked);
+        }
+    }
+    rot_close(&c);
+    return rc;
+}

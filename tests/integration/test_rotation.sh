@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Master-key rotation while an application keeps working: a client logs in
+# once and signs, verifies and creates objects without pause while
+# 'p11mk-admin rotate' runs three times. Zero failed operations, every object
+# still there and readable, the epoch advanced by three, and the client's
+# module followed each change without a restart. Then the retired key alone
+# opens nothing, and the step commands refuse what their state forbids.
+. "$P11MK_TESTLIB"
+need pkcs11-tool
+CLIENT=${P11MK_ROT_CLIENT:?}
+
+init_token rot
+"$CLIENT" "$MOD" rot $PIN fill 200 >/dev/null
+"$ADMIN" status --json > s0.json
+epoch0=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["epoch"])' s0.json)
+
+rm -f stop
+"$CLIENT" "$MOD" rot $PIN run "$T/stop" > client.out 2> client.err &
+cpid=$!
+sleep 1
+for i in 1 2 3; do
+    "$ADMIN" rotate --quiet || { touch stop; wait $cpid; fail "rotation $i failed"; }
+    sleep 0.5
+done
+touch stop
+wait $cpid || { cat client.out client.err; fail "the client saw failed operations during rotation"; }
+cat client.out
+grep -q "failures 0" client.out || fail "client reported failures"
+ops=$(sed -n 's/.* ops \([0-9]*\) .*/\1/p' client.out)
+[ "${ops:-0}" -gt 100 ] || fail "the client did too little work ($ops ops) to prove anything"
+created=$(sed -n 's/.* created \([0-9]*\) .*/\1/p' client.out)
+"$CLIENT" "$MOD" rot $PIN check $((200 + created)) || fail "objects missing or unreadable after rotation"
+"$ADMIN" status --json > s1.json
+python3 - s1.json "$epoch0" <<'PY' || fail "epoch did not advance by 3, or records remain under old epochs"
+import json, sys
+d = json.load(open(sys.argv[1])); e0 = int(sys.argv[2])
+assert d["epoch"] == e0 + 3, d["epoch"]
+assert d["rotation"]["state"] == "idle"
+assert list(d["rotation"]["records_per_epoch"].keys()) == [str(e0 + 3)], d["rotation"]
+assert d["rotation"]["history"] == 3, d["rotation"]
+PY
+cpid_logged=$(sed -n 's/.*run: pid \([0-9]*\) .*/\1/p' client.out)
+for e in $((epoch0 + 1)) $((epoch0 + 2)) $((epoch0 + 3)); do
+    grep -q "p11mk\[$cpid_logged\] info: keystore .*: master key epoch $e is now current" "$T/p11mk.log" \
+        || fail "the client's module did not report switching to epoch $e"
+done
+expect_rc 0 "$ADMIN" verify
+ok "3 rotations under load: $ops operations, 0 failures, $created objects created, epoch $epoch0 -> $((epoch0 + 3))"
+
+# The retired key alone opens nothing.
+keyfile=$(sed -n 's/^master_key = //p' "$CONF")
+[ -f "$keyfile" ] || fail "no key file recorded in $CONF"
+old=$(sed -n 's/^old //p' "$keyfile" | head -n 1)
+python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes.fromhex(sys.argv[2]))' "$T/old.key" "$old"
+chmod 600 "$T/old.key"
+sed "s|^master_key = .*|master_key = $T/old.key|" "$CONF" > "$T/old.conf"
+P11MK_CONF=$T/old.conf expect_rc 4 "$ADMIN" status
+expect_out "check value"
+P11MK_CONF=$T/old.conf expect_rc 1 pkcs11-tool --module "$MOD" -L
+ok "the retired key alone opens no record"
+
+# Steps refused by the state, with exit code 6 and nothing changed.
+expect_rc 6 "$ADMIN" commit
+expect_out "nothing to commit"
+expect_rc 6 "$ADMIN" abort
+expect_out "nothing to abort"
+expect_rc 0 "$ADMIN" stage
+expect_rc 6 "$ADMIN" stage
+expect_out "already staged"
+expect_rc 6 "$ADMIN" commit
+expect_out "rewrap is not finished"
+expect_rc 0 "$ADMIN" abort
+expect_rc 0 "$ADMIN" verify
+"$ADMIN" status --json > s2.json
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["rotation"]["state"]=="idle" and d["epoch"]==int(sys.argv[2])' s2.json $((epoch0 + 3)) \
+    || fail "abort did not return to idle at the same epoch"
+printf 'short\n' > weak.pass
+expect_rc 2 "$ADMIN" stage --passphrase-file weak.pass
+expect_out "too short"
+printf 'aaaaaaaaaaaaaaaa\n' > weak.pass
+expect_rc 2 "$ADMIN" stage --passphrase-file weak.pass
+expect_out "too weak"
+ok "commit/abort when idle, stage twice, commit before rewrap, weak passphrases refused"
+
+# A passphrase gives the same key everywhere: stage it here, commit, and the
+# key check value equals the one computed from the passphrase on its own.
+printf 'Tr0ub4dor&3-correct-horse\n' > good.pass
+expect_rc 0 "$ADMIN" set-master-key --passphrase-file good.pass --yes
+"$ADMIN" status --json > s3.json
+kcv=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["master_key"]["kcv"])' s3.json)
+K2=$T/ks2
+printf 'keystore = %s\n' "$K2" > "$T/k2.conf"
+P11MK_CONF=$T/k2.conf expect_rc 0 "$ADMIN" init
+P11MK_CONF=$T/k2.conf expect_rc 0 "$ADMIN" set-master-key --passphrase-file good.pass --yes --key-file "$T/k2.key"
+grep -q "^master_key = $T/k2.key" "$T/k2.conf" || fail "the configuration does not name the new key file"
+P11MK_CONF=$T/k2.conf "$ADMIN" status --json > s4.json
+kcv2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["master_key"]["kcv"])' s4.json)
+[ "$kcv" = "$kcv2" ] || fail "the same passphrase gave different keys ($kcv vs $kcv2)"
+ok "set-master-key from a passphrase file; the same passphrase gives the same key on another keystore"
+
+# Loose permissions and damaged key files: clear errors, exit 4.
+chmod 644 "$keyfile"
+expect_rc 4 "$ADMIN" rotate
+expect_out "chmod 600"
+chmod 600 "$keyfile"
+cp "$keyfile" "$T/keep.key"
+head -c 100 "$T/keep.key" > "$keyfile"
+expect_rc 4 "$ADMIN" status
+expect_out "damaged or truncated"
+cp "$T/keep.key" "$keyfile"
+expect_rc 0 "$ADMIN" verify
+ok "key file with loose permissions or truncated: refused, nothing changed"
