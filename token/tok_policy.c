@@ -25,7 +25,7 @@ enum { K_ANY = 0, K_RSA = 1, K_EC = 2, K_SECRET_VAL = 3 };
 enum {
     A_TOKEN_ONLY = 1u << 0,  /* set only by the token (READ_ONLY if given) */
     A_MATERIAL = 1u << 1,    /* key material: never given to C_GenerateKey* */
-    A_GEN_INPUT = 1u << 2,   /* a C_GenerateKey* input despite being material */
+    A_GEN_INPUT = 1u << 2,   /* a generation input despite being material (see material_input) */
     A_MODIFY = 1u << 3,      /* C_SetAttributeValue may change it */
     A_NOT_CREATE = 1u << 4,  /* computed by the token, not given to C_CreateObject */
 };
@@ -169,8 +169,36 @@ static CK_RV check_value_len(const CK_ATTRIBUTE *a)
     return CKR_OK;
 }
 
+static bool tmpl_bool_val(const CK_ATTRIBUTE *a);
+static CK_ULONG tmpl_ulong_val(const CK_ATTRIBUTE *a);
+
+/* Value checks beyond the length of fixed-size types. */
+static CK_RV check_value(const CK_ATTRIBUTE *t)
+{
+    switch (t->type) {
+    case CKA_START_DATE:
+    case CKA_END_DATE:
+        return (t->ulValueLen == 0 || t->ulValueLen == sizeof(CK_DATE)) ? CKR_OK : CKR_ATTRIBUTE_VALUE_INVALID;
+    case CKA_CERTIFICATE_TYPE:
+        return tmpl_ulong_val(t) == CKC_X_509 ? CKR_OK : CKR_ATTRIBUTE_VALUE_INVALID;
+    case CKA_CERTIFICATE_CATEGORY:
+    case CKA_JAVA_MIDP_SECURITY_DOMAIN:
+        return tmpl_ulong_val(t) <= 3 ? CKR_OK : CKR_ATTRIBUTE_VALUE_INVALID;
+    case CKA_ALLOWED_MECHANISMS:
+        return t->ulValueLen % sizeof(CK_MECHANISM_TYPE) ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
+    default:
+        return CKR_OK;
+    }
+}
+
 static bool tmpl_bool_val(const CK_ATTRIBUTE *a) { return *(const CK_BBOOL *)a->pValue != CK_FALSE; }
-static CK_ULONG tmpl_ulong_val(const CK_ATTRIBUTE *a) { return *(const CK_ULONG *)a->pValue; }
+static CK_ULONG tmpl_ulong_val(const CK_ATTRIBUTE *a)
+{
+    CK_ULONG v; /* the caller's buffer need not be aligned */
+
+    memcpy(&v, a->pValue, sizeof(v));
+    return v;
+}
 
 static const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t)
 {
@@ -229,6 +257,12 @@ static const dflt_rule defaults[] = {
     {CKA_CERTIFICATE_CATEGORY, O_CERT, 3},
     {CKA_ID, O_CERT | O_KEYS, 2},
     {CKA_ISSUER, O_CERT, 2},
+    {CKA_URL, O_CERT, 2},
+    {CKA_HASH_OF_SUBJECT_PUBLIC_KEY, O_CERT, 2},
+    {CKA_HASH_OF_ISSUER_PUBLIC_KEY, O_CERT, 2},
+    {CKA_JAVA_MIDP_SECURITY_DOMAIN, O_CERT, 3},
+    {CKA_CHECK_VALUE, O_CERT, 2},
+    {CKA_PUBLIC_KEY_INFO, O_CERT, 2},
     {CKA_SERIAL_NUMBER, O_CERT, 2},
     {CKA_START_DATE, O_CERT | O_KEYS, 2},
     {CKA_END_DATE, O_CERT | O_KEYS, 2},
@@ -262,6 +296,19 @@ static int add_default(tok_attrs *out, const dflt_rule *d)
 
 /* ---- build --------------------------------------------------------------- */
 
+static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech,
+                   const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out);
+
+/* Material a key generation / unwrap / derive may take from the caller. */
+static bool material_input(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t)
+{
+    if (cls == CKO_SECRET_KEY)
+        return t == CKA_VALUE_LEN; /* the size of the key to make */
+    if (mode == TOK_BUILD_GENERATE && cls == CKO_PUBLIC_KEY)
+        return t == CKA_MODULUS_BITS || t == CKA_PUBLIC_EXPONENT || t == CKA_EC_PARAMS;
+    return false;
+}
+
 CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech,
                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out)
 {
@@ -271,6 +318,17 @@ CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE kty
     if (!out || (!tmpl && n))
         return CKR_ARGUMENTS_BAD;
     tok_attrs_free(out);
+    rv = build(mode, cls, ktype, mech, tmpl, n, out);
+    if (rv != CKR_OK)
+        tok_attrs_free(out);
+    return rv;
+}
+
+static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech,
+                   const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out)
+{
+    const CK_ATTRIBUTE *a;
+    CK_RV rv;
 
     /* Class and key type: from the mechanism, or from the template. */
     a = tmpl_find(tmpl, n, CKA_CLASS);
@@ -311,7 +369,7 @@ CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE kty
             return rv;
         if (r->flags & A_TOKEN_ONLY)
             return CKR_ATTRIBUTE_READ_ONLY;
-        if (mode != TOK_BUILD_CREATE && (r->flags & A_MATERIAL) && !(r->flags & A_GEN_INPUT))
+        if (mode != TOK_BUILD_CREATE && (r->flags & A_MATERIAL) && !material_input(mode, cls, t->type))
             return CKR_ATTRIBUTE_READ_ONLY;
         if (mode == TOK_BUILD_CREATE && (r->flags & A_NOT_CREATE))
             return CKR_TEMPLATE_INCONSISTENT;
@@ -319,32 +377,21 @@ CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE kty
         const tok_attr *prev = tok_attrs_find(out, t->type);
         if (prev && (prev->len != t->ulValueLen || (t->ulValueLen && memcmp(prev->val, t->pValue, t->ulValueLen))))
             return CKR_TEMPLATE_INCONSISTENT;
-        if (t->type == CKA_CERTIFICATE_TYPE && tmpl_ulong_val(t) != CKC_X_509)
-            return CKR_ATTRIBUTE_VALUE_INVALID;
-        if (t->type == CKA_CERTIFICATE_CATEGORY && tmpl_ulong_val(t) > 3)
-            return CKR_ATTRIBUTE_VALUE_INVALID;
-        if (t->type == CKA_ALLOWED_MECHANISMS && t->ulValueLen % sizeof(CK_MECHANISM_TYPE))
-            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if ((rv = check_value(t)) != CKR_OK)
+            return rv;
         if (t->type == CKA_TRUSTED && tmpl_bool_val(t))
             return CKR_ATTRIBUTE_READ_ONLY; /* only the SO may mark trust */
         if (tok_attrs_set(out, t->type, t->pValue, t->ulValueLen) != 0)
-            goto nomem;
+            return CKR_HOST_MEMORY;
     }
 
     if (tok_attrs_set_ulong(out, CKA_CLASS, cls) != 0)
         goto nomem;
     if ((cb & O_KEYS) && tok_attrs_set_ulong(out, CKA_KEY_TYPE, ktype) != 0)
         goto nomem;
-    if (cb == O_CERT) {
-        if (!tok_attrs_find(out, CKA_CERTIFICATE_TYPE)) {
-            tok_attrs_free(out);
-            return CKR_TEMPLATE_INCOMPLETE;
-        }
-        if (!tok_attrs_find(out, CKA_SUBJECT) || !tok_attrs_find(out, CKA_VALUE)) {
-            tok_attrs_free(out);
-            return CKR_TEMPLATE_INCOMPLETE;
-        }
-    }
+    if (cb == O_CERT && (!tok_attrs_find(out, CKA_CERTIFICATE_TYPE) || !tok_attrs_find(out, CKA_SUBJECT) ||
+                         !tok_attrs_find(out, CKA_VALUE)))
+        return CKR_TEMPLATE_INCOMPLETE;
     for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
         if ((defaults[i].objs & cb) && add_default(out, &defaults[i]) != 0)
             goto nomem;
@@ -355,11 +402,8 @@ CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE kty
             (!tok_attrs_find(out, CKA_ALLOWED_MECHANISMS) && tok_attrs_set(out, CKA_ALLOWED_MECHANISMS, NULL, 0)))
             goto nomem;
     }
-    /* A sensitive, unextractable flag pair makes no sense for public objects;
-     * for private/secret keys extractable+sensitive is allowed (wrap only). */
     return CKR_OK;
 nomem:
-    tok_attrs_free(out);
     return CKR_HOST_MEMORY;
 }
 
@@ -387,11 +431,12 @@ static bool is_sensitive(const tok_attrs *obj, CK_OBJECT_CLASS cls, CK_ATTRIBUTE
 
 CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
-    CK_OBJECT_CLASS cls = tok_obj_class(obj);
+    CK_OBJECT_CLASS cls;
     CK_RV rv = CKR_OK;
 
     if (!obj || (!tmpl && n))
         return CKR_ARGUMENTS_BAD;
+    cls = tok_obj_class(obj);
     for (CK_ULONG i = 0; i < n; i++) {
         CK_ATTRIBUTE *t = &tmpl[i];
         const tok_attr *a;
@@ -426,10 +471,16 @@ CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 /* ---- set / copy ---------------------------------------------------------- */
 
 /* Flags that may only move one way. */
-static CK_RV one_way(const tok_attrs *obj, const CK_ATTRIBUTE *t)
+static CK_RV one_way(const tok_attrs *obj, const CK_ATTRIBUTE *t, bool copy)
 {
     bool now, want = tmpl_bool_val(t);
     switch (t->type) {
+    case CKA_MODIFIABLE: /* a copy may be more restricted, never less */
+    case CKA_DESTROYABLE:
+        if (!copy)
+            return CKR_OK;
+        now = tok_attrs_get_bool(obj, t->type, true);
+        return (!now && want) ? CKR_ATTRIBUTE_READ_ONLY : CKR_OK;
     case CKA_SENSITIVE: /* FALSE -> TRUE */
     case CKA_WRAP_WITH_TRUSTED:
         now = tok_attrs_get_bool(obj, t->type, false);
@@ -448,9 +499,7 @@ static CK_RV apply(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, t
     CK_ULONG kt = (CK_ULONG)-1;
     CK_RV rv;
 
-    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
-    if (!out || (!tmpl && n))
-        return CKR_ARGUMENTS_BAD;
+    (void)tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
     for (CK_ULONG i = 0; i < n; i++) {
         const CK_ATTRIBUTE *t = &tmpl[i];
         const attr_rule *r = rule_for(cls, kt, t->type);
@@ -480,7 +529,7 @@ static CK_RV apply(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, t
                 continue;
             return CKR_ATTRIBUTE_READ_ONLY;
         }
-        if ((rv = one_way(obj, t)) != CKR_OK)
+        if ((rv = check_value(t)) != CKR_OK || (rv = one_way(obj, t, copy)) != CKR_OK)
             return rv;
         if (tok_attrs_set(out, t->type, t->pValue, t->ulValueLen) != 0)
             return CKR_HOST_MEMORY;
