@@ -312,7 +312,6 @@ static bool material_input(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_ATTRIBUT
 CK_RV tok_policy_build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech,
                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out)
 {
-    const CK_ATTRIBUTE *a;
     CK_RV rv;
 
     if (!out || (!tmpl && n))
@@ -404,7 +403,7 @@ static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, 
     }
     return CKR_OK;
 nomem:
-    return CKR_HOST_MEMORY;
+    return CKR_HOST_MEMORY; /* the caller frees the partial set */
 }
 
 CK_RV tok_policy_finish(tok_build_mode mode, tok_attrs *obj)
