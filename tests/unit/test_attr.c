@@ -211,6 +211,103 @@ static void test_build_errors(void **state)
     tok_attrs_free(&o);
 }
 
+/* Defaults of the certificate, public and private key classes, and the
+ * generation inputs each class accepts. */
+static void test_build_classes(void **state)
+{
+    (void)state;
+    tok_attrs o = TOK_ATTRS_INIT;
+    CK_OBJECT_CLASS cert = CKO_CERTIFICATE, pub = CKO_PUBLIC_KEY;
+    CK_ULONG x509 = CKC_X_509, v, bits = 2048, cat = 7;
+    CK_KEY_TYPE rsa = CKK_RSA;
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
+    CK_ATTRIBUTE c[] = {{CKA_CLASS, &cert, sizeof(cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+                        {CKA_SUBJECT, "subj", 4}, {CKA_VALUE, "der", 3}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, c, 4, &o));
+    assert_false(tok_obj_is_private(&o));
+    assert_false(tok_attrs_get_bool(&o, CKA_TRUSTED, true));
+    assert_true(tok_attrs_get_ulong(&o, CKA_CERTIFICATE_CATEGORY, &v));
+    assert_int_equal(v, 0);
+    assert_non_null(tok_attrs_find(&o, CKA_ID));
+    assert_non_null(tok_attrs_find(&o, CKA_ISSUER));
+    assert_non_null(tok_attrs_find(&o, CKA_SERIAL_NUMBER));
+    assert_null(tok_attrs_find(&o, CKA_KEY_TYPE));
+    CK_ATTRIBUTE badcat[] = {{CKA_CLASS, &cert, sizeof(cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+                             {CKA_SUBJECT, "subj", 4}, {CKA_VALUE, "der", 3},
+                             {CKA_CERTIFICATE_CATEGORY, &cat, sizeof(cat)}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID,
+       tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, badcat, 5, &o));
+    assert_int_equal(o.n, 0); /* nothing left behind on failure */
+    CK_ATTRIBUTE baddate[] = {{CKA_CLASS, &cert, sizeof(cert)}, {CKA_START_DATE, "2024", 4}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID,
+       tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, baddate, 2, &o));
+
+    /* RSA public key generation: inputs accepted, usage defaults TRUE. */
+    CK_ATTRIBUTE pt[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_PUBLIC_EXPONENT, "\x01\x00\x01", 3},
+                         {CKA_CLASS, &pub, sizeof(pub)}, {CKA_KEY_TYPE, &rsa, sizeof(rsa)}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_GENERATE, CKO_PUBLIC_KEY, CKK_RSA, CKM_RSA_PKCS_KEY_PAIR_GEN, pt, 4, &o));
+    assert_false(tok_obj_is_private(&o));
+    assert_true(tok_attrs_get_bool(&o, CKA_ENCRYPT, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_VERIFY, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_VERIFY_RECOVER, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_WRAP, false));
+    assert_false(tok_attrs_get_bool(&o, CKA_DERIVE, true));
+    assert_false(tok_attrs_get_bool(&o, CKA_TRUSTED, true));
+    assert_true(tok_attrs_get_bool(&o, CKA_LOCAL, false));
+    assert_null(tok_attrs_find(&o, CKA_SENSITIVE));
+    assert_non_null(tok_attrs_find(&o, CKA_SUBJECT));
+    assert_non_null(tok_attrs_find(&o, CKA_ALLOWED_MECHANISMS));
+    RV(CKR_OK, tok_policy_finish(TOK_BUILD_GENERATE, &o));
+    assert_null(tok_attrs_find(&o, CKA_ALWAYS_SENSITIVE)); /* public keys have none */
+    /* ... but the modulus itself is the token's to make. */
+    CK_ATTRIBUTE ptmod[] = {{CKA_MODULUS, "\xc3", 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY,
+       tok_policy_build(TOK_BUILD_GENERATE, CKO_PUBLIC_KEY, CKK_RSA, CKM_RSA_PKCS_KEY_PAIR_GEN, ptmod, 1, &o));
+
+    /* Private key defaults. */
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, CKK_EC, CKM_EC_KEY_PAIR_GEN, NULL, 0, &o));
+    assert_true(tok_obj_is_private(&o));
+    assert_true(tok_attrs_get_bool(&o, CKA_SENSITIVE, false));
+    assert_false(tok_attrs_get_bool(&o, CKA_EXTRACTABLE, true));
+    assert_true(tok_attrs_get_bool(&o, CKA_SIGN, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_DECRYPT, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_UNWRAP, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_SIGN_RECOVER, false));
+    assert_false(tok_attrs_get_bool(&o, CKA_WRAP_WITH_TRUSTED, true));
+    assert_false(tok_attrs_get_bool(&o, CKA_ALWAYS_AUTHENTICATE, true));
+    assert_null(tok_attrs_find(&o, CKA_ENCRYPT)); /* not a private key attribute */
+    RV(CKR_OK, tok_policy_finish(TOK_BUILD_GENERATE, &o));
+    assert_true(tok_attrs_get_bool(&o, CKA_ALWAYS_SENSITIVE, false));
+    assert_true(tok_attrs_get_bool(&o, CKA_NEVER_EXTRACTABLE, false));
+    /* Curve parameters belong in the public template of a generation. */
+    CK_ATTRIBUTE kp[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}};
+    RV(CKR_ATTRIBUTE_READ_ONLY,
+       tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, CKK_EC, CKM_EC_KEY_PAIR_GEN, kp, 1, &o));
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_GENERATE, CKO_PUBLIC_KEY, CKK_EC, CKM_EC_KEY_PAIR_GEN, kp, 1, &o));
+    /* CKA_ENCRYPT is no private key attribute; CKA_VALUE no RSA one. */
+    CK_ATTRIBUTE kenc[] = {{CKA_ENCRYPT, &yes, 1}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID,
+       tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, CKK_EC, CKM_EC_KEY_PAIR_GEN, kenc, 1, &o));
+    CK_ATTRIBUTE rval[] = {{CKA_VALUE, "x", 1}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID,
+       tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, CKK_RSA, CKM_RSA_PKCS_KEY_PAIR_GEN, rval, 1, &o));
+    /* The modulus size is computed on import, never given. */
+    CK_ATTRIBUTE imp[] = {{CKA_CLASS, &pub, sizeof(pub)}, {CKA_KEY_TYPE, &rsa, sizeof(rsa)},
+                          {CKA_MODULUS, "\xc3", 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)}};
+    assert_int_not_equal(
+        tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, imp, 4, &o), CKR_OK);
+
+    /* CK_ULONG values need not be aligned in the caller's buffer. */
+    uint8_t raw[sizeof(CK_ULONG) + 1];
+    CK_ULONG data = CKO_DATA;
+    memcpy(raw + 1, &data, sizeof(data));
+    CK_ATTRIBUTE un[] = {{CKA_CLASS, raw + 1, sizeof(CK_ULONG)}};
+    RV(CKR_OK, tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, un, 1, &o));
+    assert_int_equal(tok_obj_class(&o), CKO_DATA);
+    tok_attrs_free(&o);
+}
+
 /* ---- policy: get / set / copy -------------------------------------------- */
 
 static void make_secret(tok_attrs *o, bool sensitive)
@@ -277,6 +374,18 @@ static void test_set_and_copy(void **state)
     RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&o, val, 1, &n));
     CK_ATTRIBUTE unknown[] = {{CKA_MODULUS, "x", 1}};
     RV(CKR_ATTRIBUTE_TYPE_INVALID, tok_policy_set(&o, unknown, 1, &n));
+    CK_ATTRIBUTE cpoff[] = {{CKA_COPYABLE, &no, 1}};
+    RV(CKR_OK, tok_policy_set(&o, cpoff, 1, &n));
+    CK_ATTRIBUTE cpon[] = {{CKA_COPYABLE, &yes, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&n, cpon, 1, &m));
+    CK_ATTRIBUTE tok[] = {{CKA_TOKEN, &yes, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&o, tok, 1, &n));
+    CK_ATTRIBUTE lcl[] = {{CKA_LOCAL, &no, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_set(&o, lcl, 1, &n));
+    CK_ATTRIBUTE date[] = {{CKA_END_DATE, "20301231", 8}};
+    RV(CKR_OK, tok_policy_set(&o, date, 1, &n));
+    CK_ATTRIBUTE baddate[] = {{CKA_END_DATE, "2030", 4}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, tok_policy_set(&o, baddate, 1, &n));
     CK_ATTRIBUTE lbl[] = {{CKA_LABEL, "renamed", 7}, {CKA_ID, "\x01", 1}, {CKA_ENCRYPT, &no, 1}};
     RV(CKR_OK, tok_policy_set(&o, lbl, 3, &n));
     assert_memory_equal(tok_attrs_find(&n, CKA_LABEL)->val, "renamed", 7);
@@ -292,6 +401,16 @@ static void test_set_and_copy(void **state)
     assert_true(tok_obj_is_token(&n));
     CK_ATTRIBUTE cpbad[] = {{CKA_ENCRYPT, &no, 1}};
     RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_copy(&o, cpbad, 1, &n));
+    CK_ATTRIBUTE cpmod[] = {{CKA_MODIFIABLE, &yes, 1}}; /* o is not modifiable: a copy can't be either */
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_copy(&o, cpmod, 1, &n));
+    CK_ATTRIBUTE cpdes[] = {{CKA_DESTROYABLE, &no, 1}};
+    RV(CKR_OK, tok_policy_copy(&o, cpdes, 1, &n));
+    assert_false(tok_attrs_get_bool(&n, CKA_DESTROYABLE, true));
+    CK_ATTRIBUTE cpdes2[] = {{CKA_DESTROYABLE, &yes, 1}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, tok_policy_copy(&n, cpdes2, 1, &m));
+    CK_ATTRIBUTE cpsens[] = {{CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
+    RV(CKR_OK, tok_policy_copy(&o, cpsens, 2, &n));
+    assert_true(tok_attrs_get_bool(&n, CKA_SENSITIVE, false));
     assert_int_equal(tok_attrs_set_bool(&o, CKA_COPYABLE, false), 0);
     RV(CKR_ACTION_PROHIBITED, tok_policy_copy(&o, cp, 2, &n));
 
@@ -314,6 +433,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_codec_roundtrip), cmocka_unit_test(test_pin_hash),
         cmocka_unit_test(test_build_defaults),  cmocka_unit_test(test_build_errors),
+        cmocka_unit_test(test_build_classes),
         cmocka_unit_test(test_get),             cmocka_unit_test(test_set_and_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
