@@ -3,6 +3,8 @@
 #define P11MK_ADMIN_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 /* Exit codes (documented in --help and the man page). */
@@ -25,6 +27,9 @@ typedef struct {
     const char *passphrase_file; /* read the new key's passphrase from FILE */
     const char *key_file;        /* where to keep the registers when the keystore is on the default key */
     size_t batch;                /* records per rewrap transaction (0: default) */
+    const char *interval;        /* auto-update --interval DURATION */
+    bool disable;                /* auto-update --disable */
+    bool run;                    /* auto-update run */
 } admin_opts;
 
 int admin_init(const admin_opts *o);
@@ -37,6 +42,10 @@ int admin_rotate(const admin_opts *o);
 int admin_set_master_key(const admin_opts *o);
 int admin_clear_history(const admin_opts *o);
 int admin_verify(const admin_opts *o);
+int admin_auto_update(const admin_opts *o);
+int admin_version(const admin_opts *o);
+void admin_format_time(uint64_t t, char *out, size_t n);
+void admin_format_duration(uint64_t s, char *out, size_t n);
 
 /* Print a JSON string literal (with quotes), escaping as RFC 8259 requires. */
 void admin_json_str(FILE *f, const char *s);

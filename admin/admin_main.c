@@ -21,7 +21,8 @@ static const char usage[] =
     "                              epoch, rotation state, tokens with object counts\n"
     "  verify                      open every record under its epoch's key; names\n"
     "                              each failing object; non-zero exit on any problem\n"
-    "  version                     program, keystore format, algorithms\n"
+    "  version [--json]            program, keystore format, KDF and AEAD suite,\n"
+    "                              epoch per token (the keystore's, when there is one)\n"
     "\n"
     "Master key (the key file named by master_key holds the registers CURRENT,\n"
     "NEW and the history of retired keys):\n"
@@ -39,6 +40,11 @@ static const char usage[] =
     "  abort                       discard NEW; records resealed under it go back\n"
     "  clear-history [--yes]       destroy retired keys (copies sealed under them\n"
     "                              become unreadable)\n"
+    "  auto-update --interval D    rotate to a generated key every D (30d, 12h, 90m)\n"
+    "  auto-update --disable       stop; the current key is kept\n"
+    "  auto-update run             rotate if due (idempotent; the p11mk-auto-update\n"
+    "                              systemd timer runs it); finishes an interrupted\n"
+    "                              rotation first\n"
     "\n"
     "Options:\n"
     "  --json            machine-readable output (status, rewrap, rotate)\n"
@@ -109,6 +115,7 @@ static const struct {
     {"rewrap", admin_rewrap},   {"commit", admin_commit},
     {"abort", admin_abort},     {"rotate", admin_rotate},
     {"set-master-key", admin_set_master_key}, {"clear-history", admin_clear_history},
+    {"auto-update", admin_auto_update},         {"version", admin_version},
 };
 
 static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *o)
@@ -124,6 +131,8 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         {"passphrase-file", required_argument, NULL, 'f'},
         {"key-file", required_argument, NULL, 'k'},
         {"batch", required_argument, NULL, 'b'},
+        {"interval", required_argument, NULL, 'i'},
+        {"disable", no_argument, NULL, 'D'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -138,6 +147,8 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'g': o->generate_key = optarg; break;
         case 'f': o->passphrase_file = optarg; break;
         case 'k': o->key_file = optarg; break;
+        case 'i': o->interval = optarg; break;
+        case 'D': o->disable = true; break;
         case 'b': {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);
@@ -170,17 +181,18 @@ int main(int argc, char **argv)
     /* Options may also follow the command. */
     if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
         return rc >= 100 ? rc - 100 : rc;
+    if (strcmp(cmd, "auto-update") == 0 && optind < argc && strcmp(argv[optind], "run") == 0) {
+        o.run = true;
+        optind++;
+        if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
+            return rc >= 100 ? rc - 100 : rc;
+    }
     if (optind < argc) {
         admin_error("unexpected argument '%s'", argv[optind]);
         return EXIT_USAGE;
     }
     if (strcmp(cmd, "help") == 0) {
         fputs(usage, stdout);
-        return EXIT_OK;
-    }
-    if (strcmp(cmd, "version") == 0) {
-        printf("p11mk-admin %s\nkeystore format 1\nrecord sealing AES-256-GCM, keys HKDF-SHA256, PINs scrypt, "
-               "master key passphrases scrypt\n", P11MK_VERSION);
         return EXIT_OK;
     }
     if (o.generate_key && strcmp(cmd, "init") != 0) {

@@ -605,6 +605,8 @@ int admin_rotate(const admin_opts *o)
     return rc;
 }
 
+static void auto_off_after_manual(rot_ctx *c, uint64_t interval);
+
 int admin_set_master_key(const admin_opts *o)
 {
     rot_ctx c;
@@ -627,11 +629,15 @@ int admin_set_master_key(const admin_opts *o)
         printf("This replaces the master key of keystore %s (epoch %u -> %u): every record is resealed under the\n"
                "new key while applications keep running, then the old key moves to the history.\n",
                c.cfg.keystore, info.epoch, info.epoch + 1);
+        if (info.auto_interval)
+            printf("Automatic rotation is on: setting the key by hand disables it.\n");
         if (!confirm(o, "Continue? [y/N] ")) {
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
             rc = stage_rewrap_commit(&c, &oo, &key);
+            if (rc == EXIT_OK)
+                auto_off_after_manual(&c, info.auto_interval);
         }
     }
     ks_mkey_clear(&key);
@@ -695,4 +701,144 @@ int admin_verify(const admin_opts *o)
     }
     rot_close(&c);
     return rc;
+}
+
+/* ---- automatic rotation ---------------------------------------------------- */
+
+/* "30d", "12h", "90m", "3600s" or plain seconds; 0 on error. */
+static uint64_t parse_duration(const char *s)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    uint64_t mul = 1;
+    if (errno || end == s || v == 0)
+        return 0;
+    if (*end == 'd' || *end == 'D')
+        mul = 86400;
+    else if (*end == 'h' || *end == 'H')
+        mul = 3600;
+    else if (*end == 'm' || *end == 'M')
+        mul = 60;
+    else if (*end == 'w' || *end == 'W')
+        mul = 7 * 86400;
+    else if (*end != 's' && *end != '\0')
+        return 0;
+    if (*end && end[1])
+        return 0;
+    if (v > UINT64_MAX / mul)
+        return 0;
+    return (uint64_t)v * mul;
+}
+
+void admin_format_time(uint64_t t, char *out, size_t n)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (!t) {
+        snprintf(out, n, "never");
+        return;
+    }
+    gmtime_r(&tt, &tm);
+    strftime(out, n, "%Y-%m-%d %H:%M:%S UTC", &tm);
+}
+
+void admin_format_duration(uint64_t s, char *out, size_t n)
+{
+    if (s % 86400 == 0)
+        snprintf(out, n, "%llud", (unsigned long long)(s / 86400));
+    else if (s % 3600 == 0)
+        snprintf(out, n, "%lluh", (unsigned long long)(s / 3600));
+    else if (s % 60 == 0)
+        snprintf(out, n, "%llum", (unsigned long long)(s / 60));
+    else
+        snprintf(out, n, "%llus", (unsigned long long)s);
+}
+
+int admin_auto_update(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_info info;
+    char when[64], every[32];
+    int rc;
+
+    if (!o->interval && !o->disable && !o->run) {
+        admin_error("say what to do: auto-update --interval DURATION | --disable | run");
+        return EXIT_USAGE;
+    }
+    if ((o->interval != NULL) + o->disable + o->run > 1) {
+        admin_error("auto-update takes one of --interval, --disable or run");
+        return EXIT_USAGE;
+    }
+    uint64_t secs = 0;
+    if (o->interval && (secs = parse_duration(o->interval)) < 60) {
+        admin_error("--interval takes a duration of at least a minute, such as 30d, 12h or 90m (got '%s')",
+                    o->interval);
+        return EXIT_USAGE;
+    }
+    if ((rc = rot_open(&c, o, o->interval || o->run)) != EXIT_OK)
+        return rc;
+    if (ks_get_info(c.st, &info) != KS_OK) {
+        rot_close(&c);
+        return EXIT_KEYSTORE;
+    }
+    if (o->interval || o->disable) {
+        int krc = ks_rot_set_auto(c.st, secs);
+        if (krc != KS_OK) {
+            admin_error("cannot store the setting: %s", ks_strerror(krc));
+            rot_close(&c);
+            return step_exit(krc);
+        }
+        ks_get_info(c.st, &info);
+        if (secs) {
+            admin_format_duration(secs, every, sizeof(every));
+            admin_format_time(info.last_rotation + secs, when, sizeof(when));
+            printf("Automatic rotation every %s; next due %s. 'p11mk-admin auto-update run' (the p11mk-auto-update "
+                   "timer) rotates when due.\n", every, when);
+        } else {
+            printf("Automatic rotation disabled; the current key is kept.\n");
+        }
+        rot_close(&c);
+        return EXIT_OK;
+    }
+    /* run: idempotent; finishes an interrupted rotation first. */
+    if (info.rot_state == KS_ROT_ABORTING) {
+        admin_error("an abort is under way; finish it with 'p11mk-admin abort'");
+        rot_close(&c);
+        return EXIT_STATE;
+    }
+    if (info.rot_state != KS_ROT_IDLE) {
+        printf("Finishing the rotation under way (%s).\n", ks_rot_state_name(info.rot_state));
+        rc = do_rewrap(&c, o);
+        if (rc == EXIT_OK)
+            rc = do_commit(&c, o);
+        rot_close(&c);
+        return rc;
+    }
+    uint64_t now = (uint64_t)time(NULL);
+    const char *fake = getenv("P11MK_NOW"); /* test hook: pretend the clock says this (unix time) */
+    if (fake && *fake)
+        now = strtoull(fake, NULL, 10);
+    if (!info.auto_interval) {
+        printf("Automatic rotation is off; nothing to do.\n");
+    } else if (now < info.last_rotation + info.auto_interval) {
+        admin_format_time(info.last_rotation + info.auto_interval, when, sizeof(when));
+        printf("Not due until %s; nothing to do.\n", when);
+    } else {
+        ks_mkey key;
+        rc = ks_mkey_generate(&key) == KS_OK ? EXIT_OK : EXIT_FAILED;
+        if (rc == EXIT_OK)
+            rc = stage_rewrap_commit(&c, o, &key);
+        ks_mkey_clear(&key);
+    }
+    rot_close(&c);
+    return rc;
+}
+
+/* A key set by hand ends automatic rotation, as the device in the seed does. */
+static void auto_off_after_manual(rot_ctx *c, uint64_t interval)
+{
+    if (interval && ks_rot_set_auto(c->st, 0) == KS_OK)
+        printf("Automatic rotation is now disabled (the key was set by hand); re-enable it with "
+               "'p11mk-admin auto-update --interval DURATION'.\n");
 }

@@ -233,7 +233,9 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
            rot->history);
     for (size_t i = 0; i < rot->n; i++)
         printf("%s\"%u\": %llu", i ? ", " : "", rot->epochs[i], (unsigned long long)rot->counts[i]);
-    printf("}},\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [",
+    printf("}, \"auto_update_interval\": %llu, \"last_rotation\": %llu, \"next_due\": %llu},\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [",
+           (unsigned long long)info->auto_interval, (unsigned long long)info->last_rotation,
+           (unsigned long long)(info->auto_interval ? info->last_rotation + info->auto_interval : 0),
            (unsigned long long)info->map_size, (unsigned long long)info->n_objects);
     for (size_t i = 0; i < n; i++) {
         printf("%s\n    {\"slot\": %lu, \"label\": ", i ? "," : "", (unsigned long)rows[i].id);
@@ -263,6 +265,18 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     if (info->new_epoch)
         printf(" (new key staged as epoch %u)", info->new_epoch);
     printf("\nHistory:         %zu retired key%s\n", rot->history, rot->history == 1 ? "" : "s");
+    {
+        char last[64], next[64], every[32];
+        admin_format_time(info->last_rotation, last, sizeof(last));
+        if (info->auto_interval) {
+            admin_format_duration(info->auto_interval, every, sizeof(every));
+            admin_format_time(info->last_rotation + info->auto_interval, next, sizeof(next));
+            printf("Auto-update:     every %s, next due %s\n", every, next);
+        } else {
+            printf("Auto-update:     off\n");
+        }
+        printf("Last rotation:   %s\n", last);
+    }
     printf("Records:        ");
     for (size_t i = 0; i < rot->n; i++)
         printf(" %llu under epoch %u%s", (unsigned long long)rot->counts[i], rot->epochs[i], i + 1 < rot->n ? "," : "");
@@ -307,5 +321,56 @@ int admin_status(const admin_opts *o)
         print_text(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
     free(rows);
     tok_ctx_close(ctx);
+    return EXIT_OK;
+}
+
+/* ---- version ------------------------------------------------------------------ */
+
+static const char suite[] = "records AES-256-GCM; keys HKDF-SHA256; PINs scrypt (N=2^14, r=8); "
+                            "master key passphrases scrypt (N=2^15, r=8); indexes HMAC-SHA256";
+
+int admin_version(const admin_opts *o)
+{
+    tok_ctx *ctx = NULL;
+    token_row *rows = NULL;
+    ks_info info;
+    size_t n = 0;
+    bool have = false;
+
+    /* The keystore's part is best effort: the program's versions print anyway. */
+    ks_log_setup("stderr", KS_LOG_ERROR, "p11mk-admin");
+    if (tok_ctx_open(0, &ctx) == CKR_OK && ks_get_info(tok_ctx_store(ctx), &info) == KS_OK) {
+        have = true;
+        n = collect_tokens(ctx, &rows);
+    }
+    if (o->json) {
+        printf("{\n  \"program\": \"%s\",\n  \"keystore_format_supported\": 1,\n  \"suite\": ", P11MK_VERSION);
+        admin_json_str(stdout, suite);
+        if (have) {
+            printf(",\n  \"keystore\": {\"path\": ");
+            admin_json_str(stdout, tok_ctx_config(ctx)->keystore);
+            printf(", \"format\": %u, \"epoch\": %u, \"tokens\": [", info.format_version, info.epoch);
+            for (size_t i = 0; i < n; i++) {
+                printf("%s{\"slot\": %lu, \"label\": ", i ? ", " : "", (unsigned long)rows[i].id);
+                admin_json_str(stdout, rows[i].label);
+                printf(", \"format\": %u, \"epoch\": %u, \"objects\": %llu}", info.format_version, info.epoch,
+                       (unsigned long long)rows[i].objects);
+            }
+            printf("]}");
+        }
+        printf("\n}\n");
+    } else {
+        printf("p11mk-admin %s\nkeystore format 1\n%s\n", P11MK_VERSION, suite);
+        if (have) {
+            printf("keystore %s: format %u, master key epoch %u\n", tok_ctx_config(ctx)->keystore,
+                   info.format_version, info.epoch);
+            for (size_t i = 0; i < n; i++)
+                printf("  slot %-4lu %-32s format %u, epoch %u, %llu objects\n", (unsigned long)rows[i].id,
+                       rows[i].label, info.format_version, info.epoch, (unsigned long long)rows[i].objects);
+        }
+    }
+    free(rows);
+    if (ctx)
+        tok_ctx_close(ctx);
     return EXIT_OK;
 }

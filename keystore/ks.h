@@ -154,6 +154,8 @@ typedef struct {
     int rot_state;               /* KS_ROT_* */
     uint32_t new_epoch;          /* staged epoch, 0 when idle */
     uint64_t generation;         /* bumps on every stage, commit and abort */
+    uint64_t auto_interval;      /* automatic rotation period in seconds, 0 when off */
+    uint64_t last_rotation;      /* unix time of the last committed rotation, 0 if none */
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
 KS_API const char *ks_path(ks_store *st);
@@ -253,6 +255,8 @@ KS_API int ks_rot_commit(ks_store *st, ks_err *err);
 KS_API int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err);
 /* Records per epoch (cnt[i] for epochs[i]); up to n epochs, returns how many. */
 KS_API int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found);
+/* Automatic rotation every `interval` seconds (0: off); kept with the state. */
+KS_API int ks_rot_set_auto(ks_store *st, uint64_t interval);
 /* Check every record: it opens under its epoch's key; returns the number of
  * failures and calls cb(kind, token, oid) for each. */
 typedef void (*ks_verify_cb)(char kind, uint32_t token, uint64_t oid, int err, void *arg);

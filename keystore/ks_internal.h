@@ -30,6 +30,8 @@ typedef struct {
     uint8_t cursor_db;    /* rewrap position: 0 meta, 1 tokens, 2 objects, 3 end */
     uint8_t cursor_len;
     uint8_t cursor[12];   /* last key done in cursor_db */
+    uint64_t auto_interval; /* automatic rotation every this many seconds (0: off) */
+    uint64_t last_rotation; /* unix time of the last commit (0: never) */
 } ks_rotstate;
 
 /* Keys and state for one generation of the metadata. Transactions hold a

@@ -22,7 +22,8 @@
 
 #include <openssl/crypto.h>
 
-#define STATE_LEN 24
+#define STATE_LEN_V1 24
+#define STATE_LEN 40
 #define STATE_OID 1
 enum { POS_META = 0, POS_TOKENS = 1, POS_OBJECTS = 2, POS_END = 3 };
 
@@ -58,7 +59,7 @@ int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey
     rc = ks_rec_open(curkey, st->ksid, KS_KIND_META, 0, STATE_OID, v.mv_data, v.mv_size, &pt, &len);
     if (rc != KS_OK)
         return rc;
-    if (len != STATE_LEN || pt[0] != 1 || pt[1] > KS_ROT_ABORTING || ks_get_be32(pt + 2) != epoch ||
+    if ((len != STATE_LEN && len != STATE_LEN_V1) || pt[0] != 1 || pt[1] > KS_ROT_ABORTING || ks_get_be32(pt + 2) != epoch ||
         pt[10] > POS_END || pt[11] > sizeof(rs->cursor) || ((pt[1] == KS_ROT_IDLE) != (ks_get_be32(pt + 6) == 0))) {
         ks_buf_free(pt, len);
         return KS_ECORRUPT;
@@ -69,6 +70,10 @@ int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey
     rs->cursor_db = pt[10];
     rs->cursor_len = pt[11];
     memcpy(rs->cursor, pt + 12, sizeof(rs->cursor));
+    if (len == STATE_LEN) {
+        rs->auto_interval = ks_get_be64(pt + 24);
+        rs->last_rotation = ks_get_be64(pt + 32);
+    }
     ks_buf_free(pt, len);
     return KS_OK;
 }
@@ -87,6 +92,8 @@ int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey[32], b
     pt[10] = rs->cursor_db;
     pt[11] = rs->cursor_len;
     memcpy(pt + 12, rs->cursor, sizeof(rs->cursor));
+    ks_be64(pt + 24, rs->auto_interval);
+    ks_be64(pt + 32, rs->last_rotation);
     rc = ks_rec_seal(curkey, x->st->ksid, KS_KIND_META, rs->cur, 0, STATE_OID, pt, sizeof(pt), &rec, &reclen);
     if (rc != KS_OK)
         return rc;
@@ -536,6 +543,7 @@ static int commit_fn(ks_txn *x, void *arg)
     rs.nxt = 0;
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
+    rs.last_rotation = (uint64_t)time(NULL);
     a->epoch = next;
     return ks_state_store(x, &rs, r->nxt_key, true);
 }
@@ -641,4 +649,25 @@ int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint6
     }
     ks_read_end(x);
     return rc;
+}
+
+/* ---- automatic rotation settings ---------------------------------------- */
+
+static int auto_fn(ks_txn *x, void *arg)
+{
+    ks_rotstate rs;
+    int rc = ks_state_load(x->txn, x->st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    if (rc != KS_OK)
+        return rc;
+    rs.auto_interval = *(uint64_t *)arg;
+    if (rs.auto_interval && !rs.last_rotation)
+        rs.last_rotation = (uint64_t)time(NULL); /* the first automatic rotation is one interval from now */
+    return ks_state_store(x, &rs, x->ring->cur_key, false);
+}
+
+int ks_rot_set_auto(ks_store *st, uint64_t interval)
+{
+    if (!st)
+        return KS_EINVAL;
+    return ks_write(st, auto_fn, &interval);
 }

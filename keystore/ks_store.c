@@ -774,6 +774,8 @@ int ks_get_info(ks_store *st, ks_info *info)
     info->new_epoch = rs.nxt;
     info->rot_state = rs.state;
     info->generation = x->ring->gen;
+    info->auto_interval = rs.auto_interval;
+    info->last_rotation = rs.last_rotation;
     memcpy(info->kcv, x->ring->cur_kcv, KS_KCV_LEN);
     mdb_env_info(st->env, &ei);
     info->map_size = ei.me_mapsize;

@@ -110,3 +110,30 @@ expect_out "damaged or truncated"
 cp "$T/keep.key" "$keyfile"
 expect_rc 0 "$ADMIN" verify
 ok "key file with loose permissions or truncated: refused, nothing changed"
+
+# Automatic rotation: due only after the interval; a key set by hand turns it off.
+expect_rc 2 "$ADMIN" auto-update --interval 1
+expect_rc 2 "$ADMIN" auto-update
+expect_rc 0 "$ADMIN" auto-update --interval 1h
+expect_out "every 1h"
+e1=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')
+expect_rc 0 "$ADMIN" auto-update run
+expect_out "Not due"
+P11MK_NOW=$(( $(date +%s) + 3700 )) expect_rc 0 "$ADMIN" auto-update run --quiet
+expect_rc 0 "$ADMIN" auto-update run          # idempotent: the rotation just happened
+expect_out "Not due"
+e2=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')
+[ "$e2" -eq $((e1 + 1)) ] || fail "auto-update run did not rotate exactly once ($e1 -> $e2)"
+"$ADMIN" status > st.txt
+grep -q "Auto-update: *every 1h" st.txt || fail "status does not show the auto-update interval"
+printf 'An0ther-strong-passphrase\n' > good2.pass
+expect_rc 0 "$ADMIN" set-master-key --passphrase-file good2.pass --yes
+expect_out "disables it"
+expect_out "now disabled"
+"$ADMIN" status | grep -q "Auto-update: *off" || fail "a manual set-master-key left auto-update on"
+expect_rc 0 "$ADMIN" auto-update --disable
+expect_out "disabled"
+expect_rc 0 "$ADMIN" version
+expect_out "AES-256-GCM"
+expect_out "slot [0-9]+ +rot +format 1, epoch $((e2 + 1))"
+ok "auto-update: interval, not due, due, idempotent, disabled by set-master-key; version per token"
