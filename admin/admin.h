@@ -30,6 +30,8 @@ typedef struct {
     const char *interval;        /* auto-update --interval DURATION */
     bool disable;                /* auto-update --disable */
     bool run;                    /* auto-update run */
+    bool to_default;             /* export --to-default */
+    const char *file;            /* backup / restore / export FILE */
 } admin_opts;
 
 int admin_init(const admin_opts *o);
@@ -44,6 +46,9 @@ int admin_clear_history(const admin_opts *o);
 int admin_verify(const admin_opts *o);
 int admin_auto_update(const admin_opts *o);
 int admin_version(const admin_opts *o);
+int admin_backup(const admin_opts *o);
+int admin_restore(const admin_opts *o);
+int admin_export(const admin_opts *o);
 void admin_format_time(uint64_t t, char *out, size_t n);
 void admin_format_duration(uint64_t s, char *out, size_t n);
 

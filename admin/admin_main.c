@@ -40,6 +40,12 @@ static const char usage[] =
     "  abort                       discard NEW; records resealed under it go back\n"
     "  clear-history [--yes]       destroy retired keys (copies sealed under them\n"
     "                              become unreadable)\n"
+    "  backup FILE                 a consistent hot copy (compacted), still sealed\n"
+    "                              under the current key\n"
+    "  restore FILE [--yes]        replace the keystore with a backup or an export\n"
+    "                              (verified first; refused while applications use it)\n"
+    "  export --to-default FILE    a copy resealed under the built-in default key, to\n"
+    "                              move the keystore to a host with another key\n"
     "  auto-update --interval D    rotate to a generated key every D (30d, 12h, 90m)\n"
     "  auto-update --disable       stop; the current key is kept\n"
     "  auto-update run             rotate if due (idempotent; the p11mk-auto-update\n"
@@ -116,6 +122,8 @@ static const struct {
     {"abort", admin_abort},     {"rotate", admin_rotate},
     {"set-master-key", admin_set_master_key}, {"clear-history", admin_clear_history},
     {"auto-update", admin_auto_update},         {"version", admin_version},
+    {"backup", admin_backup},   {"restore", admin_restore},
+    {"export", admin_export},
 };
 
 static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *o)
@@ -133,6 +141,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         {"batch", required_argument, NULL, 'b'},
         {"interval", required_argument, NULL, 'i'},
         {"disable", no_argument, NULL, 'D'},
+        {"to-default", no_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -149,6 +158,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'k': o->key_file = optarg; break;
         case 'i': o->interval = optarg; break;
         case 'D': o->disable = true; break;
+        case 'T': o->to_default = true; break;
         case 'b': {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);
@@ -184,6 +194,12 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "auto-update") == 0 && optind < argc && strcmp(argv[optind], "run") == 0) {
         o.run = true;
         optind++;
+        if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
+            return rc >= 100 ? rc - 100 : rc;
+    }
+    if ((strcmp(cmd, "backup") == 0 || strcmp(cmd, "restore") == 0 || strcmp(cmd, "export") == 0) &&
+        optind < argc) {
+        o.file = argv[optind++];
         if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
             return rc >= 100 ? rc - 100 : rc;
     }

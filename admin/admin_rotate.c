@@ -842,3 +842,98 @@ static void auto_off_after_manual(rot_ctx *c, uint64_t interval)
         printf("Automatic rotation is now disabled (the key was set by hand); re-enable it with "
                "'p11mk-admin auto-update --interval DURATION'.\n");
 }
+
+/* ---- copies ------------------------------------------------------------------ */
+
+static bool need_file(const admin_opts *o, const char *cmd)
+{
+    if (o->file)
+        return true;
+    admin_error("%s needs a FILE argument", cmd);
+    return false;
+}
+
+int admin_backup(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_err err = {{0}};
+    if (!need_file(o, "backup"))
+        return EXIT_USAGE;
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK) {
+        int krc = ks_backup(c.st, o->file, &err);
+        if (krc != KS_OK) {
+            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
+            rc = EXIT_FAILED;
+        } else if (!o->quiet) {
+            ks_info info;
+            ks_get_info(c.st, &info);
+            printf("Backup written to %s (epoch %u, sealed under the current master key: keep the key file too).\n",
+                   o->file, info.epoch);
+        }
+    }
+    rot_close(&c);
+    return rc;
+}
+
+int admin_export(const admin_opts *o)
+{
+    rot_ctx c;
+    ks_err err = {{0}};
+    if (!o->to_default) {
+        admin_error("export writes a copy under the built-in default key: say so with --to-default");
+        return EXIT_USAGE;
+    }
+    if (!need_file(o, "export"))
+        return EXIT_USAGE;
+    int rc = rot_open(&c, o, false);
+    if (rc == EXIT_OK) {
+        int krc = ks_export_default(c.st, o->file, &err);
+        if (krc != KS_OK) {
+            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
+            rc = step_exit(krc);
+        } else if (!o->quiet) {
+            printf("Exported to %s, resealed under the built-in default key: anyone with the file can read it, so\n"
+                   "move it over a trusted channel. On the other host: p11mk-admin restore %s\n", o->file, o->file);
+        }
+    }
+    rot_close(&c);
+    return rc;
+}
+
+int admin_restore(const admin_opts *o)
+{
+    ks_config cfg;
+    ks_mkey mk;
+    ks_err err = {{0}};
+    int rc;
+    if (!need_file(o, "restore"))
+        return EXIT_USAGE;
+    if (ks_config_load(&cfg, &err) != KS_OK) {
+        admin_error("%s", err.msg);
+        return EXIT_CONFIG;
+    }
+    ks_log_setup("stderr", cfg.log_level, "p11mk-admin");
+    if ((rc = ks_mkey_load(&cfg, &mk, &err)) != KS_OK) {
+        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
+        ks_config_free(&cfg);
+        return EXIT_KEY;
+    }
+    printf("This replaces keystore %s with %s.\n", cfg.keystore, o->file);
+    if (!confirm(o, "Continue? [y/N] ")) {
+        printf("Nothing was changed.\n");
+        rc = EXIT_FAILED;
+    } else {
+        int krc = ks_restore(cfg.keystore, o->file, &mk, &err);
+        if (krc != KS_OK) {
+            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
+            rc = krc == KS_EBUSY ? EXIT_STATE : open_exit(krc);
+        } else {
+            printf("Restored %s from %s.\n", cfg.keystore, o->file);
+            rc = EXIT_OK;
+        }
+    }
+    ks_mkey_clear(&mk);
+    ks_config_free(&cfg);
+    return rc;
+}

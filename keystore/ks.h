@@ -255,6 +255,19 @@ KS_API int ks_rot_commit(ks_store *st, ks_err *err);
 KS_API int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err);
 /* Records per epoch (cnt[i] for epochs[i]); up to n epochs, returns how many. */
 KS_API int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found);
+/* ---- copies ------------------------------------------------------------- */
+/* A consistent, compacted copy of the live keystore into a new file (mode
+ * 0600), still sealed under the keystore's keys. Readers and writers go on. */
+KS_API int ks_backup(ks_store *st, const char *file, ks_err *err);
+/* A copy resealed under the built-in default key, to move a keystore to a
+ * host with another master key (refused while a rotation is under way). */
+KS_API int ks_export_default(ks_store *st, const char *file, ks_err *err);
+/* Replace the keystore in dir with a backup. The backup must open under one
+ * of mk's registers, or under the default key (an export), in which case it
+ * is resealed under mk first. Every record is verified before the swap;
+ * refused while any process has the keystore open. */
+KS_API int ks_restore(const char *dir, const char *file, const ks_mkey *mk, ks_err *err);
+
 /* Automatic rotation every `interval` seconds (0: off); kept with the state. */
 KS_API int ks_rot_set_auto(ks_store *st, uint64_t interval);
 /* Check every record: it opens under its epoch's key; returns the number of

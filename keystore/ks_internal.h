@@ -76,6 +76,7 @@ struct ks_store {
     unsigned keymode;
     _Atomic uint32_t epoch_hint;
     uint64_t failed_gen; /* generation + 1 whose keys could not be built (logged once) */
+    int users_fd;        /* shared flock on DIR/users.lock while open: restore needs it exclusive */
 };
 
 struct ks_txn {

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -60,6 +61,8 @@ static void store_free(ks_store *st)
         return;
     if (st->env)
         mdb_env_close(st->env);
+    if (st->users_fd > 0)
+        close(st->users_fd);
     EVP_MAC_CTX_free(st->idx_mac);
     ring_unref(st->ring);
     pthread_mutex_destroy(&st->ring_lock);
@@ -714,6 +717,14 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         store_free(st);
         pthread_mutex_unlock(&reg_lock);
         return rc;
+    }
+    /* Tell 'restore' that this process uses the keystore. */
+    char lp[4096];
+    snprintf(lp, sizeof(lp), "%s/users.lock", dir);
+    st->users_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (st->users_fd >= 0 && flock(st->users_fd, LOCK_SH) != 0) {
+        close(st->users_fd);
+        st->users_fd = -1;
     }
     st->next = registry;
     registry = st;

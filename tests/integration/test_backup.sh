@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# backup / restore / export --to-default: a hot copy taken while a client
+# writes, restored and verified; a keystore moved to a "host" with another
+# master key through the default key; a copy under a key this host lacks is
+# refused with the key check value and the remedies; restore refuses while
+# applications use the keystore.
+. "$P11MK_TESTLIB"
+CLIENT=${P11MK_ROT_CLIENT:?}
+
+init_token home
+"$CLIENT" "$MOD" home $PIN fill 300 >/dev/null
+expect_rc 0 "$ADMIN" rotate --quiet         # host A now has a key file of its own
+
+# A hot backup while a client keeps writing.
+rm -f stop
+"$CLIENT" "$MOD" home $PIN run "$T/stop" > client.out 2>&1 &
+cpid=$!
+sleep 0.5
+expect_rc 0 "$ADMIN" backup "$T/home.bak"
+expect_out "Backup written"
+expect_rc 1 "$ADMIN" backup "$T/home.bak"   # never overwrites
+expect_out "refusing to overwrite"
+# Restore refuses while the client has the keystore open.
+expect_rc 6 "$ADMIN" restore "$T/home.bak" --yes
+expect_out "in use"
+touch stop; wait $cpid || { cat client.out; fail "client failed during backup"; }
+expect_rc 0 "$ADMIN" restore "$T/home.bak" --yes
+expect_rc 0 "$ADMIN" verify
+"$CLIENT" "$MOD" home $PIN check 300 >/dev/null || fail "objects missing after restore"
+ok "hot backup under load, restore refused while in use, restore + verify"
+
+# Host B: another keystore under another key.
+B=$T/hostb; mkdir -p "$B"
+head -c 32 /dev/urandom > "$B/b.key"; chmod 600 "$B/b.key"
+printf 'keystore = %s/ks\nmaster_key = %s/b.key\nlog = %s/p11mk.log\n' "$B" "$B" "$T" > "$B/p11mk.conf"
+P11MK_CONF=$B/p11mk.conf expect_rc 0 "$ADMIN" init
+# A's backup is sealed under A's key: B cannot use it, and says why.
+P11MK_CONF=$B/p11mk.conf expect_rc 4 "$ADMIN" restore "$T/home.bak" --yes
+expect_out "check value [0-9a-f]{16}.*\(1\).*\(2\).*\(3\)"
+# Through the default key it moves.
+expect_rc 0 "$ADMIN" export --to-default "$T/home.export"
+P11MK_CONF=$B/p11mk.conf expect_rc 0 "$ADMIN" restore "$T/home.export" --yes
+P11MK_CONF=$B/p11mk.conf expect_rc 0 "$ADMIN" verify
+P11MK_CONF=$B/p11mk.conf "$ADMIN" status > b.txt
+grep -q "Master key: *$B/b.key" b.txt || fail "host B does not use its own key"
+P11MK_CONF=$B/p11mk.conf "$CLIENT" "$MOD" home $PIN check 300 >/dev/null || fail "objects missing on host B"
+# ... and the export itself is no longer what B's keystore is sealed under.
+P11MK_CONF=$B/p11mk.conf "$ADMIN" status --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert not d["master_key"]["default"], d
+' || fail "host B's keystore is still under the default key"
+expect_rc 2 "$ADMIN" export "$T/x"
+expect_out "to-default"
+ok "export --to-default on A, restore on B: resealed under B's key, objects intact"
