@@ -31,6 +31,7 @@ typedef struct {
     bool disable;                /* auto-update --disable */
     bool run;                    /* auto-update run */
     bool to_default;             /* export --to-default */
+    unsigned parts;              /* --parts N: the key is entered as N parts (split knowledge) */
     const char *file;            /* backup / restore / export FILE */
 } admin_opts;
 

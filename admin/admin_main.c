@@ -26,13 +26,16 @@ static const char usage[] =
     "\n"
     "Master key (the key file named by master_key holds the registers CURRENT,\n"
     "NEW and the history of retired keys):\n"
-    "  set-master-key [--passphrase-file F] [--yes]\n"
+    "  set-master-key [--parts N] [--passphrase-file F] [--yes]\n"
     "                              enter a new master key twice (no echo), confirm,\n"
     "                              then stage + rewrap + commit\n"
     "  rotate                      the same with a generated key, no questions\n"
-    "  stage [--generate | --passphrase | --passphrase-file F]\n"
+    "  stage [--generate | --passphrase | --parts N | --passphrase-file F]\n"
     "                              load NEW (epoch N+1); new and changed records use\n"
-    "                              it at once (default: --generate)\n"
+    "                              it at once (default: --generate). --parts N: the key\n"
+    "                              is entered as N parts (2-9) by different people, each\n"
+    "                              twice; no N-1 parts tell anything about the key\n"
+    "                              (with --passphrase-file: one part per line)\n"
     "  rewrap [--batch N]          reseal every record from CURRENT to NEW while the\n"
     "                              token stays in use; resumes after an interruption\n"
     "  commit                      NEW becomes CURRENT (epoch N+1); refused until no\n"
@@ -142,6 +145,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         {"interval", required_argument, NULL, 'i'},
         {"disable", no_argument, NULL, 'D'},
         {"to-default", no_argument, NULL, 'T'},
+        {"parts", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -159,6 +163,16 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'i': o->interval = optarg; break;
         case 'D': o->disable = true; break;
         case 'T': o->to_default = true; break;
+        case 'p': {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (*end || v < 2 || v > 9) {
+                admin_error("--parts takes a number of key parts from 2 to 9");
+                return EXIT_USAGE;
+            }
+            o->parts = (unsigned)v;
+            break;
+        }
         case 'b': {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);

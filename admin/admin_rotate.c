@@ -318,55 +318,80 @@ static const char *weak_reason(const char *p)
     return NULL;
 }
 
-/* The new key: generated, from a passphrase file, or typed twice. */
+/* Read one secret twice from the terminal; EXIT_OK or an exit code. */
+static int read_twice(FILE *tty, const char *what, char *p1, size_t cap)
+{
+    char p2[512], prompt[96];
+    snprintf(prompt, sizeof(prompt), "%s: ", what);
+    if (read_line(tty, prompt, p1, cap, false) != 0 || read_line(tty, "Enter it again: ", p2, sizeof(p2), false) != 0) {
+        admin_error("nothing was entered; nothing was changed");
+        return EXIT_FAILED;
+    }
+    bool same = strlen(p1) == strlen(p2) && CRYPTO_memcmp(p1, p2, strlen(p1)) == 0;
+    OPENSSL_cleanse(p2, sizeof(p2));
+    if (!same) {
+        admin_error("the two entries differ; nothing was changed. Run the command again");
+        return EXIT_FAILED;
+    }
+    return EXIT_OK;
+}
+
+/* The new key: generated, from a passphrase file, typed twice, or in parts. */
 static int new_key(const admin_opts *o, ks_mkey *mk)
 {
-    char p1[512], p2[512];
+    char secrets[KS_PARTS_MAX][512];
+    const char *ptrs[KS_PARTS_MAX];
+    unsigned n = o->parts ? o->parts : 1;
     const char *why;
-    int rc;
+    int rc = EXIT_OK;
 
+    if (!o->passphrase_file && !o->passphrase && !o->parts)
+        return ks_mkey_generate(mk) == KS_OK ? EXIT_OK : EXIT_FAILED;
+    memset(secrets, 0, sizeof(secrets));
     if (o->passphrase_file) {
         FILE *f = fopen(o->passphrase_file, "re");
-        if (!f || !fgets(p1, sizeof(p1), f)) {
-            admin_error("cannot read a passphrase from %s: %s", o->passphrase_file, f ? "it is empty" : strerror(errno));
-            if (f)
-                fclose(f);
-            return EXIT_USAGE;
+        for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
+            if (!f || !fgets(secrets[i], sizeof(secrets[i]), f)) {
+                admin_error("cannot read %s from %s: %s", n > 1 ? "one key part per line" : "a passphrase",
+                            o->passphrase_file, f ? "too few lines" : strerror(errno));
+                rc = EXIT_USAGE;
+            }
+            secrets[i][strcspn(secrets[i], "\r\n")] = '\0';
         }
-        fclose(f);
-        p1[strcspn(p1, "\r\n")] = '\0';
-    } else if (o->passphrase) {
+        if (f)
+            fclose(f);
+    } else {
         FILE *tty = tty_open();
         if (!tty) {
             admin_error("no terminal to read the new master key from; use --passphrase-file FILE or --generate");
             return EXIT_USAGE;
         }
-        if (read_line(tty, "New master key passphrase: ", p1, sizeof(p1), false) != 0 ||
-            read_line(tty, "Enter it again: ", p2, sizeof(p2), false) != 0) {
-            fclose(tty);
-            admin_error("no passphrase was entered; nothing was changed");
-            return EXIT_FAILED;
+        for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
+            char what[64];
+            if (n > 1)
+                snprintf(what, sizeof(what), "Key part %u of %u", i + 1, n);
+            else
+                snprintf(what, sizeof(what), "New master key passphrase");
+            rc = read_twice(tty, what, secrets[i], sizeof(secrets[i]));
         }
         fclose(tty);
-        bool same = strlen(p1) == strlen(p2) && CRYPTO_memcmp(p1, p2, strlen(p1)) == 0;
-        OPENSSL_cleanse(p2, sizeof(p2));
-        if (!same) {
-            OPENSSL_cleanse(p1, sizeof(p1));
-            admin_error("the two entries differ; nothing was changed. Run the command again");
-            return EXIT_FAILED;
+    }
+    for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
+        if ((why = weak_reason(secrets[i])) != NULL) {
+            if (n > 1)
+                admin_error("key part %u is %s; nothing was changed", i + 1, why);
+            else
+                admin_error("the passphrase is %s; nothing was changed", why);
+            rc = EXIT_USAGE;
         }
-    } else {
-        rc = ks_mkey_generate(mk);
-        return rc == KS_OK ? EXIT_OK : EXIT_FAILED;
+        ptrs[i] = secrets[i];
     }
-    if ((why = weak_reason(p1)) != NULL) {
-        OPENSSL_cleanse(p1, sizeof(p1));
-        admin_error("the passphrase is %s; nothing was changed", why);
-        return EXIT_USAGE;
+    if (rc == EXIT_OK) {
+        int krc = n > 1 ? ks_mkey_from_parts(ptrs, n, mk) : ks_mkey_from_passphrase(secrets[0], strlen(secrets[0]), mk);
+        rc = krc == KS_OK ? EXIT_OK : EXIT_FAILED;
     }
-    rc = ks_mkey_from_passphrase(p1, strlen(p1), mk);
-    OPENSSL_cleanse(p1, sizeof(p1));
-    return rc == KS_OK ? EXIT_OK : EXIT_FAILED;
+    OPENSSL_cleanse(secrets, sizeof(secrets));
+    return rc;
 }
 
 /* ---- steps ------------------------------------------------------------------ */
@@ -615,7 +640,7 @@ int admin_set_master_key(const admin_opts *o)
     ks_info info;
     int rc;
 
-    if (!oo.passphrase_file)
+    if (!oo.passphrase_file && !oo.parts)
         oo.passphrase = true;
     rc = rot_open(&c, &oo, true);
     if (rc == EXIT_OK && ks_get_info(c.st, &info) == KS_OK && info.rot_state != KS_ROT_IDLE) {

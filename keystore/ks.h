@@ -105,6 +105,10 @@ KS_API void ks_mkey_clear(ks_mkey *mk); /* OPENSSL_cleanse */
  * gives the same key on every host. */
 #define KS_PASS_MIN 12
 KS_API int ks_mkey_from_passphrase(const char *pass, size_t len, ks_mkey *mk);
+/* Split knowledge: the key is the XOR of scrypt(part i, salt "...part v1/i"),
+ * so that any n-1 of the n parts say nothing about it. */
+#define KS_PARTS_MAX 9
+KS_API int ks_mkey_from_parts(const char *const *parts, size_t n, ks_mkey *mk);
 /* A generated key: 32 random characters, turned into a key as a passphrase. */
 KS_API int ks_mkey_generate(ks_mkey *mk);
 

@@ -311,9 +311,43 @@ int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)
 
 /* ---- passphrases ------------------------------------------------------- */
 
+static int scrypt_key(const char *pass, size_t len, const char *salt, size_t saltlen, uint8_t out[KS_MK_LEN]);
+
 int ks_mkey_from_passphrase(const char *pass, size_t len, ks_mkey *mk)
 {
     static const char salt[] = "p11mk master key passphrase v1";
+    if (!pass || !mk)
+        return KS_EINVAL;
+    memset(mk, 0, sizeof(*mk));
+    int rc = scrypt_key(pass, len, salt, sizeof(salt) - 1, mk->key);
+    snprintf(mk->source, sizeof(mk->source), "passphrase");
+    return rc;
+}
+
+int ks_mkey_from_parts(const char *const *parts, size_t n, ks_mkey *mk)
+{
+    uint8_t k[KS_MK_LEN];
+    char salt[64];
+    if (!parts || !mk || n < 2 || n > KS_PARTS_MAX)
+        return KS_EINVAL;
+    memset(mk, 0, sizeof(*mk));
+    for (size_t i = 0; i < n; i++) {
+        int sl = snprintf(salt, sizeof(salt), "p11mk master key part v1/%zu", i + 1);
+        if (!parts[i] || scrypt_key(parts[i], strlen(parts[i]), salt, (size_t)sl, k) != KS_OK) {
+            ks_mkey_clear(mk);
+            OPENSSL_cleanse(k, sizeof(k));
+            return KS_EIO;
+        }
+        for (size_t j = 0; j < KS_MK_LEN; j++)
+            mk->key[j] ^= k[j];
+    }
+    OPENSSL_cleanse(k, sizeof(k));
+    snprintf(mk->source, sizeof(mk->source), "%zu key parts", n);
+    return KS_OK;
+}
+
+static int scrypt_key(const char *pass, size_t len, const char *salt, size_t saltlen, uint8_t out[KS_MK_LEN])
+{
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
     EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
     uint64_t n = 1u << 15;
@@ -321,20 +355,18 @@ int ks_mkey_from_passphrase(const char *pass, size_t len, ks_mkey *mk)
     int ok;
 
     EVP_KDF_free(kdf);
-    if (!ctx || !pass || !mk)
-        return KS_EINVAL;
-    memset(mk, 0, sizeof(*mk));
+    if (!ctx)
+        return KS_EIO;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pass, len),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, sizeof(salt) - 1),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, saltlen),
         OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &n),
         OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &rr),
         OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &pp),
         OSSL_PARAM_construct_end(),
     };
-    ok = EVP_KDF_derive(ctx, mk->key, KS_MK_LEN, params) == 1;
+    ok = EVP_KDF_derive(ctx, out, KS_MK_LEN, params) == 1;
     EVP_KDF_CTX_free(ctx);
-    snprintf(mk->source, sizeof(mk->source), "passphrase");
     return ok ? KS_OK : KS_EIO;
 }
 

@@ -7,14 +7,15 @@ expect_rc 0 "$ADMIN" init
 epoch() { "$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])'; }
 e0=$(epoch)
 
-# drive "ANSWER1|ANSWER2|..." EXPECTED_RC: run set-master-key on a pty, answering prompts in order.
+# drive "ANSWER1|ANSWER2|..." EXPECTED_RC [ARGS...]: run set-master-key on a pty, answering prompts in order.
 drive() {
-    python3 - "$ADMIN" "$1" "$2" <<'PY'
+    python3 - "$ADMIN" "$@" <<'PY'
 import os, pty, sys, time, select
 admin, answers, want = sys.argv[1], sys.argv[2].split("|"), int(sys.argv[3])
+extra = sys.argv[4:]
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(admin, [admin, "set-master-key"])
+    os.execv(admin, [admin, "set-master-key"] + extra)
 out = b""
 def read_until(pat, timeout=20):
     global out
@@ -27,10 +28,23 @@ def read_until(pat, timeout=20):
             except OSError:
                 break
     return pat in out
-prompts = [b"passphrase: ", b"again: ", b"[y/N] "]
+seen = 0
 for i, a in enumerate(answers):
-    if not read_until(prompts[i]):
-        sys.exit("no prompt %r; output: %r" % (prompts[i], out))
+    # wait for the next prompt: new output ending in ": " or "] "
+    end = time.time() + 20
+    while time.time() < end:
+        tail = out[seen:]
+        if tail.rstrip(b" ").endswith((b":", b"]")) and tail.endswith(b" "):
+            break
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                out += os.read(fd, 1024)
+            except OSError:
+                break
+    else:
+        sys.exit("no prompt for answer %d; output: %r" % (i + 1, out))
+    seen = len(out)
     os.write(fd, a.encode() + b"\n")
 while True:
     try:
@@ -58,8 +72,27 @@ grep -q "Nothing was changed" out2 || fail "N did not leave things unchanged"
 [ "$(epoch)" = "$e0" ] || fail "answering N changed the key"
 drive "Str0ng-passphrase-1|Str0ng-passphrase-1|y" 0 > out3 || { cat out3; fail "answering Y"; }
 [ "$(epoch)" = "$((e0 + 1))" ] || fail "answering Y did not change the key"
+# Split knowledge: two parts, each entered twice.
+drive "Part-one-secret-A|Part-one-secret-A|Part-two-secret-B|Part-two-secret-B|y" 0 --parts 2 > out4 \
+    || { cat out4; fail "key parts"; }
+grep -q "Key part 2 of 2" out4 || fail "no prompt for the second key part"
+[ "$(epoch)" = "$((e0 + 2))" ] || fail "the key parts did not change the key"
+kcv_parts=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["master_key"]["kcv"])')
+# The same two parts from a file give the same key on another keystore.
+printf 'Part-one-secret-A\nPart-two-secret-B\n' > parts.txt
+printf 'keystore = %s/other\n' "$T" > other.conf
+P11MK_CONF=$T/other.conf expect_rc 0 "$ADMIN" init
+P11MK_CONF=$T/other.conf expect_rc 0 "$ADMIN" set-master-key --parts 2 --passphrase-file parts.txt --yes --key-file "$T/other.key"
+kcv_file=$(P11MK_CONF=$T/other.conf "$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["master_key"]["kcv"])')
+[ "$kcv_parts" = "$kcv_file" ] || fail "the same parts gave different keys"
+# One part alone is a different key.
+printf 'Part-one-secret-A\n' > one.txt
+P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" stage --parts 2 --passphrase-file one.txt
+expect_out "too few lines"
+expect_rc 2 "$ADMIN" stage --parts 1
+expect_rc 2 "$ADMIN" stage --parts 10
 expect_rc 0 "$ADMIN" verify
 # Without a terminal and without --passphrase-file: a clear error.
 expect_rc 2 setsid "$ADMIN" set-master-key </dev/null
 expect_out "no terminal"
-ok "prompts: entered twice without echo, mismatch refused, N declines, Y changes the key"
+ok "prompts: entered twice without echo, mismatch refused, N declines, Y changes the key; key parts"
