@@ -309,6 +309,23 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t 
     return KS_OK;
 }
 
+static int count_epoch(MDB_txn *t, MDB_dbi db, uint32_t epoch, uint64_t *n);
+
+/* Records (and the index key) sealed under `epoch`. */
+static int count_new(ks_txn *x, uint32_t epoch, uint64_t *n)
+{
+    MDB_val v;
+    uint32_t e;
+    int rc;
+    if ((rc = count_epoch(x->txn, x->st->db_tok, epoch, n)) != KS_OK ||
+        (rc = count_epoch(x->txn, x->st->db_obj, epoch, n)) != KS_OK)
+        return rc;
+    if (ks_meta_get(x->txn, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+        ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == epoch)
+        (*n)++;
+    return KS_OK;
+}
+
 static int pass_fn(ks_txn *x, void *arg)
 {
     pass_arg *a = arg;
@@ -336,9 +353,17 @@ static int pass_fn(ks_txn *x, void *arg)
         return KS_EINVAL;
     }
     if (!r->have_nxt) {
-        ks_err_set(a->err, "the staged master key (epoch %u) is not in the key file; restore the key file that "
-                           "holds it", rs.nxt);
-        return KS_ENOKEY;
+        /* Without NEW nothing under it can be resealed; an abort with nothing
+         * under NEW can still finish. */
+        uint64_t under_new = 0;
+        if (!a->to_new && (rc = count_new(x, rs.nxt, &under_new)) != KS_OK)
+            return rc;
+        if (a->to_new || under_new) {
+            ks_err_set(a->err, "the staged master key (epoch %u) is not in the key file%s; restore the key file that "
+                               "holds it", rs.nxt, a->to_new ? "" : " and records are sealed under it");
+            return KS_ENOKEY;
+        }
+        rs.cursor_db = POS_END;
     }
     uint32_t from_e = a->to_new ? rs.cur : rs.nxt, to_e = a->to_new ? rs.nxt : rs.cur;
     const uint8_t *from = a->to_new ? r->cur_key : r->nxt_key, *to = a->to_new ? r->nxt_key : r->cur_key;

@@ -137,3 +137,32 @@ expect_rc 0 "$ADMIN" version
 expect_out "AES-256-GCM"
 expect_out "slot [0-9]+ +rot +format 1, epoch $((e2 + 1))"
 ok "auto-update: interval, not due, due, idempotent, disabled by set-master-key; version per token"
+
+# A second rotation step while one runs is refused, naming the holder.
+printf 'pid 4242, rewrap, since 2026-01-01T00:00:00Z\n' > "$KS/rotation.lock"
+flock "$KS/rotation.lock" sleep 3 &
+lpid=$!
+sleep 0.3
+expect_rc 6 "$ADMIN" stage
+expect_out "another rotation step is running.*pid 4242, rewrap"
+wait $lpid
+ok "concurrent rotation steps: refused, naming who holds the lock"
+
+# The staged key missing from the key file: operations that need it fail with
+# CKR_DEVICE_ERROR and one log line says why; everything else keeps working.
+cp "$keyfile" "$T/pre-stage.key"
+expect_rc 0 "$ADMIN" stage
+cp "$T/pre-stage.key" "$keyfile"             # the key file lost NEW
+: > "$T/p11mk.log"
+expect_rc 1 p11 --token-label rot --login --pin $PIN --keygen --key-type AES:16 --label needs-new
+expect_out "CKR_DEVICE_ERROR"
+"$CLIENT" "$MOD" rot $PIN check 200 >/dev/null || fail "existing objects unreadable while NEW is missing"
+n=$(grep -c "staged master key of epoch .* is not in" "$T/p11mk.log" || true)
+[ "$n" -ge 1 ] || fail "no log line explains the missing key"
+expect_rc 4 "$ADMIN" rewrap
+expect_out "not in the key file"
+expect_rc 0 "$ADMIN" abort --quiet
+expect_rc 0 "$ADMIN" verify
+p11 --token-label rot --login --pin $PIN --keygen --key-type AES:16 --label after-abort >/dev/null \
+    || fail "writes do not work again after the abort"
+ok "missing staged key: CKR_DEVICE_ERROR with one log line per process, reads go on, abort recovers"
