@@ -188,6 +188,19 @@ int ks_restore(const char *dir, const char *file, const ks_mkey *mk, ks_err *err
         ks_mkey_clear(&dk);
     }
     if (rc == KS_OK) {
+        /* A backup under a retired key is resealed under the current one, so
+         * the keystore and the registers agree again. */
+        ks_info ci;
+        uint8_t k[KS_KCV_LEN];
+        ks_mkey_kcv(mk, k);
+        if (ks_get_info(copy, &ci) == KS_OK && ci.rot_state == KS_ROT_IDLE &&
+            CRYPTO_memcmp(k, ci.kcv, KS_KCV_LEN) != 0) {
+            ks_mkey cur = *mk;
+            rc = rekey(copy, &cur, err);
+            ks_mkey_clear(&cur);
+        }
+    }
+    if (rc == KS_OK) {
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);
         if (rc == KS_OK && failed) {

@@ -53,3 +53,20 @@ assert not d["master_key"]["default"], d
 expect_rc 2 "$ADMIN" export "$T/x"
 expect_out "to-default"
 ok "export --to-default on A, restore on B: resealed under B's key, objects intact"
+
+# History: an old backup opens while its key is in the history, not after
+# clear-history.
+expect_rc 0 "$ADMIN" rotate --quiet
+expect_rc 0 "$ADMIN" restore "$T/home.bak" --yes          # sealed under a retired key: still known
+expect_rc 0 "$ADMIN" verify
+expect_rc 0 "$ADMIN" rotate --quiet
+expect_rc 1 "$ADMIN" clear-history </dev/null            # no terminal to confirm: nothing done
+expect_out "no terminal"
+expect_rc 0 "$ADMIN" clear-history --yes
+expect_out "History cleared"
+"$ADMIN" status --json | python3 -c 'import json,sys; assert json.load(sys.stdin)["rotation"]["history"] == 0' \
+    || fail "history not empty after clear-history"
+expect_rc 4 "$ADMIN" restore "$T/home.bak" --yes
+expect_out "check value"
+expect_rc 0 "$ADMIN" verify
+ok "clear-history: backups under retired keys open before, not after"
