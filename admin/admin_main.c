@@ -1,7 +1,10 @@
 /* p11mk-admin: command line entry point. */
 #include "admin/admin.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +91,25 @@ void admin_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+}
+
+int admin_mkdir_parents(const char *path)
+{
+    char tmp[PATH_MAX];
+    size_t n = strlen(path);
+
+    if (n >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return 0;
 }
 
 void admin_json_str(FILE *f, const char *s)

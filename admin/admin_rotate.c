@@ -99,21 +99,6 @@ static int config_set_key(const char *conf, const char *keyfile)
     return rename(tmp, conf);
 }
 
-static int mkdirs_for(const char *file)
-{
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s", file);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return 0;
-}
-
 /* A keystore on the built-in default key gets a key file before its first
  * rotation: the registers need a home. */
 static int adopt_key_file(rot_ctx *c, const admin_opts *o)
@@ -148,14 +133,14 @@ static int adopt_key_file(rot_ctx *c, const admin_opts *o)
     }
     memset(&r, 0, sizeof(r));
     ks_mkey_default(&r.current); /* public: storing it costs nothing */
-    if (mkdirs_for(keyfile) != 0 || ks_reg_save(keyfile, &r, &err) != KS_OK) {
+    if (admin_mkdir_parents(keyfile) != 0 || ks_reg_save(keyfile, &r, &err) != KS_OK) {
         admin_error("cannot create key file %s: %s", keyfile, err.msg[0] ? err.msg : strerror(errno));
         return EXIT_KEY;
     }
     if (!c->cfg.source) { /* no configuration yet: write one naming the keystore too */
         FILE *f;
         int fd;
-        if (mkdirs_for(conf) != 0 || (fd = open(conf, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
+        if (admin_mkdir_parents(conf) != 0 || (fd = open(conf, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
             !(f = fdopen(fd, "w"))) {
             admin_error("cannot create configuration %s: %s", conf, strerror(errno));
             unlink(keyfile);

@@ -13,25 +13,6 @@
 
 /* ---- init ------------------------------------------------------------------ */
 
-static int mkdir_parents(const char *path)
-{
-    char tmp[PATH_MAX];
-    size_t n = strlen(path);
-
-    if (n >= sizeof(tmp))
-        return -1;
-    memcpy(tmp, path, n + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return 0;
-}
-
 static char *user_config_path(void)
 {
     const char *env = getenv("P11MK_CONF"), *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
@@ -59,7 +40,7 @@ static void record_key_in_config(const ks_config *cfg, const char *keyfile)
         return;
     }
     path = user_config_path();
-    if (!path || mkdir_parents(path) != 0 || (fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
+    if (!path || admin_mkdir_parents(path) != 0 || (fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
         !(f = fdopen(fd, "w"))) {
         printf("Next: create a configuration file with\n  keystore = %s\n  master_key = %s\n", cfg->keystore,
                keyfile);

@@ -603,17 +603,19 @@ static void tally(uint32_t e, uint32_t *epochs, uint64_t *cnt, size_t n, size_t 
     }
 }
 
-int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found)
+/* Call fn for every token and object record, in one read transaction. */
+typedef void (*walk_fn)(ks_txn *x, bool object, const MDB_val *k, const MDB_val *v, void *arg);
+
+static int walk_records(ks_store *st, walk_fn fn, void *arg)
 {
     ks_txn *x;
     MDB_dbi dbs[2];
     int rc = ks_read_begin(st, &x);
-    *found = 0;
     if (rc != KS_OK)
         return rc;
     dbs[0] = st->db_tok;
     dbs[1] = st->db_obj;
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < 2 && rc == KS_OK; d++) {
         MDB_cursor *c;
         MDB_val k, v;
         if (mdb_cursor_open(x->txn, dbs[d], &c) != MDB_SUCCESS) {
@@ -621,58 +623,73 @@ int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t
             break;
         }
         for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
-             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-            uint32_t e;
-            if (ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK)
-                tally(e, epochs, cnt, n, found);
-        }
+             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+            fn(x, d == 1, &k, &v, arg);
         mdb_cursor_close(c);
     }
     ks_read_end(x);
     return rc;
 }
 
+typedef struct {
+    uint32_t *epochs;
+    uint64_t *cnt;
+    size_t n, *found;
+} count_arg;
+
+static void count_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *v, void *arg)
+{
+    count_arg *a = arg;
+    uint32_t e;
+    (void)x;
+    (void)object;
+    (void)k;
+    if (ks_rec_header(v->mv_data, v->mv_size, NULL, &e) == KS_OK)
+        tally(e, a->epochs, a->cnt, a->n, a->found);
+}
+
+int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found)
+{
+    count_arg a = {epochs, cnt, n, found};
+    *found = 0;
+    return walk_records(st, count_one, &a);
+}
+
+typedef struct {
+    ks_verify_cb cb;
+    void *arg;
+    uint64_t checked, failed;
+} verify_arg;
+
+static void verify_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *v, void *arg)
+{
+    verify_arg *a = arg;
+    uint32_t e, token = k->mv_size >= 4 ? ks_get_be32(k->mv_data) : 0;
+    uint64_t oid = object && k->mv_size == 12 ? ks_get_be64((const uint8_t *)k->mv_data + 4) : 0;
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    const uint8_t *key = NULL;
+    int err = ks_rec_header(v->mv_data, v->mv_size, NULL, &e);
+    if (err == KS_OK && !(key = ks_ring_key(x->ring, e)))
+        err = KS_ENOKEY;
+    if (err == KS_OK)
+        err = ks_rec_open(key, x->st->ksid, object ? KS_KIND_OBJECT : KS_KIND_TOKEN, token, oid, v->mv_data,
+                          v->mv_size, &pt, &len);
+    ks_buf_free(pt, len);
+    a->checked++;
+    if (err != KS_OK) {
+        a->failed++;
+        if (a->cb)
+            a->cb(object ? 'O' : 'T', token, oid, err, a->arg);
+    }
+}
+
 int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed)
 {
-    ks_txn *x;
-    MDB_dbi dbs[2];
-    int rc = ks_read_begin(st, &x);
-    *checked = *failed = 0;
-    if (rc != KS_OK)
-        return rc;
-    dbs[0] = st->db_tok;
-    dbs[1] = st->db_obj;
-    for (int d = 0; d < 2; d++) {
-        MDB_cursor *c;
-        MDB_val k, v;
-        if (mdb_cursor_open(x->txn, dbs[d], &c) != MDB_SUCCESS) {
-            rc = KS_EIO;
-            break;
-        }
-        for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
-             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-            uint32_t e, token = k.mv_size >= 4 ? ks_get_be32(k.mv_data) : 0;
-            uint64_t oid = d == 1 && k.mv_size == 12 ? ks_get_be64((const uint8_t *)k.mv_data + 4) : 0;
-            uint8_t *pt = NULL;
-            size_t len = 0;
-            const uint8_t *key = NULL;
-            int err = ks_rec_header(v.mv_data, v.mv_size, NULL, &e);
-            if (err == KS_OK && !(key = ks_ring_key(x->ring, e)))
-                err = KS_ENOKEY;
-            if (err == KS_OK)
-                err = ks_rec_open(key, st->ksid, d ? KS_KIND_OBJECT : KS_KIND_TOKEN, token, oid, v.mv_data,
-                                  v.mv_size, &pt, &len);
-            ks_buf_free(pt, len);
-            (*checked)++;
-            if (err != KS_OK) {
-                (*failed)++;
-                if (cb)
-                    cb(d ? 'O' : 'T', token, oid, err, arg);
-            }
-        }
-        mdb_cursor_close(c);
-    }
-    ks_read_end(x);
+    verify_arg a = {cb, arg, 0, 0};
+    int rc = walk_records(st, verify_one, &a);
+    *checked = a.checked;
+    *failed = a.failed;
     return rc;
 }
 
