@@ -11,6 +11,7 @@
  * behind still open it, and the next command repairs them. */
 #include "admin/admin.h"
 #include "keystore/ks.h"
+#include "token/tok_token.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -687,8 +688,18 @@ static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, void *ar
     (void)arg;
     if (kind == 'T')
         printf("  token %u: %s\n", token, ks_strerror(err));
+    else if (kind == 'I')
+        printf("  token %u: an index entry points at object %llu, which does not exist\n", token,
+               (unsigned long long)oid);
     else
         printf("  token %u object %llu: %s\n", token, (unsigned long long)oid, ks_strerror(err));
+}
+
+static void index_cb(CK_SLOT_ID slot, uint64_t oid, CK_ATTRIBUTE_TYPE t, void *arg)
+{
+    (void)arg;
+    printf("  token %lu object %llu: not found through the index by its %s\n", (unsigned long)slot,
+           (unsigned long long)oid, t == CKA_ID ? "CKA_ID" : t == CKA_LABEL ? "CKA_LABEL" : "CKA_CLASS");
 }
 
 int admin_verify(const admin_opts *o)
@@ -698,15 +709,24 @@ int admin_verify(const admin_opts *o)
     int rc = rot_open(&c, o, false);
     if (rc == EXIT_OK) {
         int krc = ks_verify(c.st, verify_cb, NULL, &checked, &failed);
-        if (krc != KS_OK) {
-            admin_error("cannot read the keystore: %s", ks_strerror(krc));
+        tok_ctx *ctx = NULL;
+        unsigned long long missing = 0;
+        long long objs = -1;
+        if (krc == KS_OK && tok_ctx_open(TOK_CTX_STDERR, &ctx) == CKR_OK) {
+            objs = tok_verify_index(ctx, index_cb, NULL, &missing);
+            tok_ctx_close(ctx);
+        }
+        failed += missing;
+        if (krc != KS_OK || objs < 0) {
+            admin_error("cannot read the keystore: %s", ks_strerror(krc != KS_OK ? krc : KS_EIO));
             rc = EXIT_KEYSTORE;
         } else if (failed) {
             printf("%llu of %llu records failed: restore the keystore from a backup, or delete the objects "
                    "named above.\n", (unsigned long long)failed, (unsigned long long)checked);
             rc = EXIT_KEYSTORE;
         } else {
-            printf("Verified %llu records: each opens under the key of its epoch.\n", (unsigned long long)checked);
+            printf("Verified %llu records: each opens under the key of its epoch; the indexes agree with %lld "
+                   "objects.\n", (unsigned long long)checked, objs);
         }
     }
     rot_close(&c);

@@ -684,10 +684,45 @@ static void verify_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *
     }
 }
 
+/* Every index entry must point at an object of its token. */
+static int verify_index(ks_store *st, verify_arg *a)
+{
+    ks_txn *x;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return rc;
+    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS) {
+        ks_read_end(x);
+        return KS_EIO;
+    }
+    for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint8_t ok[12];
+        MDB_val ov;
+        if (k.mv_size < 4 || v.mv_size != 8)
+            continue;
+        memcpy(ok, k.mv_data, 4);
+        memcpy(ok + 4, v.mv_data, 8);
+        MDB_val okey = {12, ok};
+        if (mdb_get(x->txn, st->db_obj, &okey, &ov) != MDB_SUCCESS) {
+            a->failed++;
+            if (a->cb)
+                a->cb('I', ks_get_be32(k.mv_data), ks_get_be64(v.mv_data), KS_ENOTFOUND, a->arg);
+        }
+    }
+    mdb_cursor_close(c);
+    ks_read_end(x);
+    return KS_OK;
+}
+
 int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed)
 {
     verify_arg a = {cb, arg, 0, 0};
     int rc = walk_records(st, verify_one, &a);
+    if (rc == KS_OK)
+        rc = verify_index(st, &a);
     *checked = a.checked;
     *failed = a.failed;
     return rc;

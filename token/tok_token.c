@@ -856,3 +856,61 @@ CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, to
     cache_put(ctx, slot, oid, &st, *key, attrs);
     return CKR_OK;
 }
+
+/* ---- index verification ------------------------------------------------- */
+
+typedef struct {
+    uint64_t oid;
+    bool found;
+} find_oid;
+
+static int match_oid(uint64_t oid, void *arg)
+{
+    find_oid *f = arg;
+    if (oid == f->oid) {
+        f->found = true;
+        return 1;
+    }
+    return 0;
+}
+
+long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long long *missing)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG ns = 0;
+    long long checked = 0;
+    *missing = 0;
+    if (tok_slot_list(ctx, &slots, &ns) != CKR_OK)
+        return -1;
+    for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
+        oid_vec objs = {NULL, 0, 0};
+        ks_txn *txn;
+        if (ks_read_begin(ctx->st, &txn) != KS_OK) {
+            checked = -1;
+            break;
+        }
+        ks_obj_foreach(txn, (uint32_t)slots[si], oid_push, &objs);
+        for (size_t i = 0; i < objs.n; i++) {
+            AUTO_ATTRS obj = TOK_ATTRS_INIT;
+            if (obj_read_txn(txn, slots[si], objs.v[i], &obj) != CKR_OK)
+                continue; /* unreadable records are reported by the record check */
+            checked++;
+            for (size_t k = 0; k < sizeof(indexed) / sizeof(indexed[0]); k++) {
+                const tok_attr *a = tok_attrs_find(&obj, indexed[k]);
+                find_oid f = {objs.v[i], false};
+                if (!a)
+                    continue;
+                ks_idx_lookup(txn, (uint32_t)slots[si], (uint32_t)a->type, a->val, a->len, match_oid, &f);
+                if (!f.found) {
+                    (*missing)++;
+                    if (cb)
+                        cb(slots[si], objs.v[i], a->type, arg);
+                }
+            }
+        }
+        ks_read_end(txn);
+        free(objs.v);
+    }
+    free(slots);
+    return checked;
+}

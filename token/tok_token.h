@@ -74,5 +74,10 @@ TOK_API CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBU
 
 /* Drop cached unsealed keys (all, or those of one token). */
 TOK_API void tok_cache_flush(tok_ctx *ctx);
+/* Check that every object of every token is found through the index by each
+ * indexed attribute it has; cb(slot, oid, attribute) for each one missing.
+ * Returns the number of objects checked, or -1 if the keystore cannot be read. */
+typedef void (*tok_idx_cb)(CK_SLOT_ID slot, uint64_t oid, CK_ATTRIBUTE_TYPE t, void *arg);
+TOK_API long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long long *missing);
 
 #endif

@@ -70,3 +70,4 @@ expect_rc 4 "$ADMIN" restore "$T/home.bak" --yes
 expect_out "check value"
 expect_rc 0 "$ADMIN" verify
 ok "clear-history: backups under retired keys open before, not after"
+

@@ -1,0 +1,140 @@
+/* Unit tests for the token context: token objects stored through the token
+ * layer, index verification (objects missing from the index, index entries
+ * pointing at nothing), and the key cache following the epoch. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "keystore/ks.h"
+#include "token/tok_policy.h"
+#include "token/tok_token.h"
+
+static char dir[64];
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+static int setup(void **state)
+{
+    char conf[128];
+    FILE *f;
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/p11mk-tok-XXXXXX");
+    if (!mkdtemp(dir))
+        return -1;
+    snprintf(conf, sizeof(conf), "%s/p11mk.conf", dir);
+    f = fopen(conf, "w");
+    fprintf(f, "keystore = %s/ks\nlog = %s/log\n", dir, dir);
+    fclose(f);
+    setenv("P11MK_CONF", conf, 1);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+static uint64_t store_data(tok_ctx *ctx, CK_SLOT_ID slot, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}, {CKA_LABEL, (void *)label, strlen(label)}};
+    tok_attrs obj = TOK_ATTRS_INIT;
+    uint64_t oid = 0;
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 3, &obj),
+                     CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, slot, &obj, &oid), CKR_OK);
+    tok_attrs_free(&obj);
+    return oid;
+}
+
+typedef struct {
+    uint32_t tid;
+    uint64_t oid;
+    const char *label;
+} idx_arg;
+
+static int drop_label_fn(ks_txn *x, void *arg)
+{
+    idx_arg *a = arg;
+    return ks_idx_del(x, a->tid, CKA_LABEL, a->label, strlen(a->label), a->oid);
+}
+
+static int drop_object_fn(ks_txn *x, void *arg)
+{
+    idx_arg *a = arg;
+    return ks_obj_del(x, a->tid, a->oid); /* the index entries stay behind */
+}
+
+static int calls;
+static CK_ATTRIBUTE_TYPE last_type;
+static void idx_cb(CK_SLOT_ID slot, uint64_t oid, CK_ATTRIBUTE_TYPE t, void *arg)
+{
+    (void)slot; (void)oid; (void)arg;
+    calls++;
+    last_type = t;
+}
+
+static char last_kind;
+static void rec_cb(char kind, uint32_t token, uint64_t oid, int err, void *arg)
+{
+    (void)token; (void)oid; (void)err; (void)arg;
+    last_kind = kind;
+}
+
+static void test_index_verification(void **state)
+{
+    (void)state;
+    tok_ctx *ctx;
+    unsigned long long missing;
+    uint64_t checked, failed;
+    assert_int_equal(tok_ctx_open(TOK_CTX_CREATE, &ctx), CKR_OK);
+    CK_UTF8CHAR label[32];
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "idx", 3);
+    assert_int_equal(tok_token_init(ctx, 1, (const uint8_t *)"12345678", 8, label), CKR_OK);
+    uint64_t a = store_data(ctx, 1, "alpha");
+    uint64_t b = store_data(ctx, 1, "bravo");
+    (void)a;
+
+    assert_int_equal(tok_verify_index(ctx, idx_cb, NULL, &missing), 2);
+    assert_int_equal(missing, 0);
+
+    /* An object the index no longer finds by its label. */
+    idx_arg ia = {1, b, "bravo"};
+    assert_int_equal(ks_write(tok_ctx_store(ctx), drop_label_fn, &ia), KS_OK);
+    calls = 0;
+    assert_int_equal(tok_verify_index(ctx, idx_cb, NULL, &missing), 2);
+    assert_int_equal(missing, 1);
+    assert_int_equal(calls, 1);
+    assert_int_equal(last_type, CKA_LABEL);
+
+    /* Index entries of an object that is gone. */
+    assert_int_equal(ks_write(tok_ctx_store(ctx), drop_object_fn, &ia), KS_OK);
+    assert_int_equal(ks_verify(tok_ctx_store(ctx), rec_cb, NULL, &checked, &failed), KS_OK);
+    assert_true(failed >= 1);
+    assert_int_equal(last_kind, 'I');
+    tok_ctx_close(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_index_verification, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
