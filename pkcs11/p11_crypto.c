@@ -168,10 +168,18 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
 
     if (rv != CKR_OK)
         return rv;
-    /* Digesting key values is offered with the full mechanism set. */
-    p11_op_end(s, TOK_OP_DIGEST);
+    P11_AUTO_ATTRS attrs = TOK_ATTRS_INIT;
+    tok_key *key = NULL;
+    rv = p11_object_key(s, hKey, &key, &attrs);
+    if (rv == CKR_OK) {
+        s->op_multi[TOK_OP_DIGEST] = true;
+        rv = tok_op_digest_key(s->op[TOK_OP_DIGEST], key);
+    }
+    tok_key_unref(key);
+    if (rv != CKR_OK)
+        p11_op_end(s, TOK_OP_DIGEST);
     p11_session_put(s);
-    return CKR_FUNCTION_NOT_SUPPORTED;
+    return rv;
 }
 
 CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)

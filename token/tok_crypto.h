@@ -17,6 +17,39 @@ typedef struct {
     size_t field_bytes;
 } tok_curve;
 
+/* PKCS#11 v3.0 values that p11-kit 0.24's header lacks. */
+#ifndef CKM_SHA3_256
+#define CKM_SHA3_256 0x2B0UL
+#define CKM_SHA3_256_HMAC 0x2B1UL
+#define CKM_SHA3_224 0x2B5UL
+#define CKM_SHA3_384 0x2C0UL
+#define CKM_SHA3_384_HMAC 0x2C1UL
+#define CKM_SHA3_512 0x2D0UL
+#define CKM_SHA3_512_HMAC 0x2D1UL
+#endif
+
+/* How an operation mechanism works. */
+typedef enum {
+    M_NONE = 0, /* generation only */
+    M_AES_CBC_PAD, M_AES_CBC, M_AES_ECB, M_AES_CTR, M_AES_GCM, M_AES_CMAC,
+    M_RSA_PKCS, M_RSA_X509, M_RSA_PKCS_HASH, M_RSA_PSS, M_RSA_PSS_HASH, M_RSA_OAEP,
+    M_ECDSA, M_ECDSA_HASH, M_HMAC, M_DIGEST,
+} tok_mclass;
+
+typedef struct {
+    CK_MECHANISM_TYPE type;
+    CK_ULONG min, max;      /* key sizes as C_GetMechanismInfo reports them */
+    CK_FLAGS flags;
+    tok_mclass mc;
+    const char *md;         /* digest of hash-based mechanisms (OpenSSL name) */
+    CK_KEY_TYPE hmac_key;   /* HMAC: the specific key type also accepted (besides generic secret) */
+} tok_mech_desc;
+
+TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
+/* OpenSSL digest name of a CKM_SHA* digest / CKG_MGF1_* generator; NULL if unknown. */
+TOK_API const char *tok_md_of_mech(CK_MECHANISM_TYPE m);
+TOK_API const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g);
+
 struct tok_key {
     atomic_int refs;
     CK_OBJECT_CLASS cls;

@@ -16,10 +16,14 @@
 
 static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+static const uint8_t oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
+static const uint8_t oid_k256[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a};
 
 static const tok_curve curves[] = {
     {"prime256v1", oid_p256, sizeof(oid_p256), "prime256v1", 32},
     {"secp384r1", oid_p384, sizeof(oid_p384), "secp384r1", 48},
+    {"secp521r1", oid_p521, sizeof(oid_p521), "secp521r1", 66},
+    {"secp256k1", oid_k256, sizeof(oid_k256), "secp256k1", 32},
 };
 
 const tok_curve *tok_curve_from_params(const uint8_t *p, size_t len)

@@ -13,25 +13,89 @@
 
 #define EC_FLAGS (CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS)
 
-static const struct {
-    CK_MECHANISM_TYPE type;
-    CK_ULONG min, max;
-    CK_FLAGS flags;
-} mechs[] = {
-    {CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE},
-    {CKM_AES_CBC_PAD, 16, 32, CKF_ENCRYPT | CKF_DECRYPT},
-    {CKM_AES_GCM, 16, 32, CKF_ENCRYPT | CKF_DECRYPT},
-    {CKM_EC_KEY_PAIR_GEN, 256, 384, CKF_GENERATE_KEY_PAIR | EC_FLAGS},
-    {CKM_ECDSA, 256, 384, CKF_SIGN | CKF_VERIFY | EC_FLAGS},
-    {CKM_ECDSA_SHA256, 256, 384, CKF_SIGN | CKF_VERIFY | EC_FLAGS},
-    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR},
-    {CKM_RSA_PKCS, 1024, 8192, CKF_ENCRYPT | CKF_DECRYPT | CKF_SIGN | CKF_VERIFY},
-    {CKM_SHA256_RSA_PKCS, 1024, 8192, CKF_SIGN | CKF_VERIFY},
-    {CKM_SHA256, 0, 0, CKF_DIGEST},
-    {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE},
-    {CKM_SHA256_HMAC, 8, 4096, CKF_SIGN | CKF_VERIFY},
+#define SIGN (CKF_SIGN | CKF_VERIFY)
+#define CRYPT (CKF_ENCRYPT | CKF_DECRYPT)
+
+static const tok_mech_desc mechs[] = {
+    /* AES: key sizes in bytes */
+    {CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE, M_NONE, NULL, 0},
+    {CKM_AES_ECB, 16, 32, CRYPT, M_AES_ECB, NULL, 0},
+    {CKM_AES_CBC, 16, 32, CRYPT, M_AES_CBC, NULL, 0},
+    {CKM_AES_CBC_PAD, 16, 32, CRYPT, M_AES_CBC_PAD, NULL, 0},
+    {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0},
+    {CKM_AES_GCM, 16, 32, CRYPT, M_AES_GCM, NULL, 0},
+    {CKM_AES_CMAC, 16, 32, SIGN, M_AES_CMAC, NULL, 0},
+    /* EC: key sizes in bits */
+    {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0},
+    {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0},
+    {CKM_ECDSA_SHA1, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA1", 0},
+    {CKM_ECDSA_SHA224, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA224", 0},
+    {CKM_ECDSA_SHA256, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA256", 0},
+    {CKM_ECDSA_SHA384, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA384", 0},
+    {CKM_ECDSA_SHA512, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA512", 0},
+    /* RSA: key sizes in bits (generation 2048-4096; use 1024-8192) */
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
+    {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN, M_RSA_PKCS, NULL, 0},
+    {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN, M_RSA_X509, NULL, 0},
+    {CKM_SHA1_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA1", 0},
+    {CKM_SHA224_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA224", 0},
+    {CKM_SHA256_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA256", 0},
+    {CKM_SHA384_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA384", 0},
+    {CKM_SHA512_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA512", 0},
+    {CKM_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS, NULL, 0},
+    {CKM_SHA1_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA1", 0},
+    {CKM_SHA224_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA224", 0},
+    {CKM_SHA256_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA256", 0},
+    {CKM_SHA384_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA384", 0},
+    {CKM_SHA512_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA512", 0},
+    {CKM_RSA_PKCS_OAEP, 1024, 8192, CRYPT, M_RSA_OAEP, NULL, 0},
+    /* Digests */
+    {CKM_SHA_1, 0, 0, CKF_DIGEST, M_DIGEST, "SHA1", 0},
+    {CKM_SHA224, 0, 0, CKF_DIGEST, M_DIGEST, "SHA224", 0},
+    {CKM_SHA256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA256", 0},
+    {CKM_SHA384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA384", 0},
+    {CKM_SHA512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA512", 0},
+    {CKM_SHA3_256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-256", 0},
+    {CKM_SHA3_384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-384", 0},
+    {CKM_SHA3_512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-512", 0},
+    /* Generic secrets and HMAC: key sizes in bits */
+    {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0},
+    {CKM_SHA_1_HMAC, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC},
+    {CKM_SHA224_HMAC, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC},
+    {CKM_SHA256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC},
+    {CKM_SHA384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC},
+    {CKM_SHA512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC},
+    {CKM_SHA3_256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-256", 0},
+    {CKM_SHA3_384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-384", 0},
+    {CKM_SHA3_512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-512", 0},
 };
 #define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
+
+const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m)
+{
+    for (size_t i = 0; i < N_MECHS; i++)
+        if (mechs[i].type == m)
+            return &mechs[i];
+    return NULL;
+}
+
+const char *tok_md_of_mech(CK_MECHANISM_TYPE m)
+{
+    const tok_mech_desc *d = tok_mech_find(m);
+    return d && d->mc == M_DIGEST ? d->md : NULL;
+}
+
+const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g)
+{
+    switch (g) {
+    case CKG_MGF1_SHA1: return "SHA1";
+    case CKG_MGF1_SHA224: return "SHA224";
+    case CKG_MGF1_SHA256: return "SHA256";
+    case CKG_MGF1_SHA384: return "SHA384";
+    case CKG_MGF1_SHA512: return "SHA512";
+    default: return NULL;
+    }
+}
 
 CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap)
 {
@@ -42,17 +106,15 @@ CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap)
 
 CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
 {
-    for (size_t i = 0; i < N_MECHS; i++) {
-        if (mechs[i].type != m)
-            continue;
-        if (info) {
-            info->ulMinKeySize = mechs[i].min;
-            info->ulMaxKeySize = mechs[i].max;
-            info->flags = mechs[i].flags;
-        }
-        return CKR_OK;
+    const tok_mech_desc *d = tok_mech_find(m);
+    if (!d)
+        return CKR_MECHANISM_INVALID;
+    if (info) {
+        info->ulMinKeySize = d->min;
+        info->ulMaxKeySize = d->max;
+        info->flags = d->flags;
     }
-    return CKR_MECHANISM_INVALID;
+    return CKR_OK;
 }
 
 CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)

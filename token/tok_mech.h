@@ -92,6 +92,10 @@ TOK_API CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen);
 TOK_API CK_RV tok_op_verify(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t *sig, CK_ULONG siglen);
 TOK_API CK_RV tok_op_verify_final(tok_op *op, const uint8_t *sig, CK_ULONG siglen);
 
+/* C_DigestKey: feed a secret key's value into a digest operation
+ * (CKR_KEY_INDIGESTIBLE for other keys). */
+TOK_API CK_RV tok_op_digest_key(tok_op *op, const tok_key *key);
+
 /* Random */
 TOK_API CK_RV tok_random(uint8_t *out, CK_ULONG len);
 

@@ -4,7 +4,10 @@
  * output length is only known after the work is done (decryption), the
  * output is computed once into a pending buffer and handed out when the
  * caller's buffer is large enough, so a retry after CKR_BUFFER_TOO_SMALL
- * gives the same result without redoing (or re-randomizing) anything. */
+ * gives the same result without redoing (or re-randomizing) anything.
+ *
+ * What a mechanism is (its class, digest, key sizes) comes from the table in
+ * tok_mech.c; this file implements each class once. */
 #include "token/tok_crypto.h"
 
 #include <stdlib.h>
@@ -16,19 +19,22 @@
 #include <openssl/ec.h>
 #include <openssl/rsa.h>
 
-typedef enum { M_CBC, M_GCM, M_RSA_RAW, M_RSA_SHA256, M_ECDSA_RAW, M_ECDSA_SHA256, M_HMAC, M_DIGEST } mclass;
-
 struct tok_op {
     tok_op_kind kind;
-    mclass mc;
+    const tok_mech_desc *d;
     tok_key *key;
     EVP_CIPHER_CTX *cctx;
     EVP_MD_CTX *mdctx;
     EVP_MAC_CTX *mac;
     uint8_t *buf; /* buffered input (GCM decryption) */
     size_t blen, bcap;
-    size_t held;  /* CBC: input bytes inside the cipher context, not yet output */
+    size_t held;  /* block modes: input bytes inside the cipher context, not yet output */
     size_t taglen;
+    /* RSA parameters */
+    const char *pss_md, *mgf_md;
+    int saltlen;
+    uint8_t *label;
+    size_t labellen;
     uint8_t *pend; /* output computed but not yet handed out */
     size_t pendlen;
     bool has_pend;
@@ -50,27 +56,21 @@ void tok_op_free(tok_op *op)
         OPENSSL_clear_free(op->buf, op->bcap);
     if (op->pend)
         OPENSSL_clear_free(op->pend, op->pendlen);
+    OPENSSL_free(op->label);
     tok_key_unref(op->key);
     OPENSSL_cleanse(op, sizeof(*op));
     free(op);
 }
 
-/* ---- init ---------------------------------------------------------------- */
-
-static bool mech_class(CK_MECHANISM_TYPE m, mclass *mc)
+static bool is_block_mode(tok_mclass mc) { return mc == M_AES_CBC_PAD || mc == M_AES_CBC || mc == M_AES_ECB; }
+static bool is_cipher(tok_mclass mc) { return is_block_mode(mc) || mc == M_AES_CTR || mc == M_AES_GCM; }
+static bool is_rsa(tok_mclass mc) { return mc >= M_RSA_PKCS && mc <= M_RSA_OAEP; }
+static bool single_part(tok_mclass mc)
 {
-    switch (m) {
-    case CKM_AES_CBC_PAD: *mc = M_CBC; return true;
-    case CKM_AES_GCM: *mc = M_GCM; return true;
-    case CKM_RSA_PKCS: *mc = M_RSA_RAW; return true;
-    case CKM_SHA256_RSA_PKCS: *mc = M_RSA_SHA256; return true;
-    case CKM_ECDSA: *mc = M_ECDSA_RAW; return true;
-    case CKM_ECDSA_SHA256: *mc = M_ECDSA_SHA256; return true;
-    case CKM_SHA256_HMAC: *mc = M_HMAC; return true;
-    case CKM_SHA256: *mc = M_DIGEST; return true;
-    default: return false;
-    }
+    return mc == M_RSA_PKCS || mc == M_RSA_X509 || mc == M_RSA_PSS || mc == M_RSA_OAEP || mc == M_ECDSA;
 }
+
+/* ---- init ---------------------------------------------------------------- */
 
 static CK_FLAGS kind_flag(tok_op_kind k)
 {
@@ -94,29 +94,25 @@ static CK_ATTRIBUTE_TYPE kind_usage(tok_op_kind k)
 }
 
 /* Key class and type this mechanism needs for this operation. */
-static CK_RV check_key(mclass mc, tok_op_kind kind, const tok_key *k)
+static CK_RV check_key(const tok_mech_desc *d, tok_op_kind kind, const tok_key *k)
 {
     bool want_priv = kind == TOK_OP_DECRYPT || kind == TOK_OP_SIGN;
-    switch (mc) {
-    case M_CBC:
-    case M_GCM:
+    if (d->mc >= M_AES_CBC_PAD && d->mc <= M_AES_CMAC)
         return k->cls == CKO_SECRET_KEY && k->ktype == CKK_AES ? CKR_OK : CKR_KEY_TYPE_INCONSISTENT;
-    case M_HMAC:
-        return k->cls == CKO_SECRET_KEY && (k->ktype == CKK_GENERIC_SECRET || k->ktype == CKK_SHA256_HMAC)
+    if (d->mc == M_HMAC)
+        return k->cls == CKO_SECRET_KEY && (k->ktype == CKK_GENERIC_SECRET || (d->hmac_key && k->ktype == d->hmac_key))
                    ? CKR_OK
                    : CKR_KEY_TYPE_INCONSISTENT;
-    case M_RSA_RAW:
-    case M_RSA_SHA256:
+    if (is_rsa(d->mc)) {
         if (k->ktype != CKK_RSA || k->cls != (want_priv ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY))
             return CKR_KEY_TYPE_INCONSISTENT;
         return k->size_bytes >= 128 && k->size_bytes <= 1024 ? CKR_OK : CKR_KEY_SIZE_RANGE;
-    case M_ECDSA_RAW:
-    case M_ECDSA_SHA256:
+    }
+    if (d->mc == M_ECDSA || d->mc == M_ECDSA_HASH)
         return k->ktype == CKK_EC && k->cls == (want_priv ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY)
                    ? CKR_OK
                    : CKR_KEY_TYPE_INCONSISTENT;
-    default: return CKR_KEY_TYPE_INCONSISTENT;
-    }
+    return CKR_KEY_TYPE_INCONSISTENT;
 }
 
 static bool mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
@@ -133,35 +129,56 @@ static bool mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
     return false;
 }
 
-static const char *aes_name(size_t keylen, bool gcm)
+static const char *aes_name(size_t keylen, tok_mclass mc)
 {
-    switch (keylen) {
-    case 16: return gcm ? "AES-128-GCM" : "AES-128-CBC";
-    case 24: return gcm ? "AES-192-GCM" : "AES-192-CBC";
-    case 32: return gcm ? "AES-256-GCM" : "AES-256-CBC";
-    default: return NULL;
-    }
+    static const char *const names[3][4] = {
+        {"AES-128-CBC", "AES-128-ECB", "AES-128-CTR", "AES-128-GCM"},
+        {"AES-192-CBC", "AES-192-ECB", "AES-192-CTR", "AES-192-GCM"},
+        {"AES-256-CBC", "AES-256-ECB", "AES-256-CTR", "AES-256-GCM"},
+    };
+    int row = keylen == 16 ? 0 : keylen == 24 ? 1 : keylen == 32 ? 2 : -1;
+    int col = mc == M_AES_ECB ? 1 : mc == M_AES_CTR ? 2 : mc == M_AES_GCM ? 3 : 0;
+    return row < 0 ? NULL : names[row][col];
 }
 
 static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
 {
-    const char *name = aes_name(op->key->secret_len, op->mc == M_GCM);
+    tok_mclass mc = op->d->mc;
+    const char *name = aes_name(op->key->secret_len, mc);
     bool enc = op->kind == TOK_OP_ENCRYPT;
+    const uint8_t *iv = NULL;
     EVP_CIPHER *c;
     int ok;
 
     if (!name)
         return CKR_KEY_SIZE_RANGE;
-    if (op->mc == M_CBC) {
+    switch (mc) {
+    case M_AES_CBC:
+    case M_AES_CBC_PAD:
         if (!m->pParameter || m->ulParameterLen != 16)
             return CKR_MECHANISM_PARAM_INVALID;
-    } else {
+        iv = m->pParameter;
+        break;
+    case M_AES_ECB:
+        if (m->pParameter || m->ulParameterLen)
+            return CKR_MECHANISM_PARAM_INVALID;
+        break;
+    case M_AES_CTR: {
+        const CK_AES_CTR_PARAMS *p = m->pParameter;
+        if (!p || m->ulParameterLen != sizeof(*p) || p->ulCounterBits == 0 || p->ulCounterBits > 128)
+            return CKR_MECHANISM_PARAM_INVALID;
+        iv = p->cb;
+        break;
+    }
+    default: {
         const CK_GCM_PARAMS *g = m->pParameter;
         if (!g || m->ulParameterLen != sizeof(*g) || !g->pIv || g->ulIvLen < 1 || g->ulIvLen > 256 ||
             (!g->pAAD && g->ulAADLen) || g->ulTagBits % 8 || g->ulTagBits < 32 || g->ulTagBits > 128 ||
             g->ulAADLen > INT32_MAX)
             return CKR_MECHANISM_PARAM_INVALID;
         op->taglen = g->ulTagBits / 8;
+        break;
+    }
     }
     c = EVP_CIPHER_fetch(NULL, name, NULL);
     op->cctx = EVP_CIPHER_CTX_new();
@@ -169,8 +186,9 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         EVP_CIPHER_free(c);
         return CKR_HOST_MEMORY;
     }
-    if (op->mc == M_CBC) {
-        ok = EVP_CipherInit_ex2(op->cctx, c, op->key->secret, m->pParameter, enc, NULL);
+    if (mc != M_AES_GCM) {
+        ok = EVP_CipherInit_ex2(op->cctx, c, op->key->secret, iv, enc, NULL) &&
+             EVP_CIPHER_CTX_set_padding(op->cctx, mc == M_AES_CBC_PAD);
     } else {
         const CK_GCM_PARAMS *g = m->pParameter;
         int n;
@@ -183,70 +201,164 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
     return ok ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
+/* PSS and OAEP parameters. */
+static CK_RV init_rsa_params(tok_op *op, const CK_MECHANISM *m)
+{
+    tok_mclass mc = op->d->mc;
+    if (mc == M_RSA_PSS || mc == M_RSA_PSS_HASH) {
+        const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+        if (!p || m->ulParameterLen != sizeof(*p))
+            return CKR_MECHANISM_PARAM_INVALID;
+        op->pss_md = tok_md_of_mech(p->hashAlg);
+        op->mgf_md = tok_md_of_mgf(p->mgf);
+        if (!op->pss_md || !op->mgf_md || (mc == M_RSA_PSS_HASH && strcmp(op->pss_md, op->d->md) != 0) ||
+            strncmp(op->pss_md, "SHA3", 4) == 0)
+            return CKR_MECHANISM_PARAM_INVALID;
+        EVP_MD *md = EVP_MD_fetch(NULL, op->pss_md, NULL);
+        int hlen = md ? EVP_MD_get_size(md) : 0;
+        EVP_MD_free(md);
+        if (hlen <= 0 || p->sLen > op->key->size_bytes || (long)p->sLen > (long)op->key->size_bytes - hlen - 2)
+            return CKR_MECHANISM_PARAM_INVALID;
+        op->saltlen = (int)p->sLen;
+        return CKR_OK;
+    }
+    if (mc == M_RSA_OAEP) {
+        const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+        if (!p || m->ulParameterLen != sizeof(*p))
+            return CKR_MECHANISM_PARAM_INVALID;
+        op->pss_md = tok_md_of_mech(p->hashAlg);
+        op->mgf_md = tok_md_of_mgf(p->mgf);
+        if (!op->pss_md || !op->mgf_md || strncmp(op->pss_md, "SHA3", 4) == 0 ||
+            (p->source && p->source != CKZ_DATA_SPECIFIED) || (!p->pSourceData && p->ulSourceDataLen) ||
+            (p->ulSourceDataLen && p->source != CKZ_DATA_SPECIFIED))
+            return CKR_MECHANISM_PARAM_INVALID;
+        if (p->ulSourceDataLen) {
+            op->label = OPENSSL_memdup(p->pSourceData, p->ulSourceDataLen);
+            if (!op->label)
+                return CKR_HOST_MEMORY;
+            op->labellen = p->ulSourceDataLen;
+        }
+        return CKR_OK;
+    }
+    return m->pParameter || m->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
+}
+
+/* Padding and digests of an RSA EVP_PKEY_CTX, as the mechanism wants. */
+static int rsa_setup(tok_op *op, EVP_PKEY_CTX *ctx)
+{
+    switch (op->d->mc) {
+    case M_RSA_PKCS:
+    case M_RSA_PKCS_HASH: return EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1;
+    case M_RSA_X509: return EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) == 1;
+    case M_RSA_PSS:
+    case M_RSA_PSS_HASH:
+        return EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+               (op->d->mc == M_RSA_PSS_HASH ||
+                EVP_PKEY_CTX_set_signature_md(ctx, EVP_get_digestbyname(op->pss_md)) == 1) &&
+               EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, op->mgf_md, NULL) == 1 &&
+               EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, op->saltlen) == 1;
+    case M_RSA_OAEP: {
+        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) != 1 ||
+            EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, op->pss_md, NULL) != 1 ||
+            EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, op->mgf_md, NULL) != 1)
+            return 0;
+        if (op->labellen) {
+            uint8_t *l = OPENSSL_memdup(op->label, op->labellen); /* the context takes ownership */
+            if (!l || EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, l, (int)op->labellen) != 1) {
+                OPENSSL_free(l);
+                return 0;
+            }
+        }
+        return 1;
+    }
+    default: return 1;
+    }
+}
+
 static CK_RV init_md(tok_op *op)
 {
+    EVP_PKEY_CTX *pctx = NULL;
     int ok;
     op->mdctx = EVP_MD_CTX_new();
     if (!op->mdctx)
         return CKR_HOST_MEMORY;
-    switch (op->kind) {
-    case TOK_OP_DIGEST: ok = EVP_DigestInit_ex2(op->mdctx, EVP_sha256(), NULL); break;
-    case TOK_OP_SIGN: ok = EVP_DigestSignInit_ex(op->mdctx, NULL, "SHA256", NULL, NULL, op->key->pkey, NULL); break;
-    default: ok = EVP_DigestVerifyInit_ex(op->mdctx, NULL, "SHA256", NULL, NULL, op->key->pkey, NULL); break;
+    if (op->kind == TOK_OP_DIGEST) {
+        EVP_MD *md = EVP_MD_fetch(NULL, op->d->md, NULL);
+        ok = md && EVP_DigestInit_ex2(op->mdctx, md, NULL);
+        EVP_MD_free(md);
+        return ok ? CKR_OK : CKR_MECHANISM_INVALID;
     }
-    return ok == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+    if (op->kind == TOK_OP_SIGN)
+        ok = EVP_DigestSignInit_ex(op->mdctx, &pctx, op->d->md, NULL, NULL, op->key->pkey, NULL) == 1;
+    else
+        ok = EVP_DigestVerifyInit_ex(op->mdctx, &pctx, op->d->md, NULL, NULL, op->key->pkey, NULL) == 1;
+    if (ok && is_rsa(op->d->mc))
+        ok = rsa_setup(op, pctx);
+    return ok ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
-static CK_RV init_hmac(tok_op *op)
+static CK_RV init_mac(tok_op *op)
 {
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-                           OSSL_PARAM_construct_end()};
+    bool cmac = op->d->mc == M_AES_CMAC;
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, cmac ? "CMAC" : "HMAC", NULL);
+    const char *cipher = cmac ? aes_name(op->key->secret_len, M_AES_CBC) : NULL;
+    OSSL_PARAM params[] = {
+        cmac ? OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, (char *)cipher, 0)
+             : OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)op->d->md, 0),
+        OSSL_PARAM_construct_end(),
+    };
     op->mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
     EVP_MAC_free(mac);
     if (!op->mac)
         return CKR_HOST_MEMORY;
+    if (cmac && !cipher)
+        return CKR_KEY_SIZE_RANGE;
     return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, params) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
 CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs, tok_op **out)
 {
-    CK_MECHANISM_INFO info;
+    const tok_mech_desc *d;
     tok_op *op;
-    mclass mc;
     CK_RV rv;
 
     if (!mech || !out)
         return CKR_ARGUMENTS_BAD;
-    if (!mech_class(mech->mechanism, &mc) || tok_mech_info(mech->mechanism, &info) != CKR_OK ||
-        !(info.flags & kind_flag(kind)))
+    d = tok_mech_find(mech->mechanism);
+    if (!d || d->mc == M_NONE || !(d->flags & kind_flag(kind)))
         return CKR_MECHANISM_INVALID;
     if (kind != TOK_OP_DIGEST) {
         if (!key || !key_attrs)
             return CKR_KEY_HANDLE_INVALID;
-        if ((rv = check_key(mc, kind, key)) != CKR_OK)
+        if ((rv = check_key(d, kind, key)) != CKR_OK)
             return rv;
         if (!tok_attrs_get_bool(key_attrs, kind_usage(kind), false))
             return CKR_KEY_FUNCTION_NOT_PERMITTED;
         if (!mech_allowed(key_attrs, mech->mechanism))
             return CKR_MECHANISM_INVALID;
     }
-    if (mc != M_CBC && mc != M_GCM && (mech->pParameter || mech->ulParameterLen))
-        return CKR_MECHANISM_PARAM_INVALID;
     op = calloc(1, sizeof(*op));
     if (!op)
         return CKR_HOST_MEMORY;
     op->kind = kind;
-    op->mc = mc;
+    op->d = d;
     op->key = kind == TOK_OP_DIGEST ? NULL : tok_key_ref(key);
-    switch (mc) {
-    case M_CBC:
-    case M_GCM: rv = init_cipher(op, mech); break;
-    case M_RSA_SHA256:
-    case M_ECDSA_SHA256:
-    case M_DIGEST: rv = init_md(op); break;
-    case M_HMAC: rv = init_hmac(op); break;
-    default: rv = CKR_OK; break;
+    if (is_cipher(d->mc))
+        rv = init_cipher(op, mech);
+    else if (is_rsa(d->mc))
+        rv = init_rsa_params(op, mech);
+    else
+        rv = mech->pParameter || mech->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
+    if (rv == CKR_OK) {
+        switch (d->mc) {
+        case M_RSA_PKCS_HASH:
+        case M_RSA_PSS_HASH:
+        case M_ECDSA_HASH:
+        case M_DIGEST: rv = init_md(op); break;
+        case M_HMAC:
+        case M_AES_CMAC: rv = init_mac(op); break;
+        default: break;
+        }
     }
     if (rv != CKR_OK) {
         tok_op_free(op);
@@ -258,13 +370,22 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
 
 /* ---- helpers -------------------------------------------------------------- */
 
+static size_t md_size(const char *name)
+{
+    EVP_MD *md = EVP_MD_fetch(NULL, name, NULL);
+    int n = md ? EVP_MD_get_size(md) : 0;
+    EVP_MD_free(md);
+    return n > 0 ? (size_t)n : 0;
+}
+
 static size_t sig_len(const tok_op *op)
 {
-    switch (op->mc) {
+    switch (op->d->mc) {
     case M_HMAC:
-    case M_DIGEST: return 32;
-    case M_ECDSA_RAW:
-    case M_ECDSA_SHA256: return 2 * op->key->size_bytes;
+    case M_DIGEST: return md_size(op->d->md);
+    case M_AES_CMAC: return 16;
+    case M_ECDSA:
+    case M_ECDSA_HASH: return 2 * op->key->size_bytes;
     default: return op->key->size_bytes;
     }
 }
@@ -306,9 +427,17 @@ static int ecdsa_raw_to_der(const uint8_t *raw, size_t fb, uint8_t **der, size_t
     return 0;
 }
 
-static EVP_PKEY_CTX *pkey_ctx(tok_op *op)
+static EVP_PKEY_CTX *pkey_ctx(tok_op *op) { return EVP_PKEY_CTX_new_from_pkey(NULL, op->key->pkey, NULL); }
+
+/* CKM_RSA_X_509 works on modulus-sized blocks: short input is left-padded with zeros. */
+static const uint8_t *x509_block(tok_op *op, const uint8_t *in, size_t inlen, uint8_t *blk)
 {
-    return EVP_PKEY_CTX_new_from_pkey(NULL, op->key->pkey, NULL);
+    size_t k = op->key->size_bytes;
+    if (inlen == k)
+        return in;
+    memset(blk, 0, k - inlen);
+    memcpy(blk + k - inlen, in, inlen);
+    return blk;
 }
 
 /* ---- producers: compute the output of a one-shot or final call ------------ */
@@ -329,7 +458,7 @@ static CK_RV cipher_update(tok_op *op, const uint8_t *in, size_t inlen, uint8_t 
 static CK_RV cipher_final(tok_op *op, uint8_t *out, size_t *outlen)
 {
     int n = 0;
-    if (op->mc == M_GCM && op->kind == TOK_OP_DECRYPT) {
+    if (op->d->mc == M_AES_GCM && op->kind == TOK_OP_DECRYPT) {
         /* op->buf holds ciphertext || tag */
         size_t ctlen = op->blen - op->taglen;
         size_t got;
@@ -347,7 +476,7 @@ static CK_RV cipher_final(tok_op *op, uint8_t *out, size_t *outlen)
     if (!EVP_CipherFinal_ex(op->cctx, out, &n))
         return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_INVALID : CKR_FUNCTION_FAILED;
     *outlen = (size_t)n;
-    if (op->mc == M_GCM) { /* encrypt: append the tag */
+    if (op->d->mc == M_AES_GCM) { /* encrypt: append the tag */
         if (!EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_GET_TAG, (int)op->taglen, out + n))
             return CKR_FUNCTION_FAILED;
         *outlen += op->taglen;
@@ -359,7 +488,7 @@ static CK_RV produce_cipher_oneshot(tok_op *op, uint8_t *out, size_t *outlen)
 {
     size_t a = 0, b = 0;
     CK_RV rv;
-    if (op->mc == M_GCM && op->kind == TOK_OP_DECRYPT) {
+    if (op->d->mc == M_AES_GCM && op->kind == TOK_OP_DECRYPT) {
         op->buf = (uint8_t *)op->in; /* borrowed for cipher_final */
         op->blen = op->inlen;
         rv = cipher_final(op, out, outlen);
@@ -374,31 +503,37 @@ static CK_RV produce_cipher_oneshot(tok_op *op, uint8_t *out, size_t *outlen)
     return rv;
 }
 
-static CK_RV produce_rsa_raw(tok_op *op, uint8_t *out, size_t *outlen)
+/* Single-part RSA: PKCS#1 v1.5, raw, PSS on a hash, OAEP. */
+static CK_RV produce_rsa(tok_op *op, uint8_t *out, size_t *outlen)
 {
     EVP_PKEY_CTX *ctx = pkey_ctx(op);
     size_t n = op->key->size_bytes;
+    uint8_t blk[1024];
+    const uint8_t *in = op->in;
+    size_t inlen = op->inlen;
     int ok = 0;
     CK_RV fail = CKR_FUNCTION_FAILED;
 
     if (!ctx)
         return CKR_HOST_MEMORY;
+    if (op->d->mc == M_RSA_X509 && op->kind != TOK_OP_DECRYPT) {
+        in = x509_block(op, in, inlen, blk);
+        inlen = op->key->size_bytes;
+    }
     switch (op->kind) {
     case TOK_OP_ENCRYPT:
-        ok = EVP_PKEY_encrypt_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
-             EVP_PKEY_encrypt(ctx, out, &n, op->in, op->inlen) == 1;
+        ok = EVP_PKEY_encrypt_init(ctx) == 1 && rsa_setup(op, ctx) && EVP_PKEY_encrypt(ctx, out, &n, in, inlen) == 1;
         break;
     case TOK_OP_DECRYPT:
         fail = CKR_ENCRYPTED_DATA_INVALID;
-        ok = EVP_PKEY_decrypt_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
-             EVP_PKEY_decrypt(ctx, out, &n, op->in, op->inlen) == 1;
+        ok = EVP_PKEY_decrypt_init(ctx) == 1 && rsa_setup(op, ctx) && EVP_PKEY_decrypt(ctx, out, &n, in, inlen) == 1;
         break;
     default:
-        ok = EVP_PKEY_sign_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
-             EVP_PKEY_sign(ctx, out, &n, op->in, op->inlen) == 1;
+        ok = EVP_PKEY_sign_init(ctx) == 1 && rsa_setup(op, ctx) && EVP_PKEY_sign(ctx, out, &n, in, inlen) == 1;
         break;
     }
     EVP_PKEY_CTX_free(ctx);
+    OPENSSL_cleanse(blk, sizeof(blk));
     if (!ok)
         return fail;
     *outlen = n;
@@ -407,14 +542,15 @@ static CK_RV produce_rsa_raw(tok_op *op, uint8_t *out, size_t *outlen)
 
 static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot)
 {
-    uint8_t der[160];
+    uint8_t der[200];
     size_t n = sizeof(der);
     int ok;
 
-    switch (op->mc) {
+    switch (op->d->mc) {
     case M_HMAC:
+    case M_AES_CMAC:
         ok = (!oneshot || !op->inlen || EVP_MAC_update(op->mac, op->in, op->inlen)) &&
-             EVP_MAC_final(op->mac, out, &n, 32);
+             EVP_MAC_final(op->mac, out, &n, sig_len(op));
         *outlen = n;
         return ok ? CKR_OK : CKR_FUNCTION_FAILED;
     case M_DIGEST: {
@@ -424,21 +560,22 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
         *outlen = dl;
         return ok ? CKR_OK : CKR_FUNCTION_FAILED;
     }
-    case M_RSA_SHA256:
+    case M_RSA_PKCS_HASH:
+    case M_RSA_PSS_HASH:
         n = op->key->size_bytes;
         ok = oneshot ? EVP_DigestSign(op->mdctx, out, &n, op->in, op->inlen) : EVP_DigestSignFinal(op->mdctx, out, &n);
         *outlen = n;
         return ok == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
-    case M_ECDSA_SHA256:
+    case M_ECDSA_HASH:
         ok = oneshot ? EVP_DigestSign(op->mdctx, der, &n, op->in, op->inlen) : EVP_DigestSignFinal(op->mdctx, der, &n);
         break;
-    case M_ECDSA_RAW: {
+    case M_ECDSA: {
         EVP_PKEY_CTX *ctx = pkey_ctx(op);
         ok = ctx && EVP_PKEY_sign_init(ctx) == 1 && EVP_PKEY_sign(ctx, der, &n, op->in, op->inlen) == 1;
         EVP_PKEY_CTX_free(ctx);
         break;
     }
-    default: return produce_rsa_raw(op, out, outlen);
+    default: return produce_rsa(op, out, outlen);
     }
     if (ok != 1)
         return CKR_FUNCTION_FAILED;
@@ -448,16 +585,16 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
 
 static CK_RV produce_oneshot(tok_op *op, uint8_t *out, size_t *outlen)
 {
-    if (op->mc == M_CBC || op->mc == M_GCM)
+    if (is_cipher(op->d->mc))
         return produce_cipher_oneshot(op, out, outlen);
-    if (op->mc == M_RSA_RAW && op->kind != TOK_OP_SIGN)
-        return produce_rsa_raw(op, out, outlen);
+    if (is_rsa(op->d->mc) && op->kind != TOK_OP_SIGN)
+        return produce_rsa(op, out, outlen);
     return produce_sign(op, out, outlen, true);
 }
 
 static CK_RV produce_final(tok_op *op, uint8_t *out, size_t *outlen)
 {
-    if (op->mc == M_CBC || op->mc == M_GCM)
+    if (is_cipher(op->d->mc))
         return cipher_final(op, out, outlen);
     return produce_sign(op, out, outlen, false);
 }
@@ -500,18 +637,46 @@ static CK_RV deliver(tok_op *op, produce_fn produce, size_t bound, uint8_t *out,
     return CKR_OK;
 }
 
+/* Input length rules of single-part RSA and raw ECDSA/PSS. */
+static CK_RV check_single_input(tok_op *op, size_t inlen)
+{
+    if (!single_part(op->d->mc))
+        return CKR_OK;
+    size_t k = op->key->size_bytes;
+    switch (op->d->mc) {
+    case M_RSA_PKCS:
+        if (op->kind == TOK_OP_DECRYPT)
+            return inlen == k ? CKR_OK : CKR_ENCRYPTED_DATA_LEN_RANGE;
+        return inlen <= k - 11 ? CKR_OK : CKR_DATA_LEN_RANGE;
+    case M_RSA_X509:
+        if (op->kind == TOK_OP_DECRYPT)
+            return inlen == k ? CKR_OK : CKR_ENCRYPTED_DATA_LEN_RANGE;
+        return inlen <= k ? CKR_OK : CKR_DATA_LEN_RANGE;
+    case M_RSA_OAEP: {
+        size_t h = md_size(op->pss_md);
+        if (op->kind == TOK_OP_DECRYPT)
+            return inlen == k ? CKR_OK : CKR_ENCRYPTED_DATA_LEN_RANGE;
+        return inlen + 2 * h + 2 <= k ? CKR_OK : CKR_DATA_LEN_RANGE;
+    }
+    case M_RSA_PSS: return inlen == md_size(op->pss_md) ? CKR_OK : CKR_DATA_LEN_RANGE;
+    case M_ECDSA: return inlen > 0 && inlen <= 64 ? CKR_OK : CKR_DATA_LEN_RANGE;
+    default: return CKR_OK;
+    }
+}
+
 /* ---- public operations ---------------------------------------------------- */
 
 CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen)
 {
     size_t bound;
+    CK_RV rv;
 
     if (!op || !outlen || (!in && inlen))
         return CKR_ARGUMENTS_BAD;
     if (op->kind == TOK_OP_VERIFY)
         return CKR_OPERATION_NOT_INITIALIZED;
-    switch (op->mc) {
-    case M_CBC:
+    switch (op->d->mc) {
+    case M_AES_CBC_PAD:
         if (op->kind == TOK_OP_DECRYPT) {
             if (inlen == 0 || inlen % 16)
                 return CKR_ENCRYPTED_DATA_LEN_RANGE;
@@ -520,7 +685,14 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
             bound = (inlen / 16 + 1) * 16;
         }
         break;
-    case M_GCM:
+    case M_AES_CBC:
+    case M_AES_ECB:
+        if (inlen % 16)
+            return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
+        bound = inlen;
+        break;
+    case M_AES_CTR: bound = inlen; break;
+    case M_AES_GCM:
         if (op->kind == TOK_OP_DECRYPT) {
             if (inlen < op->taglen)
                 return CKR_ENCRYPTED_DATA_LEN_RANGE;
@@ -529,23 +701,15 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
             bound = inlen + op->taglen;
         }
         break;
-    case M_RSA_RAW:
-        if (op->kind == TOK_OP_DECRYPT && inlen != op->key->size_bytes)
-            return CKR_ENCRYPTED_DATA_LEN_RANGE;
-        if (op->kind != TOK_OP_DECRYPT && inlen > op->key->size_bytes - 11)
-            return CKR_DATA_LEN_RANGE;
-        bound = op->key->size_bytes;
-        break;
-    case M_ECDSA_RAW:
-        if (inlen == 0 || inlen > 64)
-            return CKR_DATA_LEN_RANGE;
+    default:
+        if ((rv = check_single_input(op, inlen)) != CKR_OK)
+            return rv;
         bound = sig_len(op);
         break;
-    default: bound = sig_len(op); break;
     }
     op->in = in;
     op->inlen = inlen;
-    CK_RV rv = deliver(op, produce_oneshot, bound, out, outlen);
+    rv = deliver(op, produce_oneshot, bound, out, outlen);
     op->in = NULL;
     op->inlen = 0;
     return rv;
@@ -575,17 +739,21 @@ static CK_RV buf_append(tok_op *op, const uint8_t *in, size_t inlen)
 
 CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen)
 {
+    tok_mclass mc;
     if (!op || (!in && inlen))
         return CKR_ARGUMENTS_BAD;
     if (op->has_pend)
         return CKR_OPERATION_ACTIVE;
-    switch (op->mc) {
-    case M_RSA_RAW:
-    case M_ECDSA_RAW: return CKR_FUNCTION_NOT_SUPPORTED; /* single-part mechanisms */
-    case M_HMAC: return EVP_MAC_update(op->mac, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
+    mc = op->d->mc;
+    if (single_part(mc))
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    switch (mc) {
+    case M_HMAC:
+    case M_AES_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
     case M_DIGEST: return EVP_DigestUpdate(op->mdctx, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
-    case M_RSA_SHA256:
-    case M_ECDSA_SHA256:
+    case M_RSA_PKCS_HASH:
+    case M_RSA_PSS_HASH:
+    case M_ECDSA_HASH:
         if (op->kind == TOK_OP_SIGN)
             return EVP_DigestSignUpdate(op->mdctx, in, inlen) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
         return EVP_DigestVerifyUpdate(op->mdctx, in, inlen) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
@@ -595,17 +763,16 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
     if (!outlen)
         return CKR_ARGUMENTS_BAD;
     size_t need, total = op->held + inlen;
-    if (op->mc == M_GCM) {
-        if (op->kind == TOK_OP_DECRYPT) {
-            *outlen = 0; /* the tag is at the end: everything comes out at final */
-            return buf_append(op, in, inlen);
-        }
-        need = inlen;
-    } else if (op->kind == TOK_OP_ENCRYPT) {
-        need = total / 16 * 16;
-    } else {
-        need = total ? (total - 1) / 16 * 16 : 0; /* the last block is held back for the padding */
+    if (mc == M_AES_GCM && op->kind == TOK_OP_DECRYPT) {
+        *outlen = 0; /* the tag is at the end: everything comes out at final */
+        return buf_append(op, in, inlen);
     }
+    if (mc == M_AES_GCM || mc == M_AES_CTR)
+        need = inlen;
+    else if (mc == M_AES_CBC_PAD && op->kind == TOK_OP_DECRYPT)
+        need = total ? (total - 1) / 16 * 16 : 0; /* the last block is held back for the padding */
+    else
+        need = total / 16 * 16;
     if (!out) {
         *outlen = need;
         return CKR_OK;
@@ -637,15 +804,20 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
 
     if (!op || !outlen)
         return CKR_ARGUMENTS_BAD;
-    switch (op->mc) {
-    case M_RSA_RAW:
-    case M_ECDSA_RAW: return CKR_FUNCTION_NOT_SUPPORTED;
-    case M_CBC:
+    switch (op->d->mc) {
+    case M_AES_CBC_PAD:
         if (op->kind == TOK_OP_DECRYPT && op->held != 16 && !op->has_pend)
             return CKR_ENCRYPTED_DATA_LEN_RANGE;
         bound = 16;
         break;
-    case M_GCM:
+    case M_AES_CBC:
+    case M_AES_ECB:
+        if (op->held)
+            return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
+        bound = 0;
+        break;
+    case M_AES_CTR: bound = 0; break;
+    case M_AES_GCM:
         if (op->kind == TOK_OP_DECRYPT) {
             if (op->blen < op->taglen)
                 return CKR_ENCRYPTED_DATA_LEN_RANGE;
@@ -655,6 +827,8 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
         }
         break;
     default:
+        if (single_part(op->d->mc))
+            return CKR_FUNCTION_NOT_SUPPORTED;
         if (op->kind == TOK_OP_VERIFY)
             return CKR_OPERATION_NOT_INITIALIZED;
         bound = sig_len(op);
@@ -663,12 +837,22 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
     return deliver(op, produce_final, bound, out, outlen);
 }
 
+CK_RV tok_op_digest_key(tok_op *op, const tok_key *key)
+{
+    if (!op || !key || op->kind != TOK_OP_DIGEST || op->has_pend)
+        return CKR_ARGUMENTS_BAD;
+    if (key->cls != CKO_SECRET_KEY || !key->secret)
+        return CKR_KEY_INDIGESTIBLE;
+    return EVP_DigestUpdate(op->mdctx, key->secret, key->secret_len) ? CKR_OK : CKR_FUNCTION_FAILED;
+}
+
 static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t *sig, CK_ULONG siglen,
                            bool oneshot)
 {
     uint8_t *der = NULL;
     size_t derlen = 0;
     int ok = 0;
+    CK_RV rv;
 
     if (!op || !sig || (oneshot && !in && inlen))
         return CKR_ARGUMENTS_BAD;
@@ -676,44 +860,55 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
         return CKR_OPERATION_NOT_INITIALIZED;
     if (siglen != sig_len(op))
         return CKR_SIGNATURE_LEN_RANGE;
-    switch (op->mc) {
-    case M_HMAC: {
-        uint8_t mac[32];
+    if (!oneshot && single_part(op->d->mc))
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    if (oneshot && (rv = check_single_input(op, inlen)) != CKR_OK)
+        return rv;
+    switch (op->d->mc) {
+    case M_HMAC:
+    case M_AES_CMAC: {
+        uint8_t mac[64];
         size_t n = 0;
-        ok = (!oneshot || !inlen || EVP_MAC_update(op->mac, in, inlen)) && EVP_MAC_final(op->mac, mac, &n, 32) &&
-             n == 32;
+        ok = (!oneshot || !inlen || EVP_MAC_update(op->mac, in, inlen)) &&
+             EVP_MAC_final(op->mac, mac, &n, sizeof(mac)) && n == siglen;
         if (!ok)
             return CKR_FUNCTION_FAILED;
-        ok = CRYPTO_memcmp(mac, sig, 32) == 0;
+        ok = CRYPTO_memcmp(mac, sig, siglen) == 0;
         OPENSSL_cleanse(mac, sizeof(mac));
         return ok ? CKR_OK : CKR_SIGNATURE_INVALID;
     }
-    case M_RSA_SHA256:
+    case M_RSA_PKCS_HASH:
+    case M_RSA_PSS_HASH:
         ok = oneshot ? EVP_DigestVerify(op->mdctx, sig, siglen, in, inlen) : EVP_DigestVerifyFinal(op->mdctx, sig, siglen);
         return ok == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
-    case M_ECDSA_SHA256:
+    case M_ECDSA_HASH:
         if (ecdsa_raw_to_der(sig, op->key->size_bytes, &der, &derlen) != 0)
             return CKR_SIGNATURE_INVALID;
         ok = oneshot ? EVP_DigestVerify(op->mdctx, der, derlen, in, inlen) : EVP_DigestVerifyFinal(op->mdctx, der, derlen);
         OPENSSL_free(der);
         return ok == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
-    case M_ECDSA_RAW:
-    case M_RSA_RAW: {
-        if (!oneshot)
-            return CKR_FUNCTION_NOT_SUPPORTED;
-        if (op->mc == M_ECDSA_RAW && (inlen == 0 || inlen > 64))
-            return CKR_DATA_LEN_RANGE;
-        if (op->mc == M_RSA_RAW && inlen > op->key->size_bytes - 11)
-            return CKR_DATA_LEN_RANGE;
+    case M_ECDSA:
+    case M_RSA_PKCS:
+    case M_RSA_PSS:
+    case M_RSA_X509: {
         EVP_PKEY_CTX *ctx = pkey_ctx(op);
+        uint8_t blk[1024];
         if (!ctx)
             return CKR_HOST_MEMORY;
-        if (op->mc == M_ECDSA_RAW) {
+        if (op->d->mc == M_ECDSA) {
             if (ecdsa_raw_to_der(sig, op->key->size_bytes, &der, &derlen) == 0)
                 ok = EVP_PKEY_verify_init(ctx) == 1 && EVP_PKEY_verify(ctx, der, derlen, in, inlen) == 1;
             OPENSSL_free(der);
+        } else if (op->d->mc == M_RSA_X509) {
+            /* Recover the block and compare with the (left-padded) data. */
+            size_t n = sizeof(blk);
+            uint8_t want[1024];
+            const uint8_t *w = x509_block(op, in, inlen, want);
+            ok = EVP_PKEY_verify_recover_init(ctx) == 1 && rsa_setup(op, ctx) &&
+                 EVP_PKEY_verify_recover(ctx, blk, &n, sig, siglen) == 1 && n == op->key->size_bytes &&
+                 CRYPTO_memcmp(blk, w, n) == 0;
         } else {
-            ok = EVP_PKEY_verify_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
+            ok = EVP_PKEY_verify_init(ctx) == 1 && rsa_setup(op, ctx) &&
                  EVP_PKEY_verify(ctx, sig, siglen, in, inlen) == 1;
         }
         EVP_PKEY_CTX_free(ctx);
