@@ -229,6 +229,13 @@ KS_API int ks_idx_lookup(ks_txn *txn, uint32_t token_id, uint32_t attr, const vo
 
 KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
 
+/* The OpenSSL library context of every p11mk layer: private, with only the
+ * default provider, so that the application's OpenSSL configuration,
+ * providers and engines (a pkcs11 provider or engine pointing back at this
+ * token, say) never reach p11mk's own crypto. */
+struct ossl_lib_ctx_st;
+KS_API struct ossl_lib_ctx_st *ks_libctx(void);
+
 /* ---- master-key rotation ------------------------------------------------- */
 /* States of a keystore's rotation, kept (sealed) in its metadata:
  *   IDLE      records are under CURRENT (epoch N)

@@ -31,7 +31,7 @@ void ks_mkey_default(ks_mkey *mk)
 {
     size_t len = 0;
     memset(mk, 0, sizeof(*mk));
-    if (!EVP_Q_digest(NULL, "SHA256", NULL, default_key_seed, sizeof(default_key_seed) - 1, mk->key, &len) ||
+    if (!EVP_Q_digest(ks_libctx(), "SHA256", NULL, default_key_seed, sizeof(default_key_seed) - 1, mk->key, &len) ||
         len != KS_MK_LEN)
         abort(); /* SHA-256 unavailable: OpenSSL is unusable, nothing can be sealed */
     mk->is_default = true;
@@ -162,7 +162,7 @@ static int reg_parse(const char *path, unsigned mode, char *text, size_t len, ks
     for (size_t i = 0; i < body; i++)
         if (text[i] == '\0')
             text[i] = '\n';
-    if (!EVP_Q_digest(NULL, "SHA256", NULL, text, body, sum, &sumlen) || CRYPTO_memcmp(sum, want, sizeof(want)))
+    if (!EVP_Q_digest(ks_libctx(), "SHA256", NULL, text, body, sum, &sumlen) || CRYPTO_memcmp(sum, want, sizeof(want)))
         goto bad;
     return KS_OK;
 bad:
@@ -251,7 +251,7 @@ int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
         bad |= append(buf, sizeof(buf), &len, "new", r->staged.key);
     for (size_t i = 0; i < r->n_old && i < KS_REG_MAX_OLD; i++)
         bad |= append(buf, sizeof(buf), &len, "old", r->old[i].key);
-    if (bad || !EVP_Q_digest(NULL, "SHA256", NULL, buf, len, sum, &sumlen)) {
+    if (bad || !EVP_Q_digest(ks_libctx(), "SHA256", NULL, buf, len, sum, &sumlen)) {
         OPENSSL_cleanse(buf, sizeof(buf));
         return KS_EIO;
     }
@@ -348,7 +348,7 @@ int ks_mkey_from_parts(const char *const *parts, size_t n, ks_mkey *mk)
 
 static int scrypt_key(const char *pass, size_t len, const char *salt, size_t saltlen, uint8_t out[KS_MK_LEN])
 {
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
+    EVP_KDF *kdf = EVP_KDF_fetch(ks_libctx(), "SCRYPT", NULL);
     EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
     uint64_t n = 1u << 15;
     uint32_t rr = 8, pp = 1;
@@ -377,7 +377,7 @@ int ks_mkey_generate(ks_mkey *mk)
     char pass[33];
     int rc;
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+    if (RAND_bytes_ex(ks_libctx(), rnd, sizeof(rnd), 0) != 1)
         return KS_EIO;
     for (size_t i = 0; i < 32; i++)
         pass[i] = alphabet[rnd[i] & 63];
@@ -395,7 +395,7 @@ int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err)
     uint8_t key[KS_MK_LEN];
     int fd, rc = KS_OK;
 
-    if (RAND_bytes(key, sizeof(key)) != 1) {
+    if (RAND_bytes_ex(ks_libctx(), key, sizeof(key), 0) != 1) {
         ks_err_set(err, "the random generator failed; no key file was written");
         return KS_EIO;
     }

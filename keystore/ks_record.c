@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/params.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 
 static const char aad_label[] = "p11mk/rec/v1";
@@ -26,10 +27,28 @@ static EVP_CIPHER *gcm;
 static EVP_KDF *hkdf;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 
+static OSSL_LIB_CTX *libctx;
+static pthread_once_t libctx_once = PTHREAD_ONCE_INIT;
+
+static void libctx_init(void)
+{
+    libctx = OSSL_LIB_CTX_new();
+    if (libctx && !OSSL_PROVIDER_load(libctx, "default")) {
+        OSSL_LIB_CTX_free(libctx);
+        libctx = NULL;
+    }
+}
+
+OSSL_LIB_CTX *ks_libctx(void)
+{
+    pthread_once(&libctx_once, libctx_init);
+    return libctx;
+}
+
 static void fetch_algs(void)
 {
-    gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-    hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    gcm = EVP_CIPHER_fetch(ks_libctx(), "AES-256-GCM", NULL);
+    hkdf = EVP_KDF_fetch(ks_libctx(), "HKDF", NULL);
 }
 
 int ks_hkdf(const uint8_t *key, size_t keylen, const uint8_t *salt, size_t saltlen, const void *info,
@@ -120,7 +139,7 @@ int ks_rec_seal(const uint8_t key[32], const uint8_t ksid[KS_KSID_LEN], uint8_t 
     rec[2] = KS_REC_VERSION;
     rec[3] = kind;
     ks_be32(rec + 4, epoch);
-    if (RAND_bytes(rec + KS_REC_HDR_LEN, KS_NONCE_LEN) != 1) {
+    if (RAND_bytes_ex(ks_libctx(), rec + KS_REC_HDR_LEN, KS_NONCE_LEN, 0) != 1) {
         free(rec);
         return KS_EIO;
     }

@@ -210,7 +210,7 @@ static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
 
     if (ks_meta_get(t, st, "format", NULL, 0, &v) == KS_OK)
         return KS_OK; /* another process created it first */
-    if (RAND_bytes(ksid, sizeof(ksid)) != 1 || RAND_bytes(idxkey, sizeof(idxkey)) != 1)
+    if (RAND_bytes_ex(ks_libctx(), ksid, sizeof(ksid), 0) != 1 || RAND_bytes_ex(ks_libctx(), idxkey, sizeof(idxkey), 0) != 1)
         return KS_EIO;
     memcpy(st->ksid, ksid, sizeof(ksid));
     ks_mkey_kcv(mk, kcv);
@@ -502,7 +502,7 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
         ks_buf_free(idxkey, idxlen);
         goto corrupt;
     }
-    EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC *hmac = EVP_MAC_fetch(ks_libctx(), "HMAC", NULL);
     st->idx_mac = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
     EVP_MAC_free(hmac);
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),

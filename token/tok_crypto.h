@@ -7,6 +7,7 @@
 
 #include <openssl/evp.h>
 
+#include "keystore/ks.h"
 #include "token/tok_mech.h"
 
 typedef struct {
@@ -49,6 +50,13 @@ TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
 /* OpenSSL digest name of a CKM_SHA* digest / CKG_MGF1_* generator; NULL if unknown. */
 TOK_API const char *tok_md_of_mech(CK_MECHANISM_TYPE m);
 TOK_API const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g);
+
+/* Key types by OID: OpenSSL maps "RSA" and "EC" to legacy key type ids, and
+ * an application's ENGINE registered for those ids (engine_pkcs11 in
+ * `openssl req -engine pkcs11`, say) would then take over p11mk's own key
+ * handling; the OIDs reach the providers of p11mk's library context directly. */
+#define TOK_KEYTYPE_RSA "1.2.840.113549.1.1.1"
+#define TOK_KEYTYPE_EC "1.2.840.10045.2.1"
 
 struct tok_key {
     atomic_int refs;

@@ -182,7 +182,7 @@ int tok_ec_complete_point(tok_attrs *obj)
 
     if (!c || !v || !v->len)
         return -1;
-    g = EC_GROUP_new_by_curve_name(OBJ_sn2nid(c->name));
+    g = EC_GROUP_new_by_curve_name_ex(ks_libctx(), NULL, OBJ_sn2nid(c->name));
     pt = g ? EC_POINT_new(g) : NULL;
     d = BN_bin2bn(v->val, (int)v->len, NULL);
     if (pt && d && !BN_is_zero(d) && BN_cmp(d, EC_GROUP_get0_order(g)) < 0 &&
@@ -212,7 +212,7 @@ static int push_bn(OSSL_PARAM_BLD *bld, const char *name, const tok_attrs *a, CK
 
 static EVP_PKEY *pkey_from_params(const char *alg, int selection, OSSL_PARAM *params)
 {
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, alg, NULL);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(ks_libctx(), alg, NULL);
     EVP_PKEY *pkey = NULL;
     if (ctx && EVP_PKEY_fromdata_init(ctx) == 1)
         EVP_PKEY_fromdata(ctx, &pkey, selection, params);
@@ -245,7 +245,7 @@ static EVP_PKEY *rsa_from_attrs(const tok_attrs *a, bool priv)
         }
     }
     if (rc == 0 && (params = OSSL_PARAM_BLD_to_param(bld)))
-        pkey = pkey_from_params("RSA", priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params);
+        pkey = pkey_from_params(TOK_KEYTYPE_RSA, priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params);
     OSSL_PARAM_free(params);
     OSSL_PARAM_BLD_free(bld);
     for (int i = 0; i < 8; i++)
@@ -276,7 +276,7 @@ static EVP_PKEY *ec_from_attrs(const tok_attrs *a, const tok_curve *c, bool priv
     if (priv)
         ok = ok && push_bn(bld, OSSL_PKEY_PARAM_PRIV_KEY, a, CKA_VALUE, &d, true) == 0;
     if (ok && (params = OSSL_PARAM_BLD_to_param(bld)))
-        pkey = pkey_from_params("EC", priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params);
+        pkey = pkey_from_params(TOK_KEYTYPE_EC, priv ? EVP_PKEY_KEYPAIR : EVP_PKEY_PUBLIC_KEY, params);
     OSSL_PARAM_free(params);
     OSSL_PARAM_BLD_free(bld);
     BN_clear_free(d);

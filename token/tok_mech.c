@@ -141,7 +141,7 @@ CK_RV tok_random(uint8_t *out, CK_ULONG len)
         return CKR_ARGUMENTS_BAD;
     while (len) {
         int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
-        if (RAND_bytes(out, chunk) != 1)
+        if (RAND_bytes_ex(ks_libctx(), out, (size_t)chunk, 0) != 1)
             return CKR_FUNCTION_FAILED;
         out += chunk;
         len -= (CK_ULONG)chunk;
@@ -204,7 +204,7 @@ static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
             return CKR_ATTRIBUTE_VALUE_INVALID;
         }
     }
-    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    ctx = EVP_PKEY_CTX_new_from_name(ks_libctx(), TOK_KEYTYPE_RSA, NULL);
     if (ctx && EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)bits) == 1 &&
         (!bn || EVP_PKEY_CTX_set1_rsa_keygen_pubexp(ctx, bn) == 1) && EVP_PKEY_generate(ctx, out) == 1)
         rv = CKR_OK;
@@ -221,8 +221,15 @@ static CK_RV gen_ec(const tok_attrs *pub, const tok_curve **curve, EVP_PKEY **ou
     *curve = tok_curve_from_params(p->val, p->len);
     if (!*curve)
         return CKR_CURVE_NOT_SUPPORTED;
-    *out = EVP_PKEY_Q_keygen(NULL, NULL, "EC", (*curve)->name);
-    return *out ? CKR_OK : CKR_FUNCTION_FAILED;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(ks_libctx(), TOK_KEYTYPE_EC, NULL);
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)(*curve)->name, 0),
+                           OSSL_PARAM_construct_end()};
+    CK_RV rv = ctx && EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_params(ctx, params) == 1 &&
+                       EVP_PKEY_generate(ctx, out) == 1
+                   ? CKR_OK
+                   : CKR_FUNCTION_FAILED;
+    EVP_PKEY_CTX_free(ctx);
+    return rv;
 }
 
 CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub, tok_attrs *priv)

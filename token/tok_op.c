@@ -32,6 +32,7 @@ struct tok_op {
     size_t taglen;
     /* RSA parameters */
     const char *pss_md, *mgf_md;
+    EVP_MD *pss_mdobj; /* raw PSS: the digest the input was made with */
     int saltlen;
     uint8_t *label;
     size_t labellen;
@@ -57,6 +58,7 @@ void tok_op_free(tok_op *op)
     if (op->pend)
         OPENSSL_clear_free(op->pend, op->pendlen);
     OPENSSL_free(op->label);
+    EVP_MD_free(op->pss_mdobj);
     tok_key_unref(op->key);
     OPENSSL_cleanse(op, sizeof(*op));
     free(op);
@@ -180,7 +182,7 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         break;
     }
     }
-    c = EVP_CIPHER_fetch(NULL, name, NULL);
+    c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
     op->cctx = EVP_CIPHER_CTX_new();
     if (!c || !op->cctx) {
         EVP_CIPHER_free(c);
@@ -214,12 +216,14 @@ static CK_RV init_rsa_params(tok_op *op, const CK_MECHANISM *m)
         if (!op->pss_md || !op->mgf_md || (mc == M_RSA_PSS_HASH && strcmp(op->pss_md, op->d->md) != 0) ||
             strncmp(op->pss_md, "SHA3", 4) == 0)
             return CKR_MECHANISM_PARAM_INVALID;
-        EVP_MD *md = EVP_MD_fetch(NULL, op->pss_md, NULL);
+        EVP_MD *md = EVP_MD_fetch(ks_libctx(), op->pss_md, NULL);
         int hlen = md ? EVP_MD_get_size(md) : 0;
         EVP_MD_free(md);
         if (hlen <= 0 || p->sLen > op->key->size_bytes || (long)p->sLen > (long)op->key->size_bytes - hlen - 2)
             return CKR_MECHANISM_PARAM_INVALID;
         op->saltlen = (int)p->sLen;
+        if (mc == M_RSA_PSS && !(op->pss_mdobj = EVP_MD_fetch(ks_libctx(), op->pss_md, NULL)))
+            return CKR_MECHANISM_PARAM_INVALID;
         return CKR_OK;
     }
     if (mc == M_RSA_OAEP) {
@@ -254,7 +258,7 @@ static int rsa_setup(tok_op *op, EVP_PKEY_CTX *ctx)
     case M_RSA_PSS_HASH:
         return EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) == 1 &&
                (op->d->mc == M_RSA_PSS_HASH ||
-                EVP_PKEY_CTX_set_signature_md(ctx, EVP_get_digestbyname(op->pss_md)) == 1) &&
+                EVP_PKEY_CTX_set_signature_md(ctx, (const EVP_MD *)op->pss_mdobj) == 1) &&
                EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, op->mgf_md, NULL) == 1 &&
                EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, op->saltlen) == 1;
     case M_RSA_OAEP: {
@@ -283,15 +287,15 @@ static CK_RV init_md(tok_op *op)
     if (!op->mdctx)
         return CKR_HOST_MEMORY;
     if (op->kind == TOK_OP_DIGEST) {
-        EVP_MD *md = EVP_MD_fetch(NULL, op->d->md, NULL);
+        EVP_MD *md = EVP_MD_fetch(ks_libctx(), op->d->md, NULL);
         ok = md && EVP_DigestInit_ex2(op->mdctx, md, NULL);
         EVP_MD_free(md);
         return ok ? CKR_OK : CKR_MECHANISM_INVALID;
     }
     if (op->kind == TOK_OP_SIGN)
-        ok = EVP_DigestSignInit_ex(op->mdctx, &pctx, op->d->md, NULL, NULL, op->key->pkey, NULL) == 1;
+        ok = EVP_DigestSignInit_ex(op->mdctx, &pctx, op->d->md, ks_libctx(), NULL, op->key->pkey, NULL) == 1;
     else
-        ok = EVP_DigestVerifyInit_ex(op->mdctx, &pctx, op->d->md, NULL, NULL, op->key->pkey, NULL) == 1;
+        ok = EVP_DigestVerifyInit_ex(op->mdctx, &pctx, op->d->md, ks_libctx(), NULL, op->key->pkey, NULL) == 1;
     if (ok && is_rsa(op->d->mc))
         ok = rsa_setup(op, pctx);
     return ok ? CKR_OK : CKR_FUNCTION_FAILED;
@@ -300,7 +304,7 @@ static CK_RV init_md(tok_op *op)
 static CK_RV init_mac(tok_op *op)
 {
     bool cmac = op->d->mc == M_AES_CMAC;
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, cmac ? "CMAC" : "HMAC", NULL);
+    EVP_MAC *mac = EVP_MAC_fetch(ks_libctx(), cmac ? "CMAC" : "HMAC", NULL);
     const char *cipher = cmac ? aes_name(op->key->secret_len, M_AES_CBC) : NULL;
     OSSL_PARAM params[] = {
         cmac ? OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, (char *)cipher, 0)
@@ -372,7 +376,7 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
 
 static size_t md_size(const char *name)
 {
-    EVP_MD *md = EVP_MD_fetch(NULL, name, NULL);
+    EVP_MD *md = EVP_MD_fetch(ks_libctx(), name, NULL);
     int n = md ? EVP_MD_get_size(md) : 0;
     EVP_MD_free(md);
     return n > 0 ? (size_t)n : 0;
@@ -427,7 +431,7 @@ static int ecdsa_raw_to_der(const uint8_t *raw, size_t fb, uint8_t **der, size_t
     return 0;
 }
 
-static EVP_PKEY_CTX *pkey_ctx(tok_op *op) { return EVP_PKEY_CTX_new_from_pkey(NULL, op->key->pkey, NULL); }
+static EVP_PKEY_CTX *pkey_ctx(tok_op *op) { return EVP_PKEY_CTX_new_from_pkey(ks_libctx(), op->key->pkey, NULL); }
 
 /* CKM_RSA_X_509 works on modulus-sized blocks: short input is left-padded with zeros. */
 static const uint8_t *x509_block(tok_op *op, const uint8_t *in, size_t inlen, uint8_t *blk)

@@ -1,5 +1,6 @@
 /* p11mk token layer: PIN hashing with scrypt (EVP_KDF "SCRYPT"). */
 #include "token/tok_pin.h"
+#include "keystore/ks.h"
 
 #include <string.h>
 
@@ -20,7 +21,7 @@
 static int scrypt(const uint8_t *pin, size_t len, const uint8_t *salt, unsigned log2n, unsigned r, unsigned p,
                   uint8_t out[HASH_LEN])
 {
-    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
+    EVP_KDF *kdf = EVP_KDF_fetch(ks_libctx(), "SCRYPT", NULL);
     EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
     uint64_t n = (uint64_t)1 << log2n;
     uint32_t rr = r, pp = p;
@@ -52,7 +53,7 @@ int tok_pin_hash(const uint8_t *pin, size_t len, uint8_t rec[TOK_PIN_REC_LEN])
     tmp[1] = PIN_LOG2N;
     tmp[2] = PIN_R;
     tmp[3] = PIN_P;
-    if (RAND_bytes(tmp + 4, SALT_LEN) != 1 || scrypt(pin, len, tmp + 4, PIN_LOG2N, PIN_R, PIN_P, tmp + 4 + SALT_LEN)) {
+    if (RAND_bytes_ex(ks_libctx(), tmp + 4, SALT_LEN, 0) != 1 || scrypt(pin, len, tmp + 4, PIN_LOG2N, PIN_R, PIN_P, tmp + 4 + SALT_LEN)) {
         OPENSSL_cleanse(tmp, sizeof(tmp));
         return -1;
     }
