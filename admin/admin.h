@@ -32,6 +32,7 @@ typedef struct {
     bool run;                    /* auto-update run */
     bool to_default;             /* export --to-default */
     unsigned parts;              /* --parts N: the key is entered as N parts (split knowledge) */
+    const char *token;           /* list --token LABEL */
     const char *file;            /* backup / restore / export FILE */
 } admin_opts;
 
@@ -50,6 +51,7 @@ int admin_version(const admin_opts *o);
 int admin_backup(const admin_opts *o);
 int admin_restore(const admin_opts *o);
 int admin_export(const admin_opts *o);
+int admin_list(const admin_opts *o);
 void admin_format_time(uint64_t t, char *out, size_t n);
 void admin_format_duration(uint64_t s, char *out, size_t n);
 

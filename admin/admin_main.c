@@ -22,6 +22,9 @@ static const char usage[] =
     "                              key file (mode 0600) instead of the default key\n"
     "  status [--json]             keystore, format, master key source and check value,\n"
     "                              epoch, rotation state, tokens with object counts\n"
+    "  list [--token LABEL] [--json]\n"
+    "                              tokens and objects: class, key type, label, id,\n"
+    "                              flags, epoch and pkcs11: URI (RFC 7512)\n"
     "  verify                      open every record under its epoch's key; names\n"
     "                              each failing object; non-zero exit on any problem\n"
     "  version [--json]            program, keystore format, KDF and AEAD suite,\n"
@@ -148,7 +151,7 @@ static const struct {
     {"set-master-key", admin_set_master_key}, {"clear-history", admin_clear_history},
     {"auto-update", admin_auto_update},         {"version", admin_version},
     {"backup", admin_backup},   {"restore", admin_restore},
-    {"export", admin_export},
+    {"export", admin_export},   {"list", admin_list},
 };
 
 static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *o)
@@ -168,6 +171,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         {"disable", no_argument, NULL, 'D'},
         {"to-default", no_argument, NULL, 'T'},
         {"parts", required_argument, NULL, 'p'},
+        {"token", required_argument, NULL, 't'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -185,6 +189,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'i': o->interval = optarg; break;
         case 'D': o->disable = true; break;
         case 'T': o->to_default = true; break;
+        case 't': o->token = optarg; break;
         case 'p': {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);

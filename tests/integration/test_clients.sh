@@ -119,3 +119,19 @@ PY
 else
     echo "SKIP: python3-pykcs11 not installed"
 fi
+
+# p11mk-admin list: every object with a pkcs11: URI that other tools accept.
+expect_rc 0 "$ADMIN" list --token clients
+expect_out "private +ec +label=ec-key"
+uri=$("$ADMIN" list --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+objs = [o for t in d["tokens"] if t["label"] == "clients" for o in t["objects"]]
+print([o["uri"] for o in objs if o["label"] == "ec-key" and o["class"] == "private"][0])')
+case "$uri" in pkcs11:*token=clients*object=ec-key*type=private*) ;; *) fail "bad URI: $uri" ;; esac
+if command -v p11tool >/dev/null; then
+    GNUTLS_PIN=$PIN p11tool --provider "$MOD" --login --list-all "$uri" | grep -q "Label: ec-key" \
+        || fail "p11tool does not accept the URI from p11mk-admin list"
+fi
+expect_rc 1 "$ADMIN" list --token no-such-token
+ok "p11mk-admin list: objects with RFC 7512 URIs that p11tool accepts"

@@ -1,0 +1,218 @@
+/* p11mk-admin list: the tokens and their objects, with RFC 7512 pkcs11: URIs
+ * (p11-kit's URI API), as an administrator sees them: every object, private
+ * ones included, without logging in (the admin holds the master key). */
+#include "admin/admin.h"
+#include "keystore/ks.h"
+#include "token/tok_policy.h"
+#include "token/tok_token.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/uri.h>
+
+static const char *class_name(CK_OBJECT_CLASS c)
+{
+    switch (c) {
+    case CKO_DATA: return "data";
+    case CKO_CERTIFICATE: return "cert";
+    case CKO_PUBLIC_KEY: return "public";
+    case CKO_PRIVATE_KEY: return "private";
+    case CKO_SECRET_KEY: return "secret-key";
+    default: return "other";
+    }
+}
+
+static const char *ktype_name(const tok_attrs *a)
+{
+    CK_ULONG kt;
+    if (!tok_attrs_get_ulong(a, CKA_KEY_TYPE, &kt))
+        return "";
+    switch (kt) {
+    case CKK_RSA: return "rsa";
+    case CKK_EC: return "ec";
+    case CKK_AES: return "aes";
+    case CKK_GENERIC_SECRET: return "generic";
+    case CKK_SHA_1_HMAC:
+    case CKK_SHA224_HMAC:
+    case CKK_SHA256_HMAC:
+    case CKK_SHA384_HMAC:
+    case CKK_SHA512_HMAC: return "hmac";
+    default: return "other";
+    }
+}
+
+static void hex(const tok_attr *a, char *out, size_t n)
+{
+    static const char h[] = "0123456789abcdef";
+    size_t k = 0;
+    for (size_t i = 0; a && i < a->len && k + 3 < n; i++) {
+        out[k++] = h[a->val[i] >> 4];
+        out[k++] = h[a->val[i] & 15];
+    }
+    out[k] = '\0';
+}
+
+static void text(const tok_attr *a, char *out, size_t n)
+{
+    size_t l = a ? (a->len < n - 1 ? a->len : n - 1) : 0;
+    if (l)
+        memcpy(out, a->val, l);
+    out[l] = '\0';
+}
+
+static void flags(const tok_attrs *a, char *out, size_t n)
+{
+    static const struct {
+        CK_ATTRIBUTE_TYPE t;
+        const char *name;
+    } f[] = {{CKA_PRIVATE, "private"}, {CKA_SENSITIVE, "sensitive"}, {CKA_EXTRACTABLE, "extractable"},
+             {CKA_LOCAL, "local"},     {CKA_MODIFIABLE, "modifiable"}, {CKA_SIGN, "sign"},
+             {CKA_VERIFY, "verify"},   {CKA_ENCRYPT, "encrypt"},       {CKA_DECRYPT, "decrypt"}};
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+        if (tok_attrs_get_bool(a, f[i].t, false)) {
+            if (out[0])
+                strncat(out, ",", n - strlen(out) - 1);
+            strncat(out, f[i].name, n - strlen(out) - 1);
+        }
+}
+
+/* pkcs11:token=...;object=...;id=...;type=... for one object of a token. */
+static char *object_uri(const CK_TOKEN_INFO *ti, const tok_attrs *a)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    char *s = NULL;
+    CK_OBJECT_CLASS cls = tok_obj_class(a);
+    if (!uri)
+        return NULL;
+    memcpy(p11_kit_uri_get_token_info(uri), ti, sizeof(*ti));
+    CK_ATTRIBUTE c = {CKA_CLASS, &cls, sizeof(cls)};
+    p11_kit_uri_set_attribute(uri, &c);
+    const tok_attr *l = tok_attrs_find(a, CKA_LABEL), *id = tok_attrs_find(a, CKA_ID);
+    if (l && l->len) {
+        CK_ATTRIBUTE la = {CKA_LABEL, l->val, l->len};
+        p11_kit_uri_set_attribute(uri, &la);
+    }
+    if (id && id->len) {
+        CK_ATTRIBUTE ia = {CKA_ID, id->val, id->len};
+        p11_kit_uri_set_attribute(uri, &ia);
+    }
+    if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &s) != P11_KIT_URI_OK)
+        s = NULL;
+    p11_kit_uri_free(uri);
+    return s;
+}
+
+static char *token_uri(const CK_TOKEN_INFO *ti)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    char *s = NULL;
+    if (!uri)
+        return NULL;
+    memcpy(p11_kit_uri_get_token_info(uri), ti, sizeof(*ti));
+    if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_TOKEN, &s) != P11_KIT_URI_OK)
+        s = NULL;
+    p11_kit_uri_free(uri);
+    return s;
+}
+
+static void trim(const CK_UTF8CHAR in[32], char out[33])
+{
+    int n = 32;
+    memcpy(out, in, 32);
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+}
+
+int admin_list(const admin_opts *o)
+{
+    tok_ctx *ctx = NULL;
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG ns = 0;
+    bool first_tok = true, found = false;
+
+    if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK)
+        return admin_exit_for_open_error(tok_ctx_error());
+    if (tok_slot_list(ctx, &slots, &ns) != CKR_OK) {
+        tok_ctx_close(ctx);
+        return EXIT_KEYSTORE;
+    }
+    if (o->json)
+        printf("{\"tokens\": [");
+    for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
+        CK_TOKEN_INFO ti;
+        char label[33];
+        if (tok_token_info(ctx, slots[si], &ti) != CKR_OK)
+            continue;
+        trim(ti.label, label);
+        if (o->token && strcmp(o->token, label) != 0)
+            continue;
+        found = true;
+        char *turi = token_uri(&ti);
+        uint64_t *oids = NULL;
+        size_t n = 0;
+        tok_obj_candidates(ctx, slots[si], NULL, 0, &oids, &n);
+        if (o->json) {
+            printf("%s\n  {\"slot\": %lu, \"label\": ", first_tok ? "" : ",", (unsigned long)slots[si]);
+            admin_json_str(stdout, label);
+            printf(", \"uri\": ");
+            admin_json_str(stdout, turi ? turi : "");
+            printf(", \"objects\": [");
+        } else {
+            printf("Token %s (slot %lu)\n  %s\n", label, (unsigned long)slots[si], turi ? turi : "");
+        }
+        first_tok = false;
+        free(turi);
+        ks_txn *txn = NULL;
+        ks_read_begin(tok_ctx_store(ctx), &txn);
+        for (size_t i = 0; i < n; i++) {
+            tok_attrs a = TOK_ATTRS_INIT;
+            ks_stamp st = {0, {0}};
+            char lab[128], idh[130], fl[160];
+            if (txn)
+                ks_obj_stamp(txn, (uint32_t)slots[si], oids[i], &st);
+            if (tok_obj_read(ctx, slots[si], oids[i], &a) != CKR_OK) {
+                if (o->json)
+                    printf("%s\n    {\"handle\": %llu, \"error\": \"cannot be unsealed\"}", i ? "," : "",
+                           (unsigned long long)oids[i]);
+                else
+                    printf("  %-10s handle %llu: cannot be unsealed (run p11mk-admin verify)\n", "?",
+                           (unsigned long long)oids[i]);
+                continue;
+            }
+            text(tok_attrs_find(&a, CKA_LABEL), lab, sizeof(lab));
+            hex(tok_attrs_find(&a, CKA_ID), idh, sizeof(idh));
+            flags(&a, fl, sizeof(fl));
+            char *uri = object_uri(&ti, &a);
+            if (o->json) {
+                printf("%s\n    {\"handle\": %llu, \"class\": \"%s\", \"key_type\": \"%s\", \"label\": ", i ? "," : "",
+                       (unsigned long long)oids[i], class_name(tok_obj_class(&a)), ktype_name(&a));
+                admin_json_str(stdout, lab);
+                printf(", \"id\": \"%s\", \"flags\": \"%s\", \"epoch\": %u, \"uri\": ", idh, fl, st.epoch);
+                admin_json_str(stdout, uri ? uri : "");
+                printf("}");
+            } else {
+                printf("  %-10s %-8s label=%-20s id=%-10s epoch=%u %s\n    %s\n", class_name(tok_obj_class(&a)),
+                       ktype_name(&a), lab, idh[0] ? idh : "-", st.epoch, fl, uri ? uri : "");
+            }
+            free(uri);
+            tok_attrs_free(&a);
+        }
+        if (txn)
+            ks_read_end(txn);
+        if (o->json)
+            printf("%s]}", n ? "\n  " : "");
+        free(oids);
+    }
+    if (o->json)
+        printf("%s]}\n", first_tok ? "" : "\n");
+    free(slots);
+    tok_ctx_close(ctx);
+    if (o->token && !found) {
+        admin_error("no token labeled '%s'", o->token);
+        return EXIT_FAILED;
+    }
+    return EXIT_OK;
+}
