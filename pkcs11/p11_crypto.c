@@ -401,21 +401,110 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     return rv;
 }
 
+/* ---- wrapping and derivation -------------------------------------------------- */
+
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
                 CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
 {
-    return no_mechanism(hSession, pMechanism); /* no wrapping mechanism in this token yet */
+    P11_AUTO_ATTRS wattrs = TOK_ATTRS_INIT;
+    P11_AUTO_ATTRS target = TOK_ATTRS_INIT;
+    tok_key *wk = NULL;
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    CK_MECHANISM_INFO mi;
+    if (!pMechanism || !pulWrappedKeyLen)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (tok_mech_info(pMechanism->mechanism, &mi) != CKR_OK || !(mi.flags & CKF_WRAP))
+        rv = CKR_MECHANISM_INVALID;
+    if (rv == CKR_OK && (rv = p11_object_key(s, hWrappingKey, &wk, &wattrs)) == CKR_KEY_HANDLE_INVALID)
+        rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
+    if (rv == CKR_OK && !tok_attrs_get_bool(&wattrs, CKA_WRAP, false))
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (rv == CKR_OK && (rv = p11_object_attrs(s, hKey, &target)) == CKR_OBJECT_HANDLE_INVALID)
+        rv = CKR_KEY_HANDLE_INVALID;
+    if (rv == CKR_OK && !tok_attrs_get_bool(&target, CKA_EXTRACTABLE, false))
+        rv = CKR_KEY_UNEXTRACTABLE;
+    if (rv == CKR_OK && tok_attrs_get_bool(&target, CKA_WRAP_WITH_TRUSTED, false) &&
+        !tok_attrs_get_bool(&wattrs, CKA_TRUSTED, false))
+        rv = CKR_KEY_NOT_WRAPPABLE;
+    if (rv == CKR_OK)
+        rv = tok_wrap(pMechanism, wk, &target, pWrappedKey, pulWrappedKeyLen);
+    tok_key_unref(wk);
+    p11_session_put(s);
+    return rv;
 }
 
 CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hUnwrappingKey,
                   CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
                   CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    return no_mechanism(hSession, pMechanism);
+    P11_AUTO_ATTRS uattrs = TOK_ATTRS_INIT;
+    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
+    tok_key *uk = NULL;
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    CK_MECHANISM_INFO mi;
+    if (!pMechanism || !phKey || (!pWrappedKey && ulWrappedKeyLen) || (!pTemplate && ulAttributeCount))
+        rv = CKR_ARGUMENTS_BAD;
+    else if (tok_mech_info(pMechanism->mechanism, &mi) != CKR_OK || !(mi.flags & CKF_UNWRAP))
+        rv = CKR_MECHANISM_INVALID;
+    if (rv == CKR_OK && (rv = p11_object_key(s, hUnwrappingKey, &uk, &uattrs)) == CKR_KEY_HANDLE_INVALID)
+        rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+    if (rv == CKR_OK && !tok_attrs_get_bool(&uattrs, CKA_UNWRAP, false))
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (rv == CKR_OK)
+        rv = tok_policy_build(TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE,
+                              CK_UNAVAILABLE_INFORMATION, pTemplate, ulAttributeCount, &obj);
+    if (rv == CKR_OK)
+        rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
+    if (rv == CKR_OK)
+        rv = tok_unwrap(pMechanism, uk, pWrappedKey, ulWrappedKeyLen, &obj);
+    if (rv == CKR_OK)
+        rv = tok_policy_finish(TOK_BUILD_UNWRAP, &obj);
+    if (rv == CKR_OK)
+        rv = p11_object_add(s, &obj, phKey);
+    tok_key_unref(uk);
+    p11_session_put(s);
+    return rv;
 }
 
 CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hBaseKey,
                   CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    return no_mechanism(hSession, pMechanism);
+    P11_AUTO_ATTRS battrs = TOK_ATTRS_INIT;
+    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
+    tok_key *bk = NULL;
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (!pMechanism || !phKey || (!pTemplate && ulAttributeCount))
+        rv = CKR_ARGUMENTS_BAD;
+    if (rv == CKR_OK && tok_mech_info(pMechanism->mechanism, NULL) != CKR_OK)
+        rv = CKR_MECHANISM_INVALID;
+    if (rv == CKR_OK)
+        rv = p11_object_key(s, hBaseKey, &bk, &battrs);
+    if (rv == CKR_OK && !tok_attrs_get_bool(&battrs, CKA_DERIVE, false))
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (rv == CKR_OK)
+        rv = tok_policy_build(TOK_BUILD_DERIVE, CKO_SECRET_KEY, TOK_KTYPE_FROM_TEMPLATE, pMechanism->mechanism,
+                              pTemplate, ulAttributeCount, &obj);
+    if (rv == CKR_OK)
+        rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
+    if (rv == CKR_OK)
+        rv = tok_derive(pMechanism, bk, &obj);
+    if (rv == CKR_OK)
+        rv = tok_policy_finish(TOK_BUILD_DERIVE, &obj);
+    if (rv == CKR_OK)
+        rv = p11_object_add(s, &obj, phKey);
+    tok_key_unref(bk);
+    p11_session_put(s);
+    return rv;
 }

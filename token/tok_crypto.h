@@ -35,6 +35,7 @@ typedef enum {
     M_AES_CBC_PAD, M_AES_CBC, M_AES_ECB, M_AES_CTR, M_AES_GCM, M_AES_CMAC,
     M_RSA_PKCS, M_RSA_X509, M_RSA_PKCS_HASH, M_RSA_PSS, M_RSA_PSS_HASH, M_RSA_OAEP,
     M_ECDSA, M_ECDSA_HASH, M_HMAC, M_DIGEST,
+    M_AES_WRAP, M_AES_WRAP_PAD, M_ECDH, /* wrap/unwrap and derive only */
 } tok_mclass;
 
 typedef struct {
@@ -71,6 +72,8 @@ struct tok_key {
 
 /* The curve named by a CKA_EC_PARAMS value (OID or PrintableString), or NULL. */
 TOK_API const tok_curve *tok_curve_from_params(const uint8_t *p, size_t len);
+/* The curve of an OpenSSL group name, or NULL. */
+TOK_API const tok_curve *tok_curve_from_name(const char *name);
 /* Strip a DER OCTET STRING around an EC point if there is one; NULL if malformed. */
 TOK_API const uint8_t *tok_ec_point_raw(const uint8_t *p, size_t len, const tok_curve *c, size_t *rawlen);
 /* DER SubjectPublicKeyInfo of pkey (malloc'd). */

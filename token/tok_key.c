@@ -42,6 +42,14 @@ const tok_curve *tok_curve_from_params(const uint8_t *p, size_t len)
     return NULL;
 }
 
+const tok_curve *tok_curve_from_name(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof(curves) / sizeof(curves[0]); i++)
+        if (strcmp(curves[i].name, name) == 0)
+            return &curves[i];
+    return NULL;
+}
+
 const uint8_t *tok_ec_point_raw(const uint8_t *p, size_t len, const tok_curve *c, size_t *rawlen)
 {
     size_t want = 2 * c->field_bytes + 1;

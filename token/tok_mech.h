@@ -96,6 +96,19 @@ TOK_API CK_RV tok_op_verify_final(tok_op *op, const uint8_t *sig, CK_ULONG sigle
  * (CKR_KEY_INDIGESTIBLE for other keys). */
 TOK_API CK_RV tok_op_digest_key(tok_op *op, const tok_key *key);
 
+/* ---- wrapping and derivation ------------------------------------------ */
+/* C_WrapKey: the value of a secret key, or a private key as PKCS#8, under
+ * `wrapper` (size-query protocol). The caller checked CKA_WRAP,
+ * CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED. */
+TOK_API CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *target, uint8_t *out,
+                       CK_ULONG *outlen);
+/* C_UnwrapKey: add the unwrapped material to obj (built from the template
+ * by tok_policy_build(TOK_BUILD_UNWRAP)). */
+TOK_API CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in, CK_ULONG inlen,
+                         tok_attrs *obj);
+/* C_DeriveKey (CKM_ECDH1_DERIVE): add CKA_VALUE to obj (a secret key). */
+TOK_API CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj);
+
 /* Random */
 TOK_API CK_RV tok_random(uint8_t *out, CK_ULONG len);
 

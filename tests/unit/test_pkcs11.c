@@ -1319,6 +1319,164 @@ static void test_direct_and_p11kit(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+static CK_OBJECT_HANDLE aes_key(CK_SESSION_HANDLE h, bool extractable, bool trusted_only)
+{
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ULONG len = 32;
+    CK_OBJECT_HANDLE k;
+    CK_ATTRIBUTE t[] = {
+        {CKA_VALUE_LEN, &len, sizeof(len)},         {CKA_EXTRACTABLE, extractable ? &yes : &no, 1},
+        {CKA_WRAP_WITH_TRUSTED, trusted_only ? &yes : &no, 1}, {CKA_ENCRYPT, &yes, 1},
+        {CKA_DECRYPT, &yes, 1},
+    };
+    CK(f->C_GenerateKey(h, &m, t, 5, &k));
+    return k;
+}
+
+/* Encrypt with one key, decrypt with the other: the same key material. */
+static void same_aes(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE a, CK_OBJECT_HANDLE b)
+{
+    CK_BYTE iv[16] = {7}, ct[64], pt[64];
+    CK_MECHANISM m = {CKM_AES_CBC_PAD, iv, 16};
+    CK_ULONG cl = sizeof(ct), pl = sizeof(pt);
+    CK(f->C_EncryptInit(h, &m, a));
+    CK(f->C_Encrypt(h, (CK_BYTE_PTR) "same key material", 17, ct, &cl));
+    CK(f->C_DecryptInit(h, &m, b));
+    CK(f->C_Decrypt(h, ct, cl, pt, &pl));
+    assert_int_equal(pl, 17);
+    assert_memory_equal(pt, "same key material", 17);
+}
+
+static void test_wrap_unwrap_derive(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("wrap");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE kek = aes_key(h, false, false), target = aes_key(h, true, false), locked = aes_key(h, false, false);
+    CK_OBJECT_HANDLE unwrapped, pub, priv;
+    CK_OBJECT_CLASS sec = CKO_SECRET_KEY, pcls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE aes = CKK_AES, ec = CKK_EC;
+    CK_BYTE blob[512];
+    CK_ULONG len = 0;
+    CK_MECHANISM kw = {CKM_AES_KEY_WRAP, NULL, 0}, kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+
+    /* AES key wrap of an AES key, size query first. */
+    CK(f->C_WrapKey(h, &kw, kek, target, NULL, &len));
+    assert_int_equal(len, 40);
+    len = 10;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_WrapKey(h, &kw, kek, target, blob, &len));
+    len = sizeof(blob);
+    CK(f->C_WrapKey(h, &kw, kek, target, blob, &len));
+    assert_int_equal(len, 40);
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                         {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    CK(f->C_UnwrapKey(h, &kw, kek, blob, len, ut, 4, &unwrapped));
+    same_aes(h, target, unwrapped);
+    CK_BBOOL local = CK_TRUE;
+    CK_ATTRIBUTE lt[] = {{CKA_LOCAL, &local, 1}};
+    CK(f->C_GetAttributeValue(h, unwrapped, lt, 1));
+    assert_false(local);
+
+    /* Refusals. */
+    RV(CKR_KEY_UNEXTRACTABLE, f->C_WrapKey(h, &kw, kek, locked, blob, &len));
+    CK_OBJECT_HANDLE trusted_only = aes_key(h, true, true);
+    len = sizeof(blob);
+    RV(CKR_KEY_NOT_WRAPPABLE, f->C_WrapKey(h, &kw, kek, trusted_only, blob, &len));
+    RV(CKR_WRAPPING_KEY_HANDLE_INVALID, f->C_WrapKey(h, &kw, 0x7777, target, blob, &len));
+    RV(CKR_KEY_HANDLE_INVALID, f->C_WrapKey(h, &kw, kek, 0x7777, blob, &len));
+    RV(CKR_ARGUMENTS_BAD, f->C_WrapKey(h, &kw, kek, target, blob, NULL));
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    RV(CKR_MECHANISM_INVALID, f->C_WrapKey(h, &sha, kek, target, blob, &len));
+    CK_ATTRIBUTE nowrap[] = {{CKA_WRAP, &no, 1}};
+    CK(f->C_SetAttributeValue(h, locked, nowrap, 1));
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_WrapKey(h, &kw, locked, target, blob, &len));
+    len = sizeof(blob);
+    CK(f->C_WrapKey(h, &kw, kek, target, blob, &len));
+    blob[5] ^= 1;
+    RV(CKR_WRAPPED_KEY_INVALID, f->C_UnwrapKey(h, &kw, kek, blob, len, ut, 4, &unwrapped));
+    RV(CKR_WRAPPED_KEY_LEN_RANGE, f->C_UnwrapKey(h, &kw, kek, blob, 13, ut, 4, &unwrapped));
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_UnwrapKey(h, &kw, kek, blob, len, ut + 1, 3, &unwrapped));
+    RV(CKR_UNWRAPPING_KEY_HANDLE_INVALID, f->C_UnwrapKey(h, &kw, 0x7777, blob, len, ut, 4, &unwrapped));
+
+    /* An EC private key, extractable, through AES key wrap with padding. */
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_VERIFY, &yes, 1}};
+    CK_ATTRIBUTE kt[] = {{CKA_SIGN, &yes, 1}, {CKA_EXTRACTABLE, &yes, 1}, {CKA_DERIVE, &yes, 1}};
+    CK(f->C_GenerateKeyPair(h, &gen, pt, 2, kt, 3, &pub, &priv));
+    len = sizeof(blob);
+    RV(CKR_KEY_SIZE_RANGE, f->C_WrapKey(h, &kw, kek, priv, blob, &len)); /* PKCS#8 is not 8-byte aligned */
+    len = sizeof(blob);
+    CK(f->C_WrapKey(h, &kwp, kek, priv, blob, &len));
+    CK_ATTRIBUTE upt[] = {{CKA_CLASS, &pcls, sizeof(pcls)}, {CKA_KEY_TYPE, &ec, sizeof(ec)}, {CKA_SIGN, &yes, 1}};
+    CK_OBJECT_HANDLE priv2;
+    CK(f->C_UnwrapKey(h, &kwp, kek, blob, len, upt, 3, &priv2));
+    CK_MECHANISM ecdsa = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_BYTE sig[64];
+    CK_ULONG sl = sizeof(sig);
+    CK(f->C_SignInit(h, &ecdsa, priv2));
+    CK(f->C_Sign(h, (CK_BYTE_PTR) "unwrapped", 9, sig, &sl));
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    CK(f->C_Verify(h, (CK_BYTE_PTR) "unwrapped", 9, sig, sl));
+    CK_ATTRIBUTE wrongkt[] = {{CKA_CLASS, &pcls, sizeof(pcls)}, {CKA_KEY_TYPE, &(CK_KEY_TYPE){CKK_RSA}, sizeof(CK_KEY_TYPE)}};
+    RV(CKR_TEMPLATE_INCONSISTENT, f->C_UnwrapKey(h, &kwp, kek, blob, len, wrongkt, 2, &priv2));
+
+    /* RSA OAEP wrap of an AES key. */
+    CK_OBJECT_HANDLE rpub, rpriv;
+    CK_MECHANISM rgen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ULONG bits = 2048;
+    CK_ATTRIBUTE rpt[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_WRAP, &yes, 1}};
+    CK_ATTRIBUTE rkt[] = {{CKA_UNWRAP, &yes, 1}};
+    CK(f->C_GenerateKeyPair(h, &rgen, rpt, 2, rkt, 1, &rpub, &rpriv));
+    CK_RSA_PKCS_OAEP_PARAMS op = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    len = sizeof(blob);
+    CK(f->C_WrapKey(h, &oaep, rpub, target, blob, &len));
+    assert_int_equal(len, 256);
+    CK(f->C_UnwrapKey(h, &oaep, rpriv, blob, len, ut, 4, &unwrapped));
+    same_aes(h, target, unwrapped);
+    RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT, f->C_WrapKey(h, &oaep, kek, target, blob, &len));
+    len = sizeof(blob);
+    RV(CKR_KEY_NOT_WRAPPABLE, f->C_WrapKey(h, &oaep, rpub, priv, blob, &len));
+
+    /* ECDH: both sides derive the same key. */
+    CK_OBJECT_HANDLE pub2, privb;
+    CK(f->C_GenerateKeyPair(h, &gen, pt, 2, kt, 3, &pub2, &privb));
+    CK_BYTE pa[80], pb[80];
+    CK_ATTRIBUTE ga[] = {{CKA_EC_POINT, pa, sizeof(pa)}}, gb[] = {{CKA_EC_POINT, pb, sizeof(pb)}};
+    CK(f->C_GetAttributeValue(h, pub, ga, 1));
+    CK(f->C_GetAttributeValue(h, pub2, gb, 1));
+    CK_ULONG vlen = 32;
+    CK_ATTRIBUTE dt[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
+                         {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    CK_ULONG kdfs[] = {CKD_NULL, CKD_SHA256_KDF};
+    for (int i = 0; i < 2; i++) {
+        CK_ECDH1_DERIVE_PARAMS da = {kdfs[i], 0, NULL, gb[0].ulValueLen, pb};
+        CK_ECDH1_DERIVE_PARAMS db = {kdfs[i], 0, NULL, ga[0].ulValueLen, pa};
+        CK_MECHANISM ma = {CKM_ECDH1_DERIVE, &da, sizeof(da)}, mb = {CKM_ECDH1_DERIVE, &db, sizeof(db)};
+        CK_OBJECT_HANDLE ka, kb;
+        CK(f->C_DeriveKey(h, &ma, priv, dt, 4, &ka));
+        CK(f->C_DeriveKey(h, &mb, privb, dt, 4, &kb));
+        same_aes(h, ka, kb);
+    }
+    CK_ECDH1_DERIVE_PARAMS bad = {CKD_NULL, 0, NULL, 0, NULL};
+    CK_MECHANISM mbad = {CKM_ECDH1_DERIVE, &bad, sizeof(bad)};
+    CK_OBJECT_HANDLE kx;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DeriveKey(h, &mbad, priv, dt, 4, &kx));
+    CK_ECDH1_DERIVE_PARAMS offcurve = {CKD_NULL, 0, NULL, 65, pb + 2};
+    CK_BYTE junk[65];
+    memset(junk, 0x11, sizeof(junk));
+    junk[0] = 0x04;
+    offcurve.pPublicData = junk;
+    CK_MECHANISM moff = {CKM_ECDH1_DERIVE, &offcurve, sizeof(offcurve)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DeriveKey(h, &moff, priv, dt, 4, &kx));
+    CK_ECDH1_DERIVE_PARAMS ok1 = {CKD_NULL, 0, NULL, gb[0].ulValueLen, pb};
+    CK_MECHANISM mok = {CKM_ECDH1_DERIVE, &ok1, sizeof(ok1)};
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_DeriveKey(h, &mok, priv2, dt, 4, &kx)); /* no CKA_DERIVE */
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_DeriveKey(h, &mok, target, dt, 4, &kx)); /* AES: no CKA_DERIVE */
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1339,6 +1497,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reinit_token_wipes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_entry_point, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct_and_p11kit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrap_unwrap_derive, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,0 +1,339 @@
+/* p11mk token layer: key wrapping, unwrapping and derivation.
+ *
+ * What is wrapped: the value of a secret key, or a private key as a DER
+ * PKCS#8 PrivateKeyInfo. Wrapping mechanisms: AES key wrap (RFC 3394),
+ * AES key wrap with padding (RFC 5649), RSA OAEP and RSA PKCS#1 v1.5 (secret
+ * keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
+#include "token/tok_crypto.h"
+#include "token/tok_policy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/decoder.h>
+#include <openssl/encoder.h>
+#include <openssl/kdf.h>
+#include <openssl/rsa.h>
+
+/* ---- the key material ------------------------------------------------------ */
+
+/* The bytes to wrap: a secret key's value, or a private key's PKCS#8. */
+static CK_RV wrap_input(const tok_attrs *target, uint8_t **out, size_t *len)
+{
+    CK_ULONG cls;
+    tok_key *k = NULL;
+    CK_RV rv;
+
+    if (!tok_attrs_get_ulong(target, CKA_CLASS, &cls))
+        return CKR_KEY_NOT_WRAPPABLE;
+    if (cls == CKO_SECRET_KEY) {
+        const tok_attr *v = tok_attrs_find(target, CKA_VALUE);
+        if (!v || !v->len || !(*out = OPENSSL_memdup(v->val, v->len)))
+            return CKR_KEY_NOT_WRAPPABLE;
+        *len = v->len;
+        return CKR_OK;
+    }
+    if (cls != CKO_PRIVATE_KEY)
+        return CKR_KEY_NOT_WRAPPABLE;
+    if ((rv = tok_key_from_attrs(target, &k)) != CKR_OK)
+        return rv == CKR_KEY_TYPE_INCONSISTENT ? CKR_KEY_NOT_WRAPPABLE : rv;
+    OSSL_ENCODER_CTX *e = OSSL_ENCODER_CTX_new_for_pkey(k->pkey, EVP_PKEY_KEYPAIR, "DER", "PrivateKeyInfo", NULL);
+    unsigned char *der = NULL;
+    size_t dl = 0;
+    rv = e && OSSL_ENCODER_to_data(e, &der, &dl) == 1 ? CKR_OK : CKR_KEY_NOT_WRAPPABLE;
+    OSSL_ENCODER_CTX_free(e);
+    tok_key_unref(k);
+    if (rv == CKR_OK) {
+        *out = der;
+        *len = dl;
+    }
+    return rv;
+}
+
+static const tok_curve *curve_of(EVP_PKEY *pkey)
+{
+    char name[64];
+    if (!EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, name, sizeof(name), NULL))
+        return NULL;
+    return tok_curve_from_name(name);
+}
+
+/* Put unwrapped bytes into the new object built from the template. */
+static CK_RV unwrap_output(const uint8_t *data, size_t len, tok_attrs *obj)
+{
+    CK_ULONG cls, kt, want;
+    if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || !tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (cls == CKO_SECRET_KEY) {
+        if (kt == CKK_AES && len != 16 && len != 24 && len != 32)
+            return CKR_WRAPPED_KEY_INVALID;
+        if (tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want != len)
+            return CKR_TEMPLATE_INCONSISTENT;
+        if (tok_attrs_set(obj, CKA_VALUE, data, len) != 0 || tok_attrs_set_ulong(obj, CKA_VALUE_LEN, len) != 0)
+            return CKR_HOST_MEMORY;
+        return CKR_OK;
+    }
+    if (cls != CKO_PRIVATE_KEY)
+        return CKR_TEMPLATE_INCONSISTENT;
+    EVP_PKEY *pkey = NULL;
+    OSSL_DECODER_CTX *d = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL, EVP_PKEY_KEYPAIR,
+                                                         ks_libctx(), NULL);
+    const unsigned char *p = data;
+    size_t l = len;
+    CK_RV rv = d && OSSL_DECODER_from_data(d, &p, &l) == 1 && pkey ? CKR_OK : CKR_WRAPPED_KEY_INVALID;
+    OSSL_DECODER_CTX_free(d);
+    if (rv == CKR_OK) {
+        bool rsa = EVP_PKEY_is_a(pkey, "RSA"), ec = EVP_PKEY_is_a(pkey, "EC");
+        const tok_curve *c = ec ? curve_of(pkey) : NULL;
+        if ((kt == CKK_RSA && !rsa) || (kt == CKK_EC && !ec) || (kt != CKK_RSA && kt != CKK_EC))
+            rv = CKR_TEMPLATE_INCONSISTENT;
+        else if (ec && !c)
+            rv = CKR_CURVE_NOT_SUPPORTED;
+        else
+            rv = tok_pkey_export(pkey, c, NULL, obj);
+    }
+    EVP_PKEY_free(pkey);
+    return rv;
+}
+
+/* ---- the wrapping mechanisms ----------------------------------------------- */
+
+static CK_RV check_wrapper(const tok_mech_desc *d, const tok_key *k, bool wrap)
+{
+    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD)
+        return k->cls == CKO_SECRET_KEY && k->ktype == CKK_AES ? CKR_OK
+                                                                 : (wrap ? CKR_WRAPPING_KEY_TYPE_INCONSISTENT
+                                                                         : CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
+    if (d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS)
+        return k->ktype == CKK_RSA && k->cls == (wrap ? CKO_PUBLIC_KEY : CKO_PRIVATE_KEY)
+                   ? CKR_OK
+                   : (wrap ? CKR_WRAPPING_KEY_TYPE_INCONSISTENT : CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
+    return CKR_MECHANISM_INVALID;
+}
+
+static CK_RV aes_wrap(const tok_mech_desc *d, const tok_key *k, bool enc, const uint8_t *in, size_t inlen,
+                      uint8_t *out, size_t *outlen)
+{
+    char name[32];
+    int n1 = 0, n2 = 0;
+    snprintf(name, sizeof(name), "AES-%zu-WRAP%s", k->secret_len * 8, d->mc == M_AES_WRAP_PAD ? "-PAD" : "");
+    EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int ok = c && ctx && EVP_CipherInit_ex2(ctx, c, k->secret, NULL, enc, NULL) &&
+             EVP_CipherUpdate(ctx, out, &n1, in, (int)inlen) > 0 && EVP_CipherFinal_ex(ctx, out + n1, &n2) > 0;
+    EVP_CIPHER_CTX_free(ctx);
+    EVP_CIPHER_free(c);
+    if (!ok)
+        return enc ? CKR_FUNCTION_FAILED : CKR_WRAPPED_KEY_INVALID;
+    *outlen = (size_t)(n1 + n2);
+    return CKR_OK;
+}
+
+static CK_RV rsa_wrap(const tok_mech_desc *d, const CK_MECHANISM *m, const tok_key *k, bool enc, const uint8_t *in,
+                      size_t inlen, uint8_t *out, size_t *outlen)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(ks_libctx(), k->pkey, NULL);
+    int ok = ctx && (enc ? EVP_PKEY_encrypt_init(ctx) : EVP_PKEY_decrypt_init(ctx)) == 1;
+    if (ok && d->mc == M_RSA_OAEP) {
+        const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+        const char *md = p ? tok_md_of_mech(p->hashAlg) : NULL, *mgf = p ? tok_md_of_mgf(p->mgf) : NULL;
+        if (!p || m->ulParameterLen != sizeof(*p) || !md || !mgf || p->ulSourceDataLen) {
+            EVP_PKEY_CTX_free(ctx);
+            return CKR_MECHANISM_PARAM_INVALID;
+        }
+        ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
+             EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, md, NULL) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, mgf, NULL) == 1;
+    } else if (ok) {
+        ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1;
+    }
+    size_t n = k->size_bytes;
+    if (ok)
+        ok = (enc ? EVP_PKEY_encrypt(ctx, out, &n, in, inlen) : EVP_PKEY_decrypt(ctx, out, &n, in, inlen)) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    if (!ok)
+        return enc ? CKR_KEY_SIZE_RANGE : CKR_WRAPPED_KEY_INVALID;
+    *outlen = n;
+    return CKR_OK;
+}
+
+CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *target, uint8_t *out, CK_ULONG *outlen)
+{
+    const tok_mech_desc *d;
+    uint8_t *in = NULL, *buf = NULL;
+    size_t inlen = 0, bound, n = 0;
+    CK_RV rv;
+
+    if (!mech || !wrapper || !target || !outlen)
+        return CKR_ARGUMENTS_BAD;
+    d = tok_mech_find(mech->mechanism);
+    if (!d || !(d->flags & CKF_WRAP))
+        return CKR_MECHANISM_INVALID;
+    if ((rv = check_wrapper(d, wrapper, true)) != CKR_OK)
+        return rv;
+    if ((d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD) && (mech->pParameter || mech->ulParameterLen))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (d->mc == M_RSA_PKCS && (mech->pParameter || mech->ulParameterLen))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if ((rv = wrap_input(target, &in, &inlen)) != CKR_OK)
+        return rv;
+    if (d->mc == M_AES_WRAP && (inlen % 8 || inlen < 16)) {
+        rv = CKR_KEY_SIZE_RANGE; /* RFC 3394 wraps whole 8-byte blocks only: use CKM_AES_KEY_WRAP_PAD */
+        goto out;
+    }
+    if ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && tok_obj_class(target) != CKO_SECRET_KEY) {
+        rv = CKR_KEY_NOT_WRAPPABLE; /* a private key does not fit in one RSA block */
+        goto out;
+    }
+    bound = d->mc == M_AES_WRAP ? inlen + 8 : d->mc == M_AES_WRAP_PAD ? (inlen + 7) / 8 * 8 + 8 : wrapper->size_bytes;
+    if (!out) {
+        *outlen = bound;
+        rv = CKR_OK;
+        goto out;
+    }
+    if (*outlen < bound) {
+        *outlen = bound;
+        rv = CKR_BUFFER_TOO_SMALL;
+        goto out;
+    }
+    if (!(buf = OPENSSL_malloc(bound + 16))) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD ? aes_wrap(d, wrapper, true, in, inlen, buf, &n)
+                                                        : rsa_wrap(d, mech, wrapper, true, in, inlen, buf, &n);
+    if (rv == CKR_OK) {
+        memcpy(out, buf, n);
+        *outlen = n;
+    }
+out:
+    if (in)
+        OPENSSL_clear_free(in, inlen);
+    OPENSSL_free(buf);
+    return rv;
+}
+
+CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in, CK_ULONG inlen, tok_attrs *obj)
+{
+    const tok_mech_desc *d;
+    uint8_t *buf;
+    size_t n = 0;
+    CK_RV rv;
+
+    if (!mech || !unwrapper || (!in && inlen) || !obj)
+        return CKR_ARGUMENTS_BAD;
+    d = tok_mech_find(mech->mechanism);
+    if (!d || !(d->flags & CKF_UNWRAP))
+        return CKR_MECHANISM_INVALID;
+    if ((rv = check_wrapper(d, unwrapper, false)) != CKR_OK)
+        return rv;
+    if ((d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || d->mc == M_RSA_PKCS) &&
+        (mech->pParameter || mech->ulParameterLen))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if ((d->mc == M_AES_WRAP && (inlen % 8 || inlen < 24)) || (d->mc == M_AES_WRAP_PAD && (inlen % 8 || inlen < 16)) ||
+        ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && inlen != unwrapper->size_bytes) || inlen > (1u << 20))
+        return CKR_WRAPPED_KEY_LEN_RANGE;
+    if (!(buf = OPENSSL_malloc(inlen + 16)))
+        return CKR_HOST_MEMORY;
+    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD ? aes_wrap(d, unwrapper, false, in, inlen, buf, &n)
+                                                        : rsa_wrap(d, mech, unwrapper, false, in, inlen, buf, &n);
+    if (rv == CKR_OK)
+        rv = unwrap_output(buf, n, obj);
+    OPENSSL_clear_free(buf, inlen + 16);
+    return rv;
+}
+
+/* ---- derivation ------------------------------------------------------------ */
+
+CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
+{
+    const tok_mech_desc *d;
+    const CK_ECDH1_DERIVE_PARAMS *p;
+    const char *kdf_md = NULL;
+    CK_ULONG want = 0, cls, kt;
+    CK_RV rv = CKR_OK;
+
+    if (!mech || !base || !obj)
+        return CKR_ARGUMENTS_BAD;
+    d = tok_mech_find(mech->mechanism);
+    if (!d || d->mc != M_ECDH)
+        return CKR_MECHANISM_INVALID;
+    if (base->cls != CKO_PRIVATE_KEY || base->ktype != CKK_EC)
+        return CKR_KEY_TYPE_INCONSISTENT;
+    p = mech->pParameter;
+    if (!p || mech->ulParameterLen != sizeof(*p) || !p->pPublicData || !p->ulPublicDataLen ||
+        (!p->pSharedData && p->ulSharedDataLen))
+        return CKR_MECHANISM_PARAM_INVALID;
+    switch (p->kdf) {
+    case CKD_NULL:
+        if (p->ulSharedDataLen)
+            return CKR_MECHANISM_PARAM_INVALID;
+        break;
+    case CKD_SHA1_KDF: kdf_md = "SHA1"; break;
+    case CKD_SHA224_KDF: kdf_md = "SHA224"; break;
+    case CKD_SHA256_KDF: kdf_md = "SHA256"; break;
+    case CKD_SHA384_KDF: kdf_md = "SHA384"; break;
+    case CKD_SHA512_KDF: kdf_md = "SHA512"; break;
+    default: return CKR_MECHANISM_PARAM_INVALID;
+    }
+    if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || cls != CKO_SECRET_KEY ||
+        !tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
+        return CKR_TEMPLATE_INCONSISTENT;
+    tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want);
+    if (kt == CKK_AES && want != 16 && want != 24 && want != 32)
+        return want ? CKR_KEY_SIZE_RANGE : CKR_TEMPLATE_INCOMPLETE;
+
+    /* The peer's public key, raw point or DER OCTET STRING. */
+    size_t rawlen = 0;
+    const uint8_t *raw = tok_ec_point_raw(p->pPublicData, p->ulPublicDataLen, base->curve, &rawlen);
+    if (!raw)
+        return CKR_MECHANISM_PARAM_INVALID;
+    OSSL_PARAM pp[] = {OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)base->curve->name, 0),
+                       OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)raw, rawlen),
+                       OSSL_PARAM_construct_end()};
+    EVP_PKEY *peer = NULL;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(ks_libctx(), TOK_KEYTYPE_EC, NULL);
+    if (!pc || EVP_PKEY_fromdata_init(pc) != 1 || EVP_PKEY_fromdata(pc, &peer, EVP_PKEY_PUBLIC_KEY, pp) != 1)
+        rv = CKR_MECHANISM_PARAM_INVALID;
+    EVP_PKEY_CTX_free(pc);
+    if (rv != CKR_OK)
+        return rv;
+
+    uint8_t z[133], out[512];
+    size_t zlen = sizeof(z);
+    EVP_PKEY_CTX *dc = EVP_PKEY_CTX_new_from_pkey(ks_libctx(), base->pkey, NULL);
+    if (!dc || EVP_PKEY_derive_init(dc) != 1 || EVP_PKEY_derive_set_peer(dc, peer) != 1 ||
+        EVP_PKEY_derive(dc, z, &zlen) != 1)
+        rv = CKR_MECHANISM_PARAM_INVALID; /* e.g. a point not on the curve */
+    EVP_PKEY_CTX_free(dc);
+    EVP_PKEY_free(peer);
+    if (rv != CKR_OK)
+        return rv;
+    size_t outlen = want ? want : zlen;
+    if (outlen > sizeof(out) || (!kdf_md && outlen > zlen)) {
+        OPENSSL_cleanse(z, sizeof(z));
+        return CKR_KEY_SIZE_RANGE;
+    }
+    if (kdf_md) {
+        EVP_KDF *kdf = EVP_KDF_fetch(ks_libctx(), "X963KDF", NULL);
+        EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+        OSSL_PARAM kp[] = {OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)kdf_md, 0),
+                           OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, z, zlen),
+                           OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, p->pSharedData, p->ulSharedDataLen),
+                           OSSL_PARAM_construct_end()};
+        if (!kc || EVP_KDF_derive(kc, out, outlen, kp) != 1)
+            rv = CKR_FUNCTION_FAILED;
+        EVP_KDF_CTX_free(kc);
+        EVP_KDF_free(kdf);
+    } else {
+        /* The null KDF: the leading bytes of the shared secret's x coordinate. */
+        memcpy(out, z, outlen);
+    }
+    OPENSSL_cleanse(z, sizeof(z));
+    if (rv == CKR_OK &&
+        (tok_attrs_set(obj, CKA_VALUE, out, outlen) != 0 || tok_attrs_set_ulong(obj, CKA_VALUE_LEN, outlen) != 0))
+        rv = CKR_HOST_MEMORY;
+    OPENSSL_cleanse(out, sizeof(out));
+    return rv;
+}
