@@ -10,12 +10,23 @@
 #include "keystore/ks.h"
 #include "token/tok_mech.h"
 
+enum { TOK_CURVE_WEIERSTRASS = 0, TOK_CURVE_EDWARDS = 1 };
+
+/* EdDSA parameters (PKCS#11 3.0; p11-kit 0.24's header lacks them). */
 typedef struct {
-    const char *name;        /* OpenSSL group name */
+    CK_BBOOL phFlag;
+    CK_ULONG ulContextDataLen;
+    CK_BYTE_PTR pContextData;
+} tok_eddsa_params;
+
+typedef struct {
+    const char *name;        /* OpenSSL group name (Weierstrass) or algorithm name (Edwards) */
     const uint8_t *oid;      /* DER OBJECT IDENTIFIER (tag and length included) */
     size_t oid_len;
     const char *alias;       /* name inside a DER PrintableString form of CKA_EC_PARAMS */
-    size_t field_bytes;
+    size_t field_bytes;      /* field size; for Edwards curves the raw key size */
+    int kind;                /* TOK_CURVE_* */
+    const char *keytype;     /* key type OID for OpenSSL (Edwards) */
 } tok_curve;
 
 /* PKCS#11 v3.0 values that p11-kit 0.24's header lacks. */
@@ -36,6 +47,7 @@ typedef enum {
     M_RSA_PKCS, M_RSA_X509, M_RSA_PKCS_HASH, M_RSA_PSS, M_RSA_PSS_HASH, M_RSA_OAEP,
     M_ECDSA, M_ECDSA_HASH, M_HMAC, M_DIGEST,
     M_AES_WRAP, M_AES_WRAP_PAD, M_ECDH, /* wrap/unwrap and derive only */
+    M_EDDSA,
 } tok_mclass;
 
 typedef struct {

@@ -18,12 +18,16 @@ static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x0
 static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 static const uint8_t oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
 static const uint8_t oid_k256[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a};
+static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+static const uint8_t oid_ed448[] = {0x06, 0x03, 0x2b, 0x65, 0x71};
 
 static const tok_curve curves[] = {
-    {"prime256v1", oid_p256, sizeof(oid_p256), "prime256v1", 32},
-    {"secp384r1", oid_p384, sizeof(oid_p384), "secp384r1", 48},
-    {"secp521r1", oid_p521, sizeof(oid_p521), "secp521r1", 66},
-    {"secp256k1", oid_k256, sizeof(oid_k256), "secp256k1", 32},
+    {"prime256v1", oid_p256, sizeof(oid_p256), "prime256v1", 32, TOK_CURVE_WEIERSTRASS, NULL},
+    {"secp384r1", oid_p384, sizeof(oid_p384), "secp384r1", 48, TOK_CURVE_WEIERSTRASS, NULL},
+    {"secp521r1", oid_p521, sizeof(oid_p521), "secp521r1", 66, TOK_CURVE_WEIERSTRASS, NULL},
+    {"secp256k1", oid_k256, sizeof(oid_k256), "secp256k1", 32, TOK_CURVE_WEIERSTRASS, NULL},
+    {"ED25519", oid_ed25519, sizeof(oid_ed25519), "edwards25519", 32, TOK_CURVE_EDWARDS, "1.3.101.112"},
+    {"ED448", oid_ed448, sizeof(oid_ed448), "edwards448", 57, TOK_CURVE_EDWARDS, "1.3.101.113"},
 };
 
 const tok_curve *tok_curve_from_params(const uint8_t *p, size_t len)
@@ -52,10 +56,15 @@ const tok_curve *tok_curve_from_name(const char *name)
 
 const uint8_t *tok_ec_point_raw(const uint8_t *p, size_t len, const tok_curve *c, size_t *rawlen)
 {
-    size_t want = 2 * c->field_bytes + 1;
+    bool ed = c->kind == TOK_CURVE_EDWARDS;
+    size_t want = ed ? c->field_bytes : 2 * c->field_bytes + 1;
     if (!p)
         return NULL;
-    if (len == want && p[0] == 0x04) { /* raw uncompressed point */
+    if (ed && len == want) { /* raw public key */
+        *rawlen = len;
+        return p;
+    }
+    if (!ed && len == want && p[0] == 0x04) { /* raw uncompressed point */
         *rawlen = len;
         return p;
     }
@@ -68,7 +77,7 @@ const uint8_t *tok_ec_point_raw(const uint8_t *p, size_t len, const tok_curve *c
         } else if (p[1] & 0x80) {
             return NULL;
         }
-        if (hdr + l == len && l == want && p[hdr] == 0x04) {
+        if (hdr + l == len && l == want && (ed || p[hdr] == 0x04)) {
             *rawlen = l;
             return p + hdr;
         }
@@ -153,6 +162,31 @@ CK_RV tok_pkey_export(EVP_PKEY *pkey, const tok_curve *curve, tok_attrs *pub, to
             rc |= tok_pkey_bn_attr(pkey, OSSL_PKEY_PARAM_RSA_EXPONENT1, priv, CKA_EXPONENT_1, 0);
             rc |= tok_pkey_bn_attr(pkey, OSSL_PKEY_PARAM_RSA_EXPONENT2, priv, CKA_EXPONENT_2, 0);
             rc |= tok_pkey_bn_attr(pkey, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, priv, CKA_COEFFICIENT, 0);
+        }
+    } else if (curve && curve->kind == TOK_CURVE_EDWARDS) {
+        uint8_t raw[64], der[80];
+        size_t rl = 0, dlen = 0;
+        if (!EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, raw, sizeof(raw), &rl) ||
+            der_octet_string(raw, rl, der, &dlen) != 0) {
+            OPENSSL_free(spki);
+            return CKR_FUNCTION_FAILED;
+        }
+        tok_attrs *sets[2] = {pub, priv};
+        for (int i = 0; i < 2 && rc == 0; i++) {
+            if (!sets[i])
+                continue;
+            rc |= tok_attrs_set(sets[i], CKA_EC_PARAMS, curve->oid, curve->oid_len);
+            rc |= tok_attrs_set(sets[i], CKA_EC_POINT, der, dlen);
+            rc |= tok_attrs_set(sets[i], CKA_PUBLIC_KEY_INFO, spki, spki_len);
+        }
+        if (priv && rc == 0) {
+            uint8_t sk[64];
+            size_t sl = 0;
+            if (EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PRIV_KEY, sk, sizeof(sk), &sl))
+                rc |= tok_attrs_set(priv, CKA_VALUE, sk, sl);
+            else
+                rc = -1;
+            OPENSSL_cleanse(sk, sizeof(sk));
         }
     } else {
         uint8_t point[256], der[260];
@@ -291,6 +325,20 @@ static EVP_PKEY *ec_from_attrs(const tok_attrs *a, const tok_curve *c, bool priv
     return pkey;
 }
 
+static EVP_PKEY *ed_from_attrs(const tok_attrs *a, const tok_curve *c, bool priv)
+{
+    if (priv) {
+        const tok_attr *v = tok_attrs_find(a, CKA_VALUE);
+        if (!v || v->len != c->field_bytes)
+            return NULL;
+        return EVP_PKEY_new_raw_private_key_ex(ks_libctx(), c->name, NULL, v->val, v->len);
+    }
+    const tok_attr *pt = tok_attrs_find(a, CKA_EC_POINT);
+    size_t rl = 0;
+    const uint8_t *raw = pt ? tok_ec_point_raw(pt->val, pt->len, c, &rl) : NULL;
+    return raw ? EVP_PKEY_new_raw_public_key_ex(ks_libctx(), c->name, NULL, raw, rl) : NULL;
+}
+
 CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
 {
     CK_ULONG cls, kt;
@@ -319,10 +367,16 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
         if (!k->pkey)
             goto bad;
         k->size_bytes = (size_t)EVP_PKEY_get_size(k->pkey);
-    } else if (kt == CKK_EC) {
+    } else if (kt == CKK_EC || kt == CKK_EC_EDWARDS) {
         const tok_attr *p = tok_attrs_find(obj, CKA_EC_PARAMS);
         k->curve = p ? tok_curve_from_params(p->val, p->len) : NULL;
-        if (!k->curve || !(k->pkey = ec_from_attrs(obj, k->curve, cls == CKO_PRIVATE_KEY)))
+        if (!k->curve || (k->curve->kind == TOK_CURVE_EDWARDS) != (kt == CKK_EC_EDWARDS))
+            goto bad;
+        if (kt == CKK_EC_EDWARDS)
+            k->pkey = ed_from_attrs(obj, k->curve, cls == CKO_PRIVATE_KEY);
+        else
+            k->pkey = ec_from_attrs(obj, k->curve, cls == CKO_PRIVATE_KEY);
+        if (!k->pkey)
             goto bad;
         k->size_bytes = k->curve->field_bytes;
     } else {

@@ -36,6 +36,9 @@ static const tok_mech_desc mechs[] = {
     {CKM_ECDSA_SHA384, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA384", 0},
     {CKM_ECDSA_SHA512, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA512", 0},
     {CKM_ECDH1_DERIVE, 256, 521, CKF_DERIVE | EC_FLAGS, M_ECDH, NULL, 0},
+    /* EdDSA: key sizes in bits */
+    {CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
+    {CKM_EDDSA, 255, 448, SIGN, M_EDDSA, NULL, 0},
     /* RSA: key sizes in bits (generation 2048-4096; use 1024-8192) */
     {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
     {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0},
@@ -134,6 +137,7 @@ CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
     switch (m) {
     case CKM_RSA_PKCS_KEY_PAIR_GEN: *ktype = CKK_RSA; return CKR_OK;
     case CKM_EC_KEY_PAIR_GEN: *ktype = CKK_EC; return CKR_OK;
+    case CKM_EC_EDWARDS_KEY_PAIR_GEN: *ktype = CKK_EC_EDWARDS; return CKR_OK;
     default: return CKR_MECHANISM_INVALID;
     }
 }
@@ -224,6 +228,12 @@ static CK_RV gen_ec(const tok_attrs *pub, const tok_curve **curve, EVP_PKEY **ou
     *curve = tok_curve_from_params(p->val, p->len);
     if (!*curve)
         return CKR_CURVE_NOT_SUPPORTED;
+    if ((*curve)->kind == TOK_CURVE_EDWARDS) {
+        EVP_PKEY_CTX *ec = EVP_PKEY_CTX_new_from_name(ks_libctx(), (*curve)->keytype, NULL);
+        CK_RV erv = ec && EVP_PKEY_keygen_init(ec) == 1 && EVP_PKEY_generate(ec, out) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+        EVP_PKEY_CTX_free(ec);
+        return erv;
+    }
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(ks_libctx(), TOK_KEYTYPE_EC, NULL);
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)(*curve)->name, 0),
                            OSSL_PARAM_construct_end()};
@@ -247,7 +257,12 @@ CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub, tok_at
         return CKR_MECHANISM_PARAM_INVALID;
     switch (mech->mechanism) {
     case CKM_RSA_PKCS_KEY_PAIR_GEN: rv = gen_rsa(pub, &pkey); break;
-    case CKM_EC_KEY_PAIR_GEN: rv = gen_ec(pub, &curve, &pkey); break;
+    case CKM_EC_KEY_PAIR_GEN:
+    case CKM_EC_EDWARDS_KEY_PAIR_GEN:
+        rv = gen_ec(pub, &curve, &pkey);
+        if (rv == CKR_OK && (curve->kind == TOK_CURVE_EDWARDS) != (mech->mechanism == CKM_EC_EDWARDS_KEY_PAIR_GEN))
+            rv = CKR_CURVE_NOT_SUPPORTED; /* Edwards curves with CKM_EC_EDWARDS_KEY_PAIR_GEN only, and back */
+        break;
     default: return CKR_MECHANISM_INVALID;
     }
     if (rv == CKR_OK)
@@ -278,7 +293,14 @@ static CK_RV import_pkey(tok_attrs *obj, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
     CK_RV rv;
     bool priv = cls == CKO_PRIVATE_KEY;
 
-    if (kt == CKK_RSA) {
+    if (kt == CKK_EC_EDWARDS) {
+        const tok_attr *p = tok_attrs_find(obj, CKA_EC_PARAMS);
+        const tok_curve *c = p ? tok_curve_from_params(p->val, p->len) : NULL;
+        if (!p || (priv ? !tok_attrs_find(obj, CKA_VALUE) : !tok_attrs_find(obj, CKA_EC_POINT)))
+            return CKR_TEMPLATE_INCOMPLETE;
+        if (!c || c->kind != TOK_CURVE_EDWARDS)
+            return CKR_CURVE_NOT_SUPPORTED;
+    } else if (kt == CKK_RSA) {
         if (!tok_attrs_find(obj, CKA_MODULUS) || !tok_attrs_find(obj, CKA_PUBLIC_EXPONENT) ||
             (priv && !tok_attrs_find(obj, CKA_PRIVATE_EXPONENT)))
             return CKR_TEMPLATE_INCOMPLETE;

@@ -69,7 +69,8 @@ static bool is_cipher(tok_mclass mc) { return is_block_mode(mc) || mc == M_AES_C
 static bool is_rsa(tok_mclass mc) { return mc >= M_RSA_PKCS && mc <= M_RSA_OAEP; }
 static bool single_part(tok_mclass mc)
 {
-    return mc == M_RSA_PKCS || mc == M_RSA_X509 || mc == M_RSA_PSS || mc == M_RSA_OAEP || mc == M_ECDSA;
+    return mc == M_RSA_PKCS || mc == M_RSA_X509 || mc == M_RSA_PSS || mc == M_RSA_OAEP || mc == M_ECDSA ||
+           mc == M_EDDSA;
 }
 
 /* ---- init ---------------------------------------------------------------- */
@@ -110,6 +111,10 @@ static CK_RV check_key(const tok_mech_desc *d, tok_op_kind kind, const tok_key *
             return CKR_KEY_TYPE_INCONSISTENT;
         return k->size_bytes >= 128 && k->size_bytes <= 1024 ? CKR_OK : CKR_KEY_SIZE_RANGE;
     }
+    if (d->mc == M_EDDSA)
+        return k->ktype == CKK_EC_EDWARDS && k->cls == (want_priv ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY)
+                   ? CKR_OK
+                   : CKR_KEY_TYPE_INCONSISTENT;
     if (d->mc == M_ECDSA || d->mc == M_ECDSA_HASH)
         return k->ktype == CKK_EC && k->cls == (want_priv ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY)
                    ? CKR_OK
@@ -351,7 +356,14 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
         rv = init_cipher(op, mech);
     else if (is_rsa(d->mc))
         rv = init_rsa_params(op, mech);
-    else
+    else if (d->mc == M_EDDSA) {
+        /* Pure EdDSA only: no parameters, or ones that ask for nothing else. */
+        const tok_eddsa_params *ep = mech->pParameter;
+        rv = !mech->pParameter && !mech->ulParameterLen ? CKR_OK
+             : ep && mech->ulParameterLen == sizeof(*ep) && !ep->phFlag && !ep->ulContextDataLen
+                 ? CKR_OK
+                 : CKR_MECHANISM_PARAM_INVALID;
+    } else
         rv = mech->pParameter || mech->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
     if (rv == CKR_OK) {
         switch (d->mc) {
@@ -390,6 +402,7 @@ static size_t sig_len(const tok_op *op)
     case M_AES_CMAC: return 16;
     case M_ECDSA:
     case M_ECDSA_HASH: return 2 * op->key->size_bytes;
+    case M_EDDSA: return op->key->size_bytes == 32 ? 64 : 114;
     default: return op->key->size_bytes;
     }
 }
@@ -578,6 +591,15 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
         ok = ctx && EVP_PKEY_sign_init(ctx) == 1 && EVP_PKEY_sign(ctx, der, &n, op->in, op->inlen) == 1;
         EVP_PKEY_CTX_free(ctx);
         break;
+    }
+    case M_EDDSA: {
+        EVP_MD_CTX *mc = EVP_MD_CTX_new();
+        n = sig_len(op);
+        ok = mc && EVP_DigestSignInit_ex(mc, NULL, NULL, ks_libctx(), NULL, op->key->pkey, NULL) == 1 &&
+             EVP_DigestSign(mc, out, &n, op->in, op->inlen) == 1;
+        EVP_MD_CTX_free(mc);
+        *outlen = n;
+        return ok ? CKR_OK : CKR_FUNCTION_FAILED;
     }
     default: return produce_rsa(op, out, outlen);
     }
@@ -891,6 +913,13 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
         ok = oneshot ? EVP_DigestVerify(op->mdctx, der, derlen, in, inlen) : EVP_DigestVerifyFinal(op->mdctx, der, derlen);
         OPENSSL_free(der);
         return ok == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
+    case M_EDDSA: {
+        EVP_MD_CTX *mc = EVP_MD_CTX_new();
+        ok = mc && EVP_DigestVerifyInit_ex(mc, NULL, NULL, ks_libctx(), NULL, op->key->pkey, NULL) == 1 &&
+             EVP_DigestVerify(mc, sig, siglen, in, inlen) == 1;
+        EVP_MD_CTX_free(mc);
+        return ok ? CKR_OK : CKR_SIGNATURE_INVALID;
+    }
     case M_ECDSA:
     case M_RSA_PKCS:
     case M_RSA_PSS:

@@ -121,7 +121,8 @@ static unsigned ktype_kind(CK_KEY_TYPE kt)
 {
     switch (kt) {
     case CKK_RSA: return K_RSA;
-    case CKK_EC: return K_EC;
+    case CKK_EC:
+    case CKK_EC_EDWARDS: return K_EC;
     case CKK_AES:
     case CKK_GENERIC_SECRET:
     case CKK_SHA256_HMAC: return K_SECRET_VAL;
@@ -133,7 +134,7 @@ static bool ktype_supported(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
 {
     if (cls == CKO_SECRET_KEY)
         return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC;
-    return kt == CKK_RSA || kt == CKK_EC;
+    return kt == CKK_RSA || kt == CKK_EC || kt == CKK_EC_EDWARDS;
 }
 
 /* The rule for an attribute on an object of this class and key type, or NULL. */

@@ -65,7 +65,15 @@ expect_out "Signature is valid"
 # HMAC
 p11 "${P[@]}" --sign -m SHA256-HMAC --id 05 -i msg -o mac >/dev/null
 [ "$(stat -c %s mac)" -eq 32 ] || fail "HMAC-SHA256 is not 32 bytes"
-ok "sign/verify ECDSA, RSA PKCS#1, HMAC; openssl verifies; corrupted signatures refused"
+# EdDSA (Ed25519) through pkcs11-tool.
+p11 "${P[@]}" --keypairgen --key-type EC:edwards25519 --label ed25519 --id 07 >/dev/null
+p11 "${P[@]}" --sign -m EDDSA --id 07 -i msg -o ed.sig >/dev/null
+[ "$(stat -c %s ed.sig)" -eq 64 ] || fail "Ed25519 signature is not 64 bytes"
+expect_rc 0 p11 "${P[@]}" --verify -m EDDSA --id 07 -i msg --signature-file ed.sig
+expect_out "Signature is valid"
+p11 "${P[@]}" --delete-object --type privkey --id 07 >/dev/null
+p11 "${P[@]}" --delete-object --type pubkey --id 07 >/dev/null
+ok "sign/verify ECDSA, RSA PKCS#1, HMAC, EdDSA; openssl verifies; corrupted signatures refused"
 
 IV=00112233445566778899aabbccddeeff
 head -c 1000 /dev/urandom > plain

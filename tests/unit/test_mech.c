@@ -787,6 +787,101 @@ static void test_p521_and_rsa_pss_oaep(void **state)
     tok_attrs_free(&priv);
 }
 
+static void hexbytes(const char *hex, uint8_t *out)
+{
+    for (size_t i = 0; hex[2 * i]; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+}
+
+static void test_eddsa(void **state)
+{
+    (void)state;
+    static const CK_BYTE ed25519_oid[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+    static const CK_BYTE ed448_name[] = {0x13, 0x0a, 'e', 'd', 'w', 'a', 'r', 'd', 's', '4', '4', '8'};
+    CK_MECHANISM eddsa = {CKM_EDDSA, NULL, 0};
+    const uint8_t msg[] = "EdDSA on the token";
+    struct {
+        const CK_BYTE *params;
+        size_t len;
+        size_t siglen;
+    } curves[] = {{ed25519_oid, sizeof(ed25519_oid), 64}, {ed448_name, sizeof(ed448_name), 114}};
+
+    for (size_t i = 0; i < 2; i++) {
+        tok_attrs pub = TOK_ATTRS_INIT, priv = TOK_ATTRS_INIT;
+        tok_key *kpub, *kpriv;
+        tok_op *op;
+        CK_BYTE sig[128];
+        CK_ULONG len = 0;
+        CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)curves[i].params, curves[i].len}};
+        keypair(CKM_EC_EDWARDS_KEY_PAIR_GEN, pt, 1, &pub, &priv, &kpub, &kpriv);
+        usage_all(&pub);
+        usage_all(&priv);
+        RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &eddsa, kpriv, &priv, &op));
+        RV(CKR_OK, tok_op_oneshot(op, msg, sizeof(msg), NULL, &len));
+        assert_int_equal(len, curves[i].siglen);
+        RV(CKR_OK, tok_op_oneshot(op, msg, sizeof(msg), sig, &len));
+        tok_op_free(op);
+        RV(CKR_OK, tok_op_init(TOK_OP_VERIFY, &eddsa, kpub, &pub, &op));
+        RV(CKR_OK, tok_op_verify(op, msg, sizeof(msg), sig, len));
+        tok_op_free(op);
+        openssl_verify(&pub, NULL, msg, sizeof(msg), sig, len);
+        sig[3] ^= 1;
+        RV(CKR_OK, tok_op_init(TOK_OP_VERIFY, &eddsa, kpub, &pub, &op));
+        RV(CKR_SIGNATURE_INVALID, tok_op_verify(op, msg, sizeof(msg), sig, len));
+        tok_op_free(op);
+        RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &eddsa, kpriv, &priv, &op));
+        RV(CKR_FUNCTION_NOT_SUPPORTED, tok_op_update(op, msg, 3, NULL, NULL));
+        tok_op_free(op);
+        CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
+        RV(CKR_KEY_TYPE_INCONSISTENT, tok_op_init(TOK_OP_SIGN, &ecdsa, kpriv, &priv, &op));
+        tok_key_unref(kpub);
+        tok_key_unref(kpriv);
+        tok_attrs_free(&pub);
+        tok_attrs_free(&priv);
+    }
+
+    /* RFC 8032, 7.1, TEST 1: an imported Ed25519 key signs the empty message as specified. */
+    uint8_t sk[32], pk[32], want[64];
+    hexbytes("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60", sk);
+    hexbytes("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", pk);
+    hexbytes("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b4"
+             "6bd25bf5f0595bbe24655141438e7a100b", want);
+    tok_attrs imp = TOK_ATTRS_INIT;
+    tok_attrs_set_ulong(&imp, CKA_CLASS, CKO_PRIVATE_KEY);
+    tok_attrs_set_ulong(&imp, CKA_KEY_TYPE, CKK_EC_EDWARDS);
+    tok_attrs_set(&imp, CKA_EC_PARAMS, ed25519_oid, sizeof(ed25519_oid));
+    tok_attrs_set(&imp, CKA_VALUE, sk, 32);
+    RV(CKR_OK, tok_mech_complete_import(&imp));
+    const tok_attr *pt = tok_attrs_find(&imp, CKA_EC_POINT);
+    assert_non_null(pt);
+    assert_int_equal(pt->len, 34);
+    assert_memory_equal(pt->val + 2, pk, 32);
+    usage_all(&imp);
+    tok_key *k;
+    tok_op *op;
+    RV(CKR_OK, tok_key_from_attrs(&imp, &k));
+    RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &eddsa, k, &imp, &op));
+    CK_BYTE sig[64];
+    CK_ULONG len = sizeof(sig);
+    RV(CKR_OK, tok_op_oneshot(op, NULL, 0, sig, &len));
+    assert_int_equal(len, 64);
+    assert_memory_equal(sig, want, 64);
+    tok_op_free(op);
+    tok_key_unref(k);
+    tok_attrs_free(&imp);
+
+    /* Edwards curves only with the Edwards mechanism, and back. */
+    CK_MECHANISM g = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    tok_attrs x = TOK_ATTRS_INIT, y = TOK_ATTRS_INIT;
+    tok_attrs_set(&x, CKA_EC_PARAMS, ed25519_oid, sizeof(ed25519_oid));
+    RV(CKR_CURVE_NOT_SUPPORTED, tok_mech_generate_keypair(&g, &x, &y));
+    tok_attrs_free(&x);
+    tok_attrs_free(&y);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -794,6 +889,7 @@ int main(void)
         cmocka_unit_test(test_keygen_secret), cmocka_unit_test(test_ec),
         cmocka_unit_test(test_rsa), cmocka_unit_test(test_aes),
         cmocka_unit_test(test_digests_hmac_cmac), cmocka_unit_test(test_p521_and_rsa_pss_oaep),
+        cmocka_unit_test(test_eddsa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
