@@ -128,9 +128,9 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSee
     rv = p11_session_get(hSession, &s);
     if (rv != CKR_OK)
         return rv;
-    /* OpenSSL's DRBG seeds itself from the OS; mixing in caller data is not
-     * offered (as SoftHSMv2 accepts and ignores it, we say so instead). */
-    rv = (!pSeed && ulSeedLen) ? CKR_ARGUMENTS_BAD : CKR_RANDOM_SEED_NOT_SUPPORTED;
+    /* The caller's bytes are mixed in as additional input; the DRBG keeps its
+     * own entropy from the operating system. */
+    rv = (!pSeed && ulSeedLen) ? CKR_ARGUMENTS_BAD : tok_seed(pSeed, ulSeedLen);
     p11_session_put(s);
     return rv;
 }

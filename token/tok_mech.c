@@ -40,7 +40,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
     {CKM_EDDSA, 255, 448, SIGN, M_EDDSA, NULL, 0},
     /* RSA: key sizes in bits (generation 2048-4096; use 1024-8192) */
-    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
     {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0},
     {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN, M_RSA_X509, NULL, 0},
     {CKM_SHA1_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA1", 0},
@@ -156,6 +156,17 @@ CK_RV tok_random(uint8_t *out, CK_ULONG len)
     return CKR_OK;
 }
 
+CK_RV tok_seed(const uint8_t *seed, CK_ULONG len)
+{
+    EVP_RAND_CTX *drbg = RAND_get0_primary(ks_libctx());
+    if (!seed && len)
+        return CKR_ARGUMENTS_BAD;
+    if (!drbg)
+        return CKR_FUNCTION_FAILED;
+    /* Additional input on top of the OS entropy: it can only add, never replace. */
+    return EVP_RAND_reseed(drbg, 0, NULL, 0, seed, len) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+}
+
 /* ---- secret keys --------------------------------------------------------- */
 
 CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
@@ -200,7 +211,7 @@ static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
 
     if (!tok_attrs_get_ulong(pub, CKA_MODULUS_BITS, &bits))
         return CKR_TEMPLATE_INCOMPLETE;
-    if (bits < 2048 || bits > 4096)
+    if (bits < 2048 || bits > 8192)
         return CKR_KEY_SIZE_RANGE;
     if (e && e->len) {
         bn = BN_bin2bn(e->val, (int)e->len, NULL);

@@ -110,6 +110,8 @@ TOK_API CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uin
 TOK_API CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj);
 
 /* Random */
+/* C_SeedRandom: mix caller data into the DRBG as additional input. */
+TOK_API CK_RV tok_seed(const uint8_t *seed, CK_ULONG len);
 TOK_API CK_RV tok_random(uint8_t *out, CK_ULONG len);
 
 #endif

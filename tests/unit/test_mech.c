@@ -17,6 +17,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include "token/tok_crypto.h"
 #include "token/tok_mech.h"
 #include "token/tok_policy.h"
 
@@ -882,6 +883,47 @@ static void test_eddsa(void **state)
     tok_attrs_free(&y);
 }
 
+/* RSA-1024: old signatures still verify; nothing new is made with it. */
+static void test_rsa1024_verify_only(void **state)
+{
+    (void)state;
+    EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
+    tok_attrs pub = TOK_ATTRS_INIT, priv = TOK_ATTRS_INIT;
+    tok_key *kpub, *kpriv;
+    tok_op *op;
+    const uint8_t msg[] = "signed long ago";
+    uint8_t sig[128];
+    size_t sl = sizeof(sig);
+    CK_ULONG l = sizeof(sig);
+    assert_non_null(pk);
+    tok_attrs_set_ulong(&pub, CKA_CLASS, CKO_PUBLIC_KEY);
+    tok_attrs_set_ulong(&pub, CKA_KEY_TYPE, CKK_RSA);
+    tok_attrs_set_ulong(&priv, CKA_CLASS, CKO_PRIVATE_KEY);
+    tok_attrs_set_ulong(&priv, CKA_KEY_TYPE, CKK_RSA);
+    RV(CKR_OK, tok_pkey_export(pk, NULL, &pub, &priv));
+    usage_all(&pub);
+    usage_all(&priv);
+    RV(CKR_OK, tok_key_from_attrs(&pub, &kpub));
+    RV(CKR_OK, tok_key_from_attrs(&priv, &kpriv));
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestSignInit_ex(c, NULL, "SHA256", NULL, NULL, pk, NULL), 1);
+    assert_int_equal(EVP_DigestSign(c, sig, &sl, msg, sizeof(msg)), 1);
+    EVP_MD_CTX_free(c);
+    CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
+    RV(CKR_OK, tok_op_init(TOK_OP_VERIFY, &m, kpub, &pub, &op));
+    RV(CKR_OK, tok_op_verify(op, msg, sizeof(msg), sig, sl));
+    tok_op_free(op);
+    RV(CKR_KEY_SIZE_RANGE, tok_op_init(TOK_OP_SIGN, &m, kpriv, &priv, &op));
+    CK_MECHANISM r = {CKM_RSA_PKCS, NULL, 0};
+    RV(CKR_KEY_SIZE_RANGE, tok_op_init(TOK_OP_ENCRYPT, &r, kpub, &pub, &op));
+    (void)l;
+    tok_key_unref(kpub);
+    tok_key_unref(kpriv);
+    tok_attrs_free(&pub);
+    tok_attrs_free(&priv);
+    EVP_PKEY_free(pk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -889,7 +931,7 @@ int main(void)
         cmocka_unit_test(test_keygen_secret), cmocka_unit_test(test_ec),
         cmocka_unit_test(test_rsa), cmocka_unit_test(test_aes),
         cmocka_unit_test(test_digests_hmac_cmac), cmocka_unit_test(test_p521_and_rsa_pss_oaep),
-        cmocka_unit_test(test_eddsa),
+        cmocka_unit_test(test_eddsa), cmocka_unit_test(test_rsa1024_verify_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
