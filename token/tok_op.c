@@ -222,7 +222,7 @@ static CK_RV init_rsa_params(tok_op *op, const CK_MECHANISM *m)
         op->pss_md = tok_md_of_mech(p->hashAlg);
         op->mgf_md = tok_md_of_mgf(p->mgf);
         if (!op->pss_md || !op->mgf_md || (mc == M_RSA_PSS_HASH && strcmp(op->pss_md, op->d->md) != 0) ||
-            strncmp(op->pss_md, "SHA3", 4) == 0)
+            strncmp(op->pss_md, "SHA3-", 5) == 0)
             return CKR_MECHANISM_PARAM_INVALID;
         EVP_MD *md = EVP_MD_fetch(ks_libctx(), op->pss_md, NULL);
         int hlen = md ? EVP_MD_get_size(md) : 0;
@@ -240,7 +240,7 @@ static CK_RV init_rsa_params(tok_op *op, const CK_MECHANISM *m)
             return CKR_MECHANISM_PARAM_INVALID;
         op->pss_md = tok_md_of_mech(p->hashAlg);
         op->mgf_md = tok_md_of_mgf(p->mgf);
-        if (!op->pss_md || !op->mgf_md || strncmp(op->pss_md, "SHA3", 4) == 0 ||
+        if (!op->pss_md || !op->mgf_md || strncmp(op->pss_md, "SHA3-", 5) == 0 ||
             (p->source && p->source != CKZ_DATA_SPECIFIED) || (!p->pSourceData && p->ulSourceDataLen) ||
             (p->ulSourceDataLen && p->source != CKZ_DATA_SPECIFIED))
             return CKR_MECHANISM_PARAM_INVALID;

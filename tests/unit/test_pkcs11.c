@@ -1477,6 +1477,191 @@ static void test_wrap_unwrap_derive(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* Every mechanism the token lists, driven through the module the same way:
+ * size query, short buffer (the operation stays), the real call, the
+ * inverse operation, a corrupted signature or ciphertext, a wrong key type. */
+typedef struct {
+    CK_OBJECT_HANDLE aes, hmac, rsa_pub, rsa_priv, ec_pub, ec_priv, ed_pub, ed_priv;
+} key_set;
+
+static CK_MECHANISM_TYPE pss_hash(CK_MECHANISM_TYPE m)
+{
+    switch (m) {
+    case CKM_SHA1_RSA_PKCS_PSS: return CKM_SHA_1;
+    case CKM_SHA224_RSA_PKCS_PSS: return CKM_SHA224;
+    case CKM_SHA384_RSA_PKCS_PSS: return CKM_SHA384;
+    case CKM_SHA512_RSA_PKCS_PSS: return CKM_SHA512;
+    default: return CKM_SHA256;
+    }
+}
+
+static void sign_keys(const key_set *k, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE *sk, CK_OBJECT_HANDLE *vk,
+                      CK_OBJECT_HANDLE *wrong)
+{
+    if (m == CKM_AES_CMAC) {
+        *sk = *vk = k->aes;
+        *wrong = k->ec_priv;
+    } else if (m == CKM_EDDSA) {
+        *sk = k->ed_priv, *vk = k->ed_pub, *wrong = k->ec_priv;
+    } else if (m >= CKM_ECDSA && m <= CKM_ECDSA_SHA512) {
+        *sk = k->ec_priv, *vk = k->ec_pub, *wrong = k->rsa_priv;
+    } else if (m == CKM_SHA_1_HMAC || m == CKM_SHA224_HMAC || m == CKM_SHA256_HMAC || m == CKM_SHA384_HMAC ||
+               m == CKM_SHA512_HMAC || (m >= 0x2B1 && m <= 0x2D1)) {
+        *sk = *vk = k->hmac;
+        *wrong = k->aes;
+    } else {
+        *sk = k->rsa_priv, *vk = k->rsa_pub, *wrong = k->ec_priv;
+    }
+}
+
+static void test_mechanism_matrix(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("matrix");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    key_set k;
+    CK_MECHANISM_TYPE mechs[128];
+    CK_ULONG nm = 128;
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const CK_BYTE ed[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+    CK_ULONG bits = 2048, len32 = 32;
+    CK_MECHANISM g;
+
+    k.aes = make_aes(h, "m-aes", false);
+    CK_ATTRIBUTE su[] = {{CKA_SIGN, &yes, 1}, {CKA_VERIFY, &yes, 1}};
+    CK_ATTRIBUTE sa[] = {{CKA_SIGN, &yes, 1}, {CKA_VERIFY, &yes, 1}, {CKA_VALUE_LEN, &len32, sizeof(len32)}};
+    CK_ATTRIBUTE_PTR aset = su;
+    (void)aset;
+    CK(f->C_SetAttributeValue(h, k.aes, su, 2));
+    g = (CK_MECHANISM){CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK(f->C_GenerateKey(h, &g, sa, 3, &k.hmac));
+    CK_ATTRIBUTE rp[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_VERIFY, &yes, 1}, {CKA_ENCRYPT, &yes, 1}};
+    CK_ATTRIBUTE rk[] = {{CKA_SIGN, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    g = (CK_MECHANISM){CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK(f->C_GenerateKeyPair(h, &g, rp, 3, rk, 2, &k.rsa_pub, &k.rsa_priv));
+    CK_ATTRIBUTE ep[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_VERIFY, &yes, 1}};
+    CK_ATTRIBUTE ek[] = {{CKA_SIGN, &yes, 1}};
+    g = (CK_MECHANISM){CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK(f->C_GenerateKeyPair(h, &g, ep, 2, ek, 1, &k.ec_pub, &k.ec_priv));
+    CK_ATTRIBUTE dp[] = {{CKA_EC_PARAMS, (void *)ed, sizeof(ed)}, {CKA_VERIFY, &yes, 1}};
+    g = (CK_MECHANISM){CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0};
+    CK(f->C_GenerateKeyPair(h, &g, dp, 2, ek, 1, &k.ed_pub, &k.ed_priv));
+
+    CK(f->C_GetMechanismList(s, mechs, &nm));
+    int signed_n = 0, crypted_n = 0, digested_n = 0;
+    for (CK_ULONG i = 0; i < nm; i++) {
+        CK_MECHANISM_INFO mi;
+        CK_MECHANISM_TYPE mt = mechs[i];
+        CK(f->C_GetMechanismInfo(s, mt, &mi));
+        CK_BYTE data[256], out[1024], back[1024];
+        CK_ULONG dlen = 32, olen, blen;
+        memset(data, 0x5a, sizeof(data));
+        CK_RSA_PKCS_PSS_PARAMS pss = {pss_hash(mt), CKG_MGF1_SHA256, 20};
+        CK_MECHANISM m = {mt, NULL, 0};
+        if (mt == CKM_RSA_PKCS_PSS || (mt >= CKM_SHA256_RSA_PKCS_PSS && mt <= CKM_SHA512_RSA_PKCS_PSS) ||
+            mt == CKM_SHA1_RSA_PKCS_PSS || mt == CKM_SHA224_RSA_PKCS_PSS) {
+            m.pParameter = &pss;
+            m.ulParameterLen = sizeof(pss);
+        }
+
+        if (mi.flags & CKF_SIGN) {
+            CK_OBJECT_HANDLE sk, vk, wrong;
+            sign_keys(&k, mt, &sk, &vk, &wrong);
+            if (mt == CKM_RSA_X_509)
+                data[0] = 0; /* below the modulus */
+            CK_RV irv = f->C_SignInit(h, &m, sk);
+            if (irv != CKR_OK)
+                fail_msg("C_SignInit with mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)irv);
+            olen = 0;
+            CK(f->C_Sign(h, data, dlen, NULL, &olen));
+            CK_ULONG need = olen;
+            olen = need - 1;
+            RV(CKR_BUFFER_TOO_SMALL, f->C_Sign(h, data, dlen, out, &olen));
+            olen = sizeof(out);
+            CK_RV rv = f->C_Sign(h, data, dlen, out, &olen);
+            if (rv != CKR_OK)
+                fail_msg("C_Sign with mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            CK(f->C_VerifyInit(h, &m, vk));
+            rv = f->C_Verify(h, data, dlen, out, olen);
+            if (rv != CKR_OK)
+                fail_msg("C_Verify with mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            out[olen / 2] ^= 0x40;
+            CK(f->C_VerifyInit(h, &m, vk));
+            rv = f->C_Verify(h, data, dlen, out, olen);
+            if (rv != CKR_SIGNATURE_INVALID)
+                fail_msg("corrupted signature, mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            rv = f->C_SignInit(h, &m, wrong);
+            if (rv != CKR_KEY_TYPE_INCONSISTENT)
+                fail_msg("wrong key type, mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            signed_n++;
+        }
+        if (mi.flags & CKF_ENCRYPT) {
+            CK_BYTE iv[16] = {3};
+            CK_AES_CTR_PARAMS ctr = {128, {9}};
+            CK_GCM_PARAMS gcm = {iv, 12, 96, NULL, 0, 128};
+            CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+            CK_OBJECT_HANDLE ek2 = k.aes, dk = k.aes, wrong = k.rsa_pub;
+            if (mt == CKM_AES_CBC || mt == CKM_AES_CBC_PAD)
+                m.pParameter = iv, m.ulParameterLen = 16;
+            else if (mt == CKM_AES_CTR)
+                m.pParameter = &ctr, m.ulParameterLen = sizeof(ctr);
+            else if (mt == CKM_AES_GCM)
+                m.pParameter = &gcm, m.ulParameterLen = sizeof(gcm);
+            else if (mt == CKM_RSA_PKCS_OAEP)
+                m.pParameter = &oaep, m.ulParameterLen = sizeof(oaep);
+            if (mt == CKM_RSA_PKCS || mt == CKM_RSA_X_509 || mt == CKM_RSA_PKCS_OAEP) {
+                ek2 = k.rsa_pub, dk = k.rsa_priv, wrong = k.aes;
+                if (mt == CKM_RSA_X_509) {
+                    dlen = 256;
+                    data[0] = 0;
+                }
+            }
+            CK(f->C_EncryptInit(h, &m, ek2));
+            olen = 0;
+            CK(f->C_Encrypt(h, data, dlen, NULL, &olen));
+            CK_ULONG need = olen;
+            olen = need - 1;
+            RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, data, dlen, out, &olen));
+            olen = sizeof(out);
+            CK(f->C_Encrypt(h, data, dlen, out, &olen));
+            CK(f->C_DecryptInit(h, &m, dk));
+            blen = sizeof(back);
+            CK_RV rv = f->C_Decrypt(h, out, olen, back, &blen);
+            if (rv != CKR_OK || blen != dlen || memcmp(back, data, dlen) != 0)
+                fail_msg("round trip with mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            if (mt == CKM_AES_GCM || mt == CKM_RSA_PKCS_OAEP || mt == CKM_RSA_PKCS) {
+                out[olen - 1] ^= 1;
+                CK(f->C_DecryptInit(h, &m, dk));
+                blen = sizeof(back);
+                rv = f->C_Decrypt(h, out, olen, back, &blen);
+                if (rv != CKR_ENCRYPTED_DATA_INVALID)
+                    fail_msg("tampered ciphertext, mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            }
+            rv = f->C_EncryptInit(h, &m, wrong);
+            if (rv != CKR_KEY_TYPE_INCONSISTENT)
+                fail_msg("wrong key type for encryption, mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
+            crypted_n++;
+        }
+        if (mi.flags & CKF_DIGEST) {
+            CK_BYTE d1[64], d2[64];
+            CK_ULONG l1 = sizeof(d1), l2 = sizeof(d2);
+            CK(f->C_DigestInit(h, &m));
+            CK(f->C_Digest(h, data, 100, d1, &l1));
+            CK(f->C_DigestInit(h, &m));
+            CK(f->C_DigestUpdate(h, data, 37));
+            CK(f->C_DigestUpdate(h, data + 37, 63));
+            CK(f->C_DigestFinal(h, d2, &l2));
+            assert_int_equal(l1, l2);
+            assert_memory_equal(d1, d2, l1);
+            digested_n++;
+        }
+    }
+    assert_true(signed_n >= 25);
+    assert_true(crypted_n >= 8);
+    assert_true(digested_n >= 8);
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1498,6 +1683,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_every_entry_point, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct_and_p11kit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrap_unwrap_derive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mechanism_matrix, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
