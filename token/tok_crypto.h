@@ -10,7 +10,15 @@
 #include "keystore/ks.h"
 #include "token/tok_mech.h"
 
-enum { TOK_CURVE_WEIERSTRASS = 0, TOK_CURVE_EDWARDS = 1 };
+enum { TOK_CURVE_WEIERSTRASS = 0, TOK_CURVE_EDWARDS = 1, TOK_CURVE_MONTGOMERY = 2 };
+
+/* PKCS#11 3.0 Montgomery keys (not in p11-kit 0.24's header). */
+#ifndef CKK_EC_MONTGOMERY
+#define CKK_EC_MONTGOMERY 0x41UL
+#endif
+#ifndef CKM_EC_MONTGOMERY_KEY_PAIR_GEN
+#define CKM_EC_MONTGOMERY_KEY_PAIR_GEN 0x1056UL
+#endif
 
 /* EdDSA parameters (PKCS#11 3.0; p11-kit 0.24's header lacks them). */
 typedef struct {

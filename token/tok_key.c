@@ -20,6 +20,8 @@ static const uint8_t oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
 static const uint8_t oid_k256[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a};
 static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
 static const uint8_t oid_ed448[] = {0x06, 0x03, 0x2b, 0x65, 0x71};
+static const uint8_t oid_x25519[] = {0x06, 0x03, 0x2b, 0x65, 0x6e};
+static const uint8_t oid_x448[] = {0x06, 0x03, 0x2b, 0x65, 0x6f};
 
 static const tok_curve curves[] = {
     {"prime256v1", oid_p256, sizeof(oid_p256), "prime256v1", 32, TOK_CURVE_WEIERSTRASS, NULL},
@@ -28,6 +30,8 @@ static const tok_curve curves[] = {
     {"secp256k1", oid_k256, sizeof(oid_k256), "secp256k1", 32, TOK_CURVE_WEIERSTRASS, NULL},
     {"ED25519", oid_ed25519, sizeof(oid_ed25519), "edwards25519", 32, TOK_CURVE_EDWARDS, "1.3.101.112"},
     {"ED448", oid_ed448, sizeof(oid_ed448), "edwards448", 57, TOK_CURVE_EDWARDS, "1.3.101.113"},
+    {"X25519", oid_x25519, sizeof(oid_x25519), "curve25519", 32, TOK_CURVE_MONTGOMERY, "1.3.101.110"},
+    {"X448", oid_x448, sizeof(oid_x448), "curve448", 56, TOK_CURVE_MONTGOMERY, "1.3.101.111"},
 };
 
 const tok_curve *tok_curve_from_params(const uint8_t *p, size_t len)
@@ -56,7 +60,7 @@ const tok_curve *tok_curve_from_name(const char *name)
 
 const uint8_t *tok_ec_point_raw(const uint8_t *p, size_t len, const tok_curve *c, size_t *rawlen)
 {
-    bool ed = c->kind == TOK_CURVE_EDWARDS;
+    bool ed = c->kind != TOK_CURVE_WEIERSTRASS; /* Edwards and Montgomery: raw public keys */
     size_t want = ed ? c->field_bytes : 2 * c->field_bytes + 1;
     if (!p)
         return NULL;
@@ -163,7 +167,7 @@ CK_RV tok_pkey_export(EVP_PKEY *pkey, const tok_curve *curve, tok_attrs *pub, to
             rc |= tok_pkey_bn_attr(pkey, OSSL_PKEY_PARAM_RSA_EXPONENT2, priv, CKA_EXPONENT_2, 0);
             rc |= tok_pkey_bn_attr(pkey, OSSL_PKEY_PARAM_RSA_COEFFICIENT1, priv, CKA_COEFFICIENT, 0);
         }
-    } else if (curve && curve->kind == TOK_CURVE_EDWARDS) {
+    } else if (curve && curve->kind != TOK_CURVE_WEIERSTRASS) {
         uint8_t raw[64], der[80];
         size_t rl = 0, dlen = 0;
         if (!EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, raw, sizeof(raw), &rl) ||
@@ -367,12 +371,13 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
         if (!k->pkey)
             goto bad;
         k->size_bytes = (size_t)EVP_PKEY_get_size(k->pkey);
-    } else if (kt == CKK_EC || kt == CKK_EC_EDWARDS) {
+    } else if (kt == CKK_EC || kt == CKK_EC_EDWARDS || kt == CKK_EC_MONTGOMERY) {
         const tok_attr *p = tok_attrs_find(obj, CKA_EC_PARAMS);
         k->curve = p ? tok_curve_from_params(p->val, p->len) : NULL;
-        if (!k->curve || (k->curve->kind == TOK_CURVE_EDWARDS) != (kt == CKK_EC_EDWARDS))
+        int want = kt == CKK_EC ? TOK_CURVE_WEIERSTRASS : kt == CKK_EC_EDWARDS ? TOK_CURVE_EDWARDS : TOK_CURVE_MONTGOMERY;
+        if (!k->curve || k->curve->kind != want)
             goto bad;
-        if (kt == CKK_EC_EDWARDS)
+        if (kt != CKK_EC)
             k->pkey = ed_from_attrs(obj, k->curve, cls == CKO_PRIVATE_KEY);
         else
             k->pkey = ec_from_attrs(obj, k->curve, cls == CKO_PRIVATE_KEY);

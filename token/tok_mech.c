@@ -35,10 +35,11 @@ static const tok_mech_desc mechs[] = {
     {CKM_ECDSA_SHA256, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA256", 0},
     {CKM_ECDSA_SHA384, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA384", 0},
     {CKM_ECDSA_SHA512, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA512", 0},
-    {CKM_ECDH1_DERIVE, 256, 521, CKF_DERIVE | EC_FLAGS, M_ECDH, NULL, 0},
+    {CKM_ECDH1_DERIVE, 255, 521, CKF_DERIVE | EC_FLAGS, M_ECDH, NULL, 0},
     /* EdDSA: key sizes in bits */
     {CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
     {CKM_EDDSA, 255, 448, SIGN, M_EDDSA, NULL, 0},
+    {CKM_EC_MONTGOMERY_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
     /* RSA: key sizes in bits (generation 2048-4096; use 1024-8192) */
     {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0},
     {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0},
@@ -138,6 +139,7 @@ CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
     case CKM_RSA_PKCS_KEY_PAIR_GEN: *ktype = CKK_RSA; return CKR_OK;
     case CKM_EC_KEY_PAIR_GEN: *ktype = CKK_EC; return CKR_OK;
     case CKM_EC_EDWARDS_KEY_PAIR_GEN: *ktype = CKK_EC_EDWARDS; return CKR_OK;
+    case CKM_EC_MONTGOMERY_KEY_PAIR_GEN: *ktype = CKK_EC_MONTGOMERY; return CKR_OK;
     default: return CKR_MECHANISM_INVALID;
     }
 }
@@ -239,7 +241,7 @@ static CK_RV gen_ec(const tok_attrs *pub, const tok_curve **curve, EVP_PKEY **ou
     *curve = tok_curve_from_params(p->val, p->len);
     if (!*curve)
         return CKR_CURVE_NOT_SUPPORTED;
-    if ((*curve)->kind == TOK_CURVE_EDWARDS) {
+    if ((*curve)->kind != TOK_CURVE_WEIERSTRASS) {
         EVP_PKEY_CTX *ec = EVP_PKEY_CTX_new_from_name(ks_libctx(), (*curve)->keytype, NULL);
         CK_RV erv = ec && EVP_PKEY_keygen_init(ec) == 1 && EVP_PKEY_generate(ec, out) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
         EVP_PKEY_CTX_free(ec);
@@ -270,10 +272,15 @@ CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub, tok_at
     case CKM_RSA_PKCS_KEY_PAIR_GEN: rv = gen_rsa(pub, &pkey); break;
     case CKM_EC_KEY_PAIR_GEN:
     case CKM_EC_EDWARDS_KEY_PAIR_GEN:
+    case CKM_EC_MONTGOMERY_KEY_PAIR_GEN: {
+        int want = mech->mechanism == CKM_EC_KEY_PAIR_GEN         ? TOK_CURVE_WEIERSTRASS
+                   : mech->mechanism == CKM_EC_EDWARDS_KEY_PAIR_GEN ? TOK_CURVE_EDWARDS
+                                                                    : TOK_CURVE_MONTGOMERY;
         rv = gen_ec(pub, &curve, &pkey);
-        if (rv == CKR_OK && (curve->kind == TOK_CURVE_EDWARDS) != (mech->mechanism == CKM_EC_EDWARDS_KEY_PAIR_GEN))
-            rv = CKR_CURVE_NOT_SUPPORTED; /* Edwards curves with CKM_EC_EDWARDS_KEY_PAIR_GEN only, and back */
+        if (rv == CKR_OK && curve->kind != want)
+            rv = CKR_CURVE_NOT_SUPPORTED; /* each family of curves with its own mechanism */
         break;
+    }
     default: return CKR_MECHANISM_INVALID;
     }
     if (rv == CKR_OK)
@@ -304,12 +311,12 @@ static CK_RV import_pkey(tok_attrs *obj, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
     CK_RV rv;
     bool priv = cls == CKO_PRIVATE_KEY;
 
-    if (kt == CKK_EC_EDWARDS) {
+    if (kt == CKK_EC_EDWARDS || kt == CKK_EC_MONTGOMERY) {
         const tok_attr *p = tok_attrs_find(obj, CKA_EC_PARAMS);
         const tok_curve *c = p ? tok_curve_from_params(p->val, p->len) : NULL;
         if (!p || (priv ? !tok_attrs_find(obj, CKA_VALUE) : !tok_attrs_find(obj, CKA_EC_POINT)))
             return CKR_TEMPLATE_INCOMPLETE;
-        if (!c || c->kind != TOK_CURVE_EDWARDS)
+        if (!c || c->kind != (kt == CKK_EC_EDWARDS ? TOK_CURVE_EDWARDS : TOK_CURVE_MONTGOMERY))
             return CKR_CURVE_NOT_SUPPORTED;
     } else if (kt == CKK_RSA) {
         if (!tok_attrs_find(obj, CKA_MODULUS) || !tok_attrs_find(obj, CKA_PUBLIC_EXPONENT) ||

@@ -122,7 +122,8 @@ static unsigned ktype_kind(CK_KEY_TYPE kt)
     switch (kt) {
     case CKK_RSA: return K_RSA;
     case CKK_EC:
-    case CKK_EC_EDWARDS: return K_EC;
+    case CKK_EC_EDWARDS:
+    case 0x41UL /* CKK_EC_MONTGOMERY */: return K_EC;
     case CKK_AES:
     case CKK_GENERIC_SECRET:
     case CKK_SHA256_HMAC: return K_SECRET_VAL;
@@ -134,7 +135,7 @@ static bool ktype_supported(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
 {
     if (cls == CKO_SECRET_KEY)
         return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC;
-    return kt == CKK_RSA || kt == CKK_EC || kt == CKK_EC_EDWARDS;
+    return kt == CKK_RSA || kt == CKK_EC || kt == CKK_EC_EDWARDS || kt == 0x41UL /* CKK_EC_MONTGOMERY */;
 }
 
 /* The rule for an attribute on an object of this class and key type, or NULL. */

@@ -259,7 +259,7 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
     d = tok_mech_find(mech->mechanism);
     if (!d || d->mc != M_ECDH)
         return CKR_MECHANISM_INVALID;
-    if (base->cls != CKO_PRIVATE_KEY || base->ktype != CKK_EC)
+    if (base->cls != CKO_PRIVATE_KEY || (base->ktype != CKK_EC && base->ktype != CKK_EC_MONTGOMERY))
         return CKR_KEY_TYPE_INCONSISTENT;
     p = mech->pParameter;
     if (!p || mech->ulParameterLen != sizeof(*p) || !p->pPublicData || !p->ulPublicDataLen ||
@@ -293,10 +293,16 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
                        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)raw, rawlen),
                        OSSL_PARAM_construct_end()};
     EVP_PKEY *peer = NULL;
-    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(ks_libctx(), TOK_KEYTYPE_EC, NULL);
-    if (!pc || EVP_PKEY_fromdata_init(pc) != 1 || EVP_PKEY_fromdata(pc, &peer, EVP_PKEY_PUBLIC_KEY, pp) != 1)
-        rv = CKR_MECHANISM_PARAM_INVALID;
-    EVP_PKEY_CTX_free(pc);
+    if (base->curve->kind == TOK_CURVE_MONTGOMERY) {
+        peer = EVP_PKEY_new_raw_public_key_ex(ks_libctx(), base->curve->name, NULL, raw, rawlen);
+        if (!peer)
+            rv = CKR_MECHANISM_PARAM_INVALID;
+    } else {
+        EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(ks_libctx(), TOK_KEYTYPE_EC, NULL);
+        if (!pc || EVP_PKEY_fromdata_init(pc) != 1 || EVP_PKEY_fromdata(pc, &peer, EVP_PKEY_PUBLIC_KEY, pp) != 1)
+            rv = CKR_MECHANISM_PARAM_INVALID;
+        EVP_PKEY_CTX_free(pc);
+    }
     if (rv != CKR_OK)
         return rv;
 

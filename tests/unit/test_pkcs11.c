@@ -1662,6 +1662,51 @@ static void test_mechanism_matrix(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* X25519 and X448 (Montgomery) key pairs, and ECDH with them. */
+static void test_montgomery_derive(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("x25519");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    static const CK_BYTE x25519[] = {0x06, 0x03, 0x2b, 0x65, 0x6e};
+    static const CK_BYTE x448_name[] = {0x13, 0x08, 'c', 'u', 'r', 'v', 'e', '4', '4', '8'};
+    struct {
+        const CK_BYTE *p;
+        CK_ULONG l;
+        CK_ULONG rawlen;
+    } curves[] = {{x25519, sizeof(x25519), 32}, {x448_name, sizeof(x448_name), 56}};
+    CK_MECHANISM gen = {0x1056 /* CKM_EC_MONTGOMERY_KEY_PAIR_GEN */, NULL, 0};
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ULONG vlen = 32;
+    CK_ATTRIBUTE dt[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
+                         {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    for (int c = 0; c < 2; c++) {
+        CK_OBJECT_HANDLE pa, ka, pb, kb, da, db;
+        CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)curves[c].p, curves[c].l}};
+        CK_ATTRIBUTE kt[] = {{CKA_DERIVE, &yes, 1}};
+        CK(f->C_GenerateKeyPair(h, &gen, pt, 1, kt, 1, &pa, &ka));
+        CK(f->C_GenerateKeyPair(h, &gen, pt, 1, kt, 1, &pb, &kb));
+        CK_BYTE qa[80], qb[80];
+        CK_ATTRIBUTE ga[] = {{CKA_EC_POINT, qa, sizeof(qa)}}, gb[] = {{CKA_EC_POINT, qb, sizeof(qb)}};
+        CK(f->C_GetAttributeValue(h, pa, ga, 1));
+        CK(f->C_GetAttributeValue(h, pb, gb, 1));
+        assert_int_equal(ga[0].ulValueLen, curves[c].rawlen + 2); /* DER OCTET STRING */
+        /* One side gives the DER point, the other the raw one: both are accepted. */
+        CK_ECDH1_DERIVE_PARAMS pa_ = {CKD_SHA256_KDF, 0, NULL, gb[0].ulValueLen, qb};
+        CK_ECDH1_DERIVE_PARAMS pb_ = {CKD_SHA256_KDF, 0, NULL, curves[c].rawlen, qa + 2};
+        CK_MECHANISM ma = {CKM_ECDH1_DERIVE, &pa_, sizeof(pa_)}, mb = {CKM_ECDH1_DERIVE, &pb_, sizeof(pb_)};
+        CK(f->C_DeriveKey(h, &ma, ka, dt, 4, &da));
+        CK(f->C_DeriveKey(h, &mb, kb, dt, 4, &db));
+        same_aes(h, da, db);
+        /* The Montgomery mechanism makes no Weierstrass or Edwards keys. */
+        static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+        CK_ATTRIBUTE bad[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}};
+        CK_OBJECT_HANDLE x1, x2;
+        RV(CKR_CURVE_NOT_SUPPORTED, f->C_GenerateKeyPair(h, &gen, bad, 1, kt, 1, &x1, &x2));
+    }
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1684,6 +1729,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_direct_and_p11kit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrap_unwrap_derive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_matrix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_montgomery_derive, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
