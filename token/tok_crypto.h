@@ -65,6 +65,7 @@ typedef struct {
     tok_mclass mc;
     const char *md;         /* digest of hash-based mechanisms (OpenSSL name) */
     CK_KEY_TYPE hmac_key;   /* HMAC: the specific key type also accepted (besides generic secret) */
+    bool general;           /* _GENERAL variant: CK_MAC_GENERAL_PARAMS gives the output length */
 } tok_mech_desc;
 
 TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);

@@ -34,6 +34,7 @@ struct tok_op {
     const char *pss_md, *mgf_md;
     EVP_MD *pss_mdobj; /* raw PSS: the digest the input was made with */
     int saltlen;
+    size_t maclen; /* _GENERAL MACs: the requested length */
     uint8_t *label;
     size_t labellen;
     uint8_t *pend; /* output computed but not yet handed out */
@@ -359,7 +360,18 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
         rv = init_cipher(op, mech);
     else if (is_rsa(d->mc))
         rv = init_rsa_params(op, mech);
-    else if (d->mc == M_EDDSA) {
+    else if (d->general) {
+        const CK_ULONG *l = mech->pParameter;
+        size_t full = d->mc == M_AES_CMAC ? 16 : 0;
+        if (!full) {
+            EVP_MD *md = EVP_MD_fetch(ks_libctx(), d->md, NULL);
+            full = md ? (size_t)EVP_MD_get_size(md) : 0;
+            EVP_MD_free(md);
+        }
+        rv = l && mech->ulParameterLen == sizeof(*l) && *l >= 1 && *l <= full ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
+        if (rv == CKR_OK)
+            op->maclen = *l;
+    } else if (d->mc == M_EDDSA) {
         /* Pure EdDSA only: no parameters, or ones that ask for nothing else. */
         const tok_eddsa_params *ep = mech->pParameter;
         rv = !mech->pParameter && !mech->ulParameterLen ? CKR_OK
@@ -399,6 +411,8 @@ static size_t md_size(const char *name)
 
 static size_t sig_len(const tok_op *op)
 {
+    if (op->maclen)
+        return op->maclen;
     switch (op->d->mc) {
     case M_HMAC:
     case M_DIGEST: return md_size(op->d->md);
@@ -568,11 +582,18 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
 
     switch (op->d->mc) {
     case M_HMAC:
-    case M_AES_CMAC:
+    case M_AES_CMAC: {
+        uint8_t full[64];
         ok = (!oneshot || !op->inlen || EVP_MAC_update(op->mac, op->in, op->inlen)) &&
-             EVP_MAC_final(op->mac, out, &n, sig_len(op));
+             EVP_MAC_final(op->mac, full, &n, sizeof(full)) && n >= sig_len(op);
+        if (ok) {
+            n = sig_len(op); /* _GENERAL: the leading bytes */
+            memcpy(out, full, n);
+        }
+        OPENSSL_cleanse(full, sizeof(full));
         *outlen = n;
         return ok ? CKR_OK : CKR_FUNCTION_FAILED;
+    }
     case M_DIGEST: {
         unsigned int dl = 0;
         ok = (!oneshot || !op->inlen || EVP_DigestUpdate(op->mdctx, op->in, op->inlen)) &&
@@ -899,7 +920,7 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
         uint8_t mac[64];
         size_t n = 0;
         ok = (!oneshot || !inlen || EVP_MAC_update(op->mac, in, inlen)) &&
-             EVP_MAC_final(op->mac, mac, &n, sizeof(mac)) && n == siglen;
+             EVP_MAC_final(op->mac, mac, &n, sizeof(mac)) && n >= siglen;
         if (!ok)
             return CKR_FUNCTION_FAILED;
         ok = CRYPTO_memcmp(mac, sig, siglen) == 0;

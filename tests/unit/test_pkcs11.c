@@ -1498,7 +1498,7 @@ static CK_MECHANISM_TYPE pss_hash(CK_MECHANISM_TYPE m)
 static void sign_keys(const key_set *k, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE *sk, CK_OBJECT_HANDLE *vk,
                       CK_OBJECT_HANDLE *wrong)
 {
-    if (m == CKM_AES_CMAC) {
+    if (m == CKM_AES_CMAC || m == CKM_AES_CMAC_GENERAL) {
         *sk = *vk = k->aes;
         *wrong = k->ec_priv;
     } else if (m == CKM_EDDSA) {
@@ -1506,7 +1506,9 @@ static void sign_keys(const key_set *k, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE *s
     } else if (m >= CKM_ECDSA && m <= CKM_ECDSA_SHA512) {
         *sk = k->ec_priv, *vk = k->ec_pub, *wrong = k->rsa_priv;
     } else if (m == CKM_SHA_1_HMAC || m == CKM_SHA224_HMAC || m == CKM_SHA256_HMAC || m == CKM_SHA384_HMAC ||
-               m == CKM_SHA512_HMAC || (m >= 0x2B1 && m <= 0x2D1)) {
+               m == CKM_SHA512_HMAC || (m >= 0x2B1 && m <= 0x2D1) || m == CKM_SHA_1_HMAC_GENERAL ||
+               m == CKM_SHA224_HMAC_GENERAL || m == CKM_SHA256_HMAC_GENERAL || m == CKM_SHA384_HMAC_GENERAL ||
+               m == CKM_SHA512_HMAC_GENERAL) {
         *sk = *vk = k->hmac;
         *wrong = k->aes;
     } else {
@@ -1558,6 +1560,12 @@ static void test_mechanism_matrix(void **state)
         memset(data, 0x5a, sizeof(data));
         CK_RSA_PKCS_PSS_PARAMS pss = {pss_hash(mt), CKG_MGF1_SHA256, 20};
         CK_MECHANISM m = {mt, NULL, 0};
+        CK_ULONG mac_len = 10;
+        if (mt == CKM_AES_CMAC_GENERAL || mt == CKM_SHA_1_HMAC_GENERAL || mt == CKM_SHA224_HMAC_GENERAL ||
+            mt == CKM_SHA256_HMAC_GENERAL || mt == CKM_SHA384_HMAC_GENERAL || mt == CKM_SHA512_HMAC_GENERAL) {
+            m.pParameter = &mac_len; /* CK_MAC_GENERAL_PARAMS: the MAC's length */
+            m.ulParameterLen = sizeof(mac_len);
+        }
         if (mt == CKM_RSA_PKCS_PSS || (mt >= CKM_SHA256_RSA_PKCS_PSS && mt <= CKM_SHA512_RSA_PKCS_PSS) ||
             mt == CKM_SHA1_RSA_PKCS_PSS || mt == CKM_SHA224_RSA_PKCS_PSS) {
             m.pParameter = &pss;
@@ -1574,6 +1582,8 @@ static void test_mechanism_matrix(void **state)
                 fail_msg("C_SignInit with mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)irv);
             olen = 0;
             CK(f->C_Sign(h, data, dlen, NULL, &olen));
+            if (m.pParameter == &mac_len)
+                assert_int_equal(olen, mac_len);
             CK_ULONG need = olen;
             olen = need - 1;
             RV(CKR_BUFFER_TOO_SMALL, f->C_Sign(h, data, dlen, out, &olen));
