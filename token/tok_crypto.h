@@ -55,8 +55,25 @@ typedef enum {
     M_RSA_PKCS, M_RSA_X509, M_RSA_PKCS_HASH, M_RSA_PSS, M_RSA_PSS_HASH, M_RSA_OAEP,
     M_ECDSA, M_ECDSA_HASH, M_HMAC, M_DIGEST,
     M_AES_WRAP, M_AES_WRAP_PAD, M_ECDH, /* wrap/unwrap and derive only */
-    M_EDDSA,
+    M_EDDSA, M_HKDF,
 } tok_mclass;
+
+/* HKDF (PKCS#11 3.0; not in p11-kit 0.24's header). */
+#define TOK_CKM_HKDF_DERIVE 0x402AUL
+#define TOK_CKF_HKDF_SALT_NULL 0x1UL
+#define TOK_CKF_HKDF_SALT_DATA 0x2UL
+#define TOK_CKF_HKDF_SALT_KEY 0x4UL
+typedef struct {
+    CK_BBOOL bExtract;
+    CK_BBOOL bExpand;
+    CK_MECHANISM_TYPE prfHashMechanism;
+    CK_ULONG ulSaltType;
+    CK_BYTE_PTR pSalt;
+    CK_ULONG ulSaltLen;
+    CK_OBJECT_HANDLE hSaltKey;
+    CK_BYTE_PTR pInfo;
+    CK_ULONG ulInfoLen;
+} tok_hkdf_params;
 
 typedef struct {
     CK_MECHANISM_TYPE type;

@@ -68,6 +68,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_SHA3_512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-512", 0, false},
     /* Generic secrets and HMAC: key sizes in bits */
     {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false},
+    {TOK_CKM_HKDF_DERIVE, 8, 4096, CKF_DERIVE, M_HKDF, NULL, 0, false},
     {CKM_SHA_1_HMAC, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false},
     {CKM_SHA_1_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true},
     {CKM_SHA224_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, true},

@@ -246,6 +246,65 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
 
 /* ---- derivation ------------------------------------------------------------ */
 
+/* HKDF (RFC 5869) from a secret key: extract, expand, or both. */
+static CK_RV hkdf_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
+{
+    const tok_hkdf_params *p = mech->pParameter;
+    CK_ULONG want = 0, cls;
+    const char *md;
+    int mode;
+    uint8_t out[512];
+
+    if (base->cls != CKO_SECRET_KEY || !base->secret)
+        return CKR_KEY_TYPE_INCONSISTENT;
+    if (!p || mech->ulParameterLen != sizeof(*p) || (!p->bExtract && !p->bExpand) ||
+        !(md = tok_md_of_mech(p->prfHashMechanism)) || (!p->pInfo && p->ulInfoLen) ||
+        (p->bExtract && p->ulSaltType != TOK_CKF_HKDF_SALT_NULL && p->ulSaltType != TOK_CKF_HKDF_SALT_DATA) ||
+        (p->ulSaltType == TOK_CKF_HKDF_SALT_DATA && (!p->pSalt || !p->ulSaltLen)))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || cls != CKO_SECRET_KEY)
+        return CKR_TEMPLATE_INCONSISTENT;
+    EVP_MD *m = EVP_MD_fetch(ks_libctx(), md, NULL);
+    size_t hlen = m ? (size_t)EVP_MD_get_size(m) : 0;
+    EVP_MD_free(m);
+    tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want);
+    if (!p->bExpand) {
+        if (want && want != hlen)
+            return CKR_TEMPLATE_INCONSISTENT; /* extract only: the PRK, hash-sized */
+        want = hlen;
+    }
+    if (!want)
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (want > sizeof(out) || want > 255 * hlen)
+        return CKR_KEY_SIZE_RANGE;
+    mode = p->bExtract && p->bExpand ? EVP_KDF_HKDF_MODE_EXTRACT_AND_EXPAND
+           : p->bExtract            ? EVP_KDF_HKDF_MODE_EXTRACT_ONLY
+                                    : EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+    EVP_KDF *kdf = EVP_KDF_fetch(ks_libctx(), "HKDF", NULL);
+    EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+    OSSL_PARAM kp[6], *q = kp;
+    *q++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)md, 0);
+    *q++ = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
+    *q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, base->secret, base->secret_len);
+    if (p->bExtract && p->ulSaltType == TOK_CKF_HKDF_SALT_DATA)
+        *q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, p->pSalt, p->ulSaltLen);
+    if (p->bExpand && p->ulInfoLen)
+        *q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, p->pInfo, p->ulInfoLen);
+    *q = OSSL_PARAM_construct_end();
+    CK_RV rv = kc && EVP_KDF_derive(kc, out, want, kp) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+    EVP_KDF_CTX_free(kc);
+    EVP_KDF_free(kdf);
+    CK_ULONG kt = 0;
+    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
+    if (rv == CKR_OK && kt == CKK_AES && want != 16 && want != 24 && want != 32)
+        rv = CKR_KEY_SIZE_RANGE;
+    if (rv == CKR_OK &&
+        (tok_attrs_set(obj, CKA_VALUE, out, want) != 0 || tok_attrs_set_ulong(obj, CKA_VALUE_LEN, want) != 0))
+        rv = CKR_HOST_MEMORY;
+    OPENSSL_cleanse(out, sizeof(out));
+    return rv;
+}
+
 CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
 {
     const tok_mech_desc *d;
@@ -257,6 +316,8 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
     if (!mech || !base || !obj)
         return CKR_ARGUMENTS_BAD;
     d = tok_mech_find(mech->mechanism);
+    if (d && d->mc == M_HKDF)
+        return hkdf_derive(mech, base, obj);
     if (!d || d->mc != M_ECDH)
         return CKR_MECHANISM_INVALID;
     if (base->cls != CKO_PRIVATE_KEY || (base->ktype != CKK_EC && base->ktype != CKK_EC_MONTGOMERY))

@@ -1717,6 +1717,54 @@ static void test_montgomery_derive(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* HKDF (RFC 5869, test case 1) through C_DeriveKey. */
+static void test_hkdf(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("hkdf");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    CK_BYTE ikm[22], salt[13], info[10], okm[42];
+    static const CK_BYTE want[] = {0x3c, 0xb2, 0x5f, 0x25, 0xfa, 0xac, 0xd5, 0x7a, 0x90, 0x43, 0x4f, 0x64, 0xd0, 0x36,
+                                   0x2f, 0x2a, 0x2d, 0x2d, 0x0a, 0x90, 0xcf, 0x1a, 0x5a, 0x4c, 0x5d, 0xb0, 0x2d, 0x56,
+                                   0xec, 0xc4, 0xc5, 0xbf, 0x34, 0x00, 0x72, 0x08, 0xd5, 0xb8, 0x87, 0x18, 0x58, 0x65};
+    memset(ikm, 0x0b, sizeof(ikm));
+    for (int i = 0; i < 13; i++)
+        salt[i] = (CK_BYTE)i;
+    for (int i = 0; i < 10; i++)
+        info[i] = (CK_BYTE)(0xf0 + i);
+    CK_ATTRIBUTE bt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &gen, sizeof(gen)},
+                         {CKA_VALUE, ikm, sizeof(ikm)}, {CKA_DERIVE, &yes, 1}};
+    CK_OBJECT_HANDLE base, out;
+    CK(f->C_CreateObject(h, bt, 4, &base));
+    struct {
+        CK_BBOOL bExtract, bExpand;
+        CK_MECHANISM_TYPE prf;
+        CK_ULONG saltType;
+        CK_BYTE_PTR pSalt;
+        CK_ULONG saltLen;
+        CK_OBJECT_HANDLE hSaltKey;
+        CK_BYTE_PTR pInfo;
+        CK_ULONG infoLen;
+    } p = {CK_TRUE, CK_TRUE, CKM_SHA256, 2 /* CKF_HKDF_SALT_DATA */, salt, sizeof(salt), 0, info, sizeof(info)};
+    CK_MECHANISM m = {0x402A /* CKM_HKDF_DERIVE */, &p, sizeof(p)};
+    CK_ULONG l = 42;
+    CK_ATTRIBUTE dt[] = {{CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_VALUE_LEN, &l, sizeof(l)},
+                         {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
+    CK(f->C_DeriveKey(h, &m, base, dt, 4, &out));
+    CK_ATTRIBUTE vt[] = {{CKA_VALUE, okm, sizeof(okm)}};
+    CK(f->C_GetAttributeValue(h, out, vt, 1));
+    assert_int_equal(vt[0].ulValueLen, 42);
+    assert_memory_equal(okm, want, 42);
+    p.prf = CKM_SHA256_RSA_PKCS; /* not a digest */
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DeriveKey(h, &m, base, dt, 4, &out));
+    p.prf = CKM_SHA256;
+    p.bExtract = p.bExpand = CK_FALSE;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DeriveKey(h, &m, base, dt, 4, &out));
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1740,6 +1788,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrap_unwrap_derive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_montgomery_derive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hkdf, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
