@@ -33,6 +33,7 @@ typedef struct {
     bool to_default;             /* export --to-default */
     unsigned parts;              /* --parts N: the key is entered as N parts (split knowledge) */
     const char *token;           /* list --token LABEL */
+    bool help;                   /* --help: the whole help, or a command's */
     const char *file;            /* backup / restore / export FILE */
 } admin_opts;
 

@@ -154,6 +154,65 @@ static const struct {
     {"export", admin_export},   {"list", admin_list},
 };
 
+static const struct {
+    const char *name, *synopsis, *text;
+} command_help[] = {
+    {"init", "init [--generate-key FILE]",
+     "Create the keystore named by the configuration. With --generate-key, create FILE with a new random\n"
+     "master key (mode 0600) and seal the keystore under it; without a configuration file, a per-user one\n"
+     "naming both is written. Refuses to touch an existing keystore."},
+    {"status", "status [--json]",
+     "Keystore, configuration, format, master key source and check value (with a warning for the built-in\n"
+     "default key), epoch, rotation state and staged epoch, history size, automatic rotation schedule, last\n"
+     "rotation, records per epoch, tokens with object counts and PIN state."},
+    {"list", "list [--token LABEL] [--json]",
+     "Tokens and their objects: class, key type, label, id, flags, epoch and the RFC 7512 pkcs11: URI that\n"
+     "other tools accept."},
+    {"verify", "verify",
+     "Open every record under the key of its epoch and check the indexes both ways; name each failing\n"
+     "object. Exit 5 if anything fails."},
+    {"version", "version [--json]", "Program, keystore format, algorithms; epoch and format per token."},
+    {"set-master-key", "set-master-key [--parts N] [--passphrase-file F] [--yes] [--key-file FILE]",
+     "Read a new master key (a passphrase of 12 or more characters, twice, without echo; or N parts, each\n"
+     "twice), show what will happen, ask y/N, then stage, rewrap and commit. Turns automatic rotation off."},
+    {"rotate", "rotate [--quiet] [--json] [--key-file FILE]",
+     "Stage a generated key, rewrap and commit, without questions."},
+    {"stage", "stage [--generate | --passphrase | --parts N | --passphrase-file F] [--key-file FILE]",
+     "Load a new key into the NEW register as epoch N+1. New and changed records are sealed under it at\n"
+     "once; records are read under either key."},
+    {"rewrap", "rewrap [--batch N] [--quiet] [--json]",
+     "Reseal every record from CURRENT to NEW, N records per transaction (default 2000), while the token\n"
+     "stays in use. Interrupted by anything, even kill -9, it resumes where it stopped when run again."},
+    {"commit", "commit",
+     "Make NEW the current key (the epoch advances) and move the old one to the history. Refused while any\n"
+     "record is left under CURRENT. Also repairs a key file left behind by an interrupted commit."},
+    {"abort", "abort [--batch N] [--quiet]",
+     "Withdraw the staged key: records already resealed under it go back to CURRENT. Resumable."},
+    {"clear-history", "clear-history [--yes]",
+     "Destroy the retired keys. Backups and copies sealed under them can no longer be opened."},
+    {"auto-update", "auto-update --interval DURATION | --disable | run",
+     "Rotate to a generated key every DURATION (30d, 12h, 90m). 'run' rotates only when due and finishes an\n"
+     "interrupted rotation first; the p11mk-auto-update.timer systemd unit calls it. --disable keeps the key."},
+    {"backup", "backup FILE", "Write a consistent, compacted copy of the live keystore, still sealed under its keys."},
+    {"restore", "restore FILE [--yes]",
+     "Replace the keystore with a backup or an export. The copy is verified and, if sealed under a retired\n"
+     "key or the default key, resealed under this host's current key first. Refused while in use."},
+    {"export", "export --to-default FILE",
+     "Write a copy resealed under the built-in default key, to move the keystore to a host with another key."},
+};
+
+static int command_usage(const char *cmd)
+{
+    for (size_t i = 0; i < sizeof(command_help) / sizeof(command_help[0]); i++)
+        if (strcmp(cmd, command_help[i].name) == 0) {
+            printf("Usage: p11mk-admin %s\n\n%s\n\nExit codes: see 'p11mk-admin --help'.\n", command_help[i].synopsis,
+                   command_help[i].text);
+            return EXIT_OK;
+        }
+    fputs(usage, stdout);
+    return EXIT_OK;
+}
+
 static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *o)
 {
     static const struct option longopts[] = {
@@ -177,7 +236,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
     int c;
     while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': fputs(usage, stdout); return EXIT_OK + 100;
+        case 'h': o->help = true; break;
         case 'j': o->json = true; break;
         case 'q': o->quiet = true; break;
         case 'y': o->yes = true; break;
@@ -224,6 +283,10 @@ int main(int argc, char **argv)
 
     if ((rc = parse_opts(argc, argv, "+hqy", &o)) >= 0)
         return rc >= 100 ? rc - 100 : rc;
+    if (o.help) {
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
     if (optind >= argc) {
         fputs(usage, stderr);
         return EXIT_USAGE;
@@ -244,6 +307,8 @@ int main(int argc, char **argv)
         if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
             return rc >= 100 ? rc - 100 : rc;
     }
+    if (o.help)
+        return command_usage(cmd);
     if (optind < argc) {
         admin_error("unexpected argument '%s'", argv[optind]);
         return EXIT_USAGE;

@@ -11,7 +11,12 @@ expect_rc 2 "$ADMIN"
 expect_rc 2 "$ADMIN" frobnicate
 expect_out "unknown command 'frobnicate'"
 expect_rc 2 "$ADMIN" status --bogus
-ok "help, version, usage errors"
+for c in init status list verify version set-master-key rotate stage rewrap commit abort clear-history \
+         auto-update backup restore export; do
+    expect_rc 0 "$ADMIN" $c --help
+    expect_out "^Usage: p11mk-admin $c"
+done
+ok "help, version, usage errors; every command has its --help"
 
 # status before init: the keystore is missing -> 5 with the remedy.
 expect_rc 5 "$ADMIN" status
