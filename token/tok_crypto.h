@@ -58,6 +58,23 @@ typedef enum {
     M_EDDSA, M_HKDF,
 } tok_mclass;
 
+/* PBKDF2 parameters. v2.40's CK_PKCS5_PBKD2_PARAMS has ulPasswordLen as a
+ * CK_ULONG_PTR, v3.0's CK_PKCS5_PBKD2_PARAMS2 as a CK_ULONG; both have the
+ * same layout and size, so the field is read as a length when it is a
+ * plausible one and followed as a pointer otherwise. */
+#define TOK_CKZ_SALT_SPECIFIED 0x1UL
+typedef struct {
+    CK_ULONG saltSource;
+    CK_VOID_PTR pSaltSourceData;
+    CK_ULONG ulSaltSourceDataLen;
+    CK_ULONG iterations;
+    CK_ULONG prf;
+    CK_VOID_PTR pPrfData;
+    CK_ULONG ulPrfDataLen;
+    CK_UTF8CHAR_PTR pPassword;
+    CK_ULONG ulPasswordLen; /* or a CK_ULONG_PTR (v2.40) */
+} tok_pbkd2_params;
+
 /* HKDF (PKCS#11 3.0; not in p11-kit 0.24's header). */
 #define TOK_CKM_HKDF_DERIVE 0x402AUL
 #define TOK_CKF_HKDF_SALT_NULL 0x1UL

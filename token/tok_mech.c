@@ -8,6 +8,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
@@ -68,6 +69,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_SHA3_512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-512", 0, false},
     /* Generic secrets and HMAC: key sizes in bits */
     {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false},
+    {CKM_PKCS5_PBKD2, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false},
     {TOK_CKM_HKDF_DERIVE, 8, 4096, CKF_DERIVE, M_HKDF, NULL, 0, false},
     {CKM_SHA_1_HMAC, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false},
     {CKM_SHA_1_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true},
@@ -136,6 +138,7 @@ CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
     switch (m) {
     case CKM_AES_KEY_GEN: *ktype = CKK_AES; return CKR_OK;
     case CKM_GENERIC_SECRET_KEY_GEN: *ktype = CKK_GENERIC_SECRET; return CKR_OK;
+    case CKM_PKCS5_PBKD2: *ktype = (CK_KEY_TYPE)-1 /* from the template */; return CKR_OK;
     default: return CKR_MECHANISM_INVALID;
     }
 }
@@ -178,19 +181,70 @@ CK_RV tok_seed(const uint8_t *seed, CK_ULONG len)
 
 /* ---- secret keys --------------------------------------------------------- */
 
+/* PKCS #5 v2 PBKDF2 into buf (len bytes). */
+static CK_RV pbkdf2(const CK_MECHANISM *mech, uint8_t *buf, CK_ULONG len)
+{
+    const tok_pbkd2_params *p = mech->pParameter;
+    const char *md;
+    CK_ULONG plen;
+
+    if (!p || mech->ulParameterLen != sizeof(*p) || p->saltSource != TOK_CKZ_SALT_SPECIFIED ||
+        (!p->pSaltSourceData && p->ulSaltSourceDataLen) || p->iterations < 1 || p->iterations > 10000000 ||
+        p->pPrfData || p->ulPrfDataLen || !p->pPassword)
+        return CKR_MECHANISM_PARAM_INVALID;
+    switch (p->prf) {
+    case 1: md = "SHA1"; break;   /* CKP_PKCS5_PBKD2_HMAC_SHA1 */
+    case 3: md = "SHA224"; break; /* ..._SHA224 */
+    case 4: md = "SHA256"; break;
+    case 5: md = "SHA384"; break;
+    case 6: md = "SHA512"; break;
+    default: return CKR_MECHANISM_PARAM_INVALID;
+    }
+    plen = p->ulPasswordLen;
+    if (plen > 4096) /* v2.40: a pointer to the length */
+        plen = *(const CK_ULONG *)(uintptr_t)p->ulPasswordLen;
+    if (plen > 4096)
+        return CKR_MECHANISM_PARAM_INVALID;
+    EVP_KDF *kdf = EVP_KDF_fetch(ks_libctx(), "PBKDF2", NULL);
+    EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+    uint64_t iter = p->iterations;
+    int pkcs5 = 1; /* the caller chose the salt and count: no SP 800-132 minimums imposed */
+    OSSL_PARAM kp[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)md, 0),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, p->pPassword, plen),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, p->pSaltSourceData, p->ulSaltSourceDataLen),
+        OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_ITER, &iter),
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_PKCS5, &pkcs5),
+        OSSL_PARAM_construct_end(),
+    };
+    CK_RV rv = kc && EVP_KDF_derive(kc, buf, len, kp) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+    EVP_KDF_CTX_free(kc);
+    EVP_KDF_free(kdf);
+    return rv;
+}
+
 CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
 {
-    CK_ULONG len;
+    CK_ULONG len, kt = 0;
     uint8_t buf[512];
     CK_RV rv;
 
     if (!mech || !key)
         return CKR_ARGUMENTS_BAD;
-    if (mech->pParameter || mech->ulParameterLen)
+    if (mech->mechanism != CKM_PKCS5_PBKD2 && (mech->pParameter || mech->ulParameterLen))
         return CKR_MECHANISM_PARAM_INVALID;
     if (!tok_attrs_get_ulong(key, CKA_VALUE_LEN, &len))
         return CKR_TEMPLATE_INCOMPLETE;
+    tok_attrs_get_ulong(key, CKA_KEY_TYPE, &kt);
     switch (mech->mechanism) {
+    case CKM_PKCS5_PBKD2:
+        if ((kt == CKK_AES && len != 16 && len != 24 && len != 32) || len < 1 || len > sizeof(buf))
+            return CKR_KEY_SIZE_RANGE;
+        rv = pbkdf2(mech, buf, len);
+        if (rv == CKR_OK && tok_attrs_set(key, CKA_VALUE, buf, len) != 0)
+            rv = CKR_HOST_MEMORY;
+        OPENSSL_cleanse(buf, sizeof(buf));
+        return rv;
     case CKM_AES_KEY_GEN:
         if (len != 16 && len != 24 && len != 32)
             return CKR_KEY_SIZE_RANGE;

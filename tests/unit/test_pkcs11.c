@@ -1765,6 +1765,50 @@ static void test_hkdf(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* PBKDF2 key generation (RFC 6070, test 2), with the length given either
+ * way (v3.0 value, v2.40 pointer). */
+static void test_pbkdf2(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("pbkdf2");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    static const CK_BYTE want[] = {0xea, 0x6c, 0x01, 0x4d, 0xc7, 0x2d, 0x6f, 0x8c, 0xcd, 0x1e,
+                                   0xd9, 0x2a, 0xce, 0x1d, 0x41, 0xf0, 0xd8, 0xde, 0x89, 0x57};
+    CK_ULONG pwlen = 8;
+    struct {
+        CK_ULONG saltSource;
+        CK_VOID_PTR pSalt;
+        CK_ULONG saltLen, iterations, prf;
+        CK_VOID_PTR pPrfData;
+        CK_ULONG prfDataLen;
+        CK_UTF8CHAR_PTR pPassword;
+        CK_ULONG passwordLen;
+    } p = {1, (CK_VOID_PTR) "salt", 4, 2, 1 /* HMAC-SHA1 */, NULL, 0, (CK_UTF8CHAR_PTR) "password", 8};
+    CK_MECHANISM m = {CKM_PKCS5_PBKD2, &p, sizeof(p)};
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    CK_ULONG l = 20;
+    CK_ATTRIBUTE t[] = {{CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_VALUE_LEN, &l, sizeof(l)},
+                        {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
+    for (int form = 0; form < 2; form++) {
+        CK_OBJECT_HANDLE k;
+        CK_BYTE v[20];
+        p.passwordLen = form ? (CK_ULONG)(uintptr_t)&pwlen : 8;
+        CK(f->C_GenerateKey(h, &m, t, 4, &k));
+        CK_ATTRIBUTE vt[] = {{CKA_VALUE, v, sizeof(v)}};
+        CK(f->C_GetAttributeValue(h, k, vt, 1));
+        assert_memory_equal(v, want, 20);
+    }
+    CK_OBJECT_HANDLE k;
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_GenerateKey(h, &m, t + 1, 3, &k)); /* the key type comes from the template */
+    p.passwordLen = 8;
+    p.iterations = 0;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_GenerateKey(h, &m, t, 4, &k));
+    p.iterations = 2;
+    p.prf = 2; /* GOST */
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_GenerateKey(h, &m, t, 4, &k));
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1789,6 +1833,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mechanism_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_montgomery_derive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hkdf, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pbkdf2, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
