@@ -2,6 +2,7 @@
  * operation life cycle (init / one-shot or update+final, termination
  * rules, size queries); the work is done by token/tok_op. */
 #include "pkcs11/p11_internal.h"
+#include <stdlib.h>
 
 static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
@@ -430,6 +431,12 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJE
     if (rv == CKR_OK && tok_attrs_get_bool(&target, CKA_WRAP_WITH_TRUSTED, false) &&
         !tok_attrs_get_bool(&wattrs, CKA_TRUSTED, false))
         rv = CKR_KEY_NOT_WRAPPABLE;
+    if (rv == CKR_OK) { /* the wrapping key's CKA_WRAP_TEMPLATE: what it may wrap */
+        P11_AUTO_ATTRS wt = TOK_ATTRS_INIT;
+        rv = tok_template_get(&wattrs, CKA_WRAP_TEMPLATE, &wt);
+        if (rv == CKR_OK && !tok_template_matches(&target, &wt))
+            rv = CKR_KEY_NOT_WRAPPABLE;
+    }
     if (rv == CKR_OK)
         rv = tok_wrap(pMechanism, wk, &target, pWrappedKey, pulWrappedKeyLen);
     tok_key_unref(wk);
@@ -458,9 +465,18 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
         rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
     if (rv == CKR_OK && !tok_attrs_get_bool(&uattrs, CKA_UNWRAP, false))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
-    if (rv == CKR_OK)
-        rv = tok_policy_build(TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE,
-                              CK_UNAVAILABLE_INFORMATION, pTemplate, ulAttributeCount, &obj);
+    if (rv == CKR_OK) { /* the unwrapping key's CKA_UNWRAP_TEMPLATE joins the caller's */
+        P11_AUTO_ATTRS ut = TOK_ATTRS_INIT;
+        CK_ATTRIBUTE *merged = NULL;
+        CK_ULONG nm = 0;
+        rv = tok_template_get(&uattrs, CKA_UNWRAP_TEMPLATE, &ut);
+        if (rv == CKR_OK)
+            rv = tok_template_merge(pTemplate, ulAttributeCount, &ut, &merged, &nm);
+        if (rv == CKR_OK)
+            rv = tok_policy_build(TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE,
+                                  CK_UNAVAILABLE_INFORMATION, merged, nm, &obj);
+        free(merged);
+    }
     if (rv == CKR_OK)
         rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
     if (rv == CKR_OK)

@@ -87,6 +87,8 @@ static const attr_rule rules[] = {
     {CKA_NEVER_EXTRACTABLE, O_PRIV | O_SECRET, K_ANY, A_TOKEN_ONLY},
     {CKA_WRAP_WITH_TRUSTED, O_PRIV | O_SECRET, K_ANY, A_MODIFY},
     {CKA_ALWAYS_AUTHENTICATE, O_PRIV, K_ANY, 0},
+    {CKA_WRAP_TEMPLATE, O_PUB | O_SECRET, K_ANY, 0},
+    {CKA_UNWRAP_TEMPLATE, O_PRIV | O_SECRET, K_ANY, 0},
     /* key material */
     {CKA_MODULUS, O_PUB | O_PRIV, K_RSA, A_MATERIAL},
     {CKA_MODULUS_BITS, O_PUB, K_RSA, A_MATERIAL | A_GEN_INPUT | A_NOT_CREATE},
@@ -160,8 +162,90 @@ static const attr_rule *rule_for(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_ATTRIBU
     return NULL;
 }
 
+static const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t);
+
+bool tok_attr_is_template(CK_ATTRIBUTE_TYPE t)
+{
+    return t == CKA_WRAP_TEMPLATE || t == CKA_UNWRAP_TEMPLATE || t == CKA_DERIVE_TEMPLATE;
+}
+
+/* A caller's CK_ATTRIBUTE array -> the packed form. */
+static CK_RV template_pack(const CK_ATTRIBUTE *a, uint8_t **out, size_t *len)
+{
+    const CK_ATTRIBUTE *arr = a->pValue;
+    CK_ULONG n = a->ulValueLen / sizeof(CK_ATTRIBUTE);
+    tok_attrs t = TOK_ATTRS_INIT;
+    CK_RV rv = CKR_OK;
+
+    if (a->ulValueLen % sizeof(CK_ATTRIBUTE) || (!arr && n))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
+        if ((!arr[i].pValue && arr[i].ulValueLen) || tok_attr_is_template(arr[i].type) ||
+            (tok_attr_is_bool(arr[i].type) && arr[i].ulValueLen != sizeof(CK_BBOOL)) ||
+            (tok_attr_is_ulong(arr[i].type) && arr[i].ulValueLen != sizeof(CK_ULONG)))
+            rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        else if (tok_attrs_set(&t, arr[i].type, arr[i].pValue, arr[i].ulValueLen) != 0)
+            rv = CKR_HOST_MEMORY;
+    }
+    if (rv == CKR_OK && tok_attrs_serialize(&t, out, len) != 0)
+        rv = CKR_HOST_MEMORY;
+    tok_attrs_free(&t);
+    return rv;
+}
+
+CK_RV tok_template_get(const tok_attrs *obj, CK_ATTRIBUTE_TYPE t, tok_attrs *out)
+{
+    const tok_attr *a = tok_attrs_find(obj, t);
+    tok_attrs_free(out);
+    if (!a || !a->len)
+        return CKR_OK;
+    return tok_attrs_parse(a->val, a->len, out) == 0 ? CKR_OK : CKR_GENERAL_ERROR;
+}
+
+bool tok_template_matches(const tok_attrs *obj, const tok_attrs *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        const tok_attr *a = tok_attrs_find(obj, t->v[i].type);
+        if (!a || a->len != t->v[i].len || (a->len && memcmp(a->val, t->v[i].val, a->len) != 0))
+            return false;
+    }
+    return true;
+}
+
+CK_RV tok_template_merge(const CK_ATTRIBUTE *tmpl, CK_ULONG n, const tok_attrs *extra, CK_ATTRIBUTE **out,
+                         CK_ULONG *nout)
+{
+    CK_ATTRIBUTE *m = calloc(n + extra->n + 1, sizeof(*m));
+    CK_ULONG k = 0;
+    if (!m)
+        return CKR_HOST_MEMORY;
+    for (CK_ULONG i = 0; i < n; i++)
+        m[k++] = tmpl[i];
+    for (size_t i = 0; i < extra->n; i++) {
+        const tok_attr *e = &extra->v[i];
+        const CK_ATTRIBUTE *given = tmpl_find(tmpl, n, e->type);
+        if (given) {
+            if (given->ulValueLen != e->len || (e->len && memcmp(given->pValue, e->val, e->len) != 0)) {
+                free(m);
+                return CKR_TEMPLATE_INCONSISTENT;
+            }
+            continue;
+        }
+        m[k].type = e->type;
+        m[k].pValue = e->val;
+        m[k].ulValueLen = e->len;
+        k++;
+    }
+    *out = m;
+    *nout = k;
+    return CKR_OK;
+}
+
 static CK_RV check_value_len(const CK_ATTRIBUTE *a)
 {
+    if (tok_attr_is_template(a->type))
+        return a->ulValueLen % sizeof(CK_ATTRIBUTE) || (!a->pValue && a->ulValueLen) ? CKR_ATTRIBUTE_VALUE_INVALID
+                                                                                     : CKR_OK;
     if (!a->pValue && a->ulValueLen)
         return CKR_ATTRIBUTE_VALUE_INVALID;
     if (tok_attr_is_bool(a->type) && (a->ulValueLen != sizeof(CK_BBOOL) || !a->pValue))
@@ -374,6 +458,19 @@ static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, 
             return CKR_ATTRIBUTE_READ_ONLY;
         if (mode == TOK_BUILD_CREATE && (r->flags & A_NOT_CREATE))
             return CKR_TEMPLATE_INCONSISTENT;
+        if (tok_attr_is_template(t->type)) {
+            uint8_t *packed = NULL;
+            size_t plen = 0;
+            if (tok_attrs_find(out, t->type))
+                return CKR_TEMPLATE_INCONSISTENT;
+            if ((rv = template_pack(t, &packed, &plen)) != CKR_OK)
+                return rv;
+            int sr = tok_attrs_set(out, t->type, packed, (CK_ULONG)plen);
+            free(packed);
+            if (sr != 0)
+                return CKR_HOST_MEMORY;
+            continue;
+        }
         /* The same attribute twice with different values. */
         const tok_attr *prev = tok_attrs_find(out, t->type);
         if (prev && (prev->len != t->ulValueLen || (t->ulValueLen && memcmp(prev->val, t->pValue, t->ulValueLen))))
@@ -430,6 +527,44 @@ static bool is_sensitive(const tok_attrs *obj, CK_OBJECT_CLASS cls, CK_ATTRIBUTE
     return tok_attrs_get_bool(obj, CKA_SENSITIVE, true) || !tok_attrs_get_bool(obj, CKA_EXTRACTABLE, false);
 }
 
+/* An array attribute: the caller's pValue is an array of CK_ATTRIBUTE
+ * filled like a template of its own (types, lengths, values). */
+static CK_RV get_template(const tok_attr *a, CK_ATTRIBUTE *t)
+{
+    tok_attrs nested = TOK_ATTRS_INIT;
+    CK_RV rv = CKR_OK;
+    if (a->len && tok_attrs_parse(a->val, a->len, &nested) != 0) {
+        t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        return CKR_GENERAL_ERROR;
+    }
+    CK_ULONG need = (CK_ULONG)(nested.n * sizeof(CK_ATTRIBUTE));
+    if (!t->pValue) {
+        t->ulValueLen = need;
+    } else if (t->ulValueLen < need) {
+        t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        rv = CKR_BUFFER_TOO_SMALL;
+    } else {
+        CK_ATTRIBUTE *out = t->pValue;
+        for (size_t i = 0; i < nested.n; i++) {
+            const tok_attr *e = &nested.v[i];
+            out[i].type = e->type;
+            if (!out[i].pValue) {
+                out[i].ulValueLen = e->len;
+            } else if (out[i].ulValueLen >= e->len) {
+                if (e->len)
+                    memcpy(out[i].pValue, e->val, e->len);
+                out[i].ulValueLen = e->len;
+            } else {
+                out[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                rv = CKR_BUFFER_TOO_SMALL;
+            }
+        }
+        t->ulValueLen = need;
+    }
+    tok_attrs_free(&nested);
+    return rv;
+}
+
 CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
     CK_OBJECT_CLASS cls;
@@ -452,6 +587,12 @@ CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
             t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
             if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL)
                 rv = CKR_ATTRIBUTE_TYPE_INVALID;
+            continue;
+        }
+        if (tok_attr_is_template(t->type)) {
+            CK_RV r = get_template(a, t);
+            if (r != CKR_OK && rv == CKR_OK)
+                rv = r;
             continue;
         }
         if (!t->pValue) {

@@ -66,6 +66,19 @@ TOK_API CK_RV tok_policy_set(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_
  * -> CKR_ATTRIBUTE_READ_ONLY. */
 TOK_API CK_RV tok_policy_copy(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out);
 
+/* Attribute templates (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE): stored
+ * packed (the tok_attrs serialized form) as the attribute's value. */
+TOK_API bool tok_attr_is_template(CK_ATTRIBUTE_TYPE t);
+/* The nested template of obj's attribute t, or CKR_OK with an empty set when absent. */
+TOK_API CK_RV tok_template_get(const tok_attrs *obj, CK_ATTRIBUTE_TYPE t, tok_attrs *out);
+/* Add the attributes of `extra` that tmpl lacks to a copy of tmpl (*out,
+ * *nout; malloc'd array whose values point into tmpl and extra); a type in
+ * both with different values is CKR_TEMPLATE_INCONSISTENT. */
+TOK_API CK_RV tok_template_merge(const CK_ATTRIBUTE *tmpl, CK_ULONG n, const tok_attrs *extra, CK_ATTRIBUTE **out,
+                                 CK_ULONG *nout);
+/* Does obj have every attribute of t, with the same value? */
+TOK_API bool tok_template_matches(const tok_attrs *obj, const tok_attrs *t);
+
 /* Convenience readers for the pkcs11 layer. */
 TOK_API bool tok_obj_is_token(const tok_attrs *obj);    /* CKA_TOKEN */
 TOK_API bool tok_obj_is_private(const tok_attrs *obj);  /* CKA_PRIVATE */

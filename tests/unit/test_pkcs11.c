@@ -1477,6 +1477,89 @@ static void test_wrap_unwrap_derive(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* CKA_WRAP_TEMPLATE limits what a wrapping key wraps; CKA_UNWRAP_TEMPLATE
+ * joins every template given to C_UnwrapKey with that key. */
+static void test_wrap_templates(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("templates");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0}, kw = {CKM_AES_KEY_WRAP, NULL, 0};
+    CK_ULONG len32 = 32, len16 = 16;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
+    CK_ATTRIBUTE wtmpl[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_VALUE_LEN, &len32, sizeof(len32)}};
+    CK_ATTRIBUTE utmpl[] = {{CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
+    CK_ATTRIBUTE kt[] = {
+        {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_WRAP, &yes, 1}, {CKA_UNWRAP, &yes, 1},
+        {CKA_WRAP_TEMPLATE, wtmpl, sizeof(wtmpl)}, {CKA_UNWRAP_TEMPLATE, utmpl, sizeof(utmpl)},
+    };
+    CK_OBJECT_HANDLE kek, t32, t16, un;
+    CK(f->C_GenerateKey(h, &gen, kt, 5, &kek));
+    t32 = aes_key(h, true, false);
+    CK_ATTRIBUTE st[] = {{CKA_VALUE_LEN, &len16, sizeof(len16)}, {CKA_EXTRACTABLE, &yes, 1}};
+    CK(f->C_GenerateKey(h, &gen, st, 2, &t16));
+
+    /* Reading the templates back: the count, then the types and lengths, then the values. */
+    CK_ATTRIBUTE q[] = {{CKA_WRAP_TEMPLATE, NULL, 0}};
+    CK(f->C_GetAttributeValue(h, kek, q, 1));
+    assert_int_equal(q[0].ulValueLen, 2 * sizeof(CK_ATTRIBUTE));
+    CK_ATTRIBUTE back[2] = {{0, NULL, 0}, {0, NULL, 0}};
+    q[0].pValue = back;
+    CK(f->C_GetAttributeValue(h, kek, q, 1));
+    CK_KEY_TYPE kt_back = 0;
+    CK_ULONG len_back = 0;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(back[i].ulValueLen, sizeof(CK_ULONG));
+        back[i].pValue = back[i].type == CKA_KEY_TYPE ? (void *)&kt_back : (void *)&len_back;
+    }
+    CK(f->C_GetAttributeValue(h, kek, q, 1));
+    assert_int_equal(kt_back, CKK_AES);
+    assert_int_equal(len_back, 32);
+    q[0].ulValueLen = sizeof(CK_ATTRIBUTE); /* room for one of two */
+    RV(CKR_BUFFER_TOO_SMALL, f->C_GetAttributeValue(h, kek, q, 1));
+    CK_ATTRIBUTE ro[] = {{CKA_WRAP_TEMPLATE, wtmpl, sizeof(wtmpl)}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_SetAttributeValue(h, kek, ro, 1));
+
+    /* Wrapping: the 32-byte AES key matches, the 16-byte one does not. */
+    CK_BYTE blob[64];
+    CK_ULONG bl = sizeof(blob);
+    RV(CKR_KEY_NOT_WRAPPABLE, f->C_WrapKey(h, &kw, kek, t16, blob, &bl));
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &kw, kek, t32, blob, &bl));
+
+    /* Unwrapping: the key gets the unwrap template's attributes... */
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)},
+                         {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    CK(f->C_UnwrapKey(h, &kw, kek, blob, bl, ut, 4, &un));
+    same_aes(h, t32, un);
+    CK_BBOOL sens = CK_FALSE, extr = CK_TRUE;
+    CK_ATTRIBUTE g[] = {{CKA_SENSITIVE, &sens, 1}, {CKA_EXTRACTABLE, &extr, 1}};
+    CK(f->C_GetAttributeValue(h, un, g, 2));
+    assert_true(sens);
+    assert_false(extr);
+    /* ...the same value given again is fine, a conflicting one is refused. */
+    CK_ATTRIBUTE agree[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_SENSITIVE, &yes, 1}};
+    CK(f->C_UnwrapKey(h, &kw, kek, blob, bl, agree, 3, &un));
+    CK_ATTRIBUTE clash[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_EXTRACTABLE, &yes, 1}};
+    RV(CKR_TEMPLATE_INCONSISTENT, f->C_UnwrapKey(h, &kw, kek, blob, bl, clash, 3, &un));
+
+    /* Bad templates at creation: not an array, nested templates, a bad boolean; and on the wrong class. */
+    CK_ATTRIBUTE odd[] = {{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_WRAP_TEMPLATE, wtmpl, sizeof(wtmpl) - 1}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_GenerateKey(h, &gen, odd, 2, &un));
+    CK_ATTRIBUTE nest[] = {{CKA_WRAP_TEMPLATE, wtmpl, sizeof(wtmpl)}};
+    CK_ATTRIBUTE nested[] = {{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_WRAP_TEMPLATE, nest, sizeof(nest)}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_GenerateKey(h, &gen, nested, 2, &un));
+    CK_ULONG wide = 1;
+    CK_ATTRIBUTE badbool[] = {{CKA_SENSITIVE, &wide, sizeof(wide)}};
+    CK_ATTRIBUTE bb[] = {{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_UNWRAP_TEMPLATE, badbool, sizeof(badbool)}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_GenerateKey(h, &gen, bb, 2, &un));
+    CK_OBJECT_CLASS dcls = CKO_DATA;
+    CK_ATTRIBUTE dt[] = {{CKA_CLASS, &dcls, sizeof(dcls)}, {CKA_WRAP_TEMPLATE, wtmpl, sizeof(wtmpl)}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_CreateObject(h, dt, 2, &un));
+    CK(f->C_CloseAllSessions(s));
+}
+
 /* Every mechanism the token lists, driven through the module the same way:
  * size query, short buffer (the operation stays), the real call, the
  * inverse operation, a corrupted signature or ciphertext, a wrong key type. */
@@ -1830,6 +1913,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_every_entry_point, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct_and_p11kit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrap_unwrap_derive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrap_templates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_montgomery_derive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hkdf, setup, teardown),
