@@ -11,12 +11,31 @@ expect_rc 2 "$ADMIN"
 expect_rc 2 "$ADMIN" frobnicate
 expect_out "unknown command 'frobnicate'"
 expect_rc 2 "$ADMIN" status --bogus
-for c in init status list verify version set-master-key rotate stage rewrap commit abort clear-history \
-         auto-update backup restore export; do
+cmds="init status list verify version set-master-key rotate stage rewrap commit abort clear-history
+      auto-update backup restore export"
+for c in $cmds; do
     expect_rc 0 "$ADMIN" $c --help
     expect_out "^Usage: p11mk-admin $c"
 done
 ok "help, version, usage errors; every command has its --help"
+
+# The man pages: every command and every configuration key documented, and
+# (when groff is there) the pages render without warnings.
+SRC=$(cd "$(dirname "$P11MK_TESTLIB")/../.." && pwd)
+for c in $cmds; do
+    grep -Eq "^\.B[IR]? \"?${c//-/\\\\-}( |$)" "$SRC/admin/p11mk-admin.1" || fail "p11mk-admin.1 does not document '$c'"
+done
+keys=$(sed -n 's/^#define KNOWN_KEYS "\(.*\)"/\1/p' "$SRC/keystore/ks_config.c" | tr -d ,)
+[ -n "$keys" ] || fail "cannot read the configuration keys from ks_config.c"
+for k in $keys; do
+    grep -Eq "^\.BI? $k( |$)" "$SRC/admin/p11mk.conf.5" || fail "p11mk.conf.5 does not document '$k'"
+done
+if command -v groff >/dev/null; then
+    for m in "$SRC/admin/p11mk-admin.1" "$SRC/admin/p11mk.conf.5"; do
+        w=$(groff -man -ww -z "$m" 2>&1) && [ -z "$w" ] || fail "$(basename "$m") renders with warnings: $w"
+    done
+fi
+ok "man pages document every command and configuration key"
 
 # status before init: the keystore is missing -> 5 with the remedy.
 expect_rc 5 "$ADMIN" status
