@@ -284,9 +284,12 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t 
                 free(rec);
             }
             if (rc != KS_OK) {
-                ks_err_set(a->err, "%s %u%s%llu cannot be resealed (%s); check it with 'p11mk-admin verify'",
-                           kind == KS_KIND_TOKEN ? "token" : "token", token, kind == KS_KIND_OBJECT ? " object " : "",
-                           kind == KS_KIND_OBJECT ? (unsigned long long)oid : 0ULL, ks_strerror(rc));
+                if (kind == KS_KIND_OBJECT)
+                    ks_err_set(a->err, "token %u object %llu cannot be resealed (%s); check it with 'p11mk-admin verify'",
+                               token, (unsigned long long)oid, ks_strerror(rc));
+                else
+                    ks_err_set(a->err, "token %u cannot be resealed (%s); check it with 'p11mk-admin verify'", token,
+                               ks_strerror(rc));
                 break;
             }
             a->done++;

@@ -522,18 +522,17 @@ static int mkdir_p(const char *path)
     int rc = 0;
     if (!p)
         return -1;
+    /* Parents may fail (EACCES on a directory that exists but cannot be
+     * listed); only the last mkdir decides, and its errno is kept. */
     for (char *s = p + 1; *s; s++) {
         if (*s != '/')
             continue;
         *s = '\0';
-        if (mkdir(p, 0700) != 0 && errno != EEXIST)
-            rc = -1;
+        (void)mkdir(p, 0700);
         *s = '/';
     }
     if (mkdir(p, 0700) != 0 && errno != EEXIST)
         rc = -1;
-    else
-        rc = 0;
     free(p);
     return rc;
 }
