@@ -21,23 +21,32 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_
         rv = p11_object_key(s, hKey, &key, &attrs);
     if (rv == CKR_OK)
         rv = tok_op_init(kind, pMechanism, key, kind == TOK_OP_DIGEST ? NULL : &attrs, &s->op[kind]);
+    /* A key that wants its PIN for every use (sign or decrypt): the
+     * operation waits for C_Login(CKU_CONTEXT_SPECIFIC). */
+    if (rv == CKR_OK && (kind == TOK_OP_SIGN || kind == TOK_OP_DECRYPT))
+        s->op_reauth[kind] = tok_attrs_get_bool(&attrs, CKA_ALWAYS_AUTHENTICATE, false);
     tok_key_unref(key);
     p11_session_put(s);
     return rv;
 }
 
-/* Take the session and its active operation of this kind. */
+/* Take the session and its active operation of this kind. An operation
+ * still waiting for its context-specific login ends here (as SoftHSMv2). */
 static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **out)
 {
     CK_RV rv = p11_session_get(hSession, out);
 
     if (rv != CKR_OK)
         return rv;
-    if (!(*out)->op[kind]) {
-        p11_session_put(*out);
-        return CKR_OPERATION_NOT_INITIALIZED;
+    if (!(*out)->op[kind])
+        rv = CKR_OPERATION_NOT_INITIALIZED;
+    else if ((*out)->op_reauth[kind]) {
+        p11_op_end(*out, kind);
+        rv = CKR_USER_NOT_LOGGED_IN;
     }
-    return CKR_OK;
+    if (rv != CKR_OK)
+        p11_session_put(*out);
+    return rv;
 }
 
 /* PKCS#11 5.2: a call that produces output terminates the operation unless

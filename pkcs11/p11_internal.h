@@ -58,6 +58,7 @@ typedef struct p11_session {
     p11_mutex *busy; /* serializes operations on this session */
     tok_op *op[P11_OP_SLOTS];
     bool op_multi[P11_OP_SLOTS]; /* an update() was made */
+    bool op_reauth[P11_OP_SLOTS]; /* CKA_ALWAYS_AUTHENTICATE key: C_Login(CKU_CONTEXT_SPECIFIC) still due */
     p11_find find;
 } p11_session;
 

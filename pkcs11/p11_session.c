@@ -152,6 +152,7 @@ void p11_op_end(p11_session *s, tok_op_kind kind)
     tok_op_free(s->op[kind]);
     s->op[kind] = NULL;
     s->op_multi[kind] = false;
+    s->op_reauth[kind] = false;
 }
 
 CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
@@ -286,6 +287,30 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
     return CKR_OK;
 }
 
+/* C_Login(CKU_CONTEXT_SPECIFIC): the user's PIN again, for the sign or
+ * decrypt operation just started with a CKA_ALWAYS_AUTHENTICATE key. A wrong
+ * PIN counts towards the lock-out and leaves the operation waiting. */
+static CK_RV login_context(p11_session *s, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+    static const tok_op_kind kinds[] = {TOK_OP_SIGN, TOK_OP_DECRYPT};
+    CK_RV rv = CKR_OPERATION_NOT_INITIALIZED;
+
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        if (s->op[kinds[i]] && s->op_reauth[kinds[i]])
+            rv = CKR_OK;
+    if (rv == CKR_OK && !pPin && ulPinLen)
+        rv = CKR_ARGUMENTS_BAD;
+    if (rv == CKR_OK && p11_login_state(s->slot) != CKU_USER)
+        rv = CKR_USER_NOT_LOGGED_IN;
+    if (rv == CKR_OK)
+        rv = tok_login_check(p11_tok(), s->slot, CKU_USER, pPin, ulPinLen);
+    if (rv == CKR_OK)
+        for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+            s->op_reauth[kinds[i]] = false;
+    p11_session_put(s);
+    return rv;
+}
+
 static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
 {
     p11_session *s;
@@ -296,9 +321,9 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
     if (rv != CKR_OK)
         return rv;
     slot = s->slot;
-    p11_session_put(s);
     if (userType == CKU_CONTEXT_SPECIFIC)
-        return CKR_OPERATION_NOT_INITIALIZED; /* no CKA_ALWAYS_AUTHENTICATE keys yet */
+        return login_context(s, pPin, ulPinLen); /* puts s */
+    p11_session_put(s);
     if (userType != CKU_SO && userType != CKU_USER)
         return CKR_USER_TYPE_INVALID;
     if (!pPin && ulPinLen)

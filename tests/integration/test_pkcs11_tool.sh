@@ -75,6 +75,17 @@ p11 "${P[@]}" --delete-object --type privkey --id 07 >/dev/null
 p11 "${P[@]}" --delete-object --type pubkey --id 07 >/dev/null
 ok "sign/verify ECDSA, RSA PKCS#1, HMAC, EdDSA; openssl verifies; corrupted signatures refused"
 
+# A key that wants the PIN for every use: pkcs11-tool sees CKA_ALWAYS_AUTHENTICATE
+# and logs in with CKU_CONTEXT_SPECIFIC after C_SignInit.
+p11 "${P[@]}" --keypairgen --key-type EC:prime256v1 --always-auth --label always --id 0a > aa.txt
+grep -q "Access: *always authenticate" aa.txt || { cat aa.txt; fail "the key does not always authenticate"; }
+p11 "${P[@]}" --sign -m ECDSA-SHA256 --id 0a -f openssl -i msg -o sig.0a >"$T/out" 2>&1 || { cat "$T/out"; fail "sign with an always-authenticate key"; }
+expect_rc 0 p11 "${P[@]}" --verify -m ECDSA-SHA256 --id 0a -f openssl -i msg --signature-file sig.0a
+expect_out "Signature is valid"
+p11 "${P[@]}" --delete-object --type privkey --id 0a >/dev/null
+p11 "${P[@]}" --delete-object --type pubkey --id 0a >/dev/null
+ok "CKA_ALWAYS_AUTHENTICATE key: pkcs11-tool signs after its context-specific login"
+
 IV=00112233445566778899aabbccddeeff
 head -c 1000 /dev/urandom > plain
 p11 "${P[@]}" --encrypt -m AES-CBC-PAD --id 04 --iv $IV -i plain -o ct >/dev/null

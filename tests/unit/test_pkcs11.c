@@ -1560,6 +1560,92 @@ static void test_wrap_templates(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* CKA_ALWAYS_AUTHENTICATE: every sign or decrypt with the key needs
+ * C_Login(CKU_CONTEXT_SPECIFIC) between its init and its first use. */
+static void test_always_authenticate(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("always-auth");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, ecdsa = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_VERIFY, &yes, 1}};
+    CK_ATTRIBUTE kt[] = {{CKA_SIGN, &yes, 1}, {CKA_PRIVATE, &yes, 1}, {CKA_ALWAYS_AUTHENTICATE, &yes, 1}};
+    CK_OBJECT_HANDLE pub, priv, plain_pub, plain_priv;
+    CK_BYTE sig[64];
+    CK_ULONG sl = sizeof(sig);
+    const CK_UTF8CHAR_PTR pin = (CK_UTF8CHAR_PTR)PIN;
+
+    CK(f->C_GenerateKeyPair(h, &gen, pt, 2, kt, 3, &pub, &priv));
+    CK(f->C_GenerateKeyPair(h, &gen, pt, 2, kt, 2, &plain_pub, &plain_priv));
+    CK_BBOOL aa = CK_FALSE;
+    CK_ATTRIBUTE q[] = {{CKA_ALWAYS_AUTHENTICATE, &aa, 1}};
+    CK(f->C_GetAttributeValue(h, priv, q, 1));
+    assert_true(aa);
+
+    /* No operation waiting: nothing to authenticate. */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, strlen(PIN)));
+    CK(f->C_SignInit(h, &ecdsa, plain_priv));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, strlen(PIN)));
+    CK(f->C_Sign(h, (CK_BYTE_PTR) "m", 1, sig, &sl));
+
+    /* Using the key without the context-specific login ends the operation. */
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_Sign(h, (CK_BYTE_PTR) "m", 1, sig, &sl));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Sign(h, (CK_BYTE_PTR) "m", 1, sig, &sl));
+
+    /* A wrong PIN leaves it waiting; the right one lets one signature through. */
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    RV(CKR_PIN_INCORRECT, f->C_Login(h, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR) "wrong-pin", 9));
+    RV(CKR_ARGUMENTS_BAD, f->C_Login(h, CKU_CONTEXT_SPECIFIC, NULL, 4));
+    CK(f->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, strlen(PIN)));
+    sl = 0;
+    CK(f->C_Sign(h, (CK_BYTE_PTR) "m", 1, NULL, &sl)); /* the size query keeps the operation */
+    CK(f->C_Sign(h, (CK_BYTE_PTR) "m", 1, sig, &sl));
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    CK(f->C_Verify(h, (CK_BYTE_PTR) "m", 1, sig, sl));
+    CK_TOKEN_INFO ti;
+    CK(f->C_GetTokenInfo(s, &ti));
+    assert_false(ti.flags & CKF_USER_PIN_COUNT_LOW); /* the right PIN reset the counter */
+
+    /* The next use asks again; multi-part works the same. */
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_SignUpdate(h, (CK_BYTE_PTR) "m", 1));
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    CK(f->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, strlen(PIN)));
+    CK(f->C_SignUpdate(h, (CK_BYTE_PTR) "m", 1));
+    sl = sizeof(sig);
+    CK(f->C_SignFinal(h, sig, &sl));
+    CK(f->C_VerifyInit(h, &ecdsa, pub));
+    CK(f->C_Verify(h, (CK_BYTE_PTR) "m", 1, sig, sl));
+
+    /* Decrypt with an RSA key that always authenticates. */
+    CK_OBJECT_HANDLE rpub, rpriv;
+    CK_MECHANISM rgen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0}, pkcs = {CKM_RSA_PKCS, NULL, 0};
+    CK_ULONG bits = 2048;
+    CK_ATTRIBUTE rpt[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_ENCRYPT, &yes, 1}};
+    CK_ATTRIBUTE rkt[] = {{CKA_DECRYPT, &yes, 1}, {CKA_ALWAYS_AUTHENTICATE, &yes, 1}};
+    CK(f->C_GenerateKeyPair(h, &rgen, rpt, 2, rkt, 2, &rpub, &rpriv));
+    CK_BYTE ct[256], out[256];
+    CK_ULONG cl = sizeof(ct), ol = sizeof(out);
+    CK(f->C_EncryptInit(h, &pkcs, rpub));
+    CK(f->C_Encrypt(h, (CK_BYTE_PTR) "secret", 6, ct, &cl));
+    CK(f->C_DecryptInit(h, &pkcs, rpriv));
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_Decrypt(h, ct, cl, out, &ol));
+    CK(f->C_DecryptInit(h, &pkcs, rpriv));
+    CK(f->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, strlen(PIN)));
+    ol = sizeof(out);
+    CK(f->C_Decrypt(h, ct, cl, out, &ol));
+    assert_int_equal(ol, 6);
+    assert_memory_equal(out, "secret", 6);
+
+    /* Logged out: the context-specific login is refused. */
+    CK(f->C_SignInit(h, &ecdsa, priv));
+    CK(f->C_Logout(h));
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, strlen(PIN)));
+    CK(f->C_CloseAllSessions(s));
+}
+
 /* Every mechanism the token lists, driven through the module the same way:
  * size query, short buffer (the operation stays), the real call, the
  * inverse operation, a corrupted signature or ciphertext, a wrong key type. */
@@ -1914,6 +2000,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_direct_and_p11kit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrap_unwrap_derive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrap_templates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_always_authenticate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mechanism_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_montgomery_derive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hkdf, setup, teardown),
