@@ -116,6 +116,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     }
     if (ks_get_info(ctx->st, &info) == KS_OK)
         memcpy(ctx->ksid, info.keystore_id, sizeof(ctx->ksid));
+    ks_log(KS_LOG_DEBUG, "keystore %s opened (master key: %s)", ctx->cfg.keystore, ctx->mk.source);
     *out = ctx;
     return CKR_OK;
 fail:
@@ -388,6 +389,11 @@ static CK_RV record_attempt(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, boo
     if (!success && u.fails_after >= TOK_MAX_PIN_TRIES)
         ks_log(KS_LOG_WARN, "token %lu: %s PIN locked after %lu failed attempts", (unsigned long)slot,
                who == CKU_SO ? "SO" : "user", TOK_MAX_PIN_TRIES);
+    else if (!success)
+        ks_log(KS_LOG_INFO, "token %lu: wrong %s PIN (%lu of %lu attempts before it locks)", (unsigned long)slot,
+               who == CKU_SO ? "SO" : "user", (unsigned long)u.fails_after, TOK_MAX_PIN_TRIES);
+    else
+        ks_log(KS_LOG_DEBUG, "token %lu: %s PIN accepted", (unsigned long)slot, who == CKU_SO ? "SO" : "user");
     return CKR_OK;
 }
 
@@ -502,6 +508,8 @@ CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG l
     if (rv != CKR_OK)
         return rv;
     rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "token %lu: user PIN set by the SO", (unsigned long)slot);
     return ks_to_ckr(rc);
 }
 
@@ -527,6 +535,8 @@ CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t
     if (rv != CKR_OK)
         return rv;
     rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "token %lu: %s PIN changed", (unsigned long)slot, who == CKU_SO ? "SO" : "user");
     return ks_to_ckr(rc);
 }
 
@@ -592,6 +602,9 @@ static CK_RV obj_commit(tok_ctx *ctx, obj_write *w)
     if (rc != KS_OK)
         ks_log(KS_LOG_ERROR, "token %u object %llu: write failed: %s", w->tid, (unsigned long long)w->oid,
                ks_strerror(rc));
+    else
+        ks_log(KS_LOG_DEBUG, "token %u object %llu %s", w->tid, (unsigned long long)w->oid,
+               w->create ? "created" : w->destroy ? "destroyed" : "updated");
     return ks_to_ckr(rc);
 }
 

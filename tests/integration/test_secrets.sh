@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Secrets stay secret: with log_level = debug, a token's whole life (PINs
+# right and wrong, keys of known value imported and used, master-key changes
+# by passphrase and by generated key, backup, verify, list, status) leaves no
+# PIN, passphrase, key value or master key in the module log or in anything
+# p11mk-admin printed, and no key value or PIN in the keystore files at rest.
+. "$P11MK_TESTLIB"
+need pkcs11-tool
+need openssl
+
+cat > "$CONF" <<CONF
+keystore = $KS
+master_key = $T/master.key
+log = $T/p11mk.log
+log_level = debug
+CONF
+OUT=$T/printed
+admin() { "$ADMIN" "$@" >>"$OUT" 2>&1 || { tail -n 20 "$OUT"; fail "p11mk-admin $* failed"; }; }
+nkeys=0
+keys() { nkeys=$((nkeys + 1)); cp "$T/master.key" "$T/registers.$nkeys"; }
+tool() { p11 "$@" >>"$OUT" 2>&1 || { tail -n 20 "$OUT"; fail "pkcs11-tool $* failed"; }; }
+
+admin init --generate-key "$T/master.key"
+keys
+init_token secrets
+P=(--token-label secrets --login --pin $PIN)
+WRONG=wrong-pin-987
+p11 --token-label secrets --login --pin $WRONG -O >>"$OUT" 2>&1 && fail "a wrong PIN logged in"
+
+# Keys whose values the test knows, imported and used.
+head -c 32 /dev/urandom > aes.bin
+tool "${P[@]}" --write-object aes.bin --type secrkey --key-type AES:32 --id 11 --label aes-known --usage-decrypt
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -outform DER -out ec.der 2>/dev/null
+tool "${P[@]}" --write-object ec.der --type privkey --id 12 --label ec-known --usage-sign
+echo "data to protect" > msg
+tool "${P[@]}" --encrypt -m AES-CBC-PAD --id 11 --iv 000102030405060708090a0b0c0d0e0f -i msg -o ct
+tool "${P[@]}" --sign -m ECDSA-SHA256 --id 12 -i msg -o sig
+
+# Master-key changes while the keys exist, each register recorded.
+PASS="Correct-Horse-Battery-Staple-42"
+echo "$PASS" > pass.txt
+admin set-master-key --passphrase-file pass.txt --yes
+keys
+admin rotate
+keys
+admin stage --generate
+keys
+admin rewrap --quiet
+admin commit
+keys
+tool "${P[@]}" --sign -m ECDSA-SHA256 --id 12 -i msg -o sig2
+tool "${P[@]}" --decrypt -m AES-CBC-PAD --id 11 --iv 000102030405060708090a0b0c0d0e0f -i ct -o back
+cmp -s msg back || fail "decryption after the rotations"
+for c in status "status --json" list "list --json" verify version; do admin $c; done
+admin backup "$T/backup.mdb"
+
+[ "$(grep -c 'debug' "$T/p11mk.log")" -ge 5 ] || fail "the module wrote no debug lines: this test would prove nothing"
+
+python3 - "$T" "$PIN" "$SO" "$WRONG" "$PASS" <<'PY' || fail "a secret leaked (see above)"
+import glob, re, subprocess, sys
+T, pins = sys.argv[1], sys.argv[2:]
+secrets = {}  # name -> raw bytes
+for i, p in enumerate(pins):
+    secrets["PIN/passphrase %d" % i] = p.encode()
+secrets["AES key"] = open(T + "/aes.bin", "rb").read()
+text = subprocess.run(["openssl", "pkey", "-inform", "DER", "-in", T + "/ec.der", "-text", "-noout"],
+                      capture_output=True, text=True, check=True).stdout
+m = re.search(r"priv:\s*((?:[0-9a-f]{2}:?\s*)+)pub:", text)
+scalar = bytes.fromhex(re.sub(r"[^0-9a-f]", "", m.group(1)))
+secrets["EC private key"] = scalar[-32:]
+masters = set()
+for snap in glob.glob(T + "/registers.*"):
+    data = open(snap, "rb").read()
+    if len(data) == 32:  # the first key file format: the raw key
+        masters.add(data)
+    else:
+        masters |= {bytes.fromhex(h) for h in re.findall(r"^(?:current|new|old) ([0-9a-f]{64})$", data.decode(), re.M)}
+assert len(masters) >= 4, "expected the keys of 4 epochs in the key file snapshots, got %d" % len(masters)
+for i, k in enumerate(sorted(masters)):
+    secrets["master key %d" % i] = k
+
+def forms(v):
+    f = [v, v.hex().encode(), v.hex().upper().encode()]
+    if len(v) >= 16:
+        f.append(":".join("%02x" % b for b in v).encode())
+    return f
+
+bad = 0
+printed = [T + "/p11mk.log", T + "/printed"]
+at_rest = [T + "/keystore/data.mdb", T + "/backup.mdb"]
+for path in printed + at_rest:
+    data = open(path, "rb").read()
+    for name, v in secrets.items():
+        for form in forms(v):
+            if form in data:
+                print("LEAK: %s found in %s" % (name, path))
+                bad += 1
+                break
+print("checked %d secrets in %d files" % (len(secrets), len(printed + at_rest)))
+sys.exit(1 if bad else 0)
+PY
+ok "no PIN, passphrase, key value or master key in the debug log, the admin's output or the files at rest"
