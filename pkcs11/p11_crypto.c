@@ -518,9 +518,18 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
         rv = p11_object_key(s, hBaseKey, &bk, &battrs);
     if (rv == CKR_OK && !tok_attrs_get_bool(&battrs, CKA_DERIVE, false))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
-    if (rv == CKR_OK)
-        rv = tok_policy_build(TOK_BUILD_DERIVE, CKO_SECRET_KEY, TOK_KTYPE_FROM_TEMPLATE, pMechanism->mechanism,
-                              pTemplate, ulAttributeCount, &obj);
+    if (rv == CKR_OK) { /* the base key's CKA_DERIVE_TEMPLATE joins the caller's */
+        P11_AUTO_ATTRS dt = TOK_ATTRS_INIT;
+        CK_ATTRIBUTE *merged = NULL;
+        CK_ULONG nm = 0;
+        rv = tok_template_get(&battrs, CKA_DERIVE_TEMPLATE, &dt);
+        if (rv == CKR_OK)
+            rv = tok_template_merge(pTemplate, ulAttributeCount, &dt, &merged, &nm);
+        if (rv == CKR_OK)
+            rv = tok_policy_build(TOK_BUILD_DERIVE, CKO_SECRET_KEY, TOK_KTYPE_FROM_TEMPLATE, pMechanism->mechanism,
+                                  merged, nm, &obj);
+        free(merged);
+    }
     if (rv == CKR_OK)
         rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
     if (rv == CKR_OK)

@@ -66,7 +66,8 @@ TOK_API CK_RV tok_policy_set(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_
  * -> CKR_ATTRIBUTE_READ_ONLY. */
 TOK_API CK_RV tok_policy_copy(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out);
 
-/* Attribute templates (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE): stored
+/* Attribute templates (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE,
+ * CKA_DERIVE_TEMPLATE): stored
  * packed (the tok_attrs serialized form) as the attribute's value. */
 TOK_API bool tok_attr_is_template(CK_ATTRIBUTE_TYPE t);
 /* The nested template of obj's attribute t, or CKR_OK with an empty set when absent. */

@@ -1926,6 +1926,19 @@ static void test_hkdf(void **state)
     CK(f->C_GetAttributeValue(h, out, vt, 1));
     assert_int_equal(vt[0].ulValueLen, 42);
     assert_memory_equal(okm, want, 42);
+    /* A base key's CKA_DERIVE_TEMPLATE joins every derive template. */
+    CK_ATTRIBUTE must[] = {{CKA_SENSITIVE, &yes, 1}};
+    CK_ATTRIBUTE bt2[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_VALUE, ikm, sizeof(ikm)},
+                          {CKA_DERIVE, &yes, 1}, {CKA_DERIVE_TEMPLATE, must, sizeof(must)}};
+    CK_OBJECT_HANDLE base2;
+    CK(f->C_CreateObject(h, bt2, 5, &base2));
+    RV(CKR_TEMPLATE_INCONSISTENT, f->C_DeriveKey(h, &m, base2, dt, 4, &out)); /* asks for SENSITIVE=FALSE */
+    CK(f->C_DeriveKey(h, &m, base2, dt, 2, &out));
+    CK_BBOOL sens = CK_FALSE;
+    CK_ATTRIBUTE st[] = {{CKA_SENSITIVE, &sens, 1}};
+    CK(f->C_GetAttributeValue(h, out, st, 1));
+    assert_true(sens);
+    RV(CKR_ATTRIBUTE_SENSITIVE, f->C_GetAttributeValue(h, out, vt, 1));
     p.prf = CKM_SHA256_RSA_PKCS; /* not a digest */
     RV(CKR_MECHANISM_PARAM_INVALID, f->C_DeriveKey(h, &m, base, dt, 4, &out));
     p.prf = CKM_SHA256;
