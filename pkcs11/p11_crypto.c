@@ -413,6 +413,25 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 
 /* ---- wrapping and derivation -------------------------------------------------- */
 
+/* Build the object an unwrap or derive makes: the caller's template joined
+ * with the key's template attribute tt (CKA_UNWRAP_TEMPLATE,
+ * CKA_DERIVE_TEMPLATE); a conflict between them is CKR_TEMPLATE_INCONSISTENT. */
+static CK_RV build_under(const tok_attrs *key, CK_ATTRIBUTE_TYPE tt, tok_build_mode mode, CK_OBJECT_CLASS cls,
+                         CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj)
+{
+    P11_AUTO_ATTRS kt = TOK_ATTRS_INIT;
+    CK_ATTRIBUTE *merged = NULL;
+    CK_ULONG nm = 0;
+    CK_RV rv = tok_template_get(key, tt, &kt);
+
+    if (rv == CKR_OK)
+        rv = tok_template_merge(tmpl, n, &kt, &merged, &nm);
+    if (rv == CKR_OK)
+        rv = tok_policy_build(mode, cls, TOK_KTYPE_FROM_TEMPLATE, mech, merged, nm, obj);
+    free(merged);
+    return rv;
+}
+
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
                 CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
 {
@@ -474,18 +493,9 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
         rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
     if (rv == CKR_OK && !tok_attrs_get_bool(&uattrs, CKA_UNWRAP, false))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
-    if (rv == CKR_OK) { /* the unwrapping key's CKA_UNWRAP_TEMPLATE joins the caller's */
-        P11_AUTO_ATTRS ut = TOK_ATTRS_INIT;
-        CK_ATTRIBUTE *merged = NULL;
-        CK_ULONG nm = 0;
-        rv = tok_template_get(&uattrs, CKA_UNWRAP_TEMPLATE, &ut);
-        if (rv == CKR_OK)
-            rv = tok_template_merge(pTemplate, ulAttributeCount, &ut, &merged, &nm);
-        if (rv == CKR_OK)
-            rv = tok_policy_build(TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE,
-                                  CK_UNAVAILABLE_INFORMATION, merged, nm, &obj);
-        free(merged);
-    }
+    if (rv == CKR_OK)
+        rv = build_under(&uattrs, CKA_UNWRAP_TEMPLATE, TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE, CK_UNAVAILABLE_INFORMATION,
+                         pTemplate, ulAttributeCount, &obj);
     if (rv == CKR_OK)
         rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
     if (rv == CKR_OK)
@@ -518,18 +528,9 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
         rv = p11_object_key(s, hBaseKey, &bk, &battrs);
     if (rv == CKR_OK && !tok_attrs_get_bool(&battrs, CKA_DERIVE, false))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
-    if (rv == CKR_OK) { /* the base key's CKA_DERIVE_TEMPLATE joins the caller's */
-        P11_AUTO_ATTRS dt = TOK_ATTRS_INIT;
-        CK_ATTRIBUTE *merged = NULL;
-        CK_ULONG nm = 0;
-        rv = tok_template_get(&battrs, CKA_DERIVE_TEMPLATE, &dt);
-        if (rv == CKR_OK)
-            rv = tok_template_merge(pTemplate, ulAttributeCount, &dt, &merged, &nm);
-        if (rv == CKR_OK)
-            rv = tok_policy_build(TOK_BUILD_DERIVE, CKO_SECRET_KEY, TOK_KTYPE_FROM_TEMPLATE, pMechanism->mechanism,
-                                  merged, nm, &obj);
-        free(merged);
-    }
+    if (rv == CKR_OK)
+        rv = build_under(&battrs, CKA_DERIVE_TEMPLATE, TOK_BUILD_DERIVE, CKO_SECRET_KEY, pMechanism->mechanism,
+                         pTemplate, ulAttributeCount, &obj);
     if (rv == CKR_OK)
         rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
     if (rv == CKR_OK)
