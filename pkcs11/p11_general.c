@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 static struct {
-    bool initialized;
+    bool initialized; /* read and written atomically: see p11_initialized */
     pid_t pid;
     tok_ctx *tok;
     p11_mutex *lock;
@@ -14,7 +14,12 @@ static struct {
 /* C_Initialize/C_Finalize themselves are serialized by a process mutex. */
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
-bool p11_initialized(void) { return g.initialized && g.pid == getpid(); }
+/* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
+ * tests do): the flag is published with release after every other field is
+ * set, and read with acquire. */
+static void set_initialized(bool v) { __atomic_store_n(&g.initialized, v, __ATOMIC_RELEASE); }
+static bool get_initialized(void) { return __atomic_load_n(&g.initialized, __ATOMIC_ACQUIRE); }
+bool p11_initialized(void) { return get_initialized() && g.pid == getpid(); }
 tok_ctx *p11_tok(void) { return g.tok; }
 void p11_lock(void) { p11_mutex_lock(g.lock); }
 void p11_unlock(void) { p11_mutex_unlock(g.lock); }
@@ -28,7 +33,7 @@ static void forget_parent(void)
     p11_sobjs_free_all();
     g.tok = NULL; /* abandoned: the keystore layer handles the child's reopen */
     g.lock = NULL;
-    g.initialized = false;
+    set_initialized(false);
 }
 
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
@@ -36,9 +41,9 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     CK_RV rv;
 
     pthread_mutex_lock(&init_lock);
-    if (g.initialized && g.pid != getpid())
+    if (get_initialized() && g.pid != getpid())
         forget_parent();
-    if (g.initialized) {
+    if (get_initialized()) {
         pthread_mutex_unlock(&init_lock);
         return CKR_CRYPTOKI_ALREADY_INITIALIZED;
     }
@@ -55,7 +60,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     if (rv == CKR_OK) {
         p11_sessions_init();
         g.pid = getpid();
-        g.initialized = true;
+        set_initialized(true);
     }
     pthread_mutex_unlock(&init_lock);
     return rv;
@@ -73,9 +78,9 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     p11_sobjs_free_all();
     tok_ctx_close(g.tok);
     g.tok = NULL;
+    set_initialized(false);
     p11_mutex_free(g.lock);
     g.lock = NULL;
-    g.initialized = false;
     pthread_mutex_unlock(&init_lock);
     return CKR_OK;
 }
