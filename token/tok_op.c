@@ -964,6 +964,13 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
             ok = EVP_PKEY_verify_recover_init(ctx) == 1 && rsa_setup(op, ctx) &&
                  EVP_PKEY_verify_recover(ctx, blk, &n, sig, siglen) == 1 && n == op->key->size_bytes &&
                  CRYPTO_memcmp(blk, w, n) == 0;
+        } else if (op->d->mc == M_RSA_PKCS) {
+            /* Recover and compare: EVP_PKEY_verify refuses empty data, which
+             * C_Sign accepts (PKCS#1 v1.5 signs any data up to k - 11 bytes). */
+            size_t n = sizeof(blk);
+            ok = EVP_PKEY_verify_recover_init(ctx) == 1 && rsa_setup(op, ctx) &&
+                 EVP_PKEY_verify_recover(ctx, blk, &n, sig, siglen) == 1 && n == inlen &&
+                 (!n || CRYPTO_memcmp(blk, in, n) == 0);
         } else {
             ok = EVP_PKEY_verify_init(ctx) == 1 && rsa_setup(op, ctx) &&
                  EVP_PKEY_verify(ctx, sig, siglen, in, inlen) == 1;

@@ -226,9 +226,14 @@ CK_RV tok_template_merge(const CK_ATTRIBUTE *tmpl, CK_ULONG n, const tok_attrs *
         const tok_attr *e = &extra->v[i];
         const CK_ATTRIBUTE *given = tmpl_find(tmpl, n, e->type);
         if (given) {
-            if (given->ulValueLen != e->len || (e->len && memcmp(given->pValue, e->val, e->len) != 0)) {
+            CK_RV rv = CKR_OK;
+            if (!given->pValue && given->ulValueLen)
+                rv = CKR_ATTRIBUTE_VALUE_INVALID;
+            else if (given->ulValueLen != e->len || (e->len && memcmp(given->pValue, e->val, e->len) != 0))
+                rv = CKR_TEMPLATE_INCONSISTENT;
+            if (rv != CKR_OK) {
                 free(m);
-                return CKR_TEMPLATE_INCONSISTENT;
+                return rv;
             }
             continue;
         }
@@ -614,9 +619,19 @@ CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
 /* ---- set / copy ---------------------------------------------------------- */
 
 /* Flags that may only move one way. */
+/* t passed check_value_len: the value is read only for the booleans below. */
 static CK_RV one_way(const tok_attrs *obj, const CK_ATTRIBUTE *t, bool copy)
 {
-    bool now, want = tmpl_bool_val(t);
+    bool now, want;
+    switch (t->type) {
+    case CKA_MODIFIABLE:
+    case CKA_DESTROYABLE:
+    case CKA_SENSITIVE:
+    case CKA_WRAP_WITH_TRUSTED:
+    case CKA_EXTRACTABLE:
+    case CKA_COPYABLE: want = tmpl_bool_val(t); break;
+    default: return CKR_OK;
+    }
     switch (t->type) {
     case CKA_MODIFIABLE: /* a copy may be more restricted, never less */
     case CKA_DESTROYABLE:

@@ -588,6 +588,11 @@ static void test_objects(void **state)
     assert_true(size > 19);
 
     /* Set attribute rules. */
+    CK_ATTRIBUTE empty[] = {{CKA_LABEL, NULL, 0}}; /* an empty value (found by fuzz_attrs) */
+    CK(f->C_SetAttributeValue(rw, d, empty, 1));
+    CK_OBJECT_HANDLE dcopy;
+    CK(f->C_CopyObject(rw, d, empty, 1, &dcopy));
+    CK(f->C_DestroyObject(rw, dcopy));
     CK_ATTRIBUTE nl[] = {{CKA_LABEL, "renamed", 7}};
     CK(f->C_SetAttributeValue(rw, d, nl, 1));
     RV(CKR_SESSION_READ_ONLY, f->C_SetAttributeValue(ro, d, nl, 1));
@@ -909,6 +914,14 @@ static void test_gcm_and_rsa(void **state)
     CK(f->C_VerifyInit(h, &rs, pub));
     CK(f->C_Verify(h, in, sizeof(in), sig, slen));
     CK_MECHANISM rp = {CKM_RSA_PKCS, NULL, 0};
+    /* PKCS#1 v1.5 over empty data: signs, and verifies (found by fuzz_pkcs11). */
+    slen = sizeof(sig);
+    CK(f->C_SignInit(h, &rp, priv));
+    CK(f->C_Sign(h, in, 0, sig, &slen));
+    CK(f->C_VerifyInit(h, &rp, pub));
+    CK(f->C_Verify(h, in, 0, sig, slen));
+    CK(f->C_VerifyInit(h, &rp, pub));
+    RV(CKR_SIGNATURE_INVALID, f->C_Verify(h, in, 1, sig, slen));
     CK(f->C_EncryptInit(h, &rp, pub));
     len = sizeof(out);
     RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, in, sizeof(in), out, &len));
@@ -1543,6 +1556,8 @@ static void test_wrap_templates(void **state)
     CK(f->C_UnwrapKey(h, &kw, kek, blob, bl, agree, 3, &un));
     CK_ATTRIBUTE clash[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_EXTRACTABLE, &yes, 1}};
     RV(CKR_TEMPLATE_INCONSISTENT, f->C_UnwrapKey(h, &kw, kek, blob, bl, clash, 3, &un));
+    CK_ATTRIBUTE nullval[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_SENSITIVE, NULL, 1}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_UnwrapKey(h, &kw, kek, blob, bl, nullval, 3, &un)); /* found by fuzz_pkcs11 */
 
     /* Bad templates at creation: not an array, nested templates, a bad boolean; and on the wrong class. */
     CK_ATTRIBUTE odd[] = {{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_WRAP_TEMPLATE, wtmpl, sizeof(wtmpl) - 1}};
