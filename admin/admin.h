@@ -32,7 +32,8 @@ typedef struct {
     bool run;                    /* auto-update run */
     bool to_default;             /* export --to-default */
     unsigned parts;              /* --parts N: the key is entered as N parts (split knowledge) */
-    const char *token;           /* list --token LABEL */
+    const char *token;           /* list, delete-token: --token LABEL */
+    unsigned long slot;          /* delete-token --slot N (0: not given) */
     bool help;                   /* --help: the whole help, or a command's */
     const char *file;            /* backup / restore / export FILE */
 } admin_opts;
@@ -53,6 +54,10 @@ int admin_backup(const admin_opts *o);
 int admin_restore(const admin_opts *o);
 int admin_export(const admin_opts *o);
 int admin_list(const admin_opts *o);
+int admin_delete_token(const admin_opts *o);
+/* Ask question on the terminal (y/N); true with --yes. Without a terminal
+ * and without --yes: an error saying to add --yes, and false. */
+bool admin_confirm(const admin_opts *o, const char *question);
 void admin_format_time(uint64_t t, char *out, size_t n);
 void admin_format_duration(uint64_t s, char *out, size_t n);
 

@@ -216,3 +216,87 @@ int admin_list(const admin_opts *o)
     }
     return EXIT_OK;
 }
+
+/* The token named by --slot N or --token LABEL (exactly one must match). */
+static int pick_token(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID *slot, char label[33])
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG ns = 0;
+    int found = 0;
+
+    if (tok_slot_list(ctx, &slots, &ns) != CKR_OK)
+        return EXIT_KEYSTORE;
+    for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
+        CK_TOKEN_INFO ti;
+        char l[33];
+        if (tok_token_info(ctx, slots[si], &ti) != CKR_OK)
+            continue;
+        trim(ti.label, l);
+        if (o->slot ? slots[si] != o->slot : strcmp(l, o->token) != 0)
+            continue;
+        if (found++ == 0) {
+            *slot = slots[si];
+            memcpy(label, l, sizeof(l));
+        }
+    }
+    free(slots);
+    if (found == 1)
+        return EXIT_OK;
+    if (!found && o->slot)
+        admin_error("no token in slot %lu; 'p11mk-admin list' shows the tokens and their slots", o->slot);
+    else if (!found)
+        admin_error("no token labeled '%s'; 'p11mk-admin list' shows the tokens", o->token);
+    else
+        admin_error("%d tokens are labeled '%s'; name one with --slot N ('p11mk-admin list' shows the slots)", found,
+                    o->token);
+    return EXIT_FAILED;
+}
+
+int admin_delete_token(const admin_opts *o)
+{
+    tok_ctx *ctx = NULL;
+    CK_SLOT_ID slot = 0;
+    char label[33] = "", question[128];
+    uint64_t objects = 0;
+    ks_txn *txn = NULL;
+    int rc;
+
+    if (!o->token == !o->slot) {
+        admin_error("delete-token needs --token LABEL or --slot N (one of them)");
+        return EXIT_USAGE;
+    }
+    if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK)
+        return admin_exit_for_open_error(tok_ctx_error());
+    if ((rc = pick_token(ctx, o, &slot, label)) != EXIT_OK) {
+        tok_ctx_close(ctx);
+        return rc;
+    }
+    if (ks_read_begin(tok_ctx_store(ctx), &txn) == KS_OK) {
+        ks_token_count_objects(txn, (uint32_t)slot, &objects);
+        ks_read_end(txn);
+    }
+    if (!o->quiet)
+        printf("Token '%s' (slot %lu) holds %llu object%s. Deleting it destroys them and its PINs for good;\n"
+               "only a backup made before brings them back.\n",
+               label, (unsigned long)slot, (unsigned long long)objects, objects == 1 ? "" : "s");
+    snprintf(question, sizeof(question), "Delete token '%s'? [y/N] ", label);
+    if (!admin_confirm(o, question)) {
+        printf("Nothing was deleted.\n");
+        tok_ctx_close(ctx);
+        return EXIT_FAILED;
+    }
+    CK_RV rv = tok_token_delete(ctx, slot);
+    tok_ctx_close(ctx);
+    if (rv != CKR_OK) {
+        admin_error("token '%s' could not be deleted (0x%lx); nothing was changed. Check the keystore with "
+                    "'p11mk-admin verify'",
+                    label, (unsigned long)rv);
+        return EXIT_FAILED;
+    }
+    if (!o->quiet)
+        printf("Deleted token '%s' (slot %lu) and its %llu object%s. Slot %lu is not given to another token:\n"
+               "applications still holding it find no token there.\n",
+               label, (unsigned long)slot, (unsigned long long)objects, objects == 1 ? "" : "s",
+               (unsigned long)slot);
+    return EXIT_OK;
+}

@@ -25,6 +25,9 @@ static const char usage[] =
     "  list [--token LABEL] [--json]\n"
     "                              tokens and objects: class, key type, label, id,\n"
     "                              flags, epoch and pkcs11: URI (RFC 7512)\n"
+    "  delete-token --token LABEL | --slot N [--yes]\n"
+    "                              delete a token with all its objects (asks y/N);\n"
+    "                              its slot id is never given to another token\n"
     "  verify                      open every record under its epoch's key; names\n"
     "                              each failing object; non-zero exit on any problem\n"
     "  version [--json]            program, keystore format, KDF and AEAD suite,\n"
@@ -152,6 +155,7 @@ static const struct {
     {"auto-update", admin_auto_update},         {"version", admin_version},
     {"backup", admin_backup},   {"restore", admin_restore},
     {"export", admin_export},   {"list", admin_list},
+    {"delete-token", admin_delete_token},
 };
 
 static const struct {
@@ -168,6 +172,10 @@ static const struct {
     {"list", "list [--token LABEL] [--json]",
      "Tokens and their objects: class, key type, label, id, flags, epoch and the RFC 7512 pkcs11: URI that\n"
      "other tools accept."},
+    {"delete-token", "delete-token --token LABEL | --slot N [--yes]",
+     "Delete a token with all its objects and PINs, after showing what goes and asking y/N. Only a backup\n"
+     "made before brings them back. The slot id is never given to another token, so an application still\n"
+     "holding it finds no token there rather than someone else's."},
     {"verify", "verify",
      "Open every record under the key of its epoch and check the indexes both ways; name each failing\n"
      "object. Exit 5 if anything fails."},
@@ -231,6 +239,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         {"to-default", no_argument, NULL, 'T'},
         {"parts", required_argument, NULL, 'p'},
         {"token", required_argument, NULL, 't'},
+        {"slot", required_argument, NULL, 's'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -249,6 +258,17 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'D': o->disable = true; break;
         case 'T': o->to_default = true; break;
         case 't': o->token = optarg; break;
+        case 's': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 0);
+            if (errno || *end || v == 0 || v > UINT32_MAX) {
+                admin_error("--slot takes a slot id as 'p11mk-admin list' shows it");
+                return EXIT_USAGE;
+            }
+            o->slot = v;
+            break;
+        }
         case 'p': {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);

@@ -267,7 +267,7 @@ static int read_line(FILE *tty, const char *prompt, char *buf, size_t cap, bool 
     return 0;
 }
 
-static bool confirm(const admin_opts *o, const char *question)
+bool admin_confirm(const admin_opts *o, const char *question)
 {
     char ans[16];
     FILE *tty;
@@ -642,7 +642,7 @@ int admin_set_master_key(const admin_opts *o)
                c.cfg.keystore, info.epoch, info.epoch + 1);
         if (info.auto_interval)
             printf("Automatic rotation is on: setting the key by hand disables it.\n");
-        if (!confirm(o, "Continue? [y/N] ")) {
+        if (!admin_confirm(o, "Continue? [y/N] ")) {
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
@@ -667,7 +667,7 @@ int admin_clear_history(const admin_opts *o)
     } else if (rc == EXIT_OK) {
         printf("This destroys %zu retired master key%s: backups and copies sealed under %s can no longer be\n"
                "opened.\n", c.regs.n_old, c.regs.n_old == 1 ? "" : "s", c.regs.n_old == 1 ? "it" : "them");
-        if (!confirm(o, "Destroy them? [y/N] ")) {
+        if (!admin_confirm(o, "Destroy them? [y/N] ")) {
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
@@ -950,7 +950,7 @@ int admin_restore(const admin_opts *o)
         return EXIT_KEY;
     }
     printf("This replaces keystore %s with %s.\n", cfg.keystore, o->file);
-    if (!confirm(o, "Continue? [y/N] ")) {
+    if (!admin_confirm(o, "Continue? [y/N] ")) {
         printf("Nothing was changed.\n");
         rc = EXIT_FAILED;
     } else {

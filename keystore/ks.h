@@ -184,12 +184,15 @@ typedef int (*ks_write_fn)(ks_txn *txn, void *arg);
 KS_API int ks_write(ks_store *st, ks_write_fn fn, void *arg);
 
 /* ---- tokens ------------------------------------------------------------ */
-/* Token ids are small integers > 0. The blob is sealed and bound to
- * (keystore id, token id, epoch). */
-KS_API int ks_token_new_id(ks_txn *txn, uint32_t *token_id);
+/* Token ids are small integers > 0, never reused (a deleted token's id is
+ * not given again: a process still holding it must not reach a newer token).
+ * The blob is sealed and bound to (keystore id, token id, epoch). */
+KS_API int ks_token_new_id(ks_txn *txn, uint32_t *token_id); /* the id the next new token gets */
 KS_API int ks_token_put(ks_txn *txn, uint32_t token_id, const uint8_t *blob, size_t len);
 /* *blob is malloc'd; caller must cleanse+free (ks_buf_free). */
 KS_API int ks_token_get(ks_txn *txn, uint32_t token_id, uint8_t **blob, size_t *len);
+/* KS_OK when the token exists, KS_ENOTFOUND when not (nothing unsealed). */
+KS_API int ks_token_exists(ks_txn *txn, uint32_t token_id);
 /* Delete a token with all its objects and index entries. */
 KS_API int ks_token_del(ks_txn *txn, uint32_t token_id);
 /* Ascending token ids; *ids malloc'd. */

@@ -980,12 +980,18 @@ int ks_token_new_id(ks_txn *x, uint32_t *token_id)
     mdb_cursor_close(c);
     if (rc == MDB_NOTFOUND) {
         *token_id = 1;
-        return KS_OK;
-    }
-    if (rc != MDB_SUCCESS || k.mv_size != 4)
+    } else if (rc != MDB_SUCCESS || k.mv_size != 4) {
         return rc ? lmdb_err(rc) : KS_ECORRUPT;
-    *token_id = ks_get_be32(k.mv_data) + 1;
-    return *token_id ? KS_OK : KS_EIO;
+    } else {
+        *token_id = ks_get_be32(k.mv_data) + 1;
+        if (!*token_id)
+            return KS_EIO;
+    }
+    /* Past every id ever given, deleted ones included. */
+    if (ks_meta_get(x->txn, x->st, "toknext", NULL, 0, &v) == KS_OK && v.mv_size == 4 &&
+        ks_get_be32(v.mv_data) > *token_id)
+        *token_id = ks_get_be32(v.mv_data);
+    return KS_OK;
 }
 
 int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
@@ -994,8 +1000,27 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
     if (!x || !token_id)
         return KS_EINVAL;
     ks_be32(kb, token_id);
-    MDB_val k = {4, kb};
-    return seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
+    MDB_val k = {4, kb}, v;
+    int rc = seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
+    /* Remember the highest id given, so that deleting it does not free it. */
+    if (rc == KS_OK && token_id < UINT32_MAX &&
+        (ks_meta_get(x->txn, x->st, "toknext", NULL, 0, &v) != KS_OK || v.mv_size != 4 ||
+         ks_get_be32(v.mv_data) <= token_id)) {
+        uint8_t next[4];
+        ks_be32(next, token_id + 1);
+        rc = ks_meta_put(x, "toknext", NULL, 0, next, 4);
+    }
+    return rc;
+}
+
+int ks_token_exists(ks_txn *x, uint32_t token_id)
+{
+    uint8_t kb[4];
+    MDB_val k = {4, kb}, v;
+    if (!x || !token_id)
+        return KS_EINVAL;
+    ks_be32(kb, token_id);
+    return lmdb_err(mdb_get(x->txn, x->st->db_tok, &k, &v));
 }
 
 int ks_token_get(ks_txn *x, uint32_t token_id, uint8_t **blob, size_t *len)

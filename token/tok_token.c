@@ -185,21 +185,26 @@ static int token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec)
     return rc;
 }
 
-static CK_RV token_ids(tok_ctx *ctx, uint32_t **ids, size_t *n)
+/* The tokens' ids and the id the next new token gets (the free slot). */
+static CK_RV token_ids(tok_ctx *ctx, uint32_t **ids, size_t *n, uint32_t *next)
 {
     AUTO_TXN txn = NULL;
     int rc = ks_read_begin(ctx->st, &txn);
 
     if (rc == KS_OK)
         rc = ks_token_list(txn, ids, n);
+    if (rc == KS_OK && (rc = ks_token_new_id(txn, next)) != KS_OK) {
+        free(*ids);
+        *ids = NULL;
+    }
     return ks_to_ckr(rc);
 }
 
 CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n)
 {
-    uint32_t *tids = NULL;
+    uint32_t *tids = NULL, next = 0;
     size_t nt = 0;
-    CK_RV rv = token_ids(ctx, &tids, &nt);
+    CK_RV rv = token_ids(ctx, &tids, &nt, &next);
     CK_SLOT_ID *out;
 
     if (rv != CKR_OK)
@@ -211,7 +216,7 @@ CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n)
     }
     for (size_t i = 0; i < nt; i++)
         out[i] = tids[i];
-    out[nt] = nt ? (CK_SLOT_ID)tids[nt - 1] + 1 : 1; /* the free slot */
+    out[nt] = next; /* the free slot */
     free(tids);
     *ids = out;
     *n = nt + 1;
@@ -495,6 +500,27 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
     return CKR_OK;
 }
 
+static int token_del_fn(ks_txn *txn, void *arg)
+{
+    return ks_token_del(txn, *(const uint32_t *)arg);
+}
+
+CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = token_load(ctx, slot, &rec);
+    uint32_t id = (uint32_t)slot;
+    int rc;
+
+    if (rv != CKR_OK)
+        return rv;
+    tok_cache_flush(ctx);
+    rc = ks_write(ctx->st, token_del_fn, &id);
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "token %lu deleted with its objects", (unsigned long)slot);
+    return ks_to_ckr(rc);
+}
+
 CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len)
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
@@ -566,6 +592,7 @@ typedef struct {
     uint64_t oid;
     const tok_attrs *old, *obj;
     bool create, destroy;
+    bool no_token; /* out: the token is gone (deleted by p11mk-admin delete-token) */
 } obj_write;
 
 static int obj_write_fn(ks_txn *txn, void *arg)
@@ -576,6 +603,10 @@ static int obj_write_fn(ks_txn *txn, void *arg)
     int rc;
 
     if (w->create) {
+        if ((rc = ks_token_exists(txn, w->tid)) != KS_OK) {
+            w->no_token = rc == KS_ENOTFOUND;
+            return rc;
+        }
         rc = ks_obj_new_id(txn, &w->oid);
         if (rc != KS_OK)
             return rc;
@@ -598,7 +629,7 @@ static CK_RV obj_commit(tok_ctx *ctx, obj_write *w)
     int rc = ks_write(ctx->st, obj_write_fn, w);
 
     if (rc == KS_ENOTFOUND)
-        return CKR_OBJECT_HANDLE_INVALID;
+        return w->no_token ? CKR_TOKEN_NOT_PRESENT : CKR_OBJECT_HANDLE_INVALID;
     if (rc != KS_OK)
         ks_log(KS_LOG_ERROR, "token %u object %llu: write failed: %s", w->tid, (unsigned long long)w->oid,
                ks_strerror(rc));

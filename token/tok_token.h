@@ -41,6 +41,9 @@ TOK_API CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
  * SO PIN (lock-out counted) and wipes its objects. label: 32 bytes, blank padded. */
 TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_ULONG len,
                              const uint8_t label[32]);
+/* Delete a token with all its objects (p11mk-admin delete-token). Its slot
+ * id is not reused: a process still holding it finds no token there. */
+TOK_API CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot);
 /* C_InitPIN (the caller checked the SO is logged in). */
 TOK_API CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len);
 /* C_SetPIN for CKU_SO or CKU_USER: verifies old (counted), sets new. */

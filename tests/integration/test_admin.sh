@@ -12,7 +12,7 @@ expect_rc 2 "$ADMIN" frobnicate
 expect_out "unknown command 'frobnicate'"
 expect_rc 2 "$ADMIN" status --bogus
 cmds="init status list verify version set-master-key rotate stage rewrap commit abort clear-history
-      auto-update backup restore export"
+      auto-update backup restore export delete-token"
 for c in $cmds; do
     expect_rc 0 "$ADMIN" $c --help
     expect_out "^Usage: p11mk-admin $c"
@@ -109,3 +109,40 @@ expect_out "bad.conf:2: unknown key 'master-key'"
 P11MK_CONF=$T/bad.conf expect_rc 1 pkcs11-tool --module "$MOD" -L
 P11MK_CONF=$T/nonexistent.conf expect_rc 3 "$ADMIN" status
 ok "configuration errors"
+
+# delete-token: shows what goes, asks (no terminal and no --yes: refused),
+# deletes the token with its objects, and never gives its slot id again.
+init_token beta
+init_token gamma
+p11 --token-label gamma --login --pin $PIN --keygen --key-type AES:32 --label g1 --id 07 >/dev/null
+p11 --token-label gamma --login --pin $PIN --keygen --key-type AES:32 --label g2 --id 08 >/dev/null
+gslot=$("$ADMIN" list --token gamma --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"][0]["slot"])')
+expect_rc 1 "$ADMIN" delete-token --token gamma </dev/null
+expect_out "holds 2 objects"
+expect_out "add --yes"
+"$ADMIN" list --token gamma >/dev/null || fail "a declined delete-token deleted the token"
+expect_rc 2 "$ADMIN" delete-token
+expect_rc 2 "$ADMIN" delete-token --token gamma --slot "$gslot"
+expect_rc 1 "$ADMIN" delete-token --token nosuch --yes
+expect_out "no token labeled 'nosuch'"
+expect_rc 1 "$ADMIN" delete-token --slot 999 --yes
+expect_out "no token in slot 999"
+expect_rc 0 "$ADMIN" delete-token --token gamma --yes
+expect_out "Deleted token 'gamma' \\(slot $gslot\\) and its 2 objects"
+expect_rc 1 "$ADMIN" list --token gamma
+p11 -L > slots.txt
+grep -q "token label *: gamma" slots.txt && fail "pkcs11-tool still lists token gamma"
+grep -q "token label *: beta" slots.txt || fail "delete-token took token beta too"
+grep -q "token label *: alpha" slots.txt || fail "delete-token took token alpha too"
+grep -q "(0x$(printf %x "$gslot")): " slots.txt && fail "slot $gslot is offered again after its token was deleted"
+expect_rc 0 "$ADMIN" verify
+# Two tokens with one label: --token is refused, --slot picks one.
+init_token twin
+init_token twin
+expect_rc 1 "$ADMIN" delete-token --token twin --yes
+expect_out "2 tokens are labeled 'twin'; name one with --slot N"
+tslot=$("$ADMIN" list --token twin --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"][0]["slot"])')
+expect_rc 0 "$ADMIN" delete-token --slot "$tslot" --yes
+[ "$("$ADMIN" list --token twin --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["tokens"]))')" = 1 ] ||
+    fail "delete-token --slot did not delete exactly one of the twins"
+ok "delete-token: asks, deletes one token and its objects, never reuses the slot id"

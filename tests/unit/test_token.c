@@ -131,10 +131,62 @@ static void test_index_verification(void **state)
     tok_ctx_close(ctx);
 }
 
+/* Deleting a token: its objects go, other tokens stay, a writer still holding
+ * its slot gets CKR_TOKEN_NOT_PRESENT, and the slot id is never given again. */
+static void test_token_delete(void **state)
+{
+    (void)state;
+    tok_ctx *ctx;
+    CK_SLOT_ID *slots;
+    CK_ULONG n;
+    CK_UTF8CHAR label[32];
+    tok_attrs back = TOK_ATTRS_INIT;
+    assert_int_equal(tok_ctx_open(TOK_CTX_CREATE, &ctx), CKR_OK);
+    memset(label, ' ', sizeof(label));
+    assert_int_equal(tok_token_init(ctx, 1, (const uint8_t *)"12345678", 8, label), CKR_OK);
+    assert_int_equal(tok_token_init(ctx, 2, (const uint8_t *)"12345678", 8, label), CKR_OK);
+    uint64_t keep = store_data(ctx, 1, "keep");
+    uint64_t gone = store_data(ctx, 2, "gone");
+
+    assert_int_equal(tok_token_delete(ctx, 2), CKR_OK);
+    assert_int_equal(tok_token_delete(ctx, 2), CKR_SLOT_ID_INVALID);
+    assert_int_equal(tok_obj_read(ctx, 2, gone, &back), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(tok_obj_read(ctx, 1, keep, &back), CKR_OK);
+    tok_attrs_free(&back);
+
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    tok_attrs obj = TOK_ATTRS_INIT;
+    uint64_t oid = 0;
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 1, &obj),
+                     CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, 2, &obj, &oid), CKR_TOKEN_NOT_PRESENT);
+    tok_attrs_free(&obj);
+
+    /* Slots: token 1 and the free slot 3, not 2. */
+    assert_int_equal(tok_slot_list(ctx, &slots, &n), CKR_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(slots[0], 1);
+    assert_int_equal(slots[1], 3);
+    free(slots);
+    assert_int_equal(tok_token_init(ctx, 2, (const uint8_t *)"12345678", 8, label), CKR_SLOT_ID_INVALID);
+    assert_int_equal(tok_token_init(ctx, 3, (const uint8_t *)"12345678", 8, label), CKR_OK);
+    /* Also across a reopen, and when the deleted token was the newest. */
+    assert_int_equal(tok_token_delete(ctx, 3), CKR_OK);
+    tok_ctx_close(ctx);
+    assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    assert_int_equal(tok_slot_list(ctx, &slots, &n), CKR_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(slots[1], 4);
+    free(slots);
+    tok_ctx_close(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_index_verification, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_delete, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
