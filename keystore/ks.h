@@ -193,8 +193,12 @@ KS_API int ks_token_put(ks_txn *txn, uint32_t token_id, const uint8_t *blob, siz
 KS_API int ks_token_get(ks_txn *txn, uint32_t token_id, uint8_t **blob, size_t *len);
 /* KS_OK when the token exists, KS_ENOTFOUND when not (nothing unsealed). */
 KS_API int ks_token_exists(ks_txn *txn, uint32_t token_id);
-/* Delete a token with all its objects and index entries. */
+/* Delete a token with all its objects and index entries. Its incarnation
+ * counter advances (a re-initialization is a delete and a put). */
 KS_API int ks_token_del(ks_txn *txn, uint32_t token_id);
+/* How many times the token was wiped or deleted (0 if never): logins made
+ * before it changed belong to another token's contents. */
+KS_API int ks_token_incarnation(ks_txn *txn, uint32_t token_id, uint64_t *inc);
 /* Ascending token ids; *ids malloc'd. */
 KS_API int ks_token_list(ks_txn *txn, uint32_t **ids, size_t *n);
 KS_API int ks_token_count_objects(ks_txn *txn, uint32_t token_id, uint64_t *n);

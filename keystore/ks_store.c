@@ -1071,7 +1071,27 @@ int ks_token_del(ks_txn *x, uint32_t token_id)
     ks_be32(kb, token_id);
     MDB_val k = {4, kb};
     rc = wdel(x, x->st->db_tok, &k, NULL);
-    return rc == KS_ENOTFOUND ? KS_OK : rc;
+    if (rc != KS_OK && rc != KS_ENOTFOUND)
+        return rc;
+    uint64_t inc = 0;
+    uint8_t v[8];
+    if ((rc = ks_token_incarnation(x, token_id, &inc)) != KS_OK)
+        return rc;
+    ks_be64(v, inc + 1);
+    return ks_meta_put(x, "tokinc", kb, 4, v, 8);
+}
+
+int ks_token_incarnation(ks_txn *x, uint32_t token_id, uint64_t *inc)
+{
+    uint8_t kb[4];
+    MDB_val v;
+    int rc;
+    if (!x || !token_id || !inc)
+        return KS_EINVAL;
+    ks_be32(kb, token_id);
+    rc = ks_meta_get(x->txn, x->st, "tokinc", kb, 4, &v);
+    *inc = rc == KS_OK && v.mv_size == 8 ? ks_get_be64(v.mv_data) : 0;
+    return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
 int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)

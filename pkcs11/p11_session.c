@@ -6,6 +6,7 @@
 typedef struct {
     CK_SLOT_ID slot;
     CK_USER_TYPE who;
+    uint64_t inc; /* the token's incarnation at login */
 } p11_login;
 
 /* All protected by the global lock (p11_lock). Session counts are small
@@ -95,24 +96,46 @@ static p11_login *login_locked(CK_SLOT_ID slot)
     return NULL;
 }
 
-CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
-{
-    CK_USER_TYPE who;
-    p11_login *l;
-
-    p11_lock();
-    l = login_locked(slot);
-    who = l ? l->who : P11_NOBODY;
-    p11_unlock();
-    return who;
-}
-
 static void logout_locked(CK_SLOT_ID slot)
 {
     p11_login *l = login_locked(slot);
 
     if (l)
         *l = t.logins[--t.nlogins];
+}
+
+/* Logins live in this process, the token in the keystore: when any process
+ * re-initializes or deletes the token, its incarnation changes and a login
+ * made before ends here (as a hardware token forgets it on C_InitToken). A
+ * failed read keeps the login: it is the token's change that ends it. */
+static bool read_incarnation(CK_SLOT_ID slot, uint64_t *inc)
+{
+    return tok_token_incarnation(p11_tok(), slot, inc) == CKR_OK;
+}
+
+static p11_login *login_current_locked(CK_SLOT_ID slot, bool have, uint64_t inc)
+{
+    p11_login *l = login_locked(slot);
+
+    if (l && have && l->inc != inc) {
+        logout_locked(slot);
+        l = NULL;
+    }
+    return l;
+}
+
+CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
+{
+    CK_USER_TYPE who;
+    uint64_t inc = 0;
+    bool have = read_incarnation(slot, &inc);
+    p11_login *l;
+
+    p11_lock();
+    l = login_current_locked(slot, have, inc);
+    who = l ? l->who : P11_NOBODY;
+    p11_unlock();
+    return who;
 }
 
 CK_STATE p11_session_state(const p11_session *s)
@@ -328,8 +351,11 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
         return CKR_USER_TYPE_INVALID;
     if (!pPin && ulPinLen)
         return CKR_ARGUMENTS_BAD;
+    /* Read before the PIN check: a re-initialization in between ends this login. */
+    uint64_t inc = 0;
+    bool have = read_incarnation(slot, &inc);
     p11_lock();
-    l = login_locked(slot);
+    l = login_current_locked(slot, have, inc);
     if (l)
         rv = l->who == userType ? CKR_USER_ALREADY_LOGGED_IN : CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
     else if (userType == CKU_SO && count_locked(slot, false) != count_locked(slot, true))
@@ -348,7 +374,7 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
 
         if (v) {
             t.logins = v;
-            t.logins[t.nlogins++] = (p11_login){slot, userType};
+            t.logins[t.nlogins++] = (p11_login){slot, userType, have ? inc : 0};
         } else {
             rv = CKR_HOST_MEMORY;
         }

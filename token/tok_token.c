@@ -500,6 +500,19 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
     return CKR_OK;
 }
 
+CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc)
+{
+    AUTO_TXN txn = NULL;
+    int rc;
+
+    if (slot == 0 || slot > UINT32_MAX)
+        return CKR_SLOT_ID_INVALID;
+    rc = ks_read_begin(ctx->st, &txn);
+    if (rc == KS_OK)
+        rc = ks_token_incarnation(txn, (uint32_t)slot, inc);
+    return ks_to_ckr(rc);
+}
+
 static int token_del_fn(ks_txn *txn, void *arg)
 {
     return ks_token_del(txn, *(const uint32_t *)arg);

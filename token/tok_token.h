@@ -44,6 +44,9 @@ TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pi
 /* Delete a token with all its objects (p11mk-admin delete-token). Its slot
  * id is not reused: a process still holding it finds no token there. */
 TOK_API CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot);
+/* The token's incarnation: it changes when the token is re-initialized or
+ * deleted, by any process. A login remembers it and ends when it changes. */
+TOK_API CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc);
 /* C_InitPIN (the caller checked the SO is logged in). */
 TOK_API CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len);
 /* C_SetPIN for CKU_SO or CKU_USER: verifies old (counted), sets new. */

@@ -1121,6 +1121,59 @@ static void *thr_main(void *p)
     return NULL;
 }
 
+/* Another process re-initializes the token: a login made here before ends
+ * (the token's contents are someone else's now), as on a hardware token. */
+static void test_reinit_elsewhere_ends_login(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("incarnation");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_SESSION_INFO si;
+    make_data(h, "old-secret", true, true);
+    CK(f->C_GetSessionInfo(h, &si));
+    assert_int_equal(si.state, CKS_RW_USER_FUNCTIONS);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        CK_SESSION_HANDLE ch;
+        CK_UTF8CHAR l[32];
+        pad32(l, "incarnation");
+        int ok = f->C_Initialize(NULL) == CKR_OK;
+        ok = ok && f->C_InitToken(s, (CK_UTF8CHAR_PTR)SO, strlen(SO), l) == CKR_OK;
+        ok = ok && f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &ch) == CKR_OK;
+        ok = ok && f->C_Login(ch, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) == CKR_OK;
+        ok = ok && f->C_InitPIN(ch, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) == CKR_OK;
+        ok = ok && f->C_Logout(ch) == CKR_OK && f->C_Login(ch, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) == CKR_OK;
+        CK_OBJECT_CLASS cls = CKO_DATA;
+        CK_OBJECT_HANDLE o;
+        CK_ATTRIBUTE d[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1},
+                            {CKA_LABEL, "new-secret", 10}};
+        ok = ok && f->C_CreateObject(ch, d, 4, &o) == CKR_OK;
+        ok = ok && f->C_Finalize(NULL) == CKR_OK;
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    /* This process's login is gone: the new private object stays hidden. */
+    CK(f->C_GetSessionInfo(h, &si));
+    assert_int_equal(si.state, CKS_RW_PUBLIC_SESSION);
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, "new-secret", 10}};
+    assert_int_equal(count_found(h, t, 1), 0);
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_OBJECT_HANDLE o;
+    CK_ATTRIBUTE d[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &yes, 1}};
+    RV(CKR_USER_NOT_LOGGED_IN, f->C_CreateObject(h, d, 3, &o));
+    /* With the new token's PIN it works again; the old contents are gone. */
+    CK(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
+    assert_int_equal(count_found(h, t, 1), 1);
+    CK_ATTRIBUTE old[] = {{CKA_LABEL, "old-secret", 10}};
+    assert_int_equal(count_found(h, old, 1), 0);
+    CK(f->C_CloseAllSessions(s));
+}
+
 static void test_threads(void **state)
 {
     (void)state;
@@ -1302,8 +1355,8 @@ static void test_direct_and_p11kit(void **state)
     CK_FUNCTION_LIST *kit = p11_kit_module_load(mod ? mod : "pkcs11/p11mk-pkcs11.so", 0);
     assert_non_null(kit);
     CK(p11_kit_module_initialize(kit));
-    CK_SLOT_ID slots[16];
-    CK_ULONG n = 16;
+    CK_SLOT_ID slots[64]; /* every test of this file adds a token */
+    CK_ULONG n = 64;
     CK(kit->C_GetSlotList(CK_TRUE, slots, &n));
     bool seen = false;
     for (CK_ULONG i = 0; i < n; i++) {
@@ -2022,6 +2075,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tampered_record, setup, teardown),
         cmocka_unit_test(test_wrong_key_and_bad_config),
         cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reinit_elsewhere_ends_login, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reinit_token_wipes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_entry_point, setup, teardown),
