@@ -1047,6 +1047,15 @@ static void test_wrong_key_and_bad_config(void **state)
     CK(f->C_Finalize(NULL));
 }
 
+/* Wait for a forked child; it must have exited 0. */
+static void child_succeeded(pid_t pid)
+{
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static void test_fork(void **state)
 {
     (void)state;
@@ -1073,10 +1082,7 @@ static void test_fork(void **state)
         ok = ok && f->C_Finalize(NULL) == CKR_OK;
         _exit(ok ? 0 : 1);
     }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    child_succeeded(pid);
     /* The parent is unaffected and sees the child's object. */
     CK_ATTRIBUTE t[] = {{CKA_LABEL, "from-child", 10}};
     assert_int_equal(count_found(h, t, 1), 1);
@@ -1152,10 +1158,7 @@ static void test_reinit_elsewhere_ends_login(void **state)
         ok = ok && f->C_Finalize(NULL) == CKR_OK;
         _exit(ok ? 0 : 1);
     }
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    child_succeeded(pid);
 
     /* This process's login is gone: the new private object stays hidden. */
     CK(f->C_GetSessionInfo(h, &si));
