@@ -691,6 +691,8 @@ static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, void *ar
     else if (kind == 'I')
         printf("  token %u: an index entry points at object %llu, which does not exist\n", token,
                (unsigned long long)oid);
+    else if (kind == 'N')
+        printf("  token %u object %llu: its token does not exist\n", token, (unsigned long long)oid);
     else
         printf("  token %u object %llu: %s\n", token, (unsigned long long)oid, ks_strerror(err));
 }

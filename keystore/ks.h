@@ -289,7 +289,9 @@ KS_API int ks_restore(const char *dir, const char *file, const ks_mkey *mk, ks_e
 /* Automatic rotation every `interval` seconds (0: off); kept with the state. */
 KS_API int ks_rot_set_auto(ks_store *st, uint64_t interval);
 /* Check every record: it opens under its epoch's key; returns the number of
- * failures and calls cb(kind, token, oid) for each. */
+ * failures and calls cb(kind, token, oid) for each. Kinds: 'T' token record,
+ * 'O' object record, 'N' object whose token does not exist, 'I' index entry
+ * pointing at no object. */
 typedef void (*ks_verify_cb)(char kind, uint32_t token, uint64_t oid, int err, void *arg);
 KS_API int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed);
 

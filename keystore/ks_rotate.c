@@ -684,6 +684,10 @@ static void verify_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *
         a->failed++;
         if (a->cb)
             a->cb(object ? 'O' : 'T', token, oid, err, a->arg);
+    } else if (object && ks_token_exists(x, token) != KS_OK) {
+        a->failed++; /* an object whose token is gone */
+        if (a->cb)
+            a->cb('N', token, oid, KS_ENOTFOUND, a->arg);
     }
 }
 

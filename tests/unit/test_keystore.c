@@ -414,6 +414,15 @@ static int idx_del_fn(ks_txn *t, void *arg)
 
 static int tok_del_fn(ks_txn *t, void *arg) { return ks_token_del(t, ((put_arg *)arg)->tid); }
 
+static char verify_kinds[16];
+static void kind_cb(char kind, uint32_t token, uint64_t oid, int err, void *arg)
+{
+    (void)token, (void)oid, (void)err, (void)arg;
+    size_t n = strlen(verify_kinds);
+    if (n + 1 < sizeof(verify_kinds))
+        verify_kinds[n] = kind, verify_kinds[n + 1] = '\0';
+}
+
 static void test_index_maintenance(void **state)
 {
     fx *f = *state;
@@ -460,7 +469,27 @@ static void test_index_maintenance(void **state)
     assert_int_equal(ks_token_get(t, objs[0].tid, &b, &l), KS_ENOTFOUND);
     assert_int_equal(ks_token_get(t, other.tid, &b, &l), KS_OK);
     ks_buf_free(b, l);
+    /* Deleted token ids are not given again; its incarnation moved on. */
+    uint32_t next = 0;
+    uint64_t inc = 0;
+    assert_int_equal(ks_token_new_id(t, &next), KS_OK);
+    assert_true(next > other.tid && next > objs[0].tid);
+    assert_int_equal(ks_token_incarnation(t, objs[0].tid, &inc), KS_OK);
+    assert_int_equal(inc, 1);
+    assert_int_equal(ks_token_incarnation(t, other.tid, &inc), KS_OK);
+    assert_int_equal(inc, 0);
+    assert_int_equal(ks_token_exists(t, objs[0].tid), KS_ENOTFOUND);
+    assert_int_equal(ks_token_exists(t, other.tid), KS_OK);
     ks_read_end(t);
+
+    /* An object record whose token does not exist: verify names it. */
+    uint64_t checked, failed;
+    put_arg orphan = {objs[0].tid, 0, "orphan", false};
+    assert_int_equal(ks_write(f->st, put_fn, &orphan), KS_OK);
+    verify_kinds[0] = 0;
+    assert_int_equal(ks_verify(f->st, kind_cb, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 1);
+    assert_string_equal(verify_kinds, "N");
 }
 
 /* Records edited or swapped on disk are detected; other objects still work. */
