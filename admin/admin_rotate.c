@@ -249,16 +249,18 @@ static int read_line(FILE *tty, const char *prompt, char *buf, size_t cap, bool 
 {
     struct termios old, quiet;
     bool restore = false;
-    fputs(prompt, tty);
-    fflush(tty);
+    /* Echo goes off (and type-ahead is dropped) before the prompt shows, so
+     * that nothing typed after the prompt is echoed or thrown away. */
     if (!echo && tcgetattr(fileno(tty), &old) == 0) {
         quiet = old;
         quiet.c_lflag &= ~(tcflag_t)ECHO;
         restore = tcsetattr(fileno(tty), TCSAFLUSH, &quiet) == 0;
     }
+    fputs(prompt, tty);
+    fflush(tty);
     char *ok = fgets(buf, (int)cap, tty);
     if (restore) {
-        tcsetattr(fileno(tty), TCSAFLUSH, &old);
+        tcsetattr(fileno(tty), TCSANOW, &old);
         fputc('\n', tty);
     }
     if (!ok)
