@@ -106,6 +106,15 @@ TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
 /* OpenSSL digest name of a CKM_SHA* digest / CKG_MGF1_* generator; NULL if unknown. */
 TOK_API const char *tok_md_of_mech(CK_MECHANISM_TYPE m);
 TOK_API const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g);
+/* CK_RSA_PKCS_OAEP_PARAMS of m, checked (length first, then a known hash and
+ * MGF, no SHA-3, source data specified or absent) for encrypt, decrypt, wrap
+ * and unwrap alike. The label points into the caller's parameter. */
+typedef struct {
+    const char *md, *mgf;
+    const uint8_t *label;
+    size_t labellen;
+} tok_oaep;
+TOK_API CK_RV tok_oaep_params(const CK_MECHANISM *m, tok_oaep *out);
 
 /* Key types by OID: OpenSSL maps "RSA" and "EC" to legacy key type ids, and
  * an application's ENGINE registered for those ids (engine_pkcs11 in

@@ -11,6 +11,7 @@
 #include "token/tok_crypto.h"
 
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include <openssl/bn.h>
@@ -236,24 +237,39 @@ static CK_RV init_rsa_params(tok_op *op, const CK_MECHANISM *m)
         return CKR_OK;
     }
     if (mc == M_RSA_OAEP) {
-        const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
-        if (!p || m->ulParameterLen != sizeof(*p))
-            return CKR_MECHANISM_PARAM_INVALID;
-        op->pss_md = tok_md_of_mech(p->hashAlg);
-        op->mgf_md = tok_md_of_mgf(p->mgf);
-        if (!op->pss_md || !op->mgf_md || strncmp(op->pss_md, "SHA3-", 5) == 0 ||
-            (p->source && p->source != CKZ_DATA_SPECIFIED) || (!p->pSourceData && p->ulSourceDataLen) ||
-            (p->ulSourceDataLen && p->source != CKZ_DATA_SPECIFIED))
-            return CKR_MECHANISM_PARAM_INVALID;
-        if (p->ulSourceDataLen) {
-            op->label = OPENSSL_memdup(p->pSourceData, p->ulSourceDataLen);
+        tok_oaep o;
+        CK_RV rv = tok_oaep_params(m, &o);
+        if (rv != CKR_OK)
+            return rv;
+        op->pss_md = o.md;
+        op->mgf_md = o.mgf;
+        if (o.labellen) {
+            op->label = OPENSSL_memdup(o.label, o.labellen);
             if (!op->label)
                 return CKR_HOST_MEMORY;
-            op->labellen = p->ulSourceDataLen;
+            op->labellen = o.labellen;
         }
         return CKR_OK;
     }
     return m->pParameter || m->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
+}
+
+CK_RV tok_oaep_params(const CK_MECHANISM *m, tok_oaep *out)
+{
+    const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+
+    memset(out, 0, sizeof(*out));
+    if (!p || m->ulParameterLen != sizeof(*p))
+        return CKR_MECHANISM_PARAM_INVALID;
+    out->md = tok_md_of_mech(p->hashAlg);
+    out->mgf = tok_md_of_mgf(p->mgf);
+    if (!out->md || !out->mgf || strncmp(out->md, "SHA3-", 5) == 0 || (p->source && p->source != CKZ_DATA_SPECIFIED) ||
+        (!p->pSourceData && p->ulSourceDataLen) || (p->ulSourceDataLen && p->source != CKZ_DATA_SPECIFIED) ||
+        p->ulSourceDataLen > INT_MAX)
+        return CKR_MECHANISM_PARAM_INVALID;
+    out->label = p->pSourceData;
+    out->labellen = p->ulSourceDataLen;
+    return CKR_OK;
 }
 
 /* Padding and digests of an RSA EVP_PKEY_CTX, as the mechanism wants. */

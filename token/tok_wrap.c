@@ -137,14 +137,21 @@ static CK_RV rsa_wrap(const tok_mech_desc *d, const CK_MECHANISM *m, const tok_k
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(ks_libctx(), k->pkey, NULL);
     int ok = ctx && (enc ? EVP_PKEY_encrypt_init(ctx) : EVP_PKEY_decrypt_init(ctx)) == 1;
     if (ok && d->mc == M_RSA_OAEP) {
-        const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
-        const char *md = p ? tok_md_of_mech(p->hashAlg) : NULL, *mgf = p ? tok_md_of_mgf(p->mgf) : NULL;
-        if (!p || m->ulParameterLen != sizeof(*p) || !md || !mgf || p->ulSourceDataLen) {
+        tok_oaep o;
+        CK_RV rv = tok_oaep_params(m, &o);
+        if (rv != CKR_OK) {
             EVP_PKEY_CTX_free(ctx);
-            return CKR_MECHANISM_PARAM_INVALID;
+            return rv;
         }
         ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
-             EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, md, NULL) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, mgf, NULL) == 1;
+             EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, o.md, NULL) == 1 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, o.mgf, NULL) == 1;
+        if (ok && o.labellen) {
+            uint8_t *l = OPENSSL_memdup(o.label, o.labellen); /* the context takes ownership */
+            ok = l && EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, l, (int)o.labellen) == 1;
+            if (!ok)
+                OPENSSL_free(l);
+        }
     } else if (ok) {
         ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1;
     }
@@ -176,6 +183,9 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         return CKR_MECHANISM_PARAM_INVALID;
     if (d->mc == M_RSA_PKCS && (mech->pParameter || mech->ulParameterLen))
         return CKR_MECHANISM_PARAM_INVALID;
+    tok_oaep oaep;
+    if (d->mc == M_RSA_OAEP && (rv = tok_oaep_params(mech, &oaep)) != CKR_OK)
+        return rv; /* also before a size query */
     if ((rv = wrap_input(target, &in, &inlen)) != CKR_OK)
         return rv;
     if (d->mc == M_AES_WRAP && (inlen % 8 || inlen < 16)) {
@@ -231,6 +241,9 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
     if ((d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || d->mc == M_RSA_PKCS) &&
         (mech->pParameter || mech->ulParameterLen))
         return CKR_MECHANISM_PARAM_INVALID;
+    tok_oaep oaep;
+    if (d->mc == M_RSA_OAEP && (rv = tok_oaep_params(mech, &oaep)) != CKR_OK)
+        return rv;
     if ((d->mc == M_AES_WRAP && (inlen % 8 || inlen < 24)) || (d->mc == M_AES_WRAP_PAD && (inlen % 8 || inlen < 16)) ||
         ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && inlen != unwrapper->size_bytes) || inlen > (1u << 20))
         return CKR_WRAPPED_KEY_LEN_RANGE;

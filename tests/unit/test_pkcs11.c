@@ -1504,6 +1504,21 @@ static void test_wrap_unwrap_derive(void **state)
     assert_int_equal(len, 256);
     CK(f->C_UnwrapKey(h, &oaep, rpriv, blob, len, ut, 4, &unwrapped));
     same_aes(h, target, unwrapped);
+    /* OAEP parameters are checked before anything, size queries included (found by fuzz_pkcs11). */
+    CK_MECHANISM oaep_short = {CKM_RSA_PKCS_OAEP, &op, 0};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &oaep_short, rpub, target, NULL, &len));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_UnwrapKey(h, &oaep_short, rpriv, blob, 256, ut, 4, &unwrapped));
+    CK_RSA_PKCS_OAEP_PARAMS sha3 = {0x2B0UL /* CKM_SHA3_256 */, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep_sha3 = {CKM_RSA_PKCS_OAEP, &sha3, sizeof(sha3)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &oaep_sha3, rpub, target, NULL, &len));
+    /* A label: unwrapping needs the same one. */
+    CK_RSA_PKCS_OAEP_PARAMS lab = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, (CK_BYTE_PTR) "label", 5};
+    CK_MECHANISM oaep_lab = {CKM_RSA_PKCS_OAEP, &lab, sizeof(lab)};
+    len = sizeof(blob);
+    CK(f->C_WrapKey(h, &oaep_lab, rpub, target, blob, &len));
+    RV(CKR_WRAPPED_KEY_INVALID, f->C_UnwrapKey(h, &oaep, rpriv, blob, len, ut, 4, &unwrapped));
+    CK(f->C_UnwrapKey(h, &oaep_lab, rpriv, blob, len, ut, 4, &unwrapped));
+    same_aes(h, target, unwrapped);
     RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT, f->C_WrapKey(h, &oaep, kek, target, blob, &len));
     len = sizeof(blob);
     RV(CKR_KEY_NOT_WRAPPABLE, f->C_WrapKey(h, &oaep, rpub, priv, blob, &len));
