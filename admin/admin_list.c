@@ -126,6 +126,18 @@ static void trim(const CK_UTF8CHAR in[32], char out[33])
     out[n] = '\0';
 }
 
+/* The token in slot, if --slot N or --token LABEL (when given) select it:
+ * its info and its label without the padding. */
+static bool token_selected(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID slot, CK_TOKEN_INFO *ti, char label[33])
+{
+    if (tok_token_info(ctx, slot, ti) != CKR_OK)
+        return false;
+    trim(ti->label, label);
+    if (o->slot)
+        return slot == o->slot;
+    return !o->token || strcmp(o->token, label) == 0;
+}
+
 int admin_list(const admin_opts *o)
 {
     tok_ctx *ctx = NULL;
@@ -144,10 +156,7 @@ int admin_list(const admin_opts *o)
     for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
         CK_TOKEN_INFO ti;
         char label[33];
-        if (tok_token_info(ctx, slots[si], &ti) != CKR_OK)
-            continue;
-        trim(ti.label, label);
-        if (o->token && strcmp(o->token, label) != 0)
+        if (!token_selected(ctx, o, slots[si], &ti, label))
             continue;
         found = true;
         char *turi = token_uri(&ti);
@@ -210,8 +219,11 @@ int admin_list(const admin_opts *o)
         printf("%s]}\n", first_tok ? "" : "\n");
     free(slots);
     tok_ctx_close(ctx);
-    if (o->token && !found) {
-        admin_error("no token labeled '%s'", o->token);
+    if ((o->token || o->slot) && !found) {
+        if (o->slot)
+            admin_error("no token in slot %lu", o->slot);
+        else
+            admin_error("no token labeled '%s'", o->token);
         return EXIT_FAILED;
     }
     return EXIT_OK;
@@ -229,10 +241,7 @@ static int pick_token(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID *slot, char 
     for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
         CK_TOKEN_INFO ti;
         char l[33];
-        if (tok_token_info(ctx, slots[si], &ti) != CKR_OK)
-            continue;
-        trim(ti.label, l);
-        if (o->slot ? slots[si] != o->slot : strcmp(l, o->token) != 0)
+        if (!token_selected(ctx, o, slots[si], &ti, l))
             continue;
         if (found++ == 0) {
             *slot = slots[si];

@@ -22,7 +22,7 @@ static const char usage[] =
     "                              key file (mode 0600) instead of the default key\n"
     "  status [--json]             keystore, format, master key source and check value,\n"
     "                              epoch, rotation state, tokens with object counts\n"
-    "  list [--token LABEL] [--json]\n"
+    "  list [--token LABEL | --slot N] [--json]\n"
     "                              tokens and objects: class, key type, label, id,\n"
     "                              flags, epoch and pkcs11: URI (RFC 7512)\n"
     "  delete-token --token LABEL | --slot N [--yes]\n"
@@ -169,7 +169,7 @@ static const struct {
      "Keystore, configuration, format, master key source and check value (with a warning for the built-in\n"
      "default key), epoch, rotation state and staged epoch, history size, automatic rotation schedule, last\n"
      "rotation, records per epoch, tokens with object counts and PIN state."},
-    {"list", "list [--token LABEL] [--json]",
+    {"list", "list [--token LABEL | --slot N] [--json]",
      "Tokens and their objects: class, key type, label, id, flags, epoch and the RFC 7512 pkcs11: URI that\n"
      "other tools accept."},
     {"delete-token", "delete-token --token LABEL | --slot N [--yes]",

@@ -145,4 +145,9 @@ tslot=$("$ADMIN" list --token twin --json | python3 -c 'import json,sys; print(j
 expect_rc 0 "$ADMIN" delete-token --slot "$tslot" --yes
 [ "$("$ADMIN" list --token twin --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["tokens"]))')" = 1 ] ||
     fail "delete-token --slot did not delete exactly one of the twins"
-ok "delete-token: asks, deletes one token and its objects, never reuses the slot id"
+left=$("$ADMIN" list --token twin --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"][0]["slot"])')
+expect_rc 0 "$ADMIN" list --slot "$left"
+expect_out "^Token twin \\(slot $left\\)"
+expect_rc 1 "$ADMIN" list --slot 999
+expect_out "no token in slot 999"
+ok "delete-token: asks, deletes one token and its objects, never reuses the slot id; list --slot"
