@@ -138,6 +138,15 @@ static bool token_selected(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID slot, C
     return !o->token || strcmp(o->token, label) == 0;
 }
 
+/* Nothing matched --slot N or --token LABEL. */
+static void no_token_error(const admin_opts *o)
+{
+    if (o->slot)
+        admin_error("no token in slot %lu; 'p11mk-admin list' shows the tokens and their slots", o->slot);
+    else
+        admin_error("no token labeled '%s'; 'p11mk-admin list' shows the tokens", o->token);
+}
+
 int admin_list(const admin_opts *o)
 {
     tok_ctx *ctx = NULL;
@@ -220,10 +229,7 @@ int admin_list(const admin_opts *o)
     free(slots);
     tok_ctx_close(ctx);
     if ((o->token || o->slot) && !found) {
-        if (o->slot)
-            admin_error("no token in slot %lu", o->slot);
-        else
-            admin_error("no token labeled '%s'", o->token);
+        no_token_error(o);
         return EXIT_FAILED;
     }
     return EXIT_OK;
@@ -251,10 +257,8 @@ static int pick_token(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID *slot, char 
     free(slots);
     if (found == 1)
         return EXIT_OK;
-    if (!found && o->slot)
-        admin_error("no token in slot %lu; 'p11mk-admin list' shows the tokens and their slots", o->slot);
-    else if (!found)
-        admin_error("no token labeled '%s'; 'p11mk-admin list' shows the tokens", o->token);
+    if (!found)
+        no_token_error(o);
     else
         admin_error("%d tokens are labeled '%s'; name one with --slot N ('p11mk-admin list' shows the slots)", found,
                     o->token);

@@ -170,7 +170,10 @@ bool tok_attr_is_template(CK_ATTRIBUTE_TYPE t)
     return t == CKA_WRAP_TEMPLATE || t == CKA_UNWRAP_TEMPLATE || t == CKA_DERIVE_TEMPLATE;
 }
 
-/* A caller's CK_ATTRIBUTE array -> the packed form. */
+static CK_RV check_value_len(const CK_ATTRIBUTE *a);
+
+/* A caller's CK_ATTRIBUTE array (its length checked by check_value_len)
+ * -> the packed form. Its entries get the same checks; no nesting. */
 static CK_RV template_pack(const CK_ATTRIBUTE *a, uint8_t **out, size_t *len)
 {
     const CK_ATTRIBUTE *arr = a->pValue;
@@ -178,13 +181,11 @@ static CK_RV template_pack(const CK_ATTRIBUTE *a, uint8_t **out, size_t *len)
     tok_attrs t = TOK_ATTRS_INIT;
     CK_RV rv = CKR_OK;
 
-    if (a->ulValueLen % sizeof(CK_ATTRIBUTE) || (!arr && n))
-        return CKR_ATTRIBUTE_VALUE_INVALID;
     for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
-        if ((!arr[i].pValue && arr[i].ulValueLen) || tok_attr_is_template(arr[i].type) ||
-            (tok_attr_is_bool(arr[i].type) && arr[i].ulValueLen != sizeof(CK_BBOOL)) ||
-            (tok_attr_is_ulong(arr[i].type) && arr[i].ulValueLen != sizeof(CK_ULONG)))
+        if (tok_attr_is_template(arr[i].type))
             rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        else if ((rv = check_value_len(&arr[i])) != CKR_OK)
+            break;
         else if (tok_attrs_set(&t, arr[i].type, arr[i].pValue, arr[i].ulValueLen) != 0)
             rv = CKR_HOST_MEMORY;
     }

@@ -131,24 +131,19 @@ static CK_RV aes_wrap(const tok_mech_desc *d, const tok_key *k, bool enc, const 
     return CKR_OK;
 }
 
-static CK_RV rsa_wrap(const tok_mech_desc *d, const CK_MECHANISM *m, const tok_key *k, bool enc, const uint8_t *in,
-                      size_t inlen, uint8_t *out, size_t *outlen)
+/* oaep: the checked OAEP parameters, or NULL for PKCS#1 v1.5. */
+static CK_RV rsa_wrap(const tok_oaep *oaep, const tok_key *k, bool enc, const uint8_t *in, size_t inlen, uint8_t *out,
+                      size_t *outlen)
 {
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(ks_libctx(), k->pkey, NULL);
     int ok = ctx && (enc ? EVP_PKEY_encrypt_init(ctx) : EVP_PKEY_decrypt_init(ctx)) == 1;
-    if (ok && d->mc == M_RSA_OAEP) {
-        tok_oaep o;
-        CK_RV rv = tok_oaep_params(m, &o);
-        if (rv != CKR_OK) {
-            EVP_PKEY_CTX_free(ctx);
-            return rv;
-        }
+    if (ok && oaep) {
         ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
-             EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, o.md, NULL) == 1 &&
-             EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, o.mgf, NULL) == 1;
-        if (ok && o.labellen) {
-            uint8_t *l = OPENSSL_memdup(o.label, o.labellen); /* the context takes ownership */
-            ok = l && EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, l, (int)o.labellen) == 1;
+             EVP_PKEY_CTX_set_rsa_oaep_md_name(ctx, oaep->md, NULL) == 1 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md_name(ctx, oaep->mgf, NULL) == 1;
+        if (ok && oaep->labellen) {
+            uint8_t *l = OPENSSL_memdup(oaep->label, oaep->labellen); /* the context takes ownership */
+            ok = l && EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, l, (int)oaep->labellen) == 1;
             if (!ok)
                 OPENSSL_free(l);
         }
@@ -165,6 +160,16 @@ static CK_RV rsa_wrap(const tok_mech_desc *d, const CK_MECHANISM *m, const tok_k
     return CKR_OK;
 }
 
+/* Mechanism parameters, checked before anything else (size queries
+ * included): none for AES key wrap and RSA PKCS#1 v1.5, CK_RSA_PKCS_OAEP_PARAMS
+ * for OAEP (filled into *oaep). */
+static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_oaep *oaep)
+{
+    if (d->mc == M_RSA_OAEP)
+        return tok_oaep_params(mech, oaep);
+    return mech->pParameter || mech->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
+}
+
 CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *target, uint8_t *out, CK_ULONG *outlen)
 {
     const tok_mech_desc *d;
@@ -179,13 +184,9 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         return CKR_MECHANISM_INVALID;
     if ((rv = check_wrapper(d, wrapper, true)) != CKR_OK)
         return rv;
-    if ((d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD) && (mech->pParameter || mech->ulParameterLen))
-        return CKR_MECHANISM_PARAM_INVALID;
-    if (d->mc == M_RSA_PKCS && (mech->pParameter || mech->ulParameterLen))
-        return CKR_MECHANISM_PARAM_INVALID;
     tok_oaep oaep;
-    if (d->mc == M_RSA_OAEP && (rv = tok_oaep_params(mech, &oaep)) != CKR_OK)
-        return rv; /* also before a size query */
+    if ((rv = wrap_params(d, mech, &oaep)) != CKR_OK)
+        return rv;
     if ((rv = wrap_input(target, &in, &inlen)) != CKR_OK)
         return rv;
     if (d->mc == M_AES_WRAP && (inlen % 8 || inlen < 16)) {
@@ -211,8 +212,9 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         rv = CKR_HOST_MEMORY;
         goto out;
     }
-    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD ? aes_wrap(d, wrapper, true, in, inlen, buf, &n)
-                                                        : rsa_wrap(d, mech, wrapper, true, in, inlen, buf, &n);
+    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD
+             ? aes_wrap(d, wrapper, true, in, inlen, buf, &n)
+             : rsa_wrap(d->mc == M_RSA_OAEP ? &oaep : NULL, wrapper, true, in, inlen, buf, &n);
     if (rv == CKR_OK) {
         memcpy(out, buf, n);
         *outlen = n;
@@ -238,19 +240,17 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
         return CKR_MECHANISM_INVALID;
     if ((rv = check_wrapper(d, unwrapper, false)) != CKR_OK)
         return rv;
-    if ((d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || d->mc == M_RSA_PKCS) &&
-        (mech->pParameter || mech->ulParameterLen))
-        return CKR_MECHANISM_PARAM_INVALID;
     tok_oaep oaep;
-    if (d->mc == M_RSA_OAEP && (rv = tok_oaep_params(mech, &oaep)) != CKR_OK)
+    if ((rv = wrap_params(d, mech, &oaep)) != CKR_OK)
         return rv;
     if ((d->mc == M_AES_WRAP && (inlen % 8 || inlen < 24)) || (d->mc == M_AES_WRAP_PAD && (inlen % 8 || inlen < 16)) ||
         ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && inlen != unwrapper->size_bytes) || inlen > (1u << 20))
         return CKR_WRAPPED_KEY_LEN_RANGE;
     if (!(buf = OPENSSL_malloc(inlen + 16)))
         return CKR_HOST_MEMORY;
-    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD ? aes_wrap(d, unwrapper, false, in, inlen, buf, &n)
-                                                        : rsa_wrap(d, mech, unwrapper, false, in, inlen, buf, &n);
+    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD
+             ? aes_wrap(d, unwrapper, false, in, inlen, buf, &n)
+             : rsa_wrap(d->mc == M_RSA_OAEP ? &oaep : NULL, unwrapper, false, in, inlen, buf, &n);
     if (rv == CKR_OK)
         rv = unwrap_output(buf, n, obj);
     OPENSSL_clear_free(buf, inlen + 16);
