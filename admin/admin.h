@@ -15,7 +15,8 @@ enum {
     EXIT_CONFIG = 3,   /* configuration file error */
     EXIT_KEY = 4,      /* master key missing, unreadable, refused or not matching the keystore */
     EXIT_KEYSTORE = 5, /* keystore missing, unreadable or damaged */
-    EXIT_STATE = 6,    /* the rotation state does not allow this step, or another step holds the lock */
+    EXIT_STATE = 6,    /* the rotation state does not allow this step, another step holds the lock,
+                          or the state changed while the user was asked */
 };
 
 typedef struct {
@@ -35,6 +36,10 @@ typedef struct {
     const char *token;           /* list, delete-token: --token LABEL */
     unsigned long slot;          /* delete-token --slot N (0: not given) */
     bool help;                   /* --help: the whole help, or a command's */
+    int wait_s;                  /* --wait SECONDS for another step's lock (-1: the default, 10) */
+    bool has_keep;               /* clear-history --keep N */
+    size_t keep;
+    uint32_t before;             /* clear-history --before EPOCH (0: not given) */
     const char *file;            /* backup / restore / export FILE */
 } admin_opts;
 
@@ -67,6 +72,8 @@ int admin_mkdir_parents(const char *path);
 void admin_json_str(FILE *f, const char *s);
 /* Print "p11mk-admin: error: ..." to stderr. */
 void admin_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The exit code for a keystore error code (one map for every command). */
+int admin_exit_for(int ks_rc);
 /* Map a tok_ctx_open failure message to an exit code. */
 int admin_exit_for_open_error(const char *msg);
 

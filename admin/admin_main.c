@@ -50,15 +50,19 @@ static const char usage[] =
     "  commit                      NEW becomes CURRENT (epoch N+1); refused until no\n"
     "                              record is left under CURRENT\n"
     "  abort                       discard NEW; records resealed under it go back\n"
-    "  clear-history [--yes]       destroy retired keys (copies sealed under them\n"
-    "                              become unreadable)\n"
+    "  clear-history [--keep N] [--before EPOCH] [--yes]\n"
+    "                              destroy retired keys (all, or all but the N\n"
+    "                              newest, or those of epochs below EPOCH); copies\n"
+    "                              sealed under them become unreadable. Nothing else\n"
+    "                              ever removes a key from the key file\n"
     "  backup FILE                 a consistent hot copy (compacted), still sealed\n"
     "                              under the current key\n"
     "  restore FILE [--yes]        replace the keystore with a backup or an export\n"
     "                              (verified first; refused while applications use it)\n"
     "  export --to-default FILE    a copy resealed under the built-in default key, to\n"
     "                              move the keystore to a host with another key\n"
-    "  auto-update --interval D    rotate to a generated key every D (30d, 12h, 90m)\n"
+    "  auto-update --interval D    rotate to a generated key every D (1h to 3650d:\n"
+    "                              30d, 12h, 2w)\n"
     "  auto-update --disable       stop; the current key is kept\n"
     "  auto-update run             rotate if due (idempotent; the p11mk-auto-update\n"
     "                              systemd timer runs it); finishes an interrupted\n"
@@ -68,6 +72,8 @@ static const char usage[] =
     "  --json            machine-readable output (status, rewrap, rotate)\n"
     "  -q, --quiet       no progress output\n"
     "  -y, --yes         do not ask for confirmation\n"
+    "  --wait SECONDS    how long a master-key step waits for another one to\n"
+    "                    finish before giving up with exit code 6 (default 10)\n"
     "  --key-file FILE   where to keep the master keys when the keystore is still\n"
     "                    on the built-in default key (default: master.key next to\n"
     "                    the configuration file; the configuration is updated)\n"
@@ -86,7 +92,8 @@ static const char usage[] =
     "  4  master key missing, refused, damaged, or not the keystore's key\n"
     "  5  keystore missing, unreadable or damaged (verify: records failed)\n"
     "  6  the rotation state does not allow this step (stage twice, commit\n"
-    "     before the rewrap finished, abort when idle), or another step is running\n";
+    "     before the rewrap finished, abort when idle), another step is running,\n"
+    "     or the state changed while you were asked (nothing was written)\n";
 
 void admin_error(const char *fmt, ...)
 {
@@ -196,11 +203,17 @@ static const struct {
      "record is left under CURRENT. Also repairs a key file left behind by an interrupted commit."},
     {"abort", "abort [--batch N] [--quiet]",
      "Withdraw the staged key: records already resealed under it go back to CURRENT. Resumable."},
-    {"clear-history", "clear-history [--yes]",
-     "Destroy the retired keys. Backups and copies sealed under them can no longer be opened."},
+    {"clear-history", "clear-history [--keep N] [--before EPOCH] [--yes]",
+     "Destroy retired keys: all of them, or all but the N newest (--keep), or only those of epochs below\n"
+     "EPOCH (--before); both options together narrow it further. Lists them and asks y/N; if the history\n"
+     "changes before the answer (a rotation ran), nothing is destroyed (exit 6). Backups and copies sealed\n"
+     "under a destroyed key can no longer be opened. Nothing else removes keys from the key file: the\n"
+     "history grows by one key per rotation (about 110 bytes) until cleared."},
     {"auto-update", "auto-update --interval DURATION | --disable | run",
-     "Rotate to a generated key every DURATION (30d, 12h, 90m). 'run' rotates only when due and finishes an\n"
-     "interrupted rotation first; the p11mk-auto-update.timer systemd unit calls it. --disable keeps the key."},
+     "Rotate to a generated key every DURATION, from 1h to 3650d (units s, m, h, d, w: 30d, 12h, 2w). 'run'\n"
+     "finishes an interrupted rotation or abort first, then rotates only when due; it decides under the\n"
+     "lifecycle lock, so two timers at once rotate once. The p11mk-auto-update.timer systemd unit calls it.\n"
+     "--disable keeps the current key."},
     {"backup", "backup FILE", "Write a consistent, compacted copy of the live keystore, still sealed under its keys."},
     {"restore", "restore FILE [--yes]",
      "Replace the keystore with a backup or an export. The copy is verified and, if sealed under a retired\n"
@@ -240,6 +253,9 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         {"parts", required_argument, NULL, 'p'},
         {"token", required_argument, NULL, 't'},
         {"slot", required_argument, NULL, 's'},
+        {"wait", required_argument, NULL, 'W'},
+        {"keep", required_argument, NULL, 'K'},
+        {"before", required_argument, NULL, 'B'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -267,6 +283,40 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
                 return EXIT_USAGE;
             }
             o->slot = v;
+            break;
+        }
+        case 'W': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (errno || *end || !*optarg || optarg[0] == '-' || v > 86400) {
+                admin_error("--wait takes a number of seconds from 0 to 86400");
+                return EXIT_USAGE;
+            }
+            o->wait_s = (int)v;
+            break;
+        }
+        case 'K': {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg || optarg[0] == '-' || v > SIZE_MAX) {
+                admin_error("--keep takes a number of retired keys to keep (0 or more)");
+                return EXIT_USAGE;
+            }
+            o->has_keep = true;
+            o->keep = (size_t)v;
+            break;
+        }
+        case 'B': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (errno || *end || !*optarg || optarg[0] == '-' || v == 0 || v > UINT32_MAX) {
+                admin_error("--before takes an epoch number (1 or more), as 'p11mk-admin status' shows them");
+                return EXIT_USAGE;
+            }
+            o->before = (uint32_t)v;
             break;
         }
         case 'p': {
@@ -297,7 +347,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
 
 int main(int argc, char **argv)
 {
-    admin_opts o = {0};
+    admin_opts o = {.wait_s = -1};
     const char *cmd;
     int rc;
 

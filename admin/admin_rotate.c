@@ -1,14 +1,13 @@
-/* p11mk-admin: the master-key lifecycle: set-master-key, stage, rewrap,
- * commit, abort, rotate, clear-history, verify.
+/* p11mk-admin: the master-key commands: set-master-key, rotate, stage,
+ * rewrap, commit, abort, clear-history, auto-update, backup, export,
+ * restore, verify.
  *
- * The key file (configuration "master_key") holds the registers; the
- * keystore holds the epochs, the rotation state and the records. Order of
- * writes, so that a crash anywhere leaves something the next run finishes:
- *   stage:  key file gains NEW          -> keystore stages epoch N+1
- *   commit: keystore makes N+1 current  -> key file moves NEW to CURRENT
- *   abort:  keystore withdraws N+1      -> key file drops NEW
- * The keystore finds keys by check value, so registers that lag one step
- * behind still open it, and the next command repairs them. */
+ * This file talks to people: it reads keys and answers, shows progress and
+ * prints results. The protocol (locks, the order of key file and keystore
+ * writes, crash repair, the re-check after a prompt) is the keystore's:
+ * keystore/ks_lifecycle.c. A command that asks a question first takes a
+ * view of the state, asks, and hands that view to the step as what the
+ * person confirmed; the step refuses (exit 6) if the state moved meanwhile. */
 #include "admin/admin.h"
 #include "keystore/ks.h"
 #include "token/tok_token.h"
@@ -16,6 +15,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,219 +26,140 @@
 
 #include <openssl/crypto.h>
 
-typedef struct {
-    ks_config cfg;
-    ks_mkey mk;
-    ks_store *st;
-    bool have_regs;
-    ks_registers regs;
-} rot_ctx;
-
-static void rot_close(rot_ctx *c)
-{
-    if (c->st)
-        ks_close(c->st);
-    c->st = NULL;
-    ks_mkey_clear(&c->mk);
-    ks_reg_clear(&c->regs);
-    ks_config_free(&c->cfg);
-}
-
-static int open_exit(int rc)
+int admin_exit_for(int rc)
 {
     switch (rc) {
+    case KS_OK: return EXIT_OK;
+    case KS_ESTATE:
+    case KS_EBUSY:
+    case KS_ECHANGED: return EXIT_STATE;
     case KS_EWRONGKEY:
     case KS_ENOKEY:
-    case KS_EPERM: return EXIT_KEY;
+    case KS_EPERM:
+    case KS_EINVAL:
+    case KS_EEXIST: return EXIT_KEY;
     case KS_ECONFIG: return EXIT_CONFIG;
-    default: return EXIT_KEYSTORE;
+    case KS_ECORRUPT:
+    case KS_EVERSION:
+    case KS_ENOTFOUND:
+    case KS_EROFS: return EXIT_KEYSTORE;
+    default: return EXIT_FAILED;
     }
 }
 
-static bool is_default_source(const ks_config *cfg)
+/* Report a failed keystore call: the sentence the keystore wrote, or the code's string. */
+static int fail(int rc, const ks_err *err, const char *tail)
 {
-    return !cfg->master_key || strcmp(cfg->master_key, "default") == 0;
+    admin_error("%s%s", err->msg[0] ? err->msg : ks_strerror(rc), tail ? tail : "");
+    return admin_exit_for(rc);
 }
 
-/* Replace (or add) "master_key = path" in a configuration file, atomically. */
-static int config_set_key(const char *conf, const char *keyfile)
-{
-    char tmp[PATH_MAX + 16], line[4096];
-    FILE *in = fopen(conf, "re"), *out;
-    bool done = false;
-    int fd;
+static void kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1]) { ks_kcv_hex(kcv, out); }
 
-    snprintf(tmp, sizeof(tmp), "%s.tmp", conf);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || !(out = fdopen(fd, "w"))) {
-        if (in)
-            fclose(in);
-        return -1;
-    }
-    while (in && fgets(line, sizeof(line), in)) {
-        const char *p = line;
-        while (isspace((unsigned char)*p))
-            p++;
-        if (strncmp(p, "master_key", 10) == 0 && (isspace((unsigned char)p[10]) || p[10] == '=')) {
-            if (!done)
-                fprintf(out, "master_key = %s\n", keyfile);
-            done = true;
-            continue;
-        }
-        fputs(line, out);
-    }
-    if (!done)
-        fprintf(out, "master_key = %s\n", keyfile);
-    if (in)
-        fclose(in);
-    if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
-        fclose(out);
-        unlink(tmp);
-        return -1;
-    }
-    fclose(out);
-    return rename(tmp, conf);
-}
-
-/* A keystore on the built-in default key gets a key file before its first
- * rotation: the registers need a home. */
-static int adopt_key_file(rot_ctx *c, const admin_opts *o)
-{
-    char keyfile[PATH_MAX], conf[PATH_MAX];
-    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
-    ks_registers r;
-    ks_err err = {{0}};
-
-    if (o->key_file) {
-        snprintf(keyfile, sizeof(keyfile), "%s", o->key_file);
-    } else if (c->cfg.source) {
-        const char *slash = strrchr(c->cfg.source, '/');
-        snprintf(keyfile, sizeof(keyfile), "%.*s/master.key", slash ? (int)(slash - c->cfg.source) : 1,
-                 slash ? c->cfg.source : ".");
-    } else if (xdg && *xdg) {
-        snprintf(keyfile, sizeof(keyfile), "%s/p11mk/master.key", xdg);
-    } else {
-        snprintf(keyfile, sizeof(keyfile), "%s/.config/p11mk/master.key", home && *home ? home : "/root");
-    }
-    if (access(keyfile, F_OK) == 0) {
-        admin_error("%s already exists; name another file with --key-file, or set \"master_key = %s\" in the "
-                    "configuration if it holds this keystore's keys", keyfile, keyfile);
-        return EXIT_KEY;
-    }
-    if (c->cfg.source) {
-        snprintf(conf, sizeof(conf), "%s", c->cfg.source);
-    } else if (xdg && *xdg) {
-        snprintf(conf, sizeof(conf), "%s/p11mk/p11mk.conf", xdg);
-    } else {
-        snprintf(conf, sizeof(conf), "%s/.config/p11mk/p11mk.conf", home && *home ? home : "/root");
-    }
-    memset(&r, 0, sizeof(r));
-    ks_mkey_default(&r.current); /* public: storing it costs nothing */
-    if (admin_mkdir_parents(keyfile) != 0 || ks_reg_save(keyfile, &r, &err) != KS_OK) {
-        admin_error("cannot create key file %s: %s", keyfile, err.msg[0] ? err.msg : strerror(errno));
-        return EXIT_KEY;
-    }
-    if (!c->cfg.source) { /* no configuration yet: write one naming the keystore too */
-        FILE *f;
-        int fd;
-        if (admin_mkdir_parents(conf) != 0 || (fd = open(conf, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
-            !(f = fdopen(fd, "w"))) {
-            admin_error("cannot create configuration %s: %s", conf, strerror(errno));
-            unlink(keyfile);
-            return EXIT_CONFIG;
-        }
-        fprintf(f, "# written by p11mk-admin\nkeystore = %s\nmaster_key = %s\n", c->cfg.keystore, keyfile);
-        fclose(f);
-    } else if (config_set_key(conf, keyfile) != 0) {
-        admin_error("cannot update configuration %s: %s", conf, strerror(errno));
-        unlink(keyfile);
-        return EXIT_CONFIG;
-    }
-    printf("The master keys are now kept in %s (configuration %s names it).\n", keyfile, conf);
-    return EXIT_OK;
-}
-
-static int rot_open(rot_ctx *c, const admin_opts *o, bool need_keyfile)
+/* Load the configuration and open the keystore for lifecycle work. */
+static int mk_open(ks_config *cfg, ks_mk **m)
 {
     ks_err err = {{0}};
     int rc;
-
-    memset(c, 0, sizeof(*c));
-    if (ks_config_load(&c->cfg, &err) != KS_OK) {
+    *m = NULL;
+    if (ks_config_load(cfg, &err) != KS_OK) {
         admin_error("%s", err.msg);
         return EXIT_CONFIG;
     }
-    ks_log_setup("stderr", c->cfg.log_level, "p11mk-admin");
-    if (need_keyfile && is_default_source(&c->cfg)) {
-        if ((rc = adopt_key_file(c, o)) != EXIT_OK)
-            return rc;
-        ks_config_free(&c->cfg);
-        if (ks_config_load(&c->cfg, &err) != KS_OK) {
-            admin_error("%s", err.msg);
-            return EXIT_CONFIG;
-        }
-    }
-    if ((rc = ks_mkey_load(&c->cfg, &c->mk, &err)) != KS_OK) {
+    ks_log_setup("stderr", cfg->log_level, "p11mk-admin");
+    if ((rc = ks_mk_open(cfg, m, &err)) != KS_OK) {
         admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
-        return EXIT_KEY;
-    }
-    if (!is_default_source(&c->cfg)) {
-        if ((rc = ks_reg_load(c->cfg.master_key, c->cfg.key_file_mode, &c->regs, &err)) != KS_OK) {
-            admin_error("%s", err.msg);
-            return EXIT_KEY;
-        }
-        c->have_regs = true;
-    }
-    if ((rc = ks_open(c->cfg.keystore, &c->mk, 0, &c->st, &err)) != KS_OK) {
-        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
-        return open_exit(rc);
+        ks_config_free(cfg);
+        return rc == KS_EINVAL || rc == KS_EPERM || rc == KS_EWRONGKEY || rc == KS_ENOKEY ? EXIT_KEY
+               : rc == KS_ECONFIG                                                        ? EXIT_CONFIG
+                                                                                         : EXIT_KEYSTORE;
     }
     return EXIT_OK;
 }
 
-static int save_regs(rot_ctx *c)
+static void mk_close(ks_config *cfg, ks_mk *m)
 {
-    ks_err err = {{0}};
-    if (ks_reg_save(c->cfg.master_key, &c->regs, &err) != KS_OK) {
-        admin_error("%s", err.msg);
-        return EXIT_KEY;
-    }
-    return EXIT_OK;
+    ks_mk_close(m);
+    ks_config_free(cfg);
 }
 
-/* The registers after a commit: NEW is CURRENT, the old CURRENT heads the history. */
-static void regs_promote(ks_registers *r)
+/* ---- progress ------------------------------------------------------------------ */
+
+typedef struct {
+    const admin_opts *o;
+    double t0;
+    bool tty;
+    bool drawn;
+} progress;
+
+static double now_s(void)
 {
-    if (!r->has_new)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int progress_cb(const ks_rot_progress *p, void *arg)
+{
+    progress *pr = arg;
+    if (!pr->tty || pr->o->quiet || pr->o->json)
+        return 0;
+    double dt = now_s() - pr->t0, rate = dt > 0 ? (double)p->done / dt : 0;
+    uint64_t total = p->done + p->remaining;
+    int width = 30, fill = total ? (int)((double)p->done * width / (double)total) : width;
+    fprintf(stderr, "\r  [%.*s%*s] %llu/%llu records  %.0f/s  ETA %.0fs ", fill, "##############################",
+            width - fill, "", (unsigned long long)p->done, (unsigned long long)total, rate,
+            rate > 0 ? (double)p->remaining / rate : 0.0);
+    fflush(stderr);
+    pr->drawn = true;
+    return 0;
+}
+
+static void waiting_cb(const char *holder, void *arg)
+{
+    progress *pr = arg;
+    if (!pr->o->quiet)
+        fprintf(stderr, "p11mk-admin: waiting for another rotation step to finish (%s)...\n", holder);
+}
+
+static void progress_end(progress *pr)
+{
+    if (pr->drawn)
+        fputc('\n', stderr);
+    pr->drawn = false;
+}
+
+static ks_mk_opts step_opts(const admin_opts *o, const char *command, progress *pr)
+{
+    pr->o = o;
+    pr->t0 = now_s();
+    pr->tty = isatty(2) != 0;
+    pr->drawn = false;
+    ks_mk_opts ko = {
+        .wait_ms = (unsigned)(o->wait_s < 0 ? 10000 : o->wait_s * 1000),
+        .waiting = waiting_cb,
+        .batch = o->batch,
+        .progress = progress_cb,
+        .arg = pr,
+        .key_file = o->key_file,
+        .command = command,
+    };
+    return ko;
+}
+
+/* What a step did besides its own work. */
+static void say_repairs(const admin_opts *o, const ks_mk_result *r)
+{
+    if (o->quiet || o->json)
         return;
-    size_t n = r->n_old < KS_REG_MAX_OLD ? r->n_old : KS_REG_MAX_OLD - 1;
-    memmove(&r->old[1], &r->old[0], n * sizeof(r->old[0]));
-    r->old[0] = r->current;
-    r->n_old = n + 1;
-    r->current = r->staged;
-    r->has_new = false;
-    ks_mkey_clear(&r->staged);
-}
-
-/* Bring registers that lag behind the keystore up to date (after a crash). */
-static int regs_repair(rot_ctx *c, const ks_info *info)
-{
-    if (!c->have_regs)
-        return EXIT_OK;
-    uint8_t k[KS_KCV_LEN];
-    if (info->rot_state == KS_ROT_IDLE && c->regs.has_new) {
-        ks_mkey_kcv(&c->regs.staged, k);
-        if (CRYPTO_memcmp(k, info->kcv, KS_KCV_LEN) == 0) {
-            regs_promote(&c->regs);
-            printf("Repaired the key file: the committed key is now CURRENT there too.\n");
-        } else {
-            c->regs.has_new = false; /* a stage that never reached the keystore, or an aborted one */
-            ks_mkey_clear(&c->regs.staged);
-            printf("Repaired the key file: dropped a NEW key the keystore does not use.\n");
-        }
-        return save_regs(c);
-    }
-    return EXIT_OK;
+    if (r->key_file[0])
+        printf("The master keys are now kept in %s (configuration %s names it).\n", r->key_file, r->config);
+    if (r->repaired & KS_MK_REPAIRED_PROMOTED)
+        printf("Repaired the key file: the committed key is now CURRENT there too.\n");
+    if (r->repaired & KS_MK_REPAIRED_RETIRED)
+        printf("Repaired the key file: a NEW key the keystore does not use was moved to the history.\n");
+    if (r->repaired & KS_MK_REPAIRED_REORDERED)
+        printf("Repaired the key file: its registers now name the keystore's keys (nothing was removed).\n");
 }
 
 /* ---- terminal input ----------------------------------------------------- */
@@ -324,6 +245,51 @@ static int read_twice(FILE *tty, const char *what, char *p1, size_t cap)
     return EXIT_OK;
 }
 
+/* One secret per line from a file: a line too long, a NUL byte or too few
+ * lines is an error (never a secret silently cut, or its tail taken for the
+ * next part). */
+static int read_secret_file(const char *path, unsigned n, char secrets[][512])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    struct stat sb;
+    FILE *f = NULL;
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = EXIT_OK;
+
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || !(f = fdopen(fd, "r"))) {
+        admin_error("cannot read %s: %s", path, fd < 0 ? strerror(errno) : "not a regular file");
+        if (fd >= 0)
+            close(fd);
+        return EXIT_USAGE;
+    }
+    for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
+        ssize_t len = getline(&line, &cap, f);
+        if (len < 0) {
+            admin_error("cannot read %s from %s: too few lines", n > 1 ? "one key part per line" : "a passphrase",
+                        path);
+            rc = EXIT_USAGE;
+            break;
+        }
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        if (strlen(line) != (size_t)len) {
+            admin_error("line %u of %s holds a NUL byte; a passphrase is text", i + 1, path);
+            rc = EXIT_USAGE;
+        } else if ((size_t)len >= sizeof(secrets[i])) {
+            admin_error("line %u of %s is longer than %zu characters", i + 1, path, sizeof(secrets[i]) - 1);
+            rc = EXIT_USAGE;
+        } else {
+            memcpy(secrets[i], line, (size_t)len + 1);
+        }
+    }
+    if (line)
+        OPENSSL_cleanse(line, cap);
+    free(line);
+    fclose(f);
+    return rc;
+}
+
 /* The new key: generated, from a passphrase file, typed twice, or in parts. */
 static int new_key(const admin_opts *o, ks_mkey *mk)
 {
@@ -337,17 +303,7 @@ static int new_key(const admin_opts *o, ks_mkey *mk)
         return ks_mkey_generate(mk) == KS_OK ? EXIT_OK : EXIT_FAILED;
     memset(secrets, 0, sizeof(secrets));
     if (o->passphrase_file) {
-        FILE *f = fopen(o->passphrase_file, "re");
-        for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
-            if (!f || !fgets(secrets[i], sizeof(secrets[i]), f)) {
-                admin_error("cannot read %s from %s: %s", n > 1 ? "one key part per line" : "a passphrase",
-                            o->passphrase_file, f ? "too few lines" : strerror(errno));
-                rc = EXIT_USAGE;
-            }
-            secrets[i][strcspn(secrets[i], "\r\n")] = '\0';
-        }
-        if (f)
-            fclose(f);
+        rc = read_secret_file(o->passphrase_file, n, secrets);
     } else {
         FILE *tty = tty_open();
         if (!tty) {
@@ -382,258 +338,202 @@ static int new_key(const admin_opts *o, ks_mkey *mk)
     return rc;
 }
 
-/* ---- steps ------------------------------------------------------------------ */
 
-static int step_exit(int rc)
-{
-    switch (rc) {
-    case KS_OK: return EXIT_OK;
-    case KS_EBUSY: return EXIT_STATE;
-    case KS_EEXIST:
-    case KS_EINVAL: return EXIT_STATE;
-    case KS_ENOKEY:
-    case KS_EWRONGKEY: return EXIT_KEY;
-    case KS_EROFS: return EXIT_KEYSTORE;
-    default: return EXIT_FAILED;
-    }
-}
+/* ---- steps --------------------------------------------------------------------- */
 
-static int do_stage(rot_ctx *c, const ks_mkey *key)
+static void print_committed(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
 {
+    char cur[2 * KS_KCV_LEN + 1];
+    ks_mk_view v;
     ks_err err = {{0}};
-    ks_info info;
-    int rc;
-
-    if (ks_get_info(c->st, &info) != KS_OK)
-        return EXIT_KEYSTORE;
-    if (info.rot_state != KS_ROT_IDLE) {
-        admin_error("a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' and "
-                    "'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'",
-                    info.new_epoch, ks_rot_state_name(info.rot_state));
-        return EXIT_STATE;
+    size_t hist = 0;
+    kcv_hex(r->kcv, cur);
+    if (ks_mk_view_get(m, &v, &err) == KS_OK) {
+        hist = v.n_history;
+        ks_mk_view_free(&v);
     }
-    c->regs.has_new = true;
-    c->regs.staged = *key;
-    if ((rc = save_regs(c)) != EXIT_OK)
-        return rc;
-    rc = ks_rot_stage(c->st, key, &err);
-    if (rc != KS_OK) {
-        c->regs.has_new = false;
-        ks_mkey_clear(&c->regs.staged);
-        save_regs(c);
-        admin_error("%s; nothing was changed: the keystore stays usable under the current key",
-                    err.msg[0] ? err.msg : ks_strerror(rc));
-        return step_exit(rc);
+    if (o->json) {
+        printf("{\"step\": \"commit\", \"epoch\": %u, \"kcv\": \"%s\", \"records\": %llu, \"seconds\": %.3f, "
+               "\"history\": %zu}\n", r->epoch, cur, (unsigned long long)r->resealed, dt, hist);
+    } else if (!o->quiet) {
+        printf("Committed: epoch %u is current (check value %s). The previous key is kept in the history (%zu "
+               "key%s); running applications switch on their next operation.\n", r->epoch, cur, hist,
+               hist == 1 ? "" : "s");
     }
-    uint8_t kcv[KS_KCV_LEN];
-    char hex[2 * KS_KCV_LEN + 1];
-    ks_mkey_kcv(key, kcv);
-    ks_kcv_hex(kcv, hex);
-    printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now on.\n",
-           info.epoch + 1, hex);
-    return EXIT_OK;
 }
-
-typedef struct {
-    const admin_opts *o;
-    double t0;
-    bool tty;
-} progress;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int progress_cb(const ks_rot_progress *p, void *arg)
-{
-    progress *pr = arg;
-    if (!pr->tty || pr->o->quiet || pr->o->json)
-        return 0;
-    double dt = now_s() - pr->t0, rate = dt > 0 ? (double)p->done / dt : 0;
-    uint64_t total = p->done + p->remaining;
-    int width = 30, fill = total ? (int)((double)p->done * width / (double)total) : width;
-    fprintf(stderr, "\r  [%.*s%*s] %llu/%llu records  %.0f/s  ETA %.0fs ", fill, "##############################",
-            width - fill, "", (unsigned long long)p->done, (unsigned long long)total, rate,
-            rate > 0 ? (double)p->remaining / rate : 0.0);
-    fflush(stderr);
-    return 0;
-}
-
-static int do_rewrap(rot_ctx *c, const admin_opts *o)
-{
-    ks_err err = {{0}};
-    progress pr = {o, now_s(), isatty(2) != 0};
-    ks_rot_progress last = {0, 0};
-    uint32_t ep[8];
-    uint64_t before[8];
-    size_t nf = 0;
-    ks_info info;
-    int rc;
-
-    if (ks_get_info(c->st, &info) != KS_OK)
-        return EXIT_KEYSTORE;
-    ks_rot_count(c->st, ep, before, 8, &nf);
-    rc = ks_rot_rewrap(c->st, o->batch, progress_cb, &pr, &err);
-    if (pr.tty && !o->quiet && !o->json)
-        fputc('\n', stderr);
-    if (rc != KS_OK) {
-        admin_error("%s; the keystore stays usable (records are read under either key); run 'p11mk-admin rewrap' "
-                    "again to resume", err.msg[0] ? err.msg : ks_strerror(rc));
-        return step_exit(rc);
-    }
-    double dt = now_s() - pr.t0;
-    for (size_t i = 0; i < nf; i++)
-        if (ep[i] == info.epoch)
-            last.done = before[i];
-    if (o->json)
-        printf("{\"step\": \"rewrap\", \"records\": %llu, \"seconds\": %.3f, \"rate\": %.0f}\n",
-               (unsigned long long)last.done, dt, dt > 0 ? (double)last.done / dt : 0.0);
-    else if (!o->quiet)
-        printf("Rewrapped %llu records in %.2f s (%.0f records/s). Ready to commit.\n",
-               (unsigned long long)last.done, dt, dt > 0 ? (double)last.done / dt : 0.0);
-    return EXIT_OK;
-}
-
-static int do_commit(rot_ctx *c, const admin_opts *o)
-{
-    ks_err err = {{0}};
-    ks_info info;
-    int rc = ks_rot_commit(c->st, &err);
-    if (rc != KS_OK) {
-        admin_error("%s; nothing was changed", err.msg[0] ? err.msg : ks_strerror(rc));
-        return step_exit(rc);
-    }
-    if (c->have_regs && c->regs.has_new)
-        regs_promote(&c->regs);
-    if ((rc = save_regs(c)) != EXIT_OK) {
-        admin_error("the keystore is committed, but the key file could not be updated; run 'p11mk-admin commit' "
-                    "again to repair it");
-        return rc;
-    }
-    ks_get_info(c->st, &info);
-    if (!o->quiet && !o->json)
-        printf("Committed: epoch %u is current. The previous key is kept in the history (%zu key%s); running "
-               "applications switch on their next operation.\n",
-               info.epoch, c->regs.n_old, c->regs.n_old == 1 ? "" : "s");
-    return EXIT_OK;
-}
-
-/* ---- commands ---------------------------------------------------------------- */
 
 int admin_stage(const admin_opts *o)
 {
-    rot_ctx c;
+    ks_config cfg;
+    ks_mk *m;
     ks_mkey key;
-    int rc = rot_open(&c, o, true);
-    if (rc == EXIT_OK)
-        rc = new_key(o, &key);
-    if (rc == EXIT_OK)
-        rc = do_stage(&c, &key);
+    ks_mk_result r;
+    ks_err err = {{0}};
+    progress pr;
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    memset(&key, 0, sizeof(key));
+    if ((rc = new_key(o, &key)) == EXIT_OK) {
+        ks_mk_opts ko = step_opts(o, "stage", &pr);
+        int krc = ks_mk_stage(m, &key, &ko, &r, &err);
+        say_repairs(o, &r);
+        if (krc != KS_OK) {
+            rc = fail(krc, &err, "; nothing was staged: the keystore stays usable under the current key");
+        } else if (!o->quiet) {
+            char hex[2 * KS_KCV_LEN + 1];
+            kcv_hex(r.new_kcv, hex);
+            printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now "
+                   "on.\n", r.new_epoch, hex);
+        }
+        ks_mk_result_free(&r);
+    }
     ks_mkey_clear(&key);
-    rot_close(&c);
+    mk_close(&cfg, m);
     return rc;
 }
 
 int admin_rewrap(const admin_opts *o)
 {
-    rot_ctx c;
-    int rc = rot_open(&c, o, false);
-    if (rc == EXIT_OK)
-        rc = do_rewrap(&c, o);
-    rot_close(&c);
+    ks_config cfg;
+    ks_mk *m;
+    ks_mk_result r;
+    ks_err err = {{0}};
+    progress pr;
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    ks_mk_opts ko = step_opts(o, "rewrap", &pr);
+    int krc = ks_mk_rewrap(m, &ko, &r, &err);
+    progress_end(&pr);
+    say_repairs(o, &r);
+    double dt = now_s() - pr.t0;
+    if (krc != KS_OK) {
+        rc = fail(krc, &err, krc == KS_ESTATE || krc == KS_EBUSY
+                                 ? NULL
+                                 : "; the keystore stays usable (records are read under either key); run "
+                                   "'p11mk-admin rewrap' again to resume");
+    } else if (o->json) {
+        printf("{\"step\": \"rewrap\", \"records\": %llu, \"seconds\": %.3f, \"rate\": %.0f}\n",
+               (unsigned long long)r.resealed, dt, dt > 0 ? (double)r.resealed / dt : 0.0);
+    } else if (!o->quiet) {
+        printf("Rewrapped %llu records in %.2f s (%.0f records/s). Ready to commit.\n",
+               (unsigned long long)r.resealed, dt, dt > 0 ? (double)r.resealed / dt : 0.0);
+    }
+    ks_mk_result_free(&r);
+    mk_close(&cfg, m);
     return rc;
 }
 
 int admin_commit(const admin_opts *o)
 {
-    rot_ctx c;
-    ks_info info;
-    int rc = rot_open(&c, o, false);
-    if (rc == EXIT_OK && ks_get_info(c.st, &info) == KS_OK && info.rot_state == KS_ROT_IDLE && c.have_regs &&
-        c.regs.has_new) {
-        rc = regs_repair(&c, &info); /* a commit that crashed before the key file update */
-        rot_close(&c);
+    ks_config cfg;
+    ks_mk *m;
+    ks_mk_result r;
+    ks_err err = {{0}};
+    progress pr;
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
         return rc;
-    }
-    if (rc == EXIT_OK)
-        rc = do_commit(&c, o);
-    rot_close(&c);
+    ks_mk_opts ko = step_opts(o, "commit", &pr);
+    int krc = ks_mk_commit(m, &ko, &r, &err);
+    say_repairs(o, &r);
+    if (krc != KS_OK)
+        rc = fail(krc, &err, krc == KS_ESTATE || krc == KS_EBUSY ? "; nothing was changed" : NULL);
+    else if (!(r.repaired & KS_MK_REPAIRED_PROMOTED) || r.new_epoch)
+        print_committed(o, m, &r, now_s() - pr.t0);
+    ks_mk_result_free(&r);
+    mk_close(&cfg, m);
     return rc;
 }
 
 int admin_abort(const admin_opts *o)
 {
-    rot_ctx c;
+    ks_config cfg;
+    ks_mk *m;
+    ks_mk_result r;
     ks_err err = {{0}};
-    progress pr = {o, now_s(), isatty(2) != 0};
-    int rc = rot_open(&c, o, false);
-    if (rc == EXIT_OK) {
-        int krc = ks_rot_abort(c.st, o->batch, progress_cb, &pr, &err);
-        if (pr.tty && !o->quiet)
-            fputc('\n', stderr);
-        if (krc != KS_OK) {
-            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
-            rc = step_exit(krc);
-        } else {
-            if (c.have_regs) {
-                c.regs.has_new = false;
-                ks_mkey_clear(&c.regs.staged);
-                rc = save_regs(&c);
-            }
-            if (rc == EXIT_OK && !o->quiet)
-                printf("Aborted: every record is under the current key again; the staged key was discarded.\n");
-        }
-    }
-    rot_close(&c);
+    progress pr;
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    ks_mk_opts ko = step_opts(o, "abort", &pr);
+    int krc = ks_mk_abort(m, &ko, &r, &err);
+    progress_end(&pr);
+    say_repairs(o, &r);
+    if (krc != KS_OK)
+        rc = fail(krc, &err, NULL);
+    else if (!o->quiet)
+        printf("Aborted: every record is under the current key again; the staged key was moved to the history "
+               "(a backup taken while it was staged needs it).\n");
+    ks_mk_result_free(&r);
+    mk_close(&cfg, m);
     return rc;
 }
 
-static int stage_rewrap_commit(rot_ctx *c, const admin_opts *o, const ks_mkey *key)
+/* rotate, set-master-key and auto-update: the whole rotation under one lock. */
+static int rotate_with(const admin_opts *o, ks_mk *m, const ks_mkey *key, unsigned flags, const ks_mk_view *expect,
+                       const char *command)
 {
-    int rc = do_stage(c, key);
-    if (rc == EXIT_OK)
-        rc = do_rewrap(c, o);
-    if (rc == EXIT_OK)
-        rc = do_commit(c, o);
-    if (rc != EXIT_OK)
-        fprintf(stderr, "p11mk-admin: the keystore stays fully usable; finish with 'p11mk-admin rewrap' and "
-                        "'p11mk-admin commit', or undo with 'p11mk-admin abort'.\n");
+    ks_mk_result r;
+    ks_err err = {{0}};
+    progress pr;
+    ks_mk_opts ko = step_opts(o, command, &pr);
+    ko.expect = expect;
+    int krc = ks_mk_rotate(m, key, flags, &ko, &r, &err), rc = EXIT_OK;
+    progress_end(&pr);
+    say_repairs(o, &r);
+    if (krc != KS_OK) {
+        rc = fail(krc, &err, krc == KS_ESTATE || krc == KS_EBUSY || krc == KS_ECHANGED
+                                 ? NULL
+                                 : "; the keystore stays fully usable: finish with 'p11mk-admin rewrap' and "
+                                   "'p11mk-admin commit', or undo with 'p11mk-admin abort'");
+    } else {
+        print_committed(o, m, &r, now_s() - pr.t0);
+        if (r.auto_disabled && !o->quiet)
+            printf("Automatic rotation is now disabled (the key was set by hand); re-enable it with "
+                   "'p11mk-admin auto-update --interval DURATION'.\n");
+    }
+    ks_mk_result_free(&r);
     return rc;
 }
 
 int admin_rotate(const admin_opts *o)
 {
-    rot_ctx c;
-    ks_mkey key;
-    int rc = rot_open(&c, o, true);
-    if (rc == EXIT_OK)
-        rc = ks_mkey_generate(&key) == KS_OK ? EXIT_OK : EXIT_FAILED;
-    if (rc == EXIT_OK)
-        rc = stage_rewrap_commit(&c, o, &key);
-    ks_mkey_clear(&key);
-    rot_close(&c);
+    ks_config cfg;
+    ks_mk *m;
+    int rc = mk_open(&cfg, &m);
+    if (rc == EXIT_OK) {
+        rc = rotate_with(o, m, NULL, 0, NULL, "rotate");
+        mk_close(&cfg, m);
+    }
     return rc;
 }
 
-static void auto_off_after_manual(rot_ctx *c, uint64_t interval);
-
 int admin_set_master_key(const admin_opts *o)
 {
-    rot_ctx c;
+    ks_config cfg;
+    ks_mk *m;
     ks_mkey key;
+    ks_mk_view v;
+    ks_err err = {{0}};
     admin_opts oo = *o;
-    ks_info info;
     int rc;
 
     if (!oo.passphrase_file && !oo.parts)
         oo.passphrase = true;
-    rc = rot_open(&c, &oo, true);
-    if (rc == EXIT_OK && ks_get_info(c.st, &info) == KS_OK && info.rot_state != KS_ROT_IDLE) {
+    if ((rc = mk_open(&cfg, &m)) != EXIT_OK)
+        return rc;
+    memset(&key, 0, sizeof(key));
+    int krc = ks_mk_view_get(m, &v, &err);
+    if (krc != KS_OK) {
+        rc = fail(krc, &err, NULL);
+        mk_close(&cfg, m);
+        return rc;
+    }
+    if (v.rot_state != KS_ROT_IDLE) {
         admin_error("a rotation is already under way (%s); finish it with 'p11mk-admin rewrap' and "
-                    "'p11mk-admin commit', or undo it with 'p11mk-admin abort'", ks_rot_state_name(info.rot_state));
+                    "'p11mk-admin commit', or undo it with 'p11mk-admin abort'", ks_rot_state_name(v.rot_state));
         rc = EXIT_STATE;
     }
     if (rc == EXIT_OK)
@@ -641,47 +541,93 @@ int admin_set_master_key(const admin_opts *o)
     if (rc == EXIT_OK) {
         printf("This replaces the master key of keystore %s (epoch %u -> %u): every record is resealed under the\n"
                "new key while applications keep running, then the old key moves to the history.\n",
-               c.cfg.keystore, info.epoch, info.epoch + 1);
-        if (info.auto_interval)
+               cfg.keystore, v.epoch, v.epoch + 1);
+        if (v.auto_interval)
             printf("Automatic rotation is on: setting the key by hand disables it.\n");
         if (!admin_confirm(o, "Continue? [y/N] ")) {
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
-            rc = stage_rewrap_commit(&c, &oo, &key);
-            if (rc == EXIT_OK)
-                auto_off_after_manual(&c, info.auto_interval);
+            rc = rotate_with(&oo, m, &key, KS_MK_MANUAL, &v, "set-master-key");
         }
     }
     ks_mkey_clear(&key);
-    rot_close(&c);
+    ks_mk_view_free(&v);
+    mk_close(&cfg, m);
     return rc;
+}
+
+/* The entries clear-history would destroy (the same rule as the keystore's). */
+static size_t would_destroy(const ks_mk_view *v, size_t keep, uint32_t before)
+{
+    size_t n = 0;
+    for (size_t i = keep; i < v->n_history; i++)
+        if (!before || v->history[i].epoch < before)
+            n++;
+    return n;
 }
 
 int admin_clear_history(const admin_opts *o)
 {
-    rot_ctx c;
-    int rc = rot_open(&c, o, false);
-    if (rc == EXIT_OK && !c.have_regs) {
+    ks_config cfg;
+    ks_mk *m;
+    ks_mk_view v;
+    ks_mk_result r;
+    ks_err err = {{0}};
+    progress pr;
+    size_t keep = o->has_keep ? o->keep : 0;
+    int rc = mk_open(&cfg, &m);
+
+    if (rc != EXIT_OK)
+        return rc;
+    int krc = ks_mk_view_get(m, &v, &err);
+    if (krc != KS_OK) {
+        rc = fail(krc, &err, NULL);
+        mk_close(&cfg, m);
+        return rc;
+    }
+    size_t n = would_destroy(&v, keep, o->before);
+    if (!v.key_file) {
         printf("The keystore uses the built-in default key: there is no history to clear.\n");
-    } else if (rc == EXIT_OK && c.regs.n_old == 0) {
+    } else if (v.n_history == 0) {
         printf("The history is empty.\n");
-    } else if (rc == EXIT_OK) {
-        printf("This destroys %zu retired master key%s: backups and copies sealed under %s can no longer be\n"
-               "opened.\n", c.regs.n_old, c.regs.n_old == 1 ? "" : "s", c.regs.n_old == 1 ? "it" : "them");
+    } else if (n == 0) {
+        printf("No retired key matches; nothing to destroy (%zu kept).\n", v.n_history);
+    } else {
+        printf("This destroys %zu of %zu retired master key%s:\n", n, v.n_history, v.n_history == 1 ? "" : "s");
+        for (size_t i = keep; i < v.n_history; i++) {
+            char hex[2 * KS_KCV_LEN + 1], when[64];
+            if (o->before && v.history[i].epoch >= o->before)
+                continue;
+            kcv_hex(v.history[i].kcv, hex);
+            admin_format_time(v.history[i].retired, when, sizeof(when));
+            printf("  epoch %u, check value %s, retired %s%s\n", v.history[i].epoch, hex, when,
+                   v.history[i].aborted ? " (aborted)" : "");
+        }
+        printf("Backups and copies sealed under %s can no longer be opened.\n", n == 1 ? "it" : "them");
         if (!admin_confirm(o, "Destroy them? [y/N] ")) {
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
-            for (size_t i = 0; i < c.regs.n_old; i++)
-                ks_mkey_clear(&c.regs.old[i]);
-            c.regs.n_old = 0;
-            rc = save_regs(&c);
-            if (rc == EXIT_OK)
-                printf("History cleared.\n");
+            ks_mk_opts ko = step_opts(o, "clear-history", &pr);
+            ko.expect = o->yes ? NULL : &v; /* --yes: the history as found under the lock */
+            krc = ks_mk_clear_history(m, keep, o->before, &ko, &r, &err);
+            say_repairs(o, &r);
+            if (krc != KS_OK) {
+                rc = fail(krc, &err, NULL);
+            } else {
+                for (size_t i = 0; i < r.n_destroyed; i++) {
+                    char hex[2 * KS_KCV_LEN + 1];
+                    kcv_hex(r.destroyed[i].kcv, hex);
+                    printf("Destroyed epoch %u, check value %s\n", r.destroyed[i].epoch, hex);
+                }
+                printf("History cleared: %zu key%s destroyed.\n", r.n_destroyed, r.n_destroyed == 1 ? "" : "s");
+            }
+            ks_mk_result_free(&r);
         }
     }
-    rot_close(&c);
+    ks_mk_view_free(&v);
+    mk_close(&cfg, m);
     return rc;
 }
 
@@ -708,11 +654,13 @@ static void index_cb(CK_SLOT_ID slot, uint64_t oid, CK_ATTRIBUTE_TYPE t, void *a
 
 int admin_verify(const admin_opts *o)
 {
-    rot_ctx c;
+    ks_config cfg;
+    ks_mk *m;
     uint64_t checked = 0, failed = 0;
-    int rc = rot_open(&c, o, false);
+    (void)o;
+    int rc = mk_open(&cfg, &m);
     if (rc == EXIT_OK) {
-        int krc = ks_verify(c.st, verify_cb, NULL, &checked, &failed);
+        int krc = ks_verify(ks_mk_store(m), verify_cb, NULL, &checked, &failed);
         tok_ctx *ctx = NULL;
         unsigned long long missing = 0;
         long long objs = -1;
@@ -732,17 +680,19 @@ int admin_verify(const admin_opts *o)
             printf("Verified %llu records: each opens under the key of its epoch; the indexes agree with %lld "
                    "objects.\n", (unsigned long long)checked, objs);
         }
+        mk_close(&cfg, m);
     }
-    rot_close(&c);
     return rc;
 }
 
 /* ---- automatic rotation ---------------------------------------------------- */
 
-/* "30d", "12h", "90m", "3600s" or plain seconds; 0 on error. */
+/* "30d", "12h", "90m", "2w", "3600s" or plain seconds; 0 on error or overflow. */
 static uint64_t parse_duration(const char *s)
 {
     char *end;
+    if (!isdigit((unsigned char)s[0]))
+        return 0; /* strtoull would take "-1" for a huge number */
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     uint64_t mul = 1;
@@ -756,7 +706,7 @@ static uint64_t parse_duration(const char *s)
         mul = 60;
     else if (*end == 'w' || *end == 'W')
         mul = 7 * 86400;
-    else if (*end != 's' && *end != '\0')
+    else if (*end != 's' && *end != 'S' && *end != '\0')
         return 0;
     if (*end && end[1])
         return 0;
@@ -791,10 +741,13 @@ void admin_format_duration(uint64_t s, char *out, size_t n)
 
 int admin_auto_update(const admin_opts *o)
 {
-    rot_ctx c;
-    ks_info info;
+    ks_config cfg;
+    ks_mk *m;
+    ks_mk_result r;
+    ks_err err = {{0}};
+    progress pr;
     char when[64], every[32];
-    int rc;
+    int rc, krc;
 
     if (!o->interval && !o->disable && !o->run) {
         admin_error("say what to do: auto-update --interval DURATION | --disable | run");
@@ -805,76 +758,61 @@ int admin_auto_update(const admin_opts *o)
         return EXIT_USAGE;
     }
     uint64_t secs = 0;
-    if (o->interval && (secs = parse_duration(o->interval)) < 60) {
-        admin_error("--interval takes a duration of at least a minute, such as 30d, 12h or 90m (got '%s')",
-                    o->interval);
-        return EXIT_USAGE;
-    }
-    if ((rc = rot_open(&c, o, o->interval || o->run)) != EXIT_OK)
-        return rc;
-    if (ks_get_info(c.st, &info) != KS_OK) {
-        rot_close(&c);
-        return EXIT_KEYSTORE;
-    }
-    if (o->interval || o->disable) {
-        int krc = ks_rot_set_auto(c.st, secs);
-        if (krc != KS_OK) {
-            admin_error("cannot store the setting: %s", ks_strerror(krc));
-            rot_close(&c);
-            return step_exit(krc);
+    if (o->interval) {
+        secs = parse_duration(o->interval);
+        if (secs < KS_AUTO_MIN || secs > KS_AUTO_MAX) {
+            admin_error("--interval takes a duration from 1h to 3650d (10 years), such as 30d, 12h or 90m (got "
+                        "'%s'); nothing was changed", o->interval);
+            return EXIT_USAGE;
         }
-        ks_get_info(c.st, &info);
-        if (secs) {
+    }
+    if ((rc = mk_open(&cfg, &m)) != EXIT_OK)
+        return rc;
+    ks_mk_opts ko = step_opts(o, o->run ? "auto-update run" : "auto-update", &pr);
+    if (o->interval || o->disable) {
+        krc = ks_mk_set_auto(m, secs, &ko, &r, &err);
+        say_repairs(o, &r);
+        if (krc != KS_OK) {
+            rc = fail(krc, &err, NULL);
+        } else if (secs) {
             admin_format_duration(secs, every, sizeof(every));
-            admin_format_time(info.last_rotation + secs, when, sizeof(when));
+            admin_format_time(r.next_due, when, sizeof(when));
             printf("Automatic rotation every %s; next due %s. 'p11mk-admin auto-update run' (the p11mk-auto-update "
                    "timer) rotates when due.\n", every, when);
         } else {
             printf("Automatic rotation disabled; the current key is kept.\n");
         }
-        rot_close(&c);
-        return EXIT_OK;
-    }
-    /* run: idempotent; finishes an interrupted rotation first. */
-    if (info.rot_state == KS_ROT_ABORTING) {
-        admin_error("an abort is under way; finish it with 'p11mk-admin abort'");
-        rot_close(&c);
-        return EXIT_STATE;
-    }
-    if (info.rot_state != KS_ROT_IDLE) {
-        printf("Finishing the rotation under way (%s).\n", ks_rot_state_name(info.rot_state));
-        rc = do_rewrap(&c, o);
-        if (rc == EXIT_OK)
-            rc = do_commit(&c, o);
-        rot_close(&c);
+        ks_mk_result_free(&r);
+        mk_close(&cfg, m);
         return rc;
     }
+    /* run: idempotent; the decision is the keystore's, under its lock. */
     uint64_t now = (uint64_t)time(NULL);
     const char *fake = getenv("P11MK_NOW"); /* test hook: pretend the clock says this (unix time) */
     if (fake && *fake)
         now = strtoull(fake, NULL, 10);
-    if (!info.auto_interval) {
-        printf("Automatic rotation is off; nothing to do.\n");
-    } else if (now < info.last_rotation + info.auto_interval) {
-        admin_format_time(info.last_rotation + info.auto_interval, when, sizeof(when));
-        printf("Not due until %s; nothing to do.\n", when);
+    krc = ks_mk_auto_run(m, now, &ko, &r, &err);
+    progress_end(&pr);
+    say_repairs(o, &r);
+    if (krc != KS_OK) {
+        rc = fail(krc, &err, NULL);
     } else {
-        ks_mkey key;
-        rc = ks_mkey_generate(&key) == KS_OK ? EXIT_OK : EXIT_FAILED;
-        if (rc == EXIT_OK)
-            rc = stage_rewrap_commit(&c, o, &key);
-        ks_mkey_clear(&key);
+        if (r.finished && !o->quiet)
+            printf("Finished the rotation that was under way (epoch %u is current).\n", r.epoch);
+        if (r.rotated) {
+            print_committed(o, m, &r, now_s() - pr.t0);
+        } else if (!o->quiet && !o->json) {
+            if (!r.next_due) {
+                printf("Automatic rotation is off; nothing to do.\n");
+            } else {
+                admin_format_time(r.next_due, when, sizeof(when));
+                printf("Not due until %s; nothing to do.\n", when);
+            }
+        }
     }
-    rot_close(&c);
+    ks_mk_result_free(&r);
+    mk_close(&cfg, m);
     return rc;
-}
-
-/* A key set by hand ends automatic rotation, as the device in the seed does. */
-static void auto_off_after_manual(rot_ctx *c, uint64_t interval)
-{
-    if (interval && ks_rot_set_auto(c->st, 0) == KS_OK)
-        printf("Automatic rotation is now disabled (the key was set by hand); re-enable it with "
-               "'p11mk-admin auto-update --interval DURATION'.\n");
 }
 
 /* ---- copies ------------------------------------------------------------------ */
@@ -889,57 +827,69 @@ static bool need_file(const admin_opts *o, const char *cmd)
 
 int admin_backup(const admin_opts *o)
 {
-    rot_ctx c;
+    ks_config cfg;
+    ks_mk *m;
     ks_err err = {{0}};
+    ks_info info;
+    progress pr;
     if (!need_file(o, "backup"))
         return EXIT_USAGE;
-    int rc = rot_open(&c, o, false);
-    if (rc == EXIT_OK) {
-        int krc = ks_backup(c.st, o->file, &err);
-        if (krc != KS_OK) {
-            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
-            rc = EXIT_FAILED;
-        } else if (!o->quiet) {
-            ks_info info;
-            ks_get_info(c.st, &info);
-            printf("Backup written to %s (epoch %u, sealed under the current master key: keep the key file too).\n",
-                   o->file, info.epoch);
-        }
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    ks_mk_opts ko = step_opts(o, "backup", &pr);
+    int krc = ks_mk_backup(m, o->file, &ko, &info, &err);
+    if (krc != KS_OK) {
+        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
+        rc = krc == KS_EBUSY ? EXIT_STATE : EXIT_FAILED;
+    } else if (!o->quiet) {
+        char k1[2 * KS_KCV_LEN + 1], k2[2 * KS_KCV_LEN + 1];
+        kcv_hex(info.kcv, k1);
+        kcv_hex(info.new_kcv, k2);
+        printf("Backup written to %s. Restoring it needs the master key of epoch %u (check value %s)", o->file,
+               info.epoch, k1);
+        if (info.new_epoch)
+            printf(" and the staged one of epoch %u (check value %s)", info.new_epoch, k2);
+        printf(": the key file keeps retired keys until 'p11mk-admin clear-history'.\n");
     }
-    rot_close(&c);
+    mk_close(&cfg, m);
     return rc;
 }
 
 int admin_export(const admin_opts *o)
 {
-    rot_ctx c;
+    ks_config cfg;
+    ks_mk *m;
     ks_err err = {{0}};
+    progress pr;
     if (!o->to_default) {
         admin_error("export writes a copy under the built-in default key: say so with --to-default");
         return EXIT_USAGE;
     }
     if (!need_file(o, "export"))
         return EXIT_USAGE;
-    int rc = rot_open(&c, o, false);
-    if (rc == EXIT_OK) {
-        int krc = ks_export_default(c.st, o->file, &err);
-        if (krc != KS_OK) {
-            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
-            rc = step_exit(krc);
-        } else if (!o->quiet) {
-            printf("Exported to %s, resealed under the built-in default key: anyone with the file can read it, so\n"
-                   "move it over a trusted channel. On the other host: p11mk-admin restore %s\n", o->file, o->file);
-        }
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    ks_mk_opts ko = step_opts(o, "export", &pr);
+    int krc = ks_mk_export(m, o->file, &ko, &err);
+    if (krc != KS_OK) {
+        rc = krc == KS_EEXIST || krc == KS_EIO || krc == KS_ENOSPC ? (admin_error("%s", err.msg), EXIT_FAILED)
+                                                                  : fail(krc, &err, NULL);
+    } else if (!o->quiet) {
+        printf("Exported to %s, resealed under the built-in default key: anyone with the file can read it, so\n"
+               "move it over a trusted channel. On the other host: p11mk-admin restore %s\n", o->file, o->file);
     }
-    rot_close(&c);
+    mk_close(&cfg, m);
     return rc;
 }
 
 int admin_restore(const admin_opts *o)
 {
     ks_config cfg;
-    ks_mkey mk;
+    ks_mk_result r;
     ks_err err = {{0}};
+    progress pr;
     int rc;
     if (!need_file(o, "restore"))
         return EXIT_USAGE;
@@ -948,26 +898,26 @@ int admin_restore(const admin_opts *o)
         return EXIT_CONFIG;
     }
     ks_log_setup("stderr", cfg.log_level, "p11mk-admin");
-    if ((rc = ks_mkey_load(&cfg, &mk, &err)) != KS_OK) {
-        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
-        ks_config_free(&cfg);
-        return EXIT_KEY;
-    }
     printf("This replaces keystore %s with %s.\n", cfg.keystore, o->file);
     if (!admin_confirm(o, "Continue? [y/N] ")) {
         printf("Nothing was changed.\n");
-        rc = EXIT_FAILED;
-    } else {
-        int krc = ks_restore(cfg.keystore, o->file, &mk, &err);
-        if (krc != KS_OK) {
-            admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
-            rc = krc == KS_EBUSY ? EXIT_STATE : open_exit(krc);
-        } else {
-            printf("Restored %s from %s.\n", cfg.keystore, o->file);
-            rc = EXIT_OK;
-        }
+        ks_config_free(&cfg);
+        return EXIT_FAILED;
     }
-    ks_mkey_clear(&mk);
+    ks_mk_opts ko = step_opts(o, "restore", &pr);
+    int krc = ks_mk_restore(&cfg, o->file, &ko, &r, &err);
+    if (krc != KS_OK) {
+        rc = fail(krc, &err, NULL);
+    } else {
+        char was[2 * KS_KCV_LEN + 1], now[2 * KS_KCV_LEN + 1];
+        kcv_hex(r.backup_kcv, was);
+        kcv_hex(r.kcv, now);
+        printf("Restored %s from %s (sealed under check value %s%s); it is now epoch %u under the current key "
+               "(check value %s).\n", cfg.keystore, o->file, was, r.from_default ? ", the built-in default key" : "",
+               r.epoch, now);
+        rc = EXIT_OK;
+    }
+    ks_mk_result_free(&r);
     ks_config_free(&cfg);
     return rc;
 }

@@ -190,7 +190,7 @@ typedef struct {
     uint32_t epochs[8];
     uint64_t counts[8];
     size_t n;
-    size_t history;
+    ks_mk_view v; /* history, staged key; v.n_history == 0 if it could not be read */
 } rot_view;
 
 static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const rot_view *rot,
@@ -208,15 +208,30 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
         printf("null");
     printf(",\n  \"format_version\": %u,\n  \"master_key\": {\"source\": ", info->format_version);
     admin_json_str(stdout, mk->is_default ? "default" : mk->source);
-    printf(", \"default\": %s, \"kcv\": \"%s\"},\n", mk->is_default ? "true" : "false", kcv);
+    printf(", \"default\": %s, \"kcv\": \"%s\", \"new_kcv\": ", mk->is_default ? "true" : "false", kcv);
+    if (info->new_epoch) {
+        char nk[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(info->new_kcv, nk);
+        printf("\"%s\"},\n", nk);
+    } else {
+        printf("null},\n");
+    }
     printf("  \"epoch\": %u,\n  \"rotation\": {\"state\": \"%s\", \"staged_epoch\": %u, \"history\": %zu, "
-           "\"records_per_epoch\": {", info->epoch, ks_rot_state_name(info->rot_state), info->new_epoch,
-           rot->history);
+           "\"history_keys\": [", info->epoch, ks_rot_state_name(info->rot_state), info->new_epoch,
+           rot->v.n_history);
+    for (size_t i = 0; i < rot->v.n_history; i++) {
+        char hk[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(rot->v.history[i].kcv, hk);
+        printf("%s{\"kcv\": \"%s\", \"epoch\": %u, \"retired\": %llu, \"aborted\": %s}", i ? ", " : "", hk,
+               rot->v.history[i].epoch, (unsigned long long)rot->v.history[i].retired,
+               rot->v.history[i].aborted ? "true" : "false");
+    }
+    printf("], \"records_per_epoch\": {");
     for (size_t i = 0; i < rot->n; i++)
         printf("%s\"%u\": %llu", i ? ", " : "", rot->epochs[i], (unsigned long long)rot->counts[i]);
     printf("}, \"auto_update_interval\": %llu, \"last_rotation\": %llu, \"next_due\": %llu},\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [",
            (unsigned long long)info->auto_interval, (unsigned long long)info->last_rotation,
-           (unsigned long long)(info->auto_interval ? info->last_rotation + info->auto_interval : 0),
+           (unsigned long long)(info->auto_interval ? ks_auto_due(info->last_rotation, info->auto_interval) : 0),
            (unsigned long long)info->map_size, (unsigned long long)info->n_objects);
     for (size_t i = 0; i < n; i++) {
         printf("%s\n    {\"slot\": %lu, \"label\": ", i ? "," : "", (unsigned long)rows[i].id);
@@ -243,15 +258,30 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
                "  file of your own: p11mk-admin init --generate-key FILE (new keystores).\n");
     printf("Epoch:           %u\n", info->epoch);
     printf("Rotation:        %s", ks_rot_state_name(info->rot_state));
-    if (info->new_epoch)
-        printf(" (new key staged as epoch %u)", info->new_epoch);
-    printf("\nHistory:         %zu retired key%s\n", rot->history, rot->history == 1 ? "" : "s");
+    if (info->new_epoch) {
+        char nk[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(info->new_kcv, nk);
+        printf(" (new key staged as epoch %u, KCV %s)", info->new_epoch, nk);
+    }
+    printf("\nHistory:         %zu retired key%s%s\n", rot->v.n_history, rot->v.n_history == 1 ? "" : "s",
+           rot->v.n_history ? " (newest first; backups sealed under them can be restored):" : "");
+    for (size_t i = 0; i < rot->v.n_history; i++) {
+        char hk[2 * KS_KCV_LEN + 1], when[64];
+        ks_kcv_hex(rot->v.history[i].kcv, hk);
+        admin_format_time(rot->v.history[i].retired, when, sizeof(when));
+        if (i == 5 && rot->v.n_history > 6) {
+            printf("  ... %zu more ('p11mk-admin status --json' lists them all)\n", rot->v.n_history - 5);
+            break;
+        }
+        printf("  epoch %-6u KCV %s  retired %s%s\n", rot->v.history[i].epoch, hk, when,
+               rot->v.history[i].aborted ? " (aborted rotation)" : "");
+    }
     {
         char last[64], next[64], every[32];
         admin_format_time(info->last_rotation, last, sizeof(last));
         if (info->auto_interval) {
             admin_format_duration(info->auto_interval, every, sizeof(every));
-            admin_format_time(info->last_rotation + info->auto_interval, next, sizeof(next));
+            admin_format_time(ks_auto_due(info->last_rotation, info->auto_interval), next, sizeof(next));
             printf("Auto-update:     every %s, next due %s\n", every, next);
         } else {
             printf("Auto-update:     off\n");
@@ -289,17 +319,16 @@ int admin_status(const admin_opts *o)
     rot_view rot = {.n = 0};
     ks_rot_count(tok_ctx_store(ctx), rot.epochs, rot.counts, 8, &rot.n);
     const ks_config *cfg = tok_ctx_config(ctx);
-    if (cfg->master_key && strcmp(cfg->master_key, "default") != 0) {
-        ks_registers regs;
-        ks_err err;
-        if (ks_reg_load(cfg->master_key, cfg->key_file_mode, &regs, &err) == KS_OK)
-            rot.history = regs.n_old;
-        ks_reg_clear(&regs);
-    }
+    ks_mk *m = NULL;
+    ks_err err = {{0}};
+    if (ks_mk_open(cfg, &m, &err) != KS_OK || ks_mk_view_get(m, &rot.v, &err) != KS_OK)
+        admin_error("cannot read the master-key history: %s", err.msg[0] ? err.msg : "unknown error");
     if (o->json)
         print_json(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
     else
         print_text(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
+    ks_mk_view_free(&rot.v);
+    ks_mk_close(m);
     free(rows);
     tok_ctx_close(ctx);
     return EXIT_OK;

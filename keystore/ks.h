@@ -39,6 +39,9 @@ enum {
     KS_ENOKEY = -11,     /* the key for a record's epoch is not available */
     KS_EROFS = -12,      /* keystore is read-only */
     KS_EBUSY = -13,      /* locked by another process */
+    KS_ESTATE = -14,     /* the rotation state does not allow this step */
+    KS_ECHANGED = -15,   /* the state changed since the caller looked (nothing written) */
+    KS_ENOSPC = -16,     /* the file system is full */
 };
 KS_API const char *ks_strerror(int err);
 
@@ -78,6 +81,12 @@ KS_API void ks_config_defaults(ks_config *cfg); /* embedded defaults only */
 KS_API void ks_config_free(ks_config *cfg);
 /* Default per-user keystore dir: $XDG_DATA_HOME/p11mk or ~/.local/share/p11mk */
 KS_API char *ks_default_keystore_dir(void);
+/* The per-user configuration file: $XDG_CONFIG_HOME/p11mk/p11mk.conf or ~/.config/p11mk/p11mk.conf (malloc'd). */
+KS_API char *ks_user_config_path(void);
+/* Make the configuration file `conf` name `keyfile` as master_key, atomically
+ * (temporary file, fsync, rename; other lines kept). A configuration that does
+ * not exist yet is created naming `keystore` too. */
+KS_API int ks_config_write_master_key(const char *conf, const char *keyfile, const char *keystore, ks_err *err);
 
 /* ---- master key -------------------------------------------------------- */
 #define KS_MK_LEN 32
@@ -85,7 +94,7 @@ KS_API char *ks_default_keystore_dir(void);
 typedef struct {
     uint8_t key[KS_MK_LEN];
     bool is_default;      /* the embedded, well-known key */
-    char source[256];     /* "default" or key file path, for messages */
+    char source[4096];    /* "default" or key file path, for messages */
     unsigned file_mode;   /* most permissive mode accepted for the key file (0: 0600) */
 } ks_mkey;
 
@@ -114,21 +123,43 @@ KS_API int ks_mkey_generate(ks_mkey *mk);
 
 /* ---- master-key registers (the key file) -------------------------------- */
 /* A key file holds the registers: CURRENT, optionally NEW (staged), and the
- * retired keys (history, newest first). A file of exactly 32 raw bytes (the
- * first format) is CURRENT alone. The keystore matches keys to epochs by
- * their check values, so register roles only order them. */
-#define KS_REG_MAX_OLD 16
+ * retired keys (history, newest first, no size limit). A file of exactly 32
+ * raw bytes (the first format) is CURRENT alone. The keystore matches keys
+ * to epochs by their check values, so register roles only order them. Only
+ * the lifecycle functions below write a key file, under the keystore's
+ * lifecycle lock. */
+typedef struct {
+    uint8_t key[KS_MK_LEN];
+    uint8_t kcv[KS_KCV_LEN];
+    uint32_t epoch;      /* the epoch it sealed (0: unknown, a version 1 file) */
+    uint64_t retired;    /* unix time it left CURRENT or NEW (0: unknown) */
+    bool aborted;        /* a NEW key withdrawn by abort (it sealed records only while staged) */
+} ks_histkey;
 typedef struct {
     ks_mkey current;
     bool has_new;
     ks_mkey staged;
-    size_t n_old;
-    ks_mkey old[KS_REG_MAX_OLD];
+    size_t n_old, cap_old;
+    ks_histkey *old;     /* newest first; memory excluded from core dumps; ks_reg_clear frees it */
 } ks_registers;
+/* Fills a zeroed *r (anything it held is not freed: clear it first).
+ * KS_ENOTFOUND, KS_EPERM (mode wider than allowed_mode), KS_EINVAL
+ * (damaged, truncated, not a regular file, a symbolic link), KS_ENOMEM. */
 KS_API int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r, ks_err *err);
-/* Atomic: temporary file (mode 0600), fsync, rename, fsync of the directory. */
+/* Atomic: FILE.tmp (owner, group and mode of the file it replaces), fsync,
+ * rename, fsync of the directory. KS_EIO, KS_ENOSPC, KS_ENOMEM. */
 KS_API int ks_reg_save(const char *path, const ks_registers *r, ks_err *err);
 KS_API void ks_reg_clear(ks_registers *r);
+/* History edits: insert at position `at` (0 = newest), remove entry i. */
+KS_API int ks_reg_insert_old(ks_registers *r, size_t at, const uint8_t key[KS_MK_LEN], uint32_t epoch,
+                             uint64_t retired, bool aborted);
+KS_API void ks_reg_remove_old(ks_registers *r, size_t i);
+/* Which register holds the key with this check value (copied to out when
+ * out is not NULL): KS_REG_NONE, KS_REG_CURRENT, KS_REG_NEW, or
+ * KS_REG_OLD + i for history entry i. */
+enum { KS_REG_NONE = 0, KS_REG_CURRENT = 1, KS_REG_NEW = 2, KS_REG_OLD = 3 };
+KS_API int ks_reg_find(const ks_registers *r, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_LEN]);
+KS_API void ks_key_kcv(const uint8_t key[KS_MK_LEN], uint8_t kcv[KS_KCV_LEN]);
 
 /* ---- store ------------------------------------------------------------- */
 typedef struct ks_store ks_store;
@@ -158,6 +189,7 @@ typedef struct {
     int rot_state;               /* KS_ROT_* */
     uint32_t new_epoch;          /* staged epoch, 0 when idle */
     uint64_t generation;         /* bumps on every stage, commit and abort */
+    uint8_t new_kcv[KS_KCV_LEN]; /* KCV of the staged epoch's key, when new_epoch != 0 */
     uint64_t auto_interval;      /* automatic rotation period in seconds, 0 when off */
     uint64_t last_rotation;      /* unix time of the last committed rotation, 0 if none */
 } ks_info;
@@ -243,7 +275,7 @@ KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
 struct ossl_lib_ctx_st;
 KS_API struct ossl_lib_ctx_st *ks_libctx(void);
 
-/* ---- master-key rotation ------------------------------------------------- */
+/* ---- master-key rotation state ------------------------------------------- */
 /* States of a keystore's rotation, kept (sealed) in its metadata:
  *   IDLE      records are under CURRENT (epoch N)
  *   STAGED    NEW (epoch N+1) is loaded: new and changed records use it
@@ -261,33 +293,167 @@ typedef struct {
 } ks_rot_progress;
 /* Called after each batch; return non-zero to stop early (the work done so far stays). */
 typedef int (*ks_rot_cb)(const ks_rot_progress *p, void *arg);
-
-/* IDLE -> STAGED: newkey becomes the key of epoch N+1. */
-KS_API int ks_rot_stage(ks_store *st, const ks_mkey *newkey, ks_err *err);
-/* STAGED/REWRAP -> READY: reseal every record under NEW, `batch` records per
- * transaction, resuming where an interrupted run stopped. */
-KS_API int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err);
-/* READY -> IDLE with epoch N+1 current; refuses while any record is under CURRENT. */
-KS_API int ks_rot_commit(ks_store *st, ks_err *err);
-/* STAGED/REWRAP/READY/ABORTING -> IDLE under epoch N: records resealed under NEW go back. */
-KS_API int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err);
 /* Records per epoch (cnt[i] for epochs[i]); up to n epochs, returns how many. */
 KS_API int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found);
+
+/* ---- master-key lifecycle ---------------------------------------------------
+ *
+ * The one protocol that changes master keys. Every step below:
+ *   1. takes the keystore's lifecycle lock (DIR/rotation.lock, flock),
+ *      waiting up to opts->wait_ms, else KS_EBUSY naming the holder;
+ *   2. reads the configuration's master_key, the registers (key file) and
+ *      the keystore's rotation state afresh under the lock;
+ *   3. repairs registers that a crash left one step behind the keystore:
+ *      a NEW key the keystore has committed becomes CURRENT, a NEW key it
+ *      does not use moves to the history marked aborted (keys are moved,
+ *      never dropped), and says so in result->repaired;
+ *   4. compares the state with opts->expect (what a person confirmed at a
+ *      prompt) and refuses with KS_ECHANGED, writing nothing, if it moved;
+ *   5. writes in the order that keeps this invariant at every instant: the
+ *      key file holds every key that the keystore's committed state names.
+ *        stage:  the key file gains NEW       -> the keystore stages epoch N+1
+ *        commit: the keystore makes N+1 current -> the key file promotes NEW
+ *        abort:  the keystore withdraws N+1   -> the key file retires NEW
+ *      Keys leave the key file only through ks_mk_clear_history.
+ * So any mix of steps, in any number of processes, killed at any
+ * instruction, leaves a keystore that opens and a key file that lost no key;
+ * running the step again (or ks_mk_auto_run) finishes or cleanly refuses.
+ * Running applications never take the lock: they read the key file (replaced
+ * atomically) when the keystore's generation moves.
+ *
+ * Return codes common to every step: KS_OK; KS_EBUSY (lock held by another
+ * step); KS_ECHANGED (opts->expect no longer holds); KS_ESTATE (the rotation
+ * state does not allow the step); KS_ENOKEY (a key the keystore names is
+ * missing from the key file); KS_EPERM, KS_EINVAL (key file refused or
+ * damaged); KS_EROFS; KS_EIO, KS_ENOSPC, KS_ENOMEM. err says what happened
+ * and what to do next. */
+typedef struct ks_mk ks_mk;
+
+/* Open the keystore named by cfg for lifecycle work (cfg is copied). */
+KS_API int ks_mk_open(const ks_config *cfg, ks_mk **out, ks_err *err);
+KS_API void ks_mk_close(ks_mk *m);
+KS_API ks_store *ks_mk_store(ks_mk *m);
+
+typedef struct {
+    uint8_t kcv[KS_KCV_LEN];
+    uint32_t epoch;
+    uint64_t retired;
+    bool aborted;
+} ks_histinfo;
+
+/* The state a person is shown (and later confirms). */
+typedef struct {
+    uint32_t epoch;
+    int rot_state;
+    uint32_t new_epoch;                 /* 0 when idle */
+    uint8_t kcv[KS_KCV_LEN];            /* CURRENT */
+    bool has_new;
+    uint8_t new_kcv[KS_KCV_LEN];        /* NEW, when has_new */
+    bool key_file;                      /* false: the built-in default key, no registers yet */
+    uint64_t auto_interval, last_rotation, next_due;
+    size_t n_history;
+    ks_histinfo *history;               /* newest first, no key bytes; ks_mk_view_free */
+    uint8_t history_digest[32];         /* identifies the history's contents */
+} ks_mk_view;
+/* Read the state without taking the lock (registers lagging after a crash
+ * are shown as the next step will repair them). */
+KS_API int ks_mk_view_get(ks_mk *m, ks_mk_view *v, ks_err *err);
+KS_API void ks_mk_view_free(ks_mk_view *v);
+
+typedef struct {
+    const ks_mk_view *expect; /* refuse (KS_ECHANGED) unless the state is still this one */
+    unsigned wait_ms;         /* how long to wait for another step's lock */
+    void (*waiting)(const char *holder, void *arg); /* called once if we wait */
+    size_t batch;             /* records per rewrap transaction (0: 2000) */
+    ks_rot_cb progress;       /* after each batch; non-zero stops (resumable) */
+    void *arg;                /* for waiting and progress */
+    const char *key_file;     /* a keystore still on the built-in default key keeps its registers here
+                                 from its first stage on (NULL: master.key next to the configuration) */
+    const char *command;      /* named in the lock file for whoever waits */
+} ks_mk_opts;
+
+enum { /* ks_mk_result.repaired */
+    KS_MK_REPAIRED_PROMOTED = 1u << 0,   /* a commit's key file update was missing: NEW is now CURRENT */
+    KS_MK_REPAIRED_RETIRED = 1u << 1,    /* a NEW key the keystore does not use moved to the history */
+    KS_MK_REPAIRED_REORDERED = 1u << 2,  /* the key file named another key CURRENT or NEW than the keystore */
+};
+typedef struct {
+    uint32_t epoch, new_epoch;           /* after the step */
+    uint8_t kcv[KS_KCV_LEN];             /* CURRENT after the step */
+    uint8_t new_kcv[KS_KCV_LEN];         /* the key staged by stage/rotate/auto-update */
+    uint64_t resealed;                   /* records resealed by rewrap, abort or rotate */
+    unsigned repaired;                   /* KS_MK_REPAIRED_* */
+    bool stopped;                        /* the progress callback stopped the pass */
+    bool auto_disabled;                  /* KS_MK_MANUAL turned automatic rotation off */
+    bool rotated, finished;              /* auto-update: rotated / finished an interrupted step */
+    uint64_t next_due;                   /* auto-update: when the next rotation is due (0: off) */
+    char key_file[4096];                 /* set when this step gave the keystore its key file */
+    char config[4096];                   /* ... and the configuration file that now names it */
+    size_t n_destroyed;                  /* clear-history */
+    ks_histinfo *destroyed;              /* ks_mk_result_free */
+    uint8_t backup_kcv[KS_KCV_LEN];      /* restore: the key the copy was sealed under */
+    bool from_default;                   /* restore: the copy was an export under the default key */
+} ks_mk_result;
+KS_API void ks_mk_result_free(ks_mk_result *res);
+
+/* IDLE -> STAGED: key becomes NEW (epoch N+1). KS_ESTATE if already staged;
+ * KS_EINVAL if it is the current key. */
+KS_API int ks_mk_stage(ks_mk *m, const ks_mkey *key, const ks_mk_opts *o, ks_mk_result *res, ks_err *err);
+/* STAGED/REWRAP -> READY: reseal every record under NEW (resumable). */
+KS_API int ks_mk_rewrap(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err);
+/* READY -> IDLE, NEW becomes CURRENT and the old CURRENT heads the history.
+ * KS_ESTATE while any record is under CURRENT, or when idle (unless a crashed
+ * commit's key file update was repaired: KS_OK with repaired set). */
+KS_API int ks_mk_commit(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err);
+/* STAGED/REWRAP/READY/ABORTING -> IDLE under CURRENT; NEW moves to the
+ * history (marked aborted: a backup taken while it was staged needs it). */
+KS_API int ks_mk_abort(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err);
+/* Stage (key, or a generated key when NULL), rewrap and commit under one
+ * hold of the lock. KS_MK_MANUAL: automatic rotation is turned off in the
+ * same commit (a key set by hand). KS_ESTATE if a rotation is under way. */
+enum { KS_MK_MANUAL = 1u << 0 };
+KS_API int ks_mk_rotate(ks_mk *m, const ks_mkey *key, unsigned flags, const ks_mk_opts *o, ks_mk_result *res,
+                        ks_err *err);
+/* Destroy retired keys: all of them except the `keep` newest, and (when
+ * before > 0) only those of epochs below `before`. */
+KS_API int ks_mk_clear_history(ks_mk *m, size_t keep, uint32_t before, const ks_mk_opts *o, ks_mk_result *res,
+                               ks_err *err);
+/* Automatic rotation every `interval` seconds: 0 (off) or KS_AUTO_MIN..KS_AUTO_MAX (KS_EINVAL otherwise). */
+#define KS_AUTO_MIN 3600ull
+#define KS_AUTO_MAX (3650ull * 86400ull)
+KS_API int ks_mk_set_auto(ks_mk *m, uint64_t interval, const ks_mk_opts *o, ks_mk_result *res, ks_err *err);
+/* The timer's step: finish an interrupted rotation or abort, then rotate to a
+ * generated key if automatic rotation is on and due at `now` (unix time). */
+KS_API int ks_mk_auto_run(ks_mk *m, uint64_t now, const ks_mk_opts *o, ks_mk_result *res, ks_err *err);
+/* When a rotation is due: last + interval, saturating (UINT64_MAX never comes). */
+KS_API uint64_t ks_auto_due(uint64_t last, uint64_t interval);
+/* Replace the keystore named by cfg with a backup or an export, under the
+ * lifecycle lock: the copy is opened under any register of the key file (or
+ * the default key), an interrupted rotation in it is withdrawn, it is
+ * resealed under CURRENT at an epoch past the live keystore's, verified,
+ * and swapped in only while no application has the keystore open (KS_EBUSY
+ * otherwise). The live keystore need not open (restore is the remedy when it
+ * does not). */
+KS_API int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res,
+                         ks_err *err);
+
+/* A backup taken under the lifecycle lock, so that the keys the copy needs
+ * are exactly the ones info names (see ks_backup). */
+KS_API int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info, ks_err *err);
+/* ks_export_default under the lifecycle lock. */
+KS_API int ks_mk_export(ks_mk *m, const char *file, const ks_mk_opts *o, ks_err *err);
+
 /* ---- copies ------------------------------------------------------------- */
 /* A consistent, compacted copy of the live keystore into a new file (mode
- * 0600), still sealed under the keystore's keys. Readers and writers go on. */
-KS_API int ks_backup(ks_store *st, const char *file, ks_err *err);
+ * 0600), still sealed under the keystore's keys; the file appears only when
+ * complete (an interrupted backup leaves nothing under its name). Readers and
+ * writers go on. info (optional) gets the state the copy was taken in: its
+ * epoch and check value, and the staged ones if a rotation was under way. */
+KS_API int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err);
 /* A copy resealed under the built-in default key, to move a keystore to a
  * host with another master key (refused while a rotation is under way). */
 KS_API int ks_export_default(ks_store *st, const char *file, ks_err *err);
-/* Replace the keystore in dir with a backup. The backup must open under one
- * of mk's registers, or under the default key (an export), in which case it
- * is resealed under mk first. Every record is verified before the swap;
- * refused while any process has the keystore open. */
-KS_API int ks_restore(const char *dir, const char *file, const ks_mkey *mk, ks_err *err);
 
-/* Automatic rotation every `interval` seconds (0: off); kept with the state. */
-KS_API int ks_rot_set_auto(ks_store *st, uint64_t interval);
 /* Check every record: it opens under its epoch's key; returns the number of
  * failures and calls cb(kind, token, oid) for each. Kinds: 'T' token record,
  * 'O' object record, 'N' object whose token does not exist, 'I' index entry

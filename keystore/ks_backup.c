@@ -3,7 +3,15 @@
  * A backup is LMDB's compacting copy of the live environment: one file,
  * consistent as of one read transaction, taken while applications keep
  * reading and writing. It stays sealed under the keystore's keys, so it is
- * no more readable than the keystore itself. */
+ * no more readable than the keystore itself.
+ *
+ * Crash rules: a backup is written to an anonymous file (O_TMPFILE, or a
+ * hidden temporary name where the file system lacks it), fsynced, and only
+ * then linked under its name, which it never replaces: a killed backup
+ * leaves nothing under the final name. A restore works in DIR/restore.tmp
+ * (removed on every path, and at the start of the next restore if a kill
+ * left it), checks that the copy is a complete LMDB file before mapping it,
+ * verifies every record, and replaces data.mdb by rename only at the end. */
 #include "keystore/ks_internal.h"
 
 #include <errno.h>
@@ -27,27 +35,80 @@ static int copy_to_fd(ks_store *st, int fd)
     return rc;
 }
 
-int ks_backup(ks_store *st, const char *file, ks_err *err)
+static void fsync_dir(const char *dir)
 {
-    int fd, rc;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+}
+
+static int ks_errno(int e) { return e == ENOSPC || e == EDQUOT ? KS_ENOSPC : e == EEXIST ? KS_EEXIST : KS_EIO; }
+
+int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
+{
+    char dir[4096], tmp[4200] = "";
+    struct stat sb;
+    int fd, rc, e = 0;
+
     if (!st || !file)
         return KS_EINVAL;
-    fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        ks_err_set(err, "cannot create %s: %s%s", file, strerror(errno),
-                   errno == EEXIST ? " (refusing to overwrite; choose a new file name)" : "");
-        return errno == EEXIST ? KS_EEXIST : KS_EIO;
+    if (lstat(file, &sb) == 0) {
+        ks_err_set(err, "cannot create %s: it exists (refusing to overwrite; choose a new file name)", file);
+        return KS_EEXIST;
+    }
+    snprintf(dir, sizeof(dir), "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) { /* no O_TMPFILE here: a hidden name, unlinked on every path we live through */
+        snprintf(tmp, sizeof(tmp), "%s/.p11mk-backup-XXXXXX", dir);
+        fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0) {
+            e = errno;
+            ks_err_set(err, "cannot create %s: %s", file, strerror(e));
+            return ks_errno(e);
+        }
+    }
+    if (info && (rc = ks_get_info(st, info)) != KS_OK) {
+        close(fd);
+        if (tmp[0])
+            unlink(tmp);
+        return rc;
     }
     rc = copy_to_fd(st, fd);
     if (rc == MDB_SUCCESS && fsync(fd) != 0)
         rc = errno;
-    if (close(fd) != 0 && rc == MDB_SUCCESS)
-        rc = errno;
-    if (rc != MDB_SUCCESS) {
-        ks_err_set(err, "cannot write the copy to %s: %s", file, mdb_strerror(rc));
-        unlink(file);
-        return KS_EIO;
+    if (rc == MDB_SUCCESS) {
+        if (tmp[0]) {
+            if (link(tmp, file) != 0)
+                rc = errno;
+        } else {
+            char proc[64];
+            snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+            if (linkat(AT_FDCWD, proc, AT_FDCWD, file, AT_SYMLINK_FOLLOW) != 0)
+                rc = errno;
+        }
     }
+    close(fd);
+    if (tmp[0])
+        unlink(tmp);
+    if (rc != MDB_SUCCESS) {
+        if (rc == EEXIST)
+            ks_err_set(err, "cannot create %s: it appeared meanwhile (refusing to overwrite; choose a new file "
+                            "name)", file);
+        else
+            ks_err_set(err, "cannot write the copy to %s: %s%s", file, mdb_strerror(rc),
+                       rc == ENOSPC ? " (the file system is full; free space or write the backup elsewhere)" : "");
+        return rc > 0 ? ks_errno(rc) : KS_EIO;
+    }
+    fsync_dir(dir);
     return KS_OK;
 }
 
@@ -59,33 +120,85 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
     return remove(p);
 }
 
-/* A scratch keystore directory holding a copy of `file` (or of a live store). */
-static int scratch_from_file(const char *near, const char *file, char *dir, size_t n, ks_err *err)
+static void rm_tree(const char *dir) { nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS); }
+
+/* Is this a complete LMDB data file? Both meta pages are read with pread;
+ * the newer one names the last page, which must lie inside the file. A
+ * truncated copy is refused here, before anything maps it (a mapped file
+ * shorter than its pages raises SIGBUS). */
+static int check_lmdb_file(int fd, const char *name, ks_err *err)
+{
+    struct stat sb;
+    uint8_t m0[160], m1[160];
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        ks_err_set(err, "%s is not a regular file", name);
+        return KS_EINVAL;
+    }
+    if (pread(fd, m0, sizeof(m0), 0) != (ssize_t)sizeof(m0))
+        goto bad;
+    uint32_t magic, psize;
+    memcpy(&magic, m0 + 16, 4);
+    memcpy(&psize, m0 + 40, 4);
+    if (magic != 0xBEEFC0DEu || psize < 512 || psize > 65536 || (psize & (psize - 1)) ||
+        pread(fd, m1, sizeof(m1), psize) != (ssize_t)sizeof(m1))
+        goto bad;
+    uint64_t last0, last1, txn0, txn1;
+    memcpy(&magic, m1 + 16, 4);
+    memcpy(&last0, m0 + 136, 8);
+    memcpy(&txn0, m0 + 144, 8);
+    memcpy(&last1, m1 + 136, 8);
+    memcpy(&txn1, m1 + 144, 8);
+    uint64_t last = magic == 0xBEEFC0DEu && txn1 > txn0 ? last1 : last0;
+    if (last > (uint64_t)sb.st_size / psize || (last + 1) * (uint64_t)psize > (uint64_t)sb.st_size) {
+        ks_err_set(err, "%s is truncated: it holds %lld bytes, its own header says at least %llu; it is not a "
+                        "complete backup (nothing was restored)", name, (long long)sb.st_size,
+                   (unsigned long long)((last + 1) * (uint64_t)psize));
+        return KS_ECORRUPT;
+    }
+    return KS_OK;
+bad:
+    ks_err_set(err, "%s is not a p11mk backup (no LMDB header); nothing was restored", name);
+    return KS_ECORRUPT;
+}
+
+/* A scratch keystore directory `dir` holding a copy of `file`. */
+static int scratch_from_file(const char *dir, const char *file, ks_err *err)
 {
     char data[4200];
-    snprintf(dir, n, "%s.p11mk-tmp-XXXXXX", near);
-    if (!mkdtemp(dir)) {
-        ks_err_set(err, "cannot create a scratch directory next to %s: %s", near, strerror(errno));
-        return KS_EIO;
+    int in = -1, out = -1, rc = KS_OK, e;
+
+    rm_tree(dir); /* left by a restore or export that was killed */
+    if (mkdir(dir, 0700) != 0) {
+        e = errno;
+        ks_err_set(err, "cannot create the scratch directory %s: %s", dir, strerror(e));
+        return ks_errno(e);
     }
     snprintf(data, sizeof(data), "%s/data.mdb", dir);
-    int in = open(file, O_RDONLY | O_CLOEXEC), out = -1, rc = KS_OK;
+    in = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (in < 0) {
-        ks_err_set(err, "cannot read %s: %s", file, strerror(errno));
-        rc = KS_ENOTFOUND;
+        e = errno;
+        ks_err_set(err, "cannot read %s: %s", file, strerror(e));
+        rc = e == ENOENT ? KS_ENOTFOUND : KS_EIO;
+    } else if ((rc = check_lmdb_file(in, file, err)) != KS_OK) {
+        /* refused before copying */
     } else if ((out = open(data, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
-        rc = KS_EIO;
+        e = errno;
+        ks_err_set(err, "cannot create %s: %s", data, strerror(e));
+        rc = ks_errno(e);
     } else {
-        char buf[1 << 16];
-        ssize_t r;
-        while ((r = read(in, buf, sizeof(buf))) > 0)
+        enum { BUFSZ = 1 << 16 };
+        char *buf = malloc(BUFSZ);
+        ssize_t r = buf ? 0 : -1;
+        while (buf && (r = read(in, buf, BUFSZ)) > 0)
             if (write(out, buf, (size_t)r) != r) {
                 r = -1;
                 break;
             }
+        free(buf);
         if (r < 0 || fsync(out) != 0) {
-            ks_err_set(err, "cannot copy %s: %s", file, strerror(errno));
-            rc = KS_EIO;
+            e = errno;
+            ks_err_set(err, "cannot copy %s: %s", file, strerror(e));
+            rc = ks_errno(e);
         }
     }
     if (in >= 0)
@@ -93,24 +206,13 @@ static int scratch_from_file(const char *near, const char *file, char *dir, size
     if (out >= 0)
         close(out);
     if (rc != KS_OK)
-        nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
-    return rc;
-}
-
-/* Reseal a (scratch) store under `to`: stage, rewrap, commit. */
-static int rekey(ks_store *st, const ks_mkey *to, ks_err *err)
-{
-    int rc = ks_rot_stage(st, to, err);
-    if (rc == KS_OK)
-        rc = ks_rot_rewrap(st, 20000, NULL, NULL, err);
-    if (rc == KS_OK)
-        rc = ks_rot_commit(st, err);
+        rm_tree(dir);
     return rc;
 }
 
 int ks_export_default(ks_store *st, const char *file, ks_err *err)
 {
-    char dir[4096], tmpfile[4096];
+    char dir[4200], tmpfile[4200];
     ks_info info;
     ks_store *copy = NULL;
     ks_mkey dk, cur;
@@ -123,13 +225,14 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
     if (info.rot_state != KS_ROT_IDLE) {
         ks_err_set(err, "a rotation is under way (%s); finish it (rewrap, commit) or abort it before exporting",
                    ks_rot_state_name(info.rot_state));
-        return KS_EBUSY;
+        return KS_ESTATE;
     }
-    snprintf(tmpfile, sizeof(tmpfile), "%s.p11mk-copy", file);
+    snprintf(dir, sizeof(dir), "%s/export.tmp", ks_path(st));
+    snprintf(tmpfile, sizeof(tmpfile), "%s/export.tmp.mdb", ks_path(st));
     unlink(tmpfile);
-    if ((rc = ks_backup(st, tmpfile, err)) != KS_OK)
+    if ((rc = ks_backup(st, tmpfile, NULL, err)) != KS_OK)
         return rc;
-    rc = scratch_from_file(file, tmpfile, dir, sizeof(dir), err);
+    rc = scratch_from_file(dir, tmpfile, err);
     unlink(tmpfile);
     if (rc != KS_OK)
         return rc;
@@ -137,8 +240,8 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
     memset(&cur, 0, sizeof(cur));
     pthread_mutex_lock(&st->ring_lock);
     bool found = ks_find_key(st, info.kcv, cur.key);
-    pthread_mutex_unlock(&st->ring_lock);
     snprintf(cur.source, sizeof(cur.source), "%s", st->keysrc[0] ? st->keysrc : "default");
+    pthread_mutex_unlock(&st->ring_lock);
     ks_mkey_default(&dk);
     if (!found) {
         rc = KS_ENOKEY;
@@ -146,60 +249,99 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
         uint8_t k[KS_KCV_LEN];
         ks_mkey_kcv(&dk, k);
         if (CRYPTO_memcmp(k, info.kcv, KS_KCV_LEN) != 0) /* not already on the default key */
-            rc = rekey(copy, &dk, err);
+            rc = ks_rekey(copy, &dk, 0, err);
         if (rc == KS_OK)
-            rc = ks_backup(copy, file, err);
+            rc = ks_backup(copy, file, NULL, err);
         ks_close(copy);
     }
     ks_mkey_clear(&cur);
     ks_mkey_clear(&dk);
-    nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    rm_tree(dir);
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "keystore %s exported under the default key to %s", ks_path(st), file);
     return rc;
 }
 
-int ks_restore(const char *dir, const char *file, const ks_mkey *mk, ks_err *err)
+/* Open the scratch copy under any register of the key file, or the default
+ * key (an export); withdraw a rotation that was under way in it. */
+static int open_copy(const char *scratch, const char *file, const ks_mkey *current, ks_store **copy,
+                     ks_mk_result *res, ks_err *err)
 {
-    char scratch[4096], lp[4200], from[4200], to[4200];
-    ks_store *copy = NULL;
     ks_err e2 = {{0}};
-    int rc, lfd;
-
-    if (!dir || !file || !mk)
-        return KS_EINVAL;
-    if ((rc = scratch_from_file(dir, file, scratch, sizeof(scratch), err)) != KS_OK)
-        return rc;
-    rc = ks_open(scratch, mk, 0, &copy, err);
-    if (rc == KS_EWRONGKEY && !mk->is_default) {
-        /* An export under the default key: reseal it under this host's key. */
+    int rc = ks_open(scratch, current, 0, copy, err);
+    if (rc == KS_EWRONGKEY && !current->is_default) {
         ks_mkey dk;
         ks_mkey_default(&dk);
-        if (ks_open(scratch, &dk, 0, &copy, &e2) == KS_OK) {
-            ks_mkey cur = *mk;
+        if (ks_open(scratch, &dk, 0, copy, &e2) == KS_OK) {
             err->msg[0] = '\0';
-            rc = rekey(copy, &cur, err);
-            ks_mkey_clear(&cur);
-            if (rc != KS_OK) {
-                ks_close(copy);
-                copy = NULL;
-            }
+            rc = KS_OK;
+            if (res)
+                res->from_default = true;
         }
         ks_mkey_clear(&dk);
     }
-    if (rc == KS_OK) {
-        /* A backup under a retired key is resealed under the current one, so
-         * the keystore and the registers agree again. */
-        ks_info ci;
-        uint8_t k[KS_KCV_LEN];
-        ks_mkey_kcv(mk, k);
-        if (ks_get_info(copy, &ci) == KS_OK && ci.rot_state == KS_ROT_IDLE &&
-            CRYPTO_memcmp(k, ci.kcv, KS_KCV_LEN) != 0) {
-            ks_mkey cur = *mk;
-            rc = rekey(copy, &cur, err);
-            ks_mkey_clear(&cur);
-        }
+    if (rc == KS_EWRONGKEY) {
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        ks_err_set(err, "%s cannot be opened with this host's keys: %s", file, why);
     }
+    if (rc != KS_OK)
+        return rc;
+    ks_info ci;
+    if ((rc = ks_get_info(*copy, &ci)) == KS_OK && ci.rot_state != KS_ROT_IDLE)
+        rc = ks_rot_abort(*copy, 20000, NULL, NULL, NULL, err);
+    if (rc == KS_OK && (rc = ks_get_info(*copy, &ci)) == KS_OK && res)
+        memcpy(res->backup_kcv, ci.kcv, KS_KCV_LEN);
+    if (rc != KS_OK) {
+        ks_close(*copy);
+        *copy = NULL;
+    }
+    return rc;
+}
+
+int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
+                      ks_mk_result *res, ks_err *err)
+{
+    char scratch[4200], lp[4300], from[4300], to[4300];
+    ks_store *copy = NULL;
+    uint32_t live_epoch = 0;
+    uint64_t live_gen = 0;
+    int rc, lfd = -1;
+
+    (void)regs; /* the copy finds the history through current's key file */
+    snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
+    /* In use now: say so before any work (the swap checks again). */
+    snprintf(lp, sizeof(lp), "%s/users.lock", dir);
+    lfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+        ks_err_set(err, "keystore %s is in use by running applications (or another p11mk-admin); stop them, then "
+                        "restore again", dir);
+        close(lfd);
+        return KS_EBUSY;
+    }
+    if (lfd >= 0) {
+        close(lfd);
+        lfd = -1;
+    }
+    if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
+        return rc;
+    /* The keystore being replaced, if it opens at all: the copy continues its
+     * epochs and generations, so nothing that saw the old one can take the
+     * new one for an older state. */
+    (void)ks_peek_counters(dir, &live_epoch, &live_gen);
+    if ((rc = open_copy(scratch, file, current, &copy, res, err)) != KS_OK)
+        goto out;
+    ks_info ci;
+    uint8_t k[KS_KCV_LEN];
+    ks_mkey_kcv(current, k);
+    if ((rc = ks_get_info(copy, &ci)) == KS_OK &&
+        (CRYPTO_memcmp(k, ci.kcv, KS_KCV_LEN) != 0 || ci.epoch <= live_epoch)) {
+        ks_mkey cur = *current;
+        rc = ks_rekey(copy, &cur, live_epoch >= ci.epoch ? live_epoch + 1 : ci.epoch + 1, err);
+        ks_mkey_clear(&cur);
+    }
+    if (rc == KS_OK)
+        rc = ks_gen_at_least(copy, live_gen + 1);
     if (rc == KS_OK) {
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);
@@ -208,38 +350,37 @@ int ks_restore(const char *dir, const char *file, const ks_mkey *mk, ks_err *err
                        (unsigned long long)failed, (unsigned long long)checked, file);
             rc = KS_ECORRUPT;
         }
-        ks_close(copy);
     }
-    if (rc != KS_OK) {
-        nftw(scratch, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
-        return rc;
+    if (rc == KS_OK && res && ks_get_info(copy, &ci) == KS_OK) {
+        res->epoch = ci.epoch;
+        memcpy(res->kcv, ci.kcv, KS_KCV_LEN);
     }
+    ks_close(copy);
+    copy = NULL;
+    if (rc != KS_OK)
+        goto out;
     /* Swap it in, with nobody using the keystore. */
     snprintf(lp, sizeof(lp), "%s/users.lock", dir);
-    lfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    lfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
     if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) != 0) {
         ks_err_set(err, "keystore %s is in use by running applications (or another p11mk-admin); stop them, then "
                         "restore again", dir);
-        if (lfd >= 0)
-            close(lfd);
-        nftw(scratch, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
-        return KS_EBUSY;
+        rc = KS_EBUSY;
+        goto out;
     }
     snprintf(from, sizeof(from), "%s/data.mdb", scratch);
     snprintf(to, sizeof(to), "%s/data.mdb", dir);
     if (rename(from, to) != 0) {
         ks_err_set(err, "cannot replace %s: %s; the keystore is unchanged", to, strerror(errno));
         rc = KS_EIO;
-    } else {
-        snprintf(to, sizeof(to), "%s/lock.mdb", dir);
-        unlink(to); /* the reader table of the replaced file */
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
+        goto out;
     }
-    close(lfd);
-    nftw(scratch, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    snprintf(to, sizeof(to), "%s/lock.mdb", dir);
+    unlink(to); /* the reader table of the replaced file */
+    fsync_dir(dir);
+out:
+    if (lfd >= 0)
+        close(lfd);
+    rm_tree(scratch);
     return rc;
 }

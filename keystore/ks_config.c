@@ -10,7 +10,9 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
@@ -232,6 +234,86 @@ int ks_config_load(ks_config *cfg, ks_err *err)
     if (!cfg->keystore || !cfg->master_key) {
         ks_config_free(cfg);
         return KS_ENOMEM;
+    }
+    return KS_OK;
+}
+
+char *ks_user_config_path(void) { return user_config_path(); }
+
+static int mkdir_parents(const char *path)
+{
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST && errno != EACCES)
+            return -1;
+        *p = '/';
+    }
+    return 0;
+}
+
+int ks_config_write_master_key(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
+{
+    char tmp[4200], line[4096];
+    struct stat sb;
+    bool exists = stat(conf, &sb) == 0, done = false;
+    FILE *in = NULL, *out;
+    int fd;
+
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", conf) >= (int)sizeof(tmp))
+        return KS_EINVAL;
+    if (exists && !(in = fopen(conf, "re"))) {
+        ks_err_set(err, "cannot read configuration %s: %s", conf, strerror(errno));
+        return KS_ECONFIG;
+    }
+    if (!exists && mkdir_parents(conf) != 0) {
+        ks_err_set(err, "cannot create the directory of %s: %s", conf, strerror(errno));
+        return KS_EIO;
+    }
+    (void)unlink(tmp); /* left by a writer that was killed; we hold the lifecycle lock */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, exists ? (sb.st_mode & 0666) : 0600);
+    if (fd < 0 || !(out = fdopen(fd, "w"))) {
+        ks_err_set(err, "cannot write configuration %s: %s", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        if (in)
+            fclose(in);
+        return KS_EIO;
+    }
+    if (exists && geteuid() == 0)
+        (void)fchown(fd, sb.st_uid, sb.st_gid);
+    if (!exists)
+        fprintf(out, "# written by p11mk-admin\nkeystore = %s\n", keystore);
+    while (in && fgets(line, sizeof(line), in)) {
+        const char *p = line;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (strncmp(p, "master_key", 10) == 0 && (isspace((unsigned char)p[10]) || p[10] == '=')) {
+            if (!done)
+                fprintf(out, "master_key = %s\n", keyfile);
+            done = true;
+            continue;
+        }
+        fputs(line, out);
+        if (line[strlen(line) - 1] != '\n')
+            fputc('\n', out);
+    }
+    if (!done)
+        fprintf(out, "master_key = %s\n", keyfile);
+    bool bad = (in && ferror(in)) || fflush(out) != 0 || fsync(fileno(out)) != 0;
+    if (in)
+        fclose(in);
+    bad = fclose(out) != 0 || bad;
+    if (bad || rename(tmp, conf) != 0) {
+        ks_err_set(err, "cannot write configuration %s: %s; it is unchanged", conf, strerror(errno));
+        unlink(tmp);
+        return KS_EIO;
     }
     return KS_OK;
 }

@@ -36,15 +36,18 @@ typedef struct {
 
 /* Keys and state for one generation of the metadata. Transactions hold a
  * reference; a new generation replaces it and the old one is cleansed when
- * its last transaction ends. */
+ * its last transaction ends. It lives in memory excluded from core dumps.
+ * The master keys are kept so that the next generation finds them without
+ * reading the key file (a commit turns NEW into CURRENT). */
 typedef struct ks_keyring {
     atomic_int refs;
     uint64_t gen;
     ks_rotstate rs;
     uint32_t write_epoch;
     bool have_cur, have_nxt;
-    uint8_t cur_key[32], nxt_key[32];
-    uint8_t cur_kcv[KS_KCV_LEN];
+    uint8_t cur_key[32], nxt_key[32];   /* record keys of epochs rs.cur and rs.nxt */
+    uint8_t cur_mk[KS_MK_LEN], nxt_mk[KS_MK_LEN];
+    uint8_t cur_kcv[KS_KCV_LEN], nxt_kcv[KS_KCV_LEN];
 } ks_keyring;
 
 #define MAP_INIT_DEFAULT (32ull << 20)
@@ -66,13 +69,16 @@ struct ks_store {
     uint32_t format;
     uint8_t ksid[KS_KSID_LEN];
     EVP_MAC_CTX *idx_mac; /* HMAC-SHA256 keyed with the index key; duplicated per use */
-    /* Keys: the snapshot for the current generation, and the candidates
-     * (the registers of the key file, or the one key given to ks_open). */
+    /* Keys: the snapshot for the current generation; the keys handed to this
+     * process (by ks_open, or staged in it) that no key file can give back;
+     * and the key file, read afresh whenever a generation needs a key the
+     * first two do not hold. Nothing here grows with the number of
+     * rotations. All under ring_lock. */
     pthread_mutex_t ring_lock;
     ks_keyring *ring;
-    ks_mkey cand[KS_REG_MAX_OLD + 3];
-    size_t ncand;
-    char keysrc[256]; /* key file to reload the registers from ("" for none) */
+    ks_mkey *extra;   /* secure memory */
+    size_t nextra, cap_extra;
+    char keysrc[4096]; /* key file to read the registers from ("" for none) */
     unsigned keymode;
     _Atomic uint32_t epoch_hint;
     uint64_t failed_gen; /* generation + 1 whose keys could not be built (logged once) */
@@ -99,9 +105,44 @@ KS_API int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey
 KS_API int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs);
 KS_API int ks_begin_write(ks_store *st, ks_txn *x);
 KS_API int ks_end_write(ks_txn *x, int rc); /* commit if rc == KS_OK, else abort; returns the result */
-/* Find the key with this KCV among the candidates (reloading the key file once). */
+/* Find the master key with this KCV: this generation's keys, the keys
+ * handed to this process, then the key file. Call with ring_lock held. */
 KS_API bool ks_find_key(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_LEN]);
+/* Hand a key to the store (a key staged in this process). ring_lock held. */
+KS_API int ks_store_add_key(ks_store *st, const ks_mkey *mk);
+/* From now on the store reads its registers from this key file. */
+KS_API void ks_store_set_keysrc(ks_store *st, const char *path, unsigned mode);
 KS_API void ks_ring_invalidate(ks_store *st);
+
+/* ---- memory for secrets (ks_secmem.c) ---- */
+/* Zeroed, excluded from core dumps, locked against swap where the limit allows. */
+KS_API void *ks_secmem_alloc(size_t n);
+KS_API void ks_secmem_free(void *p); /* cleanse + release; NULL is fine */
+
+/* ---- the rotation state machine inside one keystore (ks_rotate.c) ----
+ * These take no lifecycle lock and touch no key file: ks_lifecycle.c calls
+ * them under its lock, in its order; private scratch copies (restore,
+ * export) call them directly. */
+KS_API int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err *err);
+KS_API int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, bool *stopped,
+                         ks_err *err);
+KS_API int ks_rot_commit(ks_store *st, bool disable_auto, ks_err *err);
+KS_API int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, ks_err *err);
+KS_API int ks_rot_set_auto(ks_store *st, uint64_t interval);
+/* The epoch whose key has this check value (the latest such epoch); KS_ENOTFOUND. */
+KS_API int ks_epoch_of_kcv(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint32_t *epoch);
+/* Raise the generation counter to at least `gen` (a restored copy must not
+ * look older than the keystore it replaces to a process that saw both). */
+KS_API int ks_gen_at_least(ks_store *st, uint64_t gen);
+/* Reseal a private copy under `to` at an epoch of at least at_least. */
+KS_API int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *err);
+/* The epoch and generation of the keystore in dir, read without opening it
+ * as a store (it may be damaged, or under a key this host lacks). */
+KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen);
+/* Restore's work on a scratch directory and the swap (ks_backup.c); the
+ * caller holds the lifecycle lock. */
+KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
+                             ks_mk_result *res, ks_err *err);
 
 /* HKDF-SHA256. 0 on success. */
 KS_API int ks_hkdf(const uint8_t *key, size_t keylen, const uint8_t *salt, size_t saltlen, const void *info,

@@ -7,8 +7,9 @@
  * transactions, each of which moves records and the resume cursor together,
  * so an interrupted step is finished by running it again; processes keep
  * reading and writing throughout (new records go under NEW as soon as a key
- * is staged). Steps of different admin processes exclude each other with a
- * lock file that names its holder. */
+ * is staged). These functions take no lock and touch no key file: the
+ * lifecycle protocol (ks_lifecycle.c) calls them under its lock and orders
+ * them with the key file writes. */
 #include "keystore/ks_internal.h"
 
 #include <errno.h>
@@ -108,55 +109,12 @@ int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey[32], b
     return ks_meta_put(x, "gen", NULL, 0, be, 8);
 }
 
-/* ---- the step lock ----------------------------------------------------- */
-
-static int step_lock(ks_store *st, const char *step, ks_err *err)
-{
-    char path[4096], holder[256] = "";
-    int fd;
-
-    snprintf(path, sizeof(path), "%s/rotation.lock", ks_path(st));
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        ks_err_set(err, "cannot open %s: %s", path, strerror(errno));
-        return KS_EIO;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
-        holder[n > 0 ? n : 0] = '\0';
-        holder[strcspn(holder, "\n")] = '\0';
-        ks_err_set(err, "another rotation step is running on %s (%s); wait for it to finish, or stop it: it can "
-                        "be resumed later", ks_path(st), holder[0] ? holder : "holder unknown");
-        close(fd);
-        return KS_EBUSY;
-    }
-    time_t now = time(NULL);
-    struct tm tm;
-    char ts[32];
-    gmtime_r(&now, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    int n = snprintf(holder, sizeof(holder), "pid %ld, %s, since %s\n", (long)getpid(), step, ts);
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, holder, (size_t)n, 0) != n) {
-        /* The lock holds anyway; only the description is missing. */
-    }
-    return fd;
-}
-
-static void step_unlock(int fd)
-{
-    if (fd >= 0) {
-        if (ftruncate(fd, 0) != 0) {
-            /* nothing to do: the lock itself is released below */
-        }
-        close(fd);
-    }
-}
-
 /* ---- stage ----------------------------------------------------------------- */
 
 typedef struct {
     const ks_mkey *key;
     ks_err *err;
+    uint32_t at_least;
     uint32_t epoch;
 } stage_arg;
 
@@ -173,14 +131,20 @@ static int stage_fn(ks_txn *x, void *arg)
         ks_err_set(a->err, "a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' "
                            "and 'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'", rs.nxt,
                    ks_rot_state_name(rs.state));
-        return KS_EEXIST;
+        return KS_ESTATE;
     }
     ks_mkey_kcv(a->key, kcv);
-    if (CRYPTO_memcmp(kcv, x->ring->cur_kcv, KS_KCV_LEN) == 0) {
+    /* The same key again only to renumber (a restored copy continues the
+     * epochs of the keystore it replaces). */
+    if (CRYPTO_memcmp(kcv, x->ring->cur_kcv, KS_KCV_LEN) == 0 && a->at_least <= rs.cur) {
         ks_err_set(a->err, "the new master key is the current one; nothing to stage");
         return KS_EINVAL;
     }
-    rs.nxt = rs.cur + 1;
+    if (rs.cur == UINT32_MAX) {
+        ks_err_set(a->err, "the keystore has used every epoch number; export it and restore the copy");
+        return KS_ESTATE;
+    }
+    rs.nxt = rs.cur + 1 > a->at_least ? rs.cur + 1 : a->at_least;
     rs.state = KS_ROT_STAGED;
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
@@ -191,28 +155,22 @@ static int stage_fn(ks_txn *x, void *arg)
     return ks_state_store(x, &rs, x->ring->cur_key, true);
 }
 
-int ks_rot_stage(ks_store *st, const ks_mkey *newkey, ks_err *err)
+int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err *err)
 {
-    stage_arg a = {newkey, err, 0};
-    int rc, lk;
+    stage_arg a = {newkey, err, at_least, 0};
+    int rc;
 
     if (!st || !newkey)
         return KS_EINVAL;
-    if ((lk = step_lock(st, "stage", err)) < 0)
-        return lk;
+    /* This process may be the only holder of the key (a private copy being
+     * resealed): hand it to the store so the new generation finds it. */
     pthread_mutex_lock(&st->ring_lock);
-    /* Make the new key known to this process even before the key file says so. */
-    size_t max = sizeof(st->cand) / sizeof(st->cand[0]);
-    bool dup = false;
-    for (size_t i = 0; i < st->ncand; i++)
-        dup = dup || CRYPTO_memcmp(st->cand[i].key, newkey->key, KS_MK_LEN) == 0;
-    if (!dup && st->ncand < max)
-        st->cand[st->ncand++] = *newkey;
+    rc = ks_store_add_key(st, newkey);
     pthread_mutex_unlock(&st->ring_lock);
-    rc = ks_write(st, stage_fn, &a);
+    if (rc == KS_OK)
+        rc = ks_write(st, stage_fn, &a);
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "keystore %s: new master key staged as epoch %u", ks_path(st), a.epoch);
-    step_unlock(lk);
     return rc;
 }
 
@@ -350,10 +308,11 @@ static int pass_fn(ks_txn *x, void *arg)
                                                          "'p11mk-admin stage'"
                                                        : "the rotation is being aborted; run 'p11mk-admin abort' "
                                                          "to finish that first");
-            return KS_EINVAL;
+            return KS_ESTATE;
         }
     } else if (rs.state != KS_ROT_ABORTING) {
-        return KS_EINVAL;
+        ks_err_set(a->err, "no abort is under way");
+        return KS_ESTATE;
     }
     if (!r->have_nxt) {
         /* Without NEW nothing under it can be resealed; an abort with nothing
@@ -419,7 +378,8 @@ static int pass_fn(ks_txn *x, void *arg)
     return ks_state_store(x, &rs, r->cur_key, false);
 }
 
-static int run_pass(ks_store *st, bool to_new, size_t batch, ks_rot_cb cb, void *arg, ks_err *err)
+static int run_pass(ks_store *st, bool to_new, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done,
+                    bool *stopped, ks_err *err)
 {
     pass_arg a = {.to_new = to_new, .batch = batch ? batch : 2000, .err = err};
     ks_rot_progress p = {0, 0};
@@ -428,6 +388,8 @@ static int run_pass(ks_store *st, bool to_new, size_t batch, ks_rot_cb cb, void 
     size_t nf = 0;
     int rc;
 
+    if (stopped)
+        *stopped = false;
     /* An estimate of the work, for progress reports. */
     if (cb && ks_rot_count(st, ep, cnt, 4, &nf) == KS_OK) {
         ks_info info;
@@ -439,30 +401,31 @@ static int run_pass(ks_store *st, bool to_new, size_t batch, ks_rot_cb cb, void 
     for (;;) {
         rc = ks_write(st, pass_fn, &a);
         if (rc != KS_OK)
-            return rc;
+            break;
         p.done += a.done;
         p.remaining = p.remaining > a.done ? p.remaining - a.done : 0;
         if (a.finished) {
             p.remaining = 0;
             if (cb)
                 cb(&p, arg);
-            return KS_OK;
+            break;
         }
-        if (cb && cb(&p, arg) != 0)
-            return KS_OK; /* stopped by the caller: resumable */
+        if (cb && cb(&p, arg) != 0) {
+            if (stopped)
+                *stopped = true; /* stopped by the caller: resumable */
+            break;
+        }
     }
+    if (done)
+        *done = p.done;
+    return rc;
 }
 
-int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err)
+int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, bool *stopped, ks_err *err)
 {
-    int rc, lk;
     if (!st)
         return KS_EINVAL;
-    if ((lk = step_lock(st, "rewrap", err)) < 0)
-        return lk;
-    rc = run_pass(st, true, batch, cb, arg, err);
-    step_unlock(lk);
-    return rc;
+    return run_pass(st, true, batch, cb, arg, done, stopped, err);
 }
 
 /* ---- abort ----------------------------------------------------------------- */
@@ -476,7 +439,7 @@ static int abort_begin_fn(ks_txn *x, void *arg)
         return rc;
     if (rs.state == KS_ROT_IDLE) {
         ks_err_set(err, "no rotation is under way; nothing to abort");
-        return KS_EINVAL;
+        return KS_ESTATE;
     }
     if (rs.state == KS_ROT_ABORTING)
         return KS_OK; /* resume */
@@ -486,19 +449,16 @@ static int abort_begin_fn(ks_txn *x, void *arg)
     return ks_state_store(x, &rs, x->ring->cur_key, true);
 }
 
-int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *err)
+int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, ks_err *err)
 {
-    int rc, lk;
+    int rc;
     if (!st)
         return KS_EINVAL;
-    if ((lk = step_lock(st, "abort", err)) < 0)
-        return lk;
     rc = ks_write(st, abort_begin_fn, err);
     if (rc == KS_OK)
-        rc = run_pass(st, false, batch, cb, arg, err);
+        rc = run_pass(st, false, batch, cb, arg, done, NULL, err);
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "keystore %s: rotation aborted; every record is under the current key", ks_path(st));
-    step_unlock(lk);
     return rc;
 }
 
@@ -506,6 +466,7 @@ int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, ks_err *er
 
 typedef struct {
     ks_err *err;
+    bool disable_auto;
     uint32_t epoch;
 } commit_arg;
 
@@ -540,11 +501,11 @@ static int commit_fn(ks_txn *x, void *arg)
         return rc;
     if (rs.state == KS_ROT_IDLE) {
         ks_err_set(a->err, "no new master key is staged; nothing to commit");
-        return KS_EINVAL;
+        return KS_ESTATE;
     }
     if (rs.state == KS_ROT_ABORTING) {
         ks_err_set(a->err, "the rotation is being aborted; finish with 'p11mk-admin abort'");
-        return KS_EINVAL;
+        return KS_ESTATE;
     }
     if (!r->have_nxt) {
         ks_err_set(a->err, "the staged master key (epoch %u) is not in the key file", rs.nxt);
@@ -560,7 +521,7 @@ static int commit_fn(ks_txn *x, void *arg)
     if (left || rs.state != KS_ROT_READY) {
         ks_err_set(a->err, "the rewrap is not finished: %llu record(s) are still under the current key (epoch "
                            "%u); run 'p11mk-admin rewrap' first", (unsigned long long)left, rs.cur);
-        return KS_EBUSY;
+        return KS_ESTATE;
     }
     uint32_t next = rs.nxt;
     ks_be32(be, next);
@@ -572,24 +533,76 @@ static int commit_fn(ks_txn *x, void *arg)
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
     rs.last_rotation = (uint64_t)time(NULL);
+    if (a->disable_auto)
+        rs.auto_interval = 0;
     a->epoch = next;
     return ks_state_store(x, &rs, r->nxt_key, true);
 }
 
-int ks_rot_commit(ks_store *st, ks_err *err)
+int ks_rot_commit(ks_store *st, bool disable_auto, ks_err *err)
 {
-    commit_arg a = {err, 0};
-    int rc, lk;
+    commit_arg a = {err, disable_auto, 0};
+    int rc;
     if (!st)
         return KS_EINVAL;
-    if ((lk = step_lock(st, "commit", err)) < 0)
-        return lk;
     rc = ks_write(st, commit_fn, &a);
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u committed", ks_path(st), a.epoch);
-    step_unlock(lk);
     return rc;
 }
+
+/* Reseal a private copy under `to`: stage, rewrap, commit. */
+int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *err)
+{
+    int rc = ks_rot_stage(st, to, at_least, err);
+    if (rc == KS_OK)
+        rc = ks_rot_rewrap(st, 20000, NULL, NULL, NULL, NULL, err);
+    if (rc == KS_OK)
+        rc = ks_rot_commit(st, false, err);
+    return rc;
+}
+
+int ks_epoch_of_kcv(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint32_t *epoch)
+{
+    ks_txn *x;
+    MDB_cursor *c;
+    MDB_val k = {3, (void *)"kcv"}, v;
+    bool found = false;
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return rc;
+    if (mdb_cursor_open(x->txn, st->db_meta, &c) != MDB_SUCCESS) {
+        ks_read_end(x);
+        return KS_EIO;
+    }
+    for (int mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); mrc == MDB_SUCCESS;
+         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 7 || memcmp(k.mv_data, "kcv", 3) != 0)
+            break;
+        if (v.mv_size == KS_KCV_LEN && CRYPTO_memcmp(v.mv_data, kcv, KS_KCV_LEN) == 0) {
+            *epoch = ks_get_be32((const uint8_t *)k.mv_data + 3); /* ascending: the last match wins */
+            found = true;
+        }
+    }
+    mdb_cursor_close(c);
+    ks_read_end(x);
+    return found ? KS_OK : KS_ENOTFOUND;
+}
+
+static int gen_fn(ks_txn *x, void *arg)
+{
+    uint64_t want = *(const uint64_t *)arg, gen = 0;
+    uint8_t be[8];
+    MDB_val v;
+    if (ks_meta_get(x->txn, x->st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+        gen = ks_get_be64(v.mv_data);
+    if (gen >= want)
+        return KS_OK;
+    ks_be64(be, want);
+    return ks_meta_put(x, "gen", NULL, 0, be, 8);
+}
+
+int ks_gen_at_least(ks_store *st, uint64_t gen) { return ks_write(st, gen_fn, &gen); }
 
 /* ---- counts and verification ---------------------------------------------- */
 

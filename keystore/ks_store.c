@@ -65,6 +65,7 @@ static void store_free(ks_store *st)
         close(st->users_fd);
     EVP_MAC_CTX_free(st->idx_mac);
     ring_unref(st->ring);
+    ks_secmem_free(st->extra);
     pthread_mutex_destroy(&st->ring_lock);
     pthread_rwlock_destroy(&st->resize);
     free(st->path);
@@ -242,10 +243,8 @@ out:
 
 static void ring_unref(ks_keyring *r)
 {
-    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
-        OPENSSL_cleanse(r, sizeof(*r));
-        free(r);
-    }
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1)
+        ks_secmem_free(r);
 }
 
 const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
@@ -257,13 +256,53 @@ const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
     return NULL;
 }
 
-static void cand_add(ks_store *st, const ks_mkey *mk)
+int ks_store_add_key(ks_store *st, const ks_mkey *mk)
 {
-    for (size_t i = 0; i < st->ncand; i++)
-        if (CRYPTO_memcmp(st->cand[i].key, mk->key, KS_MK_LEN) == 0)
-            return;
-    if (st->ncand < sizeof(st->cand) / sizeof(st->cand[0]))
-        st->cand[st->ncand++] = *mk;
+    for (size_t i = 0; i < st->nextra; i++)
+        if (CRYPTO_memcmp(st->extra[i].key, mk->key, KS_MK_LEN) == 0)
+            return KS_OK;
+    if (st->nextra == st->cap_extra) {
+        size_t cap = st->cap_extra ? 2 * st->cap_extra : 4;
+        ks_mkey *n = ks_secmem_alloc(cap * sizeof(*n));
+        if (!n)
+            return KS_ENOMEM;
+        if (st->nextra)
+            memcpy(n, st->extra, st->nextra * sizeof(*n));
+        ks_secmem_free(st->extra);
+        st->extra = n;
+        st->cap_extra = cap;
+    }
+    st->extra[st->nextra++] = *mk;
+    return KS_OK;
+}
+
+/* Keys handed to this process that the new generation does not use are
+ * dropped once a key file can give them back: a process that lives through
+ * any number of rotations holds two master keys, not one per rotation. */
+static void extra_prune(ks_store *st, const ks_keyring *r)
+{
+    if (!st->keysrc[0])
+        return;
+    for (size_t i = 0; i < st->nextra;) {
+        uint8_t k[KS_KCV_LEN];
+        ks_mkey_kcv(&st->extra[i], k);
+        bool used = (r->have_cur && CRYPTO_memcmp(k, r->cur_kcv, KS_KCV_LEN) == 0) ||
+                    (r->have_nxt && CRYPTO_memcmp(k, r->nxt_kcv, KS_KCV_LEN) == 0);
+        if (used) {
+            i++;
+            continue;
+        }
+        st->extra[i] = st->extra[st->nextra - 1];
+        ks_mkey_clear(&st->extra[--st->nextra]);
+    }
+}
+
+void ks_store_set_keysrc(ks_store *st, const char *path, unsigned mode)
+{
+    pthread_mutex_lock(&st->ring_lock);
+    snprintf(st->keysrc, sizeof(st->keysrc), "%s", path ? path : "");
+    st->keymode = mode ? mode : 0600;
+    pthread_mutex_unlock(&st->ring_lock);
 }
 
 /* The configuration may have gained a key file since this process started
@@ -284,47 +323,63 @@ static void keysrc_from_config(ks_store *st)
     ks_config_free(&cfg);
 }
 
-/* Reload the candidates from the key file (the registers may have changed). */
-static int cand_reload(ks_store *st)
-{
-    ks_registers r;
-    ks_err e = {{0}};
-    int rc;
-    keysrc_from_config(st);
-    if (!st->keysrc[0])
-        return KS_ENOKEY;
-    rc = ks_reg_load(st->keysrc, st->keymode, &r, &e);
-    if (rc != KS_OK) {
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot reload the master keys: %s", st->path, e.msg);
-        return rc;
-    }
-    cand_add(st, &r.current);
-    if (r.has_new)
-        cand_add(st, &r.staged);
-    for (size_t i = 0; i < r.n_old; i++)
-        cand_add(st, &r.old[i]);
-    ks_reg_clear(&r);
-    return KS_OK;
-}
-
 bool ks_find_key(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_LEN])
 {
+    const ks_keyring *r = st->ring;
     uint8_t k[KS_KCV_LEN];
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < st->ncand; i++) {
-            ks_mkey_kcv(&st->cand[i], k);
-            if (CRYPTO_memcmp(k, kcv, KS_KCV_LEN) == 0) {
-                memcpy(out, st->cand[i].key, KS_MK_LEN);
-                return true;
-            }
-        }
-        if (pass == 0 && cand_reload(st) != KS_OK)
-            break;
+
+    if (r && r->have_cur && CRYPTO_memcmp(r->cur_kcv, kcv, KS_KCV_LEN) == 0) {
+        memcpy(out, r->cur_mk, KS_MK_LEN);
+        return true;
     }
-    return false;
+    if (r && r->have_nxt && CRYPTO_memcmp(r->nxt_kcv, kcv, KS_KCV_LEN) == 0) {
+        memcpy(out, r->nxt_mk, KS_MK_LEN);
+        return true;
+    }
+    for (size_t i = 0; i < st->nextra; i++) {
+        ks_mkey_kcv(&st->extra[i], k);
+        if (CRYPTO_memcmp(k, kcv, KS_KCV_LEN) == 0) {
+            memcpy(out, st->extra[i].key, KS_MK_LEN);
+            return true;
+        }
+    }
+    keysrc_from_config(st);
+    if (!st->keysrc[0])
+        return false;
+    ks_registers regs;
+    ks_err e = {{0}};
+    int rc = ks_reg_load(st->keysrc, st->keymode, &regs, &e);
+    if (rc != KS_OK) {
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot read the master keys: %s", st->path, e.msg);
+        return false;
+    }
+    bool found = ks_reg_find(&regs, kcv, out) != KS_REG_NONE;
+    ks_reg_clear(&regs);
+    return found;
 }
 
-static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KCV_LEN], uint8_t key[32], bool *have)
+/* The key this process was configured with, for messages: "source (kcv)". */
+static void configured_key(ks_store *st, char *src, size_t srclen, char kcvhex[2 * KS_KCV_LEN + 1])
+{
+    uint8_t k[KS_KCV_LEN];
+    ks_registers regs;
+    ks_err e = {{0}};
+    snprintf(src, srclen, "none");
+    snprintf(kcvhex, 2 * KS_KCV_LEN + 1, "none");
+    if (st->keysrc[0] && ks_reg_load(st->keysrc, st->keymode, &regs, &e) == KS_OK) {
+        snprintf(src, srclen, "%s", st->keysrc);
+        ks_mkey_kcv(&regs.current, k);
+        ks_kcv_hex(k, kcvhex);
+        ks_reg_clear(&regs);
+    } else if (st->nextra) {
+        snprintf(src, srclen, "%s", st->extra[0].source);
+        ks_mkey_kcv(&st->extra[0], k);
+        ks_kcv_hex(k, kcvhex);
+    }
+}
+
+static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KCV_LEN], uint8_t mk_out[KS_MK_LEN],
+                     uint8_t key[32], bool *have)
 {
     uint8_t be[4];
     MDB_val v;
@@ -336,6 +391,8 @@ static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KC
     memset(&mk, 0, sizeof(mk));
     *have = ks_find_key(st, kcv, mk.key);
     int rc = *have ? ks_rec_key(&mk, st->ksid, epoch, key) : KS_OK;
+    if (*have)
+        memcpy(mk_out, mk.key, KS_MK_LEN);
     ks_mkey_clear(&mk);
     return rc;
 }
@@ -343,8 +400,7 @@ static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KC
 /* Build the keys for the metadata of this transaction's snapshot. */
 static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, ks_err *err)
 {
-    ks_keyring *r = calloc(1, sizeof(*r));
-    uint8_t nkcv[KS_KCV_LEN];
+    ks_keyring *r = ks_secmem_alloc(sizeof(*r));
     MDB_val v;
     int rc;
 
@@ -357,22 +413,18 @@ static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, 
         goto fail;
     }
     r->rs.cur = ks_get_be32(v.mv_data);
-    rc = epoch_key(st, t, r->rs.cur, r->cur_kcv, r->cur_key, &r->have_cur);
+    rc = epoch_key(st, t, r->rs.cur, r->cur_kcv, r->cur_mk, r->cur_key, &r->have_cur);
     if (rc != KS_OK)
         goto fail;
     if (!r->have_cur) {
-        char want[2 * KS_KCV_LEN + 1], have[2 * KS_KCV_LEN + 1] = "none";
-        uint8_t k[KS_KCV_LEN];
+        char want[2 * KS_KCV_LEN + 1], have[2 * KS_KCV_LEN + 1], src[4096];
         ks_kcv_hex(r->cur_kcv, want);
-        if (st->ncand) {
-            ks_mkey_kcv(&st->cand[0], k);
-            ks_kcv_hex(k, have);
-        }
+        configured_key(st, src, sizeof(src), have);
         ks_err_set(err, "keystore %s is sealed under a master key with check value %s (epoch %u), but the "
                         "configured master key (%s) has check value %s. Either (1) configure here the master key "
                         "with check value %s, (2) on the host that has that key, change it to this host's key, "
                         "or (3) there, move the keystore through the default key and open that copy here.",
-                   st->path, want, r->rs.cur, st->ncand ? st->cand[0].source : "none", have, want);
+                   st->path, want, r->rs.cur, src, have, want);
         rc = KS_EWRONGKEY;
         goto fail;
     }
@@ -383,12 +435,12 @@ static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, 
         goto fail;
     }
     if (r->rs.nxt) {
-        rc = epoch_key(st, t, r->rs.nxt, nkcv, r->nxt_key, &r->have_nxt);
+        rc = epoch_key(st, t, r->rs.nxt, r->nxt_kcv, r->nxt_mk, r->nxt_key, &r->have_nxt);
         if (rc != KS_OK)
             goto fail;
         if (!r->have_nxt) {
             char hex[2 * KS_KCV_LEN + 1];
-            ks_kcv_hex(nkcv, hex);
+            ks_kcv_hex(r->nxt_kcv, hex);
             ks_log(KS_LOG_ERROR, "keystore %s: the staged master key of epoch %u (check value %s) is not in %s; "
                    "records under it cannot be used here until the key file holds it (or the rotation is "
                    "aborted with: p11mk-admin abort)", st->path, r->rs.nxt, hex,
@@ -431,6 +483,7 @@ static int ring_attach(ks_store *st, ks_txn *x)
                 ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u is now current", st->path, r->rs.cur);
             ring_unref(st->ring);
             st->ring = r;
+            extra_prune(st, r);
             atomic_store(&st->epoch_hint, r->rs.cur);
             x->ring = r;
             atomic_fetch_add(&r->refs, 1);
@@ -481,13 +534,19 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
         snprintf(st->keysrc, sizeof(st->keysrc), "%s", mk->source);
         st->keymode = mk->file_mode;
     }
-    cand_add(st, mk);
+    pthread_mutex_lock(&st->ring_lock);
+    rc = ks_store_add_key(st, mk);
+    pthread_mutex_unlock(&st->ring_lock);
+    if (rc != KS_OK)
+        return rc;
     if (ks_meta_get(t, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
         gen = ks_get_be64(v.mv_data);
     pthread_mutex_lock(&st->ring_lock);
     rc = ring_build(st, t, gen, &r, err);
     if (rc == KS_OK) {
+        ring_unref(st->ring); /* a second load_meta (creation, then open) */
         st->ring = r;
+        extra_prune(st, r);
         atomic_store(&st->epoch_hint, r->rs.cur);
     }
     pthread_mutex_unlock(&st->ring_lock);
@@ -787,6 +846,13 @@ int ks_get_info(ks_store *st, ks_info *info)
     info->auto_interval = rs.auto_interval;
     info->last_rotation = rs.last_rotation;
     memcpy(info->kcv, x->ring->cur_kcv, KS_KCV_LEN);
+    if (rs.nxt) {
+        uint8_t be[4];
+        MDB_val v;
+        ks_be32(be, rs.nxt);
+        if (ks_meta_get(x->txn, st, "kcv", be, 4, &v) == KS_OK && v.mv_size == KS_KCV_LEN)
+            memcpy(info->new_kcv, v.mv_data, KS_KCV_LEN);
+    }
     mdb_env_info(st->env, &ei);
     info->map_size = ei.me_mapsize;
     if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
@@ -1317,4 +1383,42 @@ int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, 
     if (ret)
         return ret;
     return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : lmdb_err(rc);
+}
+
+int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
+{
+    MDB_env *env = NULL;
+    MDB_txn *t = NULL;
+    MDB_dbi dbi;
+    MDB_val k, v;
+    char data[4200];
+    int rc;
+
+    *epoch = 0;
+    *gen = 0;
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    if (access(data, R_OK) != 0)
+        return KS_ENOTFOUND;
+    if ((rc = mdb_env_create(&env)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    mdb_env_set_maxdbs(env, 8);
+    rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_dbi_open(t, "meta", 0, &dbi);
+    if (rc == MDB_SUCCESS) {
+        k.mv_size = 5;
+        k.mv_data = (void *)"epoch";
+        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 4)
+            *epoch = ks_get_be32(v.mv_data);
+        k.mv_size = 3;
+        k.mv_data = (void *)"gen";
+        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8)
+            *gen = ks_get_be64(v.mv_data);
+    }
+    if (t)
+        mdb_txn_abort(t);
+    mdb_env_close(env);
+    return lmdb_err(rc);
 }

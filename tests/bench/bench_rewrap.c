@@ -188,10 +188,10 @@ int main(int argc, char **argv)
     double signer_secs = argc > 3 ? atof(argv[3]) : 0;
     CK_OBJECT_HANDLE ids[3], sigkey;
     ks_config cfg;
-    ks_mkey mk, newkey;
+    ks_mkey newkey;
+    ks_mk *m = NULL;
     ks_store *st;
     ks_err err = {{0}};
-    ks_registers regs;
 
     if (argc < 3 || (n = strtoul(argv[2], NULL, 10)) == 0) {
         fprintf(stderr, "usage: bench_rewrap MODULE N [SIGNER_SECONDS]  (P11MK_CONF: scratch keystore, key file)\n");
@@ -200,11 +200,12 @@ int main(int argc, char **argv)
     load_module(argv[1]);
     setup_token(ids, &sigkey);
 
-    if (ks_config_load(&cfg, &err) != KS_OK || ks_mkey_load(&cfg, &mk, &err) != KS_OK ||
-        ks_open(cfg.keystore, &mk, 0, &st, &err) != KS_OK || strcmp(cfg.master_key, "default") == 0) {
+    if (ks_config_load(&cfg, &err) != KS_OK || ks_mk_open(&cfg, &m, &err) != KS_OK ||
+        strcmp(cfg.master_key, "default") == 0) {
         fprintf(stderr, "bench_rewrap: %s (the configuration must name a key file)\n", err.msg);
         return 1;
     }
+    st = ks_mk_store(m);
     /* The three real objects' plaintext records, to replicate. */
     fill_arg fa = {.tid = 1};
     ks_txn *x;
@@ -256,7 +257,7 @@ int main(int argc, char **argv)
         spid = fork();
         if (spid == 0) {
             close(p[0]);
-            ks_close(st); /* the child must not use the parent's environment */
+            ks_mk_close(m); /* the child must not use the parent's environment */
             signer(sigkey, p[1]);
         }
         close(p[1]);
@@ -267,25 +268,24 @@ int main(int argc, char **argv)
         kill(spid, SIGUSR1);
     }
 
-    /* The rotation, as p11mk-admin rotate does it. */
-    if (ks_mkey_generate(&newkey) != KS_OK || ks_reg_load(cfg.master_key, cfg.key_file_mode, &regs, &err) != KS_OK)
-        return 1;
-    regs.has_new = true;
-    regs.staged = newkey;
-    if (ks_reg_save(cfg.master_key, &regs, &err) != KS_OK)
+    /* The rotation, step by step through the lifecycle protocol, as
+     * p11mk-admin stage, rewrap and commit run it. */
+    ks_mk_opts ko = {.batch = 10000, .command = "bench_rewrap"};
+    ks_mk_result res;
+    if (ks_mkey_generate(&newkey) != KS_OK)
         return 1;
     double a = now();
-    if (ks_rot_stage(st, &newkey, &err) != KS_OK) {
+    if (ks_mk_stage(m, &newkey, &ko, &res, &err) != KS_OK) {
         fprintf(stderr, "bench_rewrap: stage: %s\n", err.msg);
         return 1;
     }
     double b = now();
-    if (ks_rot_rewrap(st, 10000, NULL, NULL, &err) != KS_OK) {
+    if (ks_mk_rewrap(m, &ko, &res, &err) != KS_OK) {
         fprintf(stderr, "bench_rewrap: rewrap: %s\n", err.msg);
         return 1;
     }
     double c = now();
-    if (ks_rot_commit(st, &err) != KS_OK) {
+    if (ks_mk_commit(m, &ko, &res, &err) != KS_OK) {
         fprintf(stderr, "bench_rewrap: commit: %s\n", err.msg);
         return 1;
     }
@@ -301,8 +301,8 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < 3; i++)
         ks_buf_free(fa.blob[i], fa.len[i]);
-    ks_close(st);
-    ks_reg_clear(&regs);
+    ks_mkey_clear(&newkey);
+    ks_mk_close(m);
     ks_config_free(&cfg);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }

@@ -118,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == KS_OK) {
         unsigned eff = allow ? allow : 0600;
         CHECK(((unsigned)mode & 0777 & ~(eff & 0777)) == 0);
-        CHECK(r.n_old <= KS_REG_MAX_OLD);
+        CHECK(r.n_old <= r.cap_old);
         CHECK(strcmp(r.current.source, key_path) == 0);
         /* A file that loads must save and load back to the same registers. */
         ks_registers back;
@@ -130,7 +130,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(back.has_new == r.has_new && (!r.has_new || memcmp(back.staged.key, r.staged.key, KS_MK_LEN) == 0));
         CHECK(back.n_old == r.n_old);
         for (size_t i = 0; i < r.n_old; i++)
-            CHECK(memcmp(back.old[i].key, r.old[i].key, KS_MK_LEN) == 0);
+            CHECK(memcmp(back.old[i].key, r.old[i].key, KS_MK_LEN) == 0 && back.old[i].epoch == r.old[i].epoch &&
+                  back.old[i].retired == r.old[i].retired && back.old[i].aborted == r.old[i].aborted &&
+                  memcmp(back.old[i].kcv, r.old[i].kcv, KS_KCV_LEN) == 0);
         ks_reg_clear(&back);
         unlink(saved);
     } else {

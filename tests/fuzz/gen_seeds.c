@@ -263,14 +263,17 @@ static void gen_config(void)
             r.has_new = true;
             memset(r.staged.key, 0x11 * v, KS_MK_LEN);
         }
-        if (v >= 2)
-            r.n_old = v == 2 ? 2 : KS_REG_MAX_OLD;
-        for (size_t i = 0; i < r.n_old; i++)
-            memset(r.old[i].key, (int)(0x80 + i), KS_MK_LEN);
+        for (size_t i = 0; v >= 2 && i < (v == 2 ? 2u : 20u); i++) {
+            uint8_t k[KS_MK_LEN];
+            memset(k, (int)(0x80 + i), KS_MK_LEN);
+            if (ks_reg_insert_old(&r, r.n_old, k, (uint32_t)(40 - i), 1700000000u + i, i % 3 == 1) != KS_OK)
+                die("ks_reg_insert_old");
+        }
         if (ks_reg_save(path, &r, &err) != KS_OK)
             die(err.msg);
+        ks_reg_clear(&r);
         FILE *f = fopen(path, "rb");
-        uint8_t buf[4096];
+        uint8_t buf[8192];
         size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
         if (!f)
             die(path);

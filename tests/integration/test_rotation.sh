@@ -50,7 +50,7 @@ ok "3 rotations under load: $ops operations, 0 failures, $created objects create
 # The retired key alone opens nothing.
 keyfile=$(sed -n 's/^master_key = //p' "$CONF")
 [ -f "$keyfile" ] || fail "no key file recorded in $CONF"
-old=$(sed -n 's/^old //p' "$keyfile" | head -n 1)
+old=$(awk '$1 == "old" { print $2; exit }' "$keyfile")
 python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes.fromhex(sys.argv[2]))' "$T/old.key" "$old"
 chmod 600 "$T/old.key"
 sed "s|^master_key = .*|master_key = $T/old.key|" "$CONF" > "$T/old.conf"
@@ -138,15 +138,27 @@ expect_out "AES-256-GCM"
 expect_out "slot [0-9]+ +rot +format 1, epoch $((e2 + 1))"
 ok "auto-update: interval, not due, due, idempotent, disabled by set-master-key; version per token"
 
-# A second rotation step while one runs is refused, naming the holder.
+# A second rotation step while one runs: with --wait 0 it is refused at once,
+# naming the holder; by default it waits for the holder and then proceeds.
 printf 'pid 4242, rewrap, since 2026-01-01T00:00:00Z\n' > "$KS/rotation.lock"
-flock "$KS/rotation.lock" sleep 3 &
+flock "$KS/rotation.lock" sleep 5 &
 lpid=$!
 sleep 0.3
-expect_rc 6 "$ADMIN" stage
+expect_rc 6 "$ADMIN" stage --wait 0
 expect_out "another rotation step is running.*pid 4242, rewrap"
+expect_rc 6 "$ADMIN" clear-history --yes --wait 1
+expect_out "another rotation step is running"
+e_before=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')
+start=$(date +%s)
+expect_rc 0 "$ADMIN" rotate              # waits (default 10 s) for the holder, then rotates
+expect_out "waiting for another rotation step to finish \(pid 4242, rewrap"
+[ $(( $(date +%s) - start )) -ge 2 ] || fail "rotate did not wait for the lock holder"
 wait $lpid
-ok "concurrent rotation steps: refused, naming who holds the lock"
+e_after=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')
+[ "$e_after" -eq $((e_before + 1)) ] || fail "the waiting rotate did not rotate once ($e_before -> $e_after)"
+expect_rc 2 "$ADMIN" rotate --wait -1
+expect_rc 2 "$ADMIN" rotate --wait abc
+ok "concurrent rotation steps: --wait 0 refuses naming the holder; the default waits, then proceeds"
 
 # The staged key missing from the key file: operations that need it fail with
 # CKR_DEVICE_ERROR and one log line says why; everything else keeps working.

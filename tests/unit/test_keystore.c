@@ -739,10 +739,8 @@ static void save_regs(const char *path, const ks_mkey *cur, const ks_mkey *nxt, 
         r.has_new = true;
         r.staged = *nxt;
     }
-    if (old) {
-        r.n_old = 1;
-        r.old[0] = *old;
-    }
+    if (old)
+        assert_int_equal(ks_reg_insert_old(&r, 0, old->key, 1, 0, false), KS_OK);
     assert_int_equal(ks_reg_save(path, &r, &err), KS_OK);
     ks_reg_clear(&r);
 }
@@ -822,13 +820,13 @@ static void test_rotation_cycle(void **state)
 
     /* The key file gains NEW first, then the keystore stages it. */
     save_regs(f->keyfile, &f->k1, &f->k2, NULL);
-    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
     assert_int_equal(ks_get_info(f->st, &info), KS_OK);
     assert_int_equal(info.rot_state, KS_ROT_STAGED);
     assert_int_equal(info.epoch, 1);
     assert_int_equal(info.new_epoch, 2);
     err.msg[0] = 0;
-    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_EEXIST);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_ESTATE);
     assert_non_null(strstr(err.msg, "already staged"));
 
     /* Writes go under NEW at once. */
@@ -839,23 +837,23 @@ static void test_rotation_cycle(void **state)
     assert_int_equal(count_at(f->st, 1), 21); /* 20 objects + the token */
 
     err.msg[0] = 0;
-    assert_int_equal(ks_rot_commit(f->st, &err), KS_EBUSY);
+    assert_int_equal(ks_rot_commit(f->st, false, &err), KS_ESTATE);
     assert_non_null(strstr(err.msg, "rewrap"));
 
     /* An interrupted rewrap resumes. */
     int calls = 0;
-    assert_int_equal(ks_rot_rewrap(f->st, 5, stop_after_first, &calls, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 5, stop_after_first, &calls, NULL, NULL, &err), KS_OK);
     assert_int_equal(ks_get_info(f->st, &info), KS_OK);
     assert_int_equal(info.rot_state, KS_ROT_REWRAP);
     assert_true(count_at(f->st, 1) > 0);
     all_readable(f, f->st);
-    assert_int_equal(ks_rot_rewrap(f->st, 5, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 5, NULL, NULL, NULL, NULL, &err), KS_OK);
     assert_int_equal(ks_get_info(f->st, &info), KS_OK);
     assert_int_equal(info.rot_state, KS_ROT_READY);
     assert_int_equal(count_at(f->st, 1), 0);
     all_readable(f, f->st);
 
-    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, false, &err), KS_OK);
     assert_int_equal(ks_get_info(f->st, &info), KS_OK);
     assert_int_equal(info.epoch, 2);
     assert_int_equal(info.rot_state, KS_ROT_IDLE);
@@ -865,8 +863,8 @@ static void test_rotation_cycle(void **state)
     assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0);
     assert_int_equal(checked, 22);
-    assert_int_equal(ks_rot_commit(f->st, &err), KS_EINVAL);
-    assert_int_equal(ks_rot_abort(f->st, 0, NULL, NULL, &err), KS_EINVAL);
+    assert_int_equal(ks_rot_commit(f->st, false, &err), KS_ESTATE);
+    assert_int_equal(ks_rot_abort(f->st, 0, NULL, NULL, NULL, &err), KS_ESTATE);
 
     /* The registers move on; the retired key alone opens nothing. */
     save_regs(f->keyfile, &f->k2, NULL, &f->k1);
@@ -895,14 +893,14 @@ static void test_rotation_abort(void **state)
     ks_info info;
 
     save_regs(f->keyfile, &f->k1, &f->k2, NULL);
-    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
     int calls = 0;
-    assert_int_equal(ks_rot_rewrap(f->st, 4, stop_after_first, &calls, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 4, stop_after_first, &calls, NULL, NULL, &err), KS_OK);
     put_arg a = {f->tid, 0, "object-new", false};
     assert_int_equal(ks_write(f->st, put_fn, &a), KS_OK);
     f->oids[f->n++] = a.oid;
     assert_true(count_at(f->st, 2) > 1);
-    assert_int_equal(ks_rot_abort(f->st, 3, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_abort(f->st, 3, NULL, NULL, NULL, &err), KS_OK);
     assert_int_equal(ks_get_info(f->st, &info), KS_OK);
     assert_int_equal(info.rot_state, KS_ROT_IDLE);
     assert_int_equal(info.epoch, 1);
@@ -917,12 +915,12 @@ static void test_rotation_abort(void **state)
     ks_mkey k3;
     assert_int_equal(ks_mkey_generate(&k3), KS_OK);
     save_regs(f->keyfile, &f->k1, &k3, NULL);
-    assert_int_equal(ks_rot_stage(f->st, &k3, &err), KS_OK);
-    assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, &err), KS_OK);
-    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    assert_int_equal(ks_rot_stage(f->st, &k3, 0, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, false, &err), KS_OK);
     all_readable(f, f->st);
     /* Staging the current key is refused. */
-    assert_int_equal(ks_rot_stage(f->st, &k3, &err), KS_EINVAL);
+    assert_int_equal(ks_rot_stage(f->st, &k3, 0, &err), KS_EINVAL);
 }
 
 /* Another process keeps writing and reading through the whole rotation and
@@ -970,9 +968,9 @@ static void test_rotation_with_concurrent_process(void **state)
         _exit(fails ? 1 : (seen_epoch == 2 && writes > 0 ? 0 : 2));
     }
     close(pipefd[0]);
-    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
-    assert_int_equal(ks_rot_rewrap(f->st, 3, NULL, NULL, &err), KS_OK);
-    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 3, NULL, NULL, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, false, &err), KS_OK);
     save_regs(f->keyfile, &f->k2, NULL, &f->k1);
     usleep(50000);
     close(pipefd[1]);
@@ -1000,7 +998,7 @@ static void test_rotation_crash_resume(void **state)
         assert_int_equal(ks_write(f->st, put_fn, &a), KS_OK);
     }
     save_regs(f->keyfile, &f->k1, &f->k2, NULL);
-    assert_int_equal(ks_rot_stage(f->st, &f->k2, &err), KS_OK);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
     ks_close(f->st);
     f->st = NULL;
     srand((unsigned)time(NULL));
@@ -1013,7 +1011,7 @@ static void test_rotation_crash_resume(void **state)
             ks_mkey mk = key_from_file(f->keyfile);
             if (ks_open(ksdir, &mk, 0, &st, &err) != KS_OK)
                 _exit(10);
-            int rc = aborting ? ks_rot_abort(st, 1, NULL, NULL, &err) : ks_rot_rewrap(st, 1, NULL, NULL, &err);
+            int rc = aborting ? ks_rot_abort(st, 1, NULL, NULL, NULL, &err) : ks_rot_rewrap(st, 1, NULL, NULL, NULL, NULL, &err);
             _exit(rc == KS_OK ? 0 : 1);
         }
         usleep((useconds_t)(rand() % 20000));
@@ -1023,16 +1021,16 @@ static void test_rotation_crash_resume(void **state)
             ks_store *st;
             ks_mkey mk = key_from_file(f->keyfile);
             assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
-            assert_int_equal(ks_rot_abort(st, 0, NULL, NULL, &err), KS_OK);
+            assert_int_equal(ks_rot_abort(st, 0, NULL, NULL, NULL, &err), KS_OK);
             assert_int_equal(count_at(st, 2), 0);
-            assert_int_equal(ks_rot_stage(st, &f->k2, &err), KS_OK);
+            assert_int_equal(ks_rot_stage(st, &f->k2, 0, &err), KS_OK);
             ks_close(st);
         }
     }
     ks_mkey mk = key_from_file(f->keyfile);
     assert_int_equal(ks_open(ksdir, &mk, 0, &f->st, &err), KS_OK);
-    assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, &err), KS_OK);
-    assert_int_equal(ks_rot_commit(f->st, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_commit(f->st, false, &err), KS_OK);
     uint64_t checked, failed;
     assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0);

@@ -1,0 +1,1017 @@
+/* p11mk keystore: the master-key lifecycle protocol.
+ *
+ * Crash and concurrency rules (the reason this file exists):
+ *
+ *  - One lock, DIR/rotation.lock (flock, exclusive), covers each step's
+ *    whole read-modify-write of the key file, the configuration's master_key
+ *    and the keystore's rotation state. Under it every step re-reads all
+ *    three; nothing is ever written from a copy taken before the lock.
+ *  - Write order keeps one invariant at every instant: the key file holds
+ *    every key that the keystore's committed state names (CURRENT, and NEW
+ *    while staged). Hence: the key file gains NEW (fsynced) before the
+ *    keystore stages it; the keystore commits or withdraws NEW before the key
+ *    file promotes or retires it. Running applications, which never take the
+ *    lock, read the key file (replaced by rename) when the generation moves
+ *    and always find the keys they need.
+ *  - A crash between the two writes of a step leaves registers one step
+ *    behind the keystore. The next step repairs them before anything else,
+ *    and repair only moves keys (NEW to CURRENT, NEW or CURRENT to the
+ *    history); it never drops one. Keys leave the key file only through
+ *    clear-history.
+ *  - An error path never rewrites a file the step did not change.
+ *  - A step that follows a prompt is given the state the person saw
+ *    (opts->expect); after repair it compares, and refuses with KS_ECHANGED,
+ *    writing nothing, if the state moved while the person was asked. */
+#include "keystore/ks_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+struct ks_mk {
+    char *dir;      /* keystore directory */
+    char *conf;     /* configuration file, NULL for the embedded defaults */
+    char *keyfile;  /* master_key path, NULL while the keystore is on the built-in default key */
+    unsigned keymode;
+    ks_store *st;
+};
+
+/* What a step works on: everything read afresh under the lock. */
+typedef struct {
+    ks_mk *m;
+    int lockfd;
+    bool have_regs;
+    ks_registers regs;
+    ks_info info;
+} step;
+
+static uint64_t now_unix(void) { return (uint64_t)time(NULL); }
+
+uint64_t ks_auto_due(uint64_t last, uint64_t interval)
+{
+    return last > UINT64_MAX - interval ? UINT64_MAX : last + interval;
+}
+
+/* ---- open ------------------------------------------------------------------ */
+
+static bool is_default(const char *mk) { return !mk || strcmp(mk, "default") == 0; }
+
+void ks_mk_close(ks_mk *m)
+{
+    if (!m)
+        return;
+    if (m->st)
+        ks_close(m->st);
+    free(m->dir);
+    free(m->conf);
+    free(m->keyfile);
+    free(m);
+}
+
+int ks_mk_open(const ks_config *cfg, ks_mk **out, ks_err *err)
+{
+    ks_mk *m;
+    ks_mkey mk;
+    int rc;
+
+    if (!cfg || !cfg->keystore || !out)
+        return KS_EINVAL;
+    *out = NULL;
+    if (!(m = calloc(1, sizeof(*m))) || !(m->dir = strdup(cfg->keystore)) ||
+        (cfg->source && !(m->conf = strdup(cfg->source))) ||
+        (!is_default(cfg->master_key) && !(m->keyfile = strdup(cfg->master_key)))) {
+        ks_mk_close(m);
+        return KS_ENOMEM;
+    }
+    m->keymode = cfg->key_file_mode ? cfg->key_file_mode : 0600;
+    if ((rc = ks_mkey_load(cfg, &mk, err)) == KS_OK)
+        rc = ks_open(m->dir, &mk, 0, &m->st, err);
+    ks_mkey_clear(&mk);
+    if (rc != KS_OK) {
+        ks_mk_close(m);
+        return rc;
+    }
+    *out = m;
+    return KS_OK;
+}
+
+ks_store *ks_mk_store(ks_mk *m) { return m ? m->st : NULL; }
+
+/* ---- the lock ---------------------------------------------------------------- */
+
+static void read_holder(int fd, char *holder, size_t n)
+{
+    ssize_t r = pread(fd, holder, n - 1, 0);
+    holder[r > 0 ? r : 0] = '\0';
+    holder[strcspn(holder, "\n")] = '\0';
+}
+
+static int lock_take(const char *dir, const ks_mk_opts *o, ks_err *err)
+{
+    char path[4200], holder[256];
+    struct stat sb;
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/rotation.lock", dir);
+    /* Not following a link planted in the directory; not blocking on a FIFO. */
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0600);
+    if (fd < 0) {
+        int e = errno;
+        ks_err_set(err, "cannot open the lock file %s: %s", path,
+                   e == ELOOP ? "it is a symbolic link; remove it" : strerror(e));
+        return e == EACCES || e == EPERM ? KS_EPERM : e == EROFS ? KS_EROFS : KS_EIO;
+    }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        ks_err_set(err, "the lock file %s is not a regular file; remove it", path);
+        close(fd);
+        return KS_EINVAL;
+    }
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool told = false;
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EINTR)
+            continue;
+        if (errno != EWOULDBLOCK) {
+            ks_err_set(err, "cannot lock %s: %s", path, strerror(errno));
+            close(fd);
+            return KS_EIO;
+        }
+        read_holder(fd, holder, sizeof(holder));
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        uint64_t waited = (uint64_t)(t.tv_sec - t0.tv_sec) * 1000u + (uint64_t)((t.tv_nsec - t0.tv_nsec) / 1000000);
+        if (!o || waited >= o->wait_ms) {
+            ks_err_set(err, "another rotation step is running on %s (%s); wait for it to finish (or give it "
+                            "time with --wait SECONDS), then run this command again", dir,
+                       holder[0] ? holder : "holder unknown");
+            close(fd);
+            return KS_EBUSY;
+        }
+        if (!told && o->waiting)
+            o->waiting(holder[0] ? holder : "holder unknown", o->arg);
+        told = true;
+        struct timespec nap = {0, 50 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    char ts[32];
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int n = snprintf(holder, sizeof(holder), "pid %ld, %s, since %s\n", (long)getpid(),
+                     o && o->command ? o->command : "p11mk", ts);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, holder, (size_t)n, 0) != n) {
+        /* The lock holds anyway; only the description for others is missing. */
+    }
+    return fd;
+}
+
+static void lock_release(int fd)
+{
+    if (fd < 0)
+        return;
+    if (ftruncate(fd, 0) != 0) {
+        /* nothing to do: closing releases the lock */
+    }
+    close(fd);
+}
+
+/* ---- reading the state ------------------------------------------------------ */
+
+/* The configuration's master_key, read afresh: another admin may have given
+ * the keystore its key file since this process opened it. */
+static int refresh_keyfile(ks_mk *m, ks_err *err)
+{
+    ks_config cfg;
+    char a[PATH_MAX], b[PATH_MAX];
+    int rc = m->conf ? ks_config_load_file(&cfg, m->conf, err) : ks_config_load(&cfg, err);
+    if (rc != KS_OK)
+        return rc;
+    if (!is_default(cfg.master_key) && cfg.keystore && realpath(cfg.keystore, a) && realpath(m->dir, b) &&
+        strcmp(a, b) == 0 && (!m->keyfile || strcmp(m->keyfile, cfg.master_key) != 0)) {
+        char *k = strdup(cfg.master_key);
+        if (!k) {
+            ks_config_free(&cfg);
+            return KS_ENOMEM;
+        }
+        free(m->keyfile);
+        m->keyfile = k;
+        m->keymode = cfg.key_file_mode ? cfg.key_file_mode : 0600;
+        if (!m->conf && cfg.source)
+            m->conf = strdup(cfg.source);
+        ks_store_set_keysrc(m->st, m->keyfile, m->keymode);
+    }
+    ks_config_free(&cfg);
+    return KS_OK;
+}
+
+static int load_regs(ks_mk *m, ks_registers *r, ks_err *err)
+{
+    return ks_reg_load(m->keyfile, m->keymode, r, err);
+}
+
+static uint32_t epoch_of(ks_store *st, const uint8_t *key)
+{
+    uint8_t kcv[KS_KCV_LEN];
+    uint32_t e = 0;
+    ks_key_kcv(key, kcv);
+    return ks_epoch_of_kcv(st, kcv, &e) == KS_OK ? e : 0;
+}
+
+/* Bring the registers in line with the keystore, moving keys only. Returns
+ * KS_REPAIRED_* flags; KS_ENOKEY (as a negative value) if the keystore's
+ * current key is nowhere in the key file. Pure: writes nothing. */
+static int repair(ks_store *st, const ks_info *info, ks_registers *r, ks_err *err)
+{
+    uint64_t now = now_unix();
+    unsigned flags = 0;
+    uint8_t key[KS_MK_LEN];
+    int pos = ks_reg_find(r, info->kcv, key), rc;
+
+    if (pos == KS_REG_NONE) {
+        char hex[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(info->kcv, hex);
+        ks_err_set(err, "the key file %s does not hold the keystore's current master key (epoch %u, check value "
+                        "%s); restore the key file from its backup", r->current.source, info->epoch, hex);
+        OPENSSL_cleanse(key, sizeof(key));
+        return KS_ENOKEY;
+    }
+    if (pos != KS_REG_CURRENT) {
+        /* The keystore moved on (a commit whose key file update was lost), or
+         * the key file was put back from an older copy: the keystore's key
+         * becomes CURRENT, the other one heads the history. */
+        ks_mkey was = r->current;
+        if (pos == KS_REG_NEW) {
+            r->has_new = false;
+            ks_mkey_clear(&r->staged);
+            flags |= KS_MK_REPAIRED_PROMOTED;
+        } else {
+            ks_reg_remove_old(r, (size_t)(pos - KS_REG_OLD));
+            flags |= KS_MK_REPAIRED_REORDERED;
+        }
+        memcpy(r->current.key, key, KS_MK_LEN);
+        r->current.is_default = false;
+        if ((rc = ks_reg_insert_old(r, 0, was.key, epoch_of(st, was.key), now, false)) != KS_OK) {
+            ks_mkey_clear(&was);
+            OPENSSL_cleanse(key, sizeof(key));
+            return rc;
+        }
+        ks_mkey_clear(&was);
+    }
+    if (info->new_epoch) {
+        /* Staged: NEW must be the keystore's staged key. */
+        int p2 = ks_reg_find(r, info->new_kcv, key);
+        if (p2 >= KS_REG_OLD) {
+            if (r->has_new && (rc = ks_reg_insert_old(r, 0, r->staged.key, 0, now, true)) != KS_OK)
+                goto out;
+            p2 = ks_reg_find(r, info->new_kcv, key); /* the insert shifted the history */
+            ks_reg_remove_old(r, (size_t)(p2 - KS_REG_OLD));
+            memcpy(r->staged.key, key, KS_MK_LEN);
+            r->has_new = true;
+            flags |= KS_MK_REPAIRED_REORDERED;
+        } else if (p2 == KS_REG_NONE && r->has_new) {
+            /* NEW is another key than the staged one: it sealed nothing here. */
+            if ((rc = ks_reg_insert_old(r, 0, r->staged.key, 0, now, true)) != KS_OK)
+                goto out;
+            r->has_new = false;
+            ks_mkey_clear(&r->staged);
+            flags |= KS_MK_REPAIRED_RETIRED;
+        }
+    } else if (r->has_new) {
+        /* Idle, yet the key file holds NEW: a stage that never reached the
+         * keystore, or an abort whose key file update was lost. */
+        if ((rc = ks_reg_insert_old(r, 0, r->staged.key, epoch_of(st, r->staged.key), now, true)) != KS_OK)
+            goto out;
+        r->has_new = false;
+        ks_mkey_clear(&r->staged);
+        flags |= KS_MK_REPAIRED_RETIRED;
+    }
+    rc = (int)flags;
+out:
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc;
+}
+
+static void history_digest(const ks_registers *r, uint8_t out[32])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    EVP_MD *md = EVP_MD_fetch(ks_libctx(), "SHA256", NULL);
+    unsigned len = 0;
+    memset(out, 0, 32);
+    if (c && md && EVP_DigestInit_ex(c, md, NULL)) {
+        for (size_t i = 0; r && i < r->n_old; i++) {
+            uint8_t be[5];
+            ks_be32(be, r->old[i].epoch);
+            be[4] = r->old[i].aborted;
+            EVP_DigestUpdate(c, r->old[i].kcv, KS_KCV_LEN);
+            EVP_DigestUpdate(c, be, sizeof(be));
+        }
+        EVP_DigestFinal_ex(c, out, &len);
+    }
+    EVP_MD_free(md);
+    EVP_MD_CTX_free(c);
+}
+
+static int make_view(const ks_info *info, const ks_registers *r, bool have_regs, ks_mk_view *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->epoch = info->epoch;
+    v->rot_state = info->rot_state;
+    v->new_epoch = info->new_epoch;
+    memcpy(v->kcv, info->kcv, KS_KCV_LEN);
+    v->has_new = info->new_epoch != 0;
+    if (v->has_new)
+        memcpy(v->new_kcv, info->new_kcv, KS_KCV_LEN);
+    v->key_file = have_regs;
+    v->auto_interval = info->auto_interval;
+    v->last_rotation = info->last_rotation;
+    v->next_due = info->auto_interval ? ks_auto_due(info->last_rotation, info->auto_interval) : 0;
+    history_digest(have_regs ? r : NULL, v->history_digest);
+    if (have_regs && r->n_old) {
+        if (!(v->history = calloc(r->n_old, sizeof(*v->history))))
+            return KS_ENOMEM;
+        for (size_t i = 0; i < r->n_old; i++) {
+            memcpy(v->history[i].kcv, r->old[i].kcv, KS_KCV_LEN);
+            v->history[i].epoch = r->old[i].epoch;
+            v->history[i].retired = r->old[i].retired;
+            v->history[i].aborted = r->old[i].aborted;
+        }
+        v->n_history = r->n_old;
+    }
+    return KS_OK;
+}
+
+void ks_mk_view_free(ks_mk_view *v)
+{
+    if (v) {
+        free(v->history);
+        v->history = NULL;
+        v->n_history = 0;
+    }
+}
+
+void ks_mk_result_free(ks_mk_result *res)
+{
+    if (res) {
+        free(res->destroyed);
+        res->destroyed = NULL;
+        res->n_destroyed = 0;
+    }
+}
+
+static bool same_regs(const ks_registers *a, const ks_registers *b)
+{
+    uint8_t da[32], db[32];
+    if (a->has_new != b->has_new || CRYPTO_memcmp(a->current.key, b->current.key, KS_MK_LEN) ||
+        (a->has_new && CRYPTO_memcmp(a->staged.key, b->staged.key, KS_MK_LEN)) || a->n_old != b->n_old)
+        return false;
+    history_digest(a, da);
+    history_digest(b, db);
+    return memcmp(da, db, 32) == 0;
+}
+
+int ks_mk_view_get(ks_mk *m, ks_mk_view *v, ks_err *err)
+{
+    ks_registers a, b;
+    ks_info info;
+    int rc = KS_OK;
+
+    if (!m || !v)
+        return KS_EINVAL;
+    memset(v, 0, sizeof(*v));
+    memset(&a, 0, sizeof(a));
+    if ((rc = refresh_keyfile(m, err)) != KS_OK)
+        return rc;
+    /* Without the lock: read the key file, the keystore, the key file again,
+     * until the key file held still across the keystore read. */
+    for (int attempt = 0; attempt < 20; attempt++) {
+        if (m->keyfile && (rc = load_regs(m, &a, err)) != KS_OK)
+            return rc;
+        if ((rc = ks_get_info(m->st, &info)) != KS_OK) {
+            ks_reg_clear(&a);
+            return rc;
+        }
+        if (!m->keyfile)
+            break;
+        if ((rc = load_regs(m, &b, err)) != KS_OK) {
+            ks_reg_clear(&a);
+            return rc;
+        }
+        bool same = same_regs(&a, &b);
+        ks_reg_clear(&b);
+        if (same)
+            break;
+        ks_reg_clear(&a);
+    }
+    if (m->keyfile) {
+        int f = repair(m->st, &info, &a, err);
+        if (f < 0) {
+            ks_reg_clear(&a);
+            return f;
+        }
+    }
+    rc = make_view(&info, &a, m->keyfile != NULL, v);
+    ks_reg_clear(&a);
+    return rc;
+}
+
+/* ---- steps --------------------------------------------------------------------- */
+
+static void step_end(step *s)
+{
+    ks_reg_clear(&s->regs);
+    lock_release(s->lockfd);
+    s->lockfd = -1;
+}
+
+static int refresh_info(step *s) { return ks_get_info(s->m->st, &s->info); }
+
+static int save_regs(step *s, ks_err *err) { return ks_reg_save(s->m->keyfile, &s->regs, err); }
+
+static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res, ks_err *err)
+{
+    int rc;
+    memset(s, 0, sizeof(*s));
+    s->m = m;
+    s->lockfd = -1;
+    if (res) {
+        memset(res, 0, sizeof(*res));
+    }
+    if ((rc = lock_take(m->dir, o, err)) < 0)
+        return rc;
+    s->lockfd = rc;
+    if ((rc = refresh_keyfile(m, err)) != KS_OK || (m->keyfile && (rc = load_regs(m, &s->regs, err)) != KS_OK) ||
+        (rc = refresh_info(s)) != KS_OK) {
+        step_end(s);
+        return rc;
+    }
+    s->have_regs = m->keyfile != NULL;
+    if (s->have_regs) {
+        int flags = repair(m->st, &s->info, &s->regs, err);
+        if (flags < 0) {
+            step_end(s);
+            return flags;
+        }
+        if (flags && (rc = save_regs(s, err)) != KS_OK) {
+            step_end(s);
+            return rc;
+        }
+        if (res)
+            res->repaired = (unsigned)flags;
+        if (flags)
+            ks_log(KS_LOG_INFO, "keystore %s: the key file %s was one step behind the keystore (a step was "
+                   "interrupted); repaired", m->dir, m->keyfile);
+    }
+    return KS_OK;
+}
+
+/* The state a person confirmed must still hold. */
+static int check_expect(step *s, const ks_mk_opts *o, ks_err *err)
+{
+    const ks_mk_view *e = o ? o->expect : NULL;
+    ks_mk_view now;
+    char what[512] = "";
+    int rc;
+
+    if (!e)
+        return KS_OK;
+    if ((rc = make_view(&s->info, &s->regs, s->have_regs, &now)) != KS_OK)
+        return rc;
+    if (now.epoch != e->epoch || CRYPTO_memcmp(now.kcv, e->kcv, KS_KCV_LEN))
+        snprintf(what, sizeof(what), "the current master key changed (epoch %u -> %u)", e->epoch, now.epoch);
+    else if (now.rot_state != e->rot_state || now.new_epoch != e->new_epoch || now.has_new != e->has_new ||
+             (now.has_new && CRYPTO_memcmp(now.new_kcv, e->new_kcv, KS_KCV_LEN)))
+        snprintf(what, sizeof(what), "the rotation state changed (%s -> %s)", ks_rot_state_name(e->rot_state),
+                 ks_rot_state_name(now.rot_state));
+    else if (now.n_history != e->n_history || memcmp(now.history_digest, e->history_digest, 32))
+        snprintf(what, sizeof(what), "the history of retired keys changed (%zu -> %zu keys)", e->n_history,
+                 now.n_history);
+    else if (now.auto_interval != e->auto_interval)
+        snprintf(what, sizeof(what), "automatic rotation was turned %s", now.auto_interval ? "on" : "off");
+    ks_mk_view_free(&now);
+    if (!what[0])
+        return KS_OK;
+    ks_err_set(err, "the master-key state changed while you were asked: %s (another command or the "
+                    "auto-update timer ran meanwhile). Nothing was written; look at 'p11mk-admin status' and run "
+                    "the command again", what);
+    return KS_ECHANGED;
+}
+
+/* A keystore still on the built-in default key gets a key file before its
+ * first stage: the registers need a home. */
+static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    ks_mk *m = s->m;
+    char keyfile[4096], *conf = NULL;
+    int rc;
+
+    if (m->keyfile)
+        return KS_OK;
+    if (m->conf)
+        conf = strdup(m->conf);
+    else
+        conf = ks_user_config_path();
+    if (!conf)
+        return KS_ENOMEM;
+    if (o && o->key_file) {
+        snprintf(keyfile, sizeof(keyfile), "%s", o->key_file);
+    } else {
+        const char *slash = strrchr(conf, '/');
+        snprintf(keyfile, sizeof(keyfile), "%.*s/master.key", slash ? (int)(slash - conf) : 1, slash ? conf : ".");
+    }
+    struct stat sb;
+    if (lstat(keyfile, &sb) == 0) {
+        /* An adoption interrupted before the configuration named the file, or
+         * the admin's own key file: usable only if it holds the keystore's key. */
+        ks_registers r;
+        rc = ks_reg_load(keyfile, m->keymode, &r, err);
+        bool ours = rc == KS_OK && ks_reg_find(&r, s->info.kcv, NULL) != KS_REG_NONE;
+        ks_reg_clear(&r);
+        if (!ours) {
+            ks_err_set(err, "%s already exists and does not hold this keystore's master key; name another file "
+                            "with --key-file", keyfile);
+            free(conf);
+            return KS_EEXIST;
+        }
+    } else {
+        /* mkdir -p of the key file's directory (mode 0700) */
+        char d[4096];
+        snprintf(d, sizeof(d), "%s", keyfile);
+        for (char *p = d + 1; *p; p++)
+            if (*p == '/') {
+                *p = '\0';
+                (void)mkdir(d, 0700);
+                *p = '/';
+            }
+        ks_registers r;
+        memset(&r, 0, sizeof(r));
+        ks_mkey_default(&r.current); /* public: writing it down costs nothing */
+        rc = ks_reg_save(keyfile, &r, err);
+        ks_reg_clear(&r);
+        if (rc != KS_OK) {
+            free(conf);
+            return rc;
+        }
+    }
+    if ((rc = ks_config_write_master_key(conf, keyfile, m->dir, err)) != KS_OK) {
+        free(conf);
+        return rc; /* the key file stays: the next attempt adopts it */
+    }
+    free(m->keyfile);
+    free(m->conf);
+    m->keyfile = strdup(keyfile);
+    m->conf = conf;
+    if (!m->keyfile)
+        return KS_ENOMEM;
+    ks_store_set_keysrc(m->st, m->keyfile, m->keymode);
+    if (res) {
+        snprintf(res->key_file, sizeof(res->key_file), "%s", keyfile);
+        snprintf(res->config, sizeof(res->config), "%s", conf);
+    }
+    if ((rc = load_regs(m, &s->regs, err)) != KS_OK)
+        return rc;
+    s->have_regs = true;
+    int flags = repair(m->st, &s->info, &s->regs, err);
+    if (flags < 0)
+        return flags;
+    return flags ? save_regs(s, err) : KS_OK;
+}
+
+static void fill_result(step *s, ks_mk_result *res)
+{
+    if (!res)
+        return;
+    res->epoch = s->info.epoch;
+    res->new_epoch = s->info.new_epoch;
+    memcpy(res->kcv, s->info.kcv, KS_KCV_LEN);
+    if (s->info.new_epoch)
+        memcpy(res->new_kcv, s->info.new_kcv, KS_KCV_LEN);
+    res->next_due = s->info.auto_interval ? ks_auto_due(s->info.last_rotation, s->info.auto_interval) : 0;
+}
+
+/* NEW must be in the key file for rewrap and commit. */
+static int need_new(step *s, ks_err *err)
+{
+    uint8_t k[KS_KCV_LEN];
+    char hex[2 * KS_KCV_LEN + 1];
+    if (s->have_regs && s->regs.has_new) {
+        ks_mkey_kcv(&s->regs.staged, k);
+        if (CRYPTO_memcmp(k, s->info.new_kcv, KS_KCV_LEN) == 0)
+            return KS_OK;
+    }
+    if (!s->have_regs) /* staged in this process (a scratch copy): the store holds it */
+        return KS_OK;
+    ks_kcv_hex(s->info.new_kcv, hex);
+    ks_err_set(err, "the staged master key (epoch %u, check value %s) is not in the key file %s; restore the key "
+                    "file that holds it, or withdraw it with 'p11mk-admin abort'", s->info.new_epoch, hex,
+               s->m->keyfile);
+    return KS_ENOKEY;
+}
+
+static int do_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
+{
+    uint8_t kcv[KS_KCV_LEN];
+    int rc;
+
+    if (s->info.rot_state != KS_ROT_IDLE) {
+        ks_err_set(err, "a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' and "
+                        "'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'", s->info.new_epoch,
+                   ks_rot_state_name(s->info.rot_state));
+        return KS_ESTATE;
+    }
+    ks_mkey_kcv(key, kcv);
+    if (CRYPTO_memcmp(kcv, s->info.kcv, KS_KCV_LEN) == 0) {
+        ks_err_set(err, "the new master key is the current one; nothing to stage");
+        return KS_ESTATE;
+    }
+    /* A key of the history may come back (a passphrase used before): it
+     * moves from the history to NEW. */
+    int pos = ks_reg_find(&s->regs, kcv, NULL);
+    if (pos >= KS_REG_OLD)
+        ks_reg_remove_old(&s->regs, (size_t)(pos - KS_REG_OLD));
+    s->regs.has_new = true;
+    s->regs.staged = *key;
+    snprintf(s->regs.staged.source, sizeof(s->regs.staged.source), "%s", s->m->keyfile);
+    s->regs.staged.file_mode = s->m->keymode;
+    if ((rc = save_regs(s, err)) != KS_OK)
+        return rc; /* the key file is as it was; the keystore was not touched */
+    rc = ks_rot_stage(s->m->st, key, 0, err);
+    if (rc != KS_OK) {
+        /* The keystore may or may not have taken it: settle it as a crash
+         * would be settled, from what the keystore says now. */
+        ks_err e2 = {{0}};
+        if (refresh_info(s) == KS_OK && s->info.new_epoch && CRYPTO_memcmp(s->info.new_kcv, kcv, KS_KCV_LEN) == 0) {
+            rc = KS_OK;
+        } else if (refresh_info(s) == KS_OK) {
+            int f = repair(s->m->st, &s->info, &s->regs, &e2);
+            if (f > 0)
+                (void)save_regs(s, &e2);
+        }
+        if (rc != KS_OK)
+            return rc;
+    }
+    if ((rc = refresh_info(s)) != KS_OK)
+        return rc;
+    fill_result(s, res);
+    return KS_OK;
+}
+
+static int do_rewrap(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    uint64_t done = 0;
+    bool stopped = false;
+    int rc;
+
+    if (s->info.rot_state == KS_ROT_IDLE) {
+        ks_err_set(err, "no new master key is staged; stage one first with 'p11mk-admin stage'");
+        return KS_ESTATE;
+    }
+    if (s->info.rot_state == KS_ROT_ABORTING) {
+        ks_err_set(err, "the rotation is being aborted; run 'p11mk-admin abort' to finish that first");
+        return KS_ESTATE;
+    }
+    if ((rc = need_new(s, err)) != KS_OK)
+        return rc;
+    rc = ks_rot_rewrap(s->m->st, o ? o->batch : 0, o ? o->progress : NULL, o ? o->arg : NULL, &done, &stopped, err);
+    if (res) {
+        res->resealed += done;
+        res->stopped = stopped;
+    }
+    if (rc == KS_OK && (rc = refresh_info(s)) == KS_OK)
+        fill_result(s, res);
+    return rc;
+}
+
+static int do_commit(step *s, bool disable_auto, ks_mk_result *res, ks_err *err)
+{
+    uint32_t old_epoch = s->info.epoch;
+    int rc;
+
+    if (s->info.rot_state == KS_ROT_IDLE) {
+        if (res && (res->repaired & KS_MK_REPAIRED_PROMOTED)) {
+            fill_result(s, res); /* the interrupted commit is complete now */
+            return KS_OK;
+        }
+        ks_err_set(err, "no new master key is staged; nothing to commit");
+        return KS_ESTATE;
+    }
+    if (s->info.rot_state == KS_ROT_ABORTING) {
+        ks_err_set(err, "the rotation is being aborted; finish with 'p11mk-admin abort'");
+        return KS_ESTATE;
+    }
+    if ((rc = need_new(s, err)) != KS_OK)
+        return rc;
+    if ((rc = ks_rot_commit(s->m->st, disable_auto, err)) != KS_OK)
+        return rc;
+    if (res)
+        res->auto_disabled = disable_auto && s->info.auto_interval;
+    if (s->have_regs) {
+        ks_mkey was = s->regs.current;
+        s->regs.current = s->regs.staged;
+        s->regs.has_new = false;
+        ks_mkey_clear(&s->regs.staged);
+        rc = ks_reg_insert_old(&s->regs, 0, was.key, old_epoch, now_unix(), false);
+        ks_mkey_clear(&was);
+        if (rc == KS_OK)
+            rc = save_regs(s, err);
+        if (rc != KS_OK) {
+            char why[sizeof(err->msg)];
+            snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : ks_strerror(rc));
+            ks_err_set(err, "the keystore is committed, but the key file could not be updated (%s); the keystore "
+                            "opens with the key file as it is, and the next step repairs it: run 'p11mk-admin "
+                            "commit' again", why);
+            return rc;
+        }
+    }
+    if ((rc = refresh_info(s)) != KS_OK)
+        return rc;
+    fill_result(s, res);
+    return KS_OK;
+}
+
+static int do_abort(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    uint32_t nxt = s->info.new_epoch;
+    uint8_t nkcv[KS_KCV_LEN];
+    uint64_t done = 0;
+    int rc;
+
+    if (s->info.rot_state == KS_ROT_IDLE) {
+        if (res && (res->repaired & KS_MK_REPAIRED_RETIRED)) {
+            fill_result(s, res); /* the interrupted abort is complete now */
+            return KS_OK;
+        }
+        ks_err_set(err, "no rotation is under way; nothing to abort");
+        return KS_ESTATE;
+    }
+    memcpy(nkcv, s->info.new_kcv, KS_KCV_LEN);
+    rc = ks_rot_abort(s->m->st, o ? o->batch : 0, o ? o->progress : NULL, o ? o->arg : NULL, &done, err);
+    if (res)
+        res->resealed += done;
+    if (rc != KS_OK)
+        return rc;
+    if (s->have_regs && s->regs.has_new) {
+        /* NEW sealed records while it was staged; a backup taken then needs
+         * it. It goes to the history, not away. */
+        uint8_t k[KS_KCV_LEN];
+        ks_mkey_kcv(&s->regs.staged, k);
+        rc = ks_reg_insert_old(&s->regs, 0, s->regs.staged.key, CRYPTO_memcmp(k, nkcv, KS_KCV_LEN) ? 0 : nxt,
+                               now_unix(), true);
+        s->regs.has_new = false;
+        ks_mkey_clear(&s->regs.staged);
+        if (rc == KS_OK)
+            rc = save_regs(s, err);
+        if (rc != KS_OK) {
+            char why[sizeof(err->msg)];
+            snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : ks_strerror(rc));
+            ks_err_set(err, "the keystore is back under the current key, but the key file could not be updated "
+                            "(%s); run 'p11mk-admin abort' again to repair it", why);
+            return rc;
+        }
+    }
+    if ((rc = refresh_info(s)) != KS_OK)
+        return rc;
+    fill_result(s, res);
+    return KS_OK;
+}
+
+/* stage + rewrap + commit, the lock held throughout. */
+static int do_rotate(step *s, const ks_mkey *key, unsigned flags, const ks_mk_opts *o, ks_mk_result *res,
+                     ks_err *err)
+{
+    ks_mkey gen;
+    int rc;
+
+    if (s->info.rot_state != KS_ROT_IDLE) {
+        ks_err_set(err, "a rotation is already under way (%s, epoch %u staged): finish it with 'p11mk-admin "
+                        "rewrap' and 'p11mk-admin commit' (or 'p11mk-admin auto-update run'), or undo it with "
+                        "'p11mk-admin abort'", ks_rot_state_name(s->info.rot_state), s->info.new_epoch);
+        return KS_ESTATE;
+    }
+    if (!key) {
+        if (ks_mkey_generate(&gen) != KS_OK) {
+            ks_err_set(err, "the random generator failed; nothing was changed");
+            return KS_EIO;
+        }
+        key = &gen;
+    }
+    if ((rc = adopt_keyfile(s, o, res, err)) == KS_OK && (rc = do_stage(s, key, res, err)) == KS_OK) {
+        uint8_t staged[KS_KCV_LEN];
+        memcpy(staged, s->info.new_kcv, KS_KCV_LEN);
+        if ((rc = do_rewrap(s, o, res, err)) == KS_OK && !(res && res->stopped))
+            rc = do_commit(s, (flags & KS_MK_MANUAL) != 0, res, err);
+        if (res)
+            memcpy(res->new_kcv, staged, KS_KCV_LEN);
+    }
+    if (key == &gen)
+        ks_mkey_clear(&gen);
+    return rc;
+}
+
+#define STEP(m, o, res, err, body)                                                                                 \
+    do {                                                                                                           \
+        step s_;                                                                                                   \
+        int rc_;                                                                                                   \
+        if (!(m))                                                                                                  \
+            return KS_EINVAL;                                                                                      \
+        if ((rc_ = step_begin((m), (o), &s_, (res), (err))) != KS_OK)                                              \
+            return rc_;                                                                                            \
+        if ((rc_ = check_expect(&s_, (o), (err))) == KS_OK)                                                        \
+            rc_ = (body);                                                                                          \
+        step_end(&s_);                                                                                             \
+        return rc_;                                                                                                \
+    } while (0)
+
+int ks_mk_stage(ks_mk *m, const ks_mkey *key, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    if (!key)
+        return KS_EINVAL;
+    STEP(m, o, res, err, adopt_keyfile(&s_, o, res, err) ?: do_stage(&s_, key, res, err));
+}
+
+int ks_mk_rewrap(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    STEP(m, o, res, err, do_rewrap(&s_, o, res, err));
+}
+
+int ks_mk_commit(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    STEP(m, o, res, err, do_commit(&s_, false, res, err));
+}
+
+int ks_mk_abort(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    STEP(m, o, res, err, do_abort(&s_, o, res, err));
+}
+
+int ks_mk_rotate(ks_mk *m, const ks_mkey *key, unsigned flags, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    STEP(m, o, res, err, do_rotate(&s_, key, flags, o, res, err));
+}
+
+static int do_clear(step *s, size_t keep, uint32_t before, ks_mk_result *res, ks_err *err)
+{
+    size_t n = 0;
+    int rc;
+
+    if (!s->have_regs || s->regs.n_old <= keep)
+        return KS_OK;
+    ks_histinfo *gone = calloc(s->regs.n_old - keep, sizeof(*gone));
+    if (!gone)
+        return KS_ENOMEM;
+    for (size_t i = s->regs.n_old; i-- > keep;) {
+        ks_histkey *h = &s->regs.old[i];
+        if (before && h->epoch >= before)
+            continue;
+        /* Never a key the keystore names (repair keeps them out of the history). */
+        if (!CRYPTO_memcmp(h->kcv, s->info.kcv, KS_KCV_LEN) ||
+            (s->info.new_epoch && !CRYPTO_memcmp(h->kcv, s->info.new_kcv, KS_KCV_LEN)))
+            continue;
+        memcpy(gone[n].kcv, h->kcv, KS_KCV_LEN);
+        gone[n].epoch = h->epoch;
+        gone[n].retired = h->retired;
+        gone[n].aborted = h->aborted;
+        n++;
+        ks_reg_remove_old(&s->regs, i);
+    }
+    if (n && (rc = save_regs(s, err)) != KS_OK) {
+        free(gone);
+        return rc;
+    }
+    if (res) {
+        res->destroyed = gone;
+        res->n_destroyed = n;
+    } else {
+        free(gone);
+    }
+    if (n)
+        ks_log(KS_LOG_INFO, "keystore %s: %zu retired master key(s) destroyed", s->m->dir, n);
+    return KS_OK;
+}
+
+int ks_mk_clear_history(ks_mk *m, size_t keep, uint32_t before, const ks_mk_opts *o, ks_mk_result *res,
+                        ks_err *err)
+{
+    STEP(m, o, res, err, do_clear(&s_, keep, before, res, err));
+}
+
+static int do_set_auto(step *s, uint64_t interval, ks_mk_result *res, ks_err *err)
+{
+    int rc = ks_rot_set_auto(s->m->st, interval);
+    if (rc != KS_OK) {
+        ks_err_set(err, "cannot store the automatic rotation setting: %s", ks_strerror(rc));
+        return rc;
+    }
+    if ((rc = refresh_info(s)) == KS_OK)
+        fill_result(s, res);
+    return rc;
+}
+
+int ks_mk_set_auto(ks_mk *m, uint64_t interval, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    if (interval && (interval < KS_AUTO_MIN || interval > KS_AUTO_MAX)) {
+        ks_err_set(err, "the automatic rotation interval must be between 1 hour and 3650 days (10 years)");
+        return KS_EINVAL;
+    }
+    STEP(m, o, res, err, do_set_auto(&s_, interval, res, err));
+}
+
+static int do_auto_run(step *s, uint64_t now, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    int rc;
+    if (s->info.rot_state == KS_ROT_ABORTING) {
+        if ((rc = do_abort(s, o, res, err)) != KS_OK)
+            return rc;
+        if (res)
+            res->finished = true;
+    } else if (s->info.rot_state != KS_ROT_IDLE) {
+        if ((rc = do_rewrap(s, o, res, err)) != KS_OK || (res && res->stopped) ||
+            (rc = do_commit(s, false, res, err)) != KS_OK)
+            return rc;
+        if (res)
+            res->finished = true;
+    }
+    if (s->info.auto_interval && now >= ks_auto_due(s->info.last_rotation, s->info.auto_interval)) {
+        if ((rc = do_rotate(s, NULL, 0, o, res, err)) != KS_OK)
+            return rc;
+        if (res)
+            res->rotated = true;
+    }
+    fill_result(s, res);
+    return KS_OK;
+}
+
+int ks_mk_auto_run(ks_mk *m, uint64_t now, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    STEP(m, o, res, err, do_auto_run(&s_, now, o, res, err));
+}
+
+/* ---- copies ------------------------------------------------------------------ */
+
+int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    ks_registers regs;
+    ks_mkey cur;
+    bool have_regs = false;
+    int fd, rc;
+
+    if (!cfg || !cfg->keystore || !file)
+        return KS_EINVAL;
+    if (res)
+        memset(res, 0, sizeof(*res));
+    memset(&regs, 0, sizeof(regs));
+    if ((fd = lock_take(cfg->keystore, o, err)) < 0)
+        return fd;
+    /* The registers, read under the lock: the copy may be sealed under any of
+     * them; it is resealed under CURRENT. */
+    if (!is_default(cfg->master_key)) {
+        if ((rc = ks_reg_load(cfg->master_key, cfg->key_file_mode, &regs, err)) != KS_OK)
+            goto out;
+        have_regs = true;
+        cur = regs.current;
+    } else {
+        ks_mkey_default(&cur);
+    }
+    rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, res, err);
+out:
+    ks_mkey_clear(&cur);
+    ks_reg_clear(&regs);
+    lock_release(fd);
+    return rc;
+}
+
+int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info, ks_err *err)
+{
+    int fd, rc;
+    if (!m || !file)
+        return KS_EINVAL;
+    /* Under the lock no step changes the keys between the state we report and
+     * the snapshot we copy: the keys named are exactly the copy's. */
+    if ((fd = lock_take(m->dir, o, err)) < 0)
+        return fd;
+    rc = ks_backup(m->st, file, info, err);
+    lock_release(fd);
+    return rc;
+}
+
+int ks_mk_export(ks_mk *m, const char *file, const ks_mk_opts *o, ks_err *err)
+{
+    int fd, rc;
+    if (!m || !file)
+        return KS_EINVAL;
+    if ((fd = lock_take(m->dir, o, err)) < 0)
+        return fd;
+    rc = ks_export_default(m->st, file, err);
+    lock_release(fd);
+    return rc;
+}
