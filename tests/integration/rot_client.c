@@ -4,11 +4,14 @@
  *   rot_client MODULE LABEL PIN run STOPFILE  sign/verify and create objects
  *                                             continuously until STOPFILE exists
  *   rot_client MODULE LABEL PIN check N       at least N objects, all readable
+ *   rot_client MODULE LABEL PIN follow FIFO   one round of work per line "go"
+ *                                             read from FIFO, until "quit" or EOF
  *
  * It keeps one session and one login for its whole life, as a long-running
- * server would, and prints one line of results. Exit status 0 only if no
- * operation failed. */
+ * server would, and prints one line of results (follow: one line per round,
+ * then one of results). Exit status 0 only if no operation failed. */
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +67,234 @@ static CK_RV make_object(CK_SESSION_HANDLE s, unsigned long i)
     return f->C_CreateObject(s, t, 5, &h);
 }
 
+/* follow: a long-lived application. Keys and a first data object are made
+ * once; each "go" runs one round with the same session and login: ECDSA P-256
+ * sign + verify, AES-256-GCM encrypt + decrypt, find the private key and
+ * earlier objects by label (exactly once each), create a data object and read
+ * it back. One line per round: "round N ok" or "round N FAIL <what> 0x<rv>"
+ * (the first failure of the round, rv 0x0 when the calls worked but the
+ * result was wrong; any other failures of the round go to stderr). */
+struct follower {
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE pub, priv, aes;
+    char prefix[32]; /* "follow-PID", the start of every label */
+    unsigned long round;
+    const char *what; /* first failure of this round */
+    CK_RV rv;
+};
+
+static void fl_label(const struct follower *fl, char *buf, size_t n, const char *name, unsigned long i)
+{
+    if (name)
+        snprintf(buf, n, "%s-%s", fl->prefix, name);
+    else
+        snprintf(buf, n, "%s-obj-%lu", fl->prefix, i);
+}
+
+static void fl_value(CK_BYTE v[64], unsigned long i)
+{
+    memset(v, 'v', 64);
+    snprintf((char *)v + 1, 40, "round-%lu", i);
+}
+
+/* Record a failed step; returns false so that callers can write `return fl_fail(...)`. */
+static bool fl_fail(struct follower *fl, const char *what, CK_RV rv)
+{
+    if (!fl->what) {
+        fl->what = what;
+        fl->rv = rv;
+    } else {
+        fprintf(stderr, "rot_client: round %lu: also %s failed: 0x%lx\n", fl->round, what, (unsigned long)rv);
+    }
+    return false;
+}
+
+static CK_RV fl_create(struct follower *fl, unsigned long i, CK_OBJECT_HANDLE *h)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    char label[64];
+    CK_BYTE value[64];
+    fl_label(fl, label, sizeof(label), NULL, i);
+    fl_value(value, i);
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1}, {CKA_LABEL, label, strlen(label)},
+                        {CKA_APPLICATION, "rot_client", 10}, {CKA_VALUE, value, sizeof(value)}};
+    return f->C_CreateObject(fl->s, t, 5, h);
+}
+
+/* Find objects of this class and label: exactly one, whose handle goes to *h. */
+static bool fl_find_one(struct follower *fl, const char *what, CK_OBJECT_CLASS cls, const char *label,
+                        CK_OBJECT_HANDLE *h)
+{
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE got[8];
+    CK_ULONG n = 0, total = 0;
+    CK_RV rv = f->C_FindObjectsInit(fl->s, t, 2);
+    if (rv != CKR_OK)
+        return fl_fail(fl, what, rv);
+    do {
+        if ((rv = f->C_FindObjects(fl->s, got, 8, &n)) != CKR_OK)
+            break;
+        if (total == 0 && n)
+            *h = got[0];
+        total += n;
+    } while (n == 8);
+    CK_RV rv2 = f->C_FindObjectsFinal(fl->s);
+    if (rv != CKR_OK || rv2 != CKR_OK)
+        return fl_fail(fl, what, rv != CKR_OK ? rv : rv2);
+    if (total != 1) {
+        fprintf(stderr, "rot_client: round %lu: %s: %lu objects labeled %s\n", fl->round, what, (unsigned long)total,
+                label);
+        return fl_fail(fl, what, CKR_OK);
+    }
+    return true;
+}
+
+/* The data object of round i: its label and value are those it was made with. */
+static bool fl_read_obj(struct follower *fl, const char *what, CK_OBJECT_HANDLE h, unsigned long i)
+{
+    char label[64], got_label[64];
+    CK_BYTE want[64], got[64];
+    CK_ATTRIBUTE a[] = {{CKA_LABEL, got_label, sizeof(got_label)}, {CKA_VALUE, got, sizeof(got)}};
+    CK_RV rv = f->C_GetAttributeValue(fl->s, h, a, 2);
+    if (rv != CKR_OK)
+        return fl_fail(fl, what, rv);
+    fl_label(fl, label, sizeof(label), NULL, i);
+    fl_value(want, i);
+    if (a[0].ulValueLen != strlen(label) || memcmp(got_label, label, strlen(label)) != 0 ||
+        a[1].ulValueLen != sizeof(want) || memcmp(got, want, sizeof(want)) != 0) {
+        fprintf(stderr, "rot_client: round %lu: %s: object %s reads back different\n", fl->round, what, label);
+        return fl_fail(fl, what, CKR_OK);
+    }
+    return true;
+}
+
+static void fl_setup(struct follower *fl)
+{
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_MECHANISM ecgen = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, aesgen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_BBOOL yes = CK_TRUE;
+    CK_ULONG len = 32;
+    char ec[64], aes[64];
+    CK_OBJECT_HANDLE h;
+    CK_RV rv;
+    snprintf(fl->prefix, sizeof(fl->prefix), "follow-%ld", (long)getpid());
+    fl_label(fl, ec, sizeof(ec), "ec", 0);
+    fl_label(fl, aes, sizeof(aes), "aes", 0);
+    CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_TOKEN, &yes, 1},
+                         {CKA_VERIFY, &yes, 1}, {CKA_LABEL, ec, strlen(ec)}};
+    CK_ATTRIBUTE kt[] = {{CKA_TOKEN, &yes, 1}, {CKA_SIGN, &yes, 1}, {CKA_LABEL, ec, strlen(ec)}};
+    CK_ATTRIBUTE at[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ENCRYPT, &yes, 1},
+                         {CKA_DECRYPT, &yes, 1}, {CKA_LABEL, aes, strlen(aes)}};
+    if ((rv = f->C_GenerateKeyPair(fl->s, &ecgen, pt, 4, kt, 3, &fl->pub, &fl->priv)) != CKR_OK)
+        die("C_GenerateKeyPair", rv);
+    if ((rv = f->C_GenerateKey(fl->s, &aesgen, at, 5, &fl->aes)) != CKR_OK)
+        die("C_GenerateKey", rv);
+    if ((rv = fl_create(fl, 0, &h)) != CKR_OK) /* round 0's object, for round 1 to find */
+        die("C_CreateObject", rv);
+}
+
+/* One round; true if every step worked. */
+static bool fl_round(struct follower *fl)
+{
+    CK_MECHANISM ecdsa = {CKM_ECDSA_SHA256, NULL, 0};
+    CK_BYTE msg[48], sig[64], iv[12], ct[128], pt[128];
+    CK_ULONG siglen = sizeof(sig), ctlen = sizeof(ct), ptlen = sizeof(pt);
+    CK_RV rv;
+    char label[64];
+    CK_OBJECT_HANDLE h;
+
+    fl->what = NULL;
+    fl->rv = CKR_OK;
+    memset(msg, 0, sizeof(msg));
+    snprintf((char *)msg, sizeof(msg), "%s round %lu", fl->prefix, fl->round);
+
+    /* (a) ECDSA P-256 sign + verify with the key pair made at start. */
+    if ((rv = f->C_SignInit(fl->s, &ecdsa, fl->priv)) != CKR_OK ||
+        (rv = f->C_Sign(fl->s, msg, sizeof(msg), sig, &siglen)) != CKR_OK)
+        fl_fail(fl, "sign", rv);
+    else if ((rv = f->C_VerifyInit(fl->s, &ecdsa, fl->pub)) != CKR_OK ||
+             (rv = f->C_Verify(fl->s, msg, sizeof(msg), sig, siglen)) != CKR_OK)
+        fl_fail(fl, "verify", rv);
+
+    /* (b) AES-256-GCM encrypt and decrypt: the round trip gives the message back. */
+    memset(iv, 0, sizeof(iv));
+    memcpy(iv, &fl->round, sizeof(fl->round) < sizeof(iv) ? sizeof(fl->round) : sizeof(iv));
+    CK_GCM_PARAMS gcm = {iv, sizeof(iv), 96, (CK_BYTE_PTR)fl->prefix, strlen(fl->prefix), 128};
+    CK_MECHANISM mgcm = {CKM_AES_GCM, &gcm, sizeof(gcm)};
+    if ((rv = f->C_EncryptInit(fl->s, &mgcm, fl->aes)) != CKR_OK ||
+        (rv = f->C_Encrypt(fl->s, msg, sizeof(msg), ct, &ctlen)) != CKR_OK)
+        fl_fail(fl, "encrypt", rv);
+    else if ((rv = f->C_DecryptInit(fl->s, &mgcm, fl->aes)) != CKR_OK ||
+             (rv = f->C_Decrypt(fl->s, ct, ctlen, pt, &ptlen)) != CKR_OK)
+        fl_fail(fl, "decrypt", rv);
+    else if (ctlen != sizeof(msg) + 16 || ptlen != sizeof(msg) || memcmp(pt, msg, sizeof(msg)) != 0)
+        fl_fail(fl, "aes-gcm-roundtrip", CKR_OK);
+
+    /* (c) Find by label: the private key (the handle we hold) and the objects
+     * of the previous round and of round 0, each exactly once and intact. */
+    fl_label(fl, label, sizeof(label), "ec", 0);
+    if (fl_find_one(fl, "find-private-key", CKO_PRIVATE_KEY, label, &h) && h != fl->priv) {
+        fprintf(stderr, "rot_client: round %lu: the private key has handle %lu, not %lu\n", fl->round,
+                (unsigned long)h, (unsigned long)fl->priv);
+        fl_fail(fl, "find-private-key-handle", CKR_OK);
+    }
+    fl_label(fl, label, sizeof(label), NULL, fl->round - 1);
+    if (fl_find_one(fl, "find-previous-object", CKO_DATA, label, &h))
+        fl_read_obj(fl, "read-previous-object", h, fl->round - 1);
+    if (fl->round > 1) {
+        fl_label(fl, label, sizeof(label), NULL, 0);
+        if (fl_find_one(fl, "find-first-object", CKO_DATA, label, &h))
+            fl_read_obj(fl, "read-first-object", h, 0);
+    }
+
+    /* (d) A new token data object, read back. */
+    if ((rv = fl_create(fl, fl->round, &h)) != CKR_OK)
+        fl_fail(fl, "create-object", rv);
+    else
+        fl_read_obj(fl, "read-new-object", h, fl->round);
+
+    if (fl->what)
+        printf("round %lu FAIL %s 0x%lx\n", fl->round, fl->what, (unsigned long)fl->rv);
+    else
+        printf("round %lu ok\n", fl->round);
+    fflush(stdout);
+    return fl->what == NULL;
+}
+
+/* Returns the number of failed rounds. */
+static unsigned long follow(CK_SESSION_HANDLE s, const char *path)
+{
+    struct follower fl;
+    unsigned long failures = 0;
+    char line[64];
+    memset(&fl, 0, sizeof(fl));
+    fl.s = s;
+    fl_setup(&fl);
+    FILE *in = fopen(path, "r");
+    if (!in) {
+        perror(path);
+        exit(2);
+    }
+    while (fgets(line, sizeof(line), in)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (strcmp(line, "quit") == 0)
+            break;
+        if (strcmp(line, "go") != 0) {
+            if (line[0])
+                fprintf(stderr, "rot_client: follow: unknown command '%s' ignored\n", line);
+            continue;
+        }
+        fl.round++;
+        if (!fl_round(&fl))
+            failures++;
+    }
+    fclose(in);
+    printf("follow: rounds %lu failures %lu\n", fl.round, failures);
+    fflush(stdout);
+    return failures;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -77,7 +308,7 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc != 6) {
-        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N\n");
+        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N | follow FIFO\n");
         return 2;
     }
     void *mod = dlopen(argv[1], RTLD_NOW);
@@ -174,6 +405,11 @@ int main(int argc, char **argv)
         printf("run: pid %ld ops %lu failures %lu created %lu seconds %.2f sign_p50_us %.1f sign_p99_us %.1f\n",
                (long)getpid(), ops, fails, created, dt, p50 * 1e6, p99 * 1e6);
         free(lat);
+        f->C_Logout(s);
+        f->C_Finalize(NULL);
+        return fails ? 1 : 0;
+    } else if (strcmp(mode, "follow") == 0) {
+        unsigned long fails = follow(s, argv[5]);
         f->C_Logout(s);
         f->C_Finalize(NULL);
         return fails ? 1 : 0;
