@@ -1,0 +1,736 @@
+/* Unit tests of the master-key lifecycle protocol (keystore/ks_lifecycle.c):
+ * the history kept without limit and cleared only on request, the repair of
+ * every half-finished step a crash can leave, the re-check of what a person
+ * confirmed, the lock, the auto-update decision, and a process that keeps a
+ * store open through hundreds of rotations made by another process. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "keystore/ks_internal.h"
+
+typedef struct {
+    char dir[128], ks[160], keyfile[160], conf[160];
+    ks_config cfg;
+    ks_mk *m;
+    uint32_t tid;
+    uint64_t oids[16];
+    size_t n;
+} fx;
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+/* A key without scrypt: these tests rotate hundreds of times. */
+static ks_mkey rand_key(void)
+{
+    ks_mkey k;
+    memset(&k, 0, sizeof(k));
+    assert_int_equal(RAND_bytes(k.key, KS_MK_LEN), 1);
+    snprintf(k.source, sizeof(k.source), "test");
+    return k;
+}
+
+static void kcv_of(const ks_mkey *k, uint8_t out[KS_KCV_LEN]) { ks_mkey_kcv(k, out); }
+
+typedef struct {
+    uint32_t tid;
+    const char *data;
+    uint64_t oid;
+} put_arg;
+
+static int put_fn(ks_txn *t, void *arg)
+{
+    put_arg *a = arg;
+    int rc = KS_OK;
+    if (!a->tid) {
+        rc = ks_token_new_id(t, &a->tid);
+        if (rc == KS_OK)
+            rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
+    }
+    if (rc == KS_OK && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
+        rc = ks_obj_put(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
+    return rc;
+}
+
+static int readable(ks_store *st, uint32_t tid, uint64_t oid)
+{
+    ks_txn *t;
+    uint8_t *b = NULL;
+    size_t l = 0;
+    int rc = ks_read_begin(st, &t);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_obj_get(t, tid, oid, &b, &l);
+    ks_read_end(t);
+    ks_buf_free(b, l);
+    return rc;
+}
+
+static void write_conf(fx *f)
+{
+    FILE *c = fopen(f->conf, "w");
+    assert_non_null(c);
+    fprintf(c, "keystore = %s\nmaster_key = %s\n", f->ks, f->keyfile);
+    fclose(c);
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    ks_err err = {{0}};
+    ks_registers r;
+    ks_store *st;
+
+    snprintf(f->dir, sizeof(f->dir), "/tmp/p11mk-lc-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->ks, sizeof(f->ks), "%s/ks", f->dir);
+    snprintf(f->keyfile, sizeof(f->keyfile), "%s/master.key", f->dir);
+    snprintf(f->conf, sizeof(f->conf), "%s/p11mk.conf", f->dir);
+    memset(&r, 0, sizeof(r));
+    r.current = rand_key();
+    assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
+    ks_mkey k = r.current;
+    ks_reg_clear(&r);
+    assert_int_equal(ks_open(f->ks, &k, KS_OPEN_CREATE, &st, &err), KS_OK);
+    for (int i = 0; i < 8; i++) {
+        put_arg a = {f->tid, "object", 0};
+        assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+        f->tid = a.tid;
+        f->oids[f->n++] = a.oid;
+    }
+    ks_close(st);
+    write_conf(f);
+    assert_int_equal(ks_config_load_file(&f->cfg, f->conf, &err), KS_OK);
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    ks_mk_close(f->m);
+    ks_config_free(&f->cfg);
+    nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static void all_readable(fx *f, ks_store *st)
+{
+    for (size_t i = 0; i < f->n; i++)
+        assert_int_equal(readable(st, f->tid, f->oids[i]), KS_OK);
+}
+
+static void load(fx *f, ks_registers *r)
+{
+    ks_err err = {{0}};
+    assert_int_equal(ks_reg_load(f->keyfile, 0600, r, &err), KS_OK);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *in = fopen(path, "rb");
+    assert_non_null(in);
+    char *buf = malloc(1 << 20);
+    *len = fread(buf, 1, 1 << 20, in);
+    fclose(in);
+    return buf;
+}
+
+/* ---- history ------------------------------------------------------------------ */
+
+static void test_history_unbounded_and_cleared_on_request(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    uint8_t kcvs[41][KS_KCV_LEN];
+    ks_registers r;
+
+    load(f, &r);
+    kcv_of(&r.current, kcvs[0]);
+    ks_reg_clear(&r);
+    /* 40 rotations: far past the old silent cap of 16. */
+    for (int i = 1; i <= 40; i++) {
+        ks_mkey k = rand_key();
+        kcv_of(&k, kcvs[i]);
+        assert_int_equal(ks_mk_rotate(f->m, &k, 0, NULL, &res, &err), KS_OK);
+        assert_int_equal(res.epoch, (uint32_t)(1 + i));
+        ks_mk_result_free(&res);
+    }
+    load(f, &r);
+    assert_int_equal(r.n_old, 40);
+    for (int i = 0; i < 40; i++) { /* newest first, with its epoch */
+        assert_memory_equal(r.old[i].kcv, kcvs[39 - i], KS_KCV_LEN);
+        assert_int_equal(r.old[i].epoch, (uint32_t)(40 - i));
+        assert_false(r.old[i].aborted);
+        assert_true(r.old[i].retired > 0);
+    }
+    ks_reg_clear(&r);
+    all_readable(f, ks_mk_store(f->m));
+
+    /* --keep 30 --before 5: of the 10 oldest (epochs 1..10), those below 5. */
+    assert_int_equal(ks_mk_clear_history(f->m, 30, 5, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.n_destroyed, 4);
+    for (size_t i = 0; i < res.n_destroyed; i++)
+        assert_true(res.destroyed[i].epoch < 5);
+    ks_mk_result_free(&res);
+    load(f, &r);
+    assert_int_equal(r.n_old, 36);
+    assert_int_equal(r.old[35].epoch, 5);
+    ks_reg_clear(&r);
+    /* --keep 3 */
+    assert_int_equal(ks_mk_clear_history(f->m, 3, 0, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.n_destroyed, 33);
+    ks_mk_result_free(&res);
+    load(f, &r);
+    assert_int_equal(r.n_old, 3);
+    assert_int_equal(r.old[0].epoch, 40);
+    ks_reg_clear(&r);
+    /* all */
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.n_destroyed, 3);
+    ks_mk_result_free(&res);
+    load(f, &r);
+    assert_int_equal(r.n_old, 0);
+    uint8_t k[KS_KCV_LEN];
+    kcv_of(&r.current, k);
+    assert_memory_equal(k, kcvs[40], KS_KCV_LEN); /* CURRENT is never touched */
+    ks_reg_clear(&r);
+    all_readable(f, ks_mk_store(f->m));
+}
+
+/* An aborted NEW sealed records while it was staged: a backup of that time
+ * needs it, so it goes to the history, marked aborted. */
+static void test_abort_keeps_the_key(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    ks_mkey k = rand_key();
+    uint8_t kcv[KS_KCV_LEN];
+    ks_registers r;
+
+    kcv_of(&k, kcv);
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.new_epoch, 2);
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_ESTATE);
+    assert_int_equal(ks_mk_abort(f->m, NULL, &res, &err), KS_OK);
+    load(f, &r);
+    assert_false(r.has_new);
+    assert_int_equal(r.n_old, 1);
+    assert_memory_equal(r.old[0].kcv, kcv, KS_KCV_LEN);
+    assert_true(r.old[0].aborted);
+    assert_int_equal(r.old[0].epoch, 2);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_abort(f->m, NULL, &res, &err), KS_ESTATE);
+    assert_non_null(strstr(err.msg, "nothing to abort"));
+    /* The same key may be staged again: it leaves the history for NEW. */
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
+    load(f, &r);
+    assert_true(r.has_new);
+    assert_int_equal(r.n_old, 0);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_rewrap(f->m, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_OK);
+    all_readable(f, ks_mk_store(f->m));
+}
+
+/* ---- repair of what a crash leaves --------------------------------------------- */
+
+/* The key file as a crash between a step's two writes leaves it. */
+static void put_regs(fx *f, const ks_mkey *cur, const ks_mkey *nxt)
+{
+    ks_registers r;
+    ks_err err = {{0}};
+    memset(&r, 0, sizeof(r));
+    r.current = *cur;
+    if (nxt) {
+        r.has_new = true;
+        r.staged = *nxt;
+    }
+    assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
+    ks_reg_clear(&r);
+}
+
+static void test_repair_each_half_step(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    ks_registers r;
+    ks_mkey k1, k2 = rand_key(), k3 = rand_key();
+    uint8_t c1[KS_KCV_LEN], c2[KS_KCV_LEN], c3[KS_KCV_LEN];
+
+    load(f, &r);
+    k1 = r.current;
+    ks_reg_clear(&r);
+    kcv_of(&k1, c1);
+    kcv_of(&k2, c2);
+    kcv_of(&k3, c3);
+
+    /* 1. stage: the key file gained NEW, the keystore never staged it. */
+    put_regs(f, &k1, &k2);
+    assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_ESTATE);
+    assert_true(res.repaired & KS_MK_REPAIRED_RETIRED);
+    load(f, &r);
+    assert_false(r.has_new);
+    assert_int_equal(r.n_old, 1); /* moved, not dropped */
+    assert_memory_equal(r.old[0].kcv, c2, KS_KCV_LEN);
+    assert_true(r.old[0].aborted);
+    ks_reg_clear(&r);
+
+    /* 2. commit: the keystore committed, the key file still says NEW. */
+    assert_int_equal(ks_mk_stage(f->m, &k3, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_rewrap(f->m, NULL, &res, &err), KS_OK);
+    ks_registers before;
+    load(f, &before);
+    assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_reg_save(f->keyfile, &before, &err), KS_OK); /* as if the key file update was lost */
+    ks_reg_clear(&before);
+    /* A fresh process opens the keystore with the lagging key file. */
+    ks_config cfg;
+    ks_mk *m2;
+    assert_int_equal(ks_config_load_file(&cfg, f->conf, &err), KS_OK);
+    ks_mk_close(f->m);
+    f->m = NULL;
+    assert_int_equal(ks_mk_open(&cfg, &m2, &err), KS_OK);
+    all_readable(f, ks_mk_store(m2));
+    ks_mk_view v;
+    assert_int_equal(ks_mk_view_get(m2, &v, &err), KS_OK); /* the view shows it repaired, writes nothing */
+    assert_memory_equal(v.kcv, c3, KS_KCV_LEN);
+    assert_false(v.has_new);
+    assert_int_equal(v.n_history, 2);
+    ks_mk_view_free(&v);
+    load(f, &r);
+    assert_true(r.has_new);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_commit(m2, NULL, &res, &err), KS_OK); /* the commit finishes: repair */
+    assert_true(res.repaired & KS_MK_REPAIRED_PROMOTED);
+    load(f, &r);
+    uint8_t k[KS_KCV_LEN];
+    kcv_of(&r.current, k);
+    assert_memory_equal(k, c3, KS_KCV_LEN);
+    assert_false(r.has_new);
+    assert_int_equal(r.n_old, 2);
+    assert_memory_equal(r.old[0].kcv, c1, KS_KCV_LEN);
+    assert_false(r.old[0].aborted);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_commit(m2, NULL, &res, &err), KS_ESTATE); /* and then there is nothing to commit */
+
+    /* 3. a key file put back from an old copy: CURRENT is a retired key. */
+    ks_mkey k4 = rand_key();
+    assert_int_equal(ks_mk_rotate(m2, &k4, 0, NULL, &res, &err), KS_OK);
+    ks_registers now;
+    load(f, &now);
+    put_regs(f, &k3, NULL); /* the old CURRENT, and k4 nowhere */
+    assert_int_equal(ks_mk_clear_history(m2, 0, 0, NULL, &res, &err), KS_ENOKEY);
+    assert_non_null(strstr(err.msg, "does not hold the keystore's current master key"));
+    assert_int_equal(ks_reg_save(f->keyfile, &now, &err), KS_OK);
+    ks_reg_clear(&now);
+    /* k4 current but listed in the history, k3 as CURRENT: reordered. */
+    memset(&r, 0, sizeof(r));
+    r.current = k3;
+    assert_int_equal(ks_reg_insert_old(&r, 0, k4.key, 5, 1, false), KS_OK);
+    assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_set_auto(m2, 0, NULL, &res, &err), KS_OK);
+    assert_true(res.repaired & KS_MK_REPAIRED_REORDERED);
+    load(f, &r);
+    assert_memory_equal(r.current.key, k4.key, KS_MK_LEN);
+    assert_int_equal(r.n_old, 1);
+    assert_memory_equal(r.old[0].key, k3.key, KS_MK_LEN);
+    ks_reg_clear(&r);
+    all_readable(f, ks_mk_store(m2));
+    ks_mk_close(m2);
+    ks_config_free(&cfg);
+    assert_int_equal(ks_config_load_file(&cfg, f->conf, &err), KS_OK);
+    assert_int_equal(ks_mk_open(&cfg, &f->m, &err), KS_OK);
+    ks_config_free(&cfg);
+}
+
+/* ---- what a person confirmed ------------------------------------------------------ */
+
+static void test_expectation_refuses_and_writes_nothing(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    ks_mk_view seen;
+    ks_mkey a = rand_key(), b = rand_key();
+    assert_int_equal(ks_mk_rotate(f->m, &a, 0, NULL, &res, &err), KS_OK);
+    /* The person is shown the state ... */
+    assert_int_equal(ks_mk_view_get(f->m, &seen, &err), KS_OK);
+    assert_int_equal(seen.n_history, 1);
+    /* ... meanwhile another command rotates ... */
+    assert_int_equal(ks_mk_rotate(f->m, &b, 0, NULL, &res, &err), KS_OK);
+    size_t l1, l2;
+    char *before = slurp(f->keyfile, &l1);
+    /* ... and the answer 'y' arrives. */
+    ks_mk_opts o = {.expect = &seen};
+    err.msg[0] = 0;
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, &o, &res, &err), KS_ECHANGED);
+    assert_non_null(strstr(err.msg, "changed while you were asked"));
+    assert_non_null(strstr(err.msg, "epoch 2 -> 3"));
+    ks_mkey c = rand_key();
+    assert_int_equal(ks_mk_rotate(f->m, &c, KS_MK_MANUAL, &o, &res, &err), KS_ECHANGED);
+    char *after = slurp(f->keyfile, &l2);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(before, after, l1);
+    free(before);
+    free(after);
+    ks_info info;
+    assert_int_equal(ks_get_info(ks_mk_store(f->m), &info), KS_OK);
+    assert_int_equal(info.epoch, 3);
+    ks_mk_view_free(&seen);
+    /* A fresh view is accepted. */
+    assert_int_equal(ks_mk_view_get(f->m, &seen, &err), KS_OK);
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, &o, &res, &err), KS_OK);
+    assert_int_equal(res.n_destroyed, 2);
+    ks_mk_result_free(&res);
+    ks_mk_view_free(&seen);
+    /* A history change alone is noticed too. */
+    assert_int_equal(ks_mk_view_get(f->m, &seen, &err), KS_OK);
+    ks_mkey d = rand_key();
+    assert_int_equal(ks_mk_stage(f->m, &d, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_abort(f->m, NULL, &res, &err), KS_OK); /* epoch and state as before, history +1 */
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, &o, &res, &err), KS_ECHANGED);
+    assert_non_null(strstr(err.msg, "history"));
+    ks_mk_view_free(&seen);
+}
+
+/* ---- the lock ---------------------------------------------------------------------- */
+
+static void test_lock_excludes_and_waits(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    char lp[200];
+    int pipefd[2];
+    snprintf(lp, sizeof(lp), "%s/rotation.lock", f->ks);
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(lp, O_RDWR | O_CREAT, 0600);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0 || write(fd, "pid 1, test, since now\n", 23) != 23)
+            _exit(1);
+        if (write(pipefd[1], "x", 1) != 1)
+            _exit(1);
+        usleep(600000);
+        _exit(0);
+    }
+    char c;
+    assert_int_equal(read(pipefd[0], &c, 1), 1);
+    ks_mk_opts now = {.wait_ms = 0};
+    assert_int_equal(ks_mk_set_auto(f->m, 0, &now, &res, &err), KS_EBUSY);
+    assert_non_null(strstr(err.msg, "pid 1, test"));
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ks_mk_opts later = {.wait_ms = 5000};
+    assert_int_equal(ks_mk_set_auto(f->m, 0, &later, &res, &err), KS_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 300);
+    waitpid(pid, NULL, 0);
+    close(pipefd[0]);
+    close(pipefd[1]);
+    /* A symbolic link planted as the lock file is refused, not followed. */
+    char victim[200];
+    snprintf(victim, sizeof(victim), "%s/victim", f->dir);
+    FILE *v = fopen(victim, "w");
+    fputs("do not truncate", v);
+    fclose(v);
+    unlink(lp);
+    assert_int_equal(symlink(victim, lp), 0);
+    assert_int_not_equal(ks_mk_set_auto(f->m, 0, &now, &res, &err), KS_OK);
+    assert_non_null(strstr(err.msg, "symbolic link"));
+    struct stat sb;
+    assert_int_equal(stat(victim, &sb), 0);
+    assert_int_equal(sb.st_size, 15);
+    unlink(lp);
+}
+
+/* ---- automatic rotation ---------------------------------------------------------------- */
+
+static void test_auto_update_decision(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    assert_int_equal(ks_auto_due(UINT64_MAX - 5, 3600), UINT64_MAX);
+    assert_int_equal(ks_auto_due(100, 3600), 3700);
+    assert_int_equal(ks_mk_set_auto(f->m, KS_AUTO_MIN - 1, NULL, &res, &err), KS_EINVAL);
+    assert_int_equal(ks_mk_set_auto(f->m, KS_AUTO_MAX + 1, NULL, &res, &err), KS_EINVAL);
+    assert_int_equal(ks_mk_set_auto(f->m, UINT64_MAX, NULL, &res, &err), KS_EINVAL);
+    assert_int_equal(ks_mk_set_auto(f->m, KS_AUTO_MAX, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_set_auto(f->m, 3600, NULL, &res, &err), KS_OK);
+    uint64_t due = res.next_due;
+    assert_true(due > (uint64_t)time(NULL));
+    assert_int_equal(ks_mk_auto_run(f->m, due - 1, NULL, &res, &err), KS_OK);
+    assert_false(res.rotated);
+    assert_int_equal(res.epoch, 1);
+    /* Two timers at the moment it is due: one rotation. */
+    pid_t kids[2];
+    for (int i = 0; i < 2; i++) {
+        kids[i] = fork();
+        assert_true(kids[i] >= 0);
+        if (kids[i] == 0) {
+            ks_config cfg;
+            ks_mk *m;
+            ks_err e = {{0}};
+            ks_mk_result r;
+            ks_mk_opts o = {.wait_ms = 20000};
+            if (ks_config_load_file(&cfg, f->conf, &e) != KS_OK || ks_mk_open(&cfg, &m, &e) != KS_OK)
+                _exit(2);
+            int rc = ks_mk_auto_run(m, due, &o, &r, &e);
+            _exit(rc != KS_OK ? 1 : r.rotated ? 10 : 0);
+        }
+    }
+    int rotated = 0;
+    for (int i = 0; i < 2; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        assert_true(WIFEXITED(st));
+        assert_true(WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 10);
+        rotated += WEXITSTATUS(st) == 10;
+    }
+    assert_int_equal(rotated, 1);
+    ks_info info;
+    assert_int_equal(ks_get_info(ks_mk_store(f->m), &info), KS_OK);
+    assert_int_equal(info.epoch, 2);
+    /* A key set by hand turns it off in the same commit. */
+    ks_mkey k = rand_key();
+    assert_int_equal(ks_mk_rotate(f->m, &k, KS_MK_MANUAL, NULL, &res, &err), KS_OK);
+    assert_true(res.auto_disabled);
+    assert_int_equal(ks_get_info(ks_mk_store(f->m), &info), KS_OK);
+    assert_int_equal(info.auto_interval, 0);
+    all_readable(f, ks_mk_store(f->m));
+}
+
+/* An interrupted rotation is finished by the timer's step. */
+static void test_auto_run_finishes_interrupted(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    ks_mkey k = rand_key();
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_auto_run(f->m, (uint64_t)time(NULL), NULL, &res, &err), KS_OK);
+    assert_true(res.finished);
+    assert_false(res.rotated);
+    assert_int_equal(res.epoch, 2);
+    k = rand_key();
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_rot_abort(ks_mk_store(f->m), 1, NULL, NULL, NULL, &err), KS_OK); /* the keystore half */
+    assert_int_equal(ks_mk_auto_run(f->m, (uint64_t)time(NULL), NULL, &res, &err), KS_OK);
+    assert_true(res.repaired & KS_MK_REPAIRED_RETIRED);
+    ks_registers r;
+    load(f, &r);
+    assert_false(r.has_new);
+    ks_reg_clear(&r);
+    all_readable(f, ks_mk_store(f->m));
+}
+
+/* ---- a process that stays loaded --------------------------------------------------------- */
+
+/* The parent keeps one store open (as a TLS server keeps the module loaded)
+ * while a child rotates 250 times through the lifecycle; after every
+ * rotation the parent reads, writes and reads back, and holds no more than
+ * two master keys of its own. */
+static void test_long_lived_process_follows_250_rotations(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_store *st;
+    ks_mkey first;
+    int to_child[2], to_parent[2];
+    const int rounds = 250;
+
+    ks_registers r;
+    load(f, &r);
+    first = r.current;
+    snprintf(first.source, sizeof(first.source), "%s", f->keyfile);
+    first.file_mode = 0600;
+    ks_reg_clear(&r);
+    ks_mk_close(f->m); /* the child does the rotations; the parent is only an application */
+    f->m = NULL;
+    assert_int_equal(pipe(to_child), 0);
+    assert_int_equal(pipe(to_parent), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ks_mk *m;
+        ks_mk_result res;
+        ks_err e = {{0}};
+        char c;
+        close(to_child[1]);
+        close(to_parent[0]);
+        if (ks_mk_open(&f->cfg, &m, &e) != KS_OK)
+            _exit(2);
+        while (read(to_child[0], &c, 1) == 1 && c == 'r') {
+            ks_mkey k = rand_key();
+            int rc = ks_mk_rotate(m, &k, 0, NULL, &res, &e);
+            c = rc == KS_OK ? 'k' : 'f';
+            if (write(to_parent[1], &c, 1) != 1)
+                _exit(3);
+        }
+        ks_mk_close(m);
+        _exit(0);
+    }
+    close(to_child[0]);
+    close(to_parent[1]);
+    assert_int_equal(ks_open(f->ks, &first, 0, &st, &err), KS_OK);
+    for (int i = 1; i <= rounds; i++) {
+        char c = 'r';
+        assert_int_equal(write(to_child[1], &c, 1), 1);
+        assert_int_equal(read(to_parent[0], &c, 1), 1);
+        assert_int_equal(c, 'k');
+        all_readable(f, st);
+        put_arg a = {f->tid, "written after a rotation", 0};
+        assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+        assert_int_equal(readable(st, f->tid, a.oid), KS_OK);
+        assert_int_equal(ks_epoch(st), (uint32_t)(1 + i));
+        pthread_mutex_lock(&st->ring_lock);
+        size_t held = st->nextra;
+        pthread_mutex_unlock(&st->ring_lock);
+        assert_true(held <= 2);
+    }
+    close(to_child[1]);
+    close(to_parent[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    uint64_t checked, failed;
+    assert_int_equal(ks_verify(st, NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    ks_close(st);
+    ks_mkey_clear(&first);
+    load(f, &r);
+    assert_int_equal(r.n_old, (size_t)rounds);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
+}
+
+/* ---- the registers file format --------------------------------------------------------------- */
+
+static void test_registers_v2_and_damage(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_registers r;
+    char path[200];
+    snprintf(path, sizeof(path), "%s/regs", f->dir);
+    memset(&r, 0, sizeof(r));
+    r.current = rand_key();
+    for (int i = 0; i < 100; i++) {
+        ks_mkey k = rand_key();
+        assert_int_equal(ks_reg_insert_old(&r, r.n_old, k.key, (uint32_t)(200 - i), 1700000000u + (uint64_t)i,
+                                           i % 7 == 3), KS_OK);
+    }
+    assert_int_equal(ks_reg_save(path, &r, &err), KS_OK);
+    ks_registers back;
+    assert_int_equal(ks_reg_load(path, 0600, &back, &err), KS_OK);
+    assert_int_equal(back.n_old, 100);
+    for (int i = 0; i < 100; i++) {
+        assert_memory_equal(back.old[i].key, r.old[i].key, KS_MK_LEN);
+        assert_memory_equal(back.old[i].kcv, r.old[i].kcv, KS_KCV_LEN);
+        assert_int_equal(back.old[i].epoch, r.old[i].epoch);
+        assert_int_equal(back.old[i].retired, r.old[i].retired);
+        assert_int_equal(back.old[i].aborted, r.old[i].aborted);
+    }
+    ks_reg_clear(&back);
+    /* A version 1 file (old lines without fields) still reads. */
+    {
+        char v1[200];
+        snprintf(v1, sizeof(v1), "%s/v1", f->dir);
+        /* written by hand: magic v1, current, old, check over the lines */
+        static const char body[] = "p11mk-registers 1\n"
+                                   "current 0101010101010101010101010101010101010101010101010101010101010101\n"
+                                   "old 0202020202020202020202020202020202020202020202020202020202020202\n";
+        uint8_t sum[32];
+        size_t sl = 0;
+        assert_true(EVP_Q_digest(NULL, "SHA256", NULL, body, sizeof(body) - 1, sum, &sl));
+        FILE *o = fopen(v1, "w");
+        fputs(body, o);
+        fprintf(o, "check ");
+        for (int i = 0; i < 8; i++)
+            fprintf(o, "%02x", sum[i]);
+        fputc('\n', o);
+        fclose(o);
+        chmod(v1, 0600);
+        assert_int_equal(ks_reg_load(v1, 0600, &back, &err), KS_OK);
+        assert_int_equal(back.n_old, 1);
+        assert_int_equal(back.old[0].epoch, 0);
+        assert_int_equal(back.old[0].key[0], 2);
+        ks_reg_clear(&back);
+    }
+    /* Every single-byte change of the file is refused (or is a comment). */
+    size_t len;
+    char *orig = slurp(path, &len);
+    int refused = 0, tried = 0;
+    for (size_t off = 60; off < len; off += 97) {
+        char *mod = malloc(len);
+        memcpy(mod, orig, len);
+        mod[off] ^= 0x01;
+        FILE *o = fopen(path, "wb");
+        fwrite(mod, 1, len, o);
+        fclose(o);
+        tried++;
+        int rc = ks_reg_load(path, 0600, &back, &err);
+        if (rc != KS_OK)
+            refused++;
+        else
+            ks_reg_clear(&back);
+        free(mod);
+    }
+    assert_int_equal(refused, tried);
+    /* A FIFO where the key file belongs: refused at once, not a hang. */
+    unlink(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(ks_reg_load(path, 0600, &back, &err), KS_EINVAL);
+    assert_non_null(strstr(err.msg, "not a regular file"));
+    unlink(path);
+    free(orig);
+    ks_reg_clear(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_history_unbounded_and_cleared_on_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abort_keeps_the_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_repair_each_half_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expectation_refuses_and_writes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_excludes_and_waits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auto_update_decision, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auto_run_finishes_interrupted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_lived_process_follows_250_rotations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_registers_v2_and_damage, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
