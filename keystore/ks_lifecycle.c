@@ -129,7 +129,7 @@ static int lock_take(const char *dir, const ks_mk_opts *o, ks_err *err)
         int e = errno;
         ks_err_set(err, "cannot open the lock file %s: %s", path,
                    e == ELOOP ? "it is a symbolic link; remove it" : strerror(e));
-        return e == EACCES || e == EPERM ? KS_EPERM : e == EROFS ? KS_EROFS : KS_EIO;
+        return e == EACCES || e == EPERM || e == EROFS ? KS_EROFS : KS_EIO;
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         ks_err_set(err, "the lock file %s is not a regular file; remove it", path);
@@ -412,6 +412,10 @@ int ks_mk_view_get(ks_mk *m, ks_mk_view *v, ks_err *err)
         if (same)
             break;
         ks_reg_clear(&a);
+        if (attempt == 19) {
+            ks_err_set(err, "the key file %s kept changing while it was read; try again", m->keyfile);
+            return KS_EBUSY;
+        }
     }
     if (m->keyfile) {
         int f = repair(m->st, &info, &a, err);

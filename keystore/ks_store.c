@@ -61,7 +61,7 @@ static void store_free(ks_store *st)
         return;
     if (st->env)
         mdb_env_close(st->env);
-    if (st->users_fd > 0)
+    if (st->users_fd >= 0)
         close(st->users_fd);
     EVP_MAC_CTX_free(st->idx_mac);
     ring_unref(st->ring);
@@ -758,6 +758,8 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         }
     }
     st = calloc(1, sizeof(*st));
+    if (st)
+        st->users_fd = -1;
     if (!st || !(st->path = strdup(dir)) || pthread_rwlock_init(&st->resize, NULL) != 0 ||
         pthread_mutex_init(&st->ring_lock, NULL) != 0) {
         if (st)
@@ -770,19 +772,31 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     st->dev = sb.st_dev;
     st->ino = sb.st_ino;
     st->rdonly = (flags & KS_OPEN_RDONLY) != 0;
+    /* Tell 'restore' that this process uses the keystore, before opening
+     * it: restore swaps data.mdb only while it holds this lock exclusively,
+     * so the file opened below is the one that stays in place while we use
+     * it (a reader of a read-only directory cannot create the lock file;
+     * it cannot be restored either, by the same permissions). */
+    char lp[4096];
+    snprintf(lp, sizeof(lp), "%s/users.lock", dir);
+    st->users_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0600);
+    if (st->users_fd < 0)
+        st->users_fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (st->users_fd >= 0) {
+        struct stat lsb;
+        int lrc;
+        while ((lrc = flock(st->users_fd, LOCK_SH)) != 0 && errno == EINTR)
+            ;
+        if (lrc != 0 || fstat(st->users_fd, &lsb) != 0 || !S_ISREG(lsb.st_mode)) {
+            close(st->users_fd);
+            st->users_fd = -1;
+        }
+    }
     rc = store_setup(st, mk, flags, err);
     if (rc != KS_OK) {
         store_free(st);
         pthread_mutex_unlock(&reg_lock);
         return rc;
-    }
-    /* Tell 'restore' that this process uses the keystore. */
-    char lp[4096];
-    snprintf(lp, sizeof(lp), "%s/users.lock", dir);
-    st->users_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (st->users_fd >= 0 && flock(st->users_fd, LOCK_SH) != 0) {
-        close(st->users_fd);
-        st->users_fd = -1;
     }
     st->next = registry;
     registry = st;
