@@ -28,7 +28,13 @@ if [ "${P11MK_NONROOT:-}" = 1 ] && [ "$(id -u)" -eq 0 ]; then
 fi
 
 T=$(mktemp -d /tmp/p11mk-it-XXXXXX)
-cleanup() { rc=$?; [ $rc -ne 0 ] && [ -f "$T/p11mk.log" ] && { echo "--- module log:"; tail -n 30 "$T/p11mk.log"; }; chmod -R u+rwX "$T" 2>/dev/null; rm -rf "$T"; exit $rc; }
+cleanup() {
+    rc=$?
+    # A test that fails while a client runs in the background must not leave it running.
+    for j in $(jobs -p); do kill "$j" 2>/dev/null; done
+    [ $rc -ne 0 ] && [ -f "$T/p11mk.log" ] && { echo "--- module log:"; tail -n 30 "$T/p11mk.log"; }
+    chmod -R u+rwX "$T" 2>/dev/null; rm -rf "$T"; exit $rc
+}
 trap cleanup EXIT
 export HOME=$T/home XDG_CONFIG_HOME=$T/home/.config XDG_DATA_HOME=$T/home/.local/share
 mkdir -p "$HOME" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME"
