@@ -164,16 +164,27 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
 {
     FILE *f;
     char buf[4096];
-    int lineno = 0, rc = KS_OK;
+    int lineno = 0, rc = KS_OK, seen[5] = {0};
 
     ks_config_defaults(cfg);
     if (!cfg->keystore || !cfg->master_key) {
         ks_config_free(cfg);
         return KS_ENOMEM;
     }
-    f = fopen(path, "re");
-    if (!f) {
-        ks_err_set(err, "cannot read configuration file %s: %s", path, strerror(errno));
+    /* Not blocking on a FIFO, not following a link planted in its place. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || !(f = fdopen(fd, "r"))) {
+        int e = errno;
+        if (fd >= 0 && fstat(fd, &sb) == 0 && !S_ISREG(sb.st_mode))
+            ks_err_set(err, "configuration file %s is not a regular file", path);
+        else if (e == ELOOP)
+            ks_err_set(err, "configuration file %s is a symbolic link; name the file itself (P11MK_CONF) or "
+                            "replace the link with the file", path);
+        else
+            ks_err_set(err, "cannot read configuration file %s: %s", path, strerror(e));
+        if (fd >= 0)
+            close(fd);
         ks_config_free(cfg);
         return KS_ECONFIG;
     }
@@ -199,7 +210,19 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
             break;
         }
         *eq = '\0';
-        rc = apply(cfg, path, lineno, trim(s), trim(eq + 1), err);
+        const char *key = trim(s);
+        static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode"};
+        for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+            if (strcmp(key, known[i]) == 0) {
+                if (seen[i]) {
+                    ks_err_set(err, "%s:%d: key '%s' is set twice (first on line %d); keep one", path, lineno, key,
+                               seen[i]);
+                    rc = KS_ECONFIG;
+                }
+                seen[i] = lineno;
+            }
+        if (rc == KS_OK)
+            rc = apply(cfg, path, lineno, key, trim(eq + 1), err);
     }
     if (rc == KS_OK && ferror(f)) {
         ks_err_set(err, "error reading %s", path);

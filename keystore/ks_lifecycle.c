@@ -129,12 +129,12 @@ static int lock_take(const char *dir, const ks_mk_opts *o, ks_err *err)
         int e = errno;
         ks_err_set(err, "cannot open the lock file %s: %s", path,
                    e == ELOOP ? "it is a symbolic link; remove it" : strerror(e));
-        return e == EACCES || e == EPERM || e == EROFS ? KS_EROFS : KS_EIO;
+        return e == EACCES || e == EPERM || e == EROFS ? KS_EROFS : e == ELOOP ? KS_ECORRUPT : KS_EIO;
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         ks_err_set(err, "the lock file %s is not a regular file; remove it", path);
         close(fd);
-        return KS_EINVAL;
+        return KS_ECORRUPT;
     }
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -3,12 +3,14 @@
 #include "keystore/ks.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,16 +105,28 @@ void ks_log(int level, const char *fmt, ...)
     } else if (log_dest == DEST_STDERR) {
         fprintf(stderr, "%s: %s: %s\n", log_ident, tags[level], msg);
     } else {
-        FILE *f = fopen(log_file, "ae");
-        if (f) {
-            char ts[32];
-            time_t now = time(NULL);
-            struct tm tm;
-            gmtime_r(&now, &tm);
-            strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-            fprintf(f, "%s %s[%ld] %s: %s\n", ts, log_ident, (long)getpid(), tags[level], msg);
-            fclose(f);
+        /* Appended to, never followed through a link or truncated; a FIFO or
+         * device planted there is refused (the line goes to stderr instead). */
+        int fd = open(log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0600);
+        struct stat sb;
+        char line[1200], ts[32];
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        int n = snprintf(line, sizeof(line), "%s %s[%ld] %s: %s\n", ts, log_ident, (long)getpid(), tags[level], msg);
+        if (n > (int)sizeof(line) - 1)
+            n = (int)sizeof(line) - 1;
+        if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            if (write(fd, line, (size_t)n) != n) {
+                /* nowhere left to report it */
+            }
+        } else {
+            fprintf(stderr, "%s: %s: %s (log file %s refused: not a regular file)\n", log_ident, tags[level], msg,
+                    log_file);
         }
+        if (fd >= 0)
+            close(fd);
     }
     pthread_mutex_unlock(&log_lock);
     errno = saved;

@@ -780,14 +780,22 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     char lp[4096];
     snprintf(lp, sizeof(lp), "%s/users.lock", dir);
     st->users_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0600);
-    if (st->users_fd < 0)
+    if (st->users_fd < 0 && errno != ELOOP)
         st->users_fd = open(lp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    struct stat lsb;
+    if ((st->users_fd < 0 && errno == ELOOP) ||
+        (st->users_fd >= 0 && (fstat(st->users_fd, &lsb) != 0 || !S_ISREG(lsb.st_mode)))) {
+        ks_err_set(err, "%s is not a regular file (a link or something else was put there); remove it, then try "
+                        "again", lp);
+        store_free(st);
+        pthread_mutex_unlock(&reg_lock);
+        return KS_EINVAL;
+    }
     if (st->users_fd >= 0) {
-        struct stat lsb;
         int lrc;
         while ((lrc = flock(st->users_fd, LOCK_SH)) != 0 && errno == EINTR)
             ;
-        if (lrc != 0 || fstat(st->users_fd, &lsb) != 0 || !S_ISREG(lsb.st_mode)) {
+        if (lrc != 0) {
             close(st->users_fd);
             st->users_fd = -1;
         }
