@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -350,6 +351,10 @@ int main(int argc, char **argv)
     admin_opts o = {.wait_s = -1};
     const char *cmd;
     int rc;
+
+    /* This program holds master keys and passphrases: no core dump, and no
+     * ptrace by other processes of the same user. */
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
     if ((rc = parse_opts(argc, argv, "+hqy", &o)) >= 0)
         return rc >= 100 ? rc - 100 : rc;

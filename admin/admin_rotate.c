@@ -484,10 +484,10 @@ static int rotate_with(const admin_opts *o, ks_mk *m, const ks_mkey *key, unsign
     progress_end(&pr);
     say_repairs(o, &r);
     if (krc != KS_OK) {
-        rc = fail(krc, &err, krc == KS_ESTATE || krc == KS_EBUSY || krc == KS_ECHANGED
-                                 ? NULL
-                                 : "; the keystore stays fully usable: finish with 'p11mk-admin rewrap' and "
-                                   "'p11mk-admin commit', or undo with 'p11mk-admin abort'");
+        /* Past the stage, the rotation can be finished or undone by hand. */
+        rc = fail(krc, &err, r.new_epoch ? "; the keystore stays fully usable: finish with 'p11mk-admin rewrap' "
+                                           "and 'p11mk-admin commit', or undo with 'p11mk-admin abort'"
+                                         : NULL);
     } else {
         print_committed(o, m, &r, now_s() - pr.t0);
         if (r.auto_disabled && !o->quiet)
