@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # p11mk-admin: init, status (text and JSON), help, version, exit codes and
 # messages for bad configuration, wrong or exposed master keys, missing keystores.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 
 expect_rc 0 "$ADMIN" --help
 expect_out "Exit codes"

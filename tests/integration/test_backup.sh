@@ -4,7 +4,7 @@
 # master key through the default key; a copy under a key this host lacks is
 # refused with the key check value and the remedies; restore refuses while
 # applications use the keystore.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 CLIENT=${P11MK_ROT_CLIENT:?}
 
 init_token home

@@ -4,7 +4,7 @@
 # keys, verified by plain openssl, certificate stored on the token),
 # ssh-keygen -D, GnuTLS p11tool and certtool, NSS modutil/certutil, and a
 # Python (PyKCS11) client. Each part skips with a message if its tool is absent.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 need openssl
 

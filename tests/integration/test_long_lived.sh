@@ -6,7 +6,7 @@
 # Every round must succeed, for ROUNDS rotations (default 200; set
 # P11MK_LONG_ROUNDS=1000 for a stress run), far past any fixed-size list of
 # keys a process could keep.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 CLIENT=${P11MK_ROT_CLIENT:?}
 ROUNDS=${P11MK_LONG_ROUNDS:-200}

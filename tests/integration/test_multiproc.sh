@@ -2,7 +2,7 @@
 # Several processes on one keystore: concurrent writers, a reader seeing the
 # others' objects, a child that re-initializes the module after fork, and
 # threads (pkcs11-tool --test-fork / --test-threads).
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 
 init_token shared

@@ -3,7 +3,7 @@
 # `p11-kit list-modules` and usable by pkcs11-tool through p11-kit-proxy.so.
 # p11-kit skips per-user configuration in programs running as root.
 P11MK_NONROOT=1
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need p11-kit
 need pkcs11-tool
 PROXY=$(pkg-config --variable=proxy_module p11-kit-1 2>/dev/null || true)

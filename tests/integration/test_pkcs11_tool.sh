@@ -2,7 +2,7 @@
 # OpenSC pkcs11-tool against the built module: token and PIN life cycle, key
 # generation (EC, RSA, AES, generic secret), sign/verify, encrypt/decrypt,
 # objects listed, read and deleted, PIN lock-out.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 need openssl
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The interactive set-master-key through a pseudo-terminal: the key entered
 # twice without echo, a mismatch, answering N, then answering Y.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 command -v python3 >/dev/null || skip "python3 is needed to drive a pseudo-terminal"
 expect_rc 0 "$ADMIN" init
 epoch() { "$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])'; }

@@ -4,7 +4,7 @@
 # A keystore directory that cannot be created fails C_Initialize with a
 # clear log line. (Root ignores permissions: as root this runs as nobody.)
 P11MK_NONROOT=1
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 
 init_token ro

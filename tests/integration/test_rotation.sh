@@ -5,7 +5,7 @@
 # still there and readable, the epoch advanced by three, and the client's
 # module followed each change without a restart. Then the retired key alone
 # opens nothing, and the step commands refuse what their state forbids.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 CLIENT=${P11MK_ROT_CLIENT:?}
 

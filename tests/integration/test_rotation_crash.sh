@@ -3,7 +3,7 @@
 # then run the step again. The module always opens the keystore, no object is
 # lost or unreadable, 'verify' passes. P11MK_STRESS=N raises the number of
 # kills (the default keeps the test command fast).
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 CLIENT=${P11MK_ROT_CLIENT:?}
 rounds=${P11MK_STRESS:-30}
 

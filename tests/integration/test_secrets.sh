@@ -4,7 +4,7 @@
 # by passphrase and by generated key, backup, verify, list, status) leaves no
 # PIN, passphrase, key value or master key in the module log or in anything
 # p11mk-admin printed, and no key value or PIN in the keystore files at rest.
-. "$P11MK_TESTLIB"
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 need openssl
 

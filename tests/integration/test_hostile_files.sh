@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Hostile and odd files where p11mk expects regular files: a FIFO, a
+# symbolic link, a directory, a device. Each is a clear error within a second
+# from both p11mk-admin and the module (C_Initialize), never a hang, and a
+# symlink planted where a lock or log file belongs is never followed (the
+# file it points at stays untouched). A key set twice in p11mk.conf is an
+# error naming both lines.
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
+need pkcs11-tool
+expect_rc 0 "$ADMIN" init --generate-key "$T/master.key"
+cp "$CONF" "$T/good.conf"
+printf 'master_key = %s/master.key\n' "$T" >> "$CONF"
+expect_rc 0 "$ADMIN" status
+cp "$CONF" "$T/good.conf"
+
+# quick CMD...: the command must end within 2 seconds (timeout exits 124).
+quick() {
+    set +e; timeout 2 "$@" >"$T/out" 2>&1; local rc=$?; set -e
+    [ $rc -ne 124 ] || fail "'$*' hung"
+    echo $rc
+}
+# module_fails CONF: pkcs11-tool -L with this configuration fails quickly.
+module_fails() {
+    local rc
+    rc=$(P11MK_CONF=$1 quick pkcs11-tool --module "$MOD" -L)
+    [ "$rc" -ne 0 ] || fail "the module accepted $2"
+}
+
+# The configuration file.
+mkfifo "$T/fifo.conf"
+rc=$(P11MK_CONF=$T/fifo.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "FIFO config: exit $rc"
+expect_out "not a regular file"
+module_fails "$T/fifo.conf" "a FIFO as configuration"
+ln -s "$T/good.conf" "$T/link.conf"
+rc=$(P11MK_CONF=$T/link.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "symlinked config: exit $rc"
+expect_out "symbolic link"
+module_fails "$T/link.conf" "a symlink as configuration"
+mkdir "$T/dir.conf"
+rc=$(P11MK_CONF=$T/dir.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "directory config: exit $rc"
+rc=$(P11MK_CONF=/dev/null quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "device config: exit $rc"
+expect_out "not a regular file"
+{ cat "$T/good.conf"; echo "log_level = debug"; echo "log_level = info"; } > "$T/dup.conf"
+rc=$(P11MK_CONF=$T/dup.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "duplicate key: exit $rc"
+expect_out "dup.conf:[0-9]+: key 'log_level' is set twice \(first on line [0-9]+\)"
+module_fails "$T/dup.conf" "a key set twice"
+ok "configuration: FIFO, symlink, directory, device and a duplicate key are clear errors within a second"
+
+# The key file.
+for kind in fifo link dir; do
+    case $kind in
+        fifo) mkfifo "$T/k.$kind" ;;
+        link) ln -s "$T/master.key" "$T/k.$kind" ;;
+        dir) mkdir "$T/k.$kind" ;;
+    esac
+    sed "s|^master_key = .*|master_key = $T/k.$kind|" "$T/good.conf" > "$T/k-$kind.conf"
+    rc=$(P11MK_CONF=$T/k-$kind.conf quick "$ADMIN" status); [ "$rc" -eq 4 ] || { cat "$T/out"; fail "key file as $kind: exit $rc"; }
+    grep -Eq "not a regular file|symbolic link" "$T/out" || { cat "$T/out"; fail "key file as $kind: unclear message"; }
+    module_fails "$T/k-$kind.conf" "a key file that is a $kind"
+done
+ok "key file: FIFO, symlink and directory refused within a second (exit 4)"
+
+# Lock files and the log: a planted symlink is refused, its target untouched.
+echo "precious" > "$T/victim"
+for f in rotation.lock users.lock; do
+    rm -f "$KS/$f"
+    ln -s "$T/victim" "$KS/$f"
+done
+rc=$(quick "$ADMIN" rotate --wait 0)
+[ "$rc" -ne 0 ] || fail "rotate followed a symlinked lock file"
+expect_out "users.lock is not a regular file"
+module_fails "$CONF" "a symlinked users.lock (restore could no longer see the process)"
+rm -f "$KS/users.lock"
+rc=$(quick "$ADMIN" rotate --wait 0)
+[ "$rc" -eq 5 ] || { cat "$T/out"; fail "rotate with a symlinked rotation.lock: exit $rc"; }
+expect_out "rotation.lock: it is a symbolic link"
+grep -q "^precious$" "$T/victim" || fail "a lock file symlink was followed: the victim changed"
+rm -f "$KS/rotation.lock"
+ln -s "$T/victim" "$T/planted.log"
+sed "s|^log = .*|log = $T/planted.log|" "$T/good.conf" > "$T/log.conf"
+P11MK_CONF=$T/log.conf quick pkcs11-tool --module "$MOD" -L >/dev/null
+grep -q "^precious$" "$T/victim" && [ "$(wc -l < "$T/victim")" -eq 1 ] || fail "the log symlink was followed"
+rm -f "$T/planted.log"
+mkfifo "$T/planted.log"
+rc=$(P11MK_CONF=$T/log.conf quick pkcs11-tool --module "$MOD" -L)
+[ "$rc" -eq 0 ] || fail "a FIFO as log file broke the module (exit $rc)"
+rm -f "$T/planted.log"
+expect_rc 0 "$ADMIN" verify
+ok "lock and log files: symlinks not followed (target untouched), a FIFO log does not hang"
