@@ -74,3 +74,47 @@ init_token() {
     p11 --init-token --slot-index "$idx" --label "$1" --so-pin $SO >/dev/null
     p11 --token-label "$1" --login --login-type so --so-pin $SO --init-pin --new-pin $PIN >/dev/null
 }
+
+# pubkey_der TOKEN ID OUT: the public key with this CKA_ID as DER
+# SubjectPublicKeyInfo. pkcs11-tool 0.23 exports RSA keys itself; for EC keys
+# its export reads memory it has freed (an OpenSC bug that ASan also reports)
+# and fails or not depending on the heap, so the SPKI is built here from the
+# CKA_EC_POINT and CKA_EC_PARAMS that pkcs11-tool lists.
+pubkey_der() {
+    p11 --token-label "$1" --list-objects --type pubkey > "$T/pubkeys.txt" 2>/dev/null || true
+    if python3 - "$2" "$3" "$T/pubkeys.txt" <<'PY'
+import sys
+want, out = sys.argv[1].lower(), sys.argv[2]
+blocks, cur = [], None
+for line in open(sys.argv[3]).read().splitlines():
+    if line.startswith("Public Key Object"):
+        cur = {"type": line}
+        blocks.append(cur)
+    elif cur is not None and ":" in line:
+        k, v = line.split(":", 1)
+        cur[k.strip()] = v.strip()
+def der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+def tlv(tag, body):
+    return bytes([tag]) + der_len(len(body)) + body
+for b in blocks:
+    if b.get("ID", "").lower() != want or "EC_POINT" not in b:
+        continue
+    point = bytes.fromhex(b["EC_POINT"])
+    if point[0] == 0x04 and len(point) > 2 and point[1] == len(point) - 2:
+        point = point[2:]                      # DER OCTET STRING around the point
+    elif point[0] == 0x04 and point[1] == 0x81:
+        point = point[3:]
+    alg = tlv(0x30, bytes.fromhex("06072a8648ce3d0201") + bytes.fromhex(b["EC_PARAMS"]))
+    open(out, "wb").write(tlv(0x30, alg + tlv(0x03, b"\x00" + point)))
+    sys.exit(0)
+sys.exit(3)  # not an EC key listed with its point: let pkcs11-tool export it
+PY
+    then
+        return 0
+    fi
+    p11 --token-label "$1" --read-object --type pubkey --id "$2" -o "$3" >/dev/null
+}

@@ -42,11 +42,11 @@ else
     echo "SKIP: libp11 engine (libengine-pkcs11-openssl) not installed"
 fi
 
-# ssh-keygen -D: the same public keys as exported through pkcs11-tool.
+# ssh-keygen -D: the same public keys as the token lists them.
 if command -v ssh-keygen >/dev/null; then
     ssh-keygen -D "$MOD" > ssh.txt 2>"$T/out" || { cat "$T/out"; fail "ssh-keygen -D"; }
     for id in 01 02; do
-        p11 --token-label clients --read-object --type pubkey --id $id -o pub$id.der >/dev/null
+        pubkey_der clients $id pub$id.der
         openssl pkey -pubin -inform DER -in pub$id.der -out pub$id.pem
         want=$(ssh-keygen -i -m PKCS8 -f pub$id.pem | cut -d' ' -f2)
         grep -q "$want" ssh.txt || { cat ssh.txt; fail "ssh-keygen -D does not list key $id as exported"; }
