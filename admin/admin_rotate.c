@@ -631,10 +631,14 @@ int admin_clear_history(const admin_opts *o)
     return rc;
 }
 
-static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, void *arg)
+static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
 {
     (void)arg;
-    if (kind == 'T')
+    if (what && token)
+        printf("  token %u: %s\n", token, what);
+    else if (what)
+        printf("  %s\n", what);
+    else if (kind == 'T')
         printf("  token %u: %s\n", token, ks_strerror(err));
     else if (kind == 'I')
         printf("  token %u: an index entry points at object %llu, which does not exist\n", token,

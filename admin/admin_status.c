@@ -354,7 +354,7 @@ int admin_version(const admin_opts *o)
         n = collect_tokens(ctx, &rows);
     }
     if (o->json) {
-        printf("{\n  \"program\": \"%s\",\n  \"keystore_format_supported\": 1,\n  \"suite\": ", P11MK_VERSION);
+        printf("{\n  \"program\": \"%s\",\n  \"keystore_format_supported\": %u,\n  \"suite\": ", P11MK_VERSION, KS_FORMAT);
         admin_json_str(stdout, suite);
         if (have) {
             printf(",\n  \"keystore\": {\"path\": ");
@@ -370,7 +370,7 @@ int admin_version(const admin_opts *o)
         }
         printf("\n}\n");
     } else {
-        printf("p11mk-admin %s\nkeystore format 1\n%s\n", P11MK_VERSION, suite);
+        printf("p11mk-admin %s\nkeystore format %u (reads 1 and %u)\n%s\n", P11MK_VERSION, KS_FORMAT, KS_FORMAT, suite);
         if (have) {
             printf("keystore %s: format %u, master key epoch %u\n", tok_ctx_config(ctx)->keystore,
                    info.format_version, info.epoch);

@@ -162,6 +162,10 @@ KS_API int ks_reg_find(const ks_registers *r, const uint8_t kcv[KS_KCV_LEN], uin
 KS_API void ks_key_kcv(const uint8_t key[KS_MK_LEN], uint8_t kcv[KS_KCV_LEN]);
 
 /* ---- store ------------------------------------------------------------- */
+/* The keystore format this p11mk writes; it reads format 1 too, and upgrades
+ * it on the first write (format 2 keeps its counters authenticated). */
+#define KS_FORMAT 2u
+
 typedef struct ks_store ks_store;
 
 enum {
@@ -233,12 +237,17 @@ KS_API int ks_token_del(ks_txn *txn, uint32_t token_id);
 KS_API int ks_token_incarnation(ks_txn *txn, uint32_t token_id, uint64_t *inc);
 /* Ascending token ids; *ids malloc'd. */
 KS_API int ks_token_list(ks_txn *txn, uint32_t **ids, size_t *n);
+/* The token's number of objects, as the authenticated metadata counts them (O(1)). */
 KS_API int ks_token_count_objects(ks_txn *txn, uint32_t token_id, uint64_t *n);
 
 /* ---- objects ----------------------------------------------------------- */
 /* Object ids are unique per keystore, > 0, never reused. */
 KS_API int ks_obj_new_id(ks_txn *txn, uint64_t *oid);
-/* Seal and store. AAD binds keystore id, token id, object id, epoch. */
+/* Seal and store a new object under an id from ks_obj_new_id. AAD binds
+ * keystore id, token id, object id, epoch. Never overwrites: an id already in
+ * use (the id counter went back) is KS_ECORRUPT, logged, nothing written. */
+KS_API int ks_obj_create(ks_txn *txn, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len);
+/* Seal and store a new version of an existing object (KS_ENOTFOUND if it is gone). */
 KS_API int ks_obj_put(ks_txn *txn, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len);
 /* Unseal. *blob malloc'd (ks_buf_free). KS_ECORRUPT on authentication failure. */
 KS_API int ks_obj_get(ks_txn *txn, uint32_t token_id, uint64_t oid, uint8_t **blob, size_t *len);
@@ -454,11 +463,13 @@ KS_API int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
  * host with another master key (refused while a rotation is under way). */
 KS_API int ks_export_default(ks_store *st, const char *file, ks_err *err);
 
-/* Check every record: it opens under its epoch's key; returns the number of
- * failures and calls cb(kind, token, oid) for each. Kinds: 'T' token record,
- * 'O' object record, 'N' object whose token does not exist, 'I' index entry
- * pointing at no object. */
-typedef void (*ks_verify_cb)(char kind, uint32_t token, uint64_t oid, int err, void *arg);
+/* Check every record: it opens under its epoch's key; the authenticated
+ * metadata (counters, and per token the exact set of object records and index
+ * entries) matches what is stored. Returns the number of failures and calls
+ * cb for each. Kinds: 'T' token record, 'O' object record, 'N' object whose
+ * token does not exist, 'I' index entry pointing at no object, 'M' metadata.
+ * `what` is a sentence (NULL for a record that fails to open: err says why). */
+typedef void (*ks_verify_cb)(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg);
 KS_API int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed);
 
 #ifdef __cplusplus

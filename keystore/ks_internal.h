@@ -11,7 +11,7 @@
 
 #include <openssl/evp.h>
 
-#define KS_FORMAT_VERSION 1u
+#define KS_FORMAT_VERSION KS_FORMAT /* 2: the anchor holds the counters and per-token sets */
 #define KS_KSID_LEN 16
 #define KS_NONCE_LEN 12
 #define KS_TAG_LEN 16
@@ -23,7 +23,8 @@
 enum { KS_KIND_TOKEN = 'T', KS_KIND_OBJECT = 'O', KS_KIND_META = 'M' };
 
 
-/* The persistent rotation state (sealed in meta "state" under CURRENT). */
+/* The persistent rotation state and counters: the anchor (ks_anchor.c),
+ * sealed in meta "state" under CURRENT. */
 typedef struct {
     int state;            /* KS_ROT_* */
     uint32_t cur, nxt;    /* epochs; nxt 0 when nothing is staged */
@@ -32,7 +33,30 @@ typedef struct {
     uint8_t cursor[12];   /* last key done in cursor_db */
     uint64_t auto_interval; /* automatic rotation every this many seconds (0: off) */
     uint64_t last_rotation; /* unix time of the last commit (0: never) */
+    bool legacy;          /* a format 1 record: the fields below are not in it */
+    uint32_t format;
+    uint64_t gen;         /* the generation, authenticated (the plain "gen" is compared with it) */
+    uint64_t next_oid;    /* the id the next object gets */
+    uint32_t toknext;     /* the id the next token gets (ids are never reused) */
 } ks_rotstate;
+
+/* What the anchor knows of one token (also of a deleted one: its incarnation). */
+typedef struct {
+    uint32_t tid;
+    bool exists;
+    uint64_t inc;              /* advances when the token is wiped or deleted */
+    uint64_t n_obj, n_idx;     /* object records and index entries */
+    uint8_t obj_hash[16];      /* XOR of ks_obj_hash over its objects */
+    uint8_t idx_hash[16];      /* XOR of ks_idx_hash over its index entries */
+} ks_tokstat;
+
+/* A transaction's working copy of the anchor (loaded on first use). */
+typedef struct {
+    bool loaded, dirty, bump, upgraded;
+    ks_rotstate rs;
+    ks_tokstat *tok; /* sorted by tid */
+    size_t ntok, cap;
+} ks_meta;
 
 /* Keys and state for one generation of the metadata. Transactions hold a
  * reference; a new generation replaces it and the old one is cleansed when
@@ -83,6 +107,12 @@ struct ks_store {
     _Atomic uint32_t epoch_hint;
     uint64_t failed_gen; /* generation + 1 whose keys could not be built (logged once) */
     int users_fd;        /* shared flock on DIR/users.lock while open: restore needs it exclusive */
+    /* The last anchor seen, parsed, keyed by its record's GCM tag. */
+    pthread_mutex_t meta_lock;
+    bool meta_cached;
+    uint8_t meta_tag[KS_TAG_LEN];
+    ks_meta meta_cache;
+    uint64_t reported_gen; /* generation + 1 whose anchor mismatch was logged */
 };
 
 struct ks_txn {
@@ -91,6 +121,7 @@ struct ks_txn {
     bool write;
     bool map_full;
     ks_keyring *ring; /* the keys valid for this transaction's snapshot */
+    ks_meta m;        /* the anchor, once used (sealed again before commit if changed) */
 };
 
 /* ---- internal store API (ks_store.c) for ks_rotate.c ---- */
@@ -100,9 +131,26 @@ KS_API int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t sl
 KS_API int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
 KS_API int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v);
 KS_API const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch);
-/* Write the state (sealed under rs->cur's key) and bump the generation. */
-KS_API int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey[32], bool bump);
+/* ---- the anchor (ks_anchor.c) ---- */
+/* The rotation part and counters of the state record (KS_ECORRUPT if missing or unauthentic). */
 KS_API int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs);
+/* Seal m under key (epoch m->rs.cur) and put it; no generation change. */
+KS_API int ks_state_write(ks_txn *x, const ks_meta *m, const uint8_t key[32]);
+/* The transaction's working copy; a format 1 anchor is upgraded by a writer. */
+KS_API int ks_txn_meta(ks_txn *x, ks_meta **m);
+/* The token's entry (added, zeroed, when add); NULL if absent or out of memory. */
+KS_API ks_tokstat *ks_meta_tok(ks_meta *m, uint32_t tid, bool add);
+/* The copy changed: seal it before commit (bump: and advance the generation). */
+KS_API void ks_meta_touch(ks_txn *x, bool bump);
+KS_API int ks_meta_flush(ks_txn *x);
+KS_API void ks_meta_free(ks_meta *m);
+KS_API void ks_obj_hash(uint32_t tid, uint64_t oid, uint8_t out[16]);
+KS_API void ks_idx_hash(const uint8_t key[IDX_KEY_LEN], uint64_t oid, uint8_t out[16]);
+KS_API void ks_hash_xor(uint8_t acc[16], const uint8_t h[16]);
+/* verify's part: counters and sets against the anchor. */
+KS_API int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed);
+/* At open: counts against the databases' sizes; a difference is logged. */
+KS_API void ks_anchor_check_counts(ks_store *st);
 KS_API int ks_begin_write(ks_store *st, ks_txn *x);
 KS_API int ks_end_write(ks_txn *x, int rc); /* commit if rc == KS_OK, else abort; returns the result */
 /* Find the master key with this KCV: this generation's keys, the keys
@@ -126,7 +174,8 @@ KS_API void ks_secmem_free(void *p); /* cleanse + release; NULL is fine */
 KS_API int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err *err);
 KS_API int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, bool *stopped,
                          ks_err *err);
-KS_API int ks_rot_commit(ks_store *st, bool disable_auto, ks_err *err);
+/* now: the time recorded as the last rotation (0: the clock's) */
+KS_API int ks_rot_commit(ks_store *st, bool disable_auto, uint64_t now, ks_err *err);
 KS_API int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, ks_err *err);
 KS_API int ks_rot_set_auto(ks_store *st, uint64_t interval);
 /* The epoch whose key has this check value (the latest such epoch); KS_ENOTFOUND. */

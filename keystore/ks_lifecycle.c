@@ -696,7 +696,7 @@ static int do_rewrap(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *er
     return rc;
 }
 
-static int do_commit(step *s, bool disable_auto, ks_mk_result *res, ks_err *err)
+static int do_commit(step *s, bool disable_auto, uint64_t now, ks_mk_result *res, ks_err *err)
 {
     uint32_t old_epoch = s->info.epoch;
     int rc;
@@ -715,7 +715,7 @@ static int do_commit(step *s, bool disable_auto, ks_mk_result *res, ks_err *err)
     }
     if ((rc = need_new(s, err)) != KS_OK)
         return rc;
-    if ((rc = ks_rot_commit(s->m->st, disable_auto, err)) != KS_OK)
+    if ((rc = ks_rot_commit(s->m->st, disable_auto, now, err)) != KS_OK)
         return rc;
     if (res)
         res->auto_disabled = disable_auto && s->info.auto_interval;
@@ -790,8 +790,8 @@ static int do_abort(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err
 }
 
 /* stage + rewrap + commit, the lock held throughout. */
-static int do_rotate(step *s, const ks_mkey *key, unsigned flags, const ks_mk_opts *o, ks_mk_result *res,
-                     ks_err *err)
+static int do_rotate(step *s, const ks_mkey *key, unsigned flags, uint64_t now, const ks_mk_opts *o,
+                     ks_mk_result *res, ks_err *err)
 {
     ks_mkey gen;
     int rc;
@@ -813,7 +813,7 @@ static int do_rotate(step *s, const ks_mkey *key, unsigned flags, const ks_mk_op
         uint8_t staged[KS_KCV_LEN];
         memcpy(staged, s->info.new_kcv, KS_KCV_LEN);
         if ((rc = do_rewrap(s, o, res, err)) == KS_OK && !(res && res->stopped))
-            rc = do_commit(s, (flags & KS_MK_MANUAL) != 0, res, err);
+            rc = do_commit(s, (flags & KS_MK_MANUAL) != 0, now, res, err);
         if (res)
             memcpy(res->new_kcv, staged, KS_KCV_LEN);
     }
@@ -850,7 +850,7 @@ int ks_mk_rewrap(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 
 int ks_mk_commit(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
-    STEP(m, o, res, err, do_commit(&s_, false, res, err));
+    STEP(m, o, res, err, do_commit(&s_, false, 0, res, err));
 }
 
 int ks_mk_abort(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
@@ -860,7 +860,7 @@ int ks_mk_abort(ks_mk *m, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 
 int ks_mk_rotate(ks_mk *m, const ks_mkey *key, unsigned flags, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
-    STEP(m, o, res, err, do_rotate(&s_, key, flags, o, res, err));
+    STEP(m, o, res, err, do_rotate(&s_, key, flags, 0, o, res, err));
 }
 
 static int do_clear(step *s, size_t keep, uint32_t before, ks_mk_result *res, ks_err *err)
@@ -940,13 +940,14 @@ static int do_auto_run(step *s, uint64_t now, const ks_mk_opts *o, ks_mk_result 
             res->finished = true;
     } else if (s->info.rot_state != KS_ROT_IDLE) {
         if ((rc = do_rewrap(s, o, res, err)) != KS_OK || (res && res->stopped) ||
-            (rc = do_commit(s, false, res, err)) != KS_OK)
+            (rc = do_commit(s, false, now, res, err)) != KS_OK)
             return rc;
         if (res)
             res->finished = true;
     }
     if (s->info.auto_interval && now >= ks_auto_due(s->info.last_rotation, s->info.auto_interval)) {
-        if ((rc = do_rotate(s, NULL, 0, o, res, err)) != KS_OK)
+        /* The rotation is stamped with the clock that found it due. */
+        if ((rc = do_rotate(s, NULL, 0, now, o, res, err)) != KS_OK)
             return rc;
         if (res)
             res->rotated = true;

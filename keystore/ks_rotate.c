@@ -23,9 +23,6 @@
 
 #include <openssl/crypto.h>
 
-#define STATE_LEN_V1 24
-#define STATE_LEN 40
-#define STATE_OID 1
 enum { POS_META = 0, POS_TOKENS = 1, POS_OBJECTS = 2, POS_END = 3 };
 
 const char *ks_rot_state_name(int state)
@@ -40,75 +37,6 @@ const char *ks_rot_state_name(int state)
     }
 }
 
-/* ---- the state record ------------------------------------------------- */
-
-int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs)
-{
-    MDB_val v;
-    uint8_t *pt = NULL;
-    size_t len = 0;
-    uint32_t hepoch;
-    int rc;
-
-    memset(rs, 0, sizeof(*rs));
-    rs->state = KS_ROT_IDLE;
-    rs->cur = epoch;
-    if (ks_meta_get(t, st, "state", NULL, 0, &v) != KS_OK)
-        return KS_OK; /* keystores written before rotation existed */
-    if (ks_rec_header(v.mv_data, v.mv_size, NULL, &hepoch) != KS_OK || hepoch != epoch)
-        return KS_ECORRUPT;
-    rc = ks_rec_open(curkey, st->ksid, KS_KIND_META, 0, STATE_OID, v.mv_data, v.mv_size, &pt, &len);
-    if (rc != KS_OK)
-        return rc;
-    if ((len != STATE_LEN && len != STATE_LEN_V1) || pt[0] != 1 || pt[1] > KS_ROT_ABORTING || ks_get_be32(pt + 2) != epoch ||
-        pt[10] > POS_END || pt[11] > sizeof(rs->cursor) || ((pt[1] == KS_ROT_IDLE) != (ks_get_be32(pt + 6) == 0))) {
-        ks_buf_free(pt, len);
-        return KS_ECORRUPT;
-    }
-    rs->state = pt[1];
-    rs->cur = ks_get_be32(pt + 2);
-    rs->nxt = ks_get_be32(pt + 6);
-    rs->cursor_db = pt[10];
-    rs->cursor_len = pt[11];
-    memcpy(rs->cursor, pt + 12, sizeof(rs->cursor));
-    if (len == STATE_LEN) {
-        rs->auto_interval = ks_get_be64(pt + 24);
-        rs->last_rotation = ks_get_be64(pt + 32);
-    }
-    ks_buf_free(pt, len);
-    return KS_OK;
-}
-
-int ks_state_store(ks_txn *x, const ks_rotstate *rs, const uint8_t curkey[32], bool bump)
-{
-    uint8_t pt[STATE_LEN] = {0}, *rec = NULL, be[8];
-    size_t reclen = 0;
-    MDB_val v;
-    int rc;
-
-    pt[0] = 1;
-    pt[1] = (uint8_t)rs->state;
-    ks_be32(pt + 2, rs->cur);
-    ks_be32(pt + 6, rs->nxt);
-    pt[10] = rs->cursor_db;
-    pt[11] = rs->cursor_len;
-    memcpy(pt + 12, rs->cursor, sizeof(rs->cursor));
-    ks_be64(pt + 24, rs->auto_interval);
-    ks_be64(pt + 32, rs->last_rotation);
-    rc = ks_rec_seal(curkey, x->st->ksid, KS_KIND_META, rs->cur, 0, STATE_OID, pt, sizeof(pt), &rec, &reclen);
-    if (rc != KS_OK)
-        return rc;
-    rc = ks_meta_put(x, "state", NULL, 0, rec, reclen);
-    free(rec);
-    if (rc != KS_OK || !bump)
-        return rc;
-    uint64_t gen = 0;
-    if (ks_meta_get(x->txn, x->st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-        gen = ks_get_be64(v.mv_data);
-    ks_be64(be, gen + 1);
-    return ks_meta_put(x, "gen", NULL, 0, be, 8);
-}
-
 /* ---- stage ----------------------------------------------------------------- */
 
 typedef struct {
@@ -121,12 +49,13 @@ typedef struct {
 static int stage_fn(ks_txn *x, void *arg)
 {
     stage_arg *a = arg;
-    ks_rotstate rs;
+    ks_meta *m;
     uint8_t kcv[KS_KCV_LEN], be[4];
-    int rc = ks_state_load(x->txn, x->st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    int rc = ks_txn_meta(x, &m);
 
     if (rc != KS_OK)
         return rc;
+    ks_rotstate rs = m->rs;
     if (rs.state != KS_ROT_IDLE) {
         ks_err_set(a->err, "a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' "
                            "and 'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'", rs.nxt,
@@ -152,7 +81,9 @@ static int stage_fn(ks_txn *x, void *arg)
     if ((rc = ks_meta_put(x, "kcv", be, 4, kcv, KS_KCV_LEN)) != KS_OK)
         return rc;
     a->epoch = rs.nxt;
-    return ks_state_store(x, &rs, x->ring->cur_key, true);
+    m->rs = rs;
+    ks_meta_touch(x, true);
+    return KS_OK;
 }
 
 int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err *err)
@@ -291,13 +222,14 @@ static int pass_fn(ks_txn *x, void *arg)
 {
     pass_arg *a = arg;
     ks_keyring *r = x->ring;
-    ks_rotstate rs;
-    int rc = ks_state_load(x->txn, x->st, r->rs.cur, r->cur_key, &rs);
+    ks_meta *m;
+    int rc = ks_txn_meta(x, &m);
 
     a->done = a->visited = 0;
     a->finished = false;
     if (rc != KS_OK)
         return rc;
+    ks_rotstate rs = m->rs;
     if (a->to_new) {
         if (rs.state == KS_ROT_READY) {
             a->finished = true;
@@ -370,12 +302,16 @@ static int pass_fn(ks_txn *x, void *arg)
             rs.nxt = 0;
             rs.cursor_db = POS_META;
             rs.cursor_len = 0;
-            return ks_state_store(x, &rs, r->cur_key, true);
+            m->rs = rs;
+            ks_meta_touch(x, true);
+            return KS_OK;
         }
     } else if (a->to_new) {
         rs.state = KS_ROT_REWRAP;
     }
-    return ks_state_store(x, &rs, r->cur_key, false);
+    m->rs = rs;
+    ks_meta_touch(x, false);
+    return KS_OK;
 }
 
 static int run_pass(ks_store *st, bool to_new, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done,
@@ -433,10 +369,11 @@ int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t 
 static int abort_begin_fn(ks_txn *x, void *arg)
 {
     ks_err *err = arg;
-    ks_rotstate rs;
-    int rc = ks_state_load(x->txn, x->st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    ks_meta *m;
+    int rc = ks_txn_meta(x, &m);
     if (rc != KS_OK)
         return rc;
+    ks_rotstate rs = m->rs;
     if (rs.state == KS_ROT_IDLE) {
         ks_err_set(err, "no rotation is under way; nothing to abort");
         return KS_ESTATE;
@@ -446,7 +383,9 @@ static int abort_begin_fn(ks_txn *x, void *arg)
     rs.state = KS_ROT_ABORTING;
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
-    return ks_state_store(x, &rs, x->ring->cur_key, true);
+    m->rs = rs;
+    ks_meta_touch(x, true);
+    return KS_OK;
 }
 
 int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, ks_err *err)
@@ -467,6 +406,7 @@ int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *
 typedef struct {
     ks_err *err;
     bool disable_auto;
+    uint64_t now;
     uint32_t epoch;
 } commit_arg;
 
@@ -490,15 +430,16 @@ static int commit_fn(ks_txn *x, void *arg)
 {
     commit_arg *a = arg;
     ks_keyring *r = x->ring;
-    ks_rotstate rs;
+    ks_meta *m;
     uint64_t left = 0;
     uint8_t be[4];
     MDB_val v;
     uint32_t e;
-    int rc = ks_state_load(x->txn, x->st, r->rs.cur, r->cur_key, &rs);
+    int rc = ks_txn_meta(x, &m);
 
     if (rc != KS_OK)
         return rc;
+    ks_rotstate rs = m->rs;
     if (rs.state == KS_ROT_IDLE) {
         ks_err_set(a->err, "no new master key is staged; nothing to commit");
         return KS_ESTATE;
@@ -532,16 +473,18 @@ static int commit_fn(ks_txn *x, void *arg)
     rs.nxt = 0;
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
-    rs.last_rotation = (uint64_t)time(NULL);
+    rs.last_rotation = a->now ? a->now : (uint64_t)time(NULL);
     if (a->disable_auto)
         rs.auto_interval = 0;
     a->epoch = next;
-    return ks_state_store(x, &rs, r->nxt_key, true);
+    m->rs = rs; /* sealed under the new CURRENT's key (the ring has it as NEW) */
+    ks_meta_touch(x, true);
+    return KS_OK;
 }
 
-int ks_rot_commit(ks_store *st, bool disable_auto, ks_err *err)
+int ks_rot_commit(ks_store *st, bool disable_auto, uint64_t now, ks_err *err)
 {
-    commit_arg a = {err, disable_auto, 0};
+    commit_arg a = {err, disable_auto, now, 0};
     int rc;
     if (!st)
         return KS_EINVAL;
@@ -558,7 +501,7 @@ int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *err)
     if (rc == KS_OK)
         rc = ks_rot_rewrap(st, 20000, NULL, NULL, NULL, NULL, err);
     if (rc == KS_OK)
-        rc = ks_rot_commit(st, false, err);
+        rc = ks_rot_commit(st, false, 0, err);
     return rc;
 }
 
@@ -591,15 +534,16 @@ int ks_epoch_of_kcv(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint32_t *epoch
 
 static int gen_fn(ks_txn *x, void *arg)
 {
-    uint64_t want = *(const uint64_t *)arg, gen = 0;
-    uint8_t be[8];
-    MDB_val v;
-    if (ks_meta_get(x->txn, x->st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-        gen = ks_get_be64(v.mv_data);
-    if (gen >= want)
+    uint64_t want = *(const uint64_t *)arg;
+    ks_meta *m;
+    int rc = ks_txn_meta(x, &m);
+    if (rc != KS_OK)
+        return rc;
+    if (m->rs.gen + 1 >= want)
         return KS_OK;
-    ks_be64(be, want);
-    return ks_meta_put(x, "gen", NULL, 0, be, 8);
+    m->rs.gen = want - 1; /* the bump below makes it `want`, plain and sealed alike */
+    ks_meta_touch(x, true);
+    return KS_OK;
 }
 
 int ks_gen_at_least(ks_store *st, uint64_t gen) { return ks_write(st, gen_fn, &gen); }
@@ -696,11 +640,11 @@ static void verify_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *
     if (err != KS_OK) {
         a->failed++;
         if (a->cb)
-            a->cb(object ? 'O' : 'T', token, oid, err, a->arg);
+            a->cb(object ? 'O' : 'T', token, oid, err, NULL, a->arg);
     } else if (object && ks_token_exists(x, token) != KS_OK) {
         a->failed++; /* an object whose token is gone */
         if (a->cb)
-            a->cb('N', token, oid, KS_ENOTFOUND, a->arg);
+            a->cb('N', token, oid, KS_ENOTFOUND, NULL, a->arg);
     }
 }
 
@@ -729,7 +673,7 @@ static int verify_index(ks_store *st, verify_arg *a)
         if (mdb_get(x->txn, st->db_obj, &okey, &ov) != MDB_SUCCESS) {
             a->failed++;
             if (a->cb)
-                a->cb('I', ks_get_be32(k.mv_data), ks_get_be64(v.mv_data), KS_ENOTFOUND, a->arg);
+                a->cb('I', ks_get_be32(k.mv_data), ks_get_be64(v.mv_data), KS_ENOTFOUND, NULL, a->arg);
         }
     }
     mdb_cursor_close(c);
@@ -743,6 +687,8 @@ int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint6
     int rc = walk_records(st, verify_one, &a);
     if (rc == KS_OK)
         rc = verify_index(st, &a);
+    if (rc == KS_OK)
+        rc = ks_verify_anchor(st, cb, arg, &a.failed);
     *checked = a.checked;
     *failed = a.failed;
     return rc;
@@ -752,14 +698,15 @@ int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint6
 
 static int auto_fn(ks_txn *x, void *arg)
 {
-    ks_rotstate rs;
-    int rc = ks_state_load(x->txn, x->st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    ks_meta *m;
+    int rc = ks_txn_meta(x, &m);
     if (rc != KS_OK)
         return rc;
-    rs.auto_interval = *(uint64_t *)arg;
-    if (rs.auto_interval && !rs.last_rotation)
-        rs.last_rotation = (uint64_t)time(NULL); /* the first automatic rotation is one interval from now */
-    return ks_state_store(x, &rs, x->ring->cur_key, false);
+    m->rs.auto_interval = *(uint64_t *)arg;
+    if (m->rs.auto_interval && !m->rs.last_rotation)
+        m->rs.last_rotation = (uint64_t)time(NULL); /* the first automatic rotation is one interval from now */
+    ks_meta_touch(x, false);
+    return KS_OK;
 }
 
 int ks_rot_set_auto(ks_store *st, uint64_t interval)

@@ -66,6 +66,8 @@ static void store_free(ks_store *st)
     EVP_MAC_CTX_free(st->idx_mac);
     ring_unref(st->ring);
     ks_secmem_free(st->extra);
+    ks_meta_free(&st->meta_cache);
+    pthread_mutex_destroy(&st->meta_lock);
     pthread_mutex_destroy(&st->ring_lock);
     pthread_rwlock_destroy(&st->resize);
     free(st->path);
@@ -205,7 +207,8 @@ static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
     uint8_t *rec = NULL;
     size_t reclen = 0;
     ks_txn x = {.st = st, .txn = t, .write = true};
-    ks_rotstate rs = {.state = KS_ROT_IDLE, .cur = 1};
+    ks_meta m = {.rs = {.state = KS_ROT_IDLE, .cur = 1, .format = KS_FORMAT_VERSION, .gen = 1, .next_oid = 1,
+                        .toknext = 1}};
     int rc;
     MDB_val v;
 
@@ -227,8 +230,8 @@ static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
         if (!(rc = ks_meta_put(&x, "epoch", NULL, 0, be, 4)) && !(rc = ks_meta_put(&x, "kcv", be, 4, kcv, 8)) &&
             !(rc = ks_meta_put(&x, "idxkey", NULL, 0, rec, reclen))) {
             ks_be64(be, 1);
-            if (!(rc = ks_meta_put(&x, "next_oid", NULL, 0, be, 8)))
-                rc = ks_state_store(&x, &rs, reckey, true);
+            if (!(rc = ks_meta_put(&x, "gen", NULL, 0, be, 8)))
+                rc = ks_state_write(&x, &m, reckey);
         }
     }
     if (x.map_full)
@@ -430,9 +433,21 @@ static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, 
     }
     rc = ks_state_load(t, st, r->rs.cur, r->cur_key, &r->rs);
     if (rc != KS_OK) {
-        ks_err_set(err, "keystore %s: its rotation state failed authentication; restore the keystore from a "
-                        "backup", st->path);
+        ks_err_set(err, "keystore %s: its rotation state record is missing or failed authentication (the "
+                        "metadata was edited or damaged); nothing was changed: restore the keystore from a backup",
+                   st->path);
         goto fail;
+    }
+    if (!r->rs.legacy && (r->rs.gen != gen || r->rs.format != st->format) && st->reported_gen != gen + 1) {
+        /* Reported, not acted on: the keys come from the sealed state anyway;
+         * the next rotation step writes both copies again. */
+        st->reported_gen = gen + 1;
+        ks_log(KS_LOG_ERROR, "keystore %s: the plain %s (%llu) does not match the authenticated one (%llu): "
+               "the metadata was edited or damaged; other processes may not notice key changes until the next "
+               "rotation step. Check it with 'p11mk-admin verify'", st->path,
+               r->rs.gen != gen ? "generation counter" : "format version",
+               (unsigned long long)(r->rs.gen != gen ? gen : st->format),
+               (unsigned long long)(r->rs.gen != gen ? r->rs.gen : r->rs.format));
     }
     if (r->rs.nxt) {
         rc = epoch_key(st, t, r->rs.nxt, r->nxt_kcv, r->nxt_mk, r->nxt_key, &r->have_nxt);
@@ -520,7 +535,7 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
         return KS_ENOTFOUND;
     }
     st->format = ks_get_be32(v.mv_data);
-    if (st->format != KS_FORMAT_VERSION) {
+    if (st->format != KS_FORMAT_VERSION && st->format != 1) {
         ks_err_set(err, "keystore %s has format version %u; this p11mk (%s) reads version %u: use the p11mk "
                         "release that wrote it", st->path, st->format, P11MK_VERSION, KS_FORMAT_VERSION);
         return KS_EVERSION;
@@ -653,24 +668,41 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
     rc = txn_begin(st, MDB_RDONLY, &t);
     if (rc != KS_OK)
         return rc;
+    /* A keystore is created only where the environment is empty: anything
+     * else that lacks a piece (a database, the format record) is damage,
+     * reported, never written over. */
+    MDB_stat ms;
+    MDB_dbi main_db;
+    bool empty = mdb_dbi_open(t, NULL, 0, &main_db) == MDB_SUCCESS && mdb_stat(t, main_db, &ms) == MDB_SUCCESS &&
+                 ms.ms_entries == 0;
     int mrc = open_dbs(st, t, 0);
     if (mrc == MDB_SUCCESS) {
         rc = load_meta(st, t, mk, err);
         mdb_txn_commit(t); /* keeps the dbi handles */
         pthread_rwlock_unlock(&st->resize);
-        if (rc != KS_ENOTFOUND || !(flags & KS_OPEN_CREATE) || st->rdonly)
-            return rc;
-    } else {
-        mdb_txn_abort(t);
-        pthread_rwlock_unlock(&st->resize);
-        if (mrc != MDB_NOTFOUND) {
-            ks_err_set(err, "cannot open keystore %s: %s", st->path, mdb_strerror(mrc));
-            return lmdb_err(mrc);
+        if (rc == KS_ENOTFOUND) {
+            ks_err_set(err, "keystore %s is damaged: its databases exist but its format record is missing; "
+                            "nothing was changed (nothing is created over existing data): restore it from a "
+                            "backup", st->path);
+            return KS_ECORRUPT;
         }
-        if (!(flags & KS_OPEN_CREATE) || st->rdonly) {
-            ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
-            return KS_ENOTFOUND;
-        }
+        return rc;
+    }
+    mdb_txn_abort(t);
+    pthread_rwlock_unlock(&st->resize);
+    if (mrc != MDB_NOTFOUND) {
+        ks_err_set(err, "cannot open keystore %s: %s", st->path, mdb_strerror(mrc));
+        return lmdb_err(mrc);
+    }
+    if (!empty) {
+        ks_err_set(err, "keystore %s is damaged: one of its databases (meta, tokens, objects, index) is missing; "
+                        "nothing was changed (nothing is created over existing data): restore it from a backup",
+                   st->path);
+        return KS_ECORRUPT;
+    }
+    if (!(flags & KS_OPEN_CREATE) || st->rdonly) {
+        ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
+        return KS_ENOTFOUND;
     }
 
     /* New keystore. */
@@ -761,7 +793,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     if (st)
         st->users_fd = -1;
     if (!st || !(st->path = strdup(dir)) || pthread_rwlock_init(&st->resize, NULL) != 0 ||
-        pthread_mutex_init(&st->ring_lock, NULL) != 0) {
+        pthread_mutex_init(&st->ring_lock, NULL) != 0 || pthread_mutex_init(&st->meta_lock, NULL) != 0) {
         if (st)
             free(st->path);
         free(st);
@@ -806,6 +838,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         pthread_mutex_unlock(&reg_lock);
         return rc;
     }
+    ks_anchor_check_counts(st);
     st->next = registry;
     registry = st;
     pthread_mutex_unlock(&reg_lock);
@@ -859,8 +892,10 @@ int ks_get_info(ks_store *st, ks_info *info)
     if (rc != KS_OK)
         return rc;
     ks_rotstate rs = x->ring->rs;
+    ks_meta *m;
     /* The state record itself: progress within a generation is not in the ring. */
-    ks_state_load(x->txn, st, x->ring->rs.cur, x->ring->cur_key, &rs);
+    if (ks_txn_meta(x, &m) == KS_OK)
+        rs = m->rs;
     info->epoch = rs.cur;
     info->new_epoch = rs.nxt;
     info->rot_state = rs.state;
@@ -917,6 +952,7 @@ void ks_read_end(ks_txn *x)
 {
     if (!x)
         return;
+    ks_meta_free(&x->m);
     mdb_txn_abort(x->txn);
     pthread_rwlock_unlock(&x->st->resize);
     ring_unref(x->ring);
@@ -938,6 +974,8 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
         rc = ring_attach(st, &x);
         if (rc == KS_OK)
             rc = fn(&x, arg);
+        if (rc == KS_OK && !x.map_full)
+            rc = ks_meta_flush(&x); /* the anchor commits with what it vouches for */
         if (rc == KS_OK && !x.map_full) {
             int mrc = mdb_txn_commit(x.txn);
             if (mrc == MDB_MAP_FULL)
@@ -949,6 +987,7 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
         }
         pthread_rwlock_unlock(&st->resize);
         ring_unref(x.ring);
+        ks_meta_free(&x.m);
         if (!x.map_full)
             return rc;
         if ((rc = grow_map(st)) != KS_OK)
@@ -1054,14 +1093,26 @@ static int get_open(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
 
 /* ---- tokens -------------------------------------------------------------- */
 
+/* The anchor of a write transaction, for a change. */
+static int meta_for_write(ks_txn *x, ks_meta **m)
+{
+    int rc = ks_txn_meta(x, m);
+    if (rc == KS_OK && (*m)->rs.legacy)
+        rc = KS_EROFS; /* a format 1 keystore read by a reader cannot be changed by it */
+    return rc;
+}
+
 int ks_token_new_id(ks_txn *x, uint32_t *token_id)
 {
     MDB_cursor *c;
     MDB_val k, v;
+    ks_meta *m;
     int rc;
 
     if (!x || !token_id)
         return KS_EINVAL;
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK)
+        return rc;
     if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS)
         return lmdb_err(rc);
     rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
@@ -1076,29 +1127,40 @@ int ks_token_new_id(ks_txn *x, uint32_t *token_id)
             return KS_EIO;
     }
     /* Past every id ever given, deleted ones included. */
-    if (ks_meta_get(x->txn, x->st, "toknext", NULL, 0, &v) == KS_OK && v.mv_size == 4 &&
-        ks_get_be32(v.mv_data) > *token_id)
-        *token_id = ks_get_be32(v.mv_data);
+    if (m->rs.toknext > *token_id)
+        *token_id = m->rs.toknext;
     return KS_OK;
 }
 
 int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
 {
     uint8_t kb[4];
+    ks_meta *m;
+    ks_tokstat *t;
+    int rc;
+
     if (!x || !token_id)
         return KS_EINVAL;
+    if ((rc = meta_for_write(x, &m)) != KS_OK)
+        return rc;
     ks_be32(kb, token_id);
     MDB_val k = {4, kb}, v;
-    int rc = seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
-    /* Remember the highest id given, so that deleting it does not free it. */
-    if (rc == KS_OK && token_id < UINT32_MAX &&
-        (ks_meta_get(x->txn, x->st, "toknext", NULL, 0, &v) != KS_OK || v.mv_size != 4 ||
-         ks_get_be32(v.mv_data) <= token_id)) {
-        uint8_t next[4];
-        ks_be32(next, token_id + 1);
-        rc = ks_meta_put(x, "toknext", NULL, 0, next, 4);
+    bool exists = mdb_get(x->txn, x->st->db_tok, &k, &v) == MDB_SUCCESS;
+    if (!exists) {
+        /* A new token, or a wiped one put back: the anchor lists it, empty. */
+        if (!(t = ks_meta_tok(m, token_id, true)))
+            return KS_ENOMEM;
+        if (t->exists || t->n_obj || t->n_idx) {
+            ks_log(KS_LOG_ERROR, "keystore %s: token %u is listed by the metadata but its record is missing; "
+                   "nothing was written. Check the keystore with 'p11mk-admin verify'", x->st->path, token_id);
+            return KS_ECORRUPT;
+        }
+        t->exists = true;
+        if (token_id < UINT32_MAX && m->rs.toknext <= token_id)
+            m->rs.toknext = token_id + 1;
+        ks_meta_touch(x, false);
     }
-    return rc;
+    return seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
 }
 
 int ks_token_exists(ks_txn *x, uint32_t token_id)
@@ -1150,9 +1212,13 @@ static int del_prefix(ks_txn *x, MDB_dbi db, uint32_t token_id, bool dups)
 int ks_token_del(ks_txn *x, uint32_t token_id)
 {
     uint8_t kb[4];
+    ks_meta *m;
+    ks_tokstat *t;
     int rc;
     if (!x || !token_id)
         return KS_EINVAL;
+    if ((rc = meta_for_write(x, &m)) != KS_OK)
+        return rc;
     if ((rc = del_prefix(x, x->st->db_obj, token_id, false)) != KS_OK ||
         (rc = del_prefix(x, x->st->db_idx, token_id, true)) != KS_OK)
         return rc;
@@ -1161,25 +1227,31 @@ int ks_token_del(ks_txn *x, uint32_t token_id)
     rc = wdel(x, x->st->db_tok, &k, NULL);
     if (rc != KS_OK && rc != KS_ENOTFOUND)
         return rc;
-    uint64_t inc = 0;
-    uint8_t v[8];
-    if ((rc = ks_token_incarnation(x, token_id, &inc)) != KS_OK)
-        return rc;
-    ks_be64(v, inc + 1);
-    return ks_meta_put(x, "tokinc", kb, 4, v, 8);
+    /* The entry stays (deleted) for its incarnation: a login made before
+     * must not reach what a re-initialization puts there. */
+    if (!(t = ks_meta_tok(m, token_id, true)))
+        return KS_ENOMEM;
+    t->exists = false;
+    t->inc++;
+    t->n_obj = t->n_idx = 0;
+    memset(t->obj_hash, 0, sizeof(t->obj_hash));
+    memset(t->idx_hash, 0, sizeof(t->idx_hash));
+    ks_meta_touch(x, false);
+    return KS_OK;
 }
 
 int ks_token_incarnation(ks_txn *x, uint32_t token_id, uint64_t *inc)
 {
-    uint8_t kb[4];
-    MDB_val v;
+    ks_meta *m;
     int rc;
     if (!x || !token_id || !inc)
         return KS_EINVAL;
-    ks_be32(kb, token_id);
-    rc = ks_meta_get(x->txn, x->st, "tokinc", kb, 4, &v);
-    *inc = rc == KS_OK && v.mv_size == 8 ? ks_get_be64(v.mv_data) : 0;
-    return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
+    *inc = 0;
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK)
+        return rc;
+    ks_tokstat *t = ks_meta_tok(m, token_id, false);
+    *inc = t ? t->inc : 0;
+    return KS_OK;
 }
 
 int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)
@@ -1224,30 +1296,71 @@ static void obj_key(uint8_t kb[12], uint32_t token_id, uint64_t oid)
 
 int ks_obj_new_id(ks_txn *x, uint64_t *oid)
 {
-    MDB_val v;
-    uint8_t be[8];
+    ks_meta *m;
     int rc;
     if (!x || !oid || !x->write)
         return KS_EINVAL;
-    rc = ks_meta_get(x->txn, x->st, "next_oid", NULL, 0, &v);
-    if (rc != KS_OK || v.mv_size != 8)
-        return rc == KS_OK ? KS_ECORRUPT : rc;
-    *oid = ks_get_be64(v.mv_data);
+    if ((rc = meta_for_write(x, &m)) != KS_OK)
+        return rc;
+    *oid = m->rs.next_oid;
     if (*oid == 0 || *oid >= (1ull << 62))
         return KS_ECORRUPT;
-    ks_be64(be, *oid + 1);
-    MDB_val k = {8, (void *)"next_oid"}, nv = {8, be};
-    return wput(x, x->st->db_meta, &k, &nv, 0);
+    m->rs.next_oid++;
+    ks_meta_touch(x, false);
+    return KS_OK;
+}
+
+/* Count an object record in or out of its token's set. */
+static int obj_account(ks_txn *x, uint32_t token_id, uint64_t oid, int delta)
+{
+    ks_meta *m;
+    ks_tokstat *t;
+    uint8_t h[16];
+    int rc = meta_for_write(x, &m);
+    if (rc != KS_OK)
+        return rc;
+    if (!(t = ks_meta_tok(m, token_id, false)) || !t->exists || (delta < 0 && t->n_obj == 0)) {
+        ks_log(KS_LOG_ERROR, "keystore %s: token %u object %llu does not match the metadata (which lists %s); "
+               "nothing was written. Check the keystore with 'p11mk-admin verify'", x->st->path, token_id,
+               (unsigned long long)oid, t && t->exists ? "no object to remove" : "no such token");
+        return KS_ECORRUPT;
+    }
+    ks_obj_hash(token_id, oid, h);
+    ks_hash_xor(t->obj_hash, h);
+    t->n_obj = delta > 0 ? t->n_obj + 1 : t->n_obj - 1;
+    ks_meta_touch(x, false);
+    return KS_OK;
+}
+
+int ks_obj_create(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
+{
+    uint8_t kb[12];
+    MDB_val v;
+    if (!x || !token_id || !oid)
+        return KS_EINVAL;
+    obj_key(kb, token_id, oid);
+    MDB_val k = {12, kb};
+    if (mdb_get(x->txn, x->st->db_obj, &k, &v) == MDB_SUCCESS) {
+        /* The id counter went back (replayed or damaged metadata): never overwrite. */
+        ks_log(KS_LOG_ERROR, "keystore %s: object id %llu is already in use in token %u: the keystore's id counter "
+               "went back (its metadata was replayed or damaged); nothing was overwritten. Check the keystore "
+               "with 'p11mk-admin verify'", x->st->path, (unsigned long long)oid, token_id);
+        return KS_ECORRUPT;
+    }
+    int rc = obj_account(x, token_id, oid, +1);
+    return rc == KS_OK ? seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len) : rc;
 }
 
 int ks_obj_put(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
 {
     uint8_t kb[12];
+    MDB_val v;
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    return seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len);
+    int rc = lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v)); /* an update: it must exist */
+    return rc == KS_OK ? seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len) : rc;
 }
 
 int ks_obj_get(ks_txn *x, uint32_t token_id, uint64_t oid, uint8_t **blob, size_t *len)
@@ -1286,7 +1399,8 @@ int ks_obj_del(ks_txn *x, uint32_t token_id, uint64_t oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    return wdel(x, x->st->db_obj, &k, NULL);
+    int rc = wdel(x, x->st->db_obj, &k, NULL);
+    return rc == KS_OK ? obj_account(x, token_id, oid, -1) : rc;
 }
 
 int ks_obj_foreach(ks_txn *x, uint32_t token_id, ks_oid_cb cb, void *arg)
@@ -1322,9 +1436,15 @@ static int count_cb(uint64_t oid, void *arg)
 
 int ks_token_count_objects(ks_txn *x, uint32_t token_id, uint64_t *n)
 {
+    ks_meta *m;
     if (!n)
         return KS_EINVAL;
     *n = 0;
+    if (ks_txn_meta(x, &m) == KS_OK && !m->rs.legacy) {
+        ks_tokstat *t = ks_meta_tok(m, token_id, false);
+        *n = t && t->exists ? t->n_obj : 0;
+        return KS_OK;
+    }
     return ks_obj_foreach(x, token_id, count_cb, n);
 }
 
@@ -1361,6 +1481,27 @@ static int idx_entry(ks_txn *x, uint32_t token_id, uint32_t attr, const void *va
     return idx_key(x->st, kb, token_id, attr, val, len);
 }
 
+/* Count an index entry in or out of its token's set. */
+static int idx_account(ks_txn *x, uint32_t token_id, const uint8_t kb[IDX_KEY_LEN], uint64_t oid, int delta)
+{
+    ks_meta *m;
+    ks_tokstat *t;
+    uint8_t h[16];
+    int rc = meta_for_write(x, &m);
+    if (rc != KS_OK)
+        return rc;
+    if (!(t = ks_meta_tok(m, token_id, false)) || !t->exists || (delta < 0 && t->n_idx == 0)) {
+        ks_log(KS_LOG_ERROR, "keystore %s: an index entry of token %u does not match the metadata; nothing was "
+               "written. Check the keystore with 'p11mk-admin verify'", x->st->path, token_id);
+        return KS_ECORRUPT;
+    }
+    ks_idx_hash(kb, oid, h);
+    ks_hash_xor(t->idx_hash, h);
+    t->n_idx = delta > 0 ? t->n_idx + 1 : t->n_idx - 1;
+    ks_meta_touch(x, false);
+    return KS_OK;
+}
+
 int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
 {
     uint8_t kb[IDX_KEY_LEN], vb[8];
@@ -1368,7 +1509,9 @@ int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     if (rc == KS_OK)
         rc = wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
-    return rc == KS_EEXIST ? KS_OK : rc;
+    if (rc == KS_EEXIST)
+        return KS_OK; /* already there: nothing changed */
+    return rc == KS_OK ? idx_account(x, token_id, kb, oid, +1) : rc;
 }
 
 int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
@@ -1378,7 +1521,9 @@ int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     if (rc == KS_OK)
         rc = wdel(x, x->st->db_idx, &k, &v);
-    return rc == KS_ENOTFOUND ? KS_OK : rc;
+    if (rc == KS_ENOTFOUND)
+        return KS_OK;
+    return rc == KS_OK ? idx_account(x, token_id, kb, oid, -1) : rc;
 }
 
 int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, ks_oid_cb cb,

@@ -630,7 +630,7 @@ static int obj_write_fn(ks_txn *txn, void *arg)
         return ks_obj_del(txn, w->tid, w->oid);
     if (tok_attrs_serialize(w->obj, &blob, &len) != 0)
         return KS_ENOMEM;
-    rc = ks_obj_put(txn, w->tid, w->oid, blob, len);
+    rc = w->create ? ks_obj_create(txn, w->tid, w->oid, blob, len) : ks_obj_put(txn, w->tid, w->oid, blob, len);
     ks_buf_free(blob, len);
     if (rc != KS_OK)
         return rc;

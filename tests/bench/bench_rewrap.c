@@ -117,7 +117,7 @@ static int fill_fn(ks_txn *x, void *arg)
     for (unsigned long i = 0; i < a->todo; i++) {
         uint64_t oid;
         int k = (int)((a->done + i) % 3), rc;
-        if ((rc = ks_obj_new_id(x, &oid)) != KS_OK || (rc = ks_obj_put(x, a->tid, oid, a->blob[k], a->len[k])) != KS_OK)
+        if ((rc = ks_obj_new_id(x, &oid)) != KS_OK || (rc = ks_obj_create(x, a->tid, oid, a->blob[k], a->len[k])) != KS_OK)
             return rc;
     }
     return KS_OK;

@@ -6,7 +6,7 @@
 expect_rc 0 "$ADMIN" --help
 expect_out "Exit codes"
 expect_rc 0 "$ADMIN" version
-expect_out "keystore format 1"
+expect_out "keystore format 2 \(reads 1 and 2\)"
 expect_rc 2 "$ADMIN"
 expect_rc 2 "$ADMIN" frobnicate
 expect_out "unknown command 'frobnicate'"

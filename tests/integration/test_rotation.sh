@@ -135,7 +135,7 @@ expect_rc 0 "$ADMIN" auto-update --disable
 expect_out "disabled"
 expect_rc 0 "$ADMIN" version
 expect_out "AES-256-GCM"
-expect_out "slot [0-9]+ +rot +format 1, epoch $((e2 + 1))"
+expect_out "slot [0-9]+ +rot +format 2, epoch $((e2 + 1))"
 ok "auto-update: interval, not due, due, idempotent, disabled by set-master-key; version per token"
 
 # A second rotation step while one runs: with --wait 0 it is refused at once,

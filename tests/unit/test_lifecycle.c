@@ -71,7 +71,7 @@ static int put_fn(ks_txn *t, void *arg)
             rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
     }
     if (rc == KS_OK && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
-        rc = ks_obj_put(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
+        rc = ks_obj_create(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
     return rc;
 }
 

@@ -90,7 +90,7 @@ static void idx_cb(CK_SLOT_ID slot, uint64_t oid, CK_ATTRIBUTE_TYPE t, void *arg
 }
 
 static char last_kind;
-static void rec_cb(char kind, uint32_t token, uint64_t oid, int err, void *arg)
+static void rec_cb(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
 {
     (void)token; (void)oid; (void)err; (void)arg;
     last_kind = kind;

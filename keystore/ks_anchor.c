@@ -1,0 +1,667 @@
+/* p11mk keystore: the anchor, the one sealed metadata record that vouches
+ * for everything else that decides behaviour.
+ *
+ * The record (meta "state", sealed under the CURRENT epoch's key) holds the
+ * rotation state and, since format 2: the format version, the generation
+ * counter, the next object and token ids, and per token whether it exists,
+ * its incarnation, and how many object records and index entries it has with
+ * an XOR of a hash of each (so a deleted, added or moved record changes them).
+ *
+ * Rules:
+ *  - Counters live only here; nothing is read from an unauthenticated copy.
+ *    The generation is also kept plain ("gen"), because every transaction of
+ *    every process reads it; a new generation's keys are built only after the
+ *    plain value is compared with the sealed one (a mismatch is reported).
+ *  - A write transaction loads the anchor once, changes its working copy
+ *    and seals it once, just before commit (ks_meta_flush). So the anchor and
+ *    the records it vouches for always commit together.
+ *  - A missing or unauthentic anchor is damage: reported, never replaced by
+ *    defaults. Readers share a parsed copy keyed by the record's GCM tag: one
+ *    lookup and a 16-byte compare when nothing changed.
+ *  - A format 1 keystore (no counters in the record) is upgraded by its first
+ *    write transaction, which counts what is there; until then it is read as
+ *    before. */
+#include "keystore/ks_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#define STATE_OID 1
+#define V1_LEN_A 24
+#define V1_LEN_B 40
+#define V2_HDR 68
+#define TOK_LEN 64
+#define MAX_TOKENS (1u << 20)
+enum { POS_END = 3 };
+
+/* ---- hashes of set members ------------------------------------------------ */
+
+static void hash16(const char *label, const uint8_t *a, size_t alen, uint64_t oid, uint8_t out[16])
+{
+    uint8_t buf[64], md[32], be[8];
+    size_t l = strlen(label), n = 0;
+    memcpy(buf, label, l);
+    memcpy(buf + l, a, alen);
+    ks_be64(be, oid);
+    memcpy(buf + l + alen, be, 8);
+    if (!EVP_Q_digest(ks_libctx(), "SHA256", NULL, buf, l + alen + 8, md, &n))
+        memset(md, 0, sizeof(md));
+    memcpy(out, md, 16);
+}
+
+void ks_obj_hash(uint32_t tid, uint64_t oid, uint8_t out[16])
+{
+    uint8_t t[4];
+    ks_be32(t, tid);
+    hash16("p11mk object v1", t, 4, oid, out);
+}
+
+void ks_idx_hash(const uint8_t key[IDX_KEY_LEN], uint64_t oid, uint8_t out[16])
+{
+    hash16("p11mk index v1", key, IDX_KEY_LEN, oid, out);
+}
+
+void ks_hash_xor(uint8_t acc[16], const uint8_t h[16])
+{
+    for (int i = 0; i < 16; i++)
+        acc[i] ^= h[i];
+}
+
+/* ---- the record ----------------------------------------------------------------- */
+
+void ks_meta_free(ks_meta *m)
+{
+    if (!m)
+        return;
+    free(m->tok);
+    memset(m, 0, sizeof(*m));
+}
+
+static int parse(const uint8_t *pt, size_t len, uint32_t epoch, ks_meta *m, bool want_tokens)
+{
+    ks_rotstate *rs = &m->rs;
+    if (len < V1_LEN_A || (pt[0] != 1 && pt[0] != 2) || pt[1] > KS_ROT_ABORTING || ks_get_be32(pt + 2) != epoch ||
+        pt[10] > POS_END || pt[11] > sizeof(rs->cursor) || ((pt[1] == KS_ROT_IDLE) != (ks_get_be32(pt + 6) == 0)))
+        return KS_ECORRUPT;
+    if (pt[0] == 1 && len != V1_LEN_A && len != V1_LEN_B)
+        return KS_ECORRUPT;
+    rs->state = pt[1];
+    rs->cur = ks_get_be32(pt + 2);
+    rs->nxt = ks_get_be32(pt + 6);
+    rs->cursor_db = pt[10];
+    rs->cursor_len = pt[11];
+    memcpy(rs->cursor, pt + 12, sizeof(rs->cursor));
+    if (len >= V1_LEN_B) {
+        rs->auto_interval = ks_get_be64(pt + 24);
+        rs->last_rotation = ks_get_be64(pt + 32);
+    }
+    if (pt[0] == 1) {
+        rs->legacy = true;
+        return KS_OK;
+    }
+    if (len < V2_HDR)
+        return KS_ECORRUPT;
+    rs->format = ks_get_be32(pt + 40);
+    rs->gen = ks_get_be64(pt + 44);
+    rs->next_oid = ks_get_be64(pt + 52);
+    rs->toknext = ks_get_be32(pt + 60);
+    uint32_t n = ks_get_be32(pt + 64);
+    if (n > MAX_TOKENS || len != V2_HDR + (size_t)n * TOK_LEN)
+        return KS_ECORRUPT;
+    if (!want_tokens)
+        return KS_OK;
+    if (n && !(m->tok = calloc(n, sizeof(*m->tok))))
+        return KS_ENOMEM;
+    m->cap = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *p = pt + V2_HDR + (size_t)i * TOK_LEN;
+        ks_tokstat *t = &m->tok[i];
+        t->tid = ks_get_be32(p);
+        uint32_t flags = ks_get_be32(p + 4);
+        if (flags > 1 || t->tid == 0 || (i && t->tid <= m->tok[i - 1].tid))
+            return KS_ECORRUPT; /* sorted, no duplicates */
+        t->exists = flags & 1;
+        t->inc = ks_get_be64(p + 8);
+        t->n_obj = ks_get_be64(p + 16);
+        t->n_idx = ks_get_be64(p + 24);
+        memcpy(t->obj_hash, p + 32, 16);
+        memcpy(t->idx_hash, p + 48, 16);
+    }
+    m->ntok = n;
+    return KS_OK;
+}
+
+/* Unseal the state record of this snapshot: CURRENT's epoch, under its key. */
+static int open_state(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t key[32], MDB_val *v, uint8_t **pt,
+                      size_t *len)
+{
+    uint32_t hepoch;
+    int rc = ks_meta_get(t, st, "state", NULL, 0, v);
+    if (rc == KS_ENOTFOUND)
+        return KS_ECORRUPT; /* every keystore has one: missing is damage, never "idle by default" */
+    if (rc != KS_OK)
+        return rc;
+    if (ks_rec_header(v->mv_data, v->mv_size, NULL, &hepoch) != KS_OK || hepoch != epoch)
+        return KS_ECORRUPT;
+    return ks_rec_open(key, st->ksid, KS_KIND_META, 0, STATE_OID, v->mv_data, v->mv_size, pt, len);
+}
+
+int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs)
+{
+    ks_meta m;
+    MDB_val v;
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    memset(&m, 0, sizeof(m));
+    int rc = open_state(t, st, epoch, curkey, &v, &pt, &len);
+    if (rc == KS_OK)
+        rc = parse(pt, len, epoch, &m, false);
+    ks_buf_free(pt, len);
+    if (rc == KS_OK)
+        *rs = m.rs;
+    return rc;
+}
+
+int ks_state_write(ks_txn *x, const ks_meta *m, const uint8_t key[32])
+{
+    size_t len = V2_HDR + m->ntok * TOK_LEN;
+    uint8_t *pt = calloc(1, len), *rec = NULL;
+    size_t reclen = 0;
+    const ks_rotstate *rs = &m->rs;
+    int rc;
+
+    if (!pt)
+        return KS_ENOMEM;
+    pt[0] = 2;
+    pt[1] = (uint8_t)rs->state;
+    ks_be32(pt + 2, rs->cur);
+    ks_be32(pt + 6, rs->nxt);
+    pt[10] = rs->cursor_db;
+    pt[11] = rs->cursor_len;
+    memcpy(pt + 12, rs->cursor, sizeof(rs->cursor));
+    ks_be64(pt + 24, rs->auto_interval);
+    ks_be64(pt + 32, rs->last_rotation);
+    ks_be32(pt + 40, rs->format);
+    ks_be64(pt + 44, rs->gen);
+    ks_be64(pt + 52, rs->next_oid);
+    ks_be32(pt + 60, rs->toknext);
+    ks_be32(pt + 64, (uint32_t)m->ntok);
+    for (size_t i = 0; i < m->ntok; i++) {
+        uint8_t *p = pt + V2_HDR + i * TOK_LEN;
+        const ks_tokstat *t = &m->tok[i];
+        ks_be32(p, t->tid);
+        ks_be32(p + 4, t->exists ? 1 : 0);
+        ks_be64(p + 8, t->inc);
+        ks_be64(p + 16, t->n_obj);
+        ks_be64(p + 24, t->n_idx);
+        memcpy(p + 32, t->obj_hash, 16);
+        memcpy(p + 48, t->idx_hash, 16);
+    }
+    rc = ks_rec_seal(key, x->st->ksid, KS_KIND_META, rs->cur, 0, STATE_OID, pt, len, &rec, &reclen);
+    free(pt);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_meta_put(x, "state", NULL, 0, rec, reclen);
+    /* Readers will meet this record next: parse it for them now. */
+    if (rc == KS_OK) {
+        ks_store *st = x->st;
+        pthread_mutex_lock(&st->meta_lock);
+        ks_meta_free(&st->meta_cache);
+        st->meta_cache = *m;
+        st->meta_cache.tok = m->ntok ? malloc(m->ntok * sizeof(*m->tok)) : NULL;
+        if (m->ntok && !st->meta_cache.tok) {
+            memset(&st->meta_cache, 0, sizeof(st->meta_cache));
+            st->meta_cached = false;
+        } else {
+            if (m->ntok)
+                memcpy(st->meta_cache.tok, m->tok, m->ntok * sizeof(*m->tok));
+            st->meta_cache.cap = m->ntok;
+            st->meta_cache.dirty = st->meta_cache.bump = st->meta_cache.upgraded = false;
+            memcpy(st->meta_tag, rec + reclen - KS_TAG_LEN, KS_TAG_LEN);
+            st->meta_cached = true;
+        }
+        pthread_mutex_unlock(&st->meta_lock);
+    }
+    free(rec);
+    return rc;
+}
+
+/* ---- a format 1 keystore ------------------------------------------------------------ */
+
+/* Counters from the plain records a format 1 keystore kept, and (when
+ * counting) the object and index sets as they are now: the upgrade trusts
+ * the keystore once, as format 1 always did. */
+static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
+{
+    ks_store *st = x->st;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int mrc;
+
+    if (ks_meta_get(x->txn, st, "next_oid", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+        m->rs.next_oid = ks_get_be64(v.mv_data);
+    if (ks_meta_get(x->txn, st, "toknext", NULL, 0, &v) == KS_OK && v.mv_size == 4)
+        m->rs.toknext = ks_get_be32(v.mv_data);
+    if (mdb_cursor_open(x->txn, st->db_tok, &c) != MDB_SUCCESS)
+        return KS_EIO;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 4)
+            continue;
+        ks_tokstat *t = ks_meta_tok(m, ks_get_be32(k.mv_data), true);
+        if (!t) {
+            mdb_cursor_close(c);
+            return KS_ENOMEM;
+        }
+        t->exists = true;
+        if (m->rs.toknext <= t->tid)
+            m->rs.toknext = t->tid + 1;
+    }
+    mdb_cursor_close(c);
+    /* Incarnations of tokens that exist or were deleted. */
+    k.mv_size = 6;
+    k.mv_data = (void *)"tokinc";
+    if (mdb_cursor_open(x->txn, st->db_meta, &c) != MDB_SUCCESS)
+        return KS_EIO;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 10 || memcmp(k.mv_data, "tokinc", 6) != 0)
+            break;
+        ks_tokstat *t = v.mv_size == 8 ? ks_meta_tok(m, ks_get_be32((const uint8_t *)k.mv_data + 6), true) : NULL;
+        if (t)
+            t->inc = ks_get_be64(v.mv_data);
+    }
+    mdb_cursor_close(c);
+    if (!count)
+        return KS_OK;
+    if (mdb_cursor_open(x->txn, st->db_obj, &c) != MDB_SUCCESS)
+        return KS_EIO;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12)
+            continue;
+        uint32_t tid = ks_get_be32(k.mv_data);
+        uint64_t oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
+        ks_tokstat *t = ks_meta_tok(m, tid, false);
+        uint8_t h[16];
+        if (!t)
+            continue; /* an object of no token: left for verify to name */
+        ks_obj_hash(tid, oid, h);
+        ks_hash_xor(t->obj_hash, h);
+        t->n_obj++;
+        if (m->rs.next_oid <= oid)
+            m->rs.next_oid = oid + 1;
+    }
+    mdb_cursor_close(c);
+    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS)
+        return KS_EIO;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != IDX_KEY_LEN || v.mv_size != 8)
+            continue;
+        ks_tokstat *t = ks_meta_tok(m, ks_get_be32(k.mv_data), false);
+        uint8_t h[16];
+        if (!t)
+            continue;
+        ks_idx_hash(k.mv_data, ks_get_be64(v.mv_data), h);
+        ks_hash_xor(t->idx_hash, h);
+        t->n_idx++;
+    }
+    mdb_cursor_close(c);
+    if (!m->rs.next_oid)
+        m->rs.next_oid = 1;
+    if (!m->rs.toknext)
+        m->rs.toknext = 1;
+    return KS_OK;
+}
+
+/* ---- a transaction's working copy ---------------------------------------------------- */
+
+ks_tokstat *ks_meta_tok(ks_meta *m, uint32_t tid, bool add)
+{
+    size_t lo = 0, hi = m->ntok;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (m->tok[mid].tid < tid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < m->ntok && m->tok[lo].tid == tid)
+        return &m->tok[lo];
+    if (!add)
+        return NULL;
+    if (m->ntok == m->cap) {
+        size_t cap = m->cap ? 2 * m->cap : 8;
+        ks_tokstat *n = realloc(m->tok, cap * sizeof(*n));
+        if (!n)
+            return NULL;
+        m->tok = n;
+        m->cap = cap;
+    }
+    memmove(&m->tok[lo + 1], &m->tok[lo], (m->ntok - lo) * sizeof(*m->tok));
+    memset(&m->tok[lo], 0, sizeof(*m->tok));
+    m->tok[lo].tid = tid;
+    m->ntok++;
+    return &m->tok[lo];
+}
+
+int ks_txn_meta(ks_txn *x, ks_meta **out)
+{
+    ks_store *st = x->st;
+    ks_meta *m = &x->m;
+    MDB_val v;
+    uint8_t *pt = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (m->loaded) {
+        *out = m;
+        return KS_OK;
+    }
+    if ((rc = ks_meta_get(x->txn, st, "state", NULL, 0, &v)) != KS_OK)
+        return rc == KS_ENOTFOUND ? KS_ECORRUPT : rc;
+    if (v.mv_size > KS_TAG_LEN) {
+        const uint8_t *tag = (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN;
+        pthread_mutex_lock(&st->meta_lock);
+        if (st->meta_cached && CRYPTO_memcmp(st->meta_tag, tag, KS_TAG_LEN) == 0 &&
+            st->meta_cache.rs.cur == x->ring->rs.cur) {
+            *m = st->meta_cache;
+            m->tok = m->ntok ? malloc(m->ntok * sizeof(*m->tok)) : NULL;
+            if (m->ntok && !m->tok)
+                rc = KS_ENOMEM;
+            else if (m->ntok)
+                memcpy(m->tok, st->meta_cache.tok, m->ntok * sizeof(*m->tok));
+            m->cap = m->ntok;
+            pthread_mutex_unlock(&st->meta_lock);
+            if (rc != KS_OK) {
+                memset(m, 0, sizeof(*m));
+                return rc;
+            }
+            m->loaded = true;
+            *out = m;
+            return KS_OK;
+        }
+        pthread_mutex_unlock(&st->meta_lock);
+    }
+    memset(m, 0, sizeof(*m));
+    rc = open_state(x->txn, st, x->ring->rs.cur, x->ring->cur_key, &v, &pt, &len);
+    if (rc == KS_OK)
+        rc = parse(pt, len, x->ring->rs.cur, m, true);
+    ks_buf_free(pt, len);
+    if (rc == KS_OK && m->rs.legacy) {
+        /* Format 1: a writer upgrades it (counting what is there); a reader
+         * takes the plain counters as format 1 did. */
+        rc = legacy_fill(x, m, x->write);
+        if (rc == KS_OK && x->write) {
+            m->rs.legacy = false;
+            m->rs.format = KS_FORMAT_VERSION;
+            uint64_t gen = 0;
+            if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+                gen = ks_get_be64(v.mv_data);
+            m->rs.gen = gen;
+            m->dirty = m->upgraded = true;
+        }
+    }
+    if (rc != KS_OK) {
+        ks_meta_free(m);
+        return rc;
+    }
+    m->loaded = true;
+    *out = m;
+    return KS_OK;
+}
+
+void ks_meta_touch(ks_txn *x, bool bump)
+{
+    x->m.dirty = true;
+    x->m.bump |= bump;
+}
+
+int ks_meta_flush(ks_txn *x)
+{
+    ks_meta *m = &x->m;
+    uint8_t be[8];
+    MDB_val v;
+    int rc;
+
+    if (!m->loaded || !m->dirty)
+        return KS_OK;
+    if (m->bump) {
+        uint64_t plain = 0;
+        if (ks_meta_get(x->txn, x->st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
+            plain = ks_get_be64(v.mv_data);
+        m->rs.gen = (plain > m->rs.gen ? plain : m->rs.gen) + 1;
+        ks_be64(be, m->rs.gen);
+        if ((rc = ks_meta_put(x, "gen", NULL, 0, be, 8)) != KS_OK)
+            return rc;
+    }
+    const uint8_t *key = ks_ring_key(x->ring, m->rs.cur);
+    if (!key)
+        return KS_ENOKEY;
+    if ((rc = ks_state_write(x, m, key)) != KS_OK)
+        return rc;
+    if (m->upgraded) {
+        /* Format 2 from now on; the plain counters are gone (only the anchor counts). */
+        ks_be32(be, KS_FORMAT_VERSION);
+        if ((rc = ks_meta_put(x, "format", NULL, 0, be, 4)) != KS_OK || (rc = ks_meta_del(x, "next_oid", NULL, 0)) ||
+            (rc = ks_meta_del(x, "toknext", NULL, 0)))
+            return rc;
+        for (size_t i = 0; i < m->ntok; i++) {
+            ks_be32(be, m->tok[i].tid);
+            if ((rc = ks_meta_del(x, "tokinc", be, 4)) != KS_OK)
+                return rc;
+        }
+        x->st->format = KS_FORMAT_VERSION;
+        ks_log(KS_LOG_INFO, "keystore %s: upgraded to format %u (authenticated counters)", x->st->path,
+               KS_FORMAT_VERSION);
+    }
+    m->dirty = m->bump = m->upgraded = false;
+    return KS_OK;
+}
+
+/* ---- verification ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint32_t tid;
+    uint64_t n_obj, n_idx;
+    uint8_t obj_hash[16], idx_hash[16];
+    bool has_record;
+} seen_tok;
+
+static seen_tok *seen_get(seen_tok **v, size_t *n, size_t *cap, uint32_t tid)
+{
+    for (size_t i = *n; i-- > 0;) /* records come in key order: the last one is usually it */
+        if ((*v)[i].tid == tid)
+            return &(*v)[i];
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 16;
+        seen_tok *nv = realloc(*v, c * sizeof(*nv));
+        if (!nv)
+            return NULL;
+        *v = nv;
+        *cap = c;
+    }
+    memset(&(*v)[*n], 0, sizeof(**v));
+    (*v)[*n].tid = tid;
+    return &(*v)[(*n)++];
+}
+
+int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
+{
+    ks_txn *x;
+    ks_meta *m;
+    MDB_cursor *c;
+    MDB_val k, v;
+    seen_tok *seen = NULL;
+    size_t nseen = 0, cap = 0;
+    uint64_t max_oid = 0;
+    uint32_t max_tid = 0;
+    char what[256];
+    int rc = ks_read_begin(st, &x), mrc;
+
+#define REPORT(kind, tok, oid, ...)                                                                                \
+    do {                                                                                                           \
+        snprintf(what, sizeof(what), __VA_ARGS__);                                                                 \
+        (*failed)++;                                                                                               \
+        if (cb)                                                                                                    \
+            cb(kind, tok, oid, KS_ECORRUPT, what, arg);                                                            \
+    } while (0)
+
+    if (rc != KS_OK)
+        return rc;
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK) {
+        REPORT('M', 0, 0, "the state record (rotation state and counters) is missing or failed authentication");
+        ks_read_end(x);
+        return KS_OK;
+    }
+    if (m->rs.legacy) { /* format 1: nothing authenticated to compare with until the first write upgrades it */
+        ks_read_end(x);
+        return KS_OK;
+    }
+    if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) != KS_OK || v.mv_size != 8 || ks_get_be64(v.mv_data) != m->rs.gen)
+        REPORT('M', 0, 0, "the generation counter is missing or differs from the authenticated one (%llu): "
+               "processes may not notice key changes", (unsigned long long)m->rs.gen);
+    if (m->rs.format != st->format)
+        REPORT('M', 0, 0, "the format record says %u, the authenticated state %u", st->format, m->rs.format);
+
+    if (mdb_cursor_open(x->txn, st->db_tok, &c) != MDB_SUCCESS)
+        goto io;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 4) {
+            REPORT('T', 0, 0, "a token record is stored under a malformed key (%zu bytes)", k.mv_size);
+            continue;
+        }
+        uint32_t tid = ks_get_be32(k.mv_data);
+        seen_tok *s = seen_get(&seen, &nseen, &cap, tid);
+        if (!s)
+            goto nomem;
+        s->has_record = true;
+        if (tid > max_tid)
+            max_tid = tid;
+    }
+    mdb_cursor_close(c);
+    if (mdb_cursor_open(x->txn, st->db_obj, &c) != MDB_SUCCESS)
+        goto io;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12) {
+            REPORT('O', 0, 0, "an object record is stored under a malformed key (%zu bytes)", k.mv_size);
+            continue;
+        }
+        uint32_t tid = ks_get_be32(k.mv_data);
+        uint64_t oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
+        seen_tok *s = seen_get(&seen, &nseen, &cap, tid);
+        uint8_t h[16];
+        if (!s)
+            goto nomem;
+        ks_obj_hash(tid, oid, h);
+        ks_hash_xor(s->obj_hash, h);
+        s->n_obj++;
+        if (oid > max_oid)
+            max_oid = oid;
+    }
+    mdb_cursor_close(c);
+    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS)
+        goto io;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != IDX_KEY_LEN || v.mv_size != 8) {
+            REPORT('I', 0, 0, "an index entry is malformed");
+            continue;
+        }
+        seen_tok *s = seen_get(&seen, &nseen, &cap, ks_get_be32(k.mv_data));
+        uint8_t h[16];
+        if (!s)
+            goto nomem;
+        ks_idx_hash(k.mv_data, ks_get_be64(v.mv_data), h);
+        ks_hash_xor(s->idx_hash, h);
+        s->n_idx++;
+    }
+    mdb_cursor_close(c);
+
+    /* What is there against what the anchor vouches for. */
+    for (size_t i = 0; i < nseen; i++) {
+        seen_tok *s = &seen[i];
+        ks_tokstat *t = ks_meta_tok(m, s->tid, false);
+        if (!t || !t->exists) {
+            if (s->has_record)
+                REPORT('T', s->tid, 0, "the token record is not listed by the authenticated metadata (added, or "
+                       "put back from an older copy)");
+            else if (s->n_obj || s->n_idx)
+                REPORT('N', s->tid, 0, "%llu object record(s) and %llu index entries belong to no token",
+                       (unsigned long long)s->n_obj, (unsigned long long)s->n_idx);
+            continue;
+        }
+        if (!s->has_record)
+            REPORT('T', s->tid, 0, "the token record is missing (deleted)");
+        if (t->n_obj != s->n_obj || memcmp(t->obj_hash, s->obj_hash, 16))
+            REPORT('T', s->tid, 0, "the object records are not the set the metadata vouches for: %llu found, %llu "
+                   "expected%s", (unsigned long long)s->n_obj, (unsigned long long)t->n_obj,
+                   t->n_obj == s->n_obj ? " (the same number, other ids)" :
+                   s->n_obj < t->n_obj ? " (records were deleted)" : " (records were added)");
+        if (t->n_idx != s->n_idx || memcmp(t->idx_hash, s->idx_hash, 16))
+            REPORT('T', s->tid, 0, "the index entries are not the set the metadata vouches for: %llu found, %llu "
+                   "expected", (unsigned long long)s->n_idx, (unsigned long long)t->n_idx);
+    }
+    for (size_t i = 0; i < m->ntok; i++) {
+        const ks_tokstat *t = &m->tok[i];
+        bool found = false;
+        for (size_t j = 0; j < nseen && !found; j++)
+            found = seen[j].tid == t->tid;
+        if (t->exists && !found)
+            REPORT('T', t->tid, 0, "the token and all its records are missing (%llu objects expected)",
+                   (unsigned long long)t->n_obj);
+    }
+    if (max_oid && m->rs.next_oid <= max_oid)
+        REPORT('M', 0, 0, "the object id counter (%llu) is not past the highest id in use (%llu): new objects "
+               "would collide", (unsigned long long)m->rs.next_oid, (unsigned long long)max_oid);
+    if (max_tid && m->rs.toknext <= max_tid)
+        REPORT('M', 0, 0, "the token id counter (%u) is not past the highest token id (%u)", m->rs.toknext, max_tid);
+#undef REPORT
+    free(seen);
+    ks_read_end(x);
+    return KS_OK;
+io:
+    free(seen);
+    ks_read_end(x);
+    return KS_EIO;
+nomem:
+    mdb_cursor_close(c);
+    free(seen);
+    ks_read_end(x);
+    return KS_ENOMEM;
+}
+
+/* At open: the counts the anchor vouches for against what the databases hold
+ * (O(tokens)); a difference is reported, the keystore is still served. */
+void ks_anchor_check_counts(ks_store *st)
+{
+    ks_txn *x;
+    ks_meta *m;
+    MDB_stat ms;
+    uint64_t objs = 0, idx = 0, toks = 0;
+    if (ks_read_begin(st, &x) != KS_OK)
+        return;
+    if (ks_txn_meta(x, &m) != KS_OK || m->rs.legacy) {
+        ks_read_end(x);
+        return;
+    }
+    for (size_t i = 0; i < m->ntok; i++)
+        if (m->tok[i].exists) {
+            toks++;
+            objs += m->tok[i].n_obj;
+            idx += m->tok[i].n_idx;
+        }
+    uint64_t have[3] = {0, 0, 0};
+    if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
+        have[0] = ms.ms_entries;
+    if (mdb_stat(x->txn, st->db_obj, &ms) == MDB_SUCCESS)
+        have[1] = ms.ms_entries;
+    if (mdb_stat(x->txn, st->db_idx, &ms) == MDB_SUCCESS)
+        have[2] = ms.ms_entries;
+    if (have[0] != toks || have[1] != objs || have[2] != idx)
+        ks_log(KS_LOG_ERROR, "keystore %s: its records do not match its authenticated metadata (tokens %llu of "
+               "%llu, objects %llu of %llu, index entries %llu of %llu): records were deleted, added or put back; "
+               "objects that are there still open as before. Check it with 'p11mk-admin verify'", st->path,
+               (unsigned long long)have[0], (unsigned long long)toks, (unsigned long long)have[1],
+               (unsigned long long)objs, (unsigned long long)have[2], (unsigned long long)idx);
+    ks_read_end(x);
+}
