@@ -1,0 +1,464 @@
+/* Metadata that decides behaviour is authenticated: a tamper suite over the
+ * raw LMDB environment. For each metadata record and database: delete it,
+ * zero it, set counters back, replay an older copy. In every case nothing is
+ * re-created or overwritten, the keystore never serves wrong data, and
+ * ks_verify names the problem. Also: a format 1 keystore is read as before
+ * and upgraded by its first write. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+#include <openssl/rand.h>
+
+#include "keystore/ks_internal.h"
+
+typedef struct {
+    char dir[128];
+    ks_mkey key;
+    uint32_t tid;
+    uint64_t oids[8];
+    size_t n;
+} fx;
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+typedef struct {
+    uint32_t tid;
+    const char *data;
+    uint64_t oid;
+} put_arg;
+
+static int put_fn(ks_txn *t, void *arg)
+{
+    put_arg *a = arg;
+    int rc = KS_OK;
+    if (!a->tid) {
+        rc = ks_token_new_id(t, &a->tid);
+        if (rc == KS_OK)
+            rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
+    }
+    if (rc == KS_OK && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
+        rc = ks_obj_create(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
+    if (rc == KS_OK)
+        rc = ks_idx_add(t, a->tid, 3, a->data, strlen(a->data), a->oid);
+    return rc;
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    ks_err err = {{0}};
+    ks_store *st;
+    snprintf(f->dir, sizeof(f->dir), "/tmp/p11mk-int-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    assert_int_equal(RAND_bytes(f->key.key, KS_MK_LEN), 1);
+    assert_int_equal(ks_open(f->dir, &f->key, KS_OPEN_CREATE, &st, &err), KS_OK);
+    for (int i = 0; i < 5; i++) {
+        char l[16];
+        snprintf(l, sizeof(l), "object-%d", i);
+        put_arg a = {f->tid, strdup(l), 0};
+        assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+        free((char *)a.data);
+        f->tid = a.tid;
+        f->oids[f->n++] = a.oid;
+    }
+    ks_close(st);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+/* ---- raw access to the environment (the keystore must be closed) ---- */
+
+typedef struct {
+    MDB_env *env;
+    MDB_txn *t;
+} raw;
+
+static void raw_begin(fx *f, raw *r)
+{
+    assert_int_equal(mdb_env_create(&r->env), 0);
+    mdb_env_set_maxdbs(r->env, 8);
+    mdb_env_set_mapsize(r->env, 64u << 20);
+    assert_int_equal(mdb_env_open(r->env, f->dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(r->env, NULL, 0, &r->t), 0);
+}
+
+static MDB_dbi raw_db(raw *r, const char *name)
+{
+    MDB_dbi d;
+    assert_int_equal(mdb_dbi_open(r->t, name, name && strcmp(name, "index") == 0 ? MDB_DUPSORT | MDB_DUPFIXED : 0, &d),
+                     0);
+    return d;
+}
+
+static void raw_end(raw *r)
+{
+    assert_int_equal(mdb_txn_commit(r->t), 0);
+    mdb_env_close(r->env);
+}
+
+static void raw_get(raw *r, const char *db, const void *key, size_t klen, uint8_t **val, size_t *len)
+{
+    MDB_val k = {klen, (void *)key}, v;
+    assert_int_equal(mdb_get(r->t, raw_db(r, db), &k, &v), 0);
+    *val = malloc(v.mv_size);
+    memcpy(*val, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+}
+
+static void raw_put(raw *r, const char *db, const void *key, size_t klen, const void *val, size_t len)
+{
+    MDB_val k = {klen, (void *)key}, v = {len, (void *)val};
+    assert_int_equal(mdb_put(r->t, raw_db(r, db), &k, &v, 0), 0);
+}
+
+static void raw_del(raw *r, const char *db, const void *key, size_t klen)
+{
+    MDB_val k = {klen, (void *)key};
+    assert_int_equal(mdb_del(r->t, raw_db(r, db), &k, NULL), 0);
+}
+
+/* ---- helpers ---- */
+
+static ks_store *reopen(fx *f, int want)
+{
+    ks_store *st = NULL;
+    ks_err err = {{0}};
+    assert_int_equal(ks_open(f->dir, &f->key, KS_OPEN_CREATE, &st, &err), want);
+    return st;
+}
+
+static char problems[4096];
+static void collect(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
+{
+    (void)arg;
+    size_t n = strlen(problems);
+    snprintf(problems + n, sizeof(problems) - n, "%c %u %llu %d %s\n", kind, token, (unsigned long long)oid, err,
+             what ? what : "");
+}
+
+static uint64_t verify(ks_store *st)
+{
+    uint64_t checked = 0, failed = 0;
+    problems[0] = '\0';
+    assert_int_equal(ks_verify(st, collect, NULL, &checked, &failed), KS_OK);
+    return failed;
+}
+
+static int read_obj(ks_store *st, uint32_t tid, uint64_t oid)
+{
+    ks_txn *t;
+    uint8_t *b = NULL;
+    size_t l = 0;
+    int rc = ks_read_begin(st, &t);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_obj_get(t, tid, oid, &b, &l);
+    ks_read_end(t);
+    ks_buf_free(b, l);
+    return rc;
+}
+
+static void ksid_of(fx *f, uint8_t out[16])
+{
+    raw r;
+    uint8_t *v;
+    size_t l;
+    raw_begin(f, &r);
+    raw_get(&r, "meta", "ksid", 4, &v, &l);
+    assert_int_equal(l, 16);
+    memcpy(out, v, 16);
+    free(v);
+    raw_end(&r);
+}
+
+/* ---- the cases ---- */
+
+static void test_clean_keystore_verifies(void **state)
+{
+    fx *f = *state;
+    ks_store *st = reopen(f, KS_OK);
+    assert_int_equal(verify(st), 0);
+    ks_info info;
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.format_version, KS_FORMAT);
+    ks_close(st);
+}
+
+static void test_missing_format_is_damage_not_a_new_keystore(void **state)
+{
+    fx *f = *state;
+    uint8_t before[16], after[16];
+    raw r;
+    ksid_of(f, before);
+    raw_begin(f, &r);
+    raw_del(&r, "meta", "format", 6);
+    raw_end(&r);
+    assert_null(reopen(f, KS_ECORRUPT)); /* with KS_OPEN_CREATE, as C_Initialize opens */
+    ksid_of(f, after);
+    assert_memory_equal(before, after, 16); /* nothing was written over it */
+}
+
+static void test_dropped_database_is_damage(void **state)
+{
+    fx *f = *state;
+    raw r;
+    raw_begin(f, &r);
+    assert_int_equal(mdb_drop(r.t, raw_db(&r, "objects"), 1), 0);
+    raw_end(&r);
+    assert_null(reopen(f, KS_ECORRUPT));
+    raw_begin(f, &r);
+    MDB_dbi d;
+    assert_int_equal(mdb_dbi_open(r.t, "objects", 0, &d), MDB_NOTFOUND); /* not re-created */
+    raw_end(&r);
+}
+
+static void test_counter_set_back_never_overwrites(void **state)
+{
+    fx *f = *state;
+    raw r;
+    uint8_t *old;
+    size_t oldlen;
+    /* A copy of the anchor from when the counter was lower ... */
+    raw_begin(f, &r);
+    raw_get(&r, "meta", "state", 5, &old, &oldlen);
+    raw_end(&r);
+    ks_store *st = reopen(f, KS_OK);
+    put_arg a = {f->tid, "newer", 0};
+    assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+    ks_close(st);
+    /* ... put back: the next create would reuse the newest id. */
+    raw_begin(f, &r);
+    raw_put(&r, "meta", "state", 5, old, oldlen);
+    raw_end(&r);
+    free(old);
+    st = reopen(f, KS_OK);
+    put_arg b = {f->tid, "collides", 0};
+    assert_int_equal(ks_write(st, put_fn, &b), KS_ECORRUPT);
+    assert_int_equal(read_obj(st, f->tid, a.oid), KS_OK); /* the object is intact */
+    ks_txn *t;
+    uint8_t *blob;
+    size_t len;
+    assert_int_equal(ks_read_begin(st, &t), KS_OK);
+    assert_int_equal(ks_obj_get(t, f->tid, a.oid, &blob, &len), KS_OK);
+    assert_int_equal(len, 5);
+    assert_memory_equal(blob, "newer", 5);
+    ks_buf_free(blob, len);
+    ks_read_end(t);
+    assert_true(verify(st) >= 1);
+    assert_non_null(strstr(problems, "id counter"));
+    ks_close(st);
+}
+
+static void test_deleted_object_and_its_index_entries(void **state)
+{
+    fx *f = *state;
+    raw r;
+    uint8_t kb[12];
+    ks_be32(kb, f->tid);
+    ks_be64(kb + 4, f->oids[2]);
+    raw_begin(f, &r);
+    raw_del(&r, "objects", kb, 12);
+    /* and every index entry pointing at it */
+    MDB_cursor *c;
+    MDB_val k, v;
+    assert_int_equal(mdb_cursor_open(r.t, raw_db(&r, "index"), &c), 0);
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;) {
+        if (v.mv_size == 8 && ks_get_be64(v.mv_data) == f->oids[2]) {
+            assert_int_equal(mdb_cursor_del(c, 0), 0);
+            rc = mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT);
+            if (rc != 0)
+                rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+            continue;
+        }
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    raw_end(&r);
+    ks_store *st = reopen(f, KS_OK); /* served: the other objects are fine */
+    assert_int_equal(read_obj(st, f->tid, f->oids[0]), KS_OK);
+    assert_int_equal(read_obj(st, f->tid, f->oids[2]), KS_ENOTFOUND);
+    assert_true(verify(st) >= 1);
+    assert_non_null(strstr(problems, "records were deleted"));
+    ks_close(st);
+}
+
+static void test_deleted_state_is_damage(void **state)
+{
+    fx *f = *state;
+    raw r;
+    raw_begin(f, &r);
+    raw_del(&r, "meta", "state", 5);
+    raw_end(&r);
+    assert_null(reopen(f, KS_ECORRUPT)); /* never "idle, auto-update off" by default */
+}
+
+static void test_edited_state_is_damage(void **state)
+{
+    fx *f = *state;
+    raw r;
+    uint8_t *v;
+    size_t l;
+    raw_begin(f, &r);
+    raw_get(&r, "meta", "state", 5, &v, &l);
+    v[l / 2] ^= 1;
+    raw_put(&r, "meta", "state", 5, v, l);
+    raw_end(&r);
+    free(v);
+    assert_null(reopen(f, KS_ECORRUPT));
+}
+
+static void test_generation_deleted_or_zeroed(void **state)
+{
+    fx *f = *state;
+    for (int variant = 0; variant < 2; variant++) {
+        raw r;
+        uint8_t zero[8] = {0};
+        raw_begin(f, &r);
+        if (variant == 0)
+            raw_del(&r, "meta", "gen", 3);
+        else
+            raw_put(&r, "meta", "gen", 3, zero, 8);
+        raw_end(&r);
+        ks_store *st = reopen(f, KS_OK);
+        assert_int_equal(read_obj(st, f->tid, f->oids[1]), KS_OK);
+        assert_true(verify(st) >= 1);
+        assert_non_null(strstr(problems, "generation counter"));
+        /* The next step that advances the generation writes both copies again. */
+        assert_int_equal(ks_rot_set_auto(st, 0), KS_OK);
+        ks_mkey k2;
+        ks_err err = {{0}};
+        assert_int_equal(RAND_bytes(k2.key, KS_MK_LEN), 1);
+        assert_int_equal(ks_rekey(st, &k2, 0, &err), KS_OK);
+        assert_int_equal(verify(st), 0);
+        ks_close(st);
+        f->key = k2;
+    }
+}
+
+static void test_token_under_malformed_key(void **state)
+{
+    fx *f = *state;
+    raw r;
+    uint8_t *v;
+    size_t l;
+    uint8_t kb[4], bad[5] = {0, 0, 0, 9, 9};
+    ks_be32(kb, f->tid);
+    raw_begin(f, &r);
+    raw_get(&r, "tokens", kb, 4, &v, &l);
+    raw_put(&r, "tokens", bad, 5, v, l);
+    raw_end(&r);
+    free(v);
+    ks_store *st = reopen(f, KS_OK);
+    assert_true(verify(st) >= 1);
+    assert_non_null(strstr(problems, "malformed key"));
+    ks_close(st);
+}
+
+static void test_added_object_record(void **state)
+{
+    fx *f = *state;
+    raw r;
+    uint8_t *v;
+    size_t l;
+    uint8_t kb[12], kb2[12];
+    ks_be32(kb, f->tid);
+    ks_be64(kb + 4, f->oids[1]);
+    ks_be32(kb2, f->tid);
+    ks_be64(kb2 + 4, 999);
+    raw_begin(f, &r);
+    raw_get(&r, "objects", kb, 12, &v, &l); /* a copy under another id (it will not open: bound to its id) */
+    raw_put(&r, "objects", kb2, 12, v, l);
+    raw_end(&r);
+    free(v);
+    ks_store *st = reopen(f, KS_OK);
+    assert_int_equal(read_obj(st, f->tid, 999), KS_ECORRUPT);
+    assert_true(verify(st) >= 2); /* fails to open, and the set is not the one vouched for */
+    assert_non_null(strstr(problems, "records were added"));
+    ks_close(st);
+}
+
+/* A format 1 keystore (a version 1 state record, plain counters): read as
+ * before, upgraded by the first write, verified afterwards. */
+static void test_format1_upgrade(void **state)
+{
+    fx *f = *state;
+    ks_store *st = reopen(f, KS_OK);
+    ks_info info;
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    uint8_t reckey[32], pt[40] = {1, KS_ROT_IDLE}, *rec;
+    size_t reclen;
+    assert_int_equal(ks_rec_key(&f->key, info.keystore_id, info.epoch, reckey), KS_OK);
+    ks_be32(pt + 2, info.epoch);
+    assert_int_equal(ks_rec_seal(reckey, info.keystore_id, KS_KIND_META, info.epoch, 0, 1, pt, sizeof(pt), &rec,
+                                 &reclen), KS_OK);
+    ks_close(st);
+    raw r;
+    uint8_t be[8];
+    raw_begin(f, &r);
+    raw_put(&r, "meta", "state", 5, rec, reclen);
+    ks_be32(be, 1);
+    raw_put(&r, "meta", "format", 6, be, 4);
+    ks_be64(be, f->oids[f->n - 1] + 1);
+    raw_put(&r, "meta", "next_oid", 8, be, 8);
+    raw_end(&r);
+    free(rec);
+    st = reopen(f, KS_OK);
+    uint64_t n = 0;
+    ks_txn *t;
+    assert_int_equal(ks_read_begin(st, &t), KS_OK);
+    assert_int_equal(ks_token_count_objects(t, f->tid, &n), KS_OK); /* counted, as format 1 did */
+    ks_read_end(t);
+    assert_int_equal(n, 5);
+    put_arg a = {f->tid, "after upgrade", 0};
+    assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+    assert_int_equal(a.oid, f->oids[f->n - 1] + 1); /* the plain counter was carried over */
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.format_version, KS_FORMAT);
+    assert_int_equal(verify(st), 0);
+    ks_close(st);
+    raw_begin(f, &r);
+    MDB_val k = {8, (void *)"next_oid"}, v;
+    assert_int_equal(mdb_get(r.t, raw_db(&r, "meta"), &k, &v), MDB_NOTFOUND); /* only the anchor counts now */
+    raw_end(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_clean_keystore_verifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_format_is_damage_not_a_new_keystore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dropped_database_is_damage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counter_set_back_never_overwrites, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_object_and_its_index_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_state_is_damage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_edited_state_is_damage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_generation_deleted_or_zeroed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_under_malformed_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_added_object_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format1_upgrade, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
