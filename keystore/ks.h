@@ -274,6 +274,8 @@ KS_API int ks_idx_add(ks_txn *txn, uint32_t token_id, uint32_t attr, const void 
 KS_API int ks_idx_del(ks_txn *txn, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid);
 KS_API int ks_idx_lookup(ks_txn *txn, uint32_t token_id, uint32_t attr, const void *val, size_t len,
                          ks_oid_cb cb, void *arg);
+/* KS_OK when this exact entry (value -> oid) is in the index, KS_ENOTFOUND when not. */
+KS_API int ks_idx_contains(ks_txn *txn, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid);
 
 KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
 

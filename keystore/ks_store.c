@@ -1526,6 +1526,21 @@ int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
     return rc == KS_OK ? idx_account(x, token_id, kb, oid, -1) : rc;
 }
 
+int ks_idx_contains(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
+{
+    uint8_t kb[IDX_KEY_LEN], vb[8];
+    MDB_cursor *c;
+    int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
+    if (rc != KS_OK)
+        return rc;
+    if ((rc = mdb_cursor_open(x->txn, x->st->db_idx, &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
+    rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH); /* the exact entry: O(log n), however many share the key */
+    mdb_cursor_close(c);
+    return lmdb_err(rc);
+}
+
 int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, ks_oid_cb cb,
                   void *arg)
 {

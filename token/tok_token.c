@@ -916,21 +916,6 @@ CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, to
 
 /* ---- index verification ------------------------------------------------- */
 
-typedef struct {
-    uint64_t oid;
-    bool found;
-} find_oid;
-
-static int match_oid(uint64_t oid, void *arg)
-{
-    find_oid *f = arg;
-    if (oid == f->oid) {
-        f->found = true;
-        return 1;
-    }
-    return 0;
-}
-
 long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long long *missing)
 {
     CK_SLOT_ID *slots = NULL;
@@ -954,11 +939,9 @@ long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long
             checked++;
             for (size_t k = 0; k < sizeof(indexed) / sizeof(indexed[0]); k++) {
                 const tok_attr *a = tok_attrs_find(&obj, indexed[k]);
-                find_oid f = {objs.v[i], false};
                 if (!a)
                     continue;
-                ks_idx_lookup(txn, (uint32_t)slots[si], (uint32_t)a->type, a->val, a->len, match_oid, &f);
-                if (!f.found) {
+                if (ks_idx_contains(txn, (uint32_t)slots[si], (uint32_t)a->type, a->val, a->len, objs.v[i]) != KS_OK) {
                     (*missing)++;
                     if (cb)
                         cb(slots[si], objs.v[i], a->type, arg);
