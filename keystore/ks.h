@@ -160,6 +160,10 @@ KS_API void ks_reg_remove_old(ks_registers *r, size_t i);
 enum { KS_REG_NONE = 0, KS_REG_CURRENT = 1, KS_REG_NEW = 2, KS_REG_OLD = 3 };
 KS_API int ks_reg_find(const ks_registers *r, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_LEN]);
 KS_API void ks_key_kcv(const uint8_t key[KS_MK_LEN], uint8_t kcv[KS_KCV_LEN]);
+/* The highest epoch a committed key of the history sealed (aborted keys do not
+ * count): a keystore whose current epoch is below it is an older copy put back
+ * in place (a rollback), not the keystore the key file followed. */
+KS_API uint32_t ks_reg_max_epoch(const ks_registers *r);
 
 /* ---- store ------------------------------------------------------------- */
 /* The keystore format this p11mk writes; it reads format 1 too, and upgrades

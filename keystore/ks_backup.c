@@ -308,7 +308,6 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
     uint64_t live_gen = 0;
     int rc, lfd = -1;
 
-    (void)regs; /* the copy finds the history through current's key file */
     snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
     /* In use now: say so before any work (the swap checks again). */
     snprintf(lp, sizeof(lp), "%s/users.lock", dir);
@@ -329,6 +328,10 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
      * epochs and generations, so nothing that saw the old one can take the
      * new one for an older state. */
     (void)ks_peek_counters(dir, &live_epoch, &live_gen);
+    /* ... and every epoch the key file knows (the keystore it replaces may not
+     * open at all): a restored copy is never older than its key file. */
+    if (regs && ks_reg_max_epoch(regs) > live_epoch)
+        live_epoch = ks_reg_max_epoch(regs);
     if ((rc = open_copy(scratch, file, current, &copy, res, err)) != KS_OK)
         goto out;
     ks_info ci;

@@ -151,6 +151,9 @@ KS_API void ks_hash_xor(uint8_t acc[16], const uint8_t h[16]);
 KS_API int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed);
 /* At open: counts against the databases' sizes; a difference is logged. */
 KS_API void ks_anchor_check_counts(ks_store *st);
+/* Is the keystore older than its key file (data.mdb put back from an older
+ * copy)? why gets a sentence. */
+KS_API bool ks_check_rollback(ks_store *st, char *why, size_t n);
 KS_API int ks_begin_write(ks_store *st, ks_txn *x);
 KS_API int ks_end_write(ks_txn *x, int rc); /* commit if rc == KS_OK, else abort; returns the result */
 /* Find the master key with this KCV: this generation's keys, the keys

@@ -246,6 +246,19 @@ static int repair(ks_store *st, const ks_info *info, ks_registers *r, ks_err *er
         OPENSSL_cleanse(key, sizeof(key));
         return KS_ENOKEY;
     }
+    if (pos >= KS_REG_OLD && ks_reg_max_epoch(r) > info->epoch) {
+        /* The keystore is older than the key file: data.mdb was put back
+         * from an older copy. Reported, not "repaired" into the old state. */
+        char hex[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(info->kcv, hex);
+        ks_err_set(err, "the keystore is older than its key file: it is at epoch %u (check value %s), a key the "
+                        "key file retired, while the key file has moved on to epoch %u. An older copy of data.mdb "
+                        "was put in place. Nothing was changed: put the newer keystore back, or, to go back on "
+                        "purpose, restore the copy with 'p11mk-admin restore FILE' (it becomes a new epoch)",
+                   info->epoch, hex, ks_reg_max_epoch(r));
+        OPENSSL_cleanse(key, sizeof(key));
+        return KS_ECORRUPT;
+    }
     if (pos != KS_REG_CURRENT) {
         /* The keystore moved on (a commit whose key file update was lost), or
          * the key file was put back from an older copy: the keystore's key

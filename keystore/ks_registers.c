@@ -444,3 +444,12 @@ int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
     fsync_dir_of(path);
     return KS_OK;
 }
+
+uint32_t ks_reg_max_epoch(const ks_registers *r)
+{
+    uint32_t max = 0;
+    for (size_t i = 0; r && i < r->n_old; i++)
+        if (!r->old[i].aborted && r->old[i].epoch > max)
+            max = r->old[i].epoch;
+    return max;
+}

@@ -689,6 +689,12 @@ int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint6
         rc = verify_index(st, &a);
     if (rc == KS_OK)
         rc = ks_verify_anchor(st, cb, arg, &a.failed);
+    char why[512];
+    if (rc == KS_OK && ks_check_rollback(st, why, sizeof(why))) {
+        a.failed++;
+        if (cb)
+            cb('M', 0, 0, KS_ECORRUPT, why, arg);
+    }
     *checked = a.checked;
     *failed = a.failed;
     return rc;

@@ -839,6 +839,9 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         return rc;
     }
     ks_anchor_check_counts(st);
+    char why[512];
+    if (ks_check_rollback(st, why, sizeof(why)))
+        ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, why);
     st->next = registry;
     registry = st;
     pthread_mutex_unlock(&reg_lock);
@@ -1603,4 +1606,28 @@ int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
         mdb_txn_abort(t);
     mdb_env_close(env);
     return lmdb_err(rc);
+}
+
+bool ks_check_rollback(ks_store *st, char *why, size_t n)
+{
+    ks_registers regs;
+    ks_err e = {{0}};
+    char src[sizeof(st->keysrc)];
+    unsigned mode;
+    uint32_t epoch = ks_epoch(st), max;
+
+    pthread_mutex_lock(&st->ring_lock);
+    snprintf(src, sizeof(src), "%s", st->keysrc);
+    mode = st->keymode;
+    pthread_mutex_unlock(&st->ring_lock);
+    if (!src[0] || ks_reg_load(src, mode, &regs, &e) != KS_OK)
+        return false;
+    max = ks_reg_max_epoch(&regs);
+    ks_reg_clear(&regs);
+    if (max <= epoch)
+        return false;
+    snprintf(why, n, "the keystore is at epoch %u but its key file %s retired keys up to epoch %u: an older copy of "
+             "the keystore was put in place (a rollback); objects created since are missing. Put the newer keystore "
+             "back, or restore the copy with 'p11mk-admin restore FILE'", epoch, src, max);
+    return true;
 }

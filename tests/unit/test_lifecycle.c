@@ -355,7 +355,7 @@ static void test_repair_each_half_step(void **state)
     /* k4 current but listed in the history, k3 as CURRENT: reordered. */
     memset(&r, 0, sizeof(r));
     r.current = k3;
-    assert_int_equal(ks_reg_insert_old(&r, 0, k4.key, 5, 1, false), KS_OK);
+    assert_int_equal(ks_reg_insert_old(&r, 0, k4.key, 3, 1, false), KS_OK); /* its true epoch */
     assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
     ks_reg_clear(&r);
     assert_int_equal(ks_mk_set_auto(m2, 0, NULL, &res, &err), KS_OK);
@@ -636,6 +636,49 @@ static void test_long_lived_process_follows_250_rotations(void **state)
     assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
 }
 
+
+/* data.mdb put back from an older copy while the key file moved on: a
+ * rollback, reported by open, verify and every step; nothing is "repaired"
+ * into the old state. */
+static void test_rollback_of_the_keystore_alone(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    char data[200], saved[200], cmd[1024];
+    snprintf(data, sizeof(data), "%s/data.mdb", f->ks);
+    snprintf(saved, sizeof(saved), "%s/old.mdb", f->dir);
+    ks_mk_close(f->m);
+    f->m = NULL;
+    snprintf(cmd, sizeof(cmd), "cp %s %s", data, saved);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
+    for (int i = 0; i < 2; i++) {
+        ks_mkey k = rand_key();
+        assert_int_equal(ks_mk_rotate(f->m, &k, 0, NULL, &res, &err), KS_OK);
+    }
+    ks_mk_close(f->m);
+    f->m = NULL;
+    snprintf(cmd, sizeof(cmd), "cp %s %s && rm -f %s/lock.mdb", saved, data, f->ks);
+    assert_int_equal(system(cmd), 0);
+    size_t l1, l2;
+    char *before = slurp(f->keyfile, &l1);
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK); /* opens: the old key is in the history */
+    uint64_t checked, failed;
+    assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &checked, &failed), KS_OK);
+    assert_true(failed >= 1);
+    err.msg[0] = 0;
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_ECORRUPT);
+    assert_non_null(strstr(err.msg, "older than its key file"));
+    ks_mkey k = rand_key();
+    assert_int_equal(ks_mk_rotate(f->m, &k, 0, NULL, &res, &err), KS_ECORRUPT);
+    char *after = slurp(f->keyfile, &l2);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(before, after, l1); /* the key file is untouched */
+    free(before);
+    free(after);
+}
+
 /* ---- the registers file format --------------------------------------------------------------- */
 
 static void test_registers_v2_and_damage(void **state)
@@ -730,6 +773,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_auto_update_decision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auto_run_finishes_interrupted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lived_process_follows_250_rotations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rollback_of_the_keystore_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registers_v2_and_damage, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
