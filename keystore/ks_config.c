@@ -188,6 +188,16 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
         ks_config_free(cfg);
         return KS_ECONFIG;
     }
+    /* It decides which key and keystore are used: only its owner (this user
+     * or root) may be able to change it. */
+    if ((sb.st_mode & 022) || (sb.st_uid != geteuid() && sb.st_uid != 0)) {
+        ks_err_set(err, "configuration file %s %s; it decides which master key and keystore are used: run "
+                        "chmod go-w %s (and make it yours or root's)", path,
+                   (sb.st_mode & 022) ? "is writable by other users" : "belongs to another user", path);
+        fclose(f);
+        ks_config_free(cfg);
+        return KS_ECONFIG;
+    }
     cfg->source = strdup(path);
     while (rc == KS_OK && fgets(buf, sizeof(buf), f)) {
         lineno++;

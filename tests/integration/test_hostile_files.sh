@@ -43,7 +43,13 @@ expect_out "not a regular file"
 rc=$(P11MK_CONF=$T/dup.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "duplicate key: exit $rc"
 expect_out "dup.conf:[0-9]+: key 'log_level' is set twice \(first on line [0-9]+\)"
 module_fails "$T/dup.conf" "a key set twice"
-ok "configuration: FIFO, symlink, directory, device and a duplicate key are clear errors within a second"
+cp "$T/good.conf" "$T/open.conf"; chmod 666 "$T/open.conf"
+rc=$(P11MK_CONF=$T/open.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "world-writable config: exit $rc"
+expect_out "writable by other users"
+module_fails "$T/open.conf" "a configuration others may write"
+chmod 620 "$T/open.conf"
+rc=$(P11MK_CONF=$T/open.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "group-writable config: exit $rc"
+ok "configuration: FIFO, symlink, directory, device a duplicate key and a configuration others may write are clear errors within a second"
 
 # The key file.
 for kind in fifo link dir; do
