@@ -116,6 +116,9 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     }
     if (ks_get_info(ctx->st, &info) == KS_OK)
         memcpy(ctx->ksid, info.keystore_id, sizeof(ctx->ksid));
+    /* The keystore holds the keys it needs (in memory kept out of core
+     * dumps); this copy keeps only where the key came from. */
+    OPENSSL_cleanse(ctx->mk.key, sizeof(ctx->mk.key));
     ks_log(KS_LOG_DEBUG, "keystore %s opened (master key: %s)", ctx->cfg.keystore, ctx->mk.source);
     *out = ctx;
     return CKR_OK;

@@ -21,6 +21,7 @@ TOK_API CK_RV tok_ctx_open(unsigned flags, tok_ctx **out);
 /* Why the last tok_ctx_open failed (one sentence, for admin output). */
 TOK_API const char *tok_ctx_error(void);
 TOK_API const ks_config *tok_ctx_config(tok_ctx *ctx);
+/* Where the master key came from (source, is_default); the key bytes are not kept. */
 TOK_API const ks_mkey *tok_ctx_mkey(tok_ctx *ctx);
 TOK_API void tok_ctx_close(tok_ctx *ctx);
 TOK_API ks_store *tok_ctx_store(tok_ctx *ctx);

@@ -74,7 +74,7 @@ for snap in glob.glob(T + "/registers.*"):
     if len(data) == 32:  # the first key file format: the raw key
         masters.add(data)
     else:
-        masters |= {bytes.fromhex(h) for h in re.findall(r"^(?:current|new|old) ([0-9a-f]{64})$", data.decode(), re.M)}
+        masters |= {bytes.fromhex(h) for h in re.findall(r"^(?:current|new|old) ([0-9a-f]{64})(?: [^\n]*)?$", data.decode(), re.M)}
 assert len(masters) >= 4, "expected the keys of 4 epochs in the key file snapshots, got %d" % len(masters)
 for i, k in enumerate(sorted(masters)):
     secrets["master key %d" % i] = k
@@ -100,3 +100,31 @@ print("checked %d secrets in %d files" % (len(secrets), len(printed + at_rest)))
 sys.exit(1 if bad else 0)
 PY
 ok "no PIN, passphrase, key value or master key in the debug log, the admin's output or the files at rest"
+
+# A core dump of an application using the module (gcore of a process that
+# signs without pause) holds no master key, raw or hex: the keystore keeps its
+# keys in memory excluded from dumps, and nothing else keeps a copy.
+if command -v gcore >/dev/null; then
+    keyfile=$(sed -n 's/^master_key = //p' "$CONF")
+    rm -f "$T/stop"
+    "$P11MK_ROT_CLIENT" "$MOD" secrets $PIN run "$T/stop" > "$T/client.out" 2>&1 &
+    cpid=$!
+    sleep 1
+    gcore -o "$T/core" $cpid >/dev/null 2>&1 || { touch "$T/stop"; wait $cpid; fail "gcore could not dump the client"; }
+    touch "$T/stop"
+    wait $cpid || { cat "$T/client.out"; fail "the client failed"; }
+    python3 - "$keyfile" "$T/core.$cpid" <<'PY' || fail "a master key is in the application's core dump"
+import re, sys
+text = open(sys.argv[1]).read()
+keys = [bytes.fromhex(h) for h in re.findall(r"^(?:current|new|old) ([0-9a-f]{64})", text, re.M)]
+core = open(sys.argv[2], "rb").read()
+assert len(core) > 1 << 20, "the core dump is too small to mean anything"
+bad = [k.hex()[:16] for k in keys if k in core or k.hex().encode() in core]
+print("core dump of %d bytes, %d master keys looked for, %d found" % (len(core), len(keys), len(bad)))
+sys.exit(1 if bad else 0)
+PY
+    rm -f "$T/core.$cpid"
+    ok "a core dump of an application using the module holds no master key"
+else
+    echo "SKIP: gcore (gdb) is not installed: the core dump check did not run"
+fi
