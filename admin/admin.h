@@ -66,8 +66,6 @@ bool admin_confirm(const admin_opts *o, const char *question);
 void admin_format_time(uint64_t t, char *out, size_t n);
 void admin_format_duration(uint64_t s, char *out, size_t n);
 
-/* mkdir -p of the directories above path (mode 0700); 0 or -1. */
-int admin_mkdir_parents(const char *path);
 /* Print a JSON string literal (with quotes), escaping as RFC 8259 requires. */
 void admin_json_str(FILE *f, const char *s);
 /* Print "p11mk-admin: error: ..." to stderr. */

@@ -107,25 +107,6 @@ void admin_error(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-int admin_mkdir_parents(const char *path)
-{
-    char tmp[PATH_MAX];
-    size_t n = strlen(path);
-
-    if (n >= sizeof(tmp))
-        return -1;
-    memcpy(tmp, path, n + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return 0;
-}
-
 void admin_json_str(FILE *f, const char *s)
 {
     fputc('"', f);

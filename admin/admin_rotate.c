@@ -362,152 +362,191 @@ static void print_committed(const admin_opts *o, ks_mk *m, const ks_mk_result *r
     }
 }
 
-int admin_stage(const admin_opts *o)
-{
-    ks_config cfg;
-    ks_mk *m;
-    ks_mkey key;
-    ks_mk_result r;
-    ks_err err = {{0}};
-    progress pr;
-    int rc = mk_open(&cfg, &m);
-    if (rc != EXIT_OK)
-        return rc;
-    memset(&key, 0, sizeof(key));
-    if ((rc = new_key(o, &key)) == EXIT_OK) {
-        ks_mk_opts ko = step_opts(o, "stage", &pr);
-        int krc = ks_mk_stage(m, &key, &ko, &r, &err);
-        say_repairs(o, &r);
-        if (krc != KS_OK) {
-            rc = fail(krc, &err, "; nothing was staged: the keystore stays usable under the current key");
-        } else if (!o->quiet) {
-            char hex[2 * KS_KCV_LEN + 1];
-            kcv_hex(r.new_kcv, hex);
-            printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now "
-                   "on.\n", r.new_epoch, hex);
-        }
-        ks_mk_result_free(&r);
-    }
-    ks_mkey_clear(&key);
-    mk_close(&cfg, m);
-    return rc;
-}
+/* One lifecycle step of a command: the keystore call, how its failure is
+ * explained beyond the keystore's own sentence, and what success prints. */
+typedef struct {
+    const char *command;
+    int (*call)(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *arg);
+    const void *arg;
+    const ks_mk_view *expect;
+    const char *(*fail_tail)(int krc, const ks_mk_result *r);
+    void (*done)(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt);
+} step_call;
 
-int admin_rewrap(const admin_opts *o)
+static int run_step(const admin_opts *o, ks_mk *m, const step_call *c)
 {
-    ks_config cfg;
-    ks_mk *m;
     ks_mk_result r;
     ks_err err = {{0}};
     progress pr;
-    int rc = mk_open(&cfg, &m);
-    if (rc != EXIT_OK)
-        return rc;
-    ks_mk_opts ko = step_opts(o, "rewrap", &pr);
-    int krc = ks_mk_rewrap(m, &ko, &r, &err);
-    progress_end(&pr);
-    say_repairs(o, &r);
-    double dt = now_s() - pr.t0;
-    if (krc != KS_OK) {
-        rc = fail(krc, &err, krc == KS_ESTATE || krc == KS_EBUSY
-                                 ? NULL
-                                 : "; the keystore stays usable (records are read under either key); run "
-                                   "'p11mk-admin rewrap' again to resume");
-    } else if (o->json) {
-        printf("{\"step\": \"rewrap\", \"records\": %llu, \"seconds\": %.3f, \"rate\": %.0f}\n",
-               (unsigned long long)r.resealed, dt, dt > 0 ? (double)r.resealed / dt : 0.0);
-    } else if (!o->quiet) {
-        printf("Rewrapped %llu records in %.2f s (%.0f records/s). Ready to commit.\n",
-               (unsigned long long)r.resealed, dt, dt > 0 ? (double)r.resealed / dt : 0.0);
-    }
-    ks_mk_result_free(&r);
-    mk_close(&cfg, m);
-    return rc;
-}
-
-int admin_commit(const admin_opts *o)
-{
-    ks_config cfg;
-    ks_mk *m;
-    ks_mk_result r;
-    ks_err err = {{0}};
-    progress pr;
-    int rc = mk_open(&cfg, &m);
-    if (rc != EXIT_OK)
-        return rc;
-    ks_mk_opts ko = step_opts(o, "commit", &pr);
-    int krc = ks_mk_commit(m, &ko, &r, &err);
-    say_repairs(o, &r);
-    if (krc != KS_OK)
-        rc = fail(krc, &err, krc == KS_ESTATE || krc == KS_EBUSY ? "; nothing was changed" : NULL);
-    else if (!(r.repaired & KS_MK_REPAIRED_PROMOTED) || r.new_epoch)
-        print_committed(o, m, &r, now_s() - pr.t0);
-    ks_mk_result_free(&r);
-    mk_close(&cfg, m);
-    return rc;
-}
-
-int admin_abort(const admin_opts *o)
-{
-    ks_config cfg;
-    ks_mk *m;
-    ks_mk_result r;
-    ks_err err = {{0}};
-    progress pr;
-    int rc = mk_open(&cfg, &m);
-    if (rc != EXIT_OK)
-        return rc;
-    ks_mk_opts ko = step_opts(o, "abort", &pr);
-    int krc = ks_mk_abort(m, &ko, &r, &err);
+    ks_mk_opts ko = step_opts(o, c->command, &pr);
+    ko.expect = c->expect;
+    int krc = c->call(m, &ko, &r, &err, c->arg), rc = EXIT_OK;
     progress_end(&pr);
     say_repairs(o, &r);
     if (krc != KS_OK)
-        rc = fail(krc, &err, NULL);
-    else if (!o->quiet)
-        printf("Aborted: every record is under the current key again; the staged key was moved to the history "
-               "(a backup taken while it was staged needs it).\n");
-    ks_mk_result_free(&r);
-    mk_close(&cfg, m);
-    return rc;
-}
-
-/* rotate, set-master-key and auto-update: the whole rotation under one lock. */
-static int rotate_with(const admin_opts *o, ks_mk *m, const ks_mkey *key, unsigned flags, const ks_mk_view *expect,
-                       const char *command)
-{
-    ks_mk_result r;
-    ks_err err = {{0}};
-    progress pr;
-    ks_mk_opts ko = step_opts(o, command, &pr);
-    ko.expect = expect;
-    int krc = ks_mk_rotate(m, key, flags, &ko, &r, &err), rc = EXIT_OK;
-    progress_end(&pr);
-    say_repairs(o, &r);
-    if (krc != KS_OK) {
-        /* Past the stage, the rotation can be finished or undone by hand. */
-        rc = fail(krc, &err, r.new_epoch ? "; the keystore stays fully usable: finish with 'p11mk-admin rewrap' "
-                                           "and 'p11mk-admin commit', or undo with 'p11mk-admin abort'"
-                                         : NULL);
-    } else {
-        print_committed(o, m, &r, now_s() - pr.t0);
-        if (r.auto_disabled && !o->quiet)
-            printf("Automatic rotation is now disabled (the key was set by hand); re-enable it with "
-                   "'p11mk-admin auto-update --interval DURATION'.\n");
-    }
+        rc = fail(krc, &err, c->fail_tail ? c->fail_tail(krc, &r) : NULL);
+    else if (c->done)
+        c->done(o, m, &r, now_s() - pr.t0);
     ks_mk_result_free(&r);
     return rc;
 }
 
-int admin_rotate(const admin_opts *o)
+/* A command that is one step, run on the configured keystore. */
+static int one_step(const admin_opts *o, const step_call *c)
 {
     ks_config cfg;
     ks_mk *m;
     int rc = mk_open(&cfg, &m);
     if (rc == EXIT_OK) {
-        rc = rotate_with(o, m, NULL, 0, NULL, "rotate");
+        rc = run_step(o, m, c);
         mk_close(&cfg, m);
     }
     return rc;
+}
+
+static int call_stage(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *key)
+{
+    return ks_mk_stage(m, key, ko, r, err);
+}
+
+static const char *stage_tail(int krc, const ks_mk_result *r)
+{
+    (void)krc, (void)r;
+    return "; nothing was staged: the keystore stays usable under the current key";
+}
+
+static void stage_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    char hex[2 * KS_KCV_LEN + 1];
+    (void)m, (void)dt;
+    if (o->quiet)
+        return;
+    kcv_hex(r->new_kcv, hex);
+    printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now on.\n",
+           r->new_epoch, hex);
+}
+
+int admin_stage(const admin_opts *o)
+{
+    ks_config cfg;
+    ks_mk *m;
+    ks_mkey key;
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    memset(&key, 0, sizeof(key));
+    if ((rc = new_key(o, &key)) == EXIT_OK)
+        rc = run_step(o, m, &(step_call){"stage", call_stage, &key, NULL, stage_tail, stage_done});
+    ks_mkey_clear(&key);
+    mk_close(&cfg, m);
+    return rc;
+}
+
+static int call_rewrap(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *arg)
+{
+    (void)arg;
+    return ks_mk_rewrap(m, ko, r, err);
+}
+
+static const char *rewrap_tail(int krc, const ks_mk_result *r)
+{
+    (void)r;
+    return krc == KS_ESTATE || krc == KS_EBUSY ? NULL
+                                               : "; the keystore stays usable (records are read under either key); "
+                                                 "run 'p11mk-admin rewrap' again to resume";
+}
+
+static void rewrap_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    double rate = dt > 0 ? (double)r->resealed / dt : 0.0;
+    (void)m;
+    if (o->json)
+        printf("{\"step\": \"rewrap\", \"records\": %llu, \"seconds\": %.3f, \"rate\": %.0f}\n",
+               (unsigned long long)r->resealed, dt, rate);
+    else if (!o->quiet)
+        printf("Rewrapped %llu records in %.2f s (%.0f records/s). Ready to commit.\n",
+               (unsigned long long)r->resealed, dt, rate);
+}
+
+int admin_rewrap(const admin_opts *o)
+{
+    return one_step(o, &(step_call){"rewrap", call_rewrap, NULL, NULL, rewrap_tail, rewrap_done});
+}
+
+static int call_commit(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *arg)
+{
+    (void)arg;
+    return ks_mk_commit(m, ko, r, err);
+}
+
+static const char *commit_tail(int krc, const ks_mk_result *r)
+{
+    (void)r;
+    return krc == KS_ESTATE || krc == KS_EBUSY ? "; nothing was changed" : NULL;
+}
+
+static void commit_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    if (!(r->repaired & KS_MK_REPAIRED_PROMOTED) || r->new_epoch) /* not a repair alone */
+        print_committed(o, m, r, dt);
+}
+
+int admin_commit(const admin_opts *o)
+{
+    return one_step(o, &(step_call){"commit", call_commit, NULL, NULL, commit_tail, commit_done});
+}
+
+static int call_abort(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *arg)
+{
+    (void)arg;
+    return ks_mk_abort(m, ko, r, err);
+}
+
+static void abort_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    (void)m, (void)r, (void)dt;
+    if (!o->quiet)
+        printf("Aborted: every record is under the current key again; the staged key was moved to the history "
+               "(a backup taken while it was staged needs it).\n");
+}
+
+int admin_abort(const admin_opts *o)
+{
+    return one_step(o, &(step_call){"abort", call_abort, NULL, NULL, NULL, abort_done});
+}
+
+/* rotate and set-master-key: the whole rotation under one lock. */
+typedef struct {
+    const ks_mkey *key; /* NULL: a generated key */
+    unsigned flags;
+} rotate_arg;
+
+static int call_rotate(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *arg)
+{
+    const rotate_arg *a = arg;
+    return ks_mk_rotate(m, a->key, a->flags, ko, r, err);
+}
+
+static const char *rotate_tail(int krc, const ks_mk_result *r)
+{
+    (void)krc;
+    /* Past the stage, the rotation can be finished or undone by hand. */
+    return r->new_epoch ? "; the keystore stays fully usable: finish with 'p11mk-admin rewrap' and 'p11mk-admin "
+                          "commit', or undo with 'p11mk-admin abort'"
+                        : NULL;
+}
+
+static void rotate_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    print_committed(o, m, r, dt);
+    if (r->auto_disabled && !o->quiet)
+        printf("Automatic rotation is now disabled (the key was set by hand); re-enable it with "
+               "'p11mk-admin auto-update --interval DURATION'.\n");
+}
+
+int admin_rotate(const admin_opts *o)
+{
+    return one_step(o, &(step_call){"rotate", call_rotate, &(rotate_arg){NULL, 0}, NULL, rotate_tail, rotate_done});
 }
 
 int admin_set_master_key(const admin_opts *o)
@@ -548,7 +587,8 @@ int admin_set_master_key(const admin_opts *o)
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
-            rc = rotate_with(&oo, m, &key, KS_MK_MANUAL, &v, "set-master-key");
+            rc = run_step(&oo, m, &(step_call){"set-master-key", call_rotate, &(rotate_arg){&key, KS_MK_MANUAL}, &v,
+                                               rotate_tail, rotate_done});
         }
     }
     ks_mkey_clear(&key);
@@ -567,14 +607,34 @@ static size_t would_destroy(const ks_mk_view *v, size_t keep, uint32_t before)
     return n;
 }
 
+typedef struct {
+    size_t keep;
+    uint32_t before;
+} clear_arg;
+
+static int call_clear(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *arg)
+{
+    const clear_arg *a = arg;
+    return ks_mk_clear_history(m, a->keep, a->before, ko, r, err);
+}
+
+static void clear_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    (void)o, (void)m, (void)dt;
+    for (size_t i = 0; i < r->n_destroyed; i++) {
+        char hex[2 * KS_KCV_LEN + 1];
+        kcv_hex(r->destroyed[i].kcv, hex);
+        printf("Destroyed epoch %u, check value %s\n", r->destroyed[i].epoch, hex);
+    }
+    printf("History cleared: %zu key%s destroyed.\n", r->n_destroyed, r->n_destroyed == 1 ? "" : "s");
+}
+
 int admin_clear_history(const admin_opts *o)
 {
     ks_config cfg;
     ks_mk *m;
     ks_mk_view v;
-    ks_mk_result r;
     ks_err err = {{0}};
-    progress pr;
     size_t keep = o->has_keep ? o->keep : 0;
     int rc = mk_open(&cfg, &m);
 
@@ -609,21 +669,9 @@ int admin_clear_history(const admin_opts *o)
             printf("Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
-            ks_mk_opts ko = step_opts(o, "clear-history", &pr);
-            ko.expect = o->yes ? NULL : &v; /* --yes: the history as found under the lock */
-            krc = ks_mk_clear_history(m, keep, o->before, &ko, &r, &err);
-            say_repairs(o, &r);
-            if (krc != KS_OK) {
-                rc = fail(krc, &err, NULL);
-            } else {
-                for (size_t i = 0; i < r.n_destroyed; i++) {
-                    char hex[2 * KS_KCV_LEN + 1];
-                    kcv_hex(r.destroyed[i].kcv, hex);
-                    printf("Destroyed epoch %u, check value %s\n", r.destroyed[i].epoch, hex);
-                }
-                printf("History cleared: %zu key%s destroyed.\n", r.n_destroyed, r.n_destroyed == 1 ? "" : "s");
-            }
-            ks_mk_result_free(&r);
+            clear_arg ca = {keep, o->before};
+            /* --yes: the history as found under the lock; else the one shown */
+            rc = run_step(o, m, &(step_call){"clear-history", call_clear, &ca, o->yes ? NULL : &v, NULL, clear_done});
         }
     }
     ks_mk_view_free(&v);
@@ -743,16 +791,50 @@ void admin_format_duration(uint64_t s, char *out, size_t n)
         snprintf(out, n, "%llus", (unsigned long long)s);
 }
 
+static int call_set_auto(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *secs)
+{
+    return ks_mk_set_auto(m, *(const uint64_t *)secs, ko, r, err);
+}
+
+static void set_auto_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    char when[64], every[32];
+    (void)m, (void)dt;
+    if (!r->next_due) {
+        printf("Automatic rotation disabled; the current key is kept.\n");
+        return;
+    }
+    admin_format_duration(r->auto_interval, every, sizeof(every));
+    admin_format_time(r->next_due, when, sizeof(when));
+    (void)o;
+    printf("Automatic rotation every %s; next due %s. 'p11mk-admin auto-update run' (the p11mk-auto-update "
+           "timer) rotates when due.\n", every, when);
+}
+
+static int call_auto_run(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *err, const void *now)
+{
+    return ks_mk_auto_run(m, *(const uint64_t *)now, ko, r, err);
+}
+
+static void auto_run_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
+{
+    char when[64];
+    if (r->finished && !o->quiet)
+        printf("Finished the rotation that was under way (epoch %u is current).\n", r->epoch);
+    if (r->rotated) {
+        print_committed(o, m, r, dt);
+    } else if (!o->quiet && !o->json) {
+        if (!r->next_due) {
+            printf("Automatic rotation is off; nothing to do.\n");
+        } else {
+            admin_format_time(r->next_due, when, sizeof(when));
+            printf("Not due until %s; nothing to do.\n", when);
+        }
+    }
+}
+
 int admin_auto_update(const admin_opts *o)
 {
-    ks_config cfg;
-    ks_mk *m;
-    ks_mk_result r;
-    ks_err err = {{0}};
-    progress pr;
-    char when[64], every[32];
-    int rc, krc;
-
     if (!o->interval && !o->disable && !o->run) {
         admin_error("say what to do: auto-update --interval DURATION | --disable | run");
         return EXIT_USAGE;
@@ -770,53 +852,14 @@ int admin_auto_update(const admin_opts *o)
             return EXIT_USAGE;
         }
     }
-    if ((rc = mk_open(&cfg, &m)) != EXIT_OK)
-        return rc;
-    ks_mk_opts ko = step_opts(o, o->run ? "auto-update run" : "auto-update", &pr);
-    if (o->interval || o->disable) {
-        krc = ks_mk_set_auto(m, secs, &ko, &r, &err);
-        say_repairs(o, &r);
-        if (krc != KS_OK) {
-            rc = fail(krc, &err, NULL);
-        } else if (secs) {
-            admin_format_duration(secs, every, sizeof(every));
-            admin_format_time(r.next_due, when, sizeof(when));
-            printf("Automatic rotation every %s; next due %s. 'p11mk-admin auto-update run' (the p11mk-auto-update "
-                   "timer) rotates when due.\n", every, when);
-        } else {
-            printf("Automatic rotation disabled; the current key is kept.\n");
-        }
-        ks_mk_result_free(&r);
-        mk_close(&cfg, m);
-        return rc;
-    }
+    if (o->interval || o->disable)
+        return one_step(o, &(step_call){"auto-update", call_set_auto, &secs, NULL, NULL, set_auto_done});
     /* run: idempotent; the decision is the keystore's, under its lock. */
     uint64_t now = (uint64_t)time(NULL);
     const char *fake = getenv("P11MK_NOW"); /* test hook: pretend the clock says this (unix time) */
     if (fake && *fake)
         now = strtoull(fake, NULL, 10);
-    krc = ks_mk_auto_run(m, now, &ko, &r, &err);
-    progress_end(&pr);
-    say_repairs(o, &r);
-    if (krc != KS_OK) {
-        rc = fail(krc, &err, NULL);
-    } else {
-        if (r.finished && !o->quiet)
-            printf("Finished the rotation that was under way (epoch %u is current).\n", r.epoch);
-        if (r.rotated) {
-            print_committed(o, m, &r, now_s() - pr.t0);
-        } else if (!o->quiet && !o->json) {
-            if (!r.next_due) {
-                printf("Automatic rotation is off; nothing to do.\n");
-            } else {
-                admin_format_time(r.next_due, when, sizeof(when));
-                printf("Not due until %s; nothing to do.\n", when);
-            }
-        }
-    }
-    ks_mk_result_free(&r);
-    mk_close(&cfg, m);
-    return rc;
+    return one_step(o, &(step_call){"auto-update run", call_auto_run, &now, NULL, NULL, auto_run_done});
 }
 
 /* ---- copies ------------------------------------------------------------------ */

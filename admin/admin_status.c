@@ -40,7 +40,7 @@ static void record_key_in_config(const ks_config *cfg, const char *keyfile)
         return;
     }
     path = user_config_path();
-    if (!path || admin_mkdir_parents(path) != 0 || (fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
+    if (!path || ks_mkdir_p(path, false) != 0 || (fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
         !(f = fdopen(fd, "w"))) {
         printf("Next: create a configuration file with\n  keystore = %s\n  master_key = %s\n", cfg->keystore,
                keyfile);

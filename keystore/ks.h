@@ -83,6 +83,9 @@ KS_API void ks_config_free(ks_config *cfg);
 KS_API char *ks_default_keystore_dir(void);
 /* The per-user configuration file: $XDG_CONFIG_HOME/p11mk/p11mk.conf or ~/.config/p11mk/p11mk.conf (malloc'd). */
 KS_API char *ks_user_config_path(void);
+/* mkdir -p with mode 0700: the directories above path, and path itself when
+ * `last`; 0 or -1 (errno of the last mkdir). */
+KS_API int ks_mkdir_p(const char *path, bool last);
 /* Make the configuration file `conf` name `keyfile` as master_key, atomically
  * (temporary file, fsync, rename; other lines kept). A configuration that does
  * not exist yet is created naming `keystore` too. */
@@ -401,7 +404,7 @@ typedef struct {
     bool stopped;                        /* the progress callback stopped the pass */
     bool auto_disabled;                  /* KS_MK_MANUAL turned automatic rotation off */
     bool rotated, finished;              /* auto-update: rotated / finished an interrupted step */
-    uint64_t next_due;                   /* auto-update: when the next rotation is due (0: off) */
+    uint64_t auto_interval, next_due;    /* automatic rotation every so many seconds, next due (0: off) */
     char key_file[4096];                 /* set when this step gave the keystore its key file */
     char config[4096];                   /* ... and the configuration file that now names it */
     size_t n_destroyed;                  /* clear-history */

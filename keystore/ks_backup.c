@@ -35,15 +35,6 @@ static int copy_to_fd(ks_store *st, int fd)
     return rc;
 }
 
-static void fsync_dir(const char *dir)
-{
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-}
-
 static int ks_errno(int e) { return e == ENOSPC || e == EDQUOT ? KS_ENOSPC : e == EEXIST ? KS_EEXIST : KS_EIO; }
 
 int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
@@ -108,7 +99,7 @@ int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
                        rc == ENOSPC ? " (the file system is full; free space or write the backup elsewhere)" : "");
         return rc > 0 ? ks_errno(rc) : KS_EIO;
     }
-    fsync_dir(dir);
+    ks_fsync_dir(dir);
     return KS_OK;
 }
 
@@ -380,7 +371,7 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
     }
     snprintf(to, sizeof(to), "%s/lock.mdb", dir);
     unlink(to); /* the reader table of the replaced file */
-    fsync_dir(dir);
+    ks_fsync_dir(dir);
 out:
     if (lfd >= 0)
         close(lfd);

@@ -273,24 +273,6 @@ int ks_config_load(ks_config *cfg, ks_err *err)
 
 char *ks_user_config_path(void) { return user_config_path(); }
 
-static int mkdir_parents(const char *path)
-{
-    char tmp[4096];
-    size_t n = strlen(path);
-    if (n >= sizeof(tmp))
-        return -1;
-    memcpy(tmp, path, n + 1);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0700) != 0 && errno != EEXIST && errno != EACCES)
-            return -1;
-        *p = '/';
-    }
-    return 0;
-}
-
 int ks_config_write_master_key(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
 {
     char tmp[4200], line[4096];
@@ -305,7 +287,7 @@ int ks_config_write_master_key(const char *conf, const char *keyfile, const char
         ks_err_set(err, "cannot read configuration %s: %s", conf, strerror(errno));
         return KS_ECONFIG;
     }
-    if (!exists && mkdir_parents(conf) != 0) {
+    if (!exists && ks_mkdir_p(conf, false) != 0) {
         ks_err_set(err, "cannot create the directory of %s: %s", conf, strerror(errno));
         return KS_EIO;
     }

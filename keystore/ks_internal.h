@@ -165,6 +165,11 @@ KS_API int ks_store_add_key(ks_store *st, const ks_mkey *mk);
 KS_API void ks_store_set_keysrc(ks_store *st, const char *path, unsigned mode);
 KS_API void ks_ring_invalidate(ks_store *st);
 
+/* ---- files (ks_file.c) ---- */
+/* fsync a directory (a rename or link in it becomes durable); of path's directory. */
+KS_API void ks_fsync_dir(const char *dir);
+KS_API void ks_fsync_parent(const char *path);
+
 /* ---- memory for secrets (ks_secmem.c) ---- */
 /* Zeroed, excluded from core dumps, locked against swap where the limit allows. */
 KS_API void *ks_secmem_alloc(size_t n);

@@ -561,15 +561,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
             return KS_EEXIST;
         }
     } else {
-        /* mkdir -p of the key file's directory (mode 0700) */
-        char d[4096];
-        snprintf(d, sizeof(d), "%s", keyfile);
-        for (char *p = d + 1; *p; p++)
-            if (*p == '/') {
-                *p = '\0';
-                (void)mkdir(d, 0700);
-                *p = '/';
-            }
+        (void)ks_mkdir_p(keyfile, false); /* its directory, 0700 */
         ks_registers r;
         memset(&r, 0, sizeof(r));
         ks_mkey_default(&r.current); /* public: writing it down costs nothing */
@@ -613,7 +605,17 @@ static void fill_result(step *s, ks_mk_result *res)
     memcpy(res->kcv, s->info.kcv, KS_KCV_LEN);
     if (s->info.new_epoch)
         memcpy(res->new_kcv, s->info.new_kcv, KS_KCV_LEN);
+    res->auto_interval = s->info.auto_interval;
     res->next_due = s->info.auto_interval ? ks_auto_due(s->info.last_rotation, s->info.auto_interval) : 0;
+}
+
+/* The state after a step, re-read, into the result. */
+static int finish(step *s, ks_mk_result *res)
+{
+    int rc = refresh_info(s);
+    if (rc == KS_OK)
+        fill_result(s, res);
+    return rc;
 }
 
 /* NEW must be in the key file for rewrap and commit. */
@@ -667,20 +669,16 @@ static int do_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
         /* The keystore may or may not have taken it: settle it as a crash
          * would be settled, from what the keystore says now. */
         ks_err e2 = {{0}};
-        if (refresh_info(s) == KS_OK && s->info.new_epoch && CRYPTO_memcmp(s->info.new_kcv, kcv, KS_KCV_LEN) == 0) {
-            rc = KS_OK;
-        } else if (refresh_info(s) == KS_OK) {
-            int f = repair(s->m->st, &s->info, &s->regs, &e2);
+        if (refresh_info(s) != KS_OK)
+            return rc; /* the next step repairs it */
+        if (!s->info.new_epoch || CRYPTO_memcmp(s->info.new_kcv, kcv, KS_KCV_LEN) != 0) {
+            int f = repair(s->m->st, &s->info, &s->regs, &e2); /* NEW moves to the history */
             if (f > 0)
                 (void)save_regs(s, &e2);
-        }
-        if (rc != KS_OK)
             return rc;
+        }
     }
-    if ((rc = refresh_info(s)) != KS_OK)
-        return rc;
-    fill_result(s, res);
-    return KS_OK;
+    return finish(s, res);
 }
 
 static int do_rewrap(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
@@ -704,9 +702,7 @@ static int do_rewrap(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *er
         res->resealed += done;
         res->stopped = stopped;
     }
-    if (rc == KS_OK && (rc = refresh_info(s)) == KS_OK)
-        fill_result(s, res);
-    return rc;
+    return rc == KS_OK ? finish(s, res) : rc;
 }
 
 static int do_commit(step *s, bool disable_auto, uint64_t now, ks_mk_result *res, ks_err *err)
@@ -750,10 +746,7 @@ static int do_commit(step *s, bool disable_auto, uint64_t now, ks_mk_result *res
             return rc;
         }
     }
-    if ((rc = refresh_info(s)) != KS_OK)
-        return rc;
-    fill_result(s, res);
-    return KS_OK;
+    return finish(s, res);
 }
 
 static int do_abort(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
@@ -796,10 +789,7 @@ static int do_abort(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err
             return rc;
         }
     }
-    if ((rc = refresh_info(s)) != KS_OK)
-        return rc;
-    fill_result(s, res);
-    return KS_OK;
+    return finish(s, res);
 }
 
 /* stage + rewrap + commit, the lock held throughout. */
@@ -929,9 +919,7 @@ static int do_set_auto(step *s, uint64_t interval, ks_mk_result *res, ks_err *er
         ks_err_set(err, "cannot store the automatic rotation setting: %s", ks_strerror(rc));
         return rc;
     }
-    if ((rc = refresh_info(s)) == KS_OK)
-        fill_result(s, res);
-    return rc;
+    return finish(s, res);
 }
 
 int ks_mk_set_auto(ks_mk *m, uint64_t interval, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)

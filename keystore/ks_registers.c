@@ -346,24 +346,6 @@ static int append(char *buf, size_t cap, size_t *len, const char *role, const ui
     return 0;
 }
 
-static void fsync_dir_of(const char *path)
-{
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-}
-
 int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
 {
     char tmp[4200], hex[17], tail[96];
@@ -441,7 +423,7 @@ int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
         ks_err_set(err, "cannot write master key file %s: %s; the previous file is unchanged", path, strerror(e));
         return e == ENOSPC || e == EDQUOT ? KS_ENOSPC : rc;
     }
-    fsync_dir_of(path);
+    ks_fsync_parent(path);
     return KS_OK;
 }
 

@@ -590,27 +590,6 @@ corrupt:
     return KS_ECORRUPT;
 }
 
-static int mkdir_p(const char *path)
-{
-    char *p = strdup(path);
-    int rc = 0;
-    if (!p)
-        return -1;
-    /* Parents may fail (EACCES on a directory that exists but cannot be
-     * listed); only the last mkdir decides, and its errno is kept. */
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        (void)mkdir(p, 0700);
-        *s = '/';
-    }
-    if (mkdir(p, 0700) != 0 && errno != EEXIST)
-        rc = -1;
-    free(p);
-    return rc;
-}
-
 static int env_open(ks_store *st, unsigned flags, ks_err *err)
 {
     int rc;
@@ -749,7 +728,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     *out = NULL;
     if (stat(dir, &sb) != 0) {
         if (errno == ENOENT && (flags & KS_OPEN_CREATE)) {
-            if (mkdir_p(dir) != 0 || stat(dir, &sb) != 0) {
+            if (ks_mkdir_p(dir, true) != 0 || stat(dir, &sb) != 0) {
                 ks_err_set(err, "cannot create keystore directory %s: %s", dir, strerror(errno));
                 return errno == EACCES ? KS_EPERM : KS_EIO;
             }
@@ -1313,26 +1292,36 @@ int ks_obj_new_id(ks_txn *x, uint64_t *oid)
     return KS_OK;
 }
 
-/* Count an object record in or out of its token's set. */
-static int obj_account(ks_txn *x, uint32_t token_id, uint64_t oid, int delta)
+/* Count a record (an object, or an index entry) in or out of its token's
+ * set in the anchor; h is the member's hash. */
+static int account(ks_txn *x, uint32_t token_id, bool index, const uint8_t h[16], int delta)
 {
     ks_meta *m;
     ks_tokstat *t;
-    uint8_t h[16];
     int rc = meta_for_write(x, &m);
     if (rc != KS_OK)
         return rc;
-    if (!(t = ks_meta_tok(m, token_id, false)) || !t->exists || (delta < 0 && t->n_obj == 0)) {
-        ks_log(KS_LOG_ERROR, "keystore %s: token %u object %llu does not match the metadata (which lists %s); "
-               "nothing was written. Check the keystore with 'p11mk-admin verify'", x->st->path, token_id,
-               (unsigned long long)oid, t && t->exists ? "no object to remove" : "no such token");
+    uint64_t *n = NULL;
+    if ((t = ks_meta_tok(m, token_id, false)) != NULL)
+        n = index ? &t->n_idx : &t->n_obj;
+    if (!t || !t->exists || (delta < 0 && *n == 0)) {
+        ks_log(KS_LOG_ERROR, "keystore %s: %s of token %u does not match the metadata (which lists %s); nothing "
+               "was written. Check the keystore with 'p11mk-admin verify'", x->st->path,
+               index ? "an index entry" : "an object record", token_id,
+               t && t->exists ? "none to remove" : "no such token");
         return KS_ECORRUPT;
     }
-    ks_obj_hash(token_id, oid, h);
-    ks_hash_xor(t->obj_hash, h);
-    t->n_obj = delta > 0 ? t->n_obj + 1 : t->n_obj - 1;
+    ks_hash_xor(index ? t->idx_hash : t->obj_hash, h);
+    *n = delta > 0 ? *n + 1 : *n - 1;
     ks_meta_touch(x, false);
     return KS_OK;
+}
+
+static int obj_account(ks_txn *x, uint32_t token_id, uint64_t oid, int delta)
+{
+    uint8_t h[16];
+    ks_obj_hash(token_id, oid, h);
+    return account(x, token_id, false, h, delta);
 }
 
 int ks_obj_create(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
@@ -1484,25 +1473,11 @@ static int idx_entry(ks_txn *x, uint32_t token_id, uint32_t attr, const void *va
     return idx_key(x->st, kb, token_id, attr, val, len);
 }
 
-/* Count an index entry in or out of its token's set. */
 static int idx_account(ks_txn *x, uint32_t token_id, const uint8_t kb[IDX_KEY_LEN], uint64_t oid, int delta)
 {
-    ks_meta *m;
-    ks_tokstat *t;
     uint8_t h[16];
-    int rc = meta_for_write(x, &m);
-    if (rc != KS_OK)
-        return rc;
-    if (!(t = ks_meta_tok(m, token_id, false)) || !t->exists || (delta < 0 && t->n_idx == 0)) {
-        ks_log(KS_LOG_ERROR, "keystore %s: an index entry of token %u does not match the metadata; nothing was "
-               "written. Check the keystore with 'p11mk-admin verify'", x->st->path, token_id);
-        return KS_ECORRUPT;
-    }
     ks_idx_hash(kb, oid, h);
-    ks_hash_xor(t->idx_hash, h);
-    t->n_idx = delta > 0 ? t->n_idx + 1 : t->n_idx - 1;
-    ks_meta_touch(x, false);
-    return KS_OK;
+    return account(x, token_id, true, h, delta);
 }
 
 int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
