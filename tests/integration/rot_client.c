@@ -6,11 +6,17 @@
  *   rot_client MODULE LABEL PIN check N       at least N objects, all readable
  *   rot_client MODULE LABEL PIN follow FIFO   one round of work per line "go"
  *                                             read from FIFO, until "quit" or EOF
+ *   rot_client MODULE LABEL PIN once TAG      create one object labeled TAG, then
+ *                                             exit 3 if the keystore file it wrote
+ *                                             to has no name any more (a restore
+ *                                             swapped it under this process)
  *
  * It keeps one session and one login for its whole life, as a long-running
  * server would, and prints one line of results (follow: one line per round,
  * then one of results). Exit status 0 only if no operation failed. */
+#include <dirent.h>
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -308,7 +314,7 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc != 6) {
-        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N | follow FIFO\n");
+        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N | follow FIFO | once TAG\n");
         return 2;
     }
     void *mod = dlopen(argv[1], RTLD_NOW);
@@ -356,6 +362,37 @@ int main(int argc, char **argv)
         printf("check: %lu objects, %lu unreadable\n", found, bad);
         if (found < want || bad)
             return 1;
+    } else if (strcmp(mode, "once") == 0) {
+        CK_OBJECT_CLASS cls = CKO_DATA;
+        CK_BBOOL yes = CK_TRUE;
+        CK_OBJECT_HANDLE h;
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &yes, 1},
+                            {CKA_LABEL, argv[5], (CK_ULONG)strlen(argv[5])}, {CKA_APPLICATION, "once", 4}};
+        if ((rv = f->C_CreateObject(s, t, 4, &h)) != CKR_OK)
+            die("C_CreateObject", rv);
+        /* The write was acknowledged: it must be in a file the keystore still names. */
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        int found = 0, unlinked = 0;
+        while (d && (e = readdir(d)) != NULL) {
+            char p[300], target[4096];
+            struct stat sb;
+            snprintf(p, sizeof(p), "/proc/self/fd/%s", e->d_name);
+            ssize_t n = readlink(p, target, sizeof(target) - 1);
+            if (n <= 0)
+                continue;
+            target[n] = '\0';
+            if (!strstr(target, "/data.mdb"))
+                continue;
+            found++;
+            if (stat(p, &sb) == 0 && sb.st_nlink == 0)
+                unlinked++;
+        }
+        if (d)
+            closedir(d);
+        printf("once: %s created; %d keystore file(s) open, %d unlinked\n", argv[5], found, unlinked);
+        if (unlinked)
+            return 3;
     } else if (strcmp(mode, "run") == 0) {
         static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
         CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, m = {CKM_ECDSA_SHA256, NULL, 0};
