@@ -38,6 +38,9 @@ const char *ks_strerror(int err)
     case KS_ENOKEY: return "the master key for this record's epoch is not available";
     case KS_EROFS: return "keystore is read-only";
     case KS_EBUSY: return "keystore is locked by another process";
+    case KS_ESTATE: return "the rotation state does not allow this step";
+    case KS_ECHANGED: return "the state changed since it was shown; nothing was written";
+    case KS_ENOSPC: return "the file system is full; free space, then try again (nothing was written)";
     default: return "unknown error";
     }
 }

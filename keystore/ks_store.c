@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <openssl/core_names.h>
@@ -42,6 +43,8 @@ static int lmdb_err(int rc)
     case MDB_SUCCESS: return KS_OK;
     case MDB_NOTFOUND: return KS_ENOTFOUND;
     case ENOMEM: return KS_ENOMEM;
+    case ENOSPC:
+    case EDQUOT: return KS_ENOSPC;
     case EACCES:
     case EPERM: return KS_EPERM;
     case EROFS: return KS_EROFS;
@@ -941,6 +944,13 @@ void ks_read_end(ks_txn *x)
     free(x);
 }
 
+/* Regular files write short only when space runs out. */
+static bool fs_nearly_full(const char *dir)
+{
+    struct statvfs vs;
+    return statvfs(dir, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < (1u << 20);
+}
+
 int ks_write(ks_store *st, ks_write_fn fn, void *arg)
 {
     int rc = KS_EIO;
@@ -964,12 +974,17 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
                 x.map_full = true;
             else
                 rc = lmdb_err(mrc);
+            if (rc == KS_EIO && fs_nearly_full(st->path))
+                rc = KS_ENOSPC; /* LMDB reports a short write as EIO: the file system ran out */
         } else {
             mdb_txn_abort(x.txn);
         }
         pthread_rwlock_unlock(&st->resize);
         ring_unref(x.ring);
         ks_meta_free(&x.m);
+        if (rc == KS_ENOSPC)
+            ks_log(KS_LOG_ERROR, "keystore %s: the file system is full; the write was not done (nothing stored was "
+                   "lost): free space on the file system that holds the keystore", st->path);
         if (!x.map_full)
             return rc;
         if ((rc = grow_map(st)) != KS_OK)

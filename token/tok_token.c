@@ -62,6 +62,7 @@ static CK_RV ks_to_ckr(int err)
     case KS_ENOKEY:
     case KS_EWRONGKEY: return CKR_DEVICE_ERROR;
     case KS_EROFS: return CKR_TOKEN_WRITE_PROTECTED;
+    case KS_ENOSPC: return CKR_DEVICE_MEMORY; /* the token's storage is full */
     default: return CKR_GENERAL_ERROR;
     }
 }
