@@ -57,24 +57,6 @@ void ks_kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1])
     out[2 * KS_KCV_LEN] = '\0';
 }
 
-int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)
-{
-    ks_registers r;
-    int rc;
-
-    if (!cfg || !mk)
-        return KS_EINVAL;
-    if (!cfg->master_key || strcmp(cfg->master_key, "default") == 0) {
-        ks_mkey_default(mk);
-        return KS_OK;
-    }
-    rc = ks_reg_load(cfg->master_key, cfg->key_file_mode ? cfg->key_file_mode : 0600, &r, err);
-    if (rc == KS_OK)
-        *mk = r.current;
-    ks_reg_clear(&r);
-    return rc;
-}
-
 /* ---- passphrases ------------------------------------------------------- */
 
 static int scrypt_key(const char *pass, size_t len, const char *salt, size_t saltlen, uint8_t out[KS_MK_LEN]);

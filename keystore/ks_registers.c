@@ -435,3 +435,21 @@ uint32_t ks_reg_max_epoch(const ks_registers *r)
             max = r->old[i].epoch;
     return max;
 }
+
+int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)
+{
+    ks_registers r;
+    int rc;
+
+    if (!cfg || !mk)
+        return KS_EINVAL;
+    if (!cfg->master_key || strcmp(cfg->master_key, "default") == 0) {
+        ks_mkey_default(mk);
+        return KS_OK;
+    }
+    rc = ks_reg_load(cfg->master_key, cfg->key_file_mode ? cfg->key_file_mode : 0600, &r, err);
+    if (rc == KS_OK)
+        *mk = r.current;
+    ks_reg_clear(&r);
+    return rc;
+}
