@@ -1,0 +1,215 @@
+/* p11mk keystore: what verify checks against the anchor, and the cheap
+ * comparison of counts when a keystore is opened (the anchor itself is in
+ * ks_anchor.c). */
+#include "keystore/ks_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- verification ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint32_t tid;
+    uint64_t n_obj, n_idx;
+    uint8_t obj_hash[16], idx_hash[16];
+    bool has_record;
+} seen_tok;
+
+static seen_tok *seen_get(seen_tok **v, size_t *n, size_t *cap, uint32_t tid)
+{
+    for (size_t i = *n; i-- > 0;) /* records come in key order: the last one is usually it */
+        if ((*v)[i].tid == tid)
+            return &(*v)[i];
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 16;
+        seen_tok *nv = realloc(*v, c * sizeof(*nv));
+        if (!nv)
+            return NULL;
+        *v = nv;
+        *cap = c;
+    }
+    memset(&(*v)[*n], 0, sizeof(**v));
+    (*v)[*n].tid = tid;
+    return &(*v)[(*n)++];
+}
+
+int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
+{
+    ks_txn *x;
+    ks_meta *m;
+    MDB_cursor *c;
+    MDB_val k, v;
+    seen_tok *seen = NULL;
+    size_t nseen = 0, cap = 0;
+    uint64_t max_oid = 0;
+    uint32_t max_tid = 0;
+    char what[256];
+    int rc = ks_read_begin(st, &x), mrc;
+
+#define REPORT(kind, tok, oid, ...)                                                                                \
+    do {                                                                                                           \
+        snprintf(what, sizeof(what), __VA_ARGS__);                                                                 \
+        (*failed)++;                                                                                               \
+        if (cb)                                                                                                    \
+            cb(kind, tok, oid, KS_ECORRUPT, what, arg);                                                            \
+    } while (0)
+
+    if (rc != KS_OK)
+        return rc;
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK) {
+        REPORT('M', 0, 0, "the state record (rotation state and counters) is missing or failed authentication");
+        ks_read_end(x);
+        return KS_OK;
+    }
+    if (m->rs.legacy) { /* format 1: nothing authenticated to compare with until the first write upgrades it */
+        ks_read_end(x);
+        return KS_OK;
+    }
+    if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) != KS_OK || v.mv_size != 8 || ks_get_be64(v.mv_data) != m->rs.gen)
+        REPORT('M', 0, 0, "the generation counter is missing or differs from the authenticated one (%llu): "
+               "processes may not notice key changes", (unsigned long long)m->rs.gen);
+    if (m->rs.format != st->format)
+        REPORT('M', 0, 0, "the format record says %u, the authenticated state %u", st->format, m->rs.format);
+
+    if (mdb_cursor_open(x->txn, st->db_tok, &c) != MDB_SUCCESS)
+        goto io;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 4) {
+            REPORT('T', 0, 0, "a token record is stored under a malformed key (%zu bytes)", k.mv_size);
+            continue;
+        }
+        uint32_t tid = ks_get_be32(k.mv_data);
+        seen_tok *s = seen_get(&seen, &nseen, &cap, tid);
+        if (!s)
+            goto nomem;
+        s->has_record = true;
+        if (tid > max_tid)
+            max_tid = tid;
+    }
+    mdb_cursor_close(c);
+    if (mdb_cursor_open(x->txn, st->db_obj, &c) != MDB_SUCCESS)
+        goto io;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12) {
+            REPORT('O', 0, 0, "an object record is stored under a malformed key (%zu bytes)", k.mv_size);
+            continue;
+        }
+        uint32_t tid = ks_get_be32(k.mv_data);
+        uint64_t oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
+        seen_tok *s = seen_get(&seen, &nseen, &cap, tid);
+        uint8_t h[16];
+        if (!s)
+            goto nomem;
+        ks_obj_hash(tid, oid, h);
+        ks_hash_xor(s->obj_hash, h);
+        s->n_obj++;
+        if (oid > max_oid)
+            max_oid = oid;
+    }
+    mdb_cursor_close(c);
+    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS)
+        goto io;
+    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != IDX_KEY_LEN || v.mv_size != 8) {
+            REPORT('I', 0, 0, "an index entry is malformed");
+            continue;
+        }
+        seen_tok *s = seen_get(&seen, &nseen, &cap, ks_get_be32(k.mv_data));
+        uint8_t h[16];
+        if (!s)
+            goto nomem;
+        ks_idx_hash(k.mv_data, ks_get_be64(v.mv_data), h);
+        ks_hash_xor(s->idx_hash, h);
+        s->n_idx++;
+    }
+    mdb_cursor_close(c);
+
+    /* What is there against what the anchor vouches for. */
+    for (size_t i = 0; i < nseen; i++) {
+        seen_tok *s = &seen[i];
+        ks_tokstat *t = ks_meta_tok(m, s->tid, false);
+        if (!t || !t->exists) {
+            if (s->has_record)
+                REPORT('T', s->tid, 0, "the token record is not listed by the authenticated metadata (added, or "
+                       "put back from an older copy)");
+            else if (s->n_obj || s->n_idx)
+                REPORT('N', s->tid, 0, "%llu object record(s) and %llu index entries belong to no token",
+                       (unsigned long long)s->n_obj, (unsigned long long)s->n_idx);
+            continue;
+        }
+        if (!s->has_record)
+            REPORT('T', s->tid, 0, "the token record is missing (deleted)");
+        if (t->n_obj != s->n_obj || memcmp(t->obj_hash, s->obj_hash, 16))
+            REPORT('T', s->tid, 0, "the object records are not the set the metadata vouches for: %llu found, %llu "
+                   "expected%s", (unsigned long long)s->n_obj, (unsigned long long)t->n_obj,
+                   t->n_obj == s->n_obj ? " (the same number, other ids)" :
+                   s->n_obj < t->n_obj ? " (records were deleted)" : " (records were added)");
+        if (t->n_idx != s->n_idx || memcmp(t->idx_hash, s->idx_hash, 16))
+            REPORT('T', s->tid, 0, "the index entries are not the set the metadata vouches for: %llu found, %llu "
+                   "expected", (unsigned long long)s->n_idx, (unsigned long long)t->n_idx);
+    }
+    for (size_t i = 0; i < m->ntok; i++) {
+        const ks_tokstat *t = &m->tok[i];
+        bool found = false;
+        for (size_t j = 0; j < nseen && !found; j++)
+            found = seen[j].tid == t->tid;
+        if (t->exists && !found)
+            REPORT('T', t->tid, 0, "the token and all its records are missing (%llu objects expected)",
+                   (unsigned long long)t->n_obj);
+    }
+    if (max_oid && m->rs.next_oid <= max_oid)
+        REPORT('M', 0, 0, "the object id counter (%llu) is not past the highest id in use (%llu): new objects "
+               "would collide", (unsigned long long)m->rs.next_oid, (unsigned long long)max_oid);
+    if (max_tid && m->rs.toknext <= max_tid)
+        REPORT('M', 0, 0, "the token id counter (%u) is not past the highest token id (%u)", m->rs.toknext, max_tid);
+#undef REPORT
+    free(seen);
+    ks_read_end(x);
+    return KS_OK;
+io:
+    free(seen);
+    ks_read_end(x);
+    return KS_EIO;
+nomem:
+    mdb_cursor_close(c);
+    free(seen);
+    ks_read_end(x);
+    return KS_ENOMEM;
+}
+
+/* At open: the counts the anchor vouches for against what the databases hold
+ * (O(tokens)); a difference is reported, the keystore is still served. */
+void ks_anchor_check_counts(ks_store *st)
+{
+    ks_txn *x;
+    ks_meta *m;
+    MDB_stat ms;
+    uint64_t objs = 0, idx = 0, toks = 0;
+    if (ks_read_begin(st, &x) != KS_OK)
+        return;
+    if (ks_txn_meta(x, &m) != KS_OK || m->rs.legacy) {
+        ks_read_end(x);
+        return;
+    }
+    for (size_t i = 0; i < m->ntok; i++)
+        if (m->tok[i].exists) {
+            toks++;
+            objs += m->tok[i].n_obj;
+            idx += m->tok[i].n_idx;
+        }
+    uint64_t have[3] = {0, 0, 0};
+    if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
+        have[0] = ms.ms_entries;
+    if (mdb_stat(x->txn, st->db_obj, &ms) == MDB_SUCCESS)
+        have[1] = ms.ms_entries;
+    if (mdb_stat(x->txn, st->db_idx, &ms) == MDB_SUCCESS)
+        have[2] = ms.ms_entries;
+    if (have[0] != toks || have[1] != objs || have[2] != idx)
+        ks_log(KS_LOG_ERROR, "keystore %s: its records do not match its authenticated metadata (tokens %llu of "
+               "%llu, objects %llu of %llu, index entries %llu of %llu): records were deleted, added or put back; "
+               "objects that are there still open as before. Check it with 'p11mk-admin verify'", st->path,
+               (unsigned long long)have[0], (unsigned long long)toks, (unsigned long long)have[1],
+               (unsigned long long)objs, (unsigned long long)have[2], (unsigned long long)idx);
+    ks_read_end(x);
+}
