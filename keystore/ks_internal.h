@@ -130,7 +130,20 @@ KS_API int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t sl
 KS_API int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen);
 KS_API int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
 KS_API int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v);
-KS_API const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch);
+/* ks_db.c: LMDB error to KS_*; writes that set map_full on MDB_MAP_FULL/MDB_TXN_FULL. */
+KS_API int ks_lmdb_err(int rc);
+KS_API int ks_wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
+KS_API int ks_wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v);
+KS_API int ks_cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags);
+/* The record key of an epoch in this generation, or NULL. */
+static inline const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
+{
+    if (r->have_cur && epoch == r->rs.cur)
+        return r->cur_key;
+    if (r->have_nxt && r->rs.nxt && epoch == r->rs.nxt)
+        return r->nxt_key;
+    return NULL;
+}
 /* ---- the anchor (ks_anchor.c) ---- */
 /* The rotation part and counters of the state record (KS_ECORRUPT if missing or unauthentic). */
 KS_API int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs);

@@ -37,25 +37,6 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static ks_store *registry;
 static pid_t registry_pid;
 
-static int lmdb_err(int rc)
-{
-    switch (rc) {
-    case MDB_SUCCESS: return KS_OK;
-    case MDB_NOTFOUND: return KS_ENOTFOUND;
-    case ENOMEM: return KS_ENOMEM;
-    case ENOSPC:
-    case EDQUOT: return KS_ENOSPC;
-    case EACCES:
-    case EPERM: return KS_EPERM;
-    case EROFS: return KS_EROFS;
-    case MDB_VERSION_MISMATCH:
-    case MDB_INVALID: return KS_EVERSION;
-    case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND: return KS_ECORRUPT;
-    default: return KS_EIO;
-    }
-}
-
 static void ring_unref(ks_keyring *r);
 
 static void store_free(ks_store *st)
@@ -139,55 +120,9 @@ static int txn_begin(ks_store *st, unsigned flags, MDB_txn **out)
                 continue;
         }
         ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", st->path, mdb_strerror(rc));
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     }
     return KS_EIO;
-}
-
-/* ---- meta helpers -------------------------------------------------------- */
-
-static int wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
-static int wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v);
-
-static int meta_key(uint8_t kb[32], const char *key, const void *suffix, size_t slen, MDB_val *k)
-{
-    size_t kl = strlen(key);
-    if (kl + slen > 32)
-        return KS_EINVAL;
-    memcpy(kb, key, kl);
-    if (slen)
-        memcpy(kb + kl, suffix, slen);
-    k->mv_size = kl + slen;
-    k->mv_data = kb;
-    return KS_OK;
-}
-
-int ks_meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v)
-{
-    uint8_t kb[32];
-    MDB_val k;
-    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
-        return KS_EINVAL;
-    return lmdb_err(mdb_get(t, st->db_meta, &k, v));
-}
-
-int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen)
-{
-    uint8_t kb[32];
-    MDB_val k, v = {vlen, (void *)val};
-    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
-        return KS_EINVAL;
-    return wput(x, x->st->db_meta, &k, &v, 0);
-}
-
-int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen)
-{
-    uint8_t kb[32];
-    MDB_val k;
-    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
-        return KS_EINVAL;
-    int rc = wdel(x, x->st->db_meta, &k, NULL);
-    return rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
 /* ---- opening ------------------------------------------------------------- */
@@ -251,15 +186,6 @@ static void ring_unref(ks_keyring *r)
 {
     if (r && atomic_fetch_sub(&r->refs, 1) == 1)
         ks_secmem_free(r);
-}
-
-const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
-{
-    if (r->have_cur && epoch == r->rs.cur)
-        return r->cur_key;
-    if (r->have_nxt && r->rs.nxt && epoch == r->rs.nxt)
-        return r->nxt_key;
-    return NULL;
 }
 
 int ks_store_add_key(ks_store *st, const ks_mkey *mk)
@@ -628,7 +554,7 @@ static int env_open(ks_store *st, unsigned flags, ks_err *err)
     if (rc != MDB_SUCCESS) {
         ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
                         "read and write it", st->path, mdb_strerror(rc));
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     }
     if (st->rdonly)
         ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", st->path);
@@ -674,7 +600,7 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
     pthread_rwlock_unlock(&st->resize);
     if (mrc != MDB_NOTFOUND) {
         ks_err_set(err, "cannot open keystore %s: %s", st->path, mdb_strerror(mrc));
-        return lmdb_err(mrc);
+        return ks_lmdb_err(mrc);
     }
     if (!empty) {
         ks_err_set(err, "keystore %s is damaged: one of its databases (meta, tokens, objects, index) is missing; "
@@ -693,9 +619,9 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
         if (rc != KS_OK)
             return rc;
         mrc = open_dbs(st, t, MDB_CREATE);
-        rc = mrc ? lmdb_err(mrc) : init_meta(st, t, mk);
+        rc = mrc ? ks_lmdb_err(mrc) : init_meta(st, t, mk);
         if (rc == KS_OK)
-            rc = lmdb_err(mdb_txn_commit(t));
+            rc = ks_lmdb_err(mdb_txn_commit(t));
         else
             mdb_txn_abort(t);
         pthread_rwlock_unlock(&st->resize);
@@ -973,7 +899,7 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
             if (mrc == MDB_MAP_FULL)
                 x.map_full = true;
             else
-                rc = lmdb_err(mrc);
+                rc = ks_lmdb_err(mrc);
             if (rc == KS_EIO && fs_nearly_full(st->path))
                 rc = KS_ENOSPC; /* LMDB reports a short write as EIO: the file system ran out */
         } else {
@@ -991,55 +917,6 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
             return rc;
     }
     return rc;
-}
-
-/* Mutations go through here so that MDB_MAP_FULL restarts the transaction. */
-static int wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags)
-{
-    if (!x->write)
-        return KS_EINVAL;
-    int rc = mdb_put(x->txn, db, k, v, flags);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    if (rc == MDB_KEYEXIST)
-        return KS_EEXIST;
-    return lmdb_err(rc);
-}
-
-static int wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v)
-{
-    if (!x->write)
-        return KS_EINVAL;
-    int rc = mdb_del(x->txn, db, k, v);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    return lmdb_err(rc);
-}
-
-int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags) { return wput(x, db, k, v, flags); }
-
-int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v)
-{
-    int rc = mdb_cursor_put(c, k, v, MDB_CURRENT);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    return lmdb_err(rc);
-}
-
-static int cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags)
-{
-    int rc = mdb_cursor_del(c, flags);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    return lmdb_err(rc);
 }
 
 /* ---- sealed values ------------------------------------------------------- */
@@ -1061,7 +938,7 @@ static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
     if (rc != KS_OK)
         return rc;
     MDB_val v = {reclen, rec};
-    rc = wput(x, db, k, &v, 0);
+    rc = ks_wput(x, db, k, &v, 0);
     free(rec); /* ciphertext: no need to cleanse */
     return rc;
 }
@@ -1076,7 +953,7 @@ static int get_open(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
 
     if (!blob || !len)
         return KS_EINVAL;
-    rc = lmdb_err(mdb_get(x->txn, db, k, &v));
+    rc = ks_lmdb_err(mdb_get(x->txn, db, k, &v));
     if (rc != KS_OK)
         return rc;
     rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &epoch);
@@ -1111,13 +988,13 @@ int ks_token_new_id(ks_txn *x, uint32_t *token_id)
     if ((rc = ks_txn_meta(x, &m)) != KS_OK)
         return rc;
     if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
     mdb_cursor_close(c);
     if (rc == MDB_NOTFOUND) {
         *token_id = 1;
     } else if (rc != MDB_SUCCESS || k.mv_size != 4) {
-        return rc ? lmdb_err(rc) : KS_ECORRUPT;
+        return rc ? ks_lmdb_err(rc) : KS_ECORRUPT;
     } else {
         *token_id = ks_get_be32(k.mv_data) + 1;
         if (!*token_id)
@@ -1167,7 +1044,7 @@ int ks_token_exists(ks_txn *x, uint32_t token_id)
     if (!x || !token_id)
         return KS_EINVAL;
     ks_be32(kb, token_id);
-    return lmdb_err(mdb_get(x->txn, x->st->db_tok, &k, &v));
+    return ks_lmdb_err(mdb_get(x->txn, x->st->db_tok, &k, &v));
 }
 
 int ks_token_get(ks_txn *x, uint32_t token_id, uint8_t **blob, size_t *len)
@@ -1189,11 +1066,11 @@ static int del_prefix(ks_txn *x, MDB_dbi db, uint32_t token_id, bool dups)
 
     ks_be32(kb, token_id);
     if ((rc = mdb_cursor_open(x->txn, db, &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     MDB_val k = {4, kb}, v;
     rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
     while (rc == MDB_SUCCESS && k.mv_size >= 4 && memcmp(k.mv_data, kb, 4) == 0) {
-        int drc = cursor_del(x, c, dups ? MDB_NODUPDATA : 0);
+        int drc = ks_cursor_del(x, c, dups ? MDB_NODUPDATA : 0);
         if (drc != KS_OK) {
             mdb_cursor_close(c);
             return drc;
@@ -1203,7 +1080,7 @@ static int del_prefix(ks_txn *x, MDB_dbi db, uint32_t token_id, bool dups)
         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
     }
     mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? KS_OK : lmdb_err(rc);
+    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? KS_OK : ks_lmdb_err(rc);
 }
 
 int ks_token_del(ks_txn *x, uint32_t token_id)
@@ -1221,7 +1098,7 @@ int ks_token_del(ks_txn *x, uint32_t token_id)
         return rc;
     ks_be32(kb, token_id);
     MDB_val k = {4, kb};
-    rc = wdel(x, x->st->db_tok, &k, NULL);
+    rc = ks_wdel(x, x->st->db_tok, &k, NULL);
     if (rc != KS_OK && rc != KS_ENOTFOUND)
         return rc;
     /* The entry stays (deleted) for its incarnation: a login made before
@@ -1265,13 +1142,13 @@ int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)
     *ids = NULL;
     *n = 0;
     if ((rc = mdb_stat(x->txn, x->st->db_tok, &ms)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     out = calloc(ms.ms_entries ? ms.ms_entries : 1, sizeof(*out));
     if (!out)
         return KS_ENOMEM;
     if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS) {
         free(out);
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     }
     for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == MDB_SUCCESS && cnt < ms.ms_entries;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
@@ -1366,7 +1243,7 @@ int ks_obj_put(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, 
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    int rc = lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v)); /* an update: it must exist */
+    int rc = ks_lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v)); /* an update: it must exist */
     return rc == KS_OK ? seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len) : rc;
 }
 
@@ -1389,7 +1266,7 @@ int ks_obj_stamp(ks_txn *x, uint32_t token_id, uint64_t oid, ks_stamp *stamp)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    rc = lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v));
+    rc = ks_lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v));
     if (rc != KS_OK)
         return rc;
     rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &stamp->epoch);
@@ -1406,7 +1283,7 @@ int ks_obj_del(ks_txn *x, uint32_t token_id, uint64_t oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    int rc = wdel(x, x->st->db_obj, &k, NULL);
+    int rc = ks_wdel(x, x->st->db_obj, &k, NULL);
     return rc == KS_OK ? obj_account(x, token_id, oid, -1) : rc;
 }
 
@@ -1419,7 +1296,7 @@ int ks_obj_foreach(ks_txn *x, uint32_t token_id, ks_oid_cb cb, void *arg)
     if (!x || !token_id || !cb)
         return KS_EINVAL;
     if ((rc = mdb_cursor_open(x->txn, x->st->db_obj, &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     obj_key(kb, token_id, 0);
     MDB_val k = {12, kb}, v;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
@@ -1431,7 +1308,7 @@ int ks_obj_foreach(ks_txn *x, uint32_t token_id, ks_oid_cb cb, void *arg)
     mdb_cursor_close(c);
     if (ret)
         return ret;
-    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : lmdb_err(rc);
+    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : ks_lmdb_err(rc);
 }
 
 static int count_cb(uint64_t oid, void *arg)
@@ -1501,7 +1378,7 @@ int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
     int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     if (rc == KS_OK)
-        rc = wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
+        rc = ks_wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
     if (rc == KS_EEXIST)
         return KS_OK; /* already there: nothing changed */
     return rc == KS_OK ? idx_account(x, token_id, kb, oid, +1) : rc;
@@ -1513,7 +1390,7 @@ int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
     int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     if (rc == KS_OK)
-        rc = wdel(x, x->st->db_idx, &k, &v);
+        rc = ks_wdel(x, x->st->db_idx, &k, &v);
     if (rc == KS_ENOTFOUND)
         return KS_OK;
     return rc == KS_OK ? idx_account(x, token_id, kb, oid, -1) : rc;
@@ -1527,11 +1404,11 @@ int ks_idx_contains(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val
     if (rc != KS_OK)
         return rc;
     if ((rc = mdb_cursor_open(x->txn, x->st->db_idx, &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH); /* the exact entry: O(log n), however many share the key */
     mdb_cursor_close(c);
-    return lmdb_err(rc);
+    return ks_lmdb_err(rc);
 }
 
 int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, ks_oid_cb cb,
@@ -1546,7 +1423,7 @@ int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, 
     if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
         return rc;
     if ((rc = mdb_cursor_open(x->txn, x->st->db_idx, &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     MDB_val k = {IDX_KEY_LEN, kb}, v;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_SET); rc == MDB_SUCCESS; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP)) {
         if (v.mv_size != 8)
@@ -1557,7 +1434,7 @@ int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, 
     mdb_cursor_close(c);
     if (ret)
         return ret;
-    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : lmdb_err(rc);
+    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : ks_lmdb_err(rc);
 }
 
 int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
@@ -1575,7 +1452,7 @@ int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
     if (access(data, R_OK) != 0)
         return KS_ENOTFOUND;
     if ((rc = mdb_env_create(&env)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+        return ks_lmdb_err(rc);
     mdb_env_set_maxdbs(env, 8);
     rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
     if (rc == MDB_SUCCESS)
@@ -1595,7 +1472,7 @@ int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
     if (t)
         mdb_txn_abort(t);
     mdb_env_close(env);
-    return lmdb_err(rc);
+    return ks_lmdb_err(rc);
 }
 
 bool ks_check_rollback(ks_store *st, char *why, size_t n)
