@@ -1,6 +1,5 @@
-/* p11mk keystore: what verify checks against the anchor, and the cheap
- * comparison of counts when a keystore is opened (the anchor itself is in
- * ks_anchor.c). */
+/* p11mk keystore: what verify checks against the anchor (the anchor itself
+ * is in ks_anchor.c). */
 #include "keystore/ks_internal.h"
 
 #include <stdio.h>
@@ -176,40 +175,4 @@ nomem:
     free(seen);
     ks_read_end(x);
     return KS_ENOMEM;
-}
-
-/* At open: the counts the anchor vouches for against what the databases hold
- * (O(tokens)); a difference is reported, the keystore is still served. */
-void ks_anchor_check_counts(ks_store *st)
-{
-    ks_txn *x;
-    ks_meta *m;
-    MDB_stat ms;
-    uint64_t objs = 0, idx = 0, toks = 0;
-    if (ks_read_begin(st, &x) != KS_OK)
-        return;
-    if (ks_txn_meta(x, &m) != KS_OK || m->rs.legacy) {
-        ks_read_end(x);
-        return;
-    }
-    for (size_t i = 0; i < m->ntok; i++)
-        if (m->tok[i].exists) {
-            toks++;
-            objs += m->tok[i].n_obj;
-            idx += m->tok[i].n_idx;
-        }
-    uint64_t have[3] = {0, 0, 0};
-    if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
-        have[0] = ms.ms_entries;
-    if (mdb_stat(x->txn, st->db_obj, &ms) == MDB_SUCCESS)
-        have[1] = ms.ms_entries;
-    if (mdb_stat(x->txn, st->db_idx, &ms) == MDB_SUCCESS)
-        have[2] = ms.ms_entries;
-    if (have[0] != toks || have[1] != objs || have[2] != idx)
-        ks_log(KS_LOG_ERROR, "keystore %s: its records do not match its authenticated metadata (tokens %llu of "
-               "%llu, objects %llu of %llu, index entries %llu of %llu): records were deleted, added or put back; "
-               "objects that are there still open as before. Check it with 'p11mk-admin verify'", st->path,
-               (unsigned long long)have[0], (unsigned long long)toks, (unsigned long long)have[1],
-               (unsigned long long)objs, (unsigned long long)have[2], (unsigned long long)idx);
-    ks_read_end(x);
 }
