@@ -95,8 +95,6 @@ int ks_wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v)
     return ks_lmdb_err(rc);
 }
 
-int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags) { return ks_wput(x, db, k, v, flags); }
-
 int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v)
 {
     int rc = mdb_cursor_put(c, k, v, MDB_CURRENT);

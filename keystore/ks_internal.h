@@ -128,7 +128,6 @@ struct ks_txn {
 KS_API int ks_meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v);
 KS_API int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen);
 KS_API int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen);
-KS_API int ks_put_raw(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
 KS_API int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v);
 /* ks_db.c: LMDB error to KS_*; writes that set map_full on MDB_MAP_FULL/MDB_TXN_FULL. */
 KS_API int ks_lmdb_err(int rc);
