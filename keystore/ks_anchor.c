@@ -32,8 +32,8 @@
 #define STATE_OID 1
 #define V1_LEN_A 24
 #define V1_LEN_B 40
-#define V2_HDR 68
-#define TOK_LEN 64
+#define V2_HDR 84
+#define TOK_LEN 80
 #define MAX_TOKENS (1u << 20)
 enum { POS_END = 3 };
 
@@ -52,11 +52,12 @@ static void hash16(const char *label, const uint8_t *a, size_t alen, uint64_t oi
     memcpy(out, md, 16);
 }
 
-void ks_obj_hash(uint32_t tid, uint64_t oid, uint8_t out[16])
+void ks_obj_hash(uint32_t tid, uint64_t oid, const uint8_t tag[KS_TAG_LEN], uint8_t out[16])
 {
-    uint8_t t[4];
+    uint8_t t[4 + KS_TAG_LEN];
     ks_be32(t, tid);
-    hash16("p11mk object v1", t, 4, oid, out);
+    memcpy(t + 4, tag, KS_TAG_LEN);
+    hash16("p11mk object v2", t, sizeof(t), oid, out);
 }
 
 void ks_idx_hash(const uint8_t key[IDX_KEY_LEN], uint64_t oid, uint8_t out[16])
@@ -108,6 +109,8 @@ static int parse(const uint8_t *pt, size_t len, uint32_t epoch, ks_meta *m, bool
     rs->gen = ks_get_be64(pt + 44);
     rs->next_oid = ks_get_be64(pt + 52);
     rs->toknext = ks_get_be32(pt + 60);
+    memcpy(rs->cur_kcv, pt + 68, KS_KCV_LEN);
+    memcpy(rs->nxt_kcv, pt + 76, KS_KCV_LEN);
     uint32_t n = ks_get_be32(pt + 64);
     if (n > MAX_TOKENS || len != V2_HDR + (size_t)n * TOK_LEN)
         return KS_ECORRUPT;
@@ -129,6 +132,7 @@ static int parse(const uint8_t *pt, size_t len, uint32_t epoch, ks_meta *m, bool
         t->n_idx = ks_get_be64(p + 24);
         memcpy(t->obj_hash, p + 32, 16);
         memcpy(t->idx_hash, p + 48, 16);
+        memcpy(t->tag, p + 64, KS_TAG_LEN);
     }
     m->ntok = n;
     return KS_OK;
@@ -189,6 +193,8 @@ int ks_state_write(ks_txn *x, const ks_meta *m, const uint8_t key[32])
     ks_be64(pt + 52, rs->next_oid);
     ks_be32(pt + 60, rs->toknext);
     ks_be32(pt + 64, (uint32_t)m->ntok);
+    memcpy(pt + 68, rs->cur_kcv, KS_KCV_LEN);
+    memcpy(pt + 76, rs->nxt_kcv, KS_KCV_LEN);
     for (size_t i = 0; i < m->ntok; i++) {
         uint8_t *p = pt + V2_HDR + i * TOK_LEN;
         const ks_tokstat *t = &m->tok[i];
@@ -199,6 +205,7 @@ int ks_state_write(ks_txn *x, const ks_meta *m, const uint8_t key[32])
         ks_be64(p + 24, t->n_idx);
         memcpy(p + 32, t->obj_hash, 16);
         memcpy(p + 48, t->idx_hash, 16);
+        memcpy(p + 64, t->tag, KS_TAG_LEN);
     }
     rc = ks_rec_seal(key, x->st->ksid, KS_KIND_META, rs->cur, 0, STATE_OID, pt, len, &rec, &reclen);
     free(pt);
@@ -256,6 +263,8 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
             return KS_ENOMEM;
         }
         t->exists = true;
+        if (v.mv_size > KS_TAG_LEN)
+            memcpy(t->tag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
         if (m->rs.toknext <= t->tid)
             m->rs.toknext = t->tid + 1;
     }
@@ -284,9 +293,9 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
         uint64_t oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
         ks_tokstat *t = ks_meta_tok(m, tid, false);
         uint8_t h[16];
-        if (!t)
+        if (!t || v.mv_size <= KS_TAG_LEN)
             continue; /* an object of no token: left for verify to name */
-        ks_obj_hash(tid, oid, h);
+        ks_obj_hash(tid, oid, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, h);
         ks_hash_xor(t->obj_hash, h);
         t->n_obj++;
         if (m->rs.next_oid <= oid)
@@ -399,6 +408,9 @@ int ks_txn_meta(ks_txn *x, ks_meta **out)
             if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
                 gen = ks_get_be64(v.mv_data);
             m->rs.gen = gen;
+            memcpy(m->rs.cur_kcv, x->ring->cur_kcv, KS_KCV_LEN);
+            if (m->rs.nxt)
+                memcpy(m->rs.nxt_kcv, x->ring->nxt_kcv, KS_KCV_LEN);
             m->dirty = m->upgraded = true;
         }
     }
@@ -421,16 +433,14 @@ int ks_meta_flush(ks_txn *x)
 {
     ks_meta *m = &x->m;
     uint8_t be[8];
-    MDB_val v;
     int rc;
 
     if (!m->loaded || !m->dirty)
         return KS_OK;
     if (m->bump) {
-        uint64_t plain = 0;
-        if (ks_meta_get(x->txn, x->st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-            plain = ks_get_be64(v.mv_data);
-        m->rs.gen = (plain > m->rs.gen ? plain : m->rs.gen) + 1;
+        /* From the sealed value only: an edited plain copy does not flow in. */
+        if (m->rs.gen < UINT64_MAX)
+            m->rs.gen++;
         ks_be64(be, m->rs.gen);
         if ((rc = ks_meta_put(x, "gen", NULL, 0, be, 8)) != KS_OK)
             return rc;

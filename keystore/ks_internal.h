@@ -38,6 +38,8 @@ typedef struct {
     uint64_t gen;         /* the generation, authenticated (the plain "gen" is compared with it) */
     uint64_t next_oid;    /* the id the next object gets */
     uint32_t toknext;     /* the id the next token gets (ids are never reused) */
+    uint8_t cur_kcv[KS_KCV_LEN], nxt_kcv[KS_KCV_LEN]; /* the keys of epochs cur and nxt: the plain
+                                                         "kcv" records are only compared with these */
 } ks_rotstate;
 
 /* What the anchor knows of one token (also of a deleted one: its incarnation). */
@@ -48,6 +50,7 @@ typedef struct {
     uint64_t n_obj, n_idx;     /* object records and index entries */
     uint8_t obj_hash[16];      /* XOR of ks_obj_hash over its objects */
     uint8_t idx_hash[16];      /* XOR of ks_idx_hash over its index entries */
+    uint8_t tag[KS_TAG_LEN];   /* GCM tag of its current token record: an older copy put back is refused */
 } ks_tokstat;
 
 /* A transaction's working copy of the anchor (loaded on first use). */
@@ -156,7 +159,9 @@ KS_API ks_tokstat *ks_meta_tok(ks_meta *m, uint32_t tid, bool add);
 KS_API void ks_meta_touch(ks_txn *x, bool bump);
 KS_API int ks_meta_flush(ks_txn *x);
 KS_API void ks_meta_free(ks_meta *m);
-KS_API void ks_obj_hash(uint32_t tid, uint64_t oid, uint8_t out[16]);
+/* The set member of an object record: its place and its record's GCM tag,
+ * so that a record replaced by another copy changes the set. */
+KS_API void ks_obj_hash(uint32_t tid, uint64_t oid, const uint8_t tag[KS_TAG_LEN], uint8_t out[16]);
 KS_API void ks_idx_hash(const uint8_t key[IDX_KEY_LEN], uint64_t oid, uint8_t out[16]);
 KS_API void ks_hash_xor(uint8_t acc[16], const uint8_t h[16]);
 /* verify's part: counters and sets against the anchor. */

@@ -80,6 +80,7 @@ static int stage_fn(ks_txn *x, void *arg)
     ks_be32(be, rs.nxt);
     if ((rc = ks_meta_put(x, "kcv", be, 4, kcv, KS_KCV_LEN)) != KS_OK)
         return rc;
+    memcpy(rs.nxt_kcv, kcv, KS_KCV_LEN);
     a->epoch = rs.nxt;
     m->rs = rs;
     ks_meta_touch(x, true);
@@ -130,6 +131,30 @@ static int reseal_value(ks_txn *x, MDB_val *v, uint8_t kind, uint32_t token, uin
     return rc;
 }
 
+/* A record was resealed: the anchor follows its new tag. */
+static int anchor_resealed(ks_txn *x, uint8_t kind, uint32_t token, uint64_t oid, const uint8_t old[KS_TAG_LEN],
+                           const uint8_t *tag)
+{
+    ks_meta *m;
+    ks_tokstat *t;
+    uint8_t h[16];
+    int rc = ks_txn_meta(x, &m);
+    if (rc != KS_OK)
+        return rc;
+    if (!(t = ks_meta_tok(m, token, false)) || !t->exists)
+        return KS_OK; /* not vouched for: verify names it */
+    if (kind == KS_KIND_TOKEN) {
+        memcpy(t->tag, tag, KS_TAG_LEN);
+    } else {
+        ks_obj_hash(token, oid, old, h);
+        ks_hash_xor(t->obj_hash, h);
+        ks_obj_hash(token, oid, tag, h);
+        ks_hash_xor(t->obj_hash, h);
+    }
+    ks_meta_touch(x, false);
+    return KS_OK;
+}
+
 /* Walk one database from the cursor, resealing records under `from`. */
 static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t kind, uint32_t from_epoch,
                    const uint8_t *from, uint32_t to_epoch, const uint8_t *to)
@@ -164,12 +189,15 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t 
             break;
         }
         if (epoch == from_epoch) {
-            uint8_t *rec = NULL;
+            uint8_t *rec = NULL, oldtag[KS_TAG_LEN];
             size_t reclen = 0;
+            memcpy(oldtag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
             rc = reseal_value(x, &v, kind, token, oid, from_epoch, from, to_epoch, to, &rec, &reclen);
             if (rc == KS_OK) {
                 MDB_val nv = {reclen, rec};
                 rc = ks_cursor_replace(x, c, &k, &nv);
+                if (rc == KS_OK)
+                    rc = anchor_resealed(x, kind, token, oid, oldtag, rec + reclen - KS_TAG_LEN);
                 free(rec);
             }
             if (rc != KS_OK) {
@@ -300,6 +328,7 @@ static int pass_fn(ks_txn *x, void *arg)
                 return rc;
             rs.state = KS_ROT_IDLE;
             rs.nxt = 0;
+            memset(rs.nxt_kcv, 0, KS_KCV_LEN);
             rs.cursor_db = POS_META;
             rs.cursor_len = 0;
             m->rs = rs;
@@ -468,9 +497,14 @@ static int commit_fn(ks_txn *x, void *arg)
     ks_be32(be, next);
     if ((rc = ks_meta_put(x, "epoch", NULL, 0, be, 4)) != KS_OK)
         return rc;
+    /* The plain check value of the new current epoch, from the authenticated one. */
+    if (!rs.legacy && (rc = ks_meta_put(x, "kcv", be, 4, rs.nxt_kcv, KS_KCV_LEN)) != KS_OK)
+        return rc;
     rs.state = KS_ROT_IDLE;
     rs.cur = next;
     rs.nxt = 0;
+    memcpy(rs.cur_kcv, rs.nxt_kcv, KS_KCV_LEN);
+    memset(rs.nxt_kcv, 0, KS_KCV_LEN);
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
     rs.last_rotation = a->now ? a->now : (uint64_t)time(NULL);

@@ -156,6 +156,7 @@ static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
         return KS_EIO;
     memcpy(st->ksid, ksid, sizeof(ksid));
     ks_mkey_kcv(mk, kcv);
+    memcpy(m.rs.cur_kcv, kcv, KS_KCV_LEN);
     rc = ks_rec_key(mk, ksid, 1, reckey);
     if (rc == KS_OK)
         rc = ks_rec_seal(reckey, ksid, KS_KIND_META, 1, 0, 0, idxkey, sizeof(idxkey), &rec, &reclen);
@@ -378,10 +379,41 @@ static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, 
                (unsigned long long)(r->rs.gen != gen ? gen : st->format),
                (unsigned long long)(r->rs.gen != gen ? r->rs.gen : r->rs.format));
     }
+    if (!r->rs.legacy && CRYPTO_memcmp(r->rs.cur_kcv, r->cur_kcv, KS_KCV_LEN) != 0) {
+        ks_err_set(err, "keystore %s: the check value of the current epoch does not match the authenticated "
+                        "state (the metadata was edited); nothing was changed: restore it from a backup", st->path);
+        rc = KS_ECORRUPT;
+        goto fail;
+    }
     if (r->rs.nxt) {
+        /* The staged key is the one the sealed state names, whatever the
+         * plain record says (it could be pointed at a retired or the default
+         * key). */
         rc = epoch_key(st, t, r->rs.nxt, r->nxt_kcv, r->nxt_mk, r->nxt_key, &r->have_nxt);
         if (rc != KS_OK)
             goto fail;
+        if (!r->rs.legacy && CRYPTO_memcmp(r->rs.nxt_kcv, r->nxt_kcv, KS_KCV_LEN) != 0) {
+            char a[2 * KS_KCV_LEN + 1], b[2 * KS_KCV_LEN + 1];
+            ks_kcv_hex(r->nxt_kcv, a);
+            ks_kcv_hex(r->rs.nxt_kcv, b);
+            ks_log(KS_LOG_ERROR, "keystore %s: the plain check value of the staged epoch %u (%s) is not the "
+                   "authenticated one (%s): the metadata was edited; the staged key is taken from the "
+                   "authenticated state", st->path, r->rs.nxt, a, b);
+            memcpy(r->nxt_kcv, r->rs.nxt_kcv, KS_KCV_LEN);
+            ks_mkey k;
+            memset(&k, 0, sizeof(k));
+            r->have_nxt = ks_find_key(st, r->nxt_kcv, k.key);
+            OPENSSL_cleanse(r->nxt_key, sizeof(r->nxt_key));
+            OPENSSL_cleanse(r->nxt_mk, sizeof(r->nxt_mk));
+            if (r->have_nxt) {
+                memcpy(r->nxt_mk, k.key, KS_MK_LEN);
+                if ((rc = ks_rec_key(&k, st->ksid, r->rs.nxt, r->nxt_key)) != KS_OK) {
+                    ks_mkey_clear(&k);
+                    goto fail;
+                }
+            }
+            ks_mkey_clear(&k);
+        }
         if (!r->have_nxt) {
             char hex[2 * KS_KCV_LEN + 1];
             ks_kcv_hex(r->nxt_kcv, hex);
@@ -814,7 +846,9 @@ int ks_get_info(ks_store *st, ks_info *info)
     info->auto_interval = rs.auto_interval;
     info->last_rotation = rs.last_rotation;
     memcpy(info->kcv, x->ring->cur_kcv, KS_KCV_LEN);
-    if (rs.nxt) {
+    if (rs.nxt && !rs.legacy) {
+        memcpy(info->new_kcv, rs.nxt_kcv, KS_KCV_LEN);
+    } else if (rs.nxt) {
         uint8_t be[4];
         MDB_val v;
         ks_be32(be, rs.nxt);
@@ -922,7 +956,7 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
 /* ---- sealed values ------------------------------------------------------- */
 
 static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t token, uint64_t oid,
-                    const uint8_t *blob, size_t len)
+                    const uint8_t *blob, size_t len, uint8_t tag[KS_TAG_LEN])
 {
     ks_store *st = x->st;
     uint8_t *rec;
@@ -939,6 +973,7 @@ static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
         return rc;
     MDB_val v = {reclen, rec};
     rc = ks_wput(x, db, k, &v, 0);
+    memcpy(tag, rec + reclen - KS_TAG_LEN, KS_TAG_LEN);
     free(rec); /* ciphertext: no need to cleanse */
     return rc;
 }
@@ -1020,10 +1055,10 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
     ks_be32(kb, token_id);
     MDB_val k = {4, kb}, v;
     bool exists = mdb_get(x->txn, x->st->db_tok, &k, &v) == MDB_SUCCESS;
+    if (!(t = ks_meta_tok(m, token_id, true)))
+        return KS_ENOMEM;
     if (!exists) {
         /* A new token, or a wiped one put back: the anchor lists it, empty. */
-        if (!(t = ks_meta_tok(m, token_id, true)))
-            return KS_ENOMEM;
         if (t->exists || t->n_obj || t->n_idx) {
             ks_log(KS_LOG_ERROR, "keystore %s: token %u is listed by the metadata but its record is missing; "
                    "nothing was written. Check the keystore with 'p11mk-admin verify'", x->st->path, token_id);
@@ -1032,9 +1067,11 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
         t->exists = true;
         if (token_id < UINT32_MAX && m->rs.toknext <= token_id)
             m->rs.toknext = token_id + 1;
-        ks_meta_touch(x, false);
     }
-    return seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
+    /* The anchor names this very record: an older copy put back is refused. */
+    rc = seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len, t->tag);
+    ks_meta_touch(x, false);
+    return rc;
 }
 
 int ks_token_exists(ks_txn *x, uint32_t token_id)
@@ -1050,10 +1087,27 @@ int ks_token_exists(ks_txn *x, uint32_t token_id)
 int ks_token_get(ks_txn *x, uint32_t token_id, uint8_t **blob, size_t *len)
 {
     uint8_t kb[4];
+    ks_meta *m;
+    MDB_val v;
+    int rc;
     if (!x || !token_id)
         return KS_EINVAL;
     ks_be32(kb, token_id);
     MDB_val k = {4, kb};
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK)
+        return rc;
+    if (!m->rs.legacy && mdb_get(x->txn, x->st->db_tok, &k, &v) == MDB_SUCCESS) {
+        /* The token record holds the PINs and their failure counts: it must be
+         * the very record the anchor vouches for, not an older copy. */
+        ks_tokstat *t = ks_meta_tok(m, token_id, false);
+        if (!t || !t->exists || v.mv_size <= KS_TAG_LEN ||
+            CRYPTO_memcmp((const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, t->tag, KS_TAG_LEN)) {
+            ks_log(KS_LOG_ERROR, "keystore %s: the record of token %u is not the one the metadata vouches for (an "
+                   "older copy was put back?); it is not used. Check the keystore with 'p11mk-admin verify'",
+                   x->st->path, token_id);
+            return KS_ECORRUPT;
+        }
+    }
     return get_open(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
 }
 
@@ -1209,16 +1263,29 @@ static int account(ks_txn *x, uint32_t token_id, bool index, const uint8_t h[16]
     return KS_OK;
 }
 
-static int obj_account(ks_txn *x, uint32_t token_id, uint64_t oid, int delta)
+static int obj_account(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t tag[KS_TAG_LEN], int delta)
 {
     uint8_t h[16];
-    ks_obj_hash(token_id, oid, h);
+    ks_obj_hash(token_id, oid, tag, h);
     return account(x, token_id, false, h, delta);
+}
+
+/* The tag of the stored record (for the anchor's set). */
+static int stored_tag(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t tag[KS_TAG_LEN])
+{
+    MDB_val v;
+    int rc = ks_lmdb_err(mdb_get(x->txn, db, k, &v));
+    if (rc != KS_OK)
+        return rc;
+    if (v.mv_size <= KS_TAG_LEN)
+        return KS_ECORRUPT;
+    memcpy(tag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
+    return KS_OK;
 }
 
 int ks_obj_create(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
 {
-    uint8_t kb[12];
+    uint8_t kb[12], tag[KS_TAG_LEN];
     MDB_val v;
     if (!x || !token_id || !oid)
         return KS_EINVAL;
@@ -1231,20 +1298,23 @@ int ks_obj_create(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blo
                "with 'p11mk-admin verify'", x->st->path, (unsigned long long)oid, token_id);
         return KS_ECORRUPT;
     }
-    int rc = obj_account(x, token_id, oid, +1);
-    return rc == KS_OK ? seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len) : rc;
+    int rc = seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len, tag);
+    return rc == KS_OK ? obj_account(x, token_id, oid, tag, +1) : rc;
 }
 
 int ks_obj_put(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
 {
-    uint8_t kb[12];
-    MDB_val v;
+    uint8_t kb[12], old[KS_TAG_LEN], tag[KS_TAG_LEN];
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    int rc = ks_lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v)); /* an update: it must exist */
-    return rc == KS_OK ? seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len) : rc;
+    int rc = stored_tag(x, x->st->db_obj, &k, old); /* an update: it must exist */
+    if (rc == KS_OK)
+        rc = seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len, tag);
+    if (rc == KS_OK)
+        rc = obj_account(x, token_id, oid, old, -1);
+    return rc == KS_OK ? obj_account(x, token_id, oid, tag, +1) : rc;
 }
 
 int ks_obj_get(ks_txn *x, uint32_t token_id, uint64_t oid, uint8_t **blob, size_t *len)
@@ -1283,8 +1353,11 @@ int ks_obj_del(ks_txn *x, uint32_t token_id, uint64_t oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
     MDB_val k = {12, kb};
-    int rc = ks_wdel(x, x->st->db_obj, &k, NULL);
-    return rc == KS_OK ? obj_account(x, token_id, oid, -1) : rc;
+    uint8_t tag[KS_TAG_LEN];
+    int rc = stored_tag(x, x->st->db_obj, &k, tag);
+    if (rc == KS_OK)
+        rc = ks_wdel(x, x->st->db_obj, &k, NULL);
+    return rc == KS_OK ? obj_account(x, token_id, oid, tag, -1) : rc;
 }
 
 int ks_obj_foreach(ks_txn *x, uint32_t token_id, ks_oid_cb cb, void *arg)

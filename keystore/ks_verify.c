@@ -70,6 +70,18 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
                "processes may not notice key changes", (unsigned long long)m->rs.gen);
     if (m->rs.format != st->format)
         REPORT('M', 0, 0, "the format record says %u, the authenticated state %u", st->format, m->rs.format);
+    for (int which = 0; which < 2; which++) {
+        uint32_t e = which ? m->rs.nxt : m->rs.cur;
+        const uint8_t *want = which ? m->rs.nxt_kcv : m->rs.cur_kcv;
+        uint8_t be[4];
+        if (!e)
+            continue;
+        ks_be32(be, e);
+        if (ks_meta_get(x->txn, st, "kcv", be, 4, &v) != KS_OK || v.mv_size != KS_KCV_LEN ||
+            memcmp(v.mv_data, want, KS_KCV_LEN) != 0)
+            REPORT('M', 0, 0, "the check value recorded for epoch %u (%s) is missing or differs from the "
+                   "authenticated one: the metadata was edited", e, which ? "staged" : "current");
+    }
 
     if (mdb_cursor_open(x->txn, st->db_tok, &c) != MDB_SUCCESS)
         goto io;
@@ -83,6 +95,11 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         if (!s)
             goto nomem;
         s->has_record = true;
+        ks_tokstat *ts = ks_meta_tok(m, tid, false);
+        if (ts && ts->exists && (v.mv_size <= KS_TAG_LEN ||
+                                 memcmp((const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, ts->tag, KS_TAG_LEN)))
+            REPORT('T', tid, 0, "the token record is not the one the metadata vouches for (an older copy was put "
+                   "back: its PINs and their failure counts would be old ones)");
         if (tid > max_tid)
             max_tid = tid;
     }
@@ -100,7 +117,11 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         uint8_t h[16];
         if (!s)
             goto nomem;
-        ks_obj_hash(tid, oid, h);
+        if (v.mv_size <= KS_TAG_LEN) {
+            REPORT('O', tid, oid, "the object record is too short to be one");
+            continue;
+        }
+        ks_obj_hash(tid, oid, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, h);
         ks_hash_xor(s->obj_hash, h);
         s->n_obj++;
         if (oid > max_oid)
@@ -142,7 +163,7 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         if (t->n_obj != s->n_obj || memcmp(t->obj_hash, s->obj_hash, 16))
             REPORT('T', s->tid, 0, "the object records are not the set the metadata vouches for: %llu found, %llu "
                    "expected%s", (unsigned long long)s->n_obj, (unsigned long long)t->n_obj,
-                   t->n_obj == s->n_obj ? " (the same number, other ids)" :
+                   t->n_obj == s->n_obj ? " (the same number: other ids, or older copies put back)" :
                    s->n_obj < t->n_obj ? " (records were deleted)" : " (records were added)");
         if (t->n_idx != s->n_idx || memcmp(t->idx_hash, s->idx_hash, 16))
             REPORT('T', s->tid, 0, "the index entries are not the set the metadata vouches for: %llu found, %llu "

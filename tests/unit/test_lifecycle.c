@@ -24,6 +24,8 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <lmdb.h>
+
 #include "keystore/ks_internal.h"
 
 typedef struct {
@@ -679,6 +681,61 @@ static void test_rollback_of_the_keystore_alone(void **state)
     free(after);
 }
 
+
+/* The plain check value of the staged epoch pointed at a retired key (or the
+ * default key): the staged key is still the one the authenticated state
+ * names; the rotation ends under it, and verify reports the edit. */
+static void test_staged_kcv_cannot_be_redirected(void **state)
+{
+    fx *f = *state;
+    ks_err err = {{0}};
+    ks_mk_result res;
+    ks_mkey k2 = rand_key(), k3 = rand_key();
+    uint8_t c1[KS_KCV_LEN], c3[KS_KCV_LEN];
+    ks_registers r;
+    load(f, &r);
+    kcv_of(&r.current, c1); /* will be retired: the attacker's pick */
+    ks_reg_clear(&r);
+    kcv_of(&k3, c3);
+    assert_int_equal(ks_mk_rotate(f->m, &k2, 0, NULL, &res, &err), KS_OK); /* k1 retired */
+    assert_int_equal(ks_mk_stage(f->m, &k3, NULL, &res, &err), KS_OK);   /* epoch 3 staged */
+    uint32_t staged = res.new_epoch;
+    ks_mk_close(f->m);
+    f->m = NULL;
+    /* Rewrite the plain kcv<3> to k1's check value. */
+    MDB_env *env;
+    MDB_txn *t;
+    MDB_dbi d;
+    uint8_t key[7] = {'k', 'c', 'v'};
+    ks_be32(key + 3, staged);
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    mdb_env_set_mapsize(env, 64u << 20);
+    assert_int_equal(mdb_env_open(env, f->ks, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
+    assert_int_equal(mdb_dbi_open(t, "meta", 0, &d), 0);
+    MDB_val k = {7, key}, v = {KS_KCV_LEN, c1};
+    assert_int_equal(mdb_put(t, d, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(t), 0);
+    mdb_env_close(env);
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
+    uint64_t checked, failed;
+    assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &checked, &failed), KS_OK);
+    assert_true(failed >= 1);
+    assert_int_equal(ks_mk_rewrap(f->m, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_OK);
+    assert_memory_equal(res.kcv, c3, KS_KCV_LEN); /* the key the admin staged, not the retired one */
+    load(f, &r);
+    uint8_t cur[KS_KCV_LEN];
+    kcv_of(&r.current, cur);
+    assert_memory_equal(cur, c3, KS_KCV_LEN);
+    assert_int_equal(ks_reg_find(&r, c1, NULL) >= KS_REG_OLD, true); /* k1 stays retired */
+    ks_reg_clear(&r);
+    all_readable(f, ks_mk_store(f->m));
+    assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0); /* the commit wrote the plain check value from the authenticated one */
+}
+
 /* ---- the registers file format --------------------------------------------------------------- */
 
 static void test_registers_v2_and_damage(void **state)
@@ -774,6 +831,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_auto_run_finishes_interrupted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lived_process_follows_250_rotations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollback_of_the_keystore_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_staged_kcv_cannot_be_redirected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registers_v2_and_damage, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
