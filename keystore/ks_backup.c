@@ -290,10 +290,54 @@ static int open_copy(const char *scratch, const char *file, const ks_mkey *curre
     return rc;
 }
 
+/* Does any process have the keystore in dir open? Two signs, either is
+ * enough: the shared flock every opener holds on users.lock (taken here
+ * exclusively and kept in *users_fd when nobody has it), and the read lock
+ * LMDB itself keeps on byte 0 of lock.mdb while an environment is open (which
+ * holds even if users.lock was removed or replaced). */
+static int in_use(const char *dir, int *users_fd, ks_err *err)
+{
+    char p[4300];
+    struct stat a, b;
+    int fd;
+
+    *users_fd = -1;
+    snprintf(p, sizeof(p), "%s/users.lock", dir);
+    fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0600);
+    if (fd < 0 || fstat(fd, &a) != 0 || !S_ISREG(a.st_mode)) {
+        ks_err_set(err, "%s is not a regular file (a link or something else was put there); remove it, then "
+                        "restore again", p);
+        if (fd >= 0)
+            close(fd);
+        return KS_ECORRUPT;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || stat(p, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+        close(fd);
+        goto busy;
+    }
+    snprintf(p, sizeof(p), "%s/lock.mdb", dir);
+    int lfd = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (lfd >= 0) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        bool busy = fcntl(lfd, F_GETLK, &fl) != 0 || fl.l_type != F_UNLCK;
+        close(lfd);
+        if (busy) {
+            close(fd);
+            goto busy;
+        }
+    }
+    *users_fd = fd;
+    return KS_OK;
+busy:
+    ks_err_set(err, "keystore %s is in use by running applications (or another p11mk-admin); stop them, then "
+                    "restore again", dir);
+    return KS_EBUSY;
+}
+
 int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
                       ks_mk_result *res, ks_err *err)
 {
-    char scratch[4200], lp[4300], from[4300], to[4300];
+    char scratch[4200], from[4300], to[4300];
     ks_store *copy = NULL;
     uint32_t live_epoch = 0;
     uint64_t live_gen = 0;
@@ -301,18 +345,10 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
 
     snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
     /* In use now: say so before any work (the swap checks again). */
-    snprintf(lp, sizeof(lp), "%s/users.lock", dir);
-    lfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
-    if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) != 0) {
-        ks_err_set(err, "keystore %s is in use by running applications (or another p11mk-admin); stop them, then "
-                        "restore again", dir);
-        close(lfd);
-        return KS_EBUSY;
-    }
-    if (lfd >= 0) {
-        close(lfd);
-        lfd = -1;
-    }
+    if ((rc = in_use(dir, &lfd, err)) != KS_OK)
+        return rc;
+    close(lfd);
+    lfd = -1;
     if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
         return rc;
     /* The keystore being replaced, if it opens at all: the copy continues its
@@ -353,15 +389,10 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
     copy = NULL;
     if (rc != KS_OK)
         goto out;
-    /* Swap it in, with nobody using the keystore. */
-    snprintf(lp, sizeof(lp), "%s/users.lock", dir);
-    lfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
-    if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) != 0) {
-        ks_err_set(err, "keystore %s is in use by running applications (or another p11mk-admin); stop them, then "
-                        "restore again", dir);
-        rc = KS_EBUSY;
+    /* Swap it in, with nobody using the keystore (openers wait for the
+     * users.lock we now hold before they open data.mdb). */
+    if ((rc = in_use(dir, &lfd, err)) != KS_OK)
         goto out;
-    }
     snprintf(from, sizeof(from), "%s/data.mdb", scratch);
     snprintf(to, sizeof(to), "%s/data.mdb", dir);
     if (rename(from, to) != 0) {

@@ -702,6 +702,22 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         ks_err_set(err, "keystore path %s is not a directory", dir);
         return KS_EINVAL;
     }
+    /* Whoever may write the directory may plant files LMDB would follow. */
+    if ((sb.st_mode & S_IWOTH) && !(sb.st_mode & S_ISVTX)) {
+        ks_err_set(err, "keystore directory %s is writable by every user; run: chmod o-w %s", dir, dir);
+        return KS_EPERM;
+    }
+    static const char *const lmdb_files[] = {"data.mdb", "lock.mdb"};
+    for (int i = 0; i < 2; i++) {
+        char p[4200];
+        struct stat fsb;
+        snprintf(p, sizeof(p), "%s/%s", dir, lmdb_files[i]);
+        if (lstat(p, &fsb) == 0 && !S_ISREG(fsb.st_mode)) {
+            ks_err_set(err, "%s is not a regular file (a link or something else was put there); nothing was "
+                            "opened: remove it (lock.mdb is recreated; data.mdb: restore it from a backup)", p);
+            return KS_ECORRUPT;
+        }
+    }
 
     pthread_mutex_lock(&reg_lock);
     if (registry_pid != getpid()) {

@@ -7,6 +7,7 @@
 # error naming both lines.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
+CLIENT=${P11MK_ROT_CLIENT:?}
 expect_rc 0 "$ADMIN" init --generate-key "$T/master.key"
 cp "$CONF" "$T/good.conf"
 printf 'master_key = %s/master.key\n' "$T" >> "$CONF"
@@ -92,3 +93,42 @@ rc=$(P11MK_CONF=$T/log.conf quick pkcs11-tool --module "$MOD" -L)
 rm -f "$T/planted.log"
 expect_rc 0 "$ADMIN" verify
 ok "lock and log files: symlinks not followed (target untouched), a FIFO log does not hang"
+
+# LMDB's own files: a link planted as lock.mdb or data.mdb is refused before
+# LMDB could follow it; a keystore directory every user may write is refused.
+echo "precious" > "$T/victim2"
+mv "$KS/lock.mdb" "$T/lock.mdb.keep"
+ln -s "$T/victim2" "$KS/lock.mdb"
+rc=$(quick "$ADMIN" status); [ "$rc" -eq 5 ] || { cat "$T/out"; fail "a symlinked lock.mdb: exit $rc"; }
+expect_out "lock.mdb is not a regular file"
+module_fails "$CONF" "a symlinked lock.mdb"
+[ "$(cat "$T/victim2")" = precious ] || fail "LMDB followed the lock.mdb link and wrote over its target"
+rm "$KS/lock.mdb"; mv "$T/lock.mdb.keep" "$KS/lock.mdb"
+chmod 777 "$KS"
+rc=$(quick "$ADMIN" status); [ "$rc" -ne 0 ] || fail "a world-writable keystore directory was accepted"
+expect_out "writable by every user"
+chmod 700 "$KS"
+expect_rc 0 "$ADMIN" verify
+ok "lock.mdb as a link and a world-writable keystore directory: refused, the link's target untouched"
+
+# Restore while an application runs, even after users.lock was deleted or
+# replaced: LMDB's own lock still says the keystore is in use.
+expect_rc 0 "$ADMIN" backup "$T/hf.bak"
+p11 --token-label x --login --pin $PIN -O >/dev/null 2>&1 || true
+idx=$(( $(p11 -L 2>/dev/null | grep -c '^Slot ') - 1 ))
+p11 --init-token --slot-index "$idx" --label hf --so-pin $SO >/dev/null
+p11 --token-label hf --login --login-type so --so-pin $SO --init-pin --new-pin $PIN >/dev/null
+rm -f "$T/stop"
+"$CLIENT" "$MOD" hf $PIN run "$T/stop" > "$T/client.out" 2>&1 &
+cpid=$!
+sleep 0.5
+rm -f "$KS/users.lock"
+expect_rc 6 "$ADMIN" restore "$T/hf.bak" --yes
+expect_out "in use"
+rm -f "$KS/users.lock"; mkfifo "$KS/users.lock"
+set +e; "$ADMIN" restore "$T/hf.bak" --yes >"$T/out" 2>&1; rc=$?; set -e
+[ $rc -ne 0 ] || fail "restore went ahead with a FIFO as users.lock while a client ran"
+touch "$T/stop"; wait $cpid || { cat "$T/client.out"; fail "the client failed"; }
+rm -f "$KS/users.lock"
+expect_rc 0 "$ADMIN" verify
+ok "restore refused while an application runs, with users.lock deleted or a FIFO"
