@@ -284,9 +284,16 @@ int admin_delete_token(const admin_opts *o)
         tok_ctx_close(ctx);
         return rc;
     }
+    uint64_t inc = 0;
     if (ks_read_begin(tok_ctx_store(ctx), &txn) == KS_OK) {
         ks_token_count_objects(txn, (uint32_t)slot, &objects);
         ks_read_end(txn);
+    }
+    if (tok_token_incarnation(ctx, slot, &inc) != CKR_OK) {
+        admin_error("token '%s' cannot be read; nothing was deleted. Check the keystore with 'p11mk-admin verify'",
+                    label);
+        tok_ctx_close(ctx);
+        return EXIT_KEYSTORE;
     }
     if (!o->quiet)
         printf("Token '%s' (slot %lu) holds %llu object%s. Deleting it destroys them and its PINs for good;\n"
@@ -298,8 +305,15 @@ int admin_delete_token(const admin_opts *o)
         tok_ctx_close(ctx);
         return EXIT_FAILED;
     }
-    CK_RV rv = tok_token_delete(ctx, slot);
+    bool changed = false;
+    CK_RV rv = tok_token_delete(ctx, slot, &inc, &changed); /* the token that was shown, or none */
     tok_ctx_close(ctx);
+    if (changed) {
+        admin_error("slot %lu changed while you were asked (the token was re-initialized or deleted by another "
+                    "process); nothing was deleted. Look at 'p11mk-admin list' and run the command again",
+                    (unsigned long)slot);
+        return EXIT_STATE;
+    }
     if (rv != CKR_OK) {
         admin_error("token '%s' could not be deleted (0x%lx); nothing was changed. Check the keystore with "
                     "'p11mk-admin verify'",

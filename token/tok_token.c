@@ -517,22 +517,44 @@ CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc)
     return ks_to_ckr(rc);
 }
 
+typedef struct {
+    uint32_t id;
+    const uint64_t *expect_inc; /* the incarnation the caller saw, or NULL */
+} token_del;
+
 static int token_del_fn(ks_txn *txn, void *arg)
 {
-    return ks_token_del(txn, *(const uint32_t *)arg);
+    const token_del *d = arg;
+    uint64_t inc = 0;
+    int rc;
+    if (d->expect_inc) {
+        /* Still the token the caller was shown (not re-initialized since)? */
+        if ((rc = ks_token_incarnation(txn, d->id, &inc)) != KS_OK)
+            return rc;
+        if (inc != *d->expect_inc || ks_token_exists(txn, d->id) != KS_OK)
+            return KS_ECHANGED;
+    }
+    return ks_token_del(txn, d->id);
 }
 
-CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot)
+CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc, bool *changed)
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
     CK_RV rv = token_load(ctx, slot, &rec);
-    uint32_t id = (uint32_t)slot;
+    token_del d = {(uint32_t)slot, expect_inc};
     int rc;
 
+    if (changed)
+        *changed = false;
     if (rv != CKR_OK)
         return rv;
     tok_cache_flush(ctx);
-    rc = ks_write(ctx->st, token_del_fn, &id);
+    rc = ks_write(ctx->st, token_del_fn, &d);
+    if (rc == KS_ECHANGED) {
+        if (changed)
+            *changed = true;
+        return CKR_FUNCTION_FAILED;
+    }
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "token %lu deleted with its objects", (unsigned long)slot);
     return ks_to_ckr(rc);

@@ -44,7 +44,10 @@ TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pi
                              const uint8_t label[32]);
 /* Delete a token with all its objects (p11mk-admin delete-token). Its slot
  * id is not reused: a process still holding it finds no token there. */
-TOK_API CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot);
+/* Delete a token and its objects. With expect_inc, only if the token is still
+ * that incarnation (not re-initialized since the caller looked): otherwise
+ * nothing is deleted, *changed is set and CKR_FUNCTION_FAILED returned. */
+TOK_API CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc, bool *changed);
 /* The token's incarnation: it changes when the token is re-initialized or
  * deleted, by any process. A login remembers it and ends when it changes. */
 TOK_API CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc);

@@ -148,8 +148,8 @@ static void test_token_delete(void **state)
     uint64_t keep = store_data(ctx, 1, "keep");
     uint64_t gone = store_data(ctx, 2, "gone");
 
-    assert_int_equal(tok_token_delete(ctx, 2), CKR_OK);
-    assert_int_equal(tok_token_delete(ctx, 2), CKR_SLOT_ID_INVALID);
+    assert_int_equal(tok_token_delete(ctx, 2, NULL, NULL), CKR_OK);
+    assert_int_equal(tok_token_delete(ctx, 2, NULL, NULL), CKR_SLOT_ID_INVALID);
     assert_int_equal(tok_obj_read(ctx, 2, gone, &back), CKR_OBJECT_HANDLE_INVALID);
     assert_int_equal(tok_obj_read(ctx, 1, keep, &back), CKR_OK);
     tok_attrs_free(&back);
@@ -172,7 +172,15 @@ static void test_token_delete(void **state)
     assert_int_equal(tok_token_init(ctx, 2, (const uint8_t *)"12345678", 8, label), CKR_SLOT_ID_INVALID);
     assert_int_equal(tok_token_init(ctx, 3, (const uint8_t *)"12345678", 8, label), CKR_OK);
     /* Also across a reopen, and when the deleted token was the newest. */
-    assert_int_equal(tok_token_delete(ctx, 3), CKR_OK);
+    /* A token re-initialized since the caller looked is not deleted. */
+    uint64_t inc_seen = 0;
+    bool changed = false;
+    assert_int_equal(tok_token_incarnation(ctx, 3, &inc_seen), CKR_OK);
+    uint64_t stale = inc_seen + 1;
+    assert_int_equal(tok_token_delete(ctx, 3, &stale, &changed), CKR_FUNCTION_FAILED);
+    assert_true(changed);
+    assert_int_equal(tok_token_delete(ctx, 3, &inc_seen, &changed), CKR_OK);
+    assert_false(changed);
     tok_ctx_close(ctx);
     assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
     assert_int_equal(tok_slot_list(ctx, &slots, &n), CKR_OK);
