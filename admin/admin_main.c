@@ -252,7 +252,13 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'g': o->generate_key = optarg; break;
         case 'f': o->passphrase_file = optarg; break;
         case 'k': o->key_file = optarg; break;
-        case 'i': o->interval = optarg; break;
+        case 'i':
+            if (o->interval) {
+                admin_error("--interval is given twice; give it once");
+                return EXIT_USAGE;
+            }
+            o->interval = optarg;
+            break;
         case 'D': o->disable = true; break;
         case 'T': o->to_default = true; break;
         case 't': o->token = optarg; break;

@@ -39,6 +39,7 @@ int admin_exit_for(int rc)
     case KS_EINVAL:
     case KS_EEXIST: return EXIT_KEY;
     case KS_ECONFIG: return EXIT_CONFIG;
+    case KS_EBADFILE: return EXIT_FAILED; /* the file given, not the keystore */
     case KS_ECORRUPT:
     case KS_EVERSION:
     case KS_ENOTFOUND:

@@ -42,6 +42,8 @@ enum {
     KS_ESTATE = -14,     /* the rotation state does not allow this step */
     KS_ECHANGED = -15,   /* the state changed since the caller looked (nothing written) */
     KS_ENOSPC = -16,     /* the file system is full */
+    KS_EBADFILE = -17,   /* a file given (a copy to restore) is not usable: missing, not a regular file, not a
+                            complete keystore copy, or damaged */
 };
 KS_API const char *ks_strerror(int err);
 

@@ -113,6 +113,18 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
 
 static void rm_tree(const char *dir) { nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS); }
 
+void ks_remove_scratch(const char *dir)
+{
+    char p[4200];
+    static const char *const names[] = {"restore.tmp", "export.tmp"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
+        rm_tree(p);
+    }
+    snprintf(p, sizeof(p), "%s/export.tmp.mdb", dir);
+    (void)unlink(p);
+}
+
 /* Is this a complete LMDB data file? Both meta pages are read with pread;
  * the newer one names the last page, which must lie inside the file. A
  * truncated copy is refused here, before anything maps it (a mapped file
@@ -122,8 +134,8 @@ static int check_lmdb_file(int fd, const char *name, ks_err *err)
     struct stat sb;
     uint8_t m0[160], m1[160];
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        ks_err_set(err, "%s is not a regular file", name);
-        return KS_EINVAL;
+        ks_err_set(err, "%s is not a regular file; nothing was restored", name);
+        return KS_EBADFILE;
     }
     if (pread(fd, m0, sizeof(m0), 0) != (ssize_t)sizeof(m0))
         goto bad;
@@ -144,12 +156,12 @@ static int check_lmdb_file(int fd, const char *name, ks_err *err)
         ks_err_set(err, "%s is truncated: it holds %lld bytes, its own header says at least %llu; it is not a "
                         "complete backup (nothing was restored)", name, (long long)sb.st_size,
                    (unsigned long long)((last + 1) * (uint64_t)psize));
-        return KS_ECORRUPT;
+        return KS_EBADFILE;
     }
     return KS_OK;
 bad:
     ks_err_set(err, "%s is not a p11mk backup (no LMDB header); nothing was restored", name);
-    return KS_ECORRUPT;
+    return KS_EBADFILE;
 }
 
 /* A scratch keystore directory `dir` holding a copy of `file`. */
@@ -168,8 +180,8 @@ static int scratch_from_file(const char *dir, const char *file, ks_err *err)
     in = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (in < 0) {
         e = errno;
-        ks_err_set(err, "cannot read %s: %s", file, strerror(e));
-        rc = e == ENOENT ? KS_ENOTFOUND : KS_EIO;
+        ks_err_set(err, "cannot read %s: %s; nothing was restored", file, strerror(e));
+        rc = KS_EBADFILE;
     } else if ((rc = check_lmdb_file(in, file, err)) != KS_OK) {
         /* refused before copying */
     } else if ((out = open(data, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
@@ -275,6 +287,11 @@ static int open_copy(const char *scratch, const char *file, const ks_mkey *curre
         char why[sizeof(err->msg)];
         snprintf(why, sizeof(why), "%s", err->msg);
         ks_err_set(err, "%s cannot be opened with this host's keys: %s", file, why);
+    } else if (rc == KS_ECORRUPT || rc == KS_EVERSION || rc == KS_ENOTFOUND) {
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        ks_err_set(err, "%s is not a usable keystore copy (%s); nothing was restored", file, why);
+        rc = KS_EBADFILE;
     }
     if (rc != KS_OK)
         return rc;
@@ -376,9 +393,9 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);
         if (rc == KS_OK && failed) {
-            ks_err_set(err, "%llu of %llu records of %s fail to open; it is damaged, nothing was restored",
-                       (unsigned long long)failed, (unsigned long long)checked, file);
-            rc = KS_ECORRUPT;
+            ks_err_set(err, "%llu of %llu records of %s fail to open or do not match its metadata; it is damaged, "
+                            "nothing was restored", (unsigned long long)failed, (unsigned long long)checked, file);
+            rc = KS_EBADFILE;
         }
     }
     if (rc == KS_OK && res && ks_get_info(copy, &ci) == KS_OK) {

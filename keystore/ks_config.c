@@ -133,7 +133,15 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
     if (strcmp(key, "log") == 0) {
         if (strcmp(val, "syslog") == 0 || strcmp(val, "stderr") == 0)
             return set_str(&cfg->log, strdup(val));
-        return set_str(&cfg->log, resolve_path(val, path));
+        char *lp = resolve_path(val, path);
+        struct stat lsb;
+        if (lp && lstat(lp, &lsb) == 0 && !S_ISREG(lsb.st_mode)) {
+            ks_err_set(err, "%s:%d: log file %s is not a regular file (a directory, device, FIFO or link); name "
+                            "a file, or syslog or stderr", path, line, lp);
+            free(lp);
+            return KS_ECONFIG;
+        }
+        return set_str(&cfg->log, lp);
     }
     if (strcmp(key, "log_level") == 0) {
         int l = ks_log_level_parse(val);

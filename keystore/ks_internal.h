@@ -213,6 +213,9 @@ KS_API int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *
 /* The epoch and generation of the keystore in dir, read without opening it
  * as a store (it may be damaged, or under a key this host lacks). */
 KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen);
+/* Remove the scratch copies a killed restore or export left in dir (the
+ * caller holds the lifecycle lock). */
+KS_API void ks_remove_scratch(const char *dir);
 /* Restore's work on a scratch directory and the swap (ks_backup.c); the
  * caller holds the lifecycle lock. */
 KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,

@@ -444,6 +444,18 @@ int ks_mk_view_get(ks_mk *m, ks_mk_view *v, ks_err *err)
 
 /* ---- steps --------------------------------------------------------------------- */
 
+/* What a step killed midway leaves: only holders of the lock write these,
+ * so under it they are leftovers (FILE.tmp holds registers: key material). */
+static void remove_leftovers(ks_mk *m)
+{
+    char p[4200];
+    if (m->keyfile && snprintf(p, sizeof(p), "%s.tmp", m->keyfile) < (int)sizeof(p))
+        (void)unlink(p);
+    if (m->conf && snprintf(p, sizeof(p), "%s.tmp", m->conf) < (int)sizeof(p))
+        (void)unlink(p);
+    ks_remove_scratch(m->dir);
+}
+
 static void step_end(step *s)
 {
     ks_reg_clear(&s->regs);
@@ -467,6 +479,7 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
     if ((rc = lock_take(m->dir, o, err)) < 0)
         return rc;
     s->lockfd = rc;
+    remove_leftovers(m);
     if ((rc = refresh_keyfile(m, err)) != KS_OK || (m->keyfile && (rc = load_regs(m, &s->regs, err)) != KS_OK) ||
         (rc = refresh_info(s)) != KS_OK) {
         step_end(s);
@@ -978,6 +991,7 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     memset(&regs, 0, sizeof(regs));
     if ((fd = lock_take(cfg->keystore, o, err)) < 0)
         return fd;
+    ks_remove_scratch(cfg->keystore);
     /* The registers, read under the lock: the copy may be sealed under any of
      * them; it is resealed under CURRENT. */
     if (!is_default(cfg->master_key)) {

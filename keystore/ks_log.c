@@ -41,6 +41,7 @@ const char *ks_strerror(int err)
     case KS_ESTATE: return "the rotation state does not allow this step";
     case KS_ECHANGED: return "the state changed since it was shown; nothing was written";
     case KS_ENOSPC: return "the file system is full; free space, then try again (nothing was written)";
+    case KS_EBADFILE: return "the file given is not a usable keystore copy";
     default: return "unknown error";
     }
 }

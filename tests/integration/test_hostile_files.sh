@@ -88,11 +88,12 @@ P11MK_CONF=$T/log.conf quick pkcs11-tool --module "$MOD" -L >/dev/null
 grep -q "^precious$" "$T/victim" && [ "$(wc -l < "$T/victim")" -eq 1 ] || fail "the log symlink was followed"
 rm -f "$T/planted.log"
 mkfifo "$T/planted.log"
-rc=$(P11MK_CONF=$T/log.conf quick pkcs11-tool --module "$MOD" -L)
-[ "$rc" -eq 0 ] || fail "a FIFO as log file broke the module (exit $rc)"
+rc=$(P11MK_CONF=$T/log.conf quick "$ADMIN" status); [ "$rc" -eq 3 ] || fail "a FIFO as log file: exit $rc"
+expect_out "log file .* is not a regular file"
+module_fails "$T/log.conf" "a FIFO as log file"
 rm -f "$T/planted.log"
 expect_rc 0 "$ADMIN" verify
-ok "lock and log files: symlinks not followed (target untouched), a FIFO log does not hang"
+ok "lock and log files: symlinks not followed (target untouched), a FIFO log is a clear error"
 
 # LMDB's own files: a link planted as lock.mdb or data.mdb is refused before
 # LMDB could follow it; a keystore directory every user may write is refused.

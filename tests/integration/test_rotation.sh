@@ -109,7 +109,14 @@ expect_rc 4 "$ADMIN" status
 expect_out "damaged or truncated"
 cp "$T/keep.key" "$keyfile"
 expect_rc 0 "$ADMIN" verify
-ok "key file with loose permissions or truncated: refused, nothing changed"
+# What a step killed before its rename leaves (FILE.tmp holds key material)
+# is removed by the next step, whatever it is; so is a scratch copy.
+cp "$keyfile" "$keyfile.tmp"
+mkdir -p "$KS/restore.tmp"; : > "$KS/restore.tmp/data.mdb"
+expect_rc 0 "$ADMIN" auto-update run
+[ ! -e "$keyfile.tmp" ] || fail "a leftover $keyfile.tmp survived the next step"
+[ ! -e "$KS/restore.tmp" ] || fail "a leftover restore.tmp survived the next step"
+ok "key file with loose permissions or truncated: refused, nothing changed; leftovers of killed steps removed"
 
 # Automatic rotation: due only after the interval; a key set by hand turns it off.
 expect_rc 2 "$ADMIN" auto-update --interval 1
