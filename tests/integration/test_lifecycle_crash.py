@@ -19,135 +19,36 @@ After each kill:
 P11MK_STRESS=N multiplies the rounds; P11MK_SEED=S replays a run; P11MK_KEEP=1 keeps the
 temporary directory; P11MK_VERBOSE=1 prints every failure in full.
 """
-import hashlib
-import hmac
 import json
 import os
-import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-ADMIN = os.environ.get("P11MK_ADMIN")
-MODULE = os.environ.get("P11MK_MODULE")
-CLIENT = os.environ.get("P11MK_ROT_CLIENT")
-SO_PIN, PIN = "so-pin-123", "user-pin-1"
-STRESS = max(1, int(os.environ.get("P11MK_STRESS") or 1))
-SEED = int(os.environ.get("P11MK_SEED") or random.SystemRandom().randrange(1 << 32))
-VERBOSE = os.environ.get("P11MK_VERBOSE") == "1"
-rng = random.Random(SEED)
-FAR_FUTURE = int(time.time()) + 5 * 365 * 86400
-KCV_RE = re.compile(r"check value ([0-9a-f]{16})(?![0-9a-f])")
+sys.dont_write_bytecode = True   # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+from lifecycle_common import (ADMIN, FAR_FUTURE, HISTORY_MAX_BEFORE_CLEAR, KCV_RE, NO_TOKEN,  # noqa: E402
+                              SEED, STRESS, VERBOSE, Env, Fatal, Keys, back_to_idle, children,
+                              finish, print_failures, reap_children, remove_root, rng, start)
+
 FILL = 1500
 ROUNDS_PER_COMMAND = 7
-HISTORY_MAX_BEFORE_CLEAR = 10
 COMMANDS = ["set-master-key", "stage", "rewrap", "commit", "abort", "rotate", "clear-history",
             "auto-update run", "auto-update --interval", "backup", "restore", "delete-token"]
-NO_TOKEN = r"no token|no such token|not found|does not exist"
-T0 = time.monotonic()
-children = []
 
 
-def tail(text, n=1200):
-    text = text or ""
-    return text if len(text) <= n else "..." + text[-n:]
+class Crash(Env):
+    secs_digits = 3             # kills land within milliseconds
+    slot_list_checked = False   # a failed 'pkcs11-tool -L' is fatal through the --init-token that follows
 
-
-def kcv_of(key):
-    """HKDF-SHA256(IKM=key, salt=none, info="p11mk key check value v1", L=8), lowercase hex."""
-    prk = hmac.new(b"\x00" * 32, key, hashlib.sha256).digest()
-    return hmac.new(prk, b"p11mk key check value v1" + b"\x01", hashlib.sha256).digest()[:8].hex()
-
-
-class KeyFile:
-    def __init__(self, path):
-        self.path, self.raw, self.current, self.new, self.old, self.hexkeys = path, None, None, None, [], set()
-        if not path:
-            return
-        try:
-            with open(path, "rb") as f:
-                self.raw = f.read()
-        except FileNotFoundError:
-            return
-        if len(self.raw) == 32:
-            self.current = kcv_of(self.raw)
-            self.hexkeys.add(self.raw.hex())
-            return
-        for line in self.raw.decode("utf-8", "replace").splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] in ("current", "new", "old") and re.fullmatch(r"[0-9a-fA-F]{64}", parts[1]):
-                self.hexkeys.add(parts[1].lower())
-                k = kcv_of(bytes.fromhex(parts[1]))
-                if parts[0] == "current":
-                    self.current = k
-                elif parts[0] == "new":
-                    self.new = k
-                else:
-                    self.old.append(k)
-
-    def all(self):
-        return {k for k in [self.current, self.new] + self.old if k}
-
-    def describe(self):
-        if self.raw is None:
-            return "key file %s: missing" % self.path
-        return "key file: current %s, new %s, old [%s]" % (self.current, self.new, ", ".join(self.old))
-
-
-class Res:
-    def __init__(self, argv, rc, out, err, secs):
-        self.argv, self.rc, self.out, self.err, self.secs = argv, rc, out or "", err or "", secs
-
-    @property
-    def text(self):
-        return self.out + self.err
-
-    def rc_text(self):
-        if self.rc is None:
-            return "did not finish (killed by the test after its timeout)"
-        if self.rc < 0:
-            try:
-                return "killed by signal %s" % signal.Signals(-self.rc).name
-            except ValueError:
-                return "killed by signal %d" % -self.rc
-        return "exit %d" % self.rc
-
-    def describe(self):
-        cmd = " ".join(os.path.basename(a) if a in (ADMIN, CLIENT) else a for a in self.argv)
-        s = "$ %s\n    -> %s after %.3f s" % (cmd, self.rc_text(), self.secs)
-        if self.out.strip():
-            s += "\n    stdout: " + tail(self.out.strip()).replace("\n", "\n            ")
-        if self.err.strip():
-            s += "\n    stderr: " + tail(self.err.strip()).replace("\n", "\n            ")
-        return s
-
-
-class Fatal(Exception):
-    pass
-
-
-class Crash:
     def __init__(self, root):
+        super().__init__(root, "crash", ("pass", "backups", "scratch"))
         self.root = root
-        self.dir = os.path.join(root, "crash")
-        for d in ("pass", "backups", "scratch"):
-            os.makedirs(os.path.join(self.dir, d))
-        self.conf = os.path.join(self.dir, "p11mk.conf")
-        self.ks = os.path.join(self.dir, "keystore")
-        self.log = os.path.join(self.dir, "p11mk.log")
-        with open(self.conf, "w") as f:
-            f.write("keystore = %s\nlog = %s\nlog_level = info\n" % (self.ks, self.log))
-        self.env = dict(os.environ, P11MK_CONF=self.conf)
-        self.env.pop("P11MK_NOW", None)
-        self.n = 0
         self.failures = []
-        self.seen, self.destroyed, self.reported = {}, {}, set()
-        self.role = {}
+        self.keys = Keys(self)
         self.hexkeys = set()
         self.reported_files = set()
         self.calib, self.est = {}, {}
@@ -155,41 +56,8 @@ class Crash:
         self.log_lines = []
 
     # ---- plumbing ----
-    def fresh(self, what):
-        self.n += 1
-        return os.path.join(self.dir, what, "%s-%d" % (what, self.n))
-
-    def run(self, argv, extra_env=None, timeout=120, conf=None):
-        env = dict(self.env, **(extra_env or {}))
-        if conf:
-            env["P11MK_CONF"] = conf
-        t = time.monotonic()
-        try:
-            p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               errors="replace", timeout=timeout, start_new_session=True)
-            return Res(argv, p.returncode, p.stdout, p.stderr, time.monotonic() - t)
-        except subprocess.TimeoutExpired:
-            return Res(argv, None, "", "", time.monotonic() - t)
-
-    def admin(self, *args, **kw):
-        return self.run([ADMIN] + list(args), **kw)
-
-    def p11(self, *args):
-        return self.run(["pkcs11-tool", "--module", MODULE] + list(args))
-
-    def client(self, label, mode, arg, conf=None):
-        return self.run([CLIENT, MODULE, label, PIN, mode, str(arg)], timeout=300, conf=conf)
-
-    def keyfile_path(self):
-        with open(self.conf) as f:
-            for line in f:
-                m = re.match(r"\s*master_key\s*=\s*(.*?)\s*$", line)
-                if m and m.group(1) != "default":
-                    return m.group(1)
-        return None
-
     def keyfile(self):
-        kf = KeyFile(self.keyfile_path())
+        kf = super().keyfile()
         self.hexkeys |= kf.hexkeys
         return kf
 
@@ -199,83 +67,21 @@ class Crash:
             raise Fatal("the keystore does not open%s\n%s\n  %s" % (why, r.describe(), self.keyfile().describe()))
         return json.loads(r.out)
 
-    def state(self):
-        return self.status()["rotation"]["state"]
-
     def fail(self, category, text):
         self.failures.append((category, text))
 
-    def log_tail(self, n=25):
-        try:
-            with open(self.log, errors="replace") as f:
-                return "".join(f.readlines()[-n:]).rstrip() or "(empty)"
-        except OSError:
-            return "(no log)"
-
-    def init_token(self, label):
-        r = self.p11("-L")
-        nslots = len(re.findall(r"(?m)^Slot ", r.out))
-        r = self.p11("--init-token", "--slot-index", str(nslots - 1), "--label", label, "--so-pin", SO_PIN)
-        if r.rc != 0:
-            raise Fatal("pkcs11-tool --init-token failed\n" + r.describe())
-        r = self.p11("--token-label", label, "--login", "--login-type", "so", "--so-pin", SO_PIN,
-                     "--init-pin", "--new-pin", PIN)
-        if r.rc != 0:
-            raise Fatal("pkcs11-tool --init-pin failed\n" + r.describe())
-        for t in self.status()["tokens"]:
-            if t["label"] == label:
-                return t["slot"]
-        raise Fatal("token %s is not listed by status --json" % label)
-
     # ---- ground truth ----
-    def note_output(self, name, res, tag):
-        for k in KCV_RE.findall(res.out):
-            if name == "clear-history":
-                self.destroyed.setdefault(k, "clear-history (%s)" % tag)
-            else:
-                self.seen.setdefault(k, "printed by %s (%s)" % (name, tag))
-
-    def note_keyfile(self, kf, tag):
-        for k in kf.all():
-            self.seen.setdefault(k, "seen in the key file (%s)" % tag)
-        self.role.update({k: "history" for k in kf.old})
-        self.role.update({kf.new: "NEW", kf.current: "CURRENT"})
-
-    def check_keys(self, kf, tag, context, abort_ran=False):
-        have = kf.all()
-        for k in [k for k in self.destroyed if k in have]:
-            del self.destroyed[k]   # printed by clear-history but kept (e.g. the current key): watch it again
-        for k in [k for k in self.seen if k not in have and k not in self.destroyed and k not in self.reported]:
-            self.reported.add(k)
-            if abort_ran and self.role.get(k) == "NEW":
-                self.fail("aborted NEW key destroyed", "%s: check value %s (%s), NEW before an abort, is no longer "
-                          "in the key file (contract: an aborted NEW key is not destroyed, it moves to the history "
-                          "with aborted: true)\n  %s\n%s" % (tag, k, self.seen[k], kf.describe(), context))
-                continue
-            self.fail("key lost", "%s: check value %s (%s; last seen in the key file as %s) is no longer in the key "
-                      "file\n  %s\n%s" % (tag, k, self.seen[k], self.role.get(k, "-"), kf.describe(), context))
-
     def step(self, tag, *args, extra_env=None, ok_rcs=(0,)):
         r = self.admin(*args, extra_env=extra_env)
         self.log_lines.append(r)
-        self.note_output(args[0] if args[0] != "auto-update" else "auto-update run", r, tag)
+        self.keys.from_output(args[0] if args[0] != "auto-update" else "auto-update run", r, tag)
         if r.rc not in ok_rcs:
             raise Fatal("%s: step '%s' failed (%s)\n%s\n  %s" % (tag, " ".join(args[:2]), r.rc_text(), r.describe(),
                                                                self.keyfile().describe()))
         return r
 
     def to_idle(self, tag):
-        for _ in range(4):
-            state = self.state()
-            if state == "idle":
-                return
-            if state == "aborting":
-                self.step(tag, "abort")
-            else:
-                if state != "ready to commit":
-                    self.step(tag, "rewrap")
-                self.step(tag, "commit")
-        raise Fatal("%s: could not bring the keystore back to idle (state %s)" % (tag, self.state()))
+        back_to_idle(self.state, self.step, tag)
 
     def cleared(self, kf0, kf1, r, tag):
         """What a finished clear-history took out of the key file must be what it printed."""
@@ -288,7 +94,7 @@ class Crash:
                       "destroyed key containing 'check value XXXXXXXXXXXXXXXX'; not implemented in this build?)\n  %s"
                       % (tag, sorted(silent), r.describe()))
         for k in gone:
-            self.destroyed.setdefault(k, "clear-history (%s)" % tag)
+            self.keys.destroyed.setdefault(k, "clear-history (%s)" % tag)
 
     def clear_history(self, tag):
         before = self.keyfile()
@@ -338,9 +144,9 @@ class Crash:
             if self.client(ctx["label"], "fill", 100).rc != 0:
                 raise Fatal("%s: rot_client fill on the scratch token failed" % tag)
         kf = self.keyfile()
-        self.check_keys(kf, "preparing " + tag, "  preparation steps:\n  " + "\n  ".join(
+        self.keys.check(kf, "preparing " + tag, "  preparation steps:\n  " + "\n  ".join(
             x.describe() for x in self.log_lines), abort_ran=any("abort" in x.argv for x in self.log_lines))
-        self.note_keyfile(kf, tag)
+        self.keys.from_keyfile(kf, tag)
         return ctx
 
     def argv(self, cmd, ctx):
@@ -381,12 +187,12 @@ class Crash:
             argv, extra = self.argv(cmd, ctx)
             kf0 = self.keyfile()
             r = self.run(argv, extra)
-            self.note_output(cmd, r, tag)
+            self.keys.from_output(cmd, r, tag)
             kf1 = self.keyfile()
             if cmd == "clear-history":
                 self.cleared(kf0, kf1, r, tag)
-            self.check_keys(kf1, tag, "  " + r.describe(), abort_ran=cmd == "abort")
-            self.note_keyfile(kf1, tag)
+            self.keys.check(kf1, tag, "  " + r.describe(), abort_ran=cmd == "abort")
+            self.keys.from_keyfile(kf1, tag)
             if r.rc != 0:
                 self.fail("calibration", "%s: %s uncontested: %s\n%s" % (tag, cmd, r.rc_text(), r.describe()))
             self.calib[cmd] = max(r.secs, 0.005)
@@ -464,9 +270,9 @@ class Crash:
         if cmd == "clear-history":
             # A killed clear-history cannot print what it destroyed: retired keys may go.
             for k in set(kf0.old) - kf1.all():
-                self.destroyed.setdefault(k, "the killed clear-history (%s)" % tag)
-        self.check_keys(kf1, tag + ", right after the kill", context, abort_ran=cmd == "abort")
-        self.note_keyfile(kf1, tag + ", after the kill")
+                self.keys.destroyed.setdefault(k, "the killed clear-history (%s)" % tag)
+        self.keys.check(kf1, tag + ", right after the kill", context, abort_ran=cmd == "abort")
+        self.keys.from_keyfile(kf1, tag + ", after the kill")
         # The module opens the keystore and reads every object.
         c = self.client("cr", "check", FILL)
         if c.rc != 0:
@@ -483,7 +289,7 @@ class Crash:
         argv2, extra2 = self.argv(again, ctx)
         kf2 = self.keyfile()
         r = self.run(argv2, extra2)
-        self.note_output(again, r, tag + ", run again")
+        self.keys.from_output(again, r, tag + ", run again")
         if again == "clear-history":
             self.cleared(kf2, self.keyfile(), r, tag + ", run again")
         context += "\n  run again: " + r.describe()
@@ -501,14 +307,14 @@ class Crash:
         except Fatal as e:
             raise Fatal("%s\n%s" % (e, context))
         kf = self.keyfile()
-        self.check_keys(kf, tag + ", after recovery", context + "\n  recovery:\n  " + "\n  ".join(
+        self.keys.check(kf, tag + ", after recovery", context + "\n  recovery:\n  " + "\n  ".join(
             x.describe() for x in self.log_lines),
             abort_ran="abort" in (cmd, again) or any("abort" in x.argv for x in self.log_lines))
-        self.note_keyfile(kf, tag + ", after recovery")
+        self.keys.from_keyfile(kf, tag + ", after recovery")
         st = self.status(" after recovery from " + tag)
         for k in (st["master_key"].get("kcv"), st["master_key"].get("new_kcv")):
             if k:
-                self.seen.setdefault(k, "seen in status (%s)" % tag)
+                self.keys.seen.setdefault(k, "seen in status (%s)" % tag)
         v = self.admin("verify")
         if v.rc != 0:
             raise Fatal("%s: verify failed after recovery\n  %s\n%s" % (tag, v.describe(), context))
@@ -530,16 +336,7 @@ class Crash:
             print("ok - kill -9 of every mutating command: " + summary, flush=True)
             return True
         print("FAIL - kill -9 of every mutating command: %d failure(s) (%s)" % (len(self.failures), summary))
-        cats = {}
-        for c, t in self.failures:
-            cats.setdefault(c, []).append(t)
-        for c, texts in cats.items():
-            shown = len(texts) if VERBOSE else 3
-            print("  == %s (%d)" % (c, len(texts)))
-            for t in texts[:shown]:
-                print("     " + t.replace("\n", "\n     "))
-            if len(texts) > shown:
-                print("     ... and %d more of this kind (P11MK_VERBOSE=1 shows all)" % (len(texts) - shown))
+        cats = print_failures(self.failures)
         print("  -- module log, last lines:\n     " + self.log_tail().replace("\n", "\n     "))
         print("  (seed %d: P11MK_SEED=%d replays this run)" % (SEED, SEED))
         print("# summary (details above): FAIL - %s" % "; ".join("%s (%d)" % (c, len(t)) for c, t in cats.items()),
@@ -548,21 +345,7 @@ class Crash:
 
 
 def main():
-    for name, v in (("P11MK_ADMIN", ADMIN), ("P11MK_MODULE", MODULE), ("P11MK_ROT_CLIENT", CLIENT)):
-        if not v or not os.path.exists(v):
-            print("SKIP: %s must name the built binary" % name)
-            return 77
-    if not shutil.which("pkcs11-tool"):
-        print("SKIP: pkcs11-tool is not installed")
-        return 77
-    root = tempfile.mkdtemp(prefix="p11mk-lc-")
-    home = os.path.join(root, "home")
-    os.environ.update(HOME=home, XDG_CONFIG_HOME=os.path.join(home, ".config"),
-                      XDG_DATA_HOME=os.path.join(home, ".local", "share"))
-    for d in (os.environ["XDG_CONFIG_HOME"], os.environ["XDG_DATA_HOME"]):
-        os.makedirs(d)
-    os.environ.pop("P11MK_NOW", None)
-    print("# seed %d, stress %d, temp %s" % (SEED, STRESS, root), flush=True)
+    root = start("p11mk-lc-")
     C = Crash(root)
     rounds = 0
     try:
@@ -571,7 +354,7 @@ def main():
         if r.rc != 0:
             raise Fatal("rot_client fill failed\n" + r.describe())
         C.step("setup", "rotate")
-        C.note_keyfile(C.keyfile(), "setup")
+        C.keys.from_keyfile(C.keyfile(), "setup")
         C.calibrate()
         only = os.environ.get("P11MK_CRASH_CMDS")     # e.g. "backup,restore" (for debugging)
         plan = [c for c in COMMANDS if not only or c in only.split(",")] * (ROUNDS_PER_COMMAND * STRESS)
@@ -585,17 +368,10 @@ def main():
     except Fatal as e:
         C.fail("fatal (test stopped)", str(e))
     finally:
-        for c in children:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+        reap_children()
     ok = C.report(rounds)
-    if os.environ.get("P11MK_KEEP") == "1":
-        print("# kept %s" % root)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    print("# total %.1f s" % (time.monotonic() - T0))
-    return 0 if ok else 1
+    remove_root(root)
+    return finish(ok)
 
 
 if __name__ == "__main__":
