@@ -104,7 +104,9 @@ ok "no PIN, passphrase, key value or master key in the debug log, the admin's ou
 # A core dump of an application using the module (gcore of a process that
 # signs without pause) holds no master key, raw or hex: the keystore keeps its
 # keys in memory excluded from dumps, and nothing else keeps a copy.
-if command -v gcore >/dev/null; then
+if ldd "$MOD" 2>/dev/null | grep -qE 'lib(asan|tsan)'; then
+    echo "SKIP: the core dump check in a sanitizer build (its shadow memory makes a dump of many GiB)"
+elif command -v gcore >/dev/null; then
     keyfile=$(sed -n 's/^master_key = //p' "$CONF")
     rm -f "$T/stop"
     "$P11MK_ROT_CLIENT" "$MOD" secrets $PIN run "$T/stop" > "$T/client.out" 2>&1 &
@@ -117,9 +119,11 @@ if command -v gcore >/dev/null; then
 import re, sys
 text = open(sys.argv[1]).read()
 keys = [bytes.fromhex(h) for h in re.findall(r"^(?:current|new|old) ([0-9a-f]{64})", text, re.M)]
-core = open(sys.argv[2], "rb").read()
+import mmap
+with open(sys.argv[2], "rb") as f:
+    core = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # searched in place, not read into memory
 assert len(core) > 1 << 20, "the core dump is too small to mean anything"
-bad = [k.hex()[:16] for k in keys if k in core or k.hex().encode() in core]
+bad = [k.hex()[:16] for k in keys if core.find(k) >= 0 or core.find(k.hex().encode()) >= 0]
 print("core dump of %d bytes, %d master keys looked for, %d found" % (len(core), len(keys), len(bad)))
 sys.exit(1 if bad else 0)
 PY
