@@ -39,15 +39,24 @@ enum { POS_END = 3 };
 
 /* ---- hashes of set members ------------------------------------------------ */
 
+/* SHA-256, fetched once: the set hashes are computed for every record a
+ * rotation reseals, and fetching the algorithm each time cost more than
+ * hashing. */
+static EVP_MD *sha256;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static void fetch_sha256(void) { sha256 = EVP_MD_fetch(ks_libctx(), "SHA256", NULL); }
+
 static void hash16(const char *label, const uint8_t *a, size_t alen, uint64_t oid, uint8_t out[16])
 {
-    uint8_t buf[64], md[32], be[8];
-    size_t l = strlen(label), n = 0;
+    uint8_t buf[80], md[32], be[8];
+    size_t l = strlen(label);
+    unsigned n = 0;
     memcpy(buf, label, l);
     memcpy(buf + l, a, alen);
     ks_be64(be, oid);
     memcpy(buf + l + alen, be, 8);
-    if (!EVP_Q_digest(ks_libctx(), "SHA256", NULL, buf, l + alen + 8, md, &n))
+    pthread_once(&sha256_once, fetch_sha256);
+    if (!sha256 || !EVP_Digest(buf, l + alen + 8, md, &n, sha256, NULL))
         memset(md, 0, sizeof(md));
     memcpy(out, md, 16);
 }
