@@ -49,14 +49,7 @@ int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
         ks_err_set(err, "cannot create %s: it exists (refusing to overwrite; choose a new file name)", file);
         return KS_EEXIST;
     }
-    snprintf(dir, sizeof(dir), "%s", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
+    ks_dirname(file, dir, sizeof(dir));
     fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0) { /* no O_TMPFILE here: a hidden name, unlinked on every path we live through */
         snprintf(tmp, sizeof(tmp), "%s/.p11mk-backup-XXXXXX", dir);

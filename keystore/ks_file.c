@@ -43,16 +43,21 @@ void ks_fsync_dir(const char *dir)
     }
 }
 
-void ks_fsync_parent(const char *path)
+void ks_dirname(const char *path, char *dir, size_t n)
 {
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
+    snprintf(dir, n, "%s", path);
     char *slash = strrchr(dir, '/');
     if (!slash)
-        snprintf(dir, sizeof(dir), ".");
+        snprintf(dir, n, ".");
     else if (slash == dir)
         dir[1] = '\0';
     else
         *slash = '\0';
+}
+
+void ks_fsync_parent(const char *path)
+{
+    char dir[4096];
+    ks_dirname(path, dir, sizeof(dir));
     ks_fsync_dir(dir);
 }

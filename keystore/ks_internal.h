@@ -186,6 +186,8 @@ KS_API void ks_ring_invalidate(ks_store *st);
 /* fsync a directory (a rename or link in it becomes durable); of path's directory. */
 KS_API void ks_fsync_dir(const char *dir);
 KS_API void ks_fsync_parent(const char *path);
+/* The directory part of path ("." when there is none). */
+KS_API void ks_dirname(const char *path, char *dir, size_t n);
 
 /* ---- memory for secrets (ks_secmem.c) ---- */
 /* Zeroed, excluded from core dumps, locked against swap where the limit allows. */

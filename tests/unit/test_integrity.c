@@ -21,6 +21,7 @@
 #include <openssl/rand.h>
 
 #include "keystore/ks_internal.h"
+#include "tests/unit/ks_test_util.h"
 
 typedef struct {
     char dir[128];
@@ -30,33 +31,7 @@ typedef struct {
     size_t n;
 } fx;
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
 
-typedef struct {
-    uint32_t tid;
-    const char *data;
-    uint64_t oid;
-} put_arg;
-
-static int put_fn(ks_txn *t, void *arg)
-{
-    put_arg *a = arg;
-    int rc = KS_OK;
-    if (!a->tid) {
-        rc = ks_token_new_id(t, &a->tid);
-        if (rc == KS_OK)
-            rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
-    }
-    if (rc == KS_OK && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
-        rc = ks_obj_create(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
-    if (rc == KS_OK)
-        rc = ks_idx_add(t, a->tid, 3, a->data, strlen(a->data), a->oid);
-    return rc;
-}
 
 static int setup(void **state)
 {
@@ -70,7 +45,7 @@ static int setup(void **state)
     for (int i = 0; i < 5; i++) {
         char l[16];
         snprintf(l, sizeof(l), "object-%d", i);
-        put_arg a = {f->tid, strdup(l), 0};
+        put_arg a = {.tid = f->tid, .data = strdup(l)};
         assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
         free((char *)a.data);
         f->tid = a.tid;
@@ -84,7 +59,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fx *f = *state;
-    nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(f->dir);
     free(f);
     return 0;
 }
@@ -246,7 +221,7 @@ static void test_counter_set_back_never_overwrites(void **state)
     raw_get(&r, "meta", "state", 5, &old, &oldlen);
     raw_end(&r);
     ks_store *st = reopen(f, KS_OK);
-    put_arg a = {f->tid, "newer", 0};
+    put_arg a = {.tid = f->tid, .data = "newer"};
     assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
     ks_close(st);
     /* ... put back: the next create would reuse the newest id. */
@@ -255,7 +230,7 @@ static void test_counter_set_back_never_overwrites(void **state)
     raw_end(&r);
     free(old);
     st = reopen(f, KS_OK);
-    put_arg b = {f->tid, "collides", 0};
+    put_arg b = {.tid = f->tid, .data = "collides"};
     assert_int_equal(ks_write(st, put_fn, &b), KS_ECORRUPT);
     assert_int_equal(read_obj(st, f->tid, a.oid), KS_OK); /* the object is intact */
     ks_txn *t;
@@ -510,7 +485,7 @@ static void test_format1_upgrade(void **state)
     assert_int_equal(ks_token_count_objects(t, f->tid, &n), KS_OK); /* counted, as format 1 did */
     ks_read_end(t);
     assert_int_equal(n, 5);
-    put_arg a = {f->tid, "after upgrade", 0};
+    put_arg a = {.tid = f->tid, .data = "after upgrade"};
     assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
     assert_int_equal(a.oid, f->oids[f->n - 1] + 1); /* the plain counter was carried over */
     assert_int_equal(ks_get_info(st, &info), KS_OK);

@@ -23,6 +23,7 @@
 
 #include "keystore/ks.h"
 #include "keystore/ks_internal.h"
+#include "tests/unit/ks_test_util.h"
 
 /* ---- fixtures ------------------------------------------------------------ */
 
@@ -32,13 +33,6 @@ typedef struct {
     ks_store *st;
 } fx;
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
 
 static int setup(void **state)
 {
@@ -288,32 +282,6 @@ static void test_config_parse(void **state)
 
 /* ---- store --------------------------------------------------------------- */
 
-typedef struct {
-    uint32_t tid;
-    uint64_t oid;
-    const char *data;
-    bool update; /* rewrite a->oid instead of allocating a new id (fn must be repeatable) */
-} put_arg;
-
-static int put_fn(ks_txn *t, void *arg)
-{
-    put_arg *a = arg;
-    int rc = KS_OK;
-    if (!a->tid) {
-        rc = ks_token_new_id(t, &a->tid);
-        if (rc == KS_OK)
-            rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
-    }
-    if (rc == KS_OK && a->data) {
-        if (!a->update && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
-            rc = ks_obj_create(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
-        else if (rc == KS_OK)
-            rc = ks_obj_put(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
-        if (rc == KS_OK)
-            rc = ks_idx_add(t, a->tid, 3 /* CKA_LABEL */, a->data, strlen(a->data), a->oid);
-    }
-    return rc;
-}
 
 static int collect_cb(uint64_t oid, void *arg)
 {

@@ -27,6 +27,7 @@
 #include <lmdb.h>
 
 #include "keystore/ks_internal.h"
+#include "tests/unit/ks_test_util.h"
 
 typedef struct {
     char dir[128], ks[160], keyfile[160], conf[160];
@@ -37,13 +38,6 @@ typedef struct {
     size_t n;
 } fx;
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
 
 /* A key without scrypt: these tests rotate hundreds of times. */
 static ks_mkey rand_key(void)
@@ -57,25 +51,6 @@ static ks_mkey rand_key(void)
 
 static void kcv_of(const ks_mkey *k, uint8_t out[KS_KCV_LEN]) { ks_mkey_kcv(k, out); }
 
-typedef struct {
-    uint32_t tid;
-    const char *data;
-    uint64_t oid;
-} put_arg;
-
-static int put_fn(ks_txn *t, void *arg)
-{
-    put_arg *a = arg;
-    int rc = KS_OK;
-    if (!a->tid) {
-        rc = ks_token_new_id(t, &a->tid);
-        if (rc == KS_OK)
-            rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
-    }
-    if (rc == KS_OK && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
-        rc = ks_obj_create(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
-    return rc;
-}
 
 static int readable(ks_store *st, uint32_t tid, uint64_t oid)
 {
@@ -118,7 +93,7 @@ static int setup(void **state)
     ks_reg_clear(&r);
     assert_int_equal(ks_open(f->ks, &k, KS_OPEN_CREATE, &st, &err), KS_OK);
     for (int i = 0; i < 8; i++) {
-        put_arg a = {f->tid, "object", 0};
+        put_arg a = {.tid = f->tid, .data = "object"};
         assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
         f->tid = a.tid;
         f->oids[f->n++] = a.oid;
@@ -136,7 +111,7 @@ static int teardown(void **state)
     fx *f = *state;
     ks_mk_close(f->m);
     ks_config_free(&f->cfg);
-    nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(f->dir);
     free(f);
     return 0;
 }
@@ -613,7 +588,7 @@ static void test_long_lived_process_follows_250_rotations(void **state)
         assert_int_equal(read(to_parent[0], &c, 1), 1);
         assert_int_equal(c, 'k');
         all_readable(f, st);
-        put_arg a = {f->tid, "written after a rotation", 0};
+        put_arg a = {.tid = f->tid, .data = "written after a rotation"};
         assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
         assert_int_equal(readable(st, f->tid, a.oid), KS_OK);
         assert_int_equal(ks_epoch(st), (uint32_t)(1 + i));

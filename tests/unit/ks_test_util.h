@@ -1,0 +1,50 @@
+/* Helpers shared by the keystore-layer unit tests. */
+#ifndef P11MK_KS_TEST_UTIL_H
+#define P11MK_KS_TEST_UTIL_H
+
+#include <ftw.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "keystore/ks.h"
+
+static inline int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static inline void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* One write: a token when tid is 0, then (with data) a new object, or a new
+ * version of oid with update, and its CKA_LABEL index entry. */
+typedef struct {
+    uint32_t tid;
+    uint64_t oid;
+    const char *data;
+    bool update; /* rewrite oid instead of allocating a new id (fn must be repeatable) */
+} put_arg;
+
+static inline int put_fn(ks_txn *t, void *arg)
+{
+    put_arg *a = arg;
+    int rc = KS_OK;
+    if (!a->tid) {
+        rc = ks_token_new_id(t, &a->tid);
+        if (rc == KS_OK)
+            rc = ks_token_put(t, a->tid, (const uint8_t *)"token", 5);
+    }
+    if (rc == KS_OK && a->data) {
+        if (!a->update && (rc = ks_obj_new_id(t, &a->oid)) == KS_OK)
+            rc = ks_obj_create(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
+        else if (rc == KS_OK)
+            rc = ks_obj_put(t, a->tid, a->oid, (const uint8_t *)a->data, strlen(a->data));
+        if (rc == KS_OK)
+            rc = ks_idx_add(t, a->tid, 3 /* CKA_LABEL */, a->data, strlen(a->data), a->oid);
+    }
+    return rc;
+}
+
+#endif
