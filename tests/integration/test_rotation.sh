@@ -165,6 +165,9 @@ e_after=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(
 [ "$e_after" -eq $((e_before + 1)) ] || fail "the waiting rotate did not rotate once ($e_before -> $e_after)"
 expect_rc 2 "$ADMIN" rotate --wait -1
 expect_rc 2 "$ADMIN" rotate --wait abc
+for bad in "--keep -1" "--keep x" "--keep 1x" "--before 0" "--before -3" "--before 4294967296" "--before e"; do
+    expect_rc 2 "$ADMIN" clear-history --yes $bad
+done
 ok "concurrent rotation steps: --wait 0 refuses naming the holder; the default waits, then proceeds"
 
 # The staged key missing from the key file: operations that need it fail with

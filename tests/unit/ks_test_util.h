@@ -47,4 +47,19 @@ static inline int put_fn(ks_txn *t, void *arg)
     return rc;
 }
 
+/* KS_OK when the object opens (its value is not looked at). */
+static inline int read_obj(ks_store *st, uint32_t tid, uint64_t oid)
+{
+    ks_txn *t;
+    uint8_t *b = NULL;
+    size_t l = 0;
+    int rc = ks_read_begin(st, &t);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_obj_get(t, tid, oid, &b, &l);
+    ks_read_end(t);
+    ks_buf_free(b, l);
+    return rc;
+}
+
 #endif

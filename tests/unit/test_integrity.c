@@ -142,20 +142,6 @@ static uint64_t verify(ks_store *st)
     return failed;
 }
 
-static int read_obj(ks_store *st, uint32_t tid, uint64_t oid)
-{
-    ks_txn *t;
-    uint8_t *b = NULL;
-    size_t l = 0;
-    int rc = ks_read_begin(st, &t);
-    if (rc != KS_OK)
-        return rc;
-    rc = ks_obj_get(t, tid, oid, &b, &l);
-    ks_read_end(t);
-    ks_buf_free(b, l);
-    return rc;
-}
-
 static void ksid_of(fx *f, uint8_t out[16])
 {
     raw r;

@@ -52,20 +52,6 @@ static ks_mkey rand_key(void)
 static void kcv_of(const ks_mkey *k, uint8_t out[KS_KCV_LEN]) { ks_mkey_kcv(k, out); }
 
 
-static int readable(ks_store *st, uint32_t tid, uint64_t oid)
-{
-    ks_txn *t;
-    uint8_t *b = NULL;
-    size_t l = 0;
-    int rc = ks_read_begin(st, &t);
-    if (rc != KS_OK)
-        return rc;
-    rc = ks_obj_get(t, tid, oid, &b, &l);
-    ks_read_end(t);
-    ks_buf_free(b, l);
-    return rc;
-}
-
 static void write_conf(fx *f)
 {
     FILE *c = fopen(f->conf, "w");
@@ -116,10 +102,10 @@ static int teardown(void **state)
     return 0;
 }
 
-static void all_readable(fx *f, ks_store *st)
+static void all_read_obj(fx *f, ks_store *st)
 {
     for (size_t i = 0; i < f->n; i++)
-        assert_int_equal(readable(st, f->tid, f->oids[i]), KS_OK);
+        assert_int_equal(read_obj(st, f->tid, f->oids[i]), KS_OK);
 }
 
 static void load(fx *f, ks_registers *r)
@@ -168,7 +154,7 @@ static void test_history_unbounded_and_cleared_on_request(void **state)
         assert_true(r.old[i].retired > 0);
     }
     ks_reg_clear(&r);
-    all_readable(f, ks_mk_store(f->m));
+    all_read_obj(f, ks_mk_store(f->m));
 
     /* --keep 30 --before 5: of the 10 oldest (epochs 1..10), those below 5. */
     assert_int_equal(ks_mk_clear_history(f->m, 30, 5, NULL, &res, &err), KS_OK);
@@ -198,7 +184,7 @@ static void test_history_unbounded_and_cleared_on_request(void **state)
     kcv_of(&r.current, k);
     assert_memory_equal(k, kcvs[40], KS_KCV_LEN); /* CURRENT is never touched */
     ks_reg_clear(&r);
-    all_readable(f, ks_mk_store(f->m));
+    all_read_obj(f, ks_mk_store(f->m));
 }
 
 /* An aborted NEW sealed records while it was staged: a backup of that time
@@ -234,7 +220,7 @@ static void test_abort_keeps_the_key(void **state)
     ks_reg_clear(&r);
     assert_int_equal(ks_mk_rewrap(f->m, NULL, &res, &err), KS_OK);
     assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_OK);
-    all_readable(f, ks_mk_store(f->m));
+    all_read_obj(f, ks_mk_store(f->m));
 }
 
 /* ---- repair of what a crash leaves --------------------------------------------- */
@@ -296,7 +282,7 @@ static void test_repair_each_half_step(void **state)
     ks_mk_close(f->m);
     f->m = NULL;
     assert_int_equal(ks_mk_open(&cfg, &m2, &err), KS_OK);
-    all_readable(f, ks_mk_store(m2));
+    all_read_obj(f, ks_mk_store(m2));
     ks_mk_view v;
     assert_int_equal(ks_mk_view_get(m2, &v, &err), KS_OK); /* the view shows it repaired, writes nothing */
     assert_memory_equal(v.kcv, c3, KS_KCV_LEN);
@@ -342,7 +328,7 @@ static void test_repair_each_half_step(void **state)
     assert_int_equal(r.n_old, 1);
     assert_memory_equal(r.old[0].key, k3.key, KS_MK_LEN);
     ks_reg_clear(&r);
-    all_readable(f, ks_mk_store(m2));
+    all_read_obj(f, ks_mk_store(m2));
     ks_mk_close(m2);
     ks_config_free(&cfg);
     assert_int_equal(ks_config_load_file(&cfg, f->conf, &err), KS_OK);
@@ -506,7 +492,7 @@ static void test_auto_update_decision(void **state)
     assert_true(res.auto_disabled);
     assert_int_equal(ks_get_info(ks_mk_store(f->m), &info), KS_OK);
     assert_int_equal(info.auto_interval, 0);
-    all_readable(f, ks_mk_store(f->m));
+    all_read_obj(f, ks_mk_store(f->m));
 }
 
 /* An interrupted rotation is finished by the timer's step. */
@@ -530,7 +516,7 @@ static void test_auto_run_finishes_interrupted(void **state)
     load(f, &r);
     assert_false(r.has_new);
     ks_reg_clear(&r);
-    all_readable(f, ks_mk_store(f->m));
+    all_read_obj(f, ks_mk_store(f->m));
 }
 
 /* ---- a process that stays loaded --------------------------------------------------------- */
@@ -587,10 +573,10 @@ static void test_long_lived_process_follows_250_rotations(void **state)
         assert_int_equal(write(to_child[1], &c, 1), 1);
         assert_int_equal(read(to_parent[0], &c, 1), 1);
         assert_int_equal(c, 'k');
-        all_readable(f, st);
+        all_read_obj(f, st);
         put_arg a = {.tid = f->tid, .data = "written after a rotation"};
         assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
-        assert_int_equal(readable(st, f->tid, a.oid), KS_OK);
+        assert_int_equal(read_obj(st, f->tid, a.oid), KS_OK);
         assert_int_equal(ks_epoch(st), (uint32_t)(1 + i));
         pthread_mutex_lock(&st->ring_lock);
         size_t held = st->nextra;
@@ -706,7 +692,7 @@ static void test_staged_kcv_cannot_be_redirected(void **state)
     assert_memory_equal(cur, c3, KS_KCV_LEN);
     assert_int_equal(ks_reg_find(&r, c1, NULL) >= KS_REG_OLD, true); /* k1 stays retired */
     ks_reg_clear(&r);
-    all_readable(f, ks_mk_store(f->m));
+    all_read_obj(f, ks_mk_store(f->m));
     assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0); /* the commit wrote the plain check value from the authenticated one */
 }
