@@ -1,5 +1,5 @@
-/* p11mk token layer: tokens, PINs, token objects, key cache. */
-#include "token/tok_token.h"
+/* p11mk token layer: tokens, token objects, key cache (PINs: tok_login.c). */
+#include "token/tok_internal.h"
 #include "token/tok_pin.h"
 #include "token/tok_policy.h"
 
@@ -8,64 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Token record fields, stored as a tok_attrs blob (vendor-defined types). */
-#define TOKR_LABEL      (CKA_VENDOR_DEFINED + 0x7101UL)
-#define TOKR_SO_PIN     (CKA_VENDOR_DEFINED + 0x7102UL)
-#define TOKR_USER_PIN   (CKA_VENDOR_DEFINED + 0x7103UL)
-#define TOKR_SO_FAILS   (CKA_VENDOR_DEFINED + 0x7104UL)
-#define TOKR_USER_FAILS (CKA_VENDOR_DEFINED + 0x7105UL)
-
-/* Failed logins before a PIN locks (the SO can re-set a locked user PIN). */
-#define TOK_MAX_PIN_TRIES 10UL
-
-#define CACHE_BUCKETS 1024u
-#define CACHE_MAX 8192u
-
-typedef struct cache_ent {
-    struct cache_ent *next;
-    CK_SLOT_ID slot;
-    uint64_t oid;
-    ks_stamp stamp;
-    tok_key *key;
-    tok_attrs attrs;
-} cache_ent;
-
-struct tok_ctx {
-    ks_config cfg;
-    ks_mkey mk;
-    ks_store *st;
-    uint8_t ksid[16];
-    pthread_mutex_t cache_lock;
-    cache_ent *cache[CACHE_BUCKETS];
-    size_t cache_n;
-    uint32_t cache_epoch;
-};
-
-static inline void txn_end(ks_txn **t)
-{
-    if (*t)
-        ks_read_end(*t);
-}
-#define AUTO_TXN ks_txn *__attribute__((cleanup(txn_end)))
-
-static inline void attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
-#define AUTO_ATTRS __attribute__((cleanup(attrs_cleanup))) tok_attrs
-
-static CK_RV ks_to_ckr(int err)
-{
-    switch (err) {
-    case KS_OK: return CKR_OK;
-    case KS_ENOTFOUND: return CKR_OBJECT_HANDLE_INVALID;
-    case KS_ENOMEM: return CKR_HOST_MEMORY;
-    case KS_ECORRUPT:
-    case KS_ENOKEY:
-    case KS_EWRONGKEY: return CKR_DEVICE_ERROR;
-    case KS_EROFS: return CKR_TOKEN_WRITE_PROTECTED;
-    case KS_ENOSPC: return CKR_DEVICE_MEMORY; /* the token's storage is full */
-    default: return CKR_GENERAL_ERROR;
-    }
-}
 
 /* ---- context --------------------------------------------------------- */
 
@@ -147,7 +89,7 @@ bool tok_ctx_readonly(tok_ctx *ctx) { return ks_readonly(ctx->st); }
 
 /* ---- token records --------------------------------------------------- */
 
-static CK_RV token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
+CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
 {
     AUTO_TXN txn = NULL;
     uint8_t *blob = NULL;
@@ -176,7 +118,7 @@ static CK_RV token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
     return CKR_OK;
 }
 
-static int token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec)
+int tok_token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec)
 {
     uint8_t *blob = NULL;
     size_t len = 0;
@@ -227,7 +169,7 @@ CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n)
     return CKR_OK;
 }
 
-static CK_SLOT_ID free_slot_id(tok_ctx *ctx)
+CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx)
 {
     CK_SLOT_ID *ids = NULL, id = 0;
     CK_ULONG n = 0;
@@ -241,9 +183,9 @@ static CK_SLOT_ID free_slot_id(tok_ctx *ctx)
 CK_RV tok_slot_check(tok_ctx *ctx, CK_SLOT_ID slot)
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = token_load(ctx, slot, &rec);
+    CK_RV rv = tok_token_load(ctx, slot, &rec);
 
-    if (rv == CKR_SLOT_ID_INVALID && slot == free_slot_id(ctx))
+    if (rv == CKR_SLOT_ID_INVALID && slot == tok_free_slot_id(ctx))
         return CKR_TOKEN_NOT_RECOGNIZED;
     return rv;
 }
@@ -291,12 +233,12 @@ static CK_FLAGS pin_flags(CK_ULONG fails, bool so)
 CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = token_load(ctx, slot, &rec);
+    CK_RV rv = tok_token_load(ctx, slot, &rec);
     const tok_attr *label;
     CK_ULONG so_fails = 0, user_fails = 0;
     char serial[17];
 
-    if (rv == CKR_SLOT_ID_INVALID && slot == free_slot_id(ctx))
+    if (rv == CKR_SLOT_ID_INVALID && slot == tok_free_slot_id(ctx))
         rv = CKR_OK; /* the free slot: a present, uninitialized token */
     if (rv != CKR_OK)
         return rv;
@@ -332,175 +274,6 @@ CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
     info->hardwareVersion.major = 0;
     info->firmwareVersion.major = 0;
     info->firmwareVersion.minor = 1;
-    return CKR_OK;
-}
-
-/* ---- PINs ------------------------------------------------------------- */
-
-static CK_RV pin_len_check(const uint8_t *pin, CK_ULONG len)
-{
-    if (!pin && len)
-        return CKR_ARGUMENTS_BAD;
-    if (len < TOK_PIN_MIN_LEN || len > TOK_PIN_MAX_LEN)
-        return CKR_PIN_LEN_RANGE;
-    return CKR_OK;
-}
-
-typedef struct {
-    uint32_t id;
-    CK_ATTRIBUTE_TYPE field; /* TOKR_SO_FAILS / TOKR_USER_FAILS */
-    bool success;
-    CK_ULONG fails_after;
-} fail_update;
-
-/* Read-modify-write of a failure counter inside one write transaction, so
- * concurrent processes count every attempt. */
-static int fails_update_fn(ks_txn *txn, void *arg)
-{
-    fail_update *u = arg;
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    uint8_t *blob = NULL;
-    size_t len = 0;
-    CK_ULONG fails = 0;
-    int rc = ks_token_get(txn, u->id, &blob, &len);
-
-    if (rc != KS_OK)
-        return rc;
-    rc = tok_attrs_parse(blob, len, &rec) == 0 ? KS_OK : KS_ECORRUPT;
-    ks_buf_free(blob, len);
-    if (rc != KS_OK)
-        return rc;
-    tok_attrs_get_ulong(&rec, u->field, &fails);
-    if (u->success && fails == 0) {
-        u->fails_after = 0;
-        return KS_EEXIST; /* nothing to write: abort the transaction */
-    }
-    fails = u->success ? 0 : (fails < TOK_MAX_PIN_TRIES ? fails + 1 : fails);
-    u->fails_after = fails;
-    if (tok_attrs_set_ulong(&rec, u->field, fails) != 0)
-        return KS_ENOMEM;
-    return token_put(txn, u->id, &rec);
-}
-
-static CK_RV record_attempt(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, bool success)
-{
-    fail_update u = {(uint32_t)slot, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, success, 0};
-    int rc = ks_write(ctx->st, fails_update_fn, &u);
-
-    if (rc == KS_EROFS) {
-        /* A read-only keystore cannot count attempts; whoever can read it
-         * could attack the PIN hashes offline anyway. */
-        ks_log(KS_LOG_DEBUG, "token %lu: PIN attempt not counted (read-only keystore)", (unsigned long)slot);
-        return CKR_OK;
-    }
-    if (rc != KS_OK && rc != KS_EEXIST)
-        return ks_to_ckr(rc);
-    if (!success && u.fails_after >= TOK_MAX_PIN_TRIES)
-        ks_log(KS_LOG_WARN, "token %lu: %s PIN locked after %lu failed attempts", (unsigned long)slot,
-               who == CKU_SO ? "SO" : "user", TOK_MAX_PIN_TRIES);
-    else if (!success)
-        ks_log(KS_LOG_INFO, "token %lu: wrong %s PIN (%lu of %lu attempts before it locks)", (unsigned long)slot,
-               who == CKU_SO ? "SO" : "user", (unsigned long)u.fails_after, TOK_MAX_PIN_TRIES);
-    else
-        ks_log(KS_LOG_DEBUG, "token %lu: %s PIN accepted", (unsigned long)slot, who == CKU_SO ? "SO" : "user");
-    return CKR_OK;
-}
-
-/* Verify a PIN against the token record, counting the attempt. */
-static CK_RV pin_check(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *rec, CK_USER_TYPE who,
-                       const uint8_t *pin, CK_ULONG len)
-{
-    const tok_attr *h = tok_attrs_find(rec, who == CKU_SO ? TOKR_SO_PIN : TOKR_USER_PIN);
-    CK_ULONG fails = 0;
-    bool ok;
-    CK_RV rv;
-
-    if (!pin && len)
-        return CKR_ARGUMENTS_BAD;
-    if (!h || h->len != TOK_PIN_REC_LEN)
-        return who == CKU_SO ? CKR_DEVICE_ERROR : CKR_USER_PIN_NOT_INITIALIZED;
-    tok_attrs_get_ulong(rec, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, &fails);
-    if (fails >= TOK_MAX_PIN_TRIES)
-        return CKR_PIN_LOCKED;
-    ok = len <= TOK_PIN_MAX_LEN && tok_pin_verify(pin, len, h->val);
-    rv = record_attempt(ctx, slot, who, ok);
-    if (rv != CKR_OK)
-        return rv;
-    return ok ? CKR_OK : CKR_PIN_INCORRECT;
-}
-
-CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin, CK_ULONG len)
-{
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = token_load(ctx, slot, &rec);
-
-    if (rv != CKR_OK)
-        return rv;
-    return pin_check(ctx, slot, &rec, who, pin, len);
-}
-
-typedef struct {
-    uint32_t id;
-    const tok_attrs *rec;
-    bool wipe;
-} token_write;
-
-static int token_write_fn(ks_txn *txn, void *arg)
-{
-    token_write *w = arg;
-    int rc;
-
-    if (w->wipe) {
-        rc = ks_token_del(txn, w->id);
-        if (rc != KS_OK && rc != KS_ENOTFOUND)
-            return rc;
-    }
-    return token_put(txn, w->id, w->rec);
-}
-
-static CK_RV set_pin_field(tok_attrs *rec, CK_ATTRIBUTE_TYPE field, CK_ATTRIBUTE_TYPE fails_field,
-                           const uint8_t *pin, CK_ULONG len)
-{
-    uint8_t h[TOK_PIN_REC_LEN];
-    int rc;
-
-    if (tok_pin_hash(pin, len, h) != 0)
-        return CKR_GENERAL_ERROR;
-    rc = tok_attrs_set(rec, field, h, sizeof(h)) | tok_attrs_set_ulong(rec, fails_field, 0);
-    OPENSSL_cleanse(h, sizeof(h));
-    return rc == 0 ? CKR_OK : CKR_HOST_MEMORY;
-}
-
-CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_ULONG len, const uint8_t label[32])
-{
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = pin_len_check(so_pin, len);
-    bool exists;
-    int rc;
-
-    if (rv != CKR_OK)
-        return rv;
-    rv = token_load(ctx, slot, &rec);
-    exists = rv == CKR_OK;
-    if (!exists) {
-        if (rv != CKR_SLOT_ID_INVALID || slot != free_slot_id(ctx))
-            return rv;
-    } else {
-        rv = pin_check(ctx, slot, &rec, CKU_SO, so_pin, len);
-        if (rv != CKR_OK)
-            return rv;
-        tok_attrs_free(&rec);
-    }
-    rv = set_pin_field(&rec, TOKR_SO_PIN, TOKR_SO_FAILS, so_pin, len);
-    if (rv != CKR_OK)
-        return rv;
-    if (tok_attrs_set(&rec, TOKR_LABEL, label, 32) != 0)
-        return CKR_HOST_MEMORY;
-    tok_cache_flush(ctx);
-    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, exists});
-    if (rc != KS_OK)
-        return ks_to_ckr(rc);
-    ks_log(KS_LOG_INFO, "token %lu %s", (unsigned long)slot, exists ? "re-initialized" : "initialized");
     return CKR_OK;
 }
 
@@ -540,7 +313,7 @@ static int token_del_fn(ks_txn *txn, void *arg)
 CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc, bool *changed)
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = token_load(ctx, slot, &rec);
+    CK_RV rv = tok_token_load(ctx, slot, &rec);
     token_del d = {(uint32_t)slot, expect_inc};
     int rc;
 
@@ -557,51 +330,6 @@ CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc
     }
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "token %lu deleted with its objects", (unsigned long)slot);
-    return ks_to_ckr(rc);
-}
-
-CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len)
-{
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = pin_len_check(pin, len);
-    int rc;
-
-    if (rv == CKR_OK)
-        rv = token_load(ctx, slot, &rec);
-    if (rv == CKR_OK)
-        rv = set_pin_field(&rec, TOKR_USER_PIN, TOKR_USER_FAILS, pin, len);
-    if (rv != CKR_OK)
-        return rv;
-    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
-    if (rc == KS_OK)
-        ks_log(KS_LOG_INFO, "token %lu: user PIN set by the SO", (unsigned long)slot);
-    return ks_to_ckr(rc);
-}
-
-CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *old, CK_ULONG oldlen,
-                  const uint8_t *pin, CK_ULONG len)
-{
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = pin_len_check(pin, len);
-    int rc;
-
-    if (rv == CKR_OK)
-        rv = token_load(ctx, slot, &rec);
-    if (rv == CKR_OK)
-        rv = pin_check(ctx, slot, &rec, who, old, oldlen);
-    if (rv != CKR_OK)
-        return rv;
-    /* Reload: pin_check rewrote the record's counter. */
-    tok_attrs_free(&rec);
-    rv = token_load(ctx, slot, &rec);
-    if (rv == CKR_OK)
-        rv = set_pin_field(&rec, who == CKU_SO ? TOKR_SO_PIN : TOKR_USER_PIN,
-                           who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, pin, len);
-    if (rv != CKR_OK)
-        return rv;
-    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
-    if (rc == KS_OK)
-        ks_log(KS_LOG_INFO, "token %lu: %s PIN changed", (unsigned long)slot, who == CKU_SO ? "SO" : "user");
     return ks_to_ckr(rc);
 }
 

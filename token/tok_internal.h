@@ -1,0 +1,74 @@
+/* p11mk token layer, internal: the context and the token record shared by
+ * tok_token.c (tokens, objects, key cache) and tok_login.c (PINs). */
+#ifndef P11MK_TOK_INTERNAL_H
+#define P11MK_TOK_INTERNAL_H
+
+#include "token/tok_token.h"
+
+#include <pthread.h>
+
+/* Token record fields, stored as a tok_attrs blob (vendor-defined types). */
+#define TOKR_LABEL      (CKA_VENDOR_DEFINED + 0x7101UL)
+#define TOKR_SO_PIN     (CKA_VENDOR_DEFINED + 0x7102UL)
+#define TOKR_USER_PIN   (CKA_VENDOR_DEFINED + 0x7103UL)
+#define TOKR_SO_FAILS   (CKA_VENDOR_DEFINED + 0x7104UL)
+#define TOKR_USER_FAILS (CKA_VENDOR_DEFINED + 0x7105UL)
+
+/* Failed logins before a PIN locks (the SO can re-set a locked user PIN). */
+#define TOK_MAX_PIN_TRIES 10UL
+
+#define CACHE_BUCKETS 1024u
+#define CACHE_MAX 8192u
+
+typedef struct cache_ent {
+    struct cache_ent *next;
+    CK_SLOT_ID slot;
+    uint64_t oid;
+    ks_stamp stamp;
+    tok_key *key;
+    tok_attrs attrs;
+} cache_ent;
+
+struct tok_ctx {
+    ks_config cfg;
+    ks_mkey mk;
+    ks_store *st;
+    uint8_t ksid[16];
+    pthread_mutex_t cache_lock;
+    cache_ent *cache[CACHE_BUCKETS];
+    size_t cache_n;
+    uint32_t cache_epoch;
+};
+
+static inline void txn_end(ks_txn **t)
+{
+    if (*t)
+        ks_read_end(*t);
+}
+#define AUTO_TXN ks_txn *__attribute__((cleanup(txn_end)))
+
+static inline void attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
+#define AUTO_ATTRS __attribute__((cleanup(attrs_cleanup))) tok_attrs
+
+static inline CK_RV ks_to_ckr(int err)
+{
+    switch (err) {
+    case KS_OK: return CKR_OK;
+    case KS_ENOTFOUND: return CKR_OBJECT_HANDLE_INVALID;
+    case KS_ENOMEM: return CKR_HOST_MEMORY;
+    case KS_ECORRUPT:
+    case KS_ENOKEY:
+    case KS_EWRONGKEY: return CKR_DEVICE_ERROR;
+    case KS_EROFS: return CKR_TOKEN_WRITE_PROTECTED;
+    case KS_ENOSPC: return CKR_DEVICE_MEMORY; /* the token's storage is full */
+    default: return CKR_GENERAL_ERROR;
+    }
+}
+
+/* The token record of slot (CKR_SLOT_ID_INVALID when there is none). */
+TOK_API CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec);
+TOK_API int tok_token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec);
+/* The id of the free slot (the next token's), 0 if it cannot be read. */
+TOK_API CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx);
+
+#endif
