@@ -213,6 +213,22 @@ KS_API bool ks_readonly(ks_store *st);
 /* Cheap (no LMDB write, no crypto) current epoch of the keystore. */
 KS_API uint32_t ks_epoch(ks_store *st);
 
+/* ---- memory for secrets (ks_secmem.c) ---- */
+/* Zeroed, excluded from core dumps, locked against swap where the limit allows. */
+KS_API void *ks_secmem_alloc(size_t n);
+KS_API void ks_secmem_free(void *p); /* cleanse + release; NULL is fine */
+
+/* ---- PIN attempts (ks_store.c) ----
+ * Serializes PIN attempts on one token across every thread and process: an
+ * open-file-description lock (F_OFD_SETLK) on one byte of data.mdb far past
+ * its end, at an offset of the token's own (LMDB never locks data.mdb). A
+ * lock dies with its holder, so a killed attempt never blocks the next.
+ * KS_OK: *fd holds the lock until ks_attempt_unlock(*fd). KS_EROFS: this
+ * process cannot write the keystore (so it cannot count attempts either).
+ * KS_EBUSY: another attempt held the lock for wait_ms. KS_EIO otherwise. */
+KS_API int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd);
+KS_API void ks_attempt_unlock(int fd);
+
 /* ---- transactions ------------------------------------------------------ */
 typedef struct ks_txn ks_txn;
 

@@ -189,11 +189,6 @@ KS_API void ks_fsync_parent(const char *path);
 /* The directory part of path ("." when there is none). */
 KS_API void ks_dirname(const char *path, char *dir, size_t n);
 
-/* ---- memory for secrets (ks_secmem.c) ---- */
-/* Zeroed, excluded from core dumps, locked against swap where the limit allows. */
-KS_API void *ks_secmem_alloc(size_t n);
-KS_API void ks_secmem_free(void *p); /* cleanse + release; NULL is fine */
-
 /* ---- the rotation state machine inside one keystore (ks_rotate.c) ----
  * These take no lifecycle lock and touch no key file: ks_lifecycle.c calls
  * them under its lock, in its order; private scratch copies (restore,

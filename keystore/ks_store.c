@@ -1623,3 +1623,52 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
              "back, or restore the copy with 'p11mk-admin restore FILE'", epoch, src, max);
     return true;
 }
+
+/* ---- PIN attempts ---------------------------------------------------- */
+
+#define ATTEMPT_LOCK_BASE ((off_t)1 << 60) /* far past any data.mdb: a byte per token */
+
+int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
+{
+    char p[4096];
+    struct stat sb;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ATTEMPT_LOCK_BASE + token_id, .l_len = 1};
+    unsigned waited = 0, step = 1;
+    int f;
+
+    *fd = -1;
+    if (!st || ks_readonly(st))
+        return KS_EROFS;
+    if (snprintf(p, sizeof(p), "%s/data.mdb", st->path) >= (int)sizeof(p))
+        return KS_EINVAL;
+    /* Each attempt opens its own description: OFD locks then exclude the
+     * threads of one process as they exclude processes. */
+    f = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (f < 0)
+        return errno == EACCES || errno == EROFS ? KS_EROFS : KS_EIO;
+    if (fstat(f, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(f);
+        return KS_EIO;
+    }
+    while (fcntl(f, F_OFD_SETLK, &fl) != 0) {
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR) {
+            close(f);
+            return KS_EIO;
+        }
+        if (waited >= wait_ms) {
+            close(f);
+            return KS_EBUSY;
+        }
+        usleep(step * 1000u);
+        waited += step;
+        step = step < 16 ? step * 2 : 16;
+    }
+    *fd = f;
+    return KS_OK;
+}
+
+void ks_attempt_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* the last descriptor of the description releases its lock */
+}

@@ -1,0 +1,163 @@
+/* p11mk token layer: envelopes of private objects under the token key. */
+#include "token/tok_envelope.h"
+#include "keystore/ks.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#define ENV_VERSION 1
+#define NONCE_LEN 12
+#define TAG_LEN 16
+#define AAD_LEN 35
+
+bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t)
+{
+    static const CK_ATTRIBUTE_TYPE clear[] = {
+        CKA_CLASS,         CKA_KEY_TYPE,      CKA_CERTIFICATE_TYPE, CKA_LABEL,      CKA_ID,
+        CKA_MODULUS_BITS,  CKA_VALUE_LEN,     CKA_KEY_GEN_MECHANISM, CKA_START_DATE, CKA_END_DATE,
+        CKA_CERTIFICATE_CATEGORY,
+    };
+
+    if (t == TOKA_ENVELOPE)
+        return false;
+    if (tok_attr_is_bool(t))
+        return true; /* CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN, ...: policy, not values */
+    for (size_t i = 0; i < sizeof(clear) / sizeof(clear[0]); i++)
+        if (clear[i] == t)
+            return true;
+    return false;
+}
+
+bool tok_env_present(const tok_attrs *a) { return tok_attrs_find(a, TOKA_ENVELOPE) != NULL; }
+
+static void env_aad(uint32_t token, uint64_t oid, uint8_t aad[AAD_LEN])
+{
+    memcpy(aad, "p11mk private object v1", 23);
+    for (int i = 0; i < 4; i++)
+        aad[23 + i] = (uint8_t)(token >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        aad[27 + i] = (uint8_t)(oid >> (8 * i));
+}
+
+static int gcm(int enc, const uint8_t key[TOK_TK_LEN], const uint8_t *nonce, const uint8_t aad[AAD_LEN],
+               const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[TAG_LEN])
+{
+    EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), "AES-256-GCM", NULL);
+    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
+    int n = 0, fin = 0;
+    int ok = c && cx && len <= INT32_MAX && EVP_CipherInit_ex2(cx, c, key, nonce, enc, NULL) == 1 &&
+             EVP_CipherUpdate(cx, NULL, &n, aad, AAD_LEN) == 1 &&
+             (len == 0 || EVP_CipherUpdate(cx, out, &n, in, (int)len) == 1);
+
+    if (ok && !enc)
+        ok = EVP_CIPHER_CTX_ctrl(cx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) == 1;
+    if (ok)
+        ok = EVP_CipherFinal_ex(cx, out + (len ? n : 0), &fin) == 1;
+    if (ok && enc)
+        ok = EVP_CIPHER_CTX_ctrl(cx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1;
+    EVP_CIPHER_CTX_free(cx);
+    EVP_CIPHER_free(c);
+    return ok ? 0 : -1;
+}
+
+int tok_env_seal(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *plain, tok_attrs *out)
+{
+    tok_attrs inner = TOK_ATTRS_INIT, res = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL, *env = NULL, aad[AAD_LEN];
+    size_t blen = 0, elen;
+    int rc = -1;
+
+    for (size_t i = 0; i < plain->n; i++) {
+        const tok_attr *a = &plain->v[i];
+        if (a->type == TOKA_ENVELOPE)
+            continue;
+        if (tok_attrs_set(tok_env_clear_attr(a->type) ? &res : &inner, a->type, a->val, a->len) != 0)
+            goto out;
+    }
+    if (tok_attrs_serialize(&inner, &blob, &blen) != 0)
+        goto out;
+    elen = 1 + NONCE_LEN + blen + TAG_LEN;
+    env = malloc(elen);
+    if (!env)
+        goto out;
+    env[0] = ENV_VERSION;
+    env_aad(token, oid, aad);
+    if (RAND_bytes_ex(ks_libctx(), env + 1, NONCE_LEN, 0) != 1 ||
+        gcm(1, tk, env + 1, aad, blob, blen, env + 1 + NONCE_LEN, env + 1 + NONCE_LEN + blen) != 0)
+        goto out;
+    if (tok_attrs_set(&res, TOKA_ENVELOPE, env, (CK_ULONG)elen) != 0)
+        goto out;
+    tok_attrs_free(out);
+    *out = res;
+    res = (tok_attrs)TOK_ATTRS_INIT;
+    rc = 0;
+out:
+    if (blob)
+        ks_buf_free(blob, blen);
+    free(env);
+    tok_attrs_free(&inner);
+    tok_attrs_free(&res);
+    return rc;
+}
+
+int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *stored, tok_attrs *out)
+{
+    const tok_attr *e = tok_attrs_find(stored, TOKA_ENVELOPE);
+    tok_attrs inner = TOK_ATTRS_INIT, res = TOK_ATTRS_INIT;
+    uint8_t aad[AAD_LEN], tag[TAG_LEN], *plain = NULL;
+    size_t plen;
+    int rc = -2;
+
+    if (!e || e->len < 1 + NONCE_LEN + TAG_LEN || e->val[0] != ENV_VERSION)
+        return -2;
+    plen = e->len - 1 - NONCE_LEN - TAG_LEN;
+    plain = malloc(plen ? plen : 1);
+    if (!plain)
+        return -1;
+    env_aad(token, oid, aad);
+    memcpy(tag, e->val + 1 + NONCE_LEN + plen, TAG_LEN);
+    if (gcm(0, tk, e->val + 1, aad, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0 ||
+        tok_attrs_parse(plain, plen, &inner) != 0)
+        goto out;
+    rc = -1;
+    for (size_t i = 0; i < stored->n; i++)
+        if (stored->v[i].type != TOKA_ENVELOPE &&
+            tok_attrs_set(&res, stored->v[i].type, stored->v[i].val, stored->v[i].len) != 0)
+            goto out;
+    for (size_t i = 0; i < inner.n; i++) {
+        if (tok_env_clear_attr(inner.v[i].type) || tok_attrs_find(&res, inner.v[i].type)) {
+            rc = -2; /* an envelope may only hold values, each once */
+            goto out;
+        }
+        if (tok_attrs_set(&res, inner.v[i].type, inner.v[i].val, inner.v[i].len) != 0)
+            goto out;
+    }
+    tok_attrs_free(out);
+    *out = res;
+    res = (tok_attrs)TOK_ATTRS_INIT;
+    rc = 0;
+out:
+    ks_buf_free(plain, plen ? plen : 1);
+    tok_attrs_free(&inner);
+    tok_attrs_free(&res);
+    return rc;
+}
+
+int tok_env_strip(const tok_attrs *stored, tok_attrs *out)
+{
+    tok_attrs res = TOK_ATTRS_INIT;
+
+    for (size_t i = 0; i < stored->n; i++)
+        if (stored->v[i].type != TOKA_ENVELOPE &&
+            tok_attrs_set(&res, stored->v[i].type, stored->v[i].val, stored->v[i].len) != 0) {
+            tok_attrs_free(&res);
+            return -1;
+        }
+    tok_attrs_free(out);
+    *out = res;
+    return 0;
+}

@@ -1,0 +1,33 @@
+/* p11mk token layer: the envelope of a private object.
+ *
+ * A private object (CKA_PRIVATE = TRUE) of a token whose PINs wrap a token
+ * key keeps its values inside one attribute, TOKA_ENVELOPE: AES-256-GCM under
+ * the token key, bound to (token, object id). That is in addition to the
+ * master-key seal of the whole record, so whoever holds the keystore and the
+ * master key but no PIN sees what the object is (class, key type, label, id,
+ * boolean policy attributes, sizes, dates) and not its values.
+ *
+ *   envelope = 1 | nonce(12) | AES-256-GCM(serialized attributes) | tag(16)
+ *   aad      = "p11mk private object v1" | token (LE32) | object id (LE64) */
+#ifndef P11MK_TOK_ENVELOPE_H
+#define P11MK_TOK_ENVELOPE_H
+
+#include "token/tok_attr.h"
+#include "token/tok_pin.h"
+
+#define TOKA_ENVELOPE (CKA_VENDOR_DEFINED + 0x7201UL)
+
+/* Stays outside the envelope: says what the object is, not what it holds. */
+TOK_API bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t);
+TOK_API bool tok_env_present(const tok_attrs *a);
+/* out = the clear attributes of plain + the envelope. 0, or -1 (ENOMEM / crypto failure). */
+TOK_API int tok_env_seal(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *plain,
+                         tok_attrs *out);
+/* out = stored with its envelope opened. 0; -1 ENOMEM; -2 the envelope
+ * fails authentication or is malformed. */
+TOK_API int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *stored,
+                         tok_attrs *out);
+/* out = stored without its envelope (what can be shown without the PIN). */
+TOK_API int tok_env_strip(const tok_attrs *stored, tok_attrs *out);
+
+#endif
