@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "token/tok_attr.h"
+#include "token/tok_envelope.h"
 #include "token/tok_pin.h"
 #include "token/tok_policy.h"
 
@@ -78,28 +79,90 @@ static void test_codec_roundtrip(void **state)
 static void test_pin_hash(void **state)
 {
     (void)state;
-    uint8_t r1[TOK_PIN_REC_LEN], r2[TOK_PIN_REC_LEN];
-    assert_int_equal(tok_pin_hash((const uint8_t *)"1234", 4, r1), 0);
-    assert_int_equal(tok_pin_hash((const uint8_t *)"1234", 4, r2), 0);
+    tok_pin_key k1, k2, kc;
+    uint8_t tk[TOK_TK_LEN], out[TOK_TK_LEN], r1[TOK_PIN_REC_LEN], r2[TOK_PIN_REC_LEN];
+    memset(tk, 0x5c, sizeof(tk));
+    assert_int_equal(tok_pin_new((const uint8_t *)"1234", 4, &k1), 0);
+    assert_int_equal(tok_pin_new((const uint8_t *)"1234", 4, &k2), 0);
+    assert_int_equal(tok_pin_seal(&k1, tk, 7, 1, r1), 0);
+    assert_int_equal(tok_pin_seal(&k2, tk, 7, 1, r2), 0);
     assert_memory_not_equal(r1, r2, TOK_PIN_REC_LEN); /* salted */
     assert_null(memmem(r1, sizeof(r1), "1234", 4));
-    assert_true(tok_pin_verify((const uint8_t *)"1234", 4, r1));
-    assert_true(tok_pin_verify((const uint8_t *)"1234", 4, r2));
-    assert_false(tok_pin_verify((const uint8_t *)"1235", 4, r1));
-    assert_false(tok_pin_verify((const uint8_t *)"123", 3, r1));
-    assert_false(tok_pin_verify(NULL, 4, r1));
-    /* Malformed records: unknown version, absurd cost parameters, flipped hash. */
+    assert_null(memmem(r1, sizeof(r1), tk, 8)); /* the token key is wrapped, not stored */
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, r1, sizeof(r1), &kc), TOK_PIN_OK);
+    assert_int_equal(tok_pin_unwrap(&kc, r1, sizeof(r1), 7, 1, out), 0);
+    assert_memory_equal(out, tk, sizeof(tk));
+    /* Bound to the token and the role. */
+    assert_int_equal(tok_pin_unwrap(&kc, r1, sizeof(r1), 8, 1, out), -1);
+    assert_int_equal(tok_pin_unwrap(&kc, r1, sizeof(r1), 7, 0, out), -1);
+    assert_int_equal(tok_pin_check((const uint8_t *)"1235", 4, r1, sizeof(r1), &kc), TOK_PIN_WRONG);
+    assert_int_equal(tok_pin_check((const uint8_t *)"123", 3, r1, sizeof(r1), &kc), TOK_PIN_WRONG);
+    assert_int_equal(tok_pin_check(NULL, 4, r1, sizeof(r1), &kc), TOK_PIN_WRONG);
+    /* A version 1 record (a verifier only) is the first half of the same
+     * scrypt: it checks with the same salt and keeps no key. */
+    uint8_t v1[TOK_PIN_REC_V1_LEN];
+    memcpy(v1, r1, sizeof(v1));
+    v1[0] = 1;
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, v1, sizeof(v1), &kc), TOK_PIN_OK);
+    assert_memory_equal(kc.kek, k1.kek, sizeof(kc.kek));
+    assert_int_equal(tok_pin_unwrap(&kc, v1, sizeof(v1), 7, 1, out), 1);
+    /* Malformed records: unknown version, absurd cost parameters, wrong length; altered wrapped key. */
     uint8_t bad[TOK_PIN_REC_LEN];
     memcpy(bad, r1, sizeof(bad));
     bad[0] = 9;
-    assert_false(tok_pin_verify((const uint8_t *)"1234", 4, bad));
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, bad, sizeof(bad), &kc), TOK_PIN_BAD);
     memcpy(bad, r1, sizeof(bad));
     bad[1] = 40; /* N = 2^40 would exhaust memory: refused, not attempted */
-    assert_false(tok_pin_verify((const uint8_t *)"1234", 4, bad));
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, bad, sizeof(bad), &kc), TOK_PIN_BAD);
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, r1, sizeof(r1) - 1, &kc), TOK_PIN_BAD);
     memcpy(bad, r1, sizeof(bad));
     bad[TOK_PIN_REC_LEN - 1] ^= 1;
-    assert_false(tok_pin_verify((const uint8_t *)"1234", 4, bad));
-    assert_int_equal(tok_pin_hash(NULL, 4, r1), -1);
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, bad, sizeof(bad), &kc), TOK_PIN_OK);
+    assert_int_equal(tok_pin_unwrap(&kc, bad, sizeof(bad), 7, 1, out), -1);
+    memcpy(bad, r1, sizeof(bad));
+    bad[4 + 16] ^= 1; /* the verifier */
+    assert_int_equal(tok_pin_check((const uint8_t *)"1234", 4, bad, sizeof(bad), &kc), TOK_PIN_WRONG);
+    assert_int_equal(tok_pin_new(NULL, 4, &k1), -1);
+    tok_pin_key_clear(&k1);
+    tok_pin_key_clear(&k2);
+    tok_pin_key_clear(&kc);
+}
+
+/* The envelope of a private object: values in, identity out, bound to (token, object). */
+static void test_envelope(void **state)
+{
+    (void)state;
+    uint8_t tk[TOK_TK_LEN], tk2[TOK_TK_LEN];
+    memset(tk, 1, sizeof(tk));
+    memset(tk2, 2, sizeof(tk2));
+    tok_attrs a = TOK_ATTRS_INIT, s = TOK_ATTRS_INIT, o = TOK_ATTRS_INIT;
+    static const uint8_t secret[] = "very secret key material";
+    assert_int_equal(tok_attrs_set_ulong(&a, CKA_CLASS, CKO_SECRET_KEY), 0);
+    assert_int_equal(tok_attrs_set_bool(&a, CKA_PRIVATE, true), 0);
+    assert_int_equal(tok_attrs_set(&a, CKA_LABEL, "k", 1), 0);
+    assert_int_equal(tok_attrs_set(&a, CKA_VALUE, secret, sizeof(secret)), 0);
+    assert_int_equal(tok_env_seal(tk, 3, 42, &a, &s), 0);
+    assert_true(tok_env_present(&s));
+    assert_null(tok_attrs_find(&s, CKA_VALUE));
+    assert_non_null(tok_attrs_find(&s, CKA_LABEL));
+    const tok_attr *e = tok_attrs_find(&s, TOKA_ENVELOPE);
+    assert_null(memmem(e->val, e->len, secret, 8));
+    assert_int_equal(tok_env_open(tk, 3, 42, &s, &o), 0);
+    assert_int_equal(tok_attrs_find(&o, CKA_VALUE)->len, sizeof(secret));
+    assert_memory_equal(tok_attrs_find(&o, CKA_VALUE)->val, secret, sizeof(secret));
+    assert_null(tok_attrs_find(&o, TOKA_ENVELOPE));
+    assert_int_equal(tok_env_open(tk2, 3, 42, &s, &o), -2); /* another token's key */
+    assert_int_equal(tok_env_open(tk, 3, 43, &s, &o), -2);  /* moved to another object */
+    assert_int_equal(tok_env_open(tk, 4, 42, &s, &o), -2);  /* or token */
+    tok_attr *ev = (tok_attr *)tok_attrs_find(&s, TOKA_ENVELOPE);
+    ev->val[ev->len / 2] ^= 1;
+    assert_int_equal(tok_env_open(tk, 3, 42, &s, &o), -2);
+    assert_int_equal(tok_env_strip(&s, &o), 0);
+    assert_null(tok_attrs_find(&o, TOKA_ENVELOPE));
+    assert_non_null(tok_attrs_find(&o, CKA_LABEL));
+    tok_attrs_free(&a);
+    tok_attrs_free(&s);
+    tok_attrs_free(&o);
 }
 
 /* ---- policy: build ------------------------------------------------------- */
@@ -431,7 +494,7 @@ static void test_set_and_copy(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_codec_roundtrip), cmocka_unit_test(test_pin_hash),
+        cmocka_unit_test(test_codec_roundtrip), cmocka_unit_test(test_pin_hash), cmocka_unit_test(test_envelope),
         cmocka_unit_test(test_build_defaults),  cmocka_unit_test(test_build_errors),
         cmocka_unit_test(test_build_classes),
         cmocka_unit_test(test_get),             cmocka_unit_test(test_set_and_copy),
