@@ -191,7 +191,8 @@ int admin_list(const admin_opts *o)
             char lab[128], idh[130], fl[160];
             if (txn)
                 ks_obj_stamp(txn, (uint32_t)slots[si], oids[i], &st);
-            if (tok_obj_read(ctx, slots[si], oids[i], &a) != CKR_OK) {
+            bool sealed = false;
+            if (tok_obj_read_meta(ctx, slots[si], oids[i], &a, &sealed) != CKR_OK) {
                 if (o->json)
                     printf("%s\n    {\"handle\": %llu, \"error\": \"cannot be unsealed\"}", i ? "," : "",
                            (unsigned long long)oids[i]);
@@ -203,6 +204,8 @@ int admin_list(const admin_opts *o)
             text(tok_attrs_find(&a, CKA_LABEL), lab, sizeof(lab));
             hex(tok_attrs_find(&a, CKA_ID), idh, sizeof(idh));
             flags(&a, fl, sizeof(fl));
+            if (sealed) /* its values are in an envelope only a PIN opens */
+                strncat(fl, fl[0] ? ",values-need-pin" : "values-need-pin", sizeof(fl) - strlen(fl) - 1);
             char *uri = object_uri(&ti, &a);
             if (o->json) {
                 printf("%s\n    {\"handle\": %llu, \"class\": \"%s\", \"key_type\": \"%s\", \"label\": ", i ? "," : "",

@@ -100,8 +100,10 @@ static void logout_locked(CK_SLOT_ID slot)
 {
     p11_login *l = login_locked(slot);
 
-    if (l)
+    if (l) {
         *l = t.logins[--t.nlogins];
+        tok_logout(p11_tok(), slot); /* the token key and private keys this process held */
+    }
 }
 
 /* Logins live in this process, the token in the keystore: when any process
@@ -321,7 +323,7 @@ static CK_RV login_context(p11_session *s, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinL
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
         if (s->op[kinds[i]] && s->op_reauth[kinds[i]])
             rv = CKR_OK;
-    if (rv == CKR_OK && !pPin && ulPinLen)
+    if (rv == CKR_OK && !pPin)
         rv = CKR_ARGUMENTS_BAD;
     if (rv == CKR_OK && p11_login_state(s->slot) != CKU_USER)
         rv = CKR_USER_NOT_LOGGED_IN;
@@ -349,8 +351,8 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
     p11_session_put(s);
     if (userType != CKU_SO && userType != CKU_USER)
         return CKR_USER_TYPE_INVALID;
-    if (!pPin && ulPinLen)
-        return CKR_ARGUMENTS_BAD;
+    if (!pPin)
+        return CKR_ARGUMENTS_BAD; /* no protected authentication path: a PIN is needed */
     /* Read before the PIN check: a re-initialization in between ends this login. */
     uint64_t inc = 0;
     bool have = read_incarnation(slot, &inc);
@@ -377,6 +379,7 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
             t.logins[t.nlogins++] = (p11_login){slot, userType, have ? inc : 0};
         } else {
             rv = CKR_HOST_MEMORY;
+            tok_logout(p11_tok(), slot); /* the token key the check left in memory */
         }
     }
     p11_unlock();

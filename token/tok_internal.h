@@ -13,6 +13,13 @@
 #define TOKR_USER_PIN   (CKA_VENDOR_DEFINED + 0x7103UL)
 #define TOKR_SO_FAILS   (CKA_VENDOR_DEFINED + 0x7104UL)
 #define TOKR_USER_FAILS (CKA_VENDOR_DEFINED + 0x7105UL)
+/* The token key's check value: present once the PINs wrap a token key (the
+ * token is "PIN-bound": its private objects are enveloped). */
+#define TOKR_TK_KCV     (CKA_VENDOR_DEFINED + 0x7106UL)
+/* Upgrade of a token made before PIN binding: the token key, kept under the
+ * master-key seal only until the role whose PIN record predates the binding
+ * logs in once and wraps it (then this field goes). */
+#define TOKR_TK_ESCROW  (CKA_VENDOR_DEFINED + 0x7107UL)
 
 /* Failed logins before a PIN locks (the SO can re-set a locked user PIN). */
 #define TOK_MAX_PIN_TRIES 10UL
@@ -38,6 +45,15 @@ struct tok_ctx {
     cache_ent *cache[CACHE_BUCKETS];
     size_t cache_n;
     uint32_t cache_epoch;
+    /* Token keys of the tokens this process is logged in to (C_Login
+     * unwrapped them), each in memory kept out of core dumps; tk_lock. */
+    pthread_mutex_t tk_lock;
+    struct tok_tk {
+        CK_SLOT_ID slot;
+        uint64_t inc;  /* the token's incarnation the key belongs to */
+        uint8_t *key;  /* TOK_TK_LEN bytes, ks_secmem */
+    } *tks;
+    size_t ntks;
 };
 
 static inline void txn_end(ks_txn **t)
@@ -68,6 +84,13 @@ static inline CK_RV ks_to_ckr(int err)
 /* The token record of slot (CKR_SLOT_ID_INVALID when there is none). */
 TOK_API CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec);
 TOK_API int tok_token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec);
+/* A copy of the token key of slot for the token's incarnation inc (the
+ * caller cleanses it). False when this process holds none. */
+TOK_API bool tok_tk_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, uint8_t tk[32]);
+/* Drop the cached keys of the token's private objects (at logout). */
+TOK_API void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot);
+/* Drop every token key (tok_ctx_close). */
+TOK_API void tok_tk_drop_all(tok_ctx *ctx);
 /* The id of the free slot (the next token's), 0 if it cannot be read. */
 TOK_API CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx);
 

@@ -1,219 +1,706 @@
-/* p11mk token layer: PINs (C_Login, C_InitToken, C_InitPIN, C_SetPIN) and
- * their failure counters. */
+/* p11mk token layer: PINs (C_Login, C_InitToken, C_InitPIN, C_SetPIN), their
+ * failure counters and the token key they unlock.
+ *
+ * Crash and race rules (each is tested: tests/integration/test_pin_lockout.sh):
+ * - Count first, verify after. An attempt is reserved by a committed write
+ *   (the role's counter goes up) before scrypt looks at the PIN. A second
+ *   write after the check clears the counter (right PIN) or rewrites the
+ *   record as it is (wrong PIN): right and wrong PINs write alike. A process
+ *   killed after the reservation has spent its try whatever it learns; one
+ *   killed before it commits learns nothing, the PIN was not looked at.
+ * - From the reservation to the second write, attempts on one token are
+ *   serialized across threads and processes (ks_attempt_lock), and every
+ *   change of a PIN record takes the same lock, so no more attempts than
+ *   the tries left are ever in flight and the second write finds the record
+ *   the PIN was checked against (compared, refused if not).
+ * - The token key (TOK_TK_LEN random bytes) is made with the token (or at
+ *   the first login of a token made before PIN binding), is kept wrapped in
+ *   each role's PIN record and changes only with C_InitToken. A process
+ *   keeps the key of a token it logged in to, tagged with the token's
+ *   incarnation, until logout; every key taken from a record or handed on
+ *   is compared with the check value the token keeps (TOKR_TK_KCV).
+ * - Upgrade of a token made before PIN binding (PIN records v1, private
+ *   objects outside envelopes): the first successful login of either role
+ *   makes the token key, wraps it in that role's record, puts every private
+ *   object into its envelope and keeps the key escrowed (under the master
+ *   key seal only, TOKR_TK_ESCROW) for the other role, all in one write
+ *   transaction; the other role's first login wraps it and the escrow goes. */
 #include "token/tok_internal.h"
+#include "token/tok_envelope.h"
 #include "token/tok_pin.h"
+#include "token/tok_policy.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
-static CK_RV pin_len_check(const uint8_t *pin, CK_ULONG len)
+/* How long an attempt waits for the one before it (which takes about one
+ * scrypt, ~50 ms, unless its process was stopped). */
+#define ATTEMPT_WAIT_MS 60000u
+
+enum { ROLE_SO = 0, ROLE_USER = 1 };
+
+static unsigned role_of(CK_USER_TYPE who) { return who == CKU_SO ? ROLE_SO : ROLE_USER; }
+static const char *role_name(unsigned role) { return role == ROLE_SO ? "SO" : "user"; }
+static CK_ATTRIBUTE_TYPE pin_field(unsigned role) { return role == ROLE_SO ? TOKR_SO_PIN : TOKR_USER_PIN; }
+static CK_ATTRIBUTE_TYPE fails_field(unsigned role) { return role == ROLE_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS; }
+
+/* NULL is never a PIN here (no protected authentication path); a length
+ * outside the token's range cannot be right. Neither is an attempt. */
+static CK_RV pin_args(const uint8_t *pin, CK_ULONG len)
 {
-    if (!pin && len)
+    if (!pin)
         return CKR_ARGUMENTS_BAD;
     if (len < TOK_PIN_MIN_LEN || len > TOK_PIN_MAX_LEN)
         return CKR_PIN_LEN_RANGE;
     return CKR_OK;
 }
 
-typedef struct {
-    uint32_t id;
-    CK_ATTRIBUTE_TYPE field; /* TOKR_SO_FAILS / TOKR_USER_FAILS */
-    bool success;
-    CK_ULONG fails_after;
-} fail_update;
+/* ---- token keys held by this process ----------------------------------- */
 
-/* Read-modify-write of a failure counter inside one write transaction, so
- * concurrent processes count every attempt. */
-static int fails_update_fn(ks_txn *txn, void *arg)
+bool tok_tk_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, uint8_t tk[TOK_TK_LEN])
 {
-    fail_update *u = arg;
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    uint8_t *blob = NULL;
-    size_t len = 0;
-    CK_ULONG fails = 0;
-    int rc = ks_token_get(txn, u->id, &blob, &len);
+    bool found = false;
 
-    if (rc != KS_OK)
-        return rc;
-    rc = tok_attrs_parse(blob, len, &rec) == 0 ? KS_OK : KS_ECORRUPT;
-    ks_buf_free(blob, len);
-    if (rc != KS_OK)
-        return rc;
-    tok_attrs_get_ulong(&rec, u->field, &fails);
-    if (u->success && fails == 0) {
-        u->fails_after = 0;
-        return KS_EEXIST; /* nothing to write: abort the transaction */
-    }
-    fails = u->success ? 0 : (fails < TOK_MAX_PIN_TRIES ? fails + 1 : fails);
-    u->fails_after = fails;
-    if (tok_attrs_set_ulong(&rec, u->field, fails) != 0)
-        return KS_ENOMEM;
-    return tok_token_put(txn, u->id, &rec);
+    pthread_mutex_lock(&ctx->tk_lock);
+    for (size_t i = 0; i < ctx->ntks; i++)
+        if (ctx->tks[i].slot == slot && ctx->tks[i].inc == inc) {
+            memcpy(tk, ctx->tks[i].key, TOK_TK_LEN);
+            found = true;
+            break;
+        }
+    pthread_mutex_unlock(&ctx->tk_lock);
+    return found;
 }
 
-static CK_RV record_attempt(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, bool success)
+static void tk_drop_locked(tok_ctx *ctx, CK_SLOT_ID slot)
 {
-    fail_update u = {(uint32_t)slot, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, success, 0};
-    int rc = ks_write(ctx->st, fails_update_fn, &u);
-
-    if (rc == KS_EROFS) {
-        /* A read-only keystore cannot count attempts; whoever can read it
-         * could attack the PIN hashes offline anyway. */
-        ks_log(KS_LOG_DEBUG, "token %lu: PIN attempt not counted (read-only keystore)", (unsigned long)slot);
-        return CKR_OK;
+    for (size_t i = 0; i < ctx->ntks;) {
+        if (ctx->tks[i].slot == slot) {
+            ks_secmem_free(ctx->tks[i].key);
+            ctx->tks[i] = ctx->tks[--ctx->ntks];
+        } else {
+            i++;
+        }
     }
-    if (rc != KS_OK && rc != KS_EEXIST)
-        return ks_to_ckr(rc);
-    if (!success && u.fails_after >= TOK_MAX_PIN_TRIES)
-        ks_log(KS_LOG_WARN, "token %lu: %s PIN locked after %lu failed attempts", (unsigned long)slot,
-               who == CKU_SO ? "SO" : "user", TOK_MAX_PIN_TRIES);
-    else if (!success)
-        ks_log(KS_LOG_INFO, "token %lu: wrong %s PIN (%lu of %lu attempts before it locks)", (unsigned long)slot,
-               who == CKU_SO ? "SO" : "user", (unsigned long)u.fails_after, TOK_MAX_PIN_TRIES);
-    else
-        ks_log(KS_LOG_DEBUG, "token %lu: %s PIN accepted", (unsigned long)slot, who == CKU_SO ? "SO" : "user");
+}
+
+static void tk_install(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, const uint8_t tk[TOK_TK_LEN])
+{
+    uint8_t *key = ks_secmem_alloc(TOK_TK_LEN);
+    struct tok_tk *v;
+
+    if (!key)
+        return; /* private objects stay out of reach; the login itself stands */
+    memcpy(key, tk, TOK_TK_LEN);
+    pthread_mutex_lock(&ctx->tk_lock);
+    tk_drop_locked(ctx, slot);
+    v = realloc(ctx->tks, (ctx->ntks + 1) * sizeof(*v));
+    if (v) {
+        ctx->tks = v;
+        ctx->tks[ctx->ntks++] = (struct tok_tk){slot, inc, key};
+        key = NULL;
+    }
+    pthread_mutex_unlock(&ctx->tk_lock);
+    ks_secmem_free(key);
+}
+
+void tok_tk_drop_all(tok_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->tk_lock);
+    for (size_t i = 0; i < ctx->ntks; i++)
+        ks_secmem_free(ctx->tks[i].key);
+    free(ctx->tks);
+    ctx->tks = NULL;
+    ctx->ntks = 0;
+    pthread_mutex_unlock(&ctx->tk_lock);
+}
+
+void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot)
+{
+    pthread_mutex_lock(&ctx->tk_lock);
+    tk_drop_locked(ctx, slot);
+    pthread_mutex_unlock(&ctx->tk_lock);
+    tok_cache_drop_private(ctx, slot);
+}
+
+/* ---- the token record inside a transaction ----------------------------- */
+
+static int rec_get(ks_txn *txn, uint32_t tid, tok_attrs *rec)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = ks_token_get(txn, tid, &blob, &len);
+
+    if (rc != KS_OK)
+        return rc;
+    rc = tok_attrs_parse(blob, len, rec) == 0 ? KS_OK : KS_ECORRUPT;
+    ks_buf_free(blob, len);
+    return rc;
+}
+
+static bool kcv_matches(const tok_attrs *rec, const uint8_t tk[TOK_TK_LEN])
+{
+    const tok_attr *kcv = tok_attrs_find(rec, TOKR_TK_KCV);
+    uint8_t want[TOK_TK_KCV_LEN];
+
+    return kcv && kcv->len == TOK_TK_KCV_LEN && tok_tk_kcv(tk, want) == 0 &&
+           CRYPTO_memcmp(want, kcv->val, TOK_TK_KCV_LEN) == 0;
+}
+
+static int set_kcv(tok_attrs *rec, const uint8_t tk[TOK_TK_LEN])
+{
+    uint8_t kcv[TOK_TK_KCV_LEN];
+
+    if (tok_tk_kcv(tk, kcv) != 0)
+        return KS_EIO;
+    return tok_attrs_set(rec, TOKR_TK_KCV, kcv, sizeof(kcv)) == 0 ? KS_OK : KS_ENOMEM;
+}
+
+static int set_pin_rec(tok_attrs *rec, unsigned role, const tok_pin_key *k, const uint8_t tk[TOK_TK_LEN],
+                       uint32_t tid)
+{
+    uint8_t r[TOK_PIN_REC_LEN];
+    int rc;
+
+    if (tok_pin_seal(k, tk, tid, role, r) != 0)
+        return KS_EIO;
+    rc = tok_attrs_set(rec, pin_field(role), r, sizeof(r)) == 0 ? KS_OK : KS_ENOMEM;
+    OPENSSL_cleanse(r, sizeof(r));
+    return rc;
+}
+
+/* The escrow goes once every PIN record the token has wraps the key. */
+static void escrow_tidy(tok_attrs *rec)
+{
+    for (unsigned role = ROLE_SO; role <= ROLE_USER; role++) {
+        const tok_attr *p = tok_attrs_find(rec, pin_field(role));
+        if (p && p->len != TOK_PIN_REC_LEN)
+            return;
+    }
+    tok_attrs_remove(rec, TOKR_TK_ESCROW);
+}
+
+typedef struct {
+    uint64_t *v;
+    size_t n, cap;
+} oids;
+
+static int oids_push(uint64_t oid, void *arg)
+{
+    oids *o = arg;
+
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 64;
+        uint64_t *v = realloc(o->v, cap * sizeof(*v));
+        if (!v)
+            return KS_ENOMEM;
+        o->v = v;
+        o->cap = cap;
+    }
+    o->v[o->n++] = oid;
+    return KS_OK;
+}
+
+/* Put every private object of the token that is outside an envelope into
+ * one (the upgrade of a token made before PIN binding). */
+static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN], size_t *count)
+{
+    oids o = {NULL, 0, 0};
+    int rc = ks_obj_foreach(txn, tid, oids_push, &o);
+
+    *count = 0;
+    for (size_t i = 0; rc == KS_OK && i < o.n; i++) {
+        tok_attrs a = TOK_ATTRS_INIT;
+        uint8_t *blob = NULL;
+        size_t len = 0;
+
+        rc = ks_obj_get(txn, tid, o.v[i], &blob, &len);
+        if (rc == KS_OK) {
+            rc = tok_attrs_parse(blob, len, &a) == 0 ? KS_OK : KS_ECORRUPT;
+            ks_buf_free(blob, len);
+            blob = NULL;
+        }
+        if (rc == KS_OK && tok_obj_is_private(&a) && !tok_env_present(&a)) {
+            rc = tok_env_seal(tk, tid, o.v[i], &a, &a) == 0 ? KS_OK : KS_ENOMEM;
+            if (rc == KS_OK)
+                rc = tok_attrs_serialize(&a, &blob, &len) == 0 ? KS_OK : KS_ENOMEM;
+            if (rc == KS_OK)
+                rc = ks_obj_put(txn, tid, o.v[i], blob, len);
+            if (blob)
+                ks_buf_free(blob, len);
+            (*count)++;
+        }
+        tok_attrs_free(&a);
+        if (rc != KS_OK)
+            ks_log(KS_LOG_ERROR, "token %u object %llu: cannot be put into its envelope (%s)", tid,
+                   (unsigned long long)o.v[i], ks_strerror(rc));
+    }
+    free(o.v);
+    return rc;
+}
+
+/* Make sure the token has a key, that *tk is it and that role's record wraps
+ * it (see the upgrade rule at the top). k: the role's PIN key (NULL when the
+ * role's record is not to be touched). */
+static int bind_token(ks_txn *txn, uint32_t tid, tok_attrs *rec, unsigned role, const tok_pin_key *k, bool *have_tk,
+                      uint8_t tk[TOK_TK_LEN])
+{
+    const tok_attr *own = tok_attrs_find(rec, pin_field(role));
+    int rc;
+
+    if (!tok_attrs_find(rec, TOKR_TK_KCV)) {
+        size_t n = 0;
+
+        if (*have_tk) {
+            ks_log(KS_LOG_ERROR, "token %u: the %s PIN record wraps a token key the token does not know: the "
+                   "token record was altered; restore the keystore from a backup", tid, role_name(role));
+            return KS_ECORRUPT;
+        }
+        if (RAND_bytes_ex(ks_libctx(), tk, TOK_TK_LEN, 0) != 1)
+            return KS_EIO;
+        *have_tk = true;
+        if ((rc = set_kcv(rec, tk)) != KS_OK)
+            return rc;
+        if (tok_attrs_find(rec, pin_field(!role)) && tok_attrs_set(rec, TOKR_TK_ESCROW, tk, TOK_TK_LEN) != 0)
+            return KS_ENOMEM;
+        if ((rc = envelope_all(txn, tid, tk, &n)) != KS_OK)
+            return rc;
+        ks_log(KS_LOG_INFO, "token %u: private objects bound to the PINs at the %s's login (%zu put into "
+               "envelopes under the new token key)", tid, role_name(role), n);
+    } else if (!*have_tk) {
+        const tok_attr *esc = tok_attrs_find(rec, TOKR_TK_ESCROW);
+
+        if (!esc || esc->len != TOK_TK_LEN) {
+            ks_log(KS_LOG_ERROR, "token %u: the %s PIN record wraps no token key and none is kept for it: the "
+                   "token record was altered; restore the keystore from a backup", tid, role_name(role));
+            return KS_ECORRUPT;
+        }
+        memcpy(tk, esc->val, TOK_TK_LEN);
+        *have_tk = true;
+    }
+    if (!kcv_matches(rec, tk)) {
+        ks_log(KS_LOG_ERROR, "token %u: the token key does not match its check value: the token record was "
+               "altered; restore the keystore from a backup", tid);
+        return KS_ECORRUPT;
+    }
+    if (k && (!own || own->len != TOK_PIN_REC_LEN) && (rc = set_pin_rec(rec, role, k, tk, tid)) != KS_OK)
+        return rc;
+    escrow_tidy(rec);
+    return KS_OK;
+}
+
+/* ---- one attempt -------------------------------------------------------- */
+
+typedef enum { ACT_LOGIN, ACT_SETPIN, ACT_INITTOKEN } attempt_act;
+
+typedef struct {
+    uint32_t tid;
+    unsigned role;
+    bool count;                  /* write the reservation (false: read-only keystore) */
+    CK_RV verdict;               /* no try made: CKR_PIN_LOCKED, CKR_USER_PIN_NOT_INITIALIZED, ... */
+    CK_ULONG fails;              /* the counter with this attempt */
+    uint8_t rec[TOK_PIN_REC_LEN]; /* the record the PIN is checked against */
+    size_t rec_len;
+} reserve;
+
+static int reserve_fn(ks_txn *txn, void *arg)
+{
+    reserve *r = arg;
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    const tok_attr *h;
+    CK_ULONG fails = 0;
+    int rc = rec_get(txn, r->tid, &rec);
+
+    r->verdict = CKR_OK;
+    if (rc != KS_OK)
+        return rc;
+    h = tok_attrs_find(&rec, pin_field(r->role));
+    if (!h) {
+        r->verdict = r->role == ROLE_SO ? CKR_DEVICE_ERROR : CKR_USER_PIN_NOT_INITIALIZED;
+        return KS_EEXIST; /* abort: nothing to write */
+    }
+    if (h->len > sizeof(r->rec)) {
+        r->verdict = CKR_DEVICE_ERROR;
+        return KS_EEXIST;
+    }
+    memcpy(r->rec, h->val, h->len);
+    r->rec_len = h->len;
+    tok_attrs_get_ulong(&rec, fails_field(r->role), &fails);
+    if (fails >= TOK_MAX_PIN_TRIES) {
+        r->verdict = CKR_PIN_LOCKED;
+        return KS_EEXIST;
+    }
+    r->fails = fails + 1;
+    if (!r->count)
+        return KS_EEXIST;
+    if (tok_attrs_set_ulong(&rec, fails_field(r->role), fails + 1) != 0)
+        return KS_ENOMEM;
+    return tok_token_put(txn, r->tid, &rec);
+}
+
+typedef struct {
+    tok_ctx *ctx;
+    uint32_t tid;
+    unsigned role;
+    attempt_act act;
+    bool ok;                      /* the PIN was right */
+    const reserve *r;
+    const tok_pin_key *k;         /* the PIN's key (ok) */
+    const tok_pin_key *newk;      /* ACT_SETPIN: the new PIN's */
+    const uint8_t *label;         /* ACT_INITTOKEN */
+    bool unwrapped;               /* tk was unwrapped from the role's record */
+    bool have_tk;                 /* out: tk is the token key */
+    uint8_t tk[TOK_TK_LEN];
+    uint64_t inc;                 /* out: the token's incarnation */
+} finish;
+
+static int reinit_token(ks_txn *txn, finish *f)
+{
+    AUTO_ATTRS fresh = TOK_ATTRS_INIT;
+    int rc;
+
+    /* The same SO PIN, a new token key: what was sealed under the old one
+     * goes with the objects. */
+    if (RAND_bytes_ex(ks_libctx(), f->tk, TOK_TK_LEN, 0) != 1)
+        return KS_EIO;
+    if ((rc = set_pin_rec(&fresh, ROLE_SO, f->k, f->tk, f->tid)) != KS_OK || (rc = set_kcv(&fresh, f->tk)) != KS_OK)
+        return rc;
+    if (tok_attrs_set_ulong(&fresh, TOKR_SO_FAILS, 0) != 0 || tok_attrs_set(&fresh, TOKR_LABEL, f->label, 32) != 0)
+        return KS_ENOMEM;
+    rc = ks_token_del(txn, f->tid);
+    if (rc != KS_OK && rc != KS_ENOTFOUND)
+        return rc;
+    return tok_token_put(txn, f->tid, &fresh);
+}
+
+static int finish_fn(ks_txn *txn, void *arg)
+{
+    finish *f = arg;
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    const tok_attr *h;
+    int rc = rec_get(txn, f->tid, &rec);
+
+    f->have_tk = f->unwrapped; /* ks_write may run this again */
+    if (rc != KS_OK)
+        return rc;
+    if (!f->ok)
+        return tok_token_put(txn, f->tid, &rec); /* the same write as a right PIN's; the try stays spent */
+    h = tok_attrs_find(&rec, pin_field(f->role));
+    if (!h || h->len != f->r->rec_len || memcmp(h->val, f->r->rec, h->len) != 0)
+        return KS_ECHANGED;
+    if (f->act == ACT_INITTOKEN)
+        return reinit_token(txn, f);
+    if (tok_attrs_set_ulong(&rec, fails_field(f->role), 0) != 0)
+        return KS_ENOMEM;
+    if ((rc = bind_token(txn, f->tid, &rec, f->role, f->k, &f->have_tk, f->tk)) != KS_OK)
+        return rc;
+    if (f->act == ACT_SETPIN && (rc = set_pin_rec(&rec, f->role, f->newk, f->tk, f->tid)) != KS_OK)
+        return rc;
+    if ((rc = tok_token_put(txn, f->tid, &rec)) != KS_OK)
+        return rc;
+    return ks_token_incarnation(txn, f->tid, &f->inc);
+}
+
+/* A read-only keystore counts nothing and changes nothing: the token key
+ * comes from the role's record or the escrow; a token made before PIN
+ * binding has none (its private objects are outside envelopes). */
+static int finish_readonly(ks_txn *txn, finish *f)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    int rc = rec_get(txn, f->tid, &rec);
+
+    f->have_tk = f->unwrapped;
+    if (rc != KS_OK)
+        return rc;
+    if (tok_attrs_find(&rec, TOKR_TK_KCV)) {
+        if ((rc = bind_token(txn, f->tid, &rec, f->role, NULL, &f->have_tk, f->tk)) != KS_OK)
+            return rc;
+    } else if (f->have_tk) {
+        return KS_ECORRUPT;
+    }
+    return ks_token_incarnation(txn, f->tid, &f->inc);
+}
+
+static CK_RV ks_rv(int rc)
+{
+    return rc == KS_ENOTFOUND ? CKR_SLOT_ID_INVALID : rc == KS_ECHANGED ? CKR_FUNCTION_FAILED : ks_to_ckr(rc);
+}
+
+/* Reserve, check, finish: one counted attempt of role's PIN. On CKR_OK,
+ * f->have_tk tells whether f->tk holds the token key. Caller holds the
+ * attempt lock. */
+static CK_RV attempt(tok_ctx *ctx, const uint8_t *pin, CK_ULONG len, finish *f)
+{
+    reserve r = {.tid = f->tid, .role = f->role, .count = !ks_readonly(ctx->st)};
+    tok_pin_key k;
+    ks_txn *txn = NULL;
+    int rc, v;
+
+    rc = r.count ? ks_write(ctx->st, reserve_fn, &r) : KS_EROFS;
+    if (rc == KS_EROFS) {
+        /* Whoever can only read the keystore could attack the PIN records
+         * offline anyway: attempts are not counted. */
+        r.count = false;
+        rc = ks_read_begin(ctx->st, &txn);
+        if (rc == KS_OK) {
+            rc = reserve_fn(txn, &r);
+            ks_read_end(txn);
+        }
+    }
+    if (r.verdict != CKR_OK)
+        return r.verdict;
+    if (rc != KS_OK && !(rc == KS_EEXIST && !r.count))
+        return ks_rv(rc);
+    v = tok_pin_check(pin, len, r.rec, r.rec_len, &k);
+    if (v == TOK_PIN_BAD) {
+        ks_log(KS_LOG_ERROR, "token %u: the %s PIN record is malformed; restore the keystore from a backup", f->tid,
+               role_name(f->role));
+        return CKR_DEVICE_ERROR;
+    }
+    f->r = &r;
+    f->ok = v == TOK_PIN_OK;
+    f->k = &k;
+    f->unwrapped = f->have_tk = false;
+    if (f->ok) {
+        int u = tok_pin_unwrap(&k, r.rec, r.rec_len, f->tid, f->role, f->tk);
+        if (u < 0) {
+            tok_pin_key_clear(&k);
+            ks_log(KS_LOG_ERROR, "token %u: the token key in the %s PIN record fails authentication: the record "
+                   "was altered; restore the keystore from a backup", f->tid, role_name(f->role));
+            return CKR_DEVICE_ERROR;
+        }
+        f->unwrapped = f->have_tk = u == 0;
+    }
+    if (r.count) {
+        rc = ks_write(ctx->st, finish_fn, f);
+    } else if (f->ok) {
+        rc = ks_read_begin(ctx->st, &txn);
+        if (rc == KS_OK) {
+            rc = finish_readonly(txn, f);
+            ks_read_end(txn);
+        }
+    }
+    tok_pin_key_clear(&k);
+    f->k = NULL;
+    f->r = NULL;
+    if (rc != KS_OK) {
+        OPENSSL_cleanse(f->tk, sizeof(f->tk));
+        f->have_tk = false;
+        if (rc == KS_ECHANGED)
+            ks_log(KS_LOG_ERROR, "token %u: the %s PIN record changed during a PIN check", f->tid,
+                   role_name(f->role));
+        return ks_rv(rc);
+    }
+    if (!f->ok) {
+        if (!r.count)
+            ks_log(KS_LOG_INFO, "token %u: wrong %s PIN (not counted: read-only keystore)", f->tid,
+                   role_name(f->role));
+        else if (r.fails >= TOK_MAX_PIN_TRIES)
+            ks_log(KS_LOG_WARN, "token %u: %s PIN locked after %lu failed attempts", f->tid, role_name(f->role),
+                   TOK_MAX_PIN_TRIES);
+        else
+            ks_log(KS_LOG_INFO, "token %u: wrong %s PIN (%lu of %lu attempts before it locks)", f->tid,
+                   role_name(f->role), (unsigned long)r.fails, TOK_MAX_PIN_TRIES);
+        return CKR_PIN_INCORRECT;
+    }
+    ks_log(KS_LOG_DEBUG, "token %u: %s PIN accepted", f->tid, role_name(f->role));
     return CKR_OK;
 }
 
-/* Verify a PIN against the token record, counting the attempt. */
-static CK_RV pin_check(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *rec, CK_USER_TYPE who,
-                       const uint8_t *pin, CK_ULONG len)
+static CK_RV lock_attempts(tok_ctx *ctx, CK_SLOT_ID slot, int *fd)
 {
-    const tok_attr *h = tok_attrs_find(rec, who == CKU_SO ? TOKR_SO_PIN : TOKR_USER_PIN);
-    CK_ULONG fails = 0;
-    bool ok;
-    CK_RV rv;
+    int rc;
 
-    if (!pin && len)
-        return CKR_ARGUMENTS_BAD;
-    if (!h || h->len != TOK_PIN_REC_LEN)
-        return who == CKU_SO ? CKR_DEVICE_ERROR : CKR_USER_PIN_NOT_INITIALIZED;
-    tok_attrs_get_ulong(rec, who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, &fails);
-    if (fails >= TOK_MAX_PIN_TRIES)
-        return CKR_PIN_LOCKED;
-    ok = len <= TOK_PIN_MAX_LEN && tok_pin_verify(pin, len, h->val);
-    rv = record_attempt(ctx, slot, who, ok);
-    if (rv != CKR_OK)
-        return rv;
-    return ok ? CKR_OK : CKR_PIN_INCORRECT;
+    if (slot == 0 || slot > UINT32_MAX)
+        return CKR_SLOT_ID_INVALID;
+    rc = ks_attempt_lock(ctx->st, (uint32_t)slot, ATTEMPT_WAIT_MS, fd);
+    if (rc == KS_OK || rc == KS_EROFS)
+        return CKR_OK;
+    ks_log(KS_LOG_ERROR, "token %lu: %s", (unsigned long)slot,
+           rc == KS_EBUSY ? "another PIN attempt on this token has not finished for 60 s (is a process holding "
+                            "it stopped?); try again"
+                          : "cannot lock PIN attempts on the keystore file");
+    return rc == KS_EBUSY ? CKR_FUNCTION_FAILED : CKR_DEVICE_ERROR;
 }
 
 CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin, CK_ULONG len)
 {
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = tok_token_load(ctx, slot, &rec);
+    finish f = {.ctx = ctx, .tid = (uint32_t)slot, .role = role_of(who), .act = ACT_LOGIN};
+    int fd = -1;
+    CK_RV rv = pin_args(pin, len);
 
+    if (rv == CKR_OK)
+        rv = lock_attempts(ctx, slot, &fd);
     if (rv != CKR_OK)
         return rv;
-    return pin_check(ctx, slot, &rec, who, pin, len);
+    rv = attempt(ctx, pin, len, &f);
+    ks_attempt_unlock(fd);
+    if (rv == CKR_OK && f.have_tk)
+        tk_install(ctx, slot, f.inc, f.tk);
+    OPENSSL_cleanse(f.tk, sizeof(f.tk));
+    return rv;
 }
 
 typedef struct {
-    uint32_t id;
+    uint32_t tid;
     const tok_attrs *rec;
-    bool wipe;
-} token_write;
+} create;
 
-static int token_write_fn(ks_txn *txn, void *arg)
+static int create_fn(ks_txn *txn, void *arg)
 {
-    token_write *w = arg;
-    int rc;
-
-    if (w->wipe) {
-        rc = ks_token_del(txn, w->id);
-        if (rc != KS_OK && rc != KS_ENOTFOUND)
-            return rc;
-    }
-    return tok_token_put(txn, w->id, w->rec);
-}
-
-static CK_RV set_pin_field(tok_attrs *rec, CK_ATTRIBUTE_TYPE field, CK_ATTRIBUTE_TYPE fails_field,
-                           const uint8_t *pin, CK_ULONG len)
-{
-    uint8_t h[TOK_PIN_REC_LEN];
-    int rc;
-
-    if (tok_pin_hash(pin, len, h) != 0)
-        return CKR_GENERAL_ERROR;
-    rc = tok_attrs_set(rec, field, h, sizeof(h)) | tok_attrs_set_ulong(rec, fails_field, 0);
-    OPENSSL_cleanse(h, sizeof(h));
-    return rc == 0 ? CKR_OK : CKR_HOST_MEMORY;
+    const create *c = arg;
+    return tok_token_put(txn, c->tid, c->rec);
 }
 
 CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_ULONG len, const uint8_t label[32])
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = pin_len_check(so_pin, len);
-    bool exists;
-    int rc;
+    CK_RV rv = pin_args(so_pin, len);
+    int fd = -1, rc;
 
     if (rv != CKR_OK)
         return rv;
     rv = tok_token_load(ctx, slot, &rec);
-    exists = rv == CKR_OK;
-    if (!exists) {
-        if (rv != CKR_SLOT_ID_INVALID || slot != tok_free_slot_id(ctx))
+    if (rv == CKR_OK) {
+        /* Re-initialization: the SO PIN is checked as a counted attempt and
+         * the wipe is that attempt's second write. */
+        finish f = {.ctx = ctx, .tid = (uint32_t)slot, .role = ROLE_SO, .act = ACT_INITTOKEN, .label = label};
+
+        if (ks_readonly(ctx->st))
+            return CKR_TOKEN_WRITE_PROTECTED;
+        if ((rv = lock_attempts(ctx, slot, &fd)) != CKR_OK)
             return rv;
-    } else {
-        rv = pin_check(ctx, slot, &rec, CKU_SO, so_pin, len);
-        if (rv != CKR_OK)
-            return rv;
-        tok_attrs_free(&rec);
-    }
-    rv = set_pin_field(&rec, TOKR_SO_PIN, TOKR_SO_FAILS, so_pin, len);
-    if (rv != CKR_OK)
+        tok_cache_flush(ctx);
+        rv = attempt(ctx, so_pin, len, &f);
+        ks_attempt_unlock(fd);
+        OPENSSL_cleanse(f.tk, sizeof(f.tk));
+        tok_logout(ctx, slot);
+        if (rv == CKR_OK)
+            ks_log(KS_LOG_INFO, "token %lu re-initialized", (unsigned long)slot);
         return rv;
-    if (tok_attrs_set(&rec, TOKR_LABEL, label, 32) != 0)
-        return CKR_HOST_MEMORY;
-    tok_cache_flush(ctx);
-    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, exists});
+    }
+    if (rv != CKR_SLOT_ID_INVALID || slot != tok_free_slot_id(ctx))
+        return rv;
+    /* A new token on the free slot: its key exists only wrapped under the SO PIN. */
+    tok_pin_key k;
+    uint8_t tk[TOK_TK_LEN];
+    if (tok_pin_new(so_pin, len, &k) != 0 || RAND_bytes_ex(ks_libctx(), tk, sizeof(tk), 0) != 1) {
+        tok_pin_key_clear(&k);
+        return CKR_GENERAL_ERROR;
+    }
+    rc = set_pin_rec(&rec, ROLE_SO, &k, tk, (uint32_t)slot);
+    if (rc == KS_OK)
+        rc = set_kcv(&rec, tk);
+    tok_pin_key_clear(&k);
+    OPENSSL_cleanse(tk, sizeof(tk));
+    if (rc == KS_OK && (tok_attrs_set_ulong(&rec, TOKR_SO_FAILS, 0) != 0 || tok_attrs_set(&rec, TOKR_LABEL, label, 32) != 0))
+        rc = KS_ENOMEM;
+    if (rc == KS_OK)
+        rc = ks_write(ctx->st, create_fn, &(create){(uint32_t)slot, &rec});
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    ks_log(KS_LOG_INFO, "token %lu %s", (unsigned long)slot, exists ? "re-initialized" : "initialized");
+    ks_log(KS_LOG_INFO, "token %lu initialized", (unsigned long)slot);
     return CKR_OK;
+}
+
+typedef struct {
+    tok_ctx *ctx;
+    uint32_t tid;
+    const tok_pin_key *k;
+    CK_RV verdict;
+} init_pin;
+
+static int init_pin_fn(ks_txn *txn, void *arg)
+{
+    init_pin *p = arg;
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    uint8_t tk[TOK_TK_LEN];
+    bool have = false;
+    uint64_t inc = 0;
+    int rc = rec_get(txn, p->tid, &rec);
+
+    p->verdict = CKR_OK;
+    if (rc == KS_OK)
+        rc = ks_token_incarnation(txn, p->tid, &inc);
+    if (rc != KS_OK)
+        return rc;
+    /* The SO's login unwrapped the token key; a token made before PIN
+     * binding gets one now (escrowed for the SO until the SO logs in). */
+    if (tok_attrs_find(&rec, TOKR_TK_KCV)) {
+        have = tok_tk_get(p->ctx, p->tid, inc, tk);
+        if (!have) {
+            p->verdict = CKR_USER_NOT_LOGGED_IN;
+            ks_log(KS_LOG_ERROR, "token %u: this process does not hold the token key (the SO logged in while the "
+                   "keystore was read-only?): log out, log in as SO again, then set the user PIN", p->tid);
+            return KS_EPERM;
+        }
+    }
+    rc = bind_token(txn, p->tid, &rec, ROLE_USER, NULL, &have, tk);
+    if (rc == KS_OK)
+        rc = set_pin_rec(&rec, ROLE_USER, p->k, tk, p->tid);
+    OPENSSL_cleanse(tk, sizeof(tk));
+    if (rc == KS_OK)
+        rc = tok_attrs_set_ulong(&rec, TOKR_USER_FAILS, 0) == 0 ? KS_OK : KS_ENOMEM;
+    if (rc != KS_OK)
+        return rc;
+    escrow_tidy(&rec);
+    return tok_token_put(txn, p->tid, &rec);
 }
 
 CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len)
 {
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = pin_len_check(pin, len);
-    int rc;
+    init_pin p = {.ctx = ctx, .tid = (uint32_t)slot};
+    tok_pin_key k;
+    int fd = -1, rc;
+    CK_RV rv = pin_args(pin, len);
 
-    if (rv == CKR_OK)
-        rv = tok_token_load(ctx, slot, &rec);
-    if (rv == CKR_OK)
-        rv = set_pin_field(&rec, TOKR_USER_PIN, TOKR_USER_FAILS, pin, len);
     if (rv != CKR_OK)
         return rv;
-    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
-    if (rc == KS_OK)
+    if (ks_readonly(ctx->st))
+        return CKR_TOKEN_WRITE_PROTECTED;
+    if (tok_pin_new(pin, len, &k) != 0)
+        return CKR_GENERAL_ERROR;
+    p.k = &k;
+    rv = lock_attempts(ctx, slot, &fd);
+    if (rv == CKR_OK) {
+        rc = ks_write(ctx->st, init_pin_fn, &p);
+        ks_attempt_unlock(fd);
+        rv = p.verdict != CKR_OK ? p.verdict : ks_rv(rc);
+    }
+    tok_pin_key_clear(&k);
+    if (rv == CKR_OK)
         ks_log(KS_LOG_INFO, "token %lu: user PIN set by the SO", (unsigned long)slot);
-    return ks_to_ckr(rc);
+    return rv;
 }
 
 CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *old, CK_ULONG oldlen,
                   const uint8_t *pin, CK_ULONG len)
 {
-    AUTO_ATTRS rec = TOK_ATTRS_INIT;
-    CK_RV rv = pin_len_check(pin, len);
-    int rc;
+    finish f = {.ctx = ctx, .tid = (uint32_t)slot, .role = role_of(who), .act = ACT_SETPIN};
+    tok_pin_key newk;
+    int fd = -1;
+    CK_RV rv = pin_args(old, oldlen);
 
     if (rv == CKR_OK)
-        rv = tok_token_load(ctx, slot, &rec);
-    if (rv == CKR_OK)
-        rv = pin_check(ctx, slot, &rec, who, old, oldlen);
+        rv = pin_args(pin, len);
     if (rv != CKR_OK)
         return rv;
-    /* Reload: pin_check rewrote the record's counter. */
-    tok_attrs_free(&rec);
-    rv = tok_token_load(ctx, slot, &rec);
+    if (ks_readonly(ctx->st))
+        return CKR_TOKEN_WRITE_PROTECTED;
+    if (tok_pin_new(pin, len, &newk) != 0)
+        return CKR_GENERAL_ERROR;
+    f.newk = &newk;
+    rv = lock_attempts(ctx, slot, &fd);
+    if (rv == CKR_OK) {
+        rv = attempt(ctx, old, oldlen, &f);
+        ks_attempt_unlock(fd);
+    }
+    tok_pin_key_clear(&newk);
+    OPENSSL_cleanse(f.tk, sizeof(f.tk));
     if (rv == CKR_OK)
-        rv = set_pin_field(&rec, who == CKU_SO ? TOKR_SO_PIN : TOKR_USER_PIN,
-                           who == CKU_SO ? TOKR_SO_FAILS : TOKR_USER_FAILS, pin, len);
-    if (rv != CKR_OK)
-        return rv;
-    rc = ks_write(ctx->st, token_write_fn, &(token_write){(uint32_t)slot, &rec, false});
-    if (rc == KS_OK)
-        ks_log(KS_LOG_INFO, "token %lu: %s PIN changed", (unsigned long)slot, who == CKU_SO ? "SO" : "user");
-    return ks_to_ckr(rc);
+        ks_log(KS_LOG_INFO, "token %lu: %s PIN changed", (unsigned long)slot, role_name(f.role));
+    return rv;
 }
-

@@ -1,5 +1,6 @@
 /* p11mk token layer: tokens, token objects, key cache (PINs: tok_login.c). */
 #include "token/tok_internal.h"
+#include "token/tok_envelope.h"
 #include "token/tok_pin.h"
 #include "token/tok_policy.h"
 
@@ -29,6 +30,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     if (!ctx)
         return CKR_HOST_MEMORY;
     pthread_mutex_init(&ctx->cache_lock, NULL);
+    pthread_mutex_init(&ctx->tk_lock, NULL);
     rc = ks_config_load(&ctx->cfg, &err);
     if (rc != KS_OK) {
         ks_log_setup(deflog, KS_LOG_ERROR, "p11mk");
@@ -75,11 +77,13 @@ void tok_ctx_close(tok_ctx *ctx)
     if (!ctx)
         return;
     tok_cache_flush(ctx);
+    tok_tk_drop_all(ctx);
     if (ctx->st)
         ks_close(ctx->st);
     ks_mkey_clear(&ctx->mk);
     ks_config_free(&ctx->cfg);
     pthread_mutex_destroy(&ctx->cache_lock);
+    pthread_mutex_destroy(&ctx->tk_lock);
     free(ctx);
 }
 
@@ -328,8 +332,10 @@ CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc
             *changed = true;
         return CKR_FUNCTION_FAILED;
     }
-    if (rc == KS_OK)
+    if (rc == KS_OK) {
+        tok_logout(ctx, slot);
         ks_log(KS_LOG_INFO, "token %lu deleted with its objects", (unsigned long)slot);
+    }
     return ks_to_ckr(rc);
 }
 
@@ -355,12 +361,39 @@ static int index_all(ks_txn *txn, uint32_t tid, uint64_t oid, const tok_attrs *o
 }
 
 typedef struct {
+    tok_ctx *ctx;
     uint32_t tid;
     uint64_t oid;
     const tok_attrs *old, *obj;
     bool create, destroy;
     bool no_token; /* out: the token is gone (deleted by p11mk-admin delete-token) */
+    bool no_tk;    /* out: a private object, and this process holds no token key */
 } obj_write;
+
+/* The record of obj as stored: a private object's values go into its
+ * envelope under the token key this process got at login. */
+static int obj_blob(ks_txn *txn, obj_write *w, uint8_t **blob, size_t *len)
+{
+    tok_attrs sealed = TOK_ATTRS_INIT;
+    uint8_t tk[TOK_TK_LEN];
+    uint64_t inc = 0;
+    int rc;
+
+    if (!tok_obj_is_private(w->obj))
+        return tok_attrs_serialize(w->obj, blob, len) == 0 ? KS_OK : KS_ENOMEM;
+    if ((rc = ks_token_incarnation(txn, w->tid, &inc)) != KS_OK)
+        return rc;
+    if (!tok_tk_get(w->ctx, w->tid, inc, tk)) {
+        w->no_tk = true;
+        return KS_EPERM;
+    }
+    rc = tok_env_seal(tk, w->tid, w->oid, w->obj, &sealed) == 0 ? KS_OK : KS_ENOMEM;
+    OPENSSL_cleanse(tk, sizeof(tk));
+    if (rc == KS_OK)
+        rc = tok_attrs_serialize(&sealed, blob, len) == 0 ? KS_OK : KS_ENOMEM;
+    tok_attrs_free(&sealed);
+    return rc;
+}
 
 static int obj_write_fn(ks_txn *txn, void *arg)
 {
@@ -382,8 +415,8 @@ static int obj_write_fn(ks_txn *txn, void *arg)
         return rc;
     if (w->destroy)
         return ks_obj_del(txn, w->tid, w->oid);
-    if (tok_attrs_serialize(w->obj, &blob, &len) != 0)
-        return KS_ENOMEM;
+    if ((rc = obj_blob(txn, w, &blob, &len)) != KS_OK)
+        return rc;
     rc = w->create ? ks_obj_create(txn, w->tid, w->oid, blob, len) : ks_obj_put(txn, w->tid, w->oid, blob, len);
     ks_buf_free(blob, len);
     if (rc != KS_OK)
@@ -393,10 +426,14 @@ static int obj_write_fn(ks_txn *txn, void *arg)
 
 static CK_RV obj_commit(tok_ctx *ctx, obj_write *w)
 {
-    int rc = ks_write(ctx->st, obj_write_fn, w);
+    int rc;
 
+    w->ctx = ctx;
+    rc = ks_write(ctx->st, obj_write_fn, w);
     if (rc == KS_ENOTFOUND)
         return w->no_token ? CKR_TOKEN_NOT_PRESENT : CKR_OBJECT_HANDLE_INVALID;
+    if (rc == KS_EPERM && w->no_tk)
+        return CKR_USER_NOT_LOGGED_IN; /* the token key comes with the user's login */
     if (rc != KS_OK)
         ks_log(KS_LOG_ERROR, "token %u object %llu: write failed: %s", w->tid, (unsigned long long)w->oid,
                ks_strerror(rc));
@@ -435,10 +472,63 @@ CK_RV tok_obj_destroy(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid)
     return obj_commit(ctx, &(obj_write){.tid = (uint32_t)slot, .oid = oid, .old = &old, .destroy = true});
 }
 
-static CK_RV obj_read_txn(ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out)
+typedef enum {
+    READ_FULL, /* everything, a private object's envelope opened (needs the token key) */
+    READ_META, /* what can be shown without the PIN: a private object's envelope left out */
+} read_mode;
+
+/* A private object's envelope: opened with the token key this process holds;
+ * without it the object is not there for this caller. A private object
+ * outside an envelope on a token whose key this process holds was put there
+ * by someone holding only the master key: damage, not served. */
+static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs *a, read_mode mode,
+                      bool *sealed)
+{
+    bool env = tok_env_present(a);
+    uint8_t tk[TOK_TK_LEN];
+    uint64_t inc = 0;
+    bool have;
+    int rc;
+
+    if (sealed)
+        *sealed = env;
+    if (mode == READ_META)
+        return env && tok_env_strip(a, a) != 0 ? CKR_HOST_MEMORY : CKR_OK;
+    if (!env && !tok_obj_is_private(a))
+        return CKR_OK;
+    if ((rc = ks_token_incarnation(txn, (uint32_t)slot, &inc)) != KS_OK)
+        return ks_to_ckr(rc);
+    have = tok_tk_get(ctx, slot, inc, tk);
+    if (!env) {
+        if (!have)
+            return CKR_OK; /* a token made before PIN binding, read while it cannot be upgraded */
+        OPENSSL_cleanse(tk, sizeof(tk));
+        ks_log(KS_LOG_ERROR, "token %lu object %llu: a private object outside its envelope on a PIN-bound token "
+               "(written with the master key alone); not used. Delete it or restore a backup",
+               (unsigned long)slot, (unsigned long long)oid);
+        return CKR_DEVICE_ERROR;
+    }
+    if (!have)
+        return CKR_OBJECT_HANDLE_INVALID; /* private: not there until the user logs in */
+    rc = tok_env_open(tk, (uint32_t)slot, oid, a, a);
+    OPENSSL_cleanse(tk, sizeof(tk));
+    if (rc == -1)
+        return CKR_HOST_MEMORY;
+    if (rc != 0) {
+        ks_log(KS_LOG_ERROR, "token %lu object %llu: its envelope fails authentication under the token key: the "
+               "record was altered. Delete the object or restore a backup", (unsigned long)slot,
+               (unsigned long long)oid);
+        return CKR_DEVICE_ERROR;
+    }
+    return CKR_OK;
+}
+
+static CK_RV obj_read_txn(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, read_mode mode,
+                          bool *sealed)
 {
     uint8_t *blob = NULL;
     size_t len = 0;
+    CK_RV rv;
     int rc;
 
     if (slot == 0 || slot > UINT32_MAX || oid == 0)
@@ -459,7 +549,10 @@ static CK_RV obj_read_txn(ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs 
                (unsigned long long)oid);
         return CKR_DEVICE_ERROR;
     }
-    return CKR_OK;
+    rv = obj_open(ctx, txn, slot, oid, out, mode, sealed);
+    if (rv != CKR_OK)
+        tok_attrs_free(out);
+    return rv;
 }
 
 CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out)
@@ -469,7 +562,17 @@ CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out)
 
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    return obj_read_txn(txn, slot, oid, out);
+    return obj_read_txn(ctx, txn, slot, oid, out, READ_FULL, NULL);
+}
+
+CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed)
+{
+    AUTO_TXN txn = NULL;
+    int rc = ks_read_begin(ctx->st, &txn);
+
+    if (rc != KS_OK)
+        return ks_to_ckr(rc);
+    return obj_read_txn(ctx, txn, slot, oid, out, READ_META, sealed);
 }
 
 typedef struct {
@@ -584,6 +687,24 @@ static void cache_drop(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid)
     pthread_mutex_unlock(&ctx->cache_lock);
 }
 
+void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
+{
+    pthread_mutex_lock(&ctx->cache_lock);
+    for (unsigned b = 0; b < CACHE_BUCKETS; b++)
+        for (cache_ent **pp = &ctx->cache[b]; *pp;) {
+            cache_ent *e = *pp;
+
+            if (e->slot == slot && tok_obj_is_private(&e->attrs)) {
+                *pp = e->next;
+                cache_ent_free(e);
+                ctx->cache_n--;
+            } else {
+                pp = &e->next;
+            }
+        }
+    pthread_mutex_unlock(&ctx->cache_lock);
+}
+
 /* On a hit, hands out a key reference and an attribute copy. */
 static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, uint32_t epoch,
                       tok_key **key, tok_attrs *attrs)
@@ -656,7 +777,7 @@ CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, to
         return ks_to_ckr(rc);
     if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key, attrs))
         return CKR_OK;
-    rv = obj_read_txn(txn, slot, oid, attrs);
+    rv = obj_read_txn(ctx, txn, slot, oid, attrs, READ_FULL, NULL);
     if (rv != CKR_OK)
         return rv;
     rv = tok_key_from_attrs(attrs, key);
@@ -688,7 +809,7 @@ long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long
         ks_obj_foreach(txn, (uint32_t)slots[si], oid_push, &objs);
         for (size_t i = 0; i < objs.n; i++) {
             AUTO_ATTRS obj = TOK_ATTRS_INIT;
-            if (obj_read_txn(txn, slots[si], objs.v[i], &obj) != CKR_OK)
+            if (obj_read_txn(ctx, txn, slots[si], objs.v[i], &obj, READ_META, NULL) != CKR_OK)
                 continue; /* unreadable records are reported by the record check */
             checked++;
             for (size_t k = 0; k < sizeof(indexed) / sizeof(indexed[0]); k++) {

@@ -56,17 +56,33 @@ TOK_API CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK
 /* C_SetPIN for CKU_SO or CKU_USER: verifies old (counted), sets new. */
 TOK_API CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *old,
                           CK_ULONG oldlen, const uint8_t *pin, CK_ULONG len);
-/* C_Login PIN check with the persisted failure counter: CKR_OK,
- * CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_USER_PIN_NOT_INITIALIZED. */
+/* C_Login PIN check, counted first (tok_login.c says how): CKR_OK (this
+ * process now holds the token key: private objects can be read and made),
+ * CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_USER_PIN_NOT_INITIALIZED,
+ * CKR_ARGUMENTS_BAD (pin NULL) and CKR_PIN_LEN_RANGE (no try spent by
+ * either), CKR_SLOT_ID_INVALID, CKR_DEVICE_ERROR (a record was altered),
+ * CKR_DEVICE_MEMORY, CKR_FUNCTION_FAILED (another attempt held the token
+ * for 60 s). */
 TOK_API CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin,
                               CK_ULONG len);
+
+/* The application logged out of the token (C_Logout, its last session
+ * closed, the token re-initialized): the token key this process held for it
+ * and the cached keys of its private objects are cleansed. */
+TOK_API void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot);
 
 /* ---- token objects ------------------------------------------------------- */
 /* Object handles of token objects are their keystore object ids. */
 TOK_API CK_RV tok_obj_store(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *obj, uint64_t *oid);
-/* CKR_OBJECT_HANDLE_INVALID when absent; CKR_DEVICE_ERROR (and a log line
- * naming the object) when the record fails authentication. */
+/* CKR_OBJECT_HANDLE_INVALID when absent, and for a private object whose
+ * envelope this process cannot open (no login); CKR_DEVICE_ERROR (and a log
+ * line naming the object) when the record or its envelope fails
+ * authentication. */
 TOK_API CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out);
+/* What can be shown without the PIN (p11mk-admin list): a private object's
+ * class, key type, label, id, policy flags and sizes; *sealed tells that its
+ * values are in an envelope only a PIN opens. Errors as tok_obj_read. */
+TOK_API CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed);
 TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const tok_attrs *old,
                               const tok_attrs *updated);
 TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid);

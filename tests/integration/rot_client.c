@@ -4,6 +4,9 @@
  *   rot_client MODULE LABEL PIN run STOPFILE  sign/verify and create objects
  *                                             continuously until STOPFILE exists
  *   rot_client MODULE LABEL PIN check N       at least N objects, all readable
+ *                                             (ROT_CLIENT_WAIT_FOR=FILE: once logged
+ *                                             in, create FILE.ready and wait until
+ *                                             FILE exists)
  *   rot_client MODULE LABEL PIN follow FIFO   one round of work per line "go"
  *                                             read from FIFO, until "quit" or EOF
  *   rot_client MODULE LABEL PIN once TAG      create one object labeled TAG, then
@@ -330,6 +333,18 @@ int main(int argc, char **argv)
         die("C_OpenSession", rv);
     if ((rv = f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[3], strlen(argv[3]))) != CKR_OK)
         die("C_Login", rv);
+    /* ROT_CLIENT_WAIT_FOR=FILE: logged in, say so in FILE.ready, then wait
+     * (at most 60 s) until FILE exists. */
+    const char *wait_for = getenv("ROT_CLIENT_WAIT_FOR");
+    if (wait_for) {
+        char ready[4096];
+        snprintf(ready, sizeof(ready), "%s.ready", wait_for);
+        FILE *rf = fopen(ready, "w");
+        if (rf)
+            fclose(rf);
+    }
+    for (int i = 0; wait_for && access(wait_for, F_OK) != 0 && i < 6000; i++)
+        usleep(10000);
     const char *mode = argv[4];
 
     if (strcmp(mode, "fill") == 0) {

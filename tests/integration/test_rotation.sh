@@ -172,13 +172,20 @@ ok "concurrent rotation steps: --wait 0 refuses naming the holder; the default w
 
 # The staged key missing from the key file: operations that need it fail with
 # CKR_DEVICE_ERROR and one log line says why; everything else keeps working.
+# A login writes (the attempt is counted before the PIN is checked), so a new
+# login is refused too; a process logged in before keeps reading.
+rm -f "$T/go" "$T/go.ready"
+ROT_CLIENT_WAIT_FOR=$T/go "$CLIENT" "$MOD" rot $PIN check 200 > "$T/check.out" 2>&1 & cpid=$!
+for _ in $(seq 300); do [ -e "$T/go.ready" ] && break; sleep 0.1; done
+[ -e "$T/go.ready" ] || fail "the checking client did not log in"
 cp "$keyfile" "$T/pre-stage.key"
 expect_rc 0 "$ADMIN" stage
 cp "$T/pre-stage.key" "$keyfile"             # the key file lost NEW
 : > "$T/p11mk.log"
 expect_rc 1 p11 --token-label rot --login --pin $PIN --keygen --key-type AES:16 --label needs-new
 expect_out "CKR_DEVICE_ERROR"
-"$CLIENT" "$MOD" rot $PIN check 200 >/dev/null || fail "existing objects unreadable while NEW is missing"
+touch "$T/go"
+wait $cpid || { cat "$T/check.out"; fail "existing objects unreadable while NEW is missing"; }
 n=$(grep -c "staged master key of epoch .* is not in" "$T/p11mk.log" || true)
 [ "$n" -ge 1 ] || fail "no log line explains the missing key"
 expect_rc 4 "$ADMIN" rewrap
@@ -187,4 +194,4 @@ expect_rc 0 "$ADMIN" abort --quiet
 expect_rc 0 "$ADMIN" verify
 p11 --token-label rot --login --pin $PIN --keygen --key-type AES:16 --label after-abort >/dev/null \
     || fail "writes do not work again after the abort"
-ok "missing staged key: CKR_DEVICE_ERROR with one log line per process, reads go on, abort recovers"
+ok "missing staged key: CKR_DEVICE_ERROR with one log line per process (new logins too), reads go on, abort recovers"
