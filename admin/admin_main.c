@@ -160,7 +160,7 @@ static const struct {
      "rotation, records per epoch, tokens with object counts and PIN state."},
     {"list", "list [--token LABEL | --slot N] [--json]",
      "Tokens and their objects: class, key type, label, id, flags, epoch and the RFC 7512 pkcs11: URI that\n"
-     "other tools accept."},
+     "other tools accept. A private object's values need the PIN: its flags say values-need-pin."},
     {"delete-token", "delete-token --token LABEL | --slot N [--yes]",
      "Delete a token with all its objects and PINs, after showing what goes and asking y/N. Only a backup\n"
      "made before brings them back. The slot id is never given to another token, so an application still\n"
