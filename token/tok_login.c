@@ -248,7 +248,9 @@ static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN],
 static int bind_token(ks_txn *txn, uint32_t tid, tok_attrs *rec, unsigned role, const tok_pin_key *k, bool *have_tk,
                       uint8_t tk[TOK_TK_LEN])
 {
+    /* Only the length: setting attributes below may move the list. */
     const tok_attr *own = tok_attrs_find(rec, pin_field(role));
+    bool own_wraps = own && own->len == TOK_PIN_REC_LEN;
     int rc;
 
     if (!tok_attrs_find(rec, TOKR_TK_KCV)) {
@@ -286,7 +288,7 @@ static int bind_token(ks_txn *txn, uint32_t tid, tok_attrs *rec, unsigned role, 
                "altered; restore the keystore from a backup", tid);
         return KS_ECORRUPT;
     }
-    if (k && (!own || own->len != TOK_PIN_REC_LEN) && (rc = set_pin_rec(rec, role, k, tk, tid)) != KS_OK)
+    if (k && !own_wraps && (rc = set_pin_rec(rec, role, k, tk, tid)) != KS_OK)
         return rc;
     escrow_tidy(rec);
     return KS_OK;
