@@ -91,6 +91,12 @@ TOK_API bool tok_tk_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, uint8_t tk[
 TOK_API void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot);
 /* Drop every token key (tok_ctx_close). */
 TOK_API void tok_tk_drop_all(tok_ctx *ctx);
+/* A growing list of object ids; tok_oid_push is a ks_oid_cb appending to one. */
+typedef struct {
+    uint64_t *v;
+    size_t n, cap;
+} tok_oid_vec;
+TOK_API int tok_oid_push(uint64_t oid, void *arg);
 /* The id of the free slot (the next token's), 0 if it cannot be read. */
 TOK_API CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx);
 

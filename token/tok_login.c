@@ -183,33 +183,12 @@ static void escrow_tidy(tok_attrs *rec)
     tok_attrs_remove(rec, TOKR_TK_ESCROW);
 }
 
-typedef struct {
-    uint64_t *v;
-    size_t n, cap;
-} oids;
-
-static int oids_push(uint64_t oid, void *arg)
-{
-    oids *o = arg;
-
-    if (o->n == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 64;
-        uint64_t *v = realloc(o->v, cap * sizeof(*v));
-        if (!v)
-            return KS_ENOMEM;
-        o->v = v;
-        o->cap = cap;
-    }
-    o->v[o->n++] = oid;
-    return KS_OK;
-}
-
 /* Put every private object of the token that is outside an envelope into
  * one (the upgrade of a token made before PIN binding). */
 static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN], size_t *count)
 {
-    oids o = {NULL, 0, 0};
-    int rc = ks_obj_foreach(txn, tid, oids_push, &o);
+    tok_oid_vec o = {NULL, 0, 0};
+    int rc = ks_obj_foreach(txn, tid, tok_oid_push, &o);
 
     *count = 0;
     for (size_t i = 0; rc == KS_OK && i < o.n; i++) {

@@ -575,14 +575,9 @@ CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *
     return obj_read_txn(ctx, txn, slot, oid, out, READ_META, sealed);
 }
 
-typedef struct {
-    uint64_t *v;
-    size_t n, cap;
-} oid_vec;
-
-static int oid_push(uint64_t oid, void *arg)
+int tok_oid_push(uint64_t oid, void *arg)
 {
-    oid_vec *vec = arg;
+    tok_oid_vec *vec = arg;
 
     if (vec->n == vec->cap) {
         size_t cap = vec->cap ? vec->cap * 2 : 64;
@@ -601,7 +596,7 @@ CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBUTE *tmpl
                          size_t *count)
 {
     AUTO_TXN txn = NULL;
-    oid_vec vec = {0};
+    tok_oid_vec vec = {0};
     const CK_ATTRIBUTE *key = NULL;
     int rc;
 
@@ -614,8 +609,8 @@ CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBUTE *tmpl
     rc = ks_read_begin(ctx->st, &txn);
     if (rc == KS_OK)
         rc = key ? ks_idx_lookup(txn, (uint32_t)slot, (uint32_t)key->type, key->pValue, key->ulValueLen,
-                                 oid_push, &vec)
-                 : ks_obj_foreach(txn, (uint32_t)slot, oid_push, &vec);
+                                 tok_oid_push, &vec)
+                 : ks_obj_foreach(txn, (uint32_t)slot, tok_oid_push, &vec);
     if (rc == KS_ENOTFOUND)
         rc = KS_OK;
     if (rc != KS_OK) {
@@ -800,13 +795,13 @@ long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long
     if (tok_slot_list(ctx, &slots, &ns) != CKR_OK)
         return -1;
     for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
-        oid_vec objs = {NULL, 0, 0};
+        tok_oid_vec objs = {NULL, 0, 0};
         ks_txn *txn;
         if (ks_read_begin(ctx->st, &txn) != KS_OK) {
             checked = -1;
             break;
         }
-        ks_obj_foreach(txn, (uint32_t)slots[si], oid_push, &objs);
+        ks_obj_foreach(txn, (uint32_t)slots[si], tok_oid_push, &objs);
         for (size_t i = 0; i < objs.n; i++) {
             AUTO_ATTRS obj = TOK_ATTRS_INIT;
             if (obj_read_txn(ctx, txn, slots[si], objs.v[i], &obj, READ_META, NULL) != CKR_OK)

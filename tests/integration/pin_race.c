@@ -53,6 +53,8 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "client_util.h"
+
 #define MAX_N 1024
 #define NO_ANSWER ((CK_RV)-1) /* a process that died before it answered */
 
@@ -153,28 +155,7 @@ static CK_RV initialize(void)
     return f->C_Initialize(&args);
 }
 
-/* The slot of the token with this label; 0 (with a message) if none. */
-static CK_SLOT_ID find_slot(const char *label)
-{
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_UTF8CHAR want[32];
-    CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &n);
-
-    if (rv != CKR_OK) {
-        fprintf(stderr, "pin_race: C_GetSlotList failed: 0x%lx\n", (unsigned long)rv);
-        return 0;
-    }
-    memset(want, ' ', sizeof(want));
-    memcpy(want, label, strlen(label) < 32 ? strlen(label) : 32);
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0)
-            return slots[i];
-    }
-    fprintf(stderr, "pin_race: no token labeled %s\n", label);
-    return 0;
-}
+#define find_slot(label) client_find_slot(f, "pin_race", (label))
 
 /* C_Initialize and a read-write session on the token; false (with a
  * message) on failure. */
@@ -251,6 +232,21 @@ struct answer {
     uint32_t pad;
     uint64_t rv;
 };
+
+/* One whole answer from the pipe; false at its end (or on an error). */
+static bool read_answer(int fd, struct answer *a)
+{
+    size_t have = 0;
+    while (have < sizeof(*a)) {
+        ssize_t r = read(fd, (char *)a + have, sizeof(*a) - have);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        have += (size_t)r;
+    }
+    return true;
+}
 
 static void write_all(int fd, const void *buf, size_t n)
 {
@@ -332,16 +328,7 @@ static int mode_procs(const char *label, unsigned long n, CK_USER_TYPE who, cons
         t.rv[i] = NO_ANSWER;
     for (;;) {
         struct answer a;
-        size_t have = 0;
-        while (have < sizeof(a)) {
-            ssize_t r = read(answers[0], (char *)&a + have, sizeof(a) - have);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                break;
-            have += (size_t)r;
-        }
-        if (have < sizeof(a))
+        if (!read_answer(answers[0], &a))
             break;
         if (a.idx < n)
             t.rv[a.idx] = (CK_RV)a.rv;
@@ -499,18 +486,7 @@ static int mode_killwatch(const char *label, CK_USER_TYPE who, const char *pin, 
         ;
     /* The child is gone: the answer is in the pipe, or never will be. */
     struct answer a;
-    size_t have = 0;
-    for (;;) {
-        ssize_t r = read(answers[0], (char *)&a + have, sizeof(a) - have);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        have += (size_t)r;
-        if (have == sizeof(a))
-            break;
-    }
-    if (have == sizeof(a)) {
+    if (read_answer(answers[0], &a)) {
         answered = true;
         rv = (CK_RV)a.rv;
     }

@@ -29,6 +29,8 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "client_util.h"
+
 static CK_FUNCTION_LIST *f;
 
 static double now(void)
@@ -46,21 +48,10 @@ static void die(const char *what, CK_RV rv)
 
 static CK_SLOT_ID find_slot(const char *label)
 {
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_UTF8CHAR want[32];
-    CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &n);
-    if (rv != CKR_OK)
-        die("C_GetSlotList", rv);
-    memset(want, ' ', sizeof(want));
-    memcpy(want, label, strlen(label) < 32 ? strlen(label) : 32);
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0)
-            return slots[i];
-    }
-    fprintf(stderr, "rot_client: no token labeled %s\n", label);
-    exit(2);
+    CK_SLOT_ID slot = client_find_slot(f, "rot_client", label);
+    if (!slot)
+        exit(2);
+    return slot;
 }
 
 static CK_RV make_object(CK_SESSION_HANDLE s, unsigned long i)
