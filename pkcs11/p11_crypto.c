@@ -349,7 +349,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_
         rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, ktype, pMechanism->mechanism, pTemplate, ulCount,
                               &key);
     if (rv == CKR_OK) /* refuse before the (possibly slow) generation */
-        rv = p11_write_allowed(s, tok_obj_is_token(&key), tok_obj_is_private(&key));
+        rv = p11_write_allowed(s, &key);
     if (rv == CKR_OK)
         rv = tok_mech_generate_key(pMechanism, &key);
     if (rv == CKR_OK)
@@ -387,9 +387,9 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, ktype, m, pPrivateKeyTemplate,
                               ulPrivateKeyAttributeCount, &priv);
     if (rv == CKR_OK)
-        rv = p11_write_allowed(s, tok_obj_is_token(&pub), tok_obj_is_private(&pub));
+        rv = p11_write_allowed(s, &pub);
     if (rv == CKR_OK)
-        rv = p11_write_allowed(s, tok_obj_is_token(&priv), tok_obj_is_private(&priv));
+        rv = p11_write_allowed(s, &priv);
     if (rv == CKR_OK)
         rv = tok_mech_generate_keypair(pMechanism, &pub, &priv);
     if (rv == CKR_OK)
@@ -413,25 +413,6 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 
 /* ---- wrapping and derivation -------------------------------------------------- */
 
-/* Build the object an unwrap or derive makes: the caller's template joined
- * with the key's template attribute tt (CKA_UNWRAP_TEMPLATE,
- * CKA_DERIVE_TEMPLATE); a conflict between them is CKR_TEMPLATE_INCONSISTENT. */
-static CK_RV build_under(const tok_attrs *key, CK_ATTRIBUTE_TYPE tt, tok_build_mode mode, CK_OBJECT_CLASS cls,
-                         CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj)
-{
-    P11_AUTO_ATTRS kt = TOK_ATTRS_INIT;
-    CK_ATTRIBUTE *merged = NULL;
-    CK_ULONG nm = 0;
-    CK_RV rv = tok_template_get(key, tt, &kt);
-
-    if (rv == CKR_OK)
-        rv = tok_template_merge(tmpl, n, &kt, &merged, &nm);
-    if (rv == CKR_OK)
-        rv = tok_policy_build(mode, cls, TOK_KTYPE_FROM_TEMPLATE, mech, merged, nm, obj);
-    free(merged);
-    return rv;
-}
-
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
                 CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
 {
@@ -450,21 +431,12 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJE
         rv = CKR_MECHANISM_INVALID;
     if (rv == CKR_OK && (rv = p11_object_key(s, hWrappingKey, &wk, &wattrs)) == CKR_KEY_HANDLE_INVALID)
         rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK && !tok_attrs_get_bool(&wattrs, CKA_WRAP, false))
-        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (rv == CKR_OK) /* the wrapping key first, before the target's handle is looked at */
+        rv = tok_wrap_permitted(&wattrs, NULL);
     if (rv == CKR_OK && (rv = p11_object_attrs(s, hKey, &target)) == CKR_OBJECT_HANDLE_INVALID)
         rv = CKR_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK && !tok_attrs_get_bool(&target, CKA_EXTRACTABLE, false))
-        rv = CKR_KEY_UNEXTRACTABLE;
-    if (rv == CKR_OK && tok_attrs_get_bool(&target, CKA_WRAP_WITH_TRUSTED, false) &&
-        !tok_attrs_get_bool(&wattrs, CKA_TRUSTED, false))
-        rv = CKR_KEY_NOT_WRAPPABLE;
-    if (rv == CKR_OK) { /* the wrapping key's CKA_WRAP_TEMPLATE: what it may wrap */
-        P11_AUTO_ATTRS wt = TOK_ATTRS_INIT;
-        rv = tok_template_get(&wattrs, CKA_WRAP_TEMPLATE, &wt);
-        if (rv == CKR_OK && !tok_template_matches(&target, &wt))
-            rv = CKR_KEY_NOT_WRAPPABLE;
-    }
+    if (rv == CKR_OK)
+        rv = tok_wrap_permitted(&wattrs, &target);
     if (rv == CKR_OK)
         rv = tok_wrap(pMechanism, wk, &target, pWrappedKey, pulWrappedKeyLen);
     tok_key_unref(wk);
@@ -491,13 +463,10 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
         rv = CKR_MECHANISM_INVALID;
     if (rv == CKR_OK && (rv = p11_object_key(s, hUnwrappingKey, &uk, &uattrs)) == CKR_KEY_HANDLE_INVALID)
         rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK && !tok_attrs_get_bool(&uattrs, CKA_UNWRAP, false))
-        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
     if (rv == CKR_OK)
-        rv = build_under(&uattrs, CKA_UNWRAP_TEMPLATE, TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE, CK_UNAVAILABLE_INFORMATION,
-                         pTemplate, ulAttributeCount, &obj);
+        rv = tok_unwrap_template(&uattrs, pTemplate, ulAttributeCount, &obj);
     if (rv == CKR_OK)
-        rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
+        rv = p11_write_allowed(s, &obj);
     if (rv == CKR_OK)
         rv = tok_unwrap(pMechanism, uk, pWrappedKey, ulWrappedKeyLen, &obj);
     if (rv == CKR_OK)
@@ -526,13 +495,10 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
         rv = CKR_MECHANISM_INVALID;
     if (rv == CKR_OK)
         rv = p11_object_key(s, hBaseKey, &bk, &battrs);
-    if (rv == CKR_OK && !tok_attrs_get_bool(&battrs, CKA_DERIVE, false))
-        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
     if (rv == CKR_OK)
-        rv = build_under(&battrs, CKA_DERIVE_TEMPLATE, TOK_BUILD_DERIVE, CKO_SECRET_KEY, pMechanism->mechanism,
-                         pTemplate, ulAttributeCount, &obj);
+        rv = tok_derive_template(&battrs, pMechanism->mechanism, pTemplate, ulAttributeCount, &obj);
     if (rv == CKR_OK)
-        rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
+        rv = p11_write_allowed(s, &obj);
     if (rv == CKR_OK)
         rv = tok_derive(pMechanism, bk, &obj);
     if (rv == CKR_OK)

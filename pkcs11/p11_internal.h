@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include "pkcs11/p11_v3.h"
+#include "token/tok_access.h"
 #include "token/tok_attr.h"
 #include "token/tok_mech.h"
 #include "token/tok_policy.h"
@@ -74,8 +75,10 @@ P11_API CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **s);
 P11_API void p11_session_put(p11_session *s);
 P11_API CK_STATE p11_session_state(const p11_session *s);
 /* The login state of a slot: (CK_USER_TYPE)-1 when nobody is logged in. */
-#define P11_NOBODY ((CK_USER_TYPE)-1)
+#define P11_NOBODY TOK_NOBODY
 P11_API CK_USER_TYPE p11_login_state(CK_SLOT_ID slot);
+/* The session as the token layer's access rules see it. */
+P11_API tok_access p11_access(const p11_session *s);
 P11_API void p11_sessions_init(void);
 P11_API void p11_sessions_free(bool orphaned);
 P11_API CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only);
@@ -94,8 +97,8 @@ P11_API void p11_sobjs_drop_session(CK_SESSION_HANDLE h);
 P11_API void p11_sobjs_drop_slot(CK_SLOT_ID slot);
 P11_API void p11_sobjs_free_all(void);
 P11_API void p11_find_end(p11_find *f);
-/* May this session create/modify an object with these token/private flags? */
-P11_API CK_RV p11_write_allowed(p11_session *s, bool token, bool priv);
+/* May this session create, change or destroy obj (tok_access_write)? */
+P11_API CK_RV p11_write_allowed(p11_session *s, const tok_attrs *obj);
 
 static inline void p11_attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
 #define P11_AUTO_ATTRS __attribute__((cleanup(p11_attrs_cleanup))) tok_attrs

@@ -62,29 +62,23 @@ static p11_sobj *sobj_locked(CK_SLOT_ID slot, CK_OBJECT_HANDLE h)
     return NULL;
 }
 
-static bool visible(const p11_session *s, const tok_attrs *a)
-{
-    return !tok_obj_is_private(a) || p11_login_state(s->slot) == CKU_USER;
-}
-
 CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out)
 {
     CK_RV rv = CKR_OBJECT_HANDLE_INVALID;
+    tok_access ac = p11_access(s);
 
     if (h == CK_INVALID_HANDLE)
         return CKR_OBJECT_HANDLE_INVALID;
-    if (h & P11_SOBJ_BIT) {
-        p11_sobj *o;
+    if (!(h & P11_SOBJ_BIT))
+        return tok_obj_read(p11_tok(), &ac, h, out);
+    p11_sobj *o;
 
-        p11_lock();
-        o = sobj_locked(s->slot, h);
-        if (o)
-            rv = tok_attrs_copy(out, &o->attrs) == 0 ? CKR_OK : CKR_HOST_MEMORY;
-        p11_unlock();
-    } else {
-        rv = tok_obj_read(p11_tok(), s->slot, h, out);
-    }
-    if (rv == CKR_OK && !visible(s, out)) {
+    p11_lock();
+    o = sobj_locked(s->slot, h);
+    if (o)
+        rv = tok_attrs_copy(out, &o->attrs) == 0 ? CKR_OK : CKR_HOST_MEMORY;
+    p11_unlock();
+    if (rv == CKR_OK && !tok_access_sees(&ac, out)) {
         tok_attrs_free(out);
         rv = CKR_OBJECT_HANDLE_INVALID;
     }
@@ -129,41 +123,34 @@ CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attr
     if (h & P11_SOBJ_BIT) {
         rv = sobj_key(s, h, key, attrs);
     } else {
-        rv = tok_obj_key(p11_tok(), s->slot, h, key, attrs);
-        if (rv == CKR_OK && !visible(s, attrs)) {
-            tok_key_unref(*key);
-            tok_attrs_free(attrs);
-            rv = CKR_OBJECT_HANDLE_INVALID;
-        }
+        tok_access ac = p11_access(s);
+        rv = tok_obj_key(p11_tok(), &ac, h, key, attrs);
     }
     return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
 }
 
-CK_RV p11_write_allowed(p11_session *s, bool token, bool priv)
+CK_RV p11_write_allowed(p11_session *s, const tok_attrs *obj)
 {
-    if (token && !(s->flags & CKF_RW_SESSION))
-        return CKR_SESSION_READ_ONLY;
-    if (priv && p11_login_state(s->slot) != CKU_USER)
-        return CKR_USER_NOT_LOGGED_IN;
-    return CKR_OK;
+    tok_access ac = p11_access(s);
+    return tok_access_write(&ac, obj);
 }
 
 CK_RV p11_object_add(p11_session *s, tok_attrs *obj, CK_OBJECT_HANDLE *h)
 {
-    bool token = tok_obj_is_token(obj);
-    CK_RV rv = p11_write_allowed(s, token, tok_obj_is_private(obj));
+    tok_access ac = p11_access(s);
+    CK_RV rv;
     p11_sobj *o;
 
-    if (rv != CKR_OK)
-        return rv;
-    if (token) {
+    if (tok_obj_is_token(obj)) {
         uint64_t oid = 0;
 
-        rv = tok_obj_store(p11_tok(), s->slot, obj, &oid);
+        rv = tok_obj_store(p11_tok(), &ac, obj, &oid);
         if (rv == CKR_OK)
             *h = (CK_OBJECT_HANDLE)oid;
         return rv;
     }
+    if ((rv = tok_access_write(&ac, obj)) != CKR_OK)
+        return rv;
     o = calloc(1, sizeof(*o));
     if (!o)
         return CKR_HOST_MEMORY;
@@ -249,7 +236,7 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
         return rv;
     rv = p11_object_attrs(s, hObject, &obj);
     if (rv == CKR_OK)
-        rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
+        rv = p11_write_allowed(s, &obj);
     if (rv == CKR_OK && !tok_attrs_get_bool(&obj, CKA_DESTROYABLE, true))
         rv = CKR_ACTION_PROHIBITED;
     if (rv == CKR_OK) {
@@ -266,7 +253,8 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
             }
             p11_unlock();
         } else {
-            rv = tok_obj_destroy(p11_tok(), s->slot, hObject);
+            tok_access ac = p11_access(s);
+            rv = tok_obj_destroy(p11_tok(), &ac, hObject);
         }
     }
     p11_session_put(s);
@@ -334,7 +322,7 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
     if (rv == CKR_OK)
         rv = p11_object_attrs(s, hObject, &obj);
     if (rv == CKR_OK)
-        rv = p11_write_allowed(s, tok_obj_is_token(&obj), tok_obj_is_private(&obj));
+        rv = p11_write_allowed(s, &obj);
     if (rv == CKR_OK)
         rv = tok_policy_set(&obj, pTemplate, ulCount, &updated);
     if (rv == CKR_OK) {
@@ -354,7 +342,8 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
             }
             p11_unlock();
         } else {
-            rv = tok_obj_replace(p11_tok(), s->slot, hObject, &obj, &updated);
+            tok_access ac = p11_access(s);
+            rv = tok_obj_replace(p11_tok(), &ac, hObject, &obj, &updated);
         }
     }
     p11_session_put(s);
@@ -396,7 +385,7 @@ static CK_RV tmpl_dup(const CK_ATTRIBUTE *src, CK_ULONG n, p11_find *f)
 
 static CK_RV find_sobjs(p11_session *s, p11_find *f)
 {
-    bool user = p11_login_state(s->slot) == CKU_USER;
+    tok_access ac = p11_access(s);
 
     p11_lock();
     f->sobjs = calloc(so.n ? so.n : 1, sizeof(*f->sobjs));
@@ -407,7 +396,7 @@ static CK_RV find_sobjs(p11_session *s, p11_find *f)
     for (size_t i = 0; i < so.n; i++) {
         const p11_sobj *o = so.v[i];
 
-        if (o->slot == s->slot && (user || !tok_obj_is_private(&o->attrs)) &&
+        if (o->slot == s->slot && tok_access_sees(&ac, &o->attrs) &&
             tok_attrs_match(&o->attrs, f->tmpl, f->n))
             f->sobjs[f->nsobjs++] = o->h;
     }

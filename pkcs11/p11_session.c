@@ -126,13 +126,25 @@ static p11_login *login_current_locked(CK_SLOT_ID slot, bool have, uint64_t inc)
     return l;
 }
 
+tok_access p11_access(const p11_session *s)
+{
+    return (tok_access){s->slot, (s->flags & CKF_RW_SESSION) != 0, p11_login_state(s->slot)};
+}
+
 CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
 {
     CK_USER_TYPE who;
     uint64_t inc = 0;
-    bool have = read_incarnation(slot, &inc);
+    bool have;
     p11_login *l;
 
+    /* Nobody logged in here: nothing to compare with the token's incarnation. */
+    p11_lock();
+    l = login_locked(slot);
+    p11_unlock();
+    if (!l)
+        return P11_NOBODY;
+    have = read_incarnation(slot, &inc);
     p11_lock();
     l = login_current_locked(slot, have, inc);
     who = l ? l->who : P11_NOBODY;

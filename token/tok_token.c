@@ -1,5 +1,6 @@
 /* p11mk token layer: tokens, token objects, key cache (PINs: tok_login.c). */
 #include "token/tok_internal.h"
+#include "token/tok_access.h"
 #include "token/tok_envelope.h"
 #include "token/tok_pin.h"
 #include "token/tok_policy.h"
@@ -443,10 +444,14 @@ static CK_RV obj_commit(tok_ctx *ctx, obj_write *w)
     return ks_to_ckr(rc);
 }
 
-CK_RV tok_obj_store(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *obj, uint64_t *oid)
+CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *oid)
 {
-    obj_write w = {.tid = (uint32_t)slot, .obj = obj, .create = true};
-    CK_RV rv = obj_commit(ctx, &w);
+    obj_write w = {.tid = (uint32_t)ac->slot, .obj = obj, .create = true};
+    CK_RV rv = tok_access_write(ac, obj);
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = obj_commit(ctx, &w);
 
     if (rv == CKR_OK)
         *oid = w.oid;
@@ -455,21 +460,29 @@ CK_RV tok_obj_store(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *obj, uint64_
 
 static void cache_drop(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid);
 
-CK_RV tok_obj_replace(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const tok_attrs *old, const tok_attrs *updated)
+CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const tok_attrs *old, const tok_attrs *updated)
 {
-    cache_drop(ctx, slot, oid);
-    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)slot, .oid = oid, .old = old, .obj = updated});
-}
+    CK_RV rv = tok_access_write(ac, old);
 
-CK_RV tok_obj_destroy(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid)
-{
-    AUTO_ATTRS old = TOK_ATTRS_INIT;
-    CK_RV rv = tok_obj_read(ctx, slot, oid, &old);
-
+    if (rv == CKR_OK)
+        rv = tok_access_write(ac, updated);
     if (rv != CKR_OK)
         return rv;
-    cache_drop(ctx, slot, oid);
-    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)slot, .oid = oid, .old = &old, .destroy = true});
+    cache_drop(ctx, ac->slot, oid);
+    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)ac->slot, .oid = oid, .old = old, .obj = updated});
+}
+
+CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t oid)
+{
+    AUTO_ATTRS old = TOK_ATTRS_INIT;
+    CK_RV rv = tok_obj_read(ctx, ac, oid, &old);
+
+    if (rv == CKR_OK)
+        rv = tok_access_write(ac, &old);
+    if (rv != CKR_OK)
+        return rv;
+    cache_drop(ctx, ac->slot, oid);
+    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)ac->slot, .oid = oid, .old = &old, .destroy = true});
 }
 
 typedef enum {
@@ -523,8 +536,10 @@ static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, 
     return CKR_OK;
 }
 
-static CK_RV obj_read_txn(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, read_mode mode,
-                          bool *sealed)
+/* ac: the caller, whose access to a private object is decided before its
+ * envelope is opened (NULL: the token layer's own reads). */
+static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid,
+                          tok_attrs *out, read_mode mode, bool *sealed)
 {
     uint8_t *blob = NULL;
     size_t len = 0;
@@ -549,20 +564,20 @@ static CK_RV obj_read_txn(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t o
                (unsigned long long)oid);
         return CKR_DEVICE_ERROR;
     }
-    rv = obj_open(ctx, txn, slot, oid, out, mode, sealed);
+    rv = ac && !tok_access_sees(ac, out) ? CKR_OBJECT_HANDLE_INVALID : obj_open(ctx, txn, slot, oid, out, mode, sealed);
     if (rv != CKR_OK)
         tok_attrs_free(out);
     return rv;
 }
 
-CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out)
+CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out)
 {
     AUTO_TXN txn = NULL;
     int rc = ks_read_begin(ctx->st, &txn);
 
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    return obj_read_txn(ctx, txn, slot, oid, out, READ_FULL, NULL);
+    return obj_read_txn(ctx, ac, txn, ac->slot, oid, out, READ_FULL, NULL);
 }
 
 CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed)
@@ -572,7 +587,7 @@ CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *
 
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    return obj_read_txn(ctx, txn, slot, oid, out, READ_META, sealed);
+    return obj_read_txn(ctx, NULL, txn, slot, oid, out, READ_META, sealed);
 }
 
 int tok_oid_push(uint64_t oid, void *arg)
@@ -754,8 +769,9 @@ static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     pthread_mutex_unlock(&ctx->cache_lock);
 }
 
-CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, tok_attrs *attrs)
+CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_attrs *attrs)
 {
+    CK_SLOT_ID slot = ac->slot;
     AUTO_TXN txn = NULL;
     ks_stamp st;
     CK_RV rv;
@@ -770,9 +786,14 @@ CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, to
         return CKR_OBJECT_HANDLE_INVALID;
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key, attrs))
-        return CKR_OK;
-    rv = obj_read_txn(ctx, txn, slot, oid, attrs, READ_FULL, NULL);
+    if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key, attrs)) {
+        if (tok_access_sees(ac, attrs))
+            return CKR_OK;
+        tok_key_unref(*key);
+        tok_attrs_free(attrs);
+        return CKR_OBJECT_HANDLE_INVALID;
+    }
+    rv = obj_read_txn(ctx, ac, txn, slot, oid, attrs, READ_FULL, NULL);
     if (rv != CKR_OK)
         return rv;
     rv = tok_key_from_attrs(attrs, key);
@@ -804,7 +825,7 @@ long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long
         ks_obj_foreach(txn, (uint32_t)slots[si], tok_oid_push, &objs);
         for (size_t i = 0; i < objs.n; i++) {
             AUTO_ATTRS obj = TOK_ATTRS_INIT;
-            if (obj_read_txn(ctx, txn, slots[si], objs.v[i], &obj, READ_META, NULL) != CKR_OK)
+            if (obj_read_txn(ctx, NULL, txn, slots[si], objs.v[i], &obj, READ_META, NULL) != CKR_OK)
                 continue; /* unreadable records are reported by the record check */
             checked++;
             for (size_t k = 0; k < sizeof(indexed) / sizeof(indexed[0]); k++) {

@@ -5,6 +5,7 @@
 #define P11MK_TOK_TOKEN_H
 
 #include "keystore/ks.h"
+#include "token/tok_access.h"
 #include "token/tok_attr.h"
 #include "token/tok_mech.h"
 
@@ -73,23 +74,27 @@ TOK_API void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot);
 
 /* ---- token objects ------------------------------------------------------- */
 /* Object handles of token objects are their keystore object ids. */
-TOK_API CK_RV tok_obj_store(tok_ctx *ctx, CK_SLOT_ID slot, const tok_attrs *obj, uint64_t *oid);
+/* Objects of the token ac->slot, for the caller ac describes: a private
+ * object exists only for a logged-in user (CKR_OBJECT_HANDLE_INVALID
+ * otherwise, decided before its envelope is opened), and writes follow
+ * tok_access_write (CKR_SESSION_READ_ONLY, CKR_USER_NOT_LOGGED_IN). */
+TOK_API CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *oid);
 /* CKR_OBJECT_HANDLE_INVALID when absent, and for a private object whose
  * envelope this process cannot open (no login); CKR_DEVICE_ERROR (and a log
  * line naming the object) when the record or its envelope fails
  * authentication. */
-TOK_API CK_RV tok_obj_read(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out);
+TOK_API CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out);
 /* What can be shown without the PIN (p11mk-admin list): a private object's
  * class, key type, label, id, policy flags and sizes; *sealed tells that its
  * values are in an envelope only a PIN opens. Errors as tok_obj_read. */
 TOK_API CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed);
-TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const tok_attrs *old,
+TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const tok_attrs *old,
                               const tok_attrs *updated);
-TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid);
+TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t oid);
 /* A key object's parsed key and attributes, from the key cache when the
  * stored record has not changed since it was cached (stamp compare, no
  * unsealing), else unsealed and parsed. *attrs is a copy (caller frees). */
-TOK_API CK_RV tok_obj_key(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_key **key, tok_attrs *attrs);
+TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_attrs *attrs);
 
 /* Candidate object ids for a find template: from an index when the template
  * has CKA_ID, CKA_LABEL or CKA_CLASS (the most selective first), otherwise

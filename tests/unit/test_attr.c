@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "token/tok_access.h"
 #include "token/tok_attr.h"
 #include "token/tok_envelope.h"
 #include "token/tok_pin.h"
@@ -491,10 +492,96 @@ static void test_set_and_copy(void **state)
     tok_attrs_free(&m);
 }
 
+/* ---- access rules (tok_access.c) -------------------------------------------- */
+
+static void set_template(tok_attrs *key, CK_ATTRIBUTE_TYPE tt, const tok_attrs *t)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    assert_int_equal(tok_attrs_serialize(t, &blob, &len), 0);
+    assert_int_equal(tok_attrs_set(key, tt, blob, (CK_ULONG)len), 0);
+    free(blob);
+}
+
+static void test_access(void **state)
+{
+    (void)state;
+    tok_attrs pub = TOK_ATTRS_INIT, priv = TOK_ATTRS_INIT, sess = TOK_ATTRS_INIT;
+    assert_int_equal(tok_attrs_set_bool(&pub, CKA_TOKEN, true), 0);
+    assert_int_equal(tok_attrs_set_bool(&priv, CKA_TOKEN, true), 0);
+    assert_int_equal(tok_attrs_set_bool(&priv, CKA_PRIVATE, true), 0);
+    assert_int_equal(tok_attrs_set_bool(&sess, CKA_PRIVATE, false), 0);
+    const tok_access user_rw = {1, true, CKU_USER}, user_ro = {1, false, CKU_USER}, so = {1, true, CKU_SO},
+                     nobody = {1, true, TOK_NOBODY};
+    assert_true(tok_access_sees(&nobody, &pub));
+    assert_false(tok_access_sees(&nobody, &priv));
+    assert_false(tok_access_sees(&so, &priv)); /* the SO never sees private objects */
+    assert_true(tok_access_sees(&user_ro, &priv));
+    assert_int_equal(tok_access_write(&user_rw, &priv), CKR_OK);
+    assert_int_equal(tok_access_write(&user_ro, &pub), CKR_SESSION_READ_ONLY);
+    assert_int_equal(tok_access_write(&user_ro, &sess), CKR_OK); /* session objects from read-only sessions */
+    assert_int_equal(tok_access_write(&so, &priv), CKR_USER_NOT_LOGGED_IN);
+    assert_int_equal(tok_access_write(&nobody, &priv), CKR_USER_NOT_LOGGED_IN);
+    assert_int_equal(tok_access_write(&nobody, &pub), CKR_OK);
+    tok_attrs_free(&pub);
+    tok_attrs_free(&priv);
+    tok_attrs_free(&sess);
+}
+
+static void test_wrap_rules(void **state)
+{
+    (void)state;
+    tok_attrs w = TOK_ATTRS_INIT, t = TOK_ATTRS_INIT, tmpl = TOK_ATTRS_INIT, obj = TOK_ATTRS_INIT;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    assert_int_equal(tok_attrs_set_ulong(&t, CKA_CLASS, CKO_SECRET_KEY), 0);
+    assert_int_equal(tok_wrap_permitted(&w, NULL), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    assert_int_equal(tok_attrs_set_bool(&w, CKA_WRAP, true), 0);
+    assert_int_equal(tok_wrap_permitted(&w, NULL), CKR_OK);
+    assert_int_equal(tok_wrap_permitted(&w, &t), CKR_KEY_UNEXTRACTABLE);
+    assert_int_equal(tok_attrs_set_bool(&t, CKA_EXTRACTABLE, true), 0);
+    assert_int_equal(tok_wrap_permitted(&w, &t), CKR_OK);
+    assert_int_equal(tok_attrs_set_bool(&t, CKA_WRAP_WITH_TRUSTED, true), 0);
+    assert_int_equal(tok_wrap_permitted(&w, &t), CKR_KEY_NOT_WRAPPABLE);
+    assert_int_equal(tok_attrs_set_bool(&w, CKA_TRUSTED, true), 0);
+    assert_int_equal(tok_wrap_permitted(&w, &t), CKR_OK);
+    /* CKA_WRAP_TEMPLATE: only keys matching it. */
+    assert_int_equal(tok_attrs_set_ulong(&tmpl, CKA_CLASS, CKO_PRIVATE_KEY), 0);
+    set_template(&w, CKA_WRAP_TEMPLATE, &tmpl);
+    assert_int_equal(tok_wrap_permitted(&w, &t), CKR_KEY_NOT_WRAPPABLE);
+    assert_int_equal(tok_attrs_set_ulong(&tmpl, CKA_CLASS, CKO_SECRET_KEY), 0);
+    set_template(&w, CKA_WRAP_TEMPLATE, &tmpl);
+    assert_int_equal(tok_wrap_permitted(&w, &t), CKR_OK);
+
+    /* Unwrap and derive: the key's permission, then its template joined with the caller's. */
+    CK_BBOOL off = CK_FALSE;
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_SENSITIVE, &off, 1}};
+    tok_attrs u = TOK_ATTRS_INIT;
+    assert_int_equal(tok_unwrap_template(&u, ut, 2, &obj), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    assert_int_equal(tok_derive_template(&u, CKM_ECDH1_DERIVE, ut, 2, &obj), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    assert_int_equal(tok_attrs_set_bool(&u, CKA_UNWRAP, true), 0);
+    assert_int_equal(tok_attrs_set_bool(&u, CKA_DERIVE, true), 0);
+    assert_int_equal(tok_unwrap_template(&u, ut, 2, &obj), CKR_OK);
+    tok_attrs_free(&tmpl);
+    assert_int_equal(tok_attrs_set_bool(&tmpl, CKA_SENSITIVE, true), 0);
+    set_template(&u, CKA_UNWRAP_TEMPLATE, &tmpl);
+    set_template(&u, CKA_DERIVE_TEMPLATE, &tmpl);
+    assert_int_equal(tok_unwrap_template(&u, ut, 3, &obj), CKR_TEMPLATE_INCONSISTENT);
+    assert_int_equal(tok_derive_template(&u, CKM_ECDH1_DERIVE, ut, 3, &obj), CKR_TEMPLATE_INCONSISTENT);
+    assert_int_equal(tok_unwrap_template(&u, ut, 2, &obj), CKR_OK);
+    assert_true(tok_attrs_get_bool(&obj, CKA_SENSITIVE, false)); /* from the key's template */
+    tok_attrs_free(&u);
+    tok_attrs_free(&w);
+    tok_attrs_free(&t);
+    tok_attrs_free(&tmpl);
+    tok_attrs_free(&obj);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_codec_roundtrip), cmocka_unit_test(test_pin_hash), cmocka_unit_test(test_envelope),
+        cmocka_unit_test(test_access), cmocka_unit_test(test_wrap_rules),
         cmocka_unit_test(test_build_defaults),  cmocka_unit_test(test_build_errors),
         cmocka_unit_test(test_build_classes),
         cmocka_unit_test(test_get),             cmocka_unit_test(test_set_and_copy),

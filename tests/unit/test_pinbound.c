@@ -32,6 +32,9 @@
 #define USER_PIN "user-pin-1"
 
 static char dir[64];
+/* The caller as a logged-in user of token 1 would be (whether this process
+ * holds the token key is the token layer's business). */
+static const tok_access USER = {1, true, CKU_USER};
 
 static int setup(void **state)
 {
@@ -74,7 +77,7 @@ static uint64_t store(tok_ctx *ctx, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, bool pr
     assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t,
                                       cls == CKO_DATA ? 5 : 6, &obj),
                      CKR_OK);
-    assert_int_equal(tok_obj_store(ctx, 1, &obj, &oid), want);
+    assert_int_equal(tok_obj_store(ctx, &USER, &obj, &oid), want);
     tok_attrs_free(&obj);
     return oid;
 }
@@ -130,7 +133,7 @@ static const uint8_t pub_data[] = "PUBLIC-DATA-readable-by-anyone";
 static void value_is(tok_ctx *ctx, uint64_t oid, const void *val, size_t len)
 {
     tok_attrs a = TOK_ATTRS_INIT;
-    assert_int_equal(tok_obj_read(ctx, 1, oid, &a), CKR_OK);
+    assert_int_equal(tok_obj_read(ctx, &USER, oid, &a), CKR_OK);
     const tok_attr *v = tok_attrs_find(&a, CKA_VALUE);
     assert_non_null(v);
     assert_int_equal(v->len, len);
@@ -186,7 +189,7 @@ static void test_values_need_pin(void **state)
     assert_int_equal(login(ctx, CKU_SO, SO_PIN), CKR_OK);
     assert_int_equal(tok_pin_init(ctx, 1, (const uint8_t *)USER_PIN, strlen(USER_PIN)), CKR_OK);
     tok_logout(ctx, 1);
-    /* Not logged in: no private object can be made. */
+    /* Not logged in: no private object can be made, whoever the caller says it is. */
     store(ctx, CKO_DATA, 0, true, "nope", priv_data, sizeof(priv_data), CKR_USER_NOT_LOGGED_IN);
     assert_int_equal(login(ctx, CKU_USER, "wrong-pin"), CKR_PIN_INCORRECT);
     store(ctx, CKO_DATA, 0, true, "nope", priv_data, sizeof(priv_data), CKR_USER_NOT_LOGGED_IN);
@@ -209,7 +212,7 @@ static void test_values_need_pin(void **state)
     assert_int_equal(count_in_records(ctx, SO_PIN, strlen(SO_PIN)), 0);
     tok_attrs a = TOK_ATTRS_INIT;
     bool sealed = false;
-    assert_int_equal(tok_obj_read(ctx, 1, k, &a), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(tok_obj_read(ctx, &USER, k, &a), CKR_OBJECT_HANDLE_INVALID);
     assert_int_equal(tok_obj_read_meta(ctx, 1, k, &a, &sealed), CKR_OK);
     assert_true(sealed);
     assert_non_null(tok_attrs_find(&a, CKA_LABEL));
@@ -225,7 +228,7 @@ static void test_values_need_pin(void **state)
     value_is(ctx, k, aes_val, sizeof(aes_val));
     value_is(ctx, d, priv_data, sizeof(priv_data));
     tok_logout(ctx, 1);
-    assert_int_equal(tok_obj_read(ctx, 1, d, &a), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(tok_obj_read(ctx, &USER, d, &a), CKR_OBJECT_HANDLE_INVALID);
 
     /* The SO resets a locked user PIN: the private objects stay usable. */
     for (int i = 0; i < 10; i++)
@@ -249,9 +252,9 @@ static void test_values_need_pin(void **state)
      * envelope moved to another object, a private object outside an envelope. */
     move_arg m = {k, d};
     assert_int_equal(ks_write(tok_ctx_store(ctx), move_fn, &m), KS_OK);
-    assert_int_equal(tok_obj_read(ctx, 1, d, &a), CKR_DEVICE_ERROR);
+    assert_int_equal(tok_obj_read(ctx, &USER, d, &a), CKR_DEVICE_ERROR);
     assert_int_equal(ks_write(tok_ctx_store(ctx), plant_fn, &p), KS_OK);
-    assert_int_equal(tok_obj_read(ctx, 1, p, &a), CKR_DEVICE_ERROR);
+    assert_int_equal(tok_obj_read(ctx, &USER, p, &a), CKR_DEVICE_ERROR);
     value_is(ctx, k, aes_val, sizeof(aes_val)); /* the others are unaffected */
     tok_ctx_close(ctx);
 }
@@ -364,7 +367,7 @@ static void test_upgrade(void **state)
     assert_int_equal(tok_obj_candidates(ctx, 1, NULL, 0, &oids, &n), CKR_OK);
     for (size_t i = 0; i < n; i++) {
         tok_attrs a = TOK_ATTRS_INIT;
-        assert_int_equal(tok_obj_read(ctx, 1, oids[i], &a), CKR_OK);
+        assert_int_equal(tok_obj_read(ctx, &USER, oids[i], &a), CKR_OK);
         const tok_attr *v = tok_attrs_find(&a, CKA_VALUE), *e = tok_attrs_find(&a, CKA_PRIVATE_EXPONENT);
         if (v && v->len == naes && memcmp(v->val, aes, naes) == 0)
             seen |= 1;

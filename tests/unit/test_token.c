@@ -57,7 +57,7 @@ static uint64_t store_data(tok_ctx *ctx, CK_SLOT_ID slot, const char *label)
     uint64_t oid = 0;
     assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 3, &obj),
                      CKR_OK);
-    assert_int_equal(tok_obj_store(ctx, slot, &obj, &oid), CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, &(tok_access){slot, true, CKU_USER}, &obj, &oid), CKR_OK);
     tok_attrs_free(&obj);
     return oid;
 }
@@ -150,8 +150,8 @@ static void test_token_delete(void **state)
 
     assert_int_equal(tok_token_delete(ctx, 2, NULL, NULL), CKR_OK);
     assert_int_equal(tok_token_delete(ctx, 2, NULL, NULL), CKR_SLOT_ID_INVALID);
-    assert_int_equal(tok_obj_read(ctx, 2, gone, &back), CKR_OBJECT_HANDLE_INVALID);
-    assert_int_equal(tok_obj_read(ctx, 1, keep, &back), CKR_OK);
+    assert_int_equal(tok_obj_read(ctx, &(tok_access){2, true, CKU_USER}, gone, &back), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(tok_obj_read(ctx, &(tok_access){1, true, CKU_USER}, keep, &back), CKR_OK);
     tok_attrs_free(&back);
 
     CK_OBJECT_CLASS cls = CKO_DATA;
@@ -160,7 +160,7 @@ static void test_token_delete(void **state)
     uint64_t oid = 0;
     assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 1, &obj),
                      CKR_OK);
-    assert_int_equal(tok_obj_store(ctx, 2, &obj, &oid), CKR_TOKEN_NOT_PRESENT);
+    assert_int_equal(tok_obj_store(ctx, &(tok_access){2, true, CKU_USER}, &obj, &oid), CKR_TOKEN_NOT_PRESENT);
     tok_attrs_free(&obj);
 
     /* Slots: token 1 and the free slot 3, not 2. */

@@ -1,0 +1,74 @@
+/* p11mk token layer: access rules (see tok_access.h). */
+#include "token/tok_access.h"
+
+#include <stdlib.h>
+
+bool tok_access_sees(const tok_access *ac, const tok_attrs *obj)
+{
+    return !tok_obj_is_private(obj) || ac->who == CKU_USER;
+}
+
+CK_RV tok_access_write(const tok_access *ac, const tok_attrs *obj)
+{
+    if (tok_obj_is_token(obj) && !ac->rw)
+        return CKR_SESSION_READ_ONLY;
+    if (tok_obj_is_private(obj) && ac->who != CKU_USER)
+        return CKR_USER_NOT_LOGGED_IN;
+    return CKR_OK;
+}
+
+static inline void attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
+#define AUTO_ATTRS __attribute__((cleanup(attrs_cleanup))) tok_attrs
+
+CK_RV tok_wrap_permitted(const tok_attrs *wrapping, const tok_attrs *target)
+{
+    AUTO_ATTRS wt = TOK_ATTRS_INIT;
+    CK_RV rv;
+
+    if (!tok_attrs_get_bool(wrapping, CKA_WRAP, false))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (!target)
+        return CKR_OK;
+    if (!tok_attrs_get_bool(target, CKA_EXTRACTABLE, false))
+        return CKR_KEY_UNEXTRACTABLE;
+    if (tok_attrs_get_bool(target, CKA_WRAP_WITH_TRUSTED, false) && !tok_attrs_get_bool(wrapping, CKA_TRUSTED, false))
+        return CKR_KEY_NOT_WRAPPABLE;
+    /* The wrapping key's CKA_WRAP_TEMPLATE: what it may wrap. */
+    rv = tok_template_get(wrapping, CKA_WRAP_TEMPLATE, &wt);
+    if (rv == CKR_OK && !tok_template_matches(target, &wt))
+        rv = CKR_KEY_NOT_WRAPPABLE;
+    return rv;
+}
+
+/* The caller's template joined with the key's template attribute tt. */
+static CK_RV build_under(const tok_attrs *key, CK_ATTRIBUTE_TYPE tt, tok_build_mode mode, CK_OBJECT_CLASS cls,
+                         CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj)
+{
+    AUTO_ATTRS kt = TOK_ATTRS_INIT;
+    CK_ATTRIBUTE *merged = NULL;
+    CK_ULONG nm = 0;
+    CK_RV rv = tok_template_get(key, tt, &kt);
+
+    if (rv == CKR_OK)
+        rv = tok_template_merge(tmpl, n, &kt, &merged, &nm);
+    if (rv == CKR_OK)
+        rv = tok_policy_build(mode, cls, TOK_KTYPE_FROM_TEMPLATE, mech, merged, nm, obj);
+    free(merged);
+    return rv;
+}
+
+CK_RV tok_unwrap_template(const tok_attrs *unwrapping, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj)
+{
+    if (!tok_attrs_get_bool(unwrapping, CKA_UNWRAP, false))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    return build_under(unwrapping, CKA_UNWRAP_TEMPLATE, TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE,
+                       CK_UNAVAILABLE_INFORMATION, tmpl, n, obj);
+}
+
+CK_RV tok_derive_template(const tok_attrs *base, CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                          tok_attrs *obj)
+{
+    if (!tok_attrs_get_bool(base, CKA_DERIVE, false))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    return build_under(base, CKA_DERIVE_TEMPLATE, TOK_BUILD_DERIVE, CKO_SECRET_KEY, mech, tmpl, n, obj);
+}
