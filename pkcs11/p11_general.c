@@ -30,8 +30,7 @@ void p11_unlock(void) { p11_mutex_unlock(g.lock); }
 static void forget_parent(void)
 {
     p11_sessions_free(true);
-    p11_sobjs_free_all();
-    g.tok = NULL; /* abandoned: the keystore layer handles the child's reopen */
+    g.tok = NULL; /* abandoned with its session objects: the keystore layer handles the child's reopen */
     g.lock = NULL;
     set_initialized(false);
 }
@@ -75,8 +74,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
     p11_sessions_free(false);
-    p11_sobjs_free_all();
-    tok_ctx_close(g.tok);
+    tok_ctx_close(g.tok); /* with the session objects */
     g.tok = NULL;
     set_initialized(false);
     p11_mutex_free(g.lock);

@@ -38,7 +38,7 @@ P11_API void p11_mutex_unlock(p11_mutex *m);
 
 /* Session object handles have the top bit set; token object handles are
  * keystore object ids (stable across processes and rotations). */
-#define P11_SOBJ_BIT ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))
+#define P11_SOBJ_BIT ((CK_OBJECT_HANDLE)TOK_SOBJ_BIT)
 
 typedef struct p11_find {
     bool active;
@@ -86,16 +86,12 @@ P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
 
 /* ---- objects ------------------------------------------------------------- */
 /* A copy of an object's attributes, if it exists and this session may see it
- * (private objects need a logged-in user): CKR_OBJECT_HANDLE_INVALID else. */
+ * (tok_obj_read): CKR_OBJECT_HANDLE_INVALID else. */
 P11_API CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out);
 /* Key and attributes for an operation; handle errors mapped to CKR_KEY_HANDLE_INVALID. */
 P11_API CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs);
-/* Store a new object (token or session, per its CKA_TOKEN) after checking
- * the session may create it. */
+/* Store a new object (token or session, per its CKA_TOKEN; tok_obj_store). */
 P11_API CK_RV p11_object_add(p11_session *s, tok_attrs *obj, CK_OBJECT_HANDLE *h);
-P11_API void p11_sobjs_drop_session(CK_SESSION_HANDLE h);
-P11_API void p11_sobjs_drop_slot(CK_SLOT_ID slot);
-P11_API void p11_sobjs_free_all(void);
 P11_API void p11_find_end(p11_find *f);
 /* May this session create, change or destroy obj (tok_access_write)? */
 P11_API CK_RV p11_write_allowed(p11_session *s, const tok_attrs *obj);

@@ -1,131 +1,29 @@
-/* p11mk pkcs11 layer: object handles, session objects, object functions,
- * search. Token objects live in the token layer; session objects here. */
+/* p11mk pkcs11 layer: the object functions and search. Objects, token and
+ * session ones alike, and every rule about them live in the token layer
+ * (tok_obj_*, tok_access.h); this file checks arguments and passes the
+ * session's access along. */
 #include "pkcs11/p11_internal.h"
 
 #include <openssl/crypto.h>
 #include <stdlib.h>
 
-typedef struct {
-    CK_OBJECT_HANDLE h;
-    CK_SLOT_ID slot;
-    CK_SESSION_HANDLE owner;
-    tok_attrs attrs;
-    tok_key *key; /* parsed on first use */
-} p11_sobj;
-
-/* Protected by the global lock. */
-static struct {
-    p11_sobj **v;
-    size_t n, cap;
-    CK_OBJECT_HANDLE next;
-} so;
-
-static void sobj_free(p11_sobj *o)
-{
-    tok_attrs_free(&o->attrs);
-    tok_key_unref(o->key);
-    free(o);
-}
-
-void p11_sobjs_free_all(void)
-{
-    for (size_t i = 0; i < so.n; i++)
-        sobj_free(so.v[i]);
-    free(so.v);
-    memset(&so, 0, sizeof(so));
-}
-
-static void drop_where(bool by_session, CK_ULONG id)
-{
-    p11_lock();
-    for (size_t i = 0; i < so.n;) {
-        p11_sobj *o = so.v[i];
-
-        if (by_session ? o->owner == id : o->slot == id) {
-            so.v[i] = so.v[--so.n];
-            sobj_free(o);
-        } else {
-            i++;
-        }
-    }
-    p11_unlock();
-}
-
-void p11_sobjs_drop_session(CK_SESSION_HANDLE h) { drop_where(true, h); }
-void p11_sobjs_drop_slot(CK_SLOT_ID slot) { drop_where(false, slot); }
-
-static p11_sobj *sobj_locked(CK_SLOT_ID slot, CK_OBJECT_HANDLE h)
-{
-    for (size_t i = 0; i < so.n; i++)
-        if (so.v[i]->h == h && so.v[i]->slot == slot)
-            return so.v[i];
-    return NULL;
-}
-
 CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out)
 {
-    CK_RV rv = CKR_OBJECT_HANDLE_INVALID;
     tok_access ac = p11_access(s);
 
     if (h == CK_INVALID_HANDLE)
         return CKR_OBJECT_HANDLE_INVALID;
-    if (!(h & P11_SOBJ_BIT))
-        return tok_obj_read(p11_tok(), &ac, h, out);
-    p11_sobj *o;
-
-    p11_lock();
-    o = sobj_locked(s->slot, h);
-    if (o)
-        rv = tok_attrs_copy(out, &o->attrs) == 0 ? CKR_OK : CKR_HOST_MEMORY;
-    p11_unlock();
-    if (rv == CKR_OK && !tok_access_sees(&ac, out)) {
-        tok_attrs_free(out);
-        rv = CKR_OBJECT_HANDLE_INVALID;
-    }
-    return rv;
-}
-
-static CK_RV sobj_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs)
-{
-    tok_key *k = NULL;
-    p11_sobj *o;
-    CK_RV rv = p11_object_attrs(s, h, attrs);
-
-    if (rv != CKR_OK)
-        return rv;
-    p11_lock();
-    o = sobj_locked(s->slot, h);
-    if (o && o->key)
-        k = tok_key_ref(o->key);
-    p11_unlock();
-    if (!k) {
-        rv = tok_key_from_attrs(attrs, &k);
-        if (rv != CKR_OK) {
-            tok_attrs_free(attrs);
-            return rv;
-        }
-        p11_lock();
-        o = sobj_locked(s->slot, h);
-        if (o && !o->key)
-            o->key = tok_key_ref(k);
-        p11_unlock();
-    }
-    *key = k;
-    return CKR_OK;
+    return tok_obj_read(p11_tok(), &ac, h, out);
 }
 
 CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs)
 {
+    tok_access ac = p11_access(s);
     CK_RV rv;
 
     if (h == CK_INVALID_HANDLE)
         return CKR_KEY_HANDLE_INVALID;
-    if (h & P11_SOBJ_BIT) {
-        rv = sobj_key(s, h, key, attrs);
-    } else {
-        tok_access ac = p11_access(s);
-        rv = tok_obj_key(p11_tok(), &ac, h, key, attrs);
-    }
+    rv = tok_obj_key(p11_tok(), &ac, h, key, attrs);
     return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
 }
 
@@ -138,44 +36,12 @@ CK_RV p11_write_allowed(p11_session *s, const tok_attrs *obj)
 CK_RV p11_object_add(p11_session *s, tok_attrs *obj, CK_OBJECT_HANDLE *h)
 {
     tok_access ac = p11_access(s);
-    CK_RV rv;
-    p11_sobj *o;
+    uint64_t handle = 0;
+    CK_RV rv = tok_obj_store(p11_tok(), &ac, obj, &handle);
 
-    if (tok_obj_is_token(obj)) {
-        uint64_t oid = 0;
-
-        rv = tok_obj_store(p11_tok(), &ac, obj, &oid);
-        if (rv == CKR_OK)
-            *h = (CK_OBJECT_HANDLE)oid;
-        return rv;
-    }
-    if ((rv = tok_access_write(&ac, obj)) != CKR_OK)
-        return rv;
-    o = calloc(1, sizeof(*o));
-    if (!o)
-        return CKR_HOST_MEMORY;
-    o->attrs = *obj; /* take ownership */
-    *obj = (tok_attrs)TOK_ATTRS_INIT;
-    o->slot = s->slot;
-    o->owner = s->h;
-    p11_lock();
-    if (so.n == so.cap) {
-        size_t cap = so.cap ? so.cap * 2 : 32;
-        p11_sobj **v = realloc(so.v, cap * sizeof(*v));
-
-        if (!v) {
-            p11_unlock();
-            sobj_free(o);
-            return CKR_HOST_MEMORY;
-        }
-        so.v = v;
-        so.cap = cap;
-    }
-    o->h = P11_SOBJ_BIT | ++so.next;
-    so.v[so.n++] = o;
-    *h = o->h;
-    p11_unlock();
-    return CKR_OK;
+    if (rv == CKR_OK)
+        *h = (CK_OBJECT_HANDLE)handle;
+    return rv;
 }
 
 /* ---- object functions ---------------------------------------------------- */
@@ -228,35 +94,13 @@ CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTR
 
 CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
 {
-    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    rv = p11_object_attrs(s, hObject, &obj);
-    if (rv == CKR_OK)
-        rv = p11_write_allowed(s, &obj);
-    if (rv == CKR_OK && !tok_attrs_get_bool(&obj, CKA_DESTROYABLE, true))
-        rv = CKR_ACTION_PROHIBITED;
-    if (rv == CKR_OK) {
-        if (hObject & P11_SOBJ_BIT) {
-            p11_lock();
-            for (size_t i = 0; i < so.n; i++) {
-                if (so.v[i]->h == hObject) {
-                    p11_sobj *o = so.v[i];
-
-                    so.v[i] = so.v[--so.n];
-                    sobj_free(o);
-                    break;
-                }
-            }
-            p11_unlock();
-        } else {
-            tok_access ac = p11_access(s);
-            rv = tok_obj_destroy(p11_tok(), &ac, hObject);
-        }
-    }
+    tok_access ac = p11_access(s);
+    rv = hObject == CK_INVALID_HANDLE ? CKR_OBJECT_HANDLE_INVALID : tok_obj_destroy(p11_tok(), &ac, hObject);
     p11_session_put(s);
     return rv;
 }
@@ -310,42 +154,18 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
 CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate,
                           CK_ULONG ulCount)
 {
-    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
-    P11_AUTO_ATTRS updated = TOK_ATTRS_INIT;
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
+    tok_access ac = p11_access(s);
     if (!pTemplate && ulCount)
         rv = CKR_ARGUMENTS_BAD;
-    if (rv == CKR_OK)
-        rv = p11_object_attrs(s, hObject, &obj);
-    if (rv == CKR_OK)
-        rv = p11_write_allowed(s, &obj);
-    if (rv == CKR_OK)
-        rv = tok_policy_set(&obj, pTemplate, ulCount, &updated);
-    if (rv == CKR_OK) {
-        if (hObject & P11_SOBJ_BIT) {
-            p11_sobj *o;
-
-            p11_lock();
-            o = sobj_locked(s->slot, hObject);
-            if (o) {
-                tok_attrs_free(&o->attrs);
-                o->attrs = updated;
-                updated = (tok_attrs)TOK_ATTRS_INIT;
-                tok_key_unref(o->key);
-                o->key = NULL;
-            } else {
-                rv = CKR_OBJECT_HANDLE_INVALID;
-            }
-            p11_unlock();
-        } else {
-            tok_access ac = p11_access(s);
-            rv = tok_obj_replace(p11_tok(), &ac, hObject, &obj, &updated);
-        }
-    }
+    else if (hObject == CK_INVALID_HANDLE)
+        rv = CKR_OBJECT_HANDLE_INVALID;
+    else
+        rv = tok_obj_set(p11_tok(), &ac, hObject, pTemplate, ulCount);
     p11_session_put(s);
     return rv;
 }
@@ -386,21 +206,20 @@ static CK_RV tmpl_dup(const CK_ATTRIBUTE *src, CK_ULONG n, p11_find *f)
 static CK_RV find_sobjs(p11_session *s, p11_find *f)
 {
     tok_access ac = p11_access(s);
+    uint64_t *hs = NULL;
+    size_t n = 0;
+    CK_RV rv = tok_sobjs_find(p11_tok(), &ac, f->tmpl, f->n, &hs, &n);
 
-    p11_lock();
-    f->sobjs = calloc(so.n ? so.n : 1, sizeof(*f->sobjs));
+    if (rv != CKR_OK)
+        return rv;
+    f->sobjs = calloc(n ? n : 1, sizeof(*f->sobjs));
     if (!f->sobjs) {
-        p11_unlock();
+        free(hs);
         return CKR_HOST_MEMORY;
     }
-    for (size_t i = 0; i < so.n; i++) {
-        const p11_sobj *o = so.v[i];
-
-        if (o->slot == s->slot && tok_access_sees(&ac, &o->attrs) &&
-            tok_attrs_match(&o->attrs, f->tmpl, f->n))
-            f->sobjs[f->nsobjs++] = o->h;
-    }
-    p11_unlock();
+    for (size_t i = 0; i < n; i++)
+        f->sobjs[f->nsobjs++] = (CK_OBJECT_HANDLE)hs[i];
+    free(hs);
     return CKR_OK;
 }
 

@@ -128,7 +128,8 @@ static p11_login *login_current_locked(CK_SLOT_ID slot, bool have, uint64_t inc)
 
 tok_access p11_access(const p11_session *s)
 {
-    return (tok_access){s->slot, (s->flags & CKF_RW_SESSION) != 0, p11_login_state(s->slot)};
+    return (tok_access){.slot = s->slot, .rw = (s->flags & CKF_RW_SESSION) != 0, .who = p11_login_state(s->slot),
+                        .owner = s->h};
 }
 
 CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
@@ -273,9 +274,9 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     p11_unlock();
     if (!found)
         return CKR_SESSION_HANDLE_INVALID;
-    p11_sobjs_drop_session(hSession);
+    tok_sobjs_drop_owner(p11_tok(), hSession);
     if (p11_session_count(slot, false) == 0)
-        p11_sobjs_drop_slot(slot);
+        tok_sobjs_drop_slot(p11_tok(), slot);
     if (s)
         session_free(s);
     return CKR_OK;
@@ -301,7 +302,7 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
             break;
         C_CloseSession(h);
     }
-    p11_sobjs_drop_slot(slotID);
+    tok_sobjs_drop_slot(p11_tok(), slotID);
     return CKR_OK;
 }
 

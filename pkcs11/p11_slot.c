@@ -101,7 +101,7 @@ CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK
     if (p11_session_count(slotID, false) != 0)
         return CKR_SESSION_EXISTS;
     /* Session objects of a re-initialized token go with it. */
-    p11_sobjs_drop_slot(slotID);
+    tok_sobjs_drop_slot(p11_tok(), slotID);
     return tok_token_init(p11_tok(), slotID, pPin, ulPinLen, pLabel);
 }
 

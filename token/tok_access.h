@@ -19,6 +19,7 @@ typedef struct {
     CK_SLOT_ID slot;
     bool rw;          /* a read-write session */
     CK_USER_TYPE who; /* CKU_USER, CKU_SO or TOK_NOBODY */
+    uint64_t owner;   /* the session: session objects it makes go with it */
 } tok_access;
 
 /* A private object exists only for a logged-in user. */

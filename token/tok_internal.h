@@ -54,6 +54,11 @@ struct tok_ctx {
         uint8_t *key;  /* TOK_TK_LEN bytes, ks_secmem */
     } *tks;
     size_t ntks;
+    /* Session objects (tok_sobj.c); sobj_lock. */
+    pthread_mutex_t sobj_lock;
+    struct tok_sobj **sobjs;
+    size_t nsobjs, capsobjs;
+    uint64_t sobj_next;
 };
 
 static inline void txn_end(ks_txn **t)
@@ -91,6 +96,16 @@ TOK_API bool tok_tk_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, uint8_t tk[
 TOK_API void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot);
 /* Drop every token key (tok_ctx_close). */
 TOK_API void tok_tk_drop_all(tok_ctx *ctx);
+/* Session objects (tok_sobj.c): the tok_obj_* functions of tok_token.c
+ * hand handles with TOK_SOBJ_BIT here. */
+typedef struct tok_sobj tok_sobj;
+TOK_API CK_RV tok_sobj_add(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *h);
+TOK_API CK_RV tok_sobj_read(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_attrs *out);
+TOK_API CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_attrs *attrs);
+TOK_API CK_RV tok_sobj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok_attrs *updated);
+TOK_API CK_RV tok_sobj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
+TOK_API void tok_sobjs_free_all(tok_ctx *ctx);
+
 /* A growing list of object ids; tok_oid_push is a ks_oid_cb appending to one. */
 typedef struct {
     uint64_t *v;

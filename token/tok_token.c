@@ -32,6 +32,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
         return CKR_HOST_MEMORY;
     pthread_mutex_init(&ctx->cache_lock, NULL);
     pthread_mutex_init(&ctx->tk_lock, NULL);
+    pthread_mutex_init(&ctx->sobj_lock, NULL);
     rc = ks_config_load(&ctx->cfg, &err);
     if (rc != KS_OK) {
         ks_log_setup(deflog, KS_LOG_ERROR, "p11mk");
@@ -79,12 +80,14 @@ void tok_ctx_close(tok_ctx *ctx)
         return;
     tok_cache_flush(ctx);
     tok_tk_drop_all(ctx);
+    tok_sobjs_free_all(ctx);
     if (ctx->st)
         ks_close(ctx->st);
     ks_mkey_clear(&ctx->mk);
     ks_config_free(&ctx->cfg);
     pthread_mutex_destroy(&ctx->cache_lock);
     pthread_mutex_destroy(&ctx->tk_lock);
+    pthread_mutex_destroy(&ctx->sobj_lock);
     free(ctx);
 }
 
@@ -447,7 +450,11 @@ static CK_RV obj_commit(tok_ctx *ctx, obj_write *w)
 CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *oid)
 {
     obj_write w = {.tid = (uint32_t)ac->slot, .obj = obj, .create = true};
-    CK_RV rv = tok_access_write(ac, obj);
+    CK_RV rv;
+
+    if (!tok_obj_is_token(obj))
+        return tok_sobj_add(ctx, ac, obj, oid);
+    rv = tok_access_write(ac, obj);
 
     if (rv != CKR_OK)
         return rv;
@@ -468,8 +475,25 @@ CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const to
         rv = tok_access_write(ac, updated);
     if (rv != CKR_OK)
         return rv;
+    if (oid & TOK_SOBJ_BIT)
+        return tok_sobj_replace(ctx, ac, oid, updated);
     cache_drop(ctx, ac->slot, oid);
     return obj_commit(ctx, &(obj_write){.tid = (uint32_t)ac->slot, .oid = oid, .old = old, .obj = updated});
+}
+
+CK_RV tok_obj_set(tok_ctx *ctx, const tok_access *ac, uint64_t h, const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    AUTO_ATTRS obj = TOK_ATTRS_INIT;
+    AUTO_ATTRS updated = TOK_ATTRS_INIT;
+    CK_RV rv = tok_obj_read(ctx, ac, h, &obj);
+
+    if (rv == CKR_OK)
+        rv = tok_access_write(ac, &obj);
+    if (rv == CKR_OK)
+        rv = tok_policy_set(&obj, tmpl, n, &updated);
+    if (rv == CKR_OK)
+        rv = tok_obj_replace(ctx, ac, h, &obj, &updated);
+    return rv;
 }
 
 CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t oid)
@@ -479,8 +503,12 @@ CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t oid)
 
     if (rv == CKR_OK)
         rv = tok_access_write(ac, &old);
+    if (rv == CKR_OK && !tok_attrs_get_bool(&old, CKA_DESTROYABLE, true))
+        rv = CKR_ACTION_PROHIBITED;
     if (rv != CKR_OK)
         return rv;
+    if (oid & TOK_SOBJ_BIT)
+        return tok_sobj_destroy(ctx, ac, oid);
     cache_drop(ctx, ac->slot, oid);
     return obj_commit(ctx, &(obj_write){.tid = (uint32_t)ac->slot, .oid = oid, .old = &old, .destroy = true});
 }
@@ -573,7 +601,11 @@ static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SL
 CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out)
 {
     AUTO_TXN txn = NULL;
-    int rc = ks_read_begin(ctx->st, &txn);
+    int rc;
+
+    if (oid & TOK_SOBJ_BIT)
+        return tok_sobj_read(ctx, ac, oid, out);
+    rc = ks_read_begin(ctx->st, &txn);
 
     if (rc != KS_OK)
         return ks_to_ckr(rc);
@@ -777,6 +809,8 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
     CK_RV rv;
     int rc;
 
+    if (oid & TOK_SOBJ_BIT)
+        return tok_sobj_key(ctx, ac, oid, key, attrs);
     if (slot == 0 || slot > UINT32_MAX || oid == 0)
         return CKR_OBJECT_HANDLE_INVALID;
     rc = ks_read_begin(ctx->st, &txn);

@@ -72,29 +72,45 @@ TOK_API CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, c
  * and the cached keys of its private objects are cleansed. */
 TOK_API void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot);
 
-/* ---- token objects ------------------------------------------------------- */
-/* Object handles of token objects are their keystore object ids. */
-/* Objects of the token ac->slot, for the caller ac describes: a private
- * object exists only for a logged-in user (CKR_OBJECT_HANDLE_INVALID
- * otherwise, decided before its envelope is opened), and writes follow
- * tok_access_write (CKR_SESSION_READ_ONLY, CKR_USER_NOT_LOGGED_IN). */
-TOK_API CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *oid);
+/* ---- objects ------------------------------------------------------------- */
+/* One object model for token objects (in the keystore; the handle is the
+ * keystore object id) and session objects (in this process's memory; the
+ * handle has TOK_SOBJ_BIT; tok_sobj.c), each function taking the caller's
+ * access (tok_access.h): a private object exists only for a logged-in user
+ * (CKR_OBJECT_HANDLE_INVALID otherwise, decided before a token object's
+ * envelope is opened), and writes follow tok_access_write
+ * (CKR_SESSION_READ_ONLY, CKR_USER_NOT_LOGGED_IN). */
+#define TOK_SOBJ_BIT ((uint64_t)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))
+
+/* A new object, a token or session object per its CKA_TOKEN (session
+ * objects belong to ac->owner); *h its handle. */
+TOK_API CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *h);
 /* CKR_OBJECT_HANDLE_INVALID when absent, and for a private object whose
  * envelope this process cannot open (no login); CKR_DEVICE_ERROR (and a log
  * line naming the object) when the record or its envelope fails
  * authentication. */
-TOK_API CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out);
+TOK_API CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_attrs *out);
 /* What can be shown without the PIN (p11mk-admin list): a private object's
  * class, key type, label, id, policy flags and sizes; *sealed tells that its
  * values are in an envelope only a PIN opens. Errors as tok_obj_read. */
 TOK_API CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed);
-TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const tok_attrs *old,
+TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok_attrs *old,
                               const tok_attrs *updated);
-TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t oid);
+/* C_SetAttributeValue: read, the write rule, the attribute policy
+ * (tok_policy_set's codes), then the change. */
+TOK_API CK_RV tok_obj_set(tok_ctx *ctx, const tok_access *ac, uint64_t h, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
+/* C_DestroyObject: read, the write rule, CKA_DESTROYABLE (CKR_ACTION_PROHIBITED). */
+TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
 /* A key object's parsed key and attributes, from the key cache when the
  * stored record has not changed since it was cached (stamp compare, no
  * unsealing), else unsealed and parsed. *attrs is a copy (caller frees). */
-TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_attrs *attrs);
+TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_attrs *attrs);
+/* The session objects ac may see that match a template, all at once. */
+TOK_API CK_RV tok_sobjs_find(tok_ctx *ctx, const tok_access *ac, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t **hs,
+                             size_t *count);
+/* A session closed (its session objects go), or a token's last session (all of that token's). */
+TOK_API void tok_sobjs_drop_owner(tok_ctx *ctx, uint64_t owner);
+TOK_API void tok_sobjs_drop_slot(tok_ctx *ctx, CK_SLOT_ID slot);
 
 /* Candidate object ids for a find template: from an index when the template
  * has CKA_ID, CKA_LABEL or CKA_CLASS (the most selective first), otherwise

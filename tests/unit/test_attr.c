@@ -511,8 +511,9 @@ static void test_access(void **state)
     assert_int_equal(tok_attrs_set_bool(&priv, CKA_TOKEN, true), 0);
     assert_int_equal(tok_attrs_set_bool(&priv, CKA_PRIVATE, true), 0);
     assert_int_equal(tok_attrs_set_bool(&sess, CKA_PRIVATE, false), 0);
-    const tok_access user_rw = {1, true, CKU_USER}, user_ro = {1, false, CKU_USER}, so = {1, true, CKU_SO},
-                     nobody = {1, true, TOK_NOBODY};
+    const tok_access user_rw = {.slot = 1, .rw = true, .who = CKU_USER},
+                     user_ro = {.slot = 1, .rw = false, .who = CKU_USER}, so = {.slot = 1, .rw = true, .who = CKU_SO},
+                     nobody = {.slot = 1, .rw = true, .who = TOK_NOBODY};
     assert_true(tok_access_sees(&nobody, &pub));
     assert_false(tok_access_sees(&nobody, &priv));
     assert_false(tok_access_sees(&so, &priv)); /* the SO never sees private objects */

@@ -34,7 +34,7 @@
 static char dir[64];
 /* The caller as a logged-in user of token 1 would be (whether this process
  * holds the token key is the token layer's business). */
-static const tok_access USER = {1, true, CKU_USER};
+static const tok_access USER = {.slot = 1, .rw = true, .who = CKU_USER};
 
 static int setup(void **state)
 {

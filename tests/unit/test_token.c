@@ -57,7 +57,7 @@ static uint64_t store_data(tok_ctx *ctx, CK_SLOT_ID slot, const char *label)
     uint64_t oid = 0;
     assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 3, &obj),
                      CKR_OK);
-    assert_int_equal(tok_obj_store(ctx, &(tok_access){slot, true, CKU_USER}, &obj, &oid), CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, &(tok_access){.slot = slot, .rw = true, .who = CKU_USER}, &obj, &oid), CKR_OK);
     tok_attrs_free(&obj);
     return oid;
 }
@@ -150,17 +150,18 @@ static void test_token_delete(void **state)
 
     assert_int_equal(tok_token_delete(ctx, 2, NULL, NULL), CKR_OK);
     assert_int_equal(tok_token_delete(ctx, 2, NULL, NULL), CKR_SLOT_ID_INVALID);
-    assert_int_equal(tok_obj_read(ctx, &(tok_access){2, true, CKU_USER}, gone, &back), CKR_OBJECT_HANDLE_INVALID);
-    assert_int_equal(tok_obj_read(ctx, &(tok_access){1, true, CKU_USER}, keep, &back), CKR_OK);
+    assert_int_equal(tok_obj_read(ctx, &(tok_access){.slot = 2, .rw = true, .who = CKU_USER}, gone, &back), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(tok_obj_read(ctx, &(tok_access){.slot = 1, .rw = true, .who = CKU_USER}, keep, &back), CKR_OK);
     tok_attrs_free(&back);
 
     CK_OBJECT_CLASS cls = CKO_DATA;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    CK_BBOOL on = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &on, 1}};
     tok_attrs obj = TOK_ATTRS_INIT;
     uint64_t oid = 0;
-    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 1, &obj),
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 2, &obj),
                      CKR_OK);
-    assert_int_equal(tok_obj_store(ctx, &(tok_access){2, true, CKU_USER}, &obj, &oid), CKR_TOKEN_NOT_PRESENT);
+    assert_int_equal(tok_obj_store(ctx, &(tok_access){.slot = 2, .rw = true, .who = CKU_USER}, &obj, &oid), CKR_TOKEN_NOT_PRESENT);
     tok_attrs_free(&obj);
 
     /* Slots: token 1 and the free slot 3, not 2. */
