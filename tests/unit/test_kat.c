@@ -718,11 +718,27 @@ static void fixture_pin(const tok_attrs *rec, CK_ATTRIBUTE_TYPE field, const cha
  * 'p11mk-admin status' showed for that keystore). */
 #define FIXTURE_KCV "f2c7398be4a970a1"
 
+static char dir[64]; /* the copy of the fixture keystore */
+
+static int fixture_setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/p11mk-kat-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int fixture_teardown(void **state)
+{
+    (void)state;
+    rm_rf(dir);
+    return 0;
+}
+
 static void test_fixture_pin_v1(void **state)
 {
     (void)state;
     const char *fx = getenv("P11MK_FIXTURES");
-    char dir[64], p[1024];
+    char p[1024];
     static uint8_t buf[1 << 16];
     uint8_t aes[64], data[128], tokrec[4096];
     size_t n;
@@ -736,8 +752,6 @@ static void test_fixture_pin_v1(void **state)
         fprintf(stderr, "note: P11MK_FIXTURES is not set; the fixture keystore is not checked\n");
         skip();
     }
-    snprintf(dir, sizeof(dir), "/tmp/p11mk-kat-XXXXXX");
-    assert_non_null(mkdtemp(dir));
     snprintf(p, sizeof(p), "%s/pin-v1/data.mdb", fx);
     n = read_all(p, buf, sizeof(buf));
     snprintf(p, sizeof(p), "%s/data.mdb", dir);
@@ -799,7 +813,6 @@ static void test_fixture_pin_v1(void **state)
     fixture_value(t, "data1", data, ndata);
     ks_read_end(t);
     ks_close(st);
-    rm_rf(dir);
 }
 
 int main(void)
@@ -817,7 +830,7 @@ int main(void)
         cmocka_unit_test(test_pin_record_v2),
         cmocka_unit_test(test_attr_serialization),
         cmocka_unit_test(test_envelope),
-        cmocka_unit_test(test_fixture_pin_v1),
+        cmocka_unit_test_setup_teardown(test_fixture_pin_v1, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
