@@ -36,6 +36,7 @@ struct tok_op {
     EVP_MD *pss_mdobj; /* raw PSS: the digest the input was made with */
     int saltlen;
     size_t maclen; /* _GENERAL MACs: the requested length */
+    uint64_t ctr_room; /* AES-CTR: bytes left before the counter (ulCounterBits of cb) would wrap */
     uint8_t *label;
     size_t labellen;
     uint8_t *pend; /* output computed but not yet handed out */
@@ -153,6 +154,24 @@ static const char *aes_name(size_t keylen, tok_mclass mc)
     return row < 0 ? NULL : names[row][col];
 }
 
+/* AES-CTR increments only the low `bits` bits of the counter block cb
+ * (PKCS#11's ulCounterBits); OpenSSL increments all 128. The two agree
+ * until the counter field would wrap, so an operation may process no more
+ * than the blocks left before that (beyond, CKR_DATA_LEN_RANGE: reusing the
+ * keystream of another nonce is never an answer). 128 bits: they agree always. */
+static uint64_t ctr_room(const uint8_t cb[16], CK_ULONG bits)
+{
+    unsigned __int128 v = 0, blocks;
+
+    if (bits >= 128)
+        return UINT64_MAX;
+    for (int i = 0; i < 16; i++)
+        v = v << 8 | cb[i];
+    v &= ((unsigned __int128)1 << bits) - 1;
+    blocks = ((unsigned __int128)1 << bits) - v;
+    return blocks > UINT64_MAX / 16 ? UINT64_MAX : (uint64_t)blocks * 16;
+}
+
 static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
 {
     tok_mclass mc = op->d->mc;
@@ -180,6 +199,7 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         if (!p || m->ulParameterLen != sizeof(*p) || p->ulCounterBits == 0 || p->ulCounterBits > 128)
             return CKR_MECHANISM_PARAM_INVALID;
         iv = p->cb;
+        op->ctr_room = ctr_room(p->cb, p->ulCounterBits);
         break;
     }
     default: {
@@ -499,8 +519,12 @@ static CK_RV cipher_update(tok_op *op, const uint8_t *in, size_t inlen, uint8_t 
     int n = 0;
     if (inlen > INT32_MAX)
         return CKR_DATA_LEN_RANGE;
+    if (op->d->mc == M_AES_CTR && inlen > op->ctr_room)
+        return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
     if (inlen && !EVP_CipherUpdate(op->cctx, out, &n, in, (int)inlen))
         return CKR_FUNCTION_FAILED;
+    if (op->d->mc == M_AES_CTR && op->ctr_room != UINT64_MAX)
+        op->ctr_room -= inlen;
     *outlen = (size_t)n;
     return CKR_OK;
 }
@@ -757,7 +781,11 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
             return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
         bound = inlen;
         break;
-    case M_AES_CTR: bound = inlen; break;
+    case M_AES_CTR:
+        if (inlen > op->ctr_room)
+            return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
+        bound = inlen;
+        break;
     case M_AES_GCM:
         if (op->kind == TOK_OP_DECRYPT) {
             if (inlen < op->taglen)
@@ -833,6 +861,8 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         *outlen = 0; /* the tag is at the end: everything comes out at final */
         return buf_append(op, in, inlen);
     }
+    if (mc == M_AES_CTR && inlen > op->ctr_room)
+        return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
     if (mc == M_AES_GCM || mc == M_AES_CTR)
         need = inlen;
     else if (mc == M_AES_CBC_PAD && op->kind == TOK_OP_DECRYPT)

@@ -30,8 +30,8 @@
  * Mechanisms the module does not list in C_GetMechanismList are skipped
  * with a note on stderr.
  *
- * test_BUG_* is a module bug these checks found, left failing on purpose
- * until the module is fixed (see its comment). */
+ * test_aes_ctr_counter_bits_never_carry_into_nonce checks a module bug these
+ * checks found (fixed; see its comment). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -556,9 +556,9 @@ static void test_aes_ctr_sp800_38a(void **state)
     }
 }
 
-/* MODULE BUG (found by this test, not fixed here): CK_AES_CTR_PARAMS.ulCounterBits
- * is checked (1..128) and then ignored: the whole 128-bit block is
- * incremented, so when the counter's bits run out the carry goes into the
+/* Found by this test (fixed in tok_op.c, ctr_room): CK_AES_CTR_PARAMS.ulCounterBits
+ * was checked (1..128) and then ignored: the whole 128-bit block was
+ * incremented, so when the counter's bits ran out the carry went into the
  * bits the caller keeps for the nonce. PKCS#11 says ulCounterBits is "the
  * number of bits in the counter block (cb) that shall be incremented": a
  * caller that splits cb into nonce | 32-bit counter and gives each message
@@ -567,7 +567,7 @@ static void test_aes_ctr_sp800_38a(void **state)
  * different ciphertext than other tokens. Accepted here: refusing the
  * operation (as NSS does), or incrementing only the counter's bits; not
  * touching the nonce bits is what is asserted. */
-static void test_BUG_aes_ctr_counter_bits_carry_into_nonce(void **state)
+static void test_aes_ctr_counter_bits_never_carry_into_nonce(void **state)
 {
     (void)state;
     uint8_t key[16], zero[32] = {0}, out[32], carry[16], wrap[16], ks[16], ks_wrap[16];
@@ -1547,7 +1547,7 @@ int main(void)
         cmocka_unit_test(test_ecdh_openssl),
         cmocka_unit_test(test_x25519_x448),
         /* A known module bug, reported: fails until the module honours ulCounterBits. */
-        cmocka_unit_test(test_BUG_aes_ctr_counter_bits_carry_into_nonce),
+        cmocka_unit_test(test_aes_ctr_counter_bits_never_carry_into_nonce),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
