@@ -28,7 +28,10 @@ static const tok_mech_desc mechs[] = {
     {CKM_AES_CMAC, 16, 32, SIGN, M_AES_CMAC, NULL, 0, false},
     {CKM_AES_CMAC_GENERAL, 16, 32, SIGN, M_AES_CMAC, NULL, 0, true},
     {CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP, NULL, 0, false},
+    /* RFC 5649: PKCS#11 3.0's CKM_AES_KEY_WRAP_KWP, and _PAD as SoftHSMv2 and
+     * the clients written for it use it. */
     {CKM_AES_KEY_WRAP_PAD, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false},
+    {CKM_AES_KEY_WRAP_KWP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false},
     /* EC: key sizes in bits */
     {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0, false},
     {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0, false},

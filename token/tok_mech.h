@@ -15,6 +15,11 @@
 
 #include "token/tok_attr.h"
 
+/* PKCS#11 3.0 names RFC 5649 CKM_AES_KEY_WRAP_KWP; p11-kit's header predates it. */
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL
+#endif
+
 /* ---- mechanism table --------------------------------------------------- */
 /* Fill list (NULL -> count only). Returns number of mechanisms. */
 TOK_API CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap);
