@@ -951,13 +951,39 @@ static void test_rotation_with_concurrent_process(void **state)
     assert_int_equal(count_at(f->st, 1), 0);
 }
 
+/* In a child that is about to be killed: once `after` records are resealed,
+ * tell the parent (which then kills this process at a random moment of the
+ * transactions that follow) and go on working. */
+typedef struct {
+    int fd;
+    uint64_t after;
+    bool told;
+} tell_arg;
+
+static int tell_parent_after(const ks_rot_progress *p, void *arg)
+{
+    tell_arg *t = arg;
+    if (!t->told && p->done >= t->after) {
+        t->told = true;
+        if (write(t->fd, "w", 1) != 1)
+            _exit(11);
+    }
+    return 0;
+}
+
 /* kill -9 in the middle of rewrap and abort, many times: running the step
- * again always finishes it, and nothing is lost. */
+ * again always finishes it, and nothing is lost. Each kill waits until the
+ * child has resealed a few records and then comes at a random moment of the
+ * transactions that follow; afterwards the records are under both epochs and
+ * fewer remain under the one the step moves them from than before the round
+ * (the kill landed mid-way), which most rounds must show. */
 static void test_rotation_crash_resume(void **state)
 {
     rot_fx *f = *state;
     ks_err err;
     char ksdir[300];
+    const int rounds = 12;
+    int landed = 0;
     snprintf(ksdir, sizeof(ksdir), "%s/ks", f->dir);
     /* More records so that a pass takes a while. */
     for (int i = 0; i < 300; i++) {
@@ -969,31 +995,59 @@ static void test_rotation_crash_resume(void **state)
     ks_close(f->st);
     f->st = NULL;
     srand((unsigned)time(NULL));
-    for (int round = 0; round < 12; round++) {
+    for (int round = 0; round < rounds; round++) {
         bool aborting = round == 6;
+        uint32_t from = aborting ? 2 : 1, to = aborting ? 1 : 2;
+        ks_store *st;
+        ks_mkey mk = key_from_file(f->keyfile);
+        assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
+        uint64_t before = count_at(st, from);
+        ks_close(st);
+        int pipefd[2];
+        assert_int_equal(pipe(pipefd), 0);
+        tell_arg t = {pipefd[1], 1 + (uint64_t)(rand() % 16), false};
+        useconds_t delay = (useconds_t)(rand() % 1000);
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-            ks_store *st;
-            ks_mkey mk = key_from_file(f->keyfile);
+            close(pipefd[0]);
             if (ks_open(ksdir, &mk, 0, &st, &err) != KS_OK)
                 _exit(10);
-            int rc = aborting ? ks_rot_abort(st, 1, NULL, NULL, NULL, &err) : ks_rot_rewrap(st, 1, NULL, NULL, NULL, NULL, &err);
+            int rc = aborting ? ks_rot_abort(st, 1, tell_parent_after, &t, NULL, &err)
+                              : ks_rot_rewrap(st, 1, tell_parent_after, &t, NULL, NULL, &err);
             _exit(rc == KS_OK ? 0 : 1);
         }
-        usleep((useconds_t)(rand() % 20000));
+        close(pipefd[1]);
+        char c;
+        ssize_t told = read(pipefd[0], &c, 1); /* 0: the child ended before it got that far */
+        close(pipefd[0]);
+        if (told == 1)
+            usleep(delay);
         kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        if (aborting) { /* finish the abort, then stage again */
-            ks_store *st;
-            ks_mkey mk = key_from_file(f->keyfile);
-            assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
-            assert_int_equal(ks_rot_abort(st, 0, NULL, NULL, NULL, &err), KS_OK);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        /* Killed, or finished before the kill: anything else is a failure. */
+        bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+        if (!killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+            fail_msg("round %d: the %s child ended with %s %d", round, aborting ? "abort" : "rewrap",
+                     WIFEXITED(status) ? "exit status" : "signal",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? WTERMSIG(status) : status);
+        assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
+        uint64_t left = count_at(st, from), moved = count_at(st, to);
+        if (killed && told == 1 && left < before && left > 0 && moved > 0)
+            landed++;
+        if (aborting) { /* finish the abort (unless the child did), then stage again */
+            ks_info info;
+            assert_int_equal(ks_get_info(st, &info), KS_OK);
+            if (info.rot_state != KS_ROT_IDLE)
+                assert_int_equal(ks_rot_abort(st, 0, NULL, NULL, NULL, &err), KS_OK);
             assert_int_equal(count_at(st, 2), 0);
             assert_int_equal(ks_rot_stage(st, &f->k2, 0, &err), KS_OK);
-            ks_close(st);
         }
+        ks_close(st);
     }
+    print_message("%d of %d kill -9 landed mid-way through rewrap/abort\n", landed, rounds);
+    assert_true(landed >= rounds * 3 / 4);
     ks_mkey mk = key_from_file(f->keyfile);
     assert_int_equal(ks_open(ksdir, &mk, 0, &f->st, &err), KS_OK);
     assert_int_equal(ks_rot_rewrap(f->st, 0, NULL, NULL, NULL, NULL, &err), KS_OK);
