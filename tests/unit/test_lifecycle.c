@@ -408,6 +408,9 @@ static void test_lock_excludes_and_waits(void **state)
         usleep(600000);
         _exit(0);
     }
+    /* The parent's write end closed: a child that fails before it holds the
+     * lock ends the read (0) instead of leaving it waiting. */
+    close(pipefd[1]);
     char c;
     assert_int_equal(read(pipefd[0], &c, 1), 1);
     ks_mk_opts now = {.wait_ms = 0};
@@ -419,9 +422,12 @@ static void test_lock_excludes_and_waits(void **state)
     assert_int_equal(ks_mk_set_auto(f->m, 0, &later, &res, &err), KS_OK);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 300);
-    waitpid(pid, NULL, 0);
+    /* The child held the lock and let it go by exiting normally. */
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
     close(pipefd[0]);
-    close(pipefd[1]);
     /* A symbolic link planted as the lock file is refused, not followed. */
     char victim[200];
     snprintf(victim, sizeof(victim), "%s/victim", f->dir);
@@ -477,7 +483,7 @@ static void test_auto_update_decision(void **state)
     int rotated = 0;
     for (int i = 0; i < 2; i++) {
         int st;
-        waitpid(kids[i], &st, 0);
+        assert_int_equal(waitpid(kids[i], &st, 0), kids[i]);
         assert_true(WIFEXITED(st));
         assert_true(WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 10);
         rotated += WEXITSTATUS(st) == 10;
@@ -586,8 +592,9 @@ static void test_long_lived_process_follows_250_rotations(void **state)
     close(to_child[1]);
     close(to_parent[0]);
     int status;
-    waitpid(pid, &status, 0);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
     uint64_t checked, failed;
     assert_int_equal(ks_verify(st, NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0);
