@@ -1,51 +1,178 @@
 #!/usr/bin/env bash
 # Crash safety: kill -9 'rewrap', 'commit' and 'abort' at random moments, many times,
 # then run the step again. The module always opens the keystore, no object is
-# lost or unreadable, 'verify' passes. P11MK_STRESS=N raises the number of
-# kills (the default keeps the test command fast).
+# lost or unreadable, 'status' and 'verify' pass after every kill. P11MK_STRESS=N
+# raises the number of rounds (the default keeps the test command fast);
+# P11MK_VERBOSE=1 prints every round.
+#
+# A killed command must have died by the SIGKILL (exit 137) or, when the kill
+# came too late, have finished (exit 0): anything else (another exit status, a
+# crash, a sanitizer report) fails the test with its output.
+#
+# rewrap and abort run with a small --batch, so that a pass is hundreds of
+# write transactions (one per batch). The kill waits for a random number of
+# them (the keystore's last transaction ID, read with mdb_stat), up to an
+# eighth more than the pass has left, so that the kill falls at a random point
+# of the pass however fast the machine is at that moment, and some passes
+# finish (and a commit follows). A kill "landed mid-write" when the command
+# died by it after it had moved records and before it had moved them all:
+# 'status --json' shows fewer records than before under the epoch it moves
+# them from, and still some. At least half of the rounds must land so.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 CLIENT=${P11MK_ROT_CLIENT:?}
 rounds=${P11MK_STRESS:-30}
+objects=1500
+batch=5
+need mdb_stat
 
 init_token crash
-"$CLIENT" "$MOD" crash $PIN fill 1500 >/dev/null
-state() { "$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["rotation"]["state"])'; }
-kills=0
+"$CLIENT" "$MOD" crash $PIN fill $objects >/dev/null
+
+# ks_state: read 'status --json' (which must succeed) into st (idle, staged,
+# rewrapping, ready_to_commit, aborting), epoch, staged (0: none) and n_cur,
+# n_new, n_all: records under the current epoch, the staged one, all epochs.
+ks_state() {
+    local rc=0 json per re
+    "$ADMIN" status --json >"$T/status.json" 2>"$T/status.err" || rc=$?
+    [ $rc -eq 0 ] || { cat "$T/status.err" >&2; fail "'p11mk-admin status --json' exited $rc"; }
+    json=$(<"$T/status.json")
+    re='"epoch": ([0-9]+),.*"rotation": \{"state": "([a-z ]+)", "staged_epoch": ([0-9]+),.*"records_per_epoch": \{([^}]*)\}'
+    [[ $json =~ $re ]] || { echo "$json" >&2; fail "unexpected 'p11mk-admin status --json' output"; }
+    epoch=${BASH_REMATCH[1]} st=${BASH_REMATCH[2]// /_} staged=${BASH_REMATCH[3]} per=${BASH_REMATCH[4]}
+    n_cur=0 n_new=0 n_all=0
+    [[ $per =~ \"$epoch\":\ ([0-9]+) ]] && n_cur=${BASH_REMATCH[1]}
+    [ "$staged" -ne 0 ] && [[ $per =~ \"$staged\":\ ([0-9]+) ]] && n_new=${BASH_REMATCH[1]}
+    while [[ $per =~ ^[^:]*:\ ([0-9]+)(.*)$ ]]; do n_all=$((n_all + BASH_REMATCH[1])) per=${BASH_REMATCH[2]}; done
+}
+
+# After every kill: status (ks_state) and verify pass, the module reads every object.
+after_kill() {
+    ks_state
+    "$CLIENT" "$MOD" crash $PIN check $objects >/dev/null || fail "objects unreadable after killing $1"
+    expect_rc 0 "$ADMIN" verify
+}
+
+# txn_id: the keystore's last write transaction ID into $txn.
+txn_id() {
+    local out
+    out=$(mdb_stat -e "$KS" 2>&1) || { echo "$out" >&2; fail "mdb_stat -e $KS failed"; }
+    [[ $out =~ Last\ transaction\ ID:\ ([0-9]+) ]] || { echo "$out" >&2; fail "no transaction ID from mdb_stat"; }
+    txn=${BASH_REMATCH[1]}
+}
+
+# run_killed ARGS...: run 'p11mk-admin ARGS' in the background; the caller
+# kills it. reap: wait for it; sets how=killed, or how=finished when the kill
+# came too late; any other ending fails the test with the command's output.
+run_killed() {
+    "$ADMIN" "$@" >"$T/killed.out" 2>&1 &
+    pid=$! killed_cmd="p11mk-admin $*"
+}
+reap() {
+    local rc=0
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" || rc=$?
+    case $rc in
+        137) how=killed ;;
+        0) how=finished ;;
+        *) cat "$T/killed.out" >&2; fail "'$killed_cmd' exited $rc: neither killed by SIGKILL nor finished" ;;
+    esac
+}
+random_upto() { echo $(( (RANDOM * 32768 + RANDOM) % ($1 + 1) )); }
+
+# A whole pass and a commit, uncontested (for the record, and the commit's
+# kill window).
+now_us() { local t=$EPOCHREALTIME; echo $(( 10#${t//[.,]/} )); }
+expect_rc 0 "$ADMIN" stage
+txn_id; t0=$(now_us) txn0=$txn
+expect_rc 0 "$ADMIN" rewrap --quiet --batch $batch
+t_rewrap=$(( $(now_us) - t0 )); txn_id
+t0=$(now_us)
+expect_rc 0 "$ADMIN" commit
+t_commit=$(( $(now_us) - t0 ))
+ks_state
+echo "uncontested: rewrap of $n_all records with --batch $batch: $((txn - txn0)) transactions in" \
+     "$((t_rewrap / 1000)) ms; commit $((t_commit / 1000)) ms"
+
+landed=0 early=0 late=0 abort_due=0 aborts=0 commits=0 commit_kills=0 repairs=0
 for i in $(seq 1 "$rounds"); do
-    case $(state) in
+    ks_state
+    case $st in
         idle) expect_rc 0 "$ADMIN" stage ;;
-        "ready to commit")
+        ready_to_commit)
             # kill -9 the commit too: either it happened or it did not; the
             # next commit completes it or repairs the key file.
-            "$ADMIN" commit >/dev/null 2>&1 &
-            cpid=$!
-            sleep "0.00$((RANDOM % 10))"
-            kill -9 $cpid 2>/dev/null && kills=$((kills + 1))
-            wait $cpid 2>/dev/null || true
+            d=$(random_upto $((t_commit * 3 / 2)))
+            run_killed commit
+            sleep "$(printf '%d.%06d' $((d / 1000000)) $((d % 1000000)))"
+            reap
+            commits=$((commits + 1))
+            [ $how = killed ] && commit_kills=$((commit_kills + 1))
+            after_kill commit
             set +e; "$ADMIN" commit >"$T/out" 2>&1; rc=$?; set -e
-            [ $rc -eq 0 ] || { [ $rc -eq 6 ] && grep -q "nothing to commit" "$T/out"; } || { cat "$T/out"; fail "commit did not complete"; }
-            "$CLIENT" "$MOD" crash $PIN check 1500 >/dev/null || fail "objects unreadable after killing commit"
+            [ $rc -eq 0 ] || { [ $rc -eq 6 ] && grep -q "nothing to commit" "$T/out"; } ||
+                { cat "$T/out" >&2; fail "commit did not complete (exit $rc)"; }
+            grep -q "Repaired the key file" "$T/out" && repairs=$((repairs + 1))
+            "$CLIENT" "$MOD" crash $PIN check $objects >/dev/null || fail "objects unreadable after the commit"
             expect_rc 0 "$ADMIN" stage ;;
+        staged | rewrapping) ;;
+        *) fail "round $i starts in rotation state '$st'" ;;
     esac
-    if [ $((i % 5)) -eq 0 ]; then step=abort; else step=rewrap; fi
-    "$ADMIN" "$step" --quiet --batch 20 >/dev/null 2>&1 &
-    pid=$!
-    sleep "0.0$((RANDOM % 9))$((RANDOM % 10))"
-    kill -9 $pid 2>/dev/null && kills=$((kills + 1))
-    wait $pid 2>/dev/null || true
-    # The module opens the keystore at every point, and sees every object.
-    "$CLIENT" "$MOD" crash $PIN check 1500 >/dev/null || fail "objects unreadable after killing $step (round $i)"
-    if [ "$step" = abort ]; then
-        # Finish the abort (exit 6 if the killed run had already finished it).
-        set +e; "$ADMIN" abort --quiet >"$T/out" 2>&1; rc=$?; set -e
-        [ $rc -eq 0 ] || { [ $rc -eq 6 ] && grep -q "nothing to abort" "$T/out"; } || { cat "$T/out"; fail "abort did not resume"; }
+    ks_state
+    # The records the step moves: from the current epoch to the staged one, or
+    # back. Every fifth round is an abort, once some records have moved.
+    [ $((i % 5)) -eq 0 ] && abort_due=1
+    if [ $abort_due = 1 ] && [ "$n_new" -gt 0 ]; then
+        step=abort before=$n_new abort_due=0 aborts=$((aborts + 1))
+    else
+        step=rewrap before=$n_cur
+    fi
+    # Kill it after a random number of its transactions (the abort has one
+    # more, that marks it under way).
+    txns=$(( (before + batch - 1) / batch ))
+    [ $step = abort ] && txns=$((txns + 1))
+    want=$(( 1 + $(random_upto $((txns + txns / 8))) ))
+    txn_id; txn0=$txn
+    run_killed "$step" --quiet --batch $batch
+    while kill -0 "$pid" 2>/dev/null; do
+        txn_id
+        [ $((txn - txn0)) -ge $want ] && break
+    done
+    reap
+    after_kill "$step (round $i)"
+    if [ $step = abort ]; then left=$n_new; else left=$n_cur; fi
+    if [ $how = finished ] || [ "$left" -eq 0 ]; then
+        late=$((late + 1))
+    elif [ "$left" -lt "$before" ]; then
+        landed=$((landed + 1))
+    else
+        early=$((early + 1))
+    fi
+    [ -n "${P11MK_VERBOSE:-}" ] && echo "round $i: $step of $before records ($txns transactions)," \
+        "kill after $want, seen $((txn - txn0)): $how, $left left"
+    if [ $step = abort ]; then
+        # Finish the abort: resumed if it was under way, refused or a repair if done.
+        if [ "$st" != idle ]; then
+            expect_rc 0 "$ADMIN" abort --quiet
+        else
+            set +e; "$ADMIN" abort --quiet >"$T/out" 2>&1; rc=$?; set -e
+            [ $rc -eq 0 ] || { [ $rc -eq 6 ] && grep -q "nothing to abort" "$T/out"; } ||
+                { cat "$T/out" >&2; fail "abort after a finished abort exited $rc"; }
+        fi
+        ks_state
+        [ "$st" = idle ] && [ "$n_new" -eq 0 ] || fail "abort did not finish (state $st, $n_new records under the staged key)"
     fi
 done
-[ "$(state)" = idle ] && expect_rc 0 "$ADMIN" stage
+echo "rewrap/abort: $landed of $rounds kills landed mid-write ($early before the first record moved," \
+     "$late after the last; $aborts aborts); commit: $commit_kills of $commits killed," \
+     "$repairs key file repairs"
+[ $((landed * 2)) -ge "$rounds" ] || fail "only $landed of $rounds kills landed mid-write: the test does not show what it claims"
+
+ks_state
+[ "$st" = idle ] && expect_rc 0 "$ADMIN" stage
 expect_rc 0 "$ADMIN" rewrap --quiet
 expect_rc 0 "$ADMIN" commit
 expect_rc 0 "$ADMIN" verify
-"$CLIENT" "$MOD" crash $PIN check 1500 || fail "objects lost"
+"$CLIENT" "$MOD" crash $PIN check $objects || fail "objects lost"
 # A commit killed between the keystore and the key file update is repaired.
 expect_rc 0 "$ADMIN" stage
 expect_rc 0 "$ADMIN" rewrap --quiet
@@ -53,8 +180,8 @@ keyfile=$(sed -n 's/^master_key = //p' "$CONF")
 cp "$keyfile" "$T/before-commit.key"
 expect_rc 0 "$ADMIN" commit
 cp "$T/before-commit.key" "$keyfile"     # as if the key file update never happened
-"$CLIENT" "$MOD" crash $PIN check 1500 >/dev/null || fail "keystore unusable with lagging registers"
+"$CLIENT" "$MOD" crash $PIN check $objects >/dev/null || fail "keystore unusable with lagging registers"
 expect_rc 0 "$ADMIN" commit
 expect_out "Repaired the key file"
 expect_rc 0 "$ADMIN" verify
-ok "$rounds rounds ($kills kill -9 landed during rewrap/abort/commit): nothing lost, verify passes"
+ok "$rounds rounds, $landed kill -9 landed mid-write during rewrap/abort, $commit_kills during commit: nothing lost, status and verify pass"
