@@ -131,6 +131,7 @@ typedef struct {
     char label[33];
     uint64_t objects;
     CK_FLAGS flags;
+    const char *binding, *binding_json; /* static strings */
 } token_row;
 
 static void trim_label(const CK_UTF8CHAR in[32], char out[33])
@@ -156,6 +157,25 @@ static const char *pin_state(CK_FLAGS f)
     return "ok";
 }
 
+/* Whether the token's private objects need a PIN at rest. */
+static const char *binding(tok_ctx *ctx, CK_SLOT_ID slot, bool json)
+{
+    tok_binding b;
+    CK_USER_TYPE waiting;
+
+    if (tok_token_binding(ctx, slot, &b, &waiting) != CKR_OK)
+        return json ? "unknown" : "unknown (the token record cannot be read)";
+    switch (b) {
+    case TOK_BIND_FULL: return json ? "pin-bound" : "need the PIN";
+    case TOK_BIND_NONE:
+        return json ? "master-key-only" : "UNDER THE MASTER KEY ONLY until a user or SO login binds them";
+    default:
+        if (waiting == CKU_SO)
+            return json ? "escrowed-until-so-login" : "need the PIN, but their key is ALSO under the master key until the SO logs in once";
+        return json ? "escrowed-until-user-login" : "need the PIN, but their key is ALSO under the master key until the user logs in once";
+    }
+}
+
 static size_t collect_tokens(tok_ctx *ctx, token_row **rows)
 {
     CK_SLOT_ID *ids = NULL;
@@ -176,6 +196,8 @@ static size_t collect_tokens(tok_ctx *ctx, token_row **rows)
                 continue;
             r->id = ids[i];
             r->flags = ti.flags;
+            r->binding = binding(ctx, ids[i], false);
+            r->binding_json = binding(ctx, ids[i], true);
             trim_label(ti.label, r->label);
             ks_token_count_objects(txn, (uint32_t)ids[i], &r->objects);
             k++;
@@ -236,8 +258,8 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     for (size_t i = 0; i < n; i++) {
         printf("%s\n    {\"slot\": %lu, \"label\": ", i ? "," : "", (unsigned long)rows[i].id);
         admin_json_str(stdout, rows[i].label);
-        printf(", \"objects\": %llu, \"user_pin\": \"%s\"}", (unsigned long long)rows[i].objects,
-               pin_state(rows[i].flags));
+        printf(", \"objects\": %llu, \"user_pin\": \"%s\", \"private_objects\": \"%s\"}",
+               (unsigned long long)rows[i].objects, pin_state(rows[i].flags), rows[i].binding_json);
     }
     printf("%s]\n}\n", n ? "\n  " : "");
 }
@@ -295,8 +317,9 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     printf("Map size:        %llu MiB\n", (unsigned long long)(info->map_size >> 20));
     printf("Tokens:          %zu (%llu objects)\n", n, (unsigned long long)info->n_objects);
     for (size_t i = 0; i < n; i++)
-        printf("  slot %-4lu %-32s %8llu objects  user PIN: %s\n", (unsigned long)rows[i].id, rows[i].label,
-               (unsigned long long)rows[i].objects, pin_state(rows[i].flags));
+        printf("  slot %-4lu %-32s %8llu objects  user PIN: %s\n"
+               "            private objects' values %s\n", (unsigned long)rows[i].id, rows[i].label,
+               (unsigned long long)rows[i].objects, pin_state(rows[i].flags), rows[i].binding);
 }
 
 int admin_status(const admin_opts *o)

@@ -15,6 +15,7 @@
 #include "keystore/ks_internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -1628,6 +1629,51 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
 
 #define ATTEMPT_LOCK_BASE ((off_t)1 << 60) /* far past any data.mdb: a byte per token */
 
+/* The descriptors holding attempt locks. An OFD lock belongs to the open
+ * file description, which fork() shares with the child: a child forked
+ * while an attempt runs (a prefork server, Python's multiprocessing) would
+ * hold the token's lock for its whole life. The child closes its copies at
+ * once (atomics only: no lock is safe to take in a fork child). */
+#define ATTEMPT_FDS 64
+static int attempt_fds[ATTEMPT_FDS];
+static pthread_once_t attempt_once = PTHREAD_ONCE_INIT;
+
+static void attempt_fork_child(void)
+{
+    for (int i = 0; i < ATTEMPT_FDS; i++) {
+        int fd = __atomic_exchange_n(&attempt_fds[i], -1, __ATOMIC_ACQ_REL);
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
+static void attempt_setup(void)
+{
+    for (int i = 0; i < ATTEMPT_FDS; i++)
+        __atomic_store_n(&attempt_fds[i], -1, __ATOMIC_RELEASE);
+    pthread_atfork(NULL, NULL, attempt_fork_child);
+}
+
+/* Remember fd (false when the table is full: the caller then does without the lock's fork safety). */
+static bool attempt_remember(int fd)
+{
+    for (int i = 0; i < ATTEMPT_FDS; i++) {
+        int none = -1;
+        if (__atomic_compare_exchange_n(&attempt_fds[i], &none, fd, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return true;
+    }
+    return false;
+}
+
+static void attempt_forget(int fd)
+{
+    for (int i = 0; i < ATTEMPT_FDS; i++) {
+        int want = fd;
+        if (__atomic_compare_exchange_n(&attempt_fds[i], &want, -1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return;
+    }
+}
+
 int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
 {
     char p[4096];
@@ -1639,6 +1685,7 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
     *fd = -1;
     if (!st || ks_readonly(st))
         return KS_EROFS;
+    pthread_once(&attempt_once, attempt_setup);
     if (snprintf(p, sizeof(p), "%s/data.mdb", st->path) >= (int)sizeof(p))
         return KS_EINVAL;
     /* Each attempt opens its own description: OFD locks then exclude the
@@ -1663,12 +1710,15 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
         waited += step;
         step = step < 16 ? step * 2 : 16;
     }
+    (void)attempt_remember(f);
     *fd = f;
     return KS_OK;
 }
 
 void ks_attempt_unlock(int fd)
 {
-    if (fd >= 0)
-        close(fd); /* the last descriptor of the description releases its lock */
+    if (fd < 0)
+        return;
+    attempt_forget(fd);
+    close(fd); /* the last descriptor of the description releases its lock */
 }

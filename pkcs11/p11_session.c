@@ -382,8 +382,8 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
     if (rv != CKR_OK)
         return rv;
     p11_lock();
-    if (login_locked(slot)) {
-        rv = CKR_USER_ANOTHER_ALREADY_LOGGED_IN; /* lost a race with another thread */
+    if ((l = login_locked(slot))) { /* lost a race with another thread */
+        rv = l->who == userType ? CKR_USER_ALREADY_LOGGED_IN : CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
     } else {
         p11_login *v = realloc(t.logins, (t.nlogins + 1) * sizeof(*v));
 

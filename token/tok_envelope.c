@@ -12,7 +12,7 @@
 #define ENV_VERSION 1
 #define NONCE_LEN 12
 #define TAG_LEN 16
-#define AAD_LEN 35
+#define AAD_LEN (35 + 32)
 
 bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t)
 {
@@ -34,13 +34,49 @@ bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t)
 
 bool tok_env_present(const tok_attrs *a) { return tok_attrs_find(a, TOKA_ENVELOPE) != NULL; }
 
-static void env_aad(uint32_t token, uint64_t oid, uint8_t aad[AAD_LEN])
+static int by_type(const void *a, const void *b)
+{
+    CK_ATTRIBUTE_TYPE x = ((const tok_attr *)a)->type, y = ((const tok_attr *)b)->type;
+    return x < y ? -1 : x > y;
+}
+
+/* SHA-256 of the clear attributes (all but the envelope) sorted by type,
+ * in their serialized form: what the object says it is and may do is bound
+ * to its values, so none of it can be changed without the token key. */
+static int clear_digest(const tok_attrs *a, uint8_t out[32])
+{
+    tok_attrs c = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    unsigned hl = 0;
+    int ok = 0;
+
+    for (size_t i = 0; i < a->n; i++)
+        if (a->v[i].type != TOKA_ENVELOPE && tok_attrs_set(&c, a->v[i].type, a->v[i].val, a->v[i].len) != 0)
+            goto out;
+    if (c.n > 1)
+        qsort(c.v, c.n, sizeof(*c.v), by_type);
+    if (tok_attrs_serialize(&c, &blob, &len) != 0)
+        goto out;
+    EVP_MD *md = EVP_MD_fetch(ks_libctx(), "SHA2-256", NULL);
+    ok = md && EVP_Digest(blob, len, out, &hl, md, NULL) == 1 && hl == 32;
+    EVP_MD_free(md);
+out:
+    if (blob)
+        ks_buf_free(blob, len);
+    tok_attrs_free(&c);
+    return ok ? 0 : -1;
+}
+
+/* "p11mk private object v1" | LE32 token | LE64 object id | clear_digest */
+static int env_aad(uint32_t token, uint64_t oid, const tok_attrs *a, uint8_t aad[AAD_LEN])
 {
     memcpy(aad, "p11mk private object v1", 23);
     for (int i = 0; i < 4; i++)
         aad[23 + i] = (uint8_t)(token >> (8 * i));
     for (int i = 0; i < 8; i++)
         aad[27 + i] = (uint8_t)(oid >> (8 * i));
+    return clear_digest(a, aad + 35);
 }
 
 static int gcm(int enc, const uint8_t key[TOK_TK_LEN], const uint8_t *nonce, const uint8_t aad[AAD_LEN],
@@ -85,7 +121,8 @@ int tok_env_seal(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, con
     if (!env)
         goto out;
     env[0] = ENV_VERSION;
-    env_aad(token, oid, aad);
+    if (env_aad(token, oid, &res, aad) != 0)
+        goto out;
     if (RAND_bytes_ex(ks_libctx(), env + 1, NONCE_LEN, 0) != 1 ||
         gcm(1, tk, env + 1, aad, blob, blen, env + 1 + NONCE_LEN, env + 1 + NONCE_LEN + blen) != 0)
         goto out;
@@ -118,7 +155,10 @@ int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, con
     plain = malloc(plen ? plen : 1);
     if (!plain)
         return -1;
-    env_aad(token, oid, aad);
+    if (env_aad(token, oid, stored, aad) != 0) {
+        rc = -1;
+        goto out;
+    }
     memcpy(tag, e->val + 1 + NONCE_LEN + plen, TAG_LEN);
     if (gcm(0, tk, e->val + 1, aad, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0 ||
         tok_attrs_parse(plain, plen, &inner) != 0)

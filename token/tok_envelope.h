@@ -8,7 +8,11 @@
  * boolean policy attributes, sizes, dates) and not its values.
  *
  *   envelope = 1 | nonce(12) | AES-256-GCM(serialized attributes) | tag(16)
- *   aad      = "p11mk private object v1" | token (LE32) | object id (LE64) */
+ *   aad      = "p11mk private object v1" | token (LE32) | object id (LE64)
+ *              | SHA-256(the clear attributes sorted by type, serialized)
+ * so neither the values nor what the object says it is and may do
+ * (CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_PRIVATE, ...) change without the
+ * token key. */
 #ifndef P11MK_TOK_ENVELOPE_H
 #define P11MK_TOK_ENVELOPE_H
 

@@ -105,6 +105,7 @@ TOK_API CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_k
 TOK_API CK_RV tok_sobj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok_attrs *updated);
 TOK_API CK_RV tok_sobj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
 TOK_API void tok_sobjs_free_all(tok_ctx *ctx);
+TOK_API void tok_sobjs_drop_private(tok_ctx *ctx, CK_SLOT_ID slot);
 
 /* A growing list of object ids; tok_oid_push is a ks_oid_cb appending to one. */
 typedef struct {

@@ -124,6 +124,27 @@ void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot)
     tk_drop_locked(ctx, slot);
     pthread_mutex_unlock(&ctx->tk_lock);
     tok_cache_drop_private(ctx, slot);
+    tok_sobjs_drop_private(ctx, slot);
+}
+
+CK_RV tok_token_binding(tok_ctx *ctx, CK_SLOT_ID slot, tok_binding *b, CK_USER_TYPE *waiting)
+{
+    AUTO_ATTRS rec = TOK_ATTRS_INIT;
+    CK_RV rv = tok_token_load(ctx, slot, &rec);
+
+    if (rv != CKR_OK)
+        return rv;
+    *waiting = TOK_NOBODY;
+    if (!tok_attrs_find(&rec, TOKR_TK_KCV)) {
+        *b = TOK_BIND_NONE;
+    } else if (tok_attrs_find(&rec, TOKR_TK_ESCROW)) {
+        const tok_attr *so = tok_attrs_find(&rec, TOKR_SO_PIN);
+        *b = TOK_BIND_ESCROW;
+        *waiting = so && so->len != TOK_PIN_REC_LEN ? CKU_SO : CKU_USER;
+    } else {
+        *b = TOK_BIND_FULL;
+    }
+    return CKR_OK;
 }
 
 /* ---- the token record inside a transaction ----------------------------- */
@@ -191,6 +212,27 @@ static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN],
     int rc = ks_obj_foreach(txn, tid, tok_oid_push, &o);
 
     *count = 0;
+    /* A token made before PIN binding has no envelope yet. One that has
+     * envelopes but no key check value lost it to someone holding only the
+     * master key, who wants the next key escrowed where they can read it. */
+    for (size_t i = 0; rc == KS_OK && i < o.n; i++) {
+        tok_attrs a = TOK_ATTRS_INIT;
+        uint8_t *blob = NULL;
+        size_t len = 0;
+
+        rc = ks_obj_get(txn, tid, o.v[i], &blob, &len);
+        if (rc == KS_OK) {
+            rc = tok_attrs_parse(blob, len, &a) == 0 ? KS_OK : KS_ECORRUPT;
+            ks_buf_free(blob, len);
+        }
+        if (rc == KS_OK && tok_env_present(&a)) {
+            ks_log(KS_LOG_ERROR, "token %u: its objects are in envelopes under a token key, but the token record "
+                   "no longer names that key: the token record was altered (with the master key); not binding a "
+                   "new key. Restore the keystore from a backup", tid);
+            rc = KS_ECORRUPT;
+        }
+        tok_attrs_free(&a);
+    }
     for (size_t i = 0; rc == KS_OK && i < o.n; i++) {
         tok_attrs a = TOK_ATTRS_INIT;
         uint8_t *blob = NULL;
@@ -251,6 +293,10 @@ static int bind_token(ks_txn *txn, uint32_t tid, tok_attrs *rec, unsigned role, 
             return rc;
         ks_log(KS_LOG_INFO, "token %u: private objects bound to the PINs at the %s's login (%zu put into "
                "envelopes under the new token key)", tid, role_name(role), n);
+        if (tok_attrs_find(rec, TOKR_TK_ESCROW))
+            ks_log(KS_LOG_WARN, "token %u: until the %s logs in once, the token key is also kept under the master "
+                   "key alone (p11mk-admin status shows it): log in once as %s", tid, role_name(!role),
+                   role_name(!role));
     } else if (!*have_tk) {
         const tok_attr *esc = tok_attrs_find(rec, TOKR_TK_ESCROW);
 
@@ -433,7 +479,9 @@ static CK_RV attempt(tok_ctx *ctx, const uint8_t *pin, CK_ULONG len, finish *f)
     }
     if (r.verdict != CKR_OK)
         return r.verdict;
-    if (rc != KS_OK && !(rc == KS_EEXIST && !r.count))
+    if (rc == KS_EEXIST && !r.count)
+        rc = KS_OK; /* read-only: the record was read, nothing written */
+    if (rc != KS_OK)
         return ks_rv(rc);
     v = tok_pin_check(pin, len, r.rec, r.rec_len, &k);
     if (v == TOK_PIN_BAD) {
@@ -533,6 +581,16 @@ typedef struct {
 static int create_fn(ks_txn *txn, void *arg)
 {
     const create *c = arg;
+    uint32_t next = 0;
+    int rc = ks_token_exists(txn, c->tid);
+
+    /* Still the free slot? Another process may have initialized it since we looked. */
+    if (rc == KS_OK)
+        return KS_ECHANGED;
+    if (rc != KS_ENOTFOUND || (rc = ks_token_new_id(txn, &next)) != KS_OK)
+        return rc;
+    if (next != c->tid)
+        return KS_ECHANGED;
     return tok_token_put(txn, c->tid, c->rec);
 }
 
@@ -581,6 +639,11 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
         rc = KS_ENOMEM;
     if (rc == KS_OK)
         rc = ks_write(ctx->st, create_fn, &(create){(uint32_t)slot, &rec});
+    if (rc == KS_ECHANGED) {
+        ks_log(KS_LOG_WARN, "slot %lu: another process initialized a token there first; nothing written",
+               (unsigned long)slot);
+        return CKR_FUNCTION_FAILED;
+    }
     if (rc != KS_OK)
         return ks_to_ckr(rc);
     ks_log(KS_LOG_INFO, "token %lu initialized", (unsigned long)slot);

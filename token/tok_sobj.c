@@ -57,6 +57,23 @@ static void drop_where(tok_ctx *ctx, bool by_owner, uint64_t id)
 void tok_sobjs_drop_owner(tok_ctx *ctx, uint64_t owner) { drop_where(ctx, true, owner); }
 void tok_sobjs_drop_slot(tok_ctx *ctx, CK_SLOT_ID slot) { drop_where(ctx, false, slot); }
 
+/* PKCS#11 (C_Logout): the application's private session objects are destroyed at logout. */
+void tok_sobjs_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
+{
+    pthread_mutex_lock(&ctx->sobj_lock);
+    for (size_t i = 0; i < ctx->nsobjs;) {
+        tok_sobj *o = ctx->sobjs[i];
+
+        if (o->slot == slot && tok_obj_is_private(&o->attrs)) {
+            ctx->sobjs[i] = ctx->sobjs[--ctx->nsobjs];
+            sobj_free(o);
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&ctx->sobj_lock);
+}
+
 static tok_sobj *find_locked(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t h)
 {
     for (size_t i = 0; i < ctx->nsobjs; i++)

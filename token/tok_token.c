@@ -537,6 +537,12 @@ static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, 
         return env && tok_env_strip(a, a) != 0 ? CKR_HOST_MEMORY : CKR_OK;
     if (!env && !tok_obj_is_private(a))
         return CKR_OK;
+    if (env && !tok_obj_is_private(a)) {
+        ks_log(KS_LOG_ERROR, "token %lu object %llu: an envelope on an object that says it is not private (its "
+               "CKA_PRIVATE was changed with the master key alone); not used. Delete it or restore a backup",
+               (unsigned long)slot, (unsigned long long)oid);
+        return CKR_DEVICE_ERROR;
+    }
     if ((rc = ks_token_incarnation(txn, (uint32_t)slot, &inc)) != KS_OK)
         return ks_to_ckr(rc);
     have = tok_tk_get(ctx, slot, inc, tk);
@@ -824,6 +830,7 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
         if (tok_access_sees(ac, attrs))
             return CKR_OK;
         tok_key_unref(*key);
+        *key = NULL; /* the caller's reference is given back here, not twice */
         tok_attrs_free(attrs);
         return CKR_OBJECT_HANDLE_INVALID;
     }

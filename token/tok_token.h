@@ -67,9 +67,18 @@ TOK_API CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const
 TOK_API CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin,
                               CK_ULONG len);
 
+/* Whether the token's private objects need a PIN at rest (tok_login.c):
+ * TOK_BIND_FULL; TOK_BIND_NONE for a token made before PIN binding that no
+ * role has logged in to since (the master key alone opens its private
+ * objects); TOK_BIND_ESCROW while the token key is also kept under the
+ * master-key seal, until *waiting (CKU_SO or CKU_USER) logs in once. */
+typedef enum { TOK_BIND_FULL, TOK_BIND_NONE, TOK_BIND_ESCROW } tok_binding;
+TOK_API CK_RV tok_token_binding(tok_ctx *ctx, CK_SLOT_ID slot, tok_binding *b, CK_USER_TYPE *waiting);
+
 /* The application logged out of the token (C_Logout, its last session
  * closed, the token re-initialized): the token key this process held for it
- * and the cached keys of its private objects are cleansed. */
+ * and the cached keys of its private objects are cleansed, and its private
+ * session objects destroyed (PKCS#11 C_Logout). */
 TOK_API void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot);
 
 /* ---- objects ------------------------------------------------------------- */

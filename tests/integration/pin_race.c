@@ -16,12 +16,16 @@
  *                                             right error, no keystore write,
  *                                             no PIN flag set
  *   pin_race MODULE LABEL tokinfo             the PIN flags of the token
+ *   pin_race MODULE LABEL initrace N PIN      N processes call C_InitToken on the
+ *                                             free slot at once, labeling it
+ *                                             LABEL, each with its own SO PIN
  *
  * WHO is "user" or "so". In procs and threads, "{i}" in PIN is replaced by
  * the index of the process or thread (0..N-1), for distinct PINs.
  *
  * Output (one line, stdout):
- *   procs, threads  the answers counted by return code, sorted by name:
+ *   procs, threads, initrace
+ *                   the answers counted by return code, sorted by name:
  *                   "CKR_PIN_INCORRECT=10 CKR_PIN_LOCKED=30"; a process that
  *                   died without an answer counts as NO_ANSWER
  *   login           the return code's name: "CKR_PIN_INCORRECT"
@@ -94,6 +98,9 @@ static const char *rv_name(CK_RV rv)
         {CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID"},
         {CKR_SESSION_READ_ONLY_EXISTS, "CKR_SESSION_READ_ONLY_EXISTS"},
         {CKR_TOKEN_WRITE_PROTECTED, "CKR_TOKEN_WRITE_PROTECTED"},
+        {CKR_SESSION_EXISTS, "CKR_SESSION_EXISTS"},
+        {CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID"},
+        {CKR_TOKEN_NOT_RECOGNIZED, "CKR_TOKEN_NOT_RECOGNIZED"},
         {CKR_USER_ALREADY_LOGGED_IN, "CKR_USER_ALREADY_LOGGED_IN"},
         {CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN"},
         {CKR_USER_PIN_NOT_INITIALIZED, "CKR_USER_PIN_NOT_INITIALIZED"},
@@ -265,14 +272,37 @@ static void write_all(int fd, const void *buf, size_t n)
 
 /* A child: set up, say 'R' (or 'E' on failure), wait until the parent closes
  * the go pipe, log in once, send the answer. Never returns. */
+/* initrace: the children initialize the free slot instead of logging in. */
+static bool init_race;
+
+/* The free slot (listed last) after C_Initialize; 0 on failure. */
+static CK_SLOT_ID free_slot(void)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+
+    if (initialize() != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &n) != CKR_OK || n == 0)
+        return 0;
+    return slots[n - 1];
+}
+
+static CK_RV init_token(CK_SLOT_ID slot, const char *label, const char *pin)
+{
+    CK_UTF8CHAR l32[32];
+
+    memset(l32, ' ', sizeof(l32));
+    memcpy(l32, label, strlen(label) < 32 ? strlen(label) : 32);
+    return f->C_InitToken(slot, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)strlen(pin), l32);
+}
+
 static _Noreturn void race_child(const char *label, unsigned long idx, CK_USER_TYPE who, const char *pin, int ready, int go,
                        int answers)
 {
-    CK_SLOT_ID slot;
-    CK_SESSION_HANDLE s;
+    CK_SLOT_ID slot = 0;
+    CK_SESSION_HANDLE s = 0;
     char c;
 
-    if (!open_token(label, &slot, &s)) {
+    if (init_race ? !(slot = free_slot()) : !open_token(label, &slot, &s)) {
         write_all(ready, "E", 1);
         _exit(2);
     }
@@ -280,7 +310,7 @@ static _Noreturn void race_child(const char *label, unsigned long idx, CK_USER_T
     close(ready);
     while (read(go, &c, 1) < 0 && errno == EINTR)
         ;
-    struct answer a = {(uint32_t)idx, 0, (uint64_t)login(s, who, pin)};
+    struct answer a = {(uint32_t)idx, 0, (uint64_t)(init_race ? init_token(slot, label, pin) : login(s, who, pin))};
     write_all(answers, &a, sizeof(a));
     f->C_Finalize(NULL);
     _exit(0);
@@ -597,7 +627,7 @@ static int mode_badargs(const char *label, const char *datamdb)
 static _Noreturn void usage(void)
 {
     fprintf(stderr, "usage: pin_race MODULE LABEL procs N WHO PIN | threads N WHO PIN | login WHO PIN\n"
-                    "       | killwatch WHO PIN DATAMDB | badargs DATAMDB | tokinfo\n");
+                    "       | killwatch WHO PIN DATAMDB | badargs DATAMDB | tokinfo | initrace N PIN\n");
     exit(2);
 }
 
@@ -634,5 +664,9 @@ int main(int argc, char **argv)
         return mode_badargs(label, argv[4]);
     if (strcmp(mode, "tokinfo") == 0 && argc == 4)
         return mode_tokinfo(label);
+    if (strcmp(mode, "initrace") == 0 && argc == 6) {
+        init_race = true;
+        return mode_procs(label, parse_n(argv[4]), CKU_SO, argv[5]);
+    }
     usage();
 }

@@ -7,9 +7,9 @@
 #
 # Each part runs in its own temporary keystore: with no argument every part
 # runs and the test fails if any part failed; `test_pin_lockout.sh PART` runs
-# one (procs, threads, so, killwatch, badargs). A part reports every check
-# that fails, not only the first.
-parts=(procs threads so killwatch badargs)
+# one (procs, threads, so, killwatch, badargs, initrace, samelogin). A part
+# reports every check that fails, not only the first.
+parts=(procs threads so killwatch badargs initrace samelogin)
 if [ $# -eq 0 ]; then
     : "${P11MK_TESTLIB:?run the integration tests through meson test}"
     failed=() skipped=0
@@ -120,6 +120,37 @@ so_reset() {
     fi
 }
 
+# 8 processes initialize the free slot at once, each with its own SO PIN:
+# exactly one succeeds and its SO PIN is the token's (the others were told
+# no: another process was first, or their PIN is not the new token's).
+part_initrace() {
+    local out okc
+    out=$(race raced initrace 8 "so-pin-race-{i}") || fail "pin_race initrace failed"
+    echo "8 processes, C_InitToken on the free slot at once: $out"
+    okc=$(count CKR_OK "$out")
+    [ "$okc" -eq 1 ] || check_fail "$okc processes were told their C_InitToken succeeded, not 1"
+    local good=0
+    for i in $(seq 0 7); do
+        [ "$(race raced login so "so-pin-race-$i")" = CKR_OK ] && good=$((good + 1))
+    done
+    [ "$good" -eq 1 ] || check_fail "$good of the 8 SO PINs open the token, not 1"
+    finish
+    ok "concurrent C_InitToken: one winner, whose SO PIN is the token's"
+}
+
+# 8 threads of one process log in as user with the right PIN at once: one
+# CKR_OK, the others CKR_USER_ALREADY_LOGGED_IN (not ANOTHER_...).
+part_samelogin() {
+    init_token same
+    local out
+    out=$(race same threads 8 user "$PIN") || fail "pin_race threads failed"
+    echo "8 threads, the right user PIN at once: $out"
+    [ "$(count CKR_OK "$out")" -eq 1 ] && [ "$(count CKR_USER_ALREADY_LOGGED_IN "$out")" -eq 7 ] ||
+        check_fail "expected CKR_OK=1 CKR_USER_ALREADY_LOGGED_IN=7, got $out"
+    finish
+    ok "concurrent logins of one user: one CKR_OK, CKR_USER_ALREADY_LOGGED_IN for the rest"
+}
+
 part_procs() {
     init_token lockp
     make_private_objects lockp
@@ -224,7 +255,7 @@ part_badargs() {
 }
 
 case $1 in
-procs | threads | so | killwatch | badargs) "part_$1" ;;
+procs | threads | so | killwatch | badargs | initrace | samelogin) "part_$1" ;;
 *) fail "unknown part $1 (one of: ${parts[*]})" ;;
 esac
 finish

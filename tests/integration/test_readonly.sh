@@ -23,8 +23,11 @@ expect_out "Signature is valid"
 expect_rc 1 p11 "${P[@]}" --keygen --key-type AES:16 --label new
 expect_out "CKR_TOKEN_WRITE_PROTECTED"
 grep -q "not writable by this user: serving it read-only" "$T/p11mk.log" || fail "no log line about the read-only keystore"
+expect_rc 1 p11 --token-label ro --login --pin wrong-pin -O
+expect_out "CKR_PIN_INCORRECT"
+grep -q "wrong user PIN (not counted: read-only keystore)" "$T/p11mk.log" || fail "no log line about the uncounted wrong PIN"
 expect_rc 0 "$ADMIN" status
-ok "read-only keystore: listed, write-protected, signs, refuses writes"
+ok "read-only keystore: listed, write-protected, signs, refuses writes; a wrong PIN is CKR_PIN_INCORRECT"
 chmod 0700 "$KS"; chmod 0600 "$KS/data.mdb"
 
 # A keystore directory that cannot be created.

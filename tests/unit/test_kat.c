@@ -558,18 +558,26 @@ static void test_attr_serialization(void **state)
 }
 
 /* 1 | nonce 70..7b | AES-256-GCM(serialized {CKA_VALUE "envelope secret
- * value"}) | tag, under token key 40..5f, token 7, object 0x1122334455667788. */
+ * value"}) | tag, under token key 40..5f, token 7, object 0x1122334455667788,
+ * clear attributes {CKA_CLASS = CKO_SECRET_KEY}. */
 #define ENV_KAT                                                                                                        \
     "01707172737475767778797a7bd2e4bb189e49e40aab5fbb5dbf111b21c86d0f"                                                 \
-    "e77569ad4a93ade5e04670b0d5e85ff45db0a076a7ae4d5d1f60dc16c040e6dd"                                                 \
-    "b59586"
+    "e77569ad4a93ade5e04670b0d5e85ff45db0a05d8e6404c4fb32001c1b00346d"                                                 \
+    "e23bac"
 
-/* "p11mk private object v1" | LE32 token | LE64 object id */
-static void env_aad(uint8_t aad[35], uint32_t token, uint64_t oid)
+/* The clear attributes {CKA_CLASS = CKO_SECRET_KEY}, serialized. */
+#define ENV_CLEAR_KAT "0101000000" "0000000000000000 08000000 0400000000000000"
+
+/* "p11mk private object v1" | LE32 token | LE64 object id | SHA-256(clear attributes sorted by type, serialized) */
+static void env_aad(uint8_t aad[67], uint32_t token, uint64_t oid)
 {
+    uint8_t clear[25];
+    unsigned hl = 0;
     memcpy(aad, "p11mk private object v1", 23);
     le(aad + 23, token, 4);
     le(aad + 27, oid, 8);
+    unhex(ENV_CLEAR_KAT, clear, sizeof(clear));
+    assert_int_equal(EVP_Digest(clear, sizeof(clear), aad + 35, &hl, EVP_sha256(), NULL), 1);
 }
 
 static void test_envelope(void **state)
@@ -577,7 +585,7 @@ static void test_envelope(void **state)
     (void)state;
     static const char secret[] = "envelope secret value";
     const uint64_t oid = 0x1122334455667788ull;
-    uint8_t tk[32], inner[5 + 12 + 21], env[67], ind[67], aad[35];
+    uint8_t tk[32], inner[5 + 12 + 21], env[67], ind[67], aad[67];
     tok_attrs stored = TOK_ATTRS_INIT, opened = TOK_ATTRS_INIT, sealed = TOK_ATTRS_INIT;
 
     fill(tk, 32, 0x40);
@@ -589,7 +597,7 @@ static void test_envelope(void **state)
     ind[0] = 1;
     fill(ind + 1, 12, 0x70);
     env_aad(aad, 7, oid);
-    assert_true(ossl_gcm(1, tk, ind + 1, aad, 35, inner, sizeof(inner), ind + 13));
+    assert_true(ossl_gcm(1, tk, ind + 1, aad, sizeof(aad), inner, sizeof(inner), ind + 13));
     assert_hex(ind, sizeof(ind), ENV_KAT);
 
     unhex(ENV_KAT, env, sizeof(env));
@@ -601,6 +609,13 @@ static void test_envelope(void **state)
     assert_int_equal(v->len, 21);
     assert_memory_equal(v->val, secret, 21);
     assert_int_equal(tok_env_open(tk, 7, oid + 1, &stored, &opened), -2);
+    /* What the object says it is is bound too: another class, another AAD. */
+    tok_attrs moved = TOK_ATTRS_INIT, out2 = TOK_ATTRS_INIT;
+    assert_int_equal(tok_attrs_copy(&moved, &stored), 0);
+    assert_int_equal(tok_attrs_set_ulong(&moved, CKA_CLASS, CKO_DATA), 0);
+    assert_int_equal(tok_env_open(tk, 7, oid, &moved, &out2), -2);
+    tok_attrs_free(&moved);
+    tok_attrs_free(&out2);
 
     /* What the module seals now opens with the documented layout. */
     assert_int_equal(tok_env_seal(tk, 9, 10, &opened, &sealed), 0);
@@ -610,7 +625,7 @@ static void test_envelope(void **state)
     assert_int_equal(e->val[0], 1);
     uint8_t back[sizeof(inner)];
     env_aad(aad, 9, 10);
-    assert_true(ossl_gcm(0, tk, e->val + 1, aad, 35, e->val + 13, sizeof(inner), back));
+    assert_true(ossl_gcm(0, tk, e->val + 1, aad, sizeof(aad), e->val + 13, sizeof(inner), back));
     assert_memory_equal(back, inner, sizeof(inner));
     assert_null(tok_attrs_find(&sealed, CKA_VALUE));
     tok_attrs_free(&stored);

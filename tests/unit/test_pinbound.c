@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -382,11 +383,215 @@ static void test_upgrade(void **state)
     tok_ctx_close(ctx);
 }
 
+/* ---- what the hostile review found ------------------------------------------ */
+
+/* Make a token with SO and user PINs; log in as user. */
+static tok_ctx *token_with_user(void)
+{
+    tok_ctx *ctx;
+    CK_UTF8CHAR label[32];
+    write_conf(NULL);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "pinb", 4);
+    assert_int_equal(tok_ctx_open(TOK_CTX_CREATE, &ctx), CKR_OK);
+    assert_int_equal(tok_token_init(ctx, 1, (const uint8_t *)SO_PIN, strlen(SO_PIN), label), CKR_OK);
+    assert_int_equal(login(ctx, CKU_SO, SO_PIN), CKR_OK);
+    assert_int_equal(tok_pin_init(ctx, 1, (const uint8_t *)USER_PIN, strlen(USER_PIN)), CKR_OK);
+    tok_logout(ctx, 1);
+    assert_int_equal(login(ctx, CKU_USER, USER_PIN), CKR_OK);
+    return ctx;
+}
+
+/* A cached private key asked for by the SO (who holds the token key but may
+ * not see private objects): refused, and the key reference not left behind
+ * for the caller to drop a second time (it was: a use-after-free). */
+static void test_so_cannot_use_private_keys(void **state)
+{
+    (void)state;
+    tok_ctx *ctx = token_with_user();
+    const tok_access so = {.slot = 1, .rw = true, .who = CKU_SO};
+    uint64_t k = store(ctx, CKO_SECRET_KEY, CKK_AES, true, "aes-private", aes_val, sizeof(aes_val), CKR_OK);
+    tok_key *key = NULL;
+    tok_attrs a = TOK_ATTRS_INIT;
+    assert_int_equal(tok_obj_key(ctx, &USER, k, &key, &a), CKR_OK); /* now in the key cache */
+    tok_key_unref(key);
+    tok_attrs_free(&a);
+    /* Asked while the key is cached (the cache is keyed by record, not by
+     * caller); then, after logout, from the keystore. */
+    for (int i = 0; i < 3; i++) {
+        key = NULL;
+        assert_int_equal(tok_obj_key(ctx, &so, k, &key, &a), CKR_OBJECT_HANDLE_INVALID);
+        assert_null(key);
+        tok_key_unref(key);
+    }
+    tok_logout(ctx, 1);
+    assert_int_equal(login(ctx, CKU_SO, SO_PIN), CKR_OK);
+    for (int i = 0; i < 3; i++) {
+        key = NULL;
+        assert_int_equal(tok_obj_key(ctx, &so, k, &key, &a), CKR_OBJECT_HANDLE_INVALID);
+        assert_null(key);
+        tok_key_unref(key);
+    }
+    assert_int_equal(tok_obj_read(ctx, &so, k, &a), CKR_OBJECT_HANDLE_INVALID);
+    tok_ctx_close(ctx);
+}
+
+/* Private session objects go at logout (PKCS#11 C_Logout); public ones stay. */
+static void test_logout_drops_private_session_objects(void **state)
+{
+    (void)state;
+    tok_ctx *ctx = token_with_user();
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE priv[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_PRIVATE, &yes, 1}, {CKA_VALUE, "s", 1}};
+    CK_ATTRIBUTE pub[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_PRIVATE, &no, 1}, {CKA_VALUE, "p", 1}};
+    tok_attrs o = TOK_ATTRS_INIT;
+    uint64_t hp = 0, hq = 0;
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, priv, 3, &o), CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, &USER, &o, &hp), CKR_OK);
+    tok_attrs_free(&o);
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, pub, 3, &o), CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, &USER, &o, &hq), CKR_OK);
+    tok_attrs_free(&o);
+    assert_true(hp & TOK_SOBJ_BIT);
+    tok_logout(ctx, 1);
+    assert_int_equal(login(ctx, CKU_USER, USER_PIN), CKR_OK);
+    assert_int_equal(tok_obj_read(ctx, &USER, hp, &o), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(tok_obj_read(ctx, &USER, hq, &o), CKR_OK);
+    tok_attrs_free(&o);
+    tok_ctx_close(ctx);
+}
+
+/* A child forked while an attempt holds the token's lock does not keep it. */
+static void test_fork_does_not_keep_attempt_lock(void **state)
+{
+    (void)state;
+    tok_ctx *ctx = token_with_user();
+    int fd = -1, fd2 = -1, p[2];
+    assert_int_equal(ks_attempt_lock(tok_ctx_store(ctx), 1, 1000, &fd), KS_OK);
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char c;
+        close(p[1]);
+        while (read(p[0], &c, 1) < 0)
+            ;
+        _exit(0);
+    }
+    close(p[0]);
+    ks_attempt_unlock(fd);
+    /* The child lives on; the lock must be free. */
+    assert_int_equal(ks_attempt_lock(tok_ctx_store(ctx), 1, 300, &fd2), KS_OK);
+    ks_attempt_unlock(fd2);
+    close(p[1]);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    tok_ctx_close(ctx);
+}
+
+typedef struct {
+    CK_ATTRIBUTE_TYPE t;
+    bool to;
+    uint64_t oid;
+} flip_arg;
+
+/* With the master key alone: set a clear boolean of an object's record. */
+static int flip_fn(ks_txn *t, void *arg)
+{
+    flip_arg *f = arg;
+    tok_attrs a = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = ks_obj_get(t, 1, f->oid, &blob, &len);
+    if (rc != KS_OK)
+        return rc;
+    assert_int_equal(tok_attrs_parse(blob, len, &a), 0);
+    ks_buf_free(blob, len);
+    assert_true(tok_env_present(&a));
+    assert_int_equal(tok_attrs_set_bool(&a, f->t, f->to), 0);
+    assert_int_equal(tok_attrs_serialize(&a, &blob, &len), 0);
+    rc = ks_obj_put(t, 1, f->oid, blob, len);
+    ks_buf_free(blob, len);
+    tok_attrs_free(&a);
+    return rc;
+}
+
+/* What a private object says it is and may do is bound to its envelope:
+ * making a sensitive key extractable, or the object public, with the
+ * master key alone is damage, reported. */
+static void test_policy_bound_to_envelope(void **state)
+{
+    (void)state;
+    tok_ctx *ctx = token_with_user();
+    uint64_t k = store(ctx, CKO_SECRET_KEY, CKK_AES, true, "aes-private", aes_val, sizeof(aes_val), CKR_OK);
+    uint64_t d = store(ctx, CKO_DATA, 0, true, "data-private", priv_data, sizeof(priv_data), CKR_OK);
+    tok_attrs a = TOK_ATTRS_INIT;
+    flip_arg f1 = {CKA_SENSITIVE, false, k}, f2 = {CKA_PRIVATE, false, d};
+    assert_int_equal(ks_write(tok_ctx_store(ctx), flip_fn, &f1), KS_OK);
+    assert_int_equal(tok_obj_read(ctx, &USER, k, &a), CKR_DEVICE_ERROR);
+    assert_int_equal(ks_write(tok_ctx_store(ctx), flip_fn, &f2), KS_OK);
+    assert_int_equal(tok_obj_read(ctx, &USER, d, &a), CKR_DEVICE_ERROR);
+    const tok_access nobody = {.slot = 1, .rw = true, .who = TOK_NOBODY};
+    assert_int_equal(tok_obj_read(ctx, &nobody, d, &a), CKR_DEVICE_ERROR);
+    tok_ctx_close(ctx);
+}
+
+/* With the master key alone: PIN records cut back to version 1 and the
+ * token key's check value removed, so that the next login would make a new
+ * key escrowed under the master key. Refused: objects are in envelopes. */
+static int downgrade_fn(ks_txn *t, void *arg)
+{
+    (void)arg;
+    tok_attrs rec = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    assert_int_equal(ks_token_get(t, 1, &blob, &len), KS_OK);
+    assert_int_equal(tok_attrs_parse(blob, len, &rec), 0);
+    ks_buf_free(blob, len);
+    CK_ATTRIBUTE_TYPE pins[] = {TOKR_SO_PIN, TOKR_USER_PIN};
+    for (int i = 0; i < 2; i++) {
+        uint8_t v1[TOK_PIN_REC_V1_LEN];
+        const tok_attr *r = tok_attrs_find(&rec, pins[i]);
+        assert_non_null(r);
+        memcpy(v1, r->val, sizeof(v1));
+        v1[0] = 1;
+        assert_int_equal(tok_attrs_set(&rec, pins[i], v1, sizeof(v1)), 0);
+    }
+    tok_attrs_remove(&rec, TOKR_TK_KCV);
+    assert_int_equal(tok_attrs_serialize(&rec, &blob, &len), 0);
+    int rc = ks_token_put(t, 1, blob, len);
+    ks_buf_free(blob, len);
+    tok_attrs_free(&rec);
+    return rc;
+}
+
+static void test_downgrade_refused(void **state)
+{
+    (void)state;
+    tok_ctx *ctx = token_with_user();
+    store(ctx, CKO_DATA, 0, true, "data-private", priv_data, sizeof(priv_data), CKR_OK);
+    tok_logout(ctx, 1);
+    assert_int_equal(ks_write(tok_ctx_store(ctx), downgrade_fn, NULL), KS_OK);
+    assert_int_equal(login(ctx, CKU_USER, USER_PIN), CKR_DEVICE_ERROR);
+    tok_binding b;
+    CK_USER_TYPE w;
+    assert_int_equal(tok_token_binding(ctx, 1, &b, &w), CKR_OK);
+    assert_int_equal(b, TOK_BIND_NONE); /* and status says so */
+    tok_ctx_close(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_values_need_pin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_so_cannot_use_private_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_logout_drops_private_session_objects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fork_does_not_keep_attempt_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_policy_bound_to_envelope, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_downgrade_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
