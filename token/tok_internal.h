@@ -94,7 +94,10 @@ TOK_API int tok_token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec);
 TOK_API bool tok_tk_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, uint8_t tk[32]);
 /* Drop the cached keys of the token's private objects (at logout). */
 TOK_API void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot);
-/* Drop every token key (tok_ctx_close). */
+/* Keep tk as the key of slot's incarnation inc (a copy; replaces any other). */
+TOK_API void tok_tk_install(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, const uint8_t tk[32]);
+/* Cleanse the key of one token, or all (tok_ctx_close). */
+TOK_API void tok_tk_drop(tok_ctx *ctx, CK_SLOT_ID slot);
 TOK_API void tok_tk_drop_all(tok_ctx *ctx);
 /* Session objects (tok_sobj.c): the tok_obj_* functions of tok_token.c
  * hand handles with TOK_SOBJ_BIT here. */

@@ -58,71 +58,9 @@ static CK_RV pin_args(const uint8_t *pin, CK_ULONG len)
     return CKR_OK;
 }
 
-/* ---- token keys held by this process ----------------------------------- */
-
-bool tok_tk_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, uint8_t tk[TOK_TK_LEN])
-{
-    bool found = false;
-
-    pthread_mutex_lock(&ctx->tk_lock);
-    for (size_t i = 0; i < ctx->ntks; i++)
-        if (ctx->tks[i].slot == slot && ctx->tks[i].inc == inc) {
-            memcpy(tk, ctx->tks[i].key, TOK_TK_LEN);
-            found = true;
-            break;
-        }
-    pthread_mutex_unlock(&ctx->tk_lock);
-    return found;
-}
-
-static void tk_drop_locked(tok_ctx *ctx, CK_SLOT_ID slot)
-{
-    for (size_t i = 0; i < ctx->ntks;) {
-        if (ctx->tks[i].slot == slot) {
-            ks_secmem_free(ctx->tks[i].key);
-            ctx->tks[i] = ctx->tks[--ctx->ntks];
-        } else {
-            i++;
-        }
-    }
-}
-
-static void tk_install(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t inc, const uint8_t tk[TOK_TK_LEN])
-{
-    uint8_t *key = ks_secmem_alloc(TOK_TK_LEN);
-    struct tok_tk *v;
-
-    if (!key)
-        return; /* private objects stay out of reach; the login itself stands */
-    memcpy(key, tk, TOK_TK_LEN);
-    pthread_mutex_lock(&ctx->tk_lock);
-    tk_drop_locked(ctx, slot);
-    v = realloc(ctx->tks, (ctx->ntks + 1) * sizeof(*v));
-    if (v) {
-        ctx->tks = v;
-        ctx->tks[ctx->ntks++] = (struct tok_tk){slot, inc, key};
-        key = NULL;
-    }
-    pthread_mutex_unlock(&ctx->tk_lock);
-    ks_secmem_free(key);
-}
-
-void tok_tk_drop_all(tok_ctx *ctx)
-{
-    pthread_mutex_lock(&ctx->tk_lock);
-    for (size_t i = 0; i < ctx->ntks; i++)
-        ks_secmem_free(ctx->tks[i].key);
-    free(ctx->tks);
-    ctx->tks = NULL;
-    ctx->ntks = 0;
-    pthread_mutex_unlock(&ctx->tk_lock);
-}
-
 void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot)
 {
-    pthread_mutex_lock(&ctx->tk_lock);
-    tk_drop_locked(ctx, slot);
-    pthread_mutex_unlock(&ctx->tk_lock);
+    tok_tk_drop(ctx, slot);
     tok_cache_drop_private(ctx, slot);
     tok_sobjs_drop_private(ctx, slot);
 }
@@ -568,7 +506,7 @@ CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uin
     rv = attempt(ctx, pin, len, &f);
     ks_attempt_unlock(fd);
     if (rv == CKR_OK && f.have_tk)
-        tk_install(ctx, slot, f.inc, f.tk);
+        tok_tk_install(ctx, slot, f.inc, f.tk);
     OPENSSL_cleanse(f.tk, sizeof(f.tk));
     return rv;
 }
@@ -576,11 +514,11 @@ CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uin
 typedef struct {
     uint32_t tid;
     const tok_attrs *rec;
-} create;
+} token_create;
 
 static int create_fn(ks_txn *txn, void *arg)
 {
-    const create *c = arg;
+    const token_create *c = arg;
     uint32_t next = 0;
     int rc = ks_token_exists(txn, c->tid);
 
@@ -638,7 +576,7 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
     if (rc == KS_OK && (tok_attrs_set_ulong(&rec, TOKR_SO_FAILS, 0) != 0 || tok_attrs_set(&rec, TOKR_LABEL, label, 32) != 0))
         rc = KS_ENOMEM;
     if (rc == KS_OK)
-        rc = ks_write(ctx->st, create_fn, &(create){(uint32_t)slot, &rec});
+        rc = ks_write(ctx->st, create_fn, &(token_create){(uint32_t)slot, &rec});
     if (rc == KS_ECHANGED) {
         ks_log(KS_LOG_WARN, "slot %lu: another process initialized a token there first; nothing written",
                (unsigned long)slot);

@@ -337,7 +337,7 @@ CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc
         return CKR_FUNCTION_FAILED;
     }
     if (rc == KS_OK) {
-        tok_logout(ctx, slot);
+        tok_tk_drop(ctx, slot); /* the cache was flushed above */
         ks_log(KS_LOG_INFO, "token %lu deleted with its objects", (unsigned long)slot);
     }
     return ks_to_ckr(rc);
