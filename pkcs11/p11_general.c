@@ -1,28 +1,12 @@
-/* p11mk pkcs11 layer: library initialization, finalization, info. */
+/* p11mk pkcs11 layer: library initialization, finalization, info (the
+ * module state they set up: p11_state.c). */
 #include "pkcs11/p11_internal.h"
 
 #include <pthread.h>
 #include <unistd.h>
 
-static struct {
-    bool initialized; /* read and written atomically: see p11_initialized */
-    pid_t pid;
-    tok_ctx *tok;
-    p11_mutex *lock;
-} g;
-
 /* C_Initialize/C_Finalize themselves are serialized by a process mutex. */
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
- * tests do): the flag is published with release after every other field is
- * set, and read with acquire. */
-static void set_initialized(bool v) { __atomic_store_n(&g.initialized, v, __ATOMIC_RELEASE); }
-static bool get_initialized(void) { return __atomic_load_n(&g.initialized, __ATOMIC_ACQUIRE); }
-bool p11_initialized(void) { return get_initialized() && g.pid == getpid(); }
-tok_ctx *p11_tok(void) { return g.tok; }
-void p11_lock(void) { p11_mutex_lock(g.lock); }
-void p11_unlock(void) { p11_mutex_unlock(g.lock); }
 
 /* In a fork child, the parent's state is abandoned: its sessions and login
  * state do not carry over (PKCS#11 2.40 section 6.7.7), and the keystore
@@ -30,36 +14,36 @@ void p11_unlock(void) { p11_mutex_unlock(g.lock); }
 static void forget_parent(void)
 {
     p11_sessions_free(true);
-    g.tok = NULL; /* abandoned with its session objects: the keystore layer handles the child's reopen */
-    g.lock = NULL;
-    set_initialized(false);
+    /* The context is abandoned with its session objects: the keystore layer
+     * handles the child's reopen. */
+    p11_state_clear(NULL, NULL);
 }
 
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 {
     CK_RV rv;
 
+    p11_mutex *lock = NULL;
+    tok_ctx *tok = NULL;
+
     pthread_mutex_lock(&init_lock);
-    if (get_initialized() && g.pid != getpid())
+    if (p11_state_forked())
         forget_parent();
-    if (get_initialized()) {
+    if (p11_state_published()) {
         pthread_mutex_unlock(&init_lock);
         return CKR_CRYPTOKI_ALREADY_INITIALIZED;
     }
     rv = p11_locking_setup(pInitArgs);
     if (rv == CKR_OK)
-        rv = p11_mutex_new(&g.lock);
+        rv = p11_mutex_new(&lock);
     if (rv == CKR_OK) {
-        rv = tok_ctx_open(TOK_CTX_CREATE, &g.tok);
-        if (rv != CKR_OK) {
-            p11_mutex_free(g.lock);
-            g.lock = NULL;
-        }
+        rv = tok_ctx_open(TOK_CTX_CREATE, &tok);
+        if (rv != CKR_OK)
+            p11_mutex_free(lock);
     }
     if (rv == CKR_OK) {
         p11_sessions_init();
-        g.pid = getpid();
-        set_initialized(true);
+        p11_state_publish(tok, lock); /* last: other threads see a complete state */
     }
     pthread_mutex_unlock(&init_lock);
     return rv;
@@ -73,12 +57,13 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
         pthread_mutex_unlock(&init_lock);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
+    p11_mutex *lock = NULL;
+    tok_ctx *tok = NULL;
+
     p11_sessions_free(false);
-    tok_ctx_close(g.tok); /* with the session objects */
-    g.tok = NULL;
-    set_initialized(false);
-    p11_mutex_free(g.lock);
-    g.lock = NULL;
+    p11_state_clear(&tok, &lock);
+    tok_ctx_close(tok); /* with the session objects */
+    p11_mutex_free(lock);
     pthread_mutex_unlock(&init_lock);
     return CKR_OK;
 }

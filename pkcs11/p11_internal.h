@@ -65,7 +65,13 @@ typedef struct p11_session {
 
 /* Is the module initialized in this process? Checks the pid too: after
  * fork() the child must call C_Initialize again. */
-P11_API bool p11_initialized(void);
+/* ---- module state (p11_state.c) ----------------------------------------- */
+P11_API bool p11_initialized(void); /* in this process (not a fork child) */
+/* For C_Initialize / C_Finalize only (under their mutex): */
+P11_API bool p11_state_published(void);   /* initialized, in this process or its parent */
+P11_API bool p11_state_forked(void);      /* initialized in the parent of this process */
+P11_API void p11_state_publish(tok_ctx *tok, p11_mutex *lock);
+P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them back (NULL: abandon) */
 P11_API tok_ctx *p11_tok(void);
 P11_API void p11_lock(void);
 P11_API void p11_unlock(void);

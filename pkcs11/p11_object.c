@@ -172,16 +172,6 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
 
 /* ---- search ---------------------------------------------------------------- */
 
-void p11_find_end(p11_find *f)
-{
-    for (CK_ULONG i = 0; i < f->n; i++)
-        free(f->tmpl[i].pValue);
-    free(f->tmpl);
-    free(f->sobjs);
-    free(f->cands);
-    memset(f, 0, sizeof(*f));
-}
-
 static CK_RV tmpl_dup(const CK_ATTRIBUTE *src, CK_ULONG n, p11_find *f)
 {
     f->tmpl = calloc(n ? n : 1, sizeof(*f->tmpl));

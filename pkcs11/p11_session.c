@@ -25,6 +25,16 @@ void p11_sessions_init(void)
     t.next = 1;
 }
 
+void p11_find_end(p11_find *f)
+{
+    for (CK_ULONG i = 0; i < f->n; i++)
+        free(f->tmpl[i].pValue);
+    free(f->tmpl);
+    free(f->sobjs);
+    free(f->cands);
+    memset(f, 0, sizeof(*f));
+}
+
 static void session_free(p11_session *s)
 {
     for (int k = 0; k < P11_OP_SLOTS; k++)

@@ -1,0 +1,46 @@
+/* p11mk pkcs11 layer: the module's state, one small unit every other file
+ * of the layer reads: initialized (in this process), the token context, the
+ * global lock. C_Initialize and C_Finalize (p11_general.c) publish and clear
+ * it under their own mutex. */
+#include "pkcs11/p11_internal.h"
+
+#include <unistd.h>
+
+static struct {
+    bool initialized; /* read and written atomically: see p11_initialized */
+    pid_t pid;
+    tok_ctx *tok;
+    p11_mutex *lock;
+} g;
+
+/* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
+ * tests do): the flag is published with release after every other field is
+ * set, and read with acquire. */
+static void set_initialized(bool v) { __atomic_store_n(&g.initialized, v, __ATOMIC_RELEASE); }
+static bool get_initialized(void) { return __atomic_load_n(&g.initialized, __ATOMIC_ACQUIRE); }
+bool p11_initialized(void) { return get_initialized() && g.pid == getpid(); }
+tok_ctx *p11_tok(void) { return g.tok; }
+void p11_lock(void) { p11_mutex_lock(g.lock); }
+void p11_unlock(void) { p11_mutex_unlock(g.lock); }
+
+bool p11_state_published(void) { return get_initialized(); }
+bool p11_state_forked(void) { return get_initialized() && g.pid != getpid(); }
+
+void p11_state_publish(tok_ctx *tok, p11_mutex *lock)
+{
+    g.tok = tok;
+    g.lock = lock;
+    g.pid = getpid();
+    set_initialized(true);
+}
+
+void p11_state_clear(tok_ctx **tok, p11_mutex **lock)
+{
+    set_initialized(false);
+    if (tok)
+        *tok = g.tok;
+    if (lock)
+        *lock = g.lock;
+    g.tok = NULL;
+    g.lock = NULL;
+}
