@@ -80,9 +80,12 @@ static CK_FUNCTION_LIST_3_0 list_v30 = {
 };
 
 static CK_UTF8CHAR iface_name[] = "PKCS 11";
+/* Not CKF_INTERFACE_FORK_SAFE: a fork child starts afresh with C_Initialize
+ * (the classic behaviour); it does not carry on the parent's sessions and
+ * login, which that flag would promise. */
 static CK_INTERFACE interfaces[] = {
-    {iface_name, &list_v30, CKF_INTERFACE_FORK_SAFE},
-    {iface_name, &list_v240, CKF_INTERFACE_FORK_SAFE},
+    {iface_name, &list_v30, 0},
+    {iface_name, &list_v240, 0},
 };
 #define N_INTERFACES (sizeof(interfaces) / sizeof(interfaces[0]))
 

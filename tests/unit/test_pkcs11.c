@@ -297,6 +297,11 @@ static void test_interfaces(void **state)
     assert_int_equal(v->major, 2);
     assert_int_equal(v->minor, 40);
     RV(CKR_ARGUMENTS_BAD, gi((CK_UTF8CHAR_PTR) "Vendor X", NULL, &ip, 0));
+    /* Only what is implemented is advertised: a fork child does not keep the
+     * parent's sessions, so no interface says it is fork-safe. */
+    for (CK_ULONG k = 0; k < 2; k++)
+        assert_int_equal(list[k].flags & CKF_INTERFACE_FORK_SAFE, 0);
+    RV(CKR_ARGUMENTS_BAD, gi(NULL, NULL, &ip, CKF_INTERFACE_FORK_SAFE));
     RV(CKR_ARGUMENTS_BAD, gi(NULL, NULL, NULL, 0));
 
     /* The 3.0 list works and its message functions say not supported. */
