@@ -66,7 +66,8 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
  * defaults. File format: "key = value" lines, '#' comments, blank lines.
  * Keys: keystore (directory), master_key ("default" or a key file path),
  *       log (syslog | stderr | /path/file), log_level (error|warn|info|debug),
- *       key_file_mode (octal, most permissive mode accepted for key files, default 0600).
+ *       key_file_mode (octal, most permissive mode accepted for key files, default 0600),
+ *       rsa_min_bits (the smallest RSA key C_GenerateKeyPair makes, 1024..8192, default 2048).
  * Unknown keys and malformed lines are errors naming file, line and key. */
 typedef struct {
     char *source;        /* config file used, or NULL for embedded defaults */
@@ -75,6 +76,7 @@ typedef struct {
     char *log;           /* NULL -> syslog for the module, stderr for admin */
     int log_level;       /* KS_LOG_* */
     unsigned key_file_mode; /* default 0600 */
+    unsigned rsa_min_bits;  /* default 2048 */
 } ks_config;
 
 KS_API int ks_config_load(ks_config *cfg, ks_err *err);

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
-#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode"
+#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits"
 
 static const char *home_dir(void)
 {
@@ -82,6 +82,7 @@ void ks_config_defaults(ks_config *cfg)
     cfg->log = NULL;
     cfg->log_level = KS_LOG_WARN;
     cfg->key_file_mode = 0600;
+    cfg->rsa_min_bits = 2048;
 }
 
 static char *trim(char *s)
@@ -164,6 +165,18 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
         cfg->key_file_mode = (unsigned)m;
         return KS_OK;
     }
+    if (strcmp(key, "rsa_min_bits") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long b = strtoul(val, &end, 10);
+        if (errno || *end || !*val || b < 1024 || b > 8192 || b % 8) {
+            ks_err_set(err, "%s:%d: rsa_min_bits '%s' must be a number of bits from 1024 to 8192 (default 2048)",
+                       path, line, val);
+            return KS_ECONFIG;
+        }
+        cfg->rsa_min_bits = (unsigned)b;
+        return KS_OK;
+    }
     ks_err_set(err, "%s:%d: unknown key '%s' (known keys: " KNOWN_KEYS ")", path, line, key);
     return KS_ECONFIG;
 }
@@ -172,7 +185,7 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
 {
     FILE *f;
     char buf[4096];
-    int lineno = 0, rc = KS_OK, seen[5] = {0};
+    int lineno = 0, rc = KS_OK, seen[6] = {0};
 
     ks_config_defaults(cfg);
     if (!cfg->keystore || !cfg->master_key) {
@@ -229,7 +242,8 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
         }
         *eq = '\0';
         const char *key = trim(s);
-        static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode"};
+        static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode",
+                                            "rsa_min_bits"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {

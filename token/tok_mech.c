@@ -45,7 +45,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false},
     {CKM_EDDSA, 255, 448, SIGN, M_EDDSA, NULL, 0, false},
     {CKM_EC_MONTGOMERY_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false},
-    /* RSA: key sizes in bits (generation 2048-4096; use 1024-8192) */
+    /* RSA: key sizes in bits (generation from rsa_min_bits, default 2048, to 8192; use 1024-8192) */
     {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false},
     {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0, false},
     {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN, M_RSA_X509, NULL, 0, false},
@@ -123,13 +123,24 @@ CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap)
     return N_MECHS;
 }
 
+/* The smallest RSA key generation makes (configuration: rsa_min_bits). */
+static unsigned rsa_min_bits = 2048;
+
+void tok_mech_set_rsa_min_bits(unsigned bits)
+{
+    if (bits >= 1024 && bits <= 8192)
+        __atomic_store_n(&rsa_min_bits, bits, __ATOMIC_RELAXED);
+}
+
+static CK_ULONG rsa_gen_min(void) { return __atomic_load_n(&rsa_min_bits, __ATOMIC_RELAXED); }
+
 CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
 {
     const tok_mech_desc *d = tok_mech_find(m);
     if (!d)
         return CKR_MECHANISM_INVALID;
     if (info) {
-        info->ulMinKeySize = d->min;
+        info->ulMinKeySize = m == CKM_RSA_PKCS_KEY_PAIR_GEN ? rsa_gen_min() : d->min;
         info->ulMaxKeySize = d->max;
         info->flags = d->flags;
     }
@@ -277,7 +288,7 @@ static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
 
     if (!tok_attrs_get_ulong(pub, CKA_MODULUS_BITS, &bits))
         return CKR_TEMPLATE_INCOMPLETE;
-    if (bits < 2048 || bits > 8192)
+    if (bits < rsa_gen_min() || bits > 8192)
         return CKR_KEY_SIZE_RANGE;
     if (e && e->len) {
         bn = BN_bin2bn(e->val, (int)e->len, NULL);

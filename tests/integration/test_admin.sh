@@ -151,3 +151,26 @@ expect_out "^Token twin \\(slot $left\\)"
 expect_rc 1 "$ADMIN" list --slot 999
 expect_out "no token in slot 999"
 ok "delete-token: asks, deletes one token and its objects, never reuses the slot id; list --slot"
+
+# rsa_min_bits: the smallest RSA key generation makes, reported by C_GetMechanismInfo.
+init_token rsamin
+R=(--token-label rsamin --login --pin $PIN)
+p11 -M > mechs.txt
+grep -Eiq "RSA-PKCS-KEY-PAIR-GEN, keySize=\{2048,8192\}" mechs.txt || { cat mechs.txt; fail "default RSA minimum not 2048"; }
+expect_rc 1 p11 "${R[@]}" --keypairgen --key-type rsa:1024 --label small
+expect_out "CKR_KEY_SIZE_RANGE"
+echo "rsa_min_bits = 1024" >> "$CONF"
+p11 -M | grep -Eiq "RSA-PKCS-KEY-PAIR-GEN, keySize=\{1024,8192\}" || fail "rsa_min_bits = 1024 not reported"
+expect_rc 0 p11 "${R[@]}" --keypairgen --key-type rsa:1024 --label small
+for bad in 512 1023 9000 abc 2049; do
+    sed -i '/^rsa_min_bits/d' "$CONF"
+    echo "rsa_min_bits = $bad" >> "$CONF"
+    expect_rc 3 "$ADMIN" status
+    expect_out "rsa_min_bits .* must be a number of bits from 1024 to 8192"
+done
+sed -i '/^rsa_min_bits/d' "$CONF"
+echo "rsa_min_bits =" >> "$CONF"
+expect_rc 3 "$ADMIN" status
+expect_out "key 'rsa_min_bits' has an empty value"
+sed -i '/^rsa_min_bits/d' "$CONF"
+ok "rsa_min_bits: 2048 by default, 1024 when configured, bad values refused with a sentence"
