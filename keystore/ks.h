@@ -67,7 +67,8 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
  * Keys: keystore (directory), master_key ("default" or a key file path),
  *       log (syslog | stderr | /path/file), log_level (error|warn|info|debug),
  *       key_file_mode (octal, most permissive mode accepted for key files, default 0600),
- *       rsa_min_bits (the smallest RSA key C_GenerateKeyPair makes, 1024..8192, default 2048).
+ *       rsa_min_bits (the smallest RSA key C_GenerateKeyPair makes, 1024..8192, default 2048),
+ *       wrap_policy (default | strict: the token's key-management rules, see tok_access.h).
  * Unknown keys and malformed lines are errors naming file, line and key. */
 typedef struct {
     char *source;        /* config file used, or NULL for embedded defaults */
@@ -77,6 +78,7 @@ typedef struct {
     int log_level;       /* KS_LOG_* */
     unsigned key_file_mode; /* default 0600 */
     unsigned rsa_min_bits;  /* default 2048 */
+    bool wrap_strict;       /* wrap_policy = strict */
 } ks_config;
 
 KS_API int ks_config_load(ks_config *cfg, ks_err *err);

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
-#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits"
+#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy"
 
 static const char *home_dir(void)
 {
@@ -165,6 +165,14 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
         cfg->key_file_mode = (unsigned)m;
         return KS_OK;
     }
+    if (strcmp(key, "wrap_policy") == 0) {
+        if (strcmp(val, "default") != 0 && strcmp(val, "strict") != 0) {
+            ks_err_set(err, "%s:%d: wrap_policy '%s' is not one of default, strict", path, line, val);
+            return KS_ECONFIG;
+        }
+        cfg->wrap_strict = strcmp(val, "strict") == 0;
+        return KS_OK;
+    }
     if (strcmp(key, "rsa_min_bits") == 0) {
         char *end;
         errno = 0;
@@ -185,7 +193,7 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
 {
     FILE *f;
     char buf[4096];
-    int lineno = 0, rc = KS_OK, seen[6] = {0};
+    int lineno = 0, rc = KS_OK, seen[7] = {0};
 
     ks_config_defaults(cfg);
     if (!cfg->keystore || !cfg->master_key) {
@@ -243,7 +251,7 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
         *eq = '\0';
         const char *key = trim(s);
         static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode",
-                                            "rsa_min_bits"};
+                                            "rsa_min_bits", "wrap_policy"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {

@@ -17,6 +17,16 @@ CK_RV tok_access_write(const tok_access *ac, const tok_attrs *obj)
     return CKR_OK;
 }
 
+/* wrap_policy = strict: a key wraps or unwraps only if it was made on the
+ * token and never left it (CKA_LOCAL, CKA_NEVER_EXTRACTABLE): no one knows
+ * its value, so nothing wrapped under it can be opened outside (the
+ * known-key and encrypt-then-unwrap attacks need such a key). */
+static bool strict_wrapper(const tok_attrs *key)
+{
+    return !tok_policy_wrap_strict() ||
+           (tok_attrs_get_bool(key, CKA_LOCAL, false) && tok_attrs_get_bool(key, CKA_NEVER_EXTRACTABLE, false));
+}
+
 static inline void attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
 #define AUTO_ATTRS __attribute__((cleanup(attrs_cleanup))) tok_attrs
 
@@ -25,7 +35,7 @@ CK_RV tok_wrap_permitted(const tok_attrs *wrapping, const tok_attrs *target)
     AUTO_ATTRS wt = TOK_ATTRS_INIT;
     CK_RV rv;
 
-    if (!tok_attrs_get_bool(wrapping, CKA_WRAP, false))
+    if (!tok_attrs_get_bool(wrapping, CKA_WRAP, false) || !strict_wrapper(wrapping))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
     if (!target)
         return CKR_OK;
@@ -59,10 +69,17 @@ static CK_RV build_under(const tok_attrs *key, CK_ATTRIBUTE_TYPE tt, tok_build_m
 
 CK_RV tok_unwrap_template(const tok_attrs *unwrapping, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj)
 {
-    if (!tok_attrs_get_bool(unwrapping, CKA_UNWRAP, false))
+    CK_RV rv;
+
+    if (!tok_attrs_get_bool(unwrapping, CKA_UNWRAP, false) || !strict_wrapper(unwrapping))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
-    return build_under(unwrapping, CKA_UNWRAP_TEMPLATE, TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE,
-                       CK_UNAVAILABLE_INFORMATION, tmpl, n, obj);
+    rv = build_under(unwrapping, CKA_UNWRAP_TEMPLATE, TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE,
+                     CK_UNAVAILABLE_INFORMATION, tmpl, n, obj);
+    /* strict: what comes in wrapped stays secret (the re-import as a
+     * non-sensitive key attack). */
+    if (rv == CKR_OK && tok_policy_wrap_strict() && !tok_attrs_get_bool(obj, CKA_SENSITIVE, true))
+        rv = CKR_TEMPLATE_INCONSISTENT;
+    return rv;
 }
 
 CK_RV tok_derive_template(const tok_attrs *base, CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n,

@@ -5,7 +5,13 @@
  * write, who is logged in). pkcs11/ builds that description from a session
  * and asks; it decides nothing itself. Usage of a key by an operation
  * (CKA_SIGN, CKA_ENCRYPT, ...) is checked where the operation starts
- * (tok_op.c); key management (wrap, unwrap, derive) here. */
+ * (tok_op.c); key management (wrap, unwrap, derive) here.
+ *
+ * wrap_policy = strict (configuration) closes the key-extraction attacks of
+ * the literature (Clulow 2003; Bortolozzo, Centenaro, Focardi, Steel 2010):
+ * only a key made on the token that never left it may wrap or unwrap, no
+ * key both wraps and encrypts (tok_policy.c), and an unwrapped key is
+ * sensitive. The default keeps pkcs11-tool's default key usages. */
 #ifndef P11MK_TOK_ACCESS_H
 #define P11MK_TOK_ACCESS_H
 

@@ -20,9 +20,11 @@
 static const tok_mech_desc mechs[] = {
     /* AES: key sizes in bytes */
     {CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE, M_NONE, NULL, 0, false},
-    {CKM_AES_ECB, 16, 32, CRYPT, M_AES_ECB, NULL, 0, false},
-    {CKM_AES_CBC, 16, 32, CRYPT, M_AES_CBC, NULL, 0, false},
-    {CKM_AES_CBC_PAD, 16, 32, CRYPT, M_AES_CBC_PAD, NULL, 0, false},
+    /* ECB, CBC, CBC_PAD also wrap: a secret key's value, a private key's
+     * PKCS#8 (CBC_PAD, or whole blocks) */
+    {CKM_AES_ECB, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_AES_ECB, NULL, 0, false},
+    {CKM_AES_CBC, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_AES_CBC, NULL, 0, false},
+    {CKM_AES_CBC_PAD, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_AES_CBC_PAD, NULL, 0, false},
     {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0, false},
     {CKM_AES_GCM, 16, 32, CRYPT, M_AES_GCM, NULL, 0, false},
     {CKM_AES_CMAC, 16, 32, SIGN, M_AES_CMAC, NULL, 0, false},

@@ -387,6 +387,54 @@ static int add_default(tok_attrs *out, const dflt_rule *d)
     }
 }
 
+/* ---- the strict wrap policy ------------------------------------------------ */
+
+/* wrap_policy = strict (configuration): no key both wraps (CKA_WRAP or
+ * CKA_UNWRAP) and encrypts (CKA_ENCRYPT or CKA_DECRYPT), which is what the
+ * wrap-then-decrypt and encrypt-then-unwrap attacks need. The role a
+ * template does not choose defaults to off when it chose the other. */
+static bool wrap_strict;
+
+void tok_policy_set_wrap_strict(bool strict) { __atomic_store_n(&wrap_strict, strict, __ATOMIC_RELAXED); }
+bool tok_policy_wrap_strict(void) { return __atomic_load_n(&wrap_strict, __ATOMIC_RELAXED); }
+
+static bool wraps(const tok_attrs *o)
+{
+    return tok_attrs_get_bool(o, CKA_WRAP, false) || tok_attrs_get_bool(o, CKA_UNWRAP, false);
+}
+
+static bool crypts(const tok_attrs *o)
+{
+    return tok_attrs_get_bool(o, CKA_ENCRYPT, false) || tok_attrs_get_bool(o, CKA_DECRYPT, false);
+}
+
+/* C_SetAttributeValue and C_CopyObject under strict: a usage that was off
+ * stays off (a key's role cannot change over time, or in a copy: a key that
+ * wrapped the secret must not later, or as a twin, decrypt the blob). */
+static bool strict_role_raised(const tok_attrs *before, const tok_attrs *after)
+{
+    static const CK_ATTRIBUTE_TYPE roles[] = {CKA_WRAP, CKA_UNWRAP, CKA_ENCRYPT, CKA_DECRYPT};
+
+    if (!tok_policy_wrap_strict())
+        return false;
+    for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
+        if (!tok_attrs_get_bool(before, roles[i], false) && tok_attrs_get_bool(after, roles[i], false))
+            return true;
+    return wraps(after) && crypts(after);
+}
+
+/* Before the defaults: the role the template did not choose is off. */
+static int strict_defaults(tok_attrs *out)
+{
+    static const CK_ATTRIBUTE_TYPE wrap_role[] = {CKA_WRAP, CKA_UNWRAP}, crypt_role[] = {CKA_ENCRYPT, CKA_DECRYPT};
+    const CK_ATTRIBUTE_TYPE *off = wraps(out) ? crypt_role : wrap_role;
+
+    for (int i = 0; i < 2; i++)
+        if (!tok_attrs_find(out, off[i]) && tok_attrs_set_bool(out, off[i], false) != 0)
+            return -1;
+    return 0;
+}
+
 /* ---- build --------------------------------------------------------------- */
 
 static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech,
@@ -497,9 +545,13 @@ static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, 
     if (cb == O_CERT && (!tok_attrs_find(out, CKA_CERTIFICATE_TYPE) || !tok_attrs_find(out, CKA_SUBJECT) ||
                          !tok_attrs_find(out, CKA_VALUE)))
         return CKR_TEMPLATE_INCOMPLETE;
+    if ((cb & O_KEYS) && tok_policy_wrap_strict() && strict_defaults(out) != 0)
+        goto nomem;
     for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
         if ((defaults[i].objs & cb) && add_default(out, &defaults[i]) != 0)
             goto nomem;
+    if ((cb & O_KEYS) && tok_policy_wrap_strict() && wraps(out) && crypts(out))
+        return CKR_TEMPLATE_INCONSISTENT; /* strict: one key, one role */
     if (cb & O_KEYS) {
         bool local = mode == TOK_BUILD_GENERATE;
         if (tok_attrs_set_bool(out, CKA_LOCAL, local) != 0 ||
@@ -708,6 +760,8 @@ CK_RV tok_policy_set(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     if (tok_attrs_copy(out, obj) != 0)
         return CKR_HOST_MEMORY;
     rv = apply(obj, tmpl, n, out, false);
+    if (rv == CKR_OK && strict_role_raised(obj, out))
+        rv = CKR_ATTRIBUTE_VALUE_INVALID; /* strict: one key, one role, for good */
     if (rv != CKR_OK)
         tok_attrs_free(out);
     return rv;
@@ -725,6 +779,8 @@ CK_RV tok_policy_copy(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n
     if (tok_attrs_copy(out, obj) != 0)
         return CKR_HOST_MEMORY;
     rv = apply(obj, tmpl, n, out, true);
+    if (rv == CKR_OK && strict_role_raised(obj, out))
+        rv = CKR_TEMPLATE_INCONSISTENT; /* strict: one key, one role, in every copy */
     if (rv != CKR_OK)
         tok_attrs_free(out);
     return rv;

@@ -64,6 +64,9 @@ TOK_API CK_RV tok_policy_set(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_
  * change only CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_DESTROYABLE, CKA_LABEL,
  * CKA_ID, CKA_SENSITIVE (FALSE->TRUE), CKA_EXTRACTABLE (TRUE->FALSE), others
  * -> CKR_ATTRIBUTE_READ_ONLY. */
+/* wrap_policy = strict (configuration): see tok_policy.c and tok_access.c. */
+TOK_API void tok_policy_set_wrap_strict(bool strict);
+TOK_API bool tok_policy_wrap_strict(void);
 TOK_API CK_RV tok_policy_copy(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out);
 
 /* Attribute templates (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE,

@@ -45,6 +45,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     ks_log_setup((flags & TOK_CTX_STDERR) ? "stderr" : ctx->cfg.log ? ctx->cfg.log : deflog, ctx->cfg.log_level,
                  "p11mk");
     tok_mech_set_rsa_min_bits(ctx->cfg.rsa_min_bits);
+    tok_policy_set_wrap_strict(ctx->cfg.wrap_strict);
     rc = ks_mkey_load(&ctx->cfg, &ctx->mk, &err);
     if (rc != KS_OK) {
         snprintf(open_error, sizeof(open_error), "cannot load the master key: %s",

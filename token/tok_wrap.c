@@ -2,8 +2,8 @@
  *
  * What is wrapped: the value of a secret key, or a private key as a DER
  * PKCS#8 PrivateKeyInfo. Wrapping mechanisms: AES key wrap (RFC 3394),
- * AES key wrap with padding (RFC 5649), RSA OAEP and RSA PKCS#1 v1.5 (secret
- * keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
+ * AES key wrap with padding (RFC 5649), AES ECB and CBC (whole blocks) and
+ * CBC with PKCS#7 padding, RSA OAEP and RSA PKCS#1 v1.5 (secret keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
 #include "token/tok_crypto.h"
 #include "token/tok_policy.h"
 
@@ -60,13 +60,18 @@ static const tok_curve *curve_of(EVP_PKEY *pkey)
     return tok_curve_from_name(name);
 }
 
-/* Put unwrapped bytes into the new object built from the template. */
-static CK_RV unwrap_output(const uint8_t *data, size_t len, tok_attrs *obj)
+/* Put unwrapped bytes into the new object built from the template.
+ * padded: false for a mechanism that adds no padding (AES ECB, CBC), whose
+ * output is whole blocks: a secret key is then the first CKA_VALUE_LEN
+ * bytes when the template gives it (PKCS#11 says so). */
+static CK_RV unwrap_output(const uint8_t *data, size_t len, bool padded, tok_attrs *obj)
 {
     CK_ULONG cls, kt, want;
     if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || !tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
         return CKR_TEMPLATE_INCOMPLETE;
     if (cls == CKO_SECRET_KEY) {
+        if (!padded && tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want && want < len)
+            len = want;
         if (kt == CKK_AES && len != 16 && len != 24 && len != 32)
             return CKR_WRAPPED_KEY_INVALID;
         if (tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want != len)
@@ -100,9 +105,11 @@ static CK_RV unwrap_output(const uint8_t *data, size_t len, tok_attrs *obj)
 
 /* ---- the wrapping mechanisms ----------------------------------------------- */
 
+static bool aes_block_mode(tok_mclass mc) { return mc == M_AES_ECB || mc == M_AES_CBC || mc == M_AES_CBC_PAD; }
+
 static CK_RV check_wrapper(const tok_mech_desc *d, const tok_key *k, bool wrap)
 {
-    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD)
+    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || aes_block_mode(d->mc))
         return k->cls == CKO_SECRET_KEY && k->ktype == CKK_AES ? CKR_OK
                                                                  : (wrap ? CKR_WRAPPING_KEY_TYPE_INCONSISTENT
                                                                          : CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
@@ -122,6 +129,26 @@ static CK_RV aes_wrap(const tok_mech_desc *d, const tok_key *k, bool enc, const 
     EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int ok = c && ctx && EVP_CipherInit_ex2(ctx, c, k->secret, NULL, enc, NULL) &&
+             EVP_CipherUpdate(ctx, out, &n1, in, (int)inlen) > 0 && EVP_CipherFinal_ex(ctx, out + n1, &n2) > 0;
+    EVP_CIPHER_CTX_free(ctx);
+    EVP_CIPHER_free(c);
+    if (!ok)
+        return enc ? CKR_FUNCTION_FAILED : CKR_WRAPPED_KEY_INVALID;
+    *outlen = (size_t)(n1 + n2);
+    return CKR_OK;
+}
+
+/* AES ECB / CBC / CBC with PKCS#7 padding (iv: NULL for ECB). */
+static CK_RV aes_block(const tok_mech_desc *d, const tok_key *k, const uint8_t *iv, bool enc, const uint8_t *in,
+                       size_t inlen, uint8_t *out, size_t *outlen)
+{
+    char name[32];
+    int n1 = 0, n2 = 0;
+    snprintf(name, sizeof(name), "AES-%zu-%s", k->secret_len * 8, d->mc == M_AES_ECB ? "ECB" : "CBC");
+    EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int ok = c && ctx && inlen <= INT32_MAX && EVP_CipherInit_ex2(ctx, c, k->secret, iv, enc, NULL) &&
+             EVP_CIPHER_CTX_set_padding(ctx, d->mc == M_AES_CBC_PAD) &&
              EVP_CipherUpdate(ctx, out, &n1, in, (int)inlen) > 0 && EVP_CipherFinal_ex(ctx, out + n1, &n2) > 0;
     EVP_CIPHER_CTX_free(ctx);
     EVP_CIPHER_free(c);
@@ -167,7 +194,20 @@ static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_o
 {
     if (d->mc == M_RSA_OAEP)
         return tok_oaep_params(mech, oaep);
+    if (d->mc == M_AES_CBC || d->mc == M_AES_CBC_PAD) /* the IV */
+        return mech->pParameter && mech->ulParameterLen == 16 ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
     return mech->pParameter || mech->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
+}
+
+/* One wrap or unwrap with the checked mechanism. */
+static CK_RV do_wrap(const tok_mech_desc *d, const CK_MECHANISM *mech, const tok_oaep *oaep, const tok_key *k,
+                     bool enc, const uint8_t *in, size_t inlen, uint8_t *out, size_t *outlen)
+{
+    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD)
+        return aes_wrap(d, k, enc, in, inlen, out, outlen);
+    if (aes_block_mode(d->mc))
+        return aes_block(d, k, d->mc == M_AES_ECB ? NULL : mech->pParameter, enc, in, inlen, out, outlen);
+    return rsa_wrap(d->mc == M_RSA_OAEP ? oaep : NULL, k, enc, in, inlen, out, outlen);
 }
 
 CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *target, uint8_t *out, CK_ULONG *outlen)
@@ -193,11 +233,19 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         rv = CKR_KEY_SIZE_RANGE; /* RFC 3394 wraps whole 8-byte blocks only: use CKM_AES_KEY_WRAP_PAD */
         goto out;
     }
+    if ((d->mc == M_AES_ECB || d->mc == M_AES_CBC) && inlen % 16) {
+        rv = CKR_KEY_SIZE_RANGE; /* whole AES blocks only: use CKM_AES_CBC_PAD */
+        goto out;
+    }
     if ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && tok_obj_class(target) != CKO_SECRET_KEY) {
         rv = CKR_KEY_NOT_WRAPPABLE; /* a private key does not fit in one RSA block */
         goto out;
     }
-    bound = d->mc == M_AES_WRAP ? inlen + 8 : d->mc == M_AES_WRAP_PAD ? (inlen + 7) / 8 * 8 + 8 : wrapper->size_bytes;
+    bound = d->mc == M_AES_WRAP       ? inlen + 8
+            : d->mc == M_AES_WRAP_PAD ? (inlen + 7) / 8 * 8 + 8
+            : d->mc == M_AES_CBC_PAD  ? inlen / 16 * 16 + 16
+            : aes_block_mode(d->mc)   ? inlen
+                                      : wrapper->size_bytes;
     if (!out) {
         *outlen = bound;
         rv = CKR_OK;
@@ -212,9 +260,7 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         rv = CKR_HOST_MEMORY;
         goto out;
     }
-    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD
-             ? aes_wrap(d, wrapper, true, in, inlen, buf, &n)
-             : rsa_wrap(d->mc == M_RSA_OAEP ? &oaep : NULL, wrapper, true, in, inlen, buf, &n);
+    rv = do_wrap(d, mech, &oaep, wrapper, true, in, inlen, buf, &n);
     if (rv == CKR_OK) {
         memcpy(out, buf, n);
         *outlen = n;
@@ -244,15 +290,14 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
     if ((rv = wrap_params(d, mech, &oaep)) != CKR_OK)
         return rv;
     if ((d->mc == M_AES_WRAP && (inlen % 8 || inlen < 24)) || (d->mc == M_AES_WRAP_PAD && (inlen % 8 || inlen < 16)) ||
+        (aes_block_mode(d->mc) && (inlen % 16 || inlen < 16)) ||
         ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && inlen != unwrapper->size_bytes) || inlen > (1u << 20))
         return CKR_WRAPPED_KEY_LEN_RANGE;
     if (!(buf = OPENSSL_malloc(inlen + 16)))
         return CKR_HOST_MEMORY;
-    rv = d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD
-             ? aes_wrap(d, unwrapper, false, in, inlen, buf, &n)
-             : rsa_wrap(d->mc == M_RSA_OAEP ? &oaep : NULL, unwrapper, false, in, inlen, buf, &n);
+    rv = do_wrap(d, mech, &oaep, unwrapper, false, in, inlen, buf, &n);
     if (rv == CKR_OK)
-        rv = unwrap_output(buf, n, obj);
+        rv = unwrap_output(buf, n, !(d->mc == M_AES_ECB || d->mc == M_AES_CBC), obj);
     OPENSSL_clear_free(buf, inlen + 16);
     return rv;
 }

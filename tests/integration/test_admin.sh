@@ -174,3 +174,11 @@ expect_rc 3 "$ADMIN" status
 expect_out "key 'rsa_min_bits' has an empty value"
 sed -i '/^rsa_min_bits/d' "$CONF"
 ok "rsa_min_bits: 2048 by default, 1024 when configured, bad values refused with a sentence"
+echo "wrap_policy = loose" >> "$CONF"
+expect_rc 3 "$ADMIN" status
+expect_out "wrap_policy 'loose' is not one of default, strict"
+sed -i '/^wrap_policy/d' "$CONF"
+echo "wrap_policy = strict" >> "$CONF"
+expect_rc 0 "$ADMIN" status
+sed -i '/^wrap_policy/d' "$CONF"
+ok "wrap_policy: default or strict, anything else refused with a sentence"
