@@ -88,12 +88,17 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
 
 void p11_session_put(p11_session *s)
 {
-    bool last;
+    bool last, closed;
 
     p11_mutex_unlock(s->busy);
     p11_lock();
-    last = --s->refs == 0 && s->closed;
+    closed = s->closed;
+    last = --s->refs == 0 && closed;
     p11_unlock();
+    /* An operation that ran while another thread closed the session may
+     * have made session objects after the close dropped its objects. */
+    if (closed)
+        tok_sobjs_drop_owner(p11_tok(), s->h);
     if (last)
         session_free(s);
 }
@@ -138,8 +143,9 @@ static p11_login *login_current_locked(CK_SLOT_ID slot, bool have, uint64_t inc)
 
 tok_access p11_access(const p11_session *s)
 {
+    uint64_t seq = tok_logout_seq(p11_tok()); /* before who: see tok_access.login_seq */
     return (tok_access){.slot = s->slot, .rw = (s->flags & CKF_RW_SESSION) != 0, .who = p11_login_state(s->slot),
-                        .owner = s->h};
+                        .owner = s->h, .login_seq = seq};
 }
 
 CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
@@ -268,14 +274,12 @@ static p11_session *unlink_locked(size_t i)
 CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 {
     p11_session *s = NULL;
-    CK_SLOT_ID slot = 0;
     bool found = false;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     p11_lock();
     for (size_t i = 0; i < t.n; i++) {
         if (t.v[i]->h == hSession) {
-            slot = t.v[i]->slot;
             s = unlink_locked(i);
             found = true;
             break;
@@ -284,9 +288,9 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     p11_unlock();
     if (!found)
         return CKR_SESSION_HANDLE_INVALID;
+    /* Each session's objects go with it; no slot-wide drop here, which could
+     * hit a session opened meanwhile. */
     tok_sobjs_drop_owner(p11_tok(), hSession);
-    if (p11_session_count(slot, false) == 0)
-        tok_sobjs_drop_slot(p11_tok(), slot);
     if (s)
         session_free(s);
     return CKR_OK;

@@ -23,8 +23,19 @@ CK_RV tok_access_write(const tok_access *ac, const tok_attrs *obj)
  * known-key and encrypt-then-unwrap attacks need such a key). */
 static bool strict_wrapper(const tok_attrs *key)
 {
-    return !tok_policy_wrap_strict() ||
-           (tok_attrs_get_bool(key, CKA_LOCAL, false) && tok_attrs_get_bool(key, CKA_NEVER_EXTRACTABLE, false));
+    /* Made by a random generation: a key derived from a password
+     * (CKM_PKCS5_PBKD2) is "local" too, but whoever knows the password knows it. */
+    static const CK_MECHANISM_TYPE random_gen[] = {CKM_AES_KEY_GEN, CKM_GENERIC_SECRET_KEY_GEN,
+                                                   CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN};
+    CK_ULONG gen = CK_UNAVAILABLE_INFORMATION;
+    bool random = false;
+
+    if (!tok_policy_wrap_strict())
+        return true;
+    tok_attrs_get_ulong(key, CKA_KEY_GEN_MECHANISM, &gen);
+    for (size_t i = 0; i < sizeof(random_gen) / sizeof(random_gen[0]); i++)
+        random |= gen == random_gen[i];
+    return random && tok_attrs_get_bool(key, CKA_LOCAL, false) && tok_attrs_get_bool(key, CKA_NEVER_EXTRACTABLE, false);
 }
 
 static inline void attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }

@@ -26,6 +26,7 @@ typedef struct {
     bool rw;          /* a read-write session */
     CK_USER_TYPE who; /* CKU_USER, CKU_SO or TOK_NOBODY */
     uint64_t owner;   /* the session: session objects it makes go with it */
+    uint64_t login_seq; /* tok_logout_seq() read before `who`: a logout since voids it */
 } tok_access;
 
 /* A private object exists only for a logged-in user. */

@@ -59,6 +59,7 @@ struct tok_ctx {
     struct tok_sobj **sobjs;
     size_t nsobjs, capsobjs;
     uint64_t sobj_next;
+    uint64_t logout_seq; /* bumped (atomically, under sobj_lock) by every logout */
 };
 
 static inline void txn_end(ks_txn **t)

@@ -1,6 +1,7 @@
 /* p11mk token layer: the mechanism table, key generation and import checks
  * on OpenSSL 3 EVP. */
 #include "token/tok_crypto.h"
+#include "token/tok_policy.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,7 @@ void tok_mech_set_rsa_min_bits(unsigned bits)
 }
 
 static CK_ULONG rsa_gen_min(void) { return __atomic_load_n(&rsa_min_bits, __ATOMIC_RELAXED); }
+unsigned tok_mech_rsa_min_bits(void) { return (unsigned)rsa_gen_min(); }
 
 CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
 {
@@ -145,6 +147,13 @@ CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
         info->ulMinKeySize = m == CKM_RSA_PKCS_KEY_PAIR_GEN ? rsa_gen_min() : d->min;
         info->ulMaxKeySize = d->max;
         info->flags = d->flags;
+        /* wrap_policy = strict unwraps only what carries its own integrity
+         * check: AES key wrap (RFC 3394/5649) and RSA OAEP. ECB, CBC and
+         * CBC_PAD let a chosen ciphertext or a short CKA_VALUE_LEN read a key
+         * out piece by piece (padding oracle, truncation); PKCS#1 v1.5 is
+         * Bleichenbacher's oracle. */
+        if (tok_policy_wrap_strict() && (m == CKM_AES_ECB || m == CKM_AES_CBC || m == CKM_AES_CBC_PAD || m == CKM_RSA_PKCS))
+            info->flags &= ~(CK_FLAGS)CKF_UNWRAP;
     }
     return CKR_OK;
 }

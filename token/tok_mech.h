@@ -32,6 +32,7 @@ TOK_API CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info);
 /* The configuration's rsa_min_bits (1024..8192; others ignored): the smallest
  * RSA key CKM_RSA_PKCS_KEY_PAIR_GEN makes and C_GetMechanismInfo reports. */
 TOK_API void tok_mech_set_rsa_min_bits(unsigned bits);
+TOK_API unsigned tok_mech_rsa_min_bits(void);
 TOK_API CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);       /* secret keys */
 TOK_API CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);   /* key pairs */
 

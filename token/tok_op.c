@@ -112,8 +112,10 @@ static CK_RV check_key(const tok_mech_desc *d, tok_op_kind kind, const tok_key *
     if (is_rsa(d->mc)) {
         if (k->ktype != CKK_RSA || k->cls != (want_priv ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY))
             return CKR_KEY_TYPE_INCONSISTENT;
-        /* 1024-bit keys only to verify old signatures; 2048 to 8192 for everything. */
-        if (k->size_bytes < 128 || k->size_bytes > 1024 || (k->size_bytes < 256 && kind != TOK_OP_VERIFY))
+        /* Keys below rsa_min_bits (2048 unless configured lower, never below
+         * 1024) only verify old signatures; up to 8192 bits. */
+        if (k->size_bytes < 128 || k->size_bytes > 1024 ||
+            (k->size_bytes * 8 < tok_mech_rsa_min_bits() && kind != TOK_OP_VERIFY))
             return CKR_KEY_SIZE_RANGE;
         return CKR_OK;
     }

@@ -58,9 +58,12 @@ void tok_sobjs_drop_owner(tok_ctx *ctx, uint64_t owner) { drop_where(ctx, true, 
 void tok_sobjs_drop_slot(tok_ctx *ctx, CK_SLOT_ID slot) { drop_where(ctx, false, slot); }
 
 /* PKCS#11 (C_Logout): the application's private session objects are destroyed at logout. */
+uint64_t tok_logout_seq(tok_ctx *ctx) { return __atomic_load_n(&ctx->logout_seq, __ATOMIC_ACQUIRE); }
+
 void tok_sobjs_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
 {
     pthread_mutex_lock(&ctx->sobj_lock);
+    __atomic_add_fetch(&ctx->logout_seq, 1, __ATOMIC_ACQ_REL);
     for (size_t i = 0; i < ctx->nsobjs;) {
         tok_sobj *o = ctx->sobjs[i];
 
@@ -97,6 +100,12 @@ CK_RV tok_sobj_add(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uin
     o->slot = ac->slot;
     o->owner = ac->owner;
     pthread_mutex_lock(&ctx->sobj_lock);
+    if (tok_obj_is_private(obj) && ac->login_seq != __atomic_load_n(&ctx->logout_seq, __ATOMIC_ACQUIRE)) {
+        /* The login the caller's access was decided under ended meanwhile. */
+        pthread_mutex_unlock(&ctx->sobj_lock);
+        sobj_free(o);
+        return CKR_USER_NOT_LOGGED_IN;
+    }
     if (ctx->nsobjs == ctx->capsobjs) {
         size_t cap = ctx->capsobjs ? ctx->capsobjs * 2 : 32;
         tok_sobj **v = realloc(ctx->sobjs, cap * sizeof(*v));

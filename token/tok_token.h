@@ -80,6 +80,9 @@ TOK_API CK_RV tok_token_binding(tok_ctx *ctx, CK_SLOT_ID slot, tok_binding *b, C
  * and the cached keys of its private objects are cleansed, and its private
  * session objects destroyed (PKCS#11 C_Logout). */
 TOK_API void tok_logout(tok_ctx *ctx, CK_SLOT_ID slot);
+/* Counts logouts: read it before deciding who is logged in (tok_access.login_seq),
+ * so that a private session object made across a logout is refused. */
+TOK_API uint64_t tok_logout_seq(tok_ctx *ctx);
 
 /* ---- objects ------------------------------------------------------------- */
 /* One object model for token objects (in the keystore; the handle is the

@@ -72,6 +72,8 @@ static CK_RV unwrap_output(const uint8_t *data, size_t len, bool padded, tok_att
     if (cls == CKO_SECRET_KEY) {
         if (!padded && tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want && want < len)
             len = want;
+        if (len == 0)
+            return CKR_WRAPPED_KEY_INVALID; /* a key of no bytes */
         if (kt == CKK_AES && len != 16 && len != 24 && len != 32)
             return CKR_WRAPPED_KEY_INVALID;
         if (tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want != len)
@@ -234,8 +236,22 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         goto out;
     }
     if ((d->mc == M_AES_ECB || d->mc == M_AES_CBC) && inlen % 16) {
-        rv = CKR_KEY_SIZE_RANGE; /* whole AES blocks only: use CKM_AES_CBC_PAD */
-        goto out;
+        /* PKCS#11: a secret key's value is padded with zero bytes to whole
+         * blocks (CKA_VALUE_LEN takes it back out on unwrap). */
+        uint8_t *padded;
+        size_t plen = inlen / 16 * 16 + 16;
+        if (tok_obj_class(target) != CKO_SECRET_KEY) {
+            rv = CKR_KEY_SIZE_RANGE; /* a private key: use CKM_AES_CBC_PAD */
+            goto out;
+        }
+        if (!(padded = OPENSSL_zalloc(plen))) {
+            rv = CKR_HOST_MEMORY;
+            goto out;
+        }
+        memcpy(padded, in, inlen);
+        OPENSSL_clear_free(in, inlen);
+        in = padded;
+        inlen = plen;
     }
     if ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && tok_obj_class(target) != CKO_SECRET_KEY) {
         rv = CKR_KEY_NOT_WRAPPABLE; /* a private key does not fit in one RSA block */
@@ -282,8 +298,9 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
     if (!mech || !unwrapper || (!in && inlen) || !obj)
         return CKR_ARGUMENTS_BAD;
     d = tok_mech_find(mech->mechanism);
-    if (!d || !(d->flags & CKF_UNWRAP))
-        return CKR_MECHANISM_INVALID;
+    CK_MECHANISM_INFO mi;
+    if (!d || tok_mech_info(mech->mechanism, &mi) != CKR_OK || !(mi.flags & CKF_UNWRAP))
+        return CKR_MECHANISM_INVALID; /* the policy may take unwrap away (tok_mech_info) */
     if ((rv = check_wrapper(d, unwrapper, false)) != CKR_OK)
         return rv;
     tok_oaep oaep;

@@ -447,8 +447,12 @@ static void test_logout_drops_private_session_objects(void **state)
     CK_ATTRIBUTE pub[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_PRIVATE, &no, 1}, {CKA_VALUE, "p", 1}};
     tok_attrs o = TOK_ATTRS_INIT;
     uint64_t hp = 0, hq = 0;
+    /* The caller's access is decided under the current login. */
+    tok_access now = USER;
+    now.login_seq = tok_logout_seq(ctx);
     assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, priv, 3, &o), CKR_OK);
-    assert_int_equal(tok_obj_store(ctx, &USER, &o, &hp), CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, &USER, &o, &hp), CKR_USER_NOT_LOGGED_IN); /* decided before a logout */
+    assert_int_equal(tok_obj_store(ctx, &now, &o, &hp), CKR_OK);
     tok_attrs_free(&o);
     assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, pub, 3, &o), CKR_OK);
     assert_int_equal(tok_obj_store(ctx, &USER, &o, &hq), CKR_OK);

@@ -15,6 +15,16 @@
  *                           C_SetAttributeValue, decrypts the blob (a copy
  *                           cannot change usages in either mode; a change
  *                           can, unless strict).
+ *   A6 password key         : a key from CKM_PKCS5_PBKD2 is "local", but its
+ *                           value follows from the password: it wraps the
+ *                           sensitive key, the blob is opened offline.
+ *   A7 truncation           : the sensitive key wrapped with ECB is unwrapped
+ *                           as a 1-byte (then 2-byte) HMAC key (CKA_VALUE_LEN
+ *                           takes the first bytes), whose MACs give the bytes
+ *                           away one at a time.
+ *   A8 padding oracle       : strict unwraps only with mechanisms that check
+ *                           integrity (AES key wrap, OAEP), so CBC_PAD, which
+ *                           Vaudenay's oracle needs, does not unwrap at all.
  *
  * Each attack ends by comparing what it recovered with the sensitive key's
  * true value, known only to the test (imported sensitive): in the default
@@ -37,6 +47,7 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -213,11 +224,13 @@ static void a3_reimport_non_sensitive(void **state)
     CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
                          {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},
                          {CKA_ENCRYPT, &yes, 1},         {CKA_TOKEN, &no, 1}};
-    /* A proper wrapping key, made on the token (strict lets it wrap). */
+    /* A proper wrapping key, made on the token (strict lets it wrap), and
+     * a mechanism strict unwraps with. */
+    CK_MECHANISM kw = {CKM_AES_KEY_WRAP, NULL, 0};
     CK_RV rv = make_key(NULL, true, true, false, false, true, &w);
     assert_int_equal(rv, CKR_OK);
-    CK(f->C_WrapKey(h, &ecb, w, target, blob, &bl));
-    if (f->C_UnwrapKey(h, &ecb, w, blob, bl, ut, 6, &copy) == CKR_OK) {
+    CK(f->C_WrapKey(h, &kw, w, target, blob, &bl));
+    if (f->C_UnwrapKey(h, &kw, w, blob, bl, ut, 6, &copy) == CKR_OK) {
         CK_ATTRIBUTE v = {CKA_VALUE, got, sizeof(got)};
         recovered = f->C_GetAttributeValue(h, copy, &v, 1) == CKR_OK && v.ulValueLen == 16 &&
                     memcmp(got, target_val, 16) == 0;
@@ -225,7 +238,7 @@ static void a3_reimport_non_sensitive(void **state)
     outcome("A3 re-import as non-sensitive", recovered);
     /* What users need keeps working under both: wrap and unwrap as sensitive. */
     ut[2].pValue = &yes;
-    CK(f->C_UnwrapKey(h, &ecb, w, blob, bl, ut, 6, &copy));
+    CK(f->C_UnwrapKey(h, &kw, w, blob, bl, ut, 6, &copy));
 }
 
 static void a4_known_wrapping_key(void **state)
@@ -265,6 +278,107 @@ static void a5_change_of_role(void **state)
     outcome("A5 change of role (copy, then C_SetAttributeValue)", recovered);
 }
 
+static void a6_password_key(void **state)
+{
+    (void)state;
+    static const char pw[] = "password", salt[] = "salt-salt";
+    struct { /* CK_PKCS5_PBKD2_PARAMS2 (PKCS#11 3.0; not in p11-kit 0.24's header) */
+        CK_ULONG saltSource;
+        CK_VOID_PTR pSalt;
+        CK_ULONG saltLen, iterations, prf;
+        CK_VOID_PTR pPrfData;
+        CK_ULONG prfDataLen;
+        CK_UTF8CHAR_PTR pPassword;
+        CK_ULONG passwordLen;
+    } pp = {1 /* CKZ_SALT_SPECIFIED */, (void *)salt, sizeof(salt) - 1, 1000, 4 /* CKP_PKCS5_PBKD2_HMAC_SHA256 */,
+            NULL, 0, (CK_UTF8CHAR_PTR)pw, sizeof(pw) - 1};
+    CK_MECHANISM pbkdf = {CKM_PKCS5_PBKD2, &pp, sizeof(pp)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG len = 16;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_VALUE_LEN, &len, sizeof(len)},
+                        {CKA_WRAP, &yes, 1},            {CKA_ENCRYPT, &no, 1},           {CKA_DECRYPT, &no, 1},
+                        {CKA_SENSITIVE, &yes, 1},       {CKA_EXTRACTABLE, &no, 1}};
+    CK_OBJECT_HANDLE k;
+    uint8_t key[16], blob[64], got[16];
+    CK_ULONG bl = sizeof(blob);
+    bool recovered = false;
+    assert_int_equal(PKCS5_PBKDF2_HMAC(pw, sizeof(pw) - 1, (const unsigned char *)salt, sizeof(salt) - 1, 1000,
+                                       EVP_sha256(), 16, key), 1);
+    if (f->C_GenerateKey(h, &pbkdf, t, 8, &k) == CKR_OK && f->C_WrapKey(h, &ecb, k, target, blob, &bl) == CKR_OK &&
+        bl == 16) {
+        ecb_offline(key, blob, got, 0);
+        recovered = memcmp(got, target_val, 16) == 0;
+    }
+    outcome("A6 wrap under a password-derived key", recovered);
+}
+
+static void a7_truncation(void **state)
+{
+    (void)state;
+    CK_OBJECT_HANDLE w, part;
+    uint8_t blob[64], mac[32], want[32];
+    CK_ULONG bl = sizeof(blob), ml;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG len;
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_VALUE_LEN, &len, sizeof(len)},
+                         {CKA_SIGN, &yes, 1},            {CKA_TOKEN, &no, 1}};
+    CK_MECHANISM hmac = {CKM_SHA256_HMAC, NULL, 0};
+    static const char msg[] = "known message";
+    uint8_t found[2];
+    int got = 0;
+    assert_int_equal(make_key(NULL, true, true, false, false, true, &w), CKR_OK);
+    CK(f->C_WrapKey(h, &ecb, w, target, blob, &bl));
+    for (len = 1; len <= 2; len++) {
+        ml = sizeof(mac);
+        if (f->C_UnwrapKey(h, &ecb, w, blob, bl, ut, 5, &part) != CKR_OK || f->C_SignInit(h, &hmac, part) != CKR_OK ||
+            f->C_Sign(h, (CK_BYTE_PTR)msg, sizeof(msg) - 1, mac, &ml) != CKR_OK)
+            break;
+        for (int b = 0; b < 256; b++) { /* offline: the one unknown byte */
+            unsigned wl = 0;
+            found[len - 1] = (uint8_t)b;
+            HMAC(EVP_sha256(), found, (int)len, (const unsigned char *)msg, sizeof(msg) - 1, want, &wl);
+            if (memcmp(want, mac, 32) == 0) {
+                got++;
+                break;
+            }
+        }
+    }
+    outcome("A7 truncated unwrap, byte by byte", got == 2 && memcmp(found, target_val, 2) == 0);
+}
+
+static void a8_no_oracle_mechanisms(void **state)
+{
+    (void)state;
+    static const CK_MECHANISM_TYPE open[] = {CKM_AES_ECB, CKM_AES_CBC, CKM_AES_CBC_PAD, CKM_RSA_PKCS};
+    CK_SLOT_ID slot;
+    CK_SESSION_INFO si;
+    CK(f->C_GetSessionInfo(h, &si));
+    slot = si.slotID;
+    bool unwraps = true;
+    for (size_t i = 0; i < sizeof(open) / sizeof(open[0]); i++) {
+        CK_MECHANISM_INFO mi;
+        CK(f->C_GetMechanismInfo(slot, open[i], &mi));
+        unwraps = unwraps && (mi.flags & CKF_UNWRAP);
+    }
+    CK_OBJECT_HANDLE w, k;
+    uint8_t iv[16] = {0}, blob[64] = {0};
+    CK_MECHANISM cbcpad = {CKM_AES_CBC_PAD, iv, 16};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1}};
+    assert_int_equal(make_key(NULL, true, true, false, false, true, &w), CKR_OK);
+    CK_RV rv = f->C_UnwrapKey(h, &cbcpad, w, blob, 32, ut, 3, &k);
+    printf("A8 CBC_PAD unwrap, wrap_policy=%s: %s (0x%lx)\n", strict ? "strict" : "default",
+           unwraps ? "listed for unwrap" : "not listed for unwrap", (unsigned long)rv);
+    assert_int_equal(unwraps, !strict);
+    if (strict)
+        assert_int_equal(rv, CKR_MECHANISM_INVALID);
+    else
+        assert_true(rv == CKR_OK || rv == CKR_WRAPPED_KEY_INVALID); /* the answer the oracle reads */
+}
+
 /* strict: a template asking for both roles is refused; one that asks for
  * one role gets the other off; the defaults stay usable. */
 static void strict_roles(void **state)
@@ -294,12 +408,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(a3_reimport_non_sensitive, setup_default, teardown),
         cmocka_unit_test_setup_teardown(a4_known_wrapping_key, setup_default, teardown),
         cmocka_unit_test_setup_teardown(a5_change_of_role, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(a6_password_key, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(a7_truncation, setup_default, teardown),
+        cmocka_unit_test_setup_teardown(a8_no_oracle_mechanisms, setup_default, teardown),
         cmocka_unit_test_setup_teardown(strict_roles, setup_default, teardown),
         cmocka_unit_test_setup_teardown(a1_wrap_then_decrypt, setup_strict, teardown),
         cmocka_unit_test_setup_teardown(a2_encrypt_then_unwrap, setup_strict, teardown),
         cmocka_unit_test_setup_teardown(a3_reimport_non_sensitive, setup_strict, teardown),
         cmocka_unit_test_setup_teardown(a4_known_wrapping_key, setup_strict, teardown),
         cmocka_unit_test_setup_teardown(a5_change_of_role, setup_strict, teardown),
+        cmocka_unit_test_setup_teardown(a6_password_key, setup_strict, teardown),
+        cmocka_unit_test_setup_teardown(a7_truncation, setup_strict, teardown),
+        cmocka_unit_test_setup_teardown(a8_no_oracle_mechanisms, setup_strict, teardown),
         cmocka_unit_test_setup_teardown(strict_roles, setup_strict, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
