@@ -142,6 +142,20 @@ static void escrow_tidy(tok_attrs *rec)
     tok_attrs_remove(rec, TOKR_TK_ESCROW);
 }
 
+/* An object's attributes as stored (its envelope, if any, unopened). */
+static int obj_get_attrs(ks_txn *txn, uint32_t tid, uint64_t oid, tok_attrs *a)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = ks_obj_get(txn, tid, oid, &blob, &len);
+
+    if (rc != KS_OK)
+        return rc;
+    rc = tok_attrs_parse(blob, len, a) == 0 ? KS_OK : KS_ECORRUPT;
+    ks_buf_free(blob, len);
+    return rc;
+}
+
 /* Put every private object of the token that is outside an envelope into
  * one (the upgrade of a token made before PIN binding). */
 static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN], size_t *count)
@@ -155,14 +169,8 @@ static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN],
      * master key, who wants the next key escrowed where they can read it. */
     for (size_t i = 0; rc == KS_OK && i < o.n; i++) {
         tok_attrs a = TOK_ATTRS_INIT;
-        uint8_t *blob = NULL;
-        size_t len = 0;
 
-        rc = ks_obj_get(txn, tid, o.v[i], &blob, &len);
-        if (rc == KS_OK) {
-            rc = tok_attrs_parse(blob, len, &a) == 0 ? KS_OK : KS_ECORRUPT;
-            ks_buf_free(blob, len);
-        }
+        rc = obj_get_attrs(txn, tid, o.v[i], &a);
         if (rc == KS_OK && tok_env_present(&a)) {
             ks_log(KS_LOG_ERROR, "token %u: its objects are in envelopes under a token key, but the token record "
                    "no longer names that key: the token record was altered (with the master key); not binding a "
@@ -176,12 +184,7 @@ static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN],
         uint8_t *blob = NULL;
         size_t len = 0;
 
-        rc = ks_obj_get(txn, tid, o.v[i], &blob, &len);
-        if (rc == KS_OK) {
-            rc = tok_attrs_parse(blob, len, &a) == 0 ? KS_OK : KS_ECORRUPT;
-            ks_buf_free(blob, len);
-            blob = NULL;
-        }
+        rc = obj_get_attrs(txn, tid, o.v[i], &a);
         if (rc == KS_OK && tok_obj_is_private(&a) && !tok_env_present(&a)) {
             rc = tok_env_seal(tk, tid, o.v[i], &a, &a) == 0 ? KS_OK : KS_ENOMEM;
             if (rc == KS_OK)
