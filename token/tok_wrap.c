@@ -122,35 +122,19 @@ static CK_RV check_wrapper(const tok_mech_desc *d, const tok_key *k, bool wrap)
     return CKR_MECHANISM_INVALID;
 }
 
-static CK_RV aes_wrap(const tok_mech_desc *d, const tok_key *k, bool enc, const uint8_t *in, size_t inlen,
-                      uint8_t *out, size_t *outlen)
+/* One AES wrap or unwrap with the key k: key wrap (RFC 3394, 5649), ECB,
+ * CBC or CBC with PKCS#7 padding (iv: NULL but for CBC). */
+static CK_RV aes_wrap(const tok_mech_desc *d, const tok_key *k, const uint8_t *iv, bool enc, const uint8_t *in,
+                      size_t inlen, uint8_t *out, size_t *outlen)
 {
+    const char *mode = d->mc == M_AES_WRAP ? "WRAP" : d->mc == M_AES_WRAP_PAD ? "WRAP-PAD" : d->mc == M_AES_ECB ? "ECB" : "CBC";
     char name[32];
     int n1 = 0, n2 = 0;
-    snprintf(name, sizeof(name), "AES-%zu-WRAP%s", k->secret_len * 8, d->mc == M_AES_WRAP_PAD ? "-PAD" : "");
-    EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    int ok = c && ctx && EVP_CipherInit_ex2(ctx, c, k->secret, NULL, enc, NULL) &&
-             EVP_CipherUpdate(ctx, out, &n1, in, (int)inlen) > 0 && EVP_CipherFinal_ex(ctx, out + n1, &n2) > 0;
-    EVP_CIPHER_CTX_free(ctx);
-    EVP_CIPHER_free(c);
-    if (!ok)
-        return enc ? CKR_FUNCTION_FAILED : CKR_WRAPPED_KEY_INVALID;
-    *outlen = (size_t)(n1 + n2);
-    return CKR_OK;
-}
-
-/* AES ECB / CBC / CBC with PKCS#7 padding (iv: NULL for ECB). */
-static CK_RV aes_block(const tok_mech_desc *d, const tok_key *k, const uint8_t *iv, bool enc, const uint8_t *in,
-                       size_t inlen, uint8_t *out, size_t *outlen)
-{
-    char name[32];
-    int n1 = 0, n2 = 0;
-    snprintf(name, sizeof(name), "AES-%zu-%s", k->secret_len * 8, d->mc == M_AES_ECB ? "ECB" : "CBC");
+    snprintf(name, sizeof(name), "AES-%zu-%s", k->secret_len * 8, mode);
     EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int ok = c && ctx && inlen <= INT32_MAX && EVP_CipherInit_ex2(ctx, c, k->secret, iv, enc, NULL) &&
-             EVP_CIPHER_CTX_set_padding(ctx, d->mc == M_AES_CBC_PAD) &&
+             (!aes_block_mode(d->mc) || EVP_CIPHER_CTX_set_padding(ctx, d->mc == M_AES_CBC_PAD)) &&
              EVP_CipherUpdate(ctx, out, &n1, in, (int)inlen) > 0 && EVP_CipherFinal_ex(ctx, out + n1, &n2) > 0;
     EVP_CIPHER_CTX_free(ctx);
     EVP_CIPHER_free(c);
@@ -205,10 +189,9 @@ static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_o
 static CK_RV do_wrap(const tok_mech_desc *d, const CK_MECHANISM *mech, const tok_oaep *oaep, const tok_key *k,
                      bool enc, const uint8_t *in, size_t inlen, uint8_t *out, size_t *outlen)
 {
-    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD)
-        return aes_wrap(d, k, enc, in, inlen, out, outlen);
-    if (aes_block_mode(d->mc))
-        return aes_block(d, k, d->mc == M_AES_ECB ? NULL : mech->pParameter, enc, in, inlen, out, outlen);
+    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || aes_block_mode(d->mc))
+        return aes_wrap(d, k, d->mc == M_AES_CBC || d->mc == M_AES_CBC_PAD ? mech->pParameter : NULL, enc, in, inlen,
+                        out, outlen);
     return rsa_wrap(d->mc == M_RSA_OAEP ? oaep : NULL, k, enc, in, inlen, out, outlen);
 }
 
