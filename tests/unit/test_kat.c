@@ -45,24 +45,12 @@
 #include "token/tok_envelope.h"
 #include "token/tok_internal.h"
 #include "token/tok_pin.h"
+#include "tests/unit/test_hex.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
 /* Hex (spaces ignored) to bytes; the length is asserted to be `want`. */
-static void unhex(const char *s, uint8_t *out, size_t want)
-{
-    size_t n = 0;
-    for (; *s; s++) {
-        if (isspace((unsigned char)*s))
-            continue;
-        assert_true(isxdigit((unsigned char)s[0]) && isxdigit((unsigned char)s[1]));
-        char b[3] = {s[0], s[1], 0};
-        assert_true(n < want);
-        out[n++] = (uint8_t)strtoul(b, NULL, 16);
-        s++;
-    }
-    assert_int_equal(n, want);
-}
+static void unhex(const char *s, uint8_t *out, size_t want) { assert_int_equal(test_unhex(s, out, want), want); }
 
 static void assert_hex(const uint8_t *got, size_t len, const char *want_hex)
 {

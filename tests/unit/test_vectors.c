@@ -59,6 +59,9 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "tests/unit/ks_test_util.h"
+#include "tests/unit/test_hex.h"
+
 /* PKCS#11 v3.0 values missing from p11-kit 0.24's header. */
 #ifndef CKK_EC_MONTGOMERY
 #define CKK_EC_MONTGOMERY 0x41UL
@@ -92,20 +95,7 @@ static const char SO[] = "so-secret", PIN[] = "user-pin";
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static size_t unhex(const char *s, uint8_t *out, size_t cap)
-{
-    size_t n = 0;
-    for (; *s; s++) {
-        if (isspace((unsigned char)*s))
-            continue;
-        assert_true(isxdigit((unsigned char)s[0]) && isxdigit((unsigned char)s[1]));
-        char b[3] = {s[0], s[1], 0};
-        assert_true(n < cap);
-        out[n++] = (uint8_t)strtoul(b, NULL, 16);
-        s++;
-    }
-    return n;
-}
+#define unhex test_unhex
 
 static void assert_bytes(const uint8_t *got, size_t glen, const uint8_t *want, size_t wlen, const char *what)
 {
@@ -182,11 +172,6 @@ static CK_RV verify(CK_MECHANISM *m, CK_OBJECT_HANDLE k, const void *msg, size_t
     return f->C_Verify(h, (CK_BYTE_PTR)msg, len, (CK_BYTE_PTR)sig, sl);
 }
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
 
 /* ---- fixture: one token, a logged-in read/write user session -------------- */
 
@@ -253,7 +238,7 @@ static int group_teardown(void **state)
     (void)state;
     if (f)
         f->C_Finalize(NULL);
-    nftw(tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(tmp);
     return 0;
 }
 

@@ -51,6 +51,8 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "tests/unit/ks_test_util.h"
+
 #define CK(call) assert_int_equal((call), CKR_OK)
 
 static void *dl;
@@ -65,11 +67,6 @@ static const uint8_t known_val[16] = "ATTACKER-KNOWN-1";
 static CK_OBJECT_HANDLE target;
 static bool strict;
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
 
 static int open_module(bool strict_mode)
 {
@@ -134,7 +131,7 @@ static int teardown(void **state)
         dlclose(dl);
     dl = NULL;
     f = NULL;
-    nftw(tmp, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    rm_rf(tmp);
     return 0;
 }
 
