@@ -164,28 +164,25 @@ static int envelope_all(ks_txn *txn, uint32_t tid, const uint8_t tk[TOK_TK_LEN],
     int rc = ks_obj_foreach(txn, tid, tok_oid_push, &o);
 
     *count = 0;
-    /* A token made before PIN binding has no envelope yet. One that has
+    /* One pass, in the caller's write transaction (a refusal aborts it all).
+     * A token made before PIN binding has no envelope yet. One that has
      * envelopes but no key check value lost it to someone holding only the
      * master key, who wants the next key escrowed where they can read it. */
-    for (size_t i = 0; rc == KS_OK && i < o.n; i++) {
-        tok_attrs a = TOK_ATTRS_INIT;
-
-        rc = obj_get_attrs(txn, tid, o.v[i], &a);
-        if (rc == KS_OK && tok_env_present(&a)) {
-            ks_log(KS_LOG_ERROR, "token %u: its objects are in envelopes under a token key, but the token record "
-                   "no longer names that key: the token record was altered (with the master key); not binding a "
-                   "new key. Restore the keystore from a backup", tid);
-            rc = KS_ECORRUPT;
-        }
-        tok_attrs_free(&a);
-    }
     for (size_t i = 0; rc == KS_OK && i < o.n; i++) {
         tok_attrs a = TOK_ATTRS_INIT;
         uint8_t *blob = NULL;
         size_t len = 0;
 
         rc = obj_get_attrs(txn, tid, o.v[i], &a);
-        if (rc == KS_OK && tok_obj_is_private(&a) && !tok_env_present(&a)) {
+        if (rc == KS_OK && tok_env_present(&a)) {
+            tok_attrs_free(&a);
+            ks_log(KS_LOG_ERROR, "token %u: its objects are in envelopes under a token key, but the token record "
+                   "no longer names that key: the token record was altered (with the master key); not binding a "
+                   "new key. Restore the keystore from a backup", tid);
+            rc = KS_ECORRUPT;
+            break;
+        }
+        if (rc == KS_OK && tok_obj_is_private(&a)) {
             rc = tok_env_seal(tk, tid, o.v[i], &a, &a) == 0 ? KS_OK : KS_ENOMEM;
             if (rc == KS_OK)
                 rc = tok_attrs_serialize(&a, &blob, &len) == 0 ? KS_OK : KS_ENOMEM;
