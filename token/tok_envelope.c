@@ -2,6 +2,7 @@
 #include "token/tok_envelope.h"
 #include "keystore/ks.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,17 @@
 #define NONCE_LEN 12
 #define TAG_LEN 16
 #define AAD_LEN (35 + 32)
+
+/* Fetched once per process, not by name on every read of a private object. */
+static EVP_CIPHER *env_cipher;
+static EVP_MD *env_md;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+static void env_fetch(void)
+{
+    env_cipher = EVP_CIPHER_fetch(ks_libctx(), "AES-256-GCM", NULL);
+    env_md = EVP_MD_fetch(ks_libctx(), "SHA2-256", NULL);
+}
 
 bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t)
 {
@@ -58,9 +70,8 @@ static int clear_digest(const tok_attrs *a, uint8_t out[32])
         qsort(c.v, c.n, sizeof(*c.v), by_type);
     if (tok_attrs_serialize(&c, &blob, &len) != 0)
         goto out;
-    EVP_MD *md = EVP_MD_fetch(ks_libctx(), "SHA2-256", NULL);
-    ok = md && EVP_Digest(blob, len, out, &hl, md, NULL) == 1 && hl == 32;
-    EVP_MD_free(md);
+    pthread_once(&env_once, env_fetch);
+    ok = env_md && EVP_Digest(blob, len, out, &hl, env_md, NULL) == 1 && hl == 32;
 out:
     if (blob)
         ks_buf_free(blob, len);
@@ -82,9 +93,10 @@ static int env_aad(uint32_t token, uint64_t oid, const tok_attrs *a, uint8_t aad
 static int gcm(int enc, const uint8_t key[TOK_TK_LEN], const uint8_t *nonce, const uint8_t aad[AAD_LEN],
                const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[TAG_LEN])
 {
-    EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), "AES-256-GCM", NULL);
     EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
     int n = 0, fin = 0;
+    pthread_once(&env_once, env_fetch);
+    const EVP_CIPHER *c = env_cipher;
     int ok = c && cx && len <= INT32_MAX && EVP_CipherInit_ex2(cx, c, key, nonce, enc, NULL) == 1 &&
              EVP_CipherUpdate(cx, NULL, &n, aad, AAD_LEN) == 1 &&
              (len == 0 || EVP_CipherUpdate(cx, out, &n, in, (int)len) == 1);
@@ -96,7 +108,6 @@ static int gcm(int enc, const uint8_t key[TOK_TK_LEN], const uint8_t *nonce, con
     if (ok && enc)
         ok = EVP_CIPHER_CTX_ctrl(cx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1;
     EVP_CIPHER_CTX_free(cx);
-    EVP_CIPHER_free(c);
     return ok ? 0 : -1;
 }
 
