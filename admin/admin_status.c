@@ -157,22 +157,25 @@ static const char *pin_state(CK_FLAGS f)
     return "ok";
 }
 
-/* Whether the token's private objects need a PIN at rest. */
-static const char *binding(tok_ctx *ctx, CK_SLOT_ID slot, bool json)
+/* Whether the token's private objects need a PIN at rest: the sentence for
+ * people and the word for JSON. */
+static void binding(tok_ctx *ctx, CK_SLOT_ID slot, const char **text, const char **json)
 {
     tok_binding b;
     CK_USER_TYPE waiting;
 
-    if (tok_token_binding(ctx, slot, &b, &waiting) != CKR_OK)
-        return json ? "unknown" : "unknown (the token record cannot be read)";
-    switch (b) {
-    case TOK_BIND_FULL: return json ? "pin-bound" : "need the PIN";
-    case TOK_BIND_NONE:
-        return json ? "master-key-only" : "UNDER THE MASTER KEY ONLY until a user or SO login binds them";
-    default:
-        if (waiting == CKU_SO)
-            return json ? "escrowed-until-so-login" : "need the PIN, but their key is ALSO under the master key until the SO logs in once";
-        return json ? "escrowed-until-user-login" : "need the PIN, but their key is ALSO under the master key until the user logs in once";
+    if (tok_token_binding(ctx, slot, &b, &waiting) != CKR_OK) {
+        *text = "unknown (the token record cannot be read)", *json = "unknown";
+    } else if (b == TOK_BIND_FULL) {
+        *text = "need the PIN", *json = "pin-bound";
+    } else if (b == TOK_BIND_NONE) {
+        *text = "UNDER THE MASTER KEY ONLY until a user or SO login binds them", *json = "master-key-only";
+    } else if (waiting == CKU_SO) {
+        *text = "need the PIN, but their key is ALSO under the master key until the SO logs in once";
+        *json = "escrowed-until-so-login";
+    } else {
+        *text = "need the PIN, but their key is ALSO under the master key until the user logs in once";
+        *json = "escrowed-until-user-login";
     }
 }
 
@@ -196,8 +199,7 @@ static size_t collect_tokens(tok_ctx *ctx, token_row **rows)
                 continue;
             r->id = ids[i];
             r->flags = ti.flags;
-            r->binding = binding(ctx, ids[i], false);
-            r->binding_json = binding(ctx, ids[i], true);
+            binding(ctx, ids[i], &r->binding, &r->binding_json);
             trim_label(ti.label, r->label);
             ks_token_count_objects(txn, (uint32_t)ids[i], &r->objects);
             k++;
