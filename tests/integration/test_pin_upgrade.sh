@@ -37,6 +37,13 @@ admin_checks() { # WHEN
     ok "$1: p11mk-admin verify passes, list lists aes1 rsa1 data1 ec1"
 }
 
+# binding_is WHEN WANT: what status says of the private objects' protection.
+binding_is() {
+    expect_rc 0 "$ADMIN" status --json
+    grep -q "\"private_objects\": \"$2\"" "$T/out" || { cat "$T/out" >&2; fail "$1: status does not say $2"; }
+    ok "$1: status says the private objects are $2"
+}
+
 # user_checks PIN WHEN: every private object of the fixture works for the user.
 user_checks() {
     local U=(--token-label legacy --login --pin "$1")
@@ -78,6 +85,7 @@ so_resets_user_pin() {
 # The fixture as it comes.
 admin_checks "the fixture"
 cp "$T/out" "$T/list.txt"
+binding_is "the fixture" master-key-only
 if ! grep -E 'label=aes1 ' "$T/list.txt" | grep -q extractable; then
     echo "note: aes1 is not extractable in this fixture (its README says it is): its value is checked by encryption"
 fi
@@ -87,12 +95,15 @@ openssl pkey -pubin -inform DER -in ec.der -out ec.pem || fail "no public key fo
 # The user logs in first, then the SO.
 user_checks "$PIN" "user first"
 admin_checks "user first, after the user's login"
+binding_is "user first, after the user's login" escrowed-until-so-login
 so_resets_user_pin "user first"
 user_checks "$NEWPIN" "user first, new user PIN"
 admin_checks "user first, after the SO's login"
+binding_is "user first, after the SO's login" pin-bound
 
 # A fresh copy: the SO logs in first, then the user with the PIN the SO set.
 fresh_fixture
 so_resets_user_pin "SO first"
 user_checks "$NEWPIN" "SO first, new user PIN"
 admin_checks "SO first, after both logins"
+binding_is "SO first, after both logins" pin-bound
