@@ -87,7 +87,7 @@ admin_checks "the fixture"
 cp "$T/out" "$T/list.txt"
 binding_is "the fixture" master-key-only
 if ! grep -E 'label=aes1 ' "$T/list.txt" | grep -q extractable; then
-    echo "note: aes1 is not extractable in this fixture (its README says it is): its value is checked by encryption"
+    echo "note: aes1 is not extractable (see the fixture's README): its value is checked by encryption"
 fi
 pubkey_der legacy 04 ec.der
 openssl pkey -pubin -inform DER -in ec.der -out ec.pem || fail "no public key for ec1"
