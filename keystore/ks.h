@@ -68,7 +68,9 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
  *       log (syslog | stderr | /path/file), log_level (error|warn|info|debug),
  *       key_file_mode (octal, most permissive mode accepted for key files, default 0600),
  *       rsa_min_bits (the smallest RSA key C_GenerateKeyPair makes, 1024..8192, default 2048),
- *       wrap_policy (default | strict: the token's key-management rules, see tok_access.h).
+ *       wrap_policy (default | strict: the token's key-management rules, see tok_access.h),
+ *       secure_heap (KiB of OpenSSL's secure heap the module sets up when the process has none:
+ *                    0 or a power of two 64..65536, default KS_SECURE_HEAP_DEFAULT_KIB; see ks_secmem.c).
  * Unknown keys and malformed lines are errors naming file, line and key. */
 typedef struct {
     char *source;        /* config file used, or NULL for embedded defaults */
@@ -79,7 +81,9 @@ typedef struct {
     unsigned key_file_mode; /* default 0600 */
     unsigned rsa_min_bits;  /* default 2048 */
     bool wrap_strict;       /* wrap_policy = strict */
+    unsigned secure_heap_kib; /* 0: leave OpenSSL's secure heap alone */
 } ks_config;
+#define KS_SECURE_HEAP_DEFAULT_KIB 2048u
 
 KS_API int ks_config_load(ks_config *cfg, ks_err *err);
 KS_API int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err);
@@ -221,6 +225,15 @@ KS_API uint32_t ks_epoch(ks_store *st);
 /* Zeroed, excluded from core dumps, locked against swap where the limit allows. */
 KS_API void *ks_secmem_alloc(size_t n);
 KS_API void ks_secmem_free(void *p); /* cleanse + release; NULL is fine */
+/* OpenSSL's secure heap, where OpenSSL keeps private key parts (EC private
+ * numbers, Ed25519/X25519 private keys, HMAC keys, the big numbers of EC
+ * signing; not RSA's in OpenSSL 3.0): set up with cfg->secure_heap_kib when the
+ * process has none yet (an application's own secure heap is used as is).
+ * Process-wide and never torn down; returns true when a secure heap exists. */
+KS_API bool ks_secure_heap_init(const ks_config *cfg);
+/* More than half of the secure heap the module set up is in use: the key
+ * cache lets go of its keys so that operations keep room to work. */
+KS_API bool ks_secure_heap_pressed(void);
 
 /* ---- PIN attempts (ks_store.c) ----
  * Serializes PIN attempts on one token across every thread and process: an

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
-#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy"
+#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap"
 
 static const char *home_dir(void)
 {
@@ -83,6 +83,7 @@ void ks_config_defaults(ks_config *cfg)
     cfg->log_level = KS_LOG_WARN;
     cfg->key_file_mode = 0600;
     cfg->rsa_min_bits = 2048;
+    cfg->secure_heap_kib = KS_SECURE_HEAP_DEFAULT_KIB;
 }
 
 static char *trim(char *s)
@@ -185,6 +186,20 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
         cfg->rsa_min_bits = (unsigned)b;
         return KS_OK;
     }
+    if (strcmp(key, "secure_heap") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long k = strtoul(val, &end, 10);
+        if (errno || *end || !*val || (k != 0 && (k < 64 || k > 65536 || (k & (k - 1)) != 0))) {
+            ks_err_set(err,
+                       "%s:%d: secure_heap '%s' must be 0 (leave OpenSSL's secure heap alone) or a power of two "
+                       "of KiB from 64 to 65536 (default %u)",
+                       path, line, val, KS_SECURE_HEAP_DEFAULT_KIB);
+            return KS_ECONFIG;
+        }
+        cfg->secure_heap_kib = (unsigned)k;
+        return KS_OK;
+    }
     ks_err_set(err, "%s:%d: unknown key '%s' (known keys: " KNOWN_KEYS ")", path, line, key);
     return KS_ECONFIG;
 }
@@ -193,7 +208,7 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
 {
     FILE *f;
     char buf[4096];
-    int lineno = 0, rc = KS_OK, seen[7] = {0};
+    int lineno = 0, rc = KS_OK, seen[16] = {0};
 
     ks_config_defaults(cfg);
     if (!cfg->keystore || !cfg->master_key) {
@@ -251,7 +266,7 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
         *eq = '\0';
         const char *key = trim(s);
         static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode",
-                                            "rsa_min_bits", "wrap_policy"};
+                                            "rsa_min_bits", "wrap_policy", "secure_heap"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1106,6 +1107,100 @@ static void test_registers_file(void **state)
     rmdir(dir);
 }
 
+/* Memory for secrets: every size from the pool's classes and past them
+ * (pages of their own), 16-byte aligned, zeroed, writable to the last byte,
+ * excluded from dumps (/proc/self/smaps "dd" flag), reused after free, from
+ * several threads at once, and usable in a fork child. */
+static bool in_dontdump_vma(const void *p)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    uintptr_t a = (uintptr_t)p, lo = 0, hi = 0;
+    bool in = false, dd = false;
+    while (f && fgets(line, sizeof(line), f)) {
+        unsigned long x, y;
+        if (sscanf(line, "%lx-%lx ", &x, &y) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            lo = x;
+            hi = y;
+            in = a >= lo && a < hi;
+        } else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            dd = strstr(line, " dd") != NULL;
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    return dd;
+}
+
+static void *secmem_worker(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    void *held[64] = {0};
+    for (int i = 0; i < 20000; i++) {
+        int k = (int)(rand_r(&seed) % 64);
+        if (held[k]) {
+            assert_int_equal(((uint8_t *)held[k])[0], (uint8_t)k);
+            ks_secmem_free(held[k]);
+            held[k] = NULL;
+        } else {
+            size_t n = 1 + rand_r(&seed) % 3000;
+            held[k] = ks_secmem_alloc(n);
+            assert_non_null(held[k]);
+            memset(held[k], k, n);
+        }
+    }
+    for (int k = 0; k < 64; k++)
+        ks_secmem_free(held[k]);
+    return NULL;
+}
+
+static void test_secmem(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 31, 32, 33, 64, 100, 256, 1000, 2048, 2049, 4096, 70000};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(*sizes); i++) {
+        uint8_t *p = ks_secmem_alloc(sizes[i]);
+        assert_non_null(p);
+        assert_int_equal((uintptr_t)p % 16, 0);
+        for (size_t j = 0; j < sizes[i]; j++)
+            assert_int_equal(p[j], 0);
+        memset(p, 0xa5, sizes[i]);
+        assert_true(in_dontdump_vma(p));
+        ks_secmem_free(p);
+    }
+    uint8_t *a = ks_secmem_alloc(40);
+    memset(a, 0x5a, 40);
+    ks_secmem_free(a);
+    uint8_t *b = ks_secmem_alloc(40); /* the slot just freed, cleansed */
+    assert_ptr_equal(a, b);
+    for (int j = 0; j < 40; j++)
+        assert_int_equal(b[j], 0);
+    ks_secmem_free(b);
+    ks_secmem_free(NULL);
+
+    pthread_t t[4];
+    for (uintptr_t i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, secmem_worker, (void *)(i + 1)), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+
+    uint8_t *held = ks_secmem_alloc(100);
+    memset(held, 7, 100);
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint8_t *c = ks_secmem_alloc(100);
+        int ok = c && held[99] == 7 && in_dontdump_vma(held);
+        ks_secmem_free(c);
+        ks_secmem_free(held);
+        _exit(ok ? 0 : 1);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ks_secmem_free(held);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1122,6 +1217,7 @@ int main(void)
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
         cmocka_unit_test(test_registers_file),
+        cmocka_unit_test(test_secmem),
         cmocka_unit_test_setup_teardown(test_rotation_cycle, rot_setup, rot_teardown),
         cmocka_unit_test_setup_teardown(test_rotation_abort, rot_setup, rot_teardown),
         cmocka_unit_test_setup_teardown(test_rotation_with_concurrent_process, rot_setup, rot_teardown),
