@@ -1,5 +1,12 @@
-/* p11mk token layer: attribute lists and their serialized form. */
+/* p11mk token layer: attribute lists and their serialized form.
+ *
+ * Values of the attribute types that can hold key material (CKA_VALUE and
+ * the RSA private parts) are kept in memory for secrets (ks_secmem: out of
+ * core dumps, locked against swap where allowed), whatever the object's
+ * class: a list does not always know its class when a value is set, and a
+ * certificate's CKA_VALUE in that memory costs little. */
 #include "token/tok_attr.h"
+#include "keystore/ks.h"
 
 #include <openssl/crypto.h>
 #include <stdlib.h>
@@ -7,12 +14,37 @@
 
 #define BLOB_VERSION 1
 
+static bool may_hold_key(CK_ATTRIBUTE_TYPE t)
+{
+    switch (t) {
+    case CKA_VALUE:
+    case CKA_PRIVATE_EXPONENT:
+    case CKA_PRIME_1:
+    case CKA_PRIME_2:
+    case CKA_EXPONENT_1:
+    case CKA_EXPONENT_2:
+    case CKA_COEFFICIENT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void value_free(CK_ATTRIBUTE_TYPE t, uint8_t *val, CK_ULONG len)
+{
+    if (!val)
+        return;
+    if (may_hold_key(t)) {
+        ks_secmem_free(val); /* cleanses */
+        return;
+    }
+    OPENSSL_cleanse(val, len);
+    free(val);
+}
+
 static void attr_clear(tok_attr *a)
 {
-    if (a->val) {
-        OPENSSL_cleanse(a->val, a->len);
-        free(a->val);
-    }
+    value_free(a->type, a->val, a->len);
     a->val = NULL;
     a->len = 0;
 }
@@ -66,15 +98,12 @@ int tok_attrs_set(tok_attrs *a, CK_ATTRIBUTE_TYPE t, const void *val, CK_ULONG l
     uint8_t *copy = NULL;
 
     if (len) {
-        if (!val || !(copy = malloc(len)))
+        if (!val || !(copy = may_hold_key(t) ? ks_secmem_alloc(len) : malloc(len)))
             return -1;
         memcpy(copy, val, len);
     }
     if (set_owned(a, t, copy, len) != 0) {
-        if (copy) {
-            OPENSSL_cleanse(copy, len);
-            free(copy);
-        }
+        value_free(t, copy, len);
         return -1;
     }
     return 0;
@@ -180,6 +209,22 @@ bool tok_attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t)
     if (cls == CKO_PRIVATE_KEY)
         return in_list(private_parts, sizeof(private_parts) / sizeof(*private_parts), t);
     return false;
+}
+
+void tok_attrs_drop_secrets(tok_attrs *a)
+{
+    CK_ULONG cls;
+
+    if (!tok_attrs_get_ulong(a, CKA_CLASS, &cls))
+        return;
+    for (size_t i = 0; i < a->n;) {
+        if (tok_attr_is_secret(cls, a->v[i].type)) {
+            attr_clear(&a->v[i]);
+            a->v[i] = a->v[--a->n];
+        } else {
+            i++;
+        }
+    }
 }
 
 bool tok_attrs_match(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n)

@@ -49,6 +49,9 @@ TOK_API bool tok_attr_is_ulong(CK_ATTRIBUTE_TYPE t);
  * and private keys, CKA_PRIVATE_EXPONENT, CKA_PRIME_1/2, CKA_EXPONENT_1/2,
  * CKA_COEFFICIENT) for an object of class cls. */
 TOK_API bool tok_attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t);
+/* Remove (and cleanse) every attribute tok_attr_is_secret names for the
+ * list's CKA_CLASS. */
+TOK_API void tok_attrs_drop_secrets(tok_attrs *a);
 
 /* Does the object match every attribute of the template (exact bytes)? */
 TOK_API bool tok_attrs_match(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n);

@@ -250,9 +250,16 @@ static int push_bn(OSSL_PARAM_BLD *bld, const char *name, const tok_attrs *a, CK
     const tok_attr *at = tok_attrs_find(a, t);
     if (!at || !at->len)
         return required ? -1 : 0;
-    *keep = BN_bin2bn(at->val, (int)at->len, NULL);
-    if (!*keep)
+    /* Private parts in secure big numbers: OSSL_PARAM_BLD then places them
+     * in its secure block, which is cleansed when freed. (The EC key keeps
+     * its private number in OpenSSL's secure heap, ks_secure_heap_init;
+     * OpenSSL 3.0's RSA import copies into ordinary big numbers.) */
+    if (tok_attr_is_secret(CKO_PRIVATE_KEY, t) && !(*keep = BN_secure_new()))
         return -1;
+    BIGNUM *bn = BN_bin2bn(at->val, (int)at->len, *keep);
+    if (!bn)
+        return -1;
+    *keep = bn;
     return OSSL_PARAM_BLD_push_BN(bld, name, *keep) ? 0 : -1;
 }
 
@@ -362,7 +369,7 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
     k->ktype = kt;
     if (cls == CKO_SECRET_KEY) {
         const tok_attr *v = tok_attrs_find(obj, CKA_VALUE);
-        if (!v || !v->len || !(k->secret = OPENSSL_malloc(v->len)))
+        if (!v || !v->len || !(k->secret = ks_secmem_alloc(v->len)))
             goto bad;
         memcpy(k->secret, v->val, v->len);
         k->secret_len = k->size_bytes = v->len;
@@ -407,8 +414,7 @@ void tok_key_unref(tok_key *k)
     if (!k || atomic_fetch_sub(&k->refs, 1) != 1)
         return;
     EVP_PKEY_free(k->pkey);
-    if (k->secret)
-        OPENSSL_clear_free(k->secret, k->secret_len);
+    ks_secmem_free(k->secret);
     OPENSSL_cleanse(k, sizeof(*k));
     free(k);
 }

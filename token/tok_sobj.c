@@ -5,7 +5,8 @@
  * carry TOK_SOBJ_BIT), the same access rules (tok_access.c), the same
  * tok_obj_* functions (tok_token.c dispatches on the handle). Each belongs
  * to the session that made it (tok_access.owner) and goes with it, or with
- * its token's last session; its parsed key is kept with it once used.
+ * its token's last session; its parsed key is kept with it once used
+ * (and let go when OpenSSL's secure heap runs half full).
  * sobj_lock guards the table; it is a leaf lock. */
 #include "token/tok_internal.h"
 #include "token/tok_access.h"
@@ -158,11 +159,20 @@ CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key
             return rv;
         }
         pthread_mutex_lock(&ctx->sobj_lock);
-        o = find_locked(ctx, ac->slot, h);
-        if (o && !o->key)
+        if (ks_secure_heap_pressed()) {
+            /* OpenSSL's secure heap is half full: the parsed keys kept with
+             * session objects go (they are parsed again on their next use),
+             * as the key cache's do, so that operations keep room to run. */
+            for (size_t i = 0; i < ctx->nsobjs; i++) {
+                tok_key_unref(ctx->sobjs[i]->key);
+                ctx->sobjs[i]->key = NULL;
+            }
+        } else if ((o = find_locked(ctx, ac->slot, h)) && !o->key) {
             o->key = tok_key_ref(k);
+        }
         pthread_mutex_unlock(&ctx->sobj_lock);
     }
+    tok_attrs_drop_secrets(attrs);
     *key = k;
     return CKR_OK;
 }

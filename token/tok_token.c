@@ -46,6 +46,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
                  "p11mk");
     tok_mech_set_rsa_min_bits(ctx->cfg.rsa_min_bits);
     tok_policy_set_wrap_strict(ctx->cfg.wrap_strict);
+    (void)ks_secure_heap_init(&ctx->cfg); /* before the first key is built */
     rc = ks_mkey_load(&ctx->cfg, &ctx->mk, &err);
     if (rc != KS_OK) {
         snprintf(open_error, sizeof(open_error), "cannot load the master key: %s",
@@ -801,7 +802,7 @@ static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     e->key = tok_key_ref(key);
     cache_drop(ctx, slot, oid);
     pthread_mutex_lock(&ctx->cache_lock);
-    if (ctx->cache_n >= CACHE_MAX)
+    if (ctx->cache_n >= CACHE_MAX || ks_secure_heap_pressed())
         cache_flush_locked(ctx);
     e->next = ctx->cache[b];
     ctx->cache[b] = e;
@@ -844,6 +845,7 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
         tok_attrs_free(attrs);
         return rv;
     }
+    tok_attrs_drop_secrets(attrs);
     cache_put(ctx, slot, oid, &st, *key, attrs);
     return CKR_OK;
 }
