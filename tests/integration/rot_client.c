@@ -13,12 +13,20 @@
  *                                             exit 3 if the keystore file it wrote
  *                                             to has no name any more (a restore
  *                                             swapped it under this process)
+ *   rot_client MODULE LABEL PIN hold DIR      use the token keys labeled aes-known
+ *                                             (AES-CBC-PAD) and ec-known (ECDSA),
+ *                                             session keys made from DIR/sess.bin
+ *                                             (AES) and DIR/hmac.bin (HMAC), then
+ *                                             create DIR/hold.ready and wait, keys
+ *                                             cached and sessions open, until
+ *                                             DIR/hold.stop exists (core dump tests)
  *
  * It keeps one session and one login for its whole life, as a long-running
  * server would, and prints one line of results (follow: one line per round,
  * then one of results). Exit status 0 only if no operation failed. */
 #include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -295,6 +303,90 @@ static unsigned long follow(CK_SESSION_HANDLE s, const char *path)
     return failures;
 }
 
+static CK_OBJECT_HANDLE find_key(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label)
+{
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, (CK_ULONG)strlen(label)}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    CK_RV rv = f->C_FindObjectsInit(s, t, 2);
+    if (rv == CKR_OK)
+        rv = f->C_FindObjects(s, &h, 1, &n);
+    f->C_FindObjectsFinal(s);
+    if (rv != CKR_OK || n != 1) {
+        fprintf(stderr, "rot_client: no key labeled %s\n", label);
+        exit(2);
+    }
+    return h;
+}
+
+static size_t read_small(const char *dir, const char *name, CK_BYTE *buf, size_t cap)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    /* read(2), not stdio: a FILE's buffer would leave a copy in freed heap */
+    int fd = open(path, O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, buf, cap) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0) {
+        fprintf(stderr, "rot_client: cannot read %s\n", path);
+        exit(2);
+    }
+    return (size_t)n;
+}
+
+/* A session secret key of a known value. */
+static CK_OBJECT_HANDLE session_key(CK_SESSION_HANDLE s, CK_KEY_TYPE kt, const CK_BYTE *val, size_t len)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &no, 1},           {CKA_SENSITIVE, &yes, 1},
+                        {CKA_ENCRYPT, &yes, 1},        {CKA_SIGN, &yes, 1},
+                        {CKA_VALUE, (void *)val, (CK_ULONG)len}};
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = f->C_CreateObject(s, t, 7, &h);
+    if (rv != CKR_OK)
+        die("C_CreateObject (session key)", rv);
+    return h;
+}
+
+static void use_key(CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE k, bool sign)
+{
+    CK_BYTE in[48] = "data to protect, padded out to a few blocks....", out[512];
+    CK_ULONG len = sizeof(out);
+    CK_RV rv = sign ? f->C_SignInit(s, m, k) : f->C_EncryptInit(s, m, k);
+    if (rv == CKR_OK)
+        rv = sign ? f->C_Sign(s, in, sizeof(in), out, &len) : f->C_Encrypt(s, in, sizeof(in), out, &len);
+    if (rv != CKR_OK)
+        die(sign ? "sign" : "encrypt", rv);
+}
+
+/* hold DIR: see the top of the file. */
+static int hold(CK_SESSION_HANDLE s, const char *dir)
+{
+    CK_BYTE iv[16] = {0}, v[64];
+    CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, sizeof(iv)}, ecdsa = {CKM_ECDSA_SHA256, NULL, 0},
+                 hmac = {CKM_SHA256_HMAC, NULL, 0};
+    char path[4096];
+
+    use_key(s, &cbc, find_key(s, CKO_SECRET_KEY, "aes-known"), false);
+    use_key(s, &ecdsa, find_key(s, CKO_PRIVATE_KEY, "ec-known"), true);
+    size_t n = read_small(dir, "sess.bin", v, sizeof(v));
+    use_key(s, &cbc, session_key(s, CKK_AES, v, n), false);
+    n = read_small(dir, "hmac.bin", v, sizeof(v));
+    use_key(s, &hmac, session_key(s, CKK_GENERIC_SECRET, v, n), true);
+    memset(v, 0, sizeof(v)); /* the test looks for the values: this copy is the test's, not the module's */
+    snprintf(path, sizeof(path), "%s/hold.ready", dir);
+    FILE *fp = fopen(path, "w");
+    if (fp)
+        fclose(fp);
+    snprintf(path, sizeof(path), "%s/hold.stop", dir);
+    for (int i = 0; access(path, F_OK) != 0 && i < 6000; i++)
+        usleep(10000);
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -308,7 +400,7 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc != 6) {
-        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N | follow FIFO | once TAG\n");
+        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N | follow FIFO | once TAG | hold DIR\n");
         return 2;
     }
     void *mod = dlopen(argv[1], RTLD_NOW);
@@ -459,6 +551,11 @@ int main(int argc, char **argv)
         f->C_Logout(s);
         f->C_Finalize(NULL);
         return fails ? 1 : 0;
+    } else if (strcmp(mode, "hold") == 0) {
+        int rc = hold(s, argv[5]);
+        f->C_Logout(s);
+        f->C_Finalize(NULL);
+        return rc;
     } else if (strcmp(mode, "follow") == 0) {
         unsigned long fails = follow(s, argv[5]);
         f->C_Logout(s);

@@ -182,3 +182,17 @@ echo "wrap_policy = strict" >> "$CONF"
 expect_rc 0 "$ADMIN" status
 sed -i '/^wrap_policy/d' "$CONF"
 ok "wrap_policy: default or strict, anything else refused with a sentence"
+for bad in 1 63 100 131072 -1 2k; do
+    echo "secure_heap = $bad" >> "$CONF"
+    expect_rc 3 "$ADMIN" status
+    expect_out "secure_heap '.*' must be 0 .* or a power of two of KiB from 64 to 65536"
+    sed -i '/^secure_heap/d' "$CONF"
+done
+for good in 0 64 4096; do
+    echo "secure_heap = $good" >> "$CONF"
+    expect_rc 0 "$ADMIN" status
+    p11 "${R[@]}" --keypairgen --key-type EC:prime256v1 --label "sh$good" >/dev/null ||
+        fail "a key pair with secure_heap = $good"
+    sed -i '/^secure_heap/d' "$CONF"
+done
+ok "secure_heap: 0 or a power of two of KiB, anything else refused with a sentence"
