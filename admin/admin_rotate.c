@@ -60,7 +60,7 @@ static void kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1])
 /* Load the configuration and open the keystore for lifecycle work. */
 static int mk_open(ks_config *cfg, ks_mk **m)
 {
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     int rc;
     *m = NULL;
     if (ks_config_load(cfg, &err) != KS_OK) {
@@ -346,7 +346,7 @@ static void print_committed(const admin_opts *o, ks_mk *m, const ks_mk_result *r
 {
     char cur[2 * KS_KCV_LEN + 1];
     ks_mk_view v;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     size_t hist = 0;
     kcv_hex(r->kcv, cur);
     if (ks_mk_view_get(m, &v, &err) == KS_OK) {
@@ -377,7 +377,7 @@ typedef struct {
 static int run_step(const admin_opts *o, ks_mk *m, const step_call *c)
 {
     ks_mk_result r;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     progress pr;
     ks_mk_opts ko = step_opts(o, c->command, &pr);
     ko.expect = c->expect;
@@ -556,7 +556,7 @@ int admin_set_master_key(const admin_opts *o)
     ks_mk *m;
     ks_mkey key;
     ks_mk_view v;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     admin_opts oo = *o;
     int rc;
 
@@ -635,7 +635,7 @@ int admin_clear_history(const admin_opts *o)
     ks_config cfg;
     ks_mk *m;
     ks_mk_view v;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     size_t keep = o->has_keep ? o->keep : 0;
     int rc = mk_open(&cfg, &m);
 
@@ -877,7 +877,7 @@ int admin_backup(const admin_opts *o)
 {
     ks_config cfg;
     ks_mk *m;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_info info;
     progress pr;
     if (!need_file(o, "backup"))
@@ -908,7 +908,7 @@ int admin_export(const admin_opts *o)
 {
     ks_config cfg;
     ks_mk *m;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     progress pr;
     if (!o->to_default) {
         admin_error("export writes a copy under the built-in default key: say so with --to-default");
@@ -936,7 +936,7 @@ int admin_restore(const admin_opts *o)
 {
     ks_config cfg;
     ks_mk_result r;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     progress pr;
     int rc;
     if (!need_file(o, "restore"))

@@ -66,7 +66,7 @@ int admin_init(const admin_opts *o)
 {
     ks_config cfg;
     ks_mkey mk;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_store *st = NULL;
     char keyfile[PATH_MAX] = "";
     int rc;
@@ -345,7 +345,7 @@ int admin_status(const admin_opts *o)
     ks_rot_count(tok_ctx_store(ctx), rot.epochs, rot.counts, 8, &rot.n);
     const ks_config *cfg = tok_ctx_config(ctx);
     ks_mk *m = NULL;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     if (ks_mk_open(cfg, &m, &err) != KS_OK || ks_mk_view_get(m, &rot.v, &err) != KS_OK)
         admin_error("cannot read the master-key history: %s", err.msg[0] ? err.msg : "unknown error");
     if (o->json)

@@ -47,10 +47,23 @@ enum {
 };
 KS_API const char *ks_strerror(int err);
 
-/* A human-readable explanation filled on failure (may be empty). */
+/* Where a failure happened, for callers that act on it (the admin's exit
+ * codes): the configuration functions (ks_config_*) set KS_AREA_CONFIG, the
+ * key-file functions (ks_mkey_load, ks_mkey_generate_file, ks_reg_load,
+ * ks_reg_save, and the steps that call them) KS_AREA_KEY; anything else is
+ * the keystore's. Pass a zeroed ks_err to each call; ks_open resets it. */
+typedef enum {
+    KS_AREA_KEYSTORE = 0,
+    KS_AREA_CONFIG,
+    KS_AREA_KEY,
+} ks_area;
+
+/* A failure's sentence (what happened and what to do; may be empty) and area. */
 typedef struct {
     char msg[1024];
+    ks_area area;
 } ks_err;
+#define KS_ERR_INIT {{0}, KS_AREA_KEYSTORE}
 KS_API void ks_err_set(ks_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- logging (used by every layer) ------------------------------------- */

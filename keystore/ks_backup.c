@@ -263,7 +263,7 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
 static int open_copy(const char *scratch, const char *file, const ks_mkey *current, ks_store **copy,
                      ks_mk_result *res, ks_err *err)
 {
-    ks_err e2 = {{0}};
+    ks_err e2 = KS_ERR_INIT;
     int rc = ks_open(scratch, current, 0, copy, err);
     if (rc == KS_EWRONGKEY && !current->is_default) {
         ks_mkey dk;

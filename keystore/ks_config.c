@@ -3,7 +3,7 @@
  * One format for module and admin: "key = value" lines, '#' comments.
  * Errors name the file, the line and the key; there is never a silent
  * fallback to defaults once a config file has been chosen. */
-#include "keystore/ks.h"
+#include "keystore/ks_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -204,7 +204,7 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
     return KS_ECONFIG;
 }
 
-int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
+static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
 {
     FILE *f;
     char buf[4096];
@@ -291,7 +291,7 @@ int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
     return rc;
 }
 
-int ks_config_load(ks_config *cfg, ks_err *err)
+static int config_load_impl(ks_config *cfg, ks_err *err)
 {
     const char *env = getenv("P11MK_CONF");
     char *user;
@@ -318,7 +318,7 @@ int ks_config_load(ks_config *cfg, ks_err *err)
 
 char *ks_user_config_path(void) { return user_config_path(); }
 
-int ks_config_write_master_key(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
+static int config_write_master_key_impl(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
 {
     char tmp[4200], line[4096];
     struct stat sb;
@@ -376,4 +376,19 @@ int ks_config_write_master_key(const char *conf, const char *keyfile, const char
         return KS_EIO;
     }
     return KS_OK;
+}
+
+int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_CONFIG, config_load_file_impl(cfg, path, err));
+}
+
+int ks_config_load(ks_config *cfg, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_CONFIG, config_load_impl(cfg, err));
+}
+
+int ks_config_write_master_key(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_CONFIG, config_write_master_key_impl(conf, keyfile, keystore, err));
 }

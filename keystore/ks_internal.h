@@ -252,4 +252,12 @@ static inline uint64_t ks_get_be64(const uint8_t *p)
     return (uint64_t)ks_get_be32(p) << 32 | ks_get_be32(p + 4);
 }
 
+/* A public function's result, with the area of its failure recorded. */
+static inline int ks_err_in(ks_err *e, ks_area area, int rc)
+{
+    if (rc != KS_OK && e)
+        e->area = area;
+    return rc;
+}
+
 #endif

@@ -681,7 +681,7 @@ static int do_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
     if (rc != KS_OK) {
         /* The keystore may or may not have taken it: settle it as a crash
          * would be settled, from what the keystore says now. */
-        ks_err e2 = {{0}};
+        ks_err e2 = KS_ERR_INIT;
         if (refresh_info(s) != KS_OK)
             return rc; /* the next step repairs it */
         if (!s->info.new_epoch || CRYPTO_memcmp(s->info.new_kcv, kcv, KS_KCV_LEN) != 0) {

@@ -138,7 +138,7 @@ int ks_mkey_generate(ks_mkey *mk)
     return rc;
 }
 
-int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err)
+static int mkey_generate_file_impl(const char *path, ks_mkey *mk, ks_err *err)
 {
     uint8_t key[KS_MK_LEN];
     int fd, rc = KS_OK;
@@ -171,4 +171,9 @@ int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err)
     }
     OPENSSL_cleanse(key, sizeof(key));
     return rc;
+}
+
+int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_KEY, mkey_generate_file_impl(path, mk, err));
 }

@@ -263,7 +263,7 @@ bad:
     return KS_EINVAL;
 }
 
-int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r, ks_err *err)
+static int reg_load_impl(const char *path, unsigned allowed_mode, ks_registers *r, ks_err *err)
 {
     struct stat sb;
     char *buf = NULL;
@@ -346,7 +346,7 @@ static int append(char *buf, size_t cap, size_t *len, const char *role, const ui
     return 0;
 }
 
-int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
+static int reg_save_impl(const char *path, const ks_registers *r, ks_err *err)
 {
     char tmp[4200], hex[17], tail[96];
     uint8_t sum[32];
@@ -436,7 +436,7 @@ uint32_t ks_reg_max_epoch(const ks_registers *r)
     return max;
 }
 
-int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)
+static int mkey_load_impl(const ks_config *cfg, ks_mkey *mk, ks_err *err)
 {
     ks_registers r;
     int rc;
@@ -452,4 +452,19 @@ int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)
         *mk = r.current;
     ks_reg_clear(&r);
     return rc;
+}
+
+int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_KEY, reg_load_impl(path, allowed_mode, r, err));
+}
+
+int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_KEY, reg_save_impl(path, r, err));
+}
+
+int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_KEY, mkey_load_impl(cfg, mk, err));
 }

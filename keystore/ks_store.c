@@ -244,7 +244,7 @@ void ks_store_set_keysrc(ks_store *st, const char *path, unsigned mode)
 static void keysrc_from_config(ks_store *st)
 {
     ks_config cfg;
-    ks_err e = {{0}};
+    ks_err e = KS_ERR_INIT;
     char a[PATH_MAX], b[PATH_MAX];
     if (ks_config_load(&cfg, &e) != KS_OK)
         return;
@@ -281,7 +281,7 @@ bool ks_find_key(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint8_t out[KS_MK_
     if (!st->keysrc[0])
         return false;
     ks_registers regs;
-    ks_err e = {{0}};
+    ks_err e = KS_ERR_INIT;
     int rc = ks_reg_load(st->keysrc, st->keymode, &regs, &e);
     if (rc != KS_OK) {
         ks_log(KS_LOG_ERROR, "keystore %s: cannot read the master keys: %s", st->path, e.msg);
@@ -297,7 +297,7 @@ static void configured_key(ks_store *st, char *src, size_t srclen, char kcvhex[2
 {
     uint8_t k[KS_KCV_LEN];
     ks_registers regs;
-    ks_err e = {{0}};
+    ks_err e = KS_ERR_INIT;
     snprintf(src, srclen, "none");
     snprintf(kcvhex, 2 * KS_KCV_LEN + 1, "none");
     if (st->keysrc[0] && ks_reg_load(st->keysrc, st->keymode, &regs, &e) == KS_OK) {
@@ -449,7 +449,7 @@ static int ring_attach(ks_store *st, ks_txn *x)
         atomic_fetch_add(&x->ring->refs, 1);
     } else {
         ks_keyring *r = NULL;
-        ks_err e = {{0}};
+        ks_err e = KS_ERR_INIT;
         rc = ring_build(st, x->txn, gen, &r, &e);
         if (rc != KS_OK) {
             if (st->failed_gen != gen + 1) /* once per generation, not once per operation */
@@ -685,6 +685,8 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     ks_store *st;
     int rc;
 
+    if (err)
+        err->area = KS_AREA_KEYSTORE; /* a failure here is the keystore's (ks_err) */
     if (!dir || !*dir || !mk || !out)
         return KS_EINVAL;
     *out = NULL;
@@ -1604,7 +1606,7 @@ void ks_anchor_check_counts(ks_store *st)
 bool ks_check_rollback(ks_store *st, char *why, size_t n)
 {
     ks_registers regs;
-    ks_err e = {{0}};
+    ks_err e = KS_ERR_INIT;
     char src[sizeof(st->keysrc)];
     unsigned mode;
     uint32_t epoch = ks_epoch(st), max;

@@ -23,7 +23,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
 {
     const char *deflog = (flags & TOK_CTX_STDERR) ? "stderr" : NULL;
     tok_ctx *ctx = calloc(1, sizeof(*ctx));
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_info info;
     int rc;
 

@@ -191,7 +191,7 @@ int main(int argc, char **argv)
     ks_mkey newkey;
     ks_mk *m = NULL;
     ks_store *st;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
 
     if (argc < 3 || (n = strtoul(argv[2], NULL, 10)) == 0) {
         fprintf(stderr, "usage: bench_rewrap MODULE N [SIGNER_SECONDS]  (P11MK_CONF: scratch keystore, key file)\n");

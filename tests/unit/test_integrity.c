@@ -36,7 +36,7 @@ typedef struct {
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_store *st;
     snprintf(f->dir, sizeof(f->dir), "/tmp/p11mk-int-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
@@ -120,7 +120,7 @@ static void raw_del(raw *r, const char *db, const void *key, size_t klen)
 static ks_store *reopen(fx *f, int want)
 {
     ks_store *st = NULL;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     assert_int_equal(ks_open(f->dir, &f->key, KS_OPEN_CREATE, &st, &err), want);
     return st;
 }
@@ -310,7 +310,7 @@ static void test_generation_deleted_or_zeroed(void **state)
         /* The next step that advances the generation writes both copies again. */
         assert_int_equal(ks_rot_set_auto(st, 0), KS_OK);
         ks_mkey k2;
-        ks_err err = {{0}};
+        ks_err err = KS_ERR_INIT;
         assert_int_equal(RAND_bytes(k2.key, KS_MK_LEN), 1);
         assert_int_equal(ks_rekey(st, &k2, 0, &err), KS_OK);
         assert_int_equal(verify(st), 0);

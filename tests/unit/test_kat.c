@@ -246,7 +246,7 @@ static void test_default_key_and_kcv(void **state)
     static const char key_kat[] = "b33894ff2da2f92bd9dd3dbd1e4337e174203a1b48d1b82531d95724bf199704";
     ks_mkey mk, loaded;
     ks_config cfg;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     uint8_t kcv[KS_KCV_LEN], ind[32];
     char hex[2 * KS_KCV_LEN + 1];
 
@@ -747,7 +747,7 @@ static void test_fixture_pin_v1(void **state)
     size_t n;
     ks_mkey mk;
     ks_store *st = NULL;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_info info;
     uint32_t epoch = 0;
 

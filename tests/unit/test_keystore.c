@@ -38,7 +38,7 @@ typedef struct {
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     snprintf(f->dir, sizeof(f->dir), "/tmp/p11mk-ks-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     ks_mkey_default(&f->mk);
@@ -161,7 +161,7 @@ static void test_mkey_file(void **state)
     char dir[] = "/tmp/p11mk-mk-XXXXXX", path[300], path2[300];
     ks_config cfg;
     ks_mkey mk, mk2;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     uint8_t raw[40] = {0};
 
     assert_non_null(mkdtemp(dir));
@@ -218,7 +218,7 @@ static void test_config_parse(void **state)
     (void)state;
     char dir[] = "/tmp/p11mk-cf-XXXXXX", path[300];
     ks_config cfg;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
 
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/p11mk.conf", dir);
@@ -528,7 +528,7 @@ static void test_wrong_key_and_missing(void **state)
     fx *f = *state;
     ks_mkey other;
     ks_store *st2;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     char want[17], have[17];
     uint8_t kcv[KS_KCV_LEN];
 
@@ -783,7 +783,7 @@ static int stop_after_first(const ks_rot_progress *p, void *arg)
 static void test_rotation_cycle(void **state)
 {
     rot_fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_info info;
 
     /* The key file gains NEW first, then the keystore stages it. */
@@ -857,7 +857,7 @@ static void test_rotation_cycle(void **state)
 static void test_rotation_abort(void **state)
 {
     rot_fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_info info;
 
     save_regs(f->keyfile, &f->k1, &f->k2, NULL);
@@ -1066,7 +1066,7 @@ static void test_registers_file(void **state)
     char dir[] = "/tmp/p11mk-reg-XXXXXX", path[300];
     ks_mkey a, b, c;
     ks_registers r;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/regs", dir);
     assert_int_equal(ks_mkey_generate(&a), KS_OK);

@@ -63,7 +63,7 @@ static void write_conf(fx *f)
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_registers r;
     ks_store *st;
 
@@ -110,7 +110,7 @@ static void all_read_obj(fx *f, ks_store *st)
 
 static void load(fx *f, ks_registers *r)
 {
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     assert_int_equal(ks_reg_load(f->keyfile, 0600, r, &err), KS_OK);
 }
 
@@ -129,7 +129,7 @@ static char *slurp(const char *path, size_t *len)
 static void test_history_unbounded_and_cleared_on_request(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     uint8_t kcvs[41][KS_KCV_LEN];
     ks_registers r;
@@ -192,7 +192,7 @@ static void test_history_unbounded_and_cleared_on_request(void **state)
 static void test_abort_keeps_the_key(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     ks_mkey k = rand_key();
     uint8_t kcv[KS_KCV_LEN];
@@ -229,7 +229,7 @@ static void test_abort_keeps_the_key(void **state)
 static void put_regs(fx *f, const ks_mkey *cur, const ks_mkey *nxt)
 {
     ks_registers r;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     memset(&r, 0, sizeof(r));
     r.current = *cur;
     if (nxt) {
@@ -243,7 +243,7 @@ static void put_regs(fx *f, const ks_mkey *cur, const ks_mkey *nxt)
 static void test_repair_each_half_step(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     ks_registers r;
     ks_mkey k1, k2 = rand_key(), k3 = rand_key();
@@ -341,7 +341,7 @@ static void test_repair_each_half_step(void **state)
 static void test_expectation_refuses_and_writes_nothing(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     ks_mk_view seen;
     ks_mkey a = rand_key(), b = rand_key();
@@ -391,7 +391,7 @@ static void test_expectation_refuses_and_writes_nothing(void **state)
 static void test_lock_excludes_and_waits(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     char lp[200];
     int pipefd[2];
@@ -449,7 +449,7 @@ static void test_lock_excludes_and_waits(void **state)
 static void test_auto_update_decision(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     assert_int_equal(ks_auto_due(UINT64_MAX - 5, 3600), UINT64_MAX);
     assert_int_equal(ks_auto_due(100, 3600), 3700);
@@ -471,7 +471,7 @@ static void test_auto_update_decision(void **state)
         if (kids[i] == 0) {
             ks_config cfg;
             ks_mk *m;
-            ks_err e = {{0}};
+            ks_err e = KS_ERR_INIT;
             ks_mk_result r;
             ks_mk_opts o = {.wait_ms = 20000};
             if (ks_config_load_file(&cfg, f->conf, &e) != KS_OK || ks_mk_open(&cfg, &m, &e) != KS_OK)
@@ -505,7 +505,7 @@ static void test_auto_update_decision(void **state)
 static void test_auto_run_finishes_interrupted(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     ks_mkey k = rand_key();
     assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
@@ -534,7 +534,7 @@ static void test_auto_run_finishes_interrupted(void **state)
 static void test_long_lived_process_follows_250_rotations(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_store *st;
     ks_mkey first;
     int to_child[2], to_parent[2];
@@ -555,7 +555,7 @@ static void test_long_lived_process_follows_250_rotations(void **state)
     if (pid == 0) {
         ks_mk *m;
         ks_mk_result res;
-        ks_err e = {{0}};
+        ks_err e = KS_ERR_INIT;
         char c;
         close(to_child[1]);
         close(to_parent[0]);
@@ -613,7 +613,7 @@ static void test_long_lived_process_follows_250_rotations(void **state)
 static void test_rollback_of_the_keystore_alone(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     char data[200], saved[200], cmd[1024];
     snprintf(data, sizeof(data), "%s/data.mdb", f->ks);
@@ -656,7 +656,7 @@ static void test_rollback_of_the_keystore_alone(void **state)
 static void test_staged_kcv_cannot_be_redirected(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_mk_result res;
     ks_mkey k2 = rand_key(), k3 = rand_key();
     uint8_t c1[KS_KCV_LEN], c3[KS_KCV_LEN];
@@ -709,7 +709,7 @@ static void test_staged_kcv_cannot_be_redirected(void **state)
 static void test_registers_v2_and_damage(void **state)
 {
     fx *f = *state;
-    ks_err err = {{0}};
+    ks_err err = KS_ERR_INIT;
     ks_registers r;
     char path[200];
     snprintf(path, sizeof(path), "%s/regs", f->dir);
