@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "keystore/ks.h"
+
 /* Exit codes (documented in --help and the man page). */
 enum {
     EXIT_OK = 0,
@@ -70,9 +72,11 @@ void admin_format_duration(uint64_t s, char *out, size_t n);
 void admin_json_str(FILE *f, const char *s);
 /* Print "p11mk-admin: error: ..." to stderr. */
 void admin_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* The exit code for a keystore error code (one map for every command). */
-int admin_exit_for(int ks_rc);
-/* Map a tok_ctx_open failure message to an exit code. */
-int admin_exit_for_open_error(const char *msg);
+/* The one map from failures to exit codes, for every command: the area of
+ * the failure (ks_err: configuration, key file), else the KS_* code. */
+int admin_exit_for(int ks_rc, const ks_err *err);
+/* The exit code for this thread's last failed tok_ctx_open (which has
+ * already printed the reason). */
+int admin_exit_for_open(void);
 
 #endif

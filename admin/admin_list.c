@@ -4,7 +4,7 @@
 #include "admin/admin.h"
 #include "keystore/ks.h"
 #include "token/tok_policy.h"
-#include "token/tok_token.h"
+#include "token/tok_admin.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -128,13 +128,11 @@ static void trim(const CK_UTF8CHAR in[32], char out[33])
 
 /* The token in slot, if --slot N or --token LABEL (when given) select it:
  * its info and its label without the padding. */
-static bool token_selected(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID slot, CK_TOKEN_INFO *ti, char label[33])
+static bool token_selected(const admin_opts *o, const tok_token_row *t, char label[33])
 {
-    if (tok_token_info(ctx, slot, ti) != CKR_OK)
-        return false;
-    trim(ti->label, label);
+    trim(t->info.label, label);
     if (o->slot)
-        return slot == o->slot;
+        return t->slot == o->slot;
     return !o->token || strcmp(o->token, label) == 0;
 }
 
@@ -150,49 +148,48 @@ static void no_token_error(const admin_opts *o)
 int admin_list(const admin_opts *o)
 {
     tok_ctx *ctx = NULL;
-    CK_SLOT_ID *slots = NULL;
-    CK_ULONG ns = 0;
+    tok_token_row *toks = NULL;
+    size_t nt = 0;
     bool first_tok = true, found = false;
 
     if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK)
-        return admin_exit_for_open_error(tok_ctx_error());
-    if (tok_slot_list(ctx, &slots, &ns) != CKR_OK) {
+        return admin_exit_for_open();
+    if (tok_token_rows(ctx, &toks, &nt) != CKR_OK) {
+        admin_error("cannot read the tokens of keystore %s; check it with 'p11mk-admin verify'",
+                    tok_ctx_config(ctx)->keystore);
         tok_ctx_close(ctx);
         return EXIT_KEYSTORE;
     }
     if (o->json)
         printf("{\"tokens\": [");
-    for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
-        CK_TOKEN_INFO ti;
+    for (size_t si = 0; si < nt; si++) {
+        const CK_TOKEN_INFO *tinfo = &toks[si].info;
+        CK_SLOT_ID slot = toks[si].slot;
         char label[33];
-        if (!token_selected(ctx, o, slots[si], &ti, label))
+        if (!token_selected(o, &toks[si], label))
             continue;
         found = true;
-        char *turi = token_uri(&ti);
+        char *turi = token_uri(tinfo);
         uint64_t *oids = NULL;
         size_t n = 0;
-        tok_obj_candidates(ctx, slots[si], NULL, 0, &oids, &n);
+        tok_obj_candidates(ctx, slot, NULL, 0, &oids, &n);
         if (o->json) {
-            printf("%s\n  {\"slot\": %lu, \"label\": ", first_tok ? "" : ",", (unsigned long)slots[si]);
+            printf("%s\n  {\"slot\": %lu, \"label\": ", first_tok ? "" : ",", (unsigned long)slot);
             admin_json_str(stdout, label);
             printf(", \"uri\": ");
             admin_json_str(stdout, turi ? turi : "");
             printf(", \"objects\": [");
         } else {
-            printf("Token %s (slot %lu)\n  %s\n", label, (unsigned long)slots[si], turi ? turi : "");
+            printf("Token %s (slot %lu)\n  %s\n", label, (unsigned long)slot, turi ? turi : "");
         }
         first_tok = false;
         free(turi);
-        ks_txn *txn = NULL;
-        ks_read_begin(tok_ctx_store(ctx), &txn);
         for (size_t i = 0; i < n; i++) {
             tok_attrs a = TOK_ATTRS_INIT;
-            ks_stamp st = {0, {0}};
+            uint32_t epoch = 0;
             char lab[128], idh[130], fl[160];
-            if (txn)
-                ks_obj_stamp(txn, (uint32_t)slots[si], oids[i], &st);
             bool sealed = false;
-            if (tok_obj_read_meta(ctx, slots[si], oids[i], &a, &sealed) != CKR_OK) {
+            if (tok_obj_read_meta(ctx, slot, oids[i], &a, &sealed, &epoch) != CKR_OK) {
                 if (o->json)
                     printf("%s\n    {\"handle\": %llu, \"error\": \"cannot be unsealed\"}", i ? "," : "",
                            (unsigned long long)oids[i]);
@@ -206,30 +203,28 @@ int admin_list(const admin_opts *o)
             flags(&a, fl, sizeof(fl));
             if (sealed) /* its values are in an envelope only a PIN opens */
                 strncat(fl, fl[0] ? ",values-need-pin" : "values-need-pin", sizeof(fl) - strlen(fl) - 1);
-            char *uri = object_uri(&ti, &a);
+            char *uri = object_uri(tinfo, &a);
             if (o->json) {
                 printf("%s\n    {\"handle\": %llu, \"class\": \"%s\", \"key_type\": \"%s\", \"label\": ", i ? "," : "",
                        (unsigned long long)oids[i], class_name(tok_obj_class(&a)), ktype_name(&a));
                 admin_json_str(stdout, lab);
-                printf(", \"id\": \"%s\", \"flags\": \"%s\", \"epoch\": %u, \"uri\": ", idh, fl, st.epoch);
+                printf(", \"id\": \"%s\", \"flags\": \"%s\", \"epoch\": %u, \"uri\": ", idh, fl, epoch);
                 admin_json_str(stdout, uri ? uri : "");
                 printf("}");
             } else {
                 printf("  %-10s %-8s label=%-20s id=%-10s epoch=%u %s\n    %s\n", class_name(tok_obj_class(&a)),
-                       ktype_name(&a), lab, idh[0] ? idh : "-", st.epoch, fl, uri ? uri : "");
+                       ktype_name(&a), lab, idh[0] ? idh : "-", epoch, fl, uri ? uri : "");
             }
             free(uri);
             tok_attrs_free(&a);
         }
-        if (txn)
-            ks_read_end(txn);
         if (o->json)
             printf("%s]}", n ? "\n  " : "");
         free(oids);
     }
     if (o->json)
         printf("%s]}\n", first_tok ? "" : "\n");
-    free(slots);
+    free(toks);
     tok_ctx_close(ctx);
     if ((o->token || o->slot) && !found) {
         no_token_error(o);
@@ -239,25 +234,28 @@ int admin_list(const admin_opts *o)
 }
 
 /* The token named by --slot N or --token LABEL (exactly one must match). */
-static int pick_token(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID *slot, char label[33])
+static int pick_token(tok_ctx *ctx, const admin_opts *o, CK_SLOT_ID *slot, char label[33], uint64_t *objects)
 {
-    CK_SLOT_ID *slots = NULL;
-    CK_ULONG ns = 0;
+    tok_token_row *toks = NULL;
+    size_t nt = 0;
     int found = 0;
 
-    if (tok_slot_list(ctx, &slots, &ns) != CKR_OK)
+    if (tok_token_rows(ctx, &toks, &nt) != CKR_OK) {
+        admin_error("cannot read the tokens of keystore %s; check it with 'p11mk-admin verify'",
+                    tok_ctx_config(ctx)->keystore);
         return EXIT_KEYSTORE;
-    for (CK_ULONG si = 0; si + 1 < ns; si++) { /* the last slot is the free one */
-        CK_TOKEN_INFO ti;
+    }
+    for (size_t si = 0; si < nt; si++) {
         char l[33];
-        if (!token_selected(ctx, o, slots[si], &ti, l))
+        if (!token_selected(o, &toks[si], l))
             continue;
         if (found++ == 0) {
-            *slot = slots[si];
+            *slot = toks[si].slot;
+            *objects = toks[si].objects;
             memcpy(label, l, sizeof(l));
         }
     }
-    free(slots);
+    free(toks);
     if (found == 1)
         return EXIT_OK;
     if (!found)
@@ -274,7 +272,6 @@ int admin_delete_token(const admin_opts *o)
     CK_SLOT_ID slot = 0;
     char label[33] = "", question[128];
     uint64_t objects = 0;
-    ks_txn *txn = NULL;
     int rc;
 
     if (!o->token == !o->slot) {
@@ -282,16 +279,12 @@ int admin_delete_token(const admin_opts *o)
         return EXIT_USAGE;
     }
     if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK)
-        return admin_exit_for_open_error(tok_ctx_error());
-    if ((rc = pick_token(ctx, o, &slot, label)) != EXIT_OK) {
+        return admin_exit_for_open();
+    if ((rc = pick_token(ctx, o, &slot, label, &objects)) != EXIT_OK) {
         tok_ctx_close(ctx);
         return rc;
     }
     uint64_t inc = 0;
-    if (ks_read_begin(tok_ctx_store(ctx), &txn) == KS_OK) {
-        ks_token_count_objects(txn, (uint32_t)slot, &objects);
-        ks_read_end(txn);
-    }
     if (tok_token_incarnation(ctx, slot, &inc) != CKR_OK) {
         admin_error("token '%s' cannot be read; nothing was deleted. Check the keystore with 'p11mk-admin verify'",
                     label);

@@ -1,5 +1,6 @@
 /* p11mk-admin: command line entry point. */
 #include "admin/admin.h"
+#include "token/tok_admin.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -123,13 +124,36 @@ void admin_json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
-int admin_exit_for_open_error(const char *msg)
+int admin_exit_for(int rc, const ks_err *err)
 {
-    if (strncmp(msg, "configuration error", 19) == 0)
+    if (rc == KS_OK)
+        return EXIT_OK;
+    if (err && err->area == KS_AREA_CONFIG)
         return EXIT_CONFIG;
-    if (strncmp(msg, "cannot load the master key", 26) == 0 || strstr(msg, "check value"))
+    if (err && err->area == KS_AREA_KEY)
         return EXIT_KEY;
-    return EXIT_KEYSTORE;
+    switch (rc) {
+    case KS_ESTATE:
+    case KS_EBUSY:
+    case KS_ECHANGED: return EXIT_STATE;
+    case KS_EWRONGKEY:
+    case KS_ENOKEY: return EXIT_KEY;
+    case KS_ECONFIG: return EXIT_CONFIG;
+    case KS_EBADFILE: return EXIT_FAILED; /* the file given, not the keystore */
+    case KS_ECORRUPT:
+    case KS_EVERSION:
+    case KS_ENOTFOUND:
+    case KS_EROFS:
+    case KS_EPERM:
+    case KS_EIO: return EXIT_KEYSTORE;
+    default: return EXIT_FAILED; /* a bad argument, no memory, a full file system: nothing was changed */
+    }
+}
+
+int admin_exit_for_open(void)
+{
+    const tok_open_error *e = tok_ctx_error();
+    return admin_exit_for(e->rc ? e->rc : KS_ENOMEM, &e->err);
 }
 
 static const struct {

@@ -10,7 +10,7 @@
  * person confirmed; the step refuses (exit 6) if the state moved meanwhile. */
 #include "admin/admin.h"
 #include "keystore/ks.h"
-#include "token/tok_token.h"
+#include "token/tok_admin.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -26,33 +26,12 @@
 
 #include <openssl/crypto.h>
 
-int admin_exit_for(int rc)
-{
-    switch (rc) {
-    case KS_OK: return EXIT_OK;
-    case KS_ESTATE:
-    case KS_EBUSY:
-    case KS_ECHANGED: return EXIT_STATE;
-    case KS_EWRONGKEY:
-    case KS_ENOKEY:
-    case KS_EPERM:
-    case KS_EINVAL:
-    case KS_EEXIST: return EXIT_KEY;
-    case KS_ECONFIG: return EXIT_CONFIG;
-    case KS_EBADFILE: return EXIT_FAILED; /* the file given, not the keystore */
-    case KS_ECORRUPT:
-    case KS_EVERSION:
-    case KS_ENOTFOUND:
-    case KS_EROFS: return EXIT_KEYSTORE;
-    default: return EXIT_FAILED;
-    }
-}
 
 /* Report a failed keystore call: the sentence the keystore wrote, or the code's string. */
 static int fail(int rc, const ks_err *err, const char *tail)
 {
     admin_error("%s%s", err->msg[0] ? err->msg : ks_strerror(rc), tail ? tail : "");
-    return admin_exit_for(rc);
+    return admin_exit_for(rc, err);
 }
 
 static void kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1]) { ks_kcv_hex(kcv, out); }
@@ -63,17 +42,12 @@ static int mk_open(ks_config *cfg, ks_mk **m)
     ks_err err = KS_ERR_INIT;
     int rc;
     *m = NULL;
-    if (ks_config_load(cfg, &err) != KS_OK) {
-        admin_error("%s", err.msg);
-        return EXIT_CONFIG;
-    }
+    if ((rc = ks_config_load(cfg, &err)) != KS_OK)
+        return fail(rc, &err, NULL);
     ks_log_setup("stderr", cfg->log_level, "p11mk-admin");
     if ((rc = ks_mk_open(cfg, m, &err)) != KS_OK) {
-        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
         ks_config_free(cfg);
-        return rc == KS_EINVAL || rc == KS_EPERM || rc == KS_EWRONGKEY || rc == KS_ENOKEY ? EXIT_KEY
-               : rc == KS_ECONFIG                                                        ? EXIT_CONFIG
-                                                                                         : EXIT_KEYSTORE;
+        return fail(rc, &err, NULL);
     }
     return EXIT_OK;
 }

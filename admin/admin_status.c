@@ -1,7 +1,7 @@
 /* p11mk-admin: init and status. */
 #include "admin/admin.h"
 #include "keystore/ks.h"
-#include "token/tok_token.h"
+#include "token/tok_admin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -53,14 +53,6 @@ static void record_key_in_config(const ks_config *cfg, const char *keyfile)
     free(path);
 }
 
-static int open_exit_code(int rc)
-{
-    switch (rc) {
-    case KS_EWRONGKEY: return EXIT_KEY;
-    case KS_ECONFIG: return EXIT_CONFIG;
-    default: return EXIT_KEYSTORE;
-    }
-}
 
 int admin_init(const admin_opts *o)
 {
@@ -71,23 +63,23 @@ int admin_init(const admin_opts *o)
     char keyfile[PATH_MAX] = "";
     int rc;
 
-    if (ks_config_load(&cfg, &err) != KS_OK) {
+    if ((rc = ks_config_load(&cfg, &err)) != KS_OK) {
         admin_error("%s", err.msg);
-        return EXIT_CONFIG;
+        return admin_exit_for(rc, &err);
     }
     if (o->generate_key) {
         rc = ks_mkey_generate_file(o->generate_key, &mk, &err);
         if (rc != KS_OK) {
             admin_error("cannot create key file %s: %s", o->generate_key, err.msg[0] ? err.msg : ks_strerror(rc));
             ks_config_free(&cfg);
-            return EXIT_KEY;
+            return admin_exit_for(rc, &err);
         }
         if (!realpath(o->generate_key, keyfile))
             snprintf(keyfile, sizeof(keyfile), "%s", o->generate_key);
     } else if ((rc = ks_mkey_load(&cfg, &mk, &err)) != KS_OK) {
         admin_error("%s", err.msg[0] ? err.msg : ks_strerror(rc));
         ks_config_free(&cfg);
-        return EXIT_KEY;
+        return admin_exit_for(rc, &err);
     }
     rc = ks_open(cfg.keystore, &mk, 0, &st, &err);
     if (rc == KS_OK || rc == KS_EWRONGKEY) {
@@ -106,7 +98,7 @@ int admin_init(const admin_opts *o)
         admin_error("cannot create keystore in %s: %s", cfg.keystore, err.msg[0] ? err.msg : ks_strerror(rc));
         if (o->generate_key)
             unlink(o->generate_key);
-        rc = open_exit_code(rc);
+        rc = admin_exit_for(rc, &err);
         goto out;
     }
     ks_close(st);
@@ -181,33 +173,24 @@ static void binding(tok_ctx *ctx, CK_SLOT_ID slot, const char **text, const char
 
 static size_t collect_tokens(tok_ctx *ctx, token_row **rows)
 {
-    CK_SLOT_ID *ids = NULL;
-    CK_ULONG n = 0;
-    size_t k = 0;
-    ks_txn *txn = NULL;
+    tok_token_row *t = NULL;
+    size_t n = 0;
 
     *rows = NULL;
-    if (tok_slot_list(ctx, &ids, &n) != CKR_OK || n == 0)
+    if (tok_token_rows(ctx, &t, &n) != CKR_OK || n == 0 || !(*rows = calloc(n, sizeof(**rows)))) {
+        free(t);
         return 0;
-    *rows = calloc(n, sizeof(**rows));
-    if (*rows && ks_read_begin(tok_ctx_store(ctx), &txn) == KS_OK) {
-        for (CK_ULONG i = 0; i + 1 < n; i++) { /* the last slot is the free one */
-            CK_TOKEN_INFO ti;
-            token_row *r = &(*rows)[k];
-
-            if (tok_token_info(ctx, ids[i], &ti) != CKR_OK)
-                continue;
-            r->id = ids[i];
-            r->flags = ti.flags;
-            binding(ctx, ids[i], &r->binding, &r->binding_json);
-            trim_label(ti.label, r->label);
-            ks_token_count_objects(txn, (uint32_t)ids[i], &r->objects);
-            k++;
-        }
-        ks_read_end(txn);
     }
-    free(ids);
-    return k;
+    for (size_t i = 0; i < n; i++) {
+        token_row *r = &(*rows)[i];
+        r->id = t[i].slot;
+        r->flags = t[i].info.flags;
+        r->objects = t[i].objects;
+        binding(ctx, t[i].slot, &r->binding, &r->binding_json);
+        trim_label(t[i].info.label, r->label);
+    }
+    free(t);
+    return n;
 }
 
 typedef struct {
@@ -331,10 +314,8 @@ int admin_status(const admin_opts *o)
     ks_info info;
     size_t n;
 
-    if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK) {
-        /* tok_ctx_open already logged the reason to stderr. */
-        return admin_exit_for_open_error(tok_ctx_error());
-    }
+    if (tok_ctx_open(TOK_CTX_STDERR, &ctx) != CKR_OK)
+        return admin_exit_for_open(); /* tok_ctx_open already printed the reason */
     if (ks_get_info(tok_ctx_store(ctx), &info) != KS_OK) {
         admin_error("cannot read keystore metadata in %s", tok_ctx_config(ctx)->keystore);
         tok_ctx_close(ctx);

@@ -3,6 +3,7 @@
 #ifndef P11MK_TOK_INTERNAL_H
 #define P11MK_TOK_INTERNAL_H
 
+#include "token/tok_admin.h"
 #include "token/tok_token.h"
 
 #include <pthread.h>

@@ -13,9 +13,20 @@
 
 /* ---- context --------------------------------------------------------- */
 
-static __thread char open_error[1200];
+static __thread tok_open_error open_error;
 
-const char *tok_ctx_error(void) { return open_error; }
+const tok_open_error *tok_ctx_error(void) { return &open_error; }
+
+/* Record why the open failed (what was being done, then the keystore's
+ * sentence) with its code and area, and log it. */
+static void open_failed(const char *doing, int rc, const ks_err *err)
+{
+    open_error.rc = rc;
+    open_error.err.area = err->area;
+    snprintf(open_error.err.msg, sizeof(open_error.err.msg), "%s: %.900s", doing,
+             err->msg[0] ? err->msg : ks_strerror(rc));
+    ks_log(KS_LOG_ERROR, "%s", open_error.err.msg);
+}
 const ks_config *tok_ctx_config(tok_ctx *ctx) { return &ctx->cfg; }
 const ks_mkey *tok_ctx_mkey(tok_ctx *ctx) { return &ctx->mk; }
 
@@ -27,7 +38,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     ks_info info;
     int rc;
 
-    open_error[0] = 0;
+    memset(&open_error, 0, sizeof(open_error));
     if (!ctx)
         return CKR_HOST_MEMORY;
     pthread_mutex_init(&ctx->cache_lock, NULL);
@@ -36,8 +47,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     rc = ks_config_load(&ctx->cfg, &err);
     if (rc != KS_OK) {
         ks_log_setup(deflog, KS_LOG_ERROR, "p11mk");
-        snprintf(open_error, sizeof(open_error), "configuration error: %s", err.msg);
-        ks_log(KS_LOG_ERROR, "%s", open_error);
+        open_failed("configuration error", rc, &err);
         goto fail;
     }
     /* The admin talks to a person: its messages go to stderr whatever the
@@ -49,9 +59,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     (void)ks_secure_heap_init(&ctx->cfg); /* before the first key is built */
     rc = ks_mkey_load(&ctx->cfg, &ctx->mk, &err);
     if (rc != KS_OK) {
-        snprintf(open_error, sizeof(open_error), "cannot load the master key: %s",
-                 err.msg[0] ? err.msg : ks_strerror(rc));
-        ks_log(KS_LOG_ERROR, "%s", open_error);
+        open_failed("cannot load the master key", rc, &err);
         goto fail;
     }
     if (ctx->mk.is_default && !(flags & TOK_CTX_STDERR))
@@ -60,8 +68,7 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
                ctx->cfg.keystore);
     rc = ks_open(ctx->cfg.keystore, &ctx->mk, (flags & TOK_CTX_CREATE) ? KS_OPEN_CREATE : 0, &ctx->st, &err);
     if (rc != KS_OK) {
-        snprintf(open_error, sizeof(open_error), "cannot open keystore: %s", err.msg[0] ? err.msg : ks_strerror(rc));
-        ks_log(KS_LOG_ERROR, "%s", open_error);
+        open_failed("cannot open keystore", rc, &err);
         goto fail;
     }
     if (ks_get_info(ctx->st, &info) == KS_OK)
@@ -177,6 +184,42 @@ CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n)
     free(tids);
     *ids = out;
     *n = nt + 1;
+    return CKR_OK;
+}
+
+CK_RV tok_token_rows(tok_ctx *ctx, tok_token_row **rows, size_t *n)
+{
+    uint32_t *tids = NULL, next = 0;
+    size_t nt = 0, k = 0;
+    tok_token_row *out;
+    AUTO_TXN txn = NULL;
+    CK_RV rv = token_ids(ctx, &tids, &nt, &next);
+    int rc;
+
+    *rows = NULL;
+    *n = 0;
+    if (rv != CKR_OK)
+        return rv;
+    if (!(out = calloc(nt ? nt : 1, sizeof(*out)))) {
+        free(tids);
+        return CKR_HOST_MEMORY;
+    }
+    rc = ks_read_begin(ctx->st, &txn);
+    for (size_t i = 0; rc == KS_OK && i < nt; i++) {
+        if (tok_token_info(ctx, tids[i], &out[k].info) != CKR_OK)
+            continue; /* deleted since the list was read */
+        out[k].slot = tids[i];
+        if (ks_token_count_objects(txn, tids[i], &out[k].objects) != KS_OK)
+            out[k].objects = 0;
+        k++;
+    }
+    free(tids);
+    if (rc != KS_OK) {
+        free(out);
+        return ks_to_ckr(rc);
+    }
+    *rows = out;
+    *n = k;
     return CKR_OK;
 }
 
@@ -621,13 +664,22 @@ CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *
     return obj_read_txn(ctx, ac, txn, ac->slot, oid, out, READ_FULL, NULL);
 }
 
-CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed)
+CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed,
+                        uint32_t *epoch)
 {
     AUTO_TXN txn = NULL;
+    ks_stamp st = {0, {0}};
     int rc = ks_read_begin(ctx->st, &txn);
 
     if (rc != KS_OK)
         return ks_to_ckr(rc);
+    if (epoch) {
+        if (slot == 0 || slot > UINT32_MAX || (rc = ks_obj_stamp(txn, (uint32_t)slot, oid, &st)) == KS_ENOTFOUND)
+            return CKR_OBJECT_HANDLE_INVALID;
+        if (rc != KS_OK)
+            return ks_to_ckr(rc);
+        *epoch = st.epoch;
+    }
     return obj_read_txn(ctx, NULL, txn, slot, oid, out, READ_META, sealed);
 }
 

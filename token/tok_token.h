@@ -4,7 +4,6 @@
 #ifndef P11MK_TOK_TOKEN_H
 #define P11MK_TOK_TOKEN_H
 
-#include "keystore/ks.h"
 #include "token/tok_access.h"
 #include "token/tok_attr.h"
 #include "token/tok_mech.h"
@@ -13,19 +12,14 @@ typedef struct tok_ctx tok_ctx;
 
 /* Load configuration, set up logging, load the master key and open (or
  * create) the keystore. Every failure is logged with the reason and what
- * to do; returns CKR_GENERAL_ERROR (config/keystore) or CKR_HOST_MEMORY. */
+ * to do (tok_admin.h: tok_ctx_error says which); returns CKR_GENERAL_ERROR
+ * (config/keystore) or CKR_HOST_MEMORY. */
 enum {
     TOK_CTX_CREATE = 1u << 0, /* create the keystore if missing (the module does) */
     TOK_CTX_STDERR = 1u << 1, /* log to stderr unless the config names a log */
 };
 TOK_API CK_RV tok_ctx_open(unsigned flags, tok_ctx **out);
-/* Why the last tok_ctx_open failed (one sentence, for admin output). */
-TOK_API const char *tok_ctx_error(void);
-TOK_API const ks_config *tok_ctx_config(tok_ctx *ctx);
-/* Where the master key came from (source, is_default); the key bytes are not kept. */
-TOK_API const ks_mkey *tok_ctx_mkey(tok_ctx *ctx);
 TOK_API void tok_ctx_close(tok_ctx *ctx);
-TOK_API ks_store *tok_ctx_store(tok_ctx *ctx);
 /* The keystore cannot be written: tokens are write-protected. */
 TOK_API bool tok_ctx_readonly(tok_ctx *ctx);
 
@@ -45,10 +39,6 @@ TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pi
                              const uint8_t label[32]);
 /* Delete a token with all its objects (p11mk-admin delete-token). Its slot
  * id is not reused: a process still holding it finds no token there. */
-/* Delete a token and its objects. With expect_inc, only if the token is still
- * that incarnation (not re-initialized since the caller looked): otherwise
- * nothing is deleted, *changed is set and CKR_FUNCTION_FAILED returned. */
-TOK_API CK_RV tok_token_delete(tok_ctx *ctx, CK_SLOT_ID slot, const uint64_t *expect_inc, bool *changed);
 /* The token's incarnation: it changes when the token is re-initialized or
  * deleted, by any process. A login remembers it and ends when it changes. */
 TOK_API CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc);
@@ -67,13 +57,6 @@ TOK_API CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const
 TOK_API CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin,
                               CK_ULONG len);
 
-/* Whether the token's private objects need a PIN at rest (tok_login.c):
- * TOK_BIND_FULL; TOK_BIND_NONE for a token made before PIN binding that no
- * role has logged in to since (the master key alone opens its private
- * objects); TOK_BIND_ESCROW while the token key is also kept under the
- * master-key seal, until *waiting (CKU_SO or CKU_USER) logs in once. */
-typedef enum { TOK_BIND_FULL, TOK_BIND_NONE, TOK_BIND_ESCROW } tok_binding;
-TOK_API CK_RV tok_token_binding(tok_ctx *ctx, CK_SLOT_ID slot, tok_binding *b, CK_USER_TYPE *waiting);
 
 /* The application logged out of the token (C_Logout, its last session
  * closed, the token re-initialized): the token key this process held for it
@@ -102,10 +85,6 @@ TOK_API CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs 
  * line naming the object) when the record or its envelope fails
  * authentication. */
 TOK_API CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_attrs *out);
-/* What can be shown without the PIN (p11mk-admin list): a private object's
- * class, key type, label, id, policy flags and sizes; *sealed tells that its
- * values are in an envelope only a PIN opens. Errors as tok_obj_read. */
-TOK_API CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed);
 TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok_attrs *old,
                               const tok_attrs *updated);
 /* C_SetAttributeValue: read, the write rule, the attribute policy
@@ -135,10 +114,5 @@ TOK_API CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBU
 
 /* Drop cached unsealed keys (all, or those of one token). */
 TOK_API void tok_cache_flush(tok_ctx *ctx);
-/* Check that every object of every token is found through the index by each
- * indexed attribute it has; cb(slot, oid, attribute) for each one missing.
- * Returns the number of objects checked, or -1 if the keystore cannot be read. */
-typedef void (*tok_idx_cb)(CK_SLOT_ID slot, uint64_t oid, CK_ATTRIBUTE_TYPE t, void *arg);
-TOK_API long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long long *missing);
 
 #endif

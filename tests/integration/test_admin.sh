@@ -196,3 +196,31 @@ for good in 0 64 4096; do
     sed -i '/^secure_heap/d' "$CONF"
 done
 ok "secure_heap: 0 or a power of two of KiB, anything else refused with a sentence"
+
+# One map from failures to exit codes: the same failure gives the same code
+# whichever command meets it (configuration 3, key file 4, keystore 5), and
+# the message says what to do.
+E=$T/exitmap
+mkdir -p "$E"
+printf 'keystore = %s/ks\nmaster_key = %s/mk\n' "$E" "$E" > "$E/c.conf"
+P11MK_CONF=$E/c.conf expect_rc 0 "$ADMIN" init --generate-key "$E/mk"
+cmds=("status" "list" "verify" "stage --generate --yes" "rotate --yes" "backup $E/b.mdb" "delete-token --slot 1 --yes")
+each() { # code message: every command fails with that code and says the message
+    for c in "${cmds[@]}"; do
+        # shellcheck disable=SC2086
+        P11MK_CONF=$E/c.conf expect_rc "$1" "$ADMIN" $c
+        expect_out "$2"
+    done
+}
+chmod 777 "$E/ks"
+each 5 "writable by every user; run: chmod o-w"
+chmod 700 "$E/ks"
+chmod 644 "$E/mk"
+each 4 "lets others read it; run: chmod 600"
+chmod 600 "$E/mk"
+cp "$E/c.conf" "$E/c.good"
+echo "keystore = $E/ks" >> "$E/c.conf"
+each 3 "key 'keystore' is set twice"
+cp "$E/c.good" "$E/c.conf"
+P11MK_CONF=$E/c.conf expect_rc 0 "$ADMIN" status
+ok "exit codes: a keystore, key-file or configuration failure gives the same code from every command"

@@ -214,12 +214,12 @@ static void test_values_need_pin(void **state)
     tok_attrs a = TOK_ATTRS_INIT;
     bool sealed = false;
     assert_int_equal(tok_obj_read(ctx, &USER, k, &a), CKR_OBJECT_HANDLE_INVALID);
-    assert_int_equal(tok_obj_read_meta(ctx, 1, k, &a, &sealed), CKR_OK);
+    assert_int_equal(tok_obj_read_meta(ctx, 1, k, &a, &sealed, NULL), CKR_OK);
     assert_true(sealed);
     assert_non_null(tok_attrs_find(&a, CKA_LABEL));
     assert_null(tok_attrs_find(&a, CKA_VALUE));
     tok_attrs_free(&a);
-    assert_int_equal(tok_obj_read_meta(ctx, 1, p, &a, &sealed), CKR_OK);
+    assert_int_equal(tok_obj_read_meta(ctx, 1, p, &a, &sealed, NULL), CKR_OK);
     assert_false(sealed);
     tok_attrs_free(&a);
     value_is(ctx, p, pub_data, sizeof(pub_data));

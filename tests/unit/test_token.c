@@ -15,7 +15,7 @@
 
 #include "keystore/ks.h"
 #include "token/tok_policy.h"
-#include "token/tok_token.h"
+#include "token/tok_admin.h"
 
 static char dir[64];
 
