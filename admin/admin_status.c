@@ -13,20 +13,6 @@
 
 /* ---- init ------------------------------------------------------------------ */
 
-static char *user_config_path(void)
-{
-    const char *env = getenv("P11MK_CONF"), *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
-    char *p = NULL;
-
-    if (env && *env)
-        return strdup(env);
-    if (xdg && *xdg)
-        return asprintf(&p, "%s/p11mk/p11mk.conf", xdg) < 0 ? NULL : p;
-    if (home && *home)
-        return asprintf(&p, "%s/.config/p11mk/p11mk.conf", home) < 0 ? NULL : p;
-    return NULL;
-}
-
 /* With no configuration file in use, record the new key file in the
  * per-user one so the module and later commands find it. */
 static void record_key_in_config(const ks_config *cfg, const char *keyfile)
@@ -39,7 +25,7 @@ static void record_key_in_config(const ks_config *cfg, const char *keyfile)
         printf("Next: set \"master_key = %s\" in %s so the module uses the new key.\n", keyfile, cfg->source);
         return;
     }
-    path = user_config_path();
+    path = ks_config_home(cfg);
     if (!path || ks_mkdir_p(path, false) != 0 || (fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 ||
         !(f = fdopen(fd, "w"))) {
         printf("Next: create a configuration file with\n  keystore = %s\n  master_key = %s\n", cfg->keystore,

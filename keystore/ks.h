@@ -109,6 +109,10 @@ KS_API char *ks_user_config_path(void);
 /* mkdir -p with mode 0700: the directories above path, and path itself when
  * `last`; 0 or -1 (errno of the last mkdir). */
 KS_API int ks_mkdir_p(const char *path, bool last);
+/* The configuration file cfg came from, or, for embedded defaults, the
+ * per-user one p11mk-admin writes when it gives the keystore a key file
+ * (malloc'd; NULL if there is no home directory to name one). */
+KS_API char *ks_config_home(const ks_config *cfg);
 /* Make the configuration file `conf` name `keyfile` as master_key, atomically
  * (temporary file, fsync, rename; other lines kept). A configuration that does
  * not exist yet is created naming `keystore` too. */
@@ -122,6 +126,9 @@ typedef struct {
     bool is_default;      /* the embedded, well-known key */
     char source[4096];    /* "default" or key file path, for messages */
     unsigned file_mode;   /* most permissive mode accepted for the key file (0: 0600) */
+    char config[4096];    /* the configuration file that names this key, or would once p11mk-admin gives the
+                             keystore a key file (ks_config_home; empty: none). A keystore opened with this key
+                             re-reads that file, and no other, to learn of a key file named later. */
 } ks_mkey;
 
 /* Load the master key named by cfg->master_key. Key files: exactly 32 raw

@@ -318,6 +318,11 @@ static int config_load_impl(ks_config *cfg, ks_err *err)
 
 char *ks_user_config_path(void) { return user_config_path(); }
 
+char *ks_config_home(const ks_config *cfg)
+{
+    return cfg && cfg->source ? strdup(cfg->source) : user_config_path();
+}
+
 static int config_write_master_key_impl(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
 {
     char tmp[4200], line[4096];

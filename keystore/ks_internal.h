@@ -106,6 +106,7 @@ struct ks_store {
     ks_mkey *extra;   /* secure memory */
     size_t nextra, cap_extra;
     char keysrc[4096]; /* key file to read the registers from ("" for none) */
+    char conf[4096];   /* the configuration file that may name a key file later (ks_mkey.config; "" for none) */
     unsigned keymode;
     _Atomic uint32_t epoch_hint;
     uint64_t failed_gen; /* generation + 1 whose keys could not be built (logged once) */

@@ -88,7 +88,7 @@ int ks_mk_open(const ks_config *cfg, ks_mk **out, ks_err *err)
         return KS_EINVAL;
     *out = NULL;
     if (!(m = calloc(1, sizeof(*m))) || !(m->dir = strdup(cfg->keystore)) ||
-        (cfg->source && !(m->conf = strdup(cfg->source))) ||
+        !(m->conf = ks_config_home(cfg)) ||
         (!is_default(cfg->master_key) && !(m->keyfile = strdup(cfg->master_key)))) {
         ks_mk_close(m);
         return KS_ENOMEM;
@@ -194,7 +194,9 @@ static int refresh_keyfile(ks_mk *m, ks_err *err)
 {
     ks_config cfg;
     char a[PATH_MAX], b[PATH_MAX];
-    int rc = m->conf ? ks_config_load_file(&cfg, m->conf, err) : ks_config_load(&cfg, err);
+    if (access(m->conf, F_OK) != 0)
+        return KS_OK; /* no configuration file yet: nothing can have named a key file */
+    int rc = ks_config_load_file(&cfg, m->conf, err);
     if (rc != KS_OK)
         return rc;
     if (!is_default(cfg.master_key) && cfg.keystore && realpath(cfg.keystore, a) && realpath(m->dir, b) &&
@@ -207,8 +209,6 @@ static int refresh_keyfile(ks_mk *m, ks_err *err)
         free(m->keyfile);
         m->keyfile = k;
         m->keymode = cfg.key_file_mode ? cfg.key_file_mode : 0600;
-        if (!m->conf && cfg.source)
-            m->conf = strdup(cfg.source);
         ks_store_set_keysrc(m->st, m->keyfile, m->keymode);
     }
     ks_config_free(&cfg);
@@ -547,11 +547,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
 
     if (m->keyfile)
         return KS_OK;
-    if (m->conf)
-        conf = strdup(m->conf);
-    else
-        conf = ks_user_config_path();
-    if (!conf)
+    if (!(conf = strdup(m->conf)))
         return KS_ENOMEM;
     if (o && o->key_file) {
         snprintf(keyfile, sizeof(keyfile), "%s", o->key_file);
@@ -571,7 +567,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
             ks_err_set(err, "%s already exists and does not hold this keystore's master key; name another file "
                             "with --key-file", keyfile);
             free(conf);
-            return KS_EEXIST;
+            return ks_err_in(err, KS_AREA_KEY, KS_EEXIST);
         }
     } else {
         (void)ks_mkdir_p(keyfile, false); /* its directory, 0700 */

@@ -441,17 +441,25 @@ static int mkey_load_impl(const ks_config *cfg, ks_mkey *mk, ks_err *err)
     ks_registers r;
     int rc;
 
+    char *home;
+
     if (!cfg || !mk)
         return KS_EINVAL;
     if (!cfg->master_key || strcmp(cfg->master_key, "default") == 0) {
         ks_mkey_default(mk);
-        return KS_OK;
+    } else {
+        rc = ks_reg_load(cfg->master_key, cfg->key_file_mode ? cfg->key_file_mode : 0600, &r, err);
+        if (rc == KS_OK)
+            *mk = r.current;
+        ks_reg_clear(&r);
+        if (rc != KS_OK)
+            return rc;
     }
-    rc = ks_reg_load(cfg->master_key, cfg->key_file_mode ? cfg->key_file_mode : 0600, &r, err);
-    if (rc == KS_OK)
-        *mk = r.current;
-    ks_reg_clear(&r);
-    return rc;
+    if ((home = ks_config_home(cfg))) {
+        snprintf(mk->config, sizeof(mk->config), "%s", home);
+        free(home);
+    }
+    return KS_OK;
 }
 
 int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r, ks_err *err)

@@ -240,13 +240,15 @@ void ks_store_set_keysrc(ks_store *st, const char *path, unsigned mode)
 }
 
 /* The configuration may have gained a key file since this process started
- * (the first rotation of a keystore on the default key creates one). */
+ * (the first rotation of a keystore on the default key creates one). Only
+ * the file the opener named (ks_mkey.config) is read, never the lookup
+ * order again: what this process was configured with stays its input. */
 static void keysrc_from_config(ks_store *st)
 {
     ks_config cfg;
     ks_err e = KS_ERR_INIT;
     char a[PATH_MAX], b[PATH_MAX];
-    if (ks_config_load(&cfg, &e) != KS_OK)
+    if (!st->conf[0] || access(st->conf, F_OK) != 0 || ks_config_load_file(&cfg, st->conf, &e) != KS_OK)
         return;
     if (cfg.keystore && cfg.master_key && strcmp(cfg.master_key, "default") != 0 && realpath(cfg.keystore, a) &&
         realpath(st->path, b) && strcmp(a, b) == 0 && strcmp(cfg.master_key, st->keysrc) != 0) {
@@ -511,6 +513,8 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
         snprintf(st->keysrc, sizeof(st->keysrc), "%s", mk->source);
         st->keymode = mk->file_mode;
     }
+    if (mk->config[0] && !st->conf[0])
+        snprintf(st->conf, sizeof(st->conf), "%s", mk->config);
     pthread_mutex_lock(&st->ring_lock);
     rc = ks_store_add_key(st, mk);
     pthread_mutex_unlock(&st->ring_lock);

@@ -83,3 +83,34 @@ grep -q "p11mk\[$cpid\] info: keystore .*: master key epoch $((epoch0 + ROUNDS))
     || fail "the client's module did not report switching to epoch $((epoch0 + ROUNDS))"
 ok "$ROUNDS rotations with one long-lived session: every round ok, epoch $epoch0 -> $((epoch0 + ROUNDS));" \
    "$elapsed s, $per_round ms per round, of which $per_rotate ms in 'p11mk-admin rotate'"
+
+# With no configuration file at all (embedded defaults: per-user keystore,
+# built-in key), the first rotation gives the keystore a key file and writes
+# the per-user configuration naming it. A module loaded before that reads
+# that file, the one its configuration would live in, and no other: it
+# follows the rotations on the same session.
+nc() { env -u P11MK_CONF XDG_CONFIG_HOME="$T/nc/config" XDG_DATA_HOME="$T/nc/data" "$@"; }
+mkdir -p "$T/nc/config" "$T/nc/data"
+nc "$ADMIN" init > nc.out 2>&1 || { cat nc.out; fail "init with no configuration file"; }
+[ ! -e "$T/nc/config/p11mk/p11mk.conf" ] || fail "init without --generate-key wrote a configuration file"
+nc pkcs11-tool --module "$MOD" --init-token --slot 1 --label nc --so-pin $SO > nc.out 2>&1 || { cat nc.out; fail "init-token"; }
+nc pkcs11-tool --module "$MOD" --token-label nc --login --login-type so --so-pin $SO --init-pin --pin $PIN > nc.out 2>&1 ||
+    { cat nc.out; fail "init-pin"; }
+mkfifo nc.cmd nc.res
+nc "$CLIENT" "$MOD" nc "$PIN" follow "$T/nc.cmd" > nc.res 2> nc.err &
+ncpid=$!
+exec 5<> nc.cmd
+exec 6< nc.res
+for i in 1 2 3; do
+    nc "$ADMIN" rotate --quiet > nc.out 2>&1 || { cat nc.out; fail "rotation $i with no configuration file"; }
+    echo go >&5
+    IFS= read -r -t 30 line <&6 || { cat nc.err; fail "no answer from the client after rotation $i"; }
+    [ "$line" = "round $i ok" ] || { cat nc.err; fail "after rotation $i with no configuration file the client said: $line"; }
+done
+echo quit >&5
+set +e; wait $ncpid; ncrc=$?; set -e
+exec 5>&- 6<&-
+[ $ncrc -eq 0 ] || { cat nc.err; fail "the client exited with status $ncrc"; }
+grep -q "^master_key = " "$T/nc/config/p11mk/p11mk.conf" || fail "the first rotation did not record the key file"
+ok "with no configuration file: the first rotation records a key file in the per-user configuration, and a" \
+   "module loaded before follows 3 rotations on one session"
