@@ -334,28 +334,19 @@ CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPa
 CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate,
                     CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    P11_AUTO_ATTRS key = TOK_ATTRS_INIT;
-    CK_KEY_TYPE ktype = 0;
     p11_session *s;
+    uint64_t h = 0;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    if (!pMechanism || !phKey || (!pTemplate && ulCount))
+    if (!pMechanism || !phKey || (!pTemplate && ulCount)) {
         rv = CKR_ARGUMENTS_BAD;
-    if (rv == CKR_OK)
-        rv = tok_mech_keygen_type(pMechanism->mechanism, &ktype);
-    if (rv == CKR_OK)
-        rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_SECRET_KEY, ktype, pMechanism->mechanism, pTemplate, ulCount,
-                              &key);
-    if (rv == CKR_OK) /* refuse before the (possibly slow) generation */
-        rv = p11_write_allowed(s, &key);
-    if (rv == CKR_OK)
-        rv = tok_mech_generate_key(pMechanism, &key);
-    if (rv == CKR_OK)
-        rv = tok_policy_finish(TOK_BUILD_GENERATE, &key);
-    if (rv == CKR_OK)
-        rv = p11_object_add(s, &key, phKey);
+    } else {
+        tok_access ac = p11_access(s);
+        if ((rv = tok_key_generate(p11_tok(), &ac, pMechanism, pTemplate, ulCount, &h)) == CKR_OK)
+            *phKey = (CK_OBJECT_HANDLE)h;
+    }
     p11_session_put(s);
     return rv;
 }
@@ -365,46 +356,22 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                         CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey,
                         CK_OBJECT_HANDLE_PTR phPrivateKey)
 {
-    P11_AUTO_ATTRS pub = TOK_ATTRS_INIT;
-    P11_AUTO_ATTRS priv = TOK_ATTRS_INIT;
-    CK_KEY_TYPE ktype = 0;
-    CK_MECHANISM_TYPE m;
     p11_session *s;
+    uint64_t hpub = 0, hpriv = 0;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
     if (!pMechanism || !phPublicKey || !phPrivateKey || (!pPublicKeyTemplate && ulPublicKeyAttributeCount) ||
-        (!pPrivateKeyTemplate && ulPrivateKeyAttributeCount))
+        (!pPrivateKeyTemplate && ulPrivateKeyAttributeCount)) {
         rv = CKR_ARGUMENTS_BAD;
-    m = rv == CKR_OK ? pMechanism->mechanism : 0;
-    if (rv == CKR_OK)
-        rv = tok_mech_keypairgen_type(m, &ktype);
-    if (rv == CKR_OK)
-        rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_PUBLIC_KEY, ktype, m, pPublicKeyTemplate,
-                              ulPublicKeyAttributeCount, &pub);
-    if (rv == CKR_OK)
-        rv = tok_policy_build(TOK_BUILD_GENERATE, CKO_PRIVATE_KEY, ktype, m, pPrivateKeyTemplate,
-                              ulPrivateKeyAttributeCount, &priv);
-    if (rv == CKR_OK)
-        rv = p11_write_allowed(s, &pub);
-    if (rv == CKR_OK)
-        rv = p11_write_allowed(s, &priv);
-    if (rv == CKR_OK)
-        rv = tok_mech_generate_keypair(pMechanism, &pub, &priv);
-    if (rv == CKR_OK)
-        rv = tok_policy_finish(TOK_BUILD_GENERATE, &pub);
-    if (rv == CKR_OK)
-        rv = tok_policy_finish(TOK_BUILD_GENERATE, &priv);
-    if (rv == CKR_OK)
-        rv = p11_object_add(s, &pub, phPublicKey);
-    if (rv == CKR_OK) {
-        rv = p11_object_add(s, &priv, phPrivateKey);
-        if (rv != CKR_OK) {
-            /* Do not leave half a pair behind. */
-            p11_session_put(s);
-            C_DestroyObject(hSession, *phPublicKey);
-            return rv;
+    } else {
+        tok_access ac = p11_access(s);
+        rv = tok_keypair_generate(p11_tok(), &ac, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount,
+                                  pPrivateKeyTemplate, ulPrivateKeyAttributeCount, &hpub, &hpriv);
+        if (rv == CKR_OK) {
+            *phPublicKey = (CK_OBJECT_HANDLE)hpub;
+            *phPrivateKey = (CK_OBJECT_HANDLE)hpriv;
         }
     }
     p11_session_put(s);
@@ -416,30 +383,17 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
                 CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
 {
-    P11_AUTO_ATTRS wattrs = TOK_ATTRS_INIT;
-    P11_AUTO_ATTRS target = TOK_ATTRS_INIT;
-    tok_key *wk = NULL;
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    CK_MECHANISM_INFO mi;
-    if (!pMechanism || !pulWrappedKeyLen)
+    if (!pMechanism || !pulWrappedKeyLen) {
         rv = CKR_ARGUMENTS_BAD;
-    else if (tok_mech_info(pMechanism->mechanism, &mi) != CKR_OK || !(mi.flags & CKF_WRAP))
-        rv = CKR_MECHANISM_INVALID;
-    if (rv == CKR_OK && (rv = p11_object_key(s, hWrappingKey, &wk, &wattrs)) == CKR_KEY_HANDLE_INVALID)
-        rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK) /* the wrapping key first, before the target's handle is looked at */
-        rv = tok_wrap_permitted(&wattrs, NULL);
-    if (rv == CKR_OK && (rv = p11_object_attrs(s, hKey, &target)) == CKR_OBJECT_HANDLE_INVALID)
-        rv = CKR_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK)
-        rv = tok_wrap_permitted(&wattrs, &target);
-    if (rv == CKR_OK)
-        rv = tok_wrap(pMechanism, wk, &target, pWrappedKey, pulWrappedKeyLen);
-    tok_key_unref(wk);
+    } else {
+        tok_access ac = p11_access(s);
+        rv = tok_key_wrap(p11_tok(), &ac, pMechanism, hWrappingKey, hKey, pWrappedKey, pulWrappedKeyLen);
+    }
     p11_session_put(s);
     return rv;
 }
@@ -448,32 +402,21 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
                   CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
                   CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    P11_AUTO_ATTRS uattrs = TOK_ATTRS_INIT;
-    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
-    tok_key *uk = NULL;
     p11_session *s;
+    uint64_t h = 0;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    CK_MECHANISM_INFO mi;
-    if (!pMechanism || !phKey || (!pWrappedKey && ulWrappedKeyLen) || (!pTemplate && ulAttributeCount))
+    if (!pMechanism || !phKey || (!pWrappedKey && ulWrappedKeyLen) || (!pTemplate && ulAttributeCount)) {
         rv = CKR_ARGUMENTS_BAD;
-    else if (tok_mech_info(pMechanism->mechanism, &mi) != CKR_OK || !(mi.flags & CKF_UNWRAP))
-        rv = CKR_MECHANISM_INVALID;
-    if (rv == CKR_OK && (rv = p11_object_key(s, hUnwrappingKey, &uk, &uattrs)) == CKR_KEY_HANDLE_INVALID)
-        rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
-    if (rv == CKR_OK)
-        rv = tok_unwrap_template(&uattrs, pTemplate, ulAttributeCount, &obj);
-    if (rv == CKR_OK)
-        rv = p11_write_allowed(s, &obj);
-    if (rv == CKR_OK)
-        rv = tok_unwrap(pMechanism, uk, pWrappedKey, ulWrappedKeyLen, &obj);
-    if (rv == CKR_OK)
-        rv = tok_policy_finish(TOK_BUILD_UNWRAP, &obj);
-    if (rv == CKR_OK)
-        rv = p11_object_add(s, &obj, phKey);
-    tok_key_unref(uk);
+    } else {
+        tok_access ac = p11_access(s);
+        rv = tok_key_unwrap(p11_tok(), &ac, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate,
+                            ulAttributeCount, &h);
+        if (rv == CKR_OK)
+            *phKey = (CK_OBJECT_HANDLE)h;
+    }
     p11_session_put(s);
     return rv;
 }
@@ -481,31 +424,19 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OB
 CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hBaseKey,
                   CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    P11_AUTO_ATTRS battrs = TOK_ATTRS_INIT;
-    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
-    tok_key *bk = NULL;
     p11_session *s;
+    uint64_t h = 0;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    if (!pMechanism || !phKey || (!pTemplate && ulAttributeCount))
+    if (!pMechanism || !phKey || (!pTemplate && ulAttributeCount)) {
         rv = CKR_ARGUMENTS_BAD;
-    if (rv == CKR_OK && tok_mech_info(pMechanism->mechanism, NULL) != CKR_OK)
-        rv = CKR_MECHANISM_INVALID;
-    if (rv == CKR_OK)
-        rv = p11_object_key(s, hBaseKey, &bk, &battrs);
-    if (rv == CKR_OK)
-        rv = tok_derive_template(&battrs, pMechanism->mechanism, pTemplate, ulAttributeCount, &obj);
-    if (rv == CKR_OK)
-        rv = p11_write_allowed(s, &obj);
-    if (rv == CKR_OK)
-        rv = tok_derive(pMechanism, bk, &obj);
-    if (rv == CKR_OK)
-        rv = tok_policy_finish(TOK_BUILD_DERIVE, &obj);
-    if (rv == CKR_OK)
-        rv = p11_object_add(s, &obj, phKey);
-    tok_key_unref(bk);
+    } else {
+        tok_access ac = p11_access(s);
+        if ((rv = tok_key_derive(p11_tok(), &ac, pMechanism, hBaseKey, pTemplate, ulAttributeCount, &h)) == CKR_OK)
+            *phKey = (CK_OBJECT_HANDLE)h;
+    }
     p11_session_put(s);
     return rv;
 }

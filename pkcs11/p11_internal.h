@@ -96,11 +96,7 @@ P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
 P11_API CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out);
 /* Key and attributes for an operation; handle errors mapped to CKR_KEY_HANDLE_INVALID. */
 P11_API CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs);
-/* Store a new object (token or session, per its CKA_TOKEN; tok_obj_store). */
-P11_API CK_RV p11_object_add(p11_session *s, tok_attrs *obj, CK_OBJECT_HANDLE *h);
 P11_API void p11_find_end(p11_find *f);
-/* May this session create, change or destroy obj (tok_access_write)? */
-P11_API CK_RV p11_write_allowed(p11_session *s, const tok_attrs *obj);
 
 static inline void p11_attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }
 #define P11_AUTO_ATTRS __attribute__((cleanup(p11_attrs_cleanup))) tok_attrs

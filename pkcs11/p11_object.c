@@ -27,45 +27,24 @@ CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attr
     return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
 }
 
-CK_RV p11_write_allowed(p11_session *s, const tok_attrs *obj)
-{
-    tok_access ac = p11_access(s);
-    return tok_access_write(&ac, obj);
-}
-
-CK_RV p11_object_add(p11_session *s, tok_attrs *obj, CK_OBJECT_HANDLE *h)
-{
-    tok_access ac = p11_access(s);
-    uint64_t handle = 0;
-    CK_RV rv = tok_obj_store(p11_tok(), &ac, obj, &handle);
-
-    if (rv == CKR_OK)
-        *h = (CK_OBJECT_HANDLE)handle;
-    return rv;
-}
-
 /* ---- object functions ---------------------------------------------------- */
 
 CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
                      CK_OBJECT_HANDLE_PTR phObject)
 {
-    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
     p11_session *s;
+    uint64_t h = 0;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    if ((!pTemplate && ulCount) || !phObject)
+    if ((!pTemplate && ulCount) || !phObject) {
         rv = CKR_ARGUMENTS_BAD;
-    if (rv == CKR_OK)
-        rv = tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE,
-                              CK_UNAVAILABLE_INFORMATION, pTemplate, ulCount, &obj);
-    if (rv == CKR_OK && tok_attrs_find(&obj, CKA_KEY_TYPE))
-        rv = tok_mech_complete_import(&obj);
-    if (rv == CKR_OK)
-        rv = tok_policy_finish(TOK_BUILD_CREATE, &obj);
-    if (rv == CKR_OK)
-        rv = p11_object_add(s, &obj, phObject);
+    } else {
+        tok_access ac = p11_access(s);
+        if ((rv = tok_obj_create(p11_tok(), &ac, pTemplate, ulCount, &h)) == CKR_OK)
+            *phObject = (CK_OBJECT_HANDLE)h;
+    }
     p11_session_put(s);
     return rv;
 }
@@ -73,21 +52,19 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_
 CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate,
                    CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject)
 {
-    P11_AUTO_ATTRS src = TOK_ATTRS_INIT;
-    P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
     p11_session *s;
+    uint64_t h = 0;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    if ((!pTemplate && ulCount) || !phNewObject)
+    if ((!pTemplate && ulCount) || !phNewObject) {
         rv = CKR_ARGUMENTS_BAD;
-    if (rv == CKR_OK)
-        rv = p11_object_attrs(s, hObject, &src);
-    if (rv == CKR_OK)
-        rv = tok_policy_copy(&src, pTemplate, ulCount, &obj);
-    if (rv == CKR_OK)
-        rv = p11_object_add(s, &obj, phNewObject);
+    } else {
+        tok_access ac = p11_access(s);
+        if ((rv = tok_obj_copy(p11_tok(), &ac, hObject, pTemplate, ulCount, &h)) == CKR_OK)
+            *phNewObject = (CK_OBJECT_HANDLE)h;
+    }
     p11_session_put(s);
     return rv;
 }

@@ -121,4 +121,8 @@ TOK_API int tok_oid_push(uint64_t oid, void *arg);
 /* The id of the free slot (the next token's), 0 if it cannot be read. */
 TOK_API CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx);
 
+/* Take back an object this caller has just made (the second half of a key
+ * pair could not be stored): no write rule or CKA_DESTROYABLE stands in the way. */
+TOK_API CK_RV tok_obj_unmake(tok_ctx *ctx, const tok_access *ac, uint64_t oid);
+
 #endif

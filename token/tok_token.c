@@ -559,6 +559,19 @@ CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t oid)
     return obj_commit(ctx, &(obj_write){.tid = (uint32_t)ac->slot, .oid = oid, .old = &old, .destroy = true});
 }
 
+CK_RV tok_obj_unmake(tok_ctx *ctx, const tok_access *ac, uint64_t oid)
+{
+    AUTO_ATTRS old = TOK_ATTRS_INIT;
+    CK_RV rv;
+
+    if (oid & TOK_SOBJ_BIT)
+        return tok_sobj_destroy(ctx, ac, oid);
+    if ((rv = tok_obj_read(ctx, ac, oid, &old)) != CKR_OK)
+        return rv;
+    cache_drop(ctx, ac->slot, oid);
+    return obj_commit(ctx, &(obj_write){.tid = (uint32_t)ac->slot, .oid = oid, .old = &old, .destroy = true});
+}
+
 typedef enum {
     READ_FULL, /* everything, a private object's envelope opened (needs the token key) */
     READ_META, /* what can be shown without the PIN: a private object's envelope left out */

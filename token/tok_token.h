@@ -80,6 +80,37 @@ TOK_API uint64_t tok_logout_seq(tok_ctx *ctx);
 /* A new object, a token or session object per its CKA_TOKEN (session
  * objects belong to ac->owner); *h its handle. */
 TOK_API CK_RV tok_obj_store(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *h);
+
+/* ---- making objects (tok_create.c: one recipe for all six) -----------------
+ * Each returns the codes of the attribute policy (CKR_TEMPLATE_INCOMPLETE,
+ * CKR_TEMPLATE_INCONSISTENT, CKR_ATTRIBUTE_TYPE_INVALID,
+ * CKR_ATTRIBUTE_VALUE_INVALID, CKR_ATTRIBUTE_READ_ONLY), of the write rule
+ * (CKR_SESSION_READ_ONLY, CKR_USER_NOT_LOGGED_IN), of the mechanism
+ * (CKR_MECHANISM_INVALID, CKR_MECHANISM_PARAM_INVALID, CKR_KEY_SIZE_RANGE,
+ * ...), of storage (CKR_DEVICE_ERROR, CKR_DEVICE_MEMORY), and those below. */
+/* C_CreateObject. */
+TOK_API CK_RV tok_obj_create(tok_ctx *ctx, const tok_access *ac, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t *h);
+/* C_CopyObject: CKR_OBJECT_HANDLE_INVALID, CKR_ACTION_PROHIBITED (not copyable). */
+TOK_API CK_RV tok_obj_copy(tok_ctx *ctx, const tok_access *ac, uint64_t src, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                           uint64_t *h);
+/* C_GenerateKey and C_GenerateKeyPair (mech not NULL). */
+TOK_API CK_RV tok_key_generate(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, const CK_ATTRIBUTE *tmpl,
+                               CK_ULONG n, uint64_t *h);
+TOK_API CK_RV tok_keypair_generate(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech,
+                                   const CK_ATTRIBUTE *pub_tmpl, CK_ULONG npub, const CK_ATTRIBUTE *priv_tmpl,
+                                   CK_ULONG npriv, uint64_t *hpub, uint64_t *hpriv);
+/* C_UnwrapKey: CKR_UNWRAPPING_KEY_HANDLE_INVALID, CKR_KEY_FUNCTION_NOT_PERMITTED,
+ * CKR_WRAPPED_KEY_INVALID, CKR_WRAPPED_KEY_LEN_RANGE. */
+TOK_API CK_RV tok_key_unwrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, uint64_t unwrapping,
+                             const uint8_t *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t *h);
+/* C_DeriveKey: CKR_KEY_HANDLE_INVALID, CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT. */
+TOK_API CK_RV tok_key_derive(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, uint64_t base,
+                             const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t *h);
+/* C_WrapKey (out NULL: size query): CKR_WRAPPING_KEY_HANDLE_INVALID,
+ * CKR_KEY_HANDLE_INVALID, CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_NOT_WRAPPABLE,
+ * CKR_KEY_UNEXTRACTABLE, CKR_WRAPPING_KEY_TYPE_INCONSISTENT, CKR_BUFFER_TOO_SMALL. */
+TOK_API CK_RV tok_key_wrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, uint64_t wrapping,
+                           uint64_t target, uint8_t *out, CK_ULONG *outlen);
 /* CKR_OBJECT_HANDLE_INVALID when absent, and for a private object whose
  * envelope this process cannot open (no login); CKR_DEVICE_ERROR (and a log
  * line naming the object) when the record or its envelope fails

@@ -191,11 +191,87 @@ static void test_token_delete(void **state)
     tok_ctx_close(ctx);
 }
 
+/* The creation recipe (tok_create.c) and the admin's token rows, at the
+ * token layer: the codes each function's specification lists for bad
+ * handles, the write rule before any key is generated, a key pair stored
+ * whole, the unwrap and derive rules of the keys named by handle. */
+static void test_recipe(void **state)
+{
+    (void)state;
+    tok_ctx *ctx;
+    CK_UTF8CHAR label[32];
+    assert_int_equal(tok_ctx_open(TOK_CTX_CREATE, &ctx), CKR_OK);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "recipe", 6);
+    assert_int_equal(tok_token_init(ctx, 1, (const uint8_t *)"12345678", 8, label), CKR_OK);
+    tok_access rw = {.slot = 1, .rw = true, .who = CKU_USER}, ro = {.slot = 1, .rw = false, .who = CKU_USER};
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG len32 = 32;
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0}, kw = {CKM_AES_KEY_WRAP, NULL, 0},
+                 pair = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, sha = {0x402AUL /* CKM_HKDF_DERIVE */, NULL, 0};
+    CK_ATTRIBUTE aes_t[] = {{CKA_TOKEN, &yes, 1}, {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_WRAP, &yes, 1},
+                              {CKA_UNWRAP, &yes, 1}, {CKA_EXTRACTABLE, &yes, 1}, {CKA_DERIVE, &no, 1},
+                           {CKA_PRIVATE, &no, 1}}; /* private objects need the token key of a C_Login */
+    uint64_t k = 0, k2 = 0, pub = 0, priv = 0, h = 0;
+    uint8_t out[128];
+    CK_ULONG outlen = sizeof(out);
+
+    /* A token object in a read-only session: refused before generation. */
+    assert_int_equal(tok_key_generate(ctx, &ro, &gen, aes_t, 7, &k), CKR_SESSION_READ_ONLY);
+    assert_int_equal(tok_key_generate(ctx, &rw, &gen, aes_t, 7, &k), CKR_OK);
+    assert_int_equal(tok_key_generate(ctx, &rw, &gen, aes_t, 7, &k2), CKR_OK);
+
+    /* Bad handles get the code of the function. */
+    assert_int_equal(tok_key_wrap(ctx, &rw, &kw, 0, k2, out, &outlen), CKR_WRAPPING_KEY_HANDLE_INVALID);
+    assert_int_equal(tok_key_wrap(ctx, &rw, &kw, 999, k2, out, &outlen), CKR_WRAPPING_KEY_HANDLE_INVALID);
+    assert_int_equal(tok_key_wrap(ctx, &rw, &kw, k, 999, out, &outlen), CKR_KEY_HANDLE_INVALID);
+    assert_int_equal(tok_key_unwrap(ctx, &rw, &kw, 999, out, 40, NULL, 0, &h), CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+    assert_int_equal(tok_key_derive(ctx, &rw, &sha, 999, NULL, 0, &h), CKR_KEY_HANDLE_INVALID);
+    assert_int_equal(tok_obj_copy(ctx, &rw, 999, NULL, 0, &h), CKR_OBJECT_HANDLE_INVALID);
+    CK_MECHANISM none = {0x80001234UL, NULL, 0};
+    assert_int_equal(tok_key_wrap(ctx, &rw, &none, k, k2, out, &outlen), CKR_MECHANISM_INVALID);
+
+    /* Wrap, unwrap, and the base key's CKA_DERIVE. */
+    outlen = sizeof(out);
+    assert_int_equal(tok_key_wrap(ctx, &rw, &kw, k, k2, out, &outlen), CKR_OK);
+    assert_int_equal(outlen, 40);
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ATTRIBUTE ut[] = {{CKA_CLASS, &sk, sizeof(sk)}, {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_TOKEN, &no, 1},
+                         {CKA_PRIVATE, &no, 1}};
+    assert_int_equal(tok_key_unwrap(ctx, &rw, &kw, k, out, outlen, ut, 4, &h), CKR_OK);
+    assert_int_equal(tok_key_derive(ctx, &rw, &sha, k, NULL, 0, &h), CKR_KEY_FUNCTION_NOT_PERMITTED);
+
+    /* A key pair: both halves stored, read back through the rows' count. */
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_TOKEN, &yes, 1}};
+    CK_ATTRIBUTE kt[] = {{CKA_TOKEN, &yes, 1}, {CKA_DESTROYABLE, &no, 1}, {CKA_PRIVATE, &no, 1}};
+    assert_int_equal(tok_keypair_generate(ctx, &ro, &pair, pt, 2, kt, 3, &pub, &priv), CKR_SESSION_READ_ONLY);
+    assert_int_equal(tok_keypair_generate(ctx, &rw, &pair, pt, 2, kt, 3, &pub, &priv), CKR_OK);
+    assert_true(pub != priv && pub && priv);
+    tok_token_row *rows = NULL;
+    size_t nrows = 0;
+    assert_int_equal(tok_token_rows(ctx, &rows, &nrows), CKR_OK);
+    assert_int_equal(nrows, 1); /* the free slot is not a token */
+    assert_int_equal(rows[0].slot, 1);
+    assert_int_equal(rows[0].objects, 4);
+    free(rows);
+    tok_attrs meta = TOK_ATTRS_INIT;
+    bool sealed = true;
+    uint32_t epoch = 0;
+    assert_int_equal(tok_obj_read_meta(ctx, 1, k, &meta, &sealed, &epoch), CKR_OK);
+    assert_int_equal(epoch, 1);
+    tok_attrs_free(&meta);
+    assert_int_equal(tok_obj_read_meta(ctx, 1, 999, &meta, &sealed, &epoch), CKR_OBJECT_HANDLE_INVALID);
+    tok_ctx_close(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_index_verification, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recipe, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
