@@ -1,7 +1,7 @@
 /* p11mk-admin list: the tokens and their objects, with RFC 7512 pkcs11: URIs
  * (p11-kit's URI API), as an administrator sees them: every object, private
  * ones included, without logging in (the admin holds the master key). */
-#include "admin/admin.h"
+#include "admin.h"
 #include "keystore/ks.h"
 #include "token/tok_policy.h"
 #include "token/tok_admin.h"

@@ -1,5 +1,5 @@
 /* p11mk-admin: command line entry point. */
-#include "admin/admin.h"
+#include "admin.h"
 #include "token/tok_admin.h"
 
 #include <errno.h>

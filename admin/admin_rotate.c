@@ -8,7 +8,7 @@
  * keystore/ks_lifecycle.c. A command that asks a question first takes a
  * view of the state, asks, and hands that view to the step as what the
  * person confirmed; the step refuses (exit 6) if the state moved meanwhile. */
-#include "admin/admin.h"
+#include "admin.h"
 #include "keystore/ks.h"
 #include "token/tok_admin.h"
 

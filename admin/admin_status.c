@@ -1,5 +1,5 @@
 /* p11mk-admin: init and status. */
-#include "admin/admin.h"
+#include "admin.h"
 #include "keystore/ks.h"
 #include "token/tok_admin.h"
 

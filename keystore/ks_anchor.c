@@ -21,7 +21,7 @@
  *  - A format 1 keystore (no counters in the record) is upgraded by its first
  *    write transaction, which counts what is there; until then it is read as
  *    before. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -12,7 +12,7 @@
  * (removed on every path, and at the start of the next restore if a kill
  * left it), checks that the copy is a complete LMDB file before mapping it,
  * verifies every record, and replaces data.mdb by rename only at the end. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * One format for module and admin: "key = value" lines, '#' comments.
  * Errors name the file, the line and the key; there is never a silent
  * fallback to defaults once a config file has been chosen. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <ctype.h>
 #include <errno.h>

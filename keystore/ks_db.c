@@ -1,7 +1,7 @@
 /* p11mk keystore: the LMDB primitives every keystore file uses: error
  * codes, writes that restart the transaction when the map is full, and the
  * metadata database's accessors. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* p11mk keystore: small file-system helpers shared by the keystore and the
  * admin (directories made private, renames made durable). */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

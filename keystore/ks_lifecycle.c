@@ -22,7 +22,7 @@
  *  - A step that follows a prompt is given the state the person saw
  *    (opts->expect); after repair it compares, and refuses with KS_ECHANGED,
  *    writing nothing, if the state moved while the person was asked. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /* p11mk keystore: master key sources (built-in default, key file) and key
  * check values. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

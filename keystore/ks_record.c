@@ -6,7 +6,7 @@
  * where it belongs: "p11mk/rec/v1" | keystore id | header | token(BE32) |
  * object id(BE64). Moving a record to another key, token, keystore or kind,
  * changing its epoch, or editing one byte makes it fail to open. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <pthread.h>
 #include <stdlib.h>

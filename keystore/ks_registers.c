@@ -14,7 +14,7 @@
  * holding the keystore's lifecycle lock, so a reader sees the old or the new
  * registers and a killed writer leaves at most FILE.tmp behind, which the
  * next writer removes. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

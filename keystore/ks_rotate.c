@@ -10,7 +10,7 @@
  * is staged). These functions take no lock and touch no key file: the
  * lifecycle protocol (ks_lifecycle.c) calls them under its lock and orders
  * them with the key file writes. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -16,7 +16,7 @@
  * 16-byte aligned): a magic number, the class (or LARGE) and the mapping's
  * size. A fork copies the pool with its locks released (pthread_atfork), and
  * the child inherits the dump exclusion (mlock is not inherited). */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <pthread.h>
 #include <stdint.h>

@@ -12,7 +12,7 @@
  * LMDB allows only with no transaction active in the process) takes the
  * write side. Several processes share the files; LMDB's lock file
  * serializes writers and MDB_MAP_RESIZED tells us another process grew it. */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,6 +1,6 @@
 /* p11mk keystore: what verify checks against the anchor (the anchor itself
  * is in ks_anchor.c). */
-#include "keystore/ks_internal.h"
+#include "ks_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* p11mk pkcs11 layer: cryptographic functions. Each keeps the PKCS#11
  * operation life cycle (init / one-shot or update+final, termination
  * rules, size queries); the work is done by token/tok_op. */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 #include <stdlib.h>
 
 static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)

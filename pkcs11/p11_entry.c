@@ -1,6 +1,6 @@
 /* p11mk pkcs11 layer: the exported entry points (function lists and the
  * PKCS#11 3.0 interfaces). Only the three functions below are exported. */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 
 P11_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
 P11_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);

@@ -1,6 +1,6 @@
 /* p11mk pkcs11 layer: library initialization, finalization, info (the
  * module state they set up: p11_state.c). */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 
 #include <pthread.h>
 #include <unistd.h>

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/types.h>
 
-#include "pkcs11/p11_v3.h"
+#include "p11_v3.h"
 #include "token/tok_access.h"
 #include "token/tok_attr.h"
 #include "token/tok_mech.h"

@@ -1,6 +1,6 @@
 /* p11mk pkcs11 layer: mutexes, either the OS's (pthreads) or the
  * application's (CK_C_INITIALIZE_ARGS callbacks). */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 
 #include <pthread.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * session ones alike, and every rule about them live in the token layer
  * (tok_obj_*, tok_access.h); this file checks arguments and passes the
  * session's access along. */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 
 #include <openssl/crypto.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* p11mk pkcs11 layer: session table and login state. */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 
 #include <stdlib.h>
 

@@ -2,7 +2,7 @@
  * of the layer reads: initialized (in this process), the token context, the
  * global lock. C_Initialize and C_Finalize (p11_general.c) publish and clear
  * it under their own mutex. */
-#include "pkcs11/p11_internal.h"
+#include "p11_internal.h"
 
 #include <unistd.h>
 

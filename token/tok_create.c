@@ -17,7 +17,7 @@
  * Keys named by handle (the unwrapping, base and wrapping keys) are loaded
  * here, once, and a bad handle gets the code the function's specification
  * lists (CKR_UNWRAPPING_KEY_HANDLE_INVALID, ...). */
-#include "token/tok_internal.h"
+#include "tok_internal.h"
 #include "token/tok_access.h"
 #include "token/tok_policy.h"
 

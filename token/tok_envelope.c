@@ -1,5 +1,5 @@
 /* p11mk token layer: envelopes of private objects under the token key. */
-#include "token/tok_envelope.h"
+#include "tok_envelope.h"
 #include "keystore/ks.h"
 
 #include <pthread.h>

@@ -17,7 +17,7 @@
 #define P11MK_TOK_ENVELOPE_H
 
 #include "token/tok_attr.h"
-#include "token/tok_pin.h"
+#include "tok_pin.h"
 
 #define TOKA_ENVELOPE (CKA_VENDOR_DEFINED + 0x7201UL)
 

@@ -1,7 +1,7 @@
 /* p11mk token layer: keys. Object attributes are parsed once into a tok_key
  * (an EVP_PKEY for RSA and EC, the raw bytes for secret keys), which is
  * immutable, reference counted and cached by the token context. */
-#include "token/tok_crypto.h"
+#include "tok_crypto.h"
 
 #include <stdlib.h>
 #include <string.h>

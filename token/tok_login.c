@@ -25,9 +25,9 @@
  *   object into its envelope and keeps the key escrowed (under the master
  *   key seal only, TOKR_TK_ESCROW) for the other role, all in one write
  *   transaction; the other role's first login wraps it and the escrow goes. */
-#include "token/tok_internal.h"
-#include "token/tok_envelope.h"
-#include "token/tok_pin.h"
+#include "tok_internal.h"
+#include "tok_envelope.h"
+#include "tok_pin.h"
 #include "token/tok_policy.h"
 
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* p11mk token layer: the mechanism table, key generation and import checks
  * on OpenSSL 3 EVP. */
-#include "token/tok_crypto.h"
+#include "tok_crypto.h"
 #include "token/tok_policy.h"
 
 #include <stdlib.h>

@@ -8,7 +8,7 @@
  *
  * What a mechanism is (its class, digest, key sizes) comes from the table in
  * tok_mech.c; this file implements each class once. */
-#include "token/tok_crypto.h"
+#include "tok_crypto.h"
 
 #include <stdlib.h>
 #include <limits.h>

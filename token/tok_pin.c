@@ -1,5 +1,5 @@
 /* p11mk token layer: PIN records (scrypt) and the token key they wrap. */
-#include "token/tok_pin.h"
+#include "tok_pin.h"
 #include "keystore/ks.h"
 
 #include <string.h>

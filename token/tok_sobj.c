@@ -8,7 +8,7 @@
  * its token's last session; its parsed key is kept with it once used
  * (and let go when OpenSSL's secure heap runs half full).
  * sobj_lock guards the table; it is a leaf lock. */
-#include "token/tok_internal.h"
+#include "tok_internal.h"
 #include "token/tok_access.h"
 
 #include <stdlib.h>

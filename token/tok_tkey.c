@@ -3,8 +3,8 @@
  * A login unwraps a token's key (tok_login.c); it stays here, in memory kept
  * out of core dumps (ks_secmem), tagged with the token's incarnation, until
  * logout, re-initialization or C_Finalize. tk_lock is a leaf lock. */
-#include "token/tok_internal.h"
-#include "token/tok_pin.h"
+#include "tok_internal.h"
+#include "tok_pin.h"
 
 #include <stdlib.h>
 #include <string.h>

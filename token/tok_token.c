@@ -1,8 +1,8 @@
 /* p11mk token layer: tokens, token objects, key cache (PINs: tok_login.c). */
-#include "token/tok_internal.h"
+#include "tok_internal.h"
 #include "token/tok_access.h"
-#include "token/tok_envelope.h"
-#include "token/tok_pin.h"
+#include "tok_envelope.h"
+#include "tok_pin.h"
 #include "token/tok_policy.h"
 
 #include <openssl/crypto.h>

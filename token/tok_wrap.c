@@ -4,7 +4,7 @@
  * PKCS#8 PrivateKeyInfo. Wrapping mechanisms: AES key wrap (RFC 3394),
  * AES key wrap with padding (RFC 5649), AES ECB and CBC (whole blocks) and
  * CBC with PKCS#7 padding, RSA OAEP and RSA PKCS#1 v1.5 (secret keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
-#include "token/tok_crypto.h"
+#include "tok_crypto.h"
 #include "token/tok_policy.h"
 
 #include <stdlib.h>
