@@ -1,4 +1,9 @@
-/* p11mk-admin: shared declarations. */
+/* p11mk-admin: shared declarations.
+ *
+ * The admin owns parsing, prompts, progress, printing and the one map from
+ * failures to exit codes; it has no protocol of its own. May call: the token
+ * layer's tok_admin.h (tokens, objects as shown without a PIN) and the
+ * keystore's ks.h (configuration, master keys, the lifecycle steps). */
 #ifndef P11MK_ADMIN_H
 #define P11MK_ADMIN_H
 

@@ -1,4 +1,11 @@
-/* p11mk keystore internals shared by ks_*.c; not part of the layer's API. */
+/* p11mk keystore internals shared by ks_*.c; not part of the layer's API.
+ *
+ * The keystore owns storage (LMDB), the sealed record format, master keys
+ * and their registers, epochs, the master-key lifecycle protocol and its
+ * locks, PIN-attempt locks and memory for secrets. Its one public header is
+ * keystore/include/keystore/ks.h, free of LMDB types; this header (and LMDB)
+ * is reachable only from this folder and the tests. May call: LMDB, OpenSSL,
+ * the C library; nothing above it. */
 #ifndef P11MK_KS_INTERNAL_H
 #define P11MK_KS_INTERNAL_H
 

@@ -1,5 +1,10 @@
-/* p11mk pkcs11 layer: the C ABI. Entry points check arguments and session
- * state, then call the token layer. Nothing here touches LMDB. */
+/* p11mk pkcs11 layer: the C ABI. Owns the entry points, argument checks,
+ * the session and handle tables, login state per application, locking and
+ * dispatch. Entry points check arguments and session state, describe the
+ * caller (tok_access) and call the token layer, which decides every PKCS#11
+ * rule. May call: the token layer's public headers (token/include/token),
+ * nothing of the keystore (the build keeps keystore/ks.h and LMDB out of
+ * reach, pkcs11/meson.build). */
 #ifndef P11MK_P11_INTERNAL_H
 #define P11MK_P11_INTERNAL_H
 

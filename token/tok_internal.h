@@ -1,5 +1,12 @@
 /* p11mk token layer, internal: the context and the token record shared by
- * tok_token.c (tokens, objects, key cache) and tok_login.c (PINs). */
+ * tok_token.c (tokens, objects, key cache) and tok_login.c (PINs).
+ *
+ * The token layer owns every PKCS#11 rule: objects (token and session),
+ * attributes and their policy, who may see and write, wrapping rules, PINs,
+ * mechanisms, operations and the key cache. Its public headers are in
+ * token/include/token; this one and tok_crypto.h, tok_pin.h, tok_envelope.h
+ * are reachable only from this folder (and the tests). May call: the
+ * keystore's public header (keystore/ks.h), OpenSSL. */
 #ifndef P11MK_TOK_INTERNAL_H
 #define P11MK_TOK_INTERNAL_H
 
