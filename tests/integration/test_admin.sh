@@ -107,6 +107,7 @@ printf 'keystore = %s\nmaster-key = default\n' "$KS" > "$T/bad.conf"
 P11MK_CONF=$T/bad.conf expect_rc 3 "$ADMIN" status
 expect_out "bad.conf:2: unknown key 'master-key'"
 P11MK_CONF=$T/bad.conf expect_rc 1 pkcs11-tool --module "$MOD" -L
+expect_out "C_Initialize failed: rv = CKR_GENERAL_ERROR"
 P11MK_CONF=$T/nonexistent.conf expect_rc 3 "$ADMIN" status
 ok "configuration errors"
 
@@ -130,6 +131,7 @@ expect_out "no token in slot 999"
 expect_rc 0 "$ADMIN" delete-token --token gamma --yes
 expect_out "Deleted token 'gamma' \\(slot $gslot\\) and its 2 objects"
 expect_rc 1 "$ADMIN" list --token gamma
+expect_out "no token labeled 'gamma'"
 p11 -L > slots.txt
 grep -q "token label *: gamma" slots.txt && fail "pkcs11-tool still lists token gamma"
 grep -q "token label *: beta" slots.txt || fail "delete-token took token beta too"

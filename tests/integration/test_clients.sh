@@ -134,4 +134,5 @@ if command -v p11tool >/dev/null; then
         || fail "p11tool does not accept the URI from p11mk-admin list"
 fi
 expect_rc 1 "$ADMIN" list --token no-such-token
+expect_out "no token labeled 'no-such-token'"
 ok "p11mk-admin list: objects with RFC 7512 URIs that p11tool accepts"

@@ -96,6 +96,7 @@ ok "encrypt/decrypt AES-CBC-PAD and RSA-PKCS"
 
 # Sensitive keys do not leave the token.
 expect_rc 1 p11 "${P[@]}" --read-object --type secrkey --id 04 -o leak
+expect_out "C_GetAttributeValue\\(VALUE\\) failed: rv = CKR_ATTRIBUTE_SENSITIVE"
 # Data objects and certificates.
 echo "some data" > data.bin
 p11 "${P[@]}" --write-object data.bin --type data --label blob --application-label app >/dev/null
@@ -126,8 +127,12 @@ ok "two tokens"
 # Change the user PIN, then lock it out with wrong PINs; the SO resets it.
 p11 --token-label second --login --pin $PIN --change-pin --new-pin newpin-1 >/dev/null
 expect_rc 1 p11 --token-label second --login --pin $PIN -O
+expect_out "C_Login failed: rv = CKR_PIN_INCORRECT"
 p11 --token-label second --login --pin newpin-1 -O >/dev/null
-for i in $(seq 1 10); do expect_rc 1 p11 --token-label second --login --pin wrong-pin -O; done
+for i in $(seq 1 10); do
+    expect_rc 1 p11 --token-label second --login --pin wrong-pin -O
+    expect_out "C_Login failed: rv = CKR_PIN_(INCORRECT|LOCKED)"
+done
 p11 -L > slots.txt
 grep -A12 "token label *: second" slots.txt | grep -q "user PIN locked" || fail "user PIN not reported locked: $(cat slots.txt)"
 expect_rc 1 p11 --token-label second --login --pin newpin-1 -O

@@ -33,6 +33,7 @@ chmod 0700 "$KS"; chmod 0600 "$KS/data.mdb"
 # A keystore directory that cannot be created.
 printf 'keystore = /proc/p11mk-nowhere/ks\nlog = %s\n' "$T/p11mk.log" > "$T/bad.conf"
 P11MK_CONF=$T/bad.conf expect_rc 1 pkcs11-tool --module "$MOD" -L
+expect_out "C_Initialize failed: rv = CKR_GENERAL_ERROR"
 grep -q "cannot create keystore directory /proc/p11mk-nowhere/ks" "$T/p11mk.log" || fail "no log line naming the directory"
 P11MK_CONF=$T/bad.conf expect_rc 5 "$ADMIN" status
 expect_out "p11mk-admin init"

@@ -57,6 +57,7 @@ sed "s|^master_key = .*|master_key = $T/old.key|" "$CONF" > "$T/old.conf"
 P11MK_CONF=$T/old.conf expect_rc 4 "$ADMIN" status
 expect_out "check value"
 P11MK_CONF=$T/old.conf expect_rc 1 pkcs11-tool --module "$MOD" -L
+expect_out "C_Initialize failed: rv = CKR_GENERAL_ERROR"
 ok "the retired key alone opens no record"
 
 # Steps refused by the state, with exit code 6 and nothing changed.

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <pthread.h>
 #include <signal.h>
@@ -617,6 +618,8 @@ static void test_map_growth(void **state)
     ks_mkey_default(&mk);
     assert_int_equal(ks_open(dir, &mk, KS_OPEN_CREATE, &st, &err), KS_OK);
     unsetenv("P11MK_MAPSIZE_INIT");
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.map_size, 262144); /* the small map was taken: the growth below is real */
     memset(data, 'a', sizeof(data) - 1);
     data[sizeof(data) - 1] = 0;
     put_arg a = {0, 0, data, false};
@@ -891,14 +894,29 @@ static void test_rotation_abort(void **state)
     assert_int_equal(ks_rot_stage(f->st, &k3, 0, &err), KS_EINVAL);
 }
 
+/* Wait (at most 10 s) until *counter reaches want. */
+static bool wait_count(volatile unsigned long *counter, unsigned long want)
+{
+    for (int i = 0; i < 10000 && *counter < want; i++)
+        usleep(1000);
+    return *counter >= want;
+}
+
 /* Another process keeps writing and reading through the whole rotation and
  * follows the epoch without reopening. */
+
 static void test_rotation_with_concurrent_process(void **state)
 {
     rot_fx *f = *state;
     ks_err err;
     char ksdir[300];
     int pipefd[2];
+    /* The child's writes, counted where the parent sees them: in all, under
+     * epoch 1, under epoch 2. The parent moves to each rotation step only
+     * once the child has written since the last one, so the writes overlap
+     * the stage, the rewrap and the commit. */
+    volatile unsigned long *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(w != MAP_FAILED);
     snprintf(ksdir, sizeof(ksdir), "%s/ks", f->dir);
     save_regs(f->keyfile, &f->k1, &f->k2, NULL);
     assert_int_equal(pipe(pipefd), 0);
@@ -911,7 +929,6 @@ static void test_rotation_with_concurrent_process(void **state)
         if (ks_open(ksdir, &mk, 0, &st, &err) != KS_OK)
             _exit(10);
         int fails = 0, writes = 0;
-        uint32_t seen_epoch = ks_epoch(st);
         char c;
         fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
         while (read(pipefd[0], &c, 1) != 0) {
@@ -920,6 +937,7 @@ static void test_rotation_with_concurrent_process(void **state)
             put_arg a = {f->tid, 0, l, false};
             if (ks_write(st, put_fn, &a) != KS_OK)
                 fails++;
+            uint32_t e = ks_epoch(st); /* the epoch that write committed under */
             int rc;
             char *s = obj_str(st, f->tid, a.oid, &rc);
             if (rc != KS_OK || !s || strcmp(s, l) != 0)
@@ -930,22 +948,29 @@ static void test_rotation_with_concurrent_process(void **state)
                 fails++;
             free(s);
             writes++;
-            seen_epoch = ks_epoch(st);
+            w[e == 1 ? 1 : e == 2 ? 2 : 3]++;
+            w[0]++;
         }
         ks_close(st);
-        _exit(fails ? 1 : (seen_epoch == 2 && writes > 0 ? 0 : 2));
+        _exit(fails ? 1 : w[3] ? 3 : (w[1] && w[2] ? 0 : 2));
     }
     close(pipefd[0]);
+    assert_true(wait_count(&w[0], 5));
     assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
+    assert_true(wait_count(&w[0], w[0] + 5));
     assert_int_equal(ks_rot_rewrap(f->st, 3, NULL, NULL, NULL, NULL, &err), KS_OK);
+    assert_true(wait_count(&w[0], w[0] + 5));
     assert_int_equal(ks_rot_commit(f->st, false, 0, &err), KS_OK);
     save_regs(f->keyfile, &f->k2, NULL, &f->k1);
-    usleep(50000);
+    assert_true(wait_count(&w[2], 5)); /* the child went on under the new epoch */
     close(pipefd[1]);
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
+    printf("second process: %lu writes under epoch 1 (before and during the rotation), %lu under epoch 2\n", w[1],
+           w[2]);
+    munmap((void *)w, 4096);
     uint64_t checked, failed;
     assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0);
