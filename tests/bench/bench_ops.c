@@ -1,0 +1,368 @@
+/* bench_ops: the per-operation cost of a PKCS#11 module next to raw OpenSSL
+ * doing the same work in the same process, at the same parallelism.
+ *
+ * Usage: bench_ops MODULE [SECONDS]   (SECONDS per round, default 1; best of 2)
+ * With $P11MK_CONF unset, a scratch keystore is made under /tmp and removed.
+ *
+ * Each case is one complete operation as an application makes it: for the
+ * module C_xxxInit + C_xxx on one session per thread (keys made by the
+ * token); for OpenSSL a new context per operation with the algorithm fetched
+ * once and a key of the same type and size. Printed: operations per second
+ * of each, their ratio (module / OpenSSL), and the module's time per
+ * operation. Nothing is asserted: this is a measurement, run by hand and for
+ * the README's figures. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <p11-kit/pkcs11.h>
+
+static CK_FUNCTION_LIST *f;
+static CK_SLOT_ID slot;
+static double dur = 1.0;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void check(CK_RV rv, const char *what)
+{
+    if (rv != CKR_OK) {
+        fprintf(stderr, "bench_ops: %s failed: 0x%lx\n", what, (unsigned long)rv);
+        exit(1);
+    }
+}
+
+static void ossl_check(int ok, const char *what)
+{
+    if (ok <= 0) {
+        fprintf(stderr, "bench_ops: OpenSSL %s failed\n", what);
+        exit(1);
+    }
+}
+
+/* ---- the module's keys ----------------------------------------------------- */
+
+static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+static CK_OBJECT_HANDLE ec_priv, ec_pub, ed_priv, rsa_priv, aes_key, hmac_key;
+
+static void make_keys(CK_SESSION_HANDLE s)
+{
+    static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const CK_BYTE ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+    CK_ULONG bits = 2048, len32 = 32;
+    CK_OBJECT_HANDLE pub;
+    CK_MECHANISM ecg = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, edg = {CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0},
+                 rsag = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0}, aesg = {CKM_AES_KEY_GEN, NULL, 0},
+                 hg = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_ATTRIBUTE ecpub[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_VERIFY, (void *)&yes, 1},
+                            {CKA_TOKEN, (void *)&yes, 1}};
+    CK_ATTRIBUTE edpub[] = {{CKA_EC_PARAMS, (void *)ed25519, sizeof(ed25519)}, {CKA_TOKEN, (void *)&yes, 1}};
+    CK_ATTRIBUTE rsapub[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_TOKEN, (void *)&yes, 1}};
+    CK_ATTRIBUTE priv[] = {{CKA_SIGN, (void *)&yes, 1}, {CKA_TOKEN, (void *)&yes, 1}};
+    CK_ATTRIBUTE aes[] = {{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_ENCRYPT, (void *)&yes, 1},
+                          {CKA_TOKEN, (void *)&yes, 1}};
+    CK_ATTRIBUTE hm[] = {{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_SIGN, (void *)&yes, 1},
+                         {CKA_TOKEN, (void *)&yes, 1}};
+    check(f->C_GenerateKeyPair(s, &ecg, ecpub, 3, priv, 2, &ec_pub, &ec_priv), "EC key pair");
+    check(f->C_GenerateKeyPair(s, &edg, edpub, 2, priv, 2, &pub, &ed_priv), "Ed25519 key pair");
+    check(f->C_GenerateKeyPair(s, &rsag, rsapub, 2, priv, 2, &pub, &rsa_priv), "RSA key pair");
+    check(f->C_GenerateKey(s, &aesg, aes, 3, &aes_key), "AES key");
+    check(f->C_GenerateKey(s, &hg, hm, 3, &hmac_key), "HMAC key");
+    (void)no;
+}
+
+/* ---- OpenSSL's keys and algorithms, made and fetched once -------------------- */
+
+static EVP_PKEY *o_ec, *o_ed, *o_rsa;
+static EVP_MD *o_sha256;
+static EVP_CIPHER *o_gcm;
+static EVP_MAC *o_hmac;
+static uint8_t o_aes[32], o_hkey[32];
+static uint8_t ec_sig[80]; /* a signature to verify, per side */
+static size_t ec_siglen;
+static CK_BYTE p11_ec_sig[64];
+static CK_ULONG p11_ec_siglen;
+
+static uint8_t msg64[64], msg1k[1024];
+
+static void ossl_setup(void)
+{
+    ossl_check((o_ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")) != NULL, "EC keygen");
+    ossl_check((o_ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")) != NULL, "Ed25519 keygen");
+    ossl_check((o_rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048)) != NULL, "RSA keygen");
+    ossl_check((o_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) != NULL, "fetch SHA256");
+    ossl_check((o_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL)) != NULL, "fetch AES-256-GCM");
+    ossl_check((o_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) != NULL, "fetch HMAC");
+    RAND_bytes(o_aes, sizeof(o_aes));
+    RAND_bytes(o_hkey, sizeof(o_hkey));
+    RAND_bytes(msg64, sizeof(msg64));
+    RAND_bytes(msg1k, sizeof(msg1k));
+}
+
+/* ---- one operation of each case, each side ------------------------------------ */
+
+typedef struct {
+    CK_SESSION_HANDLE s; /* the module's side: this thread's session */
+} worker;
+
+static void p11_sign(worker *w, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE k, size_t msglen)
+{
+    CK_MECHANISM mech = {m, NULL, 0};
+    CK_BYTE sig[512];
+    CK_ULONG len = sizeof(sig);
+    check(f->C_SignInit(w->s, &mech, k), "C_SignInit");
+    check(f->C_Sign(w->s, msg64, (CK_ULONG)msglen, sig, &len), "C_Sign");
+}
+
+static void o_digest_sign(EVP_PKEY *k, const EVP_MD *md, size_t msglen)
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    uint8_t sig[512];
+    size_t len = sizeof(sig);
+    ossl_check(EVP_DigestSignInit_ex(c, NULL, md ? EVP_MD_get0_name(md) : NULL, NULL, NULL, k, NULL), "sign init");
+    ossl_check(EVP_DigestSign(c, sig, &len, msg64, msglen), "sign");
+    EVP_MD_CTX_free(c);
+}
+
+static void p_ecdsa(worker *w) { p11_sign(w, CKM_ECDSA_SHA256, ec_priv, 64); }
+static void o_ecdsa(worker *w) { (void)w, o_digest_sign(o_ec, o_sha256, 64); }
+static void p_ed25519(worker *w) { p11_sign(w, CKM_EDDSA, ed_priv, 64); }
+static void o_ed25519(worker *w) { (void)w, o_digest_sign(o_ed, NULL, 64); }
+static void p_rsa(worker *w) { p11_sign(w, CKM_SHA256_RSA_PKCS, rsa_priv, 64); }
+static void o_rsa_sign(worker *w) { (void)w, o_digest_sign(o_rsa, o_sha256, 64); }
+static void p_hmac(worker *w) { p11_sign(w, CKM_SHA256_HMAC, hmac_key, 64); }
+
+static void o_hmac64(worker *w)
+{
+    (void)w;
+    EVP_MAC_CTX *c = EVP_MAC_CTX_new(o_hmac);
+    OSSL_PARAM p[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0), OSSL_PARAM_construct_end()};
+    uint8_t out[32];
+    size_t len;
+    ossl_check(EVP_MAC_init(c, o_hkey, sizeof(o_hkey), p) && EVP_MAC_update(c, msg64, 64) &&
+                   EVP_MAC_final(c, out, &len, sizeof(out)),
+               "HMAC");
+    EVP_MAC_CTX_free(c);
+}
+
+static void p_ecdsa_verify(worker *w)
+{
+    CK_MECHANISM mech = {CKM_ECDSA_SHA256, NULL, 0};
+    check(f->C_VerifyInit(w->s, &mech, ec_pub), "C_VerifyInit");
+    check(f->C_Verify(w->s, msg64, 64, p11_ec_sig, p11_ec_siglen), "C_Verify");
+}
+
+static void o_ecdsa_verify(worker *w)
+{
+    (void)w;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    ossl_check(EVP_DigestVerifyInit_ex(c, NULL, "SHA256", NULL, NULL, o_ec, NULL), "verify init");
+    ossl_check(EVP_DigestVerify(c, ec_sig, ec_siglen, msg64, 64), "verify");
+    EVP_MD_CTX_free(c);
+}
+
+static void p_gcm(worker *w)
+{
+    CK_BYTE iv[12] = {1, 2, 3}, out[1024 + 16];
+    CK_GCM_PARAMS gp = {iv, sizeof(iv), 96, NULL, 0, 128};
+    CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ULONG len = sizeof(out);
+    check(f->C_EncryptInit(w->s, &mech, aes_key), "C_EncryptInit");
+    check(f->C_Encrypt(w->s, msg1k, sizeof(msg1k), out, &len), "C_Encrypt");
+}
+
+static void o_gcm1k(worker *w)
+{
+    (void)w;
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    uint8_t iv[12] = {1, 2, 3}, out[1024 + 16];
+    int l1 = 0, l2 = 0;
+    ossl_check(EVP_EncryptInit_ex2(c, o_gcm, o_aes, iv, NULL) && EVP_EncryptUpdate(c, out, &l1, msg1k, 1024) &&
+                   EVP_EncryptFinal_ex(c, out + l1, &l2) &&
+                   EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, 16, out + 1024),
+               "AES-GCM");
+    EVP_CIPHER_CTX_free(c);
+}
+
+static void p_sha256(worker *w)
+{
+    CK_MECHANISM mech = {CKM_SHA256, NULL, 0};
+    CK_BYTE out[32];
+    CK_ULONG len = sizeof(out);
+    check(f->C_DigestInit(w->s, &mech), "C_DigestInit");
+    check(f->C_Digest(w->s, msg1k, sizeof(msg1k), out, &len), "C_Digest");
+}
+
+static void o_sha256_1k(worker *w)
+{
+    (void)w;
+    uint8_t out[32];
+    ossl_check(EVP_Digest(msg1k, sizeof(msg1k), out, NULL, o_sha256, NULL), "SHA-256");
+}
+
+/* ---- timing ------------------------------------------------------------------- */
+
+typedef void (*op_fn)(worker *w);
+
+typedef struct {
+    op_fn fn;
+    worker w;
+    double deadline;
+    unsigned long ops;
+    pthread_barrier_t *start;
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    pthread_barrier_wait(j->start);
+    while (now() < j->deadline)
+        for (int i = 0; i < 16; i++, j->ops++)
+            j->fn(&j->w);
+    return NULL;
+}
+
+/* Operations per second of fn on nthreads threads, best of two rounds. */
+static double rate(op_fn fn, int nthreads, CK_SESSION_HANDLE *sessions)
+{
+    double best = 0;
+    for (int round = 0; round < 2; round++) {
+        pthread_t t[8];
+        job jobs[8];
+        pthread_barrier_t start;
+        pthread_barrier_init(&start, NULL, (unsigned)nthreads + 1);
+        for (int i = 0; i < nthreads; i++) {
+            jobs[i] = (job){fn, {sessions[i]}, 0, 0, &start};
+        }
+        double t0 = now() + 0.02;
+        for (int i = 0; i < nthreads; i++) {
+            jobs[i].deadline = t0 + dur;
+            pthread_create(&t[i], NULL, run_job, &jobs[i]);
+        }
+        while (now() < t0)
+            ;
+        pthread_barrier_wait(&start);
+        double begin = now();
+        unsigned long ops = 0;
+        for (int i = 0; i < nthreads; i++) {
+            pthread_join(t[i], NULL);
+            ops += jobs[i].ops;
+        }
+        double r = (double)ops / (now() - begin);
+        if (r > best)
+            best = r;
+        pthread_barrier_destroy(&start);
+    }
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        op_fn p11, ossl;
+    } cases[] = {
+        {"ECDSA P-256 sign (SHA-256, 64 B)", p_ecdsa, o_ecdsa},
+        {"ECDSA P-256 verify", p_ecdsa_verify, o_ecdsa_verify},
+        {"Ed25519 sign (64 B)", p_ed25519, o_ed25519},
+        {"RSA-2048 sign (SHA-256, PKCS#1 v1.5)", p_rsa, o_rsa_sign},
+        {"AES-256-GCM encrypt 1 KiB", p_gcm, o_gcm1k},
+        {"HMAC-SHA256 64 B", p_hmac, o_hmac64},
+        {"SHA-256 1 KiB", p_sha256, o_sha256_1k},
+    };
+    char tmpd[] = "/tmp/p11mk-bench-XXXXXX", conf[128], cmd[160];
+    bool scratch = false;
+
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: bench_ops MODULE [SECONDS]\n");
+        return 2;
+    }
+    if (argc == 3 && (dur = atof(argv[2])) <= 0) {
+        fprintf(stderr, "bench_ops: SECONDS must be a positive number\n");
+        return 2;
+    }
+    if (!getenv("P11MK_CONF")) {
+        if (!mkdtemp(tmpd))
+            return 1;
+        snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmpd);
+        FILE *c = fopen(conf, "w");
+        if (!c)
+            return 1;
+        fprintf(c, "keystore = %s/ks\nlog = %s/log\n", tmpd, tmpd);
+        fclose(c);
+        setenv("P11MK_CONF", conf, 1);
+        scratch = true;
+    }
+    void *mod = dlopen(argv[1], RTLD_NOW);
+    CK_RV (*gfl)(CK_FUNCTION_LIST **) = mod ? (CK_RV(*)(CK_FUNCTION_LIST **))dlsym(mod, "C_GetFunctionList") : NULL;
+    if (!gfl) {
+        fprintf(stderr, "bench_ops: cannot load %s\n", argv[1]);
+        return 1;
+    }
+    check(gfl(&f), "C_GetFunctionList");
+    check(f->C_Initialize(NULL), "C_Initialize");
+    CK_SLOT_ID slots[64];
+    CK_ULONG ns = 64;
+    check(f->C_GetSlotList(CK_FALSE, slots, &ns), "C_GetSlotList");
+    slot = slots[ns - 1];
+    CK_UTF8CHAR label[32];
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "bench", 5);
+    check(f->C_InitToken(slot, (CK_UTF8CHAR_PTR) "so-pin-1", 8, label), "C_InitToken");
+    CK_SESSION_HANDLE s[8];
+    for (int i = 0; i < 8; i++)
+        check(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s[i]), "C_OpenSession");
+    check(f->C_Login(s[0], CKU_SO, (CK_UTF8CHAR_PTR) "so-pin-1", 8), "C_Login SO");
+    check(f->C_InitPIN(s[0], (CK_UTF8CHAR_PTR) "user-pin", 8), "C_InitPIN");
+    check(f->C_Logout(s[0]), "C_Logout");
+    check(f->C_Login(s[0], CKU_USER, (CK_UTF8CHAR_PTR) "user-pin", 8), "C_Login");
+    make_keys(s[0]);
+    ossl_setup();
+    CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
+    p11_ec_siglen = sizeof(p11_ec_sig);
+    check(f->C_SignInit(s[0], &m, ec_priv), "C_SignInit");
+    check(f->C_Sign(s[0], msg64, 64, p11_ec_sig, &p11_ec_siglen), "C_Sign");
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    ec_siglen = sizeof(ec_sig);
+    ossl_check(EVP_DigestSignInit_ex(c, NULL, "SHA256", NULL, NULL, o_ec, NULL) &&
+                   EVP_DigestSign(c, ec_sig, &ec_siglen, msg64, 64),
+               "EC signature");
+    EVP_MD_CTX_free(c);
+
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("bench_ops: %s, %s, %.1f s per round, best of 2, %ld CPUs\n", argv[1], OpenSSL_version(OPENSSL_VERSION),
+           dur, cpus);
+    printf("%-40s %7s %12s %12s %7s %9s\n", "operation", "threads", "module/s", "OpenSSL/s", "ratio", "us/op");
+    for (int t = 1; t <= 2; t++)
+        for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+            double p = rate(cases[i].p11, t, s), o = rate(cases[i].ossl, t, s);
+            printf("%-40s %7d %12.0f %12.0f %7.2f %9.2f\n", cases[i].name, t, p, o, p / o, 1e6 * t / p);
+            fflush(stdout);
+        }
+    f->C_Finalize(NULL);
+    EVP_PKEY_free(o_ec);
+    EVP_PKEY_free(o_ed);
+    EVP_PKEY_free(o_rsa);
+    EVP_MD_free(o_sha256);
+    EVP_CIPHER_free(o_gcm);
+    EVP_MAC_free(o_hmac);
+    if (scratch) {
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpd);
+        if (system(cmd) != 0)
+            fprintf(stderr, "bench_ops: could not remove %s\n", tmpd);
+    }
+    return 0;
+}
