@@ -4,33 +4,43 @@
  * it under their own mutex. */
 #include "p11_internal.h"
 
-#include <unistd.h>
+#include <pthread.h>
 
 static struct {
     bool initialized; /* read and written atomically: see p11_initialized */
-    pid_t pid;
+    bool forked;      /* this process is a fork child of the one that initialized */
     tok_ctx *tok;
     p11_mutex *lock;
 } g;
+
+/* A fork child must call C_Initialize before using the module (PKCS#11
+ * 2.40; the interfaces advertise no fork-safety). The child learns it is one
+ * from this handler, with no system call on each function call (the module is
+ * linked -z nodelete, so the handler stays valid). */
+static void fork_child(void) { __atomic_store_n(&g.forked, true, __ATOMIC_RELAXED); }
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { (void)pthread_atfork(NULL, NULL, fork_child); }
+static bool forked(void) { return __atomic_load_n(&g.forked, __ATOMIC_RELAXED); }
 
 /* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
  * tests do): the flag is published with release after every other field is
  * set, and read with acquire. */
 static void set_initialized(bool v) { __atomic_store_n(&g.initialized, v, __ATOMIC_RELEASE); }
 static bool get_initialized(void) { return __atomic_load_n(&g.initialized, __ATOMIC_ACQUIRE); }
-bool p11_initialized(void) { return get_initialized() && g.pid == getpid(); }
+bool p11_initialized(void) { return get_initialized() && !forked(); }
 tok_ctx *p11_tok(void) { return g.tok; }
 void p11_lock(void) { p11_mutex_lock(g.lock); }
 void p11_unlock(void) { p11_mutex_unlock(g.lock); }
 
 bool p11_state_published(void) { return get_initialized(); }
-bool p11_state_forked(void) { return get_initialized() && g.pid != getpid(); }
+bool p11_state_forked(void) { return get_initialized() && forked(); }
 
 void p11_state_publish(tok_ctx *tok, p11_mutex *lock)
 {
+    pthread_once(&atfork_once, register_atfork);
     g.tok = tok;
     g.lock = lock;
-    g.pid = getpid();
+    __atomic_store_n(&g.forked, false, __ATOMIC_RELAXED);
     set_initialized(true);
 }
 
