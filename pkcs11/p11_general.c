@@ -13,10 +13,15 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * layer opens a fresh environment. Memory that is ours is freed. */
 static void forget_parent(void)
 {
+    tok_ctx *tok = NULL;
+    p11_mutex *lock = NULL;
+
     p11_sessions_free(true);
     /* The context is abandoned with its session objects: the keystore layer
      * handles the child's reopen. */
-    p11_state_clear(NULL, NULL);
+    p11_state_clear(&tok, &lock);
+    p11_state_abandon(tok);
+    p11_state_abandon(lock);
 }
 
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)

@@ -76,7 +76,10 @@ P11_API bool p11_initialized(void); /* in this process (not a fork child) */
 P11_API bool p11_state_published(void);   /* initialized, in this process or its parent */
 P11_API bool p11_state_forked(void);      /* initialized in the parent of this process */
 P11_API void p11_state_publish(tok_ctx *tok, p11_mutex *lock);
-P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them back (NULL: abandon) */
+P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them back */
+/* A fork child keeps what it inherited but must not free (the parent's
+ * context, locks), referenced for the rest of the process. */
+P11_API void p11_state_abandon(void *p);
 P11_API tok_ctx *p11_tok(void);
 P11_API void p11_lock(void);
 P11_API void p11_unlock(void);

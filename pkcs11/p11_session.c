@@ -47,8 +47,10 @@ static void session_free(p11_session *s)
 void p11_sessions_free(bool orphaned)
 {
     for (size_t i = 0; i < t.n; i++) {
-        if (orphaned) /* fork child: the busy mutex may be held by a parent thread */
+        if (orphaned) { /* fork child: the busy mutex may be held by a parent thread */
+            p11_state_abandon(t.v[i]->busy);
             t.v[i]->busy = NULL;
+        }
         session_free(t.v[i]);
     }
     free(t.v);

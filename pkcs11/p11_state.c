@@ -5,6 +5,7 @@
 #include "p11_internal.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 
 static struct {
     bool initialized; /* read and written atomically: see p11_initialized */
@@ -42,6 +43,27 @@ void p11_state_publish(tok_ctx *tok, p11_mutex *lock)
     g.lock = lock;
     __atomic_store_n(&g.forked, false, __ATOMIC_RELAXED);
     set_initialized(true);
+}
+
+/* What a fork child inherits and must not free: a parent thread may have held
+ * it at the fork (a mutex locked, a structure half changed). It stays
+ * referenced from here, so that it is not taken for a leak either. */
+static void **abandoned;
+static size_t nabandoned, capabandoned;
+
+void p11_state_abandon(void *p)
+{
+    if (!p)
+        return;
+    if (nabandoned == capabandoned) {
+        size_t cap = capabandoned ? capabandoned * 2 : 16;
+        void **v = realloc(abandoned, cap * sizeof(*v));
+        if (!v)
+            return; /* then it is a leak in a fork child; nothing worse */
+        abandoned = v;
+        capabandoned = cap;
+    }
+    abandoned[nabandoned++] = p;
 }
 
 void p11_state_clear(tok_ctx **tok, p11_mutex **lock)
