@@ -6,7 +6,6 @@
 
 static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
-    P11_AUTO_ATTRS attrs = TOK_ATTRS_INIT;
     tok_key *key = NULL;
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
@@ -18,13 +17,13 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_
     else if (s->op[kind])
         rv = CKR_OPERATION_ACTIVE;
     if (rv == CKR_OK && kind != TOK_OP_DIGEST)
-        rv = p11_object_key(s, hKey, &key, &attrs);
+        rv = p11_object_key(s, hKey, &key);
     if (rv == CKR_OK)
-        rv = tok_op_init(kind, pMechanism, key, kind == TOK_OP_DIGEST ? NULL : &attrs, &s->op[kind]);
+        rv = tok_op_init(kind, pMechanism, key, key ? tok_key_attrs(key) : NULL, &s->op[kind]);
     /* A key that wants its PIN for every use (sign or decrypt): the
      * operation waits for C_Login(CKU_CONTEXT_SPECIFIC). */
     if (rv == CKR_OK && (kind == TOK_OP_SIGN || kind == TOK_OP_DECRYPT))
-        s->op_reauth[kind] = tok_attrs_get_bool(&attrs, CKA_ALWAYS_AUTHENTICATE, false);
+        s->op_reauth[kind] = tok_attrs_get_bool(tok_key_attrs(key), CKA_ALWAYS_AUTHENTICATE, false);
     tok_key_unref(key);
     p11_session_put(s);
     return rv;
@@ -178,9 +177,8 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
 
     if (rv != CKR_OK)
         return rv;
-    P11_AUTO_ATTRS attrs = TOK_ATTRS_INIT;
     tok_key *key = NULL;
-    rv = p11_object_key(s, hKey, &key, &attrs);
+    rv = p11_object_key(s, hKey, &key);
     if (rv == CKR_OK) {
         s->op_multi[TOK_OP_DIGEST] = true;
         rv = tok_op_digest_key(s->op[TOK_OP_DIGEST], key);

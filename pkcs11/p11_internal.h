@@ -103,7 +103,7 @@ P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
  * (tok_obj_read): CKR_OBJECT_HANDLE_INVALID else. */
 P11_API CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out);
 /* Key and attributes for an operation; handle errors mapped to CKR_KEY_HANDLE_INVALID. */
-P11_API CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs);
+P11_API CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key);
 P11_API void p11_find_end(p11_find *f);
 
 static inline void p11_attrs_cleanup(tok_attrs *a) { tok_attrs_free(a); }

@@ -16,14 +16,14 @@ CK_RV p11_object_attrs(p11_session *s, CK_OBJECT_HANDLE h, tok_attrs *out)
     return tok_obj_read(p11_tok(), &ac, h, out);
 }
 
-CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key, tok_attrs *attrs)
+CK_RV p11_object_key(p11_session *s, CK_OBJECT_HANDLE h, tok_key **key)
 {
     tok_access ac = p11_access(s);
     CK_RV rv;
 
     if (h == CK_INVALID_HANDLE)
         return CKR_KEY_HANDLE_INVALID;
-    rv = tok_obj_key(p11_tok(), &ac, h, key, attrs);
+    rv = tok_obj_key(p11_tok(), &ac, h, key);
     return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_KEY_HANDLE_INVALID : rv;
 }
 

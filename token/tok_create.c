@@ -48,10 +48,9 @@ static CK_RV make(tok_ctx *ctx, const tok_access *ac, tok_build_mode mode, tok_a
 
 /* A key named by handle, for use by this function: a missing or invisible
  * one is bad_handle. */
-static CK_RV load_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, CK_RV bad_handle, tok_key **key,
-                      tok_attrs *attrs)
+static CK_RV load_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, CK_RV bad_handle, tok_key **key)
 {
-    CK_RV rv = h ? tok_obj_key(ctx, ac, h, key, attrs) : CKR_OBJECT_HANDLE_INVALID;
+    CK_RV rv = h ? tok_obj_key(ctx, ac, h, key) : CKR_OBJECT_HANDLE_INVALID;
 
     return rv == CKR_OBJECT_HANDLE_INVALID ? bad_handle : rv;
 }
@@ -166,15 +165,14 @@ static CK_RV mech_offers(CK_MECHANISM_TYPE m, CK_FLAGS flag)
 CK_RV tok_key_unwrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, uint64_t unwrapping,
                      const uint8_t *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t *h)
 {
-    AUTO_ATTRS uattrs = TOK_ATTRS_INIT;
     AUTO_ATTRS obj = TOK_ATTRS_INIT;
     keyed k = {mech, NULL, wrapped, len};
     CK_RV rv = mech_offers(mech->mechanism, CKF_UNWRAP);
 
     if (rv == CKR_OK)
-        rv = load_key(ctx, ac, unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID, &k.key, &uattrs);
+        rv = load_key(ctx, ac, unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID, &k.key);
     if (rv == CKR_OK)
-        rv = tok_unwrap_template(&uattrs, tmpl, n, &obj);
+        rv = tok_unwrap_template(tok_key_attrs(k.key), tmpl, n, &obj);
     if (rv == CKR_OK)
         rv = make(ctx, ac, TOK_BUILD_UNWRAP, &obj, 1, unwrap, &k, h);
     tok_key_unref(k.key);
@@ -184,15 +182,14 @@ CK_RV tok_key_unwrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mec
 CK_RV tok_key_derive(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, uint64_t base,
                      const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t *h)
 {
-    AUTO_ATTRS battrs = TOK_ATTRS_INIT;
     AUTO_ATTRS obj = TOK_ATTRS_INIT;
     keyed k = {mech, NULL, NULL, 0};
     CK_RV rv = mech_offers(mech->mechanism, 0);
 
     if (rv == CKR_OK)
-        rv = load_key(ctx, ac, base, CKR_KEY_HANDLE_INVALID, &k.key, &battrs);
+        rv = load_key(ctx, ac, base, CKR_KEY_HANDLE_INVALID, &k.key);
     if (rv == CKR_OK)
-        rv = tok_derive_template(&battrs, mech->mechanism, tmpl, n, &obj);
+        rv = tok_derive_template(tok_key_attrs(k.key), mech->mechanism, tmpl, n, &obj);
     if (rv == CKR_OK)
         rv = make(ctx, ac, TOK_BUILD_DERIVE, &obj, 1, derive, &k, h);
     tok_key_unref(k.key);
@@ -202,20 +199,19 @@ CK_RV tok_key_derive(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mec
 CK_RV tok_key_wrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech, uint64_t wrapping, uint64_t target,
                    uint8_t *out, CK_ULONG *outlen)
 {
-    AUTO_ATTRS wattrs = TOK_ATTRS_INIT;
     AUTO_ATTRS tattrs = TOK_ATTRS_INIT;
     tok_key *wk = NULL;
     CK_RV rv = mech_offers(mech->mechanism, CKF_WRAP);
 
     if (rv == CKR_OK)
-        rv = load_key(ctx, ac, wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID, &wk, &wattrs);
+        rv = load_key(ctx, ac, wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID, &wk);
     if (rv == CKR_OK) /* the wrapping key first, before the target's handle is looked at */
-        rv = tok_wrap_permitted(&wattrs, NULL);
+        rv = tok_wrap_permitted(tok_key_attrs(wk), NULL);
     if (rv == CKR_OK && (rv = target ? tok_obj_read(ctx, ac, target, &tattrs) : CKR_OBJECT_HANDLE_INVALID) ==
                             CKR_OBJECT_HANDLE_INVALID)
         rv = CKR_KEY_HANDLE_INVALID;
     if (rv == CKR_OK)
-        rv = tok_wrap_permitted(&wattrs, &tattrs);
+        rv = tok_wrap_permitted(tok_key_attrs(wk), &tattrs);
     if (rv == CKR_OK)
         rv = tok_wrap(mech, wk, &tattrs, out, outlen);
     tok_key_unref(wk);

@@ -132,6 +132,8 @@ struct tok_key {
     size_t secret_len;
     size_t size_bytes;       /* RSA modulus / EC field size in bytes */
     const tok_curve *curve;  /* EC */
+    tok_attrs attrs;         /* the object's attributes when the key was built, key material dropped
+                                (tok_attrs_drop_secrets): the usage and policy checks read them here */
 };
 
 /* The curve named by a CKA_EC_PARAMS value (OID or PrintableString), or NULL. */

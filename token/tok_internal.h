@@ -40,8 +40,7 @@ typedef struct cache_ent {
     CK_SLOT_ID slot;
     uint64_t oid;
     ks_stamp stamp;
-    tok_key *key;
-    tok_attrs attrs;
+    tok_key *key; /* with its attributes (tok_key_attrs) */
 } cache_ent;
 
 struct tok_ctx {
@@ -113,7 +112,7 @@ TOK_API void tok_tk_drop_all(tok_ctx *ctx);
 typedef struct tok_sobj tok_sobj;
 TOK_API CK_RV tok_sobj_add(tok_ctx *ctx, const tok_access *ac, const tok_attrs *obj, uint64_t *h);
 TOK_API CK_RV tok_sobj_read(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_attrs *out);
-TOK_API CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_attrs *attrs);
+TOK_API CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key);
 TOK_API CK_RV tok_sobj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok_attrs *updated);
 TOK_API CK_RV tok_sobj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
 TOK_API void tok_sobjs_free_all(tok_ctx *ctx);

@@ -395,12 +395,19 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
         tok_key_unref(k);
         return CKR_KEY_TYPE_INCONSISTENT;
     }
+    if (tok_attrs_copy(&k->attrs, obj) != 0) {
+        tok_key_unref(k);
+        return CKR_HOST_MEMORY;
+    }
+    tok_attrs_drop_secrets(&k->attrs);
     *out = k;
     return CKR_OK;
 bad:
     tok_key_unref(k);
     return CKR_GENERAL_ERROR;
 }
+
+const tok_attrs *tok_key_attrs(const tok_key *k) { return &k->attrs; }
 
 tok_key *tok_key_ref(tok_key *k)
 {
@@ -415,6 +422,7 @@ void tok_key_unref(tok_key *k)
         return;
     EVP_PKEY_free(k->pkey);
     ks_secmem_free(k->secret);
+    tok_attrs_free(&k->attrs);
     OPENSSL_cleanse(k, sizeof(*k));
     free(k);
 }

@@ -18,7 +18,8 @@ struct tok_sobj {
     CK_SLOT_ID slot;
     uint64_t owner;
     tok_attrs attrs;
-    tok_key *key; /* parsed on first use */
+    tok_key *key;     /* parsed on first use */
+    unsigned version; /* of attrs: a key parsed from older attributes is not kept */
 };
 
 static void sobj_free(tok_sobj *o)
@@ -139,40 +140,46 @@ CK_RV tok_sobj_read(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_attrs *o
     return rv;
 }
 
-CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_attrs *attrs)
+CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key)
 {
+    tok_attrs attrs = TOK_ATTRS_INIT;
     tok_key *k = NULL;
+    unsigned version;
     tok_sobj *o;
-    CK_RV rv = tok_sobj_read(ctx, ac, h, attrs);
+    CK_RV rv;
 
+    pthread_mutex_lock(&ctx->sobj_lock);
+    o = find_locked(ctx, ac->slot, h);
+    if (!o || !tok_access_sees(ac, &o->attrs)) {
+        pthread_mutex_unlock(&ctx->sobj_lock);
+        return CKR_OBJECT_HANDLE_INVALID;
+    }
+    if (o->key) {
+        *key = tok_key_ref(o->key);
+        pthread_mutex_unlock(&ctx->sobj_lock);
+        return CKR_OK;
+    }
+    version = o->version;
+    rv = tok_attrs_copy(&attrs, &o->attrs) == 0 ? CKR_OK : CKR_HOST_MEMORY;
+    pthread_mutex_unlock(&ctx->sobj_lock);
+    if (rv == CKR_OK)
+        rv = tok_key_from_attrs(&attrs, &k); /* outside the lock: RSA keys take a while */
+    tok_attrs_free(&attrs);
     if (rv != CKR_OK)
         return rv;
     pthread_mutex_lock(&ctx->sobj_lock);
-    o = find_locked(ctx, ac->slot, h);
-    if (o && o->key)
-        k = tok_key_ref(o->key);
-    pthread_mutex_unlock(&ctx->sobj_lock);
-    if (!k) {
-        rv = tok_key_from_attrs(attrs, &k);
-        if (rv != CKR_OK) {
-            tok_attrs_free(attrs);
-            return rv;
+    if (ks_secure_heap_pressed()) {
+        /* OpenSSL's secure heap is half full: the parsed keys kept with
+         * session objects go (they are parsed again on their next use), as
+         * the key cache's do, so that operations keep room to run. */
+        for (size_t i = 0; i < ctx->nsobjs; i++) {
+            tok_key_unref(ctx->sobjs[i]->key);
+            ctx->sobjs[i]->key = NULL;
         }
-        pthread_mutex_lock(&ctx->sobj_lock);
-        if (ks_secure_heap_pressed()) {
-            /* OpenSSL's secure heap is half full: the parsed keys kept with
-             * session objects go (they are parsed again on their next use),
-             * as the key cache's do, so that operations keep room to run. */
-            for (size_t i = 0; i < ctx->nsobjs; i++) {
-                tok_key_unref(ctx->sobjs[i]->key);
-                ctx->sobjs[i]->key = NULL;
-            }
-        } else if ((o = find_locked(ctx, ac->slot, h)) && !o->key) {
-            o->key = tok_key_ref(k);
-        }
-        pthread_mutex_unlock(&ctx->sobj_lock);
+    } else if ((o = find_locked(ctx, ac->slot, h)) && !o->key && o->version == version) {
+        o->key = tok_key_ref(k);
     }
-    tok_attrs_drop_secrets(attrs);
+    pthread_mutex_unlock(&ctx->sobj_lock);
     *key = k;
     return CKR_OK;
 }
@@ -193,6 +200,7 @@ CK_RV tok_sobj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok
         copy = (tok_attrs)TOK_ATTRS_INIT;
         tok_key_unref(o->key);
         o->key = NULL;
+        o->version++;
         rv = CKR_OK;
     }
     pthread_mutex_unlock(&ctx->sobj_lock);

@@ -758,7 +758,6 @@ static unsigned cache_bucket(CK_SLOT_ID slot, uint64_t oid)
 static void cache_ent_free(cache_ent *e)
 {
     tok_key_unref(e->key);
-    tok_attrs_free(&e->attrs);
     free(e);
 }
 
@@ -810,7 +809,7 @@ void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
         for (cache_ent **pp = &ctx->cache[b]; *pp;) {
             cache_ent *e = *pp;
 
-            if (e->slot == slot && tok_obj_is_private(&e->attrs)) {
+            if (e->slot == slot && tok_obj_is_private(tok_key_attrs(e->key))) {
                 *pp = e->next;
                 cache_ent_free(e);
                 ctx->cache_n--;
@@ -821,9 +820,9 @@ void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
     pthread_mutex_unlock(&ctx->cache_lock);
 }
 
-/* On a hit, hands out a key reference and an attribute copy. */
+/* On a hit, hands out a key reference. */
 static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, uint32_t epoch,
-                      tok_key **key, tok_attrs *attrs)
+                      tok_key **key)
 {
     unsigned b = cache_bucket(slot, oid);
     bool hit = false;
@@ -838,8 +837,7 @@ static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     for (cache_ent *e = ctx->cache[b]; e; e = e->next) {
         if (e->slot != slot || e->oid != oid)
             continue;
-        if (e->stamp.epoch == st->epoch && CRYPTO_memcmp(e->stamp.tag, st->tag, sizeof(st->tag)) == 0 &&
-            tok_attrs_copy(attrs, &e->attrs) == 0) {
+        if (e->stamp.epoch == st->epoch && CRYPTO_memcmp(e->stamp.tag, st->tag, sizeof(st->tag)) == 0) {
             *key = tok_key_ref(e->key);
             hit = true;
         }
@@ -849,18 +847,13 @@ static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     return hit;
 }
 
-static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, tok_key *key,
-                      const tok_attrs *attrs)
+static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, tok_key *key)
 {
     unsigned b = cache_bucket(slot, oid);
     cache_ent *e = calloc(1, sizeof(*e));
 
     if (!e)
         return;
-    if (tok_attrs_copy(&e->attrs, attrs) != 0) {
-        free(e);
-        return;
-    }
     e->slot = slot;
     e->oid = oid;
     e->stamp = *st;
@@ -875,16 +868,18 @@ static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     pthread_mutex_unlock(&ctx->cache_lock);
 }
 
-CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_attrs *attrs)
+CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key)
 {
     CK_SLOT_ID slot = ac->slot;
     AUTO_TXN txn = NULL;
+    AUTO_ATTRS attrs = TOK_ATTRS_INIT;
     ks_stamp st;
     CK_RV rv;
     int rc;
 
+    *key = NULL;
     if (oid & TOK_SOBJ_BIT)
-        return tok_sobj_key(ctx, ac, oid, key, attrs);
+        return tok_sobj_key(ctx, ac, oid, key);
     if (slot == 0 || slot > UINT32_MAX || oid == 0)
         return CKR_OBJECT_HANDLE_INVALID;
     rc = ks_read_begin(ctx->st, &txn);
@@ -894,25 +889,19 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
         return CKR_OBJECT_HANDLE_INVALID;
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key, attrs)) {
-        if (tok_access_sees(ac, attrs))
+    if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key)) {
+        if (tok_access_sees(ac, tok_key_attrs(*key)))
             return CKR_OK;
         tok_key_unref(*key);
-        *key = NULL; /* the caller's reference is given back here, not twice */
-        tok_attrs_free(attrs);
+        *key = NULL;
         return CKR_OBJECT_HANDLE_INVALID;
     }
-    rv = obj_read_txn(ctx, ac, txn, slot, oid, attrs, READ_FULL, NULL);
-    if (rv != CKR_OK)
-        return rv;
-    rv = tok_key_from_attrs(attrs, key);
-    if (rv != CKR_OK) {
-        tok_attrs_free(attrs);
-        return rv;
-    }
-    tok_attrs_drop_secrets(attrs);
-    cache_put(ctx, slot, oid, &st, *key, attrs);
-    return CKR_OK;
+    rv = obj_read_txn(ctx, ac, txn, slot, oid, &attrs, READ_FULL, NULL);
+    if (rv == CKR_OK)
+        rv = tok_key_from_attrs(&attrs, key);
+    if (rv == CKR_OK)
+        cache_put(ctx, slot, oid, &st, *key);
+    return rv;
 }
 
 /* ---- index verification ------------------------------------------------- */

@@ -62,6 +62,9 @@ typedef struct tok_key tok_key; /* immutable after creation; refcounted, thread-
  * CKR_KEY_TYPE_INCONSISTENT if the object is not a key, CKR_GENERAL_ERROR if
  * the material is malformed. */
 TOK_API CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out);
+/* The object's attributes as of when the key was built, without its key
+ * material: what the usage and policy checks read (valid while k is held). */
+TOK_API const tok_attrs *tok_key_attrs(const tok_key *k);
 TOK_API tok_key *tok_key_ref(tok_key *k);
 TOK_API void tok_key_unref(tok_key *k); /* frees + cleanses at 0 */
 

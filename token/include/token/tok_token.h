@@ -123,12 +123,12 @@ TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, co
 TOK_API CK_RV tok_obj_set(tok_ctx *ctx, const tok_access *ac, uint64_t h, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 /* C_DestroyObject: read, the write rule, CKA_DESTROYABLE (CKR_ACTION_PROHIBITED). */
 TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
-/* A key object's parsed key and attributes, from the key cache when the
- * stored record has not changed since it was cached (stamp compare, no
- * unsealing), else unsealed and parsed. *attrs is a copy (caller frees)
- * without the key material (tok_attr_is_secret): the key holds that, and the
- * attributes are there for the usage and policy checks. */
-TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_attrs *attrs);
+/* A key object's parsed key (a reference: tok_key_unref), from the key
+ * cache when the stored record has not changed since it was cached (stamp
+ * compare, no unsealing), else unsealed and parsed. Its attributes, for the
+ * usage and policy checks, are tok_key_attrs(*key) (no key material, no
+ * copy). CKR_OBJECT_HANDLE_INVALID when ac may not see it. */
+TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key);
 /* The session objects ac may see that match a template, all at once. */
 TOK_API CK_RV tok_sobjs_find(tok_ctx *ctx, const tok_access *ac, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t **hs,
                              size_t *count);
