@@ -48,10 +48,11 @@ typedef struct {
 #define CKM_SHA3_512_HMAC 0x2D1UL
 #endif
 
-/* How an operation mechanism works. */
+/* How an operation mechanism works. ECB, CBC, CBC_PAD and CMAC are block
+ * cipher modes of the mechanism's cipher family (tok_fam). */
 typedef enum {
     M_NONE = 0, /* generation only */
-    M_AES_CBC_PAD, M_AES_CBC, M_AES_ECB, M_AES_CTR, M_AES_GCM, M_AES_CMAC,
+    M_CBC_PAD, M_CBC, M_ECB, M_AES_CTR, M_AES_GCM, M_CMAC,
     M_RSA_PKCS, M_RSA_X509, M_RSA_PKCS_HASH, M_RSA_PSS, M_RSA_PSS_HASH, M_RSA_OAEP,
     M_ECDSA, M_ECDSA_HASH, M_HMAC, M_DIGEST,
     M_AES_WRAP, M_AES_WRAP_PAD, M_ECDH, /* wrap/unwrap and derive only */
@@ -92,6 +93,12 @@ typedef struct {
     CK_ULONG ulInfoLen;
 } tok_hkdf_params;
 
+/* The block cipher family of a mechanism. */
+typedef enum {
+    TOK_FAM_NONE = 0,
+    TOK_FAM_AES, /* CKK_AES, 16-byte blocks */
+} tok_fam;
+
 typedef struct {
     CK_MECHANISM_TYPE type;
     CK_ULONG min, max;      /* key sizes as C_GetMechanismInfo reports them */
@@ -100,9 +107,21 @@ typedef struct {
     const char *md;         /* digest of hash-based mechanisms (OpenSSL name) */
     CK_KEY_TYPE hmac_key;   /* HMAC: the specific key type also accepted (besides generic secret) */
     bool general;           /* _GENERAL variant: CK_MAC_GENERAL_PARAMS gives the output length */
+    tok_fam fam;            /* block cipher mechanisms: the cipher family (its key types, block size) */
 } tok_mech_desc;
 
 TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
+
+/* Block ciphers (tok_cipher.c), fetched once per process. The cipher of a
+ * block cipher mechanism for a key of keylen bytes: NULL when the family has
+ * no such key size. */
+TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen);
+/* The block size of a family (16 for AES). */
+TOK_API size_t tok_fam_block(tok_fam fam);
+/* Is kt a key type of the family? */
+TOK_API bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt);
+/* The MAC algorithms, fetched once: CMAC (cmac) or HMAC. */
+TOK_API EVP_MAC *tok_mac(bool cmac);
 /* OpenSSL digest name of a CKM_SHA* digest / CKG_MGF1_* generator; NULL if unknown. */
 TOK_API const char *tok_md_of_mech(CK_MECHANISM_TYPE m);
 TOK_API const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g);

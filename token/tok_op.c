@@ -30,6 +30,7 @@ struct tok_op {
     uint8_t *buf; /* buffered input (GCM decryption) */
     size_t blen, bcap;
     size_t held;  /* block modes: input bytes inside the cipher context, not yet output */
+    size_t bs;    /* block modes: the cipher's block size */
     size_t taglen;
     /* RSA parameters */
     const char *pss_md, *mgf_md;
@@ -67,7 +68,7 @@ void tok_op_free(tok_op *op)
     free(op);
 }
 
-static bool is_block_mode(tok_mclass mc) { return mc == M_AES_CBC_PAD || mc == M_AES_CBC || mc == M_AES_ECB; }
+static bool is_block_mode(tok_mclass mc) { return mc == M_CBC_PAD || mc == M_CBC || mc == M_ECB; }
 static bool is_cipher(tok_mclass mc) { return is_block_mode(mc) || mc == M_AES_CTR || mc == M_AES_GCM; }
 static bool is_rsa(tok_mclass mc) { return mc >= M_RSA_PKCS && mc <= M_RSA_OAEP; }
 static bool single_part(tok_mclass mc)
@@ -103,8 +104,8 @@ static CK_ATTRIBUTE_TYPE kind_usage(tok_op_kind k)
 static CK_RV check_key(const tok_mech_desc *d, tok_op_kind kind, const tok_key *k)
 {
     bool want_priv = kind == TOK_OP_DECRYPT || kind == TOK_OP_SIGN;
-    if (d->mc >= M_AES_CBC_PAD && d->mc <= M_AES_CMAC)
-        return k->cls == CKO_SECRET_KEY && k->ktype == CKK_AES ? CKR_OK : CKR_KEY_TYPE_INCONSISTENT;
+    if (d->fam)
+        return k->cls == CKO_SECRET_KEY && tok_fam_key(d->fam, k->ktype) ? CKR_OK : CKR_KEY_TYPE_INCONSISTENT;
     if (d->mc == M_HMAC)
         return k->cls == CKO_SECRET_KEY && (k->ktype == CKK_GENERIC_SECRET || (d->hmac_key && k->ktype == d->hmac_key))
                    ? CKR_OK
@@ -144,18 +145,6 @@ static bool mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
     return false;
 }
 
-static const char *aes_name(size_t keylen, tok_mclass mc)
-{
-    static const char *const names[3][4] = {
-        {"AES-128-CBC", "AES-128-ECB", "AES-128-CTR", "AES-128-GCM"},
-        {"AES-192-CBC", "AES-192-ECB", "AES-192-CTR", "AES-192-GCM"},
-        {"AES-256-CBC", "AES-256-ECB", "AES-256-CTR", "AES-256-GCM"},
-    };
-    int row = keylen == 16 ? 0 : keylen == 24 ? 1 : keylen == 32 ? 2 : -1;
-    int col = mc == M_AES_ECB ? 1 : mc == M_AES_CTR ? 2 : mc == M_AES_GCM ? 3 : 0;
-    return row < 0 ? NULL : names[row][col];
-}
-
 /* AES-CTR increments only the low `bits` bits of the counter block cb
  * (PKCS#11's ulCounterBits); OpenSSL increments all 128. The two agree
  * until the counter field would wrap, so an operation may process no more
@@ -177,22 +166,22 @@ static uint64_t ctr_room(const uint8_t cb[16], CK_ULONG bits)
 static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
 {
     tok_mclass mc = op->d->mc;
-    const char *name = aes_name(op->key->secret_len, mc);
+    const EVP_CIPHER *c = tok_mech_cipher(op->d, op->key->secret_len);
     bool enc = op->kind == TOK_OP_ENCRYPT;
     const uint8_t *iv = NULL;
-    EVP_CIPHER *c;
     int ok;
 
-    if (!name)
+    if (!c)
         return CKR_KEY_SIZE_RANGE;
+    op->bs = tok_fam_block(op->d->fam);
     switch (mc) {
-    case M_AES_CBC:
-    case M_AES_CBC_PAD:
-        if (!m->pParameter || m->ulParameterLen != 16)
+    case M_CBC:
+    case M_CBC_PAD: /* the IV: one block */
+        if (!m->pParameter || m->ulParameterLen != op->bs)
             return CKR_MECHANISM_PARAM_INVALID;
         iv = m->pParameter;
         break;
-    case M_AES_ECB:
+    case M_ECB:
         if (m->pParameter || m->ulParameterLen)
             return CKR_MECHANISM_PARAM_INVALID;
         break;
@@ -214,15 +203,12 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         break;
     }
     }
-    c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
     op->cctx = EVP_CIPHER_CTX_new();
-    if (!c || !op->cctx) {
-        EVP_CIPHER_free(c);
+    if (!op->cctx)
         return CKR_HOST_MEMORY;
-    }
     if (mc != M_AES_GCM) {
         ok = EVP_CipherInit_ex2(op->cctx, c, op->key->secret, iv, enc, NULL) &&
-             EVP_CIPHER_CTX_set_padding(op->cctx, mc == M_AES_CBC_PAD);
+             EVP_CIPHER_CTX_set_padding(op->cctx, mc == M_CBC_PAD);
     } else {
         const CK_GCM_PARAMS *g = m->pParameter;
         int n;
@@ -231,7 +217,6 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
              EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL) &&
              (!g->ulAADLen || EVP_CipherUpdate(op->cctx, NULL, &n, g->pAAD, (int)g->ulAADLen));
     }
-    EVP_CIPHER_free(c);
     return ok ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
@@ -350,19 +335,19 @@ static CK_RV init_md(tok_op *op)
 
 static CK_RV init_mac(tok_op *op)
 {
-    bool cmac = op->d->mc == M_AES_CMAC;
-    EVP_MAC *mac = EVP_MAC_fetch(ks_libctx(), cmac ? "CMAC" : "HMAC", NULL);
-    const char *cipher = cmac ? aes_name(op->key->secret_len, M_AES_CBC) : NULL;
+    bool cmac = op->d->mc == M_CMAC;
+    EVP_MAC *mac = tok_mac(cmac);
+    const EVP_CIPHER *c = cmac ? tok_mech_cipher(op->d, op->key->secret_len) : NULL;
+    /* CMAC takes its cipher by name (EVP_MAC has no parameter for a fetched one). */
     OSSL_PARAM params[] = {
-        cmac ? OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, (char *)cipher, 0)
+        cmac ? OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, c ? (char *)EVP_CIPHER_get0_name(c) : "", 0)
              : OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)op->d->md, 0),
         OSSL_PARAM_construct_end(),
     };
     op->mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
-    EVP_MAC_free(mac);
     if (!op->mac)
         return CKR_HOST_MEMORY;
-    if (cmac && !cipher)
+    if (cmac && !c)
         return CKR_KEY_SIZE_RANGE;
     return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, params) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
 }
@@ -400,7 +385,7 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
         rv = init_rsa_params(op, mech);
     else if (d->general) {
         const CK_ULONG *l = mech->pParameter;
-        size_t full = d->mc == M_AES_CMAC ? 16 : 0;
+        size_t full = d->mc == M_CMAC ? tok_fam_block(d->fam) : 0;
         if (!full) {
             EVP_MD *md = EVP_MD_fetch(ks_libctx(), d->md, NULL);
             full = md ? (size_t)EVP_MD_get_size(md) : 0;
@@ -425,7 +410,7 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
         case M_ECDSA_HASH:
         case M_DIGEST: rv = init_md(op); break;
         case M_HMAC:
-        case M_AES_CMAC: rv = init_mac(op); break;
+        case M_CMAC: rv = init_mac(op); break;
         default: break;
         }
     }
@@ -454,7 +439,7 @@ static size_t sig_len(const tok_op *op)
     switch (op->d->mc) {
     case M_HMAC:
     case M_DIGEST: return md_size(op->d->md);
-    case M_AES_CMAC: return 16;
+    case M_CMAC: return tok_fam_block(op->d->fam);
     case M_ECDSA:
     case M_ECDSA_HASH: return 2 * op->key->size_bytes;
     case M_EDDSA: return op->key->size_bytes == 32 ? 64 : 114;
@@ -624,7 +609,7 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
 
     switch (op->d->mc) {
     case M_HMAC:
-    case M_AES_CMAC: {
+    case M_CMAC: {
         uint8_t full[64];
         ok = (!oneshot || !op->inlen || EVP_MAC_update(op->mac, op->in, op->inlen)) &&
              EVP_MAC_final(op->mac, full, &n, sizeof(full)) && n >= sig_len(op);
@@ -768,18 +753,18 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
     if (op->kind == TOK_OP_VERIFY)
         return CKR_OPERATION_NOT_INITIALIZED;
     switch (op->d->mc) {
-    case M_AES_CBC_PAD:
+    case M_CBC_PAD:
         if (op->kind == TOK_OP_DECRYPT) {
-            if (inlen == 0 || inlen % 16)
+            if (inlen == 0 || inlen % op->bs)
                 return CKR_ENCRYPTED_DATA_LEN_RANGE;
             bound = inlen;
         } else {
-            bound = (inlen / 16 + 1) * 16;
+            bound = (inlen / op->bs + 1) * op->bs;
         }
         break;
-    case M_AES_CBC:
-    case M_AES_ECB:
-        if (inlen % 16)
+    case M_CBC:
+    case M_ECB:
+        if (inlen % op->bs)
             return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
         bound = inlen;
         break;
@@ -845,7 +830,7 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         return CKR_FUNCTION_NOT_SUPPORTED;
     switch (mc) {
     case M_HMAC:
-    case M_AES_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
+    case M_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
     case M_DIGEST: return EVP_DigestUpdate(op->mdctx, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
     case M_RSA_PKCS_HASH:
     case M_RSA_PSS_HASH:
@@ -867,10 +852,10 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
     if (mc == M_AES_GCM || mc == M_AES_CTR)
         need = inlen;
-    else if (mc == M_AES_CBC_PAD && op->kind == TOK_OP_DECRYPT)
-        need = total ? (total - 1) / 16 * 16 : 0; /* the last block is held back for the padding */
+    else if (mc == M_CBC_PAD && op->kind == TOK_OP_DECRYPT)
+        need = total ? (total - 1) / op->bs * op->bs : 0; /* the last block is held back for the padding */
     else
-        need = total / 16 * 16;
+        need = total / op->bs * op->bs;
     if (!out) {
         *outlen = need;
         return CKR_OK;
@@ -903,13 +888,13 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
     if (!op || !outlen)
         return CKR_ARGUMENTS_BAD;
     switch (op->d->mc) {
-    case M_AES_CBC_PAD:
-        if (op->kind == TOK_OP_DECRYPT && op->held != 16 && !op->has_pend)
+    case M_CBC_PAD:
+        if (op->kind == TOK_OP_DECRYPT && op->held != op->bs && !op->has_pend)
             return CKR_ENCRYPTED_DATA_LEN_RANGE;
-        bound = 16;
+        bound = op->bs;
         break;
-    case M_AES_CBC:
-    case M_AES_ECB:
+    case M_CBC:
+    case M_ECB:
         if (op->held)
             return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
         bound = 0;
@@ -964,7 +949,7 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
         return rv;
     switch (op->d->mc) {
     case M_HMAC:
-    case M_AES_CMAC: {
+    case M_CMAC: {
         uint8_t mac[64];
         size_t n = 0;
         ok = (!oneshot || !inlen || EVP_MAC_update(op->mac, in, inlen)) &&

@@ -107,14 +107,14 @@ static CK_RV unwrap_output(const uint8_t *data, size_t len, bool padded, tok_att
 
 /* ---- the wrapping mechanisms ----------------------------------------------- */
 
-static bool aes_block_mode(tok_mclass mc) { return mc == M_AES_ECB || mc == M_AES_CBC || mc == M_AES_CBC_PAD; }
+static bool block_mode(tok_mclass mc) { return mc == M_ECB || mc == M_CBC || mc == M_CBC_PAD; }
 
 static CK_RV check_wrapper(const tok_mech_desc *d, const tok_key *k, bool wrap)
 {
-    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || aes_block_mode(d->mc))
-        return k->cls == CKO_SECRET_KEY && k->ktype == CKK_AES ? CKR_OK
-                                                                 : (wrap ? CKR_WRAPPING_KEY_TYPE_INCONSISTENT
-                                                                         : CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
+    if (d->fam) /* AES key wrap, and the block modes of each cipher family */
+        return k->cls == CKO_SECRET_KEY && tok_fam_key(d->fam, k->ktype) ? CKR_OK
+                                                                          : (wrap ? CKR_WRAPPING_KEY_TYPE_INCONSISTENT
+                                                                                  : CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
     if (d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS)
         return k->ktype == CKK_RSA && k->cls == (wrap ? CKO_PUBLIC_KEY : CKO_PRIVATE_KEY)
                    ? CKR_OK
@@ -122,22 +122,19 @@ static CK_RV check_wrapper(const tok_mech_desc *d, const tok_key *k, bool wrap)
     return CKR_MECHANISM_INVALID;
 }
 
-/* One AES wrap or unwrap with the key k: key wrap (RFC 3394, 5649), ECB,
- * CBC or CBC with PKCS#7 padding (iv: NULL but for CBC). */
-static CK_RV aes_wrap(const tok_mech_desc *d, const tok_key *k, const uint8_t *iv, bool enc, const uint8_t *in,
-                      size_t inlen, uint8_t *out, size_t *outlen)
+/* One wrap or unwrap with the secret key k: AES key wrap (RFC 3394, 5649),
+ * or ECB, CBC or CBC with PKCS#7 padding of the mechanism's cipher family
+ * (iv: NULL but for CBC). */
+static CK_RV cipher_wrap(const tok_mech_desc *d, const tok_key *k, const uint8_t *iv, bool enc, const uint8_t *in,
+                         size_t inlen, uint8_t *out, size_t *outlen)
 {
-    const char *mode = d->mc == M_AES_WRAP ? "WRAP" : d->mc == M_AES_WRAP_PAD ? "WRAP-PAD" : d->mc == M_AES_ECB ? "ECB" : "CBC";
-    char name[32];
     int n1 = 0, n2 = 0;
-    snprintf(name, sizeof(name), "AES-%zu-%s", k->secret_len * 8, mode);
-    EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), name, NULL);
+    const EVP_CIPHER *c = tok_mech_cipher(d, k->secret_len);
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int ok = c && ctx && inlen <= INT32_MAX && EVP_CipherInit_ex2(ctx, c, k->secret, iv, enc, NULL) &&
-             (!aes_block_mode(d->mc) || EVP_CIPHER_CTX_set_padding(ctx, d->mc == M_AES_CBC_PAD)) &&
+             (!block_mode(d->mc) || EVP_CIPHER_CTX_set_padding(ctx, d->mc == M_CBC_PAD)) &&
              EVP_CipherUpdate(ctx, out, &n1, in, (int)inlen) > 0 && EVP_CipherFinal_ex(ctx, out + n1, &n2) > 0;
     EVP_CIPHER_CTX_free(ctx);
-    EVP_CIPHER_free(c);
     if (!ok)
         return enc ? CKR_FUNCTION_FAILED : CKR_WRAPPED_KEY_INVALID;
     *outlen = (size_t)(n1 + n2);
@@ -180,8 +177,9 @@ static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_o
 {
     if (d->mc == M_RSA_OAEP)
         return tok_oaep_params(mech, oaep);
-    if (d->mc == M_AES_CBC || d->mc == M_AES_CBC_PAD) /* the IV */
-        return mech->pParameter && mech->ulParameterLen == 16 ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
+    if (d->mc == M_CBC || d->mc == M_CBC_PAD) /* the IV: one block */
+        return mech->pParameter && mech->ulParameterLen == tok_fam_block(d->fam) ? CKR_OK
+                                                                                 : CKR_MECHANISM_PARAM_INVALID;
     return mech->pParameter || mech->ulParameterLen ? CKR_MECHANISM_PARAM_INVALID : CKR_OK;
 }
 
@@ -189,9 +187,9 @@ static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_o
 static CK_RV do_wrap(const tok_mech_desc *d, const CK_MECHANISM *mech, const tok_oaep *oaep, const tok_key *k,
                      bool enc, const uint8_t *in, size_t inlen, uint8_t *out, size_t *outlen)
 {
-    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD || aes_block_mode(d->mc))
-        return aes_wrap(d, k, d->mc == M_AES_CBC || d->mc == M_AES_CBC_PAD ? mech->pParameter : NULL, enc, in, inlen,
-                        out, outlen);
+    if (d->fam)
+        return cipher_wrap(d, k, d->mc == M_CBC || d->mc == M_CBC_PAD ? mech->pParameter : NULL, enc, in, inlen, out,
+                           outlen);
     return rsa_wrap(d->mc == M_RSA_OAEP ? oaep : NULL, k, enc, in, inlen, out, outlen);
 }
 
@@ -199,7 +197,7 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
 {
     const tok_mech_desc *d;
     uint8_t *in = NULL, *buf = NULL;
-    size_t inlen = 0, bound, n = 0;
+    size_t inlen = 0, bound, n = 0, bs;
     CK_RV rv;
 
     if (!mech || !wrapper || !target || !outlen)
@@ -214,17 +212,18 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         return rv;
     if ((rv = wrap_input(target, &in, &inlen)) != CKR_OK)
         return rv;
+    bs = tok_fam_block(d->fam);
     if (d->mc == M_AES_WRAP && (inlen % 8 || inlen < 16)) {
         rv = CKR_KEY_SIZE_RANGE; /* RFC 3394 wraps whole 8-byte blocks only: use CKM_AES_KEY_WRAP_PAD */
         goto out;
     }
-    if ((d->mc == M_AES_ECB || d->mc == M_AES_CBC) && inlen % 16) {
+    if ((d->mc == M_ECB || d->mc == M_CBC) && inlen % bs) {
         /* PKCS#11: a secret key's value is padded with zero bytes to whole
          * blocks (CKA_VALUE_LEN takes it back out on unwrap). */
         uint8_t *padded;
-        size_t plen = inlen / 16 * 16 + 16;
+        size_t plen = inlen / bs * bs + bs;
         if (tok_obj_class(target) != CKO_SECRET_KEY) {
-            rv = CKR_KEY_SIZE_RANGE; /* a private key: use CKM_AES_CBC_PAD */
+            rv = CKR_KEY_SIZE_RANGE; /* a private key: use the _CBC_PAD mechanism */
             goto out;
         }
         if (!(padded = OPENSSL_zalloc(plen))) {
@@ -242,8 +241,8 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
     }
     bound = d->mc == M_AES_WRAP       ? inlen + 8
             : d->mc == M_AES_WRAP_PAD ? (inlen + 7) / 8 * 8 + 8
-            : d->mc == M_AES_CBC_PAD  ? inlen / 16 * 16 + 16
-            : aes_block_mode(d->mc)   ? inlen
+            : d->mc == M_CBC_PAD      ? inlen / bs * bs + bs
+            : block_mode(d->mc)       ? inlen
                                       : wrapper->size_bytes;
     if (!out) {
         *outlen = bound;
@@ -290,14 +289,14 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
     if ((rv = wrap_params(d, mech, &oaep)) != CKR_OK)
         return rv;
     if ((d->mc == M_AES_WRAP && (inlen % 8 || inlen < 24)) || (d->mc == M_AES_WRAP_PAD && (inlen % 8 || inlen < 16)) ||
-        (aes_block_mode(d->mc) && (inlen % 16 || inlen < 16)) ||
+        (block_mode(d->mc) && (inlen % tok_fam_block(d->fam) || inlen < tok_fam_block(d->fam))) ||
         ((d->mc == M_RSA_OAEP || d->mc == M_RSA_PKCS) && inlen != unwrapper->size_bytes) || inlen > (1u << 20))
         return CKR_WRAPPED_KEY_LEN_RANGE;
     if (!(buf = OPENSSL_malloc(inlen + 16)))
         return CKR_HOST_MEMORY;
     rv = do_wrap(d, mech, &oaep, unwrapper, false, in, inlen, buf, &n);
     if (rv == CKR_OK)
-        rv = unwrap_output(buf, n, !(d->mc == M_AES_ECB || d->mc == M_AES_CBC), obj);
+        rv = unwrap_output(buf, n, !(d->mc == M_ECB || d->mc == M_CBC), obj);
     OPENSSL_clear_free(buf, inlen + 16);
     return rv;
 }

@@ -1,0 +1,81 @@
+/* p11mk token layer: the block ciphers and MACs of the mechanisms, fetched
+ * from the module's library context once per process (a fetch by name takes
+ * a lock and a lookup on every call; the fetched objects live as long as the
+ * library context, which is never freed). */
+#include "tok_crypto.h"
+
+#include <pthread.h>
+
+typedef enum { C_ECB, C_CBC, C_CTR, C_GCM, C_WRAP, C_WRAP_PAD } cmode;
+
+static struct cipher {
+    tok_fam fam;
+    size_t keylen;
+    cmode mode;
+    const char *name;
+    EVP_CIPHER *c;
+} ciphers[] = {
+    {TOK_FAM_AES, 16, C_ECB, "AES-128-ECB", NULL},
+    {TOK_FAM_AES, 16, C_CBC, "AES-128-CBC", NULL},
+    {TOK_FAM_AES, 16, C_CTR, "AES-128-CTR", NULL},
+    {TOK_FAM_AES, 16, C_GCM, "AES-128-GCM", NULL},
+    {TOK_FAM_AES, 16, C_WRAP, "AES-128-WRAP", NULL},
+    {TOK_FAM_AES, 16, C_WRAP_PAD, "AES-128-WRAP-PAD", NULL},
+    {TOK_FAM_AES, 24, C_ECB, "AES-192-ECB", NULL},
+    {TOK_FAM_AES, 24, C_CBC, "AES-192-CBC", NULL},
+    {TOK_FAM_AES, 24, C_CTR, "AES-192-CTR", NULL},
+    {TOK_FAM_AES, 24, C_GCM, "AES-192-GCM", NULL},
+    {TOK_FAM_AES, 24, C_WRAP, "AES-192-WRAP", NULL},
+    {TOK_FAM_AES, 24, C_WRAP_PAD, "AES-192-WRAP-PAD", NULL},
+    {TOK_FAM_AES, 32, C_ECB, "AES-256-ECB", NULL},
+    {TOK_FAM_AES, 32, C_CBC, "AES-256-CBC", NULL},
+    {TOK_FAM_AES, 32, C_CTR, "AES-256-CTR", NULL},
+    {TOK_FAM_AES, 32, C_GCM, "AES-256-GCM", NULL},
+    {TOK_FAM_AES, 32, C_WRAP, "AES-256-WRAP", NULL},
+    {TOK_FAM_AES, 32, C_WRAP_PAD, "AES-256-WRAP-PAD", NULL},
+};
+#define N_CIPHERS (sizeof(ciphers) / sizeof(ciphers[0]))
+
+static EVP_MAC *cmac, *hmac;
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+
+static void fetch_all(void)
+{
+    for (size_t i = 0; i < N_CIPHERS; i++)
+        ciphers[i].c = EVP_CIPHER_fetch(ks_libctx(), ciphers[i].name, NULL);
+    cmac = EVP_MAC_fetch(ks_libctx(), "CMAC", NULL);
+    hmac = EVP_MAC_fetch(ks_libctx(), "HMAC", NULL);
+}
+
+static cmode mode_of(tok_mclass mc)
+{
+    switch (mc) {
+    case M_ECB: return C_ECB;
+    case M_AES_CTR: return C_CTR;
+    case M_AES_GCM: return C_GCM;
+    case M_AES_WRAP: return C_WRAP;
+    case M_AES_WRAP_PAD: return C_WRAP_PAD;
+    default: return C_CBC; /* CBC, CBC_PAD and CMAC */
+    }
+}
+
+const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
+{
+    cmode mode = mode_of(d->mc);
+
+    pthread_once(&fetch_once, fetch_all);
+    for (size_t i = 0; i < N_CIPHERS; i++)
+        if (ciphers[i].fam == d->fam && ciphers[i].keylen == keylen && ciphers[i].mode == mode)
+            return ciphers[i].c;
+    return NULL;
+}
+
+size_t tok_fam_block(tok_fam fam) { return fam == TOK_FAM_AES ? 16 : 0; }
+
+bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt) { return fam == TOK_FAM_AES && kt == CKK_AES; }
+
+EVP_MAC *tok_mac(bool want_cmac)
+{
+    pthread_once(&fetch_once, fetch_all);
+    return want_cmac ? cmac : hmac;
+}
