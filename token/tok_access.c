@@ -25,8 +25,9 @@ static bool strict_wrapper(const tok_attrs *key)
 {
     /* Made by a random generation: a key derived from a password
      * (CKM_PKCS5_PBKD2) is "local" too, but whoever knows the password knows it. */
-    static const CK_MECHANISM_TYPE random_gen[] = {CKM_AES_KEY_GEN, CKM_GENERIC_SECRET_KEY_GEN,
-                                                   CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN};
+    static const CK_MECHANISM_TYPE random_gen[] = {CKM_AES_KEY_GEN, CKM_DES2_KEY_GEN, CKM_DES3_KEY_GEN,
+                                                   CKM_GENERIC_SECRET_KEY_GEN, CKM_RSA_PKCS_KEY_PAIR_GEN,
+                                                   CKM_EC_KEY_PAIR_GEN};
     CK_ULONG gen = CK_UNAVAILABLE_INFORMATION;
     bool random = false;
 

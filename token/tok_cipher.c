@@ -33,6 +33,11 @@ static struct cipher {
     {TOK_FAM_AES, 32, C_GCM, "AES-256-GCM", NULL},
     {TOK_FAM_AES, 32, C_WRAP, "AES-256-WRAP", NULL},
     {TOK_FAM_AES, 32, C_WRAP_PAD, "AES-256-WRAP-PAD", NULL},
+    /* Two-key triple DES is EDE with K1 K2 K1: OpenSSL's DES-EDE takes the 16 bytes. */
+    {TOK_FAM_DES3, 16, C_ECB, "DES-EDE-ECB", NULL},
+    {TOK_FAM_DES3, 16, C_CBC, "DES-EDE-CBC", NULL},
+    {TOK_FAM_DES3, 24, C_ECB, "DES-EDE3-ECB", NULL},
+    {TOK_FAM_DES3, 24, C_CBC, "DES-EDE3-CBC", NULL},
 };
 #define N_CIPHERS (sizeof(ciphers) / sizeof(ciphers[0]))
 
@@ -70,9 +75,23 @@ const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
     return NULL;
 }
 
-size_t tok_fam_block(tok_fam fam) { return fam == TOK_FAM_AES ? 16 : 0; }
+size_t tok_fam_block(tok_fam fam)
+{
+    switch (fam) {
+    case TOK_FAM_AES: return 16;
+    case TOK_FAM_DES3: return 8;
+    default: return 0;
+    }
+}
 
-bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt) { return fam == TOK_FAM_AES && kt == CKK_AES; }
+bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt)
+{
+    switch (fam) {
+    case TOK_FAM_AES: return kt == CKK_AES;
+    case TOK_FAM_DES3: return kt == CKK_DES2 || kt == CKK_DES3; /* PKCS#11: the DES3 mechanisms take both */
+    default: return false;
+    }
+}
 
 EVP_MAC *tok_mac(bool want_cmac)
 {

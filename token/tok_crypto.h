@@ -96,7 +96,8 @@ typedef struct {
 /* The block cipher family of a mechanism. */
 typedef enum {
     TOK_FAM_NONE = 0,
-    TOK_FAM_AES, /* CKK_AES, 16-byte blocks */
+    TOK_FAM_AES,  /* CKK_AES, 16-byte blocks */
+    TOK_FAM_DES3, /* CKK_DES2 (K1 K2 K1) and CKK_DES3, 8-byte blocks */
 } tok_fam;
 
 typedef struct {
@@ -116,12 +117,19 @@ TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
  * block cipher mechanism for a key of keylen bytes: NULL when the family has
  * no such key size. */
 TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen);
-/* The block size of a family (16 for AES). */
+/* The block size of a family (16 for AES, 8 for DES). */
 TOK_API size_t tok_fam_block(tok_fam fam);
 /* Is kt a key type of the family? */
 TOK_API bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt);
 /* The MAC algorithms, fetched once: CMAC (cmac) or HMAC. */
 TOK_API EVP_MAC *tok_mac(bool cmac);
+
+/* Give a secret key object (class and key type set) its value: CKA_VALUE,
+ * and CKA_VALUE_LEN for the key types that have one (DES keys do not: the
+ * type fixes their length). made: the token made the value (generation,
+ * derivation), so DES keys get their parity bits set (odd parity); values
+ * that come in (import, unwrap) are kept as they are, parity either way. */
+TOK_API CK_RV tok_secret_set(tok_attrs *obj, uint8_t *val, size_t len, bool made);
 /* OpenSSL digest name of a CKM_SHA* digest / CKG_MGF1_* generator; NULL if unknown. */
 TOK_API const char *tok_md_of_mech(CK_MECHANISM_TYPE m);
 TOK_API const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g);

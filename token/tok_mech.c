@@ -35,6 +35,15 @@ static const tok_mech_desc mechs[] = {
      * the clients written for it use it. */
     {CKM_AES_KEY_WRAP_PAD, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false, TOK_FAM_AES},
     {CKM_AES_KEY_WRAP_KWP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false, TOK_FAM_AES},
+    /* Triple DES, two keys (16 bytes, K1 K2 K1) and three (24): key sizes in
+     * bytes. ECB, CBC and CBC_PAD wrap and unwrap as the AES ones do. */
+    {CKM_DES2_KEY_GEN, 16, 16, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES3},
+    {CKM_DES3_KEY_GEN, 24, 24, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES3},
+    {CKM_DES3_ECB, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_ECB, NULL, 0, false, TOK_FAM_DES3},
+    {CKM_DES3_CBC, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_DES3},
+    {CKM_DES3_CBC_PAD, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES3},
+    {CKM_DES3_CMAC, 16, 24, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_DES3},
+    {CKM_DES3_CMAC_GENERAL, 16, 24, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_DES3},
     /* EC: key sizes in bits */
     {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0, false, TOK_FAM_NONE},
     {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0, false, TOK_FAM_NONE},
@@ -163,6 +172,8 @@ CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
 {
     switch (m) {
     case CKM_AES_KEY_GEN: *ktype = CKK_AES; return CKR_OK;
+    case CKM_DES2_KEY_GEN: *ktype = CKK_DES2; return CKR_OK;
+    case CKM_DES3_KEY_GEN: *ktype = CKK_DES3; return CKR_OK;
     case CKM_GENERIC_SECRET_KEY_GEN: *ktype = CKK_GENERIC_SECRET; return CKR_OK;
     case CKM_PKCS5_PBKD2: *ktype = (CK_KEY_TYPE)-1 /* from the template */; return CKR_OK;
     default: return CKR_MECHANISM_INVALID;
@@ -249,9 +260,24 @@ static CK_RV pbkdf2(const CK_MECHANISM *mech, uint8_t *buf, CK_ULONG len)
     return rv;
 }
 
+CK_RV tok_secret_set(tok_attrs *obj, uint8_t *val, size_t len, bool made)
+{
+    CK_ULONG kt = CK_UNAVAILABLE_INFORMATION;
+    bool fixed;
+
+    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
+    fixed = tok_ktype_fixed_len(kt) != 0;
+    if (fixed && made) /* the low bit of each byte makes its bit count odd (FIPS 46-3) */
+        for (size_t i = 0; i < len; i++)
+            val[i] = (uint8_t)((val[i] & 0xfe) | !(__builtin_popcount(val[i] & 0xfe) & 1));
+    if (tok_attrs_set(obj, CKA_VALUE, val, len) != 0 || (!fixed && tok_attrs_set_ulong(obj, CKA_VALUE_LEN, len) != 0))
+        return CKR_HOST_MEMORY;
+    return CKR_OK;
+}
+
 CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
 {
-    CK_ULONG len, kt = 0;
+    CK_ULONG len, kt = 0, fixed;
     uint8_t buf[512];
     CK_RV rv;
 
@@ -259,18 +285,19 @@ CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
         return CKR_ARGUMENTS_BAD;
     if (mech->mechanism != CKM_PKCS5_PBKD2 && (mech->pParameter || mech->ulParameterLen))
         return CKR_MECHANISM_PARAM_INVALID;
-    if (!tok_attrs_get_ulong(key, CKA_VALUE_LEN, &len))
-        return CKR_TEMPLATE_INCOMPLETE;
     tok_attrs_get_ulong(key, CKA_KEY_TYPE, &kt);
+    fixed = tok_ktype_fixed_len(kt);
+    if (fixed)
+        len = fixed; /* DES keys: the type gives the length */
+    else if (!tok_attrs_get_ulong(key, CKA_VALUE_LEN, &len))
+        return CKR_TEMPLATE_INCOMPLETE;
     switch (mech->mechanism) {
     case CKM_PKCS5_PBKD2:
         if ((kt == CKK_AES && len != 16 && len != 24 && len != 32) || len < 1 || len > sizeof(buf))
             return CKR_KEY_SIZE_RANGE;
-        rv = pbkdf2(mech, buf, len);
-        if (rv == CKR_OK && tok_attrs_set(key, CKA_VALUE, buf, len) != 0)
-            rv = CKR_HOST_MEMORY;
-        OPENSSL_cleanse(buf, sizeof(buf));
-        return rv;
+        break;
+    case CKM_DES2_KEY_GEN:
+    case CKM_DES3_KEY_GEN: break; /* the mechanism gave the key type */
     case CKM_AES_KEY_GEN:
         if (len != 16 && len != 24 && len != 32)
             return CKR_KEY_SIZE_RANGE;
@@ -281,9 +308,9 @@ CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
         break;
     default: return CKR_MECHANISM_INVALID;
     }
-    rv = tok_random(buf, len);
-    if (rv == CKR_OK && tok_attrs_set(key, CKA_VALUE, buf, len) != 0)
-        rv = CKR_HOST_MEMORY;
+    rv = mech->mechanism == CKM_PKCS5_PBKD2 ? pbkdf2(mech, buf, len) : tok_random(buf, len);
+    if (rv == CKR_OK)
+        rv = tok_secret_set(key, buf, len, true);
     OPENSSL_cleanse(buf, sizeof(buf));
     return rv;
 }
@@ -381,12 +408,14 @@ CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub, tok_at
 static CK_RV import_secret(tok_attrs *obj, CK_KEY_TYPE kt)
 {
     const tok_attr *v = tok_attrs_find(obj, CKA_VALUE);
-    CK_ULONG want;
+    CK_ULONG want, fixed = tok_ktype_fixed_len(kt);
 
     if (!v || !v->len)
         return CKR_TEMPLATE_INCOMPLETE;
-    if (kt == CKK_AES && v->len != 16 && v->len != 24 && v->len != 32)
+    if ((kt == CKK_AES && v->len != 16 && v->len != 24 && v->len != 32) || (fixed && v->len != fixed))
         return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (fixed) /* DES: no CKA_VALUE_LEN (tok_policy refuses one); parity bits taken either way */
+        return CKR_OK;
     if (tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want != v->len)
         return CKR_TEMPLATE_INCONSISTENT;
     return tok_attrs_set_ulong(obj, CKA_VALUE_LEN, v->len) == 0 ? CKR_OK : CKR_HOST_MEMORY;

@@ -137,7 +137,7 @@ static unsigned ktype_kind(CK_KEY_TYPE kt)
 static bool ktype_supported(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
 {
     if (cls == CKO_SECRET_KEY)
-        return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC;
+        return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC || tok_ktype_fixed_len(kt);
     return kt == CKK_RSA || kt == CKK_EC || kt == CKK_EC_EDWARDS || kt == 0x41UL /* CKK_EC_MONTGOMERY */;
 }
 
@@ -161,6 +161,15 @@ static const attr_rule *rule_for(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_ATTRIBU
         return r;
     }
     return NULL;
+}
+
+CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt)
+{
+    switch (kt) {
+    case CKK_DES2: return 16;
+    case CKK_DES3: return 24;
+    default: return 0;
+    }
 }
 
 static const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t);
@@ -503,6 +512,16 @@ static CK_RV build(tok_build_mode mode, CK_OBJECT_CLASS cls, CK_KEY_TYPE ktype, 
         const CK_ATTRIBUTE *t = &tmpl[i];
         const attr_rule *r = rule_for(cls, ktype, t->type);
 
+        if (!r && mode == TOK_BUILD_GENERATE && t->type == CKA_VALUE_LEN && tok_ktype_fixed_len(ktype)) {
+            /* DES keys have no CKA_VALUE_LEN, but pkcs11-tool (OpenSC 0.23)
+             * puts one in every secret key generation: one that says the
+             * type's length is taken, and not kept. */
+            if ((rv = check_value_len(t)) != CKR_OK)
+                return rv;
+            if (tmpl_ulong_val(t) != tok_ktype_fixed_len(ktype))
+                return CKR_TEMPLATE_INCONSISTENT;
+            continue;
+        }
         if (!r)
             return CKR_ATTRIBUTE_TYPE_INVALID;
         if ((rv = check_value_len(t)) != CKR_OK)

@@ -2,8 +2,9 @@
  *
  * What is wrapped: the value of a secret key, or a private key as a DER
  * PKCS#8 PrivateKeyInfo. Wrapping mechanisms: AES key wrap (RFC 3394),
- * AES key wrap with padding (RFC 5649), AES ECB and CBC (whole blocks) and
- * CBC with PKCS#7 padding, RSA OAEP and RSA PKCS#1 v1.5 (secret keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
+ * AES key wrap with padding (RFC 5649), AES and triple DES ECB and CBC
+ * (whole blocks) and CBC with PKCS#7 padding, RSA OAEP and RSA PKCS#1 v1.5
+ * (secret keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
 #include "tok_crypto.h"
 #include "token/tok_policy.h"
 
@@ -61,26 +62,29 @@ static const tok_curve *curve_of(EVP_PKEY *pkey)
 }
 
 /* Put unwrapped bytes into the new object built from the template.
- * padded: false for a mechanism that adds no padding (AES ECB, CBC), whose
+ * padded: false for a mechanism that adds no padding (ECB, CBC), whose
  * output is whole blocks: a secret key is then the first CKA_VALUE_LEN
- * bytes when the template gives it (PKCS#11 says so). */
-static CK_RV unwrap_output(const uint8_t *data, size_t len, bool padded, tok_attrs *obj)
+ * bytes when the template gives it, or as many as its key type fixes (DES)
+ * (PKCS#11 says so). */
+static CK_RV unwrap_output(uint8_t *data, size_t len, bool padded, tok_attrs *obj)
 {
     CK_ULONG cls, kt, want;
     if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || !tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
         return CKR_TEMPLATE_INCOMPLETE;
     if (cls == CKO_SECRET_KEY) {
-        if (!padded && tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want && want < len)
+        CK_ULONG fixed = tok_ktype_fixed_len(kt);
+        bool given = tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want);
+        if (!given)
+            want = fixed;
+        if (!padded && want && want < len)
             len = want;
         if (len == 0)
             return CKR_WRAPPED_KEY_INVALID; /* a key of no bytes */
-        if (kt == CKK_AES && len != 16 && len != 24 && len != 32)
+        if ((kt == CKK_AES && len != 16 && len != 24 && len != 32) || (fixed && len != fixed))
             return CKR_WRAPPED_KEY_INVALID;
-        if (tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want) && want != len)
+        if (given && want != len)
             return CKR_TEMPLATE_INCONSISTENT;
-        if (tok_attrs_set(obj, CKA_VALUE, data, len) != 0 || tok_attrs_set_ulong(obj, CKA_VALUE_LEN, len) != 0)
-            return CKR_HOST_MEMORY;
-        return CKR_OK;
+        return tok_secret_set(obj, data, len, false);
     }
     if (cls != CKO_PRIVATE_KEY)
         return CKR_TEMPLATE_INCONSISTENT;
@@ -324,7 +328,10 @@ static CK_RV hkdf_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj
     EVP_MD *m = EVP_MD_fetch(ks_libctx(), md, NULL);
     size_t hlen = m ? (size_t)EVP_MD_get_size(m) : 0;
     EVP_MD_free(m);
-    tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want);
+    CK_ULONG kt = 0;
+    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
+    if (!tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want))
+        want = tok_ktype_fixed_len(kt); /* DES keys: the type gives the length */
     if (!p->bExpand) {
         if (want && want != hlen)
             return CKR_TEMPLATE_INCONSISTENT; /* extract only: the PRK, hash-sized */
@@ -351,13 +358,10 @@ static CK_RV hkdf_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj
     CK_RV rv = kc && EVP_KDF_derive(kc, out, want, kp) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
     EVP_KDF_CTX_free(kc);
     EVP_KDF_free(kdf);
-    CK_ULONG kt = 0;
-    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
     if (rv == CKR_OK && kt == CKK_AES && want != 16 && want != 24 && want != 32)
         rv = CKR_KEY_SIZE_RANGE;
-    if (rv == CKR_OK &&
-        (tok_attrs_set(obj, CKA_VALUE, out, want) != 0 || tok_attrs_set_ulong(obj, CKA_VALUE_LEN, want) != 0))
-        rv = CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        rv = tok_secret_set(obj, out, want, true);
     OPENSSL_cleanse(out, sizeof(out));
     return rv;
 }
@@ -398,7 +402,8 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
     if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || cls != CKO_SECRET_KEY ||
         !tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
         return CKR_TEMPLATE_INCONSISTENT;
-    tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want);
+    if (!tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want))
+        want = tok_ktype_fixed_len(kt); /* DES keys: the type gives the length */
     if (kt == CKK_AES && want != 16 && want != 24 && want != 32)
         return want ? CKR_KEY_SIZE_RANGE : CKR_TEMPLATE_INCOMPLETE;
 
@@ -455,9 +460,8 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
         memcpy(out, z, outlen);
     }
     OPENSSL_cleanse(z, sizeof(z));
-    if (rv == CKR_OK &&
-        (tok_attrs_set(obj, CKA_VALUE, out, outlen) != 0 || tok_attrs_set_ulong(obj, CKA_VALUE_LEN, outlen) != 0))
-        rv = CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        rv = tok_secret_set(obj, out, outlen, true);
     OPENSSL_cleanse(out, sizeof(out));
     return rv;
 }

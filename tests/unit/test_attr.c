@@ -229,7 +229,7 @@ static void test_build_errors(void **state)
     (void)state;
     tok_attrs o = TOK_ATTRS_INIT;
     CK_OBJECT_CLASS data = CKO_DATA, sec = CKO_SECRET_KEY, cert = CKO_CERTIFICATE, bogus = 0x4242;
-    CK_KEY_TYPE des = CKK_DES3;
+    CK_KEY_TYPE rc4 = CKK_RC4; /* a key type the token does not have */
     CK_ULONG len = 16, x509 = CKC_X_509;
 #define CREATE(t, n) tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, n, &o)
 
@@ -251,7 +251,7 @@ static void test_build_errors(void **state)
     RV(CKR_TEMPLATE_INCONSISTENT, CREATE(dup, 3));
     CK_ATTRIBUTE nokt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_VALUE, "0123456789abcdef", 16}};
     RV(CKR_TEMPLATE_INCOMPLETE, CREATE(nokt, 2));
-    CK_ATTRIBUTE badkt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &des, sizeof(des)}};
+    CK_ATTRIBUTE badkt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &rc4, sizeof(rc4)}};
     RV(CKR_ATTRIBUTE_VALUE_INVALID, CREATE(badkt, 2));
     CK_ATTRIBUTE local[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_LABEL, "x", 1}};
     RV(CKR_OK, CREATE(local, 2));

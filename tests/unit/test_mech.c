@@ -61,17 +61,17 @@ static void keypair(CK_MECHANISM_TYPE m, const CK_ATTRIBUTE *pt, CK_ULONG n, tok
 static void test_mech_table(void **state)
 {
     (void)state;
-    CK_MECHANISM_TYPE list[64];
+    CK_MECHANISM_TYPE list[128];
     CK_MECHANISM_INFO info;
     CK_ULONG n = tok_mech_list(NULL, 0);
-    assert_true(n >= 40 && n <= 64);
-    assert_int_equal(tok_mech_list(list, 64), n);
+    assert_true(n >= 40 && n <= 128);
+    assert_int_equal(tok_mech_list(list, 128), n);
     for (CK_ULONG i = 0; i < n; i++) {
         RV(CKR_OK, tok_mech_info(list[i], &info));
         assert_true(info.ulMinKeySize <= info.ulMaxKeySize);
         assert_int_equal(info.flags & CKF_HW, 0);
     }
-    RV(CKR_MECHANISM_INVALID, tok_mech_info(CKM_DES3_CBC, &info));
+    RV(CKR_MECHANISM_INVALID, tok_mech_info(CKM_RC4, &info));
     RV(CKR_OK, tok_mech_info(CKM_AES_GCM, &info));
     assert_int_equal(info.flags, CKF_ENCRYPT | CKF_DECRYPT);
     /* Every mechanism that claims an operation initializes it. */

@@ -367,7 +367,7 @@ static void test_info(void **state)
     assert_false(ti.flags & CKF_TOKEN_INITIALIZED);
 
     /* Mechanisms. */
-    CK_MECHANISM_TYPE mechs[64];
+    CK_MECHANISM_TYPE mechs[128];
     CK_MECHANISM_INFO mi;
     RV(CKR_ARGUMENTS_BAD, f->C_GetMechanismList(s, mechs, NULL));
     CK(f->C_GetMechanismList(s, NULL, &n));
@@ -1741,7 +1741,7 @@ static void test_always_authenticate(void **state)
  * size query, short buffer (the operation stays), the real call, the
  * inverse operation, a corrupted signature or ciphertext, a wrong key type. */
 typedef struct {
-    CK_OBJECT_HANDLE aes, hmac, rsa_pub, rsa_priv, ec_pub, ec_priv, ed_pub, ed_priv;
+    CK_OBJECT_HANDLE aes, des3, hmac, rsa_pub, rsa_priv, ec_pub, ec_priv, ed_pub, ed_priv;
 } key_set;
 
 static CK_MECHANISM_TYPE pss_hash(CK_MECHANISM_TYPE m)
@@ -1761,6 +1761,9 @@ static void sign_keys(const key_set *k, CK_MECHANISM_TYPE m, CK_OBJECT_HANDLE *s
     if (m == CKM_AES_CMAC || m == CKM_AES_CMAC_GENERAL) {
         *sk = *vk = k->aes;
         *wrong = k->ec_priv;
+    } else if (m == CKM_DES3_CMAC || m == CKM_DES3_CMAC_GENERAL) {
+        *sk = *vk = k->des3;
+        *wrong = k->aes;
     } else if (m == CKM_EDDSA) {
         *sk = k->ed_priv, *vk = k->ed_pub, *wrong = k->ec_priv;
     } else if (m >= CKM_ECDSA && m <= CKM_ECDSA_SHA512) {
@@ -1797,6 +1800,9 @@ static void test_mechanism_matrix(void **state)
     CK(f->C_SetAttributeValue(h, k.aes, su, 2));
     g = (CK_MECHANISM){CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
     CK(f->C_GenerateKey(h, &g, sa, 3, &k.hmac));
+    CK_ATTRIBUTE du[] = {{CKA_SIGN, &yes, 1}, {CKA_VERIFY, &yes, 1}, {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    g = (CK_MECHANISM){CKM_DES3_KEY_GEN, NULL, 0};
+    CK(f->C_GenerateKey(h, &g, du, 4, &k.des3));
     CK_ATTRIBUTE rp[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_VERIFY, &yes, 1}, {CKA_ENCRYPT, &yes, 1}};
     CK_ATTRIBUTE rk[] = {{CKA_SIGN, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
     g = (CK_MECHANISM){CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
@@ -1820,9 +1826,10 @@ static void test_mechanism_matrix(void **state)
         memset(data, 0x5a, sizeof(data));
         CK_RSA_PKCS_PSS_PARAMS pss = {pss_hash(mt), CKG_MGF1_SHA256, 20};
         CK_MECHANISM m = {mt, NULL, 0};
-        CK_ULONG mac_len = 10;
+        CK_ULONG mac_len = mt == CKM_DES3_CMAC_GENERAL ? 6 : 10; /* below the MAC's full length */
         if (mt == CKM_AES_CMAC_GENERAL || mt == CKM_SHA_1_HMAC_GENERAL || mt == CKM_SHA224_HMAC_GENERAL ||
-            mt == CKM_SHA256_HMAC_GENERAL || mt == CKM_SHA384_HMAC_GENERAL || mt == CKM_SHA512_HMAC_GENERAL) {
+            mt == CKM_SHA256_HMAC_GENERAL || mt == CKM_SHA384_HMAC_GENERAL || mt == CKM_SHA512_HMAC_GENERAL ||
+            mt == CKM_DES3_CMAC_GENERAL) {
             m.pParameter = &mac_len; /* CK_MAC_GENERAL_PARAMS: the MAC's length */
             m.ulParameterLen = sizeof(mac_len);
         }
@@ -1873,12 +1880,16 @@ static void test_mechanism_matrix(void **state)
             CK_OBJECT_HANDLE ek2 = k.aes, dk = k.aes, wrong = k.rsa_pub;
             if (mt == CKM_AES_CBC || mt == CKM_AES_CBC_PAD)
                 m.pParameter = iv, m.ulParameterLen = 16;
+            else if (mt == CKM_DES3_CBC || mt == CKM_DES3_CBC_PAD)
+                m.pParameter = iv, m.ulParameterLen = 8;
             else if (mt == CKM_AES_CTR)
                 m.pParameter = &ctr, m.ulParameterLen = sizeof(ctr);
             else if (mt == CKM_AES_GCM)
                 m.pParameter = &gcm, m.ulParameterLen = sizeof(gcm);
             else if (mt == CKM_RSA_PKCS_OAEP)
                 m.pParameter = &oaep, m.ulParameterLen = sizeof(oaep);
+            if (mt == CKM_DES3_ECB || mt == CKM_DES3_CBC || mt == CKM_DES3_CBC_PAD)
+                ek2 = dk = k.des3, wrong = k.aes;
             if (mt == CKM_RSA_PKCS || mt == CKM_RSA_X_509 || mt == CKM_RSA_PKCS_OAEP) {
                 ek2 = k.rsa_pub, dk = k.rsa_priv, wrong = k.aes;
                 if (mt == CKM_RSA_X_509) {

@@ -1,0 +1,769 @@
+/* Triple DES through the built module (dlopen, PKCS#11 entry points), each
+ * test on a fresh keystore with its own configuration:
+ *
+ *   - known answers: NIST's TDES examples for the SP 800-38A modes (TDES_ECB,
+ *     TDES_CBC: three and two keys) and SP 800-38B's TDES CMAC examples (three
+ *     and two keys, messages of 0, 16, 20 and 32 bytes), single- and
+ *     multi-part; CBC_PAD byte for byte against plain OpenSSL around the block
+ *     size; parity bits ignored on import (the CMAC example key has one wrong);
+ *   - key generation (CKM_DES2_KEY_GEN, CKM_DES3_KEY_GEN): lengths, odd parity,
+ *     no CKA_VALUE_LEN; C_GetMechanismInfo; C_CreateObject rules;
+ *   - error cases: size query, short buffer, CKR_DATA_LEN_RANGE and
+ *     CKR_ENCRYPTED_DATA_LEN_RANGE, bad padding, bad IV, wrong key types,
+ *     operation state;
+ *   - wrap and unwrap with DES3 ECB/CBC/CBC_PAD (blobs checked against plain
+ *     OpenSSL), DES keys wrapped under AES and truncated to their length; in
+ *     wrap_policy = strict, DES3 ECB/CBC/CBC_PAD lose CKF_UNWRAP as the AES
+ *     ones do. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "tests/unit/ks_test_util.h"
+#include "tests/unit/test_hex.h"
+
+#define CK(call) assert_int_equal((call), CKR_OK)
+#define RV(want, call) assert_int_equal((call), (want))
+
+static void *dl;
+static CK_FUNCTION_LIST *f;
+static char tmp[64];
+static int starts;
+static CK_SLOT_ID slot;
+static CK_SESSION_HANDLE h;
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+static const char SO[] = "so-secret", PIN[] = "user-pin";
+
+#define unhex test_unhex
+
+/* NIST's examples: one plaintext, K1 K2 K3 (two keys: K1 K2), the CBC IV. */
+static const char PT[] = "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51";
+static const char K3[] = "0123456789abcdef23456789abcdef01456789abcdef0123";
+static const char K2[] = "0123456789abcdef23456789abcdef01";
+static const char IV[] = "f69f2445df4f9b17";
+
+/* ---- fixture: the module started on a fresh keystore per test ------------- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *mod = getenv("P11MK_MODULE");
+    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
+
+    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-des-XXXXXX");
+    if (!mkdtemp(tmp))
+        return -1;
+    dl = dlopen(mod ? mod : "pkcs11/p11mk-pkcs11.so", RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return -1;
+    }
+    gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
+    return gfl && gfl(&f) == CKR_OK ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    rm_rf(tmp);
+    return 0;
+}
+
+/* C_Initialize with these configuration lines on a new keystore; a token
+ * and a logged-in read/write user session. */
+static int start(const char *extra)
+{
+    char conf[128];
+    CK_SLOT_ID slots[8];
+    CK_ULONG ns = 8;
+    CK_UTF8CHAR label[32];
+
+    snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
+    FILE *c = fopen(conf, "w");
+    if (!c)
+        return -1;
+    fprintf(c, "keystore = %s/ks%d\nlog = %s/p11mk.log\nlog_level = info\n%s", tmp, starts++, tmp, extra);
+    fclose(c);
+    setenv("P11MK_CONF", conf, 1);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "des", 3);
+    if (f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &ns) != CKR_OK || ns == 0)
+        return -1;
+    slot = slots[ns - 1]; /* the free slot is listed last; it keeps its id once initialized */
+    if (f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label) != CKR_OK ||
+        f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK ||
+        f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) != CKR_OK ||
+        f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK || f->C_Logout(h) != CKR_OK ||
+        f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK)
+        return -1;
+    return 0;
+}
+
+static int start_default(void **state)
+{
+    (void)state;
+    return start("");
+}
+
+static int start_strict(void **state)
+{
+    (void)state;
+    return start("wrap_policy = strict\n");
+}
+
+static int stop(void **state)
+{
+    (void)state;
+    return f->C_Finalize(NULL) == CKR_OK ? 0 : -1;
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static void assert_bytes(const uint8_t *got, size_t glen, const uint8_t *want, size_t wlen, const char *what)
+{
+    if (glen != wlen || memcmp(got, want, wlen) != 0) {
+        fprintf(stderr, "%s:\n  got  (%zu) ", what, glen);
+        for (size_t i = 0; i < glen; i++)
+            fprintf(stderr, "%02x", got[i]);
+        fprintf(stderr, "\n  want (%zu) ", wlen);
+        for (size_t i = 0; i < wlen; i++)
+            fprintf(stderr, "%02x", want[i]);
+        fprintf(stderr, "\n");
+    }
+    assert_int_equal(glen, wlen);
+    assert_memory_equal(got, want, wlen);
+}
+
+enum { U_CRYPT = 1, U_SIGN = 2, U_WRAP = 4 };
+
+/* C_CreateObject of a session secret key; extra attributes appended. */
+static CK_RV create_secret(CK_KEY_TYPE kt, const uint8_t *val, size_t len, unsigned use, CK_ATTRIBUTE *extra,
+                           CK_ULONG nextra, CK_OBJECT_HANDLE *o)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL crypt = (use & U_CRYPT) != 0, sign = (use & U_SIGN) != 0, wrap = (use & U_WRAP) != 0;
+    CK_ATTRIBUTE t[16] = {
+        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_VALUE, (void *)val, len},
+        {CKA_TOKEN, &no, 1},            {CKA_SENSITIVE, &no, 1},         {CKA_EXTRACTABLE, &yes, 1},
+        {CKA_ENCRYPT, &crypt, 1},       {CKA_DECRYPT, &crypt, 1},        {CKA_SIGN, &sign, 1},
+        {CKA_VERIFY, &sign, 1},         {CKA_WRAP, &wrap, 1},            {CKA_UNWRAP, &wrap, 1},
+    };
+    CK_ULONG n = 12;
+    for (CK_ULONG i = 0; i < nextra; i++)
+        t[n++] = extra[i];
+    return f->C_CreateObject(h, t, n, o);
+}
+
+static CK_OBJECT_HANDLE secret(CK_KEY_TYPE kt, const char *hex, unsigned use)
+{
+    uint8_t v[64];
+    size_t l = unhex(hex, v, sizeof(v));
+    CK_OBJECT_HANDLE o;
+    CK(create_secret(kt, v, l, use, NULL, 0, &o));
+    return o;
+}
+
+static size_t value_of(CK_OBJECT_HANDLE o, uint8_t *buf, size_t cap)
+{
+    CK_ATTRIBUTE a = {CKA_VALUE, buf, cap};
+    CK(f->C_GetAttributeValue(h, o, &a, 1));
+    return a.ulValueLen;
+}
+
+/* One-shot encryption or decryption, with a size query first. */
+static size_t crypt1(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen, uint8_t *out,
+                     size_t cap)
+{
+    CK_ULONG n = 0;
+    CK((enc ? f->C_EncryptInit : f->C_DecryptInit)(h, m, k));
+    CK((enc ? f->C_Encrypt : f->C_Decrypt)(h, (CK_BYTE_PTR)in, inlen, NULL, &n));
+    assert_true(n <= cap);
+    n = cap;
+    CK((enc ? f->C_Encrypt : f->C_Decrypt)(h, (CK_BYTE_PTR)in, inlen, out, &n));
+    return n;
+}
+
+/* Multi-part, the input in pieces of 5, 11, then 16 bytes. */
+static size_t crypt_parts(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen,
+                          uint8_t *out, size_t cap)
+{
+    static const size_t piece[] = {5, 11, 16};
+    size_t done = 0, got = 0;
+    CK((enc ? f->C_EncryptInit : f->C_DecryptInit)(h, m, k));
+    for (int i = 0; done < inlen; i = i < 2 ? i + 1 : 2) {
+        size_t take = inlen - done < piece[i] ? inlen - done : piece[i];
+        CK_ULONG n = cap - got;
+        CK((enc ? f->C_EncryptUpdate : f->C_DecryptUpdate)(h, (CK_BYTE_PTR)in + done, take, out + got, &n));
+        got += n;
+        done += take;
+    }
+    CK_ULONG n = cap - got;
+    CK((enc ? f->C_EncryptFinal : f->C_DecryptFinal)(h, out + got, &n));
+    return got + n;
+}
+
+static size_t sign1(CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen, uint8_t *sig)
+{
+    CK_ULONG n = 0;
+    CK(f->C_SignInit(h, m, k));
+    CK(f->C_Sign(h, (CK_BYTE_PTR)in, inlen, NULL, &n));
+    CK(f->C_Sign(h, (CK_BYTE_PTR)in, inlen, sig, &n));
+    return n;
+}
+
+/* Plain OpenSSL (the application's default library context). */
+static size_t ossl_crypt(const char *cipher, bool pad, const uint8_t *key, const uint8_t *iv, const uint8_t *in,
+                         size_t inlen, uint8_t *out)
+{
+    EVP_CIPHER *c = EVP_CIPHER_fetch(NULL, cipher, NULL);
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int a = 0, b = 0;
+    assert_non_null(c);
+    assert_true(EVP_EncryptInit_ex2(x, c, key, iv, NULL) && EVP_CIPHER_CTX_set_padding(x, pad) &&
+                EVP_EncryptUpdate(x, out, &a, in, (int)inlen) && EVP_EncryptFinal_ex(x, out + a, &b));
+    EVP_CIPHER_CTX_free(x);
+    EVP_CIPHER_free(c);
+    return (size_t)(a + b);
+}
+
+static bool odd_parity(const uint8_t *k, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!(__builtin_popcount(k[i]) & 1))
+            return false;
+    return true;
+}
+
+/* ---- known answers --------------------------------------------------------- */
+
+static void test_tdes_ecb_cbc_vectors(void **state)
+{
+    (void)state;
+    static const struct {
+        CK_MECHANISM_TYPE mech;
+        const char *key, *ct, *name;
+    } v[] = {
+        {CKM_DES3_ECB, K3, "714772f339841d34267fcc4bd2949cc3ee11c22a576a303876183f99c0b6de87", "TDES_ECB 3 keys"},
+        {CKM_DES3_ECB, K2, "06ede3d82884090aff322c19f0518486730576972a666e58b6c88cf107340d3d", "TDES_ECB 2 keys"},
+        {CKM_DES3_CBC, K3, "2079c3d53aa763e193b79e2569ab5262516570481f25b50f73c0bda85c8e0da7", "TDES_CBC 3 keys"},
+        {CKM_DES3_CBC, K2, "7401ce1eab6d003caff84bf47b36cc2154f0238f9ffecd8f6acf118392b45581", "TDES_CBC 2 keys"},
+    };
+    uint8_t pt[32], ct[32], iv[8], out[64];
+
+    unhex(PT, pt, sizeof(pt));
+    unhex(IV, iv, sizeof(iv));
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        CK_KEY_TYPE kt = strlen(v[i].key) == 48 ? CKK_DES3 : CKK_DES2;
+        CK_OBJECT_HANDLE k = secret(kt, v[i].key, U_CRYPT);
+        CK_MECHANISM m = {v[i].mech, v[i].mech == CKM_DES3_CBC ? iv : NULL, v[i].mech == CKM_DES3_CBC ? 8 : 0};
+        size_t cl = unhex(v[i].ct, ct, sizeof(ct));
+        assert_bytes(out, crypt1(true, &m, k, pt, 32, out, sizeof(out)), ct, cl, v[i].name);
+        assert_bytes(out, crypt_parts(true, &m, k, pt, 32, out, sizeof(out)), ct, cl, v[i].name);
+        assert_bytes(out, crypt1(false, &m, k, ct, cl, out, sizeof(out)), pt, 32, v[i].name);
+        assert_bytes(out, crypt_parts(false, &m, k, ct, cl, out, sizeof(out)), pt, 32, v[i].name);
+    }
+
+    /* Parity bits are ignored: the two-key ECB vector with every parity bit flipped. */
+    uint8_t k2[16], ct2[32];
+    CK_OBJECT_HANDLE flipped;
+    unhex(K2, k2, sizeof(k2));
+    for (int i = 0; i < 16; i++)
+        k2[i] ^= 1;
+    CK(create_secret(CKK_DES2, k2, 16, U_CRYPT, NULL, 0, &flipped));
+    CK_MECHANISM ecb = {CKM_DES3_ECB, NULL, 0};
+    unhex(v[1].ct, ct2, sizeof(ct2));
+    assert_bytes(out, crypt1(true, &ecb, flipped, pt, 32, out, sizeof(out)), ct2, 32, "parity bits flipped");
+}
+
+/* CBC_PAD: byte for byte what OpenSSL's DES-EDE3-CBC / DES-EDE-CBC with
+ * PKCS#7 padding gives, for lengths around the block size. */
+static void test_tdes_cbc_pad_against_openssl(void **state)
+{
+    (void)state;
+    uint8_t iv[8], key[24], data[40], want[48], out[64];
+    CK_MECHANISM m = {CKM_DES3_CBC_PAD, iv, 8};
+    static const size_t lens[] = {0, 1, 7, 8, 9, 15, 16, 17, 33};
+
+    unhex(IV, iv, sizeof(iv));
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 7 + 1);
+    for (int two = 0; two < 2; two++) {
+        size_t kl = unhex(two ? K2 : K3, key, sizeof(key));
+        CK_OBJECT_HANDLE k = secret(two ? CKK_DES2 : CKK_DES3, two ? K2 : K3, U_CRYPT);
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+            size_t wl = ossl_crypt(two ? "DES-EDE-CBC" : "DES-EDE3-CBC", true, key, iv, data, lens[i], want);
+            assert_int_equal(wl, (lens[i] / 8 + 1) * 8);
+            assert_bytes(out, crypt1(true, &m, k, data, lens[i], out, sizeof(out)), want, wl, "CBC_PAD");
+            assert_bytes(out, crypt_parts(true, &m, k, data, lens[i], out, sizeof(out)), want, wl, "CBC_PAD parts");
+            assert_bytes(out, crypt1(false, &m, k, want, wl, out, sizeof(out)), data, lens[i], "CBC_PAD back");
+            assert_bytes(out, crypt_parts(false, &m, k, want, wl, out, sizeof(out)), data, lens[i],
+                         "CBC_PAD back in parts");
+        }
+        (void)kl;
+    }
+}
+
+static void test_tdes_cmac_vectors(void **state)
+{
+    (void)state;
+    /* SP 800-38B's TDES examples. The three-key example's first key is
+     * 0123456789AACDEF: 0xAA has even parity (a DES key byte should be odd),
+     * which DES ignores, and so does the token. */
+    static const struct {
+        const char *key;
+        const char *tag[4];
+    } v[] = {
+        {"0123456789aacdef23456789abcdef01456789abcdef0123",
+         {"7db0d37df936c550", "30239cf1f52e6609", "6c9f3ee4923f6be2", "99429bd0bf7904e5"}},
+        {K2, {"79ce52a7f786a960", "cc18a0b79af2413b", "c06d377ecd101969", "9cd33580f9b64dfb"}},
+    };
+    static const size_t mlen[4] = {0, 16, 20, 32};
+    uint8_t msg[32], tag[8], sig[16];
+    CK_MECHANISM cmac = {CKM_DES3_CMAC, NULL, 0};
+    CK_ULONG four = 4, nine = 9, zero = 0;
+    CK_MECHANISM general = {CKM_DES3_CMAC_GENERAL, &four, sizeof(four)};
+
+    unhex(PT, msg, sizeof(msg));
+    for (int i = 0; i < 2; i++) {
+        CK_OBJECT_HANDLE k = secret(i ? CKK_DES2 : CKK_DES3, v[i].key, U_SIGN);
+        for (int j = 0; j < 4; j++) {
+            unhex(v[i].tag[j], tag, sizeof(tag));
+            assert_bytes(sig, sign1(&cmac, k, msg, mlen[j], sig), tag, 8, "TDES CMAC");
+            CK(f->C_VerifyInit(h, &cmac, k));
+            CK(f->C_Verify(h, msg, mlen[j], tag, 8));
+            /* multi-part, 7 bytes at a time */
+            CK_ULONG n = sizeof(sig);
+            CK(f->C_SignInit(h, &cmac, k));
+            for (size_t off = 0; off < mlen[j]; off += 7)
+                CK(f->C_SignUpdate(h, msg + off, mlen[j] - off < 7 ? mlen[j] - off : 7));
+            CK(f->C_SignFinal(h, sig, &n));
+            assert_bytes(sig, n, tag, 8, "TDES CMAC in parts");
+            /* _GENERAL: the leading bytes */
+            assert_bytes(sig, sign1(&general, k, msg, mlen[j], sig), tag, 4, "TDES CMAC_GENERAL");
+            CK(f->C_VerifyInit(h, &general, k));
+            CK(f->C_Verify(h, msg, mlen[j], tag, 4));
+            tag[7] ^= 1;
+            CK(f->C_VerifyInit(h, &cmac, k));
+            RV(CKR_SIGNATURE_INVALID, f->C_Verify(h, msg, mlen[j], tag, 8));
+        }
+        CK(f->C_VerifyInit(h, &cmac, k));
+        RV(CKR_SIGNATURE_LEN_RANGE, f->C_Verify(h, msg, 16, tag, 7));
+        CK_MECHANISM bad = {CKM_DES3_CMAC_GENERAL, &nine, sizeof(nine)};
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_SignInit(h, &bad, k));
+        bad.pParameter = &zero;
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_SignInit(h, &bad, k));
+        CK_MECHANISM withparam = {CKM_DES3_CMAC, &four, sizeof(four)};
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_SignInit(h, &withparam, k));
+    }
+}
+
+/* ---- keys ---------------------------------------------------------------- */
+
+static CK_RV gen(CK_MECHANISM_TYPE mt, CK_ATTRIBUTE *extra, CK_ULONG nextra, CK_OBJECT_HANDLE *o)
+{
+    CK_MECHANISM m = {mt, NULL, 0};
+    CK_ATTRIBUTE t[12] = {{CKA_TOKEN, &no, 1},   {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1},
+                          {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}, {CKA_SIGN, &yes, 1}};
+    CK_ULONG n = 6;
+    for (CK_ULONG i = 0; i < nextra; i++)
+        t[n++] = extra[i];
+    return f->C_GenerateKey(h, &m, t, n, o);
+}
+
+static void test_tdes_keygen(void **state)
+{
+    (void)state;
+    static const struct {
+        CK_MECHANISM_TYPE mech;
+        CK_KEY_TYPE kt;
+        size_t len;
+    } v[] = {{CKM_DES2_KEY_GEN, CKK_DES2, 16}, {CKM_DES3_KEY_GEN, CKK_DES3, 24}};
+    uint8_t val[32], data[24] = "three blocks of data...", ct[24], back[24];
+
+    for (size_t i = 0; i < 2; i++) {
+        CK_MECHANISM_INFO mi;
+        CK(f->C_GetMechanismInfo(slot, v[i].mech, &mi));
+        assert_int_equal(mi.ulMinKeySize, v[i].len);
+        assert_int_equal(mi.ulMaxKeySize, v[i].len);
+        assert_int_equal(mi.flags, CKF_GENERATE);
+        for (int round = 0; round < 8; round++) {
+            CK_OBJECT_HANDLE k;
+            CK_KEY_TYPE kt = 0;
+            CK_MECHANISM_TYPE genm = 0;
+            CK_BBOOL local = CK_FALSE;
+            CK(gen(v[i].mech, NULL, 0, &k));
+            assert_int_equal(value_of(k, val, sizeof(val)), v[i].len);
+            assert_true(odd_parity(val, v[i].len));
+            CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
+                                {CKA_KEY_GEN_MECHANISM, &genm, sizeof(genm)},
+                                {CKA_LOCAL, &local, 1}};
+            CK(f->C_GetAttributeValue(h, k, a, 3));
+            assert_int_equal(kt, v[i].kt);
+            assert_int_equal(genm, v[i].mech);
+            assert_true(local);
+            /* DES keys have no CKA_VALUE_LEN: their type fixes the length. */
+            CK_ULONG vl;
+            CK_ATTRIBUTE l = {CKA_VALUE_LEN, &vl, sizeof(vl)};
+            RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_GetAttributeValue(h, k, &l, 1));
+            CK_MECHANISM ecb = {CKM_DES3_ECB, NULL, 0};
+            assert_int_equal(crypt1(true, &ecb, k, data, 24, ct, sizeof(ct)), 24);
+            assert_int_equal(crypt1(false, &ecb, k, ct, 24, back, sizeof(back)), 24);
+            assert_memory_equal(back, data, 24);
+        }
+        /* A CKA_VALUE_LEN that says the type's length is taken (pkcs11-tool
+         * gives one to every generation); another one conflicts. */
+        CK_OBJECT_HANDLE k;
+        CK_ULONG right = v[i].len, wrong = v[i].len == 16 ? 24 : 16;
+        CK_ATTRIBUTE rl = {CKA_VALUE_LEN, &right, sizeof(right)}, wl = {CKA_VALUE_LEN, &wrong, sizeof(wrong)};
+        CK(gen(v[i].mech, &rl, 1, &k));
+        assert_int_equal(value_of(k, val, sizeof(val)), v[i].len);
+        RV(CKR_TEMPLATE_INCONSISTENT, gen(v[i].mech, &wl, 1, &k));
+        CK_KEY_TYPE aes = CKK_AES;
+        CK_ATTRIBUTE ka = {CKA_KEY_TYPE, &aes, sizeof(aes)};
+        RV(CKR_TEMPLATE_INCONSISTENT, gen(v[i].mech, &ka, 1, &k));
+        CK_MECHANISM withparam = {v[i].mech, data, 8};
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_GenerateKey(h, &withparam, NULL, 0, &k));
+    }
+    /* The operation mechanisms: key sizes in bytes, what they do. */
+    static const struct {
+        CK_MECHANISM_TYPE m;
+        CK_FLAGS flags;
+    } ops[] = {
+        {CKM_DES3_ECB, CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP},
+        {CKM_DES3_CBC, CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP},
+        {CKM_DES3_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP},
+        {CKM_DES3_CMAC, CKF_SIGN | CKF_VERIFY},
+        {CKM_DES3_CMAC_GENERAL, CKF_SIGN | CKF_VERIFY},
+    };
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        CK_MECHANISM_INFO mi;
+        CK(f->C_GetMechanismInfo(slot, ops[i].m, &mi));
+        assert_int_equal(mi.ulMinKeySize, 16);
+        assert_int_equal(mi.ulMaxKeySize, 24);
+        assert_int_equal(mi.flags, ops[i].flags);
+    }
+}
+
+static void test_tdes_import(void **state)
+{
+    (void)state;
+    uint8_t v[32];
+    CK_OBJECT_HANDLE o;
+    CK_ULONG vl = 24;
+    CK_ATTRIBUTE withlen = {CKA_VALUE_LEN, &vl, sizeof(vl)};
+
+    memset(v, 0x5d, sizeof(v));
+    CK(create_secret(CKK_DES2, v, 16, U_CRYPT, NULL, 0, &o));
+    CK(create_secret(CKK_DES3, v, 24, U_CRYPT, NULL, 0, &o));
+    /* The value is kept as given, parity bits and all. */
+    uint8_t back[32];
+    assert_int_equal(value_of(o, back, sizeof(back)), 24);
+    assert_memory_equal(back, v, 24);
+    static const size_t bad3[] = {8, 16, 23, 25, 32}, bad2[] = {8, 15, 17, 24};
+    for (size_t i = 0; i < sizeof(bad3) / sizeof(bad3[0]); i++)
+        RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES3, v, bad3[i], U_CRYPT, NULL, 0, &o));
+    for (size_t i = 0; i < sizeof(bad2) / sizeof(bad2[0]); i++)
+        RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES2, v, bad2[i], U_CRYPT, NULL, 0, &o));
+    /* PKCS#11 gives DES keys no CKA_VALUE_LEN: a template with one is wrong. */
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, create_secret(CKK_DES3, v, 24, U_CRYPT, &withlen, 1, &o));
+    /* No value. */
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_DES3;
+    CK_ATTRIBUTE novalue[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1}};
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_CreateObject(h, novalue, 3, &o));
+    /* Single DES is off by default (legacy_mechanisms = no): its key type is
+     * not one this token takes. */
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES, v, 8, U_CRYPT, NULL, 0, &o));
+    /* The token computes no CKA_CHECK_VALUE, for DES keys as for AES ones. */
+    CK_OBJECT_HANDLE aes;
+    CK(create_secret(CKK_AES, v, 16, U_CRYPT, NULL, 0, &aes));
+    CK(create_secret(CKK_DES3, v, 24, U_CRYPT, NULL, 0, &o));
+    uint8_t kcv[3];
+    CK_ATTRIBUTE c = {CKA_CHECK_VALUE, kcv, sizeof(kcv)};
+    CK_RV aes_rv = f->C_GetAttributeValue(h, aes, &c, 1);
+    c.ulValueLen = sizeof(kcv);
+    RV(aes_rv, f->C_GetAttributeValue(h, o, &c, 1));
+}
+
+/* ---- error cases -------------------------------------------------------------- */
+
+static void test_tdes_errors(void **state)
+{
+    (void)state;
+    uint8_t iv[16] = {1, 2, 3, 4, 5, 6, 7, 8}, data[40], out[64];
+    CK_OBJECT_HANDLE k = secret(CKK_DES3, K3, U_CRYPT | U_SIGN), aes = secret(CKK_AES, K2, U_CRYPT | U_SIGN),
+                     gen24 = secret(CKK_GENERIC_SECRET, K3, U_CRYPT | U_SIGN);
+    CK_MECHANISM ecb = {CKM_DES3_ECB, NULL, 0}, cbc = {CKM_DES3_CBC, iv, 8}, pad = {CKM_DES3_CBC_PAD, iv, 8},
+                 cmac = {CKM_DES3_CMAC, NULL, 0};
+    CK_ULONG n;
+
+    memset(data, 0x42, sizeof(data));
+    /* Bad IVs: a block is 8 bytes. */
+    CK_MECHANISM_TYPE ivm[] = {CKM_DES3_CBC, CKM_DES3_CBC_PAD};
+    for (int i = 0; i < 2; i++) {
+        CK_MECHANISM m16 = {ivm[i], iv, 16}, m7 = {ivm[i], iv, 7}, mnull = {ivm[i], NULL, 8}, mnone = {ivm[i], NULL, 0};
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &m16, k));
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &m7, k));
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptInit(h, &mnull, k));
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptInit(h, &mnone, k));
+    }
+    CK_MECHANISM ecbiv = {CKM_DES3_ECB, iv, 8};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &ecbiv, k));
+
+    /* Wrong key types, both ways. */
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_EncryptInit(h, &ecb, aes));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_DecryptInit(h, &cbc, gen24));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_SignInit(h, &cmac, aes));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_VerifyInit(h, &cmac, gen24));
+    CK_MECHANISM aes_ecb = {CKM_AES_ECB, NULL, 0}, aes_cmac = {CKM_AES_CMAC, NULL, 0};
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_EncryptInit(h, &aes_ecb, k));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_SignInit(h, &aes_cmac, k));
+
+    /* Size query and short buffer leave the operation active. */
+    CK(f->C_EncryptInit(h, &pad, k));
+    n = 0;
+    CK(f->C_Encrypt(h, data, 20, NULL, &n));
+    assert_int_equal(n, 24);
+    n = 23;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, data, 20, out, &n));
+    assert_int_equal(n, 24);
+    n = sizeof(out);
+    CK(f->C_Encrypt(h, data, 20, out, &n));
+    assert_int_equal(n, 24);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, data, 20, out, &n)); /* the operation is over */
+    CK(f->C_DecryptInit(h, &pad, k));
+    n = 0;
+    CK(f->C_Decrypt(h, out, 24, NULL, &n));
+    assert_true(n >= 20);
+    n = 19;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_Decrypt(h, out, 24, out + 24, &n));
+    n = sizeof(out) - 24;
+    CK(f->C_Decrypt(h, out, 24, out + 24, &n));
+    assert_int_equal(n, 20);
+    /* multi-part: an update's size query, a final's short buffer */
+    CK(f->C_EncryptInit(h, &cbc, k));
+    n = 0;
+    CK(f->C_EncryptUpdate(h, data, 13, NULL, &n));
+    assert_int_equal(n, 8);
+    n = 7;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_EncryptUpdate(h, data, 13, out, &n));
+    assert_int_equal(n, 8);
+    n = sizeof(out);
+    CK(f->C_EncryptUpdate(h, data, 13, out, &n));
+    assert_int_equal(n, 8);
+    n = sizeof(out);
+    CK(f->C_EncryptUpdate(h, data, 3, out, &n)); /* 5 + 3: one more block */
+    assert_int_equal(n, 8);
+    n = 0;
+    CK(f->C_EncryptFinal(h, NULL, &n));
+    assert_int_equal(n, 0);
+    CK(f->C_EncryptFinal(h, out, &n));
+
+    /* ECB and CBC take whole blocks. */
+    CK_MECHANISM *blocks[] = {&ecb, &cbc};
+    for (int i = 0; i < 2; i++) {
+        CK(f->C_EncryptInit(h, blocks[i], k));
+        n = sizeof(out);
+        RV(CKR_DATA_LEN_RANGE, f->C_Encrypt(h, data, 20, out, &n));
+        RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, data, 16, out, &n)); /* that error ended it */
+        CK(f->C_DecryptInit(h, blocks[i], k));
+        n = sizeof(out);
+        RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_Decrypt(h, data, 20, out, &n));
+        CK(f->C_EncryptInit(h, blocks[i], k));
+        n = sizeof(out);
+        CK(f->C_EncryptUpdate(h, data, 12, out, &n));
+        assert_int_equal(n, 8);
+        n = sizeof(out);
+        RV(CKR_DATA_LEN_RANGE, f->C_EncryptFinal(h, out, &n));
+        CK(f->C_DecryptInit(h, blocks[i], k));
+        n = sizeof(out);
+        CK(f->C_DecryptUpdate(h, data, 12, out, &n));
+        n = sizeof(out);
+        RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_DecryptFinal(h, out, &n));
+    }
+    /* CBC_PAD: ciphertext of whole blocks, padding that checks. */
+    CK(f->C_DecryptInit(h, &pad, k));
+    n = sizeof(out);
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_Decrypt(h, data, 12, out, &n));
+    CK(f->C_DecryptInit(h, &pad, k));
+    n = sizeof(out);
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_Decrypt(h, data, 0, out, &n));
+    uint8_t key[24], padbad[16], plain[16];
+    unhex(K3, key, sizeof(key));
+    memset(plain, 0x11, sizeof(plain)); /* last byte 0x11: no valid padding */
+    ossl_crypt("DES-EDE3-CBC", false, key, iv, plain, 16, padbad);
+    CK(f->C_DecryptInit(h, &pad, k));
+    n = sizeof(out);
+    RV(CKR_ENCRYPTED_DATA_INVALID, f->C_Decrypt(h, padbad, 16, out, &n));
+
+    /* Operation state. */
+    CK(f->C_EncryptInit(h, &ecb, k));
+    RV(CKR_OPERATION_ACTIVE, f->C_EncryptInit(h, &ecb, k));
+    n = sizeof(out);
+    CK(f->C_Encrypt(h, data, 8, out, &n));
+    n = sizeof(out);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, data, 8, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptFinal(h, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptUpdate(h, data, 8, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignFinal(h, out, &n));
+    /* A key without CKA_ENCRYPT. */
+    CK_OBJECT_HANDLE signonly = secret(CKK_DES3, K3, U_SIGN);
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_EncryptInit(h, &ecb, signonly));
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_SignInit(h, &cmac, secret(CKK_DES3, K3, U_CRYPT)));
+}
+
+/* ---- wrap and unwrap ------------------------------------------------------------ */
+
+static CK_RV unwrap(CK_MECHANISM *m, CK_OBJECT_HANDLE w, const uint8_t *blob, size_t bl, CK_KEY_TYPE kt,
+                    CK_ULONG vlen, CK_OBJECT_HANDLE *o)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1},
+                        {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},      {CKA_VALUE_LEN, &vlen, sizeof(vlen)}};
+    return f->C_UnwrapKey(h, m, w, (CK_BYTE_PTR)blob, bl, t, vlen ? 6 : 5, o);
+}
+
+static void test_tdes_wrap(void **state)
+{
+    (void)state;
+    uint8_t iv[8], kek[24], aes256[32], blob[64], want[64], val[64];
+    CK_MECHANISM ecb = {CKM_DES3_ECB, NULL, 0}, cbc = {CKM_DES3_CBC, iv, 8}, pad = {CKM_DES3_CBC_PAD, iv, 8};
+    struct {
+        CK_MECHANISM *m;
+        const char *cipher;
+        bool pad;
+    } modes[] = {{&ecb, "DES-EDE3-ECB", false}, {&cbc, "DES-EDE3-CBC", false}, {&pad, "DES-EDE3-CBC", true}};
+    CK_OBJECT_HANDLE w = secret(CKK_DES3, K3, U_WRAP), o;
+    CK_ULONG bl;
+
+    unhex(IV, iv, sizeof(iv));
+    unhex(K3, kek, sizeof(kek));
+    for (int i = 0; i < 32; i++)
+        aes256[i] = (uint8_t)(0xa0 + i);
+    CK_OBJECT_HANDLE target;
+    CK(create_secret(CKK_AES, aes256, 32, 0, NULL, 0, &target));
+    for (int i = 0; i < 3; i++) {
+        size_t wl = ossl_crypt(modes[i].cipher, modes[i].pad, kek, modes[i].m == &ecb ? NULL : iv, aes256, 32, want);
+        bl = 0;
+        CK(f->C_WrapKey(h, modes[i].m, w, target, NULL, &bl));
+        assert_int_equal(bl, wl);
+        bl = wl - 1;
+        RV(CKR_BUFFER_TOO_SMALL, f->C_WrapKey(h, modes[i].m, w, target, blob, &bl));
+        assert_int_equal(bl, wl);
+        bl = sizeof(blob);
+        CK(f->C_WrapKey(h, modes[i].m, w, target, blob, &bl));
+        assert_bytes(blob, bl, want, wl, modes[i].cipher);
+        CK(unwrap(modes[i].m, w, blob, bl, CKK_AES, 0, &o));
+        assert_bytes(val, value_of(o, val, sizeof(val)), aes256, 32, "AES-256 key unwrapped");
+        RV(CKR_WRAPPED_KEY_LEN_RANGE, unwrap(modes[i].m, w, blob, 12, CKK_AES, 0, &o));
+    }
+    /* A two-key wrapping key and an AES-128 key. */
+    CK_OBJECT_HANDLE w2 = secret(CKK_DES2, K2, U_WRAP), t128;
+    CK(create_secret(CKK_AES, aes256, 16, 0, NULL, 0, &t128));
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &pad, w2, t128, blob, &bl));
+    assert_int_equal(bl, 24);
+    CK(unwrap(&pad, w2, blob, bl, CKK_AES, 0, &o));
+    assert_bytes(val, value_of(o, val, sizeof(val)), aes256, 16, "AES-128 key under two-key DES3");
+    /* Not a whole block: zero bytes to one (ECB, CBC), CKA_VALUE_LEN takes them out. */
+    CK_OBJECT_HANDLE g5;
+    CK(create_secret(CKK_GENERIC_SECRET, (const uint8_t *)"five!", 5, 0, NULL, 0, &g5));
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &cbc, w, g5, blob, &bl));
+    assert_int_equal(bl, 8);
+    CK(unwrap(&cbc, w, blob, bl, CKK_GENERIC_SECRET, 5, &o));
+    assert_bytes(val, value_of(o, val, sizeof(val)), (const uint8_t *)"five!", 5, "5 bytes back");
+
+    /* DES3 keys wrapped: under AES ECB a 24-byte key takes two blocks, and
+     * unwrapping as CKK_DES3 keeps the 24 bytes its type has. */
+    CK_OBJECT_HANDLE aeskek = secret(CKK_AES, K2, U_WRAP), d3 = secret(CKK_DES3, K3, 0);
+    CK_MECHANISM aes_ecb = {CKM_AES_ECB, NULL, 0};
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &aes_ecb, aeskek, d3, blob, &bl));
+    assert_int_equal(bl, 32);
+    CK(unwrap(&aes_ecb, aeskek, blob, bl, CKK_DES3, 0, &o));
+    assert_bytes(val, value_of(o, val, sizeof(val)), kek, 24, "DES3 key under AES-ECB");
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, unwrap(&aes_ecb, aeskek, blob, bl, CKK_DES3, 24, &o)); /* no CKA_VALUE_LEN */
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &pad, w, d3, blob, &bl));
+    assert_int_equal(bl, 32);
+    CK(unwrap(&pad, w, blob, bl, CKK_DES3, 0, &o));
+    assert_bytes(val, value_of(o, val, sizeof(val)), kek, 24, "DES3 key under DES3-CBC-PAD");
+    /* A padded blob of another length is not a DES key of that type. */
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &pad, w, t128, blob, &bl));
+    RV(CKR_WRAPPED_KEY_INVALID, unwrap(&pad, w, blob, bl, CKK_DES3, 0, &o));
+    CK(unwrap(&pad, w, blob, bl, CKK_DES2, 0, &o)); /* 16 bytes: a two-key one */
+    bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &pad, w, target, blob, &bl));
+    RV(CKR_WRAPPED_KEY_INVALID, unwrap(&pad, w, blob, bl, CKK_DES2, 0, &o));
+    /* Parameters and key types. */
+    CK_MECHANISM cbc16 = {CKM_DES3_CBC, iv, 16};
+    bl = sizeof(blob);
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &cbc16, w, target, blob, &bl));
+    bl = sizeof(blob);
+    RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT, f->C_WrapKey(h, &ecb, aeskek, target, blob, &bl));
+    RV(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT, unwrap(&ecb, aeskek, blob, 32, CKK_AES, 0, &o));
+}
+
+/* wrap_policy = strict: DES3 ECB, CBC and CBC_PAD lose CKF_UNWRAP as the AES
+ * ones do (a chosen ciphertext or a short length reads a key out); they
+ * still wrap, under a key the token generated and never let out. */
+static void test_tdes_wrap_strict(void **state)
+{
+    (void)state;
+    CK_MECHANISM_TYPE block[] = {CKM_DES3_ECB, CKM_DES3_CBC, CKM_DES3_CBC_PAD, CKM_AES_ECB, CKM_AES_CBC,
+                                 CKM_AES_CBC_PAD};
+    for (size_t i = 0; i < sizeof(block) / sizeof(block[0]); i++) {
+        CK_MECHANISM_INFO mi;
+        CK(f->C_GetMechanismInfo(slot, block[i], &mi));
+        assert_true(mi.flags & CKF_WRAP);
+        assert_false(mi.flags & CKF_UNWRAP);
+    }
+    uint8_t iv[8] = {9}, blob[64];
+    CK_MECHANISM pad = {CKM_DES3_CBC_PAD, iv, 8}, gen3 = {CKM_DES3_KEY_GEN, NULL, 0};
+    CK_ATTRIBUTE wt[] = {{CKA_TOKEN, &no, 1}, {CKA_WRAP, &yes, 1}, {CKA_UNWRAP, &yes, 1}, {CKA_EXTRACTABLE, &no, 1}};
+    CK_OBJECT_HANDLE w, o, target;
+    CK(f->C_GenerateKey(h, &gen3, wt, 4, &w));
+    uint8_t aes[16] = "AES key to wrap";
+    CK(create_secret(CKK_AES, aes, 16, 0, NULL, 0, &target));
+    CK_ULONG bl = sizeof(blob);
+    CK(f->C_WrapKey(h, &pad, w, target, blob, &bl));
+    assert_int_equal(bl, 24);
+    RV(CKR_MECHANISM_INVALID, unwrap(&pad, w, blob, bl, CKK_AES, 0, &o));
+    /* A DES3 key of known value does not wrap (the known-key attack). */
+    CK_OBJECT_HANDLE known = secret(CKK_DES3, K3, U_WRAP);
+    bl = sizeof(blob);
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_WrapKey(h, &pad, known, target, blob, &bl));
+    /* One key, one role. */
+    CK_ATTRIBUTE both[] = {{CKA_TOKEN, &no, 1}, {CKA_WRAP, &yes, 1}, {CKA_ENCRYPT, &yes, 1}};
+    RV(CKR_TEMPLATE_INCONSISTENT, f->C_GenerateKey(h, &gen3, both, 3, &o));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_tdes_ecb_cbc_vectors, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_cbc_pad_against_openssl, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_cmac_vectors, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_keygen, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_import, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_errors, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_wrap, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_wrap_strict, start_strict, stop),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
