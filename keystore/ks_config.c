@@ -16,7 +16,8 @@
 #include <unistd.h>
 
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
-#define KNOWN_KEYS "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap"
+#define KNOWN_KEYS                                                                                             \
+    "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap, legacy_mechanisms"
 
 static const char *home_dir(void)
 {
@@ -174,6 +175,14 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
         cfg->wrap_strict = strcmp(val, "strict") == 0;
         return KS_OK;
     }
+    if (strcmp(key, "legacy_mechanisms") == 0) {
+        if (strcmp(val, "no") != 0 && strcmp(val, "yes") != 0) {
+            ks_err_set(err, "%s:%d: legacy_mechanisms '%s' is not one of no, yes", path, line, val);
+            return KS_ECONFIG;
+        }
+        cfg->legacy_mechanisms = strcmp(val, "yes") == 0;
+        return KS_OK;
+    }
     if (strcmp(key, "rsa_min_bits") == 0) {
         char *end;
         errno = 0;
@@ -266,7 +275,7 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         *eq = '\0';
         const char *key = trim(s);
         static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode",
-                                            "rsa_min_bits", "wrap_policy", "secure_heap"};
+                                            "rsa_min_bits", "wrap_policy", "secure_heap", "legacy_mechanisms"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {

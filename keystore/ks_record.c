@@ -14,6 +14,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/params.h>
@@ -43,6 +44,27 @@ OSSL_LIB_CTX *ks_libctx(void)
 {
     pthread_once(&libctx_once, libctx_init);
     return libctx;
+}
+
+static OSSL_PROVIDER *legacy;
+static pthread_mutex_t legacy_lock = PTHREAD_MUTEX_INITIALIZER;
+
+bool ks_libctx_load_legacy(void)
+{
+    bool ok;
+
+    if (!ks_libctx())
+        return false;
+    pthread_mutex_lock(&legacy_lock);
+    if (!legacy) {
+        /* A failure leaves nothing in the application's OpenSSL error queue. */
+        ERR_set_mark();
+        legacy = OSSL_PROVIDER_load(libctx, "legacy");
+        ERR_pop_to_mark();
+    }
+    ok = legacy != NULL;
+    pthread_mutex_unlock(&legacy_lock);
+    return ok;
 }
 
 static void fetch_algs(void)

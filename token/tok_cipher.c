@@ -38,16 +38,21 @@ static struct cipher {
     {TOK_FAM_DES3, 16, C_CBC, "DES-EDE-CBC", NULL},
     {TOK_FAM_DES3, 24, C_ECB, "DES-EDE3-ECB", NULL},
     {TOK_FAM_DES3, 24, C_CBC, "DES-EDE3-CBC", NULL},
+    /* OpenSSL's legacy provider: fetched by tok_cipher_fetch_legacy. */
+    {TOK_FAM_DES, 8, C_ECB, "DES-ECB", NULL},
+    {TOK_FAM_DES, 8, C_CBC, "DES-CBC", NULL},
 };
 #define N_CIPHERS (sizeof(ciphers) / sizeof(ciphers[0]))
 
 static EVP_MAC *cmac, *hmac;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t legacy_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void fetch_all(void)
 {
     for (size_t i = 0; i < N_CIPHERS; i++)
-        ciphers[i].c = EVP_CIPHER_fetch(ks_libctx(), ciphers[i].name, NULL);
+        if (ciphers[i].fam != TOK_FAM_DES)
+            ciphers[i].c = EVP_CIPHER_fetch(ks_libctx(), ciphers[i].name, NULL);
     cmac = EVP_MAC_fetch(ks_libctx(), "CMAC", NULL);
     hmac = EVP_MAC_fetch(ks_libctx(), "HMAC", NULL);
 }
@@ -71,15 +76,32 @@ const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
     pthread_once(&fetch_once, fetch_all);
     for (size_t i = 0; i < N_CIPHERS; i++)
         if (ciphers[i].fam == d->fam && ciphers[i].keylen == keylen && ciphers[i].mode == mode)
-            return ciphers[i].c;
+            return __atomic_load_n(&ciphers[i].c, __ATOMIC_ACQUIRE);
     return NULL;
+}
+
+bool tok_cipher_fetch_legacy(void)
+{
+    bool all = true;
+
+    pthread_mutex_lock(&legacy_lock);
+    for (size_t i = 0; i < N_CIPHERS; i++) {
+        if (ciphers[i].fam != TOK_FAM_DES || ciphers[i].c)
+            continue;
+        EVP_CIPHER *c = EVP_CIPHER_fetch(ks_libctx(), ciphers[i].name, NULL);
+        __atomic_store_n(&ciphers[i].c, c, __ATOMIC_RELEASE);
+        all &= c != NULL;
+    }
+    pthread_mutex_unlock(&legacy_lock);
+    return all;
 }
 
 size_t tok_fam_block(tok_fam fam)
 {
     switch (fam) {
     case TOK_FAM_AES: return 16;
-    case TOK_FAM_DES3: return 8;
+    case TOK_FAM_DES3:
+    case TOK_FAM_DES: return 8;
     default: return 0;
     }
 }
@@ -89,6 +111,7 @@ bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt)
     switch (fam) {
     case TOK_FAM_AES: return kt == CKK_AES;
     case TOK_FAM_DES3: return kt == CKK_DES2 || kt == CKK_DES3; /* PKCS#11: the DES3 mechanisms take both */
+    case TOK_FAM_DES: return kt == CKK_DES;
     default: return false;
     }
 }

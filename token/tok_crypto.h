@@ -98,6 +98,7 @@ typedef enum {
     TOK_FAM_NONE = 0,
     TOK_FAM_AES,  /* CKK_AES, 16-byte blocks */
     TOK_FAM_DES3, /* CKK_DES2 (K1 K2 K1) and CKK_DES3, 8-byte blocks */
+    TOK_FAM_DES,  /* CKK_DES (legacy_mechanisms = yes), 8-byte blocks */
 } tok_fam;
 
 typedef struct {
@@ -109,11 +110,13 @@ typedef struct {
     CK_KEY_TYPE hmac_key;   /* HMAC: the specific key type also accepted (besides generic secret) */
     bool general;           /* _GENERAL variant: CK_MAC_GENERAL_PARAMS gives the output length */
     tok_fam fam;            /* block cipher mechanisms: the cipher family (its key types, block size) */
+    bool legacy;            /* offered only with legacy_mechanisms = yes (single DES, MD5) */
 } tok_mech_desc;
 
 TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
 
-/* Block ciphers (tok_cipher.c), fetched once per process. The cipher of a
+/* Block ciphers (tok_cipher.c), fetched once per process (single DES once
+ * the legacy provider is loaded: tok_cipher_fetch_legacy). The cipher of a
  * block cipher mechanism for a key of keylen bytes: NULL when the family has
  * no such key size. */
 TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen);
@@ -121,6 +124,9 @@ TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
 TOK_API size_t tok_fam_block(tok_fam fam);
 /* Is kt a key type of the family? */
 TOK_API bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt);
+/* Fetch the single DES ciphers (after ks_libctx_load_legacy): true when
+ * every one is there. */
+TOK_API bool tok_cipher_fetch_legacy(void);
 /* The MAC algorithms, fetched once: CMAC (cmac) or HMAC. */
 TOK_API EVP_MAC *tok_mac(bool cmac);
 

@@ -20,100 +20,124 @@
 
 static const tok_mech_desc mechs[] = {
     /* AES: key sizes in bytes */
-    {CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_AES},
+    {CKM_AES_KEY_GEN, 16, 32, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_AES, false},
     /* ECB, CBC, CBC_PAD also wrap: a secret key's value, a private key's
      * PKCS#8 (CBC_PAD, or whole blocks) */
-    {CKM_AES_ECB, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_ECB, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_CBC, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_CBC_PAD, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_GCM, 16, 32, CRYPT, M_AES_GCM, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_CMAC, 16, 32, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_CMAC_GENERAL, 16, 32, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_AES},
-    {CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP, NULL, 0, false, TOK_FAM_AES},
+    {CKM_AES_ECB, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_ECB, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CBC, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CBC_PAD, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_GCM, 16, 32, CRYPT, M_AES_GCM, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CMAC, 16, 32, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CMAC_GENERAL, 16, 32, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_AES, false},
+    {CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP, NULL, 0, false, TOK_FAM_AES, false},
     /* RFC 5649: PKCS#11 3.0's CKM_AES_KEY_WRAP_KWP, and _PAD as SoftHSMv2 and
      * the clients written for it use it. */
-    {CKM_AES_KEY_WRAP_PAD, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false, TOK_FAM_AES},
-    {CKM_AES_KEY_WRAP_KWP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false, TOK_FAM_AES},
+    {CKM_AES_KEY_WRAP_PAD, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_KEY_WRAP_KWP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP_PAD, NULL, 0, false, TOK_FAM_AES, false},
     /* Triple DES, two keys (16 bytes, K1 K2 K1) and three (24): key sizes in
      * bytes. ECB, CBC and CBC_PAD wrap and unwrap as the AES ones do. */
-    {CKM_DES2_KEY_GEN, 16, 16, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES3},
-    {CKM_DES3_KEY_GEN, 24, 24, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES3},
-    {CKM_DES3_ECB, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_ECB, NULL, 0, false, TOK_FAM_DES3},
-    {CKM_DES3_CBC, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_DES3},
-    {CKM_DES3_CBC_PAD, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES3},
-    {CKM_DES3_CMAC, 16, 24, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_DES3},
-    {CKM_DES3_CMAC_GENERAL, 16, 24, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_DES3},
+    {CKM_DES2_KEY_GEN, 16, 16, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_KEY_GEN, 24, 24, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_ECB, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_ECB, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_CBC, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_CBC_PAD, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_CMAC, 16, 24, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_CMAC_GENERAL, 16, 24, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_DES3, false},
+    /* Single DES (legacy_mechanisms = yes): 8-byte keys. No wrapping: a
+     * 56-bit key would be the weak link of every key wrapped under it. */
+    {CKM_DES_KEY_GEN, 8, 8, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES, true},
+    {CKM_DES_ECB, 8, 8, CRYPT, M_ECB, NULL, 0, false, TOK_FAM_DES, true},
+    {CKM_DES_CBC, 8, 8, CRYPT, M_CBC, NULL, 0, false, TOK_FAM_DES, true},
+    {CKM_DES_CBC_PAD, 8, 8, CRYPT, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES, true},
     /* EC: key sizes in bits */
-    {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_ECDSA_SHA1, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA1", 0, false, TOK_FAM_NONE},
-    {CKM_ECDSA_SHA224, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA224", 0, false, TOK_FAM_NONE},
-    {CKM_ECDSA_SHA256, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA256", 0, false, TOK_FAM_NONE},
-    {CKM_ECDSA_SHA384, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA384", 0, false, TOK_FAM_NONE},
-    {CKM_ECDSA_SHA512, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA512", 0, false, TOK_FAM_NONE},
-    {CKM_ECDH1_DERIVE, 255, 521, CKF_DERIVE | EC_FLAGS, M_ECDH, NULL, 0, false, TOK_FAM_NONE},
+    {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDSA_SHA1, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA1", 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDSA_SHA224, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA224", 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDSA_SHA256, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA256", 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDSA_SHA384, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA384", 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDSA_SHA512, 256, 521, SIGN | EC_FLAGS, M_ECDSA_HASH, "SHA512", 0, false, TOK_FAM_NONE, false},
+    {CKM_ECDH1_DERIVE, 255, 521, CKF_DERIVE | EC_FLAGS, M_ECDH, NULL, 0, false, TOK_FAM_NONE, false},
     /* EdDSA: key sizes in bits */
-    {CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_EDDSA, 255, 448, SIGN, M_EDDSA, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_EC_MONTGOMERY_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE},
+    {CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_EDDSA, 255, 448, SIGN, M_EDDSA, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_EC_MONTGOMERY_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     /* RSA: key sizes in bits (generation from rsa_min_bits, default 2048, to 8192; use 1024-8192) */
-    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN, M_RSA_X509, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_SHA1_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA1", 0, false, TOK_FAM_NONE},
-    {CKM_SHA224_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA224", 0, false, TOK_FAM_NONE},
-    {CKM_SHA256_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA256", 0, false, TOK_FAM_NONE},
-    {CKM_SHA384_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA384", 0, false, TOK_FAM_NONE},
-    {CKM_SHA512_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA512", 0, false, TOK_FAM_NONE},
-    {CKM_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_SHA1_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA1", 0, false, TOK_FAM_NONE},
-    {CKM_SHA224_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA224", 0, false, TOK_FAM_NONE},
-    {CKM_SHA256_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA256", 0, false, TOK_FAM_NONE},
-    {CKM_SHA384_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA384", 0, false, TOK_FAM_NONE},
-    {CKM_SHA512_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA512", 0, false, TOK_FAM_NONE},
-    {CKM_RSA_PKCS_OAEP, 1024, 8192, CRYPT | CKF_WRAP | CKF_UNWRAP, M_RSA_OAEP, NULL, 0, false, TOK_FAM_NONE},
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN, M_RSA_X509, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA1_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA1", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA224_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA224", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA256_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA384_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA512_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA512", 0, false, TOK_FAM_NONE, false},
+    {CKM_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA1_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA1", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA224_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA224", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA256_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA384_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA512_RSA_PKCS_PSS, 1024, 8192, SIGN, M_RSA_PSS_HASH, "SHA512", 0, false, TOK_FAM_NONE, false},
+    {CKM_RSA_PKCS_OAEP, 1024, 8192, CRYPT | CKF_WRAP | CKF_UNWRAP, M_RSA_OAEP, NULL, 0, false, TOK_FAM_NONE, false},
     /* Digests */
-    {CKM_SHA_1, 0, 0, CKF_DIGEST, M_DIGEST, "SHA1", 0, false, TOK_FAM_NONE},
-    {CKM_SHA224, 0, 0, CKF_DIGEST, M_DIGEST, "SHA224", 0, false, TOK_FAM_NONE},
-    {CKM_SHA256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA256", 0, false, TOK_FAM_NONE},
-    {CKM_SHA384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA384", 0, false, TOK_FAM_NONE},
-    {CKM_SHA512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA512", 0, false, TOK_FAM_NONE},
-    {CKM_SHA3_256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-256", 0, false, TOK_FAM_NONE},
-    {CKM_SHA3_384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-384", 0, false, TOK_FAM_NONE},
-    {CKM_SHA3_512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-512", 0, false, TOK_FAM_NONE},
+    {CKM_SHA_1, 0, 0, CKF_DIGEST, M_DIGEST, "SHA1", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA224, 0, 0, CKF_DIGEST, M_DIGEST, "SHA224", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA512", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-512", 0, false, TOK_FAM_NONE, false},
+    {CKM_MD5, 0, 0, CKF_DIGEST, M_DIGEST, "MD5", 0, false, TOK_FAM_NONE, true},
     /* Generic secrets and HMAC: key sizes in bits */
-    {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_PKCS5_PBKD2, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE},
-    {TOK_CKM_HKDF_DERIVE, 8, 4096, CKF_DERIVE, M_HKDF, NULL, 0, false, TOK_FAM_NONE},
-    {CKM_SHA_1_HMAC, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false, TOK_FAM_NONE},
-    {CKM_SHA_1_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true, TOK_FAM_NONE},
-    {CKM_SHA224_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, true, TOK_FAM_NONE},
-    {CKM_SHA256_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC, true, TOK_FAM_NONE},
-    {CKM_SHA384_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC, true, TOK_FAM_NONE},
-    {CKM_SHA512_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC, true, TOK_FAM_NONE},
-    {CKM_SHA224_HMAC, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, false, TOK_FAM_NONE},
-    {CKM_SHA256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC, false, TOK_FAM_NONE},
-    {CKM_SHA384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC, false, TOK_FAM_NONE},
-    {CKM_SHA512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC, false, TOK_FAM_NONE},
-    {CKM_SHA3_256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-256", 0, false, TOK_FAM_NONE},
-    {CKM_SHA3_384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-384", 0, false, TOK_FAM_NONE},
-    {CKM_SHA3_512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-512", 0, false, TOK_FAM_NONE},
+    {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_PKCS5_PBKD2, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
+    {TOK_CKM_HKDF_DERIVE, 8, 4096, CKF_DERIVE, M_HKDF, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA_1_HMAC, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA_1_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA224_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA256_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA384_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA512_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA224_HMAC, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-512", 0, false, TOK_FAM_NONE, false},
+    {CKM_MD5_HMAC, 8, 4096, SIGN, M_HMAC, "MD5", CKK_MD5_HMAC, false, TOK_FAM_NONE, true},
 };
 #define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
+
+/* legacy_mechanisms = yes, and OpenSSL's legacy provider loaded. */
+static bool legacy_on;
+
+bool tok_mech_set_legacy(bool want)
+{
+    bool on = want && ks_libctx_load_legacy() && tok_cipher_fetch_legacy();
+    __atomic_store_n(&legacy_on, on, __ATOMIC_RELEASE);
+    return on;
+}
+
+bool tok_mech_legacy(void) { return __atomic_load_n(&legacy_on, __ATOMIC_ACQUIRE); }
+
+/* Is a mechanism of the table offered now? */
+static bool offered(const tok_mech_desc *d) { return !d->legacy || tok_mech_legacy(); }
 
 const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m)
 {
     for (size_t i = 0; i < N_MECHS; i++)
         if (mechs[i].type == m)
-            return &mechs[i];
+            return offered(&mechs[i]) ? &mechs[i] : NULL;
     return NULL;
 }
 
 const char *tok_md_of_mech(CK_MECHANISM_TYPE m)
 {
     const tok_mech_desc *d = tok_mech_find(m);
-    return d && d->mc == M_DIGEST ? d->md : NULL;
+    /* Digests as parameters (PSS, OAEP, HKDF): never MD5. */
+    return d && d->mc == M_DIGEST && !d->legacy ? d->md : NULL;
 }
 
 const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g)
@@ -130,9 +154,15 @@ const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g)
 
 CK_ULONG tok_mech_list(CK_MECHANISM_TYPE *list, CK_ULONG cap)
 {
-    for (CK_ULONG i = 0; list && i < N_MECHS && i < cap; i++)
-        list[i] = mechs[i].type;
-    return N_MECHS;
+    CK_ULONG n = 0;
+    for (size_t i = 0; i < N_MECHS; i++) {
+        if (!offered(&mechs[i]))
+            continue;
+        if (list && n < cap)
+            list[n] = mechs[i].type;
+        n++;
+    }
+    return n;
 }
 
 /* The smallest RSA key generation makes (configuration: rsa_min_bits). */
@@ -170,10 +200,13 @@ CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
 
 CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
 {
+    if (!tok_mech_find(m))
+        return CKR_MECHANISM_INVALID; /* not offered */
     switch (m) {
     case CKM_AES_KEY_GEN: *ktype = CKK_AES; return CKR_OK;
     case CKM_DES2_KEY_GEN: *ktype = CKK_DES2; return CKR_OK;
     case CKM_DES3_KEY_GEN: *ktype = CKK_DES3; return CKR_OK;
+    case CKM_DES_KEY_GEN: *ktype = CKK_DES; return CKR_OK;
     case CKM_GENERIC_SECRET_KEY_GEN: *ktype = CKK_GENERIC_SECRET; return CKR_OK;
     case CKM_PKCS5_PBKD2: *ktype = (CK_KEY_TYPE)-1 /* from the template */; return CKR_OK;
     default: return CKR_MECHANISM_INVALID;
@@ -296,6 +329,7 @@ CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
         if ((kt == CKK_AES && len != 16 && len != 24 && len != 32) || len < 1 || len > sizeof(buf))
             return CKR_KEY_SIZE_RANGE;
         break;
+    case CKM_DES_KEY_GEN:
     case CKM_DES2_KEY_GEN:
     case CKM_DES3_KEY_GEN: break; /* the mechanism gave the key type */
     case CKM_AES_KEY_GEN:

@@ -4,6 +4,7 @@
  * callers may do with it; the functions below apply PKCS#11 v2.40 section 4
  * rules with SoftHSMv2-like defaults. */
 #include "token/tok_policy.h"
+#include "token/tok_mech.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,13 @@ static unsigned ktype_kind(CK_KEY_TYPE kt)
 
 static bool ktype_supported(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
 {
+    /* Single DES keys only with legacy_mechanisms = yes. Without, CKK_DES is
+     * a key type this token does not have, so a template that names it
+     * holds an invalid value (CKR_ATTRIBUTE_VALUE_INVALID), as any other
+     * unknown type: CKR_TEMPLATE_INCONSISTENT is for attributes that
+     * contradict each other, and nothing else in the template does. */
+    if (cls == CKO_SECRET_KEY && kt == CKK_DES)
+        return tok_mech_legacy();
     if (cls == CKO_SECRET_KEY)
         return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC || tok_ktype_fixed_len(kt);
     return kt == CKK_RSA || kt == CKK_EC || kt == CKK_EC_EDWARDS || kt == 0x41UL /* CKK_EC_MONTGOMERY */;
@@ -166,6 +174,7 @@ static const attr_rule *rule_for(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_ATTRIBU
 CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt)
 {
     switch (kt) {
+    case CKK_DES: return 8;
     case CKK_DES2: return 16;
     case CKK_DES3: return 24;
     default: return 0;

@@ -57,6 +57,10 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     tok_mech_set_rsa_min_bits(ctx->cfg.rsa_min_bits);
     tok_policy_set_wrap_strict(ctx->cfg.wrap_strict);
     (void)ks_secure_heap_init(&ctx->cfg); /* before the first key is built */
+    if (!tok_mech_set_legacy(ctx->cfg.legacy_mechanisms) && ctx->cfg.legacy_mechanisms)
+        ks_log(KS_LOG_WARN, "legacy_mechanisms = yes, but OpenSSL's legacy provider cannot be loaded (is it "
+               "installed? OPENSSL_MODULES=%s): single DES and MD5 are not offered",
+               getenv("OPENSSL_MODULES") ? getenv("OPENSSL_MODULES") : "unset");
     rc = ks_mkey_load(&ctx->cfg, &ctx->mk, &err);
     if (rc != KS_OK) {
         open_failed("cannot load the master key", rc, &err);

@@ -25,7 +25,8 @@ SRC=$(cd "$(dirname "$P11MK_TESTLIB")/../.." && pwd)
 for c in $cmds; do
     grep -Eq "^\.B[IR]? \"?${c//-/\\\\-}( |$)" "$SRC/admin/p11mk-admin.1" || fail "p11mk-admin.1 does not document '$c'"
 done
-keys=$(sed -n 's/^#define KNOWN_KEYS "\(.*\)"/\1/p' "$SRC/keystore/ks_config.c" | tr -d ,)
+keys=$(awk '/^#define KNOWN_KEYS/ { f = 1 } f { print } f && !/\\$/ { exit }' "$SRC/keystore/ks_config.c" |
+       grep -o '"[^"]*"' | tr -d '",')
 [ -n "$keys" ] || fail "cannot read the configuration keys from ks_config.c"
 for k in $keys; do
     grep -Eq "^\.BI? $k( |$)" "$SRC/admin/p11mk.conf.5" || fail "p11mk.conf.5 does not document '$k'"
@@ -226,3 +227,26 @@ each 3 "key 'keystore' is set twice"
 cp "$E/c.good" "$E/c.conf"
 P11MK_CONF=$E/c.conf expect_rc 0 "$ADMIN" status
 ok "exit codes: a keystore, key-file or configuration failure gives the same code from every command"
+
+# legacy_mechanisms: single DES and MD5 only when asked for, and only when
+# OpenSSL's legacy provider loads (into the module's own library context).
+legacy="DES-KEY-GEN DES-ECB DES-CBC DES-CBC-PAD MD5 MD5-HMAC"
+echo "legacy_mechanisms = maybe" >> "$CONF"
+expect_rc 3 "$ADMIN" status
+expect_out "legacy_mechanisms 'maybe' is not one of no, yes"
+sed -i '/^legacy_mechanisms/d' "$CONF"
+p11 -M > mechs.txt
+for m in $legacy; do grep -q "^ *$m[ ,]" mechs.txt && fail "$m listed by default"; done
+echo "legacy_mechanisms = yes" >> "$CONF"
+p11 -M > mechs.txt
+for m in $legacy; do grep -q "^ *$m[ ,]" mechs.txt || fail "$m not listed with legacy_mechanisms = yes"; done
+expect_rc 0 p11 "${R[@]}" --keygen --key-type DES:8 --label des1
+expect_out "Secret Key Object; DES"
+printf abc > abc
+p11 --token-label rsamin --hash -m MD5 -i abc -o abc.md5 >/dev/null
+[ "$(od -An -tx1 abc.md5 | tr -d ' \n')" = 900150983cd24fb0d6963f7d28e17f72 ] || fail "MD5 of abc"
+OPENSSL_MODULES=$T/no-modules p11 -M > mechs.txt
+for m in $legacy; do grep -q "^ *$m[ ,]" mechs.txt && fail "$m listed without a legacy provider"; done
+grep -q "legacy provider cannot be loaded" "$T/p11mk.log" || fail "no warning for a missing legacy provider"
+sed -i '/^legacy_mechanisms/d' "$CONF"
+ok "legacy_mechanisms: off by default, single DES and MD5 with yes, none (and a warning) without the provider"

@@ -181,4 +181,8 @@ for m in AES-KEY-GEN AES-GCM AES-CBC-PAD ECDSA-KEY-PAIR-GEN ECDSA ECDSA-SHA256 R
          DES3-CBC-PAD DES3-CMAC; do
     grep -q "^ *$m[ ,]" mechs.txt || grep -q "^ *$m\$" mechs.txt || fail "mechanism $m not listed"
 done
+# Single DES and MD5 only with legacy_mechanisms = yes (test_admin, test_des).
+for m in DES-KEY-GEN DES-ECB DES-CBC DES-CBC-PAD MD5 MD5-HMAC; do
+    grep -q "^ *$m[ ,]" mechs.txt && fail "legacy mechanism $m listed by default"
+done
 ok "random, mechanism list"

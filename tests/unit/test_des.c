@@ -1,5 +1,6 @@
-/* Triple DES through the built module (dlopen, PKCS#11 entry points), each
- * test on a fresh keystore with its own configuration:
+/* Triple DES, and single DES and MD5 (legacy_mechanisms), through the built
+ * module (dlopen, PKCS#11 entry points), each test on a fresh keystore with
+ * its own configuration:
  *
  *   - known answers: NIST's TDES examples for the SP 800-38A modes (TDES_ECB,
  *     TDES_CBC: three and two keys) and SP 800-38B's TDES CMAC examples (three
@@ -14,7 +15,11 @@
  *   - wrap and unwrap with DES3 ECB/CBC/CBC_PAD (blobs checked against plain
  *     OpenSSL), DES keys wrapped under AES and truncated to their length; in
  *     wrap_policy = strict, DES3 ECB/CBC/CBC_PAD lose CKF_UNWRAP as the AES
- *     ones do. */
+ *     ones do;
+ *   - legacy_mechanisms: single DES and MD5 neither listed nor usable by
+ *     default, nor when OpenSSL's legacy provider cannot be loaded (the module
+ *     still initializes, and logs why); with it, RFC 1321 MD5, RFC 2104
+ *     HMAC-MD5 and FIPS 81 DES ECB/CBC known answers. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -122,6 +127,24 @@ static int start_strict(void **state)
 {
     (void)state;
     return start("wrap_policy = strict\n");
+}
+
+static int start_legacy(void **state)
+{
+    (void)state;
+    return start("legacy_mechanisms = yes\n");
+}
+
+/* legacy_mechanisms = yes where OpenSSL finds no legacy provider. */
+static int start_legacy_missing(void **state)
+{
+    char dir[96];
+    (void)state;
+    snprintf(dir, sizeof(dir), "%s/no-ossl-modules", tmp);
+    setenv("OPENSSL_MODULES", dir, 1);
+    int rc = start("legacy_mechanisms = yes\n");
+    unsetenv("OPENSSL_MODULES");
+    return rc;
 }
 
 static int stop(void **state)
@@ -753,6 +776,210 @@ static void test_tdes_wrap_strict(void **state)
     RV(CKR_TEMPLATE_INCONSISTENT, f->C_GenerateKey(h, &gen3, both, 3, &o));
 }
 
+/* ---- legacy mechanisms ------------------------------------------------------ */
+
+static const CK_MECHANISM_TYPE legacy[] = {CKM_DES_KEY_GEN, CKM_DES_ECB, CKM_DES_CBC, CKM_DES_CBC_PAD,
+                                           CKM_MD5,         CKM_MD5_HMAC};
+#define N_LEGACY (sizeof(legacy) / sizeof(legacy[0]))
+
+static bool listed(CK_MECHANISM_TYPE m)
+{
+    CK_MECHANISM_TYPE l[160];
+    CK_ULONG n = 160;
+    CK(f->C_GetMechanismList(slot, l, &n));
+    for (CK_ULONG i = 0; i < n; i++)
+        if (l[i] == m)
+            return true;
+    return false;
+}
+
+/* Not listed, and not usable by any door. */
+static void assert_legacy_off(void)
+{
+    CK_MECHANISM_INFO mi;
+    CK_OBJECT_HANDLE k, d3 = secret(CKK_DES3, K3, U_CRYPT | U_SIGN | U_WRAP),
+                     g = secret(CKK_GENERIC_SECRET, K2, U_SIGN);
+    uint8_t v[8] = "8 bytes", iv[8] = {0}, blob[64];
+    CK_ULONG bl = sizeof(blob);
+
+    for (size_t i = 0; i < N_LEGACY; i++) {
+        assert_false(listed(legacy[i]));
+        RV(CKR_MECHANISM_INVALID, f->C_GetMechanismInfo(slot, legacy[i], &mi));
+    }
+    CK_MECHANISM md5 = {CKM_MD5, NULL, 0}, hmac = {CKM_MD5_HMAC, NULL, 0}, gen = {CKM_DES_KEY_GEN, NULL, 0},
+                 ecb = {CKM_DES_ECB, NULL, 0}, cbc = {CKM_DES_CBC, iv, 8};
+    RV(CKR_MECHANISM_INVALID, f->C_DigestInit(h, &md5));
+    RV(CKR_MECHANISM_INVALID, f->C_SignInit(h, &hmac, g));
+    RV(CKR_MECHANISM_INVALID, f->C_GenerateKey(h, &gen, NULL, 0, &k));
+    RV(CKR_MECHANISM_INVALID, f->C_EncryptInit(h, &ecb, d3));
+    RV(CKR_MECHANISM_INVALID, f->C_WrapKey(h, &cbc, d3, g, blob, &bl));
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES, v, 8, U_CRYPT, NULL, 0, &k));
+}
+
+static void test_legacy_off_by_default(void **state)
+{
+    (void)state;
+    assert_legacy_off();
+}
+
+static void test_legacy_provider_missing(void **state)
+{
+    (void)state;
+    char path[96], line[512];
+    bool said = false;
+
+    assert_legacy_off();
+    snprintf(path, sizeof(path), "%s/p11mk.log", tmp);
+    FILE *lf = fopen(path, "r");
+    assert_non_null(lf);
+    while (fgets(line, sizeof(line), lf))
+        said |= strstr(line, "legacy provider cannot be loaded") != NULL;
+    fclose(lf);
+    assert_true(said);
+}
+
+static void test_legacy_on(void **state)
+{
+    (void)state;
+    CK_MECHANISM_INFO mi;
+    uint8_t out[128], back[128], want[64];
+
+    for (size_t i = 0; i < N_LEGACY; i++)
+        assert_true(listed(legacy[i]));
+    CK(f->C_GetMechanismInfo(slot, CKM_DES_KEY_GEN, &mi));
+    assert_true(mi.ulMinKeySize == 8 && mi.ulMaxKeySize == 8 && mi.flags == CKF_GENERATE);
+    CK_MECHANISM_TYPE des_ops[] = {CKM_DES_ECB, CKM_DES_CBC, CKM_DES_CBC_PAD};
+    for (int i = 0; i < 3; i++) { /* 56-bit keys wrap nothing */
+        CK(f->C_GetMechanismInfo(slot, des_ops[i], &mi));
+        assert_true(mi.ulMinKeySize == 8 && mi.ulMaxKeySize == 8 && mi.flags == (CKF_ENCRYPT | CKF_DECRYPT));
+    }
+    CK(f->C_GetMechanismInfo(slot, CKM_MD5, &mi));
+    assert_int_equal(mi.flags, CKF_DIGEST);
+    CK(f->C_GetMechanismInfo(slot, CKM_MD5_HMAC, &mi));
+    assert_int_equal(mi.flags, CKF_SIGN | CKF_VERIFY);
+
+    /* RFC 1321 A.5, one-shot and in pieces of 3 bytes. */
+    static const struct {
+        const char *msg, *md;
+    } md5v[] = {
+        {"", "d41d8cd98f00b204e9800998ecf8427e"},
+        {"a", "0cc175b9c0f1b6a831c399e269772661"},
+        {"abc", "900150983cd24fb0d6963f7d28e17f72"},
+        {"message digest", "f96b697d7cb7938d525a2f31aaf161d0"},
+        {"abcdefghijklmnopqrstuvwxyz", "c3fcd3d76192e4007dfb496cca67e13b"},
+        {"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", "d174ab98d277d9f5a5611c2c9f419d9f"},
+        {"12345678901234567890123456789012345678901234567890123456789012345678901234567890",
+         "57edf4a22be3c955ac49da2e2107b67a"},
+    };
+    CK_MECHANISM md5 = {CKM_MD5, NULL, 0};
+    for (size_t i = 0; i < sizeof(md5v) / sizeof(md5v[0]); i++) {
+        size_t ml = strlen(md5v[i].msg);
+        CK_ULONG n = sizeof(out);
+        unhex(md5v[i].md, want, sizeof(want));
+        CK(f->C_DigestInit(h, &md5));
+        CK(f->C_Digest(h, (CK_BYTE_PTR)md5v[i].msg, ml, out, &n));
+        assert_bytes(out, n, want, 16, "MD5");
+        CK(f->C_DigestInit(h, &md5));
+        for (size_t off = 0; off < ml; off += 3)
+            CK(f->C_DigestUpdate(h, (CK_BYTE_PTR)md5v[i].msg + off, ml - off < 3 ? ml - off : 3));
+        n = sizeof(out);
+        CK(f->C_DigestFinal(h, out, &n));
+        assert_bytes(out, n, want, 16, "MD5 in parts");
+    }
+
+    /* RFC 2104 (appendix and its test vectors). */
+    static const struct {
+        const char *key, *data, *mac;
+    } hm[] = {
+        {"0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "4869205468657265", "9294727a3638bb1c13f48ef8158bfc9d"},
+        {"4a656665", "7768617420646f2079612077616e7420666f72206e6f7468696e673f", "750c783e6ab0b503eaa86e310a5db738"},
+        {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+         "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd",
+         "56be34521d144c88dbb8c733f0e8b3f6"},
+    };
+    CK_MECHANISM hmac = {CKM_MD5_HMAC, NULL, 0};
+    for (size_t i = 0; i < sizeof(hm) / sizeof(hm[0]); i++) {
+        uint8_t data[64], mac[16];
+        size_t dl_ = unhex(hm[i].data, data, sizeof(data));
+        unhex(hm[i].mac, mac, sizeof(mac));
+        CK_OBJECT_HANDLE k = secret(CKK_GENERIC_SECRET, hm[i].key, U_SIGN);
+        assert_bytes(out, sign1(&hmac, k, data, dl_, out), mac, 16, "HMAC-MD5");
+        CK(f->C_VerifyInit(h, &hmac, k));
+        CK(f->C_Verify(h, data, dl_, mac, 16));
+        mac[0] ^= 1;
+        CK(f->C_VerifyInit(h, &hmac, k));
+        RV(CKR_SIGNATURE_INVALID, f->C_Verify(h, data, dl_, mac, 16));
+    }
+
+    /* FIPS 81, appendix B (ECB) and C (CBC): "Now is the time for all ". */
+    uint8_t pt[24], ct[24], iv[8];
+    unhex("4e6f77206973207468652074696d6520666f7220616c6c20", pt, sizeof(pt));
+    unhex("1234567890abcdef", iv, sizeof(iv));
+    CK_OBJECT_HANDLE dk = secret(CKK_DES, "0123456789abcdef", U_CRYPT);
+    CK_MECHANISM ecb = {CKM_DES_ECB, NULL, 0}, cbc = {CKM_DES_CBC, iv, 8}, pad = {CKM_DES_CBC_PAD, iv, 8};
+    unhex("3fa40e8a984d48156a271787ab8883f9893d51ec4b563b53", ct, sizeof(ct));
+    assert_bytes(out, crypt1(true, &ecb, dk, pt, 24, out, sizeof(out)), ct, 24, "DES-ECB");
+    assert_bytes(out, crypt_parts(false, &ecb, dk, ct, 24, out, sizeof(out)), pt, 24, "DES-ECB back");
+    unhex("e5c7cdde872bf27c43e934008c389c0f683788499a7c05f6", ct, sizeof(ct));
+    assert_bytes(out, crypt_parts(true, &cbc, dk, pt, 24, out, sizeof(out)), ct, 24, "DES-CBC");
+    assert_bytes(out, crypt1(false, &cbc, dk, ct, 24, out, sizeof(out)), pt, 24, "DES-CBC back");
+    /* Parity bits ignored: the key with each low bit flipped. */
+    uint8_t fk[8];
+    CK_OBJECT_HANDLE flipped;
+    unhex("0123456789abcdef", fk, sizeof(fk));
+    for (int i = 0; i < 8; i++)
+        fk[i] ^= 1;
+    CK(create_secret(CKK_DES, fk, 8, U_CRYPT, NULL, 0, &flipped));
+    assert_bytes(out, crypt1(true, &cbc, flipped, pt, 24, out, sizeof(out)), ct, 24, "DES-CBC, parity flipped");
+    /* CBC_PAD: whole blocks out, the data back. */
+    for (size_t len = 0; len <= 17; len++) {
+        size_t cl = crypt1(true, &pad, dk, pt, len, out, sizeof(out));
+        assert_int_equal(cl, (len / 8 + 1) * 8);
+        assert_bytes(back, crypt_parts(false, &pad, dk, out, cl, back, sizeof(back)), pt, len, "DES-CBC-PAD");
+    }
+    CK_ULONG n = sizeof(out);
+    CK(f->C_EncryptInit(h, &ecb, dk));
+    RV(CKR_DATA_LEN_RANGE, f->C_Encrypt(h, pt, 12, out, &n));
+    CK_MECHANISM cbc16 = {CKM_DES_CBC, iv, 16};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &cbc16, dk));
+
+    /* Keys: generation with odd parity, import of 8 bytes only, each family its own key types. */
+    CK_OBJECT_HANDLE gk, k;
+    uint8_t val[16];
+    CK(gen(CKM_DES_KEY_GEN, NULL, 0, &gk));
+    assert_int_equal(value_of(gk, val, sizeof(val)), 8);
+    assert_true(odd_parity(val, 8));
+    assert_int_equal(crypt1(true, &ecb, gk, pt, 16, out, sizeof(out)), 16);
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES, pt, 7, U_CRYPT, NULL, 0, &k));
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES, pt, 16, U_CRYPT, NULL, 0, &k));
+    CK_ULONG eight = 8;
+    CK_ATTRIBUTE withlen = {CKA_VALUE_LEN, &eight, sizeof(eight)};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, create_secret(CKK_DES, pt, 8, U_CRYPT, &withlen, 1, &k));
+    CK_MECHANISM ecb3 = {CKM_DES3_ECB, NULL, 0};
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_EncryptInit(h, &ecb3, dk));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_EncryptInit(h, &ecb, secret(CKK_DES3, K3, U_CRYPT)));
+    /* No wrapping with single DES, either way. */
+    CK_OBJECT_HANDLE dw = secret(CKK_DES, "0123456789abcdef", U_WRAP);
+    CK_ULONG bl = sizeof(out);
+    RV(CKR_MECHANISM_INVALID, f->C_WrapKey(h, &pad, dw, gk, out, &bl));
+    /* MD5 is no parameter of other mechanisms (OAEP, PSS, HKDF take SHA-1/2/3). */
+    CK_OBJECT_HANDLE pub, priv;
+    CK_ULONG bits = 2048;
+    CK_MECHANISM rgen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ATTRIBUTE rp[] = {{CKA_TOKEN, &no, 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_ENCRYPT, &yes, 1}};
+    CK_ATTRIBUTE rk[] = {{CKA_TOKEN, &no, 1}, {CKA_DECRYPT, &yes, 1}};
+    CK(f->C_GenerateKeyPair(h, &rgen, rp, 3, rk, 2, &pub, &priv));
+    CK_RSA_PKCS_OAEP_PARAMS op = {CKM_MD5, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &oaep, pub));
+
+    /* legacy_mechanisms = no again: the provider stays loaded in the
+     * process, the mechanisms go. */
+    CK(f->C_Finalize(NULL));
+    assert_int_equal(start(""), 0);
+    assert_legacy_off();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -764,6 +991,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tdes_errors, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_wrap, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_wrap_strict, start_strict, stop),
+        cmocka_unit_test_setup_teardown(test_legacy_off_by_default, start_default, stop),
+        /* before test_legacy_on: once loaded, the provider stays */
+        cmocka_unit_test_setup_teardown(test_legacy_provider_missing, start_legacy_missing, stop),
+        cmocka_unit_test_setup_teardown(test_legacy_on, start_legacy, stop),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -83,7 +83,8 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
  *       rsa_min_bits (the smallest RSA key C_GenerateKeyPair makes, 1024..8192, default 2048),
  *       wrap_policy (default | strict: the token's key-management rules, see tok_access.h),
  *       secure_heap (KiB of OpenSSL's secure heap the module sets up when the process has none:
- *                    0 or a power of two 64..65536, default KS_SECURE_HEAP_DEFAULT_KIB; see ks_secmem.c).
+ *                    0 or a power of two 64..65536, default KS_SECURE_HEAP_DEFAULT_KIB; see ks_secmem.c),
+ *       legacy_mechanisms (no | yes: single DES and MD5, from OpenSSL's legacy provider; default no).
  * Unknown keys and malformed lines are errors naming file, line and key. */
 typedef struct {
     char *source;        /* config file used, or NULL for embedded defaults */
@@ -95,6 +96,7 @@ typedef struct {
     unsigned rsa_min_bits;  /* default 2048 */
     bool wrap_strict;       /* wrap_policy = strict */
     unsigned secure_heap_kib; /* 0: leave OpenSSL's secure heap alone */
+    bool legacy_mechanisms; /* legacy_mechanisms = yes */
 } ks_config;
 #define KS_SECURE_HEAP_DEFAULT_KIB 2048u
 
@@ -341,12 +343,18 @@ KS_API int ks_idx_contains(ks_txn *txn, uint32_t token_id, uint32_t attr, const 
 
 KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
 
-/* The OpenSSL library context of every p11mk layer: private, with only the
- * default provider, so that the application's OpenSSL configuration,
- * providers and engines (a pkcs11 provider or engine pointing back at this
- * token, say) never reach p11mk's own crypto. */
+/* The OpenSSL library context of every p11mk layer: private, with the
+ * default provider (and the legacy one once asked for), so that the
+ * application's OpenSSL configuration, providers and engines (a pkcs11
+ * provider or engine pointing back at this token, say) never reach p11mk's
+ * own crypto. */
 struct ossl_lib_ctx_st;
 KS_API struct ossl_lib_ctx_st *ks_libctx(void);
+/* Load OpenSSL's legacy provider (single DES) into that context, next to the
+ * default one, never into the application's: true once it is loaded (it
+ * stays for the life of the process). False, with OpenSSL's errors dropped,
+ * when it cannot be loaded (not installed, OPENSSL_MODULES elsewhere). */
+KS_API bool ks_libctx_load_legacy(void);
 
 /* ---- master-key rotation state ------------------------------------------- */
 /* States of a keystore's rotation, kept (sealed) in its metadata:

@@ -33,6 +33,12 @@ TOK_API CK_RV tok_mech_info(CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info);
  * RSA key CKM_RSA_PKCS_KEY_PAIR_GEN makes and C_GetMechanismInfo reports. */
 TOK_API void tok_mech_set_rsa_min_bits(unsigned bits);
 TOK_API unsigned tok_mech_rsa_min_bits(void);
+/* The configuration's legacy_mechanisms: single DES (CKK_DES, CKM_DES_*) and
+ * MD5 (CKM_MD5, CKM_MD5_HMAC) are listed and work only when it is yes and
+ * OpenSSL's legacy provider loads into the module's library context. Returns
+ * whether they are on; off, they are CKR_MECHANISM_INVALID everywhere. */
+TOK_API bool tok_mech_set_legacy(bool want);
+TOK_API bool tok_mech_legacy(void);
 TOK_API CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);       /* secret keys */
 TOK_API CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);   /* key pairs */
 

@@ -83,8 +83,8 @@ TOK_API CK_RV tok_template_merge(const CK_ATTRIBUTE *tmpl, CK_ULONG n, const tok
 /* Does obj have every attribute of t, with the same value? */
 TOK_API bool tok_template_matches(const tok_attrs *obj, const tok_attrs *t);
 
-/* The length of CKA_VALUE of key types whose length the type fixes (DES2 16,
- * DES3 24 bytes; they have no CKA_VALUE_LEN), 0 for other key types. */
+/* The length of CKA_VALUE of key types whose length the type fixes (DES 8,
+ * DES2 16, DES3 24 bytes; they have no CKA_VALUE_LEN), 0 for other key types. */
 TOK_API CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt);
 
 /* Convenience readers for the pkcs11 layer. */
