@@ -123,6 +123,18 @@ static int set_str(char **dst, char *v)
     return KS_OK;
 }
 
+/* A key that takes one of two words: *on when it is the second. */
+static int either(const char *path, int line, const char *key, const char *val, const char *off, const char *yes,
+                  bool *on, ks_err *err)
+{
+    if (strcmp(val, off) != 0 && strcmp(val, yes) != 0) {
+        ks_err_set(err, "%s:%d: %s '%s' is not one of %s, %s", path, line, key, val, off, yes);
+        return KS_ECONFIG;
+    }
+    *on = strcmp(val, yes) == 0;
+    return KS_OK;
+}
+
 static int apply(ks_config *cfg, const char *path, int line, const char *key, const char *val, ks_err *err)
 {
     if (!*val) {
@@ -167,22 +179,10 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
         cfg->key_file_mode = (unsigned)m;
         return KS_OK;
     }
-    if (strcmp(key, "wrap_policy") == 0) {
-        if (strcmp(val, "default") != 0 && strcmp(val, "strict") != 0) {
-            ks_err_set(err, "%s:%d: wrap_policy '%s' is not one of default, strict", path, line, val);
-            return KS_ECONFIG;
-        }
-        cfg->wrap_strict = strcmp(val, "strict") == 0;
-        return KS_OK;
-    }
-    if (strcmp(key, "legacy_mechanisms") == 0) {
-        if (strcmp(val, "no") != 0 && strcmp(val, "yes") != 0) {
-            ks_err_set(err, "%s:%d: legacy_mechanisms '%s' is not one of no, yes", path, line, val);
-            return KS_ECONFIG;
-        }
-        cfg->legacy_mechanisms = strcmp(val, "yes") == 0;
-        return KS_OK;
-    }
+    if (strcmp(key, "wrap_policy") == 0)
+        return either(path, line, key, val, "default", "strict", &cfg->wrap_strict, err);
+    if (strcmp(key, "legacy_mechanisms") == 0)
+        return either(path, line, key, val, "no", "yes", &cfg->legacy_mechanisms, err);
     if (strcmp(key, "rsa_min_bits") == 0) {
         char *end;
         errno = 0;
