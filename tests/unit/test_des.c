@@ -53,6 +53,7 @@ static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 static const char SO[] = "so-secret", PIN[] = "user-pin";
 
 #define unhex test_unhex
+#define assert_bytes test_assert_bytes
 
 /* NIST's examples: one plaintext, K1 K2 K3 (two keys: K1 K2), the CBC IV. */
 static const char PT[] = "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51";
@@ -155,21 +156,6 @@ static int stop(void **state)
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static void assert_bytes(const uint8_t *got, size_t glen, const uint8_t *want, size_t wlen, const char *what)
-{
-    if (glen != wlen || memcmp(got, want, wlen) != 0) {
-        fprintf(stderr, "%s:\n  got  (%zu) ", what, glen);
-        for (size_t i = 0; i < glen; i++)
-            fprintf(stderr, "%02x", got[i]);
-        fprintf(stderr, "\n  want (%zu) ", wlen);
-        for (size_t i = 0; i < wlen; i++)
-            fprintf(stderr, "%02x", want[i]);
-        fprintf(stderr, "\n");
-    }
-    assert_int_equal(glen, wlen);
-    assert_memory_equal(got, want, wlen);
-}
-
 enum { U_CRYPT = 1, U_SIGN = 2, U_WRAP = 4 };
 
 /* C_CreateObject of a session secret key; extra attributes appended. */
@@ -217,6 +203,22 @@ static size_t crypt1(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_
     n = cap;
     CK((enc ? f->C_Encrypt : f->C_Decrypt)(h, (CK_BYTE_PTR)in, inlen, out, &n));
     return n;
+}
+
+/* The size-query protocol of one call: NULL gives query (the length, or an
+ * upper bound for decryption), a buffer one byte short of want
+ * CKR_BUFFER_TOO_SMALL and want, and the operation stays for the call that
+ * gives the want bytes. */
+static void sized(CK_C_Encrypt fn, uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG query, CK_ULONG want)
+{
+    CK_ULONG n = 0;
+    CK(fn(h, in, inlen, NULL, &n));
+    assert_int_equal(n, query);
+    n = want - 1;
+    RV(CKR_BUFFER_TOO_SMALL, fn(h, in, inlen, out, &n));
+    assert_int_equal(n, want);
+    CK(fn(h, in, inlen, out, &n));
+    assert_int_equal(n, want);
 }
 
 /* Multi-part, the input in pieces of 5, 11, then 16 bytes. */
@@ -557,36 +559,13 @@ static void test_tdes_errors(void **state)
 
     /* Size query and short buffer leave the operation active. */
     CK(f->C_EncryptInit(h, &pad, k));
-    n = 0;
-    CK(f->C_Encrypt(h, data, 20, NULL, &n));
-    assert_int_equal(n, 24);
-    n = 23;
-    RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, data, 20, out, &n));
-    assert_int_equal(n, 24);
-    n = sizeof(out);
-    CK(f->C_Encrypt(h, data, 20, out, &n));
-    assert_int_equal(n, 24);
+    sized(f->C_Encrypt, data, 20, out, 24, 24);
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, data, 20, out, &n)); /* the operation is over */
     CK(f->C_DecryptInit(h, &pad, k));
-    n = 0;
-    CK(f->C_Decrypt(h, out, 24, NULL, &n));
-    assert_true(n >= 20);
-    n = 19;
-    RV(CKR_BUFFER_TOO_SMALL, f->C_Decrypt(h, out, 24, out + 24, &n));
-    n = sizeof(out) - 24;
-    CK(f->C_Decrypt(h, out, 24, out + 24, &n));
-    assert_int_equal(n, 20);
-    /* multi-part: an update's size query, a final's short buffer */
+    sized(f->C_Decrypt, out, 24, out + 24, 24, 20); /* the query: an upper bound */
+    /* multi-part: an update's size query */
     CK(f->C_EncryptInit(h, &cbc, k));
-    n = 0;
-    CK(f->C_EncryptUpdate(h, data, 13, NULL, &n));
-    assert_int_equal(n, 8);
-    n = 7;
-    RV(CKR_BUFFER_TOO_SMALL, f->C_EncryptUpdate(h, data, 13, out, &n));
-    assert_int_equal(n, 8);
-    n = sizeof(out);
-    CK(f->C_EncryptUpdate(h, data, 13, out, &n));
-    assert_int_equal(n, 8);
+    sized(f->C_EncryptUpdate, data, 13, out, 8, 8);
     n = sizeof(out);
     CK(f->C_EncryptUpdate(h, data, 3, out, &n)); /* 5 + 3: one more block */
     assert_int_equal(n, 8);

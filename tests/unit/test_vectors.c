@@ -96,21 +96,7 @@ static const char SO[] = "so-secret", PIN[] = "user-pin";
 /* ---- helpers ------------------------------------------------------------- */
 
 #define unhex test_unhex
-
-static void assert_bytes(const uint8_t *got, size_t glen, const uint8_t *want, size_t wlen, const char *what)
-{
-    if (glen != wlen || memcmp(got, want, wlen) != 0) {
-        fprintf(stderr, "%s:\n  got  (%zu) ", what, glen);
-        for (size_t i = 0; i < glen; i++)
-            fprintf(stderr, "%02x", got[i]);
-        fprintf(stderr, "\n  want (%zu) ", wlen);
-        for (size_t i = 0; i < wlen; i++)
-            fprintf(stderr, "%02x", want[i]);
-        fprintf(stderr, "\n");
-    }
-    assert_int_equal(glen, wlen);
-    assert_memory_equal(got, want, wlen);
-}
+#define assert_bytes test_assert_bytes
 
 static bool listed(CK_MECHANISM_TYPE m)
 {
