@@ -8,7 +8,9 @@
  *     multi-part; CBC_PAD byte for byte against plain OpenSSL around the block
  *     size; parity bits ignored on import (the CMAC example key has one wrong);
  *   - key generation (CKM_DES2_KEY_GEN, CKM_DES3_KEY_GEN): lengths, odd parity,
- *     no CKA_VALUE_LEN; C_GetMechanismInfo; C_CreateObject rules;
+ *     no CKA_VALUE_LEN; C_GetMechanismInfo; C_CreateObject rules; DES keys
+ *     derived with HKDF (RFC 5869) and PBKDF2 (RFC 6070): the type's length,
+ *     parity set;
  *   - error cases: size query, short buffer, CKR_DATA_LEN_RANGE and
  *     CKR_ENCRYPTED_DATA_LEN_RANGE, bad padding, bad IV, wrong key types,
  *     operation state;
@@ -264,6 +266,13 @@ static size_t ossl_crypt(const char *cipher, bool pad, const uint8_t *key, const
     return (size_t)(a + b);
 }
 
+/* The low bit of each byte set so that the byte has an odd number of ones. */
+static void set_odd_parity(uint8_t *k, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        k[i] = (uint8_t)((k[i] & 0xfe) | !(__builtin_popcount(k[i] & 0xfe) & 1));
+}
+
 static bool odd_parity(const uint8_t *k, size_t len)
 {
     for (size_t i = 0; i < len; i++)
@@ -480,6 +489,64 @@ static void test_tdes_keygen(void **state)
         assert_int_equal(mi.ulMaxKeySize, 24);
         assert_int_equal(mi.flags, ops[i].flags);
     }
+}
+
+/* Keys the token derives take their type's length and odd parity: the
+ * leading bytes of RFC 5869's test case 1 (HKDF) and RFC 6070's test 2
+ * (PBKDF2), each byte's low bit set to make its bit count odd. */
+static void test_tdes_derived(void **state)
+{
+    (void)state;
+    uint8_t ikm[22], salt[13], info[10], want[24], val[32];
+    CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET, d3 = CKK_DES3, d2 = CKK_DES2;
+    CK_OBJECT_HANDLE base, k;
+
+    memset(ikm, 0x0b, sizeof(ikm));
+    for (int i = 0; i < 13; i++)
+        salt[i] = (uint8_t)i;
+    for (int i = 0; i < 10; i++)
+        info[i] = (uint8_t)(0xf0 + i);
+    CK_ATTRIBUTE bt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_TOKEN, &no, 1},
+                         {CKA_VALUE, ikm, sizeof(ikm)}, {CKA_DERIVE, &yes, 1}};
+    CK(f->C_CreateObject(h, bt, 5, &base));
+    struct { /* CK_HKDF_PARAMS (PKCS#11 3.0) */
+        CK_BBOOL bExtract, bExpand;
+        CK_MECHANISM_TYPE prf;
+        CK_ULONG saltType;
+        CK_BYTE_PTR pSalt;
+        CK_ULONG saltLen;
+        CK_OBJECT_HANDLE hSaltKey;
+        CK_BYTE_PTR pInfo;
+        CK_ULONG infoLen;
+    } hp = {CK_TRUE, CK_TRUE, CKM_SHA256, 2 /* CKF_HKDF_SALT_DATA */, salt, sizeof(salt), 0, info, sizeof(info)};
+    CK_MECHANISM hkdf = {0x402A /* CKM_HKDF_DERIVE */, &hp, sizeof(hp)};
+    CK_ATTRIBUTE dt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_TOKEN, &no, 1},
+                         {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1}};
+    CK(f->C_DeriveKey(h, &hkdf, base, dt, 5, &k));
+    unhex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c", want, sizeof(want));
+    set_odd_parity(want, 24);
+    assert_bytes(val, value_of(k, val, sizeof(val)), want, 24, "HKDF to a DES3 key");
+    CK_ULONG l = 24;
+    CK_ATTRIBUTE dtl[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_VALUE_LEN, &l, sizeof(l)}};
+    RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_DeriveKey(h, &hkdf, base, dtl, 3, &k));
+
+    struct { /* CK_PKCS5_PBKD2_PARAMS2 */
+        CK_ULONG saltSource;
+        CK_VOID_PTR pSalt;
+        CK_ULONG saltLen, iterations, prf;
+        CK_VOID_PTR pPrfData;
+        CK_ULONG prfDataLen;
+        CK_UTF8CHAR_PTR pPassword;
+        CK_ULONG passwordLen;
+    } pp = {1, (CK_VOID_PTR) "salt", 4, 2, 1 /* HMAC-SHA1 */, NULL, 0, (CK_UTF8CHAR_PTR) "password", 8};
+    CK_MECHANISM pbkdf2 = {CKM_PKCS5_PBKD2, &pp, sizeof(pp)};
+    CK_ATTRIBUTE pt[] = {{CKA_KEY_TYPE, &d2, sizeof(d2)}, {CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &no, 1},
+                         {CKA_EXTRACTABLE, &yes, 1}};
+    CK(f->C_GenerateKey(h, &pbkdf2, pt, 4, &k));
+    unhex("ea6c014dc72d6f8ccd1ed92ace1d41f0", want, sizeof(want));
+    set_odd_parity(want, 16);
+    assert_bytes(val, value_of(k, val, sizeof(val)), want, 16, "PBKDF2 to a DES2 key");
 }
 
 static void test_tdes_import(void **state)
@@ -966,6 +1033,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tdes_cbc_pad_against_openssl, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_cmac_vectors, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_keygen, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_tdes_derived, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_import, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_errors, start_default, stop),
         cmocka_unit_test_setup_teardown(test_tdes_wrap, start_default, stop),
