@@ -41,6 +41,7 @@
 
 #include "tests/unit/ks_test_util.h"
 #include "tests/unit/test_hex.h"
+#include "tests/unit/test_params.h"
 
 #define CK(call) assert_int_equal((call), CKR_OK)
 #define RV(want, call) assert_int_equal((call), (want))
@@ -502,25 +503,11 @@ static void test_tdes_derived(void **state)
     CK_KEY_TYPE gen = CKK_GENERIC_SECRET, d3 = CKK_DES3, d2 = CKK_DES2;
     CK_OBJECT_HANDLE base, k;
 
-    memset(ikm, 0x0b, sizeof(ikm));
-    for (int i = 0; i < 13; i++)
-        salt[i] = (uint8_t)i;
-    for (int i = 0; i < 10; i++)
-        info[i] = (uint8_t)(0xf0 + i);
+    test_hkdf_params hp = test_rfc5869_case1(ikm, salt, info);
     CK_ATTRIBUTE bt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_TOKEN, &no, 1},
                          {CKA_VALUE, ikm, sizeof(ikm)}, {CKA_DERIVE, &yes, 1}};
     CK(f->C_CreateObject(h, bt, 5, &base));
-    struct { /* CK_HKDF_PARAMS (PKCS#11 3.0) */
-        CK_BBOOL bExtract, bExpand;
-        CK_MECHANISM_TYPE prf;
-        CK_ULONG saltType;
-        CK_BYTE_PTR pSalt;
-        CK_ULONG saltLen;
-        CK_OBJECT_HANDLE hSaltKey;
-        CK_BYTE_PTR pInfo;
-        CK_ULONG infoLen;
-    } hp = {CK_TRUE, CK_TRUE, CKM_SHA256, 2 /* CKF_HKDF_SALT_DATA */, salt, sizeof(salt), 0, info, sizeof(info)};
-    CK_MECHANISM hkdf = {0x402A /* CKM_HKDF_DERIVE */, &hp, sizeof(hp)};
+    CK_MECHANISM hkdf = {TEST_CKM_HKDF_DERIVE, &hp, sizeof(hp)};
     CK_ATTRIBUTE dt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_TOKEN, &no, 1},
                          {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1}};
     CK(f->C_DeriveKey(h, &hkdf, base, dt, 5, &k));
@@ -531,15 +518,7 @@ static void test_tdes_derived(void **state)
     CK_ATTRIBUTE dtl[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_VALUE_LEN, &l, sizeof(l)}};
     RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_DeriveKey(h, &hkdf, base, dtl, 3, &k));
 
-    struct { /* CK_PKCS5_PBKD2_PARAMS2 */
-        CK_ULONG saltSource;
-        CK_VOID_PTR pSalt;
-        CK_ULONG saltLen, iterations, prf;
-        CK_VOID_PTR pPrfData;
-        CK_ULONG prfDataLen;
-        CK_UTF8CHAR_PTR pPassword;
-        CK_ULONG passwordLen;
-    } pp = {1, (CK_VOID_PTR) "salt", 4, 2, 1 /* HMAC-SHA1 */, NULL, 0, (CK_UTF8CHAR_PTR) "password", 8};
+    test_pbkd2_params pp = test_rfc6070_case2();
     CK_MECHANISM pbkdf2 = {CKM_PKCS5_PBKD2, &pp, sizeof(pp)};
     CK_ATTRIBUTE pt[] = {{CKA_KEY_TYPE, &d2, sizeof(d2)}, {CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &no, 1},
                          {CKA_EXTRACTABLE, &yes, 1}};

@@ -27,6 +27,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "pkcs11/p11_v3.h"
+#include "tests/unit/test_params.h"
 
 #define CK(call) assert_int_equal((call), CKR_OK)
 #define RV(want, call) assert_int_equal((call), (want))
@@ -2000,26 +2001,12 @@ static void test_hkdf(void **state)
     static const CK_BYTE want[] = {0x3c, 0xb2, 0x5f, 0x25, 0xfa, 0xac, 0xd5, 0x7a, 0x90, 0x43, 0x4f, 0x64, 0xd0, 0x36,
                                    0x2f, 0x2a, 0x2d, 0x2d, 0x0a, 0x90, 0xcf, 0x1a, 0x5a, 0x4c, 0x5d, 0xb0, 0x2d, 0x56,
                                    0xec, 0xc4, 0xc5, 0xbf, 0x34, 0x00, 0x72, 0x08, 0xd5, 0xb8, 0x87, 0x18, 0x58, 0x65};
-    memset(ikm, 0x0b, sizeof(ikm));
-    for (int i = 0; i < 13; i++)
-        salt[i] = (CK_BYTE)i;
-    for (int i = 0; i < 10; i++)
-        info[i] = (CK_BYTE)(0xf0 + i);
+    test_hkdf_params p = test_rfc5869_case1(ikm, salt, info);
     CK_ATTRIBUTE bt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &gen, sizeof(gen)},
                          {CKA_VALUE, ikm, sizeof(ikm)}, {CKA_DERIVE, &yes, 1}};
     CK_OBJECT_HANDLE base, out;
     CK(f->C_CreateObject(h, bt, 4, &base));
-    struct {
-        CK_BBOOL bExtract, bExpand;
-        CK_MECHANISM_TYPE prf;
-        CK_ULONG saltType;
-        CK_BYTE_PTR pSalt;
-        CK_ULONG saltLen;
-        CK_OBJECT_HANDLE hSaltKey;
-        CK_BYTE_PTR pInfo;
-        CK_ULONG infoLen;
-    } p = {CK_TRUE, CK_TRUE, CKM_SHA256, 2 /* CKF_HKDF_SALT_DATA */, salt, sizeof(salt), 0, info, sizeof(info)};
-    CK_MECHANISM m = {0x402A /* CKM_HKDF_DERIVE */, &p, sizeof(p)};
+    CK_MECHANISM m = {TEST_CKM_HKDF_DERIVE, &p, sizeof(p)};
     CK_ULONG l = 42;
     CK_ATTRIBUTE dt[] = {{CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_VALUE_LEN, &l, sizeof(l)},
                          {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
@@ -2059,15 +2046,7 @@ static void test_pbkdf2(void **state)
     static const CK_BYTE want[] = {0xea, 0x6c, 0x01, 0x4d, 0xc7, 0x2d, 0x6f, 0x8c, 0xcd, 0x1e,
                                    0xd9, 0x2a, 0xce, 0x1d, 0x41, 0xf0, 0xd8, 0xde, 0x89, 0x57};
     CK_ULONG pwlen = 8;
-    struct {
-        CK_ULONG saltSource;
-        CK_VOID_PTR pSalt;
-        CK_ULONG saltLen, iterations, prf;
-        CK_VOID_PTR pPrfData;
-        CK_ULONG prfDataLen;
-        CK_UTF8CHAR_PTR pPassword;
-        CK_ULONG passwordLen;
-    } p = {1, (CK_VOID_PTR) "salt", 4, 2, 1 /* HMAC-SHA1 */, NULL, 0, (CK_UTF8CHAR_PTR) "password", 8};
+    test_pbkd2_params p = test_rfc6070_case2();
     CK_MECHANISM m = {CKM_PKCS5_PBKD2, &p, sizeof(p)};
     CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
     CK_ULONG l = 20;

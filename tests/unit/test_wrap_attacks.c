@@ -52,6 +52,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "tests/unit/ks_test_util.h"
+#include "tests/unit/test_params.h"
 
 #define CK(call) assert_int_equal((call), CKR_OK)
 
@@ -279,16 +280,8 @@ static void a6_password_key(void **state)
 {
     (void)state;
     static const char pw[] = "password", salt[] = "salt-salt";
-    struct { /* CK_PKCS5_PBKD2_PARAMS2 (PKCS#11 3.0; not in p11-kit 0.24's header) */
-        CK_ULONG saltSource;
-        CK_VOID_PTR pSalt;
-        CK_ULONG saltLen, iterations, prf;
-        CK_VOID_PTR pPrfData;
-        CK_ULONG prfDataLen;
-        CK_UTF8CHAR_PTR pPassword;
-        CK_ULONG passwordLen;
-    } pp = {1 /* CKZ_SALT_SPECIFIED */, (void *)salt, sizeof(salt) - 1, 1000, 4 /* CKP_PKCS5_PBKD2_HMAC_SHA256 */,
-            NULL, 0, (CK_UTF8CHAR_PTR)pw, sizeof(pw) - 1};
+    test_pbkd2_params pp = {1 /* CKZ_SALT_SPECIFIED */, (void *)salt, sizeof(salt) - 1, 1000,
+                            4 /* CKP_PKCS5_PBKD2_HMAC_SHA256 */, NULL, 0, (CK_UTF8CHAR_PTR)pw, sizeof(pw) - 1};
     CK_MECHANISM pbkdf = {CKM_PKCS5_PBKD2, &pp, sizeof(pp)};
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;

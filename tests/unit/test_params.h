@@ -1,0 +1,54 @@
+/* Shared by the unit tests that drive the module: PKCS#11 3.0 mechanism
+ * parameters that p11-kit 0.24's header lacks, and the inputs of RFC 5869's
+ * HKDF test case 1 and RFC 6070's PBKDF2 test 2. */
+#ifndef P11MK_TEST_PARAMS_H
+#define P11MK_TEST_PARAMS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define TEST_CKM_HKDF_DERIVE 0x402AUL
+#define TEST_CKF_HKDF_SALT_DATA 0x2UL
+
+typedef struct { /* CK_HKDF_PARAMS */
+    CK_BBOOL bExtract, bExpand;
+    CK_MECHANISM_TYPE prf;
+    CK_ULONG saltType;
+    CK_BYTE_PTR pSalt;
+    CK_ULONG saltLen;
+    CK_OBJECT_HANDLE hSaltKey;
+    CK_BYTE_PTR pInfo;
+    CK_ULONG infoLen;
+} test_hkdf_params;
+
+typedef struct { /* CK_PKCS5_PBKD2_PARAMS2 (v2.40's has a pointer for passwordLen) */
+    CK_ULONG saltSource;
+    CK_VOID_PTR pSalt;
+    CK_ULONG saltLen, iterations, prf;
+    CK_VOID_PTR pPrfData;
+    CK_ULONG prfDataLen;
+    CK_UTF8CHAR_PTR pPassword;
+    CK_ULONG passwordLen;
+} test_pbkd2_params;
+
+/* RFC 5869 A.1: IKM, salt and info (HKDF with SHA-256, extract and expand). */
+static inline test_hkdf_params test_rfc5869_case1(CK_BYTE ikm[22], CK_BYTE salt[13], CK_BYTE info[10])
+{
+    memset(ikm, 0x0b, 22);
+    for (int i = 0; i < 13; i++)
+        salt[i] = (CK_BYTE)i;
+    for (int i = 0; i < 10; i++)
+        info[i] = (CK_BYTE)(0xf0 + i);
+    return (test_hkdf_params){CK_TRUE, CK_TRUE, CKM_SHA256, TEST_CKF_HKDF_SALT_DATA, salt, 13, 0, info, 10};
+}
+
+/* RFC 6070 test 2: "password", "salt", 2 iterations of HMAC-SHA1. */
+static inline test_pbkd2_params test_rfc6070_case2(void)
+{
+    return (test_pbkd2_params){1 /* CKZ_SALT_SPECIFIED */, (CK_VOID_PTR) "salt", 4, 2, 1 /* HMAC-SHA1 */, NULL, 0,
+                               (CK_UTF8CHAR_PTR) "password", 8};
+}
+
+#endif
