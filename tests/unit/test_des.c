@@ -168,10 +168,12 @@ static CK_RV create_secret(CK_KEY_TYPE kt, const uint8_t *val, size_t len, unsig
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_BBOOL crypt = (use & U_CRYPT) != 0, sign = (use & U_SIGN) != 0, wrap = (use & U_WRAP) != 0;
     CK_ATTRIBUTE t[16] = {
-        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_VALUE, (void *)val, len},
-        {CKA_TOKEN, &no, 1},            {CKA_SENSITIVE, &no, 1},         {CKA_EXTRACTABLE, &yes, 1},
-        {CKA_ENCRYPT, &crypt, 1},       {CKA_DECRYPT, &crypt, 1},        {CKA_SIGN, &sign, 1},
-        {CKA_VERIFY, &sign, 1},         {CKA_WRAP, &wrap, 1},            {CKA_UNWRAP, &wrap, 1},
+        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE, (void *)val, len},  {CKA_TOKEN, &no, 1},
+        {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},
+        {CKA_ENCRYPT, &crypt, 1},       {CKA_DECRYPT, &crypt, 1},
+        {CKA_SIGN, &sign, 1},           {CKA_VERIFY, &sign, 1},
+        {CKA_WRAP, &wrap, 1},           {CKA_UNWRAP, &wrap, 1},
     };
     CK_ULONG n = 12;
     for (CK_ULONG i = 0; i < nextra; i++)
@@ -225,8 +227,8 @@ static void sized(CK_C_Encrypt fn, uint8_t *in, CK_ULONG inlen, uint8_t *out, CK
 }
 
 /* Multi-part, the input in pieces of 5, 11, then 16 bytes. */
-static size_t crypt_parts(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen,
-                          uint8_t *out, size_t cap)
+static size_t crypt_parts(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen, uint8_t *out,
+                          size_t cap)
 {
     static const size_t piece[] = {5, 11, 16};
     size_t done = 0, got = 0;
@@ -410,8 +412,8 @@ static void test_tdes_cmac_vectors(void **state)
 static CK_RV gen(CK_MECHANISM_TYPE mt, CK_ATTRIBUTE *extra, CK_ULONG nextra, CK_OBJECT_HANDLE *o)
 {
     CK_MECHANISM m = {mt, NULL, 0};
-    CK_ATTRIBUTE t[12] = {{CKA_TOKEN, &no, 1},   {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1},
-                          {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}, {CKA_SIGN, &yes, 1}};
+    CK_ATTRIBUTE t[12] = {{CKA_TOKEN, &no, 1},    {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1},
+                          {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1},  {CKA_SIGN, &yes, 1}};
     CK_ULONG n = 6;
     for (CK_ULONG i = 0; i < nextra; i++)
         t[n++] = extra[i];
@@ -442,9 +444,8 @@ static void test_tdes_keygen(void **state)
             CK(gen(v[i].mech, NULL, 0, &k));
             assert_int_equal(value_of(k, val, sizeof(val)), v[i].len);
             assert_true(odd_parity(val, v[i].len));
-            CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
-                                {CKA_KEY_GEN_MECHANISM, &genm, sizeof(genm)},
-                                {CKA_LOCAL, &local, 1}};
+            CK_ATTRIBUTE a[] = {
+                {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_KEY_GEN_MECHANISM, &genm, sizeof(genm)}, {CKA_LOCAL, &local, 1}};
             CK(f->C_GetAttributeValue(h, k, a, 3));
             assert_int_equal(kt, v[i].kt);
             assert_int_equal(genm, v[i].mech);
@@ -504,24 +505,31 @@ static void test_tdes_derived(void **state)
     CK_OBJECT_HANDLE base, k;
 
     test_hkdf_params hp = test_rfc5869_case1(ikm, salt, info);
-    CK_ATTRIBUTE bt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_TOKEN, &no, 1},
-                         {CKA_VALUE, ikm, sizeof(ikm)}, {CKA_DERIVE, &yes, 1}};
+    CK_ATTRIBUTE bt[] = {{CKA_CLASS, &sec, sizeof(sec)},
+                         {CKA_KEY_TYPE, &gen, sizeof(gen)},
+                         {CKA_TOKEN, &no, 1},
+                         {CKA_VALUE, ikm, sizeof(ikm)},
+                         {CKA_DERIVE, &yes, 1}};
     CK(f->C_CreateObject(h, bt, 5, &base));
     CK_MECHANISM hkdf = {TEST_CKM_HKDF_DERIVE, &hp, sizeof(hp)};
-    CK_ATTRIBUTE dt[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_TOKEN, &no, 1},
-                         {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1}};
+    CK_ATTRIBUTE dt[] = {{CKA_CLASS, &sec, sizeof(sec)},
+                         {CKA_KEY_TYPE, &d3, sizeof(d3)},
+                         {CKA_TOKEN, &no, 1},
+                         {CKA_SENSITIVE, &no, 1},
+                         {CKA_EXTRACTABLE, &yes, 1}};
     CK(f->C_DeriveKey(h, &hkdf, base, dt, 5, &k));
     unhex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c", want, sizeof(want));
     set_odd_parity(want, 24);
     assert_bytes(val, value_of(k, val, sizeof(val)), want, 24, "HKDF to a DES3 key");
     CK_ULONG l = 24;
-    CK_ATTRIBUTE dtl[] = {{CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_VALUE_LEN, &l, sizeof(l)}};
+    CK_ATTRIBUTE dtl[] = {
+        {CKA_CLASS, &sec, sizeof(sec)}, {CKA_KEY_TYPE, &d3, sizeof(d3)}, {CKA_VALUE_LEN, &l, sizeof(l)}};
     RV(CKR_ATTRIBUTE_TYPE_INVALID, f->C_DeriveKey(h, &hkdf, base, dtl, 3, &k));
 
     test_pbkd2_params pp = test_rfc6070_case2();
     CK_MECHANISM pbkdf2 = {CKM_PKCS5_PBKD2, &pp, sizeof(pp)};
-    CK_ATTRIBUTE pt[] = {{CKA_KEY_TYPE, &d2, sizeof(d2)}, {CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &no, 1},
-                         {CKA_EXTRACTABLE, &yes, 1}};
+    CK_ATTRIBUTE pt[] = {
+        {CKA_KEY_TYPE, &d2, sizeof(d2)}, {CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
     CK(f->C_GenerateKey(h, &pbkdf2, pt, 4, &k));
     unhex("ea6c014dc72d6f8ccd1ed92ace1d41f0", want, sizeof(want));
     set_odd_parity(want, 16);
@@ -675,12 +683,13 @@ static void test_tdes_errors(void **state)
 
 /* ---- wrap and unwrap ------------------------------------------------------------ */
 
-static CK_RV unwrap(CK_MECHANISM *m, CK_OBJECT_HANDLE w, const uint8_t *blob, size_t bl, CK_KEY_TYPE kt,
-                    CK_ULONG vlen, CK_OBJECT_HANDLE *o)
+static CK_RV unwrap(CK_MECHANISM *m, CK_OBJECT_HANDLE w, const uint8_t *blob, size_t bl, CK_KEY_TYPE kt, CK_ULONG vlen,
+                    CK_OBJECT_HANDLE *o)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1},
-                        {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},      {CKA_VALUE_LEN, &vlen, sizeof(vlen)}};
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1},
+        {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},      {CKA_VALUE_LEN, &vlen, sizeof(vlen)}};
     return f->C_UnwrapKey(h, m, w, (CK_BYTE_PTR)blob, bl, t, vlen ? 6 : 5, o);
 }
 
@@ -773,8 +782,8 @@ static void test_tdes_wrap(void **state)
 static void test_tdes_wrap_strict(void **state)
 {
     (void)state;
-    CK_MECHANISM_TYPE block[] = {CKM_DES3_ECB, CKM_DES3_CBC, CKM_DES3_CBC_PAD, CKM_AES_ECB, CKM_AES_CBC,
-                                 CKM_AES_CBC_PAD};
+    CK_MECHANISM_TYPE block[] = {CKM_DES3_ECB, CKM_DES3_CBC, CKM_DES3_CBC_PAD,
+                                 CKM_AES_ECB,  CKM_AES_CBC,  CKM_AES_CBC_PAD};
     for (size_t i = 0; i < sizeof(block) / sizeof(block[0]); i++) {
         CK_MECHANISM_INFO mi;
         CK(f->C_GetMechanismInfo(slot, block[i], &mi));
@@ -803,8 +812,8 @@ static void test_tdes_wrap_strict(void **state)
 
 /* ---- legacy mechanisms ------------------------------------------------------ */
 
-static const CK_MECHANISM_TYPE legacy[] = {CKM_DES_KEY_GEN, CKM_DES_ECB, CKM_DES_CBC, CKM_DES_CBC_PAD,
-                                           CKM_MD5,         CKM_MD5_HMAC};
+static const CK_MECHANISM_TYPE legacy[] = {CKM_DES_KEY_GEN, CKM_DES_ECB, CKM_DES_CBC,
+                                           CKM_DES_CBC_PAD, CKM_MD5,     CKM_MD5_HMAC};
 #define N_LEGACY (sizeof(legacy) / sizeof(legacy[0]))
 
 static bool listed(CK_MECHANISM_TYPE m)
@@ -823,7 +832,7 @@ static void assert_legacy_off(void)
 {
     CK_MECHANISM_INFO mi;
     CK_OBJECT_HANDLE k, d3 = secret(CKK_DES3, K3, U_CRYPT | U_SIGN | U_WRAP),
-                     g = secret(CKK_GENERIC_SECRET, K2, U_SIGN);
+                        g = secret(CKK_GENERIC_SECRET, K2, U_SIGN);
     uint8_t v[8] = "8 bytes", iv[8] = {0}, blob[64];
     CK_ULONG bl = sizeof(blob);
 

@@ -47,8 +47,15 @@ static inline test_hkdf_params test_rfc5869_case1(CK_BYTE ikm[22], CK_BYTE salt[
 /* RFC 6070 test 2: "password", "salt", 2 iterations of HMAC-SHA1. */
 static inline test_pbkd2_params test_rfc6070_case2(void)
 {
-    return (test_pbkd2_params){1 /* CKZ_SALT_SPECIFIED */, (CK_VOID_PTR) "salt", 4, 2, 1 /* HMAC-SHA1 */, NULL, 0,
-                               (CK_UTF8CHAR_PTR) "password", 8};
+    return (test_pbkd2_params){1 /* CKZ_SALT_SPECIFIED */,
+                               (CK_VOID_PTR) "salt",
+                               4,
+                               2,
+                               1 /* HMAC-SHA1 */,
+                               NULL,
+                               0,
+                               (CK_UTF8CHAR_PTR) "password",
+                               8};
 }
 
 #endif
