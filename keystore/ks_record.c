@@ -18,7 +18,6 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/params.h>
-#include <openssl/provider.h>
 #include <openssl/rand.h>
 
 static const char aad_label[] = "p11mk/rec/v1";
@@ -27,45 +26,6 @@ static const char aad_label[] = "p11mk/rec/v1";
 static EVP_CIPHER *gcm;
 static EVP_KDF *hkdf;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
-
-static OSSL_LIB_CTX *libctx;
-static pthread_once_t libctx_once = PTHREAD_ONCE_INIT;
-
-static void libctx_init(void)
-{
-    libctx = OSSL_LIB_CTX_new();
-    if (libctx && !OSSL_PROVIDER_load(libctx, "default")) {
-        OSSL_LIB_CTX_free(libctx);
-        libctx = NULL;
-    }
-}
-
-OSSL_LIB_CTX *ks_libctx(void)
-{
-    pthread_once(&libctx_once, libctx_init);
-    return libctx;
-}
-
-static OSSL_PROVIDER *legacy;
-static pthread_mutex_t legacy_lock = PTHREAD_MUTEX_INITIALIZER;
-
-bool ks_libctx_load_legacy(void)
-{
-    bool ok;
-
-    if (!ks_libctx())
-        return false;
-    pthread_mutex_lock(&legacy_lock);
-    if (!legacy) {
-        /* A failure leaves nothing in the application's OpenSSL error queue. */
-        ERR_set_mark();
-        legacy = OSSL_PROVIDER_load(libctx, "legacy");
-        ERR_pop_to_mark();
-    }
-    ok = legacy != NULL;
-    pthread_mutex_unlock(&legacy_lock);
-    return ok;
-}
 
 static void fetch_algs(void)
 {

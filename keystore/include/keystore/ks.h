@@ -343,6 +343,7 @@ KS_API int ks_idx_contains(ks_txn *txn, uint32_t token_id, uint32_t attr, const 
 
 KS_API void ks_buf_free(uint8_t *buf, size_t len); /* cleanse + free */
 
+/* ---- shared services (ks_libctx.c; logging: ks_log.c) --------------------- */
 /* The OpenSSL library context of every p11mk layer: private, with the
  * default provider (and the legacy one once asked for), so that the
  * application's OpenSSL configuration, providers and engines (a pkcs11
