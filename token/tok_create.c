@@ -8,7 +8,8 @@
  *      attribute policy (tok_policy.c) or the unwrap/derive rules
  *      (tok_access.c);
  *   2. the write rule for each (tok_access_write), before the material is
- *      made: a refusal costs no key generation;
+ *      made: a refusal costs no key generation (an import's value is checked
+ *      first: it costs nothing);
  *   3. the material (a key generated, unwrapped, derived; an import checked);
  *   4. the attributes the token sets at the end (tok_policy_finish);
  *   5. stored, token or session object (tok_obj_store); the first of a pair
@@ -69,7 +70,12 @@ CK_RV tok_obj_create(tok_ctx *ctx, const tok_access *ac, const CK_ATTRIBUTE *tmp
     CK_RV rv = tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE,
                                 CK_UNAVAILABLE_INFORMATION, tmpl, n, &obj);
 
-    return rv == CKR_OK ? make(ctx, ac, TOK_BUILD_CREATE, &obj, 1, complete_import, NULL, h) : rv;
+    /* An import's value is checked before the write rule (no material is
+     * made here, so nothing is wasted): a bad template says so whatever the
+     * session, as C_CreateObject always has. */
+    if (rv == CKR_OK)
+        rv = complete_import(&obj, NULL);
+    return rv == CKR_OK ? make(ctx, ac, TOK_BUILD_CREATE, &obj, 1, NULL, NULL, h) : rv;
 }
 
 CK_RV tok_obj_copy(tok_ctx *ctx, const tok_access *ac, uint64_t src, const CK_ATTRIBUTE *tmpl, CK_ULONG n,

@@ -216,6 +216,18 @@ static void test_recipe(void **state)
     uint8_t out[128];
     CK_ULONG outlen = sizeof(out);
 
+    /* An import with a bad value says so whatever the session (as before the
+     * recipe); a good one in a read-only session is refused by the write rule. */
+    CK_OBJECT_CLASS skc = CKO_SECRET_KEY;
+    CK_KEY_TYPE aesk = CKK_AES;
+    uint8_t v15[15] = {0}, v16[16] = {0};
+    CK_ATTRIBUTE imp[] = {{CKA_CLASS, &skc, sizeof(skc)}, {CKA_KEY_TYPE, &aesk, sizeof(aesk)},
+                          {CKA_TOKEN, &yes, 1}, {CKA_PRIVATE, &no, 1}, {CKA_VALUE, v15, sizeof(v15)}};
+    assert_int_equal(tok_obj_create(ctx, &ro, imp, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
+    imp[4].pValue = v16;
+    imp[4].ulValueLen = sizeof(v16);
+    assert_int_equal(tok_obj_create(ctx, &ro, imp, 5, &h), CKR_SESSION_READ_ONLY);
+
     /* A token object in a read-only session: refused before generation. */
     assert_int_equal(tok_key_generate(ctx, &ro, &gen, aes_t, 7, &k), CKR_SESSION_READ_ONLY);
     assert_int_equal(tok_key_generate(ctx, &rw, &gen, aes_t, 7, &k), CKR_OK);
