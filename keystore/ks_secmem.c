@@ -169,7 +169,15 @@ void ks_secmem_free(void *p)
  * ks_secure_heap_pressed). What stays outside: AES key schedules while an
  * operation runs (cleansed when it ends) and RSA private keys (OpenSSL 3.0
  * imports them into ordinary big numbers and keeps Montgomery copies of the
- * primes; README, threat model). */
+ * primes; README, threat model).
+ *
+ * Off unless the configuration asks (secure_heap): the secure heap has one
+ * lock (OpenSSL's sec_malloc_lock, taken by every secure allocation, EC
+ * signing and DRBG seeding among them) and OpenSSL does not reset it in a
+ * fork() child. A child forked while another thread of the parent held it
+ * waits forever at its first secure allocation, even after C_Initialize; no
+ * pthread_atfork handler of ours can take a lock OpenSSL keeps private. So
+ * it is for processes that do not fork while other threads run OpenSSL. */
 static size_t sh_size; /* the size the module set up; 0 if it did not */
 static pthread_mutex_t sh_lock = PTHREAD_MUTEX_INITIALIZER;
 

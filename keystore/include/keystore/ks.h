@@ -98,7 +98,11 @@ typedef struct {
     unsigned secure_heap_kib; /* 0: leave OpenSSL's secure heap alone */
     bool legacy_mechanisms; /* legacy_mechanisms = yes */
 } ks_config;
-#define KS_SECURE_HEAP_DEFAULT_KIB 2048u
+/* Off by default: OpenSSL's secure heap has one lock that a fork() child
+ * inherits locked when another thread of the parent held it, and OpenSSL
+ * never resets it, so a multi-threaded application that forks could hang in
+ * the child (ks_secmem.c). */
+#define KS_SECURE_HEAP_DEFAULT_KIB 0u
 
 KS_API int ks_config_load(ks_config *cfg, ks_err *err);
 KS_API int ks_config_load_file(ks_config *cfg, const char *path, ks_err *err);
