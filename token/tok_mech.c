@@ -110,6 +110,16 @@ static const tok_mech_desc mechs[] = {
 };
 #define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
 
+CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt)
+{
+    switch (kt) {
+    case CKK_DES: return 8;
+    case CKK_DES2: return 16;
+    case CKK_DES3: return 24;
+    default: return 0;
+    }
+}
+
 /* legacy_mechanisms = yes, and OpenSSL's legacy provider loaded. */
 static bool legacy_on;
 

@@ -171,16 +171,6 @@ static const attr_rule *rule_for(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_ATTRIBU
     return NULL;
 }
 
-CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt)
-{
-    switch (kt) {
-    case CKK_DES: return 8;
-    case CKK_DES2: return 16;
-    case CKK_DES3: return 24;
-    default: return 0;
-    }
-}
-
 static const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t);
 
 bool tok_attr_is_template(CK_ATTRIBUTE_TYPE t)
@@ -407,14 +397,10 @@ static int add_default(tok_attrs *out, const dflt_rule *d)
 
 /* ---- the strict wrap policy ------------------------------------------------ */
 
-/* wrap_policy = strict (configuration): no key both wraps (CKA_WRAP or
- * CKA_UNWRAP) and encrypts (CKA_ENCRYPT or CKA_DECRYPT), which is what the
- * wrap-then-decrypt and encrypt-then-unwrap attacks need. The role a
- * template does not choose defaults to off when it chose the other. */
-static bool wrap_strict;
-
-void tok_policy_set_wrap_strict(bool strict) { __atomic_store_n(&wrap_strict, strict, __ATOMIC_RELAXED); }
-bool tok_policy_wrap_strict(void) { return __atomic_load_n(&wrap_strict, __ATOMIC_RELAXED); }
+/* wrap_policy = strict (configuration, tok_settings.c): no key both wraps
+ * (CKA_WRAP or CKA_UNWRAP) and encrypts (CKA_ENCRYPT or CKA_DECRYPT), which
+ * is what the wrap-then-decrypt and encrypt-then-unwrap attacks need. The
+ * role a template does not choose defaults to off when it chose the other. */
 
 static bool wraps(const tok_attrs *o)
 {

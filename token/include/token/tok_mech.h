@@ -63,6 +63,10 @@ TOK_API CK_RV tok_mech_generate_keypair(const CK_MECHANISM *mech, tok_attrs *pub
  * CKR_TEMPLATE_INCOMPLETE / CKR_ATTRIBUTE_VALUE_INVALID / CKR_OK. */
 TOK_API CK_RV tok_mech_complete_import(tok_attrs *obj);
 
+/* The length of CKA_VALUE of key types whose length the type fixes (DES 8,
+ * DES2 16, DES3 24 bytes; they have no CKA_VALUE_LEN), 0 for other key types. */
+TOK_API CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt);
+
 /* ---- keys -------------------------------------------------------------- */
 typedef struct tok_key tok_key; /* immutable after creation; refcounted, thread-safe refs */
 /* Parse an object's attributes into a key usable by operations.

@@ -64,7 +64,8 @@ TOK_API CK_RV tok_policy_set(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_
  * change only CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_DESTROYABLE, CKA_LABEL,
  * CKA_ID, CKA_SENSITIVE (FALSE->TRUE), CKA_EXTRACTABLE (TRUE->FALSE), others
  * -> CKR_ATTRIBUTE_READ_ONLY. */
-/* wrap_policy = strict (configuration): see tok_policy.c and tok_access.c. */
+/* wrap_policy = strict (configuration, kept in tok_settings.c): see
+ * tok_policy.c and tok_access.c. */
 TOK_API void tok_policy_set_wrap_strict(bool strict);
 TOK_API bool tok_policy_wrap_strict(void);
 TOK_API CK_RV tok_policy_copy(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *out);
@@ -83,9 +84,6 @@ TOK_API CK_RV tok_template_merge(const CK_ATTRIBUTE *tmpl, CK_ULONG n, const tok
 /* Does obj have every attribute of t, with the same value? */
 TOK_API bool tok_template_matches(const tok_attrs *obj, const tok_attrs *t);
 
-/* The length of CKA_VALUE of key types whose length the type fixes (DES 8,
- * DES2 16, DES3 24 bytes; they have no CKA_VALUE_LEN), 0 for other key types. */
-TOK_API CK_ULONG tok_ktype_fixed_len(CK_KEY_TYPE kt);
 
 /* Convenience readers for the pkcs11 layer. */
 TOK_API bool tok_obj_is_token(const tok_attrs *obj);    /* CKA_TOKEN */
