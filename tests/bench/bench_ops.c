@@ -26,24 +26,14 @@
 #include <openssl/rand.h>
 #include <p11-kit/pkcs11.h>
 
+#define BENCH_NAME "bench_ops"
+#include "bench_util.h"
+
 static CK_FUNCTION_LIST *f;
 static CK_SLOT_ID slot;
 static double dur = 1.0;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-static void check(CK_RV rv, const char *what)
-{
-    if (rv != CKR_OK) {
-        fprintf(stderr, "bench_ops: %s failed: 0x%lx\n", what, (unsigned long)rv);
-        exit(1);
-    }
-}
 
 static void ossl_check(int ok, const char *what)
 {

@@ -26,22 +26,12 @@
 
 #include "keystore/ks.h"
 
+#define BENCH_NAME "bench_rewrap"
+#include "bench_util.h"
+
 static CK_FUNCTION_LIST *f;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-static void check(CK_RV rv, const char *what)
-{
-    if (rv != CKR_OK) {
-        fprintf(stderr, "bench_rewrap: %s failed: 0x%lx\n", what, (unsigned long)rv);
-        exit(1);
-    }
-}
 
 static void load_module(const char *path)
 {

@@ -17,23 +17,12 @@
 
 #include <p11-kit/pkcs11.h>
 
+#define BENCH_NAME "bench_scale"
+#include "bench_util.h"
+
 static CK_FUNCTION_LIST *f;
 
-static double now(void)
-{
-    struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void check(CK_RV rv, const char *what)
-{
-    if (rv != CKR_OK) {
-        fprintf(stderr, "bench_scale: %s failed: 0x%lx\n", what, (unsigned long)rv);
-        exit(1);
-    }
-}
 
 /* The slot whose token has this label, or the first slot with an
  * uninitialized token when label is NULL. Any PKCS#11 module: p11mk and
