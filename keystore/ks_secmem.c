@@ -14,8 +14,11 @@
  *
  * Every block starts with a 16-byte header (which keeps the caller's pointer
  * 16-byte aligned): a magic number, the class (or LARGE) and the mapping's
- * size. A fork copies the pool with its locks released (pthread_atfork), and
- * the child inherits the dump exclusion (mlock is not inherited). */
+ * size. A fork child inherits the pool and the dump exclusion (mlock is not
+ * inherited); no allocation may be in flight in another thread at the fork
+ * (the module's fork gate, pkcs11/p11_state.c, sees to it: a handler of our
+ * own here would run before the gate's and deadlock against a call that
+ * holds the gate and waits for the pool). */
 #include "ks_internal.h"
 
 #include <pthread.h>
@@ -46,22 +49,6 @@ typedef struct free_slot {
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static free_slot *free_lists[NCLASS];
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void pool_prepare(void)
-{
-    pthread_mutex_lock(&pool_lock);
-}
-
-static void pool_release(void)
-{
-    pthread_mutex_unlock(&pool_lock);
-}
-
-static void register_atfork(void)
-{
-    (void)pthread_atfork(pool_prepare, pool_release, pool_release);
-}
 
 static size_t page_round(size_t n)
 {
@@ -110,7 +97,6 @@ void *ks_secmem_alloc(size_t n)
     uint8_t *base;
     int c = class_of(n);
 
-    pthread_once(&atfork_once, register_atfork);
     if (c >= 0) {
         pthread_mutex_lock(&pool_lock);
         if (!free_lists[c] && grow_locked(c) != 0) {

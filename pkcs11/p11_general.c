@@ -31,11 +31,14 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     p11_mutex *lock = NULL;
     tok_ctx *tok = NULL;
 
+    p11_gate_setup();
+    p11_gate_enter();
     pthread_mutex_lock(&init_lock);
     if (p11_state_forked())
         forget_parent();
     if (p11_state_published()) {
         pthread_mutex_unlock(&init_lock);
+        p11_gate_leave();
         return CKR_CRYPTOKI_ALREADY_INITIALIZED;
     }
     rv = p11_locking_setup(pInitArgs);
@@ -51,15 +54,19 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
         p11_state_publish(tok, lock); /* last: other threads see a complete state */
     }
     pthread_mutex_unlock(&init_lock);
+    p11_gate_leave();
     return rv;
 }
 
 CK_RV C_Finalize(CK_VOID_PTR pReserved)
 {
     return_val_if_fail(pReserved == NULL, CKR_ARGUMENTS_BAD);
+    p11_gate_setup();
+    p11_gate_enter();
     pthread_mutex_lock(&init_lock);
     if (!p11_initialized()) {
         pthread_mutex_unlock(&init_lock);
+        p11_gate_leave();
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
     p11_mutex *lock = NULL;
@@ -70,6 +77,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     tok_ctx_close(tok); /* with the session objects */
     p11_mutex_free(lock);
     pthread_mutex_unlock(&init_lock);
+    p11_gate_leave();
     return CKR_OK;
 }
 

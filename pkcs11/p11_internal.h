@@ -80,6 +80,13 @@ P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them bac
 /* A fork child keeps what it inherited but must not free (the parent's
  * context, locks), referenced for the rest of the process. */
 P11_API void p11_state_abandon(void *p);
+/* The fork gate (p11_state.c): held shared by a call while it works in the
+ * module (p11_session_get to p11_session_put, and the few calls without a
+ * session that do work), taken exclusively by fork(). Never twice in a call.
+ * p11_gate_setup makes it (idempotent; C_Initialize calls it first). */
+P11_API void p11_gate_setup(void);
+P11_API void p11_gate_enter(void);
+P11_API void p11_gate_leave(void);
 P11_API tok_ctx *p11_tok(void);
 P11_API void p11_lock(void);
 P11_API void p11_unlock(void);

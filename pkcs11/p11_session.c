@@ -72,13 +72,16 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
 
     if (!p11_initialized())
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    p11_gate_enter(); /* left by p11_session_put */
     p11_lock();
     s = find_locked(h);
     if (s)
         s->refs++;
     p11_unlock();
-    if (!s)
+    if (!s) {
+        p11_gate_leave();
         return CKR_SESSION_HANDLE_INVALID;
+    }
     p11_mutex_lock(s->busy);
     if (s->closed) {
         p11_session_put(s);
@@ -103,6 +106,7 @@ void p11_session_put(p11_session *s)
         tok_sobjs_drop_owner(p11_tok(), s->h);
     if (last)
         session_free(s);
+    p11_gate_leave();
 }
 
 static p11_login *login_locked(CK_SLOT_ID slot)

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 static struct {
     bool initialized; /* read and written atomically: see p11_initialized */
@@ -14,13 +15,52 @@ static struct {
     p11_mutex *lock;
 } g;
 
+/* The fork gate. A fork child inherits every lock as it was at the fork,
+ * held by threads that do not exist in the child: OpenSSL's (the DRBG of
+ * the module's library context, its method store), ours, LMDB's per-process
+ * state. Calls into the module hold the gate shared while they work; the
+ * fork handler takes it exclusively, so a fork waits for the calls in flight
+ * to finish and none starts until it is done: the child inherits no lock
+ * held inside the module (a child forked while a parent thread was inside
+ * OpenSSL's random generator otherwise hung there, races/fork_threads).
+ * Writers are preferred, so a stream of calls cannot hold a fork back; a
+ * call never takes the gate twice (it would deadlock behind a waiting fork). */
+static pthread_rwlock_t gate;
+
+static void gate_init(void)
+{
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&gate, &a);
+    pthread_rwlockattr_destroy(&a);
+}
+
+void p11_gate_enter(void) { pthread_rwlock_rdlock(&gate); }
+void p11_gate_leave(void) { pthread_rwlock_unlock(&gate); }
+
 /* A fork child must call C_Initialize before using the module (PKCS#11
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
  * from this handler, with no system call on each function call (the module is
- * linked -z nodelete, so the handler stays valid). */
-static void fork_child(void) { __atomic_store_n(&g.forked, true, __ATOMIC_RELAXED); }
+ * linked -z nodelete, so the handlers stay valid). */
+static void fork_prepare(void) { pthread_rwlock_wrlock(&gate); }
+static void fork_parent(void) { pthread_rwlock_unlock(&gate); }
+static void fork_child(void)
+{
+    __atomic_store_n(&g.forked, true, __ATOMIC_RELAXED);
+    /* Made afresh, not unlocked: the copy also says that parent threads were
+     * waiting for it, and they do not exist here. */
+    memset(&gate, 0, sizeof(gate));
+    gate_init();
+}
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void register_atfork(void) { (void)pthread_atfork(NULL, NULL, fork_child); }
+static void register_atfork(void)
+{
+    gate_init();
+    (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+void p11_gate_setup(void) { pthread_once(&atfork_once, register_atfork); }
 static bool forked(void) { return __atomic_load_n(&g.forked, __ATOMIC_RELAXED); }
 
 /* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
@@ -38,7 +78,7 @@ bool p11_state_forked(void) { return get_initialized() && forked(); }
 
 void p11_state_publish(tok_ctx *tok, p11_mutex *lock)
 {
-    pthread_once(&atfork_once, register_atfork);
+    p11_gate_setup();
     g.tok = tok;
     g.lock = lock;
     __atomic_store_n(&g.forked, false, __ATOMIC_RELAXED);

@@ -98,7 +98,21 @@ int main(void)
         pid_t c = fork();
         if (c == 0)
             _exit(child(1));
-        if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st)) {
+        int w = 0;
+        for (int t = 0; t < 300 && (w = waitpid(c, &st, WNOHANG)) == 0; t++)
+            usleep(50000);
+        if (w == 0) { /* 15 s: show where the child (and a grandchild) stands, for the report */
+            char cmd[300];
+            fprintf(stderr, "fork %d: child %d still running after 15 s; its threads:\n", i, (int)c);
+            snprintf(cmd, sizeof(cmd),
+                     "for p in %d $(pgrep -P %d); do echo \"== pid $p\"; gdb -p $p -batch -ex 'thread apply all bt' "
+                     "2>/dev/null | grep -E '^#|^Thread'; done >&2",
+                     (int)c, (int)c);
+            if (system(cmd) != 0)
+                fprintf(stderr, "(gdb could not show it)\n");
+            w = waitpid(c, &st, 0);
+        }
+        if (w != c || !WIFEXITED(st) || WEXITSTATUS(st)) {
             bad++;
             fprintf(stderr, "fork %d: the child %s %d%s\n", i, WIFSIGNALED(st) ? "died of signal" : "exited",
                     WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
