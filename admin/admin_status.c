@@ -22,7 +22,11 @@ static void record_key_in_config(const ks_config *cfg, const char *keyfile)
     int fd;
 
     if (cfg->source) {
-        printf("Next: set \"master_key = %s\" in %s so the module uses the new key.\n", keyfile, cfg->source);
+        char named[PATH_MAX];
+        if (cfg->master_key && realpath(cfg->master_key, named) && strcmp(named, keyfile) == 0)
+            printf("The configuration %s names this key file already.\n", cfg->source);
+        else
+            printf("Next: set \"master_key = %s\" in %s so the module uses the new key.\n", keyfile, cfg->source);
         return;
     }
     path = ks_config_home(cfg);
