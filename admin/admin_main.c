@@ -5,11 +5,15 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "keystore/ks.h"
 
 static const char usage[] =
     "Usage: p11mk-admin [OPTIONS] COMMAND [ARGS]\n"
@@ -154,6 +158,56 @@ int admin_exit_for_open(void)
 {
     const tok_open_error *e = tok_ctx_error();
     return admin_exit_for(e->rc ? e->rc : KS_ENOMEM, &e->err);
+}
+
+/* Root must not write into a keystore another user owns (the system keystore
+ * is _p11mk's, served by p11mk-server.service as that user): the files a
+ * command makes there (the lock, a restored keystore, a new keystore in that
+ * user's directory) would be root's, and the owner could not open them. The
+ * commands that only read may run as root. Returns EXIT_OK or EXIT_FAILED. */
+static int refuse_root_in_others_keystore(const char *cmd)
+{
+    static const char *const readers[] = {"status", "list", "verify", "version"};
+    char path[PATH_MAX];
+    struct stat sb;
+    ks_config cfg;
+    ks_err err = KS_ERR_INIT;
+    int rc = EXIT_OK;
+
+    if (geteuid() != 0)
+        return EXIT_OK;
+    for (size_t i = 0; i < sizeof(readers) / sizeof(readers[0]); i++)
+        if (strcmp(cmd, readers[i]) == 0)
+            return EXIT_OK;
+    if (ks_config_load(&cfg, &err) != KS_OK)
+        return EXIT_OK; /* the command itself reports the configuration's error */
+    /* The keystore, or the nearest directory above it that exists (init). */
+    snprintf(path, sizeof(path), "%s", cfg.keystore);
+    while (lstat(path, &sb) != 0) {
+        char *slash = strrchr(path, '/');
+        if (!slash || slash == path) {
+            snprintf(path, sizeof(path), "/");
+            if (lstat(path, &sb) != 0)
+                sb.st_uid = 0;
+            break;
+        }
+        *slash = '\0';
+    }
+    if (sb.st_uid != 0) {
+        struct passwd *pw = getpwuid(sb.st_uid);
+        const char *conf = cfg.source ? cfg.source : "FILE";
+        if (pw)
+            admin_error("%s belongs to %s: as root, '%s' would leave files there that %s cannot open. Run it as "
+                        "that user, keeping the configuration: runuser -u %s -- env P11MK_CONF=%s p11mk-admin %s ...",
+                        path, pw->pw_name, cmd, pw->pw_name, pw->pw_name, conf, cmd);
+        else
+            admin_error("%s belongs to uid %lu: as root, '%s' would leave files there that uid %lu cannot open. "
+                        "Run it as that uid, with P11MK_CONF=%s",
+                        path, (unsigned long)sb.st_uid, cmd, (unsigned long)sb.st_uid, conf);
+        rc = EXIT_FAILED;
+    }
+    ks_config_free(&cfg);
+    return rc;
 }
 
 static const struct {
@@ -409,7 +463,7 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(cmd, commands[i].name) == 0)
-            return commands[i].fn(&o);
+            return (rc = refuse_root_in_others_keystore(cmd)) != EXIT_OK ? rc : commands[i].fn(&o);
     admin_error("unknown command '%s'. Try 'p11mk-admin --help'.", cmd);
     return EXIT_USAGE;
 }

@@ -151,6 +151,13 @@ expect_out "master key"
 ok "ExecStartPre refuses to start the service before the keystore exists: $(head -c 120 "$T/out")"
 as_server "$SADMIN" init --generate-key "$S/server/master.key" > "$T/init.out"
 grep -q "names this key file already" "$T/init.out" || { cat "$T/init.out"; fail "init does not say that server.conf names the new key file"; }
+# Root may read the served keystore, never write into it: files it left there
+# would be root's, and the server's user could not open them.
+P11MK_CONF=$SCONF "$SADMIN" status >/dev/null || fail "root cannot read the server's keystore's status"
+expect_rc 1 env P11MK_CONF="$SCONF" "$SADMIN" rotate
+expect_out "belongs to uid $SUID: as root, 'rotate' would leave files there .* with P11MK_CONF=$SCONF"
+[ -z "$(find "$S/server" -uid 0)" ] || fail "root's refused rotate left files: $(find "$S/server" -uid 0)"
+ok "as root, p11mk-admin reads the server's keystore but refuses to write into it, naming the user to run as"
 start_server
 [ "$(stat -c %a "$SOCK")" = 660 ] || fail "the socket is $(stat -c %a "$SOCK"), not 0660"
 [ "$(stat -c %a:%g "$S/run/p11mk")" = "${RUNMODE#0}:$GID" ] || fail "the runtime directory is $(stat -c %a:%g "$S/run/p11mk")"
