@@ -28,12 +28,18 @@ PROXY=$(pkg-config --variable=proxy_module p11-kit-1)
 # free uid is picked), the socket's group is a real group made for the test
 # (the ssh user must be in it through /etc/group), clients are nobody with
 # and without that group, and the ssh login user is an account made for the
-# test. All are removed at the end.
-TGROUP=p11mk-test TSSH=p11mk-test-ssh
-SUID=61990
+# test. The names carry this test's pid, so that two runs do not meet; all
+# are removed at the end, and those of a run that was killed at the start of
+# the next.
+TGROUP=p11mkt$$g TSSH=p11mkt$$s
+for name in $(getent passwd | cut -d: -f1 | grep -E '^p11mkt[0-9]+s$' || true); do
+    pid=${name#p11mkt}; kill -0 "${pid%s}" 2>/dev/null || userdel "$name" 2>/dev/null || true
+done
+for name in $(getent group | cut -d: -f1 | grep -E '^p11mkt[0-9]+g$' || true); do
+    pid=${name#p11mkt}; kill -0 "${pid%g}" 2>/dev/null || groupdel "$name" 2>/dev/null || true
+done
+SUID=$((61000 + $$ % 3000))
 while getent passwd $SUID >/dev/null || getent group $SUID >/dev/null; do SUID=$((SUID + 1)); done
-userdel "$TSSH" 2>/dev/null || true   # left by a test that was killed
-groupdel "$TGROUP" 2>/dev/null || true
 groupadd "$TGROUP" || fail "cannot create the group $TGROUP"
 GID=$(getent group "$TGROUP" | cut -d: -f3)
 
