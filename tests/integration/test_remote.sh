@@ -224,6 +224,18 @@ for who in as_client as_outsider; do
 done
 ok "a user outside the group cannot connect (EACCES) nor see the token; no client reads the keystore or the key file"
 
+# The client's module file, as shipped (server/p11mk-remote.module): p11-kit
+# aware programs and p11-kit-proxy.so reach the socket with no environment.
+EXAMPLE=${P11MK_REMOTE_MODULE:?}
+grep -qx 'remote: unix:path=/run/p11mk/pkcs11' "$EXAMPLE" || fail "the example module file does not name /run/p11mk/pkcs11"
+mkdir -p "$S/client/.config/pkcs11/modules"
+sed "s|^remote: unix:path=/run/p11mk/pkcs11$|remote: unix:path=$SOCK|" "$EXAMPLE" > "$S/client/.config/pkcs11/modules/p11mk-remote.module"
+chown -R 65534:65534 "$S/client/.config"
+as_client env -u P11_KIT_SERVER_ADDRESS "$SRC" "$PROXY" srv $PIN bench 10 > "$T/viaproxy" 2>&1 </dev/null \
+    || { cat "$T/viaproxy"; fail "signing through p11-kit-proxy.so and the example module file"; }
+rm "$S/client/.config/pkcs11/modules/p11mk-remote.module"
+ok "the shipped client module file (remote: unix:path=...) takes p11-kit-proxy.so to the socket: ECDSA signatures verified by OpenSSL"
+
 # ---- what passes p11-kit's RPC -------------------------------------------------
 as_server "$SRC" "$SMOD" srv $PIN probe > "$T/probe.direct" 2>&1 || { cat "$T/probe.direct"; fail "the probe in-process"; }
 as_client "$SRC" "$CLIENT_SO" srv $PIN probe > "$T/probe.remote" 2>&1 || { cat "$T/probe.remote"; fail "the probe through the socket"; }
