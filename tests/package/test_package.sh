@@ -24,7 +24,7 @@ passed=0
 ok() { echo "ok - $*"; passed=$((passed + 1)); }
 
 [ "$(id -u)" -eq 0 ] || skip "the package test installs a package: it needs root"
-for t in dpkg-buildpackage dh lintian setpriv runuser pkcs11-tool openssl; do
+for t in dpkg-buildpackage dh lintian setpriv runuser pkcs11-tool openssl systemd-analyze; do
     command -v $t >/dev/null || skip "$t is not installed (tools/install-deps --package)"
 done
 if dpkg-query -W -f='${Status}' p11mk 2>/dev/null | grep -q installed; then
@@ -47,7 +47,7 @@ finish() {
     dpkg -P p11mk >/dev/null 2>&1 || true
     # What this test's admin steps made, then what the package's postinst made.
     rm -rf /var/lib/p11mk /etc/p11mk
-    [ -z "$had_user" ] && getent passwd _p11mk >/dev/null && deluser --system --quiet _p11mk
+    [ -z "$had_user" ] && getent passwd _p11mk >/dev/null && deluser --system --quiet _p11mk >/dev/null 2>&1
     [ -z "$had_group" ] && getent group p11mk >/dev/null && delgroup --system --quiet p11mk
     getent group _p11mk >/dev/null && [ -z "$had_user" ] && delgroup --system --quiet _p11mk
     rm -rf "$W"
@@ -99,6 +99,18 @@ for m in p11mk-admin.1 p11mk.conf.5 p11mk-server.8; do
 done
 ok "installed: user _p11mk, group p11mk, /var/lib/p11mk 0700, the module and its .module file, manual pages, server.conf as a conffile"
 
+# The installed units as systemd reads them (offline: no systemd needs to run).
+SYSUNITS=$(dirname "$(dpkg -L p11mk | grep '/systemd/system/p11mk-server.service$')")
+SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no "$SYSUNITS"/p11mk-server.service \
+    "$SYSUNITS"/p11mk-auto-update.service "$SYSUNITS"/p11mk-auto-update.timer > "$W/verify.log" 2>&1 </dev/null \
+    || fail "systemd-analyze verify refuses a system unit"
+mkdir -m 700 "$W/xdg"
+XDG_RUNTIME_DIR=$W/xdg SYSTEMD_LOG_LEVEL=notice systemd-analyze --user verify --man=no \
+    /usr/lib/systemd/user/p11mk-server.service >> "$W/verify.log" 2>&1 </dev/null \
+    || fail "systemd-analyze verify refuses the user unit"
+[ ! -s "$W/verify.log" ] || fail "systemd-analyze verify: $(cat "$W/verify.log")"
+ok "systemd-analyze verify: the installed system and user units"
+
 # The demo flow, against the installed module through p11-kit-proxy.so.
 "$src/run-demo" --installed > "$W/demo.log" 2>&1 </dev/null || fail "run-demo --installed"
 grep -q "Demo complete" "$W/demo.log" || fail "the demo did not complete"
@@ -109,9 +121,7 @@ ok "run-demo --installed: token, keys, signatures checked by OpenSSL, encryption
 SCONF=/etc/p11mk/server.conf
 admin() { runuser -u _p11mk -- env P11MK_CONF=$SCONF p11mk-admin "$@"; }
 admin init --generate-key /var/lib/p11mk/master.key > "$W/init.log" 2>&1 </dev/null || fail "p11mk-admin init as _p11mk"
-UNIT=/lib/systemd/system/p11mk-server.service
-[ -f "$UNIT" ] || UNIT=/usr/lib/systemd/system/p11mk-server.service
-[ -f "$UNIT" ] || fail "p11mk-server.service is not installed"
+UNIT=$SYSUNITS/p11mk-server.service
 GID=$(getent group p11mk | cut -d: -f3)
 RUN=$W/run   # the unit's %t (/run under systemd)
 unit_argv() { # KEY: the unit's Exec line as ARGV, %t made $RUN
