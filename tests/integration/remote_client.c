@@ -520,28 +520,46 @@ static const char *is_listed(CK_MECHANISM_TYPE m)
 }
 
 enum kind { DIGEST, SIGN, CRYPT, KEYGEN, KEYPAIR, WRAP, DERIVE };
-enum key { NONE, EC, RSA, ED, AES, HMAC, X25519 };
+enum key { NONE, EC, RSA, ED, AES, HMAC, DES3, N_KEYS };
 
 struct probe_keys {
-    CK_OBJECT_HANDLE pub[7], priv[7]; /* indexed by enum key; secret keys in priv */
-    bool have[7];
+    CK_OBJECT_HANDLE pub[N_KEYS], priv[N_KEYS]; /* indexed by enum key; secret keys in priv */
+    bool have[N_KEYS];
 };
 
-/* A secret key labeled label, made when missing (token object). */
+/* A secret key labeled label, made when missing (token object): AES-256, a
+ * 32-byte generic secret, or triple DES (whose length is its type's). */
 static bool secret_key(CK_SESSION_HANDLE s, const char *label, CK_KEY_TYPE type, CK_OBJECT_HANDLE *h)
 {
     if (find_one(s, CKO_SECRET_KEY, label, h))
         return true;
-    CK_MECHANISM m = {type == CKK_AES ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_MECHANISM m = {type == CKK_AES    ? CKM_AES_KEY_GEN
+                      : type == CKK_DES3 ? CKM_DES3_KEY_GEN
+                                         : CKM_GENERIC_SECRET_KEY_GEN,
+                      NULL, 0};
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ULONG len = 32;
-    CK_ATTRIBUTE t[] = {{CKA_TOKEN, &yes, 1},      {CKA_LABEL, (void *)label, strlen(label)},
-                        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_SIGN, &yes, 1},
-                        {CKA_VERIFY, &yes, 1},     {CKA_ENCRYPT, &yes, 1},
-                        {CKA_DECRYPT, &yes, 1},    {CKA_WRAP, &yes, 1},
-                        {CKA_UNWRAP, &yes, 1},     {CKA_EXTRACTABLE, &yes, 1},
-                        {CKA_SENSITIVE, &no, 1}};
-    return f->C_GenerateKey(s, &m, t, type == CKK_AES ? 11 : 5, h) == CKR_OK;
+    CK_ULONG len = 32, n = 0;
+    CK_ATTRIBUTE t[11];
+    t[n++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, 1};
+    t[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
+    if (type != CKK_DES3)
+        t[n++] = (CK_ATTRIBUTE){CKA_VALUE_LEN, &len, sizeof(len)};
+    if (type == CKK_GENERIC_SECRET) {
+        t[n++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, 1};
+    } else {
+        t[n++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_DECRYPT, &yes, 1};
+    }
+    if (type == CKK_AES) {
+        t[n++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_WRAP, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &yes, 1};
+        t[n++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &no, 1};
+    }
+    return f->C_GenerateKey(s, &m, t, n, h) == CKR_OK;
 }
 
 static void probe_setup(CK_SESSION_HANDLE s, struct probe_keys *k)
@@ -555,6 +573,7 @@ static void probe_setup(CK_SESSION_HANDLE s, struct probe_keys *k)
                            &k->pub[ED], &k->priv[ED]) == CKR_OK;
     k->have[AES] = secret_key(s, "probe-aes", CKK_AES, &k->priv[AES]);
     k->have[HMAC] = secret_key(s, "probe-hmac", CKK_GENERIC_SECRET, &k->priv[HMAC]);
+    k->have[DES3] = secret_key(s, "probe-des3", CKK_DES3, &k->priv[DES3]);
 }
 
 struct row {
@@ -634,6 +653,7 @@ static CK_RV probe_row(CK_SESSION_HANDLE s, const struct row *r, struct probe_ke
 
     switch (r->mech) {
     case CKM_AES_CBC: case CKM_AES_CBC_PAD: m.pParameter = iv; m.ulParameterLen = 16; break;
+    case CKM_DES3_CBC: m.pParameter = iv; m.ulParameterLen = 8; break;
     case CKM_AES_GCM: m.pParameter = &gcm; m.ulParameterLen = sizeof(gcm); break;
     case CKM_AES_CTR: m.pParameter = &ctr; m.ulParameterLen = sizeof(ctr); break;
     case CKM_RSA_PKCS_PSS: case CKM_SHA256_RSA_PKCS_PSS: m.pParameter = &pss; m.ulParameterLen = sizeof(pss); break;
@@ -673,7 +693,7 @@ static CK_RV probe_row(CK_SESSION_HANDLE s, const struct row *r, struct probe_ke
         CK_ULONG len = 32;
         CK_ATTRIBUTE t[] = {{CKA_TOKEN, &no, 1}, {CKA_VALUE_LEN, &len, sizeof(len)}};
         CK_OBJECT_HANDLE h;
-        return f->C_GenerateKey(s, &m, t, 2, &h);
+        return f->C_GenerateKey(s, &m, t, r->mech == CKM_DES3_KEY_GEN ? 1 : 2, &h); /* DES3: a fixed length */
     }
     case KEYPAIR: {
         CK_OBJECT_HANDLE pub, priv;
@@ -741,6 +761,9 @@ static const struct row rows[] = {
     {"AES-CMAC-GENERAL", CKM_AES_CMAC_GENERAL, SIGN, AES, 64},
     {"AES-KEY-WRAP", CKM_AES_KEY_WRAP, WRAP, AES, 0},
     {"AES-KEY-WRAP-KWP", CKM_AES_KEY_WRAP_KWP, WRAP, AES, 0},
+    {"DES3-KEY-GEN", CKM_DES3_KEY_GEN, KEYGEN, NONE, 0},
+    {"DES3-ECB", CKM_DES3_ECB, CRYPT, DES3, 32},
+    {"DES3-CBC", CKM_DES3_CBC, CRYPT, DES3, 32},
 };
 
 typedef CK_RV (*get_iface_fn)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS);
