@@ -3,6 +3,7 @@
  * ones included, without logging in (the admin holds the master key). */
 #include "admin.h"
 #include "keystore/ks.h"
+#include "token/tok_aead.h"
 #include "token/tok_policy.h"
 #include "token/tok_admin.h"
 
@@ -32,6 +33,7 @@ static const char *ktype_name(const tok_attrs *a)
     case CKK_RSA: return "rsa";
     case CKK_EC: return "ec";
     case CKK_AES: return "aes";
+    case CKK_CHACHA20: return "chacha20";
     case CKK_GENERIC_SECRET: return "generic";
     case CKK_SHA_1_HMAC:
     case CKK_SHA224_HMAC:

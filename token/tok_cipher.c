@@ -6,7 +6,7 @@
 
 #include <pthread.h>
 
-typedef enum { C_ECB, C_CBC, C_CTR, C_GCM, C_WRAP, C_WRAP_PAD } cmode;
+typedef enum { C_ECB, C_CBC, C_CTR, C_GCM, C_WRAP, C_WRAP_PAD, C_CCM, C_CHACHA_POLY } cmode;
 
 static struct cipher {
     tok_fam fam;
@@ -21,23 +21,27 @@ static struct cipher {
     {TOK_FAM_AES, 16, C_GCM, "AES-128-GCM", NULL},
     {TOK_FAM_AES, 16, C_WRAP, "AES-128-WRAP", NULL},
     {TOK_FAM_AES, 16, C_WRAP_PAD, "AES-128-WRAP-PAD", NULL},
+    {TOK_FAM_AES, 16, C_CCM, "AES-128-CCM", NULL},
     {TOK_FAM_AES, 24, C_ECB, "AES-192-ECB", NULL},
     {TOK_FAM_AES, 24, C_CBC, "AES-192-CBC", NULL},
     {TOK_FAM_AES, 24, C_CTR, "AES-192-CTR", NULL},
     {TOK_FAM_AES, 24, C_GCM, "AES-192-GCM", NULL},
     {TOK_FAM_AES, 24, C_WRAP, "AES-192-WRAP", NULL},
     {TOK_FAM_AES, 24, C_WRAP_PAD, "AES-192-WRAP-PAD", NULL},
+    {TOK_FAM_AES, 24, C_CCM, "AES-192-CCM", NULL},
     {TOK_FAM_AES, 32, C_ECB, "AES-256-ECB", NULL},
     {TOK_FAM_AES, 32, C_CBC, "AES-256-CBC", NULL},
     {TOK_FAM_AES, 32, C_CTR, "AES-256-CTR", NULL},
     {TOK_FAM_AES, 32, C_GCM, "AES-256-GCM", NULL},
     {TOK_FAM_AES, 32, C_WRAP, "AES-256-WRAP", NULL},
     {TOK_FAM_AES, 32, C_WRAP_PAD, "AES-256-WRAP-PAD", NULL},
+    {TOK_FAM_AES, 32, C_CCM, "AES-256-CCM", NULL},
     /* Two-key triple DES is EDE with K1 K2 K1: OpenSSL's DES-EDE takes the 16 bytes. */
     {TOK_FAM_DES3, 16, C_ECB, "DES-EDE-ECB", NULL},
     {TOK_FAM_DES3, 16, C_CBC, "DES-EDE-CBC", NULL},
     {TOK_FAM_DES3, 24, C_ECB, "DES-EDE3-ECB", NULL},
     {TOK_FAM_DES3, 24, C_CBC, "DES-EDE3-CBC", NULL},
+    {TOK_FAM_CHACHA20, 32, C_CHACHA_POLY, "ChaCha20-Poly1305", NULL},
     /* OpenSSL's legacy provider: fetched by tok_cipher_fetch_legacy. */
     {TOK_FAM_DES, 8, C_ECB, "DES-ECB", NULL},
     {TOK_FAM_DES, 8, C_CBC, "DES-CBC", NULL},
@@ -65,6 +69,8 @@ static cmode mode_of(tok_mclass mc)
     case M_AES_GCM: return C_GCM;
     case M_AES_WRAP: return C_WRAP;
     case M_AES_WRAP_PAD: return C_WRAP_PAD;
+    case M_AES_CCM: return C_CCM;
+    case M_CHACHA_POLY: return C_CHACHA_POLY;
     default: return C_CBC; /* CBC, CBC_PAD and CMAC */
     }
 }
@@ -112,6 +118,7 @@ bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt)
     case TOK_FAM_AES: return kt == CKK_AES;
     case TOK_FAM_DES3: return kt == CKK_DES2 || kt == CKK_DES3; /* PKCS#11: the DES3 mechanisms take both */
     case TOK_FAM_DES: return kt == CKK_DES;
+    case TOK_FAM_CHACHA20: return kt == CKK_CHACHA20;
     default: return false;
     }
 }

@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 
 #include "keystore/ks.h"
+#include "token/tok_aead.h"
 #include "token/tok_mech.h"
 
 enum { TOK_CURVE_WEIERSTRASS = 0, TOK_CURVE_EDWARDS = 1, TOK_CURVE_MONTGOMERY = 2 };
@@ -57,6 +58,7 @@ typedef enum {
     M_ECDSA, M_ECDSA_HASH, M_HMAC, M_DIGEST,
     M_AES_WRAP, M_AES_WRAP_PAD, M_ECDH, /* wrap/unwrap and derive only */
     M_EDDSA, M_HKDF,
+    M_AES_CCM, M_CHACHA_POLY, /* AEAD with a tag of their own (tok_aead.c) */
 } tok_mclass;
 
 /* PBKDF2 parameters. v2.40's CK_PKCS5_PBKD2_PARAMS has ulPasswordLen as a
@@ -99,6 +101,8 @@ typedef enum {
     TOK_FAM_AES,  /* CKK_AES, 16-byte blocks */
     TOK_FAM_DES3, /* CKK_DES2 (K1 K2 K1) and CKK_DES3, 8-byte blocks */
     TOK_FAM_DES,  /* CKK_DES (legacy_mechanisms = yes), 8-byte blocks */
+    /* CKK_CHACHA20 (32 bytes): a stream cipher, no blocks */
+    TOK_FAM_CHACHA20,
 } tok_fam;
 
 typedef struct {
@@ -130,6 +134,9 @@ TOK_API bool tok_cipher_fetch_legacy(void);
 /* The MAC algorithms, fetched once: CMAC (cmac) or HMAC. */
 TOK_API EVP_MAC *tok_mac(bool cmac);
 
+/* Can a secret key of type kt be len bytes long? AES 16, 24 or 32,
+ * ChaCha20 32, DES keys their type's length, the others any but 0. */
+TOK_API bool tok_secret_len_ok(CK_KEY_TYPE kt, size_t len);
 /* Give a secret key object (class and key type set) its value: CKA_VALUE,
  * and CKA_VALUE_LEN for the key types that have one (DES keys do not: the
  * type fixes their length). made: the token made the value (generation,
@@ -148,6 +155,25 @@ typedef struct {
     size_t labellen;
 } tok_oaep;
 TOK_API CK_RV tok_oaep_params(const CK_MECHANISM *m, tok_oaep *out);
+
+/* Does the key's CKA_ALLOWED_MECHANISMS (absent or empty: any) let it be used with m? */
+TOK_API bool tok_mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m);
+
+/* AES-CCM and ChaCha20-Poly1305 for C_Encrypt/C_Decrypt and the multi-part
+ * calls (tok_aead.c): tok_op.c hands an operation of these mechanisms over
+ * whole, with the same contracts as tok_op_init, _oneshot, _update, _final
+ * (size-query protocol; CCM: CKR_DATA_LEN_RANGE / _ENCRYPTED_DATA_LEN_RANGE
+ * when the data is not ulDataLen bytes; a bad tag
+ * CKR_ENCRYPTED_DATA_INVALID). The key's type, usage and allowed
+ * mechanisms are checked by the caller. */
+typedef struct tok_aead_op tok_aead_op;
+TOK_API bool tok_aead_single(tok_mclass mc);
+TOK_API CK_RV tok_aead_op_init(const tok_mech_desc *d, bool enc, const CK_MECHANISM *m, tok_key *key,
+                               tok_aead_op **out);
+TOK_API void tok_aead_op_free(tok_aead_op *a);
+TOK_API CK_RV tok_aead_op_oneshot(tok_aead_op *a, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
+TOK_API CK_RV tok_aead_op_update(tok_aead_op *a, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
+TOK_API CK_RV tok_aead_op_final(tok_aead_op *a, uint8_t *out, CK_ULONG *outlen);
 
 /* Key types by OID: OpenSSL maps "RSA" and "EC" to legacy key type ids, and
  * an application's ENGINE registered for those ids (engine_pkcs11 in

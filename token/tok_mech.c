@@ -28,6 +28,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_AES_CBC_PAD, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_GCM, 16, 32, CRYPT, M_AES_GCM, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CCM, 16, 32, CRYPT, M_AES_CCM, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CMAC, 16, 32, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CMAC_GENERAL, 16, 32, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_AES, false},
     {CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP, NULL, 0, false, TOK_FAM_AES, false},
@@ -50,6 +51,9 @@ static const tok_mech_desc mechs[] = {
     {CKM_DES_ECB, 8, 8, CRYPT, M_ECB, NULL, 0, false, TOK_FAM_DES, true},
     {CKM_DES_CBC, 8, 8, CRYPT, M_CBC, NULL, 0, false, TOK_FAM_DES, true},
     {CKM_DES_CBC_PAD, 8, 8, CRYPT, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES, true},
+    /* ChaCha20 (RFC 8439): 32-byte keys, key sizes in bytes */
+    {CKM_CHACHA20_KEY_GEN, 32, 32, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_CHACHA20, false},
+    {CKM_CHACHA20_POLY1305, 32, 32, CRYPT, M_CHACHA_POLY, NULL, 0, false, TOK_FAM_CHACHA20, false},
     /* EC: key sizes in bits */
     {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0, false, TOK_FAM_NONE, false},
@@ -132,8 +136,17 @@ bool tok_mech_set_legacy(bool want)
 
 bool tok_mech_legacy(void) { return __atomic_load_n(&legacy_on, __ATOMIC_ACQUIRE); }
 
-/* Is a mechanism of the table offered now? */
-static bool offered(const tok_mech_desc *d) { return !d->legacy || tok_mech_legacy(); }
+/* Is a mechanism of the table offered now? ChaCha20 only when the
+ * module's library context has it (an OpenSSL built without it, or a
+ * FIPS-only provider, has not). */
+static bool offered(const tok_mech_desc *d)
+{
+    static const tok_mech_desc chacha = {.mc = M_CHACHA_POLY, .fam = TOK_FAM_CHACHA20};
+
+    if (d->fam == TOK_FAM_CHACHA20)
+        return tok_mech_cipher(&chacha, 32) != NULL;
+    return !d->legacy || tok_mech_legacy();
+}
 
 const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m)
 {
@@ -217,6 +230,7 @@ CK_RV tok_mech_keygen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype)
     case CKM_DES2_KEY_GEN: *ktype = CKK_DES2; return CKR_OK;
     case CKM_DES3_KEY_GEN: *ktype = CKK_DES3; return CKR_OK;
     case CKM_DES_KEY_GEN: *ktype = CKK_DES; return CKR_OK;
+    case CKM_CHACHA20_KEY_GEN: *ktype = CKK_CHACHA20; return CKR_OK;
     case CKM_GENERIC_SECRET_KEY_GEN: *ktype = CKK_GENERIC_SECRET; return CKR_OK;
     case CKM_PKCS5_PBKD2: *ktype = (CK_KEY_TYPE)-1 /* from the template */; return CKR_OK;
     default: return CKR_MECHANISM_INVALID;
@@ -303,6 +317,17 @@ static CK_RV pbkdf2(const CK_MECHANISM *mech, uint8_t *buf, CK_ULONG len)
     return rv;
 }
 
+bool tok_secret_len_ok(CK_KEY_TYPE kt, size_t len)
+{
+    CK_ULONG fixed = tok_ktype_fixed_len(kt);
+
+    if (kt == CKK_AES)
+        return len == 16 || len == 24 || len == 32;
+    if (kt == CKK_CHACHA20)
+        return len == 32;
+    return fixed ? len == fixed : len > 0;
+}
+
 CK_RV tok_secret_set(tok_attrs *obj, uint8_t *val, size_t len, bool made)
 {
     CK_ULONG kt = CK_UNAVAILABLE_INFORMATION;
@@ -332,11 +357,14 @@ CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
     fixed = tok_ktype_fixed_len(kt);
     if (fixed)
         len = fixed; /* DES keys: the type gives the length */
-    else if (!tok_attrs_get_ulong(key, CKA_VALUE_LEN, &len))
-        return CKR_TEMPLATE_INCOMPLETE;
+    else if (!tok_attrs_get_ulong(key, CKA_VALUE_LEN, &len)) {
+        if (kt != CKK_CHACHA20)
+            return CKR_TEMPLATE_INCOMPLETE;
+        len = 32; /* ChaCha20 has one key length: the template need not say it */
+    }
     switch (mech->mechanism) {
     case CKM_PKCS5_PBKD2:
-        if ((kt == CKK_AES && len != 16 && len != 24 && len != 32) || len < 1 || len > sizeof(buf))
+        if (!tok_secret_len_ok(kt, len) || len > sizeof(buf))
             return CKR_KEY_SIZE_RANGE;
         break;
     case CKM_DES_KEY_GEN:
@@ -346,8 +374,9 @@ CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
         if (len != 16 && len != 24 && len != 32)
             return CKR_KEY_SIZE_RANGE;
         break;
+    case CKM_CHACHA20_KEY_GEN:
     case CKM_GENERIC_SECRET_KEY_GEN:
-        if (len < 1 || len > sizeof(buf))
+        if (!tok_secret_len_ok(kt, len) || len > sizeof(buf))
             return CKR_KEY_SIZE_RANGE;
         break;
     default: return CKR_MECHANISM_INVALID;
@@ -456,7 +485,7 @@ static CK_RV import_secret(tok_attrs *obj, CK_KEY_TYPE kt)
 
     if (!v || !v->len)
         return CKR_TEMPLATE_INCOMPLETE;
-    if ((kt == CKK_AES && v->len != 16 && v->len != 24 && v->len != 32) || (fixed && v->len != fixed))
+    if (!tok_secret_len_ok(kt, v->len))
         return CKR_ATTRIBUTE_VALUE_INVALID;
     if (fixed) /* DES: no CKA_VALUE_LEN (tok_policy refuses one); parity bits taken either way */
         return CKR_OK;

@@ -43,6 +43,7 @@ struct tok_op {
     uint8_t *pend; /* output computed but not yet handed out */
     size_t pendlen;
     bool has_pend;
+    tok_aead_op *aead; /* AES-CCM, ChaCha20-Poly1305: all of it in tok_aead.c */
     /* input of the current one-shot call, for the producers */
     const uint8_t *in;
     size_t inlen;
@@ -63,6 +64,7 @@ void tok_op_free(tok_op *op)
         OPENSSL_clear_free(op->pend, op->pendlen);
     OPENSSL_free(op->label);
     EVP_MD_free(op->pss_mdobj);
+    tok_aead_op_free(op->aead);
     tok_key_unref(op->key);
     OPENSSL_cleanse(op, sizeof(*op));
     free(op);
@@ -131,7 +133,7 @@ static CK_RV check_key(const tok_mech_desc *d, tok_op_kind kind, const tok_key *
     return CKR_KEY_TYPE_INCONSISTENT;
 }
 
-static bool mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
+bool tok_mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
 {
     const tok_attr *am = tok_attrs_find(a, CKA_ALLOWED_MECHANISMS);
     if (!am || !am->len)
@@ -370,7 +372,7 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
             return rv;
         if (!tok_attrs_get_bool(key_attrs, kind_usage(kind), false))
             return CKR_KEY_FUNCTION_NOT_PERMITTED;
-        if (!mech_allowed(key_attrs, mech->mechanism))
+        if (!tok_mech_allowed(key_attrs, mech->mechanism))
             return CKR_MECHANISM_INVALID;
     }
     op = calloc(1, sizeof(*op));
@@ -379,7 +381,9 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
     op->kind = kind;
     op->d = d;
     op->key = kind == TOK_OP_DIGEST ? NULL : tok_key_ref(key);
-    if (is_cipher(d->mc))
+    if (tok_aead_single(d->mc))
+        rv = tok_aead_op_init(d, kind == TOK_OP_ENCRYPT, mech, key, &op->aead);
+    else if (is_cipher(d->mc))
         rv = init_cipher(op, mech);
     else if (is_rsa(d->mc))
         rv = init_rsa_params(op, mech);
@@ -752,6 +756,8 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
         return CKR_ARGUMENTS_BAD;
     if (op->kind == TOK_OP_VERIFY)
         return CKR_OPERATION_NOT_INITIALIZED;
+    if (op->aead)
+        return tok_aead_op_oneshot(op->aead, in, inlen, out, outlen);
     switch (op->d->mc) {
     case M_CBC_PAD:
         if (op->kind == TOK_OP_DECRYPT) {
@@ -825,6 +831,8 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         return CKR_ARGUMENTS_BAD;
     if (op->has_pend)
         return CKR_OPERATION_ACTIVE;
+    if (op->aead)
+        return tok_aead_op_update(op->aead, in, inlen, out, outlen);
     mc = op->d->mc;
     if (single_part(mc))
         return CKR_FUNCTION_NOT_SUPPORTED;
@@ -887,6 +895,8 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
 
     if (!op || !outlen)
         return CKR_ARGUMENTS_BAD;
+    if (op->aead)
+        return tok_aead_op_final(op->aead, out, outlen);
     switch (op->d->mc) {
     case M_CBC_PAD:
         if (op->kind == TOK_OP_DECRYPT && op->held != op->bs && !op->has_pend)

@@ -4,6 +4,7 @@
  * callers may do with it; the functions below apply PKCS#11 v2.40 section 4
  * rules with SoftHSMv2-like defaults. */
 #include "token/tok_policy.h"
+#include "token/tok_aead.h"
 #include "token/tok_mech.h"
 
 #include <stdlib.h>
@@ -129,6 +130,7 @@ static unsigned ktype_kind(CK_KEY_TYPE kt)
     case CKK_EC_EDWARDS:
     case 0x41UL /* CKK_EC_MONTGOMERY */: return K_EC;
     case CKK_AES:
+    case CKK_CHACHA20:
     case CKK_GENERIC_SECRET:
     case CKK_SHA256_HMAC: return K_SECRET_VAL;
     default: return K_ANY;
@@ -145,7 +147,8 @@ static bool ktype_supported(CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
     if (cls == CKO_SECRET_KEY && kt == CKK_DES)
         return tok_mech_legacy();
     if (cls == CKO_SECRET_KEY)
-        return kt == CKK_AES || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC || tok_ktype_fixed_len(kt);
+        return kt == CKK_AES || kt == CKK_CHACHA20 || kt == CKK_GENERIC_SECRET || kt == CKK_SHA256_HMAC ||
+               tok_ktype_fixed_len(kt);
     return kt == CKK_RSA || kt == CKK_EC || kt == CKK_EC_EDWARDS || kt == 0x41UL /* CKK_EC_MONTGOMERY */;
 }
 

@@ -80,7 +80,7 @@ static CK_RV unwrap_output(uint8_t *data, size_t len, bool padded, tok_attrs *ob
             len = want;
         if (len == 0)
             return CKR_WRAPPED_KEY_INVALID; /* a key of no bytes */
-        if ((kt == CKK_AES && len != 16 && len != 24 && len != 32) || (fixed && len != fixed))
+        if (!tok_secret_len_ok(kt, len))
             return CKR_WRAPPED_KEY_INVALID;
         if (given && want != len)
             return CKR_TEMPLATE_INCONSISTENT;
@@ -358,7 +358,7 @@ static CK_RV hkdf_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj
     CK_RV rv = kc && EVP_KDF_derive(kc, out, want, kp) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
     EVP_KDF_CTX_free(kc);
     EVP_KDF_free(kdf);
-    if (rv == CKR_OK && kt == CKK_AES && want != 16 && want != 24 && want != 32)
+    if (rv == CKR_OK && !tok_secret_len_ok(kt, want))
         rv = CKR_KEY_SIZE_RANGE;
     if (rv == CKR_OK)
         rv = tok_secret_set(obj, out, want, true);
@@ -404,7 +404,7 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
         return CKR_TEMPLATE_INCONSISTENT;
     if (!tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want))
         want = tok_ktype_fixed_len(kt); /* DES keys: the type gives the length */
-    if (kt == CKK_AES && want != 16 && want != 24 && want != 32)
+    if ((kt == CKK_AES || kt == CKK_CHACHA20) && !tok_secret_len_ok(kt, want))
         return want ? CKR_KEY_SIZE_RANGE : CKR_TEMPLATE_INCOMPLETE;
 
     /* The peer's public key, raw point or DER OCTET STRING. */

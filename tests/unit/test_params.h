@@ -1,6 +1,8 @@
 /* Shared by the unit tests that drive the module: PKCS#11 3.0 mechanism
- * parameters that p11-kit 0.24's header lacks, and the inputs of RFC 5869's
- * HKDF test case 1 and RFC 6070's PBKDF2 test 2. */
+ * parameters that p11-kit 0.24's header lacks (HKDF, PBKDF2, the AEAD
+ * ones, written here from the specification, not taken from the module's
+ * headers), and the inputs of RFC 5869's HKDF test case 1 and RFC 6070's
+ * PBKDF2 test 2. */
 #ifndef P11MK_TEST_PARAMS_H
 #define P11MK_TEST_PARAMS_H
 
@@ -32,6 +34,62 @@ typedef struct { /* CK_PKCS5_PBKD2_PARAMS2 (v2.40's has a pointer for passwordLe
     CK_UTF8CHAR_PTR pPassword;
     CK_ULONG passwordLen;
 } test_pbkd2_params;
+
+#define TEST_CKK_CHACHA20 0x33UL
+#define TEST_CKM_CHACHA20_KEY_GEN 0x1225UL
+#define TEST_CKM_CHACHA20_POLY1305 0x4021UL
+#define TEST_CKF_MESSAGE_ENCRYPT 0x02UL
+#define TEST_CKF_MESSAGE_DECRYPT 0x04UL
+#define TEST_CKF_MESSAGE_SIGN 0x08UL
+#define TEST_CKF_MESSAGE_VERIFY 0x10UL
+#define TEST_CKF_MULTI_MESSAGE 0x20UL
+#define TEST_CKF_END_OF_MESSAGE 0x01UL
+#define TEST_CKG_NO_GENERATE 0UL
+#define TEST_CKG_GENERATE 1UL
+#define TEST_CKG_GENERATE_COUNTER 2UL
+#define TEST_CKG_GENERATE_RANDOM 3UL
+#define TEST_CKG_GENERATE_COUNTER_XOR 4UL
+
+typedef struct { /* CK_CCM_PARAMS */
+    CK_ULONG ulDataLen;
+    CK_BYTE_PTR pNonce;
+    CK_ULONG ulNonceLen;
+    CK_BYTE_PTR pAAD;
+    CK_ULONG ulAADLen;
+    CK_ULONG ulMACLen;
+} test_ccm_params;
+
+typedef struct { /* CK_SALSA20_CHACHA20_POLY1305_PARAMS */
+    CK_BYTE_PTR pNonce;
+    CK_ULONG ulNonceLen;
+    CK_BYTE_PTR pAAD;
+    CK_ULONG ulAADLen;
+} test_chacha_params;
+
+typedef struct { /* CK_GCM_MESSAGE_PARAMS */
+    CK_BYTE_PTR pIv;
+    CK_ULONG ulIvLen;
+    CK_ULONG ulIvFixedBits;
+    CK_ULONG ivGenerator;
+    CK_BYTE_PTR pTag;
+    CK_ULONG ulTagBits;
+} test_gcm_msg_params;
+
+typedef struct { /* CK_CCM_MESSAGE_PARAMS */
+    CK_ULONG ulDataLen;
+    CK_BYTE_PTR pNonce;
+    CK_ULONG ulNonceLen;
+    CK_ULONG ulNonceFixedBits;
+    CK_ULONG nonceGenerator;
+    CK_BYTE_PTR pMAC;
+    CK_ULONG ulMACLen;
+} test_ccm_msg_params;
+
+typedef struct { /* CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS */
+    CK_BYTE_PTR pNonce;
+    CK_ULONG ulNonceLen;
+    CK_BYTE_PTR pTag;
+} test_chacha_msg_params;
 
 /* RFC 5869 A.1: IKM, salt and info (HKDF with SHA-256, extract and expand). */
 static inline test_hkdf_params test_rfc5869_case1(CK_BYTE ikm[22], CK_BYTE salt[13], CK_BYTE info[10])

@@ -1742,7 +1742,7 @@ static void test_always_authenticate(void **state)
  * size query, short buffer (the operation stays), the real call, the
  * inverse operation, a corrupted signature or ciphertext, a wrong key type. */
 typedef struct {
-    CK_OBJECT_HANDLE aes, des3, hmac, rsa_pub, rsa_priv, ec_pub, ec_priv, ed_pub, ed_priv;
+    CK_OBJECT_HANDLE aes, des3, chacha, hmac, rsa_pub, rsa_priv, ec_pub, ec_priv, ed_pub, ed_priv;
 } key_set;
 
 static CK_MECHANISM_TYPE pss_hash(CK_MECHANISM_TYPE m)
@@ -1804,6 +1804,8 @@ static void test_mechanism_matrix(void **state)
     CK_ATTRIBUTE du[] = {{CKA_SIGN, &yes, 1}, {CKA_VERIFY, &yes, 1}, {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
     g = (CK_MECHANISM){CKM_DES3_KEY_GEN, NULL, 0};
     CK(f->C_GenerateKey(h, &g, du, 4, &k.des3));
+    g = (CK_MECHANISM){TEST_CKM_CHACHA20_KEY_GEN, NULL, 0};
+    CK(f->C_GenerateKey(h, &g, du + 2, 2, &k.chacha));
     CK_ATTRIBUTE rp[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_VERIFY, &yes, 1}, {CKA_ENCRYPT, &yes, 1}};
     CK_ATTRIBUTE rk[] = {{CKA_SIGN, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
     g = (CK_MECHANISM){CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
@@ -1877,6 +1879,8 @@ static void test_mechanism_matrix(void **state)
             CK_BYTE iv[16] = {3};
             CK_AES_CTR_PARAMS ctr = {128, {9}};
             CK_GCM_PARAMS gcm = {iv, 12, 96, NULL, 0, 128};
+            test_ccm_params ccm = {dlen, iv, 12, NULL, 0, 16};
+            test_chacha_params chacha = {iv, 12, NULL, 0};
             CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
             CK_OBJECT_HANDLE ek2 = k.aes, dk = k.aes, wrong = k.rsa_pub;
             if (mt == CKM_AES_CBC || mt == CKM_AES_CBC_PAD)
@@ -1887,10 +1891,16 @@ static void test_mechanism_matrix(void **state)
                 m.pParameter = &ctr, m.ulParameterLen = sizeof(ctr);
             else if (mt == CKM_AES_GCM)
                 m.pParameter = &gcm, m.ulParameterLen = sizeof(gcm);
+            else if (mt == CKM_AES_CCM)
+                m.pParameter = &ccm, m.ulParameterLen = sizeof(ccm);
+            else if (mt == TEST_CKM_CHACHA20_POLY1305)
+                m.pParameter = &chacha, m.ulParameterLen = sizeof(chacha);
             else if (mt == CKM_RSA_PKCS_OAEP)
                 m.pParameter = &oaep, m.ulParameterLen = sizeof(oaep);
             if (mt == CKM_DES3_ECB || mt == CKM_DES3_CBC || mt == CKM_DES3_CBC_PAD)
                 ek2 = dk = k.des3, wrong = k.aes;
+            if (mt == TEST_CKM_CHACHA20_POLY1305)
+                ek2 = dk = k.chacha, wrong = k.aes;
             if (mt == CKM_RSA_PKCS || mt == CKM_RSA_X_509 || mt == CKM_RSA_PKCS_OAEP) {
                 ek2 = k.rsa_pub, dk = k.rsa_priv, wrong = k.aes;
                 if (mt == CKM_RSA_X_509) {
@@ -1911,7 +1921,8 @@ static void test_mechanism_matrix(void **state)
             CK_RV rv = f->C_Decrypt(h, out, olen, back, &blen);
             if (rv != CKR_OK || blen != dlen || memcmp(back, data, dlen) != 0)
                 fail_msg("round trip with mechanism 0x%lx: 0x%lx", (unsigned long)mt, (unsigned long)rv);
-            if (mt == CKM_AES_GCM || mt == CKM_RSA_PKCS_OAEP || mt == CKM_RSA_PKCS) {
+            if (mt == CKM_AES_GCM || mt == CKM_AES_CCM || mt == TEST_CKM_CHACHA20_POLY1305 || mt == CKM_RSA_PKCS_OAEP ||
+                mt == CKM_RSA_PKCS) {
                 out[olen - 1] ^= 1;
                 CK(f->C_DecryptInit(h, &m, dk));
                 blen = sizeof(back);
@@ -1939,7 +1950,7 @@ static void test_mechanism_matrix(void **state)
         }
     }
     assert_true(signed_n >= 25);
-    assert_true(crypted_n >= 8);
+    assert_true(crypted_n >= 10);
     assert_true(digested_n >= 8);
     CK(f->C_CloseAllSessions(s));
 }

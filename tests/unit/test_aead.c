@@ -1,0 +1,562 @@
+/* AEAD through the built module (dlopen, the PKCS#11 3.0 interface), on
+ * one keystore with a logged-in user session, keys as session objects:
+ *
+ *   - known answers: RFC 8439 section 2.8.2 (ChaCha20-Poly1305), NIST SP
+ *     800-38C examples 1 to 4 and RFC 3610 packet vector 1 (AES-CCM),
+ *     single- and multi-part, both ways; empty payloads (answers computed
+ *     with pyca/cryptography, the same with OpenSSL's EVP); CCM against
+ *     plain OpenSSL for every key size and lengths around the block size;
+ *   - ChaCha20 keys: CKM_CHACHA20_KEY_GEN, import, their one length;
+ *   - error cases: size query, short buffer (the operation stays), bad
+ *     parameters, wrong key types, CCM's ulDataLen, a bad tag or AAD. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "pkcs11/p11_v3.h"
+#include "tests/unit/ks_test_util.h"
+#include "tests/unit/test_hex.h"
+#include "tests/unit/test_params.h"
+
+#define CK(call) assert_int_equal((call), CKR_OK)
+#define RV(want, call) assert_int_equal((call), (want))
+#define unhex test_unhex
+#define assert_bytes test_assert_bytes
+
+static void *dl;
+static CK_FUNCTION_LIST_3_0 *f;
+static char tmp[64];
+static CK_SLOT_ID slot;
+static CK_SESSION_HANDLE h;
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+static const char SO[] = "so-secret", PIN[] = "user-pin";
+
+/* RFC 8439 2.8.2 */
+static const char RFC8439_PT[] = "Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the "
+                                 "future, sunscreen would be it.";
+static const char RFC8439_NONCE[] = "070000004041424344454647";
+static const char RFC8439_AAD[] = "50515253c0c1c2c3c4c5c6c7";
+static const char RFC8439_CT[] = "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
+                                 "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
+                                 "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+                                 "3ff4def08e4b7a9de576d26586cec64b6116";
+static const char RFC8439_TAG[] = "1ae10b594f09e26a7e902ecbd0600691";
+
+/* SP 800-38C appendix C (one key, AAD and payload the leading bytes of a
+ * counting sequence) and RFC 3610 packet vector 1. */
+typedef struct {
+    const char *name, *key, *nonce;
+    size_t aadlen; /* bytes of 00 01 02 ... (RFC 3610: 00..07) */
+    const char *pt, *ct, *tag;
+} ccm_vector;
+
+static const ccm_vector CCM[] = {
+    {"SP 800-38C example 1", "404142434445464748494a4b4c4d4e4f", "10111213141516", 8, "20212223", "7162015b",
+     "4dac255d"},
+    {"SP 800-38C example 2", "404142434445464748494a4b4c4d4e4f", "1011121314151617", 16,
+     "202122232425262728292a2b2c2d2e2f", "d2a1f0e051ea5f62081a7792073d593d", "1fc64fbfaccd"},
+    {"SP 800-38C example 3", "404142434445464748494a4b4c4d4e4f", "101112131415161718191a1b", 20,
+     "202122232425262728292a2b2c2d2e2f3031323334353637", "e3b201a9f5b71a7a9b1ceaeccd97e70b6176aad9a4428aa5",
+     "484392fbc1b09951"},
+    {"SP 800-38C example 4 (64 KiB AAD)", "404142434445464748494a4b4c4d4e4f", "101112131415161718191a1b1c", 65536,
+     "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f",
+     "69915dad1e84c6376a68c2967e4dab615ae0fd1faec44cc484828529463ccf72", "b4ac6bec93e8598e7f0dadbcea5b"},
+    {"RFC 3610 packet vector 1", "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf", "00000003020100a0a1a2a3a4a5", 8,
+     "08090a0b0c0d0e0f101112131415161718191a1b1c1d1e", "588c979a61c663d2f066d0c2c0f989806d5f6b61dac384",
+     "17e8d12cfdf926e0"},
+    /* empty payloads: pyca/cryptography's AESCCM, and OpenSSL's EVP alike */
+    {"empty payload", "404142434445464748494a4b4c4d4e4f", "10111213141516", 8, "", "", "0c174d5bf435f2d5"},
+    {"empty payload and AAD", "404142434445464748494a4b4c4d4e4f", "101112131415161718191a1b1c", 0, "", "",
+     "32d6f8243a26d0bd98d01b0f448e7773"},
+};
+#define N_CCM (sizeof(CCM) / sizeof(CCM[0]))
+
+static uint8_t counting[65536]; /* 00 01 02 ... ff 00 01 ... */
+
+/* ---- fixture: one keystore, a token, a logged-in read/write session ------- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *mod = getenv("P11MK_MODULE");
+    CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS);
+    CK_VERSION v30 = {3, 0};
+    CK_INTERFACE *ip;
+    CK_SLOT_ID slots[8];
+    CK_ULONG ns = 8;
+    CK_UTF8CHAR label[32];
+    char conf[128];
+
+    for (size_t i = 0; i < sizeof(counting); i++)
+        counting[i] = (uint8_t)i;
+    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-aead-XXXXXX");
+    if (!mkdtemp(tmp) || !(dl = dlopen(mod ? mod : "pkcs11/p11mk-pkcs11.so", RTLD_NOW | RTLD_LOCAL)))
+        return -1;
+    gi = (CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(dl, "C_GetInterface");
+    if (!gi || gi((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &ip, 0) != CKR_OK)
+        return -1;
+    f = ip->pFunctionList;
+    snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
+    FILE *c = fopen(conf, "w");
+    if (!c)
+        return -1;
+    fprintf(c, "keystore = %s/ks\nlog = %s/p11mk.log\n", tmp, tmp);
+    fclose(c);
+    setenv("P11MK_CONF", conf, 1);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "aead", 4);
+    if (f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &ns) != CKR_OK || ns == 0)
+        return -1;
+    slot = slots[ns - 1];
+    if (f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label) != CKR_OK ||
+        f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK ||
+        f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) != CKR_OK ||
+        f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK || f->C_Logout(h) != CKR_OK ||
+        f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK)
+        return -1;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    int rc = f->C_Finalize(NULL) == CKR_OK ? 0 : -1;
+    rm_rf(tmp);
+    return rc;
+}
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+/* A session secret key that encrypts and decrypts, unless the extra
+ * attributes say otherwise. */
+static CK_OBJECT_HANDLE key_of(CK_KEY_TYPE kt, const uint8_t *val, size_t len, CK_ATTRIBUTE *extra, CK_ULONG nextra)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE t[12] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                          {CKA_VALUE, (void *)val, len},  {CKA_TOKEN, &no, 1},
+                          {CKA_ENCRYPT, &yes, 1},         {CKA_DECRYPT, &yes, 1}};
+    CK_ULONG n = 6;
+    CK_OBJECT_HANDLE k;
+    for (CK_ULONG i = 0; i < nextra; i++) { /* an extra attribute replaces one of the same type */
+        CK_ULONG j = 0;
+        while (j < n && t[j].type != extra[i].type)
+            j++;
+        t[j] = extra[i];
+        n += j == n;
+    }
+    CK(f->C_CreateObject(h, t, n, &k));
+    return k;
+}
+
+/* RFC 8439's key: 80 81 .. 9f. */
+static CK_OBJECT_HANDLE rfc8439_key(void)
+{
+    uint8_t k[32];
+    for (int i = 0; i < 32; i++)
+        k[i] = (uint8_t)(0x80 + i);
+    return key_of(TEST_CKK_CHACHA20, k, 32, NULL, 0);
+}
+
+/* C_Encrypt or C_Decrypt after its init: a size query (the exact length),
+ * a buffer one byte short (CKR_BUFFER_TOO_SMALL, the length, the operation
+ * kept), then the call. */
+static size_t crypt1(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen, uint8_t *out)
+{
+    CK_ULONG n = 0, want;
+    CK((enc ? f->C_EncryptInit : f->C_DecryptInit)(h, m, k));
+    CK((enc ? f->C_Encrypt : f->C_Decrypt)(h, (CK_BYTE_PTR)in, inlen, NULL, &n));
+    want = n;
+    if (want) {
+        n = want - 1;
+        RV(CKR_BUFFER_TOO_SMALL, (enc ? f->C_Encrypt : f->C_Decrypt)(h, (CK_BYTE_PTR)in, inlen, out, &n));
+        assert_int_equal(n, want);
+    }
+    n = want + 16;
+    CK((enc ? f->C_Encrypt : f->C_Decrypt)(h, (CK_BYTE_PTR)in, inlen, out, &n));
+    assert_int_equal(n, want);
+    return n;
+}
+
+/* Multi-part, in pieces of 5, 11 and 16 bytes; every call asked for its
+ * size first. */
+static size_t crypt_parts(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen, uint8_t *out)
+{
+    static const size_t piece[] = {5, 11, 16};
+    size_t done = 0, got = 0;
+    CK_ULONG n;
+    CK((enc ? f->C_EncryptInit : f->C_DecryptInit)(h, m, k));
+    for (int i = 0; done < inlen; i = i < 2 ? i + 1 : 2) {
+        size_t take = inlen - done < piece[i] ? inlen - done : piece[i];
+        CK((enc ? f->C_EncryptUpdate : f->C_DecryptUpdate)(h, (CK_BYTE_PTR)in + done, take, NULL, &n));
+        CK_ULONG want = n;
+        n += 3;
+        CK((enc ? f->C_EncryptUpdate : f->C_DecryptUpdate)(h, (CK_BYTE_PTR)in + done, take, out + got, &n));
+        assert_int_equal(n, want);
+        got += n;
+        done += take;
+    }
+    CK((enc ? f->C_EncryptFinal : f->C_DecryptFinal)(h, NULL, &n));
+    CK_ULONG want = n;
+    if (want) {
+        n = want - 1;
+        RV(CKR_BUFFER_TOO_SMALL, (enc ? f->C_EncryptFinal : f->C_DecryptFinal)(h, out + got, &n));
+    }
+    n = want;
+    CK((enc ? f->C_EncryptFinal : f->C_DecryptFinal)(h, out + got, &n));
+    assert_int_equal(n, want);
+    return got + n;
+}
+
+/* Both ways, single- and multi-part: in -> ct||tag -> in. */
+static void both_ways(CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *pt, size_t ptlen, const uint8_t *sealed,
+                      size_t slen, const char *what)
+{
+    uint8_t *out = malloc(slen + 64);
+    assert_non_null(out);
+    assert_bytes(out, crypt1(true, m, k, pt, ptlen, out), sealed, slen, what);
+    assert_bytes(out, crypt_parts(true, m, k, pt, ptlen, out), sealed, slen, what);
+    assert_bytes(out, crypt1(false, m, k, sealed, slen, out), pt, ptlen, what);
+    assert_bytes(out, crypt_parts(false, m, k, sealed, slen, out), pt, ptlen, what);
+    free(out);
+}
+
+/* ct || tag of a known answer. */
+static size_t sealed_of(const char *ct, const char *tag, uint8_t *out, size_t cap)
+{
+    size_t n = unhex(ct, out, cap);
+    return n + unhex(tag, out + n, cap - n);
+}
+
+/* ---- known answers ---------------------------------------------------------- */
+
+static void test_chacha20_poly1305_rfc8439(void **state)
+{
+    (void)state;
+    uint8_t nonce[12], aad[12], sealed[160];
+    size_t ptlen = strlen(RFC8439_PT), slen = sealed_of(RFC8439_CT, RFC8439_TAG, sealed, sizeof(sealed));
+    unhex(RFC8439_NONCE, nonce, sizeof(nonce));
+    unhex(RFC8439_AAD, aad, sizeof(aad));
+    test_chacha_params p = {nonce, 12, aad, 12};
+    CK_MECHANISM m = {TEST_CKM_CHACHA20_POLY1305, &p, sizeof(p)};
+    CK_OBJECT_HANDLE k = rfc8439_key();
+
+    assert_int_equal(slen, ptlen + 16);
+    both_ways(&m, k, (const uint8_t *)RFC8439_PT, ptlen, sealed, slen, "RFC 8439 2.8.2");
+
+    /* An empty message: the tag alone (pyca/cryptography). */
+    uint8_t tag[16];
+    unhex("e622e5647a38d967a7ecbcb46c7f675c", tag, sizeof(tag));
+    both_ways(&m, k, counting, 0, tag, 16, "RFC 8439 key, nonce and AAD, empty message");
+
+    /* One bit off anywhere (ciphertext, tag, AAD, nonce): refused, no plaintext. */
+    uint8_t out[160];
+    for (int what = 0; what < 4; what++) {
+        uint8_t bad[160];
+        CK_ULONG n = sizeof(out);
+        memcpy(bad, sealed, slen);
+        if (what == 0)
+            bad[3] ^= 1;
+        else if (what == 1)
+            bad[slen - 1] ^= 0x80;
+        else if (what == 2)
+            aad[0] ^= 1;
+        else
+            nonce[11] ^= 1;
+        memset(out, 0x55, sizeof(out));
+        CK(f->C_DecryptInit(h, &m, k));
+        RV(CKR_ENCRYPTED_DATA_INVALID, f->C_Decrypt(h, bad, slen, out, &n));
+        for (size_t i = 0; i < ptlen; i++)
+            assert_true(out[i] == 0 || out[i] == 0x55);
+        RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Decrypt(h, bad, slen, out, &n)); /* it ended the operation */
+        unhex(RFC8439_AAD, aad, sizeof(aad));
+        unhex(RFC8439_NONCE, nonce, sizeof(nonce));
+    }
+}
+
+static void test_ccm_vectors(void **state)
+{
+    (void)state;
+    uint8_t key[16], nonce[13], pt[32], sealed[48];
+    for (size_t i = 0; i < N_CCM; i++) {
+        const ccm_vector *v = &CCM[i];
+        size_t kl = unhex(v->key, key, sizeof(key)), nl = unhex(v->nonce, nonce, sizeof(nonce));
+        size_t pl = unhex(v->pt, pt, sizeof(pt)), sl = sealed_of(v->ct, v->tag, sealed, sizeof(sealed));
+        test_ccm_params p = {pl, nonce, nl, v->aadlen ? counting : NULL, v->aadlen, sl - pl};
+        CK_MECHANISM m = {CKM_AES_CCM, &p, sizeof(p)};
+        both_ways(&m, key_of(CKK_AES, key, kl, NULL, 0), pt, pl, sealed, sl, v->name);
+    }
+}
+
+/* Byte for byte what plain OpenSSL (the application's library context)
+ * gives, for AES-128/192/256, nonces of 7 and 13 bytes, MACs of 4 and 16,
+ * payloads around the block size. */
+static size_t ossl_ccm(const uint8_t *key, size_t kl, const uint8_t *nonce, size_t nl, const uint8_t *aad, size_t al,
+                       const uint8_t *pt, size_t pl, size_t ml, uint8_t *out)
+{
+    static const char *names[] = {"AES-128-CCM", "AES-192-CCM", "AES-256-CCM"};
+    EVP_CIPHER *c = EVP_CIPHER_fetch(NULL, names[(kl - 16) / 8], NULL);
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    uint8_t none[1];
+    int n = 0;
+    assert_true(c && x && EVP_EncryptInit_ex2(x, c, NULL, NULL, NULL) &&
+                EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_IVLEN, (int)nl, NULL) &&
+                EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, (int)ml, NULL) &&
+                EVP_EncryptInit_ex2(x, NULL, key, nonce, NULL) && EVP_EncryptUpdate(x, NULL, &n, NULL, (int)pl) &&
+                (!al || EVP_EncryptUpdate(x, NULL, &n, aad, (int)al)) &&
+                EVP_EncryptUpdate(x, pl ? out : none, &n, pl ? pt : none, (int)pl) &&
+                EVP_EncryptFinal_ex(x, none, &n) && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, (int)ml, out + pl));
+    EVP_CIPHER_CTX_free(x);
+    EVP_CIPHER_free(c);
+    return pl + ml;
+}
+
+static void test_ccm_against_openssl(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {0, 1, 15, 16, 17, 33, 64};
+    uint8_t key[32], want[96];
+    for (size_t kl = 16; kl <= 32; kl += 8) {
+        for (size_t i = 0; i < kl; i++)
+            key[i] = (uint8_t)(0xa0 + 3 * i);
+        CK_OBJECT_HANDLE k = key_of(CKK_AES, key, kl, NULL, 0);
+        for (size_t nl = 7; nl <= 13; nl += 6)
+            for (size_t ml = 4; ml <= 16; ml += 12)
+                for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+                    test_ccm_params p = {lens[i], counting + 100, nl, counting + 7, 19, ml};
+                    CK_MECHANISM m = {CKM_AES_CCM, &p, sizeof(p)};
+                    size_t wl = ossl_ccm(key, kl, counting + 100, nl, counting + 7, 19, counting, lens[i], ml, want);
+                    both_ways(&m, k, counting, lens[i], want, wl, "CCM against OpenSSL");
+                }
+    }
+}
+
+/* ---- ChaCha20 keys ------------------------------------------------------------- */
+
+static CK_RV chacha_gen(CK_ATTRIBUTE *extra, CK_ULONG nextra, CK_OBJECT_HANDLE *k)
+{
+    CK_MECHANISM g = {TEST_CKM_CHACHA20_KEY_GEN, NULL, 0};
+    CK_ATTRIBUTE t[8] = {{CKA_TOKEN, &no, 1}, {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+    CK_ULONG n = 3;
+    for (CK_ULONG i = 0; i < nextra; i++)
+        t[n++] = extra[i];
+    return f->C_GenerateKey(h, &g, t, n, k);
+}
+
+static void test_chacha20_keys(void **state)
+{
+    (void)state;
+    CK_MECHANISM_INFO mi;
+    CK_OBJECT_HANDLE k, k2;
+    CK_KEY_TYPE kt = 0;
+    CK_ULONG vl = 0, l32 = 32, l16 = 16;
+    CK_MECHANISM_TYPE genm = 0;
+
+    CK(f->C_GetMechanismInfo(slot, TEST_CKM_CHACHA20_KEY_GEN, &mi));
+    assert_int_equal(mi.ulMinKeySize, 32);
+    assert_int_equal(mi.ulMaxKeySize, 32);
+    assert_int_equal(mi.flags, CKF_GENERATE);
+
+    /* No CKA_VALUE_LEN needed: ChaCha20 has one key length. */
+    CK(chacha_gen(NULL, 0, &k));
+    CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_VALUE_LEN, &vl, sizeof(vl)},
+                        {CKA_KEY_GEN_MECHANISM, &genm, sizeof(genm)}};
+    CK(f->C_GetAttributeValue(h, k, a, 3));
+    assert_int_equal(kt, TEST_CKK_CHACHA20);
+    assert_int_equal(vl, 32);
+    assert_int_equal(genm, TEST_CKM_CHACHA20_KEY_GEN);
+    CK_ATTRIBUTE want32 = {CKA_VALUE_LEN, &l32, sizeof(l32)}, want16 = {CKA_VALUE_LEN, &l16, sizeof(l16)};
+    CK(chacha_gen(&want32, 1, &k2));
+    RV(CKR_KEY_SIZE_RANGE, chacha_gen(&want16, 1, &k2));
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ATTRIBUTE wrong_type = {CKA_KEY_TYPE, &aes, sizeof(aes)};
+    RV(CKR_TEMPLATE_INCONSISTENT, chacha_gen(&wrong_type, 1, &k2));
+
+    /* Two generated keys differ, and each works with ChaCha20-Poly1305. */
+    uint8_t nonce[12] = {1}, ct1[48], ct2[48], back[32];
+    test_chacha_params p = {nonce, 12, NULL, 0};
+    CK_MECHANISM m = {TEST_CKM_CHACHA20_POLY1305, &p, sizeof(p)};
+    assert_int_equal(crypt1(true, &m, k, counting, 32, ct1), 48);
+    assert_int_equal(crypt1(true, &m, k2, counting, 32, ct2), 48);
+    assert_memory_not_equal(ct1, ct2, 48);
+    assert_int_equal(crypt1(false, &m, k, ct1, 48, back), 32);
+    assert_memory_equal(back, counting, 32);
+
+    /* Import: 32 bytes and only 32; CKA_VALUE_LEN set from the value. */
+    uint8_t v[33] = {7};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE ck = TEST_CKK_CHACHA20;
+    for (size_t len = 16; len <= 33; len++) {
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &ck, sizeof(ck)}, {CKA_VALUE, v, len}, {CKA_TOKEN, &no, 1}};
+        if (len == 32) {
+            CK(f->C_CreateObject(h, t, 4, &k2));
+            vl = 0;
+            CK(f->C_GetAttributeValue(h, k2, &a[1], 1));
+            assert_int_equal(vl, 32);
+        } else {
+            RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_CreateObject(h, t, 4, &k2));
+        }
+    }
+}
+
+/* ---- error cases ------------------------------------------------------------------ */
+
+static void test_aead_errors(void **state)
+{
+    (void)state;
+    uint8_t key[16] = {1}, ckey[32] = {2}, nonce[16] = {3}, aad[4] = {4}, out[128];
+    CK_OBJECT_HANDLE aes = key_of(CKK_AES, key, 16, NULL, 0), chacha = key_of(TEST_CKK_CHACHA20, ckey, 32, NULL, 0);
+    CK_ULONG n;
+
+    /* CCM parameters: nonce 7..13, MAC 4..16 and even, the payload within
+     * 2^(8L) for L = 15 - nonce length, pointers where lengths say. */
+    static const struct {
+        CK_ULONG datalen, noncelen, maclen;
+        bool nullnonce, nullaad;
+    } bad[] = {
+        {16, 6, 8, false, false},     {16, 14, 8, false, false},      {16, 13, 3, false, false},
+        {16, 13, 5, false, false},    {16, 13, 18, false, false},     {16, 13, 2, false, false},
+        {65536, 13, 8, false, false}, {1 << 24, 12, 8, false, false}, {16, 12, 8, true, false},
+        {16, 12, 8, false, true},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        test_ccm_params p = {
+            bad[i].datalen, bad[i].nullnonce ? NULL : nonce, bad[i].noncelen, bad[i].nullaad ? NULL : aad, 4,
+            bad[i].maclen};
+        CK_MECHANISM m = {CKM_AES_CCM, &p, sizeof(p)};
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &m, aes));
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptInit(h, &m, aes));
+    }
+    test_ccm_params cp = {65535, nonce, 13, aad, 4, 8}; /* the largest 13-byte nonces allow */
+    CK_MECHANISM ccm = {CKM_AES_CCM, &cp, sizeof(cp)};
+    CK(f->C_EncryptInit(h, &ccm, aes));
+    CK(f->C_SessionCancel(h, CKF_ENCRYPT));
+    ccm.ulParameterLen = sizeof(cp) - 1;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &ccm, aes));
+    ccm.pParameter = NULL;
+    ccm.ulParameterLen = 0;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &ccm, aes));
+
+    /* ChaCha20-Poly1305: a 12-byte nonce only (OpenSSL has no 64-bit
+     * original variant), present. */
+    for (CK_ULONG nl = 0; nl <= 16; nl++) {
+        test_chacha_params p = {nonce, nl, aad, 4};
+        CK_MECHANISM m = {TEST_CKM_CHACHA20_POLY1305, &p, sizeof(p)};
+        RV(nl == 12 ? CKR_OK : CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &m, chacha));
+        CK(f->C_SessionCancel(h, CKF_ENCRYPT));
+    }
+    test_chacha_params xp = {NULL, 12, aad, 4};
+    CK_MECHANISM chm = {TEST_CKM_CHACHA20_POLY1305, &xp, sizeof(xp)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptInit(h, &chm, chacha));
+    xp = (test_chacha_params){nonce, 12, NULL, 4};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptInit(h, &chm, chacha));
+    xp = (test_chacha_params){nonce, 12, aad, 4};
+
+    /* Wrong key types, and keys not allowed to. */
+    cp = (test_ccm_params){16, nonce, 12, aad, 4, 16};
+    ccm = (CK_MECHANISM){CKM_AES_CCM, &cp, sizeof(cp)};
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_EncryptInit(h, &ccm, chacha));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_EncryptInit(h, &chm, aes));
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_DecryptInit(h, &chm, key_of(gen, ckey, 32, NULL, 0)));
+    CK_ATTRIBUTE noenc = {CKA_ENCRYPT, &no, 1};
+    CK_OBJECT_HANDLE decrypt_only = key_of(TEST_CKK_CHACHA20, ckey, 32, &noenc, 1);
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_EncryptInit(h, &chm, decrypt_only));
+    CK(f->C_DecryptInit(h, &chm, decrypt_only));
+    CK(f->C_SessionCancel(h, CKF_DECRYPT));
+    CK_MECHANISM_TYPE only_gcm = CKM_AES_GCM;
+    CK_ATTRIBUTE allowed = {CKA_ALLOWED_MECHANISMS, &only_gcm, sizeof(only_gcm)};
+    RV(CKR_MECHANISM_INVALID, f->C_EncryptInit(h, &ccm, key_of(CKK_AES, key, 16, &allowed, 1)));
+
+    /* CCM: exactly ulDataLen bytes. Too few or too many ends the operation. */
+    CK(f->C_EncryptInit(h, &ccm, aes));
+    n = sizeof(out);
+    RV(CKR_DATA_LEN_RANGE, f->C_Encrypt(h, counting, 15, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, counting, 16, out, &n));
+    CK(f->C_EncryptInit(h, &ccm, aes));
+    RV(CKR_DATA_LEN_RANGE, f->C_Encrypt(h, counting, 17, NULL, &n));
+    CK(f->C_EncryptInit(h, &ccm, aes));
+    n = sizeof(out);
+    CK(f->C_EncryptUpdate(h, counting, 10, out, &n));
+    assert_int_equal(n, 0); /* CCM: everything comes at the end */
+    n = sizeof(out);
+    RV(CKR_DATA_LEN_RANGE, f->C_EncryptUpdate(h, counting, 7, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptFinal(h, out, &n));
+    CK(f->C_EncryptInit(h, &ccm, aes));
+    n = sizeof(out);
+    CK(f->C_EncryptUpdate(h, counting, 15, out, &n));
+    RV(CKR_DATA_LEN_RANGE, f->C_EncryptFinal(h, out, &n));
+    /* Decryption wants ulDataLen + MAC bytes. */
+    uint8_t sealed[32];
+    assert_int_equal(crypt1(true, &ccm, aes, counting, 16, sealed), 32);
+    CK(f->C_DecryptInit(h, &ccm, aes));
+    n = sizeof(out);
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_Decrypt(h, sealed, 31, out, &n));
+    CK(f->C_DecryptInit(h, &ccm, aes));
+    n = sizeof(out);
+    CK(f->C_DecryptUpdate(h, sealed, 32, out, &n));
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_DecryptUpdate(h, sealed, 1, out, &n));
+    CK(f->C_DecryptInit(h, &ccm, aes));
+    n = sizeof(out);
+    CK(f->C_DecryptUpdate(h, sealed, 20, out, &n));
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_DecryptFinal(h, out, &n));
+    /* A short buffer keeps the operation, and the answer is the same after. */
+    uint8_t again[32];
+    CK(f->C_EncryptInit(h, &ccm, aes));
+    n = 31;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, counting, 16, again, &n));
+    assert_int_equal(n, 32);
+    CK(f->C_Encrypt(h, counting, 16, again, &n));
+    assert_memory_equal(again, sealed, 32);
+    CK(f->C_DecryptInit(h, &ccm, aes));
+    n = 0;
+    CK(f->C_DecryptUpdate(h, sealed, 32, NULL, &n)); /* a size query holds nothing */
+    assert_int_equal(n, 0);
+    n = sizeof(out);
+    CK(f->C_DecryptUpdate(h, sealed, 32, out, &n));
+    n = 15;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_DecryptFinal(h, out, &n));
+    assert_int_equal(n, 16);
+    CK(f->C_DecryptFinal(h, out, &n));
+    assert_memory_equal(out, counting, 16);
+    /* Decryption shorter than the tag. */
+    CK(f->C_DecryptInit(h, &chm, chacha));
+    n = sizeof(out);
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_Decrypt(h, sealed, 15, out, &n));
+    CK(f->C_DecryptInit(h, &chm, chacha));
+    n = sizeof(out);
+    CK(f->C_DecryptUpdate(h, sealed, 15, out, &n));
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_DecryptFinal(h, out, &n));
+    /* Single-part after an update: not allowed. */
+    CK(f->C_EncryptInit(h, &chm, chacha));
+    n = sizeof(out);
+    CK(f->C_EncryptUpdate(h, counting, 5, out, &n));
+    assert_int_equal(n, 5); /* ChaCha20-Poly1305 encryption passes parts through */
+    RV(CKR_OPERATION_ACTIVE, f->C_Encrypt(h, counting, 5, out, &n));
+    CK(f->C_SessionCancel(h, CKF_ENCRYPT | CKF_DECRYPT));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chacha20_poly1305_rfc8439),
+        cmocka_unit_test(test_ccm_vectors),
+        cmocka_unit_test(test_ccm_against_openssl),
+        cmocka_unit_test(test_chacha20_keys),
+        cmocka_unit_test(test_aead_errors),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
