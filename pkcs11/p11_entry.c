@@ -26,7 +26,9 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE, CK_FLAGS);
 
 static CK_FUNCTION_LIST list_v240 = {{2, 40}, V240_FUNCTIONS};
 
-/* ---- PKCS#11 3.0 message-based functions: not offered ---------------------- */
+/* ---- PKCS#11 3.0 message-based signing and verification: not offered ------- */
+/* No mechanism has CKF_MESSAGE_SIGN or CKF_MESSAGE_VERIFY (message-based
+ * encryption and decryption: p11_message.c). */
 static CK_RV msg_unsupported(CK_SESSION_HANDLE h)
 {
     p11_session *s;
@@ -40,20 +42,6 @@ static CK_RV msg_unsupported(CK_SESSION_HANDLE h)
 
 static CK_RV msg_init(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return msg_unsupported(h); }
 static CK_RV msg_final(CK_SESSION_HANDLE h) { return msg_unsupported(h); }
-static CK_RV msg_crypt(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR a, CK_ULONG al, CK_BYTE_PTR i,
-                       CK_ULONG il, CK_BYTE_PTR o, CK_ULONG_PTR ol)
-{
-    return msg_unsupported(h);
-}
-static CK_RV msg_begin(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR a, CK_ULONG al)
-{
-    return msg_unsupported(h);
-}
-static CK_RV msg_next(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR i, CK_ULONG il, CK_BYTE_PTR o,
-                      CK_ULONG_PTR ol, CK_FLAGS f)
-{
-    return msg_unsupported(h);
-}
 static CK_RV msg_sign(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s,
                       CK_ULONG_PTR sl)
 {
@@ -73,8 +61,8 @@ static CK_FUNCTION_LIST_3_0 list_v30 = {
     C_GetInterface,
     C_LoginUser,
     C_SessionCancel,
-    msg_init, msg_crypt, msg_begin, msg_next, msg_final,            /* encrypt */
-    msg_init, msg_crypt, msg_begin, msg_next, msg_final,            /* decrypt */
+    C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
+    C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal,
     msg_init, msg_sign, msg_sign_begin, msg_sign, msg_final,         /* sign */
     msg_init, msg_verify, msg_sign_begin, msg_verify, msg_final,     /* verify */
 };

@@ -39,6 +39,8 @@ static void session_free(p11_session *s)
 {
     for (int k = 0; k < P11_OP_SLOTS; k++)
         tok_op_free(s->op[k]);
+    p11_msg_end(s, false);
+    p11_msg_end(s, true);
     p11_find_end(&s->find);
     p11_mutex_free(s->busy);
     free(s);
@@ -470,6 +472,10 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
         if (flags & map[i].flag)
             p11_op_end(s, map[i].kind);
+    if (flags & CKF_MESSAGE_ENCRYPT)
+        p11_msg_end(s, false);
+    if (flags & CKF_MESSAGE_DECRYPT)
+        p11_msg_end(s, true);
     if (flags & CKF_FIND_OBJECTS)
         p11_find_end(&s->find);
     p11_session_put(s);

@@ -3,16 +3,18 @@
  *   - AES-CCM (CK_CCM_PARAMS) and ChaCha20-Poly1305 (RFC 8439,
  *     CK_SALSA20_CHACHA20_POLY1305_PARAMS) for C_Encrypt/C_Decrypt and the
  *     multi-part calls, the tag after the data as for AES-GCM (tok_op.c
- *     hands these two mechanisms to this file).
+ *     hands these two mechanisms to this file);
+ *   - the PKCS#11 3.0 message-based functions for AES-GCM, AES-CCM and
+ *     ChaCha20-Poly1305, the tag in the per-message parameters.
  *
- * One engine does the work (aead_*): start (key, IV, associated
+ * One engine does the work for both (aead_*): start (key, IV, associated
  * data; CCM also needs the payload length and the tag length before the
  * data), update (GCM and ChaCha20-Poly1305 take the data in pieces), last
  * (the rest of the data and the tag). OpenSSL's CCM takes the payload in a
  * single call, so CCM input is held until the last part; so is every
  * decryption's, so that no plaintext leaves the token before its tag has
  * been checked. Output lengths are known before any work: a size query or
- * a short buffer never consumes input. */
+ * a short buffer never consumes input, generates an IV or moves a counter. */
 #include "tok_crypto.h"
 
 #include <limits.h>
@@ -38,6 +40,31 @@ typedef struct {
     CK_BYTE_PTR pAAD;
     CK_ULONG ulAADLen;
 } chacha_params;
+
+typedef struct {
+    CK_BYTE_PTR pIv;
+    CK_ULONG ulIvLen;
+    CK_ULONG ulIvFixedBits;
+    CK_ULONG ivGenerator;
+    CK_BYTE_PTR pTag;
+    CK_ULONG ulTagBits;
+} gcm_msg_params;
+
+typedef struct {
+    CK_ULONG ulDataLen;
+    CK_BYTE_PTR pNonce;
+    CK_ULONG ulNonceLen;
+    CK_ULONG ulNonceFixedBits;
+    CK_ULONG nonceGenerator;
+    CK_BYTE_PTR pMAC;
+    CK_ULONG ulMACLen;
+} ccm_msg_params;
+
+typedef struct {
+    CK_BYTE_PTR pNonce;
+    CK_ULONG ulNonceLen;
+    CK_BYTE_PTR pTag;
+} chacha_msg_params;
 
 /* One message's parameters, whatever the mechanism's structure. */
 typedef struct {
@@ -99,6 +126,44 @@ static CK_RV single_params(tok_mclass mc, const CK_MECHANISM *m, aead_params *p)
             (aead_params){.iv = c->pNonce, .ivlen = c->ulNonceLen, .taglen = 16, .aad = c->pAAD, .aadlen = c->ulAADLen};
     }
     return check_params(mc, p);
+}
+
+/* A message's parameter (C_EncryptMessage, ..Begin, ..Next). */
+static CK_RV msg_params(tok_mclass mc, void *param, CK_ULONG plen, const uint8_t *aad, CK_ULONG aadlen, aead_params *p)
+{
+    memset(p, 0, sizeof(*p));
+    if (!param)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (mc == M_AES_GCM) {
+        const gcm_msg_params *g = param;
+        if (plen != sizeof(*g) || g->ulTagBits % 8)
+            return CKR_MECHANISM_PARAM_INVALID;
+        *p = (aead_params){.iv = g->pIv,
+                           .ivlen = g->ulIvLen,
+                           .fixed_bits = g->ulIvFixedBits,
+                           .gen = g->ivGenerator,
+                           .tag = g->pTag,
+                           .taglen = g->ulTagBits / 8};
+    } else if (mc == M_AES_CCM) {
+        const ccm_msg_params *c = param;
+        if (plen != sizeof(*c))
+            return CKR_MECHANISM_PARAM_INVALID;
+        *p = (aead_params){.iv = c->pNonce,
+                           .ivlen = c->ulNonceLen,
+                           .fixed_bits = c->ulNonceFixedBits,
+                           .gen = c->nonceGenerator,
+                           .tag = c->pMAC,
+                           .taglen = c->ulMACLen,
+                           .datalen = c->ulDataLen};
+    } else {
+        const chacha_msg_params *c = param; /* no IV generators for ChaCha20 */
+        if (plen != sizeof(*c))
+            return CKR_MECHANISM_PARAM_INVALID;
+        *p = (aead_params){.iv = c->pNonce, .ivlen = c->ulNonceLen, .tag = c->pTag, .taglen = 16};
+    }
+    p->aad = aad;
+    p->aadlen = aadlen;
+    return p->tag ? check_params(mc, p) : CKR_MECHANISM_PARAM_INVALID;
 }
 
 /* ---- the engine ------------------------------------------------------------ */
@@ -350,4 +415,217 @@ CK_RV tok_aead_op_final(tok_aead_op *a, uint8_t *out, CK_ULONG *outlen)
         return rv;
     }
     return op_last(a, a->in.p, a->in.len, out, outlen);
+}
+
+/* ---- message-based encryption and decryption ------------------------------- */
+
+struct tok_msg {
+    aead e;
+    bool busy;       /* a message in parts has begun */
+    aead_params cur; /* its parameters (the tag's length, CCM's payload length) */
+    held in;         /* its parts so far (CCM, decryption) */
+    uint64_t count;  /* IVs generated so far (CKG_GENERATE, _COUNTER, _COUNTER_XOR) */
+    uint64_t start;  /* CKG_GENERATE: where its counter starts (random) */
+};
+
+CK_RV tok_msg_init(bool decrypt, const CK_MECHANISM *mech, tok_key *key, tok_msg **out)
+{
+    const tok_mech_desc *d;
+    const tok_attrs *ka;
+    tok_msg *m;
+    CK_RV rv;
+
+    if (!mech || !out)
+        return CKR_ARGUMENTS_BAD;
+    d = tok_mech_find(mech->mechanism);
+    if (!d || !(d->flags & (decrypt ? CKF_MESSAGE_DECRYPT : CKF_MESSAGE_ENCRYPT)))
+        return CKR_MECHANISM_INVALID;
+    if (!key)
+        return CKR_KEY_HANDLE_INVALID;
+    ka = tok_key_attrs(key);
+    if (key->cls != CKO_SECRET_KEY || !tok_fam_key(d->fam, key->ktype))
+        return CKR_KEY_TYPE_INCONSISTENT;
+    if (!tok_attrs_get_bool(ka, decrypt ? CKA_DECRYPT : CKA_ENCRYPT, false))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (!tok_mech_allowed(ka, mech->mechanism))
+        return CKR_MECHANISM_INVALID;
+    if (mech->pParameter || mech->ulParameterLen) /* each message brings its own */
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (!(m = calloc(1, sizeof(*m))))
+        return CKR_HOST_MEMORY;
+    rv = aead_setup(&m->e, d, !decrypt, key);
+    if (rv == CKR_OK)
+        rv = tok_random((uint8_t *)&m->start, sizeof(m->start));
+    if (rv != CKR_OK) {
+        tok_msg_free(m);
+        return rv;
+    }
+    *out = m;
+    return CKR_OK;
+}
+
+void tok_msg_free(tok_msg *m)
+{
+    if (m)
+        aead_drop(&m->e, &m->in, m, sizeof(*m));
+}
+
+bool tok_msg_busy(const tok_msg *m) { return m && m->busy; }
+
+/* The IV the caller asked the token to make (encryption only; decryption
+ * takes the IV it is given, whatever the generator says). Its first
+ * fixed_bits stay as the caller gave them; the rest:
+ *   CKG_GENERATE_COUNTER      the number of IVs this operation generated
+ *                             before, big-endian (0 first);
+ *   CKG_GENERATE_COUNTER_XOR  the caller's bits XOR that number;
+ *   CKG_GENERATE              the same count from a random start, the bits
+ *                             above its 64 random: no repeat within the
+ *                             operation, none to fear across operations;
+ *   CKG_GENERATE_RANDOM       random bits, at least 64 of them.
+ * A counter never wraps: once the bits it has are used up (2^n IVs for n
+ * bits, 2^64 at most), CKR_DATA_LEN_RANGE, as AES-CTR at its limit. */
+static CK_RV make_iv(tok_msg *m, aead_params *p)
+{
+    size_t bits = p->ivlen * 8 - p->fixed_bits, cbits = bits < 64 ? bits : 64;
+    uint64_t last = cbits == 64 ? UINT64_MAX : ((uint64_t)1 << cbits) - 1;
+    uint8_t g[256];
+    CK_RV rv = CKR_OK;
+
+    if (p->gen == CKG_NO_GENERATE || !m->e.enc)
+        return CKR_OK;
+    if (!bits || p->gen > CKG_GENERATE_COUNTER_XOR || (p->gen == CKG_GENERATE_RANDOM && bits < 64))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (p->gen != CKG_GENERATE_RANDOM && m->count > last)
+        return CKR_DATA_LEN_RANGE;
+    if (p->gen == CKG_GENERATE || p->gen == CKG_GENERATE_RANDOM)
+        rv = tok_random(g, p->ivlen);
+    else if (p->gen == CKG_GENERATE_COUNTER_XOR)
+        memcpy(g, p->iv, p->ivlen);
+    else
+        memset(g, 0, p->ivlen);
+    if (rv != CKR_OK)
+        return rv;
+    if (p->gen != CKG_GENERATE_RANDOM) {
+        uint64_t v = p->gen == CKG_GENERATE ? (m->start + m->count) & last : m->count;
+        for (size_t k = p->ivlen; k > 0 && p->ivlen - k < 8; k--, v >>= 8)
+            g[k - 1] = p->gen == CKG_GENERATE_COUNTER_XOR ? g[k - 1] ^ (uint8_t)v : (uint8_t)v;
+        m->count++;
+    }
+    for (size_t k = 0; k < p->ivlen; k++) {
+        size_t lo = k * 8;
+        uint8_t keep = lo + 8 <= p->fixed_bits ? 0xff
+                       : lo >= p->fixed_bits   ? 0
+                                               : (uint8_t)(0xff << (8 - (p->fixed_bits - lo)));
+        p->iv[k] = (uint8_t)((p->iv[k] & keep) | (g[k] & ~keep));
+    }
+    OPENSSL_cleanse(g, sizeof(g));
+    return CKR_OK;
+}
+
+/* CCM: is this the payload length the parameters gave? */
+static CK_RV ccm_len(const tok_msg *m, size_t datalen, size_t have)
+{
+    if (m->e.mc != M_AES_CCM || have == datalen)
+        return CKR_OK;
+    return m->e.enc ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+}
+
+/* A new message's parameters (C_EncryptMessage, ..Begin). */
+static CK_RV msg_new(tok_msg *m, void *param, CK_ULONG plen, const uint8_t *aad, CK_ULONG aadlen, aead_params *p)
+{
+    return m->busy ? CKR_OPERATION_ACTIVE : msg_params(m->e.mc, param, plen, aad, aadlen, p);
+}
+
+/* Its IV, then the engine started on it. */
+static CK_RV msg_go(tok_msg *m, aead_params *p)
+{
+    CK_RV rv = make_iv(m, p);
+    return rv == CKR_OK ? aead_start(&m->e, p) : rv;
+}
+
+CK_RV tok_msg_crypt(tok_msg *m, void *param, CK_ULONG plen, const uint8_t *aad, CK_ULONG aadlen, const uint8_t *in,
+                    CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen)
+{
+    aead_params p;
+    CK_RV rv;
+
+    if (!m || !outlen || (!in && inlen))
+        return CKR_ARGUMENTS_BAD;
+    if ((rv = msg_new(m, param, plen, aad, aadlen, &p)) != CKR_OK || (rv = ccm_len(m, p.datalen, inlen)) != CKR_OK)
+        return rv;
+    if (inlen > INT_MAX)
+        return m->e.enc ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+    if (!sized(out, outlen, inlen, &rv))
+        return rv;
+    if ((rv = msg_go(m, &p)) == CKR_OK)
+        rv = aead_last(&m->e, in, inlen, out, p.tag, p.taglen);
+    if (rv == CKR_OK)
+        *outlen = inlen;
+    return rv;
+}
+
+CK_RV tok_msg_begin(tok_msg *m, void *param, CK_ULONG plen, const uint8_t *aad, CK_ULONG aadlen)
+{
+    aead_params p;
+    CK_RV rv;
+
+    if (!m)
+        return CKR_ARGUMENTS_BAD;
+    if ((rv = msg_new(m, param, plen, aad, aadlen, &p)) != CKR_OK || (rv = msg_go(m, &p)) != CKR_OK)
+        return rv;
+    p.aad = NULL; /* the caller's: gone when this returns */
+    p.aadlen = 0;
+    m->cur = p;
+    m->busy = true;
+    return CKR_OK;
+}
+
+/* A part of the message in parts; the last (flags CKF_END_OF_MESSAGE)
+ * writes or checks the tag of its param. */
+static CK_RV msg_part(tok_msg *m, void *param, CK_ULONG plen, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
+                      CK_ULONG *outlen, bool last)
+{
+    bool pass = m->e.enc && m->e.mc != M_AES_CCM; /* GCM and ChaCha20-Poly1305 encryption: parts go through */
+    aead_params p;
+    CK_RV rv;
+
+    if ((rv = msg_params(m->e.mc, param, plen, NULL, 0, &p)) != CKR_OK)
+        return rv;
+    if (p.taglen != m->cur.taglen || p.datalen != m->cur.datalen) /* not the message that began */
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (inlen > INT_MAX || (m->e.mc == M_AES_CCM && m->in.len + inlen > m->cur.datalen))
+        return m->e.enc ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+    if (last && (rv = ccm_len(m, m->cur.datalen, m->in.len + inlen)) != CKR_OK)
+        return rv;
+    if (!sized(out, outlen, pass ? inlen : last ? m->in.len + inlen : 0, &rv))
+        return rv;
+    if (pass)
+        rv = last ? aead_last(&m->e, in, inlen, out, p.tag, p.taglen) : aead_update(&m->e, in, inlen, out);
+    else if ((rv = held_add(&m->in, in, inlen)) == CKR_OK && last)
+        rv = aead_last(&m->e, m->in.p, m->in.len, out, p.tag, p.taglen);
+    if (rv == CKR_OK)
+        *outlen = pass ? inlen : last ? m->in.len : 0;
+    return rv;
+}
+
+CK_RV tok_msg_next(tok_msg *m, void *param, CK_ULONG plen, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
+                   CK_ULONG *outlen, CK_FLAGS flags)
+{
+    CK_RV rv;
+
+    if (!m)
+        return CKR_ARGUMENTS_BAD;
+    if (!m->busy)
+        return CKR_OPERATION_NOT_INITIALIZED;
+    if (!outlen || (!in && inlen) || (flags & ~CKF_END_OF_MESSAGE))
+        rv = CKR_ARGUMENTS_BAD;
+    else
+        rv = msg_part(m, param, plen, in, inlen, out, outlen, flags & CKF_END_OF_MESSAGE);
+    /* The message ends with its last part, and with any failure but a
+     * short buffer; a size query leaves it as it was. */
+    if ((rv == CKR_OK && out && (flags & CKF_END_OF_MESSAGE)) || (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL)) {
+        m->busy = false;
+        held_clear(&m->in);
+    }
+    return rv;
 }

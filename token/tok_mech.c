@@ -17,6 +17,8 @@
 
 #define SIGN (CKF_SIGN | CKF_VERIFY)
 #define CRYPT (CKF_ENCRYPT | CKF_DECRYPT)
+/* the message-based functions, messages in parts too (tok_aead.c) */
+#define MSG (CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE)
 
 static const tok_mech_desc mechs[] = {
     /* AES: key sizes in bytes */
@@ -27,8 +29,8 @@ static const tok_mech_desc mechs[] = {
     {CKM_AES_CBC, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CBC_PAD, 16, 32, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0, false, TOK_FAM_AES, false},
-    {CKM_AES_GCM, 16, 32, CRYPT, M_AES_GCM, NULL, 0, false, TOK_FAM_AES, false},
-    {CKM_AES_CCM, 16, 32, CRYPT, M_AES_CCM, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_GCM, 16, 32, CRYPT | MSG, M_AES_GCM, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CCM, 16, 32, CRYPT | MSG, M_AES_CCM, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CMAC, 16, 32, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CMAC_GENERAL, 16, 32, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_AES, false},
     {CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP, NULL, 0, false, TOK_FAM_AES, false},
@@ -53,7 +55,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_DES_CBC_PAD, 8, 8, CRYPT, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES, true},
     /* ChaCha20 (RFC 8439): 32-byte keys, key sizes in bytes */
     {CKM_CHACHA20_KEY_GEN, 32, 32, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_CHACHA20, false},
-    {CKM_CHACHA20_POLY1305, 32, 32, CRYPT, M_CHACHA_POLY, NULL, 0, false, TOK_FAM_CHACHA20, false},
+    {CKM_CHACHA20_POLY1305, 32, 32, CRYPT | MSG, M_CHACHA_POLY, NULL, 0, false, TOK_FAM_CHACHA20, false},
     /* EC: key sizes in bits */
     {CKM_EC_KEY_PAIR_GEN, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     {CKM_ECDSA, 256, 521, SIGN | EC_FLAGS, M_ECDSA, NULL, 0, false, TOK_FAM_NONE, false},

@@ -8,7 +8,12 @@
  *     plain OpenSSL for every key size and lengths around the block size;
  *   - ChaCha20 keys: CKM_CHACHA20_KEY_GEN, import, their one length;
  *   - error cases: size query, short buffer (the operation stays), bad
- *     parameters, wrong key types, CCM's ulDataLen, a bad tag or AAD. */
+ *     parameters, wrong key types, CCM's ulDataLen, a bad tag or AAD;
+ *   - the message-based functions (C_MessageEncryptInit ...) with AES-GCM
+ *     (McGrew-Viega test case 4), AES-CCM and ChaCha20-Poly1305: the same
+ *     known answers, in one call and in parts, the same bytes as C_Encrypt,
+ *     IVs the token generates (counter, XOR counter, random, its own
+ *     choice), the operation's states and what ends what. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -549,6 +554,501 @@ static void test_aead_errors(void **state)
     CK(f->C_SessionCancel(h, CKF_ENCRYPT | CKF_DECRYPT));
 }
 
+/* ---- message-based encryption and decryption --------------------------------- */
+
+/* McGrew-Viega test case 4 (NIST's GCM examples), checked with
+ * pyca/cryptography. */
+static const char GCM_KEY[] = "feffe9928665731c6d6a8f9467308308", GCM_IV[] = "cafebabefacedbaddecaf888",
+                  GCM_AAD[] = "feedfacedeadbeeffeedfacedeadbeefabaddad2",
+                  GCM_PT[] = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
+                             "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+                  GCM_CT[] = "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e"
+                             "21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
+                  GCM_TAG[] = "5bc94fbc3221a5db94fae95ae7121a47";
+
+/* A message's parameters for any of the three mechanisms. */
+typedef struct {
+    union {
+        test_gcm_msg_params g;
+        test_ccm_msg_params c;
+        test_chacha_msg_params x;
+    } u;
+    CK_ULONG len;
+} msg_param;
+
+static msg_param mparam(CK_MECHANISM_TYPE m, uint8_t *iv, size_t ivlen, uint8_t *tag, size_t taglen, size_t datalen,
+                        CK_ULONG gen, CK_ULONG fixed_bits)
+{
+    msg_param p;
+    memset(&p, 0, sizeof(p));
+    if (m == CKM_AES_GCM) {
+        p.u.g = (test_gcm_msg_params){iv, ivlen, fixed_bits, gen, tag, taglen * 8};
+        p.len = sizeof(p.u.g);
+    } else if (m == CKM_AES_CCM) {
+        p.u.c = (test_ccm_msg_params){datalen, iv, ivlen, fixed_bits, gen, tag, taglen};
+        p.len = sizeof(p.u.c);
+    } else {
+        p.u.x = (test_chacha_msg_params){iv, ivlen, tag};
+        p.len = sizeof(p.u.x);
+    }
+    return p;
+}
+
+typedef CK_RV (*msg_fn)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+                        CK_BYTE_PTR, CK_ULONG_PTR);
+typedef CK_RV (*next_fn)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR,
+                         CK_FLAGS);
+
+/* C_EncryptMessage / C_DecryptMessage: a size query (as long as the
+ * input), a buffer one byte short, then the call. */
+static void msg1(bool dec, msg_param *p, const uint8_t *aad, size_t al, const uint8_t *in, size_t inlen, uint8_t *out)
+{
+    msg_fn fn = dec ? f->C_DecryptMessage : f->C_EncryptMessage;
+    CK_ULONG n = 0;
+    CK(fn(h, &p->u, p->len, (CK_BYTE_PTR)aad, al, (CK_BYTE_PTR)in, inlen, NULL, &n));
+    assert_int_equal(n, inlen);
+    if (inlen) {
+        n = inlen - 1;
+        RV(CKR_BUFFER_TOO_SMALL, fn(h, &p->u, p->len, (CK_BYTE_PTR)aad, al, (CK_BYTE_PTR)in, inlen, out, &n));
+        assert_int_equal(n, inlen);
+    }
+    n = inlen + 8;
+    CK(fn(h, &p->u, p->len, (CK_BYTE_PTR)aad, al, (CK_BYTE_PTR)in, inlen, out, &n));
+    assert_int_equal(n, inlen);
+}
+
+/* C_*MessageBegin, then C_*MessageNext in parts of 7 and 13 bytes, the
+ * last with CKF_END_OF_MESSAGE; each asked for its size first. GCM and
+ * ChaCha20-Poly1305 encryption give each part's bytes at once; CCM and
+ * every decryption give everything with the last part. */
+static size_t msg_parts(bool dec, CK_MECHANISM_TYPE m, msg_param *p, const uint8_t *aad, size_t al, const uint8_t *in,
+                        size_t inlen, uint8_t *out)
+{
+    next_fn next = dec ? f->C_DecryptMessageNext : f->C_EncryptMessageNext;
+    bool at_once = !dec && m != CKM_AES_CCM;
+    size_t done = 0, got = 0;
+    CK((dec ? f->C_DecryptMessageBegin : f->C_EncryptMessageBegin)(h, &p->u, p->len, (CK_BYTE_PTR)aad, al));
+    for (int i = 0;; i++) {
+        size_t take = inlen - done < (i % 2 ? 13u : 7u) ? inlen - done : (i % 2 ? 13u : 7u);
+        CK_FLAGS fl = done + take == inlen ? TEST_CKF_END_OF_MESSAGE : 0;
+        CK_ULONG n = 0, want = at_once ? take : fl ? inlen : 0;
+        CK(next(h, &p->u, p->len, (CK_BYTE_PTR)in + done, take, NULL, &n, fl));
+        assert_int_equal(n, want);
+        if (want) {
+            n = want - 1;
+            RV(CKR_BUFFER_TOO_SMALL, next(h, &p->u, p->len, (CK_BYTE_PTR)in + done, take, out + got, &n, fl));
+            assert_int_equal(n, want);
+        }
+        n = want + 5;
+        CK(next(h, &p->u, p->len, (CK_BYTE_PTR)in + done, take, out + got, &n, fl));
+        assert_int_equal(n, want);
+        got += n;
+        done += take;
+        if (fl)
+            return got;
+    }
+}
+
+/* A known answer both ways, in one call and in parts; then a bad tag,
+ * which ends that message but not the operation. */
+static void msg_known(CK_MECHANISM_TYPE mt, CK_OBJECT_HANDLE k, uint8_t *iv, size_t ivlen, const uint8_t *aad,
+                      size_t al, const uint8_t *pt, const uint8_t *ct, size_t len, const uint8_t *tag, size_t taglen,
+                      const char *what)
+{
+    CK_MECHANISM m = {mt, NULL, 0};
+    uint8_t out[128], t[16];
+    msg_param p = mparam(mt, iv, ivlen, t, taglen, len, TEST_CKG_NO_GENERATE, 0);
+
+    CK(f->C_MessageEncryptInit(h, &m, k));
+    CK(f->C_MessageDecryptInit(h, &m, k));
+    for (int parts = 0; parts < 2; parts++) {
+        memset(t, 0, sizeof(t));
+        if (parts)
+            assert_int_equal(msg_parts(false, mt, &p, aad, al, pt, len, out), len);
+        else
+            msg1(false, &p, aad, al, pt, len, out);
+        assert_bytes(out, len, ct, len, what);
+        assert_bytes(t, taglen, tag, taglen, what);
+        memset(out, 0, sizeof(out));
+        if (parts)
+            assert_int_equal(msg_parts(true, mt, &p, aad, al, ct, len, out), len);
+        else
+            msg1(true, &p, aad, al, ct, len, out);
+        assert_bytes(out, len, pt, len, what);
+    }
+    t[0] ^= 1;
+    CK_ULONG n = sizeof(out);
+    memset(out, 0x55, sizeof(out));
+    RV(CKR_ENCRYPTED_DATA_INVALID,
+       f->C_DecryptMessage(h, &p.u, p.len, (CK_BYTE_PTR)aad, al, (CK_BYTE_PTR)ct, len, out, &n));
+    for (size_t i = 0; i < len; i++)
+        assert_true(out[i] == 0 || out[i] == 0x55);
+    t[0] ^= 1;
+    n = sizeof(out);
+    CK(f->C_DecryptMessage(h, &p.u, p.len, (CK_BYTE_PTR)aad, al, (CK_BYTE_PTR)ct, len, out, &n));
+    CK(f->C_MessageEncryptFinal(h));
+    CK(f->C_MessageDecryptFinal(h));
+}
+
+static void test_msg_known_answers(void **state)
+{
+    (void)state;
+    uint8_t key[32], iv[16], aad[24], pt[128], ct[128], tag[16];
+
+    /* GCM: the full tag, and the leading 96 bits of it. */
+    size_t kl = unhex(GCM_KEY, key, sizeof(key)), al = unhex(GCM_AAD, aad, sizeof(aad));
+    size_t len = unhex(GCM_PT, pt, sizeof(pt));
+    unhex(GCM_CT, ct, sizeof(ct));
+    unhex(GCM_TAG, tag, sizeof(tag));
+    CK_OBJECT_HANDLE k = key_of(CKK_AES, key, kl, NULL, 0);
+    for (size_t tl = 16; tl >= 12; tl -= 4) {
+        unhex(GCM_IV, iv, sizeof(iv));
+        msg_known(CKM_AES_GCM, k, iv, 12, aad, al, pt, ct, len, tag, tl, "GCM test case 4, message-based");
+    }
+
+    for (size_t i = 0; i < N_CCM; i++) {
+        const ccm_vector *v = &CCM[i];
+        kl = unhex(v->key, key, sizeof(key));
+        size_t nl = unhex(v->nonce, iv, sizeof(iv)), tl = unhex(v->tag, tag, sizeof(tag));
+        len = unhex(v->pt, pt, sizeof(pt));
+        unhex(v->ct, ct, sizeof(ct));
+        msg_known(CKM_AES_CCM, key_of(CKK_AES, key, kl, NULL, 0), iv, nl, counting, v->aadlen, pt, ct, len, tag, tl,
+                  v->name);
+    }
+
+    unhex(RFC8439_NONCE, iv, sizeof(iv));
+    al = unhex(RFC8439_AAD, aad, sizeof(aad));
+    len = unhex(RFC8439_CT, ct, sizeof(ct));
+    unhex(RFC8439_TAG, tag, sizeof(tag));
+    msg_known(TEST_CKM_CHACHA20_POLY1305, rfc8439_key(), iv, 12, aad, al, (const uint8_t *)RFC8439_PT, ct, len, tag, 16,
+              "RFC 8439 2.8.2, message-based");
+}
+
+/* The same bytes as C_Encrypt gives (ciphertext || tag), for each
+ * mechanism and lengths around the block size. */
+static void test_msg_matches_single_part(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {0, 1, 16, 33, 100};
+    static const CK_MECHANISM_TYPE mechs[] = {CKM_AES_GCM, CKM_AES_CCM, TEST_CKM_CHACHA20_POLY1305};
+    uint8_t key[32], iv[13], single[128], out[128], tag[16];
+
+    for (size_t i = 0; i < 32; i++)
+        key[i] = (uint8_t)(i * 11 + 5);
+    for (size_t i = 0; i < sizeof(iv); i++)
+        iv[i] = (uint8_t)(0xc0 + i);
+    for (size_t mi = 0; mi < 3; mi++) {
+        CK_MECHANISM_TYPE mt = mechs[mi];
+        bool chacha = mt == TEST_CKM_CHACHA20_POLY1305;
+        size_t ivlen = mt == CKM_AES_CCM ? 13 : 12, tl = mt == CKM_AES_CCM ? 10 : 16;
+        CK_OBJECT_HANDLE k = key_of(chacha ? TEST_CKK_CHACHA20 : CKK_AES, key, chacha ? 32 : 24, NULL, 0);
+        CK_MECHANISM mm = {mt, NULL, 0};
+        CK(f->C_MessageEncryptInit(h, &mm, k));
+        for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+            size_t len = lens[li];
+            CK_GCM_PARAMS gp = {iv, 12, 96, counting + 3, 21, tl * 8};
+            test_ccm_params cp = {len, iv, 13, counting + 3, 21, tl};
+            test_chacha_params xp = {iv, 12, counting + 3, 21};
+            CK_MECHANISM sm = {mt, &gp, sizeof(gp)};
+            if (mt == CKM_AES_CCM)
+                sm.pParameter = &cp, sm.ulParameterLen = sizeof(cp);
+            else if (chacha)
+                sm.pParameter = &xp, sm.ulParameterLen = sizeof(xp);
+            assert_int_equal(crypt1(true, &sm, k, counting + 50, len, single), len + tl);
+            msg_param p = mparam(mt, iv, ivlen, tag, tl, len, TEST_CKG_NO_GENERATE, 0);
+            msg1(false, &p, counting + 3, 21, counting + 50, len, out);
+            assert_bytes(out, len, single, len, "message ciphertext");
+            assert_bytes(tag, tl, single + len, tl, "message tag");
+            assert_int_equal(msg_parts(false, mt, &p, counting + 3, 21, counting + 50, len, out), len);
+            assert_bytes(out, len, single, len, "message ciphertext in parts");
+            assert_bytes(tag, tl, single + len, tl, "message tag in parts");
+        }
+        CK(f->C_MessageEncryptFinal(h));
+    }
+}
+
+/* One C_EncryptMessage with GCM, 12-byte IV, the given generator and fixed
+ * bits, decrypted again with the IV it gave back. */
+static CK_RV gcm_generated(CK_OBJECT_HANDLE k, uint8_t iv[12], CK_ULONG gen, CK_ULONG fixed)
+{
+    uint8_t out[32], back[32], tag[16];
+    msg_param p = mparam(CKM_AES_GCM, iv, 12, tag, 16, 0, gen, fixed);
+    CK_ULONG n = sizeof(out);
+    CK_RV rv = f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 32, out, &n);
+    if (rv != CKR_OK)
+        return rv;
+    /* Decryption takes the IV as it is, whatever the generator says. */
+    uint8_t seen[12];
+    memcpy(seen, iv, 12);
+    n = sizeof(back);
+    CK(f->C_DecryptMessage(h, &p.u, p.len, NULL, 0, out, 32, back, &n));
+    assert_memory_equal(back, counting, 32);
+    assert_memory_equal(iv, seen, 12);
+    return CKR_OK;
+}
+
+static void test_msg_iv_generation(void **state)
+{
+    (void)state;
+    uint8_t key[16] = {9}, iv[12], first[12], prev[16][12];
+    CK_OBJECT_HANDLE k = key_of(CKK_AES, key, 16, NULL, 0);
+    CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0};
+    static const uint8_t prefix[4] = {0xaa, 0xbb, 0xcc, 0xdd};
+
+    CK(f->C_MessageEncryptInit(h, &gcm, k));
+    CK(f->C_MessageDecryptInit(h, &gcm, k));
+
+    /* A counter from 0 behind 32 fixed bits; a size query does not count. */
+    uint8_t tag[16], out[32];
+    memset(iv, 0xee, sizeof(iv));
+    memcpy(iv, prefix, 4);
+    msg_param q = mparam(CKM_AES_GCM, iv, 12, tag, 16, 0, TEST_CKG_GENERATE_COUNTER, 32);
+    CK_ULONG n = 0;
+    CK(f->C_EncryptMessage(h, &q.u, q.len, NULL, 0, counting, 32, NULL, &n));
+    n = 31;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_EncryptMessage(h, &q.u, q.len, NULL, 0, counting, 32, out, &n));
+    for (uint8_t c = 0; c < 3; c++) {
+        CK(gcm_generated(k, iv, TEST_CKG_GENERATE_COUNTER, 32));
+        uint8_t want[12] = {0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 0, 0, 0, 0, c};
+        assert_memory_equal(iv, want, 12);
+    }
+    /* Begin generates too, and counts on. */
+    CK(f->C_EncryptMessageBegin(h, &q.u, q.len, NULL, 0));
+    uint8_t want3[12] = {0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 0, 0, 0, 0, 3};
+    assert_memory_equal(iv, want3, 12);
+    n = sizeof(out);
+    CK(f->C_EncryptMessageNext(h, &q.u, q.len, counting, 5, out, &n, TEST_CKF_END_OF_MESSAGE));
+
+    /* XOR: the caller's bits XOR the same count (4 now). */
+    memset(iv, 0x0f, sizeof(iv));
+    CK(gcm_generated(k, iv, TEST_CKG_GENERATE_COUNTER_XOR, 64));
+    uint8_t wantx[12] = {0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0b};
+    assert_memory_equal(iv, wantx, 12);
+
+    /* The counter belongs to the operation: a new one starts at 0. A
+     * counter of 4 bits (92 fixed) gives 16 IVs, then no more: the
+     * operation stays, an IV the caller gives still works. */
+    CK(f->C_MessageEncryptFinal(h));
+    CK(f->C_MessageEncryptInit(h, &gcm, k));
+    for (int c = 0; c < 16; c++) {
+        memset(iv, 0xff, sizeof(iv));
+        CK(gcm_generated(k, iv, TEST_CKG_GENERATE_COUNTER, 92));
+        assert_memory_equal(iv, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11);
+        assert_int_equal(iv[11], 0xf0 | c);
+    }
+    RV(CKR_DATA_LEN_RANGE, gcm_generated(k, iv, TEST_CKG_GENERATE_COUNTER, 92));
+    RV(CKR_DATA_LEN_RANGE, gcm_generated(k, iv, TEST_CKG_GENERATE, 92));
+    CK(gcm_generated(k, iv, TEST_CKG_NO_GENERATE, 0));
+    /* No bits left to generate, or more fixed than there are. */
+    RV(CKR_MECHANISM_PARAM_INVALID, gcm_generated(k, iv, TEST_CKG_GENERATE_COUNTER, 96));
+    RV(CKR_MECHANISM_PARAM_INVALID, gcm_generated(k, iv, TEST_CKG_GENERATE_COUNTER, 97));
+    RV(CKR_MECHANISM_PARAM_INVALID, gcm_generated(k, iv, 5 /* no such generator */, 0));
+
+    /* Random: at least 64 bits of it, the fixed ones kept. */
+    for (int i = 0; i < 2; i++) {
+        memcpy(iv, prefix, 4);
+        CK(gcm_generated(k, iv, TEST_CKG_GENERATE_RANDOM, 32));
+        assert_memory_equal(iv, prefix, 4);
+        if (i)
+            assert_memory_not_equal(iv, first, 12);
+        memcpy(first, iv, 12);
+    }
+    RV(CKR_MECHANISM_PARAM_INVALID, gcm_generated(k, iv, TEST_CKG_GENERATE_RANDOM, 33));
+
+    /* The token's own choice: never the same IV twice in an operation,
+     * even with 4 bits (a counter from a random start). */
+    CK(f->C_MessageEncryptFinal(h));
+    CK(f->C_MessageEncryptInit(h, &gcm, k));
+    for (int c = 0; c < 16; c++) {
+        memcpy(iv, prefix, 4);
+        memset(iv + 4, 0, 8);
+        CK(gcm_generated(k, iv, TEST_CKG_GENERATE, 92));
+        assert_memory_equal(iv, prefix, 4);
+        assert_int_equal(iv[11] & 0xf0, 0);
+        for (int d = 0; d < c; d++)
+            assert_memory_not_equal(iv, prev[d], 12);
+        memcpy(prev[c], iv, 12);
+    }
+    RV(CKR_DATA_LEN_RANGE, gcm_generated(k, iv, TEST_CKG_GENERATE, 92));
+    CK(gcm_generated(k, iv, TEST_CKG_GENERATE, 0)); /* 64 bits of counter: plenty */
+
+    /* CCM nonces: 13 bytes, the last 5 counted. */
+    CK_MECHANISM ccm = {CKM_AES_CCM, NULL, 0};
+    uint8_t nonce[13], mac[8], back[32];
+    CK(f->C_MessageEncryptFinal(h));
+    CK(f->C_MessageDecryptFinal(h));
+    CK(f->C_MessageEncryptInit(h, &ccm, k));
+    CK(f->C_MessageDecryptInit(h, &ccm, k));
+    for (uint8_t c = 0; c < 2; c++) {
+        memset(nonce, 0x33, sizeof(nonce));
+        msg_param p = mparam(CKM_AES_CCM, nonce, 13, mac, 8, 32, TEST_CKG_GENERATE_COUNTER, 64);
+        msg1(false, &p, NULL, 0, counting, 32, out);
+        uint8_t want[13] = {0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0, 0, 0, 0, c};
+        assert_memory_equal(nonce, want, 13);
+        msg1(true, &p, NULL, 0, out, 32, back);
+        assert_memory_equal(back, counting, 32);
+    }
+    CK(f->C_MessageEncryptFinal(h));
+    CK(f->C_MessageDecryptFinal(h));
+}
+
+static void test_msg_states(void **state)
+{
+    (void)state;
+    uint8_t key[16] = {4}, ckey[32] = {5}, iv[12] = {6}, tag[16], out[64];
+    CK_OBJECT_HANDLE k = key_of(CKK_AES, key, 16, NULL, 0), chacha = key_of(TEST_CKK_CHACHA20, ckey, 32, NULL, 0);
+    CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0};
+    msg_param p = mparam(CKM_AES_GCM, iv, 12, tag, 16, 0, TEST_CKG_NO_GENERATE, 0);
+    CK_ULONG n = sizeof(out);
+
+    /* Nothing before the init. */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessageBegin(h, &p.u, p.len, NULL, 0));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_MessageEncryptFinal(h));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_MessageDecryptFinal(h));
+
+    /* What the init refuses. */
+    CK_MECHANISM cbc = {CKM_AES_CBC, iv, 16}, ecb = {CKM_AES_ECB, NULL, 0};
+    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM withparam = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ATTRIBUTE noenc = {CKA_ENCRYPT, &no, 1};
+    RV(CKR_MECHANISM_INVALID, f->C_MessageEncryptInit(h, &cbc, k));
+    RV(CKR_MECHANISM_INVALID, f->C_MessageDecryptInit(h, &ecb, k));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_MessageEncryptInit(h, &withparam, k));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_MessageEncryptInit(h, &gcm, chacha));
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_MessageEncryptInit(h, &gcm, key_of(CKK_AES, key, 16, &noenc, 1)));
+    RV(CKR_KEY_HANDLE_INVALID, f->C_MessageEncryptInit(h, &gcm, 0x7fff1234));
+    RV(CKR_ARGUMENTS_BAD, f->C_MessageEncryptInit(h, NULL, k));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_MessageEncryptInit(h + 1000, &gcm, k));
+
+    /* One message-based operation of each kind at a time, besides C_EncryptInit's. */
+    CK(f->C_MessageEncryptInit(h, &gcm, k));
+    RV(CKR_OPERATION_ACTIVE, f->C_MessageEncryptInit(h, &gcm, k));
+    CK(f->C_MessageDecryptInit(h, &gcm, k));
+    CK_GCM_PARAMS sp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM single = {CKM_AES_GCM, &sp, sizeof(sp)};
+    CK(f->C_EncryptInit(h, &single, k));
+    CK(f->C_SessionCancel(h, CKF_ENCRYPT));
+
+    /* Bad parameters fail the message, not the operation. */
+    n = sizeof(out);
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessage(h, NULL, 0, NULL, 0, counting, 8, out, &n));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessage(h, &p.u, p.len - 1, NULL, 0, counting, 8, out, &n));
+    msg_param bad = p;
+    bad.u.g.pTag = NULL;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessage(h, &bad.u, bad.len, NULL, 0, counting, 8, out, &n));
+    bad = p;
+    bad.u.g.ulTagBits = 100;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessage(h, &bad.u, bad.len, NULL, 0, counting, 8, out, &n));
+    bad = p;
+    bad.u.g.ulIvLen = 0;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessage(h, &bad.u, bad.len, NULL, 0, counting, 8, out, &n));
+    RV(CKR_ARGUMENTS_BAD, f->C_EncryptMessage(h, &p.u, p.len, NULL, 3, counting, 8, out, &n));
+    RV(CKR_ARGUMENTS_BAD, f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, NULL));
+    CK(f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+
+    /* Next before Begin; Begin twice; a whole message while one is in parts. */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    CK(f->C_EncryptMessageBegin(h, &p.u, p.len, counting, 4));
+    RV(CKR_OPERATION_ACTIVE, f->C_EncryptMessageBegin(h, &p.u, p.len, NULL, 0));
+    RV(CKR_OPERATION_ACTIVE, f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+    /* A short buffer and a size query keep the message; unknown flags end it. */
+    n = 7;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    assert_int_equal(n, 8);
+    CK(f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, NULL, &n, TEST_CKF_END_OF_MESSAGE));
+    RV(CKR_ARGUMENTS_BAD, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 2));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    /* So does a bad parameter, or another tag length than Begin's. */
+    CK(f->C_EncryptMessageBegin(h, &p.u, p.len, NULL, 0));
+    n = sizeof(out);
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessageNext(h, &p.u, p.len + 1, counting, 8, out, &n, 0));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    CK(f->C_EncryptMessageBegin(h, &p.u, p.len, NULL, 0));
+    bad = p;
+    bad.u.g.ulTagBits = 96;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptMessageNext(h, &bad.u, bad.len, counting, 8, out, &n, 0));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    /* C_MessageEncryptFinal ends a message in parts with the operation. */
+    CK(f->C_EncryptMessageBegin(h, &p.u, p.len, NULL, 0));
+    CK(f->C_MessageEncryptFinal(h));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessageNext(h, &p.u, p.len, counting, 8, out, &n, 0));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+
+    /* Decryption in parts: nothing out before the tag; a bad one ends the
+     * message, the operation goes on. */
+    uint8_t ct[40], back[40];
+    CK(f->C_MessageEncryptInit(h, &gcm, k));
+    n = sizeof(ct);
+    CK(f->C_EncryptMessage(h, &p.u, p.len, counting, 9, counting + 100, 40, ct, &n));
+    CK(f->C_DecryptMessageBegin(h, &p.u, p.len, counting, 9));
+    n = sizeof(back);
+    CK(f->C_DecryptMessageNext(h, &p.u, p.len, ct, 30, back, &n, 0));
+    assert_int_equal(n, 0);
+    tag[5] ^= 1;
+    n = sizeof(back);
+    RV(CKR_ENCRYPTED_DATA_INVALID,
+       f->C_DecryptMessageNext(h, &p.u, p.len, ct + 30, 10, back, &n, TEST_CKF_END_OF_MESSAGE));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptMessageNext(h, &p.u, p.len, ct, 1, back, &n, 0));
+    tag[5] ^= 1;
+    n = sizeof(back);
+    CK(f->C_DecryptMessage(h, &p.u, p.len, counting, 9, ct, 40, back, &n));
+    assert_memory_equal(back, counting + 100, 40);
+
+    /* C_SessionCancel ends each kind by its flag. */
+    CK(f->C_SessionCancel(h, TEST_CKF_MESSAGE_DECRYPT));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptMessage(h, &p.u, p.len, counting, 9, ct, 40, back, &n));
+    CK(f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+    CK(f->C_SessionCancel(h, TEST_CKF_MESSAGE_ENCRYPT));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+
+    /* CCM: ulDataLen bytes, in one call or in all the parts. */
+    CK_MECHANISM ccm = {CKM_AES_CCM, NULL, 0};
+    uint8_t nonce[12] = {7}, mac[8];
+    msg_param c = mparam(CKM_AES_CCM, nonce, 12, mac, 8, 20, TEST_CKG_NO_GENERATE, 0);
+    CK(f->C_MessageEncryptInit(h, &ccm, k));
+    CK(f->C_MessageDecryptInit(h, &ccm, k));
+    n = sizeof(out);
+    RV(CKR_DATA_LEN_RANGE, f->C_EncryptMessage(h, &c.u, c.len, NULL, 0, counting, 19, out, &n));
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_DecryptMessage(h, &c.u, c.len, NULL, 0, counting, 21, out, &n));
+    CK(f->C_EncryptMessageBegin(h, &c.u, c.len, NULL, 0));
+    CK(f->C_EncryptMessageNext(h, &c.u, c.len, counting, 15, out, &n, 0));
+    assert_int_equal(n, 0);
+    RV(CKR_DATA_LEN_RANGE, f->C_EncryptMessageNext(h, &c.u, c.len, counting, 6, out, &n, 0));
+    CK(f->C_EncryptMessageBegin(h, &c.u, c.len, NULL, 0));
+    n = sizeof(out);
+    CK(f->C_EncryptMessageNext(h, &c.u, c.len, counting, 15, out, &n, 0));
+    RV(CKR_DATA_LEN_RANGE, f->C_EncryptMessageNext(h, &c.u, c.len, counting, 4, out, &n, TEST_CKF_END_OF_MESSAGE));
+    n = sizeof(out);
+    CK(f->C_EncryptMessage(h, &c.u, c.len, NULL, 0, counting, 20, out, &n));
+    msg_param other = mparam(CKM_AES_CCM, nonce, 12, mac, 8, 21, TEST_CKG_NO_GENERATE, 0);
+    CK(f->C_DecryptMessageBegin(h, &c.u, c.len, NULL, 0));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptMessageNext(h, &other.u, other.len, out, 20, back, &n, 0));
+    CK(f->C_MessageEncryptFinal(h));
+    CK(f->C_MessageDecryptFinal(h));
+
+    /* Signing and verifying messages are not offered, and no mechanism says
+     * they are; exactly GCM, CCM and ChaCha20-Poly1305 do messages. */
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_MessageSignInit(h, &gcm, k));
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_MessageVerifyInit(h, &gcm, k));
+    CK_MECHANISM_TYPE list[128];
+    CK_ULONG nm = 128;
+    int with_msg = 0;
+    CK(f->C_GetMechanismList(slot, list, &nm));
+    for (CK_ULONG i = 0; i < nm; i++) {
+        CK_MECHANISM_INFO mi;
+        CK(f->C_GetMechanismInfo(slot, list[i], &mi));
+        assert_int_equal(mi.flags & (TEST_CKF_MESSAGE_SIGN | TEST_CKF_MESSAGE_VERIFY), 0);
+        bool aead = list[i] == CKM_AES_GCM || list[i] == CKM_AES_CCM || list[i] == TEST_CKM_CHACHA20_POLY1305;
+        CK_FLAGS msg = TEST_CKF_MESSAGE_ENCRYPT | TEST_CKF_MESSAGE_DECRYPT | TEST_CKF_MULTI_MESSAGE;
+        assert_int_equal(mi.flags & msg, aead ? msg : 0);
+        with_msg += aead;
+    }
+    assert_int_equal(with_msg, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -557,6 +1057,10 @@ int main(void)
         cmocka_unit_test(test_ccm_against_openssl),
         cmocka_unit_test(test_chacha20_keys),
         cmocka_unit_test(test_aead_errors),
+        cmocka_unit_test(test_msg_known_answers),
+        cmocka_unit_test(test_msg_matches_single_part),
+        cmocka_unit_test(test_msg_iv_generation),
+        cmocka_unit_test(test_msg_states),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
