@@ -20,8 +20,11 @@ static CK_RV msg_init(CK_SESSION_HANDLE hSession, bool decrypt, CK_MECHANISM_PTR
 
     if (rv != CKR_OK)
         return rv;
-    rv = !pMechanism ? CKR_ARGUMENTS_BAD : s->msg[decrypt] ? CKR_OPERATION_ACTIVE : p11_object_key(s, hKey, &key);
-    if (rv == CKR_OK)
+    if (!pMechanism) /* PKCS#11 3.0: ends the operation, and a message in parts with it */
+        p11_msg_end(s, decrypt);
+    else if (s->msg[decrypt])
+        rv = CKR_OPERATION_ACTIVE;
+    else if ((rv = p11_object_key(s, hKey, &key)) == CKR_OK)
         rv = tok_msg_init(decrypt, pMechanism, key, &s->msg[decrypt]);
     tok_key_unref(key);
     p11_session_put(s);

@@ -128,6 +128,14 @@ static CK_RV single_params(tok_mclass mc, const CK_MECHANISM *m, aead_params *p)
     return check_params(mc, p);
 }
 
+/* The size of a message's parameter. */
+static size_t msg_size(tok_mclass mc)
+{
+    return mc == M_AES_GCM   ? sizeof(gcm_msg_params)
+           : mc == M_AES_CCM ? sizeof(ccm_msg_params)
+                             : sizeof(chacha_msg_params);
+}
+
 /* A message's parameter (C_EncryptMessage, ..Begin, ..Next). */
 static CK_RV msg_params(tok_mclass mc, void *param, CK_ULONG plen, const uint8_t *aad, CK_ULONG aadlen, aead_params *p)
 {
@@ -174,12 +182,14 @@ typedef struct {
     tok_key *key;
     tok_mclass mc;
     bool enc;
+    CK_RV bad_tag; /* what a tag that does not match is */
 } aead;
 
-static CK_RV aead_setup(aead *e, const tok_mech_desc *d, bool enc, tok_key *key)
+static CK_RV aead_setup(aead *e, const tok_mech_desc *d, bool enc, tok_key *key, CK_RV bad_tag)
 {
     e->mc = d->mc;
     e->enc = enc;
+    e->bad_tag = bad_tag;
     e->cipher = tok_mech_cipher(d, key->secret_len);
     if (!e->cipher)
         return CKR_KEY_SIZE_RANGE;
@@ -224,13 +234,12 @@ static CK_RV aead_update(aead *e, const uint8_t *in, size_t inlen, uint8_t *out)
 }
 
 /* The rest of the data, then the tag: written to tag (encryption) or
- * checked against it (decryption: CKR_ENCRYPTED_DATA_INVALID, the output
- * cleansed). */
+ * checked against it (decryption: e->bad_tag, the output cleansed). */
 static CK_RV aead_last(aead *e, const uint8_t *in, size_t inlen, uint8_t *out, uint8_t *tag, size_t taglen)
 {
     uint8_t none[1];
     int n = 0, f = 0;
-    CK_RV fail = e->enc ? CKR_FUNCTION_FAILED : CKR_ENCRYPTED_DATA_INVALID;
+    CK_RV fail = e->enc ? CKR_FUNCTION_FAILED : e->bad_tag;
 
     if (inlen > INT_MAX)
         return e->enc ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
@@ -331,7 +340,7 @@ CK_RV tok_aead_op_init(const tok_mech_desc *d, bool enc, const CK_MECHANISM *m, 
         return CKR_HOST_MEMORY;
     a->taglen = p.taglen;
     a->datalen = p.datalen;
-    rv = aead_setup(&a->e, d, enc, key);
+    rv = aead_setup(&a->e, d, enc, key, CKR_ENCRYPTED_DATA_INVALID);
     if (rv == CKR_OK)
         rv = aead_start(&a->e, &p);
     if (rv != CKR_OK) {
@@ -449,11 +458,11 @@ CK_RV tok_msg_init(bool decrypt, const CK_MECHANISM *mech, tok_key *key, tok_msg
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
     if (!tok_mech_allowed(ka, mech->mechanism))
         return CKR_MECHANISM_INVALID;
-    if (mech->pParameter || mech->ulParameterLen) /* each message brings its own */
-        return CKR_MECHANISM_PARAM_INVALID;
+    if ((mech->pParameter || mech->ulParameterLen) && (!mech->pParameter || mech->ulParameterLen != msg_size(d->mc)))
+        return CKR_MECHANISM_PARAM_INVALID; /* none, or a message's (unused: each message brings its own) */
     if (!(m = calloc(1, sizeof(*m))))
         return CKR_HOST_MEMORY;
-    rv = aead_setup(&m->e, d, !decrypt, key);
+    rv = aead_setup(&m->e, d, !decrypt, key, CKR_AEAD_DECRYPT_FAILED);
     if (rv == CKR_OK)
         rv = tok_random((uint8_t *)&m->start, sizeof(m->start));
     if (rv != CKR_OK) {

@@ -32,6 +32,9 @@
 #define CKF_MESSAGE_VERIFY 0x10UL
 #define CKF_MULTI_MESSAGE 0x20UL
 #endif
+#ifndef CKR_AEAD_DECRYPT_FAILED
+#define CKR_AEAD_DECRYPT_FAILED 0x42UL
+#endif
 #ifndef CKF_END_OF_MESSAGE
 #define CKF_END_OF_MESSAGE 0x01UL
 #endif
@@ -51,9 +54,11 @@ typedef struct tok_msg tok_msg;
 
 /* C_MessageEncryptInit / C_MessageDecryptInit (decrypt false/true): the
  * mechanism must offer CKF_MESSAGE_ENCRYPT / CKF_MESSAGE_DECRYPT
- * (CKR_MECHANISM_INVALID) and take no parameter here
- * (CKR_MECHANISM_PARAM_INVALID); the key's type, size, usage
- * (CKA_ENCRYPT / CKA_DECRYPT) and CKA_ALLOWED_MECHANISMS as for C_EncryptInit. */
+ * (CKR_MECHANISM_INVALID); its parameter, if any, is one of its message
+ * parameters (the specification's example gives one; it is not used: each
+ * message brings its own), anything else CKR_MECHANISM_PARAM_INVALID; the
+ * key's type, size, usage (CKA_ENCRYPT / CKA_DECRYPT) and
+ * CKA_ALLOWED_MECHANISMS as for C_EncryptInit. */
 TOK_API CK_RV tok_msg_init(bool decrypt, const CK_MECHANISM *mech, tok_key *key, tok_msg **out);
 TOK_API void tok_msg_free(tok_msg *m);
 /* A message in parts has begun and not ended. */
@@ -67,7 +72,9 @@ TOK_API bool tok_msg_busy(const tok_msg *m);
  * CKR_OPERATION_ACTIVE while a message in parts is under way;
  * CKR_MECHANISM_PARAM_INVALID; CKR_DATA_LEN_RANGE /
  * CKR_ENCRYPTED_DATA_LEN_RANGE (CCM: not ulDataLen bytes; the IV
- * generator's counter is used up); CKR_ENCRYPTED_DATA_INVALID (the tag). */
+ * generator's counter is used up); CKR_AEAD_DECRYPT_FAILED (the tag, the
+ * code 3.0 gives the message functions; C_Decrypt's is
+ * CKR_ENCRYPTED_DATA_INVALID). */
 TOK_API CK_RV tok_msg_crypt(tok_msg *m, void *param, CK_ULONG plen, const uint8_t *aad, CK_ULONG aadlen,
                             const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
 /* C_EncryptMessageBegin / C_DecryptMessageBegin: the IV (generated now when
