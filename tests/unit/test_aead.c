@@ -34,6 +34,7 @@
 #include "tests/unit/ks_test_util.h"
 #include "tests/unit/test_hex.h"
 #include "tests/unit/test_params.h"
+#include "tests/unit/test_session.h"
 
 #define CK(call) assert_int_equal((call), CKR_OK)
 #define RV(want, call) assert_int_equal((call), (want))
@@ -98,11 +99,9 @@ static int group_setup(void **state)
     const char *mod = getenv("P11MK_MODULE");
     CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS);
     CK_VERSION v30 = {3, 0};
+    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_FUNCTION_LIST *f240; /* the same functions: the setup in test_session.h takes this list */
     CK_INTERFACE *ip;
-    CK_SLOT_ID slots[8];
-    CK_ULONG ns = 8;
-    CK_UTF8CHAR label[32];
-    char conf[128];
 
     for (size_t i = 0; i < sizeof(counting); i++)
         counting[i] = (uint8_t)i;
@@ -110,28 +109,13 @@ static int group_setup(void **state)
     if (!mkdtemp(tmp) || !(dl = dlopen(mod ? mod : "pkcs11/p11mk-pkcs11.so", RTLD_NOW | RTLD_LOCAL)))
         return -1;
     gi = (CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(dl, "C_GetInterface");
-    if (!gi || gi((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &ip, 0) != CKR_OK)
+    gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
+    if (!gi || !gfl || gi((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &ip, 0) != CKR_OK || gfl(&f240) != CKR_OK)
         return -1;
     f = ip->pFunctionList;
-    snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
-    FILE *c = fopen(conf, "w");
-    if (!c)
+    if (test_conf(tmp, "ks", "") != 0)
         return -1;
-    fprintf(c, "keystore = %s/ks\nlog = %s/p11mk.log\n", tmp, tmp);
-    fclose(c);
-    setenv("P11MK_CONF", conf, 1);
-    memset(label, ' ', sizeof(label));
-    memcpy(label, "aead", 4);
-    if (f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &ns) != CKR_OK || ns == 0)
-        return -1;
-    slot = slots[ns - 1];
-    if (f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label) != CKR_OK ||
-        f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK ||
-        f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) != CKR_OK ||
-        f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK || f->C_Logout(h) != CKR_OK ||
-        f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK)
-        return -1;
-    return 0;
+    return test_user_session(f240, "aead", SO, PIN, &slot, &h);
 }
 
 static int group_teardown(void **state)

@@ -42,6 +42,7 @@
 #include "tests/unit/ks_test_util.h"
 #include "tests/unit/test_hex.h"
 #include "tests/unit/test_params.h"
+#include "tests/unit/test_session.h"
 
 #define CK(call) assert_int_equal((call), CKR_OK)
 #define RV(want, call) assert_int_equal((call), (want))
@@ -95,30 +96,12 @@ static int group_teardown(void **state)
  * and a logged-in read/write user session. */
 static int start(const char *extra)
 {
-    char conf[128];
-    CK_SLOT_ID slots[8];
-    CK_ULONG ns = 8;
-    CK_UTF8CHAR label[32];
+    char ks[16];
 
-    snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
-    FILE *c = fopen(conf, "w");
-    if (!c)
+    snprintf(ks, sizeof(ks), "ks%d", starts++);
+    if (test_conf(tmp, ks, extra) != 0)
         return -1;
-    fprintf(c, "keystore = %s/ks%d\nlog = %s/p11mk.log\nlog_level = info\n%s", tmp, starts++, tmp, extra);
-    fclose(c);
-    setenv("P11MK_CONF", conf, 1);
-    memset(label, ' ', sizeof(label));
-    memcpy(label, "des", 3);
-    if (f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &ns) != CKR_OK || ns == 0)
-        return -1;
-    slot = slots[ns - 1]; /* the free slot is listed last; it keeps its id once initialized */
-    if (f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label) != CKR_OK ||
-        f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK ||
-        f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) != CKR_OK ||
-        f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK || f->C_Logout(h) != CKR_OK ||
-        f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK)
-        return -1;
-    return 0;
+    return test_user_session(f, "des", SO, PIN, &slot, &h);
 }
 
 static int start_default(void **state)
