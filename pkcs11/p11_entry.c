@@ -26,34 +26,6 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE, CK_FLAGS);
 
 static CK_FUNCTION_LIST list_v240 = {{2, 40}, V240_FUNCTIONS};
 
-/* ---- PKCS#11 3.0 message-based signing and verification: not offered ------- */
-/* No mechanism has CKF_MESSAGE_SIGN or CKF_MESSAGE_VERIFY (message-based
- * encryption and decryption: p11_message.c). */
-static CK_RV msg_unsupported(CK_SESSION_HANDLE h)
-{
-    p11_session *s;
-    CK_RV rv = p11_session_get(h, &s);
-
-    if (rv != CKR_OK)
-        return rv;
-    p11_session_put(s);
-    return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
-static CK_RV msg_init(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return msg_unsupported(h); }
-static CK_RV msg_final(CK_SESSION_HANDLE h) { return msg_unsupported(h); }
-static CK_RV msg_sign(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s,
-                      CK_ULONG_PTR sl)
-{
-    return msg_unsupported(h);
-}
-static CK_RV msg_sign_begin(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl) { return msg_unsupported(h); }
-static CK_RV msg_verify(CK_SESSION_HANDLE h, CK_VOID_PTR p, CK_ULONG pl, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s,
-                        CK_ULONG sl)
-{
-    return msg_unsupported(h);
-}
-
 static CK_FUNCTION_LIST_3_0 list_v30 = {
     {3, 0},
     V240_FUNCTIONS,
@@ -63,8 +35,8 @@ static CK_FUNCTION_LIST_3_0 list_v30 = {
     C_SessionCancel,
     C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
     C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal,
-    msg_init, msg_sign, msg_sign_begin, msg_sign, msg_final,         /* sign */
-    msg_init, msg_verify, msg_sign_begin, msg_verify, msg_final,     /* verify */
+    C_MessageSignInit, C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
+    C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
 };
 
 static CK_UTF8CHAR iface_name[] = "PKCS 11";

@@ -16,6 +16,7 @@
 #include "p11_v3.h"
 #include "token/tok_access.h"
 #include "token/tok_aead.h"
+#include "token/tok_msgmac.h"
 #include "token/tok_attr.h"
 #include "token/tok_mech.h"
 #include "token/tok_policy.h"
@@ -66,7 +67,8 @@ typedef struct p11_session {
     tok_op *op[P11_OP_SLOTS];
     bool op_multi[P11_OP_SLOTS]; /* an update() was made */
     bool op_reauth[P11_OP_SLOTS]; /* CKA_ALWAYS_AUTHENTICATE key: C_Login(CKU_CONTEXT_SPECIFIC) still due */
-    tok_msg *msg[2];              /* message-based encryption [0] and decryption [1] (p11_message.c) */
+    tok_msg *msg[2];              /* message-based encryption and decryption (p11_message.c) */
+    tok_msgmac *mac[2];           /* message-based signing and verification */
     p11_find find;
 } p11_session;
 
@@ -108,8 +110,9 @@ P11_API CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only);
 P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
 
 /* ---- PKCS#11 3.0 message-based functions (p11_message.c) ------------------- */
-/* End a session's message-based encryption (decrypt false) or decryption. */
-P11_API void p11_msg_end(p11_session *s, bool decrypt);
+/* End a session's message-based operation of one kind. */
+enum { P11_MSG_ENCRYPT, P11_MSG_DECRYPT, P11_MSG_SIGN, P11_MSG_VERIFY, P11_MSG_KINDS };
+P11_API void p11_msg_end(p11_session *s, int kind);
 CK_RV C_MessageEncryptInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
 CK_RV C_EncryptMessage(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
                        CK_BYTE_PTR, CK_ULONG_PTR);
@@ -124,6 +127,16 @@ CK_RV C_DecryptMessageBegin(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PT
 CK_RV C_DecryptMessageNext(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR,
                            CK_FLAGS);
 CK_RV C_MessageDecryptFinal(CK_SESSION_HANDLE);
+CK_RV C_MessageSignInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+CK_RV C_SignMessage(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+CK_RV C_SignMessageBegin(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG);
+CK_RV C_SignMessageNext(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+CK_RV C_MessageSignFinal(CK_SESSION_HANDLE);
+CK_RV C_MessageVerifyInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+CK_RV C_VerifyMessage(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+CK_RV C_VerifyMessageBegin(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG);
+CK_RV C_VerifyMessageNext(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+CK_RV C_MessageVerifyFinal(CK_SESSION_HANDLE);
 
 /* ---- objects ------------------------------------------------------------- */
 /* A copy of an object's attributes, if it exists and this session may see it

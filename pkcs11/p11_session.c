@@ -39,8 +39,8 @@ static void session_free(p11_session *s)
 {
     for (int k = 0; k < P11_OP_SLOTS; k++)
         tok_op_free(s->op[k]);
-    p11_msg_end(s, false);
-    p11_msg_end(s, true);
+    for (int k = 0; k < P11_MSG_KINDS; k++)
+        p11_msg_end(s, k);
     p11_find_end(&s->find);
     p11_mutex_free(s->busy);
     free(s);
@@ -464,6 +464,8 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
         tok_op_kind kind;
     } map[] = {{CKF_ENCRYPT, TOK_OP_ENCRYPT}, {CKF_DECRYPT, TOK_OP_DECRYPT}, {CKF_SIGN, TOK_OP_SIGN},
                {CKF_VERIFY, TOK_OP_VERIFY},   {CKF_DIGEST, TOK_OP_DIGEST}};
+    static const CK_FLAGS msg_flag[P11_MSG_KINDS] = {CKF_MESSAGE_ENCRYPT, CKF_MESSAGE_DECRYPT, CKF_MESSAGE_SIGN,
+                                                     CKF_MESSAGE_VERIFY};
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
 
@@ -472,10 +474,9 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
         if (flags & map[i].flag)
             p11_op_end(s, map[i].kind);
-    if (flags & CKF_MESSAGE_ENCRYPT)
-        p11_msg_end(s, false);
-    if (flags & CKF_MESSAGE_DECRYPT)
-        p11_msg_end(s, true);
+    for (int k = 0; k < P11_MSG_KINDS; k++)
+        if (flags & msg_flag[k])
+            p11_msg_end(s, k);
     if (flags & CKF_FIND_OBJECTS)
         p11_find_end(&s->find);
     p11_session_put(s);

@@ -17,8 +17,10 @@
 
 #define SIGN (CKF_SIGN | CKF_VERIFY)
 #define CRYPT (CKF_ENCRYPT | CKF_DECRYPT)
-/* the message-based functions, messages in parts too (tok_aead.c) */
+/* the message-based functions, messages in parts too (tok_aead.c, and
+ * tok_msgmac.c for the MACs) */
 #define MSG (CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE)
+#define MAC (SIGN | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY | CKF_MULTI_MESSAGE)
 
 static const tok_mech_desc mechs[] = {
     /* AES: key sizes in bytes */
@@ -31,8 +33,8 @@ static const tok_mech_desc mechs[] = {
     {CKM_AES_CTR, 16, 32, CRYPT, M_AES_CTR, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_GCM, 16, 32, CRYPT | MSG, M_AES_GCM, NULL, 0, false, TOK_FAM_AES, false},
     {CKM_AES_CCM, 16, 32, CRYPT | MSG, M_AES_CCM, NULL, 0, false, TOK_FAM_AES, false},
-    {CKM_AES_CMAC, 16, 32, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_AES, false},
-    {CKM_AES_CMAC_GENERAL, 16, 32, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_AES, false},
+    {CKM_AES_CMAC, 16, 32, MAC, M_CMAC, NULL, 0, false, TOK_FAM_AES, false},
+    {CKM_AES_CMAC_GENERAL, 16, 32, MAC, M_CMAC, NULL, 0, true, TOK_FAM_AES, false},
     {CKM_AES_KEY_WRAP, 16, 32, CKF_WRAP | CKF_UNWRAP, M_AES_WRAP, NULL, 0, false, TOK_FAM_AES, false},
     /* RFC 5649: PKCS#11 3.0's CKM_AES_KEY_WRAP_KWP, and _PAD as SoftHSMv2 and
      * the clients written for it use it. */
@@ -45,8 +47,8 @@ static const tok_mech_desc mechs[] = {
     {CKM_DES3_ECB, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_ECB, NULL, 0, false, TOK_FAM_DES3, false},
     {CKM_DES3_CBC, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC, NULL, 0, false, TOK_FAM_DES3, false},
     {CKM_DES3_CBC_PAD, 16, 24, CRYPT | CKF_WRAP | CKF_UNWRAP, M_CBC_PAD, NULL, 0, false, TOK_FAM_DES3, false},
-    {CKM_DES3_CMAC, 16, 24, SIGN, M_CMAC, NULL, 0, false, TOK_FAM_DES3, false},
-    {CKM_DES3_CMAC_GENERAL, 16, 24, SIGN, M_CMAC, NULL, 0, true, TOK_FAM_DES3, false},
+    {CKM_DES3_CMAC, 16, 24, MAC, M_CMAC, NULL, 0, false, TOK_FAM_DES3, false},
+    {CKM_DES3_CMAC_GENERAL, 16, 24, MAC, M_CMAC, NULL, 0, true, TOK_FAM_DES3, false},
     /* Single DES (legacy_mechanisms = yes): 8-byte keys. No wrapping: a
      * 56-bit key would be the weak link of every key wrapped under it. */
     {CKM_DES_KEY_GEN, 8, 8, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_DES, true},
@@ -99,20 +101,20 @@ static const tok_mech_desc mechs[] = {
     {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     {CKM_PKCS5_PBKD2, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     {TOK_CKM_HKDF_DERIVE, 8, 4096, CKF_DERIVE, M_HKDF, NULL, 0, false, TOK_FAM_NONE, false},
-    {CKM_SHA_1_HMAC, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false, TOK_FAM_NONE, false},
-    {CKM_SHA_1_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true, TOK_FAM_NONE, false},
-    {CKM_SHA224_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, true, TOK_FAM_NONE, false},
-    {CKM_SHA256_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC, true, TOK_FAM_NONE, false},
-    {CKM_SHA384_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC, true, TOK_FAM_NONE, false},
-    {CKM_SHA512_HMAC_GENERAL, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC, true, TOK_FAM_NONE, false},
-    {CKM_SHA224_HMAC, 8, 4096, SIGN, M_HMAC, "SHA224", CKK_SHA224_HMAC, false, TOK_FAM_NONE, false},
-    {CKM_SHA256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA256", CKK_SHA256_HMAC, false, TOK_FAM_NONE, false},
-    {CKM_SHA384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA384", CKK_SHA384_HMAC, false, TOK_FAM_NONE, false},
-    {CKM_SHA512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA512", CKK_SHA512_HMAC, false, TOK_FAM_NONE, false},
-    {CKM_SHA3_256_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-256", 0, false, TOK_FAM_NONE, false},
-    {CKM_SHA3_384_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-384", 0, false, TOK_FAM_NONE, false},
-    {CKM_SHA3_512_HMAC, 8, 4096, SIGN, M_HMAC, "SHA3-512", 0, false, TOK_FAM_NONE, false},
-    {CKM_MD5_HMAC, 8, 4096, SIGN, M_HMAC, "MD5", CKK_MD5_HMAC, false, TOK_FAM_NONE, true},
+    {CKM_SHA_1_HMAC, 8, 4096, MAC, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA_1_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA224_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA224", CKK_SHA224_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA256_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA256", CKK_SHA256_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA384_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA384", CKK_SHA384_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA512_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA512", CKK_SHA512_HMAC, true, TOK_FAM_NONE, false},
+    {CKM_SHA224_HMAC, 8, 4096, MAC, M_HMAC, "SHA224", CKK_SHA224_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA256_HMAC, 8, 4096, MAC, M_HMAC, "SHA256", CKK_SHA256_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA384_HMAC, 8, 4096, MAC, M_HMAC, "SHA384", CKK_SHA384_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA512_HMAC, 8, 4096, MAC, M_HMAC, "SHA512", CKK_SHA512_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_256_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_384_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_512_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-512", 0, false, TOK_FAM_NONE, false},
+    {CKM_MD5_HMAC, 8, 4096, MAC, M_HMAC, "MD5", CKK_MD5_HMAC, false, TOK_FAM_NONE, true},
 };
 #define N_MECHS (sizeof(mechs) / sizeof(mechs[0]))
 

@@ -198,13 +198,19 @@ done
 for m in DES-KEY-GEN DES-ECB DES-CBC DES-CBC-PAD MD5 MD5-HMAC; do
     grep -q "^ *$m[ ,]" mechs.txt && fail "legacy mechanism $m listed by default"
 done
-# The AEAD mechanisms, with the message-based functions (CKF_MESSAGE_ENCRYPT,
-# CKF_MESSAGE_DECRYPT, CKF_MULTI_MESSAGE: "other flags=0x26"), and only they;
+# The AEAD mechanisms encrypt messages (CKF_MESSAGE_ENCRYPT, _DECRYPT,
+# CKF_MULTI_MESSAGE: "other flags=0x26"), the MACs sign them
+# (CKF_MESSAGE_SIGN, _VERIFY, CKF_MULTI_MESSAGE: 0x38), no others;
 # pkcs11-tool 0.23 names AES-CCM, ChaCha20-Poly1305 and ChaCha20 key
 # generation by number.
 for m in AES-GCM mechtype-0x1088 mechtype-0x4021; do
     grep -q "^ *$m, keySize={[0-9]*,32}, encrypt, decrypt, other flags=0x26\$" mechs.txt || fail "$m not listed as AEAD"
 done
-[ "$(grep -c 'other flags=' mechs.txt)" -eq 3 ] || fail "message-based flags on other mechanisms: $(grep 'other flags=' mechs.txt)"
+for m in AES-CMAC DES3-CMAC SHA-1-HMAC SHA256-HMAC SHA3-256-HMAC; do
+    grep -q "^ *$m, keySize={[0-9]*,[0-9]*}, sign, verify, other flags=0x38\$" mechs.txt || fail "$m not listed with message signing"
+done
+[ "$(grep -c 'other flags=0x26$' mechs.txt)" -eq 3 ] && [ "$(grep -c 'sign, verify, other flags=0x38$' mechs.txt)" -eq 17 ] &&
+    [ "$(grep -c 'other flags=' mechs.txt)" -eq 20 ] || fail "message-based flags: $(grep 'other flags=' mechs.txt)"
+grep -E "^ *[A-Z0-9-]*(RSA|ECDSA|EDDSA)[A-Z0-9-]*," mechs.txt | grep "other flags" && fail "a signature mechanism signs messages"
 grep -q "^ *mechtype-0x1225, keySize={32,32}, generate\$" mechs.txt || fail "ChaCha20 key generation not listed"
 ok "random, mechanism list"

@@ -13,7 +13,8 @@
  *     (McGrew-Viega test case 4), AES-CCM and ChaCha20-Poly1305: the same
  *     known answers, in one call and in parts, the same bytes as C_Encrypt,
  *     IVs the token generates (counter, XOR counter, random, its own
- *     choice), the operation's states and what ends what. */
+ *     choice), the operation's states and what ends what; message-based
+ *     MACs (RFC 4231 HMAC-SHA256, RFC 4493 AES-CMAC). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1025,24 +1026,140 @@ static void test_msg_states(void **state)
     CK(f->C_MessageEncryptFinal(h));
     CK(f->C_MessageDecryptFinal(h));
 
-    /* Signing and verifying messages are not offered, and no mechanism says
-     * they are; exactly GCM, CCM and ChaCha20-Poly1305 do messages. */
-    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_MessageSignInit(h, &gcm, k));
-    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_MessageVerifyInit(h, &gcm, k));
+    /* Exactly the AEAD mechanisms encrypt messages, exactly the MACs sign
+     * them; both kinds in parts too. */
     CK_MECHANISM_TYPE list[128];
     CK_ULONG nm = 128;
-    int with_msg = 0;
+    int aeads = 0, macs = 0;
     CK(f->C_GetMechanismList(slot, list, &nm));
     for (CK_ULONG i = 0; i < nm; i++) {
         CK_MECHANISM_INFO mi;
-        CK(f->C_GetMechanismInfo(slot, list[i], &mi));
-        assert_int_equal(mi.flags & (TEST_CKF_MESSAGE_SIGN | TEST_CKF_MESSAGE_VERIFY), 0);
-        bool aead = list[i] == CKM_AES_GCM || list[i] == CKM_AES_CCM || list[i] == TEST_CKM_CHACHA20_POLY1305;
-        CK_FLAGS msg = TEST_CKF_MESSAGE_ENCRYPT | TEST_CKF_MESSAGE_DECRYPT | TEST_CKF_MULTI_MESSAGE;
-        assert_int_equal(mi.flags & msg, aead ? msg : 0);
-        with_msg += aead;
+        CK_MECHANISM_TYPE t = list[i];
+        CK(f->C_GetMechanismInfo(slot, t, &mi));
+        bool aead = t == CKM_AES_GCM || t == CKM_AES_CCM || t == TEST_CKM_CHACHA20_POLY1305;
+        bool is_mac = t == CKM_AES_CMAC || t == CKM_AES_CMAC_GENERAL || t == CKM_DES3_CMAC ||
+                      t == CKM_DES3_CMAC_GENERAL || t == CKM_SHA_1_HMAC || t == CKM_SHA_1_HMAC_GENERAL ||
+                      t == CKM_SHA224_HMAC || t == CKM_SHA224_HMAC_GENERAL || t == CKM_SHA256_HMAC ||
+                      t == CKM_SHA256_HMAC_GENERAL || t == CKM_SHA384_HMAC || t == CKM_SHA384_HMAC_GENERAL ||
+                      t == CKM_SHA512_HMAC || t == CKM_SHA512_HMAC_GENERAL || t == 0x2B1 || t == 0x2C1 ||
+                      t == 0x2D1 /* CKM_SHA3_{256,384,512}_HMAC */;
+        CK_FLAGS crypt = TEST_CKF_MESSAGE_ENCRYPT | TEST_CKF_MESSAGE_DECRYPT,
+                 sign = TEST_CKF_MESSAGE_SIGN | TEST_CKF_MESSAGE_VERIFY;
+        assert_int_equal(mi.flags & (crypt | sign | TEST_CKF_MULTI_MESSAGE),
+                         (aead ? crypt : 0) | (is_mac ? sign : 0) | (aead || is_mac ? TEST_CKF_MULTI_MESSAGE : 0));
+        aeads += aead;
+        macs += is_mac;
     }
-    assert_int_equal(with_msg, 3);
+    assert_int_equal(aeads, 3);
+    assert_int_equal(macs, 17);
+}
+
+/* Message-based MACs: RFC 4231 test case 2 (HMAC-SHA256) and RFC 4493
+ * example 2 (AES-CMAC), both checked with the openssl command; several
+ * messages per operation, in one call and in parts; _GENERAL lengths; the
+ * init's refusals and the states. */
+static void test_msg_mac(void **state)
+{
+    (void)state;
+    static const char msg[] = "what do ya want for nothing?";
+    const size_t len = sizeof(msg) - 1;
+    CK_ATTRIBUTE macuse[] = {{CKA_SIGN, &yes, 1}, {CKA_VERIFY, &yes, 1}};
+    CK_OBJECT_HANDLE k = key_of(CKK_GENERIC_SECRET, (const uint8_t *)"Jefe", 4, macuse, 2);
+    CK_MECHANISM hm = {CKM_SHA256_HMAC, NULL, 0};
+    uint8_t want[32], sig[32], bad[32];
+    CK_ULONG n, dummy = 0;
+
+    unhex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", want, sizeof(want));
+    CK(f->C_MessageSignInit(h, &hm, k));
+    CK(f->C_MessageVerifyInit(h, &hm, k));
+    for (int round = 0; round < 2; round++) {
+        n = 0;
+        CK(f->C_SignMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, NULL, &n));
+        assert_int_equal(n, 32);
+        n = 31;
+        RV(CKR_BUFFER_TOO_SMALL, f->C_SignMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, sig, &n));
+        assert_int_equal(n, 32);
+        CK(f->C_SignMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, sig, &n));
+        assert_bytes(sig, n, want, 32, "RFC 4231 test case 2, message-based");
+        CK(f->C_VerifyMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, want, 32));
+        memcpy(bad, want, 32);
+        bad[31] ^= 1;
+        RV(CKR_SIGNATURE_INVALID, f->C_VerifyMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, bad, 32));
+        RV(CKR_SIGNATURE_LEN_RANGE, f->C_VerifyMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, want, 31));
+
+        /* In parts: the last part is the one that asks for the MAC; a size
+         * query or a short buffer there takes nothing in. */
+        memset(sig, 0, sizeof(sig));
+        CK(f->C_SignMessageBegin(h, NULL, 0));
+        CK(f->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg, 5, NULL, NULL));
+        n = 0;
+        CK(f->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg + 5, len - 5, NULL, &n));
+        assert_int_equal(n, 32);
+        n = 31;
+        RV(CKR_BUFFER_TOO_SMALL, f->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg + 5, len - 5, sig, &n));
+        n = 32;
+        CK(f->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg + 5, len - 5, sig, &n));
+        assert_bytes(sig, n, want, 32, "RFC 4231 test case 2, in parts");
+        RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg, 1, NULL, NULL));
+        CK(f->C_VerifyMessageBegin(h, NULL, 0));
+        CK(f->C_VerifyMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg, 9, NULL, 0));
+        CK(f->C_VerifyMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg + 9, len - 9, want, 32));
+    }
+    /* No per-message parameter; one message at a time; a failure ends the
+     * message, not the operation. */
+    n = sizeof(sig);
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_SignMessage(h, &dummy, sizeof(dummy), (CK_BYTE_PTR)msg, len, sig, &n));
+    CK(f->C_SignMessageBegin(h, NULL, 0));
+    RV(CKR_OPERATION_ACTIVE, f->C_SignMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, sig, &n));
+    RV(CKR_OPERATION_ACTIVE, f->C_SignMessageBegin(h, NULL, 0));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_SignMessageNext(h, &dummy, sizeof(dummy), (CK_BYTE_PTR)msg, 1, NULL, NULL));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg, 1, NULL, NULL));
+    CK(f->C_VerifyMessageBegin(h, NULL, 0));
+    RV(CKR_SIGNATURE_INVALID, f->C_VerifyMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg, len, bad, 32));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_VerifyMessageNext(h, NULL, 0, (CK_BYTE_PTR)msg, 1, NULL, 0));
+    n = sizeof(sig);
+    CK(f->C_SignMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, sig, &n));
+    CK(f->C_MessageSignFinal(h));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, sig, &n));
+    CK(f->C_SessionCancel(h, TEST_CKF_MESSAGE_VERIFY));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_VerifyMessage(h, NULL, 0, (CK_BYTE_PTR)msg, len, want, 32));
+
+    /* AES-CMAC, and its _GENERAL form: the length the init gave (copied). */
+    uint8_t key[16], m16[16], cmac[16];
+    unhex("2b7e151628aed2a6abf7158809cf4f3c", key, sizeof(key));
+    unhex("6bc1bee22e409f96e93d7e117393172a", m16, sizeof(m16));
+    unhex("070a16b46b4d4144f79bdd9dd04a287c", cmac, sizeof(cmac));
+    CK_OBJECT_HANDLE aes = key_of(CKK_AES, key, 16, macuse, 2);
+    CK_MECHANISM cm = {CKM_AES_CMAC, NULL, 0};
+    CK_ULONG eight = 8;
+    CK_MECHANISM cg = {CKM_AES_CMAC_GENERAL, &eight, sizeof(eight)};
+    CK(f->C_MessageSignInit(h, &cm, aes));
+    n = sizeof(sig);
+    CK(f->C_SignMessage(h, NULL, 0, m16, 16, sig, &n));
+    assert_bytes(sig, n, cmac, 16, "RFC 4493 example 2, message-based");
+    CK(f->C_MessageSignFinal(h));
+    CK(f->C_MessageSignInit(h, &cg, aes));
+    eight = 12;
+    n = sizeof(sig);
+    CK(f->C_SignMessage(h, NULL, 0, m16, 16, sig, &n));
+    assert_bytes(sig, n, cmac, 8, "RFC 4493 example 2, 8 bytes");
+    CK(f->C_MessageVerifyInit(h, &cg, aes));
+    CK(f->C_VerifyMessage(h, NULL, 0, m16, 16, cmac, 12));
+
+    /* What the init refuses, as C_SignInit does; a NULL mechanism ends it. */
+    CK_MECHANISM rsa = {CKM_SHA256_RSA_PKCS, NULL, 0}, gcm = {CKM_AES_GCM, NULL, 0};
+    CK_ULONG too_long = 33;
+    CK_MECHANISM hg = {CKM_SHA256_HMAC_GENERAL, &too_long, sizeof(too_long)}, hp = {CKM_SHA256_HMAC, &eight, 8};
+    CK_ATTRIBUTE nosign = {CKA_SIGN, &no, 1};
+    RV(CKR_OPERATION_ACTIVE, f->C_MessageSignInit(h, &cm, aes));
+    CK(f->C_MessageSignInit(h, NULL, aes));
+    CK(f->C_MessageVerifyInit(h, NULL, aes));
+    RV(CKR_MECHANISM_INVALID, f->C_MessageSignInit(h, &rsa, k));
+    RV(CKR_MECHANISM_INVALID, f->C_MessageVerifyInit(h, &gcm, aes));
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_MessageSignInit(h, &cm, k));
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_MessageSignInit(h, &hm, key_of(CKK_GENERIC_SECRET, key, 16, &nosign, 1)));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_MessageSignInit(h, &hg, k));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_MessageSignInit(h, &hp, k));
 }
 
 int main(void)
@@ -1057,6 +1174,7 @@ int main(void)
         cmocka_unit_test(test_msg_matches_single_part),
         cmocka_unit_test(test_msg_iv_generation),
         cmocka_unit_test(test_msg_states),
+        cmocka_unit_test(test_msg_mac),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

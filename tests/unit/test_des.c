@@ -464,8 +464,8 @@ static void test_tdes_keygen(void **state)
         {CKM_DES3_ECB, CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP},
         {CKM_DES3_CBC, CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP},
         {CKM_DES3_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP},
-        {CKM_DES3_CMAC, CKF_SIGN | CKF_VERIFY},
-        {CKM_DES3_CMAC_GENERAL, CKF_SIGN | CKF_VERIFY},
+        {CKM_DES3_CMAC, CKF_SIGN | CKF_VERIFY | TEST_MESSAGE_MAC},
+        {CKM_DES3_CMAC_GENERAL, CKF_SIGN | CKF_VERIFY | TEST_MESSAGE_MAC},
     };
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
         CK_MECHANISM_INFO mi;
@@ -873,7 +873,7 @@ static void test_legacy_on(void **state)
     CK(f->C_GetMechanismInfo(slot, CKM_MD5, &mi));
     assert_int_equal(mi.flags, CKF_DIGEST);
     CK(f->C_GetMechanismInfo(slot, CKM_MD5_HMAC, &mi));
-    assert_int_equal(mi.flags, CKF_SIGN | CKF_VERIFY);
+    assert_int_equal(mi.flags, CKF_SIGN | CKF_VERIFY | TEST_MESSAGE_MAC);
 
     /* RFC 1321 A.5, one-shot and in pieces of 3 bytes. */
     static const struct {
