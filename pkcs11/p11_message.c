@@ -10,17 +10,6 @@ static bool msg_active(const p11_session *s, int kind)
     return kind < P11_MSG_SIGN ? s->msg[kind] != NULL : s->mac[kind - P11_MSG_SIGN] != NULL;
 }
 
-void p11_msg_end(p11_session *s, int kind)
-{
-    if (kind < P11_MSG_SIGN) {
-        tok_msg_free(s->msg[kind]);
-        s->msg[kind] = NULL;
-    } else {
-        tok_msgmac_free(s->mac[kind - P11_MSG_SIGN]);
-        s->mac[kind - P11_MSG_SIGN] = NULL;
-    }
-}
-
 static CK_RV msg_init(CK_SESSION_HANDLE hSession, int kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
     tok_key *key = NULL;

@@ -217,6 +217,17 @@ void p11_op_end(p11_session *s, tok_op_kind kind)
     s->op_reauth[kind] = false;
 }
 
+void p11_msg_end(p11_session *s, int kind)
+{
+    if (kind < P11_MSG_SIGN) {
+        tok_msg_free(s->msg[kind]);
+        s->msg[kind] = NULL;
+    } else {
+        tok_msgmac_free(s->mac[kind - P11_MSG_SIGN]);
+        s->mac[kind - P11_MSG_SIGN] = NULL;
+    }
+}
+
 CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
                     CK_SESSION_HANDLE_PTR phSession)
 {

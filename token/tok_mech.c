@@ -160,6 +160,20 @@ const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m)
     return NULL;
 }
 
+bool tok_mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
+{
+    const tok_attr *am = tok_attrs_find(a, CKA_ALLOWED_MECHANISMS);
+    if (!am || !am->len)
+        return true;
+    for (size_t i = 0; i + sizeof(CK_MECHANISM_TYPE) <= am->len; i += sizeof(CK_MECHANISM_TYPE)) {
+        CK_MECHANISM_TYPE t;
+        memcpy(&t, am->val + i, sizeof(t));
+        if (t == m)
+            return true;
+    }
+    return false;
+}
+
 const char *tok_md_of_mech(CK_MECHANISM_TYPE m)
 {
     const tok_mech_desc *d = tok_mech_find(m);

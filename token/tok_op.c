@@ -133,20 +133,6 @@ static CK_RV check_key(const tok_mech_desc *d, tok_op_kind kind, const tok_key *
     return CKR_KEY_TYPE_INCONSISTENT;
 }
 
-bool tok_mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
-{
-    const tok_attr *am = tok_attrs_find(a, CKA_ALLOWED_MECHANISMS);
-    if (!am || !am->len)
-        return true;
-    for (size_t i = 0; i + sizeof(CK_MECHANISM_TYPE) <= am->len; i += sizeof(CK_MECHANISM_TYPE)) {
-        CK_MECHANISM_TYPE t;
-        memcpy(&t, am->val + i, sizeof(t));
-        if (t == m)
-            return true;
-    }
-    return false;
-}
-
 /* AES-CTR increments only the low `bits` bits of the counter block cb
  * (PKCS#11's ulCounterBits); OpenSSL increments all 128. The two agree
  * until the counter field would wrap, so an operation may process no more
