@@ -39,22 +39,9 @@
 
 #include <p11-kit/pkcs11.h>
 
-#include "tests/unit/ks_test_util.h"
 #include "tests/unit/test_hex.h"
+#include "tests/unit/test_module.h"
 #include "tests/unit/test_params.h"
-#include "tests/unit/test_session.h"
-
-#define CK(call) assert_int_equal((call), CKR_OK)
-#define RV(want, call) assert_int_equal((call), (want))
-
-static void *dl;
-static CK_FUNCTION_LIST *f;
-static char tmp[64];
-static int starts;
-static CK_SLOT_ID slot;
-static CK_SESSION_HANDLE h;
-static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-static const char SO[] = "so-secret", PIN[] = "user-pin";
 
 #define unhex test_unhex
 #define assert_bytes test_assert_bytes
@@ -65,50 +52,7 @@ static const char K3[] = "0123456789abcdef23456789abcdef01456789abcdef0123";
 static const char K2[] = "0123456789abcdef23456789abcdef01";
 static const char IV[] = "f69f2445df4f9b17";
 
-/* ---- fixture: the module started on a fresh keystore per test ------------- */
-
-static int group_setup(void **state)
-{
-    (void)state;
-    const char *mod = getenv("P11MK_MODULE");
-    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
-
-    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-des-XXXXXX");
-    if (!mkdtemp(tmp))
-        return -1;
-    dl = dlopen(mod ? mod : "pkcs11/p11mk-pkcs11.so", RTLD_NOW | RTLD_LOCAL);
-    if (!dl) {
-        fprintf(stderr, "dlopen: %s\n", dlerror());
-        return -1;
-    }
-    gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
-    return gfl && gfl(&f) == CKR_OK ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    rm_rf(tmp);
-    return 0;
-}
-
-/* C_Initialize with these configuration lines on a new keystore; a token
- * and a logged-in read/write user session. */
-static int start(const char *extra)
-{
-    char ks[16];
-
-    snprintf(ks, sizeof(ks), "ks%d", starts++);
-    if (test_conf(tmp, ks, extra) != 0)
-        return -1;
-    return test_user_session(f, "des", SO, PIN, &slot, &h);
-}
-
-static int start_default(void **state)
-{
-    (void)state;
-    return start("");
-}
+/* ---- fixture (test_module.h): the module started on a fresh keystore per test */
 
 static int start_strict(void **state)
 {
@@ -134,44 +78,7 @@ static int start_legacy_missing(void **state)
     return rc;
 }
 
-static int stop(void **state)
-{
-    (void)state;
-    return f->C_Finalize(NULL) == CKR_OK ? 0 : -1;
-}
-
 /* ---- helpers ------------------------------------------------------------- */
-
-enum { U_CRYPT = 1, U_SIGN = 2, U_WRAP = 4 };
-
-/* C_CreateObject of a session secret key; extra attributes appended. */
-static CK_RV create_secret(CK_KEY_TYPE kt, const uint8_t *val, size_t len, unsigned use, CK_ATTRIBUTE *extra,
-                           CK_ULONG nextra, CK_OBJECT_HANDLE *o)
-{
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_BBOOL crypt = (use & U_CRYPT) != 0, sign = (use & U_SIGN) != 0, wrap = (use & U_WRAP) != 0;
-    CK_ATTRIBUTE t[16] = {
-        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_VALUE, (void *)val, len},  {CKA_TOKEN, &no, 1},
-        {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},
-        {CKA_ENCRYPT, &crypt, 1},       {CKA_DECRYPT, &crypt, 1},
-        {CKA_SIGN, &sign, 1},           {CKA_VERIFY, &sign, 1},
-        {CKA_WRAP, &wrap, 1},           {CKA_UNWRAP, &wrap, 1},
-    };
-    CK_ULONG n = 12;
-    for (CK_ULONG i = 0; i < nextra; i++)
-        t[n++] = extra[i];
-    return f->C_CreateObject(h, t, n, o);
-}
-
-static CK_OBJECT_HANDLE secret(CK_KEY_TYPE kt, const char *hex, unsigned use)
-{
-    uint8_t v[64];
-    size_t l = unhex(hex, v, sizeof(v));
-    CK_OBJECT_HANDLE o;
-    CK(create_secret(kt, v, l, use, NULL, 0, &o));
-    return o;
-}
 
 static size_t value_of(CK_OBJECT_HANDLE o, uint8_t *buf, size_t cap)
 {

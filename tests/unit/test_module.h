@@ -1,0 +1,139 @@
+/* Shared by the unit tests that start the built module (dlopen, PKCS#11
+ * entry points) on a fresh keystore per test, each with its own
+ * configuration lines: the module and the temporary directory for the group,
+ * a token, a logged-in read/write user session for each test, and session
+ * secret keys of known value. Include after cmocka.h. */
+#ifndef P11MK_TEST_MODULE_H
+#define P11MK_TEST_MODULE_H
+
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "tests/unit/ks_test_util.h"
+#include "tests/unit/test_hex.h"
+
+#define CK(call) assert_int_equal((call), CKR_OK)
+#define RV(want, call) assert_int_equal((call), (want))
+
+static void *dl;
+static CK_FUNCTION_LIST *f;
+static char tmp[64];
+static int starts; /* keystores made so far: each start() takes a new one */
+static CK_SLOT_ID slot;
+static CK_SESSION_HANDLE h;
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+static const char SO[] = "so-secret", PIN[] = "user-pin";
+
+/* The module ($P11MK_MODULE) and a temporary directory, for the group. */
+static inline int group_setup(void **state)
+{
+    (void)state;
+    const char *mod = getenv("P11MK_MODULE");
+    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
+
+    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-test-XXXXXX");
+    if (!mkdtemp(tmp))
+        return -1;
+    dl = dlopen(mod ? mod : "pkcs11/p11mk-pkcs11.so", RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return -1;
+    }
+    gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
+    return gfl && gfl(&f) == CKR_OK ? 0 : -1;
+}
+
+static inline int group_teardown(void **state)
+{
+    (void)state;
+    rm_rf(tmp);
+    return 0;
+}
+
+/* The configuration every start() writes ($P11MK_CONF points at it). */
+static inline void conf_path(char *out, size_t cap) { snprintf(out, cap, "%s/p11mk.conf", tmp); }
+
+/* C_Initialize with these configuration lines on a new keystore; a token
+ * and a logged-in read/write user session (h, on slot). */
+static inline int start(const char *extra)
+{
+    char conf[128];
+    CK_SLOT_ID slots[8];
+    CK_ULONG ns = 8;
+    CK_UTF8CHAR label[32];
+
+    conf_path(conf, sizeof(conf));
+    FILE *c = fopen(conf, "w");
+    if (!c)
+        return -1;
+    fprintf(c, "keystore = %s/ks%d\nlog = %s/p11mk.log\nlog_level = info\n%s", tmp, starts++, tmp, extra);
+    fclose(c);
+    setenv("P11MK_CONF", conf, 1);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "test", 4);
+    if (f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &ns) != CKR_OK || ns == 0)
+        return -1;
+    slot = slots[ns - 1]; /* the free slot is listed last; it keeps its id once initialized */
+    if (f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label) != CKR_OK ||
+        f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK ||
+        f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) != CKR_OK ||
+        f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK || f->C_Logout(h) != CKR_OK ||
+        f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK)
+        return -1;
+    return 0;
+}
+
+static inline int start_default(void **state)
+{
+    (void)state;
+    return start("");
+}
+
+static inline int stop(void **state)
+{
+    (void)state;
+    return f->C_Finalize(NULL) == CKR_OK ? 0 : -1;
+}
+
+enum { U_CRYPT = 1, U_SIGN = 2, U_WRAP = 4, U_DERIVE = 8 };
+
+/* C_CreateObject of a session secret key (not sensitive, extractable) with
+ * the usages asked for; extra attributes appended (at most 3). */
+static inline CK_RV create_secret(CK_KEY_TYPE kt, const uint8_t *val, size_t len, unsigned use, CK_ATTRIBUTE *extra,
+                                  CK_ULONG nextra, CK_OBJECT_HANDLE *o)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL crypt = (use & U_CRYPT) != 0, sign = (use & U_SIGN) != 0, wrap = (use & U_WRAP) != 0,
+             derive = (use & U_DERIVE) != 0;
+    CK_ATTRIBUTE t[16] = {
+        {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE, (void *)val, len},  {CKA_TOKEN, &no, 1},
+        {CKA_SENSITIVE, &no, 1},        {CKA_EXTRACTABLE, &yes, 1},
+        {CKA_ENCRYPT, &crypt, 1},       {CKA_DECRYPT, &crypt, 1},
+        {CKA_SIGN, &sign, 1},           {CKA_VERIFY, &sign, 1},
+        {CKA_WRAP, &wrap, 1},           {CKA_UNWRAP, &wrap, 1},
+        {CKA_DERIVE, &derive, 1},
+    };
+    CK_ULONG n = 13;
+    assert_true(nextra <= 3);
+    for (CK_ULONG i = 0; i < nextra; i++)
+        t[n++] = extra[i];
+    return f->C_CreateObject(h, t, n, o);
+}
+
+/* A session secret key of this hex value. */
+static inline CK_OBJECT_HANDLE secret(CK_KEY_TYPE kt, const char *hex, unsigned use)
+{
+    uint8_t v[64];
+    size_t l = test_unhex(hex, v, sizeof(v));
+    CK_OBJECT_HANDLE o;
+    CK(create_secret(kt, v, l, use, NULL, 0, &o));
+    return o;
+}
+
+#endif
