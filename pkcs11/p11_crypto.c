@@ -4,7 +4,10 @@
 #include "p11_internal.h"
 #include <stdlib.h>
 
-static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+/* recover: C_SignRecoverInit / C_VerifyRecoverInit, which take the signing
+ * or verifying slot of the session. */
+static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover, CK_MECHANISM_PTR pMechanism,
+                      CK_OBJECT_HANDLE hKey)
 {
     tok_key *key = NULL;
     p11_session *s;
@@ -19,7 +22,8 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_
     if (rv == CKR_OK && kind != TOK_OP_DIGEST)
         rv = p11_object_key(s, hKey, &key);
     if (rv == CKR_OK)
-        rv = tok_op_init(kind, pMechanism, key, key ? tok_key_attrs(key) : NULL, &s->op[kind]);
+        rv = (recover ? tok_op_init_recover : tok_op_init)(kind, pMechanism, key, key ? tok_key_attrs(key) : NULL,
+                                                           &s->op[kind]);
     /* A key that wants its PIN for every use (sign or decrypt): the
      * operation waits for C_Login(CKU_CONTEXT_SPECIFIC). */
     if (rv == CKR_OK && (kind == TOK_OP_SIGN || kind == TOK_OP_DECRYPT))
@@ -29,23 +33,38 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_
     return rv;
 }
 
-/* Take the session and its active operation of this kind. An operation
- * still waiting for its context-specific login ends here (as SoftHSMv2). */
-static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **out)
+static CK_RV op_init(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return op_begin(hSession, kind, false, pMechanism, hKey);
+}
+
+/* The session's active operation of this kind, started by the plain or the
+ * recovering init as recover says. An operation still waiting for its
+ * context-specific login ends here (as SoftHSMv2). */
+static CK_RV op_active(p11_session *s, tok_op_kind kind, bool recover)
+{
+    if (!s->op[kind] || tok_op_is_recover(s->op[kind]) != recover)
+        return CKR_OPERATION_NOT_INITIALIZED;
+    if (s->op_reauth[kind]) {
+        p11_op_end(s, kind);
+        return CKR_USER_NOT_LOGGED_IN;
+    }
+    return CKR_OK;
+}
+
+/* Take the session and its active operation of this kind. */
+static CK_RV op_take(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover, p11_session **out)
 {
     CK_RV rv = p11_session_get(hSession, out);
 
-    if (rv != CKR_OK)
-        return rv;
-    if (!(*out)->op[kind])
-        rv = CKR_OPERATION_NOT_INITIALIZED;
-    else if ((*out)->op_reauth[kind]) {
-        p11_op_end(*out, kind);
-        rv = CKR_USER_NOT_LOGGED_IN;
-    }
-    if (rv != CKR_OK)
+    if (rv == CKR_OK && (rv = op_active(*out, kind, recover)) != CKR_OK)
         p11_session_put(*out);
     return rv;
+}
+
+static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **out)
+{
+    return op_take(hSession, kind, false, out);
 }
 
 /* PKCS#11 5.2: a call that produces output terminates the operation unless
@@ -257,49 +276,40 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG
     return op_done(s, TOK_OP_VERIFY, rv, false);
 }
 
-/* Recovery mechanisms are not offered by any mechanism of this token. */
-static CK_RV no_mechanism(CK_SESSION_HANDLE hSession, const void *mech)
+/* ---- sign and verify with message recovery ------------------------------------- */
+
+static CK_RV op_recover(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
+                        CK_ULONG_PTR outlen)
 {
     p11_session *s;
-    CK_RV rv = p11_session_get(hSession, &s);
+    CK_RV rv = op_take(hSession, kind, true, &s);
 
     if (rv != CKR_OK)
         return rv;
-    p11_session_put(s);
-    return mech ? CKR_MECHANISM_INVALID : CKR_ARGUMENTS_BAD;
-}
-
-static CK_RV no_operation(CK_SESSION_HANDLE hSession)
-{
-    p11_session *s;
-    CK_RV rv = p11_session_get(hSession, &s);
-
-    if (rv != CKR_OK)
-        return rv;
-    p11_session_put(s);
-    return CKR_OPERATION_NOT_INITIALIZED;
+    rv = (!in && inlen) || !outlen ? CKR_ARGUMENTS_BAD : tok_op_recover(s->op[kind], in, inlen, out, outlen);
+    return op_done(s, kind, rv, out == NULL);
 }
 
 CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
-    return no_mechanism(hSession, pMechanism);
+    return op_begin(hSession, TOK_OP_SIGN, true, pMechanism, hKey);
 }
 
 CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                     CK_ULONG_PTR pulSignatureLen)
 {
-    return no_operation(hSession);
+    return op_recover(hSession, TOK_OP_SIGN, pData, ulDataLen, pSignature, pulSignatureLen);
 }
 
 CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
-    return no_mechanism(hSession, pMechanism);
+    return op_begin(hSession, TOK_OP_VERIFY, true, pMechanism, hKey);
 }
 
 CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen, CK_BYTE_PTR pData,
                       CK_ULONG_PTR pulDataLen)
 {
-    return no_operation(hSession);
+    return op_recover(hSession, TOK_OP_VERIFY, pSignature, ulSignatureLen, pData, pulDataLen);
 }
 
 /* Dual-function operations: not offered (no CKF_DUAL_CRYPTO_OPERATIONS). */

@@ -21,6 +21,7 @@
  * tok_msgmac.c for the MACs) */
 #define MSG (CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE)
 #define MAC (SIGN | CKF_MESSAGE_SIGN | CKF_MESSAGE_VERIFY | CKF_MULTI_MESSAGE)
+#define RECOVER (CKF_SIGN_RECOVER | CKF_VERIFY_RECOVER) /* raw RSA and PKCS#1 v1.5 only */
 
 static const tok_mech_desc mechs[] = {
     /* AES: key sizes in bytes */
@@ -73,8 +74,9 @@ static const tok_mech_desc mechs[] = {
     {CKM_EC_MONTGOMERY_KEY_PAIR_GEN, 255, 448, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     /* RSA: key sizes in bits (generation from rsa_min_bits, default 2048, to 8192; use 1024-8192) */
     {CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, CKF_GENERATE_KEY_PAIR, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
-    {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0, false, TOK_FAM_NONE, false},
-    {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN, M_RSA_X509, NULL, 0, false, TOK_FAM_NONE, false},
+    {CKM_RSA_PKCS, 1024, 8192, CRYPT | SIGN | RECOVER | CKF_WRAP | CKF_UNWRAP, M_RSA_PKCS, NULL, 0, false, TOK_FAM_NONE,
+     false},
+    {CKM_RSA_X_509, 1024, 8192, CRYPT | SIGN | RECOVER, M_RSA_X509, NULL, 0, false, TOK_FAM_NONE, false},
     {CKM_SHA1_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA1", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA224_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA224", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA256_RSA_PKCS, 1024, 8192, SIGN, M_RSA_PKCS_HASH, "SHA256", 0, false, TOK_FAM_NONE, false},

@@ -47,6 +47,7 @@ struct tok_op {
     /* input of the current one-shot call, for the producers */
     const uint8_t *in;
     size_t inlen;
+    bool recover; /* C_SignRecoverInit / C_VerifyRecoverInit: only tok_op_recover serves it */
 };
 
 tok_op_kind tok_op_get_kind(const tok_op *op) { return op->kind; }
@@ -81,24 +82,24 @@ static bool single_part(tok_mclass mc)
 
 /* ---- init ---------------------------------------------------------------- */
 
-static CK_FLAGS kind_flag(tok_op_kind k)
+static CK_FLAGS kind_flag(tok_op_kind k, bool recover)
 {
     switch (k) {
     case TOK_OP_ENCRYPT: return CKF_ENCRYPT;
     case TOK_OP_DECRYPT: return CKF_DECRYPT;
-    case TOK_OP_SIGN: return CKF_SIGN;
-    case TOK_OP_VERIFY: return CKF_VERIFY;
+    case TOK_OP_SIGN: return recover ? CKF_SIGN_RECOVER : CKF_SIGN;
+    case TOK_OP_VERIFY: return recover ? CKF_VERIFY_RECOVER : CKF_VERIFY;
     default: return CKF_DIGEST;
     }
 }
 
-static CK_ATTRIBUTE_TYPE kind_usage(tok_op_kind k)
+static CK_ATTRIBUTE_TYPE kind_usage(tok_op_kind k, bool recover)
 {
     switch (k) {
     case TOK_OP_ENCRYPT: return CKA_ENCRYPT;
     case TOK_OP_DECRYPT: return CKA_DECRYPT;
-    case TOK_OP_SIGN: return CKA_SIGN;
-    default: return CKA_VERIFY;
+    case TOK_OP_SIGN: return recover ? CKA_SIGN_RECOVER : CKA_SIGN;
+    default: return recover ? CKA_VERIFY_RECOVER : CKA_VERIFY;
     }
 }
 
@@ -340,23 +341,24 @@ static CK_RV init_mac(tok_op *op)
     return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, params) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
-CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs, tok_op **out)
+static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, tok_key *key,
+                      const tok_attrs *key_attrs, tok_op **out)
 {
     const tok_mech_desc *d;
     tok_op *op;
     CK_RV rv;
 
-    if (!mech || !out)
+    if (!mech || !out || (recover && kind != TOK_OP_SIGN && kind != TOK_OP_VERIFY))
         return CKR_ARGUMENTS_BAD;
     d = tok_mech_find(mech->mechanism);
-    if (!d || d->mc == M_NONE || !(d->flags & kind_flag(kind)))
+    if (!d || d->mc == M_NONE || !(d->flags & kind_flag(kind, recover)))
         return CKR_MECHANISM_INVALID;
     if (kind != TOK_OP_DIGEST) {
         if (!key || !key_attrs)
             return CKR_KEY_HANDLE_INVALID;
         if ((rv = check_key(d, kind, key)) != CKR_OK)
             return rv;
-        if (!tok_attrs_get_bool(key_attrs, kind_usage(kind), false))
+        if (!tok_attrs_get_bool(key_attrs, kind_usage(kind, recover), false))
             return CKR_KEY_FUNCTION_NOT_PERMITTED;
         if (!tok_mech_allowed(key_attrs, mech->mechanism))
             return CKR_MECHANISM_INVALID;
@@ -366,6 +368,7 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
         return CKR_HOST_MEMORY;
     op->kind = kind;
     op->d = d;
+    op->recover = recover;
     op->key = kind == TOK_OP_DIGEST ? NULL : tok_key_ref(key);
     if (tok_aead_single(d->mc))
         rv = tok_aead_op_init(d, kind == TOK_OP_ENCRYPT, mech, key, &op->aead);
@@ -411,6 +414,19 @@ CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, cons
     *out = op;
     return CKR_OK;
 }
+
+CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs, tok_op **out)
+{
+    return op_start(kind, false, mech, key, key_attrs, out);
+}
+
+CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs,
+                          tok_op **out)
+{
+    return op_start(kind, true, mech, key, key_attrs, out);
+}
+
+bool tok_op_is_recover(const tok_op *op) { return op->recover; }
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -570,6 +586,7 @@ static CK_RV produce_rsa(tok_op *op, uint8_t *out, size_t *outlen)
     if (op->d->mc == M_RSA_X509 && op->kind != TOK_OP_DECRYPT) {
         in = x509_block(op, in, inlen, blk);
         inlen = op->key->size_bytes;
+        fail = CKR_DATA_INVALID; /* raw RSA refuses a block that is not below the modulus */
     }
     switch (op->kind) {
     case TOK_OP_ENCRYPT:
@@ -740,7 +757,7 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
 
     if (!op || !outlen || (!in && inlen))
         return CKR_ARGUMENTS_BAD;
-    if (op->kind == TOK_OP_VERIFY)
+    if (op->kind == TOK_OP_VERIFY || op->recover)
         return CKR_OPERATION_NOT_INITIALIZED;
     if (op->aead)
         return tok_aead_op_oneshot(op->aead, in, inlen, out, outlen);
@@ -815,6 +832,8 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
     tok_mclass mc;
     if (!op || (!in && inlen))
         return CKR_ARGUMENTS_BAD;
+    if (op->recover)
+        return CKR_OPERATION_NOT_INITIALIZED;
     if (op->has_pend)
         return CKR_OPERATION_ACTIVE;
     if (op->aead)
@@ -881,6 +900,8 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
 
     if (!op || !outlen)
         return CKR_ARGUMENTS_BAD;
+    if (op->recover)
+        return CKR_OPERATION_NOT_INITIALIZED;
     if (op->aead)
         return tok_aead_op_final(op->aead, out, outlen);
     switch (op->d->mc) {
@@ -935,7 +956,7 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
 
     if (!op || !sig || (oneshot && !in && inlen))
         return CKR_ARGUMENTS_BAD;
-    if (op->kind != TOK_OP_VERIFY)
+    if (op->kind != TOK_OP_VERIFY || op->recover)
         return CKR_OPERATION_NOT_INITIALIZED;
     if (siglen != sig_len(op))
         return CKR_SIGNATURE_LEN_RANGE;
@@ -1019,4 +1040,54 @@ CK_RV tok_op_verify(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t
 CK_RV tok_op_verify_final(tok_op *op, const uint8_t *sig, CK_ULONG siglen)
 {
     return verify_common(op, NULL, 0, sig, siglen, false);
+}
+
+/* ---- signatures with message recovery (CKM_RSA_PKCS, CKM_RSA_X_509) -------- */
+
+/* C_VerifyRecover's producer: what the signature holds (PKCS#1 v1.5: the data
+ * that was signed; raw RSA: the whole block, k bytes). */
+static CK_RV produce_recovered(tok_op *op, uint8_t *out, size_t *outlen)
+{
+    EVP_PKEY_CTX *ctx = pkey_ctx(op);
+    uint8_t blk[1024];
+    size_t n = sizeof(blk);
+    int ok;
+
+    if (!ctx)
+        return CKR_HOST_MEMORY;
+    ok = EVP_PKEY_verify_recover_init(ctx) == 1 && rsa_setup(op, ctx) &&
+         EVP_PKEY_verify_recover(ctx, blk, &n, op->in, op->inlen) == 1 &&
+         (op->d->mc != M_RSA_X509 || n == op->key->size_bytes);
+    EVP_PKEY_CTX_free(ctx);
+    if (ok) {
+        memcpy(out, blk, n);
+        *outlen = n;
+    }
+    OPENSSL_cleanse(blk, sizeof(blk));
+    return ok ? CKR_OK : CKR_SIGNATURE_INVALID;
+}
+
+CK_RV tok_op_recover(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen)
+{
+    bool sign;
+    size_t k;
+    CK_RV rv;
+
+    if (!op || !outlen || (!in && inlen))
+        return CKR_ARGUMENTS_BAD;
+    if (!op->recover)
+        return CKR_OPERATION_NOT_INITIALIZED;
+    sign = op->kind == TOK_OP_SIGN;
+    k = op->key->size_bytes;
+    /* Signing: the data's length rules of C_Sign; verifying: a k-byte signature. */
+    rv = sign ? check_single_input(op, inlen) : inlen == k ? CKR_OK : CKR_SIGNATURE_LEN_RANGE;
+    if (rv != CKR_OK)
+        return rv;
+    op->in = in;
+    op->inlen = inlen;
+    /* Recovered PKCS#1 v1.5 data is at most k - 11 bytes: the bound a size query gets. */
+    rv = deliver(op, sign ? produce_rsa : produce_recovered, sign || op->d->mc == M_RSA_X509 ? k : k - 11, out, outlen);
+    op->in = NULL;
+    op->inlen = 0;
+    return rv;
 }

@@ -23,7 +23,9 @@
  *     signatures equal OpenSSL's byte for byte, PSS signatures cross-verify
  *     (also with other salt lengths and MGF1 hashes); OAEP with a label both
  *     ways; on a key pair generated in the module, OpenSSL verifies its
- *     signatures;
+ *     signatures; C_SignRecover (PKCS#1 v1.5 and raw RSA) gives OpenSSL's
+ *     signature byte for byte and C_VerifyRecover gives back the data of
+ *     OpenSSL's;
  *   - EdDSA: RFC 8032 section 7.1 TEST 1/2 (Ed25519) and 7.4 (Ed448);
  *   - X25519/X448: RFC 7748 sections 6.1/6.2 with imported private keys, and
  *     a module-generated key pair against an OpenSSL one.
@@ -1088,6 +1090,68 @@ static void test_rsa_fixed_key_openssl(void **state)
     CK(f->C_DestroyObject(h, priv));
 }
 
+/* Raw RSA with OpenSSL on the fixed key: a PKCS#1 v1.5 (type 1) or unpadded
+ * private-key operation on in (sign), or the public-key inverse (recover). */
+static size_t ossl_rsa_raw(EVP_PKEY *pk, int pad, bool sign_it, const uint8_t *in, size_t len, uint8_t *out,
+                           size_t cap)
+{
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
+    size_t n = cap;
+    assert_non_null(pc);
+    assert_int_equal(sign_it ? EVP_PKEY_sign_init(pc) : EVP_PKEY_verify_recover_init(pc), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pc, pad), 1);
+    assert_int_equal(sign_it ? EVP_PKEY_sign(pc, out, &n, in, len) : EVP_PKEY_verify_recover(pc, out, &n, in, len), 1);
+    EVP_PKEY_CTX_free(pc);
+    return n;
+}
+
+/* C_SignRecover and C_VerifyRecover (RFC 8017 RSASSA-PKCS1-v1_5's encoding
+ * without a DigestInfo, and RSASP1/RSAVP1 alone) against OpenSSL on the
+ * fixed key: the module's signatures are OpenSSL's, byte for byte, and the
+ * module recovers what OpenSSL signed. */
+static void test_rsa_recover_openssl(void **state)
+{
+    (void)state;
+    static const char msg[] = "recovered from the signature";
+    uint8_t sig[512], want[512], back[512], block[256];
+    CK_ULONG sl, bl;
+    CK_OBJECT_HANDLE pub, priv;
+    CK_MECHANISM pkcs = {CKM_RSA_PKCS, NULL, 0}, raw = {CKM_RSA_X_509, NULL, 0};
+    if (!HAVE(CKM_RSA_PKCS) || !HAVE(CKM_RSA_X_509))
+        skip();
+    EVP_PKEY *pk = rsa_test_key();
+    rsa_import(pk, &pub, &priv);
+
+    CK(f->C_SignRecoverInit(h, &pkcs, priv));
+    sl = sizeof(sig);
+    CK(f->C_SignRecover(h, (CK_BYTE_PTR)msg, strlen(msg), sig, &sl));
+    size_t wl = ossl_rsa_raw(pk, RSA_PKCS1_PADDING, true, (const uint8_t *)msg, strlen(msg), want, sizeof(want));
+    assert_bytes(sig, sl, want, wl, "CKM_RSA_PKCS C_SignRecover");
+    CK(f->C_VerifyRecoverInit(h, &pkcs, pub));
+    bl = sizeof(back);
+    CK(f->C_VerifyRecover(h, want, wl, back, &bl));
+    assert_bytes(back, bl, (const uint8_t *)msg, strlen(msg), "CKM_RSA_PKCS C_VerifyRecover");
+
+    /* Raw: the data is the low end of a k-byte block below the modulus. */
+    memset(block, 0, sizeof(block));
+    memcpy(block + sizeof(block) - strlen(msg), msg, strlen(msg));
+    CK(f->C_SignRecoverInit(h, &raw, priv));
+    sl = sizeof(sig);
+    CK(f->C_SignRecover(h, (CK_BYTE_PTR)msg, strlen(msg), sig, &sl));
+    wl = ossl_rsa_raw(pk, RSA_NO_PADDING, true, block, sizeof(block), want, sizeof(want));
+    assert_bytes(sig, sl, want, wl, "CKM_RSA_X_509 C_SignRecover");
+    CK(f->C_VerifyRecoverInit(h, &raw, pub));
+    bl = sizeof(back);
+    CK(f->C_VerifyRecover(h, want, wl, back, &bl));
+    assert_bytes(back, bl, block, sizeof(block), "CKM_RSA_X_509 C_VerifyRecover");
+    /* And OpenSSL recovers the module's. */
+    size_t rl = ossl_rsa_raw(pk, RSA_NO_PADDING, false, sig, sl, back, sizeof(back));
+    assert_bytes(back, rl, block, sizeof(block), "OpenSSL recovering the module's raw signature");
+    EVP_PKEY_free(pk);
+    CK(f->C_DestroyObject(h, pub));
+    CK(f->C_DestroyObject(h, priv));
+}
+
 static void test_rsa_generated_openssl(void **state)
 {
     (void)state;
@@ -1513,6 +1577,7 @@ int main(void)
         cmocka_unit_test(test_ecdsa_openssl),
         cmocka_unit_test(test_rsa_fixed_key_openssl),
         cmocka_unit_test(test_rsa_generated_openssl),
+        cmocka_unit_test(test_rsa_recover_openssl),
         cmocka_unit_test(test_rsa_pss_oaep_params_openssl),
         cmocka_unit_test(test_eddsa_rfc8032),
         cmocka_unit_test(test_ecdh_openssl),

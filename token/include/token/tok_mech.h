@@ -102,6 +102,21 @@ TOK_API CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *k
 TOK_API void tok_op_free(tok_op *op);
 TOK_API tok_op_kind tok_op_get_kind(const tok_op *op);
 
+/* C_SignRecoverInit (TOK_OP_SIGN) and C_VerifyRecoverInit (TOK_OP_VERIFY):
+ * the checks of tok_op_init with the mechanism's CKF_SIGN_RECOVER /
+ * CKF_VERIFY_RECOVER and the key's CKA_SIGN_RECOVER / CKA_VERIFY_RECOVER
+ * (CKR_KEY_FUNCTION_NOT_PERMITTED). The operation is served by
+ * tok_op_recover only; the others answer CKR_OPERATION_NOT_INITIALIZED. */
+TOK_API CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs,
+                                  tok_op **out);
+TOK_API bool tok_op_is_recover(const tok_op *op);
+/* C_SignRecover (in: the data, out: the signature) and C_VerifyRecover (in:
+ * the signature, out: the data it holds), single-part, size-query protocol
+ * (a query on C_VerifyRecover gets an upper bound). CKR_DATA_LEN_RANGE,
+ * CKR_DATA_INVALID (raw RSA: not below the modulus), CKR_SIGNATURE_LEN_RANGE,
+ * CKR_SIGNATURE_INVALID. */
+TOK_API CK_RV tok_op_recover(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
+
 /* Single-part: C_Encrypt, C_Decrypt, C_Sign, C_Digest. Must not have been
  * given update() calls (caller enforces CKR_OPERATION_ACTIVE). */
 TOK_API CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
