@@ -312,29 +312,50 @@ CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULO
     return op_recover(hSession, TOK_OP_VERIFY, pSignature, ulSignatureLen, pData, pulDataLen);
 }
 
-/* Dual-function operations: not offered (no CKF_DUAL_CRYPTO_OPERATIONS). */
+/* ---- dual-function updates: two active operations, one part -------------------- */
+
+static CK_RV dual_update(CK_SESSION_HANDLE hSession, tok_op_kind crypt, tok_op_kind other, CK_BYTE_PTR in,
+                         CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+    p11_session *s;
+    CK_RV rv = p11_session_get(hSession, &s);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((rv = op_active(s, crypt, false)) == CKR_OK && (rv = op_active(s, other, false)) == CKR_OK) {
+        s->op_multi[crypt] = s->op_multi[other] = true;
+        rv = tok_op_dual_update(s->op[crypt], s->op[other], in, inlen, out, outlen);
+        if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) { /* one call of both: an error ends both */
+            p11_op_end(s, crypt);
+            p11_op_end(s, other);
+        }
+    }
+    p11_session_put(s);
+    return rv;
+}
+
 CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
                             CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+    return dual_update(hSession, TOK_OP_ENCRYPT, TOK_OP_DIGEST, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen);
 }
 
 CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen,
                             CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
 {
-    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+    return dual_update(hSession, TOK_OP_DECRYPT, TOK_OP_DIGEST, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen);
 }
 
-CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
-                          CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
+CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
+                          CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+    return dual_update(hSession, TOK_OP_ENCRYPT, TOK_OP_SIGN, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen);
 }
 
 CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen,
                             CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
 {
-    return p11_initialized() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED;
+    return dual_update(hSession, TOK_OP_DECRYPT, TOK_OP_VERIFY, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen);
 }
 
 /* ---- key management ------------------------------------------------------------ */

@@ -859,7 +859,7 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
     size_t need, total = op->held + inlen;
     if (mc == M_AES_GCM && op->kind == TOK_OP_DECRYPT) {
         *outlen = 0; /* the tag is at the end: everything comes out at final */
-        return buf_append(op, in, inlen);
+        return out ? buf_append(op, in, inlen) : CKR_OK; /* a size query takes nothing in */
     }
     if (mc == M_AES_CTR && inlen > op->ctr_room)
         return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;

@@ -9,6 +9,12 @@
  *     they share with C_SignInit / C_VerifyInit; CKF_SIGN_RECOVER and
  *     CKF_VERIFY_RECOVER on these two mechanisms only. (Known answers against
  *     OpenSSL: test_vectors.)
+ *   - the dual-function updates (C_DigestEncryptUpdate, C_DecryptDigestUpdate,
+ *     C_SignEncryptUpdate, C_DecryptVerifyUpdate): the same ciphertext, digest
+ *     and MAC as the operations one at a time (and as OpenSSL's SHA-256), the
+ *     part a decryption holds back fed by the application, size queries and
+ *     short buffers that change neither operation, a missing operation
+ *     (neither is ended), and errors that end both; CKF_DUAL_CRYPTO_OPERATIONS.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -275,12 +284,226 @@ static void test_recover_init_rules(void **state)
     assert_int_equal(n, 10);
 }
 
+/* ---- dual-function updates ------------------------------------------------------- */
+
+static const char AES_KEY[] = "2b7e151628aed2a6abf7158809cf4f3c";
+
+/* One-shot output of an operation started with init(mech, key). */
+static CK_ULONG one_shot(CK_C_EncryptInit init, out_fn fn, CK_MECHANISM *m, CK_OBJECT_HANDLE k, CK_BYTE_PTR in,
+                         CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG cap)
+{
+    CK_ULONG n = cap;
+    CK(init(h, m, k));
+    CK(fn(h, in, inlen, out, &n));
+    return n;
+}
+
+static void test_dual_digest_encrypt(void **state)
+{
+    (void)state;
+    CK_BYTE data[100], iv[16] = {7}, ct[160], pt[160], md[32], want_md[32], want_ct[160];
+    CK_ULONG n, total = 0, got = 0;
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0}, cbc = {CKM_AES_CBC_PAD, iv, sizeof(iv)};
+    CK_OBJECT_HANDLE k = secret(CKK_AES, AES_KEY, U_CRYPT);
+    unsigned ml = 0;
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (CK_BYTE)(3 * i);
+    assert_int_equal(EVP_Digest(data, sizeof(data), want_md, &ml, EVP_sha256(), NULL), 1);
+    CK_ULONG wl = one_shot(f->C_EncryptInit, f->C_Encrypt, &cbc, k, data, sizeof(data), want_ct, sizeof(want_ct));
+    assert_int_equal(wl, 112);
+
+    CK_TOKEN_INFO ti;
+    CK(f->C_GetTokenInfo(slot, &ti));
+    assert_true(ti.flags & CKF_DUAL_CRYPTO_OPERATIONS);
+
+    /* Encrypting: 37 bytes in, two blocks out; then 63, four blocks. A size
+     * query and a short buffer digest nothing (the digest comes out right). */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    total = sized(f->C_DigestEncryptUpdate, data, 37, ct, 32, 32);
+    n = sizeof(ct) - total;
+    CK(f->C_DigestEncryptUpdate(h, data + 37, 63, ct + total, &n));
+    assert_int_equal(n, 64);
+    total += n;
+    n = sizeof(ct) - total;
+    CK(f->C_EncryptFinal(h, ct + total, &n));
+    total += n;
+    assert_int_equal(total, wl);
+    assert_memory_equal(ct, want_ct, wl);
+    n = sizeof(md);
+    CK(f->C_DigestFinal(h, md, &n));
+    assert_int_equal(n, 32);
+    assert_memory_equal(md, want_md, 32);
+
+    /* Decrypting: what comes out is digested; CBC_PAD holds the last block
+     * back until C_DecryptFinal, and that part the application digests. */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DecryptInit(h, &cbc, k));
+    got = sized(f->C_DecryptDigestUpdate, ct, 40, pt, 32, 32);
+    n = sizeof(pt) - got;
+    CK(f->C_DecryptDigestUpdate(h, ct + 40, total - 40, pt + got, &n));
+    assert_int_equal(n, 64); /* 112 - 32 - the held-back block */
+    got += n;
+    CK_ULONG last = sizeof(pt) - got;
+    CK(f->C_DecryptFinal(h, pt + got, &last));
+    assert_int_equal(last, 4);
+    CK(f->C_DigestUpdate(h, pt + got, last));
+    got += last;
+    assert_int_equal(got, sizeof(data));
+    assert_memory_equal(pt, data, sizeof(data));
+    n = sizeof(md);
+    CK(f->C_DigestFinal(h, md, &n));
+    assert_memory_equal(md, want_md, 32);
+
+    /* GCM gives its plaintext out at C_DecryptFinal only (the tag is checked
+     * first); a size query of an update takes no ciphertext in. */
+    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM gcm = {CKM_AES_GCM, &gp, sizeof(gp)};
+    total = one_shot(f->C_EncryptInit, f->C_Encrypt, &gcm, k, data, sizeof(data), ct, sizeof(ct));
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DecryptInit(h, &gcm, k));
+    n = 99;
+    CK(f->C_DecryptDigestUpdate(h, ct, total, NULL, &n));
+    assert_int_equal(n, 0);
+    n = 0;
+    CK(f->C_DecryptUpdate(h, ct, 0, NULL, &n)); /* the same query of the decryption alone */
+    CK(f->C_DecryptDigestUpdate(h, ct, total, pt, &n));
+    assert_int_equal(n, 0);
+    n = sizeof(pt);
+    CK(f->C_DecryptFinal(h, pt, &n));
+    assert_int_equal(n, sizeof(data));
+    assert_memory_equal(pt, data, sizeof(data));
+    CK(f->C_DigestUpdate(h, pt, n));
+    n = sizeof(md);
+    CK(f->C_DigestFinal(h, md, &n));
+    assert_memory_equal(md, want_md, 32);
+}
+
+static void test_dual_sign_encrypt(void **state)
+{
+    (void)state;
+    CK_BYTE data[64], ct[64], pt[64], mac[32], want_mac[32], want_ct[64];
+    CK_AES_CTR_PARAMS cp = {128, {0xf0, 0xf1, 0xf2}};
+    CK_MECHANISM ctr = {CKM_AES_CTR, &cp, sizeof(cp)}, hmac = {CKM_SHA256_HMAC, NULL, 0};
+    CK_OBJECT_HANDLE k = secret(CKK_AES, AES_KEY, U_CRYPT);
+    static const char mk[] = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    CK_OBJECT_HANDLE mkey = secret(CKK_GENERIC_SECRET, mk, U_SIGN);
+    uint8_t mkv[32];
+    unsigned ml = sizeof(want_mac);
+    memset(data, 0xa5, sizeof(data));
+    test_unhex(mk, mkv, sizeof(mkv));
+    assert_non_null(HMAC(EVP_sha256(), mkv, sizeof(mkv), data, sizeof(data), want_mac, &ml));
+    one_shot(f->C_EncryptInit, f->C_Encrypt, &ctr, k, data, sizeof(data), want_ct, sizeof(want_ct));
+
+    CK(f->C_SignInit(h, &hmac, mkey));
+    CK(f->C_EncryptInit(h, &ctr, k));
+    CK_ULONG n = sized(f->C_SignEncryptUpdate, data, 10, ct, 10, 10);
+    CK_ULONG rest = sizeof(ct) - n;
+    CK(f->C_SignEncryptUpdate(h, data + 10, sizeof(data) - 10, ct + n, &rest));
+    assert_int_equal(n + rest, sizeof(data));
+    CK_ULONG fin = 0;
+    CK(f->C_EncryptFinal(h, NULL, &fin));
+    CK(f->C_EncryptFinal(h, ct, &fin));
+    assert_int_equal(fin, 0);
+    assert_memory_equal(ct, want_ct, sizeof(ct));
+    CK_ULONG l = sizeof(mac);
+    CK(f->C_SignFinal(h, mac, &l));
+    assert_memory_equal(mac, want_mac, 32);
+
+    /* Decrypt and verify; a flipped ciphertext bit: the MAC does not verify. */
+    for (int tamper = 0; tamper < 2; tamper++) {
+        ct[5] ^= (CK_BYTE)tamper;
+        CK(f->C_VerifyInit(h, &hmac, mkey));
+        CK(f->C_DecryptInit(h, &ctr, k));
+        n = sized(f->C_DecryptVerifyUpdate, ct, 33, pt, 33, 33);
+        rest = sizeof(pt) - n;
+        CK(f->C_DecryptVerifyUpdate(h, ct + 33, sizeof(ct) - 33, pt + n, &rest));
+        fin = 0;
+        CK(f->C_DecryptFinal(h, pt, &fin));
+        RV(tamper ? CKR_SIGNATURE_INVALID : CKR_OK, f->C_VerifyFinal(h, want_mac, 32));
+        if (!tamper)
+            assert_memory_equal(pt, data, sizeof(data));
+    }
+}
+
+/* Which operations a dual update needs, and what its errors end. */
+static void test_dual_states(void **state)
+{
+    (void)state;
+    CK_BYTE data[32] = {1}, out[64], iv[16] = {0};
+    CK_ULONG n = sizeof(out);
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0}, cbc = {CKM_AES_CBC, iv, sizeof(iv)};
+    CK_OBJECT_HANDLE k = secret(CKK_AES, AES_KEY, U_CRYPT);
+
+    /* Neither, or one of the two: CKR_OPERATION_NOT_INITIALIZED, and the one
+     * there stays. */
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestEncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptVerifyUpdate(h, data, 16, out, &n));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestEncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignEncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DecryptDigestUpdate(h, data, 16, out, &n));
+    n = sizeof(out);
+    CK(f->C_EncryptUpdate(h, data, 16, out, &n));
+    n = sizeof(out);
+    CK(f->C_EncryptFinal(h, out, &n));
+    CK(f->C_DigestInit(h, &sha));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestEncryptUpdate(h, data, 16, out, &n));
+    CK(f->C_DigestUpdate(h, data, 16));
+    /* A dual update makes both multi-part: no single-part call after it. */
+    CK(f->C_EncryptInit(h, &cbc, k));
+    n = sizeof(out);
+    CK(f->C_DigestEncryptUpdate(h, data, 16, out, &n));
+    n = sizeof(out);
+    RV(CKR_OPERATION_ACTIVE, f->C_Encrypt(h, data, 16, out, &n)); /* and C_Encrypt ends it (PKCS#11 5.2) */
+    RV(CKR_OPERATION_ACTIVE, f->C_Digest(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestUpdate(h, data, 16));
+    /* An error ends both: a NULL length pointer. */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    RV(CKR_ARGUMENTS_BAD, f->C_DigestEncryptUpdate(h, data, 16, out, NULL));
+    n = sizeof(out);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestUpdate(h, data, 16));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_DigestEncryptUpdate(0xdead, data, 16, out, &n));
+
+    /* A single-part mechanism on either side: refused, both ended, and for
+     * the encryption nothing was encrypted. */
+    CK_OBJECT_HANDLE pub, priv;
+    rsa_pair(NULL, 0, NULL, 0, &pub, &priv);
+    CK_MECHANISM rsa = {CKM_RSA_PKCS, NULL, 0};
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_EncryptInit(h, &rsa, pub));
+    n = sizeof(out);
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_DigestEncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestUpdate(h, data, 16));
+    CK(f->C_SignInit(h, &rsa, priv));
+    CK(f->C_EncryptInit(h, &cbc, k));
+    n = sizeof(out);
+    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_SignEncryptUpdate(h, data, 16, out, &n));
+    n = sizeof(out);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignUpdate(h, data, 16));
+    /* A decryption whose data is not whole blocks ends at its final, as alone. */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DecryptInit(h, &cbc, k));
+    n = sizeof(out);
+    CK(f->C_DecryptDigestUpdate(h, data, 20, out, &n));
+    assert_int_equal(n, 16);
+    n = sizeof(out);
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE, f->C_DecryptFinal(h, out, &n));
+    CK(f->C_DigestFinal(h, out, &n));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_recover_round_trips, start_default, stop),
         cmocka_unit_test_setup_teardown(test_recover_errors, start_default, stop),
         cmocka_unit_test_setup_teardown(test_recover_init_rules, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_dual_digest_encrypt, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_dual_sign_encrypt, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_dual_states, start_default, stop),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -130,6 +130,16 @@ TOK_API CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen);
 TOK_API CK_RV tok_op_verify(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t *sig, CK_ULONG siglen);
 TOK_API CK_RV tok_op_verify_final(tok_op *op, const uint8_t *sig, CK_ULONG siglen);
 
+/* The dual-function updates: crypt an ENCRYPT operation and other a DIGEST
+ * or SIGN one (C_DigestEncryptUpdate, C_SignEncryptUpdate: other takes the
+ * plaintext in), or crypt a DECRYPT one and other a DIGEST or VERIFY one
+ * (C_DecryptDigestUpdate, C_DecryptVerifyUpdate: other takes what the
+ * decryption gives out). The size-query protocol of crypt's update; a query
+ * or CKR_BUFFER_TOO_SMALL leaves both unchanged. The caller ends both on any
+ * other error. */
+TOK_API CK_RV tok_op_dual_update(tok_op *crypt, tok_op *other, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
+                                 CK_ULONG *outlen);
+
 /* C_DigestKey: feed a secret key's value into a digest operation
  * (CKR_KEY_INDIGESTIBLE for other keys). */
 TOK_API CK_RV tok_op_digest_key(tok_op *op, const tok_key *key);
