@@ -1,5 +1,6 @@
 /* p11mk token layer: access rules (see tok_access.h). */
 #include "token/tok_access.h"
+#include "tok_crypto.h"
 
 #include <stdlib.h>
 
@@ -62,9 +63,11 @@ CK_RV tok_wrap_permitted(const tok_attrs *wrapping, const tok_attrs *target)
     return rv;
 }
 
-/* The caller's template joined with the key's template attribute tt. */
+/* The caller's template joined with the key's template attribute tt; a key
+ * type neither names is ktype (TOK_KTYPE_FROM_TEMPLATE: one must). */
 static CK_RV build_under(const tok_attrs *key, CK_ATTRIBUTE_TYPE tt, tok_build_mode mode, CK_OBJECT_CLASS cls,
-                         CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj)
+                         CK_KEY_TYPE ktype, CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                         tok_attrs *obj)
 {
     AUTO_ATTRS kt = TOK_ATTRS_INIT;
     CK_ATTRIBUTE *merged = NULL;
@@ -73,8 +76,11 @@ static CK_RV build_under(const tok_attrs *key, CK_ATTRIBUTE_TYPE tt, tok_build_m
 
     if (rv == CKR_OK)
         rv = tok_template_merge(tmpl, n, &kt, &merged, &nm);
+    for (CK_ULONG i = 0; rv == CKR_OK && i < nm; i++)
+        if (merged[i].type == CKA_KEY_TYPE)
+            ktype = TOK_KTYPE_FROM_TEMPLATE;
     if (rv == CKR_OK)
-        rv = tok_policy_build(mode, cls, TOK_KTYPE_FROM_TEMPLATE, mech, merged, nm, obj);
+        rv = tok_policy_build(mode, cls, ktype, mech, merged, nm, obj);
     free(merged);
     return rv;
 }
@@ -86,7 +92,7 @@ CK_RV tok_unwrap_template(const tok_attrs *unwrapping, const CK_ATTRIBUTE *tmpl,
     if (!tok_attrs_get_bool(unwrapping, CKA_UNWRAP, false) || !strict_wrapper(unwrapping))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
     rv = build_under(unwrapping, CKA_UNWRAP_TEMPLATE, TOK_BUILD_UNWRAP, TOK_CLASS_FROM_TEMPLATE,
-                     CK_UNAVAILABLE_INFORMATION, tmpl, n, obj);
+                     TOK_KTYPE_FROM_TEMPLATE, CK_UNAVAILABLE_INFORMATION, tmpl, n, obj);
     /* strict: what comes in wrapped stays secret (the re-import as a
      * non-sensitive key attack). */
     if (rv == CKR_OK && tok_policy_wrap_strict() && !tok_attrs_get_bool(obj, CKA_SENSITIVE, true))
@@ -99,5 +105,8 @@ CK_RV tok_derive_template(const tok_attrs *base, CK_MECHANISM_TYPE mech, const C
 {
     if (!tok_attrs_get_bool(base, CKA_DERIVE, false))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
-    return build_under(base, CKA_DERIVE_TEMPLATE, TOK_BUILD_DERIVE, CKO_SECRET_KEY, mech, tmpl, n, obj);
+    /* CKM_SHA*_KEY_DERIVATION: a template without a key type makes a generic secret. */
+    const tok_mech_desc *d = tok_mech_find(mech);
+    CK_KEY_TYPE kt = d && d->mc == M_KEY_HASH ? CKK_GENERIC_SECRET : TOK_KTYPE_FROM_TEMPLATE;
+    return build_under(base, CKA_DERIVE_TEMPLATE, TOK_BUILD_DERIVE, CKO_SECRET_KEY, kt, mech, tmpl, n, obj);
 }

@@ -59,6 +59,7 @@ typedef enum {
     M_AES_WRAP, M_AES_WRAP_PAD, M_ECDH, /* wrap/unwrap and derive only */
     M_EDDSA, M_HKDF,
     M_AES_CCM, M_CHACHA_POLY, /* AEAD with a tag of their own (tok_aead.c) */
+    M_KEY_HASH, /* derive only: the digest of the base key's value (CKM_SHA*_KEY_DERIVATION) */
 } tok_mclass;
 
 /* PBKDF2 parameters. v2.40's CK_PKCS5_PBKD2_PARAMS has ulPasswordLen as a

@@ -103,6 +103,12 @@ static const tok_mech_desc mechs[] = {
     {CKM_GENERIC_SECRET_KEY_GEN, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     {CKM_PKCS5_PBKD2, 8, 4096, CKF_GENERATE, M_NONE, NULL, 0, false, TOK_FAM_NONE, false},
     {TOK_CKM_HKDF_DERIVE, 8, 4096, CKF_DERIVE, M_HKDF, NULL, 0, false, TOK_FAM_NONE, false},
+    /* The digest of a secret key's value is the derived key (base key sizes in bits) */
+    {CKM_SHA1_KEY_DERIVATION, 8, 4096, CKF_DERIVE, M_KEY_HASH, "SHA1", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA224_KEY_DERIVATION, 8, 4096, CKF_DERIVE, M_KEY_HASH, "SHA224", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA256_KEY_DERIVATION, 8, 4096, CKF_DERIVE, M_KEY_HASH, "SHA256", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA384_KEY_DERIVATION, 8, 4096, CKF_DERIVE, M_KEY_HASH, "SHA384", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA512_KEY_DERIVATION, 8, 4096, CKF_DERIVE, M_KEY_HASH, "SHA512", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA_1_HMAC, 8, 4096, MAC, M_HMAC, "SHA1", CKK_SHA_1_HMAC, false, TOK_FAM_NONE, false},
     {CKM_SHA_1_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA1", CKK_SHA_1_HMAC, true, TOK_FAM_NONE, false},
     {CKM_SHA224_HMAC_GENERAL, 8, 4096, MAC, M_HMAC, "SHA224", CKK_SHA224_HMAC, true, TOK_FAM_NONE, false},

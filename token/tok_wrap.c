@@ -366,6 +366,38 @@ static CK_RV hkdf_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj
     return rv;
 }
 
+/* CKM_SHA*_KEY_DERIVATION: the leading bytes of the digest of the base key's
+ * value. The length: CKA_VALUE_LEN, else the key type's own (DES), else, for
+ * a generic secret, the digest's; a key type without a length of its own
+ * (AES) needs CKA_VALUE_LEN; more bytes than the digest has cannot be made. */
+static CK_RV hash_derive(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
+{
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    CK_ULONG kt = CK_UNAVAILABLE_INFORMATION, want;
+    EVP_MD *m;
+    CK_RV rv;
+
+    if (mech->pParameter || mech->ulParameterLen)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (base->cls != CKO_SECRET_KEY || !base->secret)
+        return CKR_KEY_TYPE_INCONSISTENT;
+    m = EVP_MD_fetch(ks_libctx(), d->md, NULL);
+    rv = m && EVP_Digest(base->secret, base->secret_len, md, &mdlen, m, NULL) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+    EVP_MD_free(m);
+    tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt);
+    if (rv == CKR_OK && !tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want))
+        want = tok_ktype_fixed_len(kt) ? tok_ktype_fixed_len(kt) : kt == CKK_GENERIC_SECRET ? mdlen : 0;
+    if (rv == CKR_OK && !want)
+        rv = CKR_TEMPLATE_INCOMPLETE;
+    if (rv == CKR_OK && (want > mdlen || (kt == CKK_AES && want != 16 && want != 24 && want != 32)))
+        rv = CKR_KEY_SIZE_RANGE;
+    if (rv == CKR_OK)
+        rv = tok_secret_set(obj, md, want, true);
+    OPENSSL_cleanse(md, sizeof(md));
+    return rv;
+}
+
 CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
 {
     const tok_mech_desc *d;
@@ -379,6 +411,8 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
     d = tok_mech_find(mech->mechanism);
     if (d && d->mc == M_HKDF)
         return hkdf_derive(mech, base, obj);
+    if (d && d->mc == M_KEY_HASH)
+        return hash_derive(d, mech, base, obj);
     if (!d || d->mc != M_ECDH)
         return CKR_MECHANISM_INVALID;
     if (base->cls != CKO_PRIVATE_KEY || (base->ktype != CKK_EC && base->ktype != CKK_EC_MONTGOMERY))

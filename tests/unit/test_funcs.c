@@ -15,6 +15,11 @@
  *     part a decryption holds back fed by the application, size queries and
  *     short buffers that change neither operation, a missing operation
  *     (neither is ended), and errors that end both; CKF_DUAL_CRYPTO_OPERATIONS.
+ *   - CKM_SHA*_KEY_DERIVATION: the key type and length rules (generic secret
+ *     by default, the digest's length, a key type's own length, DES parity,
+ *     AES lengths, more than the digest has), the base key (a secret key with
+ *     CKA_DERIVE; its CKA_DERIVE_TEMPLATE), parameters, handles. (Known
+ *     answers against OpenSSL: test_vectors.)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -495,6 +500,103 @@ static void test_dual_states(void **state)
     CK(f->C_DigestFinal(h, out, &n));
 }
 
+/* ---- key derivation by digest ------------------------------------------------------ */
+
+static CK_ULONG ulong_attr(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t)
+{
+    CK_ULONG v = 0;
+    CK_ATTRIBUTE a = {t, &v, sizeof(v)};
+    CK(f->C_GetAttributeValue(h, o, &a, 1));
+    return v;
+}
+
+static size_t value_of(CK_OBJECT_HANDLE o, uint8_t *buf, size_t cap)
+{
+    CK_ATTRIBUTE a = {CKA_VALUE, buf, cap};
+    CK(f->C_GetAttributeValue(h, o, &a, 1));
+    return a.ulValueLen;
+}
+
+static void test_key_derivation_rules(void **state)
+{
+    (void)state;
+    CK_MECHANISM sha1 = {CKM_SHA1_KEY_DERIVATION, NULL, 0}, sha256 = {CKM_SHA256_KEY_DERIVATION, NULL, 0};
+    CK_OBJECT_HANDLE base = secret(CKK_AES, AES_KEY, U_DERIVE), k;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY, pub_cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE aes = CKK_AES, des3 = CKK_DES3, des2 = CKK_DES2, gen = CKK_GENERIC_SECRET;
+    CK_ULONG l10 = 10, l16 = 16, l21 = 21, l32 = 32, l33 = 33;
+    uint8_t v[64];
+    CK_MECHANISM_INFO mi;
+
+    CK(f->C_GetMechanismInfo(slot, CKM_SHA256_KEY_DERIVATION, &mi));
+    assert_int_equal(mi.flags, CKF_DERIVE);
+    /* No key type, no length: a generic secret of the digest's length. */
+    CK_ATTRIBUTE none[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    CK(f->C_DeriveKey(h, &sha1, base, none, 1, &k));
+    assert_int_equal(ulong_attr(k, CKA_KEY_TYPE), CKK_GENERIC_SECRET);
+    assert_int_equal(ulong_attr(k, CKA_VALUE_LEN), 20);
+    CK(f->C_DeriveKey(h, &sha256, base, NULL, 0, &k));
+    assert_int_equal(ulong_attr(k, CKA_VALUE_LEN), 32);
+    /* A length alone: a generic secret that long, at most the digest. */
+    CK_ATTRIBUTE len10[] = {{CKA_VALUE_LEN, &l10, sizeof(l10)}};
+    CK(f->C_DeriveKey(h, &sha1, base, len10, 1, &k));
+    assert_int_equal(ulong_attr(k, CKA_KEY_TYPE), CKK_GENERIC_SECRET);
+    assert_int_equal(ulong_attr(k, CKA_VALUE_LEN), 10);
+    CK_ATTRIBUTE len21[] = {{CKA_VALUE_LEN, &l21, sizeof(l21)}}, len33[] = {{CKA_VALUE_LEN, &l33, sizeof(l33)}};
+    RV(CKR_KEY_SIZE_RANGE, f->C_DeriveKey(h, &sha1, base, len21, 1, &k));
+    RV(CKR_KEY_SIZE_RANGE, f->C_DeriveKey(h, &sha256, base, len33, 1, &k));
+    CK_ATTRIBUTE genlen[] = {{CKA_KEY_TYPE, &gen, sizeof(gen)}, {CKA_VALUE_LEN, &l16, sizeof(l16)}};
+    CK(f->C_DeriveKey(h, &sha256, base, genlen, 2, &k));
+    /* A key type of no length of its own needs one; AES lengths only. */
+    CK_ATTRIBUTE aes_only[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}};
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_DeriveKey(h, &sha256, base, aes_only, 1, &k));
+    CK_ATTRIBUTE aes10[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_VALUE_LEN, &l10, sizeof(l10)}};
+    RV(CKR_KEY_SIZE_RANGE, f->C_DeriveKey(h, &sha256, base, aes10, 2, &k));
+    CK_ATTRIBUTE aes32[] = {
+        {CKA_KEY_TYPE, &aes, sizeof(aes)}, {CKA_VALUE_LEN, &l32, sizeof(l32)}, {CKA_ENCRYPT, &yes, 1}};
+    RV(CKR_KEY_SIZE_RANGE, f->C_DeriveKey(h, &sha1, base, aes32, 3, &k)); /* 20 bytes are not 32 */
+    CK(f->C_DeriveKey(h, &sha256, base, aes32, 3, &k));
+    assert_int_equal(ulong_attr(k, CKA_VALUE_LEN), 32);
+    /* DES keys take their type's length, with odd parity. */
+    CK_ATTRIBUTE d3[] = {{CKA_KEY_TYPE, &des3, sizeof(des3)}, {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
+    CK_ATTRIBUTE d2[] = {{CKA_KEY_TYPE, &des2, sizeof(des2)}, {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
+    RV(CKR_KEY_SIZE_RANGE, f->C_DeriveKey(h, &sha1, base, d3, 3, &k));
+    CK(f->C_DeriveKey(h, &sha1, base, d2, 3, &k));
+    assert_int_equal(value_of(k, v, sizeof(v)), 16);
+    CK(f->C_DeriveKey(h, &sha256, base, d3, 3, &k));
+    assert_int_equal(value_of(k, v, sizeof(v)), 24);
+    for (int i = 0; i < 24; i++)
+        assert_true(__builtin_popcount(v[i]) & 1);
+    /* Only secret keys are derived. */
+    CK_ATTRIBUTE pubt[] = {{CKA_CLASS, &pub_cls, sizeof(pub_cls)}};
+    RV(CKR_TEMPLATE_INCONSISTENT, f->C_DeriveKey(h, &sha1, base, pubt, 1, &k));
+
+    /* The base key: CKA_DERIVE, a secret key, a handle; no parameters. */
+    CK_OBJECT_HANDLE no_derive = secret(CKK_AES, AES_KEY, U_CRYPT);
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED, f->C_DeriveKey(h, &sha1, no_derive, NULL, 0, &k));
+    RV(CKR_KEY_HANDLE_INVALID, f->C_DeriveKey(h, &sha1, 0x7fff0001UL, NULL, 0, &k));
+    CK_OBJECT_HANDLE pub, priv;
+    CK_ATTRIBUTE dk[] = {{CKA_DERIVE, &yes, 1}};
+    rsa_pair(NULL, 0, dk, 1, &pub, &priv);
+    RV(CKR_KEY_TYPE_INCONSISTENT, f->C_DeriveKey(h, &sha1, priv, NULL, 0, &k));
+    CK_BYTE junk[4] = {0};
+    CK_MECHANISM with_param = {CKM_SHA256_KEY_DERIVATION, junk, sizeof(junk)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DeriveKey(h, &with_param, base, NULL, 0, &k));
+
+    /* The base key's CKA_DERIVE_TEMPLATE joins the template, key type included. */
+    CK_ATTRIBUTE inner[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)}};
+    CK_ATTRIBUTE dt = {CKA_DERIVE_TEMPLATE, inner, sizeof(inner)};
+    CK_OBJECT_HANDLE tbase;
+    uint8_t bv[16];
+    test_unhex(AES_KEY, bv, sizeof(bv));
+    CK(create_secret(CKK_AES, bv, sizeof(bv), U_DERIVE, &dt, 1, &tbase));
+    RV(CKR_TEMPLATE_INCOMPLETE, f->C_DeriveKey(h, &sha256, tbase, NULL, 0, &k));
+    CK_ATTRIBUTE l16t[] = {{CKA_VALUE_LEN, &l16, sizeof(l16)}};
+    CK(f->C_DeriveKey(h, &sha256, tbase, l16t, 1, &k));
+    assert_int_equal(ulong_attr(k, CKA_KEY_TYPE), CKK_AES);
+    RV(CKR_TEMPLATE_INCONSISTENT, f->C_DeriveKey(h, &sha256, tbase, genlen, 2, &k));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -504,6 +606,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dual_digest_encrypt, start_default, stop),
         cmocka_unit_test_setup_teardown(test_dual_sign_encrypt, start_default, stop),
         cmocka_unit_test_setup_teardown(test_dual_states, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_key_derivation_rules, start_default, stop),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

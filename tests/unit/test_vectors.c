@@ -13,7 +13,8 @@
  *   - HMAC-SHA-224/256/384/512: RFC 4231 test cases 1, 2, 5 (truncated, with
  *     the _GENERAL mechanisms) and 6; HMAC-SHA3 against OpenSSL;
  *   - digests of "abc": SHA-1, SHA-224/256/384/512 (FIPS 180), SHA3-256/384/512
- *     (FIPS 202 examples), single- and multi-part;
+ *     (FIPS 202 examples), single- and multi-part; keys derived with
+ *     CKM_SHA*_KEY_DERIVATION are OpenSSL's digests of the base key;
  *   - ECDSA (raw and with SHA-1/224/256/384/512) on P-256/384/521 and
  *     secp256k1: signed in the module, verified by OpenSSL with the public key
  *     the module exports; signed by OpenSSL, verified by the module; ECDH
@@ -720,6 +721,61 @@ static void test_hmac_sha3_openssl(void **state)
         assert_bytes(mac, ml, want, wl, v[i].name);
         CK(f->C_DestroyObject(h, k));
     }
+}
+
+/* ---- key derivation by digest ------------------------------------------------------ */
+
+/* CKM_SHA*_KEY_DERIVATION: the derived key is the digest of the base key's
+ * value (OpenSSL's), whole for a generic secret with no length asked, its
+ * leading bytes for an AES key of a given length. */
+static void test_key_derivation_sha_openssl(void **state)
+{
+    (void)state;
+    static const struct {
+        CK_MECHANISM_TYPE m;
+        const char *name, *md;
+    } v[] = {
+        {CKM_SHA1_KEY_DERIVATION, "CKM_SHA1_KEY_DERIVATION", "SHA1"},
+        {CKM_SHA224_KEY_DERIVATION, "CKM_SHA224_KEY_DERIVATION", "SHA224"},
+        {CKM_SHA256_KEY_DERIVATION, "CKM_SHA256_KEY_DERIVATION", "SHA256"},
+        {CKM_SHA384_KEY_DERIVATION, "CKM_SHA384_KEY_DERIVATION", "SHA384"},
+        {CKM_SHA512_KEY_DERIVATION, "CKM_SHA512_KEY_DERIVATION", "SHA512"},
+    };
+    uint8_t base[37];
+    for (size_t i = 0; i < sizeof(base); i++)
+        base[i] = (uint8_t)(0x80 + 5 * i);
+    CK_OBJECT_HANDLE bk = secret(CKK_GENERIC_SECRET, base, sizeof(base), U_DERIVE);
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
+    CK_ULONG len16 = 16, got_len = 0, got_type = 0;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        uint8_t want[64], val[64];
+        unsigned wl = 0;
+        CK_OBJECT_HANDLE k;
+        CK_MECHANISM m = {v[i].m, NULL, 0};
+        if (!have(v[i].m, v[i].name))
+            continue;
+        EVP_MD *md = EVP_MD_fetch(NULL, v[i].md, NULL);
+        assert_non_null(md);
+        assert_int_equal(EVP_Digest(base, sizeof(base), want, &wl, md, NULL), 1);
+        EVP_MD_free(md);
+        CK_ATTRIBUTE plain[] = {
+            {CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, 1}, {CKA_SENSITIVE, &no, 1}, {CKA_EXTRACTABLE, &yes, 1}};
+        CK(f->C_DeriveKey(h, &m, bk, plain, 4, &k));
+        assert_bytes(val, get_attr(k, CKA_VALUE, val, sizeof(val)), want, wl, v[i].name);
+        CK_ATTRIBUTE q[] = {{CKA_KEY_TYPE, &got_type, sizeof(got_type)}, {CKA_VALUE_LEN, &got_len, sizeof(got_len)}};
+        CK(f->C_GetAttributeValue(h, k, q, 2));
+        assert_int_equal(got_type, gen);
+        assert_int_equal(got_len, wl);
+        CK_ATTRIBUTE as_aes[] = {{CKA_KEY_TYPE, &aes, sizeof(aes)},
+                                 {CKA_VALUE_LEN, &len16, sizeof(len16)},
+                                 {CKA_TOKEN, &no, 1},
+                                 {CKA_SENSITIVE, &no, 1},
+                                 {CKA_EXTRACTABLE, &yes, 1}};
+        CK(f->C_DeriveKey(h, &m, bk, as_aes, 5, &k));
+        assert_bytes(val, get_attr(k, CKA_VALUE, val, sizeof(val)), want, 16, v[i].name);
+    }
+    CK(f->C_DestroyObject(h, bk));
 }
 
 /* ---- digests ---------------------------------------------------------------------- */
@@ -1574,6 +1630,7 @@ int main(void)
         cmocka_unit_test(test_hmac_rfc4231),
         cmocka_unit_test(test_hmac_sha3_openssl),
         cmocka_unit_test(test_digest_abc),
+        cmocka_unit_test(test_key_derivation_sha_openssl),
         cmocka_unit_test(test_ecdsa_openssl),
         cmocka_unit_test(test_rsa_fixed_key_openssl),
         cmocka_unit_test(test_rsa_generated_openssl),

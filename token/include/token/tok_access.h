@@ -45,7 +45,9 @@ TOK_API CK_RV tok_wrap_permitted(const tok_attrs *wrapping, const tok_attrs *tar
 /* C_UnwrapKey / C_DeriveKey: the key may do it (CKA_UNWRAP / CKA_DERIVE, else
  * CKR_KEY_FUNCTION_NOT_PERMITTED), and the object to make is the caller's
  * template joined with the key's CKA_UNWRAP_TEMPLATE / CKA_DERIVE_TEMPLATE (a
- * conflict is CKR_TEMPLATE_INCONSISTENT), built by the policy (its codes). */
+ * conflict is CKR_TEMPLATE_INCONSISTENT), built by the policy (its codes).
+ * Derived keys are secret keys; with CKM_SHA*_KEY_DERIVATION a template
+ * naming no key type makes a generic secret. */
 TOK_API CK_RV tok_unwrap_template(const tok_attrs *unwrapping, const CK_ATTRIBUTE *tmpl, CK_ULONG n, tok_attrs *obj);
 TOK_API CK_RV tok_derive_template(const tok_attrs *base, CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
                                   tok_attrs *obj);

@@ -154,7 +154,8 @@ TOK_API CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_att
  * by tok_policy_build(TOK_BUILD_UNWRAP)). */
 TOK_API CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in, CK_ULONG inlen,
                          tok_attrs *obj);
-/* C_DeriveKey (CKM_ECDH1_DERIVE): add CKA_VALUE to obj (a secret key). */
+/* C_DeriveKey (CKM_ECDH1_DERIVE, CKM_HKDF_DERIVE, CKM_SHA*_KEY_DERIVATION): add
+ * CKA_VALUE to obj (a secret key). */
 TOK_API CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj);
 
 /* Random */
