@@ -90,15 +90,16 @@ static int env_aad(uint32_t token, uint64_t oid, const tok_attrs *a, uint8_t aad
     return clear_digest(a, aad + 35);
 }
 
-static int gcm(int enc, const uint8_t key[TOK_TK_LEN], const uint8_t *nonce, const uint8_t aad[AAD_LEN],
-               const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[TAG_LEN])
+int tok_gcm(int enc, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad, size_t aadlen,
+            const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[16])
 {
     EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
     int n = 0, fin = 0;
     pthread_once(&env_once, env_fetch);
     const EVP_CIPHER *c = env_cipher;
-    int ok = c && cx && len <= INT32_MAX && EVP_CipherInit_ex2(cx, c, key, nonce, enc, NULL) == 1 &&
-             EVP_CipherUpdate(cx, NULL, &n, aad, AAD_LEN) == 1 &&
+    int ok = c && cx && len <= INT32_MAX && aadlen <= INT32_MAX &&
+             EVP_CipherInit_ex2(cx, c, key, nonce, enc, NULL) == 1 &&
+             EVP_CipherUpdate(cx, NULL, &n, aad, (int)aadlen) == 1 &&
              (len == 0 || EVP_CipherUpdate(cx, out, &n, in, (int)len) == 1);
 
     if (ok && !enc)
@@ -135,7 +136,7 @@ int tok_env_seal(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, con
     if (env_aad(token, oid, &res, aad) != 0)
         goto out;
     if (RAND_bytes_ex(ks_libctx(), env + 1, NONCE_LEN, 0) != 1 ||
-        gcm(1, tk, env + 1, aad, blob, blen, env + 1 + NONCE_LEN, env + 1 + NONCE_LEN + blen) != 0)
+        tok_gcm(1, tk, env + 1, aad, AAD_LEN, blob, blen, env + 1 + NONCE_LEN, env + 1 + NONCE_LEN + blen) != 0)
         goto out;
     if (tok_attrs_set(&res, TOKA_ENVELOPE, env, (CK_ULONG)elen) != 0)
         goto out;
@@ -171,7 +172,7 @@ int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, con
         goto out;
     }
     memcpy(tag, e->val + 1 + NONCE_LEN + plen, TAG_LEN);
-    if (gcm(0, tk, e->val + 1, aad, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0 ||
+    if (tok_gcm(0, tk, e->val + 1, aad, AAD_LEN, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0 ||
         tok_attrs_parse(plain, plen, &inner) != 0)
         goto out;
     rc = -1;

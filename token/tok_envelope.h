@@ -21,6 +21,12 @@
 
 #define TOKA_ENVELOPE (CKA_VENDOR_DEFINED + 0x7201UL)
 
+/* AES-256-GCM with a 12-byte nonce and a 16-byte tag, as envelopes and saved
+ * operation states (tok_opstate.c) use it: enc 1 seals in -> out and gives
+ * the tag, 0 opens in -> out against it. 0, or -1 (a failure, or the tag
+ * does not match). */
+TOK_API int tok_gcm(int enc, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad, size_t aadlen,
+                    const uint8_t *in, size_t len, uint8_t *out, uint8_t tag[16]);
 /* Stays outside the envelope: says what the object is, not what it holds. */
 TOK_API bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t);
 TOK_API bool tok_env_present(const tok_attrs *a);
