@@ -24,6 +24,8 @@ static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover
     if (rv == CKR_OK)
         rv = (recover ? tok_op_init_recover : tok_op_init)(kind, pMechanism, key, key ? tok_key_attrs(key) : NULL,
                                                            &s->op[kind]);
+    if (rv == CKR_OK && key)
+        tok_op_set_key_handle(s->op[kind], hKey);
     /* A key that wants its PIN for every use (sign or decrypt): the
      * operation waits for C_Login(CKU_CONTEXT_SPECIFIC). */
     if (rv == CKR_OK && (kind == TOK_OP_SIGN || kind == TOK_OP_DECRYPT))

@@ -1,5 +1,6 @@
 /* p11mk pkcs11 layer: session table and login state. */
 #include "p11_internal.h"
+#include "token/tok_opstate.h"
 
 #include <stdlib.h>
 
@@ -494,6 +495,8 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
     return CKR_OK;
 }
 
+/* The state of the session's operations (tok_opstate.h: what is saved, how
+ * it is sealed). Neither call ends an operation when it fails. */
 CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
                           CK_ULONG_PTR pulOperationStateLen)
 {
@@ -502,20 +505,38 @@ CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationStat
 
     if (rv != CKR_OK)
         return rv;
+    rv = pulOperationStateLen
+             ? tok_opstate_save(p11_tok(), s->slot, s->op, s->op_multi, pOperationState, pulOperationStateLen)
+             : CKR_ARGUMENTS_BAD;
     p11_session_put(s);
-    return pulOperationStateLen ? CKR_FUNCTION_NOT_SUPPORTED : CKR_ARGUMENTS_BAD;
+    return rv;
 }
 
+/* The session's operations become the saved ones (those it had end). */
 CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState, CK_ULONG ulOperationStateLen,
                           CK_OBJECT_HANDLE hEncryptionKey, CK_OBJECT_HANDLE hAuthenticationKey)
 {
+    tok_op *ops[TOK_OPSTATE_KINDS] = {NULL};
+    bool multi[TOK_OPSTATE_KINDS] = {false};
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
+    if (!pOperationState) {
+        rv = CKR_ARGUMENTS_BAD;
+    } else {
+        tok_access ac = p11_access(s);
+        rv = tok_opstate_restore(p11_tok(), &ac, pOperationState, ulOperationStateLen, hEncryptionKey,
+                                 hAuthenticationKey, ops, multi);
+    }
+    for (int k = TOK_OP_ENCRYPT; rv == CKR_OK && k < TOK_OPSTATE_KINDS; k++) {
+        p11_op_end(s, (tok_op_kind)k);
+        s->op[k] = ops[k];
+        s->op_multi[k] = multi[k];
+    }
     p11_session_put(s);
-    return pOperationState ? CKR_FUNCTION_NOT_SUPPORTED : CKR_ARGUMENTS_BAD;
+    return rv;
 }
 
 CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE hSession)

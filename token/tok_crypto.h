@@ -120,6 +120,22 @@ typedef struct {
 
 TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
 
+/* C_GetOperationState: what a saveable operation (a digest, HMAC or CMAC,
+ * not past TOK_OPSTATE_MAX_DATA bytes of input, no key digested, not in its
+ * final call) is: its mechanism, the MAC length of a _GENERAL one (0: none),
+ * its key's handle (0: a digest) and its input so far (valid while op is).
+ * CKR_STATE_UNSAVEABLE for any other. */
+#define TOK_OPSTATE_MAX_DATA (64u * 1024u)
+typedef struct {
+    tok_op_kind kind;
+    CK_MECHANISM_TYPE mech;
+    CK_ULONG maclen;
+    uint64_t key_handle;
+    const uint8_t *fed;
+    size_t fedlen;
+} tok_op_saved;
+TOK_API CK_RV tok_op_save(const tok_op *op, tok_op_saved *out);
+
 /* Block ciphers (tok_cipher.c), fetched once per process (single DES once
  * the legacy provider is loaded: tok_cipher_fetch_legacy). The cipher of a
  * block cipher mechanism for a key of keylen bytes: NULL when the family has

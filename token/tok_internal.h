@@ -32,6 +32,8 @@
 /* Failed logins before a PIN locks (the SO can re-set a locked user PIN). */
 #define TOK_MAX_PIN_TRIES 10UL
 
+#define TOK_OPSTATE_KEY_LEN 32u
+
 #define CACHE_BUCKETS 1024u
 #define CACHE_MAX 8192u
 
@@ -67,6 +69,9 @@ struct tok_ctx {
     size_t nsobjs, capsobjs;
     uint64_t sobj_next;
     uint64_t logout_seq; /* bumped (atomically, under sobj_lock) by every logout */
+    /* Seals the states C_GetOperationState hands out (tok_opstate.c): random,
+     * made when the context opens, in memory kept out of core dumps. */
+    uint8_t *opstate_key;
 };
 
 static inline void txn_end(ks_txn **t)

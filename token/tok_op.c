@@ -48,6 +48,14 @@ struct tok_op {
     const uint8_t *in;
     size_t inlen;
     bool recover; /* C_SignRecoverInit / C_VerifyRecoverInit: only tok_op_recover serves it */
+    /* What C_GetOperationState saves (tok_opstate.c): OpenSSL cannot export a
+     * running digest or MAC, so a digest, HMAC or CMAC keeps its input so far
+     * (at most TOK_OPSTATE_MAX_DATA bytes; beyond, or once a key's value was
+     * digested, it is not saveable) and the handle of its key. */
+    uint64_t key_handle;
+    uint8_t *fed;
+    size_t fedlen, fedcap;
+    bool unsaveable;
 };
 
 tok_op_kind tok_op_get_kind(const tok_op *op) { return op->kind; }
@@ -63,6 +71,8 @@ void tok_op_free(tok_op *op)
         OPENSSL_clear_free(op->buf, op->bcap);
     if (op->pend)
         OPENSSL_clear_free(op->pend, op->pendlen);
+    if (op->fed)
+        OPENSSL_clear_free(op->fed, op->fedcap);
     OPENSSL_free(op->label);
     EVP_MD_free(op->pss_mdobj);
     tok_aead_op_free(op->aead);
@@ -805,25 +815,47 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
     return rv;
 }
 
-static CK_RV buf_append(tok_op *op, const uint8_t *in, size_t inlen)
+/* Append to a growing buffer (cleansed when it moves). */
+static CK_RV append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *in, size_t inlen)
 {
-    if (op->blen + inlen > op->bcap) {
-        size_t cap = op->bcap ? op->bcap : 256;
-        while (cap < op->blen + inlen)
-            cap *= 2;
-        uint8_t *nb = OPENSSL_malloc(cap);
+    if (*len + inlen > *cap) {
+        size_t ncap = *cap ? *cap : 256;
+        while (ncap < *len + inlen)
+            ncap *= 2;
+        uint8_t *nb = OPENSSL_malloc(ncap);
         if (!nb)
             return CKR_HOST_MEMORY;
-        if (op->buf) {
-            memcpy(nb, op->buf, op->blen);
-            OPENSSL_clear_free(op->buf, op->bcap);
+        if (*buf) {
+            memcpy(nb, *buf, *len);
+            OPENSSL_clear_free(*buf, *cap);
         }
-        op->buf = nb;
-        op->bcap = cap;
+        *buf = nb;
+        *cap = ncap;
     }
     if (inlen)
-        memcpy(op->buf + op->blen, in, inlen);
-    op->blen += inlen;
+        memcpy(*buf + *len, in, inlen);
+    *len += inlen;
+    return CKR_OK;
+}
+
+static CK_RV buf_append(tok_op *op, const uint8_t *in, size_t inlen)
+{
+    return append(&op->buf, &op->blen, &op->bcap, in, inlen);
+}
+
+/* A digest or MAC keeps what it was fed, for C_GetOperationState; past the
+ * bound (or out of memory) it is no longer saveable, and the update goes on. */
+static CK_RV keep_fed(tok_op *op, const uint8_t *in, size_t inlen)
+{
+    if (op->unsaveable)
+        return CKR_OK;
+    if (op->fedlen + inlen > TOK_OPSTATE_MAX_DATA || append(&op->fed, &op->fedlen, &op->fedcap, in, inlen) != CKR_OK) {
+        op->unsaveable = true;
+        if (op->fed)
+            OPENSSL_clear_free(op->fed, op->fedcap);
+        op->fed = NULL;
+        op->fedlen = op->fedcap = 0;
+    }
     return CKR_OK;
 }
 
@@ -843,8 +875,8 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         return CKR_FUNCTION_NOT_SUPPORTED;
     switch (mc) {
     case M_HMAC:
-    case M_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
-    case M_DIGEST: return EVP_DigestUpdate(op->mdctx, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
+    case M_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? keep_fed(op, in, inlen) : CKR_FUNCTION_FAILED;
+    case M_DIGEST: return EVP_DigestUpdate(op->mdctx, in, inlen) ? keep_fed(op, in, inlen) : CKR_FUNCTION_FAILED;
     case M_RSA_PKCS_HASH:
     case M_RSA_PSS_HASH:
     case M_ECDSA_HASH:
@@ -858,8 +890,9 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         return CKR_ARGUMENTS_BAD;
     size_t need, total = op->held + inlen;
     if (mc == M_AES_GCM && op->kind == TOK_OP_DECRYPT) {
-        *outlen = 0; /* the tag is at the end: everything comes out at final */
-        return out ? buf_append(op, in, inlen) : CKR_OK; /* a size query takes nothing in */
+        /* The tag is at the end: everything comes out at final. A size query takes nothing in. */
+        *outlen = 0;
+        return out ? buf_append(op, in, inlen) : CKR_OK;
     }
     if (mc == M_AES_CTR && inlen > op->ctr_room)
         return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
@@ -943,6 +976,7 @@ CK_RV tok_op_digest_key(tok_op *op, const tok_key *key)
         return CKR_ARGUMENTS_BAD;
     if (key->cls != CKO_SECRET_KEY || !key->secret)
         return CKR_KEY_INDIGESTIBLE;
+    op->unsaveable = true; /* a key's value never goes into a saved state */
     return EVP_DigestUpdate(op->mdctx, key->secret, key->secret_len) ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
@@ -1090,4 +1124,23 @@ CK_RV tok_op_recover(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
     op->in = NULL;
     op->inlen = 0;
     return rv;
+}
+
+/* ---- what C_GetOperationState saves (tok_opstate.c) ----------------------- */
+
+void tok_op_set_key_handle(tok_op *op, uint64_t h) { op->key_handle = h; }
+
+CK_RV tok_op_save(const tok_op *op, tok_op_saved *out)
+{
+    tok_mclass mc = op->d->mc;
+
+    if (op->recover || op->unsaveable || op->has_pend || (mc != M_DIGEST && mc != M_HMAC && mc != M_CMAC))
+        return CKR_STATE_UNSAVEABLE;
+    *out = (tok_op_saved){.kind = op->kind,
+                          .mech = op->d->type,
+                          .maclen = op->d->general ? op->maclen : 0,
+                          .key_handle = op->kind == TOK_OP_DIGEST ? 0 : op->key_handle,
+                          .fed = op->fed,
+                          .fedlen = op->fedlen};
+    return CKR_OK;
 }

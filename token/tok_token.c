@@ -77,6 +77,11 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
     }
     if (ks_get_info(ctx->st, &info) == KS_OK)
         memcpy(ctx->ksid, info.keystore_id, sizeof(ctx->ksid));
+    if (!(ctx->opstate_key = ks_secmem_alloc(TOK_OPSTATE_KEY_LEN)) ||
+        tok_random(ctx->opstate_key, TOK_OPSTATE_KEY_LEN) != CKR_OK) {
+        tok_ctx_close(ctx);
+        return CKR_HOST_MEMORY;
+    }
     /* The keystore holds the keys it needs (in memory kept out of core
      * dumps); this copy keeps only where the key came from. */
     OPENSSL_cleanse(ctx->mk.key, sizeof(ctx->mk.key));
@@ -99,6 +104,7 @@ void tok_ctx_close(tok_ctx *ctx)
         ks_close(ctx->st);
     ks_mkey_clear(&ctx->mk);
     ks_config_free(&ctx->cfg);
+    ks_secmem_free(ctx->opstate_key);
     pthread_mutex_destroy(&ctx->cache_lock);
     pthread_mutex_destroy(&ctx->tk_lock);
     pthread_mutex_destroy(&ctx->sobj_lock);

@@ -20,6 +20,16 @@
  *     AES lengths, more than the digest has), the base key (a secret key with
  *     CKA_DERIVE; its CKA_DERIVE_TEMPLATE), parameters, handles. (Known
  *     answers against OpenSSL: test_vectors.)
+ *   - C_GetOperationState / C_SetOperationState: digests, HMAC (also
+ *     _GENERAL) and CMAC saved in one session and finished in another with
+ *     the same result as OpenSSL's; a digest and a MAC in one state; the
+ *     size-query protocol; the 64 KiB bound; what cannot be saved (ciphers,
+ *     public-key operations, C_DigestKey, a final call under way, two MAC
+ *     keys); a state edited in any byte, cut short, of another slot, or of
+ *     before C_Finalize; CKR_KEY_NEEDED, CKR_KEY_NOT_NEEDED and
+ *     CKR_KEY_CHANGED (another key, a key whose CKA_SIGN went, a destroyed
+ *     one); the session's other operations ended by a restore, kept by a
+ *     failed one.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -597,6 +607,288 @@ static void test_key_derivation_rules(void **state)
     RV(CKR_TEMPLATE_INCONSISTENT, f->C_DeriveKey(h, &sha256, tbase, genlen, 2, &k));
 }
 
+/* ---- saved operation states -------------------------------------------------------- */
+
+static CK_SESSION_HANDLE other_session(void)
+{
+    CK_SESSION_HANDLE o;
+    CK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &o));
+    return o;
+}
+
+/* End the session's digest, signing and verifying operations, whatever they
+ * say about it (a PKCS#11 2.40 session has no C_SessionCancel). */
+static void end_macs(CK_SESSION_HANDLE s)
+{
+    CK_BYTE b[64];
+    CK_ULONG n = sizeof(b);
+    (void)f->C_SignFinal(s, b, &n);
+    n = sizeof(b);
+    (void)f->C_DigestFinal(s, b, &n);
+    (void)f->C_VerifyFinal(s, b, 0);
+}
+
+/* The session's state; the size-query protocol on the way. */
+static CK_ULONG get_state(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG cap)
+{
+    CK_ULONG n = 0;
+    CK(f->C_GetOperationState(s, NULL, &n));
+    assert_true(n > 0 && n <= cap);
+    CK_ULONG want = n;
+    n = want - 1;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_GetOperationState(s, out, &n));
+    assert_int_equal(n, want);
+    n = cap;
+    CK(f->C_GetOperationState(s, out, &n));
+    assert_int_equal(n, want);
+    return n;
+}
+
+static void test_opstate_digest(void **state)
+{
+    (void)state;
+    static CK_BYTE data[70000], st[70200];
+    CK_BYTE md[32], want[32];
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    CK_ULONG n, sl;
+    unsigned ml = 0;
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (CK_BYTE)(i % 251);
+    assert_int_equal(EVP_Digest(data, 300, want, &ml, EVP_sha256(), NULL), 1);
+    CK_SESSION_HANDLE h2 = other_session();
+
+    /* Saved after 100 bytes, finished in both sessions the same. */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DigestUpdate(h, data, 60));
+    CK(f->C_DigestUpdate(h, data + 60, 40));
+    sl = get_state(h, st, sizeof(st));
+    CK(f->C_DigestUpdate(h, data + 100, 200));
+    n = sizeof(md);
+    CK(f->C_DigestFinal(h, md, &n));
+    assert_memory_equal(md, want, 32);
+    CK(f->C_SetOperationState(h2, st, sl, 0, 0));
+    CK(f->C_DigestUpdate(h2, data + 100, 200));
+    n = sizeof(md);
+    CK(f->C_DigestFinal(h2, md, &n));
+    assert_memory_equal(md, want, 32);
+    /* Restored again, into the first session: a state is not used up. It had
+     * parts: single-part C_Digest is refused (and ends it, as always). */
+    CK(f->C_SetOperationState(h, st, sl, 0, 0));
+    n = sizeof(md);
+    RV(CKR_OPERATION_ACTIVE, f->C_Digest(h, data, 10, md, &n));
+    /* Saved right after the init: C_Digest may follow. */
+    CK(f->C_DigestInit(h, &sha));
+    sl = get_state(h, st, sizeof(st));
+    CK(f->C_DigestFinal(h, md, &n));
+    CK(f->C_SetOperationState(h2, st, sl, 0, 0));
+    n = sizeof(md);
+    CK(f->C_Digest(h2, data, 300, md, &n));
+    assert_memory_equal(md, want, 32);
+
+    /* Keys for a digest: not needed. */
+    CK_OBJECT_HANDLE k = secret(CKK_GENERIC_SECRET, AES_KEY, U_SIGN);
+    RV(CKR_KEY_NOT_NEEDED, f->C_SetOperationState(h2, st, sl, 0, k));
+    RV(CKR_KEY_NOT_NEEDED, f->C_SetOperationState(h2, st, sl, k, 0));
+
+    /* Up to 64 KiB of input; one byte more and the digest cannot be saved,
+     * but goes on. */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DigestUpdate(h, data, 65536));
+    sl = get_state(h, st, sizeof(st));
+    CK(f->C_DigestUpdate(h, data + 65536, 1));
+    n = sizeof(st);
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h, st, &n));
+    CK(f->C_DigestUpdate(h, data + 65537, sizeof(data) - 65537));
+    CK_BYTE big[32];
+    n = sizeof(big);
+    CK(f->C_DigestFinal(h, big, &n));
+    assert_int_equal(EVP_Digest(data, sizeof(data), want, &ml, EVP_sha256(), NULL), 1);
+    assert_memory_equal(big, want, 32);
+    CK(f->C_SetOperationState(h2, st, sl, 0, 0));
+    CK(f->C_DigestUpdate(h2, data + 65536, sizeof(data) - 65536));
+    n = sizeof(big);
+    CK(f->C_DigestFinal(h2, big, &n));
+    assert_memory_equal(big, want, 32);
+
+    /* Not saveable: a digested key, a final call under way, a cipher. */
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DigestKey(h, k));
+    n = sizeof(st);
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h, st, &n));
+    CK(f->C_DigestInit(h2, &sha)); /* h's digest is still there: the failure ended nothing */
+    RV(CKR_OPERATION_ACTIVE, f->C_DigestInit(h, &sha));
+    n = 1;
+    RV(CKR_BUFFER_TOO_SMALL, f->C_DigestFinal(h, md, &n));
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h, st, &n));
+    CK(f->C_DigestFinal(h, md, &n));
+    CK_BYTE iv[16] = {0};
+    CK_MECHANISM cbc = {CKM_AES_CBC, iv, sizeof(iv)};
+    CK_OBJECT_HANDLE ak = secret(CKK_AES, AES_KEY, U_CRYPT);
+    CK(f->C_EncryptInit(h, &cbc, ak));
+    n = sizeof(st);
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h, st, &n));
+    RV(CKR_ARGUMENTS_BAD, f->C_GetOperationState(h, st, NULL));
+    /* A restore ends the session's other operations; no operation: nothing to save. */
+    sl = get_state(h2, st, sizeof(st));
+    CK(f->C_SetOperationState(h, st, sl, 0, 0));
+    n = sizeof(st);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, data, 16, st, &n));
+    CK(f->C_DigestFinal(h, md, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_GetOperationState(h, st, &n));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_GetOperationState(0xdead, st, &n));
+    RV(CKR_SESSION_HANDLE_INVALID, f->C_SetOperationState(0xdead, st, sl, 0, 0));
+    RV(CKR_ARGUMENTS_BAD, f->C_SetOperationState(h, NULL, sl, 0, 0));
+    CK(f->C_CloseSession(h2));
+}
+
+/* A state is the module's and this slot's only: every edited byte, a cut,
+ * another slot, another C_Initialize. */
+static void test_opstate_forged(void **state)
+{
+    (void)state;
+    CK_BYTE data[64] = {9}, st[512], bad[512], iv[16] = {0};
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0}, cbc = {CKM_AES_CBC, iv, sizeof(iv)};
+    CK_ULONG n, sl;
+    CK_OBJECT_HANDLE ak = secret(CKK_AES, AES_KEY, U_CRYPT);
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DigestUpdate(h, data, sizeof(data)));
+    sl = get_state(h, st, sizeof(st));
+    CK(f->C_DigestFinal(h, data, &(CK_ULONG){32}));
+
+    CK(f->C_EncryptInit(h, &cbc, ak));
+    for (CK_ULONG i = 0; i < sl; i++) {
+        memcpy(bad, st, sl);
+        bad[i] ^= 0x01;
+        CK_RV rv = f->C_SetOperationState(h, bad, sl, 0, 0);
+        if (rv != CKR_SAVED_STATE_INVALID)
+            fail_msg("a state with byte %lu edited: 0x%lx", (unsigned long)i, (unsigned long)rv);
+    }
+    RV(CKR_SAVED_STATE_INVALID, f->C_SetOperationState(h, st, sl - 1, 0, 0));
+    RV(CKR_SAVED_STATE_INVALID, f->C_SetOperationState(h, st, 0, 0, 0));
+    memcpy(bad, st, sl);
+    bad[sl] = 0;
+    RV(CKR_SAVED_STATE_INVALID, f->C_SetOperationState(h, bad, sl + 1, 0, 0));
+    n = 16;
+    CK(f->C_EncryptUpdate(h, data, 16, bad, &n)); /* the failures ended nothing */
+
+    /* Another token's session: the state is bound to its slot. */
+    CK_SLOT_ID slots[8];
+    CK_ULONG ns = 8;
+    CK_UTF8CHAR label[32];
+    CK(f->C_GetSlotList(CK_FALSE, slots, &ns));
+    memset(label, ' ', sizeof(label));
+    CK(f->C_InitToken(slots[ns - 1], (CK_UTF8CHAR_PTR)SO, strlen(SO), label));
+    CK_SESSION_HANDLE o;
+    CK(f->C_OpenSession(slots[ns - 1], CKF_SERIAL_SESSION, NULL, NULL, &o));
+    RV(CKR_SAVED_STATE_INVALID, f->C_SetOperationState(o, st, sl, 0, 0));
+    CK(f->C_SetOperationState(h, st, sl, 0, 0));
+
+    /* After C_Finalize the module seals under another key. */
+    CK(f->C_Finalize(NULL));
+    CK(f->C_Initialize(NULL));
+    CK(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &o));
+    RV(CKR_SAVED_STATE_INVALID, f->C_SetOperationState(o, st, sl, 0, 0));
+}
+
+static void test_opstate_mac(void **state)
+{
+    (void)state;
+    static const char mk[] = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b";
+    CK_BYTE data[200], st[1024], mac[64], want[64], md[32], want_md[32];
+    CK_ULONG n, sl, general = 10;
+    unsigned ml = 0;
+    uint8_t kv[20];
+    memset(data, 0xcd, sizeof(data));
+    test_unhex(mk, kv, sizeof(kv));
+    assert_non_null(HMAC(EVP_sha256(), kv, sizeof(kv), data, sizeof(data), want, &ml));
+    assert_int_equal(EVP_Digest(data, sizeof(data), want_md, &ml, EVP_sha256(), NULL), 1);
+    CK_OBJECT_HANDLE k = secret(CKK_GENERIC_SECRET, mk, U_SIGN), k2 = secret(CKK_GENERIC_SECRET, mk, U_SIGN);
+    CK_MECHANISM hmac = {CKM_SHA256_HMAC, NULL, 0}, hgen = {CKM_SHA256_HMAC_GENERAL, &general, sizeof(general)};
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    CK_SESSION_HANDLE h2 = other_session();
+
+    /* A MAC and a digest under way in one state. */
+    CK(f->C_SignInit(h, &hmac, k));
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_SignUpdate(h, data, 77));
+    CK(f->C_DigestUpdate(h, data, 50));
+    sl = get_state(h, st, sizeof(st));
+    RV(CKR_KEY_NEEDED, f->C_SetOperationState(h2, st, sl, 0, 0));
+    RV(CKR_KEY_CHANGED, f->C_SetOperationState(h2, st, sl, 0, k2));
+    RV(CKR_KEY_NOT_NEEDED, f->C_SetOperationState(h2, st, sl, k, k));
+    CK(f->C_SetOperationState(h2, st, sl, 0, k));
+    CK(f->C_SignUpdate(h2, data + 77, sizeof(data) - 77));
+    CK(f->C_DigestUpdate(h2, data + 50, sizeof(data) - 50));
+    n = sizeof(mac);
+    CK(f->C_SignFinal(h2, mac, &n));
+    assert_int_equal(n, 32);
+    assert_memory_equal(mac, want, 32);
+    n = sizeof(md);
+    CK(f->C_DigestFinal(h2, md, &n));
+    assert_memory_equal(md, want_md, 32);
+
+    /* Verification, and a _GENERAL length kept. */
+    end_macs(h);
+    CK(f->C_VerifyInit(h, &hgen, k));
+    CK(f->C_VerifyUpdate(h, data, 10));
+    sl = get_state(h, st, sizeof(st));
+    CK(f->C_SetOperationState(h2, st, sl, 0, k));
+    CK(f->C_VerifyUpdate(h2, data + 10, sizeof(data) - 10));
+    RV(CKR_SIGNATURE_LEN_RANGE, f->C_VerifyFinal(h2, want, 32));
+    CK(f->C_SetOperationState(h2, st, sl, 0, k));
+    CK(f->C_VerifyUpdate(h2, data + 10, sizeof(data) - 10));
+    CK(f->C_VerifyFinal(h2, want, general));
+
+    /* The key may no longer sign, or is gone: the state cannot come back with it. */
+    end_macs(h);
+    CK(f->C_SignInit(h, &hmac, k2));
+    CK(f->C_SignUpdate(h, data, 10));
+    sl = get_state(h, st, sizeof(st));
+    CK_ATTRIBUTE nosign[] = {{CKA_SIGN, &no, 1}};
+    CK(f->C_SetAttributeValue(h, k2, nosign, 1));
+    RV(CKR_KEY_CHANGED, f->C_SetOperationState(h2, st, sl, 0, k2));
+    CK(f->C_DestroyObject(h, k2));
+    RV(CKR_KEY_CHANGED, f->C_SetOperationState(h2, st, sl, 0, k2));
+
+    /* One authentication key per state: a MAC with each of two keys is not saveable. */
+    CK_OBJECT_HANDLE k3 = secret(CKK_GENERIC_SECRET, mk, U_SIGN);
+    end_macs(h);
+    CK(f->C_SignInit(h, &hmac, k));
+    CK(f->C_VerifyInit(h, &hmac, k3));
+    n = sizeof(st);
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h, st, &n));
+    end_macs(h);
+    CK(f->C_VerifyInit(h, &hmac, k));
+    get_state(h, st, sizeof(st)); /* the same key twice is fine */
+    end_macs(h);
+
+    /* CMAC, as HMAC. */
+    CK_OBJECT_HANDLE ak = secret(CKK_AES, AES_KEY, U_SIGN);
+    CK_MECHANISM cmac = {CKM_AES_CMAC, NULL, 0};
+    CK_BYTE want_cmac[16];
+    CK(f->C_SignInit(h, &cmac, ak));
+    n = sizeof(want_cmac);
+    CK(f->C_Sign(h, data, sizeof(data), want_cmac, &n));
+    CK(f->C_SignInit(h, &cmac, ak));
+    CK(f->C_SignUpdate(h, data, 33));
+    sl = get_state(h, st, sizeof(st));
+    CK(f->C_SetOperationState(h2, st, sl, 0, ak));
+    CK(f->C_SignUpdate(h2, data + 33, sizeof(data) - 33));
+    n = sizeof(mac);
+    CK(f->C_SignFinal(h2, mac, &n));
+    assert_int_equal(n, 16);
+    assert_memory_equal(mac, want_cmac, 16);
+
+    /* Public-key operations are not saveable. */
+    CK_OBJECT_HANDLE pub, priv;
+    rsa_pair(NULL, 0, NULL, 0, &pub, &priv);
+    CK_MECHANISM rsa = {CKM_SHA256_RSA_PKCS, NULL, 0};
+    CK(f->C_SignInit(h2, &rsa, priv));
+    CK(f->C_SignUpdate(h2, data, 10));
+    n = sizeof(st);
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h2, st, &n));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -607,6 +899,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dual_sign_encrypt, start_default, stop),
         cmocka_unit_test_setup_teardown(test_dual_states, start_default, stop),
         cmocka_unit_test_setup_teardown(test_key_derivation_rules, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_opstate_digest, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_opstate_forged, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_opstate_mac, start_default, stop),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -101,6 +101,9 @@ TOK_API CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *k
                           const tok_attrs *key_attrs, tok_op **out);
 TOK_API void tok_op_free(tok_op *op);
 TOK_API tok_op_kind tok_op_get_kind(const tok_op *op);
+/* The handle of the operation's key, to which C_GetOperationState binds a
+ * saved state (tok_opstate.h). */
+TOK_API void tok_op_set_key_handle(tok_op *op, uint64_t h);
 
 /* C_SignRecoverInit (TOK_OP_SIGN) and C_VerifyRecoverInit (TOK_OP_VERIFY):
  * the checks of tok_op_init with the mechanism's CKF_SIGN_RECOVER /
