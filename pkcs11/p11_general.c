@@ -17,6 +17,7 @@ static void forget_parent(void)
     p11_mutex *lock = NULL;
 
     p11_sessions_free(true);
+    p11_events_forget();
     /* The context is abandoned with its session objects: the keystore layer
      * handles the child's reopen. */
     p11_state_clear(&tok, &lock);
@@ -46,6 +47,8 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
         rv = p11_mutex_new(&lock);
     if (rv == CKR_OK) {
         rv = tok_ctx_open(TOK_CTX_CREATE, &tok);
+        if (rv == CKR_OK && (rv = p11_events_start(tok)) != CKR_OK)
+            tok_ctx_close(tok);
         if (rv != CKR_OK)
             p11_mutex_free(lock);
     }
@@ -72,6 +75,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     p11_mutex *lock = NULL;
     tok_ctx *tok = NULL;
 
+    p11_events_stop(); /* ends every C_WaitForSlotEvent, waits for them to leave */
     p11_sessions_free(false);
     p11_state_clear(&tok, &lock);
     tok_ctx_close(tok); /* with the session objects */

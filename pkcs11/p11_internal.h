@@ -92,6 +92,12 @@ P11_API void p11_gate_setup(void);
 P11_API void p11_gate_enter(void);
 P11_API void p11_gate_leave(void);
 P11_API tok_ctx *p11_tok(void);
+/* C_WaitForSlotEvent's state (p11_event.c): started by C_Initialize with its
+ * context (before it is published), stopped by C_Finalize before the context
+ * goes (it ends every wait), forgotten in a fork child. */
+P11_API CK_RV p11_events_start(tok_ctx *tok);
+P11_API void p11_events_stop(void);
+P11_API void p11_events_forget(void);
 P11_API void p11_lock(void);
 P11_API void p11_unlock(void);
 

@@ -143,11 +143,3 @@ CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulO
     p11_session_put(s);
     return rv;
 }
-
-CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
-{
-    return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
-    return_val_if_fail(pSlot != NULL && pReserved == NULL, CKR_ARGUMENTS_BAD);
-    /* Tokens are never inserted or removed: there is never an event. */
-    return (flags & CKF_DONT_BLOCK) ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED;
-}

@@ -29,16 +29,12 @@ static CK_SESSION_HANDLE h;
 static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 static const char SO[] = "so-secret", PIN[] = "user-pin";
 
-/* The module ($P11MK_MODULE) and a temporary directory, for the group. */
-static inline int group_setup(void **state)
+/* The module ($P11MK_MODULE): f. */
+static inline int load_module(void)
 {
-    (void)state;
     const char *mod = getenv("P11MK_MODULE");
     CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
 
-    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-test-XXXXXX");
-    if (!mkdtemp(tmp))
-        return -1;
     dl = dlopen(mod ? mod : "pkcs11/p11mk-pkcs11.so", RTLD_NOW | RTLD_LOCAL);
     if (!dl) {
         fprintf(stderr, "dlopen: %s\n", dlerror());
@@ -46,6 +42,14 @@ static inline int group_setup(void **state)
     }
     gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
     return gfl && gfl(&f) == CKR_OK ? 0 : -1;
+}
+
+/* The module and a temporary directory, for the group. */
+static inline int group_setup(void **state)
+{
+    (void)state;
+    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-test-XXXXXX");
+    return mkdtemp(tmp) ? load_module() : -1;
 }
 
 static inline int group_teardown(void **state)

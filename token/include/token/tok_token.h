@@ -31,6 +31,16 @@ TOK_API CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n);
  * free slot, CKR_SLOT_ID_INVALID otherwise. */
 TOK_API CK_RV tok_slot_check(tok_ctx *ctx, CK_SLOT_ID slot);
 TOK_API CK_RV tok_slot_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_SLOT_INFO *info);
+/* Slot events (C_WaitForSlotEvent, tok_event.c): a watch remembers the
+ * slots' states (a token and its incarnation, or none) as it last reported
+ * them, from when it was made. _next looks once (one read transaction):
+ * CKR_OK and *slot, the lowest slot whose token was since initialized,
+ * re-initialized or deleted, by any process (each change reported once), or
+ * CKR_NO_EVENT. Not thread-safe: one caller at a time per watch. */
+typedef struct tok_slot_watch tok_slot_watch;
+TOK_API CK_RV tok_slot_watch_new(tok_ctx *ctx, tok_slot_watch **w);
+TOK_API void tok_slot_watch_free(tok_slot_watch *w);
+TOK_API CK_RV tok_slot_watch_next(tok_ctx *ctx, tok_slot_watch *w, CK_SLOT_ID *slot);
 TOK_API CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info);
 
 /* C_InitToken: on the free slot creates the token; on a token verifies the

@@ -1,0 +1,117 @@
+/* p11mk pkcs11 layer: C_WaitForSlotEvent.
+ *
+ * What an event is the token layer's (tok_slot_watch: a token initialized,
+ * re-initialized or deleted by any process); here are the waiting and its
+ * end. The keystore has no notification to wait on, so a blocked caller
+ * looks again every P11_EVENT_POLL_MS (one read transaction: the token list
+ * and each token's incarnation). C_Finalize ends every wait, which then
+ * returns CKR_CRYPTOKI_NOT_INITIALIZED, and frees the context only once no
+ * waiter uses it. */
+#include "p11_internal.h"
+
+#include <pthread.h>
+#include <time.h>
+
+#define P11_EVENT_POLL_MS 100
+
+static struct {
+    pthread_mutex_t lock; /* all of the below */
+    pthread_cond_t cond;  /* a poll's end, C_Finalize, a waiter leaving */
+    tok_ctx *tok;         /* the context the watch reads, NULL when not initialized */
+    tok_slot_watch *watch;
+    int waiters;
+    bool closing;
+} ev = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_once_t ev_once = PTHREAD_ONCE_INIT;
+
+static void ev_cond_init(void)
+{
+    pthread_condattr_t a;
+
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&ev.cond, &a);
+    pthread_condattr_destroy(&a);
+}
+
+CK_RV p11_events_start(tok_ctx *tok)
+{
+    tok_slot_watch *w = NULL;
+    CK_RV rv = tok_slot_watch_new(tok, &w); /* the slots as C_Initialize finds them */
+
+    if (rv != CKR_OK)
+        return rv;
+    pthread_once(&ev_once, ev_cond_init);
+    pthread_mutex_lock(&ev.lock);
+    ev.tok = tok;
+    ev.watch = w;
+    ev.closing = false;
+    pthread_mutex_unlock(&ev.lock);
+    return CKR_OK;
+}
+
+void p11_events_stop(void)
+{
+    pthread_once(&ev_once, ev_cond_init);
+    pthread_mutex_lock(&ev.lock);
+    ev.closing = true;
+    pthread_cond_broadcast(&ev.cond);
+    while (ev.waiters)
+        pthread_cond_wait(&ev.cond, &ev.lock);
+    tok_slot_watch_free(ev.watch);
+    ev.watch = NULL;
+    ev.tok = NULL;
+    pthread_mutex_unlock(&ev.lock);
+}
+
+void p11_events_forget(void)
+{
+    /* A fork child: the parent's waiters are not here, and a parent thread
+     * may have held the lock at the fork. */
+    pthread_mutex_init(&ev.lock, NULL);
+    ev_cond_init();
+    p11_state_abandon(ev.watch);
+    ev.watch = NULL;
+    ev.tok = NULL;
+    ev.waiters = 0;
+    ev.closing = false;
+}
+
+static void deadline_in(struct timespec *t, long ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, t);
+    t->tv_nsec += ms * 1000000L;
+    t->tv_sec += t->tv_nsec / 1000000000L;
+    t->tv_nsec %= 1000000000L;
+}
+
+CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
+{
+    CK_RV rv;
+
+    return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    return_val_if_fail(pSlot != NULL && pReserved == NULL, CKR_ARGUMENTS_BAD);
+    pthread_mutex_lock(&ev.lock);
+    if (!ev.watch || ev.closing) {
+        pthread_mutex_unlock(&ev.lock);
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    }
+    ev.waiters++;
+    for (;;) {
+        if (ev.closing) {
+            rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+            break;
+        }
+        rv = tok_slot_watch_next(ev.tok, ev.watch, pSlot);
+        if (rv != CKR_NO_EVENT || (flags & CKF_DONT_BLOCK))
+            break;
+        struct timespec t;
+        deadline_in(&t, P11_EVENT_POLL_MS);
+        pthread_cond_timedwait(&ev.cond, &ev.lock, &t);
+    }
+    if (--ev.waiters == 0 && ev.closing)
+        pthread_cond_broadcast(&ev.cond); /* C_Finalize waits for the last one */
+    pthread_mutex_unlock(&ev.lock);
+    return rv;
+}
