@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # OpenSC pkcs11-tool against the built module: token and PIN life cycle, key
 # generation (EC, RSA, AES, generic secret), sign/verify, encrypt/decrypt,
-# objects listed, read and deleted, PIN lock-out.
+# objects listed, read and deleted, PIN lock-out, the mechanism list and its
+# flags, C_WaitForSlotEvent (--test-hotplug).
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 need openssl
@@ -214,3 +215,26 @@ done
 grep -E "^ *[A-Z0-9-]*(RSA|ECDSA|EDDSA)[A-Z0-9-]*," mechs.txt | grep "other flags" && fail "a signature mechanism signs messages"
 grep -q "^ *mechtype-0x1225, keySize={32,32}, generate\$" mechs.txt || fail "ChaCha20 key generation not listed"
 ok "random, mechanism list"
+# Recovery on RSA-PKCS and RSA-X-509 only; the SHA-x key derivations (pkcs11-tool
+# 0.23 names SHA-1's only, and its --derive takes EC keys only: test_funcs and
+# test_vectors derive with them through the module).
+for m in RSA-PKCS RSA-X-509; do
+    grep -Eq "^ *$m, .*sign_recover, .*verify_recover" mechs.txt || fail "$m does not say it recovers"
+done
+[ "$(grep -c sign_recover mechs.txt)" -eq 2 ] || fail "another mechanism says it recovers: $(grep sign_recover mechs.txt)"
+for m in SHA1-KEY-DERIVATION mechtype-0x396 mechtype-0x393 mechtype-0x394 mechtype-0x395; do
+    grep -Eq "^ *$m, keySize=\{8,4096\}, derive\$" mechs.txt || fail "key derivation $m not listed"
+done
+p11 -T | grep -q "other flags=0x220" || fail "no CKF_DUAL_CRYPTO_OPERATIONS in the token flags"
+ok "sign/verify recover and key derivation mechanisms, dual-function flag"
+
+# C_WaitForSlotEvent: pkcs11-tool --test-hotplug lists the slots once, then
+# blocks in it until another process initializes a token on the free slot.
+p11 -L > slots.txt
+free=$(grep '^Slot ' slots.txt | tail -1 | sed 's/.*(\(0x[0-9a-f]*\)).*/\1/')
+idx=$(( $(grep -c '^Slot ' slots.txt) - 1 ))
+{ echo x; echo; sleep 1; p11 --init-token --slot-index "$idx" --label hotplug --so-pin $SO >/dev/null; sleep 1; echo x; } |
+    timeout 60 pkcs11-tool --module "$MOD" --test-hotplug > hotplug.txt 2>&1 || { cat hotplug.txt; fail "--test-hotplug"; }
+grep -q "Calling C_WaitForSlotEvent: event on slot $free\$" hotplug.txt || { cat hotplug.txt; fail "no event on slot $free"; }
+grep -q "token label *: hotplug" hotplug.txt || fail "the slot listed after the event has no token 'hotplug'"
+ok "C_WaitForSlotEvent: pkcs11-tool --test-hotplug sees a token initialized by another process"
