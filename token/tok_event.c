@@ -77,8 +77,8 @@ CK_RV tok_slot_watch_next(tok_ctx *ctx, tok_slot_watch *w, CK_SLOT_ID *slot)
     size_t nn = 0, i = 0, j = 0;
     CK_RV rv = read_states(ctx, &now, &nn);
 
-    if (rv != CKR_OK)
-        return rv;
+    if (rv != CKR_OK) /* the codes C_WaitForSlotEvent may return */
+        return rv == CKR_HOST_MEMORY ? rv : CKR_FUNCTION_FAILED;
     /* Both lists ascend: skip what is the same; the first difference is the event. */
     while (i < w->n && j < nn && w->v[i].id == now[j].id && w->v[i].inc == now[j].inc)
         i++, j++;

@@ -36,7 +36,8 @@ TOK_API CK_RV tok_slot_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_SLOT_INFO *info);
  * them, from when it was made. _next looks once (one read transaction):
  * CKR_OK and *slot, the lowest slot whose token was since initialized,
  * re-initialized or deleted, by any process (each change reported once), or
- * CKR_NO_EVENT. Not thread-safe: one caller at a time per watch. */
+ * CKR_NO_EVENT; CKR_FUNCTION_FAILED or CKR_HOST_MEMORY when the keystore
+ * cannot be read. Not thread-safe: one caller at a time per watch. */
 typedef struct tok_slot_watch tok_slot_watch;
 TOK_API CK_RV tok_slot_watch_new(tok_ctx *ctx, tok_slot_watch **w);
 TOK_API void tok_slot_watch_free(tok_slot_watch *w);
