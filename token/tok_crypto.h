@@ -125,7 +125,7 @@ TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
  * final call) is: its mechanism, the MAC length of a _GENERAL one (0: none),
  * its key's handle (0: a digest) and its input so far (valid while op is).
  * CKR_STATE_UNSAVEABLE for any other. */
-#define TOK_OPSTATE_MAX_DATA (64u * 1024u)
+#define TOK_OPSTATE_MAX_DATA (16u * 1024u)
 typedef struct {
     tok_op_kind kind;
     CK_MECHANISM_TYPE mech;

@@ -827,7 +827,7 @@ static CK_RV append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *in, 
             return CKR_HOST_MEMORY;
         if (*buf) {
             memcpy(nb, *buf, *len);
-            OPENSSL_clear_free(*buf, *cap);
+            OPENSSL_clear_free(*buf, *len); /* only the bytes used held anything */
         }
         *buf = nb;
         *cap = ncap;
