@@ -100,22 +100,6 @@ static size_t crypt1(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_
     return n;
 }
 
-/* The size-query protocol of one call: NULL gives query (the length, or an
- * upper bound for decryption), a buffer one byte short of want
- * CKR_BUFFER_TOO_SMALL and want, and the operation stays for the call that
- * gives the want bytes. */
-static void sized(CK_C_Encrypt fn, uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG query, CK_ULONG want)
-{
-    CK_ULONG n = 0;
-    CK(fn(h, in, inlen, NULL, &n));
-    assert_int_equal(n, query);
-    n = want - 1;
-    RV(CKR_BUFFER_TOO_SMALL, fn(h, in, inlen, out, &n));
-    assert_int_equal(n, want);
-    CK(fn(h, in, inlen, out, &n));
-    assert_int_equal(n, want);
-}
-
 /* Multi-part, the input in pieces of 5, 11, then 16 bytes. */
 static size_t crypt_parts(bool enc, CK_MECHANISM *m, CK_OBJECT_HANDLE k, const uint8_t *in, size_t inlen, uint8_t *out,
                           size_t cap)

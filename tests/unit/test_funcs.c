@@ -67,23 +67,6 @@ static void rsa_pair(CK_ATTRIBUTE *pub_extra, CK_ULONG npub, CK_ATTRIBUTE *priv_
     CK(f->C_GenerateKeyPair(h, &gen, pt, 2 + npub, kt, 1 + npriv, pub, priv));
 }
 
-/* The size-query protocol of a call producing output: NULL gives `query`,
- * a buffer of want - 1 bytes CKR_BUFFER_TOO_SMALL and want, and the
- * operation stays for the call that hands out the want bytes. */
-typedef CK_RV (*out_fn)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-static CK_ULONG sized(out_fn fn, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG query, CK_ULONG want)
-{
-    CK_ULONG n = 0;
-    CK(fn(h, in, inlen, NULL, &n));
-    assert_int_equal(n, query);
-    n = want - 1;
-    RV(CKR_BUFFER_TOO_SMALL, fn(h, in, inlen, out, &n));
-    assert_int_equal(n, want);
-    CK(fn(h, in, inlen, out, &n));
-    assert_int_equal(n, want);
-    return n;
-}
-
 /* ---- sign and verify with recovery ----------------------------------------- */
 
 static void test_recover_round_trips(void **state)
@@ -304,7 +287,7 @@ static void test_recover_init_rules(void **state)
 static const char AES_KEY[] = "2b7e151628aed2a6abf7158809cf4f3c";
 
 /* One-shot output of an operation started with init(mech, key). */
-static CK_ULONG one_shot(CK_C_EncryptInit init, out_fn fn, CK_MECHANISM *m, CK_OBJECT_HANDLE k, CK_BYTE_PTR in,
+static CK_ULONG one_shot(CK_C_EncryptInit init, CK_C_Encrypt fn, CK_MECHANISM *m, CK_OBJECT_HANDLE k, CK_BYTE_PTR in,
                          CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG cap)
 {
     CK_ULONG n = cap;

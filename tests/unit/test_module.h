@@ -104,6 +104,24 @@ static inline int stop(void **state)
     return f->C_Finalize(NULL) == CKR_OK ? 0 : -1;
 }
 
+/* The size-query protocol of one call that gives output (C_Encrypt's shape):
+ * NULL gives query (the length, or an upper bound where PKCS#11 allows
+ * one), a buffer one byte short of want CKR_BUFFER_TOO_SMALL and want, and
+ * the operation stays for the call that gives the want bytes (returned). */
+static inline CK_ULONG sized(CK_C_Encrypt fn, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG query,
+                             CK_ULONG want)
+{
+    CK_ULONG n = 0;
+    CK(fn(h, in, inlen, NULL, &n));
+    assert_int_equal(n, query);
+    n = want - 1;
+    RV(CKR_BUFFER_TOO_SMALL, fn(h, in, inlen, out, &n));
+    assert_int_equal(n, want);
+    CK(fn(h, in, inlen, out, &n));
+    assert_int_equal(n, want);
+    return n;
+}
+
 enum { U_CRYPT = 1, U_SIGN = 2, U_WRAP = 4, U_DERIVE = 8 };
 
 /* C_CreateObject of a session secret key (not sensitive, extractable) with

@@ -39,6 +39,8 @@ static char tmp[64], conf[128], keystore[128], logfile[128];
 static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 static const char SO[] = "so-secret", PIN[] = "user-pin";
 
+#include "tests/unit/test_slots.h"
+
 /* ---- helpers ------------------------------------------------------------- */
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
@@ -66,33 +68,6 @@ static bool log_contains(const char *needle)
     fclose(l);
     buf[n] = 0;
     return strstr(buf, needle) != NULL;
-}
-
-static void pad32(CK_UTF8CHAR out[32], const char *s)
-{
-    memset(out, ' ', 32);
-    memcpy(out, s, strlen(s));
-}
-
-/* Slot of the token with this label, or the free slot when label is NULL. */
-static CK_SLOT_ID slot_of(const char *label)
-{
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_UTF8CHAR want[32];
-    CK(f->C_GetSlotList(CK_TRUE, slots, &n));
-    if (label)
-        pad32(want, label);
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        CK(f->C_GetTokenInfo(slots[i], &ti));
-        bool init = ti.flags & CKF_TOKEN_INITIALIZED;
-        if (!label && !init)
-            return slots[i];
-        if (label && init && memcmp(ti.label, want, 32) == 0)
-            return slots[i];
-    }
-    return (CK_SLOT_ID)-1;
 }
 
 static CK_SLOT_ID make_token(const char *label)

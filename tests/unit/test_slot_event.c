@@ -33,6 +33,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "tests/unit/test_module.h"
+#include "tests/unit/test_slots.h"
 
 extern char **environ;
 static char self[4096];
@@ -44,41 +45,18 @@ static double now_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void pad32(CK_UTF8CHAR out[32], const char *s)
-{
-    memset(out, ' ', 32);
-    memcpy(out, s, strlen(s));
-}
-
-/* The slot of the token with this label, or (CK_SLOT_ID)-1. */
-static CK_SLOT_ID slot_of(const char *label)
-{
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
-    CK_UTF8CHAR want[32];
-    pad32(want, label);
-    if (f->C_GetSlotList(CK_FALSE, slots, &n) != CKR_OK)
-        return (CK_SLOT_ID)-1;
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && (ti.flags & CKF_TOKEN_INITIALIZED) &&
-            memcmp(ti.label, want, 32) == 0)
-            return slots[i];
-    }
-    return (CK_SLOT_ID)-1;
-}
 
 /* The other process (`--token LABEL`). */
 static int child_main(const char *label)
 {
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = 64;
     CK_UTF8CHAR l[32];
-    if (load_module() != 0 || f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &n) != CKR_OK)
+    if (load_module() != 0 || f->C_Initialize(NULL) != CKR_OK)
         return 1;
     CK_SLOT_ID s = slot_of(label);
+    if (s == (CK_SLOT_ID)-1)
+        s = slot_of(NULL); /* the free slot */
     pad32(l, label);
-    CK_RV rv = f->C_InitToken(s != (CK_SLOT_ID)-1 ? s : slots[n - 1], (CK_UTF8CHAR_PTR)SO, strlen(SO), l);
+    CK_RV rv = f->C_InitToken(s, (CK_UTF8CHAR_PTR)SO, strlen(SO), l);
     if (rv != CKR_OK)
         fprintf(stderr, "C_InitToken %s: 0x%lx\n", label, (unsigned long)rv);
     f->C_Finalize(NULL);
