@@ -474,8 +474,11 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
     static const struct {
         CK_FLAGS flag;
         tok_op_kind kind;
-    } map[] = {{CKF_ENCRYPT, TOK_OP_ENCRYPT}, {CKF_DECRYPT, TOK_OP_DECRYPT}, {CKF_SIGN, TOK_OP_SIGN},
-               {CKF_VERIFY, TOK_OP_VERIFY},   {CKF_DIGEST, TOK_OP_DIGEST}};
+        bool recover; /* signing and verifying with recovery take the sign and verify slots */
+    } map[] = {{CKF_ENCRYPT, TOK_OP_ENCRYPT, false}, {CKF_DECRYPT, TOK_OP_DECRYPT, false},
+               {CKF_SIGN, TOK_OP_SIGN, false},       {CKF_SIGN_RECOVER, TOK_OP_SIGN, true},
+               {CKF_VERIFY, TOK_OP_VERIFY, false},   {CKF_VERIFY_RECOVER, TOK_OP_VERIFY, true},
+               {CKF_DIGEST, TOK_OP_DIGEST, false}};
     static const CK_FLAGS msg_flag[P11_MSG_KINDS] = {CKF_MESSAGE_ENCRYPT, CKF_MESSAGE_DECRYPT, CKF_MESSAGE_SIGN,
                                                      CKF_MESSAGE_VERIFY};
     p11_session *s;
@@ -484,7 +487,7 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
     if (rv != CKR_OK)
         return rv;
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
-        if (flags & map[i].flag)
+        if ((flags & map[i].flag) && s->op[map[i].kind] && tok_op_is_recover(s->op[map[i].kind]) == map[i].recover)
             p11_op_end(s, map[i].kind);
     for (int k = 0; k < P11_MSG_KINDS; k++)
         if (flags & msg_flag[k])
@@ -497,8 +500,7 @@ CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
 
 /* The state of the session's operations (tok_opstate.h: what is saved, how
  * it is sealed). Neither call ends an operation when it fails. */
-CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
-                          CK_ULONG_PTR pulOperationStateLen)
+CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState, CK_ULONG_PTR pulOperationStateLen)
 {
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);

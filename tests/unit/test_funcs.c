@@ -47,6 +47,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "pkcs11/p11_v3.h"
 #include "tests/unit/test_module.h"
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -280,6 +281,22 @@ static void test_recover_init_rules(void **state)
     n = sizeof(back);
     CK(f->C_VerifyRecover(h, sig, 256, back, &n));
     assert_int_equal(n, 10);
+
+    /* C_SessionCancel (PKCS#11 3.0): CKF_SIGN_RECOVER and CKF_VERIFY_RECOVER
+     * end these, CKF_SIGN and CKF_VERIFY the plain ones. */
+    CK_INTERFACE_PTR ip;
+    CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) =
+        (CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(dl, "C_GetInterface");
+    CK(gi(NULL, NULL, &ip, 0));
+    CK_FUNCTION_LIST_3_0 *f3 = ip->pFunctionList;
+    CK(f->C_SignRecoverInit(h, &pkcs, priv));
+    CK(f->C_VerifyInit(h, &pkcs, pub));
+    CK(f3->C_SessionCancel(h, CKF_SIGN | CKF_VERIFY_RECOVER));
+    RV(CKR_OPERATION_ACTIVE, f->C_SignInit(h, &pkcs, priv));
+    RV(CKR_OPERATION_ACTIVE, f->C_VerifyRecoverInit(h, &pkcs, pub));
+    CK(f3->C_SessionCancel(h, CKF_SIGN_RECOVER | CKF_VERIFY));
+    CK(f->C_SignInit(h, &pkcs, priv));
+    CK(f->C_VerifyRecoverInit(h, &pkcs, pub));
 }
 
 /* ---- dual-function updates ------------------------------------------------------- */
