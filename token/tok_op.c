@@ -72,7 +72,7 @@ void tok_op_free(tok_op *op)
     if (op->pend)
         OPENSSL_clear_free(op->pend, op->pendlen);
     if (op->fed)
-        OPENSSL_clear_free(op->fed, op->fedcap);
+        OPENSSL_clear_free(op->fed, op->fedlen);
     OPENSSL_free(op->label);
     EVP_MD_free(op->pss_mdobj);
     tok_aead_op_free(op->aead);
@@ -843,19 +843,23 @@ static CK_RV buf_append(tok_op *op, const uint8_t *in, size_t inlen)
     return append(&op->buf, &op->blen, &op->bcap, in, inlen);
 }
 
+/* The operation can no longer be saved: what it kept goes. */
+static void stop_keeping(tok_op *op)
+{
+    op->unsaveable = true;
+    if (op->fed)
+        OPENSSL_clear_free(op->fed, op->fedlen);
+    op->fed = NULL;
+    op->fedlen = op->fedcap = 0;
+}
+
 /* A digest or MAC keeps what it was fed, for C_GetOperationState; past the
  * bound (or out of memory) it is no longer saveable, and the update goes on. */
 static CK_RV keep_fed(tok_op *op, const uint8_t *in, size_t inlen)
 {
-    if (op->unsaveable)
-        return CKR_OK;
-    if (op->fedlen + inlen > TOK_OPSTATE_MAX_DATA || append(&op->fed, &op->fedlen, &op->fedcap, in, inlen) != CKR_OK) {
-        op->unsaveable = true;
-        if (op->fed)
-            OPENSSL_clear_free(op->fed, op->fedcap);
-        op->fed = NULL;
-        op->fedlen = op->fedcap = 0;
-    }
+    if (!op->unsaveable &&
+        (op->fedlen + inlen > TOK_OPSTATE_MAX_DATA || append(&op->fed, &op->fedlen, &op->fedcap, in, inlen) != CKR_OK))
+        stop_keeping(op);
     return CKR_OK;
 }
 
@@ -976,7 +980,7 @@ CK_RV tok_op_digest_key(tok_op *op, const tok_key *key)
         return CKR_ARGUMENTS_BAD;
     if (key->cls != CKO_SECRET_KEY || !key->secret)
         return CKR_KEY_INDIGESTIBLE;
-    op->unsaveable = true; /* a key's value never goes into a saved state */
+    stop_keeping(op); /* a key's value never goes into a saved state */
     return EVP_DigestUpdate(op->mdctx, key->secret, key->secret_len) ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
