@@ -316,8 +316,8 @@ CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
     snprintf(serial, sizeof(serial), "%02x%02x%02x%02x%08lx", ctx->ksid[0], ctx->ksid[1], ctx->ksid[2],
              ctx->ksid[3], (unsigned long)(slot & 0xffffffffUL));
     memcpy(info->serialNumber, serial, sizeof(info->serialNumber));
-    info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_DUAL_CRYPTO_OPERATIONS |
-                  (ks_readonly(ctx->st) ? CKF_WRITE_PROTECTED : 0);
+    info->flags =
+        CKF_RNG | CKF_LOGIN_REQUIRED | CKF_DUAL_CRYPTO_OPERATIONS | (ks_readonly(ctx->st) ? CKF_WRITE_PROTECTED : 0);
     if (rec.n) {
         info->flags |= CKF_TOKEN_INITIALIZED | CKF_RESTORE_KEY_NOT_NEEDED;
         if (tok_attrs_find(&rec, TOKR_USER_PIN))

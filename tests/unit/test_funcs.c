@@ -285,8 +285,8 @@ static void test_recover_init_rules(void **state)
     /* C_SessionCancel (PKCS#11 3.0): CKF_SIGN_RECOVER and CKF_VERIFY_RECOVER
      * end these, CKF_SIGN and CKF_VERIFY the plain ones. */
     CK_INTERFACE_PTR ip;
-    CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) =
-        (CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(dl, "C_GetInterface");
+    typedef CK_RV (*get_interface)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS);
+    get_interface gi = (get_interface)dlsym(dl, "C_GetInterface");
     CK(gi(NULL, NULL, &ip, 0));
     CK_FUNCTION_LIST_3_0 *f3 = ip->pFunctionList;
     CK(f->C_SignRecoverInit(h, &pkcs, priv));

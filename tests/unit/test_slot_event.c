@@ -45,7 +45,6 @@ static double now_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-
 /* The other process (`--token LABEL`). */
 static int child_main(const char *label)
 {

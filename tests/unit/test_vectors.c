@@ -1148,8 +1148,7 @@ static void test_rsa_fixed_key_openssl(void **state)
 
 /* Raw RSA with OpenSSL on the fixed key: a PKCS#1 v1.5 (type 1) or unpadded
  * private-key operation on in (sign), or the public-key inverse (recover). */
-static size_t ossl_rsa_raw(EVP_PKEY *pk, int pad, bool sign_it, const uint8_t *in, size_t len, uint8_t *out,
-                           size_t cap)
+static size_t ossl_rsa_raw(EVP_PKEY *pk, int pad, bool sign_it, const uint8_t *in, size_t len, uint8_t *out, size_t cap)
 {
     EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
     size_t n = cap;
