@@ -103,7 +103,9 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
             rv = CKR_CRYPTOKI_NOT_INITIALIZED;
             break;
         }
+        p11_gate_enter(); /* a look works in the module; the wait between looks does not */
         rv = tok_slot_watch_next(ev.tok, ev.watch, pSlot);
+        p11_gate_leave();
         if (rv != CKR_NO_EVENT || (flags & CKF_DONT_BLOCK))
             break;
         struct timespec t;

@@ -72,8 +72,6 @@ typedef struct p11_session {
     p11_find find;
 } p11_session;
 
-/* Is the module initialized in this process? Checks the pid too: after
- * fork() the child must call C_Initialize again. */
 /* ---- module state (p11_state.c) ----------------------------------------- */
 P11_API bool p11_initialized(void); /* in this process (not a fork child) */
 /* For C_Initialize / C_Finalize only (under their mutex): */

@@ -507,9 +507,13 @@ CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationStat
 
     if (rv != CKR_OK)
         return rv;
-    rv = pulOperationStateLen
-             ? tok_opstate_save(p11_tok(), s->slot, s->op, s->op_multi, pOperationState, pulOperationStateLen)
-             : CKR_ARGUMENTS_BAD;
+    /* A message-based operation cannot be saved (tok_opstate.h): its state
+     * is counters and IVs no replay can give back. */
+    bool msg_active = s->msg[0] || s->msg[1] || s->mac[0] || s->mac[1];
+    rv = !pulOperationStateLen ? CKR_ARGUMENTS_BAD
+         : msg_active          ? CKR_STATE_UNSAVEABLE
+                               : tok_opstate_save(p11_tok(), s->slot, s->op, s->op_multi, pOperationState,
+                                                  pulOperationStateLen);
     p11_session_put(s);
     return rv;
 }

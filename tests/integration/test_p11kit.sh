@@ -34,5 +34,5 @@ p11 --token-label viakit --login --pin $PIN --verify -m ECDSA-SHA256 --id 07 -i 
 ok "pkcs11-tool through p11-kit-proxy signs with the token"
 
 # The module loaded both directly and through p11-kit in one process shares one keystore environment.
-pkcs11-tool --module "$PROXY" --token-label viakit --login --pin $PIN -O | grep -q kitkey || fail "proxy listing"
+grep -q kitkey <<<"$(pkcs11-tool --module "$PROXY" --token-label viakit --login --pin $PIN -O)" || fail "proxy listing"
 ok "object listing through the proxy"

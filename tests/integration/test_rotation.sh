@@ -138,7 +138,7 @@ printf 'An0ther-strong-passphrase\n' > good2.pass
 expect_rc 0 "$ADMIN" set-master-key --passphrase-file good2.pass --yes
 expect_out "disables it"
 expect_out "now disabled"
-"$ADMIN" status | grep -q "Auto-update: *off" || fail "a manual set-master-key left auto-update on"
+grep -q "Auto-update: *off" <<<"$("$ADMIN" status)" || fail "a manual set-master-key left auto-update on"
 expect_rc 0 "$ADMIN" auto-update --disable
 expect_out "disabled"
 expect_rc 0 "$ADMIN" version

@@ -894,6 +894,15 @@ static void test_msg_states(void **state)
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_MessageEncryptFinal(h));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_MessageDecryptFinal(h));
 
+    /* A message-based operation cannot be saved, and saving fails without ending it. */
+    CK_ULONG slen = 0;
+    CK(f->C_MessageEncryptInit(h, &gcm, k));
+    RV(CKR_STATE_UNSAVEABLE, f->C_GetOperationState(h, NULL, &slen));
+    n = sizeof(out);
+    CK(f->C_EncryptMessage(h, &p.u, p.len, NULL, 0, counting, 8, out, &n));
+    CK(f->C_MessageEncryptFinal(h));
+    n = sizeof(out);
+
     /* What the init refuses. A parameter there is a message's (as in the
      * specification's example) or none. */
     CK_MECHANISM cbc = {CKM_AES_CBC, iv, 16}, ecb = {CKM_AES_ECB, NULL, 0};
