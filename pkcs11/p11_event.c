@@ -24,6 +24,7 @@ static struct {
 } ev = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static pthread_once_t ev_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t look_lock = PTHREAD_MUTEX_INITIALIZER; /* one look at a time (look()) */
 
 static void ev_cond_init(void)
 {
@@ -70,12 +71,34 @@ void p11_events_forget(void)
     /* A fork child: the parent's waiters are not here, and a parent thread
      * may have held the lock at the fork. */
     pthread_mutex_init(&ev.lock, NULL);
+    pthread_mutex_init(&look_lock, NULL);
     ev_cond_init();
     p11_state_abandon(ev.watch);
     ev.watch = NULL;
     ev.tok = NULL;
     ev.waiters = 0;
     ev.closing = false;
+}
+
+/* One look at the slots, called with ev.lock held and returning with it
+ * held. It works inside the fork gate, which is taken before any lock of
+ * ours (C_Initialize and C_Finalize hold the gate, then take ev.lock), so
+ * ev.lock is let go meanwhile: the watch stays, since C_Finalize waits for
+ * every waiter to leave, and look_lock keeps two waiters' looks apart. */
+static CK_RV look(CK_SLOT_ID *slot)
+{
+    tok_ctx *tok = ev.tok;
+    tok_slot_watch *watch = ev.watch;
+    CK_RV rv;
+
+    pthread_mutex_unlock(&ev.lock);
+    p11_gate_enter();
+    pthread_mutex_lock(&look_lock);
+    rv = tok_slot_watch_next(tok, watch, slot);
+    pthread_mutex_unlock(&look_lock);
+    p11_gate_leave();
+    pthread_mutex_lock(&ev.lock);
+    return rv;
 }
 
 static void deadline_in(struct timespec *t, long ms)
@@ -103,9 +126,7 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
             rv = CKR_CRYPTOKI_NOT_INITIALIZED;
             break;
         }
-        p11_gate_enter(); /* a look works in the module; the wait between looks does not */
-        rv = tok_slot_watch_next(ev.tok, ev.watch, pSlot);
-        p11_gate_leave();
+        rv = look(pSlot);
         if (rv != CKR_NO_EVENT || (flags & CKF_DONT_BLOCK))
             break;
         struct timespec t;

@@ -48,8 +48,13 @@ static void fork_parent(void) { pthread_rwlock_unlock(&gate); }
 static void fork_child(void)
 {
     __atomic_store_n(&g.forked, true, __ATOMIC_RELAXED);
-    /* Made afresh, not unlocked: the copy also says that parent threads were
-     * waiting for it, and they do not exist here. */
+    /* Released (this thread holds it: the prepare handler took it), then
+     * made afresh: the copy also says that parent threads were waiting for
+     * it, and they do not exist here, so the unlock alone could leave it
+     * blocking the next reader. The unlock keeps ThreadSanitizer's view of
+     * the lock right; pthread_rwlock_destroy would refuse a copy in that
+     * state, hence the memset. */
+    pthread_rwlock_unlock(&gate);
     memset(&gate, 0, sizeof(gate));
     gate_init();
 }
