@@ -2,7 +2,9 @@
  * entry points) on a fresh keystore per test, each with its own
  * configuration lines: the module and the temporary directory for the group,
  * a token, a logged-in read/write user session for each test, and session
- * secret keys of known value. Include after cmocka.h. */
+ * secret keys of known value. The configuration and the logged-in session
+ * are test_session.h's (also used alone by tests with a fixture of their
+ * own). Include after cmocka.h. */
 #ifndef P11MK_TEST_MODULE_H
 #define P11MK_TEST_MODULE_H
 
@@ -16,6 +18,7 @@
 
 #include "tests/unit/ks_test_util.h"
 #include "tests/unit/test_hex.h"
+#include "tests/unit/test_session.h"
 
 #define CK(call) assert_int_equal((call), CKR_OK)
 #define RV(want, call) assert_int_equal((call), (want))
@@ -59,37 +62,16 @@ static inline int group_teardown(void **state)
     return 0;
 }
 
-/* The configuration every start() writes ($P11MK_CONF points at it). */
-static inline void conf_path(char *out, size_t cap) { snprintf(out, cap, "%s/p11mk.conf", tmp); }
-
 /* C_Initialize with these configuration lines on a new keystore; a token
  * and a logged-in read/write user session (h, on slot). */
 static inline int start(const char *extra)
 {
-    char conf[128];
-    CK_SLOT_ID slots[8];
-    CK_ULONG ns = 8;
-    CK_UTF8CHAR label[32];
+    char ks[16];
 
-    conf_path(conf, sizeof(conf));
-    FILE *c = fopen(conf, "w");
-    if (!c)
+    snprintf(ks, sizeof(ks), "ks%d", starts++);
+    if (test_conf(tmp, ks, extra) != 0)
         return -1;
-    fprintf(c, "keystore = %s/ks%d\nlog = %s/p11mk.log\nlog_level = info\n%s", tmp, starts++, tmp, extra);
-    fclose(c);
-    setenv("P11MK_CONF", conf, 1);
-    memset(label, ' ', sizeof(label));
-    memcpy(label, "test", 4);
-    if (f->C_Initialize(NULL) != CKR_OK || f->C_GetSlotList(CK_FALSE, slots, &ns) != CKR_OK || ns == 0)
-        return -1;
-    slot = slots[ns - 1]; /* the free slot is listed last; it keeps its id once initialized */
-    if (f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label) != CKR_OK ||
-        f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) != CKR_OK ||
-        f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)) != CKR_OK ||
-        f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK || f->C_Logout(h) != CKR_OK ||
-        f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)) != CKR_OK)
-        return -1;
-    return 0;
+    return test_user_session(f, "test", SO, PIN, &slot, &h);
 }
 
 static inline int start_default(void **state)
