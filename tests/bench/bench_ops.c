@@ -12,7 +12,11 @@
  * operation. Nothing is asserted: this is a measurement, run by hand and for
  * the README's figures. A module with the PKCS#11 3.0 interface also gets
  * AES-GCM through C_EncryptMessage, one C_MessageEncryptInit per session for
- * the whole run (each operation: one message). */
+ * the whole run (each operation: one message).
+ *
+ * For instruction profiles (valgrind --tool=callgrind, whose counts do not
+ * depend on machine load): BENCH_OPS_PROFILE="NAME:N" runs N operations of
+ * each side of the first case whose name contains NAME, untimed, and exits. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -362,6 +366,31 @@ int main(int argc, char **argv)
                "EC signature");
     EVP_MD_CTX_free(c);
 
+    const char *prof = getenv("BENCH_OPS_PROFILE");
+    if (prof) {
+        char want[64];
+        snprintf(want, sizeof(want), "%s", prof);
+        char *colon = strrchr(want, ':');
+        long n = colon ? atol(colon + 1) : 0;
+        size_t i = 0;
+        if (colon)
+            *colon = '\0';
+        for (; colon && i < sizeof(cases) / sizeof(*cases); i++)
+            if (strstr(cases[i].name, want))
+                break;
+        if (!colon || n <= 0 || i == sizeof(cases) / sizeof(*cases) || (cases[i].p11 == p_gcm_msg && !f3)) {
+            fprintf(stderr, "bench_ops: BENCH_OPS_PROFILE=NAME:N names no case that can run\n");
+            return 2;
+        }
+        worker w = {s[0]};
+        for (long k = 0; k < n; k++)
+            cases[i].p11(&w);
+        for (long k = 0; k < n; k++)
+            cases[i].ossl(&w);
+        printf("bench_ops: %ld operations of \"%s\" on each side\n", n, cases[i].name);
+        f->C_Finalize(NULL);
+        return 0;
+    }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     printf("bench_ops: %s, %s, %.1f s per round, best of 2, %ld CPUs\n", argv[1], OpenSSL_version(OPENSSL_VERSION),
            dur, cpus);
