@@ -5,6 +5,7 @@
 #include "tok_crypto.h"
 
 #include <pthread.h>
+#include <string.h>
 
 typedef enum { C_ECB, C_CBC, C_CTR, C_GCM, C_WRAP, C_WRAP_PAD, C_CCM, C_CHACHA_POLY } cmode;
 
@@ -121,6 +122,40 @@ bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt)
     case TOK_FAM_CHACHA20: return kt == CKK_CHACHA20;
     default: return false;
     }
+}
+
+/* Digests by the names the mechanism table uses, each fetched on first use
+ * and kept for the process (as the library context is). */
+static struct {
+    const char *name;
+    EVP_MD *md;
+} digests[] = {{"SHA1", NULL},     {"SHA224", NULL},   {"SHA256", NULL},   {"SHA384", NULL},   {"SHA512", NULL},
+               {"SHA3-224", NULL}, {"SHA3-256", NULL}, {"SHA3-384", NULL}, {"SHA3-512", NULL}, {"MD5", NULL}};
+
+const EVP_MD *tok_md(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof(digests) / sizeof(digests[0]); i++) {
+        if (digests[i].name != name && strcmp(digests[i].name, name) != 0)
+            continue;
+        EVP_MD *md = __atomic_load_n(&digests[i].md, __ATOMIC_ACQUIRE), *none = NULL;
+        if (md)
+            return md;
+        if (!(md = EVP_MD_fetch(ks_libctx(), name, NULL)))
+            return NULL;
+        if (!__atomic_compare_exchange_n(&digests[i].md, &none, md, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            EVP_MD_free(md); /* another thread was first */
+            md = none;
+        }
+        return md;
+    }
+    return NULL;
+}
+
+size_t tok_md_size(const char *name)
+{
+    const EVP_MD *md = tok_md(name);
+    int n = md ? EVP_MD_get_size(md) : 0;
+    return n > 0 ? (size_t)n : 0;
 }
 
 EVP_MAC *tok_mac(bool want_cmac)

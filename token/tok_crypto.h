@@ -150,6 +150,11 @@ TOK_API bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt);
 TOK_API bool tok_cipher_fetch_legacy(void);
 /* The MAC algorithms, fetched once: CMAC (cmac) or HMAC. */
 TOK_API EVP_MAC *tok_mac(bool cmac);
+/* A digest of the mechanism table by name ("SHA256", "SHA3-384", ...),
+ * fetched once: not to be freed. NULL for a name the table does not use. */
+TOK_API const EVP_MD *tok_md(const char *name);
+/* Its output size in bytes; 0 when tok_md has no such digest. */
+TOK_API size_t tok_md_size(const char *name);
 
 /* Can a secret key of type kt be len bytes long? AES 16, 24 or 32,
  * ChaCha20 32, DES keys their type's length, the others any but 0. */

@@ -318,9 +318,8 @@ static CK_RV init_md(tok_op *op)
     if (!op->mdctx)
         return CKR_HOST_MEMORY;
     if (op->kind == TOK_OP_DIGEST) {
-        EVP_MD *md = EVP_MD_fetch(ks_libctx(), op->d->md, NULL);
+        const EVP_MD *md = tok_md(op->d->md);
         ok = md && EVP_DigestInit_ex2(op->mdctx, md, NULL);
-        EVP_MD_free(md);
         return ok ? CKR_OK : CKR_MECHANISM_INVALID;
     }
     if (op->kind == TOK_OP_SIGN)
@@ -389,11 +388,8 @@ static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, 
     else if (d->general) {
         const CK_ULONG *l = mech->pParameter;
         size_t full = d->mc == M_CMAC ? tok_fam_block(d->fam) : 0;
-        if (!full) {
-            EVP_MD *md = EVP_MD_fetch(ks_libctx(), d->md, NULL);
-            full = md ? (size_t)EVP_MD_get_size(md) : 0;
-            EVP_MD_free(md);
-        }
+        if (!full)
+            full = tok_md_size(d->md);
         rv = l && mech->ulParameterLen == sizeof(*l) && *l >= 1 && *l <= full ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
         if (rv == CKR_OK)
             op->maclen = *l;
@@ -440,21 +436,13 @@ bool tok_op_is_recover(const tok_op *op) { return op->recover; }
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static size_t md_size(const char *name)
-{
-    EVP_MD *md = EVP_MD_fetch(ks_libctx(), name, NULL);
-    int n = md ? EVP_MD_get_size(md) : 0;
-    EVP_MD_free(md);
-    return n > 0 ? (size_t)n : 0;
-}
-
 static size_t sig_len(const tok_op *op)
 {
     if (op->maclen)
         return op->maclen;
     switch (op->d->mc) {
     case M_HMAC:
-    case M_DIGEST: return md_size(op->d->md);
+    case M_DIGEST: return tok_md_size(op->d->md);
     case M_CMAC: return tok_fam_block(op->d->fam);
     case M_ECDSA:
     case M_ECDSA_HASH: return 2 * op->key->size_bytes;
@@ -747,12 +735,12 @@ static CK_RV check_single_input(tok_op *op, size_t inlen)
             return inlen == k ? CKR_OK : CKR_ENCRYPTED_DATA_LEN_RANGE;
         return inlen <= k ? CKR_OK : CKR_DATA_LEN_RANGE;
     case M_RSA_OAEP: {
-        size_t h = md_size(op->pss_md);
+        size_t h = tok_md_size(op->pss_md);
         if (op->kind == TOK_OP_DECRYPT)
             return inlen == k ? CKR_OK : CKR_ENCRYPTED_DATA_LEN_RANGE;
         return inlen + 2 * h + 2 <= k ? CKR_OK : CKR_DATA_LEN_RANGE;
     }
-    case M_RSA_PSS: return inlen == md_size(op->pss_md) ? CKR_OK : CKR_DATA_LEN_RANGE;
+    case M_RSA_PSS: return inlen == tok_md_size(op->pss_md) ? CKR_OK : CKR_DATA_LEN_RANGE;
     case M_ECDSA: return inlen > 0 && inlen <= 64 ? CKR_OK : CKR_DATA_LEN_RANGE;
     default: return CKR_OK;
     }
