@@ -840,6 +840,23 @@ const char *ks_path(ks_store *st) { return st ? st->path : NULL; }
 
 uint32_t ks_epoch(ks_store *st) { return st ? atomic_load(&st->epoch_hint) : 0; }
 
+/* LMDB's last committed transaction id, from the newer of the two meta pages
+ * in the shared map: every commit (ours or another process's) writes it
+ * last, after the data it commits. Under the resize lock, as the map may be
+ * replaced by adopt_resize. */
+uint64_t ks_commit_seq(ks_store *st)
+{
+    MDB_envinfo info;
+    int rc;
+
+    if (!st)
+        return 0;
+    pthread_rwlock_rdlock(&st->resize);
+    rc = mdb_env_info(st->env, &info);
+    pthread_rwlock_unlock(&st->resize);
+    return rc == MDB_SUCCESS ? (uint64_t)info.me_last_txnid : 0;
+}
+
 bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
 
 int ks_get_info(ks_store *st, ks_info *info)

@@ -8,6 +8,7 @@ typedef struct {
     CK_SLOT_ID slot;
     CK_USER_TYPE who;
     uint64_t inc; /* the token's incarnation at login */
+    uint64_t seq; /* tok_change_seq() read before inc was last found current */
 } p11_login;
 
 /* All protected by the global lock (p11_lock). Session counts are small
@@ -160,19 +161,28 @@ tok_access p11_access(const p11_session *s)
 CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
 {
     CK_USER_TYPE who;
-    uint64_t inc = 0;
+    uint64_t inc = 0, seq = tok_change_seq(p11_tok());
     bool have;
     p11_login *l;
 
-    /* Nobody logged in here: nothing to compare with the token's incarnation. */
+    /* Nobody logged in here: nothing to compare with the token's incarnation.
+     * Nothing committed since the incarnation was last found current: the
+     * login stands without a read. */
     p11_lock();
     l = login_locked(slot);
+    if (l && seq && l->seq == seq) {
+        who = l->who;
+        p11_unlock();
+        return who;
+    }
     p11_unlock();
     if (!l)
         return P11_NOBODY;
     have = read_incarnation(slot, &inc);
     p11_lock();
     l = login_current_locked(slot, have, inc);
+    if (l && have)
+        l->seq = seq;
     who = l ? l->who : P11_NOBODY;
     p11_unlock();
     return who;
@@ -423,7 +433,7 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
 
         if (v) {
             t.logins = v;
-            t.logins[t.nlogins++] = (p11_login){slot, userType, have ? inc : 0};
+            t.logins[t.nlogins++] = (p11_login){.slot = slot, .who = userType, .inc = have ? inc : 0};
         } else {
             rv = CKR_HOST_MEMORY;
             tok_logout(p11_tok(), slot); /* the token key the check left in memory */

@@ -42,6 +42,7 @@ typedef struct cache_ent {
     CK_SLOT_ID slot;
     uint64_t oid;
     ks_stamp stamp;
+    uint64_t seq; /* ks_commit_seq() read before the stamp was last found current */
     tok_key *key; /* with its attributes (tok_key_attrs) */
 } cache_ent;
 

@@ -831,8 +831,11 @@ void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
     pthread_mutex_unlock(&ctx->cache_lock);
 }
 
-/* On a hit, hands out a key reference. */
-static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, uint32_t epoch,
+/* On a hit, hands out a key reference. With st NULL, a hit needs nothing
+ * committed since the entry was last found current (seq equal and not 0):
+ * no transaction at all. With st, the record's stamp decides, and a hit
+ * records seq as the reading it is now current at. */
+static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, uint64_t seq, uint32_t epoch,
                       tok_key **key)
 {
     unsigned b = cache_bucket(slot, oid);
@@ -848,17 +851,21 @@ static bool cache_get(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     for (cache_ent *e = ctx->cache[b]; e; e = e->next) {
         if (e->slot != slot || e->oid != oid)
             continue;
-        if (e->stamp.epoch == st->epoch && CRYPTO_memcmp(e->stamp.tag, st->tag, sizeof(st->tag)) == 0) {
-            *key = tok_key_ref(e->key);
+        if (!st) {
+            hit = seq != 0 && e->seq == seq;
+        } else if (e->stamp.epoch == st->epoch && CRYPTO_memcmp(e->stamp.tag, st->tag, sizeof(st->tag)) == 0) {
+            e->seq = seq;
             hit = true;
         }
+        if (hit)
+            *key = tok_key_ref(e->key);
         break;
     }
     pthread_mutex_unlock(&ctx->cache_lock);
     return hit;
 }
 
-static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, tok_key *key)
+static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stamp *st, uint64_t seq, tok_key *key)
 {
     unsigned b = cache_bucket(slot, oid);
     cache_ent *e = calloc(1, sizeof(*e));
@@ -868,6 +875,7 @@ static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     e->slot = slot;
     e->oid = oid;
     e->stamp = *st;
+    e->seq = seq;
     e->key = tok_key_ref(key);
     cache_drop(ctx, slot, oid);
     pthread_mutex_lock(&ctx->cache_lock);
@@ -879,12 +887,23 @@ static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
     pthread_mutex_unlock(&ctx->cache_lock);
 }
 
+/* A cached key the caller may see, or CKR_OBJECT_HANDLE_INVALID. */
+static CK_RV cache_hand_out(const tok_access *ac, tok_key **key)
+{
+    if (tok_access_sees(ac, tok_key_attrs(*key)))
+        return CKR_OK;
+    tok_key_unref(*key);
+    *key = NULL;
+    return CKR_OBJECT_HANDLE_INVALID;
+}
+
 CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key)
 {
     CK_SLOT_ID slot = ac->slot;
     AUTO_TXN txn = NULL;
     AUTO_ATTRS attrs = TOK_ATTRS_INIT;
     ks_stamp st;
+    uint64_t seq;
     CK_RV rv;
     int rc;
 
@@ -893,6 +912,10 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
         return tok_sobj_key(ctx, ac, oid, key);
     if (slot == 0 || slot > UINT32_MAX || oid == 0)
         return CKR_OBJECT_HANDLE_INVALID;
+    /* The hot path: nothing committed since this key was last found current. */
+    seq = ks_commit_seq(ctx->st);
+    if (cache_get(ctx, slot, oid, NULL, seq, ks_epoch(ctx->st), key))
+        return cache_hand_out(ac, key);
     rc = ks_read_begin(ctx->st, &txn);
     if (rc == KS_OK)
         rc = ks_obj_stamp(txn, (uint32_t)slot, oid, &st);
@@ -900,20 +923,17 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
         return CKR_OBJECT_HANDLE_INVALID;
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    if (cache_get(ctx, slot, oid, &st, ks_epoch(ctx->st), key)) {
-        if (tok_access_sees(ac, tok_key_attrs(*key)))
-            return CKR_OK;
-        tok_key_unref(*key);
-        *key = NULL;
-        return CKR_OBJECT_HANDLE_INVALID;
-    }
+    if (cache_get(ctx, slot, oid, &st, seq, ks_epoch(ctx->st), key))
+        return cache_hand_out(ac, key);
     rv = obj_read_txn(ctx, ac, txn, slot, oid, &attrs, READ_FULL, NULL);
     if (rv == CKR_OK)
         rv = tok_key_from_attrs(&attrs, key);
     if (rv == CKR_OK)
-        cache_put(ctx, slot, oid, &st, *key);
+        cache_put(ctx, slot, oid, &st, seq, *key);
     return rv;
 }
+
+uint64_t tok_change_seq(tok_ctx *ctx) { return ctx ? ks_commit_seq(ctx->st) : 0; }
 
 /* ---- index verification ------------------------------------------------- */
 

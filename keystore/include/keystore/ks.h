@@ -246,6 +246,13 @@ KS_API const char *ks_path(ks_store *st);
 KS_API bool ks_readonly(ks_store *st);
 /* Cheap (no LMDB write, no crypto) current epoch of the keystore. */
 KS_API uint32_t ks_epoch(ks_store *st);
+/* A number that changes whenever a write commits to the keystore, from any
+ * process, read without a transaction (a few loads). Two equal readings mean
+ * nothing committed in between, so whatever the caller checked after the
+ * first reading still holds: it lets a key cache skip its per-use stamp
+ * check. Read it before the check it vouches for. 0 means unknown: treat
+ * it as "changed". */
+KS_API uint64_t ks_commit_seq(ks_store *st);
 
 /* ---- memory for secrets (ks_secmem.c) ---- */
 /* Zeroed, excluded from core dumps, locked against swap where the limit allows. */

@@ -48,11 +48,13 @@ TOK_API CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
  * SO PIN (lock-out counted) and wipes its objects. label: 32 bytes, blank padded. */
 TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_ULONG len,
                              const uint8_t label[32]);
-/* Delete a token with all its objects (p11mk-admin delete-token). Its slot
- * id is not reused: a process still holding it finds no token there. */
 /* The token's incarnation: it changes when the token is re-initialized or
  * deleted, by any process. A login remembers it and ends when it changes. */
 TOK_API CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc);
+/* Changes whenever anything commits to the keystore, from any process; no
+ * transaction (ks_commit_seq). Equal readings: whatever was read after the
+ * first still holds, such as an incarnation. 0: unknown, read again. */
+TOK_API uint64_t tok_change_seq(tok_ctx *ctx);
 /* C_InitPIN (the caller checked the SO is logged in). */
 TOK_API CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG len);
 /* C_SetPIN for CKU_SO or CKU_USER: verifies old (counted), sets new. */
