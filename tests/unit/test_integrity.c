@@ -1,5 +1,5 @@
 /* Metadata that decides behaviour is authenticated: a tamper suite over the
- * raw LMDB environment. For each metadata record and database: delete it,
+ * stored records (keystore/ks_tamper.h). For each metadata record and database: delete it,
  * zero it, set counters back, replay an older copy. In every case nothing is
  * re-created or overwritten, the keystore never serves wrong data, and
  * ks_verify names the problem. Also: a format 1 keystore is read as before
@@ -17,10 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <lmdb.h>
 #include <openssl/rand.h>
 
 #include "keystore/ks_internal.h"
+#include "keystore/ks_tamper.h"
 #include "tests/unit/ks_test_util.h"
 
 typedef struct {
@@ -64,55 +64,35 @@ static int teardown(void **state)
     return 0;
 }
 
-/* ---- raw access to the environment (the keystore must be closed) ---- */
+/* ---- raw access to the stored records (the keystore must be closed) ---- */
 
 typedef struct {
-    MDB_env *env;
-    MDB_txn *t;
+    ks_tamper *t;
 } raw;
 
 static void raw_begin(fx *f, raw *r)
 {
-    assert_int_equal(mdb_env_create(&r->env), 0);
-    mdb_env_set_maxdbs(r->env, 8);
-    mdb_env_set_mapsize(r->env, 64u << 20);
-    assert_int_equal(mdb_env_open(r->env, f->dir, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(r->env, NULL, 0, &r->t), 0);
-}
-
-static MDB_dbi raw_db(raw *r, const char *name)
-{
-    MDB_dbi d;
-    assert_int_equal(mdb_dbi_open(r->t, name, name && strcmp(name, "index") == 0 ? MDB_DUPSORT | MDB_DUPFIXED : 0, &d),
-                     0);
-    return d;
+    assert_int_equal(ks_tamper_open(f->dir, 0, &r->t), KS_OK);
 }
 
 static void raw_end(raw *r)
 {
-    assert_int_equal(mdb_txn_commit(r->t), 0);
-    mdb_env_close(r->env);
+    assert_int_equal(ks_tamper_commit(r->t), KS_OK);
 }
 
 static void raw_get(raw *r, const char *db, const void *key, size_t klen, uint8_t **val, size_t *len)
 {
-    MDB_val k = {klen, (void *)key}, v;
-    assert_int_equal(mdb_get(r->t, raw_db(r, db), &k, &v), 0);
-    *val = malloc(v.mv_size);
-    memcpy(*val, v.mv_data, v.mv_size);
-    *len = v.mv_size;
+    assert_int_equal(ks_tamper_get(r->t, db, key, klen, val, len), KS_OK);
 }
 
 static void raw_put(raw *r, const char *db, const void *key, size_t klen, const void *val, size_t len)
 {
-    MDB_val k = {klen, (void *)key}, v = {len, (void *)val};
-    assert_int_equal(mdb_put(r->t, raw_db(r, db), &k, &v, 0), 0);
+    assert_int_equal(ks_tamper_put(r->t, db, key, klen, val, len), KS_OK);
 }
 
 static void raw_del(raw *r, const char *db, const void *key, size_t klen)
 {
-    MDB_val k = {klen, (void *)key};
-    assert_int_equal(mdb_del(r->t, raw_db(r, db), &k, NULL), 0);
+    assert_int_equal(ks_tamper_del(r->t, db, key, klen), KS_OK);
 }
 
 /* ---- helpers ---- */
@@ -187,12 +167,12 @@ static void test_dropped_database_is_damage(void **state)
     fx *f = *state;
     raw r;
     raw_begin(f, &r);
-    assert_int_equal(mdb_drop(r.t, raw_db(&r, "objects"), 1), 0);
+    assert_int_equal(ks_tamper_drop(r.t, "objects"), KS_OK);
     raw_end(&r);
     assert_null(reopen(f, KS_ECORRUPT));
     raw_begin(f, &r);
-    MDB_dbi d;
-    assert_int_equal(mdb_dbi_open(r.t, "objects", 0, &d), MDB_NOTFOUND); /* not re-created */
+    uint64_t n;
+    assert_int_equal(ks_tamper_count(r.t, "objects", &n), KS_ENOTFOUND); /* not re-created */
     raw_end(&r);
 }
 
@@ -233,6 +213,14 @@ static void test_counter_set_back_never_overwrites(void **state)
     ks_close(st);
 }
 
+/* An index entry (its value is the object id it points at) of this object. */
+static int pointing_at(const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen, void *arg)
+{
+    (void)key;
+    (void)klen;
+    return vlen == 8 && ks_get_be64(val) == *(const uint64_t *)arg ? KS_TAMPER_DELETE : KS_TAMPER_NEXT;
+}
+
 static void test_deleted_object_and_its_index_entries(void **state)
 {
     fx *f = *state;
@@ -243,20 +231,11 @@ static void test_deleted_object_and_its_index_entries(void **state)
     raw_begin(f, &r);
     raw_del(&r, "objects", kb, 12);
     /* and every index entry pointing at it */
-    MDB_cursor *c;
-    MDB_val k, v;
-    assert_int_equal(mdb_cursor_open(r.t, raw_db(&r, "index"), &c), 0);
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;) {
-        if (v.mv_size == 8 && ks_get_be64(v.mv_data) == f->oids[2]) {
-            assert_int_equal(mdb_cursor_del(c, 0), 0);
-            rc = mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT);
-            if (rc != 0)
-                rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-            continue;
-        }
-        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(c);
+    uint64_t before, after;
+    assert_int_equal(ks_tamper_count(r.t, "index", &before), KS_OK);
+    assert_int_equal(ks_tamper_foreach(r.t, "index", pointing_at, &f->oids[2]), KS_OK);
+    assert_int_equal(ks_tamper_count(r.t, "index", &after), KS_OK);
+    assert_int_equal(after, before - 1); /* its one label entry */
     raw_end(&r);
     ks_store *st = reopen(f, KS_OK); /* served: the other objects are fine */
     assert_int_equal(read_obj(st, f->tid, f->oids[0]), KS_OK);
@@ -479,8 +458,9 @@ static void test_format1_upgrade(void **state)
     assert_int_equal(verify(st), 0);
     ks_close(st);
     raw_begin(f, &r);
-    MDB_val k = {8, (void *)"next_oid"}, v;
-    assert_int_equal(mdb_get(r.t, raw_db(&r, "meta"), &k, &v), MDB_NOTFOUND); /* only the anchor counts now */
+    uint8_t *v;
+    size_t l;
+    assert_int_equal(ks_tamper_get(r.t, "meta", "next_oid", 8, &v, &l), KS_ENOTFOUND); /* only the anchor counts now */
     raw_end(&r);
 }
 

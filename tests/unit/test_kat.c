@@ -33,7 +33,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <lmdb.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
@@ -41,6 +40,7 @@
 
 #include "keystore/ks.h"
 #include "keystore/ks_internal.h"
+#include "keystore/ks_tamper.h"
 #include "tests/unit/ks_test_util.h"
 #include "token/tok_envelope.h"
 #include "token/tok_internal.h"
@@ -643,32 +643,25 @@ static void write_all(const char *path, const uint8_t *buf, size_t len)
 
 /* The token record as stored, decrypted with plain OpenSSL from the key
  * file's bytes and the documented derivation (read before the store opens
- * the environment: LMDB wants one environment per file and process). */
+ * the keystore: raw access wants it closed in this process). */
 static size_t fixture_token_independent(const char *dir, const uint8_t mkey[32], const uint8_t ksid[16],
                                         uint32_t tid, uint8_t *out, size_t cap, uint32_t *epoch_out)
 {
-    MDB_env *env;
-    MDB_txn *t;
-    MDB_dbi db;
-    uint8_t kb[4], rk[32], aad[64];
+    ks_tamper *raw;
+    uint8_t kb[4], rk[32], aad[64], *rec;
+    size_t len;
     be32(kb, tid);
-    MDB_val k = {4, kb}, v;
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    assert_int_equal(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &t), 0);
-    assert_int_equal(mdb_dbi_open(t, "tokens", 0, &db), 0);
-    assert_int_equal(mdb_get(t, db, &k, &v), 0);
-    const uint8_t *rec = v.mv_data;
-    size_t len = v.mv_size, ptlen = len - 8 - 12 - 16;
+    assert_int_equal(ks_tamper_open(dir, KS_TAMPER_RDONLY, &raw), KS_OK);
+    assert_int_equal(ks_tamper_get(raw, KS_TAMPER_TOKENS, kb, 4, &rec, &len), KS_OK);
+    size_t ptlen = len - 8 - 12 - 16;
     assert_true(len > 36 && ptlen <= cap);
     assert_memory_equal(rec, "PK\x01T", 4);
     uint32_t epoch = (uint32_t)rec[4] << 24 | (uint32_t)rec[5] << 16 | (uint32_t)rec[6] << 8 | rec[7];
     rec_key_independent(mkey, ksid, epoch, rk);
     size_t al = rec_aad(aad, ksid, rec, tid, 0);
     assert_true(ossl_gcm(0, rk, rec + 8, aad, al, rec + 20, ptlen, out));
-    mdb_txn_abort(t);
-    mdb_env_close(env);
+    free(rec);
+    ks_tamper_abort(raw);
     *epoch_out = epoch;
     return ptlen;
 }

@@ -21,10 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <lmdb.h>
 
 #include "keystore/ks.h"
 #include "keystore/ks_internal.h"
+#include "keystore/ks_tamper.h"
 #include "tests/unit/ks_test_util.h"
 
 /* ---- fixtures ------------------------------------------------------------ */
@@ -484,34 +484,23 @@ static void test_tamper_and_swap(void **state)
     ks_close(f->st);
     f->st = NULL;
 
-    /* Edit the files with LMDB directly: swap a and b, flip a byte of c. */
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "objects", 0, &dbi), 0);
+    /* Edit the stored records directly: swap a and b, flip a byte of c. */
+    ks_tamper *raw;
+    assert_int_equal(ks_tamper_open(f->dir, 0, &raw), KS_OK);
     uint8_t ka[12], kb[12], kc[12];
-    ks_be32(ka, a.tid); ks_be64(ka + 4, a.oid);
-    ks_be32(kb, b.tid); ks_be64(kb + 4, b.oid);
-    ks_be32(kc, c.tid); ks_be64(kc + 4, c.oid);
-    MDB_val k1 = {12, ka}, k2 = {12, kb}, k3 = {12, kc}, v1, v2, v3;
-    assert_int_equal(mdb_get(txn, dbi, &k1, &v1), 0);
-    assert_int_equal(mdb_get(txn, dbi, &k2, &v2), 0);
-    assert_int_equal(mdb_get(txn, dbi, &k3, &v3), 0);
-    uint8_t *ca = malloc(v1.mv_size), *cb = malloc(v2.mv_size), *cc = malloc(v3.mv_size);
-    memcpy(ca, v1.mv_data, v1.mv_size);
-    memcpy(cb, v2.mv_data, v2.mv_size);
-    memcpy(cc, v3.mv_data, v3.mv_size);
-    cc[v3.mv_size / 2] ^= 0x40;
-    MDB_val n1 = {v2.mv_size, cb}, n2 = {v1.mv_size, ca}, n3 = {v3.mv_size, cc};
-    assert_int_equal(mdb_put(txn, dbi, &k1, &n1, 0), 0);
-    assert_int_equal(mdb_put(txn, dbi, &k2, &n2, 0), 0);
-    assert_int_equal(mdb_put(txn, dbi, &k3, &n3, 0), 0);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    ks_tamper_object_key(ka, a.tid, a.oid);
+    ks_tamper_object_key(kb, b.tid, b.oid);
+    ks_tamper_object_key(kc, c.tid, c.oid);
+    uint8_t *ca, *cb, *cc;
+    size_t la, lb, lc;
+    assert_int_equal(ks_tamper_get(raw, KS_TAMPER_OBJECTS, ka, 12, &ca, &la), KS_OK);
+    assert_int_equal(ks_tamper_get(raw, KS_TAMPER_OBJECTS, kb, 12, &cb, &lb), KS_OK);
+    assert_int_equal(ks_tamper_get(raw, KS_TAMPER_OBJECTS, kc, 12, &cc, &lc), KS_OK);
+    cc[lc / 2] ^= 0x40;
+    assert_int_equal(ks_tamper_put(raw, KS_TAMPER_OBJECTS, ka, 12, cb, lb), KS_OK);
+    assert_int_equal(ks_tamper_put(raw, KS_TAMPER_OBJECTS, kb, 12, ca, la), KS_OK);
+    assert_int_equal(ks_tamper_put(raw, KS_TAMPER_OBJECTS, kc, 12, cc, lc), KS_OK);
+    assert_int_equal(ks_tamper_commit(raw), KS_OK);
     free(ca); free(cb); free(cc);
 
     ks_err err;

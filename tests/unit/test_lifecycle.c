@@ -24,9 +24,9 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include <lmdb.h>
 
 #include "keystore/ks_internal.h"
+#include "keystore/ks_tamper.h"
 #include "tests/unit/ks_test_util.h"
 
 typedef struct {
@@ -671,21 +671,12 @@ static void test_staged_kcv_cannot_be_redirected(void **state)
     ks_mk_close(f->m);
     f->m = NULL;
     /* Rewrite the plain kcv<3> to k1's check value. */
-    MDB_env *env;
-    MDB_txn *t;
-    MDB_dbi d;
+    ks_tamper *raw;
     uint8_t key[7] = {'k', 'c', 'v'};
     ks_be32(key + 3, staged);
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    mdb_env_set_mapsize(env, 64u << 20);
-    assert_int_equal(mdb_env_open(env, f->ks, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
-    assert_int_equal(mdb_dbi_open(t, "meta", 0, &d), 0);
-    MDB_val k = {7, key}, v = {KS_KCV_LEN, c1};
-    assert_int_equal(mdb_put(t, d, &k, &v, 0), 0);
-    assert_int_equal(mdb_txn_commit(t), 0);
-    mdb_env_close(env);
+    assert_int_equal(ks_tamper_open(f->ks, 0, &raw), KS_OK);
+    assert_int_equal(ks_tamper_put(raw, KS_TAMPER_META, key, 7, c1, KS_KCV_LEN), KS_OK);
+    assert_int_equal(ks_tamper_commit(raw), KS_OK);
     assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
     uint64_t checked, failed;
     assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &checked, &failed), KS_OK);

@@ -22,10 +22,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <lmdb.h>
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
+#include "keystore/ks_tamper.h"
 #include "pkcs11/p11_v3.h"
 #include "tests/unit/test_params.h"
 
@@ -928,29 +928,10 @@ static void test_gcm_and_rsa(void **state)
 /* Find an object's keystore key (token BE32 | oid BE64) and flip a byte of its record. */
 static void tamper_record(CK_SLOT_ID slot, CK_OBJECT_HANDLE oid)
 {
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    uint8_t kb[12];
-    for (int i = 0; i < 4; i++)
-        kb[i] = (uint8_t)(slot >> (24 - 8 * i));
-    for (int i = 0; i < 8; i++)
-        kb[4 + i] = (uint8_t)((uint64_t)oid >> (56 - 8 * i));
-    MDB_val k = {12, kb}, v;
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 8);
-    assert_int_equal(mdb_env_open(env, keystore, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "objects", 0, &dbi), 0);
-    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-    uint8_t *copy = malloc(v.mv_size);
-    memcpy(copy, v.mv_data, v.mv_size);
-    copy[v.mv_size - 20] ^= 0x10;
-    MDB_val nv = {v.mv_size, copy};
-    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
-    free(copy);
+    ks_tamper *raw;
+    assert_int_equal(ks_tamper_open(keystore, 0, &raw), KS_OK);
+    assert_int_equal(ks_tamper_flip_object(raw, (uint32_t)slot, (uint64_t)oid, -20, 0x10), KS_OK);
+    assert_int_equal(ks_tamper_commit(raw), KS_OK);
 }
 
 static void test_tampered_record(void **state)
