@@ -28,28 +28,17 @@
 #include "keystore/ks_tamper.h"
 #include "pkcs11/p11_v3.h"
 #include "tests/unit/test_params.h"
+#include "tests/unit/test_dlopen.h"
 
-#define CK(call) assert_int_equal((call), CKR_OK)
-#define RV(want, call) assert_int_equal((call), (want))
 #define UL(x) ((CK_ULONG)(x))
 
-static void *dl;
-static CK_FUNCTION_LIST *f;
-static char tmp[64], conf[128], keystore[128], logfile[128];
-static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-static const char SO[] = "so-secret", PIN[] = "user-pin";
+static char conf[128], keystore[128], logfile[128];
 
 #include "tests/unit/test_slots.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
-static void write_conf(const char *path, const char *extra)
+static inline void write_conf(const char *path, const char *extra)
 {
     FILE *c = fopen(path, "w");
     assert_non_null(c);
@@ -57,7 +46,7 @@ static void write_conf(const char *path, const char *extra)
     fclose(c);
 }
 
-static bool log_contains(const char *needle)
+static inline bool log_contains(const char *needle)
 {
     char buf[1 << 16];
     FILE *l = fopen(logfile, "r");
@@ -70,7 +59,7 @@ static bool log_contains(const char *needle)
     return strstr(buf, needle) != NULL;
 }
 
-static CK_SLOT_ID make_token(const char *label)
+static inline CK_SLOT_ID make_token(const char *label)
 {
     CK_SLOT_ID s = slot_of(label);
     CK_SESSION_HANDLE h;
@@ -90,7 +79,7 @@ static CK_SLOT_ID make_token(const char *label)
     return s;
 }
 
-static CK_SESSION_HANDLE user_session(CK_SLOT_ID s, bool rw)
+static inline CK_SESSION_HANDLE user_session(CK_SLOT_ID s, bool rw)
 {
     CK_SESSION_HANDLE h;
     CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0), NULL, NULL, &h));
@@ -99,7 +88,7 @@ static CK_SESSION_HANDLE user_session(CK_SLOT_ID s, bool rw)
     return h;
 }
 
-static CK_OBJECT_HANDLE make_data(CK_SESSION_HANDLE h, const char *label, bool token, bool priv)
+static inline CK_OBJECT_HANDLE make_data(CK_SESSION_HANDLE h, const char *label, bool token, bool priv)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_OBJECT_HANDLE o;
@@ -114,7 +103,7 @@ static CK_OBJECT_HANDLE make_data(CK_SESSION_HANDLE h, const char *label, bool t
     return o;
 }
 
-static CK_OBJECT_HANDLE make_aes(CK_SESSION_HANDLE h, const char *label, bool token)
+static inline CK_OBJECT_HANDLE make_aes(CK_SESSION_HANDLE h, const char *label, bool token)
 {
     CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
     CK_ULONG len = 32;
@@ -130,7 +119,7 @@ static CK_OBJECT_HANDLE make_aes(CK_SESSION_HANDLE h, const char *label, bool to
     return k;
 }
 
-static void make_ec(CK_SESSION_HANDLE h, const char *label, bool token, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+static inline void make_ec(CK_SESSION_HANDLE h, const char *label, bool token, CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
 {
     static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
     CK_MECHANISM m = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
@@ -151,14 +140,10 @@ static void make_ec(CK_SESSION_HANDLE h, const char *label, bool token, CK_OBJEC
 
 /* ---- fixtures ------------------------------------------------------------ */
 
-static int group_setup(void **state)
+/* The group's keystore, configured before the module is loaded. */
+static inline int p11_group_setup(void **state)
 {
     (void)state;
-    const char *mod = getenv("P11MK_MODULE");
-    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
-
-    if (!mod)
-        mod = "pkcs11/p11mk-pkcs11.so";
     snprintf(tmp, sizeof(tmp), "/tmp/p11mk-p11-XXXXXX");
     if (!mkdtemp(tmp))
         return -1;
@@ -167,33 +152,25 @@ static int group_setup(void **state)
     snprintf(logfile, sizeof(logfile), "%s/p11mk.log", tmp);
     write_conf(conf, NULL);
     setenv("P11MK_CONF", conf, 1);
-    dl = dlopen(mod, RTLD_NOW | RTLD_LOCAL);
-    if (!dl) {
-        fprintf(stderr, "dlopen %s: %s\n", mod, dlerror());
-        return -1;
-    }
-    gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
-    if (!gfl || gfl(&f) != CKR_OK)
-        return -1;
-    return 0;
+    return load_module();
 }
 
-static int group_teardown(void **state)
+static inline int p11_group_teardown(void **state)
 {
     (void)state;
     f->C_Finalize(NULL);
-    nftw(tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    rm_rf(tmp);
     return 0;
 }
 
-static int setup(void **state)
+static inline int setup(void **state)
 {
     (void)state;
     CK_RV rv = f->C_Initialize(NULL);
     return rv == CKR_OK ? 0 : -1;
 }
 
-static int teardown(void **state)
+static inline int teardown(void **state)
 {
     (void)state;
     f->C_Finalize(NULL);
@@ -642,7 +619,7 @@ static void test_objects(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
-static CK_ULONG count_found(CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n)
+static inline CK_ULONG count_found(CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n)
 {
     CK_OBJECT_HANDLE objs[8];
     CK_ULONG got, total = 0;
@@ -1362,7 +1339,7 @@ static CK_OBJECT_HANDLE aes_key(CK_SESSION_HANDLE h, bool extractable, bool trus
 }
 
 /* Encrypt with one key, decrypt with the other: the same key material. */
-static void same_aes(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE a, CK_OBJECT_HANDLE b)
+static inline void same_aes(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE a, CK_OBJECT_HANDLE b)
 {
     CK_BYTE iv[16] = {7}, ct[64], pt[64];
     CK_MECHANISM m = {CKM_AES_CBC_PAD, iv, 16};
@@ -2065,5 +2042,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hkdf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pbkdf2, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, p11_group_setup, p11_group_teardown);
 }
