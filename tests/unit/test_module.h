@@ -1,10 +1,10 @@
 /* Shared by the unit tests that start the built module (dlopen, PKCS#11
  * entry points) on a fresh keystore per test, each with its own
- * configuration lines: the module and the temporary directory for the group,
- * a token, a logged-in read/write user session for each test, and session
- * secret keys of known value. The configuration and the logged-in session
- * are test_session.h's (also used alone by tests with a fixture of their
- * own). Include after cmocka.h. */
+ * configuration lines: the module and the temporary directory for the
+ * group (test_dlopen.h), a token, a logged-in read/write user session for
+ * each test, and session secret keys of known value. The configuration and
+ * the logged-in session are test_session.h's (also used alone by tests with
+ * a fixture of their own). Include after cmocka.h. */
 #ifndef P11MK_TEST_MODULE_H
 #define P11MK_TEST_MODULE_H
 

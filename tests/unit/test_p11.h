@@ -21,7 +21,6 @@
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
-#include "keystore/ks_tamper.h"
 #include "pkcs11/p11_v3.h"
 #include "tests/unit/test_params.h"
 #include "tests/unit/test_dlopen.h"

@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "keystore/ks_tamper.h"
 #include "tests/unit/test_p11.h"
 
 /* ---- keystore-level failures --------------------------------------------- */
