@@ -45,10 +45,7 @@ static void be32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (24 - 8 * i));
 }
 
-void ks_tamper_token_key(uint8_t key[KS_TAMPER_TOKEN_KEY_LEN], uint32_t token)
-{
-    be32(key, token);
-}
+void ks_tamper_token_key(uint8_t key[KS_TAMPER_TOKEN_KEY_LEN], uint32_t token) { be32(key, token); }
 
 void ks_tamper_object_key(uint8_t key[KS_TAMPER_OBJECT_KEY_LEN], uint32_t token, uint64_t oid)
 {
@@ -63,8 +60,9 @@ void ks_tamper_object_key(uint8_t key[KS_TAMPER_OBJECT_KEY_LEN], uint32_t token,
 static int table(ks_tamper *t, const char *name, MDB_dbi *dbi, bool *dup)
 {
     bool idx = name && strcmp(name, KS_TAMPER_INDEX) == 0;
-    if (!t || !name || (!idx && strcmp(name, KS_TAMPER_META) != 0 && strcmp(name, KS_TAMPER_TOKENS) != 0 &&
-                        strcmp(name, KS_TAMPER_OBJECTS) != 0))
+    if (!t || !name ||
+        (!idx && strcmp(name, KS_TAMPER_META) != 0 && strcmp(name, KS_TAMPER_TOKENS) != 0 &&
+         strcmp(name, KS_TAMPER_OBJECTS) != 0))
         return KS_EINVAL;
     if (dup)
         *dup = idx;
@@ -272,12 +270,12 @@ int ks_tamper_flip_object(ks_tamper *t, uint32_t token, uint64_t oid, long at, u
     int rc = ks_tamper_get(t, KS_TAMPER_OBJECTS, key, sizeof(key), &val, &len);
     if (rc != KS_OK)
         return rc;
-    if (at >= 0 ? (size_t)at >= len : (size_t)-(at + 1) >= len)
+    if (at >= 0 ? (size_t)at >= len : (size_t) - (at + 1) >= len)
         rc = KS_EINVAL;
     else if (t->rdonly)
         rc = KS_EROFS;
     if (rc == KS_OK) {
-        val[at >= 0 ? (size_t)at : len - (size_t)-(at + 1) - 1] ^= mask;
+        val[at >= 0 ? (size_t)at : len - (size_t) - (at + 1) - 1] ^= mask;
         rc = ks_tamper_put(t, KS_TAMPER_OBJECTS, key, sizeof(key), val, len);
     }
     free(val);

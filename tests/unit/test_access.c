@@ -85,8 +85,7 @@ static void test_sees(void **state)
 static void test_write(void **state)
 {
     (void)state;
-    tok_attrs tok_pub = TOK_ATTRS_INIT, tok_priv = TOK_ATTRS_INIT, ses_pub = TOK_ATTRS_INIT,
-              ses_priv = TOK_ATTRS_INIT;
+    tok_attrs tok_pub = TOK_ATTRS_INIT, tok_priv = TOK_ATTRS_INIT, ses_pub = TOK_ATTRS_INIT, ses_priv = TOK_ATTRS_INIT;
     ATTRS(&tok_pub, {CKA_TOKEN, 1}, {CKA_PRIVATE, 0});
     ATTRS(&tok_priv, {CKA_TOKEN, 1}, {CKA_PRIVATE, 1});
     ATTRS(&ses_pub, {CKA_TOKEN, 0}, {CKA_PRIVATE, 0});
@@ -210,7 +209,9 @@ static void test_wrap_strict(void **state)
     tok_policy_set_wrap_strict(true);
     assert_int_equal(tok_wrap_permitted(&w, &target), CKR_OK);
     assert_int_equal(tok_wrap_permitted(&w, NULL), CKR_OK);
-    const av spoil[] = {{CKA_LOCAL, 0}, {CKA_NEVER_EXTRACTABLE, 0}, {CKA_KEY_GEN_MECHANISM, CKM_PKCS5_PBKD2},
+    const av spoil[] = {{CKA_LOCAL, 0},
+                        {CKA_NEVER_EXTRACTABLE, 0},
+                        {CKA_KEY_GEN_MECHANISM, CKM_PKCS5_PBKD2},
                         {CKA_KEY_GEN_MECHANISM, CK_UNAVAILABLE_INFORMATION}};
     for (size_t i = 0; i < sizeof(spoil) / sizeof(spoil[0]); i++) {
         tok_attrs k = TOK_ATTRS_INIT;
@@ -255,11 +256,13 @@ static void test_unwrap_template(void **state)
 {
     (void)state;
     tok_attrs k = TOK_ATTRS_INIT, kt = TOK_ATTRS_INIT, obj = TOK_ATTRS_INIT, plain = TOK_ATTRS_INIT;
-    CK_ATTRIBUTE aes[] = {{CKA_CLASS, &secret_class, sizeof(secret_class)}, {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)}};
-    CK_ATTRIBUTE gen[] = {{CKA_CLASS, &secret_class, sizeof(secret_class)}, {CKA_KEY_TYPE, &gen_type, sizeof(gen_type)}};
+    CK_ATTRIBUTE aes[] = {{CKA_CLASS, &secret_class, sizeof(secret_class)},
+                          {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)}};
+    CK_ATTRIBUTE gen[] = {{CKA_CLASS, &secret_class, sizeof(secret_class)},
+                          {CKA_KEY_TYPE, &gen_type, sizeof(gen_type)}};
     CK_ATTRIBUTE unsealed[] = {{CKA_CLASS, &secret_class, sizeof(secret_class)},
-                           {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)},
-                           {CKA_SENSITIVE, &t_false, 1}};
+                               {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)},
+                               {CKA_SENSITIVE, &t_false, 1}};
 
     ATTRS(&plain, {CKA_UNWRAP, 0}, {CKA_DECRYPT, 1});
     assert_int_equal(tok_unwrap_template(&plain, aes, 2, &obj), CKR_KEY_FUNCTION_NOT_PERMITTED);
@@ -358,10 +361,9 @@ static void test_derive_template(void **state)
     tok_attrs_free(&obj);
     assert_int_equal(tok_derive_template(&base, CKM_ECDH1_DERIVE, gen, 2, &obj), CKR_TEMPLATE_INCONSISTENT);
     tok_attrs_free(&obj);
-    CK_ATTRIBUTE leaky[] = {{CKA_KEY_TYPE, &aes_type, sizeof(aes_type)}, {CKA_VALUE_LEN, &len, sizeof(len)},
-                            {CKA_EXTRACTABLE, &t_true, 1}};
-    assert_int_equal(tok_derive_template(&base, CKM_SHA256_KEY_DERIVATION, leaky, 3, &obj),
-                     CKR_TEMPLATE_INCONSISTENT);
+    CK_ATTRIBUTE leaky[] = {
+        {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)}, {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_EXTRACTABLE, &t_true, 1}};
+    assert_int_equal(tok_derive_template(&base, CKM_SHA256_KEY_DERIVATION, leaky, 3, &obj), CKR_TEMPLATE_INCONSISTENT);
     tok_attrs_free(&obj);
     tok_attrs_free(&base);
     tok_attrs_free(&bt);

@@ -75,13 +75,11 @@ KS_API int ks_tamper_open(const char *dir, unsigned flags, ks_tamper **out);
 /* A copy of the value stored under key (*val malloc'd, free() it; for the
  * index, the first of the key's values). KS_OK; KS_ENOTFOUND (no such key,
  * or no such table); KS_ENOMEM. */
-KS_API int ks_tamper_get(ks_tamper *t, const char *table, const void *key, size_t klen, uint8_t **val,
-                         size_t *vlen);
+KS_API int ks_tamper_get(ks_tamper *t, const char *table, const void *key, size_t klen, uint8_t **val, size_t *vlen);
 /* Store val under key, replacing what was there (in the index: adding a
  * value to the key's). KS_OK; KS_ENOTFOUND (no such table); KS_EINVAL (an
  * empty key, or a key or value the backend cannot store); KS_EROFS. */
-KS_API int ks_tamper_put(ks_tamper *t, const char *table, const void *key, size_t klen, const void *val,
-                         size_t vlen);
+KS_API int ks_tamper_put(ks_tamper *t, const char *table, const void *key, size_t klen, const void *val, size_t vlen);
 /* Delete the record stored under key (in the index: every value of the
  * key). KS_OK; KS_ENOTFOUND (no such key, or no such table); KS_EROFS. */
 KS_API int ks_tamper_del(ks_tamper *t, const char *table, const void *key, size_t klen);
