@@ -15,9 +15,20 @@ static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover
 
     if (rv != CKR_OK)
         return rv;
-    if (!pMechanism)
-        rv = CKR_ARGUMENTS_BAD;
-    else if (s->op[kind])
+    /* PKCS#11 3.0 (C_EncryptInit and the other *Init): a NULL mechanism
+     * terminates the active operation of this kind, the plain or the
+     * recovering one as this init is. With none active the call asks
+     * nothing the specification describes: CKR_ARGUMENTS_BAD, as before
+     * 3.0 (and as p11-kit's reference module answers). */
+    if (!pMechanism) {
+        if (s->op[kind] && tok_op_is_recover(s->op[kind]) == recover)
+            p11_op_end(s, kind);
+        else
+            rv = CKR_ARGUMENTS_BAD;
+        p11_session_put(s);
+        return rv;
+    }
+    if (s->op[kind])
         rv = CKR_OPERATION_ACTIVE;
     if (rv == CKR_OK && kind != TOK_OP_DIGEST)
         rv = p11_object_key(s, hKey, &key);
