@@ -213,8 +213,10 @@ CK_RV tok_key_wrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANISM *mech,
         rv = load_key(ctx, ac, wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID, &wk);
     if (rv == CKR_OK) /* the wrapping key first, before the target's handle is looked at */
         rv = tok_wrap_permitted(tok_key_attrs(wk), NULL);
-    if (rv == CKR_OK && (rv = target ? tok_obj_read(ctx, ac, target, &tattrs) : CKR_OBJECT_HANDLE_INVALID) ==
-                            CKR_OBJECT_HANDLE_INVALID)
+    if (rv == CKR_OK && (rv = target ? tok_obj_read(ctx, ac, target, &tattrs) : CKR_OBJECT_HANDLE_INVALID) == CKR_OK &&
+        !tok_attrs_is_key(&tattrs))
+        rv = CKR_OBJECT_HANDLE_INVALID; /* a data object, a certificate: not a key handle */
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
         rv = CKR_KEY_HANDLE_INVALID;
     if (rv == CKR_OK)
         rv = tok_wrap_permitted(tok_key_attrs(wk), &tattrs);

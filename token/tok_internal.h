@@ -100,6 +100,18 @@ static inline CK_RV ks_to_ckr(int err)
     }
 }
 
+/* Whether an object is a key (secret, public or private): what a key handle
+ * must name. PKCS#11 (CKR_KEY_HANDLE_INVALID): a handle of an object that is
+ * not a key is not a valid key handle, so tok_obj_key answers such a handle
+ * with CKR_OBJECT_HANDLE_INVALID and each function gives its own handle code. */
+static inline bool tok_attrs_is_key(const tok_attrs *a)
+{
+    CK_ULONG cls;
+
+    return tok_attrs_get_ulong(a, CKA_CLASS, &cls) &&
+           (cls == CKO_SECRET_KEY || cls == CKO_PUBLIC_KEY || cls == CKO_PRIVATE_KEY);
+}
+
 /* The token record of slot (CKR_SLOT_ID_INVALID when there is none). */
 TOK_API CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec);
 TOK_API int tok_token_put(ks_txn *txn, uint32_t id, const tok_attrs *rec);

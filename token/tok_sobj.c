@@ -150,9 +150,9 @@ CK_RV tok_sobj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key
 
     pthread_mutex_lock(&ctx->sobj_lock);
     o = find_locked(ctx, ac->slot, h);
-    if (!o || !tok_access_sees(ac, &o->attrs)) {
+    if (!o || !tok_access_sees(ac, &o->attrs) || !tok_attrs_is_key(&o->attrs)) {
         pthread_mutex_unlock(&ctx->sobj_lock);
-        return CKR_OBJECT_HANDLE_INVALID;
+        return CKR_OBJECT_HANDLE_INVALID; /* none, or not a key */
     }
     if (o->key) {
         *key = tok_key_ref(o->key);

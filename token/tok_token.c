@@ -926,6 +926,8 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
     if (cache_get(ctx, slot, oid, &st, seq, ks_epoch(ctx->st), key))
         return cache_hand_out(ac, key);
     rv = obj_read_txn(ctx, ac, txn, slot, oid, &attrs, READ_FULL, NULL);
+    if (rv == CKR_OK && !tok_attrs_is_key(&attrs))
+        rv = CKR_OBJECT_HANDLE_INVALID; /* a data object, a certificate: no key handle */
     if (rv == CKR_OK)
         rv = tok_key_from_attrs(&attrs, key);
     if (rv == CKR_OK)

@@ -140,7 +140,8 @@ TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
  * cache when the stored record has not changed since it was cached (stamp
  * compare, no unsealing), else unsealed and parsed. Its attributes, for the
  * usage and policy checks, are tok_key_attrs(*key) (no key material, no
- * copy). CKR_OBJECT_HANDLE_INVALID when ac may not see it. */
+ * copy). CKR_OBJECT_HANDLE_INVALID when ac may not see it or it is not a
+ * key (a data object, a certificate). */
 TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key);
 /* The session objects ac may see that match a template, all at once. */
 TOK_API CK_RV tok_sobjs_find(tok_ctx *ctx, const tok_access *ac, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t **hs,
