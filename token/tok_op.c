@@ -856,15 +856,18 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
     tok_mclass mc;
     if (!op || (!in && inlen))
         return CKR_ARGUMENTS_BAD;
-    if (op->recover)
+    /* A part for an operation that cannot take parts (a recovering one, one
+     * whose single-part result waits after a size query, a single-part
+     * mechanism): no multi-part operation of this kind is active, and
+     * CKR_OPERATION_NOT_INITIALIZED is the code the *Update functions list
+     * for that (PKCS#11 3.0 5.8 to 5.13). */
+    if (op->recover || op->has_pend)
         return CKR_OPERATION_NOT_INITIALIZED;
-    if (op->has_pend)
-        return CKR_OPERATION_ACTIVE;
     if (op->aead)
         return tok_aead_op_update(op->aead, in, inlen, out, outlen);
     mc = op->d->mc;
     if (single_part(mc))
-        return CKR_FUNCTION_NOT_SUPPORTED;
+        return CKR_OPERATION_NOT_INITIALIZED;
     switch (mc) {
     case M_HMAC:
     case M_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? keep_fed(op, in, inlen) : CKR_FUNCTION_FAILED;
@@ -952,9 +955,7 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
         }
         break;
     default:
-        if (single_part(op->d->mc))
-            return CKR_FUNCTION_NOT_SUPPORTED;
-        if (op->kind == TOK_OP_VERIFY)
+        if (single_part(op->d->mc) || op->kind == TOK_OP_VERIFY) /* as in tok_op_update */
             return CKR_OPERATION_NOT_INITIALIZED;
         bound = sig_len(op);
         break;
@@ -987,7 +988,7 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
     if (siglen != sig_len(op))
         return CKR_SIGNATURE_LEN_RANGE;
     if (!oneshot && single_part(op->d->mc))
-        return CKR_FUNCTION_NOT_SUPPORTED;
+        return CKR_OPERATION_NOT_INITIALIZED; /* as in tok_op_update */
     if (oneshot && (rv = check_single_input(op, inlen)) != CKR_OK)
         return rv;
     switch (op->d->mc) {

@@ -490,12 +490,12 @@ static void test_dual_states(void **state)
     CK(f->C_DigestInit(h, &sha));
     CK(f->C_EncryptInit(h, &rsa, pub));
     n = sizeof(out);
-    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_DigestEncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestEncryptUpdate(h, data, 16, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestUpdate(h, data, 16));
     CK(f->C_SignInit(h, &rsa, priv));
     CK(f->C_EncryptInit(h, &cbc, k));
     n = sizeof(out);
-    RV(CKR_FUNCTION_NOT_SUPPORTED, f->C_SignEncryptUpdate(h, data, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignEncryptUpdate(h, data, 16, out, &n));
     n = sizeof(out);
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, data, 16, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignUpdate(h, data, 16));
