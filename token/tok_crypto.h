@@ -120,6 +120,18 @@ typedef struct {
 
 TOK_API const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m);
 
+/* An OpenSSL failure (rv CKR_FUNCTION_FAILED or CKR_GENERAL_ERROR) while
+ * OpenSSL's secure heap (secure_heap) is more than half used: the memory the
+ * token keeps private keys in ran out (a key parsed, a signature's secret
+ * nonce), CKR_DEVICE_MEMORY, which every function that uses a token lists,
+ * rather than a generic failure. Stored keys are authenticated, so a key
+ * that does not parse then is one there was no room for. */
+static inline CK_RV tok_secmem_rv(CK_RV rv)
+{
+    return (rv == CKR_FUNCTION_FAILED || rv == CKR_GENERAL_ERROR) && ks_secure_heap_pressed() ? CKR_DEVICE_MEMORY
+                                                                                               : rv;
+}
+
 /* C_GetOperationState: what a saveable operation (a digest, HMAC or CMAC,
  * not past TOK_OPSTATE_MAX_DATA bytes of input, no key digested, not in its
  * final call) is: its mechanism, the MAC length of a _GENERAL one (0: none),

@@ -369,8 +369,12 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
     k->ktype = kt;
     if (cls == CKO_SECRET_KEY) {
         const tok_attr *v = tok_attrs_find(obj, CKA_VALUE);
-        if (!v || !v->len || !(k->secret = ks_secmem_alloc(v->len)))
+        if (!v || !v->len)
             goto bad;
+        if (!(k->secret = ks_secmem_alloc(v->len))) {
+            tok_key_unref(k);
+            return CKR_DEVICE_MEMORY; /* the memory kept for secrets is exhausted */
+        }
         memcpy(k->secret, v->val, v->len);
         k->secret_len = k->size_bytes = v->len;
     } else if (kt == CKK_RSA) {
@@ -404,7 +408,7 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
     return CKR_OK;
 bad:
     tok_key_unref(k);
-    return CKR_GENERAL_ERROR;
+    return tok_secmem_rv(CKR_GENERAL_ERROR);
 }
 
 const tok_attrs *tok_key_attrs(const tok_key *k) { return &k->attrs; }

@@ -415,7 +415,7 @@ static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, 
     }
     if (rv != CKR_OK) {
         tok_op_free(op);
-        return rv;
+        return tok_secmem_rv(rv);
     }
     *out = op;
     return CKR_OK;
@@ -681,8 +681,15 @@ static CK_RV produce_final(tok_op *op, uint8_t *out, size_t *outlen)
     return produce_sign(op, out, outlen, false);
 }
 
+static CK_RV deliver_(tok_op *op, produce_fn produce, size_t bound, uint8_t *out, CK_ULONG *outlen);
+
 /* The size-query protocol around a producer; bound >= the real length. */
 static CK_RV deliver(tok_op *op, produce_fn produce, size_t bound, uint8_t *out, CK_ULONG *outlen)
+{
+    return tok_secmem_rv(deliver_(op, produce, bound, out, outlen));
+}
+
+static CK_RV deliver_(tok_op *op, produce_fn produce, size_t bound, uint8_t *out, CK_ULONG *outlen)
 {
     CK_RV rv;
 
