@@ -80,7 +80,13 @@ static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **
     return op_take(hSession, kind, false, out);
 }
 
-/* PKCS#11 5.2: a call that produces output terminates the operation unless
+/* A single-part call (C_Encrypt, C_Decrypt, C_Digest, C_Sign, C_Verify)
+ * after a part was given: the operation has become a multi-part one, so no
+ * single-part operation is active: CKR_OPERATION_NOT_INITIALIZED, the code
+ * these functions list for that (CKR_OPERATION_ACTIVE is not among them).
+ * Like their every error but CKR_BUFFER_TOO_SMALL, it ends the operation.
+ *
+ * PKCS#11 5.2: a call that produces output terminates the operation unless
  * it returned CKR_BUFFER_TOO_SMALL or only determined the output length. */
 static CK_RV op_done(p11_session *s, tok_op_kind kind, CK_RV rv, bool size_query)
 {
@@ -101,7 +107,7 @@ static CK_RV op_oneshot(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PT
     if ((!in && inlen) || !outlen)
         rv = CKR_ARGUMENTS_BAD;
     else if (s->op_multi[kind])
-        rv = CKR_OPERATION_ACTIVE;
+        rv = CKR_OPERATION_NOT_INITIALIZED; /* a single-part call after a part (above op_done) */
     else
         rv = tok_op_oneshot(s->op[kind], in, inlen, out, outlen);
     return op_done(s, kind, rv, out == NULL);
@@ -266,7 +272,7 @@ CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen
     if ((!pData && ulDataLen) || (!pSignature && ulSignatureLen))
         rv = CKR_ARGUMENTS_BAD;
     else if (s->op_multi[TOK_OP_VERIFY])
-        rv = CKR_OPERATION_ACTIVE;
+        rv = CKR_OPERATION_NOT_INITIALIZED; /* as op_oneshot */
     else
         rv = tok_op_verify(s->op[TOK_OP_VERIFY], pData, ulDataLen, pSignature, ulSignatureLen);
     return op_done(s, TOK_OP_VERIFY, rv, false);

@@ -44,8 +44,9 @@
  *                                  SMALL): CKR_FUNCTION_NOT_SUPPORTED / CKR_
  *                                  OPERATION_ACTIVE (neither listed).
  *                                  Fixed: CKR_OPERATION_NOT_INITIALIZED
- *   C_Encrypt/Sign/Digest/Verify   after an update: CKR_OPERATION_ACTIVE,     (deferred: test_pkcs11.c pins
- *                                  not in their lists                          the old code)
+ *   C_Encrypt/Decrypt/Digest/Sign/ after an update: CKR_OPERATION_ACTIVE,     test_single_part_after_parts
+ *   Verify                         not in their lists. Fixed: CKR_OPERATION_
+ *                                  NOT_INITIALIZED
  *   *Init, C_GenerateKey*, C_Wrap/ OpenSSL's secure heap full: CKR_GENERAL_    test_secure_heap_full
  *   Unwrap/DeriveKey, C_CreateObj. ERROR / CKR_FUNCTION_FAILED. Fixed:
  *                                  CKR_DEVICE_MEMORY (the token's memory
@@ -490,6 +491,37 @@ static void test_update_single_part_mechanism(void **state)
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, 32, out, &n));
 }
 
+/* A single-part call after a part: the operation is a multi-part one, no
+ * single-part operation is active (CKR_OPERATION_NOT_INITIALIZED, in the
+ * lists of C_Encrypt, C_Decrypt, C_Digest, C_Sign and C_Verify, where
+ * CKR_OPERATION_ACTIVE is not), and the error ends it. */
+static void test_single_part_after_parts(void **state)
+{
+    (void)state;
+    CK_OBJECT_HANDLE aes = secret(CKK_AES, AES128, U_CRYPT), mac = secret(CKK_GENERIC_SECRET, AES128, U_SIGN);
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0}, hmac = {CKM_SHA256_HMAC, NULL, 0}, sha = {CKM_SHA256, NULL, 0};
+    CK_BYTE in[32] = {1}, out[64];
+    CK_ULONG n = sizeof(out);
+
+    CK(f->C_EncryptInit(h, &ecb, aes));
+    CK(f->C_EncryptUpdate(h, in, 16, out, &n));
+    n = sizeof(out);
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, 16, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptFinal(h, out, &n));
+    CK(f->C_DigestInit(h, &sha));
+    CK(f->C_DigestUpdate(h, in, 3));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Digest(h, in, 3, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestFinal(h, out, &n));
+    CK(f->C_SignInit(h, &hmac, mac));
+    CK(f->C_SignUpdate(h, in, 3));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Sign(h, in, 3, out, &n));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignFinal(h, out, &n));
+    CK(f->C_VerifyInit(h, &hmac, mac));
+    CK(f->C_VerifyUpdate(h, in, 3));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Verify(h, in, 3, out, 32));
+    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_VerifyFinal(h, out, 32));
+}
+
 /* ---- memory ------------------------------------------------------------------ */
 
 /* OpenSSL's secure heap (secure_heap = 64 KiB) full of EC private keys held
@@ -556,6 +588,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_oneshot_errors_end, start_default, stop),
         cmocka_unit_test_setup_teardown(test_update_final_errors_end, start_default, stop),
         cmocka_unit_test_setup_teardown(test_update_single_part_mechanism, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_single_part_after_parts, start_default, stop),
         cmocka_unit_test_setup_teardown(test_secure_heap_full, start_secure_heap, stop),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
