@@ -213,6 +213,13 @@ static CK_RV aead_start(aead *e, const aead_params *p)
     int n;
 
     EVP_CIPHER_CTX_reset(e->c);
+    /* The cipher's own IV length (12 for GCM and ChaCha20-Poly1305): key and
+     * IV in one call, as most callers use it. */
+    if (!ccm && (size_t)EVP_CIPHER_get_iv_length(e->cipher) == p->ivlen)
+        return EVP_CipherInit_ex2(e->c, e->cipher, e->key->secret, p->iv, e->enc, NULL) &&
+                       (!p->aadlen || EVP_CipherUpdate(e->c, NULL, &n, p->aad, (int)p->aadlen))
+                   ? CKR_OK
+                   : CKR_FUNCTION_FAILED;
     return EVP_CipherInit_ex2(e->c, e->cipher, NULL, NULL, e->enc, NULL) &&
                    EVP_CIPHER_CTX_ctrl(e->c, EVP_CTRL_AEAD_SET_IVLEN, (int)p->ivlen, NULL) &&
                    (!ccm || EVP_CIPHER_CTX_ctrl(e->c, EVP_CTRL_AEAD_SET_TAG, (int)p->taglen, NULL)) &&

@@ -211,9 +211,11 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
     } else {
         const CK_GCM_PARAMS *g = m->pParameter;
         int n;
-        ok = EVP_CipherInit_ex2(op->cctx, c, NULL, NULL, enc, NULL) &&
-             EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL) &&
-             EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL) &&
+        /* A 12-byte IV is GCM's own length: key and IV in one call. */
+        ok = (g->ulIvLen == 12 ? EVP_CipherInit_ex2(op->cctx, c, op->key->secret, g->pIv, enc, NULL)
+                               : EVP_CipherInit_ex2(op->cctx, c, NULL, NULL, enc, NULL) &&
+                                     EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL) &&
+                                     EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL)) &&
              (!g->ulAADLen || EVP_CipherUpdate(op->cctx, NULL, &n, g->pAAD, (int)g->ulAADLen));
     }
     return ok ? CKR_OK : CKR_FUNCTION_FAILED;
