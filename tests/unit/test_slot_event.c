@@ -208,8 +208,11 @@ static void test_events_finalize_wakes(void **state)
         if (!returned_within(&w[i], 5))
             fail_msg("C_Finalize did not end a blocked C_WaitForSlotEvent");
         pthread_join(w[i].th, NULL);
+        /* Each waiter was told CKR_CRYPTOKI_NOT_INITIALIZED. (That C_Finalize
+         * returned only after the waiters left the module cannot be seen from
+         * here: a waiter's clock reading comes after its return. ASan and
+         * TSan runs of this test catch a waiter still inside.) */
         RV(CKR_CRYPTOKI_NOT_INITIALIZED, w[i].rv);
-        assert_true(w[i].done <= after); /* C_Finalize returned after the waiters left */
     }
     printf("C_Finalize ended three blocked C_WaitForSlotEvent calls in %.1f ms\n", (after - fin) * 1e3);
     CK_SLOT_ID s;
