@@ -58,11 +58,13 @@ typedef struct p11_find {
 } p11_find;
 
 typedef struct p11_session {
-    CK_SESSION_HANDLE h;
+    CK_SESSION_HANDLE h; /* set at open (global lock), read atomically by lookups */
     CK_SLOT_ID slot;
     CK_FLAGS flags;
-    int refs;     /* protected by the global lock */
-    bool closed;
+    int refs;     /* atomic: the table's while open, and each call's (p11_session.c) */
+    bool closed;  /* atomic */
+    uint32_t idx; /* its place in the table, for good */
+    uint64_t gen; /* uses of the place: the handle's high bits */
     p11_mutex *busy; /* serializes operations on this session */
     tok_op *op[P11_OP_SLOTS];
     bool op_multi[P11_OP_SLOTS]; /* an update() was made */

@@ -11,21 +11,40 @@ typedef struct {
     uint64_t seq; /* tok_change_seq() read before inc was last found current */
 } p11_login;
 
-/* All protected by the global lock (p11_lock). Session counts are small
- * (tens); a flat array keeps lookups cache-friendly. */
+/* Sessions. A call finds its session without the global lock: every call
+ * makes that lookup, and two threads taking one lock for it would share a
+ * cache line on every operation.
+ *
+ * Each session lives in a numbered place whose struct, once made, stays
+ * until C_Finalize; closing a session recycles its place for a later one.
+ * A handle is (generation << P11_IDX_BITS) | (place + 1), the generation
+ * counting the place's uses, so an old handle never names a new session.
+ * refs counts the table's reference (while open) and each call's; a lookup
+ * takes a reference only while refs > 0 (never back from 0) and then checks
+ * that the place still holds its handle. Whoever drops refs to 0 recycles
+ * the place. Everything else (the open list, free places, logins, the
+ * generation and fields of a place at open) is under the global lock. */
+#define P11_IDX_BITS 20
+#define P11_IDX_MAX ((1u << P11_IDX_BITS) - 1) /* sessions open at once */
+#define P11_CHUNK 256u
+#define P11_CHUNKS ((P11_IDX_MAX + P11_CHUNK - 1) / P11_CHUNK)
+
+typedef struct {
+    p11_session *s[P11_CHUNK]; /* set once each, read without the lock */
+} place_chunk;
+
 static struct {
-    p11_session **v;
+    p11_session **v; /* the open sessions, for walks */
     size_t n, cap;
-    CK_SESSION_HANDLE next;
+    uint32_t *free; /* recycled places; room for every place made */
+    size_t nfree;
+    uint32_t nplaces;
+    place_chunk *chunks[P11_CHUNKS];
     p11_login *logins;
     size_t nlogins;
 } t;
 
-void p11_sessions_init(void)
-{
-    memset(&t, 0, sizeof(t));
-    t.next = 1;
-}
+void p11_sessions_init(void) { memset(&t, 0, sizeof(t)); }
 
 void p11_find_end(p11_find *f)
 {
@@ -37,37 +56,69 @@ void p11_find_end(p11_find *f)
     memset(f, 0, sizeof(*f));
 }
 
-static void session_free(p11_session *s)
+/* What a session holds: its operations and a find. The place stays. */
+static void session_clear(p11_session *s)
 {
     for (int k = 0; k < P11_OP_SLOTS; k++)
-        tok_op_free(s->op[k]);
+        p11_op_end(s, (tok_op_kind)k);
     for (int k = 0; k < P11_MSG_KINDS; k++)
         p11_msg_end(s, k);
     p11_find_end(&s->find);
-    p11_mutex_free(s->busy);
-    free(s);
 }
 
 void p11_sessions_free(bool orphaned)
 {
-    for (size_t i = 0; i < t.n; i++) {
-        if (orphaned) { /* fork child: the busy mutex may be held by a parent thread */
-            p11_state_abandon(t.v[i]->busy);
-            t.v[i]->busy = NULL;
-        }
-        session_free(t.v[i]);
+    for (uint32_t i = 0; i < t.nplaces; i++) {
+        p11_session *s = t.chunks[i / P11_CHUNK]->s[i % P11_CHUNK];
+
+        if (!s)
+            continue;
+        if (orphaned) /* fork child: the busy mutex may be held by a parent thread */
+            p11_state_abandon(s->busy);
+        else
+            p11_mutex_free(s->busy);
+        session_clear(s);
+        free(s);
     }
+    for (size_t c = 0; c < P11_CHUNKS; c++)
+        free(t.chunks[c]);
     free(t.v);
+    free(t.free);
     free(t.logins);
     memset(&t, 0, sizeof(t));
 }
 
-static p11_session *find_locked(CK_SESSION_HANDLE h)
+static p11_session *place_of(CK_SESSION_HANDLE h)
 {
-    for (size_t i = 0; i < t.n; i++)
-        if (t.v[i]->h == h)
-            return t.v[i];
-    return NULL;
+    uint64_t idx = (uint64_t)h & P11_IDX_MAX;
+    place_chunk *c;
+
+    if (idx-- == 0)
+        return NULL;
+    c = __atomic_load_n(&t.chunks[idx / P11_CHUNK], __ATOMIC_ACQUIRE);
+    return c ? __atomic_load_n(&c->s[idx % P11_CHUNK], __ATOMIC_ACQUIRE) : NULL;
+}
+
+static bool session_ref(p11_session *s)
+{
+    int r = __atomic_load_n(&s->refs, __ATOMIC_RELAXED);
+
+    do {
+        if (r <= 0)
+            return false; /* closed and unused: being recycled */
+    } while (!__atomic_compare_exchange_n(&s->refs, &r, r + 1, true, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
+    return true;
+}
+
+/* The last reference: the session's holdings go, its place is free. */
+static void session_unref(p11_session *s)
+{
+    if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    session_clear(s);
+    p11_lock();
+    t.free[t.nfree++] = s->idx; /* room was made when the place was */
+    p11_unlock();
 }
 
 CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
@@ -77,17 +128,18 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
     if (!p11_initialized())
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     p11_gate_enter(); /* left by p11_session_put */
-    p11_lock();
-    s = find_locked(h);
-    if (s)
-        s->refs++;
-    p11_unlock();
-    if (!s) {
+    s = place_of(h);
+    if (!s || !session_ref(s)) {
+        p11_gate_leave();
+        return CKR_SESSION_HANDLE_INVALID;
+    }
+    if (__atomic_load_n(&s->h, __ATOMIC_ACQUIRE) != h) { /* the place holds a newer session */
+        session_unref(s);
         p11_gate_leave();
         return CKR_SESSION_HANDLE_INVALID;
     }
     p11_mutex_lock(s->busy);
-    if (s->closed) {
+    if (__atomic_load_n(&s->closed, __ATOMIC_ACQUIRE)) {
         p11_session_put(s);
         return CKR_SESSION_HANDLE_INVALID;
     }
@@ -97,19 +149,15 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
 
 void p11_session_put(p11_session *s)
 {
-    bool last, closed;
+    CK_SESSION_HANDLE h = __atomic_load_n(&s->h, __ATOMIC_RELAXED); /* ours: stable while we hold a reference */
+    bool closed = __atomic_load_n(&s->closed, __ATOMIC_ACQUIRE);
 
     p11_mutex_unlock(s->busy);
-    p11_lock();
-    closed = s->closed;
-    last = --s->refs == 0 && closed;
-    p11_unlock();
     /* An operation that ran while another thread closed the session may
      * have made session objects after the close dropped its objects. */
     if (closed)
-        tok_sobjs_drop_owner(p11_tok(), s->h);
-    if (last)
-        session_free(s);
+        tok_sobjs_drop_owner(p11_tok(), h);
+    session_unref(s);
     p11_gate_leave();
 }
 
@@ -239,10 +287,51 @@ void p11_msg_end(p11_session *s, int kind)
     }
 }
 
+/* A place for a new session (global lock held): a recycled one, or a new
+ * one with its struct and busy mutex. NULL when out of memory or places. */
+static p11_session *place_take_locked(CK_RV *rv)
+{
+    p11_session *s;
+    uint32_t idx;
+    place_chunk **c;
+
+    if (t.nfree)
+        return t.chunks[t.free[t.nfree - 1] / P11_CHUNK]->s[t.free[t.nfree - 1] % P11_CHUNK];
+    *rv = CKR_HOST_MEMORY;
+    if (t.nplaces == P11_IDX_MAX)
+        return NULL;
+    idx = t.nplaces;
+    c = &t.chunks[idx / P11_CHUNK];
+    if (!*c) {
+        place_chunk *n = calloc(1, sizeof(*n));
+        if (!n)
+            return NULL;
+        __atomic_store_n(c, n, __ATOMIC_RELEASE);
+    }
+    if (idx % 64 == 0) { /* room in the free list for every place */
+        uint32_t *f = realloc(t.free, (idx + 64) * sizeof(*f));
+        if (!f)
+            return NULL;
+        t.free = f;
+    }
+    if (!(s = calloc(1, sizeof(*s))))
+        return NULL;
+    if ((*rv = p11_mutex_new(&s->busy)) != CKR_OK) {
+        free(s);
+        return NULL;
+    }
+    s->idx = idx;
+    __atomic_store_n(&(*c)->s[idx % P11_CHUNK], s, __ATOMIC_RELEASE);
+    t.free[t.nfree++] = idx;
+    t.nplaces++;
+    *rv = CKR_OK;
+    return s;
+}
+
 CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication, CK_NOTIFY Notify,
                     CK_SESSION_HANDLE_PTR phSession)
 {
-    p11_session *s;
+    p11_session *s = NULL;
     CK_RV rv;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
@@ -253,16 +342,6 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
         return rv;
     if ((flags & CKF_RW_SESSION) && tok_ctx_readonly(p11_tok()))
         return CKR_TOKEN_WRITE_PROTECTED;
-    s = calloc(1, sizeof(*s));
-    if (!s)
-        return CKR_HOST_MEMORY;
-    rv = p11_mutex_new(&s->busy);
-    if (rv != CKR_OK) {
-        free(s);
-        return rv;
-    }
-    s->slot = slotID;
-    s->flags = flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
     p11_lock();
     if (!(flags & CKF_RW_SESSION) && login_locked(slotID) && login_locked(slotID)->who == CKU_SO) {
         rv = CKR_SESSION_READ_WRITE_SO_EXISTS;
@@ -277,52 +356,58 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
             rv = CKR_HOST_MEMORY;
         }
     }
-    if (rv == CKR_OK) {
-        s->h = t.next++;
+    if (rv == CKR_OK && (s = place_take_locked(&rv)) != NULL) {
+        CK_SESSION_HANDLE h;
+
+        t.nfree--;
+        s->gen++;
+        h = (CK_SESSION_HANDLE)((s->gen << P11_IDX_BITS) | (s->idx + 1u));
+        if (h <= P11_IDX_MAX) /* CK_ULONG narrower than the generation: wrap, keep the place */
+            s->gen = 1, h = (CK_SESSION_HANDLE)(((uint64_t)1 << P11_IDX_BITS) | (s->idx + 1u));
+        s->slot = slotID;
+        s->flags = flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
+        __atomic_store_n(&s->closed, false, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->h, h, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->refs, 1, __ATOMIC_RELEASE); /* the table's reference: now it can be found */
         t.v[t.n++] = s;
-        *phSession = s->h;
+        *phSession = h;
     }
     p11_unlock();
-    if (rv != CKR_OK)
-        session_free(s);
     return rv;
 }
 
-/* Unlink a session (global lock held) and free it when unused. Returns
- * the session to free outside the lock, or NULL. */
-static p11_session *unlink_locked(size_t i)
+/* Unlink a session (global lock held); the caller then drops the table's
+ * reference. */
+static void unlink_locked(size_t i)
 {
     p11_session *s = t.v[i];
 
     t.v[i] = t.v[--t.n];
-    s->closed = true;
+    __atomic_store_n(&s->closed, true, __ATOMIC_RELEASE);
     if (count_locked(s->slot, false) == 0)
         logout_locked(s->slot);
-    return s->refs == 0 ? s : NULL;
 }
 
 CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 {
     p11_session *s = NULL;
-    bool found = false;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     p11_lock();
     for (size_t i = 0; i < t.n; i++) {
         if (t.v[i]->h == hSession) {
-            s = unlink_locked(i);
-            found = true;
+            s = t.v[i];
+            unlink_locked(i);
             break;
         }
     }
     p11_unlock();
-    if (!found)
+    if (!s)
         return CKR_SESSION_HANDLE_INVALID;
     /* Each session's objects go with it; no slot-wide drop here, which could
      * hit a session opened meanwhile. */
     tok_sobjs_drop_owner(p11_tok(), hSession);
-    if (s)
-        session_free(s);
+    session_unref(s);
     return CKR_OK;
 }
 
