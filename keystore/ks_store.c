@@ -933,6 +933,8 @@ int ks_read_begin(ks_store *st, ks_txn **out)
     return KS_OK;
 }
 
+uint64_t ks_txn_seq(ks_txn *x) { return x && x->txn ? (uint64_t)mdb_txn_id(x->txn) : 0; }
+
 void ks_read_end(ks_txn *x)
 {
     if (!x)

@@ -8,7 +8,7 @@ typedef struct {
     CK_SLOT_ID slot;
     CK_USER_TYPE who;
     uint64_t inc; /* the token's incarnation at login */
-    uint64_t seq; /* tok_change_seq() read before inc was last found current */
+    uint64_t seq; /* the tok_change_seq() reading of the snapshot inc was last found current in */
 } p11_login;
 
 /* Sessions. A call finds its session without the global lock: every call
@@ -183,9 +183,9 @@ static void logout_locked(CK_SLOT_ID slot)
  * re-initializes or deletes the token, its incarnation changes and a login
  * made before ends here (as a hardware token forgets it on C_InitToken). A
  * failed read keeps the login: it is the token's change that ends it. */
-static bool read_incarnation(CK_SLOT_ID slot, uint64_t *inc)
+static bool read_incarnation(CK_SLOT_ID slot, uint64_t *inc, uint64_t *seq)
 {
-    return tok_token_incarnation(p11_tok(), slot, inc) == CKR_OK;
+    return tok_token_incarnation_at(p11_tok(), slot, inc, seq) == CKR_OK;
 }
 
 static p11_login *login_current_locked(CK_SLOT_ID slot, bool have, uint64_t inc)
@@ -226,7 +226,10 @@ CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
     p11_unlock();
     if (!l)
         return P11_NOBODY;
-    have = read_incarnation(slot, &inc);
+    /* seq becomes the reading of the snapshot the incarnation comes from:
+     * the one taken above may be ahead of it. */
+    seq = 0;
+    have = read_incarnation(slot, &inc, &seq);
     p11_lock();
     l = login_current_locked(slot, have, inc);
     if (l && have)
@@ -497,7 +500,7 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
         return CKR_ARGUMENTS_BAD; /* no protected authentication path: a PIN is needed */
     /* Read before the PIN check: a re-initialization in between ends this login. */
     uint64_t inc = 0;
-    bool have = read_incarnation(slot, &inc);
+    bool have = read_incarnation(slot, &inc, NULL);
     p11_lock();
     l = login_current_locked(slot, have, inc);
     if (l)

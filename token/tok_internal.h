@@ -42,7 +42,7 @@ typedef struct cache_ent {
     CK_SLOT_ID slot;
     uint64_t oid;
     ks_stamp stamp;
-    uint64_t seq; /* ks_commit_seq() read before the stamp was last found current */
+    uint64_t seq; /* ks_txn_seq() of the snapshot the stamp was last found current in */
     tok_key *key; /* with its attributes (tok_key_attrs) */
 } cache_ent;
 

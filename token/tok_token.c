@@ -342,7 +342,7 @@ CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
     return CKR_OK;
 }
 
-CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc)
+CK_RV tok_token_incarnation_at(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc, uint64_t *seq)
 {
     AUTO_TXN txn = NULL;
     int rc;
@@ -350,9 +350,17 @@ CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc)
     if (slot == 0 || slot > UINT32_MAX)
         return CKR_SLOT_ID_INVALID;
     rc = ks_read_begin(ctx->st, &txn);
-    if (rc == KS_OK)
+    if (rc == KS_OK) {
+        if (seq)
+            *seq = ks_txn_seq(txn);
         rc = ks_token_incarnation(txn, (uint32_t)slot, inc);
+    }
     return ks_to_ckr(rc);
+}
+
+CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc)
+{
+    return tok_token_incarnation_at(ctx, slot, inc, NULL);
 }
 
 typedef struct {
@@ -917,8 +925,12 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
     if (cache_get(ctx, slot, oid, NULL, seq, ks_epoch(ctx->st), key))
         return cache_hand_out(ac, key);
     rc = ks_read_begin(ctx->st, &txn);
-    if (rc == KS_OK)
+    if (rc == KS_OK) {
+        /* What the check below vouches for: this snapshot, which may be
+         * older than the reading above. */
+        seq = ks_txn_seq(txn);
         rc = ks_obj_stamp(txn, (uint32_t)slot, oid, &st);
+    }
     if (rc == KS_ENOTFOUND)
         return CKR_OBJECT_HANDLE_INVALID;
     if (rc != KS_OK)

@@ -250,8 +250,9 @@ KS_API uint32_t ks_epoch(ks_store *st);
  * process, read without a transaction (a few loads). Two equal readings mean
  * nothing committed in between, so whatever the caller checked after the
  * first reading still holds: it lets a key cache skip its per-use stamp
- * check. Read it before the check it vouches for. 0 means unknown: treat
- * it as "changed". */
+ * check. What a check vouches for is its transaction's ks_txn_seq, not a
+ * reading taken before it (that may be ahead of the snapshot). 0 means
+ * unknown: treat it as "changed". */
 KS_API uint64_t ks_commit_seq(ks_store *st);
 
 /* ---- memory for secrets (ks_secmem.c) ---- */
@@ -285,6 +286,12 @@ typedef struct ks_txn ks_txn;
 /* Read transaction: never blocks writers, never fsyncs. */
 KS_API int ks_read_begin(ks_store *st, ks_txn **txn);
 KS_API void ks_read_end(ks_txn *txn);
+/* The ks_commit_seq reading this transaction's snapshot is current at: what
+ * a cache records after a check made in it. Not a ks_commit_seq taken before
+ * ks_read_begin: LMDB publishes a commit's meta page (ks_commit_seq) before
+ * new readers get its snapshot, so that reading may be ahead of what the
+ * transaction sees. 0: unknown. */
+KS_API uint64_t ks_txn_seq(ks_txn *txn);
 
 /* Write: runs fn inside one write transaction and commits it. If LMDB
  * reports the map full, the transaction is aborted, the map grown and fn

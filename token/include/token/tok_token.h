@@ -51,6 +51,9 @@ TOK_API CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pi
 /* The token's incarnation: it changes when the token is re-initialized or
  * deleted, by any process. A login remembers it and ends when it changes. */
 TOK_API CK_RV tok_token_incarnation(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc);
+/* The same, and the tok_change_seq reading it is current at (the snapshot's,
+ * see ks_txn_seq; 0: unknown). */
+TOK_API CK_RV tok_token_incarnation_at(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t *inc, uint64_t *seq);
 /* Changes whenever anything commits to the keystore, from any process; no
  * transaction (ks_commit_seq). Equal readings: whatever was read after the
  * first still holds, such as an incarnation. 0: unknown, read again. */
