@@ -225,23 +225,24 @@ static void find_many(CK_SESSION_HANDLE s, CK_ATTRIBUTE_TYPE type, unsigned long
 /* ---- memory ----------------------------------------------------------------- */
 
 /* The process's resident memory: VmRSS and its peak VmHWM, and VmRSS split
- * into RssAnon (the process's own) and RssFile (pages of mapped files, such
- * as a keystore's memory map: shared with every process mapping them). */
+ * into RssAnon (the process's own), RssFile and RssShmem (pages of mapped
+ * files, such as a keystore's memory map, on a disk or on tmpfs: shared with
+ * every process mapping them, and in the page cache anyway). */
 static void print_rss(const char *when)
 {
-    static const char *const names[] = {"VmRSS:", "VmHWM:", "RssAnon:", "RssFile:"};
+    static const char *const names[] = {"VmRSS:", "VmHWM:", "RssAnon:", "RssFile:", "RssShmem:"};
     FILE *st = fopen("/proc/self/status", "r");
     char line[256];
-    long kib[4] = {-1, -1, -1, -1};
+    long kib[5] = {-1, -1, -1, -1, -1};
 
     while (st && fgets(line, sizeof(line), st))
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             if (strncmp(line, names[i], strlen(names[i])) == 0)
                 kib[i] = atol(line + strlen(names[i]));
     if (st)
         fclose(st);
-    printf("memory:        VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f), VmHWM %.1f MiB %s\n", kib[0] / 1024.0,
-           kib[2] / 1024.0, kib[3] / 1024.0, kib[1] / 1024.0, when);
+    printf("memory:        VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f, RssShmem %.1f), VmHWM %.1f MiB %s\n",
+           kib[0] / 1024.0, kib[2] / 1024.0, kib[3] / 1024.0, kib[4] / 1024.0, kib[1] / 1024.0, when);
 }
 
 /* ---- signing ---------------------------------------------------------------- */
