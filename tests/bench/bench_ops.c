@@ -1,8 +1,18 @@
 /* bench_ops: the per-operation cost of a PKCS#11 module next to raw OpenSSL
  * doing the same work in the same process, at the same parallelism.
  *
- * Usage: bench_ops MODULE [SECONDS]   (SECONDS per round, default 1; best of 2)
+ * Usage: bench_ops [--procs N] MODULE [SECONDS]
+ *   (SECONDS per round, default 1; best of 2)
  * With $P11MK_CONF unset, a scratch keystore is made under /tmp and removed.
+ *
+ * --procs N runs each case in N processes at once on the one keystore
+ * instead of 1 and 2 threads in this one: the token and its keys are made
+ * here, then C_Finalize, then N children are forked, each with its own
+ * C_Initialize, session and C_Login, finding the keys by class and key type.
+ * The children start each round together (a process-shared barrier); the
+ * module's and OpenSSL's operations per second are the sums over the
+ * children of each one's rate in that round, best of 2 rounds. The table
+ * has a "procs" column where the other has "threads".
  *
  * Each case is one complete operation as an application makes it: for the
  * module C_xxxInit + C_xxx on one session per thread (keys made by the
@@ -26,6 +36,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
@@ -280,12 +294,186 @@ static double rate(op_fn fn, int nthreads, CK_SESSION_HANDLE *sessions)
     return best;
 }
 
+/* ---- N processes on one keystore ------------------------------------------- */
+
+#define MAX_PROCS 64
+#define MAX_CASES 16
+
+typedef struct {
+    pthread_barrier_t start;              /* the children, before each round */
+    double r[MAX_CASES][2][2][MAX_PROCS]; /* ops/s: case, side (module, OpenSSL), round, child */
+    atomic_int finished[MAX_CASES];       /* children done with a case */
+} shared_area;
+
+/* The one token object of this class and key type (the parent made one of
+ * each); handles are per process, so each child looks its keys up. */
+static CK_OBJECT_HANDLE find_key(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
+{
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}};
+    CK_OBJECT_HANDLE h[2];
+    CK_ULONG n = 0;
+
+    check(f->C_FindObjectsInit(s, t, 2), "C_FindObjectsInit");
+    check(f->C_FindObjects(s, h, 2, &n), "C_FindObjects");
+    check(f->C_FindObjectsFinal(s), "C_FindObjectsFinal");
+    if (n != 1) {
+        fprintf(stderr, "bench_ops: %lu keys of class 0x%lx, type 0x%lx, expected 1\n", (unsigned long)n,
+                (unsigned long)cls, (unsigned long)kt);
+        exit(1);
+    }
+    return h[0];
+}
+
+/* The slot of the token with this serial number (slot ids need not be the
+ * same in another process). */
+static CK_SLOT_ID slot_by_serial(const CK_UTF8CHAR serial[16])
+{
+    CK_SLOT_ID sl[64];
+    CK_ULONG n = 64;
+    check(f->C_GetSlotList(CK_TRUE, sl, &n), "C_GetSlotList");
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (f->C_GetTokenInfo(sl[i], &ti) == CKR_OK && memcmp(ti.serialNumber, serial, 16) == 0)
+            return sl[i];
+    }
+    fprintf(stderr, "bench_ops: the child finds no token with the parent's serial number\n");
+    exit(1);
+}
+
+typedef struct {
+    const char *name;
+    op_fn p11, ossl;
+} bench_case;
+
+/* One child: its own C_Initialize, session and login, then each case and
+ * side for two rounds, each round started with the other children. */
+static void child(shared_area *sh, int me, const bench_case *cases, size_t ncases, const CK_UTF8CHAR serial[16],
+                  CK_FUNCTION_LIST_3_0 *f3_parent)
+{
+    CK_SESSION_HANDLE s;
+    CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0};
+
+    check(f->C_Initialize(NULL), "C_Initialize (child)");
+    check(f->C_OpenSession(slot_by_serial(serial), CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s),
+          "C_OpenSession (child)");
+    check(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR) "user-pin", 8), "C_Login (child)");
+    ec_priv = find_key(s, CKO_PRIVATE_KEY, CKK_EC);
+    ec_pub = find_key(s, CKO_PUBLIC_KEY, CKK_EC);
+    ed_priv = find_key(s, CKO_PRIVATE_KEY, CKK_EC_EDWARDS);
+    rsa_priv = find_key(s, CKO_PRIVATE_KEY, CKK_RSA);
+    aes_key = find_key(s, CKO_SECRET_KEY, CKK_AES);
+    hmac_key = find_key(s, CKO_SECRET_KEY, CKK_GENERIC_SECRET);
+    f3 = f3_parent;
+    if (f3)
+        check(f3->C_MessageEncryptInit(s, &gcm, aes_key), "C_MessageEncryptInit (child)");
+    worker w = {s};
+    for (size_t i = 0; i < ncases; i++) {
+        for (int side = 0; side < 2; side++) {
+            op_fn fn = side ? cases[i].ossl : cases[i].p11;
+            if (!side && fn == p_gcm_msg && !f3)
+                continue; /* the parent knows: all children skip it */
+            for (int round = 0; round < 2; round++) {
+                unsigned long ops = 0;
+                pthread_barrier_wait(&sh->start);
+                double t0 = now(), end = t0 + dur;
+                while (now() < end)
+                    for (int k = 0; k < 16; k++, ops++)
+                        fn(&w);
+                sh->r[i][side][round][me] = (double)ops / (now() - t0);
+            }
+        }
+        atomic_fetch_add(&sh->finished[i], 1);
+    }
+    check(f->C_Finalize(NULL), "C_Finalize (child)");
+    _exit(0);
+}
+
+/* Runs the cases in nprocs children and prints the table as they finish.
+ * Returns 0, or 1 when a child failed (the others are then stopped). */
+static int run_procs(int nprocs, const bench_case *cases, size_t ncases, CK_UTF8CHAR serial[16])
+{
+    shared_area *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pthread_barrierattr_t ba;
+    pid_t pids[MAX_PROCS];
+    int alive = nprocs, failed = 0;
+    CK_FUNCTION_LIST_3_0 *f3_parent = f3;
+
+    if (sh == MAP_FAILED || ncases > MAX_CASES) {
+        fprintf(stderr, "bench_ops: no shared memory for the children\n");
+        return 1;
+    }
+    memset(sh, 0, sizeof(*sh));
+    pthread_barrierattr_init(&ba);
+    pthread_barrierattr_setpshared(&ba, PTHREAD_PROCESS_SHARED);
+    pthread_barrier_init(&sh->start, &ba, (unsigned)nprocs);
+    fflush(stdout);
+    fflush(stderr);
+    for (int p = 0; p < nprocs; p++) {
+        pids[p] = fork();
+        if (pids[p] < 0) {
+            fprintf(stderr, "bench_ops: fork failed\n");
+            for (int q = 0; q < p; q++)
+                kill(pids[q], SIGKILL);
+            return 1;
+        }
+        if (pids[p] == 0)
+            child(sh, p, cases, ncases, serial, f3_parent);
+    }
+    for (size_t i = 0; i < ncases && !failed; i++) {
+        while (atomic_load(&sh->finished[i]) < nprocs && !failed) {
+            int st;
+            pid_t pid = waitpid(-1, &st, WNOHANG);
+            if (pid > 0) {
+                alive--;
+                if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+                    failed = 1;
+                for (int p = 0; p < nprocs; p++)
+                    if (pids[p] == pid)
+                        pids[p] = 0;
+            } else
+                usleep(10000);
+        }
+        if (failed)
+            break;
+        if (cases[i].p11 == p_gcm_msg && !f3_parent) {
+            printf("%-40s %7d (no PKCS#11 3.0 message-based encryption)\n", cases[i].name, nprocs);
+            continue;
+        }
+        double best[2] = {0, 0};
+        for (int side = 0; side < 2; side++)
+            for (int round = 0; round < 2; round++) {
+                double sum = 0;
+                for (int p = 0; p < nprocs; p++)
+                    sum += sh->r[i][side][round][p];
+                if (sum > best[side])
+                    best[side] = sum;
+            }
+        printf("%-40s %7d %12.0f %12.0f %7.2f %9.2f\n", cases[i].name, nprocs, best[0], best[1], best[0] / best[1],
+               1e6 * nprocs / best[0]);
+        fflush(stdout);
+    }
+    if (failed) {
+        fprintf(stderr, "bench_ops: a child failed; stopping the others\n");
+        for (int p = 0; p < nprocs; p++)
+            if (pids[p] > 0)
+                kill(pids[p], SIGKILL);
+    }
+    while (alive > 0) {
+        int st;
+        if (waitpid(-1, &st, 0) < 0)
+            break;
+        alive--;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            failed = 1;
+    }
+    pthread_barrier_destroy(&sh->start);
+    munmap(sh, sizeof(*sh));
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        op_fn p11, ossl;
-    } cases[] = {
+    static const bench_case cases[] = {
         {"ECDSA P-256 sign (SHA-256, 64 B)", p_ecdsa, o_ecdsa},
         {"ECDSA P-256 verify", p_ecdsa_verify, o_ecdsa_verify},
         {"Ed25519 sign (64 B)", p_ed25519, o_ed25519},
@@ -297,9 +485,19 @@ int main(int argc, char **argv)
     };
     char tmpd[] = "/tmp/p11mk-bench-XXXXXX", conf[128], cmd[160];
     bool scratch = false;
+    int nprocs = 0; /* 0: threads in this process, the default */
 
+    if (argc >= 2 && strcmp(argv[1], "--procs") == 0) {
+        nprocs = argc >= 3 ? atoi(argv[2]) : 0;
+        if (nprocs < 1 || nprocs > MAX_PROCS) {
+            fprintf(stderr, "bench_ops: --procs takes 1 to %d\n", MAX_PROCS);
+            return 2;
+        }
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: bench_ops MODULE [SECONDS]\n");
+        fprintf(stderr, "usage: bench_ops [--procs N] MODULE [SECONDS]\n");
         return 2;
     }
     if (argc == 3 && (dur = atof(argv[2])) <= 0) {
@@ -392,10 +590,23 @@ int main(int argc, char **argv)
         return 0;
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("bench_ops: %s, %s, %.1f s per round, best of 2, %ld CPUs\n", argv[1], OpenSSL_version(OPENSSL_VERSION),
+    int failed = 0;
+    printf("bench_ops: %s, %s, %.1f s per round, best of 2, %ld CPUs", argv[1], OpenSSL_version(OPENSSL_VERSION),
            dur, cpus);
-    printf("%-40s %7s %12s %12s %7s %9s\n", "operation", "threads", "module/s", "OpenSSL/s", "ratio", "us/op");
-    for (int t = 1; t <= 2; t++)
+    if (nprocs) {
+        /* The children start from a finalized module, as separate
+         * applications on one keystore do. */
+        CK_TOKEN_INFO ti;
+        check(f->C_GetTokenInfo(slot, &ti), "C_GetTokenInfo");
+        check(f->C_Finalize(NULL), "C_Finalize");
+        printf(", %d processes with one thread each\n", nprocs);
+        printf("%-40s %7s %12s %12s %7s %9s\n", "operation", "procs", "module/s", "OpenSSL/s", "ratio", "us/op");
+        failed = run_procs(nprocs, cases, sizeof(cases) / sizeof(*cases), ti.serialNumber);
+    } else
+        printf("\n");
+    if (!nprocs)
+        printf("%-40s %7s %12s %12s %7s %9s\n", "operation", "threads", "module/s", "OpenSSL/s", "ratio", "us/op");
+    for (int t = 1; t <= 2 && !nprocs; t++)
         for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
             if (cases[i].p11 == p_gcm_msg && !f3) {
                 printf("%-40s %7d (no PKCS#11 3.0 message-based encryption)\n", cases[i].name, t);
@@ -405,7 +616,8 @@ int main(int argc, char **argv)
             printf("%-40s %7d %12.0f %12.0f %7.2f %9.2f\n", cases[i].name, t, p, o, p / o, 1e6 * t / p);
             fflush(stdout);
         }
-    f->C_Finalize(NULL);
+    if (!nprocs)
+        f->C_Finalize(NULL);
     EVP_PKEY_free(o_ec);
     EVP_PKEY_free(o_ed);
     EVP_PKEY_free(o_rsa);
@@ -417,5 +629,5 @@ int main(int argc, char **argv)
         if (system(cmd) != 0)
             fprintf(stderr, "bench_ops: could not remove %s\n", tmpd);
     }
-    return 0;
+    return failed;
 }
