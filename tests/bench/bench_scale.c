@@ -288,6 +288,7 @@ int main(int argc, char **argv)
     double t0;
     char key[32];
 
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each line as it comes, also into a pipe */
     for (; a < argc && strncmp(argv[a], "--", 2) == 0; a++) {
         if (strcmp(argv[a], "--reuse") == 0)
             reuse = true;
