@@ -599,7 +599,7 @@ int main(int argc, char **argv)
         CK_TOKEN_INFO ti;
         check(f->C_GetTokenInfo(slot, &ti), "C_GetTokenInfo");
         check(f->C_Finalize(NULL), "C_Finalize");
-        printf(", %d processes with one thread each\n", nprocs);
+        printf(", %d process%s with one thread each\n", nprocs, nprocs == 1 ? "" : "es");
         printf("%-40s %7s %12s %12s %7s %9s\n", "operation", "procs", "module/s", "OpenSSL/s", "ratio", "us/op");
         failed = run_procs(nprocs, cases, sizeof(cases) / sizeof(*cases), ti.serialNumber);
     } else
