@@ -39,6 +39,7 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include <openssl/core_names.h>
@@ -353,6 +354,9 @@ static void child(shared_area *sh, int me, const bench_case *cases, size_t ncase
     CK_SESSION_HANDLE s;
     CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0};
 
+    /* A parent that dies leaves no child waiting on the barrier for ever. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1)
+        _exit(1);
     check(f->C_Initialize(NULL), "C_Initialize (child)");
     check(f->C_OpenSession(slot_by_serial(serial), CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s),
           "C_OpenSession (child)");
