@@ -5,6 +5,7 @@
 #include "p11_internal.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,47 +24,86 @@ static struct {
  * to finish and none starts until it is done: the child inherits no lock
  * held inside the module (a child forked while a parent thread was inside
  * OpenSSL's random generator otherwise hung there, races/fork_threads).
- * Writers are preferred, so a stream of calls cannot hold a fork back; a
- * call never takes the gate twice (it would deadlock behind a waiting fork). */
-static pthread_rwlock_t gate;
+ * A fork is preferred: once it waits, no call enters, so a stream of calls
+ * cannot hold it back; a call never takes the gate twice (it would wait
+ * behind the fork it holds back).
+ *
+ * Every call passes the gate, so it keeps no shared counter: a call counts
+ * itself in its thread's shard (its own cache line), then looks at `closed`;
+ * a fork sets `closed`, then waits for every shard to drop to 0. Both orders
+ * are sequentially consistent, so either the call sees `closed` (and steps
+ * back to wait) or the fork sees the call. */
+#define GATE_SHARDS 64
 
-static void gate_init(void)
+static struct {
+    _Alignas(64) unsigned readers;
+} shards[GATE_SHARDS];
+static bool closed; /* a fork is under way */
+static pthread_mutex_t gate_mx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static unsigned shard_next;
+static __thread unsigned my_shard; /* 1 + index; 0: not chosen yet */
+
+static unsigned shard(void)
 {
-    pthread_rwlockattr_t a;
-    pthread_rwlockattr_init(&a);
-    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&gate, &a);
-    pthread_rwlockattr_destroy(&a);
+    if (!my_shard)
+        my_shard = 1 + __atomic_fetch_add(&shard_next, 1, __ATOMIC_RELAXED) % GATE_SHARDS;
+    return my_shard - 1;
 }
 
-void p11_gate_enter(void) { pthread_rwlock_rdlock(&gate); }
-void p11_gate_leave(void) { pthread_rwlock_unlock(&gate); }
+void p11_gate_enter(void)
+{
+    unsigned i = shard();
+
+    for (;;) {
+        __atomic_fetch_add(&shards[i].readers, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
+            return;
+        __atomic_fetch_sub(&shards[i].readers, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_lock(&gate_mx);
+        while (__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
+            pthread_cond_wait(&gate_cv, &gate_mx);
+        pthread_mutex_unlock(&gate_mx);
+    }
+}
+
+void p11_gate_leave(void) { __atomic_fetch_sub(&shards[shard()].readers, 1, __ATOMIC_RELEASE); }
 
 /* A fork child must call C_Initialize before using the module (PKCS#11
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
  * from this handler, with no system call on each function call (the module is
  * linked -z nodelete, so the handlers stay valid). */
-static void fork_prepare(void) { pthread_rwlock_wrlock(&gate); }
-static void fork_parent(void) { pthread_rwlock_unlock(&gate); }
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&gate_mx); /* held until the fork is over: one fork at a time */
+    __atomic_store_n(&closed, true, __ATOMIC_SEQ_CST);
+    for (unsigned i = 0; i < GATE_SHARDS; i++)
+        while (__atomic_load_n(&shards[i].readers, __ATOMIC_SEQ_CST) != 0)
+            sched_yield(); /* calls in flight finish; none starts */
+}
+static void fork_parent(void)
+{
+    __atomic_store_n(&closed, false, __ATOMIC_SEQ_CST);
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mx);
+}
 static void fork_child(void)
 {
     __atomic_store_n(&g.forked, true, __ATOMIC_RELAXED);
-    /* Released (this thread holds it: the prepare handler took it), then
-     * made afresh: the copy also says that parent threads were waiting for
-     * it, and they do not exist here, so the unlock alone could leave it
-     * blocking the next reader. The unlock keeps ThreadSanitizer's view of
-     * the lock right; pthread_rwlock_destroy would refuse a copy in that
-     * state, hence the memset. */
-    pthread_rwlock_unlock(&gate);
-    memset(&gate, 0, sizeof(gate));
-    gate_init();
+    /* This thread alone exists here, and no call is in flight (the prepare
+     * handler waited for them). The condition's copy may still count parent
+     * threads waiting on it, which do not exist here: it is made afresh, and
+     * the mutex released (which keeps ThreadSanitizer's view of it right)
+     * and made afresh too. */
+    __atomic_store_n(&closed, false, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&gate_mx);
+    memset(&gate_cv, 0, sizeof(gate_cv));
+    pthread_cond_init(&gate_cv, NULL);
+    memset(&gate_mx, 0, sizeof(gate_mx));
+    pthread_mutex_init(&gate_mx, NULL);
 }
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void register_atfork(void)
-{
-    gate_init();
-    (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
-}
+static void register_atfork(void) { (void)pthread_atfork(fork_prepare, fork_parent, fork_child); }
 
 void p11_gate_setup(void) { pthread_once(&atfork_once, register_atfork); }
 static bool forked(void) { return __atomic_load_n(&g.forked, __ATOMIC_RELAXED); }

@@ -12,7 +12,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-static volatile int stop;
+static _Atomic int stop; /* atomic: the threads read it while main sets it */
 static CK_OBJECT_HANDLE ecpriv;
 static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 static const char key_id[] = "fork-key";

@@ -8,7 +8,7 @@
 #include <pthread.h>
 
 #define NT 4
-static volatile int stop;
+static _Atomic int stop; /* atomic: the threads read it while main sets it */
 static CK_SESSION_HANDLE sess[NT];
 
 static void *creator(void *arg)
