@@ -44,7 +44,7 @@ static struct {
     size_t nlogins;
 } t;
 
-void p11_sessions_init(void) { memset(&t, 0, sizeof(t)); }
+
 
 void p11_find_end(p11_find *f)
 {
@@ -169,9 +169,72 @@ static p11_login *login_locked(CK_SLOT_ID slot)
     return NULL;
 }
 
+/* Who is logged in on a slot, for calls that find nothing committed since
+ * it was last checked against the token's incarnation (p11_login_state):
+ * read without the global lock, so that every operation does not take it.
+ * A small table by slot; written under the global lock, its entries guarded
+ * by a version that is odd while one is written (a reader that sees it odd
+ * or changed takes the locked path). */
+#define LOGIN_FAST 16
+static struct {
+    unsigned ver;
+    CK_SLOT_ID slot; /* 0: empty */
+    uint64_t seq;
+    CK_USER_TYPE who;
+} fast[LOGIN_FAST];
+
+static void fast_write_locked(unsigned i, CK_SLOT_ID slot, uint64_t seq, CK_USER_TYPE who)
+{
+    unsigned v = __atomic_load_n(&fast[i].ver, __ATOMIC_RELAXED);
+
+    __atomic_store_n(&fast[i].ver, v + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&fast[i].slot, slot, __ATOMIC_RELAXED);
+    __atomic_store_n(&fast[i].seq, seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&fast[i].who, who, __ATOMIC_RELAXED);
+    __atomic_store_n(&fast[i].ver, v + 2, __ATOMIC_RELEASE);
+}
+
+static void fast_set_locked(CK_SLOT_ID slot, uint64_t seq, CK_USER_TYPE who)
+{
+    fast_write_locked((unsigned)(slot % LOGIN_FAST), slot, seq, who);
+}
+
+static void fast_clear_locked(CK_SLOT_ID slot)
+{
+    unsigned i = (unsigned)(slot % LOGIN_FAST);
+
+    if (__atomic_load_n(&fast[i].slot, __ATOMIC_RELAXED) == slot)
+        fast_write_locked(i, 0, 0, P11_NOBODY);
+}
+
+void p11_sessions_init(void)
+{
+    memset(&t, 0, sizeof(t));
+    memset(fast, 0, sizeof(fast)); /* no other thread is in the module */
+}
+
+/* true with *who when the entry for slot is current at seq. */
+static bool fast_get(CK_SLOT_ID slot, uint64_t seq, CK_USER_TYPE *who)
+{
+    unsigned i = (unsigned)(slot % LOGIN_FAST);
+    unsigned v = __atomic_load_n(&fast[i].ver, __ATOMIC_ACQUIRE);
+    bool hit;
+
+    if (v & 1)
+        return false;
+    hit = seq && __atomic_load_n(&fast[i].slot, __ATOMIC_RELAXED) == slot &&
+          __atomic_load_n(&fast[i].seq, __ATOMIC_RELAXED) == seq;
+    *who = __atomic_load_n(&fast[i].who, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return hit && __atomic_load_n(&fast[i].ver, __ATOMIC_RELAXED) == v;
+}
+
 static void logout_locked(CK_SLOT_ID slot)
 {
     p11_login *l = login_locked(slot);
+
+    fast_clear_locked(slot);
 
     if (l) {
         *l = t.logins[--t.nlogins];
@@ -209,31 +272,33 @@ tok_access p11_access(const p11_session *s)
 CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
 {
     CK_USER_TYPE who;
-    uint64_t inc = 0, seq = tok_change_seq(p11_tok());
+    uint64_t inc = 0, snap = 0, seq = tok_change_seq(p11_tok());
     bool have;
     p11_login *l;
 
-    /* Nobody logged in here: nothing to compare with the token's incarnation.
-     * Nothing committed since the incarnation was last found current: the
-     * login stands without a read. */
+    /* Nothing committed since the slot's login (or that nobody is logged in
+     * here) was last found current: no lock, no read. */
+    if (fast_get(slot, seq, &who))
+        return who;
+    /* Nobody logged in here: nothing to compare with the token's incarnation. */
     p11_lock();
     l = login_locked(slot);
-    if (l && seq && l->seq == seq) {
-        who = l->who;
+    if (!l || (seq && l->seq == seq)) {
+        who = l ? l->who : P11_NOBODY;
+        fast_set_locked(slot, seq, who);
         p11_unlock();
         return who;
     }
     p11_unlock();
-    if (!l)
-        return P11_NOBODY;
-    /* seq becomes the reading of the snapshot the incarnation comes from:
-     * the one taken above may be ahead of it. */
-    seq = 0;
-    have = read_incarnation(slot, &inc, &seq);
+    /* snap is the reading of the snapshot the incarnation comes from: seq
+     * may be ahead of it. */
+    have = read_incarnation(slot, &inc, &snap);
     p11_lock();
     l = login_current_locked(slot, have, inc);
-    if (l && have)
-        l->seq = seq;
+    if (l && have) {
+        l->seq = snap;
+        fast_set_locked(slot, snap, l->who);
+    }
     who = l ? l->who : P11_NOBODY;
     p11_unlock();
     return who;
@@ -522,6 +587,7 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
         if (v) {
             t.logins = v;
             t.logins[t.nlogins++] = (p11_login){.slot = slot, .who = userType, .inc = have ? inc : 0};
+            fast_clear_locked(slot); /* it may say nobody */
         } else {
             rv = CKR_HOST_MEMORY;
             tok_logout(p11_tok(), slot); /* the token key the check left in memory */
