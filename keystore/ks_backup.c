@@ -26,15 +26,6 @@
 
 #include <openssl/crypto.h>
 
-static int copy_to_fd(ks_store *st, int fd)
-{
-    /* No map resize may happen during the copy. */
-    pthread_rwlock_rdlock(&st->resize);
-    int rc = mdb_env_copyfd2(st->env, fd, MDB_CP_COMPACT);
-    pthread_rwlock_unlock(&st->resize);
-    return rc;
-}
-
 static int ks_errno(int e) { return e == ENOSPC || e == EDQUOT ? KS_ENOSPC : e == EEXIST ? KS_EEXIST : KS_EIO; }
 
 int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
@@ -116,45 +107,6 @@ void ks_remove_scratch(const char *dir)
     }
     snprintf(p, sizeof(p), "%s/export.tmp.mdb", dir);
     (void)unlink(p);
-}
-
-/* Is this a complete LMDB data file? Both meta pages are read with pread;
- * the newer one names the last page, which must lie inside the file. A
- * truncated copy is refused here, before anything maps it (a mapped file
- * shorter than its pages raises SIGBUS). */
-static int check_lmdb_file(int fd, const char *name, ks_err *err)
-{
-    struct stat sb;
-    uint8_t m0[160], m1[160];
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        ks_err_set(err, "%s is not a regular file; nothing was restored", name);
-        return KS_EBADFILE;
-    }
-    if (pread(fd, m0, sizeof(m0), 0) != (ssize_t)sizeof(m0))
-        goto bad;
-    uint32_t magic, psize;
-    memcpy(&magic, m0 + 16, 4);
-    memcpy(&psize, m0 + 40, 4);
-    if (magic != 0xBEEFC0DEu || psize < 512 || psize > 65536 || (psize & (psize - 1)) ||
-        pread(fd, m1, sizeof(m1), psize) != (ssize_t)sizeof(m1))
-        goto bad;
-    uint64_t last0, last1, txn0, txn1;
-    memcpy(&magic, m1 + 16, 4);
-    memcpy(&last0, m0 + 136, 8);
-    memcpy(&txn0, m0 + 144, 8);
-    memcpy(&last1, m1 + 136, 8);
-    memcpy(&txn1, m1 + 144, 8);
-    uint64_t last = magic == 0xBEEFC0DEu && txn1 > txn0 ? last1 : last0;
-    if (last > (uint64_t)sb.st_size / psize || (last + 1) * (uint64_t)psize > (uint64_t)sb.st_size) {
-        ks_err_set(err, "%s is truncated: it holds %lld bytes, its own header says at least %llu; it is not a "
-                        "complete backup (nothing was restored)", name, (long long)sb.st_size,
-                   (unsigned long long)((last + 1) * (uint64_t)psize));
-        return KS_EBADFILE;
-    }
-    return KS_OK;
-bad:
-    ks_err_set(err, "%s is not a p11mk backup (no LMDB header); nothing was restored", name);
-    return KS_EBADFILE;
 }
 
 /* A scratch keystore directory `dir` holding a copy of `file`. */

@@ -145,6 +145,14 @@ KS_API int ks_lmdb_err(int rc);
 KS_API int ks_wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
 KS_API int ks_wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v);
 KS_API int ks_cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags);
+/* Moved from ks_store.c and ks_backup.c (ks_lmdb.c), for now. */
+KS_API int grow_map(ks_store *st);
+KS_API int txn_begin(ks_store *st, unsigned flags, MDB_txn **out);
+KS_API int open_dbs(ks_store *st, MDB_txn *t, unsigned flags);
+KS_API int env_open(ks_store *st, unsigned flags, ks_err *err);
+KS_API bool fs_nearly_full(const char *dir);
+KS_API int copy_to_fd(ks_store *st, int fd);
+KS_API int check_lmdb_file(int fd, const char *name, ks_err *err);
 /* The record key of an epoch in this generation, or NULL. */
 static inline const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
 {

@@ -6,12 +6,7 @@
  *            "kcv" BE32(epoch) -> 8 bytes, "idxkey" sealed, "next_oid" BE64
  *   tokens   token(BE32)            -> sealed token record
  *   objects  token(BE32) oid(BE64)  -> sealed object record
- *   index    token(BE32) mac(16)    -> oid(BE64) (DUPSORT|DUPFIXED)
- *
- * Every transaction holds the read side of `resize`; growing the map (which
- * LMDB allows only with no transaction active in the process) takes the
- * write side. Several processes share the files; LMDB's lock file
- * serializes writers and MDB_MAP_RESIZED tells us another process grew it. */
+ *   index    token(BE32) mac(16)    -> oid(BE64) (DUPSORT|DUPFIXED) */
 #include "ks_internal.h"
 
 #include <errno.h>
@@ -58,85 +53,6 @@ static void store_free(ks_store *st)
     free(st->path);
     OPENSSL_cleanse(st, sizeof(*st));
     free(st);
-}
-
-/* ---- map size ------------------------------------------------------------ */
-
-static uint64_t map_init_size(void)
-{
-    const char *e = getenv("P11MK_MAPSIZE_INIT");
-    if (e && *e) {
-        char *end;
-        unsigned long long v = strtoull(e, &end, 10);
-        if (!*end && v >= (1ull << 16))
-            return v;
-    }
-    return MAP_INIT_DEFAULT;
-}
-
-/* Another process grew the map: adopt its size. */
-static void adopt_resize(ks_store *st)
-{
-    pthread_rwlock_wrlock(&st->resize);
-    mdb_env_set_mapsize(st->env, 0);
-    pthread_rwlock_unlock(&st->resize);
-}
-
-static int grow_map(ks_store *st)
-{
-    MDB_envinfo info;
-    int rc;
-    pthread_rwlock_wrlock(&st->resize);
-    mdb_env_info(st->env, &info);
-    uint64_t cur = info.me_mapsize;
-    uint64_t step = cur < MAP_STEP_MAX ? cur : MAP_STEP_MAX;
-    rc = mdb_env_set_mapsize(st->env, (size_t)(cur + step));
-    pthread_rwlock_unlock(&st->resize);
-    if (rc != MDB_SUCCESS) {
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot grow the map to %llu bytes: %s", st->path,
-               (unsigned long long)(cur + step), mdb_strerror(rc));
-        return KS_EIO;
-    }
-    ks_log(KS_LOG_DEBUG, "keystore %s: map grown to %llu bytes", st->path, (unsigned long long)(cur + step));
-    return KS_OK;
-}
-
-/* Begin an LMDB transaction with the resize lock held (read side). */
-static int txn_begin(ks_store *st, unsigned flags, MDB_txn **out)
-{
-    for (int attempt = 0; attempt < 8; attempt++) {
-        pthread_rwlock_rdlock(&st->resize);
-        int rc = mdb_txn_begin(st->env, NULL, flags, out);
-        if (rc == MDB_SUCCESS)
-            return KS_OK;
-        pthread_rwlock_unlock(&st->resize);
-        if (rc == MDB_MAP_RESIZED) {
-            adopt_resize(st);
-            continue;
-        }
-        if (rc == MDB_READERS_FULL) {
-            int dead = 0;
-            mdb_reader_check(st->env, &dead);
-            if (dead > 0)
-                continue;
-        }
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", st->path, mdb_strerror(rc));
-        return ks_lmdb_err(rc);
-    }
-    return KS_EIO;
-}
-
-/* ---- opening ------------------------------------------------------------- */
-
-static int open_dbs(ks_store *st, MDB_txn *t, unsigned flags)
-{
-    int rc;
-    if ((rc = mdb_dbi_open(t, "meta", flags, &st->db_meta)) ||
-        (rc = mdb_dbi_open(t, "tokens", flags, &st->db_tok)) ||
-        (rc = mdb_dbi_open(t, "objects", flags, &st->db_obj)) ||
-        (rc = mdb_dbi_open(t, "index", flags | MDB_DUPSORT | MDB_DUPFIXED, &st->db_idx)))
-        return rc;
-    return MDB_SUCCESS;
 }
 
 /* Create the metadata of a new keystore (inside a write txn). */
@@ -556,52 +472,6 @@ corrupt:
     return KS_ECORRUPT;
 }
 
-static int env_open(ks_store *st, unsigned flags, ks_err *err)
-{
-    int rc;
-    unsigned mflags = MDB_NOTLS;
-
-    for (int pass = 0; pass < 2; pass++) {
-        if ((rc = mdb_env_create(&st->env)) != MDB_SUCCESS)
-            break;
-        mdb_env_set_maxdbs(st->env, 8);
-        mdb_env_set_maxreaders(st->env, MAX_READERS);
-        mdb_env_set_mapsize(st->env, (size_t)map_init_size());
-        rc = mdb_env_open(st->env, st->path, mflags | (st->rdonly ? MDB_RDONLY : 0), 0600);
-        if (rc == MDB_SUCCESS)
-            break;
-        mdb_env_close(st->env);
-        st->env = NULL;
-        /* A directory we may read but not write: serve it read-only. */
-        if (pass == 0 && !st->rdonly && (rc == EACCES || rc == EROFS) && !(flags & KS_OPEN_CREATE)) {
-            st->rdonly = true;
-            continue;
-        }
-        if (pass == 0 && !st->rdonly && (rc == EACCES || rc == EROFS) && (flags & KS_OPEN_CREATE) &&
-            access(st->path, W_OK) != 0) {
-            char data[4096];
-            snprintf(data, sizeof(data), "%s/data.mdb", st->path);
-            if (access(data, R_OK) == 0) {
-                st->rdonly = true;
-                continue;
-            }
-        }
-        break;
-    }
-    if (rc != MDB_SUCCESS) {
-        ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
-                        "read and write it", st->path, mdb_strerror(rc));
-        return ks_lmdb_err(rc);
-    }
-    if (st->rdonly)
-        ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", st->path);
-    int dead = 0;
-    mdb_reader_check(st->env, &dead);
-    if (dead)
-        ks_log(KS_LOG_INFO, "keystore %s: cleared %d stale reader slot(s)", st->path, dead);
-    return KS_OK;
-}
-
 static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *err)
 {
     MDB_txn *t;
@@ -944,13 +814,6 @@ void ks_read_end(ks_txn *x)
     pthread_rwlock_unlock(&x->st->resize);
     ring_unref(x->ring);
     free(x);
-}
-
-/* Regular files write short only when space runs out. */
-static bool fs_nearly_full(const char *dir)
-{
-    struct statvfs vs;
-    return statvfs(dir, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < (1u << 20);
 }
 
 int ks_write(ks_store *st, ks_write_fn fn, void *arg)
@@ -1550,44 +1413,6 @@ int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, 
     if (ret)
         return ret;
     return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : ks_lmdb_err(rc);
-}
-
-int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
-{
-    MDB_env *env = NULL;
-    MDB_txn *t = NULL;
-    MDB_dbi dbi;
-    MDB_val k, v;
-    char data[4200];
-    int rc;
-
-    *epoch = 0;
-    *gen = 0;
-    snprintf(data, sizeof(data), "%s/data.mdb", dir);
-    if (access(data, R_OK) != 0)
-        return KS_ENOTFOUND;
-    if ((rc = mdb_env_create(&env)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    mdb_env_set_maxdbs(env, 8);
-    rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
-    if (rc == MDB_SUCCESS)
-        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
-    if (rc == MDB_SUCCESS)
-        rc = mdb_dbi_open(t, "meta", 0, &dbi);
-    if (rc == MDB_SUCCESS) {
-        k.mv_size = 5;
-        k.mv_data = (void *)"epoch";
-        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 4)
-            *epoch = ks_get_be32(v.mv_data);
-        k.mv_size = 3;
-        k.mv_data = (void *)"gen";
-        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8)
-            *gen = ks_get_be64(v.mv_data);
-    }
-    if (t)
-        mdb_txn_abort(t);
-    mdb_env_close(env);
-    return ks_lmdb_err(rc);
 }
 
 /* At open: the counts the anchor vouches for against what the databases hold
