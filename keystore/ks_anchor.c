@@ -148,7 +148,7 @@ static int parse(const uint8_t *pt, size_t len, uint32_t epoch, ks_meta *m, bool
 }
 
 /* Unseal the state record of this snapshot: CURRENT's epoch, under its key. */
-static int open_state(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t key[32], MDB_val *v, uint8_t **pt,
+static int open_state(ks_btxn *t, ks_store *st, uint32_t epoch, const uint8_t key[32], ks_bval *v, uint8_t **pt,
                       size_t *len)
 {
     uint32_t hepoch;
@@ -157,15 +157,15 @@ static int open_state(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t ke
         return KS_ECORRUPT; /* every keystore has one: missing is damage, never "idle by default" */
     if (rc != KS_OK)
         return rc;
-    if (ks_rec_header(v->mv_data, v->mv_size, NULL, &hepoch) != KS_OK || hepoch != epoch)
+    if (ks_rec_header(v->p, v->n, NULL, &hepoch) != KS_OK || hepoch != epoch)
         return KS_ECORRUPT;
-    return ks_rec_open(key, st->ksid, KS_KIND_META, 0, STATE_OID, v->mv_data, v->mv_size, pt, len);
+    return ks_rec_open(key, st->ksid, KS_KIND_META, 0, STATE_OID, v->p, v->n, pt, len);
 }
 
-int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs)
+int ks_state_load(ks_btxn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs)
 {
     ks_meta m;
-    MDB_val v;
+    ks_bval v;
     uint8_t *pt = NULL;
     size_t len = 0;
     memset(&m, 0, sizeof(m));
@@ -253,78 +253,77 @@ int ks_state_write(ks_txn *x, const ks_meta *m, const uint8_t key[32])
 static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
 {
     ks_store *st = x->st;
-    MDB_cursor *c;
-    MDB_val k, v;
+    const ks_backend_ops *o = st->ops;
+    ks_bcur *c;
+    ks_bval k, v;
     int mrc;
 
-    if (ks_meta_get(x->txn, st, "next_oid", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-        m->rs.next_oid = ks_get_be64(v.mv_data);
-    if (ks_meta_get(x->txn, st, "toknext", NULL, 0, &v) == KS_OK && v.mv_size == 4)
-        m->rs.toknext = ks_get_be32(v.mv_data);
-    if (mdb_cursor_open(x->txn, st->db_tok, &c) != MDB_SUCCESS)
+    if (ks_meta_get(x->bt, st, "next_oid", NULL, 0, &v) == KS_OK && v.n == 8)
+        m->rs.next_oid = ks_get_be64(v.p);
+    if (ks_meta_get(x->bt, st, "toknext", NULL, 0, &v) == KS_OK && v.n == 4)
+        m->rs.toknext = ks_get_be32(v.p);
+    if (o->cur_open(x->bt, KS_TAB_TOKENS, &c) != KS_OK)
         return KS_EIO;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 4)
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 4)
             continue;
-        ks_tokstat *t = ks_meta_tok(m, ks_get_be32(k.mv_data), true);
+        ks_tokstat *t = ks_meta_tok(m, ks_get_be32(k.p), true);
         if (!t) {
-            mdb_cursor_close(c);
+            o->cur_close(c);
             return KS_ENOMEM;
         }
         t->exists = true;
-        if (v.mv_size > KS_TAG_LEN)
-            memcpy(t->tag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
+        if (v.n > KS_TAG_LEN)
+            memcpy(t->tag, v.p + v.n - KS_TAG_LEN, KS_TAG_LEN);
         if (m->rs.toknext <= t->tid)
             m->rs.toknext = t->tid + 1;
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     /* Incarnations of tokens that exist or were deleted. */
-    k.mv_size = 6;
-    k.mv_data = (void *)"tokinc";
-    if (mdb_cursor_open(x->txn, st->db_meta, &c) != MDB_SUCCESS)
+    if (o->cur_open(x->bt, KS_TAB_META, &c) != KS_OK)
         return KS_EIO;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 10 || memcmp(k.mv_data, "tokinc", 6) != 0)
+    for (mrc = o->cur_seek(c, KS_BSEEK_GE, "tokinc", 6, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 10 || memcmp(k.p, "tokinc", 6) != 0)
             break;
-        ks_tokstat *t = v.mv_size == 8 ? ks_meta_tok(m, ks_get_be32((const uint8_t *)k.mv_data + 6), true) : NULL;
+        ks_tokstat *t = v.n == 8 ? ks_meta_tok(m, ks_get_be32(k.p + 6), true) : NULL;
         if (t)
-            t->inc = ks_get_be64(v.mv_data);
+            t->inc = ks_get_be64(v.p);
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     if (!count)
         return KS_OK;
-    if (mdb_cursor_open(x->txn, st->db_obj, &c) != MDB_SUCCESS)
+    if (o->cur_open(x->bt, KS_TAB_OBJECTS, &c) != KS_OK)
         return KS_EIO;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 12)
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 12)
             continue;
-        uint32_t tid = ks_get_be32(k.mv_data);
-        uint64_t oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
+        uint32_t tid = ks_get_be32(k.p);
+        uint64_t oid = ks_get_be64(k.p + 4);
         ks_tokstat *t = ks_meta_tok(m, tid, false);
         uint8_t h[16];
-        if (!t || v.mv_size <= KS_TAG_LEN)
+        if (!t || v.n <= KS_TAG_LEN)
             continue; /* an object of no token: left for verify to name */
-        ks_obj_hash(tid, oid, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, h);
+        ks_obj_hash(tid, oid, v.p + v.n - KS_TAG_LEN, h);
         ks_hash_xor(t->obj_hash, h);
         t->n_obj++;
         if (m->rs.next_oid <= oid)
             m->rs.next_oid = oid + 1;
     }
-    mdb_cursor_close(c);
-    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS)
+    o->cur_close(c);
+    if (o->cur_open(x->bt, KS_TAB_INDEX, &c) != KS_OK)
         return KS_EIO;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != IDX_KEY_LEN || v.mv_size != 8)
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != IDX_KEY_LEN || v.n != 8)
             continue;
-        ks_tokstat *t = ks_meta_tok(m, ks_get_be32(k.mv_data), false);
+        ks_tokstat *t = ks_meta_tok(m, ks_get_be32(k.p), false);
         uint8_t h[16];
         if (!t)
             continue;
-        ks_idx_hash(k.mv_data, ks_get_be64(v.mv_data), h);
+        ks_idx_hash(k.p, ks_get_be64(v.p), h);
         ks_hash_xor(t->idx_hash, h);
         t->n_idx++;
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     if (!m->rs.next_oid)
         m->rs.next_oid = 1;
     if (!m->rs.toknext)
@@ -367,7 +366,7 @@ int ks_txn_meta(ks_txn *x, ks_meta **out)
 {
     ks_store *st = x->st;
     ks_meta *m = &x->m;
-    MDB_val v;
+    ks_bval v;
     uint8_t *pt = NULL;
     size_t len = 0;
     int rc;
@@ -376,10 +375,10 @@ int ks_txn_meta(ks_txn *x, ks_meta **out)
         *out = m;
         return KS_OK;
     }
-    if ((rc = ks_meta_get(x->txn, st, "state", NULL, 0, &v)) != KS_OK)
+    if ((rc = ks_meta_get(x->bt, st, "state", NULL, 0, &v)) != KS_OK)
         return rc == KS_ENOTFOUND ? KS_ECORRUPT : rc;
-    if (v.mv_size > KS_TAG_LEN) {
-        const uint8_t *tag = (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN;
+    if (v.n > KS_TAG_LEN) {
+        const uint8_t *tag = (const uint8_t *)v.p + v.n - KS_TAG_LEN;
         pthread_mutex_lock(&st->meta_lock);
         if (st->meta_cached && CRYPTO_memcmp(st->meta_tag, tag, KS_TAG_LEN) == 0 &&
             st->meta_cache.rs.cur == x->ring->rs.cur) {
@@ -402,7 +401,7 @@ int ks_txn_meta(ks_txn *x, ks_meta **out)
         pthread_mutex_unlock(&st->meta_lock);
     }
     memset(m, 0, sizeof(*m));
-    rc = open_state(x->txn, st, x->ring->rs.cur, x->ring->cur_key, &v, &pt, &len);
+    rc = open_state(x->bt, st, x->ring->rs.cur, x->ring->cur_key, &v, &pt, &len);
     if (rc == KS_OK)
         rc = parse(pt, len, x->ring->rs.cur, m, true);
     ks_buf_free(pt, len);
@@ -414,8 +413,8 @@ int ks_txn_meta(ks_txn *x, ks_meta **out)
             m->rs.legacy = false;
             m->rs.format = KS_FORMAT_VERSION;
             uint64_t gen = 0;
-            if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-                gen = ks_get_be64(v.mv_data);
+            if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
+                gen = ks_get_be64(v.p);
             m->rs.gen = gen;
             memcpy(m->rs.cur_kcv, x->ring->cur_kcv, KS_KCV_LEN);
             if (m->rs.nxt)

@@ -1,7 +1,7 @@
 /* p11mk keystore: backups, exports under the default key, restores.
  *
- * A backup is LMDB's compacting copy of the live environment: one file,
- * consistent as of one read transaction, taken while applications keep
+ * A backup is the storage backend's compacting copy of the live keystore
+ * (LMDB: of the environment, one file), consistent as of one read snapshot, taken while applications keep
  * reading and writing. It stays sealed under the keystore's keys, so it is
  * no more readable than the keystore itself.
  *
@@ -57,31 +57,36 @@ int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
             unlink(tmp);
         return rc;
     }
-    rc = copy_to_fd(st, fd);
-    if (rc == MDB_SUCCESS && fsync(fd) != 0)
-        rc = errno;
-    if (rc == MDB_SUCCESS) {
-        if (tmp[0]) {
+    char why[256] = "";
+    rc = st->ops->copy(st->be, fd, &e, why, sizeof(why));
+    if (rc == KS_OK) {
+        if (fsync(fd) != 0) {
+            e = errno;
+        } else if (tmp[0]) {
             if (link(tmp, file) != 0)
-                rc = errno;
+                e = errno;
         } else {
             char proc[64];
             snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
             if (linkat(AT_FDCWD, proc, AT_FDCWD, file, AT_SYMLINK_FOLLOW) != 0)
-                rc = errno;
+                e = errno;
+        }
+        if (e) {
+            snprintf(why, sizeof(why), "%s", strerror(e));
+            rc = ks_errno(e);
         }
     }
     close(fd);
     if (tmp[0])
         unlink(tmp);
-    if (rc != MDB_SUCCESS) {
-        if (rc == EEXIST)
+    if (rc != KS_OK) {
+        if (e == EEXIST)
             ks_err_set(err, "cannot create %s: it appeared meanwhile (refusing to overwrite; choose a new file "
                             "name)", file);
         else
-            ks_err_set(err, "cannot write the copy to %s: %s%s", file, mdb_strerror(rc),
-                       rc == ENOSPC ? " (the file system is full; free space or write the backup elsewhere)" : "");
-        return rc > 0 ? ks_errno(rc) : KS_EIO;
+            ks_err_set(err, "cannot write the copy to %s: %s%s", file, why,
+                       e == ENOSPC ? " (the file system is full; free space or write the backup elsewhere)" : "");
+        return rc;
     }
     ks_fsync_dir(dir);
     return KS_OK;
@@ -127,7 +132,7 @@ static int scratch_from_file(const char *dir, const char *file, ks_err *err)
         e = errno;
         ks_err_set(err, "cannot read %s: %s; nothing was restored", file, strerror(e));
         rc = KS_EBADFILE;
-    } else if ((rc = check_lmdb_file(in, file, err)) != KS_OK) {
+    } else if ((rc = KS_BACKEND_DEFAULT->check_copy(in, file, err)) != KS_OK) {
         /* refused before copying */
     } else if ((out = open(data, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
         e = errno;

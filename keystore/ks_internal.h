@@ -3,15 +3,16 @@
  * The keystore owns storage (LMDB), the sealed record format, master keys
  * and their registers, epochs, the master-key lifecycle protocol and its
  * locks, PIN-attempt locks and memory for secrets. Its one public header is
- * keystore/include/keystore/ks.h, free of LMDB types; this header (and LMDB)
- * is reachable only from this folder and the tests. May call: LMDB, OpenSSL,
- * the C library; nothing above it. */
+ * keystore/include/keystore/ks.h, free of storage types; this header is
+ * reachable only from this folder and the tests. Storage goes through the
+ * backend interface (ks_backend.h); LMDB is reached only from ks_lmdb.c.
+ * May call: LMDB, OpenSSL, the C library; nothing above it. */
 #ifndef P11MK_KS_INTERNAL_H
 #define P11MK_KS_INTERNAL_H
 
 #include "keystore/ks.h"
+#include "ks_backend.h"
 
-#include <lmdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/types.h>
@@ -84,9 +85,6 @@ typedef struct ks_keyring {
     uint8_t cur_kcv[KS_KCV_LEN], nxt_kcv[KS_KCV_LEN];
 } ks_keyring;
 
-#define MAP_INIT_DEFAULT (32ull << 20)
-#define MAP_STEP_MAX (1ull << 30)
-#define MAX_READERS 1022
 #define IDX_MAC_LEN 16
 #define IDX_KEY_LEN (4 + IDX_MAC_LEN)
 
@@ -96,9 +94,8 @@ struct ks_store {
     dev_t dev;
     ino_t ino;
     char *path;
-    MDB_env *env;
-    MDB_dbi db_meta, db_tok, db_obj, db_idx;
-    pthread_rwlock_t resize;
+    const ks_backend_ops *ops;
+    ks_benv *be;
     bool rdonly;
     uint32_t format;
     uint8_t ksid[KS_KSID_LEN];
@@ -128,31 +125,40 @@ struct ks_store {
 
 struct ks_txn {
     ks_store *st;
-    MDB_txn *txn;
+    ks_btxn *bt;
     bool write;
-    bool map_full;
+    bool retry; /* the backend asked for the transaction to run again (KS_BE_RETRY: LMDB's map is full) */
     ks_keyring *ring; /* the keys valid for this transaction's snapshot */
     ks_meta m;        /* the anchor, once used (sealed again before commit if changed) */
 };
 
-/* ---- internal store API (ks_store.c) for ks_rotate.c ---- */
-KS_API int ks_meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v);
+/* ---- storage, through the backend (ks_store.c) ---- */
+/* A meta record: key, then suffix bytes (at most 32 in all). */
+KS_API int ks_meta_get(ks_btxn *t, ks_store *st, const char *key, const void *suffix, size_t slen, ks_bval *v);
 KS_API int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen);
 KS_API int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen);
-KS_API int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v);
-/* ks_db.c: LMDB error to KS_*; writes that set map_full on MDB_MAP_FULL/MDB_TXN_FULL. */
-KS_API int ks_lmdb_err(int rc);
-KS_API int ks_wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags);
-KS_API int ks_wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v);
-KS_API int ks_cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags);
-/* Moved from ks_store.c and ks_backup.c (ks_lmdb.c), for now. */
-KS_API int grow_map(ks_store *st);
-KS_API int txn_begin(ks_store *st, unsigned flags, MDB_txn **out);
-KS_API int open_dbs(ks_store *st, MDB_txn *t, unsigned flags);
-KS_API int env_open(ks_store *st, unsigned flags, ks_err *err);
-KS_API bool fs_nearly_full(const char *dir);
-KS_API int copy_to_fd(ks_store *st, int fd);
-KS_API int check_lmdb_file(int fd, const char *name, ks_err *err);
+/* Writes: KS_EINVAL in a read transaction; KS_BE_RETRY becomes x->retry
+ * (ks_write aborts, ops->make_room, runs the transaction again) and KS_EIO. */
+static inline int ks_wres(ks_txn *x, int rc)
+{
+    if (rc == KS_BE_RETRY) {
+        x->retry = true;
+        return KS_EIO;
+    }
+    return rc;
+}
+static inline int ks_wput(ks_txn *x, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    return x->write ? ks_wres(x, x->st->ops->put(x->bt, tab, k, kl, v, vl)) : KS_EINVAL;
+}
+static inline int ks_wdel(ks_txn *x, ks_table tab, const void *k, size_t kl)
+{
+    return x->write ? ks_wres(x, x->st->ops->del(x->bt, tab, k, kl)) : KS_EINVAL;
+}
+static inline int ks_cursor_replace(ks_txn *x, ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl)
+{
+    return x->write ? ks_wres(x, x->st->ops->cur_replace(c, k, kl, v, vl)) : KS_EINVAL;
+}
 /* The record key of an epoch in this generation, or NULL. */
 static inline const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
 {
@@ -164,7 +170,7 @@ static inline const uint8_t *ks_ring_key(const ks_keyring *r, uint32_t epoch)
 }
 /* ---- the anchor (ks_anchor.c) ---- */
 /* The rotation part and counters of the state record (KS_ECORRUPT if missing or unauthentic). */
-KS_API int ks_state_load(MDB_txn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs);
+KS_API int ks_state_load(ks_btxn *t, ks_store *st, uint32_t epoch, const uint8_t curkey[32], ks_rotstate *rs);
 /* Seal m under key (epoch m->rs.cur) and put it; no generation change. */
 KS_API int ks_state_write(ks_txn *x, const ks_meta *m, const uint8_t key[32]);
 /* The transaction's working copy; a format 1 anchor is upgraded by a writer. */

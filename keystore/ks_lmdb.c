@@ -1,9 +1,25 @@
-/* p11mk keystore: the LMDB primitives every keystore file uses: error
- * codes, writes that restart the transaction when the map is full, and the
- * metadata database's accessors. */
+/* p11mk keystore: the LMDB backend (ks_backend.h), the only file that
+ * includes <lmdb.h>.
+ *
+ * One environment per keystore directory per process (ks_store.c's
+ * registry shares it), opened MDB_NOTLS so that a thread may hold several
+ * read transactions and a transaction may end on another thread; four
+ * named databases, "meta", "tokens", "objects" and "index" (MDB_DUPSORT |
+ * MDB_DUPFIXED), one per ks_table.
+ *
+ * Every transaction holds the read side of `resize`; growing the map (which
+ * LMDB allows only with no transaction active in the process) takes the
+ * write side. Several processes share the files; LMDB's lock file
+ * serializes writers and MDB_MAP_RESIZED tells us another process grew it.
+ * A write that finds the map full (MDB_MAP_FULL, MDB_TXN_FULL) reports
+ * KS_BE_RETRY: ks_write aborts, grows the map (make_room) and runs the
+ * transaction again. */
 #include "ks_internal.h"
 
+#include <lmdb.h>
+
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +27,27 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-int ks_lmdb_err(int rc)
+#define MAP_INIT_DEFAULT (32ull << 20)
+#define MAP_STEP_MAX (1ull << 30)
+#define MAX_READERS 1022
+
+struct ks_benv {
+    MDB_env *env;
+    MDB_dbi dbi[KS_TAB_N];
+    pthread_rwlock_t resize;
+    char *path;
+};
+
+/* A ks_btxn is the MDB_txn, a ks_bcur the MDB_cursor; the environment's
+ * user context is its ks_benv. */
+static inline MDB_txn *T(ks_btxn *t) { return (MDB_txn *)t; }
+static inline MDB_cursor *C(ks_bcur *c) { return (MDB_cursor *)c; }
+static inline ks_benv *E(MDB_txn *t) { return mdb_env_get_userctx(mdb_txn_env(t)); }
+static inline MDB_dbi D(MDB_txn *t, ks_table tab) { return E(t)->dbi[tab]; }
+static inline MDB_val V(const void *p, size_t n) { return (MDB_val){n, (void *)p}; }
+static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
+
+static int lmdb_err(int rc)
 {
     switch (rc) {
     case MDB_SUCCESS: return KS_OK;
@@ -30,102 +66,15 @@ int ks_lmdb_err(int rc)
     }
 }
 
-/* ---- meta helpers -------------------------------------------------------- */
-
-static int meta_key(uint8_t kb[32], const char *key, const void *suffix, size_t slen, MDB_val *k)
+/* A write's result: a full map restarts the transaction. */
+static int wr_err(int rc)
 {
-    size_t kl = strlen(key);
-    if (kl + slen > 32)
-        return KS_EINVAL;
-    memcpy(kb, key, kl);
-    if (slen)
-        memcpy(kb + kl, suffix, slen);
-    k->mv_size = kl + slen;
-    k->mv_data = kb;
-    return KS_OK;
-}
-
-int ks_meta_get(MDB_txn *t, ks_store *st, const char *key, const void *suffix, size_t slen, MDB_val *v)
-{
-    uint8_t kb[32];
-    MDB_val k;
-    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
-        return KS_EINVAL;
-    return ks_lmdb_err(mdb_get(t, st->db_meta, &k, v));
-}
-
-int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen)
-{
-    uint8_t kb[32];
-    MDB_val k, v = {vlen, (void *)val};
-    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
-        return KS_EINVAL;
-    return ks_wput(x, x->st->db_meta, &k, &v, 0);
-}
-
-int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen)
-{
-    uint8_t kb[32];
-    MDB_val k;
-    if (meta_key(kb, key, suffix, slen, &k) != KS_OK)
-        return KS_EINVAL;
-    int rc = ks_wdel(x, x->st->db_meta, &k, NULL);
-    return rc == KS_ENOTFOUND ? KS_OK : rc;
-}
-
-/* Mutations go through here so that MDB_MAP_FULL restarts the transaction. */
-int ks_wput(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v, unsigned flags)
-{
-    if (!x->write)
-        return KS_EINVAL;
-    int rc = mdb_put(x->txn, db, k, v, flags);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL)
+        return KS_BE_RETRY;
     if (rc == MDB_KEYEXIST)
         return KS_EEXIST;
-    return ks_lmdb_err(rc);
+    return lmdb_err(rc);
 }
-
-int ks_wdel(ks_txn *x, MDB_dbi db, MDB_val *k, MDB_val *v)
-{
-    if (!x->write)
-        return KS_EINVAL;
-    int rc = mdb_del(x->txn, db, k, v);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    return ks_lmdb_err(rc);
-}
-
-int ks_cursor_replace(ks_txn *x, MDB_cursor *c, MDB_val *k, MDB_val *v)
-{
-    int rc = mdb_cursor_put(c, k, v, MDB_CURRENT);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    return ks_lmdb_err(rc);
-}
-
-int ks_cursor_del(ks_txn *x, MDB_cursor *c, unsigned flags)
-{
-    int rc = mdb_cursor_del(c, flags);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        x->map_full = true;
-        return KS_EIO;
-    }
-    return ks_lmdb_err(rc);
-}
-
-/* ---- moved from ks_store.c ---- */
-/*
- * Every transaction holds the read side of `resize`; growing the map (which
- * LMDB allows only with no transaction active in the process) takes the
- * write side. Several processes share the files; LMDB's lock file
- * serializes writers and MDB_MAP_RESIZED tells us another process grew it. */
 
 /* ---- map size ------------------------------------------------------------ */
 
@@ -142,97 +91,312 @@ static uint64_t map_init_size(void)
 }
 
 /* Another process grew the map: adopt its size. */
-static void adopt_resize(ks_store *st)
+static void adopt_resize(ks_benv *e)
 {
-    pthread_rwlock_wrlock(&st->resize);
-    mdb_env_set_mapsize(st->env, 0);
-    pthread_rwlock_unlock(&st->resize);
+    pthread_rwlock_wrlock(&e->resize);
+    mdb_env_set_mapsize(e->env, 0);
+    pthread_rwlock_unlock(&e->resize);
 }
 
-int grow_map(ks_store *st)
+static int lmdb_make_room(ks_benv *e)
 {
     MDB_envinfo info;
     int rc;
-    pthread_rwlock_wrlock(&st->resize);
-    mdb_env_info(st->env, &info);
+    pthread_rwlock_wrlock(&e->resize);
+    mdb_env_info(e->env, &info);
     uint64_t cur = info.me_mapsize;
     uint64_t step = cur < MAP_STEP_MAX ? cur : MAP_STEP_MAX;
-    rc = mdb_env_set_mapsize(st->env, (size_t)(cur + step));
-    pthread_rwlock_unlock(&st->resize);
+    rc = mdb_env_set_mapsize(e->env, (size_t)(cur + step));
+    pthread_rwlock_unlock(&e->resize);
     if (rc != MDB_SUCCESS) {
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot grow the map to %llu bytes: %s", st->path,
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot grow the map to %llu bytes: %s", e->path,
                (unsigned long long)(cur + step), mdb_strerror(rc));
         return KS_EIO;
     }
-    ks_log(KS_LOG_DEBUG, "keystore %s: map grown to %llu bytes", st->path, (unsigned long long)(cur + step));
+    ks_log(KS_LOG_DEBUG, "keystore %s: map grown to %llu bytes", e->path, (unsigned long long)(cur + step));
     return KS_OK;
 }
 
-/* Begin an LMDB transaction with the resize lock held (read side). */
-int txn_begin(ks_store *st, unsigned flags, MDB_txn **out)
+/* LMDB's last committed transaction id, from the newer of the two meta pages
+ * in the shared map: every commit (ours or another process's) writes it
+ * last, after the data it commits. Under the resize lock, as the map may be
+ * replaced by adopt_resize. */
+static uint64_t lmdb_commit_seq(ks_benv *e)
 {
+    MDB_envinfo info;
+    pthread_rwlock_rdlock(&e->resize);
+    int rc = mdb_env_info(e->env, &info);
+    pthread_rwlock_unlock(&e->resize);
+    return rc == MDB_SUCCESS ? (uint64_t)info.me_last_txnid : 0;
+}
+
+static uint64_t lmdb_size(ks_benv *e)
+{
+    MDB_envinfo ei;
+    mdb_env_info(e->env, &ei);
+    return ei.me_mapsize;
+}
+
+/* ---- transactions -------------------------------------------------------- */
+
+/* Begin an LMDB transaction with the resize lock held (read side). */
+static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
+{
+    MDB_txn *t;
     for (int attempt = 0; attempt < 8; attempt++) {
-        pthread_rwlock_rdlock(&st->resize);
-        int rc = mdb_txn_begin(st->env, NULL, flags, out);
-        if (rc == MDB_SUCCESS)
+        pthread_rwlock_rdlock(&e->resize);
+        int rc = mdb_txn_begin(e->env, NULL, flags, &t);
+        if (rc == MDB_SUCCESS) {
+            *out = (ks_btxn *)t;
             return KS_OK;
-        pthread_rwlock_unlock(&st->resize);
+        }
+        pthread_rwlock_unlock(&e->resize);
         if (rc == MDB_MAP_RESIZED) {
-            adopt_resize(st);
+            adopt_resize(e);
             continue;
         }
         if (rc == MDB_READERS_FULL) {
             int dead = 0;
-            mdb_reader_check(st->env, &dead);
+            mdb_reader_check(e->env, &dead);
             if (dead > 0)
                 continue;
         }
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", st->path, mdb_strerror(rc));
-        return ks_lmdb_err(rc);
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", e->path, mdb_strerror(rc));
+        return lmdb_err(rc);
     }
     return KS_EIO;
 }
 
+static int lmdb_read_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, MDB_RDONLY, t); }
+
+static int lmdb_write_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, 0, t); }
+
+/* A read transaction's id is the last committed write's, the number
+ * lmdb_commit_seq reads once the commit is published: the same id, the same data. */
+static uint64_t lmdb_snapshot(ks_btxn *t) { return mdb_txn_id(T(t)); }
+
+static void lmdb_abort(ks_btxn *t)
+{
+    ks_benv *e = E(T(t));
+    mdb_txn_abort(T(t));
+    pthread_rwlock_unlock(&e->resize);
+}
+
+static void lmdb_read_end(ks_btxn *t) { lmdb_abort(t); }
+
+/* Regular files write short only when space runs out. */
+static bool fs_nearly_full(const char *dir)
+{
+    struct statvfs vs;
+    return statvfs(dir, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < (1u << 20);
+}
+
+static int lmdb_commit(ks_btxn *t)
+{
+    ks_benv *e = E(T(t));
+    int rc = mdb_txn_commit(T(t));
+    pthread_rwlock_unlock(&e->resize);
+    if (rc == MDB_MAP_FULL)
+        return KS_BE_RETRY;
+    rc = lmdb_err(rc);
+    if (rc == KS_EIO && fs_nearly_full(e->path))
+        rc = KS_ENOSPC; /* LMDB reports a short write as EIO: the file system ran out */
+    return rc;
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v)
+{
+    MDB_val mk = V(k, kl), mv;
+    int rc = mdb_get(T(t), D(T(t), tab), &mk, &mv);
+    if (rc != MDB_SUCCESS)
+        return lmdb_err(rc);
+    *v = B(mv);
+    return KS_OK;
+}
+
+static int lmdb_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val mk = V(k, kl), mv = V(v, vl);
+    return wr_err(mdb_put(T(t), D(T(t), tab), &mk, &mv, 0));
+}
+
+static int lmdb_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
+{
+    MDB_val mk = V(k, kl);
+    return wr_err(mdb_del(T(t), D(T(t), tab), &mk, NULL));
+}
+
+static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t pl)
+{
+    MDB_cursor *c;
+    int rc;
+
+    if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    MDB_val k = V(prefix, pl), v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    while (rc == MDB_SUCCESS && k.mv_size >= pl && memcmp(k.mv_data, prefix, pl) == 0) {
+        int drc = wr_err(mdb_cursor_del(c, tab == KS_TAB_INDEX ? MDB_NODUPDATA : 0));
+        if (drc != KS_OK) {
+            mdb_cursor_close(c);
+            return drc;
+        }
+        k = V(prefix, pl);
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? KS_OK : lmdb_err(rc);
+}
+
+static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
+{
+    MDB_stat ms;
+    int rc = mdb_stat(T(t), D(T(t), tab), &ms);
+    *n = rc == MDB_SUCCESS ? ms.ms_entries : 0;
+    return lmdb_err(rc);
+}
+
+/* ---- the index ------------------------------------------------------------- */
+
+static int lmdb_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val mk = V(k, kl), mv = V(v, vl);
+    return wr_err(mdb_put(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
+}
+
+static int lmdb_dup_del(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val mk = V(k, kl), mv = V(v, vl);
+    return wr_err(mdb_del(T(t), D(T(t), tab), &mk, &mv));
+}
+
+static int lmdb_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_cursor *c;
+    int rc;
+    if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    MDB_val mk = V(k, kl), mv = V(v, vl);
+    rc = mdb_cursor_get(c, &mk, &mv, MDB_GET_BOTH); /* the exact entry: O(log n), however many share the key */
+    mdb_cursor_close(c);
+    return lmdb_err(rc);
+}
+
+/* ---- cursors ------------------------------------------------------------- */
+
+static int lmdb_cur_open(ks_btxn *t, ks_table tab, ks_bcur **c)
+{
+    MDB_cursor *mc;
+    int rc = mdb_cursor_open(T(t), D(T(t), tab), &mc);
+    if (rc != MDB_SUCCESS)
+        return lmdb_err(rc);
+    *c = (ks_bcur *)mc;
+    return KS_OK;
+}
+
+static int lmdb_cur_seek(ks_bcur *c, int how, const void *k, size_t kl, ks_bval *key, ks_bval *val)
+{
+    static const MDB_cursor_op ops[] = {[KS_BSEEK_FIRST] = MDB_FIRST, [KS_BSEEK_LAST] = MDB_LAST,
+                                        [KS_BSEEK_GE] = MDB_SET_RANGE, [KS_BSEEK_KEY] = MDB_SET};
+    MDB_val mk = V(k, kl), mv;
+    int rc = mdb_cursor_get(C(c), &mk, &mv, ops[how]);
+    if (rc != MDB_SUCCESS)
+        return lmdb_err(rc);
+    *key = B(mk); /* MDB_SET leaves the key given */
+    *val = B(mv);
+    return KS_OK;
+}
+
+static int lmdb_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
+{
+    MDB_val mk, mv;
+    int rc = mdb_cursor_get(C(c), &mk, &mv, same_key ? MDB_NEXT_DUP : MDB_NEXT);
+    if (rc != MDB_SUCCESS)
+        return lmdb_err(rc);
+    *key = B(mk);
+    *val = B(mv);
+    return KS_OK;
+}
+
+static int lmdb_cur_replace(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val mk = V(k, kl), mv = V(v, vl);
+    return wr_err(mdb_cursor_put(C(c), &mk, &mv, MDB_CURRENT));
+}
+
+static void lmdb_cur_close(ks_bcur *c) { mdb_cursor_close(C(c)); }
+
 /* ---- opening ------------------------------------------------------------- */
 
-int open_dbs(ks_store *st, MDB_txn *t, unsigned flags)
+static int lmdb_check_location(const char *dir, ks_err *err)
+{
+    static const char *const lmdb_files[] = {"data.mdb", "lock.mdb"};
+    for (int i = 0; i < 2; i++) {
+        char p[4200];
+        struct stat fsb;
+        snprintf(p, sizeof(p), "%s/%s", dir, lmdb_files[i]);
+        if (lstat(p, &fsb) == 0 && !S_ISREG(fsb.st_mode)) {
+            ks_err_set(err, "%s is not a regular file (a link or something else was put there); nothing was "
+                            "opened: remove it (lock.mdb is recreated; data.mdb: restore it from a backup)", p);
+            return KS_ECORRUPT;
+        }
+    }
+    return KS_OK;
+}
+
+static int open_dbs(ks_benv *e, MDB_txn *t, unsigned flags)
 {
     int rc;
-    if ((rc = mdb_dbi_open(t, "meta", flags, &st->db_meta)) ||
-        (rc = mdb_dbi_open(t, "tokens", flags, &st->db_tok)) ||
-        (rc = mdb_dbi_open(t, "objects", flags, &st->db_obj)) ||
-        (rc = mdb_dbi_open(t, "index", flags | MDB_DUPSORT | MDB_DUPFIXED, &st->db_idx)))
+    if ((rc = mdb_dbi_open(t, "meta", flags, &e->dbi[KS_TAB_META])) ||
+        (rc = mdb_dbi_open(t, "tokens", flags, &e->dbi[KS_TAB_TOKENS])) ||
+        (rc = mdb_dbi_open(t, "objects", flags, &e->dbi[KS_TAB_OBJECTS])) ||
+        (rc = mdb_dbi_open(t, "index", flags | MDB_DUPSORT | MDB_DUPFIXED, &e->dbi[KS_TAB_INDEX])))
         return rc;
     return MDB_SUCCESS;
 }
 
-int env_open(ks_store *st, unsigned flags, ks_err *err)
+static int lmdb_create_tables(ks_btxn *t) { return wr_err(open_dbs(E(T(t)), T(t), MDB_CREATE)); }
+
+static void lmdb_close(ks_benv *e)
+{
+    if (!e)
+        return;
+    if (e->env)
+        mdb_env_close(e->env);
+    pthread_rwlock_destroy(&e->resize);
+    free(e->path);
+    free(e);
+}
+
+static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
 {
     int rc;
     unsigned mflags = MDB_NOTLS;
 
     for (int pass = 0; pass < 2; pass++) {
-        if ((rc = mdb_env_create(&st->env)) != MDB_SUCCESS)
+        if ((rc = mdb_env_create(&e->env)) != MDB_SUCCESS)
             break;
-        mdb_env_set_maxdbs(st->env, 8);
-        mdb_env_set_maxreaders(st->env, MAX_READERS);
-        mdb_env_set_mapsize(st->env, (size_t)map_init_size());
-        rc = mdb_env_open(st->env, st->path, mflags | (st->rdonly ? MDB_RDONLY : 0), 0600);
+        mdb_env_set_maxdbs(e->env, 8);
+        mdb_env_set_maxreaders(e->env, MAX_READERS);
+        mdb_env_set_mapsize(e->env, (size_t)map_init_size());
+        rc = mdb_env_open(e->env, e->path, mflags | (*rdonly ? MDB_RDONLY : 0), 0600);
         if (rc == MDB_SUCCESS)
             break;
-        mdb_env_close(st->env);
-        st->env = NULL;
+        mdb_env_close(e->env);
+        e->env = NULL;
         /* A directory we may read but not write: serve it read-only. */
-        if (pass == 0 && !st->rdonly && (rc == EACCES || rc == EROFS) && !(flags & KS_OPEN_CREATE)) {
-            st->rdonly = true;
+        if (pass == 0 && !*rdonly && (rc == EACCES || rc == EROFS) && !(flags & KS_OPEN_CREATE)) {
+            *rdonly = true;
             continue;
         }
-        if (pass == 0 && !st->rdonly && (rc == EACCES || rc == EROFS) && (flags & KS_OPEN_CREATE) &&
-            access(st->path, W_OK) != 0) {
+        if (pass == 0 && !*rdonly && (rc == EACCES || rc == EROFS) && (flags & KS_OPEN_CREATE) &&
+            access(e->path, W_OK) != 0) {
             char data[4096];
-            snprintf(data, sizeof(data), "%s/data.mdb", st->path);
+            snprintf(data, sizeof(data), "%s/data.mdb", e->path);
             if (access(data, R_OK) == 0) {
-                st->rdonly = true;
+                *rdonly = true;
                 continue;
             }
         }
@@ -240,79 +404,101 @@ int env_open(ks_store *st, unsigned flags, ks_err *err)
     }
     if (rc != MDB_SUCCESS) {
         ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
-                        "read and write it", st->path, mdb_strerror(rc));
-        return ks_lmdb_err(rc);
+                        "read and write it", e->path, mdb_strerror(rc));
+        return lmdb_err(rc);
     }
-    if (st->rdonly)
-        ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", st->path);
+    if (*rdonly)
+        ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", e->path);
     int dead = 0;
-    mdb_reader_check(st->env, &dead);
+    mdb_reader_check(e->env, &dead);
     if (dead)
-        ks_log(KS_LOG_INFO, "keystore %s: cleared %d stale reader slot(s)", st->path, dead);
+        ks_log(KS_LOG_INFO, "keystore %s: cleared %d stale reader slot(s)", e->path, dead);
     return KS_OK;
 }
 
-/* Regular files write short only when space runs out. */
-bool fs_nearly_full(const char *dir)
+/* Do the databases exist? A keystore is created only where the environment
+ * is empty: anything else that lacks a piece (a database, the format record)
+ * is damage, reported, never written over. */
+static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
 {
-    struct statvfs vs;
-    return statvfs(dir, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < (1u << 20);
-}
-
-int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
-{
-    MDB_env *env = NULL;
-    MDB_txn *t = NULL;
-    MDB_dbi dbi;
-    MDB_val k, v;
-    char data[4200];
-    int rc;
-
-    *epoch = 0;
-    *gen = 0;
-    snprintf(data, sizeof(data), "%s/data.mdb", dir);
-    if (access(data, R_OK) != 0)
-        return KS_ENOTFOUND;
-    if ((rc = mdb_env_create(&env)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    mdb_env_set_maxdbs(env, 8);
-    rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
-    if (rc == MDB_SUCCESS)
-        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
-    if (rc == MDB_SUCCESS)
-        rc = mdb_dbi_open(t, "meta", 0, &dbi);
-    if (rc == MDB_SUCCESS) {
-        k.mv_size = 5;
-        k.mv_data = (void *)"epoch";
-        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 4)
-            *epoch = ks_get_be32(v.mv_data);
-        k.mv_size = 3;
-        k.mv_data = (void *)"gen";
-        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8)
-            *gen = ks_get_be64(v.mv_data);
+    ks_btxn *bt;
+    int rc = txn_begin(e, MDB_RDONLY, &bt);
+    if (rc != KS_OK)
+        return rc;
+    MDB_txn *t = T(bt);
+    MDB_stat ms;
+    MDB_dbi main_db;
+    bool empty = mdb_dbi_open(t, NULL, 0, &main_db) == MDB_SUCCESS && mdb_stat(t, main_db, &ms) == MDB_SUCCESS &&
+                 ms.ms_entries == 0;
+    int mrc = open_dbs(e, t, 0);
+    if (mrc == MDB_SUCCESS) {
+        *tables = true;
+        mdb_txn_commit(t); /* keeps the dbi handles */
+        pthread_rwlock_unlock(&e->resize);
+        return KS_OK;
     }
-    if (t)
-        mdb_txn_abort(t);
-    mdb_env_close(env);
-    return ks_lmdb_err(rc);
+    lmdb_abort(bt);
+    if (mrc != MDB_NOTFOUND) {
+        ks_err_set(err, "cannot open keystore %s: %s", e->path, mdb_strerror(mrc));
+        return lmdb_err(mrc);
+    }
+    if (!empty) {
+        ks_err_set(err, "keystore %s is damaged: one of its databases (meta, tokens, objects, index) is missing; "
+                        "nothing was changed (nothing is created over existing data): restore it from a backup",
+                   e->path);
+        return KS_ECORRUPT;
+    }
+    *tables = false;
+    return KS_OK;
 }
 
-/* ---- moved from ks_backup.c ---- */
+static int lmdb_open(const char *path, unsigned flags, bool *rdonly, bool *tables, ks_benv **out, ks_err *err)
+{
+    ks_benv *e = calloc(1, sizeof(*e));
+    *out = NULL;
+    if (!e)
+        return KS_ENOMEM;
+    if (pthread_rwlock_init(&e->resize, NULL) != 0) {
+        free(e);
+        return KS_ENOMEM;
+    }
+    if (!(e->path = strdup(path))) {
+        lmdb_close(e);
+        return KS_ENOMEM;
+    }
+    int rc = env_open(e, flags, rdonly, err);
+    if (rc == KS_OK) {
+        mdb_env_set_userctx(e->env, e);
+        rc = probe_tables(e, tables, err);
+    }
+    if (rc != KS_OK) {
+        lmdb_close(e);
+        return rc;
+    }
+    *out = e;
+    return KS_OK;
+}
 
-int copy_to_fd(ks_store *st, int fd)
+/* ---- copies -------------------------------------------------------------- */
+
+static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
 {
     /* No map resize may happen during the copy. */
-    pthread_rwlock_rdlock(&st->resize);
-    int rc = mdb_env_copyfd2(st->env, fd, MDB_CP_COMPACT);
-    pthread_rwlock_unlock(&st->resize);
-    return rc;
+    pthread_rwlock_rdlock(&e->resize);
+    int rc = mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT);
+    pthread_rwlock_unlock(&e->resize);
+    *sys_err = rc > 0 ? rc : 0;
+    if (rc == MDB_SUCCESS)
+        return KS_OK;
+    snprintf(why, n, "%s", mdb_strerror(rc));
+    return rc == ENOSPC || rc == EDQUOT ? KS_ENOSPC : KS_EIO;
 }
 
 /* Is this a complete LMDB data file? Both meta pages are read with pread;
  * the newer one names the last page, which must lie inside the file. A
  * truncated copy is refused here, before anything maps it (a mapped file
  * shorter than its pages raises SIGBUS). */
-int check_lmdb_file(int fd, const char *name, ks_err *err)
+static int lmdb_check_copy(int fd, const char *name, ks_err *err)
 {
     struct stat sb;
     uint8_t m0[160], m1[160];
@@ -347,3 +533,74 @@ bad:
     return KS_EBADFILE;
 }
 
+static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
+{
+    MDB_env *env = NULL;
+    MDB_txn *t = NULL;
+    MDB_dbi dbi;
+    MDB_val k, v;
+    char data[4200];
+    int rc;
+
+    *epoch = 0;
+    *gen = 0;
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    if (access(data, R_OK) != 0)
+        return KS_ENOTFOUND;
+    if ((rc = mdb_env_create(&env)) != MDB_SUCCESS)
+        return lmdb_err(rc);
+    mdb_env_set_maxdbs(env, 8);
+    rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_dbi_open(t, "meta", 0, &dbi);
+    if (rc == MDB_SUCCESS) {
+        k.mv_size = 5;
+        k.mv_data = (void *)"epoch";
+        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 4)
+            *epoch = ks_get_be32(v.mv_data);
+        k.mv_size = 3;
+        k.mv_data = (void *)"gen";
+        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8)
+            *gen = ks_get_be64(v.mv_data);
+    }
+    if (t)
+        mdb_txn_abort(t);
+    mdb_env_close(env);
+    return lmdb_err(rc);
+}
+
+
+const ks_backend_ops ks_lmdb_backend = {
+    .name = "lmdb",
+    .check_location = lmdb_check_location,
+    .open = lmdb_open,
+    .close = lmdb_close,
+    .create_tables = lmdb_create_tables,
+    .size = lmdb_size,
+    .commit_seq = lmdb_commit_seq,
+    .read_begin = lmdb_read_begin,
+    .read_end = lmdb_read_end,
+    .snapshot = lmdb_snapshot,
+    .write_begin = lmdb_write_begin,
+    .commit = lmdb_commit,
+    .abort = lmdb_abort,
+    .make_room = lmdb_make_room,
+    .get = lmdb_get,
+    .put = lmdb_put,
+    .del = lmdb_del,
+    .del_prefix = lmdb_del_prefix,
+    .count = lmdb_count,
+    .dup_add = lmdb_dup_add,
+    .dup_del = lmdb_dup_del,
+    .dup_has = lmdb_dup_has,
+    .cur_open = lmdb_cur_open,
+    .cur_seek = lmdb_cur_seek,
+    .cur_next = lmdb_cur_next,
+    .cur_replace = lmdb_cur_replace,
+    .cur_close = lmdb_cur_close,
+    .copy = lmdb_copy,
+    .check_copy = lmdb_check_copy,
+    .peek_counters = lmdb_peek_counters,
+};

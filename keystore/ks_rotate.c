@@ -117,12 +117,12 @@ typedef struct {
     ks_err *err;
 } pass_arg;
 
-static int reseal_value(ks_txn *x, MDB_val *v, uint8_t kind, uint32_t token, uint64_t oid, uint32_t from_epoch,
+static int reseal_value(ks_txn *x, const ks_bval *v, uint8_t kind, uint32_t token, uint64_t oid, uint32_t from_epoch,
                         const uint8_t *from, uint32_t to_epoch, const uint8_t *to, uint8_t **out, size_t *outlen)
 {
     uint8_t *pt = NULL;
     size_t len = 0;
-    int rc = ks_rec_open(from, x->st->ksid, kind, token, oid, v->mv_data, v->mv_size, &pt, &len);
+    int rc = ks_rec_open(from, x->st->ksid, kind, token, oid, v->p, v->n, &pt, &len);
     (void)from_epoch;
     if (rc != KS_OK)
         return rc;
@@ -156,46 +156,44 @@ static int anchor_resealed(ks_txn *x, uint8_t kind, uint32_t token, uint64_t oid
 }
 
 /* Walk one database from the cursor, resealing records under `from`. */
-static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t kind, uint32_t from_epoch,
+static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_t kind, uint32_t from_epoch,
                    const uint8_t *from, uint32_t to_epoch, const uint8_t *to)
 {
-    MDB_cursor *c;
-    MDB_val k, v;
+    const ks_backend_ops *o = x->st->ops;
+    ks_bcur *c;
+    ks_bval k, v;
     int mrc, rc = KS_OK;
 
-    if ((mrc = mdb_cursor_open(x->txn, db, &c)) != MDB_SUCCESS)
+    if (o->cur_open(x->bt, tab, &c) != KS_OK)
         return KS_EIO;
     if (rs->cursor_len) {
-        k.mv_size = rs->cursor_len;
-        k.mv_data = rs->cursor;
-        mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-        if (mrc == MDB_SUCCESS && k.mv_size == rs->cursor_len && memcmp(k.mv_data, rs->cursor, k.mv_size) == 0)
-            mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        mrc = o->cur_seek(c, KS_BSEEK_GE, rs->cursor, rs->cursor_len, &k, &v);
+        if (mrc == KS_OK && k.n == rs->cursor_len && memcmp(k.p, rs->cursor, k.n) == 0)
+            mrc = o->cur_next(c, false, &k, &v);
     } else {
-        mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v);
     }
-    for (; mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    for (; mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         uint32_t epoch, token;
         uint64_t oid = 0;
-        if ((kind == KS_KIND_TOKEN && k.mv_size != 4) || (kind == KS_KIND_OBJECT && k.mv_size != 12)) {
+        if ((kind == KS_KIND_TOKEN && k.n != 4) || (kind == KS_KIND_OBJECT && k.n != 12)) {
             rc = KS_ECORRUPT;
             break;
         }
-        token = ks_get_be32(k.mv_data);
+        token = ks_get_be32(k.p);
         if (kind == KS_KIND_OBJECT)
-            oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
-        if (ks_rec_header(v.mv_data, v.mv_size, NULL, &epoch) != KS_OK) {
+            oid = ks_get_be64((const uint8_t *)k.p + 4);
+        if (ks_rec_header(v.p, v.n, NULL, &epoch) != KS_OK) {
             rc = KS_ECORRUPT;
             break;
         }
         if (epoch == from_epoch) {
             uint8_t *rec = NULL, oldtag[KS_TAG_LEN];
             size_t reclen = 0;
-            memcpy(oldtag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
+            memcpy(oldtag, (const uint8_t *)v.p + v.n - KS_TAG_LEN, KS_TAG_LEN);
             rc = reseal_value(x, &v, kind, token, oid, from_epoch, from, to_epoch, to, &rec, &reclen);
             if (rc == KS_OK) {
-                MDB_val nv = {reclen, rec};
-                rc = ks_cursor_replace(x, c, &k, &nv);
+                rc = ks_cursor_replace(x, c, k.p, k.n, rec, reclen);
                 if (rc == KS_OK)
                     rc = anchor_resealed(x, kind, token, oid, oldtag, rec + reclen - KS_TAG_LEN);
                 free(rec);
@@ -212,36 +210,35 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, MDB_dbi db, uint8_t 
             a->done++;
         }
         a->visited++;
-        memcpy(rs->cursor, k.mv_data, k.mv_size);
-        rs->cursor_len = (uint8_t)k.mv_size;
+        memcpy(rs->cursor, k.p, k.n);
+        rs->cursor_len = (uint8_t)k.n;
         if (a->visited >= a->batch)
             break;
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     if (rc != KS_OK)
         return rc;
-    if (mrc == MDB_NOTFOUND) { /* this database is done */
+    if (mrc == KS_ENOTFOUND) { /* this database is done */
         rs->cursor_db++;
         rs->cursor_len = 0;
-    } else if (mrc != MDB_SUCCESS) {
+    } else if (mrc != KS_OK) {
         return KS_EIO;
     }
     return KS_OK;
 }
 
-static int count_epoch(MDB_txn *t, MDB_dbi db, uint32_t epoch, uint64_t *n);
+static int count_epoch(ks_txn *x, ks_table tab, uint32_t epoch, uint64_t *n);
 
 /* Records (and the index key) sealed under `epoch`. */
 static int count_new(ks_txn *x, uint32_t epoch, uint64_t *n)
 {
-    MDB_val v;
+    ks_bval v;
     uint32_t e;
     int rc;
-    if ((rc = count_epoch(x->txn, x->st->db_tok, epoch, n)) != KS_OK ||
-        (rc = count_epoch(x->txn, x->st->db_obj, epoch, n)) != KS_OK)
+    if ((rc = count_epoch(x, KS_TAB_TOKENS, epoch, n)) != KS_OK || (rc = count_epoch(x, KS_TAB_OBJECTS, epoch, n)) != KS_OK)
         return rc;
-    if (ks_meta_get(x->txn, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
-        ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == epoch)
+    if (ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+        ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == epoch)
         (*n)++;
     return KS_OK;
 }
@@ -292,10 +289,10 @@ static int pass_fn(ks_txn *x, void *arg)
 
     while (rs.cursor_db < POS_END && a->visited < a->batch) {
         if (rs.cursor_db == POS_META) {
-            MDB_val v;
+            ks_bval v;
             uint32_t e;
-            if (ks_meta_get(x->txn, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
-                ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == from_e) {
+            if (ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+                ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == from_e) {
                 uint8_t *rec = NULL;
                 size_t reclen = 0;
                 rc = reseal_value(x, &v, KS_KIND_META, 0, 0, from_e, from, to_e, to, &rec, &reclen);
@@ -309,9 +306,9 @@ static int pass_fn(ks_txn *x, void *arg)
             rs.cursor_db = POS_TOKENS;
             rs.cursor_len = 0;
         } else if (rs.cursor_db == POS_TOKENS) {
-            rc = pass_db(x, a, &rs, x->st->db_tok, KS_KIND_TOKEN, from_e, from, to_e, to);
+            rc = pass_db(x, a, &rs, KS_TAB_TOKENS, KS_KIND_TOKEN, from_e, from, to_e, to);
         } else {
-            rc = pass_db(x, a, &rs, x->st->db_obj, KS_KIND_OBJECT, from_e, from, to_e, to);
+            rc = pass_db(x, a, &rs, KS_TAB_OBJECTS, KS_KIND_OBJECT, from_e, from, to_e, to);
         }
         if (rc != KS_OK)
             return rc;
@@ -439,20 +436,21 @@ typedef struct {
     uint32_t epoch;
 } commit_arg;
 
-static int count_epoch(MDB_txn *t, MDB_dbi db, uint32_t epoch, uint64_t *n)
+static int count_epoch(ks_txn *x, ks_table tab, uint32_t epoch, uint64_t *n)
 {
-    MDB_cursor *c;
-    MDB_val k, v;
+    const ks_backend_ops *o = x->st->ops;
+    ks_bcur *c;
+    ks_bval k, v;
     int mrc;
-    if (mdb_cursor_open(t, db, &c) != MDB_SUCCESS)
+    if (o->cur_open(x->bt, tab, &c) != KS_OK)
         return KS_EIO;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         uint32_t e;
-        if (ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == epoch)
+        if (ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == epoch)
             (*n)++;
     }
-    mdb_cursor_close(c);
-    return mrc == MDB_NOTFOUND ? KS_OK : KS_EIO;
+    o->cur_close(c);
+    return mrc == KS_ENOTFOUND ? KS_OK : KS_EIO;
 }
 
 static int commit_fn(ks_txn *x, void *arg)
@@ -462,7 +460,7 @@ static int commit_fn(ks_txn *x, void *arg)
     ks_meta *m;
     uint64_t left = 0;
     uint8_t be[4];
-    MDB_val v;
+    ks_bval v;
     uint32_t e;
     int rc = ks_txn_meta(x, &m);
 
@@ -482,11 +480,11 @@ static int commit_fn(ks_txn *x, void *arg)
         return KS_ENOKEY;
     }
     /* Never trust the state alone: count what is still under CURRENT. */
-    if ((rc = count_epoch(x->txn, x->st->db_tok, rs.cur, &left)) != KS_OK ||
-        (rc = count_epoch(x->txn, x->st->db_obj, rs.cur, &left)) != KS_OK)
+    if ((rc = count_epoch(x, KS_TAB_TOKENS, rs.cur, &left)) != KS_OK ||
+        (rc = count_epoch(x, KS_TAB_OBJECTS, rs.cur, &left)) != KS_OK)
         return rc;
-    if (ks_meta_get(x->txn, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
-        ks_rec_header(v.mv_data, v.mv_size, NULL, &e) == KS_OK && e == rs.cur)
+    if (ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+        ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == rs.cur)
         left++;
     if (left || rs.state != KS_ROT_READY) {
         ks_err_set(a->err, "the rewrap is not finished: %llu record(s) are still under the current key (epoch "
@@ -541,27 +539,27 @@ int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *err)
 
 int ks_epoch_of_kcv(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint32_t *epoch)
 {
+    const ks_backend_ops *o = st->ops;
     ks_txn *x;
-    MDB_cursor *c;
-    MDB_val k = {3, (void *)"kcv"}, v;
+    ks_bcur *c;
+    ks_bval k, v;
     bool found = false;
     int rc = ks_read_begin(st, &x);
     if (rc != KS_OK)
         return rc;
-    if (mdb_cursor_open(x->txn, st->db_meta, &c) != MDB_SUCCESS) {
+    if (o->cur_open(x->bt, KS_TAB_META, &c) != KS_OK) {
         ks_read_end(x);
         return KS_EIO;
     }
-    for (int mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); mrc == MDB_SUCCESS;
-         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 7 || memcmp(k.mv_data, "kcv", 3) != 0)
+    for (int mrc = o->cur_seek(c, KS_BSEEK_GE, "kcv", 3, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 7 || memcmp(k.p, "kcv", 3) != 0)
             break;
-        if (v.mv_size == KS_KCV_LEN && CRYPTO_memcmp(v.mv_data, kcv, KS_KCV_LEN) == 0) {
-            *epoch = ks_get_be32((const uint8_t *)k.mv_data + 3); /* ascending: the last match wins */
+        if (v.n == KS_KCV_LEN && CRYPTO_memcmp(v.p, kcv, KS_KCV_LEN) == 0) {
+            *epoch = ks_get_be32(k.p + 3); /* ascending: the last match wins */
             found = true;
         }
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     ks_read_end(x);
     return found ? KS_OK : KS_ENOTFOUND;
 }
@@ -598,28 +596,26 @@ static void tally(uint32_t e, uint32_t *epochs, uint64_t *cnt, size_t n, size_t 
 }
 
 /* Call fn for every token and object record, in one read transaction. */
-typedef void (*walk_fn)(ks_txn *x, bool object, const MDB_val *k, const MDB_val *v, void *arg);
+typedef void (*walk_fn)(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg);
 
 static int walk_records(ks_store *st, walk_fn fn, void *arg)
 {
+    const ks_backend_ops *o = st->ops;
     ks_txn *x;
-    MDB_dbi dbs[2];
+    static const ks_table tabs[2] = {KS_TAB_TOKENS, KS_TAB_OBJECTS};
     int rc = ks_read_begin(st, &x);
     if (rc != KS_OK)
         return rc;
-    dbs[0] = st->db_tok;
-    dbs[1] = st->db_obj;
     for (int d = 0; d < 2 && rc == KS_OK; d++) {
-        MDB_cursor *c;
-        MDB_val k, v;
-        if (mdb_cursor_open(x->txn, dbs[d], &c) != MDB_SUCCESS) {
+        ks_bcur *c;
+        ks_bval k, v;
+        if (o->cur_open(x->bt, tabs[d], &c) != KS_OK) {
             rc = KS_EIO;
             break;
         }
-        for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
-             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+        for (int mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v))
             fn(x, d == 1, &k, &v, arg);
-        mdb_cursor_close(c);
+        o->cur_close(c);
     }
     ks_read_end(x);
     return rc;
@@ -631,14 +627,14 @@ typedef struct {
     size_t n, *found;
 } count_arg;
 
-static void count_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *v, void *arg)
+static void count_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg)
 {
     count_arg *a = arg;
     uint32_t e;
     (void)x;
     (void)object;
     (void)k;
-    if (ks_rec_header(v->mv_data, v->mv_size, NULL, &e) == KS_OK)
+    if (ks_rec_header(v->p, v->n, NULL, &e) == KS_OK)
         tally(e, a->epochs, a->cnt, a->n, a->found);
 }
 
@@ -655,20 +651,20 @@ typedef struct {
     uint64_t checked, failed;
 } verify_arg;
 
-static void verify_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *v, void *arg)
+static void verify_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg)
 {
     verify_arg *a = arg;
-    uint32_t e, token = k->mv_size >= 4 ? ks_get_be32(k->mv_data) : 0;
-    uint64_t oid = object && k->mv_size == 12 ? ks_get_be64((const uint8_t *)k->mv_data + 4) : 0;
+    uint32_t e, token = k->n >= 4 ? ks_get_be32(k->p) : 0;
+    uint64_t oid = object && k->n == 12 ? ks_get_be64(k->p + 4) : 0;
     uint8_t *pt = NULL;
     size_t len = 0;
     const uint8_t *key = NULL;
-    int err = ks_rec_header(v->mv_data, v->mv_size, NULL, &e);
+    int err = ks_rec_header(v->p, v->n, NULL, &e);
     if (err == KS_OK && !(key = ks_ring_key(x->ring, e)))
         err = KS_ENOKEY;
     if (err == KS_OK)
-        err = ks_rec_open(key, x->st->ksid, object ? KS_KIND_OBJECT : KS_KIND_TOKEN, token, oid, v->mv_data,
-                          v->mv_size, &pt, &len);
+        err = ks_rec_open(key, x->st->ksid, object ? KS_KIND_OBJECT : KS_KIND_TOKEN, token, oid, v->p,
+                          v->n, &pt, &len);
     ks_buf_free(pt, len);
     a->checked++;
     if (err != KS_OK) {
@@ -685,32 +681,31 @@ static void verify_one(ks_txn *x, bool object, const MDB_val *k, const MDB_val *
 /* Every index entry must point at an object of its token. */
 static int verify_index(ks_store *st, verify_arg *a)
 {
+    const ks_backend_ops *o = st->ops;
     ks_txn *x;
-    MDB_cursor *c;
-    MDB_val k, v;
+    ks_bcur *c;
+    ks_bval k, v;
     int rc = ks_read_begin(st, &x);
     if (rc != KS_OK)
         return rc;
-    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS) {
+    if (o->cur_open(x->bt, KS_TAB_INDEX, &c) != KS_OK) {
         ks_read_end(x);
         return KS_EIO;
     }
-    for (int mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS;
-         mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    for (int mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         uint8_t ok[12];
-        MDB_val ov;
-        if (k.mv_size < 4 || v.mv_size != 8)
+        ks_bval ov;
+        if (k.n < 4 || v.n != 8)
             continue;
-        memcpy(ok, k.mv_data, 4);
-        memcpy(ok + 4, v.mv_data, 8);
-        MDB_val okey = {12, ok};
-        if (mdb_get(x->txn, st->db_obj, &okey, &ov) != MDB_SUCCESS) {
+        memcpy(ok, k.p, 4);
+        memcpy(ok + 4, v.p, 8);
+        if (o->get(x->bt, KS_TAB_OBJECTS, ok, 12, &ov) != KS_OK) {
             a->failed++;
             if (a->cb)
-                a->cb('I', ks_get_be32(k.mv_data), ks_get_be64(v.mv_data), KS_ENOTFOUND, NULL, a->arg);
+                a->cb('I', ks_get_be32(k.p), ks_get_be64(v.p), KS_ENOTFOUND, NULL, a->arg);
         }
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     ks_read_end(x);
     return KS_OK;
 }

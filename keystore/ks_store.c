@@ -1,7 +1,8 @@
-/* p11mk keystore: the LMDB environment, transactions, tokens, objects and
- * keyed attribute indexes.
+/* p11mk keystore: the store (one per keystore per process), transactions,
+ * tokens, objects and keyed attribute indexes, on a storage backend
+ * (ks_backend.h; LMDB: ks_lmdb.c).
  *
- * Layout (named databases of one environment per keystore directory):
+ * Layout (the backend's tables):
  *   meta     "format" BE32, "ksid" 16 bytes, "epoch" BE32,
  *            "kcv" BE32(epoch) -> 8 bytes, "idxkey" sealed, "next_oid" BE64
  *   tokens   token(BE32)            -> sealed token record
@@ -39,8 +40,8 @@ static void store_free(ks_store *st)
 {
     if (!st)
         return;
-    if (st->env)
-        mdb_env_close(st->env);
+    if (st->be)
+        st->ops->close(st->be);
     if (st->users_fd >= 0)
         close(st->users_fd);
     EVP_MAC_CTX_free(st->idx_mac);
@@ -49,23 +50,22 @@ static void store_free(ks_store *st)
     ks_meta_free(&st->meta_cache);
     pthread_mutex_destroy(&st->meta_lock);
     pthread_mutex_destroy(&st->ring_lock);
-    pthread_rwlock_destroy(&st->resize);
     free(st->path);
     OPENSSL_cleanse(st, sizeof(*st));
     free(st);
 }
 
 /* Create the metadata of a new keystore (inside a write txn). */
-static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
+static int init_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk)
 {
     uint8_t ksid[KS_KSID_LEN], be[8], kcv[KS_KCV_LEN], idxkey[32], reckey[32];
     uint8_t *rec = NULL;
     size_t reclen = 0;
-    ks_txn x = {.st = st, .txn = t, .write = true};
+    ks_txn x = {.st = st, .bt = t, .write = true};
     ks_meta m = {.rs = {.state = KS_ROT_IDLE, .cur = 1, .format = KS_FORMAT_VERSION, .gen = 1, .next_oid = 1,
                         .toknext = 1}};
     int rc;
-    MDB_val v;
+    ks_bval v;
 
     if (ks_meta_get(t, st, "format", NULL, 0, &v) == KS_OK)
         return KS_OK; /* another process created it first */
@@ -90,8 +90,8 @@ static int init_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk)
                 rc = ks_state_write(&x, &m, reckey);
         }
     }
-    if (x.map_full)
-        rc = MDB_MAP_FULL;
+    if (x.retry)
+        rc = KS_BE_RETRY;
 out:
     OPENSSL_cleanse(reckey, sizeof(reckey));
     ks_buf_free(rec, reclen);
@@ -230,16 +230,16 @@ static void configured_key(ks_store *st, char *src, size_t srclen, char kcvhex[2
     }
 }
 
-static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KCV_LEN], uint8_t mk_out[KS_MK_LEN],
+static int epoch_key(ks_store *st, ks_btxn *t, uint32_t epoch, uint8_t kcv[KS_KCV_LEN], uint8_t mk_out[KS_MK_LEN],
                      uint8_t key[32], bool *have)
 {
     uint8_t be[4];
-    MDB_val v;
+    ks_bval v;
     ks_mkey mk;
     ks_be32(be, epoch);
-    if (ks_meta_get(t, st, "kcv", be, 4, &v) != KS_OK || v.mv_size != KS_KCV_LEN)
+    if (ks_meta_get(t, st, "kcv", be, 4, &v) != KS_OK || v.n != KS_KCV_LEN)
         return KS_ECORRUPT;
-    memcpy(kcv, v.mv_data, KS_KCV_LEN);
+    memcpy(kcv, v.p, KS_KCV_LEN);
     memset(&mk, 0, sizeof(mk));
     *have = ks_find_key(st, kcv, mk.key);
     int rc = *have ? ks_rec_key(&mk, st->ksid, epoch, key) : KS_OK;
@@ -250,21 +250,21 @@ static int epoch_key(ks_store *st, MDB_txn *t, uint32_t epoch, uint8_t kcv[KS_KC
 }
 
 /* Build the keys for the metadata of this transaction's snapshot. */
-static int ring_build(ks_store *st, MDB_txn *t, uint64_t gen, ks_keyring **out, ks_err *err)
+static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, ks_err *err)
 {
     ks_keyring *r = ks_secmem_alloc(sizeof(*r));
-    MDB_val v;
+    ks_bval v;
     int rc;
 
     if (!r)
         return KS_ENOMEM;
     atomic_init(&r->refs, 1);
     r->gen = gen;
-    if (ks_meta_get(t, st, "epoch", NULL, 0, &v) != KS_OK || v.mv_size != 4) {
+    if (ks_meta_get(t, st, "epoch", NULL, 0, &v) != KS_OK || v.n != 4) {
         rc = KS_ECORRUPT;
         goto fail;
     }
-    r->rs.cur = ks_get_be32(v.mv_data);
+    r->rs.cur = ks_get_be32(v.p);
     rc = epoch_key(st, t, r->rs.cur, r->cur_kcv, r->cur_mk, r->cur_key, &r->have_cur);
     if (rc != KS_OK)
         goto fail;
@@ -355,12 +355,12 @@ fail:
  * unless the generation changed since the last look. */
 static int ring_attach(ks_store *st, ks_txn *x)
 {
-    MDB_val v;
+    ks_bval v;
     uint64_t gen = 0;
     int rc = KS_OK;
 
-    if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-        gen = ks_get_be64(v.mv_data);
+    if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
+        gen = ks_get_be64(v.p);
     pthread_mutex_lock(&st->ring_lock);
     if (st->ring && st->ring->gen == gen) {
         x->ring = st->ring;
@@ -368,7 +368,7 @@ static int ring_attach(ks_store *st, ks_txn *x)
     } else {
         ks_keyring *r = NULL;
         ks_err e = KS_ERR_INIT;
-        rc = ring_build(st, x->txn, gen, &r, &e);
+        rc = ring_build(st, x->bt, gen, &r, &e);
         if (rc != KS_OK) {
             if (st->failed_gen != gen + 1) /* once per generation, not once per operation */
                 ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, e.msg[0] ? e.msg : ks_strerror(rc));
@@ -399,9 +399,9 @@ void ks_ring_invalidate(ks_store *st)
 }
 
 /* Read and check the metadata; derive the keys. */
-static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
+static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
 {
-    MDB_val v;
+    ks_bval v;
     uint8_t *idxkey = NULL;
     size_t idxlen = 0;
     uint32_t rec_epoch;
@@ -410,19 +410,19 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
     const uint8_t *key;
     int rc;
 
-    if (ks_meta_get(t, st, "format", NULL, 0, &v) != KS_OK || v.mv_size != 4) {
+    if (ks_meta_get(t, st, "format", NULL, 0, &v) != KS_OK || v.n != 4) {
         ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
         return KS_ENOTFOUND;
     }
-    st->format = ks_get_be32(v.mv_data);
+    st->format = ks_get_be32(v.p);
     if (st->format != KS_FORMAT_VERSION && st->format != 1) {
         ks_err_set(err, "keystore %s has format version %u; this p11mk (%s) reads version %u: use the p11mk "
                         "release that wrote it", st->path, st->format, P11MK_VERSION, KS_FORMAT_VERSION);
         return KS_EVERSION;
     }
-    if (ks_meta_get(t, st, "ksid", NULL, 0, &v) != KS_OK || v.mv_size != KS_KSID_LEN)
+    if (ks_meta_get(t, st, "ksid", NULL, 0, &v) != KS_OK || v.n != KS_KSID_LEN)
         goto corrupt;
-    memcpy(st->ksid, v.mv_data, KS_KSID_LEN);
+    memcpy(st->ksid, v.p, KS_KSID_LEN);
 
     /* Candidate keys: the registers of the key file, and the key given. */
     if (mk->file_mode) {
@@ -436,8 +436,8 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
     pthread_mutex_unlock(&st->ring_lock);
     if (rc != KS_OK)
         return rc;
-    if (ks_meta_get(t, st, "gen", NULL, 0, &v) == KS_OK && v.mv_size == 8)
-        gen = ks_get_be64(v.mv_data);
+    if (ks_meta_get(t, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
+        gen = ks_get_be64(v.p);
     pthread_mutex_lock(&st->ring_lock);
     rc = ring_build(st, t, gen, &r, err);
     if (rc == KS_OK) {
@@ -452,8 +452,8 @@ static int load_meta(ks_store *st, MDB_txn *t, const ks_mkey *mk, ks_err *err)
                                                    "restore it from a backup", st->path), rc) : rc;
 
     if (ks_meta_get(t, st, "idxkey", NULL, 0, &v) != KS_OK ||
-        ks_rec_header(v.mv_data, v.mv_size, NULL, &rec_epoch) != KS_OK || !(key = ks_ring_key(r, rec_epoch)) ||
-        ks_rec_open(key, st->ksid, KS_KIND_META, 0, 0, v.mv_data, v.mv_size, &idxkey, &idxlen) != KS_OK ||
+        ks_rec_header(v.p, v.n, NULL, &rec_epoch) != KS_OK || !(key = ks_ring_key(r, rec_epoch)) ||
+        ks_rec_open(key, st->ksid, KS_KIND_META, 0, 0, v.p, v.n, &idxkey, &idxlen) != KS_OK ||
         idxlen != 32) {
         ks_buf_free(idxkey, idxlen);
         goto corrupt;
@@ -474,27 +474,22 @@ corrupt:
 
 static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *err)
 {
-    MDB_txn *t;
-    int rc = env_open(st, flags, err);
+    const ks_backend_ops *o = st->ops;
+    ks_btxn *t;
+    bool tables = false;
+    int rc = o->open(st->path, flags, &st->rdonly, &tables, &st->be, err);
     if (rc != KS_OK)
         return rc;
 
-    /* Common case: an existing keystore, opened in a read transaction. */
-    rc = txn_begin(st, MDB_RDONLY, &t);
-    if (rc != KS_OK)
-        return rc;
-    /* A keystore is created only where the environment is empty: anything
-     * else that lacks a piece (a database, the format record) is damage,
-     * reported, never written over. */
-    MDB_stat ms;
-    MDB_dbi main_db;
-    bool empty = mdb_dbi_open(t, NULL, 0, &main_db) == MDB_SUCCESS && mdb_stat(t, main_db, &ms) == MDB_SUCCESS &&
-                 ms.ms_entries == 0;
-    int mrc = open_dbs(st, t, 0);
-    if (mrc == MDB_SUCCESS) {
+    /* Common case: an existing keystore, opened in a read transaction. A
+     * keystore is created only where the storage is empty: anything else
+     * that lacks a piece (a table, the format record) is damage, reported,
+     * never written over. */
+    if (tables) {
+        if ((rc = o->read_begin(st->be, &t)) != KS_OK)
+            return rc;
         rc = load_meta(st, t, mk, err);
-        mdb_txn_commit(t); /* keeps the dbi handles */
-        pthread_rwlock_unlock(&st->resize);
+        o->read_end(t);
         if (rc == KS_ENOTFOUND) {
             ks_err_set(err, "keystore %s is damaged: its databases exist but its format record is missing; "
                             "nothing was changed (nothing is created over existing data): restore it from a "
@@ -503,18 +498,6 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
         }
         return rc;
     }
-    mdb_txn_abort(t);
-    pthread_rwlock_unlock(&st->resize);
-    if (mrc != MDB_NOTFOUND) {
-        ks_err_set(err, "cannot open keystore %s: %s", st->path, mdb_strerror(mrc));
-        return ks_lmdb_err(mrc);
-    }
-    if (!empty) {
-        ks_err_set(err, "keystore %s is damaged: one of its databases (meta, tokens, objects, index) is missing; "
-                        "nothing was changed (nothing is created over existing data): restore it from a backup",
-                   st->path);
-        return KS_ECORRUPT;
-    }
     if (!(flags & KS_OPEN_CREATE) || st->rdonly) {
         ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
         return KS_ENOTFOUND;
@@ -522,21 +505,18 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
 
     /* New keystore. */
     for (int attempt = 0; attempt < 4; attempt++) {
-        rc = txn_begin(st, 0, &t);
-        if (rc != KS_OK)
+        if ((rc = o->write_begin(st->be, &t)) != KS_OK)
             return rc;
-        mrc = open_dbs(st, t, MDB_CREATE);
-        rc = mrc ? ks_lmdb_err(mrc) : init_meta(st, t, mk);
+        rc = o->create_tables(t);
         if (rc == KS_OK)
-            rc = ks_lmdb_err(mdb_txn_commit(t));
+            rc = init_meta(st, t, mk);
+        if (rc == KS_OK)
+            rc = o->commit(t);
         else
-            mdb_txn_abort(t);
-        pthread_rwlock_unlock(&st->resize);
-        if (rc == KS_OK)
+            o->abort(t);
+        if (rc != KS_BE_RETRY)
             break;
-        if (rc != MDB_MAP_FULL)
-            break;
-        grow_map(st);
+        o->make_room(st->be);
         rc = KS_EIO;
     }
     if (rc != KS_OK) {
@@ -544,12 +524,10 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
         return rc;
     }
     ks_log(KS_LOG_INFO, "created keystore %s", st->path);
-    rc = txn_begin(st, MDB_RDONLY, &t);
-    if (rc != KS_OK)
+    if ((rc = o->read_begin(st->be, &t)) != KS_OK)
         return rc;
     rc = load_meta(st, t, mk, err);
-    mdb_txn_abort(t);
-    pthread_rwlock_unlock(&st->resize);
+    o->read_end(t);
     return rc;
 }
 
@@ -579,22 +557,13 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         ks_err_set(err, "keystore path %s is not a directory", dir);
         return KS_EINVAL;
     }
-    /* Whoever may write the directory may plant files LMDB would follow. */
+    /* Whoever may write the directory may plant files the storage would follow. */
     if ((sb.st_mode & S_IWOTH) && !(sb.st_mode & S_ISVTX)) {
         ks_err_set(err, "keystore directory %s is writable by every user; run: chmod o-w %s", dir, dir);
         return KS_EPERM;
     }
-    static const char *const lmdb_files[] = {"data.mdb", "lock.mdb"};
-    for (int i = 0; i < 2; i++) {
-        char p[4200];
-        struct stat fsb;
-        snprintf(p, sizeof(p), "%s/%s", dir, lmdb_files[i]);
-        if (lstat(p, &fsb) == 0 && !S_ISREG(fsb.st_mode)) {
-            ks_err_set(err, "%s is not a regular file (a link or something else was put there); nothing was "
-                            "opened: remove it (lock.mdb is recreated; data.mdb: restore it from a backup)", p);
-            return KS_ECORRUPT;
-        }
-    }
+    if ((rc = KS_BACKEND_DEFAULT->check_location(dir, err)) != KS_OK)
+        return rc;
 
     pthread_mutex_lock(&reg_lock);
     if (registry_pid != getpid()) {
@@ -625,8 +594,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     st = calloc(1, sizeof(*st));
     if (st)
         st->users_fd = -1;
-    if (!st || !(st->path = strdup(dir)) || pthread_rwlock_init(&st->resize, NULL) != 0 ||
-        pthread_mutex_init(&st->ring_lock, NULL) != 0 || pthread_mutex_init(&st->meta_lock, NULL) != 0) {
+    if (!st || !(st->path = strdup(dir)) || pthread_mutex_init(&st->ring_lock, NULL) != 0 || pthread_mutex_init(&st->meta_lock, NULL) != 0) {
         if (st)
             free(st->path);
         free(st);
@@ -634,6 +602,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         return KS_ENOMEM;
     }
     st->refs = 1;
+    st->ops = KS_BACKEND_DEFAULT;
     st->dev = sb.st_dev;
     st->ino = sb.st_ino;
     st->rdonly = (flags & KS_OPEN_RDONLY) != 0;
@@ -710,29 +679,12 @@ const char *ks_path(ks_store *st) { return st ? st->path : NULL; }
 
 uint32_t ks_epoch(ks_store *st) { return st ? atomic_load(&st->epoch_hint) : 0; }
 
-/* LMDB's last committed transaction id, from the newer of the two meta pages
- * in the shared map: every commit (ours or another process's) writes it
- * last, after the data it commits. Under the resize lock, as the map may be
- * replaced by adopt_resize. */
-uint64_t ks_commit_seq(ks_store *st)
-{
-    MDB_envinfo info;
-    int rc;
-
-    if (!st)
-        return 0;
-    pthread_rwlock_rdlock(&st->resize);
-    rc = mdb_env_info(st->env, &info);
-    pthread_rwlock_unlock(&st->resize);
-    return rc == MDB_SUCCESS ? (uint64_t)info.me_last_txnid : 0;
-}
+uint64_t ks_commit_seq(ks_store *st) { return st ? st->ops->commit_seq(st->be) : 0; }
 
 bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
 
 int ks_get_info(ks_store *st, ks_info *info)
 {
-    MDB_envinfo ei;
-    MDB_stat ms;
     ks_txn *x;
     int rc;
 
@@ -760,17 +712,14 @@ int ks_get_info(ks_store *st, ks_info *info)
         memcpy(info->new_kcv, rs.nxt_kcv, KS_KCV_LEN);
     } else if (rs.nxt) {
         uint8_t be[4];
-        MDB_val v;
+        ks_bval v;
         ks_be32(be, rs.nxt);
-        if (ks_meta_get(x->txn, st, "kcv", be, 4, &v) == KS_OK && v.mv_size == KS_KCV_LEN)
-            memcpy(info->new_kcv, v.mv_data, KS_KCV_LEN);
+        if (ks_meta_get(x->bt, st, "kcv", be, 4, &v) == KS_OK && v.n == KS_KCV_LEN)
+            memcpy(info->new_kcv, v.p, KS_KCV_LEN);
     }
-    mdb_env_info(st->env, &ei);
-    info->map_size = ei.me_mapsize;
-    if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
-        info->n_tokens = ms.ms_entries;
-    if (mdb_stat(x->txn, st->db_obj, &ms) == MDB_SUCCESS)
-        info->n_objects = ms.ms_entries;
+    info->map_size = st->ops->size(st->be);
+    st->ops->count(x->bt, KS_TAB_TOKENS, &info->n_tokens);
+    st->ops->count(x->bt, KS_TAB_OBJECTS, &info->n_objects);
     ks_read_end(x);
     return KS_OK;
 }
@@ -786,7 +735,7 @@ int ks_read_begin(ks_store *st, ks_txn **out)
     x = calloc(1, sizeof(*x));
     if (!x)
         return KS_ENOMEM;
-    rc = txn_begin(st, MDB_RDONLY, &x->txn);
+    rc = st->ops->read_begin(st->be, &x->bt);
     if (rc != KS_OK) {
         free(x);
         return rc;
@@ -794,8 +743,7 @@ int ks_read_begin(ks_store *st, ks_txn **out)
     x->st = st;
     rc = ring_attach(st, x);
     if (rc != KS_OK) {
-        mdb_txn_abort(x->txn);
-        pthread_rwlock_unlock(&st->resize);
+        st->ops->read_end(x->bt);
         free(x);
         return rc;
     }
@@ -803,15 +751,14 @@ int ks_read_begin(ks_store *st, ks_txn **out)
     return KS_OK;
 }
 
-uint64_t ks_txn_seq(ks_txn *x) { return x && x->txn ? (uint64_t)mdb_txn_id(x->txn) : 0; }
+uint64_t ks_txn_seq(ks_txn *x) { return x && x->bt ? x->st->ops->snapshot(x->bt) : 0; }
 
 void ks_read_end(ks_txn *x)
 {
     if (!x)
         return;
     ks_meta_free(&x->m);
-    mdb_txn_abort(x->txn);
-    pthread_rwlock_unlock(&x->st->resize);
+    x->st->ops->read_end(x->bt);
     ring_unref(x->ring);
     free(x);
 }
@@ -825,42 +772,81 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
         return KS_EROFS;
     for (int attempt = 0; attempt < 40; attempt++) {
         ks_txn x = {.st = st, .write = true};
-        rc = txn_begin(st, 0, &x.txn);
+        rc = st->ops->write_begin(st->be, &x.bt);
         if (rc != KS_OK)
             return rc;
         rc = ring_attach(st, &x);
         if (rc == KS_OK)
             rc = fn(&x, arg);
-        if (rc == KS_OK && !x.map_full)
+        if (rc == KS_OK && !x.retry)
             rc = ks_meta_flush(&x); /* the anchor commits with what it vouches for */
-        if (rc == KS_OK && !x.map_full) {
-            int mrc = mdb_txn_commit(x.txn);
-            if (mrc == MDB_MAP_FULL)
-                x.map_full = true;
+        if (rc == KS_OK && !x.retry) {
+            int crc = st->ops->commit(x.bt);
+            if (crc == KS_BE_RETRY)
+                x.retry = true;
             else
-                rc = ks_lmdb_err(mrc);
-            if (rc == KS_EIO && fs_nearly_full(st->path))
-                rc = KS_ENOSPC; /* LMDB reports a short write as EIO: the file system ran out */
+                rc = crc;
         } else {
-            mdb_txn_abort(x.txn);
+            st->ops->abort(x.bt);
         }
-        pthread_rwlock_unlock(&st->resize);
         ring_unref(x.ring);
         ks_meta_free(&x.m);
         if (rc == KS_ENOSPC)
             ks_log(KS_LOG_ERROR, "keystore %s: the file system is full; the write was not done (nothing stored was "
                    "lost): free space on the file system that holds the keystore", st->path);
-        if (!x.map_full)
+        if (!x.retry)
             return rc;
-        if ((rc = grow_map(st)) != KS_OK)
+        if ((rc = st->ops->make_room(st->be)) != KS_OK)
             return rc;
     }
     return rc;
 }
 
+/* ---- meta records ---------------------------------------------------------- */
+
+static int meta_key(uint8_t kb[32], const char *key, const void *suffix, size_t slen, size_t *kl)
+{
+    size_t n = strlen(key);
+    if (n + slen > 32)
+        return KS_EINVAL;
+    memcpy(kb, key, n);
+    if (slen)
+        memcpy(kb + n, suffix, slen);
+    *kl = n + slen;
+    return KS_OK;
+}
+
+int ks_meta_get(ks_btxn *t, ks_store *st, const char *key, const void *suffix, size_t slen, ks_bval *v)
+{
+    uint8_t kb[32];
+    size_t kl;
+    if (meta_key(kb, key, suffix, slen, &kl) != KS_OK)
+        return KS_EINVAL;
+    return st->ops->get(t, KS_TAB_META, kb, kl, v);
+}
+
+int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen)
+{
+    uint8_t kb[32];
+    size_t kl;
+    if (meta_key(kb, key, suffix, slen, &kl) != KS_OK)
+        return KS_EINVAL;
+    return ks_wput(x, KS_TAB_META, kb, kl, val, vlen);
+}
+
+int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen)
+{
+    uint8_t kb[32];
+    size_t kl;
+    if (meta_key(kb, key, suffix, slen, &kl) != KS_OK)
+        return KS_EINVAL;
+    int rc = ks_wdel(x, KS_TAB_META, kb, kl);
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
+}
+
 /* ---- sealed values ------------------------------------------------------- */
 
-static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t token, uint64_t oid,
+static int seal_put(ks_txn *x, ks_table tab, const uint8_t *k, size_t kl, uint8_t kind, uint32_t token, uint64_t oid,
                     const uint8_t *blob, size_t len, uint8_t tag[KS_TAG_LEN])
 {
     ks_store *st = x->st;
@@ -876,33 +862,32 @@ static int seal_put(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t to
     rc = ks_rec_seal(key, st->ksid, kind, x->ring->write_epoch, token, oid, blob, len, &rec, &reclen);
     if (rc != KS_OK)
         return rc;
-    MDB_val v = {reclen, rec};
-    rc = ks_wput(x, db, k, &v, 0);
+    rc = ks_wput(x, tab, k, kl, rec, reclen);
     memcpy(tag, rec + reclen - KS_TAG_LEN, KS_TAG_LEN);
     free(rec); /* ciphertext: no need to cleanse */
     return rc;
 }
 
-static int get_open(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t kind, uint32_t token, uint64_t oid, uint8_t **blob,
+static int get_open(ks_txn *x, ks_table tab, const uint8_t *k, size_t kl, uint8_t kind, uint32_t token, uint64_t oid, uint8_t **blob,
                     size_t *len)
 {
     ks_store *st = x->st;
-    MDB_val v;
+    ks_bval v;
     uint32_t epoch;
     int rc;
 
     if (!blob || !len)
         return KS_EINVAL;
-    rc = ks_lmdb_err(mdb_get(x->txn, db, k, &v));
+    rc = st->ops->get(x->bt, tab, k, kl, &v);
     if (rc != KS_OK)
         return rc;
-    rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &epoch);
+    rc = ks_rec_header(v.p, v.n, NULL, &epoch);
     if (rc != KS_OK)
         return rc;
     const uint8_t *key = ks_ring_key(x->ring, epoch);
     if (!key)
         return KS_ENOKEY;
-    return ks_rec_open(key, st->ksid, kind, token, oid, v.mv_data, v.mv_size, blob, len);
+    return ks_rec_open(key, st->ksid, kind, token, oid, v.p, v.n, blob, len);
 }
 
 /* ---- tokens -------------------------------------------------------------- */
@@ -918,8 +903,9 @@ static int meta_for_write(ks_txn *x, ks_meta **m)
 
 int ks_token_new_id(ks_txn *x, uint32_t *token_id)
 {
-    MDB_cursor *c;
-    MDB_val k, v;
+    const ks_backend_ops *o = x ? x->st->ops : NULL;
+    ks_bcur *c;
+    ks_bval k, v;
     ks_meta *m;
     int rc;
 
@@ -927,16 +913,16 @@ int ks_token_new_id(ks_txn *x, uint32_t *token_id)
         return KS_EINVAL;
     if ((rc = ks_txn_meta(x, &m)) != KS_OK)
         return rc;
-    if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
-    mdb_cursor_close(c);
-    if (rc == MDB_NOTFOUND) {
+    if ((rc = o->cur_open(x->bt, KS_TAB_TOKENS, &c)) != KS_OK)
+        return rc;
+    rc = o->cur_seek(c, KS_BSEEK_LAST, NULL, 0, &k, &v);
+    o->cur_close(c);
+    if (rc == KS_ENOTFOUND) {
         *token_id = 1;
-    } else if (rc != MDB_SUCCESS || k.mv_size != 4) {
-        return rc ? ks_lmdb_err(rc) : KS_ECORRUPT;
+    } else if (rc != KS_OK || k.n != 4) {
+        return rc ? rc : KS_ECORRUPT;
     } else {
-        *token_id = ks_get_be32(k.mv_data) + 1;
+        *token_id = ks_get_be32(k.p) + 1;
         if (!*token_id)
             return KS_EIO;
     }
@@ -958,8 +944,8 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
     if ((rc = meta_for_write(x, &m)) != KS_OK)
         return rc;
     ks_be32(kb, token_id);
-    MDB_val k = {4, kb}, v;
-    bool exists = mdb_get(x->txn, x->st->db_tok, &k, &v) == MDB_SUCCESS;
+    ks_bval v;
+    bool exists = x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v) == KS_OK;
     if (!(t = ks_meta_tok(m, token_id, true)))
         return KS_ENOMEM;
     if (!exists) {
@@ -974,7 +960,7 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
             m->rs.toknext = token_id + 1;
     }
     /* The anchor names this very record: an older copy put back is refused. */
-    rc = seal_put(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len, t->tag);
+    rc = seal_put(x, KS_TAB_TOKENS, kb, 4, KS_KIND_TOKEN, token_id, 0, blob, len, t->tag);
     ks_meta_touch(x, false);
     return rc;
 }
@@ -982,64 +968,45 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
 int ks_token_exists(ks_txn *x, uint32_t token_id)
 {
     uint8_t kb[4];
-    MDB_val k = {4, kb}, v;
+    ks_bval v;
     if (!x || !token_id)
         return KS_EINVAL;
     ks_be32(kb, token_id);
-    return ks_lmdb_err(mdb_get(x->txn, x->st->db_tok, &k, &v));
+    return x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v);
 }
 
 int ks_token_get(ks_txn *x, uint32_t token_id, uint8_t **blob, size_t *len)
 {
     uint8_t kb[4];
     ks_meta *m;
-    MDB_val v;
+    ks_bval v;
     int rc;
     if (!x || !token_id)
         return KS_EINVAL;
     ks_be32(kb, token_id);
-    MDB_val k = {4, kb};
     if ((rc = ks_txn_meta(x, &m)) != KS_OK)
         return rc;
-    if (!m->rs.legacy && mdb_get(x->txn, x->st->db_tok, &k, &v) == MDB_SUCCESS) {
+    if (!m->rs.legacy && x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v) == KS_OK) {
         /* The token record holds the PINs and their failure counts: it must be
          * the very record the anchor vouches for, not an older copy. */
         ks_tokstat *t = ks_meta_tok(m, token_id, false);
-        if (!t || !t->exists || v.mv_size <= KS_TAG_LEN ||
-            CRYPTO_memcmp((const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, t->tag, KS_TAG_LEN)) {
+        if (!t || !t->exists || v.n <= KS_TAG_LEN ||
+            CRYPTO_memcmp((const uint8_t *)v.p + v.n - KS_TAG_LEN, t->tag, KS_TAG_LEN)) {
             ks_log(KS_LOG_ERROR, "keystore %s: the record of token %u is not the one the metadata vouches for (an "
                    "older copy was put back?); it is not used. Check the keystore with 'p11mk-admin verify'",
                    x->st->path, token_id);
             return KS_ECORRUPT;
         }
     }
-    return get_open(x, x->st->db_tok, &k, KS_KIND_TOKEN, token_id, 0, blob, len);
+    return get_open(x, KS_TAB_TOKENS, kb, 4, KS_KIND_TOKEN, token_id, 0, blob, len);
 }
 
-/* Delete every key of db starting with the 4-byte token prefix. */
-static int del_prefix(ks_txn *x, MDB_dbi db, uint32_t token_id, bool dups)
+/* Delete every entry of a table under the token's 4-byte prefix. */
+static int del_prefix(ks_txn *x, ks_table tab, uint32_t token_id)
 {
-    MDB_cursor *c;
     uint8_t kb[4];
-    int rc;
-
     ks_be32(kb, token_id);
-    if ((rc = mdb_cursor_open(x->txn, db, &c)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    MDB_val k = {4, kb}, v;
-    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    while (rc == MDB_SUCCESS && k.mv_size >= 4 && memcmp(k.mv_data, kb, 4) == 0) {
-        int drc = ks_cursor_del(x, c, dups ? MDB_NODUPDATA : 0);
-        if (drc != KS_OK) {
-            mdb_cursor_close(c);
-            return drc;
-        }
-        k.mv_size = 4;
-        k.mv_data = kb;
-        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    }
-    mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? KS_OK : ks_lmdb_err(rc);
+    return x->write ? ks_wres(x, x->st->ops->del_prefix(x->bt, tab, kb, 4)) : KS_EINVAL;
 }
 
 int ks_token_del(ks_txn *x, uint32_t token_id)
@@ -1052,12 +1019,10 @@ int ks_token_del(ks_txn *x, uint32_t token_id)
         return KS_EINVAL;
     if ((rc = meta_for_write(x, &m)) != KS_OK)
         return rc;
-    if ((rc = del_prefix(x, x->st->db_obj, token_id, false)) != KS_OK ||
-        (rc = del_prefix(x, x->st->db_idx, token_id, true)) != KS_OK)
+    if ((rc = del_prefix(x, KS_TAB_OBJECTS, token_id)) != KS_OK || (rc = del_prefix(x, KS_TAB_INDEX, token_id)) != KS_OK)
         return rc;
     ks_be32(kb, token_id);
-    MDB_val k = {4, kb};
-    rc = ks_wdel(x, x->st->db_tok, &k, NULL);
+    rc = ks_wdel(x, KS_TAB_TOKENS, kb, 4);
     if (rc != KS_OK && rc != KS_ENOTFOUND)
         return rc;
     /* The entry stays (deleted) for its incarnation: a login made before
@@ -1089,9 +1054,10 @@ int ks_token_incarnation(ks_txn *x, uint32_t token_id, uint64_t *inc)
 
 int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)
 {
-    MDB_cursor *c;
-    MDB_val k, v;
-    MDB_stat ms;
+    const ks_backend_ops *o = x ? x->st->ops : NULL;
+    ks_bcur *c;
+    ks_bval k, v;
+    uint64_t entries;
     uint32_t *out;
     size_t cnt = 0;
     int rc;
@@ -1100,20 +1066,20 @@ int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)
         return KS_EINVAL;
     *ids = NULL;
     *n = 0;
-    if ((rc = mdb_stat(x->txn, x->st->db_tok, &ms)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    out = calloc(ms.ms_entries ? ms.ms_entries : 1, sizeof(*out));
+    if ((rc = o->count(x->bt, KS_TAB_TOKENS, &entries)) != KS_OK)
+        return rc;
+    out = calloc(entries ? entries : 1, sizeof(*out));
     if (!out)
         return KS_ENOMEM;
-    if ((rc = mdb_cursor_open(x->txn, x->st->db_tok, &c)) != MDB_SUCCESS) {
+    if ((rc = o->cur_open(x->bt, KS_TAB_TOKENS, &c)) != KS_OK) {
         free(out);
-        return ks_lmdb_err(rc);
+        return rc;
     }
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == MDB_SUCCESS && cnt < ms.ms_entries;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
-        if (k.mv_size == 4)
-            out[cnt++] = ks_get_be32(k.mv_data);
-    mdb_cursor_close(c);
+    for (rc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); rc == KS_OK && cnt < entries;
+         rc = o->cur_next(c, false, &k, &v))
+        if (k.n == 4)
+            out[cnt++] = ks_get_be32(k.p);
+    o->cur_close(c);
     *ids = out;
     *n = cnt;
     return KS_OK;
@@ -1176,34 +1142,33 @@ static int obj_account(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t
 }
 
 /* The tag of the stored record (for the anchor's set). */
-static int stored_tag(ks_txn *x, MDB_dbi db, MDB_val *k, uint8_t tag[KS_TAG_LEN])
+static int stored_tag(ks_txn *x, ks_table tab, const uint8_t *k, size_t kl, uint8_t tag[KS_TAG_LEN])
 {
-    MDB_val v;
-    int rc = ks_lmdb_err(mdb_get(x->txn, db, k, &v));
+    ks_bval v;
+    int rc = x->st->ops->get(x->bt, tab, k, kl, &v);
     if (rc != KS_OK)
         return rc;
-    if (v.mv_size <= KS_TAG_LEN)
+    if (v.n <= KS_TAG_LEN)
         return KS_ECORRUPT;
-    memcpy(tag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
+    memcpy(tag, (const uint8_t *)v.p + v.n - KS_TAG_LEN, KS_TAG_LEN);
     return KS_OK;
 }
 
 int ks_obj_create(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, size_t len)
 {
     uint8_t kb[12], tag[KS_TAG_LEN];
-    MDB_val v;
+    ks_bval v;
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
-    MDB_val k = {12, kb};
-    if (mdb_get(x->txn, x->st->db_obj, &k, &v) == MDB_SUCCESS) {
+    if (x->st->ops->get(x->bt, KS_TAB_OBJECTS, kb, 12, &v) == KS_OK) {
         /* The id counter went back (replayed or damaged metadata): never overwrite. */
         ks_log(KS_LOG_ERROR, "keystore %s: object id %llu is already in use in token %u: the keystore's id counter "
                "went back (its metadata was replayed or damaged); nothing was overwritten. Check the keystore "
                "with 'p11mk-admin verify'", x->st->path, (unsigned long long)oid, token_id);
         return KS_ECORRUPT;
     }
-    int rc = seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len, tag);
+    int rc = seal_put(x, KS_TAB_OBJECTS, kb, 12, KS_KIND_OBJECT, token_id, oid, blob, len, tag);
     return rc == KS_OK ? obj_account(x, token_id, oid, tag, +1) : rc;
 }
 
@@ -1213,10 +1178,9 @@ int ks_obj_put(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blob, 
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
-    MDB_val k = {12, kb};
-    int rc = stored_tag(x, x->st->db_obj, &k, old); /* an update: it must exist */
+    int rc = stored_tag(x, KS_TAB_OBJECTS, kb, 12, old); /* an update: it must exist */
     if (rc == KS_OK)
-        rc = seal_put(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len, tag);
+        rc = seal_put(x, KS_TAB_OBJECTS, kb, 12, KS_KIND_OBJECT, token_id, oid, blob, len, tag);
     if (rc == KS_OK)
         rc = obj_account(x, token_id, oid, old, -1);
     return rc == KS_OK ? obj_account(x, token_id, oid, tag, +1) : rc;
@@ -1228,26 +1192,24 @@ int ks_obj_get(ks_txn *x, uint32_t token_id, uint64_t oid, uint8_t **blob, size_
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
-    MDB_val k = {12, kb};
-    return get_open(x, x->st->db_obj, &k, KS_KIND_OBJECT, token_id, oid, blob, len);
+    return get_open(x, KS_TAB_OBJECTS, kb, 12, KS_KIND_OBJECT, token_id, oid, blob, len);
 }
 
 int ks_obj_stamp(ks_txn *x, uint32_t token_id, uint64_t oid, ks_stamp *stamp)
 {
     uint8_t kb[12];
-    MDB_val v;
+    ks_bval v;
     int rc;
     if (!x || !token_id || !oid || !stamp)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
-    MDB_val k = {12, kb};
-    rc = ks_lmdb_err(mdb_get(x->txn, x->st->db_obj, &k, &v));
+    rc = x->st->ops->get(x->bt, KS_TAB_OBJECTS, kb, 12, &v);
     if (rc != KS_OK)
         return rc;
-    rc = ks_rec_header(v.mv_data, v.mv_size, NULL, &stamp->epoch);
+    rc = ks_rec_header(v.p, v.n, NULL, &stamp->epoch);
     if (rc != KS_OK)
         return rc;
-    memcpy(stamp->tag, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, KS_TAG_LEN);
+    memcpy(stamp->tag, (const uint8_t *)v.p + v.n - KS_TAG_LEN, KS_TAG_LEN);
     return KS_OK;
 }
 
@@ -1257,36 +1219,36 @@ int ks_obj_del(ks_txn *x, uint32_t token_id, uint64_t oid)
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
-    MDB_val k = {12, kb};
     uint8_t tag[KS_TAG_LEN];
-    int rc = stored_tag(x, x->st->db_obj, &k, tag);
+    int rc = stored_tag(x, KS_TAB_OBJECTS, kb, 12, tag);
     if (rc == KS_OK)
-        rc = ks_wdel(x, x->st->db_obj, &k, NULL);
+        rc = ks_wdel(x, KS_TAB_OBJECTS, kb, 12);
     return rc == KS_OK ? obj_account(x, token_id, oid, tag, -1) : rc;
 }
 
 int ks_obj_foreach(ks_txn *x, uint32_t token_id, ks_oid_cb cb, void *arg)
 {
-    MDB_cursor *c;
+    const ks_backend_ops *o = x ? x->st->ops : NULL;
+    ks_bcur *c;
+    ks_bval k, v;
     uint8_t kb[12];
     int rc, ret = KS_OK;
 
     if (!x || !token_id || !cb)
         return KS_EINVAL;
-    if ((rc = mdb_cursor_open(x->txn, x->st->db_obj, &c)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
+    if ((rc = o->cur_open(x->bt, KS_TAB_OBJECTS, &c)) != KS_OK)
+        return rc;
     obj_key(kb, token_id, 0);
-    MDB_val k = {12, kb}, v;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 12 || ks_get_be32(k.mv_data) != token_id)
+    for (rc = o->cur_seek(c, KS_BSEEK_GE, kb, 12, &k, &v); rc == KS_OK; rc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 12 || ks_get_be32(k.p) != token_id)
             break;
-        if ((ret = cb(ks_get_be64((const uint8_t *)k.mv_data + 4), arg)) != 0)
+        if ((ret = cb(ks_get_be64(k.p + 4), arg)) != 0)
             break;
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     if (ret)
         return ret;
-    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : ks_lmdb_err(rc);
+    return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
 static int count_cb(uint64_t oid, void *arg)
@@ -1354,9 +1316,8 @@ int ks_idx_add(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
 {
     uint8_t kb[IDX_KEY_LEN], vb[8];
     int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
-    MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     if (rc == KS_OK)
-        rc = ks_wput(x, x->st->db_idx, &k, &v, MDB_NODUPDATA);
+        rc = x->write ? ks_wres(x, x->st->ops->dup_add(x->bt, KS_TAB_INDEX, kb, IDX_KEY_LEN, vb, 8)) : KS_EINVAL;
     if (rc == KS_EEXIST)
         return KS_OK; /* already there: nothing changed */
     return rc == KS_OK ? idx_account(x, token_id, kb, oid, +1) : rc;
@@ -1366,9 +1327,8 @@ int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
 {
     uint8_t kb[IDX_KEY_LEN], vb[8];
     int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
-    MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
     if (rc == KS_OK)
-        rc = ks_wdel(x, x->st->db_idx, &k, &v);
+        rc = x->write ? ks_wres(x, x->st->ops->dup_del(x->bt, KS_TAB_INDEX, kb, IDX_KEY_LEN, vb, 8)) : KS_EINVAL;
     if (rc == KS_ENOTFOUND)
         return KS_OK;
     return rc == KS_OK ? idx_account(x, token_id, kb, oid, -1) : rc;
@@ -1377,42 +1337,42 @@ int ks_idx_del(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, siz
 int ks_idx_contains(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, uint64_t oid)
 {
     uint8_t kb[IDX_KEY_LEN], vb[8];
-    MDB_cursor *c;
     int rc = idx_entry(x, token_id, attr, val, len, oid, kb, vb);
     if (rc != KS_OK)
         return rc;
-    if ((rc = mdb_cursor_open(x->txn, x->st->db_idx, &c)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    MDB_val k = {IDX_KEY_LEN, kb}, v = {8, vb};
-    rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH); /* the exact entry: O(log n), however many share the key */
-    mdb_cursor_close(c);
-    return ks_lmdb_err(rc);
+    return x->st->ops->dup_has(x->bt, KS_TAB_INDEX, kb, IDX_KEY_LEN, vb, 8);
 }
 
 int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, size_t len, ks_oid_cb cb,
                   void *arg)
 {
+    const ks_backend_ops *o = x ? x->st->ops : NULL;
     uint8_t kb[IDX_KEY_LEN];
-    MDB_cursor *c;
+    ks_bcur *c;
+    ks_bval k, v;
     int rc, ret = 0;
 
     if (!x || !token_id || !cb || (!val && len))
         return KS_EINVAL;
     if ((rc = idx_key(x->st, kb, token_id, attr, val, len)) != KS_OK)
         return rc;
-    if ((rc = mdb_cursor_open(x->txn, x->st->db_idx, &c)) != MDB_SUCCESS)
-        return ks_lmdb_err(rc);
-    MDB_val k = {IDX_KEY_LEN, kb}, v;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET); rc == MDB_SUCCESS; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP)) {
-        if (v.mv_size != 8)
+    if ((rc = o->cur_open(x->bt, KS_TAB_INDEX, &c)) != KS_OK)
+        return rc;
+    for (rc = o->cur_seek(c, KS_BSEEK_KEY, kb, IDX_KEY_LEN, &k, &v); rc == KS_OK; rc = o->cur_next(c, true, &k, &v)) {
+        if (v.n != 8)
             continue;
-        if ((ret = cb(ks_get_be64(v.mv_data), arg)) != 0)
+        if ((ret = cb(ks_get_be64(v.p), arg)) != 0)
             break;
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
     if (ret)
         return ret;
-    return rc == MDB_SUCCESS || rc == MDB_NOTFOUND ? KS_OK : ks_lmdb_err(rc);
+    return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
+}
+
+int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
+{
+    return KS_BACKEND_DEFAULT->peek_counters(dir, epoch, gen);
 }
 
 /* At open: the counts the anchor vouches for against what the databases hold
@@ -1421,7 +1381,6 @@ void ks_anchor_check_counts(ks_store *st)
 {
     ks_txn *x;
     ks_meta *m;
-    MDB_stat ms;
     uint64_t objs = 0, idx = 0, toks = 0;
     if (ks_read_begin(st, &x) != KS_OK)
         return;
@@ -1436,12 +1395,8 @@ void ks_anchor_check_counts(ks_store *st)
             idx += m->tok[i].n_idx;
         }
     uint64_t have[3] = {0, 0, 0};
-    if (mdb_stat(x->txn, st->db_tok, &ms) == MDB_SUCCESS)
-        have[0] = ms.ms_entries;
-    if (mdb_stat(x->txn, st->db_obj, &ms) == MDB_SUCCESS)
-        have[1] = ms.ms_entries;
-    if (mdb_stat(x->txn, st->db_idx, &ms) == MDB_SUCCESS)
-        have[2] = ms.ms_entries;
+    for (int i = 0; i < 3; i++)
+        st->ops->count(x->bt, (ks_table[]){KS_TAB_TOKENS, KS_TAB_OBJECTS, KS_TAB_INDEX}[i], &have[i]);
     if (have[0] != toks || have[1] != objs || have[2] != idx)
         ks_log(KS_LOG_ERROR, "keystore %s: its records do not match its authenticated metadata (tokens %llu of "
                "%llu, objects %llu of %llu, index entries %llu of %llu): records were deleted, added or put back; "

@@ -37,8 +37,9 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
 {
     ks_txn *x;
     ks_meta *m;
-    MDB_cursor *c;
-    MDB_val k, v;
+    const ks_backend_ops *o = st->ops;
+    ks_bcur *c;
+    ks_bval k, v;
     seen_tok *seen = NULL;
     size_t nseen = 0, cap = 0;
     uint64_t max_oid = 0;
@@ -65,7 +66,7 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         ks_read_end(x);
         return KS_OK;
     }
-    if (ks_meta_get(x->txn, st, "gen", NULL, 0, &v) != KS_OK || v.mv_size != 8 || ks_get_be64(v.mv_data) != m->rs.gen)
+    if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) != KS_OK || v.n != 8 || ks_get_be64(v.p) != m->rs.gen)
         REPORT('M', 0, 0, "the generation counter is missing or differs from the authenticated one (%llu): "
                "processes may not notice key changes", (unsigned long long)m->rs.gen);
     if (m->rs.format != st->format)
@@ -77,73 +78,73 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         if (!e)
             continue;
         ks_be32(be, e);
-        if (ks_meta_get(x->txn, st, "kcv", be, 4, &v) != KS_OK || v.mv_size != KS_KCV_LEN ||
-            memcmp(v.mv_data, want, KS_KCV_LEN) != 0)
+        if (ks_meta_get(x->bt, st, "kcv", be, 4, &v) != KS_OK || v.n != KS_KCV_LEN ||
+            memcmp(v.p, want, KS_KCV_LEN) != 0)
             REPORT('M', 0, 0, "the check value recorded for epoch %u (%s) is missing or differs from the "
                    "authenticated one: the metadata was edited", e, which ? "staged" : "current");
     }
 
-    if (mdb_cursor_open(x->txn, st->db_tok, &c) != MDB_SUCCESS)
+    if (o->cur_open(x->bt, KS_TAB_TOKENS, &c) != KS_OK)
         goto io;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 4) {
-            REPORT('T', 0, 0, "a token record is stored under a malformed key (%zu bytes)", k.mv_size);
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 4) {
+            REPORT('T', 0, 0, "a token record is stored under a malformed key (%zu bytes)", k.n);
             continue;
         }
-        uint32_t tid = ks_get_be32(k.mv_data);
+        uint32_t tid = ks_get_be32(k.p);
         seen_tok *s = seen_get(&seen, &nseen, &cap, tid);
         if (!s)
             goto nomem;
         s->has_record = true;
         ks_tokstat *ts = ks_meta_tok(m, tid, false);
-        if (ts && ts->exists && (v.mv_size <= KS_TAG_LEN ||
-                                 memcmp((const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, ts->tag, KS_TAG_LEN)))
+        if (ts && ts->exists && (v.n <= KS_TAG_LEN ||
+                                 memcmp(v.p + v.n - KS_TAG_LEN, ts->tag, KS_TAG_LEN)))
             REPORT('T', tid, 0, "the token record is not the one the metadata vouches for (an older copy was put "
                    "back: its PINs and their failure counts would be old ones)");
         if (tid > max_tid)
             max_tid = tid;
     }
-    mdb_cursor_close(c);
-    if (mdb_cursor_open(x->txn, st->db_obj, &c) != MDB_SUCCESS)
+    o->cur_close(c);
+    if (o->cur_open(x->bt, KS_TAB_OBJECTS, &c) != KS_OK)
         goto io;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 12) {
-            REPORT('O', 0, 0, "an object record is stored under a malformed key (%zu bytes)", k.mv_size);
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != 12) {
+            REPORT('O', 0, 0, "an object record is stored under a malformed key (%zu bytes)", k.n);
             continue;
         }
-        uint32_t tid = ks_get_be32(k.mv_data);
-        uint64_t oid = ks_get_be64((const uint8_t *)k.mv_data + 4);
+        uint32_t tid = ks_get_be32(k.p);
+        uint64_t oid = ks_get_be64(k.p + 4);
         seen_tok *s = seen_get(&seen, &nseen, &cap, tid);
         uint8_t h[16];
         if (!s)
             goto nomem;
-        if (v.mv_size <= KS_TAG_LEN) {
+        if (v.n <= KS_TAG_LEN) {
             REPORT('O', tid, oid, "the object record is too short to be one");
             continue;
         }
-        ks_obj_hash(tid, oid, (const uint8_t *)v.mv_data + v.mv_size - KS_TAG_LEN, h);
+        ks_obj_hash(tid, oid, v.p + v.n - KS_TAG_LEN, h);
         ks_hash_xor(s->obj_hash, h);
         s->n_obj++;
         if (oid > max_oid)
             max_oid = oid;
     }
-    mdb_cursor_close(c);
-    if (mdb_cursor_open(x->txn, st->db_idx, &c) != MDB_SUCCESS)
+    o->cur_close(c);
+    if (o->cur_open(x->bt, KS_TAB_INDEX, &c) != KS_OK)
         goto io;
-    for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == MDB_SUCCESS; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != IDX_KEY_LEN || v.mv_size != 8) {
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+        if (k.n != IDX_KEY_LEN || v.n != 8) {
             REPORT('I', 0, 0, "an index entry is malformed");
             continue;
         }
-        seen_tok *s = seen_get(&seen, &nseen, &cap, ks_get_be32(k.mv_data));
+        seen_tok *s = seen_get(&seen, &nseen, &cap, ks_get_be32(k.p));
         uint8_t h[16];
         if (!s)
             goto nomem;
-        ks_idx_hash(k.mv_data, ks_get_be64(v.mv_data), h);
+        ks_idx_hash(k.p, ks_get_be64(v.p), h);
         ks_hash_xor(s->idx_hash, h);
         s->n_idx++;
     }
-    mdb_cursor_close(c);
+    o->cur_close(c);
 
     /* What is there against what the anchor vouches for. */
     for (size_t i = 0; i < nseen; i++) {
@@ -192,7 +193,7 @@ io:
     ks_read_end(x);
     return KS_EIO;
 nomem:
-    mdb_cursor_close(c);
+    o->cur_close(c);
     free(seen);
     ks_read_end(x);
     return KS_ENOMEM;
