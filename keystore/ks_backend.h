@@ -93,8 +93,10 @@ typedef struct ks_backend_ops {
     void (*read_end)(ks_btxn *t);
     /* The read transaction's snapshot, in commit_seq's numbering: the
      * commit_seq reading at which what it sees is current (ks_txn_seq). Two
-     * read transactions with the same non-zero id see the same data. 0: not
-     * known. Cheap: on the hot path (LMDB: the transaction id). */
+     * read transactions with the same non-zero id see the same data, so what
+     * was read in one holds in the other. 0: not known. Cheap: on the hot
+     * path, and it lets it skip reading the generation again (ks_store.c
+     * ring_attach) (LMDB: the transaction id). */
     uint64_t (*snapshot)(ks_btxn *t);
     /* A write transaction: one at a time across processes (or hosts). */
     int (*write_begin)(ks_benv *e, ks_btxn **t);

@@ -107,6 +107,7 @@ struct ks_store {
      * rotations. All under ring_lock. */
     pthread_mutex_t ring_lock;
     ks_keyring *ring;
+    uint64_t ring_snap; /* a read snapshot (ops->snapshot) known to hold ring's generation; 0: none */
     ks_mkey *extra;   /* secure memory */
     size_t nextra, cap_extra;
     char keysrc[4096]; /* key file to read the registers from ("" for none) */

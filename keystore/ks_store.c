@@ -352,19 +352,29 @@ fail:
 }
 
 /* Give the transaction the keys of its snapshot: cheap (one meta lookup)
- * unless the generation changed since the last look. */
+ * unless the generation changed since the last look, and no lookup at all
+ * in a read snapshot already seen (ring_snap: nothing was written since). A
+ * write transaction always reads the generation. */
 static int ring_attach(ks_store *st, ks_txn *x)
 {
     ks_bval v;
-    uint64_t gen = 0;
+    uint64_t gen = 0, snap = x->write ? 0 : st->ops->snapshot(x->bt);
     int rc = KS_OK;
 
+    pthread_mutex_lock(&st->ring_lock);
+    if (snap && st->ring && st->ring_snap == snap) {
+        x->ring = st->ring;
+        atomic_fetch_add(&x->ring->refs, 1);
+        pthread_mutex_unlock(&st->ring_lock);
+        return KS_OK;
+    }
     if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
         gen = ks_get_be64(v.p);
-    pthread_mutex_lock(&st->ring_lock);
     if (st->ring && st->ring->gen == gen) {
         x->ring = st->ring;
         atomic_fetch_add(&x->ring->refs, 1);
+        if (snap)
+            st->ring_snap = snap;
     } else {
         ks_keyring *r = NULL;
         ks_err e = KS_ERR_INIT;
@@ -378,6 +388,7 @@ static int ring_attach(ks_store *st, ks_txn *x)
                 ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u is now current", st->path, r->rs.cur);
             ring_unref(st->ring);
             st->ring = r;
+            st->ring_snap = snap;
             extra_prune(st, r);
             atomic_store(&st->epoch_hint, r->rs.cur);
             x->ring = r;
@@ -395,6 +406,7 @@ void ks_ring_invalidate(ks_store *st)
     pthread_mutex_lock(&st->ring_lock);
     ring_unref(st->ring);
     st->ring = NULL;
+    st->ring_snap = 0;
     pthread_mutex_unlock(&st->ring_lock);
 }
 
@@ -443,6 +455,7 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
     if (rc == KS_OK) {
         ring_unref(st->ring); /* a second load_meta (creation, then open) */
         st->ring = r;
+        st->ring_snap = 0;
         extra_prune(st, r);
         atomic_store(&st->epoch_hint, r->rs.cur);
     }
