@@ -144,8 +144,10 @@ typedef struct ks_backend_ops {
 
 /* The backends built in. */
 KS_API extern const ks_backend_ops ks_lmdb_backend;
-/* By name (p11mk.conf's backend =), NULL if not built in. */
+/* By name (p11mk.conf's backend =), NULL if not built in (ks_backend.c). */
 KS_API const ks_backend_ops *ks_backend_find(const char *name);
+/* The names of those built in, for messages: "lmdb". */
+KS_API const char *ks_backend_names(void);
 /* The one keystores are opened with. */
 #define KS_BACKEND_DEFAULT (&ks_lmdb_backend)
 

@@ -17,7 +17,8 @@
 
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
 #define KNOWN_KEYS                                                                                             \
-    "keystore, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap, legacy_mechanisms"
+    "keystore, backend, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap, "      \
+    "legacy_mechanisms"
 
 static const char *home_dir(void)
 {
@@ -72,6 +73,7 @@ void ks_config_free(ks_config *cfg)
     free(cfg->keystore);
     free(cfg->master_key);
     free(cfg->log);
+    free(cfg->backend);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -143,6 +145,14 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
     }
     if (strcmp(key, "keystore") == 0)
         return set_str(&cfg->keystore, resolve_path(val, path));
+    if (strcmp(key, "backend") == 0) {
+        if (!ks_backend_find(val)) {
+            ks_err_set(err, "%s:%d: backend '%s' is not built in (this p11mk has: %s)", path, line, val,
+                       ks_backend_names());
+            return KS_ECONFIG;
+        }
+        return set_str(&cfg->backend, strdup(val));
+    }
     if (strcmp(key, "master_key") == 0)
         return set_str(&cfg->master_key, strcmp(val, "default") == 0 ? strdup(val) : resolve_path(val, path));
     if (strcmp(key, "log") == 0) {
@@ -274,8 +284,9 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         }
         *eq = '\0';
         const char *key = trim(s);
-        static const char *const known[] = {"keystore", "master_key", "log", "log_level", "key_file_mode",
-                                            "rsa_min_bits", "wrap_policy", "secure_heap", "legacy_mechanisms"};
+        static const char *const known[] = {"keystore",     "master_key",  "log",         "log_level",
+                                            "key_file_mode", "rsa_min_bits", "wrap_policy", "secure_heap",
+                                            "legacy_mechanisms", "backend"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {

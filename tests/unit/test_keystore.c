@@ -224,7 +224,8 @@ static void test_config_parse(void **state)
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof(path), "%s/p11mk.conf", dir);
     const char good[] = "# comment\n\nkeystore = store\nmaster_key=/etc/p11mk/mk.key  # trailing\n"
-                        "log = stderr\nlog_level = debug\nkey_file_mode = 0640\nlegacy_mechanisms = yes\n";
+                        "log = stderr\nlog_level = debug\nkey_file_mode = 0640\nlegacy_mechanisms = yes\n"
+                        "backend = lmdb\n";
     write_file(path, good, sizeof(good) - 1, 0644);
     assert_int_equal(ks_config_load_file(&cfg, path, &err), KS_OK);
     char want[320];
@@ -235,12 +236,14 @@ static void test_config_parse(void **state)
     assert_int_equal(cfg.log_level, KS_LOG_DEBUG);
     assert_int_equal(cfg.key_file_mode, 0640);
     assert_true(cfg.legacy_mechanisms);
+    assert_string_equal(cfg.backend, "lmdb");
     assert_string_equal(cfg.source, path);
     ks_config_free(&cfg);
     const char off[] = "legacy_mechanisms = no\n";
     write_file(path, off, sizeof(off) - 1, 0644);
     assert_int_equal(ks_config_load_file(&cfg, path, &err), KS_OK);
     assert_false(cfg.legacy_mechanisms);
+    assert_null(cfg.backend); /* not set: lmdb */
     ks_config_free(&cfg);
 
     /* Through P11MK_CONF. */
@@ -260,6 +263,10 @@ static void test_config_parse(void **state)
         {"master_key =\n", ":1: key 'master_key' has an empty value"},
         {"legacy_mechanisms = true\n", ":1: legacy_mechanisms 'true' is not one of no, yes"},
         {"legacy_mechanisms = yes\nlegacy_mechanisms = no\n", ":2: key 'legacy_mechanisms' is set twice"},
+        {"keystore = /x\nbackend = postgresql\n",
+         ":2: backend 'postgresql' is not built in (this p11mk has: lmdb)"},
+        {"backend = LMDB\n", ":1: backend 'LMDB' is not built in (this p11mk has: lmdb)"},
+        {"backend = lmdb\nbackend = lmdb\n", ":2: key 'backend' is set twice"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         write_file(path, bad[i].text, strlen(bad[i].text), 0644);

@@ -77,7 +77,8 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
 /* Lookup order: $P11MK_CONF, else $XDG_CONFIG_HOME/p11mk/p11mk.conf (or
  * ~/.config/p11mk/p11mk.conf), else /etc/p11mk/p11mk.conf, else embedded
  * defaults. File format: "key = value" lines, '#' comments, blank lines.
- * Keys: keystore (directory), master_key ("default" or a key file path),
+ * Keys: keystore (directory), backend (the storage: lmdb, the only one built in; default lmdb),
+ *       master_key ("default" or a key file path),
  *       log (syslog | stderr | /path/file), log_level (error|warn|info|debug),
  *       key_file_mode (octal, most permissive mode accepted for key files, default 0600),
  *       rsa_min_bits (the smallest RSA key C_GenerateKeyPair makes, 1024..8192, default 2048),
@@ -89,6 +90,7 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
 typedef struct {
     char *source;        /* config file used, or NULL for embedded defaults */
     char *keystore;      /* keystore directory */
+    char *backend;       /* backend = (one built in, see ks_backend_find); NULL: not set, lmdb */
     char *master_key;    /* "default" or a path */
     char *log;           /* NULL -> syslog for the module, stderr for admin */
     int log_level;       /* KS_LOG_* */
