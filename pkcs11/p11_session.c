@@ -183,15 +183,16 @@ static struct {
     CK_USER_TYPE who;
 } fast[LOGIN_FAST];
 
+/* The fields are stored with release and loaded with acquire: a reader that
+ * loads a field of a write in progress then sees the version changed. */
 static void fast_write_locked(unsigned i, CK_SLOT_ID slot, uint64_t seq, CK_USER_TYPE who)
 {
     unsigned v = __atomic_load_n(&fast[i].ver, __ATOMIC_RELAXED);
 
     __atomic_store_n(&fast[i].ver, v + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    __atomic_store_n(&fast[i].slot, slot, __ATOMIC_RELAXED);
-    __atomic_store_n(&fast[i].seq, seq, __ATOMIC_RELAXED);
-    __atomic_store_n(&fast[i].who, who, __ATOMIC_RELAXED);
+    __atomic_store_n(&fast[i].slot, slot, __ATOMIC_RELEASE);
+    __atomic_store_n(&fast[i].seq, seq, __ATOMIC_RELEASE);
+    __atomic_store_n(&fast[i].who, who, __ATOMIC_RELEASE);
     __atomic_store_n(&fast[i].ver, v + 2, __ATOMIC_RELEASE);
 }
 
@@ -223,10 +224,9 @@ static bool fast_get(CK_SLOT_ID slot, uint64_t seq, CK_USER_TYPE *who)
 
     if (v & 1)
         return false;
-    hit = seq && __atomic_load_n(&fast[i].slot, __ATOMIC_RELAXED) == slot &&
-          __atomic_load_n(&fast[i].seq, __ATOMIC_RELAXED) == seq;
-    *who = __atomic_load_n(&fast[i].who, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    hit = seq && __atomic_load_n(&fast[i].slot, __ATOMIC_ACQUIRE) == slot &&
+          __atomic_load_n(&fast[i].seq, __ATOMIC_ACQUIRE) == seq;
+    *who = __atomic_load_n(&fast[i].who, __ATOMIC_ACQUIRE);
     return hit && __atomic_load_n(&fast[i].ver, __ATOMIC_RELAXED) == v;
 }
 
