@@ -461,6 +461,10 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     p11_session *s = NULL;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    /* In the fork gate: the last reference may clear the session here, and
+     * a fork child must not inherit a place half cleared (its C_Initialize
+     * clears every place again). */
+    p11_gate_enter();
     p11_lock();
     for (size_t i = 0; i < t.n; i++) {
         if (t.v[i]->h == hSession) {
@@ -470,13 +474,14 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
         }
     }
     p11_unlock();
-    if (!s)
-        return CKR_SESSION_HANDLE_INVALID;
-    /* Each session's objects go with it; no slot-wide drop here, which could
-     * hit a session opened meanwhile. */
-    tok_sobjs_drop_owner(p11_tok(), hSession);
-    session_unref(s);
-    return CKR_OK;
+    if (s) {
+        /* Each session's objects go with it; no slot-wide drop here, which
+         * could hit a session opened meanwhile. */
+        tok_sobjs_drop_owner(p11_tok(), hSession);
+        session_unref(s);
+    }
+    p11_gate_leave();
+    return s ? CKR_OK : CKR_SESSION_HANDLE_INVALID;
 }
 
 CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
