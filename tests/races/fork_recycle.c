@@ -1,5 +1,6 @@
 /* fork() while other threads open sessions, start operations and close
- * them (C_CloseSession clears the place it recycles, outside the fork gate),
+ * them (C_CloseSession clears the place it recycles: inside the fork gate
+ * since this test found a child clearing a half-cleared place again),
  * and while a thread waits at the gate: every child must C_Initialize (which
  * clears the parent's places), open a session and sign. A child that dies
  * (a double free in the inherited places, a hang) fails the test.
