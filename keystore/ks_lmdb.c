@@ -32,13 +32,6 @@
  *     be held by a parent thread that does not exist in the child, and LMDB
  *     forbids using the parent's transactions): fork_gen tells them apart,
  *     and the child starts with new slots.
- *   - A parked transaction keeps its LMDB reader slot (MAX_READERS in all,
- *     shared by every process): a thread's exit and closing the environment
- *     give it back, and a begin that finds the reader table full gives back
- *     the parked transactions of this process on that environment
- *     (slots_drop_idle) and tries again. (Other processes' parked
- *     transactions are given back only when those processes find the table
- *     full themselves.)
  *   - A read transaction begun while the thread's slot is busy (nested
  *     reads) is an ordinary one, aborted at its end.
  *   - Lock order: slots_lock, then a slot's lock; a slot's lock is held
@@ -186,8 +179,6 @@ static uint64_t lmdb_size(ks_benv *e)
 
 /* ---- transactions -------------------------------------------------------- */
 
-static int slots_drop_idle(ks_benv *e);
-
 /* Begin an LMDB transaction with the resize lock held (read side). */
 static int txn_begin(ks_benv *e, unsigned flags, MDB_txn **out)
 {
@@ -204,7 +195,7 @@ static int txn_begin(ks_benv *e, unsigned flags, MDB_txn **out)
         if (rc == MDB_READERS_FULL) {
             int dead = 0;
             mdb_reader_check(e->env, &dead);
-            if (dead > 0 || slots_drop_idle(e) > 0)
+            if (dead > 0)
                 continue;
         }
         ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", e->path, mdb_strerror(rc));
@@ -253,30 +244,6 @@ static void slot_unbind(rslot *s) /* slots_lock and s->lock held */
             break;
         }
     s->env = NULL;
-}
-
-/* The reader table is full: give back the reader slots of this process's
- * parked transactions on e (threads that read once and now do something
- * else hold one each; they begin a fresh transaction at their next read).
- * How many were given back. */
-static int slots_drop_idle(ks_benv *e)
-{
-    int n = 0;
-    pthread_mutex_lock(&slots_lock);
-    for (rslot *s = e->slots; s; s = s->next) {
-        pthread_mutex_lock(&s->lock);
-        if (!s->busy && s->bt.txn) {
-            mdb_txn_abort(s->bt.txn);
-            s->bt.txn = NULL;
-            n++;
-        }
-        pthread_mutex_unlock(&s->lock);
-    }
-    pthread_mutex_unlock(&slots_lock);
-    if (n)
-        ks_log(KS_LOG_DEBUG, "keystore %s: the reader table was full: %d idle read transactions given back", e->path,
-               n);
-    return n;
 }
 
 static void slot_exit(void *arg) /* the thread ends */
