@@ -13,30 +13,7 @@
  * serializes writers and MDB_MAP_RESIZED tells us another process grew it.
  * A write that finds the map full (MDB_MAP_FULL, MDB_TXN_FULL) reports
  * KS_BE_RETRY: ks_write aborts, grows the map (make_room) and runs the
- * transaction again.
- *
- * Read transactions are reused per thread (mdb_txn_reset, then
- * mdb_txn_renew for the next one), which spares the hot path a malloc and
- * the reader table's mutex. Each thread has one slot (pthread key) bound to
- * one environment at a time, holding its reset transaction. The rules:
- *   - A reset transaction holds its reader slot but no snapshot and no
- *     pointer into the map, so it takes no read side of `resize` (a resize
- *     may run while it sits); a renew that finds the map resized by another
- *     process fails, and the transaction is dropped for a fresh begin, which
- *     adopts the new size.
- *   - Closing an environment aborts the reset transactions of every slot
- *     bound to it (slots_lock, then each slot's lock); a thread that exits
- *     gives its slot back the same way. Only the owner thread binds its
- *     slot, and under the same two locks.
- *   - A fork child never touches a slot made before the fork (its lock may
- *     be held by a parent thread that does not exist in the child, and LMDB
- *     forbids using the parent's transactions): fork_gen tells them apart,
- *     and the child starts with new slots.
- *   - A read transaction begun while the thread's slot is busy (nested
- *     reads) is an ordinary one, aborted at its end.
- *   - Lock order: slots_lock, then a slot's lock; a slot's lock is held
- *     only to claim or give back the slot, never while `resize` is taken
- *     (a busy slot's transaction belongs to whoever claimed it). */
+ * transaction again. */
 #include "ks_internal.h"
 
 #include <lmdb.h>
@@ -54,36 +31,19 @@
 #define MAP_STEP_MAX (1ull << 30)
 #define MAX_READERS 1022
 
-typedef struct rslot rslot;
-
 struct ks_benv {
     MDB_env *env;
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
     char *path;
-    rslot *slots; /* the threads' slots bound to this environment (slots_lock) */
 };
 
-struct ks_btxn {
-    MDB_txn *txn;
-    ks_benv *e;
-    rslot *slot; /* the thread slot it lives in (a reused read transaction), or NULL: malloc'd */
-};
-
-/* A thread's reusable read transaction. */
-struct rslot {
-    pthread_mutex_t lock; /* env and bt.txn: the owner thread, against close and thread exit elsewhere */
-    ks_benv *env;         /* bound to (NULL: none); changed under slots_lock and lock */
-    ks_btxn bt;           /* bt.txn: NULL, reset (idle) or active (busy) */
-    bool busy;
-    unsigned fork_gen;    /* made in this process image when equal to fork_gen */
-    rslot *next;          /* in env->slots */
-};
-
-/* A ks_bcur is the MDB_cursor. */
-static inline MDB_txn *T(ks_btxn *t) { return t->txn; }
+/* A ks_btxn is the MDB_txn, a ks_bcur the MDB_cursor; the environment's
+ * user context is its ks_benv. */
+static inline MDB_txn *T(ks_btxn *t) { return (MDB_txn *)t; }
 static inline MDB_cursor *C(ks_bcur *c) { return (MDB_cursor *)c; }
-static inline MDB_dbi D(ks_btxn *t, ks_table tab) { return t->e->dbi[tab]; }
+static inline ks_benv *E(MDB_txn *t) { return mdb_env_get_userctx(mdb_txn_env(t)); }
+static inline MDB_dbi D(MDB_txn *t, ks_table tab) { return E(t)->dbi[tab]; }
 static inline MDB_val V(const void *p, size_t n) { return (MDB_val){n, (void *)p}; }
 static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
 
@@ -180,13 +140,16 @@ static uint64_t lmdb_size(ks_benv *e)
 /* ---- transactions -------------------------------------------------------- */
 
 /* Begin an LMDB transaction with the resize lock held (read side). */
-static int txn_begin(ks_benv *e, unsigned flags, MDB_txn **out)
+static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
 {
+    MDB_txn *t;
     for (int attempt = 0; attempt < 8; attempt++) {
         pthread_rwlock_rdlock(&e->resize);
-        int rc = mdb_txn_begin(e->env, NULL, flags, out);
-        if (rc == MDB_SUCCESS)
+        int rc = mdb_txn_begin(e->env, NULL, flags, &t);
+        if (rc == MDB_SUCCESS) {
+            *out = (ks_btxn *)t;
             return KS_OK;
+        }
         pthread_rwlock_unlock(&e->resize);
         if (rc == MDB_MAP_RESIZED) {
             adopt_resize(e);
@@ -204,163 +167,9 @@ static int txn_begin(ks_benv *e, unsigned flags, MDB_txn **out)
     return KS_EIO;
 }
 
-/* A transaction of its own (a write, or a read while the thread's slot is busy). */
-static int txn_new(ks_benv *e, unsigned flags, ks_btxn **out)
-{
-    ks_btxn *t = malloc(sizeof(*t));
-    if (!t)
-        return KS_ENOMEM;
-    int rc = txn_begin(e, flags, &t->txn);
-    if (rc != KS_OK) {
-        free(t);
-        return rc;
-    }
-    t->e = e;
-    t->slot = NULL;
-    *out = t;
-    return KS_OK;
-}
+static int lmdb_read_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, MDB_RDONLY, t); }
 
-/* ---- per-thread read transactions (see the top of this file) ---- */
-
-static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_key_t slot_key;
-static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
-static bool slot_key_ok;
-static _Atomic unsigned fork_gen;
-static rslot *abandoned; /* slots a fork child inherited: kept reachable, never touched */
-
-static void slot_unbind(rslot *s) /* slots_lock and s->lock held */
-{
-    if (!s->env)
-        return;
-    if (s->bt.txn && !s->busy) /* busy: a transaction still running on a closing environment, the caller's bug */
-        mdb_txn_abort(s->bt.txn);
-    if (!s->busy)
-        s->bt.txn = NULL;
-    for (rslot **pp = &s->env->slots; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    s->env = NULL;
-}
-
-static void slot_exit(void *arg) /* the thread ends */
-{
-    rslot *s = arg;
-    if (s->fork_gen != atomic_load_explicit(&fork_gen, memory_order_relaxed))
-        return; /* the parent's: see slot_get */
-    pthread_mutex_lock(&slots_lock);
-    pthread_mutex_lock(&s->lock);
-    slot_unbind(s);
-    pthread_mutex_unlock(&s->lock);
-    pthread_mutex_unlock(&slots_lock);
-    pthread_mutex_destroy(&s->lock);
-    free(s);
-}
-
-static void slot_fork_child(void)
-{
-    atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
-    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER; /* a parent thread may have held it */
-    memcpy(&slots_lock, &fresh, sizeof(fresh));
-}
-
-static void slot_setup(void)
-{
-    slot_key_ok = pthread_key_create(&slot_key, slot_exit) == 0;
-    pthread_atfork(NULL, NULL, slot_fork_child);
-}
-
-/* This thread's slot (made on first use; NULL when none can be). */
-static rslot *slot_get(void)
-{
-    pthread_once(&slot_once, slot_setup);
-    if (!slot_key_ok)
-        return NULL;
-    rslot *s = pthread_getspecific(slot_key);
-    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
-    if (s && s->fork_gen == gen)
-        return s;
-    if (s) { /* made before a fork, by the thread that forked */
-        pthread_mutex_lock(&slots_lock);
-        s->next = abandoned;
-        abandoned = s;
-        pthread_mutex_unlock(&slots_lock);
-    }
-    if (!(s = calloc(1, sizeof(*s))) || pthread_mutex_init(&s->lock, NULL) != 0) {
-        free(s);
-        pthread_setspecific(slot_key, NULL);
-        return NULL;
-    }
-    s->fork_gen = gen;
-    s->bt.slot = s;
-    pthread_setspecific(slot_key, s);
-    return s;
-}
-
-/* Bind the thread's idle slot to e, dropping its transaction of another environment. */
-static void slot_bind(rslot *s, ks_benv *e)
-{
-    pthread_mutex_lock(&slots_lock);
-    pthread_mutex_lock(&s->lock);
-    if (!s->busy && s->env != e) {
-        slot_unbind(s);
-        s->env = e;
-        s->bt.e = e;
-        s->next = e->slots;
-        e->slots = s;
-    }
-    pthread_mutex_unlock(&s->lock);
-    pthread_mutex_unlock(&slots_lock);
-}
-
-static int lmdb_read_begin(ks_benv *e, ks_btxn **t)
-{
-    rslot *s = slot_get();
-    if (s) {
-        /* Claim the idle slot under its lock, then work on it unlocked: the
-         * slot's lock is never held while `resize` is waited for (read_end
-         * holds `resize` when it gives the slot back). */
-        pthread_mutex_lock(&s->lock);
-        if (!s->busy && s->env != e) {
-            pthread_mutex_unlock(&s->lock);
-            slot_bind(s, e);
-            pthread_mutex_lock(&s->lock);
-        }
-        bool mine = !s->busy && s->env == e;
-        if (mine)
-            s->busy = true;
-        pthread_mutex_unlock(&s->lock);
-        if (mine) {
-            int rc = KS_OK;
-            if (s->bt.txn) {
-                pthread_rwlock_rdlock(&e->resize);
-                if (mdb_txn_renew(s->bt.txn) != MDB_SUCCESS) {
-                    /* MDB_MAP_RESIZED (another process grew the map), or worse: a fresh one */
-                    pthread_rwlock_unlock(&e->resize);
-                    mdb_txn_abort(s->bt.txn);
-                    s->bt.txn = NULL;
-                }
-            }
-            if (!s->bt.txn)
-                rc = txn_begin(e, MDB_RDONLY, &s->bt.txn);
-            if (rc == KS_OK) {
-                *t = &s->bt;
-                return KS_OK;
-            }
-            s->bt.txn = NULL;
-            pthread_mutex_lock(&s->lock);
-            s->busy = false;
-            pthread_mutex_unlock(&s->lock);
-            return rc;
-        }
-    }
-    return txn_new(e, MDB_RDONLY, t);
-}
-
-static int lmdb_write_begin(ks_benv *e, ks_btxn **t) { return txn_new(e, 0, t); }
+static int lmdb_write_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, 0, t); }
 
 /* A read transaction's id is the last committed write's, the number
  * lmdb_commit_seq reads once the commit is published: the same id, the same data. */
@@ -368,25 +177,12 @@ static uint64_t lmdb_snapshot(ks_btxn *t) { return mdb_txn_id(T(t)); }
 
 static void lmdb_abort(ks_btxn *t)
 {
-    ks_benv *e = t->e;
-    mdb_txn_abort(t->txn);
+    ks_benv *e = E(T(t));
+    mdb_txn_abort(T(t));
     pthread_rwlock_unlock(&e->resize);
-    free(t);
 }
 
-static void lmdb_read_end(ks_btxn *t)
-{
-    rslot *s = t->slot;
-    if (!s) {
-        lmdb_abort(t);
-        return;
-    }
-    mdb_txn_reset(s->bt.txn);
-    pthread_rwlock_unlock(&t->e->resize);
-    pthread_mutex_lock(&s->lock);
-    s->busy = false;
-    pthread_mutex_unlock(&s->lock);
-}
+static void lmdb_read_end(ks_btxn *t) { lmdb_abort(t); }
 
 /* Regular files write short only when space runs out. */
 static bool fs_nearly_full(const char *dir)
@@ -397,10 +193,9 @@ static bool fs_nearly_full(const char *dir)
 
 static int lmdb_commit(ks_btxn *t)
 {
-    ks_benv *e = t->e;
-    int rc = mdb_txn_commit(t->txn);
+    ks_benv *e = E(T(t));
+    int rc = mdb_txn_commit(T(t));
     pthread_rwlock_unlock(&e->resize);
-    free(t);
     if (rc == MDB_MAP_FULL)
         return KS_BE_RETRY;
     rc = lmdb_err(rc);
@@ -414,7 +209,7 @@ static int lmdb_commit(ks_btxn *t)
 static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v)
 {
     MDB_val mk = V(k, kl), mv;
-    int rc = mdb_get(T(t), D(t, tab), &mk, &mv);
+    int rc = mdb_get(T(t), D(T(t), tab), &mk, &mv);
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *v = B(mv);
@@ -424,13 +219,13 @@ static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval 
 static int lmdb_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_put(T(t), D(t, tab), &mk, &mv, 0));
+    return wr_err(mdb_put(T(t), D(T(t), tab), &mk, &mv, 0));
 }
 
 static int lmdb_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
 {
     MDB_val mk = V(k, kl);
-    return wr_err(mdb_del(T(t), D(t, tab), &mk, NULL));
+    return wr_err(mdb_del(T(t), D(T(t), tab), &mk, NULL));
 }
 
 static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t pl)
@@ -438,7 +233,7 @@ static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t 
     MDB_cursor *c;
     int rc;
 
-    if ((rc = mdb_cursor_open(T(t), D(t, tab), &c)) != MDB_SUCCESS)
+    if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
         return lmdb_err(rc);
     MDB_val k = V(prefix, pl), v;
     rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
@@ -458,7 +253,7 @@ static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t 
 static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
 {
     MDB_stat ms;
-    int rc = mdb_stat(T(t), D(t, tab), &ms);
+    int rc = mdb_stat(T(t), D(T(t), tab), &ms);
     *n = rc == MDB_SUCCESS ? ms.ms_entries : 0;
     return lmdb_err(rc);
 }
@@ -468,20 +263,20 @@ static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
 static int lmdb_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_put(T(t), D(t, tab), &mk, &mv, MDB_NODUPDATA));
+    return wr_err(mdb_put(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
 }
 
 static int lmdb_dup_del(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_del(T(t), D(t, tab), &mk, &mv));
+    return wr_err(mdb_del(T(t), D(T(t), tab), &mk, &mv));
 }
 
 static int lmdb_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_cursor *c;
     int rc;
-    if ((rc = mdb_cursor_open(T(t), D(t, tab), &c)) != MDB_SUCCESS)
+    if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
         return lmdb_err(rc);
     MDB_val mk = V(k, kl), mv = V(v, vl);
     rc = mdb_cursor_get(c, &mk, &mv, MDB_GET_BOTH); /* the exact entry: O(log n), however many share the key */
@@ -494,7 +289,7 @@ static int lmdb_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, cons
 static int lmdb_cur_open(ks_btxn *t, ks_table tab, ks_bcur **c)
 {
     MDB_cursor *mc;
-    int rc = mdb_cursor_open(T(t), D(t, tab), &mc);
+    int rc = mdb_cursor_open(T(t), D(T(t), tab), &mc);
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *c = (ks_bcur *)mc;
@@ -562,21 +357,12 @@ static int open_dbs(ks_benv *e, MDB_txn *t, unsigned flags)
     return MDB_SUCCESS;
 }
 
-static int lmdb_create_tables(ks_btxn *t) { return wr_err(open_dbs(t->e, t->txn, MDB_CREATE)); }
+static int lmdb_create_tables(ks_btxn *t) { return wr_err(open_dbs(E(T(t)), T(t), MDB_CREATE)); }
 
 static void lmdb_close(ks_benv *e)
 {
     if (!e)
         return;
-    /* The threads' reset transactions of this environment go first. */
-    pthread_mutex_lock(&slots_lock);
-    while (e->slots) {
-        rslot *s = e->slots;
-        pthread_mutex_lock(&s->lock);
-        slot_unbind(s);
-        pthread_mutex_unlock(&s->lock);
-    }
-    pthread_mutex_unlock(&slots_lock);
     if (e->env)
         mdb_env_close(e->env);
     pthread_rwlock_destroy(&e->resize);
@@ -635,10 +421,11 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
  * is damage, reported, never written over. */
 static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
 {
-    MDB_txn *t;
-    int rc = txn_begin(e, MDB_RDONLY, &t);
+    ks_btxn *bt;
+    int rc = txn_begin(e, MDB_RDONLY, &bt);
     if (rc != KS_OK)
         return rc;
+    MDB_txn *t = T(bt);
     MDB_stat ms;
     MDB_dbi main_db;
     bool empty = mdb_dbi_open(t, NULL, 0, &main_db) == MDB_SUCCESS && mdb_stat(t, main_db, &ms) == MDB_SUCCESS &&
@@ -650,8 +437,7 @@ static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
         pthread_rwlock_unlock(&e->resize);
         return KS_OK;
     }
-    mdb_txn_abort(t);
-    pthread_rwlock_unlock(&e->resize);
+    lmdb_abort(bt);
     if (mrc != MDB_NOTFOUND) {
         ks_err_set(err, "cannot open keystore %s: %s", e->path, mdb_strerror(mrc));
         return lmdb_err(mrc);
@@ -682,6 +468,7 @@ static int lmdb_open(const char *path, unsigned flags, bool *rdonly, bool *table
     }
     int rc = env_open(e, flags, rdonly, err);
     if (rc == KS_OK) {
+        mdb_env_set_userctx(e->env, e);
         rc = probe_tables(e, tables, err);
     }
     if (rc != KS_OK) {
