@@ -815,48 +815,6 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
     return rc;
 }
 
-/* ---- meta records ---------------------------------------------------------- */
-
-static int meta_key(uint8_t kb[32], const char *key, const void *suffix, size_t slen, size_t *kl)
-{
-    size_t n = strlen(key);
-    if (n + slen > 32)
-        return KS_EINVAL;
-    memcpy(kb, key, n);
-    if (slen)
-        memcpy(kb + n, suffix, slen);
-    *kl = n + slen;
-    return KS_OK;
-}
-
-int ks_meta_get(ks_btxn *t, ks_store *st, const char *key, const void *suffix, size_t slen, ks_bval *v)
-{
-    uint8_t kb[32];
-    size_t kl;
-    if (meta_key(kb, key, suffix, slen, &kl) != KS_OK)
-        return KS_EINVAL;
-    return st->ops->get(t, KS_TAB_META, kb, kl, v);
-}
-
-int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen)
-{
-    uint8_t kb[32];
-    size_t kl;
-    if (meta_key(kb, key, suffix, slen, &kl) != KS_OK)
-        return KS_EINVAL;
-    return ks_wput(x, KS_TAB_META, kb, kl, val, vlen);
-}
-
-int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen)
-{
-    uint8_t kb[32];
-    size_t kl;
-    if (meta_key(kb, key, suffix, slen, &kl) != KS_OK)
-        return KS_EINVAL;
-    int rc = ks_wdel(x, KS_TAB_META, kb, kl);
-    return rc == KS_ENOTFOUND ? KS_OK : rc;
-}
-
 /* ---- sealed values ------------------------------------------------------- */
 
 static int seal_put(ks_txn *x, ks_table tab, const uint8_t *k, size_t kl, uint8_t kind, uint32_t token, uint64_t oid,
