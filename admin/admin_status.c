@@ -71,7 +71,7 @@ int admin_init(const admin_opts *o)
         ks_config_free(&cfg);
         return admin_exit_for(rc, &err);
     }
-    rc = ks_open(cfg.keystore, &mk, 0, &st, &err);
+    rc = ks_open_cfg(&cfg, &mk, 0, &st, &err);
     if (rc == KS_OK || rc == KS_EWRONGKEY) {
         admin_error("a keystore already exists in %s; nothing was changed (see 'p11mk-admin status')",
                     cfg.keystore);
@@ -83,7 +83,7 @@ int admin_init(const admin_opts *o)
         goto out;
     }
     err.msg[0] = 0;
-    rc = ks_open(cfg.keystore, &mk, KS_OPEN_CREATE, &st, &err);
+    rc = ks_open_cfg(&cfg, &mk, KS_OPEN_CREATE, &st, &err);
     if (rc != KS_OK) {
         admin_error("cannot create keystore in %s: %s", cfg.keystore, err.msg[0] ? err.msg : ks_strerror(rc));
         if (o->generate_key)

@@ -1,10 +1,16 @@
 /* p11mk keystore: the storage backends built in, by name (p11mk.conf's
- * backend =). */
+ * backend =), and what every backend shares: the backup copy, always an
+ * LMDB data file, so that a backup moves between backends. */
 #include "ks_internal.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-static const ks_backend_ops *const backends[] = {&ks_lmdb_backend};
+static const ks_backend_ops *const backends[] = {&ks_lmdb_backend, &ks_pg_backend};
 
 const ks_backend_ops *ks_backend_find(const char *name)
 {
@@ -16,5 +22,84 @@ const ks_backend_ops *ks_backend_find(const char *name)
 
 const char *ks_backend_names(void)
 {
-    return "lmdb"; /* the names in backends[], comma-separated */
+    return "lmdb, postgresql"; /* the names in backends[], comma-separated */
+}
+
+/* Every entry of one table from src's snapshot into dst's write transaction. */
+static int copy_table(const ks_backend_ops *so, ks_btxn *src, ks_btxn *dst, ks_table tab)
+{
+    const ks_backend_ops *d = &ks_lmdb_backend;
+    ks_bcur *c;
+    ks_bval k, v;
+    int rc = so->cur_open(src, tab, &c);
+    if (rc != KS_OK)
+        return rc;
+    for (rc = so->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); rc == KS_OK; rc = so->cur_next(c, false, &k, &v)) {
+        int w = tab == KS_TAB_INDEX ? d->dup_add(dst, tab, k.p, k.n, v.p, v.n) : d->put(dst, tab, k.p, k.n, v.p, v.n);
+        if (w != KS_OK) {
+            so->cur_close(c);
+            return w;
+        }
+    }
+    so->cur_close(c);
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
+}
+
+static void remove_scratch(const char *dir)
+{
+    static const char *const files[] = {"data.mdb", "lock.mdb", "users.lock"};
+    char p[4200];
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sys_err, char *why, size_t n)
+{
+    const ks_backend_ops *d = &ks_lmdb_backend;
+    const char *tmp = getenv("TMPDIR");
+    char dir[4096];
+    ks_err err = {0};
+    int rc;
+
+    *sys_err = 0;
+    if (o == d)
+        return d->copy(e, fd, sys_err, why, n);
+    snprintf(dir, sizeof(dir), "%s/p11mk-copy-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        *sys_err = errno;
+        snprintf(why, n, "cannot make a scratch directory in %s: %s", tmp && *tmp ? tmp : "/tmp", strerror(errno));
+        return KS_EIO;
+    }
+    ks_benv *de = NULL;
+    bool rdonly = false, tables = false;
+    if ((rc = d->open(dir, NULL, KS_OPEN_CREATE, &rdonly, &tables, &de, &err)) != KS_OK) {
+        snprintf(why, n, "%s", err.msg[0] ? err.msg : ks_strerror(rc));
+        remove_scratch(dir);
+        return rc;
+    }
+    for (int attempt = 0; attempt < 32; attempt++) {
+        ks_btxn *src = NULL, *dst = NULL;
+        if ((rc = o->read_begin(e, &src)) == KS_OK && (rc = d->write_begin(de, &dst)) == KS_OK &&
+            (rc = tables ? KS_OK : d->create_tables(dst)) == KS_OK) {
+            for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
+                rc = copy_table(o, src, dst, (ks_table)tab);
+        }
+        if (src)
+            o->read_end(src);
+        if (dst)
+            rc = rc == KS_OK ? d->commit(dst) : (d->abort(dst), rc);
+        if (rc != KS_BE_RETRY)
+            break;
+        d->make_room(de); /* the scratch map was full: grow it, start again */
+    }
+    if (rc == KS_OK)
+        rc = d->copy(de, fd, sys_err, why, n);
+    else
+        snprintf(why, n, "reading the keystore to copy it: %s", ks_strerror(rc));
+    d->close(de);
+    remove_scratch(dir);
+    return rc;
 }

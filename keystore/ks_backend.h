@@ -64,13 +64,15 @@ typedef struct ks_backend_ops {
     /* Checks on the keystore location before anything is created or opened
      * (LMDB: data.mdb and lock.mdb must be regular files, not links). */
     int (*check_location)(const char *path, ks_err *err);
-    /* Open the storage at path. flags: KS_OPEN_*. *rdonly is true on input
+    /* Open the storage of the keystore directory path; target is where it
+     * lives when that is elsewhere (PostgreSQL: the libpq connection string;
+     * LMDB: NULL, the directory). flags: KS_OPEN_*. *rdonly is true on input
      * when read-only was asked for, and set when the storage can only be
      * read by this user. Then *tables says whether the tables exist (else
      * the storage is empty: KS_OPEN_CREATE may create them with
      * create_tables in a write transaction); storage with some tables but
      * not all is KS_ECORRUPT (err says so). */
-    int (*open)(const char *path, unsigned flags, bool *rdonly, bool *tables, ks_benv **out, ks_err *err);
+    int (*open)(const char *path, const char *target, unsigned flags, bool *rdonly, bool *tables, ks_benv **out, ks_err *err);
     /* Release everything (no transaction of it may be active). Not after
      * fork in the child: a child abandons its parent's stores. */
     void (*close)(ks_benv *e);
@@ -135,7 +137,8 @@ typedef struct ks_backend_ops {
      * one read snapshot, while readers and writers go on. On failure: the
      * errno-style reason in *sys_err (0 if none) and a phrase in why. */
     int (*copy)(ks_benv *e, int fd, int *sys_err, char *why, size_t n);
-    /* Is the file open on fd a complete copy that open() may map? (KS_EBADFILE, err says why) */
+    /* Is the file open on fd a complete copy that open() may map? (KS_EBADFILE, err says why)
+     * NULL: this backend is not restored into (ks_backup.c says so). */
     int (*check_copy)(int fd, const char *name, ks_err *err);
     /* The plain epoch and generation of the storage at path, read without
      * opening it as a store (it may be damaged, or under another key). */
@@ -144,10 +147,16 @@ typedef struct ks_backend_ops {
 
 /* The backends built in. */
 KS_API extern const ks_backend_ops ks_lmdb_backend;
+KS_API extern const ks_backend_ops ks_pg_backend; /* ks_pg.c: libpq is loaded when it is first opened */
 /* By name (p11mk.conf's backend =), NULL if not built in (ks_backend.c). */
 KS_API const ks_backend_ops *ks_backend_find(const char *name);
-/* The names of those built in, for messages: "lmdb". */
+/* The names of those built in, for messages: "lmdb, postgresql". */
 KS_API const char *ks_backend_names(void);
+/* A consistent copy of any backend's storage, as one read snapshot, written
+ * to fd as an LMDB data file (the backup format of every backend): the
+ * tables are copied into a new LMDB environment in a temporary directory,
+ * which is then copied compacted to fd and removed. */
+KS_API int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sys_err, char *why, size_t n);
 /* The one keystores are opened with. */
 #define KS_BACKEND_DEFAULT (&ks_lmdb_backend)
 

@@ -8,6 +8,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pwd.h>
+
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <fcntl.h>
@@ -18,7 +20,7 @@
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
 #define KNOWN_KEYS                                                                                             \
     "keystore, backend, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap, "      \
-    "legacy_mechanisms"
+    "legacy_mechanisms, postgresql"
 
 static const char *home_dir(void)
 {
@@ -74,6 +76,9 @@ void ks_config_free(ks_config *cfg)
     free(cfg->master_key);
     free(cfg->log);
     free(cfg->backend);
+    if (cfg->postgresql)
+        OPENSSL_cleanse(cfg->postgresql, strlen(cfg->postgresql));
+    free(cfg->postgresql);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -153,6 +158,8 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
         }
         return set_str(&cfg->backend, strdup(val));
     }
+    if (strcmp(key, "postgresql") == 0) /* a libpq connection string: never repeated in a message */
+        return set_str(&cfg->postgresql, strdup(val));
     if (strcmp(key, "master_key") == 0)
         return set_str(&cfg->master_key, strcmp(val, "default") == 0 ? strdup(val) : resolve_path(val, path));
     if (strcmp(key, "log") == 0) {
@@ -286,7 +293,7 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         const char *key = trim(s);
         static const char *const known[] = {"keystore",     "master_key",  "log",         "log_level",
                                             "key_file_mode", "rsa_min_bits", "wrap_policy", "secure_heap",
-                                            "legacy_mechanisms", "backend"};
+                                            "legacy_mechanisms", "backend", "postgresql"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {
@@ -301,6 +308,18 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
     }
     if (rc == KS_OK && ferror(f)) {
         ks_err_set(err, "error reading %s", path);
+        rc = KS_ECONFIG;
+    }
+    /* A database password in a file others may read is a password given away. */
+    if (rc == KS_OK && cfg->postgresql && strstr(cfg->postgresql, "password") && (sb.st_mode & 044)) {
+        ks_err_set(err, "%s: the postgresql connection string holds a password and the file is readable by other "
+                        "users; move the password to ~/.pgpass (or a service file), or run chmod go-r %s", path,
+                   path);
+        rc = KS_ECONFIG;
+    }
+    if (rc == KS_OK && cfg->backend && strcmp(cfg->backend, "postgresql") == 0 && !cfg->postgresql) {
+        ks_err_set(err, "%s: backend = postgresql needs postgresql = <libpq connection string> (for example "
+                        "postgresql = host=db.example dbname=p11mk)", path);
         rc = KS_ECONFIG;
     }
     fclose(f);

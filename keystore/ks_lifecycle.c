@@ -95,7 +95,7 @@ int ks_mk_open(const ks_config *cfg, ks_mk **out, ks_err *err)
     }
     m->keymode = cfg->key_file_mode ? cfg->key_file_mode : 0600;
     if ((rc = ks_mkey_load(cfg, &mk, err)) == KS_OK)
-        rc = ks_open(m->dir, &mk, 0, &m->st, err);
+        rc = ks_open_cfg(cfg, &mk, 0, &m->st, err);
     ks_mkey_clear(&mk);
     if (rc != KS_OK) {
         ks_mk_close(m);

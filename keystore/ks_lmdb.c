@@ -452,8 +452,10 @@ static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
     return KS_OK;
 }
 
-static int lmdb_open(const char *path, unsigned flags, bool *rdonly, bool *tables, ks_benv **out, ks_err *err)
+static int lmdb_open(const char *path, const char *target, unsigned flags, bool *rdonly, bool *tables, ks_benv **out,
+                     ks_err *err)
 {
+    (void)target; /* the environment is the directory */
     ks_benv *e = calloc(1, sizeof(*e));
     *out = NULL;
     if (!e)

@@ -485,12 +485,12 @@ corrupt:
     return KS_ECORRUPT;
 }
 
-static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *err)
+static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsigned flags, ks_err *err)
 {
     const ks_backend_ops *o = st->ops;
     ks_btxn *t;
     bool tables = false;
-    int rc = o->open(st->path, flags, &st->rdonly, &tables, &st->be, err);
+    int rc = o->open(st->path, target, flags, &st->rdonly, &tables, &st->be, err);
     if (rc != KS_OK)
         return rc;
 
@@ -544,7 +544,24 @@ static int store_setup(ks_store *st, const ks_mkey *mk, unsigned flags, ks_err *
     return rc;
 }
 
+static int open_with(const char *dir, const ks_backend_ops *ops, const char *target, const ks_mkey *mk,
+                     unsigned flags, ks_store **out, ks_err *err);
+
 int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err)
+{
+    return open_with(dir, KS_BACKEND_DEFAULT, NULL, mk, flags, out, err);
+}
+
+int ks_open_cfg(const ks_config *cfg, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err)
+{
+    const ks_backend_ops *ops = cfg && cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;
+    if (!cfg || !ops)
+        return KS_EINVAL;
+    return open_with(cfg->keystore, ops, cfg->postgresql, mk, flags, out, err);
+}
+
+static int open_with(const char *dir, const ks_backend_ops *ops, const char *target, const ks_mkey *mk,
+                     unsigned flags, ks_store **out, ks_err *err)
 {
     struct stat sb;
     ks_store *st;
@@ -575,7 +592,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         ks_err_set(err, "keystore directory %s is writable by every user; run: chmod o-w %s", dir, dir);
         return KS_EPERM;
     }
-    if ((rc = KS_BACKEND_DEFAULT->check_location(dir, err)) != KS_OK)
+    if ((rc = ops->check_location(dir, err)) != KS_OK)
         return rc;
 
     pthread_mutex_lock(&reg_lock);
@@ -587,6 +604,12 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     }
     for (st = registry; st; st = st->next) {
         if (st->dev == sb.st_dev && st->ino == sb.st_ino) {
+            if (st->ops != ops) {
+                pthread_mutex_unlock(&reg_lock);
+                ks_err_set(err, "keystore %s is already open in this process with backend %s, not %s", dir,
+                           st->ops->name, ops->name);
+                return KS_EINVAL;
+            }
             uint8_t kcv[KS_KCV_LEN], key[KS_MK_LEN];
             ks_mkey_kcv(mk, kcv);
             pthread_mutex_lock(&st->ring_lock);
@@ -615,7 +638,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
         return KS_ENOMEM;
     }
     st->refs = 1;
-    st->ops = KS_BACKEND_DEFAULT;
+    st->ops = ops;
     st->dev = sb.st_dev;
     st->ino = sb.st_ino;
     st->rdonly = (flags & KS_OPEN_RDONLY) != 0;
@@ -647,7 +670,7 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
             st->users_fd = -1;
         }
     }
-    rc = store_setup(st, mk, flags, err);
+    rc = store_setup(st, target, mk, flags, err);
     if (rc != KS_OK) {
         store_free(st);
         pthread_mutex_unlock(&reg_lock);
@@ -1462,11 +1485,16 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
     if (!st || ks_readonly(st))
         return KS_EROFS;
     pthread_once(&attempt_once, attempt_setup);
-    if (snprintf(p, sizeof(p), "%s/data.mdb", st->path) >= (int)sizeof(p))
+    /* LMDB: byte ranges of data.mdb, which every user of the keystore may
+     * write. Another backend: DIR/attempts.lock, this host's processes (the
+     * counter itself is written in a write transaction, one at a time on
+     * every host; see the README on PIN attempts across hosts). */
+    bool lmdb = st->ops == &ks_lmdb_backend;
+    if (snprintf(p, sizeof(p), "%s/%s", st->path, lmdb ? "data.mdb" : "attempts.lock") >= (int)sizeof(p))
         return KS_EINVAL;
     /* Each attempt opens its own description: OFD locks then exclude the
      * threads of one process as they exclude processes. */
-    f = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    f = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | (lmdb ? 0 : O_CREAT), 0600);
     if (f < 0)
         return errno == EACCES || errno == EROFS ? KS_EROFS : KS_EIO;
     if (fstat(f, &sb) != 0 || !S_ISREG(sb.st_mode)) {

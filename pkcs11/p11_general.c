@@ -46,7 +46,9 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     if (rv == CKR_OK)
         rv = p11_mutex_new(&lock);
     if (rv == CKR_OK) {
-        rv = tok_ctx_open(TOK_CTX_CREATE, &tok);
+        const CK_C_INITIALIZE_ARGS *ia = pInitArgs;
+        bool no_threads = ia && (ia->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS);
+        rv = tok_ctx_open(TOK_CTX_CREATE | (no_threads ? TOK_CTX_NO_THREADS : 0), &tok);
         if (rv == CKR_OK && (rv = p11_events_start(tok)) != CKR_OK)
             tok_ctx_close(tok);
         if (rv != CKR_OK)

@@ -70,7 +70,9 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
         ks_log(KS_LOG_WARN, "keystore %s uses the built-in default master key, which is the same on "
                "every install: set master_key to a key file (p11mk-admin init --generate-key FILE)",
                ctx->cfg.keystore);
-    rc = ks_open(ctx->cfg.keystore, &ctx->mk, (flags & TOK_CTX_CREATE) ? KS_OPEN_CREATE : 0, &ctx->st, &err);
+    rc = ks_open_cfg(&ctx->cfg, &ctx->mk,
+                     ((flags & TOK_CTX_CREATE) ? KS_OPEN_CREATE : 0) | ((flags & TOK_CTX_NO_THREADS) ? KS_OPEN_NO_THREADS : 0),
+                     &ctx->st, &err);
     if (rc != KS_OK) {
         open_failed("cannot open keystore", rc, &err);
         goto fail;

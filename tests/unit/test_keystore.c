@@ -263,9 +263,11 @@ static void test_config_parse(void **state)
         {"master_key =\n", ":1: key 'master_key' has an empty value"},
         {"legacy_mechanisms = true\n", ":1: legacy_mechanisms 'true' is not one of no, yes"},
         {"legacy_mechanisms = yes\nlegacy_mechanisms = no\n", ":2: key 'legacy_mechanisms' is set twice"},
-        {"keystore = /x\nbackend = postgresql\n",
-         ":2: backend 'postgresql' is not built in (this p11mk has: lmdb)"},
-        {"backend = LMDB\n", ":1: backend 'LMDB' is not built in (this p11mk has: lmdb)"},
+        {"keystore = /x\nbackend = postgresql\n", "backend = postgresql needs postgresql = <libpq connection string>"},
+        {"backend = mysql\n", ":1: backend 'mysql' is not built in (this p11mk has: lmdb, postgresql)"},
+        {"backend = LMDB\n", ":1: backend 'LMDB' is not built in (this p11mk has: lmdb, postgresql)"},
+        {"backend = postgresql\npostgresql = dbname=x password=secret\n", "holds a password and the file is readable"},
+        {"postgresql = a\npostgresql = b\n", ":2: key 'postgresql' is set twice"},
         {"backend = lmdb\nbackend = lmdb\n", ":2: key 'backend' is set twice"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

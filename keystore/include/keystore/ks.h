@@ -77,7 +77,9 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
 /* Lookup order: $P11MK_CONF, else $XDG_CONFIG_HOME/p11mk/p11mk.conf (or
  * ~/.config/p11mk/p11mk.conf), else /etc/p11mk/p11mk.conf, else embedded
  * defaults. File format: "key = value" lines, '#' comments, blank lines.
- * Keys: keystore (directory), backend (the storage: lmdb, the only one built in; default lmdb),
+ * Keys: keystore (directory), backend (the storage: lmdb or postgresql; default lmdb),
+ *       postgresql (with backend = postgresql: the libpq connection string of the keystore's database;
+ *                   credentials from libpq's usual places; a password in it only in a file only its owner reads),
  *       master_key ("default" or a key file path),
  *       log (syslog | stderr | /path/file), log_level (error|warn|info|debug),
  *       key_file_mode (octal, most permissive mode accepted for key files, default 0600),
@@ -91,6 +93,7 @@ typedef struct {
     char *source;        /* config file used, or NULL for embedded defaults */
     char *keystore;      /* keystore directory */
     char *backend;       /* backend = (one built in, see ks_backend_find); NULL: not set, lmdb */
+    char *postgresql;    /* postgresql = libpq connection string; NULL: not set */
     char *master_key;    /* "default" or a path */
     char *log;           /* NULL -> syslog for the module, stderr for admin */
     int log_level;       /* KS_LOG_* */
@@ -216,6 +219,7 @@ typedef struct ks_store ks_store;
 enum {
     KS_OPEN_CREATE = 1u << 0,   /* create the keystore if the directory has none */
     KS_OPEN_RDONLY = 1u << 1,
+    KS_OPEN_NO_THREADS = 1u << 2, /* the application forbids threads (a database backend starts none) */
 };
 
 /* Open (or share) the keystore in `dir`: one LMDB environment per keystore
@@ -225,6 +229,11 @@ enum {
  * It never reads object records. After fork(), the child's first ks_open
  * opens a fresh environment (the parent's handle is abandoned, not closed). */
 KS_API int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err);
+/* The same for the keystore a configuration names: cfg->keystore is the
+ * directory (its locks live there), cfg->backend the storage (LMDB in the
+ * directory; PostgreSQL: the database cfg->postgresql names). A directory
+ * already open in this process with another backend is KS_EINVAL. */
+KS_API int ks_open_cfg(const ks_config *cfg, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err);
 KS_API void ks_close(ks_store *st);
 
 typedef struct {

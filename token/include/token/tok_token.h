@@ -17,6 +17,7 @@ typedef struct tok_ctx tok_ctx;
 enum {
     TOK_CTX_CREATE = 1u << 0, /* create the keystore if missing (the module does) */
     TOK_CTX_STDERR = 1u << 1, /* log to stderr unless the config names a log */
+    TOK_CTX_NO_THREADS = 1u << 2, /* CKF_LIBRARY_CANT_CREATE_OS_THREADS: start no thread */
 };
 TOK_API CK_RV tok_ctx_open(unsigned flags, tok_ctx **out);
 TOK_API void tok_ctx_close(tok_ctx *ctx);

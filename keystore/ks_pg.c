@@ -1,0 +1,1059 @@
+/* p11mk keystore: the PostgreSQL backend (ks_backend.h), the only file that
+ * includes <libpq-fe.h>.
+ *
+ * libpq is loaded with dlopen the first time a keystore with
+ * `backend = postgresql` is opened: an application that loads the module on
+ * an LMDB keystore (ssh, a browser) never maps libpq or what it pulls in.
+ *
+ * The schema (one keystore per database; version SCHEMA_VERSION):
+ *   p11mk_schema(version)        one row
+ *   p11mk_seq(seq)               one row: the commit sequence, +1 per write
+ *   p11mk_rec(t, k, v)           KS_TAB_META / TOKENS / OBJECTS, key (t, k)
+ *   p11mk_idx(k, v)              KS_TAB_INDEX, key (k, v): a set of values per k
+ * bytea compares as memcmp, shorter first on a common prefix: the order
+ * ks_backend.h asks for.
+ *
+ * Transactions, and why they give what LMDB gives:
+ *  - a reader is REPEATABLE READ, READ ONLY: one snapshot, never blocked;
+ *    its first statement reads p11mk_seq, the snapshot's number;
+ *  - a writer is READ COMMITTED and first updates the p11mk_seq row: the row
+ *    lock makes writers take turns across processes and hosts (as LMDB's
+ *    writer lock does), and every later statement of the writer sees every
+ *    write committed before it got the lock. Its commit notifies channel
+ *    `p11mk` with the new number.
+ *  - commit_seq (on the hot path: no round trip) is the number a listener
+ *    thread keeps from those notifications, on a connection of its own. While
+ *    that connection is down, or before it has read the number, it answers 0
+ *    ("not known"): the caller then reads through a transaction, so a lost
+ *    notification costs speed, never freshness. A notification arrives after
+ *    the commit is visible to new readers, so the number is never ahead of
+ *    what a read transaction begun after it sees; it may lag behind a commit
+ *    by the notification's delivery time (another host's change is seen by a
+ *    cached key within that delay).
+ *
+ * Connections: a pool of idle connections per store; a transaction takes
+ * one and gives it back at its end, or closes it when it broke. A broken
+ * connection found at BEGIN is replaced once (the server restarted): the
+ * operation goes on. A connection lost inside a transaction fails that
+ * operation with KS_EIO (CKR_DEVICE_ERROR above), never with wrong data.
+ *
+ * After fork, the child never touches its parent's connections (libpq would
+ * tell the server to end the parent's session): ks_store.c abandons the
+ * parent's stores in the child and opens new ones. */
+#include "ks_internal.h"
+
+#include <libpq-fe.h>
+
+#include <openssl/crypto.h>
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SCHEMA_VERSION 1
+#define POOL_MAX 16
+#define CHANNEL "p11mk"
+#define CREATE_LOCK "7011160100" /* pg_advisory_xact_lock key of keystore creation */
+#define OID_INT2 21
+#define OID_BYTEA 17
+
+/* ---- libpq, loaded on first use ------------------------------------------- */
+
+static struct {
+    PGconn *(*connectdbParams)(const char *const *, const char *const *, int);
+    ConnStatusType (*status)(const PGconn *);
+    char *(*errorMessage)(const PGconn *);
+    void (*finish)(PGconn *);
+    PGresult *(*exec)(PGconn *, const char *);
+    PGresult *(*execParams)(PGconn *, const char *, int, const Oid *, const char *const *, const int *,
+                            const int *, int);
+    ExecStatusType (*resultStatus)(const PGresult *);
+    char *(*resultErrorField)(const PGresult *, int);
+    char *(*resultErrorMessage)(const PGresult *);
+    void (*clear)(PGresult *);
+    int (*ntuples)(const PGresult *);
+    char *(*getvalue)(const PGresult *, int, int);
+    int (*getlength)(const PGresult *, int, int);
+    char *(*cmdTuples)(PGresult *);
+    char *(*cmdStatus)(PGresult *);
+    int (*socket)(const PGconn *);
+    int (*consumeInput)(PGconn *);
+    PGnotify *(*notifies)(PGconn *);
+    void (*freemem)(void *);
+    char *(*db)(const PGconn *);
+} pq;
+static pthread_once_t pq_once = PTHREAD_ONCE_INIT;
+static char pq_error[256];
+
+static void pq_load(void)
+{
+    void *h = dlopen("libpq.so.5", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(pq_error, sizeof(pq_error), "%s", dlerror());
+        return;
+    }
+#define SYM(f, name)                                                                                               \
+    if (!(*(void **)&pq.f = dlsym(h, name))) {                                                                     \
+        snprintf(pq_error, sizeof(pq_error), "libpq.so.5 lacks %s", name);                                         \
+        return;                                                                                                    \
+    }
+    SYM(status, "PQstatus")
+    SYM(errorMessage, "PQerrorMessage")
+    SYM(finish, "PQfinish")
+    SYM(exec, "PQexec")
+    SYM(execParams, "PQexecParams")
+    SYM(resultStatus, "PQresultStatus")
+    SYM(resultErrorField, "PQresultErrorField")
+    SYM(resultErrorMessage, "PQresultErrorMessage")
+    SYM(clear, "PQclear")
+    SYM(ntuples, "PQntuples")
+    SYM(getvalue, "PQgetvalue")
+    SYM(getlength, "PQgetlength")
+    SYM(cmdTuples, "PQcmdTuples")
+    SYM(cmdStatus, "PQcmdStatus")
+    SYM(socket, "PQsocket")
+    SYM(consumeInput, "PQconsumeInput")
+    SYM(notifies, "PQnotifies")
+    SYM(freemem, "PQfreemem")
+    SYM(db, "PQdb")
+    SYM(connectdbParams, "PQconnectdbParams") /* last: its presence says all are there */
+#undef SYM
+}
+
+static bool pq_ready(ks_err *err)
+{
+    pthread_once(&pq_once, pq_load);
+    if (pq.connectdbParams)
+        return true;
+    ks_err_set(err, "backend = postgresql needs libpq (Debian package libpq5), which could not be loaded: %s",
+               pq_error);
+    return false;
+}
+
+/* ---- the store --------------------------------------------------------------- */
+
+struct ks_benv {
+    char *path;     /* the keystore directory (messages) */
+    char *conninfo; /* never logged: it may hold a password */
+    pid_t pid;
+    pthread_mutex_t pool_lock;
+    PGconn *idle[POOL_MAX];
+    int nidle;
+    atomic_bool tables;   /* the schema exists */
+    _Atomic uint64_t seq; /* the last commit sequence known from notifications; 0: not known */
+    pthread_t listener;
+    bool listening;
+    int stop[2]; /* the listener's stop pipe */
+};
+
+struct ks_btxn {
+    ks_benv *e;
+    PGconn *c;
+    bool write, broken;
+    bool creating; /* a new keystore's first transaction: create_tables makes the schema */
+    uint64_t seq;   /* the snapshot (reader) or the sequence this write commits as */
+    PGresult **res; /* results whose values were handed out: cleared at the end */
+    size_t nres, cap;
+};
+
+struct ks_bcur {
+    ks_btxn *t;
+    ks_table tab;
+    PGresult *batch;
+    int row, n;
+    bool last_batch;      /* the batch was not full: nothing after it */
+    bool positioned;
+    ks_bval key, val;     /* the entry the cursor is on (values in t->res) */
+};
+
+static int pg_state_err(const char *state)
+{
+    if (!state)
+        return KS_EIO;
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+        return KS_BE_RETRY; /* serialization failure, deadlock: run it again */
+    if (strcmp(state, "53100") == 0)
+        return KS_ENOSPC;
+    if (strcmp(state, "42501") == 0)
+        return KS_EPERM;
+    if (strcmp(state, "25006") == 0)
+        return KS_EROFS; /* read-only transaction (a standby) */
+    if (strcmp(state, "23505") == 0)
+        return KS_EEXIST;
+    return KS_EIO;
+}
+
+/* The result of a statement: KS_OK, or the failure (logged; the connection
+ * marked broken when it is gone). The result is kept on success. */
+static int check(ks_btxn *t, PGresult *r, const char *what)
+{
+    ExecStatusType s = r ? pq.resultStatus(r) : PGRES_FATAL_ERROR;
+    if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK)
+        return KS_OK;
+    const char *state = r ? pq.resultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    int rc = pg_state_err(state);
+    if (pq.status(t->c) != CONNECTION_OK) {
+        t->broken = true;
+        rc = KS_EIO;
+    }
+    if (rc != KS_BE_RETRY && rc != KS_EEXIST) {
+        const char *msg = r ? pq.resultErrorMessage(r) : pq.errorMessage(t->c);
+        ks_log(KS_LOG_ERROR, "keystore %s: PostgreSQL: %s failed: %.*s", t->e->path, what,
+               (int)strcspn(msg ? msg : "", "\n"), msg ? msg : "");
+    }
+    if (r)
+        pq.clear(r);
+    return rc;
+}
+
+static int keep(ks_btxn *t, PGresult *r)
+{
+    if (t->nres == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 8;
+        PGresult **n = realloc(t->res, cap * sizeof(*n));
+        if (!n) {
+            pq.clear(r);
+            return KS_ENOMEM;
+        }
+        t->res = n;
+        t->cap = cap;
+    }
+    t->res[t->nres++] = r;
+    return KS_OK;
+}
+
+static uint64_t be64_text(const char *s)
+{
+    return s ? strtoull(s, NULL, 10) : 0;
+}
+
+/* ---- connections ------------------------------------------------------------- */
+
+static PGconn *connect_new(ks_benv *e, char *why, size_t n)
+{
+    /* Defaults first: what the connection string says overrides them. */
+    const char *const kw[] = {"connect_timeout", "application_name", "dbname", NULL};
+    const char *const val[] = {"10", "p11mk", e->conninfo, NULL};
+    PGconn *c = pq.connectdbParams(kw, val, 1);
+    if (c && pq.status(c) == CONNECTION_OK) {
+        PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
+        if (r)
+            pq.clear(r);
+        return c;
+    }
+    const char *msg = c ? pq.errorMessage(c) : "out of memory";
+    snprintf(why, n, "%.*s", (int)strcspn(msg, "\n"), msg);
+    if (c)
+        pq.finish(c);
+    return NULL;
+}
+
+static PGconn *conn_take(ks_benv *e)
+{
+    PGconn *c = NULL;
+    pthread_mutex_lock(&e->pool_lock);
+    if (e->nidle > 0)
+        c = e->idle[--e->nidle];
+    pthread_mutex_unlock(&e->pool_lock);
+    if (c)
+        return c;
+    char why[256];
+    if (!(c = connect_new(e, why, sizeof(why))))
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot connect to its PostgreSQL database: %s", e->path, why);
+    return c;
+}
+
+static void conn_give(ks_benv *e, PGconn *c, bool broken)
+{
+    if (!c)
+        return;
+    if (!broken && pq.status(c) == CONNECTION_OK) {
+        pthread_mutex_lock(&e->pool_lock);
+        if (e->nidle < POOL_MAX) {
+            e->idle[e->nidle++] = c;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&e->pool_lock);
+    }
+    if (c)
+        pq.finish(c);
+}
+
+static void listen_start(ks_benv *e);
+
+/* ---- the listener ------------------------------------------------------------ */
+
+static void seq_raise(ks_benv *e, uint64_t v)
+{
+    uint64_t cur = atomic_load(&e->seq);
+    while (cur != 0 && v > cur && !atomic_compare_exchange_weak(&e->seq, &cur, v))
+        ;
+}
+
+/* LISTEN, then read the number (a commit between the two is notified and
+ * read again: never missed), then wait for notifications. Any failure: the
+ * number becomes unknown and the listener connects again. */
+static void *listen_main(void *arg)
+{
+    ks_benv *e = arg;
+    unsigned backoff_ms = 50;
+    for (;;) {
+        char why[256];
+        PGconn *c = connect_new(e, why, sizeof(why));
+        PGresult *r = NULL;
+        if (c) {
+            r = pq.exec(c, "LISTEN " CHANNEL);
+            bool ok = r && pq.resultStatus(r) == PGRES_COMMAND_OK;
+            if (r)
+                pq.clear(r);
+            r = ok ? pq.exec(c, "SELECT seq FROM p11mk_seq") : NULL;
+            if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
+                uint64_t v = be64_text(pq.getvalue(r, 0, 0));
+                uint64_t zero = 0;
+                if (!atomic_compare_exchange_strong(&e->seq, &zero, v))
+                    seq_raise(e, v);
+                backoff_ms = 50;
+            } else {
+                pq.finish(c);
+                c = NULL;
+            }
+            if (r)
+                pq.clear(r);
+        }
+        while (c) {
+            struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = e->stop[0], .events = POLLIN}};
+            int n = poll(p, 2, -1);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (p[1].revents) {
+                pq.finish(c);
+                return NULL;
+            }
+            if (n < 0 || !pq.consumeInput(c) || pq.status(c) != CONNECTION_OK)
+                break;
+            PGnotify *no;
+            while ((no = pq.notifies(c))) {
+                seq_raise(e, be64_text(no->extra));
+                pq.freemem(no);
+            }
+        }
+        if (c) {
+            ks_log(KS_LOG_WARN, "keystore %s: lost the PostgreSQL notification connection; reading through "
+                                "transactions until it is back", e->path);
+            pq.finish(c);
+        }
+        atomic_store(&e->seq, 0);
+        struct pollfd s = {.fd = e->stop[0], .events = POLLIN};
+        if (poll(&s, 1, (int)backoff_ms) > 0)
+            return NULL;
+        if (backoff_ms < 2000)
+            backoff_ms *= 2;
+    }
+}
+
+/* ---- transactions ------------------------------------------------------------ */
+
+static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
+{
+    ks_btxn *t = calloc(1, sizeof(*t));
+    if (!t)
+        return KS_ENOMEM;
+    t->e = e;
+    t->write = write;
+    /* A new keystore's writer cannot take the p11mk_seq row yet: creators
+     * take turns on an advisory lock, and create_tables looks again under it. */
+    t->creating = write && !atomic_load(&e->tables);
+    const char *sql = t->creating ? "BEGIN; SELECT pg_advisory_xact_lock(" CREATE_LOCK "), 0"
+                      : write     ? "BEGIN; UPDATE p11mk_seq SET seq = seq + 1 RETURNING seq"
+                                  : "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT seq FROM p11mk_seq";
+    /* A connection idle in the pool may have died with a server restart:
+     * the first attempt on it fails before anything was done; a fresh
+     * connection gets one more try. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!(t->c = conn_take(e)))
+            break;
+        PGresult *r = pq.exec(t->c, sql);
+        if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
+            t->seq = be64_text(pq.getvalue(r, 0, 0));
+            pq.clear(r);
+            *out = t;
+            return KS_OK;
+        }
+        bool gone = pq.status(t->c) != CONNECTION_OK;
+        if (!gone) {
+            int rc = check(t, r, write ? "beginning a write" : "beginning a read");
+            PGresult *a = pq.exec(t->c, "ROLLBACK");
+            if (a)
+                pq.clear(a);
+            conn_give(e, t->c, t->broken);
+            free(t);
+            return rc == KS_OK ? KS_ECORRUPT : rc; /* a row missing from p11mk_seq */
+        }
+        if (r)
+            pq.clear(r);
+        conn_give(e, t->c, true);
+        t->c = NULL;
+    }
+    free(t);
+    return KS_EIO;
+}
+
+static void txn_free(ks_btxn *t)
+{
+    for (size_t i = 0; i < t->nres; i++)
+        pq.clear(t->res[i]);
+    free(t->res);
+    free(t);
+}
+
+static int pg_read_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, false, t); }
+static int pg_write_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, true, t); }
+static uint64_t pg_snapshot(ks_btxn *t) { return t->write ? 0 : t->seq; }
+
+static void pg_abort(ks_btxn *t)
+{
+    if (!t)
+        return;
+    if (!t->broken) {
+        PGresult *r = pq.exec(t->c, "ROLLBACK");
+        if (!r || pq.resultStatus(r) != PGRES_COMMAND_OK)
+            t->broken = true;
+        if (r)
+            pq.clear(r);
+    }
+    conn_give(t->e, t->c, t->broken);
+    txn_free(t);
+}
+
+static void pg_read_end(ks_btxn *t) { pg_abort(t); }
+
+/* A statement whose result is only its status. */
+static int exec_ok(ks_btxn *t, const char *sql, const char *what)
+{
+    PGresult *r = pq.exec(t->c, sql);
+    int rc = check(t, r, what);
+    if (rc == KS_OK)
+        pq.clear(r);
+    return rc;
+}
+
+static int pg_commit(ks_btxn *t)
+{
+    char sql[96];
+    int rc = KS_OK;
+    if (t->broken) {
+        pg_abort(t);
+        return KS_EIO;
+    }
+    if (t->write) {
+        snprintf(sql, sizeof(sql), "SELECT pg_notify('" CHANNEL "', '%" PRIu64 "')", t->seq);
+        rc = exec_ok(t, sql, "notifying a commit");
+    }
+    if (rc == KS_OK) {
+        /* COMMIT of a transaction that had failed answers ROLLBACK: not committed. */
+        PGresult *r = pq.exec(t->c, "COMMIT");
+        rc = check(t, r, "committing");
+        if (rc == KS_OK) {
+            const char *tag = pq.cmdStatus(r);
+            if (!tag || strcmp(tag, "COMMIT") != 0)
+                rc = KS_EIO;
+            pq.clear(r);
+        }
+        if (rc != KS_OK) {
+            /* Whether a COMMIT whose answer was lost took effect is not
+             * known: the connection is not reused, the caller reports an
+             * error, and a later read shows what is there. */
+            conn_give(t->e, t->c, true);
+            txn_free(t);
+            return rc;
+        }
+    }
+    if (rc != KS_OK) {
+        pg_abort(t);
+        return rc;
+    }
+    if (t->write) {
+        if (t->creating) {
+            atomic_store(&t->e->tables, true);
+            listen_start(t->e);
+        }
+        seq_raise(t->e, t->seq);
+    }
+    conn_give(t->e, t->c, false);
+    txn_free(t);
+    return KS_OK;
+}
+
+static int pg_make_room(ks_benv *e)
+{
+    (void)e; /* a serialization failure needs nothing but another try */
+    return KS_OK;
+}
+
+/* ---- statements ---------------------------------------------------------------- */
+
+typedef struct {
+    const char *p[4];
+    int l[4];
+    int f[4];
+    Oid o[4];
+    int n;
+    uint8_t tab[2]; /* the table number, int2 big-endian */
+} params;
+
+static void p_tab(params *ps, ks_table tab)
+{
+    ps->tab[0] = 0;
+    ps->tab[1] = (uint8_t)tab;
+    ps->p[ps->n] = (const char *)ps->tab;
+    ps->l[ps->n] = 2;
+    ps->f[ps->n] = 1;
+    ps->o[ps->n++] = OID_INT2;
+}
+
+static void p_bytes(params *ps, const void *v, size_t n)
+{
+    ps->p[ps->n] = v ? (const char *)v : "";
+    ps->l[ps->n] = (int)n;
+    ps->f[ps->n] = 1;
+    ps->o[ps->n++] = OID_BYTEA;
+}
+
+static PGresult *run(ks_btxn *t, const char *sql, const params *ps)
+{
+    return pq.execParams(t->c, sql, ps->n, ps->o, ps->p, ps->l, ps->f, 1);
+}
+
+/* A statement that changes rows: KS_OK, or KS_ENOTFOUND when it changed none and `none` says so. */
+static int change(ks_btxn *t, const char *sql, const params *ps, int none, const char *what)
+{
+    if (t->broken)
+        return KS_EIO;
+    PGresult *r = run(t, sql, ps);
+    int rc = check(t, r, what);
+    if (rc != KS_OK)
+        return rc;
+    const char *n = pq.cmdTuples(r);
+    rc = (n && strcmp(n, "0") == 0) ? none : KS_OK;
+    pq.clear(r);
+    return rc;
+}
+
+static int pg_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v)
+{
+    params ps = {0};
+    if (t->broken)
+        return KS_EIO;
+    p_tab(&ps, tab);
+    p_bytes(&ps, k, kl);
+    PGresult *r = run(t, "SELECT v FROM p11mk_rec WHERE t = $1 AND k = $2", &ps);
+    int rc = check(t, r, "reading a record");
+    if (rc != KS_OK)
+        return rc;
+    if (pq.ntuples(r) != 1) {
+        pq.clear(r);
+        return KS_ENOTFOUND;
+    }
+    if ((rc = keep(t, r)) != KS_OK)
+        return rc;
+    *v = (ks_bval){(const uint8_t *)pq.getvalue(r, 0, 0), (size_t)pq.getlength(r, 0, 0)};
+    return KS_OK;
+}
+
+static int pg_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    params ps = {0};
+    p_tab(&ps, tab);
+    p_bytes(&ps, k, kl);
+    p_bytes(&ps, v, vl);
+    return change(t, "INSERT INTO p11mk_rec (t, k, v) VALUES ($1, $2, $3) ON CONFLICT (t, k) DO UPDATE SET v = "
+                     "EXCLUDED.v", &ps, KS_OK, "writing a record");
+}
+
+static int pg_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
+{
+    params ps = {0};
+    p_tab(&ps, tab);
+    p_bytes(&ps, k, kl);
+    return change(t, "DELETE FROM p11mk_rec WHERE t = $1 AND k = $2", &ps, KS_ENOTFOUND, "deleting a record");
+}
+
+/* The smallest key above every key that starts with prefix: prefix with its
+ * last byte below 0xff raised by one, the bytes after it dropped; none when
+ * the prefix is all 0xff (then no upper bound). */
+static size_t prefix_end(const uint8_t *p, size_t n, uint8_t *out)
+{
+    while (n > 0 && p[n - 1] == 0xff)
+        n--;
+    if (n == 0)
+        return 0;
+    memcpy(out, p, n);
+    out[n - 1]++;
+    return n;
+}
+
+static int pg_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t pl)
+{
+    params ps = {0};
+    uint8_t end[64];
+    if (pl > sizeof(end))
+        return KS_EINVAL;
+    size_t el = prefix_end(prefix, pl, end);
+    bool idx = tab == KS_TAB_INDEX;
+    if (!idx)
+        p_tab(&ps, tab);
+    p_bytes(&ps, prefix, pl);
+    if (el)
+        p_bytes(&ps, end, el);
+    static const char *const sql[2][2] = {
+        {"DELETE FROM p11mk_rec WHERE t = $1 AND k >= $2", "DELETE FROM p11mk_rec WHERE t = $1 AND k >= $2 AND k < $3"},
+        {"DELETE FROM p11mk_idx WHERE k >= $1", "DELETE FROM p11mk_idx WHERE k >= $1 AND k < $2"}};
+    return change(t, sql[idx][el != 0], &ps, KS_OK, "deleting records");
+}
+
+static int pg_count(ks_btxn *t, ks_table tab, uint64_t *n)
+{
+    params ps = {0};
+    *n = 0;
+    if (t->broken)
+        return KS_EIO;
+    PGresult *r;
+    if (tab == KS_TAB_INDEX) {
+        r = run(t, "SELECT count(*) FROM p11mk_idx", &ps);
+    } else {
+        p_tab(&ps, tab);
+        r = run(t, "SELECT count(*) FROM p11mk_rec WHERE t = $1", &ps);
+    }
+    int rc = check(t, r, "counting records");
+    if (rc != KS_OK)
+        return rc;
+    if (pq.ntuples(r) == 1 && pq.getlength(r, 0, 0) == 8)
+        *n = ks_get_be64(pq.getvalue(r, 0, 0));
+    pq.clear(r);
+    return KS_OK;
+}
+
+/* ---- the index ---------------------------------------------------------------- */
+
+static int pg_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    params ps = {0};
+    (void)tab;
+    p_bytes(&ps, k, kl);
+    p_bytes(&ps, v, vl);
+    return change(t, "INSERT INTO p11mk_idx (k, v) VALUES ($1, $2) ON CONFLICT DO NOTHING", &ps, KS_EEXIST,
+                  "adding an index entry");
+}
+
+static int pg_dup_del(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    params ps = {0};
+    (void)tab;
+    p_bytes(&ps, k, kl);
+    p_bytes(&ps, v, vl);
+    return change(t, "DELETE FROM p11mk_idx WHERE k = $1 AND v = $2", &ps, KS_ENOTFOUND, "deleting an index entry");
+}
+
+static int pg_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    params ps = {0};
+    (void)tab;
+    if (t->broken)
+        return KS_EIO;
+    p_bytes(&ps, k, kl);
+    p_bytes(&ps, v, vl);
+    PGresult *r = run(t, "SELECT 1 FROM p11mk_idx WHERE k = $1 AND v = $2", &ps);
+    int rc = check(t, r, "reading the index");
+    if (rc != KS_OK)
+        return rc;
+    rc = pq.ntuples(r) == 1 ? KS_OK : KS_ENOTFOUND;
+    pq.clear(r);
+    return rc;
+}
+
+/* ---- cursors -------------------------------------------------------------------
+ * A cursor reads its table in batches, in key order (the index: key, then
+ * value); each batch starts after the entry the cursor is on. Batches stay
+ * with the transaction: the values handed out stay valid until its end. */
+
+enum { Q_FIRST, Q_LAST, Q_GE, Q_KEY, Q_AFTER, Q_AFTER_SAME };
+
+static const char *const rec_sql[] = {
+    [Q_FIRST] = "SELECT k, v FROM p11mk_rec WHERE t = $1 ORDER BY k",
+    [Q_LAST] = "SELECT k, v FROM p11mk_rec WHERE t = $1 ORDER BY k DESC LIMIT 1",
+    [Q_GE] = "SELECT k, v FROM p11mk_rec WHERE t = $1 AND k >= $2 ORDER BY k",
+    [Q_KEY] = "SELECT k, v FROM p11mk_rec WHERE t = $1 AND k = $2",
+    [Q_AFTER] = "SELECT k, v FROM p11mk_rec WHERE t = $1 AND k > $2 ORDER BY k",
+};
+static const char *const idx_sql[] = {
+    [Q_FIRST] = "SELECT k, v FROM p11mk_idx ORDER BY k, v",
+    [Q_LAST] = "SELECT k, v FROM p11mk_idx ORDER BY k DESC, v DESC LIMIT 1",
+    [Q_GE] = "SELECT k, v FROM p11mk_idx WHERE k >= $1 ORDER BY k, v",
+    [Q_KEY] = "SELECT k, v FROM p11mk_idx WHERE k = $1 ORDER BY v",
+    [Q_AFTER] = "SELECT k, v FROM p11mk_idx WHERE (k, v) > ($1, $2) ORDER BY k, v",
+    [Q_AFTER_SAME] = "SELECT k, v FROM p11mk_idx WHERE k = $1 AND v > $2 ORDER BY v",
+};
+
+static int cur_fetch(ks_bcur *c, int q, const void *k, size_t kl, const void *v, size_t vl)
+{
+    ks_btxn *t = c->t;
+    bool idx = c->tab == KS_TAB_INDEX;
+    params ps = {0};
+    char sql[160];
+    /* Small first (a lookup wants one or two), larger as a scan goes on. */
+    int limit = c->batch ? 256 : 16;
+
+    if (t->broken)
+        return KS_EIO;
+    if (!idx)
+        p_tab(&ps, c->tab);
+    if (q != Q_FIRST && q != Q_LAST)
+        p_bytes(&ps, k, kl);
+    if (idx && (q == Q_AFTER || q == Q_AFTER_SAME))
+        p_bytes(&ps, v, vl);
+    bool bounded = q == Q_LAST || (!idx && q == Q_KEY);
+    snprintf(sql, sizeof(sql), "%s", idx ? idx_sql[q] : rec_sql[q]);
+    if (!bounded)
+        snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), " LIMIT %d", limit);
+    PGresult *r = run(t, sql, &ps);
+    int rc = check(t, r, "reading records in order");
+    if (rc != KS_OK)
+        return rc;
+    if ((rc = keep(t, r)) != KS_OK)
+        return rc;
+    c->batch = r;
+    c->row = 0;
+    c->n = pq.ntuples(r);
+    c->last_batch = bounded || c->n < limit;
+    return KS_OK;
+}
+
+/* The entry at the batch's current row. */
+static int cur_here(ks_bcur *c, ks_bval *key, ks_bval *val)
+{
+    if (c->row >= c->n) {
+        c->positioned = false;
+        return KS_ENOTFOUND;
+    }
+    c->key = (ks_bval){(const uint8_t *)pq.getvalue(c->batch, c->row, 0), (size_t)pq.getlength(c->batch, c->row, 0)};
+    c->val = (ks_bval){(const uint8_t *)pq.getvalue(c->batch, c->row, 1), (size_t)pq.getlength(c->batch, c->row, 1)};
+    c->positioned = true;
+    *key = c->key;
+    *val = c->val;
+    return KS_OK;
+}
+
+static int pg_cur_open(ks_btxn *t, ks_table tab, ks_bcur **out)
+{
+    ks_bcur *c = calloc(1, sizeof(*c));
+    if (!c)
+        return KS_ENOMEM;
+    c->t = t;
+    c->tab = tab;
+    *out = c;
+    return KS_OK;
+}
+
+static int pg_cur_seek(ks_bcur *c, int how, const void *k, size_t kl, ks_bval *key, ks_bval *val)
+{
+    static const int q[] = {[KS_BSEEK_FIRST] = Q_FIRST, [KS_BSEEK_LAST] = Q_LAST, [KS_BSEEK_GE] = Q_GE,
+                            [KS_BSEEK_KEY] = Q_KEY};
+    c->batch = NULL;
+    int rc = cur_fetch(c, q[how], k, kl, NULL, 0);
+    if (rc != KS_OK)
+        return rc;
+    return cur_here(c, key, val);
+}
+
+static int pg_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
+{
+    if (!c->positioned)
+        return KS_ENOTFOUND;
+    ks_bval at = c->key, atv = c->val;
+    c->row++;
+    if (c->row >= c->n) {
+        if (c->last_batch) {
+            c->positioned = false;
+            return KS_ENOTFOUND;
+        }
+        bool idx = c->tab == KS_TAB_INDEX;
+        int rc = cur_fetch(c, idx && same_key ? Q_AFTER_SAME : Q_AFTER, at.p, at.n, atv.p, atv.n);
+        if (rc != KS_OK)
+            return rc;
+    }
+    ks_bval k, v;
+    int rc = cur_here(c, &k, &v);
+    if (rc != KS_OK)
+        return rc;
+    if (same_key && (k.n != at.n || memcmp(k.p, at.p, at.n) != 0)) {
+        c->row--; /* stay on the last value of the key */
+        c->key = at;
+        c->val = atv;
+        return KS_ENOTFOUND;
+    }
+    *key = k;
+    *val = v;
+    return KS_OK;
+}
+
+static int pg_cur_replace(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl)
+{
+    if (!c->positioned || c->tab == KS_TAB_INDEX)
+        return KS_EINVAL;
+    return pg_put(c->t, c->tab, k, kl, v, vl);
+}
+
+static void pg_cur_close(ks_bcur *c) { free(c); }
+
+/* ---- opening --------------------------------------------------------------------- */
+
+/* A keystore directory of an LMDB keystore is not silently paired with a
+ * database: the configuration would hide the data from its users. */
+static int pg_check_location(const char *dir, ks_err *err)
+{
+    char p[4200];
+    struct stat sb;
+    snprintf(p, sizeof(p), "%s/data.mdb", dir);
+    if (lstat(p, &sb) == 0) {
+        ks_err_set(err, "keystore directory %s holds an LMDB keystore (data.mdb), but the configuration says "
+                        "backend = postgresql; move its objects with p11mk-admin backup and restore, or set "
+                        "backend = lmdb", dir);
+        return KS_EINVAL;
+    }
+    return KS_OK;
+}
+
+static void pg_close(ks_benv *e)
+{
+    if (!e)
+        return;
+    if (e->listening) {
+        ssize_t w = write(e->stop[1], "x", 1);
+        (void)w;
+        pthread_join(e->listener, NULL);
+    }
+    if (e->stop[0] >= 0)
+        close(e->stop[0]);
+    if (e->stop[1] >= 0)
+        close(e->stop[1]);
+    for (int i = 0; i < e->nidle; i++)
+        pq.finish(e->idle[i]);
+    pthread_mutex_destroy(&e->pool_lock);
+    if (e->conninfo)
+        OPENSSL_cleanse(e->conninfo, strlen(e->conninfo));
+    free(e->conninfo);
+    free(e->path);
+    free(e);
+}
+
+/* Which of the tables exist, and the schema's version. */
+static int probe(ks_benv *e, bool *tables, ks_err *err)
+{
+    PGconn *c = conn_take(e);
+    if (!c) {
+        char why[256];
+        PGconn *d = connect_new(e, why, sizeof(why));
+        if (d) {
+            conn_give(e, d, false);
+            return probe(e, tables, err);
+        }
+        ks_err_set(err, "keystore %s: cannot connect to its PostgreSQL database: %s; check the postgresql = "
+                        "connection string in the configuration, the credentials (~/.pgpass, a service file) and "
+                        "that the server runs", e->path, why);
+        return KS_EIO;
+    }
+    PGresult *r = pq.exec(c, "SELECT (to_regclass('p11mk_schema') IS NOT NULL)::int + (to_regclass('p11mk_seq') IS "
+                             "NOT NULL)::int + (to_regclass('p11mk_rec') IS NOT NULL)::int + "
+                             "(to_regclass('p11mk_idx') IS NOT NULL)::int");
+    int have = -1;
+    if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
+        have = atoi(pq.getvalue(r, 0, 0));
+    if (r)
+        pq.clear(r);
+    int rc = KS_OK;
+    if (have < 0) {
+        ks_err_set(err, "keystore %s: cannot read its PostgreSQL database's tables: %s", e->path,
+                   pq.errorMessage(c));
+        rc = KS_EIO;
+    } else if (have == 0) {
+        *tables = false;
+        atomic_store(&e->tables, false);
+    } else if (have < 4) {
+        ks_err_set(err, "keystore %s: its PostgreSQL database %s holds only %d of p11mk's 4 tables (p11mk_schema, "
+                        "p11mk_seq, p11mk_rec, p11mk_idx); nothing was changed: restore the database from a backup",
+                   e->path, pq.db(c), have);
+        rc = KS_ECORRUPT;
+    } else {
+        *tables = true;
+        atomic_store(&e->tables, true);
+        r = pq.exec(c, "SELECT version FROM p11mk_schema");
+        int v = r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1 ? atoi(pq.getvalue(r, 0, 0)) : -1;
+        if (r)
+            pq.clear(r);
+        if (v != SCHEMA_VERSION) {
+            if (v < 0)
+                ks_err_set(err, "keystore %s: the p11mk_schema table of PostgreSQL database %s has no single "
+                                "version row; nothing was changed: restore the database from a backup",
+                           e->path, pq.db(c));
+            else
+                ks_err_set(err, "keystore %s: PostgreSQL database %s holds p11mk schema version %d; this p11mk "
+                                "reads version %d only: use the p11mk that made it%s", e->path, pq.db(c), v,
+                           SCHEMA_VERSION, v > SCHEMA_VERSION ? " (or a newer one)" : "");
+            rc = v < 0 ? KS_ECORRUPT : KS_EVERSION;
+        }
+    }
+    conn_give(e, c, rc == KS_EIO);
+    return rc;
+}
+
+static int pg_open(const char *path, const char *target, unsigned flags, bool *rdonly, bool *tables, ks_benv **out,
+                   ks_err *err)
+{
+    *out = NULL;
+    if (!target || !*target) {
+        ks_err_set(err, "backend = postgresql needs a connection string: add postgresql = <libpq connection "
+                        "string> to the configuration");
+        return KS_ECONFIG;
+    }
+    if (!pq_ready(err))
+        return KS_EIO;
+    ks_benv *e = calloc(1, sizeof(*e));
+    if (!e)
+        return KS_ENOMEM;
+    e->stop[0] = e->stop[1] = -1;
+    e->pid = getpid();
+    if (pthread_mutex_init(&e->pool_lock, NULL) != 0) {
+        free(e);
+        return KS_ENOMEM;
+    }
+    if (!(e->path = strdup(path)) || !(e->conninfo = strdup(target))) {
+        pg_close(e);
+        return KS_ENOMEM;
+    }
+    int rc = probe(e, tables, err);
+    if (rc != KS_OK) {
+        pg_close(e);
+        return rc;
+    }
+    (void)rdonly; /* the database decides: a refused write reports KS_EPERM or KS_EROFS */
+    /* The listener starts once the tables exist (it reads p11mk_seq); the
+     * commit that creates them starts it for a new keystore. */
+    if (*tables && !(flags & KS_OPEN_NO_THREADS))
+        listen_start(e);
+    *out = e;
+    return KS_OK;
+}
+
+static void listen_start(ks_benv *e)
+{
+    if (e->listening || pipe2(e->stop, O_CLOEXEC) != 0)
+        return;
+    /* Signals go to the application's threads, not to ours. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    e->listening = pthread_create(&e->listener, NULL, listen_main, e) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!e->listening)
+        ks_log(KS_LOG_WARN, "keystore %s: no notification thread (%s): every operation reads its key's state "
+                            "through the database", e->path, strerror(errno));
+}
+
+static const char schema_sql[] =
+    "CREATE TABLE p11mk_schema (version integer NOT NULL);"
+    "INSERT INTO p11mk_schema VALUES (1);"
+    "CREATE TABLE p11mk_seq (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);"
+    "INSERT INTO p11mk_seq (seq) VALUES (1);"
+    "CREATE TABLE p11mk_rec (t smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (t, k));"
+    "CREATE TABLE p11mk_idx (k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (k, v));";
+
+static int pg_create_tables(ks_btxn *t)
+{
+    if (!t->creating)
+        return KS_EINVAL;
+    /* Under the creation lock: another host may have made it meanwhile. */
+    PGresult *r = pq.exec(t->c, "SELECT to_regclass('p11mk_seq') IS NOT NULL");
+    int rc = check(t, r, "looking for the schema");
+    if (rc != KS_OK)
+        return rc;
+    bool exists = pq.ntuples(r) == 1 && strcmp(pq.getvalue(r, 0, 0), "t") == 0;
+    pq.clear(r);
+    if (exists) {
+        ks_log(KS_LOG_ERROR, "keystore %s: another p11mk created the keystore in this PostgreSQL database at the "
+                             "same time; nothing was written: open it as it is", t->e->path);
+        return KS_EEXIST;
+    }
+    _Static_assert(SCHEMA_VERSION == 1, "schema_sql writes version 1");
+    if ((rc = exec_ok(t, schema_sql, "creating the schema")) != KS_OK)
+        return rc;
+    t->seq = 1;
+    return KS_OK;
+}
+
+static uint64_t pg_size(ks_benv *e)
+{
+    PGconn *c = conn_take(e);
+    uint64_t n = 0;
+    if (!c)
+        return 0;
+    PGresult *r = pq.exec(c, "SELECT pg_total_relation_size('p11mk_rec') + pg_total_relation_size('p11mk_idx')");
+    if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
+        n = be64_text(pq.getvalue(r, 0, 0));
+    if (r)
+        pq.clear(r);
+    conn_give(e, c, false);
+    return n;
+}
+
+static uint64_t pg_commit_seq(ks_benv *e) { return atomic_load_explicit(&e->seq, memory_order_acquire); }
+
+/* ---- copies ------------------------------------------------------------------------
+ * A backup is the same file as an LMDB keystore's (ks_backend_copy_to_lmdb):
+ * one read snapshot of every table, written into a fresh LMDB environment. */
+
+static int pg_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
+{
+    return ks_backend_copy_to_lmdb(&ks_pg_backend, e, fd, sys_err, why, n);
+}
+
+const ks_backend_ops ks_pg_backend = {
+    .name = "postgresql",
+    .check_location = pg_check_location,
+    .open = pg_open,
+    .close = pg_close,
+    .create_tables = pg_create_tables,
+    .size = pg_size,
+    .commit_seq = pg_commit_seq,
+    .read_begin = pg_read_begin,
+    .read_end = pg_read_end,
+    .snapshot = pg_snapshot,
+    .write_begin = pg_write_begin,
+    .commit = pg_commit,
+    .abort = pg_abort,
+    .make_room = pg_make_room,
+    .get = pg_get,
+    .put = pg_put,
+    .del = pg_del,
+    .del_prefix = pg_del_prefix,
+    .count = pg_count,
+    .dup_add = pg_dup_add,
+    .dup_del = pg_dup_del,
+    .dup_has = pg_dup_has,
+    .cur_open = pg_cur_open,
+    .cur_seek = pg_cur_seek,
+    .cur_next = pg_cur_next,
+    .cur_replace = pg_cur_replace,
+    .cur_close = pg_cur_close,
+    .copy = pg_copy,
+    .check_copy = NULL,    /* restore brings an LMDB file: ks_lmdb_backend's */
+    .peek_counters = NULL, /* restore into PostgreSQL is not built (ks_backup.c refuses it) */
+};
