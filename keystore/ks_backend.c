@@ -26,9 +26,8 @@ const char *ks_backend_names(void)
 }
 
 /* Every entry of one table from src's snapshot into dst's write transaction. */
-static int copy_table(const ks_backend_ops *so, ks_btxn *src, ks_btxn *dst, ks_table tab)
+static int copy_table(const ks_backend_ops *so, ks_btxn *src, const ks_backend_ops *d, ks_btxn *dst, ks_table tab)
 {
-    const ks_backend_ops *d = &ks_lmdb_backend;
     ks_bcur *c;
     ks_bval k, v;
     int rc = so->cur_open(src, tab, &c);
@@ -85,7 +84,7 @@ int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sy
         if ((rc = o->read_begin(e, &src)) == KS_OK && (rc = d->write_begin(de, &dst)) == KS_OK &&
             (rc = tables ? KS_OK : d->create_tables(dst)) == KS_OK) {
             for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
-                rc = copy_table(o, src, dst, (ks_table)tab);
+                rc = copy_table(o, src, d, dst, (ks_table)tab);
         }
         if (src)
             o->read_end(src);
@@ -102,4 +101,31 @@ int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sy
     d->close(de);
     remove_scratch(dir);
     return rc;
+}
+
+int ks_backend_replace_all(const ks_backend_ops *so, ks_btxn *src, const ks_backend_ops *d, ks_btxn *dst)
+{
+    int rc = KS_OK;
+    for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
+        rc = d->del_prefix(dst, (ks_table)tab, NULL, 0);
+    for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
+        rc = copy_table(so, src, d, dst, (ks_table)tab);
+    return rc;
+}
+
+int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen)
+{
+    ks_btxn *t;
+    ks_bval v;
+    *epoch = 0;
+    *gen = 0;
+    int rc = o->read_begin(e, &t);
+    if (rc != KS_OK)
+        return rc;
+    if (o->get(t, KS_TAB_META, "epoch", 5, &v) == KS_OK && v.n == 4)
+        *epoch = ks_get_be32(v.p);
+    if (o->get(t, KS_TAB_META, "gen", 3, &v) == KS_OK && v.n == 8)
+        *gen = ks_get_be64(v.p);
+    o->read_end(t);
+    return KS_OK;
 }

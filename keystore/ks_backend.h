@@ -132,6 +132,18 @@ typedef struct ks_backend_ops {
     int (*cur_replace)(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl);
     void (*cur_close)(ks_bcur *c);
 
+    /* ---- the lifecycle lock across hosts (ks_lifecycle.c) ---- */
+    /* Try the storage-wide lock of master-key lifecycle steps, taken after
+     * the keystore directory's rotation.lock when several hosts share the
+     * storage (NULL for a storage that one host owns: LMDB). who describes
+     * the taker for others who wait. KS_OK: held; KS_EBUSY: another holds
+     * it, described in holder; another code: the failure. Either way *h is
+     * set (NULL on entry the first time; pass it back to try again) and must
+     * be given to unlock_global, which releases the lock if held. A holder
+     * that dies releases it (the database ends its session). */
+    int (*lock_global)(ks_benv *e, const char *who, void **h, char *holder, size_t n);
+    void (*unlock_global)(void *h);
+
     /* ---- copies (ks_backup.c) ---- */
     /* A consistent, compacted copy of the whole storage written to fd, as of
      * one read snapshot, while readers and writers go on. On failure: the
@@ -156,6 +168,11 @@ KS_API const char *ks_backend_names(void);
  * to fd as an LMDB data file (the backup format of every backend): the
  * tables are copied into a new LMDB environment in a temporary directory,
  * which is then copied compacted to fd and removed. */
+/* In dst's write transaction, every table emptied, then filled with every
+ * entry of src's snapshot (a restore into a backend that is not a file). */
+KS_API int ks_backend_replace_all(const ks_backend_ops *so, ks_btxn *src, const ks_backend_ops *d, ks_btxn *dst);
+/* The plain epoch and generation records of an open storage (0 when missing). */
+KS_API int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen);
 KS_API int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sys_err, char *why, size_t n);
 /* The one keystores are opened with. */
 #define KS_BACKEND_DEFAULT (&ks_lmdb_backend)

@@ -301,33 +301,21 @@ busy:
     return KS_EBUSY;
 }
 
-int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
-                      ks_mk_result *res, ks_err *err)
+/* Make the scratch copy of file ready to replace a keystore whose counters
+ * are live_epoch and live_gen: opened under the registers (or the default
+ * key), any rotation in it withdrawn, resealed under CURRENT at a later
+ * epoch, a later generation, every record verified. */
+static int prepare_copy(const char *scratch, const char *file, const ks_registers *regs, const ks_mkey *current,
+                        uint32_t live_epoch, uint64_t live_gen, ks_mk_result *res, ks_err *err)
 {
-    char scratch[4200], from[4300], to[4300];
     ks_store *copy = NULL;
-    uint32_t live_epoch = 0;
-    uint64_t live_gen = 0;
-    int rc, lfd = -1;
-
-    snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
-    /* In use now: say so before any work (the swap checks again). */
-    if ((rc = in_use(dir, &lfd, err)) != KS_OK)
-        return rc;
-    close(lfd);
-    lfd = -1;
-    if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
-        return rc;
-    /* The keystore being replaced, if it opens at all: the copy continues its
-     * epochs and generations, so nothing that saw the old one can take the
-     * new one for an older state. */
-    (void)ks_peek_counters(dir, &live_epoch, &live_gen);
+    int rc;
     /* ... and every epoch the key file knows (the keystore it replaces may not
      * open at all): a restored copy is never older than its key file. */
     if (regs && ks_reg_max_epoch(regs) > live_epoch)
         live_epoch = ks_reg_max_epoch(regs);
     if ((rc = open_copy(scratch, file, current, &copy, res, err)) != KS_OK)
-        goto out;
+        return rc;
     ks_info ci;
     uint8_t k[KS_KCV_LEN];
     ks_mkey_kcv(current, k);
@@ -353,8 +341,30 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
         memcpy(res->kcv, ci.kcv, KS_KCV_LEN);
     }
     ks_close(copy);
-    copy = NULL;
-    if (rc != KS_OK)
+    return rc;
+}
+
+int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
+                      ks_mk_result *res, ks_err *err)
+{
+    char scratch[4200], from[4300], to[4300];
+    uint32_t live_epoch = 0;
+    uint64_t live_gen = 0;
+    int rc, lfd = -1;
+
+    snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
+    /* In use now: say so before any work (the swap checks again). */
+    if ((rc = in_use(dir, &lfd, err)) != KS_OK)
+        return rc;
+    close(lfd);
+    lfd = -1;
+    if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
+        return rc;
+    /* The keystore being replaced, if it opens at all: the copy continues its
+     * epochs and generations, so nothing that saw the old one can take the
+     * new one for an older state. */
+    (void)ks_peek_counters(dir, &live_epoch, &live_gen);
+    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
         goto out;
     /* Swap it in, with nobody using the keystore (openers wait for the
      * users.lock we now hold before they open data.mdb). */
@@ -373,6 +383,49 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
 out:
     if (lfd >= 0)
         close(lfd);
+    rm_tree(scratch);
+    return rc;
+}
+
+int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv *be, bool tables, const char *file,
+                             const ks_registers *regs, const ks_mkey *current, ks_mk_result *res, ks_err *err)
+{
+    const ks_backend_ops *lm = &ks_lmdb_backend;
+    char scratch[4200];
+    uint32_t live_epoch = 0;
+    uint64_t live_gen = 0;
+    int rc;
+
+    snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
+    if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
+        return rc;
+    if (tables)
+        (void)ks_backend_peek_counters(ops, be, &live_epoch, &live_gen);
+    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
+        goto out;
+    /* One write transaction: every reader sees the old keystore or the new. */
+    ks_benv *se = NULL;
+    bool rdonly = false, stables = false;
+    if ((rc = lm->open(scratch, NULL, 0, &rdonly, &stables, &se, err)) != KS_OK)
+        goto out;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        ks_btxn *src = NULL, *dst = NULL;
+        if ((rc = lm->read_begin(se, &src)) == KS_OK && (rc = ops->write_begin(be, &dst)) == KS_OK &&
+            (rc = tables ? KS_OK : ops->create_tables(dst)) == KS_OK)
+            rc = ks_backend_replace_all(lm, src, ops, dst);
+        if (src)
+            lm->read_end(src);
+        if (dst)
+            rc = rc == KS_OK ? ops->commit(dst) : (ops->abort(dst), rc);
+        if (rc != KS_BE_RETRY)
+            break;
+        ops->make_room(be);
+    }
+    lm->close(se);
+    if (rc != KS_OK && !err->msg[0])
+        ks_err_set(err, "cannot write the restored keystore into its storage: %s; the keystore is unchanged",
+                   ks_strerror(rc));
+out:
     rm_tree(scratch);
     return rc;
 }

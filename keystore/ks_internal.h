@@ -240,6 +240,11 @@ KS_API void ks_remove_scratch(const char *dir);
  * caller holds the lifecycle lock. */
 KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
                              ks_mk_result *res, ks_err *err);
+/* The same for a keystore whose storage several hosts share (not a file in
+ * dir): the storage's content replaced in one write transaction, online. */
+KS_API int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv *be, bool tables,
+                                    const char *file, const ks_registers *regs, const ks_mkey *current,
+                                    ks_mk_result *res, ks_err *err);
 
 /* HKDF-SHA256. 0 on success. */
 KS_API int ks_hkdf(const uint8_t *key, size_t keylen, const uint8_t *salt, size_t saltlen, const void *info,

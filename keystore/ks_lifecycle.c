@@ -50,6 +50,7 @@ struct ks_mk {
 typedef struct {
     ks_mk *m;
     int lockfd;
+    void *glock; /* the storage-wide lock when hosts share the storage (global_take) */
     bool have_regs;
     ks_registers regs;
     ks_info info;
@@ -184,6 +185,75 @@ static void lock_release(int fd)
         /* nothing to do: closing releases the lock */
     }
     close(fd);
+}
+
+/* The storage-wide lock, after this host's rotation.lock, when several hosts
+ * share the storage: the same waiting rules. KS_OK with *h to give to
+ * global_release (NULL when the backend needs none). */
+static int global_take(const ks_backend_ops *ops, ks_benv *be, const char *path, const ks_mk_opts *o, void **h,
+                       ks_err *err)
+{
+    char who[128], holder[256], host[64] = "";
+    *h = NULL;
+    if (!ops->lock_global)
+        return KS_OK;
+    gethostname(host, sizeof(host) - 1);
+    snprintf(who, sizeof(who), "%s on %s, pid %ld", o && o->command ? o->command : "p11mk", host, (long)getpid());
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool told = false;
+    for (;;) {
+        int rc = ops->lock_global(be, who, h, holder, sizeof(holder));
+        if (rc == KS_OK)
+            return KS_OK;
+        if (rc != KS_EBUSY) {
+            ks_err_set(err, "keystore %s: cannot take the rotation lock in its database (%s)", path, holder);
+            ops->unlock_global(*h);
+            *h = NULL;
+            return rc;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        uint64_t waited = (uint64_t)(t.tv_sec - t0.tv_sec) * 1000u + (uint64_t)((t.tv_nsec - t0.tv_nsec) / 1000000);
+        if (!o || waited >= o->wait_ms) {
+            ks_err_set(err, "another rotation step is running on keystore %s from another host (%s); wait for it "
+                            "to finish (or give it time with --wait SECONDS), then run this command again",
+                       path, holder);
+            ops->unlock_global(*h);
+            *h = NULL;
+            return KS_EBUSY;
+        }
+        if (!told && o->waiting)
+            o->waiting(holder, o->arg);
+        told = true;
+        struct timespec nap = {0, 100 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+}
+
+static void global_release(const ks_backend_ops *ops, void *h)
+{
+    if (h)
+        ops->unlock_global(h);
+}
+
+/* Both locks of a step: this host's, then the storage's. */
+static int locks_take(ks_mk *m, const ks_mk_opts *o, int *fd, void **g, ks_err *err)
+{
+    *g = NULL;
+    if ((*fd = lock_take(m->dir, o, err)) < 0)
+        return *fd;
+    int rc = global_take(m->st->ops, m->st->be, m->st->path, o, g, err);
+    if (rc != KS_OK) {
+        lock_release(*fd);
+        *fd = -1;
+    }
+    return rc;
+}
+
+static void locks_release(ks_mk *m, int fd, void *g)
+{
+    global_release(m->st->ops, g);
+    lock_release(fd);
 }
 
 /* ---- reading the state ------------------------------------------------------ */
@@ -459,8 +529,9 @@ static void remove_leftovers(ks_mk *m)
 static void step_end(step *s)
 {
     ks_reg_clear(&s->regs);
-    lock_release(s->lockfd);
+    locks_release(s->m, s->lockfd, s->glock);
     s->lockfd = -1;
+    s->glock = NULL;
 }
 
 static int refresh_info(step *s) { return ks_get_info(s->m->st, &s->info); }
@@ -476,9 +547,8 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
     if (res) {
         memset(res, 0, sizeof(*res));
     }
-    if ((rc = lock_take(m->dir, o, err)) < 0)
+    if ((rc = locks_take(m, o, &s->lockfd, &s->glock, err)) != KS_OK)
         return rc;
-    s->lockfd = rc;
     remove_leftovers(m);
     if ((rc = refresh_keyfile(m, err)) != KS_OK || (m->keyfile && (rc = load_regs(m, &s->regs, err)) != KS_OK) ||
         (rc = refresh_info(s)) != KS_OK) {
@@ -973,6 +1043,29 @@ int ks_mk_auto_run(ks_mk *m, uint64_t now, const ks_mk_opts *o, ks_mk_result *re
 
 /* ---- copies ------------------------------------------------------------------ */
 
+/* A keystore whose storage is not in its directory (a database several
+ * hosts share) is restored online: the copy, made ready in a scratch
+ * directory, replaces the storage's content in one write transaction, with
+ * a later generation than anything running has seen. */
+static int restore_shared(const ks_config *cfg, const ks_backend_ops *ops, const char *file, const ks_registers *regs,
+                          const ks_mkey *cur, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+{
+    ks_benv *be = NULL;
+    bool rdonly = false, tables = false;
+    void *g = NULL;
+    int rc;
+    if ((rc = ops->check_location(cfg->keystore, err)) != KS_OK)
+        return rc;
+    if ((rc = ops->open(cfg->keystore, cfg->postgresql, KS_OPEN_NO_THREADS, &rdonly, &tables, &be, err)) != KS_OK)
+        return rc;
+    if ((rc = global_take(ops, be, cfg->keystore, o, &g, err)) == KS_OK) {
+        rc = ks_restore_shared_locked(cfg->keystore, ops, be, tables, file, regs, cur, res, err);
+        global_release(ops, g);
+    }
+    ops->close(be);
+    return rc;
+}
+
 int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
     ks_registers regs;
@@ -981,6 +1074,9 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     int fd, rc;
 
     if (!cfg || !cfg->keystore || !file)
+        return KS_EINVAL;
+    const ks_backend_ops *ops = cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;
+    if (!ops)
         return KS_EINVAL;
     if (res)
         memset(res, 0, sizeof(*res));
@@ -998,7 +1094,10 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     } else {
         ks_mkey_default(&cur);
     }
-    rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, res, err);
+    if (ops == &ks_lmdb_backend)
+        rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, res, err);
+    else
+        rc = restore_shared(cfg, ops, file, have_regs ? &regs : NULL, &cur, o, res, err);
 out:
     ks_mkey_clear(&cur);
     ks_reg_clear(&regs);
@@ -1013,10 +1112,11 @@ int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info,
         return KS_EINVAL;
     /* Under the lock no step changes the keys between the state we report and
      * the snapshot we copy: the keys named are exactly the copy's. */
-    if ((fd = lock_take(m->dir, o, err)) < 0)
-        return fd;
+    void *g;
+    if ((rc = locks_take(m, o, &fd, &g, err)) != KS_OK)
+        return rc;
     rc = ks_backup(m->st, file, info, err);
-    lock_release(fd);
+    locks_release(m, fd, g);
     return rc;
 }
 
@@ -1025,9 +1125,10 @@ int ks_mk_export(ks_mk *m, const char *file, const ks_mk_opts *o, ks_err *err)
     int fd, rc;
     if (!m || !file)
         return KS_EINVAL;
-    if ((fd = lock_take(m->dir, o, err)) < 0)
-        return fd;
+    void *g;
+    if ((rc = locks_take(m, o, &fd, &g, err)) != KS_OK)
+        return rc;
     rc = ks_export_default(m->st, file, err);
-    lock_release(fd);
+    locks_release(m, fd, g);
     return rc;
 }

@@ -233,6 +233,8 @@ static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t 
     MDB_cursor *c;
     int rc;
 
+    if (pl == 0) /* every entry */
+        return wr_err(mdb_drop(T(t), D(T(t), tab), 0));
     if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
         return lmdb_err(rc);
     MDB_val k = V(prefix, pl), v;

@@ -1016,6 +1016,57 @@ static uint64_t pg_size(ks_benv *e)
 
 static uint64_t pg_commit_seq(ks_benv *e) { return atomic_load_explicit(&e->seq, memory_order_acquire); }
 
+/* ---- the lifecycle lock ------------------------------------------------------------
+ * A session advisory lock on a connection of its own: the server releases
+ * it when the holder's connection ends, however the holder ended. */
+
+#define ROT_LOCK "7011160200"
+
+static int pg_lock_global(ks_benv *e, const char *who, void **h, char *holder, size_t n)
+{
+    PGconn *c = *h;
+    holder[0] = '\0';
+    if (!c) {
+        char why[256];
+        if (!(c = connect_new(e, why, sizeof(why)))) {
+            snprintf(holder, n, "cannot connect to the database: %s", why);
+            return KS_EIO;
+        }
+        *h = c;
+        const char *v[1] = {who};
+        PGresult *r = pq.execParams(c, "SELECT set_config('application_name', left($1, 63), false)", 1, NULL, v,
+                                    NULL, NULL, 0);
+        if (r)
+            pq.clear(r);
+    }
+    PGresult *r = pq.exec(c, "SELECT pg_try_advisory_lock(" ROT_LOCK ")");
+    int rc = KS_EIO;
+    if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
+        rc = strcmp(pq.getvalue(r, 0, 0), "t") == 0 ? KS_OK : KS_EBUSY;
+    else
+        snprintf(holder, n, "cannot take the lock: %.*s", (int)strcspn(pq.errorMessage(c), "\n"), pq.errorMessage(c));
+    if (r)
+        pq.clear(r);
+    if (rc == KS_EBUSY) {
+        r = pq.exec(c, "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l JOIN "
+                       "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND "
+                       "((l.classid::bigint << 32) | l.objid::bigint) = " ROT_LOCK " AND l.objsubid = 1");
+        if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) >= 1)
+            snprintf(holder, n, "%s, connected since %.19s", pq.getvalue(r, 0, 0), pq.getvalue(r, 0, 2));
+        else
+            snprintf(holder, n, "a p11mk on another host");
+        if (r)
+            pq.clear(r);
+    }
+    return rc;
+}
+
+static void pg_unlock_global(void *h)
+{
+    if (h)
+        pq.finish(h); /* ends the session: the lock goes with it */
+}
+
 /* ---- copies ------------------------------------------------------------------------
  * A backup is the same file as an LMDB keystore's (ks_backend_copy_to_lmdb):
  * one read snapshot of every table, written into a fresh LMDB environment. */
@@ -1053,6 +1104,8 @@ const ks_backend_ops ks_pg_backend = {
     .cur_next = pg_cur_next,
     .cur_replace = pg_cur_replace,
     .cur_close = pg_cur_close,
+    .lock_global = pg_lock_global,
+    .unlock_global = pg_unlock_global,
     .copy = pg_copy,
     .check_copy = NULL,    /* restore brings an LMDB file: ks_lmdb_backend's */
     .peek_counters = NULL, /* restore into PostgreSQL is not built (ks_backup.c refuses it) */
