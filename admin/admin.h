@@ -47,7 +47,7 @@ typedef struct {
     bool has_keep;               /* clear-history --keep N */
     size_t keep;
     uint32_t before;             /* clear-history --before EPOCH (0: not given) */
-    const char *file;            /* backup / restore / export FILE */
+    const char *file;            /* backup / restore / export FILE; host-remove NAME */
 } admin_opts;
 
 int admin_init(const admin_opts *o);
@@ -67,6 +67,7 @@ int admin_restore(const admin_opts *o);
 int admin_export(const admin_opts *o);
 int admin_list(const admin_opts *o);
 int admin_delete_token(const admin_opts *o);
+int admin_host_remove(const admin_opts *o);
 /* Ask question on the terminal (y/N); true with --yes. Without a terminal
  * and without --yes: an error saying to add --yes, and false. */
 bool admin_confirm(const admin_opts *o, const char *question);

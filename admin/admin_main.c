@@ -38,6 +38,9 @@ static const char usage[] =
     "                              each failing object; non-zero exit on any problem\n"
     "  version [--json]            program, keystore format, KDF and AEAD suite,\n"
     "                              epoch per token (the keystore's, when there is one)\n"
+    "  host-remove NAME            a keystore several hosts share (backend =\n"
+    "                              postgresql): take a host that left for good out of\n"
+    "                              the fleet ('status' lists the hosts and their keys)\n"
     "\n"
     "Master key (the key file named by master_key holds the registers CURRENT,\n"
     "NEW and the history of retired keys):\n"
@@ -223,6 +226,7 @@ static const struct {
     {"backup", admin_backup},   {"restore", admin_restore},
     {"export", admin_export},   {"list", admin_list},
     {"delete-token", admin_delete_token},
+    {"host-remove", admin_host_remove},
 };
 
 static const struct {
@@ -278,6 +282,9 @@ static const struct {
     {"restore", "restore FILE [--yes]",
      "Replace the keystore with a backup or an export. The copy is verified and, if sealed under a retired\n"
      "key or the default key, resealed under this host's current key first. Refused while in use."},
+    {"host-remove", "host-remove NAME",
+     "A keystore shared by several hosts (backend = postgresql): take a host that left for good out of the fleet, "
+     "so that rewrap and commit stop waiting for it to load the new key."},
     {"export", "export --to-default FILE",
      "Write a copy resealed under the built-in default key, to move the keystore to a host with another key."},
 };
@@ -441,7 +448,8 @@ int main(int argc, char **argv)
         if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)
             return rc >= 100 ? rc - 100 : rc;
     }
-    if ((strcmp(cmd, "backup") == 0 || strcmp(cmd, "restore") == 0 || strcmp(cmd, "export") == 0) &&
+    if ((strcmp(cmd, "backup") == 0 || strcmp(cmd, "restore") == 0 || strcmp(cmd, "export") == 0 ||
+         strcmp(cmd, "host-remove") == 0) &&
         optind < argc) {
         o.file = argv[optind++];
         if ((rc = parse_opts(argc, argv, "hqy", &o)) >= 0)

@@ -397,8 +397,13 @@ static void stage_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, dou
     if (o->quiet)
         return;
     kcv_hex(r->new_kcv, hex);
-    printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now on.\n",
-           r->new_epoch, hex);
+    if (r->joined)
+        printf("This host now holds the master key staged as epoch %u (check value %s) by another host of the "
+               "fleet. When every host holds it ('p11mk-admin status' lists them), run 'p11mk-admin rewrap' and "
+               "'p11mk-admin commit' on any one host.\n", r->new_epoch, hex);
+    else
+        printf("Staged a new master key as epoch %u (check value %s). New and changed records use it from now "
+               "on.\n", r->new_epoch, hex);
 }
 
 int admin_stage(const admin_opts *o)
@@ -873,6 +878,32 @@ int admin_backup(const admin_opts *o)
         if (info.new_epoch)
             printf(" and the staged one of epoch %u (check value %s)", info.new_epoch, k2);
         printf(": the key file keeps retired keys until 'p11mk-admin clear-history'.\n");
+    }
+    mk_close(&cfg, m);
+    return rc;
+}
+
+int admin_host_remove(const admin_opts *o)
+{
+    ks_config cfg;
+    ks_mk *m;
+    ks_err err = KS_ERR_INIT;
+    progress pr;
+    if (!o->file) {
+        admin_error("host-remove needs the NAME of a host, as 'p11mk-admin status' lists it");
+        return EXIT_USAGE;
+    }
+    int rc = mk_open(&cfg, &m);
+    if (rc != EXIT_OK)
+        return rc;
+    ks_mk_opts ko = step_opts(o, "host-remove", &pr);
+    int krc = ks_mk_host_remove(m, o->file, &ko, &err);
+    if (krc != KS_OK) {
+        admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
+        rc = krc == KS_EBUSY ? EXIT_STATE : EXIT_FAILED;
+    } else if (!o->quiet) {
+        printf("Host %s no longer counts for rewrap and commit; it joins again when p11mk next opens the keystore "
+               "there.\n", o->file);
     }
     mk_close(&cfg, m);
     return rc;

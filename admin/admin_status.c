@@ -190,8 +190,57 @@ typedef struct {
     ks_mk_view v; /* history, staged key; v.n_history == 0 if it could not be read */
 } rot_view;
 
+/* The hosts sharing the keystore (none for a keystore one host owns). */
+typedef struct {
+    ks_host *h;
+    size_t n;
+    bool failed;
+} fleet_view;
+
+static void hosts_json(const fleet_view *f)
+{
+    printf(",\n  \"hosts\": [");
+    for (size_t i = 0; i < f->n; i++) {
+        const ks_host *h = &f->h[i];
+        printf("%s\n    {\"name\": ", i ? "," : "");
+        admin_json_str(stdout, h->name);
+        printf(", \"last_contact\": %llu, \"holds_current\": %s, \"holds_new\": %s, \"kcvs\": [",
+               (unsigned long long)h->seen, h->has_current ? "true" : "false", h->has_new ? "true" : "false");
+        for (size_t j = 0; j < h->n_kcv; j++) {
+            char hex[2 * KS_KCV_LEN + 1];
+            ks_kcv_hex(h->kcv[j], hex);
+            printf("%s\"%s\"", j ? ", " : "", hex);
+        }
+        printf("]}");
+    }
+    printf("%s]", f->n ? "\n  " : "");
+}
+
+static void hosts_text(const ks_info *info, const fleet_view *f)
+{
+    if (f->failed) {
+        printf("Hosts:           cannot be read (see the error above)\n");
+        return;
+    }
+    printf("Hosts:           %zu sharing this keystore\n", f->n);
+    for (size_t i = 0; i < f->n; i++) {
+        const ks_host *h = &f->h[i];
+        char when[64], kcvs[KS_FLEET_MAX_KEYS * (2 * KS_KCV_LEN + 2) + 1] = "";
+        admin_format_time(h->seen, when, sizeof(when));
+        for (size_t j = 0; j < h->n_kcv; j++) {
+            char hex[2 * KS_KCV_LEN + 1];
+            ks_kcv_hex(h->kcv[j], hex);
+            snprintf(kcvs + strlen(kcvs), sizeof(kcvs) - strlen(kcvs), "%s%s", j ? " " : "", hex);
+        }
+        printf("  %-24s last contact %s; holds %s%s; KCVs %s\n", h->name, when,
+               h->has_current ? "CURRENT" : "NOT the current key",
+               !info->new_epoch ? "" : h->has_new ? " and NEW" : ", NOT the staged NEW key",
+               h->malformed ? "(its row is unreadable)" : kcvs);
+    }
+}
+
 static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const rot_view *rot,
-                       const token_row *rows, size_t n)
+                       const fleet_view *fleet, const token_row *rows, size_t n)
 {
     char kcv[2 * KS_KCV_LEN + 1];
 
@@ -203,6 +252,9 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
         admin_json_str(stdout, cfg->source);
     else
         printf("null");
+    printf(",\n  \"backend\": \"%s\"", cfg->backend ? cfg->backend : "lmdb");
+    if (fleet->n || (cfg->backend && strcmp(cfg->backend, "lmdb") != 0))
+        hosts_json(fleet);
     printf(",\n  \"format_version\": %u,\n  \"master_key\": {\"source\": ", info->format_version);
     admin_json_str(stdout, mk->is_default ? "default" : mk->source);
     printf(", \"default\": %s, \"kcv\": \"%s\", \"new_kcv\": ", mk->is_default ? "true" : "false", kcv);
@@ -240,13 +292,16 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
 }
 
 static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *info, const rot_view *rot,
-                       const token_row *rows, size_t n)
+                       const fleet_view *fleet, const token_row *rows, size_t n)
 {
     char kcv[2 * KS_KCV_LEN + 1];
 
     ks_kcv_hex(info->kcv, kcv);
     printf("Keystore:        %s\n", cfg->keystore);
     printf("Configuration:   %s\n", cfg->source ? cfg->source : "(built-in defaults)");
+    if (cfg->backend && strcmp(cfg->backend, "lmdb") != 0)
+        printf("Backend:         %s (shared by the hosts below; this host is %s)\n", cfg->backend,
+               ks_host_name(cfg, (char[256]){0}, 256));
     printf("Format version:  %u\n", info->format_version);
     printf("Master key:      %s (KCV %s)\n", mk->is_default ? "default" : mk->source, kcv);
     if (mk->is_default)
@@ -289,7 +344,10 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     for (size_t i = 0; i < rot->n; i++)
         printf(" %llu under epoch %u%s", (unsigned long long)rot->counts[i], rot->epochs[i], i + 1 < rot->n ? "," : "");
     printf("%s\n", rot->n ? "" : " none");
-    printf("Map size:        %llu MiB\n", (unsigned long long)(info->map_size >> 20));
+    printf("%s %llu MiB\n", cfg->backend && strcmp(cfg->backend, "lmdb") != 0 ? "Storage size:   " : "Map size:       ",
+           (unsigned long long)(info->map_size >> 20));
+    if (cfg->backend && strcmp(cfg->backend, "lmdb") != 0)
+        hosts_text(info, fleet);
     printf("Tokens:          %zu (%llu objects)\n", n, (unsigned long long)info->n_objects);
     for (size_t i = 0; i < n; i++)
         printf("  slot %-4lu %-32s %8llu objects  user PIN: %s\n"
@@ -317,12 +375,18 @@ int admin_status(const admin_opts *o)
     const ks_config *cfg = tok_ctx_config(ctx);
     ks_mk *m = NULL;
     ks_err err = KS_ERR_INIT;
+    fleet_view fleet = {0};
     if (ks_mk_open(cfg, &m, &err) != KS_OK || ks_mk_view_get(m, &rot.v, &err) != KS_OK)
         admin_error("cannot read the master-key history: %s", err.msg[0] ? err.msg : "unknown error");
+    else if (ks_mk_hosts(m, &fleet.h, &fleet.n, &err) != KS_OK) {
+        admin_error("%s", err.msg);
+        fleet.failed = true;
+    }
     if (o->json)
-        print_json(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
+        print_json(cfg, tok_ctx_mkey(ctx), &info, &rot, &fleet, rows, n);
     else
-        print_text(cfg, tok_ctx_mkey(ctx), &info, &rot, rows, n);
+        print_text(cfg, tok_ctx_mkey(ctx), &info, &rot, &fleet, rows, n);
+    free(fleet.h);
     ks_mk_view_free(&rot.v);
     ks_mk_close(m);
     free(rows);

@@ -46,6 +46,13 @@ typedef struct {
     size_t n;
 } ks_bval;
 
+/* A host's row (host_list). */
+typedef struct {
+    const char *name;
+    ks_bval v;
+    uint64_t seen; /* unix time of its last put, by the database's clock */
+} ks_host_row;
+
 /* Internal: abort, ops->make_room, run the transaction again (never returned by a public ks_* function). */
 #define KS_BE_RETRY (-100)
 
@@ -143,6 +150,14 @@ typedef struct ks_backend_ops {
      * that dies releases it (the database ends its session). */
     int (*lock_global)(ks_benv *e, const char *who, void **h, char *holder, size_t n);
     void (*unlock_global)(void *h);
+
+    /* ---- the hosts that share the storage (ks_fleet.c; NULL: one host) ---- */
+    /* Rows outside the keystore's tables and transactions (no commit
+     * sequence): name -> value, with the time of the last put. */
+    int (*host_put)(ks_benv *e, const char *name, const void *v, size_t vl);
+    /* Every row, by name; *out is one allocation (free(*out)); names and values point into it. */
+    int (*host_list)(ks_benv *e, ks_host_row **out, size_t *n);
+    int (*host_del)(ks_benv *e, const char *name); /* KS_ENOTFOUND */
 
     /* ---- copies (ks_backup.c) ---- */
     /* A consistent, compacted copy of the whole storage written to fd, as of

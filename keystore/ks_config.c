@@ -20,7 +20,7 @@
 #define SYSTEM_CONF "/etc/p11mk/p11mk.conf"
 #define KNOWN_KEYS                                                                                             \
     "keystore, backend, master_key, log, log_level, key_file_mode, rsa_min_bits, wrap_policy, secure_heap, "      \
-    "legacy_mechanisms, postgresql"
+    "legacy_mechanisms, postgresql, host_name"
 
 static const char *home_dir(void)
 {
@@ -79,6 +79,7 @@ void ks_config_free(ks_config *cfg)
     if (cfg->postgresql)
         OPENSSL_cleanse(cfg->postgresql, strlen(cfg->postgresql));
     free(cfg->postgresql);
+    free(cfg->host_name);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -157,6 +158,13 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
             return KS_ECONFIG;
         }
         return set_str(&cfg->backend, strdup(val));
+    }
+    if (strcmp(key, "host_name") == 0) {
+        if (strlen(val) > 200 || strpbrk(val, " \t")) {
+            ks_err_set(err, "%s:%d: host_name '%.60s' must be one word of at most 200 characters", path, line, val);
+            return KS_ECONFIG;
+        }
+        return set_str(&cfg->host_name, strdup(val));
     }
     if (strcmp(key, "postgresql") == 0) /* a libpq connection string: never repeated in a message */
         return set_str(&cfg->postgresql, strdup(val));
@@ -293,7 +301,7 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         const char *key = trim(s);
         static const char *const known[] = {"keystore",     "master_key",  "log",         "log_level",
                                             "key_file_mode", "rsa_min_bits", "wrap_policy", "secure_heap",
-                                            "legacy_mechanisms", "backend", "postgresql"};
+                                            "legacy_mechanisms", "backend", "postgresql", "host_name"};
         for (unsigned i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) {
                 if (seen[i]) {

@@ -238,6 +238,13 @@ KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen);
 KS_API void ks_remove_scratch(const char *dir);
 /* Restore's work on a scratch directory and the swap (ks_backup.c); the
  * caller holds the lifecycle lock. */
+/* ks_fleet.c: the hosts sharing the storage. */
+KS_API bool ks_fleet_shared(ks_store *st); /* several hosts may share it (the backend keeps host rows) */
+KS_API int ks_fleet_announce(ks_store *st, const char *name, const ks_mkey *const *keys, size_t n);
+KS_API int ks_fleet_announce_cfg(ks_store *st, const ks_config *cfg); /* the key file cfg names, or the default key */
+KS_API int ks_fleet_list(ks_store *st, const ks_mkey *cur, const ks_mkey *nxt, ks_host **out, size_t *n);
+KS_API int ks_fleet_remove(ks_store *st, const char *name);
+
 KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
                              ks_mk_result *res, ks_err *err);
 /* The same for a keystore whose storage several hosts share (not a file in

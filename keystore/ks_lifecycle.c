@@ -44,6 +44,7 @@ struct ks_mk {
     char *keyfile;  /* master_key path, NULL while the keystore is on the built-in default key */
     unsigned keymode;
     ks_store *st;
+    char host[256]; /* this host's name in a fleet (ks_fleet.c) */
 };
 
 /* What a step works on: everything read afresh under the lock. */
@@ -95,6 +96,7 @@ int ks_mk_open(const ks_config *cfg, ks_mk **out, ks_err *err)
         return KS_ENOMEM;
     }
     m->keymode = cfg->key_file_mode ? cfg->key_file_mode : 0600;
+    ks_host_name(cfg, m->host, sizeof(m->host));
     if ((rc = ks_mkey_load(cfg, &mk, err)) == KS_OK)
         rc = ks_open_cfg(cfg, &mk, 0, &m->st, err);
     ks_mkey_clear(&mk);
@@ -538,6 +540,8 @@ static int refresh_info(step *s) { return ks_get_info(s->m->st, &s->info); }
 
 static int save_regs(step *s, ks_err *err) { return ks_reg_save(s->m->keyfile, &s->regs, err); }
 
+static void announce(step *s);
+
 static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res, ks_err *err)
 {
     int rc;
@@ -568,6 +572,7 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
         }
         if (res)
             res->repaired = (unsigned)flags;
+        announce(s);
         if (flags)
             ks_log(KS_LOG_INFO, "keystore %s: the key file %s was one step behind the keystore (a step was "
                    "interrupted); repaired", m->dir, m->keyfile);
@@ -689,8 +694,80 @@ static void fill_result(step *s, ks_mk_result *res)
 }
 
 /* The state after a step, re-read, into the result. */
+/* This host's keys as its key file now holds them, for the other hosts. */
+static void announce(step *s)
+{
+    ks_mkey d;
+    if (!ks_fleet_shared(s->m->st))
+        return;
+    if (!s->have_regs) {
+        const ks_mkey *k[1] = {&d};
+        ks_mkey_default(&d);
+        (void)ks_fleet_announce(s->m->st, s->m->host, k, 1);
+        ks_mkey_clear(&d);
+        return;
+    }
+    const ks_mkey *k[2] = {&s->regs.current, &s->regs.staged};
+    (void)ks_fleet_announce(s->m->st, s->m->host, k, s->regs.has_new ? 2 : 1);
+}
+
+/* Hosts of the fleet that have not proven NEW, named in a sentence; 0 when
+ * every host holds it. */
+static size_t fleet_missing(step *s, char *names, size_t n, int *rc)
+{
+    ks_host *h = NULL;
+    size_t nh = 0, missing = 0, used = 0;
+    names[0] = '\0';
+    *rc = KS_OK;
+    if (!ks_fleet_shared(s->m->st) || !s->have_regs || !s->regs.has_new)
+        return 0;
+    if ((*rc = ks_fleet_list(s->m->st, &s->regs.current, &s->regs.staged, &h, &nh)) != KS_OK)
+        return 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (h[i].has_new)
+            continue;
+        char when[32] = "never";
+        if (h[i].seen) {
+            time_t t = (time_t)h[i].seen;
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+        }
+        int w = snprintf(names + used, n - used, "%s%s (last contact %s)", missing ? ", " : "", h[i].name, when);
+        if (w > 0 && (size_t)w < n - used)
+            used += (size_t)w;
+        missing++;
+    }
+    free(h);
+    return missing;
+}
+
+/* Rewrap and commit: every host of the fleet must hold NEW first (records
+ * under NEW are unreadable to a host without it). */
+static int fleet_check(step *s, const char *what, ks_err *err)
+{
+    char names[700], hex[2 * KS_KCV_LEN + 1];
+    int rc;
+    size_t missing = fleet_missing(s, names, sizeof(names), &rc);
+    if (rc != KS_OK) {
+        ks_err_set(err, "cannot read which hosts share keystore %s: %s; nothing was changed", s->m->dir,
+                   ks_strerror(rc));
+        return rc;
+    }
+    if (!missing)
+        return KS_OK;
+    ks_kcv_hex(s->info.new_kcv, hex);
+    ks_err_set(err, "cannot %s yet: %zu host%s sharing this keystore %s not loaded the new master key (epoch %u, "
+                    "check value %s): %s. On each, load the same key with 'p11mk-admin stage' (--parts N or "
+                    "--passphrase-file FILE); a host that left for good is taken out with 'p11mk-admin "
+                    "host-remove NAME'. Then run this command again (nothing was changed)", what, missing,
+               missing == 1 ? "" : "s", missing == 1 ? "has" : "have", s->info.new_epoch, hex, names);
+    return KS_ESTATE;
+}
+
 static int finish(step *s, ks_mk_result *res)
 {
+    announce(s);
     int rc = refresh_info(s);
     if (rc == KS_OK)
         fill_result(s, res);
@@ -716,18 +793,51 @@ static int need_new(step *s, ks_err *err)
     return KS_ENOKEY;
 }
 
+/* Another host staged this key in the shared keystore: this host's key file
+ * gains it as NEW (fsynced), and the fleet learns that this host holds it. */
+static int join_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
+{
+    int rc;
+    if (s->regs.has_new) {
+        uint8_t have[KS_KCV_LEN];
+        ks_mkey_kcv(&s->regs.staged, have);
+        if (CRYPTO_memcmp(have, s->info.new_kcv, KS_KCV_LEN) == 0)
+            return finish(s, res); /* already here: announced again */
+    }
+    int pos = ks_reg_find(&s->regs, s->info.new_kcv, NULL);
+    if (pos >= KS_REG_OLD)
+        ks_reg_remove_old(&s->regs, (size_t)(pos - KS_REG_OLD));
+    if (s->regs.has_new) /* another key this keystore does not use: kept in the history */
+        if ((rc = ks_reg_insert_old(&s->regs, 0, s->regs.staged.key, 0, now_unix(), true)) != KS_OK)
+            return rc;
+    s->regs.has_new = true;
+    s->regs.staged = *key;
+    snprintf(s->regs.staged.source, sizeof(s->regs.staged.source), "%s", s->m->keyfile);
+    s->regs.staged.file_mode = s->m->keymode;
+    if ((rc = save_regs(s, err)) != KS_OK)
+        return rc;
+    ks_log(KS_LOG_INFO, "keystore %s: host %s now holds the staged master key of epoch %u", s->m->dir, s->m->host,
+           s->info.new_epoch);
+    if (res)
+        res->joined = true;
+    return finish(s, res);
+}
+
 static int do_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
 {
     uint8_t kcv[KS_KCV_LEN];
     int rc;
 
+    ks_mkey_kcv(key, kcv);
+    if (s->info.rot_state != KS_ROT_IDLE && ks_fleet_shared(s->m->st) && s->have_regs &&
+        CRYPTO_memcmp(kcv, s->info.new_kcv, KS_KCV_LEN) == 0)
+        return join_stage(s, key, res, err);
     if (s->info.rot_state != KS_ROT_IDLE) {
         ks_err_set(err, "a new master key is already staged (epoch %u, %s): finish with 'p11mk-admin rewrap' and "
                         "'p11mk-admin commit', or withdraw it with 'p11mk-admin abort'", s->info.new_epoch,
                    ks_rot_state_name(s->info.rot_state));
         return KS_ESTATE;
     }
-    ks_mkey_kcv(key, kcv);
     if (CRYPTO_memcmp(kcv, s->info.kcv, KS_KCV_LEN) == 0) {
         ks_err_set(err, "the new master key is the current one; nothing to stage");
         return KS_ESTATE;
@@ -774,7 +884,7 @@ static int do_rewrap(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *er
         ks_err_set(err, "the rotation is being aborted; run 'p11mk-admin abort' to finish that first");
         return KS_ESTATE;
     }
-    if ((rc = need_new(s, err)) != KS_OK)
+    if ((rc = need_new(s, err)) != KS_OK || (rc = fleet_check(s, "rewrap", err)) != KS_OK)
         return rc;
     rc = ks_rot_rewrap(s->m->st, o ? o->batch : 0, o ? o->progress : NULL, o ? o->arg : NULL, &done, &stopped, err);
     if (res) {
@@ -801,7 +911,7 @@ static int do_commit(step *s, bool disable_auto, uint64_t now, ks_mk_result *res
         ks_err_set(err, "the rotation is being aborted; finish with 'p11mk-admin abort'");
         return KS_ESTATE;
     }
-    if ((rc = need_new(s, err)) != KS_OK)
+    if ((rc = need_new(s, err)) != KS_OK || (rc = fleet_check(s, "commit", err)) != KS_OK)
         return rc;
     if ((rc = ks_rot_commit(s->m->st, disable_auto, now, err)) != KS_OK)
         return rc;
@@ -883,6 +993,22 @@ static int do_rotate(step *s, const ks_mkey *key, unsigned flags, uint64_t now, 
                         "rewrap' and 'p11mk-admin commit' (or 'p11mk-admin auto-update run'), or undo it with "
                         "'p11mk-admin abort'", ks_rot_state_name(s->info.rot_state), s->info.new_epoch);
         return KS_ESTATE;
+    }
+    if (!key && ks_fleet_shared(s->m->st)) {
+        ks_host *h = NULL;
+        size_t nh = 0, others = 0;
+        if ((rc = ks_fleet_list(s->m->st, NULL, NULL, &h, &nh)) != KS_OK)
+            return rc;
+        for (size_t i = 0; i < nh; i++)
+            others += strcmp(h[i].name, s->m->host) != 0;
+        free(h);
+        if (others) {
+            ks_err_set(err, "this keystore is shared by %zu other host%s, which cannot load a generated key: "
+                            "stage a key entered on every host instead ('p11mk-admin set-master-key --parts N' or "
+                            "'--passphrase-file FILE' here, 'p11mk-admin stage' with the same key on the others), "
+                            "then rewrap and commit (nothing was changed)", others, others == 1 ? "" : "s");
+            return KS_ESTATE;
+        }
     }
     if (!key) {
         if (ks_mkey_generate(&gen) != KS_OK) {
@@ -1129,6 +1255,68 @@ int ks_mk_export(ks_mk *m, const char *file, const ks_mk_opts *o, ks_err *err)
     if ((rc = locks_take(m, o, &fd, &g, err)) != KS_OK)
         return rc;
     rc = ks_export_default(m->st, file, err);
+    locks_release(m, fd, g);
+    return rc;
+}
+
+int ks_mk_hosts(ks_mk *m, ks_host **hosts, size_t *n, ks_err *err)
+{
+    ks_registers r;
+    ks_info info;
+    ks_mkey cur, nxt;
+    int rc;
+    if (!m || !hosts || !n)
+        return KS_EINVAL;
+    *hosts = NULL;
+    *n = 0;
+    if (!ks_fleet_shared(m->st))
+        return KS_OK;
+    memset(&r, 0, sizeof(r));
+    memset(&cur, 0, sizeof(cur));
+    memset(&nxt, 0, sizeof(nxt));
+    if ((rc = refresh_keyfile(m, err)) != KS_OK || (rc = ks_get_info(m->st, &info)) != KS_OK)
+        return rc;
+    /* The keystore's CURRENT and NEW, wherever this host's key file has them
+     * (it may be a step behind the keystore until its next step repairs it). */
+    bool have_cur, have_nxt = false;
+    if (m->keyfile) {
+        if ((rc = load_regs(m, &r, err)) != KS_OK)
+            return rc;
+        have_cur = ks_reg_find(&r, info.kcv, cur.key) != KS_REG_NONE;
+        have_nxt = info.new_epoch && ks_reg_find(&r, info.new_kcv, nxt.key) != KS_REG_NONE;
+    } else {
+        ks_mkey_default(&cur);
+        have_cur = true;
+    }
+    rc = ks_fleet_list(m->st, have_cur ? &cur : NULL, have_nxt ? &nxt : NULL, hosts, n);
+    if (rc != KS_OK)
+        ks_err_set(err, "cannot read which hosts share keystore %s: %s", m->dir, ks_strerror(rc));
+    ks_reg_clear(&r);
+    ks_mkey_clear(&cur);
+    ks_mkey_clear(&nxt);
+    return rc;
+}
+
+int ks_mk_host_remove(ks_mk *m, const char *name, const ks_mk_opts *o, ks_err *err)
+{
+    int fd, rc;
+    void *g;
+    if (!m || !name)
+        return KS_EINVAL;
+    if (!ks_fleet_shared(m->st)) {
+        ks_err_set(err, "keystore %s is not shared by several hosts (backend %s)", m->dir, m->st->ops->name);
+        return KS_EINVAL;
+    }
+    /* Under the locks: no rewrap or commit is deciding on the fleet meanwhile. */
+    if ((rc = locks_take(m, o, &fd, &g, err)) != KS_OK)
+        return rc;
+    rc = ks_fleet_remove(m->st, name);
+    if (rc == KS_ENOTFOUND)
+        ks_err_set(err, "no host named %s shares keystore %s; 'p11mk-admin status' lists them", name, m->dir);
+    else if (rc != KS_OK)
+        ks_err_set(err, "cannot remove host %s: %s", name, ks_strerror(rc));
+    else
+        ks_log(KS_LOG_INFO, "keystore %s: host %s taken out of the fleet", m->dir, name);
     locks_release(m, fd, g);
     return rc;
 }

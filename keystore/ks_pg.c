@@ -873,7 +873,8 @@ static int probe(ks_benv *e, bool *tables, ks_err *err)
     }
     PGresult *r = pq.exec(c, "SELECT (to_regclass('p11mk_schema') IS NOT NULL)::int + (to_regclass('p11mk_seq') IS "
                              "NOT NULL)::int + (to_regclass('p11mk_rec') IS NOT NULL)::int + "
-                             "(to_regclass('p11mk_idx') IS NOT NULL)::int");
+                             "(to_regclass('p11mk_idx') IS NOT NULL)::int + (to_regclass('p11mk_hosts') IS NOT "
+                             "NULL)::int");
     int have = -1;
     if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
         have = atoi(pq.getvalue(r, 0, 0));
@@ -887,9 +888,10 @@ static int probe(ks_benv *e, bool *tables, ks_err *err)
     } else if (have == 0) {
         *tables = false;
         atomic_store(&e->tables, false);
-    } else if (have < 4) {
-        ks_err_set(err, "keystore %s: its PostgreSQL database %s holds only %d of p11mk's 4 tables (p11mk_schema, "
-                        "p11mk_seq, p11mk_rec, p11mk_idx); nothing was changed: restore the database from a backup",
+    } else if (have < 5) {
+        ks_err_set(err, "keystore %s: its PostgreSQL database %s holds only %d of p11mk's 5 tables (p11mk_schema, "
+                        "p11mk_seq, p11mk_rec, p11mk_idx, p11mk_hosts); nothing was changed: restore the database "
+                        "from a backup",
                    e->path, pq.db(c), have);
         rc = KS_ECORRUPT;
     } else {
@@ -974,7 +976,8 @@ static const char schema_sql[] =
     "CREATE TABLE p11mk_seq (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);"
     "INSERT INTO p11mk_seq (seq) VALUES (1);"
     "CREATE TABLE p11mk_rec (t smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (t, k));"
-    "CREATE TABLE p11mk_idx (k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (k, v));";
+    "CREATE TABLE p11mk_idx (k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (k, v));"
+    "CREATE TABLE p11mk_hosts (name text PRIMARY KEY, info bytea NOT NULL, seen timestamptz NOT NULL);";
 
 static int pg_create_tables(ks_btxn *t)
 {
@@ -1067,6 +1070,90 @@ static void pg_unlock_global(void *h)
         pq.finish(h); /* ends the session: the lock goes with it */
 }
 
+/* ---- hosts --------------------------------------------------------------------------- */
+
+/* A statement outside any transaction, on a pooled connection. */
+static PGresult *pool_exec(ks_benv *e, const char *sql, int n, const char *const *v, const int *l, const int *f,
+                           bool *ok)
+{
+    PGconn *c = conn_take(e);
+    *ok = false;
+    if (!c)
+        return NULL;
+    PGresult *r = pq.execParams(c, sql, n, NULL, v, l, f, 1);
+    ExecStatusType st = r ? pq.resultStatus(r) : PGRES_FATAL_ERROR;
+    *ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!*ok)
+        ks_log(KS_LOG_ERROR, "keystore %s: PostgreSQL: %.*s", e->path,
+               (int)strcspn(r ? pq.resultErrorMessage(r) : pq.errorMessage(c), "\n"),
+               r ? pq.resultErrorMessage(r) : pq.errorMessage(c));
+    conn_give(e, c, pq.status(c) != CONNECTION_OK);
+    return r;
+}
+
+static int pg_host_put(ks_benv *e, const char *name, const void *v, size_t vl)
+{
+    const char *p[2] = {name, v};
+    int l[2] = {0, (int)vl}, f[2] = {0, 1};
+    bool ok;
+    PGresult *r = pool_exec(e, "INSERT INTO p11mk_hosts (name, info, seen) VALUES ($1, $2, now()) ON CONFLICT (name) "
+                               "DO UPDATE SET info = EXCLUDED.info, seen = EXCLUDED.seen", 2, p, l, f, &ok);
+    if (r)
+        pq.clear(r);
+    return ok ? KS_OK : KS_EIO;
+}
+
+static int pg_host_del(ks_benv *e, const char *name)
+{
+    const char *p[1] = {name};
+    bool ok;
+    PGresult *r = pool_exec(e, "DELETE FROM p11mk_hosts WHERE name = $1", 1, p, NULL, NULL, &ok);
+    int rc = !ok ? KS_EIO : strcmp(pq.cmdTuples(r), "0") == 0 ? KS_ENOTFOUND : KS_OK;
+    if (r)
+        pq.clear(r);
+    return rc;
+}
+
+static int pg_host_list(ks_benv *e, ks_host_row **out, size_t *n)
+{
+    bool ok;
+    *out = NULL;
+    *n = 0;
+    PGresult *r = pool_exec(e, "SELECT name, info, extract(epoch FROM seen)::bigint FROM p11mk_hosts ORDER BY name",
+                            0, NULL, NULL, NULL, &ok);
+    if (!ok) {
+        if (r)
+            pq.clear(r);
+        return KS_EIO;
+    }
+    int rows = pq.ntuples(r);
+    size_t bytes = (size_t)rows * sizeof(ks_host_row);
+    for (int i = 0; i < rows; i++)
+        bytes += (size_t)pq.getlength(r, i, 0) + 1 + (size_t)pq.getlength(r, i, 1);
+    uint8_t *mem = calloc(1, bytes ? bytes : 1);
+    if (!mem) {
+        pq.clear(r);
+        return KS_ENOMEM;
+    }
+    ks_host_row *h = (ks_host_row *)mem;
+    uint8_t *p = mem + (size_t)rows * sizeof(ks_host_row);
+    for (int i = 0; i < rows; i++) {
+        size_t nl = (size_t)pq.getlength(r, i, 0), vl = (size_t)pq.getlength(r, i, 1);
+        memcpy(p, pq.getvalue(r, i, 0), nl);
+        p[nl] = 0;
+        h[i].name = (const char *)p;
+        p += nl + 1;
+        memcpy(p, pq.getvalue(r, i, 1), vl);
+        h[i].v = (ks_bval){p, vl};
+        p += vl;
+        h[i].seen = pq.getlength(r, i, 2) == 8 ? ks_get_be64(pq.getvalue(r, i, 2)) : 0;
+    }
+    pq.clear(r);
+    *out = h;
+    *n = (size_t)rows;
+    return KS_OK;
+}
+
 /* ---- copies ------------------------------------------------------------------------
  * A backup is the same file as an LMDB keystore's (ks_backend_copy_to_lmdb):
  * one read snapshot of every table, written into a fresh LMDB environment. */
@@ -1106,6 +1193,9 @@ const ks_backend_ops ks_pg_backend = {
     .cur_close = pg_cur_close,
     .lock_global = pg_lock_global,
     .unlock_global = pg_unlock_global,
+    .host_put = pg_host_put,
+    .host_list = pg_host_list,
+    .host_del = pg_host_del,
     .copy = pg_copy,
     .check_copy = NULL,    /* restore brings an LMDB file: ks_lmdb_backend's */
     .peek_counters = NULL, /* restore into PostgreSQL is not built (ks_backup.c refuses it) */

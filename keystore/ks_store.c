@@ -557,7 +557,10 @@ int ks_open_cfg(const ks_config *cfg, const ks_mkey *mk, unsigned flags, ks_stor
     const ks_backend_ops *ops = cfg && cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;
     if (!cfg || !ops)
         return KS_EINVAL;
-    return open_with(cfg->keystore, ops, cfg->postgresql, mk, flags, out, err);
+    int rc = open_with(cfg->keystore, ops, cfg->postgresql, mk, flags, out, err);
+    if (rc == KS_OK)
+        (void)ks_fleet_announce_cfg(*out, cfg); /* this host's keys, for the fleet's rotation checks */
+    return rc;
 }
 
 static int open_with(const char *dir, const ks_backend_ops *ops, const char *target, const ks_mkey *mk,
@@ -573,7 +576,9 @@ static int open_with(const char *dir, const ks_backend_ops *ops, const char *tar
         return KS_EINVAL;
     *out = NULL;
     if (stat(dir, &sb) != 0) {
-        if (errno == ENOENT && (flags & KS_OPEN_CREATE)) {
+        /* A storage elsewhere (a database): the directory holds only this
+         * host's lock files, made on first use. */
+        if (errno == ENOENT && ((flags & KS_OPEN_CREATE) || ops != &ks_lmdb_backend)) {
             if (ks_mkdir_p(dir, true) != 0 || stat(dir, &sb) != 0) {
                 ks_err_set(err, "cannot create keystore directory %s: %s", dir, strerror(errno));
                 return errno == EACCES ? KS_EPERM : KS_EIO;

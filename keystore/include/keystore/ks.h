@@ -78,6 +78,7 @@ KS_API int ks_log_level_parse(const char *s); /* "error".."debug"; -1 if unknown
  * ~/.config/p11mk/p11mk.conf), else /etc/p11mk/p11mk.conf, else embedded
  * defaults. File format: "key = value" lines, '#' comments, blank lines.
  * Keys: keystore (directory), backend (the storage: lmdb or postgresql; default lmdb),
+ *       host_name (this host's name among the hosts sharing a keystore; default: the system's host name),
  *       postgresql (with backend = postgresql: the libpq connection string of the keystore's database;
  *                   credentials from libpq's usual places; a password in it only in a file only its owner reads),
  *       master_key ("default" or a key file path),
@@ -94,6 +95,7 @@ typedef struct {
     char *keystore;      /* keystore directory */
     char *backend;       /* backend = (one built in, see ks_backend_find); NULL: not set, lmdb */
     char *postgresql;    /* postgresql = libpq connection string; NULL: not set */
+    char *host_name;     /* host_name = this host's name in a shared keystore's fleet; NULL: gethostname() */
     char *master_key;    /* "default" or a path */
     char *log;           /* NULL -> syslog for the module, stderr for admin */
     int log_level;       /* KS_LOG_* */
@@ -504,6 +506,7 @@ typedef struct {
     ks_histinfo *destroyed;              /* ks_mk_result_free */
     uint8_t backup_kcv[KS_KCV_LEN];      /* restore: the key the copy was sealed under */
     bool from_default;                   /* restore: the copy was an export under the default key */
+    bool joined;                         /* stage: another host had staged this key; this host now holds it */
 } ks_mk_result;
 KS_API void ks_mk_result_free(ks_mk_result *res);
 
@@ -545,6 +548,28 @@ KS_API uint64_t ks_auto_due(uint64_t last, uint64_t interval);
  * and swapped in only while no application has the keystore open (KS_EBUSY
  * otherwise). The live keystore need not open (restore is the remedy when it
  * does not). */
+/* ---- hosts sharing a keystore (backend = postgresql) ---------------------
+ * Each host of the fleet announces, with a proof only a holder can make,
+ * which master keys its key file holds (ks_fleet.c). Rewrap and commit
+ * refuse (KS_ESTATE, naming the hosts) while any host has not proven the
+ * staged NEW key; stage on a host whose keystore already has NEW staged
+ * with the same key adds it to that host's key file. */
+#define KS_FLEET_MAX_KEYS 4
+typedef struct {
+    char name[256];
+    uint64_t seen;                        /* its last contact (unix time, the database's clock) */
+    bool has_current, has_new;            /* proven to hold the keystore's CURRENT / staged NEW key */
+    bool malformed;                       /* its row could not be read */
+    size_t n_kcv;
+    uint8_t kcv[KS_FLEET_MAX_KEYS][KS_KCV_LEN]; /* the check values it announced */
+} ks_host;
+/* This host's name: cfg->host_name, else the system's host name. */
+KS_API const char *ks_host_name(const ks_config *cfg, char *buf, size_t n);
+/* The fleet (n = 0 for a keystore one host owns); free(*hosts). */
+KS_API int ks_mk_hosts(ks_mk *m, ks_host **hosts, size_t *n, ks_err *err);
+/* Take a host out of the fleet (it joins again when p11mk next opens the keystore there). KS_ENOTFOUND. */
+KS_API int ks_mk_host_remove(ks_mk *m, const char *name, const ks_mk_opts *o, ks_err *err);
+
 KS_API int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res,
                          ks_err *err);
 
