@@ -17,11 +17,22 @@ if [ "${P11MK_NONROOT:-}" = 1 ] && [ "$(id -u)" -eq 0 ]; then
     cp "$P11MK_TESTLIB" "$0" "$D/tests/integration/"
     cp "$src/p11-kit-module/p11mk.module.in" "$D/p11-kit-module/"
     cp "$P11MK_MODULE" "$P11MK_ADMIN" "$D/"
+    # With a PostgreSQL cluster (below): the script that makes the database,
+    # and a copy of the password file that nobody may read (libpq refuses one
+    # that others can read).
+    pg_env=()
+    if [ -n "${P11MK_TEST_PG_DIR:-}" ]; then
+        cp "${P11MK_PG_CLUSTER:-$(dirname "$P11MK_TESTLIB")/pg-cluster}" "$D/tests/integration/pg-cluster"
+        pg_env=(P11MK_PG_CLUSTER="$D/tests/integration/pg-cluster" PGPASSFILE="$D/pgpass")
+    fi
     chmod -R a+rX "$D"
+    if [ -n "${P11MK_TEST_PG_DIR:-}" ]; then
+        install -m 600 -o 65534 -g 65534 "${PGPASSFILE:-$P11MK_TEST_PG_DIR/pgpass}" "$D/pgpass"
+    fi
     set +e
     setpriv --reuid=65534 --regid=65534 --clear-groups env \
         P11MK_MODULE="$D/$(basename "$P11MK_MODULE")" P11MK_ADMIN="$D/$(basename "$P11MK_ADMIN")" \
-        P11MK_TESTLIB="$D/tests/integration/lib.sh" bash "$D/tests/integration/$(basename "$0")"
+        P11MK_TESTLIB="$D/tests/integration/lib.sh" "${pg_env[@]}" bash "$D/tests/integration/$(basename "$0")"
     rc=$?
     rm -rf "$D"
     exit $rc
@@ -33,6 +44,13 @@ cleanup() {
     # A test that fails while a client runs in the background must not leave it running.
     for j in $(jobs -p); do kill "$j" 2>/dev/null; done
     [ $rc -ne 0 ] && [ -f "$T/p11mk.log" ] && { echo "--- module log:"; tail -n 30 "$T/p11mk.log"; }
+    if [ -n "${PG_DB:-}" ]; then   # kept when the test failed, for a look
+        if [ $rc -eq 0 ]; then
+            "$PGC" dropdb "$P11MK_TEST_PG_DIR" "$PG_DB" >/dev/null 2>&1 || true
+        else
+            echo "--- the keystore's database is kept: $PG_CONNINFO"
+        fi
+    fi
     chmod -R u+rwX "$T" 2>/dev/null; rm -rf "$T"; exit $rc
 }
 trap cleanup EXIT
@@ -46,6 +64,18 @@ log = $T/p11mk.log
 log_level = info
 CONF
 export P11MK_CONF=$CONF
+# The postgresql backend, only when P11MK_TEST_PG_DIR names a cluster that
+# tests/integration/pg-cluster started: the keystore goes to a new database
+# of it, reached as the role p11mk with the cluster's password file.
+PG_DB=
+if [ -n "${P11MK_TEST_PG_DIR:-}" ]; then
+    PGC=${P11MK_PG_CLUSTER:-$(dirname "$P11MK_TESTLIB")/pg-cluster}
+    PG_DB=$(basename "$T" | tr 'A-Z-' 'a-z_')_$$
+    PG_CONNINFO=$("$PGC" newdb "$P11MK_TEST_PG_DIR" "$PG_DB") ||
+        { PG_DB=; echo "FAIL: no database in the PostgreSQL cluster $P11MK_TEST_PG_DIR" >&2; exit 1; }
+    printf 'backend = postgresql\npostgresql = %s\n' "$PG_CONNINFO" >> "$CONF"
+    export PGPASSFILE=${PGPASSFILE:-$P11MK_TEST_PG_DIR/pgpass}
+fi
 cd "$T"
 
 MOD=$P11MK_MODULE
