@@ -93,6 +93,7 @@ static inline CK_RV ks_to_ckr(int err)
     case KS_ENOMEM: return CKR_HOST_MEMORY;
     case KS_ECORRUPT:
     case KS_ENOKEY:
+    case KS_EIO: /* the storage failed (a file, or a database connection lost) */
     case KS_EWRONGKEY: return CKR_DEVICE_ERROR;
     case KS_EROFS: return CKR_TOKEN_WRITE_PROTECTED;
     case KS_ENOSPC: return CKR_DEVICE_MEMORY; /* the token's storage is full */
