@@ -93,7 +93,7 @@ void ks_meta_free(ks_meta *m)
 static int parse(const uint8_t *pt, size_t len, uint32_t epoch, ks_meta *m, bool want_tokens)
 {
     ks_rotstate *rs = &m->rs;
-    if (len < V1_LEN_A || (pt[0] != 1 && pt[0] != 2) || pt[1] > KS_ROT_ABORTING || ks_get_be32(pt + 2) != epoch ||
+    if (len < V1_LEN_A || (pt[0] != 1 && pt[0] != 2) || pt[1] > KS_ROT_PENDING || ks_get_be32(pt + 2) != epoch ||
         pt[10] > POS_END || pt[11] > sizeof(rs->cursor) || ((pt[1] == KS_ROT_IDLE) != (ks_get_be32(pt + 6) == 0)))
         return KS_ECORRUPT;
     if (pt[0] == 1 && len != V1_LEN_A && len != V1_LEN_B)

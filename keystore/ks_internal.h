@@ -217,6 +217,8 @@ KS_API void ks_dirname(const char *path, char *dir, size_t n);
  * them under its lock, in its order; private scratch copies (restore,
  * export) call them directly. */
 KS_API int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err *err);
+/* PENDING -> STAGED (every host holds NEW); *changed says whether it moved. */
+KS_API int ks_rot_activate(ks_store *st, bool *changed);
 KS_API int ks_rot_rewrap(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *done, bool *stopped,
                          ks_err *err);
 /* now: the time recorded as the last rotation (0: the clock's) */

@@ -765,6 +765,24 @@ static int fleet_check(step *s, const char *what, ks_err *err)
     return KS_ESTATE;
 }
 
+/* A stage that waited for the fleet (KS_ROT_PENDING) becomes STAGED once
+ * every host has proven NEW: from then on new records are sealed under it. */
+static int complete_stage(step *s, ks_err *err)
+{
+    char names[700];
+    int rc;
+    if (s->info.rot_state != KS_ROT_PENDING)
+        return KS_OK;
+    size_t missing = fleet_missing(s, names, sizeof(names), &rc);
+    if (rc != KS_OK || missing)
+        return rc;
+    if ((rc = ks_rot_activate(s->m->st, NULL)) != KS_OK) {
+        ks_err_set(err, "cannot mark the staged key as held by every host: %s", ks_strerror(rc));
+        return rc;
+    }
+    return refresh_info(s);
+}
+
 static int finish(step *s, ks_mk_result *res)
 {
     announce(s);
@@ -802,7 +820,12 @@ static int join_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *er
         uint8_t have[KS_KCV_LEN];
         ks_mkey_kcv(&s->regs.staged, have);
         if (CRYPTO_memcmp(have, s->info.new_kcv, KS_KCV_LEN) == 0)
-            return finish(s, res); /* already here: announced again */
+        {
+            announce(s); /* already here: announced again */
+            if ((rc = refresh_info(s)) != KS_OK || (rc = complete_stage(s, err)) != KS_OK)
+                return rc;
+            return finish(s, res);
+        }
     }
     int pos = ks_reg_find(&s->regs, s->info.new_kcv, NULL);
     if (pos >= KS_REG_OLD)
@@ -820,6 +843,9 @@ static int join_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *er
            s->info.new_epoch);
     if (res)
         res->joined = true;
+    announce(s);
+    if ((rc = refresh_info(s)) != KS_OK || (rc = complete_stage(s, err)) != KS_OK)
+        return rc;
     return finish(s, res);
 }
 
@@ -867,6 +893,9 @@ static int do_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
             return rc;
         }
     }
+    announce(s);
+    if ((rc = refresh_info(s)) != KS_OK || (rc = complete_stage(s, err)) != KS_OK)
+        return rc;
     return finish(s, res);
 }
 
@@ -884,7 +913,8 @@ static int do_rewrap(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *er
         ks_err_set(err, "the rotation is being aborted; run 'p11mk-admin abort' to finish that first");
         return KS_ESTATE;
     }
-    if ((rc = need_new(s, err)) != KS_OK || (rc = fleet_check(s, "rewrap", err)) != KS_OK)
+    if ((rc = need_new(s, err)) != KS_OK || (rc = fleet_check(s, "rewrap", err)) != KS_OK ||
+        (rc = complete_stage(s, err)) != KS_OK)
         return rc;
     rc = ks_rot_rewrap(s->m->st, o ? o->batch : 0, o ? o->progress : NULL, o ? o->arg : NULL, &done, &stopped, err);
     if (res) {

@@ -827,7 +827,7 @@ static int pg_check_location(const char *dir, ks_err *err)
         ks_err_set(err, "keystore directory %s holds an LMDB keystore (data.mdb), but the configuration says "
                         "backend = postgresql; move its objects with p11mk-admin backup and restore, or set "
                         "backend = lmdb", dir);
-        return KS_EINVAL;
+        return KS_ECONFIG;
     }
     return KS_OK;
 }

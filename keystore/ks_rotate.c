@@ -33,6 +33,7 @@ const char *ks_rot_state_name(int state)
     case KS_ROT_REWRAP: return "rewrapping";
     case KS_ROT_READY: return "ready to commit";
     case KS_ROT_ABORTING: return "aborting";
+    case KS_ROT_PENDING: return "pending (staged; waiting for every host to load it)";
     default: return "unknown";
     }
 }
@@ -74,7 +75,9 @@ static int stage_fn(ks_txn *x, void *arg)
         return KS_ESTATE;
     }
     rs.nxt = rs.cur + 1 > a->at_least ? rs.cur + 1 : a->at_least;
-    rs.state = KS_ROT_STAGED;
+    /* Shared by several hosts: new records stay under CURRENT until every
+     * host holds NEW (ks_rot_activate). */
+    rs.state = ks_fleet_shared(x->st) ? KS_ROT_PENDING : KS_ROT_STAGED;
     rs.cursor_db = POS_META;
     rs.cursor_len = 0;
     ks_be32(be, rs.nxt);
@@ -103,6 +106,34 @@ int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err 
         rc = ks_write(st, stage_fn, &a);
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "keystore %s: new master key staged as epoch %u", ks_path(st), a.epoch);
+    return rc;
+}
+
+static int activate_fn(ks_txn *x, void *arg)
+{
+    bool *changed = arg;
+    ks_meta *m;
+    int rc = ks_txn_meta(x, &m);
+    if (rc != KS_OK)
+        return rc;
+    *changed = false;
+    if (m->rs.state != KS_ROT_PENDING)
+        return KS_OK;
+    m->rs.state = KS_ROT_STAGED;
+    *changed = true;
+    ks_meta_touch(x, true); /* a new generation: writers move to NEW */
+    return KS_OK;
+}
+
+int ks_rot_activate(ks_store *st, bool *changed)
+{
+    bool c = false;
+    int rc = st ? ks_write(st, activate_fn, &c) : KS_EINVAL;
+    if (rc == KS_OK && c)
+        ks_log(KS_LOG_INFO, "keystore %s: every host holds the staged master key: new records are sealed under it",
+               ks_path(st));
+    if (changed)
+        *changed = c;
     return rc;
 }
 
@@ -261,10 +292,11 @@ static int pass_fn(ks_txn *x, void *arg)
             return KS_OK;
         }
         if (rs.state != KS_ROT_STAGED && rs.state != KS_ROT_REWRAP) {
-            ks_err_set(a->err, rs.state == KS_ROT_IDLE ? "no new master key is staged; stage one first with "
-                                                         "'p11mk-admin stage'"
-                                                       : "the rotation is being aborted; run 'p11mk-admin abort' "
-                                                         "to finish that first");
+            ks_err_set(a->err, rs.state == KS_ROT_IDLE      ? "no new master key is staged; stage one first with "
+                                                              "'p11mk-admin stage'"
+                               : rs.state == KS_ROT_PENDING ? "the staged master key is not yet on every host"
+                                                            : "the rotation is being aborted; run 'p11mk-admin "
+                                                              "abort' to finish that first");
             return KS_ESTATE;
         }
     } else if (rs.state != KS_ROT_ABORTING) {

@@ -336,7 +336,7 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
         if (!r->have_nxt) {
             char hex[2 * KS_KCV_LEN + 1];
             ks_kcv_hex(r->nxt_kcv, hex);
-            ks_log(KS_LOG_ERROR, "keystore %s: the staged master key of epoch %u (check value %s) is not in %s; "
+            ks_log(r->rs.state == KS_ROT_PENDING ? KS_LOG_INFO : KS_LOG_ERROR, "keystore %s: the staged master key of epoch %u (check value %s) is not in %s; "
                    "records under it cannot be used here until the key file holds it (or the rotation is "
                    "aborted with: p11mk-admin abort)", st->path, r->rs.nxt, hex,
                    st->keysrc[0] ? st->keysrc : "the configuration (built-in default key)");

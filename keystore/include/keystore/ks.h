@@ -397,7 +397,10 @@ KS_API bool ks_libctx_load_legacy(void);
  *   ABORTING  NEW is being withdrawn: records go back to CURRENT
  * Every step is one or more short write transactions; a crash at any point
  * leaves a state from which the same step can simply be run again. */
-enum { KS_ROT_IDLE = 0, KS_ROT_STAGED, KS_ROT_REWRAP, KS_ROT_READY, KS_ROT_ABORTING };
+/* KS_ROT_PENDING: a keystore several hosts share has NEW staged, but not
+ * every host has proven it holds NEW: records stay sealed under CURRENT
+ * (a host without NEW could not read them) until it becomes STAGED. */
+enum { KS_ROT_IDLE = 0, KS_ROT_STAGED, KS_ROT_REWRAP, KS_ROT_READY, KS_ROT_ABORTING, KS_ROT_PENDING };
 KS_API const char *ks_rot_state_name(int state);
 
 typedef struct {
