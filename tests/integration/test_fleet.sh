@@ -49,11 +49,11 @@ cp -p "$T/a/mk.key" "$T/b/mk.key" # a new host joins with a copy of the key file
 on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label fleet --so-pin $SO >/dev/null
 on a pkcs11-tool --module "$MOD" --token-label fleet --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
 on a pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
-    --id 01 --label ec1 >/dev/null || fail "keypair generation on host a"
-on a pkcs11-tool --module "$MOD" --token-label fleet --read-object --type pubkey --id 01 -o ec1.der >/dev/null
+    --id f1ee7a --label ec1 >/dev/null || fail "keypair generation on host a"
+on a pkcs11-tool --module "$MOD" --token-label fleet --read-object --type pubkey --id f1ee7a -o ec1.der >/dev/null
 openssl pkey -pubin -inform DER -in ec1.der -out ec1.pem
 echo "signed on host b" > msg
-on b pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 --id 01 \
+on b pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 --id f1ee7a \
     --signature-format openssl -i msg -o sig.b >/dev/null || fail "host b cannot sign with host a's key"
 openssl dgst -sha256 -verify ec1.pem -signature sig.b msg >/dev/null || fail "host b's signature does not verify"
 on b "$ADMIN" status --json > st.json
@@ -79,9 +79,9 @@ printf 'fleet key one, entered on every host\n' > pass1
 on a expect_rc 0 "$ADMIN" stage --passphrase-file pass1
 on a expect_rc 6 "$ADMIN" rewrap
 expect_out "has not loaded the new master key"
-expect_out "b (last contact"
+expect_out "b \\(last contact"
 on a expect_rc 6 "$ADMIN" commit
-expect_out "b (last contact"
+expect_out "b \\(last contact"
 on b expect_rc 0 "$ADMIN" stage --passphrase-file pass1
 expect_out "now holds the master key staged"
 on a expect_rc 0 "$ADMIN" rewrap --quiet
@@ -116,7 +116,7 @@ printf 'fleet key two, entered on every host\n' > pass2
 on a expect_rc 0 "$ADMIN" stage --passphrase-file pass2
 on b expect_rc 0 "$ADMIN" stage --passphrase-file pass2
 on a expect_rc 6 "$ADMIN" rewrap
-expect_out "c (last contact"
+expect_out "c \\(last contact"
 on a expect_rc 0 "$ADMIN" host-remove c
 on a expect_rc 1 "$ADMIN" host-remove nosuchhost
 expect_out "no host named nosuchhost"
@@ -147,11 +147,17 @@ cr=$!
 sleep 1
 "$PGC" restart "$PGD" >/dev/null || fail "cannot restart the cluster"
 sleep 2
+n1=$(grep -c "failed" client.r || true)
+sleep 1.5
+n2=$(grep -c "failed" client.r || true)
 touch stop2
-wait $cr || true # operations during the restart may fail (CKR_DEVICE_ERROR), never with wrong data
-grep -q "wrong" client.r && { cat client.r; fail "a client saw wrong data across the database restart"; }
+wait $cr || true # operations during the restart may fail, never with wrong data
+[ "$n1" = "$n2" ] || { tail -n 5 client.r; fail "the client kept failing after the database was back ($n1 -> $n2)"; }
+# What could not complete is a device error, nothing else (no wrong data, no vanished objects).
+others=$(grep "failed" client.r | grep -v "0x30$" | sort | uniq -c || true)
+[ -z "$others" ] || fail "failures other than CKR_DEVICE_ERROR across the restart: $others"
 on a "$CLIENT" "$MOD" fleet $PIN check 1600 >/dev/null || fail "objects unreadable after the database restart"
-on b pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 --id 01 \
+on b pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 --id f1ee7a \
     --signature-format openssl -i msg -o sig.r >/dev/null || fail "no signing after the database restart"
 openssl dgst -sha256 -verify ec1.pem -signature sig.r msg >/dev/null || fail "bad signature after the restart"
 ok "database restart under load: clients recover, data intact ($(tail -n 1 client.r))"
@@ -166,14 +172,15 @@ CONF
 mkdir -p "$T/lmdbks"
 P11MK_CONF=$T/lmdb.conf expect_rc 0 "$ADMIN" restore --yes "$T/pg.backup"
 P11MK_CONF=$T/lmdb.conf pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 \
-    --id 01 --signature-format openssl -i msg -o sig.l >/dev/null || fail "the LMDB copy cannot sign"
+    --id f1ee7a --signature-format openssl -i msg -o sig.l >/dev/null || fail "the LMDB copy cannot sign"
 openssl dgst -sha256 -verify ec1.pem -signature sig.l msg >/dev/null || fail "bad signature from the LMDB copy"
-P11MK_CONF=$T/lmdb.conf pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --delete-object \
-    --type privkey --id 01 >/dev/null
+P11MK_CONF=$T/lmdb.conf expect_rc 0 pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN \
+    --delete-object --type privkey --id f1ee7a
 P11MK_CONF=$T/lmdb.conf expect_rc 0 "$ADMIN" backup "$T/lmdb.backup"
 on a expect_rc 0 "$ADMIN" restore --yes "$T/lmdb.backup"
-on b pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN -O > objs
-grep -q "Private Key Object" objs && fail "the restore from LMDB did not replace the database's content"
+on b expect_rc 1 pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 \
+    --id f1ee7a -i msg -o sig.gone
+expect_out "Private key not found|No private key found|not found"
 on b expect_rc 0 "$ADMIN" verify
 ok "backup of the PostgreSQL keystore restored into LMDB, and an LMDB backup restored into PostgreSQL (online)"
 
@@ -212,6 +219,6 @@ P11MK_CONF=$T/pw.conf expect_rc 3 "$ADMIN" status
 expect_out "move the password to ~/.pgpass"
 # An LMDB keystore directory named with backend = postgresql.
 sed "s|^keystore = .*|keystore = $T/lmdbks|" "$T/a/p11mk.conf" > "$T/mixed.conf"
-P11MK_CONF=$T/mixed.conf expect_rc 5 "$ADMIN" status
+P11MK_CONF=$T/mixed.conf expect_rc 3 "$ADMIN" status
 expect_out "holds an LMDB keystore"
 ok "bad input: unreachable database, wrong password (not logged), unrelated keystore, schema version 7, partial schema, password in a readable file, LMDB directory"
