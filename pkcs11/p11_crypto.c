@@ -19,7 +19,8 @@ static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover
      * terminates the active operation of this kind, the plain or the
      * recovering one as this init is. With none active the call asks
      * nothing the specification describes: CKR_ARGUMENTS_BAD, as before
-     * 3.0 (and as p11-kit's reference module answers). */
+     * 3.0 (and as SoftHSMv2 and p11-kit's reference module answer; the
+     * C_Message*Init functions answer the same, p11_message.c). */
     if (!pMechanism) {
         if (s->op[kind] && tok_op_is_recover(s->op[kind]) == recover)
             p11_op_end(s, kind);

@@ -18,8 +18,17 @@ static CK_RV msg_init(CK_SESSION_HANDLE hSession, int kind, CK_MECHANISM_PTR pMe
 
     if (rv != CKR_OK)
         return rv;
-    if (!pMechanism) /* PKCS#11 3.0: ends the operation, and a message in parts with it */
+    /* PKCS#11 3.0: a NULL mechanism ends the active operation of this kind,
+     * and a message in parts with it. With none active there is nothing to
+     * end and the call asks nothing the specification describes (its NULL
+     * form is "to terminate an active operation"): CKR_ARGUMENTS_BAD, in
+     * every C_Message*Init's list, as the classic *Init answer (p11_crypto.c;
+     * SoftHSMv2 and p11-kit's reference module answer the same there,
+     * Kryoptic CKR_OK in both families). */
+    if (!pMechanism && msg_active(s, kind))
         p11_msg_end(s, kind);
+    else if (!pMechanism)
+        rv = CKR_ARGUMENTS_BAD;
     else if (msg_active(s, kind))
         rv = CKR_OPERATION_ACTIVE;
     else if ((rv = p11_object_key(s, hKey, &key)) == CKR_OK && kind < P11_MSG_SIGN)

@@ -97,8 +97,8 @@ static void test_interfaces(void **state)
     CK_SLOT_ID s = make_token("v3");
     CK_SESSION_HANDLE h;
     CK(f3->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &h));
-    CK(f3->C_MessageSignInit(h, NULL, 0));
-    CK(f3->C_MessageEncryptInit(h, NULL, 0)); /* 3.0: ends the operation (none here) */
+    RV(CKR_ARGUMENTS_BAD, f3->C_MessageSignInit(h, NULL, 0)); /* 3.0: ends the operation; none here */
+    RV(CKR_ARGUMENTS_BAD, f3->C_MessageEncryptInit(h, NULL, 0));
     CK(f3->C_LoginUser(h, CKU_USER, (CK_UTF8CHAR_PTR)PIN, strlen(PIN), NULL, 0));
     CK(f3->C_SessionCancel(h, CKF_FIND_OBJECTS));
     CK(f3->C_Finalize(NULL));

@@ -11,7 +11,13 @@
  *   Verify/SignRecover/            operation? No: CKR_ARGUMENTS_BAD. Fixed:
  *   VerifyRecoverInit              ends it (3.0); with none active
  *                                  CKR_ARGUMENTS_BAD as before
- *   C_Message*Init                 NULL mechanism ends: ok (test_aead)
+ *   C_Message*Init                 NULL mechanism ends the operation: ok;    test_message_init_null_mechanism
+ *                                  with none active CKR_OK (the classic
+ *                                  *Init: CKR_ARGUMENTS_BAD). Fixed: CKR_
+ *                                  ARGUMENTS_BAD in both families (the NULL
+ *                                  form is "to terminate an active
+ *                                  operation"; SoftHSMv2 and p11-kit's mock
+ *                                  answer so, Kryoptic CKR_OK)
  *   *Init, C_DigestKey             a data object as key: CKR_KEY_TYPE_        test_init_key_not_a_key
  *                                  INCONSISTENT (not in C_DigestKey's
  *                                  list). Fixed: CKR_KEY_HANDLE_INVALID
@@ -77,6 +83,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "pkcs11/p11_v3.h"
 #include "tests/unit/test_module.h"
 
 #define AES128 "000102030405060708090a0b0c0d0e0f"
@@ -187,6 +194,60 @@ static void test_init_null_mechanism_ends(void **state)
     CK(f->C_DigestInit(h, NULL));
     RV(CKR_ARGUMENTS_BAD, f->C_DigestInit(h, NULL));
     RV(CKR_SESSION_HANDLE_INVALID, f->C_EncryptInit(h + 1000, NULL, aes));
+}
+
+/* The module's PKCS#11 3.0 function list (the message-based functions). */
+static CK_FUNCTION_LIST_3_0 *f30(void)
+{
+    CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) =
+        (CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(dl, "C_GetInterface");
+    CK_VERSION v30 = {3, 0};
+    CK_INTERFACE *ip;
+    assert_non_null(gi);
+    CK(gi((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &ip, 0));
+    return ip->pFunctionList;
+}
+
+/* C_Message*Init with a NULL mechanism: ends the active message-based
+ * operation of its kind; with none active, CKR_ARGUMENTS_BAD, as the classic
+ * *Init (it answered CKR_OK). */
+static void test_message_init_null_mechanism(void **state)
+{
+    (void)state;
+    CK_FUNCTION_LIST_3_0 *m = f30();
+    CK_OBJECT_HANDLE aes = secret(CKK_AES, AES128, U_CRYPT), mac = secret(CKK_GENERIC_SECRET, AES128, U_SIGN);
+    CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0}, hmac = {CKM_SHA256_HMAC, NULL, 0}, ecb = {CKM_AES_ECB, NULL, 0};
+
+    /* Active: each ends its operation, and an init may follow. */
+    CK(m->C_MessageEncryptInit(h, &gcm, aes));
+    CK(m->C_MessageEncryptInit(h, NULL, aes));
+    RV(CKR_OPERATION_NOT_INITIALIZED, m->C_MessageEncryptFinal(h));
+    CK(m->C_MessageDecryptInit(h, &gcm, aes));
+    CK(m->C_MessageDecryptInit(h, NULL, aes));
+    RV(CKR_OPERATION_NOT_INITIALIZED, m->C_MessageDecryptFinal(h));
+    CK(m->C_MessageSignInit(h, &hmac, mac));
+    CK(m->C_SignMessageBegin(h, NULL, 0)); /* a message in parts ends with it */
+    CK(m->C_MessageSignInit(h, NULL, mac));
+    RV(CKR_OPERATION_NOT_INITIALIZED, m->C_SignMessageNext(h, NULL, 0, (CK_BYTE_PTR) "ab", 2, NULL, NULL));
+    RV(CKR_OPERATION_NOT_INITIALIZED, m->C_MessageSignFinal(h));
+    CK(m->C_MessageVerifyInit(h, &hmac, mac));
+    CK(m->C_MessageVerifyInit(h, NULL, mac));
+    RV(CKR_OPERATION_NOT_INITIALIZED, m->C_MessageVerifyFinal(h));
+
+    /* None active: nothing to end, a bad argument, as C_EncryptInit says. */
+    RV(CKR_ARGUMENTS_BAD, m->C_MessageEncryptInit(h, NULL, aes));
+    RV(CKR_ARGUMENTS_BAD, m->C_MessageDecryptInit(h, NULL, aes));
+    RV(CKR_ARGUMENTS_BAD, m->C_MessageSignInit(h, NULL, mac));
+    RV(CKR_ARGUMENTS_BAD, m->C_MessageVerifyInit(h, NULL, CK_INVALID_HANDLE));
+    RV(CKR_ARGUMENTS_BAD, m->C_EncryptInit(h, NULL, aes));
+    /* Another kind's operation is not this kind's: the classic encryption
+     * and the message-based decryption stay. */
+    CK(m->C_EncryptInit(h, &ecb, aes));
+    CK(m->C_MessageDecryptInit(h, &gcm, aes));
+    RV(CKR_ARGUMENTS_BAD, m->C_MessageEncryptInit(h, NULL, aes));
+    RV(CKR_OPERATION_ACTIVE, m->C_EncryptInit(h, &ecb, aes));
+    CK(m->C_MessageDecryptFinal(h));
+    RV(CKR_SESSION_HANDLE_INVALID, m->C_MessageEncryptInit(h + 1000, NULL, aes));
 }
 
 /* ---- key handles ---------------------------------------------------------- */
@@ -578,6 +639,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_init_null_mechanism_ends, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_message_init_null_mechanism, start_default, stop),
         cmocka_unit_test_setup_teardown(test_init_key_handle_invalid, start_default, stop),
         cmocka_unit_test_setup_teardown(test_init_key_not_a_key, start_default, stop),
         cmocka_unit_test_setup_teardown(test_wrap_with_not_a_key, start_default, stop),
