@@ -23,6 +23,19 @@
  *                                  list). Fixed: CKR_KEY_HANDLE_INVALID
  *                                  (the specification: "a valid handle for
  *                                  an object which is not a key")
+ *   C_EncryptMessage, C_Decrypt-   a whole message or a Begin while a
+ *   Message, C_SignMessage,        message is in parts: CKR_OPERATION_ACTIVE,
+ *   C_VerifyMessage, C_*Message-   listed for every message-based function
+ *   Begin                          (3.0, 5.10 to 5.15): ok (test_aead)
+ *   C_*MessageNext                 before Begin: CKR_OPERATION_NOT_INITIAL-
+ *                                  IZED: ok; any error but CKR_BUFFER_TOO_
+ *                                  SMALL, and the last part's result, end
+ *                                  the message; a size query does not: ok
+ *   C_*Message, C_*MessageBegin/   a failure ends at most the message, never
+ *   Next                           the operation, which only C_Message*Final
+ *                                  (or a NULL mechanism) ends: ok
+ *   C_Message*Final                with a message in parts: ends both, CKR_
+ *                                  OK: ok
  *   *Init                          handle 0 or unknown: CKR_KEY_HANDLE_       test_init_key_handle_invalid
  *                                  INVALID: ok
  *   C_WrapKey                      a data object as wrapping key: CKR_KEY_    test_wrap_with_not_a_key
