@@ -146,6 +146,25 @@ int tok_attrs_copy(tok_attrs *dst, const tok_attrs *src)
     return 0;
 }
 
+int tok_attrs_take(tok_attrs *dst, tok_attrs *src)
+{
+    if (dst->cap - dst->n < src->n) {
+        size_t cap = dst->n + src->n;
+        tok_attr *v = realloc(dst->v, cap * sizeof(*v));
+
+        if (!v)
+            return -1;
+        dst->v = v;
+        dst->cap = cap;
+    }
+    if (src->n)
+        memcpy(dst->v + dst->n, src->v, src->n * sizeof(*src->v));
+    dst->n += src->n;
+    free(src->v);
+    *src = (tok_attrs)TOK_ATTRS_INIT;
+    return 0;
+}
+
 bool tok_attrs_get_bool(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, bool dflt)
 {
     const tok_attr *x = tok_attrs_find(a, t);
@@ -167,21 +186,77 @@ bool tok_attrs_get_ulong(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, CK_ULONG *out)
 
 /* ---- attribute kinds ------------------------------------------------------ */
 
-static const CK_ATTRIBUTE_TYPE bool_types[] = {
-    CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_COPYABLE, CKA_DESTROYABLE, CKA_SENSITIVE, CKA_EXTRACTABLE,
-    CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_SIGN_RECOVER, CKA_VERIFY, CKA_VERIFY_RECOVER, CKA_WRAP, CKA_UNWRAP,
-    CKA_DERIVE, CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_TRUSTED, CKA_WRAP_WITH_TRUSTED,
-    CKA_ALWAYS_AUTHENTICATE, CKA_RESET_ON_INIT, CKA_HAS_RESET, CKA_COLOR, CKA_OTP_USER_FRIENDLY_MODE,
-};
+/* Switches, not lists: asked for every attribute of every object read. */
+bool tok_attr_is_bool(CK_ATTRIBUTE_TYPE t)
+{
+    switch (t) {
+    case CKA_TOKEN:
+    case CKA_PRIVATE:
+    case CKA_MODIFIABLE:
+    case CKA_COPYABLE:
+    case CKA_DESTROYABLE:
+    case CKA_SENSITIVE:
+    case CKA_EXTRACTABLE:
+    case CKA_ENCRYPT:
+    case CKA_DECRYPT:
+    case CKA_SIGN:
+    case CKA_SIGN_RECOVER:
+    case CKA_VERIFY:
+    case CKA_VERIFY_RECOVER:
+    case CKA_WRAP:
+    case CKA_UNWRAP:
+    case CKA_DERIVE:
+    case CKA_LOCAL:
+    case CKA_ALWAYS_SENSITIVE:
+    case CKA_NEVER_EXTRACTABLE:
+    case CKA_TRUSTED:
+    case CKA_WRAP_WITH_TRUSTED:
+    case CKA_ALWAYS_AUTHENTICATE:
+    case CKA_RESET_ON_INIT:
+    case CKA_HAS_RESET:
+    case CKA_COLOR:
+    case CKA_OTP_USER_FRIENDLY_MODE:
+        return true;
+    default:
+        return false;
+    }
+}
 
-static const CK_ATTRIBUTE_TYPE ulong_types[] = {
-    CKA_CLASS, CKA_KEY_TYPE, CKA_CERTIFICATE_TYPE, CKA_CERTIFICATE_CATEGORY, CKA_JAVA_MIDP_SECURITY_DOMAIN,
-    CKA_VALUE_LEN, CKA_MODULUS_BITS, CKA_VALUE_BITS, CKA_PRIME_BITS, CKA_SUB_PRIME_BITS, CKA_KEY_GEN_MECHANISM,
-    CKA_NAME_HASH_ALGORITHM, CKA_MECHANISM_TYPE, CKA_HW_FEATURE_TYPE, CKA_PIXEL_X, CKA_PIXEL_Y, CKA_RESOLUTION,
-    CKA_CHAR_ROWS, CKA_CHAR_COLUMNS, CKA_BITS_PER_PIXEL, CKA_OTP_FORMAT, CKA_OTP_LENGTH, CKA_OTP_TIME_INTERVAL,
-    CKA_OTP_CHALLENGE_REQUIREMENT, CKA_OTP_TIME_REQUIREMENT, CKA_OTP_COUNTER_REQUIREMENT,
-    CKA_OTP_PIN_REQUIREMENT,
-};
+bool tok_attr_is_ulong(CK_ATTRIBUTE_TYPE t)
+{
+    switch (t) {
+    case CKA_CLASS:
+    case CKA_KEY_TYPE:
+    case CKA_CERTIFICATE_TYPE:
+    case CKA_CERTIFICATE_CATEGORY:
+    case CKA_JAVA_MIDP_SECURITY_DOMAIN:
+    case CKA_VALUE_LEN:
+    case CKA_MODULUS_BITS:
+    case CKA_VALUE_BITS:
+    case CKA_PRIME_BITS:
+    case CKA_SUB_PRIME_BITS:
+    case CKA_KEY_GEN_MECHANISM:
+    case CKA_NAME_HASH_ALGORITHM:
+    case CKA_MECHANISM_TYPE:
+    case CKA_HW_FEATURE_TYPE:
+    case CKA_PIXEL_X:
+    case CKA_PIXEL_Y:
+    case CKA_RESOLUTION:
+    case CKA_CHAR_ROWS:
+    case CKA_CHAR_COLUMNS:
+    case CKA_BITS_PER_PIXEL:
+    case CKA_OTP_FORMAT:
+    case CKA_OTP_LENGTH:
+    case CKA_OTP_TIME_INTERVAL:
+    case CKA_OTP_CHALLENGE_REQUIREMENT:
+    case CKA_OTP_TIME_REQUIREMENT:
+    case CKA_OTP_COUNTER_REQUIREMENT:
+    case CKA_OTP_PIN_REQUIREMENT:
+        return true;
+    default:
+        return false;
+    }
+}
 
 static bool in_list(const CK_ATTRIBUTE_TYPE *list, size_t n, CK_ATTRIBUTE_TYPE t)
 {
@@ -189,13 +264,6 @@ static bool in_list(const CK_ATTRIBUTE_TYPE *list, size_t n, CK_ATTRIBUTE_TYPE t
         if (list[i] == t)
             return true;
     return false;
-}
-
-bool tok_attr_is_bool(CK_ATTRIBUTE_TYPE t) { return in_list(bool_types, sizeof(bool_types) / sizeof(*bool_types), t); }
-
-bool tok_attr_is_ulong(CK_ATTRIBUTE_TYPE t)
-{
-    return in_list(ulong_types, sizeof(ulong_types) / sizeof(*ulong_types), t);
 }
 
 bool tok_attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE t)
@@ -264,6 +332,25 @@ static size_t stored_len(const tok_attr *a)
     return tok_attr_is_ulong(a->type) && a->len == sizeof(CK_ULONG) ? 8 : a->len;
 }
 
+/* One attribute's serialized form at p; returns the byte after it. */
+static uint8_t *put_attr(uint8_t *p, const tok_attr *x)
+{
+    size_t l = stored_len(x);
+
+    put_le(p, x->type, 8);
+    put_le(p + 8, l, 4);
+    p += 12;
+    if (l == 8 && x->len == sizeof(CK_ULONG) && tok_attr_is_ulong(x->type)) {
+        CK_ULONG v;
+
+        memcpy(&v, x->val, sizeof(v));
+        put_le(p, v, 8);
+    } else if (l) {
+        memcpy(p, x->val, l);
+    }
+    return p + l;
+}
+
 int tok_attrs_serialize(const tok_attrs *a, uint8_t **out, size_t *len)
 {
     size_t total = 1 + 4;
@@ -278,23 +365,29 @@ int tok_attrs_serialize(const tok_attrs *a, uint8_t **out, size_t *len)
     *p++ = BLOB_VERSION;
     put_le(p, a->n, 4);
     p += 4;
-    for (size_t i = 0; i < a->n; i++) {
-        const tok_attr *x = &a->v[i];
-        size_t l = stored_len(x);
+    for (size_t i = 0; i < a->n; i++)
+        p = put_attr(p, &a->v[i]);
+    *out = buf;
+    *len = total;
+    return 0;
+}
 
-        put_le(p, x->type, 8);
-        put_le(p + 8, l, 4);
-        p += 12;
-        if (l == 8 && x->len == sizeof(CK_ULONG) && tok_attr_is_ulong(x->type)) {
-            CK_ULONG v;
+int tok_attrs_serialize_refs(const tok_attr *const *v, size_t n, uint8_t **out, size_t *len)
+{
+    size_t total = 1 + 4;
+    uint8_t *buf, *p;
 
-            memcpy(&v, x->val, sizeof(v));
-            put_le(p, v, 8);
-        } else if (l) {
-            memcpy(p, x->val, l);
-        }
-        p += l;
-    }
+    for (size_t i = 0; i < n; i++)
+        total += 8 + 4 + stored_len(v[i]);
+    buf = malloc(total);
+    if (!buf)
+        return -1;
+    p = buf;
+    *p++ = BLOB_VERSION;
+    put_le(p, n, 4);
+    p += 4;
+    for (size_t i = 0; i < n; i++)
+        p = put_attr(p, v[i]);
     *out = buf;
     *len = total;
     return 0;
@@ -309,8 +402,15 @@ int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out)
     if (!buf || len < 5 || buf[0] != BLOB_VERSION)
         return -1;
     count = get_le(buf + 1, 4);
+    if (count > (len - 5) / 12)
+        return -1; /* each attribute takes at least 12 bytes */
+    if (count && !(a.v = malloc((size_t)count * sizeof(*a.v))))
+        return -1;
+    a.cap = (size_t)count;
     for (uint64_t i = 0; i < count; i++) {
         CK_ATTRIBUTE_TYPE type;
+        uint8_t *copy = NULL;
+        CK_ULONG vl;
         size_t l;
 
         if (len - pos < 12)
@@ -323,11 +423,19 @@ int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out)
         if (tok_attr_is_ulong(type) && l == 8) {
             CK_ULONG v = (CK_ULONG)get_le(buf + pos, 8);
 
-            if (tok_attrs_set(&a, type, &v, sizeof(v)) != 0)
+            vl = sizeof(v);
+            if (!(copy = may_hold_key(type) ? ks_secmem_alloc(vl) : malloc(vl)))
                 goto bad;
-        } else if (tok_attrs_set(&a, type, buf + pos, (CK_ULONG)l) != 0) {
-            goto bad;
+            memcpy(copy, &v, vl);
+        } else {
+            vl = (CK_ULONG)l;
+            if (l) {
+                if (!(copy = may_hold_key(type) ? ks_secmem_alloc(l) : malloc(l)))
+                    goto bad;
+                memcpy(copy, buf + pos, l);
+            }
         }
+        a.v[a.n++] = (tok_attr){type, vl, copy}; /* unique (checked above), within the capacity */
         pos += l;
     }
     if (pos != len)

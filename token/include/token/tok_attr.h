@@ -32,6 +32,9 @@ TOK_API int tok_attrs_set(tok_attrs *a, CK_ATTRIBUTE_TYPE t, const void *val, CK
 TOK_API int tok_attrs_set_bool(tok_attrs *a, CK_ATTRIBUTE_TYPE t, bool v);
 TOK_API int tok_attrs_set_ulong(tok_attrs *a, CK_ATTRIBUTE_TYPE t, CK_ULONG v);
 TOK_API void tok_attrs_remove(tok_attrs *a, CK_ATTRIBUTE_TYPE t);
+/* Move every attribute of src to the end of dst (src is left empty); the
+ * caller sees to it that no type is in both. 0, or -1 (ENOMEM: both unchanged). */
+TOK_API int tok_attrs_take(tok_attrs *dst, tok_attrs *src);
 /* Typed reads: return dflt / false when absent or of the wrong length. */
 TOK_API bool tok_attrs_get_bool(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, bool dflt);
 TOK_API bool tok_attrs_get_ulong(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, CK_ULONG *out);
@@ -40,6 +43,8 @@ TOK_API bool tok_attrs_get_ulong(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, CK_ULO
  * values are stored as 8-byte integers so the format is portable). */
 TOK_API int tok_attrs_serialize(const tok_attrs *a, uint8_t **out, size_t *len); /* 0 / -1 */
 TOK_API int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out);     /* 0 / -1 malformed */
+/* The same form of the n attributes v points to, in that order. 0 / -1 */
+TOK_API int tok_attrs_serialize_refs(const tok_attr *const *v, size_t n, uint8_t **out, size_t *len);
 
 /* True for attribute types whose CK_ATTRIBUTE value is a CK_ULONG/CK_BBOOL
  * (used to validate lengths in templates: CKR_ATTRIBUTE_VALUE_INVALID). */
