@@ -46,36 +46,40 @@ bool tok_env_clear_attr(CK_ATTRIBUTE_TYPE t)
 
 bool tok_env_present(const tok_attrs *a) { return tok_attrs_find(a, TOKA_ENVELOPE) != NULL; }
 
-static int by_type(const void *a, const void *b)
-{
-    CK_ATTRIBUTE_TYPE x = ((const tok_attr *)a)->type, y = ((const tok_attr *)b)->type;
-    return x < y ? -1 : x > y;
-}
-
 /* SHA-256 of the clear attributes (all but the envelope) sorted by type,
  * in their serialized form: what the object says it is and may do is bound
- * to its values, so none of it can be changed without the token key. */
+ * to its values, so none of it can be changed without the token key. Sorted
+ * as references, not copies: every read of a private object computes it. */
 static int clear_digest(const tok_attrs *a, uint8_t out[32])
 {
-    tok_attrs c = TOK_ATTRS_INIT;
+    const tok_attr *stackv[64], **v = a->n <= 64 ? stackv : malloc(a->n * sizeof(*v));
     uint8_t *blob = NULL;
-    size_t len = 0;
+    size_t n = 0, len = 0;
     unsigned hl = 0;
     int ok = 0;
 
-    for (size_t i = 0; i < a->n; i++)
-        if (a->v[i].type != TOKA_ENVELOPE && tok_attrs_set(&c, a->v[i].type, a->v[i].val, a->v[i].len) != 0)
-            goto out;
-    if (c.n > 1)
-        qsort(c.v, c.n, sizeof(*c.v), by_type);
-    if (tok_attrs_serialize(&c, &blob, &len) != 0)
+    if (!v)
+        return -1;
+    for (size_t i = 0; i < a->n; i++) {
+        const tok_attr *x = &a->v[i];
+        size_t j = n;
+
+        if (x->type == TOKA_ENVELOPE)
+            continue;
+        for (; j > 0 && v[j - 1]->type > x->type; j--) /* insertion sort: a few dozen, types unique */
+            v[j] = v[j - 1];
+        v[j] = x;
+        n++;
+    }
+    if (tok_attrs_serialize_refs(v, n, &blob, &len) != 0)
         goto out;
     pthread_once(&env_once, env_fetch);
     ok = env_md && EVP_Digest(blob, len, out, &hl, env_md, NULL) == 1 && hl == 32;
 out:
     if (blob)
         ks_buf_free(blob, len);
-    tok_attrs_free(&c);
+    if (v != stackv)
+        free(v);
     return ok ? 0 : -1;
 }
 
@@ -153,10 +157,12 @@ out:
     return rc;
 }
 
-int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *stored, tok_attrs *out)
+/* a with its envelope opened in place: the envelope's values appended, the
+ * envelope removed. On failure a is unchanged. */
+static int env_open_in(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, tok_attrs *a)
 {
-    const tok_attr *e = tok_attrs_find(stored, TOKA_ENVELOPE);
-    tok_attrs inner = TOK_ATTRS_INIT, res = TOK_ATTRS_INIT;
+    const tok_attr *e = tok_attrs_find(a, TOKA_ENVELOPE);
+    tok_attrs inner = TOK_ATTRS_INIT;
     uint8_t aad[AAD_LEN], tag[TAG_LEN], *plain = NULL;
     size_t plen;
     int rc = -2;
@@ -167,7 +173,7 @@ int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, con
     plain = malloc(plen ? plen : 1);
     if (!plain)
         return -1;
-    if (env_aad(token, oid, stored, aad) != 0) {
+    if (env_aad(token, oid, a, aad) != 0) {
         rc = -1;
         goto out;
     }
@@ -175,27 +181,36 @@ int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, con
     if (tok_gcm(0, tk, e->val + 1, aad, AAD_LEN, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0 ||
         tok_attrs_parse(plain, plen, &inner) != 0)
         goto out;
+    for (size_t i = 0; i < inner.n; i++)
+        if (tok_env_clear_attr(inner.v[i].type) || tok_attrs_find(a, inner.v[i].type))
+            goto out; /* an envelope may only hold values, each once (and no envelope) */
     rc = -1;
-    for (size_t i = 0; i < stored->n; i++)
-        if (stored->v[i].type != TOKA_ENVELOPE &&
-            tok_attrs_set(&res, stored->v[i].type, stored->v[i].val, stored->v[i].len) != 0)
-            goto out;
-    for (size_t i = 0; i < inner.n; i++) {
-        if (tok_env_clear_attr(inner.v[i].type) || tok_attrs_find(&res, inner.v[i].type)) {
-            rc = -2; /* an envelope may only hold values, each once */
-            goto out;
-        }
-        if (tok_attrs_set(&res, inner.v[i].type, inner.v[i].val, inner.v[i].len) != 0)
-            goto out;
-    }
-    tok_attrs_free(out);
-    *out = res;
-    res = (tok_attrs)TOK_ATTRS_INIT;
+    if (tok_attrs_take(a, &inner) != 0)
+        goto out;
+    tok_attrs_remove(a, TOKA_ENVELOPE);
     rc = 0;
 out:
     ks_buf_free(plain, plen ? plen : 1);
     tok_attrs_free(&inner);
-    tok_attrs_free(&res);
+    return rc;
+}
+
+int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *stored, tok_attrs *out)
+{
+    tok_attrs res = TOK_ATTRS_INIT;
+    int rc;
+
+    if (stored == out)
+        return env_open_in(tk, token, oid, out);
+    if (tok_attrs_copy(&res, stored) != 0)
+        return -1;
+    rc = env_open_in(tk, token, oid, &res);
+    if (rc == 0) {
+        tok_attrs_free(out);
+        *out = res;
+    } else {
+        tok_attrs_free(&res);
+    }
     return rc;
 }
 

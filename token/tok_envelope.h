@@ -33,8 +33,9 @@ TOK_API bool tok_env_present(const tok_attrs *a);
 /* out = the clear attributes of plain + the envelope. 0, or -1 (ENOMEM / crypto failure). */
 TOK_API int tok_env_seal(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *plain,
                          tok_attrs *out);
-/* out = stored with its envelope opened. 0; -1 ENOMEM; -2 the envelope
- * fails authentication or is malformed. */
+/* out = stored with its envelope opened (out may be stored: opened in
+ * place, no copy). 0; -1 ENOMEM; -2 the envelope fails authentication or is
+ * malformed (out unchanged on failure). */
 TOK_API int tok_env_open(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oid, const tok_attrs *stored,
                          tok_attrs *out);
 /* out = stored without its envelope (what can be shown without the PIN). */

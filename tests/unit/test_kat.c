@@ -621,6 +621,84 @@ static void test_envelope(void **state)
     tok_attrs_free(&sealed);
 }
 
+/* One {LE64 type | LE32 len | value} of the serialized form at p. */
+static uint8_t *ser_attr(uint8_t *p, CK_ATTRIBUTE_TYPE t, const void *val, size_t len)
+{
+    le(p, t, 8);
+    le(p + 8, len, 4);
+    memcpy(p + 12, val, len);
+    return p + 12 + len;
+}
+
+/* Several clear attributes, held in any order: the AAD digests them sorted
+ * by type in the documented serialized form (CK_ULONG as LE64), whichever
+ * order the list holds them in, opened in place or into another list. */
+static void test_envelope_clear_order(void **state)
+{
+    (void)state;
+    static const uint8_t value[16] = "0123456789abcdef", one = 1;
+    const uint64_t oid = 77;
+    uint8_t tk[32], clear[256], inner[5 + 12 + 16], env[1 + 12 + sizeof(inner) + 16], aad[67], le8[8], *p = clear;
+    unsigned hl = 0;
+    tok_attrs stored = TOK_ATTRS_INIT, opened = TOK_ATTRS_INIT;
+
+    fill(tk, 32, 0x41);
+    *p++ = 1;
+    le(p, 6, 4);
+    p += 4;
+    le(le8, CKO_SECRET_KEY, 8);
+    p = ser_attr(p, CKA_CLASS, le8, 8);
+    p = ser_attr(p, CKA_TOKEN, &one, 1);
+    p = ser_attr(p, CKA_PRIVATE, &one, 1);
+    p = ser_attr(p, CKA_LABEL, "lbl", 3);
+    p = ser_attr(p, CKA_ID, "\x01\x02", 2);
+    le(le8, 16, 8);
+    p = ser_attr(p, CKA_VALUE_LEN, le8, 8);
+    memcpy(aad, "p11mk private object v1", 23);
+    le(aad + 23, 5, 4);
+    le(aad + 27, oid, 8);
+    assert_int_equal(EVP_Digest(clear, (size_t)(p - clear), aad + 35, &hl, EVP_sha256(), NULL), 1);
+    inner[0] = 1;
+    le(inner + 1, 1, 4);
+    ser_attr(inner + 5, CKA_VALUE, value, 16);
+    env[0] = 1;
+    fill(env + 1, 12, 0x33);
+    assert_true(ossl_gcm(1, tk, env + 1, aad, sizeof(aad), inner, sizeof(inner), env + 13));
+
+    assert_int_equal(tok_attrs_set(&stored, CKA_ID, "\x01\x02", 2), 0);
+    assert_int_equal(tok_attrs_set_ulong(&stored, CKA_VALUE_LEN, 16), 0);
+    assert_int_equal(tok_attrs_set(&stored, TOKA_ENVELOPE, env, sizeof(env)), 0);
+    assert_int_equal(tok_attrs_set(&stored, CKA_LABEL, "lbl", 3), 0);
+    assert_int_equal(tok_attrs_set_ulong(&stored, CKA_CLASS, CKO_SECRET_KEY), 0);
+    assert_int_equal(tok_attrs_set_bool(&stored, CKA_PRIVATE, true), 0);
+    assert_int_equal(tok_attrs_set_bool(&stored, CKA_TOKEN, true), 0);
+    assert_int_equal(tok_env_open(tk, 5, oid, &stored, &opened), 0);
+    assert_int_equal(opened.n, 7);
+    assert_null(tok_attrs_find(&opened, TOKA_ENVELOPE));
+    assert_memory_equal(tok_attrs_find(&opened, CKA_VALUE)->val, value, 16);
+    assert_int_equal(stored.n, 7); /* into another list: stored is left as it was */
+    assert_non_null(tok_attrs_find(&stored, TOKA_ENVELOPE));
+
+    /* A clear attribute changed without the token key: refused, the list unchanged. */
+    tok_attrs moved = TOK_ATTRS_INIT;
+    assert_int_equal(tok_attrs_copy(&moved, &stored), 0);
+    assert_int_equal(tok_attrs_set(&moved, CKA_ID, "\x01\x03", 2), 0);
+    assert_int_equal(tok_env_open(tk, 5, oid, &moved, &moved), -2);
+    assert_int_equal(moved.n, 7);
+    assert_non_null(tok_attrs_find(&moved, TOKA_ENVELOPE));
+    assert_null(tok_attrs_find(&moved, CKA_VALUE));
+    tok_attrs_free(&moved);
+
+    /* In place: the same result. */
+    assert_int_equal(tok_env_open(tk, 5, oid, &stored, &stored), 0);
+    assert_int_equal(stored.n, 7);
+    assert_null(tok_attrs_find(&stored, TOKA_ENVELOPE));
+    assert_memory_equal(tok_attrs_find(&stored, CKA_VALUE)->val, value, 16);
+    assert_memory_equal(tok_attrs_find(&stored, CKA_ID)->val, "\x01\x02", 2);
+    tok_attrs_free(&stored);
+    tok_attrs_free(&opened);
+}
+
 /* ---- a keystore written by an earlier p11mk --------------------------------- */
 
 static size_t read_all(const char *path, uint8_t *buf, size_t cap)
@@ -826,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_pin_record_v2),
         cmocka_unit_test(test_attr_serialization),
         cmocka_unit_test(test_envelope),
+        cmocka_unit_test(test_envelope_clear_order),
         cmocka_unit_test_setup_teardown(test_fixture_pin_v1, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
