@@ -87,6 +87,7 @@ typedef struct ks_keyring {
 
 #define IDX_MAC_LEN 16
 #define IDX_KEY_LEN (4 + IDX_MAC_LEN)
+#define KS_IDX_SPARE 4 /* index MAC contexts kept for reuse (ks_store.idx_spare) */
 
 struct ks_store {
     ks_store *next;
@@ -100,6 +101,10 @@ struct ks_store {
     uint32_t format;
     uint8_t ksid[KS_KSID_LEN];
     EVP_MAC_CTX *idx_mac; /* HMAC-SHA256 keyed with the index key; duplicated per use */
+    /* Duplicates of idx_mac given back after use, taken again (and re-keyed
+     * from their own saved state) instead of duplicating anew: lock-free,
+     * an empty place means duplicate, a full set means free. */
+    _Atomic(EVP_MAC_CTX *) idx_spare[KS_IDX_SPARE];
     /* Keys: the snapshot for the current generation; the keys handed to this
      * process (by ks_open, or staged in it) that no key file can give back;
      * and the key file, read afresh whenever a generation needs a key the

@@ -45,6 +45,8 @@ static void store_free(ks_store *st)
     if (st->users_fd >= 0)
         close(st->users_fd);
     EVP_MAC_CTX_free(st->idx_mac);
+    for (int i = 0; i < KS_IDX_SPARE; i++)
+        EVP_MAC_CTX_free(atomic_exchange(&st->idx_spare[i], NULL));
     ring_unref(st->ring);
     ks_secmem_free(st->extra);
     ks_meta_free(&st->meta_cache);
@@ -1273,12 +1275,39 @@ int ks_token_count_objects(ks_txn *x, uint32_t token_id, uint64_t *n)
 
 /* ---- indexes ------------------------------------------------------------- */
 
+/* A context keyed with the index key: a spare one re-initialized from the
+ * key state it keeps (no allocation), else a new duplicate. */
+static EVP_MAC_CTX *idx_mac_take(ks_store *st)
+{
+    for (int i = 0; i < KS_IDX_SPARE; i++) {
+        EVP_MAC_CTX *c = atomic_exchange(&st->idx_spare[i], NULL);
+
+        if (!c)
+            continue;
+        if (EVP_MAC_init(c, NULL, 0, NULL) == 1)
+            return c;
+        EVP_MAC_CTX_free(c);
+    }
+    return EVP_MAC_CTX_dup(st->idx_mac);
+}
+
+static void idx_mac_give(ks_store *st, EVP_MAC_CTX *c)
+{
+    for (int i = 0; i < KS_IDX_SPARE; i++) {
+        EVP_MAC_CTX *none = NULL;
+
+        if (atomic_compare_exchange_strong(&st->idx_spare[i], &none, c))
+            return;
+    }
+    EVP_MAC_CTX_free(c);
+}
+
 static int idx_key(ks_store *st, uint8_t kb[IDX_KEY_LEN], uint32_t token_id, uint32_t attr, const void *val,
                    size_t len)
 {
     uint8_t mac[32], be[4];
     size_t maclen = 0;
-    EVP_MAC_CTX *c = EVP_MAC_CTX_dup(st->idx_mac);
+    EVP_MAC_CTX *c = idx_mac_take(st);
     int ok;
 
     if (!c)
@@ -1286,7 +1315,10 @@ static int idx_key(ks_store *st, uint8_t kb[IDX_KEY_LEN], uint32_t token_id, uin
     ks_be32(be, attr);
     ok = EVP_MAC_update(c, be, 4) && (!len || EVP_MAC_update(c, val, len)) &&
          EVP_MAC_final(c, mac, &maclen, sizeof(mac));
-    EVP_MAC_CTX_free(c);
+    if (ok)
+        idx_mac_give(st, c);
+    else
+        EVP_MAC_CTX_free(c);
     if (!ok || maclen < IDX_MAC_LEN)
         return KS_EIO;
     ks_be32(kb, token_id);
