@@ -9,8 +9,10 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "keystore/ks.h"
 #include "keystore/ks_tamper.h"
 #include "tests/unit/test_p11.h"
+#include "token/tok_attr.h"
 
 /* ---- keystore-level failures --------------------------------------------- */
 
@@ -52,6 +54,146 @@ static void test_tampered_record(void **state)
     /* A find skips nothing silently: the damaged object is not returned as a match. */
     CK_ATTRIBUTE byl[] = {{CKA_LABEL, "bystander", 9}};
     assert_int_equal(count_found(h, byl, 1), 1);
+    CK(f->C_CloseAllSessions(s));
+}
+
+/* ---- find: private objects, damage, exact matches ------------------------- */
+
+static CK_OBJECT_HANDLE make_with_id(CK_SESSION_HANDLE h, const char *label, const char *id, bool priv)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_OBJECT_HANDLE o;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &yes, 1},
+        {CKA_PRIVATE, priv ? &yes : &no, 1},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, (void *)id, strlen(id)},
+        {CKA_VALUE, (void *)"0123456789abcdef", 16},
+    };
+    CK(f->C_CreateObject(h, t, 7, &o));
+    return o;
+}
+
+typedef struct {
+    uint32_t slot;
+    uint64_t oid;
+    const char *id;
+    bool rewrite; /* false: only an index entry for id pointing at oid */
+} reid_arg;
+
+/* What someone holding the keystore and the master key but no PIN can do:
+ * rewrite an object's record with another (clear) CKA_ID and index it under
+ * that one; or add an index entry pointing a CKA_ID at an object that does
+ * not hold it (what a collision of the index MAC would give). */
+static int reid_fn(ks_txn *t, void *arg)
+{
+    const reid_arg *r = arg;
+    tok_attrs a = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = KS_OK;
+
+    if (r->rewrite) {
+        if ((rc = ks_obj_get(t, r->slot, r->oid, &blob, &len)) != KS_OK)
+            return rc;
+        assert_int_equal(tok_attrs_parse(blob, len, &a), 0);
+        ks_buf_free(blob, len);
+        assert_int_equal(tok_attrs_set(&a, CKA_ID, r->id, strlen(r->id)), 0);
+        assert_int_equal(tok_attrs_serialize(&a, &blob, &len), 0);
+        tok_attrs_free(&a);
+        rc = ks_obj_put(t, r->slot, r->oid, blob, len);
+        ks_buf_free(blob, len);
+    }
+    return rc == KS_OK ? ks_idx_add(t, r->slot, CKA_ID, r->id, strlen(r->id), r->oid) : rc;
+}
+
+static void master_key_write(const reid_arg *r)
+{
+    ks_mkey mk;
+    ks_store *st;
+    ks_err err = KS_ERR_INIT;
+
+    ks_mkey_default(&mk);
+    assert_int_equal(ks_open(keystore, &mk, 0, &st, &err), KS_OK);
+    assert_int_equal(ks_write(st, reid_fn, (void *)r), KS_OK);
+    ks_close(st);
+}
+
+/* C_FindObjects by CKA_ID / CKA_LABEL: a private object is not found by a
+ * session that is not logged in (no different from an absent value); the
+ * final comparison is exact whatever the index offers; a private object
+ * whose clear attributes were changed without the token key is not
+ * returned, by its old value nor by its new one, and is reported. */
+static void test_find_private_damaged_exact(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("findpriv");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE pa = make_with_id(h, "priv-a", "id-a", true), pb = make_with_id(h, "priv-b", "id-b", true);
+    CK_OBJECT_HANDLE pc = make_with_id(h, "pub-c", "id-c", false), got[4];
+    CK_OBJECT_CLASS seckey = CKO_SECRET_KEY, cert = CKO_CERTIFICATE;
+    CK_ULONG n;
+    CK_ATTRIBUTE ida[] = {{CKA_ID, "id-a", 4}}, la[] = {{CKA_LABEL, "priv-a", 6}};
+    CK_ATTRIBUTE idac[] = {{CKA_ID, "id-a", 4}, {CKA_CLASS, &seckey, sizeof(seckey)}};
+    CK_ATTRIBUTE idb_lb[] = {{CKA_LABEL, "priv-b", 6}, {CKA_ID, "id-b", 4}, {CKA_CLASS, &seckey, sizeof(seckey)}};
+    CK_ATTRIBUTE idb_la[] = {{CKA_ID, "id-b", 4}, {CKA_LABEL, "priv-a", 6}};
+    CK_ATTRIBUTE idb_cert[] = {{CKA_ID, "id-b", 4}, {CKA_CLASS, &cert, sizeof(cert)}};
+    CK_ATTRIBUTE idpre[] = {{CKA_ID, "id-", 3}}, idlong[] = {{CKA_ID, "id-b2", 5}};
+    CK_ATTRIBUTE idb[] = {{CKA_ID, "id-b", 4}}, idc[] = {{CKA_ID, "id-c", 4}}, idx[] = {{CKA_ID, "id-x", 4}};
+    CK_ATTRIBUTE none[] = {{CKA_ID, "id-none", 7}};
+
+    /* Logged in: exact matches only, every attribute of the template. */
+    assert_int_equal(count_found(h, ida, 1), 1);
+    assert_int_equal(count_found(h, la, 1), 1);
+    assert_int_equal(count_found(h, idac, 2), 1);
+    assert_int_equal(count_found(h, idb_lb, 3), 1);
+    assert_int_equal(count_found(h, idb_la, 2), 0);
+    assert_int_equal(count_found(h, idb_cert, 2), 0);
+    assert_int_equal(count_found(h, idpre, 1), 0);
+    assert_int_equal(count_found(h, idlong, 1), 0);
+
+    /* Not logged in: the private ones are not there, as if absent. */
+    CK(f->C_Logout(h));
+    assert_int_equal(count_found(h, ida, 1), 0);
+    assert_int_equal(count_found(h, la, 1), 0);
+    assert_int_equal(count_found(h, idac, 2), 0);
+    assert_int_equal(count_found(h, idb_lb, 3), 0);
+    assert_int_equal(count_found(h, none, 1), 0);
+    assert_int_equal(count_found(h, idc, 1), 1);
+    CK(f->C_FindObjectsInit(h, NULL, 0));
+    CK(f->C_FindObjects(h, got, 4, &n));
+    CK(f->C_FindObjectsFinal(h));
+    for (CK_ULONG i = 0; i < n; i++)
+        assert_true(got[i] != pa && got[i] != pb);
+
+    /* With the master key alone: pa's record says id-x now (and the index
+     * agrees); the index lists pb under id-c too. */
+    CK(f->C_Finalize(NULL)); /* LMDB must not be opened twice in one process */
+    master_key_write(&(reid_arg){(uint32_t)s, pa, "id-x", true});
+    master_key_write(&(reid_arg){(uint32_t)s, pb, "id-c", false});
+    CK(f->C_Initialize(NULL));
+    h = user_session(s, true);
+    assert_int_equal(count_found(h, idx, 1), 0);
+    assert_int_equal(count_found(h, ida, 1), 0);
+    char needle[96];
+    snprintf(needle, sizeof(needle), "object %lu: its envelope fails authentication", (unsigned long)pa);
+    assert_true(log_contains(needle));
+    CK(f->C_FindObjectsInit(h, idc, 1));
+    CK(f->C_FindObjects(h, got, 4, &n));
+    CK(f->C_FindObjectsFinal(h));
+    assert_int_equal(n, 1);
+    assert_int_equal(got[0], pc);
+    CK(f->C_FindObjectsInit(h, idb, 1));
+    CK(f->C_FindObjects(h, got, 4, &n));
+    CK(f->C_FindObjectsFinal(h));
+    assert_int_equal(n, 1);
+    assert_int_equal(got[0], pb);
+    CK(f->C_Logout(h));
+    assert_int_equal(count_found(h, idx, 1), 0);
+    assert_int_equal(count_found(h, idc, 1), 1);
     CK(f->C_CloseAllSessions(s));
 }
 
@@ -440,6 +582,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tampered_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find_private_damaged_exact, setup, teardown),
         cmocka_unit_test(test_wrong_key_and_bad_config),
         cmocka_unit_test_setup_teardown(test_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reinit_elsewhere_ends_login, setup, teardown),
