@@ -313,7 +313,10 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     if (info->new_epoch) {
         char nk[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(info->new_kcv, nk);
-        printf(" (new key staged as epoch %u, KCV %s)", info->new_epoch, nk);
+        printf(" (new key staged as epoch %u, KCV %s%s)", info->new_epoch, nk,
+               info->rot_state == KS_ROT_PENDING ? "; records stay under the current key until every host below "
+                                                   "holds it"
+                                                 : "");
     }
     printf("\nHistory:         %zu retired key%s%s\n", rot->v.n_history, rot->v.n_history == 1 ? "" : "s",
            rot->v.n_history ? " (newest first; backups sealed under them can be restored):" : "");

@@ -33,7 +33,7 @@ const char *ks_rot_state_name(int state)
     case KS_ROT_REWRAP: return "rewrapping";
     case KS_ROT_READY: return "ready to commit";
     case KS_ROT_ABORTING: return "aborting";
-    case KS_ROT_PENDING: return "pending (staged; waiting for every host to load it)";
+    case KS_ROT_PENDING: return "pending"; /* staged; not every host holds it yet */
     default: return "unknown";
     }
 }
