@@ -255,6 +255,9 @@ static void test_order(void **state)
     assert_memory_equal(k.p, "a\x01", 2);
     assert_int_equal(o->cur_next(c, false, &k, &v), KS_OK);
     assert_memory_equal(k.p, "ab", 2);
+    assert_int_equal(o->cur_seek(c, KS_BSEEK_GE, "ab", 2, &k, &v), KS_OK); /* GE includes the key itself */
+    assert_int_equal(k.n, 2);
+    assert_memory_equal(k.p, "ab", 2);
     assert_int_equal(o->cur_seek(c, KS_BSEEK_KEY, "ab", 2, &k, &v), KS_OK);
     assert_int_equal(o->cur_seek(c, KS_BSEEK_KEY, "abc", 3, &k, &v), KS_ENOTFOUND);
     assert_int_equal(o->cur_seek(c, KS_BSEEK_GE, "\xff\xff\x00", 3, &k, &v), KS_ENOTFOUND);
