@@ -79,21 +79,7 @@ int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sy
         remove_scratch(dir);
         return rc;
     }
-    for (int attempt = 0; attempt < 32; attempt++) {
-        ks_btxn *src = NULL, *dst = NULL;
-        if ((rc = o->read_begin(e, &src)) == KS_OK && (rc = d->write_begin(de, &dst)) == KS_OK &&
-            (rc = tables ? KS_OK : d->create_tables(dst)) == KS_OK) {
-            for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
-                rc = copy_table(o, src, d, dst, (ks_table)tab);
-        }
-        if (src)
-            o->read_end(src);
-        if (dst)
-            rc = rc == KS_OK ? d->commit(dst) : (d->abort(dst), rc);
-        if (rc != KS_BE_RETRY)
-            break;
-        d->make_room(de); /* the scratch map was full: grow it, start again */
-    }
+    rc = ks_backend_transfer(o, e, d, de, tables, false);
     if (rc == KS_OK)
         rc = d->copy(de, fd, sys_err, why, n);
     else
@@ -103,14 +89,28 @@ int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sy
     return rc;
 }
 
-int ks_backend_replace_all(const ks_backend_ops *so, ks_btxn *src, const ks_backend_ops *d, ks_btxn *dst)
+int ks_backend_transfer(const ks_backend_ops *so, ks_benv *se, const ks_backend_ops *d, ks_benv *de, bool dst_tables,
+                        bool replace)
 {
-    int rc = KS_OK;
-    for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
-        rc = d->del_prefix(dst, (ks_table)tab, NULL, 0);
-    for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
-        rc = copy_table(so, src, d, dst, (ks_table)tab);
-    return rc;
+    int rc = KS_EIO;
+    for (int attempt = 0; attempt < 32; attempt++) {
+        ks_btxn *src = NULL, *dst = NULL;
+        if ((rc = so->read_begin(se, &src)) == KS_OK && (rc = d->write_begin(de, &dst)) == KS_OK &&
+            (rc = dst_tables ? KS_OK : d->create_tables(dst)) == KS_OK) {
+            for (int tab = 0; replace && tab < KS_TAB_N && rc == KS_OK; tab++)
+                rc = d->del_prefix(dst, (ks_table)tab, NULL, 0);
+            for (int tab = 0; tab < KS_TAB_N && rc == KS_OK; tab++)
+                rc = copy_table(so, src, d, dst, (ks_table)tab);
+        }
+        if (src)
+            so->read_end(src);
+        if (dst)
+            rc = rc == KS_OK ? d->commit(dst) : (d->abort(dst), rc);
+        if (rc != KS_BE_RETRY)
+            break;
+        d->make_room(de); /* a full map, a serialization failure: grow or wait, start again */
+    }
+    return rc == KS_BE_RETRY ? KS_EIO : rc;
 }
 
 int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen)

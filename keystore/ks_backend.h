@@ -183,9 +183,13 @@ KS_API const char *ks_backend_names(void);
  * to fd as an LMDB data file (the backup format of every backend): the
  * tables are copied into a new LMDB environment in a temporary directory,
  * which is then copied compacted to fd and removed. */
-/* In dst's write transaction, every table emptied, then filled with every
- * entry of src's snapshot (a restore into a backend that is not a file). */
-KS_API int ks_backend_replace_all(const ks_backend_ops *so, ks_btxn *src, const ks_backend_ops *d, ks_btxn *dst);
+/* Copy every table of src's storage, as one read snapshot, into dst's in one
+ * write transaction (run again after make_room when it must be); with
+ * replace, dst's tables are emptied first in the same transaction (a
+ * restore into a backend that is not a file). dst_tables: dst's tables
+ * exist (else create_tables makes them first). */
+KS_API int ks_backend_transfer(const ks_backend_ops *so, ks_benv *se, const ks_backend_ops *d, ks_benv *de,
+                               bool dst_tables, bool replace);
 /* The plain epoch and generation records of an open storage (0 when missing). */
 KS_API int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen);
 KS_API int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sys_err, char *why, size_t n);

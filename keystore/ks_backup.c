@@ -408,19 +408,7 @@ int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv
     bool rdonly = false, stables = false;
     if ((rc = lm->open(scratch, NULL, 0, &rdonly, &stables, &se, err)) != KS_OK)
         goto out;
-    for (int attempt = 0; attempt < 8; attempt++) {
-        ks_btxn *src = NULL, *dst = NULL;
-        if ((rc = lm->read_begin(se, &src)) == KS_OK && (rc = ops->write_begin(be, &dst)) == KS_OK &&
-            (rc = tables ? KS_OK : ops->create_tables(dst)) == KS_OK)
-            rc = ks_backend_replace_all(lm, src, ops, dst);
-        if (src)
-            lm->read_end(src);
-        if (dst)
-            rc = rc == KS_OK ? ops->commit(dst) : (ops->abort(dst), rc);
-        if (rc != KS_BE_RETRY)
-            break;
-        ops->make_room(be);
-    }
+    rc = ks_backend_transfer(lm, se, ops, be, tables, true);
     lm->close(se);
     if (rc != KS_OK && !err->msg[0])
         ks_err_set(err, "cannot write the restored keystore into its storage: %s; the keystore is unchanged",
