@@ -26,7 +26,11 @@
  *
  * For instruction profiles (valgrind --tool=callgrind, whose counts do not
  * depend on machine load): BENCH_OPS_PROFILE="NAME:N" runs N operations of
- * each side of the first case whose name contains NAME, untimed, and exits. */
+ * each side of the first case whose name contains NAME, untimed, and exits.
+ *
+ * BENCH_OPS_ONLY="NAME" (without --procs) runs only the cases whose name
+ * contains NAME (one figure, e.g. "ECDSA P-256 sign", on several
+ * configurations in turn); unset, all of them. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -610,8 +614,11 @@ int main(int argc, char **argv)
         printf("\n");
     if (!nprocs)
         printf("%-40s %7s %12s %12s %7s %9s\n", "operation", "threads", "module/s", "OpenSSL/s", "ratio", "us/op");
+    const char *only = getenv("BENCH_OPS_ONLY");
     for (int t = 1; t <= 2 && !nprocs; t++)
         for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+            if (only && !strstr(cases[i].name, only))
+                continue;
             if (cases[i].p11 == p_gcm_msg && !f3) {
                 printf("%-40s %7d (no PKCS#11 3.0 message-based encryption)\n", cases[i].name, t);
                 continue;
