@@ -15,6 +15,8 @@
  *   state             C_GetSessionInfo -> "state N" or "rv 0x..."
  *   until_fail SECS   sign every 20 ms until a signature fails or SECS pass
  *                     -> "rv 0x... after S" (rv 0x0 after SECS: never failed)
+ *   findinit LABEL    C_FindObjectsInit by CKA_LABEL (any class) -> "rv 0x..."
+ *   findnext          C_FindObjects for up to 8 -> "n N rv 0x..."
  *   quit
  */
 #include <dlfcn.h>
@@ -117,6 +119,15 @@ int main(int argc, char **argv)
             while (now() - t0 < secs && (rv = sign_once()) == CKR_OK)
                 usleep(20000);
             printf("rv 0x%lx after %.2f\n", (unsigned long)rv, now() - t0);
+        } else if (strncmp(line, "findinit ", 9) == 0) {
+            CK_ATTRIBUTE t[] = {{CKA_LABEL, line + 9, strlen(line + 9)}};
+            printf("rv 0x%lx\n", (unsigned long)f->C_FindObjectsInit(s, t, 1));
+        } else if (strcmp(line, "findnext") == 0) {
+            CK_OBJECT_HANDLE hs[8];
+            CK_ULONG n = 0;
+            rv = f->C_FindObjects(s, hs, 8, &n);
+            f->C_FindObjectsFinal(s);
+            printf("n %lu rv 0x%lx\n", (unsigned long)n, (unsigned long)rv);
         } else if (strcmp(line, "quit") == 0) {
             break;
         } else {
