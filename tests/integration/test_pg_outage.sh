@@ -20,7 +20,7 @@ eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
 as_srv() { if [ "$(stat -c %U "$PG_DIR/data")" != "$(id -un)" ]; then (cd "$PG_DIR" && runuser -u "$(stat -c %U "$PG_DIR/data")" -- "$@"); else "$@"; fi; }
 pg_down() { as_srv "$BIN/pg_ctl" stop -D "$PG_DIR/data" -m fast -w -s; }
 pg_up() { as_srv "$BIN/pg_ctl" start -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -s; }
-trap 'r_=$?; pg_up >/dev/null 2>&1; [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null; "$PGC" stop "$PGD" >/dev/null 2>&1; set +e; (exit $r_); cleanup' EXIT
+trap 'r_=$?; set +e; status_=$(as_srv "$BIN/pg_ctl" status -D "$PG_DIR/data" >/dev/null 2>&1; echo $?); [ "$status_" = 3 ] && pg_up >/dev/null 2>&1; [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null; "$PGC" stop "$PGD" >/dev/null 2>&1; set +e; (exit $r_); cleanup' EXIT
 export PGPASSFILE
 CONNINFO=$("$PGC" newdb "$PGD" outage) || fail "cannot make the database"
 mkdir -p "$T/a"

@@ -27,7 +27,7 @@ eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
 STOPPED=
 stop_pg() {
     for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
-    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
+    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null || true
     "$PGC" stop "$PGD" >/dev/null 2>&1 || true
 }
 trap 'r_=$?; stop_pg; set +e; (exit $r_); cleanup' EXIT
