@@ -243,17 +243,24 @@ CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject, C
     while (rv == CKR_OK && n < ulMaxObjectCount && f->sobj_pos < f->nsobjs)
         phObject[n++] = f->sobjs[f->sobj_pos++];
     /* Token objects are unsealed and matched only as far as asked for. */
-    while (rv == CKR_OK && n < ulMaxObjectCount && f->cand_pos < f->ncands) {
-        P11_AUTO_ATTRS obj = TOK_ATTRS_INIT;
-        uint64_t oid = f->cands[f->cand_pos++];
-        CK_RV r = p11_object_attrs(s, (CK_OBJECT_HANDLE)oid, &obj);
-
-        /* Objects deleted meanwhile or failing authentication (logged by
-         * the token layer) are skipped: one bad record must not hide the rest. */
-        if (r == CKR_OK && tok_attrs_match(&obj, f->tmpl, f->n))
-            phObject[n++] = (CK_OBJECT_HANDLE)oid;
-        else if (r == CKR_HOST_MEMORY)
-            rv = r;
+    if (rv == CKR_OK) {
+        tok_access ac = p11_access(s);
+        while (n < ulMaxObjectCount && f->cand_pos < f->ncands) {
+            uint64_t oid = f->cands[f->cand_pos];
+            bool match = false;
+            CK_RV r = tok_obj_match(p11_tok(), &ac, oid, f->tmpl, f->n, &match);
+            if (r != CKR_OK) {
+                /* Handles already found this call would be lost with an
+                 * error: hand them out, and fail the next call if the
+                 * storage is still down (the candidate is tried again). */
+                if (n == 0)
+                    rv = r;
+                break;
+            }
+            f->cand_pos++;
+            if (match)
+                phObject[n++] = (CK_OBJECT_HANDLE)oid;
+        }
     }
     if (rv == CKR_OK)
         *pulObjectCount = n;

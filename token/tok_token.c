@@ -652,8 +652,11 @@ static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, 
 
 /* ac: the caller, whose access to a private object is decided before its
  * envelope is opened (NULL: the token layer's own reads). */
-static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid,
-                          tok_attrs *out, read_mode mode, bool *sealed)
+/* storage_failed (may be NULL): set when the storage itself failed (an I/O
+ * error, a lost database connection), not the record: the answer is then
+ * unknown, where a damaged record is known to be unusable. */
+static CK_RV obj_read_txn2(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid,
+                           tok_attrs *out, read_mode mode, bool *sealed, bool *storage_failed)
 {
     uint8_t *blob = NULL;
     size_t len = 0;
@@ -665,6 +668,11 @@ static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SL
     rc = ks_obj_get(txn, (uint32_t)slot, oid, &blob, &len);
     if (rc == KS_ENOTFOUND)
         return CKR_OBJECT_HANDLE_INVALID;
+    if (rc == KS_EIO || rc == KS_ENOMEM) {
+        if (storage_failed)
+            *storage_failed = true;
+        return ks_to_ckr(rc);
+    }
     if (rc != KS_OK) {
         ks_log(KS_LOG_ERROR, "token %lu object %llu cannot be unsealed (%s): the record was altered or "
                "its key is unavailable; other objects are unaffected. Delete the object or restore a backup",
@@ -682,6 +690,39 @@ static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SL
     if (rv != CKR_OK)
         tok_attrs_free(out);
     return rv;
+}
+
+static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid,
+                          tok_attrs *out, read_mode mode, bool *sealed)
+{
+    return obj_read_txn2(ctx, ac, txn, slot, oid, out, mode, sealed, NULL);
+}
+
+CK_RV tok_obj_match(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                    bool *match)
+{
+    AUTO_TXN txn = NULL;
+    AUTO_ATTRS obj = TOK_ATTRS_INIT;
+    bool storage_failed = false;
+    CK_RV rv;
+    int rc;
+
+    *match = false;
+    if (oid & TOK_SOBJ_BIT) {
+        rv = tok_sobj_read(ctx, ac, oid, &obj);
+    } else {
+        if ((rc = ks_read_begin(ctx->st, &txn)) != KS_OK)
+            return ks_to_ckr(rc);
+        rv = obj_read_txn2(ctx, ac, txn, ac->slot, oid, &obj, READ_FULL, NULL, &storage_failed);
+    }
+    if (rv == CKR_OK) {
+        *match = tok_attrs_match(&obj, tmpl, n);
+        return CKR_OK;
+    }
+    /* Deleted meanwhile, not visible to this caller, or damaged (logged):
+     * not a match, and the search goes on (one bad record must not hide the
+     * rest). A storage failure leaves the answer unknown: the search stops. */
+    return rv == CKR_HOST_MEMORY || storage_failed ? rv : CKR_OK;
 }
 
 CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out)

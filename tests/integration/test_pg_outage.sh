@@ -77,5 +77,5 @@ done
     { echo "BUG: not signing again 10 s after the server came back"; bad=1; }
 [ "$(ask "findinit d1")" = "rv 0x0" ] && [ "$(ask findnext)" = "n 1 rv 0x0" ] ||
     { echo "BUG: d1 not found after the server came back"; bad=1; }
-ask quit >/dev/null 2>&1 || true
+echo quit >&"${PR[1]}" 2>/dev/null || true
 [ $bad -eq 0 ] || fail "see the BUG lines"

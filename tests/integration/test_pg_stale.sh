@@ -116,5 +116,5 @@ case $r in "rv 0x0 "*) echo "BUG: k4 destroyed on b still signs on a after p11mk
 grep -qi "seq\|sequence\|backwards" "$T/a/p11mk.log" && grep -i "backwards\|went down\|lower" "$T/a/p11mk.log" ||
     echo "note: nothing in host a's log about p11mk_seq going backwards"
 
-ask quit >/dev/null 2>&1 || true
+echo quit >&"${PR[1]}" 2>/dev/null || true
 [ $bad -eq 0 ] || fail "stale key state served on host a (see BUG lines)"

@@ -133,6 +133,13 @@ TOK_API CK_RV tok_key_wrap(tok_ctx *ctx, const tok_access *ac, const CK_MECHANIS
  * line naming the object) when the record or its envelope fails
  * authentication. */
 TOK_API CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_attrs *out);
+/* C_FindObjects' test of one candidate: CKR_OK with *match (false for an
+ * object deleted meanwhile, one the caller may not see, or a damaged one,
+ * which is logged: the search goes on); CKR_DEVICE_ERROR when the storage
+ * failed (the answer is unknown: the search stops there, and may be called
+ * again), CKR_HOST_MEMORY. */
+TOK_API CK_RV tok_obj_match(tok_ctx *ctx, const tok_access *ac, uint64_t h, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                            bool *match);
 TOK_API CK_RV tok_obj_replace(tok_ctx *ctx, const tok_access *ac, uint64_t h, const tok_attrs *old,
                               const tok_attrs *updated);
 /* C_SetAttributeValue: read, the write rule, the attribute policy
