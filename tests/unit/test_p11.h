@@ -24,6 +24,7 @@
 #include "pkcs11/p11_v3.h"
 #include "tests/unit/test_params.h"
 #include "tests/unit/test_dlopen.h"
+#include "tests/unit/test_pg.h"
 
 #define UL(x) ((CK_ULONG)(x))
 
@@ -33,11 +34,15 @@ static char conf[128], keystore[128], logfile[128];
 
 /* ---- helpers ------------------------------------------------------------- */
 
+/* The configuration at path for the keystore (on the postgresql backend,
+ * in a database of its own, when P11MK_TEST_PG_DIR is set: test_pg.h). */
 static inline void write_conf(const char *path, const char *extra)
 {
+    char pg[768];
+    assert_int_equal(test_pg_backend_lines(keystore, pg, sizeof(pg)), 0);
     FILE *c = fopen(path, "w");
     assert_non_null(c);
-    fprintf(c, "keystore = %s\nlog = %s\nlog_level = info\n%s", keystore, logfile, extra ? extra : "");
+    fprintf(c, "keystore = %s\nlog = %s\nlog_level = info\n%s%s", keystore, logfile, extra ? extra : "", pg);
     fclose(c);
 }
 

@@ -108,4 +108,54 @@ static inline int test_pg_newdb(char *out, size_t n)
     return 0;
 }
 
+/* The configuration lines that put the keystore KEY (its directory) in a
+ * database of its own when P11MK_TEST_PG_DIR is set: "backend = postgresql"
+ * and "postgresql = <conninfo>", each ending in a newline, copied into out
+ * (empty when the variable is unset: an LMDB run). The database is made
+ * the first time KEY is seen and given again for the same KEY (a test that
+ * writes its configuration again, or points it back at a keystore, keeps
+ * its data): the last few keys are remembered. Returns 0, or -1 on failure
+ * (said on stderr). */
+static inline int test_pg_backend_lines(const char *key, char *out, size_t n)
+{
+    enum { KEEP = 8 };
+    static struct {
+        char key[256];
+        char conninfo[512];
+    } seen[KEEP];
+    static unsigned next;
+    char conninfo[512];
+    unsigned i;
+
+    if (n == 0)
+        return -1;
+    out[0] = '\0';
+    if (!getenv("P11MK_TEST_PG_DIR") || !*getenv("P11MK_TEST_PG_DIR"))
+        return 0;
+    for (i = 0; i < KEEP; i++)
+        if (seen[i].key[0] && strcmp(seen[i].key, key) == 0)
+            break;
+    if (i == KEEP) {
+        if (test_pg_newdb(conninfo, sizeof conninfo) != 0)
+            return -1;
+        i = next++ % KEEP;
+        snprintf(seen[i].key, sizeof seen[i].key, "%s", key);
+        memcpy(seen[i].conninfo, conninfo, sizeof conninfo);
+    }
+    if ((size_t)snprintf(out, n, "backend = postgresql\npostgresql = %s\n", seen[i].conninfo) >= n) {
+        fprintf(stderr, "test_pg_backend_lines: %zu bytes are too few\n", n);
+        out[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+/* True when the tests run on the postgresql backend (P11MK_TEST_PG_DIR set):
+ * the parts that need LMDB's files skip then. */
+static inline int test_pg_backend(void)
+{
+    const char *d = getenv("P11MK_TEST_PG_DIR");
+    return d && *d;
+}
+
 #endif

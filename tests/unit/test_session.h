@@ -12,17 +12,24 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "tests/unit/test_pg.h"
+
 /* DIR/p11mk.conf for the keystore DIR/KS, logging to DIR/p11mk.log, with
- * the extra lines, named by P11MK_CONF; 0, or -1. */
+ * the extra lines, named by P11MK_CONF; 0, or -1. With P11MK_TEST_PG_DIR
+ * set, the keystore is on the postgresql backend, in a database of its own
+ * (test_pg.h). */
 static inline int test_conf(const char *dir, const char *ks, const char *extra)
 {
-    char conf[256];
+    char conf[256], path[256], pg[768];
     FILE *c;
 
     snprintf(conf, sizeof(conf), "%s/p11mk.conf", dir);
+    snprintf(path, sizeof(path), "%s/%s", dir, ks);
+    if (test_pg_backend_lines(path, pg, sizeof(pg)) != 0)
+        return -1;
     if (!(c = fopen(conf, "w")))
         return -1;
-    fprintf(c, "keystore = %s/%s\nlog = %s/p11mk.log\nlog_level = info\n%s", dir, ks, dir, extra);
+    fprintf(c, "keystore = %s\nlog = %s/p11mk.log\nlog_level = info\n%s%s", path, dir, extra, pg);
     fclose(c);
     return setenv("P11MK_CONF", conf, 1);
 }
