@@ -377,6 +377,11 @@ static void tamper_elsewhere(CK_SLOT_ID s, CK_OBJECT_HANDLE o, long at)
 static void tampered_cached(long at)
 {
     char label[32];
+    if (test_pg_backend()) { /* ks_tamper edits LMDB's data.mdb */
+        printf("SKIP: test_tampered_tag_cached: the record is damaged in LMDB's data.mdb (ks_tamper), not on the "
+               "postgresql backend\n");
+        return;
+    }
     snprintf(label, sizeof(label), "tamper%ld", -at);
     own_keystore(label); /* damaged records would stop a rotation in the group's */
     CK_SLOT_ID s = make_token(label);
@@ -691,11 +696,16 @@ static void test_map_growth(void **state)
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}};
     assert_int_equal(count_found(h, t, 1), 300);
-    char data[200];
-    struct stat sb;
-    snprintf(data, sizeof(data), "%s/data.mdb", keystore);
-    assert_int_equal(stat(data, &sb), 0);
-    assert_true(sb.st_size > 4 * 65536); /* it did outgrow the first map */
+    if (test_pg_backend()) {
+        printf("SKIP: test_map_growth: no map to outgrow on the postgresql backend (the writes and the change "
+               "seen by the signers were checked)\n");
+    } else {
+        char data[200];
+        struct stat sb;
+        snprintf(data, sizeof(data), "%s/data.mdb", keystore);
+        assert_int_equal(stat(data, &sb), 0);
+        assert_true(sb.st_size > 4 * 65536); /* it did outgrow the first map */
+    }
     CK(f->C_CloseAllSessions(s));
 }
 
