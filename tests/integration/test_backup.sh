@@ -20,9 +20,14 @@ expect_rc 0 "$ADMIN" backup "$T/home.bak"
 expect_out "Backup written"
 expect_rc 1 "$ADMIN" backup "$T/home.bak"   # never overwrites
 expect_out "refusing to overwrite"
-# Restore refuses while the client has the keystore open.
-expect_rc 6 "$ADMIN" restore "$T/home.bak" --yes
-expect_out "in use"
+# Restore refuses while the client has the keystore open (LMDB: it swaps
+# the files; a keystore in PostgreSQL is restored online, in one transaction).
+if [ -n "$PG_DB" ]; then
+    echo "SKIP: restore refused while in use: a keystore in PostgreSQL is restored online, not refused"
+else
+    expect_rc 6 "$ADMIN" restore "$T/home.bak" --yes
+    expect_out "in use"
+fi
 touch stop; wait $cpid || { cat client.out; fail "client failed during backup"; }
 expect_rc 0 "$ADMIN" restore "$T/home.bak" --yes
 expect_rc 0 "$ADMIN" verify

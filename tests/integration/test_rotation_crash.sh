@@ -11,8 +11,9 @@
 #
 # rewrap and abort run with a small --batch, so that a pass is hundreds of
 # write transactions (one per batch). The kill waits for a random number of
-# them (the keystore's last transaction ID, read with mdb_stat), up to an
-# eighth more than the pass has left, so that the kill falls at a random point
+# them (the keystore's last transaction ID, read with mdb_stat; PostgreSQL:
+# its commit sequence, read with psql), up to an eighth more than the pass
+# has left, so that the kill falls at a random point
 # of the pass however fast the machine is at that moment, and some passes
 # finish (and a commit follows). A kill "landed mid-write" when the command
 # died by it after it had moved records and before it had moved them all:
@@ -23,7 +24,7 @@ CLIENT=${P11MK_ROT_CLIENT:?}
 rounds=${P11MK_STRESS:-30}
 objects=1500
 batch=5
-need mdb_stat
+if [ -n "$PG_DB" ]; then need psql; else need mdb_stat; fi
 
 init_token crash
 "$CLIENT" "$MOD" crash $PIN fill $objects >/dev/null
@@ -52,9 +53,16 @@ after_kill() {
     expect_rc 0 "$ADMIN" verify
 }
 
-# txn_id: the keystore's last write transaction ID into $txn.
+# txn_id: the keystore's last write transaction ID into $txn (PostgreSQL:
+# the commit sequence, one more per write transaction).
 txn_id() {
     local out
+    if [ -n "$PG_DB" ]; then
+        out=$(psql -X -q -At -d "$PG_CONNINFO" -c 'SELECT seq FROM p11mk_seq' 2>&1) && [[ $out =~ ^[0-9]+$ ]] ||
+            { echo "$out" >&2; fail "cannot read the commit sequence from $PG_CONNINFO"; }
+        txn=$out
+        return
+    fi
     out=$(mdb_stat -e "$KS" 2>&1) || { echo "$out" >&2; fail "mdb_stat -e $KS failed"; }
     [[ $out =~ Last\ transaction\ ID:\ ([0-9]+) ]] || { echo "$out" >&2; fail "no transaction ID from mdb_stat"; }
     txn=${BASH_REMATCH[1]}
