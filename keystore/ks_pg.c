@@ -76,6 +76,8 @@ static struct {
     PGresult *(*exec)(PGconn *, const char *);
     int (*sendQuery)(PGconn *, const char *);
     PGresult *(*getResult)(PGconn *);
+    int (*isBusy)(PGconn *);
+    PQnoticeProcessor (*setNoticeProcessor)(PGconn *, PQnoticeProcessor, void *);
     PGresult *(*execParams)(PGconn *, const char *, int, const Oid *, const char *const *, const int *,
                             const int *, int);
     ExecStatusType (*resultStatus)(const PGresult *);
@@ -114,6 +116,8 @@ static void pq_load(void)
     SYM(exec, "PQexec")
     SYM(sendQuery, "PQsendQuery")
     SYM(getResult, "PQgetResult")
+    SYM(isBusy, "PQisBusy")
+    SYM(setNoticeProcessor, "PQsetNoticeProcessor")
     SYM(execParams, "PQexecParams")
     SYM(resultStatus, "PQresultStatus")
     SYM(resultErrorField, "PQresultErrorField")
@@ -153,6 +157,9 @@ struct ks_benv {
     PGconn *idle[POOL_MAX];
     int nidle;
     atomic_bool tables;   /* the schema exists */
+    _Atomic uint64_t alive_ms; /* when the listener last heard from the server (monotonic ms) */
+    _Atomic uint64_t high;     /* the highest commit number seen (never reset) */
+    _Atomic uint32_t inc;      /* times the commit number was seen going back (numbers of before never match) */
     _Atomic uint64_t seq; /* the last commit sequence known from notifications; 0: not known */
     pthread_t listener;
     bool listening;
@@ -163,6 +170,7 @@ struct ks_btxn {
     ks_benv *e;
     PGconn *c;
     bool write, broken;
+    uint32_t inc; /* the environment's count of number reversals when this began */
     bool creating; /* a new keystore's first transaction: create_tables makes the schema */
     uint64_t seq;   /* the snapshot (reader) or the sequence this write commits as */
     PGresult **res; /* results whose values were handed out: cleared at the end */
@@ -242,12 +250,56 @@ static uint64_t be64_text(const char *s)
 
 /* ---- connections ------------------------------------------------------------- */
 
+static void notice_to_log(void *arg, const char *msg)
+{
+    ks_benv *e = arg;
+    ks_log(KS_LOG_INFO, "keystore %s: PostgreSQL: %.*s", e->path, (int)strcspn(msg, "\n"), msg);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The commit number went back (the database was restored from an older
+ * copy, or p11mk_seq was edited): numbers are reused from here on, so every
+ * number handed out before must never match again. */
+static void seq_went_back(ks_benv *e, uint64_t was, uint64_t now)
+{
+    atomic_fetch_add(&e->inc, 1);
+    atomic_store(&e->high, now);
+    ks_log(KS_LOG_ERROR, "keystore %s: the database's commit counter went back from %llu to %llu: it was restored "
+           "from an older copy or edited. Cached keys and logins are not trusted; what the database holds now is "
+           "read again. Check it with 'p11mk-admin verify'", e->path, (unsigned long long)was,
+           (unsigned long long)now);
+}
+
+/* A commit number in the numbering commit_seq and snapshot share: the
+ * database's number, with the count of times it went back mixed into the
+ * top byte. */
+static uint64_t numbered(uint32_t inc, uint64_t seq) { return seq ? seq ^ ((uint64_t)(inc & 0xff) << 56) : 0; }
+
+/* A number from the database: the highest seen moves up; one below it (a
+ * notification, a fresh read) means the counter went back. */
+static void seq_seen(ks_benv *e, uint64_t v)
+{
+    uint64_t h = atomic_load(&e->high);
+    while (v > h && !atomic_compare_exchange_weak(&e->high, &h, v))
+        ;
+    if (v < h)
+        seq_went_back(e, h, v);
+}
+
 static PGconn *connect_new(ks_benv *e, char *why, size_t n)
 {
     /* Defaults first: what the connection string says overrides them. */
     const char *const kw[] = {"connect_timeout", "application_name", "dbname", NULL};
     const char *const val[] = {"10", "p11mk", e->conninfo, NULL};
     PGconn *c = pq.connectdbParams(kw, val, 1);
+    if (c)
+        pq.setNoticeProcessor(c, notice_to_log, e); /* never on the application's stderr */
     if (c && pq.status(c) == CONNECTION_OK) {
         PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
         if (r)
@@ -321,9 +373,17 @@ static void seq_raise(ks_benv *e, uint64_t v)
         ;
 }
 
+#define PING_IDLE_MS 1000 /* after this long without a word from the server, the listener asks */
+#define PING_WAIT_MS 2000 /* an answer not back within this: the connection is taken for dead */
+#define FRESH_MS 3500     /* commit_seq trusts its number this long after the server last spoke */
+
 /* LISTEN, then read the number (a commit between the two is notified and
- * read again: never missed), then wait for notifications. Any failure: the
- * number becomes unknown and the listener connects again. */
+ * read again: never missed), then wait for notifications, asking the server
+ * when it has been silent for PING_IDLE_MS. A connection that does not answer
+ * within PING_WAIT_MS (a hung server, a half-open connection a firewall
+ * dropped) is given up like a broken one: the number becomes unknown and
+ * the listener connects again. commit_seq itself also stops trusting the
+ * number FRESH_MS after the server last spoke, should this thread stall. */
 static void *listen_main(void *arg)
 {
     ks_benv *e = arg;
@@ -340,9 +400,9 @@ static void *listen_main(void *arg)
             r = ok ? pq.exec(c, "SELECT seq FROM p11mk_seq") : NULL;
             if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
                 uint64_t v = be64_text(pq.getvalue(r, 0, 0));
-                uint64_t zero = 0;
-                if (!atomic_compare_exchange_strong(&e->seq, &zero, v))
-                    seq_raise(e, v);
+                seq_seen(e, v);
+                atomic_store(&e->alive_ms, now_ms());
+                atomic_store(&e->seq, v);
                 backoff_ms = 50;
             } else {
                 pq.finish(c);
@@ -351,21 +411,59 @@ static void *listen_main(void *arg)
             if (r)
                 pq.clear(r);
         }
+        bool pinging = false;
+        uint64_t last = now_ms(), ping_at = 0;
         while (c) {
+            uint64_t t = now_ms();
+            int64_t wait = pinging ? (int64_t)(ping_at + PING_WAIT_MS) - (int64_t)t
+                                   : (int64_t)(last + PING_IDLE_MS) - (int64_t)t;
             struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = e->stop[0], .events = POLLIN}};
-            int n = poll(p, 2, -1);
+            int n = poll(p, 2, wait > 0 ? (int)wait : 0);
             if (n < 0 && errno == EINTR)
                 continue;
             if (p[1].revents) {
                 pq.finish(c);
                 return NULL;
             }
-            if (n < 0 || !pq.consumeInput(c) || pq.status(c) != CONNECTION_OK)
+            if (n < 0)
                 break;
-            PGnotify *no;
-            while ((no = pq.notifies(c))) {
-                seq_raise(e, be64_text(no->extra));
-                pq.freemem(no);
+            if (p[0].revents) {
+                if (!pq.consumeInput(c) || pq.status(c) != CONNECTION_OK)
+                    break;
+                last = now_ms();
+                atomic_store(&e->alive_ms, last);
+                PGnotify *no;
+                while ((no = pq.notifies(c))) {
+                    uint64_t v = be64_text(no->extra);
+                    pq.freemem(no);
+                    seq_seen(e, v);
+                    if (v < atomic_load(&e->seq))
+                        atomic_store(&e->seq, v); /* went back: start again from it */
+                    else
+                        seq_raise(e, v);
+                }
+                if (pinging && !pq.isBusy(c)) {
+                    bool ok = true;
+                    while ((r = pq.getResult(c))) {
+                        ok = ok && pq.resultStatus(r) == PGRES_TUPLES_OK;
+                        pq.clear(r);
+                    }
+                    if (!ok)
+                        break;
+                    pinging = false;
+                }
+            }
+            t = now_ms();
+            if (pinging && t >= ping_at + PING_WAIT_MS) {
+                ks_log(KS_LOG_WARN, "keystore %s: the PostgreSQL notification connection did not answer in %d ms; "
+                                    "connecting again", e->path, PING_WAIT_MS);
+                break;
+            }
+            if (!pinging && t >= last + PING_IDLE_MS) {
+                if (!pq.sendQuery(c, "SELECT 1"))
+                    break;
+                pinging = true;
+                ping_at = t;
             }
         }
         if (c) {
@@ -403,10 +501,20 @@ static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!(t->c = conn_take(e)))
             break;
+        /* Whatever was seen before this snapshot began, it sees too: a
+         * lower number means the counter went back. */
+        uint64_t before = atomic_load(&e->high);
         PGresult *r = pq.exec(t->c, sql);
         if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
             t->seq = be64_text(pq.getvalue(r, 0, 0));
             pq.clear(r);
+            /* A writer's number is one above the last committed: above
+             * everything seen. It counts as seen once it is committed. */
+            if (!t->creating && t->seq && (write ? t->seq <= before : t->seq < before))
+                seq_went_back(e, before, t->seq);
+            else if (!t->creating && !write)
+                seq_seen(e, t->seq);
+            t->inc = atomic_load(&e->inc);
             *out = t;
             return KS_OK;
         }
@@ -439,7 +547,7 @@ static void txn_free(ks_btxn *t)
 
 static int pg_read_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, false, t); }
 static int pg_write_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, true, t); }
-static uint64_t pg_snapshot(ks_btxn *t) { return t->write ? 0 : t->seq; }
+static uint64_t pg_snapshot(ks_btxn *t) { return t->write ? 0 : numbered(t->inc, t->seq); }
 
 static void pg_abort(ks_btxn *t)
 {
@@ -522,6 +630,7 @@ static int pg_commit(ks_btxn *t)
             atomic_store(&t->e->tables, true);
             listen_start(t->e);
         }
+        seq_seen(t->e, t->seq);
         seq_raise(t->e, t->seq);
     }
     conn_give(t->e, t->c, false);
@@ -1053,7 +1162,13 @@ static uint64_t pg_size(ks_benv *e)
     return n;
 }
 
-static uint64_t pg_commit_seq(ks_benv *e) { return atomic_load_explicit(&e->seq, memory_order_acquire); }
+static uint64_t pg_commit_seq(ks_benv *e)
+{
+    uint64_t v = atomic_load_explicit(&e->seq, memory_order_acquire);
+    if (!v || now_ms() > atomic_load_explicit(&e->alive_ms, memory_order_relaxed) + FRESH_MS)
+        return 0; /* not known, or not heard from the server lately */
+    return numbered(atomic_load_explicit(&e->inc, memory_order_acquire), v);
+}
 
 /* ---- the lifecycle lock ------------------------------------------------------------
  * A session advisory lock on a connection of its own: the server releases
