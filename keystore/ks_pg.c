@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -160,6 +161,8 @@ struct ks_benv {
     _Atomic uint64_t alive_ms; /* when the listener last heard from the server (monotonic ms) */
     _Atomic uint64_t high;     /* the highest commit number seen (never reset) */
     _Atomic uint32_t inc;      /* times the commit number was seen going back (numbers of before never match) */
+    _Atomic uint64_t *local;   /* this host's commit counter (DIR/commits, shared memory), NULL if none */
+    bool local_rw;             /* ... and this process may bump it */
     _Atomic uint64_t seq; /* the last commit sequence known from notifications; 0: not known */
     pthread_t listener;
     bool listening;
@@ -170,7 +173,8 @@ struct ks_btxn {
     ks_benv *e;
     PGconn *c;
     bool write, broken;
-    uint32_t inc; /* the environment's count of number reversals when this began */
+    uint32_t inc;   /* the environment's count of number reversals when this began */
+    uint64_t local; /* this host's commit counter when this began (read before BEGIN) */
     bool creating; /* a new keystore's first transaction: create_tables makes the schema */
     uint64_t seq;   /* the snapshot (reader) or the sequence this write commits as */
     PGresult **res; /* results whose values were handed out: cleared at the end */
@@ -199,8 +203,8 @@ static int pg_state_err(const char *state)
         return KS_EPERM;
     if (strcmp(state, "25006") == 0)
         return KS_EROFS; /* read-only transaction (a standby) */
-    if (strcmp(state, "23505") == 0)
-        return KS_EEXIST;
+    if (strcmp(state, "23505") == 0 || strcmp(state, "42P07") == 0)
+        return KS_EEXIST; /* a unique key taken; a table made by another creator */
     return KS_EIO;
 }
 
@@ -279,7 +283,50 @@ static void seq_went_back(ks_benv *e, uint64_t was, uint64_t now)
 /* A commit number in the numbering commit_seq and snapshot share: the
  * database's number, with the count of times it went back mixed into the
  * top byte. */
-static uint64_t numbered(uint32_t inc, uint64_t seq) { return seq ? seq ^ ((uint64_t)(inc & 0xff) << 56) : 0; }
+static uint64_t numbered(uint32_t inc, uint64_t seq, uint64_t local)
+{
+    if (!seq)
+        return 0;
+    return ((seq << 24) | (local & 0xffffff)) ^ ((uint64_t)(inc & 0xff) << 56);
+}
+
+/* This host's commit counter: bumped by every writer of this host just
+ * before and just after its COMMIT, read by commit_seq and at every
+ * snapshot's start. So a commit by another process of this host changes
+ * commit_seq at once, as LMDB's shared meta page does; another host's is
+ * seen when its notification arrives. (Bumped twice: a snapshot taken
+ * between the two, before the commit is visible, is numbered with the
+ * first bump, which commit_seq no longer shows after the second.) */
+static uint64_t local_now(ks_benv *e) { return e->local ? atomic_load_explicit(e->local, memory_order_acquire) : 0; }
+
+static void local_bump(ks_benv *e)
+{
+    if (e->local && e->local_rw)
+        atomic_fetch_add_explicit(e->local, 1, memory_order_acq_rel);
+}
+
+static void local_map(ks_benv *e)
+{
+    char p[4200];
+    struct stat sb;
+    snprintf(p, sizeof(p), "%s/commits", e->path);
+    int fd = open(p, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
+    bool rw = fd >= 0;
+    if (fd < 0)
+        fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (sb.st_size < 64 && (!rw || ftruncate(fd, 64) != 0))) {
+        close(fd);
+        return;
+    }
+    void *m = mmap(NULL, 64, rw ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return;
+    e->local = m;
+    e->local_rw = rw;
+}
 
 /* A number from the database: the highest seen moves up; one below it (a
  * notification, a fresh read) means the counter went back. */
@@ -504,6 +551,7 @@ static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
         /* Whatever was seen before this snapshot began, it sees too: a
          * lower number means the counter went back. */
         uint64_t before = atomic_load(&e->high);
+        t->local = local_now(e);
         PGresult *r = pq.exec(t->c, sql);
         if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
             t->seq = be64_text(pq.getvalue(r, 0, 0));
@@ -547,7 +595,7 @@ static void txn_free(ks_btxn *t)
 
 static int pg_read_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, false, t); }
 static int pg_write_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, true, t); }
-static uint64_t pg_snapshot(ks_btxn *t) { return t->write ? 0 : numbered(t->inc, t->seq); }
+static uint64_t pg_snapshot(ks_btxn *t) { return t->write ? 0 : numbered(t->inc, t->seq, t->local); }
 
 static void pg_abort(ks_btxn *t)
 {
@@ -604,7 +652,11 @@ static int pg_commit(ks_btxn *t)
     }
     if (rc == KS_OK) {
         /* COMMIT of a transaction that had failed answers ROLLBACK: not committed. */
+        if (t->write)
+            local_bump(t->e);
         PGresult *r = pq.exec(t->c, "COMMIT");
+        if (t->write)
+            local_bump(t->e); /* whatever the answer: it may have committed */
         rc = check(t, r, "committing");
         if (rc == KS_OK) {
             const char *tag = pq.cmdStatus(r);
@@ -993,6 +1045,8 @@ static void pg_close(ks_benv *e)
     for (int i = 0; i < e->nidle; i++)
         pq.finish(e->idle[i]);
     pthread_mutex_destroy(&e->pool_lock);
+    if (e->local)
+        munmap((void *)e->local, 64);
     if (e->conninfo)
         OPENSSL_cleanse(e->conninfo, strlen(e->conninfo));
     free(e->conninfo);
@@ -1091,6 +1145,7 @@ static int pg_open(const char *path, const char *target, unsigned flags, bool *r
         pg_close(e);
         return rc;
     }
+    local_map(e);
     (void)rdonly; /* the database decides: a refused write reports KS_EPERM or KS_EROFS */
     /* The listener starts once the tables exist (it reads p11mk_seq); the
      * commit that creates them starts it for a new keystore. */
@@ -1128,21 +1183,29 @@ static int pg_create_tables(ks_btxn *t)
 {
     if (!t->creating)
         return KS_EINVAL;
-    /* Under the creation lock: another host may have made it meanwhile. */
-    PGresult *r = pq.exec(t->c, "SELECT to_regclass('p11mk_seq') IS NOT NULL");
+    /* Under the creation lock: another host may have made it meanwhile. A
+     * scan of pg_class with this statement's snapshot sees what committed
+     * while we waited (to_regclass goes through a cache that waiting on an
+     * advisory lock does not refresh). */
+    PGresult *r = pq.exec(t->c, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'p11mk_seq' AND "
+                                "relnamespace = current_schema()::regnamespace)");
     int rc = check(t, r, "looking for the schema");
     if (rc != KS_OK)
         return rc;
     bool exists = pq.ntuples(r) == 1 && strcmp(pq.getvalue(r, 0, 0), "t") == 0;
     pq.clear(r);
     if (exists) {
-        ks_log(KS_LOG_ERROR, "keystore %s: another p11mk created the keystore in this PostgreSQL database at the "
-                             "same time; nothing was written: open it as it is", t->e->path);
+        ks_log(KS_LOG_INFO, "keystore %s: another p11mk created the keystore in this PostgreSQL database at the "
+                            "same time: opening that one", t->e->path);
+        atomic_store(&t->e->tables, true);
         return KS_EEXIST;
     }
     _Static_assert(SCHEMA_VERSION == 1, "schema_sql writes version 1");
-    if ((rc = exec_ok(t, schema_sql, "creating the schema")) != KS_OK)
+    if ((rc = exec_ok(t, schema_sql, "creating the schema")) != KS_OK) {
+        if (rc == KS_EEXIST)
+            atomic_store(&t->e->tables, true);
         return rc;
+    }
     t->seq = 1;
     return KS_OK;
 }
@@ -1167,7 +1230,7 @@ static uint64_t pg_commit_seq(ks_benv *e)
     uint64_t v = atomic_load_explicit(&e->seq, memory_order_acquire);
     if (!v || now_ms() > atomic_load_explicit(&e->alive_ms, memory_order_relaxed) + FRESH_MS)
         return 0; /* not known, or not heard from the server lately */
-    return numbered(atomic_load_explicit(&e->inc, memory_order_acquire), v);
+    return numbered(atomic_load_explicit(&e->inc, memory_order_acquire), v, local_now(e));
 }
 
 /* ---- the lifecycle lock ------------------------------------------------------------

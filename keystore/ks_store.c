@@ -534,11 +534,15 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
         o->make_room(st->be);
         rc = KS_EIO;
     }
-    if (rc != KS_OK) {
+    /* KS_EEXIST: a storage several hosts share was given its tables by
+     * another creator meanwhile (which wrote them in one transaction, with
+     * the format record): opened as it is, as any existing keystore. */
+    if (rc != KS_OK && rc != KS_EEXIST) {
         ks_err_set(err, "cannot create keystore %s: %s", st->path, ks_strerror(rc));
         return rc;
     }
-    ks_log(KS_LOG_INFO, "created keystore %s", st->path);
+    if (rc == KS_OK)
+        ks_log(KS_LOG_INFO, "created keystore %s", st->path);
     if ((rc = o->read_begin(st->be, &t)) != KS_OK)
         return rc;
     rc = load_meta(st, t, mk, err);
