@@ -153,8 +153,10 @@ typedef struct ks_backend_ops {
 
     /* ---- the hosts that share the storage (ks_fleet.c; NULL: one host) ---- */
     /* Rows outside the keystore's tables and transactions (no commit
-     * sequence): name -> value, with the time of the last put. */
-    int (*host_put)(ks_benv *e, const char *name, const void *v, size_t vl);
+     * sequence): name -> (installation, value), with the time of the last
+     * put. A row of that name put by another installation (another host
+     * configured with the same name) is not replaced: KS_EEXIST. */
+    int (*host_put)(ks_benv *e, const char *name, const uint8_t install[16], const void *v, size_t vl);
     /* Every row, by name; *out is one allocation (free(*out)); names and values point into it. */
     int (*host_list)(ks_benv *e, ks_host_row **out, size_t *n);
     int (*host_del)(ks_benv *e, const char *name); /* KS_ENOTFOUND */

@@ -18,14 +18,18 @@
  * while any host of the fleet has not proven NEW; status lists them. */
 #include "ks_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #define ROW_VERSION 1
 #define PROOF_LEN 32
@@ -51,6 +55,57 @@ static int proof(const ks_mkey *k, const uint8_t ksid[KS_KSID_LEN], const char *
 
 bool ks_fleet_shared(ks_store *st) { return st && st->ops->host_put; }
 
+/* This installation's id: DIR/host.id (32 hex digits, made once, 0600). Two
+ * machines configured with the same host_name have different ids, so one
+ * cannot take the other's row (and its claims) by its name. */
+static int install_id(ks_store *st, uint8_t id[16])
+{
+    char p[4200], hex[33];
+    snprintf(p, sizeof(p), "%s/host.id", st->path);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd >= 0) {
+            struct stat sb;
+            ssize_t n = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) ? read(fd, hex, 32) : -1;
+            close(fd);
+            hex[n > 0 ? n : 0] = '\0';
+            for (int i = 0; n == 32 && i < 16; i++) {
+                unsigned b;
+                if (sscanf(hex + 2 * i, "%2x", &b) != 1) {
+                    n = -1;
+                    break;
+                }
+                id[i] = (uint8_t)b;
+            }
+            if (n == 32)
+                return KS_OK;
+            ks_log(KS_LOG_ERROR, "%s is not a host id (32 hex digits); remove it to make a new one", p);
+            return KS_ECORRUPT;
+        }
+        if (errno != ENOENT)
+            return KS_EIO;
+        uint8_t r[16];
+        if (RAND_bytes(r, sizeof(r)) != 1)
+            return KS_EIO;
+        for (int i = 0; i < 16; i++)
+            snprintf(hex + 2 * i, 3, "%02x", r[i]);
+        hex[32] = '\n';
+        fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST)
+            return KS_EIO;
+        if (fd >= 0) {
+            bool ok = write(fd, hex, 33) == 33 && fsync(fd) == 0;
+            close(fd);
+            if (!ok) {
+                unlink(p);
+                return KS_EIO;
+            }
+        }
+        /* made here or by another process meanwhile: read it */
+    }
+    return KS_EIO;
+}
+
 int ks_fleet_announce(ks_store *st, const char *name, const ks_mkey *const *keys, size_t n)
 {
     uint8_t row[2 + KS_FLEET_MAX_KEYS * ENTRY_LEN];
@@ -67,7 +122,21 @@ int ks_fleet_announce(ks_store *st, const char *name, const ks_mkey *const *keys
         if (rc != KS_OK)
             return rc;
     }
-    int rc = st->ops->host_put(st->be, name, row, 2 + n * ENTRY_LEN);
+    uint8_t id[16];
+    int rc = install_id(st, id);
+    if (rc == KS_OK)
+        rc = st->ops->host_put(st->be, name, id, row, 2 + n * ENTRY_LEN);
+    if (rc == KS_EEXIST) {
+        /* Another machine has this name. Recorded under a name of its own
+         * (name#id), so that rewrap and commit wait for this host too and
+         * status shows both, never taking the other's row. */
+        char alt[300];
+        snprintf(alt, sizeof(alt), "%s#%02x%02x%02x%02x", name, id[0], id[1], id[2], id[3]);
+        ks_log(KS_LOG_ERROR, "keystore %s: another machine already uses host_name %s in this keystore's fleet; this "
+               "one is recorded as %s. Give each host its own host_name (p11mk.conf), then take the old name out "
+               "with 'p11mk-admin host-remove %s'", st->path, name, alt, alt);
+        rc = st->ops->host_put(st->be, alt, id, row, 2 + n * ENTRY_LEN);
+    }
     if (rc != KS_OK)
         ks_log(KS_LOG_WARN, "keystore %s: cannot record which master keys host %s holds: %s", st->path, name,
                ks_strerror(rc));

@@ -1177,7 +1177,8 @@ static const char schema_sql[] =
     "INSERT INTO p11mk_seq (seq) VALUES (1);"
     "CREATE TABLE p11mk_rec (t smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (t, k));"
     "CREATE TABLE p11mk_idx (k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (k, v));"
-    "CREATE TABLE p11mk_hosts (name text PRIMARY KEY, info bytea NOT NULL, seen timestamptz NOT NULL);";
+    "CREATE TABLE p11mk_hosts (name text PRIMARY KEY, install bytea NOT NULL, info bytea NOT NULL, "
+    "seen timestamptz NOT NULL);";
 
 static int pg_create_tables(ks_btxn *t)
 {
@@ -1305,16 +1306,18 @@ static PGresult *pool_exec(ks_benv *e, const char *sql, int n, const char *const
     return r;
 }
 
-static int pg_host_put(ks_benv *e, const char *name, const void *v, size_t vl)
+static int pg_host_put(ks_benv *e, const char *name, const uint8_t install[16], const void *v, size_t vl)
 {
-    const char *p[2] = {name, v};
-    int l[2] = {0, (int)vl}, f[2] = {0, 1};
+    const char *p[3] = {name, (const char *)install, v};
+    int l[3] = {0, 16, (int)vl}, f[3] = {0, 1, 1};
     bool ok;
-    PGresult *r = pool_exec(e, "INSERT INTO p11mk_hosts (name, info, seen) VALUES ($1, $2, now()) ON CONFLICT (name) "
-                               "DO UPDATE SET info = EXCLUDED.info, seen = EXCLUDED.seen", 2, p, l, f, &ok);
+    PGresult *r = pool_exec(e, "INSERT INTO p11mk_hosts (name, install, info, seen) VALUES ($1, $2, $3, now()) "
+                               "ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info, seen = EXCLUDED.seen "
+                               "WHERE p11mk_hosts.install = EXCLUDED.install", 3, p, l, f, &ok);
+    int rc = !ok ? KS_EIO : strcmp(pq.cmdTuples(r), "0") == 0 ? KS_EEXIST : KS_OK;
     if (r)
         pq.clear(r);
-    return ok ? KS_OK : KS_EIO;
+    return rc;
 }
 
 static int pg_host_del(ks_benv *e, const char *name)

@@ -85,7 +85,7 @@ on b "$CLIENT" "$MOD" fh $PIN check 300 >/dev/null || { echo "BUG: b cannot read
 ok "rewrap on both hosts at once, then commit: every record opens ($(state a))"
 
 # 3.
-sql "INSERT INTO p11mk_hosts SELECT 'c', info, now() FROM p11mk_hosts WHERE name = 'a'"
+sql "INSERT INTO p11mk_hosts SELECT 'c', install, info, now() FROM p11mk_hosts WHERE name = 'a'"
 on a "$ADMIN" status --json > st.json
 python3 - st.json <<'PY' || bad=1
 import json, sys
