@@ -598,12 +598,20 @@ typedef enum {
     READ_META, /* what can be shown without the PIN: a private object's envelope left out */
 } read_mode;
 
+/* A storage failure (an I/O error, a lost database connection, a refusal),
+ * as opposed to a record that is damaged or sealed under a key not here. */
+static bool storage_failure(int rc)
+{
+    return rc != KS_OK && rc != KS_ENOTFOUND && rc != KS_ECORRUPT && rc != KS_ENOKEY && rc != KS_EVERSION &&
+           rc != KS_EWRONGKEY;
+}
+
 /* A private object's envelope: opened with the token key this process holds;
  * without it the object is not there for this caller. A private object
  * outside an envelope on a token whose key this process holds was put there
  * by someone holding only the master key: damage, not served. */
 static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, tok_attrs *a, read_mode mode,
-                      bool *sealed)
+                      bool *sealed, bool *storage_failed)
 {
     bool env = tok_env_present(a);
     uint8_t tk[TOK_TK_LEN];
@@ -623,8 +631,11 @@ static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, 
                (unsigned long)slot, (unsigned long long)oid);
         return CKR_DEVICE_ERROR;
     }
-    if ((rc = ks_token_incarnation(txn, (uint32_t)slot, &inc)) != KS_OK)
+    if ((rc = ks_token_incarnation(txn, (uint32_t)slot, &inc)) != KS_OK) {
+        if (storage_failure(rc) && storage_failed)
+            *storage_failed = true;
         return ks_to_ckr(rc);
+    }
     have = tok_tk_get(ctx, slot, inc, tk);
     if (!env) {
         if (!have)
@@ -653,8 +664,8 @@ static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, 
 /* ac: the caller, whose access to a private object is decided before its
  * envelope is opened (NULL: the token layer's own reads). */
 /* storage_failed (may be NULL): set when the storage itself failed (an I/O
- * error, a lost database connection), not the record: the answer is then
- * unknown, where a damaged record is known to be unusable. */
+ * error, a lost database connection, a refusal), not the record: the answer
+ * is then unknown, where a damaged record is known to be unusable. */
 static CK_RV obj_read_txn2(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid,
                            tok_attrs *out, read_mode mode, bool *sealed, bool *storage_failed)
 {
@@ -668,10 +679,10 @@ static CK_RV obj_read_txn2(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_S
     rc = ks_obj_get(txn, (uint32_t)slot, oid, &blob, &len);
     if (rc == KS_ENOTFOUND)
         return CKR_OBJECT_HANDLE_INVALID;
-    if (rc == KS_EIO || rc == KS_ENOMEM) {
+    if (storage_failure(rc)) {
         if (storage_failed)
             *storage_failed = true;
-        return ks_to_ckr(rc);
+        return ks_to_ckr(rc) == CKR_GENERAL_ERROR ? CKR_DEVICE_ERROR : ks_to_ckr(rc);
     }
     if (rc != KS_OK) {
         ks_log(KS_LOG_ERROR, "token %lu object %llu cannot be unsealed (%s): the record was altered or "
@@ -686,7 +697,7 @@ static CK_RV obj_read_txn2(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_S
                (unsigned long long)oid);
         return CKR_DEVICE_ERROR;
     }
-    rv = ac && !tok_access_sees(ac, out) ? CKR_OBJECT_HANDLE_INVALID : obj_open(ctx, txn, slot, oid, out, mode, sealed);
+    rv = ac && !tok_access_sees(ac, out) ? CKR_OBJECT_HANDLE_INVALID : obj_open(ctx, txn, slot, oid, out, mode, sealed, storage_failed);
     if (rv != CKR_OK)
         tok_attrs_free(out);
     return rv;
