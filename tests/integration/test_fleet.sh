@@ -50,7 +50,7 @@ on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label fleet --so-pin $S
 on a pkcs11-tool --module "$MOD" --token-label fleet --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
 on a pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
     --id f1ee7a --label ec1 >/dev/null || fail "keypair generation on host a"
-on a pkcs11-tool --module "$MOD" --token-label fleet --read-object --type pubkey --id f1ee7a -o ec1.der >/dev/null
+on a pubkey_der fleet f1ee7a ec1.der
 openssl pkey -pubin -inform DER -in ec1.der -out ec1.pem
 echo "signed on host b" > msg
 on b pkcs11-tool --module "$MOD" --token-label fleet --login --pin $PIN --sign -m ECDSA-SHA256 --id f1ee7a \
