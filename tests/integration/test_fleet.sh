@@ -15,33 +15,11 @@
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 need openssl
-PGC=${P11MK_PG_CLUSTER:?}
 CLIENT=${P11MK_ROT_CLIENT:?}
-"$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
-
-PGD=$(mktemp -d /tmp/p11mk-fleet-pg-XXXXXX)
-rmdir "$PGD"
-eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
-stop_pg() { "$PGC" stop "$PGD" >/dev/null 2>&1 || true; }
-trap 'r_=$?; stop_pg; set +e; (exit $r_); cleanup' EXIT
-export PGPASSFILE
-CONNINFO=$("$PGC" newdb "$PGD" fleet) || fail "cannot make the database"
-
-host_conf() { # name
-    mkdir -p "$T/$1"
-    cat > "$T/$1/p11mk.conf" <<CONF
-keystore = $T/$1/ks
-backend = postgresql
-postgresql = $CONNINFO
-master_key = $T/$1/mk.key
-host_name = $1
-log = $T/$1/p11mk.log
-log_level = info
-CONF
-}
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
+pg_setup fleet
 host_conf a
 host_conf b
-on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
 
 # ---- the fleet ------------------------------------------------------------
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"

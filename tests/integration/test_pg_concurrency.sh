@@ -17,32 +17,11 @@
 #     no object": see test_pg_outage). ONLY5=1 runs step 5 alone.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PGC=${P11MK_PG_CLUSTER:?}
 PT=${P11MK_PG_THREADS:?}
-"$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
-BIN=$("$PGC" available)
-PGD=$(mktemp -d /tmp/p11mk-conc-pg-XXXXXX)
-rmdir "$PGD"
-eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
-trap 'r_=$?; "$PGC" stop "$PGD" >/dev/null 2>&1; set +e; (exit $r_); cleanup' EXIT
-export PGPASSFILE
-CONNINFO=$("$PGC" newdb "$PGD" conc) || fail "cannot make the database"
-sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d conc -c "$1"; }
-host_conf() {
-    mkdir -p "$T/$1"
-    cat > "$T/$1/p11mk.conf" <<CONF
-keystore = $T/$1/ks
-backend = postgresql
-postgresql = $CONNINFO
-master_key = $T/$1/mk.key
-host_name = $1
-log = $T/$1/p11mk.log
-log_level = info
-CONF
-}
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
+pg_setup conc
 host_conf a
 host_conf b
-on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 cp -p "$T/a/mk.key" "$T/b/mk.key"
 on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label conc --so-pin $SO >/dev/null

@@ -12,31 +12,11 @@
 #     (FAILS: nothing tells two hosts of one name apart).
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PGC=${P11MK_PG_CLUSTER:?}
 CLIENT=${P11MK_ROT_CLIENT:?}
-"$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
-BIN=$("$PGC" available)
-PGD=$(mktemp -d /tmp/p11mk-fh-pg-XXXXXX)
-rmdir "$PGD"
-eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
-trap 'r_=$?; "$PGC" stop "$PGD" >/dev/null 2>&1; set +e; (exit $r_); cleanup' EXIT
-export PGPASSFILE
-CONNINFO=$("$PGC" newdb "$PGD" fh) || fail "cannot make the database"
-sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d fh -c "$1"; }
-host_conf() { # dir host_name
-    mkdir -p "$T/$1"
-    cat > "$T/$1/p11mk.conf" <<CONF
-keystore = $T/$1/ks
-backend = postgresql
-postgresql = $CONNINFO
-master_key = $T/$1/mk.key
-host_name = $2
-log = $T/$1/p11mk.log
-CONF
-}
-host_conf a a
-host_conf b b
-on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
+pg_setup fh
+host_conf a
+host_conf b
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 cp -p "$T/a/mk.key" "$T/b/mk.key"
 on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label fh --so-pin $SO >/dev/null

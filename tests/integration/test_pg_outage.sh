@@ -10,28 +10,18 @@
 #  3. once it is back, the client works again within a few seconds.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PGC=${P11MK_PG_CLUSTER:?}
 PROBE=${P11MK_PG_PROBE:?}
-"$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
-BIN=$("$PGC" available)
-PGD=$(mktemp -d /tmp/p11mk-out-pg-XXXXXX)
-rmdir "$PGD"
-eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
 as_srv() { if [ "$(stat -c %U "$PG_DIR/data")" != "$(id -un)" ]; then (cd "$PG_DIR" && runuser -u "$(stat -c %U "$PG_DIR/data")" -- "$@"); else "$@"; fi; }
 pg_down() { as_srv "$BIN/pg_ctl" stop -D "$PG_DIR/data" -m fast -w -s; }
 pg_up() { as_srv "$BIN/pg_ctl" start -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -s; }
-trap 'r_=$?; set +e; status_=$(as_srv "$BIN/pg_ctl" status -D "$PG_DIR/data" >/dev/null 2>&1; echo $?); [ "$status_" = 3 ] && pg_up >/dev/null 2>&1; [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null; "$PGC" stop "$PGD" >/dev/null 2>&1; set +e; (exit $r_); cleanup' EXIT
-export PGPASSFILE
-CONNINFO=$("$PGC" newdb "$PGD" outage) || fail "cannot make the database"
-mkdir -p "$T/a"
-cat > "$T/a/p11mk.conf" <<CONF
-keystore = $T/a/ks
-backend = postgresql
-postgresql = $CONNINFO
-master_key = $T/a/mk.key
-host_name = a
-log = $T/a/p11mk.log
-CONF
+pg_at_exit() {
+    as_srv "$BIN/pg_ctl" status -D "$PG_DIR/data" >/dev/null 2>&1
+    [ $? = 3 ] && pg_up >/dev/null 2>&1
+    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
+}
+pg_setup outage
+host_conf a
 export P11MK_CONF=$T/a/p11mk.conf
 expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 pkcs11-tool --module "$MOD" --init-token --slot 1 --label out --so-pin $SO >/dev/null

@@ -16,40 +16,17 @@
 #     commit_seq, ignored, and reused: the destroyed key is served.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PGC=${P11MK_PG_CLUSTER:?}
 PROBE=${P11MK_PG_PROBE:?}
-"$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
-BIN=$("$PGC" available)
-
-PGD=$(mktemp -d /tmp/p11mk-stale-pg-XXXXXX)
-rmdir "$PGD"
-eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
 STOPPED=
-stop_pg() {
+pg_at_exit() {
     for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
     [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null || true
-    "$PGC" stop "$PGD" >/dev/null 2>&1 || true
 }
-trap 'r_=$?; stop_pg; set +e; (exit $r_); cleanup' EXIT
-export PGPASSFILE
-CONNINFO=$("$PGC" newdb "$PGD" stale) || fail "cannot make the database"
-sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d stale -c "$1"; }
+pg_setup stale
 
-host_conf() {
-    mkdir -p "$T/$1"
-    cat > "$T/$1/p11mk.conf" <<CONF
-keystore = $T/$1/ks
-backend = postgresql
-postgresql = $CONNINFO
-master_key = $T/$1/mk.key
-host_name = $1
-log = $T/$1/p11mk.log
-log_level = info
-CONF
-}
 host_conf a
 host_conf b
-on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 cp -p "$T/a/mk.key" "$T/b/mk.key"
 on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label stale --so-pin $SO >/dev/null

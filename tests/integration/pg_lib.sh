@@ -1,0 +1,52 @@
+# Shared setup of the PostgreSQL backend's tests (sourced after lib.sh): a
+# private cluster in a temporary directory (tests/integration/pg-cluster),
+# stopped at exit whatever happened, one database in it, and "hosts":
+# configurations of their own (keystore directory, key file, host_name) on
+# that database.
+#   pg_setup DB          start the cluster (or skip without PostgreSQL) and
+#                        make database DB: sets PGD, BIN, CONNINFO, PG_* and
+#                        exports PGPASSFILE
+#   pg_at_exit           a function a test may define: run at exit, before
+#                        the cluster stops (kill its clients, restart it...)
+#   sql SQL              as the cluster's superuser, on DB
+#   host_conf DIR [NAME] $T/DIR/p11mk.conf on DB, host_name NAME (default DIR)
+#   on DIR CMD...        CMD with DIR's configuration
+PGC=${P11MK_PG_CLUSTER:?}
+
+pg_exit() {
+    local r=$?
+    set +e
+    declare -F pg_at_exit >/dev/null && pg_at_exit
+    "$PGC" stop "$PGD" >/dev/null 2>&1
+    (exit $r)
+    cleanup
+}
+
+pg_setup() {
+    "$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
+    BIN=$("$PGC" available)
+    PGD=$(mktemp -d "/tmp/p11mk-$1-pg-XXXXXX")
+    rmdir "$PGD"
+    trap pg_exit EXIT
+    eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
+    export PGPASSFILE
+    PG_DB=$1
+    CONNINFO=$("$PGC" newdb "$PGD" "$1") || fail "cannot make the database"
+}
+
+sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d "$PG_DB" -c "$1"; }
+
+host_conf() {
+    mkdir -p "$T/$1"
+    cat > "$T/$1/p11mk.conf" <<CONF
+keystore = $T/$1/ks
+backend = postgresql
+postgresql = $CONNINFO
+master_key = $T/$1/mk.key
+host_name = ${2:-$1}
+log = $T/$1/p11mk.log
+log_level = info
+CONF
+}
+
+on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
