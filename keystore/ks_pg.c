@@ -328,15 +328,25 @@ static void local_map(ks_benv *e)
     e->local_rw = rw;
 }
 
-/* A number from the database: the highest seen moves up; one below it (a
- * notification, a fresh read) means the counter went back. */
+/* A number from the database: the highest seen moves up. Only up: a number
+ * below it is no evidence by itself that the counter went back, because
+ * another thread may have read a later commit meanwhile (a reader that
+ * began after ours, a notification still queued behind it). */
 static void seq_seen(ks_benv *e, uint64_t v)
 {
     uint64_t h = atomic_load(&e->high);
     while (v > h && !atomic_compare_exchange_weak(&e->high, &h, v))
         ;
-    if (v < h)
-        seq_went_back(e, h, v);
+}
+
+/* A fresh read of the number, v, against the highest seen before that read
+ * began (before): below it, the counter went back. Then the highest seen. */
+static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
+{
+    if (v < before)
+        seq_went_back(e, before, v);
+    else
+        seq_seen(e, v);
 }
 
 static PGconn *connect_new(ks_benv *e, char *why, size_t n)
@@ -439,15 +449,18 @@ static void *listen_main(void *arg)
         char why[256];
         PGconn *c = connect_new(e, why, sizeof(why));
         PGresult *r = NULL;
+        uint64_t heard = 0; /* the last number this connection read or was notified of */
         if (c) {
             r = pq.exec(c, "LISTEN " CHANNEL);
             bool ok = r && pq.resultStatus(r) == PGRES_COMMAND_OK;
             if (r)
                 pq.clear(r);
+            uint64_t before = atomic_load(&e->high);
             r = ok ? pq.exec(c, "SELECT seq FROM p11mk_seq") : NULL;
             if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
                 uint64_t v = be64_text(pq.getvalue(r, 0, 0));
-                seq_seen(e, v);
+                seq_read(e, before, v);
+                heard = v;
                 atomic_store(&e->alive_ms, now_ms());
                 atomic_store(&e->seq, v);
                 backoff_ms = 50;
@@ -458,8 +471,8 @@ static void *listen_main(void *arg)
             if (r)
                 pq.clear(r);
         }
-        bool pinging = false;
-        uint64_t last = now_ms(), ping_at = 0;
+        bool pinging = false, recheck = false;
+        uint64_t last = now_ms(), ping_at = 0, ping_high = 0;
         while (c) {
             uint64_t t = now_ms();
             int64_t wait = pinging ? (int64_t)(ping_at + PING_WAIT_MS) - (int64_t)t
@@ -483,21 +496,57 @@ static void *listen_main(void *arg)
                 while ((no = pq.notifies(c))) {
                     uint64_t v = be64_text(no->extra);
                     pq.freemem(no);
+                    /* Notifications come in commit order, which is the
+                     * number's order (writers take turns on its row). One
+                     * below what this connection last heard is a commit made
+                     * before its last read, or the counter going back: the
+                     * number is read again at once (the ping) to tell.
+                     * Compared with e->high instead, a notification still
+                     * queued behind a commit another thread had already read
+                     * looked like a reversal (logged as a restored database,
+                     * every cached key dropped). */
+                    if (v < heard) {
+                        recheck = true;
+                        continue;
+                    }
+                    heard = v;
                     seq_seen(e, v);
-                    if (v < atomic_load(&e->seq))
-                        atomic_store(&e->seq, v); /* went back: start again from it */
-                    else
-                        seq_raise(e, v);
+                    seq_raise(e, v);
                 }
-                if (pinging && !pq.isBusy(c)) {
-                    bool ok = true;
-                    while ((r = pq.getResult(c))) {
-                        ok = ok && pq.resultStatus(r) == PGRES_TUPLES_OK;
+                if (pinging) {
+                    /* PQgetResult blocks unless PQisBusy says it would not:
+                     * the ping's result may be here before the end of its
+                     * answer (ReadyForQuery), which a hung server never sends. */
+                    bool ok = true, done = false;
+                    while (!pq.isBusy(c)) {
+                        if (!(r = pq.getResult(c))) {
+                            done = true;
+                            break;
+                        }
+                        if (pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
+                            /* A fresh read: below what was seen before it
+                             * was sent, the counter went back. (It does not
+                             * move `heard`: the notifications of the commits
+                             * it shows may still be on their way, and would
+                             * each ask for another read.) */
+                            uint64_t v = be64_text(pq.getvalue(r, 0, 0));
+                            if (v < ping_high) {
+                                seq_went_back(e, ping_high, v);
+                                heard = v;
+                                atomic_store(&e->seq, v); /* start again from it */
+                            } else {
+                                seq_seen(e, v);
+                                seq_raise(e, v);
+                            }
+                        } else {
+                            ok = false;
+                        }
                         pq.clear(r);
                     }
                     if (!ok)
                         break;
-                    pinging = false;
+                    if (done)
+                        pinging = false;
                 }
             }
             t = now_ms();
@@ -506,9 +555,11 @@ static void *listen_main(void *arg)
                                     "connecting again", e->path, PING_WAIT_MS);
                 break;
             }
-            if (!pinging && t >= last + PING_IDLE_MS) {
-                if (!pq.sendQuery(c, "SELECT 1"))
+            if (!pinging && (recheck || t >= last + PING_IDLE_MS)) {
+                ping_high = atomic_load(&e->high);
+                if (!pq.sendQuery(c, "SELECT seq FROM p11mk_seq"))
                     break;
+                recheck = false;
                 pinging = true;
                 ping_at = t;
             }
@@ -549,7 +600,12 @@ static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
         if (!(t->c = conn_take(e)))
             break;
         /* Whatever was seen before this snapshot began, it sees too: a
-         * lower number means the counter went back. */
+         * lower number means the counter went back. The count of reversals
+         * is taken before the snapshot too: a snapshot of the old numbers
+         * that was in flight when a reversal was found must never carry the
+         * new count (its number would match once the restored copy's counter
+         * reaches it again). */
+        uint32_t inc = atomic_load(&e->inc);
         uint64_t before = atomic_load(&e->high);
         t->local = local_now(e);
         PGresult *r = pq.exec(t->c, sql);
@@ -558,11 +614,13 @@ static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
             pq.clear(r);
             /* A writer's number is one above the last committed: above
              * everything seen. It counts as seen once it is committed. */
-            if (!t->creating && t->seq && (write ? t->seq <= before : t->seq < before))
+            t->inc = inc;
+            if (!t->creating && t->seq && (write ? t->seq <= before : t->seq < before)) {
                 seq_went_back(e, before, t->seq);
-            else if (!t->creating && !write)
+                t->inc = atomic_load(&e->inc); /* this snapshot is of the new numbers */
+            } else if (!t->creating && !write) {
                 seq_seen(e, t->seq);
-            t->inc = atomic_load(&e->inc);
+            }
             *out = t;
             return KS_OK;
         }
