@@ -90,15 +90,28 @@ static int install_id(ks_store *st, uint8_t id[16])
         for (int i = 0; i < 16; i++)
             snprintf(hex + 2 * i, 3, "%02x", r[i]);
         hex[32] = '\n';
-        fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (fd < 0 && errno != EEXIST)
+        /* Written in full under a name of its own, then linked into place:
+         * created at its name with O_EXCL and written after, it could be read
+         * empty by another process starting at the same time (or left empty
+         * by a kill between the two), which then reported it damaged and told
+         * the administrator to remove it (a new id, so a second row for this
+         * host). link() fails with EEXIST when another process won. */
+        char tmp[4200];
+        snprintf(tmp, sizeof(tmp), "%s/.host.id.XXXXXX", st->path);
+        fd = mkostemp(tmp, O_CLOEXEC); /* mode 0600 */
+        if (fd < 0)
             return KS_EIO;
-        if (fd >= 0) {
-            bool ok = write(fd, hex, 33) == 33 && fsync(fd) == 0;
-            close(fd);
-            if (!ok) {
-                unlink(p);
-                return KS_EIO;
+        bool ok = write(fd, hex, 33) == 33 && fsync(fd) == 0;
+        close(fd);
+        int le = ok && link(tmp, p) != 0 ? errno : 0;
+        unlink(tmp);
+        if (!ok || (le != 0 && le != EEXIST))
+            return KS_EIO;
+        if (le == 0) {
+            int dfd = open(st->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd >= 0) {
+                (void)fsync(dfd); /* the name survives a crash: else a new id, and a second row */
+                close(dfd);
             }
         }
         /* made here or by another process meanwhile: read it */
