@@ -445,6 +445,7 @@ static void *listen_main(void *arg)
 {
     ks_benv *e = arg;
     unsigned backoff_ms = 50;
+    bool reconnect = false; /* a number was read on an earlier connection */
     for (;;) {
         char why[256];
         PGconn *c = connect_new(e, why, sizeof(why));
@@ -460,6 +461,15 @@ static void *listen_main(void *arg)
             if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
                 uint64_t v = be64_text(pq.getvalue(r, 0, 0));
                 seq_read(e, before, v);
+                /* Connected again after a loss: what happened meanwhile was
+                 * not heard. The counter may have gone back and, by the time
+                 * of this read, come past the highest number seen (a restore
+                 * from a copy a few commits older, other hosts writing): no
+                 * lower number would ever show it, and numbers of before
+                 * would match again. They never match after a reconnection. */
+                if (reconnect)
+                    atomic_fetch_add(&e->inc, 1);
+                reconnect = true;
                 heard = v;
                 atomic_store(&e->alive_ms, now_ms());
                 atomic_store(&e->seq, v);
