@@ -9,40 +9,19 @@
 # 4) must still be found.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PGC=${P11MK_PG_CLUSTER:?}
 PROBE=${P11MK_PG_PROBE:?}
-"$PGC" available >/dev/null 2>&1 || skip "PostgreSQL (initdb, pg_ctl) is not installed"
-BIN=$("$PGC" available)
-
-PGD=$(mktemp -d /tmp/p11mk-order-pg-XXXXXX)
-rmdir "$PGD"
-eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
 STOPPED=
-stop_pg() {
+pg_at_exit() {
     for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
     [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null || true
-    "$PGC" stop "$PGD" >/dev/null 2>&1 || true
 }
-trap 'r_=$?; stop_pg; set +e; (exit $r_); cleanup' EXIT
-export PGPASSFILE
-CONNINFO=$("$PGC" newdb "$PGD" notifyorder) || fail "cannot make the database"
-sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d notifyorder -c "$1"; }
-
-mkdir -p "$T/a"
-cat > "$T/a/p11mk.conf" <<CONF
-keystore = $T/a/ks
-backend = postgresql
-postgresql = $CONNINFO
-master_key = $T/a/mk.key
-host_name = a
-log = $T/a/p11mk.log
-log_level = info
-CONF
-on() { P11MK_CONF=$T/a/p11mk.conf "$@"; }
-on expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
-on pkcs11-tool --module "$MOD" --init-token --slot 1 --label order --so-pin $SO >/dev/null
-on pkcs11-tool --module "$MOD" --token-label order --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
-on pkcs11-tool --module "$MOD" --token-label order --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
+pg_setup notifyorder
+host_conf a
+on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
+on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label order --so-pin $SO >/dev/null
+on a pkcs11-tool --module "$MOD" --token-label order --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+on a pkcs11-tool --module "$MOD" --token-label order --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
     --label k1 >/dev/null || fail "keypair k1"
 
 coproc PR { P11MK_CONF=$T/a/p11mk.conf exec "$PROBE" "$MOD" order "$PIN" 2>"$T/probe.err"; }
