@@ -26,7 +26,8 @@
  *
  * For instruction profiles (valgrind --tool=callgrind, whose counts do not
  * depend on machine load): BENCH_OPS_PROFILE="NAME:N" runs N operations of
- * each side of the first case whose name contains NAME, untimed, and exits.
+ * each side of the first case whose name contains NAME, untimed, and exits;
+ * BENCH_OPS_SIDE=module or =openssl runs only that side (for perf stat).
  *
  * BENCH_OPS_ONLY="NAME" (without --procs) runs only the cases whose name
  * contains NAME (one figure, e.g. "ECDSA P-256 sign", on several
@@ -589,9 +590,10 @@ int main(int argc, char **argv)
             return 2;
         }
         worker w = {s[0]};
-        for (long k = 0; k < n; k++)
+        const char *side = getenv("BENCH_OPS_SIDE"); /* "module" or "openssl": one side only */
+        for (long k = 0; k < n && (!side || strcmp(side, "openssl") != 0); k++)
             cases[i].p11(&w);
-        for (long k = 0; k < n; k++)
+        for (long k = 0; k < n && (!side || strcmp(side, "module") != 0); k++)
             cases[i].ossl(&w);
         printf("bench_ops: %ld operations of \"%s\" on each side\n", n, cases[i].name);
         f->C_Finalize(NULL);
