@@ -3,6 +3,7 @@
 #include "tok_crypto.h"
 #include "token/tok_policy.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -160,11 +161,33 @@ static bool offered(const tok_mech_desc *d)
     return !d->legacy || tok_mech_legacy();
 }
 
+/* Every operation's init looks its mechanism up: an open-addressed index
+ * of the table (positions + 1, 0 empty), made once, instead of a walk of it. */
+#define MECH_INDEX 512u
+_Static_assert(N_MECHS < MECH_INDEX / 2 && N_MECHS < 255, "the mechanism index is too small");
+static uint8_t mech_index[MECH_INDEX];
+static pthread_once_t mech_index_once = PTHREAD_ONCE_INIT;
+
+static unsigned mech_hash(CK_MECHANISM_TYPE m) { return (unsigned)((m * 0x9E3779B97F4A7C15ull) >> 55); }
+
+static void mech_index_build(void)
+{
+    for (size_t i = 0; i < N_MECHS; i++) {
+        unsigned h = mech_hash(mechs[i].type);
+        while (mech_index[h])
+            h = (h + 1) % MECH_INDEX;
+        mech_index[h] = (uint8_t)(i + 1);
+    }
+}
+
 const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m)
 {
-    for (size_t i = 0; i < N_MECHS; i++)
-        if (mechs[i].type == m)
-            return offered(&mechs[i]) ? &mechs[i] : NULL;
+    pthread_once(&mech_index_once, mech_index_build);
+    for (unsigned h = mech_hash(m); mech_index[h]; h = (h + 1) % MECH_INDEX) {
+        const tok_mech_desc *d = &mechs[mech_index[h] - 1];
+        if (d->type == m)
+            return offered(d) ? d : NULL;
+    }
     return NULL;
 }
 
