@@ -9,7 +9,10 @@
  *
  * Every transaction holds the read side of `resize`; growing the map (which
  * LMDB allows only with no transaction active in the process) takes the
- * write side. Several processes share the files; LMDB's lock file
+ * write side. lmdb_commit_seq, read by every operation of every thread,
+ * takes instead the read side of one of SEQ_SHARDS locks, its thread's, each
+ * on a cache line of its own (one shared lock word would bounce between the
+ * threads' cores on every operation); growing the map takes them all too. Several processes share the files; LMDB's lock file
  * serializes writers and MDB_MAP_RESIZED tells us another process grew it.
  * A write that finds the map full (MDB_MAP_FULL, MDB_TXN_FULL) reports
  * KS_BE_RETRY: ks_write aborts, grows the map (make_room) and runs the
@@ -31,12 +34,42 @@
 #define MAP_STEP_MAX (1ull << 30)
 #define MAX_READERS 1022
 
+#define SEQ_SHARDS 16
+
 struct ks_benv {
     MDB_env *env;
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
     char *path;
+    struct {
+        pthread_rwlock_t l;
+    } __attribute__((aligned(64))) seq[SEQ_SHARDS];
 };
+
+static unsigned seq_shard_next;
+static __thread unsigned seq_shard_mine; /* 1 + index; 0: not chosen yet */
+
+static pthread_rwlock_t *seq_lock(ks_benv *e)
+{
+    if (!seq_shard_mine)
+        seq_shard_mine = 1 + __atomic_fetch_add(&seq_shard_next, 1, __ATOMIC_RELAXED) % SEQ_SHARDS;
+    return &e->seq[seq_shard_mine - 1].l;
+}
+
+/* The map may be replaced: no transaction and no commit_seq reading. */
+static void resize_lock(ks_benv *e)
+{
+    pthread_rwlock_wrlock(&e->resize);
+    for (unsigned i = 0; i < SEQ_SHARDS; i++)
+        pthread_rwlock_wrlock(&e->seq[i].l);
+}
+
+static void resize_unlock(ks_benv *e)
+{
+    for (unsigned i = SEQ_SHARDS; i-- > 0;)
+        pthread_rwlock_unlock(&e->seq[i].l);
+    pthread_rwlock_unlock(&e->resize);
+}
 
 /* A ks_btxn is the MDB_txn, a ks_bcur the MDB_cursor; the environment's
  * user context is its ks_benv. */
@@ -93,21 +126,21 @@ static uint64_t map_init_size(void)
 /* Another process grew the map: adopt its size. */
 static void adopt_resize(ks_benv *e)
 {
-    pthread_rwlock_wrlock(&e->resize);
+    resize_lock(e);
     mdb_env_set_mapsize(e->env, 0);
-    pthread_rwlock_unlock(&e->resize);
+    resize_unlock(e);
 }
 
 static int lmdb_make_room(ks_benv *e)
 {
     MDB_envinfo info;
     int rc;
-    pthread_rwlock_wrlock(&e->resize);
+    resize_lock(e);
     mdb_env_info(e->env, &info);
     uint64_t cur = info.me_mapsize;
     uint64_t step = cur < MAP_STEP_MAX ? cur : MAP_STEP_MAX;
     rc = mdb_env_set_mapsize(e->env, (size_t)(cur + step));
-    pthread_rwlock_unlock(&e->resize);
+    resize_unlock(e);
     if (rc != MDB_SUCCESS) {
         ks_log(KS_LOG_ERROR, "keystore %s: cannot grow the map to %llu bytes: %s", e->path,
                (unsigned long long)(cur + step), mdb_strerror(rc));
@@ -119,14 +152,15 @@ static int lmdb_make_room(ks_benv *e)
 
 /* LMDB's last committed transaction id, from the newer of the two meta pages
  * in the shared map: every commit (ours or another process's) writes it
- * last, after the data it commits. Under the resize lock, as the map may be
- * replaced by adopt_resize. */
+ * last, after the data it commits. Under the thread's shard of the resize
+ * lock, as the map may be replaced by adopt_resize. */
 static uint64_t lmdb_commit_seq(ks_benv *e)
 {
     MDB_envinfo info;
-    pthread_rwlock_rdlock(&e->resize);
+    pthread_rwlock_t *l = seq_lock(e);
+    pthread_rwlock_rdlock(l);
     int rc = mdb_env_info(e->env, &info);
-    pthread_rwlock_unlock(&e->resize);
+    pthread_rwlock_unlock(l);
     return rc == MDB_SUCCESS ? (uint64_t)info.me_last_txnid : 0;
 }
 
@@ -368,6 +402,8 @@ static void lmdb_close(ks_benv *e)
     if (e->env)
         mdb_env_close(e->env);
     pthread_rwlock_destroy(&e->resize);
+    for (unsigned i = 0; i < SEQ_SHARDS; i++)
+        pthread_rwlock_destroy(&e->seq[i].l);
     free(e->path);
     free(e);
 }
@@ -458,14 +494,17 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
                      ks_err *err)
 {
     (void)target; /* the environment is the directory */
-    ks_benv *e = calloc(1, sizeof(*e));
+    ks_benv *e = NULL;
     *out = NULL;
-    if (!e)
+    if (posix_memalign((void **)&e, 64, sizeof(*e)) != 0) /* the shards' cache lines */
         return KS_ENOMEM;
+    memset(e, 0, sizeof(*e));
     if (pthread_rwlock_init(&e->resize, NULL) != 0) {
         free(e);
         return KS_ENOMEM;
     }
+    for (unsigned i = 0; i < SEQ_SHARDS; i++)
+        pthread_rwlock_init(&e->seq[i].l, NULL); /* cannot fail with default attributes (glibc) */
     if (!(e->path = strdup(path))) {
         lmdb_close(e);
         return KS_ENOMEM;
