@@ -9,7 +9,6 @@
 static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover, CK_MECHANISM_PTR pMechanism,
                       CK_OBJECT_HANDLE hKey)
 {
-    tok_key *key = NULL;
     p11_session *s;
     CK_RV rv = p11_session_get(hSession, &s);
 
@@ -29,20 +28,16 @@ static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover
         p11_session_put(s);
         return rv;
     }
-    if (s->op[kind])
+    if (s->op[kind]) {
         rv = CKR_OPERATION_ACTIVE;
-    if (rv == CKR_OK && kind != TOK_OP_DIGEST)
-        rv = p11_object_key(s, hKey, &key);
-    if (rv == CKR_OK)
-        rv = (recover ? tok_op_init_recover : tok_op_init)(kind, pMechanism, key, key ? tok_key_attrs(key) : NULL,
-                                                           &s->op[kind]);
-    if (rv == CKR_OK && key)
-        tok_op_set_key_handle(s->op[kind], hKey);
+    } else {
+        tok_access ac = p11_access(s);
+        rv = tok_op_start(p11_tok(), &ac, kind, recover, pMechanism, hKey, &s->spare[kind], &s->op[kind]);
+    }
     /* A key that wants its PIN for every use (sign or decrypt): the
      * operation waits for C_Login(CKU_CONTEXT_SPECIFIC). */
     if (rv == CKR_OK && (kind == TOK_OP_SIGN || kind == TOK_OP_DECRYPT))
-        s->op_reauth[kind] = tok_attrs_get_bool(tok_key_attrs(key), CKA_ALWAYS_AUTHENTICATE, false);
-    tok_key_unref(key);
+        s->op_reauth[kind] = tok_op_always_authenticate(s->op[kind]);
     p11_session_put(s);
     return rv;
 }

@@ -67,6 +67,7 @@ typedef struct p11_session {
     uint64_t gen; /* uses of the place: the handle's high bits */
     p11_mutex *busy; /* serializes operations on this session */
     tok_op *op[P11_OP_SLOTS];
+    tok_op *spare[P11_OP_SLOTS]; /* the last ended operation of each kind, for the next (tok_op_end) */
     bool op_multi[P11_OP_SLOTS]; /* an update() was made */
     bool op_reauth[P11_OP_SLOTS]; /* CKA_ALWAYS_AUTHENTICATE key: C_Login(CKU_CONTEXT_SPECIFIC) still due */
     tok_msg *msg[2];              /* message-based encryption and decryption (p11_message.c) */

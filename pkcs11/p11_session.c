@@ -59,8 +59,11 @@ void p11_find_end(p11_find *f)
 /* What a session holds: its operations and a find. The place stays. */
 static void session_clear(p11_session *s)
 {
-    for (int k = 0; k < P11_OP_SLOTS; k++)
+    for (int k = 0; k < P11_OP_SLOTS; k++) {
         p11_op_end(s, (tok_op_kind)k);
+        tok_op_free(s->spare[k]);
+        s->spare[k] = NULL;
+    }
     for (int k = 0; k < P11_MSG_KINDS; k++)
         p11_msg_end(s, k);
     p11_find_end(&s->find);
@@ -338,7 +341,7 @@ CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only)
 
 void p11_op_end(p11_session *s, tok_op_kind kind)
 {
-    tok_op_free(s->op[kind]);
+    tok_op_end(s->op[kind], &s->spare[kind]);
     s->op[kind] = NULL;
     s->op_multi[kind] = false;
     s->op_reauth[kind] = false;
@@ -618,6 +621,38 @@ CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR
     return login(hSession, userType, pPin, ulPinLen);
 }
 
+/* After a logout: the private keys the slot's sessions keep in their spare
+ * operations (tok_op_end) go, as the key cache's did. Each session is taken
+ * as a call takes it, after the global lock (a call holding its session may
+ * want that lock); one closed meanwhile is passed over. An operation still
+ * running keeps its key, as PKCS#11 lets it; tok_op_start drops a spare from
+ * before the logout that this missed. */
+static void drop_private_spares(CK_SLOT_ID slot)
+{
+    CK_SESSION_HANDLE *hs;
+    size_t n = 0;
+
+    p11_lock();
+    hs = t.n ? malloc(t.n * sizeof(*hs)) : NULL;
+    for (size_t i = 0; hs && i < t.n; i++)
+        if (t.v[i]->slot == slot)
+            hs[n++] = t.v[i]->h;
+    p11_unlock();
+    for (size_t i = 0; i < n; i++) {
+        p11_session *s;
+
+        if (p11_session_get(hs[i], &s) != CKR_OK)
+            continue;
+        for (int k = 0; k < P11_OP_SLOTS; k++)
+            if (tok_op_spare_private(s->spare[k])) {
+                tok_op_free(s->spare[k]);
+                s->spare[k] = NULL;
+            }
+        p11_session_put(s);
+    }
+    free(hs);
+}
+
 CK_RV C_Logout(CK_SESSION_HANDLE hSession)
 {
     p11_session *s;
@@ -634,6 +669,8 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
     else
         rv = CKR_USER_NOT_LOGGED_IN;
     p11_unlock();
+    if (rv == CKR_OK)
+        drop_private_spares(slot);
     return rv;
 }
 

@@ -137,6 +137,19 @@ TOK_API CK_RV tok_sobj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
 TOK_API void tok_sobjs_free_all(tok_ctx *ctx);
 TOK_API void tok_sobjs_drop_private(tok_ctx *ctx, CK_SLOT_ID slot);
 
+/* Where a key was found current (tok_obj_key_at): the commit sequence of
+ * the reading that vouched for it and the keystore's epoch then. While the
+ * keystore's commit sequence is still that number (and the epoch the same),
+ * nothing was committed since, so the handle still names that very key:
+ * tok_key_at_current. seq 0 (a session object, or a sequence the backend
+ * cannot vouch for): never current, look the key up again. */
+typedef struct tok_key_at {
+    uint64_t seq;
+    uint32_t epoch;
+} tok_key_at;
+TOK_API CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_key_at *at);
+TOK_API bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at);
+
 /* A growing list of object ids; tok_oid_push is a ks_oid_cb appending to one. */
 typedef struct {
     uint64_t *v;

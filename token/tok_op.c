@@ -9,7 +9,10 @@
  * What a mechanism is (its class, digest, key sizes) comes from the table in
  * tok_mech.c; this file implements each class once. */
 #include "tok_crypto.h"
+#include "tok_internal.h"
+#include "token/tok_policy.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <limits.h>
 #include <string.h>
@@ -56,17 +59,20 @@ struct tok_op {
     uint8_t *fed;
     size_t fedlen, fedcap;
     bool unsaveable;
+    /* Kept when the operation ends as its session's spare (tok_op_end), for
+     * the next operation of its kind (tok_op_start): where the key was found
+     * current, the logout count then, and the IV length the GCM context has. */
+    tok_key_at key_at;
+    uint64_t login_seq;
+    size_t gcm_ivlen;
 };
 
 tok_op_kind tok_op_get_kind(const tok_op *op) { return op->kind; }
 
-void tok_op_free(tok_op *op)
+/* What an operation holds besides its OpenSSL contexts and its key: the
+ * buffers (cleansed), the PSS digest, an AEAD operation. */
+static void op_release_data(tok_op *op)
 {
-    if (!op)
-        return;
-    EVP_CIPHER_CTX_free(op->cctx);
-    EVP_MD_CTX_free(op->mdctx);
-    EVP_MAC_CTX_free(op->mac);
     if (op->buf)
         OPENSSL_clear_free(op->buf, op->bcap);
     if (op->pend)
@@ -76,6 +82,19 @@ void tok_op_free(tok_op *op)
     OPENSSL_free(op->label);
     EVP_MD_free(op->pss_mdobj);
     tok_aead_op_free(op->aead);
+    op->buf = op->pend = op->fed = op->label = NULL;
+    op->pss_mdobj = NULL;
+    op->aead = NULL;
+}
+
+void tok_op_free(tok_op *op)
+{
+    if (!op)
+        return;
+    EVP_CIPHER_CTX_free(op->cctx);
+    EVP_MD_CTX_free(op->mdctx);
+    EVP_MAC_CTX_free(op->mac);
+    op_release_data(op);
     tok_key_unref(op->key);
     OPENSSL_cleanse(op, sizeof(*op));
     free(op);
@@ -202,21 +221,28 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         break;
     }
     }
-    op->cctx = EVP_CIPHER_CTX_new();
-    if (!op->cctx)
+    /* The spare's context (recycle) has this key's schedule: it takes the IV
+     * only (OpenSSL's documented way to start again with the same key). */
+    bool keyed = op->cctx != NULL;
+    if (!keyed && !(op->cctx = EVP_CIPHER_CTX_new()))
         return CKR_HOST_MEMORY;
     if (mc != M_AES_GCM) {
-        ok = EVP_CipherInit_ex2(op->cctx, c, op->key->secret, iv, enc, NULL) &&
+        ok = EVP_CipherInit_ex2(op->cctx, keyed ? NULL : c, keyed ? NULL : op->key->secret, iv, enc, NULL) &&
              EVP_CIPHER_CTX_set_padding(op->cctx, mc == M_CBC_PAD);
     } else {
         const CK_GCM_PARAMS *g = m->pParameter;
         int n;
-        /* A 12-byte IV is GCM's own length: key and IV in one call. */
-        ok = (g->ulIvLen == 12 ? EVP_CipherInit_ex2(op->cctx, c, op->key->secret, g->pIv, enc, NULL)
-                               : EVP_CipherInit_ex2(op->cctx, c, NULL, NULL, enc, NULL) &&
-                                     EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL) &&
-                                     EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL)) &&
-             (!g->ulAADLen || EVP_CipherUpdate(op->cctx, NULL, &n, g->pAAD, (int)g->ulAADLen));
+        if (keyed)
+            ok = (g->ulIvLen == op->gcm_ivlen ||
+                  EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL)) &&
+                 EVP_CipherInit_ex2(op->cctx, NULL, NULL, g->pIv, enc, NULL);
+        else /* A 12-byte IV is GCM's own length: key and IV in one call. */
+            ok = g->ulIvLen == 12 ? EVP_CipherInit_ex2(op->cctx, c, op->key->secret, g->pIv, enc, NULL)
+                                  : EVP_CipherInit_ex2(op->cctx, c, NULL, NULL, enc, NULL) &&
+                                        EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL) &&
+                                        EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL);
+        op->gcm_ivlen = ok ? g->ulIvLen : 0; /* 0: not known, set it next time */
+        ok = ok && (!g->ulAADLen || EVP_CipherUpdate(op->cctx, NULL, &n, g->pAAD, (int)g->ulAADLen));
     }
     return ok ? CKR_OK : CKR_FUNCTION_FAILED;
 }
@@ -316,8 +342,7 @@ static CK_RV init_md(tok_op *op)
 {
     EVP_PKEY_CTX *pctx = NULL;
     int ok;
-    op->mdctx = EVP_MD_CTX_new();
-    if (!op->mdctx)
+    if (!op->mdctx && !(op->mdctx = EVP_MD_CTX_new())) /* a digest's spare has one (recycle) */
         return CKR_HOST_MEMORY;
     if (op->kind == TOK_OP_DIGEST) {
         const EVP_MD *md = tok_md(op->d->md);
@@ -336,6 +361,8 @@ static CK_RV init_md(tok_op *op)
 static CK_RV init_mac(tok_op *op)
 {
     bool cmac = op->d->mc == M_CMAC;
+    if (op->mac) /* the spare's, with this key, restarted when its operation ended (scrub) */
+        return CKR_OK;
     EVP_MAC *mac = tok_mac(cmac);
     const EVP_CIPHER *c = cmac ? tok_mech_cipher(op->d, op->key->secret_len) : NULL;
     /* CMAC takes its cipher by name (EVP_MAC has no parameter for a fetched one). */
@@ -352,14 +379,14 @@ static CK_RV init_mac(tok_op *op)
     return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, params) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
-static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, tok_key *key,
-                      const tok_attrs *key_attrs, tok_op **out)
+/* The checks of an operation's start that need no context. */
+static CK_RV start_checks(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, tok_key *key,
+                          const tok_attrs *key_attrs, const tok_mech_desc **dp)
 {
     const tok_mech_desc *d;
-    tok_op *op;
     CK_RV rv;
 
-    if (!mech || !out || (recover && kind != TOK_OP_SIGN && kind != TOK_OP_VERIFY))
+    if (!mech || (recover && kind != TOK_OP_SIGN && kind != TOK_OP_VERIFY))
         return CKR_ARGUMENTS_BAD;
     d = tok_mech_find(mech->mechanism);
     if (!d || d->mc == M_NONE || !(d->flags & kind_flag(kind, recover)))
@@ -374,13 +401,66 @@ static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, 
         if (!tok_mech_allowed(key_attrs, mech->mechanism))
             return CKR_MECHANISM_INVALID;
     }
-    op = calloc(1, sizeof(*op));
-    if (!op)
-        return CKR_HOST_MEMORY;
+    *dp = d;
+    return CKR_OK;
+}
+
+/* A spare made ready for an operation of kind with d on key (NULL for a
+ * digest): the contexts that can serve it kept, the others freed, nothing
+ * else of the old operation left. The op holds a reference on key after
+ * (the spare's own when it is the same key: no reference count touched). */
+static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_key *key)
+{
+    bool same = key && op->kind == kind && op->d == d && op->key == key && !op->recover;
+    EVP_CIPHER_CTX *cctx = same ? op->cctx : NULL;
+    EVP_MAC_CTX *mac = same ? op->mac : NULL;
+    EVP_MD_CTX *mdctx = kind == TOK_OP_DIGEST && op->kind == TOK_OP_DIGEST ? op->mdctx : NULL;
+    size_t ivlen = op->gcm_ivlen;
+    tok_key *k = op->key;
+
+    if (cctx != op->cctx)
+        EVP_CIPHER_CTX_free(op->cctx);
+    if (mac != op->mac)
+        EVP_MAC_CTX_free(op->mac);
+    if (mdctx != op->mdctx)
+        EVP_MD_CTX_free(op->mdctx);
+    op_release_data(op);
+    if (k != key) {
+        tok_key_unref(k);
+        k = key ? tok_key_ref(key) : NULL;
+    }
+    memset(op, 0, sizeof(*op));
+    op->cctx = cctx;
+    op->mac = mac;
+    op->mdctx = mdctx;
+    op->key = k;
+    op->gcm_ivlen = cctx ? ivlen : 0;
+}
+
+/* reuse: a spare to start from (tok_op_start), consumed whatever happens. */
+static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, tok_key *key,
+                      const tok_attrs *key_attrs, tok_op *reuse, tok_op **out)
+{
+    const tok_mech_desc *d = NULL;
+    tok_op *op;
+    CK_RV rv = out ? start_checks(kind, recover, mech, key, key_attrs, &d) : CKR_ARGUMENTS_BAD;
+
+    if (rv != CKR_OK) {
+        tok_op_free(reuse);
+        return rv;
+    }
+    if (reuse) {
+        op = reuse;
+        recycle(op, kind, d, kind == TOK_OP_DIGEST ? NULL : key);
+    } else {
+        op = calloc(1, sizeof(*op));
+        if (!op)
+            return CKR_HOST_MEMORY;
+        op->key = kind == TOK_OP_DIGEST ? NULL : tok_key_ref(key);
+    }
     op->kind = kind;
     op->d = d;
     op->recover = recover;
-    op->key = kind == TOK_OP_DIGEST ? NULL : tok_key_ref(key);
     if (tok_aead_single(d->mc))
         rv = tok_aead_op_init(d, kind == TOK_OP_ENCRYPT, mech, key, &op->aead);
     else if (is_cipher(d->mc))
@@ -425,14 +505,150 @@ static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, 
 
 CK_RV tok_op_init(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs, tok_op **out)
 {
-    return op_start(kind, false, mech, key, key_attrs, out);
+    return op_start(kind, false, mech, key, key_attrs, NULL, out);
 }
 
 CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *key, const tok_attrs *key_attrs,
                           tok_op **out)
 {
-    return op_start(kind, true, mech, key, key_attrs, out);
+    return op_start(kind, true, mech, key, key_attrs, NULL, out);
 }
+
+/* ---- the session's spare operation ---------------------------------------
+ * Setting OpenSSL up for an operation (a new context, the algorithm found by
+ * name, a key schedule, HMAC's two padded key blocks) costs more than a small
+ * operation itself, and the key cache's lock and the key's reference count
+ * are shared by every thread. So an operation that ends is kept by its
+ * session as the spare of its kind (tok_op_end), and the session's next
+ * operation of that kind starts from it (tok_op_start), keeping:
+ * - its key, found without the key cache, when the same handle is asked for
+ *   and nothing was committed since the key was found current
+ *   (tok_key_at_current); who may see it is checked again;
+ * - its context, for the same mechanism on the very same key (the spare
+ *   holds a reference, so the address cannot come back as another key): a
+ *   cipher's keeps its key schedule and takes the new IV, a MAC's restarts
+ *   with its key; a digest's serves any digest.
+ * When an operation ends, what it held of the caller's data goes (buffers
+ * cleansed and freed, a digest or MAC context restarted, which clears it);
+ * what stays is key material, as the key cache keeps it. A private key's
+ * spare goes at logout: the pkcs11 layer sweeps the sessions it can take,
+ * and tok_op_start drops one from before a logout. */
+
+/* Whether EVP_MAC_init with no key restarts a MAC with the key it has
+ * (OpenSSL's HMAC did not before 3.0.3): found by doing it once, a MAC of
+ * "b" after one of "a" on one context against "b" on a fresh one. */
+static bool mac_restarts[2];
+static pthread_once_t mac_probe_once = PTHREAD_ONCE_INIT;
+
+static bool mac_probe(bool cmac)
+{
+    static const uint8_t key[16] = {0x70, 0x31, 0x31, 0x6d, 0x6b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    EVP_MAC *m = tok_mac(cmac);
+    OSSL_PARAM params[] = {
+        cmac ? OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, "AES-128-CBC", 0)
+             : OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    uint8_t a[64], b[64];
+    size_t la = 0, lb = 0;
+    EVP_MAC_CTX *c1 = m ? EVP_MAC_CTX_new(m) : NULL, *c2 = m ? EVP_MAC_CTX_new(m) : NULL;
+    bool ok = c1 && c2 && EVP_MAC_init(c1, key, sizeof(key), params) == 1 &&
+              EVP_MAC_update(c1, (const uint8_t *)"a", 1) == 1 && EVP_MAC_final(c1, a, &la, sizeof(a)) == 1 &&
+              EVP_MAC_init(c1, NULL, 0, NULL) == 1 && EVP_MAC_update(c1, (const uint8_t *)"b", 1) == 1 &&
+              EVP_MAC_final(c1, a, &la, sizeof(a)) == 1 && EVP_MAC_init(c2, key, sizeof(key), params) == 1 &&
+              EVP_MAC_update(c2, (const uint8_t *)"b", 1) == 1 && EVP_MAC_final(c2, b, &lb, sizeof(b)) == 1 &&
+              la == lb && la > 0 && memcmp(a, b, la) == 0;
+    EVP_MAC_CTX_free(c1);
+    EVP_MAC_CTX_free(c2);
+    return ok;
+}
+
+static void mac_probe_both(void)
+{
+    mac_restarts[0] = mac_probe(false);
+    mac_restarts[1] = mac_probe(true);
+}
+
+/* Clear what an ended operation's contexts hold of its data; false: keep
+ * nothing of it. */
+static bool scrub(tok_op *op)
+{
+    if (op->mdctx) {
+        if (op->kind != TOK_OP_DIGEST) { /* a signature's: made again each time */
+            EVP_MD_CTX_free(op->mdctx);
+            op->mdctx = NULL;
+        } else if (EVP_DigestInit_ex2(op->mdctx, NULL, NULL) != 1) {
+            return false;
+        }
+    }
+    if (op->mac) {
+        pthread_once(&mac_probe_once, mac_probe_both);
+        if (!mac_restarts[op->d->mc == M_CMAC] || EVP_MAC_init(op->mac, NULL, 0, NULL) != 1)
+            return false;
+    }
+    return true;
+}
+
+void tok_op_end(tok_op *op, tok_op **spare)
+{
+    if (!op)
+        return;
+    if (!spare || op->recover || op->aead || !scrub(op)) {
+        tok_op_free(op);
+        return;
+    }
+    op_release_data(op);
+    tok_op_free(*spare);
+    *spare = op;
+}
+
+CK_RV tok_op_start(tok_ctx *ctx, const tok_access *ac, tok_op_kind kind, bool recover, const CK_MECHANISM *mech,
+                   uint64_t h, tok_op **spare, tok_op **out)
+{
+    tok_op *sp = *spare;
+    tok_key *key = NULL, *found = NULL;
+    tok_key_at at = {0, 0};
+    CK_RV rv = CKR_OK;
+
+    *spare = NULL;
+    if (sp && sp->key && sp->login_seq != ac->login_seq && tok_obj_is_private(tok_key_attrs(sp->key))) {
+        tok_op_free(sp); /* a logout since: a private key's spare goes */
+        sp = NULL;
+    }
+    if (kind != TOK_OP_DIGEST) {
+        if (h == CK_INVALID_HANDLE) {
+            rv = CKR_KEY_HANDLE_INVALID;
+        } else if (sp && sp->key && sp->key_handle == h && tok_key_at_current(ctx, &sp->key_at)) {
+            key = sp->key; /* the spare's reference serves (op_start keeps it) */
+            at = sp->key_at;
+            if (!tok_access_sees(ac, tok_key_attrs(key)))
+                rv = CKR_KEY_HANDLE_INVALID;
+        } else if ((rv = tok_obj_key_at(ctx, ac, h, &found, &at)) == CKR_OK) {
+            key = found;
+        } else if (rv == CKR_OBJECT_HANDLE_INVALID) {
+            rv = CKR_KEY_HANDLE_INVALID;
+        }
+    }
+    if (rv != CKR_OK) {
+        *spare = sp; /* a wrong handle does not cost the session its spare */
+        return rv;
+    }
+    rv = op_start(kind, recover, mech, key, key ? tok_key_attrs(key) : NULL, sp, out);
+    tok_key_unref(found);
+    if (rv == CKR_OK) {
+        (*out)->key_handle = kind == TOK_OP_DIGEST ? 0 : h;
+        (*out)->key_at = at;
+        (*out)->login_seq = ac->login_seq;
+    }
+    return rv;
+}
+
+bool tok_op_always_authenticate(const tok_op *op)
+{
+    return op->key && tok_attrs_get_bool(tok_key_attrs(op->key), CKA_ALWAYS_AUTHENTICATE, false);
+}
+
+bool tok_op_spare_private(const tok_op *op) { return op && op->key && tok_obj_is_private(tok_key_attrs(op->key)); }
 
 bool tok_op_is_recover(const tok_op *op) { return op->recover; }
 

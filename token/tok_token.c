@@ -961,23 +961,40 @@ static CK_RV cache_hand_out(const tok_access *ac, tok_key **key)
 
 CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key)
 {
+    tok_key_at at;
+
+    return tok_obj_key_at(ctx, ac, oid, key, &at);
+}
+
+bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at)
+{
+    return at->seq != 0 && ks_commit_seq(ctx->st) == at->seq && ks_epoch(ctx->st) == at->epoch;
+}
+
+CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_key_at *at)
+{
     CK_SLOT_ID slot = ac->slot;
     AUTO_TXN txn = NULL;
     AUTO_ATTRS attrs = TOK_ATTRS_INIT;
     ks_stamp st;
     uint64_t seq;
+    uint32_t epoch;
     CK_RV rv;
     int rc;
 
     *key = NULL;
+    *at = (tok_key_at){0, 0};
     if (oid & TOK_SOBJ_BIT)
         return tok_sobj_key(ctx, ac, oid, key);
     if (slot == 0 || slot > UINT32_MAX || oid == 0)
         return CKR_OBJECT_HANDLE_INVALID;
     /* The hot path: nothing committed since this key was last found current. */
     seq = ks_commit_seq(ctx->st);
-    if (cache_get(ctx, slot, oid, NULL, seq, ks_epoch(ctx->st), key))
+    epoch = ks_epoch(ctx->st);
+    if (cache_get(ctx, slot, oid, NULL, seq, epoch, key)) {
+        *at = (tok_key_at){seq, epoch};
         return cache_hand_out(ac, key);
+    }
     rc = ks_read_begin(ctx->st, &txn);
     if (rc == KS_OK) {
         /* What the check below vouches for: this snapshot, which may be
@@ -989,15 +1006,20 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
         return CKR_OBJECT_HANDLE_INVALID;
     if (rc != KS_OK)
         return ks_to_ckr(rc);
-    if (cache_get(ctx, slot, oid, &st, seq, ks_epoch(ctx->st), key))
+    epoch = ks_epoch(ctx->st);
+    if (cache_get(ctx, slot, oid, &st, seq, epoch, key)) {
+        *at = (tok_key_at){seq, epoch};
         return cache_hand_out(ac, key);
+    }
     rv = obj_read_txn(ctx, ac, txn, slot, oid, &attrs, READ_FULL, NULL);
     if (rv == CKR_OK && !tok_attrs_is_key(&attrs))
         rv = CKR_OBJECT_HANDLE_INVALID; /* a data object, a certificate: no key handle */
     if (rv == CKR_OK)
         rv = tok_key_from_attrs(&attrs, key);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
         cache_put(ctx, slot, oid, &st, seq, *key);
+        *at = (tok_key_at){seq, epoch};
+    }
     return rv;
 }
 

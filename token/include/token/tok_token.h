@@ -154,6 +154,26 @@ TOK_API CK_RV tok_obj_destroy(tok_ctx *ctx, const tok_access *ac, uint64_t h);
  * copy). CKR_OBJECT_HANDLE_INVALID when ac may not see it or it is not a
  * key (a data object, a certificate). */
 TOK_API CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key);
+/* C_EncryptInit, C_DecryptInit, C_SignInit, C_VerifyInit, C_DigestInit and
+ * the recovering inits (recover) as the pkcs11 layer makes them: the key of
+ * handle h as tok_obj_key finds it for ac (h unused for TOK_OP_DIGEST), then
+ * the checks and set-up of tok_op_init / tok_op_init_recover, in that order.
+ * *spare is the session's spare operation of this kind (tok_op_end) or NULL:
+ * the new operation starts from it where it can (tok_op.c says what is
+ * kept) and it is set to NULL, except after CKR_KEY_HANDLE_INVALID, which
+ * leaves it. Codes: those of tok_op_init, CKR_KEY_HANDLE_INVALID (no key
+ * ac may see), CKR_DEVICE_ERROR and CKR_HOST_MEMORY (the lookup). */
+TOK_API CK_RV tok_op_start(tok_ctx *ctx, const tok_access *ac, tok_op_kind kind, bool recover,
+                           const CK_MECHANISM *mech, uint64_t h, tok_op **spare, tok_op **out);
+/* End an operation: kept as *spare (the previous spare freed) when it can
+ * serve the session's next one of its kind, else freed. spare NULL: freed. */
+TOK_API void tok_op_end(tok_op *op, tok_op **spare);
+/* Whether the operation's key wants its PIN for every use
+ * (CKA_ALWAYS_AUTHENTICATE). */
+TOK_API bool tok_op_always_authenticate(const tok_op *op);
+/* Whether op (a spare) holds a private object's key: what a logout takes. */
+TOK_API bool tok_op_spare_private(const tok_op *op);
+
 /* The session objects ac may see that match a template, all at once. */
 TOK_API CK_RV tok_sobjs_find(tok_ctx *ctx, const tok_access *ac, const CK_ATTRIBUTE *tmpl, CK_ULONG n, uint64_t **hs,
                              size_t *count);
