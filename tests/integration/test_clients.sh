@@ -30,7 +30,7 @@ if [ -n "$ENGINE" ]; then
         OPENSSL_CONF=/dev/null openssl req -new -subj "/CN=p11mk csr $k" -engine pkcs11 -keyform engine \
             -key "pkcs11:token=clients;object=$k;type=private;pin-value=$PIN" -out "$k.csr" >/dev/null 2>&1 \
             || fail "openssl req (CSR) with the token's $k"
-        openssl req -in "$k.csr" -noout -verify 2>&1 | grep -q "verify OK" || fail "CSR of $k does not verify"
+        openssl req -in "$k.csr" -noout -verify 2>&1 | grep >/dev/null "verify OK" || fail "CSR of $k does not verify"
     done
     openssl x509 -in rsa-key.crt -outform DER -out rsa-key.der
     p11 "${P[@]}" --write-object rsa-key.der --type cert --id 01 --label rsa-cert >/dev/null
@@ -78,7 +78,7 @@ if command -v modutil >/dev/null && command -v certutil >/dev/null && [ -f rsa-k
     mkdir -p nss
     certutil -N -d sql:nss --empty-password
     modutil -dbdir sql:nss -add p11mk -libfile "$MOD" -force >/dev/null 2>"$T/out" || { cat "$T/out"; fail "modutil -add"; }
-    modutil -dbdir sql:nss -list 2>&1 | grep -q "p11mk" || fail "modutil does not list the module"
+    modutil -dbdir sql:nss -list 2>&1 | grep >/dev/null "p11mk" || fail "modutil does not list the module"
     echo "$PIN" > pin.txt
     certutil -L -d sql:nss -h clients -f pin.txt > nsscerts.txt 2>&1 </dev/null || { cat nsscerts.txt; fail "certutil -L -h clients"; }
     grep -q "clients:rsa-cert" nsscerts.txt || { cat nsscerts.txt; fail "certutil does not list the token's certificate"; }
@@ -130,7 +130,7 @@ objs = [o for t in d["tokens"] if t["label"] == "clients" for o in t["objects"]]
 print([o["uri"] for o in objs if o["label"] == "ec-key" and o["class"] == "private"][0])')
 case "$uri" in pkcs11:*token=clients*object=ec-key*type=private*) ;; *) fail "bad URI: $uri" ;; esac
 if command -v p11tool >/dev/null; then
-    GNUTLS_PIN=$PIN p11tool --provider "$MOD" --login --list-all "$uri" | grep -q "Label: ec-key" \
+    GNUTLS_PIN=$PIN p11tool --provider "$MOD" --login --list-all "$uri" | grep >/dev/null "Label: ec-key" \
         || fail "p11tool does not accept the URI from p11mk-admin list"
 fi
 expect_rc 1 "$ADMIN" list --token no-such-token

@@ -50,7 +50,7 @@ user_checks() {
     # aes1: the fixture's README calls it extractable; where it is, its value
     # must read back. Either way it must encrypt as a key of value aes.bin.
     rm -f aes.got block.got data.got rsa.sig ec.sig
-    if grep -E 'label=aes1 ' "$T/list.txt" | grep -q extractable; then
+    if grep -E 'label=aes1 ' "$T/list.txt" | grep >/dev/null extractable; then
         p11 "${U[@]}" --read-object --type secrkey --label aes1 -o aes.got >/dev/null 2>&1
         cmp -s aes.got "$FX/aes.bin" || fail "$2: aes1 does not read back the value aes.bin"
         ok "$2: aes1 reads back the value aes.bin"
@@ -86,7 +86,7 @@ so_resets_user_pin() {
 admin_checks "the fixture"
 cp "$T/out" "$T/list.txt"
 binding_is "the fixture" master-key-only
-if ! grep -E 'label=aes1 ' "$T/list.txt" | grep -q extractable; then
+if ! grep -E 'label=aes1 ' "$T/list.txt" | grep >/dev/null extractable; then
     echo "note: aes1 is not extractable (see the fixture's README): its value is checked by encryption"
 fi
 pubkey_der legacy 04 ec.der

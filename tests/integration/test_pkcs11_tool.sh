@@ -173,7 +173,7 @@ for i in $(seq 1 10); do
     expect_out "C_Login failed: rv = CKR_PIN_(INCORRECT|LOCKED)"
 done
 p11 -L > slots.txt
-grep -A12 "token label *: second" slots.txt | grep -q "user PIN locked" || fail "user PIN not reported locked: $(cat slots.txt)"
+grep -A12 "token label *: second" slots.txt | grep >/dev/null "user PIN locked" || fail "user PIN not reported locked: $(cat slots.txt)"
 expect_rc 1 p11 --token-label second --login --pin newpin-1 -O
 expect_out "CKR_PIN_LOCKED"
 p11 --token-label second --login --login-type so --so-pin $SO --init-pin --new-pin fresh-pin >/dev/null

@@ -27,7 +27,7 @@ ok() { echo "ok - $*"; passed=$((passed + 1)); }
 for t in dpkg-buildpackage dh lintian setpriv runuser pkcs11-tool openssl systemd-analyze; do
     command -v $t >/dev/null || skip "$t is not installed (tools/install-deps --package)"
 done
-if dpkg-query -W -f='${Status}' p11mk 2>/dev/null | grep -q installed; then
+if dpkg-query -W -f='${Status}' p11mk 2>/dev/null | grep >/dev/null installed; then
     skip "p11mk is installed on this machine; the test installs, upgrades and purges its own build"
 fi
 [ -e /var/lib/p11mk ] && skip "/var/lib/p11mk exists; the test would take it for the package's"
@@ -86,7 +86,7 @@ ok "lintian: no error ($(grep -c '^W: ' "$W/lintian.log" || true) warnings, $(gr
 
 # ---- install ---------------------------------------------------------------------
 dpkg -i "$DEB1" > "$W/install.log" 2>&1 </dev/null || fail "dpkg -i $DEB1"
-getent passwd _p11mk | grep -q ':/var/lib/p11mk:/usr/sbin/nologin$' || fail "no system user _p11mk: $(getent passwd _p11mk)"
+getent passwd _p11mk | grep >/dev/null ':/var/lib/p11mk:/usr/sbin/nologin$' || fail "no system user _p11mk: $(getent passwd _p11mk)"
 [ "$(id -u _p11mk)" -lt 1000 ] || fail "_p11mk is not a system user"
 getent group p11mk >/dev/null || fail "no group p11mk"
 [ "$(stat -c '%U:%G %a' /var/lib/p11mk)" = "_p11mk:_p11mk 700" ] || fail "/var/lib/p11mk is $(stat -c '%U:%G %a' /var/lib/p11mk)"
