@@ -12,7 +12,6 @@
 #include "tok_internal.h"
 #include "token/tok_policy.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <limits.h>
 #include <string.h>
@@ -61,10 +60,9 @@ struct tok_op {
     bool unsaveable;
     /* Kept when the operation ends as its session's spare (tok_op_end), for
      * the next operation of its kind (tok_op_start): where the key was found
-     * current, the logout count then, and the IV length the GCM context has. */
+     * current, and the logout count then. */
     tok_key_at key_at;
     uint64_t login_seq;
-    size_t gcm_ivlen;
 };
 
 tok_op_kind tok_op_get_kind(const tok_op *op) { return op->kind; }
@@ -221,28 +219,21 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         break;
     }
     }
-    /* The spare's context (recycle) has this key's schedule: it takes the IV
-     * only (OpenSSL's documented way to start again with the same key). */
-    bool keyed = op->cctx != NULL;
-    if (!keyed && !(op->cctx = EVP_CIPHER_CTX_new()))
+    op->cctx = EVP_CIPHER_CTX_new();
+    if (!op->cctx)
         return CKR_HOST_MEMORY;
     if (mc != M_AES_GCM) {
-        ok = EVP_CipherInit_ex2(op->cctx, keyed ? NULL : c, keyed ? NULL : op->key->secret, iv, enc, NULL) &&
+        ok = EVP_CipherInit_ex2(op->cctx, c, op->key->secret, iv, enc, NULL) &&
              EVP_CIPHER_CTX_set_padding(op->cctx, mc == M_CBC_PAD);
     } else {
         const CK_GCM_PARAMS *g = m->pParameter;
         int n;
-        if (keyed)
-            ok = (g->ulIvLen == op->gcm_ivlen ||
-                  EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL)) &&
-                 EVP_CipherInit_ex2(op->cctx, NULL, NULL, g->pIv, enc, NULL);
-        else /* A 12-byte IV is GCM's own length: key and IV in one call. */
-            ok = g->ulIvLen == 12 ? EVP_CipherInit_ex2(op->cctx, c, op->key->secret, g->pIv, enc, NULL)
-                                  : EVP_CipherInit_ex2(op->cctx, c, NULL, NULL, enc, NULL) &&
-                                        EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL) &&
-                                        EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL);
-        op->gcm_ivlen = ok ? g->ulIvLen : 0; /* 0: not known, set it next time */
-        ok = ok && (!g->ulAADLen || EVP_CipherUpdate(op->cctx, NULL, &n, g->pAAD, (int)g->ulAADLen));
+        /* A 12-byte IV is GCM's own length: key and IV in one call. */
+        ok = (g->ulIvLen == 12 ? EVP_CipherInit_ex2(op->cctx, c, op->key->secret, g->pIv, enc, NULL)
+                               : EVP_CipherInit_ex2(op->cctx, c, NULL, NULL, enc, NULL) &&
+                                     EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_IVLEN, (int)g->ulIvLen, NULL) &&
+                                     EVP_CipherInit_ex2(op->cctx, NULL, op->key->secret, g->pIv, enc, NULL)) &&
+             (!g->ulAADLen || EVP_CipherUpdate(op->cctx, NULL, &n, g->pAAD, (int)g->ulAADLen));
     }
     return ok ? CKR_OK : CKR_FUNCTION_FAILED;
 }
@@ -361,8 +352,6 @@ static CK_RV init_md(tok_op *op)
 static CK_RV init_mac(tok_op *op)
 {
     bool cmac = op->d->mc == M_CMAC;
-    if (op->mac) /* the spare's, with this key, restarted when its operation ended (scrub) */
-        return CKR_OK;
     EVP_MAC *mac = tok_mac(cmac);
     const EVP_CIPHER *c = cmac ? tok_mech_cipher(op->d, op->key->secret_len) : NULL;
     /* CMAC takes its cipher by name (EVP_MAC has no parameter for a fetched one). */
@@ -405,36 +394,27 @@ static CK_RV start_checks(tok_op_kind kind, bool recover, const CK_MECHANISM *me
     return CKR_OK;
 }
 
-/* A spare made ready for an operation of kind with d on key (NULL for a
- * digest): the contexts that can serve it kept, the others freed, nothing
- * else of the old operation left. The op holds a reference on key after
- * (the spare's own when it is the same key: no reference count touched). */
-static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_key *key)
+/* A spare made ready for an operation of kind on key (NULL for a digest):
+ * a digest's context kept for a digest, nothing else of the old operation
+ * left. The op holds a reference on key after (the spare's own when it is
+ * the same key: no reference count touched). */
+static void recycle(tok_op *op, tok_op_kind kind, tok_key *key)
 {
-    bool same = key && op->kind == kind && op->d == d && op->key == key && !op->recover;
-    EVP_CIPHER_CTX *cctx = same ? op->cctx : NULL;
-    EVP_MAC_CTX *mac = same ? op->mac : NULL;
     EVP_MD_CTX *mdctx = kind == TOK_OP_DIGEST && op->kind == TOK_OP_DIGEST ? op->mdctx : NULL;
-    size_t ivlen = op->gcm_ivlen;
     tok_key *k = op->key;
 
-    if (cctx != op->cctx)
-        EVP_CIPHER_CTX_free(op->cctx);
-    if (mac != op->mac)
-        EVP_MAC_CTX_free(op->mac);
     if (mdctx != op->mdctx)
         EVP_MD_CTX_free(op->mdctx);
+    EVP_CIPHER_CTX_free(op->cctx); /* none after tok_op_end (scrub) */
+    EVP_MAC_CTX_free(op->mac);
     op_release_data(op);
     if (k != key) {
         tok_key_unref(k);
         k = key ? tok_key_ref(key) : NULL;
     }
     memset(op, 0, sizeof(*op));
-    op->cctx = cctx;
-    op->mac = mac;
     op->mdctx = mdctx;
     op->key = k;
-    op->gcm_ivlen = cctx ? ivlen : 0;
 }
 
 /* reuse: a spare to start from (tok_op_start), consumed whatever happens. */
@@ -451,7 +431,7 @@ static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, 
     }
     if (reuse) {
         op = reuse;
-        recycle(op, kind, d, kind == TOK_OP_DIGEST ? NULL : key);
+        recycle(op, kind, kind == TOK_OP_DIGEST ? NULL : key);
     } else {
         op = calloc(1, sizeof(*op));
         if (!op)
@@ -515,64 +495,35 @@ CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *k
 }
 
 /* ---- the session's spare operation ---------------------------------------
- * Setting OpenSSL up for an operation (a new context, the algorithm found by
- * name, a key schedule, HMAC's two padded key blocks) costs more than a small
- * operation itself, and the key cache's lock and the key's reference count
- * are shared by every thread. So an operation that ends is kept by its
- * session as the spare of its kind (tok_op_end), and the session's next
- * operation of that kind starts from it (tok_op_start), keeping:
+ * Every init looked its key up in the key cache: a lock and the key's
+ * reference count that every thread shares, on every operation. So an
+ * operation that ends is kept by its session as the spare of its kind
+ * (tok_op_end), and the session's next operation of that kind starts from
+ * it (tok_op_start), keeping:
  * - its key, found without the key cache, when the same handle is asked for
  *   and nothing was committed since the key was found current
- *   (tok_key_at_current); who may see it is checked again;
- * - its context, for the same mechanism on the very same key (the spare
- *   holds a reference, so the address cannot come back as another key): a
- *   cipher's keeps its key schedule and takes the new IV, a MAC's restarts
- *   with its key; a digest's serves any digest.
- * When an operation ends, what it held of the caller's data goes (buffers
- * cleansed and freed, a digest or MAC context restarted, which clears it);
- * what stays is key material, as the key cache keeps it. A private key's
- * spare goes at logout: the pkcs11 layer sweeps the sessions it can take,
- * and tok_op_start drops one from before a logout. */
+ *   (tok_key_at_current); who may see it is checked again. The spare holds
+ *   a reference, so the address cannot come back as another key, and the
+ *   key's secret bytes stay where the key cache keeps them (out of dumps);
+ * - a digest's context, for the next digest (re-initialized when the digest
+ *   ends, which clears what it held of the caller's data);
+ * - its own memory.
+ * Cipher and MAC contexts are not kept: they hold key material in ordinary
+ * memory (an AES key schedule begins with the key itself; OpenSSL's HMAC
+ * keeps a copy of its key), which the module lets live only while an
+ * operation runs (README, threat model: key values are kept out of core
+ * dumps). When an operation ends, its buffers are cleansed and freed. A
+ * private key's spare goes at logout: the pkcs11 layer sweeps the sessions
+ * it can take, and tok_op_start drops one from before a logout. */
 
-/* Whether EVP_MAC_init with no key restarts a MAC with the key it has
- * (OpenSSL's HMAC did not before 3.0.3): found by doing it once, a MAC of
- * "b" after one of "a" on one context against "b" on a fresh one. */
-static bool mac_restarts[2];
-static pthread_once_t mac_probe_once = PTHREAD_ONCE_INIT;
-
-static bool mac_probe(bool cmac)
-{
-    static const uint8_t key[16] = {0x70, 0x31, 0x31, 0x6d, 0x6b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
-    EVP_MAC *m = tok_mac(cmac);
-    OSSL_PARAM params[] = {
-        cmac ? OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, "AES-128-CBC", 0)
-             : OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    uint8_t a[64], b[64];
-    size_t la = 0, lb = 0;
-    EVP_MAC_CTX *c1 = m ? EVP_MAC_CTX_new(m) : NULL, *c2 = m ? EVP_MAC_CTX_new(m) : NULL;
-    bool ok = c1 && c2 && EVP_MAC_init(c1, key, sizeof(key), params) == 1 &&
-              EVP_MAC_update(c1, (const uint8_t *)"a", 1) == 1 && EVP_MAC_final(c1, a, &la, sizeof(a)) == 1 &&
-              EVP_MAC_init(c1, NULL, 0, NULL) == 1 && EVP_MAC_update(c1, (const uint8_t *)"b", 1) == 1 &&
-              EVP_MAC_final(c1, a, &la, sizeof(a)) == 1 && EVP_MAC_init(c2, key, sizeof(key), params) == 1 &&
-              EVP_MAC_update(c2, (const uint8_t *)"b", 1) == 1 && EVP_MAC_final(c2, b, &lb, sizeof(b)) == 1 &&
-              la == lb && la > 0 && memcmp(a, b, la) == 0;
-    EVP_MAC_CTX_free(c1);
-    EVP_MAC_CTX_free(c2);
-    return ok;
-}
-
-static void mac_probe_both(void)
-{
-    mac_restarts[0] = mac_probe(false);
-    mac_restarts[1] = mac_probe(true);
-}
-
-/* Clear what an ended operation's contexts hold of its data; false: keep
- * nothing of it. */
+/* What an ended operation may keep: no cipher or MAC context (key
+ * material), a digest's context cleared; false: keep nothing of it. */
 static bool scrub(tok_op *op)
 {
+    EVP_CIPHER_CTX_free(op->cctx);
+    EVP_MAC_CTX_free(op->mac);
+    op->cctx = NULL;
+    op->mac = NULL;
     if (op->mdctx) {
         if (op->kind != TOK_OP_DIGEST) { /* a signature's: made again each time */
             EVP_MD_CTX_free(op->mdctx);
@@ -580,11 +531,6 @@ static bool scrub(tok_op *op)
         } else if (EVP_DigestInit_ex2(op->mdctx, NULL, NULL) != 1) {
             return false;
         }
-    }
-    if (op->mac) {
-        pthread_once(&mac_probe_once, mac_probe_both);
-        if (!mac_restarts[op->d->mc == M_CMAC] || EVP_MAC_init(op->mac, NULL, 0, NULL) != 1)
-            return false;
     }
     return true;
 }

@@ -1,8 +1,8 @@
 /* A session's next operation starts from its last one of the same kind
  * (token/tok_op.c, "the session's spare operation"): the key found again
- * without the key cache while nothing was committed, the cipher context with
- * its key schedule, the MAC context with its key, the digest context. These
- * tests check that reuse never changes an answer:
+ * without the key cache while nothing was committed, a digest's context,
+ * the operation's memory. These tests check that reuse never changes an
+ * answer:
  *
  * - test_reuse_matches_openssl: long random sequences of operations on one
  *   session (AES-GCM with IVs of 8, 12 and 16 bytes, AAD or none, 96- or
