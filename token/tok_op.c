@@ -337,7 +337,9 @@ static CK_RV init_md(tok_op *op)
         return CKR_HOST_MEMORY;
     if (op->kind == TOK_OP_DIGEST) {
         const EVP_MD *md = tok_md(op->d->md);
-        ok = md && EVP_DigestInit_ex2(op->mdctx, md, NULL);
+        /* A spare's context of this digest was initialized when its digest
+         * ended (scrub): ready as it is. */
+        ok = md && (EVP_MD_CTX_get0_md(op->mdctx) == md || EVP_DigestInit_ex2(op->mdctx, md, NULL));
         return ok ? CKR_OK : CKR_MECHANISM_INVALID;
     }
     if (op->kind == TOK_OP_SIGN)
