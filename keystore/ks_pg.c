@@ -70,7 +70,8 @@
 /* ---- libpq, loaded on first use ------------------------------------------- */
 
 static struct {
-    PGconn *(*connectdbParams)(const char *const *, const char *const *, int);
+    PGconn *(*connectStartParams)(const char *const *, const char *const *, int);
+    PostgresPollingStatusType (*connectPoll)(PGconn *);
     ConnStatusType (*status)(const PGconn *);
     char *(*errorMessage)(const PGconn *);
     void (*finish)(PGconn *);
@@ -134,14 +135,15 @@ static void pq_load(void)
     SYM(notifies, "PQnotifies")
     SYM(freemem, "PQfreemem")
     SYM(db, "PQdb")
-    SYM(connectdbParams, "PQconnectdbParams") /* last: its presence says all are there */
+    SYM(connectPoll, "PQconnectPoll")
+    SYM(connectStartParams, "PQconnectStartParams") /* last: its presence says all are there */
 #undef SYM
 }
 
 static bool pq_ready(ks_err *err)
 {
     pthread_once(&pq_once, pq_load);
-    if (pq.connectdbParams)
+    if (pq.connectStartParams)
         return true;
     ks_err_set(err, "backend = postgresql needs libpq (Debian package libpq5), which could not be loaded: %s",
                pq_error);
@@ -349,21 +351,53 @@ static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
         seq_seen(e, v);
 }
 
+/* A connection made step by step (PQconnectStartParams, PQconnectPoll), so
+ * that its notice processor is ours before it reads anything from the
+ * server: a notice that arrives while it starts must not reach libpq's
+ * default processor, which prints on the application's stderr. At most
+ * CONNECT_MS in all (PQconnectdbParams's connect_timeout counted per host). */
+#define CONNECT_MS 10000
+
+static bool connect_wait(PGconn *c)
+{
+    uint64_t end = now_ms() + CONNECT_MS;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING; /* libpq: as if the last poll had said so */
+
+    for (;;) {
+        if (st == PGRES_POLLING_OK)
+            return true;
+        if (st == PGRES_POLLING_FAILED)
+            return false;
+        uint64_t now = now_ms();
+        struct pollfd p = {pq.socket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+        if (p.fd < 0 || now >= end)
+            return false;
+        int r = poll(&p, 1, (int)(end - now));
+        if (r < 0 && errno != EINTR)
+            return false;
+        if (r > 0)
+            st = pq.connectPoll(c);
+    }
+}
+
 static PGconn *connect_new(ks_benv *e, char *why, size_t n)
 {
     /* Defaults first: what the connection string says overrides them. */
     const char *const kw[] = {"connect_timeout", "application_name", "dbname", NULL};
     const char *const val[] = {"10", "p11mk", e->conninfo, NULL};
-    PGconn *c = pq.connectdbParams(kw, val, 1);
-    if (c)
+    PGconn *c = pq.connectStartParams(kw, val, 1);
+    bool up = false;
+    if (c && pq.status(c) != CONNECTION_BAD) {
         pq.setNoticeProcessor(c, notice_to_log, e); /* never on the application's stderr */
-    if (c && pq.status(c) == CONNECTION_OK) {
+        up = connect_wait(c) && pq.status(c) == CONNECTION_OK;
+    }
+    if (up) {
         PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
         if (r)
             pq.clear(r);
         return c;
     }
-    const char *msg = c ? pq.errorMessage(c) : "out of memory";
+    const char *msg = !c ? "out of memory" : *pq.errorMessage(c) ? pq.errorMessage(c) : "no answer in 10 s";
     snprintf(why, n, "%.*s", (int)strcspn(msg, "\n"), msg);
     if (c)
         pq.finish(c);

@@ -64,7 +64,8 @@ wait $killer
 # The module must not write on the application's stderr (libpq's default
 # notice processor prints the server's FATAL for an idle pooled connection).
 if grep -q "terminating connection" "$T/term-a.err" "$T/term-b.err"; then
-    echo "BUG: libpq's messages written on the application's stderr: $(grep -c "terminating connection" "$T/term-a.err") lines"
+    echo "BUG: libpq's messages written on the application's stderr: $(cat "$T/term-a.err" "$T/term-b.err" | grep -c "terminating connection") lines:"
+    grep -B2 -A2 "terminating connection" "$T/term-a.err" "$T/term-b.err" | head -20
     bad=1
 fi
 on a expect_rc 0 "$ADMIN" verify || { echo "BUG: verify fails after the terminations"; cat "$T/out"; bad=1; }
