@@ -265,17 +265,28 @@ static p11_login *login_current_locked(CK_SLOT_ID slot, bool have, uint64_t inc)
     return l;
 }
 
+static CK_USER_TYPE login_state(CK_SLOT_ID slot, uint64_t *change);
+
 tok_access p11_access(const p11_session *s)
 {
     uint64_t seq = tok_logout_seq(p11_tok()); /* before who: see tok_access.login_seq */
-    return (tok_access){.slot = s->slot, .rw = (s->flags & CKF_RW_SESSION) != 0, .who = p11_login_state(s->slot),
-                        .owner = s->h, .login_seq = seq};
+    uint64_t change = 0;
+    CK_USER_TYPE who = login_state(s->slot, &change);
+    return (tok_access){.slot = s->slot, .rw = (s->flags & CKF_RW_SESSION) != 0, .who = who, .owner = s->h,
+                        .login_seq = seq, .seq = change};
 }
 
 CK_USER_TYPE p11_login_state(CK_SLOT_ID slot)
 {
+    uint64_t change;
+    return login_state(slot, &change);
+}
+
+/* *change: the commit sequence read first (tok_access.seq). */
+static CK_USER_TYPE login_state(CK_SLOT_ID slot, uint64_t *change)
+{
     CK_USER_TYPE who;
-    uint64_t inc = 0, snap = 0, seq = tok_change_seq(p11_tok());
+    uint64_t inc = 0, snap = 0, seq = *change = tok_change_seq(p11_tok());
     bool have;
     p11_login *l;
 

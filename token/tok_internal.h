@@ -148,7 +148,9 @@ typedef struct tok_key_at {
     uint32_t epoch;
 } tok_key_at;
 TOK_API CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t h, tok_key **key, tok_key_at *at);
-TOK_API bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at);
+/* seq: the commit sequence the caller read at the start of this call, or 0
+ * to read it here. */
+TOK_API bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at, uint64_t seq);
 
 /* A growing list of object ids; tok_oid_push is a ks_oid_cb appending to one. */
 typedef struct {

@@ -566,7 +566,7 @@ CK_RV tok_op_start(tok_ctx *ctx, const tok_access *ac, tok_op_kind kind, bool re
     if (kind != TOK_OP_DIGEST) {
         if (h == CK_INVALID_HANDLE) {
             rv = CKR_KEY_HANDLE_INVALID;
-        } else if (sp && sp->key && sp->key_handle == h && tok_key_at_current(ctx, &sp->key_at)) {
+        } else if (sp && sp->key && sp->key_handle == h && tok_key_at_current(ctx, &sp->key_at, ac->seq)) {
             key = sp->key; /* the spare's reference serves (op_start keeps it) */
             at = sp->key_at;
             if (!tok_access_sees(ac, tok_key_attrs(key)))

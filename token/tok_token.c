@@ -966,9 +966,9 @@ CK_RV tok_obj_key(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **ke
     return tok_obj_key_at(ctx, ac, oid, key, &at);
 }
 
-bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at)
+bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at, uint64_t seq)
 {
-    return at->seq != 0 && ks_commit_seq(ctx->st) == at->seq && ks_epoch(ctx->st) == at->epoch;
+    return at->seq != 0 && (seq ? seq : ks_commit_seq(ctx->st)) == at->seq && ks_epoch(ctx->st) == at->epoch;
 }
 
 CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_key_at *at)

@@ -27,6 +27,8 @@ typedef struct {
     CK_USER_TYPE who; /* CKU_USER, CKU_SO or TOK_NOBODY */
     uint64_t owner;   /* the session: session objects it makes go with it */
     uint64_t login_seq; /* tok_logout_seq() read before `who`: a logout since voids it */
+    uint64_t seq;       /* the keystore's commit sequence (tok_change_seq) read before `who`,
+                           when the call read it anyway; 0: not read */
 } tok_access;
 
 /* A private object exists only for a logged-in user. */
