@@ -71,6 +71,8 @@
 
 static struct {
     PGconn *(*connectStartParams)(const char *const *, const char *const *, int);
+    PQconninfoOption *(*conninfoParse)(const char *, char **);
+    void (*conninfoFree)(PQconninfoOption *);
     PostgresPollingStatusType (*connectPoll)(PGconn *);
     ConnStatusType (*status)(const PGconn *);
     char *(*errorMessage)(const PGconn *);
@@ -136,6 +138,8 @@ static void pq_load(void)
     SYM(freemem, "PQfreemem")
     SYM(db, "PQdb")
     SYM(connectPoll, "PQconnectPoll")
+    SYM(conninfoParse, "PQconninfoParse")
+    SYM(conninfoFree, "PQconninfoFree")
     SYM(connectStartParams, "PQconnectStartParams") /* last: its presence says all are there */
 #undef SYM
 }
@@ -354,15 +358,26 @@ static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
 /* A connection made step by step (PQconnectStartParams, PQconnectPoll), so
  * that its notice processor is ours before it reads anything from the
  * server: a notice that arrives while it starts must not reach libpq's
- * default processor, which prints on the application's stderr. At most
- * CONNECT_MS in all (PQconnectdbParams's connect_timeout counted per host). */
-#define CONNECT_MS 10000
+ * default processor, which prints on the application's stderr
+ * (test_pg_connect_noisy).
+ *
+ * Driven that way, libpq leaves connect_timeout to the application and
+ * cannot be told to give up on one host for the next. So the connection
+ * string's hosts are tried here, one attempt each, as libpq tries them: in
+ * order, each with connect_timeout (default 10 s; 0 or less: no limit; at
+ * least 2 s), the first that answers kept (test_pg_connect_hung). Hosts
+ * that come from the environment or a service file, not from the string,
+ * are left to libpq in one attempt. */
+#define CONNECT_TIMEOUT_S 10
 
-static bool connect_wait(PGconn *c)
+/* Wait for the connection to be made; false when it failed or ms ran out
+ * (*timed_out). ms < 0: no limit. */
+static bool connect_wait(PGconn *c, int ms, bool *timed_out)
 {
-    uint64_t end = now_ms() + CONNECT_MS;
+    uint64_t end = ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)ms;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING; /* libpq: as if the last poll had said so */
 
+    *timed_out = false;
     for (;;) {
         if (st == PGRES_POLLING_OK)
             return true;
@@ -370,9 +385,14 @@ static bool connect_wait(PGconn *c)
             return false;
         uint64_t now = now_ms();
         struct pollfd p = {pq.socket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
-        if (p.fd < 0 || now >= end)
+        if (p.fd < 0)
             return false;
-        int r = poll(&p, 1, (int)(end - now));
+        if (now >= end) {
+            *timed_out = true;
+            return false;
+        }
+        uint64_t left = end - now;
+        int r = poll(&p, 1, left > INT32_MAX ? INT32_MAX : (int)left);
         if (r < 0 && errno != EINTR)
             return false;
         if (r > 0)
@@ -380,28 +400,128 @@ static bool connect_wait(PGconn *c)
     }
 }
 
-static PGconn *connect_new(ks_benv *e, char *why, size_t n)
+/* Item i of a comma-separated list (libpq's host, hostaddr and port), or
+ * its only item whatever i is; "" past its end. */
+static void list_item(const char *list, int i, char *out, size_t n)
 {
-    /* Defaults first: what the connection string says overrides them. */
-    const char *const kw[] = {"connect_timeout", "application_name", "dbname", NULL};
-    const char *const val[] = {"10", "p11mk", e->conninfo, NULL};
-    PGconn *c = pq.connectStartParams(kw, val, 1);
-    bool up = false;
+    int count = 1;
+    for (const char *q = list; *q; q++)
+        count += *q == ',';
+    if (count == 1)
+        i = 0;
+    for (; i > 0 && (list = strchr(list, ',')); i--)
+        list++;
+    if (!list) {
+        *out = '\0';
+        return;
+    }
+    snprintf(out, n, "%.*s", (int)strcspn(list, ","), list);
+}
+
+static int list_count(const char *list)
+{
+    int count = 1;
+    for (const char *q = list ? list : ""; *q; q++)
+        count += *q == ',';
+    return list ? count : 0;
+}
+
+/* One attempt with the parsed options, host i of the lists. */
+static PGconn *connect_one(ks_benv *e, const PQconninfoOption *opts, int i, int timeout_s, char *why, size_t n)
+{
+    const char *kw[64], *val[64];
+    char item[3][256];
+    size_t k = 0;
+    bool app = false, to = false, timed_out = false;
+
+    for (const PQconninfoOption *o = opts; o->keyword && k + 3 < sizeof(kw) / sizeof(*kw); o++) {
+        int which = strcmp(o->keyword, "host") == 0 ? 0 : strcmp(o->keyword, "hostaddr") == 0 ? 1
+                    : strcmp(o->keyword, "port") == 0 ? 2 : -1;
+        if (!o->val)
+            continue;
+        app |= strcmp(o->keyword, "application_name") == 0;
+        to |= strcmp(o->keyword, "connect_timeout") == 0;
+        kw[k] = o->keyword;
+        if (which >= 0) {
+            list_item(o->val, i, item[which], sizeof(item[which]));
+            val[k++] = item[which];
+        } else {
+            val[k++] = o->val;
+        }
+    }
+    if (!app)
+        kw[k] = "application_name", val[k++] = "p11mk";
+    if (!to)
+        kw[k] = "connect_timeout", val[k++] = "10";
+    kw[k] = val[k] = NULL;
+    PGconn *c = pq.connectStartParams(kw, val, 0);
     if (c && pq.status(c) != CONNECTION_BAD) {
         pq.setNoticeProcessor(c, notice_to_log, e); /* never on the application's stderr */
-        up = connect_wait(c) && pq.status(c) == CONNECTION_OK;
+        if (connect_wait(c, timeout_s <= 0 ? -1 : (timeout_s < 2 ? 2 : timeout_s) * 1000, &timed_out) &&
+            pq.status(c) == CONNECTION_OK)
+            return c;
     }
-    if (up) {
-        PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
-        if (r)
-            pq.clear(r);
-        return c;
-    }
-    const char *msg = !c ? "out of memory" : *pq.errorMessage(c) ? pq.errorMessage(c) : "no answer in 10 s";
-    snprintf(why, n, "%.*s", (int)strcspn(msg, "\n"), msg);
+    const char *msg = c ? pq.errorMessage(c) : "out of memory";
+    int len = (int)strcspn(msg, "\n");
+    if (timed_out)
+        snprintf(why, n, "%.*s%stimeout expired after %d s", len, msg, len ? "" : "no answer: ",
+                 timeout_s < 2 ? 2 : timeout_s);
+    else
+        snprintf(why, n, "%.*s", len, len ? msg : "the connection failed");
     if (c)
         pq.finish(c);
     return NULL;
+}
+
+static PGconn *connect_new(ks_benv *e, char *why, size_t n)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = pq.conninfoParse(e->conninfo, &perr);
+    const char *hosts = NULL, *addrs = NULL;
+    int timeout_s = CONNECT_TIMEOUT_S, attempts;
+    PGconn *c = NULL;
+
+    if (!opts) {
+        const char *msg = perr ? perr : "out of memory";
+        snprintf(why, n, "%.*s", (int)strcspn(msg, "\n"), msg);
+        if (perr)
+            pq.freemem(perr);
+        return NULL;
+    }
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (strcmp(o->keyword, "host") == 0)
+            hosts = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            addrs = o->val;
+        else if (strcmp(o->keyword, "connect_timeout") == 0)
+            timeout_s = atoi(o->val);
+    }
+    attempts = list_count(hosts) > list_count(addrs) ? list_count(hosts) : list_count(addrs);
+    if (n)
+        *why = '\0';
+    for (int i = 0; !c && i < (attempts ? attempts : 1); i++) {
+        char one[256];
+        if ((c = connect_one(e, opts, i, timeout_s, one, sizeof(one))))
+            break;
+        /* Each host's reason, as libpq gives them, as much as fits. */
+        size_t used = strlen(why), sep = used ? 2 : 0, len = strlen(one);
+        if (used + sep + 1 >= n)
+            continue;
+        if (len > n - used - sep - 1)
+            len = n - used - sep - 1;
+        memcpy(why + used, "; ", sep);
+        memcpy(why + used + sep, one, len);
+        why[used + sep + len] = '\0';
+    }
+    pq.conninfoFree(opts);
+    if (c) {
+        PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
+        if (r)
+            pq.clear(r);
+    }
+    return c;
 }
 
 /* The answer to a read transaction's ROLLBACK, sent without waiting when
