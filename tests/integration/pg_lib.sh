@@ -11,11 +11,18 @@
 #   sql SQL              as the cluster's superuser, on DB
 #   host_conf DIR [NAME] $T/DIR/p11mk.conf on DB, host_name NAME (default DIR)
 #   on DIR CMD...        CMD with DIR's configuration
+#   probe_start TOKEN    pg_probe (P11MK_PG_PROBE) on a coprocess with the
+#                        configuration in P11MK_CONF, logged in to TOKEN;
+#                        stopped at exit
+#   ask LINE             one request to the probe, its answer on stdout
+#   STOPPED              pids a test stopped (SIGSTOP): continued at exit
 PGC=${P11MK_PG_CLUSTER:?}
 
 pg_exit() {
     local r=$?
     set +e
+    for p in ${STOPPED:-}; do kill -CONT "$p" 2>/dev/null; done
+    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
     declare -F pg_at_exit >/dev/null && pg_at_exit
     "$PGC" stop "$PGD" >/dev/null 2>&1
     (exit $r)
@@ -30,11 +37,11 @@ pg_setup() {
     trap pg_exit EXIT
     eval "$("$PGC" start "$PGD")" || fail "cannot start a PostgreSQL cluster"
     export PGPASSFILE
-    PG_DB=$1
+    PGL_DB=$1 # not PG_DB: lib.sh's cleanup owns that name (its own database, dropped at exit)
     CONNINFO=$("$PGC" newdb "$PGD" "$1") || fail "cannot make the database"
 }
 
-sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d "$PG_DB" -c "$1"; }
+sql() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_SUPER" -d "$PGL_DB" -c "$1"; }
 
 host_conf() {
     mkdir -p "$T/$1"
@@ -50,3 +57,12 @@ CONF
 }
 
 on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
+
+probe_start() {
+    coproc PR { exec "${P11MK_PG_PROBE:?}" "$MOD" "$1" "$PIN" 2>"$T/probe.err"; }
+    PROBE_PID=$PR_PID
+    local l
+    IFS= read -r -t 60 l <&"${PR[0]}" && [ "$l" = ready ] || fail "probe did not start: $(cat "$T/probe.err")"
+}
+
+ask() { echo "$1" >&"${PR[1]}"; local l; IFS= read -r -t 120 l <&"${PR[0]}" || fail "probe: no answer to '$1' ($(cat "$T/probe.err"))"; echo "$l"; }

@@ -9,13 +9,8 @@
 # 4) must still be found.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PROBE=${P11MK_PG_PROBE:?}
 . "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
 STOPPED=
-pg_at_exit() {
-    for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
-    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null || true
-}
 pg_setup notifyorder
 host_conf a
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
@@ -24,10 +19,7 @@ on a pkcs11-tool --module "$MOD" --token-label order --login --login-type so --s
 on a pkcs11-tool --module "$MOD" --token-label order --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
     --label k1 >/dev/null || fail "keypair k1"
 
-coproc PR { P11MK_CONF=$T/a/p11mk.conf exec "$PROBE" "$MOD" order "$PIN" 2>"$T/probe.err"; }
-PROBE_PID=$PR_PID
-ask() { echo "$1" >&"${PR[1]}"; local l; IFS= read -r -t 120 l <&"${PR[0]}" || fail "probe: no answer to '$1' ($(cat "$T/probe.err"))"; echo "$l"; }
-IFS= read -r -t 60 l <&"${PR[0]}" && [ "$l" = ready ] || fail "probe did not start: $(cat "$T/probe.err")"
+P11MK_CONF=$T/a/p11mk.conf probe_start order
 case $(ask "find k1") in h*) ;; *) fail "probe cannot find k1" ;; esac
 [ "$(ask sign)" = "rv 0x0" ] || fail "probe cannot sign"
 sleep 1.5 # the listener has read the number and pinged at least once

@@ -10,7 +10,6 @@
 #  3. once it is back, the client works again within a few seconds.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PROBE=${P11MK_PG_PROBE:?}
 . "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
 as_srv() { if [ "$(stat -c %U "$PG_DIR/data")" != "$(id -un)" ]; then (cd "$PG_DIR" && runuser -u "$(stat -c %U "$PG_DIR/data")" -- "$@"); else "$@"; fi; }
 pg_down() { as_srv "$BIN/pg_ctl" stop -D "$PG_DIR/data" -m fast -w -s; }
@@ -18,7 +17,6 @@ pg_up() { as_srv "$BIN/pg_ctl" start -D "$PG_DIR/data" -l "$PG_DIR/server.log" -
 pg_at_exit() {
     as_srv "$BIN/pg_ctl" status -D "$PG_DIR/data" >/dev/null 2>&1
     [ $? = 3 ] && pg_up >/dev/null 2>&1
-    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
 }
 pg_setup outage
 host_conf a
@@ -31,10 +29,7 @@ echo hello > data.txt
 pkcs11-tool --module "$MOD" --token-label out --login --pin $PIN --write-object data.txt --type data --label d1 --private >/dev/null ||
     fail "cannot write a data object"
 
-coproc PR { exec "$PROBE" "$MOD" out "$PIN" 2>"$T/probe.err"; }
-PROBE_PID=$PR_PID
-ask() { echo "$1" >&"${PR[1]}"; local l; IFS= read -r -t 120 l <&"${PR[0]}" || fail "probe: no answer to '$1' ($(cat "$T/probe.err"))"; echo "$l"; }
-IFS= read -r -t 60 l <&"${PR[0]}" && [ "$l" = ready ] || fail "probe did not start: $(cat "$T/probe.err")"
+probe_start out
 bad=0
 [ "$(ask "findinit d1")" = "rv 0x0" ] && [ "$(ask findnext)" = "n 1 rv 0x0" ] || fail "cannot find d1"
 case $(ask "find k1") in h*) ;; *) fail "cannot find k1" ;; esac

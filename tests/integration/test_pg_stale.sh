@@ -16,13 +16,8 @@
 #     commit_seq, ignored, and reused: the destroyed key is served.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
-PROBE=${P11MK_PG_PROBE:?}
 . "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
 STOPPED=
-pg_at_exit() {
-    for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
-    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null || true
-}
 pg_setup stale
 
 host_conf a
@@ -41,10 +36,7 @@ destroy_on_b() { # label
 }
 
 # The probe on host a, on a coprocess.
-coproc PR { P11MK_CONF=$T/a/p11mk.conf exec "$PROBE" "$MOD" stale "$PIN" 2>"$T/probe.err"; }
-PROBE_PID=$PR_PID
-ask() { echo "$1" >&"${PR[1]}"; local l; IFS= read -r -t 120 l <&"${PR[0]}" || fail "probe: no answer to '$1' ($(cat "$T/probe.err"))"; echo "$l"; }
-IFS= read -r -t 60 l <&"${PR[0]}" && [ "$l" = ready ] || fail "probe did not start: $(cat "$T/probe.err")"
+P11MK_CONF=$T/a/p11mk.conf probe_start stale
 warm() { # label: find and sign twice (the second from the cache)
     case $(ask "find $1") in h*) ;; *) fail "probe cannot find $1" ;; esac
     [ "$(ask sign)" = "rv 0x0" ] && [ "$(ask sign)" = "rv 0x0" ] || fail "probe cannot sign with $1"
