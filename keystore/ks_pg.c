@@ -400,14 +400,19 @@ static bool connect_wait(PGconn *c, int ms, bool *timed_out)
     }
 }
 
+static int list_count(const char *list)
+{
+    int count = 1;
+    for (const char *q = list ? list : ""; *q; q++)
+        count += *q == ',';
+    return list ? count : 0;
+}
+
 /* Item i of a comma-separated list (libpq's host, hostaddr and port), or
  * its only item whatever i is; "" past its end. */
 static void list_item(const char *list, int i, char *out, size_t n)
 {
-    int count = 1;
-    for (const char *q = list; *q; q++)
-        count += *q == ',';
-    if (count == 1)
+    if (list_count(list) == 1)
         i = 0;
     for (; i > 0 && (list = strchr(list, ',')); i--)
         list++;
@@ -416,14 +421,6 @@ static void list_item(const char *list, int i, char *out, size_t n)
         return;
     }
     snprintf(out, n, "%.*s", (int)strcspn(list, ","), list);
-}
-
-static int list_count(const char *list)
-{
-    int count = 1;
-    for (const char *q = list ? list : ""; *q; q++)
-        count += *q == ',';
-    return list ? count : 0;
 }
 
 /* One attempt with the parsed options, host i of the lists. */

@@ -559,7 +559,7 @@ CK_RV tok_op_start(tok_ctx *ctx, const tok_access *ac, tok_op_kind kind, bool re
     CK_RV rv = CKR_OK;
 
     *spare = NULL;
-    if (sp && sp->key && sp->login_seq != ac->login_seq && tok_obj_is_private(tok_key_attrs(sp->key))) {
+    if (sp && sp->login_seq != ac->login_seq && tok_op_spare_private(sp)) {
         tok_op_free(sp); /* a logout since: a private key's spare goes */
         sp = NULL;
     }
