@@ -87,6 +87,27 @@ void ks_log_setup(const char *dest, int level, const char *ident)
     pthread_mutex_unlock(&log_lock);
 }
 
+/* A log entry is one line: a message that carries line breaks (libpq's
+ * "server closed the connection unexpectedly\n\tThis probably means ...")
+ * is joined with spaces, other control characters (from a label, a file
+ * name, a server's text) become '?', so no text can forge a line of its own. */
+static void one_line(char *m)
+{
+    char *w = m;
+    for (const char *r = m; *r; r++) {
+        unsigned char ch = (unsigned char)*r;
+        if (ch == '\n' || ch == '\r' || ch == '\t') {
+            if (w > m && w[-1] != ' ')
+                *w++ = ' ';
+        } else {
+            *w++ = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+        }
+    }
+    while (w > m && w[-1] == ' ')
+        w--;
+    *w = '\0';
+}
+
 void ks_log(int level, const char *fmt, ...)
 {
     static const char *const tags[] = {"error", "warning", "info", "debug"};
@@ -102,6 +123,7 @@ void ks_log(int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    one_line(msg);
 
     pthread_mutex_lock(&log_lock);
     if (log_dest == DEST_SYSLOG) {
@@ -119,8 +141,10 @@ void ks_log(int level, const char *fmt, ...)
         gmtime_r(&now, &tm);
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
         int n = snprintf(line, sizeof(line), "%s %s[%ld] %s: %s\n", ts, log_ident, (long)getpid(), tags[level], msg);
-        if (n > (int)sizeof(line) - 1)
+        if (n > (int)sizeof(line) - 1) { /* cut short: still a whole line */
             n = (int)sizeof(line) - 1;
+            line[n - 1] = '\n';
+        }
         if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
             if (write(fd, line, (size_t)n) != n) {
                 /* nowhere left to report it */
