@@ -25,6 +25,26 @@ static void forget_parent(void)
     p11_state_abandon(lock);
 }
 
+/* C_Initialize's own list (PKCS#11 3.0, 5.4): the keystore's failures
+ * (CKR_DEVICE_ERROR: storage unreadable, a database gone) are not in it, and
+ * are CKR_GENERAL_ERROR here; the log says what failed. */
+static CK_RV initialize_rv(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+    case CKR_ARGUMENTS_BAD:
+    case CKR_CANT_LOCK:
+    case CKR_CRYPTOKI_ALREADY_INITIALIZED:
+    case CKR_FUNCTION_FAILED:
+    case CKR_GENERAL_ERROR:
+    case CKR_HOST_MEMORY:
+    case CKR_NEED_TO_CREATE_THREADS:
+        return rv;
+    default:
+        return CKR_GENERAL_ERROR;
+    }
+}
+
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 {
     CK_RV rv;
@@ -60,7 +80,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     }
     pthread_mutex_unlock(&init_lock);
     p11_gate_leave();
-    return rv;
+    return initialize_rv(rv);
 }
 
 CK_RV C_Finalize(CK_VOID_PTR pReserved)
