@@ -183,6 +183,7 @@ struct ks_btxn {
     uint64_t local; /* this host's commit counter when this began (read before BEGIN) */
     bool creating; /* a new keystore's first transaction: create_tables makes the schema */
     uint64_t seq;   /* the snapshot (reader) or the sequence this write commits as */
+    int resumes;    /* lost connections a reader went on from (resume) */
     PGresult **res; /* results whose values were handed out: cleared at the end */
     size_t nres, cap;
 };
@@ -741,6 +742,9 @@ static void *listen_main(void *arg)
 
 /* ---- transactions ------------------------------------------------------------ */
 
+#define READ_BEGIN_SQL "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT seq FROM p11mk_seq"
+#define RESUMES_MAX 3 /* a reader's lost connections taken up again before it gives up */
+
 static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
 {
     ks_btxn *t = calloc(1, sizeof(*t));
@@ -753,11 +757,11 @@ static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
     t->creating = write && !atomic_load(&e->tables);
     const char *sql = t->creating ? "BEGIN; SELECT pg_advisory_xact_lock(" CREATE_LOCK "), 0"
                       : write     ? "BEGIN; UPDATE p11mk_seq SET seq = seq + 1 RETURNING seq"
-                                  : "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT seq FROM p11mk_seq";
-    /* A connection idle in the pool may have died with a server restart:
-     * the first attempt on it fails before anything was done; a fresh
-     * connection gets one more try. */
-    for (int attempt = 0; attempt < 2; attempt++) {
+                                  : READ_BEGIN_SQL;
+    /* A connection idle in the pool may have died with a server restart,
+     * or a new one been cut before its first statement: an attempt that
+     * fails that way did nothing, and another connection gets a try. */
+    for (int attempt = 0; attempt <= RESUMES_MAX; attempt++) {
         if (!(t->c = conn_take(e)))
             break;
         /* Whatever was seen before this snapshot began, it sees too: a
@@ -944,9 +948,62 @@ static void p_bytes(params *ps, const void *v, size_t n)
     ps->o[ps->n++] = OID_BYTEA;
 }
 
+/* A reader whose connection was lost (its backend terminated, the server
+ * restarted, a proxy cut it) goes on over another connection when the
+ * records there are the ones its snapshot saw: every writer raises p11mk_seq
+ * in the transaction that writes (records, index), so a new snapshot that
+ * reads the same number, with no reversal of the numbers seen meanwhile (a
+ * database restored under us), holds the same records. Anything else, and
+ * writers always (their work is gone with the connection), fail with
+ * KS_EIO as before. Values already handed out live in PGresults, which
+ * outlive their connection. */
+static bool resume(ks_btxn *t)
+{
+    ks_benv *e = t->e;
+    if (t->write || t->creating || t->broken || pq.status(t->c) == CONNECTION_OK)
+        return false;
+    while (t->resumes < RESUMES_MAX) {
+        t->resumes++;
+        conn_give(e, t->c, true);
+        if (!(t->c = conn_take(e)))
+            return false;
+        PGresult *r = pq.exec(t->c, READ_BEGIN_SQL);
+        bool began = r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1;
+        uint64_t seq = began ? be64_text(pq.getvalue(r, 0, 0)) : 0;
+        if (r)
+            pq.clear(r);
+        if (!began && pq.status(t->c) != CONNECTION_OK)
+            continue; /* this one was cut too */
+        if (began && seq == t->seq && atomic_load(&e->inc) == t->inc) {
+            ks_log(KS_LOG_DEBUG, "keystore %s: lost the PostgreSQL connection in a read; went on over another "
+                                 "one (the records unchanged, commit %llu)", e->path, (unsigned long long)seq);
+            return true;
+        }
+        if (began)
+            ks_log(KS_LOG_INFO, "keystore %s: lost the PostgreSQL connection in a read, and cannot tell that the "
+                                "records are those it began on (commit %llu, now %llu%s): the read fails", e->path,
+                   (unsigned long long)t->seq, (unsigned long long)seq,
+                   seq == t->seq ? ", but the notification connection was lost meanwhile, or the counter went back" : "");
+        return false;
+    }
+    return false;
+}
+
+static bool result_ok(PGresult *r)
+{
+    ExecStatusType s = r ? pq.resultStatus(r) : PGRES_FATAL_ERROR;
+    return s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK;
+}
+
 static PGresult *run(ks_btxn *t, const char *sql, const params *ps)
 {
-    return pq.execParams(t->c, sql, ps->n, ps->o, ps->p, ps->l, ps->f, 1);
+    PGresult *r = pq.execParams(t->c, sql, ps->n, ps->o, ps->p, ps->l, ps->f, 1);
+    while (!result_ok(r) && resume(t)) {
+        if (r)
+            pq.clear(r);
+        r = pq.execParams(t->c, sql, ps->n, ps->o, ps->p, ps->l, ps->f, 1);
+    }
+    return r;
 }
 
 /* A statement that changes rows: KS_OK, or KS_ENOTFOUND when it changed none and `none` says so. */
@@ -1274,64 +1331,87 @@ static void pg_close(ks_benv *e)
 }
 
 /* Which of the tables exist, and the schema's version. */
+/* Which of p11mk's tables the database holds and the schema's version
+ * (in one snapshot). KS_OK with *have set, or KS_EIO with the reason in
+ * err; a connection lost on the way (its backend terminated just after it
+ * was made) is given up for another, as txn_begin does. */
+static int probe_read(ks_benv *e, char *db, size_t dbn, int *have, int *version, ks_err *err)
+{
+    static const char sql[] =
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT (to_regclass('p11mk_schema') IS NOT NULL)::int + "
+        "(to_regclass('p11mk_seq') IS NOT NULL)::int + (to_regclass('p11mk_rec') IS NOT NULL)::int + "
+        "(to_regclass('p11mk_idx') IS NOT NULL)::int + (to_regclass('p11mk_hosts') IS NOT NULL)::int";
+    for (int attempt = 0; attempt <= RESUMES_MAX; attempt++) {
+        char why[256];
+        PGconn *c = conn_take(e);
+        if (!c && !(c = connect_new(e, why, sizeof(why)))) {
+            ks_err_set(err, "keystore %s: cannot connect to its PostgreSQL database: %s; check the postgresql = "
+                            "connection string in the configuration, the credentials (~/.pgpass, a service file) "
+                            "and that the server runs", e->path, why);
+            return KS_EIO;
+        }
+        *have = *version = -1;
+        PGresult *r = pq.exec(c, sql);
+        if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
+            *have = atoi(pq.getvalue(r, 0, 0));
+        if (r)
+            pq.clear(r);
+        if (*have == 5) {
+            r = pq.exec(c, "SELECT version FROM p11mk_schema");
+            if (r && pq.resultStatus(r) == PGRES_TUPLES_OK)
+                *version = pq.ntuples(r) == 1 ? atoi(pq.getvalue(r, 0, 0)) : -2; /* -2: not one row */
+            if (r)
+                pq.clear(r);
+        }
+        bool done = *have >= 0 && (*have != 5 || *version != -1);
+        snprintf(db, dbn, "%s", pq.db(c) ? pq.db(c) : "?");
+        if (done || pq.status(c) == CONNECTION_OK) {
+            if (!done)
+                ks_err_set(err, "keystore %s: cannot read its PostgreSQL database's tables: %.*s", e->path,
+                           (int)strcspn(pq.errorMessage(c), "\n"), pq.errorMessage(c));
+            r = pq.exec(c, "ROLLBACK");
+            bool clean = r && pq.resultStatus(r) == PGRES_COMMAND_OK;
+            if (r)
+                pq.clear(r);
+            conn_give(e, c, !clean);
+            return done ? KS_OK : KS_EIO;
+        }
+        ks_err_set(err, "keystore %s: lost the connection to its PostgreSQL database while reading its tables: %.*s",
+                   e->path, (int)strcspn(pq.errorMessage(c), "\n"), pq.errorMessage(c));
+        conn_give(e, c, true);
+    }
+    return KS_EIO;
+}
+
 static int probe(ks_benv *e, bool *tables, ks_err *err)
 {
-    PGconn *c = conn_take(e);
-    if (!c) {
-        char why[256];
-        PGconn *d = connect_new(e, why, sizeof(why));
-        if (d) {
-            conn_give(e, d, false);
-            return probe(e, tables, err);
-        }
-        ks_err_set(err, "keystore %s: cannot connect to its PostgreSQL database: %s; check the postgresql = "
-                        "connection string in the configuration, the credentials (~/.pgpass, a service file) and "
-                        "that the server runs", e->path, why);
-        return KS_EIO;
-    }
-    PGresult *r = pq.exec(c, "SELECT (to_regclass('p11mk_schema') IS NOT NULL)::int + (to_regclass('p11mk_seq') IS "
-                             "NOT NULL)::int + (to_regclass('p11mk_rec') IS NOT NULL)::int + "
-                             "(to_regclass('p11mk_idx') IS NOT NULL)::int + (to_regclass('p11mk_hosts') IS NOT "
-                             "NULL)::int");
-    int have = -1;
-    if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
-        have = atoi(pq.getvalue(r, 0, 0));
-    if (r)
-        pq.clear(r);
-    int rc = KS_OK;
-    if (have < 0) {
-        ks_err_set(err, "keystore %s: cannot read its PostgreSQL database's tables: %s", e->path,
-                   pq.errorMessage(c));
-        rc = KS_EIO;
-    } else if (have == 0) {
+    int have, v;
+    char db[128];
+    int rc = probe_read(e, db, sizeof(db), &have, &v, err);
+    if (rc != KS_OK)
+        return rc;
+    if (have == 0) {
         *tables = false;
         atomic_store(&e->tables, false);
     } else if (have < 5) {
         ks_err_set(err, "keystore %s: its PostgreSQL database %s holds only %d of p11mk's 5 tables (p11mk_schema, "
                         "p11mk_seq, p11mk_rec, p11mk_idx, p11mk_hosts); nothing was changed: restore the database "
                         "from a backup",
-                   e->path, pq.db(c), have);
+                   e->path, db, have);
         rc = KS_ECORRUPT;
+    } else if (v != SCHEMA_VERSION) {
+        if (v < 0)
+            ks_err_set(err, "keystore %s: the p11mk_schema table of PostgreSQL database %s has no single version "
+                            "row; nothing was changed: restore the database from a backup", e->path, db);
+        else
+            ks_err_set(err, "keystore %s: PostgreSQL database %s holds p11mk schema version %d; this p11mk reads "
+                            "version %d only: use the p11mk that made it%s", e->path, db, v, SCHEMA_VERSION,
+                       v > SCHEMA_VERSION ? " (or a newer one)" : "");
+        rc = v < 0 ? KS_ECORRUPT : KS_EVERSION;
     } else {
         *tables = true;
         atomic_store(&e->tables, true);
-        r = pq.exec(c, "SELECT version FROM p11mk_schema");
-        int v = r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1 ? atoi(pq.getvalue(r, 0, 0)) : -1;
-        if (r)
-            pq.clear(r);
-        if (v != SCHEMA_VERSION) {
-            if (v < 0)
-                ks_err_set(err, "keystore %s: the p11mk_schema table of PostgreSQL database %s has no single "
-                                "version row; nothing was changed: restore the database from a backup",
-                           e->path, pq.db(c));
-            else
-                ks_err_set(err, "keystore %s: PostgreSQL database %s holds p11mk schema version %d; this p11mk "
-                                "reads version %d only: use the p11mk that made it%s", e->path, pq.db(c), v,
-                           SCHEMA_VERSION, v > SCHEMA_VERSION ? " (or a newer one)" : "");
-            rc = v < 0 ? KS_ECORRUPT : KS_EVERSION;
-        }
     }
-    conn_give(e, c, rc == KS_EIO);
     return rc;
 }
 
