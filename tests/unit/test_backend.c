@@ -458,13 +458,84 @@ static void test_cursor_replace(void **state)
     o->read_end(t);
 }
 
+/* PostgreSQL: the server ends the backend of a reader's connection in the
+ * middle of its transaction (pg_terminate_backend, as an administrator or a
+ * failover does). The reader goes on over another connection when nothing
+ * was committed since its snapshot began, and fails with KS_EIO (never a
+ * mix of two snapshots) when something was. */
+static void terminate_readers(fixture *fx)
+{
+    char cmd[2048], bin[512] = "";
+    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (!fgets(bin, sizeof(bin), p))
+        bin[0] = '\0';
+    pclose(p);
+    bin[strcspn(bin, "\n")] = '\0';
+    assert_true(bin[0] != '\0');
+    snprintf(cmd, sizeof(cmd),
+             "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"SELECT count(pg_terminate_backend(pid)) FROM "
+             "pg_stat_activity WHERE datname = current_database() AND application_name = 'p11mk' AND state = 'idle "
+             "in transaction'\" | grep -qx 1",
+             bin, fx->conninfo);
+    assert_int_equal(system(cmd), 0); /* exactly the reader's backend */
+    usleep(50000);                    /* the server closes the socket */
+}
+
+static void test_lost_reader(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip(); /* a database connection */
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t;
+    ks_bcur *c;
+    ks_bval k, v;
+
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
+    put_commit(fx, KS_TAB_OBJECTS, "b", 1, "two");
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    uint64_t snap = o->snapshot(t);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    terminate_readers(fx);
+    /* Nothing committed meanwhile: the read goes on, the first value still valid. */
+    ks_bval b;
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "b", 1, &b), KS_OK);
+    assert_int_equal(b.n, 3);
+    assert_memory_equal(b.p, "two", 3);
+    assert_memory_equal(v.p, "one", 3);
+    assert_true(o->snapshot(t) == snap);
+    assert_int_equal(o->cur_open(t, KS_TAB_OBJECTS, &c), KS_OK);
+    assert_int_equal(o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v), KS_OK);
+    terminate_readers(fx);
+    assert_int_equal(o->cur_next(c, false, &k, &v), KS_OK);
+    assert_int_equal(k.n, 1);
+    assert_memory_equal(k.p, "b", 1);
+    o->cur_close(c);
+    o->read_end(t);
+
+    /* A commit between the loss and the next read: that read fails. */
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    terminate_readers(fx);
+    put_commit(fx, KS_TAB_OBJECTS, "b", 1, "TWO");
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "b", 1, &b), KS_EIO);
+    o->read_end(t);
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "b", 1, &b), KS_OK);
+    assert_memory_equal(b.p, "TWO", 3);
+    o->read_end(t);
+}
+
 #define BOTH(fn) {#fn " (lmdb)", fn, setup_lmdb, teardown, NULL}, {#fn " (postgresql)", fn, setup_pg, teardown, NULL}
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         BOTH(test_records), BOTH(test_order), BOTH(test_long_scan), BOTH(test_index), BOTH(test_snapshots),
-        BOTH(test_cursor_replace),
+        BOTH(test_cursor_replace), {"test_lost_reader (postgresql)", test_lost_reader, setup_pg, teardown, NULL},
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (own_cluster[0]) {
