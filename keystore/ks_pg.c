@@ -983,7 +983,9 @@ static bool resume(ks_btxn *t)
             ks_log(KS_LOG_INFO, "keystore %s: lost the PostgreSQL connection in a read, and cannot tell that the "
                                 "records are those it began on (commit %llu, now %llu%s): the read fails", e->path,
                    (unsigned long long)t->seq, (unsigned long long)seq,
-                   seq == t->seq ? ", but the numbering was restarted meanwhile: the notification connection was lost too" : "");
+                   seq == t->seq ? ", but the numbering was restarted meanwhile: the notification connection "
+                                   "was lost too"
+                                 : "");
         return false;
     }
     return false;
