@@ -113,6 +113,11 @@ typedef struct ks_backend_ops {
     void (*abort)(ks_btxn *t);
     /* After KS_BE_RETRY, with no transaction of this process active on e. */
     int (*make_room)(ks_benv *e);
+    /* Whether a write transaction that failed (before commit or abort is
+     * called) failed only because its connection was lost before COMMIT was
+     * sent: nothing of it was committed, and ks_write runs it again. NULL:
+     * never (LMDB has no connection to lose). */
+    bool (*lost)(ks_btxn *t);
 
     /* ---- records (tables other than KS_TAB_INDEX) ---- */
     int (*get)(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v); /* KS_ENOTFOUND */

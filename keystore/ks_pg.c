@@ -184,6 +184,8 @@ struct ks_btxn {
     bool creating; /* a new keystore's first transaction: create_tables makes the schema */
     uint64_t seq;   /* the snapshot (reader) or the sequence this write commits as */
     int resumes;    /* lost connections a reader went on from (resume) */
+    bool committing; /* COMMIT was sent: a loss from here leaves the outcome unknown */
+    bool lost;       /* the connection was lost before COMMIT was sent (pg_lost) */
     PGresult **res; /* results whose values were handed out: cleared at the end */
     size_t nres, cap;
 };
@@ -226,11 +228,14 @@ static int check(ks_btxn *t, PGresult *r, const char *what)
     int rc = pg_state_err(state);
     if (pq.status(t->c) != CONNECTION_OK) {
         t->broken = true;
+        t->lost = !t->committing;
         rc = KS_EIO;
     }
     if (rc != KS_BE_RETRY && rc != KS_EEXIST) {
+        /* A lost connection is said where it is known what came of it (a
+         * write run again, an operation's error): here as a warning. */
         const char *msg = r ? pq.resultErrorMessage(r) : pq.errorMessage(t->c);
-        ks_log(KS_LOG_ERROR, "keystore %s: PostgreSQL: %s failed: %.*s", t->e->path, what,
+        ks_log(t->broken ? KS_LOG_WARN : KS_LOG_ERROR, "keystore %s: PostgreSQL: %s failed: %.*s", t->e->path, what,
                (int)strcspn(msg ? msg : "", "\n"), msg ? msg : "");
     }
     if (r)
@@ -877,6 +882,7 @@ static int pg_commit(ks_btxn *t)
         /* COMMIT of a transaction that had failed answers ROLLBACK: not committed. */
         if (t->write)
             local_bump(t->e);
+        t->committing = true;
         PGresult *r = pq.exec(t->c, "COMMIT");
         if (t->write)
             local_bump(t->e); /* whatever the answer: it may have committed */
@@ -912,6 +918,8 @@ static int pg_commit(ks_btxn *t)
     txn_free(t);
     return KS_OK;
 }
+
+static bool pg_lost(ks_btxn *t) { return t && t->write && t->lost; }
 
 static int pg_make_room(ks_benv *e)
 {
@@ -1696,6 +1704,7 @@ const ks_backend_ops ks_pg_backend = {
     .commit = pg_commit,
     .abort = pg_abort,
     .make_room = pg_make_room,
+    .lost = pg_lost,
     .get = pg_get,
     .put = pg_put,
     .del = pg_del,
