@@ -810,6 +810,8 @@ void ks_read_end(ks_txn *x)
     free(x);
 }
 
+#define KS_LOST_RETRIES 3 /* writes run again after a lost connection (ops->lost) */
+
 int ks_write(ks_store *st, ks_write_fn fn, void *arg)
 {
     int rc = KS_EIO;
@@ -817,6 +819,7 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
         return KS_EINVAL;
     if (st->rdonly)
         return KS_EROFS;
+    int lost = 0;
     for (int attempt = 0; attempt < 40; attempt++) {
         ks_txn x = {.st = st, .write = true};
         rc = st->ops->write_begin(st->be, &x.bt);
@@ -834,6 +837,14 @@ int ks_write(ks_store *st, ks_write_fn fn, void *arg)
             else
                 rc = crc;
         } else {
+            /* Its connection lost before COMMIT was sent (a backend
+             * terminated, a server restarted): nothing of it was committed,
+             * and it runs again on another, a few times. */
+            if (rc != KS_OK && !x.retry && st->ops->lost && st->ops->lost(x.bt) && lost++ < KS_LOST_RETRIES) {
+                ks_log(KS_LOG_INFO, "keystore %s: lost the connection to the storage in a write (nothing of it "
+                       "was committed); writing again", st->path);
+                x.retry = true;
+            }
             st->ops->abort(x.bt);
         }
         ring_unref(x.ring);
