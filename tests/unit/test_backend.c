@@ -463,7 +463,7 @@ static void test_cursor_replace(void **state)
  * failover does). The reader goes on over another connection when nothing
  * was committed since its snapshot began, and fails with KS_EIO (never a
  * mix of two snapshots) when something was. */
-static void terminate_readers(fixture *fx)
+static void terminate_readers(const char *conninfo)
 {
     char cmd[2048], bin[512] = "";
     snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
@@ -478,7 +478,7 @@ static void terminate_readers(fixture *fx)
              "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"SELECT count(pg_terminate_backend(pid)) FROM "
              "pg_stat_activity WHERE datname = current_database() AND application_name = 'p11mk' AND state = 'idle "
              "in transaction'\" | grep -qx 1",
-             bin, fx->conninfo);
+             bin, conninfo);
     assert_int_equal(system(cmd), 0); /* exactly the reader's backend */
     usleep(50000);                    /* the server closes the socket */
 }
@@ -499,7 +499,7 @@ static void test_lost_reader(void **state)
     assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
     uint64_t snap = o->snapshot(t);
     assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
-    terminate_readers(fx);
+    terminate_readers(fx->conninfo);
     /* Nothing committed meanwhile: the read goes on, the first value still valid. */
     ks_bval b;
     assert_int_equal(o->get(t, KS_TAB_OBJECTS, "b", 1, &b), KS_OK);
@@ -509,7 +509,7 @@ static void test_lost_reader(void **state)
     assert_true(o->snapshot(t) == snap);
     assert_int_equal(o->cur_open(t, KS_TAB_OBJECTS, &c), KS_OK);
     assert_int_equal(o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v), KS_OK);
-    terminate_readers(fx);
+    terminate_readers(fx->conninfo);
     assert_int_equal(o->cur_next(c, false, &k, &v), KS_OK);
     assert_int_equal(k.n, 1);
     assert_memory_equal(k.p, "b", 1);
@@ -519,7 +519,7 @@ static void test_lost_reader(void **state)
     /* A commit between the loss and the next read: that read fails. */
     assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
     assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
-    terminate_readers(fx);
+    terminate_readers(fx->conninfo);
     put_commit(fx, KS_TAB_OBJECTS, "b", 1, "TWO");
     assert_int_equal(o->get(t, KS_TAB_OBJECTS, "b", 1, &b), KS_EIO);
     o->read_end(t);
@@ -529,6 +529,74 @@ static void test_lost_reader(void **state)
     o->read_end(t);
 }
 
+/* A writer whose connection is lost before COMMIT: the backend says so
+ * (ops->lost: nothing of it was committed), and ks_write runs the whole
+ * transaction again on another connection. */
+typedef struct {
+    const char *conninfo;
+    int calls;
+} lost_write;
+
+static int lost_write_fn(ks_txn *x, void *arg)
+{
+    lost_write *w = arg;
+    int rc = ks_meta_put(x, "tstA", NULL, 0, "a", 1);
+    if (rc != KS_OK)
+        return rc;
+    if (++w->calls == 1)
+        terminate_readers(w->conninfo); /* a writer between statements is idle in transaction too */
+    return ks_meta_put(x, "tstB", NULL, 0, "b", 1);
+}
+
+static void test_lost_writer(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t;
+    ks_bval v;
+
+    /* The backend: a put after the loss fails, and the transaction is one to run again. */
+    assert_int_equal(o->write_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->put(t, KS_TAB_OBJECTS, "w1", 2, "x", 1), KS_OK);
+    assert_false(o->lost(t));
+    terminate_readers(fx->conninfo);
+    assert_int_equal(o->put(t, KS_TAB_OBJECTS, "w2", 2, "y", 1), KS_EIO);
+    assert_true(o->lost(t));
+    o->abort(t);
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "w1", 2, &v), KS_ENOTFOUND);
+    o->read_end(t);
+
+    /* ks_write: the transaction runs again and commits once. */
+    ks_config cfg;
+    ks_config_defaults(&cfg);
+    char dir[160];
+    snprintf(dir, sizeof(dir), "%s/store", fx->dir);
+    cfg.keystore = strdup(dir);
+    cfg.backend = strdup("postgresql");
+    char conninfo[1024]; /* a database of its own: fx's holds the backend's records, not a keystore */
+    assert_int_equal(test_pg_newdb(conninfo, sizeof(conninfo)), 0);
+    cfg.postgresql = strdup(conninfo);
+    ks_mkey mk;
+    ks_mkey_default(&mk);
+    ks_store *st = NULL;
+    ks_err err = KS_ERR_INIT;
+    assert_int_equal(ks_open_cfg(&cfg, &mk, KS_OPEN_CREATE, &st, &err), KS_OK);
+    lost_write w = {conninfo, 0};
+    assert_int_equal(ks_write(st, lost_write_fn, &w), KS_OK);
+    assert_int_equal(w.calls, 2);
+    ks_txn *x;
+    assert_int_equal(ks_read_begin(st, &x), KS_OK);
+    assert_int_equal(ks_meta_get(x->bt, st, "tstA", NULL, 0, &v), KS_OK);
+    assert_int_equal(ks_meta_get(x->bt, st, "tstB", NULL, 0, &v), KS_OK);
+    ks_read_end(x);
+    ks_close(st);
+    ks_config_free(&cfg);
+}
+
 #define BOTH(fn) {#fn " (lmdb)", fn, setup_lmdb, teardown, NULL}, {#fn " (postgresql)", fn, setup_pg, teardown, NULL}
 
 int main(void)
@@ -536,6 +604,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         BOTH(test_records), BOTH(test_order), BOTH(test_long_scan), BOTH(test_index), BOTH(test_snapshots),
         BOTH(test_cursor_replace), {"test_lost_reader (postgresql)", test_lost_reader, setup_pg, teardown, NULL},
+        {"test_lost_writer (postgresql)", test_lost_writer, setup_pg, teardown, NULL},
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (own_cluster[0]) {
