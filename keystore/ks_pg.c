@@ -871,8 +871,9 @@ static int pg_commit(ks_btxn *t)
     char sql[96];
     int rc = KS_OK;
     if (t->broken) {
+        bool again = t->write && t->lost; /* nothing was committed: run it again */
         pg_abort(t);
-        return KS_EIO;
+        return again ? KS_BE_RETRY : KS_EIO;
     }
     if (t->write) {
         snprintf(sql, sizeof(sql), "SELECT pg_notify('" CHANNEL "', '%" PRIu64 "')", t->seq);
@@ -903,8 +904,9 @@ static int pg_commit(ks_btxn *t)
         }
     }
     if (rc != KS_OK) {
+        bool again = t->lost; /* lost at the notification, before COMMIT: run it again */
         pg_abort(t);
-        return rc;
+        return again ? KS_BE_RETRY : rc;
     }
     if (t->write) {
         if (t->creating) {
