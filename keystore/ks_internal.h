@@ -139,6 +139,18 @@ struct ks_txn {
 };
 
 /* ---- storage, through the backend (ks_store.c) ---- */
+/* A read's result that says nothing about the data: not found (KS_ENOTFOUND)
+ * nor failed authentication (KS_ECORRUPT), but a failure to read at all (an
+ * I/O error, a lost database connection, out of memory). It is passed on as
+ * it is: never taken for a missing record, never reported as damage, never
+ * a reason to change anything. */
+static inline bool ks_read_failed(int rc)
+{
+    return rc != KS_OK && rc != KS_ENOTFOUND && rc != KS_ECORRUPT;
+}
+/* err gets "keystore PATH: cannot read WHAT (reason); nothing was changed:
+ * try again, and check the storage"; returns rc. */
+KS_API int ks_read_error(ks_err *err, const char *path, const char *what, int rc);
 /* A meta record: key, then suffix bytes (at most 32 in all). */
 KS_API int ks_meta_get(ks_btxn *t, ks_store *st, const char *key, const void *suffix, size_t slen, ks_bval *v);
 KS_API int ks_meta_put(ks_txn *x, const char *key, const void *suffix, size_t slen, const void *val, size_t vlen);
@@ -194,8 +206,10 @@ KS_API void ks_idx_hash(const uint8_t key[IDX_KEY_LEN], uint64_t oid, uint8_t ou
 KS_API void ks_hash_xor(uint8_t acc[16], const uint8_t h[16]);
 /* verify's part: counters and sets against the anchor. */
 KS_API int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed);
-/* At open: counts against the databases' sizes; a difference is logged. */
-KS_API void ks_anchor_check_counts(ks_store *st);
+/* At open: counts against the databases' sizes; a difference is logged.
+ * A count that cannot be read is returned (err says so), never logged as a
+ * difference. */
+KS_API int ks_anchor_check_counts(ks_store *st, ks_err *err);
 /* Is the keystore older than its key file (data.mdb put back from an older
  * copy)? why gets a sentence. */
 KS_API bool ks_check_rollback(ks_store *st, char *why, size_t n);

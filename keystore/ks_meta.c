@@ -46,3 +46,12 @@ int ks_meta_del(ks_txn *x, const char *key, const void *suffix, size_t slen)
     int rc = ks_wdel(x, KS_TAB_META, kb, kl);
     return rc == KS_ENOTFOUND ? KS_OK : rc;
 }
+
+int ks_read_error(ks_err *err, const char *path, const char *what, int rc)
+{
+    /* Said plainly: a read that failed is no evidence of damage, and
+     * restoring a backup over a keystore that is fine would lose data. */
+    ks_err_set(err, "keystore %s: cannot read %s (%s); nothing was changed: try again, and check the keystore's "
+                    "storage (its disk, or its database connection)", path, what, ks_strerror(rc));
+    return rc;
+}

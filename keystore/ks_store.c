@@ -69,8 +69,11 @@ static int init_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk)
     int rc;
     ks_bval v;
 
-    if (ks_meta_get(t, st, "format", NULL, 0, &v) == KS_OK)
+    rc = ks_meta_get(t, st, "format", NULL, 0, &v);
+    if (rc == KS_OK)
         return KS_OK; /* another process created it first */
+    if (rc != KS_ENOTFOUND)
+        return rc; /* not known to be absent: nothing is written */
     if (RAND_bytes_ex(ks_libctx(), ksid, sizeof(ksid), 0) != 1 || RAND_bytes_ex(ks_libctx(), idxkey, sizeof(idxkey), 0) != 1)
         return KS_EIO;
     memcpy(st->ksid, ksid, sizeof(ksid));
@@ -239,7 +242,10 @@ static int epoch_key(ks_store *st, ks_btxn *t, uint32_t epoch, uint8_t kcv[KS_KC
     ks_bval v;
     ks_mkey mk;
     ks_be32(be, epoch);
-    if (ks_meta_get(t, st, "kcv", be, 4, &v) != KS_OK || v.n != KS_KCV_LEN)
+    int grc = ks_meta_get(t, st, "kcv", be, 4, &v);
+    if (ks_read_failed(grc))
+        return grc; /* not read: no evidence of damage */
+    if (grc != KS_OK || v.n != KS_KCV_LEN)
         return KS_ECORRUPT;
     memcpy(kcv, v.p, KS_KCV_LEN);
     memset(&mk, 0, sizeof(mk));
@@ -262,12 +268,19 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
         return KS_ENOMEM;
     atomic_init(&r->refs, 1);
     r->gen = gen;
-    if (ks_meta_get(t, st, "epoch", NULL, 0, &v) != KS_OK || v.n != 4) {
+    rc = ks_meta_get(t, st, "epoch", NULL, 0, &v);
+    if (ks_read_failed(rc)) {
+        ks_read_error(err, st->path, "its epoch record", rc);
+        goto fail;
+    }
+    if (rc != KS_OK || v.n != 4) {
         rc = KS_ECORRUPT;
         goto fail;
     }
     r->rs.cur = ks_get_be32(v.p);
     rc = epoch_key(st, t, r->rs.cur, r->cur_kcv, r->cur_mk, r->cur_key, &r->have_cur);
+    if (ks_read_failed(rc))
+        ks_read_error(err, st->path, "the check value of its current epoch", rc);
     if (rc != KS_OK)
         goto fail;
     if (!r->have_cur) {
@@ -283,6 +296,10 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
         goto fail;
     }
     rc = ks_state_load(t, st, r->rs.cur, r->cur_key, &r->rs);
+    if (ks_read_failed(rc)) {
+        ks_read_error(err, st->path, "its rotation state record", rc);
+        goto fail;
+    }
     if (rc != KS_OK) {
         ks_err_set(err, "keystore %s: its rotation state record is missing or failed authentication (the "
                         "metadata was edited or damaged); nothing was changed: restore the keystore from a backup",
@@ -311,6 +328,8 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
          * plain record says (it could be pointed at a retired or the default
          * key). */
         rc = epoch_key(st, t, r->rs.nxt, r->nxt_kcv, r->nxt_mk, r->nxt_key, &r->have_nxt);
+        if (ks_read_failed(rc))
+            ks_read_error(err, st->path, "the check value of its staged epoch", rc);
         if (rc != KS_OK)
             goto fail;
         if (!r->rs.legacy && CRYPTO_memcmp(r->rs.nxt_kcv, r->nxt_kcv, KS_KCV_LEN) != 0) {
@@ -370,8 +389,18 @@ static int ring_attach(ks_store *st, ks_txn *x)
         pthread_mutex_unlock(&st->ring_lock);
         return KS_OK;
     }
-    if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
+    rc = ks_meta_get(x->bt, st, "gen", NULL, 0, &v);
+    if (ks_read_failed(rc)) {
+        /* Not "generation 0": that would build keys for a generation that
+         * is not there and report the plain counter as edited. */
+        pthread_mutex_unlock(&st->ring_lock);
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot read its generation counter (%s); the operation was not done: "
+               "try again, and check the keystore's storage", st->path, ks_strerror(rc));
+        return rc;
+    }
+    if (rc == KS_OK && v.n == 8)
         gen = ks_get_be64(v.p);
+    rc = KS_OK;
     if (st->ring && st->ring->gen == gen) {
         x->ring = st->ring;
         atomic_fetch_add(&x->ring->refs, 1);
@@ -381,7 +410,13 @@ static int ring_attach(ks_store *st, ks_txn *x)
         ks_keyring *r = NULL;
         ks_err e = KS_ERR_INIT;
         rc = ring_build(st, x->bt, gen, &r, &e);
-        if (rc != KS_OK) {
+        if (ks_read_failed(rc)) {
+            /* Not this generation's fault: said each time, and a later
+             * failure of the generation itself is still reported. */
+            if (!e.msg[0])
+                ks_read_error(&e, st->path, "its metadata", rc);
+            ks_log(KS_LOG_ERROR, "%s", e.msg);
+        } else if (rc != KS_OK) {
             if (st->failed_gen != gen + 1) /* once per generation, not once per operation */
                 ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, e.msg[0] ? e.msg : ks_strerror(rc));
             st->failed_gen = gen + 1;
@@ -424,7 +459,10 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
     const uint8_t *key;
     int rc;
 
-    if (ks_meta_get(t, st, "format", NULL, 0, &v) != KS_OK || v.n != 4) {
+    rc = ks_meta_get(t, st, "format", NULL, 0, &v);
+    if (ks_read_failed(rc))
+        return ks_read_error(err, st->path, "its format record", rc);
+    if (rc != KS_OK || v.n != 4) {
         ks_err_set(err, "%s holds no p11mk keystore; create one with: p11mk-admin init", st->path);
         return KS_ENOTFOUND;
     }
@@ -434,7 +472,10 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
                         "release that wrote it", st->path, st->format, P11MK_VERSION, KS_FORMAT_VERSION);
         return KS_EVERSION;
     }
-    if (ks_meta_get(t, st, "ksid", NULL, 0, &v) != KS_OK || v.n != KS_KSID_LEN)
+    rc = ks_meta_get(t, st, "ksid", NULL, 0, &v);
+    if (ks_read_failed(rc))
+        return ks_read_error(err, st->path, "its id record", rc);
+    if (rc != KS_OK || v.n != KS_KSID_LEN)
         goto corrupt;
     memcpy(st->ksid, v.p, KS_KSID_LEN);
 
@@ -450,7 +491,10 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
     pthread_mutex_unlock(&st->ring_lock);
     if (rc != KS_OK)
         return rc;
-    if (ks_meta_get(t, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
+    rc = ks_meta_get(t, st, "gen", NULL, 0, &v);
+    if (ks_read_failed(rc))
+        return ks_read_error(err, st->path, "its generation counter", rc); /* not generation 0 */
+    if (rc == KS_OK && v.n == 8)
         gen = ks_get_be64(v.p);
     pthread_mutex_lock(&st->ring_lock);
     rc = ring_build(st, t, gen, &r, err);
@@ -462,11 +506,19 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
         atomic_store(&st->epoch_hint, r->rs.cur);
     }
     pthread_mutex_unlock(&st->ring_lock);
+    if (rc != KS_OK && err && !err->msg[0]) {
+        if (rc == KS_ECORRUPT)
+            ks_err_set(err, "keystore %s: its metadata is damaged; restore it from a backup", st->path);
+        else if (ks_read_failed(rc))
+            ks_read_error(err, st->path, "its metadata", rc);
+    }
     if (rc != KS_OK)
-        return rc == KS_ECORRUPT && !err->msg[0] ? (ks_err_set(err, "keystore %s: its metadata is damaged; "
-                                                   "restore it from a backup", st->path), rc) : rc;
+        return rc;
 
-    if (ks_meta_get(t, st, "idxkey", NULL, 0, &v) != KS_OK ||
+    rc = ks_meta_get(t, st, "idxkey", NULL, 0, &v);
+    if (ks_read_failed(rc))
+        return ks_read_error(err, st->path, "its index key record", rc);
+    if (rc != KS_OK ||
         ks_rec_header(v.p, v.n, NULL, &rec_epoch) != KS_OK || !(key = ks_ring_key(r, rec_epoch)) ||
         ks_rec_open(key, st->ksid, KS_KIND_META, 0, 0, v.p, v.n, &idxkey, &idxlen) != KS_OK ||
         idxlen != 32) {
@@ -502,7 +554,7 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
      * never written over. */
     if (tables) {
         if ((rc = o->read_begin(st->be, &t)) != KS_OK)
-            return rc;
+            return ks_read_error(err, st->path, "it (a read transaction could not begin)", rc);
         rc = load_meta(st, t, mk, err);
         o->read_end(t);
         if (rc == KS_ENOTFOUND) {
@@ -544,7 +596,7 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
     if (rc == KS_OK)
         ks_log(KS_LOG_INFO, "created keystore %s", st->path);
     if ((rc = o->read_begin(st->be, &t)) != KS_OK)
-        return rc;
+        return ks_read_error(err, st->path, "it (a read transaction could not begin)", rc);
     rc = load_meta(st, t, mk, err);
     o->read_end(t);
     return rc;
@@ -687,7 +739,13 @@ static int open_with(const char *dir, const ks_backend_ops *ops, const char *tar
         pthread_mutex_unlock(&reg_lock);
         return rc;
     }
-    ks_anchor_check_counts(st);
+    /* At open, a store whose counts cannot be read is not served: the
+     * failure is the storage's, said as such (never as a count mismatch). */
+    if ((rc = ks_anchor_check_counts(st, err)) != KS_OK) {
+        store_free(st);
+        pthread_mutex_unlock(&reg_lock);
+        return rc;
+    }
     char why[512];
     if (ks_check_rollback(st, why, sizeof(why)))
         ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, why);
@@ -746,8 +804,12 @@ int ks_get_info(ks_store *st, ks_info *info)
     ks_rotstate rs = x->ring->rs;
     ks_meta *m;
     /* The state record itself: progress within a generation is not in the ring. */
-    if (ks_txn_meta(x, &m) == KS_OK)
+    if ((rc = ks_txn_meta(x, &m)) == KS_OK) {
         rs = m->rs;
+    } else if (ks_read_failed(rc)) {
+        ks_read_end(x);
+        return rc; /* not read: no half-filled report */
+    }
     info->epoch = rs.cur;
     info->new_epoch = rs.nxt;
     info->rot_state = rs.state;
@@ -761,14 +823,19 @@ int ks_get_info(ks_store *st, ks_info *info)
         uint8_t be[4];
         ks_bval v;
         ks_be32(be, rs.nxt);
-        if (ks_meta_get(x->bt, st, "kcv", be, 4, &v) == KS_OK && v.n == KS_KCV_LEN)
+        rc = ks_meta_get(x->bt, st, "kcv", be, 4, &v);
+        if (rc == KS_OK && v.n == KS_KCV_LEN)
             memcpy(info->new_kcv, v.p, KS_KCV_LEN);
+        else if (ks_read_failed(rc))
+            goto out;
     }
     info->map_size = st->ops->size(st->be);
-    st->ops->count(x->bt, KS_TAB_TOKENS, &info->n_tokens);
-    st->ops->count(x->bt, KS_TAB_OBJECTS, &info->n_objects);
+    /* A count that cannot be read is the result, not a count of 0. */
+    if ((rc = st->ops->count(x->bt, KS_TAB_TOKENS, &info->n_tokens)) == KS_OK)
+        rc = st->ops->count(x->bt, KS_TAB_OBJECTS, &info->n_objects);
+out:
     ks_read_end(x);
-    return KS_OK;
+    return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
 /* ---- transactions -------------------------------------------------------- */
@@ -961,7 +1028,10 @@ int ks_token_put(ks_txn *x, uint32_t token_id, const uint8_t *blob, size_t len)
         return rc;
     ks_be32(kb, token_id);
     ks_bval v;
-    bool exists = x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v) == KS_OK;
+    rc = x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v);
+    if (rc != KS_OK && rc != KS_ENOTFOUND)
+        return rc; /* not known to be absent: nothing is written, nothing is reported */
+    bool exists = rc == KS_OK;
     if (!(t = ks_meta_tok(m, token_id, true)))
         return KS_ENOMEM;
     if (!exists) {
@@ -1002,7 +1072,9 @@ int ks_token_get(ks_txn *x, uint32_t token_id, uint8_t **blob, size_t *len)
     ks_be32(kb, token_id);
     if ((rc = ks_txn_meta(x, &m)) != KS_OK)
         return rc;
-    if (!m->rs.legacy && x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v) == KS_OK) {
+    if (!m->rs.legacy && (rc = x->st->ops->get(x->bt, KS_TAB_TOKENS, kb, 4, &v)) != KS_OK && rc != KS_ENOTFOUND)
+        return rc;
+    if (!m->rs.legacy && rc == KS_OK) {
         /* The token record holds the PINs and their failure counts: it must be
          * the very record the anchor vouches for, not an older copy. */
         ks_tokstat *t = ks_meta_tok(m, token_id, false);
@@ -1096,6 +1168,10 @@ int ks_token_list(ks_txn *x, uint32_t **ids, size_t *n)
         if (k.n == 4)
             out[cnt++] = ks_get_be32(k.p);
     o->cur_close(c);
+    if (rc != KS_OK && rc != KS_ENOTFOUND) {
+        free(out); /* a list cut short by a failed read is not the list */
+        return rc;
+    }
     *ids = out;
     *n = cnt;
     return KS_OK;
@@ -1177,7 +1253,10 @@ int ks_obj_create(ks_txn *x, uint32_t token_id, uint64_t oid, const uint8_t *blo
     if (!x || !token_id || !oid)
         return KS_EINVAL;
     obj_key(kb, token_id, oid);
-    if (x->st->ops->get(x->bt, KS_TAB_OBJECTS, kb, 12, &v) == KS_OK) {
+    int grc = x->st->ops->get(x->bt, KS_TAB_OBJECTS, kb, 12, &v);
+    if (grc != KS_OK && grc != KS_ENOTFOUND)
+        return grc; /* not known to be free: nothing is written */
+    if (grc == KS_OK) {
         /* The id counter went back (replayed or damaged metadata): never overwrite. */
         ks_log(KS_LOG_ERROR, "keystore %s: object id %llu is already in use in token %u: the keystore's id counter "
                "went back (its metadata was replayed or damaged); nothing was overwritten. Check the keystore "
@@ -1280,7 +1359,10 @@ int ks_token_count_objects(ks_txn *x, uint32_t token_id, uint64_t *n)
     if (!n)
         return KS_EINVAL;
     *n = 0;
-    if (ks_txn_meta(x, &m) == KS_OK && !m->rs.legacy) {
+    int rc = ks_txn_meta(x, &m);
+    if (ks_read_failed(rc))
+        return rc; /* counting the records instead would read from the same failing storage */
+    if (rc == KS_OK && !m->rs.legacy) {
         ks_tokstat *t = ks_meta_tok(m, token_id, false);
         *n = t && t->exists ? t->n_obj : 0;
         return KS_OK;
@@ -1423,16 +1505,18 @@ int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
 
 /* At open: the counts the anchor vouches for against what the databases hold
  * (O(tokens)); a difference is reported, the keystore is still served. */
-void ks_anchor_check_counts(ks_store *st)
+int ks_anchor_check_counts(ks_store *st, ks_err *err)
 {
     ks_txn *x;
     ks_meta *m;
     uint64_t objs = 0, idx = 0, toks = 0;
-    if (ks_read_begin(st, &x) != KS_OK)
-        return;
-    if (ks_txn_meta(x, &m) != KS_OK || m->rs.legacy) {
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return ks_read_failed(rc) ? ks_read_error(err, st->path, "it", rc) : KS_OK;
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK || m->rs.legacy) {
         ks_read_end(x);
-        return;
+        /* Damage of the anchor is reported where it is used; a read that failed is this open's failure. */
+        return ks_read_failed(rc) ? ks_read_error(err, st->path, "its state record", rc) : KS_OK;
     }
     for (size_t i = 0; i < m->ntok; i++)
         if (m->tok[i].exists) {
@@ -1441,8 +1525,14 @@ void ks_anchor_check_counts(ks_store *st)
             idx += m->tok[i].n_idx;
         }
     uint64_t have[3] = {0, 0, 0};
-    for (int i = 0; i < 3; i++)
-        st->ops->count(x->bt, (ks_table[]){KS_TAB_TOKENS, KS_TAB_OBJECTS, KS_TAB_INDEX}[i], &have[i]);
+    for (int i = 0; i < 3; i++) {
+        /* A count not read is not a count of 0: no mismatch is reported from it. */
+        if ((rc = st->ops->count(x->bt, (ks_table[]){KS_TAB_TOKENS, KS_TAB_OBJECTS, KS_TAB_INDEX}[i], &have[i])) !=
+            KS_OK) {
+            ks_read_end(x);
+            return ks_read_error(err, st->path, "the number of its records", rc);
+        }
+    }
     if (have[0] != toks || have[1] != objs || have[2] != idx)
         ks_log(KS_LOG_ERROR, "keystore %s: its records do not match its authenticated metadata (tokens %llu of "
                "%llu, objects %llu of %llu, index entries %llu of %llu): records were deleted, added or put back; "
@@ -1450,6 +1540,7 @@ void ks_anchor_check_counts(ks_store *st)
                (unsigned long long)have[0], (unsigned long long)toks, (unsigned long long)have[1],
                (unsigned long long)objs, (unsigned long long)have[2], (unsigned long long)idx);
     ks_read_end(x);
+    return KS_OK;
 }
 
 bool ks_check_rollback(ks_store *st, char *why, size_t n)
