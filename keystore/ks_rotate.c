@@ -195,8 +195,8 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_
     ks_bval k, v;
     int mrc, rc = KS_OK;
 
-    if (o->cur_open(x->bt, tab, &c) != KS_OK)
-        return KS_EIO;
+    if ((rc = o->cur_open(x->bt, tab, &c)) != KS_OK)
+        return rc;
     if (rs->cursor_len) {
         mrc = o->cur_seek(c, KS_BSEEK_GE, rs->cursor, rs->cursor_len, &k, &v);
         if (mrc == KS_OK && k.n == rs->cursor_len && memcmp(k.p, rs->cursor, k.n) == 0)
@@ -253,7 +253,7 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_
         rs->cursor_db++;
         rs->cursor_len = 0;
     } else if (mrc != KS_OK) {
-        return KS_EIO;
+        return mrc; /* the cursor stays where the last record done left it */
     }
     return KS_OK;
 }
@@ -268,10 +268,10 @@ static int count_new(ks_txn *x, uint32_t epoch, uint64_t *n)
     int rc;
     if ((rc = count_epoch(x, KS_TAB_TOKENS, epoch, n)) != KS_OK || (rc = count_epoch(x, KS_TAB_OBJECTS, epoch, n)) != KS_OK)
         return rc;
-    if (ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+    if ((rc = ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v)) == KS_OK &&
         ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == epoch)
         (*n)++;
-    return KS_OK;
+    return ks_read_failed(rc) ? rc : KS_OK; /* not read: not "nothing under epoch" */
 }
 
 static int pass_fn(ks_txn *x, void *arg)
@@ -323,8 +323,10 @@ static int pass_fn(ks_txn *x, void *arg)
         if (rs.cursor_db == POS_META) {
             ks_bval v;
             uint32_t e;
-            if (ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
-                ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == from_e) {
+            /* Not read is not "not under the old key": the pass stops where it is. */
+            if (ks_read_failed(rc = ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v)))
+                return rc;
+            if (rc == KS_OK && ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == from_e) {
                 uint8_t *rec = NULL;
                 size_t reclen = 0;
                 rc = reseal_value(x, &v, KS_KIND_META, 0, 0, from_e, from, to_e, to, &rec, &reclen);
@@ -335,6 +337,7 @@ static int pass_fn(ks_txn *x, void *arg)
                     return rc;
                 a->done++;
             }
+            rc = KS_OK;
             rs.cursor_db = POS_TOKENS;
             rs.cursor_len = 0;
         } else if (rs.cursor_db == POS_TOKENS) {
@@ -474,15 +477,15 @@ static int count_epoch(ks_txn *x, ks_table tab, uint32_t epoch, uint64_t *n)
     ks_bcur *c;
     ks_bval k, v;
     int mrc;
-    if (o->cur_open(x->bt, tab, &c) != KS_OK)
-        return KS_EIO;
+    if ((mrc = o->cur_open(x->bt, tab, &c)) != KS_OK)
+        return mrc;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         uint32_t e;
         if (ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == epoch)
             (*n)++;
     }
     o->cur_close(c);
-    return mrc == KS_ENOTFOUND ? KS_OK : KS_EIO;
+    return mrc == KS_ENOTFOUND ? KS_OK : mrc;
 }
 
 static int commit_fn(ks_txn *x, void *arg)
@@ -515,9 +518,11 @@ static int commit_fn(ks_txn *x, void *arg)
     if ((rc = count_epoch(x, KS_TAB_TOKENS, rs.cur, &left)) != KS_OK ||
         (rc = count_epoch(x, KS_TAB_OBJECTS, rs.cur, &left)) != KS_OK)
         return rc;
-    if (ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v) == KS_OK &&
+    if ((rc = ks_meta_get(x->bt, x->st, "idxkey", NULL, 0, &v)) == KS_OK &&
         ks_rec_header(v.p, v.n, NULL, &e) == KS_OK && e == rs.cur)
         left++;
+    else if (ks_read_failed(rc))
+        return rc; /* not read: the index key may still be under CURRENT */
     if (left || rs.state != KS_ROT_READY) {
         ks_err_set(a->err, "the rewrap is not finished: %llu record(s) are still under the current key (epoch "
                            "%u); run 'p11mk-admin rewrap' first", (unsigned long long)left, rs.cur);
@@ -579,11 +584,12 @@ int ks_epoch_of_kcv(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint32_t *epoch
     int rc = ks_read_begin(st, &x);
     if (rc != KS_OK)
         return rc;
-    if (o->cur_open(x->bt, KS_TAB_META, &c) != KS_OK) {
+    if ((rc = o->cur_open(x->bt, KS_TAB_META, &c)) != KS_OK) {
         ks_read_end(x);
-        return KS_EIO;
+        return rc;
     }
-    for (int mrc = o->cur_seek(c, KS_BSEEK_GE, "kcv", 3, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+    int mrc;
+    for (mrc = o->cur_seek(c, KS_BSEEK_GE, "kcv", 3, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != 7 || memcmp(k.p, "kcv", 3) != 0)
             break;
         if (v.n == KS_KCV_LEN && CRYPTO_memcmp(v.p, kcv, KS_KCV_LEN) == 0) {
@@ -593,6 +599,8 @@ int ks_epoch_of_kcv(ks_store *st, const uint8_t kcv[KS_KCV_LEN], uint32_t *epoch
     }
     o->cur_close(c);
     ks_read_end(x);
+    if (mrc != KS_OK && mrc != KS_ENOTFOUND)
+        return mrc; /* a later epoch with this key may be past the failed read */
     return found ? KS_OK : KS_ENOTFOUND;
 }
 
@@ -627,8 +635,9 @@ static void tally(uint32_t e, uint32_t *epochs, uint64_t *cnt, size_t n, size_t 
     }
 }
 
-/* Call fn for every token and object record, in one read transaction. */
-typedef void (*walk_fn)(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg);
+/* Call fn for every token and object record, in one read transaction; a
+ * non-zero result of fn stops the walk and is returned. */
+typedef int (*walk_fn)(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg);
 
 static int walk_records(ks_store *st, walk_fn fn, void *arg)
 {
@@ -641,13 +650,16 @@ static int walk_records(ks_store *st, walk_fn fn, void *arg)
     for (int d = 0; d < 2 && rc == KS_OK; d++) {
         ks_bcur *c;
         ks_bval k, v;
-        if (o->cur_open(x->bt, tabs[d], &c) != KS_OK) {
-            rc = KS_EIO;
+        if ((rc = o->cur_open(x->bt, tabs[d], &c)) != KS_OK)
             break;
-        }
-        for (int mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v))
-            fn(x, d == 1, &k, &v, arg);
+        int mrc;
+        for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK && rc == KS_OK;
+             mrc = o->cur_next(c, false, &k, &v))
+            rc = fn(x, d == 1, &k, &v, arg);
         o->cur_close(c);
+        /* A walk cut short by a failed read is no count and no verdict: the failure is the result. */
+        if (rc == KS_OK && mrc != KS_OK && mrc != KS_ENOTFOUND)
+            rc = mrc;
     }
     ks_read_end(x);
     return rc;
@@ -659,7 +671,7 @@ typedef struct {
     size_t n, *found;
 } count_arg;
 
-static void count_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg)
+static int count_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg)
 {
     count_arg *a = arg;
     uint32_t e;
@@ -668,6 +680,7 @@ static void count_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v
     (void)k;
     if (ks_rec_header(v->p, v->n, NULL, &e) == KS_OK)
         tally(e, a->epochs, a->cnt, a->n, a->found);
+    return KS_OK;
 }
 
 int ks_rot_count(ks_store *st, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found)
@@ -683,7 +696,7 @@ typedef struct {
     uint64_t checked, failed;
 } verify_arg;
 
-static void verify_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg)
+static int verify_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *v, void *arg)
 {
     verify_arg *a = arg;
     uint32_t e, token = k->n >= 4 ? ks_get_be32(k->p) : 0;
@@ -698,16 +711,21 @@ static void verify_one(ks_txn *x, bool object, const ks_bval *k, const ks_bval *
         err = ks_rec_open(key, x->st->ksid, object ? KS_KIND_OBJECT : KS_KIND_TOKEN, token, oid, v->p,
                           v->n, &pt, &len);
     ks_buf_free(pt, len);
+    if (err == KS_ENOMEM)
+        return err; /* the record was not checked: no verdict on it */
     a->checked++;
     if (err != KS_OK) {
         a->failed++;
         if (a->cb)
             a->cb(object ? 'O' : 'T', token, oid, err, NULL, a->arg);
-    } else if (object && ks_token_exists(x, token) != KS_OK) {
+    } else if (object && (err = ks_token_exists(x, token)) != KS_OK) {
+        if (err != KS_ENOTFOUND)
+            return err; /* not read: the token may well be there */
         a->failed++; /* an object whose token is gone */
         if (a->cb)
             a->cb('N', token, oid, KS_ENOTFOUND, NULL, a->arg);
     }
+    return KS_OK;
 }
 
 /* Every index entry must point at an object of its token. */
@@ -720,26 +738,30 @@ static int verify_index(ks_store *st, verify_arg *a)
     int rc = ks_read_begin(st, &x);
     if (rc != KS_OK)
         return rc;
-    if (o->cur_open(x->bt, KS_TAB_INDEX, &c) != KS_OK) {
+    if ((rc = o->cur_open(x->bt, KS_TAB_INDEX, &c)) != KS_OK) {
         ks_read_end(x);
-        return KS_EIO;
+        return rc;
     }
-    for (int mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
+    int mrc;
+    for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         uint8_t ok[12];
         ks_bval ov;
         if (k.n < 4 || v.n != 8)
             continue;
         memcpy(ok, k.p, 4);
         memcpy(ok + 4, v.p, 8);
-        if (o->get(x->bt, KS_TAB_OBJECTS, ok, 12, &ov) != KS_OK) {
+        if ((rc = o->get(x->bt, KS_TAB_OBJECTS, ok, 12, &ov)) == KS_ENOTFOUND) {
             a->failed++;
             if (a->cb)
                 a->cb('I', ks_get_be32(k.p), ks_get_be64(v.p), KS_ENOTFOUND, NULL, a->arg);
+        } else if (rc != KS_OK) {
+            mrc = rc; /* not read: the object may well be there */
+            break;
         }
     }
     o->cur_close(c);
     ks_read_end(x);
-    return KS_OK;
+    return mrc == KS_ENOTFOUND ? KS_OK : mrc;
 }
 
 int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed)

@@ -57,7 +57,11 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
 
     if (rc != KS_OK)
         return rc;
-    if ((rc = ks_txn_meta(x, &m)) != KS_OK) {
+    if ((rc = ks_txn_meta(x, &m)) != KS_OK && rc != KS_ECORRUPT) {
+        ks_read_end(x);
+        return rc; /* not read: no verdict on it */
+    }
+    if (rc != KS_OK) {
         REPORT('M', 0, 0, "the state record (rotation state and counters) is missing or failed authentication");
         ks_read_end(x);
         return KS_OK;
@@ -66,7 +70,10 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         ks_read_end(x);
         return KS_OK;
     }
-    if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) != KS_OK || v.n != 8 || ks_get_be64(v.p) != m->rs.gen)
+    rc = ks_meta_get(x->bt, st, "gen", NULL, 0, &v);
+    if (ks_read_failed(rc))
+        goto fail;
+    if (rc != KS_OK || v.n != 8 || ks_get_be64(v.p) != m->rs.gen)
         REPORT('M', 0, 0, "the generation counter is missing or differs from the authenticated one (%llu): "
                "processes may not notice key changes", (unsigned long long)m->rs.gen);
     if (m->rs.format != st->format)
@@ -78,14 +85,17 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         if (!e)
             continue;
         ks_be32(be, e);
-        if (ks_meta_get(x->bt, st, "kcv", be, 4, &v) != KS_OK || v.n != KS_KCV_LEN ||
+        rc = ks_meta_get(x->bt, st, "kcv", be, 4, &v);
+        if (ks_read_failed(rc))
+            goto fail;
+        if (rc != KS_OK || v.n != KS_KCV_LEN ||
             memcmp(v.p, want, KS_KCV_LEN) != 0)
             REPORT('M', 0, 0, "the check value recorded for epoch %u (%s) is missing or differs from the "
                    "authenticated one: the metadata was edited", e, which ? "staged" : "current");
     }
 
-    if (o->cur_open(x->bt, KS_TAB_TOKENS, &c) != KS_OK)
-        goto io;
+    if ((rc = o->cur_open(x->bt, KS_TAB_TOKENS, &c)) != KS_OK)
+        goto fail;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != 4) {
             REPORT('T', 0, 0, "a token record is stored under a malformed key (%zu bytes)", k.n);
@@ -105,8 +115,10 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
             max_tid = tid;
     }
     o->cur_close(c);
-    if (o->cur_open(x->bt, KS_TAB_OBJECTS, &c) != KS_OK)
-        goto io;
+    if (mrc != KS_ENOTFOUND) /* a scan cut short would report what it did not reach as missing */
+        goto scan_failed;
+    if ((rc = o->cur_open(x->bt, KS_TAB_OBJECTS, &c)) != KS_OK)
+        goto fail;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != 12) {
             REPORT('O', 0, 0, "an object record is stored under a malformed key (%zu bytes)", k.n);
@@ -129,8 +141,10 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
             max_oid = oid;
     }
     o->cur_close(c);
-    if (o->cur_open(x->bt, KS_TAB_INDEX, &c) != KS_OK)
-        goto io;
+    if (mrc != KS_ENOTFOUND)
+        goto scan_failed;
+    if ((rc = o->cur_open(x->bt, KS_TAB_INDEX, &c)) != KS_OK)
+        goto fail;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != IDX_KEY_LEN || v.n != 8) {
             REPORT('I', 0, 0, "an index entry is malformed");
@@ -145,6 +159,8 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         s->n_idx++;
     }
     o->cur_close(c);
+    if (mrc != KS_ENOTFOUND)
+        goto scan_failed;
 
     /* What is there against what the anchor vouches for. */
     for (size_t i = 0; i < nseen; i++) {
@@ -188,10 +204,12 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
     free(seen);
     ks_read_end(x);
     return KS_OK;
-io:
+scan_failed:
+    rc = mrc == KS_OK ? KS_EIO : mrc;
+fail:
     free(seen);
     ks_read_end(x);
-    return KS_EIO;
+    return rc;
 nomem:
     o->cur_close(c);
     free(seen);
