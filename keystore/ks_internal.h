@@ -138,6 +138,12 @@ struct ks_txn {
     ks_meta m;        /* the anchor, once used (sealed again before commit if changed) */
 };
 
+/* ks_open on a given backend, whose storage is the directory itself (no
+ * target): a storage wrapped for tests (a backend that fails on purpose).
+ * Internal: never exported from the module. */
+KS_API int ks_open_backend(const char *dir, const ks_backend_ops *ops, const ks_mkey *mk, unsigned flags,
+                           ks_store **out, ks_err *err);
+
 /* ---- storage, through the backend (ks_store.c) ---- */
 /* A read's result that says nothing about the data: not found (KS_ENOTFOUND)
  * nor failed authentication (KS_ECORRUPT), but a failure to read at all (an

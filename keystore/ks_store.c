@@ -610,6 +610,14 @@ int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, 
     return open_with(dir, KS_BACKEND_DEFAULT, NULL, mk, flags, out, err);
 }
 
+int ks_open_backend(const char *dir, const ks_backend_ops *ops, const ks_mkey *mk, unsigned flags, ks_store **out,
+                    ks_err *err)
+{
+    if (!ops)
+        return KS_EINVAL;
+    return open_with(dir, ops, NULL, mk, flags, out, err);
+}
+
 int ks_open_cfg(const ks_config *cfg, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err)
 {
     const ks_backend_ops *ops = cfg && cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;

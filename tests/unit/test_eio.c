@@ -1,0 +1,531 @@
+/* Unit tests: an input/output error of the storage is not damage.
+ *
+ * A backend that wraps LMDB and fails the Nth read-type call (get, count,
+ * cursor seek and next, dup_has, and the beginning and commit of
+ * transactions) with KS_EIO, counting calls across the whole operation.
+ * Each scenario is run once without a fault to count its calls, then once
+ * for every N, each time on a fresh copy of the same keystore. Every run
+ * must end in KS_EIO (nothing else: not "not found", not "damaged"), log and
+ * say nothing of damage, missing records or backups, and leave the keystore
+ * exactly as it was: it still opens, verifies clean, and holds the same
+ * entries byte for byte. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "keystore/ks.h"
+#include "keystore/ks_backend.h"
+#include "keystore/ks_internal.h"
+#include "tests/unit/ks_test_util.h"
+
+/* ---- the fault-injecting backend ------------------------------------------ */
+
+static const ks_backend_ops *const lmdb = &ks_lmdb_backend;
+static long fault_calls; /* read-type calls since armed */
+static long fault_at;    /* the call that fails (1-based); 0: none */
+static bool fault_armed, fault_fired;
+
+/* One more read-type call: true when it is the one to fail. */
+static bool fault_tick(void)
+{
+    if (!fault_armed)
+        return false;
+    if (++fault_calls == fault_at) {
+        fault_fired = true;
+        return true;
+    }
+    return false;
+}
+
+static void fault_arm(long at)
+{
+    fault_calls = 0;
+    fault_at = at;
+    fault_fired = false;
+    fault_armed = true;
+}
+
+static void fault_disarm(void) { fault_armed = false; }
+
+static int f_read_begin(ks_benv *e, ks_btxn **t)
+{
+    return fault_tick() ? KS_EIO : lmdb->read_begin(e, t);
+}
+
+static int f_write_begin(ks_benv *e, ks_btxn **t)
+{
+    return fault_tick() ? KS_EIO : lmdb->write_begin(e, t);
+}
+
+static int f_commit(ks_btxn *t)
+{
+    if (fault_tick()) {
+        lmdb->abort(t); /* commit ends the transaction whatever the result */
+        return KS_EIO;
+    }
+    return lmdb->commit(t);
+}
+
+static int f_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v)
+{
+    return fault_tick() ? KS_EIO : lmdb->get(t, tab, k, kl, v);
+}
+
+static int f_count(ks_btxn *t, ks_table tab, uint64_t *n)
+{
+    if (fault_tick()) {
+        *n = 0; /* what a careless caller would take for the count */
+        return KS_EIO;
+    }
+    return lmdb->count(t, tab, n);
+}
+
+static int f_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    return fault_tick() ? KS_EIO : lmdb->dup_has(t, tab, k, kl, v, vl);
+}
+
+static int f_cur_seek(ks_bcur *c, int how, const void *k, size_t kl, ks_bval *key, ks_bval *val)
+{
+    return fault_tick() ? KS_EIO : lmdb->cur_seek(c, how, k, kl, key, val);
+}
+
+static int f_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
+{
+    return fault_tick() ? KS_EIO : lmdb->cur_next(c, same_key, key, val);
+}
+
+static ks_backend_ops faulty;
+
+static void faulty_init(void)
+{
+    faulty = ks_lmdb_backend;
+    faulty.name = "faulty";
+    faulty.read_begin = f_read_begin;
+    faulty.write_begin = f_write_begin;
+    faulty.commit = f_commit;
+    faulty.get = f_get;
+    faulty.count = f_count;
+    faulty.dup_has = f_dup_has;
+    faulty.cur_seek = f_cur_seek;
+    faulty.cur_next = f_cur_next;
+}
+
+/* ---- the keystore every run starts from ------------------------------------ */
+
+static char base[256];    /* holds the pristine keystore and the log */
+static char logpath[300];
+static uint8_t *pristine; /* its data.mdb */
+static size_t pristine_len;
+static uint8_t pristine_fp[32]; /* digest of every entry of every table */
+static uint32_t tid1, tid2;
+static uint64_t oids[3];
+static const char *const labels[3] = {"alpha", "beta", "gamma"};
+static ks_mkey mk;
+
+/* A digest of every entry of every table, read past the fault. */
+static void fingerprint(ks_store *st, uint8_t out[32])
+{
+    ks_btxn *t;
+    ks_bcur *c;
+    ks_bval k, v;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned n = 0;
+    assert_non_null(md);
+    assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+    assert_int_equal(lmdb->read_begin(st->be, &t), KS_OK);
+    for (int tab = 0; tab < KS_TAB_N; tab++) {
+        assert_int_equal(lmdb->cur_open(t, (ks_table)tab, &c), KS_OK);
+        int rc;
+        for (rc = lmdb->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); rc == KS_OK; rc = lmdb->cur_next(c, false, &k, &v)) {
+            uint64_t l[3] = {(uint64_t)tab, k.n, v.n};
+            EVP_DigestUpdate(md, l, sizeof(l));
+            EVP_DigestUpdate(md, k.p, k.n);
+            EVP_DigestUpdate(md, v.p, v.n);
+        }
+        assert_int_equal(rc, KS_ENOTFOUND);
+        lmdb->cur_close(c);
+    }
+    lmdb->read_end(t);
+    assert_int_equal(EVP_DigestFinal_ex(md, out, &n), 1);
+    EVP_MD_CTX_free(md);
+}
+
+static void read_file(const char *path, uint8_t **buf, size_t *len)
+{
+    struct stat sb;
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &sb), 0);
+    *len = (size_t)sb.st_size;
+    *buf = malloc(*len ? *len : 1);
+    assert_non_null(*buf);
+    assert_int_equal(read(fd, *buf, *len), (ssize_t)*len);
+    close(fd);
+}
+
+/* A fresh copy of the pristine keystore, in a directory of its own. */
+static void fresh_copy(char dir[300])
+{
+    char p[400];
+    snprintf(dir, 300, "%s/run-XXXXXX", base);
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(chmod(dir, 0700), 0);
+    snprintf(p, sizeof(p), "%s/data.mdb", dir);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, pristine, pristine_len), (ssize_t)pristine_len);
+    close(fd);
+}
+
+static int token_fn(ks_txn *x, void *arg)
+{
+    (void)arg;
+    int rc = ks_token_new_id(x, &tid2);
+    return rc == KS_OK ? ks_token_put(x, tid2, (const uint8_t *)"second token", 12) : rc;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    char dir[300], p[400];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st;
+
+    faulty_init();
+    snprintf(base, sizeof(base), "/tmp/p11mk-eio-XXXXXX");
+    assert_non_null(mkdtemp(base));
+    snprintf(logpath, sizeof(logpath), "%s/log", base);
+    ks_log_setup(logpath, KS_LOG_INFO, "test_eio");
+    ks_mkey_default(&mk);
+    snprintf(dir, sizeof(dir), "%s/pristine", base);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(ks_open(dir, &mk, KS_OPEN_CREATE, &st, &err), KS_OK);
+    for (int i = 0; i < 3; i++) {
+        put_arg a = {.tid = tid1, .data = labels[i]};
+        assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+        tid1 = a.tid;
+        oids[i] = a.oid;
+    }
+    assert_int_equal(ks_write(st, token_fn, NULL), KS_OK);
+    fingerprint(st, pristine_fp);
+    ks_close(st);
+    snprintf(p, sizeof(p), "%s/data.mdb", dir);
+    read_file(p, &pristine, &pristine_len);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    free(pristine);
+    rm_rf(base);
+    return 0;
+}
+
+/* ---- checks ---------------------------------------------------------------- */
+
+/* Words that say damage, absence or a restore: none belongs to an I/O error. */
+static const char *const damage_words[] = {"damaged", "restore", "missing", "do not match", "does not match",
+                                           "failed authentication", "altered", "vouches for", "holds no p11mk",
+                                           "put back", "edited", "verify'", NULL};
+
+static const char *damage_in(const char *s)
+{
+    for (int i = 0; damage_words[i]; i++)
+        if (strstr(s, damage_words[i]))
+            return damage_words[i];
+    return NULL;
+}
+
+static void log_clear(void)
+{
+    int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+}
+
+/* The log since log_clear, checked for damage reports. */
+static void log_check(const char *scenario, long n)
+{
+    uint8_t *buf;
+    size_t len;
+    read_file(logpath, &buf, &len);
+    char *s = realloc(buf, len + 1);
+    assert_non_null(s);
+    s[len] = 0;
+    const char *w = damage_in(s);
+    if (w)
+        fail_msg("%s, call %ld failing: the log reports damage (\"%s\") for an I/O error:\n%s", scenario, n, w, s);
+    free(s);
+}
+
+static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
+{
+    (void)arg;
+    print_error("verify: %c token %u object %llu: %s %s\n", kind, token, (unsigned long long)oid, ks_strerror(err),
+                what ? what : "");
+}
+
+/* The keystore as it was: same entries, clean verify, objects open. */
+static void check_unchanged(ks_store *st, const char *scenario, long n)
+{
+    uint8_t fp[32];
+    uint64_t checked = 0, failed = 0;
+    fingerprint(st, fp);
+    if (memcmp(fp, pristine_fp, sizeof(fp)) != 0)
+        fail_msg("%s, call %ld failing: the keystore was changed by a failed operation", scenario, n);
+    assert_int_equal(ks_verify(st, verify_cb, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(read_obj(st, tid1, oids[i]), KS_OK);
+}
+
+/* ---- scenarios --------------------------------------------------------------- */
+
+typedef int (*scenario_fn)(ks_store *st);
+
+static int sc_read_obj(ks_store *st) { return read_obj(st, tid1, oids[1]); }
+
+static int lookup_cb(uint64_t oid, void *arg)
+{
+    *(uint64_t *)arg = oid;
+    return 0;
+}
+
+static int sc_find(ks_store *st)
+{
+    ks_txn *x;
+    uint64_t found = 0;
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_idx_lookup(x, tid1, 3, "beta", 4, lookup_cb, &found);
+    if (rc == KS_OK)
+        rc = ks_idx_contains(x, tid1, 3, "gamma", 5, oids[2]);
+    ks_read_end(x);
+    if (rc == KS_OK)
+        assert_int_equal(found, oids[1]);
+    return rc;
+}
+
+static int sc_foreach(ks_store *st)
+{
+    ks_txn *x;
+    uint64_t n = 0;
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_obj_foreach(x, tid1, lookup_cb, &n);
+    if (rc == KS_OK)
+        rc = ks_token_count_objects(x, tid1, &n);
+    if (rc == KS_OK)
+        assert_int_equal(n, 3);
+    ks_read_end(x);
+    return rc;
+}
+
+static int sc_token_get(ks_store *st)
+{
+    ks_txn *x;
+    uint8_t *b = NULL;
+    size_t l = 0;
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_token_get(x, tid1, &b, &l);
+    ks_buf_free(b, l);
+    if (rc == KS_OK)
+        rc = ks_token_exists(x, tid2);
+    ks_read_end(x);
+    return rc;
+}
+
+static int sc_token_list(ks_store *st)
+{
+    ks_txn *x;
+    uint32_t *ids = NULL, next = 0;
+    size_t n = 0;
+    int rc = ks_read_begin(st, &x);
+    if (rc != KS_OK)
+        return rc;
+    rc = ks_token_list(x, &ids, &n);
+    if (rc == KS_OK)
+        rc = ks_token_new_id(x, &next);
+    if (rc == KS_OK)
+        assert_int_equal(n, 2);
+    free(ids);
+    ks_read_end(x);
+    return rc;
+}
+
+static int sc_info(ks_store *st)
+{
+    ks_info info;
+    int rc = ks_get_info(st, &info);
+    if (rc == KS_OK) {
+        assert_int_equal(info.n_tokens, 2);
+        assert_int_equal(info.n_objects, 3);
+    }
+    return rc;
+}
+
+static int sc_verify(ks_store *st)
+{
+    uint64_t checked = 0, failed = 0;
+    int rc = ks_verify(st, verify_cb, NULL, &checked, &failed);
+    assert_int_equal(failed, 0); /* a read that failed is not a record that failed */
+    return rc;
+}
+
+static int token_put_fn(ks_txn *x, void *arg)
+{
+    (void)arg;
+    return ks_token_put(x, tid1, (const uint8_t *)"token v2", 8);
+}
+
+static int sc_token_put(ks_store *st) { return ks_write(st, token_put_fn, NULL); }
+
+static int sc_token_new(ks_store *st)
+{
+    put_arg a = {0};
+    return ks_write(st, put_fn, &a);
+}
+
+static int sc_obj_create(ks_store *st)
+{
+    put_arg a = {.tid = tid1, .data = "delta"};
+    return ks_write(st, put_fn, &a);
+}
+
+static int sc_obj_update(ks_store *st)
+{
+    put_arg a = {.tid = tid1, .oid = oids[0], .data = "alpha2", .update = true};
+    return ks_write(st, put_fn, &a);
+}
+
+static int del_fn(ks_txn *x, void *arg)
+{
+    (void)arg;
+    int rc = ks_obj_del(x, tid1, oids[1]);
+    return rc == KS_OK ? ks_idx_del(x, tid1, 3, "beta", 4, oids[1]) : rc;
+}
+
+static int sc_obj_delete(ks_store *st) { return ks_write(st, del_fn, NULL); }
+
+static int token_del_fn(ks_txn *x, void *arg)
+{
+    (void)arg;
+    return ks_token_del(x, tid2);
+}
+
+static int sc_token_del(ks_store *st) { return ks_write(st, token_del_fn, NULL); }
+
+/* Run fn on a fresh copy opened through the faulty backend, with call n
+ * failing (0: none); open: the open itself is part of the run. Returns the
+ * number of calls made. */
+static long run_once(const char *name, scenario_fn fn, bool open_too, bool writes, long n)
+{
+    char dir[300];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st = NULL;
+    int rc;
+
+    fresh_copy(dir);
+    log_clear();
+    if (open_too) {
+        fault_arm(n);
+        rc = ks_open_backend(dir, &faulty, &mk, 0, &st, &err);
+        fault_disarm();
+        if (n == 0)
+            assert_int_equal(rc, KS_OK);
+    } else {
+        assert_int_equal(ks_open_backend(dir, &faulty, &mk, 0, &st, &err), KS_OK);
+        fault_arm(n);
+        rc = fn(st);
+        fault_disarm();
+    }
+    long calls = fault_calls;
+    if (n == 0) {
+        if (rc != KS_OK)
+            fail_msg("%s without a fault: %s", name, ks_strerror(rc));
+    } else {
+        if (!fault_fired)
+            fail_msg("%s: call %ld was never made (%ld calls): the scenario is not repeatable", name, n, calls);
+        if (rc != KS_EIO)
+            fail_msg("%s, call %ld failing: %s (%d), not the input/output error%s%s", name, n, ks_strerror(rc), rc,
+                     err.msg[0] ? ": " : "", err.msg);
+        const char *w = damage_in(err.msg);
+        if (w)
+            fail_msg("%s, call %ld failing: the error reports damage (\"%s\"): %s", name, n, w, err.msg);
+    }
+    log_check(name, n);
+    if (!st) {
+        /* The open failed: the keystore must open as before. */
+        assert_int_equal(ks_open_backend(dir, &faulty, &mk, 0, &st, &err), KS_OK);
+    }
+    if (n != 0 || !writes)
+        check_unchanged(st, name, n);
+    log_check(name, n);
+    ks_close(st);
+    rm_rf(dir);
+    return calls;
+}
+
+static void run_scenario(const char *name, scenario_fn fn, bool open_too, bool writes)
+{
+    long count = run_once(name, fn, open_too, writes, 0);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++)
+        run_once(name, fn, open_too, writes, n);
+    print_message("%s: %ld fault points\n", name, count);
+}
+
+static void test_open(void **state)
+{
+    (void)state;
+    run_scenario("open", NULL, true, false);
+}
+
+#define SCENARIO(fn, writes)                                                                                          \
+    static void test_##fn(void **state)                                                                              \
+    {                                                                                                                 \
+        (void)state;                                                                                                  \
+        run_scenario(#fn, sc_##fn, false, writes);                                                                    \
+    }
+SCENARIO(read_obj, false)
+SCENARIO(find, false)
+SCENARIO(foreach, false)
+SCENARIO(token_get, false)
+SCENARIO(token_list, false)
+SCENARIO(info, false)
+SCENARIO(verify, false)
+SCENARIO(token_put, true)
+SCENARIO(token_new, true)
+SCENARIO(obj_create, true)
+SCENARIO(obj_update, true)
+SCENARIO(obj_delete, true)
+SCENARIO(token_del, true)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open),        cmocka_unit_test(test_read_obj),   cmocka_unit_test(test_find),
+        cmocka_unit_test(test_foreach),     cmocka_unit_test(test_token_get),  cmocka_unit_test(test_token_list),
+        cmocka_unit_test(test_info),        cmocka_unit_test(test_verify),     cmocka_unit_test(test_token_put),
+        cmocka_unit_test(test_token_new),   cmocka_unit_test(test_obj_create), cmocka_unit_test(test_obj_update),
+        cmocka_unit_test(test_obj_delete),  cmocka_unit_test(test_token_del),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
