@@ -258,12 +258,19 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
     ks_bval k, v;
     int mrc;
 
-    if (ks_meta_get(x->bt, st, "next_oid", NULL, 0, &v) == KS_OK && v.n == 8)
+    /* What an upgrade writes comes from these reads: a read that failed is
+     * the result (a counter read as 0 or a scan cut short would be sealed
+     * into the anchor as the truth). */
+    if ((mrc = ks_meta_get(x->bt, st, "next_oid", NULL, 0, &v)) == KS_OK && v.n == 8)
         m->rs.next_oid = ks_get_be64(v.p);
-    if (ks_meta_get(x->bt, st, "toknext", NULL, 0, &v) == KS_OK && v.n == 4)
+    else if (ks_read_failed(mrc))
+        return mrc;
+    if ((mrc = ks_meta_get(x->bt, st, "toknext", NULL, 0, &v)) == KS_OK && v.n == 4)
         m->rs.toknext = ks_get_be32(v.p);
-    if (o->cur_open(x->bt, KS_TAB_TOKENS, &c) != KS_OK)
-        return KS_EIO;
+    else if (ks_read_failed(mrc))
+        return mrc;
+    if ((mrc = o->cur_open(x->bt, KS_TAB_TOKENS, &c)) != KS_OK)
+        return mrc;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != 4)
             continue;
@@ -279,9 +286,11 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
             m->rs.toknext = t->tid + 1;
     }
     o->cur_close(c);
+    if (mrc != KS_ENOTFOUND)
+        return mrc;
     /* Incarnations of tokens that exist or were deleted. */
-    if (o->cur_open(x->bt, KS_TAB_META, &c) != KS_OK)
-        return KS_EIO;
+    if ((mrc = o->cur_open(x->bt, KS_TAB_META, &c)) != KS_OK)
+        return mrc;
     for (mrc = o->cur_seek(c, KS_BSEEK_GE, "tokinc", 6, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != 10 || memcmp(k.p, "tokinc", 6) != 0)
             break;
@@ -290,10 +299,12 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
             t->inc = ks_get_be64(v.p);
     }
     o->cur_close(c);
+    if (mrc != KS_OK && mrc != KS_ENOTFOUND) /* KS_OK: stopped past the tokinc records */
+        return mrc;
     if (!count)
         return KS_OK;
-    if (o->cur_open(x->bt, KS_TAB_OBJECTS, &c) != KS_OK)
-        return KS_EIO;
+    if ((mrc = o->cur_open(x->bt, KS_TAB_OBJECTS, &c)) != KS_OK)
+        return mrc;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != 12)
             continue;
@@ -310,8 +321,10 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
             m->rs.next_oid = oid + 1;
     }
     o->cur_close(c);
-    if (o->cur_open(x->bt, KS_TAB_INDEX, &c) != KS_OK)
-        return KS_EIO;
+    if (mrc != KS_ENOTFOUND)
+        return mrc;
+    if ((mrc = o->cur_open(x->bt, KS_TAB_INDEX, &c)) != KS_OK)
+        return mrc;
     for (mrc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v); mrc == KS_OK; mrc = o->cur_next(c, false, &k, &v)) {
         if (k.n != IDX_KEY_LEN || v.n != 8)
             continue;
@@ -324,6 +337,8 @@ static int legacy_fill(ks_txn *x, ks_meta *m, bool count)
         t->n_idx++;
     }
     o->cur_close(c);
+    if (mrc != KS_ENOTFOUND)
+        return mrc;
     if (!m->rs.next_oid)
         m->rs.next_oid = 1;
     if (!m->rs.toknext)
@@ -413,8 +428,9 @@ int ks_txn_meta(ks_txn *x, ks_meta **out)
             m->rs.legacy = false;
             m->rs.format = KS_FORMAT_VERSION;
             uint64_t gen = 0;
-            if (ks_meta_get(x->bt, st, "gen", NULL, 0, &v) == KS_OK && v.n == 8)
+            if ((rc = ks_meta_get(x->bt, st, "gen", NULL, 0, &v)) == KS_OK && v.n == 8)
                 gen = ks_get_be64(v.p);
+            rc = ks_read_failed(rc) ? rc : KS_OK; /* not generation 0 sealed as the truth */
             m->rs.gen = gen;
             memcpy(m->rs.cur_kcv, x->ring->cur_kcv, KS_KCV_LEN);
             if (m->rs.nxt)

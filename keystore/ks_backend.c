@@ -122,10 +122,12 @@ int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoc
     int rc = o->read_begin(e, &t);
     if (rc != KS_OK)
         return rc;
-    if (o->get(t, KS_TAB_META, "epoch", 5, &v) == KS_OK && v.n == 4)
+    /* Missing: 0, as documented; not read: the failure (a 0 taken for the
+     * live generation would let a restored copy look older than it). */
+    if ((rc = o->get(t, KS_TAB_META, "epoch", 5, &v)) == KS_OK && v.n == 4)
         *epoch = ks_get_be32(v.p);
-    if (o->get(t, KS_TAB_META, "gen", 3, &v) == KS_OK && v.n == 8)
+    if ((rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "gen", 3, &v)) == KS_OK && v.n == 8)
         *gen = ks_get_be64(v.p);
     o->read_end(t);
-    return KS_OK;
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
 }

@@ -399,8 +399,13 @@ int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv
     snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
     if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
         return rc;
-    if (tables)
-        (void)ks_backend_peek_counters(ops, be, &live_epoch, &live_gen);
+    /* The storage is live (other hosts use it): a copy whose generation is
+     * not past theirs would look older to them, so counters that cannot be
+     * read stop the restore (missing ones are 0, as in an empty storage). */
+    if (tables && (rc = ks_backend_peek_counters(ops, be, &live_epoch, &live_gen)) != KS_OK) {
+        ks_read_error(err, dir, "the epoch and generation of the keystore in place", rc);
+        goto out;
+    }
     if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
         goto out;
     /* One write transaction: every reader sees the old keystore or the new. */

@@ -292,12 +292,17 @@ static int load_regs(ks_mk *m, ks_registers *r, ks_err *err)
     return ks_reg_load(m->keyfile, m->keymode, r, err);
 }
 
-static uint32_t epoch_of(ks_store *st, const uint8_t *key)
+/* The epoch the keystore used this key in (*e 0: none); a failed read is
+ * the result, never "none" written into the key file's history. */
+static int epoch_of(ks_store *st, const uint8_t *key, uint32_t *e)
 {
     uint8_t kcv[KS_KCV_LEN];
-    uint32_t e = 0;
     ks_key_kcv(key, kcv);
-    return ks_epoch_of_kcv(st, kcv, &e) == KS_OK ? e : 0;
+    *e = 0;
+    int rc = ks_epoch_of_kcv(st, kcv, e);
+    if (rc == KS_ENOTFOUND)
+        *e = 0;
+    return rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
 /* Bring the registers in line with the keystore, moving keys only. Returns
@@ -346,7 +351,9 @@ static int repair(ks_store *st, const ks_info *info, ks_registers *r, ks_err *er
         }
         memcpy(r->current.key, key, KS_MK_LEN);
         r->current.is_default = false;
-        if ((rc = ks_reg_insert_old(r, 0, was.key, epoch_of(st, was.key), now, false)) != KS_OK) {
+        uint32_t e;
+        if ((rc = epoch_of(st, was.key, &e)) != KS_OK ||
+            (rc = ks_reg_insert_old(r, 0, was.key, e, now, false)) != KS_OK) {
             ks_mkey_clear(&was);
             OPENSSL_cleanse(key, sizeof(key));
             return rc;
@@ -375,7 +382,9 @@ static int repair(ks_store *st, const ks_info *info, ks_registers *r, ks_err *er
     } else if (r->has_new) {
         /* Idle, yet the key file holds NEW: a stage that never reached the
          * keystore, or an abort whose key file update was lost. */
-        if ((rc = ks_reg_insert_old(r, 0, r->staged.key, epoch_of(st, r->staged.key), now, true)) != KS_OK)
+        uint32_t e;
+        if ((rc = epoch_of(st, r->staged.key, &e)) != KS_OK ||
+            (rc = ks_reg_insert_old(r, 0, r->staged.key, e, now, true)) != KS_OK)
             goto out;
         r->has_new = false;
         ks_mkey_clear(&r->staged);
