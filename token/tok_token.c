@@ -77,8 +77,13 @@ CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
         open_failed("cannot open keystore", rc, &err);
         goto fail;
     }
-    if (ks_get_info(ctx->st, &info) == KS_OK)
-        memcpy(ctx->ksid, info.keystore_id, sizeof(ctx->ksid));
+    /* The keystore's id names its tokens (serial numbers): an open that
+     * cannot read it fails, rather than serve tokens under a zero id. */
+    if ((rc = ks_get_info(ctx->st, &info)) != KS_OK) {
+        open_failed("cannot read the opened keystore", rc, &err);
+        goto fail;
+    }
+    memcpy(ctx->ksid, info.keystore_id, sizeof(ctx->ksid));
     if (!(ctx->opstate_key = ks_secmem_alloc(TOK_OPSTATE_KEY_LEN)) ||
         tok_random(ctx->opstate_key, TOK_OPSTATE_KEY_LEN) != CKR_OK) {
         tok_ctx_close(ctx);
@@ -134,10 +139,17 @@ CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
     rc = ks_token_get(txn, (uint32_t)slot, &blob, &len);
     if (rc == KS_ENOTFOUND)
         return CKR_SLOT_ID_INVALID;
-    if (rc != KS_OK) {
-        ks_log(KS_LOG_ERROR, "token %lu: record cannot be read (%s); restore the keystore from a backup",
+    if (rc == KS_ECORRUPT) {
+        ks_log(KS_LOG_ERROR, "token %lu: record cannot be read (%s); check the keystore with 'p11mk-admin verify'",
                (unsigned long)slot, ks_strerror(rc));
         return CKR_DEVICE_ERROR;
+    }
+    if (rc != KS_OK) {
+        /* Not damage: the storage did not answer (a disk error, a lost
+         * database connection); nothing is wrong with the record. */
+        ks_log(KS_LOG_ERROR, "token %lu: cannot read its record (%s); try again, and check the keystore's storage",
+               (unsigned long)slot, ks_strerror(rc));
+        return ks_to_ckr(rc);
     }
     rc = tok_attrs_parse(blob, len, rec);
     ks_buf_free(blob, len);
@@ -218,11 +230,16 @@ CK_RV tok_token_rows(tok_ctx *ctx, tok_token_row **rows, size_t *n)
     }
     rc = ks_read_begin(ctx->st, &txn);
     for (size_t i = 0; rc == KS_OK && i < nt; i++) {
-        if (tok_token_info(ctx, tids[i], &out[k].info) != CKR_OK)
+        if ((rv = tok_token_info(ctx, tids[i], &out[k].info)) == CKR_SLOT_ID_INVALID)
             continue; /* deleted since the list was read */
+        if (rv != CKR_OK) {
+            free(tids);
+            free(out);
+            return rv;
+        }
         out[k].slot = tids[i];
-        if (ks_token_count_objects(txn, tids[i], &out[k].objects) != KS_OK)
-            out[k].objects = 0;
+        if ((rc = ks_token_count_objects(txn, tids[i], &out[k].objects)) != KS_OK)
+            break; /* a count not read is not 0 objects */
         k++;
     }
     free(tids);
@@ -379,8 +396,10 @@ static int token_del_fn(ks_txn *txn, void *arg)
         /* Still the token the caller was shown (not re-initialized since)? */
         if ((rc = ks_token_incarnation(txn, d->id, &inc)) != KS_OK)
             return rc;
-        if (inc != *d->expect_inc || ks_token_exists(txn, d->id) != KS_OK)
+        if (inc != *d->expect_inc)
             return KS_ECHANGED;
+        if ((rc = ks_token_exists(txn, d->id)) != KS_OK)
+            return rc == KS_ENOTFOUND ? KS_ECHANGED : rc; /* not read: not "changed" either */
     }
     return ks_token_del(txn, d->id);
 }
@@ -1042,25 +1061,48 @@ long long tok_verify_index(tok_ctx *ctx, tok_idx_cb cb, void *arg, unsigned long
             checked = -1;
             break;
         }
-        ks_obj_foreach(txn, (uint32_t)slots[si], tok_oid_push, &objs);
-        for (size_t i = 0; i < objs.n; i++) {
+        /* A list or a lookup that could not be read is no verdict: the
+         * check fails (-1) rather than report entries as missing. */
+        if (ks_obj_foreach(txn, (uint32_t)slots[si], tok_oid_push, &objs) != KS_OK) {
+            ks_read_end(txn);
+            free(objs.v);
+            checked = -1;
+            break;
+        }
+        int irc = KS_OK;
+        for (size_t i = 0; i < objs.n && irc == KS_OK; i++) {
             AUTO_ATTRS obj = TOK_ATTRS_INIT;
-            if (obj_read_txn(ctx, NULL, txn, slots[si], objs.v[i], &obj, READ_META, NULL) != CKR_OK)
+            bool storage_failed = false;
+            if (obj_read_txn2(ctx, NULL, txn, slots[si], objs.v[i], &obj, READ_META, NULL, &storage_failed) !=
+                CKR_OK) {
+                if (storage_failed) {
+                    irc = KS_EIO; /* not read: the check has no answer */
+                    break;
+                }
                 continue; /* unreadable records are reported by the record check */
+            }
             checked++;
             for (size_t k = 0; k < sizeof(indexed) / sizeof(indexed[0]); k++) {
                 const tok_attr *a = tok_attrs_find(&obj, indexed[k]);
                 if (!a)
                     continue;
-                if (ks_idx_contains(txn, (uint32_t)slots[si], (uint32_t)a->type, a->val, a->len, objs.v[i]) != KS_OK) {
+                irc = ks_idx_contains(txn, (uint32_t)slots[si], (uint32_t)a->type, a->val, a->len, objs.v[i]);
+                if (irc == KS_ENOTFOUND) {
+                    irc = KS_OK;
                     (*missing)++;
                     if (cb)
                         cb(slots[si], objs.v[i], a->type, arg);
+                } else if (irc != KS_OK) {
+                    break;
                 }
             }
         }
         ks_read_end(txn);
         free(objs.v);
+        if (irc != KS_OK) {
+            checked = -1;
+            break;
+        }
     }
     free(slots);
     return checked;
