@@ -144,6 +144,12 @@ struct ks_txn {
 KS_API int ks_open_backend(const char *dir, const ks_backend_ops *ops, const ks_mkey *mk, unsigned flags,
                            ks_store **out, ks_err *err);
 
+/* Make one more backend known by its name (p11mk.conf's backend =), beside
+ * those built in, which it may not replace (KS_EEXIST); a later call
+ * replaces the earlier one (ks_backend.c). For programs linked with the
+ * keystore (the tests' failing backend); not exported from the module. */
+KS_API int ks_backend_register(const ks_backend_ops *ops);
+
 /* ---- storage, through the backend (ks_store.c) ---- */
 /* A read's result that says nothing about the data: not found (KS_ENOTFOUND)
  * nor failed authentication (KS_ECORRUPT), but a failure to read at all (an

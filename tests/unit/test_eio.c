@@ -28,6 +28,9 @@
 #include "keystore/ks_backend.h"
 #include "keystore/ks_internal.h"
 #include "tests/unit/ks_test_util.h"
+#include "token/tok_admin.h"
+#include "token/tok_policy.h"
+#include "token/tok_token.h"
 
 /* ---- the fault-injecting backend ------------------------------------------ */
 
@@ -518,6 +521,245 @@ SCENARIO(obj_update, true)
 SCENARIO(obj_delete, true)
 SCENARIO(token_del, true)
 
+/* ---- the token layer, on a keystore configured with the faulty backend ---- */
+
+static char tok_base[300];
+static uint8_t *tok_pristine;
+static size_t tok_pristine_len;
+static uint8_t tok_pristine_fp[32];
+static uint64_t tok_oids[2];
+
+/* dir/p11mk.conf names dir/ks on the faulty backend and the shared log. */
+static void tok_conf(const char *dir)
+{
+    char conf[400];
+    snprintf(conf, sizeof(conf), "%s/p11mk.conf", dir);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f, "keystore = %s/ks\nbackend = faulty\nlog = %s\nlog_level = info\n", dir, logpath);
+    fclose(f);
+    assert_int_equal(setenv("P11MK_CONF", conf, 1), 0);
+}
+
+static const tok_access pub_rw = {.slot = 1, .rw = true, .who = CKU_USER};
+
+static CK_RV store_public(tok_ctx *ctx, const char *label, uint64_t *oid)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_TOKEN, &yes, 1},
+                        {CKA_PRIVATE, &no, 1},
+                        {CKA_LABEL, (void *)label, strlen(label)}};
+    tok_attrs obj = TOK_ATTRS_INIT;
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 4, &obj),
+                     CKR_OK);
+    CK_RV rv = tok_obj_store(ctx, &pub_rw, &obj, oid);
+    tok_attrs_free(&obj);
+    return rv;
+}
+
+static int tok_group_setup(void **state)
+{
+    (void)state;
+    tok_ctx *ctx;
+    char p[400];
+    CK_UTF8CHAR label[32];
+
+    assert_int_equal(ks_backend_register(&faulty), KS_OK);
+    snprintf(tok_base, sizeof(tok_base), "%s/tpristine", base);
+    assert_int_equal(mkdir(tok_base, 0700), 0);
+    tok_conf(tok_base);
+    assert_int_equal(tok_ctx_open(TOK_CTX_CREATE, &ctx), CKR_OK);
+    memset(label, ' ', sizeof(label));
+    memcpy(label, "eio", 3);
+    assert_int_equal(tok_token_init(ctx, 1, (const uint8_t *)"12345678", 8, label), CKR_OK);
+    assert_int_equal(store_public(ctx, "one", &tok_oids[0]), CKR_OK);
+    assert_int_equal(store_public(ctx, "two", &tok_oids[1]), CKR_OK);
+    fingerprint(tok_ctx_store(ctx), tok_pristine_fp);
+    tok_ctx_close(ctx);
+    snprintf(p, sizeof(p), "%s/ks/data.mdb", tok_base);
+    read_file(p, &tok_pristine, &tok_pristine_len);
+    return 0;
+}
+
+static void tok_fresh_copy(char dir[300])
+{
+    char p[400];
+    snprintf(dir, 300, "%s/trun-XXXXXX", base);
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(chmod(dir, 0700), 0);
+    snprintf(p, sizeof(p), "%s/ks", dir);
+    assert_int_equal(mkdir(p, 0700), 0);
+    snprintf(p, sizeof(p), "%s/ks/data.mdb", dir);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, tok_pristine, tok_pristine_len), (ssize_t)tok_pristine_len);
+    close(fd);
+    tok_conf(dir);
+}
+
+typedef CK_RV (*tok_scenario_fn)(tok_ctx *ctx);
+
+static CK_RV tsc_info(tok_ctx *ctx)
+{
+    CK_TOKEN_INFO info;
+    return tok_token_info(ctx, 1, &info);
+}
+
+static CK_RV tsc_slots(tok_ctx *ctx)
+{
+    CK_SLOT_ID *ids = NULL;
+    CK_ULONG n = 0;
+    CK_RV rv = tok_slot_list(ctx, &ids, &n);
+    if (rv == CKR_OK)
+        assert_int_equal(n, 2); /* token 1 and the free slot */
+    free(ids);
+    return rv;
+}
+
+static CK_RV tsc_rows(tok_ctx *ctx)
+{
+    tok_token_row *rows = NULL;
+    size_t n = 0;
+    CK_RV rv = tok_token_rows(ctx, &rows, &n);
+    if (rv == CKR_OK) {
+        assert_int_equal(n, 1);
+        assert_int_equal(rows[0].objects, 2);
+    }
+    free(rows);
+    return rv;
+}
+
+static CK_RV tsc_read(tok_ctx *ctx)
+{
+    tok_attrs a = TOK_ATTRS_INIT;
+    CK_RV rv = tok_obj_read(ctx, &pub_rw, tok_oids[1], &a);
+    tok_attrs_free(&a);
+    return rv;
+}
+
+static CK_RV tsc_find(tok_ctx *ctx)
+{
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, (void *)"one", 3}};
+    uint64_t *found = NULL;
+    size_t n = 0;
+    CK_RV rv = tok_obj_candidates(ctx, 1, t, 1, &found, &n);
+    if (rv == CKR_OK) {
+        assert_int_equal(n, 1);
+        assert_int_equal(found[0], tok_oids[0]);
+    }
+    free(found);
+    return rv;
+}
+
+static CK_RV tsc_create(tok_ctx *ctx)
+{
+    uint64_t oid = 0;
+    return store_public(ctx, "three", &oid);
+}
+
+static CK_RV tsc_destroy(tok_ctx *ctx) { return tok_obj_destroy(ctx, &pub_rw, tok_oids[0]); }
+
+static CK_RV tsc_verify_index(tok_ctx *ctx)
+{
+    unsigned long long missing = 0;
+    long long checked = tok_verify_index(ctx, NULL, NULL, &missing);
+    assert_int_equal(missing, 0); /* an entry not read is not a missing entry */
+    return checked < 0 ? CKR_DEVICE_ERROR : CKR_OK;
+}
+
+static long tok_run_once(const char *name, tok_scenario_fn fn, bool writes, long n)
+{
+    char dir[300];
+    tok_ctx *ctx = NULL;
+    CK_RV rv;
+
+    tok_fresh_copy(dir);
+    log_clear();
+    if (!fn) {
+        fault_arm(n);
+        rv = tok_ctx_open(0, &ctx);
+        fault_disarm();
+        if (rv != CKR_OK) {
+            ctx = NULL;
+            const tok_open_error *e = tok_ctx_error();
+            if (n && e->rc != KS_EIO)
+                fail_msg("%s, call %ld failing: the open failed with %s, not the input/output error: %s", name, n,
+                         ks_strerror(e->rc), e->err.msg);
+            const char *w = damage_in(e->err.msg);
+            if (w)
+                fail_msg("%s, call %ld failing: the error reports damage (\"%s\"): %s", name, n, w, e->err.msg);
+        }
+    } else {
+        assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+        fault_arm(n);
+        rv = fn(ctx);
+        fault_disarm();
+    }
+    long calls = fault_calls;
+    if (n == 0) {
+        if (rv != CKR_OK)
+            fail_msg("%s without a fault: CK_RV 0x%lx", name, (unsigned long)rv);
+    } else {
+        if (!fault_fired)
+            fail_msg("%s: call %ld was never made (%ld calls): the scenario is not repeatable", name, n, calls);
+        if (fn && rv != CKR_DEVICE_ERROR)
+            fail_msg("%s, call %ld failing: CK_RV 0x%lx, not CKR_DEVICE_ERROR", name, n, (unsigned long)rv);
+        if (!fn && rv == CKR_OK)
+            fail_msg("%s, call %ld failing: the open succeeded", name, n);
+    }
+    log_check(name, n);
+    if (!ctx)
+        assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    if (n != 0 || !writes) {
+        uint8_t fp[32];
+        uint64_t checked = 0, failed = 0;
+        unsigned long long missing = 0;
+        fingerprint(tok_ctx_store(ctx), fp);
+        if (memcmp(fp, tok_pristine_fp, sizeof(fp)) != 0)
+            fail_msg("%s, call %ld failing: the keystore was changed by a failed operation", name, n);
+        assert_int_equal(ks_verify(tok_ctx_store(ctx), verify_cb, NULL, &checked, &failed), KS_OK);
+        assert_int_equal(failed, 0);
+        assert_int_equal(tok_verify_index(ctx, NULL, NULL, &missing), 2);
+        assert_int_equal(missing, 0);
+    }
+    log_check(name, n);
+    tok_ctx_close(ctx);
+    rm_rf(dir);
+    return calls;
+}
+
+static void tok_run_scenario(const char *name, tok_scenario_fn fn, bool writes)
+{
+    long count = tok_run_once(name, fn, writes, 0);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++)
+        tok_run_once(name, fn, writes, n);
+    print_message("%s: %ld fault points\n", name, count);
+}
+
+static void test_tok_open(void **state)
+{
+    (void)state;
+    tok_run_scenario("tok_open", NULL, false);
+}
+
+#define TOK_SCENARIO(fn, writes)                                                                                      \
+    static void test_tok_##fn(void **state)                                                                          \
+    {                                                                                                                 \
+        (void)state;                                                                                                  \
+        tok_run_scenario("tok_" #fn, tsc_##fn, writes);                                                               \
+    }
+TOK_SCENARIO(info, false)
+TOK_SCENARIO(slots, false)
+TOK_SCENARIO(rows, false)
+TOK_SCENARIO(read, false)
+TOK_SCENARIO(find, false)
+TOK_SCENARIO(verify_index, false)
+TOK_SCENARIO(create, true)
+TOK_SCENARIO(destroy, true)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +768,10 @@ int main(void)
         cmocka_unit_test(test_info),        cmocka_unit_test(test_verify),     cmocka_unit_test(test_token_put),
         cmocka_unit_test(test_token_new),   cmocka_unit_test(test_obj_create), cmocka_unit_test(test_obj_update),
         cmocka_unit_test(test_obj_delete),  cmocka_unit_test(test_token_del),
+        cmocka_unit_test_setup(test_tok_open, tok_group_setup),
+        cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_slots),  cmocka_unit_test(test_tok_rows),
+        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
+        cmocka_unit_test(test_tok_create),  cmocka_unit_test(test_tok_destroy),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
