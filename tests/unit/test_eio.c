@@ -136,6 +136,7 @@ static uint32_t tid1, tid2;
 static uint64_t oids[3];
 static const char *const labels[3] = {"alpha", "beta", "gamma"};
 static ks_mkey mk;
+static uint8_t *tok_pristine, *rot_img[2]; /* the token layer's and the rotation's starting images */
 
 /* A digest of every entry of every table, read past the fault. */
 static void fingerprint(ks_store *st, uint8_t out[32])
@@ -233,6 +234,9 @@ static int group_teardown(void **state)
 {
     (void)state;
     free(pristine);
+    free(tok_pristine);
+    free(rot_img[0]);
+    free(rot_img[1]);
     rm_rf(base);
     return 0;
 }
@@ -521,10 +525,147 @@ SCENARIO(obj_update, true)
 SCENARIO(obj_delete, true)
 SCENARIO(token_del, true)
 
+/* ---- rotation steps ----------------------------------------------------------- */
+
+/* The pristine keystore with a new master key staged (rot_staged), and the
+ * same after the rewrap (rot_ready). */
+static ks_mkey newkey;
+static size_t rot_len[2];
+static uint8_t rot_fp[2][32];
+
+static void save_image(const char *dir, ks_store *st, int which)
+{
+    char p[400];
+    fingerprint(st, rot_fp[which]);
+    snprintf(p, sizeof(p), "%s/data.mdb", dir);
+    read_file(p, &rot_img[which], &rot_len[which]);
+}
+
+/* The current key, read with a key file that also holds the staged one
+ * (as the lifecycle keeps it): every open finds both. */
+static ks_mkey rmk;
+
+static int rot_setup(void **state)
+{
+    (void)state;
+    char dir[300];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st;
+    uint64_t done = 0;
+    bool stopped = false, changed = false;
+
+    assert_int_equal(ks_mkey_generate(&newkey), KS_OK);
+    ks_registers regs;
+    memset(&regs, 0, sizeof(regs));
+    regs.current = mk;
+    regs.has_new = true;
+    regs.staged = newkey;
+    rmk = mk;
+    snprintf(rmk.source, sizeof(rmk.source), "%s/rot.key", base);
+    rmk.file_mode = 0600;
+    assert_int_equal(ks_reg_save(rmk.source, &regs, &err), KS_OK);
+    fresh_copy(dir);
+    assert_int_equal(ks_open(dir, &rmk, 0, &st, &err), KS_OK);
+    assert_int_equal(ks_rot_stage(st, &newkey, 0, &err), KS_OK);
+    (void)ks_rot_activate(st, &changed);
+    ks_close(st);
+    /* Closed and opened again: the image is taken as it is on disk. */
+    assert_int_equal(ks_open(dir, &rmk, 0, &st, &err), KS_OK);
+    ks_info info;
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.rot_state, KS_ROT_STAGED);
+    ks_close(st);
+    assert_int_equal(ks_open(dir, &rmk, 0, &st, &err), KS_OK);
+    save_image(dir, st, 0);
+    assert_int_equal(ks_rot_rewrap(st, 100000, NULL, NULL, &done, &stopped, &err), KS_OK);
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.rot_state, KS_ROT_READY);
+    ks_close(st);
+    assert_int_equal(ks_open(dir, &rmk, 0, &st, &err), KS_OK);
+    save_image(dir, st, 1);
+    ks_close(st);
+    rm_rf(dir);
+    return 0;
+}
+
+typedef int (*rot_fn)(ks_store *st, ks_err *err);
+
+static int rsc_rewrap(ks_store *st, ks_err *err)
+{
+    uint64_t done = 0;
+    bool stopped = false;
+    return ks_rot_rewrap(st, 100000, NULL, NULL, &done, &stopped, err); /* one batch: one transaction */
+}
+
+static int rsc_commit(ks_store *st, ks_err *err) { return ks_rot_commit(st, false, 0, err); }
+
+static long rot_run_once(const char *name, rot_fn fn, int which, long n)
+{
+    char dir[300], p[400];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st;
+
+    snprintf(dir, sizeof(dir), "%s/rrun-XXXXXX", base);
+    assert_non_null(mkdtemp(dir));
+    snprintf(p, sizeof(p), "%s/data.mdb", dir);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, rot_img[which], rot_len[which]), (ssize_t)rot_len[which]);
+    close(fd);
+    log_clear();
+    assert_int_equal(ks_open_backend(dir, &faulty, &rmk, 0, &st, &err), KS_OK);
+    fault_arm(n);
+    int rc = fn(st, &err);
+    fault_disarm();
+    long calls = fault_calls;
+    if (n == 0 && rc != KS_OK)
+        fail_msg("%s without a fault: %s: %s", name, ks_strerror(rc), err.msg);
+    if (n != 0) {
+        if (!fault_fired)
+            fail_msg("%s: call %ld was never made (%ld calls)", name, n, calls);
+        if (rc != KS_EIO)
+            fail_msg("%s, call %ld failing: %s, not the input/output error: %s", name, n, ks_strerror(rc), err.msg);
+        const char *w = damage_in(err.msg);
+        if (w)
+            fail_msg("%s, call %ld failing: the error reports damage (\"%s\"): %s", name, n, w, err.msg);
+        uint8_t fp[32];
+        uint64_t checked = 0, failed = 0;
+        fingerprint(st, fp);
+        if (memcmp(fp, rot_fp[which], sizeof(fp)) != 0)
+            fail_msg("%s, call %ld failing: the keystore was changed by a failed step", name, n);
+        assert_int_equal(ks_verify(st, verify_cb, NULL, &checked, &failed), KS_OK);
+        assert_int_equal(failed, 0);
+    }
+    log_check(name, n);
+    ks_close(st);
+    rm_rf(dir);
+    return calls;
+}
+
+static void rot_run_scenario(const char *name, rot_fn fn, int which)
+{
+    long count = rot_run_once(name, fn, which, 0);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++)
+        rot_run_once(name, fn, which, n);
+    print_message("%s: %ld fault points\n", name, count);
+}
+
+static void test_rot_rewrap(void **state)
+{
+    (void)state;
+    rot_run_scenario("rot_rewrap", rsc_rewrap, 0);
+}
+
+static void test_rot_commit(void **state)
+{
+    (void)state;
+    rot_run_scenario("rot_commit", rsc_commit, 1);
+}
+
 /* ---- the token layer, on a keystore configured with the faulty backend ---- */
 
 static char tok_base[300];
-static uint8_t *tok_pristine;
 static size_t tok_pristine_len;
 static uint8_t tok_pristine_fp[32];
 static uint64_t tok_oids[2];
@@ -768,6 +909,7 @@ int main(void)
         cmocka_unit_test(test_info),        cmocka_unit_test(test_verify),     cmocka_unit_test(test_token_put),
         cmocka_unit_test(test_token_new),   cmocka_unit_test(test_obj_create), cmocka_unit_test(test_obj_update),
         cmocka_unit_test(test_obj_delete),  cmocka_unit_test(test_token_del),
+        cmocka_unit_test_setup(test_rot_rewrap, rot_setup), cmocka_unit_test(test_rot_commit),
         cmocka_unit_test_setup(test_tok_open, tok_group_setup),
         cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_slots),  cmocka_unit_test(test_tok_rows),
         cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
