@@ -57,7 +57,7 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
 
     if (rc != KS_OK)
         return rc;
-    if ((rc = ks_txn_meta(x, &m)) != KS_OK && rc != KS_ECORRUPT) {
+    if (ks_read_failed(rc = ks_txn_meta(x, &m))) {
         ks_read_end(x);
         return rc; /* not read: no verdict on it */
     }
