@@ -124,6 +124,8 @@ bool tok_ctx_readonly(tok_ctx *ctx) { return ks_readonly(ctx->st); }
 
 /* ---- token records --------------------------------------------------- */
 
+static bool storage_failure(int rc);
+
 CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
 {
     AUTO_TXN txn = NULL;
@@ -139,8 +141,8 @@ CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
     rc = ks_token_get(txn, (uint32_t)slot, &blob, &len);
     if (rc == KS_ENOTFOUND)
         return CKR_SLOT_ID_INVALID;
-    if (rc == KS_ECORRUPT) {
-        ks_log(KS_LOG_ERROR, "token %lu: record cannot be read (%s); check the keystore with 'p11mk-admin verify'",
+    if (rc != KS_OK && !storage_failure(rc)) {
+        ks_log(KS_LOG_ERROR, "token %lu: record cannot be used (%s); check the keystore with 'p11mk-admin verify'",
                (unsigned long)slot, ks_strerror(rc));
         return CKR_DEVICE_ERROR;
     }
