@@ -529,6 +529,145 @@ static void test_lost_reader(void **state)
     o->read_end(t);
 }
 
+
+/* ---- hostile: lost connections ---------------------------------------- */
+
+/* Terminates the backends of the keystore's database whose state and last
+ * query match; how many were terminated. */
+static int terminate_where(fixture *fx, const char *cond)
+{
+    char cmd[2048], bin[512] = "", out[64] = "";
+    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (!fgets(bin, sizeof(bin), p))
+        bin[0] = '\0';
+    pclose(p);
+    bin[strcspn(bin, "\n")] = '\0';
+    snprintf(cmd, sizeof(cmd),
+             "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"SELECT count(pg_terminate_backend(pid)) FROM "
+             "pg_stat_activity WHERE datname = current_database() AND application_name = 'p11mk' AND pid <> "
+             "pg_backend_pid() AND %s\"",
+             bin, fx->conninfo, cond);
+    p = popen(cmd, "r");
+    assert_non_null(p);
+    if (!fgets(out, sizeof(out), p))
+        out[0] = '\0';
+    pclose(p);
+    usleep(100000);
+    return atoi(out);
+}
+
+/* A reader whose resume failed (something was committed meanwhile) answers
+ * KS_EIO; its next statements must not read the newer snapshot its failed
+ * resume began on: that would be a mix of two snapshots under the first
+ * one's number. */
+static void test_lost_reader_no_mix(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t;
+    ks_bval v, b, k;
+    ks_bcur *c;
+
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
+    put_commit(fx, KS_TAB_OBJECTS, "b", 1, "two");
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    uint64_t snap = o->snapshot(t);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    terminate_readers(fx->conninfo);
+    put_commit(fx, KS_TAB_OBJECTS, "b", 1, "TWO");
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "b", 1, &b), KS_EIO);
+    /* The same transaction, asked again. */
+    int rc = o->get(t, KS_TAB_OBJECTS, "b", 1, &b);
+    if (rc == KS_OK)
+        print_message("BUG: after a failed resume the reader (snapshot %llu) reads b = %.*s, a newer commit's value\n",
+                      (unsigned long long)snap, (int)b.n, (const char *)b.p);
+    assert_int_equal(rc, KS_EIO);
+    assert_int_equal(o->cur_open(t, KS_TAB_OBJECTS, &c), KS_OK);
+    rc = o->cur_seek(c, KS_BSEEK_KEY, "b", 1, &k, &b);
+    if (rc == KS_OK)
+        print_message("BUG: a cursor of that reader reads b = %.*s\n", (int)b.n, (const char *)b.p);
+    assert_int_equal(rc, KS_EIO);
+    o->cur_close(c);
+    uint64_t n = 99;
+    assert_int_equal(o->count(t, KS_TAB_OBJECTS, &n), KS_EIO);
+    assert_int_equal(o->dup_has(t, KS_TAB_INDEX, "i", 1, "x", 1), KS_EIO);
+    o->read_end(t);
+}
+
+/* Idle pooled connections that died with their backends (a server restart
+ * kills them all): a reader that loses its own connection meanwhile, and a
+ * new transaction, should get a live connection, not give up after trying
+ * RESUMES_MAX dead ones from the pool. `clean`: the pooled connections have
+ * no ROLLBACK answer pending (ended by abort, as writers' are). */
+static void lost_with_dead_pool(fixture *fx, bool clean)
+{
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t, *r[6];
+    ks_bval v;
+
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
+    put_commit(fx, KS_TAB_OBJECTS, "b", 1, "two");
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(o->read_begin(fx->e, &r[i]), KS_OK);
+    for (int i = 0; i < 6; i++) {
+        if (clean)
+            o->abort(r[i]);
+        else
+            o->read_end(r[i]);
+    }
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    /* the reader's backend and the idle pooled ones; not the listener's */
+    int n = terminate_where(fx, "(state = 'idle in transaction' OR (state = 'idle' AND query = 'ROLLBACK'))");
+    assert_int_equal(n, 6);
+    int rc = o->get(t, KS_TAB_OBJECTS, "b", 1, &v);
+    if (rc != KS_OK)
+        print_message("BUG: nothing was committed, yet the reader fails (%d) after trying dead pooled connections\n",
+                      rc);
+    o->read_end(t);
+    /* and the server restart case: every idle connection dead, a new reader */
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(o->read_begin(fx->e, &r[i]), KS_OK);
+    for (int i = 0; i < 6; i++) {
+        if (clean)
+            o->abort(r[i]);
+        else
+            o->read_end(r[i]);
+    }
+    n = terminate_where(fx, "state = 'idle' AND query = 'ROLLBACK'");
+    assert_true(n >= 6);
+    int rc2 = o->read_begin(fx->e, &t);
+    if (rc2 != KS_OK)
+        print_message("BUG: a new reader fails (%d) after every pooled connection died\n", rc2);
+    else
+        o->read_end(t);
+    assert_int_equal(rc, KS_OK);
+    assert_int_equal(rc2, KS_OK);
+}
+
+static void test_lost_reader_dead_pool_clean(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    lost_with_dead_pool(fx, true);
+}
+
+static void test_lost_reader_dead_pool_pending(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    lost_with_dead_pool(fx, false);
+}
+
 /* A writer whose connection is lost before COMMIT: the backend says so
  * (ops->lost: nothing of it was committed), and ks_write runs the whole
  * transaction again on another connection. */
@@ -597,6 +736,30 @@ static void test_lost_writer(void **state)
     ks_config_free(&cfg);
 }
 
+/* A writer whose connection is lost is never resumed: its put fails, its
+ * commit fails, and nothing of it is in the database. */
+static void test_lost_writer_gone(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t;
+    ks_bval v;
+
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
+    assert_int_equal(o->write_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->put(t, KS_TAB_OBJECTS, "w", 1, "lost", 4), KS_OK);
+    terminate_readers(fx->conninfo); /* the writer is idle in transaction too */
+    assert_int_equal(o->put(t, KS_TAB_OBJECTS, "x", 1, "after", 5), KS_EIO);
+    assert_int_not_equal(o->commit(t), KS_OK);
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "w", 1, &v), KS_ENOTFOUND);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "x", 1, &v), KS_ENOTFOUND);
+    o->read_end(t);
+}
+
 #define BOTH(fn) {#fn " (lmdb)", fn, setup_lmdb, teardown, NULL}, {#fn " (postgresql)", fn, setup_pg, teardown, NULL}
 
 int main(void)
@@ -604,6 +767,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         BOTH(test_records), BOTH(test_order), BOTH(test_long_scan), BOTH(test_index), BOTH(test_snapshots),
         BOTH(test_cursor_replace), {"test_lost_reader (postgresql)", test_lost_reader, setup_pg, teardown, NULL},
+        {"test_lost_reader_no_mix (postgresql)", test_lost_reader_no_mix, setup_pg, teardown, NULL},
+        {"test_lost_reader_dead_pool_clean (postgresql)", test_lost_reader_dead_pool_clean, setup_pg, teardown, NULL},
+        {"test_lost_reader_dead_pool_pending (postgresql)", test_lost_reader_dead_pool_pending, setup_pg, teardown,
+         NULL},
+        {"test_lost_writer_gone (postgresql)", test_lost_writer_gone, setup_pg, teardown, NULL},
         {"test_lost_writer (postgresql)", test_lost_writer, setup_pg, teardown, NULL},
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
