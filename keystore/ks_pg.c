@@ -996,6 +996,7 @@ static bool resume(ks_btxn *t)
                    seq == t->seq ? ", but the numbering was restarted meanwhile: the notification connection "
                                    "was lost too"
                                  : "");
+        t->broken = true; /* t->c is on another snapshot (or none): nothing more is read on it */
         return false;
     }
     return false;
