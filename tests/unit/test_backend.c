@@ -16,10 +16,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -760,6 +763,179 @@ static void test_lost_writer_gone(void **state)
     o->read_end(t);
 }
 
+
+/* Stress: a writer rewrites NREC records with one value per commit; readers
+ * read "a", then walk the table with a cursor (crossing its batches), and
+ * check that every value is the one "a" had in their snapshot and that the
+ * value handed out first is unchanged; meanwhile a child terminates the
+ * database's p11mk backends without pause. A read may fail (KS_EIO), never
+ * read a mix. */
+#define NREC 40
+typedef struct {
+    fixture *fx;
+    volatile bool stop;
+    long reads, eio, wrong, commits;
+    pthread_mutex_t lock;
+} stress;
+
+static void *stress_writer(void *arg)
+{
+    stress *s = arg;
+    const ks_backend_ops *o = s->fx->o;
+    for (unsigned n = 1; !s->stop; n++) {
+        ks_btxn *t;
+        char key[8], val[16];
+        if (o->write_begin(s->fx->e, &t) != KS_OK)
+            continue;
+        snprintf(val, sizeof(val), "v%08u", n);
+        int rc = KS_OK;
+        for (int i = 0; i < NREC && rc == KS_OK; i++) {
+            snprintf(key, sizeof(key), "r%02d", i);
+            rc = o->put(t, KS_TAB_OBJECTS, key, 3, val, 9);
+        }
+        if (rc == KS_OK)
+            rc = o->put(t, KS_TAB_OBJECTS, "a", 1, val, 9);
+        if (rc == KS_OK && o->commit(t) == KS_OK)
+            __atomic_add_fetch(&s->commits, 1, __ATOMIC_RELAXED);
+        else if (rc != KS_OK)
+            o->abort(t);
+        usleep(2000);
+    }
+    return NULL;
+}
+
+static void *stress_reader(void *arg)
+{
+    stress *s = arg;
+    const ks_backend_ops *o = s->fx->o;
+    unsigned seed = (unsigned)(uintptr_t)pthread_self();
+    while (!s->stop) {
+        ks_btxn *t;
+        ks_bcur *c;
+        ks_bval a, k, v;
+        char a0[16];
+        int rc = o->read_begin(s->fx->e, &t);
+        if (rc != KS_OK) {
+            __atomic_add_fetch(&s->eio, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        if ((rc = o->get(t, KS_TAB_OBJECTS, "a", 1, &a)) != KS_OK || a.n != 9) {
+            __atomic_add_fetch(&s->eio, 1, __ATOMIC_RELAXED);
+            o->read_end(t);
+            continue;
+        }
+        memcpy(a0, a.p, 9);
+        usleep(rand_r(&seed) % 3000);
+        int n = 0;
+        char prev[8] = "";
+        bool bad = false;
+        assert_int_equal(o->cur_open(t, KS_TAB_OBJECTS, &c), KS_OK);
+        rc = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v);
+        while (rc == KS_OK) {
+            n++;
+            char kk[8];
+            snprintf(kk, sizeof(kk), "%.*s", (int)(k.n < 7 ? k.n : 7), (const char *)k.p);
+            if (strcmp(kk, prev) <= 0 || v.n != 9 || memcmp(v.p, a0, 9) != 0) {
+                print_message("BUG: snapshot of a=%.9s: entry %d key %s (after %s) value %.*s\n", a0, n, kk, prev,
+                              (int)v.n, (const char *)v.p);
+                bad = true;
+                break;
+            }
+            snprintf(prev, sizeof(prev), "%s", kk);
+            if (n >= 12 && n <= 17)
+                usleep(rand_r(&seed) % 1500); /* around the first batch's end (16) */
+            rc = o->cur_next(c, false, &k, &v);
+        }
+        o->cur_close(c);
+        if (!bad && rc != KS_ENOTFOUND) {
+            __atomic_add_fetch(&s->eio, 1, __ATOMIC_RELAXED);
+            o->read_end(t);
+            continue;
+        }
+        if (!bad && n != NREC + 1) {
+            print_message("BUG: snapshot of a=%.9s: %d entries, not %d\n", a0, n, NREC + 1);
+            bad = true;
+        }
+        if (memcmp(a.p, a0, 9) != 0) {
+            print_message("BUG: the value handed out first changed from %.9s to %.9s\n", a0, (const char *)a.p);
+            bad = true;
+        }
+        __atomic_add_fetch(bad ? &s->wrong : &s->reads, 1, __ATOMIC_RELAXED);
+        o->read_end(t);
+    }
+    return NULL;
+}
+
+static pid_t stress_killer(fixture *fx, int seconds, const char *cond)
+{
+    char cmd[2048], bin[512] = "";
+    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
+    FILE *p = popen(cmd, "r");
+    if (!fgets(bin, sizeof(bin), p))
+        bin[0] = '\0';
+    pclose(p);
+    bin[strcspn(bin, "\n")] = '\0';
+    snprintf(cmd, sizeof(cmd),
+             "end=$((SECONDS + %d)); while [ $SECONDS -lt $end ]; do '%s/psql' -X -q -At -d '%s' -c \"SELECT "
+             "pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND "
+             "application_name = 'p11mk' AND pid <> pg_backend_pid() AND %s\" >/dev/null 2>&1; done",
+             seconds, bin, fx->conninfo, cond);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/bash", "bash", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void stress_run(fixture *fx, const char *cond)
+{
+    stress s = {.fx = fx};
+    pthread_t w, r[3];
+    int seconds = getenv("P11MK_STRESS_SECONDS") ? atoi(getenv("P11MK_STRESS_SECONDS")) : 6;
+    for (int i = 0; i < NREC; i++) {
+        char key[8];
+        snprintf(key, sizeof(key), "r%02d", i);
+        put_commit(fx, KS_TAB_OBJECTS, key, 3, "v00000000");
+    }
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "v00000000");
+    pid_t killer = stress_killer(fx, seconds, cond);
+    pthread_create(&w, NULL, stress_writer, &s);
+    for (int i = 0; i < 3; i++)
+        pthread_create(&r[i], NULL, stress_reader, &s);
+    int st;
+    waitpid(killer, &st, 0);
+    s.stop = true;
+    pthread_join(w, NULL);
+    for (int i = 0; i < 3; i++)
+        pthread_join(r[i], NULL);
+    print_message("%ld reads whole, %ld failed, %ld wrong; %ld commits\n", s.reads, s.eio, s.wrong, s.commits);
+    assert_int_equal(s.wrong, 0);
+    assert_true(s.reads > 0);
+}
+
+static void test_lost_reader_stress(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    const char *log = getenv("P11MK_STRESS_LOG");
+    if (log)
+        ks_log_setup(log, KS_LOG_DEBUG, "stress");
+    /* readers' backends only (the listener stays: no reversal counted) */
+    stress_run(fx, "state IN ('idle in transaction', 'active')");
+}
+
+static void test_lost_all_stress(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    stress_run(fx, "true");
+}
+
 #define BOTH(fn) {#fn " (lmdb)", fn, setup_lmdb, teardown, NULL}, {#fn " (postgresql)", fn, setup_pg, teardown, NULL}
 
 int main(void)
@@ -773,6 +949,8 @@ int main(void)
          NULL},
         {"test_lost_writer_gone (postgresql)", test_lost_writer_gone, setup_pg, teardown, NULL},
         {"test_lost_writer (postgresql)", test_lost_writer, setup_pg, teardown, NULL},
+        {"test_lost_reader_stress (postgresql)", test_lost_reader_stress, setup_pg, teardown, NULL},
+        {"test_lost_all_stress (postgresql)", test_lost_all_stress, setup_pg, teardown, NULL},
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (own_cluster[0]) {
