@@ -936,6 +936,55 @@ static void test_lost_all_stress(void **state)
     stress_run(fx, "true");
 }
 
+
+/* The server restarts (fast shutdown) in the middle of a read, with a few
+ * idle connections in the pool: the read goes on or fails with KS_EIO, never
+ * reads another value; the first reader and writer after the restart work
+ * (the header of ks_pg.c: "A broken connection found at BEGIN is replaced
+ * ... (the server restarted): the operation goes on"). */
+static void test_restart_mid_read(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t, *r[8];
+    ks_bval v, b;
+    char cmd[1024];
+
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
+    put_commit(fx, KS_TAB_OBJECTS, "b", 1, "two");
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(o->read_begin(fx->e, &r[i]), KS_OK);
+    for (int i = 0; i < 8; i++)
+        o->read_end(r[i]);
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    snprintf(cmd, sizeof(cmd), "'%s' restart '%s' >/dev/null 2>&1", test_pg_cluster_script(),
+             getenv("P11MK_TEST_PG_DIR"));
+    assert_int_equal(system(cmd), 0);
+    int rc = o->get(t, KS_TAB_OBJECTS, "b", 1, &b);
+    print_message("the read across the restart: %d\n", rc);
+    assert_true(rc == KS_OK || rc == KS_EIO);
+    if (rc == KS_OK)
+        assert_memory_equal(b.p, "two", 3);
+    assert_memory_equal(v.p, "one", 3);
+    o->read_end(t);
+    int rrc = o->read_begin(fx->e, &t);
+    if (rrc == KS_OK)
+        o->read_end(t);
+    else
+        print_message("BUG: the first reader after a server restart fails (%d)\n", rrc);
+    int wrc = o->write_begin(fx->e, &t);
+    if (wrc == KS_OK)
+        wrc = o->put(t, KS_TAB_OBJECTS, "c", 1, "three", 5) == KS_OK ? o->commit(t) : (o->abort(t), KS_EIO);
+    if (wrc != KS_OK)
+        print_message("BUG: the first writer after a server restart fails (%d)\n", wrc);
+    assert_int_equal(rrc, KS_OK);
+    assert_int_equal(wrc, KS_OK);
+}
+
 #define BOTH(fn) {#fn " (lmdb)", fn, setup_lmdb, teardown, NULL}, {#fn " (postgresql)", fn, setup_pg, teardown, NULL}
 
 int main(void)
@@ -951,6 +1000,7 @@ int main(void)
         {"test_lost_writer (postgresql)", test_lost_writer, setup_pg, teardown, NULL},
         {"test_lost_reader_stress (postgresql)", test_lost_reader_stress, setup_pg, teardown, NULL},
         {"test_lost_all_stress (postgresql)", test_lost_all_stress, setup_pg, teardown, NULL},
+        {"test_restart_mid_read (postgresql)", test_restart_mid_read, setup_pg, teardown, NULL},
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (own_cluster[0]) {
