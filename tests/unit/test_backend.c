@@ -910,6 +910,26 @@ static void stress_run(fixture *fx, const char *cond)
     for (int i = 0; i < 3; i++)
         pthread_join(r[i], NULL);
     print_message("%ld reads whole, %ld failed, %ld wrong; %ld commits\n", s.reads, s.eio, s.wrong, s.commits);
+    /* No connection kept beyond the pool (16) and the listener. */
+    int live = -1;
+    {
+        char cmd[1200], bin[512] = "", out[32] = "";
+        snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
+        FILE *p = popen(cmd, "r");
+        if (!fgets(bin, sizeof(bin), p))
+            bin[0] = '\0';
+        pclose(p);
+        bin[strcspn(bin, "\n")] = '\0';
+        snprintf(cmd, sizeof(cmd), "'%s/psql' -X -q -At -d '%s' -c \"SELECT count(*) FROM pg_stat_activity WHERE "
+                 "datname = current_database() AND application_name = 'p11mk'\"", bin, fx->conninfo);
+        p = popen(cmd, "r");
+        if (!fgets(out, sizeof(out), p))
+            out[0] = '\0';
+        pclose(p);
+        live = atoi(out);
+    }
+    print_message("%d p11mk connections open after the run\n", live);
+    assert_true(live >= 0 && live <= 17);
     assert_int_equal(s.wrong, 0);
     assert_true(s.reads > 0);
 }
@@ -985,6 +1005,65 @@ static void test_restart_mid_read(void **state)
     assert_int_equal(wrc, KS_OK);
 }
 
+
+/* The server is down when a reader's connection is lost: resume finds no
+ * connection (its connection becomes NULL). Every later call of that reader
+ * fails with KS_EIO (no crash), its end is clean, and readers work again
+ * once the server is back. */
+static void server_ctl(const char *what)
+{
+    char cmd[1024], bin[512] = "";
+    const char *dir = getenv("P11MK_TEST_PG_DIR");
+    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (!fgets(bin, sizeof(bin), p))
+        bin[0] = '\0';
+    pclose(p);
+    bin[strcspn(bin, "\n")] = '\0';
+    bool root = geteuid() == 0;
+    snprintf(cmd, sizeof(cmd), "cd '%s' && %s '%s/pg_ctl' %s -D '%s/data' -l '%s/server.log' -m fast -w -t 60 -s",
+             dir, root ? "runuser -u p11mk-pgtest --" : "", bin, what, dir, dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_server_down_mid_read(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    if (fx->o != &ks_pg_backend)
+        skip();
+    const ks_backend_ops *o = fx->o;
+    ks_btxn *t;
+    ks_bval v, k;
+    ks_bcur *c;
+    uint64_t n;
+
+    put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
+    assert_int_equal(o->read_begin(fx->e, &t), KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    server_ctl("stop");
+    int rc1 = o->get(t, KS_TAB_OBJECTS, "a", 1, &v);
+    int rc2 = o->count(t, KS_TAB_OBJECTS, &n);
+    assert_int_equal(o->cur_open(t, KS_TAB_OBJECTS, &c), KS_OK);
+    int rc3 = o->cur_seek(c, KS_BSEEK_FIRST, NULL, 0, &k, &v);
+    o->cur_close(c);
+    int rc4 = o->dup_has(t, KS_TAB_INDEX, "i", 1, "x", 1);
+    o->read_end(t);
+    assert_int_equal(o->read_begin(fx->e, &t), KS_EIO);
+    server_ctl("start");
+    assert_int_equal(rc1, KS_EIO);
+    assert_int_equal(rc2, KS_EIO);
+    assert_int_equal(rc3, KS_EIO);
+    assert_int_equal(rc4, KS_EIO);
+    int rc = KS_EIO;
+    for (int i = 0; i < 3 && rc != KS_OK; i++)
+        rc = o->read_begin(fx->e, &t);
+    assert_int_equal(rc, KS_OK);
+    assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
+    o->read_end(t);
+}
+
 #define BOTH(fn) {#fn " (lmdb)", fn, setup_lmdb, teardown, NULL}, {#fn " (postgresql)", fn, setup_pg, teardown, NULL}
 
 int main(void)
@@ -1001,6 +1080,7 @@ int main(void)
         {"test_lost_reader_stress (postgresql)", test_lost_reader_stress, setup_pg, teardown, NULL},
         {"test_lost_all_stress (postgresql)", test_lost_all_stress, setup_pg, teardown, NULL},
         {"test_restart_mid_read (postgresql)", test_restart_mid_read, setup_pg, teardown, NULL},
+        {"test_server_down_mid_read (postgresql)", test_server_down_mid_read, setup_pg, teardown, NULL},
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (own_cluster[0]) {
