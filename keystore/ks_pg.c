@@ -170,6 +170,7 @@ struct ks_benv {
     _Atomic uint64_t *local;   /* this host's commit counter (DIR/commits, shared memory), NULL if none */
     bool local_rw;             /* ... and this process may bump it */
     _Atomic uint64_t seq; /* the last commit sequence known from notifications; 0: not known */
+    _Atomic uint32_t listen_lost; /* times the listener's connection was lost (resume) */
     pthread_t listener;
     bool listening;
     int stop[2]; /* the listener's stop pipe */
@@ -185,6 +186,7 @@ struct ks_btxn {
     uint64_t seq;   /* the snapshot (reader) or the sequence this write commits as */
     int resumes;    /* lost connections a reader went on from (resume) */
     bool committing; /* COMMIT was sent: a loss from here leaves the outcome unknown */
+    uint32_t listen_lost; /* e->listen_lost when this began */
     bool lost;       /* the connection was lost before COMMIT was sent (pg_lost) */
     PGresult **res; /* results whose values were handed out: cleared at the end */
     size_t nres, cap;
@@ -538,6 +540,15 @@ static bool drain(PGconn *c)
             ok = false;
         pq.clear(r);
     }
+    /* A backend ended while its connection sat idle here (terminated, the
+     * server restarted) has said so and closed: the socket reads, and
+     * reading it shows the loss now rather than at the BEGIN, where each
+     * dead connection of the pool would cost a try. A live idle connection
+     * has nothing to read. */
+    struct pollfd p = {.fd = pq.socket(c), .events = POLLIN};
+    for (int i = 0; i < 8 && ok && pq.status(c) == CONNECTION_OK && poll(&p, 1, 0) == 1; i++)
+        if (!pq.consumeInput(c))
+            break;
     return ok && pq.status(c) == CONNECTION_OK;
 }
 
@@ -737,6 +748,7 @@ static void *listen_main(void *arg)
             pq.finish(c);
         }
         atomic_store(&e->seq, 0);
+        atomic_fetch_add(&e->listen_lost, 1);
         struct pollfd s = {.fd = e->stop[0], .events = POLLIN};
         if (poll(&s, 1, (int)backoff_ms) > 0)
             return NULL;
@@ -778,6 +790,7 @@ static int txn_begin(ks_benv *e, bool write, ks_btxn **out)
         uint32_t inc = atomic_load(&e->inc);
         uint64_t before = atomic_load(&e->high);
         t->local = local_now(e);
+        t->listen_lost = atomic_load(&e->listen_lost);
         PGresult *r = pq.exec(t->c, sql);
         if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
             t->seq = be64_text(pq.getvalue(r, 0, 0));
@@ -967,6 +980,20 @@ static void p_bytes(params *ps, const void *v, size_t n)
  * writers always (their work is gone with the connection), fail with
  * KS_EIO as before. Values already handed out live in PGresults, which
  * outlive their connection. */
+/* Whether the listener's connection has stood since t began (a reconnection
+ * counts in e->inc, a loss in e->listen_lost). The same commit number on
+ * another connection proves the same records only on the same database: a
+ * failover to an asynchronous replica, or a restored copy, can hold other
+ * records under that number once new writes raise it again. Those cut every
+ * connection, the listener's too: a reader cut with it fails rather than go
+ * on. Without a listener (CKF_LIBRARY_CANT_CREATE_OS_THREADS) nothing
+ * watches, and no reader goes on. */
+static bool heard_throughout(ks_btxn *t)
+{
+    ks_benv *e = t->e;
+    return e->listening && atomic_load(&e->seq) != 0 && atomic_load(&e->listen_lost) == t->listen_lost;
+}
+
 static bool resume(ks_btxn *t)
 {
     ks_benv *e = t->e;
@@ -984,7 +1011,7 @@ static bool resume(ks_btxn *t)
             pq.clear(r);
         if (!began && pq.status(t->c) != CONNECTION_OK)
             continue; /* this one was cut too */
-        if (began && seq == t->seq && atomic_load(&e->inc) == t->inc) {
+        if (began && seq == t->seq && atomic_load(&e->inc) == t->inc && heard_throughout(t)) {
             ks_log(KS_LOG_DEBUG, "keystore %s: lost the PostgreSQL connection in a read; went on over another "
                                  "one (the records unchanged, commit %llu)", e->path, (unsigned long long)seq);
             return true;
