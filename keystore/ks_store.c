@@ -526,6 +526,7 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
         goto corrupt;
     }
     EVP_MAC *hmac = EVP_MAC_fetch(ks_libctx(), "HMAC", NULL);
+    EVP_MAC_CTX_free(st->idx_mac); /* a second load_meta (creation, then open; a read run again) */
     st->idx_mac = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
     EVP_MAC_free(hmac);
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
@@ -553,10 +554,16 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
      * that lacks a piece (a table, the format record) is damage, reported,
      * never written over. */
     if (tables) {
-        if ((rc = o->read_begin(st->be, &t)) != KS_OK)
-            return ks_read_error(err, st->path, "it (a read transaction could not begin)", rc);
-        rc = load_meta(st, t, mk, err);
-        o->read_end(t);
+        for (int attempt = 0; attempt < KS_READ_TRIES; attempt++) {
+            if (err)
+                err->msg[0] = '\0'; /* this attempt's reason, not the last one's */
+            if ((rc = o->read_begin(st->be, &t)) != KS_OK)
+                return ks_read_error(err, st->path, "it (a read transaction could not begin)", rc);
+            rc = load_meta(st, t, mk, err);
+            o->read_end(t);
+            if (rc != KS_EIO)
+                break;
+        }
         if (rc == KS_ENOTFOUND) {
             ks_err_set(err, "keystore %s is damaged: its databases exist but its format record is missing; "
                             "nothing was changed (nothing is created over existing data): restore it from a "
@@ -796,7 +803,17 @@ uint64_t ks_commit_seq(ks_store *st) { return st ? st->ops->commit_seq(st->be) :
 
 bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
 
+static int get_info(ks_store *st, ks_info *info);
+
 int ks_get_info(ks_store *st, ks_info *info)
+{
+    int rc = KS_EIO;
+    for (int attempt = 0; attempt < KS_READ_TRIES && rc == KS_EIO; attempt++)
+        rc = get_info(st, info);
+    return rc;
+}
+
+static int get_info(ks_store *st, ks_info *info)
 {
     ks_txn *x;
     int rc;
@@ -1513,7 +1530,20 @@ int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
 
 /* At open: the counts the anchor vouches for against what the databases hold
  * (O(tokens)); a difference is reported, the keystore is still served. */
+static int check_counts(ks_store *st, ks_err *err);
+
 int ks_anchor_check_counts(ks_store *st, ks_err *err)
+{
+    int rc = KS_EIO;
+    for (int attempt = 0; attempt < KS_READ_TRIES && rc == KS_EIO; attempt++) {
+        if (err)
+            err->msg[0] = '\0';
+        rc = check_counts(st, err);
+    }
+    return rc;
+}
+
+static int check_counts(ks_store *st, ks_err *err)
 {
     ks_txn *x;
     ks_meta *m;

@@ -54,6 +54,10 @@ CK_RV tok_slot_watch_new(tok_ctx *ctx, tok_slot_watch **out)
 {
     tok_slot_watch *w = calloc(1, sizeof(*w));
     CK_RV rv = w ? read_states(ctx, &w->v, &w->n) : CKR_HOST_MEMORY;
+    /* A read with nothing handed out yet: again from a new transaction
+     * when the storage failed it (a connection lost on the way). */
+    for (int attempt = 1; attempt < KS_READ_TRIES && rv == CKR_DEVICE_ERROR; attempt++)
+        rv = read_states(ctx, &w->v, &w->n);
 
     if (rv != CKR_OK) {
         free(w);

@@ -45,6 +45,13 @@ enum {
     KS_EBADFILE = -17,   /* a file given (a copy to restore) is not usable: missing, not a regular file, not a
                             complete keystore copy, or damaged */
 };
+
+/* A read that has handed nothing out yet (an open's, a count, a report) is
+ * run again from a new transaction when the storage failed it with KS_EIO (a
+ * connection lost on the way, that the backend could not take up): this
+ * many times in all. A new snapshot is as good as the first for it. */
+#define KS_READ_TRIES 3
+
 KS_API const char *ks_strerror(int err);
 
 /* Where a failure happened, for callers that act on it (the admin's exit
