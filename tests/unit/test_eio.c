@@ -2,7 +2,10 @@
  *
  * A backend that wraps LMDB and fails the Nth read-type call (get, count,
  * cursor seek and next, dup_has, and the beginning and commit of
- * transactions) with KS_EIO, counting calls across the whole operation.
+ * transactions) with KS_EIO, and every one after it until the fault is
+ * removed (a storage that broke at that point: the reads the keystore runs
+ * again from a new transaction, KS_READ_TRIES, fail too), counting calls
+ * across the whole operation.
  * Each scenario is run once without a fault to count its calls, then once
  * for every N, each time on a fresh copy of the same keystore. Every run
  * must end in KS_EIO (nothing else: not "not found", not "damaged"), log and
@@ -36,15 +39,15 @@
 
 static const ks_backend_ops *const lmdb = &ks_lmdb_backend;
 static long fault_calls; /* read-type calls since armed */
-static long fault_at;    /* the call that fails (1-based); 0: none */
+static long fault_at;    /* the first call that fails (1-based), and all after it; 0: none */
 static bool fault_armed, fault_fired;
 
-/* One more read-type call: true when it is the one to fail. */
+/* One more read-type call: true when it fails. */
 static bool fault_tick(void)
 {
     if (!fault_armed)
         return false;
-    if (++fault_calls == fault_at) {
+    if (++fault_calls >= fault_at && fault_at > 0) {
         fault_fired = true;
         return true;
     }
