@@ -971,15 +971,6 @@ static void p_bytes(params *ps, const void *v, size_t n)
     ps->o[ps->n++] = OID_BYTEA;
 }
 
-/* A reader whose connection was lost (its backend terminated, the server
- * restarted, a proxy cut it) goes on over another connection when the
- * records there are the ones its snapshot saw: every writer raises p11mk_seq
- * in the transaction that writes (records, index), so a new snapshot that
- * reads the same number, with no reversal of the numbers seen meanwhile (a
- * database restored under us), holds the same records. Anything else, and
- * writers always (their work is gone with the connection), fail with
- * KS_EIO as before. Values already handed out live in PGresults, which
- * outlive their connection. */
 /* Whether the listener's connection has stood since t began (a reconnection
  * counts in e->inc, a loss in e->listen_lost). The same commit number on
  * another connection proves the same records only on the same database: a
@@ -994,6 +985,16 @@ static bool heard_throughout(ks_btxn *t)
     return e->listening && atomic_load(&e->seq) != 0 && atomic_load(&e->listen_lost) == t->listen_lost;
 }
 
+/* A reader whose connection was lost (its backend terminated, the server
+ * restarted, a proxy cut it) goes on over another connection when the
+ * records there are the ones its snapshot saw: every writer raises p11mk_seq
+ * in the transaction that writes (records, index), so a new snapshot that
+ * reads the same number, with no reversal of the numbers seen meanwhile and
+ * the listener's connection standing since t began (heard_throughout),
+ * holds the same records. Anything else, and writers always (their work is
+ * gone with the connection: ks_write runs them again, ops->lost), fail with
+ * KS_EIO. Values already handed out live in PGresults, which outlive their
+ * connection. */
 static bool resume(ks_btxn *t)
 {
     ks_benv *e = t->e;
@@ -1003,7 +1004,7 @@ static bool resume(ks_btxn *t)
         t->resumes++;
         conn_give(e, t->c, true);
         if (!(t->c = conn_take(e)))
-            return false;
+            break;
         PGresult *r = pq.exec(t->c, READ_BEGIN_SQL);
         bool began = r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1;
         uint64_t seq = began ? be64_text(pq.getvalue(r, 0, 0)) : 0;
@@ -1023,9 +1024,9 @@ static bool resume(ks_btxn *t)
                    seq == t->seq ? ", but the numbering was restarted meanwhile: the notification connection "
                                    "was lost too"
                                  : "");
-        t->broken = true; /* t->c is on another snapshot (or none): nothing more is read on it */
-        return false;
+        break;
     }
+    t->broken = true; /* t->c is on another snapshot, cut, or none: nothing more is read on it */
     return false;
 }
 
