@@ -461,6 +461,41 @@ static void test_cursor_replace(void **state)
     o->read_end(t);
 }
 
+/* The PostgreSQL programs' directory (pg-cluster available), found once. */
+static const char *pg_bin(void)
+{
+    static char bin[512];
+    if (!bin[0]) {
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        if (!fgets(bin, sizeof(bin), p))
+            bin[0] = '\0';
+        pclose(p);
+        bin[strcspn(bin, "\n")] = '\0';
+    }
+    assert_true(bin[0] != '\0');
+    return bin;
+}
+
+/* SQL through psql on conninfo: its exit status; the first line it printed
+ * in out (when given). */
+static int psql(const char *conninfo, const char *sql, char *out, size_t n)
+{
+    char cmd[4096], line[256] = "";
+    snprintf(cmd, sizeof(cmd), "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"%s\"", pg_bin(), conninfo, sql);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (!fgets(line, sizeof(line), p))
+        line[0] = '\0';
+    int st = pclose(p);
+    line[strcspn(line, "\n")] = '\0';
+    if (out)
+        snprintf(out, n, "%s", line);
+    return st;
+}
+
 /* PostgreSQL: the server ends the backend of a reader's connection in the
  * middle of its transaction (pg_terminate_backend, as an administrator or a
  * failover does). The reader goes on over another connection when nothing
@@ -468,22 +503,14 @@ static void test_cursor_replace(void **state)
  * mix of two snapshots) when something was. */
 static void terminate_readers(const char *conninfo)
 {
-    char cmd[2048], bin[512] = "";
-    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    if (!fgets(bin, sizeof(bin), p))
-        bin[0] = '\0';
-    pclose(p);
-    bin[strcspn(bin, "\n")] = '\0';
-    assert_true(bin[0] != '\0');
-    snprintf(cmd, sizeof(cmd),
-             "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"SELECT count(pg_terminate_backend(pid)) FROM "
-             "pg_stat_activity WHERE datname = current_database() AND application_name = 'p11mk' AND state = 'idle "
-             "in transaction'\" | grep -qx 1",
-             bin, conninfo);
-    assert_int_equal(system(cmd), 0); /* exactly the reader's backend */
-    usleep(50000);                    /* the server closes the socket */
+    char out[32];
+    assert_int_equal(psql(conninfo,
+                          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                          "current_database() AND application_name = 'p11mk' AND state = 'idle in transaction'",
+                          out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "1"); /* exactly the reader's backend */
+    usleep(50000);                 /* the server closes the socket */
 }
 
 static void test_lost_reader(void **state)
@@ -537,24 +564,12 @@ static void test_lost_reader(void **state)
  * query match; how many were terminated. */
 static int terminate_where(fixture *fx, const char *cond)
 {
-    char cmd[2048], bin[512] = "", out[64] = "";
-    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    if (!fgets(bin, sizeof(bin), p))
-        bin[0] = '\0';
-    pclose(p);
-    bin[strcspn(bin, "\n")] = '\0';
-    snprintf(cmd, sizeof(cmd),
-             "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"SELECT count(pg_terminate_backend(pid)) FROM "
-             "pg_stat_activity WHERE datname = current_database() AND application_name = 'p11mk' AND pid <> "
-             "pg_backend_pid() AND %s\"",
-             bin, fx->conninfo, cond);
-    p = popen(cmd, "r");
-    assert_non_null(p);
-    if (!fgets(out, sizeof(out), p))
-        out[0] = '\0';
-    pclose(p);
+    char sql[1024], out[64];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND "
+             "application_name = 'p11mk' AND pid <> pg_backend_pid() AND %s",
+             cond);
+    assert_int_equal(psql(fx->conninfo, sql, out, sizeof(out)), 0);
     usleep(100000);
     return atoi(out);
 }
@@ -856,18 +871,12 @@ static void *stress_reader(void *arg)
 
 static pid_t stress_killer(fixture *fx, int seconds, const char *cond)
 {
-    char cmd[2048], bin[512] = "";
-    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
-    FILE *p = popen(cmd, "r");
-    if (!fgets(bin, sizeof(bin), p))
-        bin[0] = '\0';
-    pclose(p);
-    bin[strcspn(bin, "\n")] = '\0';
+    char cmd[4096];
     snprintf(cmd, sizeof(cmd),
              "end=$((SECONDS + %d)); while [ $SECONDS -lt $end ]; do '%s/psql' -X -q -At -d '%s' -c \"SELECT "
              "pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND "
              "application_name = 'p11mk' AND pid <> pg_backend_pid() AND %s\" >/dev/null 2>&1; done",
-             seconds, bin, fx->conninfo, cond);
+             seconds, pg_bin(), fx->conninfo, cond);
     pid_t pid = fork();
     if (pid == 0) {
         execl("/bin/bash", "bash", "-c", cmd, (char *)NULL);
@@ -899,23 +908,10 @@ static void stress_run(fixture *fx, const char *cond)
         pthread_join(r[i], NULL);
     print_message("%ld reads whole, %ld failed, %ld wrong; %ld commits\n", s.reads, s.eio, s.wrong, s.commits);
     /* No connection kept beyond the pool (16) and the listener. */
-    int live = -1;
-    {
-        char cmd[1200], bin[512] = "", out[32] = "";
-        snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
-        FILE *p = popen(cmd, "r");
-        if (!fgets(bin, sizeof(bin), p))
-            bin[0] = '\0';
-        pclose(p);
-        bin[strcspn(bin, "\n")] = '\0';
-        snprintf(cmd, sizeof(cmd), "'%s/psql' -X -q -At -d '%s' -c \"SELECT count(*) FROM pg_stat_activity WHERE "
-                 "datname = current_database() AND application_name = 'p11mk'\"", bin, fx->conninfo);
-        p = popen(cmd, "r");
-        if (!fgets(out, sizeof(out), p))
-            out[0] = '\0';
-        pclose(p);
-        live = atoi(out);
-    }
+    char out[32];
+    assert_int_equal(psql(fx->conninfo, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                                        "application_name = 'p11mk'", out, sizeof(out)), 0);
+    int live = atoi(out);
     print_message("%d p11mk connections open after the run\n", live);
     assert_true(live >= 0 && live <= 17);
     assert_int_equal(s.wrong, 0);
@@ -994,18 +990,11 @@ static void test_restart_mid_read(void **state)
  * once the server is back. */
 static void server_ctl(const char *what)
 {
-    char cmd[1024], bin[512] = "";
+    char cmd[4096];
     const char *dir = getenv("P11MK_TEST_PG_DIR");
-    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    if (!fgets(bin, sizeof(bin), p))
-        bin[0] = '\0';
-    pclose(p);
-    bin[strcspn(bin, "\n")] = '\0';
     bool root = geteuid() == 0;
     snprintf(cmd, sizeof(cmd), "cd '%s' && %s '%s/pg_ctl' %s -D '%s/data' -l '%s/server.log' -m fast -w -t 60 -s",
-             dir, root ? "runuser -u p11mk-pgtest --" : "", bin, what, dir, dir);
+             dir, root ? "runuser -u p11mk-pgtest --" : "", pg_bin(), what, dir, dir);
     assert_int_equal(system(cmd), 0);
 }
 
@@ -1058,7 +1047,6 @@ static void test_resume_before_listener(void **state)
     const ks_backend_ops *o = fx->o;
     ks_btxn *t;
     ks_bval v, b;
-    char cmd[2048], bin[512] = "";
 
     put_commit(fx, KS_TAB_OBJECTS, "a", 1, "one");
     put_commit(fx, KS_TAB_OBJECTS, "b", 1, "two");
@@ -1067,16 +1055,9 @@ static void test_resume_before_listener(void **state)
     assert_int_equal(o->get(t, KS_TAB_OBJECTS, "a", 1, &v), KS_OK);
     server_ctl("stop");
     server_ctl("start");
-    snprintf(cmd, sizeof(cmd), "'%s' available 2>/dev/null", test_pg_cluster_script());
-    FILE *p = popen(cmd, "r");
-    if (!fgets(bin, sizeof(bin), p))
-        bin[0] = '\0';
-    pclose(p);
-    bin[strcspn(bin, "\n")] = '\0';
     /* the "restored" database: b differs, the commit number is the same */
-    snprintf(cmd, sizeof(cmd), "'%s/psql' -X -q -At -v ON_ERROR_STOP=1 -d '%s' -c \"UPDATE p11mk_rec SET v = "
-             "'\\x4f4c44'::bytea WHERE k = '\\x62'::bytea\" >/dev/null", bin, fx->conninfo);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(psql(fx->conninfo, "UPDATE p11mk_rec SET v = '\\x4f4c44'::bytea WHERE k = '\\x62'::bytea", NULL, 0),
+                     0);
     int rc = o->get(t, KS_TAB_OBJECTS, "b", 1, &b);
     if (rc == KS_OK && b.n == 3 && memcmp(b.p, "OLD", 3) == 0)
         print_message("BUG: the reader resumed across the restart before the listener was back, and read b = OLD "
