@@ -722,6 +722,9 @@ static void test_lost_writer(void **state)
     ks_config_defaults(&cfg);
     char dir[160];
     snprintf(dir, sizeof(dir), "%s/store", fx->dir);
+    free(cfg.keystore); /* the default directory */
+    free(cfg.backend);
+    free(cfg.postgresql);
     cfg.keystore = strdup(dir);
     cfg.backend = strdup("postgresql");
     char conninfo[1024]; /* a database of its own: fx's holds the backend's records, not a keystore */
