@@ -518,10 +518,19 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
     rc = ks_meta_get(t, st, "idxkey", NULL, 0, &v);
     if (ks_read_failed(rc))
         return ks_read_error(err, st->path, "its index key record", rc);
-    if (rc != KS_OK ||
-        ks_rec_header(v.p, v.n, NULL, &rec_epoch) != KS_OK || !(key = ks_ring_key(r, rec_epoch)) ||
-        ks_rec_open(key, st->ksid, KS_KIND_META, 0, 0, v.p, v.n, &idxkey, &idxlen) != KS_OK ||
-        idxlen != 32) {
+    if (rc != KS_OK || ks_rec_header(v.p, v.n, NULL, &rec_epoch) != KS_OK)
+        goto corrupt;
+    if (!(key = ks_ring_key(r, rec_epoch))) {
+        /* Not damage: a rotation resealed it under its staged key, which this
+         * process was not given (ring_build said which key is missing). */
+        ks_err_set(err, "keystore %s: its index key is sealed under master key epoch %u, whose key %s does not "
+                        "hold (a rotation to it is under way): put the staged key in the key file (as the "
+                        "rotation's stage step did on the host that ran it), or abort the rotation with: "
+                        "p11mk-admin abort",
+                   st->path, rec_epoch, st->keysrc[0] ? st->keysrc : "the key this process was given (no key file)");
+        return KS_ENOKEY;
+    }
+    if (ks_rec_open(key, st->ksid, KS_KIND_META, 0, 0, v.p, v.n, &idxkey, &idxlen) != KS_OK || idxlen != 32) {
         ks_buf_free(idxkey, idxlen);
         goto corrupt;
     }

@@ -223,6 +223,54 @@ static void test_abort_keeps_the_key(void **state)
     all_read_obj(f, ks_mk_store(f->m));
 }
 
+/* A process given only the current key (no key file to read the staged one
+ * from) opens a keystore whose rotation resealed its index key under the
+ * staged key: a key it lacks, said as such (KS_ENOKEY), never as damage
+ * (it said "its metadata failed authentication or is damaged; restore it
+ * from a backup"). In a child: this process holds the keystore open. */
+static void test_open_without_staged_key(void **state)
+{
+    fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    ks_registers r;
+    ks_mkey k = rand_key();
+
+    load(f, &r);
+    ks_mkey cur; /* the bytes alone: no key file named, none to read the staged key from */
+    memset(&cur, 0, sizeof(cur));
+    memcpy(cur.key, r.current.key, KS_MK_LEN);
+    snprintf(cur.source, sizeof(cur.source), "test");
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_rewrap(f->m, NULL, &res, &err), KS_OK);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        ks_err e = KS_ERR_INIT;
+        ks_store *st = NULL;
+        int rc = ks_open(f->ks, &cur, 0, &st, &e);
+        if (write(fds[1], e.msg, strlen(e.msg)) < 0)
+            _exit(100);
+        _exit(rc == KS_ENOKEY ? 0 : rc == KS_OK ? 101 : 102);
+    }
+    close(fds[1]);
+    char msg[1024] = "";
+    ssize_t n = read(fds[0], msg, sizeof(msg) - 1);
+    close(fds[0]);
+    msg[n > 0 ? n : 0] = '\0';
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    print_message("open without the staged key: %s\n", msg);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_null(strstr(msg, "damaged"));
+    assert_null(strstr(msg, "backup"));
+    assert_non_null(strstr(msg, "staged key"));
+    assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_OK);
+}
+
 /* ---- repair of what a crash leaves --------------------------------------------- */
 
 /* The key file as a crash between a step's two writes leaves it. */
@@ -783,6 +831,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_history_unbounded_and_cleared_on_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_keeps_the_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_without_staged_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_repair_each_half_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expectation_refuses_and_writes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_excludes_and_waits, setup, teardown),
