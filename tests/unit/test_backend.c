@@ -1059,8 +1059,8 @@ static void test_resume_before_listener(void **state)
     server_ctl("stop");
     server_ctl("start");
     /* the "restored" database: b differs, the commit number is the same */
-    assert_int_equal(psql(fx->conninfo, "UPDATE p11mk_rec SET v = '\\x4f4c44'::bytea WHERE k = '\\x62'::bytea", NULL, 0),
-                     0);
+    const char *edit = "UPDATE p11mk_rec SET v = '\\x4f4c44'::bytea WHERE k = '\\x62'::bytea";
+    assert_int_equal(psql(fx->conninfo, edit, NULL, 0), 0);
     int rc = o->get(t, KS_TAB_OBJECTS, "b", 1, &b);
     if (rc == KS_OK && b.n == 3 && memcmp(b.p, "OLD", 3) == 0)
         print_message("BUG: the reader resumed across the restart before the listener was back, and read b = OLD "
