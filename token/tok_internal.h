@@ -158,8 +158,9 @@ typedef struct {
     size_t n, cap;
 } tok_oid_vec;
 TOK_API int tok_oid_push(uint64_t oid, void *arg);
-/* The id of the free slot (the next token's), 0 if it cannot be read. */
-TOK_API CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx);
+/* Whether slot is the free slot (the next token's): CKR_OK, CKR_SLOT_ID_INVALID
+ * when it is not, or why the slot list could not be read (CKR_DEVICE_ERROR). */
+TOK_API CK_RV tok_is_free_slot(tok_ctx *ctx, CK_SLOT_ID slot);
 
 /* Take back an object this caller has just made (the second half of a key
  * pair could not be stored): no write rule or CKA_DESTROYABLE stands in the way. */

@@ -559,7 +559,7 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
             ks_log(KS_LOG_INFO, "token %lu re-initialized", (unsigned long)slot);
         return rv;
     }
-    if (rv != CKR_SLOT_ID_INVALID || slot != tok_free_slot_id(ctx))
+    if (rv != CKR_SLOT_ID_INVALID || (rv = tok_is_free_slot(ctx, slot)) != CKR_OK)
         return rv;
     /* A new token on the free slot: its key exists only wrapped under the SO PIN. */
     tok_pin_key k;

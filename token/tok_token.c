@@ -254,15 +254,16 @@ CK_RV tok_token_rows(tok_ctx *ctx, tok_token_row **rows, size_t *n)
     return CKR_OK;
 }
 
-CK_SLOT_ID tok_free_slot_id(tok_ctx *ctx)
+CK_RV tok_is_free_slot(tok_ctx *ctx, CK_SLOT_ID slot)
 {
-    CK_SLOT_ID *ids = NULL, id = 0;
+    CK_SLOT_ID *ids = NULL;
     CK_ULONG n = 0;
+    CK_RV rv = tok_slot_list(ctx, &ids, &n); /* its last slot is the free one */
 
-    if (tok_slot_list(ctx, &ids, &n) == CKR_OK)
-        id = ids[n - 1];
+    if (rv == CKR_OK)
+        rv = n > 0 && ids[n - 1] == slot ? CKR_OK : CKR_SLOT_ID_INVALID;
     free(ids);
-    return id;
+    return rv; /* a list not read is not "another slot" */
 }
 
 CK_RV tok_slot_check(tok_ctx *ctx, CK_SLOT_ID slot)
@@ -270,8 +271,10 @@ CK_RV tok_slot_check(tok_ctx *ctx, CK_SLOT_ID slot)
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
     CK_RV rv = tok_token_load(ctx, slot, &rec);
 
-    if (rv == CKR_SLOT_ID_INVALID && slot == tok_free_slot_id(ctx))
-        return CKR_TOKEN_NOT_RECOGNIZED;
+    if (rv == CKR_SLOT_ID_INVALID) {
+        CK_RV free_rv = tok_is_free_slot(ctx, slot);
+        return free_rv == CKR_OK ? CKR_TOKEN_NOT_RECOGNIZED : free_rv;
+    }
     return rv;
 }
 
@@ -323,8 +326,8 @@ CK_RV tok_token_info(tok_ctx *ctx, CK_SLOT_ID slot, CK_TOKEN_INFO *info)
     CK_ULONG so_fails = 0, user_fails = 0;
     char serial[17];
 
-    if (rv == CKR_SLOT_ID_INVALID && slot == tok_free_slot_id(ctx))
-        rv = CKR_OK; /* the free slot: a present, uninitialized token */
+    if (rv == CKR_SLOT_ID_INVALID)
+        rv = tok_is_free_slot(ctx, slot); /* the free slot: a present, uninitialized token */
     if (rv != CKR_OK)
         return rv;
     memset(info, 0, sizeof(*info));

@@ -751,6 +751,17 @@ static CK_RV tsc_info(tok_ctx *ctx)
     return tok_token_info(ctx, 1, &info);
 }
 
+/* The free slot (2): a present, uninitialized token; a list not read is a
+ * device error, not "no such slot" (tok_free_slot_id answered 0). */
+static CK_RV tsc_free_info(tok_ctx *ctx)
+{
+    CK_TOKEN_INFO info;
+    CK_RV rv = tok_token_info(ctx, 2, &info);
+    if (rv == CKR_SLOT_ID_INVALID)
+        fail_msg("the free slot's token info answered CKR_SLOT_ID_INVALID");
+    return rv;
+}
+
 static CK_RV tsc_slots(tok_ctx *ctx)
 {
     CK_SLOT_ID *ids = NULL;
@@ -896,6 +907,7 @@ static void test_tok_open(void **state)
         tok_run_scenario("tok_" #fn, tsc_##fn, writes);                                                               \
     }
 TOK_SCENARIO(info, false)
+TOK_SCENARIO(free_info, false)
 TOK_SCENARIO(slots, false)
 TOK_SCENARIO(rows, false)
 TOK_SCENARIO(read, false)
@@ -914,7 +926,8 @@ int main(void)
         cmocka_unit_test(test_obj_delete),  cmocka_unit_test(test_token_del),
         cmocka_unit_test_setup(test_rot_rewrap, rot_setup), cmocka_unit_test(test_rot_commit),
         cmocka_unit_test_setup(test_tok_open, tok_group_setup),
-        cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_slots),  cmocka_unit_test(test_tok_rows),
+        cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_free_info), cmocka_unit_test(test_tok_slots),
+        cmocka_unit_test(test_tok_rows),
         cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
         cmocka_unit_test(test_tok_create),  cmocka_unit_test(test_tok_destroy),
     };
