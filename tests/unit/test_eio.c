@@ -41,13 +41,14 @@ static const ks_backend_ops *const lmdb = &ks_lmdb_backend;
 static long fault_calls; /* read-type calls since armed */
 static long fault_at;    /* the first call that fails (1-based), and all after it; 0: none */
 static bool fault_armed, fault_fired;
+static bool fault_once; /* only call fault_at fails: a connection lost once, taken up again */
 
 /* One more read-type call: true when it fails. */
 static bool fault_tick(void)
 {
     if (!fault_armed)
         return false;
-    if (++fault_calls >= fault_at && fault_at > 0) {
+    if (++fault_calls >= fault_at && fault_at > 0 && (!fault_once || fault_calls == fault_at)) {
         fault_fired = true;
         return true;
     }
@@ -508,6 +509,77 @@ static void test_open(void **state)
     run_scenario("open", NULL, true, false);
 }
 
+/* A single failed read in the open (the storage fails call N once, then
+ * answers again: a connection lost and taken up): the open's reads run again
+ * from a new transaction (KS_READ_TRIES), so the open succeeds, says nothing
+ * of damage, and the store it gives is the keystore as it is: the same id,
+ * counters and entries, a clean verify, every object readable, and no stale
+ * state kept from the failed attempt (the ring, the index MAC: a lookup by
+ * an indexed value finds its object). */
+static void test_open_transient(void **state)
+{
+    (void)state;
+    char dir[300];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st = NULL;
+    ks_info want, got;
+
+    fresh_copy(dir);
+    assert_int_equal(ks_open_backend(dir, &faulty, &mk, 0, &st, &err), KS_OK);
+    assert_int_equal(ks_get_info(st, &want), KS_OK);
+    ks_close(st);
+    rm_rf(dir);
+
+    fault_once = true;
+    fault_arm(0);
+    fault_at = 1000000; /* counting only */
+    fresh_copy(dir);
+    assert_int_equal(ks_open_backend(dir, &faulty, &mk, 0, &st, &err), KS_OK);
+    long count = fault_calls;
+    fault_disarm();
+    ks_close(st);
+    rm_rf(dir);
+    assert_true(count > 0);
+
+    long failed_opens = 0;
+    for (long n = 1; n <= count; n++) {
+        fresh_copy(dir);
+        log_clear();
+        memset(&err, 0, sizeof(err));
+        st = NULL;
+        fault_arm(n);
+        int rc = ks_open_backend(dir, &faulty, &mk, 0, &st, &err);
+        fault_disarm();
+        if (rc != KS_OK) {
+            failed_opens++;
+            print_message("open, call %ld failing once: %s: %s\n", n, ks_strerror(rc), err.msg);
+            if (rc != KS_EIO)
+                fail_msg("open, call %ld failing once: %s, not the input/output error: %s", n, ks_strerror(rc),
+                         err.msg);
+            const char *w = damage_in(err.msg);
+            if (w)
+                fail_msg("open, call %ld failing once: the error reports damage (\"%s\"): %s", n, w, err.msg);
+            assert_int_equal(ks_open_backend(dir, &faulty, &mk, 0, &st, &err), KS_OK);
+        }
+        log_check("open (failing once)", n);
+        assert_int_equal(ks_get_info(st, &got), KS_OK);
+        assert_memory_equal(got.keystore_id, want.keystore_id, sizeof(want.keystore_id));
+        assert_int_equal(got.epoch, want.epoch);
+        assert_int_equal(got.n_tokens, want.n_tokens);
+        assert_int_equal(got.n_objects, want.n_objects);
+        assert_int_equal(sc_find(st), KS_OK); /* the index MAC is this keystore's */
+        check_unchanged(st, "open (failing once)", n);
+        log_check("open (failing once)", n);
+        ks_close(st);
+        rm_rf(dir);
+    }
+    fault_once = false;
+    print_message("open, failing once: %ld fault points, %ld opens failed\n", count, failed_opens);
+    /* Each read the open makes is run again from a new transaction: a
+     * single lost read never fails the open. */
+    assert_int_equal(failed_opens, 0);
+}
+
 #define SCENARIO(fn, writes)                                                                                          \
     static void test_##fn(void **state)                                                                              \
     {                                                                                                                 \
@@ -919,7 +991,7 @@ TOK_SCENARIO(destroy, true)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_open),        cmocka_unit_test(test_read_obj),   cmocka_unit_test(test_find),
+        cmocka_unit_test(test_open),        cmocka_unit_test(test_open_transient),        cmocka_unit_test(test_read_obj),   cmocka_unit_test(test_find),
         cmocka_unit_test(test_foreach),     cmocka_unit_test(test_token_get),  cmocka_unit_test(test_token_list),
         cmocka_unit_test(test_info),        cmocka_unit_test(test_verify),     cmocka_unit_test(test_token_put),
         cmocka_unit_test(test_token_new),   cmocka_unit_test(test_obj_create), cmocka_unit_test(test_obj_update),
