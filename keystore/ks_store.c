@@ -566,8 +566,12 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
         for (int attempt = 0; attempt < KS_READ_TRIES; attempt++) {
             if (err)
                 err->msg[0] = '\0'; /* this attempt's reason, not the last one's */
-            if ((rc = o->read_begin(st->be, &t)) != KS_OK)
-                return ks_read_error(err, st->path, "it (a read transaction could not begin)", rc);
+            if ((rc = o->read_begin(st->be, &t)) != KS_OK) {
+                ks_read_error(err, st->path, "it (a read transaction could not begin)", rc);
+                if (rc == KS_EIO)
+                    continue; /* as a read that failed in it: again from a new transaction */
+                return rc;
+            }
             rc = load_meta(st, t, mk, err);
             o->read_end(t);
             if (rc != KS_EIO)
