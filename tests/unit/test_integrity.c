@@ -464,9 +464,97 @@ static void test_format1_upgrade(void **state)
     raw_end(&r);
 }
 
+/* Damage of the metadata the open reads is said as damage, never as a read
+ * that failed: the open fails with a verdict (KS_ECORRUPT, KS_EVERSION,
+ * KS_EWRONGKEY), and its message is one line that names the damage (or the
+ * key or format) and says nothing of trying again or of the storage's disk
+ * or connection (ks_read_failed, ks_read_error). */
+typedef enum { T_DEL, T_FLIP, T_SET } tamper_op;
+static const struct {
+    const char *what;
+    tamper_op op;
+    const char *key;
+    size_t klen;
+    const char *val; /* T_SET */
+    size_t vlen;
+    int want;
+    const char *says; /* a word the message must hold */
+} damages[] = {
+    {"format deleted", T_DEL, "format", 6, NULL, 0, KS_ECORRUPT, "restore"},
+    {"format 99", T_SET, "format", 6, "\0\0\0\x63", 4, KS_EVERSION, "format version"},
+    {"ksid deleted", T_DEL, "ksid", 4, NULL, 0, KS_ECORRUPT, "restore"},
+    {"epoch deleted", T_DEL, "epoch", 5, NULL, 0, KS_ECORRUPT, "restore"},
+    {"epoch pointed at 7", T_SET, "epoch", 5, "\0\0\0\x07", 4, KS_ECORRUPT, "restore"},
+    {"kcv of epoch 1 deleted", T_DEL, "kcv\0\0\0\x01", 7, NULL, 0, KS_ECORRUPT, "restore"},
+    {"kcv of epoch 1 changed", T_FLIP, "kcv\0\0\0\x01", 7, NULL, 0, KS_EWRONGKEY, "check value"},
+    {"state deleted", T_DEL, "state", 5, NULL, 0, KS_ECORRUPT, "restore"},
+    {"state flipped", T_FLIP, "state", 5, NULL, 0, KS_ECORRUPT, "restore"},
+    {"idxkey deleted", T_DEL, "idxkey", 6, NULL, 0, KS_ECORRUPT, "restore"},
+    {"idxkey flipped", T_FLIP, "idxkey", 6, NULL, 0, KS_ECORRUPT, "restore"},
+};
+
+static void check_damage_msg(const char *what, int rc, int want, const char *msg, const char *says)
+{
+    if (rc != want)
+        fail_msg("%s: open gave %s (%d), not %s: %s", what, ks_strerror(rc), rc, ks_strerror(want), msg);
+    if (!msg[0] || strchr(msg, '\n'))
+        fail_msg("%s: the message is empty or not one line: '%s'", what, msg);
+    if (strstr(msg, "try again") || strstr(msg, "cannot read") || strstr(msg, "database connection"))
+        fail_msg("%s: damage said as a failed read: %s", what, msg);
+    if (!strstr(msg, says))
+        fail_msg("%s: the message does not say '%s': %s", what, says, msg);
+}
+
+static void test_damage_said_as_damage(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(damages) / sizeof(damages[0]); i++) {
+        void *s = NULL;
+        assert_int_equal(setup(&s), 0);
+        fx *f = s;
+        raw r;
+        raw_begin(f, &r);
+        if (damages[i].op == T_DEL) {
+            raw_del(&r, "meta", damages[i].key, damages[i].klen);
+        } else if (damages[i].op == T_SET) {
+            raw_put(&r, "meta", damages[i].key, damages[i].klen, damages[i].val, damages[i].vlen);
+        } else {
+            uint8_t *v;
+            size_t l;
+            raw_get(&r, "meta", damages[i].key, damages[i].klen, &v, &l);
+            v[l / 2] ^= 0x04;
+            raw_put(&r, "meta", damages[i].key, damages[i].klen, v, l);
+            free(v);
+        }
+        raw_end(&r);
+        ks_store *st = NULL;
+        ks_err err = KS_ERR_INIT;
+        int rc = ks_open(f->dir, &f->key, KS_OPEN_CREATE, &st, &err);
+        if (st)
+            ks_close(st);
+        check_damage_msg(damages[i].what, rc, damages[i].want, err.msg, damages[i].says);
+        teardown(&s);
+    }
+
+    /* The wrong master key. */
+    void *s = NULL;
+    assert_int_equal(setup(&s), 0);
+    fx *f = s;
+    ks_mkey other = f->key;
+    other.key[0] ^= 1;
+    ks_store *st = NULL;
+    ks_err err = KS_ERR_INIT;
+    int rc = ks_open(f->dir, &other, 0, &st, &err);
+    if (st)
+        ks_close(st);
+    check_damage_msg("wrong master key", rc, KS_EWRONGKEY, err.msg, "check value");
+    teardown(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_damage_said_as_damage),
         cmocka_unit_test_setup_teardown(test_clean_keystore_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_format_is_damage_not_a_new_keystore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dropped_database_is_damage, setup, teardown),
