@@ -35,6 +35,8 @@
 #include "token/tok_policy.h"
 #include "token/tok_token.h"
 
+#define TOK_MAX_PIN_TRIES_TEST 10UL /* token/tok_internal.h TOK_MAX_PIN_TRIES */
+
 /* ---- the fault-injecting backend ------------------------------------------ */
 
 static const ks_backend_ops *const lmdb = &ks_lmdb_backend;
@@ -113,6 +115,50 @@ static int f_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
     return fault_tick() ? KS_EIO : lmdb->cur_next(c, same_key, key, val);
 }
 
+/* A write transaction that loses its connection once (before COMMIT): the
+ * Nth write-type call fails, ops->lost says so, and ks_write runs the
+ * transaction again. */
+static long wl_calls, wl_at;
+static bool wl_armed, wl_lost, wl_fired;
+
+static bool wl_tick(void)
+{
+    if (!wl_armed)
+        return false;
+    if (++wl_calls == wl_at) {
+        wl_lost = wl_fired = true;
+        return true;
+    }
+    return false;
+}
+
+static int w_write_begin(ks_benv *e, ks_btxn **t)
+{
+    wl_lost = false;
+    return f_write_begin(e, t);
+}
+
+static int w_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    return wl_tick() ? KS_EIO : lmdb->put(t, tab, k, kl, v, vl);
+}
+
+static int w_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
+{
+    return wl_tick() ? KS_EIO : lmdb->del(t, tab, k, kl);
+}
+
+static int w_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
+{
+    return wl_tick() ? KS_EIO : lmdb->dup_add(t, tab, k, kl, v, vl);
+}
+
+static bool w_lost(ks_btxn *t)
+{
+    (void)t;
+    return wl_lost;
+}
+
 static ks_backend_ops faulty;
 
 static void faulty_init(void)
@@ -127,6 +173,11 @@ static void faulty_init(void)
     faulty.dup_has = f_dup_has;
     faulty.cur_seek = f_cur_seek;
     faulty.cur_next = f_cur_next;
+    faulty.write_begin = w_write_begin;
+    faulty.put = w_put;
+    faulty.del = w_del;
+    faulty.dup_add = w_dup_add;
+    faulty.lost = w_lost;
 }
 
 /* ---- the keystore every run starts from ------------------------------------ */
@@ -988,6 +1039,108 @@ TOK_SCENARIO(verify_index, false)
 TOK_SCENARIO(create, true)
 TOK_SCENARIO(destroy, true)
 
+/* ---- writes run again after a lost connection (ops->lost) ------------------- */
+
+static CK_FLAGS so_flags(tok_ctx *ctx)
+{
+    CK_TOKEN_INFO info;
+    assert_int_equal(tok_token_info(ctx, 1, &info), CKR_OK);
+    return info.flags & (CKF_SO_PIN_COUNT_LOW | CKF_SO_PIN_FINAL_TRY | CKF_SO_PIN_LOCKED);
+}
+
+/* One wrong SO PIN whose write loses its connection at write call n (0:
+ * none): the attempt counts once, whatever ks_write ran again. Returns the
+ * write calls made. */
+static long lost_wrong_pin_once(long n)
+{
+    char dir[300];
+    tok_ctx *ctx;
+    tok_fresh_copy(dir);
+    assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    for (unsigned long i = 0; i + 2 < TOK_MAX_PIN_TRIES_TEST; i++)
+        assert_int_equal(tok_login_check(ctx, 1, CKU_SO, (const uint8_t *)"00000000", 8), CKR_PIN_INCORRECT);
+    assert_int_equal(so_flags(ctx), CKF_SO_PIN_COUNT_LOW); /* MAX - 2 failures */
+    wl_calls = 0;
+    wl_at = n;
+    wl_fired = false;
+    wl_armed = true;
+    CK_RV rv = tok_login_check(ctx, 1, CKU_SO, (const uint8_t *)"00000000", 8);
+    wl_armed = false;
+    long calls = wl_calls;
+    if (n && !wl_fired)
+        fail_msg("wrong PIN, write call %ld losing: never made (%ld calls)", n, calls);
+    if (rv != CKR_PIN_INCORRECT)
+        fail_msg("wrong PIN, write call %ld losing its connection: 0x%lx, not CKR_PIN_INCORRECT (the write was "
+                 "not run again)", n, (unsigned long)rv);
+    CK_FLAGS f = so_flags(ctx);
+    if (f != (CKF_SO_PIN_COUNT_LOW | CKF_SO_PIN_FINAL_TRY))
+        fail_msg("wrong PIN, write call %ld losing its connection: flags 0x%lx: the attempt was %s", n,
+                 (unsigned long)f, (f & CKF_SO_PIN_LOCKED) ? "counted twice (the PIN is locked)" : "not counted");
+    /* The right PIN still logs in (one try left), and resets the count. */
+    assert_int_equal(tok_login_check(ctx, 1, CKU_SO, (const uint8_t *)"12345678", 8), CKR_OK);
+    assert_int_equal(so_flags(ctx), 0);
+    tok_ctx_close(ctx);
+    rm_rf(dir);
+    return calls;
+}
+
+static void test_tok_lost_write_pin(void **state)
+{
+    (void)state;
+    long count = lost_wrong_pin_once(0);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++)
+        lost_wrong_pin_once(n);
+    print_message("wrong PIN: %ld write points lost once\n", count);
+}
+
+/* An object stored while its write loses its connection once: exactly one
+ * object more, under the id handed out, readable. */
+static long lost_create_once(long n)
+{
+    char dir[300];
+    tok_ctx *ctx;
+    ks_info before, after;
+    uint64_t oid = 0;
+    tok_fresh_copy(dir);
+    assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    assert_int_equal(ks_get_info(tok_ctx_store(ctx), &before), KS_OK);
+    wl_calls = 0;
+    wl_at = n;
+    wl_fired = false;
+    wl_armed = true;
+    CK_RV rv = store_public(ctx, "three", &oid);
+    wl_armed = false;
+    long calls = wl_calls;
+    if (n && !wl_fired)
+        fail_msg("create, write call %ld losing: never made (%ld calls)", n, calls);
+    if (rv != CKR_OK)
+        fail_msg("create, write call %ld losing its connection: 0x%lx (not run again)", n, (unsigned long)rv);
+    assert_int_equal(ks_get_info(tok_ctx_store(ctx), &after), KS_OK);
+    if (after.n_objects != before.n_objects + 1)
+        fail_msg("create, write call %ld losing its connection: %llu objects more, not 1", n,
+                 (unsigned long long)(after.n_objects - before.n_objects));
+    tok_attrs back = TOK_ATTRS_INIT;
+    assert_int_equal(tok_obj_read(ctx, &pub_rw, oid, &back), CKR_OK);
+    tok_attrs_free(&back);
+    uint64_t checked = 0, failed = 0;
+    assert_int_equal(ks_verify(tok_ctx_store(ctx), verify_cb, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    tok_ctx_close(ctx);
+    rm_rf(dir);
+    return calls;
+}
+
+static void test_tok_lost_write_create(void **state)
+{
+    (void)state;
+    long count = lost_create_once(0);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++)
+        lost_create_once(n);
+    print_message("create: %ld write points lost once\n", count);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -998,6 +1151,7 @@ int main(void)
         cmocka_unit_test(test_obj_delete),  cmocka_unit_test(test_token_del),
         cmocka_unit_test_setup(test_rot_rewrap, rot_setup), cmocka_unit_test(test_rot_commit),
         cmocka_unit_test_setup(test_tok_open, tok_group_setup),
+        cmocka_unit_test(test_tok_lost_write_pin), cmocka_unit_test(test_tok_lost_write_create),
         cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_free_info), cmocka_unit_test(test_tok_slots),
         cmocka_unit_test(test_tok_rows),
         cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
