@@ -213,6 +213,17 @@ CK_RV tok_slot_list(tok_ctx *ctx, CK_SLOT_ID **ids, CK_ULONG *n)
     return CKR_OK;
 }
 
+/* Whether a token's record failed to load because the storage did not
+ * answer (not because it is damaged): read again to tell. */
+static bool token_unreadable(ks_txn *txn, uint32_t tid)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = txn ? ks_token_get(txn, tid, &blob, &len) : KS_EIO;
+    ks_buf_free(blob, len);
+    return rc != KS_OK && storage_failure(rc);
+}
+
 CK_RV tok_token_rows(tok_ctx *ctx, tok_token_row **rows, size_t *n)
 {
     uint32_t *tids = NULL, next = 0;
@@ -234,10 +245,12 @@ CK_RV tok_token_rows(tok_ctx *ctx, tok_token_row **rows, size_t *n)
     for (size_t i = 0; rc == KS_OK && i < nt; i++) {
         if ((rv = tok_token_info(ctx, tids[i], &out[k].info)) == CKR_SLOT_ID_INVALID)
             continue; /* deleted since the list was read */
+        if (rv != CKR_OK && !token_unreadable(txn, tids[i]))
+            continue; /* damaged (said by tok_token_load): the others are still listed */
         if (rv != CKR_OK) {
             free(tids);
             free(out);
-            return rv;
+            return rv; /* the storage did not answer: no list rather than a short one */
         }
         out[k].slot = tids[i];
         if ((rc = ks_token_count_objects(txn, tids[i], &out[k].objects)) != KS_OK)
