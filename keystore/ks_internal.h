@@ -151,17 +151,6 @@ KS_API int ks_open_backend(const char *dir, const ks_backend_ops *ops, const ks_
 KS_API int ks_backend_register(const ks_backend_ops *ops);
 
 /* ---- storage, through the backend (ks_store.c) ---- */
-/* A read's result that says nothing about the data: not an answer (not
- * found, failed authentication, sealed under a key not here, a format not
- * read here) but a failure to read at all (an I/O error, a lost database
- * connection, out of memory). It is passed on as it is: never taken for a
- * missing record, never reported as damage, never a reason to change
- * anything. */
-static inline bool ks_read_failed(int rc)
-{
-    return rc != KS_OK && rc != KS_ENOTFOUND && rc != KS_ECORRUPT && rc != KS_EWRONGKEY && rc != KS_ENOKEY &&
-           rc != KS_EVERSION;
-}
 /* err gets "keystore PATH: cannot read WHAT (reason); nothing was changed:
  * try again, and check the storage"; returns rc. */
 KS_API int ks_read_error(ks_err *err, const char *path, const char *what, int rc);

@@ -124,8 +124,6 @@ bool tok_ctx_readonly(tok_ctx *ctx) { return ks_readonly(ctx->st); }
 
 /* ---- token records --------------------------------------------------- */
 
-static bool storage_failure(int rc);
-
 CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
 {
     AUTO_TXN txn = NULL;
@@ -141,7 +139,7 @@ CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
     rc = ks_token_get(txn, (uint32_t)slot, &blob, &len);
     if (rc == KS_ENOTFOUND)
         return CKR_SLOT_ID_INVALID;
-    if (rc != KS_OK && !storage_failure(rc)) {
+    if (rc != KS_OK && !ks_read_failed(rc)) {
         ks_log(KS_LOG_ERROR, "token %lu: record cannot be used (%s); check the keystore with 'p11mk-admin verify'",
                (unsigned long)slot, ks_strerror(rc));
         return CKR_DEVICE_ERROR;
@@ -221,7 +219,7 @@ static bool token_unreadable(ks_txn *txn, uint32_t tid)
     size_t len = 0;
     int rc = txn ? ks_token_get(txn, tid, &blob, &len) : KS_EIO;
     ks_buf_free(blob, len);
-    return rc != KS_OK && storage_failure(rc);
+    return rc != KS_OK && ks_read_failed(rc);
 }
 
 CK_RV tok_token_rows(tok_ctx *ctx, tok_token_row **rows, size_t *n)
@@ -635,14 +633,6 @@ typedef enum {
     READ_META, /* what can be shown without the PIN: a private object's envelope left out */
 } read_mode;
 
-/* A storage failure (an I/O error, a lost database connection, a refusal),
- * as opposed to a record that is damaged or sealed under a key not here. */
-static bool storage_failure(int rc)
-{
-    return rc != KS_OK && rc != KS_ENOTFOUND && rc != KS_ECORRUPT && rc != KS_ENOKEY && rc != KS_EVERSION &&
-           rc != KS_EWRONGKEY;
-}
-
 /* A private object's envelope: opened with the token key this process holds;
  * without it the object is not there for this caller. A private object
  * outside an envelope on a token whose key this process holds was put there
@@ -669,7 +659,7 @@ static CK_RV obj_open(tok_ctx *ctx, ks_txn *txn, CK_SLOT_ID slot, uint64_t oid, 
         return CKR_DEVICE_ERROR;
     }
     if ((rc = ks_token_incarnation(txn, (uint32_t)slot, &inc)) != KS_OK) {
-        if (storage_failure(rc) && storage_failed)
+        if (ks_read_failed(rc) && storage_failed)
             *storage_failed = true;
         return ks_to_ckr(rc);
     }
@@ -716,7 +706,7 @@ static CK_RV obj_read_txn2(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_S
     rc = ks_obj_get(txn, (uint32_t)slot, oid, &blob, &len);
     if (rc == KS_ENOTFOUND)
         return CKR_OBJECT_HANDLE_INVALID;
-    if (storage_failure(rc)) {
+    if (ks_read_failed(rc)) {
         if (storage_failed)
             *storage_failed = true;
         return ks_to_ckr(rc) == CKR_GENERAL_ERROR ? CKR_DEVICE_ERROR : ks_to_ckr(rc);

@@ -52,6 +52,18 @@ enum {
  * many times in all. A new snapshot is as good as the first for it. */
 #define KS_READ_TRIES 3
 
+/* A read's result that says nothing about the data: not an answer (not
+ * found, failed authentication, sealed under a key not here, a format not
+ * read here) but a failure to read at all (an I/O error, a lost database
+ * connection, out of memory). It is passed on as it is: never taken for a
+ * missing record, never reported as damage, never a reason to change
+ * anything. */
+static inline bool ks_read_failed(int rc)
+{
+    return rc != KS_OK && rc != KS_ENOTFOUND && rc != KS_ECORRUPT && rc != KS_EWRONGKEY && rc != KS_ENOKEY &&
+           rc != KS_EVERSION;
+}
+
 KS_API const char *ks_strerror(int err);
 
 /* Where a failure happened, for callers that act on it (the admin's exit
