@@ -362,6 +362,8 @@ static CK_RV init_mac(tok_op *op)
              : OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)op->d->md, 0),
         OSSL_PARAM_construct_end(),
     };
+    if (op->mac) /* a spare's HMAC context of this digest (recycle): only the key is new */
+        return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, NULL) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
     op->mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
     if (!op->mac)
         return CKR_HOST_MEMORY;
@@ -396,19 +398,25 @@ static CK_RV start_checks(tok_op_kind kind, bool recover, const CK_MECHANISM *me
     return CKR_OK;
 }
 
-/* A spare made ready for an operation of kind on key (NULL for a digest):
- * a digest's context kept for a digest, nothing else of the old operation
- * left. The op holds a reference on key after (the spare's own when it is
- * the same key: no reference count touched). */
-static void recycle(tok_op *op, tok_op_kind kind, tok_key *key)
+/* A spare made ready for an operation of kind with mechanism d on key (NULL
+ * for a digest): a digest's context kept for a digest, an HMAC context for
+ * an HMAC of the same digest (re-keyed under zeros when its operation ended:
+ * scrub), nothing else of the old operation left. The op holds a reference
+ * on key after (the spare's own when it is the same key: no reference count
+ * touched). */
+static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_key *key)
 {
     EVP_MD_CTX *mdctx = kind == TOK_OP_DIGEST && op->kind == TOK_OP_DIGEST ? op->mdctx : NULL;
+    EVP_MAC_CTX *mac = op->mac && op->d && op->d->mc == M_HMAC && d->mc == M_HMAC && strcmp(op->d->md, d->md) == 0
+                           ? op->mac
+                           : NULL;
     tok_key *k = op->key;
 
     if (mdctx != op->mdctx)
         EVP_MD_CTX_free(op->mdctx);
+    if (mac != op->mac)
+        EVP_MAC_CTX_free(op->mac);
     EVP_CIPHER_CTX_free(op->cctx); /* none after tok_op_end (scrub) */
-    EVP_MAC_CTX_free(op->mac);
     op_release_data(op);
     if (k != key) {
         tok_key_unref(k);
@@ -416,6 +424,7 @@ static void recycle(tok_op *op, tok_op_kind kind, tok_key *key)
     }
     memset(op, 0, sizeof(*op));
     op->mdctx = mdctx;
+    op->mac = mac;
     op->key = k;
 }
 
@@ -433,7 +442,7 @@ static CK_RV op_start(tok_op_kind kind, bool recover, const CK_MECHANISM *mech, 
     }
     if (reuse) {
         op = reuse;
-        recycle(op, kind, kind == TOK_OP_DIGEST ? NULL : key);
+        recycle(op, kind, d, kind == TOK_OP_DIGEST ? NULL : key);
     } else {
         op = calloc(1, sizeof(*op));
         if (!op)
@@ -510,22 +519,33 @@ CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *k
  * - a digest's context, for the next digest (re-initialized when the digest
  *   ends, which clears what it held of the caller's data);
  * - its own memory.
- * Cipher and MAC contexts are not kept: they hold key material in ordinary
- * memory (an AES key schedule begins with the key itself; OpenSSL's HMAC
- * keeps a copy of its key), which the module lets live only while an
- * operation runs (README, threat model: key values are kept out of core
- * dumps). When an operation ends, its buffers are cleansed and freed. A
- * private key's spare goes at logout: the pkcs11 layer sweeps the sessions
- * it can take, and tok_op_start drops one from before a logout. */
+ * - an HMAC's context, re-keyed under an all-zero key when the HMAC ends:
+ *   OpenSSL's HMAC cleanses and frees its copy of the old key for a copy of
+ *   the zeros, and its inner and outer states (each as good as the key for
+ *   making MACs) become the zero key's. Making the context again costs an
+ *   HMAC a third of its time; re-keying it under zeros, two blocks hashed.
+ *   (test_secrets looks for the key and both states in a core dump.)
+ * Cipher and CMAC contexts are not kept: they hold key material in ordinary
+ * memory (an AES key schedule begins with the key itself), which the module
+ * lets live only while an operation runs (README, threat model: key values
+ * are kept out of core dumps), and re-keying AES-GCM under zeros costs more
+ * than a new context. When an operation ends, its buffers are cleansed and
+ * freed. A private key's spare goes at logout: the pkcs11 layer sweeps the
+ * sessions it can take, and tok_op_start drops one from before a logout. */
 
-/* What an ended operation may keep: no cipher or MAC context (key
- * material), a digest's context cleared; false: keep nothing of it. */
+/* What an ended operation may keep: no cipher or CMAC context (key
+ * material), an HMAC context under the zero key, a digest's context cleared;
+ * false: keep nothing of it. */
 static bool scrub(tok_op *op)
 {
+    static const uint8_t zeros[32];
+
+    if (op->mac && (op->d->mc != M_HMAC || EVP_MAC_init(op->mac, zeros, sizeof(zeros), NULL) != 1)) {
+        EVP_MAC_CTX_free(op->mac);
+        op->mac = NULL;
+    }
     EVP_CIPHER_CTX_free(op->cctx);
-    EVP_MAC_CTX_free(op->mac);
     op->cctx = NULL;
-    op->mac = NULL;
     if (op->mdctx) {
         if (op->kind != TOK_OP_DIGEST) { /* a signature's: made again each time */
             EVP_MD_CTX_free(op->mdctx);

@@ -173,6 +173,44 @@ for name, v in keys.items():
         if form and core.find(form) >= 0:
             found.append(name)
             break
+# HMAC's inner and outer states (SHA-256 after one block of the key XOR
+# 0x36, and of 0x5c): each makes MACs as the key does, and OpenSSL keeps
+# them in its HMAC context, which a session keeps between operations
+# re-keyed under zeros (tok_op.c, scrub).
+def sha256_block(block):
+    K = [int(x, 16) for x in """428a2f98 71374491 b5c0fbcf e9b5dba5 3956c25b 59f111f1 923f82a4 ab1c5ed5
+    d807aa98 12835b01 243185be 550c7dc3 72be5d74 80deb1fe 9bdc06a7 c19bf174 e49b69c1 efbe4786 0fc19dc6
+    240ca1cc 2de92c6f 4a7484aa 5cb0a9dc 76f988da 983e5152 a831c66d b00327c8 bf597fc7 c6e00bf3 d5a79147
+    06ca6351 14292967 27b70a85 2e1b2138 4d2c6dfc 53380d13 650a7354 766a0abb 81c2c92e 92722c85 a2bfe8a1
+    a81a664b c24b8b70 c76c51a3 d192e819 d6990624 f40e3585 106aa070 19a4c116 1e376c08 2748774c 34b0bcb5
+    391c0cb3 4ed8aa4a 5b9cca4f 682e6ff3 748f82ee 78a5636f 84c87814 8cc70208 90befffa a4506ceb bef9a3f7
+    c67178f2""".split()]
+    H = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
+    M = 0xffffffff
+    ror = lambda x, n: ((x >> n) | (x << (32 - n))) & M
+    w = [int.from_bytes(block[i:i + 4], "big") for i in range(0, 64, 4)]
+    for i in range(16, 64):
+        s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3)
+        s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10)
+        w.append((w[i - 16] + s0 + w[i - 7] + s1) & M)
+    a, b, c, d, e, f, g, h = H
+    for i in range(64):
+        t1 = (h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i]) & M
+        t2 = ((ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) & M
+        a, b, c, d, e, f, g, h = (t1 + t2) & M, a, b, c, (d + t1) & M, e, f, g
+    return [(x + y) & M for x, y in zip(H, [a, b, c, d, e, f, g, h])]
+import hashlib
+assert sha256_block(b"abc" + b"\x80" + bytes(52) + (24).to_bytes(8, "big")) == [
+    int.from_bytes(hashlib.sha256(b"abc").digest()[i:i + 4], "big") for i in range(0, 32, 4)]
+hk = keys["session HMAC key"].ljust(64, b"\0")
+for pad, name in ((0x36, "inner"), (0x5c, "outer")):
+    st = sha256_block(bytes(b ^ pad for b in hk))
+    for form in (b"".join(x.to_bytes(4, "little") for x in st), b"".join(x.to_bytes(4, "big") for x in st)):
+        if core.find(form) >= 0:
+            found.append("session HMAC key's %s state" % name)
+            break
+    keys["session HMAC key's %s state" % name] = None
+required += ["session HMAC key's inner state", "session HMAC key's outer state"]
 bad = [n for n in found if n in required]
 print("core dump of %d bytes: looked for %s; found: %s" % (len(core), ", ".join(keys), ", ".join(found) or "none"))
 sys.exit(1 if bad else 0)

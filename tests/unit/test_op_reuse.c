@@ -8,7 +8,7 @@
  *   session (AES-GCM with IVs of 8, 12 and 16 bytes, AAD or none, 96- or
  *   128-bit tags, decryption of good and damaged ciphertext; AES-CBC-PAD,
  *   AES-CBC, AES-ECB, AES-CTR both ways; AES-CMAC; HMAC-SHA256/384 and
- *   their _GENERAL forms; SHA-1/256/384; single- and multi-part, size
+ *   their _GENERAL forms with two keys (one longer than a hash block); SHA-1/256/384; single- and multi-part, size
  *   queries, operations abandoned half way) on two keys of known value,
  *   each output compared with OpenSSL's for the same input;
  * - test_reuse_sees_key_changes: after a key was used, its destruction, a
@@ -34,6 +34,12 @@ static const CK_BYTE key_a[32] = {0x60, 0x3d, 0xeb, 0x10, 0x15, 0xca, 0x71, 0xbe
 static const CK_BYTE key_b[16] = {0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6,
                                   0xab, 0xf7, 0x15, 0x88, 0x09, 0xcf, 0x4f, 0x3c};
 static const CK_BYTE key_h[40] = "an HMAC key of forty bytes, for testing";
+/* A second HMAC key, longer than SHA-256's and SHA-384's blocks (hashed
+ * first): a session's HMAC context is kept between operations and re-keyed
+ * (tok_op.c, scrub), so each HMAC must use its own key, not the last one. */
+static const CK_BYTE key_h2[] = "a second HMAC key, longer than a hash block: one hundred and forty bytes of it, "
+                                   "which HMAC hashes before it pads it, as RFC 2104 says it must.";
+static CK_OBJECT_HANDLE kh2;
 
 static CK_OBJECT_HANDLE import_secret(CK_SESSION_HANDLE h, CK_KEY_TYPE kt, const CK_BYTE *v, CK_ULONG len,
                                       bool token, bool priv)
@@ -288,8 +294,12 @@ static void one_step(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE ka, CK_OBJECT_HANDLE 
         CK_MECHANISM mech = {big ? (general ? CKM_SHA384_HMAC_GENERAL : CKM_SHA384_HMAC)
                                  : (general ? CKM_SHA256_HMAC_GENERAL : CKM_SHA256_HMAC),
                              general ? &glen : NULL, general ? sizeof(glen) : 0};
+        bool second = rnd(2);
+        if (second)
+            kh = kh2;
         CK(p11_sign(h, &mech, kh, in, inlen, out, &n));
-        w = ossl_mac(false, big ? "SHA384" : "SHA256", key_h, sizeof(key_h), in, inlen, want);
+        w = ossl_mac(false, big ? "SHA384" : "SHA256", second ? key_h2 : key_h, second ? sizeof(key_h2) : sizeof(key_h),
+                     in, inlen, want);
         assert_int_equal(n, general ? glen : w);
         assert_memory_equal(out, want, n);
         CK(f->C_VerifyInit(h, &mech, kh));
@@ -336,6 +346,7 @@ static void test_reuse_matches_openssl(void **state)
     CK_OBJECT_HANDLE ka = import_secret(h, CKK_AES, key_a, sizeof(key_a), true, true);
     CK_OBJECT_HANDLE kb = import_secret(h, CKK_AES, key_b, sizeof(key_b), false, false);
     CK_OBJECT_HANDLE kh = import_secret(h, CKK_GENERIC_SECRET, key_h, sizeof(key_h), true, false);
+    kh2 = import_secret(h, CKK_GENERIC_SECRET, key_h2, sizeof(key_h2), false, true);
 
     for (int i = 0; i < 1500; i++)
         one_step(h, ka, kb, kh);
