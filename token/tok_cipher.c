@@ -7,7 +7,7 @@
 #include <pthread.h>
 #include <string.h>
 
-typedef enum { C_ECB, C_CBC, C_CTR, C_GCM, C_WRAP, C_WRAP_PAD, C_CCM, C_CHACHA_POLY } cmode;
+typedef enum { C_ECB, C_CBC, C_CTR, C_GCM, C_WRAP, C_WRAP_PAD, C_CCM, C_CHACHA_POLY, C_MODES } cmode;
 
 static struct cipher {
     tok_fam fam;
@@ -49,15 +49,22 @@ static struct cipher {
 };
 #define N_CIPHERS (sizeof(ciphers) / sizeof(ciphers[0]))
 
+/* The table's entry of each family, mode and key length (in 8-byte units,
+ * up to 32 bytes): tok_mech_cipher runs on every cipher init. */
+#define KEYLEN_UNITS 5
+static struct cipher *by_kind[TOK_FAM_CHACHA20 + 1][C_MODES][KEYLEN_UNITS];
+
 static EVP_MAC *cmac, *hmac;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t legacy_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void fetch_all(void)
 {
-    for (size_t i = 0; i < N_CIPHERS; i++)
+    for (size_t i = 0; i < N_CIPHERS; i++) {
+        by_kind[ciphers[i].fam][ciphers[i].mode][ciphers[i].keylen / 8] = &ciphers[i];
         if (ciphers[i].fam != TOK_FAM_DES)
             ciphers[i].c = EVP_CIPHER_fetch(ks_libctx(), ciphers[i].name, NULL);
+    }
     cmac = EVP_MAC_fetch(ks_libctx(), "CMAC", NULL);
     hmac = EVP_MAC_fetch(ks_libctx(), "HMAC", NULL);
 }
@@ -78,13 +85,13 @@ static cmode mode_of(tok_mclass mc)
 
 const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
 {
-    cmode mode = mode_of(d->mc);
+    struct cipher *e;
 
     pthread_once(&fetch_once, fetch_all);
-    for (size_t i = 0; i < N_CIPHERS; i++)
-        if (ciphers[i].fam == d->fam && ciphers[i].keylen == keylen && ciphers[i].mode == mode)
-            return __atomic_load_n(&ciphers[i].c, __ATOMIC_ACQUIRE);
-    return NULL;
+    if ((unsigned)d->fam > TOK_FAM_CHACHA20 || keylen % 8 || keylen / 8 >= KEYLEN_UNITS)
+        return NULL;
+    e = by_kind[d->fam][mode_of(d->mc)][keylen / 8];
+    return e ? __atomic_load_n(&e->c, __ATOMIC_ACQUIRE) : NULL;
 }
 
 bool tok_cipher_fetch_legacy(void)
