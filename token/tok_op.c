@@ -219,7 +219,8 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
         break;
     }
     }
-    op->cctx = EVP_CIPHER_CTX_new();
+    if (!op->cctx) /* else a spare's, reset (recycle) */
+        op->cctx = EVP_CIPHER_CTX_new();
     if (!op->cctx)
         return CKR_HOST_MEMORY;
     if (mc != M_AES_GCM) {
@@ -401,7 +402,8 @@ static CK_RV start_checks(tok_op_kind kind, bool recover, const CK_MECHANISM *me
 /* A spare made ready for an operation of kind with mechanism d on key (NULL
  * for a digest): a digest's context kept for a digest, an HMAC context for
  * an HMAC of the same digest (re-keyed under zeros when its operation ended:
- * scrub), nothing else of the old operation left. The op holds a reference
+ * scrub), a cipher's EVP_CIPHER_CTX (reset, holding nothing) for a cipher,
+ * nothing else of the old operation left. The op holds a reference
  * on key after (the spare's own when it is the same key: no reference count
  * touched). */
 static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_key *key)
@@ -410,13 +412,15 @@ static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_ke
     EVP_MAC_CTX *mac = op->mac && op->d && op->d->mc == M_HMAC && d->mc == M_HMAC && strcmp(op->d->md, d->md) == 0
                            ? op->mac
                            : NULL;
+    EVP_CIPHER_CTX *cctx = kind == TOK_OP_ENCRYPT || kind == TOK_OP_DECRYPT ? op->cctx : NULL;
     tok_key *k = op->key;
 
     if (mdctx != op->mdctx)
         EVP_MD_CTX_free(op->mdctx);
     if (mac != op->mac)
         EVP_MAC_CTX_free(op->mac);
-    EVP_CIPHER_CTX_free(op->cctx); /* none after tok_op_end (scrub) */
+    if (cctx != op->cctx)
+        EVP_CIPHER_CTX_free(op->cctx);
     op_release_data(op);
     if (k != key) {
         tok_key_unref(k);
@@ -425,6 +429,7 @@ static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_ke
     memset(op, 0, sizeof(*op));
     op->mdctx = mdctx;
     op->mac = mac;
+    op->cctx = cctx;
     op->key = k;
 }
 
@@ -534,8 +539,9 @@ CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *k
  * sessions it can take, and tok_op_start drops one from before a logout. */
 
 /* What an ended operation may keep: no cipher or CMAC context (key
- * material), an HMAC context under the zero key, a digest's context cleared;
- * false: keep nothing of it. */
+ * material; an EVP_CIPHER_CTX reset, which cleanses and frees the cipher's
+ * own context, is an empty shell), an HMAC context under the zero key, a
+ * digest's context cleared; false: keep nothing of it. */
 static bool scrub(tok_op *op)
 {
     static const uint8_t zeros[32];
@@ -544,8 +550,10 @@ static bool scrub(tok_op *op)
         EVP_MAC_CTX_free(op->mac);
         op->mac = NULL;
     }
-    EVP_CIPHER_CTX_free(op->cctx);
-    op->cctx = NULL;
+    if (op->cctx && EVP_CIPHER_CTX_reset(op->cctx) != 1) { /* the cipher's own context cleansed and freed */
+        EVP_CIPHER_CTX_free(op->cctx);
+        op->cctx = NULL;
+    }
     if (op->mdctx) {
         if (op->kind != TOK_OP_DIGEST) { /* a signature's: made again each time */
             EVP_MD_CTX_free(op->mdctx);
