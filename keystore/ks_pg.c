@@ -378,6 +378,27 @@ static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
  * are left to libpq in one attempt. */
 #define CONNECT_TIMEOUT_S 10
 
+/* Limits the server keeps for each of our connections, so that a client
+ * that stops (frozen, paused, killed with its host, cut off by the network)
+ * does not hold what it holds for the server's default of forever or two
+ * hours: a writer holds p11mk_seq's row lock, which every other writer of
+ * the fleet waits for, and an admin's connection holds the rotation lock.
+ * - idle_in_transaction_session_timeout: a transaction whose client sent
+ *   nothing for 30 s is ended by the server (rolled back, the connection
+ *   closed; a write not yet committed runs again, ks_write). Our
+ *   transactions wait on the client only for its own work between
+ *   statements (sealing a batch: milliseconds).
+ * - TCP keepalives (ignored on a Unix socket): a peer that no longer
+ *   answers is found dead after 15 + 3 x 5 s.
+ * Each is set only where the session's setting (the server's, or the
+ * connection string's options) is off or longer, never to undo a shorter
+ * one. pg_settings gives each in its base unit (ms, s, a count). */
+#define SESSION_LIMITS_SQL                                                                                             \
+    "SELECT set_config(s.name, w.v::text, false) FROM pg_settings s JOIN (VALUES "                                     \
+    "('idle_in_transaction_session_timeout', 30000), ('tcp_keepalives_idle', 15), "                                    \
+    "('tcp_keepalives_interval', 5), ('tcp_keepalives_count', 3)) AS w(name, v) USING (name) "                         \
+    "WHERE s.setting::bigint NOT BETWEEN 1 AND w.v"
+
 /* Wait for the connection to be made; false when it failed or ms ran out
  * (*timed_out). ms < 0: no limit. */
 static bool connect_wait(PGconn *c, int ms, bool *timed_out)
@@ -523,6 +544,13 @@ static PGconn *connect_new(ks_benv *e, char *why, size_t n)
     pq.conninfoFree(opts);
     if (c) {
         PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
+        if (r)
+            pq.clear(r);
+        r = pq.exec(c, SESSION_LIMITS_SQL);
+        if (!r || pq.resultStatus(r) != PGRES_TUPLES_OK)
+            ks_log(KS_LOG_WARN, "keystore %s: the connection's time limits were not set (%.*s); a client that stops "
+                                "in a transaction may hold the keystore's writers until the server notices",
+                   e->path, (int)strcspn(pq.errorMessage(c), "\n"), pq.errorMessage(c));
         if (r)
             pq.clear(r);
     }

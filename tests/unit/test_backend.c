@@ -747,6 +747,78 @@ static void test_lost_writer(void **state)
     ks_config_free(&cfg);
 }
 
+/* A writer that stops inside its transaction (frozen, paused, its host
+ * gone) holds p11mk_seq's row lock, which every other writer waits for: the
+ * server ends its transaction after idle_in_transaction_session_timeout,
+ * which the backend sets to 30 s on each connection unless the connection
+ * string's options ask for less (keystore/ks_pg.c, SESSION_LIMITS_SQL).
+ * Writer B, waiting, then goes on; A's put fails as a lost connection (a
+ * transaction to run again), and nothing of A is in the database. */
+static void frozen_writer(fixture *fx, const char *limit, double at_least, double at_most)
+{
+    const ks_backend_ops *o = fx->o;
+    fixture a = *fx, b = *fx;
+    ks_btxn *ta, *tb;
+    ks_bval v;
+    struct timespec t0, t1;
+
+    int n = snprintf(a.conninfo, sizeof(a.conninfo), "%.900s options='-c idle_in_transaction_session_timeout=%.8s'",
+                     fx->conninfo, limit);
+    assert_true(n > 0 && (size_t)n < sizeof(a.conninfo) && strlen(fx->conninfo) <= 900);
+    n = snprintf(a.dir, sizeof(a.dir), "%.120s/a", fx->dir);
+    assert_true(n > 0 && (size_t)n < sizeof(a.dir));
+    assert_int_equal(mkdir(a.dir, 0700), 0);
+    a.e = NULL;
+    assert_int_equal(open_env(&a), KS_OK);
+    /* B gives up after a minute (lock_timeout): a test that fails, not one that hangs */
+    n = snprintf(b.conninfo, sizeof(b.conninfo), "%.900s options='-c lock_timeout=60000'", fx->conninfo);
+    assert_true(n > 0 && (size_t)n < sizeof(b.conninfo));
+    n = snprintf(b.dir, sizeof(b.dir), "%.120s/b", fx->dir);
+    assert_true(n > 0 && (size_t)n < sizeof(b.dir) && mkdir(b.dir, 0700) == 0);
+    b.e = NULL;
+    assert_int_equal(open_env(&b), KS_OK);
+    assert_int_equal(o->write_begin(a.e, &ta), KS_OK);
+    assert_int_equal(o->put(ta, KS_TAB_OBJECTS, "frozen", 6, "x", 1), KS_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(o->write_begin(b.e, &tb), KS_OK); /* waits for A's row lock */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_int_equal(o->put(tb, KS_TAB_OBJECTS, "after", 5, "y", 1), KS_OK);
+    assert_int_equal(o->commit(tb), KS_OK);
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    print_message("limit %s: writer B waited %.1f s for the stopped writer\n", limit, waited);
+    assert_true(waited >= at_least && waited <= at_most);
+    assert_int_equal(o->put(ta, KS_TAB_OBJECTS, "frozen2", 7, "x", 1), KS_EIO);
+    assert_true(o->lost(ta));
+    o->abort(ta);
+    assert_int_equal(o->read_begin(fx->e, &tb), KS_OK);
+    assert_int_equal(o->get(tb, KS_TAB_OBJECTS, "frozen", 6, &v), KS_ENOTFOUND);
+    assert_int_equal(o->get(tb, KS_TAB_OBJECTS, "after", 5, &v), KS_OK);
+    o->read_end(tb);
+    o->close(a.e);
+    o->close(b.e);
+}
+
+/* A shorter limit of the connection string is kept. */
+static void test_frozen_writer(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+    frozen_writer(fx, "1000", 0.5, 10);
+}
+
+/* No limit (0) or a longer one: the backend's 30 s. Half a minute of
+ * waiting: not under the sanitizers, where the same code runs in
+ * test_frozen_writer. */
+static void test_frozen_writer_default(void **state)
+{
+    fixture *fx = *state;
+    NEED_BACKEND(fx);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();
+#endif
+    frozen_writer(fx, "0", 25, 45);
+}
+
 /* A writer whose connection is lost is never resumed: its put fails, its
  * commit fails, and nothing of it is in the database. */
 static void test_lost_writer_gone(void **state)
@@ -1084,6 +1156,8 @@ int main(void)
         PG_ONLY(test_lost_reader_dead_pool_pending),
         PG_ONLY(test_lost_writer_gone),
         PG_ONLY(test_lost_writer),
+        PG_ONLY(test_frozen_writer),
+        PG_ONLY(test_frozen_writer_default),
         PG_ONLY(test_lost_reader_stress),
         PG_ONLY(test_lost_all_stress),
         PG_ONLY(test_restart_mid_read),
