@@ -244,4 +244,14 @@ TOK_API int tok_ec_complete_point(tok_attrs *obj);
 /* Fill the public (and, with priv, the private) attributes of an RSA or EC key. */
 TOK_API CK_RV tok_pkey_export(EVP_PKEY *pkey, const tok_curve *curve, tok_attrs *pub, tok_attrs *priv);
 
+/* ECDSA signatures (tok_ecsig.c): r || s, each of fb bytes (the field size,
+ * TOK_ECSIG_FIELD_MAX at most: P-521's), and the DER ECDSA-Sig-Value. */
+#define TOK_ECSIG_FIELD_MAX 66
+#define TOK_ECSIG_DER_MAX (3 + 2 * (3 + TOK_ECSIG_FIELD_MAX))
+/* DER -> r || s (2 * fb bytes at out); false when der is not a strict DER
+ * ECDSA-Sig-Value or a number is longer than fb bytes. */
+TOK_API bool tok_ecsig_to_raw(const uint8_t *der, size_t derlen, size_t fb, uint8_t *out);
+/* r || s -> DER at out; its length, 0 when fb is 0 or above the maximum. */
+TOK_API size_t tok_ecsig_to_der(const uint8_t *raw, size_t fb, uint8_t out[TOK_ECSIG_DER_MAX]);
+
 #endif

@@ -645,43 +645,6 @@ static size_t sig_len(const tok_op *op)
     }
 }
 
-/* DER ECDSA-Sig-Value -> r||s padded to the field size. */
-static CK_RV ecdsa_der_to_raw(const uint8_t *der, size_t derlen, size_t fb, uint8_t *out)
-{
-    const unsigned char *p = der;
-    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)derlen);
-    const BIGNUM *r, *s;
-    CK_RV rv = CKR_FUNCTION_FAILED;
-    if (!sig)
-        return rv;
-    ECDSA_SIG_get0(sig, &r, &s);
-    if (BN_bn2binpad(r, out, (int)fb) == (int)fb && BN_bn2binpad(s, out + fb, (int)fb) == (int)fb)
-        rv = CKR_OK;
-    ECDSA_SIG_free(sig);
-    return rv;
-}
-
-/* r||s -> DER (malloc'd). */
-static int ecdsa_raw_to_der(const uint8_t *raw, size_t fb, uint8_t **der, size_t *derlen)
-{
-    ECDSA_SIG *sig = ECDSA_SIG_new();
-    BIGNUM *r = BN_bin2bn(raw, (int)fb, NULL), *s = BN_bin2bn(raw + fb, (int)fb, NULL);
-    unsigned char *p = NULL;
-    int n = -1;
-    if (sig && r && s && ECDSA_SIG_set0(sig, r, s) == 1) {
-        r = s = NULL;
-        n = i2d_ECDSA_SIG(sig, &p);
-    }
-    BN_free(r);
-    BN_free(s);
-    ECDSA_SIG_free(sig);
-    if (n <= 0)
-        return -1;
-    *der = p;
-    *derlen = (size_t)n;
-    return 0;
-}
-
 static EVP_PKEY_CTX *pkey_ctx(tok_op *op) { return EVP_PKEY_CTX_new_from_pkey(ks_libctx(), op->key->pkey, NULL); }
 
 /* CKM_RSA_X_509 works on modulus-sized blocks: short input is left-padded with zeros. */
@@ -856,7 +819,7 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
     if (ok != 1)
         return CKR_FUNCTION_FAILED;
     *outlen = 2 * op->key->size_bytes;
-    return ecdsa_der_to_raw(der, n, op->key->size_bytes, out);
+    return tok_ecsig_to_raw(der, n, op->key->size_bytes, out) ? CKR_OK : CKR_FUNCTION_FAILED;
 }
 
 static CK_RV produce_oneshot(tok_op *op, uint8_t *out, size_t *outlen)
@@ -1177,7 +1140,7 @@ CK_RV tok_op_digest_key(tok_op *op, const tok_key *key)
 static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t *sig, CK_ULONG siglen,
                            bool oneshot)
 {
-    uint8_t *der = NULL;
+    uint8_t der[TOK_ECSIG_DER_MAX];
     size_t derlen = 0;
     int ok = 0;
     CK_RV rv;
@@ -1210,10 +1173,9 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
         ok = oneshot ? EVP_DigestVerify(op->mdctx, sig, siglen, in, inlen) : EVP_DigestVerifyFinal(op->mdctx, sig, siglen);
         return ok == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
     case M_ECDSA_HASH:
-        if (ecdsa_raw_to_der(sig, op->key->size_bytes, &der, &derlen) != 0)
+        if (!(derlen = tok_ecsig_to_der(sig, op->key->size_bytes, der)))
             return CKR_SIGNATURE_INVALID;
         ok = oneshot ? EVP_DigestVerify(op->mdctx, der, derlen, in, inlen) : EVP_DigestVerifyFinal(op->mdctx, der, derlen);
-        OPENSSL_free(der);
         return ok == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
     case M_EDDSA: {
         EVP_MD_CTX *mc = EVP_MD_CTX_new();
@@ -1231,9 +1193,8 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
         if (!ctx)
             return CKR_HOST_MEMORY;
         if (op->d->mc == M_ECDSA) {
-            if (ecdsa_raw_to_der(sig, op->key->size_bytes, &der, &derlen) == 0)
+            if ((derlen = tok_ecsig_to_der(sig, op->key->size_bytes, der)))
                 ok = EVP_PKEY_verify_init(ctx) == 1 && EVP_PKEY_verify(ctx, der, derlen, in, inlen) == 1;
-            OPENSSL_free(der);
         } else if (op->d->mc == M_RSA_X509) {
             /* Recover the block and compare with the (left-padded) data. */
             size_t n = sizeof(blk);
