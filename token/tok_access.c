@@ -6,8 +6,10 @@
 
 bool tok_access_sees(const tok_access *ac, const tok_attrs *obj)
 {
-    return !tok_obj_is_private(obj) || ac->who == CKU_USER;
+    return tok_access_sees_private(ac, tok_obj_is_private(obj));
 }
+
+bool tok_access_sees_private(const tok_access *ac, bool private_obj) { return !private_obj || ac->who == CKU_USER; }
 
 CK_RV tok_access_write(const tok_access *ac, const tok_attrs *obj)
 {

@@ -192,6 +192,8 @@ TOK_API CK_RV tok_oaep_params(const CK_MECHANISM *m, tok_oaep *out);
 
 /* Does the key's CKA_ALLOWED_MECHANISMS (absent or empty: any) let it be used with m? */
 TOK_API bool tok_mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m);
+/* The same, given the CKA_ALLOWED_MECHANISMS attribute (NULL: absent). */
+TOK_API bool tok_mech_allowed_in(const tok_attr *allowed, CK_MECHANISM_TYPE m);
 
 /* AES-CCM and ChaCha20-Poly1305 for C_Encrypt/C_Decrypt and the multi-part
  * calls (tok_aead.c): tok_op.c hands an operation of these mechanisms over
@@ -216,6 +218,27 @@ TOK_API CK_RV tok_aead_op_final(tok_aead_op *a, uint8_t *out, CK_ULONG *outlen);
 #define TOK_KEYTYPE_RSA "1.2.840.113549.1.1.1"
 #define TOK_KEYTYPE_EC "1.2.840.10045.2.1"
 
+/* What an operation's start asks of a key's attributes (tok_op.c), read
+ * once when the key is built (tok_key_use_of) instead of by a walk of the
+ * attributes on every init. The rules stay where they are (tok_access.c,
+ * tok_mech.c); these are their inputs. */
+enum {
+    TOK_USE_ENCRYPT = 1 << 0,
+    TOK_USE_DECRYPT = 1 << 1,
+    TOK_USE_SIGN = 1 << 2,
+    TOK_USE_VERIFY = 1 << 3,
+    TOK_USE_SIGN_RECOVER = 1 << 4,
+    TOK_USE_VERIFY_RECOVER = 1 << 5,
+};
+typedef struct {
+    unsigned may;            /* TOK_USE_*: the usage attributes that are true */
+    bool private_obj;        /* CKA_PRIVATE */
+    bool always_auth;        /* CKA_ALWAYS_AUTHENTICATE */
+    const tok_attr *allowed; /* CKA_ALLOWED_MECHANISMS, inside the attributes it was read from; NULL: absent */
+} tok_key_use;
+/* Read from a, which must outlive the result (allowed points into it). */
+TOK_API tok_key_use tok_key_use_of(const tok_attrs *a);
+
 struct tok_key {
     atomic_int refs;
     CK_OBJECT_CLASS cls;
@@ -227,6 +250,7 @@ struct tok_key {
     const tok_curve *curve;  /* EC */
     tok_attrs attrs;         /* the object's attributes when the key was built, key material dropped
                                 (tok_attrs_drop_secrets): the usage and policy checks read them here */
+    tok_key_use use;         /* read from attrs when the key was built; attrs never change after */
 };
 
 /* The curve named by a CKA_EC_PARAMS value (OID or PrintableString), or NULL. */

@@ -2,6 +2,7 @@
  * (an EVP_PKEY for RSA and EC, the raw bytes for secret keys), which is
  * immutable, reference counted and cached by the token context. */
 #include "tok_crypto.h"
+#include "token/tok_policy.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -404,6 +405,7 @@ CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out)
         return CKR_HOST_MEMORY;
     }
     tok_attrs_drop_secrets(&k->attrs);
+    k->use = tok_key_use_of(&k->attrs);
     *out = k;
     return CKR_OK;
 bad:
@@ -412,6 +414,27 @@ bad:
 }
 
 const tok_attrs *tok_key_attrs(const tok_key *k) { return &k->attrs; }
+
+bool tok_key_private(const tok_key *k) { return k->use.private_obj; }
+
+tok_key_use tok_key_use_of(const tok_attrs *a)
+{
+    static const struct {
+        CK_ATTRIBUTE_TYPE t;
+        unsigned bit;
+    } usage[] = {
+        {CKA_ENCRYPT, TOK_USE_ENCRYPT}, {CKA_DECRYPT, TOK_USE_DECRYPT},
+        {CKA_SIGN, TOK_USE_SIGN},       {CKA_VERIFY, TOK_USE_VERIFY},
+        {CKA_SIGN_RECOVER, TOK_USE_SIGN_RECOVER}, {CKA_VERIFY_RECOVER, TOK_USE_VERIFY_RECOVER},
+    };
+    tok_key_use u = {0, tok_obj_is_private(a), tok_attrs_get_bool(a, CKA_ALWAYS_AUTHENTICATE, false),
+                     tok_attrs_find(a, CKA_ALLOWED_MECHANISMS)};
+
+    for (size_t i = 0; i < sizeof(usage) / sizeof(usage[0]); i++)
+        if (tok_attrs_get_bool(a, usage[i].t, false))
+            u.may |= usage[i].bit;
+    return u;
+}
 
 tok_key *tok_key_ref(tok_key *k)
 {

@@ -193,7 +193,11 @@ const tok_mech_desc *tok_mech_find(CK_MECHANISM_TYPE m)
 
 bool tok_mech_allowed(const tok_attrs *a, CK_MECHANISM_TYPE m)
 {
-    const tok_attr *am = tok_attrs_find(a, CKA_ALLOWED_MECHANISMS);
+    return tok_mech_allowed_in(tok_attrs_find(a, CKA_ALLOWED_MECHANISMS), m);
+}
+
+bool tok_mech_allowed_in(const tok_attr *am, CK_MECHANISM_TYPE m)
+{
     if (!am || !am->len)
         return true;
     for (size_t i = 0; i + sizeof(CK_MECHANISM_TYPE) <= am->len; i += sizeof(CK_MECHANISM_TYPE)) {

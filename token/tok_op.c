@@ -120,13 +120,14 @@ static CK_FLAGS kind_flag(tok_op_kind k, bool recover)
     }
 }
 
-static CK_ATTRIBUTE_TYPE kind_usage(tok_op_kind k, bool recover)
+/* The usage attribute an operation needs (tok_key_use's bit for it). */
+static unsigned kind_usage(tok_op_kind k, bool recover)
 {
     switch (k) {
-    case TOK_OP_ENCRYPT: return CKA_ENCRYPT;
-    case TOK_OP_DECRYPT: return CKA_DECRYPT;
-    case TOK_OP_SIGN: return recover ? CKA_SIGN_RECOVER : CKA_SIGN;
-    default: return recover ? CKA_VERIFY_RECOVER : CKA_VERIFY;
+    case TOK_OP_ENCRYPT: return TOK_USE_ENCRYPT;
+    case TOK_OP_DECRYPT: return TOK_USE_DECRYPT;
+    case TOK_OP_SIGN: return recover ? TOK_USE_SIGN_RECOVER : TOK_USE_SIGN;
+    default: return recover ? TOK_USE_VERIFY_RECOVER : TOK_USE_VERIFY;
     }
 }
 
@@ -390,9 +391,13 @@ static CK_RV start_checks(tok_op_kind kind, bool recover, const CK_MECHANISM *me
             return CKR_KEY_HANDLE_INVALID;
         if ((rv = check_key(d, kind, key)) != CKR_OK)
             return rv;
-        if (!tok_attrs_get_bool(key_attrs, kind_usage(kind, recover), false))
+        /* The key's own reading of its attributes, or one of those given */
+        tok_key_use given, *use = &key->use;
+        if (key_attrs != &key->attrs)
+            given = tok_key_use_of(key_attrs), use = &given;
+        if (!(use->may & kind_usage(kind, recover)))
             return CKR_KEY_FUNCTION_NOT_PERMITTED;
-        if (!tok_mech_allowed(key_attrs, mech->mechanism))
+        if (!tok_mech_allowed_in(use->allowed, mech->mechanism))
             return CKR_MECHANISM_INVALID;
     }
     *dp = d;
@@ -597,7 +602,7 @@ CK_RV tok_op_start(tok_ctx *ctx, const tok_access *ac, tok_op_kind kind, bool re
         } else if (sp && sp->key && sp->key_handle == h && tok_key_at_current(ctx, &sp->key_at, ac->seq)) {
             key = sp->key; /* the spare's reference serves (op_start keeps it) */
             at = sp->key_at;
-            if (!tok_access_sees(ac, tok_key_attrs(key)))
+            if (!tok_access_sees_private(ac, key->use.private_obj))
                 rv = CKR_KEY_HANDLE_INVALID;
         } else if ((rv = tok_obj_key_at(ctx, ac, h, &found, &at)) == CKR_OK) {
             key = found;
@@ -621,10 +626,10 @@ CK_RV tok_op_start(tok_ctx *ctx, const tok_access *ac, tok_op_kind kind, bool re
 
 bool tok_op_always_authenticate(const tok_op *op)
 {
-    return op->key && tok_attrs_get_bool(tok_key_attrs(op->key), CKA_ALWAYS_AUTHENTICATE, false);
+    return op->key && op->key->use.always_auth;
 }
 
-bool tok_op_spare_private(const tok_op *op) { return op && op->key && tok_obj_is_private(tok_key_attrs(op->key)); }
+bool tok_op_spare_private(const tok_op *op) { return op && op->key && op->key->use.private_obj; }
 
 bool tok_op_is_recover(const tok_op *op) { return op->recover; }
 

@@ -909,7 +909,7 @@ void tok_cache_drop_private(tok_ctx *ctx, CK_SLOT_ID slot)
         for (cache_ent **pp = &ctx->cache[b]; *pp;) {
             cache_ent *e = *pp;
 
-            if (e->slot == slot && tok_obj_is_private(tok_key_attrs(e->key))) {
+            if (e->slot == slot && tok_key_private(e->key)) {
                 *pp = e->next;
                 cache_ent_free(e);
                 ctx->cache_n--;
@@ -979,7 +979,7 @@ static void cache_put(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, const ks_stam
 /* A cached key the caller may see, or CKR_OBJECT_HANDLE_INVALID. */
 static CK_RV cache_hand_out(const tok_access *ac, tok_key **key)
 {
-    if (tok_access_sees(ac, tok_key_attrs(*key)))
+    if (tok_access_sees_private(ac, tok_key_private(*key)))
         return CKR_OK;
     tok_key_unref(*key);
     *key = NULL;

@@ -33,6 +33,9 @@ typedef struct {
 
 /* A private object exists only for a logged-in user. */
 TOK_API bool tok_access_sees(const tok_access *ac, const tok_attrs *obj);
+/* The same, given whether the object is private (a cached key's
+ * tok_key_use.private_obj, read from its CKA_PRIVATE). */
+TOK_API bool tok_access_sees_private(const tok_access *ac, bool private_obj);
 /* Creating, changing or destroying obj: CKR_OK, CKR_SESSION_READ_ONLY (a
  * token object from a read-only session), CKR_USER_NOT_LOGGED_IN (a private
  * object without the user logged in). */

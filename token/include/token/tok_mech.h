@@ -76,6 +76,8 @@ TOK_API CK_RV tok_key_from_attrs(const tok_attrs *obj, tok_key **out);
 /* The object's attributes as of when the key was built, without its key
  * material: what the usage and policy checks read (valid while k is held). */
 TOK_API const tok_attrs *tok_key_attrs(const tok_key *k);
+/* The key's CKA_PRIVATE, read when it was built (tok_obj_is_private). */
+TOK_API bool tok_key_private(const tok_key *k);
 TOK_API tok_key *tok_key_ref(tok_key *k);
 TOK_API void tok_key_unref(tok_key *k); /* frees + cleanses at 0 */
 
