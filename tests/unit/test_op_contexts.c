@@ -29,13 +29,7 @@
 #define CKM_SHA3_512_HMAC 0x2D1UL
 
 static unsigned long rs = 0x9e3779b97f4a7c15UL;
-static unsigned rnd(unsigned n)
-{
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return (unsigned)(rs % n);
-}
+static unsigned rnd(unsigned n) { return xorshift_below(&rs, n); }
 static void fill(CK_BYTE *b, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -867,15 +861,7 @@ static void test_secure_heap_spares(void **state)
 static int sh_group_setup(void **state)
 {
     (void)state;
-    snprintf(tmp, sizeof(tmp), "/tmp/p11mk-p11-XXXXXX");
-    if (!mkdtemp(tmp))
-        return -1;
-    snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
-    snprintf(keystore, sizeof(keystore), "%s/ks", tmp);
-    snprintf(logfile, sizeof(logfile), "%s/p11mk.log", tmp);
-    write_conf(conf, "secure_heap = 64\n");
-    setenv("P11MK_CONF", conf, 1);
-    return load_module();
+    return p11_group_setup_with("secure_heap = 64\n");
 }
 
 int main(void)

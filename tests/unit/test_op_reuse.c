@@ -123,13 +123,7 @@ typedef CK_RV (*upd_fn)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, C
 typedef CK_RV (*fin_fn)(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
 
 static unsigned long rnd_state = 88172645463325252UL;
-static unsigned rnd(unsigned n)
-{
-    rnd_state ^= rnd_state << 13;
-    rnd_state ^= rnd_state >> 7;
-    rnd_state ^= rnd_state << 17;
-    return (unsigned)(rnd_state % n);
-}
+static unsigned rnd(unsigned n) { return xorshift_below(&rnd_state, n); }
 
 /* Encrypt or decrypt: single-part (with a size query first, sometimes),
  * or in parts of random sizes. Returns the call's code; *outlen the length. */

@@ -167,19 +167,34 @@ static inline void same_aes(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE a, CK_OBJECT_H
 
 /* ---- fixtures ------------------------------------------------------------ */
 
-/* The group's keystore, configured before the module is loaded. */
-static inline int p11_group_setup(void **state)
+/* A random number below n from a xorshift state (tests' own sequences). */
+static inline unsigned xorshift_below(unsigned long *s, unsigned n)
 {
-    (void)state;
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (unsigned)(*s % n);
+}
+
+/* The group's keystore, configured before the module is loaded, with extra
+ * lines of configuration (or none). */
+static inline int p11_group_setup_with(const char *extra)
+{
     snprintf(tmp, sizeof(tmp), "/tmp/p11mk-p11-XXXXXX");
     if (!mkdtemp(tmp))
         return -1;
     snprintf(conf, sizeof(conf), "%s/p11mk.conf", tmp);
     snprintf(keystore, sizeof(keystore), "%s/ks", tmp);
     snprintf(logfile, sizeof(logfile), "%s/p11mk.log", tmp);
-    write_conf(conf, NULL);
+    write_conf(conf, extra);
     setenv("P11MK_CONF", conf, 1);
     return load_module();
+}
+
+static inline int p11_group_setup(void **state)
+{
+    (void)state;
+    return p11_group_setup_with(NULL);
 }
 
 static inline int p11_group_teardown(void **state)
