@@ -174,6 +174,9 @@ bool tok_attrs_get_bool(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, bool dflt)
     return *(const CK_BBOOL *)x->val != CK_FALSE;
 }
 
+bool tok_obj_is_token(const tok_attrs *obj) { return tok_attrs_get_bool(obj, CKA_TOKEN, false); }
+bool tok_obj_is_private(const tok_attrs *obj) { return tok_attrs_get_bool(obj, CKA_PRIVATE, false); }
+
 bool tok_attrs_get_ulong(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, CK_ULONG *out)
 {
     const tok_attr *x = tok_attrs_find(a, t);

@@ -2,7 +2,6 @@
  * (an EVP_PKEY for RSA and EC, the raw bytes for secret keys), which is
  * immutable, reference counted and cached by the token context. */
 #include "tok_crypto.h"
-#include "token/tok_policy.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -329,9 +329,6 @@ CK_RV tok_tmpl_bool(const CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_ATTRIBUTE_TYPE t, b
     return CKR_OK;
 }
 
-bool tok_obj_is_token(const tok_attrs *obj) { return tok_attrs_get_bool(obj, CKA_TOKEN, false); }
-bool tok_obj_is_private(const tok_attrs *obj) { return tok_attrs_get_bool(obj, CKA_PRIVATE, false); }
-
 CK_OBJECT_CLASS tok_obj_class(const tok_attrs *obj)
 {
     CK_ULONG v;

@@ -38,6 +38,9 @@ TOK_API int tok_attrs_take(tok_attrs *dst, tok_attrs *src);
 /* Typed reads: return dflt / false when absent or of the wrong length. */
 TOK_API bool tok_attrs_get_bool(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, bool dflt);
 TOK_API bool tok_attrs_get_ulong(const tok_attrs *a, CK_ATTRIBUTE_TYPE t, CK_ULONG *out);
+/* An object's CKA_TOKEN and CKA_PRIVATE (false when absent). */
+TOK_API bool tok_obj_is_token(const tok_attrs *obj);
+TOK_API bool tok_obj_is_private(const tok_attrs *obj);
 
 /* Stable serialized form (little endian TLV with a version byte; CK_ULONG
  * values are stored as 8-byte integers so the format is portable). */

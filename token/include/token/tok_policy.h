@@ -85,9 +85,8 @@ TOK_API CK_RV tok_template_merge(const CK_ATTRIBUTE *tmpl, CK_ULONG n, const tok
 TOK_API bool tok_template_matches(const tok_attrs *obj, const tok_attrs *t);
 
 
-/* Convenience readers for the pkcs11 layer. */
-TOK_API bool tok_obj_is_token(const tok_attrs *obj);    /* CKA_TOKEN */
-TOK_API bool tok_obj_is_private(const tok_attrs *obj);  /* CKA_PRIVATE */
+/* Convenience readers for the pkcs11 layer (and tok_obj_is_token,
+ * tok_obj_is_private: tok_attr.h). */
 TOK_API CK_OBJECT_CLASS tok_obj_class(const tok_attrs *obj);
 /* Template lookup: CKA_TOKEN/CKA_PRIVATE as given in a caller template,
  * with the default used when absent. CKR_ATTRIBUTE_VALUE_INVALID on a bad length. */
