@@ -51,7 +51,7 @@ int ks_read_error(ks_err *err, const char *path, const char *what, int rc)
 {
     /* Said plainly: a read that failed is no evidence of damage, and
      * restoring a backup over a keystore that is fine would lose data. */
-    ks_err_set(err, "keystore %s: cannot read %s (%s); nothing was changed: try again, and check the keystore's "
-                    "storage (its disk, or its database connection)", path, what, ks_strerror(rc));
+    ks_err_set(err, "keystore %s: cannot read %s (%s); nothing was changed: %s", path, what, ks_strerror(rc),
+               ks_read_advice(rc));
     return rc;
 }

@@ -394,8 +394,8 @@ static int ring_attach(ks_store *st, ks_txn *x)
         /* Not "generation 0": that would build keys for a generation that
          * is not there and report the plain counter as edited. */
         pthread_mutex_unlock(&st->ring_lock);
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot read its generation counter (%s); the operation was not done: "
-               "try again, and check the keystore's storage", st->path, ks_strerror(rc));
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot read its generation counter (%s); the operation was not done: %s",
+               st->path, ks_strerror(rc), ks_read_advice(rc));
         return rc;
     }
     if (rc == KS_OK && v.n == 8)

@@ -147,8 +147,8 @@ CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
     if (rc != KS_OK) {
         /* Not damage: the storage did not answer (a disk error, a lost
          * database connection); nothing is wrong with the record. */
-        ks_log(KS_LOG_ERROR, "token %lu: cannot read its record (%s); try again, and check the keystore's storage",
-               (unsigned long)slot, ks_strerror(rc));
+        ks_log(KS_LOG_ERROR, "token %lu: cannot read its record (%s); %s", (unsigned long)slot, ks_strerror(rc),
+               ks_read_advice(rc));
         return ks_to_ckr(rc);
     }
     rc = tok_attrs_parse(blob, len, rec);

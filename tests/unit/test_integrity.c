@@ -505,6 +505,21 @@ static void check_damage_msg(const char *what, int rc, int want, const char *msg
         fail_msg("%s: the message does not say '%s': %s", what, says, msg);
 }
 
+/* A read that failed says what to do: the storage to check when it did not
+ * answer, memory when there was none (not the storage's fault). */
+static void test_read_failure_advice(void **state)
+{
+    (void)state;
+    ks_err err = KS_ERR_INIT;
+    assert_int_equal(ks_read_error(&err, "/ks", "its metadata", KS_EIO), KS_EIO);
+    assert_non_null(strstr(err.msg, "check the keystore's storage"));
+    assert_non_null(strstr(err.msg, "nothing was changed"));
+    assert_int_equal(ks_read_error(&err, "/ks", "its metadata", KS_ENOMEM), KS_ENOMEM);
+    assert_null(strstr(err.msg, "storage"));
+    assert_non_null(strstr(err.msg, "memory to spare"));
+    assert_null(strchr(err.msg, '\n'));
+}
+
 static void test_damage_said_as_damage(void **state)
 {
     (void)state;
@@ -555,6 +570,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_damage_said_as_damage),
+        cmocka_unit_test(test_read_failure_advice),
         cmocka_unit_test_setup_teardown(test_clean_keystore_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_format_is_damage_not_a_new_keystore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dropped_database_is_damage, setup, teardown),

@@ -64,6 +64,14 @@ static inline bool ks_read_failed(int rc)
            rc != KS_EVERSION;
 }
 
+/* What to do after such a failed read, for messages: out of memory is not
+ * the storage's fault. */
+static inline const char *ks_read_advice(int rc)
+{
+    return rc == KS_ENOMEM ? "try again when the system has memory to spare"
+                           : "try again, and check the keystore's storage (its disk, or its database connection)";
+}
+
 KS_API const char *ks_strerror(int err);
 
 /* Where a failure happened, for callers that act on it (the admin's exit
