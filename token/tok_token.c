@@ -736,23 +736,46 @@ static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SL
     return obj_read_txn2(ctx, ac, txn, slot, oid, out, mode, sealed, NULL);
 }
 
+/* An object read for an application's call whose storage did not answer
+ * (its transaction could not begin, KS_EIO, or a read in it failed:
+ * storage_failed; a database connection lost mid-read that could not go on
+ * over another, say) runs again from a new transaction, KS_READ_TRIES times
+ * in all, as the open's reads do: each such read stands alone, so a new
+ * snapshot answers it as well. Damage is not run again. */
+static bool read_again(int begin_rc, bool storage_failed, int attempt)
+{
+    return attempt < KS_READ_TRIES && (begin_rc == KS_EIO || storage_failed);
+}
+
+/* One object read in a transaction of its own (obj_read_txn2), run again as
+ * read_again says. */
+static CK_RV obj_read_alone(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out, bool *storage_failed)
+{
+    for (int attempt = 1;; attempt++) {
+        AUTO_TXN txn = NULL;
+        int rc = ks_read_begin(ctx->st, &txn);
+        CK_RV rv;
+
+        *storage_failed = rc != KS_OK;
+        rv = rc != KS_OK ? ks_to_ckr(rc)
+                         : obj_read_txn2(ctx, ac, txn, ac->slot, oid, out, READ_FULL, NULL, storage_failed);
+        if (!read_again(rc, rc == KS_OK && *storage_failed, attempt))
+            return rv;
+    }
+}
+
 CK_RV tok_obj_match(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
                     bool *match)
 {
-    AUTO_TXN txn = NULL;
     AUTO_ATTRS obj = TOK_ATTRS_INIT;
     bool storage_failed = false;
     CK_RV rv;
-    int rc;
 
     *match = false;
-    if (oid & TOK_SOBJ_BIT) {
+    if (oid & TOK_SOBJ_BIT)
         rv = tok_sobj_read(ctx, ac, oid, &obj);
-    } else {
-        if ((rc = ks_read_begin(ctx->st, &txn)) != KS_OK)
-            return ks_to_ckr(rc);
-        rv = obj_read_txn2(ctx, ac, txn, ac->slot, oid, &obj, READ_FULL, NULL, &storage_failed);
-    }
+    else
+        rv = obj_read_alone(ctx, ac, oid, &obj, &storage_failed);
     if (rv == CKR_OK) {
         *match = tok_attrs_match(&obj, tmpl, n);
         return CKR_OK;
@@ -765,16 +788,11 @@ CK_RV tok_obj_match(tok_ctx *ctx, const tok_access *ac, uint64_t oid, const CK_A
 
 CK_RV tok_obj_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_attrs *out)
 {
-    AUTO_TXN txn = NULL;
-    int rc;
+    bool storage_failed = false;
 
     if (oid & TOK_SOBJ_BIT)
         return tok_sobj_read(ctx, ac, oid, out);
-    rc = ks_read_begin(ctx->st, &txn);
-
-    if (rc != KS_OK)
-        return ks_to_ckr(rc);
-    return obj_read_txn(ctx, ac, txn, ac->slot, oid, out, READ_FULL, NULL);
+    return obj_read_alone(ctx, ac, oid, out, &storage_failed);
 }
 
 CK_RV tok_obj_read_meta(tok_ctx *ctx, CK_SLOT_ID slot, uint64_t oid, tok_attrs *out, bool *sealed,
@@ -827,13 +845,21 @@ CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBUTE *tmpl
                 key = &tmpl[j];
                 break;
             }
-    rc = ks_read_begin(ctx->st, &txn);
-    if (rc == KS_OK)
-        rc = key ? ks_idx_lookup(txn, (uint32_t)slot, (uint32_t)key->type, key->pValue, key->ulValueLen,
-                                 tok_oid_push, &vec)
-                 : ks_obj_foreach(txn, (uint32_t)slot, tok_oid_push, &vec);
-    if (rc == KS_ENOTFOUND)
-        rc = KS_OK;
+    for (int attempt = 1;; attempt++) {
+        rc = ks_read_begin(ctx->st, &txn);
+        if (rc == KS_OK)
+            rc = key ? ks_idx_lookup(txn, (uint32_t)slot, (uint32_t)key->type, key->pValue, key->ulValueLen,
+                                     tok_oid_push, &vec)
+                     : ks_obj_foreach(txn, (uint32_t)slot, tok_oid_push, &vec);
+        if (rc == KS_ENOTFOUND)
+            rc = KS_OK;
+        if (!read_again(rc, false, attempt))
+            break;
+        ks_read_end(txn); /* again, from nothing */
+        txn = NULL;
+        free(vec.v);
+        vec = (tok_oid_vec){0};
+    }
     if (rc != KS_OK) {
         free(vec.v);
         return ks_to_ckr(rc);
@@ -998,16 +1024,55 @@ bool tok_key_at_current(tok_ctx *ctx, const tok_key_at *at, uint64_t seq)
     return at->seq != 0 && (seq ? seq : ks_commit_seq(ctx->st)) == at->seq && ks_epoch(ctx->st) == at->epoch;
 }
 
-CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_key_at *at)
+/* The part of tok_obj_key_at past the cache's first answer, in a read
+ * transaction of its own; *storage_failed when the storage did not answer. */
+static CK_RV key_read(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_key_at *at,
+                      bool *storage_failed)
 {
     CK_SLOT_ID slot = ac->slot;
     AUTO_TXN txn = NULL;
     AUTO_ATTRS attrs = TOK_ATTRS_INIT;
     ks_stamp st;
-    uint64_t seq;
+    uint64_t seq = 0;
     uint32_t epoch;
     CK_RV rv;
     int rc;
+
+    rc = ks_read_begin(ctx->st, &txn);
+    if (rc == KS_OK) {
+        /* What the check below vouches for: this snapshot, which may be
+         * older than the reading above. */
+        seq = ks_txn_seq(txn);
+        rc = ks_obj_stamp(txn, (uint32_t)slot, oid, &st);
+    }
+    if (rc == KS_ENOTFOUND)
+        return CKR_OBJECT_HANDLE_INVALID;
+    if (rc != KS_OK) {
+        *storage_failed = rc == KS_EIO;
+        return ks_to_ckr(rc);
+    }
+    epoch = ks_epoch(ctx->st);
+    if (cache_get(ctx, slot, oid, &st, seq, epoch, key)) {
+        *at = (tok_key_at){seq, epoch};
+        return cache_hand_out(ac, key);
+    }
+    rv = obj_read_txn2(ctx, ac, txn, slot, oid, &attrs, READ_FULL, NULL, storage_failed);
+    if (rv == CKR_OK && !tok_attrs_is_key(&attrs))
+        rv = CKR_OBJECT_HANDLE_INVALID; /* a data object, a certificate: no key handle */
+    if (rv == CKR_OK)
+        rv = tok_key_from_attrs(&attrs, key);
+    if (rv == CKR_OK) {
+        cache_put(ctx, slot, oid, &st, seq, *key);
+        *at = (tok_key_at){seq, epoch};
+    }
+    return rv;
+}
+
+CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key **key, tok_key_at *at)
+{
+    CK_SLOT_ID slot = ac->slot;
+    uint64_t seq;
+    uint32_t epoch;
 
     *key = NULL;
     *at = (tok_key_at){0, 0};
@@ -1022,32 +1087,12 @@ CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key *
         *at = (tok_key_at){seq, epoch};
         return cache_hand_out(ac, key);
     }
-    rc = ks_read_begin(ctx->st, &txn);
-    if (rc == KS_OK) {
-        /* What the check below vouches for: this snapshot, which may be
-         * older than the reading above. */
-        seq = ks_txn_seq(txn);
-        rc = ks_obj_stamp(txn, (uint32_t)slot, oid, &st);
+    for (int attempt = 1;; attempt++) {
+        bool storage_failed = false;
+        CK_RV rv = key_read(ctx, ac, oid, key, at, &storage_failed);
+        if (!read_again(KS_OK, storage_failed, attempt))
+            return rv;
     }
-    if (rc == KS_ENOTFOUND)
-        return CKR_OBJECT_HANDLE_INVALID;
-    if (rc != KS_OK)
-        return ks_to_ckr(rc);
-    epoch = ks_epoch(ctx->st);
-    if (cache_get(ctx, slot, oid, &st, seq, epoch, key)) {
-        *at = (tok_key_at){seq, epoch};
-        return cache_hand_out(ac, key);
-    }
-    rv = obj_read_txn(ctx, ac, txn, slot, oid, &attrs, READ_FULL, NULL);
-    if (rv == CKR_OK && !tok_attrs_is_key(&attrs))
-        rv = CKR_OBJECT_HANDLE_INVALID; /* a data object, a certificate: no key handle */
-    if (rv == CKR_OK)
-        rv = tok_key_from_attrs(&attrs, key);
-    if (rv == CKR_OK) {
-        cache_put(ctx, slot, oid, &st, seq, *key);
-        *at = (tok_key_at){seq, epoch};
-    }
-    return rv;
 }
 
 uint64_t tok_change_seq(tok_ctx *ctx) { return ctx ? ks_commit_seq(ctx->st) : 0; }

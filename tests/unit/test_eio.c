@@ -1039,6 +1039,78 @@ TOK_SCENARIO(verify_index, false)
 TOK_SCENARIO(create, true)
 TOK_SCENARIO(destroy, true)
 
+/* ---- an application's reads, failing once ------------------------------------
+ * The storage fails read call N once, then answers again (a database
+ * connection lost mid-read whose read could not go on over another): the
+ * token layer's reads for an application's call run again from a new
+ * transaction (read_again in tok_token.c), so the call answers as it does
+ * without a fault, and logs nothing of damage. */
+
+static CK_RV tsc_match(tok_ctx *ctx)
+{
+    CK_ATTRIBUTE t[] = {{CKA_LABEL, (void *)"one", 3}};
+    bool match = false;
+    CK_RV rv = tok_obj_match(ctx, &pub_rw, tok_oids[0], t, 1, &match);
+    if (rv == CKR_OK && !match)
+        fail_msg("tok_obj_match: object one does not match its own label");
+    return rv;
+}
+
+/* A data object asked for as a key: read, then refused as no key. */
+static CK_RV tsc_key(tok_ctx *ctx)
+{
+    tok_key *k = NULL;
+    CK_RV rv = tok_obj_key(ctx, &pub_rw, tok_oids[0], &k);
+    tok_key_unref(k);
+    return rv == CKR_OBJECT_HANDLE_INVALID ? CKR_OK : rv == CKR_OK ? CKR_GENERAL_ERROR : rv;
+}
+
+static void tok_transient(const char *name, tok_scenario_fn fn)
+{
+    char dir[300];
+    tok_ctx *ctx = NULL;
+    long count;
+
+    tok_fresh_copy(dir);
+    assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    fault_once = true;
+    fault_arm(0);
+    fault_at = 1000000; /* counting only */
+    assert_int_equal(fn(ctx), CKR_OK);
+    count = fault_calls;
+    fault_disarm();
+    tok_ctx_close(ctx);
+    rm_rf(dir);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++) {
+        tok_fresh_copy(dir);
+        log_clear();
+        assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+        fault_arm(n);
+        CK_RV rv = fn(ctx);
+        fault_disarm();
+        if (!fault_fired)
+            fail_msg("%s: call %ld was never made (%ld calls)", name, n, count);
+        if (rv != CKR_OK)
+            fail_msg("%s, call %ld failing once: CK_RV 0x%lx, not the answer without a fault", name, n,
+                     (unsigned long)rv);
+        log_check(name, n);
+        tok_ctx_close(ctx);
+        rm_rf(dir);
+    }
+    fault_once = false;
+    print_message("%s, failing once: %ld fault points, each answered\n", name, count);
+}
+
+static void test_tok_reads_transient(void **state)
+{
+    (void)state;
+    tok_transient("tok_read", tsc_read);
+    tok_transient("tok_find", tsc_find);
+    tok_transient("tok_match", tsc_match);
+    tok_transient("tok_key", tsc_key);
+}
+
 /* ---- writes run again after a lost connection (ops->lost) ------------------- */
 
 static CK_FLAGS so_flags(tok_ctx *ctx)
@@ -1154,7 +1226,7 @@ int main(void)
         cmocka_unit_test(test_tok_lost_write_pin), cmocka_unit_test(test_tok_lost_write_create),
         cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_free_info), cmocka_unit_test(test_tok_slots),
         cmocka_unit_test(test_tok_rows),
-        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
+        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_reads_transient),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
         cmocka_unit_test(test_tok_create),  cmocka_unit_test(test_tok_destroy),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
