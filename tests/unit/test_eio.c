@@ -86,9 +86,24 @@ static int f_commit(ks_btxn *t)
     return lmdb->commit(t);
 }
 
+/* Damage, not a fault: every object record read comes back with its last
+ * byte (the GCM tag) flipped (test_tok_damage_not_retried). */
+static bool damage_objects;
+static long damage_gets;
+static uint8_t damage_buf[1 << 16];
+
 static int f_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v)
 {
-    return fault_tick() ? KS_EIO : lmdb->get(t, tab, k, kl, v);
+    if (fault_tick())
+        return KS_EIO;
+    int rc = lmdb->get(t, tab, k, kl, v);
+    if (rc == KS_OK && damage_objects && tab == KS_TAB_OBJECTS && v->n > 0 && v->n <= sizeof(damage_buf)) {
+        damage_gets++;
+        memcpy(damage_buf, v->p, v->n);
+        damage_buf[v->n - 1] ^= 0x5a;
+        v->p = damage_buf;
+    }
+    return rc;
 }
 
 static int f_count(ks_btxn *t, ks_table tab, uint64_t *n)
@@ -1111,6 +1126,191 @@ static void test_tok_reads_transient(void **state)
     tok_transient("tok_key", tsc_key);
 }
 
+
+/* ---- hostile: a private key's reads failing once, the user logged in ------
+ * The key is built, cached and handed out through the retries; a caller not
+ * logged in never gets it, a second read comes from the cache, a find over
+ * every object (a cursor, no index) failing mid-way starts over. */
+
+static const tok_access user_rw = {.slot = 1, .rw = true, .who = CKU_USER};
+static const tok_access nobody = {.slot = 1, .rw = false, .who = (CK_USER_TYPE)-1};
+static uint64_t hk_priv, hk_pub;
+
+static uint64_t store_aes(tok_ctx *ctx, bool priv, const char *label)
+{
+    static const uint8_t v[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                  17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, pv = priv ? CK_TRUE : CK_FALSE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &yes, 1},
+                        {CKA_PRIVATE, &pv, 1}, {CKA_ENCRYPT, &yes, 1}, {CKA_LABEL, (void *)label, strlen(label)},
+                        {CKA_VALUE, (void *)v, sizeof(v)}};
+    tok_attrs obj = TOK_ATTRS_INIT;
+    uint64_t oid = 0;
+    assert_int_equal(tok_policy_build(TOK_BUILD_CREATE, TOK_CLASS_FROM_TEMPLATE, TOK_KTYPE_FROM_TEMPLATE, 0, t, 7, &obj),
+                     CKR_OK);
+    assert_int_equal(tok_obj_store(ctx, &user_rw, &obj, &oid), CKR_OK);
+    tok_attrs_free(&obj);
+    return oid;
+}
+
+static CK_RV hsc_all(tok_ctx *ctx)
+{
+    CK_RV rv;
+    tok_key *k = NULL, *k2 = NULL;
+    tok_attrs a = TOK_ATTRS_INIT;
+    uint64_t *found = NULL;
+    size_t n = 0;
+    bool match = false;
+    CK_ATTRIBUTE lt[] = {{CKA_LABEL, (void *)"hk-priv", 7}};
+
+    if ((rv = tok_obj_key(ctx, &nobody, hk_priv, &k)) != CKR_OBJECT_HANDLE_INVALID)
+        fail_msg("private key to a caller not logged in: 0x%lx", (unsigned long)rv);
+    assert_null(k);
+    if ((rv = tok_obj_key(ctx, &user_rw, hk_priv, &k)) != CKR_OK)
+        return rv;
+    assert_non_null(k);
+    assert_true(tok_key_private(k));
+    if ((rv = tok_obj_key(ctx, &nobody, hk_priv, &k2)) != CKR_OBJECT_HANDLE_INVALID)
+        fail_msg("cached private key to a caller not logged in: 0x%lx", (unsigned long)rv);
+    assert_null(k2);
+    rv = tok_obj_key(ctx, &user_rw, hk_priv, &k2);
+    if (rv == CKR_OK)
+        assert_ptr_equal(k, k2); /* the cache's */
+    tok_key_unref(k2);
+    tok_key_unref(k);
+    if (rv != CKR_OK)
+        return rv;
+    if ((rv = tok_obj_key(ctx, &user_rw, hk_pub, &k)) != CKR_OK)
+        return rv;
+    assert_false(tok_key_private(k));
+    tok_key_unref(k);
+    if ((rv = tok_obj_read(ctx, &nobody, hk_priv, &a)) != CKR_OBJECT_HANDLE_INVALID)
+        fail_msg("private object read by a caller not logged in: 0x%lx", (unsigned long)rv);
+    assert_int_equal(a.n, 0);
+    if ((rv = tok_obj_read(ctx, &user_rw, hk_priv, &a)) != CKR_OK)
+        return rv;
+    assert_true(tok_attrs_find(&a, CKA_VALUE) != NULL);
+    tok_attrs_free(&a);
+    if ((rv = tok_obj_match(ctx, &nobody, hk_priv, lt, 1, &match)) != CKR_OK)
+        return rv;
+    if (match)
+        fail_msg("private object matched for a caller not logged in");
+    if ((rv = tok_obj_match(ctx, &user_rw, hk_priv, lt, 1, &match)) != CKR_OK)
+        return rv;
+    assert_true(match);
+    if ((rv = tok_obj_candidates(ctx, 1, NULL, 0, &found, &n)) != CKR_OK)
+        return rv;
+    free(found);
+    if (n != 4)
+        fail_msg("find over every object: %zu found, not 4", n);
+    return CKR_OK;
+}
+
+static long hostile_once(long n)
+{
+    char dir[300];
+    tok_ctx *ctx = NULL;
+    long calls;
+
+    tok_fresh_copy(dir);
+    log_clear();
+    assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    assert_int_equal(tok_login_check(ctx, 1, CKU_SO, (const uint8_t *)"12345678", 8), CKR_OK);
+    assert_int_equal(tok_pin_init(ctx, 1, (const uint8_t *)"userpin1", 8), CKR_OK);
+    assert_int_equal(tok_login_check(ctx, 1, CKU_USER, (const uint8_t *)"userpin1", 8), CKR_OK);
+    hk_priv = store_aes(ctx, true, "hk-priv");
+    hk_pub = store_aes(ctx, false, "hk-pub");
+    fault_once = true;
+    fault_arm(n ? n : 1000000);
+    CK_RV rv = hsc_all(ctx);
+    calls = fault_calls;
+    bool fired = fault_fired;
+    fault_disarm();
+    fault_once = false;
+    if (n && !fired)
+        fail_msg("hostile: call %ld was never made", n);
+    if (rv != CKR_OK)
+        fail_msg("hostile, call %ld failing once: CK_RV 0x%lx, not the answer without a fault", n, (unsigned long)rv);
+    log_check("hostile", n);
+    tok_ctx_close(ctx);
+    rm_rf(dir);
+    return calls;
+}
+
+static void test_tok_private_reads_transient(void **state)
+{
+    (void)state;
+    long count = hostile_once(0);
+    assert_true(count > 0);
+    for (long n = 1; n <= count; n++)
+        hostile_once(n);
+    print_message("hostile private reads, failing once: %ld fault points\n", count);
+}
+
+
+/* A damaged record is damage: read once, logged once, answered
+ * CKR_DEVICE_ERROR (not run again as a storage failure). */
+static int log_count(const char *needle)
+{
+    uint8_t *buf;
+    size_t len;
+    int n = 0;
+    read_file(logpath, &buf, &len);
+    char *s = realloc(buf, len + 1);
+    assert_non_null(s);
+    s[len] = 0;
+    for (const char *p = s; (p = strstr(p, needle)); p++)
+        n++;
+    free(s);
+    return n;
+}
+
+static void test_tok_damage_not_retried(void **state)
+{
+    (void)state;
+    char dir[300];
+    tok_ctx *ctx = NULL;
+    tok_attrs a = TOK_ATTRS_INIT;
+    tok_key *k = NULL;
+    bool match = true;
+    CK_ATTRIBUTE lt[] = {{CKA_LABEL, (void *)"hk-pub", 6}};
+
+    tok_fresh_copy(dir);
+    assert_int_equal(tok_ctx_open(0, &ctx), CKR_OK);
+    assert_int_equal(tok_login_check(ctx, 1, CKU_SO, (const uint8_t *)"12345678", 8), CKR_OK);
+    assert_int_equal(tok_pin_init(ctx, 1, (const uint8_t *)"userpin1", 8), CKR_OK);
+    assert_int_equal(tok_login_check(ctx, 1, CKU_USER, (const uint8_t *)"userpin1", 8), CKR_OK);
+    hk_pub = store_aes(ctx, false, "hk-pub");
+    damage_objects = true;
+
+    log_clear();
+    damage_gets = 0;
+    assert_int_equal(tok_obj_read(ctx, &user_rw, hk_pub, &a), CKR_DEVICE_ERROR);
+    assert_int_equal(a.n, 0);
+    assert_int_equal(damage_gets, 1);
+    assert_int_equal(log_count("cannot be unsealed"), 1);
+
+    log_clear();
+    damage_gets = 0;
+    assert_int_equal(tok_obj_key(ctx, &user_rw, hk_pub, &k), CKR_DEVICE_ERROR);
+    assert_null(k);
+    assert_int_equal(log_count("cannot be unsealed"), 1);
+    assert_int_equal(damage_gets, 2); /* the stamp and the record, once each */
+
+    log_clear();
+    damage_gets = 0;
+    assert_int_equal(tok_obj_match(ctx, &user_rw, hk_pub, lt, 1, &match), CKR_OK);
+    assert_false(match);
+    assert_int_equal(damage_gets, 1);
+    assert_int_equal(log_count("cannot be unsealed"), 1);
+
+    damage_objects = false;
+    tok_ctx_close(ctx);
+    rm_rf(dir);
+}
+
 /* ---- writes run again after a lost connection (ops->lost) ------------------- */
 
 static CK_FLAGS so_flags(tok_ctx *ctx)
@@ -1226,7 +1426,7 @@ int main(void)
         cmocka_unit_test(test_tok_lost_write_pin), cmocka_unit_test(test_tok_lost_write_create),
         cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_free_info), cmocka_unit_test(test_tok_slots),
         cmocka_unit_test(test_tok_rows),
-        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_reads_transient),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
+        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_reads_transient), cmocka_unit_test(test_tok_private_reads_transient), cmocka_unit_test(test_tok_damage_not_retried),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
         cmocka_unit_test(test_tok_create),  cmocka_unit_test(test_tok_destroy),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
