@@ -408,7 +408,7 @@ int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out)
     if (count > (len - 5) / 12)
         return -1; /* each attribute takes at least 12 bytes */
     if (count && !(a.v = malloc((size_t)count * sizeof(*a.v))))
-        return -1;
+        return TOK_ATTRS_NOMEM;
     a.cap = (size_t)count;
     for (uint64_t i = 0; i < count; i++) {
         CK_ATTRIBUTE_TYPE type;
@@ -428,13 +428,13 @@ int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out)
 
             vl = sizeof(v);
             if (!(copy = may_hold_key(type) ? ks_secmem_alloc(vl) : malloc(vl)))
-                goto bad;
+                goto nomem;
             memcpy(copy, &v, vl);
         } else {
             vl = (CK_ULONG)l;
             if (l) {
                 if (!(copy = may_hold_key(type) ? ks_secmem_alloc(l) : malloc(l)))
-                    goto bad;
+                    goto nomem;
                 memcpy(copy, buf + pos, l);
             }
         }
@@ -445,6 +445,9 @@ int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out)
         goto bad;
     *out = a;
     return 0;
+nomem:
+    tok_attrs_free(&a);
+    return TOK_ATTRS_NOMEM;
 bad:
     tok_attrs_free(&a);
     return -1;

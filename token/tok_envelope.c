@@ -178,9 +178,13 @@ static int env_open_in(const uint8_t tk[TOK_TK_LEN], uint32_t token, uint64_t oi
         goto out;
     }
     memcpy(tag, e->val + 1 + NONCE_LEN + plen, TAG_LEN);
-    if (tok_gcm(0, tk, e->val + 1, aad, AAD_LEN, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0 ||
-        tok_attrs_parse(plain, plen, &inner) != 0)
+    if (tok_gcm(0, tk, e->val + 1, aad, AAD_LEN, e->val + 1 + NONCE_LEN, plen, plain, tag) != 0)
         goto out;
+    if ((rc = tok_attrs_parse(plain, plen, &inner)) != 0) {
+        rc = rc == TOK_ATTRS_NOMEM ? -1 : -2; /* out of memory, or damaged */
+        goto out;
+    }
+    rc = -2;
     for (size_t i = 0; i < inner.n; i++)
         if (tok_env_clear_attr(inner.v[i].type) || tok_attrs_find(a, inner.v[i].type))
             goto out; /* an envelope may only hold values, each once (and no envelope) */

@@ -95,7 +95,8 @@ static int rec_get(ks_txn *txn, uint32_t tid, tok_attrs *rec)
 
     if (rc != KS_OK)
         return rc;
-    rc = tok_attrs_parse(blob, len, rec) == 0 ? KS_OK : KS_ECORRUPT;
+    rc = tok_attrs_parse(blob, len, rec);
+    rc = rc == 0 ? KS_OK : rc == TOK_ATTRS_NOMEM ? KS_ENOMEM : KS_ECORRUPT;
     ks_buf_free(blob, len);
     return rc;
 }
@@ -151,7 +152,8 @@ static int obj_get_attrs(ks_txn *txn, uint32_t tid, uint64_t oid, tok_attrs *a)
 
     if (rc != KS_OK)
         return rc;
-    rc = tok_attrs_parse(blob, len, a) == 0 ? KS_OK : KS_ECORRUPT;
+    rc = tok_attrs_parse(blob, len, a);
+    rc = rc == 0 ? KS_OK : rc == TOK_ATTRS_NOMEM ? KS_ENOMEM : KS_ECORRUPT;
     ks_buf_free(blob, len);
     return rc;
 }

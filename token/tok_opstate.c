@@ -168,6 +168,7 @@ CK_RV tok_opstate_restore(tok_ctx *ctx, const tok_access *ac, const uint8_t *in,
     uint64_t key = 0;
     bool bad = false;
     CK_RV rv = CKR_OK;
+    int prc;
 
     if (!in || len < HDR_LEN + TAG_LEN + 1 || len > HDR_LEN + TAG_LEN + 6 * TOK_OPSTATE_MAX_DATA ||
         memcmp(in, MAGIC, MAGIC_LEN) != 0 || in[MAGIC_LEN] != VERSION)
@@ -177,9 +178,10 @@ CK_RV tok_opstate_restore(tok_ctx *ctx, const tok_access *ac, const uint8_t *in,
         return CKR_HOST_MEMORY;
     make_aad(in, ac->slot, aad);
     memcpy(tag, in + HDR_LEN + blen, TAG_LEN);
-    if (tok_gcm(0, ctx->opstate_key, in + MAGIC_LEN + 1, aad, sizeof(aad), in + HDR_LEN, blen, plain, tag) != 0 ||
-        tok_attrs_parse(plain, blen, &body) != 0)
+    if (tok_gcm(0, ctx->opstate_key, in + MAGIC_LEN + 1, aad, sizeof(aad), in + HDR_LEN, blen, plain, tag) != 0)
         rv = CKR_SAVED_STATE_INVALID;
+    else if ((prc = tok_attrs_parse(plain, blen, &body)) != 0)
+        rv = prc == TOK_ATTRS_NOMEM ? CKR_HOST_MEMORY : CKR_SAVED_STATE_INVALID;
     OPENSSL_clear_free(plain, blen);
     for (int k = TOK_OP_ENCRYPT; rv == CKR_OK && !bad && k < TOK_OPSTATE_KINDS; k++)
         if (entry_of(&body, k, &e[count], &bad)) {

@@ -153,6 +153,8 @@ CK_RV tok_token_load(tok_ctx *ctx, CK_SLOT_ID slot, tok_attrs *rec)
     }
     rc = tok_attrs_parse(blob, len, rec);
     ks_buf_free(blob, len);
+    if (rc == TOK_ATTRS_NOMEM)
+        return CKR_HOST_MEMORY;
     if (rc != 0) {
         ks_log(KS_LOG_ERROR, "token %lu: record is malformed", (unsigned long)slot);
         return CKR_DEVICE_ERROR;
@@ -719,6 +721,8 @@ static CK_RV obj_read_txn2(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_S
     }
     rc = tok_attrs_parse(blob, len, out);
     ks_buf_free(blob, len);
+    if (rc == TOK_ATTRS_NOMEM)
+        return CKR_HOST_MEMORY;
     if (rc != 0) {
         ks_log(KS_LOG_ERROR, "token %lu object %llu: malformed attribute record", (unsigned long)slot,
                (unsigned long long)oid);

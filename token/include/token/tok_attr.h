@@ -45,7 +45,10 @@ TOK_API bool tok_obj_is_private(const tok_attrs *obj);
 /* Stable serialized form (little endian TLV with a version byte; CK_ULONG
  * values are stored as 8-byte integers so the format is portable). */
 TOK_API int tok_attrs_serialize(const tok_attrs *a, uint8_t **out, size_t *len); /* 0 / -1 */
-TOK_API int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out);     /* 0 / -1 malformed */
+/* 0; -1 malformed; TOK_ATTRS_NOMEM when memory ran out (the record says
+ * nothing then: not to be reported as damage). */
+#define TOK_ATTRS_NOMEM (-2)
+TOK_API int tok_attrs_parse(const uint8_t *buf, size_t len, tok_attrs *out);
 /* The same form of the n attributes v points to, in that order. 0 / -1 */
 TOK_API int tok_attrs_serialize_refs(const tok_attr *const *v, size_t n, uint8_t **out, size_t *len);
 
