@@ -23,8 +23,9 @@ struct tok_slot_watch {
     size_t n;
 };
 
-/* The tokens and their incarnations now, in one read transaction. */
-static CK_RV read_states(tok_ctx *ctx, slot_state **out, size_t *n)
+/* The tokens and their incarnations now, in one read transaction; *eio
+ * (may be NULL) when the storage did not answer (KS_EIO), not damage. */
+static CK_RV read_states(tok_ctx *ctx, slot_state **out, size_t *n, bool *eio)
 {
     AUTO_TXN txn = NULL;
     uint32_t *ids = NULL;
@@ -41,6 +42,8 @@ static CK_RV read_states(tok_ctx *ctx, slot_state **out, size_t *n)
         rc = ks_token_incarnation(txn, ids[i], &v[i].inc);
     }
     free(ids);
+    if (eio)
+        *eio = rc == KS_EIO;
     if (rc != KS_OK) {
         free(v);
         return ks_to_ckr(rc);
@@ -53,11 +56,13 @@ static CK_RV read_states(tok_ctx *ctx, slot_state **out, size_t *n)
 CK_RV tok_slot_watch_new(tok_ctx *ctx, tok_slot_watch **out)
 {
     tok_slot_watch *w = calloc(1, sizeof(*w));
-    CK_RV rv = w ? read_states(ctx, &w->v, &w->n) : CKR_HOST_MEMORY;
+    bool eio = false;
+    CK_RV rv = w ? read_states(ctx, &w->v, &w->n, &eio) : CKR_HOST_MEMORY;
     /* A read with nothing handed out yet: again from a new transaction
-     * when the storage failed it (a connection lost on the way). */
-    for (int attempt = 1; attempt < KS_READ_TRIES && rv == CKR_DEVICE_ERROR; attempt++)
-        rv = read_states(ctx, &w->v, &w->n);
+     * when the storage failed it (a connection lost on the way), not when
+     * a record is damaged (said once). */
+    for (int attempt = 1; attempt < KS_READ_TRIES && rv != CKR_OK && eio; attempt++)
+        rv = read_states(ctx, &w->v, &w->n, &eio);
 
     if (rv != CKR_OK) {
         free(w);
@@ -79,7 +84,7 @@ CK_RV tok_slot_watch_next(tok_ctx *ctx, tok_slot_watch *w, CK_SLOT_ID *slot)
 {
     slot_state *now = NULL;
     size_t nn = 0, i = 0, j = 0;
-    CK_RV rv = read_states(ctx, &now, &nn);
+    CK_RV rv = read_states(ctx, &now, &nn, NULL);
 
     if (rv != CKR_OK) /* the codes C_WaitForSlotEvent may return */
         return rv == CKR_HOST_MEMORY ? rv : CKR_FUNCTION_FAILED;

@@ -946,6 +946,15 @@ static CK_RV tsc_find(tok_ctx *ctx)
     return rv;
 }
 
+/* C_WaitForSlotEvent's first look at the slots (the open's slot watch). */
+static CK_RV tsc_watch(tok_ctx *ctx)
+{
+    tok_slot_watch *w = NULL;
+    CK_RV rv = tok_slot_watch_new(ctx, &w);
+    tok_slot_watch_free(w);
+    return rv;
+}
+
 static CK_RV tsc_create(tok_ctx *ctx)
 {
     uint64_t oid = 0;
@@ -1050,6 +1059,7 @@ TOK_SCENARIO(slots, false)
 TOK_SCENARIO(rows, false)
 TOK_SCENARIO(read, false)
 TOK_SCENARIO(find, false)
+TOK_SCENARIO(watch, false)
 TOK_SCENARIO(verify_index, false)
 TOK_SCENARIO(create, true)
 TOK_SCENARIO(destroy, true)
@@ -1124,6 +1134,7 @@ static void test_tok_reads_transient(void **state)
     tok_transient("tok_find", tsc_find);
     tok_transient("tok_match", tsc_match);
     tok_transient("tok_key", tsc_key);
+    tok_transient("tok_watch", tsc_watch);
 }
 
 
@@ -1426,7 +1437,7 @@ int main(void)
         cmocka_unit_test(test_tok_lost_write_pin), cmocka_unit_test(test_tok_lost_write_create),
         cmocka_unit_test(test_tok_info),    cmocka_unit_test(test_tok_free_info), cmocka_unit_test(test_tok_slots),
         cmocka_unit_test(test_tok_rows),
-        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_reads_transient), cmocka_unit_test(test_tok_private_reads_transient), cmocka_unit_test(test_tok_damage_not_retried),    cmocka_unit_test(test_tok_find),   cmocka_unit_test(test_tok_verify_index),
+        cmocka_unit_test(test_tok_read),    cmocka_unit_test(test_tok_reads_transient), cmocka_unit_test(test_tok_private_reads_transient), cmocka_unit_test(test_tok_damage_not_retried),    cmocka_unit_test(test_tok_find), cmocka_unit_test(test_tok_watch),   cmocka_unit_test(test_tok_verify_index),
         cmocka_unit_test(test_tok_create),  cmocka_unit_test(test_tok_destroy),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
