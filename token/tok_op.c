@@ -355,6 +355,8 @@ static CK_RV init_md(tok_op *op)
 
 static CK_RV init_mac(tok_op *op)
 {
+    if (op->mac) /* a spare's HMAC context of this digest (recycle): only the key is new */
+        return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, NULL) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
     bool cmac = op->d->mc == M_CMAC;
     EVP_MAC *mac = tok_mac(cmac);
     const EVP_CIPHER *c = cmac ? tok_mech_cipher(op->d, op->key->secret_len) : NULL;
@@ -364,8 +366,6 @@ static CK_RV init_mac(tok_op *op)
              : OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)op->d->md, 0),
         OSSL_PARAM_construct_end(),
     };
-    if (op->mac) /* a spare's HMAC context of this digest (recycle): only the key is new */
-        return EVP_MAC_init(op->mac, op->key->secret, op->key->secret_len, NULL) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
     op->mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
     if (!op->mac)
         return CKR_HOST_MEMORY;
