@@ -746,9 +746,9 @@ static CK_RV obj_read_txn(tok_ctx *ctx, const tok_access *ac, ks_txn *txn, CK_SL
  * over another, say) runs again from a new transaction, KS_READ_TRIES times
  * in all, as the open's reads do: each such read stands alone, so a new
  * snapshot answers it as well. Damage is not run again. */
-static bool read_again(int begin_rc, bool storage_failed, int attempt)
+static bool read_again(bool no_answer, int attempt)
 {
-    return attempt < KS_READ_TRIES && (begin_rc == KS_EIO || storage_failed);
+    return no_answer && attempt < KS_READ_TRIES;
 }
 
 /* One object read in a transaction of its own (obj_read_txn2), run again as
@@ -763,7 +763,7 @@ static CK_RV obj_read_alone(tok_ctx *ctx, const tok_access *ac, uint64_t oid, to
         *storage_failed = rc != KS_OK;
         rv = rc != KS_OK ? ks_to_ckr(rc)
                          : obj_read_txn2(ctx, ac, txn, ac->slot, oid, out, READ_FULL, NULL, storage_failed);
-        if (!read_again(rc, rc == KS_OK && *storage_failed, attempt))
+        if (!read_again(rc == KS_EIO || (rc == KS_OK && *storage_failed), attempt))
             return rv;
     }
 }
@@ -857,7 +857,7 @@ CK_RV tok_obj_candidates(tok_ctx *ctx, CK_SLOT_ID slot, const CK_ATTRIBUTE *tmpl
                      : ks_obj_foreach(txn, (uint32_t)slot, tok_oid_push, &vec);
         if (rc == KS_ENOTFOUND)
             rc = KS_OK;
-        if (!read_again(rc, false, attempt))
+        if (!read_again(rc == KS_EIO, attempt))
             break;
         ks_read_end(txn); /* again, from nothing */
         txn = NULL;
@@ -1094,7 +1094,7 @@ CK_RV tok_obj_key_at(tok_ctx *ctx, const tok_access *ac, uint64_t oid, tok_key *
     for (int attempt = 1;; attempt++) {
         bool storage_failed = false;
         CK_RV rv = key_read(ctx, ac, oid, key, at, &storage_failed);
-        if (!read_again(KS_OK, storage_failed, attempt))
+        if (!read_again(storage_failed, attempt))
             return rv;
     }
 }
