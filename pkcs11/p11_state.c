@@ -8,6 +8,9 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static struct {
     bool initialized; /* read and written atomically: see p11_initialized */
@@ -28,38 +31,114 @@ static struct {
  * cannot hold it back; a call never takes the gate twice (it would wait
  * behind the fork it holds back).
  *
- * Every call passes the gate, so it keeps no shared counter: a call counts
- * itself in its thread's shard (its own cache line), then looks at `closed`;
- * a fork sets `closed`, then waits for every shard to drop to 0. Both orders
- * are sequentially consistent, so either the call sees `closed` (and steps
- * back to wait) or the fork sees the call. */
-#define GATE_SHARDS 64
+ * Every call passes the gate twice, so the calls pay nothing the fork can
+ * pay instead. Each thread counts its calls in a record of its own (its own
+ * cache line, written by it alone), then looks at `closed`; a fork sets
+ * `closed`, then waits for every record to drop to 0. Either the call sees
+ * `closed` (and steps back to wait) or the fork sees the call, provided the
+ * call's store is ordered before its load: where the kernel offers
+ * membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), the fork makes every thread
+ * of the process run a full barrier between its store of `closed` and its
+ * reading of the records, so a call orders them with a compiler barrier
+ * alone (`asym`); elsewhere, and under ThreadSanitizer (which does not see
+ * that barrier), the call's store is sequentially consistent (a locked
+ * instruction). A thread's record goes back to the pool when it ends (its
+ * key's destructor); a thread that gets none (out of memory, no key) counts
+ * in `spill`, a counter every such thread shares. */
+typedef struct gate_rec {
+    _Alignas(64) unsigned inside; /* its thread's calls in the module */
+    bool taken;                    /* by a live thread (gate_mx) */
+    struct gate_rec *next;         /* every record made; none is freed (-z nodelete) */
+} gate_rec;
 
-static struct {
-    _Alignas(64) unsigned readers;
-} shards[GATE_SHARDS];
-static bool closed; /* a fork is under way */
+static gate_rec *recs;      /* pushed under gate_mx, read by the fork handler under it */
+static unsigned spill;      /* calls of threads without a record */
+static bool closed;         /* a fork is under way */
+static bool asym;           /* membarrier registered: calls skip the locked instruction */
+static bool have_key;       /* rec_key made: records can go back at thread exit */
+static pthread_key_t rec_key;
 static pthread_mutex_t gate_mx = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static unsigned shard_next;
-static __thread unsigned my_shard; /* 1 + index; 0: not chosen yet */
+static __thread gate_rec *mine;
 
-static unsigned shard(void)
+static bool membarrier_register(void)
 {
-    if (!my_shard)
-        my_shard = 1 + __atomic_fetch_add(&shard_next, 1, __ATOMIC_RELAXED) % GATE_SHARDS;
-    return my_shard - 1;
+#if defined(__SANITIZE_THREAD__)
+    return false;
+#else
+    long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+
+    return cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+           syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+#endif
+}
+
+/* The thread's record: a free one of an ended thread, or a new one. */
+static gate_rec *rec_take(void)
+{
+    gate_rec *r;
+
+    pthread_mutex_lock(&gate_mx);
+    for (r = recs; r && r->taken; r = r->next)
+        ;
+    if (!r && (r = aligned_alloc(64, sizeof(*r))) != NULL) {
+        memset(r, 0, sizeof(*r));
+        r->next = recs;
+        recs = r;
+    }
+    if (r)
+        r->taken = true;
+    pthread_mutex_unlock(&gate_mx);
+    if (r && pthread_setspecific(rec_key, r) != 0) {
+        pthread_mutex_lock(&gate_mx);
+        r->taken = false;
+        pthread_mutex_unlock(&gate_mx);
+        r = NULL;
+    }
+    return mine = r;
+}
+
+/* The thread ends (its calls have returned): its record goes back. */
+static void rec_release(void *p)
+{
+    gate_rec *r = p;
+
+    pthread_mutex_lock(&gate_mx);
+    r->taken = false;
+    pthread_mutex_unlock(&gate_mx);
+    mine = NULL; /* a later call from another key's destructor takes a record again */
+}
+
+static void count_in(gate_rec *r)
+{
+    if (!r)
+        __atomic_fetch_add(&spill, 1, __ATOMIC_SEQ_CST);
+    else if (__atomic_load_n(&asym, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&r->inside, __atomic_load_n(&r->inside, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the fork's membarrier makes it a full barrier */
+    } else
+        __atomic_store_n(&r->inside, __atomic_load_n(&r->inside, __ATOMIC_RELAXED) + 1, __ATOMIC_SEQ_CST);
+}
+
+static void count_out(gate_rec *r)
+{
+    if (!r)
+        __atomic_fetch_sub(&spill, 1, __ATOMIC_RELEASE);
+    else
+        __atomic_store_n(&r->inside, __atomic_load_n(&r->inside, __ATOMIC_RELAXED) - 1, __ATOMIC_RELEASE);
 }
 
 void p11_gate_enter(void)
 {
-    unsigned i = shard();
+    gate_rec *r = mine;
 
+    if (!r && __atomic_load_n(&have_key, __ATOMIC_ACQUIRE))
+        r = rec_take();
     for (;;) {
-        __atomic_fetch_add(&shards[i].readers, 1, __ATOMIC_SEQ_CST);
+        count_in(r);
         if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
             return;
-        __atomic_fetch_sub(&shards[i].readers, 1, __ATOMIC_SEQ_CST);
+        count_out(r);
         pthread_mutex_lock(&gate_mx);
         while (__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
             pthread_cond_wait(&gate_cv, &gate_mx);
@@ -67,7 +146,9 @@ void p11_gate_enter(void)
     }
 }
 
-void p11_gate_leave(void) { __atomic_fetch_sub(&shards[shard()].readers, 1, __ATOMIC_RELEASE); }
+/* mine is what p11_gate_enter counted in: it changes only there, and in the
+ * thread's end. */
+void p11_gate_leave(void) { count_out(mine); }
 
 /* A fork child must call C_Initialize before using the module (PKCS#11
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
@@ -77,9 +158,13 @@ static void fork_prepare(void)
 {
     pthread_mutex_lock(&gate_mx); /* held until the fork is over: one fork at a time */
     __atomic_store_n(&closed, true, __ATOMIC_SEQ_CST);
-    for (unsigned i = 0; i < GATE_SHARDS; i++)
-        while (__atomic_load_n(&shards[i].readers, __ATOMIC_SEQ_CST) != 0)
+    if (__atomic_load_n(&asym, __ATOMIC_RELAXED))
+        (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); /* registered: cannot fail */
+    for (gate_rec *r = recs; r; r = r->next)
+        while (__atomic_load_n(&r->inside, __ATOMIC_ACQUIRE) != 0)
             sched_yield(); /* calls in flight finish; none starts */
+    while (__atomic_load_n(&spill, __ATOMIC_ACQUIRE) != 0)
+        sched_yield();
 }
 static void fork_parent(void)
 {
@@ -91,10 +176,15 @@ static void fork_child(void)
 {
     __atomic_store_n(&g.forked, true, __ATOMIC_RELAXED);
     /* This thread alone exists here, and no call is in flight (the prepare
-     * handler waited for them). The condition's copy may still count parent
-     * threads waiting on it, which do not exist here: it is made afresh, and
-     * the mutex released (which keeps ThreadSanitizer's view of it right)
-     * and made afresh too. */
+     * handler waited for them). The records of the parent's other threads
+     * are free; whether the membarrier registration came along is asked
+     * again (no other thread can be in the gate while the mode changes).
+     * The condition's copy may still count parent threads waiting on it,
+     * which do not exist here: it is made afresh, and the mutex released
+     * (which keeps ThreadSanitizer's view of it right) and made afresh too. */
+    for (gate_rec *r = recs; r; r = r->next)
+        r->taken = r == mine;
+    __atomic_store_n(&asym, membarrier_register(), __ATOMIC_RELAXED);
     __atomic_store_n(&closed, false, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&gate_mx);
     memset(&gate_cv, 0, sizeof(gate_cv));
@@ -103,7 +193,12 @@ static void fork_child(void)
     pthread_mutex_init(&gate_mx, NULL);
 }
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void register_atfork(void) { (void)pthread_atfork(fork_prepare, fork_parent, fork_child); }
+static void register_atfork(void)
+{
+    __atomic_store_n(&asym, membarrier_register(), __ATOMIC_RELAXED);
+    __atomic_store_n(&have_key, pthread_key_create(&rec_key, rec_release) == 0, __ATOMIC_RELEASE);
+    (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
 
 void p11_gate_setup(void) { pthread_once(&atfork_once, register_atfork); }
 static bool forked(void) { return __atomic_load_n(&g.forked, __ATOMIC_RELAXED); }
