@@ -61,8 +61,7 @@ typedef struct p11_session {
     CK_SESSION_HANDLE h; /* set at open (global lock), read atomically by lookups */
     CK_SLOT_ID slot;
     CK_FLAGS flags;
-    int refs;     /* atomic: the table's while open, and each call's (p11_session.c) */
-    bool closed;  /* atomic */
+    bool closed;  /* atomic: set at close, cleared at open after h (global lock; p11_session.c) */
     uint32_t idx; /* its place in the table, for good */
     uint64_t gen; /* uses of the place: the handle's high bits */
     p11_mutex *busy; /* serializes operations on this session */
@@ -102,7 +101,7 @@ P11_API void p11_events_forget(void);
 P11_API void p11_lock(void);
 P11_API void p11_unlock(void);
 
-/* Find the session, take a reference and its busy lock. */
+/* Find the session and take its busy lock (p11_session_put leaves it). */
 P11_API CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **s);
 P11_API void p11_session_put(p11_session *s);
 P11_API CK_STATE p11_session_state(const p11_session *s);

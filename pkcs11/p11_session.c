@@ -19,11 +19,19 @@ typedef struct {
  * until C_Finalize; closing a session recycles its place for a later one.
  * A handle is (generation << P11_IDX_BITS) | (place + 1), the generation
  * counting the place's uses, so an old handle never names a new session.
- * refs counts the table's reference (while open) and each call's; a lookup
- * takes a reference only while refs > 0 (never back from 0) and then checks
- * that the place still holds its handle. Whoever drops refs to 0 recycles
- * the place. Everything else (the open list, free places, logins, the
- * generation and fields of a place at open) is under the global lock. */
+ * A call holds its session's busy lock from lookup to put and takes no
+ * other reference: the lookup locks the place's mutex (which lives as long
+ * as the place) and then checks, under it, that the place is open and holds
+ * its handle. A close marks the session closed as it unlinks it (global
+ * lock), so no lookup finds it from then on, then takes its busy lock, so it
+ * waits for a call that found it before, clears it, and only then frees the
+ * place (global lock). A place is opened again without its busy lock: its
+ * handle is written before `closed` is cleared (release), and a lookup reads
+ * `closed` (acquire) before the handle, so a lookup that sees the place open
+ * sees its new handle. A call pays one pair of locked instructions for its
+ * session, the busy lock's. Everything else (the open list, free places,
+ * logins, the generation and fields of a place at open) is under the global
+ * lock; the busy lock is never taken with the global lock held. */
 #define P11_IDX_BITS 20
 #define P11_IDX_MAX ((1u << P11_IDX_BITS) - 1) /* sessions open at once */
 #define P11_CHUNK 256u
@@ -102,28 +110,6 @@ static p11_session *place_of(CK_SESSION_HANDLE h)
     return c ? __atomic_load_n(&c->s[idx % P11_CHUNK], __ATOMIC_ACQUIRE) : NULL;
 }
 
-static bool session_ref(p11_session *s)
-{
-    int r = __atomic_load_n(&s->refs, __ATOMIC_RELAXED);
-
-    do {
-        if (r <= 0)
-            return false; /* closed and unused: being recycled */
-    } while (!__atomic_compare_exchange_n(&s->refs, &r, r + 1, true, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
-    return true;
-}
-
-/* The last reference: the session's holdings go, its place is free. */
-static void session_unref(p11_session *s)
-{
-    if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0)
-        return;
-    session_clear(s);
-    p11_lock();
-    t.free[t.nfree++] = s->idx; /* room was made when the place was */
-    p11_unlock();
-}
-
 CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
 {
     p11_session *s;
@@ -132,17 +118,15 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     p11_gate_enter(); /* left by p11_session_put */
     s = place_of(h);
-    if (!s || !session_ref(s)) {
-        p11_gate_leave();
-        return CKR_SESSION_HANDLE_INVALID;
-    }
-    if (__atomic_load_n(&s->h, __ATOMIC_ACQUIRE) != h) { /* the place holds a newer session */
-        session_unref(s);
+    /* A first look without the lock: a stale handle does not wait for the
+     * call in flight on the place's new session. */
+    if (!s || __atomic_load_n(&s->h, __ATOMIC_RELAXED) != h) {
         p11_gate_leave();
         return CKR_SESSION_HANDLE_INVALID;
     }
     p11_mutex_lock(s->busy);
-    if (__atomic_load_n(&s->closed, __ATOMIC_ACQUIRE)) {
+    /* closed first: see the top of the file. */
+    if (__atomic_load_n(&s->closed, __ATOMIC_ACQUIRE) || __atomic_load_n(&s->h, __ATOMIC_ACQUIRE) != h) {
         p11_session_put(s);
         return CKR_SESSION_HANDLE_INVALID;
     }
@@ -152,15 +136,7 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
 
 void p11_session_put(p11_session *s)
 {
-    CK_SESSION_HANDLE h = __atomic_load_n(&s->h, __ATOMIC_RELAXED); /* ours: stable while we hold a reference */
-    bool closed = __atomic_load_n(&s->closed, __ATOMIC_ACQUIRE);
-
     p11_mutex_unlock(s->busy);
-    /* An operation that ran while another thread closed the session may
-     * have made session objects after the close dropped its objects. */
-    if (closed)
-        tok_sobjs_drop_owner(p11_tok(), h);
-    session_unref(s);
     p11_gate_leave();
 }
 
@@ -403,6 +379,7 @@ static p11_session *place_take_locked(CK_RV *rv)
         return NULL;
     }
     s->idx = idx;
+    s->closed = true; /* until C_OpenSession gives it a handle */
     __atomic_store_n(&(*c)->s[idx % P11_CHUNK], s, __ATOMIC_RELEASE);
     t.free[t.nfree++] = idx;
     t.nplaces++;
@@ -448,9 +425,8 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
             s->gen = 1, h = (CK_SESSION_HANDLE)(((uint64_t)1 << P11_IDX_BITS) | (s->idx + 1u));
         s->slot = slotID;
         s->flags = flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
-        __atomic_store_n(&s->closed, false, __ATOMIC_RELAXED);
         __atomic_store_n(&s->h, h, __ATOMIC_RELAXED);
-        __atomic_store_n(&s->refs, 1, __ATOMIC_RELEASE); /* the table's reference: now it can be found */
+        __atomic_store_n(&s->closed, false, __ATOMIC_RELEASE); /* after h: now it can be found */
         t.v[t.n++] = s;
         *phSession = h;
     }
@@ -458,8 +434,8 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
     return rv;
 }
 
-/* Unlink a session (global lock held); the caller then drops the table's
- * reference. */
+/* Unlink a session (global lock held): no lookup finds it from here on;
+ * the caller then closes it. */
 static void unlink_locked(size_t i)
 {
     p11_session *s = t.v[i];
@@ -475,9 +451,9 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     p11_session *s = NULL;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
-    /* In the fork gate: the last reference may clear the session here, and
-     * a fork child must not inherit a place half cleared (its C_Initialize
-     * clears every place again). */
+    /* In the fork gate: the session is cleared here, and a fork child must
+     * not inherit a place half cleared (its C_Initialize clears every place
+     * again). */
     p11_gate_enter();
     p11_lock();
     for (size_t i = 0; i < t.n; i++) {
@@ -489,10 +465,18 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     }
     p11_unlock();
     if (s) {
-        /* Each session's objects go with it; no slot-wide drop here, which
-         * could hit a session opened meanwhile. */
+        /* A call on it in flight (one that found it before the unlink) ends
+         * first. */
+        p11_mutex_lock(s->busy);
+        session_clear(s);
+        p11_mutex_unlock(s->busy);
+        /* Each session's objects go with it, those the last call made too;
+         * no slot-wide drop here, which could hit a session opened
+         * meanwhile. */
         tok_sobjs_drop_owner(p11_tok(), hSession);
-        session_unref(s);
+        p11_lock();
+        t.free[t.nfree++] = s->idx; /* room was made when the place was */
+        p11_unlock();
     }
     p11_gate_leave();
     return s ? CKR_OK : CKR_SESSION_HANDLE_INVALID;
