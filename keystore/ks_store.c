@@ -257,6 +257,89 @@ static int epoch_key(ks_store *st, ks_btxn *t, uint32_t epoch, uint8_t kcv[KS_KC
     return rc;
 }
 
+/* Does master key mk open the sealed rotation state of epoch `epoch`? The
+ * AEAD proves it the epoch's key: KS_OK with *rs, the record key and the
+ * check value filled; KS_ENOTFOUND when it does not open it, or opens a
+ * state that names another key; a read failure as such. */
+static int try_sealed(ks_store *st, ks_btxn *t, uint32_t epoch, const uint8_t mk[KS_MK_LEN], ks_rotstate *rs,
+                      uint8_t key[32], uint8_t kcv[KS_KCV_LEN])
+{
+    ks_mkey m;
+    int rc;
+
+    memset(&m, 0, sizeof(m));
+    memcpy(m.key, mk, KS_MK_LEN);
+    ks_mkey_kcv(&m, kcv);
+    rc = ks_rec_key(&m, st->ksid, epoch, key);
+    ks_mkey_clear(&m);
+    if (rc == KS_OK)
+        rc = ks_state_load(t, st, epoch, key, rs);
+    if (rc == KS_OK && !rs->legacy && CRYPTO_memcmp(rs->cur_kcv, kcv, KS_KCV_LEN) != 0)
+        rc = KS_ENOTFOUND;
+    if (rc != KS_OK && !ks_read_failed(rc)) {
+        OPENSSL_cleanse(key, 32);
+        rc = KS_ENOTFOUND;
+    }
+    return rc;
+}
+
+/* The plain check value of the current epoch is missing, malformed, names
+ * no key this process has, or names one that does not open the sealed
+ * state: each key this process has (the key file's registers, the keys it
+ * was opened with) is tried on the sealed state itself. One that opens it is
+ * the epoch's key: the plain record was edited or damaged, which is logged
+ * (with what to do) and not acted on; the keys come from the sealed state,
+ * as the staged epoch's do. KS_OK with r's current key and state filled,
+ * KS_ENOTFOUND (no key opens it: the key is wrong, or the state damaged), or
+ * a read failure. plain_read: r->cur_kcv holds the plain record's value. */
+static int cur_from_sealed(ks_store *st, ks_btxn *t, ks_keyring *r, bool plain_read)
+{
+    ks_registers regs;
+    ks_err e = KS_ERR_INIT;
+    const uint8_t *cand[3 + 64];
+    size_t n = 0;
+    bool have_regs = false;
+    int rc = KS_ENOTFOUND;
+    uint8_t key[32], kcv[KS_KCV_LEN];
+
+    memset(&regs, 0, sizeof(regs));
+    for (size_t i = 0; i < st->nextra && n < 64; i++)
+        cand[n++] = st->extra[i].key;
+    keysrc_from_config(st);
+    if (st->keysrc[0] && ks_reg_load(st->keysrc, st->keymode, &regs, &e) == KS_OK)
+        have_regs = true;
+    size_t nreg = have_regs ? 1 + (regs.has_new ? 1 : 0) + regs.n_old : 0;
+    for (size_t i = 0; i < nreg && rc == KS_ENOTFOUND; i++) {
+        const uint8_t *mk = i == 0 ? regs.current.key
+                            : regs.has_new && i == 1 ? regs.staged.key
+                                                     : regs.old[i - 1 - (regs.has_new ? 1 : 0)].key;
+        rc = try_sealed(st, t, r->rs.cur, mk, &r->rs, key, kcv);
+        if (rc == KS_OK)
+            memcpy(r->cur_mk, mk, KS_MK_LEN);
+    }
+    for (size_t i = 0; i < n && rc == KS_ENOTFOUND; i++) {
+        rc = try_sealed(st, t, r->rs.cur, cand[i], &r->rs, key, kcv);
+        if (rc == KS_OK)
+            memcpy(r->cur_mk, cand[i], KS_MK_LEN);
+    }
+    if (have_regs)
+        ks_reg_clear(&regs);
+    if (rc == KS_OK) {
+        char plain[2 * KS_KCV_LEN + 1], sealed[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(r->cur_kcv, plain);
+        ks_kcv_hex(kcv, sealed);
+        ks_log(KS_LOG_ERROR, "keystore %s: the plain check value of the current epoch %u (%s) is not the "
+               "authenticated one (%s): the metadata was edited or damaged; the current key is taken from the "
+               "authenticated state. Check the keystore with 'p11mk-admin verify' and restore it from a backup "
+               "if more is damaged", st->path, r->rs.cur, plain_read ? plain : "missing or malformed", sealed);
+        memcpy(r->cur_kcv, kcv, KS_KCV_LEN);
+        memcpy(r->cur_key, key, sizeof(key));
+        r->have_cur = true;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc;
+}
+
 /* Build the keys for the metadata of this transaction's snapshot. */
 static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, ks_err *err)
 {
@@ -281,6 +364,17 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
     rc = epoch_key(st, t, r->rs.cur, r->cur_kcv, r->cur_mk, r->cur_key, &r->have_cur);
     if (ks_read_failed(rc))
         ks_read_error(err, st->path, "the check value of its current epoch", rc);
+    bool plain_read = rc == KS_OK, sealed_tried = false;
+    if (rc == KS_ECORRUPT || (rc == KS_OK && !r->have_cur)) {
+        int prc = cur_from_sealed(st, t, r, plain_read);
+        sealed_tried = true;
+        if (prc == KS_OK)
+            goto state_loaded;
+        if (ks_read_failed(prc)) {
+            rc = prc;
+            ks_read_error(err, st->path, "its rotation state record", rc);
+        }
+    }
     if (rc != KS_OK)
         goto fail;
     if (!r->have_cur) {
@@ -296,6 +390,13 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
         goto fail;
     }
     rc = ks_state_load(t, st, r->rs.cur, r->cur_key, &r->rs);
+    if (rc != KS_OK && !ks_read_failed(rc) && !sealed_tried) {
+        /* The plain check value named a key this process has, but not the
+         * one that sealed the state (it was pointed at another). */
+        int prc = cur_from_sealed(st, t, r, true);
+        if (prc == KS_OK || ks_read_failed(prc))
+            rc = prc;
+    }
     if (ks_read_failed(rc)) {
         ks_read_error(err, st->path, "its rotation state record", rc);
         goto fail;
@@ -306,6 +407,7 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
                    st->path);
         goto fail;
     }
+state_loaded:
     if (!r->rs.legacy && (r->rs.gen != gen || r->rs.format != st->format) && st->reported_gen != gen + 1) {
         /* Reported, not acted on: the keys come from the sealed state anyway;
          * the next rotation step writes both copies again. */
