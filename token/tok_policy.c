@@ -212,7 +212,8 @@ CK_RV tok_template_get(const tok_attrs *obj, CK_ATTRIBUTE_TYPE t, tok_attrs *out
     tok_attrs_free(out);
     if (!a || !a->len)
         return CKR_OK;
-    return tok_attrs_parse(a->val, a->len, out) == 0 ? CKR_OK : CKR_GENERAL_ERROR;
+    int rc = tok_attrs_parse(a->val, a->len, out);
+    return rc == 0 ? CKR_OK : rc == TOK_ATTRS_NOMEM ? CKR_HOST_MEMORY : CKR_GENERAL_ERROR;
 }
 
 bool tok_template_matches(const tok_attrs *obj, const tok_attrs *t)
@@ -606,9 +607,10 @@ static CK_RV get_template(const tok_attr *a, CK_ATTRIBUTE *t)
 {
     tok_attrs nested = TOK_ATTRS_INIT;
     CK_RV rv = CKR_OK;
-    if (a->len && tok_attrs_parse(a->val, a->len, &nested) != 0) {
+    int prc = a->len ? tok_attrs_parse(a->val, a->len, &nested) : 0;
+    if (prc != 0) {
         t->ulValueLen = CK_UNAVAILABLE_INFORMATION;
-        return CKR_GENERAL_ERROR;
+        return prc == TOK_ATTRS_NOMEM ? CKR_HOST_MEMORY : CKR_GENERAL_ERROR;
     }
     CK_ULONG need = (CK_ULONG)(nested.n * sizeof(CK_ATTRIBUTE));
     if (!t->pValue) {
@@ -664,7 +666,7 @@ CK_RV tok_policy_get(const tok_attrs *obj, CK_ATTRIBUTE *tmpl, CK_ULONG n)
         }
         if (tok_attr_is_template(t->type)) {
             CK_RV r = get_template(a, t);
-            if (r != CKR_OK && rv == CKR_OK)
+            if (r == CKR_HOST_MEMORY || (r != CKR_OK && rv == CKR_OK))
                 rv = r;
             continue;
         }

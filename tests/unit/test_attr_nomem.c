@@ -2,7 +2,9 @@
  * failing the Nth allocation of a parse, for every N): the answer is
  * TOK_ATTRS_NOMEM, never -1 ("malformed", which the token layer reports as
  * a damaged record), and nothing leaks; a malformed record still answers
- * -1. */
+ * -1. A key's nested template (CKA_WRAP_TEMPLATE) read out of memory, to
+ * check a wrap or for C_GetAttributeValue, answers CKR_HOST_MEMORY, not
+ * CKR_GENERAL_ERROR. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +14,7 @@
 #include <string.h>
 
 #include "token/tok_attr.h"
+#include "token/tok_policy.h"
 
 void *__real_malloc(size_t n);
 void *__wrap_malloc(size_t n);
@@ -68,8 +71,53 @@ static void test_parse_nomem(void **state)
     tok_attrs_free(&a);
 }
 
+static void test_nested_template_nomem(void **state)
+{
+    (void)state;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL yes = CK_TRUE;
+    tok_attrs nested = TOK_ATTRS_INIT, obj = TOK_ATTRS_INIT, out = TOK_ATTRS_INIT;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+
+    assert_int_equal(tok_attrs_set(&nested, CKA_EXTRACTABLE, &yes, 1), 0);
+    assert_int_equal(tok_attrs_set(&nested, CKA_LABEL, "wrapped", 7), 0);
+    assert_int_equal(tok_attrs_serialize(&nested, &blob, &len), 0);
+    assert_int_equal(tok_attrs_set(&obj, CKA_CLASS, &cls, sizeof(cls)), 0);
+    assert_int_equal(tok_attrs_set(&obj, CKA_WRAP_TEMPLATE, blob, len), 0);
+
+    for (int via_get = 0; via_get < 2; via_get++) {
+        long n;
+        for (n = 1;; n++) {
+            CK_ATTRIBUTE inner[2] = {{CKA_EXTRACTABLE, NULL, 0}, {CKA_LABEL, NULL, 0}};
+            CK_ATTRIBUTE t = {CKA_WRAP_TEMPLATE, via_get ? inner : NULL, via_get ? sizeof(inner) : 0};
+            CK_RV rv;
+            seen = 0;
+            fail_at = n;
+            rv = via_get ? tok_policy_get(&obj, &t, 1) : tok_template_get(&obj, CKA_WRAP_TEMPLATE, &out);
+            fail_at = 0;
+            if (seen < n) {
+                assert_int_equal(rv, CKR_OK);
+                if (via_get)
+                    assert_int_equal(inner[1].ulValueLen, 7);
+                else
+                    assert_int_equal(out.n, 2);
+                break;
+            }
+            if (rv != CKR_HOST_MEMORY)
+                fail_msg("%s, allocation %ld failing: 0x%lx, not CKR_HOST_MEMORY",
+                         via_get ? "tok_policy_get" : "tok_template_get", n, (unsigned long)rv);
+        }
+        assert_true(n > 2);
+    }
+    tok_attrs_free(&out);
+    tok_attrs_free(&obj);
+    tok_attrs_free(&nested);
+    free(blob);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_parse_nomem)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_parse_nomem), cmocka_unit_test(test_nested_template_nomem)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
