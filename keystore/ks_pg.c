@@ -630,6 +630,49 @@ static void seq_raise(ks_benv *e, uint64_t v)
 #define PING_WAIT_MS 2000 /* an answer not back within this: the connection is taken for dead */
 #define FRESH_MS 3500     /* commit_seq trusts its number this long after the server last spoke */
 
+/* One statement on the listener's connection, its answer awaited at most
+ * PING_WAIT_MS and never past a stop (a blocking PQexec there held
+ * C_Finalize, which joins this thread, for as long as a server that
+ * accepted the connection stayed silent). The result, or NULL when it
+ * failed, did not answer in time (logged) or the keystore is closing
+ * (*stopped). */
+static PGresult *listen_exec(ks_benv *e, PGconn *c, const char *sql, bool *stopped)
+{
+    PGresult *res = NULL, *r;
+    uint64_t until = now_ms() + PING_WAIT_MS;
+
+    if (!pq.sendQuery(c, sql))
+        return NULL;
+    for (;;) {
+        while (!pq.isBusy(c)) {
+            if (!(r = pq.getResult(c)))
+                return res; /* the whole answer is in */
+            if (res)
+                pq.clear(res);
+            res = r;
+        }
+        int64_t wait = (int64_t)until - (int64_t)now_ms();
+        if (wait <= 0) {
+            ks_log(KS_LOG_WARN, "keystore %s: the PostgreSQL notification connection did not answer '%s' in %d "
+                                "ms; connecting again", e->path, sql, PING_WAIT_MS);
+            break;
+        }
+        struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = e->stop[0], .events = POLLIN}};
+        int n = poll(p, 2, (int)wait);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n > 0 && p[1].revents) {
+            *stopped = true;
+            break;
+        }
+        if (n < 0 || (n > 0 && !pq.consumeInput(c)))
+            break;
+    }
+    if (res)
+        pq.clear(res);
+    return NULL;
+}
+
 /* LISTEN, then read the number (a commit between the two is notified and
  * read again: never missed), then wait for notifications, asking the server
  * when it has been silent for PING_IDLE_MS. A connection that does not answer
@@ -648,12 +691,17 @@ static void *listen_main(void *arg)
         PGresult *r = NULL;
         uint64_t heard = 0; /* the last number this connection read or was notified of */
         if (c) {
-            r = pq.exec(c, "LISTEN " CHANNEL);
+            bool stopped = false;
+            r = listen_exec(e, c, "LISTEN " CHANNEL, &stopped);
             bool ok = r && pq.resultStatus(r) == PGRES_COMMAND_OK;
             if (r)
                 pq.clear(r);
             uint64_t before = atomic_load(&e->high);
-            r = ok ? pq.exec(c, "SELECT seq FROM p11mk_seq") : NULL;
+            r = ok ? listen_exec(e, c, "SELECT seq FROM p11mk_seq", &stopped) : NULL;
+            if (stopped) {
+                pq.finish(c);
+                return NULL;
+            }
             if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1) {
                 uint64_t v = be64_text(pq.getvalue(r, 0, 0));
                 seq_read(e, before, v);

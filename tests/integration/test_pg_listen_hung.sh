@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Hostile: a server path that carries a connection through its start and
+# then goes silent, for the notification listener's connection only (a
+# proxy that stalls the connection that sends LISTEN: a backend stopped, a
+# half-open path). The listener's first LISTEN and read of the number wait
+# at most PING_WAIT_MS and watch the stop pipe (ks_pg.c listen_exec):
+#  1. an application that starts and ends (pkcs11-tool -L: C_Initialize ..
+#     C_Finalize) lists its token and ends within seconds (FAILS before:
+#     C_Finalize joined a listener blocked in PQexec("LISTEN") for ever);
+#  2. one that runs longer than the wait still works (reads through
+#     transactions; the listener keeps connecting again) and ends promptly;
+#  3. the wait is logged as such, once per attempt, not as damage.
+. "${P11MK_TESTLIB:?run the integration tests through meson test}"
+need pkcs11-tool
+need python3
+. "$(dirname "$P11MK_TESTLIB")/pg_lib.sh"
+pg_at_exit() { [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true; }
+pg_setup listenhung
+host_conf a
+export P11MK_CONF=$T/a/p11mk.conf
+expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
+pkcs11-tool --module "$MOD" --init-token --slot 1 --label lh --so-pin $SO >/dev/null || fail "cannot init the token"
+
+# The proxy: a Unix socket of its own, each connection relayed to the
+# cluster's, until the client sends LISTEN: from then on nothing more is
+# relayed either way and the connection stays open.
+mkdir -p "$T/px"
+python3 - "$T/px/.s.PGSQL.$PG_PORT" "$PG_HOST/.s.PGSQL.$PG_PORT" <<'PY' &
+import socket, sys, threading
+srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen(64)
+held = []
+def relay(a, b, cut):
+    try:
+        while not cut.is_set():
+            d = a.recv(65536)
+            if not d:
+                break
+            if b"LISTEN " in d:
+                cut.set()
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    if not cut.is_set():
+        for s in (a, b):
+            try: s.shutdown(socket.SHUT_RDWR)
+            except OSError: pass
+def serve(c):
+    u = socket.socket(socket.AF_UNIX); u.connect(sys.argv[2])
+    cut = threading.Event(); held.append((c, u))
+    threading.Thread(target=relay, args=(c, u, cut), daemon=True).start()
+    threading.Thread(target=relay, args=(u, c, cut), daemon=True).start()
+while True:
+    c, _ = srv.accept()
+    serve(c)
+PY
+PROXY_PID=$!
+for i in $(seq 1 50); do [ -S "$T/px/.s.PGSQL.$PG_PORT" ] && break; sleep 0.1; done
+[ -S "$T/px/.s.PGSQL.$PG_PORT" ] || fail "the proxy did not start"
+# The password file names the cluster's socket directory: the proxy's too.
+sed "s|^$PG_HOST:|$T/px:|" "$PGPASSFILE" > "$T/pgpass"
+chmod 600 "$T/pgpass"
+export PGPASSFILE=$T/pgpass
+sed -i "s|^postgresql = .*|postgresql = $(echo "$CONNINFO" | sed "s|host=[^ ]*|host=$T/px|")|" "$P11MK_CONF"
+: > "$T/a/p11mk.log"
+bad=0
+
+# 1.
+t0=$SECONDS
+rc=0; out=$(timeout 30 pkcs11-tool --module "$MOD" -L 2>&1) || rc=$?
+el=$((SECONDS - t0))
+if [ $rc -ne 0 ]; then
+    echo "BUG: pkcs11-tool -L over a listener path that stalls: rc $rc after $el s: $(echo "$out" | tail -2 | tr '\n' ' ')"
+    bad=1
+elif ! echo "$out" | grep -q "token label *: lh"; then
+    echo "BUG: the token is not listed: $out"; bad=1
+elif [ $el -gt 8 ]; then
+    echo "BUG: start and end took $el s"; bad=1
+else
+    ok "listed and ended in $el s while the listener's LISTEN went unanswered"
+fi
+
+# 2.
+cat > "$T/long.py" <<'PY'
+import ctypes, sys, time
+m = ctypes.CDLL(sys.argv[1])
+fl = ctypes.POINTER(ctypes.c_void_p)()
+assert m.C_GetFunctionList(ctypes.byref(fl)) == 0
+# CK_FUNCTION_LIST: version (2 bytes, padded), then the pointers in order:
+# C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList.
+f = ctypes.cast(fl, ctypes.POINTER(ctypes.c_void_p * 6)).contents
+CK = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
+GSL = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ubyte, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong))
+assert CK(f[1])(None) == 0
+for i in range(6):  # past the listener's 2 s wait, more than once
+    n = ctypes.c_ulong(0)
+    rv = GSL(f[5])(1, None, ctypes.byref(n))
+    assert rv == 0 and n.value >= 1, (rv, n.value)
+    time.sleep(1)
+t = time.time()
+assert CK(f[2])(None) == 0
+print("finalize %.1f s" % (time.time() - t))
+PY
+t0=$SECONDS
+rc=0; out=$(timeout 40 python3 "$T/long.py" "$MOD" 2>&1) || rc=$?
+el=$((SECONDS - t0))
+if [ $rc -ne 0 ]; then
+    echo "BUG: a 6 s application over a listener path that stalls: rc $rc after $el s: $(echo "$out" | tail -3 | tr '\n' ' ')"
+    bad=1
+else
+    ok "6 s of C_GetSlotList, then C_Finalize: $out (all $el s)"
+fi
+
+# 3.
+grep -q "notification connection did not answer 'LISTEN" "$T/a/p11mk.log" ||
+    { echo "BUG: the unanswered LISTEN is not logged: $(tail -5 "$T/a/p11mk.log")"; bad=1; }
+if grep -Ei "damag|authentic|restore|edited|went back" "$T/a/p11mk.log"; then
+    echo "BUG: a silent connection logged as damage (above)"; bad=1
+fi
+[ $bad -eq 0 ] || fail "see the BUG lines"
