@@ -155,6 +155,12 @@ typedef struct ks_backend_ops {
      * that dies releases it (the database ends its session). */
     int (*lock_global)(ks_benv *e, const char *who, void **h, char *holder, size_t n);
     void (*unlock_global)(void *h);
+    /* The storage-wide lock of PIN attempts on one token (NULL for a storage
+     * one host owns: the file lock is enough), taken after the host's file
+     * lock. KS_OK: held in *h until unlock_attempts; KS_EBUSY: held by
+     * another for wait_ms; KS_EIO. A holder that dies releases it. */
+    int (*lock_attempts)(ks_benv *e, uint32_t token_id, unsigned wait_ms, void **h);
+    void (*unlock_attempts)(ks_benv *e, uint32_t token_id, void *h);
 
     /* ---- the hosts that share the storage (ks_fleet.c; NULL: one host) ---- */
     /* Rows outside the keystore's tables and transactions (no commit

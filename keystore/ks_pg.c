@@ -1701,6 +1701,69 @@ static void pg_unlock_global(void *h)
         pq.finish(h); /* ends the session: the lock goes with it */
 }
 
+/* PIN attempts on one token, across the fleet: a session advisory lock
+ * (two-key form, its own space: it never meets ROT_LOCK) held on a pooled
+ * connection for the attempt, released by pg_advisory_unlock before the
+ * connection goes back, or with the connection when it broke. The hosts'
+ * file locks serialize each host's processes; this, the hosts: without it,
+ * as many attempts as hosts were in flight at once, and each reserved a try
+ * (so ten hosts logging in together locked a right PIN, and a right PIN
+ * whose record another host's reservation changed was refused). */
+#define ATTEMPT_LOCK_SPACE "701116021"
+
+static void attempt_sql(char *sql, size_t n, const char *fn, uint32_t token_id)
+{
+    snprintf(sql, n, "SELECT %s(" ATTEMPT_LOCK_SPACE ", %" PRId32 ")", fn, (int32_t)token_id);
+}
+
+static int pg_lock_attempts(ks_benv *e, uint32_t token_id, unsigned wait_ms, void **h)
+{
+    char sql[96];
+    unsigned waited = 0, step = 1;
+    PGconn *c = conn_take(e);
+
+    *h = NULL;
+    if (!c)
+        return KS_EIO;
+    attempt_sql(sql, sizeof(sql), "pg_try_advisory_lock", token_id);
+    for (;;) {
+        PGresult *r = pq.exec(c, sql);
+        int rc = KS_EIO;
+        if (r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1)
+            rc = strcmp(pq.getvalue(r, 0, 0), "t") == 0 ? KS_OK : KS_EBUSY;
+        else
+            ks_log(KS_LOG_ERROR, "keystore %s: cannot take the PIN attempt lock of token %" PRIu32 ": %.*s", e->path,
+                   token_id, (int)strcspn(r ? pq.resultErrorMessage(r) : pq.errorMessage(c), "\n"),
+                   r ? pq.resultErrorMessage(r) : pq.errorMessage(c));
+        if (r)
+            pq.clear(r);
+        if (rc == KS_OK) {
+            *h = c;
+            return KS_OK;
+        }
+        if (rc != KS_EBUSY || waited >= wait_ms) {
+            conn_give(e, c, rc != KS_EBUSY);
+            return rc;
+        }
+        usleep(step * 1000u);
+        waited += step;
+        step = step < 16 ? step * 2 : 16;
+    }
+}
+
+static void pg_unlock_attempts(ks_benv *e, uint32_t token_id, void *h)
+{
+    char sql[96];
+    PGconn *c = h;
+
+    attempt_sql(sql, sizeof(sql), "pg_advisory_unlock", token_id);
+    PGresult *r = pq.exec(c, sql);
+    bool ok = r && pq.resultStatus(r) == PGRES_TUPLES_OK && pq.ntuples(r) == 1 && strcmp(pq.getvalue(r, 0, 0), "t") == 0;
+    if (r)
+        pq.clear(r);
+    conn_give(e, c, !ok); /* not released here: ending the session releases it */
+}
+
 /* ---- hosts --------------------------------------------------------------------------- */
 
 /* A statement outside any transaction, on a pooled connection. */
@@ -1827,6 +1890,8 @@ const ks_backend_ops ks_pg_backend = {
     .cur_close = pg_cur_close,
     .lock_global = pg_lock_global,
     .unlock_global = pg_unlock_global,
+    .lock_attempts = pg_lock_attempts,
+    .unlock_attempts = pg_unlock_attempts,
     .host_put = pg_host_put,
     .host_list = pg_host_list,
     .host_del = pg_host_del,

@@ -1769,7 +1769,7 @@ static void attempt_forget(int fd)
     }
 }
 
-int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
+int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attempt *a)
 {
     char p[4096];
     struct stat sb;
@@ -1777,14 +1777,13 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
     unsigned waited = 0, step = 1;
     int f;
 
-    *fd = -1;
+    *a = (ks_attempt)KS_ATTEMPT_INIT;
     if (!st || ks_readonly(st))
         return KS_EROFS;
     pthread_once(&attempt_once, attempt_setup);
     /* LMDB: byte ranges of data.mdb, which every user of the keystore may
-     * write. Another backend: DIR/attempts.lock, this host's processes (the
-     * counter itself is written in a write transaction, one at a time on
-     * every host; see the README on PIN attempts across hosts). */
+     * write. Another backend: DIR/attempts.lock, this host's processes, then
+     * the storage's lock of the fleet (lock_attempts). */
     bool lmdb = st->ops == &ks_lmdb_backend;
     if (snprintf(p, sizeof(p), "%s/%s", st->path, lmdb ? "data.mdb" : "attempts.lock") >= (int)sizeof(p))
         return KS_EINVAL;
@@ -1811,14 +1810,27 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd)
         step = step < 16 ? step * 2 : 16;
     }
     (void)attempt_remember(f);
-    *fd = f;
+    a->fd = f;
+    a->st = st;
+    a->token_id = token_id;
+    if (st->ops->lock_attempts) {
+        int rc = st->ops->lock_attempts(st->be, token_id, wait_ms > waited ? wait_ms - waited : 0, &a->fleet);
+        if (rc != KS_OK) {
+            ks_attempt_unlock(a);
+            return rc;
+        }
+    }
     return KS_OK;
 }
 
-void ks_attempt_unlock(int fd)
+void ks_attempt_unlock(ks_attempt *a)
 {
-    if (fd < 0)
+    if (a->fleet)
+        a->st->ops->unlock_attempts(a->st->be, a->token_id, a->fleet);
+    a->fleet = NULL;
+    if (a->fd < 0)
         return;
-    attempt_forget(fd);
-    close(fd); /* the last descriptor of the description releases its lock */
+    attempt_forget(a->fd);
+    close(a->fd); /* the last descriptor of the description releases its lock */
+    a->fd = -1;
 }

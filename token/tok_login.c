@@ -9,7 +9,8 @@
  *   killed after the reservation has spent its try whatever it learns; one
  *   killed before it commits learns nothing, the PIN was not looked at.
  * - From the reservation to the second write, attempts on one token are
- *   serialized across threads and processes (ks_attempt_lock), and every
+ *   serialized across threads, processes and the hosts that share the
+ *   storage (ks_attempt_lock; tests/integration/test_pg_pin_fleet.sh), and every
  *   change of a PIN record takes the same lock, so no more attempts than
  *   the tries left are ever in flight and the second write finds the record
  *   the PIN was checked against (compared, refused if not).
@@ -479,7 +480,7 @@ static CK_RV attempt(tok_ctx *ctx, const uint8_t *pin, CK_ULONG len, finish *f)
     return CKR_OK;
 }
 
-static CK_RV lock_attempts(tok_ctx *ctx, CK_SLOT_ID slot, int *fd)
+static CK_RV lock_attempts(tok_ctx *ctx, CK_SLOT_ID slot, ks_attempt *fd)
 {
     int rc;
 
@@ -491,14 +492,14 @@ static CK_RV lock_attempts(tok_ctx *ctx, CK_SLOT_ID slot, int *fd)
     ks_log(KS_LOG_ERROR, "token %lu: %s", (unsigned long)slot,
            rc == KS_EBUSY ? "another PIN attempt on this token has not finished for 60 s (is a process holding "
                             "it stopped?); try again"
-                          : "cannot lock PIN attempts on the keystore file");
+                          : "cannot lock PIN attempts (on the keystore file, or the database's lock)");
     return rc == KS_EBUSY ? CKR_FUNCTION_FAILED : CKR_DEVICE_ERROR;
 }
 
 CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t *pin, CK_ULONG len)
 {
     finish f = {.ctx = ctx, .tid = (uint32_t)slot, .role = role_of(who), .act = ACT_LOGIN};
-    int fd = -1;
+    ks_attempt fd = KS_ATTEMPT_INIT;
     CK_RV rv = pin_args(pin, len);
 
     if (rv == CKR_OK)
@@ -506,7 +507,7 @@ CK_RV tok_login_check(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uin
     if (rv != CKR_OK)
         return rv;
     rv = attempt(ctx, pin, len, &f);
-    ks_attempt_unlock(fd);
+    ks_attempt_unlock(&fd);
     if (rv == CKR_OK && f.have_tk)
         tok_tk_install(ctx, slot, f.inc, f.tk);
     OPENSSL_cleanse(f.tk, sizeof(f.tk));
@@ -538,7 +539,8 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
 {
     AUTO_ATTRS rec = TOK_ATTRS_INIT;
     CK_RV rv = pin_args(so_pin, len);
-    int fd = -1, rc;
+    ks_attempt fd = KS_ATTEMPT_INIT;
+    int rc;
 
     if (rv != CKR_OK)
         return rv;
@@ -554,7 +556,7 @@ CK_RV tok_token_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *so_pin, CK_UL
             return rv;
         tok_cache_flush(ctx);
         rv = attempt(ctx, so_pin, len, &f);
-        ks_attempt_unlock(fd);
+        ks_attempt_unlock(&fd);
         OPENSSL_cleanse(f.tk, sizeof(f.tk));
         tok_logout(ctx, slot);
         if (rv == CKR_OK)
@@ -638,7 +640,8 @@ CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG l
 {
     init_pin p = {.ctx = ctx, .tid = (uint32_t)slot};
     tok_pin_key k;
-    int fd = -1, rc;
+    ks_attempt fd = KS_ATTEMPT_INIT;
+    int rc;
     CK_RV rv = pin_args(pin, len);
 
     if (rv != CKR_OK)
@@ -651,7 +654,7 @@ CK_RV tok_pin_init(tok_ctx *ctx, CK_SLOT_ID slot, const uint8_t *pin, CK_ULONG l
     rv = lock_attempts(ctx, slot, &fd);
     if (rv == CKR_OK) {
         rc = ks_write(ctx->st, init_pin_fn, &p);
-        ks_attempt_unlock(fd);
+        ks_attempt_unlock(&fd);
         rv = p.verdict != CKR_OK ? p.verdict : ks_rv(rc);
     }
     tok_pin_key_clear(&k);
@@ -665,7 +668,7 @@ CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t
 {
     finish f = {.ctx = ctx, .tid = (uint32_t)slot, .role = role_of(who), .act = ACT_SETPIN};
     tok_pin_key newk;
-    int fd = -1;
+    ks_attempt fd = KS_ATTEMPT_INIT;
     CK_RV rv = pin_args(old, oldlen);
 
     if (rv == CKR_OK)
@@ -680,7 +683,7 @@ CK_RV tok_pin_set(tok_ctx *ctx, CK_SLOT_ID slot, CK_USER_TYPE who, const uint8_t
     rv = lock_attempts(ctx, slot, &fd);
     if (rv == CKR_OK) {
         rv = attempt(ctx, old, oldlen, &f);
-        ks_attempt_unlock(fd);
+        ks_attempt_unlock(&fd);
     }
     tok_pin_key_clear(&newk);
     OPENSSL_cleanse(f.tk, sizeof(f.tk));

@@ -20,6 +20,9 @@
  *                                             free slot at once, labeling it
  *                                             LABEL, each with its own SO PIN
  *
+ * In procs and initrace, PIN_RACE_CONF (if set) is each process's P11MK_CONF,
+ * "{i}" replaced by its index: processes as if on hosts of their own.
+ *
  * WHO is "user" or "so". In procs and threads, "{i}" in PIN is replaced by
  * the index of the process or thread (0..N-1), for distinct PINs.
  *
@@ -302,6 +305,14 @@ static _Noreturn void race_child(const char *label, unsigned long idx, CK_USER_T
     CK_SESSION_HANDLE s = 0;
     char c;
 
+    /* PIN_RACE_CONF: each process's configuration ("{i}" its index), as
+     * if each ran on a host of its own. */
+    const char *conf = getenv("PIN_RACE_CONF");
+    if (conf) {
+        char path[4096];
+        make_pin(conf, idx, path, sizeof(path));
+        setenv("P11MK_CONF", path, 1);
+    }
     if (init_race ? !(slot = free_slot()) : !open_token(label, &slot, &s)) {
         write_all(ready, "E", 1);
         _exit(2);

@@ -472,7 +472,8 @@ static void test_fork_does_not_keep_attempt_lock(void **state)
 {
     (void)state;
     tok_ctx *ctx = token_with_user();
-    int fd = -1, fd2 = -1, p[2];
+    ks_attempt fd = KS_ATTEMPT_INIT, fd2 = KS_ATTEMPT_INIT;
+    int p[2];
     assert_int_equal(ks_attempt_lock(tok_ctx_store(ctx), 1, 1000, &fd), KS_OK);
     assert_int_equal(pipe(p), 0);
     pid_t pid = fork();
@@ -485,10 +486,10 @@ static void test_fork_does_not_keep_attempt_lock(void **state)
         _exit(0);
     }
     close(p[0]);
-    ks_attempt_unlock(fd);
+    ks_attempt_unlock(&fd);
     /* The child lives on; the lock must be free. */
     assert_int_equal(ks_attempt_lock(tok_ctx_store(ctx), 1, 300, &fd2), KS_OK);
-    ks_attempt_unlock(fd2);
+    ks_attempt_unlock(&fd2);
     close(p[1]);
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);

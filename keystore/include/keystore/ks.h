@@ -312,13 +312,23 @@ KS_API bool ks_secure_heap_pressed(void);
 /* ---- PIN attempts (ks_store.c) ----
  * Serializes PIN attempts on one token across every thread and process: an
  * open-file-description lock (F_OFD_SETLK) on one byte of data.mdb far past
- * its end, at an offset of the token's own (LMDB never locks data.mdb). A
- * lock dies with its holder, so a killed attempt never blocks the next.
- * KS_OK: *fd holds the lock until ks_attempt_unlock(*fd). KS_EROFS: this
+ * its end, at an offset of the token's own (LMDB never locks data.mdb), and
+ * where several hosts share the storage (PostgreSQL) a lock of the
+ * storage's too (a session advisory lock), taken after it, so that no more
+ * attempts than the tries left are in flight across the fleet. A lock dies
+ * with its holder, so a killed attempt never blocks the next.
+ * KS_OK: *a holds the locks until ks_attempt_unlock(a). KS_EROFS: this
  * process cannot write the keystore (so it cannot count attempts either).
- * KS_EBUSY: another attempt held the lock for wait_ms. KS_EIO otherwise. */
-KS_API int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, int *fd);
-KS_API void ks_attempt_unlock(int fd);
+ * KS_EBUSY: another attempt held a lock for wait_ms. KS_EIO otherwise. */
+typedef struct {
+    int fd;           /* the file lock's description; -1: none */
+    void *fleet;      /* the storage's lock (backend's); NULL: none */
+    ks_store *st;
+    uint32_t token_id;
+} ks_attempt;
+#define KS_ATTEMPT_INIT {-1, NULL, NULL, 0}
+KS_API int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attempt *a);
+KS_API void ks_attempt_unlock(ks_attempt *a);
 
 /* ---- transactions ------------------------------------------------------ */
 typedef struct ks_txn ks_txn;
