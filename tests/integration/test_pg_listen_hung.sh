@@ -82,27 +82,21 @@ fi
 
 # 2.
 cat > "$T/long.py" <<'PY'
-import ctypes, sys, time
-m = ctypes.CDLL(sys.argv[1])
-fl = ctypes.POINTER(ctypes.c_void_p)()
-assert m.C_GetFunctionList(ctypes.byref(fl)) == 0
-# CK_FUNCTION_LIST: version (2 bytes, padded), then the pointers in order:
-# C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList.
-f = ctypes.cast(fl, ctypes.POINTER(ctypes.c_void_p * 6)).contents
-CK = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
-GSL = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ubyte, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong))
-assert CK(f[1])(None) == 0
+import sys, time
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[2])
+import p11_ctypes
+m = p11_ctypes.load(sys.argv[1])
+m.initialize()
 for i in range(6):  # past the listener's 2 s wait, more than once
-    n = ctypes.c_ulong(0)
-    rv = GSL(f[5])(1, None, ctypes.byref(n))
-    assert rv == 0 and n.value >= 1, (rv, n.value)
+    assert m.slot_count() >= 1
     time.sleep(1)
 t = time.time()
-assert CK(f[2])(None) == 0
+m.finalize()
 print("finalize %.1f s" % (time.time() - t))
 PY
 t0=$SECONDS
-rc=0; out=$(timeout 40 python3 "$T/long.py" "$MOD" 2>&1) || rc=$?
+rc=0; out=$(timeout 40 python3 "$T/long.py" "$MOD" "$(dirname "$P11MK_TESTLIB")" 2>&1) || rc=$?
 el=$((SECONDS - t0))
 if [ $rc -ne 0 ]; then
     echo "BUG: a 6 s application over a listener path that stalls: rc $rc after $el s: $(echo "$out" | tail -3 | tr '\n' ' ')"

@@ -33,21 +33,18 @@ expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 pkcs11-tool --module "$MOD" --init-token --slot 1 --label tcp --so-pin $SO >/dev/null || fail "cannot init the token over TCP"
 
 cat > "$T/hold.py" <<'PY'
-import ctypes, sys, time
-m = ctypes.CDLL(sys.argv[1])
-fl = ctypes.POINTER(ctypes.c_void_p)()
-assert m.C_GetFunctionList(ctypes.byref(fl)) == 0
-f = ctypes.cast(fl, ctypes.POINTER(ctypes.c_void_p * 6)).contents
-CK = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
-GSL = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ubyte, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong))
-assert CK(f[1])(None) == 0
-n = ctypes.c_ulong(0)
-assert GSL(f[5])(1, None, ctypes.byref(n)) == 0
+import sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[2])
+import p11_ctypes
+m = p11_ctypes.load(sys.argv[1])
+m.initialize()
+m.slot_count()
 print("ready", flush=True)
 sys.stdin.readline()
-assert CK(f[2])(None) == 0
+m.finalize()
 PY
-coproc HOLD { exec python3 "$T/hold.py" "$MOD" 2>"$T/hold.err"; }
+coproc HOLD { exec python3 "$T/hold.py" "$MOD" "$(dirname "$P11MK_TESTLIB")" 2>"$T/hold.err"; }
 IFS= read -r -t 60 l <&"${HOLD[0]}" && [ "$l" = ready ] || fail "the application did not start: $(cat "$T/hold.err")"
 sleep 1 # the listener connects in its own thread
 ss -tnoi state established "( sport = :$P )" > "$T/ss.out"
