@@ -399,9 +399,10 @@ static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
     "('tcp_keepalives_interval', 5), ('tcp_keepalives_count', 3)) AS w(name, v) USING (name) "                         \
     "WHERE s.setting::bigint NOT BETWEEN 1 AND w.v"
 
-/* Wait for the connection to be made; false when it failed or ms ran out
- * (*timed_out). ms < 0: no limit. */
-static bool connect_wait(PGconn *c, int ms, bool *timed_out)
+/* Wait for the connection to be made; false when it failed, ms ran out
+ * (*timed_out) or stop_fd (>= 0: the listener's stop pipe) became readable
+ * (*stopped). ms < 0: no limit. */
+static bool connect_wait(PGconn *c, int ms, bool *timed_out, int stop_fd, bool *stopped)
 {
     uint64_t end = ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)ms;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING; /* libpq: as if the last poll had said so */
@@ -413,17 +414,22 @@ static bool connect_wait(PGconn *c, int ms, bool *timed_out)
         if (st == PGRES_POLLING_FAILED)
             return false;
         uint64_t now = now_ms();
-        struct pollfd p = {pq.socket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
-        if (p.fd < 0)
+        struct pollfd p[2] = {{pq.socket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0},
+                              {stop_fd, POLLIN, 0}};
+        if (p[0].fd < 0)
             return false;
         if (now >= end) {
             *timed_out = true;
             return false;
         }
         uint64_t left = end - now;
-        int r = poll(&p, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+        int r = poll(p, stop_fd >= 0 ? 2 : 1, left > INT32_MAX ? INT32_MAX : (int)left);
         if (r < 0 && errno != EINTR)
             return false;
+        if (r > 0 && stop_fd >= 0 && p[1].revents) {
+            *stopped = true;
+            return false;
+        }
         if (r > 0)
             st = pq.connectPoll(c);
     }
@@ -453,7 +459,8 @@ static void list_item(const char *list, int i, char *out, size_t n)
 }
 
 /* One attempt with the parsed options, host i of the lists. */
-static PGconn *connect_one(ks_benv *e, const PQconninfoOption *opts, int i, int timeout_s, char *why, size_t n)
+static PGconn *connect_one(ks_benv *e, const PQconninfoOption *opts, int i, int timeout_s, char *why, size_t n,
+                           int stop_fd, bool *stopped)
 {
     const char *kw[64], *val[64];
     char item[3][256];
@@ -483,7 +490,8 @@ static PGconn *connect_one(ks_benv *e, const PQconninfoOption *opts, int i, int 
     PGconn *c = pq.connectStartParams(kw, val, 0);
     if (c && pq.status(c) != CONNECTION_BAD) {
         pq.setNoticeProcessor(c, notice_to_log, e); /* never on the application's stderr */
-        if (connect_wait(c, timeout_s <= 0 ? -1 : (timeout_s < 2 ? 2 : timeout_s) * 1000, &timed_out) &&
+        if (connect_wait(c, timeout_s <= 0 ? -1 : (timeout_s < 2 ? 2 : timeout_s) * 1000, &timed_out, stop_fd,
+                         stopped) &&
             pq.status(c) == CONNECTION_OK)
             return c;
     }
@@ -499,7 +507,57 @@ static PGconn *connect_one(ks_benv *e, const PQconninfoOption *opts, int i, int 
     return NULL;
 }
 
-static PGconn *connect_new(ks_benv *e, char *why, size_t n)
+#define PING_IDLE_MS 1000 /* after this long without a word from the server, the listener asks */
+#define PING_WAIT_MS 2000 /* an answer not back within this: the connection is taken for dead */
+#define FRESH_MS 3500     /* commit_seq trusts its number this long after the server last spoke */
+
+/* One statement, its answer awaited at most PING_WAIT_MS and never past
+ * stop_fd becoming readable (the listener's stop pipe: a blocking PQexec
+ * there held C_Finalize, which joins the listener, for as long as a server
+ * that accepted the connection stayed silent). The result, or NULL when it
+ * failed, did not answer in time (logged) or stop_fd said stop (*stopped). */
+static PGresult *exec_stoppable(ks_benv *e, PGconn *c, const char *sql, int stop_fd, bool *stopped)
+{
+    PGresult *res = NULL, *r;
+    uint64_t until = now_ms() + PING_WAIT_MS;
+
+    if (!pq.sendQuery(c, sql))
+        return NULL;
+    for (;;) {
+        while (!pq.isBusy(c)) {
+            if (!(r = pq.getResult(c)))
+                return res; /* the whole answer is in */
+            if (res)
+                pq.clear(res);
+            res = r;
+        }
+        int64_t wait = (int64_t)until - (int64_t)now_ms();
+        if (wait <= 0) {
+            ks_log(KS_LOG_WARN, "keystore %s: the PostgreSQL notification connection did not answer '%.40s' in %d "
+                                "ms; connecting again", e->path, sql, PING_WAIT_MS);
+            break;
+        }
+        struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
+        int n = poll(p, 2, (int)wait);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n > 0 && p[1].revents) {
+            *stopped = true;
+            break;
+        }
+        if (n < 0 || (n > 0 && !pq.consumeInput(c)))
+            break;
+    }
+    if (res)
+        pq.clear(res);
+    return NULL;
+}
+
+/* A new connection, set up for the keystore. stop_fd >= 0 (the listener's
+ * stop pipe): every wait, the connection's and its set-up statements',
+ * ends when it becomes readable (*stopped), and the statements wait at most
+ * PING_WAIT_MS; -1: an application's thread, which waits as libpq does. */
+static PGconn *connect_stoppable(ks_benv *e, char *why, size_t n, int stop_fd, bool *stopped)
 {
     char *perr = NULL;
     PQconninfoOption *opts = pq.conninfoParse(e->conninfo, &perr);
@@ -527,9 +585,9 @@ static PGconn *connect_new(ks_benv *e, char *why, size_t n)
     attempts = list_count(hosts) > list_count(addrs) ? list_count(hosts) : list_count(addrs);
     if (n)
         *why = '\0';
-    for (int i = 0; !c && i < (attempts ? attempts : 1); i++) {
+    for (int i = 0; !c && !*stopped && i < (attempts ? attempts : 1); i++) {
         char one[256];
-        if ((c = connect_one(e, opts, i, timeout_s, one, sizeof(one))))
+        if ((c = connect_one(e, opts, i, timeout_s, one, sizeof(one), stop_fd, stopped)))
             break;
         /* Each host's reason, as libpq gives them, as much as fits. */
         size_t used = strlen(why), sep = used ? 2 : 0, len = strlen(one);
@@ -543,18 +601,30 @@ static PGconn *connect_new(ks_benv *e, char *why, size_t n)
     }
     pq.conninfoFree(opts);
     if (c) {
-        PGresult *r = pq.exec(c, "SET default_transaction_isolation = 'read committed'");
+        static const char iso[] = "SET default_transaction_isolation = 'read committed'";
+        PGresult *r = stop_fd >= 0 ? exec_stoppable(e, c, iso, stop_fd, stopped) : pq.exec(c, iso);
         if (r)
             pq.clear(r);
-        r = pq.exec(c, SESSION_LIMITS_SQL);
-        if (!r || pq.resultStatus(r) != PGRES_TUPLES_OK)
+        r = *stopped ? NULL : stop_fd >= 0 ? exec_stoppable(e, c, SESSION_LIMITS_SQL, stop_fd, stopped)
+                                           : pq.exec(c, SESSION_LIMITS_SQL);
+        if (!*stopped && (!r || pq.resultStatus(r) != PGRES_TUPLES_OK))
             ks_log(KS_LOG_WARN, "keystore %s: the connection's time limits were not set (%.*s); a client that stops "
                                 "in a transaction may hold the keystore's writers until the server notices",
                    e->path, (int)strcspn(pq.errorMessage(c), "\n"), pq.errorMessage(c));
         if (r)
             pq.clear(r);
+        if (*stopped) {
+            pq.finish(c);
+            c = NULL;
+        }
     }
     return c;
+}
+
+static PGconn *connect_new(ks_benv *e, char *why, size_t n)
+{
+    bool stopped = false;
+    return connect_stoppable(e, why, n, -1, &stopped);
 }
 
 /* The answer to a read transaction's ROLLBACK, sent without waiting when
@@ -626,53 +696,6 @@ static void seq_raise(ks_benv *e, uint64_t v)
         ;
 }
 
-#define PING_IDLE_MS 1000 /* after this long without a word from the server, the listener asks */
-#define PING_WAIT_MS 2000 /* an answer not back within this: the connection is taken for dead */
-#define FRESH_MS 3500     /* commit_seq trusts its number this long after the server last spoke */
-
-/* One statement on the listener's connection, its answer awaited at most
- * PING_WAIT_MS and never past a stop (a blocking PQexec there held
- * C_Finalize, which joins this thread, for as long as a server that
- * accepted the connection stayed silent). The result, or NULL when it
- * failed, did not answer in time (logged) or the keystore is closing
- * (*stopped). */
-static PGresult *listen_exec(ks_benv *e, PGconn *c, const char *sql, bool *stopped)
-{
-    PGresult *res = NULL, *r;
-    uint64_t until = now_ms() + PING_WAIT_MS;
-
-    if (!pq.sendQuery(c, sql))
-        return NULL;
-    for (;;) {
-        while (!pq.isBusy(c)) {
-            if (!(r = pq.getResult(c)))
-                return res; /* the whole answer is in */
-            if (res)
-                pq.clear(res);
-            res = r;
-        }
-        int64_t wait = (int64_t)until - (int64_t)now_ms();
-        if (wait <= 0) {
-            ks_log(KS_LOG_WARN, "keystore %s: the PostgreSQL notification connection did not answer '%s' in %d "
-                                "ms; connecting again", e->path, sql, PING_WAIT_MS);
-            break;
-        }
-        struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = e->stop[0], .events = POLLIN}};
-        int n = poll(p, 2, (int)wait);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n > 0 && p[1].revents) {
-            *stopped = true;
-            break;
-        }
-        if (n < 0 || (n > 0 && !pq.consumeInput(c)))
-            break;
-    }
-    if (res)
-        pq.clear(res);
-    return NULL;
-}
-
 /* LISTEN, then read the number (a commit between the two is notified and
  * read again: never missed), then wait for notifications, asking the server
  * when it has been silent for PING_IDLE_MS. A connection that does not answer
@@ -687,17 +710,19 @@ static void *listen_main(void *arg)
     bool reconnect = false; /* a number was read on an earlier connection */
     for (;;) {
         char why[256];
-        PGconn *c = connect_new(e, why, sizeof(why));
+        bool stopped = false;
+        PGconn *c = connect_stoppable(e, why, sizeof(why), e->stop[0], &stopped);
         PGresult *r = NULL;
         uint64_t heard = 0; /* the last number this connection read or was notified of */
+        if (stopped)
+            return NULL;
         if (c) {
-            bool stopped = false;
-            r = listen_exec(e, c, "LISTEN " CHANNEL, &stopped);
+            r = exec_stoppable(e, c, "LISTEN " CHANNEL, e->stop[0], &stopped);
             bool ok = r && pq.resultStatus(r) == PGRES_COMMAND_OK;
             if (r)
                 pq.clear(r);
             uint64_t before = atomic_load(&e->high);
-            r = ok ? listen_exec(e, c, "SELECT seq FROM p11mk_seq", &stopped) : NULL;
+            r = ok ? exec_stoppable(e, c, "SELECT seq FROM p11mk_seq", e->stop[0], &stopped) : NULL;
             if (stopped) {
                 pq.finish(c);
                 return NULL;

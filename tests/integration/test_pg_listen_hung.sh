@@ -9,7 +9,12 @@
 #     C_Finalize joined a listener blocked in PQexec("LISTEN") for ever);
 #  2. one that runs longer than the wait still works (reads through
 #     transactions; the listener keeps connecting again) and ends promptly;
-#  3. the wait is logged as such, once per attempt, not as damage.
+#  3. the wait is logged as such, once per attempt, not as damage;
+#  4. the server goes silent for new connections and cuts the ones it had,
+#     so the listener's next connection hangs in its start: C_Finalize
+#     still ends at once (the connection's wait, and its set-up
+#     statements', watch the stop pipe; FAILS before: it waited for the
+#     connection's 10 s timeout).
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 need pkcs11-tool
 need python3
@@ -23,12 +28,14 @@ pkcs11-tool --module "$MOD" --init-token --slot 1 --label lh --so-pin $SO >/dev/
 
 # The proxy: a Unix socket of its own, each connection relayed to the
 # cluster's, until the client sends LISTEN: from then on nothing more is
-# relayed either way and the connection stays open.
+# relayed either way and the connection stays open. Once $T/px/silent
+# exists, the connections it relays are cut and new ones are accepted and
+# never answered.
 mkdir -p "$T/px"
-python3 - "$T/px/.s.PGSQL.$PG_PORT" "$PG_HOST/.s.PGSQL.$PG_PORT" <<'PY' &
-import socket, sys, threading
+python3 - "$T/px/.s.PGSQL.$PG_PORT" "$PG_HOST/.s.PGSQL.$PG_PORT" "$T/px/silent" <<'PY' &
+import os, socket, sys, threading, time
 srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen(64)
-held = []
+held, lock = [], threading.Lock()
 def relay(a, b, cut):
     try:
         while not cut.is_set():
@@ -47,12 +54,26 @@ def relay(a, b, cut):
             except OSError: pass
 def serve(c):
     u = socket.socket(socket.AF_UNIX); u.connect(sys.argv[2])
-    cut = threading.Event(); held.append((c, u))
+    cut = threading.Event()
+    with lock: held.append((c, u))
     threading.Thread(target=relay, args=(c, u, cut), daemon=True).start()
     threading.Thread(target=relay, args=(u, c, cut), daemon=True).start()
+def watch():
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.05)
+    with lock:
+        for pair in held:
+            for s in pair:
+                try: s.shutdown(socket.SHUT_RDWR)
+                except OSError: pass
+threading.Thread(target=watch, daemon=True).start()
+silent = []
 while True:
     c, _ = srv.accept()
-    serve(c)
+    if os.path.exists(sys.argv[3]):
+        silent.append(c)  # accepted, never answered
+    else:
+        serve(c)
 PY
 PROXY_PID=$!
 for i in $(seq 1 50); do [ -S "$T/px/.s.PGSQL.$PG_PORT" ] && break; sleep 0.1; done
@@ -111,4 +132,30 @@ grep -q "notification connection did not answer 'LISTEN" "$T/a/p11mk.log" ||
 if grep -Ei "damag|authentic|restore|edited|went back" "$T/a/p11mk.log"; then
     echo "BUG: a silent connection logged as damage (above)"; bad=1
 fi
+# 4.
+cat > "$T/hold.py" <<'PY'
+import sys, time
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[2])
+import p11_ctypes
+m = p11_ctypes.load(sys.argv[1])
+m.initialize()
+m.slot_count()
+print("ready", flush=True)
+sys.stdin.readline()
+t = time.time()
+m.finalize()
+print("finalize %.1f s" % (time.time() - t), flush=True)
+PY
+coproc HOLD { exec python3 "$T/hold.py" "$MOD" "$(dirname "$P11MK_TESTLIB")" 2>"$T/hold.err"; }
+IFS= read -r -t 60 l <&"${HOLD[0]}" && [ "$l" = ready ] || fail "the application did not start: $(cat "$T/hold.err")"
+touch "$T/px/silent"
+sleep 3 # the listener's LISTEN times out (2 s) or its connection is cut; it connects again, into the silence
+echo quit >&"${HOLD[1]}"
+l=; IFS= read -r -t 30 l <&"${HOLD[0]}" || true
+case $l in
+    "finalize 0."*|"finalize 1."*) ok "C_Finalize while the listener's connection hangs in its start: ${l#finalize }" ;;
+    *) echo "BUG: C_Finalize while the listener's connection hangs in its start: '${l:-no answer in 30 s}' $(cat "$T/hold.err")"; bad=1 ;;
+esac
+wait "$HOLD_PID" 2>/dev/null || true
 [ $bad -eq 0 ] || fail "see the BUG lines"
