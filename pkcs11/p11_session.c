@@ -306,6 +306,15 @@ CK_STATE p11_session_state(const p11_session *s)
     return rw ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION;
 }
 
+/* Whether session h is open (global lock held). */
+static bool open_locked(CK_SESSION_HANDLE h)
+{
+    for (size_t i = 0; i < t.n; i++)
+        if (t.v[i]->h == h)
+            return true;
+    return false;
+}
+
 static CK_ULONG count_locked(CK_SLOT_ID slot, bool rw_only)
 {
     CK_ULONG n = 0;
@@ -584,6 +593,15 @@ static CK_RV login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHA
     p11_lock();
     if ((l = login_locked(slot))) { /* lost a race with another thread */
         rv = l->who == userType ? CKR_USER_ALREADY_LOGGED_IN : CKR_USER_ANOTHER_ALREADY_LOGGED_IN;
+    } else if (!open_locked(hSession)) {
+        /* Closed during the PIN check (its slot's last session, say, which
+         * logged the slot out): a login recorded now would belong to no
+         * session, and the next session opened would be logged in. */
+        rv = CKR_SESSION_CLOSED;
+        tok_logout(p11_tok(), slot);
+    } else if (userType == CKU_SO && count_locked(slot, false) != count_locked(slot, true)) {
+        rv = CKR_SESSION_READ_ONLY_EXISTS; /* opened during the PIN check */
+        tok_logout(p11_tok(), slot);
     } else {
         p11_login *v = realloc(t.logins, (t.nlogins + 1) * sizeof(*v));
 
