@@ -19,7 +19,11 @@ static const char SO[] = "so-secret", PIN[] = "user-pin";
 
 #define CHECK(call) do { CK_RV r_ = (call); if (r_ != CKR_OK) { fprintf(stderr, "%s:%d %s -> 0x%lx\n", __FILE__, __LINE__, #call, r_); exit(2); } } while (0)
 
-static void setup_extra(const char *extra)
+static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args);
+static void setup_extra(const char *extra) { setup_args(extra, NULL); }
+
+/* init_args: given to C_Initialize (the application's mutexes, say). */
+static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args)
 {
     const char *mod = getenv("P11MK_MODULE");
     const char *pol = getenv("WRAP_POLICY");
@@ -43,7 +47,7 @@ static void setup_extra(const char *extra)
     if (!dl) { fprintf(stderr, "%s\n", dlerror()); exit(2); }
     gfl = (CK_RV(*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(dl, "C_GetFunctionList");
     CHECK(gfl(&f));
-    CHECK(f->C_Initialize(NULL));
+    CHECK(f->C_Initialize(init_args));
     CHECK(f->C_GetSlotList(CK_FALSE, slots, &ns));
     slot = slots[ns - 1];
     memset(label, ' ', sizeof(label));
