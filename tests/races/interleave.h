@@ -15,7 +15,12 @@
  * A thread arms a stop (il_arm) for one mutex: before locking it, after
  * locking it, or before unlocking it; the stop happens once: the thread
  * posts il_stopped and waits for il_go. il_watch(m): a thread that must
- * wait for m (it is held) raises il_waiting first. */
+ * wait for m (it is held) raises il_waiting first. il_busy_held counts the
+ * busy locks held (taken by a call inside the module's fork gate only: a
+ * fork child that inherits it above 0 was forked while a call worked).
+ * While il_gate_shut is set (by a test's own pthread_atfork prepare handler,
+ * which runs after the module's: the gate is shut and every call has left),
+ * each busy lock taken counts in il_breaches. */
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -36,6 +41,8 @@ static __thread il_mx *il_at_mx;
 static sem_t il_stopped, il_go;
 static il_mx *_Atomic il_watched;
 static atomic_int il_waiting;
+static atomic_int il_busy_held;
+static atomic_int il_gate_shut, il_breaches;
 static il_mx *_Atomic il_by_id[4097]; /* [0] the global lock, [1 + k] place k's busy lock */
 
 static CK_RV il_create(void **out)
@@ -87,6 +94,11 @@ static CK_RV il_lock(void *p)
     } else {
         pthread_mutex_lock(&a->m);
     }
+    if (a != il_global) {
+        atomic_fetch_add(&il_busy_held, 1);
+        if (il_gate_shut)
+            atomic_fetch_add(&il_breaches, 1);
+    }
     if (il_at == IL_AFTER_LOCK && il_at_mx == a)
         il_stop_here();
     return CKR_OK;
@@ -97,6 +109,8 @@ static CK_RV il_unlock(void *p)
     il_mx *a = p;
     if (il_at == IL_BEFORE_UNLOCK && il_at_mx == a)
         il_stop_here();
+    if (a != il_global)
+        atomic_fetch_sub(&il_busy_held, 1);
     pthread_mutex_unlock(&a->m);
     return CKR_OK;
 }
