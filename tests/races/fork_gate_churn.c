@@ -34,6 +34,12 @@
 #include <time.h>
 
 enum { BATCH = 72 };
+#ifdef __SANITIZE_THREAD__
+static const bool deep_children = false; /* ThreadSanitizer: no threads after a multi-threaded fork */
+#else
+static const bool deep_children = true;
+#endif
+
 static atomic_int stop;
 static atomic_long calls_done, threads_done;
 static CK_OBJECT_HANDLE ecpriv;
@@ -217,6 +223,7 @@ static int child(int held, bool deep)
     for (int i = 0; i < 4097; i++)
         il_by_id[i] = NULL;
     il_breaches = 0;
+    signal(SIGALRM, SIG_DFL); /* a hang ends the child: SIGALRM */
     alarm(10);
     if ((rc = use_module(&il_args)) != 0)
         return rc;
@@ -226,6 +233,7 @@ static int child(int held, bool deep)
         usleep(1000);
         pid_t g = fork();
         if (g == 0) {
+            signal(SIGALRM, SIG_DFL);
             alarm(10);
             _exit(il_breaches ? 12 : use_module(NULL));
         }
@@ -264,6 +272,13 @@ int main(void)
     int forks = 0, bad = 0, held = 0, hung = 0, cycles = 0;
     time_t end, next_cycle;
 
+#ifdef __SANITIZE_ADDRESS__
+    /* AddressSanitizer's allocator (GCC's libasan) takes no lock at fork:
+     * a child waits for ever for an allocator lock that one of the many
+     * threads of the parent held at the fork (seen in C_Finalize's free). */
+    printf("fork_gate_churn: skipped under AddressSanitizer\n");
+    return 77;
+#endif
     il_init();
     signal(SIGALRM, on_alarm);
     pthread_atfork(shut_prepare, shut_end, shut_end); /* before the module's (its first C_Initialize) */
@@ -277,7 +292,7 @@ int main(void)
         int st;
         pid_t c = fork();
         if (c == 0)
-            _exit(child(atomic_load(&il_busy_held), forks % 8 == 0));
+            _exit(child(atomic_load(&il_busy_held), deep_children && forks % 8 == 0));
         forks++;
         if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st)) {
             bad++;
