@@ -13,8 +13,8 @@
  * (one C_Initialize: the numbering starts again after C_Finalize).
  *
  * A thread arms a stop (il_arm) for one mutex: before locking it, after
- * locking it, or before unlocking it; the stop happens once: the thread
- * posts il_stopped and waits for il_go. il_watch(m): a thread that must
+ * locking it, before or after unlocking it (il_arm_nth: the n-th time); the
+ * stop happens once: the thread posts il_stopped and waits for il_go. il_watch(m): a thread that must
  * wait for m (it is held) raises il_waiting first. il_busy_held counts the
  * busy locks held (taken by a call inside the module's fork gate only: a
  * fork child that inherits it above 0 was forked while a call worked).
@@ -27,7 +27,7 @@
 #include <stdatomic.h>
 #include <time.h>
 
-enum il_at { IL_NONE, IL_BEFORE_LOCK, IL_AFTER_LOCK, IL_BEFORE_UNLOCK };
+enum il_at { IL_NONE, IL_BEFORE_LOCK, IL_AFTER_LOCK, IL_BEFORE_UNLOCK, IL_AFTER_UNLOCK };
 
 typedef struct il_mx {
     pthread_mutex_t m;
@@ -38,6 +38,7 @@ static il_mx *_Atomic il_global; /* the module's global lock */
 static atomic_int il_made;
 static __thread int il_at;
 static __thread il_mx *il_at_mx;
+static __thread int il_at_skip; /* matching events to let pass first */
 static sem_t il_stopped, il_go;
 static il_mx *_Atomic il_watched;
 static atomic_int il_waiting;
@@ -76,6 +77,10 @@ static CK_RV il_destroy(void *p)
 
 static void il_stop_here(void)
 {
+    if (il_at_skip > 0) {
+        il_at_skip--;
+        return;
+    }
     il_at = IL_NONE;
     sem_post(&il_stopped);
     while (sem_wait(&il_go) != 0 && errno == EINTR) {}
@@ -112,6 +117,8 @@ static CK_RV il_unlock(void *p)
     if (a != il_global)
         atomic_fetch_sub(&il_busy_held, 1);
     pthread_mutex_unlock(&a->m);
+    if (il_at == IL_AFTER_UNLOCK && il_at_mx == a)
+        il_stop_here();
     return CKR_OK;
 }
 
@@ -127,7 +134,15 @@ static void il_init(void)
 static void il_arm(int at, il_mx *m)
 {
     il_at_mx = m;
+    il_at_skip = 0;
     il_at = at;
+}
+
+/* The same, the n-th time (n >= 1). */
+static void il_arm_nth(int at, il_mx *m, int n)
+{
+    il_arm(at, m);
+    il_at_skip = n - 1;
 }
 
 /* Has the armed thread stopped (within ms)? */
