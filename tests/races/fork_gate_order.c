@@ -33,7 +33,7 @@ static atomic_int in_gate; /* the close is between its first and last lock: insi
 static atomic_int passed_first, breaches;
 static atomic_long delay_ns; /* the closer's wait after the meeting (the fork's when < 0), moved to where the fork shuts the gate */
 static double iters_per_ns = 1;
-static __thread int phase, unlocks;
+static __thread int phase;
 static __thread unsigned seed = 12345;
 
 static unsigned rnd(void)
@@ -61,21 +61,20 @@ static void calibrate(void)
     iters_per_ns = 10000000.0 / (double)(now_ns() - t0);
 }
 
-/* C_CloseSession's locks after C_CloseAllSessions' unlock: the global lock
- * (unlink), unlocked, the busy lock, unlocked, the global lock (the free
- * place), unlocked: then it leaves the gate. */
+/* The closer's phases: 1, C_CloseAllSessions' first look ends (the global
+ * lock's unlock: the meeting); 2, C_CloseSession's first lock (the global
+ * lock: past the gate); 3, inside the gate until the session's busy lock is
+ * let go (the close goes on inside the gate a little longer). */
 static CK_RV meet_unlock(void *p)
 {
     CK_RV rv = il_unlock(p);
-    if (p != il_global)
-        return rv;
-    if (phase == 2 && ++unlocks == 2) {
-        in_gate = 0; /* the close's last lock: it leaves the gate next */
+    if (p != il_global && phase == 3) {
+        in_gate = 0;
         phase = 0;
     }
-    if (phase == 1 && unlocks == 0) { /* C_CloseAllSessions' look: C_CloseSession enters the gate next */
+    if (p == il_global && phase == 1) {
         long d = delay_ns + (long)(rnd() % 201) - 100;
-        unlocks = -1;
+        phase = 2;
         ready = 1;
         while (!go && !stop) {}
         go = 0;
@@ -87,11 +86,10 @@ static CK_RV meet_unlock(void *p)
 
 static CK_RV slow_lock(void *p)
 {
-    if (p == il_global && phase == 1 && unlocks == -1) { /* inside C_CloseSession: past the gate */
+    if (p == il_global && phase == 2) {
         in_gate = 1;
         entered = 1;
-        phase = 2;
-        unlocks = 0;
+        phase = 3;
         spin((long)(2000 * iters_per_ns)); /* a fork must wait for it */
     }
     return il_lock(p);
@@ -104,9 +102,8 @@ static void *closer(void *arg)
         CK_SESSION_HANDLE s;
         CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s));
         phase = 1;
-        unlocks = 0;
         CHECK(f->C_CloseAllSessions(slot));
-        if (phase == 2)
+        if (phase == 3)
             in_gate = 0;
         phase = 0;
     }
