@@ -84,15 +84,19 @@ void p11_events_forget(void)
  * held. It works inside the fork gate, which is taken before any lock of
  * ours (C_Initialize and C_Finalize hold the gate, then take ev.lock), so
  * ev.lock is let go meanwhile: the watch stays, since C_Finalize waits for
- * every waiter to leave, and look_lock keeps two waiters' looks apart. */
+ * every waiter to leave, and look_lock keeps two waiters' looks apart.
+ * While a fork is under way the look is skipped (no event seen), never
+ * waited for: a C_Finalize inside the gate may be waiting for this waiter,
+ * and the fork for C_Finalize (races/fork_finalize_wait). */
 static CK_RV look(CK_SLOT_ID *slot)
 {
     tok_ctx *tok = ev.tok;
     tok_slot_watch *watch = ev.watch;
     CK_RV rv;
 
+    if (!p11_gate_try_enter())
+        return CKR_NO_EVENT;
     pthread_mutex_unlock(&ev.lock);
-    p11_gate_enter();
     pthread_mutex_lock(&look_lock);
     rv = tok_slot_watch_next(tok, watch, slot);
     pthread_mutex_unlock(&look_lock);

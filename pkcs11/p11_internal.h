@@ -90,6 +90,10 @@ P11_API void p11_state_abandon(void *p);
  * p11_gate_setup makes it (idempotent; C_Initialize calls it first). */
 P11_API void p11_gate_setup(void);
 P11_API void p11_gate_enter(void);
+/* The gate if no fork is under way; false (not entered) if one is: for a
+ * caller that must not wait behind a fork (C_WaitForSlotEvent's look, which
+ * C_Finalize, inside the gate, may be waiting for). */
+P11_API bool p11_gate_try_enter(void);
 P11_API void p11_gate_leave(void);
 P11_API tok_ctx *p11_tok(void);
 /* C_WaitForSlotEvent's state (p11_event.c): started by C_Initialize with its

@@ -73,12 +73,17 @@ static bool membarrier_register(void)
 #endif
 }
 
-/* The thread's record: a free one of an ended thread, or a new one. */
-static gate_rec *rec_take(void)
+/* The thread's record: a free one of an ended thread, or a new one. NULL
+ * (the thread counts in spill this time) when none can be had, or, unless
+ * wait, when a fork holds gate_mx. */
+static gate_rec *rec_take(bool wait)
 {
     gate_rec *r;
 
-    pthread_mutex_lock(&gate_mx);
+    if (wait)
+        pthread_mutex_lock(&gate_mx);
+    else if (pthread_mutex_trylock(&gate_mx) != 0)
+        return NULL;
     for (r = recs; r && r->taken; r = r->next)
         ;
     if (!r && (r = aligned_alloc(64, sizeof(*r))) != NULL) {
@@ -89,12 +94,8 @@ static gate_rec *rec_take(void)
     if (r)
         r->taken = true;
     pthread_mutex_unlock(&gate_mx);
-    if (r && pthread_setspecific(rec_key, r) != 0) {
-        pthread_mutex_lock(&gate_mx);
-        r->taken = false;
-        pthread_mutex_unlock(&gate_mx);
-        r = NULL;
-    }
+    if (r && pthread_setspecific(rec_key, r) != 0)
+        r = NULL; /* out of memory: the record stays taken (never given back), the thread spills */
     return mine = r;
 }
 
@@ -133,7 +134,7 @@ void p11_gate_enter(void)
     gate_rec *r = mine;
 
     if (!r && __atomic_load_n(&have_key, __ATOMIC_ACQUIRE))
-        r = rec_take();
+        r = rec_take(true);
     for (;;) {
         count_in(r);
         if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
@@ -144,6 +145,19 @@ void p11_gate_enter(void)
             pthread_cond_wait(&gate_cv, &gate_mx);
         pthread_mutex_unlock(&gate_mx);
     }
+}
+
+bool p11_gate_try_enter(void)
+{
+    gate_rec *r = mine;
+
+    if (!r && __atomic_load_n(&have_key, __ATOMIC_ACQUIRE))
+        r = rec_take(false); /* never waits behind a fork */
+    count_in(r);
+    if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
+        return true;
+    count_out(r);
+    return false;
 }
 
 /* mine is what p11_gate_enter counted in: it changes only there, and in the
