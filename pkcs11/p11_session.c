@@ -511,7 +511,9 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
             break;
         C_CloseSession(h);
     }
-    tok_sobjs_drop_slot(p11_tok(), slotID);
+    /* No slot-wide drop of session objects: each close dropped its own
+     * (after the last call on it), and one here would take those of a
+     * session another thread opened since the last look (races/closeall_sobj). */
     return CKR_OK;
 }
 
@@ -677,7 +679,9 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
     slot = s->slot;
     p11_session_put(s);
     p11_lock();
-    if (login_locked(slot))
+    if (!open_locked(hSession))
+        rv = CKR_SESSION_CLOSED; /* closed meanwhile: the slot's login now may be a later session's */
+    else if (login_locked(slot))
         logout_locked(slot);
     else
         rv = CKR_USER_NOT_LOGGED_IN;
