@@ -133,21 +133,7 @@ if grep -Ei "damag|authentic|restore|edited|went back" "$T/a/p11mk.log"; then
     echo "BUG: a silent connection logged as damage (above)"; bad=1
 fi
 # 4.
-cat > "$T/hold.py" <<'PY'
-import sys, time
-sys.dont_write_bytecode = True
-sys.path.insert(0, sys.argv[2])
-import p11_ctypes
-m = p11_ctypes.load(sys.argv[1])
-m.initialize()
-m.slot_count()
-print("ready", flush=True)
-sys.stdin.readline()
-t = time.time()
-m.finalize()
-print("finalize %.1f s" % (time.time() - t), flush=True)
-PY
-coproc HOLD { exec python3 "$T/hold.py" "$MOD" "$(dirname "$P11MK_TESTLIB")" 2>"$T/hold.err"; }
+coproc HOLD { exec python3 "$(dirname "$P11MK_TESTLIB")/p11_hold.py" "$MOD" 2>"$T/hold.err"; }
 IFS= read -r -t 60 l <&"${HOLD[0]}" && [ "$l" = ready ] || fail "the application did not start: $(cat "$T/hold.err")"
 touch "$T/px/silent"
 sleep 3 # the listener's LISTEN times out (2 s) or its connection is cut; it connects again, into the silence

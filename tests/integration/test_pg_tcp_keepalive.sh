@@ -32,19 +32,7 @@ export P11MK_CONF=$T/a/p11mk.conf
 expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 pkcs11-tool --module "$MOD" --init-token --slot 1 --label tcp --so-pin $SO >/dev/null || fail "cannot init the token over TCP"
 
-cat > "$T/hold.py" <<'PY'
-import sys
-sys.dont_write_bytecode = True
-sys.path.insert(0, sys.argv[2])
-import p11_ctypes
-m = p11_ctypes.load(sys.argv[1])
-m.initialize()
-m.slot_count()
-print("ready", flush=True)
-sys.stdin.readline()
-m.finalize()
-PY
-coproc HOLD { exec python3 "$T/hold.py" "$MOD" "$(dirname "$P11MK_TESTLIB")" 2>"$T/hold.err"; }
+coproc HOLD { exec python3 "$(dirname "$P11MK_TESTLIB")/p11_hold.py" "$MOD" 2>"$T/hold.err"; }
 IFS= read -r -t 60 l <&"${HOLD[0]}" && [ "$l" = ready ] || fail "the application did not start: $(cat "$T/hold.err")"
 sleep 1 # the listener connects in its own thread
 ss -tnoi state established "( sport = :$P )" > "$T/ss.out"
