@@ -296,11 +296,13 @@ static int cur_from_sealed(ks_store *st, ks_btxn *t, ks_keyring *r, bool plain_r
 {
     ks_registers regs;
     ks_err e = KS_ERR_INIT;
-    const uint8_t *cand[3 + 64];
+    const uint8_t *cand[64];
     size_t n = 0;
     bool have_regs = false;
     int rc = KS_ENOTFOUND;
     uint8_t key[32], kcv[KS_KCV_LEN];
+    uint32_t epoch = r->rs.cur;
+    ks_rotstate rs; /* into r->rs only once a key opened it */
 
     memset(&regs, 0, sizeof(regs));
     for (size_t i = 0; i < st->nextra && n < 64; i++)
@@ -313,12 +315,12 @@ static int cur_from_sealed(ks_store *st, ks_btxn *t, ks_keyring *r, bool plain_r
         const uint8_t *mk = i == 0 ? regs.current.key
                             : regs.has_new && i == 1 ? regs.staged.key
                                                      : regs.old[i - 1 - (regs.has_new ? 1 : 0)].key;
-        rc = try_sealed(st, t, r->rs.cur, mk, &r->rs, key, kcv);
+        rc = try_sealed(st, t, epoch, mk, &rs, key, kcv);
         if (rc == KS_OK)
             memcpy(r->cur_mk, mk, KS_MK_LEN);
     }
     for (size_t i = 0; i < n && rc == KS_ENOTFOUND; i++) {
-        rc = try_sealed(st, t, r->rs.cur, cand[i], &r->rs, key, kcv);
+        rc = try_sealed(st, t, epoch, cand[i], &rs, key, kcv);
         if (rc == KS_OK)
             memcpy(r->cur_mk, cand[i], KS_MK_LEN);
     }
@@ -326,12 +328,13 @@ static int cur_from_sealed(ks_store *st, ks_btxn *t, ks_keyring *r, bool plain_r
         ks_reg_clear(&regs);
     if (rc == KS_OK) {
         char plain[2 * KS_KCV_LEN + 1], sealed[2 * KS_KCV_LEN + 1];
+        r->rs = rs;
         ks_kcv_hex(r->cur_kcv, plain);
         ks_kcv_hex(kcv, sealed);
         ks_log(KS_LOG_ERROR, "keystore %s: the plain check value of the current epoch %u (%s) is not the "
                "authenticated one (%s): the metadata was edited or damaged; the current key is taken from the "
                "authenticated state. Check the keystore with 'p11mk-admin verify' and restore it from a backup "
-               "if more is damaged", st->path, r->rs.cur, plain_read ? plain : "missing or malformed", sealed);
+               "if more is damaged", st->path, epoch, plain_read ? plain : "missing or malformed", sealed);
         memcpy(r->cur_kcv, kcv, KS_KCV_LEN);
         memcpy(r->cur_key, key, sizeof(key));
         r->have_cur = true;
