@@ -168,9 +168,16 @@ void p11_gate_leave(void) { count_out(mine); }
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
  * from this handler, with no system call on each function call (the module is
  * linked -z nodelete, so the handlers stay valid). */
+static gate_rec *forking_rec; /* the forking thread's record (gate_mx): fork_child reads no TLS */
+
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&gate_mx); /* held until the fork is over: one fork at a time */
+    /* Read here, in the parent: a thread's first read of a thread-local of
+     * this module allocates its block, which a child must not (another
+     * thread may have held the allocator's lock at the fork: a child hung
+     * there under AddressSanitizer, races/fork_finalize_wait). */
+    forking_rec = mine;
     __atomic_store_n(&closed, true, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&asym, __ATOMIC_RELAXED))
         (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); /* registered: cannot fail */
@@ -197,7 +204,7 @@ static void fork_child(void)
      * which do not exist here: it is made afresh, and the mutex released
      * (which keeps ThreadSanitizer's view of it right) and made afresh too. */
     for (gate_rec *r = recs; r; r = r->next)
-        r->taken = r == mine;
+        r->taken = r == forking_rec;
     __atomic_store_n(&asym, membarrier_register(), __ATOMIC_RELAXED);
     __atomic_store_n(&closed, false, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&gate_mx);
