@@ -11,18 +11,40 @@ P11_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR p
 CK_RV C_LoginUser(CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG);
 CK_RV C_SessionCancel(CK_SESSION_HANDLE, CK_FLAGS);
 
-#define V240_FUNCTIONS                                                                                            \
-    C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo,          \
-        C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_InitPIN, C_SetPIN, C_OpenSession, C_CloseSession,   \
-        C_CloseAllSessions, C_GetSessionInfo, C_GetOperationState, C_SetOperationState, C_Login, C_Logout,          \
-        C_CreateObject, C_CopyObject, C_DestroyObject, C_GetObjectSize, C_GetAttributeValue, C_SetAttributeValue,  \
-        C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal, C_EncryptInit, C_Encrypt, C_EncryptUpdate,           \
-        C_EncryptFinal, C_DecryptInit, C_Decrypt, C_DecryptUpdate, C_DecryptFinal, C_DigestInit, C_Digest,         \
-        C_DigestUpdate, C_DigestKey, C_DigestFinal, C_SignInit, C_Sign, C_SignUpdate, C_SignFinal,                 \
-        C_SignRecoverInit, C_SignRecover, C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal,                   \
-        C_VerifyRecoverInit, C_VerifyRecover, C_DigestEncryptUpdate, C_DecryptDigestUpdate, C_SignEncryptUpdate,   \
-        C_DecryptVerifyUpdate, C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey, C_DeriveKey,              \
-        C_SeedRandom, C_GenerateRandom, C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent
+/* The way in. Every function that works on the module's state runs inside
+ * the fork gate (p11_state.c), entered here and nowhere else, so that no
+ * call can be at work when fork() copies the process: a function that did
+ * its work outside it (C_OpenSession read the token's record, unsealed it
+ * and allocated) let a fork child inherit a lock held in the allocator or
+ * OpenSSL, and hang (races/fork_recycle under AddressSanitizer, whose
+ * allocator takes no lock at fork; races/gate_every_call). The lists below
+ * hold these wrappers, G(C_xxx), in the functions' places. */
+#define P11_GATED(name, params, args)                                                                                  \
+    static CK_RV gated_##name params                                                                                   \
+    {                                                                                                                  \
+        p11_gate g = p11_gate_enter();                                                                                 \
+        CK_RV rv = name args;                                                                                          \
+        p11_gate_leave(g);                                                                                             \
+        return rv;                                                                                                     \
+    }
+#include "p11_calls.h"
+#undef P11_GATED
+#define G(name) gated_##name
+
+#define V240_FUNCTIONS                                                                                                 \
+    C_Initialize, C_Finalize, G(C_GetInfo), C_GetFunctionList, G(C_GetSlotList), G(C_GetSlotInfo), G(C_GetTokenInfo),  \
+        G(C_GetMechanismList), G(C_GetMechanismInfo), G(C_InitToken), G(C_InitPIN), G(C_SetPIN), G(C_OpenSession),     \
+        G(C_CloseSession), G(C_CloseAllSessions), G(C_GetSessionInfo), G(C_GetOperationState), G(C_SetOperationState), \
+        G(C_Login), G(C_Logout), G(C_CreateObject), G(C_CopyObject), G(C_DestroyObject), G(C_GetObjectSize),           \
+        G(C_GetAttributeValue), G(C_SetAttributeValue), G(C_FindObjectsInit), G(C_FindObjects), G(C_FindObjectsFinal), \
+        G(C_EncryptInit), G(C_Encrypt), G(C_EncryptUpdate), G(C_EncryptFinal), G(C_DecryptInit), G(C_Decrypt),         \
+        G(C_DecryptUpdate), G(C_DecryptFinal), G(C_DigestInit), G(C_Digest), G(C_DigestUpdate), G(C_DigestKey),        \
+        G(C_DigestFinal), G(C_SignInit), G(C_Sign), G(C_SignUpdate), G(C_SignFinal), G(C_SignRecoverInit),             \
+        G(C_SignRecover), G(C_VerifyInit), G(C_Verify), G(C_VerifyUpdate), G(C_VerifyFinal), G(C_VerifyRecoverInit),   \
+        G(C_VerifyRecover), G(C_DigestEncryptUpdate), G(C_DecryptDigestUpdate), G(C_SignEncryptUpdate),                \
+        G(C_DecryptVerifyUpdate), G(C_GenerateKey), G(C_GenerateKeyPair), G(C_WrapKey), G(C_UnwrapKey),                \
+        G(C_DeriveKey), G(C_SeedRandom), G(C_GenerateRandom), G(C_GetFunctionStatus), G(C_CancelFunction),             \
+        C_WaitForSlotEvent
 
 static CK_FUNCTION_LIST list_v240 = {{2, 40}, V240_FUNCTIONS};
 
@@ -31,12 +53,28 @@ static CK_FUNCTION_LIST_3_0 list_v30 = {
     V240_FUNCTIONS,
     C_GetInterfaceList,
     C_GetInterface,
-    C_LoginUser,
-    C_SessionCancel,
-    C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
-    C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal,
-    C_MessageSignInit, C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
-    C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
+    G(C_LoginUser),
+    G(C_SessionCancel),
+    G(C_MessageEncryptInit),
+    G(C_EncryptMessage),
+    G(C_EncryptMessageBegin),
+    G(C_EncryptMessageNext),
+    G(C_MessageEncryptFinal),
+    G(C_MessageDecryptInit),
+    G(C_DecryptMessage),
+    G(C_DecryptMessageBegin),
+    G(C_DecryptMessageNext),
+    G(C_MessageDecryptFinal),
+    G(C_MessageSignInit),
+    G(C_SignMessage),
+    G(C_SignMessageBegin),
+    G(C_SignMessageNext),
+    G(C_MessageSignFinal),
+    G(C_MessageVerifyInit),
+    G(C_VerifyMessage),
+    G(C_VerifyMessageBegin),
+    G(C_VerifyMessageNext),
+    G(C_MessageVerifyFinal),
 };
 
 static CK_UTF8CHAR iface_name[] = "PKCS 11";

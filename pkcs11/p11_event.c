@@ -93,14 +93,15 @@ static CK_RV look(CK_SLOT_ID *slot)
     tok_ctx *tok = ev.tok;
     tok_slot_watch *watch = ev.watch;
     CK_RV rv;
+    p11_gate g;
 
-    if (!p11_gate_try_enter())
+    if (!p11_gate_try_enter(&g))
         return CKR_NO_EVENT;
     pthread_mutex_unlock(&ev.lock);
     pthread_mutex_lock(&look_lock);
     rv = tok_slot_watch_next(tok, watch, slot);
     pthread_mutex_unlock(&look_lock);
-    p11_gate_leave();
+    p11_gate_leave(g);
     pthread_mutex_lock(&ev.lock);
     return rv;
 }

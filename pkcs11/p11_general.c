@@ -53,13 +53,13 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     tok_ctx *tok = NULL;
 
     p11_gate_setup();
-    p11_gate_enter();
+    p11_gate g = p11_gate_enter();
     pthread_mutex_lock(&init_lock);
     if (p11_state_forked())
         forget_parent();
     if (p11_state_published()) {
         pthread_mutex_unlock(&init_lock);
-        p11_gate_leave();
+        p11_gate_leave(g);
         return CKR_CRYPTOKI_ALREADY_INITIALIZED;
     }
     rv = p11_locking_setup(pInitArgs);
@@ -79,7 +79,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
         p11_state_publish(tok, lock); /* last: other threads see a complete state */
     }
     pthread_mutex_unlock(&init_lock);
-    p11_gate_leave();
+    p11_gate_leave(g);
     return initialize_rv(rv);
 }
 
@@ -87,11 +87,11 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 {
     return_val_if_fail(pReserved == NULL, CKR_ARGUMENTS_BAD);
     p11_gate_setup();
-    p11_gate_enter();
+    p11_gate g = p11_gate_enter();
     pthread_mutex_lock(&init_lock);
     if (!p11_initialized()) {
         pthread_mutex_unlock(&init_lock);
-        p11_gate_leave();
+        p11_gate_leave(g);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
     p11_mutex *lock = NULL;
@@ -103,7 +103,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     tok_ctx_close(tok); /* with the session objects */
     p11_mutex_free(lock);
     pthread_mutex_unlock(&init_lock);
-    p11_gate_leave();
+    p11_gate_leave(g);
     return CKR_OK;
 }
 

@@ -85,16 +85,18 @@ P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them bac
  * context, locks), referenced for the rest of the process. */
 P11_API void p11_state_abandon(void *p);
 /* The fork gate (p11_state.c): held shared by a call while it works in the
- * module (p11_session_get to p11_session_put, and the few calls without a
- * session that do work), taken exclusively by fork(). Never twice in a call.
+ * module (every function of the lists, by its wrapper in p11_entry.c;
+ * C_Initialize and C_Finalize take it themselves, C_WaitForSlotEvent for
+ * each look), taken exclusively by fork(). Never twice in a call.
  * p11_gate_setup makes it (idempotent; C_Initialize calls it first). */
+typedef struct gate_rec *p11_gate; /* what a call was counted in: p11_gate_leave's argument */
 P11_API void p11_gate_setup(void);
-P11_API void p11_gate_enter(void);
+P11_API p11_gate p11_gate_enter(void);
 /* The gate if no fork is under way; false (not entered) if one is: for a
  * caller that must not wait behind a fork (C_WaitForSlotEvent's look, which
  * C_Finalize, inside the gate, may be waiting for). */
-P11_API bool p11_gate_try_enter(void);
-P11_API void p11_gate_leave(void);
+P11_API bool p11_gate_try_enter(p11_gate *g);
+P11_API void p11_gate_leave(p11_gate g);
 P11_API tok_ctx *p11_tok(void);
 /* C_WaitForSlotEvent's state (p11_event.c): started by C_Initialize with its
  * context (before it is published), stopped by C_Finalize before the context

@@ -116,14 +116,11 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
 
     if (!p11_initialized())
         return CKR_CRYPTOKI_NOT_INITIALIZED;
-    p11_gate_enter(); /* left by p11_session_put */
     s = place_of(h);
     /* A first look without the lock: a stale handle does not wait for the
      * call in flight on the place's new session. */
-    if (!s || __atomic_load_n(&s->h, __ATOMIC_RELAXED) != h) {
-        p11_gate_leave();
+    if (!s || __atomic_load_n(&s->h, __ATOMIC_RELAXED) != h)
         return CKR_SESSION_HANDLE_INVALID;
-    }
     p11_mutex_lock(s->busy);
     /* closed first: see the top of the file. */
     if (__atomic_load_n(&s->closed, __ATOMIC_ACQUIRE) || __atomic_load_n(&s->h, __ATOMIC_ACQUIRE) != h) {
@@ -134,11 +131,7 @@ CK_RV p11_session_get(CK_SESSION_HANDLE h, p11_session **out)
     return CKR_OK;
 }
 
-void p11_session_put(p11_session *s)
-{
-    p11_mutex_unlock(s->busy);
-    p11_gate_leave();
-}
+void p11_session_put(p11_session *s) { p11_mutex_unlock(s->busy); }
 
 static p11_login *login_locked(CK_SLOT_ID slot)
 {
@@ -460,10 +453,6 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     p11_session *s = NULL;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
-    /* In the fork gate: the session is cleared here, and a fork child must
-     * not inherit a place half cleared (its C_Initialize clears every place
-     * again). */
-    p11_gate_enter();
     p11_lock();
     for (size_t i = 0; i < t.n; i++) {
         if (t.v[i]->h == hSession) {
@@ -487,7 +476,6 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
         t.free[t.nfree++] = s->idx; /* room was made when the place was */
         p11_unlock();
     }
-    p11_gate_leave();
     return s ? CKR_OK : CKR_SESSION_HANDLE_INVALID;
 }
 

@@ -100,12 +100,9 @@ CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK
         return rv;
     if (p11_session_count(slotID, false) != 0)
         return CKR_SESSION_EXISTS;
-    p11_gate_enter();
     /* Session objects of a re-initialized token go with it. */
     tok_sobjs_drop_slot(p11_tok(), slotID);
-    rv = tok_token_init(p11_tok(), slotID, pPin, ulPinLen, pLabel);
-    p11_gate_leave();
-    return rv;
+    return tok_token_init(p11_tok(), slotID, pPin, ulPinLen, pLabel);
 }
 
 CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)

@@ -22,7 +22,8 @@ static struct {
 /* The fork gate. A fork child inherits every lock as it was at the fork,
  * held by threads that do not exist in the child: OpenSSL's (the DRBG of
  * the module's library context, its method store), ours, LMDB's per-process
- * state. Calls into the module hold the gate shared while they work; the
+ * state. Calls into the module hold the gate shared while they work (each
+ * function of the lists, entered by its wrapper in p11_entry.c); the
  * fork handler takes it exclusively, so a fork waits for the calls in flight
  * to finish and none starts until it is done: the child inherits no lock
  * held inside the module (a child forked while a parent thread was inside
@@ -43,8 +44,10 @@ static struct {
  * alone (`asym`); elsewhere, and under ThreadSanitizer (which does not see
  * that barrier), the call's store is sequentially consistent (a locked
  * instruction). A thread's record goes back to the pool when it ends (its
- * key's destructor); a thread that gets none (out of memory, no key) counts
- * in `spill`, a counter every such thread shares. */
+ * key's destructor). A call without a record counts in `spill`, a counter
+ * such calls share: a thread's first call (which takes a record inside the
+ * gate, for the next), and those of a thread that got none (out of memory,
+ * no key, a fork under way as it asked). */
 typedef struct gate_rec {
     _Alignas(64) unsigned inside; /* its thread's calls in the module */
     bool taken;                    /* by a live thread (gate_mx) */
@@ -59,7 +62,6 @@ static bool have_key;       /* rec_key made: records can go back at thread exit 
 static pthread_key_t rec_key;
 static pthread_mutex_t gate_mx = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static __thread gate_rec *mine;
 
 static bool membarrier_register(void)
 {
@@ -73,17 +75,26 @@ static bool membarrier_register(void)
 #endif
 }
 
-/* The thread's record: a free one of an ended thread, or a new one. NULL
- * (the thread counts in spill this time) when none can be had, or, unless
- * wait, when a fork holds gate_mx. */
-static gate_rec *rec_take(bool wait)
+/* The calling thread's record, NULL if it has none yet. A thread-specific
+ * value, not a thread-local variable: the first read of a thread-local of a
+ * loaded module allocates the thread's block of them, and that must not
+ * happen before the gate is passed (a fork child would inherit the
+ * allocator's lock held); pthread_getspecific never allocates. */
+static gate_rec *rec_mine(void)
+{
+    return __atomic_load_n(&have_key, __ATOMIC_ACQUIRE) ? pthread_getspecific(rec_key) : NULL;
+}
+
+/* A record for the thread, taken inside the gate (its call counted in spill:
+ * the allocation is one a fork waits for): a free one of an ended thread,
+ * or a new one; none when a fork holds gate_mx (never waited for, inside
+ * the gate) or out of memory. The next call uses it. */
+static void rec_take(void)
 {
     gate_rec *r;
 
-    if (wait)
-        pthread_mutex_lock(&gate_mx);
-    else if (pthread_mutex_trylock(&gate_mx) != 0)
-        return NULL;
+    if (!__atomic_load_n(&have_key, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&gate_mx) != 0)
+        return;
     for (r = recs; r && r->taken; r = r->next)
         ;
     if (!r && (r = aligned_alloc(64, sizeof(*r))) != NULL) {
@@ -94,12 +105,12 @@ static gate_rec *rec_take(bool wait)
     if (r)
         r->taken = true;
     pthread_mutex_unlock(&gate_mx);
-    if (r && pthread_setspecific(rec_key, r) != 0)
-        r = NULL; /* out of memory: the record stays taken (never given back), the thread spills */
-    return mine = r;
+    if (r)
+        (void)pthread_setspecific(rec_key, r); /* out of memory: the record stays taken, the thread spills */
 }
 
-/* The thread ends (its calls have returned): its record goes back. */
+/* The thread ends (its calls have returned): its record goes back. A later
+ * call from another key's destructor takes one again. */
 static void rec_release(void *p)
 {
     gate_rec *r = p;
@@ -107,7 +118,6 @@ static void rec_release(void *p)
     pthread_mutex_lock(&gate_mx);
     r->taken = false;
     pthread_mutex_unlock(&gate_mx);
-    mine = NULL; /* a later call from another key's destructor takes a record again */
 }
 
 static void count_in(gate_rec *r)
@@ -129,55 +139,54 @@ static void count_out(gate_rec *r)
         __atomic_store_n(&r->inside, __atomic_load_n(&r->inside, __ATOMIC_RELAXED) - 1, __ATOMIC_RELEASE);
 }
 
-void p11_gate_enter(void)
+p11_gate p11_gate_enter(void)
 {
-    gate_rec *r = mine;
+    gate_rec *r = rec_mine();
 
-    if (!r && __atomic_load_n(&have_key, __ATOMIC_ACQUIRE))
-        r = rec_take(true);
     for (;;) {
         count_in(r);
         if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
-            return;
+            break;
         count_out(r);
         pthread_mutex_lock(&gate_mx);
         while (__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
             pthread_cond_wait(&gate_cv, &gate_mx);
         pthread_mutex_unlock(&gate_mx);
     }
+    if (!r)
+        rec_take();
+    return r;
 }
 
-bool p11_gate_try_enter(void)
+bool p11_gate_try_enter(p11_gate *out)
 {
-    gate_rec *r = mine;
+    gate_rec *r = rec_mine();
 
-    if (!r && __atomic_load_n(&have_key, __ATOMIC_ACQUIRE))
-        r = rec_take(false); /* never waits behind a fork */
     count_in(r);
-    if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
-        return true;
-    count_out(r);
-    return false;
+    if (__atomic_load_n(&closed, __ATOMIC_SEQ_CST)) {
+        count_out(r);
+        return false;
+    }
+    if (!r)
+        rec_take();
+    *out = r;
+    return true;
 }
 
-/* mine is what p11_gate_enter counted in: it changes only there, and in the
- * thread's end. */
-void p11_gate_leave(void) { count_out(mine); }
+/* g is what p11_gate_enter counted the call in (the record may have come
+ * meanwhile, or gone: a key destructor's call). */
+void p11_gate_leave(p11_gate gate) { count_out(gate); }
 
 /* A fork child must call C_Initialize before using the module (PKCS#11
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
  * from this handler, with no system call on each function call (the module is
  * linked -z nodelete, so the handlers stay valid). */
-static gate_rec *forking_rec; /* the forking thread's record (gate_mx): fork_child reads no TLS */
+static gate_rec *forking_rec; /* the forking thread's record (gate_mx) */
 
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&gate_mx); /* held until the fork is over: one fork at a time */
-    /* Read here, in the parent: a thread's first read of a thread-local of
-     * this module allocates its block, which a child must not (another
-     * thread may have held the allocator's lock at the fork: a child hung
-     * there under AddressSanitizer, races/fork_finalize_wait). */
-    forking_rec = mine;
+    forking_rec = rec_mine();
     __atomic_store_n(&closed, true, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&asym, __ATOMIC_RELAXED))
         (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); /* registered: cannot fail */

@@ -6,16 +6,15 @@
  * window of a few instructions, which threads calling at random seldom hit,
  * so this test aims at it.
  *
- * The application's mutexes (interleave.h) give it a hold on the instant
- * before a call passes the gate: C_CloseAllSessions unlocks the global lock
- * (application's UnlockMutex) right before each C_CloseSession enters the
- * gate. There the calling thread meets the main thread, which forks
- * at once, while the caller waits a while before it goes on into the gate
- * (or the other way round): a while that the test moves, fork after fork,
- * to where the close passes the gate first half of the time, give or take
- * 100 ns: the instant the fork shuts the gate, hit thousands of times. The test follows the close by its
- * locks: from its first (C_CloseSession's global lock, held 2 us longer
- * there) to its last it is inside the gate. A pthread_atfork prepare handler
+ * The calling thread meets the main thread right before it calls
+ * C_CloseSession (whose wrapper passes the gate first thing, p11_entry.c);
+ * the main thread forks at once, while the caller waits a while before it
+ * calls (or the other way round): a while that the test moves, fork after
+ * fork, to where the close passes the gate first half of the time, give or
+ * take 100 ns: the instant the fork shuts the gate, hit thousands of times.
+ * The application's mutexes (interleave.h) follow the close by its locks:
+ * from its first (C_CloseSession's global lock, held 2 us longer there) to
+ * the session's busy lock let go it is inside the gate. A pthread_atfork prepare handler
  * of the test, registered before the module's and so run after it (the gate
  * shut, no call inside), finds the close inside, or any session busy lock
  * held, during 3 us: a call at work past a shut gate; so does the child.
@@ -61,9 +60,8 @@ static void calibrate(void)
     iters_per_ns = 10000000.0 / (double)(now_ns() - t0);
 }
 
-/* The closer's phases: 1, C_CloseAllSessions' first look ends (the global
- * lock's unlock: the meeting); 2, C_CloseSession's first lock (the global
- * lock: past the gate); 3, inside the gate until the session's busy lock is
+/* The closer's phases: 2, it called C_CloseSession; 3, the close's first
+ * lock (the global lock: past the gate) until the session's busy lock is
  * let go (the close goes on inside the gate a little longer). */
 static CK_RV meet_unlock(void *p)
 {
@@ -71,15 +69,6 @@ static CK_RV meet_unlock(void *p)
     if (p != il_global && phase == 3) {
         in_gate = 0;
         phase = 0;
-    }
-    if (p == il_global && phase == 1) {
-        long d = delay_ns + (long)(rnd() % 201) - 100;
-        phase = 2;
-        ready = 1;
-        while (!go && !stop) {}
-        go = 0;
-        if (d > 0)
-            spin((long)(d * iters_per_ns));
     }
     return rv;
 }
@@ -101,8 +90,15 @@ static void *closer(void *arg)
     while (!stop) {
         CK_SESSION_HANDLE s;
         CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s));
-        phase = 1;
-        CHECK(f->C_CloseAllSessions(slot));
+        long d = delay_ns + (long)(rnd() % 201) - 100;
+        ready = 1; /* the meeting */
+        while (!go && !stop) {
+        }
+        go = 0;
+        if (d > 0)
+            spin((long)(d * iters_per_ns));
+        phase = 2;
+        CHECK(f->C_CloseSession(s));
         if (phase == 3)
             in_gate = 0;
         phase = 0;
@@ -132,7 +128,8 @@ static void on_alarm(int sig)
 {
     (void)sig;
     static const char m[] = "fork_gate_order: hung\n";
-    if (write(2, m, sizeof(m) - 1)) {}
+    if (write(2, m, sizeof(m) - 1)) {
+    }
     _exit(1);
 }
 
@@ -156,7 +153,8 @@ int main(void)
     end = time(NULL) + secs;
     while (time(NULL) < end) {
         int st;
-        while (!ready) {}
+        while (!ready) {
+        }
         ready = 0;
         entered = 0;
         long d = delay_ns + (long)(rnd() % 201) - 100;
