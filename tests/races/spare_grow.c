@@ -14,7 +14,7 @@
 #include <openssl/core_names.h>
 
 enum { WORKERS = 3 };
-static _Atomic int stop, bad, ops, changed;
+static _Atomic int stop, bad, ops, changed, started;
 static CK_OBJECT_HANDLE hk;
 static const uint8_t hv[32] = "an hmac key of thirty-two bytes";
 static uint8_t want[32];
@@ -24,6 +24,7 @@ static void *worker(void *arg)
     (void)arg;
     CK_SESSION_HANDLE s;
     CK_MECHANISM m = {CKM_SHA256_HMAC, NULL, 0};
+    started++;
     CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s));
     while (!stop) {
         CK_BYTE mac[32];
@@ -79,6 +80,11 @@ int main(void)
     for (int i = 0; i < WORKERS; i++)
         pthread_create(&th[i], NULL, worker, NULL);
     fflush(NULL);
+    /* The fork after the workers run (their first call may be under way):
+     * a thread that is still starting may hold AddressSanitizer's allocator
+     * lock (GCC's libasan takes none at fork), which a child would wait on
+     * for ever; a call inside the module holds nothing a child inherits. */
+    while (started < WORKERS) {}
     pid_t pid = fork();
     if (pid == 0) { /* another process: grows the map too */
         CK_SESSION_HANDLE s;
