@@ -1726,6 +1726,15 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
 /* ---- PIN attempts ---------------------------------------------------- */
 
 #define ATTEMPT_LOCK_BASE ((off_t)1 << 60) /* far past any data.mdb: a byte per token */
+/* The turnstile before it, a byte per token too: an attempt takes the
+ * turnstile, then the token's lock, then lets the turnstile go. A waiter
+ * for the lock holds the turnstile, so the holder of the lock, done and
+ * back for another attempt, waits at the turnstile while the waiter takes
+ * the lock at its next try. Without it a process logging in in a loop
+ * kept others' attempts waiting for seconds: it took the lock again
+ * microseconds after it let go, and they tried it every 16 ms
+ * (races/pin_attempt_fair). */
+#define ATTEMPT_TURNSTILE_BASE (ATTEMPT_LOCK_BASE + ((off_t)1 << 32))
 
 /* The descriptors holding attempt locks. An OFD lock belongs to the open
  * file description, which fork() shares with the child: a child forked
@@ -1772,13 +1781,33 @@ static void attempt_forget(int fd)
     }
 }
 
+/* Take the byte lock fl on f, trying again every 1, 2, 4, 8, then 16 ms
+ * while *waited (ms, counted across calls) is under wait_ms. */
+static int attempt_take(int f, struct flock *fl, unsigned wait_ms, unsigned *waited)
+{
+    unsigned step = 1;
+
+    while (fcntl(f, F_OFD_SETLK, fl) != 0) {
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+            return KS_EIO;
+        if (*waited >= wait_ms)
+            return KS_EBUSY;
+        usleep(step * 1000u);
+        *waited += step;
+        step = step < 16 ? step * 2 : 16;
+    }
+    return KS_OK;
+}
+
 int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attempt *a)
 {
     char p[4096];
     struct stat sb;
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ATTEMPT_LOCK_BASE + token_id, .l_len = 1};
-    unsigned waited = 0, step = 1;
-    int f;
+    struct flock turn = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ATTEMPT_TURNSTILE_BASE + token_id, .l_len = 1};
+    unsigned waited = 0;
+    int f, rc;
 
     *a = (ks_attempt)KS_ATTEMPT_INIT;
     if (!st || ks_readonly(st))
@@ -1799,31 +1828,22 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attemp
         close(f);
         return KS_EIO;
     }
-    while (fcntl(f, F_OFD_SETLK, &fl) != 0) {
-        if (errno != EAGAIN && errno != EACCES && errno != EINTR) {
-            close(f);
-            return KS_EIO;
-        }
-        if (waited >= wait_ms) {
-            close(f);
-            return KS_EBUSY;
-        }
-        usleep(step * 1000u);
-        waited += step;
-        step = step < 16 ? step * 2 : 16;
-    }
-    (void)attempt_remember(f);
+    (void)attempt_remember(f); /* before any lock: a fork child closes its copy */
     a->fd = f;
     a->st = st;
     a->token_id = token_id;
-    if (st->ops->lock_attempts) {
-        int rc = st->ops->lock_attempts(st->be, token_id, wait_ms > waited ? wait_ms - waited : 0, &a->fleet);
-        if (rc != KS_OK) {
-            ks_attempt_unlock(a);
-            return rc;
-        }
+    rc = attempt_take(f, &turn, wait_ms, &waited);
+    if (rc == KS_OK) {
+        rc = attempt_take(f, &fl, wait_ms, &waited);
+        turn.l_type = F_UNLCK;
+        if (fcntl(f, F_OFD_SETLK, &turn) != 0 && rc == KS_OK)
+            rc = KS_EIO;
     }
-    return KS_OK;
+    if (rc == KS_OK && st->ops->lock_attempts)
+        rc = st->ops->lock_attempts(st->be, token_id, wait_ms > waited ? wait_ms - waited : 0, &a->fleet);
+    if (rc != KS_OK)
+        ks_attempt_unlock(a);
+    return rc;
 }
 
 void ks_attempt_unlock(ks_attempt *a)

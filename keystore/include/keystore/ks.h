@@ -312,7 +312,9 @@ KS_API bool ks_secure_heap_pressed(void);
 /* ---- PIN attempts (ks_store.c) ----
  * Serializes PIN attempts on one token across every thread and process: an
  * open-file-description lock (F_OFD_SETLK) on one byte of data.mdb far past
- * its end, at an offset of the token's own (LMDB never locks data.mdb), and
+ * its end, at an offset of the token's own (LMDB never locks data.mdb),
+ * reached through a turnstile byte so that no attempt waits behind a
+ * stream of others (each waiter takes the lock at its next try), and
  * where several hosts share the storage (PostgreSQL) a lock of the
  * storage's too (a session advisory lock), taken after it, so that no more
  * attempts than the tries left are in flight across the fleet. A lock dies
