@@ -19,6 +19,16 @@ static const char SO[] = "so-secret", PIN[] = "user-pin";
 
 #define CHECK(call) do { CK_RV r_ = (call); if (r_ != CKR_OK) { fprintf(stderr, "%s:%d %s -> 0x%lx\n", __FILE__, __LINE__, #call, r_); exit(2); } } while (0)
 
+/* A test that may hang installs on_hang_alarm for SIGALRM after setting
+ * hung_message: the alarm then ends it with that message and status 1. */
+static const char *hung_message = "hung";
+static void on_hang_alarm(int sig)
+{
+    (void)sig;
+    if (write(2, hung_message, strlen(hung_message)) || write(2, "\n", 1)) {}
+    _exit(1);
+}
+
 static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args);
 static void setup_extra(const char *extra) { setup_args(extra, NULL); }
 

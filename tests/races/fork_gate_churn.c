@@ -249,14 +249,6 @@ static int child(int held, bool deep)
     return 0;
 }
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char m[] = "fork_gate_churn: the parent hung\n";
-    if (write(2, m, sizeof(m) - 1)) {}
-    _exit(1);
-}
-
 static void make_key(void)
 {
     CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
@@ -280,7 +272,8 @@ int main(void)
     return 77;
 #endif
     il_init();
-    signal(SIGALRM, on_alarm);
+    hung_message = "fork_gate_churn: the parent hung";
+    signal(SIGALRM, on_hang_alarm);
     pthread_atfork(shut_prepare, shut_end, shut_end); /* before the module's (its first C_Initialize) */
     setup_args(NULL, &il_args);
     make_key();

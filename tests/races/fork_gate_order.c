@@ -124,15 +124,6 @@ static void shut_prepare(void)
 }
 static void shut_end(void) { il_gate_shut = 0; }
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char m[] = "fork_gate_order: hung\n";
-    if (write(2, m, sizeof(m) - 1)) {
-    }
-    _exit(1);
-}
-
 int main(void)
 {
     int secs = getenv("SECS") ? atoi(getenv("SECS")) : 6;
@@ -145,7 +136,8 @@ int main(void)
     args.UnlockMutex = meet_unlock;
     calibrate();
     il_init();
-    signal(SIGALRM, on_alarm);
+    hung_message = "fork_gate_order: hung";
+    signal(SIGALRM, on_hang_alarm);
     pthread_atfork(shut_prepare, shut_end, shut_end); /* before the module's (its first C_Initialize) */
     setup_args(NULL, &args);
     pthread_create(&th, NULL, closer, NULL);

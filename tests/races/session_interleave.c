@@ -262,20 +262,13 @@ static void close_checks(void)
         FAIL("close_checks: close 0x%lx, call 0x%lx\n", (unsigned long)c.rv, (unsigned long)j.rv);
 }
 
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char m[] = "session_interleave: hung (10 s in one case)\n";
-    if (write(2, m, sizeof(m) - 1)) {}
-    _exit(1);
-}
-
 int main(void)
 {
     const int rounds = getenv("ROUNDS") ? atoi(getenv("ROUNDS")) : 20;
 
     il_init();
-    signal(SIGALRM, on_alarm);
+    hung_message = "session_interleave: hung (10 s in one case)";
+    signal(SIGALRM, on_hang_alarm);
     setup_args(NULL, &il_args);
     if (!il_global) {
         fprintf(stderr, "session_interleave: the module did not use the application's mutexes\n");
