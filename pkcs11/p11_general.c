@@ -57,6 +57,12 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     pthread_mutex_lock(&init_lock);
     if (p11_state_forked())
         forget_parent();
+    else if (p11_state_fork_child())
+        /* The parent was not initialized at the fork, but one of its threads
+         * may have held C_WaitForSlotEvent's lock, which is taken outside the
+         * gate (a waiter that passed its check before a C_Finalize:
+         * races/event_lock_fork). */
+        p11_events_forget();
     if (p11_state_published()) {
         pthread_mutex_unlock(&init_lock);
         p11_gate_leave(g);

@@ -79,6 +79,7 @@ P11_API bool p11_initialized(void); /* in this process (not a fork child) */
 /* For C_Initialize / C_Finalize only (under their mutex): */
 P11_API bool p11_state_published(void);   /* initialized, in this process or its parent */
 P11_API bool p11_state_forked(void);      /* initialized in the parent of this process */
+P11_API bool p11_state_fork_child(void);  /* a fork child not initialized since */
 P11_API void p11_state_publish(tok_ctx *tok, p11_mutex *lock);
 P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them back */
 /* A fork child keeps what it inherited but must not free (the parent's

@@ -14,7 +14,7 @@
 
 static struct {
     bool initialized; /* read and written atomically: see p11_initialized */
-    bool forked;      /* this process is a fork child of the one that initialized */
+    bool forked;      /* this process is a fork child, not initialized since */
     tok_ctx *tok;
     p11_mutex *lock;
 } g;
@@ -245,6 +245,7 @@ void p11_unlock(void) { p11_mutex_unlock(g.lock); }
 
 bool p11_state_published(void) { return get_initialized(); }
 bool p11_state_forked(void) { return get_initialized() && forked(); }
+bool p11_state_fork_child(void) { return forked(); }
 
 void p11_state_publish(tok_ctx *tok, p11_mutex *lock)
 {

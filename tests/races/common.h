@@ -32,8 +32,10 @@ static void on_hang_alarm(int sig)
 static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args);
 static void setup_extra(const char *extra) { setup_args(extra, NULL); }
 
-/* init_args: given to C_Initialize (the application's mutexes, say). */
-static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args)
+/* The keystore, the token and a read-write session h, with no login (no PIN
+ * checked yet: the SO PIN is set by C_InitToken on a fresh token).
+ * init_args: given to C_Initialize (the application's mutexes, say). */
+static void setup_open(const char *extra, CK_C_INITIALIZE_ARGS *init_args)
 {
     const char *mod = getenv("P11MK_MODULE");
     const char *pol = getenv("WRAP_POLICY");
@@ -64,6 +66,12 @@ static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args)
     memcpy(label, "repro", 5);
     CHECK(f->C_InitToken(slot, (CK_UTF8CHAR_PTR)SO, strlen(SO), label));
     CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h));
+}
+
+/* setup_open, then the user's PIN set and the user logged in on h. */
+static void setup_args(const char *extra, CK_C_INITIALIZE_ARGS *init_args)
+{
+    setup_open(extra, init_args);
     CHECK(f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR)SO, strlen(SO)));
     CHECK(f->C_InitPIN(h, (CK_UTF8CHAR_PTR)PIN, strlen(PIN)));
     CHECK(f->C_Logout(h));
