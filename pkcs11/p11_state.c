@@ -183,15 +183,24 @@ void p11_gate_leave(p11_gate gate) { count_out(gate); }
  * linked -z nodelete, so the handlers stay valid). */
 static gate_rec *forking_rec; /* the forking thread's record (gate_mx) */
 
+/* A fork made inside a call, on the calling thread (from the application's
+ * mutex callback, or a signal handler), cannot wait for that call: the
+ * forking thread's own count is left as it is (the child inherits what that
+ * call holds, as the application asked), every other thread's must drop to
+ * 0. (A thread's first call, counted in spill, is not told apart.) */
 static void fork_prepare(void)
 {
+    gate_rec *me;
+    unsigned mine;
+
     pthread_mutex_lock(&gate_mx); /* held until the fork is over: one fork at a time */
-    forking_rec = rec_mine();
+    me = forking_rec = rec_mine();
+    mine = me ? __atomic_load_n(&me->inside, __ATOMIC_RELAXED) : 0;
     __atomic_store_n(&closed, true, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&asym, __ATOMIC_RELAXED))
         (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); /* registered: cannot fail */
     for (gate_rec *r = recs; r; r = r->next)
-        while (__atomic_load_n(&r->inside, __ATOMIC_ACQUIRE) != 0)
+        while (__atomic_load_n(&r->inside, __ATOMIC_ACQUIRE) != (r == me ? mine : 0))
             sched_yield(); /* calls in flight finish; none starts */
     while (__atomic_load_n(&spill, __ATOMIC_ACQUIRE) != 0)
         sched_yield();
