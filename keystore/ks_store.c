@@ -1781,6 +1781,8 @@ static void attempt_forget(int fd)
     }
 }
 
+void ks_process_setup(void) { pthread_once(&attempt_once, attempt_setup); }
+
 /* Take the byte lock fl on f, trying again every 1, 2, 4, 8, then 16 ms
  * while *waited (ms, counted across calls) is under wait_ms. */
 static int attempt_take(int f, struct flock *fl, unsigned wait_ms, unsigned *waited)

@@ -30,6 +30,8 @@ static void open_failed(const char *doing, int rc, const ks_err *err)
 const ks_config *tok_ctx_config(tok_ctx *ctx) { return &ctx->cfg; }
 const ks_mkey *tok_ctx_mkey(tok_ctx *ctx) { return &ctx->mk; }
 
+void tok_process_setup(void) { ks_process_setup(); }
+
 CK_RV tok_ctx_open(unsigned flags, tok_ctx **out)
 {
     const char *deflog = (flags & TOK_CTX_STDERR) ? "stderr" : NULL;

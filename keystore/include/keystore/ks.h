@@ -330,6 +330,10 @@ typedef struct {
 } ks_attempt;
 #define KS_ATTEMPT_INIT {-1, NULL, NULL, 0}
 KS_API int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attempt *a);
+/* Registers the keystore's fork handler (ks_attempt_lock's descriptors,
+ * closed in a fork child), which ks_attempt_lock otherwise does at its
+ * first use. Idempotent. */
+KS_API void ks_process_setup(void);
 KS_API void ks_attempt_unlock(ks_attempt *a);
 
 /* ---- transactions ------------------------------------------------------ */

@@ -20,6 +20,12 @@ enum {
     TOK_CTX_NO_THREADS = 1u << 2, /* CKF_LIBRARY_CANT_CREATE_OS_THREADS: start no thread */
 };
 TOK_API CK_RV tok_ctx_open(unsigned flags, tok_ctx **out);
+/* The process-wide set-up the layers below need (their fork handlers),
+ * for C_Initialize to call before it enters the fork gate: a libc that
+ * holds its fork-handler lock while the prepare handlers run (glibc before
+ * 2.34, musl) would make a pthread_atfork inside the gate wait for a fork
+ * that waits for the gate. Idempotent. */
+TOK_API void tok_process_setup(void);
 TOK_API void tok_ctx_close(tok_ctx *ctx);
 /* The keystore cannot be written: tokens are write-protected. */
 TOK_API bool tok_ctx_readonly(tok_ctx *ctx);
