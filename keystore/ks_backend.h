@@ -188,6 +188,8 @@ typedef struct ks_backend_ops {
 /* The backends built in. */
 KS_API extern const ks_backend_ops ks_lmdb_backend;
 KS_API extern const ks_backend_ops ks_pg_backend; /* ks_pg.c: libpq is loaded when it is first opened */
+/* ks_pg.c: the listeners' fork handler (ks_process_setup registers it). */
+KS_API void ks_pg_process_setup(void);
 /* By name (p11mk.conf's backend =), NULL if not built in (ks_backend.c). */
 KS_API const ks_backend_ops *ks_backend_find(const char *name);
 /* The names of those built in, for messages: "lmdb, postgresql". */

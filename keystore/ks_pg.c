@@ -174,6 +174,8 @@ struct ks_benv {
     pthread_t listener;
     bool listening;
     int stop[2]; /* the listener's stop pipe */
+    pthread_mutex_t work; /* held by the listener except while it waits in poll() (listener_poll) */
+    struct ks_benv *next_listener; /* listeners (listeners_mx) */
 };
 
 struct ks_btxn {
@@ -399,10 +401,66 @@ static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
     "('tcp_keepalives_interval', 5), ('tcp_keepalives_count', 3)) AS w(name, v) USING (name) "                         \
     "WHERE s.setting::bigint NOT BETWEEN 1 AND w.v"
 
+/* ---- the listener and fork() -------------------------------------------------
+ * A fork child inherits every lock as it was at the fork, held by threads
+ * that are not in the child. The pkcs11 layer's fork gate keeps the
+ * application's calls out of a fork, but the listener works outside any
+ * call: in libpq (allocations; OpenSSL over TLS, whose random generator a
+ * new connection uses), and in the log. So it holds its environment's
+ * `work` lock whenever it is not waiting in poll(), and the fork handler
+ * takes every listener's lock: a fork waits until each listener waits.
+ * The handler is registered before the gate's (ks_process_setup, which the
+ * pkcs11 layer calls before it registers its own), so it runs after the
+ * gate's: no application call is in the module by then, and none of them
+ * (C_Finalize joining a listener, say) waits for a listener the fork
+ * holds. A listener's work between two waits is bounded (a connection
+ * attempt's name look-up is the longest). */
+static pthread_mutex_t listeners_mx = PTHREAD_MUTEX_INITIALIZER;
+static ks_benv *listeners; /* every environment with a listener (listeners_mx) */
+
+static int listener_poll(ks_benv *e, struct pollfd *p, nfds_t n, int ms)
+{
+    pthread_mutex_unlock(&e->work);
+    int r = poll(p, n, ms), err = errno;
+    pthread_mutex_lock(&e->work);
+    errno = err;
+    return r;
+}
+
+static void listeners_prepare(void)
+{
+    pthread_mutex_lock(&listeners_mx);
+    for (ks_benv *e = listeners; e; e = e->next_listener)
+        pthread_mutex_lock(&e->work);
+}
+static void listeners_parent(void)
+{
+    for (ks_benv *e = listeners; e; e = e->next_listener)
+        pthread_mutex_unlock(&e->work);
+    pthread_mutex_unlock(&listeners_mx);
+}
+/* No listener runs in the child; the environments stay the parent's (a
+ * fork child opens its own). The locks, this thread's since the prepare
+ * handler, are let go (which keeps ThreadSanitizer's view right), then made
+ * afresh (a listener may have been waiting for one). */
+static void listeners_child(void)
+{
+    for (ks_benv *e = listeners; e; e = e->next_listener) {
+        pthread_mutex_unlock(&e->work);
+        memset(&e->work, 0, sizeof(e->work));
+        pthread_mutex_init(&e->work, NULL);
+    }
+    pthread_mutex_unlock(&listeners_mx);
+    memset(&listeners_mx, 0, sizeof(listeners_mx));
+    pthread_mutex_init(&listeners_mx, NULL);
+}
+
+void ks_pg_process_setup(void) { (void)pthread_atfork(listeners_prepare, listeners_parent, listeners_child); }
+
 /* Wait for the connection to be made; false when it failed, ms ran out
  * (*timed_out) or stop_fd (>= 0: the listener's stop pipe) became readable
  * (*stopped). ms < 0: no limit. */
-static bool connect_wait(PGconn *c, int ms, bool *timed_out, int stop_fd, bool *stopped)
+static bool connect_wait(ks_benv *e, PGconn *c, int ms, bool *timed_out, int stop_fd, bool *stopped)
 {
     uint64_t end = ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)ms;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING; /* libpq: as if the last poll had said so */
@@ -423,7 +481,8 @@ static bool connect_wait(PGconn *c, int ms, bool *timed_out, int stop_fd, bool *
             return false;
         }
         uint64_t left = end - now;
-        int r = poll(p, stop_fd >= 0 ? 2 : 1, left > INT32_MAX ? INT32_MAX : (int)left);
+        int ms_left = left > INT32_MAX ? INT32_MAX : (int)left;
+        int r = stop_fd >= 0 ? listener_poll(e, p, 2, ms_left) : poll(p, 1, ms_left);
         if (r < 0 && errno != EINTR)
             return false;
         if (r > 0 && stop_fd >= 0 && p[1].revents) {
@@ -490,7 +549,7 @@ static PGconn *connect_one(ks_benv *e, const PQconninfoOption *opts, int i, int 
     PGconn *c = pq.connectStartParams(kw, val, 0);
     if (c && pq.status(c) != CONNECTION_BAD) {
         pq.setNoticeProcessor(c, notice_to_log, e); /* never on the application's stderr */
-        if (connect_wait(c, timeout_s <= 0 ? -1 : (timeout_s < 2 ? 2 : timeout_s) * 1000, &timed_out, stop_fd,
+        if (connect_wait(e, c, timeout_s <= 0 ? -1 : (timeout_s < 2 ? 2 : timeout_s) * 1000, &timed_out, stop_fd,
                          stopped) &&
             pq.status(c) == CONNECTION_OK)
             return c;
@@ -538,7 +597,7 @@ static PGresult *exec_stoppable(ks_benv *e, PGconn *c, const char *sql, int stop
             break;
         }
         struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
-        int n = poll(p, 2, (int)wait);
+        int n = listener_poll(e, p, 2, (int)wait);
         if (n < 0 && errno == EINTR)
             continue;
         if (n > 0 && p[1].revents) {
@@ -703,9 +762,8 @@ static void seq_raise(ks_benv *e, uint64_t v)
  * dropped) is given up like a broken one: the number becomes unknown and
  * the listener connects again. commit_seq itself also stops trusting the
  * number FRESH_MS after the server last spoke, should this thread stall. */
-static void *listen_main(void *arg)
+static void *listen_loop(ks_benv *e)
 {
-    ks_benv *e = arg;
     unsigned backoff_ms = 50;
     bool reconnect = false; /* a number was read on an earlier connection */
     for (;;) {
@@ -757,7 +815,7 @@ static void *listen_main(void *arg)
             int64_t wait = pinging ? (int64_t)(ping_at + PING_WAIT_MS) - (int64_t)t
                                    : (int64_t)(last + PING_IDLE_MS) - (int64_t)t;
             struct pollfd p[2] = {{.fd = pq.socket(c), .events = POLLIN}, {.fd = e->stop[0], .events = POLLIN}};
-            int n = poll(p, 2, wait > 0 ? (int)wait : 0);
+            int n = listener_poll(e, p, 2, wait > 0 ? (int)wait : 0);
             if (n < 0 && errno == EINTR)
                 continue;
             if (p[1].revents) {
@@ -851,11 +909,21 @@ static void *listen_main(void *arg)
         atomic_store(&e->seq, 0);
         atomic_fetch_add(&e->listen_lost, 1);
         struct pollfd s = {.fd = e->stop[0], .events = POLLIN};
-        if (poll(&s, 1, (int)backoff_ms) > 0)
+        if (listener_poll(e, &s, 1, (int)backoff_ms) > 0)
             return NULL;
         if (backoff_ms < 2000)
             backoff_ms *= 2;
     }
+}
+
+static void *listen_main(void *arg)
+{
+    ks_benv *e = arg;
+
+    pthread_mutex_lock(&e->work);
+    listen_loop(e);
+    pthread_mutex_unlock(&e->work);
+    return NULL;
 }
 
 /* ---- transactions ------------------------------------------------------------ */
@@ -1455,6 +1523,13 @@ static void pg_close(ks_benv *e)
         ssize_t w = write(e->stop[1], "x", 1);
         (void)w;
         pthread_join(e->listener, NULL);
+        pthread_mutex_lock(&listeners_mx);
+        for (ks_benv **p = &listeners; *p; p = &(*p)->next_listener)
+            if (*p == e) {
+                *p = e->next_listener;
+                break;
+            }
+        pthread_mutex_unlock(&listeners_mx);
     }
     if (e->stop[0] >= 0)
         close(e->stop[0]);
@@ -1463,6 +1538,7 @@ static void pg_close(ks_benv *e)
     for (int i = 0; i < e->nidle; i++)
         pq.finish(e->idle[i]);
     pthread_mutex_destroy(&e->pool_lock);
+    pthread_mutex_destroy(&e->work);
     if (e->local)
         munmap((void *)e->local, 64);
     if (e->conninfo)
@@ -1577,6 +1653,11 @@ static int pg_open(const char *path, const char *target, unsigned flags, bool *r
         free(e);
         return KS_ENOMEM;
     }
+    if (pthread_mutex_init(&e->work, NULL) != 0) {
+        pthread_mutex_destroy(&e->pool_lock);
+        free(e);
+        return KS_ENOMEM;
+    }
     if (!(e->path = strdup(path)) || !(e->conninfo = strdup(target))) {
         pg_close(e);
         return KS_ENOMEM;
@@ -1600,11 +1681,18 @@ static void listen_start(ks_benv *e)
 {
     if (e->listening || pipe2(e->stop, O_CLOEXEC) != 0)
         return;
+    ks_process_setup(); /* the fork handler (the module made it already) */
     /* Signals go to the application's threads, not to ours. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_mutex_lock(&listeners_mx);
     e->listening = pthread_create(&e->listener, NULL, listen_main, e) == 0;
+    if (e->listening) {
+        e->next_listener = listeners;
+        listeners = e;
+    }
+    pthread_mutex_unlock(&listeners_mx);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!e->listening)
         ks_log(KS_LOG_WARN, "keystore %s: no notification thread (%s): every operation reads its key's state "

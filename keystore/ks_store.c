@@ -1781,7 +1781,13 @@ static void attempt_forget(int fd)
     }
 }
 
-void ks_process_setup(void) { pthread_once(&attempt_once, attempt_setup); }
+static pthread_once_t process_once = PTHREAD_ONCE_INIT;
+static void process_setup(void)
+{
+    pthread_once(&attempt_once, attempt_setup);
+    ks_pg_process_setup();
+}
+void ks_process_setup(void) { pthread_once(&process_once, process_setup); }
 
 /* Take the byte lock fl on f, trying again every 1, 2, 4, 8, then 16 ms
  * while *waited (ms, counted across calls) is under wait_ms. */

@@ -52,8 +52,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     p11_mutex *lock = NULL;
     tok_ctx *tok = NULL;
 
-    p11_gate_setup();
-    tok_process_setup(); /* outside the gate: see tok_token.h */
+    p11_gate_setup(); /* with the layers' fork handlers, outside the gate */
     p11_gate g = p11_gate_enter();
     pthread_mutex_lock(&init_lock);
     if (p11_state_forked())

@@ -234,6 +234,10 @@ static void fork_child(void)
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void)
 {
+    /* The layers' own fork handlers first (tok_token.h), outside any gate:
+     * prepare handlers run in the reverse order, so theirs (the keystore's
+     * listeners, ks_pg.c) run once the gate is shut and every call out. */
+    tok_process_setup();
     __atomic_store_n(&asym, membarrier_register(), __ATOMIC_RELAXED);
     __atomic_store_n(&have_key, pthread_key_create(&rec_key, rec_release) == 0, __ATOMIC_RELEASE);
     (void)pthread_atfork(fork_prepare, fork_parent, fork_child);

@@ -330,9 +330,11 @@ typedef struct {
 } ks_attempt;
 #define KS_ATTEMPT_INIT {-1, NULL, NULL, 0}
 KS_API int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attempt *a);
-/* Registers the keystore's fork handler (ks_attempt_lock's descriptors,
- * closed in a fork child), which ks_attempt_lock otherwise does at its
- * first use. Idempotent. */
+/* Registers the keystore's fork handlers: ks_attempt_lock's descriptors
+ * closed in a fork child, and a fork waiting for the PostgreSQL listener
+ * threads to be idle (ks_pg.c). A process that also registers handlers
+ * that wait for calls into the keystore calls this first (prepare handlers
+ * run in the reverse order). Idempotent. */
 KS_API void ks_process_setup(void);
 KS_API void ks_attempt_unlock(ks_attempt *a);
 

@@ -21,10 +21,12 @@ enum {
 };
 TOK_API CK_RV tok_ctx_open(unsigned flags, tok_ctx **out);
 /* The process-wide set-up the layers below need (their fork handlers),
- * for C_Initialize to call before it enters the fork gate: a libc that
- * holds its fork-handler lock while the prepare handlers run (glibc before
- * 2.34, musl) would make a pthread_atfork inside the gate wait for a fork
- * that waits for the gate. Idempotent. */
+ * for the pkcs11 layer to call before it registers its fork gate's: outside
+ * the gate (a libc that holds its fork-handler lock while prepare handlers
+ * run, glibc before 2.34 or musl, would make a pthread_atfork inside the
+ * gate wait for a fork that waits for the gate), and first (prepare
+ * handlers run in the reverse order: the keystore's, which wait for its
+ * listener threads, run once the gate is shut). Idempotent. */
 TOK_API void tok_process_setup(void);
 TOK_API void tok_ctx_close(tok_ctx *ctx);
 /* The keystore cannot be written: tokens are write-protected. */
