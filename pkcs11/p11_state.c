@@ -173,7 +173,7 @@ bool p11_gate_try_enter(p11_gate *out)
     return true;
 }
 
-/* g is what p11_gate_enter counted the call in (the record may have come
+/* gate: what p11_gate_enter counted the call in (the record may have come
  * meanwhile, or gone: a key destructor's call). */
 void p11_gate_leave(p11_gate gate) { count_out(gate); }
 
