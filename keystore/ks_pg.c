@@ -175,6 +175,7 @@ struct ks_benv {
     bool listening;
     int stop[2]; /* the listener's stop pipe */
     pthread_mutex_t work; /* held by the listener except while it waits in poll() (listener_poll) */
+    bool fork_holds;      /* the fork handler took `work` (listeners_mx) */
     struct ks_benv *next_listener; /* listeners (listeners_mx) */
 };
 
@@ -413,8 +414,14 @@ static void seq_read(ks_benv *e, uint64_t before, uint64_t v)
  * pkcs11 layer calls before it registers its own), so it runs after the
  * gate's: no application call is in the module by then, and none of them
  * (C_Finalize joining a listener, say) waits for a listener the fork
- * holds. A listener's work between two waits is bounded (a connection
- * attempt's name look-up is the longest). */
+ * holds. A listener's work between two waits is short, but a connection
+ * attempt's name look-up (libpq's getaddrinfo) can take the resolver's
+ * time-outs, and a log that blocks as long: a fork waits for each listener
+ * FORK_WAIT_MS at most, then goes on without it (the child may then inherit
+ * what that listener holds, as before). listeners_mx is taken with signals
+ * blocked, so that a signal handler that forks cannot find its own thread
+ * holding it. */
+#define FORK_WAIT_MS 1000
 static pthread_mutex_t listeners_mx = PTHREAD_MUTEX_INITIALIZER;
 static ks_benv *listeners; /* every environment with a listener (listeners_mx) */
 
@@ -429,14 +436,24 @@ static int listener_poll(ks_benv *e, struct pollfd *p, nfds_t n, int ms)
 
 static void listeners_prepare(void)
 {
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += FORK_WAIT_MS / 1000;
+    until.tv_nsec += (FORK_WAIT_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L)
+        until.tv_sec++, until.tv_nsec -= 1000000000L;
     pthread_mutex_lock(&listeners_mx);
     for (ks_benv *e = listeners; e; e = e->next_listener)
-        pthread_mutex_lock(&e->work);
+        e->fork_holds = pthread_mutex_timedlock(&e->work, &until) == 0;
 }
 static void listeners_parent(void)
 {
     for (ks_benv *e = listeners; e; e = e->next_listener)
-        pthread_mutex_unlock(&e->work);
+        if (e->fork_holds) {
+            e->fork_holds = false;
+            pthread_mutex_unlock(&e->work);
+        }
     pthread_mutex_unlock(&listeners_mx);
 }
 /* No listener runs in the child; the environments stay the parent's (a
@@ -446,7 +463,9 @@ static void listeners_parent(void)
 static void listeners_child(void)
 {
     for (ks_benv *e = listeners; e; e = e->next_listener) {
-        pthread_mutex_unlock(&e->work);
+        if (e->fork_holds)
+            pthread_mutex_unlock(&e->work);
+        e->fork_holds = false;
         memset(&e->work, 0, sizeof(e->work));
         pthread_mutex_init(&e->work, NULL);
     }
@@ -1523,6 +1542,9 @@ static void pg_close(ks_benv *e)
         ssize_t w = write(e->stop[1], "x", 1);
         (void)w;
         pthread_join(e->listener, NULL);
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old); /* no forking handler while listeners_mx is held */
         pthread_mutex_lock(&listeners_mx);
         for (ks_benv **p = &listeners; *p; p = &(*p)->next_listener)
             if (*p == e) {
@@ -1530,6 +1552,7 @@ static void pg_close(ks_benv *e)
                 break;
             }
         pthread_mutex_unlock(&listeners_mx);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     if (e->stop[0] >= 0)
         close(e->stop[0]);
