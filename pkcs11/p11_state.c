@@ -45,9 +45,9 @@ static struct {
  * that barrier), the call's store is sequentially consistent (a locked
  * instruction). A thread's record goes back to the pool when it ends (its
  * key's destructor). A call without a record counts in `spill`, a counter
- * such calls share: a thread's first call (which takes a record inside the
- * gate, for the next), and those of a thread that got none (out of memory,
- * no key, a fork under way as it asked). */
+ * such calls share: a thread's first call until it has taken a record
+ * inside the gate (then it counts there), and those of a thread that got
+ * none (out of memory, no key, a fork under way as it asked). */
 typedef struct gate_rec {
     _Alignas(64) unsigned inside; /* its thread's calls in the module */
     bool taken;                    /* by a live thread (gate_mx) */
@@ -85,16 +85,19 @@ static gate_rec *rec_mine(void)
     return __atomic_load_n(&have_key, __ATOMIC_ACQUIRE) ? pthread_getspecific(rec_key) : NULL;
 }
 
-/* A record for the thread, taken inside the gate (its call counted in spill:
- * the allocation is one a fork waits for): a free one of an ended thread,
- * or a new one; none when a fork holds gate_mx (never waited for, inside
- * the gate) or out of memory. The next call uses it. */
-static void rec_take(void)
+/* A record for the thread, taken inside the gate by a call counted in
+ * spill (the allocation is one a fork waits for): a free one of an ended
+ * thread, or a new one. The call moves from spill to it, under gate_mx,
+ * which a fork holds from before it looks at the counts until it is over:
+ * no fork sees the call in neither. NULL (the call stays in spill) when a
+ * fork holds gate_mx (never waited for, inside the gate) or out of memory.
+ * Returns what the call is counted in. */
+static gate_rec *rec_take(void)
 {
     gate_rec *r;
 
     if (!__atomic_load_n(&have_key, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&gate_mx) != 0)
-        return;
+        return NULL;
     for (r = recs; r && r->taken; r = r->next)
         ;
     if (!r && (r = aligned_alloc(64, sizeof(*r))) != NULL) {
@@ -102,11 +105,15 @@ static void rec_take(void)
         r->next = recs;
         recs = r;
     }
-    if (r)
+    if (r && pthread_setspecific(rec_key, r) != 0)
+        r = NULL; /* out of memory */
+    if (r) {
         r->taken = true;
+        __atomic_store_n(&r->inside, 1, __ATOMIC_RELAXED); /* the record of no running call: it was 0 */
+        __atomic_fetch_sub(&spill, 1, __ATOMIC_RELEASE);
+    }
     pthread_mutex_unlock(&gate_mx);
-    if (r)
-        (void)pthread_setspecific(rec_key, r); /* out of memory: the record stays taken, the thread spills */
+    return r;
 }
 
 /* The thread ends (its calls have returned): its record goes back. A later
@@ -153,9 +160,7 @@ p11_gate p11_gate_enter(void)
             pthread_cond_wait(&gate_cv, &gate_mx);
         pthread_mutex_unlock(&gate_mx);
     }
-    if (!r)
-        rec_take();
-    return r;
+    return r ? r : rec_take();
 }
 
 bool p11_gate_try_enter(p11_gate *out)
@@ -167,14 +172,11 @@ bool p11_gate_try_enter(p11_gate *out)
         count_out(r);
         return false;
     }
-    if (!r)
-        rec_take();
-    *out = r;
+    *out = r ? r : rec_take();
     return true;
 }
 
-/* gate: what p11_gate_enter counted the call in (the record may have come
- * meanwhile, or gone: a key destructor's call). */
+/* gate: what p11_gate_enter counted the call in. */
 void p11_gate_leave(p11_gate gate) { count_out(gate); }
 
 /* A fork child must call C_Initialize before using the module (PKCS#11
@@ -187,7 +189,8 @@ static gate_rec *forking_rec; /* the forking thread's record (gate_mx) */
  * mutex callback, or a signal handler), cannot wait for that call: the
  * forking thread's own count is left as it is (the child inherits what that
  * call holds, as the application asked), every other thread's must drop to
- * 0. (A thread's first call, counted in spill, is not told apart.) */
+ * 0. (A call that stayed in spill, its thread having got no record, is not
+ * told apart.) */
 static void fork_prepare(void)
 {
     gate_rec *me;

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 
 static __thread int fork_at_lock; /* fork at the next lock of the global lock */
-static int forks_done;
+static _Atomic int forks_done;
 
 static CK_RV forking_lock(void *p)
 {
@@ -27,6 +27,18 @@ static CK_RV forking_lock(void *p)
             forks_done++;
     }
     return il_lock(p);
+}
+
+/* A thread whose very first call forks inside: that call counted in the
+ * gate's shared counter (spill) until it took its thread's record. */
+static void *first_call(void *arg)
+{
+    CK_SESSION_HANDLE s;
+    (void)arg;
+    fork_at_lock = 1;
+    if (f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK || f->C_CloseSession(s) != CKR_OK)
+        return (void *)1;
+    return NULL;
 }
 
 int main(void)
@@ -55,6 +67,12 @@ int main(void)
     fork_at_lock = 1;
     if (f->C_GetTokenInfo(slot, &ti) != CKR_OK)
         bad++;
+    pthread_t th;
+    void *ret = NULL;
+    pthread_create(&th, NULL, first_call, NULL);
+    pthread_join(th, &ret);
+    if (ret)
+        bad++;
     c = fork(); /* from outside any call: the counts must be back at 0 */
     if (c == 0) {
         alarm(20);
@@ -64,7 +82,7 @@ int main(void)
         bad++;
     alarm(0);
     printf("fork_in_callback: %d forks made inside calls, %s\n", forks_done, bad ? "VIOLATION" : "all returned");
-    if (forks_done != 3)
+    if (forks_done != 4)
         bad++;
     teardown();
     return bad != 0;
