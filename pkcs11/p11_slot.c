@@ -14,6 +14,10 @@ CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PT
     /* Every slot holds a token (the free slot an uninitialized one), so
      * tokenPresent does not filter. */
     rv = tok_slot_list(p11_tok(), &ids, &n);
+    /* C_GetSlotList's list (PKCS#11 3.0, 5.5) has no CKR_DEVICE_ERROR: the
+     * storage's failure (logged) is CKR_FUNCTION_FAILED here. */
+    if (rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_MEMORY || rv == CKR_DEVICE_REMOVED)
+        return CKR_FUNCTION_FAILED;
     if (rv != CKR_OK)
         return rv;
     if (pSlotList) {

@@ -128,6 +128,11 @@ int main(int argc, char **argv)
             rv = f->C_FindObjects(s, hs, 8, &n);
             f->C_FindObjectsFinal(s);
             printf("n %lu rv 0x%lx\n", (unsigned long)n, (unsigned long)rv);
+        } else if (strcmp(line, "slots") == 0) {
+            CK_SLOT_ID ids[16];
+            CK_ULONG n = 16;
+            rv = f->C_GetSlotList(CK_FALSE, ids, &n);
+            printf("n %lu rv 0x%lx\n", rv == CKR_OK ? (unsigned long)n : 0UL, (unsigned long)rv);
         } else if (strcmp(line, "quit") == 0) {
             break;
         } else {

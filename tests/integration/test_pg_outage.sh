@@ -50,6 +50,11 @@ r=$(ask sign)
     { echo "BUG: server down: sign with a cached key answers $r, not CKR_DEVICE_ERROR"; bad=1; }
 r=$(ask state)
 echo "server down: session state: $r"
+# C_GetSlotList's list of return values (PKCS#11 3.0, 5.5) has no
+# CKR_DEVICE_ERROR: the storage's failure is CKR_FUNCTION_FAILED there.
+r=$(ask slots)
+case $r in "n "*" rv 0x0"|"n 0 rv 0x6") ok "server down: C_GetSlotList: $r" ;;
+    *) echo "BUG: server down: C_GetSlotList answers $r (not in its list of return values)"; bad=1 ;; esac
 while [ $((SECONDS - t0)) -lt 10 ]; do sleep 1; done
 pg_up || fail "cannot start the server"
 # 3.
