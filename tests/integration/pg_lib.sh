@@ -58,6 +58,18 @@ CONF
 
 on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
 
+# The stalling proxy (pg_stall_proxy.py) on $T/px/.s.PGSQL.$PG_PORT; its
+# pid in PROXY_PID (the caller's pg_at_exit stops it); $T/px/silent makes
+# it go silent.
+stall_proxy_start() {
+    mkdir -p "$T/px"
+    python3 "$(dirname "$P11MK_TESTLIB")/pg_stall_proxy.py" "$T/px/.s.PGSQL.$PG_PORT" "$PG_HOST/.s.PGSQL.$PG_PORT" \
+        "$T/px/silent" &
+    PROXY_PID=$!
+    for i in $(seq 1 50); do [ -S "$T/px/.s.PGSQL.$PG_PORT" ] && break; sleep 0.1; done
+    [ -S "$T/px/.s.PGSQL.$PG_PORT" ] || fail "the proxy did not start"
+}
+
 probe_start() {
     coproc PR { exec "${P11MK_PG_PROBE:?}" "$MOD" "$1" "$PIN" 2>"$T/probe.err"; }
     PROBE_PID=$PR_PID

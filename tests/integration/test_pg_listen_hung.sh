@@ -26,58 +26,10 @@ export P11MK_CONF=$T/a/p11mk.conf
 expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 pkcs11-tool --module "$MOD" --init-token --slot 1 --label lh --so-pin $SO >/dev/null || fail "cannot init the token"
 
-# The proxy: a Unix socket of its own, each connection relayed to the
-# cluster's, until the client sends LISTEN: from then on nothing more is
-# relayed either way and the connection stays open. Once $T/px/silent
-# exists, the connections it relays are cut and new ones are accepted and
-# never answered.
-mkdir -p "$T/px"
-python3 - "$T/px/.s.PGSQL.$PG_PORT" "$PG_HOST/.s.PGSQL.$PG_PORT" "$T/px/silent" <<'PY' &
-import os, socket, sys, threading, time
-srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen(64)
-held, lock = [], threading.Lock()
-def relay(a, b, cut):
-    try:
-        while not cut.is_set():
-            d = a.recv(65536)
-            if not d:
-                break
-            if b"LISTEN " in d:
-                cut.set()
-                break
-            b.sendall(d)
-    except OSError:
-        pass
-    if not cut.is_set():
-        for s in (a, b):
-            try: s.shutdown(socket.SHUT_RDWR)
-            except OSError: pass
-def serve(c):
-    u = socket.socket(socket.AF_UNIX); u.connect(sys.argv[2])
-    cut = threading.Event()
-    with lock: held.append((c, u))
-    threading.Thread(target=relay, args=(c, u, cut), daemon=True).start()
-    threading.Thread(target=relay, args=(u, c, cut), daemon=True).start()
-def watch():
-    while not os.path.exists(sys.argv[3]):
-        time.sleep(0.05)
-    with lock:
-        for pair in held:
-            for s in pair:
-                try: s.shutdown(socket.SHUT_RDWR)
-                except OSError: pass
-threading.Thread(target=watch, daemon=True).start()
-silent = []
-while True:
-    c, _ = srv.accept()
-    if os.path.exists(sys.argv[3]):
-        silent.append(c)  # accepted, never answered
-    else:
-        serve(c)
-PY
-PROXY_PID=$!
-for i in $(seq 1 50); do [ -S "$T/px/.s.PGSQL.$PG_PORT" ] && break; sleep 0.1; done
-[ -S "$T/px/.s.PGSQL.$PG_PORT" ] || fail "the proxy did not start"
+# The proxy (pg_stall_proxy.py): connections relayed to the cluster until
+# the client sends LISTEN, then stalled; once $T/px/silent exists, cut, and
+# new ones never answered.
+stall_proxy_start
 # The password file names the cluster's socket directory: the proxy's too.
 sed "s|^$PG_HOST:|$T/px:|" "$PGPASSFILE" > "$T/pgpass"
 chmod 600 "$T/pgpass"
