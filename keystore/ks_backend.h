@@ -188,7 +188,7 @@ typedef struct ks_backend_ops {
 /* The backends built in. */
 KS_API extern const ks_backend_ops ks_lmdb_backend;
 KS_API extern const ks_backend_ops ks_pg_backend; /* ks_pg.c: libpq is loaded when it is first opened */
-/* ks_pg.c: the listeners' fork handler (ks_process_setup registers it). */
+/* ks_pg.c: registers the listeners' fork handler, once (ks_process_setup calls it). */
 KS_API void ks_pg_process_setup(void);
 /* By name (p11mk.conf's backend =), NULL if not built in (ks_backend.c). */
 KS_API const ks_backend_ops *ks_backend_find(const char *name);

@@ -474,7 +474,9 @@ static void listeners_child(void)
     pthread_mutex_init(&listeners_mx, NULL);
 }
 
-void ks_pg_process_setup(void) { (void)pthread_atfork(listeners_prepare, listeners_parent, listeners_child); }
+static pthread_once_t listeners_once = PTHREAD_ONCE_INIT;
+static void listeners_register(void) { (void)pthread_atfork(listeners_prepare, listeners_parent, listeners_child); }
+void ks_pg_process_setup(void) { pthread_once(&listeners_once, listeners_register); }
 
 /* Wait for the connection to be made; false when it failed, ms ran out
  * (*timed_out) or stop_fd (>= 0: the listener's stop pipe) became readable
@@ -1704,7 +1706,7 @@ static void listen_start(ks_benv *e)
 {
     if (e->listening || pipe2(e->stop, O_CLOEXEC) != 0)
         return;
-    ks_process_setup(); /* the fork handler (the module made it already) */
+    ks_pg_process_setup(); /* the fork handler (the module's ks_process_setup made it already) */
     /* Signals go to the application's threads, not to ours. */
     sigset_t all, old;
     sigfillset(&all);
