@@ -114,15 +114,31 @@ static void deadline_in(struct timespec *t, long ms)
     t->tv_nsec %= 1000000000L;
 }
 
+/* A waiter cancelled in its wait (pthread_cancel; the wait is the one place
+ * of C_WaitForSlotEvent where it can be): ev.lock is held again when this
+ * runs. It leaves as a returning waiter does. */
+static void waiter_cancelled(void *arg)
+{
+    (void)arg;
+    if (--ev.waiters == 0 && ev.closing)
+        pthread_cond_broadcast(&ev.cond);
+    pthread_mutex_unlock(&ev.lock);
+}
+
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
 {
     CK_RV rv;
+    int cancel;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     return_val_if_fail(pSlot != NULL && pReserved == NULL, CKR_ARGUMENTS_BAD);
+    /* Not cancellable but in its wait, where a blocked waiter may well be
+     * cancelled (the caller's cancelability then, as it was). */
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
     pthread_mutex_lock(&ev.lock);
     if (!ev.watch || ev.closing) {
         pthread_mutex_unlock(&ev.lock);
+        pthread_setcancelstate(cancel, NULL);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
     ev.waiters++;
@@ -136,10 +152,15 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
             break;
         struct timespec t;
         deadline_in(&t, P11_EVENT_POLL_MS);
+        pthread_cleanup_push(waiter_cancelled, NULL);
+        pthread_setcancelstate(cancel, NULL);
         pthread_cond_timedwait(&ev.cond, &ev.lock, &t);
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+        pthread_cleanup_pop(0);
     }
     if (--ev.waiters == 0 && ev.closing)
         pthread_cond_broadcast(&ev.cond); /* C_Finalize waits for the last one */
     pthread_mutex_unlock(&ev.lock);
+    pthread_setcancelstate(cancel, NULL);
     return rv;
 }

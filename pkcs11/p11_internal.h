@@ -90,7 +90,15 @@ P11_API void p11_state_abandon(void *p);
  * C_Initialize and C_Finalize take it themselves, C_WaitForSlotEvent for
  * each look), taken exclusively by fork(). Never twice in a call.
  * p11_gate_setup makes it (idempotent; C_Initialize calls it first). */
-typedef struct gate_rec *p11_gate; /* what a call was counted in: p11_gate_leave's argument */
+/* Inside the gate a thread cannot be cancelled (pthread_cancel): a call that
+ * reached a cancellation point (LMDB's write and fdatasync, a PIN attempt's
+ * wait, OpenSSL's getrandom) unwound out of the module holding its session's
+ * lock and its count in the gate. The cancellation acts at the caller's next
+ * cancellation point after the call (tests/races/cancel_in_call). */
+typedef struct {
+    struct gate_rec *rec; /* what the call was counted in */
+    int cancel;           /* the thread's cancelability state before it */
+} p11_gate;               /* p11_gate_leave's argument */
 P11_API void p11_gate_setup(void);
 P11_API p11_gate p11_gate_enter(void);
 /* The gate if no fork is under way; false (not entered) if one is: for a

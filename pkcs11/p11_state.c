@@ -148,8 +148,11 @@ static void count_out(gate_rec *r)
 
 p11_gate p11_gate_enter(void)
 {
-    gate_rec *r = rec_mine();
+    p11_gate gate;
+    gate_rec *r;
 
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &gate.cancel); /* first: the wait below is a cancellation point */
+    r = rec_mine();
     for (;;) {
         count_in(r);
         if (!__atomic_load_n(&closed, __ATOMIC_SEQ_CST))
@@ -160,24 +163,35 @@ p11_gate p11_gate_enter(void)
             pthread_cond_wait(&gate_cv, &gate_mx);
         pthread_mutex_unlock(&gate_mx);
     }
-    return r ? r : rec_take();
+    gate.rec = r ? r : rec_take();
+    return gate;
 }
 
 bool p11_gate_try_enter(p11_gate *out)
 {
-    gate_rec *r = rec_mine();
+    int cancel;
+    gate_rec *r;
 
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    r = rec_mine();
     count_in(r);
     if (__atomic_load_n(&closed, __ATOMIC_SEQ_CST)) {
         count_out(r);
+        pthread_setcancelstate(cancel, NULL);
         return false;
     }
-    *out = r ? r : rec_take();
+    out->rec = r ? r : rec_take();
+    out->cancel = cancel;
     return true;
 }
 
-/* gate: what p11_gate_enter counted the call in. */
-void p11_gate_leave(p11_gate gate) { count_out(gate); }
+/* gate: what p11_gate_enter returned. The thread's cancelability comes back
+ * last, once the call holds nothing. */
+void p11_gate_leave(p11_gate gate)
+{
+    count_out(gate.rec);
+    pthread_setcancelstate(gate.cancel, NULL);
+}
 
 /* A fork child must call C_Initialize before using the module (PKCS#11
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
