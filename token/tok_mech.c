@@ -415,22 +415,25 @@ CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key)
             return CKR_TEMPLATE_INCOMPLETE;
         len = 32; /* ChaCha20 has one key length: the template need not say it */
     }
+    /* A length the key type does not have is the template's CKA_VALUE_LEN
+     * in error: CKR_ATTRIBUTE_VALUE_INVALID, as C_GenerateKey's list of
+     * return values has it (CKR_KEY_SIZE_RANGE is not in it). */
     switch (mech->mechanism) {
     case CKM_PKCS5_PBKD2:
         if (!tok_secret_len_ok(kt, len) || len > sizeof(buf))
-            return CKR_KEY_SIZE_RANGE;
+            return CKR_ATTRIBUTE_VALUE_INVALID;
         break;
     case CKM_DES_KEY_GEN:
     case CKM_DES2_KEY_GEN:
     case CKM_DES3_KEY_GEN: break; /* the mechanism gave the key type */
     case CKM_AES_KEY_GEN:
         if (len != 16 && len != 24 && len != 32)
-            return CKR_KEY_SIZE_RANGE;
+            return CKR_ATTRIBUTE_VALUE_INVALID;
         break;
     case CKM_CHACHA20_KEY_GEN:
     case CKM_GENERIC_SECRET_KEY_GEN:
         if (!tok_secret_len_ok(kt, len) || len > sizeof(buf))
-            return CKR_KEY_SIZE_RANGE;
+            return CKR_ATTRIBUTE_VALUE_INVALID;
         break;
     default: return CKR_MECHANISM_INVALID;
     }
@@ -453,8 +456,8 @@ static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
 
     if (!tok_attrs_get_ulong(pub, CKA_MODULUS_BITS, &bits))
         return CKR_TEMPLATE_INCOMPLETE;
-    if (bits < rsa_gen_min() || bits > 8192)
-        return CKR_KEY_SIZE_RANGE;
+    if (bits < rsa_gen_min() || bits > 8192) /* C_GenerateKeyPair's list has no CKR_KEY_SIZE_RANGE */
+        return CKR_ATTRIBUTE_VALUE_INVALID;
     if (e && e->len) {
         bn = BN_bin2bn(e->val, (int)e->len, NULL);
         if (!bn)

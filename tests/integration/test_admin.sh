@@ -165,7 +165,7 @@ R=(--token-label rsamin --login --pin $PIN)
 p11 -M > mechs.txt
 grep -Eiq "RSA-PKCS-KEY-PAIR-GEN, keySize=\{2048,8192\}" mechs.txt || { cat mechs.txt; fail "default RSA minimum not 2048"; }
 expect_rc 1 p11 "${R[@]}" --keypairgen --key-type rsa:1024 --label small
-expect_out "CKR_KEY_SIZE_RANGE"
+expect_out "CKR_ATTRIBUTE_VALUE_INVALID"
 echo "rsa_min_bits = 1024" >> "$CONF"
 grep -Eiq "RSA-PKCS-KEY-PAIR-GEN, keySize=\{1024,8192\}" <<<"$(p11 -M)" || fail "rsa_min_bits = 1024 not reported"
 expect_rc 0 p11 "${R[@]}" --keypairgen --key-type rsa:1024 --label small

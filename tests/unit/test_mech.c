@@ -154,7 +154,7 @@ static void test_keygen_secret(void **state)
     tok_attrs a = TOK_ATTRS_INIT, b = TOK_ATTRS_INIT;
     RV(CKR_TEMPLATE_INCOMPLETE, tok_mech_generate_key(&aes, &a));
     tok_attrs_set_ulong(&a, CKA_VALUE_LEN, 20);
-    RV(CKR_KEY_SIZE_RANGE, tok_mech_generate_key(&aes, &a));
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, tok_mech_generate_key(&aes, &a));
     tok_attrs_set_ulong(&a, CKA_VALUE_LEN, 32);
     RV(CKR_OK, tok_mech_generate_key(&aes, &a));
     tok_attrs_set_ulong(&b, CKA_VALUE_LEN, 32);
@@ -162,7 +162,7 @@ static void test_keygen_secret(void **state)
     assert_int_equal(tok_attrs_find(&a, CKA_VALUE)->len, 32);
     assert_memory_not_equal(tok_attrs_find(&a, CKA_VALUE)->val, tok_attrs_find(&b, CKA_VALUE)->val, 32);
     tok_attrs_set_ulong(&b, CKA_VALUE_LEN, 0);
-    RV(CKR_KEY_SIZE_RANGE, tok_mech_generate_key(&gen, &b));
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, tok_mech_generate_key(&gen, &b));
     tok_attrs_set_ulong(&b, CKA_VALUE_LEN, 64);
     RV(CKR_OK, tok_mech_generate_key(&gen, &b));
     CK_BYTE param[4];
@@ -362,7 +362,7 @@ static void test_rsa(void **state)
     CK_MECHANISM g = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     tok_attrs x = TOK_ATTRS_INIT, y = TOK_ATTRS_INIT;
     tok_attrs_set_ulong(&x, CKA_MODULUS_BITS, 1024);
-    RV(CKR_KEY_SIZE_RANGE, tok_mech_generate_keypair(&g, &x, &y));
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, tok_mech_generate_keypair(&g, &x, &y));
     tok_attrs_set_ulong(&x, CKA_MODULUS_BITS, 2048);
     tok_attrs_set(&x, CKA_PUBLIC_EXPONENT, "\x02", 1);
     RV(CKR_ATTRIBUTE_VALUE_INVALID, tok_mech_generate_keypair(&g, &x, &y));

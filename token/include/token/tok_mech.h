@@ -44,7 +44,7 @@ TOK_API CK_RV tok_mech_keypairgen_type(CK_MECHANISM_TYPE m, CK_KEY_TYPE *ktype);
 
 /* Secret key: reads CKA_VALUE_LEN from key (required for AES (16/24/32) and
  * generic secret (1..512 bytes); CKR_TEMPLATE_INCOMPLETE if absent,
- * CKR_ATTRIBUTE_VALUE_INVALID / CKR_KEY_SIZE_RANGE if bad) and adds CKA_VALUE.
+ * CKR_ATTRIBUTE_VALUE_INVALID if bad) and adds CKA_VALUE.
  * DES keys take the length of their type, with odd parity. */
 TOK_API CK_RV tok_mech_generate_key(const CK_MECHANISM *mech, tok_attrs *key);
 
