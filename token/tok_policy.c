@@ -736,18 +736,19 @@ static CK_RV apply(const tok_attrs *obj, const CK_ATTRIBUTE *tmpl, CK_ULONG n, t
             return CKR_ATTRIBUTE_TYPE_INVALID;
         if ((rv = check_value_len(t)) != CKR_OK)
             return rv;
-        if (copy) {
-            allowed = t->type == CKA_TOKEN || t->type == CKA_PRIVATE || t->type == CKA_MODIFIABLE ||
-                      t->type == CKA_DESTROYABLE || t->type == CKA_LABEL || t->type == CKA_ID ||
-                      t->type == CKA_SENSITIVE || t->type == CKA_EXTRACTABLE || t->type == CKA_COPYABLE;
-        } else {
-            allowed = (r->flags & A_MODIFY) != 0;
-            /* Key material and the value of certificates never change. */
-            if (t->type == CKA_VALUE && cls != CKO_DATA)
-                allowed = false;
-            if (t->type == CKA_OBJECT_ID && cls != CKO_DATA)
-                allowed = false;
-        }
+        /* What C_SetAttributeValue may change. Key material and the value
+         * of certificates never change. */
+        allowed = (r->flags & A_MODIFY) && ((t->type != CKA_VALUE && t->type != CKA_OBJECT_ID) || cls == CKO_DATA);
+        /* A copy may change what the original's owner could set on the
+         * original (PKCS#11 3.0, C_CopyObject: "any attributes of the object
+         * that can ordinarily be modified"), so of an object that cannot be
+         * modified, only where it lives, its name and its one-way flags: a
+         * copy never gets a role its locked original could not. */
+        if (copy)
+            allowed = (allowed && tok_attrs_get_bool(obj, CKA_MODIFIABLE, true)) || t->type == CKA_TOKEN ||
+                      t->type == CKA_PRIVATE || t->type == CKA_MODIFIABLE || t->type == CKA_DESTROYABLE ||
+                      t->type == CKA_LABEL || t->type == CKA_ID || t->type == CKA_SENSITIVE ||
+                      t->type == CKA_EXTRACTABLE || t->type == CKA_COPYABLE;
         if (!allowed) {
             /* Setting an attribute to the value it already has is harmless. */
             const tok_attr *cur = tok_attrs_find(obj, t->type);

@@ -117,6 +117,28 @@ static void test_objects(void **state)
     CK_ATTRIBUTE ccls[] = {{CKA_CLASS, &other, sizeof(other)}};
     RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CopyObject(rw, d, ccls, 1, &c));
     RV(CKR_ARGUMENTS_BAD, f->C_CopyObject(rw, d, cl, 2, NULL));
+    /* A copy may change what C_SetAttributeValue could (google/pkcs11test's
+     * CreateCopyDestroyObject): a data object's value and application... */
+    CK_ATTRIBUTE cval[] = {{CKA_VALUE, "\xfa\xce\xfe\xed", 4}, {CKA_APPLICATION, "app", 3}};
+    CK_OBJECT_HANDLE c2;
+    CK(f->C_CopyObject(rw, d, cval, 2, &c2));
+    cv[0].ulValueLen = sizeof(value);
+    CK(f->C_GetAttributeValue(rw, c2, cv, 1));
+    assert_int_equal(cv[0].ulValueLen, 4);
+    assert_memory_equal(value, "\xfa\xce\xfe\xed", 4);
+    /* ... a modifiable key's usage, never its value; nothing but the one-way
+     * flags, the name and the place of an object that cannot be modified. */
+    CK_ATTRIBUTE cenc[] = {{CKA_ENCRYPT, &no, 1}}, ckv[] = {{CKA_VALUE, value, 16}};
+    CK_OBJECT_HANDLE c3;
+    CK(f->C_CopyObject(rw, k, cenc, 1, &c3));
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CopyObject(rw, k, ckv, 1, &c3));
+    CK_ATTRIBUTE lock[] = {{CKA_MODIFIABLE, &no, 1}}, cenc2[] = {{CKA_ENCRYPT, &yes, 1}};
+    CK_OBJECT_HANDLE locked, dlocked;
+    CK(f->C_CopyObject(rw, c3, lock, 1, &locked));
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CopyObject(rw, locked, cenc2, 1, &c3));
+    CK(f->C_CopyObject(rw, locked, cl, 1, &c3));
+    CK(f->C_CopyObject(rw, d, lock, 1, &dlocked));
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CopyObject(rw, dlocked, cval, 1, &c3));
 
     /* Private objects: invisible after logout. */
     CK(f->C_Logout(rw));
