@@ -81,6 +81,11 @@ static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **
  * single-part operation is active: CKR_OPERATION_NOT_INITIALIZED, the code
  * these functions list for that (CKR_OPERATION_ACTIVE is not among them).
  * Like their every error but CKR_BUFFER_TOO_SMALL, it ends the operation.
+ * The other way round too: a part or a final after a single-part call that
+ * left the operation active (a size query, a buffer too small) would work on
+ * an operation that never saw that call's input (C_DigestFinal after a size
+ * query of C_Digest gave the digest of nothing), so it is refused the same
+ * way (google/pkcs11test's EncryptModePolicing and DigestFinalIntersperse).
  *
  * PKCS#11 5.2: a call that produces output terminates the operation unless
  * it returned CKR_BUFFER_TOO_SMALL or only determined the output length. */
@@ -106,6 +111,7 @@ static CK_RV op_oneshot(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PT
         rv = CKR_OPERATION_NOT_INITIALIZED; /* a single-part call after a part (above op_done) */
     else
         rv = tok_op_oneshot(s->op[kind], in, inlen, out, outlen);
+    s->op_single[kind] = true; /* kept only if the operation stays active */
     return op_done(s, kind, rv, out == NULL);
 }
 
@@ -119,6 +125,8 @@ static CK_RV op_update(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR
         return rv;
     if ((!in && inlen) || (has_output && !outlen)) {
         rv = CKR_ARGUMENTS_BAD;
+    } else if (s->op_single[kind]) {
+        rv = CKR_OPERATION_NOT_INITIALIZED; /* a part after a single-part call (above op_done) */
     } else {
         s->op_multi[kind] = true;
         rv = tok_op_update(s->op[kind], in, inlen, has_output ? out : NULL, has_output ? outlen : NULL);
@@ -136,7 +144,9 @@ static CK_RV op_final(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR 
 
     if (rv != CKR_OK)
         return rv;
-    rv = outlen ? tok_op_final(s->op[kind], out, outlen) : CKR_ARGUMENTS_BAD;
+    rv = !outlen               ? CKR_ARGUMENTS_BAD
+         : s->op_single[kind] ? CKR_OPERATION_NOT_INITIALIZED /* as op_update */
+                              : tok_op_final(s->op[kind], out, outlen);
     return op_done(s, kind, rv, out == NULL);
 }
 
@@ -212,7 +222,7 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
     if (rv != CKR_OK)
         return rv;
     tok_key *key = NULL;
-    rv = p11_object_key(s, hKey, &key);
+    rv = s->op_single[TOK_OP_DIGEST] ? CKR_OPERATION_NOT_INITIALIZED : p11_object_key(s, hKey, &key);
     if (rv == CKR_OK) {
         s->op_multi[TOK_OP_DIGEST] = true;
         rv = tok_op_digest_key(s->op[TOK_OP_DIGEST], key);
@@ -339,7 +349,9 @@ static CK_RV dual_update(CK_SESSION_HANDLE hSession, tok_op_kind crypt, tok_op_k
         return rv;
     if ((rv = op_active(s, crypt, false)) == CKR_OK && (rv = op_active(s, other, false)) == CKR_OK) {
         s->op_multi[crypt] = s->op_multi[other] = true;
-        rv = tok_op_dual_update(s->op[crypt], s->op[other], in, inlen, out, outlen);
+        rv = s->op_single[crypt] || s->op_single[other]
+                 ? CKR_OPERATION_NOT_INITIALIZED /* as op_update */
+                 : tok_op_dual_update(s->op[crypt], s->op[other], in, inlen, out, outlen);
         if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) { /* one call of both: an error ends both */
             p11_op_end(s, crypt);
             p11_op_end(s, other);

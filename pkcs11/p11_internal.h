@@ -67,7 +67,8 @@ typedef struct p11_session {
     p11_mutex *busy; /* serializes operations on this session */
     tok_op *op[P11_OP_SLOTS];
     tok_op *spare[P11_OP_SLOTS]; /* the last ended operation of each kind, for the next (tok_op_end) */
-    bool op_multi[P11_OP_SLOTS]; /* an update() was made */
+    bool op_multi[P11_OP_SLOTS];  /* an update() was made */
+    bool op_single[P11_OP_SLOTS]; /* a single-part call left the operation active (a size query) */
     bool op_reauth[P11_OP_SLOTS]; /* CKA_ALWAYS_AUTHENTICATE key: C_Login(CKU_CONTEXT_SPECIFIC) still due */
     tok_msg *msg[2];              /* message-based encryption and decryption (p11_message.c) */
     tok_msgmac *mac[2];           /* message-based signing and verification */

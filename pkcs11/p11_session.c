@@ -333,6 +333,7 @@ void p11_op_end(p11_session *s, tok_op_kind kind)
     tok_op_end(s->op[kind], &s->spare[kind]);
     s->op[kind] = NULL;
     s->op_multi[kind] = false;
+    s->op_single[kind] = false;
     s->op_reauth[kind] = false;
 }
 
