@@ -539,9 +539,9 @@ static CK_RV import_secret(tok_attrs *obj, CK_KEY_TYPE kt)
     const tok_attr *v = tok_attrs_find(obj, CKA_VALUE);
     CK_ULONG want, fixed = tok_ktype_fixed_len(kt);
 
-    if (!v || !v->len)
+    if (!v)
         return CKR_TEMPLATE_INCOMPLETE;
-    if (!tok_secret_len_ok(kt, v->len))
+    if (!v->len || !tok_secret_len_ok(kt, v->len)) /* given, but empty or the wrong length */
         return CKR_ATTRIBUTE_VALUE_INVALID;
     if (fixed) /* DES: no CKA_VALUE_LEN (tok_policy refuses one); parity bits taken either way */
         return CKR_OK;

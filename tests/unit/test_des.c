@@ -437,6 +437,11 @@ static void test_tdes_import(void **state)
     CK_KEY_TYPE kt = CKK_DES3;
     CK_ATTRIBUTE novalue[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1}};
     RV(CKR_TEMPLATE_INCOMPLETE, f->C_CreateObject(h, novalue, 3, &o));
+    /* An empty value is a value, and a wrong one (google/pkcs11test's
+     * CreateSecretKeyAttributes gave one: CKR_TEMPLATE_INCOMPLETE before). */
+    CK_ATTRIBUTE empty[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1},
+                            {CKA_VALUE, v, 0}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_CreateObject(h, empty, 4, &o));
     /* Single DES is off by default (legacy_mechanisms = no): its key type is
      * not one this token takes. */
     RV(CKR_ATTRIBUTE_VALUE_INVALID, create_secret(CKK_DES, v, 8, U_CRYPT, NULL, 0, &o));
