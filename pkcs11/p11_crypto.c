@@ -77,15 +77,15 @@ static CK_RV op_get(CK_SESSION_HANDLE hSession, tok_op_kind kind, p11_session **
 }
 
 /* A single-part call (C_Encrypt, C_Decrypt, C_Digest, C_Sign, C_Verify)
- * after a part was given: the operation has become a multi-part one, so no
- * single-part operation is active: CKR_OPERATION_NOT_INITIALIZED, the code
- * these functions list for that (CKR_OPERATION_ACTIVE is not among them).
- * Like their every error but CKR_BUFFER_TOO_SMALL, it ends the operation.
- * The other way round too: a part or a final after a single-part call that
- * left the operation active (a size query, a buffer too small) would work on
- * an operation that never saw that call's input (C_DigestFinal after a size
- * query of C_Digest gave the digest of nothing), so it is refused the same
- * way (google/pkcs11test's EncryptModePolicing and DigestFinalIntersperse).
+ * after a part was given, or a part or a final (C_*Update, C_*Final,
+ * C_DigestKey, the dual updates) after a single-part call that left the
+ * operation active (a size query, a buffer too small): an operation of the
+ * other style is active, CKR_OPERATION_ACTIVE, as the functions' lists have
+ * it since PKCS#11 3.1 (and SoftHSMv2 and google/pkcs11test's
+ * EncryptModePolicing and DigestFinalIntersperse expect). Like their every
+ * error but CKR_BUFFER_TOO_SMALL, it ends the operation. Before, a final
+ * after a size query worked on an operation that never saw that query's
+ * input: C_DigestFinal gave the digest of nothing.
  *
  * PKCS#11 5.2: a call that produces output terminates the operation unless
  * it returned CKR_BUFFER_TOO_SMALL or only determined the output length. */
@@ -108,7 +108,7 @@ static CK_RV op_oneshot(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PT
     if ((!in && inlen) || !outlen)
         rv = CKR_ARGUMENTS_BAD;
     else if (s->op_multi[kind])
-        rv = CKR_OPERATION_NOT_INITIALIZED; /* a single-part call after a part (above op_done) */
+        rv = CKR_OPERATION_ACTIVE; /* a single-part call after a part (above op_done) */
     else
         rv = tok_op_oneshot(s->op[kind], in, inlen, out, outlen);
     s->op_single[kind] = true; /* kept only if the operation stays active */
@@ -126,7 +126,7 @@ static CK_RV op_update(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR
     if ((!in && inlen) || (has_output && !outlen)) {
         rv = CKR_ARGUMENTS_BAD;
     } else if (s->op_single[kind]) {
-        rv = CKR_OPERATION_NOT_INITIALIZED; /* a part after a single-part call (above op_done) */
+        rv = CKR_OPERATION_ACTIVE; /* a part after a single-part call (above op_done) */
     } else {
         s->op_multi[kind] = true;
         rv = tok_op_update(s->op[kind], in, inlen, has_output ? out : NULL, has_output ? outlen : NULL);
@@ -145,7 +145,7 @@ static CK_RV op_final(CK_SESSION_HANDLE hSession, tok_op_kind kind, CK_BYTE_PTR 
     if (rv != CKR_OK)
         return rv;
     rv = !outlen               ? CKR_ARGUMENTS_BAD
-         : s->op_single[kind] ? CKR_OPERATION_NOT_INITIALIZED /* as op_update */
+         : s->op_single[kind] ? CKR_OPERATION_ACTIVE /* as op_update */
                               : tok_op_final(s->op[kind], out, outlen);
     return op_done(s, kind, rv, out == NULL);
 }
@@ -222,7 +222,7 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
     if (rv != CKR_OK)
         return rv;
     tok_key *key = NULL;
-    rv = s->op_single[TOK_OP_DIGEST] ? CKR_OPERATION_NOT_INITIALIZED : p11_object_key(s, hKey, &key);
+    rv = s->op_single[TOK_OP_DIGEST] ? CKR_OPERATION_ACTIVE : p11_object_key(s, hKey, &key);
     if (rv == CKR_OK) {
         s->op_multi[TOK_OP_DIGEST] = true;
         rv = tok_op_digest_key(s->op[TOK_OP_DIGEST], key);
@@ -278,7 +278,7 @@ CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen
     if ((!pData && ulDataLen) || (!pSignature && ulSignatureLen))
         rv = CKR_ARGUMENTS_BAD;
     else if (s->op_multi[TOK_OP_VERIFY])
-        rv = CKR_OPERATION_NOT_INITIALIZED; /* as op_oneshot */
+        rv = CKR_OPERATION_ACTIVE; /* as op_oneshot */
     else
         rv = tok_op_verify(s->op[TOK_OP_VERIFY], pData, ulDataLen, pSignature, ulSignatureLen);
     return op_done(s, TOK_OP_VERIFY, rv, false);
@@ -350,7 +350,7 @@ static CK_RV dual_update(CK_SESSION_HANDLE hSession, tok_op_kind crypt, tok_op_k
     if ((rv = op_active(s, crypt, false)) == CKR_OK && (rv = op_active(s, other, false)) == CKR_OK) {
         s->op_multi[crypt] = s->op_multi[other] = true;
         rv = s->op_single[crypt] || s->op_single[other]
-                 ? CKR_OPERATION_NOT_INITIALIZED /* as op_update */
+                 ? CKR_OPERATION_ACTIVE /* as op_update */
                  : tok_op_dual_update(s->op[crypt], s->op[other], in, inlen, out, outlen);
         if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) { /* one call of both: an error ends both */
             p11_op_end(s, crypt);

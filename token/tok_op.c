@@ -1025,18 +1025,21 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
     tok_mclass mc;
     if (!op || (!in && inlen))
         return CKR_ARGUMENTS_BAD;
-    /* A part for an operation that cannot take parts (a recovering one, one
-     * whose single-part result waits after a size query, a single-part
-     * mechanism): no multi-part operation of this kind is active, and
-     * CKR_OPERATION_NOT_INITIALIZED is the code the *Update functions list
-     * for that (PKCS#11 3.0 5.8 to 5.13). */
-    if (op->recover || op->has_pend)
+    /* A part for an operation that cannot take parts: a recovering one (no
+     * operation the *Update functions serve is active:
+     * CKR_OPERATION_NOT_INITIALIZED); one whose single-part result waits
+     * for a bigger buffer, or of a single-part mechanism (an operation that
+     * takes no parts is active: CKR_OPERATION_ACTIVE, as the *Update
+     * functions list it since PKCS#11 3.1, and as SoftHSMv2 answers). */
+    if (op->recover)
         return CKR_OPERATION_NOT_INITIALIZED;
+    if (op->has_pend)
+        return CKR_OPERATION_ACTIVE;
     if (op->aead)
         return tok_aead_op_update(op->aead, in, inlen, out, outlen);
     mc = op->d->mc;
     if (single_part(mc))
-        return CKR_OPERATION_NOT_INITIALIZED;
+        return CKR_OPERATION_ACTIVE;
     switch (mc) {
     case M_HMAC:
     case M_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? keep_fed(op, in, inlen) : CKR_FUNCTION_FAILED;
@@ -1124,8 +1127,10 @@ CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen)
         }
         break;
     default:
-        if (single_part(op->d->mc) || op->kind == TOK_OP_VERIFY) /* as in tok_op_update */
-            return CKR_OPERATION_NOT_INITIALIZED;
+        if (op->kind == TOK_OP_VERIFY)
+            return CKR_OPERATION_NOT_INITIALIZED; /* C_VerifyFinal is tok_op_verify_final */
+        if (single_part(op->d->mc))
+            return CKR_OPERATION_ACTIVE; /* as in tok_op_update */
         bound = sig_len(op);
         break;
     }
@@ -1157,7 +1162,7 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
     if (siglen != sig_len(op))
         return CKR_SIGNATURE_LEN_RANGE;
     if (!oneshot && single_part(op->d->mc))
-        return CKR_OPERATION_NOT_INITIALIZED; /* as in tok_op_update */
+        return CKR_OPERATION_ACTIVE; /* as in tok_op_update */
     if (oneshot && (rv = check_single_input(op, inlen)) != CKR_OK)
         return rv;
     switch (op->d->mc) {

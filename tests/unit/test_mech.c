@@ -237,7 +237,7 @@ static void test_ec(void **state)
     /* Raw ECDSA on a digest; P-384 by curve name. */
     CK_MECHANISM raw = {CKM_ECDSA, NULL, 0};
     RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &raw, kpriv, &priv, &op));
-    RV(CKR_OPERATION_NOT_INITIALIZED, tok_op_update(op, msg, 3, NULL, NULL));
+    RV(CKR_OPERATION_ACTIVE, tok_op_update(op, msg, 3, NULL, NULL));
     tok_op_free(op);
     RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &raw, kpriv, &priv, &op));
     len = sizeof(sig);
@@ -834,7 +834,7 @@ static void test_eddsa(void **state)
         RV(CKR_SIGNATURE_INVALID, tok_op_verify(op, msg, sizeof(msg), sig, len));
         tok_op_free(op);
         RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &eddsa, kpriv, &priv, &op));
-        RV(CKR_OPERATION_NOT_INITIALIZED, tok_op_update(op, msg, 3, NULL, NULL));
+        RV(CKR_OPERATION_ACTIVE, tok_op_update(op, msg, 3, NULL, NULL));
         tok_op_free(op);
         CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
         RV(CKR_KEY_TYPE_INCONSISTENT, tok_op_init(TOK_OP_SIGN, &ecdsa, kpriv, &priv, &op));

@@ -61,11 +61,12 @@
  *   C_VerifyUpdate/Final,          after a single-part call's result
  *   dual updates                   (or its result kept after CKR_BUFFER_TOO_
  *                                  SMALL): CKR_FUNCTION_NOT_SUPPORTED / CKR_
- *                                  OPERATION_ACTIVE (neither listed).
- *                                  Fixed: CKR_OPERATION_NOT_INITIALIZED
+ *                                  OPERATION_ACTIVE. Fixed: CKR_OPERATION_
+ *                                  NOT_INITIALIZED; since 2026-12-01 CKR_
+ *                                  OPERATION_ACTIVE (listed since 3.1)
  *   C_Encrypt/Decrypt/Digest/Sign/ after an update: CKR_OPERATION_ACTIVE,     test_single_part_after_parts
- *   Verify                         not in their lists. Fixed: CKR_OPERATION_
- *                                  NOT_INITIALIZED
+ *   Verify                         listed since PKCS#11 3.1 (was CKR_
+ *                                  OPERATION_NOT_INITIALIZED a while)
  *   *Init, C_GenerateKey*, C_Wrap/ OpenSSL's secure heap full: CKR_GENERAL_    test_secure_heap_full
  *   Unwrap/DeriveKey, C_CreateObj. ERROR / CKR_FUNCTION_FAILED. Fixed:
  *                                  CKR_DEVICE_MEMORY (the token's memory
@@ -527,10 +528,10 @@ static void test_update_final_errors_end(void **state)
 }
 
 /* A part for an operation that takes none: a single-part mechanism, or an
- * operation whose single-part result waits for a bigger buffer. No
- * multi-part operation is active: CKR_OPERATION_NOT_INITIALIZED, which the
- * *Update functions list (CKR_FUNCTION_NOT_SUPPORTED and CKR_OPERATION_ACTIVE
- * they do not), and, as every error of an update, it ends the operation. */
+ * operation whose single-part result waits for a bigger buffer: an
+ * operation that takes no parts is active, CKR_OPERATION_ACTIVE (the *Update
+ * functions list it since PKCS#11 3.1; CKR_OPERATION_NOT_INITIALIZED before
+ * 2026-12-01), and, as every error of an update, it ends the operation. */
 static void test_update_single_part_mechanism(void **state)
 {
     (void)state;
@@ -541,18 +542,18 @@ static void test_update_single_part_mechanism(void **state)
 
     ec_pair(&pub, &priv);
     CK(f->C_SignInit(h, &ecdsa, priv));
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignUpdate(h, in, 32));
+    RV(CKR_OPERATION_ACTIVE, f->C_SignUpdate(h, in, 32));
     n = sizeof(out);
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Sign(h, in, 32, out, &n)); /* ended */
     CK(f->C_VerifyInit(h, &ecdsa, pub));
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_VerifyUpdate(h, in, 32));
+    RV(CKR_OPERATION_ACTIVE, f->C_VerifyUpdate(h, in, 32));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Verify(h, in, 32, out, 64));
 
     CK_OBJECT_HANDLE rpub, rpriv;
     rsa_pair(&rpub, &rpriv);
     CK(f->C_EncryptInit(h, &pkcs, rpub));
     n = sizeof(out);
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, in, 16, out, &n));
+    RV(CKR_OPERATION_ACTIVE, f->C_EncryptUpdate(h, in, 16, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, 16, out, &n));
 
     /* After a single-part call that made its result and kept it for a
@@ -561,14 +562,15 @@ static void test_update_single_part_mechanism(void **state)
     n = 16;
     RV(CKR_BUFFER_TOO_SMALL, f->C_Encrypt(h, in, 32, out, &n));
     n = sizeof(out);
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptUpdate(h, in, 16, out, &n));
+    RV(CKR_OPERATION_ACTIVE, f->C_EncryptUpdate(h, in, 16, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, 32, out, &n));
 }
 
-/* A single-part call after a part: the operation is a multi-part one, no
- * single-part operation is active (CKR_OPERATION_NOT_INITIALIZED, in the
- * lists of C_Encrypt, C_Decrypt, C_Digest, C_Sign and C_Verify, where
- * CKR_OPERATION_ACTIVE is not), and the error ends it. */
+/* A single-part call after a part: a multi-part operation is active
+ * (CKR_OPERATION_ACTIVE, in the lists of C_Encrypt, C_Decrypt, C_Digest,
+ * C_Sign and C_Verify since PKCS#11 3.1, and what SoftHSMv2 and
+ * google/pkcs11test expect; CKR_OPERATION_NOT_INITIALIZED before
+ * 2026-12-01), and the error ends it. */
 static void test_single_part_after_parts(void **state)
 {
     (void)state;
@@ -580,19 +582,19 @@ static void test_single_part_after_parts(void **state)
     CK(f->C_EncryptInit(h, &ecb, aes));
     CK(f->C_EncryptUpdate(h, in, 16, out, &n));
     n = sizeof(out);
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Encrypt(h, in, 16, out, &n));
+    RV(CKR_OPERATION_ACTIVE, f->C_Encrypt(h, in, 16, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptFinal(h, out, &n));
     CK(f->C_DigestInit(h, &sha));
     CK(f->C_DigestUpdate(h, in, 3));
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Digest(h, in, 3, out, &n));
+    RV(CKR_OPERATION_ACTIVE, f->C_Digest(h, in, 3, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_DigestFinal(h, out, &n));
     CK(f->C_SignInit(h, &hmac, mac));
     CK(f->C_SignUpdate(h, in, 3));
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Sign(h, in, 3, out, &n));
+    RV(CKR_OPERATION_ACTIVE, f->C_Sign(h, in, 3, out, &n));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_SignFinal(h, out, &n));
     CK(f->C_VerifyInit(h, &hmac, mac));
     CK(f->C_VerifyUpdate(h, in, 3));
-    RV(CKR_OPERATION_NOT_INITIALIZED, f->C_Verify(h, in, 3, out, 32));
+    RV(CKR_OPERATION_ACTIVE, f->C_Verify(h, in, 3, out, 32));
     RV(CKR_OPERATION_NOT_INITIALIZED, f->C_VerifyFinal(h, out, 32));
 }
 
