@@ -128,16 +128,21 @@ static void waiter_cancelled(void *arg)
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
 {
     CK_RV rv;
-    int cancel;
+    int cancel, type;
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     return_val_if_fail(pSlot != NULL && pReserved == NULL, CKR_ARGUMENTS_BAD);
     /* Not cancellable but in its wait, where a blocked waiter may well be
-     * cancelled (the caller's cancelability then, as it was). */
+     * cancelled (the caller's cancelability then, as it was, but always
+     * deferred: pthread_cond_timedwait is not async-cancel-safe, and an
+     * asynchronous cancellation acting inside it, outside its futex wait,
+     * leaves ev.lock in a state the cleanup handler cannot know). */
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, &type);
     pthread_mutex_lock(&ev.lock);
     if (!ev.watch || ev.closing) {
         pthread_mutex_unlock(&ev.lock);
+        pthread_setcanceltype(type, NULL);
         pthread_setcancelstate(cancel, NULL);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
@@ -161,6 +166,7 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
     if (--ev.waiters == 0 && ev.closing)
         pthread_cond_broadcast(&ev.cond); /* C_Finalize waits for the last one */
     pthread_mutex_unlock(&ev.lock);
+    pthread_setcanceltype(type, NULL);
     pthread_setcancelstate(cancel, NULL);
     return rv;
 }

@@ -15,6 +15,12 @@
  *    closes its session. The thread's cleanup handler records whether the
  *    cancellation acted inside a call (it must not).
  * 3. A fork: the child's C_Initialize and C_Finalize; then C_Finalize.
+ * 4. Rounds: four waiters, half of them of the asynchronous cancel type,
+ *    cancelled while another thread runs C_Finalize; then C_Initialize.
+ *    (An asynchronous cancellation once acted inside the waiters'
+ *    pthread_cond_timedwait, which is not async-cancel-safe, and left
+ *    ev.lock held: C_Finalize waited for ever. C_WaitForSlotEvent now
+ *    waits with the deferred type whatever the caller's.)
  * Exits 1 on a hang (alarm) or a cancellation inside a call. */
 #include "common.h"
 
@@ -68,6 +74,27 @@ static void *waiter(void *arg)
     CK_RV rv = f->C_WaitForSlotEvent(0, &s, NULL); /* no event comes: blocks until cancelled */
     fprintf(stderr, "cancel_in_call: C_WaitForSlotEvent returned 0x%lx, expected to block\n", (unsigned long)rv);
     exit(1);
+}
+
+/* Part 4's waiter: waits again after each return (CKR_CRYPTOKI_NOT_INITIALIZED
+ * once C_Finalize ran) until cancelled. */
+static void *rewaiter(void *arg)
+{
+    CK_SLOT_ID s;
+    if ((long)arg & 1)
+        pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, NULL);
+    for (;;) {
+        f->C_WaitForSlotEvent(0, &s, NULL);
+        pthread_testcancel();
+    }
+    return NULL;
+}
+
+static void *finalizer(void *arg)
+{
+    (void)arg;
+    f->C_Finalize(NULL);
+    return NULL;
 }
 
 static void watch(const char *what, unsigned seconds)
@@ -142,6 +169,28 @@ int main(void)
     watch("cancel_in_call: C_Finalize hung", 30);
     CHECK(f->C_Finalize(NULL));
     alarm(0);
+
+    /* 4. */
+    for (int i = 0; i < 1000; i++) {
+        pthread_t w[4], fin;
+        watch("cancel_in_call: C_Initialize after cancelled waiters hung", 30);
+        CHECK(f->C_Initialize(NULL));
+        while (f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL) == CKR_OK)
+            ;
+        for (long j = 0; j < 4; j++)
+            pthread_create(&w[j], NULL, rewaiter, (void *)j);
+        usleep((useconds_t)(rand() % 2000));
+        pthread_cancel(w[0]);
+        pthread_cancel(w[1]);
+        pthread_create(&fin, NULL, finalizer, NULL);
+        pthread_cancel(w[2]);
+        pthread_cancel(w[3]);
+        watch("cancel_in_call: C_Finalize among cancelled waiters hung (ev.lock left held)", 30);
+        pthread_join(fin, NULL);
+        for (int j = 0; j < 4; j++)
+            pthread_join(w[j], NULL);
+        alarm(0);
+    }
     if (rounds_in) {
         fprintf(stderr, "cancel_in_call: %d cancellations acted inside a call\n", rounds_in);
         return 1;
