@@ -721,9 +721,14 @@ CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationStat
         return rv;
     /* A message-based operation cannot be saved (tok_opstate.h): its state
      * is counters and IVs no replay can give back. */
-    bool msg_active = s->msg[0] || s->msg[1] || s->mac[0] || s->mac[1];
+    bool unsaveable = s->msg[0] || s->msg[1] || s->mac[0] || s->mac[1];
+    /* Nor one a single-part call left active (a size query): its state is
+     * that call's input, which the saved state would not carry (op_single
+     * is not saved; restored, a final would work on nothing). */
+    for (int k = TOK_OP_ENCRYPT; k < TOK_OPSTATE_KINDS; k++)
+        unsaveable = unsaveable || s->op_single[k];
     rv = !pulOperationStateLen ? CKR_ARGUMENTS_BAD
-         : msg_active          ? CKR_STATE_UNSAVEABLE
+         : unsaveable          ? CKR_STATE_UNSAVEABLE
                                : tok_opstate_save(p11_tok(), s->slot, s->op, s->op_multi, pOperationState,
                                                   pulOperationStateLen);
     p11_session_put(s);
