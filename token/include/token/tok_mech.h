@@ -126,7 +126,10 @@ TOK_API CK_RV tok_op_recover(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint
  * given update() calls (caller enforces CKR_OPERATION_ACTIVE). */
 TOK_API CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
 /* Multi-part update: for ENCRYPT/DECRYPT produces output (size-query
- * protocol applies); for SIGN/VERIFY/DIGEST out/outlen are NULL. */
+ * protocol applies); for SIGN/VERIFY/DIGEST out/outlen are NULL.
+ * CKR_OPERATION_ACTIVE for a single-part mechanism or a single-part result
+ * waiting for a bigger buffer (tok_op_final too), CKR_OPERATION_NOT_INITIALIZED
+ * for a recovering operation. */
 TOK_API CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out, CK_ULONG *outlen);
 /* Final: C_EncryptFinal/C_DecryptFinal/C_SignFinal/C_DigestFinal. */
 TOK_API CK_RV tok_op_final(tok_op *op, uint8_t *out, CK_ULONG *outlen);
