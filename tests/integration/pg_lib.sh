@@ -58,6 +58,13 @@ CONF
 
 on() { local h=$1; shift; P11MK_CONF=$T/$h/p11mk.conf "$@"; }
 
+# pg_token HOST LABEL: on HOST's keystore, a token LABEL in slot 1 with the
+# SO PIN $SO and the user PIN $PIN.
+pg_token() {
+    on "$1" pkcs11-tool --module "$MOD" --init-token --slot 1 --label "$2" --so-pin $SO >/dev/null
+    on "$1" pkcs11-tool --module "$MOD" --token-label "$2" --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+}
+
 # The stalling proxy (pg_stall_proxy.py) on $T/px/.s.PGSQL.$PG_PORT; its
 # pid in PROXY_PID (the caller's pg_at_exit stops it); $T/px/silent makes
 # it go silent.

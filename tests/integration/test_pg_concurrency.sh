@@ -25,8 +25,7 @@ host_conf a
 host_conf b
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 cp -p "$T/a/mk.key" "$T/b/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label conc --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label conc --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a conc
 bad=0
 run_t() { # host tag threads ops [mode]: runs with a 300 s limit
     local h=$1 tag=$2

@@ -19,8 +19,7 @@ host_conf a
 host_conf b
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 cp -p "$T/a/mk.key" "$T/b/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label fh --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label fh --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a fh
 on a "$CLIENT" "$MOD" fh $PIN fill 300 >/dev/null
 on b "$ADMIN" status >/dev/null
 bad=0

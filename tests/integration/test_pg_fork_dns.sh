@@ -18,8 +18,7 @@ pg_at_exit() { [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null; [ -n "$
 pg_setup forkdns
 host_conf a
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label fd --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label fd --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a fd
 # TCP on 127.0.0.1 relayed to the cluster's Unix socket (it listens on no TCP port)
 python3 - "$PG_HOST/.s.PGSQL.$PG_PORT" "$T/tport" <<'PY' &
 import socket, sys, threading

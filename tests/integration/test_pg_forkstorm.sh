@@ -23,8 +23,7 @@ pg_at_exit() { [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null; [ -n "$
 pg_setup fstorm
 host_conf a
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label fs --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label fs --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a fs
 DUR=${P11MK_FS_SECONDS:-8}
 bad=0
 

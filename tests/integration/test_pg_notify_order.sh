@@ -14,8 +14,7 @@ STOPPED=
 pg_setup notifyorder
 host_conf a
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label order --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label order --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a order
 on a pkcs11-tool --module "$MOD" --token-label order --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
     --label k1 >/dev/null || fail "keypair k1"
 

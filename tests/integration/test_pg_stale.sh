@@ -24,8 +24,7 @@ host_conf a
 host_conf b
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
 cp -p "$T/a/mk.key" "$T/b/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label stale --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label stale --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a stale
 for k in k1 k2 k3 k4; do
     on a pkcs11-tool --module "$MOD" --token-label stale --login --pin $PIN --keypairgen --key-type EC:prime256v1 \
         --label $k >/dev/null || fail "keypair $k"

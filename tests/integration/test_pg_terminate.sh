@@ -33,8 +33,7 @@ PT=${P11MK_PG_THREADS:?}
 pg_setup term
 host_conf a
 on a expect_rc 0 "$ADMIN" init --generate-key "$T/a/mk.key"
-on a pkcs11-tool --module "$MOD" --init-token --slot 1 --label term --so-pin $SO >/dev/null
-on a pkcs11-tool --module "$MOD" --token-label term --login --login-type so --so-pin $SO --init-pin --pin $PIN >/dev/null
+pg_token a term
 : > "$T/a/p11mk.log"
 : > "$T/all.err"
 DUR=${P11MK_TERM_SECONDS:-15}
