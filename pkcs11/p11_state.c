@@ -260,7 +260,15 @@ static void register_atfork(void)
     (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
-void p11_gate_setup(void) { pthread_once(&atfork_once, register_atfork); }
+/* Not cancellable: a cancellation inside register_atfork would make
+ * pthread_once run it again, registering the layers' fork handlers twice. */
+void p11_gate_setup(void)
+{
+    int cancel;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    pthread_once(&atfork_once, register_atfork);
+    pthread_setcancelstate(cancel, NULL);
+}
 static bool forked(void) { return __atomic_load_n(&g.forked, __ATOMIC_RELAXED); }
 
 /* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
