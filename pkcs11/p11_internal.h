@@ -129,6 +129,11 @@ P11_API tok_access p11_access(const p11_session *s);
 P11_API void p11_sessions_init(void);
 P11_API void p11_sessions_free(bool orphaned);
 P11_API CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only);
+/* A slot the module has, its token initialized or not (CKR_OK), else
+ * CKR_SLOT_ID_INVALID or the keystore's error: for the functions whose lists
+ * have no CKR_TOKEN_NOT_RECOGNIZED (C_GetMechanismList, C_GetMechanismInfo,
+ * C_CloseAllSessions). */
+P11_API CK_RV p11_slot_known(CK_SLOT_ID slot);
 P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
 
 /* ---- PKCS#11 3.0 message-based functions (p11_message.c) ------------------- */

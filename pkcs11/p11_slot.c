@@ -52,7 +52,7 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
     return rv;
 }
 
-static CK_RV slot_known(CK_SLOT_ID slotID)
+CK_RV p11_slot_known(CK_SLOT_ID slotID)
 {
     CK_RV rv = tok_slot_check(p11_tok(), slotID);
 
@@ -66,7 +66,7 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     return_val_if_fail(pulCount != NULL, CKR_ARGUMENTS_BAD);
-    rv = slot_known(slotID);
+    rv = p11_slot_known(slotID);
     if (rv != CKR_OK)
         return rv;
     n = tok_mech_list(NULL, 0);
@@ -86,7 +86,7 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM
 
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     return_val_if_fail(pInfo != NULL, CKR_ARGUMENTS_BAD);
-    rv = slot_known(slotID);
+    rv = p11_slot_known(slotID);
     if (rv != CKR_OK)
         return rv;
     return tok_mech_info(type, pInfo);
@@ -99,7 +99,7 @@ CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK
     return_val_if_fail(p11_initialized(), CKR_CRYPTOKI_NOT_INITIALIZED);
     return_val_if_fail(pLabel != NULL, CKR_ARGUMENTS_BAD);
     return_val_if_fail(pPin != NULL || ulPinLen == 0, CKR_ARGUMENTS_BAD);
-    rv = slot_known(slotID);
+    rv = p11_slot_known(slotID);
     if (rv != CKR_OK)
         return rv;
     if (p11_session_count(slotID, false) != 0)

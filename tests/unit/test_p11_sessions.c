@@ -21,6 +21,9 @@ static void test_sessions(void **state)
     RV(CKR_SESSION_PARALLEL_NOT_SUPPORTED, f->C_OpenSession(s, 0, NULL, NULL, &ro));
     RV(CKR_SLOT_ID_INVALID, f->C_OpenSession(9999, CKF_SERIAL_SESSION, NULL, NULL, &ro));
     RV(CKR_TOKEN_NOT_RECOGNIZED, f->C_OpenSession(slot_of(NULL), CKF_SERIAL_SESSION, NULL, NULL, &ro));
+    /* Not in C_CloseAllSessions' list: the free slot is a slot, with no session. */
+    CK(f->C_CloseAllSessions(slot_of(NULL)));
+    RV(CKR_SLOT_ID_INVALID, f->C_CloseAllSessions(9999));
     CK(f->C_OpenSession(s, CKF_SERIAL_SESSION, NULL, NULL, &ro));
     CK(f->C_OpenSession(s, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw));
     assert_int_not_equal(ro, rw);
