@@ -1,10 +1,12 @@
 /* p11mk token layer: key wrapping, unwrapping and derivation.
  *
  * What is wrapped: the value of a secret key, or a private key as a DER
- * PKCS#8 PrivateKeyInfo. Wrapping mechanisms: AES key wrap (RFC 3394),
- * AES key wrap with padding (RFC 5649), AES and triple DES ECB and CBC
- * (whole blocks) and CBC with PKCS#7 padding, RSA OAEP and RSA PKCS#1 v1.5
- * (secret keys only). Derivation: ECDH with the null KDF or the ANSI X9.63 KDF. */
+ * PKCS#8 PrivateKeyInfo. Wrapping mechanisms: AES key wrap (RFC 3394, the
+ * input zero-padded to whole semiblocks), AES key wrap with padding
+ * (RFC 5649), AES and triple DES ECB and CBC (secret keys, zero-padded to
+ * whole blocks) and CBC with PKCS#7 padding, RSA OAEP and RSA PKCS#1 v1.5
+ * (secret keys only). Derivation: ECDH with the null KDF or the ANSI X9.63
+ * KDF, HKDF, SHA*_KEY_DERIVATION. */
 #include "tok_crypto.h"
 #include "token/tok_policy.h"
 
@@ -61,12 +63,37 @@ static const tok_curve *curve_of(EVP_PKEY *pkey)
     return tok_curve_from_name(name);
 }
 
+/* The length of the DER encoding at data (one SEQUENCE, definite length),
+ * or 0 when it is not one or runs past len. */
+static size_t der_seq_len(const uint8_t *data, size_t len)
+{
+    size_t hdr = 2, body;
+
+    if (len < 2 || data[0] != 0x30)
+        return 0;
+    if (data[1] < 0x80) {
+        body = data[1];
+    } else {
+        size_t nb = data[1] & 0x7f;
+        if (nb == 0 || nb > 4 || len < 2 + nb)
+            return 0;
+        body = 0;
+        for (size_t i = 0; i < nb; i++)
+            body = body << 8 | data[2 + i];
+        hdr += nb;
+    }
+    return body <= len - hdr ? hdr + body : 0;
+}
+
 /* Put unwrapped bytes into the new object built from the template.
- * padded: false for a mechanism that adds no padding (ECB, CBC), whose
- * output is whole blocks: a secret key is then the first CKA_VALUE_LEN
- * bytes when the template gives it, or as many as its key type fixes (DES)
- * (PKCS#11 says so). */
-static CK_RV unwrap_output(uint8_t *data, size_t len, bool padded, tok_attrs *obj)
+ * padded: false for a mechanism that pads with zero bytes to whole blocks
+ * (ECB, CBC, AES key wrap), whose output is whole blocks: a secret key is
+ * then the first CKA_VALUE_LEN bytes when the template gives it, or as many
+ * as its key type fixes (DES); a private key's encoding is followed by zero
+ * bytes, which are ignored (PKCS#11 says so). min_keep: for AES key wrap,
+ * the fewest bytes of n the template may keep (n - 7: no more than its
+ * padding goes). */
+static CK_RV unwrap_output(uint8_t *data, size_t len, bool padded, size_t min_keep, tok_attrs *obj)
 {
     CK_ULONG cls, kt, want;
     if (!tok_attrs_get_ulong(obj, CKA_CLASS, &cls) || !tok_attrs_get_ulong(obj, CKA_KEY_TYPE, &kt))
@@ -76,8 +103,11 @@ static CK_RV unwrap_output(uint8_t *data, size_t len, bool padded, tok_attrs *ob
         bool given = tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want);
         if (!given)
             want = fixed;
-        if (!padded && want && want < len)
+        if (!padded && want && want < len) {
+            if (want < min_keep)
+                return CKR_TEMPLATE_INCONSISTENT;
             len = want;
+        }
         if (len == 0)
             return CKR_WRAPPED_KEY_INVALID; /* a key of no bytes */
         if (!tok_secret_len_ok(kt, len))
@@ -88,6 +118,15 @@ static CK_RV unwrap_output(uint8_t *data, size_t len, bool padded, tok_attrs *ob
     }
     if (cls != CKO_PRIVATE_KEY)
         return CKR_TEMPLATE_INCONSISTENT;
+    if (!padded) {
+        size_t enc = der_seq_len(data, len);
+        for (size_t i = enc; enc && i < len; i++)
+            if (data[i])
+                enc = 0;
+        if (!enc)
+            return CKR_WRAPPED_KEY_INVALID;
+        len = enc;
+    }
     EVP_PKEY *pkey = NULL;
     OSSL_DECODER_CTX *d = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL, EVP_PKEY_KEYPAIR,
                                                          ks_libctx(), NULL);
@@ -175,12 +214,18 @@ static CK_RV rsa_wrap(const tok_oaep *oaep, const tok_key *k, bool enc, const ui
 }
 
 /* Mechanism parameters, checked before anything else (size queries
- * included): none for AES key wrap and RSA PKCS#1 v1.5, CK_RSA_PKCS_OAEP_PARAMS
- * for OAEP (filled into *oaep). */
+ * included): none for RSA PKCS#1 v1.5, CK_RSA_PKCS_OAEP_PARAMS for OAEP
+ * (filled into *oaep), the IV for CBC; for AES key wrap an optional initial
+ * value, 8 bytes (RFC 3394) or 4 (RFC 5649), the standard one when absent. */
 static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_oaep *oaep)
 {
     if (d->mc == M_RSA_OAEP)
         return tok_oaep_params(mech, oaep);
+    if (d->mc == M_AES_WRAP || d->mc == M_AES_WRAP_PAD)
+        return (!mech->pParameter && !mech->ulParameterLen) ||
+                       (mech->pParameter && mech->ulParameterLen == (d->mc == M_AES_WRAP ? 8u : 4u))
+                   ? CKR_OK
+                   : CKR_MECHANISM_PARAM_INVALID;
     if (d->mc == M_CBC || d->mc == M_CBC_PAD) /* the IV: one block */
         return mech->pParameter && mech->ulParameterLen == tok_fam_block(d->fam) ? CKR_OK
                                                                                  : CKR_MECHANISM_PARAM_INVALID;
@@ -191,9 +236,8 @@ static CK_RV wrap_params(const tok_mech_desc *d, const CK_MECHANISM *mech, tok_o
 static CK_RV do_wrap(const tok_mech_desc *d, const CK_MECHANISM *mech, const tok_oaep *oaep, const tok_key *k,
                      bool enc, const uint8_t *in, size_t inlen, uint8_t *out, size_t *outlen)
 {
-    if (d->fam)
-        return cipher_wrap(d, k, d->mc == M_CBC || d->mc == M_CBC_PAD ? mech->pParameter : NULL, enc, in, inlen, out,
-                           outlen);
+    if (d->fam) /* the IV of CBC, the initial value of AES key wrap, or none */
+        return cipher_wrap(d, k, d->mc == M_ECB ? NULL : mech->pParameter, enc, in, inlen, out, outlen);
     return rsa_wrap(d->mc == M_RSA_OAEP ? oaep : NULL, k, enc, in, inlen, out, outlen);
 }
 
@@ -216,20 +260,21 @@ CK_RV tok_wrap(const CK_MECHANISM *mech, tok_key *wrapper, const tok_attrs *targ
         return rv;
     if ((rv = wrap_input(target, &in, &inlen)) != CKR_OK)
         return rv;
-    bs = tok_fam_block(d->fam);
-    if (d->mc == M_AES_WRAP && (inlen % 8 || inlen < 16)) {
-        rv = CKR_KEY_SIZE_RANGE; /* RFC 3394 wraps whole 8-byte blocks only: use CKM_AES_KEY_WRAP_PAD */
+    bs = d->mc == M_AES_WRAP ? 8 : tok_fam_block(d->fam);
+    if ((d->mc == M_ECB || d->mc == M_CBC) && tok_obj_class(target) != CKO_SECRET_KEY) {
+        rv = CKR_KEY_NOT_WRAPPABLE; /* secret keys only: a private key takes the _CBC_PAD mechanism */
         goto out;
     }
-    if ((d->mc == M_ECB || d->mc == M_CBC) && inlen % bs) {
-        /* PKCS#11: a secret key's value is padded with zero bytes to whole
-         * blocks (CKA_VALUE_LEN takes it back out on unwrap). */
+    if ((d->mc == M_ECB || d->mc == M_CBC || d->mc == M_AES_WRAP) && (inlen % bs || (d->mc == M_AES_WRAP && inlen < 16))) {
+        /* PKCS#11: a secret key's value, or for AES key wrap a private key's
+         * encoding too, is padded with zero bytes to whole blocks (8-byte
+         * semiblocks, at least two of them, for RFC 3394); CKA_VALUE_LEN
+         * takes them back out on unwrap, a private key's encoding ends
+         * without them. */
         uint8_t *padded;
-        size_t plen = inlen / bs * bs + bs;
-        if (tok_obj_class(target) != CKO_SECRET_KEY) {
-            rv = CKR_KEY_SIZE_RANGE; /* a private key: use the _CBC_PAD mechanism */
-            goto out;
-        }
+        size_t plen = (inlen + bs - 1) / bs * bs;
+        if (d->mc == M_AES_WRAP && plen < 16)
+            plen = 16;
         if (!(padded = OPENSSL_zalloc(plen))) {
             rv = CKR_HOST_MEMORY;
             goto out;
@@ -300,7 +345,8 @@ CK_RV tok_unwrap(const CK_MECHANISM *mech, tok_key *unwrapper, const uint8_t *in
         return CKR_HOST_MEMORY;
     rv = do_wrap(d, mech, &oaep, unwrapper, false, in, inlen, buf, &n);
     if (rv == CKR_OK)
-        rv = unwrap_output(buf, n, !(d->mc == M_ECB || d->mc == M_CBC), obj);
+        rv = unwrap_output(buf, n, !(d->mc == M_ECB || d->mc == M_CBC || d->mc == M_AES_WRAP),
+                           d->mc == M_AES_WRAP ? (n > 16 ? n - 7 : 1) : 1, obj);
     OPENSSL_clear_free(buf, inlen + 16);
     return rv;
 }

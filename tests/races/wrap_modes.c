@@ -3,6 +3,8 @@
  * WRAP_POLICY=default. Prints each check; build with ASan to catch leaks. */
 #include "common.h"
 #include <openssl/evp.h>
+#include <openssl/ec.h>
+#include <openssl/x509.h>
 #ifndef CKM_AES_KEY_WRAP_KWP
 #define CKM_AES_KEY_WRAP_KWP 0x210BUL
 #endif
@@ -122,11 +124,58 @@ int main(void)
     rv = unwrap(&pad, w, blob, 16, CKK_GENERIC_SECRET, 0, &o);
     CK_ULONG el = rv == CKR_OK ? value_of(o, v) : 99;
     EXPECT(rv != CKR_OK, "CBC_PAD unwrap to an empty value refused: 0x%lx (value length %lu)", rv, el);
-    /* KWP of the empty key? KW of 8 bytes? */
+    /* KWP of the empty key? KW of 8 bytes? KEY_WRAP zero-pads (PKCS#11 3.1:
+     * "can wrap a key of any length"), to two semiblocks at least (RFC 3394);
+     * CKA_VALUE_LEN takes the padding back out, never more than 7 bytes of a
+     * longer key. */
     CK_OBJECT_HANDLE g8 = secret(CKK_GENERIC_SECRET, "8-bytes!", 8);
     bl = sizeof(blob);
     rv = f->C_WrapKey(h, &kw, w, g8, blob, &bl);
-    EXPECT(rv == CKR_KEY_SIZE_RANGE, "KEY_WRAP of 8 bytes refused: 0x%lx", rv);
+    EXPECT(rv == CKR_OK && bl == 24, "KEY_WRAP of 8 bytes, padded to 16: 0x%lx %lu", rv, bl);
+    rv = unwrap(&kw, w, blob, bl, CKK_GENERIC_SECRET, 8, &o);
+    EXPECT(rv == CKR_OK && value_of(o, v) == 8 && !memcmp(v, "8-bytes!", 8), "KEY_WRAP 8 back: 0x%lx", rv);
+    rv = unwrap(&kw, w, blob, bl, CKK_GENERIC_SECRET, 0, &o);
+    EXPECT(rv == CKR_OK && value_of(o, v) == 16 && !memcmp(v, "8-bytes!\0\0\0\0\0\0\0\0", 16),
+           "KEY_WRAP 8 back without CKA_VALUE_LEN: the padded 16: 0x%lx", rv);
+    bl = sizeof(blob);
+    rv = f->C_WrapKey(h, &kw, w, g24, blob, &bl);
+    EXPECT(rv == CKR_OK && bl == 32, "KEY_WRAP of 24 bytes: 0x%lx %lu", rv, bl);
+    rv = unwrap(&kw, w, blob, bl, CKK_GENERIC_SECRET, 16, &o);
+    EXPECT(rv == CKR_TEMPLATE_INCONSISTENT, "KEY_WRAP of 24 unwrapped to 16 (more than 7 cut): 0x%lx", rv);
+    rv = unwrap(&kw, w, blob, bl, CKK_GENERIC_SECRET, 17, &o);
+    EXPECT(rv == CKR_OK && value_of(o, v) == 17, "KEY_WRAP of 24 unwrapped to 17: 0x%lx", rv);
+    bl = sizeof(blob);
+    rv = f->C_WrapKey(h, &kw, w, g5, blob, &bl);
+    EXPECT(rv == CKR_OK && bl == 24, "KEY_WRAP of 5 bytes: 0x%lx %lu", rv, bl);
+    rv = unwrap(&kw, w, blob, bl, CKK_GENERIC_SECRET, 5, &o);
+    EXPECT(rv == CKR_OK && value_of(o, v) == 5 && !memcmp(v, "five!", 5), "KEY_WRAP 5 back: 0x%lx", rv);
+    /* The optional initial value: 8 bytes for KEY_WRAP, 4 for KWP; the same
+     * blob comes back only under the same value. */
+    uint8_t icv8[8] = {1, 2, 3, 4, 5, 6, 7, 8}, icv4[4] = {9, 8, 7, 6};
+    CK_MECHANISM kw_iv = {CKM_AES_KEY_WRAP, icv8, 8}, kwp_iv = {CKM_AES_KEY_WRAP_KWP, icv4, 4},
+                 kw_bad = {CKM_AES_KEY_WRAP, icv4, 4}, kwp_bad = {CKM_AES_KEY_WRAP_KWP, icv8, 8},
+                 kw_null = {CKM_AES_KEY_WRAP, NULL, 8};
+    bl = 0; rv = f->C_WrapKey(h, &kw_bad, w, k16, NULL, &bl);
+    EXPECT(rv == CKR_MECHANISM_PARAM_INVALID, "KEY_WRAP with a 4-byte IV: 0x%lx", rv);
+    bl = 0; rv = f->C_WrapKey(h, &kwp_bad, w, k16, NULL, &bl);
+    EXPECT(rv == CKR_MECHANISM_PARAM_INVALID, "KWP with an 8-byte IV: 0x%lx", rv);
+    bl = 0; rv = f->C_WrapKey(h, &kw_null, w, k16, NULL, &bl);
+    EXPECT(rv == CKR_MECHANISM_PARAM_INVALID, "KEY_WRAP with a NULL IV of 8 bytes: 0x%lx", rv);
+    CK_MECHANISM *ivm[] = {&kw_iv, &kwp_iv}, *plain[] = {&kw, &kwp};
+    for (int i = 0; i < 2; i++) {
+        uint8_t b2[64];
+        CK_ULONG l2 = sizeof(b2);
+        bl = sizeof(blob);
+        rv = f->C_WrapKey(h, ivm[i], w, k16, blob, &bl);
+        CK_RV rv2 = f->C_WrapKey(h, plain[i], w, k16, b2, &l2);
+        EXPECT(rv == CKR_OK && rv2 == CKR_OK && bl == l2 && memcmp(blob, b2, bl) != 0, "%s with its IV: another blob: 0x%lx",
+               mn[3 + i], rv);
+        rv = unwrap(ivm[i], w, blob, bl, CKK_AES, 0, &o);
+        EXPECT(rv == CKR_OK && value_of(o, v) == 16 && !memcmp(v, "sixteen-byte-key", 16), "%s IV round trip: 0x%lx",
+               mn[3 + i], rv);
+        rv = unwrap(plain[i], w, blob, bl, CKK_AES, 0, &o);
+        EXPECT(rv == CKR_WRAPPED_KEY_INVALID, "%s blob under the default IV: 0x%lx", mn[3 + i], rv);
+    }
     bl = sizeof(blob);
     rv = f->C_WrapKey(h, &kwp, w, g8, blob, &bl);
     EXPECT(rv == CKR_OK && bl == 16, "KWP of 8 bytes: 0x%lx %lu", rv, bl);
@@ -137,6 +186,62 @@ int main(void)
     EXPECT(rv == CKR_OK && bl == 16, "KWP of 5 bytes: 0x%lx %lu", rv, bl);
     rv = unwrap(&kwp, w, blob, bl, CKK_GENERIC_SECRET, 0, &o);
     EXPECT(rv == CKR_OK && value_of(o, v) == 5, "KWP 5 back: 0x%lx", rv);
+    /* A private key through KEY_WRAP: its PKCS#8 encoding, then zeros to a
+     * whole semiblock, which unwrap ignores; anything else after the
+     * encoding is a damaged blob, never a key. */
+    {
+        EVP_PKEY *pk = EVP_EC_gen("P-256");
+        uint8_t pkcs8[600];
+        PKCS8_PRIV_KEY_INFO *p8 = pk ? EVP_PKEY2PKCS8(pk) : NULL;
+        uint8_t *q = pkcs8;
+        int pl = p8 ? i2d_PKCS8_PRIV_KEY_INFO(p8, &q) : -1;
+        CK_OBJECT_CLASS pc = CKO_PRIVATE_KEY;
+        CK_KEY_TYPE ec = CKK_EC;
+        CK_ATTRIBUTE pt[] = {{CKA_CLASS, &pc, sizeof(pc)}, {CKA_KEY_TYPE, &ec, sizeof(ec)}, {CKA_TOKEN, &no, 1}};
+        for (int tail = 0; tail < 3 && pl > 0 && pl < 560; tail++) {
+            /* tail 0: zeros; 1: a byte 1 after the encoding; 2: eight more zero bytes than a semiblock needs */
+            uint8_t clear[600], wrapped[620];
+            size_t n = (size_t)(pl + 7) / 8 * 8 + (tail == 2 ? 8 : 0);
+            if (tail == 1 && n == (size_t)pl)
+                n += 8;
+            memset(clear, 0, sizeof(clear));
+            memcpy(clear, pkcs8, (size_t)pl);
+            if (tail == 1)
+                clear[pl] = 1;
+            EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+            int a = 0, b = 0;
+            EVP_EncryptInit_ex2(c, EVP_aes_128_wrap(), kek, NULL, NULL);
+            EVP_EncryptUpdate(c, wrapped, &a, clear, (int)n);
+            EVP_EncryptFinal_ex(c, wrapped + a, &b);
+            EVP_CIPHER_CTX_free(c);
+            rv = f->C_UnwrapKey(h, &kw, w, wrapped, (CK_ULONG)(a + b), pt, 3, &o);
+            if (tail == 1)
+                EXPECT(rv == CKR_WRAPPED_KEY_INVALID, "KEY_WRAP of a PKCS#8 with a non-zero byte after it: 0x%lx", rv);
+            else
+                EXPECT(rv == CKR_OK, "KEY_WRAP of a PKCS#8 with %zu zero bytes after it: 0x%lx", n - (size_t)pl, rv);
+        }
+        EXPECT(pl > 0, "a PKCS#8 made by OpenSSL (%d bytes)", pl);
+        PKCS8_PRIV_KEY_INFO_free(p8);
+        EVP_PKEY_free(pk);
+    }
+    /* ECB and CBC wrap secret keys only (a private key: the _CBC_PAD mechanism). */
+    {
+        CK_OBJECT_HANDLE pub, priv;
+        CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+        static const CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+        CK_ATTRIBUTE pubt[] = {{CKA_EC_PARAMS, (void *)p256, sizeof(p256)}, {CKA_TOKEN, &no, 1}};
+        CK_ATTRIBUTE privt[] = {{CKA_EXTRACTABLE, &yes, 1}, {CKA_TOKEN, &no, 1}};
+        CHECK(f->C_GenerateKeyPair(h, &gen, pubt, 2, privt, 2, &pub, &priv));
+        bl = 0;
+        rv = f->C_WrapKey(h, &ecb, w, priv, NULL, &bl);
+        EXPECT(rv == CKR_KEY_NOT_WRAPPABLE, "ECB of a private key: 0x%lx", rv);
+        bl = 0;
+        rv = f->C_WrapKey(h, &cbc, w, priv, NULL, &bl);
+        EXPECT(rv == CKR_KEY_NOT_WRAPPABLE, "CBC of a private key: 0x%lx", rv);
+        bl = sizeof(blob);
+        rv = f->C_WrapKey(h, &pad, w, priv, blob, &bl);
+        EXPECT(rv == CKR_OK, "CBC_PAD of a private key: 0x%lx", rv);
+    }
     /* wrong wrapping key types */
     bl = sizeof(blob);
     rv = f->C_WrapKey(h, &ecb, g24, k16, blob, &bl);
