@@ -103,9 +103,14 @@ static bool is_cipher(tok_mclass mc) { return is_block_mode(mc) || mc == M_AES_C
 static bool is_rsa(tok_mclass mc) { return mc >= M_RSA_PKCS && mc <= M_RSA_OAEP; }
 static bool single_part(tok_mclass mc)
 {
-    return mc == M_RSA_PKCS || mc == M_RSA_X509 || mc == M_RSA_PSS || mc == M_RSA_OAEP || mc == M_ECDSA ||
-           mc == M_EDDSA;
+    return mc == M_RSA_PKCS || mc == M_RSA_X509 || mc == M_RSA_PSS || mc == M_RSA_OAEP || mc == M_ECDSA;
 }
+
+/* Pure EdDSA hashes the message twice (RFC 8032), so OpenSSL signs it in one
+ * call: C_SignUpdate / C_VerifyUpdate (PKCS#11 makes CKM_EDDSA multi-part)
+ * gather the parts in op->buf, up to this many bytes (beyond,
+ * CKR_DATA_LEN_RANGE), and the final call signs or verifies them at once. */
+#define EDDSA_PARTS_MAX ((size_t)1 << 30)
 
 /* ---- init ---------------------------------------------------------------- */
 
@@ -814,7 +819,7 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
         EVP_MD_CTX *mc = EVP_MD_CTX_new();
         n = sig_len(op);
         ok = mc && EVP_DigestSignInit_ex(mc, NULL, NULL, ks_libctx(), NULL, op->key->pkey, NULL) == 1 &&
-             EVP_DigestSign(mc, out, &n, op->in, op->inlen) == 1;
+             EVP_DigestSign(mc, out, &n, oneshot ? op->in : op->buf, oneshot ? op->inlen : op->blen) == 1;
         EVP_MD_CTX_free(mc);
         *outlen = n;
         return ok ? CKR_OK : CKR_FUNCTION_FAILED;
@@ -975,6 +980,8 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
 /* Append to a growing buffer (cleansed when it moves). */
 static CK_RV append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *in, size_t inlen)
 {
+    if (inlen > SIZE_MAX / 2 - *len)
+        return CKR_HOST_MEMORY; /* a length no buffer can have */
     if (*len + inlen > *cap) {
         size_t ncap = *cap ? *cap : 256;
         while (ncap < *len + inlen)
@@ -1050,6 +1057,7 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
         if (op->kind == TOK_OP_SIGN)
             return EVP_DigestSignUpdate(op->mdctx, in, inlen) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
         return EVP_DigestVerifyUpdate(op->mdctx, in, inlen) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+    case M_EDDSA: return inlen > EDDSA_PARTS_MAX - op->blen ? CKR_DATA_LEN_RANGE : buf_append(op, in, inlen);
     default: break;
     }
     /* Ciphers: exact output length first. */
@@ -1190,7 +1198,7 @@ static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const 
     case M_EDDSA: {
         EVP_MD_CTX *mc = EVP_MD_CTX_new();
         ok = mc && EVP_DigestVerifyInit_ex(mc, NULL, NULL, ks_libctx(), NULL, op->key->pkey, NULL) == 1 &&
-             EVP_DigestVerify(mc, sig, siglen, in, inlen) == 1;
+             EVP_DigestVerify(mc, sig, siglen, oneshot ? in : op->buf, oneshot ? inlen : op->blen) == 1;
         EVP_MD_CTX_free(mc);
         return ok ? CKR_OK : CKR_SIGNATURE_INVALID;
     }

@@ -833,9 +833,34 @@ static void test_eddsa(void **state)
         RV(CKR_OK, tok_op_init(TOK_OP_VERIFY, &eddsa, kpub, &pub, &op));
         RV(CKR_SIGNATURE_INVALID, tok_op_verify(op, msg, sizeof(msg), sig, len));
         tok_op_free(op);
+        /* Multi-part (PKCS#11: CKM_EDDSA signs and verifies in parts): the
+         * parts gathered, then signed at once; EdDSA is deterministic, so
+         * the same signature as the one-shot's. */
+        uint8_t sig2[114];
+        CK_ULONG len2 = sizeof(sig2);
+        sig[3] ^= 1;
         RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &eddsa, kpriv, &priv, &op));
-        RV(CKR_OPERATION_ACTIVE, tok_op_update(op, msg, 3, NULL, NULL));
+        RV(CKR_OK, tok_op_update(op, msg, 3, NULL, NULL));
+        RV(CKR_OK, tok_op_update(op, NULL, 0, NULL, NULL));
+        RV(CKR_OK, tok_op_update(op, msg + 3, sizeof(msg) - 3, NULL, NULL));
+        RV(CKR_OK, tok_op_final(op, sig2, &len2));
         tok_op_free(op);
+        assert_int_equal(len2, len);
+        assert_memory_equal(sig2, sig, len);
+        RV(CKR_OK, tok_op_init(TOK_OP_VERIFY, &eddsa, kpub, &pub, &op));
+        RV(CKR_OK, tok_op_update(op, msg, 5, NULL, NULL));
+        RV(CKR_OK, tok_op_update(op, msg + 5, sizeof(msg) - 5, NULL, NULL));
+        RV(CKR_OK, tok_op_verify_final(op, sig2, len2));
+        tok_op_free(op);
+        RV(CKR_OK, tok_op_init(TOK_OP_VERIFY, &eddsa, kpub, &pub, &op));
+        RV(CKR_OK, tok_op_update(op, msg, 5, NULL, NULL));
+        RV(CKR_SIGNATURE_INVALID, tok_op_verify_final(op, sig2, len2)); /* a part missing */
+        tok_op_free(op);
+        RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &eddsa, kpriv, &priv, &op)); /* no part: the empty message */
+        len2 = sizeof(sig2);
+        RV(CKR_OK, tok_op_final(op, sig2, &len2));
+        tok_op_free(op);
+        openssl_verify(&pub, NULL, msg, 0, sig2, len2);
         CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
         RV(CKR_KEY_TYPE_INCONSISTENT, tok_op_init(TOK_OP_SIGN, &ecdsa, kpriv, &priv, &op));
         tok_key_unref(kpub);
