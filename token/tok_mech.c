@@ -224,6 +224,10 @@ const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g)
     case CKG_MGF1_SHA256: return "SHA256";
     case CKG_MGF1_SHA384: return "SHA384";
     case CKG_MGF1_SHA512: return "SHA512";
+    case 0x6UL /* CKG_MGF1_SHA3_224 */: return "SHA3-224";
+    case 0x7UL /* CKG_MGF1_SHA3_256 */: return "SHA3-256";
+    case 0x8UL /* CKG_MGF1_SHA3_384 */: return "SHA3-384";
+    case 0x9UL /* CKG_MGF1_SHA3_512 */: return "SHA3-512";
     default: return NULL;
     }
 }

@@ -255,8 +255,7 @@ static CK_RV init_rsa_params(tok_op *op, const CK_MECHANISM *m)
             return CKR_MECHANISM_PARAM_INVALID;
         op->pss_md = tok_md_of_mech(p->hashAlg);
         op->mgf_md = tok_md_of_mgf(p->mgf);
-        if (!op->pss_md || !op->mgf_md || (mc == M_RSA_PSS_HASH && strcmp(op->pss_md, op->d->md) != 0) ||
-            strncmp(op->pss_md, "SHA3-", 5) == 0)
+        if (!op->pss_md || !op->mgf_md || (mc == M_RSA_PSS_HASH && strcmp(op->pss_md, op->d->md) != 0))
             return CKR_MECHANISM_PARAM_INVALID;
         EVP_MD *md = EVP_MD_fetch(ks_libctx(), op->pss_md, NULL);
         int hlen = md ? EVP_MD_get_size(md) : 0;
@@ -295,7 +294,7 @@ CK_RV tok_oaep_params(const CK_MECHANISM *m, tok_oaep *out)
         return CKR_MECHANISM_PARAM_INVALID;
     out->md = tok_md_of_mech(p->hashAlg);
     out->mgf = tok_md_of_mgf(p->mgf);
-    if (!out->md || !out->mgf || strncmp(out->md, "SHA3-", 5) == 0 || (p->source && p->source != CKZ_DATA_SPECIFIED) ||
+    if (!out->md || !out->mgf || (p->source && p->source != CKZ_DATA_SPECIFIED) ||
         (!p->pSourceData && p->ulSourceDataLen) || (p->ulSourceDataLen && p->source != CKZ_DATA_SPECIFIED) ||
         p->ulSourceDataLen > INT_MAX)
         return CKR_MECHANISM_PARAM_INVALID;

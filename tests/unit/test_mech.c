@@ -743,6 +743,48 @@ static void test_p521_and_rsa_pss_oaep(void **state)
     CK_MECHANISM pmb = {CKM_SHA256_RSA_PKCS_PSS, &bigsalt, sizeof(bigsalt)};
     RV(CKR_MECHANISM_PARAM_INVALID, tok_op_init(TOK_OP_SIGN, &pmb, kpriv, &priv, &op));
 
+    /* SHA-3 in the parameters (raw PSS over a SHA3-256 digest, MGF1 with
+     * SHA3-256; OAEP with SHA3-512): what plain OpenSSL makes and checks. */
+    {
+        CK_BYTE d3[32], s3[256], c3[256], b3[256];
+        size_t d3l = 0;
+        CK_ULONG s3l = sizeof(s3), c3l = sizeof(c3), b3l = sizeof(b3);
+        assert_true(EVP_Q_digest(NULL, "SHA3-256", NULL, msg, sizeof(msg), d3, &d3l));
+        CK_RSA_PKCS_PSS_PARAMS p3 = {CKM_SHA3_256, 0x7UL /* CKG_MGF1_SHA3_256 */, 32};
+        CK_MECHANISM raw3 = {CKM_RSA_PKCS_PSS, &p3, sizeof(p3)};
+        RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &raw3, kpriv, &priv, &op));
+        RV(CKR_OK, tok_op_oneshot(op, d3, 32, s3, &s3l));
+        tok_op_free(op);
+        const tok_attr *spki = tok_attrs_find(&pub, CKA_PUBLIC_KEY_INFO);
+        const unsigned char *p = spki->val;
+        EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)spki->len);
+        EVP_MD_CTX *c = EVP_MD_CTX_new();
+        EVP_PKEY_CTX *pc = NULL;
+        assert_int_equal(EVP_DigestVerifyInit_ex(c, &pc, "SHA3-256", NULL, NULL, pk, NULL), 1);
+        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PSS_PADDING);
+        EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, 32);
+        EVP_PKEY_CTX_set_rsa_mgf1_md_name(pc, "SHA3-256", NULL);
+        assert_int_equal(EVP_DigestVerify(c, s3, s3l, msg, sizeof(msg)), 1);
+        EVP_MD_CTX_free(c);
+        CK_RSA_PKCS_OAEP_PARAMS o3 = {CKM_SHA3_512, 0x9UL /* CKG_MGF1_SHA3_512 */, CKZ_DATA_SPECIFIED, NULL, 0};
+        CK_MECHANISM om3 = {CKM_RSA_PKCS_OAEP, &o3, sizeof(o3)};
+        pc = EVP_PKEY_CTX_new(pk, NULL);
+        size_t cl = sizeof(c3);
+        assert_int_equal(EVP_PKEY_encrypt_init(pc), 1);
+        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_OAEP_PADDING);
+        EVP_PKEY_CTX_set_rsa_oaep_md_name(pc, "SHA3-512", NULL);
+        EVP_PKEY_CTX_set_rsa_mgf1_md_name(pc, "SHA3-512", NULL);
+        assert_int_equal(EVP_PKEY_encrypt(pc, c3, &cl, msg, sizeof(msg)), 1);
+        EVP_PKEY_CTX_free(pc);
+        EVP_PKEY_free(pk);
+        c3l = cl;
+        RV(CKR_OK, tok_op_init(TOK_OP_DECRYPT, &om3, kpriv, &priv, &op));
+        RV(CKR_OK, tok_op_oneshot(op, c3, c3l, b3, &b3l));
+        tok_op_free(op);
+        assert_int_equal(b3l, sizeof(msg));
+        assert_memory_equal(b3, msg, sizeof(msg));
+    }
+
     /* OAEP with a label: round trip; a different label fails. */
     CK_BYTE lbl[] = "label", ct[256], back[256];
     CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, lbl, 5};

@@ -119,9 +119,17 @@ static void test_wrap_unwrap_derive(void **state)
     CK_MECHANISM oaep_short = {CKM_RSA_PKCS_OAEP, &op, 0};
     RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &oaep_short, rpub, target, NULL, &len));
     RV(CKR_MECHANISM_PARAM_INVALID, f->C_UnwrapKey(h, &oaep_short, rpriv, blob, 256, ut, 4, &unwrapped));
-    CK_RSA_PKCS_OAEP_PARAMS sha3 = {0x2B0UL /* CKM_SHA3_256 */, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+    /* SHA-3 in OAEP's parameters (PKCS#11 3.0's CKG_MGF1_SHA3_*): wraps and unwraps. */
+    CK_RSA_PKCS_OAEP_PARAMS sha3 = {0x2B0UL /* CKM_SHA3_256 */, 0x7UL /* CKG_MGF1_SHA3_256 */, CKZ_DATA_SPECIFIED, NULL, 0};
     CK_MECHANISM oaep_sha3 = {CKM_RSA_PKCS_OAEP, &sha3, sizeof(sha3)};
-    RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &oaep_sha3, rpub, target, NULL, &len));
+    len = sizeof(blob);
+    CK(f->C_WrapKey(h, &oaep_sha3, rpub, target, blob, &len));
+    CK(f->C_UnwrapKey(h, &oaep_sha3, rpriv, blob, len, ut, 4, &unwrapped));
+    same_aes(h, target, unwrapped);
+    RV(CKR_WRAPPED_KEY_INVALID, f->C_UnwrapKey(h, &oaep, rpriv, blob, len, ut, 4, &unwrapped));
+    CK_RSA_PKCS_OAEP_PARAMS badmgf = {CKM_SHA256, 0xAUL /* no such MGF */, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep_badmgf = {CKM_RSA_PKCS_OAEP, &badmgf, sizeof(badmgf)};
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &oaep_badmgf, rpub, target, NULL, &len));
     /* A label: unwrapping needs the same one. */
     CK_RSA_PKCS_OAEP_PARAMS lab = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, (CK_BYTE_PTR) "label", 5};
     CK_MECHANISM oaep_lab = {CKM_RSA_PKCS_OAEP, &lab, sizeof(lab)};
