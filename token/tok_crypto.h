@@ -48,6 +48,15 @@ typedef struct {
 #define CKM_SHA3_512 0x2D0UL
 #define CKM_SHA3_512_HMAC 0x2D1UL
 #endif
+#ifndef CKM_SHA3_224_HMAC
+#define CKM_SHA3_224_HMAC 0x2B6UL
+#endif
+#ifndef CKG_MGF1_SHA3_224
+#define CKG_MGF1_SHA3_224 0x6UL
+#define CKG_MGF1_SHA3_256 0x7UL
+#define CKG_MGF1_SHA3_384 0x8UL
+#define CKG_MGF1_SHA3_512 0x9UL
+#endif
 
 /* How an operation mechanism works. ECB, CBC, CBC_PAD and CMAC are block
  * cipher modes of the mechanism's cipher family (tok_fam). */

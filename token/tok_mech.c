@@ -96,6 +96,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_SHA256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA256", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA384", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA512", 0, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_224, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-224", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA3_256, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-256", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA3_384, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-384", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA3_512, 0, 0, CKF_DIGEST, M_DIGEST, "SHA3-512", 0, false, TOK_FAM_NONE, false},
@@ -120,6 +121,7 @@ static const tok_mech_desc mechs[] = {
     {CKM_SHA256_HMAC, 8, 4096, MAC, M_HMAC, "SHA256", CKK_SHA256_HMAC, false, TOK_FAM_NONE, false},
     {CKM_SHA384_HMAC, 8, 4096, MAC, M_HMAC, "SHA384", CKK_SHA384_HMAC, false, TOK_FAM_NONE, false},
     {CKM_SHA512_HMAC, 8, 4096, MAC, M_HMAC, "SHA512", CKK_SHA512_HMAC, false, TOK_FAM_NONE, false},
+    {CKM_SHA3_224_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-224", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA3_256_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-256", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA3_384_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-384", 0, false, TOK_FAM_NONE, false},
     {CKM_SHA3_512_HMAC, 8, 4096, MAC, M_HMAC, "SHA3-512", 0, false, TOK_FAM_NONE, false},
@@ -224,10 +226,10 @@ const char *tok_md_of_mgf(CK_RSA_PKCS_MGF_TYPE g)
     case CKG_MGF1_SHA256: return "SHA256";
     case CKG_MGF1_SHA384: return "SHA384";
     case CKG_MGF1_SHA512: return "SHA512";
-    case 0x6UL /* CKG_MGF1_SHA3_224 */: return "SHA3-224";
-    case 0x7UL /* CKG_MGF1_SHA3_256 */: return "SHA3-256";
-    case 0x8UL /* CKG_MGF1_SHA3_384 */: return "SHA3-384";
-    case 0x9UL /* CKG_MGF1_SHA3_512 */: return "SHA3-512";
+    case CKG_MGF1_SHA3_224: return "SHA3-224";
+    case CKG_MGF1_SHA3_256: return "SHA3-256";
+    case CKG_MGF1_SHA3_384: return "SHA3-384";
+    case CKG_MGF1_SHA3_512: return "SHA3-512";
     default: return NULL;
     }
 }
