@@ -381,10 +381,17 @@ static int repair(ks_store *st, const ks_info *info, ks_registers *r, ks_err *er
         }
     } else if (r->has_new) {
         /* Idle, yet the key file holds NEW: a stage that never reached the
-         * keystore, or an abort whose key file update was lost. */
+         * keystore, or an abort whose key file update was lost. An abort
+         * forgets the staged epoch, which was the one after the current:
+         * the key is labelled with it, so that 'clear-history --before E'
+         * keeps it as long as a backup taken while it was staged may need it
+         * (labelled 0, "unknown", it was destroyed by any --before). */
         uint32_t e;
-        if ((rc = epoch_of(st, r->staged.key, &e)) != KS_OK ||
-            (rc = ks_reg_insert_old(r, 0, r->staged.key, e, now, true)) != KS_OK)
+        if ((rc = epoch_of(st, r->staged.key, &e)) != KS_OK)
+            goto out;
+        if (!e)
+            e = info->epoch + 1;
+        if ((rc = ks_reg_insert_old(r, 0, r->staged.key, e, now, true)) != KS_OK)
             goto out;
         r->has_new = false;
         ks_mkey_clear(&r->staged);
@@ -551,6 +558,42 @@ static int save_regs(step *s, ks_err *err) { return ks_reg_save(s->m->keyfile, &
 
 static void announce(step *s);
 
+/* A key file serves one keystore, and names it. Two keystores on one key
+ * file would lose keys: each step keeps only the keys its own keystore
+ * names (the other's CURRENT would be overwritten by a concurrent rotation,
+ * or destroyed as "history" by the other's clear-history), and their
+ * lifecycle locks are their own. So a file naming another keystore is
+ * refused, unless it holds this keystore's current key as CURRENT and that
+ * key is not the built-in default: then it is this keystore's copy that
+ * another one was restored over (restore keeps the copy's id; its records
+ * are bound to it), and the file follows the keystore in place. A file
+ * naming none (written before 2026-12) is bound to the keystore whose step
+ * reads it first, saved at once. *rebound: the registers changed. */
+static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, bool *rebound, ks_err *err)
+{
+    uint8_t kcv[KS_KCV_LEN];
+
+    *rebound = false;
+    if (r->has_owner && CRYPTO_memcmp(r->owner, info->keystore_id, sizeof(r->owner)) == 0)
+        return KS_OK;
+    ks_mkey_kcv(&r->current, kcv);
+    if (r->has_owner && (r->current.is_default || CRYPTO_memcmp(kcv, info->kcv, KS_KCV_LEN) != 0)) {
+        char mine[2 * KS_KCV_LEN + 1], theirs[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(info->keystore_id, mine);
+        ks_kcv_hex(r->owner, theirs);
+        ks_err_set(err, "the key file %s belongs to another keystore (id %s..., this one is %s...): two keystores "
+                        "on one key file would overwrite or destroy each other's master keys, so nothing was "
+                        "changed. Give this keystore the key file that belongs to it (master_key in its "
+                        "configuration), or, if it is still on the built-in default key, a file of its own with "
+                        "--key-file", keyfile, theirs, mine);
+        return KS_EPERM;
+    }
+    memcpy(r->owner, info->keystore_id, sizeof(r->owner));
+    r->has_owner = true;
+    *rebound = true;
+    return KS_OK;
+}
+
 static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res, ks_err *err)
 {
     int rc;
@@ -570,12 +613,17 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
     }
     s->have_regs = m->keyfile != NULL;
     if (s->have_regs) {
+        bool rebound = false;
+        if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK) {
+            step_end(s);
+            return ks_err_in(err, KS_AREA_KEY, rc);
+        }
         int flags = repair(m->st, &s->info, &s->regs, err);
         if (flags < 0) {
             step_end(s);
             return flags;
         }
-        if (flags && (rc = save_regs(s, err)) != KS_OK) {
+        if ((flags || rebound) && (rc = save_regs(s, err)) != KS_OK) {
             step_end(s);
             return rc;
         }
@@ -640,29 +688,42 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         snprintf(keyfile, sizeof(keyfile), "%.*s/master.key", slash ? (int)(slash - conf) : 1, slash ? conf : ".");
     }
     struct stat sb;
-    if (lstat(keyfile, &sb) == 0) {
-        /* An adoption interrupted before the configuration named the file, or
-         * the admin's own key file: usable only if it holds the keystore's key. */
-        ks_registers r;
-        rc = ks_reg_load(keyfile, m->keymode, &r, err);
-        bool ours = rc == KS_OK && ks_reg_find(&r, s->info.kcv, NULL) != KS_REG_NONE;
-        ks_reg_clear(&r);
-        if (!ours) {
-            ks_err_set(err, "%s already exists and does not hold this keystore's master key; name another file "
-                            "with --key-file", keyfile);
-            free(conf);
-            return ks_err_in(err, KS_AREA_KEY, KS_EEXIST);
-        }
-    } else {
+    if (lstat(keyfile, &sb) != 0) {
+        /* A new file, made only where none is (another keystore's adoption
+         * may be making the same one), naming this keystore. */
         (void)ks_mkdir_p(keyfile, false); /* its directory, 0700 */
         ks_registers r;
         memset(&r, 0, sizeof(r));
         ks_mkey_default(&r.current); /* public: writing it down costs nothing */
-        rc = ks_reg_save(keyfile, &r, err);
+        memcpy(r.owner, s->info.keystore_id, sizeof(r.owner));
+        r.has_owner = true;
+        rc = ks_reg_create(keyfile, &r, err);
         ks_reg_clear(&r);
-        if (rc != KS_OK) {
+        if (rc != KS_OK && rc != KS_EEXIST) {
             free(conf);
             return rc;
+        }
+    }
+    {
+        /* This keystore's file (made just now, or by an adoption interrupted
+         * before the configuration named it), or someone else's: a file that
+         * names this keystore; one naming none only if it holds nothing but
+         * this keystore's key (the default) as CURRENT. */
+        ks_registers r;
+        rc = ks_reg_load(keyfile, m->keymode, &r, err);
+        uint8_t kcv[KS_KCV_LEN];
+        if (rc == KS_OK)
+            ks_mkey_kcv(&r.current, kcv);
+        bool ours = rc == KS_OK &&
+                    (r.has_owner ? CRYPTO_memcmp(r.owner, s->info.keystore_id, sizeof(r.owner)) == 0
+                                 : !r.has_new && r.n_old == 0 && CRYPTO_memcmp(kcv, s->info.kcv, KS_KCV_LEN) == 0);
+        ks_reg_clear(&r);
+        if (!ours) {
+            ks_err_set(err, "%s already exists and is not this keystore's key file (another keystore's, or one "
+                            "holding other keys); nothing was changed: name a file of this keystore's own with "
+                            "--key-file", keyfile);
+            free(conf);
+            return ks_err_in(err, KS_AREA_KEY, KS_EEXIST);
         }
     }
     if ((rc = ks_config_write_master_key(conf, keyfile, m->dir, err)) != KS_OK) {
@@ -683,10 +744,13 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
     if ((rc = load_regs(m, &s->regs, err)) != KS_OK)
         return rc;
     s->have_regs = true;
+    bool rebound = false;
+    if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK)
+        return ks_err_in(err, KS_AREA_KEY, rc);
     int flags = repair(m->st, &s->info, &s->regs, err);
     if (flags < 0)
         return flags;
-    return flags ? save_regs(s, err) : KS_OK;
+    return flags || rebound ? save_regs(s, err) : KS_OK;
 }
 
 static void fill_result(step *s, ks_mk_result *res)
@@ -1122,8 +1186,8 @@ static int do_clear(step *s, size_t keep, uint32_t before, ks_mk_result *res, ks
         return KS_ENOMEM;
     for (size_t i = s->regs.n_old; i-- > keep;) {
         ks_histkey *h = &s->regs.old[i];
-        if (before && h->epoch >= before)
-            continue;
+        if (before && (h->epoch >= before || h->epoch == 0))
+            continue; /* not known to be below the epoch asked (0: a version 1 file's, unknown) */
         /* Never a key the keystore names (repair keeps them out of the history). */
         if (!CRYPTO_memcmp(h->kcv, s->info.kcv, KS_KCV_LEN) ||
             (s->info.new_epoch && !CRYPTO_memcmp(h->kcv, s->info.new_kcv, KS_KCV_LEN)))

@@ -2,13 +2,17 @@
  *
  *   # p11mk master-key registers: secret, keep mode 0600
  *   p11mk-registers 2
+ *   # keystore <32 hex>                            (the keystore it serves)
  *   current <64 hex>
  *   new <64 hex>                                   (while a key is staged)
  *   old <64 hex> epoch=<n> retired=<unix>[ aborted] (retired keys, newest first)
  *   check <16 hex>                                 (SHA-256 of the lines above)
  *
  * Version 1 files (old lines without fields) and bare 32-byte key files are
- * read too. The history has no size limit: keys leave it only when an admin
+ * read too. The keystore line is a comment to p11mk before 2026-12 (running
+ * applications may still have that module loaded when the admin rewrites
+ * the file), which reads the rest as before; like every line it is under
+ * the check. The history has no size limit: keys leave it only when an admin
  * clears it. Crash rule: the file is only ever replaced whole (temporary file
  * under a fixed name, fsync, rename, fsync of the directory), by a writer
  * holding the keystore's lifecycle lock, so a reader sees the old or the new
@@ -216,7 +220,11 @@ static int reg_parse(const char *path, unsigned mode, const char *text, size_t l
         lineno++;
         if (have_check)
             goto bad; /* nothing may follow the checksum */
-        if (le == p || *p == '#') {
+        if ((size_t)(le - p) == 11 + 2 * sizeof(r->owner) && memcmp(p, "# keystore ", 11) == 0) {
+            if (r->has_owner || parse_hex(p + 11, le, r->owner, sizeof(r->owner)) != 0)
+                goto bad;
+            r->has_owner = true;
+        } else if (le == p || *p == '#') {
             /* blank line or comment */
         } else if ((size_t)(le - p) == strlen(REG_MAGIC) && lineno <= 2 &&
                    (memcmp(p, REG_MAGIC, (size_t)(le - p)) == 0 || memcmp(p, REG_MAGIC_V1, (size_t)(le - p)) == 0)) {
@@ -346,7 +354,7 @@ static int append(char *buf, size_t cap, size_t *len, const char *role, const ui
     return 0;
 }
 
-static int reg_save_impl(const char *path, const ks_registers *r, ks_err *err)
+static int reg_save_impl(const char *path, const ks_registers *r, bool create, ks_err *err)
 {
     char tmp[4200], hex[17], tail[96];
     uint8_t sum[32];
@@ -358,6 +366,11 @@ static int reg_save_impl(const char *path, const ks_registers *r, ks_err *err)
     if (!buf)
         return KS_ENOMEM;
     len = (size_t)snprintf(buf, cap, "# p11mk master-key registers: secret, keep mode 0600\n" REG_MAGIC "\n");
+    if (r->has_owner) {
+        char id[2 * sizeof(r->owner) + 1];
+        to_hex(r->owner, sizeof(r->owner), id);
+        len += (size_t)snprintf(buf + len, cap - len, "# keystore %s\n", id);
+    }
     int bad = append(buf, cap, &len, "current", r->current.key, "");
     if (r->has_new)
         bad |= append(buf, cap, &len, "new", r->staged.key, "");
@@ -379,7 +392,9 @@ static int reg_save_impl(const char *path, const ks_registers *r, ks_err *err)
      * as key_file_mode allows); a new file is 0600 and ours. */
     bool have_old = lstat(path, &old) == 0 && S_ISREG(old.st_mode);
     mode_t mode = have_old ? (old.st_mode & 0640) | 0600 : 0600;
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+    /* A new file is written under a name of this process's own and linked
+     * into place, which fails if another writer's file got there first. */
+    if (snprintf(tmp, sizeof(tmp), create ? "%s.new.%ld" : "%s.tmp", path, (long)getpid()) >= (int)sizeof(tmp)) {
         ks_secmem_free(buf);
         return KS_EINVAL;
     }
@@ -414,12 +429,17 @@ static int reg_save_impl(const char *path, const ks_registers *r, ks_err *err)
         rc = KS_EIO;
     }
     ks_secmem_free(buf);
-    if (rc == KS_OK && rename(tmp, path) != 0) {
+    if (rc == KS_OK && (create ? link(tmp, path) : rename(tmp, path)) != 0) {
         e = errno;
-        rc = KS_EIO;
+        rc = create && e == EEXIST ? KS_EEXIST : KS_EIO;
+    }
+    if (create || rc != KS_OK)
+        unlink(tmp);
+    if (rc == KS_EEXIST) {
+        ks_err_set(err, "%s was made by another writer meanwhile; nothing was written", path);
+        return rc;
     }
     if (rc != KS_OK) {
-        unlink(tmp);
         ks_err_set(err, "cannot write master key file %s: %s; the previous file is unchanged", path, strerror(e));
         return e == ENOSPC || e == EDQUOT ? KS_ENOSPC : rc;
     }
@@ -469,7 +489,12 @@ int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r, ks_err
 
 int ks_reg_save(const char *path, const ks_registers *r, ks_err *err)
 {
-    return ks_err_in(err, KS_AREA_KEY, reg_save_impl(path, r, err));
+    return ks_err_in(err, KS_AREA_KEY, reg_save_impl(path, r, false, err));
+}
+
+int ks_reg_create(const char *path, const ks_registers *r, ks_err *err)
+{
+    return ks_err_in(err, KS_AREA_KEY, reg_save_impl(path, r, true, err));
 }
 
 int ks_mkey_load(const ks_config *cfg, ks_mkey *mk, ks_err *err)

@@ -223,6 +223,188 @@ static void test_abort_keeps_the_key(void **state)
     all_read_obj(f, ks_mk_store(f->m));
 }
 
+/* An abort killed after the keystore went back to CURRENT and before its
+ * key file update: the keystore no longer knows the staged epoch, so the
+ * repair labels the withdrawn key with the epoch after the current one
+ * (the one it was staged as), never 0, which any 'clear-history --before'
+ * destroyed although a backup taken while it was staged needs it. */
+static void test_killed_abort_keeps_its_epoch(void **state)
+{
+    fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    ks_mkey k = rand_key();
+    uint8_t kcv[KS_KCV_LEN];
+    ks_registers r;
+
+    kcv_of(&k, kcv);
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.new_epoch, 2);
+    /* The keystore half of the abort, without the key file's. */
+    assert_int_equal(ks_rot_abort(ks_mk_store(f->m), 0, NULL, NULL, NULL, &err), KS_OK);
+    load(f, &r);
+    assert_true(r.has_new);
+    ks_reg_clear(&r);
+    /* The next step repairs, then destroys only what is below epoch 2. */
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 2, NULL, &res, &err), KS_OK);
+    assert_true(res.repaired & KS_MK_REPAIRED_RETIRED);
+    assert_int_equal(res.n_destroyed, 0);
+    free(res.destroyed);
+    load(f, &r);
+    assert_false(r.has_new);
+    assert_int_equal(r.n_old, 1);
+    assert_memory_equal(r.old[0].kcv, kcv, KS_KCV_LEN);
+    assert_int_equal(r.old[0].epoch, 2);
+    assert_true(r.old[0].aborted);
+    ks_reg_clear(&r);
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 3, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.n_destroyed, 1);
+    free(res.destroyed);
+}
+
+/* A keystore on the built-in default key, with its configuration at conf. */
+static ks_mk *default_keystore(const char *dir, const char *conf, ks_config *cfg)
+{
+    ks_err err = KS_ERR_INIT;
+    ks_mkey dk;
+    ks_store *st;
+    char ks[256];
+
+    snprintf(ks, sizeof(ks), "%s/ks", dir);
+    ks_mkey_default(&dk);
+    assert_int_equal(ks_open(ks, &dk, KS_OPEN_CREATE, &st, &err), KS_OK);
+    ks_close(st);
+    FILE *c = fopen(conf, "w");
+    assert_non_null(c);
+    fprintf(c, "keystore = %s\nmaster_key = default\n", ks);
+    fclose(c);
+    ks_mk *m;
+    assert_int_equal(ks_config_load_file(cfg, conf, &err), KS_OK);
+    assert_int_equal(ks_mk_open(cfg, &m, &err), KS_OK);
+    return m;
+}
+
+/* A key file serves one keystore and names it. Two keystores on one file
+ * lose keys (each step keeps only what its own keystore names; their locks
+ * are their own): a second keystore adopting a file that names the first is
+ * refused, and so is any step of a keystore whose configuration names
+ * another keystore's file; two adoptions of one new file at the same moment
+ * leave exactly one owner; a file that names no keystore (written before)
+ * is bound to the keystore whose step reads it first. */
+static void test_key_file_serves_one_keystore(void **state)
+{
+    fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    ks_registers r;
+    ks_info ia;
+    ks_mk_opts o;
+    char bdir[256], bconf[300];
+    ks_config bcfg;
+
+    /* The fixture's key file names no keystore; the first step binds it. */
+    load(f, &r);
+    assert_false(r.has_owner);
+    ks_reg_clear(&r);
+    ks_mkey k = rand_key();
+    assert_int_equal(ks_mk_rotate(f->m, &k, 0, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_get_info(ks_mk_store(f->m), &ia), KS_OK);
+    load(f, &r);
+    assert_true(r.has_owner);
+    assert_memory_equal(r.owner, ia.keystore_id, sizeof(r.owner));
+    ks_reg_clear(&r);
+
+    /* Keystore B, on the default key, told to keep its keys in A's file. */
+    snprintf(bdir, sizeof(bdir), "%s/b", f->dir);
+    assert_int_equal(mkdir(bdir, 0700), 0);
+    snprintf(bconf, sizeof(bconf), "%s/b.conf", bdir);
+    ks_mk *mb = default_keystore(bdir, bconf, &bcfg);
+    size_t before_len, after_len;
+    char *before = slurp(f->keyfile, &before_len);
+    memset(&o, 0, sizeof(o));
+    o.key_file = f->keyfile;
+    ks_mkey kb = rand_key();
+    err = (ks_err)KS_ERR_INIT;
+    assert_int_equal(ks_mk_rotate(mb, &kb, 0, &o, &res, &err), KS_EEXIST);
+    assert_int_equal(err.area, KS_AREA_KEY);
+    assert_non_null(strstr(err.msg, "not this keystore's key file"));
+    char *after = slurp(f->keyfile, &after_len);
+    assert_int_equal(before_len, after_len);
+    assert_memory_equal(before, after, before_len); /* A's file untouched */
+    free(before);
+    free(after);
+    /* B's configuration still says default: its own file next to it works. */
+    assert_int_equal(ks_mk_rotate(mb, &kb, 0, NULL, &res, &err), KS_OK);
+    ks_mk_close(mb);
+    ks_config_free(&bcfg);
+
+    /* B's configuration edited to name A's file: every step refused, A's file untouched. */
+    FILE *c = fopen(bconf, "w");
+    assert_non_null(c);
+    fprintf(c, "keystore = %s/ks\nmaster_key = %s\n", bdir, f->keyfile);
+    fclose(c);
+    /* (B's current key put into A's file's history, as a shared file would have had it.) */
+    load(f, &r);
+    assert_int_equal(ks_reg_insert_old(&r, r.n_old, kb.key, 2, 0, false), KS_OK);
+    assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
+    ks_reg_clear(&r);
+    before = slurp(f->keyfile, &before_len);
+    assert_int_equal(ks_config_load_file(&bcfg, bconf, &err), KS_OK);
+    assert_int_equal(ks_mk_open(&bcfg, &mb, &err), KS_OK);
+    err = (ks_err)KS_ERR_INIT;
+    assert_int_equal(ks_mk_clear_history(mb, 0, 0, NULL, &res, &err), KS_EPERM);
+    assert_non_null(strstr(err.msg, "belongs to another keystore"));
+    ks_mkey k2 = rand_key();
+    assert_int_equal(ks_mk_rotate(mb, &k2, 0, NULL, &res, &err), KS_EPERM);
+    after = slurp(f->keyfile, &after_len);
+    assert_int_equal(before_len, after_len);
+    assert_memory_equal(before, after, before_len);
+    free(before);
+    free(after);
+    ks_mk_close(mb);
+    ks_config_free(&bcfg);
+    /* A's steps go on. */
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_OK);
+    free(res.destroyed);
+
+    /* Two keystores on the default key adopt one new file at the same moment. */
+    for (int round = 0; round < 12; round++) {
+        char d[2][256], cf[2][300], shared[300];
+        snprintf(shared, sizeof(shared), "%s/shared-%d.key", f->dir, round);
+        pid_t pid[2];
+        for (int i = 0; i < 2; i++) {
+            snprintf(d[i], sizeof(d[i]), "%s/r%d-%d", f->dir, round, i);
+            assert_int_equal(mkdir(d[i], 0700), 0);
+            snprintf(cf[i], sizeof(cf[i]), "%s/p11mk.conf", d[i]);
+        }
+        for (int i = 0; i < 2; i++) {
+            if ((pid[i] = fork()) == 0) {
+                ks_config cc;
+                ks_mk *mm = default_keystore(d[i], cf[i], &cc);
+                ks_mk_opts oo;
+                ks_err e = KS_ERR_INIT;
+                ks_mk_result rr;
+                memset(&oo, 0, sizeof(oo));
+                oo.key_file = shared;
+                ks_mkey kk = rand_key();
+                int rc = ks_mk_rotate(mm, &kk, 0, &oo, &rr, &e);
+                ks_mk_close(mm);
+                _exit(rc == KS_OK ? 0 : rc == KS_EEXIST ? 1 : 2);
+            }
+        }
+        int ok = 0, refused = 0;
+        for (int i = 0; i < 2; i++) {
+            int st;
+            assert_int_equal(waitpid(pid[i], &st, 0), pid[i]);
+            assert_true(WIFEXITED(st));
+            ok += WEXITSTATUS(st) == 0;
+            refused += WEXITSTATUS(st) == 1;
+        }
+        assert_int_equal(ok, 1);
+        assert_int_equal(refused, 1);
+    }
+}
+
 /* A process given only the current key (no key file to read the staged one
  * from) opens a keystore whose rotation resealed its index key under the
  * staged key: a key it lacks, said as such (KS_ENOKEY), never as damage
@@ -831,6 +1013,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_history_unbounded_and_cleared_on_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_keeps_the_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_killed_abort_keeps_its_epoch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_file_serves_one_keystore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_without_staged_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_repair_each_half_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expectation_refuses_and_writes_nothing, setup, teardown),

@@ -214,6 +214,8 @@ typedef struct {
     ks_mkey staged;
     size_t n_old, cap_old;
     ks_histkey *old;     /* newest first; memory excluded from core dumps; ks_reg_clear frees it */
+    bool has_owner;      /* the file names the keystore it serves (files written before 2026-12 do not) */
+    uint8_t owner[16];   /* that keystore's id (ks_info.keystore_id) */
 } ks_registers;
 /* Fills a zeroed *r (anything it held is not freed: clear it first).
  * KS_ENOTFOUND, KS_EPERM (mode wider than allowed_mode), KS_EINVAL
@@ -222,6 +224,9 @@ KS_API int ks_reg_load(const char *path, unsigned allowed_mode, ks_registers *r,
 /* Atomic: FILE.tmp (owner, group and mode of the file it replaces), fsync,
  * rename, fsync of the directory. KS_EIO, KS_ENOSPC, KS_ENOMEM. */
 KS_API int ks_reg_save(const char *path, const ks_registers *r, ks_err *err);
+/* A new key file: as ks_reg_save, but never over a file already at path
+ * (KS_EEXIST: another writer made it first). */
+KS_API int ks_reg_create(const char *path, const ks_registers *r, ks_err *err);
 KS_API void ks_reg_clear(ks_registers *r);
 /* History edits: insert at position `at` (0 = newest), remove entry i. */
 KS_API int ks_reg_insert_old(ks_registers *r, size_t at, const uint8_t key[KS_MK_LEN], uint32_t epoch,
