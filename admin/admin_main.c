@@ -137,8 +137,8 @@ int admin_exit_for(int rc, const ks_err *err)
         return EXIT_OK;
     if (err && err->area == KS_AREA_CONFIG)
         return EXIT_CONFIG;
-    if (err && err->area == KS_AREA_KEY)
-        return EXIT_KEY;
+    if (err && err->area == KS_AREA_KEY) /* but a full file system or no memory changed nothing */
+        return rc == KS_ENOSPC || rc == KS_ENOMEM ? EXIT_FAILED : EXIT_KEY;
     switch (rc) {
     case KS_ESTATE:
     case KS_EBUSY:

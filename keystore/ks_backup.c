@@ -198,7 +198,7 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
     ks_mkey_default(&dk);
     if (!found) {
         rc = KS_ENOKEY;
-    } else if ((rc = ks_open(dir, &cur, 0, &copy, err)) == KS_OK) {
+    } else if ((rc = ks_open(dir, &cur, KS_OPEN_COPY, &copy, err)) == KS_OK) {
         uint8_t k[KS_KCV_LEN];
         ks_mkey_kcv(&dk, k);
         if (CRYPTO_memcmp(k, info.kcv, KS_KCV_LEN) != 0) /* not already on the default key */
@@ -221,11 +221,11 @@ static int open_copy(const char *scratch, const char *file, const ks_mkey *curre
                      ks_mk_result *res, ks_err *err)
 {
     ks_err e2 = KS_ERR_INIT;
-    int rc = ks_open(scratch, current, 0, copy, err);
+    int rc = ks_open(scratch, current, KS_OPEN_COPY, copy, err);
     if (rc == KS_EWRONGKEY && !current->is_default) {
         ks_mkey dk;
         ks_mkey_default(&dk);
-        if (ks_open(scratch, &dk, 0, copy, &e2) == KS_OK) {
+        if (ks_open(scratch, &dk, KS_OPEN_COPY, copy, &e2) == KS_OK) {
             err->msg[0] = '\0';
             rc = KS_OK;
             if (res)

@@ -880,7 +880,7 @@ static int open_with(const char *dir, const ks_backend_ops *ops, const char *tar
         return rc;
     }
     char why[512];
-    if (ks_check_rollback(st, why, sizeof(why)))
+    if (!(flags & KS_OPEN_COPY) && ks_check_rollback(st, why, sizeof(why)))
         ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, why);
     st->next = registry;
     registry = st;

@@ -254,6 +254,8 @@ enum {
     KS_OPEN_CREATE = 1u << 0,   /* create the keystore if the directory has none */
     KS_OPEN_RDONLY = 1u << 1,
     KS_OPEN_NO_THREADS = 1u << 2, /* the application forbids threads (a database backend starts none) */
+    KS_OPEN_COPY = 1u << 3,       /* a copy being made ready (restore, export), not the keystore its key file
+                                     serves: an epoch behind the key file's is no rollback to report */
 };
 
 /* Open (or share) the keystore in `dir`: one LMDB environment per keystore
