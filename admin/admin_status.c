@@ -83,6 +83,7 @@ int admin_init(const admin_opts *o)
         goto out;
     }
     err.msg[0] = 0;
+    /* (A key file that names a keystore already is refused here: ks_open.) */
     rc = ks_open_cfg(&cfg, &mk, KS_OPEN_CREATE, &st, &err);
     if (rc != KS_OK) {
         admin_error("cannot create keystore in %s: %s", cfg.keystore, err.msg[0] ? err.msg : ks_strerror(rc));
@@ -91,6 +92,10 @@ int admin_init(const admin_opts *o)
         rc = admin_exit_for(rc, &err);
         goto out;
     }
+    /* The new key file names the new keystore at once. */
+    if (o->generate_key && (rc = ks_keyfile_claim(o->generate_key, 0600, st, &err)) != KS_OK)
+        fprintf(stderr, "p11mk-admin: warning: the key file %s could not be made to name the new keystore (%s); "
+                        "its first master-key step binds it\n", o->generate_key, err.msg[0] ? err.msg : ks_strerror(rc));
     ks_close(st);
     printf("Created keystore %s sealed under the %s master key.\n", cfg.keystore,
            o->generate_key ? "new" : (mk.is_default ? "built-in default" : "configured"));

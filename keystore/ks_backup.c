@@ -339,6 +339,7 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
     if (rc == KS_OK && res && ks_get_info(copy, &ci) == KS_OK) {
         res->epoch = ci.epoch;
         memcpy(res->kcv, ci.kcv, KS_KCV_LEN);
+        memcpy(res->keystore_id, ci.keystore_id, sizeof(res->keystore_id));
     }
     ks_close(copy);
     return rc;

@@ -98,6 +98,7 @@ struct ks_store {
     const ks_backend_ops *ops;
     ks_benv *be;
     bool rdonly;
+    bool copy; /* KS_OPEN_COPY: not the keystore its key file serves */
     uint32_t format;
     uint8_t ksid[KS_KSID_LEN];
     EVP_MAC_CTX *idx_mac; /* HMAC-SHA256 keyed with the index key; duplicated per use */

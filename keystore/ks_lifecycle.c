@@ -562,30 +562,25 @@ static void announce(step *s);
  * file would lose keys: each step keeps only the keys its own keystore
  * names (the other's CURRENT would be overwritten by a concurrent rotation,
  * or destroyed as "history" by the other's clear-history), and their
- * lifecycle locks are their own. So a file naming another keystore is
- * refused, unless it holds this keystore's current key as CURRENT and that
- * key is not the built-in default: then it is this keystore's copy that
- * another one was restored over (restore keeps the copy's id; its records
- * are bound to it), and the file follows the keystore in place. A file
- * naming none (written before 2026-12) is bound to the keystore whose step
- * reads it first, saved at once. *rebound: the registers changed. */
+ * lifecycle locks are their own. So a step refuses a file naming another
+ * keystore; 'restore' binds the file to the keystore it puts in place (a
+ * copy keeps its id, to which its records are bound), 'init' binds it to
+ * the keystore it makes. A file naming none (written before 2026-12) is
+ * bound to the keystore whose step reads it first, saved at once.
+ * *rebound: the registers changed. */
 static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, bool *rebound, ks_err *err)
 {
-    uint8_t kcv[KS_KCV_LEN];
-
     *rebound = false;
     if (r->has_owner && CRYPTO_memcmp(r->owner, info->keystore_id, sizeof(r->owner)) == 0)
         return KS_OK;
-    ks_mkey_kcv(&r->current, kcv);
-    if (r->has_owner && (r->current.is_default || CRYPTO_memcmp(kcv, info->kcv, KS_KCV_LEN) != 0)) {
+    if (r->has_owner) {
         char mine[2 * KS_KCV_LEN + 1], theirs[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(info->keystore_id, mine);
         ks_kcv_hex(r->owner, theirs);
         ks_err_set(err, "the key file %s belongs to another keystore (id %s..., this one is %s...): two keystores "
                         "on one key file would overwrite or destroy each other's master keys, so nothing was "
-                        "changed. Give this keystore the key file that belongs to it (master_key in its "
-                        "configuration), or, if it is still on the built-in default key, a file of its own with "
-                        "--key-file", keyfile, theirs, mine);
+                        "changed. Name this keystore's own key file in its configuration (master_key)", keyfile,
+                   theirs, mine);
         return KS_EPERM;
     }
     memcpy(r->owner, info->keystore_id, sizeof(r->owner));
@@ -705,23 +700,22 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         }
     }
     {
-        /* This keystore's file (made just now, or by an adoption interrupted
-         * before the configuration named it), or someone else's: a file that
-         * names this keystore; one naming none only if it holds nothing but
-         * this keystore's key (the default) as CURRENT. */
+        /* Only this keystore's new file: made just now, or by an adoption
+         * of this keystore interrupted before the configuration named it
+         * (it names this keystore and holds the default key alone). Not a
+         * file naming no keystore (another adoption may be binding it at
+         * this moment), nor one holding other keys (a copy of this keystore,
+         * restored elsewhere, has this keystore's id and its own keys). */
         ks_registers r;
         rc = ks_reg_load(keyfile, m->keymode, &r, err);
-        uint8_t kcv[KS_KCV_LEN];
-        if (rc == KS_OK)
-            ks_mkey_kcv(&r.current, kcv);
-        bool ours = rc == KS_OK &&
-                    (r.has_owner ? CRYPTO_memcmp(r.owner, s->info.keystore_id, sizeof(r.owner)) == 0
-                                 : !r.has_new && r.n_old == 0 && CRYPTO_memcmp(kcv, s->info.kcv, KS_KCV_LEN) == 0);
+        bool ours = rc == KS_OK && r.has_owner &&
+                    CRYPTO_memcmp(r.owner, s->info.keystore_id, sizeof(r.owner)) == 0 && r.current.is_default &&
+                    !r.has_new && r.n_old == 0;
         ks_reg_clear(&r);
         if (!ours) {
-            ks_err_set(err, "%s already exists and is not this keystore's key file (another keystore's, or one "
-                            "holding other keys); nothing was changed: name a file of this keystore's own with "
-                            "--key-file", keyfile);
+            ks_err_set(err, "%s already exists and is not a new key file of this keystore (another keystore's, "
+                            "or one holding keys); nothing was changed: name a new file with --key-file (a file "
+                            "that holds only the built-in default key may be deleted)", keyfile);
             free(conf);
             return ks_err_in(err, KS_AREA_KEY, KS_EEXIST);
         }
@@ -1295,15 +1289,34 @@ static int restore_shared(const ks_config *cfg, const ks_backend_ops *ops, const
     return rc;
 }
 
+int ks_keyfile_claim(const char *path, unsigned mode, ks_store *st, ks_err *err)
+{
+    ks_registers r;
+    ks_info info;
+    int rc = ks_get_info(st, &info);
+    if (rc != KS_OK)
+        return rc;
+    if ((rc = ks_reg_load(path, mode, &r, err)) == KS_OK) {
+        bool rebound = false;
+        if ((rc = own_regs(&info, &r, path, &rebound, err)) == KS_OK && rebound)
+            rc = ks_reg_save(path, &r, err);
+    }
+    ks_reg_clear(&r);
+    return ks_err_in(err, KS_AREA_KEY, rc);
+}
+
 int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
     ks_registers regs;
     ks_mkey cur;
+    ks_mk_result mine;
     bool have_regs = false;
     int fd, rc;
 
     if (!cfg || !cfg->keystore || !file)
         return KS_EINVAL;
+    if (!res)
+        res = &mine;
     const ks_backend_ops *ops = cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;
     if (!ops)
         return KS_EINVAL;
@@ -1327,6 +1340,19 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
         rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, res, err);
     else
         rc = restore_shared(cfg, ops, file, have_regs ? &regs : NULL, &cur, o, res, err);
+    if (rc == KS_OK && have_regs &&
+        (!regs.has_owner || CRYPTO_memcmp(regs.owner, res->keystore_id, sizeof(regs.owner)) != 0)) {
+        /* The key file serves the keystore in this place: now the copy's id
+         * (own_regs). */
+        memcpy(regs.owner, res->keystore_id, sizeof(regs.owner));
+        regs.has_owner = true;
+        if ((rc = ks_reg_save(cfg->master_key, &regs, err)) != KS_OK) {
+            char why[sizeof(err->msg)];
+            snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : ks_strerror(rc));
+            ks_err_set(err, "the keystore was restored, but its key file could not be updated to name it (%s); "
+                            "run the same restore again", why);
+        }
+    }
 out:
     ks_mkey_clear(&cur);
     ks_reg_clear(&regs);

@@ -695,7 +695,22 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
         return KS_ENOTFOUND;
     }
 
-    /* New keystore. */
+    /* New keystore: never on a key file that serves another (it names it):
+     * that keystore's clear-history would destroy the key this one is sealed
+     * under. A file naming none (a raw key, or written before 2026-12) is
+     * bound by the first master-key step. */
+    if (!mk->is_default && mk->source[0]) {
+        ks_registers regs;
+        ks_err e = KS_ERR_INIT;
+        if (ks_reg_load(mk->source, mk->file_mode, &regs, &e) == KS_OK && regs.has_owner) {
+            ks_reg_clear(&regs);
+            ks_err_set(err, "the key file %s already serves a keystore (it names it); a new keystore in %s would "
+                            "lose its master key when that one clears its history, so none was created: give it "
+                            "a key file of its own (p11mk-admin init --generate-key NEWFILE)", mk->source, st->path);
+            return ks_err_in(err, KS_AREA_KEY, KS_EPERM);
+        }
+        ks_reg_clear(&regs);
+    }
     for (int attempt = 0; attempt < 4; attempt++) {
         if ((rc = o->write_begin(st->be, &t)) != KS_OK)
             return rc;
@@ -838,6 +853,7 @@ static int open_with(const char *dir, const ks_backend_ops *ops, const char *tar
     st->dev = sb.st_dev;
     st->ino = sb.st_ino;
     st->rdonly = (flags & KS_OPEN_RDONLY) != 0;
+    st->copy = (flags & KS_OPEN_COPY) != 0;
     /* Tell 'restore' that this process uses the keystore, before opening
      * it: restore swaps data.mdb only while it holds this lock exclusively,
      * so the file opened below is the one that stays in place while we use
@@ -880,7 +896,7 @@ static int open_with(const char *dir, const ks_backend_ops *ops, const char *tar
         return rc;
     }
     char why[512];
-    if (!(flags & KS_OPEN_COPY) && ks_check_rollback(st, why, sizeof(why)))
+    if (ks_check_rollback(st, why, sizeof(why)))
         ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, why);
     st->next = registry;
     registry = st;
@@ -1707,6 +1723,8 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
     unsigned mode;
     uint32_t epoch = ks_epoch(st), max;
 
+    if (st->copy)
+        return false; /* a copy being made ready: the key file serves the keystore it will replace */
     pthread_mutex_lock(&st->ring_lock);
     snprintf(src, sizeof(src), "%s", st->keysrc);
     mode = st->keymode;
@@ -1714,7 +1732,16 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
     if (!src[0] || ks_reg_load(src, mode, &regs, &e) != KS_OK)
         return false;
     max = ks_reg_max_epoch(&regs);
+    bool other = regs.has_owner && CRYPTO_memcmp(regs.owner, st->ksid, KS_KSID_LEN) != 0;
     ks_reg_clear(&regs);
+    if (other) {
+        /* Reported, never acted on: the steps refuse such a file (ks_lifecycle.c own_regs). */
+        snprintf(why, n, "its key file %s serves another keystore (it names that one's id): when that keystore "
+                 "rotates and clears its history, the keys this one is sealed under are destroyed. Give this "
+                 "keystore its own key file: on a host with that key, 'p11mk-admin export --to-default', then "
+                 "restore the export into a keystore configured with a key file of its own", src);
+        return true;
+    }
     if (max <= epoch)
         return false;
     snprintf(why, n, "the keystore is at epoch %u but its key file %s retired keys up to epoch %u: an older copy of "

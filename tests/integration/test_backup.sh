@@ -57,7 +57,35 @@ assert not d["master_key"]["default"], d
 ' || fail "host B's keystore is still under the default key"
 expect_rc 2 "$ADMIN" export "$T/x"
 expect_out "to-default"
+# B's key file now names the keystore put in place (a copy keeps A's
+# keystore id, its records are bound to it): B's steps go on.
+P11MK_CONF=$B/p11mk.conf expect_rc 0 "$ADMIN" rotate --quiet
+grep -q "^# keystore [0-9a-f]\{32\}\$" "$B/b.key" || fail "B's key file does not name its keystore"
 ok "export --to-default on A, restore on B: resealed under B's key, objects intact"
+
+# A key file serves one keystore. A copy of A (the same keystore id) on the
+# default key is not given A's key file; no keystore is created on it.
+AKEY=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["master_key"]["source"])')
+[ -f "$AKEY" ] || fail "host A has no key file ($AKEY)"
+C=$T/clone; mkdir -p "$C"
+printf 'keystore = %s/ks\nmaster_key = default\nlog = %s/p11mk.log\n' "$C" "$T" > "$C/p11mk.conf"
+P11MK_CONF=$C/p11mk.conf expect_rc 0 "$ADMIN" init
+P11MK_CONF=$C/p11mk.conf expect_rc 0 "$ADMIN" restore "$T/home.export" --yes
+cp "$AKEY" "$T/akey.before"
+P11MK_CONF=$C/p11mk.conf expect_rc 4 "$ADMIN" rotate --quiet --key-file "$AKEY"
+expect_out "not a new key file"
+cmp -s "$AKEY" "$T/akey.before" || fail "a refused adoption changed A's key file"
+grep -q "master_key = default" "$C/p11mk.conf" || fail "a refused adoption changed the clone's configuration"
+P11MK_CONF=$C/p11mk.conf expect_rc 0 "$ADMIN" rotate --quiet    # a key file of its own, next to its configuration
+P11MK_CONF=$C/p11mk.conf "$CLIENT" "$MOD" home $PIN check 300 >/dev/null || fail "objects missing in the copy"
+printf 'keystore = %s/ks2\nmaster_key = %s\nlog = %s/p11mk.log\n' "$C" "$AKEY" "$T" > "$C/p2.conf"
+P11MK_CONF=$C/p2.conf expect_rc 4 "$ADMIN" init
+expect_out "already serves a keystore"
+P11MK_CONF=$C/p2.conf expect_rc 5 "$ADMIN" verify
+expect_out "holds no p11mk keystore"
+expect_rc 0 "$ADMIN" rotate --quiet
+expect_rc 0 "$ADMIN" verify
+ok "one keystore per key file: a copy does not take A's, none is created on it, A rotates on"
 
 # History: an old backup opens while its key is in the history, not after
 # clear-history.

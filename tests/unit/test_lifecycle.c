@@ -327,7 +327,7 @@ static void test_key_file_serves_one_keystore(void **state)
     err = (ks_err)KS_ERR_INIT;
     assert_int_equal(ks_mk_rotate(mb, &kb, 0, &o, &res, &err), KS_EEXIST);
     assert_int_equal(err.area, KS_AREA_KEY);
-    assert_non_null(strstr(err.msg, "not this keystore's key file"));
+    assert_non_null(strstr(err.msg, "not a new key file of this keystore"));
     char *after = slurp(f->keyfile, &after_len);
     assert_int_equal(before_len, after_len);
     assert_memory_equal(before, after, before_len); /* A's file untouched */
@@ -351,6 +351,9 @@ static void test_key_file_serves_one_keystore(void **state)
     before = slurp(f->keyfile, &before_len);
     assert_int_equal(ks_config_load_file(&bcfg, bconf, &err), KS_OK);
     assert_int_equal(ks_mk_open(&bcfg, &mb, &err), KS_OK);
+    uint64_t checked = 0, failed = 0; /* reported by verify, never acted on */
+    assert_int_equal(ks_verify(ks_mk_store(mb), NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 1);
     err = (ks_err)KS_ERR_INIT;
     assert_int_equal(ks_mk_clear_history(mb, 0, 0, NULL, &res, &err), KS_EPERM);
     assert_non_null(strstr(err.msg, "belongs to another keystore"));
@@ -366,6 +369,19 @@ static void test_key_file_serves_one_keystore(void **state)
     /* A's steps go on. */
     assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_OK);
     free(res.destroyed);
+    /* No keystore is created on a key file that serves one. */
+    {
+        ks_mkey ka;
+        ks_store *st = NULL;
+        char cdir[300];
+        snprintf(cdir, sizeof(cdir), "%s/c", f->dir);
+        assert_int_equal(ks_mkey_load(&f->cfg, &ka, &err), KS_OK);
+        err = (ks_err)KS_ERR_INIT;
+        assert_int_equal(ks_open(cdir, &ka, KS_OPEN_CREATE, &st, &err), KS_EPERM);
+        assert_non_null(strstr(err.msg, "already serves a keystore"));
+        assert_null(st);
+        ks_mkey_clear(&ka);
+    }
 
     /* Two keystores on the default key adopt one new file at the same moment. */
     for (int round = 0; round < 12; round++) {

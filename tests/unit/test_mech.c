@@ -172,9 +172,10 @@ static void test_keygen_secret(void **state)
     tok_attrs_free(&b);
 }
 
-/* Parse CKA_PUBLIC_KEY_INFO with OpenSSL and verify a signature with it. */
-static void openssl_verify(const tok_attrs *pub, const char *md, const uint8_t *msg, size_t len, const uint8_t *sig,
-                           size_t siglen)
+/* Parse CKA_PUBLIC_KEY_INFO with OpenSSL and verify a signature with it;
+ * pss_salt >= 0: RSA-PSS with that salt length, MGF1 with md. */
+static void openssl_verify_pss(const tok_attrs *pub, const char *md, int pss_salt, const uint8_t *msg, size_t len,
+                               const uint8_t *sig, size_t siglen)
 {
     const tok_attr *spki = tok_attrs_find(pub, CKA_PUBLIC_KEY_INFO);
     assert_non_null(spki);
@@ -182,10 +183,22 @@ static void openssl_verify(const tok_attrs *pub, const char *md, const uint8_t *
     EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)spki->len);
     assert_non_null(pk);
     EVP_MD_CTX *c = EVP_MD_CTX_new();
-    assert_int_equal(EVP_DigestVerifyInit_ex(c, NULL, md, NULL, NULL, pk, NULL), 1);
+    EVP_PKEY_CTX *pc = NULL;
+    assert_int_equal(EVP_DigestVerifyInit_ex(c, &pc, md, NULL, NULL, pk, NULL), 1);
+    if (pss_salt >= 0) {
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PSS_PADDING), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, pss_salt), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md_name(pc, md, NULL), 1);
+    }
     assert_int_equal(EVP_DigestVerify(c, sig, siglen, msg, len), 1);
     EVP_MD_CTX_free(c);
     EVP_PKEY_free(pk);
+}
+
+static void openssl_verify(const tok_attrs *pub, const char *md, const uint8_t *msg, size_t len, const uint8_t *sig,
+                           size_t siglen)
+{
+    openssl_verify_pss(pub, md, -1, msg, len, sig, siglen);
 }
 
 static void test_ec(void **state)
@@ -713,19 +726,7 @@ static void test_p521_and_rsa_pss_oaep(void **state)
     RV(CKR_OK, tok_op_final(op, sig, &len));
     assert_int_equal(len, 256);
     tok_op_free(op);
-    {
-        const tok_attr *spki = tok_attrs_find(&pub, CKA_PUBLIC_KEY_INFO);
-        const unsigned char *p = spki->val;
-        EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)spki->len);
-        EVP_MD_CTX *c = EVP_MD_CTX_new();
-        EVP_PKEY_CTX *pc = NULL;
-        assert_int_equal(EVP_DigestVerifyInit_ex(c, &pc, "SHA256", NULL, NULL, pk, NULL), 1);
-        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PSS_PADDING);
-        EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, 32);
-        assert_int_equal(EVP_DigestVerify(c, sig, len, msg, sizeof(msg)), 1);
-        EVP_MD_CTX_free(c);
-        EVP_PKEY_free(pk);
-    }
+    openssl_verify_pss(&pub, "SHA256", 32, msg, sizeof(msg), sig, len);
     CK_BYTE dg[32];
     size_t dgl = 0;
     assert_true(EVP_Q_digest(NULL, "SHA256", NULL, msg, sizeof(msg), dg, &dgl));
@@ -750,23 +751,17 @@ static void test_p521_and_rsa_pss_oaep(void **state)
         size_t d3l = 0;
         CK_ULONG s3l = sizeof(s3), c3l = sizeof(c3), b3l = sizeof(b3);
         assert_true(EVP_Q_digest(NULL, "SHA3-256", NULL, msg, sizeof(msg), d3, &d3l));
-        CK_RSA_PKCS_PSS_PARAMS p3 = {CKM_SHA3_256, 0x7UL /* CKG_MGF1_SHA3_256 */, 32};
+        CK_RSA_PKCS_PSS_PARAMS p3 = {CKM_SHA3_256, CKG_MGF1_SHA3_256, 32};
         CK_MECHANISM raw3 = {CKM_RSA_PKCS_PSS, &p3, sizeof(p3)};
         RV(CKR_OK, tok_op_init(TOK_OP_SIGN, &raw3, kpriv, &priv, &op));
         RV(CKR_OK, tok_op_oneshot(op, d3, 32, s3, &s3l));
         tok_op_free(op);
+        openssl_verify_pss(&pub, "SHA3-256", 32, msg, sizeof(msg), s3, s3l);
         const tok_attr *spki = tok_attrs_find(&pub, CKA_PUBLIC_KEY_INFO);
         const unsigned char *p = spki->val;
         EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)spki->len);
-        EVP_MD_CTX *c = EVP_MD_CTX_new();
-        EVP_PKEY_CTX *pc = NULL;
-        assert_int_equal(EVP_DigestVerifyInit_ex(c, &pc, "SHA3-256", NULL, NULL, pk, NULL), 1);
-        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PSS_PADDING);
-        EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, 32);
-        EVP_PKEY_CTX_set_rsa_mgf1_md_name(pc, "SHA3-256", NULL);
-        assert_int_equal(EVP_DigestVerify(c, s3, s3l, msg, sizeof(msg)), 1);
-        EVP_MD_CTX_free(c);
-        CK_RSA_PKCS_OAEP_PARAMS o3 = {CKM_SHA3_512, 0x9UL /* CKG_MGF1_SHA3_512 */, CKZ_DATA_SPECIFIED, NULL, 0};
+        EVP_PKEY_CTX *pc;
+        CK_RSA_PKCS_OAEP_PARAMS o3 = {CKM_SHA3_512, CKG_MGF1_SHA3_512, CKZ_DATA_SPECIFIED, NULL, 0};
         CK_MECHANISM om3 = {CKM_RSA_PKCS_OAEP, &o3, sizeof(o3)};
         pc = EVP_PKEY_CTX_new(pk, NULL);
         size_t cl = sizeof(c3);

@@ -703,13 +703,14 @@ static void test_hmac_sha3_openssl(void **state)
     static const struct {
         CK_MECHANISM_TYPE m;
         const char *name, *md;
-    } v[] = {{CKM_SHA3_256_HMAC, "CKM_SHA3_256_HMAC", "SHA3-256"},
+    } v[] = {{0x2B6UL /* CKM_SHA3_224_HMAC */, "CKM_SHA3_224_HMAC", "SHA3-224"},
+             {CKM_SHA3_256_HMAC, "CKM_SHA3_256_HMAC", "SHA3-256"},
              {CKM_SHA3_384_HMAC, "CKM_SHA3_384_HMAC", "SHA3-384"},
              {CKM_SHA3_512_HMAC, "CKM_SHA3_512_HMAC", "SHA3-512"}};
     static const char msg[] = "The quick brown fox jumps over the lazy dog";
     uint8_t key[37], want[64], mac[64];
     assert_int_equal(RAND_bytes(key, sizeof(key)), 1);
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         if (!have(v[i].m, v[i].name))
             continue;
         size_t wl = 0;
@@ -795,6 +796,7 @@ static void test_digest_abc(void **state)
         {CKM_SHA512, "CKM_SHA512",
          "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a"
          "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"},
+        {0x2B5UL /* CKM_SHA3_224 */, "CKM_SHA3_224", "e642824c3f8cf24ad09234ee7d3c766fc9a3a5168d0c94ad73b46fdf"},
         {CKM_SHA3_256, "CKM_SHA3_256", "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"},
         {CKM_SHA3_384, "CKM_SHA3_384",
          "ec01498288516fc926459f58e2c6ad8df9b473cb0fc08c2596da7cf0e49be4b298d88cea927ac7f539f1edf228376d25"},

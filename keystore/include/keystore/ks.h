@@ -561,6 +561,7 @@ typedef struct {
     ks_histinfo *destroyed;              /* ks_mk_result_free */
     uint8_t backup_kcv[KS_KCV_LEN];      /* restore: the key the copy was sealed under */
     bool from_default;                   /* restore: the copy was an export under the default key */
+    uint8_t keystore_id[16];             /* restore: the id of the keystore put in place (the copy's) */
     bool joined;                         /* stage: another host had staged this key; this host now holds it */
 } ks_mk_result;
 KS_API void ks_mk_result_free(ks_mk_result *res);
@@ -625,6 +626,11 @@ KS_API int ks_mk_hosts(ks_mk *m, ks_host **hosts, size_t *n, ks_err *err);
 /* Take a host out of the fleet (it joins again when p11mk next opens the keystore there). KS_ENOTFOUND. */
 KS_API int ks_mk_host_remove(ks_mk *m, const char *name, const ks_mk_opts *o, ks_err *err);
 
+/* A key file serves one keystore and names it (ks_registers.owner): the
+ * steps refuse a file naming another, opening reports it, creating a
+ * keystore refuses it. ks_keyfile_claim makes the file at path name st, for
+ * 'init --generate-key' (a file nobody else has seen). */
+KS_API int ks_keyfile_claim(const char *path, unsigned mode, ks_store *st, ks_err *err);
 KS_API int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res,
                          ks_err *err);
 
