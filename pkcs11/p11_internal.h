@@ -133,7 +133,12 @@ P11_API CK_ULONG p11_session_count(CK_SLOT_ID slot, bool rw_only);
  * CKR_SLOT_ID_INVALID or the keystore's error: for the functions whose lists
  * have no CKR_TOKEN_NOT_RECOGNIZED (C_GetMechanismList, C_GetMechanismInfo,
  * C_CloseAllSessions). */
-P11_API CK_RV p11_slot_known(CK_SLOT_ID slot);
+static inline CK_RV p11_slot_known(CK_SLOT_ID slot)
+{
+    CK_RV rv = tok_slot_check(p11_tok(), slot);
+
+    return rv == CKR_TOKEN_NOT_RECOGNIZED ? CKR_OK : rv;
+}
 P11_API void p11_op_end(p11_session *s, tok_op_kind kind);
 
 /* ---- PKCS#11 3.0 message-based functions (p11_message.c) ------------------- */

@@ -52,13 +52,6 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
     return rv;
 }
 
-CK_RV p11_slot_known(CK_SLOT_ID slotID)
-{
-    CK_RV rv = tok_slot_check(p11_tok(), slotID);
-
-    return rv == CKR_TOKEN_NOT_RECOGNIZED ? CKR_OK : rv;
-}
-
 CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount)
 {
     CK_ULONG n;
