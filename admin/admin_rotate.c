@@ -659,9 +659,13 @@ int admin_clear_history(const admin_opts *o)
     return rc;
 }
 
+/* arg: counts the findings about the keystore as a whole ('M': it is older
+ * than its key file, or its key file serves another keystore), which no
+ * record names. */
 static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
 {
-    (void)arg;
+    if (kind == 'M')
+        ++*(uint64_t *)arg;
     if (what && token)
         printf("  token %u: %s\n", token, what);
     else if (what)
@@ -688,11 +692,11 @@ int admin_verify(const admin_opts *o)
 {
     ks_config cfg;
     ks_mk *m;
-    uint64_t checked = 0, failed = 0;
+    uint64_t checked = 0, failed = 0, whole = 0;
     (void)o;
     int rc = mk_open(&cfg, &m);
     if (rc == EXIT_OK) {
-        int krc = ks_verify(ks_mk_store(m), verify_cb, NULL, &checked, &failed);
+        int krc = ks_verify(ks_mk_store(m), verify_cb, &whole, &checked, &failed);
         tok_ctx *ctx = NULL;
         unsigned long long missing = 0;
         long long objs = -1;
@@ -704,9 +708,13 @@ int admin_verify(const admin_opts *o)
         if (krc != KS_OK || objs < 0) {
             admin_error("cannot read the keystore: %s", ks_strerror(krc != KS_OK ? krc : KS_EIO));
             rc = EXIT_KEYSTORE;
-        } else if (failed) {
+        } else if (failed > whole) {
             printf("%llu of %llu records failed: restore the keystore from a backup, or delete the objects "
-                   "named above.\n", (unsigned long long)failed, (unsigned long long)checked);
+                   "named above.\n", (unsigned long long)(failed - whole), (unsigned long long)checked);
+            rc = EXIT_KEYSTORE;
+        } else if (failed) {
+            printf("The %llu records open under the keys of their epochs, but the keystore and its key file "
+                   "disagree (above): nothing was changed.\n", (unsigned long long)checked);
             rc = EXIT_KEYSTORE;
         } else {
             printf("Verified %llu records: each opens under the key of its epoch; the indexes agree with %lld "

@@ -181,8 +181,9 @@ typedef struct ks_backend_ops {
      * NULL: this backend is not restored into (ks_backup.c says so). */
     int (*check_copy)(int fd, const char *name, ks_err *err);
     /* The plain epoch and generation of the storage at path, read without
-     * opening it as a store (it may be damaged, or under another key). */
-    int (*peek_counters)(const char *path, uint32_t *epoch, uint64_t *gen);
+     * opening it as a store (it may be damaged, or under another key), and
+     * its keystore id when ksid is not NULL (*have_ksid: it was there). */
+    int (*peek_counters)(const char *path, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid);
 } ks_backend_ops;
 
 /* The backends built in. */
@@ -206,7 +207,8 @@ KS_API const char *ks_backend_names(void);
 KS_API int ks_backend_transfer(const ks_backend_ops *so, ks_benv *se, const ks_backend_ops *d, ks_benv *de,
                                bool dst_tables, bool replace);
 /* The plain epoch and generation records of an open storage (0 when missing). */
-KS_API int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen);
+KS_API int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen,
+                                    uint8_t ksid[16], bool *have_ksid);
 KS_API int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sys_err, char *why, size_t n);
 /* The one keystores are opened with. */
 #define KS_BACKEND_DEFAULT (&ks_lmdb_backend)

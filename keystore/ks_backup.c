@@ -346,12 +346,18 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
 }
 
 int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
-                      ks_mk_result *res, ks_err *err)
+                      ks_restore_gate gate, void *arg, ks_mk_result *res, ks_err *err)
 {
     char scratch[4200], from[4300], to[4300];
     uint32_t live_epoch = 0;
     uint64_t live_gen = 0;
+    uint8_t live_ksid[16];
+    bool have_ksid = false;
+    ks_mk_result mine;
     int rc, lfd = -1;
+
+    if (!res)
+        res = &mine;
 
     snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
     /* In use now: say so before any work (the swap checks again). */
@@ -364,8 +370,10 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
     /* The keystore being replaced, if it opens at all: the copy continues its
      * epochs and generations, so nothing that saw the old one can take the
      * new one for an older state. */
-    (void)ks_peek_counters(dir, &live_epoch, &live_gen);
+    (void)ks_peek_counters(dir, &live_epoch, &live_gen, live_ksid, &have_ksid);
     if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
+        goto out;
+    if (gate && (rc = gate(have_ksid ? live_ksid : NULL, res->keystore_id, arg, err)) != KS_OK)
         goto out;
     /* Swap it in, with nobody using the keystore (openers wait for the
      * users.lock we now hold before they open data.mdb). */
@@ -389,13 +397,20 @@ out:
 }
 
 int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv *be, bool tables, const char *file,
-                             const ks_registers *regs, const ks_mkey *current, ks_mk_result *res, ks_err *err)
+                             const ks_registers *regs, const ks_mkey *current, ks_restore_gate gate, void *arg,
+                             ks_mk_result *res, ks_err *err)
 {
     const ks_backend_ops *lm = &ks_lmdb_backend;
     char scratch[4200];
     uint32_t live_epoch = 0;
     uint64_t live_gen = 0;
+    uint8_t live_ksid[16];
+    bool have_ksid = false;
+    ks_mk_result mine;
     int rc;
+
+    if (!res)
+        res = &mine;
 
     snprintf(scratch, sizeof(scratch), "%s/restore.tmp", dir);
     if ((rc = scratch_from_file(scratch, file, err)) != KS_OK)
@@ -403,11 +418,13 @@ int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv
     /* The storage is live (other hosts use it): a copy whose generation is
      * not past theirs would look older to them, so counters that cannot be
      * read stop the restore (missing ones are 0, as in an empty storage). */
-    if (tables && (rc = ks_backend_peek_counters(ops, be, &live_epoch, &live_gen)) != KS_OK) {
+    if (tables && (rc = ks_backend_peek_counters(ops, be, &live_epoch, &live_gen, live_ksid, &have_ksid)) != KS_OK) {
         ks_read_error(err, dir, "the epoch and generation of the keystore in place", rc);
         goto out;
     }
     if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
+        goto out;
+    if (gate && (rc = gate(have_ksid ? live_ksid : NULL, res->keystore_id, arg, err)) != KS_OK)
         goto out;
     /* One write transaction: every reader sees the old keystore or the new. */
     ks_benv *se = NULL;

@@ -257,7 +257,7 @@ KS_API int ks_gen_at_least(ks_store *st, uint64_t gen);
 KS_API int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *err);
 /* The epoch and generation of the keystore in dir, read without opening it
  * as a store (it may be damaged, or under a key this host lacks). */
-KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen);
+KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid);
 /* Remove the scratch copies a killed restore or export left in dir (the
  * caller holds the lifecycle lock). */
 KS_API void ks_remove_scratch(const char *dir);
@@ -270,13 +270,18 @@ KS_API int ks_fleet_announce_cfg(ks_store *st, const ks_config *cfg); /* the key
 KS_API int ks_fleet_list(ks_store *st, const ks_mkey *cur, const ks_mkey *nxt, ks_host **out, size_t *n);
 KS_API int ks_fleet_remove(ks_store *st, const char *name);
 
+/* Called once the copy is ready and before it replaces anything: live_ksid
+ * is the id of the keystore in place (NULL: none, or it cannot be read),
+ * copy_ksid the copy's. Anything but KS_OK stops the restore, nothing
+ * replaced (err says why). */
+typedef int (*ks_restore_gate)(const uint8_t *live_ksid, const uint8_t copy_ksid[16], void *arg, ks_err *err);
 KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
-                             ks_mk_result *res, ks_err *err);
+                             ks_restore_gate gate, void *arg, ks_mk_result *res, ks_err *err);
 /* The same for a keystore whose storage several hosts share (not a file in
  * dir): the storage's content replaced in one write transaction, online. */
 KS_API int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv *be, bool tables,
                                     const char *file, const ks_registers *regs, const ks_mkey *current,
-                                    ks_mk_result *res, ks_err *err);
+                                    ks_restore_gate gate, void *arg, ks_mk_result *res, ks_err *err);
 
 /* HKDF-SHA256. 0 on success. */
 KS_API int ks_hkdf(const uint8_t *key, size_t keylen, const uint8_t *salt, size_t saltlen, const void *info,

@@ -568,19 +568,26 @@ static void announce(step *s);
  * the keystore it makes. A file naming none (written before 2026-12) is
  * bound to the keystore whose step reads it first, saved at once.
  * *rebound: the registers changed. */
-static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, bool *rebound, ks_err *err)
+static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, bool fleet, bool *rebound,
+                    ks_err *err)
 {
+    uint8_t kcv[KS_KCV_LEN];
+
     *rebound = false;
     if (r->has_owner && CRYPTO_memcmp(r->owner, info->keystore_id, sizeof(r->owner)) == 0)
         return KS_OK;
-    if (r->has_owner) {
+    ks_mkey_kcv(&r->current, kcv);
+    /* A keystore several hosts share, restored from a copy on one of them:
+     * the others' key files, holding its current key, follow it. */
+    bool follows = fleet && !r->current.is_default && CRYPTO_memcmp(kcv, info->kcv, KS_KCV_LEN) == 0;
+    if (r->has_owner && !follows) {
         char mine[2 * KS_KCV_LEN + 1], theirs[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(info->keystore_id, mine);
         ks_kcv_hex(r->owner, theirs);
         ks_err_set(err, "the key file %s belongs to another keystore (id %s..., this one is %s...): two keystores "
                         "on one key file would overwrite or destroy each other's master keys, so nothing was "
-                        "changed. Name this keystore's own key file in its configuration (master_key)", keyfile,
-                   theirs, mine);
+                        "changed. Name this keystore's own key file in its configuration (master_key); if a "
+                        "restore into this keystore stopped before it finished, run it again", keyfile, theirs, mine);
         return KS_EPERM;
     }
     memcpy(r->owner, info->keystore_id, sizeof(r->owner));
@@ -609,7 +616,7 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
     s->have_regs = m->keyfile != NULL;
     if (s->have_regs) {
         bool rebound = false;
-        if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK) {
+        if ((rc = own_regs(&s->info, &s->regs, m->keyfile, ks_fleet_shared(m->st), &rebound, err)) != KS_OK) {
             step_end(s);
             return ks_err_in(err, KS_AREA_KEY, rc);
         }
@@ -619,8 +626,15 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
             return flags;
         }
         if ((flags || rebound) && (rc = save_regs(s, err)) != KS_OK) {
-            step_end(s);
-            return rc;
+            /* A binding alone is not needed by this step (a read-only key
+             * file, say): the next save writes it. A repair is. */
+            if (flags) {
+                step_end(s);
+                return rc;
+            }
+            ks_log(KS_LOG_INFO, "keystore %s: the key file %s could not be made to name it (%s); a later step will",
+                   m->dir, m->keyfile, err->msg);
+            err->msg[0] = '\0';
         }
         if (res)
             res->repaired = (unsigned)flags;
@@ -739,7 +753,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         return rc;
     s->have_regs = true;
     bool rebound = false;
-    if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK)
+    if ((rc = own_regs(&s->info, &s->regs, m->keyfile, ks_fleet_shared(m->st), &rebound, err)) != KS_OK)
         return ks_err_in(err, KS_AREA_KEY, rc);
     int flags = repair(m->st, &s->info, &s->regs, err);
     if (flags < 0)
@@ -1271,7 +1285,8 @@ int ks_mk_auto_run(ks_mk *m, uint64_t now, const ks_mk_opts *o, ks_mk_result *re
  * directory, replaces the storage's content in one write transaction, with
  * a later generation than anything running has seen. */
 static int restore_shared(const ks_config *cfg, const ks_backend_ops *ops, const char *file, const ks_registers *regs,
-                          const ks_mkey *cur, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
+                          const ks_mkey *cur, ks_restore_gate gate, void *arg, const ks_mk_opts *o, ks_mk_result *res,
+                          ks_err *err)
 {
     ks_benv *be = NULL;
     bool rdonly = false, tables = false;
@@ -1282,7 +1297,7 @@ static int restore_shared(const ks_config *cfg, const ks_backend_ops *ops, const
     if ((rc = ops->open(cfg->keystore, cfg->postgresql, KS_OPEN_NO_THREADS, &rdonly, &tables, &be, err)) != KS_OK)
         return rc;
     if ((rc = global_take(ops, be, cfg->keystore, o, &g, err)) == KS_OK) {
-        rc = ks_restore_shared_locked(cfg->keystore, ops, be, tables, file, regs, cur, res, err);
+        rc = ks_restore_shared_locked(cfg->keystore, ops, be, tables, file, regs, cur, gate, arg, res, err);
         global_release(ops, g);
     }
     ops->close(be);
@@ -1298,25 +1313,69 @@ int ks_keyfile_claim(const char *path, unsigned mode, ks_store *st, ks_err *err)
         return rc;
     if ((rc = ks_reg_load(path, mode, &r, err)) == KS_OK) {
         bool rebound = false;
-        if ((rc = own_regs(&info, &r, path, &rebound, err)) == KS_OK && rebound)
+        if ((rc = own_regs(&info, &r, path, false, &rebound, err)) == KS_OK && rebound)
             rc = ks_reg_save(path, &r, err);
     }
     ks_reg_clear(&r);
     return ks_err_in(err, KS_AREA_KEY, rc);
 }
 
+/* The key file a restore puts a copy under, checked and bound before the
+ * copy replaces anything (ks_restore_gate): a key file serves one keystore
+ * (own_regs). It may name nobody (the first step binds it), the copy (a
+ * backup of this keystore, or a restore that stopped after binding), or
+ * the keystore the copy replaces: then it is rewritten, under this lock,
+ * to name the copy before the swap (a copy keeps its id: its records are
+ * bound to it); a restore stopped after that is run again. A file naming
+ * another keystore is refused: a restore into a new directory would give
+ * that keystore's key file to the copy, whose clear-history would then
+ * destroy that keystore's keys. */
+typedef struct {
+    const ks_config *cfg;
+    ks_registers *regs;
+    bool rebound;        /* the gate rewrote the file; was_owner: what it named */
+    uint8_t was_owner[16];
+} restore_bind;
+
+static int restore_gate(const uint8_t *live_ksid, const uint8_t copy_ksid[16], void *arg, ks_err *err)
+{
+    restore_bind *b = arg;
+    ks_registers *r = b->regs;
+    const char *kf = b->cfg->master_key;
+
+    if (!r || !r->has_owner || CRYPTO_memcmp(r->owner, copy_ksid, sizeof(r->owner)) == 0)
+        return KS_OK;
+    if (!live_ksid || CRYPTO_memcmp(r->owner, live_ksid, sizeof(r->owner)) != 0) {
+        char theirs[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(r->owner, theirs);
+        ks_err_set(err, "the key file %s serves another keystore (id %s...), not the one in %s: the copy would take "
+                        "its keys, and lose them to that keystore's clear-history. Nothing was restored: configure "
+                        "a key file of this keystore's own (p11mk-admin init --generate-key NEWFILE names a new "
+                        "one), then restore", kf, theirs, b->cfg->keystore);
+        return ks_err_in(err, KS_AREA_KEY, KS_EPERM);
+    }
+    memcpy(b->was_owner, r->owner, sizeof(r->owner));
+    memcpy(r->owner, copy_ksid, sizeof(r->owner));
+    int rc = ks_reg_save(kf, r, err);
+    b->rebound = rc == KS_OK;
+    if (rc != KS_OK) {
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : ks_strerror(rc));
+        ks_err_set(err, "the key file %s must name the restored keystore and cannot be written (%s); nothing was "
+                        "restored", kf, why);
+    }
+    return rc;
+}
+
 int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
     ks_registers regs;
     ks_mkey cur;
-    ks_mk_result mine;
     bool have_regs = false;
     int fd, rc;
 
     if (!cfg || !cfg->keystore || !file)
         return KS_EINVAL;
-    if (!res)
-        res = &mine;
     const ks_backend_ops *ops = cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;
     if (!ops)
         return KS_EINVAL;
@@ -1336,22 +1395,16 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     } else {
         ks_mkey_default(&cur);
     }
+    restore_bind bind = {cfg, have_regs ? &regs : NULL, false, {0}};
     if (ops == &ks_lmdb_backend)
-        rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, res, err);
+        rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, restore_gate, &bind, res, err);
     else
-        rc = restore_shared(cfg, ops, file, have_regs ? &regs : NULL, &cur, o, res, err);
-    if (rc == KS_OK && have_regs &&
-        (!regs.has_owner || CRYPTO_memcmp(regs.owner, res->keystore_id, sizeof(regs.owner)) != 0)) {
-        /* The key file serves the keystore in this place: now the copy's id
-         * (own_regs). */
-        memcpy(regs.owner, res->keystore_id, sizeof(regs.owner));
-        regs.has_owner = true;
-        if ((rc = ks_reg_save(cfg->master_key, &regs, err)) != KS_OK) {
-            char why[sizeof(err->msg)];
-            snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : ks_strerror(rc));
-            ks_err_set(err, "the keystore was restored, but its key file could not be updated to name it (%s); "
-                            "run the same restore again", why);
-        }
+        rc = restore_shared(cfg, ops, file, have_regs ? &regs : NULL, &cur, restore_gate, &bind, o, res, err);
+    if (rc != KS_OK && bind.rebound) {
+        /* Nothing was replaced after all: the file names the keystore in place again. */
+        ks_err e2 = KS_ERR_INIT;
+        memcpy(regs.owner, bind.was_owner, sizeof(regs.owner));
+        (void)ks_reg_save(cfg->master_key, &regs, &e2);
     }
 out:
     ks_mkey_clear(&cur);

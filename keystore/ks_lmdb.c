@@ -576,7 +576,7 @@ bad:
     return KS_EBADFILE;
 }
 
-static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
+static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid)
 {
     MDB_env *env = NULL;
     MDB_txn *t = NULL;
@@ -587,6 +587,8 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
 
     *epoch = 0;
     *gen = 0;
+    if (have_ksid)
+        *have_ksid = false;
     snprintf(data, sizeof(data), "%s/data.mdb", dir);
     if (access(data, R_OK) != 0)
         return KS_ENOTFOUND;
@@ -607,6 +609,12 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
         k.mv_data = (void *)"gen";
         if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8)
             *gen = ks_get_be64(v.mv_data);
+        k.mv_size = 4;
+        k.mv_data = (void *)"ksid";
+        if (ksid && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 16) {
+            memcpy(ksid, v.mv_data, 16);
+            *have_ksid = true;
+        }
     }
     if (t)
         mdb_txn_abort(t);

@@ -1657,9 +1657,9 @@ int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, 
     return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
-int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen)
+int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid)
 {
-    return KS_BACKEND_DEFAULT->peek_counters(dir, epoch, gen);
+    return KS_BACKEND_DEFAULT->peek_counters(dir, epoch, gen, ksid, have_ksid);
 }
 
 /* At open: the counts the anchor vouches for against what the databases hold
@@ -1733,6 +1733,14 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
         return false;
     max = ks_reg_max_epoch(&regs);
     bool other = regs.has_owner && CRYPTO_memcmp(regs.owner, st->ksid, KS_KSID_LEN) != 0;
+    if (other && ks_fleet_shared(st) && !regs.current.is_default) {
+        /* A host of a fleet whose keystore was restored from a copy elsewhere:
+         * its key file holds the current key and follows at its next step. */
+        ks_info info;
+        uint8_t kcv[KS_KCV_LEN];
+        ks_mkey_kcv(&regs.current, kcv);
+        other = ks_get_info(st, &info) != KS_OK || CRYPTO_memcmp(kcv, info.kcv, KS_KCV_LEN) != 0;
+    }
     ks_reg_clear(&regs);
     if (other) {
         /* Reported, never acted on: the steps refuse such a file (ks_lifecycle.c own_regs). */

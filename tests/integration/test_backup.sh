@@ -83,6 +83,18 @@ P11MK_CONF=$C/p2.conf expect_rc 4 "$ADMIN" init
 expect_out "already serves a keystore"
 P11MK_CONF=$C/p2.conf expect_rc 5 "$ADMIN" verify
 expect_out "holds no p11mk keystore"
+# ... nor does a restore into a new directory give A's key file to another
+# keystore's copy. (A copy of A itself, the same id, is let in: that is how
+# A comes back into a new directory from its backup. Two live copies of one
+# keystore on one key file are what p11mk cannot tell apart: README.)
+D=$T/other; mkdir -p "$D"
+printf 'keystore = %s/ks\nmaster_key = default\nlog = %s/p11mk.log\n' "$D" "$T" > "$D/p11mk.conf"
+P11MK_CONF=$D/p11mk.conf expect_rc 0 "$ADMIN" init
+P11MK_CONF=$D/p11mk.conf expect_rc 0 "$ADMIN" export --to-default "$T/other.export"
+P11MK_CONF=$C/p2.conf expect_rc 4 "$ADMIN" restore "$T/other.export" --yes
+expect_out "serves another keystore"
+cmp -s "$AKEY" "$T/akey.before" || fail "a refused restore changed A's key file"
+P11MK_CONF=$C/p2.conf expect_rc 5 "$ADMIN" verify
 expect_rc 0 "$ADMIN" rotate --quiet
 expect_rc 0 "$ADMIN" verify
 ok "one keystore per key file: a copy does not take A's, none is created on it, A rotates on"
