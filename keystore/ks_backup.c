@@ -306,7 +306,8 @@ busy:
  * key), any rotation in it withdrawn, resealed under CURRENT at a later
  * epoch, a later generation, every record verified. */
 static int prepare_copy(const char *scratch, const char *file, const ks_registers *regs, const ks_mkey *current,
-                        uint32_t live_epoch, uint64_t live_gen, ks_mk_result *res, ks_err *err)
+                        uint32_t live_epoch, uint64_t live_gen, const uint8_t *live_ksid, ks_mk_result *res,
+                        ks_err *err)
 {
     ks_store *copy = NULL;
     int rc;
@@ -327,6 +328,12 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
     }
     if (rc == KS_OK)
         rc = ks_gen_at_least(copy, live_gen + 1);
+    /* Another keystore's copy in this one's place: it says whose place, so
+     * that the key file serving this place (naming the keystore replaced)
+     * follows it, in this host and the others of a fleet. */
+    if (rc == KS_OK && live_ksid && (rc = ks_get_info(copy, &ci)) == KS_OK &&
+        CRYPTO_memcmp(live_ksid, ci.keystore_id, KS_KSID_LEN) != 0)
+        rc = ks_set_succeeds(copy, live_ksid);
     if (rc == KS_OK) {
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);
@@ -371,7 +378,8 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
      * epochs and generations, so nothing that saw the old one can take the
      * new one for an older state. */
     (void)ks_peek_counters(dir, &live_epoch, &live_gen, live_ksid, &have_ksid);
-    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
+    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, have_ksid ? live_ksid : NULL, res,
+                           err)) != KS_OK)
         goto out;
     if (gate && (rc = gate(have_ksid ? live_ksid : NULL, res->keystore_id, arg, err)) != KS_OK)
         goto out;
@@ -422,7 +430,8 @@ int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv
         ks_read_error(err, dir, "the epoch and generation of the keystore in place", rc);
         goto out;
     }
-    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, res, err)) != KS_OK)
+    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, have_ksid ? live_ksid : NULL, res,
+                           err)) != KS_OK)
         goto out;
     if (gate && (rc = gate(have_ksid ? live_ksid : NULL, res->keystore_id, arg, err)) != KS_OK)
         goto out;

@@ -274,6 +274,9 @@ KS_API int ks_fleet_remove(ks_store *st, const char *name);
  * is the id of the keystore in place (NULL: none, or it cannot be read),
  * copy_ksid the copy's. Anything but KS_OK stops the restore, nothing
  * replaced (err says why). */
+/* A copy made ready to replace the keystore with id `id` in its place
+ * (meta "succeeds"; ks_info.succeeds): that keystore's key file follows it. */
+KS_API int ks_set_succeeds(ks_store *st, const uint8_t id[16]);
 typedef int (*ks_restore_gate)(const uint8_t *live_ksid, const uint8_t copy_ksid[16], void *arg, ks_err *err);
 KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
                              ks_restore_gate gate, void *arg, ks_mk_result *res, ks_err *err);

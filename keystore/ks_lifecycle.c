@@ -563,31 +563,25 @@ static void announce(step *s);
  * names (the other's CURRENT would be overwritten by a concurrent rotation,
  * or destroyed as "history" by the other's clear-history), and their
  * lifecycle locks are their own. So a step refuses a file naming another
- * keystore; 'restore' binds the file to the keystore it puts in place (a
- * copy keeps its id, to which its records are bound), 'init' binds it to
- * the keystore it makes. A file naming none (written before 2026-12) is
- * bound to the keystore whose step reads it first, saved at once.
- * *rebound: the registers changed. */
-static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, bool fleet, bool *rebound,
-                    ks_err *err)
+ * keystore, but the one this keystore replaced in its place by a restore
+ * (ks_info.succeeds: a copy keeps its own id, to which its records are
+ * bound); the file then follows it, on this host and every host of a
+ * fleet. A file naming none (written before 2026-12, or a raw key) is
+ * bound to the keystore whose step reads it first. *rebound: the
+ * registers changed. */
+static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, bool *rebound, ks_err *err)
 {
-    uint8_t kcv[KS_KCV_LEN];
-
     *rebound = false;
     if (r->has_owner && CRYPTO_memcmp(r->owner, info->keystore_id, sizeof(r->owner)) == 0)
         return KS_OK;
-    ks_mkey_kcv(&r->current, kcv);
-    /* A keystore several hosts share, restored from a copy on one of them:
-     * the others' key files, holding its current key, follow it. */
-    bool follows = fleet && !r->current.is_default && CRYPTO_memcmp(kcv, info->kcv, KS_KCV_LEN) == 0;
-    if (r->has_owner && !follows) {
+    if (r->has_owner && !(info->has_succeeds && CRYPTO_memcmp(r->owner, info->succeeds, sizeof(r->owner)) == 0)) {
         char mine[2 * KS_KCV_LEN + 1], theirs[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(info->keystore_id, mine);
         ks_kcv_hex(r->owner, theirs);
         ks_err_set(err, "the key file %s belongs to another keystore (id %s..., this one is %s...): two keystores "
                         "on one key file would overwrite or destroy each other's master keys, so nothing was "
-                        "changed. Name this keystore's own key file in its configuration (master_key); if a "
-                        "restore into this keystore stopped before it finished, run it again", keyfile, theirs, mine);
+                        "changed. Name this keystore's own key file in its configuration (master_key)", keyfile,
+                   theirs, mine);
         return KS_EPERM;
     }
     memcpy(r->owner, info->keystore_id, sizeof(r->owner));
@@ -616,7 +610,7 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
     s->have_regs = m->keyfile != NULL;
     if (s->have_regs) {
         bool rebound = false;
-        if ((rc = own_regs(&s->info, &s->regs, m->keyfile, ks_fleet_shared(m->st), &rebound, err)) != KS_OK) {
+        if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK) {
             step_end(s);
             return ks_err_in(err, KS_AREA_KEY, rc);
         }
@@ -753,7 +747,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         return rc;
     s->have_regs = true;
     bool rebound = false;
-    if ((rc = own_regs(&s->info, &s->regs, m->keyfile, ks_fleet_shared(m->st), &rebound, err)) != KS_OK)
+    if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK)
         return ks_err_in(err, KS_AREA_KEY, rc);
     int flags = repair(m->st, &s->info, &s->regs, err);
     if (flags < 0)
@@ -1313,64 +1307,43 @@ int ks_keyfile_claim(const char *path, unsigned mode, ks_store *st, ks_err *err)
         return rc;
     if ((rc = ks_reg_load(path, mode, &r, err)) == KS_OK) {
         bool rebound = false;
-        if ((rc = own_regs(&info, &r, path, false, &rebound, err)) == KS_OK && rebound)
+        if ((rc = own_regs(&info, &r, path, &rebound, err)) == KS_OK && rebound)
             rc = ks_reg_save(path, &r, err);
     }
     ks_reg_clear(&r);
     return ks_err_in(err, KS_AREA_KEY, rc);
 }
 
-/* The key file a restore puts a copy under, checked and bound before the
- * copy replaces anything (ks_restore_gate): a key file serves one keystore
- * (own_regs). It may name nobody (the first step binds it), the copy (a
- * backup of this keystore, or a restore that stopped after binding), or
- * the keystore the copy replaces: then it is rewritten, under this lock,
- * to name the copy before the swap (a copy keeps its id: its records are
- * bound to it); a restore stopped after that is run again. A file naming
+/* The key file a restore puts a copy under, checked under the lock before
+ * the copy replaces anything (ks_restore_gate): a key file serves one
+ * keystore (own_regs). It may name nobody (the first step binds it), the
+ * copy (a backup of this keystore), or the keystore the copy replaces (the
+ * copy says so: ks_set_succeeds, and the file follows it). A file naming
  * another keystore is refused: a restore into a new directory would give
  * that keystore's key file to the copy, whose clear-history would then
- * destroy that keystore's keys. */
-typedef struct {
-    const ks_config *cfg;
-    ks_registers *regs;
-    bool rebound;        /* the gate rewrote the file; was_owner: what it named */
-    uint8_t was_owner[16];
-} restore_bind;
-
+ * destroy that keystore's keys. Nothing is written before the swap. */
 static int restore_gate(const uint8_t *live_ksid, const uint8_t copy_ksid[16], void *arg, ks_err *err)
 {
-    restore_bind *b = arg;
-    ks_registers *r = b->regs;
-    const char *kf = b->cfg->master_key;
+    const ks_registers *r = ((void **)arg)[0];
+    const ks_config *cfg = ((void **)arg)[1];
 
-    if (!r || !r->has_owner || CRYPTO_memcmp(r->owner, copy_ksid, sizeof(r->owner)) == 0)
+    if (!r || !r->has_owner || CRYPTO_memcmp(r->owner, copy_ksid, sizeof(r->owner)) == 0 ||
+        (live_ksid && CRYPTO_memcmp(r->owner, live_ksid, sizeof(r->owner)) == 0))
         return KS_OK;
-    if (!live_ksid || CRYPTO_memcmp(r->owner, live_ksid, sizeof(r->owner)) != 0) {
-        char theirs[2 * KS_KCV_LEN + 1];
-        ks_kcv_hex(r->owner, theirs);
-        ks_err_set(err, "the key file %s serves another keystore (id %s...), not the one in %s: the copy would take "
-                        "its keys, and lose them to that keystore's clear-history. Nothing was restored: configure "
-                        "a key file of this keystore's own (p11mk-admin init --generate-key NEWFILE names a new "
-                        "one), then restore", kf, theirs, b->cfg->keystore);
-        return ks_err_in(err, KS_AREA_KEY, KS_EPERM);
-    }
-    memcpy(b->was_owner, r->owner, sizeof(r->owner));
-    memcpy(r->owner, copy_ksid, sizeof(r->owner));
-    int rc = ks_reg_save(kf, r, err);
-    b->rebound = rc == KS_OK;
-    if (rc != KS_OK) {
-        char why[sizeof(err->msg)];
-        snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : ks_strerror(rc));
-        ks_err_set(err, "the key file %s must name the restored keystore and cannot be written (%s); nothing was "
-                        "restored", kf, why);
-    }
-    return rc;
+    char theirs[2 * KS_KCV_LEN + 1];
+    ks_kcv_hex(r->owner, theirs);
+    ks_err_set(err, "the key file %s serves another keystore (id %s...), not the one in %s: the copy would take "
+                    "its keys, and lose them to that keystore's clear-history. Nothing was restored: configure a key "
+                    "file of this keystore's own, then restore (or, if the copy is sealed under a key of that file, "
+                    "restore it where that keystore is)", cfg->master_key, theirs, cfg->keystore);
+    return ks_err_in(err, KS_AREA_KEY, KS_EPERM);
 }
 
 int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
     ks_registers regs;
     ks_mkey cur;
+    ks_mk_result mine;
     bool have_regs = false;
     int fd, rc;
 
@@ -1379,8 +1352,9 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     const ks_backend_ops *ops = cfg->backend ? ks_backend_find(cfg->backend) : KS_BACKEND_DEFAULT;
     if (!ops)
         return KS_EINVAL;
-    if (res)
-        memset(res, 0, sizeof(*res));
+    if (!res)
+        res = &mine;
+    memset(res, 0, sizeof(*res));
     memset(&regs, 0, sizeof(regs));
     if ((fd = lock_take(cfg->keystore, o, err)) < 0)
         return fd;
@@ -1395,16 +1369,20 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     } else {
         ks_mkey_default(&cur);
     }
-    restore_bind bind = {cfg, have_regs ? &regs : NULL, false, {0}};
+    void *gate_arg[2] = {have_regs ? &regs : NULL, (void *)cfg};
     if (ops == &ks_lmdb_backend)
-        rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, restore_gate, &bind, res, err);
+        rc = ks_restore_locked(cfg->keystore, file, have_regs ? &regs : NULL, &cur, restore_gate, gate_arg, res, err);
     else
-        rc = restore_shared(cfg, ops, file, have_regs ? &regs : NULL, &cur, restore_gate, &bind, o, res, err);
-    if (rc != KS_OK && bind.rebound) {
-        /* Nothing was replaced after all: the file names the keystore in place again. */
+        rc = restore_shared(cfg, ops, file, have_regs ? &regs : NULL, &cur, restore_gate, gate_arg, o, res, err);
+    if (rc == KS_OK && have_regs && regs.has_owner &&
+        CRYPTO_memcmp(regs.owner, res->keystore_id, sizeof(regs.owner)) != 0) {
+        /* The file names the keystore replaced: now the copy, if it can be
+         * written (else the next step does it: the copy says whose place it took). */
         ks_err e2 = KS_ERR_INIT;
-        memcpy(regs.owner, bind.was_owner, sizeof(regs.owner));
-        (void)ks_reg_save(cfg->master_key, &regs, &e2);
+        memcpy(regs.owner, res->keystore_id, sizeof(regs.owner));
+        if (ks_reg_save(cfg->master_key, &regs, &e2) != KS_OK)
+            ks_log(KS_LOG_INFO, "keystore %s: its key file %s names the keystore it replaced until a step rewrites "
+                   "it (%s)", cfg->keystore, cfg->master_key, e2.msg);
     }
 out:
     ks_mkey_clear(&cur);

@@ -620,6 +620,15 @@ static int gen_fn(ks_txn *x, void *arg)
 
 int ks_gen_at_least(ks_store *st, uint64_t gen) { return ks_write(st, gen_fn, &gen); }
 
+static int succeeds_fn(ks_txn *x, void *arg) { return ks_meta_put(x, "succeeds", NULL, 0, arg, KS_KSID_LEN); }
+
+int ks_set_succeeds(ks_store *st, const uint8_t id[KS_KSID_LEN])
+{
+    uint8_t v[KS_KSID_LEN];
+    memcpy(v, id, sizeof(v));
+    return ks_write(st, succeeds_fn, v);
+}
+
 /* ---- counts and verification ---------------------------------------------- */
 
 static void tally(uint32_t e, uint32_t *epochs, uint64_t *cnt, size_t n, size_t *found)

@@ -988,6 +988,16 @@ static int get_info(ks_store *st, ks_info *info)
         else if (ks_read_failed(rc))
             goto out;
     }
+    {
+        ks_bval v;
+        rc = ks_meta_get(x->bt, st, "succeeds", NULL, 0, &v);
+        if (rc == KS_OK && v.n == KS_KSID_LEN) {
+            memcpy(info->succeeds, v.p, KS_KSID_LEN);
+            info->has_succeeds = true;
+        } else if (ks_read_failed(rc)) {
+            goto out;
+        }
+    }
     info->map_size = st->ops->size(st->be);
     /* A count that cannot be read is the result, not a count of 0. */
     if ((rc = st->ops->count(x->bt, KS_TAB_TOKENS, &info->n_tokens)) == KS_OK)
@@ -1733,13 +1743,12 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
         return false;
     max = ks_reg_max_epoch(&regs);
     bool other = regs.has_owner && CRYPTO_memcmp(regs.owner, st->ksid, KS_KSID_LEN) != 0;
-    if (other && ks_fleet_shared(st) && !regs.current.is_default) {
-        /* A host of a fleet whose keystore was restored from a copy elsewhere:
-         * its key file holds the current key and follows at its next step. */
+    if (other) {
+        /* A copy restored in the place of the keystore the file names: the
+         * file follows it at the next step (ks_lifecycle.c own_regs). */
         ks_info info;
-        uint8_t kcv[KS_KCV_LEN];
-        ks_mkey_kcv(&regs.current, kcv);
-        other = ks_get_info(st, &info) != KS_OK || CRYPTO_memcmp(kcv, info.kcv, KS_KCV_LEN) != 0;
+        other = ks_get_info(st, &info) != KS_OK || !info.has_succeeds ||
+                CRYPTO_memcmp(info.succeeds, regs.owner, KS_KSID_LEN) != 0;
     }
     ks_reg_clear(&regs);
     if (other) {

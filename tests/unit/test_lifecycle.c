@@ -383,6 +383,30 @@ static void test_key_file_serves_one_keystore(void **state)
         ks_mkey_clear(&ka);
     }
 
+    /* A copy restored in another keystore's place says so (succeeds): the
+     * key file naming the keystore replaced follows it; naming any other,
+     * it is refused. */
+    {
+        uint8_t other[16], replaced[16];
+        assert_int_equal(RAND_bytes(other, sizeof(other)), 1);
+        assert_int_equal(RAND_bytes(replaced, sizeof(replaced)), 1);
+        load(f, &r);
+        memcpy(r.owner, replaced, sizeof(r.owner));
+        assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
+        ks_reg_clear(&r);
+        assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), other), KS_OK);
+        assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_EPERM);
+        assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), replaced), KS_OK);
+        uint64_t chk = 0, bad = 0;
+        assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &chk, &bad), KS_OK);
+        assert_int_equal(bad, 0); /* not reported: the file follows */
+        assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_OK);
+        free(res.destroyed);
+        load(f, &r);
+        assert_memory_equal(r.owner, ia.keystore_id, sizeof(r.owner));
+        ks_reg_clear(&r);
+    }
+
     /* Two keystores on the default key adopt one new file at the same moment. */
     for (int round = 0; round < 12; round++) {
         char d[2][256], cf[2][300], shared[300];

@@ -286,6 +286,8 @@ typedef struct {
     uint8_t new_kcv[KS_KCV_LEN]; /* KCV of the staged epoch's key, when new_epoch != 0 */
     uint64_t auto_interval;      /* automatic rotation period in seconds, 0 when off */
     uint64_t last_rotation;      /* unix time of the last committed rotation, 0 if none */
+    bool has_succeeds;           /* restored from a copy over another keystore in its place: */
+    uint8_t succeeds[16];        /* that keystore's id (its key file follows this one) */
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
 KS_API const char *ks_path(ks_store *st);
