@@ -24,9 +24,11 @@
  *    writing nothing, if the state moved while the person was asked. */
 #include "ks_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -672,6 +674,31 @@ static int check_expect(step *s, const ks_mk_opts *o, ks_err *err)
     return KS_ECHANGED;
 }
 
+/* What a killed adoption left: keyfile.new.PID of a process that is gone
+ * (ks_reg_create; it holds only the public default key and an id). */
+static void remove_dead_adoptions(const char *keyfile)
+{
+    char dir[4096], path[4400];
+    const char *slash = strrchr(keyfile, '/'), *base = slash ? slash + 1 : keyfile;
+    size_t blen = strlen(base);
+
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - keyfile) : 1, slash ? keyfile : ".");
+    DIR *d = opendir(dir[0] ? dir : "/");
+    if (!d)
+        return;
+    for (struct dirent *e; (e = readdir(d));) {
+        char *end;
+        if (strncmp(e->d_name, base, blen) != 0 || strncmp(e->d_name + blen, ".new.", 5) != 0)
+            continue;
+        long pid = strtol(e->d_name + blen + 5, &end, 10);
+        if (*end || pid <= 0 || pid > INT_MAX || (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir[0] ? dir : "", e->d_name);
+        (void)unlink(path);
+    }
+    closedir(d);
+}
+
 /* A keystore still on the built-in default key gets a key file before its
  * first stage: the registers need a home. */
 static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
@@ -691,6 +718,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         snprintf(keyfile, sizeof(keyfile), "%.*s/master.key", slash ? (int)(slash - conf) : 1, slash ? conf : ".");
     }
     struct stat sb;
+    remove_dead_adoptions(keyfile);
     if (lstat(keyfile, &sb) != 0) {
         /* A new file, made only where none is (another keystore's adoption
          * may be making the same one), naming this keystore. */

@@ -407,10 +407,20 @@ static void test_key_file_serves_one_keystore(void **state)
         ks_reg_clear(&r);
     }
 
-    /* Two keystores on the default key adopt one new file at the same moment. */
+    /* Two keystores on the default key adopt one new file at the same moment
+     * (and what an adoption killed before left, FILE.new.PID of a process
+     * now gone, is removed). */
     for (int round = 0; round < 12; round++) {
-        char d[2][256], cf[2][300], shared[300];
+        char d[2][256], cf[2][300], shared[300], dead[340];
         snprintf(shared, sizeof(shared), "%s/shared-%d.key", f->dir, round);
+        pid_t gone = fork();
+        if (gone == 0)
+            _exit(0);
+        assert_int_equal(waitpid(gone, NULL, 0), gone);
+        snprintf(dead, sizeof(dead), "%s.new.%ld", shared, (long)gone);
+        FILE *df = fopen(dead, "w");
+        assert_non_null(df);
+        fclose(df);
         pid_t pid[2];
         for (int i = 0; i < 2; i++) {
             snprintf(d[i], sizeof(d[i]), "%s/r%d-%d", f->dir, round, i);
@@ -442,6 +452,7 @@ static void test_key_file_serves_one_keystore(void **state)
         }
         assert_int_equal(ok, 1);
         assert_int_equal(refused, 1);
+        assert_int_equal(access(dead, F_OK), -1);
     }
 }
 
