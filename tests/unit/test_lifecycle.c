@@ -187,6 +187,17 @@ static void test_history_unbounded_and_cleared_on_request(void **state)
     all_read_obj(f, ks_mk_store(f->m));
 }
 
+/* A fresh key staged as epoch 2 (the fixture is at epoch 1). */
+static void stage_fresh(fx *f, ks_mkey *k, uint8_t kcv[KS_KCV_LEN])
+{
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    *k = rand_key();
+    kcv_of(k, kcv);
+    assert_int_equal(ks_mk_stage(f->m, k, NULL, &res, &err), KS_OK);
+    assert_int_equal(res.new_epoch, 2);
+}
+
 /* An aborted NEW sealed records while it was staged: a backup of that time
  * needs it, so it goes to the history, marked aborted. */
 static void test_abort_keeps_the_key(void **state)
@@ -194,13 +205,11 @@ static void test_abort_keeps_the_key(void **state)
     fx *f = *state;
     ks_err err = KS_ERR_INIT;
     ks_mk_result res;
-    ks_mkey k = rand_key();
+    ks_mkey k;
     uint8_t kcv[KS_KCV_LEN];
     ks_registers r;
 
-    kcv_of(&k, kcv);
-    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
-    assert_int_equal(res.new_epoch, 2);
+    stage_fresh(f, &k, kcv);
     assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_ESTATE);
     assert_int_equal(ks_mk_abort(f->m, NULL, &res, &err), KS_OK);
     load(f, &r);
@@ -233,13 +242,11 @@ static void test_killed_abort_keeps_its_epoch(void **state)
     fx *f = *state;
     ks_err err = KS_ERR_INIT;
     ks_mk_result res;
-    ks_mkey k = rand_key();
+    ks_mkey k;
     uint8_t kcv[KS_KCV_LEN];
     ks_registers r;
 
-    kcv_of(&k, kcv);
-    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_OK);
-    assert_int_equal(res.new_epoch, 2);
+    stage_fresh(f, &k, kcv);
     /* The keystore half of the abort, without the key file's. */
     assert_int_equal(ks_rot_abort(ks_mk_store(f->m), 0, NULL, NULL, NULL, &err), KS_OK);
     load(f, &r);
