@@ -1,8 +1,9 @@
 /* Unit tests of the master-key lifecycle protocol (keystore/ks_lifecycle.c):
  * the history kept without limit and cleared only on request, the repair of
  * every half-finished step a crash can leave, the re-check of what a person
- * confirmed, the lock, the auto-update decision, and a process that keeps a
- * store open through hundreds of rotations made by another process. */
+ * confirmed, the lock, the auto-update decision, one keystore per key file,
+ * and a process that keeps a store open through hundreds of rotations made
+ * by another process. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
