@@ -129,15 +129,14 @@ int ks_backend_transfer(const ks_backend_ops *so, ks_benv *se, const ks_backend_
     return rc == KS_BE_RETRY ? KS_EIO : rc;
 }
 
-int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen,
-                             uint8_t ksid[16], bool *have_ksid)
+int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids)
 {
     ks_btxn *t;
     ks_bval v;
     *epoch = 0;
     *gen = 0;
-    if (have_ksid)
-        *have_ksid = false;
+    if (ids)
+        memset(ids, 0, sizeof(*ids));
     int rc = o->read_begin(e, &t);
     if (rc != KS_OK)
         return rc;
@@ -147,10 +146,15 @@ int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoc
         *epoch = ks_get_be32(v.p);
     if ((rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "gen", 3, &v)) == KS_OK && v.n == 8)
         *gen = ks_get_be64(v.p);
-    if (ksid && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "ksid", 4, &v)) == KS_OK &&
+    if (ids && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "ksid", 4, &v)) == KS_OK &&
         v.n == 16) {
-        memcpy(ksid, v.p, 16);
-        *have_ksid = true;
+        memcpy(ids->ksid, v.p, 16);
+        ids->have_ksid = true;
+    }
+    if (ids && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "succeeds", 8, &v)) == KS_OK &&
+        v.n % 16 == 0) {
+        ids->n_succeeds = v.n / 16 < 8 ? v.n / 16 : 8;
+        memcpy(ids->succeeds, v.p, ids->n_succeeds * 16);
     }
     o->read_end(t);
     return rc == KS_ENOTFOUND ? KS_OK : rc;

@@ -64,6 +64,14 @@ enum {
     KS_BSEEK_KEY,       /* exactly the key given (its first value, in the index) */
 };
 
+/* The ids a storage holds in plain metadata (peek_counters). */
+typedef struct {
+    bool have_ksid;
+    uint8_t ksid[16];
+    size_t n_succeeds;        /* the keystores it was restored in the place of, newest first */
+    uint8_t succeeds[8][16];
+} ks_peek_ids;
+
 typedef struct ks_backend_ops {
     const char *name; /* as in p11mk.conf's backend = */
 
@@ -182,8 +190,8 @@ typedef struct ks_backend_ops {
     int (*check_copy)(int fd, const char *name, ks_err *err);
     /* The plain epoch and generation of the storage at path, read without
      * opening it as a store (it may be damaged, or under another key), and
-     * its keystore id when ksid is not NULL (*have_ksid: it was there). */
-    int (*peek_counters)(const char *path, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid);
+     * its ids when ids is not NULL. */
+    int (*peek_counters)(const char *path, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids);
 } ks_backend_ops;
 
 /* The backends built in. */
@@ -208,7 +216,7 @@ KS_API int ks_backend_transfer(const ks_backend_ops *so, ks_benv *se, const ks_b
                                bool dst_tables, bool replace);
 /* The plain epoch and generation records of an open storage (0 when missing). */
 KS_API int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen,
-                                    uint8_t ksid[16], bool *have_ksid);
+                                    ks_peek_ids *ids);
 KS_API int ks_backend_copy_to_lmdb(const ks_backend_ops *o, ks_benv *e, int fd, int *sys_err, char *why, size_t n);
 /* The one keystores are opened with. */
 #define KS_BACKEND_DEFAULT (&ks_lmdb_backend)

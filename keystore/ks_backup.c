@@ -306,7 +306,7 @@ busy:
  * key), any rotation in it withdrawn, resealed under CURRENT at a later
  * epoch, a later generation, every record verified. */
 static int prepare_copy(const char *scratch, const char *file, const ks_registers *regs, const ks_mkey *current,
-                        uint32_t live_epoch, uint64_t live_gen, const uint8_t *live_ksid, ks_mk_result *res,
+                        uint32_t live_epoch, uint64_t live_gen, const ks_peek_ids *live, ks_mk_result *res,
                         ks_err *err)
 {
     ks_store *copy = NULL;
@@ -331,9 +331,9 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
     /* Another keystore's copy in this one's place: it says whose place, so
      * that the key file serving this place (naming the keystore replaced)
      * follows it, in this host and the others of a fleet. */
-    if (rc == KS_OK && live_ksid && (rc = ks_get_info(copy, &ci)) == KS_OK &&
-        CRYPTO_memcmp(live_ksid, ci.keystore_id, KS_KSID_LEN) != 0)
-        rc = ks_set_succeeds(copy, live_ksid);
+    if (rc == KS_OK && live->have_ksid && (rc = ks_get_info(copy, &ci)) == KS_OK &&
+        CRYPTO_memcmp(live->ksid, ci.keystore_id, KS_KSID_LEN) != 0)
+        rc = ks_set_succeeds(copy, live);
     if (rc == KS_OK) {
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);
@@ -358,8 +358,7 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
     char scratch[4200], from[4300], to[4300];
     uint32_t live_epoch = 0;
     uint64_t live_gen = 0;
-    uint8_t live_ksid[16];
-    bool have_ksid = false;
+    ks_peek_ids live;
     ks_mk_result mine;
     int rc, lfd = -1;
 
@@ -377,11 +376,11 @@ int ks_restore_locked(const char *dir, const char *file, const ks_registers *reg
     /* The keystore being replaced, if it opens at all: the copy continues its
      * epochs and generations, so nothing that saw the old one can take the
      * new one for an older state. */
-    (void)ks_peek_counters(dir, &live_epoch, &live_gen, live_ksid, &have_ksid);
-    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, have_ksid ? live_ksid : NULL, res,
-                           err)) != KS_OK)
+    memset(&live, 0, sizeof(live));
+    (void)ks_peek_counters(dir, &live_epoch, &live_gen, &live);
+    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, &live, res, err)) != KS_OK)
         goto out;
-    if (gate && (rc = gate(have_ksid ? live_ksid : NULL, res->keystore_id, arg, err)) != KS_OK)
+    if (gate && (rc = gate(&live, res->keystore_id, arg, err)) != KS_OK)
         goto out;
     /* Swap it in, with nobody using the keystore (openers wait for the
      * users.lock we now hold before they open data.mdb). */
@@ -412,8 +411,7 @@ int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv
     char scratch[4200];
     uint32_t live_epoch = 0;
     uint64_t live_gen = 0;
-    uint8_t live_ksid[16];
-    bool have_ksid = false;
+    ks_peek_ids live;
     ks_mk_result mine;
     int rc;
 
@@ -426,14 +424,14 @@ int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, ks_benv
     /* The storage is live (other hosts use it): a copy whose generation is
      * not past theirs would look older to them, so counters that cannot be
      * read stop the restore (missing ones are 0, as in an empty storage). */
-    if (tables && (rc = ks_backend_peek_counters(ops, be, &live_epoch, &live_gen, live_ksid, &have_ksid)) != KS_OK) {
+    memset(&live, 0, sizeof(live));
+    if (tables && (rc = ks_backend_peek_counters(ops, be, &live_epoch, &live_gen, &live)) != KS_OK) {
         ks_read_error(err, dir, "the epoch and generation of the keystore in place", rc);
         goto out;
     }
-    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, have_ksid ? live_ksid : NULL, res,
-                           err)) != KS_OK)
+    if ((rc = prepare_copy(scratch, file, regs, current, live_epoch, live_gen, &live, res, err)) != KS_OK)
         goto out;
-    if (gate && (rc = gate(have_ksid ? live_ksid : NULL, res->keystore_id, arg, err)) != KS_OK)
+    if (gate && (rc = gate(&live, res->keystore_id, arg, err)) != KS_OK)
         goto out;
     /* One write transaction: every reader sees the old keystore or the new. */
     ks_benv *se = NULL;

@@ -257,7 +257,7 @@ KS_API int ks_gen_at_least(ks_store *st, uint64_t gen);
 KS_API int ks_rekey(ks_store *st, const ks_mkey *to, uint32_t at_least, ks_err *err);
 /* The epoch and generation of the keystore in dir, read without opening it
  * as a store (it may be damaged, or under a key this host lacks). */
-KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid);
+KS_API int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids);
 /* Remove the scratch copies a killed restore or export left in dir (the
  * caller holds the lifecycle lock). */
 KS_API void ks_remove_scratch(const char *dir);
@@ -270,14 +270,15 @@ KS_API int ks_fleet_announce_cfg(ks_store *st, const ks_config *cfg); /* the key
 KS_API int ks_fleet_list(ks_store *st, const ks_mkey *cur, const ks_mkey *nxt, ks_host **out, size_t *n);
 KS_API int ks_fleet_remove(ks_store *st, const char *name);
 
-/* Called once the copy is ready and before it replaces anything: live_ksid
- * is the id of the keystore in place (NULL: none, or it cannot be read),
- * copy_ksid the copy's. Anything but KS_OK stops the restore, nothing
+/* A copy made ready to replace, in its place, the keystore `live` (which
+ * may itself have replaced others): meta "succeeds" (ks_info.succeeds) lists
+ * them, newest first, at most 8, so that the key files naming them follow. */
+KS_API int ks_set_succeeds(ks_store *st, const ks_peek_ids *live);
+/* Called once the copy is ready and before it replaces anything: live has
+ * the ids of the keystore in place (none: not there, or not readable),
+ * copy_ksid is the copy's. Anything but KS_OK stops the restore, nothing
  * replaced (err says why). */
-/* A copy made ready to replace the keystore with id `id` in its place
- * (meta "succeeds"; ks_info.succeeds): that keystore's key file follows it. */
-KS_API int ks_set_succeeds(ks_store *st, const uint8_t id[16]);
-typedef int (*ks_restore_gate)(const uint8_t *live_ksid, const uint8_t copy_ksid[16], void *arg, ks_err *err);
+typedef int (*ks_restore_gate)(const ks_peek_ids *live, const uint8_t copy_ksid[16], void *arg, ks_err *err);
 KS_API int ks_restore_locked(const char *dir, const char *file, const ks_registers *regs, const ks_mkey *current,
                              ks_restore_gate gate, void *arg, ks_mk_result *res, ks_err *err);
 /* The same for a keystore whose storage several hosts share (not a file in

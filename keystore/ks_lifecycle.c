@@ -576,7 +576,7 @@ static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, b
     *rebound = false;
     if (r->has_owner && CRYPTO_memcmp(r->owner, info->keystore_id, sizeof(r->owner)) == 0)
         return KS_OK;
-    if (r->has_owner && !(info->has_succeeds && CRYPTO_memcmp(r->owner, info->succeeds, sizeof(r->owner)) == 0)) {
+    if (r->has_owner && !ks_info_succeeds(info, r->owner)) {
         char mine[2 * KS_KCV_LEN + 1], theirs[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(info->keystore_id, mine);
         ks_kcv_hex(r->owner, theirs);
@@ -674,6 +674,20 @@ static int check_expect(step *s, const ks_mk_opts *o, ks_err *err)
     return KS_ECHANGED;
 }
 
+/* A keystore's place, for a key file an adoption makes: the first 16 bytes
+ * of SHA-256 of its directory's real path. */
+static bool place_of(const char *dir, uint8_t out[16])
+{
+    char real[PATH_MAX];
+    uint8_t md[32];
+    size_t n = 0;
+    if (!realpath(dir, real) ||
+        !EVP_Q_digest(ks_libctx(), "SHA256", NULL, real, strlen(real), md, &n))
+        return false;
+    memcpy(out, md, 16);
+    return true;
+}
+
 /* What a killed adoption left: keyfile.new.PID of a process that is gone
  * (ks_reg_create; it holds only the public default key and an id). */
 static void remove_dead_adoptions(const char *keyfile)
@@ -728,6 +742,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         ks_mkey_default(&r.current); /* public: writing it down costs nothing */
         memcpy(r.owner, s->info.keystore_id, sizeof(r.owner));
         r.has_owner = true;
+        r.has_made_for = place_of(m->dir, r.made_for);
         rc = ks_reg_create(keyfile, &r, err);
         ks_reg_clear(&r);
         if (rc != KS_OK && rc != KS_EEXIST) {
@@ -737,16 +752,20 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
     }
     {
         /* Only this keystore's new file: made just now, or by an adoption
-         * of this keystore interrupted before the configuration named it
-         * (it names this keystore and holds the default key alone). Not a
-         * file naming no keystore (another adoption may be binding it at
-         * this moment), nor one holding other keys (a copy of this keystore,
-         * restored elsewhere, has this keystore's id and its own keys). */
+         * of this keystore, in this place, interrupted before its first
+         * stage (it names this keystore and this place, and holds the
+         * default key alone). Not a file naming no keystore (another
+         * adoption may be binding it at this moment), nor one holding keys,
+         * nor one made for another place: a copy of this keystore restored
+         * elsewhere has this keystore's id, and the original's
+         * configuration may name that file already. */
         ks_registers r;
         rc = ks_reg_load(keyfile, m->keymode, &r, err);
+        uint8_t here[16];
         bool ours = rc == KS_OK && r.has_owner &&
                     CRYPTO_memcmp(r.owner, s->info.keystore_id, sizeof(r.owner)) == 0 && r.current.is_default &&
-                    !r.has_new && r.n_old == 0;
+                    !r.has_new && r.n_old == 0 && r.has_made_for && place_of(m->dir, here) &&
+                    CRYPTO_memcmp(r.made_for, here, sizeof(here)) == 0;
         ks_reg_clear(&r);
         if (!ours) {
             ks_err_set(err, "%s already exists and is not a new key file of this keystore (another keystore's, "
@@ -774,6 +793,7 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
     if ((rc = load_regs(m, &s->regs, err)) != KS_OK)
         return rc;
     s->have_regs = true;
+    s->regs.has_made_for = false; /* adopted: the stage's save drops the place */
     bool rebound = false;
     if ((rc = own_regs(&s->info, &s->regs, m->keyfile, &rebound, err)) != KS_OK)
         return ks_err_in(err, KS_AREA_KEY, rc);
@@ -1350,14 +1370,17 @@ int ks_keyfile_claim(const char *path, unsigned mode, ks_store *st, ks_err *err)
  * another keystore is refused: a restore into a new directory would give
  * that keystore's key file to the copy, whose clear-history would then
  * destroy that keystore's keys. Nothing is written before the swap. */
-static int restore_gate(const uint8_t *live_ksid, const uint8_t copy_ksid[16], void *arg, ks_err *err)
+static int restore_gate(const ks_peek_ids *live, const uint8_t copy_ksid[16], void *arg, ks_err *err)
 {
     const ks_registers *r = ((void **)arg)[0];
     const ks_config *cfg = ((void **)arg)[1];
 
     if (!r || !r->has_owner || CRYPTO_memcmp(r->owner, copy_ksid, sizeof(r->owner)) == 0 ||
-        (live_ksid && CRYPTO_memcmp(r->owner, live_ksid, sizeof(r->owner)) == 0))
+        (live->have_ksid && CRYPTO_memcmp(r->owner, live->ksid, sizeof(r->owner)) == 0))
         return KS_OK;
+    for (size_t i = 0; i < live->n_succeeds; i++) /* a file still naming one the live keystore replaced */
+        if (CRYPTO_memcmp(r->owner, live->succeeds[i], sizeof(r->owner)) == 0)
+            return KS_OK;
     char theirs[2 * KS_KCV_LEN + 1];
     ks_kcv_hex(r->owner, theirs);
     ks_err_set(err, "the key file %s serves another keystore (id %s...), not the one in %s: the copy would take "

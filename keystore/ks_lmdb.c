@@ -576,7 +576,7 @@ bad:
     return KS_EBADFILE;
 }
 
-static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid)
+static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids)
 {
     MDB_env *env = NULL;
     MDB_txn *t = NULL;
@@ -587,8 +587,8 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, u
 
     *epoch = 0;
     *gen = 0;
-    if (have_ksid)
-        *have_ksid = false;
+    if (ids)
+        memset(ids, 0, sizeof(*ids));
     snprintf(data, sizeof(data), "%s/data.mdb", dir);
     if (access(data, R_OK) != 0)
         return KS_ENOTFOUND;
@@ -611,9 +611,15 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, u
             *gen = ks_get_be64(v.mv_data);
         k.mv_size = 4;
         k.mv_data = (void *)"ksid";
-        if (ksid && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 16) {
-            memcpy(ksid, v.mv_data, 16);
-            *have_ksid = true;
+        if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 16) {
+            memcpy(ids->ksid, v.mv_data, 16);
+            ids->have_ksid = true;
+        }
+        k.mv_size = 8;
+        k.mv_data = (void *)"succeeds";
+        if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size % 16 == 0) {
+            ids->n_succeeds = v.mv_size / 16 < 8 ? v.mv_size / 16 : 8;
+            memcpy(ids->succeeds, v.mv_data, ids->n_succeeds * 16);
         }
     }
     if (t)

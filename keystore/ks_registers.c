@@ -3,6 +3,7 @@
  *   # p11mk master-key registers: secret, keep mode 0600
  *   p11mk-registers 2
  *   # keystore <32 hex>                            (the keystore it serves)
+ *   # made-for <32 hex>                            (a new file's place, until its first stage)
  *   current <64 hex>
  *   new <64 hex>                                   (while a key is staged)
  *   old <64 hex> epoch=<n> retired=<unix>[ aborted] (retired keys, newest first)
@@ -224,6 +225,10 @@ static int reg_parse(const char *path, unsigned mode, const char *text, size_t l
             if (r->has_owner || parse_hex(p + 11, le, r->owner, sizeof(r->owner)) != 0)
                 goto bad;
             r->has_owner = true;
+        } else if ((size_t)(le - p) == 11 + 2 * sizeof(r->made_for) && memcmp(p, "# made-for ", 11) == 0) {
+            if (r->has_made_for || parse_hex(p + 11, le, r->made_for, sizeof(r->made_for)) != 0)
+                goto bad;
+            r->has_made_for = true;
         } else if (le == p || *p == '#') {
             /* blank line or comment */
         } else if ((size_t)(le - p) == strlen(REG_MAGIC) && lineno <= 2 &&
@@ -370,6 +375,11 @@ static int reg_save_impl(const char *path, const ks_registers *r, bool create, k
         char id[2 * sizeof(r->owner) + 1];
         to_hex(r->owner, sizeof(r->owner), id);
         len += (size_t)snprintf(buf + len, cap - len, "# keystore %s\n", id);
+    }
+    if (r->has_made_for) {
+        char id[2 * sizeof(r->made_for) + 1];
+        to_hex(r->made_for, sizeof(r->made_for), id);
+        len += (size_t)snprintf(buf + len, cap - len, "# made-for %s\n", id);
     }
     int bad = append(buf, cap, &len, "current", r->current.key, "");
     if (r->has_new)

@@ -620,13 +620,34 @@ static int gen_fn(ks_txn *x, void *arg)
 
 int ks_gen_at_least(ks_store *st, uint64_t gen) { return ks_write(st, gen_fn, &gen); }
 
-static int succeeds_fn(ks_txn *x, void *arg) { return ks_meta_put(x, "succeeds", NULL, 0, arg, KS_KSID_LEN); }
+typedef struct {
+    uint8_t ids[8][KS_KSID_LEN];
+    size_t n;
+} succ_list;
 
-int ks_set_succeeds(ks_store *st, const uint8_t id[KS_KSID_LEN])
+static int succeeds_fn(ks_txn *x, void *arg)
 {
-    uint8_t v[KS_KSID_LEN];
-    memcpy(v, id, sizeof(v));
-    return ks_write(st, succeeds_fn, v);
+    succ_list *l = arg;
+    return ks_meta_put(x, "succeeds", NULL, 0, l->ids, l->n * KS_KSID_LEN);
+}
+
+int ks_set_succeeds(ks_store *st, const ks_peek_ids *live)
+{
+    succ_list l = {.n = 0};
+    /* The keystore replaced, then those it had replaced; never this one's own id. */
+    const uint8_t *cand[9];
+    size_t nc = 0;
+    cand[nc++] = live->ksid;
+    for (size_t i = 0; i < live->n_succeeds && i < 8; i++)
+        cand[nc++] = live->succeeds[i];
+    for (size_t i = 0; i < nc && l.n < 8; i++) {
+        bool dup = CRYPTO_memcmp(cand[i], st->ksid, KS_KSID_LEN) == 0;
+        for (size_t j = 0; j < l.n && !dup; j++)
+            dup = CRYPTO_memcmp(cand[i], l.ids[j], KS_KSID_LEN) == 0;
+        if (!dup)
+            memcpy(l.ids[l.n++], cand[i], KS_KSID_LEN);
+    }
+    return l.n ? ks_write(st, succeeds_fn, &l) : KS_OK;
 }
 
 /* ---- counts and verification ---------------------------------------------- */

@@ -939,6 +939,14 @@ bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
 
 static int get_info(ks_store *st, ks_info *info);
 
+bool ks_info_succeeds(const ks_info *info, const uint8_t id[16])
+{
+    for (size_t i = 0; i < info->n_succeeds; i++)
+        if (CRYPTO_memcmp(info->succeeds[i], id, KS_KSID_LEN) == 0)
+            return true;
+    return false;
+}
+
 int ks_get_info(ks_store *st, ks_info *info)
 {
     int rc = KS_EIO;
@@ -991,9 +999,9 @@ static int get_info(ks_store *st, ks_info *info)
     {
         ks_bval v;
         rc = ks_meta_get(x->bt, st, "succeeds", NULL, 0, &v);
-        if (rc == KS_OK && v.n == KS_KSID_LEN) {
-            memcpy(info->succeeds, v.p, KS_KSID_LEN);
-            info->has_succeeds = true;
+        if (rc == KS_OK && v.n % KS_KSID_LEN == 0) {
+            info->n_succeeds = v.n / KS_KSID_LEN < 8 ? v.n / KS_KSID_LEN : 8;
+            memcpy(info->succeeds, v.p, info->n_succeeds * KS_KSID_LEN);
         } else if (ks_read_failed(rc)) {
             goto out;
         }
@@ -1667,9 +1675,9 @@ int ks_idx_lookup(ks_txn *x, uint32_t token_id, uint32_t attr, const void *val, 
     return rc == KS_OK || rc == KS_ENOTFOUND ? KS_OK : rc;
 }
 
-int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, uint8_t ksid[16], bool *have_ksid)
+int ks_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids)
 {
-    return KS_BACKEND_DEFAULT->peek_counters(dir, epoch, gen, ksid, have_ksid);
+    return KS_BACKEND_DEFAULT->peek_counters(dir, epoch, gen, ids);
 }
 
 /* At open: the counts the anchor vouches for against what the databases hold
@@ -1747,8 +1755,7 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
         /* A copy restored in the place of the keystore the file names: the
          * file follows it at the next step (ks_lifecycle.c own_regs). */
         ks_info info;
-        other = ks_get_info(st, &info) != KS_OK || !info.has_succeeds ||
-                CRYPTO_memcmp(info.succeeds, regs.owner, KS_KSID_LEN) != 0;
+        other = ks_get_info(st, &info) != KS_OK || !ks_info_succeeds(&info, regs.owner);
     }
     ks_reg_clear(&regs);
     if (other) {

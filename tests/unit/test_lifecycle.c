@@ -341,8 +341,40 @@ static void test_key_file_serves_one_keystore(void **state)
     assert_memory_equal(before, after, before_len); /* A's file untouched */
     free(before);
     free(after);
-    /* B's configuration still says default: its own file next to it works. */
-    assert_int_equal(ks_mk_rotate(mb, &kb, 0, NULL, &res, &err), KS_OK);
+    /* What an adoption of B interrupted before its first stage left (B's id,
+     * the default key alone) is taken back only in the place it was made
+     * for: a copy of B elsewhere has B's id, and the original's
+     * configuration may name that file already. */
+    {
+        ks_info ib;
+        ks_registers lr;
+        char lf[320], bks[300], real[PATH_MAX];
+        uint8_t md[32];
+        size_t mdl = 0;
+        assert_int_equal(ks_get_info(ks_mk_store(mb), &ib), KS_OK);
+        snprintf(lf, sizeof(lf), "%s/left.key", bdir);
+        snprintf(bks, sizeof(bks), "%s/ks", bdir);
+        assert_non_null(realpath(bks, real));
+        assert_true(EVP_Q_digest(NULL, "SHA256", NULL, real, strlen(real), md, &mdl));
+        memset(&lr, 0, sizeof(lr));
+        ks_mkey_default(&lr.current);
+        memcpy(lr.owner, ib.keystore_id, sizeof(lr.owner));
+        lr.has_owner = true;
+        memcpy(lr.made_for, md, sizeof(lr.made_for));
+        lr.made_for[0] ^= 1; /* another place */
+        lr.has_made_for = true;
+        assert_int_equal(ks_reg_save(lf, &lr, &err), KS_OK);
+        o.key_file = lf;
+        assert_int_equal(ks_mk_rotate(mb, &kb, 0, &o, &res, &err), KS_EEXIST);
+        lr.made_for[0] ^= 1; /* B's own place */
+        assert_int_equal(ks_reg_save(lf, &lr, &err), KS_OK);
+        ks_reg_clear(&lr);
+        assert_int_equal(ks_mk_rotate(mb, &kb, 0, &o, &res, &err), KS_OK);
+        assert_int_equal(ks_reg_load(lf, 0600, &lr, &err), KS_OK);
+        assert_false(lr.has_made_for); /* adopted: the place is dropped */
+        assert_true(lr.has_owner);
+        ks_reg_clear(&lr);
+    }
     ks_mk_close(mb);
     ks_config_free(&bcfg);
 
@@ -402,9 +434,14 @@ static void test_key_file_serves_one_keystore(void **state)
         memcpy(r.owner, replaced, sizeof(r.owner));
         assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
         ks_reg_clear(&r);
-        assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), other), KS_OK);
+        ks_peek_ids live = {.have_ksid = true};
+        memcpy(live.ksid, other, sizeof(other));
+        assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), &live), KS_OK);
         assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_EPERM);
-        assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), replaced), KS_OK);
+        /* A chain: the keystore replaced had itself replaced the one the file names. */
+        live.n_succeeds = 1;
+        memcpy(live.succeeds[0], replaced, sizeof(replaced));
+        assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), &live), KS_OK);
         uint64_t chk = 0, bad = 0;
         assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &chk, &bad), KS_OK);
         assert_int_equal(bad, 0); /* not reported: the file follows */

@@ -216,6 +216,8 @@ typedef struct {
     ks_histkey *old;     /* newest first; memory excluded from core dumps; ks_reg_clear frees it */
     bool has_owner;      /* the file names the keystore it serves (files written before 2026-12 do not) */
     uint8_t owner[16];   /* that keystore's id (ks_info.keystore_id) */
+    bool has_made_for;   /* a new file an adoption made (ks_lifecycle.c), until the first save: */
+    uint8_t made_for[16]; /* the place it was made for (SHA-256 of the keystore directory's real path) */
 } ks_registers;
 /* Fills a zeroed *r (anything it held is not freed: clear it first).
  * KS_ENOTFOUND, KS_EPERM (mode wider than allowed_mode), KS_EINVAL
@@ -286,10 +288,12 @@ typedef struct {
     uint8_t new_kcv[KS_KCV_LEN]; /* KCV of the staged epoch's key, when new_epoch != 0 */
     uint64_t auto_interval;      /* automatic rotation period in seconds, 0 when off */
     uint64_t last_rotation;      /* unix time of the last committed rotation, 0 if none */
-    bool has_succeeds;           /* restored from a copy over another keystore in its place: */
-    uint8_t succeeds[16];        /* that keystore's id (its key file follows this one) */
+    size_t n_succeeds;           /* restored from a copy over other keystores in their place (newest */
+    uint8_t succeeds[8][16];     /* first): their ids, whose key files follow this one */
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
+/* Did this keystore, restored in another's place, succeed the keystore id? */
+KS_API bool ks_info_succeeds(const ks_info *info, const uint8_t id[16]);
 KS_API const char *ks_path(ks_store *st);
 /* Opened read-only (by request, or because this user may not write it)? */
 KS_API bool ks_readonly(ks_store *st);
