@@ -616,6 +616,7 @@ static int step_begin(ks_mk *m, const ks_mk_opts *o, step *s, ks_mk_result *res,
             step_end(s);
             return ks_err_in(err, KS_AREA_KEY, rc);
         }
+        s->regs.has_made_for = false; /* a file in use: the next save drops an adoption's place */
         int flags = repair(m->st, &s->info, &s->regs, err);
         if (flags < 0) {
             step_end(s);
