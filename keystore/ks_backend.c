@@ -146,6 +146,13 @@ int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoc
         *epoch = ks_get_be32(v.p);
     if ((rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "gen", 3, &v)) == KS_OK && v.n == 8)
         *gen = ks_get_be64(v.p);
+    uint8_t kk[7] = {'k', 'c', 'v'};
+    ks_be32(kk + 3, *epoch);
+    if (ids && *epoch && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, kk, 7, &v)) == KS_OK &&
+        v.n == 8) {
+        memcpy(ids->kcv, v.p, 8);
+        ids->have_kcv = true;
+    }
     if (ids && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "ksid", 4, &v)) == KS_OK &&
         v.n == 16) {
         memcpy(ids->ksid, v.p, 16);
@@ -153,7 +160,7 @@ int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoc
     }
     if (ids && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "succeeds", 8, &v)) == KS_OK &&
         v.n % 16 == 0) {
-        ids->n_succeeds = v.n / 16 < 8 ? v.n / 16 : 8;
+        ids->n_succeeds = v.n / 16 < 16 ? v.n / 16 : 16;
         memcpy(ids->succeeds, v.p, ids->n_succeeds * 16);
     }
     o->read_end(t);

@@ -68,8 +68,10 @@ enum {
 typedef struct {
     bool have_ksid;
     uint8_t ksid[16];
+    bool have_kcv;
+    uint8_t kcv[8];           /* the key check value of its current epoch */
     size_t n_succeeds;        /* the keystores it was restored in the place of, newest first */
-    uint8_t succeeds[8][16];
+    uint8_t succeeds[16][16];
 } ks_peek_ids;
 
 typedef struct ks_backend_ops {

@@ -328,12 +328,11 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
     }
     if (rc == KS_OK)
         rc = ks_gen_at_least(copy, live_gen + 1);
-    /* Another keystore's copy in this one's place: it says whose place, so
-     * that the key file serving this place (naming the keystore replaced)
-     * follows it, in this host and the others of a fleet. */
-    if (rc == KS_OK && live->have_ksid && (rc = ks_get_info(copy, &ci)) == KS_OK &&
-        CRYPTO_memcmp(live->ksid, ci.keystore_id, KS_KSID_LEN) != 0)
-        rc = ks_set_succeeds(copy, live);
+    /* The copy says whose place it takes (and whose that one had taken), so
+     * that the key file serving this place, naming the keystore replaced,
+     * follows it, on this host and the others of a fleet. */
+    if (rc == KS_OK && live->have_ksid)
+        rc = ks_set_succeeds(copy, live); /* a backup of the keystore in place keeps the list it has now */
     if (rc == KS_OK) {
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);

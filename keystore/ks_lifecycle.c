@@ -576,7 +576,11 @@ static int own_regs(const ks_info *info, ks_registers *r, const char *keyfile, b
     *rebound = false;
     if (r->has_owner && CRYPTO_memcmp(r->owner, info->keystore_id, sizeof(r->owner)) == 0)
         return KS_OK;
-    if (r->has_owner && !ks_info_succeeds(info, r->owner)) {
+    /* A predecessor's file follows only if it holds the key this keystore
+     * is sealed under as CURRENT or NEW (where the restore resealed it, or
+     * a fleet host one commit behind): a list can name a keystore that
+     * still lives elsewhere, whose file holds its own keys. */
+    if (r->has_owner && !(ks_info_succeeds(info, r->owner) && ks_reg_holds_current(r, info->kcv))) {
         char mine[2 * KS_KCV_LEN + 1], theirs[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(info->keystore_id, mine);
         ks_kcv_hex(r->owner, theirs);
@@ -763,11 +767,20 @@ static int adopt_keyfile(step *s, const ks_mk_opts *o, ks_mk_result *res, ks_err
         ks_registers r;
         rc = ks_reg_load(keyfile, m->keymode, &r, err);
         uint8_t here[16];
-        bool ours = rc == KS_OK && r.has_owner &&
-                    CRYPTO_memcmp(r.owner, s->info.keystore_id, sizeof(r.owner)) == 0 && r.current.is_default &&
-                    !r.has_new && r.n_old == 0 && r.has_made_for && place_of(m->dir, here) &&
+        bool leftover = rc == KS_OK && r.has_owner &&
+                        CRYPTO_memcmp(r.owner, s->info.keystore_id, sizeof(r.owner)) == 0 && r.current.is_default &&
+                        !r.has_new && r.n_old == 0;
+        bool ours = leftover && r.has_made_for && place_of(m->dir, here) &&
                     CRYPTO_memcmp(r.made_for, here, sizeof(here)) == 0;
         ks_reg_clear(&r);
+        if (leftover && !ours) {
+            ks_err_set(err, "%s was left by an interrupted adoption of this keystore's id in another directory (a "
+                            "copy of it, or this keystore before it moved); it holds only the built-in default "
+                            "key: if no configuration names it, delete it and run the command again; nothing was "
+                            "changed", keyfile);
+            free(conf);
+            return ks_err_in(err, KS_AREA_KEY, KS_EEXIST);
+        }
         if (!ours) {
             ks_err_set(err, "%s already exists and is not a new key file of this keystore (another keystore's, "
                             "or one holding keys); nothing was changed: name a new file with --key-file (a file "
@@ -1379,8 +1392,11 @@ static int restore_gate(const ks_peek_ids *live, const uint8_t copy_ksid[16], vo
     if (!r || !r->has_owner || CRYPTO_memcmp(r->owner, copy_ksid, sizeof(r->owner)) == 0 ||
         (live->have_ksid && CRYPTO_memcmp(r->owner, live->ksid, sizeof(r->owner)) == 0))
         return KS_OK;
-    for (size_t i = 0; i < live->n_succeeds; i++) /* a file still naming one the live keystore replaced */
-        if (CRYPTO_memcmp(r->owner, live->succeeds[i], sizeof(r->owner)) == 0)
+    /* A file still naming one the live keystore replaced, holding the key
+     * the live keystore is sealed under (own_regs). */
+    for (size_t i = 0; live->have_kcv && i < live->n_succeeds; i++)
+        if (CRYPTO_memcmp(r->owner, live->succeeds[i], sizeof(r->owner)) == 0 &&
+            ks_reg_holds_current(r, live->kcv))
             return KS_OK;
     char theirs[2 * KS_KCV_LEN + 1];
     ks_kcv_hex(r->owner, theirs);

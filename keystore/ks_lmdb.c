@@ -615,10 +615,18 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, k
             memcpy(ids->ksid, v.mv_data, 16);
             ids->have_ksid = true;
         }
+        uint8_t kk[7] = {'k', 'c', 'v'};
+        ks_be32(kk + 3, *epoch);
+        k.mv_size = 7;
+        k.mv_data = kk;
+        if (ids && *epoch && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8) {
+            memcpy(ids->kcv, v.mv_data, 8);
+            ids->have_kcv = true;
+        }
         k.mv_size = 8;
         k.mv_data = (void *)"succeeds";
         if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size % 16 == 0) {
-            ids->n_succeeds = v.mv_size / 16 < 8 ? v.mv_size / 16 : 8;
+            ids->n_succeeds = v.mv_size / 16 < 16 ? v.mv_size / 16 : 16;
             memcpy(ids->succeeds, v.mv_data, ids->n_succeeds * 16);
         }
     }

@@ -457,6 +457,18 @@ static int reg_save_impl(const char *path, const ks_registers *r, bool create, k
     return KS_OK;
 }
 
+bool ks_reg_holds_current(const ks_registers *r, const uint8_t kcv[KS_KCV_LEN])
+{
+    uint8_t k[KS_KCV_LEN];
+    ks_mkey_kcv(&r->current, k);
+    if (CRYPTO_memcmp(k, kcv, KS_KCV_LEN) == 0)
+        return true;
+    if (!r->has_new)
+        return false;
+    ks_mkey_kcv(&r->staged, k);
+    return CRYPTO_memcmp(k, kcv, KS_KCV_LEN) == 0;
+}
+
 uint32_t ks_reg_max_epoch(const ks_registers *r)
 {
     uint32_t max = 0;

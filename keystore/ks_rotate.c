@@ -620,34 +620,49 @@ static int gen_fn(ks_txn *x, void *arg)
 
 int ks_gen_at_least(ks_store *st, uint64_t gen) { return ks_write(st, gen_fn, &gen); }
 
+#define SUCC_MAX 16
+
 typedef struct {
-    uint8_t ids[8][KS_KSID_LEN];
+    uint8_t ids[SUCC_MAX][KS_KSID_LEN];
     size_t n;
+    const ks_peek_ids *live;
+    const uint8_t *self;
 } succ_list;
 
+static void succ_add(succ_list *l, const uint8_t *id)
+{
+    bool dup = CRYPTO_memcmp(id, l->self, KS_KSID_LEN) == 0;
+    for (size_t j = 0; j < l->n && !dup; j++)
+        dup = CRYPTO_memcmp(id, l->ids[j], KS_KSID_LEN) == 0;
+    if (!dup && l->n < SUCC_MAX)
+        memcpy(l->ids[l->n++], id, KS_KSID_LEN);
+}
+
+/* The keystore replaced (unless it is this one: a backup of it), those it
+ * had replaced, then those the copy had itself replaced; never this one's
+ * own id, each once, the first SUCC_MAX. */
 static int succeeds_fn(ks_txn *x, void *arg)
 {
     succ_list *l = arg;
-    return ks_meta_put(x, "succeeds", NULL, 0, l->ids, l->n * KS_KSID_LEN);
+    ks_bval v;
+    l->n = 0;
+    if (l->live->have_ksid)
+        succ_add(l, l->live->ksid);
+    for (size_t i = 0; i < l->live->n_succeeds; i++)
+        succ_add(l, l->live->succeeds[i]);
+    int rc = ks_meta_get(x->bt, x->st, "succeeds", NULL, 0, &v);
+    if (rc == KS_OK && v.n % KS_KSID_LEN == 0)
+        for (size_t i = 0; i < v.n / KS_KSID_LEN; i++)
+            succ_add(l, (const uint8_t *)v.p + i * KS_KSID_LEN);
+    else if (rc != KS_ENOTFOUND && rc != KS_OK)
+        return rc;
+    return l->n ? ks_meta_put(x, "succeeds", NULL, 0, l->ids, l->n * KS_KSID_LEN) : KS_OK;
 }
 
 int ks_set_succeeds(ks_store *st, const ks_peek_ids *live)
 {
-    succ_list l = {.n = 0};
-    /* The keystore replaced, then those it had replaced; never this one's own id. */
-    const uint8_t *cand[9];
-    size_t nc = 0;
-    cand[nc++] = live->ksid;
-    for (size_t i = 0; i < live->n_succeeds && i < 8; i++)
-        cand[nc++] = live->succeeds[i];
-    for (size_t i = 0; i < nc && l.n < 8; i++) {
-        bool dup = CRYPTO_memcmp(cand[i], st->ksid, KS_KSID_LEN) == 0;
-        for (size_t j = 0; j < l.n && !dup; j++)
-            dup = CRYPTO_memcmp(cand[i], l.ids[j], KS_KSID_LEN) == 0;
-        if (!dup)
-            memcpy(l.ids[l.n++], cand[i], KS_KSID_LEN);
-    }
-    return l.n ? ks_write(st, succeeds_fn, &l) : KS_OK;
+    succ_list l = {.n = 0, .live = live, .self = st->ksid};
+    return ks_write(st, succeeds_fn, &l);
 }
 
 /* ---- counts and verification ---------------------------------------------- */

@@ -1000,7 +1000,7 @@ static int get_info(ks_store *st, ks_info *info)
         ks_bval v;
         rc = ks_meta_get(x->bt, st, "succeeds", NULL, 0, &v);
         if (rc == KS_OK && v.n % KS_KSID_LEN == 0) {
-            info->n_succeeds = v.n / KS_KSID_LEN < 8 ? v.n / KS_KSID_LEN : 8;
+            info->n_succeeds = v.n / KS_KSID_LEN < 16 ? v.n / KS_KSID_LEN : 16;
             memcpy(info->succeeds, v.p, info->n_succeeds * KS_KSID_LEN);
         } else if (ks_read_failed(rc)) {
             goto out;
@@ -1755,7 +1755,8 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
         /* A copy restored in the place of the keystore the file names: the
          * file follows it at the next step (ks_lifecycle.c own_regs). */
         ks_info info;
-        other = ks_get_info(st, &info) != KS_OK || !ks_info_succeeds(&info, regs.owner);
+        other = ks_get_info(st, &info) != KS_OK || !ks_info_succeeds(&info, regs.owner) ||
+                !ks_reg_holds_current(&regs, info.kcv);
     }
     ks_reg_clear(&regs);
     if (other) {

@@ -442,6 +442,22 @@ static void test_key_file_serves_one_keystore(void **state)
         live.n_succeeds = 1;
         memcpy(live.succeeds[0], replaced, sizeof(replaced));
         assert_int_equal(ks_set_succeeds(ks_mk_store(f->m), &live), KS_OK);
+        /* ... followed only while the file holds, as CURRENT or NEW, the key
+         * this keystore is sealed under (the list may name a keystore that
+         * lives on elsewhere, whose file holds its own keys). */
+        size_t kl;
+        char *keep = slurp(f->keyfile, &kl);
+        load(f, &r);
+        assert_int_equal(ks_reg_insert_old(&r, 0, r.current.key, 0, 0, false), KS_OK);
+        r.current = rand_key();
+        assert_int_equal(ks_reg_save(f->keyfile, &r, &err), KS_OK);
+        ks_reg_clear(&r);
+        assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_EPERM);
+        FILE *kf = fopen(f->keyfile, "wb");
+        assert_non_null(kf);
+        assert_int_equal(fwrite(keep, 1, kl, kf), kl);
+        fclose(kf);
+        free(keep);
         uint64_t chk = 0, bad = 0;
         assert_int_equal(ks_verify(ks_mk_store(f->m), NULL, NULL, &chk, &bad), KS_OK);
         assert_int_equal(bad, 0); /* not reported: the file follows */

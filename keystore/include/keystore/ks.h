@@ -244,6 +244,8 @@ KS_API void ks_key_kcv(const uint8_t key[KS_MK_LEN], uint8_t kcv[KS_KCV_LEN]);
  * count): a keystore whose current epoch is below it is an older copy put back
  * in place (a rollback), not the keystore the key file followed. */
 KS_API uint32_t ks_reg_max_epoch(const ks_registers *r);
+/* Is the key with this check value the registers' CURRENT or NEW? */
+KS_API bool ks_reg_holds_current(const ks_registers *r, const uint8_t kcv[KS_KCV_LEN]);
 
 /* ---- store ------------------------------------------------------------- */
 /* The keystore format this p11mk writes; it reads format 1 too, and upgrades
@@ -289,7 +291,7 @@ typedef struct {
     uint64_t auto_interval;      /* automatic rotation period in seconds, 0 when off */
     uint64_t last_rotation;      /* unix time of the last committed rotation, 0 if none */
     size_t n_succeeds;           /* restored from a copy over other keystores in their place (newest */
-    uint8_t succeeds[8][16];     /* first): their ids, whose key files follow this one */
+    uint8_t succeeds[16][16];    /* first): their ids, whose key files follow this one */
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
 /* Did this keystore, restored in another's place, succeed the keystore id? */
