@@ -1445,12 +1445,21 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     if (rc == KS_OK && have_regs && regs.has_owner &&
         CRYPTO_memcmp(regs.owner, res->keystore_id, sizeof(regs.owner)) != 0) {
         /* The file names the keystore replaced: now the copy, if it can be
-         * written (else the next step does it: the copy says whose place it took). */
+         * written and is as it was read before the swap (else the next step
+         * does it: the copy says whose place it took). Read again, never the
+         * registers of before written back over a change made meanwhile. */
         ks_err e2 = KS_ERR_INIT;
-        memcpy(regs.owner, res->keystore_id, sizeof(regs.owner));
-        if (ks_reg_save(cfg->master_key, &regs, &e2) != KS_OK)
+        ks_registers now;
+        bool same = ks_reg_load(cfg->master_key, cfg->key_file_mode, &now, &e2) == KS_OK && same_regs(&now, &regs) &&
+                    now.has_owner && CRYPTO_memcmp(now.owner, regs.owner, sizeof(now.owner)) == 0;
+        if (same) {
+            memcpy(now.owner, res->keystore_id, sizeof(now.owner));
+            same = ks_reg_save(cfg->master_key, &now, &e2) == KS_OK;
+        }
+        ks_reg_clear(&now);
+        if (!same)
             ks_log(KS_LOG_INFO, "keystore %s: its key file %s names the keystore it replaced until a step rewrites "
-                   "it (%s)", cfg->keystore, cfg->master_key, e2.msg);
+                   "it (%s)", cfg->keystore, cfg->master_key, e2.msg[0] ? e2.msg : "it changed meanwhile");
     }
 out:
     ks_mkey_clear(&cur);
