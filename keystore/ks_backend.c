@@ -129,6 +129,16 @@ int ks_backend_transfer(const ks_backend_ops *so, ks_benv *se, const ks_backend_
     return rc == KS_BE_RETRY ? KS_EIO : rc;
 }
 
+size_t ks_succeeds_decode(const void *val, size_t len, uint8_t out[KS_SUCCEEDS_MAX][16])
+{
+    size_t n = len % 16 ? 0 : len / 16;
+    if (n > KS_SUCCEEDS_MAX)
+        n = KS_SUCCEEDS_MAX;
+    if (n)
+        memcpy(out, val, n * 16);
+    return n;
+}
+
 int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids)
 {
     ks_btxn *t;
@@ -158,11 +168,8 @@ int ks_backend_peek_counters(const ks_backend_ops *o, ks_benv *e, uint32_t *epoc
         memcpy(ids->ksid, v.p, 16);
         ids->have_ksid = true;
     }
-    if (ids && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "succeeds", 8, &v)) == KS_OK &&
-        v.n % 16 == 0) {
-        ids->n_succeeds = v.n / 16 < 16 ? v.n / 16 : 16;
-        memcpy(ids->succeeds, v.p, ids->n_succeeds * 16);
-    }
+    if (ids && (rc == KS_OK || rc == KS_ENOTFOUND) && (rc = o->get(t, KS_TAB_META, "succeeds", 8, &v)) == KS_OK)
+        ids->n_succeeds = ks_succeeds_decode(v.p, v.n, ids->succeeds);
     o->read_end(t);
     return rc == KS_ENOTFOUND ? KS_OK : rc;
 }

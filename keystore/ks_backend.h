@@ -71,7 +71,7 @@ typedef struct {
     bool have_kcv;
     uint8_t kcv[8];           /* the key check value of its current epoch */
     size_t n_succeeds;        /* the keystores it was restored in the place of, newest first */
-    uint8_t succeeds[16][16];
+    uint8_t succeeds[KS_SUCCEEDS_MAX][16];
 } ks_peek_ids;
 
 typedef struct ks_backend_ops {

@@ -625,10 +625,8 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, k
         }
         k.mv_size = 8;
         k.mv_data = (void *)"succeeds";
-        if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size % 16 == 0) {
-            ids->n_succeeds = v.mv_size / 16 < 16 ? v.mv_size / 16 : 16;
-            memcpy(ids->succeeds, v.mv_data, ids->n_succeeds * 16);
-        }
+        if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS)
+            ids->n_succeeds = ks_succeeds_decode(v.mv_data, v.mv_size, ids->succeeds);
     }
     if (t)
         mdb_txn_abort(t);

@@ -620,10 +620,8 @@ static int gen_fn(ks_txn *x, void *arg)
 
 int ks_gen_at_least(ks_store *st, uint64_t gen) { return ks_write(st, gen_fn, &gen); }
 
-#define SUCC_MAX 16
-
 typedef struct {
-    uint8_t ids[SUCC_MAX][KS_KSID_LEN];
+    uint8_t ids[KS_SUCCEEDS_MAX][KS_KSID_LEN];
     size_t n;
     const ks_peek_ids *live;
     const uint8_t *self;
@@ -634,13 +632,13 @@ static void succ_add(succ_list *l, const uint8_t *id)
     bool dup = CRYPTO_memcmp(id, l->self, KS_KSID_LEN) == 0;
     for (size_t j = 0; j < l->n && !dup; j++)
         dup = CRYPTO_memcmp(id, l->ids[j], KS_KSID_LEN) == 0;
-    if (!dup && l->n < SUCC_MAX)
+    if (!dup && l->n < KS_SUCCEEDS_MAX)
         memcpy(l->ids[l->n++], id, KS_KSID_LEN);
 }
 
 /* The keystore replaced (unless it is this one: a backup of it), those it
  * had replaced, then those the copy had itself replaced; never this one's
- * own id, each once, the first SUCC_MAX. */
+ * own id, each once, the first KS_SUCCEEDS_MAX. */
 static int succeeds_fn(ks_txn *x, void *arg)
 {
     succ_list *l = arg;

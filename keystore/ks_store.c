@@ -999,12 +999,10 @@ static int get_info(ks_store *st, ks_info *info)
     {
         ks_bval v;
         rc = ks_meta_get(x->bt, st, "succeeds", NULL, 0, &v);
-        if (rc == KS_OK && v.n % KS_KSID_LEN == 0) {
-            info->n_succeeds = v.n / KS_KSID_LEN < 16 ? v.n / KS_KSID_LEN : 16;
-            memcpy(info->succeeds, v.p, info->n_succeeds * KS_KSID_LEN);
-        } else if (ks_read_failed(rc)) {
+        if (rc == KS_OK)
+            info->n_succeeds = ks_succeeds_decode(v.p, v.n, info->succeeds);
+        else if (ks_read_failed(rc))
             goto out;
-        }
     }
     info->map_size = st->ops->size(st->be);
     /* A count that cannot be read is the result, not a count of 0. */

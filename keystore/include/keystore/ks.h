@@ -276,6 +276,12 @@ KS_API int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store 
 KS_API int ks_open_cfg(const ks_config *cfg, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err);
 KS_API void ks_close(ks_store *st);
 
+/* The most keystores a restored one records as replaced (ks_info.succeeds). */
+#define KS_SUCCEEDS_MAX 16
+/* The meta record "succeeds" (a whole number of 16-byte ids) into out: how
+ * many, the first KS_SUCCEEDS_MAX; 0 for a value of another length. */
+KS_API size_t ks_succeeds_decode(const void *val, size_t len, uint8_t out[KS_SUCCEEDS_MAX][16]);
+
 typedef struct {
     uint32_t format_version;
     uint8_t keystore_id[16];
@@ -291,7 +297,7 @@ typedef struct {
     uint64_t auto_interval;      /* automatic rotation period in seconds, 0 when off */
     uint64_t last_rotation;      /* unix time of the last committed rotation, 0 if none */
     size_t n_succeeds;           /* restored from a copy over other keystores in their place (newest */
-    uint8_t succeeds[16][16];    /* first): their ids, whose key files follow this one */
+    uint8_t succeeds[KS_SUCCEEDS_MAX][16]; /* first): their ids, whose key files follow this one */
 } ks_info;
 KS_API int ks_get_info(ks_store *st, ks_info *info);
 /* Did this keystore, restored in another's place, succeed the keystore id? */
