@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 
+#include <openssl/evp.h>
+
 #include "keystore/ks.h"
 #include "keystore/ks_internal.h"
 #include "keystore/ks_tamper.h"
@@ -1182,6 +1184,118 @@ static void test_registers_file(void **state)
     rmdir(dir);
 }
 
+/* Rewrites the key file at path with its first line starting with `from`
+ * replaced by `to` (NULL: removed; "+..." appended after it instead) and a
+ * correct checksum: what a hand edit or a hostile writer with write access
+ * to the file can produce. */
+static void edit_regs(const char *path, const char *from, const char *to)
+{
+    char text[4096], out[4096];
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, sizeof(text) - 1, f), len = 0;
+    fclose(f);
+    text[n] = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "check ", 6) == 0)
+            break;
+        bool hit = from && strncmp(line, from, strlen(from)) == 0;
+        if (hit)
+            from = NULL; /* the first such line only */
+        if (!hit || (to && to[0] == '+'))
+            len += (size_t)snprintf(out + len, sizeof(out) - len, "%s\n", line);
+        if (hit && to)
+            len += (size_t)snprintf(out + len, sizeof(out) - len, "%s\n", to[0] == '+' ? to + 1 : to);
+    }
+    assert_null(from); /* the line was there */
+    unsigned char sum[32];
+    size_t sl = 0;
+    assert_true(EVP_Q_digest(NULL, "SHA256", NULL, out, len, sum, &sl));
+    len += (size_t)snprintf(out + len, sizeof(out) - len, "check ");
+    for (int i = 0; i < 8; i++)
+        len += (size_t)snprintf(out + len, sizeof(out) - len, "%02x", sum[i]);
+    len += (size_t)snprintf(out + len, sizeof(out) - len, "\n");
+    f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(out, 1, len, f), len);
+    fclose(f);
+}
+
+/* The identity lines (`# keystore`, `# made-for`): written and read back;
+ * a second one, or one whose value is not hex, makes the file refused (it
+ * decides which keystore the file serves); one of another length is an
+ * ordinary comment; nothing after the checksum. */
+static void test_registers_identity_lines(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/p11mk-regid-XXXXXX", path[300];
+    ks_registers r;
+    ks_err err = KS_ERR_INIT;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/regs", dir);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(ks_mkey_generate(&r.current), KS_OK);
+    r.has_owner = true;
+    memset(r.owner, 0xa5, sizeof(r.owner));
+    r.has_made_for = true;
+    memset(r.made_for, 0x3c, sizeof(r.made_for));
+    assert_int_equal(ks_reg_save(path, &r, &err), KS_OK);
+    ks_registers back;
+    assert_int_equal(ks_reg_load(path, 0600, &back, &err), KS_OK);
+    assert_true(back.has_owner && back.has_made_for);
+    assert_memory_equal(back.owner, r.owner, sizeof(r.owner));
+    assert_memory_equal(back.made_for, r.made_for, sizeof(r.made_for));
+    assert_memory_equal(back.current.key, r.current.key, KS_MK_LEN);
+    ks_reg_clear(&back);
+
+    const char *own = "# keystore a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
+    static const struct {
+        const char *from, *to;
+        int rc;
+        bool owner;
+    } cases[] = {
+        {"# keystore ", NULL, KS_OK, false},                                          /* unbound */
+        {"# keystore ", "+# keystore a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5", KS_EINVAL, 0}, /* twice */
+        {"# keystore ", "+# keystore 00000000000000000000000000000000", KS_EINVAL, 0}, /* two owners */
+        {"# made-for ", "+# made-for 3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c", KS_EINVAL, 0},
+        {"# keystore ", "# keystore a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5zz", KS_EINVAL, 0}, /* not hex */
+        {"# keystore ", "# keystore a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5 ", KS_OK, false}, /* a comment */
+        {"# keystore ", "# keystore a5a5", KS_OK, false},
+        {"# keystore ", "# keystore of the payments team", KS_OK, false},
+        {"# keystore ", "#keystore a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5", KS_OK, false},
+        {"# keystore ", "# keystore A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5", KS_OK, true}, /* upper case */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(ks_reg_save(path, &r, &err), KS_OK);
+        edit_regs(path, cases[i].from, cases[i].to);
+        memset(&back, 0, sizeof(back));
+        err.msg[0] = 0;
+        int rc = ks_reg_load(path, 0600, &back, &err);
+        if (rc != cases[i].rc)
+            fail_msg("case %zu (%s): %d, want %d (%s)", i, cases[i].to ? cases[i].to : "removed", rc, cases[i].rc,
+                     err.msg);
+        if (rc == KS_OK) {
+            assert_int_equal(back.has_owner, cases[i].owner);
+            if (cases[i].owner)
+                assert_memory_equal(back.owner, r.owner, sizeof(r.owner));
+            assert_memory_equal(back.current.key, r.current.key, KS_MK_LEN);
+        } else {
+            assert_non_null(strstr(err.msg, "damaged"));
+        }
+        ks_reg_clear(&back);
+    }
+    /* A line after the checksum, even a well-formed identity, is refused. */
+    assert_int_equal(ks_reg_save(path, &r, &err), KS_OK);
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    fprintf(f, "%s\n", own);
+    fclose(f);
+    assert_int_equal(ks_reg_load(path, 0600, &back, &err), KS_EINVAL);
+    ks_reg_clear(&r);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* Memory for secrets: every size from the pool's classes and past them
  * (pages of their own), 16-byte aligned, zeroed, writable to the last byte,
  * excluded from dumps (/proc/self/smaps "dd" flag), reused after free, from
@@ -1293,6 +1407,7 @@ int main(void)
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
         cmocka_unit_test(test_registers_file),
+        cmocka_unit_test(test_registers_identity_lines),
         cmocka_unit_test(test_secmem),
         cmocka_unit_test_setup_teardown(test_rotation_cycle, rot_setup, rot_teardown),
         cmocka_unit_test_setup_teardown(test_rotation_abort, rot_setup, rot_teardown),
