@@ -72,6 +72,31 @@ static void to_hex(const uint8_t *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
+/* The identity lines, "# NAME <2n hex>" (a comment to p11mk before 2026-12):
+ * 1 when the line at p..le is NAME's and was read into out; 0 when it is not
+ * (another length is an ordinary comment); -1 when it is NAME's a second time
+ * or its value is not hex (the file is refused). */
+static int id_line(const char *p, const char *le, const char *name, uint8_t *out, size_t n, bool *seen)
+{
+    size_t nl = strlen(name);
+    if ((size_t)(le - p) != 3 + nl + 2 * n || memcmp(p, "# ", 2) != 0 || memcmp(p + 2, name, nl) != 0 ||
+        p[2 + nl] != ' ')
+        return 0;
+    if (*seen || parse_hex(p + 3 + nl, le, out, n) != 0)
+        return -1;
+    *seen = true;
+    return 1;
+}
+
+static void put_id_line(char *buf, size_t cap, size_t *len, const char *name, const uint8_t *id, size_t n)
+{
+    char hex[2 * 32 + 1];
+    if (n > 32)
+        abort(); /* the identities are 16 bytes (ks.h) */
+    to_hex(id, n, hex);
+    *len += (size_t)snprintf(buf + *len, cap - *len, "# %s %s\n", name, hex);
+}
+
 static void reg_key(ks_mkey *mk, const uint8_t *key, const char *path, unsigned mode)
 {
     ks_mkey dflt;
@@ -221,14 +246,13 @@ static int reg_parse(const char *path, unsigned mode, const char *text, size_t l
         lineno++;
         if (have_check)
             goto bad; /* nothing may follow the checksum */
-        if ((size_t)(le - p) == 11 + 2 * sizeof(r->owner) && memcmp(p, "# keystore ", 11) == 0) {
-            if (r->has_owner || parse_hex(p + 11, le, r->owner, sizeof(r->owner)) != 0)
-                goto bad;
-            r->has_owner = true;
-        } else if ((size_t)(le - p) == 11 + 2 * sizeof(r->made_for) && memcmp(p, "# made-for ", 11) == 0) {
-            if (r->has_made_for || parse_hex(p + 11, le, r->made_for, sizeof(r->made_for)) != 0)
-                goto bad;
-            r->has_made_for = true;
+        int tag = id_line(p, le, "keystore", r->owner, sizeof(r->owner), &r->has_owner);
+        if (tag == 0)
+            tag = id_line(p, le, "made-for", r->made_for, sizeof(r->made_for), &r->has_made_for);
+        if (tag < 0)
+            goto bad;
+        if (tag > 0) {
+            /* an identity line, read once */
         } else if (le == p || *p == '#') {
             /* blank line or comment */
         } else if ((size_t)(le - p) == strlen(REG_MAGIC) && lineno <= 2 &&
@@ -371,16 +395,10 @@ static int reg_save_impl(const char *path, const ks_registers *r, bool create, k
     if (!buf)
         return KS_ENOMEM;
     len = (size_t)snprintf(buf, cap, "# p11mk master-key registers: secret, keep mode 0600\n" REG_MAGIC "\n");
-    if (r->has_owner) {
-        char id[2 * sizeof(r->owner) + 1];
-        to_hex(r->owner, sizeof(r->owner), id);
-        len += (size_t)snprintf(buf + len, cap - len, "# keystore %s\n", id);
-    }
-    if (r->has_made_for) {
-        char id[2 * sizeof(r->made_for) + 1];
-        to_hex(r->made_for, sizeof(r->made_for), id);
-        len += (size_t)snprintf(buf + len, cap - len, "# made-for %s\n", id);
-    }
+    if (r->has_owner)
+        put_id_line(buf, cap, &len, "keystore", r->owner, sizeof(r->owner));
+    if (r->has_made_for)
+        put_id_line(buf, cap, &len, "made-for", r->made_for, sizeof(r->made_for));
     int bad = append(buf, cap, &len, "current", r->current.key, "");
     if (r->has_new)
         bad |= append(buf, cap, &len, "new", r->staged.key, "");
