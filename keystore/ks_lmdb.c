@@ -18,6 +18,7 @@
  * KS_BE_RETRY: ks_write aborts, grows the map (make_room) and runs the
  * transaction again. */
 #include "ks_internal.h"
+#include "ks_fault.h"
 
 #include <lmdb.h>
 
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -38,6 +40,9 @@
 
 struct ks_benv {
     MDB_env *env;
+    unsigned psize;          /* LMDB's page size, for lm_in_file */
+    uintptr_t map_lo;        /* where the map begins (0: unknown), under the resize lock */
+    atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
     char *path;
@@ -80,6 +85,82 @@ static inline MDB_dbi D(MDB_txn *t, ks_table tab) { return E(t)->dbi[tab]; }
 static inline MDB_val V(const void *p, size_t n) { return (MDB_val){n, (void *)p}; }
 static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
 
+/* ---- damage -------------------------------------------------------------- */
+
+/* Every LMDB call that reads the map (or the lock file's) runs in a fault
+ * frame (ks_fault.h): a damaged data.mdb makes it return LM_FAULT, reported
+ * as KS_ECORRUPT, instead of killing the process. */
+#define LM_FAULT (-39999)
+#define LM(e, rc, expr) KS_FAULT_GUARD(rc, lm_fault(e), expr)
+
+static int lm_fault(ks_benv *e)
+{
+    if (!e || !atomic_exchange(&e->fault_told, true))
+        ks_log(KS_LOG_ERROR, "keystore %s is damaged: LMDB %s while reading its file; nothing was changed; check it "
+                             "with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
+               e ? e->path : "(a copy being read)", ks_fault_what());
+    return LM_FAULT;
+}
+
+/* Where LMDB mapped the data file of env: the mapping of its inode at
+ * offset 0 in /proc/self/maps (LMDB does not say; MDB_envinfo's address is
+ * the one recorded for MDB_FIXEDMAP). 0 when it cannot be told. */
+static uintptr_t map_base(MDB_env *env)
+{
+    int fd;
+    struct stat sb;
+    if (mdb_env_get_fd(env, &fd) != MDB_SUCCESS || fstat(fd, &sb) != 0)
+        return 0;
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return 0;
+    char line[512];
+    uintptr_t found = 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi, off, ino;
+        unsigned maj, mnr;
+        if (sscanf(line, "%lx-%lx %*s %lx %x:%x %lu", &lo, &hi, &off, &maj, &mnr, &ino) == 6 && off == 0 &&
+            ino == (unsigned long)sb.st_ino && makedev(maj, mnr) == sb.st_dev)
+            found = (uintptr_t)lo;
+    }
+    fclose(f);
+    return found;
+}
+
+/* A value LMDB returned lies inside the file (its size and place come from
+ * the page, which may be damaged): the caller reads it after the frame. A
+ * pointer outside the map is a page of the write transaction's own memory. */
+static bool lm_in_file(MDB_env *env, uintptr_t lo, unsigned psize, MDB_val v)
+{
+    MDB_envinfo ei;
+    if (!lo)
+        return true; /* the map's place unknown: not checked */
+    if (mdb_env_info(env, &ei) != MDB_SUCCESS)
+        return false;
+    uintptr_t p = (uintptr_t)v.mv_data;
+    if (p < lo || p - lo >= ei.me_mapsize)
+        return true;
+    uint64_t end = ((uint64_t)ei.me_last_pgno + 1) * (psize ? psize : 4096);
+    return p - lo <= end && v.mv_size <= end - (p - lo);
+}
+
+static void lm_assert(MDB_env *env, const char *msg)
+{
+    (void)env;
+    ks_fault_assert(msg);
+}
+
+/* mdb_get or mdb_cursor_get whose key and value are checked to lie inside the file. */
+static int get_checked(MDB_txn *t, MDB_cursor *c, MDB_dbi dbi, MDB_val *k, MDB_val *v, MDB_cursor_op op,
+                       uintptr_t lo, unsigned psize)
+{
+    int rc = c ? mdb_cursor_get(c, k, v, op) : mdb_get(t, dbi, k, v);
+    if (rc == MDB_SUCCESS && (!lm_in_file(mdb_txn_env(t), lo, psize, *v) ||
+                              (c && !lm_in_file(mdb_txn_env(t), lo, psize, *k))))
+        return MDB_CORRUPTED;
+    return rc;
+}
+
 static int lmdb_err(int rc)
 {
     switch (rc) {
@@ -94,7 +175,8 @@ static int lmdb_err(int rc)
     case MDB_VERSION_MISMATCH:
     case MDB_INVALID: return KS_EVERSION;
     case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND: return KS_ECORRUPT;
+    case MDB_PAGE_NOTFOUND:
+    case LM_FAULT: return KS_ECORRUPT;
     default: return KS_EIO;
     }
 }
@@ -123,12 +205,21 @@ static uint64_t map_init_size(void)
     return MAP_INIT_DEFAULT;
 }
 
+/* The map's size (0: adopt another process's growth), under the resize lock. */
+static int set_mapsize(ks_benv *e, size_t size)
+{
+    int rc;
+    resize_lock(e);
+    LM(e, rc, mdb_env_set_mapsize(e->env, size));
+    e->map_lo = map_base(e->env); /* the map may have moved */
+    resize_unlock(e);
+    return rc;
+}
+
 /* Another process grew the map: adopt its size. */
 static void adopt_resize(ks_benv *e)
 {
-    resize_lock(e);
-    mdb_env_set_mapsize(e->env, 0);
-    resize_unlock(e);
+    (void)set_mapsize(e, 0); /* a failure shows at the next transaction */
 }
 
 static int lmdb_make_room(ks_benv *e)
@@ -136,14 +227,15 @@ static int lmdb_make_room(ks_benv *e)
     MDB_envinfo info;
     int rc;
     resize_lock(e);
-    mdb_env_info(e->env, &info);
-    uint64_t cur = info.me_mapsize;
-    uint64_t step = cur < MAP_STEP_MAX ? cur : MAP_STEP_MAX;
-    rc = mdb_env_set_mapsize(e->env, (size_t)(cur + step));
+    LM(e, rc, mdb_env_info(e->env, &info));
     resize_unlock(e);
+    uint64_t cur = rc == MDB_SUCCESS ? info.me_mapsize : 0;
+    uint64_t step = cur < MAP_STEP_MAX ? cur : MAP_STEP_MAX;
+    if (rc == MDB_SUCCESS)
+        rc = set_mapsize(e, (size_t)(cur + step));
     if (rc != MDB_SUCCESS) {
         ks_log(KS_LOG_ERROR, "keystore %s: cannot grow the map to %llu bytes: %s", e->path,
-               (unsigned long long)(cur + step), mdb_strerror(rc));
+               (unsigned long long)(cur + step), rc == LM_FAULT ? "the file is damaged" : mdb_strerror(rc));
         return KS_EIO;
     }
     ks_log(KS_LOG_DEBUG, "keystore %s: map grown to %llu bytes", e->path, (unsigned long long)(cur + step));
@@ -158,8 +250,9 @@ static uint64_t lmdb_commit_seq(ks_benv *e)
 {
     MDB_envinfo info;
     pthread_rwlock_t *l = seq_lock(e);
+    int rc;
     pthread_rwlock_rdlock(l);
-    int rc = mdb_env_info(e->env, &info);
+    LM(e, rc, mdb_env_info(e->env, &info));
     pthread_rwlock_unlock(l);
     return rc == MDB_SUCCESS ? (uint64_t)info.me_last_txnid : 0;
 }
@@ -167,11 +260,19 @@ static uint64_t lmdb_commit_seq(ks_benv *e)
 static uint64_t lmdb_size(ks_benv *e)
 {
     MDB_envinfo ei;
-    mdb_env_info(e->env, &ei);
-    return ei.me_mapsize;
+    int rc;
+    LM(e, rc, mdb_env_info(e->env, &ei));
+    return rc == MDB_SUCCESS ? ei.me_mapsize : 0;
 }
 
 /* ---- transactions -------------------------------------------------------- */
+
+static int txn_begin1(ks_benv *e, unsigned flags, MDB_txn **t)
+{
+    int rc;
+    LM(e, rc, mdb_txn_begin(e->env, NULL, flags, t));
+    return rc;
+}
 
 /* Begin an LMDB transaction with the resize lock held (read side). */
 static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
@@ -179,7 +280,7 @@ static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
     MDB_txn *t;
     for (int attempt = 0; attempt < 8; attempt++) {
         pthread_rwlock_rdlock(&e->resize);
-        int rc = mdb_txn_begin(e->env, NULL, flags, &t);
+        int rc = txn_begin1(e, flags, &t);
         if (rc == MDB_SUCCESS) {
             *out = (ks_btxn *)t;
             return KS_OK;
@@ -190,12 +291,13 @@ static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
             continue;
         }
         if (rc == MDB_READERS_FULL) {
-            int dead = 0;
-            mdb_reader_check(e->env, &dead);
-            if (dead > 0)
+            int dead = 0, crc;
+            LM(e, crc, mdb_reader_check(e->env, &dead));
+            if (crc == MDB_SUCCESS && dead > 0)
                 continue;
         }
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", e->path, mdb_strerror(rc));
+        if (rc != LM_FAULT)
+            ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", e->path, mdb_strerror(rc));
         return lmdb_err(rc);
     }
     return KS_EIO;
@@ -209,10 +311,20 @@ static int lmdb_write_begin(ks_benv *e, ks_btxn **t) { return txn_begin(e, 0, t)
  * lmdb_commit_seq reads once the commit is published: the same id, the same data. */
 static uint64_t lmdb_snapshot(ks_btxn *t) { return mdb_txn_id(T(t)); }
 
+/* mdb_txn_abort as a function, to run in a frame (it walks no page; the
+ * reader slot it clears is in the lock file's map). */
+static int txn_abort(MDB_txn *t)
+{
+    mdb_txn_abort(t);
+    return MDB_SUCCESS;
+}
+
 static void lmdb_abort(ks_btxn *t)
 {
     ks_benv *e = E(T(t));
-    mdb_txn_abort(T(t));
+    int rc;
+    LM(e, rc, txn_abort(T(t)));
+    (void)rc;
     pthread_rwlock_unlock(&e->resize);
 }
 
@@ -228,7 +340,13 @@ static bool fs_nearly_full(const char *dir)
 static int lmdb_commit(ks_btxn *t)
 {
     ks_benv *e = E(T(t));
-    int rc = mdb_txn_commit(T(t));
+    int rc;
+    LM(e, rc, mdb_txn_commit(T(t)));
+    if (rc == LM_FAULT) { /* left in the middle: the writer's lock is released by the abort */
+        int arc;
+        LM(e, arc, txn_abort(T(t)));
+        (void)arc;
+    }
     pthread_rwlock_unlock(&e->resize);
     if (rc == MDB_MAP_FULL)
         return KS_BE_RETRY;
@@ -243,7 +361,9 @@ static int lmdb_commit(ks_btxn *t)
 static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v)
 {
     MDB_val mk = V(k, kl), mv;
-    int rc = mdb_get(T(t), D(T(t), tab), &mk, &mv);
+    ks_benv *e = E(T(t));
+    int rc;
+    LM(e, rc, get_checked(T(t), NULL, e->dbi[tab], &mk, &mv, MDB_SET, e->map_lo, e->psize));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *v = B(mv);
@@ -253,43 +373,54 @@ static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval 
 static int lmdb_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_put(T(t), D(T(t), tab), &mk, &mv, 0));
+    int rc;
+    LM(E(T(t)), rc, mdb_put(T(t), D(T(t), tab), &mk, &mv, 0));
+    return wr_err(rc);
 }
 
 static int lmdb_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
 {
     MDB_val mk = V(k, kl);
-    return wr_err(mdb_del(T(t), D(T(t), tab), &mk, NULL));
+    int rc;
+    LM(E(T(t)), rc, mdb_del(T(t), D(T(t), tab), &mk, NULL));
+    return wr_err(rc);
 }
 
-static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t pl)
+/* Deletes the entries whose key begins with prefix; the cursor is the
+ * write transaction's (closed with it, also when a fault leaves this). */
+static int del_prefix(MDB_txn *t, MDB_dbi dbi, bool dups, const void *prefix, size_t pl)
 {
     MDB_cursor *c;
     int rc;
-
-    if (pl == 0) /* every entry */
-        return wr_err(mdb_drop(T(t), D(T(t), tab), 0));
-    if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
+    if ((rc = mdb_cursor_open(t, dbi, &c)) != MDB_SUCCESS)
+        return rc;
     MDB_val k = V(prefix, pl), v;
     rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
     while (rc == MDB_SUCCESS && k.mv_size >= pl && memcmp(k.mv_data, prefix, pl) == 0) {
-        int drc = wr_err(mdb_cursor_del(c, tab == KS_TAB_INDEX ? MDB_NODUPDATA : 0));
-        if (drc != KS_OK) {
-            mdb_cursor_close(c);
-            return drc;
-        }
+        if ((rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS)
+            break;
         k = V(prefix, pl);
         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
     }
     mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? KS_OK : lmdb_err(rc);
+    return rc == MDB_NOTFOUND ? MDB_SUCCESS : rc;
+}
+
+static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t pl)
+{
+    int rc;
+    if (pl == 0) /* every entry */
+        LM(E(T(t)), rc, mdb_drop(T(t), D(T(t), tab), 0));
+    else
+        LM(E(T(t)), rc, del_prefix(T(t), D(T(t), tab), tab == KS_TAB_INDEX, prefix, pl));
+    return wr_err(rc);
 }
 
 static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
 {
     MDB_stat ms;
-    int rc = mdb_stat(T(t), D(T(t), tab), &ms);
+    int rc;
+    LM(E(T(t)), rc, mdb_stat(T(t), D(T(t), tab), &ms));
     *n = rc == MDB_SUCCESS ? ms.ms_entries : 0;
     return lmdb_err(rc);
 }
@@ -299,24 +430,36 @@ static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
 static int lmdb_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_put(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
+    int rc;
+    LM(E(T(t)), rc, mdb_put(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
+    return wr_err(rc);
 }
 
 static int lmdb_dup_del(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_del(T(t), D(T(t), tab), &mk, &mv));
+    int rc;
+    LM(E(T(t)), rc, mdb_del(T(t), D(T(t), tab), &mk, &mv));
+    return wr_err(rc);
+}
+
+/* Is the exact entry there: O(log n), however many share the key. */
+static int dup_has(MDB_txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v)
+{
+    MDB_cursor *c;
+    int rc;
+    if ((rc = mdb_cursor_open(t, dbi, &c)) != MDB_SUCCESS)
+        return rc;
+    rc = mdb_cursor_get(c, k, v, MDB_GET_BOTH);
+    mdb_cursor_close(c);
+    return rc;
 }
 
 static int lmdb_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
-    MDB_cursor *c;
-    int rc;
-    if ((rc = mdb_cursor_open(T(t), D(T(t), tab), &c)) != MDB_SUCCESS)
-        return lmdb_err(rc);
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    rc = mdb_cursor_get(c, &mk, &mv, MDB_GET_BOTH); /* the exact entry: O(log n), however many share the key */
-    mdb_cursor_close(c);
+    int rc;
+    LM(E(T(t)), rc, dup_has(T(t), D(T(t), tab), &mk, &mv));
     return lmdb_err(rc);
 }
 
@@ -325,7 +468,8 @@ static int lmdb_dup_has(ks_btxn *t, ks_table tab, const void *k, size_t kl, cons
 static int lmdb_cur_open(ks_btxn *t, ks_table tab, ks_bcur **c)
 {
     MDB_cursor *mc;
-    int rc = mdb_cursor_open(T(t), D(T(t), tab), &mc);
+    int rc;
+    LM(E(T(t)), rc, mdb_cursor_open(T(t), D(T(t), tab), &mc));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *c = (ks_bcur *)mc;
@@ -337,7 +481,10 @@ static int lmdb_cur_seek(ks_bcur *c, int how, const void *k, size_t kl, ks_bval 
     static const MDB_cursor_op ops[] = {[KS_BSEEK_FIRST] = MDB_FIRST, [KS_BSEEK_LAST] = MDB_LAST,
                                         [KS_BSEEK_GE] = MDB_SET_RANGE, [KS_BSEEK_KEY] = MDB_SET};
     MDB_val mk = V(k, kl), mv;
-    int rc = mdb_cursor_get(C(c), &mk, &mv, ops[how]);
+    MDB_txn *t = mdb_cursor_txn(C(c));
+    ks_benv *e = E(t);
+    int rc;
+    LM(e, rc, get_checked(t, C(c), 0, &mk, &mv, ops[how], e->map_lo, e->psize));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *key = B(mk); /* MDB_SET leaves the key given */
@@ -348,7 +495,10 @@ static int lmdb_cur_seek(ks_bcur *c, int how, const void *k, size_t kl, ks_bval 
 static int lmdb_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
 {
     MDB_val mk, mv;
-    int rc = mdb_cursor_get(C(c), &mk, &mv, same_key ? MDB_NEXT_DUP : MDB_NEXT);
+    MDB_txn *t = mdb_cursor_txn(C(c));
+    ks_benv *e = E(t);
+    int rc;
+    LM(e, rc, get_checked(t, C(c), 0, &mk, &mv, same_key ? MDB_NEXT_DUP : MDB_NEXT, e->map_lo, e->psize));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *key = B(mk);
@@ -359,7 +509,9 @@ static int lmdb_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
 static int lmdb_cur_replace(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
-    return wr_err(mdb_cursor_put(C(c), &mk, &mv, MDB_CURRENT));
+    int rc;
+    LM(E(mdb_cursor_txn(C(c))), rc, mdb_cursor_put(C(c), &mk, &mv, MDB_CURRENT));
+    return wr_err(rc);
 }
 
 static void lmdb_cur_close(ks_bcur *c) { mdb_cursor_close(C(c)); }
@@ -413,13 +565,15 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
     int rc;
     unsigned mflags = MDB_NOTLS;
 
+    ks_fault_arm();
     for (int pass = 0; pass < 2; pass++) {
         if ((rc = mdb_env_create(&e->env)) != MDB_SUCCESS)
             break;
+        mdb_env_set_assert(e->env, lm_assert);
         mdb_env_set_maxdbs(e->env, 8);
         mdb_env_set_maxreaders(e->env, MAX_READERS);
         mdb_env_set_mapsize(e->env, (size_t)map_init_size());
-        rc = mdb_env_open(e->env, e->path, mflags | (*rdonly ? MDB_RDONLY : 0), 0600);
+        LM(e, rc, mdb_env_open(e->env, e->path, mflags | (*rdonly ? MDB_RDONLY : 0), 0600));
         if (rc == MDB_SUCCESS)
             break;
         mdb_env_close(e->env);
@@ -441,17 +595,48 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
         break;
     }
     if (rc != MDB_SUCCESS) {
-        ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
-                        "read and write it", e->path, mdb_strerror(rc));
+        if (rc == LM_FAULT)
+            ks_err_set(err, "keystore %s is damaged: LMDB %s while opening it; restore it from a backup", e->path,
+                       ks_fault_what());
+        else
+            ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
+                            "read and write it", e->path, mdb_strerror(rc));
         return lmdb_err(rc);
     }
+    MDB_stat st;
+    LM(e, rc, mdb_env_stat(e->env, &st));
+    if (rc != MDB_SUCCESS) {
+        ks_err_set(err, "keystore %s is damaged: %s; restore it from a backup", e->path,
+                   rc == LM_FAULT ? ks_fault_what() : mdb_strerror(rc));
+        return KS_ECORRUPT;
+    }
+    e->psize = st.ms_psize;
+    e->map_lo = map_base(e->env);
     if (*rdonly)
         ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", e->path);
     int dead = 0;
-    mdb_reader_check(e->env, &dead);
-    if (dead)
+    LM(e, rc, mdb_reader_check(e->env, &dead));
+    if (rc == MDB_SUCCESS && dead)
         ks_log(KS_LOG_INFO, "keystore %s: cleared %d stale reader slot(s)", e->path, dead);
     return KS_OK;
+}
+
+/* Do the databases exist? A keystore is created only where the environment
+ * is empty: anything else that lacks a piece (a database, the format record)
+ * is damage, reported, never written over. */
+/* The tables of the environment, in a read transaction: 1 when they exist
+ * (the dbi handles kept by a commit), 0 when the environment is empty,
+ * MDB_NOTFOUND when one is missing from an environment that is not. */
+static int find_tables(MDB_txn *t, ks_benv *e, bool *empty)
+{
+    MDB_stat ms;
+    MDB_dbi main_db;
+    *empty = mdb_dbi_open(t, NULL, 0, &main_db) == MDB_SUCCESS && mdb_stat(t, main_db, &ms) == MDB_SUCCESS &&
+             ms.ms_entries == 0;
+    int rc = open_dbs(e, t, 0);
+    if (rc == MDB_SUCCESS)
+        mdb_txn_commit(t); /* a read transaction: its end, which cannot fail */
+    return rc;
 }
 
 /* Do the databases exist? A keystore is created only where the environment
@@ -463,19 +648,20 @@ static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
     int rc = txn_begin(e, MDB_RDONLY, &bt);
     if (rc != KS_OK)
         return rc;
-    MDB_txn *t = T(bt);
-    MDB_stat ms;
-    MDB_dbi main_db;
-    bool empty = mdb_dbi_open(t, NULL, 0, &main_db) == MDB_SUCCESS && mdb_stat(t, main_db, &ms) == MDB_SUCCESS &&
-                 ms.ms_entries == 0;
-    int mrc = open_dbs(e, t, 0);
+    bool empty = false;
+    int mrc;
+    LM(e, mrc, find_tables(T(bt), e, &empty));
     if (mrc == MDB_SUCCESS) {
-        *tables = true;
-        mdb_txn_commit(t); /* keeps the dbi handles */
+        *tables = true; /* committed: keeps the dbi handles */
         pthread_rwlock_unlock(&e->resize);
         return KS_OK;
     }
     lmdb_abort(bt);
+    if (mrc == LM_FAULT) {
+        ks_err_set(err, "keystore %s is damaged: LMDB %s while opening it; nothing was changed: restore it from a "
+                        "backup", e->path, ks_fault_what());
+        return KS_ECORRUPT;
+    }
     if (mrc != MDB_NOTFOUND) {
         ks_err_set(err, "cannot open keystore %s: %s", e->path, mdb_strerror(mrc));
         return lmdb_err(mrc);
@@ -527,9 +713,15 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
 static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
 {
     /* No map resize may happen during the copy. */
+    int rc;
     pthread_rwlock_rdlock(&e->resize);
-    int rc = mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT);
+    LM(e, rc, mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
     pthread_rwlock_unlock(&e->resize);
+    if (rc == LM_FAULT) {
+        snprintf(why, n, "the keystore is damaged (LMDB %s)", ks_fault_what());
+        *sys_err = 0;
+        return KS_ECORRUPT;
+    }
     *sys_err = rc > 0 ? rc : 0;
     if (rc == MDB_SUCCESS)
         return KS_OK;
@@ -576,14 +768,62 @@ bad:
     return KS_EBADFILE;
 }
 
+/* The counters and ids of the environment at dir, read in *t (begun here). */
+static int peek(MDB_env *env, const char *dir, MDB_txn **t, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids)
+{
+    MDB_dbi dbi;
+    MDB_val k, v;
+    unsigned psize = 0;
+    uintptr_t lo = 0;
+    MDB_stat st;
+    int rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
+    if (rc == MDB_SUCCESS && (rc = mdb_env_stat(env, &st)) == MDB_SUCCESS) {
+        psize = st.ms_psize;
+        lo = map_base(env);
+    }
+    if (rc == MDB_SUCCESS)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, t);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_dbi_open(*t, "meta", 0, &dbi);
+    if (rc != MDB_SUCCESS)
+        return rc;
+    k.mv_size = 5;
+    k.mv_data = (void *)"epoch";
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 4)
+        *epoch = ks_get_be32(v.mv_data);
+    k.mv_size = 3;
+    k.mv_data = (void *)"gen";
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 8)
+        *gen = ks_get_be64(v.mv_data);
+    if (!ids)
+        return MDB_SUCCESS;
+    k.mv_size = 4;
+    k.mv_data = (void *)"ksid";
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 16) {
+        memcpy(ids->ksid, v.mv_data, 16);
+        ids->have_ksid = true;
+    }
+    uint8_t kk[7] = {'k', 'c', 'v'};
+    ks_be32(kk + 3, *epoch);
+    k.mv_size = 7;
+    k.mv_data = kk;
+    if (*epoch && get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 8) {
+        memcpy(ids->kcv, v.mv_data, 8);
+        ids->have_kcv = true;
+    }
+    k.mv_size = 8;
+    k.mv_data = (void *)"succeeds";
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS)
+        ids->n_succeeds = ks_succeeds_decode(v.mv_data, v.mv_size, ids->succeeds);
+    return MDB_SUCCESS;
+}
+
 static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, ks_peek_ids *ids)
 {
     MDB_env *env = NULL;
     MDB_txn *t = NULL;
-    MDB_dbi dbi;
-    MDB_val k, v;
     char data[4200];
-    int rc;
+    int rc, arc;
 
     *epoch = 0;
     *gen = 0;
@@ -592,48 +832,18 @@ static int lmdb_peek_counters(const char *dir, uint32_t *epoch, uint64_t *gen, k
     snprintf(data, sizeof(data), "%s/data.mdb", dir);
     if (access(data, R_OK) != 0)
         return KS_ENOTFOUND;
+    ks_fault_arm();
     if ((rc = mdb_env_create(&env)) != MDB_SUCCESS)
         return lmdb_err(rc);
+    mdb_env_set_assert(env, lm_assert);
     mdb_env_set_maxdbs(env, 8);
-    rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
-    if (rc == MDB_SUCCESS)
-        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &t);
-    if (rc == MDB_SUCCESS)
-        rc = mdb_dbi_open(t, "meta", 0, &dbi);
-    if (rc == MDB_SUCCESS) {
-        k.mv_size = 5;
-        k.mv_data = (void *)"epoch";
-        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 4)
-            *epoch = ks_get_be32(v.mv_data);
-        k.mv_size = 3;
-        k.mv_data = (void *)"gen";
-        if (mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8)
-            *gen = ks_get_be64(v.mv_data);
-        k.mv_size = 4;
-        k.mv_data = (void *)"ksid";
-        if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 16) {
-            memcpy(ids->ksid, v.mv_data, 16);
-            ids->have_ksid = true;
-        }
-        uint8_t kk[7] = {'k', 'c', 'v'};
-        ks_be32(kk + 3, *epoch);
-        k.mv_size = 7;
-        k.mv_data = kk;
-        if (ids && *epoch && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS && v.mv_size == 8) {
-            memcpy(ids->kcv, v.mv_data, 8);
-            ids->have_kcv = true;
-        }
-        k.mv_size = 8;
-        k.mv_data = (void *)"succeeds";
-        if (ids && mdb_get(t, dbi, &k, &v) == MDB_SUCCESS)
-            ids->n_succeeds = ks_succeeds_decode(v.mv_data, v.mv_size, ids->succeeds);
-    }
+    LM(NULL, rc, peek(env, dir, &t, epoch, gen, ids));
     if (t)
-        mdb_txn_abort(t);
+        LM(NULL, arc, txn_abort(t));
+    (void)arc;
     mdb_env_close(env);
     return lmdb_err(rc);
 }
-
 
 const ks_backend_ops ks_lmdb_backend = {
     .name = "lmdb",

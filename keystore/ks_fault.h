@@ -1,0 +1,75 @@
+/* p11mk keystore: surviving a damaged memory-mapped file.
+ *
+ * LMDB trusts its data file: it follows page numbers and node offsets read
+ * from the map without checking them, so a damaged or truncated data.mdb
+ * (a flipped bit on disk, a hostile writer, a file cut short while mapped)
+ * makes it read outside the map (SIGSEGV), past the file's end (SIGBUS) or
+ * fail one of its assertions (abort). In a PKCS#11 module that would kill
+ * the application; in p11mk-admin it would kill `verify`, whose job is to
+ * report damage.
+ *
+ * So every call into LMDB from ks_lmdb.c runs inside a fault frame: a
+ * handler for SIGSEGV and SIGBUS, and LMDB's assertion callback, return to
+ * the frame of the thread that faulted, which reports KS_ECORRUPT (damage,
+ * logged once per keystore, nothing acted on). A fault outside any frame
+ * (the application's own, or the module's code) goes on to the disposition
+ * found when the handler was installed, as if p11mk had never been loaded.
+ *
+ * Rules for a frame (KS_FAULT_GUARD, in ks_lmdb.c):
+ *   - it holds only LMDB calls and plain reads of what they return: no lock
+ *     taken, no memory allocated or freed inside it by p11mk (a return by
+ *     the frame abandons whatever ran inside it);
+ *   - after a fault the LMDB transaction is only aborted (which walks no
+ *     page); what LMDB allocated in the abandoned call is leaked;
+ *   - frames nest (the innermost catches).
+ * The handler is installed when the first keystore is opened, on top of
+ * what is there (chained to it); at later opens again only where the
+ * default action is back (a handler the application installed after ours
+ * is its choice and stays); it is removed when the library is unloaded if
+ * it is still the one in place.
+ * Faults in a frame are what damaged storage causes; a bug elsewhere in the
+ * process is never caught (it is outside every frame). */
+#ifndef P11MK_KS_FAULT_H
+#define P11MK_KS_FAULT_H
+
+#include <setjmp.h>
+
+typedef struct ks_fault_frame {
+    sigjmp_buf jb;
+    struct ks_fault_frame *prev;
+} ks_fault_frame;
+
+/* The innermost frame of the calling thread (NULL: none). Initial-exec TLS:
+ * the signal handler reads it without calling into the dynamic linker. */
+extern __thread ks_fault_frame *ks_fault_top __attribute__((tls_model("initial-exec")));
+
+/* Installs the SIGSEGV/SIGBUS handler (the rules above); at every open. */
+void ks_fault_arm(void);
+
+/* The signal of the last fault caught on this thread (SIGSEGV, SIGBUS, or
+ * SIGABRT for an LMDB assertion) and LMDB's message for an assertion. */
+int ks_fault_signal(void);
+const char *ks_fault_what(void);
+
+/* LMDB's assertion callback (mdb_env_set_assert): inside a frame, leaves
+ * through it; outside, returns and LMDB aborts as it would have. */
+void ks_fault_assert(const char *msg);
+
+/* rc = expr, evaluated inside a frame; rc = fault_rc when a fault left it.
+ * (The frame is pushed before sigsetjmp, which is the whole controlling
+ * expression of its if, as C requires; both ways out pop it.) */
+#define KS_FAULT_GUARD(rc, fault_rc, expr)                                                                          \
+    do {                                                                                                            \
+        ks_fault_frame ks_f_;                                                                                       \
+        volatile int ks_r_; /* in memory across sigsetjmp: what the caller reads is set after it */               \
+        ks_f_.prev = ks_fault_top;                                                                                  \
+        ks_fault_top = &ks_f_;                                                                                      \
+        if (sigsetjmp(ks_f_.jb, 0) == 0)                                                                            \
+            ks_r_ = (expr);                                                                                         \
+        else                                                                                                        \
+            ks_r_ = (fault_rc);                                                                                     \
+        ks_fault_top = ks_f_.prev;                                                                                  \
+        (rc) = ks_r_;                                                                                               \
+    } while (0)
+
+#endif
