@@ -354,6 +354,19 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
         return KS_ENOMEM;
     atomic_init(&r->refs, 1);
     r->gen = gen;
+    /* A copy of another keystore restored in this one's place (an online
+     * restore of another keystore's backup or export, PostgreSQL): its
+     * records are bound to its own id, which this process read when it
+     * opened the keystore and its index key with it; it cannot follow. Said
+     * as what it is, not as damage. */
+    rc = ks_meta_get(t, st, "ksid", NULL, 0, &v);
+    if (rc == KS_OK && v.n == KS_KSID_LEN && CRYPTO_memcmp(v.p, st->ksid, KS_KSID_LEN) != 0) {
+        ks_err_set(err, "was replaced by a copy of another keystore (a restore of another keystore's backup or "
+                        "export) while this process had it open; this process cannot use the copy: restart it (or "
+                        "have it call C_Finalize and C_Initialize); nothing was changed");
+        rc = KS_EWRONGKEY; /* what this process holds does not open the copy; logged once per generation */
+        goto fail;
+    }
     rc = ks_meta_get(t, st, "epoch", NULL, 0, &v);
     if (ks_read_failed(rc)) {
         ks_read_error(err, st->path, "its epoch record", rc);
