@@ -18,6 +18,21 @@ static inline int rm_cb(const char *p, const struct stat *sb, int flag, struct F
 
 static inline void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
 
+/* A copy of a file, with the given mode (the includer has cmocka's asserts). */
+static inline void copy_file(const char *from, const char *to, mode_t mode)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[8192];
+    size_t n;
+    assert_non_null(in);
+    assert_non_null(out);
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    fclose(out);
+    chmod(to, mode);
+}
+
 /* One write: a token when tid is 0, then (with data) a new object, or a new
  * version of oid with update, and its CKA_LABEL index entry. */
 typedef struct {

@@ -1360,19 +1360,6 @@ static int read_all_child(const char *ksdir, const ks_mkey *mk, uint32_t tid, co
     return WIFEXITED(ws) ? WEXITSTATUS(ws) : -WTERMSIG(ws);
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    char buf[65536];
-    size_t n;
-    assert_non_null(a);
-    assert_non_null(b);
-    while ((n = fread(buf, 1, sizeof(buf), a)) > 0)
-        assert_int_equal(fwrite(buf, 1, n, b), n);
-    fclose(a);
-    assert_int_equal(fclose(b), 0);
-}
-
 static void test_damaged_file_is_reported(void **state)
 {
     (void)state;
@@ -1404,7 +1391,7 @@ static void test_damaged_file_is_reported(void **state)
         oids[i] = b.oid;
     }
     ks_close(st);
-    copy_file(data, kept);
+    copy_file(data, kept, 0600);
     struct stat sb;
     assert_int_equal(stat(kept, &sb), 0);
     off_t size = sb.st_size;
@@ -1414,14 +1401,14 @@ static void test_damaged_file_is_reported(void **state)
     /* Cut to half before it is opened, and to three pages while it is mapped. */
     assert_int_equal(truncate(data, size / 2), 0);
     assert_int_equal(read_all_child(ksdir, &mk, a.tid, oids, 0), 1);
-    copy_file(kept, data);
+    copy_file(kept, data, 0600);
     assert_int_equal(read_all_child(ksdir, &mk, a.tid, oids, 3 * 4096), 1);
 
     /* Random damage, most of it in page headers, where it leads LMDB astray. */
     unsigned seed = 20261201, died = 0, reported = 0;
     int fd = -1;
     for (int round = 0; round < 300; round++) {
-        copy_file(kept, data);
+        copy_file(kept, data, 0600);
         fd = open(data, O_RDWR);
         assert_true(fd >= 0);
         int flips = 1 + (int)(rand_r(&seed) % 4);

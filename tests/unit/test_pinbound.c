@@ -260,20 +260,6 @@ static void test_values_need_pin(void **state)
     tok_ctx_close(ctx);
 }
 
-static void copy_file(const char *from, const char *to, mode_t mode)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    char buf[8192];
-    size_t n;
-    assert_non_null(in);
-    assert_non_null(out);
-    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-        assert_int_equal(fwrite(buf, 1, n, out), n);
-    fclose(in);
-    fclose(out);
-    chmod(to, mode);
-}
-
 static size_t read_file(const char *path, uint8_t *buf, size_t cap)
 {
     FILE *f = fopen(path, "rb");
