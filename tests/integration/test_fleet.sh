@@ -162,6 +162,34 @@ expect_out "Private key not found|No private key found|not found"
 on b expect_rc 0 "$ADMIN" verify
 ok "backup of the PostgreSQL keystore restored into LMDB, and an LMDB backup restored into PostgreSQL (online)"
 
+# ---- a copy of another keystore restored online ----------------------------------
+# Its records are bound to its own id: a process that has the keystore open
+# cannot follow it; it says so once (not "damaged" on every operation), and
+# a new process uses the copy.
+cat > "$T/foreign.conf" <<CONF
+keystore = $T/foreignks
+master_key = $T/foreign.key
+log = $T/foreign.log
+CONF
+mkdir -p "$T/foreignks"
+P11MK_CONF=$T/foreign.conf expect_rc 0 "$ADMIN" init --generate-key "$T/foreign.key"
+P11MK_CONF=$T/foreign.conf pkcs11-tool --module "$MOD" --init-token --slot 1 --label foreign --so-pin $SO >/dev/null
+P11MK_CONF=$T/foreign.conf expect_rc 0 "$ADMIN" export --to-default "$T/foreign.export"
+on b "$CLIENT" "$MOD" fleet $PIN run "$T/stop3" > client.o 2>&1 &
+held=$!
+sleep 2 # logged in and signing
+on a expect_rc 0 "$ADMIN" restore --yes "$T/foreign.export"
+sleep 2
+touch "$T/stop3"
+set +e; wait $held; set -e
+n=$(grep -c "was replaced by a copy of another keystore" "$T/b/p11mk.log" || true)
+[ "$n" = 1 ] || { tail -n 5 "$T/b/p11mk.log"; fail "the running process said $n times that the keystore was replaced"; }
+! grep -q "missing or failed authentication" "$T/b/p11mk.log" || fail "the running process reported damage"
+grep -q "failed: 0x30" client.o || fail "the running process was not refused after the keystore was replaced"
+on b pkcs11-tool --module "$MOD" -L > slots.o 2>&1 || fail "a new process cannot open the restored copy"
+grep -q "foreign" slots.o || fail "a new process does not see the restored copy's token"
+ok "another keystore's copy restored online: the running process says it must restart, a new one uses the copy"
+
 # ---- bad input ------------------------------------------------------------------
 bad_conf() { # name, connection string
     sed "s|^postgresql = .*|postgresql = $2|" "$T/a/p11mk.conf" > "$T/$1.conf"
