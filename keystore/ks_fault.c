@@ -8,37 +8,82 @@
 #include <stdio.h>
 #include <string.h>
 
-__thread ks_fault_frame *ks_fault_top __attribute__((tls_model("initial-exec")));
-static __thread int fault_sig __attribute__((tls_model("initial-exec")));
-static __thread char fault_msg[160] __attribute__((tls_model("initial-exec")));
+static pthread_key_t top_key;
+static pthread_once_t top_once = PTHREAD_ONCE_INIT;
+static bool top_ok;
 
 static struct sigaction old_segv, old_bus;
 static pthread_mutex_t arm_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool ever_armed;
 static volatile sig_atomic_t installed;
 
-static void on_fault(int sig, siginfo_t *si, void *uc)
+/* What the last fault caught on a thread was (written outside the handler). */
+static __thread int last_sig;
+static __thread char last_what[160];
+
+static void top_init(void) { top_ok = pthread_key_create(&top_key, NULL) == 0; }
+
+ks_fault_frame *ks_fault_top(void)
 {
-    ks_fault_frame *f = ks_fault_top;
-    if (f) {
-        fault_sig = sig;
-        fault_msg[0] = '\0';
-        siglongjmp(f->jb, 1);
-    }
-    /* Not ours: what was there before decides. */
+    pthread_once(&top_once, top_init);
+    return top_ok ? pthread_getspecific(top_key) : NULL;
+}
+
+void ks_fault_set_top(ks_fault_frame *f)
+{
+    if (top_ok) /* ks_fault_top ran first (the frame's push) */
+        pthread_setspecific(top_key, f);
+}
+
+static bool is_ours(const struct sigaction *sa);
+
+/* Delivers sig as the disposition found before ours would have. */
+static void chain(int sig, siginfo_t *si, void *uc)
+{
     struct sigaction *old = sig == SIGBUS ? &old_bus : &old_segv;
-    if (old->sa_flags & SA_SIGINFO) {
-        if (old->sa_sigaction) {
-            old->sa_sigaction(sig, si, uc);
-            return;
+    struct sigaction was = *old;
+    bool fn = (was.sa_flags & SA_SIGINFO) ? was.sa_sigaction != NULL
+                                           : was.sa_handler != SIG_DFL && was.sa_handler != SIG_IGN;
+    if (!fn || is_ours(&was)) {
+        /* The default action or SIG_IGN, back in place: a fault comes back
+         * when the instruction runs again; a sent signal is sent again. */
+        struct sigaction dfl = was;
+        if (is_ours(&was)) {
+            memset(&dfl, 0, sizeof(dfl));
+            dfl.sa_handler = SIG_DFL;
         }
-    } else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-        old->sa_handler(sig);
+        sigaction(sig, &dfl, NULL);
+        if (si->si_code <= 0)
+            raise(sig);
         return;
     }
-    /* The default action: put it back; the faulting instruction runs again
-     * and the kernel applies it (a core dump, as without p11mk). */
-    sigaction(sig, old, NULL);
+    if (was.sa_flags & SA_RESETHAND) { /* once, then the default action */
+        memset(old, 0, sizeof(*old));
+        old->sa_handler = SIG_DFL;
+    }
+    /* Its mask while it runs, as the kernel would have set it. */
+    sigset_t mask, saved;
+    mask = was.sa_mask;
+    if (!(was.sa_flags & SA_NODEFER))
+        sigaddset(&mask, sig);
+    pthread_sigmask(SIG_BLOCK, &mask, &saved);
+    if (was.sa_flags & SA_SIGINFO)
+        was.sa_sigaction(sig, si, uc);
+    else
+        was.sa_handler(sig);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+    /* A fault the kernel raised (not a signal sent), in a frame. The key
+     * exists once a frame was pushed; pthread_getspecific allocates nothing. */
+    ks_fault_frame *f = top_ok && si && si->si_code > 0 ? pthread_getspecific(top_key) : NULL;
+    if (f) {
+        f->sig = sig;
+        siglongjmp(f->jb, 1);
+    }
+    chain(sig, si, uc);
 }
 
 static bool is_ours(const struct sigaction *sa) { return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_fault; }
@@ -58,7 +103,8 @@ static void arm(int sig, struct sigaction *old)
     sa.sa_sigaction = on_fault;
     /* NODEFER: a frame left by siglongjmp without restoring the mask must
      * not leave the signal blocked (sigsetjmp(.., 0) saves no mask: no
-     * system call per frame). ONSTACK: a thread with an alternate stack. */
+     * system call per frame); chain() blocks what the handler it calls
+     * asked for. ONSTACK: a thread with an alternate stack. */
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
     *old = cur;
@@ -68,6 +114,7 @@ static void arm(int sig, struct sigaction *old)
 
 void ks_fault_arm(void)
 {
+    pthread_once(&top_once, top_init);
     pthread_mutex_lock(&arm_lock);
     arm(SIGSEGV, &old_segv);
     arm(SIGBUS, &old_bus);
@@ -91,19 +138,24 @@ __attribute__((destructor)) static void disarm(void)
 
 void ks_fault_assert(const char *msg)
 {
-    ks_fault_frame *f = ks_fault_top;
+    ks_fault_frame *f = ks_fault_top();
     if (!f)
         return; /* LMDB aborts, as it would have */
-    fault_sig = SIGABRT;
-    snprintf(fault_msg, sizeof(fault_msg), "%s", msg ? msg : "");
+    f->sig = SIGABRT;
+    snprintf(f->what, sizeof(f->what), "%s", msg ? msg : "");
     siglongjmp(f->jb, 1);
 }
 
-int ks_fault_signal(void) { return fault_sig; }
+void ks_fault_note(const ks_fault_frame *f)
+{
+    last_sig = f->sig;
+    if (f->sig == SIGABRT)
+        snprintf(last_what, sizeof(last_what), "%s", f->what[0] ? f->what : "an LMDB assertion failed");
+}
 
 const char *ks_fault_what(void)
 {
-    if (fault_sig == SIGABRT)
-        return fault_msg[0] ? fault_msg : "an LMDB assertion failed";
-    return fault_sig == SIGBUS ? "read past the end of the file (SIGBUS)" : "read outside the file (SIGSEGV)";
+    if (last_sig == SIGABRT)
+        return last_what;
+    return last_sig == SIGBUS ? "read past the end of the file (SIGBUS)" : "read outside the file (SIGSEGV)";
 }

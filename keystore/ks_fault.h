@@ -11,22 +11,35 @@
  * So every call into LMDB from ks_lmdb.c runs inside a fault frame: a
  * handler for SIGSEGV and SIGBUS, and LMDB's assertion callback, return to
  * the frame of the thread that faulted, which reports KS_ECORRUPT (damage,
- * logged once per keystore, nothing acted on). A fault outside any frame
- * (the application's own, or the module's code) goes on to the disposition
- * found when the handler was installed, as if p11mk had never been loaded.
+ * logged once per keystore, nothing acted on). Only a fault the kernel
+ * raised (si_code > 0) is taken: a SIGSEGV or SIGBUS another program or
+ * thread sent goes where it would have gone without p11mk.
+ *
+ * A fault outside any frame (the application's own, or the module's code)
+ * goes to the disposition found when the handler was installed, as the
+ * kernel would have delivered it: that handler is called with its own mask
+ * (sa_mask, and the signal itself unless it asked for SA_NODEFER) and its
+ * SA_RESETHAND honoured; the default action or SIG_IGN is put back in place
+ * and the signal delivered again (a fault by running the instruction again,
+ * a sent signal by sending it again), so the process ends as it would have.
  *
  * Rules for a frame (KS_FAULT_GUARD, in ks_lmdb.c):
  *   - it holds only LMDB calls and plain reads of what they return: no lock
  *     taken, no memory allocated or freed inside it by p11mk (a return by
  *     the frame abandons whatever ran inside it);
  *   - after a fault the LMDB transaction is only aborted (which walks no
- *     page); what LMDB allocated in the abandoned call is leaked;
+ *     page); what LMDB allocated in the abandoned call is leaked; LMDB's
+ *     own locks must not be held where a frame can be left (ks_lmdb.c checks
+ *     the file's size before it begins a transaction, whose start takes the
+ *     writer's lock or a reader slot and then reads the meta pages);
  *   - frames nest (the innermost catches).
  * The handler is installed when the first keystore is opened, on top of
  * what is there (chained to it); at later opens again only where the
  * default action is back (a handler the application installed after ours
  * is its choice and stays); it is removed when the library is unloaded if
- * it is still the one in place.
+ * it is still the one in place. The thread's innermost frame is found with
+ * pthread_getspecific (no initial-exec TLS: a dlopen'd module must not use
+ * up the static TLS other libraries need; no allocation in the handler).
  * Faults in a frame are what damaged storage causes; a bug elsewhere in the
  * process is never caught (it is outside every frame). */
 #ifndef P11MK_KS_FAULT_H
@@ -37,18 +50,20 @@
 typedef struct ks_fault_frame {
     sigjmp_buf jb;
     struct ks_fault_frame *prev;
+    volatile int sig;   /* set by the handler: SIGSEGV, SIGBUS; SIGABRT for an LMDB assertion */
+    char what[160];     /* LMDB's message for an assertion */
 } ks_fault_frame;
-
-/* The innermost frame of the calling thread (NULL: none). Initial-exec TLS:
- * the signal handler reads it without calling into the dynamic linker. */
-extern __thread ks_fault_frame *ks_fault_top __attribute__((tls_model("initial-exec")));
 
 /* Installs the SIGSEGV/SIGBUS handler (the rules above); at every open. */
 void ks_fault_arm(void);
 
-/* The signal of the last fault caught on this thread (SIGSEGV, SIGBUS, or
- * SIGABRT for an LMDB assertion) and LMDB's message for an assertion. */
-int ks_fault_signal(void);
+/* The calling thread's innermost frame, and setting it. */
+ks_fault_frame *ks_fault_top(void);
+void ks_fault_set_top(ks_fault_frame *f);
+
+/* After a fault: keeps what the frame saw for ks_fault_what (this thread). */
+void ks_fault_note(const ks_fault_frame *f);
+/* What the last fault caught on this thread was, for messages. */
 const char *ks_fault_what(void);
 
 /* LMDB's assertion callback (mdb_env_set_assert): inside a frame, leaves
@@ -62,13 +77,17 @@ void ks_fault_assert(const char *msg);
     do {                                                                                                            \
         ks_fault_frame ks_f_;                                                                                       \
         volatile int ks_r_; /* in memory across sigsetjmp: what the caller reads is set after it */               \
-        ks_f_.prev = ks_fault_top;                                                                                  \
-        ks_fault_top = &ks_f_;                                                                                      \
-        if (sigsetjmp(ks_f_.jb, 0) == 0)                                                                            \
+        ks_f_.prev = ks_fault_top();                                                                                \
+        ks_f_.sig = 0;                                                                                              \
+        ks_fault_set_top(&ks_f_);                                                                                   \
+        if (sigsetjmp(ks_f_.jb, 0) == 0) {                                                                          \
             ks_r_ = (expr);                                                                                         \
-        else                                                                                                        \
+        } else {                                                                                                    \
+            ks_fault_set_top(ks_f_.prev);                                                                           \
+            ks_fault_note(&ks_f_);                                                                                  \
             ks_r_ = (fault_rc);                                                                                     \
-        ks_fault_top = ks_f_.prev;                                                                                  \
+        }                                                                                                           \
+        ks_fault_set_top(ks_f_.prev);                                                                               \
         (rc) = ks_r_;                                                                                               \
     } while (0)
 

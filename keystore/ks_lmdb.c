@@ -150,6 +150,18 @@ static void lm_assert(MDB_env *env, const char *msg)
     ks_fault_assert(msg);
 }
 
+/* Reads a byte of every page of v: one past the file's end faults here. */
+static void touch(MDB_val v, unsigned psize)
+{
+    const volatile unsigned char *p = v.mv_data;
+    size_t step = psize ? psize : 4096;
+    if (!p || !v.mv_size)
+        return;
+    for (size_t off = 0; off < v.mv_size; off += step)
+        (void)p[off];
+    (void)p[v.mv_size - 1];
+}
+
 /* mdb_get or mdb_cursor_get whose key and value are checked to lie inside the file. */
 static int get_checked(MDB_txn *t, MDB_cursor *c, MDB_dbi dbi, MDB_val *k, MDB_val *v, MDB_cursor_op op,
                        uintptr_t lo, unsigned psize)
@@ -158,6 +170,11 @@ static int get_checked(MDB_txn *t, MDB_cursor *c, MDB_dbi dbi, MDB_val *k, MDB_v
     if (rc == MDB_SUCCESS && (!lm_in_file(mdb_txn_env(t), lo, psize, *v) ||
                               (c && !lm_in_file(mdb_txn_env(t), lo, psize, *k))))
         return MDB_CORRUPTED;
+    if (rc == MDB_SUCCESS) { /* its pages read here, in the frame: a file cut short faults now, not in the caller */
+        touch(*v, psize);
+        if (c)
+            touch(*k, psize);
+    }
     return rc;
 }
 
@@ -267,9 +284,38 @@ static uint64_t lmdb_size(ks_benv *e)
 
 /* ---- transactions -------------------------------------------------------- */
 
+/* Does the file hold every page its newest meta page names? The start of
+ * a transaction takes the writer's lock or a reader slot and then reads the
+ * meta pages: a fault there would leave the lock held or the slot taken
+ * (ks_fault.h), so a file cut short is refused before, and said once. */
+static int file_whole(ks_benv *e)
+{
+    int fd, rc;
+    struct stat sb;
+    MDB_envinfo ei;
+    if (mdb_env_get_fd(e->env, &fd) != MDB_SUCCESS || fd < 0 || fstat(fd, &sb) != 0)
+        return MDB_SUCCESS; /* cannot tell: LMDB will say */
+    uint64_t size = (uint64_t)sb.st_size, need = 2ull * e->psize;
+    if (size >= need) {
+        LM(e, rc, mdb_env_info(e->env, &ei));
+        if (rc != MDB_SUCCESS)
+            return rc;
+        need = ((uint64_t)ei.me_last_pgno + 1) * e->psize;
+    }
+    if (size >= need)
+        return MDB_SUCCESS;
+    if (!atomic_exchange(&e->fault_told, true))
+        ks_log(KS_LOG_ERROR, "keystore %s is damaged: its data.mdb holds %llu bytes, its own header names %llu; it was "
+                             "cut short; nothing was changed: restore it from a backup ('p11mk-admin restore')",
+               e->path, (unsigned long long)size, (unsigned long long)need);
+    return LM_FAULT;
+}
+
 static int txn_begin1(ks_benv *e, unsigned flags, MDB_txn **t)
 {
-    int rc;
+    int rc = file_whole(e);
+    if (rc != MDB_SUCCESS)
+        return rc;
     LM(e, rc, mdb_txn_begin(e->env, NULL, flags, t));
     return rc;
 }
