@@ -315,6 +315,18 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
      * open at all): a restored copy is never older than its key file. */
     if (regs && ks_reg_max_epoch(regs) > live_epoch)
         live_epoch = ks_reg_max_epoch(regs);
+    /* A key file one commit behind (a fleet host whose NEW another host
+     * committed; its next step would promote it, ks_lifecycle.c repair): the
+     * keystore in place is sealed under that NEW. Resealed under the file's
+     * CURRENT, the copy would go back under a key the fleet retired (held
+     * by the other hosts only in their history, and by a host taken out of
+     * the fleet as its CURRENT). */
+    uint8_t nk[KS_KCV_LEN];
+    if (regs && regs->has_new && live->have_kcv) {
+        ks_mkey_kcv(&regs->staged, nk);
+        if (CRYPTO_memcmp(nk, live->kcv, KS_KCV_LEN) == 0)
+            current = &regs->staged;
+    }
     if ((rc = open_copy(scratch, file, current, &copy, res, err)) != KS_OK)
         return rc;
     ks_info ci;
