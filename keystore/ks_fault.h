@@ -29,9 +29,10 @@
  *     the frame abandons whatever ran inside it);
  *   - after a fault the LMDB transaction is only aborted (which walks no
  *     page); what LMDB allocated in the abandoned call is leaked; LMDB's
- *     own locks must not be held where a frame can be left (ks_lmdb.c checks
- *     the file's size before it begins a transaction, whose start takes the
- *     writer's lock or a reader slot and then reads the meta pages);
+ *     own locks must not be held where a frame can be left (ks_lmdb.c reads
+ *     the meta pages in a frame of their own before it begins a
+ *     transaction, whose start takes the writer's lock or a reader slot
+ *     and then reads them);
  *   - frames nest (the innermost catches).
  * The handler is installed when the first keystore is opened, on top of
  * what is there (chained to it); at later opens again only where the

@@ -284,10 +284,8 @@ static uint64_t lmdb_size(ks_benv *e)
 
 /* ---- transactions -------------------------------------------------------- */
 
-/* Does the file hold every page its newest meta page names? The start of
- * a transaction takes the writer's lock or a reader slot and then reads the
- * meta pages: a fault there would leave the lock held or the slot taken
- * (ks_fault.h), so a file cut short is refused before, and said once. */
+/* Does the file hold every page its newest meta page names? Asked when the
+ * keystore is opened: a file cut short is refused then, with what it lacks. */
 static int file_whole(ks_benv *e)
 {
     int fd, rc;
@@ -311,12 +309,27 @@ static int file_whole(ks_benv *e)
     return LM_FAULT;
 }
 
+/* Reads a byte of each meta page. The start of a transaction takes the
+ * writer's lock or a reader slot and then reads the meta pages: a fault
+ * there would leave the lock held or the slot taken (ks_fault.h), so a file
+ * cut short since it was opened faults here first, in a frame of its own,
+ * holding nothing. */
+static int metas_there(ks_benv *e)
+{
+    const volatile unsigned char *m = (const volatile unsigned char *)e->map_lo;
+    if (!m)
+        return MDB_SUCCESS;
+    (void)m[0];
+    (void)m[e->psize + e->psize - 1];
+    return MDB_SUCCESS;
+}
+
 static int txn_begin1(ks_benv *e, unsigned flags, MDB_txn **t)
 {
-    int rc = file_whole(e);
-    if (rc != MDB_SUCCESS)
-        return rc;
-    LM(e, rc, mdb_txn_begin(e->env, NULL, flags, t));
+    int rc;
+    LM(e, rc, metas_there(e));
+    if (rc == MDB_SUCCESS)
+        LM(e, rc, mdb_txn_begin(e->env, NULL, flags, t));
     return rc;
 }
 
@@ -658,6 +671,11 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
     }
     e->psize = st.ms_psize;
     e->map_lo = map_base(e->env);
+    if ((rc = file_whole(e)) != MDB_SUCCESS) {
+        ks_err_set(err, "keystore %s is damaged: its data.mdb is shorter than the pages its header names (cut "
+                        "short); nothing was changed: restore it from a backup", e->path);
+        return KS_ECORRUPT;
+    }
     if (*rdonly)
         ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", e->path);
     int dead = 0;
