@@ -8,9 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static pthread_key_t top_key;
+static pthread_key_t ks_fault_key;
+static bool ks_fault_key_ok;
 static pthread_once_t top_once = PTHREAD_ONCE_INIT;
-static bool top_ok;
 
 static struct sigaction old_segv, old_bus;
 static pthread_mutex_t arm_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -21,18 +21,14 @@ static volatile sig_atomic_t installed;
 static __thread int last_sig;
 static __thread char last_what[160];
 
-static void top_init(void) { top_ok = pthread_key_create(&top_key, NULL) == 0; }
+__thread ks_fault_slot ks_fault_mine;
 
-ks_fault_frame *ks_fault_top(void)
-{
-    pthread_once(&top_once, top_init);
-    return top_ok ? pthread_getspecific(top_key) : NULL;
-}
+static void top_init(void) { ks_fault_key_ok = pthread_key_create(&ks_fault_key, NULL) == 0; }
 
-void ks_fault_set_top(ks_fault_frame *f)
+void ks_fault_register(ks_fault_slot *s)
 {
-    if (top_ok) /* ks_fault_top ran first (the frame's push) */
-        pthread_setspecific(top_key, f);
+    if (ks_fault_key_ok && pthread_setspecific(ks_fault_key, s) == 0)
+        s->registered = true;
 }
 
 static bool is_ours(const struct sigaction *sa);
@@ -78,7 +74,8 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 {
     /* A fault the kernel raised (not a signal sent), in a frame. The key
      * exists once a frame was pushed; pthread_getspecific allocates nothing. */
-    ks_fault_frame *f = top_ok && si && si->si_code > 0 ? pthread_getspecific(top_key) : NULL;
+    ks_fault_slot *s = ks_fault_key_ok && si && si->si_code > 0 ? pthread_getspecific(ks_fault_key) : NULL;
+    ks_fault_frame *f = s ? s->top : NULL;
     if (f) {
         f->sig = sig;
         siglongjmp(f->jb, 1);
@@ -138,7 +135,7 @@ __attribute__((destructor)) static void disarm(void)
 
 void ks_fault_assert(const char *msg)
 {
-    ks_fault_frame *f = ks_fault_top();
+    ks_fault_frame *f = ks_fault_slot_get()->top;
     if (!f)
         return; /* LMDB aborts, as it would have */
     f->sig = SIGABRT;

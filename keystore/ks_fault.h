@@ -38,7 +38,7 @@
  * what is there (chained to it); at later opens again only where the
  * default action is back (a handler the application installed after ours
  * is its choice and stays); it is removed when the library is unloaded if
- * it is still the one in place. The thread's innermost frame is found with
+ * it is still the one in place. The handler finds the thread's frames with
  * pthread_getspecific (no initial-exec TLS: a dlopen'd module must not use
  * up the static TLS other libraries need; no allocation in the handler).
  * Faults in a frame are what damaged storage causes; a bug elsewhere in the
@@ -46,7 +46,9 @@
 #ifndef P11MK_KS_FAULT_H
 #define P11MK_KS_FAULT_H
 
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdbool.h>
 
 typedef struct ks_fault_frame {
     sigjmp_buf jb;
@@ -58,9 +60,25 @@ typedef struct ks_fault_frame {
 /* Installs the SIGSEGV/SIGBUS handler (the rules above); at every open. */
 void ks_fault_arm(void);
 
-/* The calling thread's innermost frame, and setting it. */
-ks_fault_frame *ks_fault_top(void);
-void ks_fault_set_top(ks_fault_frame *f);
+/* The calling thread's frames: a slot in its own thread-local storage
+ * (the ordinary model, fast on every LMDB call), whose address the thread
+ * gives the handler once through a pthread key (pthread_getspecific reads
+ * it there without allocating). The key exists once ks_fault_arm ran, which
+ * every opening of an environment does before its first frame; before that
+ * a frame is pushed where the handler does not look (and catches nothing). */
+typedef struct {
+    ks_fault_frame *top; /* the innermost frame */
+    bool registered;     /* the key holds this slot's address */
+} ks_fault_slot;
+extern __thread ks_fault_slot ks_fault_mine;
+void ks_fault_register(ks_fault_slot *s);
+static inline ks_fault_slot *ks_fault_slot_get(void)
+{
+    ks_fault_slot *s = &ks_fault_mine;
+    if (__builtin_expect(!s->registered, 0))
+        ks_fault_register(s);
+    return s;
+}
 
 /* After a fault: keeps what the frame saw for ks_fault_what (this thread). */
 void ks_fault_note(const ks_fault_frame *f);
@@ -78,17 +96,18 @@ void ks_fault_assert(const char *msg);
     do {                                                                                                            \
         ks_fault_frame ks_f_;                                                                                       \
         volatile int ks_r_; /* in memory across sigsetjmp: what the caller reads is set after it */               \
-        ks_f_.prev = ks_fault_top();                                                                                \
+        ks_fault_slot *const ks_s_ = ks_fault_slot_get();                                                           \
+        ks_f_.prev = ks_s_->top;                                                                                    \
         ks_f_.sig = 0;                                                                                              \
-        ks_fault_set_top(&ks_f_);                                                                                   \
+        ks_s_->top = &ks_f_;                                                                                        \
         if (sigsetjmp(ks_f_.jb, 0) == 0) {                                                                          \
             ks_r_ = (expr);                                                                                         \
         } else {                                                                                                    \
-            ks_fault_set_top(ks_f_.prev);                                                                           \
+            ks_s_->top = ks_f_.prev;                                                                                \
             ks_fault_note(&ks_f_);                                                                                  \
             ks_r_ = (fault_rc);                                                                                     \
         }                                                                                                           \
-        ks_fault_set_top(ks_f_.prev);                                                                               \
+        ks_s_->top = ks_f_.prev;                                                                                    \
         (rc) = ks_r_;                                                                                               \
     } while (0)
 
