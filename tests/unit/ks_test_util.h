@@ -6,7 +6,10 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "keystore/ks.h"
 
@@ -17,6 +20,27 @@ static inline int rm_cb(const char *p, const struct stat *sb, int flag, struct F
 }
 
 static inline void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* Runs fn(arg) in a child that starts from the default actions of SIGSEGV
+ * and SIGBUS (cmocka and the sanitizers put their own handlers in place; an
+ * application that leaves the defaults gets the keystore's fault frames)
+ * and is ended by SIGALRM after `seconds` (a hang is a failure too).
+ * Returns its exit code, or -signal. */
+static inline int in_child(int (*fn)(void *), void *arg, unsigned seconds)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGSEGV, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);
+        alarm(seconds);
+        _exit(fn(arg));
+    }
+    int ws;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    return WIFEXITED(ws) ? WEXITSTATUS(ws) : -WTERMSIG(ws);
+}
 
 /* A copy of a file, with the given mode (the includer has cmocka's asserts). */
 static inline void copy_file(const char *from, const char *to, mode_t mode)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "keystore/ks_fault.h"
+#include "tests/unit/ks_test_util.h"
 
 static volatile int *bad_page(void)
 {
@@ -32,27 +33,9 @@ static int read_bad(volatile int *p) { return *p; }
 
 static int raise_segv(void) { return raise(SIGSEGV); }
 
-/* Runs fn in a child that starts from the default dispositions; returns
- * its exit code, or -signal. */
-static int in_child(void (*fn)(void))
+static int frame_catches(void *arg)
 {
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        signal(SIGSEGV, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);
-        alarm(10); /* a loop is a failure (SIGALRM) */
-        fn();
-        _exit(0);
-    }
-    int ws;
-    assert_int_equal(waitpid(pid, &ws, 0), pid);
-    return WIFEXITED(ws) ? WEXITSTATUS(ws) : -WTERMSIG(ws);
-}
-
-static void frame_catches(void)
-{
+    (void)arg;
     ks_fault_arm();
     volatile int *p = bad_page();
     for (int i = 0; i < 3; i++) { /* again and again: nothing left blocked */
@@ -66,28 +49,33 @@ static void frame_catches(void)
     _exit(rc == 7 ? 0 : 20);
 }
 
-static void fault_outside(void)
+static int fault_outside(void *arg)
 {
+    (void)arg;
     ks_fault_arm();
     read_bad(bad_page());
+    return 60; /* survived: wrong */
 }
 
-static void sent_segv(void)
+static int sent_segv(void *arg)
 {
+    (void)arg;
     ks_fault_arm();
     raise(SIGSEGV);
     _exit(30); /* survived: wrong */
 }
 
-static void sent_bus(void)
+static int sent_bus(void *arg)
 {
+    (void)arg;
     ks_fault_arm();
     kill(getpid(), SIGBUS);
     _exit(31);
 }
 
-static void sent_into_frame(void)
+static int sent_into_frame(void *arg)
 {
+    (void)arg;
     ks_fault_arm();
     int rc;
     KS_FAULT_GUARD(rc, -1, raise_segv());
@@ -103,8 +91,9 @@ static void resethand_handler(int sig)
         _exit(40); /* called twice: SA_RESETHAND not honoured */
 }
 
-static void resethand(void)
+static int resethand(void *arg)
 {
+    (void)arg;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = resethand_handler;
@@ -124,8 +113,9 @@ static void mask_handler(int sig, siginfo_t *si, void *uc)
     _exit(sigismember(&now, SIGUSR1) && sigismember(&now, sig) ? 0 : 50);
 }
 
-static void app_mask(void)
+static int app_mask(void *arg)
 {
+    (void)arg;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = mask_handler;
@@ -144,13 +134,13 @@ static void test_fault_frames(void **state)
 #if defined(__SANITIZE_THREAD__)
     skip(); /* TSan's own handling of these signals in forked children (see test_keystore) */
 #endif
-    assert_int_equal(in_child(frame_catches), 0);
-    assert_int_equal(in_child(fault_outside), -SIGSEGV);
-    assert_int_equal(in_child(sent_segv), -SIGSEGV);
-    assert_int_equal(in_child(sent_bus), -SIGBUS);
-    assert_int_equal(in_child(sent_into_frame), -SIGSEGV);
-    assert_int_equal(in_child(resethand), -SIGSEGV);
-    assert_int_equal(in_child(app_mask), 0);
+    assert_int_equal(in_child(frame_catches, NULL, 10), 0);
+    assert_int_equal(in_child(fault_outside, NULL, 10), -SIGSEGV);
+    assert_int_equal(in_child(sent_segv, NULL, 10), -SIGSEGV);
+    assert_int_equal(in_child(sent_bus, NULL, 10), -SIGBUS);
+    assert_int_equal(in_child(sent_into_frame, NULL, 10), -SIGSEGV);
+    assert_int_equal(in_child(resethand, NULL, 10), -SIGSEGV);
+    assert_int_equal(in_child(app_mask, NULL, 10), 0);
 }
 
 int main(void)

@@ -1342,22 +1342,25 @@ static int read_all(const char *ksdir, const ks_mkey *mk, uint32_t tid, const ui
 }
 
 /* Runs read_all in a child: its exit status (0 or 1), or -signal. */
+typedef struct {
+    const char *ksdir;
+    const ks_mkey *mk;
+    uint32_t tid;
+    const uint64_t *oids;
+    int cut_to;
+    const char *kept;
+} dmg_arg;
+
+static int read_all_fn(void *p)
+{
+    dmg_arg *a = p;
+    return read_all(a->ksdir, a->mk, a->tid, a->oids, a->cut_to);
+}
+
 static int read_all_child(const char *ksdir, const ks_mkey *mk, uint32_t tid, const uint64_t *oids, int cut_to)
 {
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        /* cmocka puts its own handlers in place for every test; an
-         * application that leaves the default action gets the keystore's. */
-        signal(SIGSEGV, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);
-        alarm(20); /* a hang is a failure too */
-        _exit(read_all(ksdir, mk, tid, oids, cut_to));
-    }
-    int ws;
-    assert_int_equal(waitpid(pid, &ws, 0), pid);
-    return WIFEXITED(ws) ? WEXITSTATUS(ws) : -WTERMSIG(ws);
+    dmg_arg a = {ksdir, mk, tid, oids, cut_to, NULL};
+    return in_child(read_all_fn, &a, 20);
 }
 
 /* In a child: the file cut to nothing while open, 1,100 reads and a write
@@ -1398,6 +1401,12 @@ static int cut_then_back(const char *ksdir, const ks_mkey *mk, uint32_t tid, con
         return 8;
     ks_close(st);
     return 0;
+}
+
+static int cut_then_back_fn(void *p)
+{
+    dmg_arg *a = p;
+    return cut_then_back(a->ksdir, a->mk, a->tid, a->oids, a->kept);
 }
 
 static void test_damaged_file_is_reported(void **state)
@@ -1445,19 +1454,8 @@ static void test_damaged_file_is_reported(void **state)
     assert_int_equal(read_all_child(ksdir, &mk, a.tid, oids, 3 * 4096), 1);
 
     copy_file(kept, data, 0600);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        signal(SIGSEGV, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);
-        alarm(30);
-        _exit(cut_then_back(ksdir, &mk, a.tid, oids, kept));
-    }
-    int ws;
-    assert_int_equal(waitpid(pid, &ws, 0), pid);
-    assert_true(WIFEXITED(ws));
-    assert_int_equal(WEXITSTATUS(ws), 0);
+    dmg_arg ca = {ksdir, &mk, a.tid, oids, 0, kept};
+    assert_int_equal(in_child(cut_then_back_fn, &ca, 30), 0);
 
     /* Random damage, most of it in page headers, where it leads LMDB astray. */
     unsigned seed = 20261201, died = 0, reported = 0;
