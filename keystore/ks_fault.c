@@ -3,13 +3,14 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 static pthread_key_t ks_fault_key;
-static bool ks_fault_key_ok;
+static atomic_bool ks_fault_key_ok; /* read by threads that never ran pthread_once, and by the handler */
 static pthread_once_t top_once = PTHREAD_ONCE_INIT;
 
 static struct sigaction old_segv, old_bus;
@@ -23,11 +24,15 @@ static __thread char last_what[160];
 
 __thread ks_fault_slot ks_fault_mine;
 
-static void top_init(void) { ks_fault_key_ok = pthread_key_create(&ks_fault_key, NULL) == 0; }
+static void top_init(void)
+{
+    if (pthread_key_create(&ks_fault_key, NULL) == 0)
+        atomic_store_explicit(&ks_fault_key_ok, true, memory_order_release);
+}
 
 void ks_fault_register(ks_fault_slot *s)
 {
-    if (ks_fault_key_ok && pthread_setspecific(ks_fault_key, s) == 0)
+    if (atomic_load_explicit(&ks_fault_key_ok, memory_order_acquire) && pthread_setspecific(ks_fault_key, s) == 0)
         s->registered = true;
 }
 
@@ -38,8 +43,9 @@ static void chain(int sig, siginfo_t *si, void *uc)
 {
     struct sigaction *old = sig == SIGBUS ? &old_bus : &old_segv;
     struct sigaction was = *old;
-    bool fn = (was.sa_flags & SA_SIGINFO) ? was.sa_sigaction != NULL
-                                           : was.sa_handler != SIG_DFL && was.sa_handler != SIG_IGN;
+    /* SIG_DFL and SIG_IGN are no functions, SA_SIGINFO or not. */
+    bool fn = was.sa_handler != SIG_DFL && was.sa_handler != SIG_IGN &&
+              ((was.sa_flags & SA_SIGINFO) ? was.sa_sigaction != NULL : true);
     if (!fn || is_ours(&was)) {
         /* The default action or SIG_IGN, back in place: a fault comes back
          * when the instruction runs again; a sent signal is sent again. */
@@ -74,7 +80,8 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 {
     /* A fault the kernel raised (not a signal sent), in a frame. The key
      * exists once a frame was pushed; pthread_getspecific allocates nothing. */
-    ks_fault_slot *s = ks_fault_key_ok && si && si->si_code > 0 ? pthread_getspecific(ks_fault_key) : NULL;
+    bool key = atomic_load_explicit(&ks_fault_key_ok, memory_order_acquire);
+    ks_fault_slot *s = key && si && si->si_code > 0 ? pthread_getspecific(ks_fault_key) : NULL;
     ks_fault_frame *f = s ? s->top : NULL;
     if (f) {
         f->sig = sig;

@@ -225,9 +225,13 @@ static uint64_t map_init_size(void)
 /* The map's size (0: adopt another process's growth), under the resize lock. */
 static int set_mapsize(ks_benv *e, size_t size)
 {
-    int rc;
+    int rc = MDB_SUCCESS;
+    MDB_envinfo ei;
     resize_lock(e);
-    LM(e, rc, mdb_env_set_mapsize(e->env, size));
+    if (size) /* a growth: never below what another thread grew it to meanwhile */
+        LM(e, rc, mdb_env_info(e->env, &ei));
+    if (rc == MDB_SUCCESS && !(size && ei.me_mapsize >= size))
+        LM(e, rc, mdb_env_set_mapsize(e->env, size));
     e->map_lo = map_base(e->env); /* the map may have moved */
     resize_unlock(e);
     return rc;
@@ -429,11 +433,43 @@ static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval 
     return KS_OK;
 }
 
+/* Writes go through a cursor of the write transaction's own (mdb_cursor_open:
+ * on the heap, in the transaction's list, freed by its abort), not mdb_put
+ * and mdb_del, which put a cursor on their stack into that list while they
+ * run: left there by a fault, the abort would free a stack address. (Page
+ * splits and merges still do so for a moment: see the README.) */
+static int put_via(MDB_txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v, unsigned flags)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t, dbi, &c);
+    if (rc != MDB_SUCCESS)
+        return rc;
+    rc = mdb_cursor_put(c, k, v, flags);
+    mdb_cursor_close(c);
+    return rc;
+}
+
+/* Deletes key (every value of it in a table of duplicates), or with v the
+ * pair k, v of a table of duplicates; MDB_NOTFOUND when absent. */
+static int del_via(MDB_txn *t, MDB_dbi dbi, bool dups, MDB_val *k, MDB_val *v)
+{
+    MDB_cursor *c;
+    MDB_val dv = v ? *v : (MDB_val){0, NULL};
+    int rc = mdb_cursor_open(t, dbi, &c);
+    if (rc != MDB_SUCCESS)
+        return rc;
+    rc = mdb_cursor_get(c, k, &dv, v && dups ? MDB_GET_BOTH : MDB_SET);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_cursor_del(c, dups && !v ? MDB_NODUPDATA : 0);
+    mdb_cursor_close(c);
+    return rc;
+}
+
 static int lmdb_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
     int rc;
-    LM(E(T(t)), rc, mdb_put(T(t), D(T(t), tab), &mk, &mv, 0));
+    LM(E(T(t)), rc, put_via(T(t), D(T(t), tab), &mk, &mv, 0));
     return wr_err(rc);
 }
 
@@ -441,7 +477,7 @@ static int lmdb_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
 {
     MDB_val mk = V(k, kl);
     int rc;
-    LM(E(T(t)), rc, mdb_del(T(t), D(T(t), tab), &mk, NULL));
+    LM(E(T(t)), rc, del_via(T(t), D(T(t), tab), tab == KS_TAB_INDEX, &mk, NULL));
     return wr_err(rc);
 }
 
@@ -490,7 +526,7 @@ static int lmdb_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, cons
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
     int rc;
-    LM(E(T(t)), rc, mdb_put(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
+    LM(E(T(t)), rc, put_via(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
     return wr_err(rc);
 }
 
@@ -498,7 +534,7 @@ static int lmdb_dup_del(ks_btxn *t, ks_table tab, const void *k, size_t kl, cons
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
     int rc;
-    LM(E(T(t)), rc, mdb_del(T(t), D(T(t), tab), &mk, &mv));
+    LM(E(T(t)), rc, del_via(T(t), D(T(t), tab), tab == KS_TAB_INDEX, &mk, &mv));
     return wr_err(rc);
 }
 
@@ -671,6 +707,10 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
     }
     e->psize = st.ms_psize;
     e->map_lo = map_base(e->env);
+    if (!e->map_lo)
+        ks_log(KS_LOG_WARN, "keystore %s: its map is not in /proc/self/maps (is /proc mounted?): values LMDB returns "
+                            "are not checked against the file, and a file cut short while open may stop LMDB's "
+                            "writers (README: a damaged data.mdb)", e->path);
     if ((rc = file_whole(e)) != MDB_SUCCESS) {
         ks_err_set(err, "keystore %s is damaged: its data.mdb is shorter than the pages its header names (cut "
                         "short); nothing was changed: restore it from a backup", e->path);
@@ -778,19 +818,33 @@ static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
 {
     /* No map resize may happen during the copy. */
     int rc;
+    volatile bool cut = false; /* set between frames */
     pthread_rwlock_rdlock(&e->resize);
-    LM(e, rc, mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
+    /* LMDB's copies take a reader slot, or its writer's lock (a copy as it
+     * is), before they read the meta pages: those read first, in a frame of
+     * their own, and the file's length checked (ks_fault.h). A fault in the
+     * compacting walk itself leaves LMDB's writing thread waiting (the
+     * admin, which alone copies, exits after it). */
+    LM(e, rc, metas_there(e));
+    if (rc == MDB_SUCCESS)
+        cut = (rc = file_whole(e)) != MDB_SUCCESS;
+    if (rc == MDB_SUCCESS)
+        LM(e, rc, mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
     if (rc == MDB_INCOMPATIBLE && lseek(fd, 0, SEEK_SET) == 0 && ftruncate(fd, 0) == 0) {
         /* The compacting walk found a page count it did not expect (a page
          * leak, seen under kill -9 of concurrent commands; every record
-         * still opens): the file copied as it is, which holds the same. */
+         * still opens): the file copied as it is, its free pages too (old,
+         * sealed versions of records), which holds the same records. */
         ks_log(KS_LOG_WARN, "keystore %s: LMDB's compacting copy refused the file (%s); copying it as it is",
                e->path, mdb_strerror(rc));
         LM(e, rc, mdb_env_copyfd2(e->env, fd, 0));
     }
     pthread_rwlock_unlock(&e->resize);
     if (rc == LM_FAULT) {
-        snprintf(why, n, "the keystore is damaged (LMDB %s)", ks_fault_what());
+        if (cut)
+            snprintf(why, n, "the keystore is damaged: its data.mdb was cut short");
+        else
+            snprintf(why, n, "the keystore is damaged (LMDB %s)", ks_fault_what());
         *sys_err = 0;
         return KS_ECORRUPT;
     }
