@@ -1363,6 +1363,23 @@ static int read_all_child(const char *ksdir, const ks_mkey *mk, uint32_t tid, co
     return in_child(read_all_fn, &a, 20);
 }
 
+/* Writes kept's bytes into data in place (the same inode, as a repair of
+ * a file some process has mapped would); false on any failure. */
+static bool bytes_back(const char *kept, const char *data)
+{
+    FILE *a = fopen(kept, "rb"), *b = fopen(data, "r+b");
+    char buf[65536];
+    size_t n;
+    bool ok = a && b;
+    while (ok && (n = fread(buf, 1, sizeof(buf), a)) > 0)
+        ok = fwrite(buf, 1, n, b) == n;
+    if (a)
+        fclose(a);
+    if (b && fclose(b) != 0)
+        ok = false;
+    return ok;
+}
+
 /* In a child: the file cut to nothing while open, 1,100 reads and a write
  * fail; the bytes put back, reads and writes work again in this process
  * (no reader slot kept by a failed start, no writer's lock left held). */
@@ -1382,16 +1399,7 @@ static int cut_then_back(const char *ksdir, const ks_mkey *mk, uint32_t tid, con
     put_arg w = {tid, 0, "written while cut", false};
     if (ks_write(st, put_fn, &w) == KS_OK)
         return 5;
-    FILE *a = fopen(kept, "rb"), *b = fopen(data, "r+b"); /* the same file, its bytes back */
-    char buf[65536];
-    size_t n;
-    if (!a || !b)
-        return 6;
-    while ((n = fread(buf, 1, sizeof(buf), a)) > 0)
-        if (fwrite(buf, 1, n, b) != n)
-            return 6;
-    fclose(a);
-    if (fclose(b) != 0)
+    if (!bytes_back(kept, data))
         return 6;
     for (int i = 0; i < 20; i++)
         if (read_obj(st, tid, oids[i]) != KS_OK)
@@ -1406,15 +1414,7 @@ static int cut_then_back(const char *ksdir, const ks_mkey *mk, uint32_t tid, con
     put_arg w3 = {tid, 0, "written while cut to 3 pages", false};
     if (ks_write(st, put_fn, &w3) == KS_OK)
         return 9;
-    a = fopen(kept, "rb");
-    b = fopen(data, "r+b");
-    if (!a || !b)
-        return 6;
-    while ((n = fread(buf, 1, sizeof(buf), a)) > 0)
-        if (fwrite(buf, 1, n, b) != n)
-            return 6;
-    fclose(a);
-    if (fclose(b) != 0)
+    if (!bytes_back(kept, data))
         return 6;
     put_arg w4 = {tid, 0, "written after the second cut", false};
     if (ks_write(st, put_fn, &w4) != KS_OK)
