@@ -133,3 +133,36 @@ touch "$T/stop"; wait $cpid || { cat "$T/client.out"; fail "the client failed"; 
 rm -f "$KS/users.lock"
 expect_rc 0 "$ADMIN" verify
 ok "restore refused while an application runs, with users.lock deleted or a FIFO"
+
+# A damaged data.mdb (cut short, page headers changed on disk): p11mk-admin
+# verify reports it (exit 5), status and the module fail with an error;
+# none of them dies of a signal or hangs (keystore/ks_fault.h).
+cp "$KS/data.mdb" "$T/good.mdb"
+size=$(stat -c %s "$T/good.mdb")
+no_crash() { # what CMD...: ends within 10 s, by itself, not by a signal
+    local what=$1; shift
+    set +e; timeout 10 "$@" >"$T/out" 2>&1; local rc=$?; set -e
+    [ $rc -lt 124 ] || { cat "$T/out" >&2; fail "$what: exit $rc (a signal or a hang)"; }
+    echo $rc
+}
+truncate -s $((size / 2)) "$KS/data.mdb"
+rc=$(no_crash "verify of a file cut short" "$ADMIN" verify); [ "$rc" -eq 5 ] || fail "verify of a file cut short: exit $rc"
+expect_out "damaged"
+no_crash "status of a file cut short" "$ADMIN" status >/dev/null
+no_crash "the module on a file cut short" pkcs11-tool --module "$MOD" -O >/dev/null
+pages=$((size / 4096)); flips=0
+for seed in $(seq 1 20); do
+    cp "$T/good.mdb" "$KS/data.mdb"
+    for k in 1 2 3; do
+        at=$(( (2 + (seed * 7919 + k * 104729) % (pages - 2)) * 4096 + (seed * 31 + k * 17) % 64 ))
+        printf "\\x$(printf %02x $(( (seed * 53 + k * 97) % 256 )))" |
+            dd of="$KS/data.mdb" bs=1 seek=$at conv=notrunc status=none
+        flips=$((flips + 1))
+    done
+    no_crash "verify of damaged copy $seed" "$ADMIN" verify >/dev/null
+    no_crash "status of damaged copy $seed" "$ADMIN" status >/dev/null
+    no_crash "the module on damaged copy $seed" pkcs11-tool --module "$MOD" --token-label hf --login --pin $PIN -O >/dev/null
+done
+cp "$T/good.mdb" "$KS/data.mdb"
+expect_rc 0 "$ADMIN" verify
+ok "a damaged data.mdb: cut short, verify exit 5; 20 copies with $flips bytes changed in page headers: verify, status and the module end with an error, never a signal or a hang"
