@@ -162,7 +162,8 @@ for seed in $(seq 1 20); do
     no_crash "verify of damaged copy $seed" "$ADMIN" verify >/dev/null
     no_crash "status of damaged copy $seed" "$ADMIN" status >/dev/null
     # No login: a login writes (its failure counter), and a write into a
-    # damaged file is not covered (README; ASan catches LMDB's overflow).
+    # damaged file is not covered (README); one such login aborted under
+    # ASan in a CI run (cause not seen: the log kept no stack).
     no_crash "the module on damaged copy $seed" pkcs11-tool --module "$MOD" -O >/dev/null
 done
 cp "$T/good.mdb" "$KS/data.mdb"
