@@ -659,13 +659,20 @@ int admin_clear_history(const admin_opts *o)
     return rc;
 }
 
-/* arg: counts the findings about the keystore as a whole ('M': it is older
- * than its key file, or its key file serves another keystore), which no
- * record names. */
+/* The findings about the keystore as a whole, which no record names: 'M' (it
+ * is older than its key file, or its key file serves another keystore), 'F'
+ * (its file is damaged). */
+typedef struct {
+    uint64_t whole, file;
+} verify_counts;
+
 static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
 {
+    verify_counts *vc = arg;
     if (kind == 'M')
-        ++*(uint64_t *)arg;
+        vc->whole++;
+    if (kind == 'F')
+        vc->file++;
     if (what && token)
         printf("  token %u: %s\n", token, what);
     else if (what)
@@ -692,11 +699,13 @@ int admin_verify(const admin_opts *o)
 {
     ks_config cfg;
     ks_mk *m;
-    uint64_t checked = 0, failed = 0, whole = 0;
+    uint64_t checked = 0, failed = 0;
+    verify_counts vc = {0, 0};
     (void)o;
     int rc = mk_open(&cfg, &m);
     if (rc == EXIT_OK) {
-        int krc = ks_verify(ks_mk_store(m), verify_cb, &whole, &checked, &failed);
+        int krc = ks_verify(ks_mk_store(m), verify_cb, &vc, &checked, &failed);
+        uint64_t whole = vc.whole + vc.file;
         tok_ctx *ctx = NULL;
         unsigned long long missing = 0;
         long long objs = -1;
@@ -707,6 +716,10 @@ int admin_verify(const admin_opts *o)
         failed += missing;
         if (krc != KS_OK || objs < 0) {
             admin_error("cannot read the keystore: %s", ks_strerror(krc != KS_OK ? krc : KS_EIO));
+            rc = EXIT_KEYSTORE;
+        } else if (vc.file) {
+            printf("The keystore's file is damaged (above): reading may still work, writing is refused; restore "
+                   "it from a backup ('p11mk-admin restore').\n");
             rc = EXIT_KEYSTORE;
         } else if (failed > whole) {
             printf("%llu of %llu records failed: restore the keystore from a backup, or delete the objects "

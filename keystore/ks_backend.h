@@ -190,6 +190,10 @@ typedef struct ks_backend_ops {
     /* Is the file open on fd a complete copy that open() may map? (KS_EBADFILE, err says why)
      * NULL: this backend is not restored into (ks_backup.c says so). */
     int (*check_copy)(int fd, const char *name, ks_err *err);
+    /* Is every page of the storage's file one its engine could have
+     * written (LMDB: ks_lmdb_pages.h, each table whole, in a read snapshot)?
+     * KS_ECORRUPT with where and what in why; NULL: nothing to check. */
+    int (*check_pages)(ks_benv *e, char *why, size_t n);
     /* The plain epoch and generation of the storage at path, read without
      * opening it as a store (it may be damaged, or under another key), and
      * its ids when ids is not NULL. */

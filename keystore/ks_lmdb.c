@@ -19,6 +19,7 @@
  * transaction again. */
 #include "ks_internal.h"
 #include "ks_fault.h"
+#include "ks_lmdb_pages.h"
 
 #include <lmdb.h>
 
@@ -91,6 +92,7 @@ static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
  * frame (ks_fault.h): a damaged data.mdb makes it return LM_FAULT, reported
  * as KS_ECORRUPT, instead of killing the process. */
 #define LM_FAULT (-39999)
+#define LM_DAMAGED (-39998) /* a page a write would copy is not sound (ks_lmdb_pages.h) */
 #define LM(e, rc, expr) KS_FAULT_GUARD(rc, lm_fault(e), expr)
 
 static int lm_fault(ks_benv *e)
@@ -193,7 +195,8 @@ static int lmdb_err(int rc)
     case MDB_INVALID: return KS_EVERSION;
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
-    case LM_FAULT: return KS_ECORRUPT;
+    case LM_FAULT:
+    case LM_DAMAGED: return KS_ECORRUPT;
     default: return KS_EIO;
     }
 }
@@ -328,13 +331,38 @@ static int metas_there(ks_benv *e)
     return MDB_SUCCESS;
 }
 
+static bool pages_view(MDB_txn *t, lp_view *pv);
+static int pages_told(ks_benv *e, int rc, const lp_view *pv);
+static int txn_abort(MDB_txn *t);
+
+/* In a frame: the tables every commit rewrites, before a write begins. */
+static int pages_of_system(MDB_txn *t, lp_view *pv)
+{
+    if (!pages_view(t, pv))
+        return pv->why ? LM_DAMAGED : MDB_SUCCESS;
+    return lp_check_system(pv) ? MDB_SUCCESS : LM_DAMAGED;
+}
+
+/* A write transaction just begun: its system tables checked, or it ends. */
+static int write_start(ks_benv *e, MDB_txn *t)
+{
+    lp_view pv;
+    int rc, arc;
+    LM(e, rc, pages_of_system(t, &pv));
+    if (pages_told(e, rc, &pv) != MDB_SUCCESS) {
+        LM(e, arc, txn_abort(t));
+        (void)arc;
+    }
+    return rc;
+}
+
 static int txn_begin1(ks_benv *e, unsigned flags, MDB_txn **t)
 {
     int rc;
     LM(e, rc, metas_there(e));
     if (rc == MDB_SUCCESS)
         LM(e, rc, mdb_txn_begin(e->env, NULL, flags, t));
-    return rc;
+    return rc == MDB_SUCCESS && !(flags & MDB_RDONLY) ? write_start(e, *t) : rc;
 }
 
 /* Begin an LMDB transaction with the resize lock held (read side). */
@@ -359,7 +387,7 @@ static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
             if (crc == MDB_SUCCESS && dead > 0)
                 continue;
         }
-        if (rc != LM_FAULT)
+        if (rc != LM_FAULT && rc != LM_DAMAGED)
             ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", e->path, mdb_strerror(rc));
         return lmdb_err(rc);
     }
@@ -433,16 +461,54 @@ static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval 
     return KS_OK;
 }
 
+/* ---- pages checked before a write (ks_lmdb_pages.h) ----------------------- */
+
+static const char *const tab_name[KS_TAB_N] = {"meta", "tokens", "objects", "index"};
+
+/* The committed pages write transaction t began from; false with pv->why
+ * NULL when they cannot be read (the map's place unknown: not checked). */
+static bool pages_view(MDB_txn *t, lp_view *pv)
+{
+    ks_benv *e = E(t);
+    MDB_envinfo ei;
+    memset(pv, 0, sizeof(*pv));
+    if (!e->map_lo || mdb_env_info(e->env, &ei) != MDB_SUCCESS)
+        return false;
+    return lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t));
+}
+
+/* In a frame: the pages a write of k (with d, for the index: that value, or
+ * NULL for all of k's) in tab will have LMDB copy. */
+static int pages_for_key(MDB_txn *t, ks_table tab, lp_view *pv, const MDB_val *k, const MDB_val *d, bool del)
+{
+    if (!pages_view(t, pv))
+        return pv->why ? LM_DAMAGED : MDB_SUCCESS;
+    return lp_check_key(pv, tab_name[tab], tab == KS_TAB_INDEX, k->mv_data, k->mv_size, d ? d->mv_data : NULL,
+                        d ? d->mv_size : 0, del)
+               ? MDB_SUCCESS
+               : LM_DAMAGED;
+}
+
+/* After the frame: a damaged page is logged once, with where and what. */
+static int pages_told(ks_benv *e, int rc, const lp_view *pv)
+{
+    if (rc == LM_DAMAGED && !atomic_exchange(&e->fault_told, true))
+        ks_log(KS_LOG_ERROR, "keystore %s is damaged: page %llu of data.mdb holds %s; nothing was written; check it "
+                             "with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
+               e->path, (unsigned long long)pv->bad_pgno, pv->why ? pv->why : "what LMDB never writes");
+    return rc;
+}
+
 /* Writes go through a cursor of the write transaction's own (mdb_cursor_open:
  * on the heap, in the transaction's list, freed by its abort), not mdb_put
  * and mdb_del, which put a cursor on their stack into that list while they
  * run: left there by a fault, the abort would free a stack address. (Page
  * splits and merges still do so for a moment: see the README.) */
-static int put_via(MDB_txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v, unsigned flags)
+static int put_via(MDB_txn *t, ks_table tab, lp_view *pv, MDB_val *k, MDB_val *v, unsigned flags)
 {
     MDB_cursor *c;
-    int rc = mdb_cursor_open(t, dbi, &c);
-    if (rc != MDB_SUCCESS)
+    int rc = pages_for_key(t, tab, pv, k, tab == KS_TAB_INDEX ? v : NULL, false);
+    if (rc != MDB_SUCCESS || (rc = mdb_cursor_open(t, D(t, tab), &c)) != MDB_SUCCESS)
         return rc;
     rc = mdb_cursor_put(c, k, v, flags);
     mdb_cursor_close(c);
@@ -451,12 +517,13 @@ static int put_via(MDB_txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v, unsigned fla
 
 /* Deletes key (every value of it in a table of duplicates), or with v the
  * pair k, v of a table of duplicates; MDB_NOTFOUND when absent. */
-static int del_via(MDB_txn *t, MDB_dbi dbi, bool dups, MDB_val *k, MDB_val *v)
+static int del_via(MDB_txn *t, ks_table tab, lp_view *pv, MDB_val *k, MDB_val *v)
 {
     MDB_cursor *c;
+    bool dups = tab == KS_TAB_INDEX;
     MDB_val dv = v ? *v : (MDB_val){0, NULL};
-    int rc = mdb_cursor_open(t, dbi, &c);
-    if (rc != MDB_SUCCESS)
+    int rc = pages_for_key(t, tab, pv, k, dups ? v : NULL, true);
+    if (rc != MDB_SUCCESS || (rc = mdb_cursor_open(t, D(t, tab), &c)) != MDB_SUCCESS)
         return rc;
     rc = mdb_cursor_get(c, k, &dv, v && dups ? MDB_GET_BOTH : MDB_SET);
     if (rc == MDB_SUCCESS)
@@ -468,31 +535,36 @@ static int del_via(MDB_txn *t, MDB_dbi dbi, bool dups, MDB_val *k, MDB_val *v)
 static int lmdb_put(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
+    lp_view pv;
     int rc;
-    LM(E(T(t)), rc, put_via(T(t), D(T(t), tab), &mk, &mv, 0));
-    return wr_err(rc);
+    LM(E(T(t)), rc, put_via(T(t), tab, &pv, &mk, &mv, 0));
+    return wr_err(pages_told(E(T(t)), rc, &pv));
 }
 
 static int lmdb_del(ks_btxn *t, ks_table tab, const void *k, size_t kl)
 {
     MDB_val mk = V(k, kl);
+    lp_view pv;
     int rc;
-    LM(E(T(t)), rc, del_via(T(t), D(T(t), tab), tab == KS_TAB_INDEX, &mk, NULL));
-    return wr_err(rc);
+    LM(E(T(t)), rc, del_via(T(t), tab, &pv, &mk, NULL));
+    return wr_err(pages_told(E(T(t)), rc, &pv));
 }
 
 /* Deletes the entries whose key begins with prefix; the cursor is the
  * write transaction's (closed with it, also when a fault leaves this). */
-static int del_prefix(MDB_txn *t, MDB_dbi dbi, bool dups, const void *prefix, size_t pl)
+static int del_prefix(MDB_txn *t, ks_table tab, lp_view *pv, const void *prefix, size_t pl)
 {
     MDB_cursor *c;
+    bool dups = tab == KS_TAB_INDEX;
     int rc;
-    if ((rc = mdb_cursor_open(t, dbi, &c)) != MDB_SUCCESS)
+    if ((rc = mdb_cursor_open(t, D(t, tab), &c)) != MDB_SUCCESS)
         return rc;
     MDB_val k = V(prefix, pl), v;
     rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
     while (rc == MDB_SUCCESS && k.mv_size >= pl && memcmp(k.mv_data, prefix, pl) == 0) {
-        if ((rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS)
+        /* the key is in the map or this transaction's pages: read before the delete frees it */
+        if ((rc = pages_for_key(t, tab, pv, &k, NULL, true)) != MDB_SUCCESS ||
+            (rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS)
             break;
         k = V(prefix, pl);
         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
@@ -501,14 +573,27 @@ static int del_prefix(MDB_txn *t, MDB_dbi dbi, bool dups, const void *prefix, si
     return rc == MDB_NOTFOUND ? MDB_SUCCESS : rc;
 }
 
+/* Empties tab: LMDB reads and frees every page of it, all checked first. */
+static int drop_all(MDB_txn *t, ks_table tab, lp_view *pv)
+{
+    if (!pages_view(t, pv)) {
+        if (pv->why)
+            return LM_DAMAGED;
+    } else if (!lp_check_table(pv, tab_name[tab], tab == KS_TAB_INDEX)) {
+        return LM_DAMAGED;
+    }
+    return mdb_drop(t, D(t, tab), 0);
+}
+
 static int lmdb_del_prefix(ks_btxn *t, ks_table tab, const void *prefix, size_t pl)
 {
+    lp_view pv;
     int rc;
     if (pl == 0) /* every entry */
-        LM(E(T(t)), rc, mdb_drop(T(t), D(T(t), tab), 0));
+        LM(E(T(t)), rc, drop_all(T(t), tab, &pv));
     else
-        LM(E(T(t)), rc, del_prefix(T(t), D(T(t), tab), tab == KS_TAB_INDEX, prefix, pl));
-    return wr_err(rc);
+        LM(E(T(t)), rc, del_prefix(T(t), tab, &pv, prefix, pl));
+    return wr_err(pages_told(E(T(t)), rc, &pv));
 }
 
 static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
@@ -525,17 +610,19 @@ static int lmdb_count(ks_btxn *t, ks_table tab, uint64_t *n)
 static int lmdb_dup_add(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
+    lp_view pv;
     int rc;
-    LM(E(T(t)), rc, put_via(T(t), D(T(t), tab), &mk, &mv, MDB_NODUPDATA));
-    return wr_err(rc);
+    LM(E(T(t)), rc, put_via(T(t), tab, &pv, &mk, &mv, MDB_NODUPDATA));
+    return wr_err(pages_told(E(T(t)), rc, &pv));
 }
 
 static int lmdb_dup_del(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
+    lp_view pv;
     int rc;
-    LM(E(T(t)), rc, del_via(T(t), D(T(t), tab), tab == KS_TAB_INDEX, &mk, &mv));
-    return wr_err(rc);
+    LM(E(T(t)), rc, del_via(T(t), tab, &pv, &mk, &mv));
+    return wr_err(pages_told(E(T(t)), rc, &pv));
 }
 
 /* Is the exact entry there: O(log n), however many share the key. */
@@ -601,15 +688,71 @@ static int lmdb_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
     return KS_OK;
 }
 
+/* The table a cursor walks. */
+static ks_table cursor_tab(MDB_cursor *c)
+{
+    ks_benv *e = E(mdb_cursor_txn(c));
+    MDB_dbi dbi = mdb_cursor_dbi(c);
+    for (int i = 0; i < KS_TAB_N; i++)
+        if (e->dbi[i] == dbi)
+            return (ks_table)i;
+    return KS_TAB_N;
+}
+
+static int replace_at(MDB_cursor *c, lp_view *pv, MDB_val *k, MDB_val *v)
+{
+    ks_table tab = cursor_tab(c);
+    int rc = tab == KS_TAB_N ? EINVAL
+                             : pages_for_key(mdb_cursor_txn(c), tab, pv, k, tab == KS_TAB_INDEX ? v : NULL, false);
+    return rc == MDB_SUCCESS ? mdb_cursor_put(c, k, v, MDB_CURRENT) : rc;
+}
+
 static int lmdb_cur_replace(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl)
 {
     MDB_val mk = V(k, kl), mv = V(v, vl);
+    lp_view pv;
     int rc;
-    LM(E(mdb_cursor_txn(C(c))), rc, mdb_cursor_put(C(c), &mk, &mv, MDB_CURRENT));
-    return wr_err(rc);
+    LM(E(mdb_cursor_txn(C(c))), rc, replace_at(C(c), &pv, &mk, &mv));
+    return wr_err(pages_told(E(mdb_cursor_txn(C(c))), rc, &pv));
 }
 
 static void lmdb_cur_close(ks_bcur *c) { mdb_cursor_close(C(c)); }
+
+/* In a frame: every table of read snapshot t, whole. */
+static int pages_all(MDB_txn *t, lp_view *pv)
+{
+    ks_benv *e = E(t);
+    MDB_envinfo ei;
+    memset(pv, 0, sizeof(*pv));
+    if (!e->map_lo || mdb_env_info(e->env, &ei) != MDB_SUCCESS)
+        return MDB_SUCCESS; /* the map's place unknown (logged at open) */
+    /* the snapshot's meta page: the one a write beginning now would start from */
+    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t) + 1) ||
+        !lp_check_system(pv))
+        return LM_DAMAGED;
+    for (int i = 0; i < KS_TAB_N; i++)
+        if (!lp_check_table(pv, tab_name[i], i == KS_TAB_INDEX))
+            return LM_DAMAGED;
+    return MDB_SUCCESS;
+}
+
+static int lmdb_check_pages(ks_benv *e, char *why, size_t n)
+{
+    ks_btxn *bt;
+    lp_view pv;
+    int rc = txn_begin(e, MDB_RDONLY, &bt);
+    if (rc != KS_OK)
+        return rc;
+    LM(e, rc, pages_all(T(bt), &pv));
+    lmdb_read_end(bt);
+    if (rc == LM_DAMAGED)
+        snprintf(why, n, "data.mdb is damaged: its page %llu holds %s (LMDB would write past its memory there); "
+                 "restore the keystore from a backup", (unsigned long long)pv.bad_pgno, pv.why);
+    else if (rc == LM_FAULT)
+        snprintf(why, n, "data.mdb is damaged: reading its pages, LMDB %s; restore the keystore from a backup",
+                 ks_fault_what());
+    return lmdb_err(rc);
+}
 
 /* ---- opening ------------------------------------------------------------- */
 
@@ -1002,4 +1145,5 @@ const ks_backend_ops ks_lmdb_backend = {
     .copy = lmdb_copy,
     .check_copy = lmdb_check_copy,
     .peek_counters = lmdb_peek_counters,
+    .check_pages = lmdb_check_pages,
 };

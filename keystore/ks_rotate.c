@@ -810,12 +810,22 @@ static int verify_index(ks_store *st, verify_arg *a)
 int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed)
 {
     verify_arg a = {cb, arg, 0, 0};
-    int rc = walk_records(st, verify_one, &a);
+    char why[512];
+    /* The file's pages first: a page LMDB could not have written can make
+     * the walks below fail before they report anything. */
+    int rc = st->ops->check_pages ? st->ops->check_pages(st->be, why, sizeof(why)) : KS_OK;
+    if (rc == KS_ECORRUPT) {
+        a.failed++;
+        if (cb)
+            cb('F', 0, 0, KS_ECORRUPT, why, arg);
+    }
+    if (rc == KS_OK || rc == KS_ECORRUPT)
+        rc = walk_records(st, verify_one, &a);
     if (rc == KS_OK)
         rc = verify_index(st, &a);
     if (rc == KS_OK)
         rc = ks_verify_anchor(st, cb, arg, &a.failed);
-    char why[512];
+
     if (rc == KS_OK && ks_check_rollback(st, why, sizeof(why))) {
         a.failed++;
         if (cb)

@@ -1,0 +1,480 @@
+/* p11mk keystore: LMDB's pages checked before LMDB is asked to write (why:
+ * ks_lmdb_pages.h). A reader of LMDB 0.9's on-disk format; every read here
+ * runs in a fault frame (ks_lmdb.c), and every offset it follows is checked
+ * against the page it came from first. */
+#include "ks_lmdb_pages.h"
+
+#include <string.h>
+
+/* LMDB 0.9's format (mdb.c: MDB_page, MDB_node, MDB_db, MDB_meta). */
+enum {
+    PGHDR = 16,   /* page header: pgno (8), pad (2), flags (2), lower (2), upper (2) or pages (4) */
+    NODESZ = 8,   /* node header: lo (2), hi (2), flags (2), ksize (2) */
+    DBREC = 48,   /* MDB_db: pad (4), flags (2), depth (2), 4 counts (8 each), root (8) */
+    MAXDEPTH = 32 /* deeper than any tree of 2^64 pages */
+};
+enum { P_BRANCH = 0x01, P_LEAF = 0x02, P_OVERFLOW = 0x04, P_META = 0x08, P_LEAF2 = 0x20, P_SUBP = 0x40 };
+enum { F_BIGDATA = 0x01, F_SUBDATA = 0x02, F_DUPDATA = 0x04 };
+#define META_MAGIC 0xBEEFC0DEu
+#define META_VERSION 1u
+#define NO_ROOT UINT64_MAX /* P_INVALID: an empty tree */
+#define FIXED_DUP 8        /* the size of every value of p11mk's one table of duplicates (the index) */
+
+static uint16_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+static uint32_t rd32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+static uint64_t rd64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+/* What kind of table a tree is: it says which node flags a leaf may carry. */
+typedef enum {
+    T_PLAIN, /* meta, tokens, objects: values, maybe on overflow pages */
+    T_DUPS,  /* index: one value inline, or a sub-page of values, or a tree of them */
+    T_VALS,  /* a tree of one key's values (LEAF2 leaves of FIXED_DUP bytes) */
+    T_MAIN,  /* the main table: a record per named table */
+    T_FREE   /* the free-page table: lists of page numbers by transaction id */
+} tree_kind;
+
+typedef struct {
+    uint64_t root;
+    unsigned depth;
+    tree_kind kind;
+} tree;
+
+/* A page, or a sub-page inside a node. */
+typedef struct {
+    const uint8_t *p;
+    size_t size;
+    uint64_t pgno; /* of the page holding it */
+} page;
+
+static bool bad(lp_view *v, uint64_t pgno, const char *why)
+{
+    v->bad_pgno = pgno;
+    v->why = why;
+    return false;
+}
+
+static unsigned pg_flags(const page *g) { return rd16(g->p + 10); }
+static unsigned pg_lower(const page *g) { return rd16(g->p + 12); }
+static unsigned pg_upper(const page *g) { return rd16(g->p + 14); }
+static unsigned pg_keys(const page *g) { return (pg_lower(g) - PGHDR) >> 1; }
+static const uint8_t *pg_node(const page *g, unsigned i) { return g->p + rd16(g->p + PGHDR + 2 * i); }
+static unsigned nd_flags(const uint8_t *n) { return rd16(n + 4); }
+static unsigned nd_ksize(const uint8_t *n) { return rd16(n + 6); }
+static size_t nd_dsize(const uint8_t *n) { return (size_t)rd16(n) | (size_t)rd16(n + 2) << 16; }
+static uint64_t nd_child(const uint8_t *n) { return rd16(n) | (uint64_t)rd16(n + 2) << 16 | (uint64_t)rd16(n + 4) << 32; }
+static const uint8_t *nd_data(const uint8_t *n) { return n + NODESZ + nd_ksize(n); }
+
+static bool in_file(const lp_view *v, uint64_t pgno) { return pgno >= 2 && pgno < v->npages; }
+
+/* Page pgno of the file, when it says it is that page. */
+static bool get_page(lp_view *v, uint64_t pgno, page *out)
+{
+    if (!in_file(v, pgno))
+        return bad(v, pgno, "a page number outside the file");
+    out->p = v->map + pgno * v->psize;
+    out->size = v->psize;
+    out->pgno = pgno;
+    if (rd64(out->p) != pgno)
+        return bad(v, pgno, "a page whose header names another page");
+    return true;
+}
+
+/* A MDB_db record (of a named table, or a tree of values) read as a tree. */
+static bool read_db(lp_view *v, uint64_t pgno, const uint8_t *rec, tree_kind kind, tree *t)
+{
+    t->root = rd64(rec + 40);
+    t->depth = rd16(rec + 6);
+    t->kind = kind;
+    if (t->root == NO_ROOT)
+        return t->depth == 0 ? true : bad(v, pgno, "an empty table with a depth");
+    if (t->depth < 1 || t->depth > MAXDEPTH)
+        return bad(v, pgno, "a table's depth out of range");
+    if (!in_file(v, t->root))
+        return bad(v, pgno, "a table's root outside the file");
+    if (kind == T_VALS && rd32(rec) != FIXED_DUP)
+        return bad(v, pgno, "a tree of values whose size is not the index's");
+    return true;
+}
+
+/* The overflow pages of a value of dsize bytes that begin at pgno. */
+static bool check_overflow(lp_view *v, uint64_t pgno, size_t dsize)
+{
+    page g;
+    if (!get_page(v, pgno, &g))
+        return false;
+    if ((pg_flags(&g) & (P_OVERFLOW | P_BRANCH | P_LEAF | P_META)) != P_OVERFLOW)
+        return bad(v, pgno, "a value's overflow page that is not one");
+    uint64_t pages = rd32(g.p + 12);
+    uint64_t need = (PGHDR - 1 + (uint64_t)dsize) / v->psize + 1; /* LMDB's OVPAGES */
+    if (pages < need || pages > v->npages - pgno)
+        return bad(v, pgno, "an overflow page's count that does not fit its value or the file");
+    return true;
+}
+
+/* A list of free pages (MDB_IDL: a count, then the numbers) in n bytes. */
+static bool check_idl(lp_view *v, uint64_t pgno, const uint8_t *p, size_t n)
+{
+    if (n < 8 || n % 8)
+        return bad(v, pgno, "a free-page list of an odd size");
+    uint64_t count = rd64(p);
+    if (count > n / 8 - 1)
+        return bad(v, pgno, "a free-page list longer than its record");
+    for (uint64_t i = 1; i <= count; i++)
+        if (!in_file(v, rd64(p + 8 * i)))
+            return bad(v, pgno, "a free-page list naming a page outside the file");
+    return true;
+}
+
+/* A LEAF2 page or sub-page: keys of FIXED_DUP bytes packed after the
+ * header; the free space LMDB reckons (upper - lower) must be there. */
+static bool check_leaf2(lp_view *v, const page *g)
+{
+    size_t used = PGHDR + (size_t)pg_keys(g) * FIXED_DUP;
+    if (used > g->size || pg_upper(g) - pg_lower(g) > g->size - used)
+        return bad(v, g->pgno, "a page of fixed-size values larger than itself");
+    return true;
+}
+
+/* The header's bounds: the pointer array and the free space inside the page. */
+static bool check_bounds(lp_view *v, const page *g)
+{
+    unsigned lo = pg_lower(g), up = pg_upper(g);
+    if (g->size < PGHDR || lo < PGHDR || lo > up || up > g->size || (lo - PGHDR) % 2)
+        return bad(v, g->pgno, "a page header whose bounds lie outside the page");
+    return true;
+}
+
+/* A sub-page of values inside an index node (dsize bytes). */
+static bool check_subpage(lp_view *v, uint64_t pgno, const uint8_t *p, size_t dsize)
+{
+    page g = {p, dsize, pgno};
+    if (dsize < PGHDR)
+        return bad(v, pgno, "a sub-page smaller than its header");
+    unsigned f = pg_flags(&g);
+    if ((f & (P_LEAF | P_LEAF2 | P_SUBP | P_BRANCH | P_OVERFLOW | P_META)) != (P_LEAF | P_LEAF2 | P_SUBP))
+        return bad(v, pgno, "an index node whose sub-page is not one of fixed-size values");
+    if (rd16(g.p + 8) != FIXED_DUP)
+        return bad(v, pgno, "a sub-page of values whose size is not the index's");
+    return check_bounds(v, &g) && check_leaf2(v, &g);
+}
+
+/* Every node of a branch or leaf page lies inside it, with what its table
+ * allows. */
+static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
+{
+    unsigned n = pg_keys(g), up = pg_upper(g);
+    if (n == 0 && branch)
+        return bad(v, g->pgno, "a branch page with no children");
+    for (unsigned i = 0; i < n; i++) {
+        unsigned off = rd16(g->p + PGHDR + 2 * i);
+        if (off < up || off % 2 || off > g->size - NODESZ)
+            return bad(v, g->pgno, "a node pointer outside the page's nodes");
+        const uint8_t *nd = g->p + off;
+        size_t room = g->size - off - NODESZ, ks = nd_ksize(nd);
+        if (branch) {
+            if (ks > room)
+                return bad(v, g->pgno, "a branch node larger than its page");
+            if (!in_file(v, nd_child(nd)))
+                return bad(v, g->pgno, "a branch node naming a page outside the file");
+            continue;
+        }
+        unsigned f = nd_flags(nd);
+        size_t ds = nd_dsize(nd);
+        if (ks + (f & F_BIGDATA ? 8 : ds) > room)
+            return bad(v, g->pgno, "a leaf node larger than its page");
+        bool ok;
+        switch (kind) {
+        case T_PLAIN: ok = (f & ~F_BIGDATA) == 0; break;
+        case T_FREE: ok = (f & ~F_BIGDATA) == 0 && ks == 8; break;
+        case T_MAIN: ok = f == F_SUBDATA && ds == DBREC; break;
+        case T_DUPS:
+            ok = (f == 0 && ds == FIXED_DUP) || f == F_DUPDATA || (f == (F_DUPDATA | F_SUBDATA) && ds == DBREC);
+            break;
+        default: ok = false; break;
+        }
+        if (!ok)
+            return bad(v, g->pgno, "a leaf node with flags or a size its table does not allow");
+        if ((f & F_BIGDATA) && !in_file(v, rd64(nd_data(nd))))
+            return bad(v, g->pgno, "a value on overflow pages outside the file");
+    }
+    return true;
+}
+
+/* Page pgno at a level of t: a branch above the leaves, a leaf at the last. */
+static bool check_page(lp_view *v, const tree *t, uint64_t pgno, unsigned level, page *out)
+{
+    bool branch = level < t->depth;
+    if (!get_page(v, pgno, out))
+        return false;
+    unsigned want = branch ? P_BRANCH : t->kind == T_VALS ? P_LEAF | P_LEAF2 : P_LEAF;
+    if ((pg_flags(out) & (P_BRANCH | P_LEAF | P_LEAF2 | P_OVERFLOW | P_META | P_SUBP)) != want)
+        return bad(v, pgno, branch ? "a page where a branch page belongs that is not one"
+                                   : "a page where a leaf page belongs that is not one");
+    if (!check_bounds(v, out))
+        return false;
+    if (!branch && t->kind == T_VALS)
+        return check_leaf2(v, out);
+    return check_nodes(v, out, branch, t->kind);
+}
+
+/* LMDB's key order: memcmp over the shorter length, then the shorter first. */
+static int cmp_key(const void *a, size_t al, const void *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : al < bl ? -1 : al > bl;
+}
+
+/* LMDB's search of a branch or leaf page for key (mdb_node_search, with
+ * its binary search, so that a page out of order leads here where it leads
+ * LMDB): the index of the first node not below key (a branch's node 0
+ * stands for every key below node 1's), pg_keys when none; *exact when
+ * equal. */
+static unsigned search(const page *g, const void *k, size_t kl, bool *exact)
+{
+    unsigned n = pg_keys(g), i = 0;
+    int low = (pg_flags(g) & P_LEAF) ? 0 : 1, high = (int)n - 1, rc = 0;
+    while (low <= high) {
+        i = (unsigned)(low + high) >> 1;
+        rc = cmp_key(k, kl, pg_node(g, i) + NODESZ, nd_ksize(pg_node(g, i)));
+        if (rc == 0)
+            break;
+        if (rc > 0)
+            low = (int)i + 1;
+        else
+            high = (int)i - 1;
+    }
+    if (rc > 0)
+        i++;
+    *exact = rc == 0 && n > 0;
+    return i;
+}
+
+/* The child of branch page g that LMDB follows for key (mdb_page_search_root). */
+static unsigned child_for(const page *g, const void *k, size_t kl)
+{
+    bool exact;
+    unsigned n = pg_keys(g), i = search(g, k, kl, &exact);
+    if (i >= n)
+        return n - 1;
+    return exact || i == 0 ? i : i - 1;
+}
+
+static bool check_tree(lp_view *v, const tree *t, uint64_t pgno, unsigned level);
+
+/* The neighbours of child i of branch page g (at level): a delete may
+ * merge a page with one of them, or move a node from one (mdb_rebalance);
+ * a put never touches them (a split makes a new page). */
+static bool check_sides(lp_view *v, const tree *t, const page *g, unsigned i, unsigned level)
+{
+    page side;
+    if (i > 0 && !check_page(v, t, nd_child(pg_node(g, i - 1)), level + 1, &side))
+        return false;
+    return i + 1 >= pg_keys(g) || check_page(v, t, nd_child(pg_node(g, i + 1)), level + 1, &side);
+}
+
+/* A record's own pages below its leaf node: its overflow pages, its tree of
+ * values (the path to d, or all of it when d is NULL). */
+static bool check_record(lp_view *v, const page *leaf, const uint8_t *nd, tree_kind kind, const void *d, size_t dl,
+                         bool sides);
+
+/* The path to key k in t, and with sides each page's neighbours; with the
+ * record. */
+static bool check_path(lp_view *v, const tree *t, const void *k, size_t kl, const void *d, size_t dl, bool sides)
+{
+    page g;
+    uint64_t pgno = t->root;
+    if (pgno == NO_ROOT)
+        return true;
+    for (unsigned level = 1;; level++) {
+        if (!check_page(v, t, pgno, level, &g))
+            return false;
+        if (level == t->depth) {
+            bool exact;
+            unsigned i = search(&g, k, kl, &exact);
+            return !exact || check_record(v, &g, pg_node(&g, i), t->kind, d, dl, sides);
+        }
+        unsigned i = child_for(&g, k, kl);
+        if (sides && !check_sides(v, t, &g, i, level))
+            return false;
+        pgno = nd_child(pg_node(&g, i));
+    }
+}
+
+/* The path to value d in a tree of values, and with sides each page's
+ * neighbours. */
+static bool check_vals_path(lp_view *v, const tree *t, const void *d, size_t dl, bool sides)
+{
+    page g;
+    uint64_t pgno = t->root;
+    for (unsigned level = 1; level < t->depth; level++) {
+        if (!check_page(v, t, pgno, level, &g))
+            return false;
+        unsigned i = child_for(&g, d, dl);
+        if (sides && !check_sides(v, t, &g, i, level))
+            return false;
+        pgno = nd_child(pg_node(&g, i));
+    }
+    return check_page(v, t, pgno, t->depth, &g);
+}
+
+static bool check_record(lp_view *v, const page *leaf, const uint8_t *nd, tree_kind kind, const void *d, size_t dl,
+                         bool sides)
+{
+    unsigned f = nd_flags(nd);
+    if (f & F_BIGDATA)
+        return check_overflow(v, rd64(nd_data(nd)), nd_dsize(nd));
+    if (kind != T_DUPS || !(f & F_DUPDATA))
+        return true;
+    if (!(f & F_SUBDATA))
+        return check_subpage(v, leaf->pgno, nd_data(nd), nd_dsize(nd));
+    tree vals;
+    if (!read_db(v, leaf->pgno, nd_data(nd), T_VALS, &vals))
+        return false;
+    if (vals.root == NO_ROOT)
+        return true;
+    if (!d) {
+        v->budget = v->npages;
+        return check_tree(v, &vals, vals.root, 1);
+    }
+    return check_vals_path(v, &vals, d, dl, sides);
+}
+
+/* Every page of t below pgno (at level), within the budget of pages: a
+ * damaged tree may name one page from many places. */
+static bool check_tree(lp_view *v, const tree *t, uint64_t pgno, unsigned level)
+{
+    page g;
+    if (v->budget == 0)
+        return bad(v, pgno, "a tree with more pages than the file");
+    v->budget--;
+    if (!check_page(v, t, pgno, level, &g))
+        return false;
+    unsigned n = t->kind == T_VALS && level == t->depth ? 0 : pg_keys(&g);
+    for (unsigned i = 0; i < n; i++) {
+        const uint8_t *nd = pg_node(&g, i);
+        if (level < t->depth) {
+            if (!check_tree(v, t, nd_child(nd), level + 1))
+                return false;
+            continue;
+        }
+        unsigned f = nd_flags(nd);
+        if (t->kind == T_FREE) {
+            if (f & F_BIGDATA) {
+                uint64_t ov = rd64(nd_data(nd));
+                if (!check_overflow(v, ov, nd_dsize(nd)) ||
+                    !check_idl(v, ov, v->map + ov * v->psize + PGHDR, nd_dsize(nd)))
+                    return false;
+            } else if (!check_idl(v, g.pgno, nd_data(nd), nd_dsize(nd))) {
+                return false;
+            }
+        } else if (f & F_BIGDATA) {
+            if (!check_overflow(v, rd64(nd_data(nd)), nd_dsize(nd)))
+                return false;
+        } else if (t->kind == T_DUPS && (f & F_DUPDATA)) {
+            tree vals;
+            if (!(f & F_SUBDATA)) {
+                if (!check_subpage(v, g.pgno, nd_data(nd), nd_dsize(nd)))
+                    return false;
+            } else if (!read_db(v, g.pgno, nd_data(nd), T_VALS, &vals) ||
+                       (vals.root != NO_ROOT && !check_tree(v, &vals, vals.root, 1))) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid)
+{
+    memset(v, 0, sizeof(*v));
+    v->map = map;
+    v->psize = psize;
+    if (!map || psize < 512 || txnid == 0 || map_len < 2ull * psize)
+        return bad(v, 0, "no map to read");
+    v->meta = v->map + ((txnid - 1) & 1) * psize; /* the one LMDB's write transaction began from */
+    uint64_t which = (txnid - 1) & 1;
+    if (rd64(v->meta) != which || !(rd16(v->meta + 10) & P_META) || rd32(v->meta + 16) != META_MAGIC ||
+        rd32(v->meta + 20) != META_VERSION)
+        return bad(v, which, "a meta page that is not one");
+    uint64_t last = rd64(v->meta + 136), in_map = map_len / psize;
+    if (last < 1 || last >= in_map)
+        return bad(v, which, "a meta page naming more pages than are mapped");
+    v->npages = last + 1;
+    return true;
+}
+
+/* The meta page's record of table i (0: free pages, 1: main). */
+static bool meta_tree(lp_view *v, unsigned i, tree_kind kind, tree *t)
+{
+    return read_db(v, (v->meta - v->map) / v->psize, v->meta + 40 + DBREC * i, kind, t);
+}
+
+bool lp_check_system(lp_view *v)
+{
+    tree t;
+    for (unsigned i = 0; i < 2; i++) {
+        if (!meta_tree(v, i, i ? T_MAIN : T_FREE, &t))
+            return false;
+        v->budget = v->npages;
+        if (t.root != NO_ROOT && !check_tree(v, &t, t.root, 1))
+            return false;
+    }
+    return true;
+}
+
+/* The named table's tree, from its record in the main table (checked
+ * whole at the transaction's start, so the path there is a checked one).
+ * false with v->why NULL: no such table yet. */
+static bool named(lp_view *v, const char *name, bool dups, tree *t)
+{
+    tree m;
+    page g;
+    if (!meta_tree(v, 1, T_MAIN, &m) || m.root == NO_ROOT)
+        return false;
+    uint64_t pgno = m.root;
+    size_t nl = strlen(name);
+    for (unsigned level = 1; level <= m.depth; level++) {
+        if (!check_page(v, &m, pgno, level, &g))
+            return false;
+        if (level == m.depth) {
+            bool exact;
+            unsigned i = search(&g, name, nl, &exact);
+            return exact && read_db(v, g.pgno, nd_data(pg_node(&g, i)), dups ? T_DUPS : T_PLAIN, t);
+        }
+        pgno = nd_child(pg_node(&g, child_for(&g, name, nl)));
+    }
+    return false;
+}
+
+bool lp_check_key(lp_view *v, const char *name, bool dups, const void *k, size_t kl, const void *d, size_t dl,
+                  bool del)
+{
+    tree t;
+    if (!named(v, name, dups, &t))
+        return v->why == NULL;
+    return check_path(v, &t, k, kl, d, dl, del);
+}
+
+bool lp_check_table(lp_view *v, const char *name, bool dups)
+{
+    tree t;
+    if (!named(v, name, dups, &t))
+        return v->why == NULL;
+    v->budget = v->npages;
+    return t.root == NO_ROOT || check_tree(v, &t, t.root, 1);
+}

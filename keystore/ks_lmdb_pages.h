@@ -1,0 +1,78 @@
+/* p11mk keystore: LMDB's pages checked before LMDB is asked to write.
+ *
+ * LMDB trusts its data file. Reading a damaged file is made safe by the
+ * fault frames (ks_fault.h): a read can only fault, and a fault is caught.
+ * A write cannot be made safe that way: LMDB copies the pages it changes
+ * into memory of its own, sized by the page, and lays nodes out by the
+ * offsets and sizes the page's header and nodes give. A damaged header
+ * (one edited field) makes that copy run past the end of the heap block,
+ * which corrupts the application's heap before anything faults (seen:
+ * logins on a key store with one page's mp_upper edited ended in glibc's
+ * "double free or corruption").
+ *
+ * So before each write, ks_lmdb.c has this file read the pages LMDB will
+ * copy or follow, in the committed tree the write transaction began from,
+ * and refuse the write (KS_ECORRUPT, nothing written) when one of them is
+ * not a page LMDB could have written:
+ *   - when a write transaction begins: the main table (the named tables'
+ *     records, rewritten at every commit) and the free-page table (read
+ *     when LMDB takes pages for reuse, rewritten at every commit), whole;
+ *   - for each record put or deleted: the path from the table's root to the
+ *     record's leaf, for a delete each page's neighbours on both sides
+ *     (LMDB merges a page that falls below a quarter full with one of
+ *     them, or moves a node from one; a put's split makes a new page), the
+ *     record's overflow pages' header, and for a table of duplicates the
+ *     same in the record's own tree of values (or all of it when every
+ *     value goes);
+ *   - a table emptied at once: all of it.
+ * A page is accepted when its number is the one its header carries, its
+ * kind is the one its place in the tree calls for, its pointer array and
+ * its free space lie inside it, every node lies inside it with a size that
+ * fits, flags the table allows and page numbers inside the file.
+ *
+ * The format is LMDB 0.9's (data version 1, 64-bit page numbers, no
+ * MDB_VL32), the one Debian 12's liblmdb writes; the layout is read from
+ * the file, never from LMDB's private structures.
+ *
+ * What this does not catch (README, threat model): a page changed between
+ * the check and LMDB's copy of it (microseconds, by someone racing the
+ * writer); chains of merges within one transaction that reach a page two
+ * places away from a checked path; a free-page list that names a page
+ * still in use (LMDB would reuse it: the records there then fail their
+ * authentication, reported). All reads here must run in a fault frame. */
+#ifndef P11MK_KS_LMDB_PAGES_H
+#define P11MK_KS_LMDB_PAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct lp_view {
+    const uint8_t *map;  /* the data file's map */
+    const uint8_t *meta; /* the meta page the write transaction began from */
+    uint64_t npages;     /* pages in the committed file (and inside the map) */
+    unsigned psize;
+    uint64_t budget;     /* pages a whole-tree check may still read */
+    uint64_t bad_pgno;   /* on failure: the page found wrong */
+    const char *why;     /* on failure: what was wrong with it */
+} lp_view;
+
+/* The committed state a write transaction with id txnid (mdb_txn_id: the
+ * last commit's plus one) began from: its meta page, the number of pages
+ * it uses. map_len: bytes mapped. false: the meta page is not one (v->why). */
+bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid);
+
+/* The main table and the free-page table, whole. */
+bool lp_check_system(lp_view *v);
+
+/* The pages a put (del false) or delete of key k (and with dups, of value
+ * d, or with d NULL every value of k) in the named table name will copy;
+ * the neighbours only for a delete (a put's split makes a new page). A
+ * table not created yet passes (LMDB makes it afresh). */
+bool lp_check_key(lp_view *v, const char *name, bool dups, const void *k, size_t kl, const void *d, size_t dl,
+                  bool del);
+
+/* Every page of the named table (emptied at once: LMDB frees each). */
+bool lp_check_table(lp_view *v, const char *name, bool dups);
+
+#endif
