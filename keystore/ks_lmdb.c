@@ -44,6 +44,7 @@ struct ks_benv {
     unsigned psize;          /* LMDB's page size, for lm_in_file */
     uintptr_t map_lo;        /* where the map begins (0: unknown), under the resize lock */
     atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
+    uint64_t page_memo[256]; /* pages checked in the write transaction (ks_lmdb_pages.h), under LMDB's writer lock */
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
     char *path;
@@ -338,6 +339,7 @@ static int txn_abort(MDB_txn *t);
 /* In a frame: the tables every commit rewrites, before a write begins. */
 static int pages_of_system(MDB_txn *t, lp_view *pv)
 {
+    memset(E(t)->page_memo, 0, sizeof(E(t)->page_memo)); /* a new write transaction: nothing checked yet */
     if (!pages_view(t, pv))
         return pv->why ? LM_DAMAGED : MDB_SUCCESS;
     return lp_check_system(pv) ? MDB_SUCCESS : LM_DAMAGED;
@@ -474,7 +476,11 @@ static bool pages_view(MDB_txn *t, lp_view *pv)
     memset(pv, 0, sizeof(*pv));
     if (!e->map_lo || mdb_env_info(e->env, &ei) != MDB_SUCCESS)
         return false;
-    return lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t));
+    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t)))
+        return false;
+    pv->memo = e->page_memo;
+    pv->memo_mask = sizeof(e->page_memo) / sizeof(e->page_memo[0]) - 1;
+    return true;
 }
 
 /* In a frame: the pages a write of k (with d, for the index: that value, or

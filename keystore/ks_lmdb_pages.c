@@ -215,10 +215,33 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
     return true;
 }
 
+/* A page found sound for one place in one kind of tree earlier in this
+ * write transaction (the committed pages do not change while it runs):
+ * its slot in the memo, a direct-mapped table of pgno, kind and place. */
+static uint64_t *memo_slot(const lp_view *v, uint64_t pgno, tree_kind kind, bool branch, uint64_t *key)
+{
+    *key = (pgno << 4 | (uint64_t)kind << 1 | branch) + 1; /* 0: an empty slot */
+    return v->memo ? &v->memo[(*key * 0x9e3779b97f4a7c15u) >> 40 & v->memo_mask] : NULL;
+}
+
+static bool check_page_once(lp_view *v, const tree *t, uint64_t pgno, bool branch, page *out);
+
 /* Page pgno at a level of t: a branch above the leaves, a leaf at the last. */
 static bool check_page(lp_view *v, const tree *t, uint64_t pgno, unsigned level, page *out)
 {
     bool branch = level < t->depth;
+    uint64_t key, *slot = memo_slot(v, pgno, t->kind, branch, &key);
+    if (slot && *slot == key)
+        return get_page(v, pgno, out);
+    if (!check_page_once(v, t, pgno, branch, out))
+        return false;
+    if (slot)
+        *slot = key;
+    return true;
+}
+
+static bool check_page_once(lp_view *v, const tree *t, uint64_t pgno, bool branch, page *out)
+{
     if (!get_page(v, pgno, out))
         return false;
     unsigned want = branch ? P_BRANCH : t->kind == T_VALS ? P_LEAF | P_LEAF2 : P_LEAF;

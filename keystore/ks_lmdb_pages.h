@@ -53,6 +53,8 @@ typedef struct lp_view {
     uint64_t npages;     /* pages in the committed file (and inside the map) */
     unsigned psize;
     uint64_t budget;     /* pages a whole-tree check may still read */
+    uint64_t *memo;      /* pages found sound in this write transaction (NULL: none kept) */
+    unsigned memo_mask;  /* its size less one (a power of two) */
     uint64_t bad_pgno;   /* on failure: the page found wrong */
     const char *why;     /* on failure: what was wrong with it */
 } lp_view;
