@@ -15,6 +15,8 @@ enum {
 };
 enum { P_BRANCH = 0x01, P_LEAF = 0x02, P_OVERFLOW = 0x04, P_META = 0x08, P_LEAF2 = 0x20, P_SUBP = 0x40 };
 enum { F_BIGDATA = 0x01, F_SUBDATA = 0x02, F_DUPDATA = 0x04 };
+enum { DB_INTEGERKEY = 0x08, DB_DUPSORT = 0x04, DB_DUPFIXED = 0x10 }; /* MDB_db.md_flags */
+enum { MAX_PSIZE = 0x8000 };                                            /* LMDB's MAX_PAGESIZE */
 #define META_MAGIC 0xBEEFC0DEu
 #define META_VERSION 1u
 #define NO_ROOT UINT64_MAX /* P_INVALID: an empty tree */
@@ -94,9 +96,17 @@ static bool get_page(lp_view *v, uint64_t pgno, page *out)
     return true;
 }
 
-/* A MDB_db record (of a named table, or a tree of values) read as a tree. */
+/* A MDB_db record (of a table, or a tree of values) read as a tree; its
+ * flags must be the ones LMDB gives that kind of table (they choose LMDB's
+ * comparisons and whether it looks for values under a key). */
 static bool read_db(lp_view *v, uint64_t pgno, const uint8_t *rec, tree_kind kind, tree *t)
 {
+    static const unsigned flags[] = {[T_PLAIN] = 0, [T_DUPS] = DB_DUPSORT | DB_DUPFIXED, [T_VALS] = DB_DUPFIXED,
+                                     [T_MAIN] = 0, [T_FREE] = DB_INTEGERKEY};
+    if (rd16(rec + 4) != flags[kind])
+        return bad(v, pgno, "a table record whose flags are not the ones LMDB gives that table");
+    if (kind == T_FREE && rd32(rec) != v->psize)
+        return bad(v, pgno, "a meta page whose page size is not the file's");
     t->root = rd64(rec + 40);
     t->depth = rd16(rec + 6);
     t->kind = kind;
@@ -173,13 +183,36 @@ static bool check_subpage(lp_view *v, uint64_t pgno, const uint8_t *p, size_t ds
     return check_bounds(v, &g) && check_leaf2(v, &g);
 }
 
-/* Every node of a branch or leaf page lies inside it, with what its table
- * allows. */
+/* Marks the node at [off, off + len) of a page in used (a bit per two
+ * bytes: nodes begin at even offsets and LMDB rounds their sizes up to
+ * even); false when it overlaps one marked before. LMDB keeps a page's
+ * nodes side by side; a node grown over its neighbour (one edited size)
+ * passes every check of its own, and a delete's memmove in LMDB's heap copy
+ * of the page then ran past the copy. */
+static bool mark_node(uint64_t *used, unsigned off, size_t len)
+{
+    for (size_t u = off / 2, end = (off + len + 1) / 2; u < end;) {
+        size_t w = u / 64, b = u % 64, k = end - u < 64 - b ? end - u : 64 - b;
+        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+        if (used[w] & m)
+            return false;
+        used[w] |= m;
+        u += k;
+    }
+    return true;
+}
+
+/* Every node of a branch or leaf page lies inside it, apart from the
+ * others, with what its table allows. */
 static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
 {
     unsigned n = pg_keys(g), up = pg_upper(g);
+    uint64_t used[MAX_PSIZE / 2 / 64];
     if (n == 0 && branch)
         return bad(v, g->pgno, "a branch page with no children");
+    if (g->size > MAX_PSIZE)
+        return bad(v, g->pgno, "a page larger than LMDB makes them");
+    memset(used, 0, (g->size / 2 + 63) / 64 * sizeof(used[0]));
     for (unsigned i = 0; i < n; i++) {
         unsigned off = rd16(g->p + PGHDR + 2 * i);
         if (off < up || off % 2 || off > g->size - NODESZ)
@@ -189,14 +222,18 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
         if (branch) {
             if (ks > room)
                 return bad(v, g->pgno, "a branch node larger than its page");
+            if (!mark_node(used, off, NODESZ + ks))
+                return bad(v, g->pgno, "a branch node over another");
             if (!in_file(v, nd_child(nd)))
                 return bad(v, g->pgno, "a branch node naming a page outside the file");
             continue;
         }
         unsigned f = nd_flags(nd);
-        size_t ds = nd_dsize(nd);
-        if (ks + (f & F_BIGDATA ? 8 : ds) > room)
+        size_t ds = nd_dsize(nd), len = ks + (f & F_BIGDATA ? 8 : ds);
+        if (len > room)
             return bad(v, g->pgno, "a leaf node larger than its page");
+        if (!mark_node(used, off, NODESZ + len))
+            return bad(v, g->pgno, "a leaf node over another");
         bool ok;
         switch (kind) {
         case T_PLAIN: ok = (f & ~F_BIGDATA) == 0; break;
@@ -427,7 +464,7 @@ bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize,
     memset(v, 0, sizeof(*v));
     v->map = map;
     v->psize = psize;
-    if (!map || psize < 512 || txnid == 0 || map_len < 2ull * psize)
+    if (!map || psize < 512 || psize > MAX_PSIZE || txnid == 0 || map_len < 2ull * psize)
         return bad(v, 0, "no map to read");
     v->meta = v->map + ((txnid - 1) & 1) * psize; /* the one LMDB's write transaction began from */
     uint64_t which = (txnid - 1) & 1;
