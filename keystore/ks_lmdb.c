@@ -752,8 +752,8 @@ static int lmdb_check_pages(ks_benv *e, char *why, size_t n)
     LM(e, rc, pages_all(T(bt), &pv));
     lmdb_read_end(bt);
     if (rc == LM_DAMAGED)
-        snprintf(why, n, "data.mdb is damaged: its page %llu holds %s (LMDB would write past its memory there); "
-                 "restore the keystore from a backup", (unsigned long long)pv.bad_pgno, pv.why);
+        snprintf(why, n, "data.mdb is damaged: its page %llu holds %s, which LMDB never writes (writes are "
+                 "refused); restore the keystore from a backup", (unsigned long long)pv.bad_pgno, pv.why);
     else if (rc == LM_FAULT)
         snprintf(why, n, "data.mdb is damaged: reading its pages, LMDB %s; restore the keystore from a backup",
                  ks_fault_what());
@@ -965,6 +965,14 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
 
 static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
 {
+    /* LMDB's compacting walk copies branch pages by their headers' bounds
+     * into its buffer, as a write does: a damaged one ran past it. The
+     * pages are read first (ks_lmdb_pages.h), and a damaged file is not
+     * copied. */
+    if (lmdb_check_pages(e, why, n) == KS_ECORRUPT) {
+        *sys_err = 0;
+        return KS_ECORRUPT;
+    }
     /* No map resize may happen during the copy. */
     int rc;
     volatile bool cut = false; /* set between frames */
