@@ -1507,15 +1507,17 @@ static void test_damaged_file_is_reported(void **state)
     rm_rf(dir);
 }
 
-/* One field of a page header edited (keystore/ks_lmdb_pages.h): before
+/* One field of a page header or of a node edited (keystore/ks_lmdb_pages.h): before
  * the page checks, LMDB's copy of such a page for a write ran past its heap
  * block (glibc aborted: "double free or corruption"; ASan: an overflow in
  * memcpy). Each edit is made on a copy; in a child the store is opened for
  * writing and asked for what the module's writes do (an object created and
  * indexed, one replaced, one deleted with its index entries, a value
  * removed from and added to a key of many values, a value on overflow pages
- * replaced). The child must end by itself; a write refused must be one
- * that verify reports the file damaged for. */
+ * replaced, then the token wiped). The child must end by itself; a write refused must be one
+ * that verify reports the file damaged for, and a backup of that file
+ * (whose compacting walk copies branch pages as a write does) must end by
+ * itself too. */
 enum { PG_OBJS = 400 };
 typedef struct {
     const char *ksdir;
@@ -1553,7 +1555,14 @@ static int pg_write_fn(ks_txn *t, void *arg)
     return rc;
 }
 
-/* 0: the writes went through; 1: refused; 2: not opened. */
+static int pg_wipe_fn(ks_txn *t, void *arg)
+{
+    pg_arg *a = arg;
+    return ks_token_del(t, a->tid); /* every record of the token, in key order, in one transaction */
+}
+
+/* 0: the writes went through; 1: one was refused; 2: not opened. The
+ * token's re-initialization comes last, in a transaction of its own. */
 static int pg_write_child(void *p)
 {
     pg_arg *a = p;
@@ -1561,9 +1570,9 @@ static int pg_write_child(void *p)
     ks_err err = KS_ERR_INIT;
     if (ks_open(a->ksdir, a->mk, 0, &st, &err) != KS_OK)
         return 2;
-    int rc = ks_write(st, pg_write_fn, a);
+    int rc = ks_write(st, pg_write_fn, a), wrc = ks_write(st, pg_wipe_fn, a);
     ks_close(st);
-    return rc == KS_OK ? 0 : 1;
+    return rc == KS_OK && wrc == KS_OK ? 0 : 1;
 }
 
 static void file_finding(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
@@ -1613,6 +1622,68 @@ static int pg_verify_child(void *p)
     return found || rc != KS_OK ? 1 : 0;
 }
 
+/* In a child: 0 when a backup of the store was made, 1 when refused. */
+static int pg_backup_child(void *p)
+{
+    pg_arg *a = p;
+    ks_store *st = NULL;
+    ks_err err = KS_ERR_INIT;
+    char bak[400];
+    snprintf(bak, sizeof(bak), "%s/../copy-%d.bak", a->ksdir, a->round);
+    if (ks_open(a->ksdir, a->mk, KS_OPEN_RDONLY, &st, &err) != KS_OK)
+        return 1;
+    int rc = ks_backup(st, bak, NULL, &err);
+    ks_close(st);
+    unlink(bak);
+    return rc == KS_OK ? 0 : 1;
+}
+
+/* One edit of a page: a header field set to v, or (node) a field of one of
+ * its nodes increased by v. */
+typedef struct {
+    unsigned at;
+    uint16_t v;
+    bool node;
+} pg_edit;
+static const pg_edit pg_edits[] = {
+    {12, 0xfff0, false}, {14, 16, false}, {14, 4090, false}, {12, 3000, false}, /* lower, upper */
+    {10, 0x01, false},   {10, 0x02, false},                                     /* flags: branch, leaf */
+    {0, 7, false},       {16, 4094, false},                                     /* page number, a node pointer */
+    {0, 200, true},      {0, 2, true},                                          /* a node's size grown over the next */
+    {6, 2, true},        {4, 4, true},                                          /* its key size, F_DUPDATA */
+};
+
+/* Makes edit ed on page pg of data; false when the page has no node for a
+ * node edit (an overflow page, a page of fixed-size values, a free one). */
+static bool pg_edit_apply(const char *data, unsigned pg, const pg_edit *ed)
+{
+    uint8_t page[4096];
+    uint16_t v = ed->v, lower, ptr, old;
+    unsigned at = ed->at;
+    int fd = open(data, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, page, sizeof(page), (off_t)pg * 4096), (ssize_t)sizeof(page));
+    if (ed->node) {
+        memcpy(&lower, page + 12, 2);
+        unsigned n = lower >= 16 && lower <= 4096 ? (lower - 16u) / 2 : 0;
+        if (!n || (page[10] & 0x20) || !(page[10] & 0x03)) {
+            close(fd);
+            return false;
+        }
+        memcpy(&ptr, page + 16 + 2 * (pg % n), 2);
+        if (ptr < 16 || ptr > 4096 - 8) {
+            close(fd);
+            return false;
+        }
+        at = ptr + ed->at;
+        memcpy(&old, page + at, 2);
+        v = (uint16_t)(old + ed->v);
+    }
+    assert_int_equal(pwrite(fd, &v, 2, (off_t)pg * 4096 + at), 2);
+    close(fd);
+    return true;
+}
+
 static void test_damaged_pages_refuse_writes(void **state)
 {
     (void)state;
@@ -1635,20 +1706,13 @@ static void test_damaged_pages_refuse_writes(void **state)
     struct stat sb;
     assert_int_equal(stat(kept, &sb), 0);
     unsigned pages = (unsigned)(sb.st_size / 4096);
-    /* field offset, value: lower, upper, both near the end, flags, page number, first node pointer */
-    static const struct {
-        unsigned at;
-        uint16_t v;
-    } edits[] = {{12, 0xfff0}, {14, 16}, {14, 4090}, {12, 3000}, {10, 0x01}, {10, 0x02}, {0, 7}, {16, 4094}};
-    int died = 0, refused = 0, unreported = 0;
+    int died = 0, refused = 0, unreported = 0, backups_refused = 0;
     for (unsigned pg = 2; pg < pages; pg++) {
-        for (size_t e = 0; e < sizeof(edits) / sizeof(edits[0]); e++) {
+        for (size_t e = 0; e < sizeof(pg_edits) / sizeof(pg_edits[0]); e++) {
             copy_file(kept, data, 0600);
-            int fd = open(data, O_RDWR);
-            assert_true(fd >= 0);
-            assert_int_equal(pwrite(fd, &edits[e].v, 2, (off_t)pg * 4096 + edits[e].at), 2);
-            close(fd);
-            a.round = (int)(pg * 8 + e);
+            if (!pg_edit_apply(data, pg, &pg_edits[e]))
+                continue;
+            a.round = (int)(pg * 16 + e);
             int r = in_child(pg_write_child, &a, 20);
             if (r < 0) {
                 died++;
@@ -1660,18 +1724,22 @@ static void test_damaged_pages_refuse_writes(void **state)
             refused++;
             /* verify says why (the edit is put back in the file the child left) */
             copy_file(kept, data, 0600);
-            fd = open(data, O_RDWR);
-            assert_true(fd >= 0);
-            assert_int_equal(pwrite(fd, &edits[e].v, 2, (off_t)pg * 4096 + edits[e].at), 2);
-            close(fd);
+            assert_true(pg_edit_apply(data, pg, &pg_edits[e]));
             if (in_child(pg_verify_child, &a, 20) != 1) {
                 unreported++;
                 fprintf(stderr, "page %u, edit %zu: a write refused, verify found the file sound\n", pg, e);
             }
+            /* a backup reads the same pages (its compacting walk copies branch pages by their bounds) */
+            int b = in_child(pg_backup_child, &a, 20);
+            if (b < 0) {
+                died++;
+                fprintf(stderr, "page %u, edit %zu: the backup died of signal %d\n", pg, e, -b);
+            }
+            backups_refused += b == 1;
         }
     }
-    fprintf(stderr, "%u pages x 8 edits: %d writes refused, %d died, %d refused unreported\n", pages - 2, refused,
-            died, unreported);
+    fprintf(stderr, "%u pages x %zu edits: %d writes refused, %d died, %d refused unreported, %d backups refused\n",
+            pages - 2, sizeof(pg_edits) / sizeof(pg_edits[0]), refused, died, unreported, backups_refused);
     assert_int_equal(died, 0);
     assert_true(refused > 0);
     assert_int_equal(unreported, 0);
