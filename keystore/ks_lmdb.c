@@ -45,6 +45,7 @@ struct ks_benv {
     uintptr_t map_lo;        /* where the map begins (0: unknown), under the resize lock */
     atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
     uint64_t page_memo[256]; /* pages checked in the write transaction (ks_lmdb_pages.h), under LMDB's writer lock */
+    _Atomic(MDB_txn *) writer; /* the write transaction under way (its pages may be outside the map), or NULL */
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
     char *path;
@@ -132,8 +133,10 @@ static uintptr_t map_base(MDB_env *env)
 
 /* A value LMDB returned lies inside the file (its size and place come from
  * the page, which may be damaged): the caller reads it after the frame. A
- * pointer outside the map is a page of the write transaction's own memory. */
-static bool lm_in_file(MDB_env *env, uintptr_t lo, unsigned psize, MDB_val v)
+ * pointer outside the map is a page of the write transaction's own memory
+ * (writing); in a read transaction it is a damaged page's offset leading
+ * past the map (into whatever memory follows it). */
+static bool lm_in_file(MDB_env *env, uintptr_t lo, unsigned psize, MDB_val v, bool writing)
 {
     MDB_envinfo ei;
     if (!lo)
@@ -142,7 +145,7 @@ static bool lm_in_file(MDB_env *env, uintptr_t lo, unsigned psize, MDB_val v)
         return false;
     uintptr_t p = (uintptr_t)v.mv_data;
     if (p < lo || p - lo >= ei.me_mapsize)
-        return true;
+        return writing;
     uint64_t end = ((uint64_t)ei.me_last_pgno + 1) * (psize ? psize : 4096);
     return p - lo <= end && v.mv_size <= end - (p - lo);
 }
@@ -165,13 +168,15 @@ static void touch(MDB_val v, unsigned psize)
     (void)p[v.mv_size - 1];
 }
 
-/* mdb_get or mdb_cursor_get whose key and value are checked to lie inside the file. */
+/* mdb_get or mdb_cursor_get whose key and value are checked to lie inside
+ * the file (writing: t is a write transaction, whose own pages are not). */
 static int get_checked(MDB_txn *t, MDB_cursor *c, MDB_dbi dbi, MDB_val *k, MDB_val *v, MDB_cursor_op op,
-                       uintptr_t lo, unsigned psize)
+                       uintptr_t lo, unsigned psize, bool writing)
 {
+    const void *given = k->mv_data; /* MDB_SET leaves the caller's key in place */
     int rc = c ? mdb_cursor_get(c, k, v, op) : mdb_get(t, dbi, k, v);
-    if (rc == MDB_SUCCESS && (!lm_in_file(mdb_txn_env(t), lo, psize, *v) ||
-                              (c && !lm_in_file(mdb_txn_env(t), lo, psize, *k))))
+    if (rc == MDB_SUCCESS && (!lm_in_file(mdb_txn_env(t), lo, psize, *v, writing) ||
+                              (c && k->mv_data != given && !lm_in_file(mdb_txn_env(t), lo, psize, *k, writing))))
         return MDB_CORRUPTED;
     if (rc == MDB_SUCCESS) { /* its pages read here, in the frame: a file cut short faults now, not in the caller */
         touch(*v, psize);
@@ -336,6 +341,16 @@ static bool pages_view(MDB_txn *t, lp_view *pv);
 static int pages_told(ks_benv *e, int rc, const lp_view *pv);
 static int txn_abort(MDB_txn *t);
 
+/* Is t the write transaction under way? (Set once its pages were checked,
+ * cleared before it ends; a read transaction is never it.) */
+static bool is_writer(ks_benv *e, MDB_txn *t) { return atomic_load_explicit(&e->writer, memory_order_relaxed) == t; }
+
+static void writer_ends(ks_benv *e, MDB_txn *t)
+{
+    MDB_txn *w = t;
+    atomic_compare_exchange_strong(&e->writer, &w, NULL);
+}
+
 /* In a frame: the tables every commit rewrites, before a write begins. */
 static int pages_of_system(MDB_txn *t, lp_view *pv)
 {
@@ -354,6 +369,8 @@ static int write_start(ks_benv *e, MDB_txn *t)
     if (pages_told(e, rc, &pv) != MDB_SUCCESS) {
         LM(e, arc, txn_abort(t));
         (void)arc;
+    } else {
+        atomic_store(&e->writer, t);
     }
     return rc;
 }
@@ -416,6 +433,7 @@ static void lmdb_abort(ks_btxn *t)
 {
     ks_benv *e = E(T(t));
     int rc;
+    writer_ends(e, T(t));
     LM(e, rc, txn_abort(T(t)));
     (void)rc;
     pthread_rwlock_unlock(&e->resize);
@@ -434,6 +452,7 @@ static int lmdb_commit(ks_btxn *t)
 {
     ks_benv *e = E(T(t));
     int rc;
+    writer_ends(e, T(t));
     LM(e, rc, mdb_txn_commit(T(t)));
     if (rc == LM_FAULT) { /* left in the middle: the writer's lock is released by the abort */
         int arc;
@@ -456,7 +475,7 @@ static int lmdb_get(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval 
     MDB_val mk = V(k, kl), mv;
     ks_benv *e = E(T(t));
     int rc;
-    LM(e, rc, get_checked(T(t), NULL, e->dbi[tab], &mk, &mv, MDB_SET, e->map_lo, e->psize));
+    LM(e, rc, get_checked(T(t), NULL, e->dbi[tab], &mk, &mv, MDB_SET, e->map_lo, e->psize, is_writer(e, T(t))));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *v = B(mv);
@@ -672,7 +691,7 @@ static int lmdb_cur_seek(ks_bcur *c, int how, const void *k, size_t kl, ks_bval 
     MDB_txn *t = mdb_cursor_txn(C(c));
     ks_benv *e = E(t);
     int rc;
-    LM(e, rc, get_checked(t, C(c), 0, &mk, &mv, ops[how], e->map_lo, e->psize));
+    LM(e, rc, get_checked(t, C(c), 0, &mk, &mv, ops[how], e->map_lo, e->psize, is_writer(e, t)));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *key = B(mk); /* MDB_SET leaves the key given */
@@ -686,7 +705,8 @@ static int lmdb_cur_next(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val)
     MDB_txn *t = mdb_cursor_txn(C(c));
     ks_benv *e = E(t);
     int rc;
-    LM(e, rc, get_checked(t, C(c), 0, &mk, &mv, same_key ? MDB_NEXT_DUP : MDB_NEXT, e->map_lo, e->psize));
+    LM(e, rc,
+       get_checked(t, C(c), 0, &mk, &mv, same_key ? MDB_NEXT_DUP : MDB_NEXT, e->map_lo, e->psize, is_writer(e, t)));
     if (rc != MDB_SUCCESS)
         return lmdb_err(rc);
     *key = B(mk);
@@ -1072,17 +1092,17 @@ static int peek(MDB_env *env, const char *dir, MDB_txn **t, uint32_t *epoch, uin
         return rc;
     k.mv_size = 5;
     k.mv_data = (void *)"epoch";
-    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 4)
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize, false) == MDB_SUCCESS && v.mv_size == 4)
         *epoch = ks_get_be32(v.mv_data);
     k.mv_size = 3;
     k.mv_data = (void *)"gen";
-    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 8)
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize, false) == MDB_SUCCESS && v.mv_size == 8)
         *gen = ks_get_be64(v.mv_data);
     if (!ids)
         return MDB_SUCCESS;
     k.mv_size = 4;
     k.mv_data = (void *)"ksid";
-    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 16) {
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize, false) == MDB_SUCCESS && v.mv_size == 16) {
         memcpy(ids->ksid, v.mv_data, 16);
         ids->have_ksid = true;
     }
@@ -1090,13 +1110,13 @@ static int peek(MDB_env *env, const char *dir, MDB_txn **t, uint32_t *epoch, uin
     ks_be32(kk + 3, *epoch);
     k.mv_size = 7;
     k.mv_data = kk;
-    if (*epoch && get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS && v.mv_size == 8) {
+    if (*epoch && get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize, false) == MDB_SUCCESS && v.mv_size == 8) {
         memcpy(ids->kcv, v.mv_data, 8);
         ids->have_kcv = true;
     }
     k.mv_size = 8;
     k.mv_data = (void *)"succeeds";
-    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize) == MDB_SUCCESS)
+    if (get_checked(*t, NULL, dbi, &k, &v, MDB_SET, lo, psize, false) == MDB_SUCCESS)
         ids->n_succeeds = ks_succeeds_decode(v.mv_data, v.mv_size, ids->succeeds);
     return MDB_SUCCESS;
 }
