@@ -127,7 +127,7 @@ static bool check_overflow(lp_view *v, uint64_t pgno, size_t dsize)
     page g;
     if (!get_page(v, pgno, &g))
         return false;
-    if ((pg_flags(&g) & (P_OVERFLOW | P_BRANCH | P_LEAF | P_META)) != P_OVERFLOW)
+    if (pg_flags(&g) != P_OVERFLOW) /* exactly, as check_page_once */
         return bad(v, pgno, "a value's overflow page that is not one");
     uint64_t pages = rd32(g.p + 12);
     uint64_t need = (PGHDR - 1 + (uint64_t)dsize) / v->psize + 1; /* LMDB's OVPAGES */
@@ -281,8 +281,11 @@ static bool check_page_once(lp_view *v, const tree *t, uint64_t pgno, bool branc
 {
     if (!get_page(v, pgno, out))
         return false;
+    /* exactly: a committed page never carries P_DIRTY, P_LOOSE or P_KEEP
+     * (LMDB clears them before it writes a page); with P_DIRTY set, LMDB
+     * would change the page in place in the map instead of copying it */
     unsigned want = branch ? P_BRANCH : t->kind == T_VALS ? P_LEAF | P_LEAF2 : P_LEAF;
-    if ((pg_flags(out) & (P_BRANCH | P_LEAF | P_LEAF2 | P_OVERFLOW | P_META | P_SUBP)) != want)
+    if (pg_flags(out) != want)
         return bad(v, pgno, branch ? "a page where a branch page belongs that is not one"
                                    : "a page where a leaf page belongs that is not one");
     if (!check_bounds(v, out))

@@ -27,7 +27,7 @@ const char *ks_strerror(int err)
     case KS_OK: return "success";
     case KS_ENOTFOUND: return "not found";
     case KS_EIO: return "input/output error in the keystore";
-    case KS_ECORRUPT: return "record failed authentication (altered or damaged)";
+    case KS_ECORRUPT: return "altered or damaged (a record failed authentication, or the storage file is damaged)";
     case KS_EWRONGKEY: return "master key does not match the keystore";
     case KS_ENOMEM: return "out of memory";
     case KS_EPERM: return "permission refused";
