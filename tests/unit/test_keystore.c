@@ -1647,7 +1647,7 @@ typedef struct {
 } pg_edit;
 static const pg_edit pg_edits[] = {
     {12, 0xfff0, false}, {14, 16, false}, {14, 4090, false}, {12, 3000, false}, /* lower, upper */
-    {10, 0x01, false},   {10, 0x02, false},                                     /* flags: branch, leaf */
+    {10, 0x01, false},   {10, 0x02, false},   {10, 0x12, false},                /* flags: branch, leaf, dirty leaf */
     {0, 7, false},       {16, 4094, false},                                     /* page number, a node pointer */
     {0, 200, true},      {0, 2, true},                                          /* a node's size grown over the next */
     {6, 2, true},        {4, 4, true},                                          /* its key size, F_DUPDATA */
