@@ -39,10 +39,21 @@
 
 #define SEQ_SHARDS 16
 
+/* The data file's mappings at offset 0 that another environment made: a
+ * fork child inherits its parent's map of the same file, and p11mk-admin's
+ * peek opens a second environment on a keystore the process has open. */
+#define MAPS_OTHER 8
+typedef struct {
+    uintptr_t at[MAPS_OTHER];
+    unsigned n;
+    bool overflow; /* more than MAPS_OTHER: the map cannot be told apart */
+} maps_other;
+
 struct ks_benv {
     MDB_env *env;
     unsigned psize;          /* LMDB's page size, for lm_in_file */
     uintptr_t map_lo;        /* where the map begins (0: unknown), under the resize lock */
+    maps_other others;       /* the data file's mappings other environments made (map_base) */
     atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
     uint64_t page_memo[256]; /* pages checked in the write transaction (ks_lmdb_pages.h), under LMDB's writer lock */
     _Atomic(MDB_txn *) writer; /* the write transaction under way (its pages may be outside the map), or NULL */
@@ -106,29 +117,75 @@ static int lm_fault(ks_benv *e)
     return LM_FAULT;
 }
 
-/* Where LMDB mapped the data file of env: the mapping of its inode at
- * offset 0 in /proc/self/maps (LMDB does not say; MDB_envinfo's address is
- * the one recorded for MDB_FIXEDMAP). 0 when it cannot be told. */
-static uintptr_t map_base(MDB_env *env)
+/* Calls fn for each mapping of (dev, ino) at offset 0 in /proc/self/maps;
+ * false when /proc cannot be read. */
+static bool each_map(dev_t dev, ino_t ino, void (*fn)(uintptr_t lo, void *arg), void *arg)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return false;
+    char line[512];
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi, off, i;
+        unsigned maj, mnr;
+        if (sscanf(line, "%lx-%lx %*s %lx %x:%x %lu", &lo, &hi, &off, &maj, &mnr, &i) == 6 && off == 0 &&
+            i == (unsigned long)ino && makedev(maj, mnr) == dev)
+            fn((uintptr_t)lo, arg);
+    }
+    fclose(f);
+    return true;
+}
+
+static void note_other(uintptr_t lo, void *arg)
+{
+    maps_other *mo = arg;
+    if (mo->n < MAPS_OTHER)
+        mo->at[mo->n++] = lo;
+    else
+        mo->overflow = true;
+}
+
+/* Before an environment on dir is opened: the data file's mappings there are. */
+static void maps_before_open(const char *dir, maps_other *mo)
+{
+    char data[4200];
+    struct stat sb;
+    memset(mo, 0, sizeof(*mo));
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    if (stat(data, &sb) == 0)
+        (void)each_map(sb.st_dev, sb.st_ino, note_other, mo);
+}
+
+typedef struct {
+    const maps_other *other;
+    uintptr_t found;
+} map_find;
+
+static void take_own(uintptr_t lo, void *arg)
+{
+    map_find *mf = arg;
+    for (unsigned i = 0; i < mf->other->n; i++)
+        if (mf->other->at[i] == lo)
+            return;
+    if (!mf->found)
+        mf->found = lo;
+}
+
+/* Where LMDB mapped the data file of env: its inode's mapping at offset 0
+ * in /proc/self/maps that no other environment made (LMDB does not say;
+ * MDB_envinfo's address is the one recorded for MDB_FIXEDMAP). Taking the
+ * first mapping of the inode took, in a fork child, the parent's: values
+ * of the child's own map then looked outside the file. 0 when it cannot be
+ * told. */
+static uintptr_t map_base(MDB_env *env, const maps_other *other)
 {
     int fd;
     struct stat sb;
-    if (mdb_env_get_fd(env, &fd) != MDB_SUCCESS || fstat(fd, &sb) != 0)
+    map_find mf = {other, 0};
+    if (other->overflow || mdb_env_get_fd(env, &fd) != MDB_SUCCESS || fstat(fd, &sb) != 0 ||
+        !each_map(sb.st_dev, sb.st_ino, take_own, &mf))
         return 0;
-    FILE *f = fopen("/proc/self/maps", "re");
-    if (!f)
-        return 0;
-    char line[512];
-    uintptr_t found = 0;
-    while (!found && fgets(line, sizeof(line), f)) {
-        unsigned long lo, hi, off, ino;
-        unsigned maj, mnr;
-        if (sscanf(line, "%lx-%lx %*s %lx %x:%x %lu", &lo, &hi, &off, &maj, &mnr, &ino) == 6 && off == 0 &&
-            ino == (unsigned long)sb.st_ino && makedev(maj, mnr) == sb.st_dev)
-            found = (uintptr_t)lo;
-    }
-    fclose(f);
-    return found;
+    return mf.found;
 }
 
 /* A value LMDB returned lies inside the file (its size and place come from
@@ -241,7 +298,7 @@ static int set_mapsize(ks_benv *e, size_t size)
         LM(e, rc, mdb_env_info(e->env, &ei));
     if (rc == MDB_SUCCESS && !(size && ei.me_mapsize >= size))
         LM(e, rc, mdb_env_set_mapsize(e->env, size));
-    e->map_lo = map_base(e->env); /* the map may have moved */
+    e->map_lo = map_base(e->env, &e->others); /* the map may have moved */
     resize_unlock(e);
     return rc;
 }
@@ -837,6 +894,7 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
         mdb_env_set_maxdbs(e->env, 8);
         mdb_env_set_maxreaders(e->env, MAX_READERS);
         mdb_env_set_mapsize(e->env, (size_t)map_init_size());
+        maps_before_open(e->path, &e->others);
         LM(e, rc, mdb_env_open(e->env, e->path, mflags | (*rdonly ? MDB_RDONLY : 0), 0600));
         if (rc == MDB_SUCCESS)
             break;
@@ -875,7 +933,7 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
         return KS_ECORRUPT;
     }
     e->psize = st.ms_psize;
-    e->map_lo = map_base(e->env);
+    e->map_lo = map_base(e->env, &e->others);
     if (!e->map_lo)
         ks_log(KS_LOG_WARN, "keystore %s: its map is not in /proc/self/maps (is /proc mounted?): values LMDB returns "
                             "are not checked against the file, and a file cut short while open may stop LMDB's "
@@ -1079,10 +1137,12 @@ static int peek(MDB_env *env, const char *dir, MDB_txn **t, uint32_t *epoch, uin
     unsigned psize = 0;
     uintptr_t lo = 0;
     MDB_stat st;
+    maps_other others;
+    maps_before_open(dir, &others);
     int rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600);
     if (rc == MDB_SUCCESS && (rc = mdb_env_stat(env, &st)) == MDB_SUCCESS) {
         psize = st.ms_psize;
-        lo = map_base(env);
+        lo = map_base(env, &others);
     }
     if (rc == MDB_SUCCESS)
         rc = mdb_txn_begin(env, NULL, MDB_RDONLY, t);
