@@ -26,9 +26,15 @@
  *     value goes);
  *   - a table emptied at once: all of it.
  * A page is accepted when its number is the one its header carries, its
- * kind is the one its place in the tree calls for, its pointer array and
- * its free space lie inside it, every node lies inside it with a size that
- * fits, flags the table allows and page numbers inside the file.
+ * flags are exactly the kind its place in the tree calls for (a committed
+ * page never carries P_DIRTY: with it LMDB would write into the map), its
+ * pointer array and its free space lie inside it, every node lies inside
+ * it apart from the others (LMDB keeps them side by side; one grown over
+ * its neighbour moved past LMDB's heap copy in a delete) with a size that
+ * fits, flags the table allows and page numbers inside the file; a
+ * table's record must carry the flags LMDB gives that kind of table.
+ * A backup checks every page first (LMDB's compacting walk copies branch
+ * pages by their bounds, as a write does).
  *
  * The format is LMDB 0.9's (data version 1, 64-bit page numbers, no
  * MDB_VL32), the one Debian 12's liblmdb writes; the layout is read from
@@ -38,8 +44,10 @@
  * the check and LMDB's copy of it (microseconds, by someone racing the
  * writer); chains of merges within one transaction that reach a page two
  * places away from a checked path; a free-page list that names a page
- * still in use (LMDB would reuse it: the records there then fail their
- * authentication, reported). All reads here must run in a fault frame. */
+ * still in use, or an overflow count raised past its value's (LMDB would
+ * reuse those pages: the records there then fail their authentication,
+ * reported; LMDB leaves larger counts itself when a value shrinks within
+ * a transaction). All reads here must run in a fault frame. */
 #ifndef P11MK_KS_LMDB_PAGES_H
 #define P11MK_KS_LMDB_PAGES_H
 
