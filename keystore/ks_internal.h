@@ -287,6 +287,13 @@ KS_API int ks_restore_shared_locked(const char *dir, const ks_backend_ops *ops, 
                                     const char *file, const ks_registers *regs, const ks_mkey *current,
                                     ks_restore_gate gate, void *arg, ks_mk_result *res, ks_err *err);
 
+/* Descriptors a fork child closes at once (they hold OFD locks): keep
+ * returns the slot, -1 when the table (128) is full; get returns the
+ * descriptor, -1 in a fork child; close forgets and closes it. */
+KS_API int ks_forkfd_keep(int fd);
+KS_API int ks_forkfd_get(int slot);
+KS_API void ks_forkfd_close(int slot);
+
 /* HKDF-SHA256. 0 on success. */
 KS_API int ks_hkdf(const uint8_t *key, size_t keylen, const uint8_t *salt, size_t saltlen, const void *info,
                    size_t infolen, uint8_t *out, size_t outlen);

@@ -16,7 +16,22 @@
  * serializes writers and MDB_MAP_RESIZED tells us another process grew it.
  * A write that finds the map full (MDB_MAP_FULL, MDB_TXN_FULL) reports
  * KS_BE_RETRY: ks_write aborts, grows the map (make_room) and runs the
- * transaction again. */
+ * transaction again.
+ *
+ * The writer gate. LMDB's writer lock is a robust mutex in lock.mdb: it
+ * survives its owner's death, not a waiter's. A waiter woken to take it and
+ * killed before it did (kill -9 of an application in C_Login, of an admin
+ * command) takes the wake-up with it: the mutex is free, the other waiters
+ * sleep on until some later writer has to wait too (a chaos run saw a
+ * C_Login stuck for minutes, holding its token's PIN-attempt lock). So a
+ * p11mk process never waits on LMDB's writer lock: it first takes the gate,
+ * an OFD write lock on one byte of data.mdb far past its pages (the kernel
+ * drops a killed waiter and hands the lock on, at whatever instruction the
+ * holder died), and then finds LMDB's lock free or held by a writer that is
+ * not p11mk's. The threads of one process queue on a semaphore before it
+ * (an OFD lock is its description's, which they share); the description
+ * is closed in a fork child (ks_forkfd_keep: a child living on would hold
+ * the gate of a parent killed mid-write). Order: gate, then `resize`. */
 #include "ks_internal.h"
 #include "ks_fault.h"
 #include "ks_lmdb_pages.h"
@@ -24,7 +39,9 @@
 #include <lmdb.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +55,8 @@
 #define MAX_READERS 1022
 
 #define SEQ_SHARDS 16
+
+#define GATE_AT ((off_t)1 << 59) /* the writer gate's byte of data.mdb (PIN attempts: 1 << 60 and up) */
 
 /* The data file's mappings at offset 0 that another environment made: a
  * fork child inherits its parent's map of the same file, and p11mk-admin's
@@ -57,6 +76,9 @@ struct ks_benv {
     atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
     uint64_t page_memo[256]; /* pages checked in the write transaction (ks_lmdb_pages.h), under LMDB's writer lock */
     _Atomic(MDB_txn *) writer; /* the write transaction under way (its pages may be outside the map), or NULL */
+    int gate;                /* the writer gate's descriptor's slot (ks_forkfd_get), -1: none (read-only) */
+    bool gate_ready;         /* gate and gate_sem set up */
+    sem_t gate_sem;          /* the process's threads queue here before the gate */
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
     char *path;
@@ -402,10 +424,11 @@ static int txn_abort(MDB_txn *t);
  * cleared before it ends; a read transaction is never it.) */
 static bool is_writer(ks_benv *e, MDB_txn *t) { return atomic_load_explicit(&e->writer, memory_order_relaxed) == t; }
 
-static void writer_ends(ks_benv *e, MDB_txn *t)
+/* Was t the write transaction under way? It is no longer. */
+static bool writer_ends(ks_benv *e, MDB_txn *t)
 {
     MDB_txn *w = t;
-    atomic_compare_exchange_strong(&e->writer, &w, NULL);
+    return atomic_compare_exchange_strong(&e->writer, &w, NULL);
 }
 
 /* In a frame: the tables every commit rewrites, before a write begins. */
@@ -432,6 +455,63 @@ static int write_start(ks_benv *e, MDB_txn *t)
     return rc;
 }
 
+/* ---- the writer gate (top of this file) ---------------------------------- */
+
+static void gate_setup(ks_benv *e, bool rdonly)
+{
+    char p[4096];
+    e->gate = -1;
+    if (sem_init(&e->gate_sem, 0, 1) != 0)
+        return;
+    e->gate_ready = true;
+    if (rdonly)
+        return;
+    snprintf(p, sizeof(p), "%s/data.mdb", e->path);
+    int fd = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    struct stat sb;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (e->gate = ks_forkfd_keep(fd)) >= 0)
+        return;
+    if (fd >= 0)
+        close(fd);
+    ks_log(KS_LOG_WARN, "keystore %s: no writer gate (%s): a writer killed while others wait may leave them "
+                        "waiting until the next write", e->path, fd < 0 ? strerror(errno) : "too many keystores open");
+}
+
+static int gate_lock(int fd, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = GATE_AT, .l_len = 1};
+    while (fcntl(fd, type == F_UNLCK ? F_OFD_SETLK : F_OFD_SETLKW, &fl) != 0)
+        if (errno != EINTR)
+            return errno;
+    return 0;
+}
+
+/* Wait for the gate (MDB_SUCCESS), or an errno. */
+static int gate_take(ks_benv *e)
+{
+    if (e->gate < 0)
+        return MDB_SUCCESS;
+    while (sem_wait(&e->gate_sem) != 0)
+        if (errno != EINTR)
+            return errno;
+    int fd = ks_forkfd_get(e->gate), rc = fd < 0 ? EBADF : gate_lock(fd, F_WRLCK);
+    if (rc != 0) {
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot take the writer gate: %s", e->path, strerror(rc));
+        sem_post(&e->gate_sem);
+    }
+    return rc;
+}
+
+static void gate_give(ks_benv *e)
+{
+    if (e->gate < 0)
+        return;
+    int fd = ks_forkfd_get(e->gate);
+    if (fd >= 0 && gate_lock(fd, F_UNLCK) != 0) /* cannot fail on a lock held (locks_remove: no allocation) */
+        ks_log(KS_LOG_ERROR, "keystore %s: cannot let the writer gate go: %s", e->path, strerror(errno));
+    sem_post(&e->gate_sem);
+}
+
 static int txn_begin1(ks_benv *e, unsigned flags, MDB_txn **t)
 {
     int rc;
@@ -445,6 +525,10 @@ static int txn_begin1(ks_benv *e, unsigned flags, MDB_txn **t)
 static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
 {
     MDB_txn *t;
+    bool write = !(flags & MDB_RDONLY);
+    int grc = write ? gate_take(e) : MDB_SUCCESS;
+    if (grc != MDB_SUCCESS)
+        return lmdb_err(grc);
     for (int attempt = 0; attempt < 8; attempt++) {
         pthread_rwlock_rdlock(&e->resize);
         int rc = txn_begin1(e, flags, &t);
@@ -465,8 +549,12 @@ static int txn_begin(ks_benv *e, unsigned flags, ks_btxn **out)
         }
         if (rc != LM_FAULT && rc != LM_DAMAGED)
             ks_log(KS_LOG_ERROR, "keystore %s: cannot begin a transaction: %s", e->path, mdb_strerror(rc));
+        if (write)
+            gate_give(e);
         return lmdb_err(rc);
     }
+    if (write)
+        gate_give(e);
     return KS_EIO;
 }
 
@@ -490,10 +578,12 @@ static void lmdb_abort(ks_btxn *t)
 {
     ks_benv *e = E(T(t));
     int rc;
-    writer_ends(e, T(t));
+    bool wrote = writer_ends(e, T(t));
     LM(e, rc, txn_abort(T(t)));
     (void)rc;
     pthread_rwlock_unlock(&e->resize);
+    if (wrote)
+        gate_give(e);
 }
 
 static void lmdb_read_end(ks_btxn *t) { lmdb_abort(t); }
@@ -509,7 +599,7 @@ static int lmdb_commit(ks_btxn *t)
 {
     ks_benv *e = E(T(t));
     int rc;
-    writer_ends(e, T(t));
+    bool wrote = writer_ends(e, T(t));
     LM(e, rc, mdb_txn_commit(T(t)));
     if (rc == LM_FAULT) { /* left in the middle: the writer's lock is released by the abort */
         int arc;
@@ -517,6 +607,8 @@ static int lmdb_commit(ks_btxn *t)
         (void)arc;
     }
     pthread_rwlock_unlock(&e->resize);
+    if (wrote)
+        gate_give(e);
     if (rc == MDB_MAP_FULL)
         return KS_BE_RETRY;
     rc = lmdb_err(rc);
@@ -874,6 +966,10 @@ static void lmdb_close(ks_benv *e)
         return;
     if (e->env)
         mdb_env_close(e->env);
+    if (e->gate_ready) {
+        ks_forkfd_close(e->gate);
+        sem_destroy(&e->gate_sem);
+    }
     pthread_rwlock_destroy(&e->resize);
     for (unsigned i = 0; i < SEQ_SHARDS; i++)
         pthread_rwlock_destroy(&e->seq[i].l);
@@ -1027,6 +1123,8 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
         return KS_ENOMEM;
     }
     int rc = env_open(e, flags, rdonly, err);
+    if (rc == KS_OK)
+        gate_setup(e, *rdonly);
     if (rc == KS_OK) {
         mdb_env_set_userctx(e->env, e);
         rc = probe_tables(e, tables, err);
@@ -1072,7 +1170,14 @@ static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
          * sealed versions of records), which holds the same records. */
         ks_log(KS_LOG_WARN, "keystore %s: LMDB's compacting copy refused the file (%s); copying it as it is",
                e->path, mdb_strerror(rc));
-        LM(e, rc, mdb_env_copyfd2(e->env, fd, 0));
+        pthread_rwlock_unlock(&e->resize);
+        if ((rc = gate_take(e)) == MDB_SUCCESS) { /* this copy takes LMDB's writer lock; the gate comes first */
+            pthread_rwlock_rdlock(&e->resize);
+            LM(e, rc, mdb_env_copyfd2(e->env, fd, 0));
+            pthread_rwlock_unlock(&e->resize);
+            gate_give(e);
+        }
+        pthread_rwlock_rdlock(&e->resize);
     }
     pthread_rwlock_unlock(&e->resize);
     if (rc == LM_FAULT) {

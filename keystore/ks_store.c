@@ -1799,19 +1799,21 @@ bool ks_check_rollback(ks_store *st, char *why, size_t n)
  * (races/pin_attempt_fair). */
 #define ATTEMPT_TURNSTILE_BASE (ATTEMPT_LOCK_BASE + ((off_t)1 << 32))
 
-/* The descriptors holding attempt locks. An OFD lock belongs to the open
- * file description, which fork() shares with the child: a child forked
- * while an attempt runs (a prefork server, Python's multiprocessing) would
- * hold the token's lock for its whole life. The child closes its copies at
- * once (atomics only: no lock is safe to take in a fork child). */
-#define ATTEMPT_FDS 64
-static int attempt_fds[ATTEMPT_FDS];
+/* Descriptors holding OFD locks (PIN attempts; LMDB's writer gate,
+ * ks_lmdb.c). An OFD lock belongs to the open file description, which
+ * fork() shares with the child: a child forked while an attempt runs (a
+ * prefork server, Python's multiprocessing) would hold the token's lock for
+ * its whole life, and one forked during a write would hold the writer gate
+ * after its parent died. The child closes its copies at once (atomics only:
+ * no lock is safe to take in a fork child). */
+#define FORK_FDS 128
+static int fork_fds[FORK_FDS];
 static pthread_once_t attempt_once = PTHREAD_ONCE_INIT;
 
-static void attempt_fork_child(void)
+static void fork_fds_child(void)
 {
-    for (int i = 0; i < ATTEMPT_FDS; i++) {
-        int fd = __atomic_exchange_n(&attempt_fds[i], -1, __ATOMIC_ACQ_REL);
+    for (int i = 0; i < FORK_FDS; i++) {
+        int fd = __atomic_exchange_n(&fork_fds[i], -1, __ATOMIC_ACQ_REL);
         if (fd >= 0)
             close(fd);
     }
@@ -1819,27 +1821,39 @@ static void attempt_fork_child(void)
 
 static void attempt_setup(void)
 {
-    for (int i = 0; i < ATTEMPT_FDS; i++)
-        __atomic_store_n(&attempt_fds[i], -1, __ATOMIC_RELEASE);
-    pthread_atfork(NULL, NULL, attempt_fork_child);
+    for (int i = 0; i < FORK_FDS; i++)
+        __atomic_store_n(&fork_fds[i], -1, __ATOMIC_RELEASE);
+    pthread_atfork(NULL, NULL, fork_fds_child);
 }
 
-/* Remember fd (false when the table is full: the caller then does without the lock's fork safety). */
-static bool attempt_remember(int fd)
+int ks_forkfd_keep(int fd)
 {
-    for (int i = 0; i < ATTEMPT_FDS; i++) {
+    pthread_once(&attempt_once, attempt_setup);
+    for (int i = 0; i < FORK_FDS; i++) {
         int none = -1;
-        if (__atomic_compare_exchange_n(&attempt_fds[i], &none, fd, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            return true;
+        if (__atomic_compare_exchange_n(&fork_fds[i], &none, fd, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return i;
     }
-    return false;
+    return -1;
 }
 
+int ks_forkfd_get(int slot) { return slot < 0 ? -1 : __atomic_load_n(&fork_fds[slot], __ATOMIC_ACQUIRE); }
+
+void ks_forkfd_close(int slot)
+{
+    if (slot < 0)
+        return;
+    int fd = __atomic_exchange_n(&fork_fds[slot], -1, __ATOMIC_ACQ_REL);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Forget fd (an attempt's, kept by ks_forkfd_keep), not closing it. */
 static void attempt_forget(int fd)
 {
-    for (int i = 0; i < ATTEMPT_FDS; i++) {
+    for (int i = 0; i < FORK_FDS; i++) {
         int want = fd;
-        if (__atomic_compare_exchange_n(&attempt_fds[i], &want, -1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        if (__atomic_compare_exchange_n(&fork_fds[i], &want, -1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             return;
     }
 }
@@ -1899,7 +1913,7 @@ int ks_attempt_lock(ks_store *st, uint32_t token_id, unsigned wait_ms, ks_attemp
         close(f);
         return KS_EIO;
     }
-    (void)attempt_remember(f); /* before any lock: a fork child closes its copy */
+    (void)ks_forkfd_keep(f); /* before any lock: a fork child closes its copy (full table: no fork safety) */
     a->fd = f;
     a->st = st;
     a->token_id = token_id;

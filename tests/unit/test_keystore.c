@@ -728,6 +728,149 @@ static void test_fork_child_reopens(void **state)
     assert_int_equal(found[0], 1);
 }
 
+/* ---- the writer gate ------------------------------------------------------ */
+
+/* A writer that holds its transaction open until told, in a child: it says
+ * "h" (or, with fork_keeper, the pid of a child it forked mid-write, which
+ * then sleeps) on `up`, waits for a byte on `go`, then commits. */
+typedef struct {
+    int up, go;
+    bool fork_keeper;
+} hold_arg;
+
+static int hold_fn(ks_txn *t, void *arg)
+{
+    hold_arg *h = arg;
+    put_arg a = {0, 0, "held", false};
+    pid_t keeper = 0;
+    char b;
+    if (h->fork_keeper && (keeper = fork()) == 0) {
+        sleep(60); /* a child that lives on with everything its parent had open */
+        _exit(0);
+    }
+    if (write(h->up, &keeper, sizeof(keeper)) != sizeof(keeper) || read(h->go, &b, 1) != 1)
+        _exit(3);
+    return put_fn(t, &a);
+}
+
+static pid_t spawn_holder(const char *dir, const ks_mkey *mk, bool fork_keeper, int *go_w, pid_t *keeper)
+{
+    int up[2], go[2];
+    assert_int_equal(pipe(up), 0);
+    assert_int_equal(pipe(go), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ks_store *st;
+        ks_err err;
+        hold_arg h = {up[1], go[0], fork_keeper};
+        close(up[0]);
+        close(go[1]);
+        if (ks_open(dir, mk, 0, &st, &err) != KS_OK)
+            _exit(2);
+        _exit(ks_write(st, hold_fn, &h) == KS_OK ? 0 : 1);
+    }
+    close(up[1]);
+    close(go[0]);
+    assert_int_equal(read(up[0], keeper, sizeof(*keeper)), sizeof(*keeper));
+    close(up[0]);
+    *go_w = go[1];
+    return pid;
+}
+
+static pid_t spawn_writer(const char *dir, const ks_mkey *mk)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ks_store *st;
+        ks_err err;
+        put_arg a = {0, 0, "waited", false};
+        if (ks_open(dir, mk, 0, &st, &err) != KS_OK)
+            _exit(2);
+        _exit(ks_write(st, put_fn, &a) == KS_OK ? 0 : 1);
+    }
+    return pid;
+}
+
+/* Is pid asleep in a system call that waits for a lock (fcntl, futex)? */
+static bool waits_for_lock(pid_t pid)
+{
+    char p[64], b[64] = {0};
+    snprintf(p, sizeof(p), "/proc/%d/syscall", (int)pid);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    bool got = fgets(b, sizeof(b), f) != NULL;
+    fclose(f);
+    return got && (strncmp(b, "72 ", 3) == 0 || strncmp(b, "202 ", 4) == 0);
+}
+
+/* The child's exit status, or -1 when it did not end within secs (then killed). */
+static int end_within(pid_t pid, int secs)
+{
+    int status;
+    for (int i = 0; i < secs * 50; i++) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+/* A writer waiting for another's write goes on when that one ends, however
+ * it ends. LMDB's writer lock (a robust mutex: its word at offset 64 of
+ * lock.mdb, LMDB 0.9 on glibc) loses a wake-up when a waiter woken to take
+ * it is killed first: the word is left without its waiters bit, the next
+ * unlock wakes nobody. That state is made here by hand (the bit cleared
+ * while the holder holds it): a writer asleep on LMDB's lock would sleep
+ * on; one at the gate (ks_lmdb.c) does not. Then the holder killed, and
+ * killed after forking a child that lives on. */
+static void test_writer_gate(void **state)
+{
+    fx *f = *state;
+    char lp[300];
+    snprintf(lp, sizeof(lp), "%s/lock.mdb", f->dir);
+
+    for (int round = 0; round < 3; round++) {
+        int go;
+        pid_t keeper = 0;
+        pid_t h = spawn_holder(f->dir, &f->mk, round == 2, &go, &keeper);
+        pid_t w = spawn_writer(f->dir, &f->mk);
+        int fd = open(lp, O_RDWR);
+        assert_true(fd >= 0);
+        volatile uint32_t *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        assert_true(m != MAP_FAILED);
+        close(fd);
+        assert_int_equal(m[16] & 0x3fffffffu, (uint32_t)h); /* the holder owns LMDB's writer lock: the offset is right */
+        int asleep = 0;
+        for (int i = 0; i < 1000 && asleep < 10; i++) { /* asleep in a lock's wait, looked at 10 times running */
+            asleep = waits_for_lock(w) ? asleep + 1 : 0;
+            usleep(10000);
+        }
+        assert_int_equal(asleep, 10);
+        if (round == 0) {
+            __atomic_fetch_and(&m[16], 0x7fffffffu, __ATOMIC_SEQ_CST); /* the wake-up a killed waiter took */
+            assert_int_equal(write(go, "g", 1), 1);
+            assert_int_equal(end_within(h, 20), 0);
+        } else {
+            kill(h, SIGKILL); /* round 2: its child lives on */
+            int status;
+            assert_int_equal(waitpid(h, &status, 0), h);
+        }
+        close(go);
+        munmap((void *)m, 4096);
+        int wrc = end_within(w, 20);
+        if (keeper > 0) {
+            kill(keeper, SIGKILL);
+            /* not our child: reaped by init */
+        }
+        assert_int_equal(wrc, 0);
+    }
+}
+
 /* ---- rotation -------------------------------------------------------------- */
 
 typedef struct {
@@ -1910,6 +2053,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_readonly_store, setup, teardown),
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_gate, setup, teardown),
         cmocka_unit_test(test_registers_file),
         cmocka_unit_test(test_registers_identity_lines),
         cmocka_unit_test(test_damaged_file_is_reported),
