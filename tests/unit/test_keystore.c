@@ -820,10 +820,51 @@ static int end_within(pid_t pid, int secs)
     return -1;
 }
 
+/* LMDB 0.9's lock file on glibc: the reader-table mutex at offset 8, the
+ * writer's at 64 (robust pthread mutexes; the lock word first). A process
+ * with LMDB open must not open and close lock.mdb itself (closing any
+ * descriptor of it drops the process's fcntl locks, LMDB's among them: the
+ * next opener would take the file as unused and reset it), so what is done
+ * to the file is done in a child. */
+#define LOCK_RMUTEX 8
+#define LOCK_WMUTEX 64
+
+/* In a child: the lock word at off has owner's thread id (0 when not),
+ * then its waiters bit cleared (the wake-up a killed waiter took). */
+static int lockword_lose_wakeup(const char *dir, size_t off, pid_t owner)
+{
+    pid_t c = fork();
+    assert_true(c >= 0);
+    if (c == 0) {
+        char lp[300];
+        snprintf(lp, sizeof(lp), "%s/lock.mdb", dir);
+        int fd = open(lp, O_RDWR);
+        char *m = fd >= 0 ? mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+        if (m == MAP_FAILED)
+            _exit(2);
+        uint32_t *w = (uint32_t *)(m + off);
+        if ((__atomic_load_n(w, __ATOMIC_SEQ_CST) & 0x3fffffffu) != (uint32_t)owner)
+            _exit(1);
+        __atomic_fetch_and(w, 0x7fffffffu, __ATOMIC_SEQ_CST);
+        _exit(0);
+    }
+    return end_within(c, 20);
+}
+
+/* Wait until pid sleeps in a lock's wait, seen 10 times running. */
+static void wait_asleep(pid_t pid)
+{
+    int asleep = 0;
+    for (int i = 0; i < 1000 && asleep < 10; i++) {
+        asleep = waits_for_lock(pid) ? asleep + 1 : 0;
+        usleep(10000);
+    }
+    assert_int_equal(asleep, 10);
+}
+
 /* A writer waiting for another's write goes on when that one ends, however
- * it ends. LMDB's writer lock (a robust mutex: its word at offset 64 of
- * lock.mdb, LMDB 0.9 on glibc) loses a wake-up when a waiter woken to take
- * it is killed first: the word is left without its waiters bit, the next
+ * it ends. LMDB's writer lock loses a wake-up when a waiter woken to take it
+ * is killed first: the word is left without its waiters bit, the next
  * unlock wakes nobody. That state is made here by hand (the bit cleared
  * while the holder holds it): a writer asleep on LMDB's lock would sleep
  * on; one at the gate (ks_lmdb.c) does not. Then the holder killed, and
@@ -831,28 +872,15 @@ static int end_within(pid_t pid, int secs)
 static void test_writer_gate(void **state)
 {
     fx *f = *state;
-    char lp[300];
-    snprintf(lp, sizeof(lp), "%s/lock.mdb", f->dir);
-
     for (int round = 0; round < 3; round++) {
         int go;
         pid_t keeper = 0;
         pid_t h = spawn_holder(f->dir, &f->mk, round == 2, &go, &keeper);
         pid_t w = spawn_writer(f->dir, &f->mk);
-        int fd = open(lp, O_RDWR);
-        assert_true(fd >= 0);
-        volatile uint32_t *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        assert_true(m != MAP_FAILED);
-        close(fd);
-        assert_int_equal(m[16] & 0x3fffffffu, (uint32_t)h); /* the holder owns LMDB's writer lock: the offset is right */
-        int asleep = 0;
-        for (int i = 0; i < 1000 && asleep < 10; i++) { /* asleep in a lock's wait, looked at 10 times running */
-            asleep = waits_for_lock(w) ? asleep + 1 : 0;
-            usleep(10000);
-        }
-        assert_int_equal(asleep, 10);
+        wait_asleep(w);
         if (round == 0) {
-            __atomic_fetch_and(&m[16], 0x7fffffffu, __ATOMIC_SEQ_CST); /* the wake-up a killed waiter took */
+            /* the holder owns LMDB's writer lock (the offset is right); the wake-up lost */
+            assert_int_equal(lockword_lose_wakeup(f->dir, LOCK_WMUTEX, h), 0);
             assert_int_equal(write(go, "g", 1), 1);
             assert_int_equal(end_within(h, 20), 0);
         } else {
@@ -861,14 +889,76 @@ static void test_writer_gate(void **state)
             assert_int_equal(waitpid(h, &status, 0), h);
         }
         close(go);
-        munmap((void *)m, 4096);
         int wrc = end_within(w, 20);
-        if (keeper > 0) {
-            kill(keeper, SIGKILL);
-            /* not our child: reaped by init */
-        }
+        if (keeper > 0)
+            kill(keeper, SIGKILL); /* not our child: reaped by init */
         assert_int_equal(wrc, 0);
     }
+}
+
+/* The reader gate: a process searching LMDB's reader table for a slot (its
+ * first read; later ones renew a kept transaction) is played by a child that
+ * takes the reader gate (an OFD lock on byte 1 << 59 plus 1 of data.mdb,
+ * ks_lmdb.c's RGATE_AT), then LMDB's reader-table mutex, and stays there. A
+ * new process opening the keystore waits; the waiters bit is cleared (the
+ * wake-up a killed waiter took) and both are let go: the new process must go
+ * on and read. Asleep on LMDB's mutex, it would sleep on. */
+static void test_reader_gate(void **state)
+{
+    fx *f = *state;
+    int up[2], go[2];
+    assert_int_equal(pipe(up), 0);
+    assert_int_equal(pipe(go), 0);
+    pid_t g = fork();
+    assert_true(g >= 0);
+    if (g == 0) {
+        char lp[300], dp[300], b;
+        close(up[0]);
+        close(go[1]);
+        snprintf(lp, sizeof(lp), "%s/lock.mdb", f->dir);
+        snprintf(dp, sizeof(dp), "%s/data.mdb", f->dir);
+        int lfd = open(lp, O_RDWR), dfd = open(dp, O_RDWR);
+        char *m = lfd >= 0 ? mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, lfd, 0) : MAP_FAILED;
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ((off_t)1 << 59) + 1, .l_len = 1};
+        if (m == MAP_FAILED || dfd < 0 || fcntl(dfd, F_OFD_SETLKW, &fl) != 0)
+            _exit(2);
+        pthread_mutex_t *rmutex = (pthread_mutex_t *)(m + LOCK_RMUTEX);
+        int lrc = pthread_mutex_lock(rmutex);
+        if (lrc == EOWNERDEAD)
+            lrc = pthread_mutex_consistent(rmutex);
+        if (lrc != 0 || write(up[1], "h", 1) != 1 || read(go[0], &b, 1) != 1)
+            _exit(3);
+        if (pthread_mutex_unlock(rmutex) != 0)
+            _exit(4);
+        fl.l_type = F_UNLCK;
+        _exit(fcntl(dfd, F_OFD_SETLK, &fl) == 0 ? 0 : 5);
+    }
+    close(up[1]);
+    close(go[0]);
+    char b;
+    assert_int_equal(read(up[0], &b, 1), 1);
+    close(up[0]);
+    pid_t w = fork();
+    assert_true(w >= 0);
+    if (w == 0) {
+        ks_store *st;
+        ks_err err;
+        ks_txn *t;
+        close(go[1]);
+        if (ks_open(f->dir, &f->mk, 0, &st, &err) != KS_OK || ks_read_begin(st, &t) != KS_OK)
+            _exit(2);
+        ks_read_end(t);
+        _exit(0);
+    }
+    wait_asleep(w);
+    /* g owns LMDB's reader-table mutex (the offset is right); the wake-up lost */
+    int lost = lockword_lose_wakeup(f->dir, LOCK_RMUTEX, g);
+    assert_int_equal(write(go[1], "g", 1), 1);
+    close(go[1]);
+    int grc = end_within(g, 20), wrc = end_within(w, 20);
+    assert_int_equal(lost, 0);
+    assert_int_equal(grc, 0);
+    assert_int_equal(wrc, 0);
 }
 
 /* ---- rotation -------------------------------------------------------------- */
@@ -2063,6 +2153,7 @@ int main(void)
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_gate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reader_gate, setup, teardown),
         cmocka_unit_test(test_registers_file),
         cmocka_unit_test(test_registers_identity_lines),
         cmocka_unit_test(test_damaged_file_is_reported),
