@@ -150,7 +150,8 @@ typedef struct ks_backend_ops {
     /* The next entry in key order (the index: the next value of the same key, then the next key); with
      * same_key, only another value of the current key. KS_ENOTFOUND at the end. */
     int (*cur_next)(ks_bcur *c, bool same_key, ks_bval *key, ks_bval *val);
-    /* Replace the value of the entry the cursor is on (key: that entry's key; not the index). */
+    /* Replace the value of the entry the cursor is on (key: that entry's key, which may be the very bytes
+     * cur_seek/cur_next returned; not the index). */
     int (*cur_replace)(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl);
     void (*cur_close)(ks_bcur *c);
 

@@ -1008,7 +1008,16 @@ static int replace_at(MDB_cursor *c, lp_view *pv, MDB_val *k, MDB_val *v)
 
 static int lmdb_cur_replace(ks_bcur *c, const void *k, size_t kl, const void *v, size_t vl)
 {
-    MDB_val mk = V(k, kl), mv = V(v, vl);
+    /* k is most often the key this cursor returned, in its leaf. LMDB
+     * replaces a value that changes size or lies on overflow pages by
+     * deleting the node and adding it again with the key it is given: in a
+     * leaf already copied in this transaction, the delete moves the nodes
+     * under k, and the record went in under a neighbour's bytes. */
+    uint8_t kb[511]; /* LMDB's largest key */
+    if (kl > sizeof(kb))
+        return KS_EINVAL;
+    memcpy(kb, k, kl);
+    MDB_val mk = V(kb, kl), mv = V(v, vl);
     lp_view pv;
     int rc;
     LM(E(mdb_cursor_txn(C(c))), rc, replace_at(C(c), &pv, &mk, &mv));

@@ -1142,6 +1142,90 @@ static void test_rotation_cycle(void **state)
     all_readable(f, f->st);
 }
 
+/* Objects whose values lie on overflow pages (over about 2 KiB), next to
+ * small ones on the same leaf, resealed many to a transaction. LMDB
+ * replaces such a value by deleting its node and adding it again with the
+ * key it is given: a key that pointed into the leaf, already copied once in
+ * the transaction, had moved by then, and the record went in under a few
+ * bytes of its neighbour (found by a hostile test: rotations while
+ * applications wrote left objects missing and a record under a garbage id).
+ * Both passes: rewrap, then a second rotation aborted half-way and undone. */
+typedef struct {
+    uint32_t tid;
+    uint64_t oid;
+    size_t len;
+} big_arg;
+
+static int big_put_fn(ks_txn *t, void *arg)
+{
+    big_arg *a = arg;
+    uint8_t *b = malloc(a->len);
+    if (!b)
+        return KS_ENOMEM;
+    int rc = ks_obj_new_id(t, &a->oid);
+    if (rc == KS_OK) {
+        memset(b, 'x', a->len);
+        snprintf((char *)b, a->len, "object-%llu", (unsigned long long)a->oid);
+        b[strlen((char *)b)] = 'x';
+        rc = ks_obj_create(t, a->tid, a->oid, b, a->len);
+    }
+    free(b);
+    return rc;
+}
+
+static void big_all_readable(rot_fx *f, ks_store *st, const size_t *lens)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        ks_txn *t;
+        uint8_t *b = NULL;
+        size_t l = 0;
+        char want[40];
+        assert_int_equal(ks_read_begin(st, &t), KS_OK);
+        assert_int_equal(ks_obj_get(t, f->tid, f->oids[i], &b, &l), KS_OK);
+        ks_read_end(t);
+        if (lens[i]) {
+            assert_int_equal(l, lens[i]);
+            snprintf(want, sizeof(want), "object-%llu", (unsigned long long)f->oids[i]);
+            assert_memory_equal(b, want, strlen(want));
+        }
+        ks_buf_free(b, l);
+    }
+}
+
+static void test_rotation_big_values(void **state)
+{
+    rot_fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    size_t lens[64] = {0};
+    for (int i = 0; i < 40 && f->n < 64; i++) {
+        big_arg a = {f->tid, 0, i % 3 ? 3000 + 37 * (size_t)i : 200};
+        assert_int_equal(ks_write(f->st, big_put_fn, &a), KS_OK);
+        lens[f->n] = a.len;
+        f->oids[f->n++] = a.oid;
+    }
+    uint64_t checked, failed;
+    save_regs(f->keyfile, &f->k1, &f->k2, NULL);
+    assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
+    assert_int_equal(ks_rot_rewrap(f->st, 1000, NULL, NULL, NULL, NULL, &err), KS_OK);
+    big_all_readable(f, f->st, lens);
+    assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    assert_int_equal(ks_rot_commit(f->st, false, 0, &err), KS_OK);
+    save_regs(f->keyfile, &f->k2, NULL, &f->k1);
+
+    ks_mkey k3;
+    assert_int_equal(ks_mkey_generate(&k3), KS_OK);
+    save_regs(f->keyfile, &f->k2, &k3, &f->k1);
+    assert_int_equal(ks_rot_stage(f->st, &k3, 0, &err), KS_OK);
+    int calls = 0;
+    assert_int_equal(ks_rot_rewrap(f->st, 30, stop_after_first, &calls, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_abort(f->st, 1000, NULL, NULL, NULL, &err), KS_OK);
+    big_all_readable(f, f->st, lens);
+    assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
+    assert_int_equal(failed, 0);
+    assert_int_equal(checked, f->n + 1);
+}
+
 static void test_rotation_abort(void **state)
 {
     rot_fx *f = *state;
@@ -2162,6 +2246,7 @@ int main(void)
         cmocka_unit_test(test_secmem),
         cmocka_unit_test_setup_teardown(test_rotation_cycle, rot_setup, rot_teardown),
         cmocka_unit_test_setup_teardown(test_rotation_abort, rot_setup, rot_teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_big_values, rot_setup, rot_teardown),
         cmocka_unit_test_setup_teardown(test_rotation_with_concurrent_process, rot_setup, rot_teardown),
         cmocka_unit_test_setup_teardown(test_rotation_crash_resume, rot_setup, rot_teardown),
     };
