@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -851,7 +852,7 @@ static void test_lost_writer_gone(void **state)
 #define NREC 40
 typedef struct {
     fixture *fx;
-    volatile bool stop;
+    atomic_bool stop; /* set by the main thread, read by the workers */
     long reads, eio, wrong, commits;
     pthread_mutex_t lock;
 } stress;
