@@ -1276,19 +1276,11 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
 
 /* ---- copies -------------------------------------------------------------- */
 
-static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
+/* One copy of the file to fd (an LMDB code; *cut: the file was found cut short). */
+static int copy_once(ks_benv *e, int fd, volatile bool *cut)
 {
-    /* LMDB's compacting walk copies branch pages by their headers' bounds
-     * into its buffer, as a write does: a damaged one ran past it. The
-     * pages are read first (ks_lmdb_pages.h), and a damaged file is not
-     * copied. */
-    if (lmdb_check_pages(e, why, n) == KS_ECORRUPT) {
-        *sys_err = 0;
-        return KS_ECORRUPT;
-    }
     /* No map resize may happen during the copy. */
     int rc;
-    volatile bool cut = false; /* set between frames */
     pthread_rwlock_rdlock(&e->resize);
     /* LMDB's copies take a reader slot, or its writer's lock (a copy as it
      * is), before they read the meta pages: those read first, in a frame of
@@ -1297,7 +1289,7 @@ static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
      * admin, which alone copies, exits after it). */
     LM(e, rc, metas_there(e));
     if (rc == MDB_SUCCESS)
-        cut = (rc = file_whole(e)) != MDB_SUCCESS;
+        *cut = (rc = file_whole(e)) != MDB_SUCCESS;
     if (rc == MDB_SUCCESS)
         LM(e, rc, mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
     if (rc == MDB_INCOMPATIBLE && lseek(fd, 0, SEEK_SET) == 0 && ftruncate(fd, 0) == 0) {
@@ -1314,9 +1306,36 @@ static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
             pthread_rwlock_unlock(&e->resize);
             gate_give(e);
         }
-        pthread_rwlock_rdlock(&e->resize);
+        return rc;
     }
     pthread_rwlock_unlock(&e->resize);
+    return rc;
+}
+
+static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
+{
+    /* LMDB's compacting walk copies branch pages by their headers' bounds
+     * into its buffer, as a write does: a damaged one ran past it. The
+     * pages are read first (ks_lmdb_pages.h), and a damaged file is not
+     * copied. */
+    if (lmdb_check_pages(e, why, n) == KS_ECORRUPT) {
+        *sys_err = 0;
+        return KS_ECORRUPT;
+    }
+    /* Another process may grow the map meanwhile (MDB_MAP_RESIZED): the
+     * new size adopted, the copy made again. */
+    int rc = MDB_MAP_RESIZED;
+    volatile bool cut = false; /* set between frames */
+    for (int attempt = 0; attempt < 8 && rc == MDB_MAP_RESIZED; attempt++) {
+        if (attempt) {
+            adopt_resize(e);
+            if (lseek(fd, 0, SEEK_SET) != 0 || ftruncate(fd, 0) != 0) {
+                rc = errno;
+                break;
+            }
+        }
+        rc = copy_once(e, fd, &cut);
+    }
     if (rc == LM_FAULT) {
         if (cut)
             snprintf(why, n, "the keystore is damaged: its data.mdb was cut short");

@@ -691,6 +691,67 @@ static void test_map_growth(void **state)
     rm_rf(dir);
 }
 
+/* Backups by one process while another grows the map: each adopts the new
+ * size and copies (LMDB says MDB_MAP_RESIZED when the map grew between the
+ * backup's page check and its copy: the copy failed, found by a hostile
+ * test with backups while applications grew the map). */
+static void test_backup_while_map_grows(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/p11mk-growbk-XXXXXX", bak[64];
+    ks_mkey mk;
+    ks_store *st;
+    ks_err err;
+    char data[2048];
+    int up[2];
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(bak, sizeof(bak), "%s.bak", dir);
+    setenv("P11MK_MAPSIZE_INIT", "65536", 1);
+    ks_mkey_default(&mk);
+    assert_int_equal(ks_open(dir, &mk, KS_OPEN_CREATE, &st, &err), KS_OK);
+    assert_int_equal(pipe(up), 0);
+    pid_t c = fork();
+    assert_true(c >= 0);
+    if (c == 0) { /* backups until the parent has grown the map 32 times over */
+        ks_store *cs;
+        ks_err cerr = KS_ERR_INIT;
+        ks_info ci;
+        int n = 0;
+        if (ks_open(dir, &mk, 0, &cs, &cerr) != KS_OK || write(up[1], "o", 1) != 1)
+            _exit(2);
+        do {
+            if (ks_backup(cs, bak, NULL, &cerr) != KS_OK) {
+                fprintf(stderr, "backup %d: %s\n", n, cerr.msg);
+                _exit(1);
+            }
+            unlink(bak);
+            n++;
+        } while (ks_get_info(cs, &ci) == KS_OK && ci.map_size < 65536 * 32);
+        _exit(n > 1 ? 0 : 3);
+    }
+    char b;
+    assert_int_equal(read(up[0], &b, 1), 1); /* the child has the small map */
+    unsetenv("P11MK_MAPSIZE_INIT");
+    memset(data, 'a', sizeof(data) - 1);
+    data[sizeof(data) - 1] = 0;
+    put_arg a = {0, 0, data, false};
+    int status = 0;
+    pid_t done = 0;
+    for (int i = 0; i < 3000 && (done = waitpid(c, &status, WNOHANG)) == 0; i++) {
+        data[i % 2000] = (char)('b' + i % 20);
+        assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+    }
+    if (done == 0)
+        assert_int_equal(waitpid(c, &status, 0), c);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    close(up[0]), close(up[1]);
+    ks_close(st);
+    unlink(bak);
+    rm_rf(dir);
+}
+
 /* After fork the child opens its own environment and sees the data. */
 static void test_fork_child_reopens(void **state)
 {
@@ -2235,6 +2296,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrong_key_and_missing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_store, setup, teardown),
         cmocka_unit_test(test_map_growth),
+        cmocka_unit_test(test_backup_while_map_grows),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_gate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_gate, setup, teardown),
