@@ -129,7 +129,10 @@ typedef struct ks_backend_ops {
      * never (LMDB has no connection to lose). */
     bool (*lost)(ks_btxn *t);
 
-    /* ---- records (tables other than KS_TAB_INDEX) ---- */
+    /* ---- records (tables other than KS_TAB_INDEX) ----
+     * A put's or dup_add's key and value must not be bytes a get or cursor of
+     * the same write transaction returned (LMDB may move them while it
+     * writes); cur_replace copies its key. */
     int (*get)(ks_btxn *t, ks_table tab, const void *k, size_t kl, ks_bval *v); /* KS_ENOTFOUND */
     int (*put)(ks_btxn *t, ks_table tab, const void *k, size_t kl, const void *v, size_t vl); /* insert or replace */
     int (*del)(ks_btxn *t, ks_table tab, const void *k, size_t kl);                          /* KS_ENOTFOUND */
