@@ -73,7 +73,9 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
     rc = ks_meta_get(x->bt, st, "gen", NULL, 0, &v);
     if (ks_read_failed(rc))
         goto fail;
-    if (rc != KS_OK || v.n != 8 || ks_get_be64(v.p) != m->rs.gen)
+    if (rc == KS_ECORRUPT) /* a plain record: only the storage says so */
+        REPORT('M', 0, 0, "the generation counter cannot be read: the storage file is damaged");
+    else if (rc != KS_OK || v.n != 8 || ks_get_be64(v.p) != m->rs.gen)
         REPORT('M', 0, 0, "the generation counter is missing or differs from the authenticated one (%llu): "
                "processes may not notice key changes", (unsigned long long)m->rs.gen);
     if (m->rs.format != st->format)
@@ -88,8 +90,10 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
         rc = ks_meta_get(x->bt, st, "kcv", be, 4, &v);
         if (ks_read_failed(rc))
             goto fail;
-        if (rc != KS_OK || v.n != KS_KCV_LEN ||
-            memcmp(v.p, want, KS_KCV_LEN) != 0)
+        if (rc == KS_ECORRUPT)
+            REPORT('M', 0, 0, "the check value recorded for epoch %u (%s) cannot be read: the storage file is "
+                   "damaged", e, which ? "staged" : "current");
+        else if (rc != KS_OK || v.n != KS_KCV_LEN || memcmp(v.p, want, KS_KCV_LEN) != 0)
             REPORT('M', 0, 0, "the check value recorded for epoch %u (%s) is missing or differs from the "
                    "authenticated one: the metadata was edited", e, which ? "staged" : "current");
     }
