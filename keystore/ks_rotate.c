@@ -211,9 +211,14 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_
             rc = KS_ECORRUPT;
             break;
         }
-        token = ks_get_be32(k.p);
+        /* The key copied before anything is written: LMDB may move the
+         * leaf's bytes under k when it replaces the value (f742be9). */
+        uint8_t key[12];
+        size_t kn = k.n;
+        memcpy(key, k.p, kn);
+        token = ks_get_be32(key);
         if (kind == KS_KIND_OBJECT)
-            oid = ks_get_be64((const uint8_t *)k.p + 4);
+            oid = ks_get_be64(key + 4);
         if (ks_rec_header(v.p, v.n, NULL, &epoch) != KS_OK) {
             rc = KS_ECORRUPT;
             break;
@@ -224,7 +229,7 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_
             memcpy(oldtag, (const uint8_t *)v.p + v.n - KS_TAG_LEN, KS_TAG_LEN);
             rc = reseal_value(x, &v, kind, token, oid, from_epoch, from, to_epoch, to, &rec, &reclen);
             if (rc == KS_OK) {
-                rc = ks_cursor_replace(x, c, k.p, k.n, rec, reclen);
+                rc = ks_cursor_replace(x, c, key, kn, rec, reclen);
                 if (rc == KS_OK)
                     rc = anchor_resealed(x, kind, token, oid, oldtag, rec + reclen - KS_TAG_LEN);
                 free(rec);
@@ -241,8 +246,8 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_
             a->done++;
         }
         a->visited++;
-        memcpy(rs->cursor, k.p, k.n);
-        rs->cursor_len = (uint8_t)k.n;
+        memcpy(rs->cursor, key, kn);
+        rs->cursor_len = (uint8_t)kn;
         if (a->visited >= a->batch)
             break;
     }

@@ -1210,7 +1210,10 @@ static void test_rotation_cycle(void **state)
  * the transaction, had moved by then, and the record went in under a few
  * bytes of its neighbour (found by a hostile test: rotations while
  * applications wrote left objects missing and a record under a garbage id).
- * Both passes: rewrap, then a second rotation aborted half-way and undone. */
+ * The key each batch resumes after was read the same way, and records
+ * between were skipped: left under the old key, or under an aborted one.
+ * Both passes, in batches: rewrap, then a second rotation aborted half-way
+ * and undone. */
 typedef struct {
     uint32_t tid;
     uint64_t oid;
@@ -1267,7 +1270,10 @@ static void test_rotation_big_values(void **state)
     uint64_t checked, failed;
     save_regs(f->keyfile, &f->k1, &f->k2, NULL);
     assert_int_equal(ks_rot_stage(f->st, &f->k2, 0, &err), KS_OK);
-    assert_int_equal(ks_rot_rewrap(f->st, 1000, NULL, NULL, NULL, NULL, &err), KS_OK);
+    /* in batches: each resumes after the last key the one before did, which
+     * was read from the leaf after LMDB had moved it and skipped records */
+    assert_int_equal(ks_rot_rewrap(f->st, 7, NULL, NULL, NULL, NULL, &err), KS_OK);
+    assert_int_equal(count_at(f->st, 1), 0);
     big_all_readable(f, f->st, lens);
     assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0);
@@ -1280,7 +1286,8 @@ static void test_rotation_big_values(void **state)
     assert_int_equal(ks_rot_stage(f->st, &k3, 0, &err), KS_OK);
     int calls = 0;
     assert_int_equal(ks_rot_rewrap(f->st, 30, stop_after_first, &calls, NULL, NULL, &err), KS_OK);
-    assert_int_equal(ks_rot_abort(f->st, 1000, NULL, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_rot_abort(f->st, 7, NULL, NULL, NULL, &err), KS_OK);
+    assert_int_equal(count_at(f->st, 3), 0);
     big_all_readable(f, f->st, lens);
     assert_int_equal(ks_verify(f->st, NULL, NULL, &checked, &failed), KS_OK);
     assert_int_equal(failed, 0);
