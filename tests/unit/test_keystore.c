@@ -881,13 +881,12 @@ static int end_within(pid_t pid, int secs)
     return -1;
 }
 
-/* LMDB 0.9's lock file on glibc: the reader-table mutex at offset 8, the
- * writer's at 64 (robust pthread mutexes; the lock word first). A process
+/* LMDB 0.9's lock file on glibc: the writer's mutex at offset 64 (a robust
+ * pthread mutex; the lock word first). A process
  * with LMDB open must not open and close lock.mdb itself (closing any
  * descriptor of it drops the process's fcntl locks, LMDB's among them: the
  * next opener would take the file as unused and reset it), so what is done
  * to the file is done in a child. */
-#define LOCK_RMUTEX 8
 #define LOCK_WMUTEX 64
 
 /* In a child: the lock word at off has owner's thread id (0 when not),
@@ -955,71 +954,6 @@ static void test_writer_gate(void **state)
             kill(keeper, SIGKILL); /* not our child: reaped by init */
         assert_int_equal(wrc, 0);
     }
-}
-
-/* The reader gate: a process searching LMDB's reader table for a slot (its
- * first read; later ones renew a kept transaction) is played by a child that
- * takes the reader gate (an OFD lock on byte 1 << 59 plus 1 of data.mdb,
- * ks_lmdb.c's RGATE_AT), then LMDB's reader-table mutex, and stays there. A
- * new process opening the keystore waits; the waiters bit is cleared (the
- * wake-up a killed waiter took) and both are let go: the new process must go
- * on and read. Asleep on LMDB's mutex, it would sleep on. */
-static void test_reader_gate(void **state)
-{
-    fx *f = *state;
-    int up[2], go[2];
-    assert_int_equal(pipe(up), 0);
-    assert_int_equal(pipe(go), 0);
-    pid_t g = fork();
-    assert_true(g >= 0);
-    if (g == 0) {
-        char lp[300], dp[300], b;
-        close(up[0]);
-        close(go[1]);
-        snprintf(lp, sizeof(lp), "%s/lock.mdb", f->dir);
-        snprintf(dp, sizeof(dp), "%s/data.mdb", f->dir);
-        int lfd = open(lp, O_RDWR), dfd = open(dp, O_RDWR);
-        char *m = lfd >= 0 ? mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, lfd, 0) : MAP_FAILED;
-        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ((off_t)1 << 59) + 1, .l_len = 1};
-        if (m == MAP_FAILED || dfd < 0 || fcntl(dfd, F_OFD_SETLKW, &fl) != 0)
-            _exit(2);
-        pthread_mutex_t *rmutex = (pthread_mutex_t *)(m + LOCK_RMUTEX);
-        int lrc = pthread_mutex_lock(rmutex);
-        if (lrc == EOWNERDEAD)
-            lrc = pthread_mutex_consistent(rmutex);
-        if (lrc != 0 || write(up[1], "h", 1) != 1 || read(go[0], &b, 1) != 1)
-            _exit(3);
-        if (pthread_mutex_unlock(rmutex) != 0)
-            _exit(4);
-        fl.l_type = F_UNLCK;
-        _exit(fcntl(dfd, F_OFD_SETLK, &fl) == 0 ? 0 : 5);
-    }
-    close(up[1]);
-    close(go[0]);
-    char b;
-    assert_int_equal(read(up[0], &b, 1), 1);
-    close(up[0]);
-    pid_t w = fork();
-    assert_true(w >= 0);
-    if (w == 0) {
-        ks_store *st;
-        ks_err err;
-        ks_txn *t;
-        close(go[1]);
-        if (ks_open(f->dir, &f->mk, 0, &st, &err) != KS_OK || ks_read_begin(st, &t) != KS_OK)
-            _exit(2);
-        ks_read_end(t);
-        _exit(0);
-    }
-    wait_asleep(w);
-    /* g owns LMDB's reader-table mutex (the offset is right); the wake-up lost */
-    int lost = lockword_lose_wakeup(f->dir, LOCK_RMUTEX, g);
-    assert_int_equal(write(go[1], "g", 1), 1);
-    close(go[1]);
-    int grc = end_within(g, 20), wrc = end_within(w, 20);
-    assert_int_equal(lost, 0);
-    assert_int_equal(grc, 0);
-    assert_int_equal(wrc, 0);
 }
 
 /* ---- rotation -------------------------------------------------------------- */
@@ -2306,7 +2240,6 @@ int main(void)
         cmocka_unit_test(test_backup_while_map_grows),
         cmocka_unit_test_setup_teardown(test_fork_child_reopens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_gate, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reader_gate, setup, teardown),
         cmocka_unit_test(test_registers_file),
         cmocka_unit_test(test_registers_identity_lines),
         cmocka_unit_test(test_damaged_file_is_reported),
