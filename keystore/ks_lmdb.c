@@ -134,6 +134,7 @@ static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
  * as KS_ECORRUPT, instead of killing the process. */
 #define LM_FAULT (-39999)
 #define LM_DAMAGED (-39998) /* a page a write would copy is not sound (ks_lmdb_pages.h) */
+#define LM_UNSEEN (-39997) /* damage only a whole-file check sees (lp_view.unseen) */
 #define LM(e, rc, expr) KS_FAULT_GUARD(rc, lm_fault(e), expr)
 
 static int lm_fault(ks_benv *e)
@@ -287,7 +288,8 @@ static int lmdb_err(int rc)
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
     case LM_FAULT:
-    case LM_DAMAGED: return KS_ECORRUPT;
+    case LM_DAMAGED:
+    case LM_UNSEEN: return KS_ECORRUPT;
     default: return KS_EIO;
     }
 }
@@ -908,8 +910,10 @@ static int lmdb_cur_replace(ks_bcur *c, const void *k, size_t kl, const void *v,
 
 static void lmdb_cur_close(ks_bcur *c) { mdb_cursor_close(C(c)); }
 
-/* In a frame: every table of read snapshot t, whole. */
-static int pages_all(MDB_txn *t, lp_view *pv)
+/* In a frame: every table of read snapshot t, whole; with bitmaps live and
+ * freed of cap pages (zeroed) given, when the snapshot has no more pages,
+ * also what the free-page lists name (lp_check_free_unused). */
+static int pages_all(MDB_txn *t, lp_view *pv, uint64_t *live, uint64_t *freed, uint64_t cap)
 {
     ks_benv *e = E(t);
     MDB_envinfo ei;
@@ -917,32 +921,63 @@ static int pages_all(MDB_txn *t, lp_view *pv)
     if (!e->map_lo || mdb_env_info(e->env, &ei) != MDB_SUCCESS)
         return MDB_SUCCESS; /* the map's place unknown (logged at open) */
     /* the snapshot's meta page: the one a write beginning now would start from */
-    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t) + 1) ||
-        !lp_check_system(pv))
+    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t) + 1))
         return LM_DAMAGED;
+    if (live && freed && pv->npages <= cap) {
+        pv->live = live;
+        pv->freed = freed;
+    }
+    if (!lp_check_system(pv))
+        return pv->unseen ? LM_UNSEEN : LM_DAMAGED;
     for (int i = 0; i < KS_TAB_N; i++)
         if (!lp_check_table(pv, tab_name[i], i == KS_TAB_INDEX))
-            return LM_DAMAGED;
-    return MDB_SUCCESS;
+            return pv->unseen ? LM_UNSEEN : LM_DAMAGED;
+    return lp_check_free_unused(pv) ? MDB_SUCCESS : LM_UNSEEN;
 }
 
-static int lmdb_check_pages(ks_benv *e, char *why, size_t n)
+static int pages_framed(ks_btxn *bt, lp_view *pv, uint64_t *live, uint64_t *freed, uint64_t cap)
+{
+    int rc;
+    LM(E(T(bt)), rc, pages_all(T(bt), pv, live, freed, cap));
+    return rc;
+}
+
+/* Every page of the file (verify; free_lists: also what the free-page lists
+ * name, which a backup does not copy). */
+static int check_pages(ks_benv *e, bool free_lists, char *why, size_t n)
 {
     ks_btxn *bt;
     lp_view pv;
+    uint64_t words = 0, *live = NULL, *freed = NULL;
     int rc = txn_begin(e, MDB_RDONLY, &bt);
     if (rc != KS_OK)
         return rc;
-    LM(e, rc, pages_all(T(bt), &pv));
+    if (free_lists && e->psize) { /* a bit per page of the file as it is now (the snapshot's are no more) */
+        struct stat sb;
+        int fd;
+        if (mdb_env_get_fd(e->env, &fd) == MDB_SUCCESS && fstat(fd, &sb) == 0 && sb.st_size > 0)
+            words = ((uint64_t)sb.st_size / e->psize + 64) / 64;
+        live = words ? calloc(words, sizeof(uint64_t)) : NULL;
+        freed = words ? calloc(words, sizeof(uint64_t)) : NULL;
+    }
+    rc = pages_framed(bt, &pv, live, freed, words * 64);
     lmdb_read_end(bt);
+    free(live);
+    free(freed);
     if (rc == LM_DAMAGED)
         snprintf(why, n, "data.mdb is damaged: its page %llu holds %s, which LMDB never writes (writes are "
                  "refused); restore the keystore from a backup", (unsigned long long)pv.bad_pgno, pv.why);
+    else if (rc == LM_UNSEEN)
+        snprintf(why, n, "data.mdb is damaged: page %llu is %s; writes are not refused (a write cannot see it): "
+                 "stop the applications and restore the keystore from a backup made before the damage",
+                 (unsigned long long)pv.bad_pgno, pv.why);
     else if (rc == LM_FAULT)
         snprintf(why, n, "data.mdb is damaged: reading its pages, LMDB %s; restore the keystore from a backup",
                  ks_fault_what());
     return lmdb_err(rc);
 }
+
+static int lmdb_check_pages(ks_benv *e, char *why, size_t n) { return check_pages(e, true, why, n); }
 
 /* ---- opening ------------------------------------------------------------- */
 
@@ -1196,7 +1231,7 @@ static int lmdb_copy(ks_benv *e, int fd, int *sys_err, char *why, size_t n)
      * into its buffer, as a write does: a damaged one ran past it. The
      * pages are read first (ks_lmdb_pages.h), and a damaged file is not
      * copied. */
-    if (lmdb_check_pages(e, why, n) == KS_ECORRUPT) {
+    if (check_pages(e, false, why, n) == KS_ECORRUPT) {
         *sys_err = 0;
         return KS_ECORRUPT;
     }

@@ -83,6 +83,31 @@ static const uint8_t *nd_data(const uint8_t *n) { return n + NODESZ + nd_ksize(n
 
 static bool in_file(const lp_view *v, uint64_t pgno) { return pgno >= 2 && pgno < v->npages; }
 
+/* A finding of the whole-file checks only (v->unseen: no write sees it). */
+static bool unseen(lp_view *v, uint64_t pgno, const char *why)
+{
+    v->unseen = true;
+    return bad(v, pgno, why);
+}
+
+/* Sets pgno's bit in map (a bitmap of v->npages bits); false when it was set. */
+static bool mark(uint64_t *map, uint64_t pgno)
+{
+    uint64_t m = 1ull << (pgno % 64), was = map[pgno / 64];
+    map[pgno / 64] = was | m;
+    return !(was & m);
+}
+
+/* Whole-file checks: pages [pgno, pgno + n) in use by a table (in the file). */
+static bool mark_live(lp_view *v, uint64_t pgno, uint64_t n)
+{
+    if (v->live)
+        for (uint64_t i = 0; i < n; i++)
+            if (!mark(v->live, pgno + i))
+                return unseen(v, pgno + i, "named as theirs by two places of the file (two tables, or one twice)");
+    return true;
+}
+
 /* Page pgno of the file, when it says it is that page. */
 static bool get_page(lp_view *v, uint64_t pgno, page *out)
 {
@@ -133,7 +158,7 @@ static bool check_overflow(lp_view *v, uint64_t pgno, size_t dsize)
     uint64_t need = (PGHDR - 1 + (uint64_t)dsize) / v->psize + 1; /* LMDB's OVPAGES */
     if (pages < need || pages > v->npages - pgno)
         return bad(v, pgno, "an overflow page's count that does not fit its value or the file");
-    return true;
+    return mark_live(v, pgno, pages);
 }
 
 /* A list of free pages (MDB_IDL: a count, then the numbers) in n bytes. */
@@ -144,9 +169,13 @@ static bool check_idl(lp_view *v, uint64_t pgno, const uint8_t *p, size_t n)
     uint64_t count = rd64(p);
     if (count > n / 8 - 1)
         return bad(v, pgno, "a free-page list longer than its record");
-    for (uint64_t i = 1; i <= count; i++)
-        if (!in_file(v, rd64(p + 8 * i)))
+    for (uint64_t i = 1; i <= count; i++) {
+        uint64_t f = rd64(p + 8 * i);
+        if (!in_file(v, f))
             return bad(v, pgno, "a free-page list naming a page outside the file");
+        if (v->freed && !mark(v->freed, f))
+            return unseen(v, f, "named twice by the free-page lists (LMDB would give it to two writers)");
+    }
     return true;
 }
 
@@ -425,7 +454,7 @@ static bool check_tree(lp_view *v, const tree *t, uint64_t pgno, unsigned level)
     if (v->budget == 0)
         return bad(v, pgno, "a tree with more pages than the file");
     v->budget--;
-    if (!check_page(v, t, pgno, level, &g))
+    if (!check_page(v, t, pgno, level, &g) || !mark_live(v, pgno, 1))
         return false;
     unsigned n = t->kind == T_VALS && level == t->depth ? 0 : pg_keys(&g);
     for (unsigned i = 0; i < n; i++) {
@@ -540,4 +569,16 @@ bool lp_check_table(lp_view *v, const char *name, bool dups)
         return v->why == NULL;
     v->budget = v->npages;
     return t.root == NO_ROOT || check_tree(v, &t, t.root, 1);
+}
+
+bool lp_check_free_unused(lp_view *v)
+{
+    if (!v->live || !v->freed)
+        return true;
+    for (uint64_t w = 0; w < (v->npages + 63) / 64; w++)
+        if (v->live[w] & v->freed[w])
+            return unseen(v, w * 64 + (uint64_t)__builtin_ctzll(v->live[w] & v->freed[w]),
+                       "named by the free-page lists while a table uses it (LMDB would give it to the next "
+                       "writer, which would write over it)");
+    return true;
 }

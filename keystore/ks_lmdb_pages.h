@@ -47,7 +47,8 @@
  * still in use, or an overflow count raised past its value's (LMDB would
  * reuse those pages: the records there then fail their authentication,
  * reported; LMDB leaves larger counts itself when a value shrinks within
- * a transaction). All reads here must run in a fault frame. */
+ * a transaction); verify finds those (lp_check_free_unused), writers do
+ * not. All reads here must run in a fault frame. */
 #ifndef P11MK_KS_LMDB_PAGES_H
 #define P11MK_KS_LMDB_PAGES_H
 
@@ -63,8 +64,11 @@ typedef struct lp_view {
     uint64_t budget;     /* pages a whole-tree check may still read */
     uint64_t *memo;      /* pages found sound in this write transaction (NULL: none kept) */
     unsigned memo_mask;  /* its size less one (a power of two) */
+    uint64_t *live;      /* whole-file checks: a bit per page a table uses (NULL: not kept) */
+    uint64_t *freed;     /* whole-file checks: a bit per page the free-page lists name */
     uint64_t bad_pgno;   /* on failure: the page found wrong */
     const char *why;     /* on failure: what was wrong with it */
+    bool unseen;         /* on failure: a finding of live/freed, which a write does not check */
 } lp_view;
 
 /* The committed state a write transaction with id txnid (mdb_txn_id: the
@@ -84,5 +88,17 @@ bool lp_check_key(lp_view *v, const char *name, bool dups, const void *k, size_t
 
 /* Every page of the named table (emptied at once: LMDB frees each). */
 bool lp_check_table(lp_view *v, const char *name, bool dups);
+
+/* Whole-file checks (verify) may give v->live and v->freed, bitmaps of
+ * v->npages bits, zeroed, before lp_check_system and lp_check_table of
+ * every table: a page two places name (two tables, or one table twice) then
+ * fails where it is met the second time, and a page the free-page lists
+ * name twice fails there; after every table, this: a page the free-page
+ * lists name that a table uses. Such a failure sets v->unseen. LMDB hands out free pages to the next
+ * writers, which would write over what that table holds there: a write
+ * transaction cannot see this (it would have to read every table), so it
+ * is verify's finding (the free-page lists are not copied by a backup,
+ * which copies the tables). */
+bool lp_check_free_unused(lp_view *v);
 
 #endif

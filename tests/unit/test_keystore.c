@@ -2079,6 +2079,119 @@ static void test_damaged_pages_refuse_writes(void **state)
     rm_rf(dir);
 }
 
+/* verify's finding in a child: 1 when it names the free-page lists (what
+ * a write cannot see), 2 for another finding, 0 for none, 3: not opened. */
+static void free_finding(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
+{
+    (void)token, (void)oid, (void)err;
+    if (kind == 'F')
+        *(int *)arg = strstr(what, "free-page lists") && strstr(what, "writes are not refused") ? 1 : 2;
+}
+
+static int free_verify_child(void *p)
+{
+    pg_arg *a = p;
+    ks_store *st = NULL;
+    ks_err err = KS_ERR_INIT;
+    int found = 0;
+    uint64_t checked = 0, failed = 0;
+    if (ks_open(a->ksdir, a->mk, KS_OPEN_RDONLY, &st, &err) != KS_OK)
+        return 3;
+    int rc = ks_verify(st, free_finding, &found, &checked, &failed);
+    ks_close(st);
+    return rc == KS_OK ? found : 4;
+}
+
+/* The free-page table's first list of two or more pages in data (the newer
+ * meta page's tree, one leaf): its offset in the file; *main_root: the main
+ * table's root page. 0: none. */
+static off_t free_list_at(const char *data, uint64_t *main_root)
+{
+    uint8_t pg[4096];
+    uint64_t txn[2], best = 0, root;
+    uint16_t depth, lower, ptr, ksize, flags, lo;
+    int fd = open(data, O_RDONLY);
+    assert_true(fd >= 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pread(fd, pg, sizeof(pg), (off_t)i * 4096), (ssize_t)sizeof(pg));
+        memcpy(&txn[i], pg + 144, 8); /* MDB_meta: mm_txnid after the two MDB_db and mm_last_pg */
+    }
+    assert_int_equal(pread(fd, pg, sizeof(pg), txn[1] > txn[0] ? 4096 : 0), (ssize_t)sizeof(pg));
+    memcpy(&depth, pg + 40 + 6, 2);  /* the free-page table's MDB_db: md_depth */
+    memcpy(&root, pg + 40 + 40, 8);  /* md_root */
+    memcpy(main_root, pg + 88 + 40, 8);
+    if (depth != 1) {
+        close(fd);
+        return 0;
+    }
+    assert_int_equal(pread(fd, pg, sizeof(pg), (off_t)(root * 4096)), (ssize_t)sizeof(pg));
+    close(fd);
+    memcpy(&lower, pg + 12, 2);
+    for (unsigned i = 0; i < (lower - 16u) / 2 && !best; i++) {
+        memcpy(&ptr, pg + 16 + 2 * i, 2);
+        memcpy(&lo, pg + ptr, 2);
+        memcpy(&flags, pg + ptr + 4, 2);
+        memcpy(&ksize, pg + ptr + 6, 2);
+        uint64_t count;
+        memcpy(&count, pg + ptr + 8 + ksize, 8);
+        if (!(flags & 0x01) && lo >= 24 && count >= 2) /* inline (not F_BIGDATA): the count, then the pages */
+            best = root * 4096 + ptr + 8 + ksize;
+    }
+    return (off_t)best;
+}
+
+/* A free-page list that names a page a table uses, or a page twice: LMDB
+ * would hand that page to the next writer, which would write over a record
+ * (or two writers the same page). A write cannot see it (it reads the
+ * tables it changes, not all of them); verify reads every page and reports
+ * it, saying that writes are not refused. An undamaged file: no finding. */
+static void test_free_list_damage_is_reported(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/p11mk-freel-XXXXXX", ksdir[300], data[320], kept[320];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st;
+    ks_mkey mk;
+    static uint64_t oids[PG_OBJS];
+    uint64_t main_root = 0, first, second;
+    off_t at = 0;
+    assert_non_null(mkdtemp(dir));
+    snprintf(ksdir, sizeof(ksdir), "%s/ks", dir);
+    snprintf(data, sizeof(data), "%s/data.mdb", ksdir);
+    snprintf(kept, sizeof(kept), "%s/good.mdb", dir);
+    assert_int_equal(ks_mkey_from_passphrase("freel", 5, &mk), KS_OK);
+    assert_int_equal(ks_open(ksdir, &mk, KS_OPEN_CREATE, &st, &err), KS_OK);
+    pg_arg a = {ksdir, &mk, 0, oids, 0, 0, false};
+    assert_int_equal(ks_write(st, pg_filler, &a), KS_OK);
+    /* writes that free pages, until the last commit left a list of two or more */
+    for (a.round = 1; a.round < 40 && !at; a.round++) {
+        assert_int_equal(ks_write(st, pg_write_fn, &a), KS_OK);
+        ks_close(st);
+        at = free_list_at(data, &main_root);
+        assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
+    }
+    ks_close(st);
+    assert_true(at > 0);
+    assert_int_equal(in_child(free_verify_child, &a, 30), 0); /* sound: nothing to report */
+    copy_file(data, kept, 0600);
+
+    int fd = open(data, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, &first, 8, at + 8), 8);
+    assert_int_equal(pread(fd, &second, 8, at + 16), 8);
+    assert_int_equal(pwrite(fd, &main_root, 8, at + 8), 8); /* names the main table's root */
+    close(fd);
+    assert_int_equal(in_child(free_verify_child, &a, 30), 1);
+
+    copy_file(kept, data, 0600);
+    fd = open(data, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, &first, 8, at + 16), 8); /* one page twice */
+    close(fd);
+    assert_int_equal(in_child(free_verify_child, &a, 30), 1);
+    rm_rf(dir);
+}
+
 /* A file whose page count LMDB's compacting copy does not expect (a page
  * leak: the meta pages name 3 pages more than the trees and the free list
  * hold) still backs up: copied as it is, every record opens in the copy. */
@@ -2244,6 +2357,7 @@ int main(void)
         cmocka_unit_test(test_registers_identity_lines),
         cmocka_unit_test(test_damaged_file_is_reported),
         cmocka_unit_test(test_damaged_pages_refuse_writes),
+        cmocka_unit_test(test_free_list_damage_is_reported),
         cmocka_unit_test(test_backup_of_leaky_file),
         cmocka_unit_test(test_secmem),
         cmocka_unit_test_setup_teardown(test_rotation_cycle, rot_setup, rot_teardown),
