@@ -498,14 +498,35 @@ bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize,
     v->psize = psize;
     if (!map || psize < 512 || psize > MAX_PSIZE || txnid == 0 || map_len < 2ull * psize)
         return bad(v, 0, "no map to read");
-    v->meta = v->map + ((txnid - 1) & 1) * psize; /* the one LMDB's write transaction began from */
-    uint64_t which = (txnid - 1) & 1;
-    if (rd64(v->meta) != which || !(rd16(v->meta + 10) & P_META) || rd32(v->meta + 16) != META_MAGIC ||
+    /* The meta page the write transaction began from, copied: every field
+     * read from one moment. A reader's snapshot (verify, backups) holds
+     * its tree's pages, not its meta page, which the second commit after
+     * it writes again (a root read from that commit and a page count from
+     * the snapshot's named pages outside the file: found by a hostile
+     * tester, backups under writers refused as damaged). Another commit's
+     * meta page names a tree the snapshot's reader holds as well (its
+     * pages come from pages freed before the snapshot, and none it uses is
+     * given out while the reader lives), so either does; copied until two
+     * copies agree (LMDB writes it with a pwrite, which a map reader can
+     * see half done). */
+    v->meta_pgno = (txnid - 1) & 1;
+    const uint8_t *src = v->map + v->meta_pgno * psize;
+    uint8_t again[sizeof(v->meta_copy)];
+    for (int tries = 0;; tries++) {
+        memcpy(v->meta_copy, src, sizeof(v->meta_copy));
+        memcpy(again, src, sizeof(again));
+        if (memcmp(v->meta_copy, again, sizeof(again)) == 0)
+            break;
+        if (tries == 100)
+            return bad(v, v->meta_pgno, "a meta page that kept changing while it was read");
+    }
+    v->meta = v->meta_copy;
+    if (rd64(v->meta) != v->meta_pgno || !(rd16(v->meta + 10) & P_META) || rd32(v->meta + 16) != META_MAGIC ||
         rd32(v->meta + 20) != META_VERSION)
-        return bad(v, which, "a meta page that is not one");
+        return bad(v, v->meta_pgno, "a meta page that is not one");
     uint64_t last = rd64(v->meta + 136), in_map = map_len / psize;
     if (last < 1 || last >= in_map)
-        return bad(v, which, "a meta page naming more pages than are mapped");
+        return bad(v, v->meta_pgno, "a meta page naming more pages than are mapped");
     v->npages = last + 1;
     return true;
 }
@@ -513,7 +534,7 @@ bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize,
 /* The meta page's record of table i (0: free pages, 1: main). */
 static bool meta_tree(lp_view *v, unsigned i, tree_kind kind, tree *t)
 {
-    return read_db(v, (v->meta - v->map) / v->psize, v->meta + 40 + DBREC * i, kind, t);
+    return read_db(v, v->meta_pgno, v->meta + 40 + DBREC * i, kind, t);
 }
 
 bool lp_check_system(lp_view *v)

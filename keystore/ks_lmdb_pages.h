@@ -58,7 +58,9 @@
 
 typedef struct lp_view {
     const uint8_t *map;  /* the data file's map */
-    const uint8_t *meta; /* the meta page the write transaction began from */
+    const uint8_t *meta; /* the meta page the write transaction began from: meta_copy */
+    uint64_t meta_pgno;  /* its page (0 or 1) */
+    uint8_t meta_copy[160]; /* its header and MDB_meta up to mm_txnid (lp_view_init) */
     uint64_t npages;     /* pages in the committed file (and inside the map) */
     unsigned psize;
     uint64_t budget;     /* pages a whole-tree check may still read */
