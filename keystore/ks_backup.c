@@ -11,7 +11,10 @@
  * leaves nothing under the final name. A restore works in DIR/restore.tmp
  * (removed on every path, and at the start of the next restore if a kill
  * left it), checks that the copy is a complete LMDB file before mapping it,
- * verifies every record, and replaces data.mdb by rename only at the end. */
+ * verifies every record, and replaces data.mdb by rename only at the end.
+ * An export reseals its scratch copy (DIR/export.tmp) under the default key
+ * only once the copy's files are unlinked: a killed export leaves nothing
+ * under the default key behind. */
 #include "ks_internal.h"
 
 #include <errno.h>
@@ -200,6 +203,13 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
         rc = KS_ENOKEY;
     } else if ((rc = ks_open(dir, &cur, KS_OPEN_COPY, &copy, err)) == KS_OK) {
         uint8_t k[KS_KCV_LEN];
+        /* Resealed under the default key, the scratch copy must never be
+         * left in the keystore's directory, which a copy of the directory
+         * takes without the key file (a killed export left it there for
+         * anyone to open with master_key = default: a hostile tester). Its
+         * files are removed now; the open environment keeps them (by its
+         * descriptors and map) until it is closed, or the process dies. */
+        rm_tree(dir);
         ks_mkey_kcv(&dk, k);
         if (CRYPTO_memcmp(k, info.kcv, KS_KCV_LEN) != 0) /* not already on the default key */
             rc = ks_rekey(copy, &dk, 0, err);
