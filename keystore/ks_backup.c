@@ -213,6 +213,11 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
         ks_mkey_kcv(&dk, k);
         if (CRYPTO_memcmp(k, info.kcv, KS_KCV_LEN) != 0) /* not already on the default key */
             rc = ks_rekey(copy, &dk, 0, err);
+        if (rc == KS_ECORRUPT) { /* the copy is the keystore's as it is now */
+            char why[sizeof(err->msg)];
+            snprintf(why, sizeof(why), "%s", err->msg);
+            ks_err_set(err, "%s; nothing was exported: check the keystore with 'p11mk-admin verify'", why);
+        }
         if (rc == KS_OK)
             rc = ks_backup(copy, file, NULL, err);
         ks_close(copy);
@@ -359,10 +364,20 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
         uint64_t checked, failed;
         rc = ks_verify(copy, NULL, NULL, &checked, &failed);
         if (rc == KS_OK && failed) {
-            ks_err_set(err, "%llu of %llu records of %s fail to open or do not match its metadata; it is damaged, "
-                            "nothing was restored", (unsigned long long)failed, (unsigned long long)checked, file);
+            ks_err_set(err, "%s is damaged or altered (%llu of its %llu records fail to open or do not match its "
+                            "metadata); nothing was restored, the keystore is unchanged: restore another backup", file,
+                       (unsigned long long)failed, (unsigned long long)checked);
             rc = KS_EBADFILE;
         }
+    }
+    if (rc == KS_ECORRUPT) {
+        /* Found while the copy was read or resealed: the copy's damage, not
+         * the keystore's (whose record names the step's message gives). */
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : "a record in it failed authentication");
+        ks_err_set(err, "%s is damaged or altered (%s); nothing was restored, the keystore is unchanged: restore "
+                        "another backup", file, why);
+        rc = KS_EBADFILE;
     }
     if (rc == KS_OK && res && ks_get_info(copy, &ci) == KS_OK) {
         res->epoch = ci.epoch;

@@ -1424,6 +1424,15 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
         res = &mine;
     memset(res, 0, sizeof(*res));
     memset(&regs, 0, sizeof(regs));
+    /* A restore on a new host, or into a new place: the keystore's
+     * directory made as init makes it (0700), then the copy goes in. */
+    struct stat dsb;
+    if (stat(cfg->keystore, &dsb) != 0 && errno == ENOENT && ks_mkdir_p(cfg->keystore, true) != 0) {
+        int e = errno;
+        ks_err_set(err, "cannot create the keystore directory %s: %s; nothing was restored (create it, mode 0700, "
+                        "then restore again)", cfg->keystore, strerror(e));
+        return e == EACCES || e == EPERM || e == EROFS ? KS_EPERM : KS_EIO;
+    }
     if ((fd = lock_take(cfg->keystore, o, err)) < 0)
         return fd;
     ks_remove_scratch(cfg->keystore);

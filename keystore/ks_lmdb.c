@@ -80,6 +80,7 @@ struct ks_benv {
     uintptr_t map_lo;        /* where the map begins (0: unknown), under the resize lock */
     maps_other others;       /* the data file's mappings other environments made (map_base) */
     atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
+    bool copy;               /* KS_OPEN_COPY: a copy being made ready (its caller names the file given) */
     uint64_t page_memo[256]; /* pages checked in the write transaction (ks_lmdb_pages.h), under LMDB's writer lock */
     _Atomic(MDB_txn *) writer; /* the write transaction under way (its pages may be outside the map), or NULL */
     int gate;                /* the writer gate's descriptor's slot (ks_forkfd_get), -1: none (read-only) */
@@ -139,7 +140,10 @@ static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
 
 static int lm_fault(ks_benv *e)
 {
-    if (!e || !atomic_exchange(&e->fault_told, true))
+    if (e && e->copy && !atomic_exchange(&e->fault_told, true))
+        ks_log(KS_LOG_ERROR, "the copy in %s is damaged: LMDB %s while reading its file; nothing was changed", e->path,
+               ks_fault_what());
+    else if (!e || !atomic_exchange(&e->fault_told, true))
         ks_log(KS_LOG_ERROR, "keystore %s is damaged: LMDB %s while reading its file; nothing was changed; check it "
                              "with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
                e ? e->path : "(a copy being read)", ks_fault_what());
@@ -674,10 +678,15 @@ static int pages_for_key(MDB_txn *t, ks_table tab, lp_view *pv, const MDB_val *k
 /* After the frame: a damaged page is logged once, with where and what. */
 static int pages_told(ks_benv *e, int rc, const lp_view *pv)
 {
-    if (rc == LM_DAMAGED && !atomic_exchange(&e->fault_told, true))
-        ks_log(KS_LOG_ERROR, "keystore %s is damaged: page %llu of data.mdb holds %s; nothing was written; check it "
-                             "with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
-               e->path, (unsigned long long)pv->bad_pgno, pv->why ? pv->why : "what LMDB never writes");
+    if (rc == LM_DAMAGED && !atomic_exchange(&e->fault_told, true)) {
+        if (e->copy) /* not the keystore: the restore or export that made the copy says what to do */
+            ks_log(KS_LOG_ERROR, "the copy in %s is damaged: page %llu of its data.mdb holds %s; nothing was written",
+                   e->path, (unsigned long long)pv->bad_pgno, pv->why ? pv->why : "what LMDB never writes");
+        else
+            ks_log(KS_LOG_ERROR, "keystore %s is damaged: page %llu of data.mdb holds %s; nothing was written; check "
+                                 "it with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
+                   e->path, (unsigned long long)pv->bad_pgno, pv->why ? pv->why : "what LMDB never writes");
+    }
     return rc;
 }
 
@@ -1172,6 +1181,7 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
         lmdb_close(e);
         return KS_ENOMEM;
     }
+    e->copy = flags & KS_OPEN_COPY;
     int rc = env_open(e, flags, rdonly, err);
     if (rc == KS_OK)
         gate_setup(e, *rdonly);

@@ -235,12 +235,13 @@ static int pass_db(ks_txn *x, pass_arg *a, ks_rotstate *rs, ks_table tab, uint8_
                 free(rec);
             }
             if (rc != KS_OK) {
+                /* a copy being made ready (restore, export): its caller names the file */
+                const char *then = x->st->copy ? "" : "; check it with 'p11mk-admin verify'";
                 if (kind == KS_KIND_OBJECT)
-                    ks_err_set(a->err, "token %u object %llu cannot be resealed (%s); check it with 'p11mk-admin verify'",
-                               token, (unsigned long long)oid, ks_strerror(rc));
+                    ks_err_set(a->err, "token %u object %llu cannot be resealed (%s)%s", token,
+                               (unsigned long long)oid, ks_strerror(rc), then);
                 else
-                    ks_err_set(a->err, "token %u cannot be resealed (%s); check it with 'p11mk-admin verify'", token,
-                               ks_strerror(rc));
+                    ks_err_set(a->err, "token %u cannot be resealed (%s)%s", token, ks_strerror(rc), then);
                 break;
             }
             a->done++;

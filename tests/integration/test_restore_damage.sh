@@ -56,3 +56,33 @@ expect_rc 0 "$ADMIN" verify
 expect_rc 0 "$ADMIN" restore "$T/good.bak" --yes
 expect_rc 0 "$ADMIN" verify
 ok "$n truncated backups, random bytes, an empty file, a FIFO, a missing file: refused cleanly, nothing changed, no scratch left"
+
+# A copy with bytes changed in its records: the message names the copy as
+# damaged and the keystore as unchanged (it pointed the admin at verify,
+# which finds the keystore sound: a hostile tester).
+named=0
+for off in 8300 $((size / 3)) $((size / 2)) $((size - 5000)); do
+    cp "$T/good.bak" "$T/dmg.bak"
+    printf '\xff\x00\x5a' | dd of="$T/dmg.bak" bs=1 seek=$off conv=notrunc 2>/dev/null
+    set +e; "$ADMIN" restore "$T/dmg.bak" --yes >"$T/out" 2>&1; rc=$?; set -e
+    [ $rc -lt 128 ] || fail "restore of a copy changed at $off died from a signal"
+    [ $rc -ne 0 ] || { expect_rc 0 "$ADMIN" verify; continue; } # in a page's free space
+    grep -q "dmg.bak is damaged or altered" "$T/out" && grep -q "the keystore is unchanged" "$T/out" ||
+        { cat "$T/out"; fail "a damaged copy (changed at $off) is not named as the damaged one"; }
+    ! grep -q "check it with" "$T/out" || { cat "$T/out"; fail "a damaged copy's message sends the admin to verify"; }
+    named=$((named + 1))
+done
+[ $named -gt 0 ] || fail "no change in the copy was found damaged"
+expect_rc 0 "$ADMIN" verify
+
+# A restore where no keystore is yet (a new host, a new place): the
+# directory is made (0700), the copy goes in.
+key=$(sed -n 's/^master_key *= *//p' "$CONF")
+[ -n "$key" ] || fail "no key file in $CONF after a rotation"
+mkdir -p "$T/newhost"
+cp "$key" "$T/newhost/master.key"
+printf 'keystore = %s/newhost/ks\nmaster_key = %s/newhost/master.key\nlog = %s/p11mk.log\n' "$T" "$T" "$T" > "$T/newhost/p11mk.conf"
+P11MK_CONF=$T/newhost/p11mk.conf expect_rc 0 "$ADMIN" restore "$T/good.bak" --yes
+[ "$(stat -c %a "$T/newhost/ks")" = 700 ] || fail "the new keystore directory is not 0700"
+P11MK_CONF=$T/newhost/p11mk.conf expect_rc 0 "$ADMIN" verify
+ok "a damaged copy is named ($named of 4 changes found), the keystore said unchanged; a restore into a new directory makes it"
