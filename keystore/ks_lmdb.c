@@ -656,7 +656,7 @@ static bool pages_view(MDB_txn *t, lp_view *pv)
     memset(pv, 0, sizeof(*pv));
     if (!e->map_lo || mdb_env_info(e->env, &ei) != MDB_SUCCESS)
         return false;
-    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t)))
+    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t), false))
         return false;
     pv->memo = e->page_memo;
     pv->memo_mask = sizeof(e->page_memo) / sizeof(e->page_memo[0]) - 1;
@@ -930,7 +930,7 @@ static int pages_all(MDB_txn *t, lp_view *pv, uint64_t *live, uint64_t *freed, u
     if (!e->map_lo || mdb_env_info(e->env, &ei) != MDB_SUCCESS)
         return MDB_SUCCESS; /* the map's place unknown (logged at open) */
     /* the snapshot's meta page: the one a write beginning now would start from */
-    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t) + 1))
+    if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t) + 1, true))
         return LM_DAMAGED;
     if (live && freed && pv->npages <= cap) {
         pv->live = live;

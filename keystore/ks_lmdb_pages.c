@@ -491,36 +491,39 @@ static bool check_tree(lp_view *v, const tree *t, uint64_t pgno, unsigned level)
     return true;
 }
 
-bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid)
+bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid, bool snapshot)
 {
     memset(v, 0, sizeof(*v));
     v->map = map;
     v->psize = psize;
     if (!map || psize < 512 || psize > MAX_PSIZE || txnid == 0 || map_len < 2ull * psize)
         return bad(v, 0, "no map to read");
-    /* The meta page the write transaction began from, copied: every field
-     * read from one moment. A reader's snapshot (verify, backups) holds
-     * its tree's pages, not its meta page, which the second commit after
-     * it writes again (a root read from that commit and a page count from
-     * the snapshot's named pages outside the file: found by a hostile
-     * tester, backups under writers refused as damaged). Another commit's
-     * meta page names a tree the snapshot's reader holds as well (its
-     * pages come from pages freed before the snapshot, and none it uses is
-     * given out while the reader lives), so either does; copied until two
-     * copies agree (LMDB writes it with a pwrite, which a map reader can
-     * see half done). */
     v->meta_pgno = (txnid - 1) & 1;
-    const uint8_t *src = v->map + v->meta_pgno * psize;
-    uint8_t again[sizeof(v->meta_copy)];
-    for (int tries = 0;; tries++) {
-        memcpy(v->meta_copy, src, sizeof(v->meta_copy));
-        memcpy(again, src, sizeof(again));
-        if (memcmp(v->meta_copy, again, sizeof(again)) == 0)
-            break;
-        if (tries == 100)
-            return bad(v, v->meta_pgno, "a meta page that kept changing while it was read");
+    v->meta = v->map + v->meta_pgno * psize; /* the one LMDB's write transaction began from */
+    if (snapshot) {
+        /* A reader's snapshot (verify, backups) holds its tree's pages, not
+         * its meta page, which the second commit after it writes again (a
+         * root read from that commit and a page count from the snapshot's
+         * named pages outside the file: found by a hostile tester, backups
+         * under writers refused as damaged). So the meta page is copied:
+         * every field from one moment. Another commit's meta page names a
+         * tree the snapshot's reader holds as well (its pages come from
+         * pages freed before the snapshot, and none it uses is given out
+         * while the reader lives), so either does; copied until two copies
+         * agree (LMDB writes it with a pwrite, which a map reader can see
+         * half done). A write transaction holds LMDB's writer lock: no
+         * commit can write its meta page. */
+        uint8_t again[sizeof(v->meta_copy)];
+        for (int tries = 0;; tries++) {
+            memcpy(v->meta_copy, v->meta, sizeof(v->meta_copy));
+            memcpy(again, v->meta, sizeof(again));
+            if (memcmp(v->meta_copy, again, sizeof(again)) == 0)
+                break;
+            if (tries == 100)
+                return bad(v, v->meta_pgno, "a meta page that kept changing while it was read");
+        }
+        v->meta = v->meta_copy;
     }
-    v->meta = v->meta_copy;
     if (rd64(v->meta) != v->meta_pgno || !(rd16(v->meta + 10) & P_META) || rd32(v->meta + 16) != META_MAGIC ||
         rd32(v->meta + 20) != META_VERSION)
         return bad(v, v->meta_pgno, "a meta page that is not one");

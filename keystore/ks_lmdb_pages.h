@@ -58,9 +58,9 @@
 
 typedef struct lp_view {
     const uint8_t *map;  /* the data file's map */
-    const uint8_t *meta; /* the meta page the write transaction began from: meta_copy */
+    const uint8_t *meta; /* the meta page the write transaction began from (or meta_copy) */
     uint64_t meta_pgno;  /* its page (0 or 1) */
-    uint8_t meta_copy[160]; /* its header and MDB_meta up to mm_txnid (lp_view_init) */
+    uint8_t meta_copy[160]; /* a snapshot's: its header and MDB_meta up to mm_txnid (lp_view_init) */
     uint64_t npages;     /* pages in the committed file (and inside the map) */
     unsigned psize;
     uint64_t budget;     /* pages a whole-tree check may still read */
@@ -75,8 +75,11 @@ typedef struct lp_view {
 
 /* The committed state a write transaction with id txnid (mdb_txn_id: the
  * last commit's plus one) began from: its meta page, the number of pages
- * it uses. map_len: bytes mapped. false: the meta page is not one (v->why). */
-bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid);
+ * it uses. map_len: bytes mapped. snapshot: for a read transaction's
+ * snapshot (txnid: its id plus one), whose meta page a later commit may
+ * write again meanwhile: read once, into v->meta_copy. false: the meta
+ * page is not one (v->why). */
+bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid, bool snapshot);
 
 /* The main table and the free-page table, whole. */
 bool lp_check_system(lp_view *v);
