@@ -94,7 +94,7 @@ static void waiting_cb(const char *holder, void *arg)
 {
     progress *pr = arg;
     if (!pr->o->quiet)
-        fprintf(stderr, "p11mk-admin: waiting for another rotation step to finish (%s)...\n", holder);
+        fprintf(stderr, "p11mk-admin: waiting for another admin command on this keystore to finish (%s)...\n", holder);
 }
 
 static void progress_end(progress *pr)
@@ -551,8 +551,8 @@ int admin_set_master_key(const admin_opts *o)
         return rc;
     }
     if (v.rot_state != KS_ROT_IDLE) {
-        admin_error("a rotation is already under way (%s); finish it with 'p11mk-admin rewrap' and "
-                    "'p11mk-admin commit', or undo it with 'p11mk-admin abort'", ks_rot_state_name(v.rot_state));
+        admin_error("a rotation is already under way (%s): %s", ks_rot_state_name(v.rot_state),
+                    ks_rot_busy_advice(v.rot_state));
         rc = EXIT_STATE;
     }
     if (rc == EXIT_OK)

@@ -179,8 +179,8 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
     if ((rc = ks_get_info(st, &info)) != KS_OK)
         return rc;
     if (info.rot_state != KS_ROT_IDLE) {
-        ks_err_set(err, "a rotation is under way (%s); finish it (rewrap, commit) or abort it before exporting",
-                   ks_rot_state_name(info.rot_state));
+        ks_err_set(err, "a rotation is under way (%s); before exporting, %s", ks_rot_state_name(info.rot_state),
+                   ks_rot_busy_advice(info.rot_state));
         return KS_ESTATE;
     }
     snprintf(dir, sizeof(dir), "%s/export.tmp", ks_path(st));

@@ -1156,9 +1156,8 @@ static int do_rotate(step *s, const ks_mkey *key, unsigned flags, uint64_t now, 
     int rc;
 
     if (s->info.rot_state != KS_ROT_IDLE) {
-        ks_err_set(err, "a rotation is already under way (%s, epoch %u staged): finish it with 'p11mk-admin "
-                        "rewrap' and 'p11mk-admin commit' (or 'p11mk-admin auto-update run'), or undo it with "
-                        "'p11mk-admin abort'", ks_rot_state_name(s->info.rot_state), s->info.new_epoch);
+        ks_err_set(err, "a rotation is already under way (%s, epoch %u staged): %s",
+                   ks_rot_state_name(s->info.rot_state), s->info.new_epoch, ks_rot_busy_advice(s->info.rot_state));
         return KS_ESTATE;
     }
     if (!key && ks_fleet_shared(s->m->st)) {

@@ -38,6 +38,14 @@ const char *ks_rot_state_name(int state)
     }
 }
 
+const char *ks_rot_busy_advice(int state)
+{
+    if (state == KS_ROT_ABORTING)
+        return "an abort of it is under way: finish it with 'p11mk-admin abort'";
+    return "finish it with 'p11mk-admin rewrap' and 'p11mk-admin commit' (or 'p11mk-admin auto-update run'), or undo "
+           "it with 'p11mk-admin abort'";
+}
+
 /* ---- stage ----------------------------------------------------------------- */
 
 typedef struct {

@@ -159,7 +159,7 @@ expect_out "another rotation step is running"
 e_before=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')
 start=$(date +%s)
 expect_rc 0 "$ADMIN" rotate              # waits (default 10 s) for the holder, then rotates
-expect_out "waiting for another rotation step to finish \(pid 4242, rewrap"
+expect_out "waiting for another admin command on this keystore to finish \(pid 4242, rewrap"
 [ $(( $(date +%s) - start )) -ge 2 ] || fail "rotate did not wait for the lock holder"
 wait $lpid
 e_after=$("$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')

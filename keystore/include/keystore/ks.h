@@ -468,6 +468,8 @@ KS_API bool ks_libctx_load_legacy(void);
  * (a host without NEW could not read them) until it becomes STAGED. */
 enum { KS_ROT_IDLE = 0, KS_ROT_STAGED, KS_ROT_REWRAP, KS_ROT_READY, KS_ROT_ABORTING, KS_ROT_PENDING };
 KS_API const char *ks_rot_state_name(int state);
+/* What an admin does about a rotation in this state before another can begin. */
+KS_API const char *ks_rot_busy_advice(int state);
 
 typedef struct {
     uint64_t done;      /* records resealed by this call */
