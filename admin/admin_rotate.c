@@ -718,8 +718,7 @@ int admin_verify(const admin_opts *o)
             admin_error("cannot read the keystore: %s", ks_strerror(krc != KS_OK ? krc : KS_EIO));
             rc = EXIT_KEYSTORE;
         } else if (vc.file) {
-            printf("The keystore's file is damaged (above): reading may still work, writing is refused; restore "
-                   "it from a backup ('p11mk-admin restore').\n");
+            printf("The keystore's file is damaged (above); restore it from a backup ('p11mk-admin restore').\n");
             rc = EXIT_KEYSTORE;
         } else if (failed > whole) {
             printf("%llu of %llu records failed: restore the keystore from a backup, or delete the objects "
