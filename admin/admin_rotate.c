@@ -238,6 +238,10 @@ static int read_secret_file(const char *path, unsigned n, char secrets[][512])
             close(fd);
         return EXIT_USAGE;
     }
+    if (sb.st_mode & 0077) /* what it holds makes the master key */
+        fprintf(stderr, "p11mk-admin: warning: %s has mode %04o: other users may read the passphrase, which makes the "
+                        "master key; run: chmod 600 %s (or remove it once the key is set)\n",
+                path, (unsigned)(sb.st_mode & 0777), path);
     for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
         ssize_t len = getline(&line, &cap, f);
         if (len < 0) {
@@ -258,6 +262,14 @@ static int read_secret_file(const char *path, unsigned n, char secrets[][512])
             memcpy(secrets[i], line, (size_t)len + 1);
         }
     }
+    /* More parts than asked for: a key made of fewer than the file holds
+     * would not be the one its holders expect (empty lines at the end aside). */
+    for (ssize_t len; rc == EXIT_OK && (len = getline(&line, &cap, f)) >= 0;)
+        if (strspn(line, "\r\n") != (size_t)len) {
+            admin_error("%s holds more lines than the %u %s asked for; give --parts with the number of parts it "
+                        "holds", path, n, n > 1 ? "parts" : "passphrase");
+            rc = EXIT_USAGE;
+        }
     if (line)
         OPENSSL_cleanse(line, cap);
     free(line);

@@ -89,6 +89,16 @@ kcv_file=$(P11MK_CONF=$T/other.conf "$ADMIN" status --json | python3 -c 'import 
 printf 'Part-one-secret-A\n' > one.txt
 P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" stage --parts 2 --passphrase-file one.txt
 expect_out "too few lines"
+# More parts in the file than asked for: refused (a key of two of three
+# parts is not the key its three holders expect); a file others may read
+# is named in a warning (it holds what makes the master key).
+printf 'Part-one-secret-A\nPart-two-secret-B\nPart-three-secret-C\n\n' > three.txt
+chmod 644 three.txt
+P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" stage --parts 2 --passphrase-file three.txt
+expect_out "more lines than the 2 parts"
+expect_out "warning: three.txt has mode 0644"
+P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" stage --passphrase-file parts.txt
+expect_out "more lines than the 1 passphrase"
 expect_rc 2 "$ADMIN" stage --parts 1
 expect_rc 2 "$ADMIN" stage --parts 10
 expect_rc 0 "$ADMIN" verify
