@@ -476,8 +476,8 @@ state_loaded:
             char hex[2 * KS_KCV_LEN + 1];
             ks_kcv_hex(r->nxt_kcv, hex);
             ks_log(r->rs.state == KS_ROT_PENDING ? KS_LOG_INFO : KS_LOG_ERROR, "keystore %s: the staged master key of epoch %u (check value %s) is not in %s; "
-                   "records under it cannot be used here until the key file holds it (or the rotation is "
-                   "aborted with: p11mk-admin abort)", st->path, r->rs.nxt, hex,
+                   "records under it cannot be used here until the key file holds it (an abort with "
+                   "'p11mk-admin abort' needs it too, once records were resealed under it)", st->path, r->rs.nxt, hex,
                    st->keysrc[0] ? st->keysrc : "the configuration (built-in default key)");
         }
     }
@@ -642,9 +642,9 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
         /* Not damage: a rotation resealed it under its staged key, which this
          * process was not given (ring_build said which key is missing). */
         ks_err_set(err, "keystore %s: its index key is sealed under master key epoch %u, whose key %s does not "
-                        "hold (a rotation to it is under way): put the staged key in the key file (as the "
-                        "rotation's stage step did on the host that ran it), or abort the rotation with: "
-                        "p11mk-admin abort",
+                        "hold (a rotation to it is under way): put the staged key back in the key file (as the "
+                        "rotation's stage step did on the host that ran it; a copy of the key file made since the "
+                        "stage holds it). Nothing can open what is sealed under it until then, an abort neither",
                    st->path, rec_epoch, st->keysrc[0] ? st->keysrc : "the key this process was given (no key file)");
         return KS_ENOKEY;
     }
