@@ -1406,6 +1406,19 @@ static int restore_gate(const ks_peek_ids *live, const uint8_t copy_ksid[16], vo
     return ks_err_in(err, KS_AREA_KEY, KS_EPERM);
 }
 
+/* A keystore directory a failed restore made: the lock files it made in
+ * it, then the directory (left if anything else is in it). */
+static void remove_made_dir(const char *dir)
+{
+    static const char *const made[] = {"rotation.lock", "users.lock", "lock.mdb"};
+    char p[4200];
+    for (size_t i = 0; i < sizeof(made) / sizeof(made[0]); i++)
+        if (snprintf(p, sizeof(p), "%s/%s", dir, made[i]) < (int)sizeof(p))
+            (void)unlink(p);
+    ks_remove_scratch(dir);
+    (void)rmdir(dir);
+}
+
 int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, ks_mk_result *res, ks_err *err)
 {
     ks_registers regs;
@@ -1424,16 +1437,33 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
     memset(res, 0, sizeof(*res));
     memset(&regs, 0, sizeof(regs));
     /* A restore on a new host, or into a new place: the keystore's
-     * directory made as init makes it (0700), then the copy goes in. */
+     * directory made as init makes it (0700), then the copy goes in; if
+     * the restore fails, the directory goes again (made_dir). */
     struct stat dsb;
-    if (stat(cfg->keystore, &dsb) != 0 && errno == ENOENT && ks_mkdir_p(cfg->keystore, true) != 0) {
+    bool made_dir = false;
+    if (stat(cfg->keystore, &dsb) != 0) {
         int e = errno;
-        ks_err_set(err, "cannot create the keystore directory %s: %s; nothing was restored (create it, mode 0700, "
-                        "then restore again)", cfg->keystore, strerror(e));
-        return e == EACCES || e == EPERM || e == EROFS ? KS_EPERM : KS_EIO;
+        if (e == ENOENT && lstat(cfg->keystore, &dsb) == 0) {
+            ks_err_set(err, "the keystore path %s is a symbolic link to nothing; nothing was restored (name a "
+                            "directory in the configuration)", cfg->keystore);
+            return KS_EINVAL;
+        }
+        if (e != ENOENT || ks_mkdir_p(cfg->keystore, true) != 0) {
+            e = e != ENOENT ? e : errno;
+            ks_err_set(err, "cannot create the keystore directory %s: %s; nothing was restored (create it, mode "
+                            "0700, then restore again)", cfg->keystore, strerror(e));
+            return e == EACCES || e == EPERM || e == EROFS ? KS_EPERM : KS_EIO;
+        }
+        made_dir = true;
+    } else if (!S_ISDIR(dsb.st_mode)) {
+        ks_err_set(err, "the keystore path %s is not a directory; nothing was restored", cfg->keystore);
+        return KS_EINVAL;
     }
-    if ((fd = lock_take(cfg->keystore, o, err)) < 0)
+    if ((fd = lock_take(cfg->keystore, o, err)) < 0) {
+        if (made_dir)
+            (void)rmdir(cfg->keystore);
         return fd;
+    }
     ks_remove_scratch(cfg->keystore);
     /* The registers, read under the lock: the copy may be sealed under any of
      * them; it is resealed under CURRENT. */
@@ -1472,6 +1502,8 @@ int ks_mk_restore(const ks_config *cfg, const char *file, const ks_mk_opts *o, k
 out:
     ks_mkey_clear(&cur);
     ks_reg_clear(&regs);
+    if (rc != KS_OK && made_dir) /* nothing was restored: the new directory goes, with what the attempt made */
+        remove_made_dir(cfg->keystore);
     lock_release(fd);
     return rc;
 }

@@ -136,6 +136,7 @@ static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
 #define LM_FAULT (-39999)
 #define LM_DAMAGED (-39998) /* a page a write would copy is not sound (ks_lmdb_pages.h) */
 #define LM_UNSEEN (-39997) /* damage only a whole-file check sees (lp_view.unseen) */
+#define LM_MOVED (-39996)  /* a snapshot's meta page already rewritten by a later commit: take another */
 #define LM(e, rc, expr) KS_FAULT_GUARD(rc, lm_fault(e), expr)
 
 static int lm_fault(ks_benv *e)
@@ -931,7 +932,7 @@ static int pages_all(MDB_txn *t, lp_view *pv, uint64_t *live, uint64_t *freed, u
         return MDB_SUCCESS; /* the map's place unknown (logged at open) */
     /* the snapshot's meta page: the one a write beginning now would start from */
     if (!lp_view_init(pv, (const void *)e->map_lo, ei.me_mapsize, e->psize, (uint64_t)mdb_txn_id(t) + 1, true))
-        return LM_DAMAGED;
+        return pv->moved ? LM_MOVED : LM_DAMAGED;
     if (live && freed && pv->npages <= cap) {
         pv->live = live;
         pv->freed = freed;
@@ -971,6 +972,22 @@ static int check_pages(ks_benv *e, bool free_lists, char *why, size_t n)
     }
     rc = pages_framed(bt, &pv, live, freed, words * 64);
     lmdb_read_end(bt);
+    /* A reader held up while commits ran: a new snapshot, its meta page
+     * read at once (a few tries; then the keystore is said to be busy). */
+    for (int tries = 0; rc == LM_MOVED && tries < 20; tries++) {
+        if (live)
+            memset(live, 0, words * sizeof(uint64_t));
+        if (freed)
+            memset(freed, 0, words * sizeof(uint64_t));
+        int brc = txn_begin(e, MDB_RDONLY, &bt);
+        if (brc != KS_OK) {
+            free(live);
+            free(freed);
+            return brc;
+        }
+        rc = pages_framed(bt, &pv, live, freed, words * 64);
+        lmdb_read_end(bt);
+    }
     free(live);
     free(freed);
     if (rc == LM_DAMAGED)
@@ -983,7 +1000,10 @@ static int check_pages(ks_benv *e, bool free_lists, char *why, size_t n)
     else if (rc == LM_FAULT)
         snprintf(why, n, "data.mdb is damaged: reading its pages, LMDB %s; restore the keystore from a backup",
                  ks_fault_what());
-    return lmdb_err(rc);
+    else if (rc == LM_MOVED)
+        snprintf(why, n, "the keystore changed faster than its pages could be read (each snapshot's meta page was "
+                 "rewritten before it was read); run it again");
+    return rc == LM_MOVED ? KS_EBUSY : lmdb_err(rc);
 }
 
 static int lmdb_check_pages(ks_benv *e, char *why, size_t n) { return check_pages(e, true, why, n); }

@@ -506,13 +506,11 @@ bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize,
          * root read from that commit and a page count from the snapshot's
          * named pages outside the file: found by a hostile tester, backups
          * under writers refused as damaged). So the meta page is copied:
-         * every field from one moment. Another commit's meta page names a
-         * tree the snapshot's reader holds as well (its pages come from
-         * pages freed before the snapshot, and none it uses is given out
-         * while the reader lives), so either does; copied until two copies
-         * agree (LMDB writes it with a pwrite, which a map reader can see
-         * half done). A write transaction holds LMDB's writer lock: no
-         * commit can write its meta page. */
+         * every field from one moment, copied until two copies agree
+         * (LMDB writes it with a pwrite, which a map reader can see half
+         * done), and it must be the snapshot's own (its transaction id).
+         * A write transaction holds LMDB's writer lock: no commit can
+         * write its meta page. */
         uint8_t again[sizeof(v->meta_copy)];
         for (int tries = 0;; tries++) {
             memcpy(v->meta_copy, v->meta, sizeof(v->meta_copy));
@@ -523,6 +521,13 @@ bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize,
                 return bad(v, v->meta_pgno, "a meta page that kept changing while it was read");
         }
         v->meta = v->meta_copy;
+        /* Some other commit's (the snapshot's reader was held up while two
+         * or more commits ran): its pages may lie past this process's map,
+         * grown by another; the caller takes a new snapshot (v->moved). */
+        if (rd64(v->meta + 144) != txnid - 1) {
+            v->moved = true;
+            return bad(v, v->meta_pgno, "a meta page of a later commit than the snapshot's");
+        }
     }
     if (rd64(v->meta) != v->meta_pgno || !(rd16(v->meta + 10) & P_META) || rd32(v->meta + 16) != META_MAGIC ||
         rd32(v->meta + 20) != META_VERSION)

@@ -71,13 +71,15 @@ typedef struct lp_view {
     uint64_t bad_pgno;   /* on failure: the page found wrong */
     const char *why;     /* on failure: what was wrong with it */
     bool unseen;         /* on failure: a finding of live/freed, which a write does not check */
+    bool moved;          /* on failure: a snapshot's meta page was already a later commit's (not damage) */
 } lp_view;
 
 /* The committed state a write transaction with id txnid (mdb_txn_id: the
  * last commit's plus one) began from: its meta page, the number of pages
  * it uses. map_len: bytes mapped. snapshot: for a read transaction's
  * snapshot (txnid: its id plus one), whose meta page a later commit may
- * write again meanwhile: read once, into v->meta_copy. false: the meta
+ * write again meanwhile: read once, into v->meta_copy; false with v->moved
+ * when a later commit already did (take a new snapshot). false: the meta
  * page is not one (v->why). */
 bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize, uint64_t txnid, bool snapshot);
 

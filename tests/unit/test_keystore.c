@@ -26,6 +26,7 @@
 
 #include "keystore/ks.h"
 #include "keystore/ks_internal.h"
+#include "keystore/ks_lmdb_pages.h"
 #include "keystore/ks_tamper.h"
 #include "tests/unit/ks_test_util.h"
 
@@ -2372,6 +2373,44 @@ static void test_killed_export_leaves_no_default_copy(void **state)
     rm_rf(dir);
 }
 
+/* A reader's snapshot whose meta page a later commit already rewrote (its
+ * reader held up while two or more commits ran, the file grown past this
+ * process's map meanwhile: a hostile tester stopped verify there and got
+ * "a meta page naming more pages than are mapped" on a sound keystore):
+ * not damage, a new snapshot (v.moved). A write transaction's view reads
+ * the meta page as it is (LMDB's writer lock keeps it). */
+static void put_meta(uint8_t *map, unsigned pg, uint64_t txnid, uint64_t last)
+{
+    uint8_t *m = map + pg * 4096;
+    uint64_t pgno = pg;
+    uint16_t flags = 0x08; /* P_META */
+    uint32_t magic = 0xBEEFC0DEu, version = 1;
+    memset(m, 0, 4096);
+    memcpy(m, &pgno, 8);
+    memcpy(m + 10, &flags, 2);
+    memcpy(m + 16, &magic, 4);
+    memcpy(m + 20, &version, 4);
+    memcpy(m + 136, &last, 8);
+    memcpy(m + 144, &txnid, 8);
+}
+
+static void test_snapshot_meta_moved(void **state)
+{
+    (void)state;
+    static uint8_t map[4 * 4096];
+    lp_view v;
+    put_meta(map, 0, 4, 2);
+    put_meta(map, 1, 5, 3);
+    assert_true(lp_view_init(&v, map, sizeof(map), 4096, 6, true)); /* snapshot 5: its own meta page */
+    assert_int_equal(v.npages, 4);
+    put_meta(map, 1, 7, 9); /* commits 6 and 7 ran: page 1 is 7's, naming pages past the map */
+    assert_false(lp_view_init(&v, map, sizeof(map), 4096, 6, true));
+    assert_true(v.moved);
+    put_meta(map, 1, 7, 3);
+    assert_true(lp_view_init(&v, map, sizeof(map), 4096, 8, false)); /* a write transaction after 7 */
+    assert_false(v.moved);
+}
+
 /* A file whose page count LMDB's compacting copy does not expect (a page
  * leak: the meta pages name 3 pages more than the trees and the free list
  * hold) still backs up: copied as it is, every record opens in the copy. */
@@ -2539,6 +2578,7 @@ int main(void)
         cmocka_unit_test(test_damaged_pages_refuse_writes),
         cmocka_unit_test(test_free_list_damage_is_reported),
         cmocka_unit_test(test_page_checks_under_writers),
+        cmocka_unit_test(test_snapshot_meta_moved),
         cmocka_unit_test(test_killed_export_leaves_no_default_copy),
         cmocka_unit_test(test_backup_of_leaky_file),
         cmocka_unit_test(test_secmem),
