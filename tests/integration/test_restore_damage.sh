@@ -85,4 +85,17 @@ printf 'keystore = %s/newhost/ks\nmaster_key = %s/newhost/master.key\nlog = %s/p
 P11MK_CONF=$T/newhost/p11mk.conf expect_rc 0 "$ADMIN" restore "$T/good.bak" --yes
 [ "$(stat -c %a "$T/newhost/ks")" = 700 ] || fail "the new keystore directory is not 0700"
 P11MK_CONF=$T/newhost/p11mk.conf expect_rc 0 "$ADMIN" verify
+# A failed restore there leaves no directory behind; a dangling link or a
+# file where the directory belongs is refused before anything is made.
+sed -i "s|^keystore = .*|keystore = $T/newhost/ks2|" "$T/newhost/p11mk.conf"
+P11MK_CONF=$T/newhost/p11mk.conf expect_rc 1 "$ADMIN" restore "$T/noise.bak" --yes
+[ ! -e "$T/newhost/ks2" ] || fail "a failed restore left the directory it made: $(ls -A "$T/newhost/ks2")"
+ln -s "$T/newhost/nowhere" "$T/newhost/ks2"
+P11MK_CONF=$T/newhost/p11mk.conf expect_rc 1 "$ADMIN" restore "$T/good.bak" --yes
+expect_out "symbolic link to nothing"
+[ ! -e "$T/newhost/nowhere" ] || fail "a restore followed a dangling link"
+rm "$T/newhost/ks2"
+: > "$T/newhost/ks2"
+P11MK_CONF=$T/newhost/p11mk.conf expect_rc 1 "$ADMIN" restore "$T/good.bak" --yes
+expect_out "not a directory"
 ok "a damaged copy is named ($named of 4 changes found), the keystore said unchanged; a restore into a new directory makes it"
