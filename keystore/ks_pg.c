@@ -173,6 +173,8 @@ struct ks_benv {
     _Atomic uint32_t listen_lost; /* times the listener's connection was lost (resume) */
     pthread_t listener;
     bool listening;
+    pid_t listener_pid;   /* the process whose thread it is (a fork child's list holds its parent's) */
+    bool exit_joined;     /* joined by listeners_at_exit (listeners_mx) */
     int stop[2]; /* the listener's stop pipe */
     pthread_mutex_t work; /* held by the listener except while it waits in poll() (listener_poll) */
     bool fork_holds;      /* the fork handler took `work` (listeners_mx) */
@@ -1543,7 +1545,8 @@ static void pg_close(ks_benv *e)
     if (e->listening) {
         ssize_t w = write(e->stop[1], "x", 1);
         (void)w;
-        pthread_join(e->listener, NULL);
+        if (!e->exit_joined) /* a C_Finalize from an exit handler after listeners_at_exit */
+            pthread_join(e->listener, NULL);
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old); /* no forking handler while listeners_mx is held */
@@ -1702,6 +1705,39 @@ static int pg_open(const char *path, const char *target, unsigned flags, bool *r
     return KS_OK;
 }
 
+/* An application that exits without C_Finalize (many do) while a listener
+ * connects: exit() runs OpenSSL's atexit cleanup, then the destructors of
+ * libpq and what it loaded, under the listener's feet (seen once: SIGSEGV at
+ * exit in test_pg_terminate under ASan, a run that returned from main
+ * without C_Finalize while the server cut connections). This process's
+ * listeners are stopped and joined first: registered when the first one
+ * starts, after OpenSSL and libpq were loaded, so that it runs before their
+ * cleanups (atexit runs in reverse order; the module stays mapped, -z
+ * nodelete). A fork child leaves its parent's alone (not its threads, and
+ * their stop pipes are shared). Bounded: a listener still running after 2 s
+ * is left; a thread holding the list (exit from inside an operation) leaves
+ * them all. */
+static void listeners_at_exit(void)
+{
+    if (pthread_mutex_trylock(&listeners_mx) != 0)
+        return;
+    pid_t me = getpid();
+    for (ks_benv *e = listeners; e; e = e->next_listener)
+        if (e->listening && e->listener_pid == me) {
+            ssize_t w = write(e->stop[1], "x", 1);
+            (void)w;
+        }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 2;
+    for (ks_benv *e = listeners; e; e = e->next_listener)
+        if (e->listening && e->listener_pid == me && !e->exit_joined)
+            e->exit_joined = pthread_timedjoin_np(e->listener, NULL, &until) == 0;
+    pthread_mutex_unlock(&listeners_mx);
+}
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static void exit_register(void) { (void)atexit(listeners_at_exit); }
+
 static void listen_start(ks_benv *e)
 {
     if (e->listening || pipe2(e->stop, O_CLOEXEC) != 0)
@@ -1711,9 +1747,11 @@ static void listen_start(ks_benv *e)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_once(&exit_once, exit_register);
     pthread_mutex_lock(&listeners_mx);
     e->listening = pthread_create(&e->listener, NULL, listen_main, e) == 0;
     if (e->listening) {
+        e->listener_pid = getpid();
         e->next_listener = listeners;
         listeners = e;
     }
