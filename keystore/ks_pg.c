@@ -1707,7 +1707,7 @@ static int pg_open(const char *path, const char *target, unsigned flags, bool *r
 
 /* An application that exits without C_Finalize (many do) while a listener
  * connects: exit() runs OpenSSL's atexit cleanup, then the destructors of
- * libpq and what it loaded, under the listener's feet (seen once: SIGSEGV at
+ * libpq and what it loaded, under the listener's feet (seen: SIGSEGV at
  * exit in test_pg_terminate under ASan, a run that returned from main
  * without C_Finalize while the server cut connections). This process's
  * listeners are stopped and joined first: registered when the first one
