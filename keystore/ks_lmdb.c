@@ -751,14 +751,27 @@ static int del_prefix(MDB_txn *t, ks_table tab, lp_view *pv, const void *prefix,
     int rc;
     if ((rc = mdb_cursor_open(t, D(t, tab), &c)) != MDB_SUCCESS)
         return rc;
-    MDB_val k = V(prefix, pl), v;
-    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    MDB_val k, v, p = V(prefix, pl);
+    /* The search for the prefix is checked before it runs, not only the key
+     * it finds: a damaged page on the prefix's path (a pointer array longer
+     * than the page) sent the search into other bytes. A key of another
+     * table found there has a sound path of its own: the delete then copied
+     * the damaged page into LMDB's heap (one page's mp_lower edited, a
+     * token's records deleted: glibc's "free(): invalid size"); a key
+     * without the prefix ended the deletion, reported done with nothing
+     * deleted. test_keystore test_damaged_walks_refuse_writes. */
+    rc = pages_for_key(t, tab, pv, &p, NULL, true);
+    if (rc == MDB_SUCCESS) {
+        k = p;
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    }
     while (rc == MDB_SUCCESS && k.mv_size >= pl && memcmp(k.mv_data, prefix, pl) == 0) {
         /* the key is in the map or this transaction's pages: read before the delete frees it */
         if ((rc = pages_for_key(t, tab, pv, &k, NULL, true)) != MDB_SUCCESS ||
-            (rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS)
+            (rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS ||
+            (rc = pages_for_key(t, tab, pv, &p, NULL, true)) != MDB_SUCCESS)
             break;
-        k = V(prefix, pl);
+        k = p;
         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
     }
     mdb_cursor_close(c);
