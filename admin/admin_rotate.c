@@ -90,11 +90,11 @@ static int progress_cb(const ks_rot_progress *p, void *arg)
     return 0;
 }
 
-static void waiting_cb(const char *holder, void *arg)
+static void waiting_cb(const char *what, void *arg)
 {
     progress *pr = arg;
     if (!pr->o->quiet)
-        fprintf(stderr, "p11mk-admin: waiting for another admin command on this keystore to finish (%s)...\n", holder);
+        fprintf(stderr, "p11mk-admin: waiting for %s...\n", what);
 }
 
 static void progress_end(progress *pr)

@@ -328,6 +328,25 @@ static inline uint64_t ks_get_be64(const uint8_t *p)
     return (uint64_t)ks_get_be32(p) << 32 | ks_get_be32(p + 4);
 }
 
+/* ---- the writer gate's bounded wait (ks_gatewait.c) ----
+ * Set for its thread by a master-key step while it holds its locks
+ * (ks_lifecycle.c); NULL: the gate is waited for without a bound, as
+ * applications do. waiting is called once, after KS_GATE_TELL_MS, with
+ * what the step waits for (the holder named when it can be seen). */
+typedef struct {
+    unsigned wait_ms; /* at least KS_GATE_WAIT_MIN_MS: a write takes milliseconds */
+    void (*waiting)(const char *what, void *arg);
+    void *arg;
+} ks_gate_bound;
+extern _Thread_local const ks_gate_bound *ks_gate_bound_here;
+enum { KS_GATE_WAIT_MIN_MS = 2000, KS_GATE_TELL_MS = 1000 };
+/* The OFD write lock on byte at of fd: 0, ETIMEDOUT when b's time ran out
+ * (logged, naming the holder), or an errno. path: for the message. */
+int ks_gate_lock_bounded(int fd, off_t at, const ks_gate_bound *b, const char *path);
+/* A bounded wait given up on in this process still waits for the gate
+ * (it lets it go as soon as it has it); no other wait may begin meanwhile. */
+bool ks_gate_orphans(void);
+
 /* A public function's result, with the area of its failure recorded. */
 static inline int ks_err_in(ks_err *e, ks_area area, int rc)
 {

@@ -47,6 +47,7 @@ struct ks_mk {
     unsigned keymode;
     ks_store *st;
     char host[256]; /* this host's name in a fleet (ks_fleet.c) */
+    ks_gate_bound gate; /* the writer gate's bound while a step holds its locks (locks_take) */
 };
 
 /* What a step works on: everything read afresh under the lock. */
@@ -162,8 +163,12 @@ static int lock_take(const char *dir, const ks_mk_opts *o, ks_err *err)
             close(fd);
             return KS_EBUSY;
         }
-        if (!told && o->waiting)
-            o->waiting(holder[0] ? holder : "holder unknown", o->arg);
+        if (!told && o->waiting) {
+            char what[400];
+            snprintf(what, sizeof(what), "another admin command on this keystore to finish (%s)",
+                     holder[0] ? holder : "holder unknown");
+            o->waiting(what, o->arg);
+        }
         told = true;
         struct timespec nap = {0, 50 * 1000 * 1000};
         nanosleep(&nap, NULL);
@@ -226,8 +231,11 @@ static int global_take(const ks_backend_ops *ops, ks_benv *be, const char *path,
             *h = NULL;
             return KS_EBUSY;
         }
-        if (!told && o->waiting)
-            o->waiting(holder, o->arg);
+        if (!told && o->waiting) {
+            char what[400];
+            snprintf(what, sizeof(what), "another admin command on this keystore from another host to finish (%s)", holder);
+            o->waiting(what, o->arg);
+        }
         told = true;
         struct timespec nap = {0, 100 * 1000 * 1000};
         nanosleep(&nap, NULL);
@@ -250,12 +258,17 @@ static int locks_take(ks_mk *m, const ks_mk_opts *o, int *fd, void **g, ks_err *
     if (rc != KS_OK) {
         lock_release(*fd);
         *fd = -1;
+    } else if (o) { /* the step's writes wait for an application's no longer than for another step */
+        m->gate = (ks_gate_bound){o->wait_ms, o->waiting, o->arg};
+        ks_gate_bound_here = &m->gate;
     }
     return rc;
 }
 
 static void locks_release(ks_mk *m, int fd, void *g)
 {
+    if (ks_gate_bound_here == &m->gate)
+        ks_gate_bound_here = NULL;
     global_release(m->st->ops, g);
     lock_release(fd);
 }

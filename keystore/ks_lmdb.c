@@ -288,6 +288,7 @@ static int lmdb_err(int rc)
     case EACCES:
     case EPERM: return KS_EPERM;
     case EROFS: return KS_EROFS;
+    case ETIMEDOUT: return KS_EBUSY; /* the writer gate, waited for as long as a master-key step may */
     case MDB_VERSION_MISMATCH:
     case MDB_INVALID: return KS_EVERSION;
     case MDB_CORRUPTED:
@@ -504,12 +505,25 @@ static int gate_take(ks_benv *e)
 {
     if (e->gate < 0)
         return MDB_SUCCESS;
+    const ks_gate_bound *b = ks_gate_bound_here; /* a master-key step's thread: a bounded wait (ks_gatewait.c) */
     while (sem_wait(&e->gate_sem) != 0)
         if (errno != EINTR)
             return errno;
-    int fd = ks_forkfd_get(e->gate), rc = fd < 0 ? EBADF : gate_lock(fd, F_WRLCK);
+    int fd = ks_forkfd_get(e->gate), rc;
+    if (fd < 0) {
+        rc = EBADF;
+    } else if (b) {
+        rc = ks_gate_lock_bounded(fd, GATE_AT, b, e->path);
+    } else {
+        while (ks_gate_orphans()) { /* a step's wait given up on, in this process: never in an application */
+            struct timespec nap = {0, 10 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+        }
+        rc = gate_lock(fd, F_WRLCK);
+    }
     if (rc != 0) {
-        ks_log(KS_LOG_ERROR, "keystore %s: cannot take the writer gate: %s", e->path, strerror(rc));
+        if (rc != ETIMEDOUT) /* logged where it was given up on */
+            ks_log(KS_LOG_ERROR, "keystore %s: cannot take the writer gate: %s", e->path, strerror(rc));
         sem_post(&e->gate_sem);
     }
     return rc;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -786,6 +787,122 @@ static void test_lock_excludes_and_waits(void **state)
     unlink(lp);
 }
 
+/* An application inside a write holds the keystore's writer gate: a step
+ * waits for it (told after a second who holds it) as long as its wait
+ * allows, and no longer. A hostile tester's application, stopped inside a
+ * write, held every step up without a word, whatever --wait said. */
+typedef struct {
+    int ready;  /* a pipe's write end: told once the write is under way */
+    bool stop;  /* stop (SIGSTOP) inside the write, else sleep 1.5 s */
+} hold_arg;
+
+static int hold_fn(ks_txn *t, void *arg)
+{
+    hold_arg *h = arg;
+    put_arg a = {.tid = 0, .data = "held"};
+    int rc = put_fn(t, &a);
+    if (rc == KS_OK && write(h->ready, "x", 1) == 1) {
+        if (h->stop)
+            raise(SIGSTOP);
+        else
+            usleep(1500000);
+    }
+    return rc;
+}
+
+static pid_t holder_start(fx *f, bool stop)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ks_err e = KS_ERR_INIT;
+        ks_mkey mk;
+        ks_store *st;
+        close(p[0]);
+        hold_arg h = {p[1], stop};
+        if (ks_mkey_load(&f->cfg, &mk, &e) != KS_OK || ks_open(f->ks, &mk, 0, &st, &e) != KS_OK)
+            _exit(2);
+        int rc = ks_write(st, hold_fn, &h);
+        ks_close(st);
+        _exit(rc == KS_OK ? 0 : 1);
+    }
+    close(p[1]);
+    char c;
+    assert_int_equal(read(p[0], &c, 1), 1); /* 0: the child failed before its write */
+    close(p[0]);
+    if (stop) {
+        int status;
+        assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);
+        assert_true(WIFSTOPPED(status));
+    }
+    return pid;
+}
+
+static void told_what(const char *what, void *arg)
+{
+    snprintf(arg, 512, "%s", what);
+}
+
+static long ms_between(const struct timespec *a, const struct timespec *b)
+{
+    return (b->tv_sec - a->tv_sec) * 1000 + (b->tv_nsec - a->tv_nsec) / 1000000;
+}
+
+static void test_writer_gate_bounds_a_step(void **state)
+{
+    fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    char what[512] = "", pidstr[32];
+    struct timespec t0, t1;
+    int status;
+    ks_mk_opts o = {.wait_ms = 2500, .waiting = told_what, .arg = what};
+
+    /* A write that ends within the bound: the step waits for it, and says so after a second. */
+    pid_t pid = holder_start(f, false);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(ks_mk_set_auto(f->m, 3600, &o, &res, &err), KS_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(ms_between(&t0, &t1) >= 1000);
+    snprintf(pidstr, sizeof(pidstr), "pid %ld (", (long)pid);
+    assert_non_null(strstr(what, "a write to the keystore by"));
+    assert_non_null(strstr(what, pidstr));
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    /* A writer stopped inside its write: the step gives up at its bound, named, nothing written. */
+    what[0] = '\0';
+    pid = holder_start(f, true);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(ks_mk_set_auto(f->m, 7200, &o, &res, &err), KS_EBUSY);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    fprintf(stderr, "gave up after %ld ms: %s\n  told: %s\n", ms_between(&t0, &t1), err.msg, what);
+    assert_true(ms_between(&t0, &t1) >= 2500 && ms_between(&t0, &t1) < 20000);
+    snprintf(pidstr, sizeof(pidstr), "pid %ld (", (long)pid);
+    assert_non_null(strstr(what, pidstr));
+    ks_info info;
+    ks_store *st = NULL;
+    ks_mkey mk;
+    assert_int_equal(ks_mkey_load(&f->cfg, &mk, &err), KS_OK);
+    assert_int_equal(ks_open(f->ks, &mk, KS_OPEN_RDONLY, &st, &err), KS_OK); /* a reader needs no gate */
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.auto_interval, 3600);
+    ks_close(st);
+
+    /* Let go: the application's write commits, and the step then goes through. */
+    assert_int_equal(kill(pid, SIGCONT), 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(ks_mk_set_auto(f->m, 7200, &o, &res, &err), KS_OK);
+    assert_int_equal(ks_open(f->ks, &mk, KS_OPEN_RDONLY, &st, &err), KS_OK);
+    assert_int_equal(ks_get_info(st, &info), KS_OK);
+    assert_int_equal(info.auto_interval, 7200);
+    ks_close(st);
+    ks_mkey_clear(&mk);
+}
+
 /* ---- automatic rotation ---------------------------------------------------------------- */
 
 static void test_auto_update_decision(void **state)
@@ -1131,6 +1248,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_repair_each_half_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expectation_refuses_and_writes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_excludes_and_waits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_gate_bounds_a_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auto_update_decision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auto_run_finishes_interrupted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lived_process_follows_250_rotations, setup, teardown),

@@ -547,7 +547,11 @@ KS_API void ks_mk_view_free(ks_mk_view *v);
 typedef struct {
     const ks_mk_view *expect; /* refuse (KS_ECHANGED) unless the state is still this one */
     unsigned wait_ms;         /* how long to wait for another step's lock */
-    void (*waiting)(const char *holder, void *arg); /* called once if we wait */
+    /* Called once if the step waits, with what for ("another admin command
+     * ... to finish (holder)", at once) or, its locks held, a write by an
+     * application ("a write ... to end", after a second; at most
+     * max(wait_ms, 2 s), then KS_EBUSY). */
+    void (*waiting)(const char *what, void *arg);
     size_t batch;             /* records per rewrap transaction (0: 2000) */
     ks_rot_cb progress;       /* after each batch; non-zero stops (resumable) */
     void *arg;                /* for waiting and progress */
