@@ -417,9 +417,11 @@ static int reg_save_impl(const char *path, const ks_registers *r, bool create, k
 
     /* Keep the owner, group and mode of the file being replaced (a system
      * keystore's key file belongs to its service user, perhaps group-readable
-     * as key_file_mode allows); a new file is 0600 and ours. */
+     * as key_file_mode allows, perhaps read-only: it is replaced, never
+     * written in place); never more than 0640, always readable by its
+     * owner; a new file is 0600 and ours. */
     bool have_old = lstat(path, &old) == 0 && S_ISREG(old.st_mode);
-    mode_t mode = have_old ? (old.st_mode & 0640) | 0600 : 0600;
+    mode_t mode = have_old ? (old.st_mode & 0640) | 0400 : 0600;
     /* A new file is written under a name of this process's own and linked
      * into place, which fails if another writer's file got there first. */
     if (snprintf(tmp, sizeof(tmp), create ? "%s.new.%ld" : "%s.tmp", path, (long)getpid()) >= (int)sizeof(tmp)) {

@@ -234,6 +234,30 @@ static void test_abort_keeps_the_key(void **state)
     all_read_obj(f, ks_mk_store(f->m));
 }
 
+/* A key file the admin made read-only (0400) keeps its mode through the
+ * steps that replace it (a hostile tester: it came back 0600 after each). */
+static void test_key_file_mode_kept(void **state)
+{
+    fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    ks_mkey k;
+    uint8_t kcv[KS_KCV_LEN];
+    struct stat sb;
+    assert_int_equal(chmod(f->keyfile, 0400), 0);
+    stage_fresh(f, &k, kcv);
+    assert_int_equal(stat(f->keyfile, &sb), 0);
+    assert_int_equal(sb.st_mode & 07777, 0400);
+    assert_int_equal(ks_mk_abort(f->m, NULL, &res, &err), KS_OK);
+    assert_int_equal(stat(f->keyfile, &sb), 0);
+    assert_int_equal(sb.st_mode & 07777, 0400);
+    assert_int_equal(chmod(f->keyfile, 0440), 0); /* more than key_file_mode allows: refused, not widened */
+    assert_int_equal(ks_mk_stage(f->m, &k, NULL, &res, &err), KS_EPERM);
+    assert_int_equal(stat(f->keyfile, &sb), 0);
+    assert_int_equal(sb.st_mode & 07777, 0440);
+    assert_int_equal(chmod(f->keyfile, 0600), 0);
+}
+
 /* An abort killed after the keystore went back to CURRENT and before its
  * key file update: the keystore no longer knows the staged epoch, so the
  * repair labels the withdrawn key with the epoch after the current one
@@ -1249,6 +1273,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expectation_refuses_and_writes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_excludes_and_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_gate_bounds_a_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_file_mode_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auto_update_decision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auto_run_finishes_interrupted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_lived_process_follows_250_rotations, setup, teardown),
