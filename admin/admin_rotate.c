@@ -541,6 +541,16 @@ int admin_rotate(const admin_opts *o)
     return one_step(o, &(step_call){"rotate", call_rotate, &(rotate_arg){NULL, 0}, NULL, rotate_tail, rotate_done});
 }
 
+/* Where a command tells what it is about to do: nowhere when it will not
+ * ask (--yes) and was told to be quiet (-q) or to print JSON; standard
+ * error under --json (standard output is the JSON's); else standard output. */
+static FILE *plan_to(const admin_opts *o)
+{
+    if (o->yes && (o->quiet || o->json))
+        return NULL;
+    return o->json ? stderr : stdout;
+}
+
 int admin_set_master_key(const admin_opts *o)
 {
     ks_config cfg;
@@ -569,14 +579,16 @@ int admin_set_master_key(const admin_opts *o)
     }
     if (rc == EXIT_OK)
         rc = new_key(&oo, &key);
+    FILE *plan = plan_to(o);
     if (rc == EXIT_OK) {
-        printf("This replaces the master key of keystore %s (epoch %u -> %u): every record is resealed under the\n"
-               "new key while applications keep running, then the old key moves to the history.\n",
-               cfg.keystore, v.epoch, v.epoch + 1);
-        if (v.auto_interval)
-            printf("Automatic rotation is on: setting the key by hand disables it.\n");
+        if (plan)
+            fprintf(plan, "This replaces the master key of keystore %s (epoch %u -> %u): every record is resealed "
+                          "under the\nnew key while applications keep running, then the old key moves to the "
+                          "history.\n", cfg.keystore, v.epoch, v.epoch + 1);
+        if (plan && v.auto_interval)
+            fprintf(plan, "Automatic rotation is on: setting the key by hand disables it.\n");
         if (!admin_confirm(o, "Continue? [y/N] ")) {
-            printf("Nothing was changed.\n");
+            fprintf(plan ? plan : stdout, "Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
             rc = run_step(&oo, m, &(step_call){"set-master-key", call_rotate, &(rotate_arg){&key, KS_MK_MANUAL}, &v,
@@ -612,13 +624,21 @@ static int call_clear(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err *e
 
 static void clear_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
 {
-    (void)o, (void)m, (void)dt;
+    (void)m, (void)dt;
+    if (o->json)
+        printf("{\"step\": \"clear-history\", \"destroyed\": [");
     for (size_t i = 0; i < r->n_destroyed; i++) {
         char hex[2 * KS_KCV_LEN + 1];
         kcv_hex(r->destroyed[i].kcv, hex);
-        printf("Destroyed epoch %u, check value %s\n", r->destroyed[i].epoch, hex);
+        if (o->json)
+            printf("%s{\"epoch\": %u, \"kcv\": \"%s\"}", i ? ", " : "", r->destroyed[i].epoch, hex);
+        else if (!o->quiet)
+            printf("Destroyed epoch %u, check value %s\n", r->destroyed[i].epoch, hex);
     }
-    printf("History cleared: %zu key%s destroyed.\n", r->n_destroyed, r->n_destroyed == 1 ? "" : "s");
+    if (o->json)
+        printf("]}\n");
+    else if (!o->quiet)
+        printf("History cleared: %zu key%s destroyed.\n", r->n_destroyed, r->n_destroyed == 1 ? "" : "s");
 }
 
 int admin_clear_history(const admin_opts *o)
@@ -639,26 +659,33 @@ int admin_clear_history(const admin_opts *o)
         return rc;
     }
     size_t n = would_destroy(&v, keep, o->before);
+    FILE *plan = plan_to(o);
     if (!v.key_file) {
-        printf("The keystore uses the built-in default key: there is no history to clear.\n");
+        if (plan)
+            fprintf(plan, "The keystore uses the built-in default key: there is no history to clear.\n");
     } else if (v.n_history == 0) {
-        printf("The history is empty.\n");
+        if (plan)
+            fprintf(plan, "The history is empty.\n");
     } else if (n == 0) {
-        printf("No retired key matches; nothing to destroy (%zu kept).\n", v.n_history);
+        if (plan)
+            fprintf(plan, "No retired key matches; nothing to destroy (%zu kept).\n", v.n_history);
     } else {
-        printf("This destroys %zu of %zu retired master key%s:\n", n, v.n_history, v.n_history == 1 ? "" : "s");
-        for (size_t i = keep; i < v.n_history; i++) {
+        if (plan)
+            fprintf(plan, "This destroys %zu of %zu retired master key%s:\n", n, v.n_history,
+                    v.n_history == 1 ? "" : "s");
+        for (size_t i = keep; plan && i < v.n_history; i++) {
             char hex[2 * KS_KCV_LEN + 1], when[64];
             if (o->before && v.history[i].epoch >= o->before)
                 continue;
             kcv_hex(v.history[i].kcv, hex);
             admin_format_time(v.history[i].retired, when, sizeof(when));
-            printf("  epoch %u, check value %s, retired %s%s\n", v.history[i].epoch, hex, when,
-                   v.history[i].aborted ? " (aborted)" : "");
+            fprintf(plan, "  epoch %u, check value %s, retired %s%s\n", v.history[i].epoch, hex, when,
+                    v.history[i].aborted ? " (aborted)" : "");
         }
-        printf("Backups and copies sealed under %s can no longer be opened.\n", n == 1 ? "it" : "them");
+        if (plan)
+            fprintf(plan, "Backups and copies sealed under %s can no longer be opened.\n", n == 1 ? "it" : "them");
         if (!admin_confirm(o, "Destroy them? [y/N] ")) {
-            printf("Nothing was changed.\n");
+            fprintf(plan ? plan : stdout, "Nothing was changed.\n");
             rc = EXIT_FAILED;
         } else {
             clear_arg ca = {keep, o->before};

@@ -85,6 +85,21 @@ P11MK_CONF=$T/other.conf expect_rc 0 "$ADMIN" init
 P11MK_CONF=$T/other.conf expect_rc 0 "$ADMIN" set-master-key --parts 2 --passphrase-file parts.txt --yes --key-file "$T/other.key"
 kcv_file=$(P11MK_CONF=$T/other.conf "$ADMIN" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["master_key"]["kcv"])')
 [ "$kcv_parts" = "$kcv_file" ] || fail "the same parts gave different keys"
+# -q with --yes: nothing on standard output; --json: one JSON object per
+# step there, nothing else (a hostile tester: the plan was printed always).
+printf 'Quiet-passphrase-1\n' > quiet.txt
+P11MK_CONF=$T/other.conf "$ADMIN" set-master-key -q --yes --passphrase-file quiet.txt > q.out 2> q.err ||
+    { cat q.out q.err; fail "set-master-key -q"; }
+[ ! -s q.out ] || { cat q.out; fail "set-master-key -q --yes printed on standard output"; }
+printf 'Json-passphrase-1\n' > json.txt
+P11MK_CONF=$T/other.conf "$ADMIN" set-master-key --json --yes --passphrase-file json.txt > j.out 2> j.err ||
+    { cat j.out j.err; fail "set-master-key --json"; }
+python3 -c 'import json, sys; [json.loads(l) for l in open(sys.argv[1])]' j.out || { cat j.out; fail "set-master-key --json printed more than JSON"; }
+P11MK_CONF=$T/other.conf "$ADMIN" clear-history --keep 1 --json --yes > j.out 2> j.err || { cat j.out j.err; fail "clear-history --json"; }
+python3 -c 'import json, sys; d = [json.loads(l) for l in open(sys.argv[1])]; assert len(d[-1]["destroyed"]) >= 1, d' j.out ||
+    { cat j.out; fail "clear-history --json printed more than JSON"; }
+P11MK_CONF=$T/other.conf "$ADMIN" clear-history -q --yes > q.out 2> q.err || { cat q.out q.err; fail "clear-history -q"; }
+[ ! -s q.out ] || { cat q.out; fail "clear-history -q --yes printed on standard output"; }
 # One part alone is a different key.
 printf 'Part-one-secret-A\n' > one.txt
 P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" stage --parts 2 --passphrase-file one.txt
