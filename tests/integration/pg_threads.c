@@ -2,7 +2,7 @@
  * token objects at once, for the hostile tests of the postgresql backend
  * (test_pg_concurrency.sh). Run on two "hosts" at once.
  *
- *   pg_threads MODULE LABEL PIN TAG NTHREADS NOPS [fork|nothreads]
+ *   pg_threads MODULE LABEL PIN TAG NTHREADS NOPS [fork|nothreads|nofinalize]
  *
  * Each thread opens its own session and creates NOPS token data objects,
  * CKA_LABEL "TAG-t<i>-<j>", CKA_VALUE the same text, reading each back by its
@@ -14,7 +14,10 @@
  *   fork:      fork after C_Initialize and the threads' first objects; the
  *              child calls C_Initialize again and runs the same work with tag
  *              TAG-child while the parent goes on.
- *   nothreads: C_Initialize with CKF_LIBRARY_CANT_CREATE_OS_THREADS. */
+ *   nothreads: C_Initialize with CKF_LIBRARY_CANT_CREATE_OS_THREADS.
+ *   nofinalize: returns from main without C_Finalize (the listener still
+ *              running, perhaps reconnecting, while exit() runs the
+ *              libraries' cleanups). */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -218,7 +221,7 @@ static int run(int nthreads)
 int main(int argc, char **argv)
 {
     if (argc < 7) {
-        fprintf(stderr, "usage: pg_threads MODULE LABEL PIN TAG NTHREADS NOPS [fork|nothreads]\n");
+        fprintf(stderr, "usage: pg_threads MODULE LABEL PIN TAG NTHREADS NOPS [fork|nothreads|nofinalize]\n");
         return 2;
     }
     const char *mode = argc > 7 ? argv[7] : "";
@@ -270,6 +273,8 @@ int main(int argc, char **argv)
         return r;
     }
     int r = run(nthreads);
+    if (strcmp(mode, "nofinalize") == 0)
+        return r; /* as many applications do: exit() with the module initialized, its listener running */
     rv = f->C_Finalize(NULL);
     if (rv != CKR_OK) {
         fprintf(stderr, "pg_threads: C_Finalize 0x%lx\n", (unsigned long)rv);
