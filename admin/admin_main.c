@@ -78,7 +78,9 @@ static const char usage[] =
     "                              rotation first\n"
     "\n"
     "Options:\n"
-    "  --json            machine-readable output (status, rewrap, rotate)\n"
+    "  --json            machine-readable output (status, list, version, rotate,\n"
+    "                    rewrap, commit, set-master-key, clear-history, auto-update;\n"
+    "                    refused by the other commands)\n"
     "  -q, --quiet       no progress output\n"
     "  -y, --yes         do not ask for confirmation\n"
     "  --wait SECONDS    how long a master-key step waits for another one to\n"
@@ -465,6 +467,17 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "help") == 0) {
         fputs(usage, stdout);
         return EXIT_OK;
+    }
+    /* --json where a command has a JSON form: not text on the standard output a program reads as JSON */
+    static const char *const json_cmds[] = {"status", "list", "version", "rotate", "rewrap", "commit",
+                                            "set-master-key", "clear-history", "auto-update"};
+    bool json_ok = false;
+    for (size_t i = 0; i < sizeof(json_cmds) / sizeof(json_cmds[0]); i++)
+        json_ok |= strcmp(cmd, json_cmds[i]) == 0;
+    if (o.json && !json_ok) {
+        admin_error("'%s' has no JSON output; --json is for status, list, version, rotate, rewrap, commit, "
+                    "set-master-key, clear-history and auto-update", cmd);
+        return EXIT_USAGE;
     }
     if (o.generate_key && strcmp(cmd, "init") != 0) {
         admin_error("--generate-key is an option of 'init' only");

@@ -839,13 +839,19 @@ static void set_auto_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, 
 {
     char when[64], every[32];
     (void)m, (void)dt;
+    if (o->json) {
+        printf("{\"step\": \"auto-update\", \"interval\": %llu, \"next_due\": %llu}\n",
+               (unsigned long long)r->auto_interval, (unsigned long long)r->next_due);
+        return;
+    }
+    if (o->quiet)
+        return;
     if (!r->next_due) {
         printf("Automatic rotation disabled; the current key is kept.\n");
         return;
     }
     admin_format_duration(r->auto_interval, every, sizeof(every));
     admin_format_time(r->next_due, when, sizeof(when));
-    (void)o;
     printf("Automatic rotation every %s; next due %s. 'p11mk-admin auto-update run' (the p11mk-auto-update "
            "timer) rotates when due.\n", every, when);
 }
@@ -858,7 +864,7 @@ static int call_auto_run(ks_mk *m, const ks_mk_opts *ko, ks_mk_result *r, ks_err
 static void auto_run_done(const admin_opts *o, ks_mk *m, const ks_mk_result *r, double dt)
 {
     char when[64];
-    if (r->finished && !o->quiet)
+    if (r->finished && !o->quiet && !o->json)
         printf("Finished the rotation that was under way (epoch %u is current).\n", r->epoch);
     if (r->rotated) {
         print_committed(o, m, r, dt);

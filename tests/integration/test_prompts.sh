@@ -100,6 +100,17 @@ python3 -c 'import json, sys; d = [json.loads(l) for l in open(sys.argv[1])]; as
     { cat j.out; fail "clear-history --json printed more than JSON"; }
 P11MK_CONF=$T/other.conf "$ADMIN" clear-history -q --yes > q.out 2> q.err || { cat q.out q.err; fail "clear-history -q"; }
 [ ! -s q.out ] || { cat q.out; fail "clear-history -q --yes printed on standard output"; }
+for a in "--interval 30d" --disable run; do
+    # shellcheck disable=SC2086
+    P11MK_CONF=$T/other.conf "$ADMIN" auto-update $a -q > q.out 2> q.err || { cat q.out q.err; fail "auto-update $a -q"; }
+    [ ! -s q.out ] || { cat q.out; fail "auto-update $a -q printed on standard output"; }
+done
+P11MK_CONF=$T/other.conf "$ADMIN" auto-update --interval 12h --json > j.out 2> j.err || { cat j.out j.err; fail "auto-update --json"; }
+python3 -c 'import json, sys; assert json.loads(open(sys.argv[1]).read())["interval"] == 43200' j.out ||
+    { cat j.out; fail "auto-update --json printed more than JSON"; }
+# A command with no JSON form refuses --json rather than print text where JSON is expected.
+P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" verify --json
+expect_out "has no JSON output"
 # One part alone is a different key.
 printf 'Part-one-secret-A\n' > one.txt
 P11MK_CONF=$T/other.conf expect_rc 2 "$ADMIN" stage --parts 2 --passphrase-file one.txt
