@@ -237,8 +237,8 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
 {
     unsigned n = pg_keys(g), up = pg_upper(g);
     uint64_t used[MAX_PSIZE / 2 / 64];
-    if (n == 0 && branch)
-        return bad(v, g->pgno, "a branch page with no children");
+    if (n == 0) /* LMDB frees a page its last node leaves (an empty table has no root) */
+        return bad(v, g->pgno, branch ? "a branch page with no children" : "a leaf page with no records");
     if (g->size > MAX_PSIZE)
         return bad(v, g->pgno, "a page larger than LMDB makes them");
     memset(used, 0, (g->size / 2 + 63) / 64 * sizeof(used[0]));

@@ -25,7 +25,8 @@
  *     same in the record's own tree of values (or all of it when every
  *     value goes);
  *   - a table emptied at once: all of it.
- * A page is accepted when its number is the one its header carries, its
+ * A page is accepted when its number is the one its header carries, it
+ * holds a node at least (LMDB frees a page its last node leaves), its
  * flags are exactly the kind its place in the tree calls for (a committed
  * page never carries P_DIRTY: with it LMDB would write into the map), its
  * pointer array and its free space lie inside it, every node lies inside
