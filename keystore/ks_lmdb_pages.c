@@ -237,6 +237,7 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
 {
     unsigned n = pg_keys(g), up = pg_upper(g);
     uint64_t used[MAX_PSIZE / 2 / 64];
+    size_t held = 0; /* bytes the nodes take, each rounded up to even as LMDB lays them */
     if (n == 0) /* LMDB frees a page its last node leaves (an empty table has no root) */
         return bad(v, g->pgno, branch ? "a branch page with no children" : "a leaf page with no records");
     if (g->size > MAX_PSIZE)
@@ -253,6 +254,7 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
                 return bad(v, g->pgno, "a branch node larger than its page");
             if (!mark_node(used, off, NODESZ + ks))
                 return bad(v, g->pgno, "a branch node over another");
+            held += (NODESZ + ks + 1) & ~(size_t)1;
             if (!in_file(v, nd_child(nd)))
                 return bad(v, g->pgno, "a branch node naming a page outside the file");
             continue;
@@ -263,6 +265,7 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
             return bad(v, g->pgno, "a leaf node larger than its page");
         if (!mark_node(used, off, NODESZ + len))
             return bad(v, g->pgno, "a leaf node over another");
+        held += (NODESZ + len + 1) & ~(size_t)1;
         bool ok;
         switch (kind) {
         case T_PLAIN: ok = (f & ~F_BIGDATA) == 0; break;
@@ -278,6 +281,12 @@ static bool check_nodes(lp_view *v, const page *g, bool branch, tree_kind kind)
         if ((f & F_BIGDATA) && !in_file(v, rd64(nd_data(nd))))
             return bad(v, g->pgno, "a value on overflow pages outside the file");
     }
+    /* LMDB keeps the nodes packed from mp_upper to the page's end (a node
+     * leaving moves the others up): bytes there that no pointer names are
+     * nodes the pointer array no longer counts (mp_lower lowered), records
+     * every walk would miss and a delete or rewrap would skip. */
+    if (held != g->size - up)
+        return bad(v, g->pgno, "bytes among its nodes that no node pointer names (records hidden)");
     return true;
 }
 

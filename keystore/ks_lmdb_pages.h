@@ -32,7 +32,9 @@
  * pointer array and its free space lie inside it, every node lies inside
  * it apart from the others (LMDB keeps them side by side; one grown over
  * its neighbour moved past LMDB's heap copy in a delete) with a size that
- * fits, flags the table allows and page numbers inside the file; a
+ * fits, flags the table allows and page numbers inside the file, and
+ * together they fill the room from mp_upper to the page's end (LMDB keeps
+ * them packed: a lowered mp_lower hides records from every walk); a
  * table's record must carry the flags LMDB gives that kind of table.
  * A backup checks every page first (LMDB's compacting walk copies branch
  * pages by their bounds, as a write does).

@@ -1951,16 +1951,18 @@ static int pg_check_child(void *p)
     return bits;
 }
 
-/* One edit of a page: a header field set to v, or (node) a field of one of
- * its nodes increased by v. */
+/* One edit of a page: a header field set to v, or (node, true) a field of
+ * one of its nodes increased by v, or (node, PG_ADD) a header field
+ * increased by v. */
+enum { PG_ADD = 2 };
 typedef struct {
     unsigned at;
     uint16_t v;
-    bool node;
+    int node;
 } pg_edit;
 static const pg_edit pg_edits[] = {
     {12, 0xfff0, false}, {14, 16, false}, {14, 4090, false}, {12, 3000, false}, /* lower, upper */
-    {12, 16, false},                                                            /* no node left */
+    {12, 16, false},     {12, 0xfffe, PG_ADD},                                  /* no node left, one fewer */
     {10, 0x01, false},   {10, 0x02, false},   {10, 0x12, false},                /* flags: branch, leaf, dirty leaf */
     {0, 7, false},       {16, 4094, false},                                     /* page number, a node pointer */
     {0, 200, true},      {0, 2, true},                                          /* a node's size grown over the next */
@@ -1977,7 +1979,7 @@ static bool pg_edit_apply(const char *data, unsigned pg, const pg_edit *ed)
     int fd = open(data, O_RDWR);
     assert_true(fd >= 0);
     assert_int_equal(pread(fd, page, sizeof(page), (off_t)pg * 4096), (ssize_t)sizeof(page));
-    if (ed->node) {
+    if (ed->node == true) {
         memcpy(&lower, page + 12, 2);
         unsigned n = lower >= 16 && lower <= 4096 ? (lower - 16u) / 2 : 0;
         if (!n || (page[10] & 0x20) || !(page[10] & 0x03)) {
@@ -1990,6 +1992,9 @@ static bool pg_edit_apply(const char *data, unsigned pg, const pg_edit *ed)
             return false;
         }
         at = ptr + ed->at;
+        memcpy(&old, page + at, 2);
+        v = (uint16_t)(old + ed->v);
+    } else if (ed->node == PG_ADD) {
         memcpy(&old, page + at, 2);
         v = (uint16_t)(old + ed->v);
     }
@@ -2157,7 +2162,7 @@ static void test_damaged_walks_refuse_writes(void **state)
     int fd = open(kept, O_RDONLY);
     assert_true(fd >= 0);
     unsigned leaves = 0, died = 0, passed = 0;
-    static const pg_edit edits[] = {{12, 0xfff0, false}, {16, 4094, false}, {12, 16, false}};
+    static const pg_edit edits[] = {{12, 0xfff0, false}, {16, 4094, false}, {12, 16, false}, {12, 0xfffe, PG_ADD}};
     for (unsigned pg = 2; pg < (unsigned)(sb.st_size / 4096); pg++) {
         uint8_t page[4096], tb[4] = {(uint8_t)(a.tid >> 24), (uint8_t)(a.tid >> 16), (uint8_t)(a.tid >> 8),
                                      (uint8_t)a.tid};
