@@ -16,6 +16,7 @@ enum {
 enum { P_BRANCH = 0x01, P_LEAF = 0x02, P_OVERFLOW = 0x04, P_META = 0x08, P_LEAF2 = 0x20, P_SUBP = 0x40 };
 enum { F_BIGDATA = 0x01, F_SUBDATA = 0x02, F_DUPDATA = 0x04 };
 enum { DB_INTEGERKEY = 0x08, DB_DUPSORT = 0x04, DB_DUPFIXED = 0x10 }; /* MDB_db.md_flags */
+enum { ENV_FIXEDMAP = 0x01, ENV_NOSUBDIR = 0x4000 }; /* mdb_env_open's flags a file made keeps (MDB_FIXEDMAP, MDB_NOSUBDIR) */
 enum { MAX_PSIZE = 0x8000 };                                            /* LMDB's MAX_PAGESIZE */
 #define META_MAGIC 0xBEEFC0DEu
 #define META_VERSION 1u
@@ -128,7 +129,13 @@ static bool read_db(lp_view *v, uint64_t pgno, const uint8_t *rec, tree_kind kin
 {
     static const unsigned flags[] = {[T_PLAIN] = 0, [T_DUPS] = DB_DUPSORT | DB_DUPFIXED, [T_VALS] = DB_DUPFIXED,
                                      [T_MAIN] = 0, [T_FREE] = DB_INTEGERKEY};
-    if (rd16(rec + 4) != flags[kind])
+    /* The free-page table's record is also the file's: LMDB writes the
+     * environment's low flags there when it makes the file (MDB_NOSUBDIR
+     * from mdb_copy -n, MDB_FIXEDMAP), and every commit carries them on. */
+    unsigned have = rd16(rec + 4);
+    if (kind == T_FREE)
+        have &= ~(unsigned)(ENV_FIXEDMAP | ENV_NOSUBDIR);
+    if (have != flags[kind])
         return bad(v, pgno, "a table record whose flags are not the ones LMDB gives that table");
     if (kind == T_FREE && rd32(rec) != v->psize)
         return bad(v, pgno, "a meta page whose page size is not the file's");

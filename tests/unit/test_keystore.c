@@ -2538,6 +2538,43 @@ static void test_snapshot_meta_moved(void **state)
 /* A file whose page count LMDB's compacting copy does not expect (a page
  * leak: the meta pages name 3 pages more than the trees and the free list
  * hold) still backs up: copied as it is, every record opens in the copy. */
+/* A file LMDB made in an environment opened with MDB_NOSUBDIR (mdb_copy -n,
+ * mdb_load -n) keeps that flag in the free-page table's record: LMDB's own
+ * copy, not damage (a hostile tester: writes were refused, verify exit 5). */
+static void test_nosubdir_copy_is_sound(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/p11mk-nosubdir-XXXXXX", ksdir[300], data[320];
+    ks_err err = KS_ERR_INIT;
+    ks_store *st;
+    ks_mkey mk;
+    assert_non_null(mkdtemp(dir));
+    snprintf(ksdir, sizeof(ksdir), "%s/ks", dir);
+    snprintf(data, sizeof(data), "%s/data.mdb", ksdir);
+    assert_int_equal(ks_mkey_from_passphrase("nosubdir", 8, &mk), KS_OK);
+    assert_int_equal(ks_open(ksdir, &mk, KS_OPEN_CREATE, &st, &err), KS_OK);
+    put_arg a = {0, 0, "before", false};
+    assert_int_equal(ks_write(st, put_fn, &a), KS_OK);
+    ks_close(st);
+    int fd = open(data, O_RDWR);
+    assert_true(fd >= 0);
+    for (int m = 0; m < 2; m++) { /* both meta pages: md_flags of the free-page table, at 44 */
+        uint16_t f;
+        assert_int_equal(pread(fd, &f, 2, (off_t)m * 4096 + 44), 2);
+        assert_int_equal(f, 0x08);
+        f |= 0x4000;
+        assert_int_equal(pwrite(fd, &f, 2, (off_t)m * 4096 + 44), 2);
+    }
+    close(fd);
+    assert_int_equal(ks_open(ksdir, &mk, 0, &st, &err), KS_OK);
+    put_arg b = {a.tid, 0, "after", false};
+    assert_int_equal(ks_write(st, put_fn, &b), KS_OK);
+    assert_int_equal(read_obj(st, a.tid, a.oid), KS_OK);
+    assert_int_equal(read_obj(st, b.tid, b.oid), KS_OK);
+    ks_close(st);
+    rm_rf(dir);
+}
+
 static void test_backup_of_leaky_file(void **state)
 {
     (void)state;
@@ -2701,6 +2738,7 @@ int main(void)
         cmocka_unit_test(test_damaged_file_is_reported),
         cmocka_unit_test(test_damaged_pages_refuse_writes),
         cmocka_unit_test(test_damaged_walks_refuse_writes),
+        cmocka_unit_test(test_nosubdir_copy_is_sound),
         cmocka_unit_test(test_free_list_damage_is_reported),
         cmocka_unit_test(test_page_checks_under_writers),
         cmocka_unit_test(test_snapshot_meta_moved),
