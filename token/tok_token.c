@@ -505,6 +505,35 @@ static int obj_blob(ks_txn *txn, obj_write *w, uint8_t **blob, size_t *len)
     return rc;
 }
 
+/* The index entries of the object as it is now, in this transaction: w->old
+ * was read before it began, and another process may have changed the object
+ * since (a relabel committed between the read and this write left the new
+ * label's entry pointing at a destroyed object: a hostile tester, two
+ * processes relabelling and destroying the same objects; verify exit 5).
+ * Gone meanwhile: KS_ENOTFOUND (CKR_OBJECT_HANDLE_INVALID). A record that
+ * cannot be read now falls back to w->old (its entries as read before). */
+static int unindex_current(ks_txn *txn, obj_write *w)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    tok_attrs now;
+    int rc = ks_obj_get(txn, w->tid, w->oid, &blob, &len);
+    if (rc == KS_ENOTFOUND)
+        return rc;
+    if (rc != KS_OK)
+        return ks_read_failed(rc) ? rc : index_all(txn, w->tid, w->oid, w->old, false);
+    memset(&now, 0, sizeof(now));
+    int prc = tok_attrs_parse(blob, len, &now);
+    ks_buf_free(blob, len);
+    if (prc == TOK_ATTRS_NOMEM)
+        return KS_ENOMEM;
+    if (prc != 0)
+        return index_all(txn, w->tid, w->oid, w->old, false);
+    rc = index_all(txn, w->tid, w->oid, &now, false);
+    tok_attrs_free(&now);
+    return rc;
+}
+
 static int obj_write_fn(ks_txn *txn, void *arg)
 {
     obj_write *w = arg;
@@ -521,7 +550,7 @@ static int obj_write_fn(ks_txn *txn, void *arg)
         if (rc != KS_OK)
             return rc;
     }
-    if (w->old && (rc = index_all(txn, w->tid, w->oid, w->old, false)) != KS_OK)
+    if (w->old && (rc = unindex_current(txn, w)) != KS_OK)
         return rc;
     if (w->destroy)
         return ks_obj_del(txn, w->tid, w->oid);

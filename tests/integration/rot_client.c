@@ -3,6 +3,8 @@
  *   rot_client MODULE LABEL PIN fill N        create N token data objects
  *   rot_client MODULE LABEL PIN run STOPFILE  sign/verify and create objects
  *                                             continuously until STOPFILE exists
+ *   rot_client MODULE LABEL PIN relabel N     relabel every object it made, N passes
+ *   rot_client MODULE LABEL PIN destroy -     destroy every object it made, 2 ms apart
  *   rot_client MODULE LABEL PIN check N       at least N objects, all readable
  *                                             (ROT_CLIENT_WAIT_FOR=FILE: once logged
  *                                             in, create FILE.ready and wait until
@@ -400,7 +402,7 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc != 6) {
-        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | run STOPFILE | check N | follow FIFO | once TAG | hold DIR\n");
+        fprintf(stderr, "usage: rot_client MODULE LABEL PIN fill N | relabel N | destroy - | run STOPFILE | check N | follow FIFO | once TAG | hold DIR\n");
         return 2;
     }
     void *mod = dlopen(argv[1], RTLD_NOW);
@@ -437,6 +439,35 @@ int main(int argc, char **argv)
             if ((rv = make_object(s, i)) != CKR_OK)
                 die("C_CreateObject", rv);
         printf("fill: %lu objects in %.2f s\n", n, now() - t0);
+    } else if (strcmp(mode, "relabel") == 0 || strcmp(mode, "destroy") == 0) {
+        /* relabel N: every rot_client object relabeled, N passes; destroy: every one destroyed, 2 ms apart.
+         * Run side by side on the same objects: a handle another process destroyed answers
+         * CKR_OBJECT_HANDLE_INVALID, anything else fails the run. */
+        bool relabel = mode[0] == 'r';
+        unsigned long passes = relabel ? strtoul(argv[5], NULL, 10) : 1, bad = 0;
+        CK_OBJECT_CLASS cls = CKO_DATA;
+        CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_APPLICATION, "rot_client", 10}};
+        static CK_OBJECT_HANDLE h[4096];
+        CK_ULONG got = 0;
+        if ((rv = f->C_FindObjectsInit(s, t, 2)) != CKR_OK || (rv = f->C_FindObjects(s, h, 4096, &got)) != CKR_OK)
+            die("C_FindObjects", rv);
+        f->C_FindObjectsFinal(s);
+        for (unsigned long p = 0; p < passes; p++)
+            for (CK_ULONG i = 0; i < got; i++) {
+                char l[32];
+                snprintf(l, sizeof(l), "relabel-%lu", p);
+                CK_ATTRIBUTE a = {CKA_LABEL, l, strlen(l)};
+                rv = relabel ? f->C_SetAttributeValue(s, h[i], &a, 1) : f->C_DestroyObject(s, h[i]);
+                if (!relabel)
+                    usleep(2000);
+                if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID) {
+                    fprintf(stderr, "rot_client: %s: 0x%lx\n", mode, (unsigned long)rv);
+                    bad++;
+                }
+            }
+        printf("%s: %lu objects, %lu failed\n", mode, (unsigned long)got, bad);
+        if (bad)
+            return 1;
     } else if (strcmp(mode, "check") == 0) {
         unsigned long want = strtoul(argv[5], NULL, 10), found = 0, bad = 0;
         CK_OBJECT_CLASS cls = CKO_DATA;

@@ -41,3 +41,16 @@ ok "pkcs11-tool --test-fork"
 expect_rc 0 p11 --token-label shared --login --pin $PIN --test-threads IN --test-threads GI --test-threads SL \
     --test-threads IN --test-threads GI --test-threads SL
 ok "pkcs11-tool --test-threads"
+
+# One process relabels objects while another destroys them: each update
+# removes the index entries of the object as it is in its own transaction,
+# not as it was read before (a relabel committed in between left its entry
+# naming a destroyed object: verify exit 5; a hostile tester, 3 of 3 runs).
+RC=${P11MK_ROT_CLIENT:?}
+init_token race
+expect_rc 0 "$RC" "$MOD" race "$PIN" fill 100
+"$RC" "$MOD" race "$PIN" relabel 8 > relabel.out 2>&1 & rpid=$!
+expect_rc 0 "$RC" "$MOD" race "$PIN" destroy -
+wait $rpid || { cat relabel.out; fail "relabel beside destroy failed"; }
+expect_rc 0 "$ADMIN" verify
+ok "relabel and destroy of the same objects by two processes: the index agrees (verify)"
