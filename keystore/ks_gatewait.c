@@ -164,7 +164,18 @@ static uint64_t ms_since(const struct timespec *t0)
     return (uint64_t)(t.tv_sec - t0->tv_sec) * 1000u + (uint64_t)((t.tv_nsec - t0->tv_nsec) / 1000000);
 }
 
-bool ks_gate_orphans(void) { return atomic_load(&orphans) > 0; }
+bool ks_gate_orphans_wait(unsigned max_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (atomic_load(&orphans) > 0) {
+        if (max_ms && ms_since(&t0) >= max_ms)
+            return false;
+        struct timespec nap = {0, 10 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+    return true;
+}
 
 int ks_gate_lock_bounded(int fd, off_t at, const ks_gate_bound *b, const char *path)
 {
@@ -172,14 +183,10 @@ int ks_gate_lock_bounded(int fd, off_t at, const ks_gate_bound *b, const char *p
     unsigned bound = b->wait_ms < KS_GATE_WAIT_MIN_MS ? KS_GATE_WAIT_MIN_MS : b->wait_ms;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (ks_gate_orphans()) { /* an earlier step's wait: it lets the gate go as soon as it has it */
-        if (ms_since(&t0) >= bound) {
-            ks_log(KS_LOG_ERROR, "keystore %s: an earlier wait for its writer gate is still pending in this "
-                                 "process; run the command again", path);
-            return ETIMEDOUT;
-        }
-        struct timespec nap = {0, 10 * 1000 * 1000};
-        nanosleep(&nap, NULL);
+    if (!ks_gate_orphans_wait(bound)) { /* an earlier step's wait: it lets the gate go as soon as it has it */
+        ks_log(KS_LOG_ERROR, "keystore %s: an earlier wait for its writer gate is still pending in this "
+                             "process; run the command again", path);
+        return ETIMEDOUT;
     }
     int rc = ofd_lock(fd, at, F_WRLCK, false);
     if (rc != EAGAIN && rc != EACCES)

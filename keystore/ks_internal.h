@@ -344,8 +344,9 @@ enum { KS_GATE_WAIT_MIN_MS = 2000, KS_GATE_TELL_MS = 1000 };
  * (logged, naming the holder), or an errno. path: for the message. */
 int ks_gate_lock_bounded(int fd, off_t at, const ks_gate_bound *b, const char *path);
 /* A bounded wait given up on in this process still waits for the gate
- * (it lets it go as soon as it has it); no other wait may begin meanwhile. */
-bool ks_gate_orphans(void);
+ * (it lets it go as soon as it has it); no other wait may begin meanwhile:
+ * this waits until none is left (true), at most max_ms (0: no bound). */
+bool ks_gate_orphans_wait(unsigned max_ms);
 
 /* A public function's result, with the area of its failure recorded. */
 static inline int ks_err_in(ks_err *e, ks_area area, int rc)

@@ -515,10 +515,7 @@ static int gate_take(ks_benv *e)
     } else if (b) {
         rc = ks_gate_lock_bounded(fd, GATE_AT, b, e->path);
     } else {
-        while (ks_gate_orphans()) { /* a step's wait given up on, in this process: never in an application */
-            struct timespec nap = {0, 10 * 1000 * 1000};
-            nanosleep(&nap, NULL);
-        }
+        ks_gate_orphans_wait(0); /* a step's wait given up on, in this process: never in an application */
         rc = gate_lock(fd, F_WRLCK);
     }
     if (rc != 0) {
@@ -774,19 +771,17 @@ static int del_prefix(MDB_txn *t, ks_table tab, lp_view *pv, const void *prefix,
      * token's records deleted: glibc's "free(): invalid size"); a key
      * without the prefix ended the deletion, reported done with nothing
      * deleted. test_keystore test_damaged_walks_refuse_writes. */
-    rc = pages_for_key(t, tab, pv, &p, NULL, true);
-    if (rc == MDB_SUCCESS) {
-        k = p;
-        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    }
-    while (rc == MDB_SUCCESS && k.mv_size >= pl && memcmp(k.mv_data, prefix, pl) == 0) {
-        /* the key is in the map or this transaction's pages: read before the delete frees it */
-        if ((rc = pages_for_key(t, tab, pv, &k, NULL, true)) != MDB_SUCCESS ||
-            (rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS ||
-            (rc = pages_for_key(t, tab, pv, &p, NULL, true)) != MDB_SUCCESS)
+    for (;;) {
+        if ((rc = pages_for_key(t, tab, pv, &p, NULL, true)) != MDB_SUCCESS)
             break;
         k = p;
         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (rc != MDB_SUCCESS || k.mv_size < pl || memcmp(k.mv_data, prefix, pl) != 0)
+            break;
+        /* the key is in the map or this transaction's pages: read before the delete frees it */
+        if ((rc = pages_for_key(t, tab, pv, &k, NULL, true)) != MDB_SUCCESS ||
+            (rc = mdb_cursor_del(c, dups ? MDB_NODUPDATA : 0)) != MDB_SUCCESS)
+            break;
     }
     mdb_cursor_close(c);
     return rc == MDB_NOTFOUND ? MDB_SUCCESS : rc;
