@@ -10,9 +10,10 @@
  * Every transaction holds the read side of `resize`; growing the map (which
  * LMDB allows only with no transaction active in the process) takes the
  * write side. lmdb_commit_seq, read by every operation of every thread,
- * takes instead the read side of one of SEQ_SHARDS locks, its thread's, each
- * on a cache line of its own (one shared lock word would bounce between the
- * threads' cores on every operation); growing the map takes them all too. Several processes share the files; LMDB's lock file
+ * takes no lock: it reads the meta pages through a mapping of its own, of
+ * those two pages alone, which no resize replaces (a lock there, even one
+ * per thread, cost two locked instructions per operation; one shared lock
+ * word would bounce between the threads' cores). Several processes share the files; LMDB's lock file
  * serializes writers and MDB_MAP_RESIZED tells us another process grew it.
  * A write that finds the map full (MDB_MAP_FULL, MDB_TXN_FULL) reports
  * KS_BE_RETRY: ks_write aborts, grows the map (make_room) and runs the
@@ -51,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/statvfs.h>
@@ -59,8 +61,6 @@
 #define MAP_INIT_DEFAULT (32ull << 20)
 #define MAP_STEP_MAX (1ull << 30)
 #define MAX_READERS 1022
-
-#define SEQ_SHARDS 16
 
 #define GATE_AT ((off_t)1 << 59) /* the writer gate's byte of data.mdb (PIN attempts: 1 << 60 and up) */
 
@@ -88,36 +88,14 @@ struct ks_benv {
     sem_t gate_sem;          /* the process's threads queue here before the gate */
     MDB_dbi dbi[KS_TAB_N];
     pthread_rwlock_t resize;
+    const volatile uint8_t *metas; /* the two meta pages, mapped apart from LMDB's map (lmdb_commit_seq), or NULL */
     char *path;
-    struct {
-        pthread_rwlock_t l;
-    } __attribute__((aligned(64))) seq[SEQ_SHARDS];
 };
 
-static unsigned seq_shard_next;
-static __thread unsigned seq_shard_mine; /* 1 + index; 0: not chosen yet */
+/* The map may be replaced: no transaction. */
+static void resize_lock(ks_benv *e) { pthread_rwlock_wrlock(&e->resize); }
 
-static pthread_rwlock_t *seq_lock(ks_benv *e)
-{
-    if (!seq_shard_mine)
-        seq_shard_mine = 1 + __atomic_fetch_add(&seq_shard_next, 1, __ATOMIC_RELAXED) % SEQ_SHARDS;
-    return &e->seq[seq_shard_mine - 1].l;
-}
-
-/* The map may be replaced: no transaction and no commit_seq reading. */
-static void resize_lock(ks_benv *e)
-{
-    pthread_rwlock_wrlock(&e->resize);
-    for (unsigned i = 0; i < SEQ_SHARDS; i++)
-        pthread_rwlock_wrlock(&e->seq[i].l);
-}
-
-static void resize_unlock(ks_benv *e)
-{
-    for (unsigned i = SEQ_SHARDS; i-- > 0;)
-        pthread_rwlock_unlock(&e->seq[i].l);
-    pthread_rwlock_unlock(&e->resize);
-}
+static void resize_unlock(ks_benv *e) { pthread_rwlock_unlock(&e->resize); }
 
 /* A ks_btxn is the MDB_txn, a ks_bcur the MDB_cursor; the environment's
  * user context is its ks_benv. */
@@ -365,18 +343,42 @@ static int lmdb_make_room(ks_benv *e)
     return KS_OK;
 }
 
-/* LMDB's last committed transaction id, from the newer of the two meta pages
- * in the shared map: every commit (ours or another process's) writes it
- * last, after the data it commits. Under the thread's shard of the resize
- * lock, as the map may be replaced by adopt_resize. */
+/* The newer of the two meta pages' transaction ids, as LMDB picks it
+ * (mdb_env_pick_meta); 0 if they kept changing while read (LMDB writes a
+ * meta page with a pwrite, which a map reader can see half done: two
+ * readings must agree). */
+static int metas_txnid(const volatile uint8_t *m, unsigned psize, uint64_t *out)
+{
+    const volatile uint64_t *a = (const volatile uint64_t *)(m + LP_META_TXNID);
+    const volatile uint64_t *b = (const volatile uint64_t *)(m + psize + LP_META_TXNID);
+    *out = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        uint64_t a1 = *a, b1 = *b, a2 = *a, b2 = *b;
+        if (a1 == a2 && b1 == b2) {
+            *out = a1 > b1 ? a1 : b1;
+            break;
+        }
+    }
+    return MDB_SUCCESS;
+}
+
+/* LMDB's last committed transaction id, from the newer of the two meta pages:
+ * every commit (ours or another process's) writes it last, after the data
+ * it commits. Read through the meta pages' own mapping (fixed: no lock), in
+ * a fault frame (a file cut short under it faults); without that mapping,
+ * from LMDB's map under the resize lock, which adopt_resize may replace. */
 static uint64_t lmdb_commit_seq(ks_benv *e)
 {
-    MDB_envinfo info;
-    pthread_rwlock_t *l = seq_lock(e);
+    uint64_t id = 0;
     int rc;
-    pthread_rwlock_rdlock(l);
+    if (__builtin_expect(e->metas != NULL, 1)) {
+        LM(e, rc, metas_txnid(e->metas, e->psize, &id));
+        return rc == MDB_SUCCESS ? id : 0;
+    }
+    MDB_envinfo info;
+    pthread_rwlock_rdlock(&e->resize);
     LM(e, rc, mdb_env_info(e->env, &info));
-    pthread_rwlock_unlock(l);
+    pthread_rwlock_unlock(&e->resize);
     return rc == MDB_SUCCESS ? (uint64_t)info.me_last_txnid : 0;
 }
 
@@ -1071,11 +1073,24 @@ static void lmdb_close(ks_benv *e)
         ks_forkfd_close(e->gate);
         sem_destroy(&e->gate_sem);
     }
+    if (e->metas)
+        munmap((void *)e->metas, 2 * (size_t)e->psize);
     pthread_rwlock_destroy(&e->resize);
-    for (unsigned i = 0; i < SEQ_SHARDS; i++)
-        pthread_rwlock_destroy(&e->seq[i].l);
     free(e->path);
     free(e);
+}
+
+/* The two meta pages mapped apart (read-only, shared: LMDB's writes reach
+ * it through the page cache), for lmdb_commit_seq. Without it (mmap
+ * refused), commit_seq reads LMDB's map under the resize lock. */
+static void metas_map(ks_benv *e)
+{
+    int fd;
+    if (mdb_env_get_fd(e->env, &fd) != MDB_SUCCESS || fd < 0 || !e->psize)
+        return;
+    void *m = mmap(NULL, 2 * (size_t)e->psize, PROT_READ, MAP_SHARED, fd, 0);
+    if (m != MAP_FAILED)
+        e->metas = m;
 }
 
 static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
@@ -1140,6 +1155,7 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
                         "short); nothing was changed: restore it from a backup", e->path);
         return KS_ECORRUPT;
     }
+    metas_map(e);
     if (*rdonly)
         ks_log(KS_LOG_WARN, "keystore %s is not writable by this user: serving it read-only", e->path);
     int dead = 0;
@@ -1208,17 +1224,14 @@ static int lmdb_open(const char *path, const char *target, unsigned flags, bool 
                      ks_err *err)
 {
     (void)target; /* the environment is the directory */
-    ks_benv *e = NULL;
+    ks_benv *e = calloc(1, sizeof(*e));
     *out = NULL;
-    if (posix_memalign((void **)&e, 64, sizeof(*e)) != 0) /* the shards' cache lines */
+    if (!e)
         return KS_ENOMEM;
-    memset(e, 0, sizeof(*e));
     if (pthread_rwlock_init(&e->resize, NULL) != 0) {
         free(e);
         return KS_ENOMEM;
     }
-    for (unsigned i = 0; i < SEQ_SHARDS; i++)
-        pthread_rwlock_init(&e->seq[i].l, NULL); /* cannot fail with default attributes (glibc) */
     if (!(e->path = strdup(path))) {
         lmdb_close(e);
         return KS_ENOMEM;

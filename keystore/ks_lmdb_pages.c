@@ -540,7 +540,7 @@ bool lp_view_init(lp_view *v, const void *map, uint64_t map_len, unsigned psize,
         /* Some other commit's (the snapshot's reader was held up while two
          * or more commits ran): its pages may lie past this process's map,
          * grown by another; the caller takes a new snapshot (v->moved). */
-        if (rd64(v->meta + 144) != txnid - 1) {
+        if (rd64(v->meta + LP_META_TXNID) != txnid - 1) {
             v->moved = true;
             return bad(v, v->meta_pgno, "a meta page of a later commit than the snapshot's");
         }

@@ -59,6 +59,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Where a meta page (page 0 or 1) keeps its transaction id: the page
+ * header's 16 bytes, then MDB_meta's magic, version, address, map size, the
+ * two tables' records and the last page number before it. */
+#define LP_META_TXNID 144
+
 typedef struct lp_view {
     const uint8_t *map;  /* the data file's map */
     const uint8_t *meta; /* the meta page the write transaction began from (or meta_copy) */
