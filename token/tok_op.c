@@ -77,9 +77,12 @@ static void op_release_data(tok_op *op)
         OPENSSL_clear_free(op->pend, op->pendlen);
     if (op->fed)
         OPENSSL_clear_free(op->fed, op->fedlen);
-    OPENSSL_free(op->label);
-    EVP_MD_free(op->pss_mdobj);
-    tok_aead_op_free(op->aead);
+    if (op->label) /* (each call skipped when there is nothing: twice per operation) */
+        OPENSSL_free(op->label);
+    if (op->pss_mdobj)
+        EVP_MD_free(op->pss_mdobj);
+    if (op->aead)
+        tok_aead_op_free(op->aead);
     op->buf = op->pend = op->fed = op->label = NULL;
     op->pss_mdobj = NULL;
     op->aead = NULL;
