@@ -198,6 +198,10 @@ typedef struct ks_backend_ops {
      * written (LMDB: ks_lmdb_pages.h, each table whole, in a read snapshot)?
      * KS_ECORRUPT with where and what in why; NULL: nothing to check. */
     int (*check_pages)(ks_benv *e, char *why, size_t n);
+    /* A copy's (KS_OPEN_COPY) damage as first found while reading or
+     * writing it (where and what, for the restore's or export's message,
+     * which names the file: not logged), or NULL; NULL op: none kept. */
+    const char *(*copy_damage)(ks_benv *e);
     /* The plain epoch and generation of the storage at path, read without
      * opening it as a store (it may be damaged, or under another key), and
      * its ids when ids is not NULL. */

@@ -166,6 +166,14 @@ static int scratch_from_file(const char *dir, const char *file, ks_err *err)
     return rc;
 }
 
+/* Why a copy was found damaged: what its storage found first (a page, a
+ * fault), else what the failed step said, else the records' authentication. */
+static const char *copy_why(ks_store *copy, const ks_err *err)
+{
+    const char *d = copy && copy->ops->copy_damage ? copy->ops->copy_damage(copy->be) : NULL;
+    return d ? d : err->msg[0] ? err->msg : "a record in it failed authentication";
+}
+
 int ks_export_default(ks_store *st, const char *file, ks_err *err)
 {
     char dir[4200], tmpfile[4200];
@@ -215,8 +223,9 @@ int ks_export_default(ks_store *st, const char *file, ks_err *err)
             rc = ks_rekey(copy, &dk, 0, err);
         if (rc == KS_ECORRUPT) { /* the copy is the keystore's as it is now */
             char why[sizeof(err->msg)];
-            snprintf(why, sizeof(why), "%s", err->msg);
-            ks_err_set(err, "%s; nothing was exported: check the keystore with 'p11mk-admin verify'", why);
+            snprintf(why, sizeof(why), "%s", copy_why(copy, err));
+            ks_err_set(err, "the keystore's copy is damaged or altered (%s); nothing was exported: check the keystore "
+                            "with 'p11mk-admin verify'", why);
         }
         if (rc == KS_OK)
             rc = ks_backup(copy, file, NULL, err);
@@ -374,7 +383,7 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
         /* Found while the copy was read or resealed: the copy's damage, not
          * the keystore's (whose record names the step's message gives). */
         char why[sizeof(err->msg)];
-        snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : "a record in it failed authentication");
+        snprintf(why, sizeof(why), "%s", copy_why(copy, err));
         ks_err_set(err, "%s is damaged or altered (%s); nothing was restored, the keystore is unchanged: restore "
                         "another backup", file, why);
         rc = KS_EBADFILE;

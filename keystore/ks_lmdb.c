@@ -81,6 +81,7 @@ struct ks_benv {
     maps_other others;       /* the data file's mappings other environments made (map_base) */
     atomic_bool fault_told;  /* a fault in the map was logged (ks_fault.h) */
     bool copy;               /* KS_OPEN_COPY: a copy being made ready (its caller names the file given) */
+    char copy_told[224];     /* a copy's damage, set once with fault_told (lmdb_copy_damage) */
     uint64_t page_memo[256]; /* pages checked in the write transaction (ks_lmdb_pages.h), under LMDB's writer lock */
     _Atomic(MDB_txn *) writer; /* the write transaction under way (its pages may be outside the map), or NULL */
     int gate;                /* the writer gate's descriptor's slot (ks_forkfd_get), -1: none (read-only) */
@@ -120,8 +121,7 @@ static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
 static int lm_fault(ks_benv *e)
 {
     if (e && e->copy && !atomic_exchange(&e->fault_told, true))
-        ks_log(KS_LOG_ERROR, "the copy in %s is damaged: LMDB %s while reading its file; nothing was changed", e->path,
-               ks_fault_what());
+        snprintf(e->copy_told, sizeof(e->copy_told), "LMDB %s while reading it", ks_fault_what());
     else if (!e || !atomic_exchange(&e->fault_told, true))
         ks_log(KS_LOG_ERROR, "keystore %s is damaged: LMDB %s while reading its file; nothing was changed; check it "
                              "with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
@@ -410,7 +410,12 @@ static int file_whole(ks_benv *e)
     }
     if (size >= need)
         return MDB_SUCCESS;
-    if (!atomic_exchange(&e->fault_told, true))
+    if (atomic_exchange(&e->fault_told, true))
+        return LM_FAULT;
+    if (e->copy)
+        snprintf(e->copy_told, sizeof(e->copy_told), "it was cut short: %llu bytes where its own header names %llu",
+                 (unsigned long long)size, (unsigned long long)need);
+    else
         ks_log(KS_LOG_ERROR, "keystore %s is damaged: its data.mdb holds %llu bytes, its own header names %llu; it was "
                              "cut short; nothing was changed: restore it from a backup ('p11mk-admin restore')",
                e->path, (unsigned long long)size, (unsigned long long)need);
@@ -693,9 +698,9 @@ static int pages_for_key(MDB_txn *t, ks_table tab, lp_view *pv, const MDB_val *k
 static int pages_told(ks_benv *e, int rc, const lp_view *pv)
 {
     if (rc == LM_DAMAGED && !atomic_exchange(&e->fault_told, true)) {
-        if (e->copy) /* not the keystore: the restore or export that made the copy says what to do */
-            ks_log(KS_LOG_ERROR, "the copy in %s is damaged: page %llu of its data.mdb holds %s; nothing was written",
-                   e->path, (unsigned long long)pv->bad_pgno, pv->why ? pv->why : "what LMDB never writes");
+        if (e->copy) /* not the keystore: the restore or export that made the copy says it, and what to do */
+            snprintf(e->copy_told, sizeof(e->copy_told), "its page %llu holds %s", (unsigned long long)pv->bad_pgno,
+                     pv->why ? pv->why : "what LMDB never writes");
         else
             ks_log(KS_LOG_ERROR, "keystore %s is damaged: page %llu of data.mdb holds %s; nothing was written; check "
                                  "it with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
@@ -1061,6 +1066,11 @@ static int open_dbs(ks_benv *e, MDB_txn *t, unsigned flags)
     return MDB_SUCCESS;
 }
 
+static const char *lmdb_copy_damage(ks_benv *e)
+{
+    return e->copy && atomic_load(&e->fault_told) && e->copy_told[0] ? e->copy_told : NULL;
+}
+
 static int lmdb_create_tables(ks_btxn *t) { return wr_err(open_dbs(E(T(t)), T(t), MDB_CREATE)); }
 
 static void lmdb_close(ks_benv *e)
@@ -1129,7 +1139,9 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
         break;
     }
     if (rc != MDB_SUCCESS) {
-        if (rc == LM_FAULT)
+        if (e->copy) /* its caller names the file it came from */
+            ks_err_set(err, "LMDB cannot open it: %s", rc == LM_FAULT ? ks_fault_what() : mdb_strerror(rc));
+        else if (rc == LM_FAULT)
             ks_err_set(err, "keystore %s is damaged: LMDB %s while opening it; restore it from a backup", e->path,
                        ks_fault_what());
         else
@@ -1140,8 +1152,11 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
     MDB_stat st;
     LM(e, rc, mdb_env_stat(e->env, &st));
     if (rc != MDB_SUCCESS) {
-        ks_err_set(err, "keystore %s is damaged: %s; restore it from a backup", e->path,
-                   rc == LM_FAULT ? ks_fault_what() : mdb_strerror(rc));
+        if (e->copy)
+            ks_err_set(err, "LMDB %s while reading it", rc == LM_FAULT ? ks_fault_what() : mdb_strerror(rc));
+        else
+            ks_err_set(err, "keystore %s is damaged: %s; restore it from a backup", e->path,
+                       rc == LM_FAULT ? ks_fault_what() : mdb_strerror(rc));
         return KS_ECORRUPT;
     }
     e->psize = st.ms_psize;
@@ -1151,8 +1166,11 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
                             "are not checked against the file, and a file cut short while open may stop LMDB's "
                             "writers (README: a damaged data.mdb)", e->path);
     if ((rc = file_whole(e)) != MDB_SUCCESS) {
-        ks_err_set(err, "keystore %s is damaged: its data.mdb is shorter than the pages its header names (cut "
-                        "short); nothing was changed: restore it from a backup", e->path);
+        if (e->copy)
+            ks_err_set(err, "it is shorter than the pages its header names (cut short)");
+        else
+            ks_err_set(err, "keystore %s is damaged: its data.mdb is shorter than the pages its header names (cut "
+                            "short); nothing was changed: restore it from a backup", e->path);
         return KS_ECORRUPT;
     }
     metas_map(e);
@@ -1202,8 +1220,11 @@ static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
     }
     lmdb_abort(bt);
     if (mrc == LM_FAULT) {
-        ks_err_set(err, "keystore %s is damaged: LMDB %s while opening it; nothing was changed: restore it from a "
-                        "backup", e->path, ks_fault_what());
+        if (e->copy)
+            ks_err_set(err, "LMDB %s while reading it", ks_fault_what());
+        else
+            ks_err_set(err, "keystore %s is damaged: LMDB %s while opening it; nothing was changed: restore it from a "
+                            "backup", e->path, ks_fault_what());
         return KS_ECORRUPT;
     }
     if (mrc != MDB_NOTFOUND) {
@@ -1211,9 +1232,12 @@ static int probe_tables(ks_benv *e, bool *tables, ks_err *err)
         return lmdb_err(mrc);
     }
     if (!empty) {
-        ks_err_set(err, "keystore %s is damaged: one of its databases (meta, tokens, objects, index) is missing; "
-                        "nothing was changed (nothing is created over existing data): restore it from a backup",
-                   e->path);
+        if (e->copy)
+            ks_err_set(err, "one of its databases (meta, tokens, objects, index) is missing");
+        else
+            ks_err_set(err, "keystore %s is damaged: one of its databases (meta, tokens, objects, index) is missing; "
+                            "nothing was changed (nothing is created over existing data): restore it from a backup",
+                       e->path);
         return KS_ECORRUPT;
     }
     *tables = false;
@@ -1479,4 +1503,5 @@ const ks_backend_ops ks_lmdb_backend = {
     .check_copy = lmdb_check_copy,
     .peek_counters = lmdb_peek_counters,
     .check_pages = lmdb_check_pages,
+    .copy_damage = lmdb_copy_damage,
 };

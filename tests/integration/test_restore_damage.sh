@@ -75,6 +75,36 @@ done
 [ $named -gt 0 ] || fail "no change in the copy was found damaged"
 expect_rc 0 "$ADMIN" verify
 
+# A page's header changed in the copy (its page number): the message says
+# which page and what, not that a record failed its authentication (it said
+# so, after a log line naming the scratch directory, when the copy's pages
+# or LMDB itself found the damage).
+pages=0 named_page=0
+for p in 2 3 $((size / 8192)) $((size / 4096 - 2)); do
+    cp "$T/good.bak" "$T/pg.bak"
+    printf '\x77\x77\x77' | dd of="$T/pg.bak" bs=1 seek=$((p * 4096)) conv=notrunc 2>/dev/null
+    set +e; "$ADMIN" restore "$T/pg.bak" --yes >"$T/out" 2>&1; rc=$?; set -e
+    [ $rc -lt 128 ] || fail "restore of a copy with page $p's header changed died from a signal"
+    [ $rc -ne 0 ] || { expect_rc 0 "$ADMIN" verify; continue; } # a free page
+    # Found by the pages' checks (most) or by verify's walk of the records.
+    grep -Eq "pg.bak is damaged or altered \((its page $p holds a page whose header names another page|[0-9]+ of its [0-9]+ records)" "$T/out" ||
+        { cat "$T/out"; fail "a copy with page $p's header changed: the message does not say what"; }
+    grep -q "its page $p holds" "$T/out" && named_page=1
+    [ "$(grep -c error: "$T/out")" -eq 1 ] || { cat "$T/out"; fail "a damaged copy: more than one error line"; }
+    ! grep -q "error:.*restore.tmp" "$T/out" || { cat "$T/out"; fail "a damaged copy's message names the scratch directory"; }
+    pages=$((pages + 1))
+done
+[ $named_page -eq 1 ] || fail "no page header change in the copy was named by its page"
+# Not an LMDB file of this format (its version field changed): not a usable
+# copy, and no advice about the directory's permissions.
+cp "$T/good.bak" "$T/ver.bak"
+printf '\x09' | dd of="$T/ver.bak" bs=1 seek=20 conv=notrunc 2>/dev/null
+check_refused "$T/ver.bak" "a copy of another LMDB version"
+grep -q "ver.bak is not a usable keystore copy" "$T/out" && ! grep -q "may read and write" "$T/out" ||
+    { cat "$T/out"; fail "a copy of another LMDB version: wrong message"; }
+expect_rc 0 "$ADMIN" verify
+ok "a copy with a page's header changed names the page ($pages pages); one of another LMDB version is not usable"
+
 # A restore where no keystore is yet (a new host, a new place): the
 # directory is made (0700), the copy goes in.
 key=$(sed -n 's/^master_key *= *//p' "$CONF")
