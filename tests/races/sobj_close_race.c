@@ -9,14 +9,14 @@
 #include <pthread.h>
 
 static CK_SESSION_HANDLE victim;
-static volatile int go;
+static volatile int go; /* (read and written with __atomic: the creator spins on it) */
 
 static void *creator(void *arg)
 {
     (void)arg;
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_ATTRIBUTE a[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, 1}, {CKA_LABEL, "orphan", 6}};
-    while (!go) {}
+    while (!__atomic_load_n(&go, __ATOMIC_ACQUIRE)) {}
     for (;;) {
         CK_OBJECT_HANDLE o;
         if (f->C_CreateObject(victim, a, 3, &o) == CKR_SESSION_HANDLE_INVALID)
@@ -32,9 +32,9 @@ int main(void)
     for (int r = 0; r < rounds; r++) {
         pthread_t th;
         CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &victim));
-        go = 0;
+        __atomic_store_n(&go, 0, __ATOMIC_RELEASE);
         pthread_create(&th, NULL, creator, NULL);
-        go = 1;
+        __atomic_store_n(&go, 1, __ATOMIC_RELEASE);
         usleep(500);
         CHECK(f->C_CloseSession(victim));
         pthread_join(th, NULL);
