@@ -193,7 +193,18 @@ typedef struct {
     uint64_t counts[8];
     size_t n;
     ks_mk_view v; /* history, staged key; v.n_history == 0 if it could not be read */
+    int step;         /* a master-key step running on this host: 1 yes, 0 no, -1 cannot tell or not asked */
+    char holder[256]; /* the running step's own description */
 } rot_view;
+
+/* One host's view (a shared database's other hosts run steps too): asked
+ * only of an LMDB keystore with a rotation under way. */
+static void step_look(const ks_config *cfg, const ks_info *info, rot_view *rot)
+{
+    rot->step = -1;
+    if (info->rot_state != KS_ROT_IDLE && (!cfg->backend || strcmp(cfg->backend, "lmdb") == 0))
+        rot->step = ks_mk_step_running(cfg->keystore, rot->holder, sizeof(rot->holder));
+}
 
 /* The hosts sharing the keystore (none for a keystore one host owns). */
 typedef struct {
@@ -270,9 +281,9 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     } else {
         printf("null},\n");
     }
-    printf("  \"epoch\": %u,\n  \"rotation\": {\"state\": \"%s\", \"staged_epoch\": %u, \"history\": %zu, "
-           "\"history_keys\": [", info->epoch, ks_rot_state_name(info->rot_state), info->new_epoch,
-           rot->v.n_history);
+    printf("  \"epoch\": %u,\n  \"rotation\": {\"state\": \"%s\", \"staged_epoch\": %u, \"step_running\": %s, "
+           "\"history\": %zu, \"history_keys\": [", info->epoch, ks_rot_state_name(info->rot_state), info->new_epoch,
+           rot->step == 1 ? "true" : rot->step == 0 ? "false" : "null", rot->v.n_history);
     for (size_t i = 0; i < rot->v.n_history; i++) {
         char hk[2 * KS_KCV_LEN + 1];
         ks_kcv_hex(rot->v.history[i].kcv, hk);
@@ -323,6 +334,14 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
                                                    "holds it"
                                                  : "");
     }
+    if (rot->step == 1)
+        printf("\n                 a step is running: %s", rot->holder[0] ? rot->holder : "holder unknown");
+    else if (rot->step == 0) /* a rewrap or an abort ends in another state: one was stopped */
+        printf("\n                 no step is running%s; %s",
+               info->rot_state == KS_ROT_REWRAP || info->rot_state == KS_ROT_ABORTING
+                   ? " (the last one stopped before it ended)"
+                   : "",
+               ks_rot_busy_advice(info->rot_state));
     printf("\nHistory:         %zu retired key%s%s\n", rot->v.n_history, rot->v.n_history == 1 ? "" : "s",
            rot->v.n_history ? " (newest first; backups sealed under them can be restored):" : "");
     for (size_t i = 0; i < rot->v.n_history; i++) {
@@ -381,6 +400,7 @@ int admin_status(const admin_opts *o)
     rot_view rot = {.n = 0};
     ks_rot_count(tok_ctx_store(ctx), rot.epochs, rot.counts, 8, &rot.n);
     const ks_config *cfg = tok_ctx_config(ctx);
+    step_look(cfg, &info, &rot);
     ks_mk *m = NULL;
     ks_err err = KS_ERR_INIT;
     fleet_view fleet = {0};

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -120,6 +121,46 @@ static void read_holder(int fd, char *holder, size_t n)
     ssize_t r = pread(fd, holder, n - 1, 0);
     holder[r > 0 ? r : 0] = '\0';
     holder[strcspn(holder, "\n")] = '\0';
+}
+
+int ks_mk_step_running(const char *dir, char *holder, size_t n)
+{
+    char path[4200], line[256];
+    struct stat sb;
+    int fd, held = 0;
+
+    if (n)
+        holder[0] = '\0';
+    snprintf(path, sizeof(path), "%s/rotation.lock", dir);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1; /* made by the first step */
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return -1;
+    }
+    FILE *f = fopen("/proc/locks", "re");
+    if (!f) {
+        close(fd);
+        return -1;
+    }
+    /* "1: FLOCK  ADVISORY  WRITE 4711 fd:01:123456 0 EOF"; a waiter's line
+     * has "->" after its number. */
+    while (!held && fgets(line, sizeof(line), f)) {
+        char type[16], rw[16];
+        unsigned maj, mnr;
+        unsigned long long ino;
+        long pid;
+        if (sscanf(line, "%*d: %15s %*s %15s %ld %x:%x:%llu", type, rw, &pid, &maj, &mnr, &ino) == 6 &&
+            strcmp(type, "FLOCK") == 0 && ino == (unsigned long long)sb.st_ino && maj == major(sb.st_dev) &&
+            mnr == minor(sb.st_dev))
+            held = 1;
+    }
+    fclose(f);
+    if (held && n > 1)
+        read_holder(fd, holder, n);
+    close(fd);
+    return held;
 }
 
 static int lock_take(const char *dir, const ks_mk_opts *o, ks_err *err)

@@ -470,6 +470,11 @@ enum { KS_ROT_IDLE = 0, KS_ROT_STAGED, KS_ROT_REWRAP, KS_ROT_READY, KS_ROT_ABORT
 KS_API const char *ks_rot_state_name(int state);
 /* What an admin does about a rotation in this state before another can begin. */
 KS_API const char *ks_rot_busy_advice(int state);
+/* Is a master-key step running on the keystore in dir (this host's
+ * rotation.lock held)? Looked up without touching the lock (/proc/locks),
+ * so a step starting meanwhile is never turned away. 1: held (holder: its
+ * pid, command and start, as it wrote them), 0: free, -1: cannot tell. */
+KS_API int ks_mk_step_running(const char *dir, char *holder, size_t n);
 
 typedef struct {
     uint64_t done;      /* records resealed by this call */
