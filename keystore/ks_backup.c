@@ -261,6 +261,10 @@ static int open_copy(const char *scratch, const char *file, const ks_mkey *curre
         char why[sizeof(err->msg)];
         snprintf(why, sizeof(why), "%s", err->msg);
         ks_err_set(err, "%s cannot be opened with this host's keys: %s", file, why);
+    } else if (rc == KS_ENOKEY) {
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        ks_err_set(err, "%s cannot be restored here: %s; nothing was restored, the keystore is unchanged", file, why);
     } else if (rc == KS_ECORRUPT || rc == KS_EVERSION || rc == KS_ENOTFOUND) {
         char why[sizeof(err->msg)];
         snprintf(why, sizeof(why), "%s", err->msg);

@@ -472,7 +472,7 @@ state_loaded:
             }
             ks_mkey_clear(&k);
         }
-        if (!r->have_nxt) {
+        if (!r->have_nxt && !st->copy) { /* a copy's restore says it, of the file it came from */
             char hex[2 * KS_KCV_LEN + 1];
             ks_kcv_hex(r->nxt_kcv, hex);
             ks_log(r->rs.state == KS_ROT_PENDING ? KS_LOG_INFO : KS_LOG_ERROR, "keystore %s: the staged master key of epoch %u (check value %s) is not in %s; "
@@ -638,7 +638,19 @@ static int load_meta(ks_store *st, ks_btxn *t, const ks_mkey *mk, ks_err *err)
         return ks_read_error(err, st->path, "its index key record", rc);
     if (rc != KS_OK || ks_rec_header(v.p, v.n, NULL, &rec_epoch) != KS_OK)
         goto corrupt;
-    if (!(key = ks_ring_key(r, rec_epoch))) {
+    if (!(key = ks_ring_key(r, rec_epoch)) && st->copy) {
+        /* A copy made while a rotation was under way, whose staged key this
+         * host's key file no longer (or never) held. */
+        char hex[2 * KS_KCV_LEN + 1] = "unknown";
+        if (rec_epoch == r->rs.nxt)
+            ks_kcv_hex(r->nxt_kcv, hex);
+        ks_err_set(err, "it was copied while a rotation was under way, and what is sealed under that rotation's staged "
+                        "master key (epoch %u, check value %s) cannot be opened without it; %s does not hold it (a "
+                        "retired key 'p11mk-admin clear-history' destroyed, or one never copied to this host)",
+                   rec_epoch, hex, st->keysrc[0] ? st->keysrc : "the key this process was given (no key file)");
+        return KS_ENOKEY;
+    }
+    if (!key) {
         /* Not damage: a rotation resealed it under its staged key, which this
          * process was not given (ring_build said which key is missing). */
         ks_err_set(err, "keystore %s: its index key is sealed under master key epoch %u, whose key %s does not "

@@ -234,6 +234,57 @@ static void test_abort_keeps_the_key(void **state)
     all_read_obj(f, ks_mk_store(f->m));
 }
 
+static int stop_at_once(const ks_rot_progress *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    return 1;
+}
+
+/* A backup made while a rotation was stopped in its rewrap needs that
+ * rotation's staged key; the rotation aborted, its key in the history as
+ * aborted, and destroyed there by clear-history, restoring the backup is
+ * refused, naming the key and what may have become of it, and nothing
+ * changes (a hostile tester: the message called the scratch copy a
+ * keystore, advised putting the staged key back and an abort, and did not
+ * say that nothing was restored). */
+static void test_restore_needs_a_cleared_staged_key(void **state)
+{
+    fx *f = *state;
+    ks_err err = KS_ERR_INIT;
+    ks_mk_result res;
+    ks_mkey k, k2;
+    uint8_t kcv[KS_KCV_LEN];
+    char bak[200], hex[2 * KS_KCV_LEN + 1];
+
+    snprintf(bak, sizeof(bak), "%s/mid.bak", f->dir);
+    stage_fresh(f, &k, kcv);
+    ks_kcv_hex(kcv, hex);
+    ks_mk_opts o = {.batch = 1, .progress = stop_at_once};
+    assert_int_equal(ks_mk_rewrap(f->m, &o, &res, &err), KS_OK);
+    assert_true(res.stopped);
+    assert_int_equal(ks_mk_backup(f->m, bak, NULL, NULL, &err), KS_OK);
+    assert_int_equal(ks_mk_abort(f->m, NULL, &res, &err), KS_OK);
+    k2 = rand_key();
+    assert_int_equal(ks_mk_stage(f->m, &k2, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_rewrap(f->m, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_commit(f->m, NULL, &res, &err), KS_OK);
+    assert_int_equal(ks_mk_clear_history(f->m, 1, 0, NULL, &res, &err), KS_OK); /* the aborted key only */
+    assert_int_equal(res.n_destroyed, 1);
+    free(res.destroyed);
+    ks_mk_close(f->m); /* restore refuses a keystore in use */
+    f->m = NULL;
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ks_mk_restore(&f->cfg, bak, NULL, &res, &err), KS_ENOKEY);
+    assert_non_null(strstr(err.msg, "mid.bak cannot be restored here"));
+    assert_non_null(strstr(err.msg, hex));
+    assert_non_null(strstr(err.msg, "clear-history"));
+    assert_non_null(strstr(err.msg, "nothing was restored"));
+    assert_null(strstr(err.msg, "restore.tmp"));
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
+    all_read_obj(f, ks_mk_store(f->m));
+}
+
 /* A key file the admin made read-only (0400) keeps its mode through the
  * steps that replace it (a hostile tester: it came back 0600 after each). */
 static void test_key_file_mode_kept(void **state)
@@ -1266,6 +1317,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_history_unbounded_and_cleared_on_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_keeps_the_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restore_needs_a_cleared_staged_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_abort_keeps_its_epoch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_file_serves_one_keystore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_without_staged_key, setup, teardown),
