@@ -680,7 +680,9 @@ int admin_clear_history(const admin_opts *o)
             kcv_hex(v.history[i].kcv, hex);
             admin_format_time(v.history[i].retired, when, sizeof(when));
             fprintf(plan, "  epoch %u, check value %s, retired %s%s\n", v.history[i].epoch, hex, when,
-                    v.history[i].aborted ? " (aborted)" : "");
+                    v.history[i].aborted ? " (the staged key of an aborted rotation: backups made while that rotation "
+                                           "was under way need it)"
+                                         : "");
         }
         if (plan)
             fprintf(plan, "Backups and copies sealed under %s can no longer be opened.\n", n == 1 ? "it" : "them");
