@@ -195,7 +195,13 @@ typedef struct {
     ks_mk_view v; /* history, staged key; v.n_history == 0 if it could not be read */
     int step;         /* a master-key step running on this host: 1 yes, 0 no, -1 cannot tell or not asked */
     char holder[256]; /* the running step's own description */
+    bool have_readers; /* readers below: LMDB's reader table was read */
+    ks_readers_info readers;
 } rot_view;
+
+/* A read this many commits behind is named in the text form: an
+ * application's reads last microseconds; a backup's or verify's, seconds. */
+#define READER_BEHIND_TOLD 10
 
 /* One host's view (a shared database's other hosts run steps too): asked
  * only of an LMDB keystore with a rotation under way. */
@@ -294,10 +300,16 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     printf("], \"records_per_epoch\": {");
     for (size_t i = 0; i < rot->n; i++)
         printf("%s\"%u\": %llu", i ? ", " : "", rot->epochs[i], (unsigned long long)rot->counts[i]);
-    printf("}, \"auto_update_interval\": %llu, \"last_rotation\": %llu, \"next_due\": %llu},\n  \"map_size\": %llu,\n  \"objects\": %llu,\n  \"tokens\": [",
+    printf("}, \"auto_update_interval\": %llu, \"last_rotation\": %llu, \"next_due\": %llu},\n  \"map_size\": %llu,\n  \"objects\": %llu,\n",
            (unsigned long long)info->auto_interval, (unsigned long long)info->last_rotation,
            (unsigned long long)(info->auto_interval ? ks_auto_due(info->last_rotation, info->auto_interval) : 0),
            (unsigned long long)info->map_size, (unsigned long long)info->n_objects);
+    if (rot->have_readers)
+        printf("  \"readers\": {\"active\": %u, \"oldest_pid\": %ld, \"oldest_commits_behind\": %llu},\n",
+               rot->readers.active, rot->readers.oldest_pid, (unsigned long long)rot->readers.oldest_behind);
+    else
+        printf("  \"readers\": null,\n");
+    printf("  \"tokens\": [");
     for (size_t i = 0; i < n; i++) {
         printf("%s\n    {\"slot\": %lu, \"label\": ", i ? "," : "", (unsigned long)rows[i].id);
         admin_json_str(stdout, rows[i].label);
@@ -373,6 +385,25 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     printf("%s\n", rot->n ? "" : " none");
     printf("%s %llu MiB\n", cfg->backend && strcmp(cfg->backend, "lmdb") != 0 ? "Storage size:   " : "Map size:       ",
            (unsigned long long)(info->map_size >> 20));
+    char comm[64] = "";
+    if (rot->have_readers && rot->readers.oldest_behind >= READER_BEHIND_TOLD) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%ld/comm", rot->readers.oldest_pid);
+        FILE *c = fopen(path, "re");
+        if (c && fgets(comm + 2, sizeof(comm) - 2, c) && comm[2] != '\n') {
+            comm[0] = ',', comm[1] = ' ';
+            comm[strcspn(comm, "\n")] = '\0';
+        } else {
+            comm[0] = '\0';
+        }
+        if (c)
+            fclose(c);
+    }
+    if (rot->have_readers && rot->readers.oldest_behind >= READER_BEHIND_TOLD)
+        printf("Readers:         the oldest open read (pid %ld%s) sees the keystore as it was %llu commits ago: the\n"
+               "                 pages written since cannot be reused until it ends, so the file grows with every\n"
+               "                 write (a backup or verify at work, or a process stopped or stuck inside a read)\n",
+               rot->readers.oldest_pid, comm, (unsigned long long)rot->readers.oldest_behind);
     if (cfg->backend && strcmp(cfg->backend, "lmdb") != 0)
         hosts_text(info, fleet);
     printf("Tokens:          %zu (%llu objects)\n", n, (unsigned long long)info->n_objects);
@@ -401,6 +432,7 @@ int admin_status(const admin_opts *o)
     ks_rot_count(tok_ctx_store(ctx), rot.epochs, rot.counts, 8, &rot.n);
     const ks_config *cfg = tok_ctx_config(ctx);
     step_look(cfg, &info, &rot);
+    rot.have_readers = ks_readers(tok_ctx_store(ctx), &rot.readers) == KS_OK;
     ks_mk *m = NULL;
     ks_err err = KS_ERR_INIT;
     fleet_view fleet = {0};

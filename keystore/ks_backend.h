@@ -202,6 +202,9 @@ typedef struct ks_backend_ops {
      * writing it (where and what, for the restore's or export's message,
      * which names the file: not logged), or NULL; NULL op: none kept. */
     const char *(*copy_damage)(ks_benv *e);
+    /* The read transactions open now (ks_readers: the oldest's snapshot, in
+     * commit_seq's numbering, and its process); NULL op: no such table. */
+    int (*readers)(ks_benv *e, unsigned *active, uint64_t *oldest_seq, long *oldest_pid);
     /* The plain epoch and generation of the storage at path, read without
      * opening it as a store (it may be damaged, or under another key), and
      * its ids when ids is not NULL. */

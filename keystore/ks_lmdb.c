@@ -1066,6 +1066,49 @@ static int open_dbs(ks_benv *e, MDB_txn *t, unsigned flags)
     return MDB_SUCCESS;
 }
 
+/* LMDB's reader table, as mdb_reader_list prints it: "pid thread txnid"
+ * per slot in use, the txnid "-" for a slot whose thread is between
+ * transactions. (In a fault frame: no allocation, no lock.) */
+typedef struct {
+    unsigned active;
+    uint64_t oldest;
+    long pid;
+} readers_acc;
+
+static int reader_line(const char *msg, void *ctx)
+{
+    readers_acc *a = ctx;
+    long pid;
+    unsigned long long thread, txn;
+    char tx[32];
+    if (sscanf(msg, "%ld %llx %31s", &pid, &thread, tx) == 3 && tx[0] != '-' && sscanf(tx, "%llu", &txn) == 1) {
+        if (!a->active || txn < a->oldest) {
+            a->oldest = txn;
+            a->pid = pid;
+        }
+        a->active++;
+    }
+    return 0;
+}
+
+static int readers_walk(ks_benv *e, readers_acc *a)
+{
+    return mdb_reader_list(e->env, reader_line, a) < 0 ? EIO : MDB_SUCCESS;
+}
+
+static int lmdb_readers(ks_benv *e, unsigned *active, uint64_t *oldest_seq, long *oldest_pid)
+{
+    readers_acc a = {0, 0, 0};
+    int rc;
+    LM(e, rc, readers_walk(e, &a));
+    if (rc != MDB_SUCCESS)
+        return rc == LM_FAULT ? KS_ECORRUPT : KS_EIO;
+    *active = a.active;
+    *oldest_seq = a.oldest; /* a read transaction's id: the last commit it sees (lmdb_snapshot) */
+    *oldest_pid = a.pid;
+    return KS_OK;
+}
+
 static const char *lmdb_copy_damage(ks_benv *e)
 {
     return e->copy && atomic_load(&e->fault_told) && e->copy_told[0] ? e->copy_told : NULL;
@@ -1504,4 +1547,5 @@ const ks_backend_ops ks_lmdb_backend = {
     .peek_counters = lmdb_peek_counters,
     .check_pages = lmdb_check_pages,
     .copy_damage = lmdb_copy_damage,
+    .readers = lmdb_readers,
 };

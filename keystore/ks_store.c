@@ -960,6 +960,20 @@ uint32_t ks_epoch(ks_store *st) { return st ? atomic_load(&st->epoch_hint) : 0; 
 
 uint64_t ks_commit_seq(ks_store *st) { return st ? st->ops->commit_seq(st->be) : 0; }
 
+int ks_readers(ks_store *st, ks_readers_info *out)
+{
+    uint64_t oldest = 0, now;
+    memset(out, 0, sizeof(*out));
+    if (!st || !st->ops->readers)
+        return KS_EINVAL;
+    int rc = st->ops->readers(st->be, &out->active, &oldest, &out->oldest_pid);
+    if (rc != KS_OK)
+        return rc;
+    now = ks_commit_seq(st);
+    out->oldest_behind = out->active && now > oldest ? now - oldest : 0;
+    return KS_OK;
+}
+
 bool ks_readonly(ks_store *st) { return !st || st->rdonly; }
 
 static int get_info(ks_store *st, ks_info *info);

@@ -316,6 +316,18 @@ KS_API uint32_t ks_epoch(ks_store *st);
  * unknown: treat it as "changed". */
 KS_API uint64_t ks_commit_seq(ks_store *st);
 
+/* The read transactions open on the keystore now, of every process, and
+ * the oldest: how many commits it is behind the last one, and its process.
+ * A read that lasts (a process stopped or stuck inside one) keeps every page
+ * written since from being reused: the file grows with each write until it
+ * ends. KS_OK; KS_EINVAL when the backend keeps no such table (a database). */
+typedef struct {
+    unsigned active;          /* read transactions open */
+    uint64_t oldest_behind;   /* commits since the oldest one's snapshot (0: none open) */
+    long oldest_pid;          /* its process (0: none) */
+} ks_readers_info;
+KS_API int ks_readers(ks_store *st, ks_readers_info *out);
+
 /* ---- memory for secrets (ks_secmem.c) ---- */
 /* Zeroed, excluded from core dumps, locked against swap where the limit allows. */
 KS_API void *ks_secmem_alloc(size_t n);
