@@ -770,6 +770,37 @@ static int store_setup(ks_store *st, const char *target, const ks_mkey *mk, unsi
 static int open_with(const char *dir, const ks_backend_ops *ops, const char *target, const ks_mkey *mk,
                      unsigned flags, ks_store **out, ks_err *err);
 
+/* Root opening another user's keystore (status, list and verify as root, or
+ * a root application): the lock files an open makes (users.lock here,
+ * lock.mdb by LMDB, when the owner's last restore or a first use had none)
+ * go to the directory's owner, whose applications must open them for
+ * writing: made root's and 0600, they locked the owner out (C_Initialize
+ * failed; a hostile tester). Given away only when it is surely such a file:
+ * a regular file with one link, root's, empty for users.lock, starting
+ * with LMDB's lock file magic for lock.mdb (not a file of root's the owner
+ * could have moved there). */
+static void give_lock_files(const char *dir, const struct stat *dsb)
+{
+    static const char *const names[] = {"users.lock", "lock.mdb"};
+    if (geteuid() != 0 || dsb->st_uid == 0)
+        return;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        struct stat fsb;
+        uint32_t magic = 0;
+        int fd = openat(dfd, names[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0)
+            continue;
+        if (fstat(fd, &fsb) == 0 && S_ISREG(fsb.st_mode) && fsb.st_nlink == 1 && fsb.st_uid == 0 &&
+            (i == 0 ? fsb.st_size == 0 : pread(fd, &magic, sizeof(magic), 0) == sizeof(magic) && magic == 0xBEEFC0DEu))
+            (void)fchown(fd, dsb->st_uid, dsb->st_gid);
+        close(fd);
+    }
+    close(dfd);
+}
+
 int ks_open(const char *dir, const ks_mkey *mk, unsigned flags, ks_store **out, ks_err *err)
 {
     return open_with(dir, KS_BACKEND_DEFAULT, NULL, mk, flags, out, err);
@@ -913,6 +944,7 @@ static int open_with(const char *dir, const ks_backend_ops *ops, const char *tar
         pthread_mutex_unlock(&reg_lock);
         return rc;
     }
+    give_lock_files(dir, &sb);
     /* At open, a store whose counts cannot be read is not served: the
      * failure is the storage's, said as such (never as a count mismatch). */
     if ((rc = ks_anchor_check_counts(st, err)) != KS_OK) {

@@ -163,6 +163,14 @@ P11MK_CONF=$SCONF "$SADMIN" status >/dev/null || fail "root cannot read the serv
 expect_rc 1 env P11MK_CONF="$SCONF" "$SADMIN" rotate
 expect_out "belongs to uid $SUID: as root, 'rotate' would leave files there .* with P11MK_CONF=$SCONF"
 [ -z "$(find "$S/server" -uid 0)" ] || fail "root's refused rotate left files: $(find "$S/server" -uid 0)"
+# The lock files a read as root makes, where there were none (the owner's
+# restore removes lock.mdb), are the owner's: made root's and 0600 they
+# locked the server's user out of its keystore (a hostile tester).
+rm -f "$S/server/keystore/lock.mdb" "$S/server/keystore/users.lock"
+P11MK_CONF=$SCONF "$SADMIN" status >/dev/null || fail "root cannot read the server's keystore's status"
+P11MK_CONF=$SCONF "$SADMIN" list >/dev/null || fail "root cannot list the server's keystore"
+[ -z "$(find "$S/server" -uid 0)" ] || fail "root's status and list left root's files: $(find "$S/server" -uid 0)"
+as_server "$SADMIN" status >/dev/null || fail "the server's user cannot read its keystore after root's status"
 ok "as root, p11mk-admin reads the server's keystore but refuses to write into it, naming the user to run as"
 start_server
 [ "$(stat -c %a "$SOCK")" = 660 ] || fail "the socket is $(stat -c %a "$SOCK"), not 0660"
