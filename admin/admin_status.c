@@ -199,6 +199,52 @@ typedef struct {
     ks_readers_info readers;
 } rot_view;
 
+/* What a process or a file says of itself may hold terminal escapes. */
+static void printable(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
+/* Is pid, as LMDB's reader table has it, this system's process of that
+ * number? LMDB records the number the reader's own PID namespace gives it
+ * (an application in a container has another one here, and this one may
+ * be any process's, even init's): it is, if that process maps the
+ * keystore's lock file. 1 (comm: its command), 0 no, -1 cannot tell
+ * (its maps not readable by this user, no /proc). */
+static int reader_here(const char *keystore, long pid, char *comm, size_t n)
+{
+    char path[64], real[PATH_MAX], lockp[PATH_MAX + 16], line[PATH_MAX + 160];
+    int here = 0;
+    comm[0] = '\0';
+    if (pid <= 0 || !realpath(keystore, real))
+        return -1;
+    snprintf(lockp, sizeof(lockp), "%s/lock.mdb", real);
+    snprintf(path, sizeof(path), "/proc/%ld/maps", pid);
+    FILE *m = fopen(path, "re");
+    if (!m)
+        return -1;
+    size_t ll = strlen(lockp);
+    while (!here && fgets(line, sizeof(line), m)) {
+        size_t l = strcspn(line, "\n");
+        line[l] = '\0';
+        here = l >= ll && strcmp(line + l - ll, lockp) == 0;
+    }
+    fclose(m);
+    if (!here)
+        return 0;
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    FILE *c = fopen(path, "re");
+    if (!c || !fgets(comm, (int)n, c))
+        snprintf(comm, n, "command unknown");
+    if (c)
+        fclose(c);
+    comm[strcspn(comm, "\n")] = '\0';
+    printable(comm);
+    return 1;
+}
+
 /* A read this many commits behind is named in the text form: an
  * application's reads last microseconds; a backup's or verify's, seconds. */
 #define READER_BEHIND_TOLD 10
@@ -210,6 +256,7 @@ static void step_look(const ks_config *cfg, const ks_info *info, rot_view *rot)
     rot->step = -1;
     if (info->rot_state != KS_ROT_IDLE && (!cfg->backend || strcmp(cfg->backend, "lmdb") == 0))
         rot->step = ks_mk_step_running(cfg->keystore, rot->holder, sizeof(rot->holder));
+    printable(rot->holder);
 }
 
 /* The hosts sharing the keystore (none for a keystore one host owns). */
@@ -304,10 +351,14 @@ static void print_json(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
            (unsigned long long)info->auto_interval, (unsigned long long)info->last_rotation,
            (unsigned long long)(info->auto_interval ? ks_auto_due(info->last_rotation, info->auto_interval) : 0),
            (unsigned long long)info->map_size, (unsigned long long)info->n_objects);
-    if (rot->have_readers)
-        printf("  \"readers\": {\"active\": %u, \"oldest_pid\": %ld, \"oldest_commits_behind\": %llu},\n",
-               rot->readers.active, rot->readers.oldest_pid, (unsigned long long)rot->readers.oldest_behind);
-    else
+    if (rot->have_readers) {
+        char comm[64];
+        int here = rot->readers.active ? reader_here(cfg->keystore, rot->readers.oldest_pid, comm, sizeof(comm)) : -1;
+        printf("  \"readers\": {\"active\": %u, \"oldest_pid\": %ld, \"oldest_pid_here\": %s, "
+               "\"oldest_commits_behind\": %llu},\n",
+               rot->readers.active, rot->readers.oldest_pid, here == 1 ? "true" : here == 0 ? "false" : "null",
+               (unsigned long long)rot->readers.oldest_behind);
+    } else
         printf("  \"readers\": null,\n");
     printf("  \"tokens\": [");
     for (size_t i = 0; i < n; i++) {
@@ -347,7 +398,7 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
                                                  : "");
     }
     if (rot->step == 1)
-        printf("\n                 a step is running: %s", rot->holder[0] ? rot->holder : "holder unknown");
+        printf("\n                 a step is running: %s", rot->holder[0] ? rot->holder : "holder unknown"); /* printable: step_look */
     else if (rot->step == 0) /* a rewrap or an abort ends in another state: one was stopped */
         printf("\n                 no step is running%s; %s",
                info->rot_state == KS_ROT_REWRAP || info->rot_state == KS_ROT_ABORTING
@@ -385,25 +436,19 @@ static void print_text(const ks_config *cfg, const ks_mkey *mk, const ks_info *i
     printf("%s\n", rot->n ? "" : " none");
     printf("%s %llu MiB\n", cfg->backend && strcmp(cfg->backend, "lmdb") != 0 ? "Storage size:   " : "Map size:       ",
            (unsigned long long)(info->map_size >> 20));
-    char comm[64] = "";
     if (rot->have_readers && rot->readers.oldest_behind >= READER_BEHIND_TOLD) {
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/%ld/comm", rot->readers.oldest_pid);
-        FILE *c = fopen(path, "re");
-        if (c && fgets(comm + 2, sizeof(comm) - 2, c) && comm[2] != '\n') {
-            comm[0] = ',', comm[1] = ' ';
-            comm[strcspn(comm, "\n")] = '\0';
-        } else {
-            comm[0] = '\0';
-        }
-        if (c)
-            fclose(c);
-    }
-    if (rot->have_readers && rot->readers.oldest_behind >= READER_BEHIND_TOLD)
-        printf("Readers:         the oldest open read (pid %ld%s) sees the keystore as it was %llu commits ago: the\n"
+        char comm[64];
+        int here = reader_here(cfg->keystore, rot->readers.oldest_pid, comm, sizeof(comm));
+        printf("Readers:         the oldest open read (pid %ld%s%s) sees the keystore as it was %llu commits ago: the\n"
                "                 pages written since cannot be reused until it ends, so the file grows with every\n"
                "                 write (a backup or verify at work, or a process stopped or stuck inside a read)\n",
-               rot->readers.oldest_pid, comm, (unsigned long long)rot->readers.oldest_behind);
+               rot->readers.oldest_pid, here == 1 ? ", " : "",
+               here == 1 ? comm
+               : here == 0 ? " as its own PID namespace numbers it: this system's process of that number has no read "
+                             "open on the keystore; the reader may run in a container"
+                           : " as LMDB recorded it: in a container, the number the reader's own namespace gave it",
+               (unsigned long long)rot->readers.oldest_behind);
+    }
     if (cfg->backend && strcmp(cfg->backend, "lmdb") != 0)
         hosts_text(info, fleet);
     printf("Tokens:          %zu (%llu objects)\n", n, (unsigned long long)info->n_objects);
