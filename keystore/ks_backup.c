@@ -357,6 +357,15 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
     }
     if ((rc = open_copy(scratch, file, current, &copy, res, err)) != KS_OK)
         return rc;
+    /* Every page first: one LMDB could not have written makes the steps
+     * below fail on whatever they meet first, said less well. */
+    char pwhy[512];
+    if (copy->ops->check_pages && copy->ops->check_pages(copy->be, pwhy, sizeof(pwhy)) == KS_ECORRUPT) {
+        ks_err_set(err, "%s is damaged or altered (%s); nothing was restored, the keystore is unchanged: restore "
+                        "another backup", file, pwhy);
+        ks_close(copy);
+        return KS_EBADFILE;
+    }
     ks_info ci;
     uint8_t k[KS_KCV_LEN];
     ks_mkey_kcv(current, k);

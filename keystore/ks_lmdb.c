@@ -1019,7 +1019,11 @@ static int check_pages(ks_benv *e, bool free_lists, char *why, size_t n)
     }
     free(live);
     free(freed);
-    if (rc == LM_DAMAGED)
+    if (e->copy && (rc == LM_DAMAGED || rc == LM_UNSEEN)) /* its caller names the file and what to do */
+        snprintf(why, n, "its page %llu holds %s", (unsigned long long)pv.bad_pgno, pv.why);
+    else if (e->copy && rc == LM_FAULT)
+        snprintf(why, n, "LMDB %s while reading it", ks_fault_what());
+    else if (rc == LM_DAMAGED)
         snprintf(why, n, "data.mdb is damaged: its page %llu holds %s, which LMDB never writes (writes are "
                  "refused); restore the keystore from a backup", (unsigned long long)pv.bad_pgno, pv.why);
     else if (rc == LM_UNSEEN)

@@ -112,7 +112,7 @@ int ks_rot_stage(ks_store *st, const ks_mkey *newkey, uint32_t at_least, ks_err 
     pthread_mutex_unlock(&st->ring_lock);
     if (rc == KS_OK)
         rc = ks_write(st, stage_fn, &a);
-    if (rc == KS_OK)
+    if (rc == KS_OK && !st->copy) /* a copy's resealing is its restore's, which says what it did */
         ks_log(KS_LOG_INFO, "keystore %s: new master key staged as epoch %u", ks_path(st), a.epoch);
     return rc;
 }
@@ -471,7 +471,7 @@ int ks_rot_abort(ks_store *st, size_t batch, ks_rot_cb cb, void *arg, uint64_t *
     rc = ks_write(st, abort_begin_fn, err);
     if (rc == KS_OK)
         rc = run_pass(st, false, batch, cb, arg, done, NULL, err);
-    if (rc == KS_OK)
+    if (rc == KS_OK && !st->copy)
         ks_log(KS_LOG_INFO, "keystore %s: rotation aborted; every record is under the current key", ks_path(st));
     return rc;
 }
@@ -572,7 +572,7 @@ int ks_rot_commit(ks_store *st, bool disable_auto, uint64_t now, ks_err *err)
     if (!st)
         return KS_EINVAL;
     rc = ks_write(st, commit_fn, &a);
-    if (rc == KS_OK)
+    if (rc == KS_OK && !st->copy)
         ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u committed", ks_path(st), a.epoch);
     return rc;
 }

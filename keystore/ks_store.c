@@ -539,7 +539,7 @@ static int ring_attach(ks_store *st, ks_txn *x)
                 ks_log(KS_LOG_ERROR, "keystore %s: %s", st->path, e.msg[0] ? e.msg : ks_strerror(rc));
             st->failed_gen = gen + 1;
         } else if (!st->ring || gen > st->ring->gen) {
-            if (st->ring && st->ring->rs.cur != r->rs.cur)
+            if (st->ring && st->ring->rs.cur != r->rs.cur && !st->copy)
                 ks_log(KS_LOG_INFO, "keystore %s: master key epoch %u is now current", st->path, r->rs.cur);
             ring_unref(st->ring);
             st->ring = r;
