@@ -260,7 +260,8 @@ static int open_copy(const char *scratch, const char *file, const ks_mkey *curre
     if (rc == KS_EWRONGKEY) {
         char why[sizeof(err->msg)];
         snprintf(why, sizeof(why), "%s", err->msg);
-        ks_err_set(err, "%s cannot be opened with this host's keys: %s", file, why);
+        ks_err_set(err, "%s cannot be opened with this host's keys: %s; nothing was restored, the keystore is unchanged",
+                   file, why);
     } else if (rc == KS_ENOKEY) {
         char why[sizeof(err->msg)];
         snprintf(why, sizeof(why), "%s", err->msg);

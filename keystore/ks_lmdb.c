@@ -118,14 +118,19 @@ static inline ks_bval B(MDB_val v) { return (ks_bval){v.mv_data, v.mv_size}; }
 #define LM_MOVED (-39996)  /* a snapshot's meta page already rewritten by a later commit: take another */
 #define LM(e, rc, expr) KS_FAULT_GUARD(rc, lm_fault(e), expr)
 
+/* e NULL: a restore's look at the keystore it replaces (lmdb_peek_counters),
+ * which goes on without what it could not read. */
 static int lm_fault(ks_benv *e)
 {
-    if (e && e->copy && !atomic_exchange(&e->fault_told, true))
+    if (!e)
+        ks_log(KS_LOG_INFO, "the keystore being replaced is damaged (LMDB %s while reading it): the epochs and "
+                            "generations the copy continues from are its key file's", ks_fault_what());
+    else if (e->copy && !atomic_exchange(&e->fault_told, true))
         snprintf(e->copy_told, sizeof(e->copy_told), "LMDB %s while reading it", ks_fault_what());
-    else if (!e || !atomic_exchange(&e->fault_told, true))
+    else if (!atomic_exchange(&e->fault_told, true))
         ks_log(KS_LOG_ERROR, "keystore %s is damaged: LMDB %s while reading its file; nothing was changed; check it "
                              "with 'p11mk-admin verify' and restore it from a backup ('p11mk-admin restore')",
-               e ? e->path : "(a copy being read)", ks_fault_what());
+               e->path, ks_fault_what());
     return LM_FAULT;
 }
 
@@ -1191,6 +1196,9 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
         else if (rc == LM_FAULT)
             ks_err_set(err, "keystore %s is damaged: LMDB %s while opening it; restore it from a backup", e->path,
                        ks_fault_what());
+        else if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED)
+            ks_err_set(err, "keystore %s is damaged: its data.mdb is not an LMDB file LMDB can open (%s); nothing was "
+                            "changed: restore it from a backup ('p11mk-admin restore')", e->path, mdb_strerror(rc));
         else
             ks_err_set(err, "cannot open keystore %s: %s; check that the directory exists and that this user may "
                             "read and write it", e->path, mdb_strerror(rc));
@@ -1212,7 +1220,10 @@ static int env_open(ks_benv *e, unsigned flags, bool *rdonly, ks_err *err)
         ks_log(KS_LOG_WARN, "keystore %s: its map is not in /proc/self/maps (is /proc mounted?): values LMDB returns "
                             "are not checked against the file, and a file cut short while open may stop LMDB's "
                             "writers (README: a damaged data.mdb)", e->path);
-    if ((rc = file_whole(e)) != MDB_SUCCESS) {
+    atomic_store(&e->fault_told, true); /* a file cut short: said once, by err below */
+    rc = file_whole(e);
+    atomic_store(&e->fault_told, false);
+    if (rc != MDB_SUCCESS) {
         if (e->copy)
             ks_err_set(err, "it is shorter than the pages its header names (cut short)");
         else

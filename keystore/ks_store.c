@@ -397,11 +397,19 @@ static int ring_build(ks_store *st, ks_btxn *t, uint64_t gen, ks_keyring **out, 
         char want[2 * KS_KCV_LEN + 1], have[2 * KS_KCV_LEN + 1], src[4096];
         ks_kcv_hex(r->cur_kcv, want);
         configured_key(st, src, sizeof(src), have);
-        ks_err_set(err, "keystore %s is sealed under a master key with check value %s (epoch %u), but the "
+        if (st->copy) /* its restore names the file; the copy's history is not this host's to change */
+            ks_err_set(err, "it is sealed under a master key with check value %s (epoch %u), which %s (check value "
+                            "%s) does not hold, current or retired. Either (1) configure here the master key with "
+                            "check value %s, (2) on a host that has it, restore the copy there, change its key to "
+                            "this host's ('p11mk-admin set-master-key') and back it up again, or (3) there, export it "
+                            "('p11mk-admin export --to-default') and restore that file here",
+                       want, r->rs.cur, src, have, want);
+        else
+            ks_err_set(err, "keystore %s is sealed under a master key with check value %s (epoch %u), but the "
                         "configured master key (%s) has check value %s. Either (1) configure here the master key "
                         "with check value %s, (2) on the host that has that key, change it to this host's key, "
                         "or (3) there, move the keystore through the default key and open that copy here.",
-                   st->path, want, r->rs.cur, src, have, want);
+                       st->path, want, r->rs.cur, src, have, want);
         rc = KS_EWRONGKEY;
         goto fail;
     }

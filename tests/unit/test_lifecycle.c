@@ -283,6 +283,20 @@ static void test_restore_needs_a_cleared_staged_key(void **state)
     assert_null(strstr(err.msg, "restore.tmp"));
     assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
     all_read_obj(f, ks_mk_store(f->m));
+    /* The backup's current key destroyed too: the copy is named, its key,
+     * nothing done (it called the scratch copy a keystore, with advice for
+     * the keystore in place). */
+    assert_int_equal(ks_mk_clear_history(f->m, 0, 0, NULL, &res, &err), KS_OK);
+    free(res.destroyed);
+    ks_mk_close(f->m);
+    f->m = NULL;
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ks_mk_restore(&f->cfg, bak, NULL, &res, &err), KS_EWRONGKEY);
+    assert_non_null(strstr(err.msg, "mid.bak cannot be opened with this host's keys: it is sealed under"));
+    assert_non_null(strstr(err.msg, "nothing was restored"));
+    assert_null(strstr(err.msg, "restore.tmp"));
+    assert_int_equal(ks_mk_open(&f->cfg, &f->m, &err), KS_OK);
+    all_read_obj(f, ks_mk_store(f->m));
 }
 
 /* A key file the admin made read-only (0400) keeps its mode through the
