@@ -6,7 +6,10 @@
  * runs after rec_release and so takes a record again), all while another
  * thread forks without pause (each child checks that the module answers
  * CKR_CRYPTOKI_NOT_INITIALIZED and exits). A counter left above 0 (or a
- * record shared by two threads) makes a fork wait for ever: alarm 60 s.
+ * record shared by two threads) makes a fork wait for ever: a round that
+ * takes 30 s is a hang (the alarm is set again at each round: the whole
+ * run under ThreadSanitizer took 36-54 s alone, over 60 on a loaded
+ * machine).
  * ROUNDS (default 300) rounds of 6 threads. Exits 1 on a hang or a bad rv. */
 #include "common.h"
 
@@ -70,15 +73,17 @@ int main(void)
     pthread_key_create(&key_after, dtor); /* after it */
     hung_message = "gate_thread_churn: hung";
     signal(SIGALRM, on_hang_alarm);
-    alarm(60);
+    alarm(30);
     pthread_create(&tf, NULL, forker, NULL);
     for (int r = 0; r < rounds; r++) {
         pthread_t t[6];
+        alarm(30);
         for (long k = 0; k < 6; k++)
             pthread_create(&t[k], NULL, worker, (void *)(k + (r & 1) * 6));
         for (int k = 0; k < 6; k++)
             pthread_join(t[k], NULL);
     }
+    alarm(30);
     stop = 1;
     pthread_join(tf, NULL);
     /* and once more, with nothing running: the gate must be balanced */
