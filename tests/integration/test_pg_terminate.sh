@@ -82,9 +82,13 @@ echo "# $started of $runs runs started while backends were terminated"
 # Under AddressSanitizer an open takes ten times as long, each more exposed
 # to the terminations, and a dozen runs fit in the time: 10 of 12 started
 # once on a loaded machine (the base code fell to about 60%).
+# On a loaded machine fewer runs fit (9 in a CI run of two lanes, 8 of them
+# started): one run that did not start is within the bound too, as the base
+# code's 60% is several.
 min_pct=$([ -n "${ASAN_OPTIONS:-}" ] && echo 75 || echo 90)
-[ $((started * 100)) -ge $((runs * min_pct)) ] ||
-    { echo "BUG: only $started of $runs runs got through C_Initialize and C_GetSlotList (under $min_pct%)"; bad=1; }
+if [ $((started * 100)) -lt $((runs * min_pct)) ] && ! { [ $runs -ge 4 ] && [ $((runs - started)) -le 1 ]; }; then
+    echo "BUG: only $started of $runs runs got through C_Initialize and C_GetSlotList (under $min_pct%)"; bad=1
+fi
 [ $bad -eq 0 ] && ok "backends terminated every 70-110 ms: $started of $runs runs started, no wrong data"
 
 # 2: fork and nothreads modes
