@@ -44,7 +44,7 @@ static void os_unlock(os_mutex *m)
         os_wake(&m->word);
 }
 
-static CK_C_INITIALIZE_ARGS app_locks; /* CreateMutex == NULL: use pthreads */
+static CK_C_INITIALIZE_ARGS app_locks; /* CreateMutex == NULL: the OS's (os_mutex) */
 
 CK_RV p11_locking_setup(const CK_C_INITIALIZE_ARGS *args)
 {
