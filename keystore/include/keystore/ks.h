@@ -191,7 +191,8 @@ KS_API int ks_mkey_from_passphrase(const char *pass, size_t len, ks_mkey *mk);
  * so that any n-1 of the n parts say nothing about it. */
 #define KS_PARTS_MAX 9
 KS_API int ks_mkey_from_parts(const char *const *parts, size_t n, ks_mkey *mk);
-/* A generated key: 32 random characters, turned into a key as a passphrase. */
+/* A generated key: 32 bytes of the random generator (never shown, kept only
+ * in the key file). KS_OK, KS_EINVAL, or KS_EIO when the generator fails. */
 KS_API int ks_mkey_generate(ks_mkey *mk);
 
 /* ---- master-key registers (the key file) -------------------------------- */
