@@ -16,7 +16,8 @@ After each kill:
     unless clear-history destroyed it), no file holding key material next to the key file
     (master.key.tmp* and the like), a killed backup leaves no partial file under its name.
 
-P11MK_STRESS=N multiplies the rounds; P11MK_SEED=S replays a run; P11MK_KEEP=1 keeps the
+P11MK_STRESS=N multiplies the rounds; P11MK_CRASH_ROUNDS=N sets the rounds per command (default 7;
+fewer in the sanitizer lane, where each costs three times as much); P11MK_SEED=S replays a run; P11MK_KEEP=1 keeps the
 temporary directory; P11MK_VERBOSE=1 prints every failure in full.
 """
 import json
@@ -35,7 +36,7 @@ from lifecycle_common import (ADMIN, FAR_FUTURE, HISTORY_MAX_BEFORE_CLEAR, KCV_R
                               finish, print_failures, reap_children, remove_root, rng, start)
 
 FILL = 1500
-ROUNDS_PER_COMMAND = 7
+ROUNDS_PER_COMMAND = max(1, int(os.environ.get("P11MK_CRASH_ROUNDS") or 7))
 COMMANDS = ["set-master-key", "stage", "rewrap", "commit", "abort", "rotate", "clear-history",
             "auto-update run", "auto-update --interval", "backup", "restore", "delete-token"]
 
