@@ -2,7 +2,8 @@
 # Crash safety: kill -9 'rewrap', 'commit' and 'abort' at random moments, many times,
 # then run the step again. The module always opens the keystore, no object is
 # lost or unreadable, 'status' and 'verify' pass after every kill. P11MK_STRESS=N
-# raises the number of rounds (the default keeps the test command fast);
+# (or P11MK_ROTATION_CRASH_ROUNDS=N, which only this test reads) sets the
+# number of rounds (default 30: the test command's);
 # P11MK_VERBOSE=1 prints every round.
 #
 # A killed command must have died by the SIGKILL (exit 137) or, when the kill
@@ -21,7 +22,7 @@
 # them from, and still some. At least half of the rounds must land so.
 . "${P11MK_TESTLIB:?run the integration tests through meson test}"
 CLIENT=${P11MK_ROT_CLIENT:?}
-rounds=${P11MK_STRESS:-30}
+rounds=${P11MK_ROTATION_CRASH_ROUNDS:-${P11MK_STRESS:-30}}
 objects=1500
 batch=5
 if [ -n "$PG_DB" ]; then need psql; else need mdb_stat; fi
