@@ -10,7 +10,8 @@
 # one (procs, threads, so, killwatch, badargs, initrace, samelogin). A part
 # reports every check that fails, not only the first.
 parts=(procs threads so killwatch badargs initrace samelogin)
-# P11MK_PIN_LOCKOUT_PARTS="a b ...": only these parts (run-tests' postgresql phase).
+# P11MK_PIN_LOCKOUT_PARTS="a b ...": only these parts (run-tests' postgresql and
+# ThreadSanitizer phases).
 [ -z "${P11MK_PIN_LOCKOUT_PARTS:-}" ] || read -r -a parts <<<"$P11MK_PIN_LOCKOUT_PARTS"
 if [ $# -eq 0 ]; then
     : "${P11MK_TESTLIB:?run the integration tests through meson test}"
