@@ -27,7 +27,8 @@ static void *creator(void *arg)
 int main(void)
 {
     setup();
-    int leaks = 0, rounds = 200;
+    /* LOGOUT_ROUNDS (default 200; the sanitizer lane runs fewer) */
+    int leaks = 0, rounds = getenv("LOGOUT_ROUNDS") ? atoi(getenv("LOGOUT_ROUNDS")) : 200;
     for (int i = 0; i < NT; i++)
         CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &sess[i]));
     for (int r = 0; r < rounds; r++) {
