@@ -33,7 +33,7 @@ N >= 4 every pair meets in every state; P11MK_SEED=S replays a run (the seed is
 printed); P11MK_KEEP=1 keeps the temporary directory; P11MK_VERBOSE=1 prints
 every failure in full. For debugging: P11MK_PHASES=matrix,prompts,... and
 P11MK_MATRIX_CMDS=stage,rewrap,... narrow the run. P11MK_MATRIX_PAIRS=N runs a sample of N rounds of
-the matrix (every command with itself and with another at least; the sanitizer lane's run).
+the matrix (every command with itself and with another at least): a quicker run by hand.
 """
 import fcntl
 import itertools
