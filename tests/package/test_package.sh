@@ -71,7 +71,7 @@ build "$W/v2"
     cat "$src/debian/changelog"
 } > "$W/v2/src/debian/changelog"
 for v in v1 v2; do
-    (cd "$W/$v/src" && DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b) > "$W/build-$v.log" 2>&1 </dev/null \
+    (cd "$W/$v/src" && DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)" dpkg-buildpackage -us -uc -b) > "$W/build-$v.log" 2>&1 </dev/null \
         || fail "dpkg-buildpackage ($v) failed"
 done
 DEB1=$W/v1/p11mk_${version}_$(dpkg --print-architecture).deb
