@@ -448,7 +448,7 @@ def phase_matrix(root):
     all_pairs = len(pairs)
     want = int(os.environ.get("P11MK_MATRIX_PAIRS") or 0)
     if 0 < want < len(pairs):
-        # A sample (the sanitizer lane's run): each command first with itself and with another,
+        # A sample (a quicker run): each command first with itself and with another,
         # then the rest of the shuffled list, to the number asked for.
         alone, crossed, sample = set(cmds), set(cmds), []
         for p in pairs:
