@@ -32,8 +32,7 @@ the client creates ~200 objects/s) and the restore phase N times, so that with
 N >= 4 every pair meets in every state; P11MK_SEED=S replays a run (the seed is
 printed); P11MK_KEEP=1 keeps the temporary directory; P11MK_VERBOSE=1 prints
 every failure in full. For debugging: P11MK_PHASES=matrix,prompts,... and
-P11MK_MATRIX_CMDS=stage,rewrap,... narrow the run. P11MK_MATRIX_PAIRS=N runs a sample of N rounds of
-the matrix (every command with itself and with another at least): a quicker run by hand.
+P11MK_MATRIX_CMDS=stage,rewrap,... narrow the run.
 """
 import fcntl
 import itertools
@@ -445,24 +444,7 @@ def phase_matrix(root):
             order += g
         pairs += [(a, b, order[k % len(order)], k) for k in range(STRESS)]
     rng.shuffle(pairs)
-    all_pairs = len(pairs)
-    want = int(os.environ.get("P11MK_MATRIX_PAIRS") or 0)
-    if 0 < want < len(pairs):
-        # A sample (a quicker run): each command first with itself and with another,
-        # then the rest of the shuffled list, to the number asked for.
-        alone, crossed, sample = set(cmds), set(cmds), []
-        for p in pairs:
-            a, b = p[0], p[1]
-            if (a == b and a in alone) or (a != b and (a in crossed or b in crossed)):
-                sample.append(p)
-                if a == b:
-                    alone.discard(a)
-                else:
-                    crossed.difference_update((a, b))
-        sample += [p for p in pairs if p not in sample][:max(0, want - len(sample))]
-        pairs = sample
-        rng.shuffle(pairs)
-    per_pass = max(1, len(pairs) // STRESS)
+    per_pass = len(pairs) // STRESS
     FILL = 300
     seg = None          # the running client: {label, client, writes}
     rounds, segments, states_seen, clients = 0, 0, {}, []
@@ -552,9 +534,8 @@ def phase_matrix(root):
     finally:
         if seg:
             end_segment(check=not any(c.startswith("fatal") for c, _ in ph.failures))
-    summary = "%d rounds (%d pairs x %d%s), states before the pairs %s, %d keys tracked; client%s %s" % (
-        rounds, per_pass, STRESS, "" if len(pairs) == all_pairs else ", a sample of %d of %d rounds, "
-        "P11MK_MATRIX_PAIRS" % (len(pairs), all_pairs), states_seen, len(R.keys.seen), "s" if len(clients) > 1 else "",
+    summary = "%d rounds (%d pairs x %d), states before the pairs %s, %d keys tracked; client%s %s" % (
+        rounds, per_pass, STRESS, states_seen, len(R.keys.seen), "s" if len(clients) > 1 else "",
         "; ".join(clients) or "not run")
     return ph.report(summary)
 
