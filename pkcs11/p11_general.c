@@ -3,10 +3,28 @@
 #include "p11_internal.h"
 
 #include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 /* C_Initialize/C_Finalize themselves are serialized by a process mutex. */
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The gate, then init_lock: taken inside the gate (a fork waits for its
+ * holder) but never waited for there, since a C_Finalize that holds it waits
+ * for every other call in the gate to return (p11_gate_drain). A thread that
+ * finds it held leaves the gate and tries again a moment later, holding
+ * nothing while it waits. */
+static p11_gate enter_init_locked(void)
+{
+    for (;;) {
+        p11_gate g = p11_gate_enter();
+        if (pthread_mutex_trylock(&init_lock) == 0)
+            return g;
+        p11_gate_leave(g);
+        struct timespec t = {0, 200000};
+        nanosleep(&t, NULL);
+    }
+}
 
 /* In a fork child, the parent's state is abandoned: its sessions and login
  * state do not carry over (PKCS#11 2.40 section 6.7.7), and the keystore
@@ -53,8 +71,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     tok_ctx *tok = NULL;
 
     p11_gate_setup(); /* with the layers' fork handlers, outside the gate */
-    p11_gate g = p11_gate_enter();
-    pthread_mutex_lock(&init_lock);
+    p11_gate g = enter_init_locked();
     if (p11_state_forked())
         forget_parent();
     else if (p11_state_fork_child())
@@ -93,8 +110,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 {
     return_val_if_fail(pReserved == NULL, CKR_ARGUMENTS_BAD);
     p11_gate_setup();
-    p11_gate g = p11_gate_enter();
-    pthread_mutex_lock(&init_lock);
+    p11_gate g = enter_init_locked();
     if (!p11_initialized()) {
         pthread_mutex_unlock(&init_lock);
         p11_gate_leave(g);
@@ -103,6 +119,11 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     p11_mutex *lock = NULL;
     tok_ctx *tok = NULL;
 
+    /* Other threads' calls (which PKCS#11 leaves undefined here): those
+     * that start now return CKR_CRYPTOKI_NOT_INITIALIZED, those in flight
+     * finish with the state as it is (tests/races/finalize_in_flight). */
+    p11_state_unpublish();
+    p11_gate_drain(g);
     p11_events_stop(); /* ends every C_WaitForSlotEvent, waits for them to leave */
     p11_sessions_free(false);
     p11_state_clear(&tok, &lock);

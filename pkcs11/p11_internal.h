@@ -82,6 +82,9 @@ P11_API bool p11_state_published(void);   /* initialized, in this process or its
 P11_API bool p11_state_forked(void);      /* initialized in the parent of this process */
 P11_API bool p11_state_fork_child(void);  /* a fork child not initialized since */
 P11_API void p11_state_publish(tok_ctx *tok, p11_mutex *lock);
+/* C_Finalize's first step: calls that start from now on find the library
+ * not initialized; p11_gate_drain then waits for those already in. */
+P11_API void p11_state_unpublish(void);
 P11_API void p11_state_clear(tok_ctx **tok, p11_mutex **lock); /* hands them back */
 /* A fork child keeps what it inherited but must not free (the parent's
  * context, locks), referenced for the rest of the process. */
@@ -107,6 +110,10 @@ P11_API p11_gate p11_gate_enter(void);
  * C_Finalize, inside the gate, may be waiting for). */
 P11_API bool p11_gate_try_enter(p11_gate *g);
 P11_API void p11_gate_leave(p11_gate g);
+/* C_Finalize (inside the gate as self, holding init_lock, after
+ * p11_state_unpublish): returns once every other thread's call in the
+ * module has returned. */
+P11_API void p11_gate_drain(p11_gate self);
 P11_API tok_ctx *p11_tok(void);
 /* C_WaitForSlotEvent's state (p11_event.c): started by C_Initialize with its
  * context (before it is published), stopped by C_Finalize before the context

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -54,7 +55,8 @@ typedef struct gate_rec {
     struct gate_rec *next;         /* every record made; none is freed (-z nodelete) */
 } gate_rec;
 
-static gate_rec *recs;      /* pushed under gate_mx, read by the fork handler under it */
+static gate_rec *recs;      /* pushed under gate_mx (release), read by the fork handler under it and by
+                               C_Finalize's drain without it (acquire) */
 static unsigned spill;      /* calls of threads without a record */
 static bool closed;         /* a fork is under way */
 static bool asym;           /* membarrier registered: calls skip the locked instruction */
@@ -103,7 +105,7 @@ static gate_rec *rec_take(void)
     if (!r && (r = aligned_alloc(64, sizeof(*r))) != NULL) {
         memset(r, 0, sizeof(*r));
         r->next = recs;
-        recs = r;
+        __atomic_store_n(&recs, r, __ATOMIC_RELEASE);
     }
     if (r && pthread_setspecific(rec_key, r) != 0)
         r = NULL; /* out of memory */
@@ -193,6 +195,46 @@ void p11_gate_leave(p11_gate gate)
     pthread_setcancelstate(gate.cancel, NULL);
 }
 
+/* C_Finalize's wait for the calls in flight (PKCS#11 leaves C_Finalize
+ * during other threads' calls undefined; such calls used the sessions and
+ * the context it frees). The caller, inside the gate (self), has cleared
+ * `initialized` (p11_state_unpublish) and holds init_lock; every call tests
+ * `initialized` after it has counted itself in the gate, so, as with the
+ * fork's `closed`, either a call sees it cleared (and returns
+ * CKR_CRYPTOKI_NOT_INITIALIZED without touching the state) or this sees the
+ * call, and waits for it to return. gate_mx is not taken: a fork that holds
+ * it waits for this call, and new calls wait behind the fork, not this.
+ * C_WaitForSlotEvent waits outside the gate (only its looks are inside);
+ * C_Initialize and C_Finalize never wait for init_lock inside it. (A fork
+ * made inside a call, from the application's mutex callback, while another
+ * thread's C_Finalize drains would wait for that C_Finalize, and it for the
+ * forking call: not supported.) spill first: a call moving from spill to
+ * a new record pushes the record before it leaves spill, so the walk after
+ * it sees the record. */
+static void wait_until(const unsigned *count, unsigned v)
+{
+    for (unsigned spins = 0; __atomic_load_n(count, __ATOMIC_SEQ_CST) != v; spins++) { /* after the store */
+        if (spins < 100) {
+            sched_yield();
+        } else { /* a call that waits (a PIN attempt's turn, a database): 1 ms steps */
+            struct timespec t = {0, 1000000};
+            nanosleep(&t, NULL);
+        }
+    }
+}
+
+void p11_gate_drain(p11_gate self)
+{
+    gate_rec *me = self.rec;
+
+    if (__atomic_load_n(&asym, __ATOMIC_RELAXED))
+        (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); /* calls order count, then test */
+    wait_until(&spill, me ? 0 : 1);
+    for (gate_rec *r = __atomic_load_n(&recs, __ATOMIC_ACQUIRE); r; r = r->next)
+        if (r != me)
+            wait_until(&r->inside, 0);
+}
+
 /* A fork child must call C_Initialize before using the module (PKCS#11
  * 2.40; the interfaces advertise no fork-safety). The child learns it is one
  * from this handler, with no system call on each function call (the module is
@@ -273,9 +315,11 @@ static bool forked(void) { return __atomic_load_n(&g.forked, __ATOMIC_RELAXED); 
 
 /* Any thread may ask while another runs C_Initialize (pkcs11-tool's thread
  * tests do): the flag is published with release after every other field is
- * set, and read with acquire. */
+ * set, and read with acquire (sequentially consistent: a call's reading
+ * comes after its count in the gate, for C_Finalize's drain; a plain load
+ * on x86 all the same). */
 static void set_initialized(bool v) { __atomic_store_n(&g.initialized, v, __ATOMIC_RELEASE); }
-static bool get_initialized(void) { return __atomic_load_n(&g.initialized, __ATOMIC_ACQUIRE); }
+static bool get_initialized(void) { return __atomic_load_n(&g.initialized, __ATOMIC_SEQ_CST); }
 bool p11_initialized(void) { return get_initialized() && !forked(); }
 tok_ctx *p11_tok(void) { return g.tok; }
 void p11_lock(void) { p11_mutex_lock(g.lock); }
@@ -314,6 +358,8 @@ void p11_state_abandon(void *p)
     }
     abandoned[nabandoned++] = p;
 }
+
+void p11_state_unpublish(void) { __atomic_store_n(&g.initialized, false, __ATOMIC_SEQ_CST); }
 
 void p11_state_clear(tok_ctx **tok, p11_mutex **lock)
 {
