@@ -16,12 +16,12 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * nothing while it waits. */
 static p11_gate enter_init_locked(void)
 {
-    for (;;) {
+    for (long ns = 100000;; ns = ns < 6400000 ? ns * 2 : ns) { /* 0.1 ms, doubling to 6.4 ms (a slow open) */
         p11_gate g = p11_gate_enter();
         if (pthread_mutex_trylock(&init_lock) == 0)
             return g;
         p11_gate_leave(g);
-        struct timespec t = {0, 200000};
+        struct timespec t = {0, ns};
         nanosleep(&t, NULL);
     }
 }
