@@ -54,6 +54,7 @@ static struct cipher {
 #define KEYLEN_UNITS 5
 static struct cipher *by_kind[TOK_FAM_CHACHA20 + 1][C_MODES][KEYLEN_UNITS];
 
+static tok_gcm_fns *gcm_direct[KEYLEN_UNITS]; /* AES-GCM by key length: the provider's functions */
 static EVP_MAC *cmac, *hmac;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t legacy_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -64,6 +65,8 @@ static void fetch_all(void)
         by_kind[ciphers[i].fam][ciphers[i].mode][ciphers[i].keylen / 8] = &ciphers[i];
         if (ciphers[i].fam != TOK_FAM_DES)
             ciphers[i].c = EVP_CIPHER_fetch(ks_libctx(), ciphers[i].name, NULL);
+        if (ciphers[i].fam == TOK_FAM_AES && ciphers[i].mode == C_GCM)
+            gcm_direct[ciphers[i].keylen / 8] = tok_gcm_resolve(ciphers[i].c);
     }
     cmac = EVP_MAC_fetch(ks_libctx(), "CMAC", NULL);
     hmac = EVP_MAC_fetch(ks_libctx(), "HMAC", NULL);
@@ -92,6 +95,12 @@ const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
         return NULL;
     e = by_kind[d->fam][mode_of(d->mc)][keylen / 8];
     return e ? __atomic_load_n(&e->c, __ATOMIC_ACQUIRE) : NULL;
+}
+
+const tok_gcm_fns *tok_mech_gcm(size_t keylen)
+{
+    pthread_once(&fetch_once, fetch_all);
+    return keylen % 8 == 0 && keylen / 8 < KEYLEN_UNITS ? gcm_direct[keylen / 8] : NULL;
 }
 
 bool tok_cipher_fetch_legacy(void)

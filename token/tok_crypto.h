@@ -162,6 +162,25 @@ TOK_API CK_RV tok_op_save(const tok_op *op, tok_op_saved *out);
  * block cipher mechanism for a key of keylen bytes: NULL when the family has
  * no such key size. */
 TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen);
+/* AES-GCM through the provider's own functions (tok_gcm.c): NULL when the
+ * key length's cipher is not the default provider's (then EVP serves). */
+typedef struct tok_gcm_fns tok_gcm_fns;
+TOK_API const tok_gcm_fns *tok_mech_gcm(size_t keylen);
+/* For tok_cipher.c, once per cipher. */
+TOK_API tok_gcm_fns *tok_gcm_resolve(const EVP_CIPHER *c);
+/* The provider's context of one operation, keyed, its IV (12 bytes: the
+ * others go through EVP) and AAD given: NULL on failure (nothing to free).
+ * The calls below return false on failure; tok_gcm_free cleanses and frees
+ * (NULL: nothing). update is a stream: outlen = inlen. final gives no bytes
+ * (a decryption's tag is set first: tok_gcm_tag(..., false, ...)); then
+ * an encryption's tag is got (true). */
+TOK_API void *tok_gcm_new(const tok_gcm_fns *g, bool enc, const uint8_t *key, size_t keylen, const uint8_t *iv,
+                          size_t ivlen, const uint8_t *aad, size_t aadlen);
+TOK_API bool tok_gcm_update(const tok_gcm_fns *g, void *ctx, uint8_t *out, size_t *outlen, const uint8_t *in,
+                            size_t inlen);
+TOK_API bool tok_gcm_final(const tok_gcm_fns *g, void *ctx, uint8_t *out, size_t *outlen);
+TOK_API bool tok_gcm_tag(const tok_gcm_fns *g, void *ctx, bool get, uint8_t *tag, size_t taglen);
+TOK_API void tok_gcm_free(const tok_gcm_fns *g, void *ctx);
 /* The block size of a family (16 for AES, 8 for DES). */
 TOK_API size_t tok_fam_block(tok_fam fam);
 /* Is kt a key type of the family? */

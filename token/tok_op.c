@@ -27,6 +27,8 @@ struct tok_op {
     const tok_mech_desc *d;
     tok_key *key;
     EVP_CIPHER_CTX *cctx;
+    const tok_gcm_fns *gcm; /* AES-GCM with a 12-byte IV: the provider's functions and context (tok_gcm.c), */
+    void *gctx;         /* not cctx; freed (cleansed) when the operation ends */
     EVP_MD_CTX *mdctx;
     EVP_MAC_CTX *mac;
     uint8_t *buf; /* buffered input (GCM decryption) */
@@ -88,10 +90,19 @@ static void op_release_data(tok_op *op)
     op->aead = NULL;
 }
 
+static void gcm_release(tok_op *op)
+{
+    if (op->gctx) {
+        tok_gcm_free(op->gcm, op->gctx);
+        op->gctx = NULL;
+    }
+}
+
 void tok_op_free(tok_op *op)
 {
     if (!op)
         return;
+    gcm_release(op);
     EVP_CIPHER_CTX_free(op->cctx);
     EVP_MD_CTX_free(op->mdctx);
     EVP_MAC_CTX_free(op->mac);
@@ -225,6 +236,11 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
             g->ulAADLen > INT32_MAX)
             return CKR_MECHANISM_PARAM_INVALID;
         op->taglen = g->ulTagBits / 8;
+        if (g->ulIvLen == 12 && (op->gcm = tok_mech_gcm(op->key->secret_len)) != NULL) {
+            op->gctx = tok_gcm_new(op->gcm, enc, op->key->secret, op->key->secret_len, g->pIv, 12, g->pAAD,
+                                   g->ulAADLen);
+            return op->gctx ? CKR_OK : CKR_FUNCTION_FAILED;
+        }
         break;
     }
     }
@@ -433,6 +449,7 @@ static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_ke
         EVP_MAC_CTX_free(op->mac);
     if (cctx != op->cctx)
         EVP_CIPHER_CTX_free(op->cctx);
+    gcm_release(op);
     op_release_data(op);
     if (k != key) {
         tok_key_unref(k);
@@ -562,6 +579,7 @@ static bool scrub(tok_op *op)
         EVP_MAC_CTX_free(op->mac);
         op->mac = NULL;
     }
+    gcm_release(op); /* cleansed and freed */
     if (op->cctx && EVP_CIPHER_CTX_reset(op->cctx) != 1) { /* the cipher's own context cleansed and freed */
         EVP_CIPHER_CTX_free(op->cctx);
         op->cctx = NULL;
@@ -681,6 +699,10 @@ static CK_RV cipher_update(tok_op *op, const uint8_t *in, size_t inlen, uint8_t 
         return CKR_DATA_LEN_RANGE;
     if (op->d->mc == M_AES_CTR && inlen > op->ctr_room)
         return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
+    if (op->gctx) {
+        *outlen = 0;
+        return !inlen || tok_gcm_update(op->gcm, op->gctx, out, outlen, in, inlen) ? CKR_OK : CKR_FUNCTION_FAILED;
+    }
     if (inlen && !EVP_CipherUpdate(op->cctx, out, &n, in, (int)inlen))
         return CKR_FUNCTION_FAILED;
     if (op->d->mc == M_AES_CTR && op->ctr_room != UINT64_MAX)
@@ -695,16 +717,25 @@ static CK_RV cipher_final(tok_op *op, uint8_t *out, size_t *outlen)
     if (op->d->mc == M_AES_GCM && op->kind == TOK_OP_DECRYPT) {
         /* op->buf holds ciphertext || tag */
         size_t ctlen = op->blen - op->taglen;
-        size_t got;
-        if (!EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_TAG, (int)op->taglen, op->buf + ctlen))
+        size_t got, last = 0;
+        if (op->gctx ? !tok_gcm_tag(op->gcm, op->gctx, false, op->buf + ctlen, op->taglen)
+                     : !EVP_CIPHER_CTX_ctrl(op->cctx, EVP_CTRL_GCM_SET_TAG, (int)op->taglen, op->buf + ctlen))
             return CKR_FUNCTION_FAILED;
         if (cipher_update(op, op->buf, ctlen, out, &got) != CKR_OK)
             return CKR_FUNCTION_FAILED;
-        if (!EVP_DecryptFinal_ex(op->cctx, out + got, &n)) {
+        if (op->gctx ? !tok_gcm_final(op->gcm, op->gctx, out + got, &last)
+                     : !EVP_DecryptFinal_ex(op->cctx, out + got, &n)) {
             OPENSSL_cleanse(out, got);
             return CKR_ENCRYPTED_DATA_INVALID;
         }
-        *outlen = got + (size_t)n;
+        *outlen = got + last + (size_t)n;
+        return CKR_OK;
+    }
+    if (op->gctx) { /* encrypt: the tag after the last bytes */
+        if (!tok_gcm_final(op->gcm, op->gctx, out, outlen) ||
+            !tok_gcm_tag(op->gcm, op->gctx, true, out + *outlen, op->taglen))
+            return CKR_FUNCTION_FAILED;
+        *outlen += op->taglen;
         return CKR_OK;
     }
     if (!EVP_CipherFinal_ex(op->cctx, out, &n))
