@@ -84,7 +84,8 @@ typedef struct {
 /* The rules of each mechanism: CCM nonces of 7..13 bytes, MACs of 4..16
  * even bytes, a payload that fits L = 15 - nonce length bytes; RFC 8439's
  * 12-byte nonce (OpenSSL has no 8-byte original ChaCha20-Poly1305) and
- * 16-byte tag; GCM IVs of 1..256 bytes, tags of 4..16 bytes. */
+ * 16-byte tag; GCM IVs of 1..128 bytes (OpenSSL's most; PKCS#11 allows
+ * more), tags of 4..16 bytes. */
 static CK_RV check_params(tok_mclass mc, const aead_params *p)
 {
     if (!p->iv || (!p->aad && p->aadlen) || p->aadlen > INT_MAX || p->fixed_bits > p->ivlen * 8)
@@ -99,8 +100,9 @@ static CK_RV check_params(tok_mclass mc, const aead_params *p)
     }
     case M_CHACHA_POLY: return p->ivlen == 12 && p->taglen == 16 ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
     default:
-        return p->ivlen >= 1 && p->ivlen <= 256 && p->taglen >= 4 && p->taglen <= 16 ? CKR_OK
-                                                                                     : CKR_MECHANISM_PARAM_INVALID;
+        return p->ivlen >= 1 && p->ivlen <= TOK_GCM_IV_MAX && p->taglen >= 4 && p->taglen <= 16
+                   ? CKR_OK
+                   : CKR_MECHANISM_PARAM_INVALID;
     }
 }
 

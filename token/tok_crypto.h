@@ -162,6 +162,9 @@ TOK_API CK_RV tok_op_save(const tok_op *op, tok_op_saved *out);
  * block cipher mechanism for a key of keylen bytes: NULL when the family has
  * no such key size. */
 TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen);
+/* The longest GCM IV taken (OpenSSL's limit; PKCS#11 allows up to 2^32 - 1
+ * bytes: longer ones are CKR_MECHANISM_PARAM_INVALID). */
+#define TOK_GCM_IV_MAX 128
 /* AES-GCM through the provider's own functions (tok_gcm.c): NULL when the
  * key length's cipher is not the default provider's (then EVP serves). */
 typedef struct tok_gcm_fns tok_gcm_fns;

@@ -6,6 +6,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -334,6 +336,30 @@ CK_RV tok_seed(const uint8_t *seed, CK_ULONG len)
 
 /* ---- secret keys --------------------------------------------------------- */
 
+/* The password's length. PKCS#11 3.0's CK_PKCS5_PBKD2_PARAMS2 holds it
+ * where 2.40's CK_PKCS5_PBKD2_PARAMS held a pointer to it, in a field of
+ * the same size, and the caller does not say which it used. A value below
+ * the lowest address Linux maps (64 KiB, vm.mmap_min_addr) is a length; a
+ * larger one is a pointer only if it is aligned and in a mapped page
+ * (mincore: a length taken for a pointer would crash here); anything else
+ * is a length too long. The longest password taken: 4096 bytes. */
+#define PBKDF2_PASSWORD_MAX 4096
+static bool password_len(CK_ULONG v, CK_ULONG *out)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    unsigned char in_core;
+
+    if (v <= PBKDF2_PASSWORD_MAX) {
+        *out = v;
+        return true;
+    }
+    if (v < 65536 || v % _Alignof(CK_ULONG) || pg <= 0 ||
+        mincore((void *)(uintptr_t)(v - v % (CK_ULONG)pg), 1, &in_core) != 0)
+        return false;
+    *out = *(const CK_ULONG *)(uintptr_t)v;
+    return *out <= PBKDF2_PASSWORD_MAX;
+}
+
 /* PKCS #5 v2 PBKDF2 into buf (len bytes). */
 static CK_RV pbkdf2(const CK_MECHANISM *mech, uint8_t *buf, CK_ULONG len)
 {
@@ -353,10 +379,7 @@ static CK_RV pbkdf2(const CK_MECHANISM *mech, uint8_t *buf, CK_ULONG len)
     case 6: md = "SHA512"; break;
     default: return CKR_MECHANISM_PARAM_INVALID;
     }
-    plen = p->ulPasswordLen;
-    if (plen > 4096) /* v2.40: a pointer to the length */
-        plen = *(const CK_ULONG *)(uintptr_t)p->ulPasswordLen;
-    if (plen > 4096)
+    if (!password_len(p->ulPasswordLen, &plen))
         return CKR_MECHANISM_PARAM_INVALID;
     EVP_KDF *kdf = EVP_KDF_fetch(ks_libctx(), "PBKDF2", NULL);
     EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;

@@ -231,7 +231,7 @@ static CK_RV init_cipher(tok_op *op, const CK_MECHANISM *m)
     }
     default: {
         const CK_GCM_PARAMS *g = m->pParameter;
-        if (!g || m->ulParameterLen != sizeof(*g) || !g->pIv || g->ulIvLen < 1 || g->ulIvLen > 256 ||
+        if (!g || m->ulParameterLen != sizeof(*g) || !g->pIv || g->ulIvLen < 1 || g->ulIvLen > TOK_GCM_IV_MAX ||
             (!g->pAAD && g->ulAADLen) || g->ulTagBits % 8 || g->ulTagBits < 32 || g->ulTagBits > 128 ||
             g->ulAADLen > INT32_MAX)
             return CKR_MECHANISM_PARAM_INVALID;
@@ -948,7 +948,8 @@ static CK_RV check_single_input(tok_op *op, size_t inlen)
         return inlen + 2 * h + 2 <= k ? CKR_OK : CKR_DATA_LEN_RANGE;
     }
     case M_RSA_PSS: return inlen == tok_md_size(op->pss_md) ? CKR_OK : CKR_DATA_LEN_RANGE;
-    case M_ECDSA: return inlen > 0 && inlen <= 64 ? CKR_OK : CKR_DATA_LEN_RANGE;
+    /* A raw digest of up to 1024 bits (PKCS#11 3.0, 2.3.6), truncated to the order's length. */
+    case M_ECDSA: return inlen > 0 && inlen <= 128 ? CKR_OK : CKR_DATA_LEN_RANGE;
     default: return CKR_OK;
     }
 }
@@ -966,6 +967,10 @@ CK_RV tok_op_oneshot(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out
         return CKR_OPERATION_NOT_INITIALIZED;
     if (op->aead)
         return tok_aead_op_oneshot(op->aead, in, inlen, out, outlen);
+    /* OpenSSL takes an int: longer input is refused before a size query
+     * could overflow the output's bound (an update refuses it too). */
+    if (is_cipher(op->d->mc) && inlen > INT32_MAX)
+        return op->kind == TOK_OP_DECRYPT ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE;
     switch (op->d->mc) {
     case M_CBC_PAD:
         if (op->kind == TOK_OP_DECRYPT) {

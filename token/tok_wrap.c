@@ -484,6 +484,8 @@ CK_RV tok_derive(const CK_MECHANISM *mech, tok_key *base, tok_attrs *obj)
         return CKR_TEMPLATE_INCONSISTENT;
     if (!tok_attrs_get_ulong(obj, CKA_VALUE_LEN, &want))
         want = tok_ktype_fixed_len(kt); /* DES keys: the type gives the length */
+    else if (!want) /* given, as no length at all (0 below means the shared secret's) */
+        return CKR_ATTRIBUTE_VALUE_INVALID;
     if ((kt == CKK_AES || kt == CKK_CHACHA20) && !tok_secret_len_ok(kt, want))
         return want ? CKR_KEY_SIZE_RANGE : CKR_TEMPLATE_INCOMPLETE;
 

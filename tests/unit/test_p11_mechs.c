@@ -344,6 +344,19 @@ static void test_pbkdf2(void **state)
         assert_memory_equal(v, want, 20);
     }
     CK_OBJECT_HANDLE k;
+    /* v3.0 lengths past the 4096 bytes taken, which 2.40's pointer reading
+     * once dereferenced (a crash): refused, whatever lies at that address. */
+    static CK_BYTE longpw[70000];
+    const CK_BYTE *pw = p.pPassword;
+    p.pPassword = longpw;
+    p.passwordLen = 4096;
+    CK(f->C_GenerateKey(h, &m, t, 4, &k));
+    const CK_ULONG too_long[] = {4097, 5000, 65535, 65537, 70000};
+    for (size_t i = 0; i < sizeof(too_long) / sizeof(too_long[0]); i++) {
+        p.passwordLen = too_long[i];
+        RV(CKR_MECHANISM_PARAM_INVALID, f->C_GenerateKey(h, &m, t, 4, &k));
+    }
+    p.pPassword = (CK_BYTE *)pw;
     RV(CKR_TEMPLATE_INCOMPLETE, f->C_GenerateKey(h, &m, t + 1, 3, &k)); /* the key type comes from the template */
     p.passwordLen = 8;
     p.iterations = 0;

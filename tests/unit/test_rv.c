@@ -364,11 +364,97 @@ static void test_bad_iv(void **state)
     CK_GCM_PARAMS gcm = {iv, 0, 0, NULL, 0, 128};
     CK_MECHANISM mgcm = {CKM_AES_GCM, &gcm, sizeof(gcm)};
     RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &mgcm, aes)); /* an IV of no bytes */
+    /* Longer than OpenSSL's 128 bytes: a parameter the token does not take,
+     * not CKR_FUNCTION_FAILED (a hostile review, 2026-12-02). */
+    CK_BYTE longiv[256] = {0};
+    CK_GCM_PARAMS gcm128 = {longiv, 128, 1024, NULL, 0, 128}, gcm129 = {longiv, 129, 1032, NULL, 0, 128};
+    CK_MECHANISM m128 = {CKM_AES_GCM, &gcm128, sizeof(gcm128)}, m129 = {CKM_AES_GCM, &gcm129, sizeof(gcm129)};
+    CK(f->C_EncryptInit(h, &m128, aes));
+    CK(f->C_EncryptFinal(h, NULL, &n)); /* a size query */
+    n = sizeof(out);
+    CK(f->C_EncryptFinal(h, out, &n));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_EncryptInit(h, &m129, aes));
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_DecryptInit(h, &m129, aes));
+    n = sizeof(out);
     CK_MECHANISM wrap = {CKM_AES_CBC_PAD, iv, 8};
     RV(CKR_MECHANISM_PARAM_INVALID, f->C_WrapKey(h, &wrap, aes, target, out, &n));
     /* A refused init starts nothing. */
     CK_MECHANISM good = {CKM_AES_CBC, iv, 16};
     CK(f->C_EncryptInit(h, &good, aes));
+}
+
+/* Lengths near CK_ULONG's limit: a size query refuses them rather than
+ * giving a bound that wrapped (CBC_PAD's next block, GCM's tag). */
+static void test_size_query_huge_input(void **state)
+{
+    (void)state;
+    CK_OBJECT_HANDLE aes = secret(CKK_AES, AES128, U_CRYPT);
+    CK_BYTE iv[16] = {0}, b = 0;
+    CK_GCM_PARAMS gcm = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM mechs[] = {{CKM_AES_CBC_PAD, iv, 16}, {CKM_AES_GCM, &gcm, sizeof(gcm)}};
+    const CK_ULONG lens[] = {~(CK_ULONG)0, ~(CK_ULONG)0 - 15, (CK_ULONG)INT32_MAX + 1};
+    for (size_t i = 0; i < sizeof(mechs) / sizeof(mechs[0]); i++)
+        for (size_t j = 0; j < sizeof(lens) / sizeof(lens[0]); j++) {
+            CK_ULONG n = 0;
+            CK(f->C_EncryptInit(h, &mechs[i], aes));
+            RV(CKR_DATA_LEN_RANGE, f->C_Encrypt(h, &b, lens[j], NULL, &n));
+            RV(CKR_OPERATION_NOT_INITIALIZED, f->C_EncryptFinal(h, NULL, &n)); /* the error ended it */
+        }
+}
+
+/* Raw CKM_ECDSA takes a digest of up to 1024 bits and truncates it to the
+ * order's length (PKCS#11 3.0, ECDSA without hashing): what is signed is
+ * the leftmost bits. */
+static void test_ecdsa_raw_long_input(void **state)
+{
+    (void)state;
+    CK_OBJECT_HANDLE pub, priv;
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    CK_BYTE in[129], sig[64];
+    for (size_t i = 0; i < sizeof(in); i++)
+        in[i] = (CK_BYTE)(i * 7 + 1);
+    ec_pair(&pub, &priv);
+    const CK_ULONG lens[] = {65, 100, 128};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        CK_ULONG n = sizeof(sig);
+        CK(f->C_SignInit(h, &m, priv));
+        CK(f->C_Sign(h, in, lens[i], sig, &n));
+        assert_int_equal(n, 64);
+        CK(f->C_VerifyInit(h, &m, pub));
+        CK(f->C_Verify(h, in, 32, sig, n)); /* the same first 256 bits */
+        CK(f->C_VerifyInit(h, &m, pub));
+        CK(f->C_Verify(h, in, lens[i], sig, n));
+        in[0] ^= 1;
+        CK(f->C_VerifyInit(h, &m, pub));
+        RV(CKR_SIGNATURE_INVALID, f->C_Verify(h, in, lens[i], sig, n));
+        in[0] ^= 1;
+    }
+    CK_ULONG n = sizeof(sig);
+    CK(f->C_SignInit(h, &m, priv));
+    RV(CKR_DATA_LEN_RANGE, f->C_Sign(h, in, 129, sig, &n)); /* over 1024 bits */
+}
+
+/* ECDH with CKA_VALUE_LEN 0 in the template: an invalid value, not "the
+ * shared secret's length" (which leaving it out means). */
+static void test_ecdh_value_len_zero(void **state)
+{
+    (void)state;
+    CK_OBJECT_HANDLE pub, priv, k;
+    CK_BYTE point[100];
+    CK_ATTRIBUTE pa[] = {{CKA_EC_POINT, point, sizeof(point)}};
+    ec_pair(&pub, &priv);
+    CK(f->C_GetAttributeValue(h, pub, pa, 1));
+    CK_ECDH1_DERIVE_PARAMS dp = {CKD_NULL, 0, NULL, pa[0].ulValueLen, point};
+    CK_MECHANISM m = {CKM_ECDH1_DERIVE, &dp, sizeof(dp)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG zero = 0, len = 16;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)}, {CKA_TOKEN, &no, 1},
+                        {CKA_VALUE_LEN, &zero, sizeof(zero)}};
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_DeriveKey(h, &m, priv, t, 4, &k));
+    t[3].pValue = &len;
+    CK(f->C_DeriveKey(h, &m, priv, t, 4, &k));
+    CK(f->C_DeriveKey(h, &m, priv, t, 3, &k)); /* no length: the shared secret's */
 }
 
 /* ---- C_Logout --------------------------------------------------------------- */
@@ -661,6 +747,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unwrap_with_not_a_key, start_default, stop),
         cmocka_unit_test_setup_teardown(test_derive_from_not_a_key, start_default, stop),
         cmocka_unit_test_setup_teardown(test_bad_iv, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_size_query_huge_input, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_ecdsa_raw_long_input, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_ecdh_value_len_zero, start_default, stop),
         cmocka_unit_test_setup_teardown(test_logout_not_logged_in, start_default, stop),
         cmocka_unit_test_setup_teardown(test_oneshot_errors_end, start_default, stop),
         cmocka_unit_test_setup_teardown(test_update_final_errors_end, start_default, stop),
