@@ -485,7 +485,9 @@ static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
 
     if (!tok_attrs_get_ulong(pub, CKA_MODULUS_BITS, &bits))
         return CKR_TEMPLATE_INCOMPLETE;
-    if (bits < rsa_gen_min() || bits > 8192) /* C_GenerateKeyPair's list has no CKR_KEY_SIZE_RANGE */
+    /* C_GenerateKeyPair's list has no CKR_KEY_SIZE_RANGE. An odd size:
+     * OpenSSL makes a modulus a bit shorter than asked (2049 -> 2048). */
+    if (bits < rsa_gen_min() || bits > 8192 || bits % 2)
         return CKR_ATTRIBUTE_VALUE_INVALID;
     if (e && e->len) {
         bn = BN_bin2bn(e->val, (int)e->len, NULL);
@@ -500,6 +502,11 @@ static CK_RV gen_rsa(const tok_attrs *pub, EVP_PKEY **out)
     if (ctx && EVP_PKEY_keygen_init(ctx) == 1 && EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)bits) == 1 &&
         (!bn || EVP_PKEY_CTX_set1_rsa_keygen_pubexp(ctx, bn) == 1) && EVP_PKEY_generate(ctx, out) == 1)
         rv = CKR_OK;
+    if (rv == CKR_OK && EVP_PKEY_get_bits(*out) != (int)bits) { /* never a key other than the one asked for */
+        EVP_PKEY_free(*out);
+        *out = NULL;
+        rv = CKR_ATTRIBUTE_VALUE_INVALID;
+    }
     EVP_PKEY_CTX_free(ctx);
     BN_free(bn);
     return rv;

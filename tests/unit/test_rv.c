@@ -457,6 +457,25 @@ static void test_ecdh_value_len_zero(void **state)
     CK(f->C_DeriveKey(h, &m, priv, t, 3, &k)); /* no length: the shared secret's */
 }
 
+/* CKA_MODULUS_BITS is what the key gets, or the generation is refused: an
+ * odd size made a modulus a bit shorter than asked (2049 -> 2048). */
+static void test_rsa_modulus_bits_exact(void **state)
+{
+    (void)state;
+    CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ULONG bits, got = 0;
+    CK_ATTRIBUTE pt[] = {{CKA_TOKEN, &no, 1}, {CKA_MODULUS_BITS, &bits, sizeof(bits)}};
+    CK_ATTRIBUTE kt[] = {{CKA_TOKEN, &no, 1}};
+    CK_ATTRIBUTE q[] = {{CKA_MODULUS_BITS, &got, sizeof(got)}};
+    CK_OBJECT_HANDLE pub = 0, priv = 0;
+    bits = 2049;
+    RV(CKR_ATTRIBUTE_VALUE_INVALID, f->C_GenerateKeyPair(h, &gen, pt, 2, kt, 1, &pub, &priv));
+    bits = 2050;
+    CK(f->C_GenerateKeyPair(h, &gen, pt, 2, kt, 1, &pub, &priv));
+    CK(f->C_GetAttributeValue(h, pub, q, 1));
+    assert_int_equal(got, 2050);
+}
+
 /* ---- C_Logout --------------------------------------------------------------- */
 
 static void test_logout_not_logged_in(void **state)
@@ -750,6 +769,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_size_query_huge_input, start_default, stop),
         cmocka_unit_test_setup_teardown(test_ecdsa_raw_long_input, start_default, stop),
         cmocka_unit_test_setup_teardown(test_ecdh_value_len_zero, start_default, stop),
+        cmocka_unit_test_setup_teardown(test_rsa_modulus_bits_exact, start_default, stop),
         cmocka_unit_test_setup_teardown(test_logout_not_logged_in, start_default, stop),
         cmocka_unit_test_setup_teardown(test_oneshot_errors_end, start_default, stop),
         cmocka_unit_test_setup_teardown(test_update_final_errors_end, start_default, stop),
