@@ -8,6 +8,10 @@
 
 #include "tests/unit/test_p11.h"
 
+#ifndef CKA_UNIQUE_ID /* PKCS#11 3.0 (p11-kit 0.24 lacks it) */
+#define CKA_UNIQUE_ID 0x00000004UL
+#endif
+
 /* ---- objects and attributes ---------------------------------------------- */
 
 static void test_objects(void **state)
@@ -220,11 +224,70 @@ static void test_find(void **state)
     CK(f->C_CloseAllSessions(s));
 }
 
+/* PKCS#11 3.0's CKA_UNIQUE_ID: made by the token for every new object (a
+ * copy too), the same for the object's life (across a new C_Initialize),
+ * never taken from a template, found like any attribute. */
+static void unique_id_of(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, char out[33])
+{
+    CK_ATTRIBUTE a[] = {{CKA_UNIQUE_ID, out, 32}};
+    CK(f->C_GetAttributeValue(h, o, a, 1));
+    assert_int_equal(a[0].ulValueLen, 32);
+    out[32] = 0;
+}
+
+static void test_unique_id(void **state)
+{
+    (void)state;
+    CK_SLOT_ID s = make_token("uniqueid");
+    CK_SESSION_HANDLE h = user_session(s, true);
+    CK_OBJECT_HANDLE d = make_data(h, "u-data", true, false), k = make_aes(h, "u-key", true), pub, priv, c, o;
+    char ud[33], uk[33], upub[33], upriv[33], uc[33], again[33];
+    make_ec(h, "u-ec", true, &pub, &priv);
+    unique_id_of(h, d, ud);
+    unique_id_of(h, k, uk);
+    unique_id_of(h, pub, upub);
+    unique_id_of(h, priv, upriv);
+    assert_string_not_equal(ud, uk);
+    assert_string_not_equal(upub, upriv);
+    assert_string_not_equal(uk, upriv);
+
+    /* A copy is a new object; no template sets the id, not even to its value. */
+    CK(f->C_CopyObject(h, d, NULL, 0, &c));
+    unique_id_of(h, c, uc);
+    assert_string_not_equal(uc, ud);
+    CK_ATTRIBUTE same[] = {{CKA_UNIQUE_ID, ud, 32}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_SetAttributeValue(h, d, same, 1));
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CopyObject(h, d, same, 1, &o));
+    CK_OBJECT_CLASS data = CKO_DATA;
+    CK_ATTRIBUTE given[] = {{CKA_CLASS, &data, sizeof(data)}, {CKA_UNIQUE_ID, "mine", 4}};
+    RV(CKR_ATTRIBUTE_READ_ONLY, f->C_CreateObject(h, given, 2, &o));
+
+    /* Found by it, the private key's too (logged in), and only it. */
+    CK_ATTRIBUTE byd[] = {{CKA_UNIQUE_ID, ud, 32}}, bypriv[] = {{CKA_UNIQUE_ID, upriv, 32}};
+    assert_int_equal(count_found(h, byd, 1), 1);
+    assert_int_equal(count_found(h, bypriv, 1), 1);
+
+    /* The same after a new C_Initialize. */
+    CK(f->C_CloseAllSessions(s));
+    CK(f->C_Finalize(NULL));
+    CK(f->C_Initialize(NULL));
+    h = user_session(s, true);
+    CK(f->C_FindObjectsInit(h, byd, 1));
+    CK_ULONG n = 0;
+    CK(f->C_FindObjects(h, &o, 1, &n));
+    CK(f->C_FindObjectsFinal(h));
+    assert_int_equal(n, 1);
+    unique_id_of(h, o, again);
+    assert_string_equal(again, ud);
+    CK(f->C_CloseAllSessions(s));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_objects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unique_id, setup, teardown),
     };
     return cmocka_run_group_tests(tests, p11_group_setup, p11_group_teardown);
 }

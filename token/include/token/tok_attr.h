@@ -9,6 +9,11 @@
 
 #define TOK_API __attribute__((visibility("hidden")))
 
+/* PKCS#11 3.0's, not in p11-kit 0.24's header. */
+#ifndef CKA_UNIQUE_ID
+#define CKA_UNIQUE_ID 0x00000004UL
+#endif
+
 /* One attribute; values are owned (malloc'd) and cleansed on free. A CK_BBOOL
  * is stored as 1 byte, a CK_ULONG as sizeof(CK_ULONG) bytes (native). */
 typedef struct {
