@@ -933,9 +933,11 @@ int admin_backup(const admin_opts *o)
         return rc;
     ks_mk_opts ko = step_opts(o, "backup", &pr);
     int krc = ks_mk_backup(m, o->file, &ko, &info, &err);
-    if (krc != KS_OK) {
+    if (krc == KS_ECORRUPT || krc == KS_EBUSY) { /* the keystore's damage (5), another step (6) */
+        rc = fail(krc, &err, NULL);
+    } else if (krc != KS_OK) { /* the copy's destination, memory: nothing changed */
         admin_error("%s", err.msg[0] ? err.msg : ks_strerror(krc));
-        rc = krc == KS_EBUSY ? EXIT_STATE : EXIT_FAILED;
+        rc = EXIT_FAILED;
     } else if (!o->quiet) {
         char k1[2 * KS_KCV_LEN + 1], k2[2 * KS_KCV_LEN + 1];
         kcv_hex(info.kcv, k1);

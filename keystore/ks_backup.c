@@ -86,6 +86,9 @@ int ks_backup(ks_store *st, const char *file, ks_info *info, ks_err *err)
         if (e == EEXIST)
             ks_err_set(err, "cannot create %s: it appeared meanwhile (refusing to overwrite; choose a new file "
                             "name)", file);
+        else if (rc == KS_ECORRUPT) /* the keystore's pages, not the copy's destination */
+            ks_err_set(err, "the keystore is damaged (%s); no backup was written to %s: run 'p11mk-admin verify', "
+                            "then restore the last good backup", why, file);
         else
             ks_err_set(err, "cannot write the copy to %s: %s%s", file, why,
                        e == ENOSPC ? " (the file system is full; free space or write the backup elsewhere)" : "");
@@ -361,7 +364,7 @@ static int prepare_copy(const char *scratch, const char *file, const ks_register
     /* Every page first: one LMDB could not have written makes the steps
      * below fail on whatever they meet first, said less well. */
     char pwhy[512];
-    if (copy->ops->check_pages && copy->ops->check_pages(copy->be, pwhy, sizeof(pwhy)) == KS_ECORRUPT) {
+    if (ks_check_pages(copy, pwhy, sizeof(pwhy)) == KS_ECORRUPT) {
         ks_err_set(err, "%s is damaged or altered (%s); nothing was restored, the keystore is unchanged: restore "
                         "another backup", file, pwhy);
         ks_close(copy);

@@ -217,6 +217,9 @@ KS_API int ks_anchor_check_counts(ks_store *st, ks_err *err);
 /* Is the keystore older than its key file (data.mdb put back from an older
  * copy)? why gets a sentence. */
 KS_API bool ks_check_rollback(ks_store *st, char *why, size_t n);
+/* Every page of the store's file is one its engine could have written
+ * (KS_OK), or KS_ECORRUPT with why; KS_OK where the backend has no pages. */
+KS_API int ks_check_pages(ks_store *st, char *why, size_t n);
 KS_API int ks_begin_write(ks_store *st, ks_txn *x);
 KS_API int ks_end_write(ks_txn *x, int rc); /* commit if rc == KS_OK, else abort; returns the result */
 /* Find the master key with this KCV: this generation's keys, the keys

@@ -1059,6 +1059,15 @@ static int do_stage(step *s, const ks_mkey *key, ks_mk_result *res, ks_err *err)
         ks_err_set(err, "the new master key is the current one; nothing to stage");
         return KS_ESTATE;
     }
+    /* Damage is reported, not acted on: on pages its engine could not have
+     * written, a rotation stops, and so does its abort (staged, neither
+     * could finish until a restore; a hostile review, 2026-12-02). */
+    char why[512];
+    if (ks_check_pages(s->m->st, why, sizeof(why)) == KS_ECORRUPT) {
+        ks_err_set(err, "keystore %s is damaged (%s); nothing was staged, since a rotation would not finish on "
+                        "it: run 'p11mk-admin verify', then restore the last good backup", s->m->dir, why);
+        return KS_ECORRUPT;
+    }
     /* A key of the history may come back (a passphrase used before): it
      * moves from the history to NEW. */
     int pos = ks_reg_find(&s->regs, kcv, NULL);
@@ -1562,6 +1571,20 @@ out:
     return rc;
 }
 
+/* ks_verify's callback keeping the first problem's sentence (arg: 256 bytes). */
+static void first_failure(char kind, uint32_t token, uint64_t oid, int e, const char *what, void *arg)
+{
+    char *first = arg;
+    if (first[0])
+        return;
+    if (what)
+        snprintf(first, 256, "%s", what);
+    else if (kind == 'T')
+        snprintf(first, 256, "token %u's record: %s", token, ks_strerror(e));
+    else
+        snprintf(first, 256, "object %llu of token %u: %s", (unsigned long long)oid, token, ks_strerror(e));
+}
+
 int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info, ks_err *err)
 {
     int fd, rc;
@@ -1572,7 +1595,20 @@ int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info,
     void *g;
     if ((rc = locks_take(m, o, &fd, &g, err)) != KS_OK)
         return rc;
-    rc = ks_backup(m->st, file, info, err);
+    /* A copy restore would refuse is no backup: the keystore's records are
+     * checked as restore checks a copy's (and the pages as the copy is made). */
+    uint64_t checked = 0, failed = 0;
+    char first[256] = "";
+    rc = ks_verify(m->st, first_failure, first, &checked, &failed);
+    if (rc == KS_ECORRUPT || (rc == KS_OK && failed)) {
+        ks_err_set(err, "keystore %s is damaged (%llu problem%s in %llu records, the first: %s; 'p11mk-admin verify' "
+                        "lists them); no backup was written, since restore would refuse it: restore the last good "
+                        "backup", m->dir, (unsigned long long)failed, failed == 1 ? "" : "s",
+                   (unsigned long long)checked, first[0] ? first : ks_strerror(KS_ECORRUPT));
+        rc = KS_ECORRUPT;
+    } else if (rc == KS_OK) {
+        rc = ks_backup(m->st, file, info, err);
+    }
     locks_release(m, fd, g);
     return rc;
 }

@@ -821,13 +821,18 @@ static int verify_index(ks_store *st, verify_arg *a)
     return mrc == KS_ENOTFOUND ? KS_OK : mrc;
 }
 
+int ks_check_pages(ks_store *st, char *why, size_t n)
+{
+    return st->ops->check_pages ? st->ops->check_pages(st->be, why, n) : KS_OK;
+}
+
 int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed)
 {
     verify_arg a = {cb, arg, 0, 0};
     char why[512];
     /* The file's pages first: a page LMDB could not have written can make
      * the walks below fail before they report anything. */
-    int rc = st->ops->check_pages ? st->ops->check_pages(st->be, why, sizeof(why)) : KS_OK;
+    int rc = ks_check_pages(st, why, sizeof(why));
     if (rc == KS_ECORRUPT) {
         a.failed++;
         if (cb)
