@@ -704,7 +704,7 @@ int admin_clear_history(const admin_opts *o)
  * is older than its key file, or its key file serves another keystore), 'F'
  * (its file is damaged). */
 typedef struct {
-    uint64_t whole, file;
+    uint64_t whole, file, key;
 } verify_counts;
 
 static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg)
@@ -714,6 +714,8 @@ static void verify_cb(char kind, uint32_t token, uint64_t oid, int err, const ch
         vc->whole++;
     if (kind == 'F')
         vc->file++;
+    if (kind == 'K')
+        vc->key++;
     if (what && token)
         printf("  token %u: %s\n", token, what);
     else if (what)
@@ -741,12 +743,12 @@ int admin_verify(const admin_opts *o)
     ks_config cfg;
     ks_mk *m;
     uint64_t checked = 0, failed = 0;
-    verify_counts vc = {0, 0};
+    verify_counts vc = {0, 0, 0};
     (void)o;
     int rc = mk_open(&cfg, &m);
     if (rc == EXIT_OK) {
         int krc = ks_verify(ks_mk_store(m), verify_cb, &vc, &checked, &failed);
-        uint64_t whole = vc.whole + vc.file;
+        uint64_t whole = vc.whole + vc.file + vc.key;
         tok_ctx *ctx = NULL;
         unsigned long long missing = 0;
         long long objs = -1;
@@ -765,6 +767,10 @@ int admin_verify(const admin_opts *o)
             printf("%llu of %llu records failed: restore the keystore from a backup, or delete the objects "
                    "named above.\n", (unsigned long long)(failed - whole), (unsigned long long)checked);
             rc = EXIT_KEYSTORE;
+        } else if (vc.key && failed == vc.key) {
+            printf("The %llu records open under the keys of their epochs, but the key file lacks the key the "
+                   "keystore writes under (above): nothing was changed.\n", (unsigned long long)checked);
+            rc = EXIT_KEY;
         } else if (failed) {
             printf("The %llu records open under the keys of their epochs, but the keystore and its key file "
                    "disagree (above): nothing was changed.\n", (unsigned long long)checked);

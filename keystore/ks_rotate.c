@@ -821,6 +821,32 @@ static int verify_index(ks_store *st, verify_arg *a)
     return mrc == KS_ENOTFOUND ? KS_OK : mrc;
 }
 
+/* A rotation staged (writes are sealed under NEW) while the key file lacks
+ * NEW (put back from a copy taken before the stage): every record opens,
+ * but nothing can be written, so no login succeeds. Not while the fleet's
+ * hosts are still taking the key (KS_ROT_PENDING: NEW is not used yet). */
+static bool staged_key_missing(ks_store *st, char *why, size_t n)
+{
+    ks_txn *x;
+    bool missing = false;
+
+    if (st->copy || ks_read_begin(st, &x) != KS_OK)
+        return false;
+    const ks_keyring *r = x->ring;
+    if (r && r->rs.nxt && !r->have_nxt &&
+        (r->rs.state == KS_ROT_STAGED || r->rs.state == KS_ROT_REWRAP || r->rs.state == KS_ROT_READY)) {
+        char hex[2 * KS_KCV_LEN + 1];
+        ks_kcv_hex(r->nxt_kcv, hex);
+        snprintf(why, n, "the staged master key of epoch %u (check value %s) is not in the key file %s: records "
+                 "are written under it, so nothing can be written and no one can log in. Put back the key file "
+                 "that holds it (or, if no record was resealed yet, withdraw it with 'p11mk-admin abort')",
+                 r->rs.nxt, hex, st->keysrc[0] ? st->keysrc : "(the built-in default key)");
+        missing = true;
+    }
+    ks_read_end(x);
+    return missing;
+}
+
 int ks_check_pages(ks_store *st, char *why, size_t n)
 {
     return st->ops->check_pages ? st->ops->check_pages(st->be, why, n) : KS_OK;
@@ -849,6 +875,12 @@ int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint6
         a.failed++;
         if (cb)
             cb('M', 0, 0, KS_ECORRUPT, why, arg);
+    }
+    char kwhy[4608]; /* names the key file */
+    if (rc == KS_OK && staged_key_missing(st, kwhy, sizeof(kwhy))) {
+        a.failed++;
+        if (cb)
+            cb('K', 0, 0, KS_ENOKEY, kwhy, arg);
     }
     *checked = a.checked;
     *failed = a.failed;

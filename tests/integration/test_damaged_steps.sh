@@ -64,3 +64,19 @@ expect_rc 0 "$ADMIN" verify
 "$CLIENT" "$MOD" dmg $PIN check 3 >/dev/null || fail "objects lost"
 expect_rc 0 "$ADMIN" rotate --quiet
 ok "restored from the good backup, verified, rotated"
+
+# The key file put back from a copy taken before a stage: every record
+# opens, but writes are sealed under the staged key it lacks, so no login
+# succeeds. verify said "Verified" and exited 0; now it names the missing
+# key and exits 4 (a key problem), and abort withdraws the stage.
+keyfile=$T/master.key
+[ -f "$keyfile" ] || fail "no key file at $keyfile after a rotation"
+cp -p "$keyfile" "$T/key.copy"
+expect_rc 0 "$ADMIN" stage --generate
+cp -p "$T/key.copy" "$keyfile"
+expect_rc 4 "$ADMIN" verify
+expect_out 'staged master key of epoch [0-9]+ .*is not in the key file'
+expect_rc 0 "$ADMIN" abort --yes
+expect_rc 0 "$ADMIN" verify
+"$CLIENT" "$MOD" dmg $PIN check 3 >/dev/null || fail "objects lost after the abort"
+ok "a key file without the staged key: verify exits 4 and names it; abort withdraws the stage"

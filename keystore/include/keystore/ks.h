@@ -694,7 +694,8 @@ KS_API int ks_export_default(ks_store *st, const char *file, ks_err *err);
  * entries) matches what is stored. Returns the number of failures and calls
  * cb for each. Kinds: 'T' token record, 'O' object record, 'N' object whose
  * token does not exist, 'I' index entry pointing at no object, 'M' metadata,
- * 'F' the storage's file itself (a page its engine could not have written).
+ * 'F' the storage's file itself (a page its engine could not have written),
+ * 'K' the key file lacks a key the keystore writes under (the staged one).
  * `what` is a sentence (NULL for a record that fails to open: err says why). */
 typedef void (*ks_verify_cb)(char kind, uint32_t token, uint64_t oid, int err, const char *what, void *arg);
 KS_API int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint64_t *failed);
