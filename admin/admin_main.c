@@ -335,7 +335,7 @@ static int parse_opts(int argc, char **argv, const char *shortopts, admin_opts *
         case 'j': o->json = true; break;
         case 'q': o->quiet = true; break;
         case 'y': o->yes = true; break;
-        case 'G': o->passphrase = false; break;
+        case 'G': o->passphrase = false, o->generate = true; break;
         case 'P': o->passphrase = true; break;
         case 'g': o->generate_key = optarg; break;
         case 'f': o->passphrase_file = optarg; break;

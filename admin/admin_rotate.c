@@ -277,8 +277,9 @@ static int read_secret_file(const char *path, unsigned n, char secrets[][512])
     return rc;
 }
 
-/* The new key: generated, from a passphrase file, typed twice, or in parts. */
-static int new_key(const admin_opts *o, ks_mkey *mk)
+/* The new key: generated, from a passphrase file, typed twice, or in parts.
+ * alt: what else the command takes, for a message when there is no terminal. */
+static int new_key(const admin_opts *o, const char *alt, ks_mkey *mk)
 {
     char secrets[KS_PARTS_MAX][512];
     const char *ptrs[KS_PARTS_MAX];
@@ -294,7 +295,7 @@ static int new_key(const admin_opts *o, ks_mkey *mk)
     } else {
         FILE *tty = tty_open();
         if (!tty) {
-            admin_error("no terminal to read the new master key from; use --passphrase-file FILE or --generate");
+            admin_error("no terminal to read the new master key from; use --passphrase-file FILE%s", alt);
             return EXIT_USAGE;
         }
         for (unsigned i = 0; rc == EXIT_OK && i < n; i++) {
@@ -427,7 +428,7 @@ int admin_stage(const admin_opts *o)
     if (rc != EXIT_OK)
         return rc;
     memset(&key, 0, sizeof(key));
-    if ((rc = new_key(o, &key)) == EXIT_OK)
+    if ((rc = new_key(o, " or --generate", &key)) == EXIT_OK)
         rc = run_step(o, m, &(step_call){"stage", call_stage, &key, NULL, stage_tail, stage_done});
     ks_mkey_clear(&key);
     mk_close(&cfg, m);
@@ -561,6 +562,11 @@ int admin_set_master_key(const admin_opts *o)
     admin_opts oo = *o;
     int rc;
 
+    if (o->generate) {
+        admin_error("set-master-key sets a key you enter (typed, in parts or from --passphrase-file); for a "
+                    "generated key run 'p11mk-admin rotate'");
+        return EXIT_USAGE;
+    }
     if (!oo.passphrase_file && !oo.parts)
         oo.passphrase = true;
     if ((rc = mk_open(&cfg, &m)) != EXIT_OK)
@@ -578,7 +584,7 @@ int admin_set_master_key(const admin_opts *o)
         rc = EXIT_STATE;
     }
     if (rc == EXIT_OK)
-        rc = new_key(&oo, &key);
+        rc = new_key(&oo, " ('p11mk-admin rotate' stages, rewraps and commits a generated key)", &key);
     FILE *plan = plan_to(o);
     if (rc == EXIT_OK) {
         if (plan)

@@ -148,15 +148,25 @@ static int scratch_from_file(const char *dir, const char *file, ks_err *err)
         enum { BUFSZ = 1 << 16 };
         char *buf = malloc(BUFSZ);
         ssize_t r = buf ? 0 : -1;
-        while (buf && (r = read(in, buf, BUFSZ)) > 0)
-            if (write(out, buf, (size_t)r) != r) {
-                r = -1;
+        errno = buf ? 0 : ENOMEM;
+        while (buf && (r = read(in, buf, BUFSZ)) > 0) {
+            /* A short write is followed by one that says why (ENOSPC): the
+             * errno of the short one is whatever came before. */
+            for (ssize_t done = 0, w; done < r; done += w)
+                if ((w = write(out, buf + done, (size_t)(r - done))) <= 0) {
+                    if (w == 0)
+                        errno = ENOSPC;
+                    r = -1;
+                    break;
+                }
+            if (r < 0)
                 break;
-            }
+        }
         free(buf);
         if (r < 0 || fsync(out) != 0) {
             e = errno;
-            ks_err_set(err, "cannot copy %s: %s", file, strerror(e));
+            ks_err_set(err, "cannot copy %s into the keystore's directory: %s%s; nothing was changed", file,
+                       strerror(e), e == ENOSPC || e == EDQUOT ? " (free space there, then try again)" : "");
             rc = ks_errno(e);
         }
     }
