@@ -1032,7 +1032,9 @@ int admin_restore(const admin_opts *o)
         return EXIT_CONFIG;
     }
     ks_log_setup("stderr", cfg.log_level, "p11mk-admin");
-    printf("This replaces keystore %s with %s.\n", cfg.keystore, o->file);
+    printf("This replaces keystore %s with %s (the copy is checked first: if it is refused, nothing changes).\n",
+           cfg.keystore, o->file);
+    fflush(stdout); /* before any error of the restore, on stderr */
     if (!admin_confirm(o, "Continue? [y/N] ")) {
         printf("Nothing was changed.\n");
         ks_config_free(&cfg);
