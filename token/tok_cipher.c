@@ -148,23 +148,40 @@ static struct {
 } digests[] = {{"SHA1", NULL},     {"SHA224", NULL},   {"SHA256", NULL},   {"SHA384", NULL},   {"SHA512", NULL},
                {"SHA3-224", NULL}, {"SHA3-256", NULL}, {"SHA3-384", NULL}, {"SHA3-512", NULL}, {"MD5", NULL}};
 
+#define N_DIGESTS (sizeof(digests) / sizeof(digests[0]))
+
+/* The table's entry of a digest name, N_DIGESTS if none: by address first
+ * (the linker merges equal string literals, so the mechanism table's names
+ * are mostly these very strings: two digests' names compared per operation
+ * were 80 instructions), then by value. */
+static size_t digest_index(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < N_DIGESTS && digests[i].name != name; i++)
+        ;
+    for (size_t j = 0; i == N_DIGESTS && j < N_DIGESTS; j++)
+        if (strcmp(digests[j].name, name) == 0)
+            i = j;
+    return i;
+}
+
 const EVP_MD *tok_md(const char *name)
 {
-    for (size_t i = 0; name && i < sizeof(digests) / sizeof(digests[0]); i++) {
-        if (digests[i].name != name && strcmp(digests[i].name, name) != 0)
-            continue;
-        EVP_MD *md = __atomic_load_n(&digests[i].md, __ATOMIC_ACQUIRE), *none = NULL;
-        if (md)
-            return md;
-        if (!(md = EVP_MD_fetch(ks_libctx(), name, NULL)))
-            return NULL;
-        if (!__atomic_compare_exchange_n(&digests[i].md, &none, md, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            EVP_MD_free(md); /* another thread was first */
-            md = none;
-        }
+    size_t i = name ? digest_index(name) : N_DIGESTS;
+    EVP_MD *md, *none = NULL;
+
+    if (i == N_DIGESTS)
+        return NULL;
+    if ((md = __atomic_load_n(&digests[i].md, __ATOMIC_ACQUIRE)) != NULL)
         return md;
+    if (!(md = EVP_MD_fetch(ks_libctx(), name, NULL)))
+        return NULL;
+    if (!__atomic_compare_exchange_n(&digests[i].md, &none, md, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        EVP_MD_free(md); /* another thread was first */
+        md = none;
     }
-    return NULL;
+    return md;
 }
 
 size_t tok_md_size(const char *name)
