@@ -31,7 +31,12 @@ static CK_RV op_begin(CK_SESSION_HANDLE hSession, tok_op_kind kind, bool recover
     if (s->op[kind]) {
         rv = CKR_OPERATION_ACTIVE;
     } else {
-        tok_access ac = p11_access(s);
+        /* A digest uses no key: who is logged in (a read of the commit
+         * sequence and the slot's login) is not asked. */
+        tok_access ac = kind == TOK_OP_DIGEST
+                            ? (tok_access){.slot = s->slot, .rw = (s->flags & CKF_RW_SESSION) != 0, .who = P11_NOBODY,
+                                           .owner = s->h}
+                            : p11_access(s);
         rv = tok_op_start(p11_tok(), &ac, kind, recover, pMechanism, hKey, &s->spare[kind], &s->op[kind]);
     }
     /* A key that wants its PIN for every use (sign or decrypt): the
