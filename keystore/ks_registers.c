@@ -432,7 +432,10 @@ static int reg_save_impl(const char *path, const ks_registers *r, bool create, k
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         e = errno;
-        ks_err_set(err, "cannot write master key file %s: %s; the previous file is unchanged", tmp, strerror(e));
+        ks_err_set(err, "cannot write master key file %s: %s; the previous file is unchanged%s", tmp, strerror(e),
+                   e == EEXIST || e == ELOOP ? " (something that is not a file p11mk wrote is in the way: "
+                                               "move it away, then run the command again)"
+                                             : "");
         ks_secmem_free(buf);
         return e == ENOSPC || e == EDQUOT ? KS_ENOSPC : KS_EIO;
     }
