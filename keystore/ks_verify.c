@@ -188,7 +188,9 @@ int ks_verify_anchor(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *failed)
                    s->n_obj < t->n_obj ? " (records were deleted)" : " (records were added)");
         if (t->n_idx != s->n_idx || memcmp(t->idx_hash, s->idx_hash, 16))
             REPORT('T', s->tid, 0, "the index entries are not the set the metadata vouches for: %llu found, %llu "
-                   "expected", (unsigned long long)s->n_idx, (unsigned long long)t->n_idx);
+                   "expected%s", (unsigned long long)s->n_idx, (unsigned long long)t->n_idx,
+                   t->n_idx == s->n_idx ? " (the same number: entries changed, or older copies put back)" :
+                   s->n_idx < t->n_idx ? " (entries were deleted)" : " (entries were added)");
     }
     for (size_t i = 0; i < m->ntok; i++) {
         const ks_tokstat *t = &m->tok[i];
