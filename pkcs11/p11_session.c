@@ -498,7 +498,12 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
         p11_unlock();
         if (!h)
             break;
-        C_CloseSession(h);
+        /* Closed meanwhile by another thread: look again. A C_Finalize
+         * under way (it waits for this call, p11_gate_drain) makes every
+         * close CKR_CRYPTOKI_NOT_INITIALIZED: that ends the loop. */
+        rv = C_CloseSession(h);
+        if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED)
+            return rv;
     }
     /* No slot-wide drop of session objects: each close dropped its own
      * (after the last call on it), and one here would take those of a

@@ -13,8 +13,9 @@
  * CKR_CRYPTOKI_ALREADY_INITIALIZED). Expected: no crash (the sanitizer
  * builds see a use after free), no hang (SIGALRM), every return code one
  * the call may give for a library that is or is not initialized, and at
- * least some work done in each phase. SECS (default 3). Exits 1 on a
- * failure. */
+ * least some work done in each phase. Then C_CloseAllSessions of 2,000
+ * sessions against C_Finalize, 10 times (close_all_against_finalize).
+ * SECS (default 3). Exits 1 on a failure. */
 #include "common.h"
 
 #include <pthread.h>
@@ -109,6 +110,38 @@ static void *finalizer(void *arg)
     return NULL;
 }
 
+/* C_CloseAllSessions closes one session at a time, each through
+ * C_CloseSession: once C_Finalize has begun, each of those is
+ * CKR_CRYPTOKI_NOT_INITIALIZED, and the loop found the same session again
+ * for good, inside the gate that C_Finalize waits to empty (a hang; a
+ * hostile review, 2026-12-02). */
+static void *close_all(void *arg)
+{
+    (void)arg;
+    CK_RV rv = f->C_CloseAllSessions(slot);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_NOT_INITIALIZED)
+        fail("C_CloseAllSessions", rv);
+    return NULL;
+}
+
+static void close_all_against_finalize(int rounds)
+{
+    hung_message = "finalize_in_flight: hung (C_Finalize against C_CloseAllSessions)";
+    for (int r = 0; r < rounds; r++) {
+        CK_SESSION_HANDLE s;
+        pthread_t t;
+        for (int i = 0; i < 2000; i++)
+            CHECK(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s));
+        pthread_create(&t, NULL, close_all, NULL);
+        pause_us(500 + r * 100);
+        alarm(30);
+        CHECK(f->C_Finalize(NULL));
+        pthread_join(t, NULL);
+        alarm(0);
+        CHECK(f->C_Initialize(&os_locking));
+    }
+}
+
 int main(void)
 {
     const char *e = getenv("SECS");
@@ -148,6 +181,7 @@ int main(void)
     CK_RV rv = f->C_Initialize(&os_locking); /* for teardown's C_Finalize */
     if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
         fail("the last C_Initialize", rv);
+    close_all_against_finalize(10);
     teardown();
     return 0;
 }
