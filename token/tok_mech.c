@@ -6,7 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -340,24 +340,28 @@ CK_RV tok_seed(const uint8_t *seed, CK_ULONG len)
  * where 2.40's CK_PKCS5_PBKD2_PARAMS held a pointer to it, in a field of
  * the same size, and the caller does not say which it used. A value below
  * the lowest address Linux maps (64 KiB, vm.mmap_min_addr) is a length; a
- * larger one is a pointer only if it is aligned and in a mapped page
- * (mincore: a length taken for a pointer would crash here); anything else
- * is a length too long. The longest password taken: 4096 bytes. */
+ * larger one is a pointer only if it is aligned and the length can be read
+ * there: the kernel reads it (a write into a pipe, EFAULT where nothing
+ * readable is: a length taken for a pointer, even one naming a guard page,
+ * would crash a plain read); anything else is a length too long. The
+ * longest password taken: 4096 bytes. */
 #define PBKDF2_PASSWORD_MAX 4096
 static bool password_len(CK_ULONG v, CK_ULONG *out)
 {
-    long pg = sysconf(_SC_PAGESIZE);
-    unsigned char in_core;
+    int p[2];
+    bool read_it = false;
 
     if (v <= PBKDF2_PASSWORD_MAX) {
         *out = v;
         return true;
     }
-    if (v < 65536 || v % _Alignof(CK_ULONG) || pg <= 0 ||
-        mincore((void *)(uintptr_t)(v - v % (CK_ULONG)pg), 1, &in_core) != 0)
+    if (v < 65536 || v % _Alignof(CK_ULONG) || pipe2(p, O_CLOEXEC) != 0)
         return false;
-    *out = *(const CK_ULONG *)(uintptr_t)v;
-    return *out <= PBKDF2_PASSWORD_MAX;
+    read_it = write(p[1], (const void *)(uintptr_t)v, sizeof(*out)) == (ssize_t)sizeof(*out) &&
+              read(p[0], out, sizeof(*out)) == (ssize_t)sizeof(*out);
+    close(p[0]);
+    close(p[1]);
+    return read_it && *out <= PBKDF2_PASSWORD_MAX;
 }
 
 /* PKCS #5 v2 PBKDF2 into buf (len bytes). */

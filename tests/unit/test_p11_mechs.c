@@ -9,6 +9,8 @@
 
 #include "tests/unit/test_p11.h"
 
+#include <sys/mman.h>
+
 /* Every mechanism the token lists, driven through the module the same way:
  * size query, short buffer (the operation stays), the real call, the
  * inverse operation, a corrupted signature or ciphertext, a wrong key type. */
@@ -356,6 +358,13 @@ static void test_pbkdf2(void **state)
         p.passwordLen = too_long[i];
         RV(CKR_MECHANISM_PARAM_INVALID, f->C_GenerateKey(h, &m, t, 4, &k));
     }
+    /* Nor one that is the address of a page that cannot be read (a guard
+     * page): mapped, so only a read tells (a hostile review's SIGSEGV). */
+    void *guard = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(guard != MAP_FAILED);
+    p.passwordLen = (CK_ULONG)(uintptr_t)guard;
+    RV(CKR_MECHANISM_PARAM_INVALID, f->C_GenerateKey(h, &m, t, 4, &k));
+    munmap(guard, 4096);
     p.pPassword = (CK_BYTE *)pw;
     RV(CKR_TEMPLATE_INCOMPLETE, f->C_GenerateKey(h, &m, t + 1, 3, &k)); /* the key type comes from the template */
     p.passwordLen = 8;
