@@ -1571,18 +1571,28 @@ out:
     return rc;
 }
 
-/* ks_verify's callback keeping the first problem's sentence (arg: 256 bytes). */
-static void first_failure(char kind, uint32_t token, uint64_t oid, int e, const char *what, void *arg)
+/* What ks_verify found that restore would refuse in a copy, for backup:
+ * how many, and the first's sentence. Not the findings about the key file
+ * ('K': it lacks the staged key; 'M': the keystore is older than it, or it
+ * serves another keystore): the keystore's copy is as good as the keystore,
+ * and its open said what is wrong. */
+typedef struct {
+    uint64_t n;
+    char first[1024];
+} findings;
+
+static void record_finding(char kind, uint32_t token, uint64_t oid, int e, const char *what, void *arg)
 {
-    char *first = arg;
-    if (first[0])
+    findings *f = arg;
+    if (kind == 'K' || kind == 'M' || f->n++)
         return;
     if (what)
-        snprintf(first, 256, "%s", what);
+        snprintf(f->first, sizeof(f->first), "%s", what);
     else if (kind == 'T')
-        snprintf(first, 256, "token %u's record: %s", token, ks_strerror(e));
+        snprintf(f->first, sizeof(f->first), "token %u's record: %s", token, ks_strerror(e));
     else
-        snprintf(first, 256, "object %llu of token %u: %s", (unsigned long long)oid, token, ks_strerror(e));
+        snprintf(f->first, sizeof(f->first), "object %llu of token %u: %s", (unsigned long long)oid, token,
+                 ks_strerror(e));
 }
 
 int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info, ks_err *err)
@@ -1598,13 +1608,13 @@ int ks_mk_backup(ks_mk *m, const char *file, const ks_mk_opts *o, ks_info *info,
     /* A copy restore would refuse is no backup: the keystore's records are
      * checked as restore checks a copy's (and the pages as the copy is made). */
     uint64_t checked = 0, failed = 0;
-    char first[256] = "";
-    rc = ks_verify(m->st, first_failure, first, &checked, &failed);
-    if (rc == KS_ECORRUPT || (rc == KS_OK && failed)) {
+    findings fnd = {0, ""};
+    rc = ks_verify(m->st, record_finding, &fnd, &checked, &failed);
+    if (rc == KS_ECORRUPT || (rc == KS_OK && fnd.n)) {
         ks_err_set(err, "keystore %s is damaged (%llu problem%s in %llu records, the first: %s; 'p11mk-admin verify' "
                         "lists them); no backup was written, since restore would refuse it: restore the last good "
-                        "backup", m->dir, (unsigned long long)failed, failed == 1 ? "" : "s",
-                   (unsigned long long)checked, first[0] ? first : ks_strerror(KS_ECORRUPT));
+                        "backup", m->dir, (unsigned long long)fnd.n, fnd.n == 1 ? "" : "s",
+                   (unsigned long long)checked, fnd.first[0] ? fnd.first : ks_strerror(KS_ECORRUPT));
         rc = KS_ECORRUPT;
     } else if (rc == KS_OK) {
         rc = ks_backup(m->st, file, info, err);

@@ -76,7 +76,8 @@ expect_rc 0 "$ADMIN" stage --generate
 cp -p "$T/key.copy" "$keyfile"
 expect_rc 4 "$ADMIN" verify
 expect_out 'staged master key of epoch [0-9]+ .*is not in the key file'
+expect_rc 0 "$ADMIN" backup "$T/k.bak" # the keystore is intact: its copy is a backup
 expect_rc 0 "$ADMIN" abort --yes
 expect_rc 0 "$ADMIN" verify
 "$CLIENT" "$MOD" dmg $PIN check 3 >/dev/null || fail "objects lost after the abort"
-ok "a key file without the staged key: verify exits 4 and names it; abort withdraws the stage"
+ok "a key file without the staged key: verify exits 4 and names it, backup still writes the intact keystore, abort withdraws the stage"
