@@ -824,14 +824,18 @@ static int verify_index(ks_store *st, verify_arg *a)
 /* A rotation staged (writes are sealed under NEW) while the key file lacks
  * NEW (put back from a copy taken before the stage): every record opens,
  * but nothing can be written, so no login succeeds. Not while the fleet's
- * hosts are still taking the key (KS_ROT_PENDING: NEW is not used yet). */
-static bool staged_key_missing(ks_store *st, char *why, size_t n)
+ * hosts are still taking the key (KS_ROT_PENDING: NEW is not used yet).
+ * Sets *missing and why; a read that fails is returned (never "intact"). */
+static int staged_key_missing(ks_store *st, bool *missing, char *why, size_t n)
 {
     ks_txn *x;
-    bool missing = false;
+    int rc;
 
-    if (st->copy || ks_read_begin(st, &x) != KS_OK)
-        return false;
+    *missing = false;
+    if (st->copy)
+        return KS_OK;
+    if ((rc = ks_read_begin(st, &x)) != KS_OK)
+        return rc;
     const ks_keyring *r = x->ring;
     if (r && r->rs.nxt && !r->have_nxt &&
         (r->rs.state == KS_ROT_STAGED || r->rs.state == KS_ROT_REWRAP || r->rs.state == KS_ROT_READY)) {
@@ -841,10 +845,10 @@ static bool staged_key_missing(ks_store *st, char *why, size_t n)
                  "are written under it, so nothing can be written and no one can log in. Put back the key file "
                  "that holds it (or, if no record was resealed yet, withdraw it with 'p11mk-admin abort')",
                  r->rs.nxt, hex, st->keysrc[0] ? st->keysrc : "(the built-in default key)");
-        missing = true;
+        *missing = true;
     }
     ks_read_end(x);
-    return missing;
+    return KS_OK;
 }
 
 int ks_check_pages(ks_store *st, char *why, size_t n)
@@ -877,7 +881,8 @@ int ks_verify(ks_store *st, ks_verify_cb cb, void *arg, uint64_t *checked, uint6
             cb('M', 0, 0, KS_ECORRUPT, why, arg);
     }
     char kwhy[4608]; /* names the key file */
-    if (rc == KS_OK && staged_key_missing(st, kwhy, sizeof(kwhy))) {
+    bool missing = false;
+    if (rc == KS_OK && (rc = staged_key_missing(st, &missing, kwhy, sizeof(kwhy))) == KS_OK && missing) {
         a.failed++;
         if (cb)
             cb('K', 0, 0, KS_ENOKEY, kwhy, arg);
