@@ -12,8 +12,10 @@
  * C_Initialize, session and C_Login, finding the keys by class and key type.
  * The children start each round together (a process-shared barrier); the
  * module's and OpenSSL's operations per second are the sums over the
- * children of each one's rate in that round, best of 2 rounds. The table
- * has a "procs" column where the other has "threads".
+ * children of each one's rate in that round; the sides take turns, round
+ * by round, as with threads (BENCH_OPS_ROUNDS, at most PROC_ROUNDS), and
+ * the best of each is shown. The table has a "procs" column where the other
+ * has "threads".
  *
  * Each case is one complete operation as an application makes it: for the
  * module C_xxxInit + C_xxx on one session per thread (keys made by the
@@ -306,10 +308,11 @@ static double rate(op_fn fn, int nthreads, CK_SESSION_HANDLE *sessions)
 
 #define MAX_PROCS 64
 #define MAX_CASES 16
+#define PROC_ROUNDS 8
 
 typedef struct {
     pthread_barrier_t start;              /* the children, before each round */
-    double r[MAX_CASES][2][2][MAX_PROCS]; /* ops/s: case, side (module, OpenSSL), round, child */
+    double r[MAX_CASES][2][PROC_ROUNDS][MAX_PROCS]; /* ops/s: case, side (module, OpenSSL), round, child */
     atomic_int finished[MAX_CASES];       /* children done with a case */
 } shared_area;
 
@@ -353,8 +356,10 @@ typedef struct {
     op_fn p11, ossl;
 } bench_case;
 
-/* One child: its own C_Initialize, session and login, then each case and
- * side for two rounds, each round started with the other children. */
+/* One child: its own C_Initialize, session and login, then each case for
+ * `rounds` rounds, the module's side and OpenSSL's in turn (a machine
+ * whose speed moves favours neither), each started with the other
+ * children. */
 static void child(shared_area *sh, int me, const bench_case *cases, size_t ncases, const CK_UTF8CHAR serial[16],
                   CK_FUNCTION_LIST_3_0 *f3_parent)
 {
@@ -379,11 +384,11 @@ static void child(shared_area *sh, int me, const bench_case *cases, size_t ncase
         check(f3->C_MessageEncryptInit(s, &gcm, aes_key), "C_MessageEncryptInit (child)");
     worker w = {s};
     for (size_t i = 0; i < ncases; i++) {
-        for (int side = 0; side < 2; side++) {
-            op_fn fn = side ? cases[i].ossl : cases[i].p11;
-            if (!side && fn == p_gcm_msg && !f3)
-                continue; /* the parent knows: all children skip it */
-            for (int round = 0; round < 2; round++) {
+        for (int round = 0; round < rounds; round++) {
+            for (int side = 0; side < 2; side++) {
+                op_fn fn = side ? cases[i].ossl : cases[i].p11;
+                if (!side && fn == p_gcm_msg && !f3)
+                    continue; /* the parent knows: all children skip it */
                 unsigned long ops = 0;
                 pthread_barrier_wait(&sh->start);
                 double t0 = now(), end = t0 + dur;
@@ -452,7 +457,7 @@ static int run_procs(int nprocs, const bench_case *cases, size_t ncases, CK_UTF8
         }
         double best[2] = {0, 0};
         for (int side = 0; side < 2; side++)
-            for (int round = 0; round < 2; round++) {
+            for (int round = 0; round < rounds; round++) {
                 double sum = 0;
                 for (int p = 0; p < nprocs; p++)
                     sum += sh->r[i][side][round][p];
@@ -605,8 +610,10 @@ int main(int argc, char **argv)
     int failed = 0;
     if (getenv("BENCH_OPS_ROUNDS") && (rounds = atoi(getenv("BENCH_OPS_ROUNDS"))) < 1)
         rounds = 1;
-    printf("bench_ops: %s, %s, %.1f s per round, best of %d%s rounds, %ld CPUs", argv[1],
-           OpenSSL_version(OPENSSL_VERSION), dur, nprocs ? 2 : rounds, nprocs ? "" : " alternating", cpus);
+    if (nprocs && rounds > PROC_ROUNDS)
+        rounds = PROC_ROUNDS;
+    printf("bench_ops: %s, %s, %.1f s per round, best of %d alternating rounds, %ld CPUs", argv[1],
+           OpenSSL_version(OPENSSL_VERSION), dur, rounds, cpus);
     if (nprocs) {
         /* The children start from a finalized module, as separate
          * applications on one keystore do. */
