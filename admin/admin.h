@@ -31,7 +31,7 @@ typedef struct {
     bool quiet;
     bool yes;                    /* answer yes to confirmations */
     bool passphrase;             /* stage: ask for a passphrase (twice) */
-    bool generate;          /* --generate given (stage: the default; set-master-key refuses it) */
+    bool generate;               /* --generate given (stage: the default; set-master-key refuses it) */
     const char *generate_key;    /* init --generate-key FILE */
     const char *passphrase_file; /* read the new key's passphrase from FILE */
     const char *key_file;        /* where to keep the registers when the keystore is on the default key */

@@ -47,15 +47,17 @@ void ks_key_kcv(const uint8_t key[KS_MK_LEN], uint8_t kcv[KS_KCV_LEN])
 
 void ks_mkey_kcv(const ks_mkey *mk, uint8_t kcv[KS_KCV_LEN]) { ks_key_kcv(mk->key, kcv); }
 
-void ks_kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1])
+void ks_hex(const uint8_t *in, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < KS_KCV_LEN; i++) {
-        out[2 * i] = hex[kcv[i] >> 4];
-        out[2 * i + 1] = hex[kcv[i] & 15];
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[in[i] >> 4];
+        out[2 * i + 1] = hex[in[i] & 15];
     }
-    out[2 * KS_KCV_LEN] = '\0';
+    out[2 * n] = '\0';
 }
+
+void ks_kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1]) { ks_hex(kcv, KS_KCV_LEN, out); }
 
 /* ---- passphrases ------------------------------------------------------- */
 

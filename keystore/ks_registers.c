@@ -62,16 +62,6 @@ static int parse_hex(const char *s, const char *end, uint8_t *out, size_t n)
     return s + 2 * n == end || s[2 * n] == ' ' ? 0 : -1;
 }
 
-static void to_hex(const uint8_t *in, size_t n, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hex[in[i] >> 4];
-        out[2 * i + 1] = hex[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 /* The identity lines, "# NAME <2n hex>" (a comment to p11mk before 2026-12):
  * 1 when the line at p..le is NAME's and was read into out; 0 when it is not
  * (another length is an ordinary comment); -1 when it is NAME's a second time
@@ -93,7 +83,7 @@ static void put_id_line(char *buf, size_t cap, size_t *len, const char *name, co
     char hex[2 * 32 + 1];
     if (n > 32)
         abort(); /* the identities are 16 bytes (ks.h) */
-    to_hex(id, n, hex);
+    ks_hex(id, n, hex);
     *len += (size_t)snprintf(buf + *len, cap - *len, "# %s %s\n", name, hex);
 }
 
@@ -374,7 +364,7 @@ static int append(char *buf, size_t cap, size_t *len, const char *role, const ui
 {
     char hex[2 * KS_MK_LEN + 1];
     int n;
-    to_hex(key, KS_MK_LEN, hex);
+    ks_hex(key, KS_MK_LEN, hex);
     n = snprintf(buf + *len, cap - *len, "%s %s%s\n", role, hex, tail);
     OPENSSL_cleanse(hex, sizeof(hex));
     if (n < 0 || (size_t)n >= cap - *len)
@@ -412,7 +402,7 @@ static int reg_save_impl(const char *path, const ks_registers *r, bool create, k
         ks_err_set(err, "cannot encode the registers for %s", path);
         return KS_EIO;
     }
-    to_hex(sum, 8, hex);
+    ks_hex(sum, 8, hex);
     len += (size_t)snprintf(buf + len, cap - len, "check %s\n", hex);
 
     /* Keep the owner, group and mode of the file being replaced (a system

@@ -180,6 +180,8 @@ KS_API int ks_mkey_generate_file(const char *path, ks_mkey *mk, ks_err *err);
 /* Key check value: identifies a master key without revealing it. */
 KS_API void ks_mkey_kcv(const ks_mkey *mk, uint8_t kcv[KS_KCV_LEN]);
 KS_API void ks_kcv_hex(const uint8_t kcv[KS_KCV_LEN], char out[2 * KS_KCV_LEN + 1]);
+/* n bytes as 2n lowercase hex digits and a NUL (out: 2n + 1 bytes). */
+KS_API void ks_hex(const uint8_t *in, size_t n, char *out);
 KS_API void ks_mkey_clear(ks_mkey *mk); /* OPENSSL_cleanse */
 
 /* A master key typed by a person: scrypt (N=2^15, r=8, p=1) of the
