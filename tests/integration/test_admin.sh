@@ -11,6 +11,10 @@ expect_rc 2 "$ADMIN"
 expect_rc 2 "$ADMIN" frobnicate
 expect_out "unknown command 'frobnicate'"
 expect_rc 2 "$ADMIN" status --bogus
+# set-master-key takes a key someone enters: --generate is refused before
+# anything is asked or opened.
+expect_rc 2 "$ADMIN" set-master-key --generate --yes
+expect_out "for a generated key run 'p11mk-admin rotate'"
 cmds="init status list verify version set-master-key rotate stage rewrap commit abort clear-history
       auto-update backup restore export delete-token"
 for c in $cmds; do
