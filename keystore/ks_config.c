@@ -106,6 +106,28 @@ static char *trim(char *s)
     return s;
 }
 
+/* The next line of a configuration file into *line (getline's buffer),
+ * its length in *len, the newline kept. 1: a line; 0: the end; -1: a line
+ * the format does not allow, *why says which (a NUL byte would cut the
+ * line short where the reader looks and not where the file ends it, and a
+ * line longer than CONF_LINE_MAX is refused rather than read in pieces),
+ * or a read error (*why NULL, errno set). */
+#define CONF_LINE_MAX 4094
+static int next_line(FILE *f, char **line, size_t *cap, size_t *len, const char **why)
+{
+    errno = 0;
+    ssize_t n = getline(line, cap, f);
+    *why = NULL;
+    if (n < 0)
+        return ferror(f) ? -1 : 0;
+    *len = (size_t)n;
+    if (memchr(*line, '\0', *len))
+        *why = "holds a NUL byte";
+    else if (*len - ((*line)[*len - 1] == '\n') > CONF_LINE_MAX)
+        *why = "is too long";
+    return *why ? -1 : 1;
+}
+
 /* "~/x" -> $HOME/x; relative paths are relative to the config file's directory. */
 static char *resolve_path(const char *val, const char *conf)
 {
@@ -241,8 +263,10 @@ static int apply(ks_config *cfg, const char *path, int line, const char *key, co
 static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
 {
     FILE *f;
-    char buf[4096];
-    int lineno = 0, rc = KS_OK, seen[16] = {0};
+    char *buf = NULL;
+    size_t cap = 0, l;
+    const char *why;
+    int lineno = 0, rc = KS_OK, seen[16] = {0}, got;
 
     ks_config_defaults(cfg);
     if (!cfg->keystore || !cfg->master_key) {
@@ -277,11 +301,14 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         return KS_ECONFIG;
     }
     cfg->source = strdup(path);
-    while (rc == KS_OK && fgets(buf, sizeof(buf), f)) {
+    while (rc == KS_OK && (got = next_line(f, &buf, &cap, &l, &why)) != 0) {
         lineno++;
-        size_t l = strlen(buf);
-        if (l == sizeof(buf) - 1 && buf[l - 1] != '\n') {
-            ks_err_set(err, "%s:%d: line too long", path, lineno);
+        if (got < 0) {
+            if (why)
+                ks_err_set(err, "%s:%d: the line %s; a configuration line is text of at most %d characters", path,
+                           lineno, why, CONF_LINE_MAX);
+            else
+                ks_err_set(err, "error reading %s: %s", path, strerror(errno));
             rc = KS_ECONFIG;
             break;
         }
@@ -314,10 +341,6 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         if (rc == KS_OK)
             rc = apply(cfg, path, lineno, key, trim(eq + 1), err);
     }
-    if (rc == KS_OK && ferror(f)) {
-        ks_err_set(err, "error reading %s", path);
-        rc = KS_ECONFIG;
-    }
     /* A database password in a file others may read is a password given away. */
     if (rc == KS_OK && cfg->postgresql && strstr(cfg->postgresql, "password") && (sb.st_mode & 044)) {
         ks_err_set(err, "%s: the postgresql connection string holds a password and the file is readable by other "
@@ -331,6 +354,7 @@ static int config_load_file_impl(ks_config *cfg, const char *path, ks_err *err)
         rc = KS_ECONFIG;
     }
     fclose(f);
+    OPENSSL_clear_free(buf, cap); /* a postgresql line may hold a password */
     if (rc == KS_OK && !cfg->source)
         rc = KS_ENOMEM;
     if (rc != KS_OK)
@@ -372,7 +396,9 @@ char *ks_config_home(const ks_config *cfg)
 
 static int config_write_master_key_impl(const char *conf, const char *keyfile, const char *keystore, ks_err *err)
 {
-    char tmp[4200], line[4096];
+    char tmp[4200], *line = NULL;
+    size_t cap = 0, len;
+    const char *why = NULL;
     struct stat sb;
     bool exists = stat(conf, &sb) == 0, done = false;
     FILE *in = NULL, *out;
@@ -402,7 +428,10 @@ static int config_write_master_key_impl(const char *conf, const char *keyfile, c
         (void)fchown(fd, sb.st_uid, sb.st_gid);
     if (!exists)
         fprintf(out, "# written by p11mk-admin\nkeystore = %s\n", keystore);
-    while (in && fgets(line, sizeof(line), in)) {
+    /* Lines are copied as they are: one the loader would refuse stops the
+     * write (the file changed since it was loaded). */
+    int got = 0;
+    while (in && (got = next_line(in, &line, &cap, &len, &why)) > 0) {
         const char *p = line;
         while (isspace((unsigned char)*p))
             p++;
@@ -412,16 +441,23 @@ static int config_write_master_key_impl(const char *conf, const char *keyfile, c
             done = true;
             continue;
         }
-        fputs(line, out);
-        if (line[strlen(line) - 1] != '\n')
+        fwrite(line, 1, len, out);
+        if (line[len - 1] != '\n')
             fputc('\n', out);
     }
+    OPENSSL_clear_free(line, cap);
     if (!done)
         fprintf(out, "master_key = %s\n", keyfile);
-    bool bad = (in && ferror(in)) || fflush(out) != 0 || fsync(fileno(out)) != 0;
+    bool bad = got < 0 || fflush(out) != 0 || fsync(fileno(out)) != 0;
     if (in)
         fclose(in);
     bad = fclose(out) != 0 || bad;
+    if (why) {
+        ks_err_set(err, "configuration %s has a line that %s (changed since it was read?); it is unchanged: "
+                        "fix the line and run the command again", conf, why);
+        unlink(tmp);
+        return KS_ECONFIG;
+    }
     if (bad || rename(tmp, conf) != 0) {
         ks_err_set(err, "cannot write configuration %s: %s; it is unchanged", conf, strerror(errno));
         unlink(tmp);

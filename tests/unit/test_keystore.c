@@ -69,6 +69,18 @@ static void write_file(const char *path, const void *data, size_t len, mode_t mo
     close(fd);
 }
 
+static char *read_text(const char *path)
+{
+    static char buf[1024];
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    assert_true(n >= 0);
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
 /* ---- records ------------------------------------------------------------- */
 
 static void test_record_roundtrip_and_binding(void **state)
@@ -280,6 +292,42 @@ static void test_config_parse(void **state)
         assert_non_null(strstr(err.msg, path));
         assert_non_null(strstr(err.msg, bad[i].expect));
     }
+    /* A NUL byte or an over-long line is refused where it is, not read as a
+     * cut-short line (and the rest of a long line as lines of its own). */
+    static char line[6000];
+    const char nul[] = "keystore = /x\0/y\nmaster_key = k\n";
+    write_file(path, nul, sizeof(nul) - 1, 0644);
+    assert_int_equal(ks_config_load(&cfg, &err), KS_ECONFIG);
+    assert_non_null(strstr(err.msg, ":1: the line holds a NUL byte"));
+    for (size_t n = 4094; n <= 5000; n += 906) {
+        memset(line, 'x', sizeof(line));
+        line[0] = '#';
+        memcpy(line + n, "\nkeystore = /z\n", 15);
+        write_file(path, line, n + 15, 0644);
+        err.msg[0] = 0;
+        assert_int_equal(ks_config_load(&cfg, &err), n == 4094 ? KS_OK : KS_ECONFIG);
+        if (n == 4094) {
+            assert_string_equal(cfg.keystore, "/z");
+            ks_config_free(&cfg);
+        } else {
+            assert_non_null(strstr(err.msg, ":1: the line is too long"));
+        }
+    }
+    /* Rewriting master_key copies every other line as it is, and stops at
+     * a line the loader would refuse, the file left unchanged. */
+    const char keep[] = "keystore = /k\n# note\nmaster_key = old\nlog = stderr";
+    write_file(path, keep, sizeof(keep) - 1, 0600);
+    assert_int_equal(ks_config_write_master_key(path, "/new.key", "/k", &err), KS_OK);
+    char *back = read_text(path);
+    assert_string_equal(back, "keystore = /k\n# note\nmaster_key = /new.key\nlog = stderr\n");
+    free(back);
+    write_file(path, nul, sizeof(nul) - 1, 0600);
+    assert_int_equal(ks_config_write_master_key(path, "/new.key", "/k", &err), KS_ECONFIG);
+    assert_non_null(strstr(err.msg, "holds a NUL byte"));
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, sizeof(nul) - 1);
+
     /* P11MK_CONF naming a missing file is an error, not a silent fallback. */
     unlink(path);
     assert_int_equal(ks_config_load(&cfg, &err), KS_ECONFIG);
