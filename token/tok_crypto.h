@@ -165,7 +165,7 @@ TOK_API const EVP_CIPHER *tok_mech_cipher(const tok_mech_desc *d, size_t keylen)
 /* The longest GCM IV taken (OpenSSL's limit; PKCS#11 allows up to 2^32 - 1
  * bytes: longer ones are CKR_MECHANISM_PARAM_INVALID). */
 #define TOK_GCM_IV_MAX 128
-/* AES-GCM through the provider's own functions (tok_gcm.c): NULL when the
+/* AES-GCM through the provider's own functions (tok_direct.c): NULL when the
  * key length's cipher is not the default provider's (then EVP serves). */
 typedef struct tok_gcm_fns tok_gcm_fns;
 TOK_API const tok_gcm_fns *tok_mech_gcm(size_t keylen);

@@ -27,7 +27,7 @@ struct tok_op {
     const tok_mech_desc *d;
     tok_key *key;
     EVP_CIPHER_CTX *cctx;
-    const tok_gcm_fns *gcm; /* AES-GCM with a 12-byte IV: the provider's functions and context (tok_gcm.c), */
+    const tok_gcm_fns *gcm; /* AES-GCM with a 12-byte IV: the provider's functions and context (tok_direct.c), */
     void *gctx;         /* not cctx; freed (cleansed) when the operation ends */
     EVP_MD_CTX *mdctx;
     EVP_MAC_CTX *mac;
