@@ -145,10 +145,14 @@ bool tok_fam_key(tok_fam fam, CK_KEY_TYPE kt)
 static struct {
     const char *name;
     EVP_MD *md;
-} digests[] = {{"SHA1", NULL},     {"SHA224", NULL},   {"SHA256", NULL},   {"SHA384", NULL},   {"SHA512", NULL},
-               {"SHA3-224", NULL}, {"SHA3-256", NULL}, {"SHA3-384", NULL}, {"SHA3-512", NULL}, {"MD5", NULL}};
+    tok_dgst_fns *direct; /* the provider's functions, resolved with md; NULL: through EVP */
+} digests[] = {{"SHA1", NULL, NULL},     {"SHA224", NULL, NULL},   {"SHA256", NULL, NULL},
+               {"SHA384", NULL, NULL},   {"SHA512", NULL, NULL},   {"SHA3-224", NULL, NULL},
+               {"SHA3-256", NULL, NULL}, {"SHA3-384", NULL, NULL}, {"SHA3-512", NULL, NULL},
+               {"MD5", NULL, NULL}};
 
 #define N_DIGESTS (sizeof(digests) / sizeof(digests[0]))
+static pthread_mutex_t digest_lock = PTHREAD_MUTEX_INITIALIZER; /* first uses only */
 
 /* The table's entry of a digest name, N_DIGESTS if none: by address first
  * (the linker merges equal string literals, so the mechanism table's names
@@ -166,22 +170,42 @@ static size_t digest_index(const char *name)
     return i;
 }
 
-const EVP_MD *tok_md(const char *name)
+/* The entry's digest, fetched on first use; its provider's functions are
+ * resolved before it is published, so that whoever sees md sees them. */
+static const EVP_MD *entry_md(size_t i)
 {
-    size_t i = name ? digest_index(name) : N_DIGESTS;
     EVP_MD *md, *none = NULL;
+    tok_dgst_fns *direct;
 
-    if (i == N_DIGESTS)
-        return NULL;
     if ((md = __atomic_load_n(&digests[i].md, __ATOMIC_ACQUIRE)) != NULL)
         return md;
-    if (!(md = EVP_MD_fetch(ks_libctx(), name, NULL)))
+    if (!(md = EVP_MD_fetch(ks_libctx(), digests[i].name, NULL)))
         return NULL;
-    if (!__atomic_compare_exchange_n(&digests[i].md, &none, md, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        EVP_MD_free(md); /* another thread was first */
+    direct = tok_dgst_resolve(md);
+    pthread_mutex_lock(&digest_lock);
+    if (!(none = digests[i].md)) {
+        digests[i].direct = direct;
+        __atomic_store_n(&digests[i].md, md, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&digest_lock);
+    if (none) { /* another thread was first */
+        EVP_MD_free(md);
+        OPENSSL_free(direct);
         md = none;
     }
     return md;
+}
+
+const EVP_MD *tok_md(const char *name)
+{
+    size_t i = name ? digest_index(name) : N_DIGESTS;
+    return i < N_DIGESTS ? entry_md(i) : NULL;
+}
+
+const tok_dgst_fns *tok_md_direct(const char *name)
+{
+    size_t i = name ? digest_index(name) : N_DIGESTS;
+    return i < N_DIGESTS && entry_md(i) ? digests[i].direct : NULL;
 }
 
 size_t tok_md_size(const char *name)

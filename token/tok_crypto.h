@@ -198,6 +198,22 @@ TOK_API EVP_MAC *tok_mac(bool cmac);
 TOK_API const EVP_MD *tok_md(const char *name);
 /* Its output size in bytes; 0 when tok_md has no such digest. */
 TOK_API size_t tok_md_size(const char *name);
+/* The digest of name through the provider's own functions (tok_direct.c):
+ * NULL when it is not the default provider's (then EVP serves). */
+typedef struct tok_dgst_fns tok_dgst_fns;
+TOK_API const tok_dgst_fns *tok_md_direct(const char *name);
+/* For tok_cipher.c, once per digest. */
+TOK_API tok_dgst_fns *tok_dgst_resolve(const EVP_MD *md);
+/* A provider's context for digests of f: NULL when out of memory. Each
+ * digest starts with tok_dgst_init (a context is used again: init starts
+ * it afresh). tok_dgst_final gives the whole digest (its size: out has
+ * EVP_MAX_MD_SIZE bytes or the digest's size). tok_dgst_free cleanses and
+ * frees (NULL: nothing). The others return false on failure. */
+TOK_API void *tok_dgst_new(const tok_dgst_fns *f);
+TOK_API bool tok_dgst_init(const tok_dgst_fns *f, void *ctx);
+TOK_API bool tok_dgst_update(const tok_dgst_fns *f, void *ctx, const uint8_t *in, size_t inlen);
+TOK_API bool tok_dgst_final(const tok_dgst_fns *f, void *ctx, uint8_t *out, size_t *outlen);
+TOK_API void tok_dgst_free(const tok_dgst_fns *f, void *ctx);
 
 /* Can a secret key of type kt be len bytes long? AES 16, 24 or 32,
  * ChaCha20 32, DES keys their type's length, the others any but 0. */

@@ -30,6 +30,9 @@ struct tok_op {
     const tok_gcm_fns *gcm; /* AES-GCM with a 12-byte IV: the provider's functions and context (tok_direct.c), */
     void *gctx;         /* not cctx; freed (cleansed) when the operation ends */
     EVP_MD_CTX *mdctx;
+    const tok_dgst_fns *dgst; /* a digest through the provider's functions and context (tok_direct.c), */
+    void *dctx;               /* not mdctx; kept by the spare unless a key's value went in (scrub) */
+    bool took_key;            /* C_DigestKey */
     EVP_MAC_CTX *mac;
     uint8_t *buf; /* buffered input (GCM decryption) */
     size_t blen, bcap;
@@ -98,11 +101,20 @@ static void gcm_release(tok_op *op)
     }
 }
 
+static void dgst_release(tok_op *op)
+{
+    if (op->dctx) {
+        tok_dgst_free(op->dgst, op->dctx);
+        op->dctx = NULL;
+    }
+}
+
 void tok_op_free(tok_op *op)
 {
     if (!op)
         return;
     gcm_release(op);
+    dgst_release(op);
     EVP_CIPHER_CTX_free(op->cctx);
     EVP_MD_CTX_free(op->mdctx);
     EVP_MAC_CTX_free(op->mac);
@@ -358,6 +370,17 @@ static CK_RV init_md(tok_op *op)
 {
     EVP_PKEY_CTX *pctx = NULL;
     int ok;
+    const tok_dgst_fns *direct = op->kind == TOK_OP_DIGEST ? tok_md_direct(op->d->md) : NULL;
+    if (direct) {
+        EVP_MD_CTX_free(op->mdctx); /* a spare's, of a digest EVP served */
+        op->mdctx = NULL;
+        if (op->dctx && op->dgst != direct) /* a spare's, of another digest */
+            dgst_release(op);
+        op->dgst = direct;
+        if (!op->dctx && !(op->dctx = tok_dgst_new(direct)))
+            return CKR_HOST_MEMORY;
+        return tok_dgst_init(direct, op->dctx) ? CKR_OK : CKR_FUNCTION_FAILED;
+    }
     if (!op->mdctx && !(op->mdctx = EVP_MD_CTX_new())) /* a digest's spare has one (recycle) */
         return CKR_HOST_MEMORY;
     if (op->kind == TOK_OP_DIGEST) {
@@ -436,7 +459,10 @@ static CK_RV start_checks(tok_op_kind kind, bool recover, const CK_MECHANISM *me
  * touched). */
 static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_key *key)
 {
-    EVP_MD_CTX *mdctx = kind == TOK_OP_DIGEST && op->kind == TOK_OP_DIGEST ? op->mdctx : NULL;
+    bool digest = kind == TOK_OP_DIGEST && op->kind == TOK_OP_DIGEST;
+    EVP_MD_CTX *mdctx = digest ? op->mdctx : NULL;
+    void *dctx = digest ? op->dctx : NULL;
+    const tok_dgst_fns *dgst = op->dgst;
     EVP_MAC_CTX *mac = op->mac && op->d && op->d->mc == M_HMAC && d->mc == M_HMAC && strcmp(op->d->md, d->md) == 0
                            ? op->mac
                            : NULL;
@@ -450,6 +476,8 @@ static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_ke
     if (cctx != op->cctx)
         EVP_CIPHER_CTX_free(op->cctx);
     gcm_release(op);
+    if (dctx != op->dctx)
+        dgst_release(op);
     op_release_data(op);
     if (k != key) {
         tok_key_unref(k);
@@ -457,6 +485,8 @@ static void recycle(tok_op *op, tok_op_kind kind, const tok_mech_desc *d, tok_ke
     }
     memset(op, 0, sizeof(*op));
     op->mdctx = mdctx;
+    op->dctx = dctx;
+    op->dgst = dctx ? dgst : NULL;
     op->mac = mac;
     op->cctx = cctx;
     op->key = k;
@@ -570,7 +600,10 @@ CK_RV tok_op_init_recover(tok_op_kind kind, const CK_MECHANISM *mech, tok_key *k
 /* What an ended operation may keep: no cipher or CMAC context (key
  * material; an EVP_CIPHER_CTX reset, which cleanses and frees the cipher's
  * own context, is an empty shell), an HMAC context under the zero key, a
- * digest's context cleared; false: keep nothing of it. */
+ * digest's EVP context cleared; the provider's own digest context as it is
+ * (made ready by the next digest's init: it holds what the application
+ * digested, which the application holds itself), but freed, which cleanses
+ * it, once a key's value went in (C_DigestKey); false: keep nothing of it. */
 static bool scrub(tok_op *op)
 {
     static const uint8_t zeros[32];
@@ -580,6 +613,8 @@ static bool scrub(tok_op *op)
         op->mac = NULL;
     }
     gcm_release(op); /* cleansed and freed */
+    if (op->took_key)
+        dgst_release(op); /* the same */
     if (op->cctx && EVP_CIPHER_CTX_reset(op->cctx) != 1) { /* the cipher's own context cleansed and freed */
         EVP_CIPHER_CTX_free(op->cctx);
         op->cctx = NULL;
@@ -828,9 +863,12 @@ static CK_RV produce_sign(tok_op *op, uint8_t *out, size_t *outlen, bool oneshot
     }
     case M_DIGEST: {
         unsigned int dl = 0;
-        ok = (!oneshot || !op->inlen || EVP_DigestUpdate(op->mdctx, op->in, op->inlen)) &&
-             EVP_DigestFinal_ex(op->mdctx, out, &dl);
-        *outlen = dl;
+        if (op->dctx)
+            ok = (!oneshot || tok_dgst_update(op->dgst, op->dctx, op->in, op->inlen)) &&
+                 tok_dgst_final(op->dgst, op->dctx, out, outlen);
+        else if ((ok = (!oneshot || !op->inlen || EVP_DigestUpdate(op->mdctx, op->in, op->inlen)) &&
+                       EVP_DigestFinal_ex(op->mdctx, out, &dl)))
+            *outlen = dl;
         return ok ? CKR_OK : CKR_FUNCTION_FAILED;
     }
     case M_RSA_PKCS_HASH:
@@ -1088,7 +1126,10 @@ CK_RV tok_op_update(tok_op *op, const uint8_t *in, CK_ULONG inlen, uint8_t *out,
     switch (mc) {
     case M_HMAC:
     case M_CMAC: return EVP_MAC_update(op->mac, in, inlen) ? keep_fed(op, in, inlen) : CKR_FUNCTION_FAILED;
-    case M_DIGEST: return EVP_DigestUpdate(op->mdctx, in, inlen) ? keep_fed(op, in, inlen) : CKR_FUNCTION_FAILED;
+    case M_DIGEST:
+        return (op->dctx ? tok_dgst_update(op->dgst, op->dctx, in, inlen) : EVP_DigestUpdate(op->mdctx, in, inlen))
+                   ? keep_fed(op, in, inlen)
+                   : CKR_FUNCTION_FAILED;
     case M_RSA_PKCS_HASH:
     case M_RSA_PSS_HASH:
     case M_ECDSA_HASH:
@@ -1190,7 +1231,11 @@ CK_RV tok_op_digest_key(tok_op *op, const tok_key *key)
     if (key->cls != CKO_SECRET_KEY || !key->secret)
         return CKR_KEY_INDIGESTIBLE;
     stop_keeping(op); /* a key's value never goes into a saved state */
-    return EVP_DigestUpdate(op->mdctx, key->secret, key->secret_len) ? CKR_OK : CKR_FUNCTION_FAILED;
+    op->took_key = true;
+    return (op->dctx ? tok_dgst_update(op->dgst, op->dctx, key->secret, key->secret_len)
+                     : EVP_DigestUpdate(op->mdctx, key->secret, key->secret_len))
+               ? CKR_OK
+               : CKR_FUNCTION_FAILED;
 }
 
 static CK_RV verify_common(tok_op *op, const uint8_t *in, CK_ULONG inlen, const uint8_t *sig, CK_ULONG siglen,

@@ -18,7 +18,8 @@
  *   rot_client MODULE LABEL PIN hold DIR      use the token keys labeled aes-known
  *                                             (AES-CBC-PAD) and ec-known (ECDSA),
  *                                             session keys made from DIR/sess.bin
- *                                             (AES) and DIR/hmac.bin (HMAC), then
+ *                                             (AES) and DIR/hmac.bin (HMAC, and
+ *                                             its value digested), then
  *                                             create DIR/hold.ready and wait, keys
  *                                             cached and sessions open, until
  *                                             DIR/hold.stop exists (core dump tests)
@@ -377,7 +378,21 @@ static int hold(CK_SESSION_HANDLE s, const char *dir)
     size_t n = read_small(dir, "sess.bin", v, sizeof(v));
     use_key(s, &cbc, session_key(s, CKK_AES, v, n), false);
     n = read_small(dir, "hmac.bin", v, sizeof(v));
-    use_key(s, &hmac, session_key(s, CKK_GENERIC_SECRET, v, n), true);
+    CK_OBJECT_HANDLE hk = session_key(s, CKK_GENERIC_SECRET, v, n);
+    use_key(s, &hmac, hk, true);
+    /* The HMAC key's value digested too (C_DigestKey), by SHA-512, whose
+     * context keeps the last block after its final: the session keeps its
+     * digest context for the next digest, but not one a key went into. */
+    CK_MECHANISM sha512 = {CKM_SHA512, NULL, 0};
+    CK_BYTE md[64];
+    CK_ULONG mdlen = sizeof(md);
+    CK_RV rv = f->C_DigestInit(s, &sha512);
+    if (rv == CKR_OK)
+        rv = f->C_DigestKey(s, hk);
+    if (rv == CKR_OK)
+        rv = f->C_DigestFinal(s, md, &mdlen);
+    if (rv != CKR_OK)
+        die("C_DigestKey", rv);
     memset(v, 0, sizeof(v)); /* the test looks for the values: this copy is the test's, not the module's */
     snprintf(path, sizeof(path), "%s/hold.ready", dir);
     FILE *fp = fopen(path, "w");

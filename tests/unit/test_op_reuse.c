@@ -313,14 +313,27 @@ static void one_step(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE ka, CK_OBJECT_HANDLE 
     }
     case 6:
     case 7: { /* digests */
-        static const CK_MECHANISM_TYPE types[] = {CKM_SHA_1, CKM_SHA256, CKM_SHA384};
-        static const char *names[] = {"SHA1", "SHA256", "SHA384"};
-        unsigned t = rnd(3);
+        static const CK_MECHANISM_TYPE types[] = {CKM_SHA_1, CKM_SHA256, CKM_SHA384, CKM_SHA512, 0x2B0UL /* CKM_SHA3_256 */};
+        static const char *names[] = {"SHA1", "SHA256", "SHA384", "SHA512", "SHA3-256"};
+        unsigned t = rnd(5);
         CK_MECHANISM mech = {types[t], NULL, 0};
         unsigned int dlen = 0;
-        CK(p11_digest(h, &mech, in, inlen, out, &n));
         EVP_MD *md = EVP_MD_fetch(NULL, names[t], NULL);
-        assert_true(EVP_Digest(in, inlen, want, &dlen, md, NULL));
+        EVP_MD_CTX *c = EVP_MD_CTX_new();
+        assert_true(c && EVP_DigestInit_ex2(c, md, NULL) && EVP_DigestUpdate(c, in, inlen));
+        if (rnd(3)) {
+            CK(p11_digest(h, &mech, in, inlen, out, &n));
+        } else { /* in parts, the HMAC key's value last (C_DigestKey) */
+            CK(f->C_DigestInit(h, &mech));
+            CK(f->C_DigestUpdate(h, in, inlen / 2));
+            CK(f->C_DigestUpdate(h, in + inlen / 2, inlen - inlen / 2));
+            CK(f->C_DigestKey(h, kh));
+            n = sizeof(out);
+            CK(f->C_DigestFinal(h, out, &n));
+            assert_true(EVP_DigestUpdate(c, key_h, sizeof(key_h)));
+        }
+        assert_true(EVP_DigestFinal_ex(c, want, &dlen));
+        EVP_MD_CTX_free(c);
         EVP_MD_free(md);
         assert_int_equal(n, dlen);
         assert_memory_equal(out, want, dlen);
